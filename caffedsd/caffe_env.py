@@ -1,0 +1,115 @@
+"""Where pycaffe and the stock ``caffe`` binary are, and what they are.
+
+pycaffe is imported only by the few functions that need it (``import_caffe``),
+so the rest of caffedsd works, and starts fast, without it.
+"""
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import CaffeUnavailable
+
+_INSTALL_HINT = "run `make setup`, or set CAFFE_ROOT to a built Caffe tree (see README)"
+
+
+def pycaffe_dir():
+    """The folder of the importable ``caffe`` package, or None."""
+    spec = importlib.util.find_spec("caffe")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def import_caffe(gpu=None):
+    """Import pycaffe quietly (glog to warnings unless already configured) and
+    set the mode: CPU, or GPU ``gpu``."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        import caffe
+    except ImportError as exc:
+        raise CaffeUnavailable(f"cannot import pycaffe ({exc}); {_INSTALL_HINT}") from None
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(int(gpu))
+        caffe.set_mode_gpu()
+    return caffe
+
+
+def caffe_binary(required=True):
+    """Path of the stock ``caffe`` tool.
+
+    Looked for in: $CAFFEDSD_CAFFE_BIN, beside this Python (the venv's bin, where
+    `make setup` links it), $CAFFE_ROOT/build/tools, next to pycaffe's tree, PATH.
+    """
+    candidates = []
+    if os.environ.get("CAFFEDSD_CAFFE_BIN"):
+        candidates.append(Path(os.environ["CAFFEDSD_CAFFE_BIN"]))
+    candidates.append(Path(sys.prefix) / "bin" / "caffe")
+    if os.environ.get("CAFFE_ROOT"):
+        root = Path(os.environ["CAFFE_ROOT"])
+        candidates += [root / "build" / "tools" / "caffe", root / "bin" / "caffe"]
+    pydir = pycaffe_dir()
+    if pydir is not None:
+        tree = pydir.resolve().parent.parent
+        candidates += [tree / "build" / "tools" / "caffe", tree / "bin" / "caffe"]
+    found = shutil.which("caffe")
+    if found:
+        candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    if required:
+        raise CaffeUnavailable(f"no stock `caffe` binary found; {_INSTALL_HINT}")
+    return None
+
+
+def _build_info(pydir):
+    """Source and CPU/GPU flavour of the Caffe we run on."""
+    if pydir is None:
+        return None, None
+    for parent in pydir.resolve().parents:
+        stamp = parent / ".complete"
+        if stamp.is_file():  # written by tools/build_caffe.sh
+            text = stamp.read_text()
+            return f"built by caffedsd from {text.split()[0]} in {parent}", "CPU-only" if "cpu_only=ON" in text else "GPU"
+    so = next(iter(pydir.glob("_caffe*.so")), None)
+    flavour = None
+    if so is not None and shutil.which("ldd"):
+        libs = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
+        flavour = "GPU" if "libcudart" in libs or "libcublas" in libs else "CPU-only"
+    source = f"CAFFE_ROOT={os.environ['CAFFE_ROOT']}" if os.environ.get("CAFFE_ROOT") else "existing pycaffe"
+    return source, flavour
+
+
+def info():
+    """What caffedsd runs on, as plain data."""
+    import numpy
+    from google.protobuf.internal import api_implementation
+
+    pydir = pycaffe_dir()
+    binary = caffe_binary(required=False)
+    version = None
+    if pydir is not None:
+        try:
+            version = import_caffe().__version__
+        except Exception as exc:  # a broken pycaffe is reported, not raised
+            version = f"unimportable: {exc}"
+    source, flavour = _build_info(pydir)
+    from . import __version__
+    return {
+        "caffedsd": __version__,
+        "caffe_version": version,
+        "caffe_source": source,
+        "caffe_build": flavour,
+        "pycaffe": str(pydir) if pydir else None,
+        "caffe_binary": str(binary) if binary else None,
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "protobuf": importlib.metadata.version("protobuf"),
+        "protobuf_backend": api_implementation.Type(),
+    }

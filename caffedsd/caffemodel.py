@@ -1,0 +1,346 @@
+"""Read and write .caffemodel files (binary NetParameter) without a prototxt.
+
+Reading maps the file and walks its outer messages (see wire.py): each blob's
+floats become a read-only numpy view of the file, so a 550 MB VGG16 loads with
+no protobuf size limit and no per-float copy. Layer metadata (name, type,
+params) is parsed with real protobuf messages. Both the V2 (``layer``) and the
+legacy V1 (``layers``) layouts are read; what is written is always V2.
+
+Writing re-emits every byte of the input that is not a replaced blob's data:
+layer names, types, params, biases, BatchNorm/Scale/PReLU blobs and any field
+this schema does not know all come back unchanged.
+"""
+import hashlib
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import wire
+from .atomic import atomic_open
+from .caffe_proto import BlobShape, LayerParameter, NetParameter, V1LayerParameter, upgrade_v1_layer
+from .errors import InputError
+
+# Field numbers of caffe.proto.
+NET_LAYERS_V1, NET_LAYER_V2 = 2, 100
+NET_KNOWN = {1: wire.LEN, 2: wire.LEN, 3: wire.LEN, 4: None, 5: wire.VARINT, 6: wire.LEN,
+             7: wire.VARINT, 8: wire.LEN, 100: wire.LEN}
+LAYER_BLOBS = {"V2": 7, "V1": 6}
+BLOB_LEGACY_DIMS = (1, 2, 3, 4)
+BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
+
+_CHUNK = 1 << 22  # elements per slice when streaming masked data out
+
+
+@dataclass(frozen=True, eq=False)
+class Blob:
+    """One blob of a layer. ``data`` is read-only, shaped like the blob."""
+
+    data: np.ndarray
+    # Where the BlobProto lies in the source, and its fields other than data,
+    # so a blob can be written back with only its data replaced.
+    _span: tuple = field(repr=False)
+    _other_fields: tuple = field(repr=False)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    name: str
+    type: str
+    blobs: tuple
+    # The layer's LayerParameter (V2, blobs left out): params, bias_term, ...
+    param: object = field(repr=False)
+    # Source pieces in order: memoryviews of non-blob fields, or a blob index.
+    _pieces: tuple = field(repr=False, default=())
+
+    @property
+    def param_names(self):
+        """The ``param { name }`` of each blob ('' where unnamed)."""
+        return tuple(self.param.param[i].name if i < len(self.param.param) else ""
+                     for i in range(len(self.blobs)))
+
+
+class CaffeModel:
+    """A caffemodel file opened for reading; its arrays stay valid while it lives."""
+
+    def __init__(self, path, layout, name, layers, top_pieces, buffer):
+        self.path = Path(path)
+        self.layout = layout
+        self.name = name
+        self.layers = tuple(layers)
+        self._top_pieces = tuple(top_pieces)
+        self._buffer = buffer
+        self._by_name = {}
+        for layer in self.layers:
+            if layer.name in self._by_name:
+                raise InputError(f"{self.path}: layer name {layer.name!r} appears twice")
+            self._by_name[layer.name] = layer
+
+    def layer(self, name):
+        return self._by_name[name]
+
+    def __contains__(self, name):
+        return name in self._by_name
+
+    def structure(self):
+        """(name, type, blob shapes) of each layer that has blobs."""
+        return [(layer.name, layer.type, [list(b.shape) for b in layer.blobs])
+                for layer in self.layers if layer.blobs]
+
+    def sha256(self):
+        return hashlib.sha256(self._buffer).hexdigest()
+
+
+def _fail(path, what):
+    raise InputError(f"{path}: {what}")
+
+
+def _looks_like_text(head):
+    if not head:
+        return False
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return printable == len(head)
+
+
+def read_caffemodel(path):
+    """Open a caffemodel. Raises InputError naming the file on anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        _fail(path, "no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        _fail(path, "empty file, not a caffemodel")
+    with open(path, "rb") as handle:
+        buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if _looks_like_text(buffer[:512]):
+        _fail(path, "is a text file (a prototxt?), not a binary caffemodel")
+    try:
+        return _parse_net(path, buffer)
+    except wire.WireError as exc:
+        _fail(path, f"not a caffemodel, or truncated ({exc})")
+
+
+def _parse_net(path, buf):
+    view = memoryview(buf)
+    top_pieces, layers, layouts = [], [], set()
+    for f in wire.iter_fields(buf):
+        expected = NET_KNOWN.get(f.number, "unknown")
+        if expected == "unknown" or (expected is not None and f.wire_type != expected):
+            raise wire.WireError(f"unexpected field {f.number} (wire type {f.wire_type}) at byte {f.start}")
+        if f.number in (NET_LAYER_V2, NET_LAYERS_V1):
+            layout = "V2" if f.number == NET_LAYER_V2 else "V1"
+            layouts.add(layout)
+            top_pieces.append(len(layers))
+            layers.append(_parse_layer(path, buf, view, f, layout, len(layers)))
+        else:
+            top_pieces.append(view[f.start:f.end])
+    if not layers:
+        _fail(path, "holds no layers: not a caffemodel")
+    if len(layouts) > 1:
+        _fail(path, "mixes V1 'layers' and V2 'layer' entries")
+    meta = NetParameter.FromString(b"".join(bytes(p) for p in top_pieces if not isinstance(p, int)))
+    return CaffeModel(path, layouts.pop(), meta.name, layers, top_pieces, buf)
+
+
+def _parse_layer(path, buf, view, f, layout, index):
+    blob_field = LAYER_BLOBS[layout]
+    pieces, blob_fields = [], []
+    for sub in wire.iter_fields(buf, f.value_start, f.end):
+        if sub.number == blob_field and sub.wire_type == wire.LEN:
+            pieces.append(len(blob_fields))
+            blob_fields.append(sub)
+        else:
+            pieces.append(view[sub.start:sub.end])
+    meta_bytes = b"".join(bytes(p) for p in pieces if not isinstance(p, int))
+    where = f"{path}: layer #{index}"
+    try:
+        if layout == "V2":
+            param = LayerParameter.FromString(meta_bytes)
+        else:
+            v1 = V1LayerParameter.FromString(meta_bytes)
+            param = upgrade_v1_layer(v1, where=f"{path}: layer {v1.name!r}")
+            pieces = [memoryview(param.SerializeToString())] + list(range(len(blob_fields)))
+    except Exception as exc:  # protobuf's DecodeError has no stable import path across versions
+        if isinstance(exc, InputError):
+            raise
+        _fail(path, f"layer #{index} is not a valid LayerParameter ({exc})")
+    if not param.name:
+        _fail(path, f"layer #{index} has no name")
+    where = f"{path}: layer {param.name!r}"
+    blobs = tuple(_parse_blob(where, i, buf, view, b) for i, b in enumerate(blob_fields))
+    return Layer(param.name, param.type, blobs, param, tuple(pieces))
+
+
+def _parse_blob(where, index, buf, view, f):
+    legacy = {}
+    shape = None
+    chunks, dtypes = [], set()
+    others = []
+    for sub in wire.iter_fields(buf, f.value_start, f.end):
+        if sub.number in BLOB_LEGACY_DIMS and sub.wire_type == wire.VARINT:
+            legacy[sub.number] = sub.value
+            others.append(view[sub.start:sub.end])
+        elif sub.number == BLOB_SHAPE and sub.wire_type == wire.LEN:
+            shape = tuple(BlobShape.FromString(bytes(view[sub.value_start:sub.end])).dim)
+            others.append(view[sub.start:sub.end])
+        elif sub.number in (BLOB_DATA, BLOB_DOUBLE_DATA):
+            dtype = np.dtype("<f4") if sub.number == BLOB_DATA else np.dtype("<f8")
+            dtypes.add(dtype)
+            chunks.append(_read_floats(where, buf, sub, dtype))
+        else:
+            others.append(view[sub.start:sub.end])
+    if shape is None:
+        shape = tuple(legacy.get(n, 0) for n in BLOB_LEGACY_DIMS) if legacy else (0,)
+    if len(dtypes) > 1:
+        raise InputError(f"{where}: blob {index} holds both float and double data")
+    dtype = dtypes.pop() if dtypes else np.dtype("<f4")
+    data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    if data.size != count:
+        raise InputError(f"{where}: blob {index} has shape {list(shape)} ({count} values) but holds {data.size}")
+    return Blob(data.reshape(shape), (f.start, f.end), tuple(others))
+
+
+def _read_floats(where, buf, f, dtype):
+    if f.wire_type == wire.LEN:
+        if f.value % dtype.itemsize:
+            raise InputError(f"{where}: packed data of {f.value} bytes is not a whole number of values")
+        return np.frombuffer(buf, dtype=dtype, count=f.value // dtype.itemsize, offset=f.value_start)
+    if f.wire_type in (wire.I32, wire.I64) and f.value == dtype.itemsize:
+        # An unpacked repeated value; consecutive ones are merged by the caller.
+        return np.frombuffer(buf, dtype=dtype, count=1, offset=f.value_start)
+    raise InputError(f"{where}: blob data has wire type {f.wire_type}")
+
+
+# ---------------------------------------------------------------- writing --
+# Output is assembled as nested lists of pieces: bytes, memoryviews of the
+# source, and _Stream objects whose size is known before their data exists.
+
+class _Stream:
+    """Array data written chunk by chunk; its byte count is known up front."""
+
+    def __init__(self, nbytes, chunks):
+        self.nbytes = nbytes
+        self.chunks = chunks
+
+
+def _size(pieces):
+    total = 0
+    for piece in pieces:
+        if isinstance(piece, list):
+            total += _size(piece)
+        elif isinstance(piece, bytes):
+            total += len(piece)
+        else:
+            total += piece.nbytes
+    return total
+
+
+def _write_pieces(handle, pieces):
+    for piece in pieces:
+        if isinstance(piece, list):
+            _write_pieces(handle, piece)
+        elif isinstance(piece, _Stream):
+            for arr in piece.chunks:
+                handle.write(memoryview(arr))
+        else:
+            handle.write(piece)
+
+
+def _record(number, payload):
+    """A LEN field: tag, length and ``payload`` pieces."""
+    return [wire.len_header(number, _size(payload))] + payload
+
+
+def _data_stream(blob, replacement, mask):
+    dtype = blob.data.dtype
+    flat_src = blob.data.reshape(-1)
+    if replacement is not None:
+        arr = np.asarray(replacement)
+        if arr.size != flat_src.size:
+            raise ValueError(f"replacement of {arr.size} values for a blob of {flat_src.size}")
+        chunks = (np.ascontiguousarray(arr, dtype=dtype).reshape(-1),)
+    else:
+        flat_mask = np.asarray(mask, dtype=bool).reshape(-1)
+        if flat_mask.size != flat_src.size:
+            raise ValueError(f"mask of {flat_mask.size} values for a blob of {flat_src.size}")
+        zero = dtype.type(0)
+        chunks = (np.where(flat_mask[i:i + _CHUNK], flat_src[i:i + _CHUNK], zero)
+                  for i in range(0, flat_src.size, _CHUNK))
+    number = BLOB_DATA if dtype == np.dtype("<f4") else BLOB_DOUBLE_DATA
+    return _record(number, [_Stream(flat_src.nbytes, chunks)])
+
+
+def _blob_record(model, view, blob, replacement=None, mask=None):
+    start, end = blob._span
+    if replacement is None and mask is None:
+        if model.layout == "V2":
+            return [view[start:end]]
+        # V1 keeps blobs in field 6, V2 in field 7: same payload, new tag.
+        payload_start = next(wire.iter_fields(model._buffer, start, end)).value_start
+        return _record(LAYER_BLOBS["V2"], [view[payload_start:end]])
+    return _record(LAYER_BLOBS["V2"], list(blob._other_fields) + _data_stream(blob, replacement, mask))
+
+
+def write_caffemodel(model, path, replace=None, masks=None):
+    """Write ``model`` as a V2 caffemodel at ``path``, atomically.
+
+    replace: {(layer name, blob index): array} gives a blob new values.
+    masks: {(layer name, blob index): bool array} writes the blob with the
+    positions where the mask is False set to exactly +0.0, streamed in slices
+    so no full copy of a large blob is made.
+    """
+    replace, masks = dict(replace or {}), dict(masks or {})
+    for name, blob_index in list(replace) + list(masks):
+        if name not in model or blob_index >= len(model.layer(name).blobs):
+            raise InputError(f"{model.path}: no blob {blob_index} in layer {name!r}")
+    view = memoryview(model._buffer)
+    pieces = []
+    for piece in model._top_pieces:
+        if not isinstance(piece, int):
+            pieces.append(piece)
+            continue
+        layer = model.layers[piece]
+        payload = []
+        for item in layer._pieces:
+            if isinstance(item, int):
+                key = (layer.name, item)
+                payload.append(_blob_record(model, view, layer.blobs[item], replace.get(key), masks.get(key)))
+            else:
+                payload.append(item)
+        pieces.append(_record(NET_LAYER_V2, payload))
+    with atomic_open(path) as handle:
+        _write_pieces(handle, pieces)
+
+
+def new_caffemodel(path, layers, name=""):
+    """Write a fresh V2 caffemodel from [(LayerParameter, [arrays])] (tests, benchmarks)."""
+    with atomic_open(path) as handle:
+        if name:
+            handle.write(NetParameter(name=name).SerializeToString())
+        for param, arrays in layers:
+            meta = LayerParameter()
+            meta.CopyFrom(param)
+            del meta.blobs[:]
+            payload = [meta.SerializeToString()]
+            for arr in arrays:
+                arr = np.ascontiguousarray(arr, dtype="<f4")
+                shape = BlobShape(dim=arr.shape).SerializeToString()
+                payload.append(_record(LAYER_BLOBS["V2"], [
+                    wire.len_header(BLOB_SHAPE, len(shape)), shape,
+                    *_record(BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])]))
+            _write_pieces(handle, _record(NET_LAYER_V2, payload))
+
+
+def file_sha256(path):
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if not size:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return hashlib.sha256(buf).hexdigest()

@@ -1,0 +1,201 @@
+"""The ``caffedsd`` command line: parse, make one library call, print.
+
+Library errors (caffedsd.errors) become a one-line message and their exit
+status here, in ``_Group.invoke``, and nowhere else.
+"""
+import functools
+from pathlib import Path
+
+import click
+
+from . import report
+from .errors import CaffeDsdError, InputError
+
+
+class _UserError(click.ClickException):
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None):
+        click.echo(f"caffedsd: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CaffeDsdError as exc:
+            raise _UserError(str(exc), exc.exit_code) from None
+
+
+# -- shared options ------------------------------------------------------------
+
+def _path(**kwargs):
+    return click.Path(dir_okay=False, path_type=Path, **kwargs)
+
+
+def weights_option(required=True):
+    return click.option("--weights", "-w", type=_path(), required=required, help="The .caffemodel file.")
+
+
+def masks_option(func):
+    return click.option("--masks", "-m", type=_path(), default=None,
+                        help="Masks file (default: WEIGHTS with .masks.h5 for .caffemodel).")(func)
+
+
+def model_option(required=False):
+    def decorate(func):
+        func = click.option("--allow-python-layers", is_flag=True,
+                            help="Accept nets with Python layers (they run arbitrary code).")(func)
+        return click.option("--model", "-p", type=_path(), required=required,
+                            help="Net prototxt that must fit the weights.")(func)
+    return decorate
+
+
+def gpu_option(func):
+    return click.option("--gpu", type=click.IntRange(min=0), default=None, metavar="ID",
+                        help="Run Caffe on GPU ID (default: CPU).")(func)
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
+
+
+def output_option(func):
+    func = click.option("--force", is_flag=True, help="Allow overwriting an input file.")(func)
+    return click.option("--output", "-o", type=_path(), required=True, help="Output .caffemodel.")(func)
+
+
+def _sparsity_options(func):
+    @click.option("--sparsity", "-s", type=float, default=None,
+                  help="Amount for every prunable layer no rule names (a fraction in [0, 1); "
+                       "with --criterion std, the multiplier s).")
+    @click.option("--rule", "-r", "rules", multiple=True, metavar="GLOB=AMOUNT",
+                  help="Per-layer amount, e.g. 'conv1=0.3' or 'fire*/expand3x3=0.7'; repeatable; last match wins.")
+    @click.option("--plan", "plan_file", type=_path(), default=None, help="YAML plan file (see README).")
+    @click.option("--criterion", "-c", type=click.Choice(["keepmax", "std", "random"]), default=None,
+                  help="keepmax (default): smallest |w| first; std: |w| < s*std(w); random: seeded Random-Cut.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+
+# -- commands --------------------------------------------------------------------
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="caffedsd")
+def main():
+    """Dense-Sparse-Dense training and pruning for stock BVLC Caffe models."""
+
+
+@main.command()
+@json_option
+def info(as_json):
+    """Show the Caffe, pycaffe and libraries caffedsd runs on.
+
+    \b
+    Example:
+      caffedsd info --json
+    """
+    from .caffe_env import info as gather
+
+    data = gather()
+    click.echo(report.to_json(data) if as_json else report.info_text(data))
+
+
+@main.command()
+@weights_option()
+@model_option()
+@_sparsity_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
+@masks_option
+@output_option
+def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, criterion, seed, masks, output, force):
+    """Prune blob 0 of Convolution/Deconvolution/InnerProduct layers.
+
+    Writes OUTPUT and its masks beside it (pruned.caffemodel ->
+    pruned.masks.h5). Masks of WEIGHTS, if present, only shrink.
+
+    \b
+    Example:
+      caffedsd prune -w squeezenet.caffemodel -s 0.5 -r 'conv10=0' -o pruned.caffemodel
+    """
+    from .plan import PlanError, plan_from_options
+    from .pruning import prune_file
+
+    try:
+        plan = plan_from_options(sparsity, rules, plan_file, criterion)
+    except PlanError as exc:
+        raise InputError(str(exc)) from None
+    rows, masks_out = prune_file(weights, output, plan, seed=seed, masks=masks, model=model,
+                                 force=force, allow_python_layers=allow_python_layers)
+    click.echo(report.prune_table(rows))
+    click.echo(f"wrote {output} and {masks_out}")
+
+
+@main.command()
+@weights_option()
+@masks_option
+@json_option
+def stats(weights, masks, as_json):
+    """Per-layer shapes, parameters, non-zeros, sparsity and bytes.
+
+    \b
+    Example:
+      caffedsd stats -w pruned.caffemodel --json
+    """
+    from .stats import weights_stats
+
+    data = weights_stats(weights, masks)
+    click.echo(report.to_json(data) if as_json else report.stats_table(data))
+
+
+@main.command()
+@weights_option()
+@masks_option
+@model_option()
+@gpu_option
+def verify(weights, masks, model, allow_python_layers, gpu):
+    """Check masked weights are exactly 0.0 and, with --model, that the
+    stock caffe binary loads the pair, ignores no weights and runs forward.
+
+    Exit status 0 when every check holds, 1 when one fails.
+
+    \b
+    Example:
+      caffedsd verify -w pruned.caffemodel -p deploy.prototxt
+    """
+    from .verify import verify_weights
+
+    checks = verify_weights(weights, masks, model, allow_python_layers=allow_python_layers, gpu=gpu)
+    click.echo(report.checks_table(checks))
+    if not all(c.ok for c in checks):
+        raise _UserError(f"{sum(not c.ok for c in checks)} check(s) failed", 1)
+
+
+@main.group(cls=_Group)
+def data():
+    """Prepare data sets for Caffe."""
+
+
+@data.command("fashion-mnist")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for train.h5, test.h5 and their list files.")
+@click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the IDX .gz files (default: Debian's dataset-fashion-mnist).")
+@click.option("--train-limit", type=int, default=None, help="Keep only the first N training images.")
+@click.option("--test-limit", type=int, default=None, help="Keep only the first N test images.")
+def fashion_mnist(output, source, train_limit, test_limit):
+    """Fashion-MNIST as HDF5 for Caffe's HDF5Data layer.
+
+    \b
+    Example:
+      caffedsd data fashion-mnist -o data/fashion-mnist
+    """
+    from .datasets import FASHION_MNIST_DIR, convert_fashion_mnist
+
+    result = convert_fashion_mnist(output, source or FASHION_MNIST_DIR, train_limit, test_limit)
+    for split in ("train", "test"):
+        click.echo(f"{split}: {result[split]['count']} images -> {result[split]['h5']} (list {result[split]['list']})")

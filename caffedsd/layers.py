@@ -1,0 +1,50 @@
+"""What caffedsd knows about Caffe layer types, and shared parameters."""
+from dataclasses import dataclass
+
+from .errors import InputError
+
+# Blob 0 of these is a weight tensor that pruning may touch. Never biases,
+# BatchNorm statistics, Scale/PReLU factors or any other blob.
+PRUNABLE_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct"})
+
+# Layer types that own learnable blobs in stock Caffe. Used to tell which
+# layers of a prototxt expect weights from a caffemodel.
+PARAM_TYPES = PRUNABLE_TYPES | {"BatchNorm", "Scale", "Bias", "PReLU", "Embed", "RNN", "LSTM"}
+
+
+def expects_blobs(layer_param):
+    """Whether a prototxt layer owns learnable blobs."""
+    if layer_param.type in ("Scale", "Bias") and len(layer_param.bottom) > 1:
+        return False  # the factor comes from the second bottom, not a blob
+    return layer_param.type in PARAM_TYPES
+
+
+@dataclass(frozen=True)
+class Target:
+    """A prunable weight blob: blob 0 of ``layers`` (several when shared)."""
+
+    owner: str
+    layers: tuple
+    shape: tuple
+    param_name: str = ""
+
+
+def prunable_targets(model):
+    """The model's prunable blobs, one Target per shared group, in layer order."""
+    groups = {}
+    for layer in model.layers:
+        if layer.type not in PRUNABLE_TYPES or not layer.blobs:
+            continue
+        param_name = layer.param_names[0]
+        key = ("param", param_name) if param_name else ("layer", layer.name)
+        shape = layer.blobs[0].shape
+        if key in groups:
+            first = groups[key]
+            if first.shape != shape:
+                raise InputError(f"{model.path}: layers {first.owner!r} and {layer.name!r} share param "
+                                 f"{param_name!r} but their weights have shapes {list(first.shape)} "
+                                 f"and {list(shape)}")
+            groups[key] = Target(first.owner, first.layers + (layer.name,), shape, param_name)
+        else:
+            groups[key] = Target(layer.name, (layer.name,), shape, param_name)
+    return list(groups.values())

@@ -1,0 +1,175 @@
+"""Pruning masks: pure functions of (weights, criterion, amount) -> bool array.
+
+True keeps a weight, False prunes it. Computing a mask never changes the
+weights; ``apply_mask`` is the separate step. A ``previous`` mask is honoured
+so that masks only shrink: what was pruned stays pruned.
+
+Criteria (registry ``CRITERIA``):
+  keepmax  prune exactly round(amount * n) weights, smallest |w| first
+           (Keepmax-Cut of the DSD paper); ties go to the lower flat index.
+  std      prune |w| < amount * std(w) over the still-kept weights
+           (Han et al. 2015); ``amount`` is that multiplier s >= 0.
+  random   prune exactly round(amount * n) weights chosen at random
+           (Random-Cut, the paper's baseline); seeded.
+"""
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+_CHUNK = 1 << 22
+
+
+def _target_count(n, sparsity, previous_pruned):
+    return max(int(round(sparsity * n)), previous_pruned)
+
+
+def _prune_lowest(scores_of, size, count, keep):
+    """Set keep to False at the ``count`` lowest scores; ties by flat index.
+
+    ``scores_of(start, stop)`` returns a fresh array of the scores of that flat
+    range. O(n): an in-place partition of one full score array finds the
+    threshold, then slices are scored again, so at most one full-size
+    temporary exists besides the mask. Entries strictly below the threshold
+    go, then the first ties in index order, so the result never depends on
+    the partition's internal order.
+    """
+    flat_keep = keep.reshape(-1)
+    if count <= 0:
+        return
+    if count >= size:
+        flat_keep[:] = False
+        return
+    full = scores_of(0, size)
+    full.partition(count - 1)
+    threshold = full[count - 1]
+    del full
+    ties_needed = count
+    for start in range(0, size, _CHUNK):
+        below = scores_of(start, min(start + _CHUNK, size)) < threshold
+        flat_keep[start:start + below.size] &= ~below
+        ties_needed -= int(np.count_nonzero(below))
+    for start in range(0, size, _CHUNK):
+        if ties_needed <= 0:
+            break
+        ties = np.flatnonzero(scores_of(start, min(start + _CHUNK, size)) == threshold)[:ties_needed]
+        flat_keep[ties + start] = False
+        ties_needed -= ties.size
+
+
+def _start_keep(weights, previous):
+    return np.ones(weights.shape, dtype=bool) if previous is None else previous.copy()
+
+
+def _scorer(values, previous, transform=np.array):
+    """scores_of for _prune_lowest: transform(values) per position (a fresh
+    array), -1 where ``previous`` already pruned, so those always go first."""
+    flat = values.reshape(-1)
+    flat_prev = None if previous is None else previous.reshape(-1)
+
+    def scores_of(start, stop):
+        scores = transform(flat[start:stop])
+        if flat_prev is not None:
+            scores[~flat_prev[start:stop]] = -1
+        return scores
+    return scores_of
+
+
+def keepmax_mask(weights, sparsity, previous=None, rng=None):
+    keep = _start_keep(weights, previous)
+    count = _target_count(weights.size, sparsity, int(np.count_nonzero(~keep)))
+    _prune_lowest(_scorer(weights, previous, np.abs), weights.size, count, keep)
+    return keep
+
+
+def std_mask(weights, scale, previous=None, rng=None):
+    keep = _start_keep(weights, previous)
+    alive = weights[keep]
+    if alive.size == 0:
+        return keep
+    threshold = scale * float(np.std(alive, dtype=np.float64))
+    keep &= np.abs(weights) >= threshold
+    return keep
+
+
+def random_mask(weights, sparsity, previous=None, rng=None):
+    if rng is None:
+        raise ValueError("random criterion needs an rng (numpy Generator)")
+    keep = _start_keep(weights, previous)
+    count = _target_count(weights.size, sparsity, int(np.count_nonzero(~keep)))
+    draws = rng.random(weights.size, dtype=np.float32)
+    _prune_lowest(_scorer(draws, previous), weights.size, count, keep)
+    return keep
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    compute: Callable
+    # What the per-layer number means, for validation and messages.
+    amount_name: str
+    check: Callable  # amount -> error text or None
+
+
+def _check_sparsity(value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < 1):
+        return "must be in [0, 1)"
+    return None
+
+
+def _check_scale(value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        return "must be a finite number >= 0 (the multiplier s)"
+    return None
+
+
+CRITERIA = {
+    "keepmax": Criterion("keepmax", keepmax_mask, "sparsity", _check_sparsity),
+    "std": Criterion("std", std_mask, "s", _check_scale),
+    "random": Criterion("random", random_mask, "sparsity", _check_sparsity),
+}
+
+
+def get_criterion(name):
+    try:
+        return CRITERIA[name]
+    except KeyError:
+        raise ValueError(f"unknown criterion {name!r} (known: {', '.join(CRITERIA)})") from None
+
+
+def compute_mask(weights, criterion, amount, previous=None, rng=None):
+    """The keep-mask of ``weights`` under ``criterion`` (a name in CRITERIA).
+
+    ``previous`` (bool, same shape) is an earlier mask: positions it prunes
+    stay pruned. ``rng`` is a numpy Generator, needed by ``random``.
+    """
+    crit = get_criterion(criterion)
+    problem = crit.check(amount)
+    if problem:
+        raise ValueError(f"{criterion} amount {amount!r}: {problem}")
+    weights = np.asarray(weights)
+    if previous is not None:
+        previous = np.asarray(previous, dtype=bool)
+        if previous.shape != weights.shape:
+            raise ValueError(f"previous mask has shape {previous.shape}, weights {weights.shape}")
+    return crit.compute(weights, amount, previous=previous, rng=rng)
+
+
+def apply_mask(weights, mask):
+    """A copy of ``weights`` with pruned positions set to exactly +0.0."""
+    return np.where(mask, weights, weights.dtype.type(0))
+
+
+def layer_rng(seed, layer_name):
+    """A Generator for one layer that depends on the seed and the layer's name
+    only, so a layer's random mask does not change when others are added."""
+    name_key = int.from_bytes(hashlib.sha256(layer_name.encode("utf-8")).digest()[:16], "little")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), name_key]))
+
+
+def sparsity(mask):
+    """Fraction of positions a mask prunes (exact integer counts)."""
+    mask = np.asarray(mask, dtype=bool)
+    return (mask.size - int(np.count_nonzero(mask))) / mask.size if mask.size else 0.0

@@ -1,0 +1,54 @@
+"""Does a net prototxt fit a caffemodel?
+
+Stock Caffe copies weights by layer name, logs "Ignoring source layer" at
+INFO level for weights the net lacks, and silently leaves a net layer with no
+weights at its filler's random values. caffedsd refuses both.
+"""
+from .errors import InputError
+from .layers import expects_blobs
+
+_SHOWN = 6
+
+
+def _names(names):
+    names = list(names)
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
+
+
+def _expected_blob_count(layer_param):
+    kind = layer_param.type
+    if kind == "Convolution" or kind == "Deconvolution":
+        return 2 if layer_param.convolution_param.bias_term else 1
+    if kind == "InnerProduct":
+        return 2 if layer_param.inner_product_param.bias_term else 1
+    if kind == "BatchNorm":
+        return 3
+    if kind == "Scale":
+        return 2 if layer_param.scale_param.bias_term else 1
+    return None
+
+
+def check_pair(net, net_path, model):
+    """Raise InputError listing every mismatch between prototxt and weights."""
+    net_layers = {}
+    for layer_param in net.layer:
+        net_layers.setdefault(layer_param.name, layer_param)
+    with_blobs = {layer.name: layer for layer in model.layers if layer.blobs}
+    problems = []
+    no_weights = [n for n, p in net_layers.items() if expects_blobs(p) and n not in with_blobs]
+    if no_weights:
+        problems.append(f"layers with no weights in {model.path.name} (Caffe would leave them random): "
+                        + _names(no_weights))
+    ignored = [n for n in with_blobs if n not in net_layers]
+    if ignored:
+        problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + _names(ignored))
+    counts = []
+    for name, layer_param in net_layers.items():
+        expected = _expected_blob_count(layer_param)
+        if name in with_blobs and expected is not None and expected != len(with_blobs[name].blobs):
+            counts.append(f"{name} ({expected} in net, {len(with_blobs[name].blobs)} in weights)")
+    if counts:
+        problems.append("blob counts differ: " + _names(counts))
+    if problems:
+        raise InputError(f"{net_path} does not match {model.path}: " + "; ".join(problems))

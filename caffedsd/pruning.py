@@ -1,0 +1,116 @@
+"""Pruning a caffemodel: plan + weights (+ earlier masks) -> masks and rows.
+
+``prune_model`` is computation only; ``prune_file`` adds the file handling:
+reading, checks, writing the pruned caffemodel and its masks atomically.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import check_output
+from .caffe_proto import read_net_prototxt
+from .caffemodel import read_caffemodel, write_caffemodel
+from .errors import InputError
+from .layers import prunable_targets
+from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
+from .masks import compute_mask, layer_rng
+from .netcheck import check_pair
+from .plan import PlanError
+
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class PrunedLayer:
+    """One row of the per-layer table."""
+
+    layer: str
+    shared_by: tuple
+    shape: tuple
+    amount: float
+    params: int
+    pruned: int
+
+    @property
+    def sparsity(self):
+        return self.pruned / self.params if self.params else 0.0
+
+
+def check_finite(model):
+    """Raise InputError naming the first layer whose blobs hold NaN or Inf."""
+    for layer in model.layers:
+        for index, blob in enumerate(layer.blobs):
+            flat = blob.data.reshape(-1)
+            bad = sum(int(flat.size - np.count_nonzero(np.isfinite(flat[i:i + _CHUNK])))
+                      for i in range(0, flat.size, _CHUNK))
+            if bad:
+                raise InputError(f"{model.path}: layer {layer.name!r} blob {index} holds {bad} NaN/Inf values")
+
+
+def prune_model(model, plan, seed=0, previous=None, meta=None):
+    """Masks for ``model`` under ``plan``; returns (MaskSet, [PrunedLayer]).
+
+    ``previous`` (a MaskSet of the same model) only ever loses kept
+    positions: layers it masks stay masked even when the plan skips them.
+    ``meta`` adds entries to the masks' metadata.
+    """
+    targets = prunable_targets(model)
+    if not targets:
+        raise InputError(f"{model.path}: no prunable layer (Convolution, Deconvolution or InnerProduct with weights)")
+    all_names = [name for t in targets for name in t.layers]
+    try:
+        amounts = plan.amounts(all_names)
+    except PlanError as exc:
+        raise InputError(str(exc)) from None
+    earlier = previous.per_layer() if previous is not None else {}
+    masks, shared_by, used_amounts, rows = {}, {}, {}, []
+    for target in targets:
+        given = {amounts[n] for n in target.layers if n in amounts}
+        if len(given) > 1:
+            raise InputError(f"layers {', '.join(target.layers)} share param {target.param_name!r} "
+                             f"but the plan gives them different amounts {sorted(given)}")
+        prev = earlier.get(target.owner)
+        if not given and prev is None:
+            continue
+        weights = model.layer(target.owner).blobs[0].data
+        if given:
+            amount = given.pop()
+            mask = compute_mask(weights, plan.criterion, amount, previous=prev,
+                                rng=layer_rng(seed, target.owner))
+        else:
+            amount, mask = None, prev
+        masks[target.owner] = mask
+        shared_by[target.owner] = target.layers
+        used_amounts[target.owner] = amount
+        rows.append(PrunedLayer(target.owner, target.layers, target.shape, amount,
+                                int(mask.size), int(mask.size - np.count_nonzero(mask))))
+    meta = {"criterion": plan.criterion, "seed": seed, "amounts": used_amounts,
+            "plan": plan.to_dict(), **(meta or {})}
+    return MaskSet(masks, shared_by, model.structure(), meta), rows
+
+
+def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=False,
+               allow_python_layers=False):
+    """Prune the caffemodel ``weights`` into ``output`` and its masks file.
+
+    masks: earlier masks of ``weights`` (default: its .masks.h5 if present).
+    model: a net prototxt that must fit the weights.
+    Returns (rows, masks path).
+    """
+    weights, output = Path(weights), Path(output)
+    source = read_caffemodel(weights)
+    masks_in = Path(masks) if masks else masks_path_for(weights)
+    known_inputs = [weights, masks_in if masks_in.exists() else None]
+    check_output(output, inputs=known_inputs, force=force)
+    check_output(masks_path_for(output), inputs=known_inputs, force=force)
+    if model is not None:
+        check_pair(read_net_prototxt(model, allow_python_layers), model, source)
+    previous = masks_for(source, masks)
+    check_finite(source)
+    maskset, rows = prune_model(source, plan, seed=seed, previous=previous,
+                                meta={"source": weights.name, "source_sha256": source.sha256()})
+    write_caffemodel(source, output, masks={(layer, 0): mask for layer, mask in maskset.per_layer().items()})
+    masks_out = masks_path_for(output)
+    save_masks(masks_out, maskset)
+    return rows, masks_out

@@ -1,0 +1,66 @@
+"""Per-layer statistics of a caffemodel: shapes, parameters, non-zeros, bytes.
+
+All counts are Python integers: a float32 counter stops at 2**24, which is
+how one Deep Compression fork reported "sparsity 0.444" for a 37.7M-weight
+layer. Shared blobs (``param { name }``) count once in the totals.
+"""
+import numpy as np
+
+from .caffemodel import read_caffemodel
+from .maskfile import masks_for
+
+
+_CHUNK = 1 << 22
+
+
+def count_nonzero(array):
+    flat = array.reshape(-1)
+    return sum(int(np.count_nonzero(flat[i:i + _CHUNK])) for i in range(0, flat.size, _CHUNK))
+
+
+def model_stats(model, maskset=None):
+    """{"layers": [row, ...], "totals": {...}} as plain data."""
+    per_layer_masks = maskset.per_layer() if maskset is not None else {}
+    rows = []
+    seen_params = set()
+    totals = {"params": 0, "nonzero": 0, "bytes": 0, "masked": 0 if maskset is not None else None}
+    for layer in model.layers:
+        if not layer.blobs:
+            continue
+        params = sum(int(b.data.size) for b in layer.blobs)
+        nonzero = sum(count_nonzero(b.data) for b in layer.blobs)
+        nbytes = sum(int(b.data.nbytes) for b in layer.blobs)
+        mask = per_layer_masks.get(layer.name)
+        masked = None if mask is None else int(mask.size - np.count_nonzero(mask))
+        weights = layer.blobs[0].data
+        rows.append({
+            "layer": layer.name,
+            "type": layer.type,
+            "shapes": [list(b.shape) for b in layer.blobs],
+            "params": params,
+            "nonzero": nonzero,
+            "sparsity": 1 - nonzero / params if params else 0.0,
+            "weight_sparsity": 1 - count_nonzero(weights) / weights.size if weights.size else 0.0,
+            "masked": masked,
+            "bytes": nbytes,
+        })
+        for index, blob in enumerate(layer.blobs):
+            name = layer.param_names[index]
+            if name:
+                if name in seen_params:
+                    continue
+                seen_params.add(name)
+            totals["params"] += int(blob.data.size)
+            totals["nonzero"] += count_nonzero(blob.data)
+            totals["bytes"] += int(blob.data.nbytes)
+        if masked is not None and layer.name in (maskset.masks if maskset else {}):
+            totals["masked"] += masked
+    totals["sparsity"] = 1 - totals["nonzero"] / totals["params"] if totals["params"] else 0.0
+    totals["file_bytes"] = model.path.stat().st_size
+    return {"weights": str(model.path), "layout": model.layout, "layers": rows, "totals": totals}
+
+
+def weights_stats(weights_path, masks_path=None):
+    """model_stats of a caffemodel file and its masks (if given or beside it)."""
+    model = read_caffemodel(weights_path)
+    return model_stats(model, masks_for(model, masks_path))

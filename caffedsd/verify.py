@@ -1,0 +1,96 @@
+"""Checks that a pruned model is what it claims, in stock Caffe too."""
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+from pathlib import Path
+
+from .caffe_env import caffe_binary
+from .caffe_proto import read_net_prototxt
+from .caffemodel import read_caffemodel
+from .maskfile import masks_for
+from .netcheck import check_pair
+
+_CHUNK = 1 << 22
+_IGNORED = re.compile(r"Ignoring source layer (\S+)")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def masked_nonzeros(weights, mask):
+    """How many positions the mask prunes hold anything but 0.0."""
+    flat_w, flat_m = weights.reshape(-1), mask.reshape(-1)
+    return sum(int(np.count_nonzero(flat_w[i:i + _CHUNK][~flat_m[i:i + _CHUNK]]))
+               for i in range(0, flat_w.size, _CHUNK))
+
+
+def check_masked_zeros(model, maskset):
+    """One Check per masked layer: every masked position is exactly 0.0."""
+    checks = []
+    for layer, mask in maskset.per_layer().items():
+        bad = masked_nonzeros(model.layer(layer).blobs[0].data, mask)
+        pruned = int(mask.size - np.count_nonzero(mask))
+        checks.append(Check(f"zeros {layer}", bad == 0,
+                            f"{pruned} masked positions all 0.0" if bad == 0
+                            else f"{bad} of {pruned} masked positions are not 0.0"))
+    return checks
+
+
+def run_caffe_test(net_path, weights_path, iterations=1, gpu=None, binary=None, timeout=None):
+    """Run ``caffe test`` on the pair; returns (returncode, full log text)."""
+    binary = binary or caffe_binary()
+    cmd = [str(binary), "test", f"--model={net_path}", f"--weights={weights_path}", f"--iterations={iterations}"]
+    if gpu is not None:
+        cmd.append(f"--gpu={gpu}")
+    env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def parse_test_outputs(log):
+    """{output name: value} from the final lines of ``caffe test``'s log."""
+    results = {}
+    for match in re.finditer(r"caffe\.cpp:\d+\] (\S+) = ([-+0-9.eEinfa]+)", log):
+        results[match.group(1)] = float(match.group(2))
+    return results
+
+
+def check_with_caffe(model, net_path, weights_path, gpu=None):
+    """Stock `caffe test` loads the pair, uses every weight, and runs a forward pass."""
+    code, log = run_caffe_test(net_path, weights_path, iterations=1, gpu=gpu)
+    if code != 0:
+        last = [line for line in log.splitlines() if line.strip()][-3:]
+        return [Check("caffe test", False, f"exit status {code}: " + " | ".join(last))]
+    with_blobs = {layer.name for layer in model.layers if layer.blobs}
+    ignored = [name for name in _IGNORED.findall(log) if name in with_blobs]
+    checks = [Check("caffe loads every weight", not ignored,
+                    "no layer with weights ignored" if not ignored
+                    else "Caffe ignored the weights of " + ", ".join(ignored))]
+    outputs = parse_test_outputs(log)
+    checks.append(Check("caffe test forward", True,
+                        ", ".join(f"{k} = {v:g}" for k, v in outputs.items()) or "ran"))
+    return checks
+
+
+def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_layers=False, gpu=None):
+    """All checks that apply to a caffemodel: [Check]."""
+    model = read_caffemodel(weights_path)
+    maskset = masks_for(model, masks_path)
+    checks = []
+    if maskset is None:
+        checks.append(Check("masks", True, f"none beside {model.path.name}; zero check skipped"))
+    else:
+        checks += check_masked_zeros(model, maskset)
+    if net_path is not None:
+        check_pair(read_net_prototxt(net_path, allow_python_layers), net_path, model)
+        checks.append(Check("prototxt fits weights", True, f"{Path(net_path).name} matches every layer with weights"))
+        checks += check_with_caffe(model, net_path, weights_path, gpu=gpu)
+    return checks

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="caffedsd",
+    version="0.1.0",
+    description="Dense-Sparse-Dense training and pruning for stock BVLC Caffe models",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-2-Clause",
+    python_requires=">=3.9",
+    packages=find_packages(include=["caffedsd", "caffedsd.*"]),
+    package_data={"caffedsd": ["proto/caffe.proto", "proto/caffe.desc", "proto/LICENSE.caffe"]},
+    install_requires=[
+        "numpy>=1.22",
+        "protobuf>=4.21",
+        "h5py>=3.6",
+        "click>=8.1",
+        "PyYAML>=6.0",
+    ],
+    extras_require={
+        # What stock pycaffe imports at `import caffe` time (caffe/io.py needs skimage).
+        "pycaffe": ["six", "scipy", "scikit-image"],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["caffedsd=caffedsd.cli:main"]},
+)

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build stock BVLC Caffe from Debian's source package into a cache prefix.
+#
+#   tools/build_caffe.sh PYTHON PREFIX [--cuda]
+#
+# PYTHON is the interpreter pycaffe is built for (the venv's), PREFIX the
+# install prefix (bin/caffe, lib/, python/caffe). The prefix is only marked
+# complete (PREFIX/.complete) after a whole, successful build, so an
+# interrupted build is redone from scratch on the next run.
+set -euo pipefail
+
+PYTHON=${1:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
+PREFIX=${2:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
+CUDA=0
+[ "${3:-}" = "--cuda" ] && CUDA=1
+
+VERSION=1.0.0+git20180821.99bd997-8
+ORIG=caffe_1.0.0+git20180821.99bd997.orig.tar.gz
+ORIG_SHA256=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c
+JOBS=${CAFFEDSD_BUILD_JOBS:-$(nproc)}
+
+if [ -f "$PREFIX/.complete" ]; then
+    echo "caffe: already built in $PREFIX"
+    exit 0
+fi
+
+say() { echo "caffe: $*"; }
+
+# The source comes from Debian 11 "bullseye". The mirror is the one this
+# machine's apt already uses for Debian (overridable), read from its sources,
+# so no host name is written into this project.
+debian_mirror() {
+    if [ -n "${CAFFEDSD_DEBIAN_MIRROR:-}" ]; then
+        echo "$CAFFEDSD_DEBIAN_MIRROR"; return
+    fi
+    local uri
+    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+          | awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}')
+    if [ -z "$uri" ]; then
+        uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+              | awk '/^URIs:/ && $0 !~ /security/ {print $2; exit}')
+    fi
+    [ -n "$uri" ] || { echo "caffe: cannot find a Debian mirror in apt's sources; set CAFFEDSD_DEBIAN_MIRROR" >&2; exit 1; }
+    echo "$uri"
+}
+
+WORK="$PREFIX.build"
+rm -rf "$WORK" "$PREFIX"
+mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/src"
+
+# A private sources list: the machine's own apt configuration is never edited.
+MIRROR=$(debian_mirror)
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+echo "deb-src [signed-by=$KEYRING] $MIRROR bullseye main" > "$WORK/apt/sources.list"
+APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cache"
+          -o APT::Sandbox::User=root -q)
+say "fetching source package caffe=$VERSION"
+apt-get "${APT_OPTS[@]}" update >/dev/null
+(cd "$WORK/src" && apt-get "${APT_OPTS[@]}" source --download-only "caffe=$VERSION" >/dev/null)
+
+echo "$ORIG_SHA256  $WORK/src/$ORIG" | sha256sum -c --quiet - \
+    || { echo "caffe: sha256 of $ORIG does not match $ORIG_SHA256" >&2; exit 1; }
+say "sha256 of $ORIG verified"
+(cd "$WORK/src" && dpkg-source --no-check -x "caffe_${VERSION}.dsc" caffe >/dev/null)
+SRC="$WORK/src/caffe"
+
+# protobuf 3.21 (Debian 12) dropped the two-argument SetTotalBytesLimit.
+sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, *[0-9]*)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
+    "$SRC/src/caffe/util/io.cpp"
+grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp" \
+    || { echo "caffe: could not patch SetTotalBytesLimit in io.cpp" >&2; exit 1; }
+
+CPU_ONLY=ON
+[ "$CUDA" = 1 ] && CPU_ONLY=OFF
+say "configuring (CPU_ONLY=$CPU_ONLY, python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
+mkdir -p "$WORK/build"
+(cd "$WORK/build" && cmake "$SRC" \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$PREFIX" \
+    -DCPU_ONLY=$CPU_ONLY -DUSE_CUDNN=OFF -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=ON -DBLAS=Open \
+    -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 \
+    -DPYTHON_EXECUTABLE="$PYTHON" -DBUILD_docs=OFF -DBUILD_matlab=OFF \
+    > "$WORK/cmake.log" 2>&1) || { tail -30 "$WORK/cmake.log" >&2; exit 1; }
+say "building with $JOBS jobs (a few minutes)"
+(cd "$WORK/build" && make -j"$JOBS" > "$WORK/make.log" 2>&1) \
+    || { tail -30 "$WORK/make.log" >&2; exit 1; }
+(cd "$WORK/build" && make install > "$WORK/install.log" 2>&1) \
+    || { tail -30 "$WORK/install.log" >&2; exit 1; }
+[ -x "$PREFIX/bin/caffe" ] || { echo "caffe: build produced no $PREFIX/bin/caffe" >&2; exit 1; }
+# Debian's packaging patch installs pycaffe under lib/python3/dist-packages;
+# PREFIX/pycaffe names that folder, wherever it is.
+so=$(find "$PREFIX" -name '_caffe*.so' -path '*/caffe/*' | head -1)
+[ -n "$so" ] || { echo "caffe: build produced no pycaffe (_caffe.so)" >&2; exit 1; }
+ln -sfn "$(dirname "$(dirname "$so")")" "$PREFIX/pycaffe"
+echo "$VERSION" > "$PREFIX/VERSION"
+echo "debian-source:$VERSION cpu_only=$CPU_ONLY" > "$PREFIX/.complete"
+rm -rf "$WORK"
+say "installed in $PREFIX"
