@@ -1,0 +1,69 @@
+import os
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from caffedsd.cli import main  # noqa: E402
+
+# A small net with every kind of blob the pruner must tell apart: conv with
+# bias, BatchNorm (3 blobs), Scale with bias, a bias-free InnerProduct and two
+# InnerProducts sharing one weight blob through param { name }.
+TINY_NET = """
+name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 1 }
+                            bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1"
+        inner_product_param { num_output: 10 bias_term: false weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "fc2a" type: "InnerProduct" bottom: "fc1" top: "fc2a" param { name: "fc2_w" } param { name: "fc2_b" }
+        inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "fc2b" type: "InnerProduct" bottom: "fc2a" top: "fc2b" param { name: "fc2_w" } param { name: "fc2_b" }
+        inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 1 } } }
+"""
+
+
+@pytest.fixture(scope="session")
+def caffe():
+    from caffedsd.caffe_env import import_caffe
+
+    return import_caffe()
+
+
+def save_net(caffe, folder, text, name="net", seed=0):
+    """Write prototxt ``text``, build it in pycaffe with seeded random values in
+    every blob (BatchNorm's scale factor 1), save; return (prototxt, weights)."""
+    proto = folder / f"{name}.prototxt"
+    proto.write_text(text)
+    net = caffe.Net(str(proto), caffe.TEST)
+    rng = np.random.default_rng(seed)
+    for layer, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            blob.data[...] = rng.normal(size=blob.data.shape)
+        if net.layers[list(net._layer_names).index(layer)].type == "BatchNorm":
+            blobs[1].data[...] = np.abs(blobs[1].data) + 0.5
+            blobs[2].data[...] = 1.0
+    weights = folder / f"{name}.caffemodel"
+    net.save(str(weights))
+    return proto, weights
+
+
+@pytest.fixture
+def tiny(caffe, tmp_path):
+    return save_net(caffe, tmp_path, TINY_NET)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return run

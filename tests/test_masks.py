@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+from caffedsd.masks import CRITERIA, apply_mask, compute_mask, layer_rng, sparsity
+
+W = np.array([0.5, -0.1, 0.1, 0.3, -0.2, 0.1], dtype=np.float32)
+
+
+def test_keepmax_prunes_exact_count_smallest_first():
+    # |W| = .5 .1 .1 .3 .2 .1 -> the three 0.1s go.
+    assert compute_mask(W, "keepmax", 0.5).tolist() == [True, False, False, True, True, False]
+
+
+def test_keepmax_breaks_ties_by_lower_index():
+    # round(0.34 * 6) = 2 of the three tied 0.1s: indices 1 and 2, not 5.
+    assert compute_mask(W, "keepmax", 0.34).tolist() == [True, False, False, True, True, True]
+
+
+def test_keepmax_zero_and_nearly_all():
+    assert compute_mask(W, "keepmax", 0.0).all()
+    assert compute_mask(W, "keepmax", 0.99).tolist() == [False] * 6  # round(5.94) = 6
+
+
+def test_keepmax_keeps_shape():
+    w = W.reshape(2, 3)
+    mask = compute_mask(w, "keepmax", 0.5)
+    assert mask.shape == (2, 3) and mask.dtype == bool
+
+
+def test_previous_mask_only_shrinks():
+    previous = np.array([True, True, True, False, True, True])  # 0.3 was pruned before
+    mask = compute_mask(W, "keepmax", 0.5, previous=previous)
+    # 3 to prune: the earlier one (index 3) first, then the two lowest 0.1s.
+    assert mask.tolist() == [True, False, False, False, True, True]
+    # Asking for less than is already pruned keeps the earlier mask.
+    assert compute_mask(W, "keepmax", 0.0, previous=previous).tolist() == previous.tolist()
+
+
+def test_std_criterion():
+    # mean 0.1167, std(W) = 0.2338; s = 1 prunes |w| < 0.2338: 0.1, 0.1, 0.2, 0.1.
+    assert np.isclose(np.std(W), 0.23383), np.std(W)
+    assert compute_mask(W, "std", 1.0).tolist() == [True, False, False, True, False, False]
+    assert compute_mask(W, "std", 0.0).all()
+
+
+def test_std_uses_kept_weights_and_shrinks():
+    previous = np.array([False, True, True, True, True, True])  # 0.5 pruned
+    # kept: -.1 .1 .3 -.2 .1 -> mean .04, std 0.1744; s = 1 prunes |w| < .1744.
+    mask = compute_mask(W, "std", 1.0, previous=previous)
+    assert mask.tolist() == [False, False, False, True, True, False]
+
+
+def test_random_exact_count_and_seeded():
+    w = np.arange(1, 1001, dtype=np.float32)
+    a = compute_mask(w, "random", 0.3, rng=layer_rng(7, "conv1"))
+    b = compute_mask(w, "random", 0.3, rng=layer_rng(7, "conv1"))
+    c = compute_mask(w, "random", 0.3, rng=layer_rng(8, "conv1"))
+    assert int((~a).sum()) == 300
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # Not magnitude: some of the 300 smallest survive.
+    assert a[:300].any()
+
+
+def test_random_shrinks_previous():
+    w = np.ones(100, dtype=np.float32)
+    previous = np.ones(100, dtype=bool)
+    previous[:40] = False
+    mask = compute_mask(w, "random", 0.5, previous=previous, rng=layer_rng(0, "x"))
+    assert not mask[:40].any() and int((~mask).sum()) == 50
+
+
+def test_layer_rng_depends_on_name():
+    assert layer_rng(1, "a").random() != layer_rng(1, "b").random()
+
+
+@pytest.mark.parametrize("criterion,amount", [("keepmax", 1.0), ("keepmax", -0.1), ("random", 1.5),
+                                              ("keepmax", float("nan")), ("std", -1.0), ("std", float("inf"))])
+def test_bad_amounts(criterion, amount):
+    with pytest.raises(ValueError):
+        compute_mask(W, criterion, amount, rng=layer_rng(0, "x"))
+
+
+def test_unknown_criterion():
+    with pytest.raises(ValueError, match="unknown criterion"):
+        compute_mask(W, "largest", 0.5)
+
+
+def test_registry_names():
+    assert set(CRITERIA) == {"keepmax", "std", "random"}
+
+
+def test_apply_mask_writes_positive_zero_and_is_pure():
+    mask = np.array([True, False, True, True, False, True])
+    out = apply_mask(W, mask)
+    assert out[1] == 0 and not np.signbit(out[1]) and not np.signbit(out[4])  # -0.1 -> +0.0
+    assert W[1] == np.float32(-0.1)  # input untouched
+    assert sparsity(mask) == pytest.approx(2 / 6)
+
+
+def test_large_layer_is_exact(monkeypatch):
+    # Chunked passes (small chunk forced) give the same mask as a sort.
+    import caffedsd.masks as masks
+
+    monkeypatch.setattr(masks, "_CHUNK", 7)
+    rng = np.random.default_rng(0)
+    w = rng.integers(-5, 5, size=200).astype(np.float32)  # many ties
+    mask = compute_mask(w, "keepmax", 0.37)
+    order = np.lexsort((np.arange(w.size), np.abs(w)))
+    expected = np.ones(w.size, dtype=bool)
+    expected[order[:round(0.37 * 200)]] = False
+    assert np.array_equal(mask, expected)
