@@ -59,6 +59,12 @@ V1_TYPE_NAMES = {
 _V1_SPECIAL = {"type", "param", "blob_share_mode", "blobs_lr", "weight_decay", "blobs", "layer"}
 
 
+def _is_repeated(field):
+    # protobuf 5.28+ has is_repeated; `label` is gone in 7.
+    flag = getattr(field, "is_repeated", None)
+    return flag if flag is not None else field.label == field.LABEL_REPEATED
+
+
 def upgrade_v1_layer(v1, where="layer"):
     """A V2 LayerParameter equivalent to V1LayerParameter ``v1``, blobs left out."""
     if v1.HasField("layer"):
@@ -76,7 +82,7 @@ def upgrade_v1_layer(v1, where="layer"):
         if target is None or target.type != field.type or (
                 field.message_type is not None and target.message_type.full_name != field.message_type.full_name):
             raise InputError(f"{where}: V1 field {field.name} has no V2 equivalent")
-        if field.label == field.LABEL_REPEATED:
+        if _is_repeated(field):
             getattr(out, field.name).extend(value)
         elif field.message_type is not None:
             getattr(out, field.name).CopyFrom(value)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from . import wire
 from .atomic import atomic_open
@@ -121,7 +122,7 @@ def read_caffemodel(path):
         _fail(path, "is a text file (a prototxt?), not a binary caffemodel")
     try:
         return _parse_net(path, buffer)
-    except wire.WireError as exc:
+    except (wire.WireError, DecodeError) as exc:
         _fail(path, f"not a caffemodel, or truncated ({exc})")
 
 
@@ -165,9 +166,7 @@ def _parse_layer(path, buf, view, f, layout, index):
             v1 = V1LayerParameter.FromString(meta_bytes)
             param = upgrade_v1_layer(v1, where=f"{path}: layer {v1.name!r}")
             pieces = [memoryview(param.SerializeToString())] + list(range(len(blob_fields)))
-    except Exception as exc:  # protobuf's DecodeError has no stable import path across versions
-        if isinstance(exc, InputError):
-            raise
+    except DecodeError as exc:
         _fail(path, f"layer #{index} is not a valid LayerParameter ({exc})")
     if not param.name:
         _fail(path, f"layer #{index} has no name")

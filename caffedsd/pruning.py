@@ -42,8 +42,8 @@ def check_finite(model):
     for layer in model.layers:
         for index, blob in enumerate(layer.blobs):
             flat = blob.data.reshape(-1)
-            bad = sum(int(flat.size - np.count_nonzero(np.isfinite(flat[i:i + _CHUNK])))
-                      for i in range(0, flat.size, _CHUNK))
+            bad = sum(int(part.size - np.count_nonzero(np.isfinite(part)))
+                      for part in (flat[i:i + _CHUNK] for i in range(0, flat.size, _CHUNK)))
             if bad:
                 raise InputError(f"{model.path}: layer {layer.name!r} blob {index} holds {bad} NaN/Inf values")
 

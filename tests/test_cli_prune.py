@@ -1,0 +1,196 @@
+"""`caffedsd prune` through the CLI, on nets built and saved by real pycaffe."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.maskfile import load_masks
+
+
+def test_prune_writes_model_masks_and_table(caffe, tiny, tmp_path, cli):
+    proto, weights = tiny
+    result = cli("prune", "-w", weights, "-p", proto, "-s", 0.5, "-r", "fc1=0.8", "-o", "pruned.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "conv1" in result.output and "fc2a (+fc2b)" in result.output
+    assert "wrote pruned.caffemodel and pruned.masks.h5" in result.output
+    masks = load_masks(tmp_path / "pruned.masks.h5")
+    assert set(masks.masks) == {"conv1", "fc1", "fc2a"}  # one mask for the shared fc2 weights
+    assert masks.shared_by["fc2a"] == ("fc2a", "fc2b")
+    assert masks.meta["amounts"] == {"conv1": 0.5, "fc1": 0.8, "fc2a": 0.5}
+    assert masks.meta["criterion"] == "keepmax"
+    assert len(masks.meta["source_sha256"]) == 64
+    # Exact counts: conv1 4*1*3*3 = 36 -> 18; fc1 10*144 -> 1152; fc2 100 -> 50.
+    assert [int((~m).sum()) for m in masks.masks.values()] == [18, 1152, 50]
+    net = caffe.Net(str(proto), caffe.TEST, weights=str(tmp_path / "pruned.caffemodel"))
+    src = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    for layer, mask in masks.per_layer().items():
+        assert np.array_equal(net.params[layer][0].data, np.where(mask, src.params[layer][0].data, 0))
+    # The kept weights are the largest ones.
+    w = np.abs(src.params["conv1"][0].data)
+    assert w[masks.masks["conv1"]].min() >= w[~masks.masks["conv1"]].max()
+    # Biases, BatchNorm and Scale blobs untouched.
+    for layer in ("bn1", "scale1"):
+        for i in range(len(src.params[layer])):
+            assert np.array_equal(net.params[layer][i].data, src.params[layer][i].data)
+    assert np.array_equal(net.params["conv1"][1].data, src.params["conv1"][1].data)
+
+
+def test_masks_file_layout(tiny, tmp_path, cli):
+    _, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.3, "-o", "p.caffemodel").exit_code == 0
+    with h5py.File(tmp_path / "p.masks.h5", "r") as h5:
+        assert h5.attrs["format"] == "caffedsd-masks"
+        ds = h5["masks/conv1"]
+        assert ds.dtype == bool and ds.shape == (4, 1, 3, 3)
+        assert json.loads(h5.attrs["structure"])[0][0] == "conv1"
+
+
+def test_reprune_only_shrinks(tiny, tmp_path, cli):
+    _, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel").exit_code == 0
+    first = load_masks(tmp_path / "a.masks.h5")
+    result = cli("prune", "-w", "a.caffemodel", "-s", 0.25, "-c", "random", "--seed", 3, "-o", "b.caffemodel")
+    assert result.exit_code == 0, result.output
+    second = load_masks(tmp_path / "b.masks.h5")
+    for layer, mask in first.masks.items():
+        assert not (~mask & second.masks[layer]).any()  # nothing pruned came back
+    assert cli("prune", "-w", "b.caffemodel", "-s", 0.7, "-o", "c.caffemodel").exit_code == 0
+    third = load_masks(tmp_path / "c.masks.h5")
+    assert int((~third.masks["conv1"]).sum()) == round(0.7 * 36)
+    assert not (~second.masks["conv1"] & third.masks["conv1"]).any()
+
+
+def test_std_random_and_plan_file(tiny, tmp_path, cli):
+    _, weights = tiny
+    assert cli("prune", "-w", weights, "-c", "std", "-s", 1.0, "-o", "std.caffemodel").exit_code == 0
+    w = read_caffemodel(weights).layer("fc1").blobs[0].data
+    mask = load_masks(tmp_path / "std.masks.h5").masks["fc1"]
+    assert np.array_equal(mask, np.abs(w) >= np.std(w.astype(np.float64)))
+    for seed_run in ("r1", "r2"):
+        assert cli("prune", "-w", weights, "-c", "random", "-s", 0.5, "--seed", 9, "-o", f"{seed_run}.caffemodel").exit_code == 0
+    assert (tmp_path / "r1.caffemodel").read_bytes() == (tmp_path / "r2.caffemodel").read_bytes()
+    (tmp_path / "plan.yaml").write_text("sparsity: 0.5\nlayers:\n  'fc*': 0.9\n  fc2a: 0.1\n  fc2b: 0.1\n")
+    result = cli("prune", "-w", weights, "--plan", "plan.yaml", "-o", "plan.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert load_masks(tmp_path / "plan.masks.h5").meta["amounts"] == {"conv1": 0.5, "fc1": 0.9, "fc2a": 0.1}
+
+
+def test_force_allows_overwriting_the_input(tiny, tmp_path, cli):
+    _, weights = tiny
+    result = cli("prune", "-w", weights, "-s", 0.5, "-o", weights, "--force")
+    assert result.exit_code == 0, result.output
+    assert read_caffemodel(weights).layer("conv1").blobs[0].data.__eq__(0).sum() == 18
+
+
+# -- bad input: one line, exit 2, no traceback, nothing written ------------------
+
+def _bad(cli, tmp_path, *args, expect):
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    assert expect in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no output, no temp file
+    return lines[0]
+
+
+def test_bad_weights_files(tiny, tmp_path, cli):
+    proto, weights = tiny
+    _bad(cli, tmp_path, "prune", "-w", "missing.caffemodel", "-s", 0.5, "-o", "o.caffemodel",
+         expect="missing.caffemodel: no such file")
+    (tmp_path / "random.caffemodel").write_bytes(np.random.default_rng(0).bytes(4096))
+    _bad(cli, tmp_path, "prune", "-w", "random.caffemodel", "-s", 0.5, "-o", "o.caffemodel",
+         expect="random.caffemodel: not a caffemodel")
+    (tmp_path / "cut.caffemodel").write_bytes(weights.read_bytes()[:-7])
+    _bad(cli, tmp_path, "prune", "-w", "cut.caffemodel", "-s", 0.5, "-o", "o.caffemodel",
+         expect="cut.caffemodel: not a caffemodel, or truncated")
+    _bad(cli, tmp_path, "prune", "-w", proto, "-s", 0.5, "-o", "o.caffemodel",
+         expect="net.prototxt: is a text file (a prototxt?)")
+
+
+def test_bad_prototxts(caffe, tiny, tmp_path, cli):
+    proto, weights = tiny
+    (tmp_path / "syntax.prototxt").write_text('layer { name: "a" type: "Input" \n  top: "x" }}\n')
+    _bad(cli, tmp_path, "prune", "-w", weights, "-p", "syntax.prototxt", "-s", 0.5, "-o", "o.caffemodel",
+         expect="syntax.prototxt:2:")
+    other = proto.read_text().replace('"fc1"', '"fc1_renamed"')
+    (tmp_path / "other.prototxt").write_text(other)
+    line = _bad(cli, tmp_path, "prune", "-w", weights, "-p", "other.prototxt", "-s", 0.5, "-o", "o.caffemodel",
+                expect="other.prototxt does not match")
+    assert "fc1_renamed" in line and "(Caffe would leave them random)" in line and "fc1" in line
+    (tmp_path / "py.prototxt").write_text(proto.read_text() + 'layer { name: "hook" type: "Python" bottom: "fc2b" '
+                                          'top: "hook" python_param { module: "os" layer: "system" } }\n')
+    _bad(cli, tmp_path, "prune", "-w", weights, "-p", "py.prototxt", "-s", 0.5, "-o", "o.caffemodel",
+         expect="--allow-python-layers")
+
+
+def test_bad_values(tiny, tmp_path, cli):
+    _, weights = tiny
+    for value in ("1.0", "1.5", "-0.1", "nan"):
+        _bad(cli, tmp_path, "prune", "-w", weights, "-s", value, "-o", "o.caffemodel", expect="must be in [0, 1)")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fire*=0.5", "-o", "o.caffemodel",
+         expect="rule 'fire*' matches no prunable layer (prunable: conv1, fc1, fc2a, fc2b)")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fc2a=0.5", "-r", "fc2b=0.6", "-o", "o.caffemodel",
+         expect="share param 'fc2_w'")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-o", "o.caffemodel", expect="nothing to prune")
+
+
+def test_bad_outputs(tiny, tmp_path, cli):
+    _, weights = tiny
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", weights,
+         expect="would overwrite the input")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", "no_such_dir/o.caffemodel",
+         expect="no_such_dir: output folder does not exist")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", f"{weights}/o.caffemodel",
+         expect="output folder does not exist or is not a folder")
+
+
+def test_unwritable_output_folder(tiny, tmp_path, cli):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the not-a-folder case covers root")
+    _, weights = tiny
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", locked / "o.caffemodel",
+         expect="cannot write to the output folder")
+
+
+def test_masks_of_another_model(caffe, tiny, tmp_path, cli):
+    _, weights = tiny
+    from conftest import save_net
+
+    sub = tmp_path / "other"
+    sub.mkdir()
+    _, other = save_net(caffe, sub, 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
+                        'layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" '
+                        'inner_product_param { num_output: 2 } }\n')
+    assert cli("prune", "-w", other, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
+    _bad(cli, tmp_path, "prune", "-w", weights, "--masks", "other/p.masks.h5", "-s", 0.5, "-o", "o.caffemodel",
+         expect="p.masks.h5: masks were made for another model")
+
+
+def test_nan_weights(caffe, tmp_path, cli):
+    from conftest import TINY_NET, save_net
+
+    _, weights = save_net(caffe, tmp_path, TINY_NET)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, weights=str(weights))
+    net.params["bn1"][0].data[1] = np.nan
+    net.params["fc1"][0].data[0, 3] = np.inf
+    net.save(str(weights))
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", "o.caffemodel",
+         expect="layer 'bn1' blob 0 holds 1 NaN/Inf values")
+
+
+def test_net_without_prunable_layer(caffe, tmp_path, cli):
+    from conftest import save_net
+
+    _, weights = save_net(caffe, tmp_path, 'layer { name: "data" type: "Input" top: "data" '
+                          'input_param { shape { dim: 1 dim: 3 dim: 2 dim: 2 } } }\n'
+                          'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }\n')
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", "o.caffemodel", expect="no prunable layer")

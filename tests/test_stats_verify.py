@@ -1,0 +1,72 @@
+"""`caffedsd stats`, `verify` and `info` against real Caffe."""
+import json
+
+import numpy as np
+
+from caffedsd.caffemodel import read_caffemodel, write_caffemodel
+from caffedsd.stats import count_nonzero
+
+
+def test_stats_counts_and_json(tiny, cli):
+    _, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("stats", "-w", "p.caffemodel", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = {r["layer"]: r for r in data["layers"]}
+    assert rows["conv1"]["shapes"] == [[4, 1, 3, 3], [4]]
+    assert rows["conv1"]["params"] == 40 and rows["conv1"]["nonzero"] == 40 - 18
+    assert rows["conv1"]["masked"] == 18 and rows["bn1"]["masked"] is None
+    assert rows["fc1"]["bytes"] == 1440 * 4
+    # Shared fc2 weights (100) and biases (10) count once in the totals.
+    expected = 40 + (4 + 4 + 1) + (4 + 4) + 1440 + 110
+    assert data["totals"]["params"] == expected
+    assert data["totals"]["masked"] == 18 + 720 + 50
+    table = cli("stats", "-w", "p.caffemodel").output
+    assert "conv1" in table and "total" in table
+
+
+def test_count_nonzero_is_exact_past_float32_range(monkeypatch):
+    import caffedsd.stats as stats
+
+    monkeypatch.setattr(stats, "_CHUNK", 5)
+    ones = np.ones(2 ** 24 + 3, dtype=np.float32)  # float32 counting would stall at 2**24
+    assert count_nonzero(ones) == 2 ** 24 + 3
+
+
+def test_verify_passes_then_catches_a_nonzero(tiny, tmp_path, cli):
+    proto, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("verify", "-w", "p.caffemodel", "-p", proto)
+    assert result.exit_code == 0, result.output
+    assert "ok    caffe loads every weight" in result.output and "FAIL" not in result.output
+    # Put one value back at a masked position: verify must fail with exit 1.
+    model = read_caffemodel(tmp_path / "p.caffemodel")
+    w = np.array(model.layer("fc1").blobs[0].data)
+    w[w == 0] = 0.5
+    write_caffemodel(model, tmp_path / "tampered.caffemodel", replace={("fc1", 0): w})
+    (tmp_path / "tampered.masks.h5").write_bytes((tmp_path / "p.masks.h5").read_bytes())
+    result = cli("verify", "-w", "tampered.caffemodel")
+    assert result.exit_code == 1
+    assert "FAIL  zeros fc1: 720 of 720 masked positions are not 0.0" in result.output
+
+
+def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
+    proto, weights = tiny
+    # Same layer names, wrong shape: stock caffe refuses to copy the weights.
+    (tmp_path / "wrong.prototxt").write_text(proto.read_text().replace("num_output: 4", "num_output: 5"))
+    result = cli("verify", "-w", weights, "-p", "wrong.prototxt")
+    assert result.exit_code == 1
+    assert "FAIL  caffe test: exit status" in result.output
+
+
+def test_info_json(cli):
+    result = cli("info", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["caffe_binary"] and data["pycaffe"]
+    assert data["caffe_version"] == "1.0.0"
+    import subprocess
+
+    proc = subprocess.run([data["caffe_binary"], "--version"], capture_output=True, text=True)
+    assert "1.0.0" in proc.stdout + proc.stderr
