@@ -13,6 +13,9 @@ PYTHON=${1:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
 PREFIX=${2:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
 CUDA=0
 [ "${3:-}" = "--cuda" ] && CUDA=1
+# Absolute, but not resolved: a venv's python is a symlink that must stay one.
+PYTHON=$(realpath -s "$PYTHON")
+PREFIX=$(realpath -m "$PREFIX")
 
 VERSION=1.0.0+git20180821.99bd997-8
 ORIG=caffe_1.0.0+git20180821.99bd997.orig.tar.gz
@@ -81,6 +84,11 @@ mkdir -p "$WORK/build"
     -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 \
     -DPYTHON_EXECUTABLE="$PYTHON" -DBUILD_docs=OFF -DBUILD_matlab=OFF \
     > "$WORK/cmake.log" 2>&1) || { tail -30 "$WORK/cmake.log" >&2; exit 1; }
+if grep -q "Python interface is disabled" "$WORK/cmake.log"; then
+    grep -iE "python|numpy|boost" "$WORK/cmake.log" >&2
+    echo "caffe: CMake did not find what pycaffe needs for $PYTHON (see above)" >&2
+    exit 1
+fi
 say "building with $JOBS jobs (a few minutes)"
 (cd "$WORK/build" && make -j"$JOBS" > "$WORK/make.log" 2>&1) \
     || { tail -30 "$WORK/make.log" >&2; exit 1; }

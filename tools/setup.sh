@@ -12,6 +12,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
+# Relative to the checkout, and absolute: the Caffe build runs elsewhere.
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 PYTHON=${PYTHON:-python3}
 CACHE=${CAFFEDSD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/caffedsd}
 CUDA=${CAFFEDSD_CUDA:-0}
