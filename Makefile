@@ -1,4 +1,5 @@
 # The two commands: `make demo` and `make test`. Both set everything up first.
+# `make setup CUDA=1` builds Caffe with CUDA (see README).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
@@ -6,7 +7,7 @@ export VENV
 .PHONY: setup test demo bench clean
 
 setup:
-	@bash tools/setup.sh
+	@bash tools/setup.sh $(if $(filter 1,$(CUDA)),--cuda)
 
 test: setup
 	$(PY) -m pytest -q tests

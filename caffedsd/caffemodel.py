@@ -158,7 +158,6 @@ def _parse_layer(path, buf, view, f, layout, index):
         else:
             pieces.append(view[sub.start:sub.end])
     meta_bytes = b"".join(bytes(p) for p in pieces if not isinstance(p, int))
-    where = f"{path}: layer #{index}"
     try:
         if layout == "V2":
             param = LayerParameter.FromString(meta_bytes)

@@ -7,7 +7,7 @@
 #   2. CAFFE_ROOT, a built Caffe tree (python/caffe, build/tools/caffe);
 #   3. a build of Debian's stock Caffe source into CAFFEDSD_CACHE
 #      (default ~/.cache/caffedsd), made once and reused.
-# CAFFEDSD_CUDA=1 builds with CUDA (CPU_ONLY=OFF) instead.
+# `--cuda` (or CAFFEDSD_CUDA=1) builds with CUDA (CPU_ONLY=OFF) instead.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +17,12 @@ case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 PYTHON=${PYTHON:-python3}
 CACHE=${CAFFEDSD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/caffedsd}
 CUDA=${CAFFEDSD_CUDA:-0}
+for arg in "$@"; do
+    case "$arg" in
+        --cuda) CUDA=1 ;;
+        *) echo "setup: unknown option $arg (known: --cuda)" >&2; exit 2 ;;
+    esac
+done
 
 say() { echo "setup: $*"; }
 
