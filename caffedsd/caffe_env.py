@@ -43,16 +43,17 @@ def import_caffe(gpu=None):
 def caffe_binary(required=True):
     """Path of the stock ``caffe`` tool.
 
-    Looked for in: $CAFFEDSD_CAFFE_BIN, beside this Python (the venv's bin, where
-    `make setup` links it), $CAFFE_ROOT/build/tools, next to pycaffe's tree, PATH.
+    Looked for in: $CAFFEDSD_CAFFE_BIN, $CAFFE_ROOT/build/tools, beside this
+    Python (the venv's bin, where `make setup` links it), next to pycaffe's
+    tree, then PATH.
     """
     candidates = []
     if os.environ.get("CAFFEDSD_CAFFE_BIN"):
         candidates.append(Path(os.environ["CAFFEDSD_CAFFE_BIN"]))
-    candidates.append(Path(sys.prefix) / "bin" / "caffe")
     if os.environ.get("CAFFE_ROOT"):
         root = Path(os.environ["CAFFE_ROOT"])
         candidates += [root / "build" / "tools" / "caffe", root / "bin" / "caffe"]
+    candidates.append(Path(sys.prefix) / "bin" / "caffe")
     pydir = pycaffe_dir()
     if pydir is not None:
         tree = pydir.resolve().parent.parent

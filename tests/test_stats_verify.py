@@ -70,3 +70,17 @@ def test_info_json(cli):
 
     proc = subprocess.run([data["caffe_binary"], "--version"], capture_output=True, text=True)
     assert "1.0.0" in proc.stdout + proc.stderr
+
+
+def test_caffe_root_binary_is_preferred(tmp_path, monkeypatch):
+    from caffedsd.caffe_env import caffe_binary
+
+    real = caffe_binary()
+    tools = tmp_path / "caffe_root" / "build" / "tools"
+    tools.mkdir(parents=True)
+    (tools / "caffe").symlink_to(real)
+    monkeypatch.delenv("CAFFEDSD_CAFFE_BIN", raising=False)
+    monkeypatch.setenv("CAFFE_ROOT", str(tmp_path / "caffe_root"))
+    assert caffe_binary() == tools / "caffe"
+    monkeypatch.setenv("CAFFEDSD_CAFFE_BIN", str(real))
+    assert caffe_binary() == real

@@ -67,8 +67,8 @@ SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PTH="$SITE/caffedsd-pycaffe.pth"
 
 link_caffe() {  # link_caffe PYCAFFE_PARENT CAFFE_BINARY
-    echo "$1" > "$PTH"
-    ln -sfn "$2" "$VENV/bin/caffe"
+    [ "$(cat "$PTH" 2>/dev/null)" = "$1" ] || echo "$1" > "$PTH"
+    [ "$(readlink "$VENV/bin/caffe" 2>/dev/null)" = "$2" ] || ln -sfn "$2" "$VENV/bin/caffe"
 }
 
 pycaffe_ok() { "$VPY" -c 'import caffe' >/dev/null 2>&1; }
