@@ -170,11 +170,12 @@ def _parse_layer(path, buf, view, f, layout, index):
     if not param.name:
         _fail(path, f"layer #{index} has no name")
     where = f"{path}: layer {param.name!r}"
-    blobs = tuple(_parse_blob(where, i, buf, view, b) for i, b in enumerate(blob_fields))
+    blobs = tuple(parse_blob(where, i, buf, view, b) for i, b in enumerate(blob_fields))
     return Layer(param.name, param.type, blobs, param, tuple(pieces))
 
 
-def _parse_blob(where, index, buf, view, f):
+def parse_blob(where, index, buf, view, f):
+    """The Blob whose BlobProto is field ``f`` of ``buf``."""
     legacy = {}
     shape = None
     chunks, dtypes = [], set()
@@ -239,10 +240,10 @@ def _size(pieces):
     return total
 
 
-def _write_pieces(handle, pieces):
+def write_pieces(handle, pieces):
     for piece in pieces:
         if isinstance(piece, list):
-            _write_pieces(handle, piece)
+            write_pieces(handle, piece)
         elif isinstance(piece, _Stream):
             for arr in piece.chunks:
                 handle.write(memoryview(arr))
@@ -272,6 +273,11 @@ def _data_stream(blob, replacement, mask):
                   for i in range(0, flat_src.size, _CHUNK))
     number = BLOB_DATA if dtype == np.dtype("<f4") else BLOB_DOUBLE_DATA
     return _record(number, [_Stream(flat_src.nbytes, chunks)])
+
+
+def masked_blob_record(number, blob, mask):
+    """Pieces of field ``number`` holding ``blob`` with unmasked data set to 0."""
+    return _record(number, list(blob._other_fields) + _data_stream(blob, None, mask))
 
 
 def _blob_record(model, view, blob, replacement=None, mask=None):
@@ -313,7 +319,7 @@ def write_caffemodel(model, path, replace=None, masks=None):
                 payload.append(item)
         pieces.append(_record(NET_LAYER_V2, payload))
     with atomic_open(path) as handle:
-        _write_pieces(handle, pieces)
+        write_pieces(handle, pieces)
 
 
 def new_caffemodel(path, layers, name=""):
@@ -332,7 +338,7 @@ def new_caffemodel(path, layers, name=""):
                 payload.append(_record(LAYER_BLOBS["V2"], [
                     wire.len_header(BLOB_SHAPE, len(shape)), shape,
                     *_record(BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])]))
-            _write_pieces(handle, _record(NET_LAYER_V2, payload))
+            write_pieces(handle, _record(NET_LAYER_V2, payload))
 
 
 def file_sha256(path):

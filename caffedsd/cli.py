@@ -4,6 +4,7 @@ Library errors (caffedsd.errors) become a one-line message and their exit
 status here, in ``_Group.invoke``, and nowhere else.
 """
 import functools
+import sys
 from pathlib import Path
 
 import click
@@ -65,6 +66,55 @@ def json_option(func):
 def output_option(func):
     func = click.option("--force", is_flag=True, help="Allow overwriting an input file.")(func)
     return click.option("--output", "-o", type=_path(), required=True, help="Output .caffemodel.")(func)
+
+
+def training_options(func):
+    """--iterations, --gpu, --verbose and --allow-python-layers."""
+    func = click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")(func)
+    func = click.option("--allow-python-layers", is_flag=True,
+                        help="Accept nets with Python layers (they run arbitrary code).")(func)
+    func = click.option("--iterations", "-n", type=int, default=None,
+                        help="Iterations to train (default: the solver's max_iter).")(func)
+    return gpu_option(func)
+
+
+class _Progress:
+    """A progress bar on stderr fed one training iteration at a time."""
+
+    def __init__(self, label):
+        self.label = label
+        self.bar = None
+
+    def __call__(self, row, total):
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True,
+                                         item_show_func=self._show)
+            self.bar.__enter__()
+        self.bar.update(1, row)
+
+    @staticmethod
+    def _show(row):
+        return f"loss {row['loss']:.4f}  lr {row['lr']:.3g}" if row else ""
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def _with_progress(label, call, **kwargs):
+    progress = _Progress(label)
+    try:
+        return call(on_iteration=progress, **kwargs)
+    finally:
+        progress.close()
+
+
+def _print_test(test):
+    if test:
+        click.echo("test: " + ", ".join(f"{name} = {value:.4f}" for name, value in test.items()))
+    else:
+        click.echo("test: the solver has no test net (test_iter)")
 
 
 def _sparsity_options(func):
@@ -173,6 +223,60 @@ def verify(weights, masks, model, allow_python_layers, gpu):
     click.echo(report.checks_table(checks))
     if not all(c.ok for c in checks):
         raise _UserError(f"{sum(not c.ok for c in checks)} check(s) failed", 1)
+
+
+@main.command("train-sparse")
+@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@weights_option()
+@masks_option
+@click.option("--solverstate", type=_path(), default=None,
+              help="Resume from this .solverstate; its history is zeroed at masked positions first.")
+@training_options
+@output_option
+def train_sparse(solver, weights, masks, solverstate, iterations, gpu, verbose, allow_python_layers, output, force):
+    """Retrain a pruned model with its pruned weights held at exactly 0.0.
+
+    Gradients are masked before every update (so momentum and Adam history
+    stay 0 there) and weights re-zeroed after it; Caffe's own snapshots hold
+    the zeros too. Writes OUTPUT and its masks.
+
+    \b
+    Example:
+      caffedsd train-sparse --solver solvers/lenet_solver.prototxt -w pruned.caffemodel -n 1000 -o sparse.caffemodel
+    """
+    from .training import quiet_caffe, train_sparse as run
+
+    quiet_caffe(verbose)
+    result = _with_progress("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
+                            iterations=iterations, solverstate=solverstate, gpu=gpu, force=force,
+                            allow_python_layers=allow_python_layers)
+    _print_test(result["test"])
+    click.echo(f"wrote {output} and {result['masks']} after {result['iterations']} iterations")
+
+
+@main.command("train-dense")
+@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@weights_option()
+@click.option("--lr-scale", type=float, default=0.1, show_default=True,
+              help="Learning rate = the solver's base_lr times this (the paper: 1/10).")
+@training_options
+@output_option
+def train_dense(solver, weights, lr_scale, iterations, gpu, verbose, allow_python_layers, output, force):
+    """Re-dense phase: masks off, pruned weights restart at 0.0, survivors keep
+    their values; base_lr is scaled, solver history starts fresh, dropout and
+    weight decay are unchanged.
+
+    \b
+    Example:
+      caffedsd train-dense --solver solvers/lenet_solver.prototxt -w sparse.caffemodel -n 1000 -o dsd.caffemodel
+    """
+    from .training import quiet_caffe, train_dense as run
+
+    quiet_caffe(verbose)
+    result = _with_progress("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
+                            iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
+    _print_test(result["test"])
+    click.echo(f"wrote {output} after {result['iterations']} iterations at base_lr {result['base_lr']:g}")
 
 
 @main.group(cls=_Group)

@@ -1,0 +1,107 @@
+"""Solver states (.solverstate, binary or HDF5) seen through masks.
+
+A solverstate from a dense run carries momentum (and Adam/AdaDelta moments)
+at positions that are pruned later; restored as is, that history moves pruned
+weights off zero. ``clean_solverstate`` writes a copy whose history is 0.0 at
+every masked position, which the sparse phase restores instead.
+
+History blob j belongs to learnable parameter j % N of the solver's net (N
+learnable parameters; Adam and AdaDelta keep 2N history blobs), in Caffe's
+order: layers in order, each layer's blobs in order, shared blobs once.
+"""
+import mmap
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import wire
+from .atomic import atomic_open, atomic_path
+from .caffemodel import masked_blob_record, parse_blob, write_pieces
+from .errors import InputError
+
+STATE_HISTORY = 3
+
+
+def learnable_params(net):
+    """[(layer name, blob index, blob)] of a pycaffe Net, in Caffe's
+    learnable_params order (a shared blob only at its first layer)."""
+    seen, out = set(), []
+    for name, layer in zip(net._layer_names, net.layers):
+        for index, blob in enumerate(layer.blobs):
+            address = blob.data.ctypes.data
+            if address not in seen:
+                seen.add(address)
+                out.append((name, index, blob))
+    return out
+
+
+def _history_masks(path, params, masks, shapes):
+    """For each history blob (given their shapes), the mask to apply or None."""
+    n = len(params)
+    if n == 0 or len(shapes) % n:
+        raise InputError(f"{path}: {len(shapes)} history blobs do not fit a net of {n} learnable blobs")
+    out = []
+    for j, shape in enumerate(shapes):
+        name, index, blob = params[j % n]
+        if tuple(shape) != tuple(blob.data.shape) and int(np.prod(shape)) != blob.data.size:
+            raise InputError(f"{path}: history blob {j} has shape {list(shape)}, but {name} blob {index} "
+                             f"is {list(blob.data.shape)}: solverstate of another net")
+        out.append(masks.get(name) if index == 0 else None)
+    return out
+
+
+def clean_solverstate(path, output, net, masks):
+    """Copy solverstate ``path`` to ``output`` with history zeroed where
+    ``masks`` ({layer: bool keep-mask of blob 0}) prune."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such solverstate")
+    if h5py.is_hdf5(path):
+        _clean_hdf5(path, Path(output), learnable_params(net), masks)
+    else:
+        _clean_binary(path, Path(output), learnable_params(net), masks)
+
+
+def _clean_binary(path, output, params, masks):
+    with open(path, "rb") as handle:
+        buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(buf)
+    try:
+        fields = list(wire.iter_fields(buf))
+        history = [(f, parse_blob(f"{path}: history", j, buf, view, f))
+                   for j, f in enumerate(x for x in fields if x.number == STATE_HISTORY and x.wire_type == wire.LEN)]
+    except wire.WireError as exc:
+        raise InputError(f"{path}: not a solverstate, or truncated ({exc})") from None
+    plan = dict(zip((f.start for f, _ in history),
+                    _history_masks(path, params, masks, [b.shape for _, b in history])))
+    blobs = {f.start: b for f, b in history}
+    pieces = []
+    for f in fields:
+        mask = plan.get(f.start)
+        if mask is None:
+            pieces.append(view[f.start:f.end])
+        else:
+            pieces.append(masked_blob_record(STATE_HISTORY, blobs[f.start], mask.reshape(blobs[f.start].shape)))
+    with atomic_open(output) as out:
+        write_pieces(out, pieces)
+
+
+def _clean_hdf5(path, output, params, masks):
+    with h5py.File(path, "r") as src:
+        if "history" not in src:
+            raise InputError(f"{path}: HDF5 file without a 'history' group: not a solverstate")
+        keys = sorted(src["history"].keys(), key=int)
+        shapes = [src["history"][k].shape for k in keys]
+        plan = _history_masks(path, params, masks, shapes)
+        with atomic_path(output) as tmp:
+            with h5py.File(tmp, "w") as dst:
+                for name in src:
+                    if name != "history":
+                        src.copy(src[name], dst, name=name)
+                group = dst.create_group("history")
+                for key, mask in zip(keys, plan):
+                    data = src["history"][key][()]
+                    if mask is not None:
+                        data = np.where(mask.reshape(data.shape), data, data.dtype.type(0))
+                    group.create_dataset(key, data=data)

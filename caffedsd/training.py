@@ -1,0 +1,226 @@
+"""Driving a user's Caffe solver through pycaffe: set-up checks, training
+iterations with an optional MaskEnforcer, TEST-phase evaluation, saving.
+
+The two phases of DSD after pruning are ``train_sparse`` (masks attached)
+and ``train_dense`` (masks off, lr scaled); ``dsd.run_recipe`` chains them.
+"""
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from .atomic import atomic_path, check_output
+from .caffe_env import import_caffe
+from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
+from .caffemodel import read_caffemodel
+from .errors import InputError
+from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
+from .masked_solver import MaskEnforcer
+from .netcheck import check_pair
+from .solverstate import clean_solverstate
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A checked solver prototxt: its parameters and the net it trains."""
+
+    path: Path
+    param: object  # SolverParameter
+    net_path: Path
+    net: object  # NetParameter (V2)
+
+
+def _data_sources(net):
+    """(layer, path, is_list) of every data file the net's layers read."""
+    for layer in net.layer:
+        if layer.type == "HDF5Data":
+            yield layer.name, layer.hdf5_data_param.source, True
+        elif layer.type == "Data":
+            yield layer.name, layer.data_param.source, False
+        elif layer.type == "ImageData":
+            yield layer.name, layer.image_data_param.source, False
+        elif layer.type == "WindowData":
+            yield layer.name, layer.window_data_param.source, False
+
+
+def _check_data(net, net_path):
+    for layer, source, is_list in _data_sources(net):
+        if not source or not Path(source).exists():
+            raise InputError(f"{net_path}: layer {layer!r} reads {source!r}, which does not exist")
+        if is_list:
+            for line in Path(source).read_text().split():
+                if not Path(line).is_file():
+                    raise InputError(f"{source}: lists {line!r}, which does not exist (layer {layer!r} of {net_path})")
+
+
+def read_solver(path, allow_python_layers=False):
+    """Parse and check a solver prototxt: its net and data files must exist.
+
+    Paths in it are relative to the current folder, as for `caffe train`."""
+    path = Path(path)
+    param = parse_prototxt(path, SolverParameter)
+    if param.HasField("net_param") or param.HasField("train_net_param"):
+        raise InputError(f"{path}: inline net_param is not supported; put the net in a file and use net:")
+    net_file = param.net or param.train_net
+    if not net_file:
+        raise InputError(f"{path}: names no net (net: \"train_val.prototxt\")")
+    net_path = Path(net_file)
+    if not net_path.is_file():
+        raise InputError(f"{path}: net {net_file!r} does not exist (paths are relative to the current folder)")
+    net = read_net_prototxt(net_path, allow_python_layers)
+    _check_data(net, net_path)
+    return SolverSpec(path, param, net_path, net)
+
+
+def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, test_interval=None):
+    """A pycaffe Solver for ``spec`` with the changes given, written as a
+    solver prototxt in ``workdir`` (net paths still resolve from the current
+    folder)."""
+    caffe = import_caffe(gpu)
+    param = SolverParameter()
+    param.CopyFrom(spec.param)
+    if not (lr_scale > 0 and math.isfinite(lr_scale)):
+        raise InputError(f"--lr-scale {lr_scale}: must be a positive number")
+    param.base_lr = spec.param.base_lr * lr_scale
+    if snapshot_prefix is not None:
+        param.snapshot_prefix = str(snapshot_prefix)
+    if snapshot is not None:
+        param.snapshot = snapshot
+        param.snapshot_after_train = False
+    if test_interval is not None:
+        param.test_interval = test_interval
+    param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
+    if gpu is not None:
+        param.device_id = gpu
+    solver_file = Path(workdir) / "solver.prototxt"
+    solver_file.write_text(text_format.MessageToString(param))
+    return caffe.get_solver(str(solver_file)), param
+
+
+def load_weights(solver, spec, weights_path):
+    """Copy a caffemodel into the solver's nets, after checking it fits."""
+    model = read_caffemodel(weights_path)
+    check_pair(spec.net, spec.net_path, model)
+    solver.net.copy_from(str(weights_path))
+    return model
+
+
+def net_loss(net):
+    """The train net's weighted loss after a forward pass."""
+    total = 0.0
+    for name in net.outputs:
+        weight = net.blob_loss_weights.get(name, 0.0)
+        if weight:
+            total += weight * float(net.blobs[name].data.sum())
+    return total
+
+
+def train(solver, iterations, enforcer=None, on_iteration=None):
+    """Run ``iterations`` solver steps; returns the curve [{iter, loss, lr}].
+
+    One step at a time, so pruned weights are re-zeroed after every update
+    and the caller's ``on_iteration(row, iterations)`` sees each one."""
+    curve = []
+    for _ in range(iterations):
+        lr = float(solver.lr)
+        solver.step(1)
+        if enforcer is not None:
+            enforcer.zero_weights()
+        row = {"iter": int(solver.iter), "loss": net_loss(solver.net), "lr": lr}
+        curve.append(row)
+        if on_iteration is not None:
+            on_iteration(row, iterations)
+    return curve
+
+
+def test_iterations(param):
+    """Batches of the first test net that cover its test set (test_iter)."""
+    return param.test_iter[0] if len(param.test_iter) else 0
+
+
+def evaluate(solver, count):
+    """TEST phase: each output of the first test net averaged over ``count``
+    batches, as Caffe reports it."""
+    if not len(solver.test_nets) or count <= 0:
+        return {}
+    net = solver.test_nets[0]
+    sums = {}
+    for _ in range(count):
+        out = net.forward()
+        for name, value in out.items():
+            sums[name] = sums.get(name, 0.0) + float(value.mean())
+    return {name: total / count for name, total in sums.items()}
+
+
+def save_net(solver, output, maskset=None):
+    """Write the solver's trained weights (and masks, refitted to what was
+    written) atomically; returns the masks path or None."""
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        solver.net.save(str(tmp))
+        written = read_caffemodel(tmp).structure()
+    if maskset is None:
+        return None
+    refit = MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta))
+    masks_out = masks_path_for(output)
+    save_masks(masks_out, refit)
+    return masks_out
+
+
+def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
+                 force=False, allow_python_layers=False, on_iteration=None):
+    """The sparse phase: train with pruned weights held at exactly 0.0.
+
+    Returns {"iterations", "curve", "test", "masks"}."""
+    spec = read_solver(solver_path, allow_python_layers)
+    model = read_caffemodel(weights)
+    maskset = masks_for(model, masks, required=True)
+    inputs = [weights, masks or masks_path_for(weights), solverstate]
+    check_output(output, inputs=inputs, force=force)
+    check_output(masks_path_for(output), inputs=inputs, force=force)
+    iterations = spec.param.max_iter if iterations is None else iterations
+    _check_iterations(iterations)
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        solver, param = open_solver(spec, work, gpu=gpu)
+        load_weights(solver, spec, weights)
+        enforcer = MaskEnforcer(maskset.per_layer()).attach(solver, where=f"net of {spec.path}")
+        if solverstate is not None:
+            clean = Path(work) / ("clean" + "".join(Path(solverstate).suffixes))
+            clean_solverstate(solverstate, clean, solver.net, maskset.per_layer())
+            solver.restore(str(clean))
+            enforcer.zero_weights()
+        curve = train(solver, iterations, enforcer, on_iteration)
+        test = evaluate(solver, test_iterations(param))
+        masks_out = save_net(solver, output, maskset)
+        enforcer.detach()
+    return {"iterations": iterations, "curve": curve, "test": test, "masks": str(masks_out)}
+
+
+def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
+                allow_python_layers=False, on_iteration=None):
+    """The re-dense phase: masks off, pruned weights start at their 0.0,
+    survivors keep their values, lr = base_lr * lr_scale, fresh history."""
+    spec = read_solver(solver_path, allow_python_layers)
+    check_output(output, inputs=[weights], force=force)
+    iterations = spec.param.max_iter if iterations is None else iterations
+    _check_iterations(iterations)
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        solver, param = open_solver(spec, work, gpu=gpu, lr_scale=lr_scale)
+        load_weights(solver, spec, weights)
+        curve = train(solver, iterations, None, on_iteration)
+        test = evaluate(solver, test_iterations(param))
+        save_net(solver, output)
+    return {"iterations": iterations, "curve": curve, "test": test, "base_lr": param.base_lr}
+
+
+def _check_iterations(iterations):
+    if iterations is None or iterations < 0:
+        raise InputError(f"--iterations {iterations}: must be 0 or more")
+
+
+def quiet_caffe(verbose):
+    """Caffe's glog to warnings only, unless ``verbose``; before importing caffe."""
+    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
