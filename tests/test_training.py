@@ -1,0 +1,164 @@
+"""Sparse and dense phases on real pycaffe solvers: the exact-zero invariant
+for every solver type, iter_size, Caffe's own snapshots and resumed history."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.maskfile import load_masks
+from caffedsd.training import load_weights, open_solver, read_solver, train_dense, train_sparse
+
+# DummyData refills its gaussian blobs every forward: a tiny regression task
+# that trains with no data files.
+NET = """
+name: "reg"
+layer { name: "data" type: "DummyData" top: "data" top: "target" include { phase: TRAIN }
+        dummy_data_param { shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 dim: 5 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "data" type: "DummyData" top: "data" top: "target" include { phase: TEST }
+        dummy_data_param { shape { dim: 4 dim: 2 dim: 6 dim: 6 } shape { dim: 4 dim: 5 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1" param { name: "shared" }
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc1" bottom: "target" top: "loss" }
+"""
+
+SOLVERS = {
+    "SGD": "momentum: 0.9",
+    "Nesterov": "momentum: 0.9",
+    "AdaGrad": "delta: 1e-8",
+    "RMSProp": "rms_decay: 0.98",
+    "AdaDelta": "momentum: 0.95 delta: 1e-6",
+    "Adam": "momentum: 0.9 momentum2: 0.999",
+}
+
+
+def write_solver(folder, solver_type="SGD", extra="momentum: 0.9", iter_size=1, snapshot=0, base_lr=0.05,
+                 lr_policy='"fixed"', weight_decay=0.01, regularization="L2", prefix="snap"):
+    (folder / "net.prototxt").write_text(NET)
+    text = (f'net: "{folder / "net.prototxt"}"\ntype: "{solver_type}"\nbase_lr: {base_lr}\n{extra}\n'
+            f'lr_policy: {lr_policy}\ngamma: 0.5\nstepsize: 3\nweight_decay: {weight_decay}\n'
+            f'regularization_type: "{regularization}"\n'
+            f'iter_size: {iter_size}\nmax_iter: 12\ntest_iter: 2\ntest_interval: 1000\n'
+            f'snapshot: {snapshot}\nsnapshot_prefix: "{folder / prefix}"\nrandom_seed: 5\n')
+    path = folder / "solver.prototxt"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def pruned(caffe, tmp_path, cli):
+    """A dense model of NET (briefly trained), pruned 60% with keepmax."""
+    solver_path = write_solver(tmp_path)
+    solver = caffe.get_solver(str(solver_path))
+    solver.step(5)
+    solver.net.save(str(tmp_path / "dense.caffemodel"))
+    result = cli("prune", "-w", tmp_path / "dense.caffemodel", "-s", 0.6, "-o", tmp_path / "pruned.caffemodel")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "pruned.caffemodel"
+
+
+def assert_zeros_at_masks(weights, masks):
+    model = read_caffemodel(weights)
+    for layer, mask in masks.per_layer().items():
+        w = model.layer(layer).blobs[0].data
+        assert np.count_nonzero(w[~mask]) == 0, f"{weights.name}: {layer} has non-zeros at pruned positions"
+        assert np.count_nonzero(w[mask]) > 0.9 * mask.sum()  # survivors trained, not wiped
+
+
+@pytest.mark.parametrize("solver_type", list(SOLVERS))
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter_size):
+    folder = tmp_path / f"{solver_type}{iter_size}"
+    folder.mkdir()
+    base_lr = 1.0 if solver_type == "AdaDelta" else 0.05
+    solver_path = write_solver(folder, solver_type, SOLVERS[solver_type], iter_size=iter_size, snapshot=3,
+                               base_lr=base_lr, regularization="L1" if solver_type == "Nesterov" else "L2")
+    out = folder / "sparse.caffemodel"
+    result = train_sparse(solver_path, pruned, out, iterations=7)
+    masks = load_masks(out.with_name("sparse.masks.h5"))
+    assert masks.masks.keys() == load_masks(pruned.with_name("pruned.masks.h5")).masks.keys()
+    assert_zeros_at_masks(out, masks)
+    # Caffe's own snapshots, written inside Step before Python could re-zero.
+    snaps = sorted(folder.glob("snap_iter_*.caffemodel"))
+    assert [p.name for p in snaps] == ["snap_iter_3.caffemodel", "snap_iter_6.caffemodel"]
+    for snap in snaps:
+        assert_zeros_at_masks(snap, masks)
+    assert result["curve"][-1]["iter"] == 7 and "loss" in result["test"]
+    # Survivors moved: training happened.
+    before = read_caffemodel(pruned).layer("fc1").blobs[0].data
+    after = read_caffemodel(out).layer("fc1").blobs[0].data
+    assert not np.array_equal(before, after)
+
+
+def _dense_solverstate(caffe, folder, pruned_dir):
+    """A solverstate of dense SGD training: momentum non-zero everywhere."""
+    solver = caffe.get_solver(str(write_solver(folder, snapshot=4, prefix="dense")))
+    solver.net.copy_from(str(pruned_dir / "dense.caffemodel"))
+    solver.step(4)
+    return write_solver(folder, snapshot=4), folder / "dense_iter_4.solverstate"
+
+
+def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path):
+    folder = tmp_path / "resume"
+    folder.mkdir()
+    solver_path, state = _dense_solverstate(caffe, folder, tmp_path)
+    out = folder / "sparse.caffemodel"
+    train_sparse(solver_path, pruned, out, iterations=4, solverstate=state)
+    masks = load_masks(out.with_name("sparse.masks.h5"))
+    assert_zeros_at_masks(folder / "snap_iter_8.caffemodel", masks)  # Caffe's snapshot after resuming
+    assert_zeros_at_masks(out, masks)
+
+
+def test_uncleaned_history_would_break_the_invariant(caffe, pruned, tmp_path):
+    """The control for the test above: restoring the raw solverstate moves
+    pruned weights in the very first update, so that test can fail."""
+    from caffedsd.masked_solver import MaskEnforcer
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    solver_path, state = _dense_solverstate(caffe, folder, tmp_path)
+    masks = load_masks(pruned.with_name("pruned.masks.h5"))
+    solver = caffe.get_solver(str(solver_path))
+    solver.restore(str(state))
+    enforcer = MaskEnforcer(masks.per_layer()).attach(solver)
+    solver.step(1)  # gradients masked, but momentum history is not
+    w = solver.net.params["conv1"][0].data
+    assert np.count_nonzero(w[~masks.masks["conv1"]]) > 0
+    enforcer.detach()
+
+
+def test_dense_phase_starts_at_zero_and_scales_lr(caffe, pruned, tmp_path):
+    solver_path = write_solver(tmp_path, extra="momentum: 0", weight_decay=0, base_lr=0.2)
+    spec = read_solver(solver_path)
+    solver, param = open_solver(spec, tmp_path, lr_scale=0.1)
+    load_weights(solver, spec, pruned)
+    masks = load_masks(pruned.with_name("pruned.masks.h5"))
+    w0 = solver.net.params["conv1"][0].data.copy()
+    assert np.count_nonzero(w0[~masks.masks["conv1"]]) == 0  # pruned weights start at 0.0
+    source = read_caffemodel(pruned).layer("conv1").blobs[0].data
+    assert np.array_equal(w0, source)  # survivors keep their values
+    grads = []
+    solver.add_callback(lambda: None, lambda: grads.append(solver.net.params["conv1"][0].diff.copy()))
+    solver.step(1)
+    w1 = solver.net.params["conv1"][0].data
+    # Plain SGD, no momentum or decay: w1 = w0 - lr * grad, so the lr used is:
+    used = (w0 - w1)[grads[0] != 0] / grads[0][grads[0] != 0]
+    assert np.allclose(used, 0.02, rtol=1e-3)
+    assert param.base_lr == pytest.approx(0.02)
+    # Pruned positions are free again: some of them moved.
+    assert np.count_nonzero(w1[~masks.masks["conv1"]]) > 0
+
+
+def test_train_dense_library_call(pruned, tmp_path):
+    solver_path = write_solver(tmp_path, base_lr=0.1)
+    result = train_dense(solver_path, pruned, tmp_path / "dense2.caffemodel", lr_scale=0.1, iterations=3)
+    assert [round(r["lr"], 6) for r in result["curve"]] == [0.01] * 3
+    assert not Path(str(tmp_path / "dense2.masks.h5")).exists()
+    w = read_caffemodel(tmp_path / "dense2.caffemodel").layer("conv1").blobs[0].data
+    mask = load_masks(pruned.with_name("pruned.masks.h5")).masks["conv1"]
+    assert np.count_nonzero(w[~mask]) > 0
