@@ -16,6 +16,7 @@ setup(
         "h5py>=3.6",
         "click>=8.1",
         "PyYAML>=6.0",
+        "matplotlib>=3.5",
     ],
     extras_require={
         # What stock pycaffe imports at `import caffe` time (caffe/io.py needs skimage).

@@ -79,17 +79,20 @@ def training_options(func):
 
 
 class _Progress:
-    """A progress bar on stderr fed one training iteration at a time."""
+    """A progress bar on stderr (iteration, loss, lr, ETA) fed one training
+    iteration at a time; ``total`` defaults to the first call's."""
 
-    def __init__(self, label):
-        self.label = label
+    def __init__(self, label, total=None, done=0):
+        self.label, self.total, self.done = label, total, done
         self.bar = None
 
     def __call__(self, row, total):
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True,
-                                         item_show_func=self._show)
+            self.bar = click.progressbar(length=self.total or total, label=self.label, file=sys.stderr,
+                                         show_pos=True, item_show_func=self._show)
             self.bar.__enter__()
+            if self.done:
+                self.bar.update(self.done)
         self.bar.update(1, row)
 
     @staticmethod
@@ -277,6 +280,38 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, verbose, allow_pytho
                             iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     _print_test(result["test"])
     click.echo(f"wrote {output} after {result['iterations']} iterations at base_lr {result['base_lr']:g}")
+
+
+@main.command()
+@click.option("--recipe", type=_path(), required=True, help="Recipe YAML (see README).")
+@gpu_option
+@click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder; rerun the same command to continue an interrupted run.")
+def dsd(recipe, gpu, verbose, output):
+    """Run a whole Dense-Sparse-Dense recipe into a run folder.
+
+    Each stage leaves a stock-Caffe-loadable model (and masks), its test
+    outputs and training curve; report.md, report.json and curves.png sum
+    up. Killed at any point, the same command continues from the last
+    checkpoint.
+
+    \b
+    Example:
+      caffedsd dsd --recipe recipes/lenet_dsd.yaml -o work/lenet_dsd
+    """
+    from .dsd import run_recipe
+    from .recipe import RecipeError, load_recipe
+    from .training import quiet_caffe
+
+    try:
+        parsed = load_recipe(recipe)
+    except RecipeError as exc:
+        raise InputError(str(exc)) from None
+    quiet_caffe(verbose)
+    data = run_recipe(parsed, output, gpu=gpu, progress=_Progress)
+    click.echo(report.dsd_table(data["stages"]))
+    click.echo(f"report: {output / 'report.md'}")
 
 
 @main.group(cls=_Group)

@@ -18,9 +18,8 @@ match at least one prunable layer.
 import fnmatch
 from dataclasses import dataclass, field
 
-import yaml
-
 from .masks import get_criterion
+from .yamlio import dump_yaml, parse_yaml
 
 _KEYS = {"criterion", "sparsity", "layers"}
 
@@ -119,17 +118,11 @@ class SparsityPlan:
             raise PlanError(f"{where}: {exc}") from None
 
     def to_yaml(self):
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
     @classmethod
     def from_yaml(cls, text, where="plan"):
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-            raise PlanError(f"{where}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        return cls.from_dict(data, where=where)
+        return cls.from_dict(parse_yaml(text, where, PlanError), where=where)
 
 
 

@@ -64,3 +64,107 @@ def checks_table(checks):
 
 def info_text(info):
     return "\n".join(f"{k}: {v}" for k, v in info.items())
+
+
+# -- DSD runs -------------------------------------------------------------------
+
+CURVE_COLUMNS = ("iter", "loss", "lr")
+
+
+def curve_csv(curve):
+    lines = [",".join(CURVE_COLUMNS)]
+    lines += [f"{row['iter']},{row['loss']:.6g},{row['lr']:.6g}" for row in curve]
+    return "\n".join(lines) + "\n"
+
+
+def parse_curve_csv(text):
+    rows = []
+    for line in text.splitlines()[1:]:
+        if line.strip():
+            it, loss, lr = line.split(",")
+            rows.append({"iter": int(it), "loss": float(loss), "lr": float(lr)})
+    return rows
+
+
+def _metric_names(stages):
+    names = []
+    for stage in stages:
+        for name in stage.get("test", {}):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def dsd_rows(stages):
+    """Header and rows of the stage table: stage, iterations, lr, sparsity, test metrics."""
+    metrics = _metric_names(stages)
+    header = ["stage", "iterations", "lr", "sparsity"] + [f"test {m}" for m in metrics]
+    rows = []
+    for s in stages:
+        rows.append([f"{s['stage']} {s['kind']}", s["iterations"], "" if s["lr"] is None else f"{s['lr']:.3g}",
+                     pct(s["sparsity"])] + [f"{s['test'][m]:.4f}" if m in s["test"] else "" for m in metrics])
+    return header, rows
+
+
+def dsd_table(stages):
+    header, rows = dsd_rows(stages)
+    return format_table(header, rows, "lrrr" + "r" * (len(header) - 4))
+
+
+def dsd_markdown(data):
+    header, rows = dsd_rows(data["stages"])
+    lines = ["# DSD run", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["", "Sparsity: fraction of Convolution/Deconvolution/InnerProduct weights that are 0.0 "
+              "in the stage's model. Test: the solver's TEST net, each output averaged over the test batches.",
+              "", "![loss and accuracy](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_dsd(path, run_dir, stages):
+    """Training loss over the run's iterations, stage boundaries marked, and
+    each stage's test metrics at its end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, loss_ax = plt.subplots(figsize=(9, 4.5))
+    test_ax = loss_ax.twinx()
+    offset = 0
+    metrics = [m for m in _metric_names(stages) if "loss" not in m.lower()]
+    for s in stages:
+        if s.get("curve"):
+            curve = parse_curve_csv((run_dir / s["folder"] / s["curve"]).read_text())
+            loss_ax.plot([offset + r["iter"] for r in curve], [r["loss"] for r in curve], lw=0.7, color="tab:blue")
+        offset += s["iterations"]
+        loss_ax.axvline(offset, color="grey", ls="--", lw=0.8)
+        loss_ax.text(offset, 1.0, f" {s['stage']} {s['kind']}", transform=loss_ax.get_xaxis_transform(),
+                     rotation=90, va="top", ha="right", fontsize=8, color="grey")
+        for n, m in enumerate(metrics):
+            if m in s["test"]:
+                test_ax.plot(offset, s["test"][m], "o", color=f"C{n + 1}", label=m)
+    handles = {h.get_label(): h for h in test_ax.get_lines()}
+    if handles:
+        test_ax.legend(handles.values(), [f"test {m}" for m in handles], loc="center right", fontsize=8)
+    loss_ax.set_xlabel("iteration (whole run)")
+    loss_ax.set_ylabel("training loss", color="tab:blue")
+    test_ax.set_ylabel("test " + (", ".join(metrics) or "metrics"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_dsd_report(run_dir, data):
+    """report.json, report.md and curves.png in ``run_dir``, each atomically."""
+    from pathlib import Path
+
+    from .atomic import atomic_open, atomic_path
+
+    run_dir = Path(run_dir)
+    with atomic_open(run_dir / "report.json", "w") as handle:
+        handle.write(to_json(data) + "\n")
+    with atomic_open(run_dir / "report.md", "w") as handle:
+        handle.write(dsd_markdown(data))
+    with atomic_path(run_dir / "curves.png") as tmp:
+        plot_dsd(tmp, run_dir, data["stages"])

@@ -75,10 +75,11 @@ def read_solver(path, allow_python_layers=False):
     return SolverSpec(path, param, net_path, net)
 
 
-def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, test_interval=None):
+def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, periodic_tests=True):
     """A pycaffe Solver for ``spec`` with the changes given, written as a
     solver prototxt in ``workdir`` (net paths still resolve from the current
-    folder)."""
+    folder). ``periodic_tests=False`` turns off Caffe's own test passes;
+    ``evaluate`` runs the TEST phase instead."""
     caffe = import_caffe(gpu)
     param = SolverParameter()
     param.CopyFrom(spec.param)
@@ -90,8 +91,10 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     if snapshot is not None:
         param.snapshot = snapshot
         param.snapshot_after_train = False
-    if test_interval is not None:
-        param.test_interval = test_interval
+    if not periodic_tests:
+        # Caffe insists on test_interval > 0 when there are test nets.
+        param.test_interval = 2 ** 31 - 1
+        param.test_initialization = False
     param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
     if gpu is not None:
         param.device_id = gpu
@@ -101,11 +104,26 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
 
 
 def load_weights(solver, spec, weights_path):
-    """Copy a caffemodel into the solver's nets, after checking it fits."""
+    """Copy a caffemodel into the solver's nets, after checking it fits: by
+    name, and by shape (Caffe itself would abort the process on a shape
+    mismatch)."""
     model = read_caffemodel(weights_path)
     check_pair(spec.net, spec.net_path, model)
+    for name, blobs in solver.net.params.items():
+        if name not in model:
+            continue
+        source = model.layer(name).blobs
+        for index, blob in enumerate(blobs):
+            if index < len(source) and not _same_shape(blob.data.shape, source[index].shape):
+                raise InputError(f"{weights_path}: layer {name!r} blob {index} is {list(source[index].shape)}, "
+                                 f"but {spec.net_path} makes it {list(blob.data.shape)}")
     solver.net.copy_from(str(weights_path))
     return model
+
+
+def _same_shape(a, b):
+    """Equal shapes, allowing Caffe's legacy 4-D blobs padded with 1s."""
+    return tuple(a) == tuple(b) or [d for d in a if d != 1] == [d for d in b if d != 1]
 
 
 def net_loss(net):
@@ -147,6 +165,9 @@ def evaluate(solver, count):
     if not len(solver.test_nets) or count <= 0:
         return {}
     net = solver.test_nets[0]
+    # Caffe points the test net at the trained weights only inside its own
+    # test passes, which caffedsd may have turned off.
+    net.share_with(solver.net)
     sums = {}
     for _ in range(count):
         out = net.forward()

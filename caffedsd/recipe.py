@@ -1,0 +1,182 @@
+"""DSD recipes: the stages of a Dense-Sparse-Dense run, as a validated value.
+
+A recipe file (YAML)::
+
+    solver: solvers/lenet_solver.prototxt   # net, data, lr policy (paths from the current folder)
+    weights: work/lenet_iter_500.caffemodel # optional: start from these weights
+    seed: 0                                 # seed of the random criterion
+    checkpoint_every: 500                   # iterations between resume checkpoints
+    stages:
+      - dense:  {iterations: 1000}                       # initial dense training
+      - prune:  {sparsity: 0.5, layers: {ip1: 0.9}}      # a plan inline (plan.py) ...
+      - sparse: {iterations: 500}
+      - dense:  {iterations: 500, lr_scale: 0.1}         # re-dense at 1/10 the lr
+      - prune:  {plan: plan.yaml}                        # ... or from a plan file
+      - sparse: {iterations: 500, lr_scale: 0.1}
+      - dense:  {iterations: 500, lr_scale: 0.01}        # second cycle: lr / 10 again
+
+Any number of prune/sparse/dense cycles may follow. A sparse stage trains
+with the masks of the prune stage before it; a dense stage drops them. The
+fused variant of the paper (prune before the first dense stage converges) is
+a short first dense stage. ``lr_scale`` multiplies the solver's base_lr.
+"""
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .plan import PlanError, SparsityPlan, load_plan
+from .yamlio import dump_yaml, parse_yaml
+
+_RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations"}
+
+
+class RecipeError(ValueError):
+    """A recipe that is not valid; the message names the value at fault."""
+
+
+def _iterations(value, where):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecipeError(f"{where}: iterations {value!r} must be a whole number >= 0")
+    return value
+
+
+def _lr_scale(value, where):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise RecipeError(f"{where}: lr_scale {value!r} must be a number > 0")
+    return float(value)
+
+
+def _only(data, keys, where):
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping")
+    unknown = set(data) - set(keys)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                          f"(known: {', '.join(sorted(keys))})")
+
+
+@dataclass(frozen=True)
+class DenseStage:
+    iterations: int
+    lr_scale: float = 1.0
+    kind = "dense"
+
+    @classmethod
+    def from_dict(cls, data, where):
+        _only(data, {"iterations", "lr_scale"}, where)
+        if "iterations" not in data:
+            raise RecipeError(f"{where}: needs iterations")
+        return cls(_iterations(data["iterations"], where), _lr_scale(data.get("lr_scale", 1.0), where))
+
+    def to_dict(self):
+        return {"iterations": self.iterations, "lr_scale": self.lr_scale}
+
+
+@dataclass(frozen=True)
+class SparseStage(DenseStage):
+    kind = "sparse"
+
+
+@dataclass(frozen=True)
+class PruneStage:
+    plan: SparsityPlan
+    kind = "prune"
+
+    @classmethod
+    def from_dict(cls, data, where):
+        if not isinstance(data, dict):
+            raise RecipeError(f"{where}: expected a mapping")
+        try:
+            if "plan" in data:
+                _only(data, {"plan"}, where)
+                return cls(load_plan(data["plan"]))
+            return cls(SparsityPlan.from_dict(data, where=where))
+        except PlanError as exc:
+            raise RecipeError(str(exc)) from None
+
+    def to_dict(self):
+        return self.plan.to_dict()
+
+
+STAGES = {"dense": DenseStage, "sparse": SparseStage, "prune": PruneStage}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    solver: str
+    stages: tuple
+    weights: str = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    test_iterations: int = None
+    where: str = field(default="recipe", compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        where = self.where
+        if not self.solver:
+            raise RecipeError(f"{where}: needs a solver")
+        if not self.stages:
+            raise RecipeError(f"{where}: has no stages")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 1:
+            raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1")
+        if self.test_iterations is not None:
+            _iterations(self.test_iterations, f"{where}: test_iterations")
+        masked = False
+        for number, stage in enumerate(self.stages, 1):
+            if stage.kind == "sparse" and not masked:
+                raise RecipeError(f"{where}: stage {number} (sparse) has no prune stage before it")
+            if stage.kind == "prune" and number == 1 and not self.weights:
+                raise RecipeError(f"{where}: stage 1 prunes, but no weights are given")
+            if stage.kind != "sparse":
+                masked = stage.kind == "prune"
+
+    @classmethod
+    def from_dict(cls, data, where="recipe"):
+        _only(data, _RECIPE_KEYS, where)
+        stages = []
+        raw_stages = data.get("stages")
+        if not isinstance(raw_stages, list):
+            raise RecipeError(f"{where}: 'stages' must be a list of stages ({', '.join(STAGES)})")
+        for number, item in enumerate(raw_stages, 1):
+            if not isinstance(item, dict) or len(item) != 1:
+                raise RecipeError(f"{where}: stage {number} must be one of {', '.join(STAGES)} with its settings")
+            (kind, settings), = item.items()
+            if kind not in STAGES:
+                raise RecipeError(f"{where}: stage {number}: unknown stage {kind!r} (known: {', '.join(STAGES)})")
+            stages.append(STAGES[kind].from_dict(settings or {}, f"{where}: stage {number} ({kind})"))
+        return cls(solver=str(data.get("solver") or ""), stages=tuple(stages),
+                   weights=str(data["weights"]) if data.get("weights") else None,
+                   seed=data.get("seed", 0), checkpoint_every=data.get("checkpoint_every", 500),
+                   test_iterations=data.get("test_iterations"), where=where)
+
+    def to_dict(self):
+        out = {"solver": self.solver}
+        if self.weights:
+            out["weights"] = self.weights
+        out["seed"] = self.seed
+        out["checkpoint_every"] = self.checkpoint_every
+        if self.test_iterations is not None:
+            out["test_iterations"] = self.test_iterations
+        out["stages"] = [{stage.kind: stage.to_dict()} for stage in self.stages]
+        return out
+
+    def to_yaml(self):
+        return dump_yaml(self.to_dict())
+
+    def fingerprint(self):
+        """sha256 of the canonical recipe (plan files included by value)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def load_recipe(path):
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    data = parse_yaml(path.read_text(), str(path), RecipeError)
+    return Recipe.from_dict(data, where=str(path))

@@ -1,0 +1,17 @@
+"""YAML for hand-written files (plans, recipes): safe loading, and errors
+that name the file, line and column."""
+import yaml
+
+
+def parse_yaml(text, where, error):
+    """yaml.safe_load(text); a syntax error raises ``error`` naming where."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise error(f"{where}{at}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
+def dump_yaml(data):
+    return yaml.safe_dump(data, sort_keys=False)
