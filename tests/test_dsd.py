@@ -1,0 +1,200 @@
+"""`caffedsd dsd`, train-sparse and train-dense through the CLI, with real
+Caffe: the whole flow on Fashion-MNIST, a killed run resuming, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.datasets import convert_fashion_mnist
+from caffedsd.maskfile import load_masks
+from caffedsd.verify import parse_test_outputs, run_caffe_test
+from test_training import write_solver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lenet_solver(tmp_path_factory):
+    work = tmp_path_factory.mktemp("fashion")
+    data = convert_fashion_mnist(work / "data", train_limit=2000, test_limit=300)
+    net = (ROOT / "prototxt" / "lenet_train_test.prototxt").read_text()
+    net = net.replace("data/fashion-mnist/train.txt", data["train"]["list"])
+    net = net.replace("data/fashion-mnist/test.txt", data["test"]["list"])
+    (work / "lenet.prototxt").write_text(net)
+    solver = (ROOT / "solvers" / "lenet_solver.prototxt").read_text()
+    solver = solver.replace('"prototxt/lenet_train_test.prototxt"', f'"{work / "lenet.prototxt"}"')
+    solver = solver.replace("test_iter: 100", "test_iter: 3").replace('"work/lenet"', f'"{work / "snap"}"')
+    (work / "solver.prototxt").write_text(solver)
+    return work / "solver.prototxt", work / "lenet.prototxt"
+
+
+def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
+    solver, net = lenet_solver
+    (tmp_path / "recipe.yaml").write_text(
+        f"solver: {solver}\ncheckpoint_every: 30\nstages:\n"
+        "  - dense: {iterations: 80}\n  - prune: {sparsity: 0.5, layers: {ip1: 0.9}}\n"
+        "  - sparse: {iterations: 40}\n  - dense: {iterations: 40, lr_scale: 0.1}\n")
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "4 dense" in result.output
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    stages = report["stages"]
+    assert [s["kind"] for s in stages] == ["dense", "prune", "sparse", "dense"]
+    assert [s["iterations"] for s in stages] == [80, 0, 40, 40]
+    assert stages[0]["lr"] == pytest.approx(0.01) and stages[3]["lr"] == pytest.approx(0.001)
+    pruned = 250 + 12500 + 360000 + 2500
+    assert stages[1]["sparsity"] == pytest.approx(pruned / 430500)
+    assert stages[2]["sparsity"] == pytest.approx(pruned / 430500)  # held through the sparse stage
+    assert stages[0]["sparsity"] < 0.01 and stages[3]["sparsity"] < 0.01
+    assert stages[0]["test"]["accuracy"] > 0.4  # chance is 0.1
+    assert "| 3 sparse | 40 |" in (run / "report.md").read_text()
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(run.glob("*/checkpoint"))
+    masks = load_masks(run / "03-sparse" / "model.masks.h5")
+    model = read_caffemodel(run / "03-sparse" / "model.caffemodel")
+    for layer, mask in masks.per_layer().items():
+        assert np.count_nonzero(model.layer(layer).blobs[0].data[~mask]) == 0
+    for s in stages:  # every stage's model loads in stock caffe test, no layer ignored
+        code, log = run_caffe_test(net, run / s["model"], iterations=3)
+        assert code == 0, log[-2000:]
+        assert "Ignoring source layer conv" not in log and "Ignoring source layer ip" not in log
+        assert parse_test_outputs(log)["accuracy"] == pytest.approx(s["test"]["accuracy"], abs=1e-4)
+
+
+def _recipe(folder, sparse_iterations=3000):
+    solver = write_solver(folder, base_lr=0.02)
+    text = (f"solver: {solver}\nseed: 3\ncheckpoint_every: 50\nstages:\n"
+            "  - dense: {iterations: 30}\n  - prune: {sparsity: 0.6, criterion: random}\n"
+            f"  - sparse: {{iterations: {sparse_iterations}}}\n  - dense: {{iterations: 20, lr_scale: 0.1}}\n")
+    (folder / "recipe.yaml").write_text(text)
+    return folder / "recipe.yaml"
+
+
+def _dsd(recipe, run, cwd):
+    cmd = [str(Path(sys.executable).with_name("caffedsd")), "dsd", "--recipe", str(recipe), "-o", str(run)]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes(tmp_path, sig):
+    recipe = _recipe(tmp_path)
+    reference = _dsd(recipe, tmp_path / "reference", tmp_path)
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
+
+    proc = _dsd(recipe, tmp_path / "run", tmp_path)
+    marker = tmp_path / "run" / "03-sparse" / "checkpoint" / "checkpoint.json"
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert marker.exists(), "the run ended or stalled before its first sparse checkpoint"
+    time.sleep(0.1)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) != 0
+    assert not (tmp_path / "run" / "report.json").exists()
+    killed_at = json.loads(marker.read_text())["iter"]
+    assert 0 < killed_at < 3000
+
+    resumed = _dsd(recipe, tmp_path / "run", tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    for stage in ("01-dense", "02-prune"):  # finished stages kept as they were
+        assert (tmp_path / "run" / stage / "model.caffemodel").read_bytes() == \
+            (tmp_path / "reference" / stage / "model.caffemodel").read_bytes()
+    ref_masks = load_masks(tmp_path / "reference" / "03-sparse" / "model.masks.h5")
+    run_masks = load_masks(tmp_path / "run" / "03-sparse" / "model.masks.h5")
+    for layer, mask in ref_masks.masks.items():
+        assert np.array_equal(run_masks.masks[layer], mask)
+    curve = (tmp_path / "run" / "03-sparse" / "curve.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in curve] == list(range(1, 3001))
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][3]["kind"] == "dense"
+
+
+def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    again = cli("dsd", "--recipe", recipe, "-o", "run")  # finished: nothing to redo
+    assert again.exit_code == 0
+    recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 11"))
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert result.exit_code == 2
+    assert result.output.strip() == f"caffedsd: run: made by a different recipe; give a new -o, or remove it to start over"
+
+
+def _one_line_error(result, expect):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert expect in lines[0], lines[0]
+
+
+def test_bad_recipes(tmp_path, cli):
+    recipe = _recipe(tmp_path)
+    text = recipe.read_text()
+    for bad, expect in [(text + "learning_rate: 1\n", "unknown key(s) learning_rate"),
+                        (text.replace("iterations: 30", "iterations: -30"), "iterations -30 must be"),
+                        (text.replace("sparsity: 0.6", "sparsity: 1.2"), "1.2: must be in [0, 1)")]:
+        recipe.write_text(bad)
+        _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), expect)
+        assert not (tmp_path / "run").exists()
+
+
+def test_bad_solvers(tmp_path, cli, caffe):
+    recipe = _recipe(tmp_path)
+    solver = tmp_path / "solver.prototxt"
+    good = solver.read_text()
+    solver.write_text(good.replace("net.prototxt", "missing_net.prototxt"))
+    _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "missing_net.prototxt' does not exist")
+    data_net = (tmp_path / "net.prototxt").read_text().replace(
+        'type: "DummyData" top: "data" top: "target" include { phase: TRAIN }',
+        'type: "HDF5Data" top: "data" top: "target" include { phase: TRAIN } '
+        'hdf5_data_param { source: "nowhere/train.txt" batch_size: 8 }')
+    (tmp_path / "data_net.prototxt").write_text(data_net)
+    solver.write_text(good.replace("net.prototxt", "data_net.prototxt"))
+    _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "reads 'nowhere/train.txt', which does not exist")
+    (tmp_path / "plain.prototxt").write_text(
+        'layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "data" top: "loss" }\n')
+    solver.write_text(good.replace("net.prototxt", "plain.prototxt"))
+    _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "no prunable layer")
+
+
+def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):
+    from conftest import save_net
+
+    solver = write_solver(tmp_path)
+    # A model with the right layer names but other shapes.
+    other = (tmp_path / "net.prototxt").read_text().replace("num_output: 4", "num_output: 6")
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, weights = save_net(caffe, other_dir, other)
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
+    result = cli("train-sparse", "--solver", solver, "-w", "other/p.caffemodel", "-n", 2, "-o", "s.caffemodel")
+    _one_line_error(result, "layer 'conv1' blob 0 is [6, 2, 3, 3], but")
+    assert not (tmp_path / "s.caffemodel").exists()
+    result = cli("train-sparse", "--solver", solver, "-w", weights, "-n", 2, "-o", "s.caffemodel")
+    _one_line_error(result, "no masks beside")
+
+
+def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
+    solver = write_solver(tmp_path)
+    net = caffe.get_solver(str(solver))
+    net.net.save(str(tmp_path / "dense.caffemodel"))
+    assert cli("prune", "-w", "dense.caffemodel", "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("train-sparse", "--solver", solver, "-w", "p.caffemodel", "-n", 5, "-o", "s.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "test: loss = " in result.output and (tmp_path / "s.masks.h5").exists()
+    result = cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", 5, "--lr-scale", 0.5,
+                 "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "at base_lr 0.025" in result.output
+    _one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", -1, "-o", "x.caffemodel"),
+                    "--iterations -1: must be 0 or more")
+    _one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
+                    "would overwrite the input")

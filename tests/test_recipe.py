@@ -1,0 +1,66 @@
+import pytest
+
+from caffedsd.plan import SparsityPlan
+from caffedsd.recipe import DenseStage, PruneStage, Recipe, RecipeError, SparseStage, load_recipe
+
+GOOD = {
+    "solver": "solver.prototxt",
+    "stages": [
+        {"dense": {"iterations": 100}},
+        {"prune": {"sparsity": 0.5, "layers": {"fc*": 0.9}}},
+        {"sparse": {"iterations": 50}},
+        {"dense": {"iterations": 50, "lr_scale": 0.1}},
+        {"prune": {"sparsity": 0.5}},
+        {"sparse": {"iterations": 50, "lr_scale": 0.1}},
+        {"dense": {"iterations": 50, "lr_scale": 0.01}},
+    ],
+}
+
+
+def test_parse_and_round_trip():
+    recipe = Recipe.from_dict(GOOD)
+    assert [s.kind for s in recipe.stages] == ["dense", "prune", "sparse", "dense", "prune", "sparse", "dense"]
+    assert recipe.stages[1] == PruneStage(SparsityPlan(sparsity=0.5, rules=recipe.stages[1].plan.rules))
+    assert recipe.stages[3] == DenseStage(50, 0.1) and recipe.stages[5] == SparseStage(50, 0.1)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert recipe.fingerprint() == Recipe.from_dict(recipe.to_dict()).fingerprint()
+
+
+def test_fingerprint_changes_with_content():
+    other = dict(GOOD, stages=GOOD["stages"][:3])
+    assert Recipe.from_dict(GOOD).fingerprint() != Recipe.from_dict(other).fingerprint()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"stagse": []}, "unknown key"),
+    ({"stages": [{"dense": {"iterations": -5}}]}, "iterations -5 must be"),
+    ({"stages": [{"dense": {"iterations": 2.5}}]}, "iterations 2.5 must be"),
+    ({"stages": [{"dense": {"iterations": 5, "lr": 0.1}}]}, "unknown key"),
+    ({"stages": [{"dense": {"iterations": 5}}, {"prune": {"sparsity": 1.0}}]}, "must be in [0, 1)"),
+    ({"stages": [{"dense": {"iterations": 5}}, {"sparse": {"iterations": 5}}]}, "no prune stage before it"),
+    ({"stages": [{"prune": {"sparsity": 0.5}}]}, "no weights are given"),
+    ({"stages": [{"train": {"iterations": 5}}]}, "unknown stage 'train'"),
+    ({"stages": []}, "has no stages"),
+    ({"stages": [{"dense": {"iterations": 5, "lr_scale": 0}}]}, "lr_scale 0 must be"),
+    ({"checkpoint_every": 0}, "checkpoint_every 0"),
+])
+def test_invalid_recipes(change, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        Recipe.from_dict(dict(GOOD, **change))
+
+
+def test_sparse_after_dense_needs_a_new_prune():
+    stages = GOOD["stages"][:4] + [{"sparse": {"iterations": 5}}]
+    with pytest.raises(RecipeError, match="stage 5 \\(sparse\\) has no prune stage"):
+        Recipe.from_dict(dict(GOOD, stages=stages))
+
+
+def test_load_recipe_file_and_plan_reference(tmp_path):
+    (tmp_path / "plan.yaml").write_text("sparsity: 0.3\n")
+    (tmp_path / "r.yaml").write_text(f"solver: s.prototxt\nweights: w.caffemodel\nstages:\n"
+                                     f"  - prune: {{plan: {tmp_path / 'plan.yaml'}}}\n  - sparse: {{iterations: 3}}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.stages[0].plan.sparsity == 0.3
+    (tmp_path / "bad.yaml").write_text("solver: [\n")
+    with pytest.raises(RecipeError, match="bad.yaml:.*not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
