@@ -134,13 +134,21 @@ def plot_dsd(path, run_dir, stages):
     offset = 0
     metrics = [m for m in _metric_names(stages) if "loss" not in m.lower()]
     for s in stages:
+        start = offset
         if s.get("curve"):
             curve = parse_curve_csv((run_dir / s["folder"] / s["curve"]).read_text())
             loss_ax.plot([offset + r["iter"] for r in curve], [r["loss"] for r in curve], lw=0.7, color="tab:blue")
         offset += s["iterations"]
-        loss_ax.axvline(offset, color="grey", ls="--", lw=0.8)
-        loss_ax.text(offset, 1.0, f" {s['stage']} {s['kind']}", transform=loss_ax.get_xaxis_transform(),
-                     rotation=90, va="top", ha="right", fontsize=8, color="grey")
+        if s["kind"] == "prune":
+            loss_ax.axvline(offset, color="tab:red", lw=1)
+            loss_ax.text(offset, 0.02, f" {s['stage']} prune", transform=loss_ax.get_xaxis_transform(),
+                         fontsize=8, color="tab:red")
+        else:
+            if s["kind"] == "sparse":  # masks held: shade the span
+                loss_ax.axvspan(start, offset, color="tab:orange", alpha=0.08)
+            loss_ax.axvline(offset, color="grey", ls="--", lw=0.8)
+            loss_ax.text((start + offset) / 2, 0.98, f"{s['stage']} {s['kind']}", transform=loss_ax.get_xaxis_transform(),
+                         ha="center", va="top", fontsize=8, color="grey")
         for n, m in enumerate(metrics):
             if m in s["test"]:
                 test_ax.plot(offset, s["test"][m], "o", color=f"C{n + 1}", label=m)
