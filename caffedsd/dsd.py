@@ -148,7 +148,6 @@ def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progre
     if enforcer is not None:
         enforcer.detach()
     _write_csv(stage_dir / "curve.csv", curve)
-    checkpoints.clear()
     return {"iterations": stage.iterations, "lr": param.base_lr, "test": test, "curve": "curve.csv"}
 
 
@@ -194,6 +193,8 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
                             "model": f"{stage_dir.name}/model.caffemodel",
                             "sparsity": weight_sparsity(model), "seconds": round(time.time() - started, 1)})
             _write_json(done, summary)
+        # Only once stage.json marks the stage finished may its checkpoints go.
+        _Checkpoints(stage_dir / "checkpoint").clear()
         weights = stage_dir / "model.caffemodel"
         if stage.kind == "prune":
             masks = load_masks(masks_path_for(weights))
