@@ -314,6 +314,90 @@ def dsd(recipe, gpu, verbose, output):
     click.echo(f"report: {output / 'report.md'}")
 
 
+@main.command()
+@model_option(required=True)
+@weights_option()
+@click.option("--layers", "-l", "layer_globs", multiple=True, metavar="GLOB",
+              help="Scan only prunable layers matching GLOB (repeatable, or comma-separated).")
+@click.option("--sparsities", default=",".join(f"{s:g}" for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+              show_default=True, help="Sparsities to try, increasing, each in [0, 1).")
+@click.option("--criterion", "-c", type=click.Choice(["keepmax", "random"]), default="keepmax", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
+@click.option("--iterations", "-n", type=int, default=50, show_default=True,
+              help="TEST iterations per point (batches of the TEST data layer).")
+@click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Worker processes, each with its own Net.")
+@gpu_option
+@click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Scan folder; rerun the same command to continue an interrupted scan.")
+def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, criterion, seed, iterations, jobs, gpu,
+                verbose, output):
+    """Measure how each layer's pruning hurts: prune one layer at a time,
+    run the TEST phase, restore it.
+
+    Writes sensitivity.json/.csv/.md and sensitivity.png into OUTPUT.
+
+    \b
+    Example:
+      caffedsd sensitivity -p train_val.prototxt -w lenet.caffemodel -n 100 -j 2 -o sens
+    """
+    from .sensitivity import parse_sparsities, scan
+    from .training import quiet_caffe
+
+    quiet_caffe(verbose)
+    globs = tuple(g.strip() for item in layer_globs for g in item.split(",") if g.strip())
+    progress = _Progress("points")
+    try:
+        data = scan(model, weights, output, layers=globs, sparsities=parse_sparsities(sparsities),
+                    criterion=criterion, iterations=iterations, seed=seed, jobs=jobs, gpu=gpu,
+                    allow_python_layers=allow_python_layers,
+                    on_point=lambda done, total: progress(None, total))
+    finally:
+        progress.close()
+    if data["data"] == "streamed":
+        click.echo("note: the TEST batches did not fit in memory and were read anew for every point; "
+                   "points see the same data only if the iterations cover whole epochs", err=True)
+    click.echo((output / "sensitivity.md").read_text().split("\n\n![")[0])
+    click.echo(f"wrote {output}/sensitivity.json, .csv, .md and .png")
+
+
+@main.command("plan")
+@click.option("--sensitivity", "sens", type=click.Path(path_type=Path), required=True,
+              help="sensitivity.json (or its folder) from `caffedsd sensitivity`.")
+@click.option("--max-drop", type=float, default=None,
+              help="Allowed drop per layer: percentage points of an accuracy (0.5 = half a point), "
+                   "or loss units for a loss metric.")
+@click.option("--target-sparsity", type=float, default=None,
+              help="Sparsity over all prunable weights to reach with the smallest predicted drop (greedy).")
+@click.option("--metric", default=None, help="Output to judge by (default: the first accuracy).")
+@weights_option(required=False)
+@click.option("--force", is_flag=True, help="Allow overwriting an input file.")
+@click.option("--output", "-o", type=_path(), required=True, help="Plan YAML to write.")
+def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output):
+    """Choose each layer's sparsity from a sensitivity scan.
+
+    With --max-drop alone: per layer, the highest measured sparsity within
+    the budget. With --target-sparsity: that overall sparsity at the
+    smallest predicted drop (per-layer drops added up; greedy on each
+    layer's convex hull), each layer within --max-drop if given. With
+    --weights, the scan must be of that model.
+
+    \b
+    Example:
+      caffedsd plan --sensitivity sens/sensitivity.json --max-drop 0.5 -o plan.yaml
+    """
+    from .planner import make_plan
+
+    result = make_plan(sens, output, max_drop=max_drop, target=target_sparsity, metric=metric,
+                       weights=weights, force=force)
+    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
+    click.echo(report.format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body,
+                                   "lrrr"))
+    click.echo(f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
+               f"predicted total drop {result['drop']:.4g} {result['unit']} of {result['metric']}")
+    click.echo(f"wrote {output}")
+
+
 @main.group(cls=_Group)
 def data():
     """Prepare data sets for Caffe."""

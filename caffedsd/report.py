@@ -176,3 +176,65 @@ def write_dsd_report(run_dir, data):
         handle.write(dsd_markdown(data))
     with atomic_path(run_dir / "curves.png") as tmp:
         plot_dsd(tmp, run_dir, data["stages"])
+
+
+# -- sensitivity scans ---------------------------------------------------------------
+
+def sensitivity_rows(data):
+    """(layer, sparsity, metrics...) rows, baseline first."""
+    rows = [["(baseline)", 0.0] + [data["baseline"][m] for m in data["metrics"]]]
+    for layer in data["layers"]:
+        for point in layer["points"]:
+            rows.append([layer["layer"], point["sparsity"]] + [point["metrics"][m] for m in data["metrics"]])
+    return rows
+
+
+def sensitivity_csv(data):
+    lines = [",".join(["layer", "sparsity"] + data["metrics"])]
+    lines += [",".join([str(r[0]), f"{r[1]:g}"] + [f"{v:.6g}" for v in r[2:]]) for r in sensitivity_rows(data)]
+    return "\n".join(lines) + "\n"
+
+
+def primary_metric(metrics):
+    """The metric a table or plan uses by default: the first accuracy, else the first output."""
+    return next((m for m in metrics if "acc" in m.lower()), metrics[0])
+
+
+def sensitivity_markdown(data):
+    metric = primary_metric(data["metrics"])
+    header = ["layer", "params"] + [f"{s:g}" for s in data["sparsities"]]
+    lines = [f"# Sensitivity: {metric} after pruning one layer", "",
+             f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
+             f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for layer in data["layers"]:
+        cells = [layer["layer"], str(layer["params"])] + [f"{p['metrics'][metric]:.4f}" for p in layer["points"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "![sensitivity](sensitivity.png)", ""])
+
+
+def write_sensitivity_plot(path, data):
+    """One panel per metric, one curve per layer, metric against sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from .atomic import atomic_path
+
+    metrics = data["metrics"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for layer in data["layers"]:
+            xs = [0.0] + [p["sparsity"] for p in layer["points"]]
+            ys = [data["baseline"][metric]] + [p["metrics"][metric] for p in layer["points"]]
+            ax.plot(xs, ys, marker=".", label=layer["layer"])
+        ax.set_xlabel("sparsity of the layer")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"pruning one layer at a time ({data['criterion']}, {data['iterations']} TEST iterations)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,4 +1,6 @@
 import os
+import subprocess
+from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -67,3 +69,34 @@ def cli(tmp_path, monkeypatch):
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+ROOT = Path(__file__).resolve().parent.parent
+LENET_ITERS = 300
+
+
+@pytest.fixture(scope="session")
+def lenet(tmp_path_factory):
+    """LeNet trained briefly on a slice of Fashion-MNIST by the stock caffe
+    binary: (folder, train_val prototxt, weights). Read-only for tests."""
+    from caffedsd.caffe_env import caffe_binary
+    from caffedsd.datasets import convert_fashion_mnist
+
+    work = tmp_path_factory.mktemp("lenet")
+    data = convert_fashion_mnist(work / "data", train_limit=4000, test_limit=500)
+    net = (ROOT / "prototxt" / "lenet_train_test.prototxt").read_text()
+    net = net.replace("data/fashion-mnist/train.txt", data["train"]["list"])
+    net = net.replace("data/fashion-mnist/test.txt", data["test"]["list"])
+    (work / "lenet.prototxt").write_text(net)
+    solver = (ROOT / "solvers" / "lenet_solver.prototxt").read_text()
+    solver = solver.replace('"prototxt/lenet_train_test.prototxt"', f'"{work / "lenet.prototxt"}"')
+    solver = solver.replace('"work/lenet"', f'"{work / "lenet"}"')
+    solver = solver.replace("max_iter: 500", f"max_iter: {LENET_ITERS}").replace("test_interval: 500",
+                                                                                  "test_interval: 100000")
+    (work / "solver.prototxt").write_text(solver)
+    proc = subprocess.run([str(caffe_binary()), "train", f"--solver={work / 'solver.prototxt'}"],
+                          capture_output=True, text=True, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    weights = work / f"lenet_iter_{LENET_ITERS}.caffemodel"
+    assert weights.is_file()
+    return work, work / "lenet.prototxt", weights

@@ -25,6 +25,7 @@ it):
         --out work/experiment_smoke
 """
 import argparse
+import ctypes
 import json
 import math
 import statistics
@@ -38,6 +39,7 @@ from caffedsd.caffe_proto import SolverParameter, parse_prototxt
 from caffedsd.dsd import run_recipe
 from caffedsd.errors import CaffeDsdError, InputError
 from caffedsd.recipe import Recipe
+from caffedsd.report import parse_curve_csv
 from caffedsd.training import quiet_caffe
 
 # The prune split of recipes/lenet_dsd.yaml: keepmax, 50% of every prunable
@@ -124,6 +126,20 @@ def baseline_recipe(solver, seed, iterations, checkpoint_every):
     }, where=f"baseline recipe, seed {seed}")
 
 
+def seed_data_order(seed):
+    """Seed the C library's rand(), which is what orders the training data.
+
+    Stock Caffe's HDF5Data layer shuffles with std::random_shuffle and no
+    generator, i.e. with rand(): the solver's random_seed does not reach
+    it, and without this the data order of a run would depend on how many
+    shuffles earlier runs in this process made. Seeding it before each run
+    makes every run's data order a function of its seed alone (the DSD run
+    and the baseline of a seed then see the same batches in their first N1
+    iterations). A run resumed from a checkpoint still sees other batches
+    after the resume point than an uninterrupted one would."""
+    ctypes.CDLL(None).srand(ctypes.c_uint(seed))
+
+
 class Progress:
     """run_recipe's progress hook: a line on stderr every ``every`` iterations."""
 
@@ -195,6 +211,16 @@ def seed_numbers(baseline_report, dsd_report):
     return rows
 
 
+def same_start(dsd_dir, base_dir, dsd_report, base_report):
+    """Whether the baseline's first N1 training losses equal DSD stage 1's
+    (same init and same batches: a paired comparison)."""
+    first = _stage(dsd_report, 1, "dense")
+    base = _stage(base_report, 1, "dense")
+    a = parse_curve_csv((dsd_dir / first["folder"] / first["curve"]).read_text())
+    b = parse_curve_csv((base_dir / base["folder"] / base["curve"]).read_text())
+    return len(a) > 0 and a == b[:len(a)]
+
+
 def mean_std(values):
     values = list(values)
     mean = statistics.fmean(values)
@@ -263,15 +289,18 @@ def main(argv=None):
         dsd_dir = folder / f"dsd-{n1}-{n2}-{n3}"
         base_dir = folder / f"dense-{total}"
         print(f"seed {seed}: DSD {n1}+{n2}+{n3} -> {dsd_dir}", file=sys.stderr, flush=True)
+        seed_data_order(seed)
         dsd_report = run_recipe(dsd_recipe(solver, seed, n1, n2, n3, args.checkpoint_every), dsd_dir,
                                 gpu=args.gpu, progress=Progress(f"seed {seed} dsd"))
         print(f"seed {seed}: dense baseline {total} -> {base_dir}", file=sys.stderr, flush=True)
+        seed_data_order(seed)
         base_report = run_recipe(baseline_recipe(solver, seed, total, args.checkpoint_every), base_dir,
                                  gpu=args.gpu, progress=Progress(f"seed {seed} baseline"))
         # Read back what run_recipe wrote, so the summary is the reports' numbers.
         dsd_report = json.loads((dsd_dir / "report.json").read_text())
         base_report = json.loads((base_dir / "report.json").read_text())
         per_seed[seed] = seed_numbers(base_report, dsd_report)
+        per_seed[seed]["baseline_starts_like_dsd"] = same_start(dsd_dir, base_dir, dsd_report, base_report)
         runs[seed] = {"solver": str(solver), "dsd": str(dsd_dir), "baseline": str(base_dir)}
     summary = summarize(per_seed)
     table = markdown(summary, per_seed)

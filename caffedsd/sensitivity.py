@@ -1,0 +1,368 @@
+"""Pruning sensitivity: prune one layer at a time, measure the TEST phase.
+
+For every prunable layer and sparsity, starting from the original weights
+every time: prune that layer alone, run N TEST iterations, record every
+output (Accuracy and loss tops), put the layer back. The Net is built once
+and only the layer under test is touched.
+
+The TEST batches are read once and replayed for every point when they fit
+in memory (``cache_limit``), so every point, and the sparsity-0 baseline,
+sees exactly the batches a fresh ``caffe test --iterations N`` sees. When
+they do not fit, the data layers run for every point ("streamed" data), and
+points see the same batches only if N batches cover whole epochs.
+
+A scan folder keeps finished points in points.jsonl; an interrupted scan
+resumes without running them again. ``--jobs K`` runs K worker processes,
+each with its own Net, over disjoint sets of layers.
+"""
+import json
+import multiprocessing
+import os
+import queue as queue_module
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import report
+from .atomic import atomic_open
+from .caffe_proto import read_net_prototxt
+from .caffemodel import read_caffemodel
+from .errors import InputError
+from .layers import prunable_targets
+from .maskfile import structure_fingerprint
+from .masks import apply_mask, compute_mask, get_criterion, layer_rng
+from .netcheck import check_pair
+from .plan import Rule
+
+FORMAT = "caffedsd-sensitivity"
+DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CACHE_LIMIT = 1 << 30
+
+
+def parse_sparsities(text):
+    """'0.1,0.2,...' -> a tuple; each in [0, 1), strictly increasing."""
+    try:
+        values = tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--sparsities {text!r}: not a comma-separated list of numbers") from None
+    if not values:
+        raise InputError(f"--sparsities {text!r}: empty")
+    for value in values:
+        if not 0 <= value < 1:
+            raise InputError(f"--sparsities {text!r}: {value:g} is outside [0, 1)")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise InputError(f"--sparsities {text!r}: must be strictly increasing")
+    return values
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """What a scan measures; a scan folder is only continued with the same."""
+
+    model: str
+    weights: str
+    weights_sha256: str
+    fingerprint: str
+    layers: tuple
+    sparsities: tuple
+    criterion: str
+    iterations: int
+    seed: int
+
+    def key(self):
+        data = asdict(self)
+        data.pop("model")
+        data.pop("weights")
+        return data
+
+
+def _test_outputs_kind(net, net_path):
+    """Check the TEST phase has an Accuracy or loss output; return their names."""
+    def in_test(layer):
+        if any(rule.HasField("phase") and rule.phase == 0 for rule in layer.include):  # 0 = TRAIN
+            return False
+        return not any(rule.HasField("phase") and rule.phase == 1 for rule in layer.exclude)
+
+    measured = [top for layer in net.layer if in_test(layer) and
+                (layer.type == "Accuracy" or layer.type.endswith("Loss") or any(w for w in layer.loss_weight))
+                for top in layer.top]
+    if not measured:
+        raise InputError(f"{net_path}: no Accuracy or loss output in the TEST phase; give the train_val "
+                         "prototxt with a TEST data layer")
+    return measured
+
+
+class Evaluator:
+    """A TEST-phase pycaffe Net with its N batches, and the one layer touched."""
+
+    def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT):
+        from .caffe_env import import_caffe
+
+        caffe = import_caffe(gpu)
+        self.iterations = iterations
+        self.net = caffe.Net(str(model_path), caffe.TEST, weights=str(weights_path))
+        self.outputs = list(self.net.outputs)
+        names = list(self.net._layer_names)
+        first = next((i for i, name in enumerate(names) if self.net.bottom_names[name]), None)
+        later_sources = first is not None and any(not self.net.bottom_names[n] for n in names[first:])
+        self.batches = None
+        if first is not None and not later_sources:
+            tops = [top for name in names[:first] for top in self.net.top_names[name]]
+            size = sum(self.net.blobs[t].data.nbytes for t in tops) * iterations
+            if size <= cache_limit:
+                self.start = names[first]
+                self.batches = []
+                for _ in range(iterations):
+                    if first > 0:
+                        self.net.forward(end=names[first - 1])  # the data layers only
+                    self.batches.append({t: self.net.blobs[t].data.copy() for t in tops})
+        self.data_mode = "cached" if self.batches is not None else "streamed"
+
+    def run(self):
+        """{output: mean over the N batches}, as `caffe test` reports them."""
+        sums = {name: 0.0 for name in self.outputs}
+        for i in range(self.iterations):
+            if self.batches is not None:
+                for top, value in self.batches[i].items():
+                    self.net.blobs[top].data[...] = value
+                out = self.net.forward(start=self.start)
+            else:
+                out = self.net.forward()
+            for name in self.outputs:
+                sums[name] += float(np.mean(out[name]))
+        return {name: total / self.iterations for name, total in sums.items()}
+
+    def weights(self, layer):
+        return self.net.params[layer][0].data
+
+
+def _points(config, done):
+    """(layer, sparsity) still to measure; (None, 0.0) is the baseline."""
+    todo = [] if (None, 0.0) in done else [(None, 0.0)]
+    todo += [(layer, s) for layer in config.layers for s in config.sparsities if (layer, s) not in done]
+    return todo
+
+
+def _measure(evaluator, config, points, emit):
+    """Measure ``points`` on one Evaluator, restoring each layer after use."""
+    originals = {}
+    for layer, sparsity in points:
+        if layer is None:
+            emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": evaluator.run()})
+            continue
+        blob = evaluator.weights(layer)
+        original = originals.setdefault(layer, blob.copy())
+        mask = compute_mask(original, config.criterion, sparsity, rng=layer_rng(config.seed, layer))
+        blob[...] = apply_mask(original, mask)
+        try:
+            metrics = evaluator.run()
+        finally:
+            blob[...] = original
+        emit({"layer": layer, "sparsity": sparsity, "pruned": int(mask.size - np.count_nonzero(mask)),
+              "metrics": metrics})
+
+
+def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results):
+    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit)
+        results.put(("mode", evaluator.data_mode))
+        _measure(evaluator, config, points, lambda record: results.put(("point", record)))
+        results.put(("done", None))
+    except Exception as exc:  # reported to the parent, which raises it
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class ScanFolder:
+    """SENS_DIR: scan.json (the config), points.jsonl (finished points)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def open(self, config):
+        marker = self.folder / "scan.json"
+        if marker.exists():
+            stored = json.loads(marker.read_text())
+            if stored.get("config") != json.loads(json.dumps(config.key())):
+                raise InputError(f"{self.folder}: holds a scan of another model, weights or settings; "
+                                 "give a new -o")
+        else:
+            if self.folder.exists() and any(self.folder.iterdir()):
+                raise InputError(f"{self.folder}: exists and is not a caffedsd sensitivity folder; give a new -o")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_open(marker, "w") as handle:
+                handle.write(json.dumps({"format": FORMAT, "config": config.key()}, indent=2))
+        return self.finished()
+
+    def finished(self):
+        records = {}
+        path = self.folder / "points.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                records[(record["layer"], record["sparsity"])] = record
+        return records
+
+    def append(self, record):
+        with open(self.folder / "points.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _select_layers(model, globs):
+    targets = prunable_targets(model)
+    if not targets:
+        raise InputError(f"{model.path}: no prunable layer (Convolution, Deconvolution or InnerProduct)")
+    if not globs:
+        return targets
+    chosen = []
+    for pattern in globs:
+        rule = Rule(pattern, 0.0)
+        matched = [t for t in targets if any(rule.matches(name) for name in t.layers)]
+        if not matched:
+            raise InputError(f"--layers {pattern!r} matches no prunable layer "
+                             f"(prunable: {', '.join(t.owner for t in targets)})")
+        chosen += [t for t in matched if t not in chosen]
+    return [t for t in targets if t in chosen]
+
+
+def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",
+         iterations=None, seed=0, jobs=1, gpu=None, allow_python_layers=False, cache_limit=CACHE_LIMIT,
+         on_point=None):
+    """Run (or continue) a sensitivity scan into ``out_dir``; returns its data
+    (as written to sensitivity.json). ``on_point(done, total)`` reports progress."""
+    try:
+        get_criterion(criterion)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    net = read_net_prototxt(model_path, allow_python_layers)
+    model = read_caffemodel(weights_path)
+    check_pair(net, model_path, model)
+    _test_outputs_kind(net, model_path)
+    targets = _select_layers(model, layers)
+    if iterations is None:
+        iterations = 50
+    if iterations < 1:
+        raise InputError(f"--iterations {iterations}: must be 1 or more")
+    if jobs < 1:
+        raise InputError(f"--jobs {jobs}: must be 1 or more")
+    config = ScanConfig(str(model_path), str(weights_path), model.sha256(),
+                        structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
+                        tuple(sparsities), criterion, iterations, seed)
+    folder = ScanFolder(out_dir)
+    done = folder.open(config)
+    todo = _points(config, done)
+    total = len(done) + len(todo)
+    modes = set()
+
+    def record(point):
+        folder.append(point)
+        done[(point["layer"], point["sparsity"])] = point
+        if on_point is not None:
+            on_point(len(done), total)
+
+    if todo and jobs == 1:
+        evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
+        modes.add(evaluator.data_mode)
+        _measure(evaluator, config, todo, record)
+    elif todo:
+        modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+    data = _result(config, model, targets, done, modes)
+    _write_outputs(Path(out_dir), data)
+    return data
+
+
+def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record):
+    """Spread the points over ``jobs`` processes by layer; collect results."""
+    by_layer = {}
+    for point in todo:
+        by_layer.setdefault(point[0], []).append(point)
+    shares = [[] for _ in range(jobs)]
+    for n, points in enumerate(by_layer.values()):
+        shares[n % jobs].extend(points)
+    shares = [s for s in shares if s]
+    threads = max(1, (os.cpu_count() or 1) // len(shares))
+    context = multiprocessing.get_context("spawn")  # pycaffe and fork do not mix
+    results = context.Queue()
+    workers = [context.Process(target=_worker, daemon=True,
+                               args=(config, str(model_path), str(weights_path), share, gpu, cache_limit,
+                                     threads, results))
+               for share in shares]
+    for worker in workers:
+        worker.start()
+    modes, running = set(), len(workers)
+    try:
+        while running:
+            try:
+                kind, value = results.get(timeout=5)
+            except queue_module.Empty:
+                if not any(w.is_alive() for w in workers):
+                    raise InputError("a sensitivity worker died (see Caffe's log with --verbose)") from None
+                continue
+            if kind == "point":
+                record(value)
+            elif kind == "mode":
+                modes.add(value)
+            elif kind == "done":
+                running -= 1
+            else:
+                raise InputError(f"sensitivity worker failed: {value}")
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+    return modes
+
+
+def _result(config, model, targets, done, modes):
+    baseline = done[(None, 0.0)]["metrics"]
+    layers = []
+    for target in targets:
+        points = [{"sparsity": s, "pruned": done[(target.owner, s)]["pruned"],
+                   "metrics": done[(target.owner, s)]["metrics"]} for s in config.sparsities]
+        layers.append({"layer": target.owner, "shared_by": list(target.layers),
+                       "params": int(np.prod(target.shape)), "points": points})
+    total = sum(int(np.prod(t.shape)) for t in prunable_targets(model))
+    return {"format": FORMAT, "format_version": 1, "model": config.model, "weights": config.weights,
+            "weights_sha256": config.weights_sha256, "fingerprint": config.fingerprint,
+            "criterion": config.criterion, "seed": config.seed, "iterations": config.iterations,
+            "sparsities": list(config.sparsities), "metrics": list(baseline),
+            "data": "cached" if modes <= {"cached"} else "streamed",
+            "prunable_params": total, "baseline": baseline, "layers": layers}
+
+
+def _write_outputs(folder, data):
+    with atomic_open(folder / "sensitivity.json", "w") as handle:
+        handle.write(report.to_json(data) + "\n")
+    with atomic_open(folder / "sensitivity.csv", "w") as handle:
+        handle.write(report.sensitivity_csv(data))
+    with atomic_open(folder / "sensitivity.md", "w") as handle:
+        handle.write(report.sensitivity_markdown(data))
+    report.write_sensitivity_plot(folder / "sensitivity.png", data)
+
+
+def load_sensitivity(path, weights=None):
+    """A sensitivity.json; with ``weights``, it must be of that model."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sensitivity.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no such sensitivity file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{path}: not a caffedsd sensitivity file")
+    if weights is not None:
+        model = read_caffemodel(weights)
+        if structure_fingerprint(model.structure()) != data["fingerprint"]:
+            raise InputError(f"{path}: a scan of another model than {weights}")
+    return data

@@ -1,0 +1,157 @@
+"""`caffedsd sensitivity` and `caffedsd plan` on a briefly trained LeNet, real Caffe."""
+import hashlib
+import json
+
+import pytest
+
+from caffedsd.errors import InputError
+from caffedsd.planner import curves, overall_sparsity
+from caffedsd.sensitivity import scan
+from caffedsd.verify import parse_test_outputs, run_caffe_test
+from caffedsd.plan import load_plan
+
+SPARSITIES = (0.3, 0.6, 0.9)
+ITERS = 5  # 5 x 100 = the 500 test images of the slice
+
+
+def _table(folder):
+    return (folder / "sensitivity.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def scanned(lenet, tmp_path_factory):
+    work, proto, weights = lenet
+    out = tmp_path_factory.mktemp("sens") / "scan"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    data = scan(proto, weights, out, sparsities=SPARSITIES, iterations=ITERS)
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before  # the weights file is untouched
+    return out, data
+
+
+def test_baseline_matches_caffe_test(lenet, scanned):
+    _, proto, weights = lenet
+    _, data = scanned
+    code, log = run_caffe_test(proto, weights, iterations=ITERS)
+    assert code == 0
+    expected = parse_test_outputs(log)
+    assert data["data"] == "cached"
+    for metric in ("accuracy", "loss"):
+        assert data["baseline"][metric] == pytest.approx(expected[metric], abs=1e-5)
+
+
+def test_outputs_and_shape_of_the_curves(scanned):
+    out, data = scanned
+    assert [layer["layer"] for layer in data["layers"]] == ["conv1", "conv2", "ip1", "ip2"]
+    assert all([p["sparsity"] for p in layer["points"]] == list(SPARSITIES) for layer in data["layers"])
+    ip1 = data["layers"][2]
+    assert [p["pruned"] for p in ip1["points"]] == [120000, 240000, 360000]
+    conv1 = data["layers"][0]  # 500 weights: 90% pruned hurts more than 30%
+    assert conv1["points"][2]["metrics"]["accuracy"] < conv1["points"][0]["metrics"]["accuracy"]
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| conv1 | 500 |" in (out / "sensitivity.md").read_text()
+    assert _table(out).splitlines()[0] == "layer,sparsity,accuracy,loss"
+    assert len(_table(out).splitlines()) == 1 + 1 + 4 * 3
+
+
+def test_restored_weights_give_the_baseline_again(lenet, scanned, tmp_path):
+    """Each point starts from the original weights: a second scan of one
+    layer, after all the others ran in the same Net, measures the same."""
+    _, proto, weights = lenet
+    out, data = scanned
+    again = scan(proto, weights, tmp_path / "again", layers=("ip2",), sparsities=SPARSITIES, iterations=ITERS)
+    assert again["baseline"] == data["baseline"]
+    assert again["layers"][0]["points"] == data["layers"][3]["points"]
+
+
+def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
+    _, proto, weights = lenet
+    out, _ = scanned
+
+    def interrupt(done, total):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS, on_point=interrupt)
+    assert len((tmp_path / "resumed" / "points.jsonl").read_text().splitlines()) == 5
+    seen = []
+    scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS,
+         on_point=lambda done, total: seen.append(done))
+    assert seen[0] == 6 and seen[-1] == 13  # the 5 finished points were not run again
+    assert _table(tmp_path / "resumed") == _table(out)
+
+
+def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
+    _, proto, weights = lenet
+    out, _ = scanned
+    scan(proto, weights, tmp_path / "jobs2", sparsities=SPARSITIES, iterations=ITERS, jobs=2)
+    assert _table(tmp_path / "jobs2") == _table(out)
+
+
+def test_plans_respect_their_budget(scanned, tmp_path, cli):
+    out, data = scanned
+    result = cli("plan", "--sensitivity", out / "sensitivity.json", "--max-drop", 1.0, "-o", "plan.yaml")
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "plan.yaml")
+    measured = dict((layer, dict(points)) for layer, (_, points) in curves(data, "accuracy").items())
+    for rule in plan.rules:
+        if rule.amount:
+            assert measured[rule.pattern][rule.amount] <= 1.0
+        # nothing higher was within the budget
+        assert all(d > 1.0 for s, d in measured[rule.pattern].items() if s > rule.amount)
+    params = {layer["layer"]: layer["params"] for layer in data["layers"]}
+    reachable = sum(params[layer] * max([s for s, d in points.items() if d <= 3], default=0)
+                    for layer, points in measured.items()) / data["prunable_params"]
+    target = round(0.8 * reachable, 3)
+    assert target > 0.3
+    result = cli("plan", "--sensitivity", out, "--target-sparsity", target, "--max-drop", 3, "-o", "target.yaml")
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "target.yaml")
+    from caffedsd.planner import Choice
+
+    choices = [Choice(r.pattern, params[r.pattern], r.amount, 0) for r in plan.rules]
+    assert overall_sparsity(choices, data["prunable_params"]) >= target
+    for rule in plan.rules:
+        if rule.amount:
+            assert measured[rule.pattern][rule.amount] <= 3
+    # The plan file drives prune directly.
+    result = cli("prune", "-w", data["weights"], "--plan", "target.yaml", "-o", "pruned.caffemodel")
+    assert result.exit_code == 0, result.output
+
+
+def _one_line_error(result, expect):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert expect in lines[0], lines[0]
+
+
+def test_bad_inputs(lenet, scanned, tmp_path, cli, caffe):
+    _, proto, weights = lenet
+    out, _ = scanned
+    base = ("sensitivity", "-p", proto, "-w", weights, "-n", 1, "-o", "s")
+    _one_line_error(cli(*base, "--sparsities", "0.2,1.0"), "1 is outside [0, 1)")
+    _one_line_error(cli(*base, "--sparsities", "0.5,0.2"), "must be strictly increasing")
+    _one_line_error(cli(*base, "--layers", "fc*"), "'fc*' matches no prunable layer")
+    text = proto.read_text()
+    no_test = text.replace('type: "SoftmaxWithLoss"', 'type: "Softmax"')
+    no_test = no_test.replace('type: "Accuracy"', 'type: "Softmax"')
+    (tmp_path / "notest.prototxt").write_text(no_test)
+    _one_line_error(cli("sensitivity", "-p", "notest.prototxt", "-w", weights, "-o", "s"),
+                    "no Accuracy or loss output in the TEST phase")
+    _one_line_error(cli("plan", "--sensitivity", out, "--target-sparsity", 0.99, "-o", "p.yaml"),
+                    "out of reach: the measured curves reach at most 0.9000 overall")
+    from conftest import save_net
+
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other = save_net(caffe, other_dir, 'layer { name: "data" type: "Input" top: "data" '
+                        'input_param { shape { dim: 1 dim: 3 } } }\n'
+                        'layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" '
+                        'inner_product_param { num_output: 2 } }\n')
+    _one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other, "-o", "p.yaml"),
+                    "a scan of another model")
+    _one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "--sparsities", "0.3,0.6",
+                        "-o", out), "holds a scan of another model, weights or settings")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "p.yaml").exists()
+    json.loads((out / "sensitivity.json").read_text())  # the earlier scan is intact
