@@ -75,28 +75,38 @@ ROOT = Path(__file__).resolve().parent.parent
 LENET_ITERS = 300
 
 
+def lenet_files(work, train_limit, test_limit, **solver_changes):
+    """The repo's LeNet net and solver, rewritten to train on a slice of
+    Fashion-MNIST converted into ``work``: (solver path, net path).
+    ``solver_changes`` replace solver fields, e.g. max_iter=300."""
+    from caffedsd.datasets import convert_fashion_mnist
+
+    data = convert_fashion_mnist(work / "data", train_limit=train_limit, test_limit=test_limit)
+    net = (ROOT / "prototxt" / "lenet_train_test.prototxt").read_text()
+    net = net.replace("data/fashion-mnist/train.txt", data["train"]["list"])
+    net = net.replace("data/fashion-mnist/test.txt", data["test"]["list"])
+    (work / "lenet.prototxt").write_text(net)
+    lines = []
+    changes = dict(net=f'"{work / "lenet.prototxt"}"', snapshot_prefix=f'"{work / "lenet"}"',
+                   **{k: str(v) for k, v in solver_changes.items()})
+    for line in (ROOT / "solvers" / "lenet_solver.prototxt").read_text().splitlines():
+        key = line.split(":")[0].strip()
+        lines.append(f"{key}: {changes[key]}" if key in changes and not line.startswith("#") else line)
+    (work / "solver.prototxt").write_text("\n".join(lines) + "\n")
+    return work / "solver.prototxt", work / "lenet.prototxt"
+
+
 @pytest.fixture(scope="session")
 def lenet(tmp_path_factory):
     """LeNet trained briefly on a slice of Fashion-MNIST by the stock caffe
     binary: (folder, train_val prototxt, weights). Read-only for tests."""
     from caffedsd.caffe_env import caffe_binary
-    from caffedsd.datasets import convert_fashion_mnist
 
     work = tmp_path_factory.mktemp("lenet")
-    data = convert_fashion_mnist(work / "data", train_limit=4000, test_limit=500)
-    net = (ROOT / "prototxt" / "lenet_train_test.prototxt").read_text()
-    net = net.replace("data/fashion-mnist/train.txt", data["train"]["list"])
-    net = net.replace("data/fashion-mnist/test.txt", data["test"]["list"])
-    (work / "lenet.prototxt").write_text(net)
-    solver = (ROOT / "solvers" / "lenet_solver.prototxt").read_text()
-    solver = solver.replace('"prototxt/lenet_train_test.prototxt"', f'"{work / "lenet.prototxt"}"')
-    solver = solver.replace('"work/lenet"', f'"{work / "lenet"}"')
-    solver = solver.replace("max_iter: 500", f"max_iter: {LENET_ITERS}").replace("test_interval: 500",
-                                                                                  "test_interval: 100000")
-    (work / "solver.prototxt").write_text(solver)
-    proc = subprocess.run([str(caffe_binary()), "train", f"--solver={work / 'solver.prototxt'}"],
+    solver, net = lenet_files(work, 4000, 500, max_iter=LENET_ITERS, test_interval=100000)
+    proc = subprocess.run([str(caffe_binary()), "train", f"--solver={solver}"],
                           capture_output=True, text=True, cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     weights = work / f"lenet_iter_{LENET_ITERS}.caffemodel"
     assert weights.is_file()
-    return work, work / "lenet.prototxt", weights
+    return work, net, weights

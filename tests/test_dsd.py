@@ -1,7 +1,6 @@
 """`caffedsd dsd`, train-sparse and train-dense through the CLI, with real
 Caffe: the whole flow on Fashion-MNIST, a killed run resuming, bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,27 +11,14 @@ import numpy as np
 import pytest
 
 from caffedsd.caffemodel import read_caffemodel
-from caffedsd.datasets import convert_fashion_mnist
 from caffedsd.maskfile import load_masks
 from caffedsd.verify import parse_test_outputs, run_caffe_test
+from conftest import lenet_files
 from test_training import write_solver
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def lenet_solver(tmp_path_factory):
-    work = tmp_path_factory.mktemp("fashion")
-    data = convert_fashion_mnist(work / "data", train_limit=2000, test_limit=300)
-    net = (ROOT / "prototxt" / "lenet_train_test.prototxt").read_text()
-    net = net.replace("data/fashion-mnist/train.txt", data["train"]["list"])
-    net = net.replace("data/fashion-mnist/test.txt", data["test"]["list"])
-    (work / "lenet.prototxt").write_text(net)
-    solver = (ROOT / "solvers" / "lenet_solver.prototxt").read_text()
-    solver = solver.replace('"prototxt/lenet_train_test.prototxt"', f'"{work / "lenet.prototxt"}"')
-    solver = solver.replace("test_iter: 100", "test_iter: 3").replace('"work/lenet"', f'"{work / "snap"}"')
-    (work / "solver.prototxt").write_text(solver)
-    return work / "solver.prototxt", work / "lenet.prototxt"
+    return lenet_files(tmp_path_factory.mktemp("fashion"), 2000, 300, test_iter=3)
 
 
 def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
@@ -124,7 +110,7 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 11"))
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 2
-    assert result.output.strip() == f"caffedsd: run: made by a different recipe; give a new -o, or remove it to start over"
+    assert result.output.strip() == "caffedsd: run: made by a different recipe; give a new -o, or remove it to start over"
 
 
 def _one_line_error(result, expect):

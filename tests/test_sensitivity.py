@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from caffedsd.errors import InputError
 from caffedsd.planner import curves, overall_sparsity
 from caffedsd.sensitivity import scan
 from caffedsd.verify import parse_test_outputs, run_caffe_test
