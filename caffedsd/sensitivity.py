@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import queue as queue_module
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,20 +148,27 @@ def _points(config, done):
 def _measure(evaluator, config, points, emit):
     """Measure ``points`` on one Evaluator, restoring each layer after use."""
     originals = {}
+
+    def timed_run():
+        started = time.perf_counter()
+        metrics = evaluator.run()
+        return metrics, round(time.perf_counter() - started, 6)
+
     for layer, sparsity in points:
         if layer is None:
-            emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": evaluator.run()})
+            metrics, seconds = timed_run()
+            emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": metrics, "eval_seconds": seconds})
             continue
         blob = evaluator.weights(layer)
         original = originals.setdefault(layer, blob.copy())
         mask = compute_mask(original, config.criterion, sparsity, rng=layer_rng(config.seed, layer))
         blob[...] = apply_mask(original, mask)
         try:
-            metrics = evaluator.run()
+            metrics, seconds = timed_run()
         finally:
             blob[...] = original
         emit({"layer": layer, "sparsity": sparsity, "pruned": int(mask.size - np.count_nonzero(mask)),
-              "metrics": metrics})
+              "metrics": metrics, "eval_seconds": seconds})
 
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results):
@@ -323,6 +331,7 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
 
 def _result(config, model, targets, done, modes):
     baseline = done[(None, 0.0)]["metrics"]
+    eval_seconds = sum(record.get("eval_seconds", 0.0) for record in done.values())
     layers = []
     for target in targets:
         points = [{"sparsity": s, "pruned": done[(target.owner, s)]["pruned"],
@@ -335,7 +344,8 @@ def _result(config, model, targets, done, modes):
             "criterion": config.criterion, "seed": config.seed, "iterations": config.iterations,
             "sparsities": list(config.sparsities), "metrics": list(baseline),
             "data": "cached" if modes <= {"cached"} else "streamed",
-            "prunable_params": total, "baseline": baseline, "layers": layers}
+            "prunable_params": total, "baseline": baseline, "layers": layers,
+            "eval_seconds": round(eval_seconds, 3)}
 
 
 def _write_outputs(folder, data):
