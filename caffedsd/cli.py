@@ -398,6 +398,63 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
     click.echo(f"wrote {output}")
 
 
+@main.command()
+@click.option("--version", "net_version", type=click.Choice(["1.0", "1.1"]), default="1.0", show_default=True)
+@click.option("--bypass", type=click.Choice(["none", "simple", "complex"]), default="none", show_default=True)
+@click.option("--base-e", type=int, default=128, show_default=True, help="Expand filters of the first Fire module.")
+@click.option("--incr-e", type=int, default=128, show_default=True, help="Expand filters added every FREQ modules.")
+@click.option("--freq", type=int, default=2, show_default=True)
+@click.option("--pct3x3", type=float, default=0.5, show_default=True, help="Share of 3x3 among expand filters.")
+@click.option("--sr", type=float, default=0.125, show_default=True, help="Squeeze ratio.")
+@click.option("--num-classes", type=int, default=1000, show_default=True)
+@click.option("--input-size", type=int, default=227, show_default=True)
+@click.option("--channels", type=int, default=3, show_default=True)
+@click.option("--stem", type=click.Choice(["standard", "small"]), default="standard", show_default=True,
+              help="small: a 3x3 stride-1 conv1 for small inputs such as 28x28.")
+@click.option("--data", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True)
+@click.option("--train-source", default=None, help="Training data (LMDB folder or HDF5 list file).")
+@click.option("--test-source", default=None, help="Test data (LMDB folder or HDF5 list file).")
+@click.option("--sweep", multiple=True, metavar="KNOB=V1,V2,...",
+              help="Print parameters and size over a grid of knobs instead of writing files (repeatable).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.")
+def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
+               data, train_source, test_source, sweep, output):
+    """Generate SqueezeNet nets: v1.0 (the default, as in the model zoo),
+    v1.1, bypass variants and the paper's design-space knobs.
+
+    \b
+    Examples:
+      caffedsd squeezenet -o nets/squeezenet_v1.0
+      caffedsd squeezenet --sweep sr=0.125,0.25,0.5,0.75,1.0 --sweep pct3x3=0.01,0.25,0.5,0.75,0.99
+    """
+    from .squeezenet import SqueezeNetError, SqueezeNetSpec, parse_sweep, sweep_rows, write_squeezenet
+
+    sources = {}
+    if train_source:
+        sources["train_source"] = train_source
+    if test_source:
+        sources["test_source"] = test_source
+    try:
+        spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
+                              pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
+                              channels=channels, stem=stem, data=data, **sources)
+        if sweep:
+            grid = parse_sweep(sweep)
+            rows = sweep_rows(spec, grid)
+        elif output is None:
+            raise InputError("give -o DIR to write the nets, or --sweep to print a table")
+    except SqueezeNetError as exc:
+        raise InputError(str(exc)) from None
+    if sweep:
+        body = [[*(f"{v:g}" for v in settings.values()), params, f"{mb:.2f}"] for settings, params, mb in rows]
+        click.echo(report.format_table(list(grid) + ["parameters", "MB"], body, "r" * (len(grid) + 2)))
+        return
+    for path in write_squeezenet(spec, output):
+        click.echo(f"wrote {path}")
+    click.echo(f"{spec.name()}: {spec.parameters()} parameters ({spec.parameters() * 4 / 2 ** 20:.2f} MB)")
+
+
 @main.group(cls=_Group)
 def data():
     """Prepare data sets for Caffe."""

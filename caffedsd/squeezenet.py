@@ -1,0 +1,338 @@
+"""SqueezeNet net definitions, built as protobuf messages.
+
+With default settings ``SqueezeNetSpec()`` is SqueezeNet v1.0 exactly as in
+the public model-zoo files (layer names conv1, fire2/squeeze1x1,
+fire2/expand1x1, fire2/expand3x3, ..., conv10; the same blob shapes), so
+squeezenet_v1.0.caffemodel loads into the generated deploy net. v1.1 has the
+3x3/64 conv1 and earlier pooling of the v1.1 release.
+
+Design space (SqueezeNet paper, section 5), for Fire module i = 0..7:
+  e_i        = base_e + incr_e * floor(i / freq)   expand filters
+  e_i,3x3    = round(pct3x3 * e_i),  e_i,1x1 = e_i - e_i,3x3
+  s_i,1x1    = round(sr * e_i)                     squeeze filters
+Bypass: "simple" adds an identity (Eltwise SUM) around every Fire module
+whose input and output channel counts match; "complex" also adds a 1x1
+convolution bypass around the others.
+
+The "small" stem (3x3 stride-1 conv1) suits small inputs such as 28x28
+Fashion-MNIST, where the 7x7/2 stem would pool the image away.
+"""
+import math
+from dataclasses import dataclass
+
+from .caffe_proto import LayerParameter, NetParameter, SolverParameter
+
+VERSIONS = ("1.0", "1.1")
+BYPASSES = ("none", "simple", "complex")
+STEMS = ("standard", "small")
+DATA = ("lmdb", "hdf5")
+
+
+class SqueezeNetError(ValueError):
+    """Settings that do not make a SqueezeNet; the message names the value."""
+
+
+@dataclass(frozen=True)
+class Fire:
+    name: str
+    squeeze: int
+    expand1x1: int
+    expand3x3: int
+
+    @property
+    def out_channels(self):
+        return self.expand1x1 + self.expand3x3
+
+
+@dataclass(frozen=True)
+class SqueezeNetSpec:
+    version: str = "1.0"
+    bypass: str = "none"
+    base_e: int = 128
+    incr_e: int = 128
+    freq: int = 2
+    pct3x3: float = 0.5
+    sr: float = 0.125
+    num_classes: int = 1000
+    input_size: int = 227
+    channels: int = 3
+    stem: str = "standard"
+    data: str = "lmdb"
+    train_source: str = "examples/imagenet/ilsvrc12_train_lmdb"
+    test_source: str = "examples/imagenet/ilsvrc12_val_lmdb"
+    train_batch: int = 32
+    test_batch: int = 25
+
+    def __post_init__(self):
+        for name, value, choices in (("version", self.version, VERSIONS), ("bypass", self.bypass, BYPASSES),
+                                     ("stem", self.stem, STEMS), ("data", self.data, DATA)):
+            if value not in choices:
+                raise SqueezeNetError(f"--{name} {value!r}: must be one of {', '.join(choices)}")
+        for name in ("sr", "pct3x3"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise SqueezeNetError(f"--{name} {value!r}: must be in (0, 1]")
+        for name in ("base_e", "incr_e", "freq", "num_classes", "input_size", "channels",
+                     "train_batch", "test_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SqueezeNetError(f"--{name.replace('_', '-')} {value!r}: must be a whole number")
+        if self.base_e < 1 or self.incr_e < 0 or self.freq < 1:
+            raise SqueezeNetError("--base-e and --freq must be >= 1, --incr-e >= 0")
+        if self.num_classes < 2:
+            raise SqueezeNetError(f"--num-classes {self.num_classes}: must be at least 2")
+        if self.channels < 1 or self.input_size < 1:
+            raise SqueezeNetError("--channels and --input-size must be >= 1")
+        self.fires()  # checks the filter counts
+        self.spatial_sizes()  # checks the input survives the pooling
+
+    # -- the architecture, as numbers ----------------------------------------
+    def fires(self):
+        modules = []
+        for i in range(8):
+            name = f"fire{i + 2}"
+            e = self.base_e + self.incr_e * (i // self.freq)
+            e3 = round(self.pct3x3 * e)
+            e1 = e - e3
+            s = round(self.sr * e)
+            for what, count in (("squeeze1x1", s), ("expand1x1", e1), ("expand3x3", e3)):
+                if count < 1:
+                    raise SqueezeNetError(f"{name}/{what} gets {count} filters (e={e}, sr={self.sr:g}, "
+                                          f"pct3x3={self.pct3x3:g}): every filter count must be at least 1")
+            modules.append(Fire(name, s, e1, e3))
+        return modules
+
+    def conv1(self):
+        """(filters, kernel, stride, pad) of conv1."""
+        if self.stem == "small":
+            return (64 if self.version == "1.1" else 96), 3, 1, 1
+        return (96, 7, 2, 0) if self.version == "1.0" else (64, 3, 2, 0)
+
+    def pool_after(self):
+        """Names of the tops followed by a 3x3/2 max pooling (besides conv1)."""
+        return ("fire4", "fire8") if self.version == "1.0" else ("fire3", "fire5")
+
+    def spatial_sizes(self):
+        """{blob: side} through the net; raises when the input pools to nothing."""
+        _, kernel, stride, pad = self.conv1()
+        side = (self.input_size + 2 * pad - kernel) // stride + 1
+        sizes = {"conv1": side}
+
+        def pool(side, where):
+            out = math.ceil((side - 3) / 2) + 1  # Caffe's pooling rounds up
+            if side < 3 or out < 1:
+                raise SqueezeNetError(f"--input-size {self.input_size}: nothing is left at {where} "
+                                      f"({side}x{side} before a 3x3 pooling)")
+            return out
+
+        if side < 1:
+            raise SqueezeNetError(f"--input-size {self.input_size}: smaller than conv1's {kernel}x{kernel} kernel")
+        side = pool(side, "pool1")
+        for fire in self.fires():
+            sizes[fire.name] = side
+            if fire.name in self.pool_after():
+                side = pool(side, f"pool{fire.name[4:]}")
+        sizes["conv10"] = side
+        return sizes
+
+    def parameters(self):
+        """Learnable parameter count (weights and biases) of the net."""
+        filters, kernel, _, _ = self.conv1()
+        total = filters * self.channels * kernel * kernel + filters
+        channels = filters
+        for fire, (kind, _) in zip(self.fires(), self._bypasses()):
+            total += fire.squeeze * channels + fire.squeeze
+            total += fire.expand1x1 * fire.squeeze + fire.expand1x1
+            total += fire.expand3x3 * fire.squeeze * 9 + fire.expand3x3
+            if kind == "conv":
+                total += fire.out_channels * channels + fire.out_channels
+            channels = fire.out_channels
+        return total + self.num_classes * channels + self.num_classes
+
+    def _bypasses(self):
+        """Per Fire module: (kind, input channels); kind None, 'identity' or 'conv'."""
+        channels = self.conv1()[0]
+        out = []
+        for fire in self.fires():
+            if self.bypass == "none":
+                kind = None
+            elif channels == fire.out_channels:
+                kind = "identity"
+            else:
+                kind = "conv" if self.bypass == "complex" else None
+            out.append((kind, channels))
+            channels = fire.out_channels
+        return out
+
+    # -- the prototxts ---------------------------------------------------------
+    def net(self, phase="train_val"):
+        """NetParameter for "train_val" or "deploy"."""
+        net = NetParameter(name=self.name())
+        if phase == "deploy":
+            layer = net.layer.add(name="data", type="Input", top=["data"])
+            layer.input_param.shape.add(dim=[10, self.channels, self.input_size, self.input_size])
+        else:
+            self._data_layers(net)
+        filters, kernel, stride, pad = self.conv1()
+        top = _conv(net, "conv1", "data", filters, kernel, stride=stride, pad=pad)
+        top = _pool(net, "pool1", top)
+        for fire, (kind, _) in zip(self.fires(), self._bypasses()):
+            fire_in = top
+            top = _fire(net, fire, fire_in)
+            if kind is not None:
+                top = _bypass(net, fire, fire_in, top, kind)
+            if fire.name in self.pool_after():
+                top = _pool(net, f"pool{fire.name[4:]}", top)
+        drop = net.layer.add(name="drop9", type="Dropout", bottom=[top], top=[top])
+        drop.dropout_param.dropout_ratio = 0.5
+        conv10 = _conv(net, "conv10", top, self.num_classes, 1, pad=1 if self.version == "1.0" else 0,
+                       filler=("gaussian", 0.01))
+        pool10 = net.layer.add(name="pool10", type="Pooling", bottom=[conv10], top=["pool10"])
+        pool10.pooling_param.pool = pool10.pooling_param.AVE
+        pool10.pooling_param.global_pooling = True
+        if phase == "deploy":
+            net.layer.add(name="prob", type="Softmax", bottom=["pool10"], top=["prob"])
+        else:
+            loss = net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["pool10", "label"], top=["loss"])
+            loss.include.add(phase=0)  # as in the release: TEST reports accuracies only
+            for name, k in (("accuracy", 1), ("accuracy_top5", 5)):
+                if k < self.num_classes:
+                    acc = net.layer.add(name=name, type="Accuracy", bottom=["pool10", "label"], top=[name])
+                    acc.include.add(phase=1)
+                    if k > 1:
+                        acc.accuracy_param.top_k = k
+        return net
+
+    def name(self):
+        suffix = "" if self.bypass == "none" else f"_{self.bypass}_bypass"
+        return f"SqueezeNet_v{self.version}{suffix}"
+
+    def _data_layers(self, net):
+        for phase, source, batch in ((0, self.train_source, self.train_batch), (1, self.test_source, self.test_batch)):
+            if self.data == "hdf5":
+                layer = net.layer.add(name="data", type="HDF5Data", top=["data", "label"])
+                layer.hdf5_data_param.source = source
+                layer.hdf5_data_param.batch_size = batch
+                layer.hdf5_data_param.shuffle = phase == 0
+            else:
+                layer = net.layer.add(name="data", type="Data", top=["data", "label"])
+                layer.transform_param.crop_size = self.input_size
+                layer.transform_param.mirror = phase == 0
+                if self.channels == 3:
+                    layer.transform_param.mean_value.extend([104, 117, 123])
+                layer.data_param.source = source
+                layer.data_param.batch_size = batch
+                layer.data_param.backend = layer.data_param.LMDB
+            layer.include.add(phase=phase)
+
+    def solver(self, net_path="train_val.prototxt", snapshot_prefix="squeezenet"):
+        """The v1.0 release's training settings (poly lr from 0.04)."""
+        return SolverParameter(net=net_path, test_iter=[2000], test_interval=1000, base_lr=0.04,
+                               display=40, max_iter=170000, iter_size=16, lr_policy="poly", power=1.0,
+                               momentum=0.9, weight_decay=0.0002, snapshot=1000,
+                               snapshot_prefix=snapshot_prefix, test_initialization=False, random_seed=42,
+                               solver_mode=SolverParameter.CPU)
+
+
+def _filler(param, filler):
+    kind, std = filler
+    param.weight_filler.type = kind
+    if kind == "gaussian":
+        param.weight_filler.mean = 0.0
+        param.weight_filler.std = std
+
+
+def _conv(net, name, bottom, filters, kernel, stride=1, pad=0, filler=("xavier", None), relu=True):
+    layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
+    layer.param.add(lr_mult=1, decay_mult=1)
+    layer.param.add(lr_mult=2, decay_mult=0)
+    conv = layer.convolution_param
+    conv.num_output = filters
+    conv.kernel_size.append(kernel)
+    if stride != 1:
+        conv.stride.append(stride)
+    if pad:
+        conv.pad.append(pad)
+    _filler(conv, filler)
+    conv.bias_filler.type = "constant"
+    conv.bias_filler.value = 0
+    if relu:
+        parent, _, leaf = name.rpartition("/")
+        relu_name = f"{parent}/relu_{leaf}" if parent else f"relu_{name}"
+        net.layer.add(name=relu_name, type="ReLU", bottom=[name], top=[name])
+    return name
+
+
+def _pool(net, name, bottom):
+    layer = net.layer.add(name=name, type="Pooling", bottom=[bottom], top=[name])
+    layer.pooling_param.pool = layer.pooling_param.MAX
+    layer.pooling_param.kernel_size = 3
+    layer.pooling_param.stride = 2
+    return name
+
+
+def _fire(net, fire, bottom):
+    squeeze = _conv(net, f"{fire.name}/squeeze1x1", bottom, fire.squeeze, 1)
+    e1 = _conv(net, f"{fire.name}/expand1x1", squeeze, fire.expand1x1, 1)
+    e3 = _conv(net, f"{fire.name}/expand3x3", squeeze, fire.expand3x3, 3, pad=1)
+    net.layer.add(name=f"{fire.name}/concat", type="Concat", bottom=[e1, e3], top=[f"{fire.name}/concat"])
+    return f"{fire.name}/concat"
+
+
+def _bypass(net, fire, fire_in, fire_out, kind):
+    if kind == "conv":
+        fire_in = _conv(net, f"{fire.name}/bypass1x1", fire_in, fire.out_channels, 1, relu=False)
+    net.layer.add(name=f"{fire.name}/bypass", type="Eltwise", bottom=[fire_in, fire_out],
+                  top=[f"{fire.name}/bypass"])
+    return f"{fire.name}/bypass"
+
+
+def parse_sweep(items):
+    """['sr=0.125,0.25', 'pct3x3=0.5'] -> {'sr': [0.125, 0.25], 'pct3x3': [0.5]}."""
+    knobs = {"sr": float, "pct3x3": float, "base_e": int, "incr_e": int, "freq": int}
+    sweep = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in knobs:
+            raise SqueezeNetError(f"--sweep {item!r}: expected KNOB=V1,V2,... with KNOB one of "
+                                  f"{', '.join(knobs)}")
+        try:
+            sweep[key] = [knobs[key](v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise SqueezeNetError(f"--sweep {item!r}: values must be numbers") from None
+    return sweep
+
+
+def sweep_rows(base, sweep):
+    """[(settings dict, parameters, megabytes)] over the grid of ``sweep``."""
+    from dataclasses import replace
+    from itertools import product
+
+    keys = list(sweep)
+    rows = []
+    for values in product(*(sweep[k] for k in keys)):
+        settings = dict(zip(keys, values))
+        spec = replace(base, **settings)
+        params = spec.parameters()
+        rows.append((settings, params, params * 4 / 2 ** 20))
+    return rows
+
+
+def write_squeezenet(spec, out_dir):
+    """train_val.prototxt, deploy.prototxt and solver.prototxt in ``out_dir``."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+
+    from .atomic import atomic_open
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"train_val.prototxt": spec.net("train_val"), "deploy.prototxt": spec.net("deploy"),
+             "solver.prototxt": spec.solver(str(out_dir / "train_val.prototxt"), str(out_dir / "squeezenet"))}
+    for name, message in files.items():
+        with atomic_open(out_dir / name, "w") as handle:
+            handle.write(f"# {spec.name()}: generated by caffedsd squeezenet\n")
+            handle.write(text_format.MessageToString(message))
+    return [out_dir / name for name in files]

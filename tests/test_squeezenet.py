@@ -1,0 +1,103 @@
+"""SqueezeNet generator: exact v1.0/v1.1, bypass variants, knobs; real Caffe."""
+import os
+import subprocess
+
+import pytest
+
+from caffedsd.caffe_env import caffe_binary
+from caffedsd.squeezenet import SqueezeNetError, SqueezeNetSpec
+
+# The prunable layers of the public squeezenet_v1.0 model-zoo files, in order,
+# with their weight shapes.
+V10_LAYERS = [("conv1", (96, 3, 7, 7))]
+for _n, (_s, _e, _in) in enumerate([(16, 64, 96), (16, 64, 128), (32, 128, 128), (32, 128, 256),
+                                     (48, 192, 256), (48, 192, 384), (64, 256, 384), (64, 256, 512)]):
+    _f = f"fire{_n + 2}"
+    V10_LAYERS += [(f"{_f}/squeeze1x1", (_s, _in, 1, 1)), (f"{_f}/expand1x1", (_e, _s, 1, 1)),
+                   (f"{_f}/expand3x3", (_e, _s, 3, 3))]
+V10_LAYERS.append(("conv10", (1000, 512, 1, 1)))
+
+
+def _net(caffe, tmp_path, cli, *args):
+    result = cli("squeezenet", *args, "-o", tmp_path / "net")
+    assert result.exit_code == 0, result.output
+    return caffe.Net(str(tmp_path / "net" / "deploy.prototxt"), caffe.TEST)
+
+
+def _count(net):
+    return sum(blob.data.size for blobs in net.params.values() for blob in blobs)
+
+
+def test_v10_is_the_model_zoo_net(caffe, tmp_path, cli):
+    net = _net(caffe, tmp_path, cli)
+    assert [(name, blobs[0].data.shape) for name, blobs in net.params.items()] == V10_LAYERS
+    assert _count(net) == 1248424 == SqueezeNetSpec().parameters()
+    assert net.blobs["prob"].data.shape == (10, 1000, 1, 1)
+    text = (tmp_path / "net" / "train_val.prototxt").read_text()
+    assert 'name: "accuracy_top5"' in text and "top_k: 5" in text
+
+
+def test_v11_parameters(caffe, tmp_path, cli):
+    net = _net(caffe, tmp_path, cli, "--version", "1.1")
+    assert _count(net) == 1235496 == SqueezeNetSpec(version="1.1").parameters()
+    assert net.params["conv1"][0].data.shape == (64, 3, 3, 3)
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("bypass", ["simple", "complex"])
+def test_bypass_variants(caffe, tmp_path, cli, version, bypass):
+    net = _net(caffe, tmp_path, cli, "--version", version, "--bypass", bypass)
+    spec = SqueezeNetSpec(version=version, bypass=bypass)
+    assert _count(net) == spec.parameters()
+    bypassed = [name for name in net._layer_names if name.endswith("/bypass")]
+    convs = [name for name in net.params if name.endswith("/bypass1x1")]
+    # Simple: around the 4 Fire modules whose input and output widths match.
+    assert len(bypassed) == (4 if bypass == "simple" else 8)
+    assert len(convs) == (0 if bypass == "simple" else 4)
+
+
+def test_stock_caffe_instantiates_and_runs_forward_backward(tmp_path, cli):
+    for args in ([], ["--version", "1.1"], ["--bypass", "simple"], ["--version", "1.1", "--bypass", "complex"]):
+        out = tmp_path / ("net" + "".join(args))
+        assert cli("squeezenet", *args, "--input-size", 67, "-o", out).exit_code == 0
+        proc = subprocess.run([str(caffe_binary()), "time", f"--model={out / 'deploy.prototxt'}", "--iterations=1"],
+                              capture_output=True, text=True, env=dict(os.environ, GLOG_minloglevel="0"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Average Forward-Backward" in proc.stderr
+
+
+def test_knobs_follow_the_paper():
+    spec = SqueezeNetSpec(base_e=64, incr_e=32, freq=3, pct3x3=0.25, sr=0.5)
+    fires = spec.fires()
+    # e_i = 64 + 32 * floor(i / 3): 64 64 64 96 96 96 128 128
+    assert [f.out_channels for f in fires] == [64, 64, 64, 96, 96, 96, 128, 128]
+    assert [(f.squeeze, f.expand1x1, f.expand3x3) for f in fires[:4]] == [(32, 48, 16)] * 3 + [(48, 72, 24)]
+
+
+def test_sweep_table(cli):
+    result = cli("squeezenet", "--sweep", "sr=0.125,0.25", "--sweep", "pct3x3=0.5,0.75")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["sr", "pct3x3", "parameters", "MB"] and len(lines) == 2 + 4
+    assert lines[2].split() == ["0.125", "0.5", "1248424", "4.76"]
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--sr", "0"], "--sr 0.0: must be in (0, 1]"),
+    (["--pct3x3", "1.5"], "--pct3x3 1.5: must be in (0, 1]"),
+    (["--pct3x3", "0.001"], "fire2/expand3x3 gets 0 filters"),
+    (["--base-e", "2", "--sr", "0.1"], "fire2/squeeze1x1 gets 0 filters"),
+    (["--input-size", "20"], "--input-size 20: nothing is left at"),
+    (["--num-classes", "1"], "--num-classes 1: must be at least 2"),
+])
+def test_bad_settings(tmp_path, cli, args, expect):
+    result = cli("squeezenet", *args, "-o", tmp_path / "net")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and expect in lines[0], result.output
+    assert not (tmp_path / "net").exists()
+
+
+def test_spec_validates_when_built():
+    with pytest.raises(SqueezeNetError):
+        SqueezeNetSpec(freq=0)
