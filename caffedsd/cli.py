@@ -411,6 +411,8 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
 @click.option("--channels", type=int, default=3, show_default=True)
 @click.option("--stem", type=click.Choice(["standard", "small"]), default="standard", show_default=True,
               help="small: a 3x3 stride-1 conv1 for small inputs such as 28x28.")
+@click.option("--weight-filler", type=click.Choice(["xavier", "msra"]), default="xavier", show_default=True,
+              help="Convolution weight init: the release's xavier, or msra (He), which small variants need.")
 @click.option("--data", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True)
 @click.option("--train-source", default=None, help="Training data (LMDB folder or HDF5 list file).")
 @click.option("--test-source", default=None, help="Test data (LMDB folder or HDF5 list file).")
@@ -419,7 +421,7 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.")
 def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
-               data, train_source, test_source, sweep, output):
+               weight_filler, data, train_source, test_source, sweep, output):
     """Generate SqueezeNet nets: v1.0 (the default, as in the model zoo),
     v1.1, bypass variants and the paper's design-space knobs.
 
@@ -438,7 +440,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     try:
         spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
                               pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
-                              channels=channels, stem=stem, data=data, **sources)
+                              channels=channels, stem=stem, weight_filler=weight_filler, data=data, **sources)
         if sweep:
             grid = parse_sweep(sweep)
             rows = sweep_rows(spec, grid)
