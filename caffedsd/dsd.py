@@ -17,6 +17,8 @@ Rerunning the same command after a kill skips finished stages and resumes a
 training stage from its last checkpoint. Masks are computed once, in their
 prune stage, and never again.
 """
+import ctypes
+import hashlib
 import json
 import shutil
 import time
@@ -45,21 +47,38 @@ def _read_json(path):
     return json.loads(Path(path).read_text())
 
 
-def prepare_run_dir(run_dir, recipe):
-    """Create RUN_DIR for ``recipe``, or check it was made by the same one."""
+def run_fingerprint(recipe, spec):
+    """The recipe, and the contents of the solver and net files it trains."""
+    digest = hashlib.sha256(recipe.fingerprint().encode())
+    for path in (spec.path, spec.net_path):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def seed_c_rand(seed, stage):
+    """Seed the C library's rand(): Caffe's HDF5Data shuffles with it, and the
+    solver's random_seed does not reach it. Per stage, so a stage's data
+    order does not depend on what ran before it in this process."""
+    ctypes.CDLL(None).srand(ctypes.c_uint((seed * 1000003 + stage) & 0xFFFFFFFF))
+
+
+def prepare_run_dir(run_dir, recipe, fingerprint):
+    """Create RUN_DIR for ``recipe``, or check it was made by the same one
+    (same recipe, same solver and net files)."""
     run_dir = Path(run_dir)
     marker = run_dir / RUN_FILE
     if marker.exists():
         made_by = _read_json(marker).get("recipe_fingerprint")
-        if made_by != recipe.fingerprint():
-            raise InputError(f"{run_dir}: made by a different recipe; give a new -o, or remove it to start over")
+        if made_by != fingerprint:
+            raise InputError(f"{run_dir}: made by a different recipe, solver or net; give a new -o, "
+                             "or remove it to start over")
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         raise InputError(f"{run_dir}: exists and is not a caffedsd run folder; give a new -o")
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(run_dir / "recipe.yaml", "w") as handle:
         handle.write(recipe.to_yaml())
-    _write_json(marker, {"recipe_fingerprint": recipe.fingerprint()})
+    _write_json(marker, {"recipe_fingerprint": fingerprint})
     return run_dir
 
 
@@ -173,7 +192,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
-    run_dir = prepare_run_dir(run_dir, recipe)
+    run_dir = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
     for number, stage in enumerate(recipe.stages, 1):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
@@ -183,6 +202,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         else:
             stage_dir.mkdir(exist_ok=True)
             started = time.time()
+            seed_c_rand(recipe.seed, number)
             if stage.kind == "prune":
                 summary = _run_prune(stage, spec, recipe, stage_dir, weights, gpu)
             else:

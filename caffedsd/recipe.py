@@ -4,7 +4,7 @@ A recipe file (YAML)::
 
     solver: solvers/lenet_solver.prototxt   # net, data, lr policy (paths from the current folder)
     weights: work/lenet_iter_500.caffemodel # optional: start from these weights
-    seed: 0                                 # seed of the random criterion
+    seed: 0                                 # seeds the random criterion and the data shuffling
     checkpoint_every: 500                   # iterations between resume checkpoints
     stages:
       - dense:  {iterations: 1000}                       # initial dense training

@@ -107,10 +107,15 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
     again = cli("dsd", "--recipe", recipe, "-o", "run")  # finished: nothing to redo
     assert again.exit_code == 0
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("base_lr: 0.02", "base_lr: 0.03"))
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert result.exit_code == 2 and "made by a different recipe, solver or net" in result.output
+    solver.write_text(solver.read_text().replace("base_lr: 0.03", "base_lr: 0.02"))
     recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 11"))
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 2
-    assert result.output.strip() == "caffedsd: run: made by a different recipe; give a new -o, or remove it to start over"
+    assert result.output.strip() == "caffedsd: run: made by a different recipe, solver or net; give a new -o, or remove it to start over"
 
 
 def _one_line_error(result, expect):
