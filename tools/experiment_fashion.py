@@ -25,9 +25,7 @@ it):
         --out work/experiment_smoke
 """
 import argparse
-import ctypes
 import json
-import math
 import statistics
 import sys
 import time
@@ -124,20 +122,6 @@ def baseline_recipe(solver, seed, iterations, checkpoint_every):
         "solver": str(solver), "seed": seed, "checkpoint_every": checkpoint_every,
         "stages": [{"dense": {"iterations": iterations}}],
     }, where=f"baseline recipe, seed {seed}")
-
-
-def seed_data_order(seed):
-    """Seed the C library's rand(), which is what orders the training data.
-
-    Stock Caffe's HDF5Data layer shuffles with std::random_shuffle and no
-    generator, i.e. with rand(): the solver's random_seed does not reach
-    it, and without this the data order of a run would depend on how many
-    shuffles earlier runs in this process made. Seeding it before each run
-    makes every run's data order a function of its seed alone (the DSD run
-    and the baseline of a seed then see the same batches in their first N1
-    iterations). A run resumed from a checkpoint still sees other batches
-    after the resume point than an uninterrupted one would."""
-    ctypes.CDLL(None).srand(ctypes.c_uint(seed))
 
 
 class Progress:
@@ -254,7 +238,7 @@ def _ms(stat, digits=4, scale=1.0, signed=False):
 def markdown(summary, per_seed):
     seeds = list(per_seed)
     lines = [f"| row | iterations | density of prunable weights | test accuracy (mean ± std) "
-             f"| test loss (mean ± std) |",
+             "| test loss (mean ± std) |",
              "|---|---:|---:|---:|---:|"]
     for key, label in ROWS:
         row = summary[key]
@@ -289,11 +273,9 @@ def main(argv=None):
         dsd_dir = folder / f"dsd-{n1}-{n2}-{n3}"
         base_dir = folder / f"dense-{total}"
         print(f"seed {seed}: DSD {n1}+{n2}+{n3} -> {dsd_dir}", file=sys.stderr, flush=True)
-        seed_data_order(seed)
         dsd_report = run_recipe(dsd_recipe(solver, seed, n1, n2, n3, args.checkpoint_every), dsd_dir,
                                 gpu=args.gpu, progress=Progress(f"seed {seed} dsd"))
         print(f"seed {seed}: dense baseline {total} -> {base_dir}", file=sys.stderr, flush=True)
-        seed_data_order(seed)
         base_report = run_recipe(baseline_recipe(solver, seed, total, args.checkpoint_every), base_dir,
                                  gpu=args.gpu, progress=Progress(f"seed {seed} baseline"))
         # Read back what run_recipe wrote, so the summary is the reports' numbers.
