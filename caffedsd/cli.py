@@ -457,6 +457,92 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     click.echo(f"{spec.name()}: {spec.parameters()} parameters ({spec.parameters() * 4 / 2 ** 20:.2f} MB)")
 
 
+@main.command("train-lowrank")
+@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@weights_option(required=False)
+@masks_option
+@click.option("--force-decay", type=float, required=True, help="Force coefficient (the paper's force_decay).")
+@click.option("--force-type", default="degradation", show_default=True,
+              help="degradation (the paper's L2-norm force) or constant (L1-norm force).")
+@click.option("--force-mult", "mults", multiple=True, metavar="GLOB=MULT",
+              help="Per-layer multiplier of --force-decay, e.g. 'ip1=0' (repeatable; last match wins; default 1).")
+@click.option("--decay-type", default="fixed", show_default=True,
+              help="fixed, or adaptive: scale the force to the norm of the error gradient.")
+@training_options
+@click.option("--force", "force_write", is_flag=True, help="Allow overwriting an input file.")
+@click.option("--output", "-o", type=_path(), required=True, help="Output .caffemodel.")
+def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, gpu, verbose,
+                  allow_python_layers, force_write, output):
+    """Train with force regularization (Wen et al. 2017) on stock Caffe: the
+    driver adds the force between the filters of each layer to the
+    gradients, pulling them into a lower-rank space for `decompose`.
+
+    \b
+    Example:
+      caffedsd train-lowrank --solver solvers/lenet_solver.prototxt --force-decay 0.001 -o lowrank.caffemodel
+    """
+    from .force import ForceSpec, parse_mult
+    from .training import quiet_caffe, train_lowrank as run
+
+    try:
+        spec = ForceSpec(force_decay, force_type, decay_type, tuple(parse_mult(m) for m in mults))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    quiet_caffe(verbose)
+    result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
+                            masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,
+                            allow_python_layers=allow_python_layers)
+    _print_test(result["test"])
+    click.echo(f"wrote {output} after {result['iterations']} iterations")
+
+
+@main.command()
+@click.option("--model", "-p", type=_path(), required=True, help="train_val prototxt of the weights.")
+@click.option("--deploy", type=_path(), default=None, help="Deploy prototxt to rewrite too.")
+@weights_option()
+@click.option("--energy", type=float, default=None, help="Keep this share of the squared singular values.")
+@click.option("--rank", "ranks", multiple=True, metavar="LAYER=R", help="A layer's rank (repeatable).")
+@click.option("--layers", "-l", "layer_globs", multiple=True, metavar="GLOB", help="Decompose only these layers.")
+@click.option("--fc", is_flag=True, help="Decompose InnerProduct layers too.")
+@click.option("--allow-python-layers", is_flag=True, help="Accept nets with Python layers (they run arbitrary code).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the rewritten prototxts, model.caffemodel and report.md.")
+def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, output):
+    """Split trained Convolution (and with --fc InnerProduct) layers into a
+    rank-r layer and a 1x1 layer carrying the bias, by SVD.
+
+    \b
+    Example:
+      caffedsd decompose -p train_val.prototxt --deploy deploy.prototxt -w lowrank.caffemodel --energy 0.95 -o lowrank
+    """
+    from .lowrank import parse_rank, write_decomposition
+
+    rows = write_decomposition(model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
+                               layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers)
+    click.echo(report.decomposition_table(rows))
+    click.echo(f"wrote {output}/train_val.prototxt{', deploy.prototxt' if deploy else ''}, model.caffemodel, report.md")
+
+
+@main.command()
+@weights_option()
+@click.option("--energy", default="0.9,0.95,0.99", show_default=True, help="Energy levels, comma-separated.")
+def rank(weights, energy):
+    """Each Convolution/InnerProduct layer's rank at the given energy levels.
+
+    \b
+    Example:
+      caffedsd rank -w lenet.caffemodel --energy 0.9,0.95,0.99
+    """
+    from .caffemodel import read_caffemodel
+    from .lowrank import energy_levels, rank_table
+
+    levels = energy_levels(energy)
+    rows = rank_table(read_caffemodel(weights), levels)
+    body = [[name, kind, "x".join(map(str, shape)), top, *ranks] for name, kind, shape, top, ranks in rows]
+    click.echo(report.format_table(["layer", "type", "shape", "max rank", *(f"{e:g}" for e in levels)], body,
+                                   "lllr" + "r" * len(levels)))
+
+
 @main.group(cls=_Group)
 def data():
     """Prepare data sets for Caffe."""

@@ -238,3 +238,30 @@ def write_sensitivity_plot(path, data):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+# -- low-rank decomposition ------------------------------------------------------------
+
+def decomposition_rows(rows):
+    body = [[r.layer, r.type, f"{r.rank}/{r.max_rank}", r.params_before, r.params_after, r.macs_before,
+             r.macs_after, f"{r.discarded_energy:.4g}"] for r in rows]
+    totals = [sum(getattr(r, f) for r in rows) for f in ("params_before", "params_after", "macs_before", "macs_after")]
+    body.append(["total", "", "", *totals, ""])
+    return ["layer", "type", "rank", "params before", "params after", "MACs before", "MACs after",
+            "discarded energy"], body
+
+
+def decomposition_table(rows):
+    header, body = decomposition_rows(rows)
+    return format_table(header, body, "lllrrrrr")
+
+
+def decomposition_markdown(rows, weights):
+    header, body = decomposition_rows(rows)
+    lines = [f"# Low-rank decomposition of {weights}", "",
+             "Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
+             "MACs: multiply-adds per image of the decomposed layers. Discarded energy: sum of the "
+             "squared singular values left out (the squared Frobenius error of the weights).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"

@@ -245,3 +245,35 @@ def _check_iterations(iterations):
 def quiet_caffe(verbose):
     """Caffe's glog to warnings only, unless ``verbose``; before importing caffe."""
     os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
+
+
+def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
+                  allow_python_layers=False, on_iteration=None):
+    """Train with force regularization added to the gradients (force.py);
+    with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too."""
+    from .force import ForceRegularizer
+
+    spec = read_solver(solver_path, allow_python_layers)
+    check_output(output, inputs=[weights, masks], force=force_write)
+    iterations = spec.param.max_iter if iterations is None else iterations
+    _check_iterations(iterations)
+    maskset = None
+    if weights is not None:
+        maskset = masks_for(read_caffemodel(weights), masks)
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        solver, param = open_solver(spec, work, gpu=gpu)
+        if weights is not None:
+            load_weights(solver, spec, weights)
+        try:
+            regularizer = ForceRegularizer(force, iter_size=max(1, param.iter_size)).attach(solver)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        # Attached after the force, the masks have the last word on pruned positions.
+        enforcer = MaskEnforcer(maskset.per_layer()).attach(solver, f"net of {spec.path}") if maskset else None
+        curve = train(solver, iterations, enforcer, on_iteration)
+        test = evaluate(solver, test_iterations(param))
+        masks_out = save_net(solver, output, maskset)
+        regularizer.detach()
+        if enforcer is not None:
+            enforcer.detach()
+    return {"iterations": iterations, "curve": curve, "test": test, "masks": masks_out}
