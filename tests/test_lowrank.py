@@ -1,0 +1,147 @@
+"""Force regularization and low-rank decomposition."""
+import numpy as np
+import pytest
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
+from caffedsd.lowrank import factor, rank_for_energy, singular_values
+from test_training import write_solver
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (4, 2, 3, 3)])
+def test_degradation_force_is_minus_the_energy_gradient(shape):
+    w = RNG.normal(size=shape)
+    grad = force_gradient(w, "degradation")
+    numeric = np.zeros_like(w)
+    h = 1e-6
+    for index in np.ndindex(w.shape):
+        up, down = w.copy(), w.copy()
+        up[index] += h
+        down[index] -= h
+        numeric[index] = (energy(up, "degradation") - energy(down, "degradation")) / (2 * h)
+    assert np.allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_constant_force_matches_a_per_pair_computation():
+    w = RNG.normal(size=(6, 4))
+    norms = np.linalg.norm(w, axis=1)
+    n = w / norms[:, None]
+    expected = np.zeros_like(w)
+    for i in range(6):
+        pull = np.zeros(4)
+        for j in range(6):
+            if i != j:
+                pull += (n[i] - n[j]) / np.linalg.norm(n[i] - n[j])  # unit strength at any distance
+        tangent = pull - np.dot(pull, n[i]) * n[i]
+        expected[i] = tangent / norms[i]
+    assert np.allclose(force_gradient(w, "constant"), expected)
+
+
+def test_force_moves_along_the_sphere_and_skips_zero_filters():
+    w = RNG.normal(size=(4, 3))
+    w[2] = 0
+    grad = force_gradient(w, "degradation")
+    assert np.all(grad[2] == 0)
+    # Tangent: no component along each filter, so it does not change the norms to first order.
+    assert np.allclose(np.sum(grad * w, axis=1), 0)
+    # Moving against the gradient lowers the energy.
+    assert energy(w - 1e-3 * grad, "degradation") < energy(w, "degradation")
+
+
+def test_energy_rank_and_truncation_error():
+    w = RNG.normal(size=(8, 3, 3, 3))
+    values = singular_values(w)
+    assert rank_for_energy(values, 1.0) == 8
+    share = np.cumsum(values ** 2) / np.sum(values ** 2)
+    assert rank_for_energy(values, float(share[2])) == 3
+    for rank in (1, 4, 8):
+        first, second = factor(w, rank)
+        approx = (second.astype(np.float64) @ first.reshape(rank, -1)).reshape(w.shape)
+        error = np.sum((w - approx) ** 2)
+        assert error == pytest.approx(np.sum(values[rank:] ** 2), rel=1e-4, abs=1e-8)
+
+
+def test_regularizer_adds_the_force_to_gradients(caffe, tmp_path):
+    solver = caffe.get_solver(str(write_solver(tmp_path)))
+    seen = {}
+    solver.add_callback(lambda: None, lambda: seen.__setitem__("before", solver.net.params["conv1"][0].diff.copy()))
+    spec = ForceSpec(0.5, "degradation", mults=(("fc1", 0.0),))
+    regularizer = ForceRegularizer(spec).attach(solver)
+    solver.add_callback(lambda: None, lambda: seen.__setitem__("after", solver.net.params["conv1"][0].diff.copy()))
+    w = solver.net.params["conv1"][0].data.copy()
+    solver.step(1)
+    assert np.allclose(seen["after"] - seen["before"], 0.5 * force_gradient(w, "degradation"), atol=1e-6)
+    regularizer.detach()
+
+
+def test_train_lowrank_pulls_filters_together(caffe, tmp_path, cli):
+    solver = write_solver(tmp_path, base_lr=0.05, weight_decay=0)
+
+    def mean_cosine(path):
+        w = read_caffemodel(path).layer("conv1").blobs[0].data.reshape(4, -1)
+        n = w / np.linalg.norm(w, axis=1, keepdims=True)
+        gram = n @ n.T
+        return gram[np.triu_indices(4, 1)].mean()
+
+    start = caffe.get_solver(str(solver))  # both runs start from these weights
+    start.net.save(str(tmp_path / "start.caffemodel"))
+    plain = cli("train-dense", "--solver", solver, "-w", "start.caffemodel", "--lr-scale", 1, "-n", 30,
+                "-o", "plain.caffemodel")
+    assert plain.exit_code == 0, plain.output
+    forced = cli("train-lowrank", "--solver", solver, "-w", "start.caffemodel", "--force-decay", 0.5,
+                 "--force-mult", "fc1=0", "-n", 30, "-o", "forced.caffemodel")
+    assert forced.exit_code == 0, forced.output
+    assert mean_cosine(tmp_path / "forced.caffemodel") > mean_cosine(tmp_path / "plain.caffemodel") + 0.05
+
+
+def test_full_rank_decomposition_is_exact_and_loads_in_stock_caffe(caffe, lenet, tmp_path, cli):
+    _, proto, weights = lenet
+    result = cli("decompose", "-p", proto, "-w", weights, "--energy", 1.0, "--fc", "-o", "full")
+    assert result.exit_code == 0, result.output
+    original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    decomposed = caffe.Net(str(tmp_path / "full" / "train_val.prototxt"), caffe.TEST,
+                           weights=str(tmp_path / "full" / "model.caffemodel"))
+    assert "conv2/lowrank" in decomposed.params and decomposed.params["conv2"][0].data.shape == (50, 50, 1, 1)
+    original.forward(end="mnist")  # one TEST batch, fed to both nets
+    batch = {k: original.blobs[k].data.copy() for k in ("data", "label")}
+    original.forward(start="conv1")
+    expected = original.blobs["ip2"].data.copy()
+    for k, v in batch.items():
+        decomposed.blobs[k].data[...] = v
+    decomposed.forward(start="conv1/lowrank")
+    logits = decomposed.blobs["ip2"].data
+    assert np.linalg.norm(logits - expected) / np.linalg.norm(expected) < 1e-4
+    from caffedsd.verify import run_caffe_test
+
+    code, log = run_caffe_test(tmp_path / "full" / "train_val.prototxt", tmp_path / "full" / "model.caffemodel")
+    assert code == 0 and "Ignoring source layer" not in log.replace("Ignoring source layer mnist", "")
+    report = (tmp_path / "full" / "report.md").read_text()
+    assert "| conv2 | Convolution | 50/50 | 25050 | 27550 |" in report
+
+
+def _one_line_error(result, expect):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert expect in lines[0], lines[0]
+
+
+def test_bad_inputs(lenet, tmp_path, cli):
+    _, proto, weights = lenet
+    base = ("decompose", "-p", proto, "-w", weights, "-o", "out")
+    _one_line_error(cli(*base, "--rank", "conv2=51"), "--rank conv2=51: must be between 1 and 50")
+    _one_line_error(cli(*base, "--rank", "conv2=0"), "a rank must be at least 1")
+    _one_line_error(cli(*base, "--energy", 0.9, "--layers", "conv9*"), "'conv9*' matches no decomposable layer")
+    _one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
+    _one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
+    _one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
+    solver = write_solver(tmp_path)
+    _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
+                    "--force-decay -1.0: must be a number >= 0")
+    _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-type", "L3",
+                        "-o", "x.caffemodel"), "--force-type 'L3': must be one of degradation, constant")
+    _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-mult", "nope*=1",
+                        "-n", 1, "-o", "x.caffemodel"), "'nope*' matches no layer with weights")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.caffemodel").exists()
