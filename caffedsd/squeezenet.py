@@ -23,7 +23,7 @@ xavier filler shrinks the signal through the ReLUs of this deep plain net
 import math
 from dataclasses import dataclass
 
-from .caffe_proto import LayerParameter, NetParameter, SolverParameter
+from .caffe_proto import NetParameter, SolverParameter
 
 VERSIONS = ("1.0", "1.1")
 BYPASSES = ("none", "simple", "complex")
