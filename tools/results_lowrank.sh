@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduces the low-rank section of docs/RESULTS.md: LeNet on Fashion-MNIST
+# trained on from the same dense start without and with force regularization,
+# both decomposed at the same energy, then briefly fine-tuned.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+OUT=work/results_lowrank
+NET=prototxt/lenet_train_test.prototxt
+SOLVER=solvers/lenet_solver.prototxt
+ENERGY=0.95
+rm -rf "$OUT"
+mkdir -p "$OUT"
+[ -f data/fashion-mnist/test.txt ] || caffedsd data fashion-mnist -o data/fashion-mnist
+
+accuracy() {  # WEIGHTS [NET] -> accuracy over the 10,000 test images
+    caffe test --model="${2:-$NET}" --weights="$1" --iterations=100 2>&1 \
+        | grep -E 'caffe.cpp:[0-9]+\] accuracy =' | sed 's/.*= //'
+}
+
+cat > "$OUT/start.yaml" <<YAML
+solver: $SOLVER
+stages:
+  - dense: {iterations: 1000}
+YAML
+caffedsd dsd --recipe "$OUT/start.yaml" -o "$OUT/start"
+START="$OUT/start/01-dense/model.caffemodel"
+
+caffedsd train-dense --solver "$SOLVER" -w "$START" --lr-scale 1 -n 1000 -o "$OUT/plain.caffemodel"
+caffedsd train-lowrank --solver "$SOLVER" -w "$START" --force-decay 0.001 --force-mult 'ip1=0.1' \
+    --force-mult 'ip2=0' -n 1000 -o "$OUT/force.caffemodel"
+
+for run in plain force; do
+    echo "== $run: ranks"
+    caffedsd rank -w "$OUT/$run.caffemodel" --energy 0.9,$ENERGY,0.99
+    caffedsd decompose -p "$NET" -w "$OUT/$run.caffemodel" --energy $ENERGY --fc -o "$OUT/$run-decomposed"
+    sed "s#^net: .*#net: \"$OUT/$run-decomposed/train_val.prototxt\"#" "$SOLVER" > "$OUT/$run-decomposed/solver.prototxt"
+    caffedsd train-dense --solver "$OUT/$run-decomposed/solver.prototxt" -w "$OUT/$run-decomposed/model.caffemodel" \
+        --lr-scale 0.1 -n 300 -o "$OUT/$run-decomposed/finetuned.caffemodel"
+    echo "== $run: test accuracy: trained $(accuracy "$OUT/$run.caffemodel")," \
+         "decomposed $(accuracy "$OUT/$run-decomposed/model.caffemodel" "$OUT/$run-decomposed/train_val.prototxt")," \
+         "fine-tuned $(accuracy "$OUT/$run-decomposed/finetuned.caffemodel" "$OUT/$run-decomposed/train_val.prototxt")"
+done
