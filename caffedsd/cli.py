@@ -543,6 +543,86 @@ def rank(weights, energy):
                                    "lllr" + "r" * len(levels)))
 
 
+@main.command()
+@weights_option()
+@masks_option
+@click.option("--bits", default="conv=8,fc=5", show_default=True,
+              help="Bits of the shared-weight codes: N, or conv=N,fc=M (1..16).")
+@click.option("--index-bits", default="conv=8,fc=5", show_default=True,
+              help="Width of the relative sparse indices (padding entries fill larger gaps).")
+@click.option("--force", is_flag=True, help="Allow overwriting an input file.")
+@click.option("--output", "-o", type=_path(), required=True, help="The .dcz file to write.")
+def compress(weights, masks, bits, index_bits, force, output):
+    """Deep Compression storage: sparse relative indices, k-means weight
+    sharing, Huffman coding; other blobs exact. Prints bytes per stage.
+
+    \b
+    Example:
+      caffedsd compress -w sparse.caffemodel --bits conv=8,fc=5 -o model.dcz
+    """
+    from .dcz import compress as run, parse_bits
+
+    rows = run(weights, output, parse_bits(bits), parse_bits(index_bits, "--index-bits"), masks=masks, force=force)
+    body = [[r["layer"], r.get("bits", "exact"), r["dense"], r["pruned"], r["quantized"], r["huffman"],
+             f"{r['dense'] / r['huffman']:.1f}x"] for r in rows]
+    totals = [sum(r[k] for r in rows) for k in ("dense", "pruned", "quantized", "huffman")]
+    body.append(["total", "", *totals, f"{totals[0] / totals[3]:.1f}x"])
+    click.echo(report.format_table(["layer", "bits/index", "dense B", "pruned B", "quantized B", "huffman B",
+                                    "ratio"], body, "llrrrrr"))
+    click.echo(f"wrote {output}: {output.stat().st_size} bytes; "
+               f"{Path(weights).stat().st_size / output.stat().st_size:.1f}x smaller than {weights}")
+
+
+@main.command()
+@click.argument("dcz", type=_path())
+@model_option()
+@click.option("--force", is_flag=True, help="Allow overwriting an input file.")
+@click.option("--output", "-o", type=_path(), required=True, help="The .caffemodel to write.")
+def decompress(dcz, model, allow_python_layers, force, output):
+    """Decode a .dcz file back into a caffemodel stock Caffe loads (weights
+    equal the quantized values).
+
+    \b
+    Example:
+      caffedsd decompress model.dcz -p deploy.prototxt -o model.caffemodel
+    """
+    from .dcz import decompress as run
+
+    layers = run(dcz, output, model=model, force=force, allow_python_layers=allow_python_layers)
+    click.echo(f"wrote {output}: {len(layers)} layers with weights")
+
+
+@main.command("train-quantized")
+@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@weights_option()
+@masks_option
+@click.option("--bits", default="conv=8,fc=5", show_default=True, help="Bits of the shared-weight codes.")
+@training_options
+@output_option
+def train_quantized(solver, weights, masks, bits, iterations, gpu, verbose, allow_python_layers, output, force):
+    """Trained quantization: share each layer's kept weights among 2^bits
+    centroids (k-means) and fine-tune the centroids with the summed
+    gradients of their weights; pruned weights stay 0.0.
+
+    \b
+    Example:
+      caffedsd train-quantized --solver solvers/lenet_solver.prototxt -w sparse.caffemodel --bits conv=8,fc=5 -n 500 -o quantized.caffemodel
+    """
+    from .dcz import parse_bits
+    from .training import quiet_caffe, train_quantized as run
+
+    parsed = parse_bits(bits)
+    quiet_caffe(verbose)
+    result = _with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
+                            masks=masks, iterations=iterations, gpu=gpu, force=force,
+                            allow_python_layers=allow_python_layers)
+    before = result["test_quantized"]
+    if before:
+        click.echo("test after quantization: " + ", ".join(f"{k} = {v:.4f}" for k, v in before.items()))
+    _print_test(result["test"])
+    click.echo(f"wrote {output} after {result['iterations']} iterations")
+
+
 @main.group(cls=_Group)
 def data():
     """Prepare data sets for Caffe."""

@@ -277,3 +277,40 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
         if enforcer is not None:
             enforcer.detach()
     return {"iterations": iterations, "curve": curve, "test": test, "masks": masks_out}
+
+
+def train_quantized(solver_path, weights, output, bits, masks=None, iterations=None, gpu=None, force=False,
+                    allow_python_layers=False, on_iteration=None):
+    """Trained quantization: k-means each prunable layer's kept weights into
+    2^bits shared values (``bits``: {"conv": n, "fc": m}) and fine-tune the
+    centroids; pruned weights stay 0.0 and assignments stay fixed."""
+    from .dcz import layer_kind
+    from .layers import prunable_targets
+    from .weight_sharing import WeightSharing, cluster
+
+    spec = read_solver(solver_path, allow_python_layers)
+    model = read_caffemodel(weights)
+    maskset = masks_for(model, masks)
+    check_output(output, inputs=[weights, masks], force=force)
+    iterations = spec.param.max_iter if iterations is None else iterations
+    _check_iterations(iterations)
+    keep = maskset.per_layer() if maskset else {}
+    clusters = {}
+    for target in prunable_targets(model):
+        layer = model.layer(target.owner)
+        data = layer.blobs[0].data
+        kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
+        clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        solver, param = open_solver(spec, work, gpu=gpu)
+        load_weights(solver, spec, weights)
+        sharing = WeightSharing(clusters).attach(solver)
+        enforcer = MaskEnforcer(maskset.per_layer()).attach(solver, f"net of {spec.path}") if maskset else None
+        before = evaluate(solver, test_iterations(param))
+        curve = train(solver, iterations, enforcer, on_iteration)
+        test = evaluate(solver, test_iterations(param))
+        masks_out = save_net(solver, output, maskset)
+        sharing.detach()
+        if enforcer is not None:
+            enforcer.detach()
+    return {"iterations": iterations, "curve": curve, "test_quantized": before, "test": test, "masks": masks_out}
