@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduces the Deep Compression section of docs/RESULTS.md: LeNet-5 on
+# Fashion-MNIST pruned and sparse-retrained by the demo's DSD recipe, stored
+# as .dcz (conv 8-bit, fc 5-bit codes), before and after trained quantization.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+OUT=work/results_compression
+NET=prototxt/lenet_train_test.prototxt
+SOLVER=solvers/lenet_solver.prototxt
+BITS=conv=8,fc=5
+rm -rf "$OUT"
+mkdir -p "$OUT"
+[ -f data/fashion-mnist/test.txt ] || caffedsd data fashion-mnist -o data/fashion-mnist
+
+accuracy() {  # WEIGHTS -> accuracy over the 10,000 test images
+    caffe test --model="$NET" --weights="$1" --iterations=100 2>&1 \
+        | grep -E 'caffe.cpp:[0-9]+\] accuracy =' | sed 's/.*= //'
+}
+
+caffedsd dsd --recipe recipes/lenet_dsd.yaml -o "$OUT/dsd"
+DENSE="$OUT/dsd/01-dense/model.caffemodel"
+SPARSE="$OUT/dsd/03-sparse/model.caffemodel"
+
+caffedsd compress -w "$SPARSE" --bits $BITS -o "$OUT/sparse.dcz"
+caffedsd decompress "$OUT/sparse.dcz" -p "$NET" -o "$OUT/sparse_quantized.caffemodel"
+caffedsd train-quantized --solver "$SOLVER" -w "$SPARSE" --bits $BITS -n 500 -o "$OUT/trained.caffemodel"
+caffedsd compress -w "$OUT/trained.caffemodel" --bits $BITS -o "$OUT/trained.dcz"
+caffedsd decompress "$OUT/trained.dcz" -p "$NET" -o "$OUT/trained_quantized.caffemodel"
+
+echo "== sizes: dense caffemodel $(stat -c %s "$DENSE") bytes;" \
+     "sparse.dcz $(stat -c %s "$OUT/sparse.dcz") bytes; trained.dcz $(stat -c %s "$OUT/trained.dcz") bytes"
+echo "== accuracy: dense $(accuracy "$DENSE"); sparse $(accuracy "$SPARSE");" \
+     "quantized $(accuracy "$OUT/sparse_quantized.caffemodel");" \
+     "trained quantized $(accuracy "$OUT/trained_quantized.caffemodel")"
