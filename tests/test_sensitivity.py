@@ -83,8 +83,15 @@ def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
 def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
     _, proto, weights = lenet
     out, _ = scanned
-    scan(proto, weights, tmp_path / "jobs2", sparsities=SPARSITIES, iterations=ITERS, jobs=2)
-    assert _table(tmp_path / "jobs2") == _table(out)
+    data = scan(proto, weights, tmp_path / "jobs2", sparsities=SPARSITIES, iterations=ITERS, jobs=2)
+    # The Markdown table is the same; float sums may differ in the last bits,
+    # since each worker runs BLAS on fewer threads.
+    assert (tmp_path / "jobs2" / "sensitivity.md").read_text() == (out / "sensitivity.md").read_text()
+    reference = json.loads((out / "sensitivity.json").read_text())
+    for ours, theirs in zip(data["layers"], reference["layers"]):
+        for p, q in zip(ours["points"], theirs["points"]):
+            assert p["metrics"]["accuracy"] == q["metrics"]["accuracy"]
+            assert p["metrics"]["loss"] == pytest.approx(q["metrics"]["loss"], rel=1e-6)
 
 
 def test_plans_respect_their_budget(scanned, tmp_path, cli):

@@ -28,10 +28,14 @@ caffedsd dsd --recipe "$OUT/start.yaml" -o "$OUT/start"
 START="$OUT/start/01-dense/model.caffemodel"
 
 caffedsd train-dense --solver "$SOLVER" -w "$START" --lr-scale 1 -n 1000 -o "$OUT/plain.caffemodel"
-caffedsd train-lowrank --solver "$SOLVER" -w "$START" --force-decay 0.001 --force-mult 'ip1=0.1' \
-    --force-mult 'ip2=0' -n 1000 -o "$OUT/force.caffemodel"
+# Two strengths: ip1 (500 filters) feels a force 10x stronger than the conv
+# layers at the same coefficient, hence its smaller multiplier.
+for decay in 0.0005 0.001; do
+    caffedsd train-lowrank --solver "$SOLVER" -w "$START" --force-decay $decay --force-mult "ip1=$(python3 -c "print($decay * 100)")" \
+        --force-mult 'ip2=0' -n 1000 -o "$OUT/force$decay.caffemodel"
+done
 
-for run in plain force; do
+for run in plain force0.0005 force0.001; do
     echo "== $run: ranks"
     caffedsd rank -w "$OUT/$run.caffemodel" --energy 0.9,$ENERGY,0.99
     caffedsd decompose -p "$NET" -w "$OUT/$run.caffemodel" --energy $ENERGY --fc -o "$OUT/$run-decomposed"
