@@ -616,7 +616,7 @@ def train_quantized(solver, weights, masks, bits, iterations, gpu, verbose, allo
     result = _with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                             masks=masks, iterations=iterations, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    before = result["test_quantized"]
+    before = result["test_first"]
     if before:
         click.echo("test after quantization: " + ", ".join(f"{k} = {v:.4f}" for k, v in before.items()))
     _print_test(result["test"])

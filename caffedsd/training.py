@@ -191,33 +191,48 @@ def save_net(solver, output, maskset=None):
     return masks_out
 
 
-def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
-                 force=False, allow_python_layers=False, on_iteration=None):
-    """The sparse phase: train with pruned weights held at exactly 0.0.
-
-    Returns {"iterations", "curve", "test", "masks"}."""
-    spec = read_solver(solver_path, allow_python_layers)
-    model = read_caffemodel(weights)
-    maskset = masks_for(model, masks, required=True)
-    inputs = [weights, masks or masks_path_for(weights), solverstate]
-    check_output(output, inputs=inputs, force=force)
-    check_output(masks_path_for(output), inputs=inputs, force=force)
+def _phase(spec, output, weights=None, maskset=None, hooks=(), iterations=None, gpu=None, lr_scale=1.0,
+           solverstate=None, test_first=False, on_iteration=None):
+    """One training phase on a fresh solver: load weights, attach ``hooks``
+    (objects with attach(solver)/detach(), e.g. ForceRegularizer) and then
+    the masks, so the masks have the last word on pruned positions; train;
+    evaluate; save. Returns the result dict of the public train_* calls."""
     iterations = spec.param.max_iter if iterations is None else iterations
     _check_iterations(iterations)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-        solver, param = open_solver(spec, work, gpu=gpu)
-        load_weights(solver, spec, weights)
-        enforcer = MaskEnforcer(maskset.per_layer()).attach(solver, where=f"net of {spec.path}")
+        solver, param = open_solver(spec, work, gpu=gpu, lr_scale=lr_scale)
+        if weights is not None:
+            load_weights(solver, spec, weights)
+        attached = [hook.attach(solver) for hook in hooks]
+        if maskset is not None:
+            attached.append(MaskEnforcer(maskset.per_layer()).attach(solver, where=f"net of {spec.path}"))
+        enforcer = attached[-1] if maskset is not None else None
         if solverstate is not None:
             clean = Path(work) / ("clean" + "".join(Path(solverstate).suffixes))
-            clean_solverstate(solverstate, clean, solver.net, maskset.per_layer())
+            clean_solverstate(solverstate, clean, solver.net, maskset.per_layer() if maskset else {})
             solver.restore(str(clean))
-            enforcer.zero_weights()
+            if enforcer is not None:
+                enforcer.zero_weights()
+        first = evaluate(solver, test_iterations(param)) if test_first else None
         curve = train(solver, iterations, enforcer, on_iteration)
         test = evaluate(solver, test_iterations(param))
         masks_out = save_net(solver, output, maskset)
-        enforcer.detach()
-    return {"iterations": iterations, "curve": curve, "test": test, "masks": str(masks_out)}
+        for hook in attached:
+            hook.detach()
+    return {"iterations": iterations, "curve": curve, "test": test, "test_first": first,
+            "masks": str(masks_out) if masks_out else None, "base_lr": param.base_lr}
+
+
+def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
+                 force=False, allow_python_layers=False, on_iteration=None):
+    """The sparse phase: train with pruned weights held at exactly 0.0."""
+    spec = read_solver(solver_path, allow_python_layers)
+    maskset = masks_for(read_caffemodel(weights), masks, required=True)
+    inputs = [weights, masks or masks_path_for(weights), solverstate]
+    check_output(output, inputs=inputs, force=force)
+    check_output(masks_path_for(output), inputs=inputs, force=force)
+    return _phase(spec, output, weights, maskset, iterations=iterations, gpu=gpu, solverstate=solverstate,
+                  on_iteration=on_iteration)
 
 
 def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
@@ -226,25 +241,8 @@ def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
     check_output(output, inputs=[weights], force=force)
-    iterations = spec.param.max_iter if iterations is None else iterations
-    _check_iterations(iterations)
-    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-        solver, param = open_solver(spec, work, gpu=gpu, lr_scale=lr_scale)
-        load_weights(solver, spec, weights)
-        curve = train(solver, iterations, None, on_iteration)
-        test = evaluate(solver, test_iterations(param))
-        save_net(solver, output)
-    return {"iterations": iterations, "curve": curve, "test": test, "base_lr": param.base_lr}
-
-
-def _check_iterations(iterations):
-    if iterations is None or iterations < 0:
-        raise InputError(f"--iterations {iterations}: must be 0 or more")
-
-
-def quiet_caffe(verbose):
-    """Caffe's glog to warnings only, unless ``verbose``; before importing caffe."""
-    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
+    return _phase(spec, output, weights, iterations=iterations, gpu=gpu, lr_scale=lr_scale,
+                  on_iteration=on_iteration)
 
 
 def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
@@ -255,35 +253,18 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
 
     spec = read_solver(solver_path, allow_python_layers)
     check_output(output, inputs=[weights, masks], force=force_write)
-    iterations = spec.param.max_iter if iterations is None else iterations
-    _check_iterations(iterations)
-    maskset = None
-    if weights is not None:
-        maskset = masks_for(read_caffemodel(weights), masks)
-    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-        solver, param = open_solver(spec, work, gpu=gpu)
-        if weights is not None:
-            load_weights(solver, spec, weights)
-        try:
-            regularizer = ForceRegularizer(force, iter_size=max(1, param.iter_size)).attach(solver)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        # Attached after the force, the masks have the last word on pruned positions.
-        enforcer = MaskEnforcer(maskset.per_layer()).attach(solver, f"net of {spec.path}") if maskset else None
-        curve = train(solver, iterations, enforcer, on_iteration)
-        test = evaluate(solver, test_iterations(param))
-        masks_out = save_net(solver, output, maskset)
-        regularizer.detach()
-        if enforcer is not None:
-            enforcer.detach()
-    return {"iterations": iterations, "curve": curve, "test": test, "masks": masks_out}
+    maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
+    regularizer = _ValidatedHook(ForceRegularizer(force, iter_size=max(1, spec.param.iter_size)))
+    return _phase(spec, output, weights, maskset, hooks=[regularizer], iterations=iterations, gpu=gpu,
+                  on_iteration=on_iteration)
 
 
 def train_quantized(solver_path, weights, output, bits, masks=None, iterations=None, gpu=None, force=False,
                     allow_python_layers=False, on_iteration=None):
     """Trained quantization: k-means each prunable layer's kept weights into
     2^bits shared values (``bits``: {"conv": n, "fc": m}) and fine-tune the
-    centroids; pruned weights stay 0.0 and assignments stay fixed."""
+    centroids; pruned weights stay 0.0 and assignments stay fixed. The
+    result's "test_first" is the TEST phase right after quantization."""
     from .dcz import layer_kind
     from .layers import prunable_targets
     from .weight_sharing import WeightSharing, cluster
@@ -292,8 +273,6 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     model = read_caffemodel(weights)
     maskset = masks_for(model, masks)
     check_output(output, inputs=[weights, masks], force=force)
-    iterations = spec.param.max_iter if iterations is None else iterations
-    _check_iterations(iterations)
     keep = maskset.per_layer() if maskset else {}
     clusters = {}
     for target in prunable_targets(model):
@@ -301,16 +280,33 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
         data = layer.blobs[0].data
         kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
         clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
-    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-        solver, param = open_solver(spec, work, gpu=gpu)
-        load_weights(solver, spec, weights)
-        sharing = WeightSharing(clusters).attach(solver)
-        enforcer = MaskEnforcer(maskset.per_layer()).attach(solver, f"net of {spec.path}") if maskset else None
-        before = evaluate(solver, test_iterations(param))
-        curve = train(solver, iterations, enforcer, on_iteration)
-        test = evaluate(solver, test_iterations(param))
-        masks_out = save_net(solver, output, maskset)
-        sharing.detach()
-        if enforcer is not None:
-            enforcer.detach()
-    return {"iterations": iterations, "curve": curve, "test_quantized": before, "test": test, "masks": masks_out}
+    return _phase(spec, output, weights, maskset, hooks=[WeightSharing(clusters)], iterations=iterations, gpu=gpu,
+                  test_first=True, on_iteration=on_iteration)
+
+
+class _ValidatedHook:
+    """Turns a hook's ValueError on attach (a setting that does not fit the
+    net, e.g. a --force-mult glob matching nothing) into an InputError."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def attach(self, solver):
+        try:
+            self.hook.attach(solver)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        return self
+
+    def detach(self):
+        self.hook.detach()
+
+
+def _check_iterations(iterations):
+    if iterations is None or iterations < 0:
+        raise InputError(f"--iterations {iterations}: must be 0 or more")
+
+
+def quiet_caffe(verbose):
+    """Caffe's glog to warnings only, unless ``verbose``; before importing caffe."""
+    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
