@@ -416,19 +416,20 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
 @click.option("--data", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True)
 @click.option("--train-source", default=None, help="Training data (LMDB folder or HDF5 list file).")
 @click.option("--test-source", default=None, help="Test data (LMDB folder or HDF5 list file).")
-@click.option("--sweep", multiple=True, metavar="KNOB=V1,V2,...",
-              help="Print parameters and size over a grid of knobs instead of writing files (repeatable).")
+@click.option("--sweep", is_flag=True,
+              help="Print parameters and size over the grid of the KNOB=V1,V2,... arguments instead of writing files.")
+@click.argument("knobs", nargs=-1, metavar="[KNOB=V1,V2,...]...")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.")
 def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
-               weight_filler, data, train_source, test_source, sweep, output):
+               weight_filler, data, train_source, test_source, sweep, knobs, output):
     """Generate SqueezeNet nets: v1.0 (the default, as in the model zoo),
     v1.1, bypass variants and the paper's design-space knobs.
 
     \b
     Examples:
       caffedsd squeezenet -o nets/squeezenet_v1.0
-      caffedsd squeezenet --sweep sr=0.125,0.25,0.5,0.75,1.0 --sweep pct3x3=0.01,0.25,0.5,0.75,0.99
+      caffedsd squeezenet --sweep sr=0.125,0.25,0.5,0.75,1.0 pct3x3=0.01,0.25,0.5,0.75,0.99
     """
     from .squeezenet import SqueezeNetError, SqueezeNetSpec, parse_sweep, sweep_rows, write_squeezenet
 
@@ -441,8 +442,12 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
         spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
                               pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
                               channels=channels, stem=stem, weight_filler=weight_filler, data=data, **sources)
+        if knobs and not sweep:
+            raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
         if sweep:
-            grid = parse_sweep(sweep)
+            if not knobs:
+                raise InputError("--sweep needs KNOB=V1,V2,... arguments, e.g. sr=0.125,0.25")
+            grid = parse_sweep(knobs)
             rows = sweep_rows(spec, grid)
         elif output is None:
             raise InputError("give -o DIR to write the nets, or --sweep to print a table")

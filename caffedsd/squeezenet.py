@@ -302,12 +302,12 @@ def parse_sweep(items):
         key, sep, values = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in knobs:
-            raise SqueezeNetError(f"--sweep {item!r}: expected KNOB=V1,V2,... with KNOB one of "
+            raise SqueezeNetError(f"--sweep {item}: expected KNOB=V1,V2,... with KNOB one of "
                                   f"{', '.join(knobs)}")
         try:
             sweep[key] = [knobs[key](v) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise SqueezeNetError(f"--sweep {item!r}: values must be numbers") from None
+            raise SqueezeNetError(f"--sweep {item}: values must be numbers") from None
     return sweep
 
 

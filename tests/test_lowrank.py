@@ -145,3 +145,35 @@ def test_bad_inputs(lenet, tmp_path, cli):
     _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-mult", "nope*=1",
                         "-n", 1, "-o", "x.caffemodel"), "'nope*' matches no layer with weights")
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.caffemodel").exists()
+
+
+STRIDED = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 13 dim: 13 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 dilation: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "ip" type: "InnerProduct" bottom: "conv1" top: "ip" inner_product_param { num_output: 4 } }
+"""
+
+
+def test_stride_pad_dilation_kept_and_groups_refused(caffe, tmp_path, cli):
+    from conftest import save_net
+
+    proto, weights = save_net(caffe, tmp_path, STRIDED)
+    result = cli("decompose", "-p", proto, "--deploy", proto, "-w", weights, "--rank", "conv1=6", "--fc",
+                 "--rank", "ip=4", "-o", "out")
+    assert result.exit_code == 0, result.output
+    original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    split = caffe.Net(str(tmp_path / "out" / "deploy.prototxt"), caffe.TEST,
+                      weights=str(tmp_path / "out" / "model.caffemodel"))
+    x = np.random.default_rng(3).normal(size=(2, 3, 13, 13)).astype(np.float32)
+    original.blobs["data"].data[...] = x
+    split.blobs["data"].data[...] = x
+    a, b = original.forward()["ip"], split.forward()["ip"]
+    assert split.blobs["conv1"].data.shape == original.blobs["conv1"].data.shape
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-4
+    grouped = tmp_path / "g"
+    grouped.mkdir()
+    gproto, gweights = save_net(caffe, grouped, STRIDED.replace("dilation: 2", "dilation: 2 group: 3"))
+    _one_line_error(cli("decompose", "-p", gproto, "-w", gweights, "--energy", 0.9, "-o", "gout"),
+                    "layer 'conv1': group 3 convolutions are not decomposed")

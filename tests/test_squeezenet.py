@@ -75,7 +75,7 @@ def test_knobs_follow_the_paper():
 
 
 def test_sweep_table(cli):
-    result = cli("squeezenet", "--sweep", "sr=0.125,0.25", "--sweep", "pct3x3=0.5,0.75")
+    result = cli("squeezenet", "--sweep", "sr=0.125,0.25", "pct3x3=0.5,0.75")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split() == ["sr", "pct3x3", "parameters", "MB"] and len(lines) == 2 + 4
