@@ -139,18 +139,21 @@ def net_loss(net):
 def train(solver, iterations, enforcer=None, on_iteration=None):
     """Run ``iterations`` solver steps; returns the curve [{iter, loss, lr}].
 
-    One step at a time, so pruned weights are re-zeroed after every update
-    and the caller's ``on_iteration(row, iterations)`` sees each one."""
+    One step at a time, so the caller's ``on_iteration(row, iterations)``
+    sees each one. With an ``enforcer``, pruned weights are re-zeroed after
+    every iteration by its on_start hook (before the next forward) and once
+    more at the end; its gradient masking keeps them at 0.0 through each
+    update in between, Caffe's own snapshots included."""
     curve = []
     for _ in range(iterations):
         lr = float(solver.lr)
         solver.step(1)
-        if enforcer is not None:
-            enforcer.zero_weights()
         row = {"iter": int(solver.iter), "loss": net_loss(solver.net), "lr": lr}
         curve.append(row)
         if on_iteration is not None:
             on_iteration(row, iterations)
+    if enforcer is not None:
+        enforcer.zero_weights()
     return curve
 
 

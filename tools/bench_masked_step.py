@@ -51,9 +51,10 @@ import numpy as np  # noqa: E402
 from caffedsd.caffe_env import import_caffe  # noqa: E402
 from caffedsd.masked_solver import MaskEnforcer  # noqa: E402
 from caffedsd.masks import compute_mask  # noqa: E402
-from caffedsd.training import train  # noqa: E402
+from caffedsd.training import net_loss, train  # noqa: E402
 
 TARGET = 1.05  # masked s/iter / plain s/iter
+PIECES = ("on_gradients_ready", "on_start", "zero_weights")  # the enforcer's per-iteration work
 SQUEEZENET_V10_PARAMS = 1_248_424  # weights + biases of SqueezeNet v1.0 (1000 classes)
 
 # ------------------------------------------------------------------ nets --
@@ -235,12 +236,34 @@ class NetBench:
             assert nonzero == 0, f"{self.name}: {layer} has {nonzero} non-zero pruned weights"
             assert np.all(np.isfinite(w)), f"{self.name}: {layer} has non-finite weights"
 
-    def breakdown(self, calls=30):
-        """Seconds per call of each piece of masked-loop overhead, alone, on a
-        solver that has run one step (diff and data filled)."""
+    def breakdown(self, calls=30, iterations=10):
+        """Where the masked loop's extra time goes: seconds per call of each
+        enforcer method and of net_loss, alone (on a solver that has run a
+        step, so data and diff are filled), and how many times train() calls
+        each per iteration (counted in a separate untimed train() call of
+        ``iterations``, as timed, so whatever the current train() does is
+        what is counted)."""
         solver = self.fresh_solver()
-        enforcer = MaskEnforcer(self.masks).attach(solver)
-        solver.step(1)
+        enforcer = MaskEnforcer(self.masks)
+        counts = dict.fromkeys(PIECES, 0)
+
+        def counted(piece, fn):
+            def wrapper(*a, **k):
+                counts[piece] += 1
+                return fn(*a, **k)
+            return wrapper
+
+        # Instance attributes shadow the methods: attach registers these
+        # wrappers as the callbacks and train() calls the wrapped zero_weights.
+        enforcer._on_gradients_ready = counted("on_gradients_ready", enforcer._on_gradients_ready)
+        enforcer._on_start = counted("on_start", enforcer._on_start)
+        enforcer.zero_weights = counted("zero_weights", enforcer.zero_weights)
+        enforcer.attach(solver)
+        train(solver, 1, enforcer)  # fills data and diff; attach's own zeroing is not counted below
+        counts.update(dict.fromkeys(PIECES, 0))
+        train(solver, iterations, enforcer)
+        per_iter = {piece: counts[piece] / iterations for piece in PIECES}
+        per_iter["net_loss"] = 1.0  # train() reads the loss once per iteration
 
         def per_call(fn):
             fn()
@@ -249,20 +272,41 @@ class NetBench:
                 fn()
             return (time.perf_counter() - start) / calls
 
-        from caffedsd.training import net_loss
-        out = {
-            "on_gradients_ready_s": per_call(enforcer._on_gradients_ready),
-            "on_start_s": per_call(enforcer._on_start),
-            "zero_weights_s": per_call(enforcer.zero_weights),
-            "net_loss_s": per_call(lambda: net_loss(solver.net)),
+        net = solver.net
+        seconds = {
+            "on_gradients_ready": per_call(enforcer._on_gradients_ready),
+            "on_start": per_call(enforcer._on_start),
+            "zero_weights": per_call(enforcer.zero_weights),
+            "net_loss": per_call(lambda: net_loss(net)),
         }
         enforcer.detach()
-        del solver, enforcer
-        gc.collect()
-        return out
+        return {"s_per_call": seconds, "calls_per_iteration": per_iter,
+                "s_per_iteration": sum(seconds[k] * per_iter[k] for k in seconds)}
 
 
 # ---------------------------------------------------------------- report --
+
+
+def code_info():
+    """The caffedsd code measured: git HEAD, uncommitted changes under
+    caffedsd/ (read-only git commands), sha256 of the two files timed."""
+    import hashlib
+    import subprocess
+
+    import caffedsd
+    package = Path(caffedsd.__file__).resolve().parent
+    info = {"files": {}}
+    for name in ("training.py", "masked_solver.py"):
+        info["files"][name] = hashlib.sha256((package / name).read_bytes()).hexdigest()[:12]
+    try:
+        def git(*a):
+            return subprocess.run(["git", *a], cwd=package.parent, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        info["head"] = git("rev-parse", "--short", "HEAD")
+        info["modified"] = [line.split(maxsplit=1)[1] for line in git("status", "--porcelain", "--", "caffedsd").splitlines()]
+    except (OSError, subprocess.CalledProcessError):
+        info["head"], info["modified"] = None, []
+    return info
 
 
 def machine_info(gpu):
@@ -285,6 +329,7 @@ def machine_info(gpu):
         "python": platform.python_version(),
         "numpy": np.__version__,
         "mode": f"GPU {gpu}" if gpu is not None else "CPU",
+        "code": code_info(),
         "loadavg_at_end": list(load) if load else None,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
@@ -314,7 +359,7 @@ def summarize(bench, plain, masked, ratios, breakdown, args, iterations, warmup)
         "ratio_of_medians": med_masked / med_plain,
         "target": TARGET,
         "pass": med_ratio <= TARGET,
-        "overhead_breakdown_s_per_call": breakdown,
+        "overhead": breakdown,
     }
 
 
@@ -325,7 +370,7 @@ def markdown(results, machine, repeats):
     ]
     for r in results:
         lines.append(f"| {r['description']} | {r['params']:,} | {r['median_plain_s_per_iter']:.4f} | "
-                     f"{r['median_masked_s_per_iter']:.4f} | {r['median_ratio']:.3f} | <= {TARGET:.2f} | "
+                     f"{r['median_masked_s_per_iter']:.4f} | {r['median_ratio']:.4f} | <= {TARGET:.2f} | "
                      f"{'PASS' if r['pass'] else 'FAIL'} |")
     lines += ["", f"s/iter: medians of {repeats} runs each (alternating plain/masked); ratio: median of the "
               f"{repeats} per-pair ratios masked/plain.", ""]
@@ -336,13 +381,20 @@ def markdown(results, machine, repeats):
                      f"{r['masked_weights']:,} weights pruned)")
     lines.append("")
     for r in results:
-        b = r["overhead_breakdown_s_per_call"]
-        per_iter = b["on_gradients_ready_s"] + b["on_start_s"] + b["zero_weights_s"] + b["net_loss_s"]
-        lines.append(f"- {r['net']} overhead alone, ms per call: _on_gradients_ready {1e3 * b['on_gradients_ready_s']:.3f}, "
-                     f"_on_start {1e3 * b['on_start_s']:.3f}, zero_weights {1e3 * b['zero_weights_s']:.3f}, "
-                     f"net_loss {1e3 * b['net_loss_s']:.3f}; sum {1e3 * per_iter:.3f} ms = "
-                     f"{100 * per_iter / r['median_plain_s_per_iter']:.1f}% of a plain step")
+        b = r["overhead"]
+        if b is None:
+            continue
+        parts = ", ".join(f"{name} {1e3 * b['s_per_call'][name]:.3f} ms x {b['calls_per_iteration'][name]:g}"
+                          for name in (*PIECES, "net_loss"))
+        lines.append(f"- {r['net']} overhead, timed alone (ms per call x calls per iteration of train()): {parts}; "
+                     f"total {1e3 * b['s_per_iteration']:.3f} ms per iteration = "
+                     f"{100 * b['s_per_iteration'] / r['median_plain_s_per_iter']:.1f}% of the median plain step")
     lines.append("")
+    code = machine.get("code") or {}
+    if code.get("head"):
+        dirty = f" + uncommitted changes to {', '.join(code['modified'])}" if code["modified"] else ""
+        lines.append(f"Code: caffedsd at {code['head']}{dirty} (sha256 "
+                     + ", ".join(f"{k} {v}" for k, v in code["files"].items()) + ")")
     lines.append(f"Machine: nproc {machine['nproc']} ({machine['cpu']}), {machine['platform']}, "
                  f"Python {machine['python']}, numpy {machine['numpy']}, Caffe mode {machine['mode']}")
     return "\n".join(lines)
@@ -407,10 +459,7 @@ def main(argv=None):
                 ratios.append(got["masked"] / got["plain"])
                 print(f"  pair {i + 1}/{args.repeats}: plain {got['plain']:.4f} s/iter, masked "
                       f"{got['masked']:.4f} s/iter, ratio {ratios[-1]:.3f}", flush=True)
-            breakdown = None if args.no_breakdown else bench.breakdown()
-            if breakdown is None:
-                breakdown = {k: float("nan") for k in
-                             ("on_gradients_ready_s", "on_start_s", "zero_weights_s", "net_loss_s")}
+            breakdown = None if args.no_breakdown else bench.breakdown(iterations=iterations)
             results.append(summarize(bench, plain, masked, ratios, breakdown, args, iterations, args.warmup))
         machine = machine_info(args.gpu)
         print()
