@@ -68,6 +68,11 @@ def output_option(func):
     return click.option("--output", "-o", type=_path(), required=True, help="Output .caffemodel.")(func)
 
 
+def solver_option(func):
+    return click.option("--solver", type=_path(), required=True,
+                        help="Solver prototxt (net and data paths as for caffe train).")(func)
+
+
 def training_options(func):
     """--iterations, --gpu, --verbose and --allow-python-layers."""
     func = click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")(func)
@@ -229,7 +234,7 @@ def verify(weights, masks, model, allow_python_layers, gpu):
 
 
 @main.command("train-sparse")
-@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@solver_option
 @weights_option()
 @masks_option
 @click.option("--solverstate", type=_path(), default=None,
@@ -258,7 +263,7 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, verbose, 
 
 
 @main.command("train-dense")
-@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@solver_option
 @weights_option()
 @click.option("--lr-scale", type=float, default=0.1, show_default=True,
               help="Learning rate = the solver's base_lr times this (the paper: 1/10).")
@@ -463,7 +468,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
 
 
 @main.command("train-lowrank")
-@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@solver_option
 @weights_option(required=False)
 @masks_option
 @click.option("--force-decay", type=float, required=True, help="Force coefficient (the paper's force_decay).")
@@ -598,7 +603,7 @@ def decompress(dcz, model, allow_python_layers, force, output):
 
 
 @main.command("train-quantized")
-@click.option("--solver", type=_path(), required=True, help="Solver prototxt (net and data paths as for caffe train).")
+@solver_option
 @weights_option()
 @masks_option
 @click.option("--bits", default="conv=8,fc=5", show_default=True, help="Bits of the shared-weight codes.")

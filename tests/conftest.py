@@ -110,3 +110,11 @@ def lenet(tmp_path_factory):
     weights = work / f"lenet_iter_{LENET_ITERS}.caffemodel"
     assert weights.is_file()
     return work, net, weights
+
+
+def assert_one_line_error(result, expect):
+    """Bad input: exit status 2, one line naming what is wrong, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert expect in lines[0], lines[0]

@@ -1,11 +1,11 @@
 """Deep Compression storage: coding units, round trips, stock caffe, bad input."""
 import numpy as np
-import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.compression import (canonical_codes, decode_blob, encode_blob, huffman_decode, huffman_encode,
                                   huffman_lengths, kmeans_1d, positions_from_gaps, quantized, relative_indices)
 from caffedsd.dcz import read_dcz
+from conftest import assert_one_line_error
 
 
 def test_huffman_lengths_are_optimal_on_a_known_distribution():
@@ -110,31 +110,24 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
         assert len(np.unique(q1[q0 == value])) == 1
 
 
-def _one_line_error(result, expect):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert expect in lines[0], lines[0]
-
-
 def test_bad_inputs(lenet, tmp_path, cli, caffe):
     _, proto, weights = lenet
     assert cli("compress", "-w", weights, "--bits", 6, "-o", "w.dcz").exit_code == 0
     data = (tmp_path / "w.dcz").read_bytes()
     (tmp_path / "cut.dcz").write_bytes(data[:-100])
-    _one_line_error(cli("decompress", "cut.dcz", "-o", "x.caffemodel"), "checksum mismatch")
+    assert_one_line_error(cli("decompress", "cut.dcz", "-o", "x.caffemodel"), "checksum mismatch")
     flipped = bytearray(data)
     flipped[len(flipped) // 2] ^= 0xFF
     (tmp_path / "flip.dcz").write_bytes(bytes(flipped))
-    _one_line_error(cli("decompress", "flip.dcz", "-o", "x.caffemodel"), "checksum mismatch")
+    assert_one_line_error(cli("decompress", "flip.dcz", "-o", "x.caffemodel"), "checksum mismatch")
     future = bytearray(data)
     future[8:10] = (99).to_bytes(2, "little")
     (tmp_path / "future.dcz").write_bytes(bytes(future))
-    _one_line_error(cli("decompress", "future.dcz", "-o", "x.caffemodel"), "format version 99 is newer")
+    assert_one_line_error(cli("decompress", "future.dcz", "-o", "x.caffemodel"), "format version 99 is newer")
     (tmp_path / "text.dcz").write_text("hello")
-    _one_line_error(cli("decompress", "text.dcz", "-o", "x.caffemodel"), "bad magic number")
-    _one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"), "17 is outside 1..16")
-    _one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"), "conv=0 is outside 1..16")
+    assert_one_line_error(cli("decompress", "text.dcz", "-o", "x.caffemodel"), "bad magic number")
+    assert_one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"), "17 is outside 1..16")
+    assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"), "conv=0 is outside 1..16")
     from conftest import save_net
 
     other = tmp_path / "other"
@@ -144,7 +137,7 @@ def test_bad_inputs(lenet, tmp_path, cli, caffe):
                           'layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" '
                           'inner_product_param { num_output: 2 } }\n')
     assert cli("prune", "-w", other_w, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
-    _one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
+    assert_one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
                     "masks were made for another model")
     assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "y.dcz").exists()
     assert read_dcz(tmp_path / "w.dcz")[1] == "LeNet"

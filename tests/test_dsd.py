@@ -13,7 +13,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
 from caffedsd.verify import parse_test_outputs, run_caffe_test
-from conftest import lenet_files
+from conftest import assert_one_line_error, lenet_files
 from test_training import write_solver
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,6 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     assert result.output.strip() == "caffedsd: run: made by a different recipe, solver or net; give a new -o, or remove it to start over"
 
 
-def _one_line_error(result, expect):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert expect in lines[0], lines[0]
-
-
 def test_bad_recipes(tmp_path, cli):
     recipe = _recipe(tmp_path)
     text = recipe.read_text()
@@ -132,7 +125,7 @@ def test_bad_recipes(tmp_path, cli):
                         (text.replace("iterations: 30", "iterations: -30"), "iterations -30 must be"),
                         (text.replace("sparsity: 0.6", "sparsity: 1.2"), "1.2: must be in [0, 1)")]:
         recipe.write_text(bad)
-        _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), expect)
+        assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), expect)
         assert not (tmp_path / "run").exists()
 
 
@@ -141,19 +134,19 @@ def test_bad_solvers(tmp_path, cli, caffe):
     solver = tmp_path / "solver.prototxt"
     good = solver.read_text()
     solver.write_text(good.replace("net.prototxt", "missing_net.prototxt"))
-    _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "missing_net.prototxt' does not exist")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "missing_net.prototxt' does not exist")
     data_net = (tmp_path / "net.prototxt").read_text().replace(
         'type: "DummyData" top: "data" top: "target" include { phase: TRAIN }',
         'type: "HDF5Data" top: "data" top: "target" include { phase: TRAIN } '
         'hdf5_data_param { source: "nowhere/train.txt" batch_size: 8 }')
     (tmp_path / "data_net.prototxt").write_text(data_net)
     solver.write_text(good.replace("net.prototxt", "data_net.prototxt"))
-    _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "reads 'nowhere/train.txt', which does not exist")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "reads 'nowhere/train.txt', which does not exist")
     (tmp_path / "plain.prototxt").write_text(
         'layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 2 dim: 3 } } }\n'
         'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "data" top: "loss" }\n')
     solver.write_text(good.replace("net.prototxt", "plain.prototxt"))
-    _one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "no prunable layer")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "no prunable layer")
 
 
 def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):
@@ -167,10 +160,10 @@ def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):
     _, weights = save_net(caffe, other_dir, other)
     assert cli("prune", "-w", weights, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
     result = cli("train-sparse", "--solver", solver, "-w", "other/p.caffemodel", "-n", 2, "-o", "s.caffemodel")
-    _one_line_error(result, "layer 'conv1' blob 0 is [6, 2, 3, 3], but")
+    assert_one_line_error(result, "layer 'conv1' blob 0 is [6, 2, 3, 3], but")
     assert not (tmp_path / "s.caffemodel").exists()
     result = cli("train-sparse", "--solver", solver, "-w", weights, "-n", 2, "-o", "s.caffemodel")
-    _one_line_error(result, "no masks beside")
+    assert_one_line_error(result, "no masks beside")
 
 
 def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
@@ -185,7 +178,7 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                  "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
     assert "at base_lr 0.025" in result.output
-    _one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", -1, "-o", "x.caffemodel"),
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", -1, "-o", "x.caffemodel"),
                     "--iterations -1: must be 0 or more")
-    _one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
                     "would overwrite the input")

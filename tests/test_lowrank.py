@@ -6,6 +6,7 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
 from caffedsd.lowrank import factor, rank_for_energy, singular_values
 from test_training import write_solver
+from conftest import assert_one_line_error
 
 RNG = np.random.default_rng(0)
 
@@ -121,28 +122,21 @@ def test_full_rank_decomposition_is_exact_and_loads_in_stock_caffe(caffe, lenet,
     assert "| conv2 | Convolution | 50/50 | 25050 | 27550 |" in report
 
 
-def _one_line_error(result, expect):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert expect in lines[0], lines[0]
-
-
 def test_bad_inputs(lenet, tmp_path, cli):
     _, proto, weights = lenet
     base = ("decompose", "-p", proto, "-w", weights, "-o", "out")
-    _one_line_error(cli(*base, "--rank", "conv2=51"), "--rank conv2=51: must be between 1 and 50")
-    _one_line_error(cli(*base, "--rank", "conv2=0"), "a rank must be at least 1")
-    _one_line_error(cli(*base, "--energy", 0.9, "--layers", "conv9*"), "'conv9*' matches no decomposable layer")
-    _one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
-    _one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
-    _one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
+    assert_one_line_error(cli(*base, "--rank", "conv2=51"), "--rank conv2=51: must be between 1 and 50")
+    assert_one_line_error(cli(*base, "--rank", "conv2=0"), "a rank must be at least 1")
+    assert_one_line_error(cli(*base, "--energy", 0.9, "--layers", "conv9*"), "'conv9*' matches no decomposable layer")
+    assert_one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
+    assert_one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
+    assert_one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
     solver = write_solver(tmp_path)
-    _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
                     "--force-decay -1.0: must be a number >= 0")
-    _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-type", "L3",
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-type", "L3",
                         "-o", "x.caffemodel"), "--force-type 'L3': must be one of degradation, constant")
-    _one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-mult", "nope*=1",
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-mult", "nope*=1",
                         "-n", 1, "-o", "x.caffemodel"), "'nope*' matches no layer with weights")
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.caffemodel").exists()
 
@@ -175,5 +169,5 @@ def test_stride_pad_dilation_kept_and_groups_refused(caffe, tmp_path, cli):
     grouped = tmp_path / "g"
     grouped.mkdir()
     gproto, gweights = save_net(caffe, grouped, STRIDED.replace("dilation: 2", "dilation: 2 group: 3"))
-    _one_line_error(cli("decompose", "-p", gproto, "-w", gweights, "--energy", 0.9, "-o", "gout"),
+    assert_one_line_error(cli("decompose", "-p", gproto, "-w", gweights, "--energy", 0.9, "-o", "gout"),
                     "layer 'conv1': group 3 convolutions are not decomposed")

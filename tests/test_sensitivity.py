@@ -8,6 +8,7 @@ from caffedsd.planner import curves, overall_sparsity
 from caffedsd.sensitivity import scan
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from caffedsd.plan import load_plan
+from conftest import assert_one_line_error
 
 SPARSITIES = (0.3, 0.6, 0.9)
 ITERS = 5  # 5 x 100 = the 500 test images of the slice
@@ -125,27 +126,20 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     assert result.exit_code == 0, result.output
 
 
-def _one_line_error(result, expect):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert expect in lines[0], lines[0]
-
-
 def test_bad_inputs(lenet, scanned, tmp_path, cli, caffe):
     _, proto, weights = lenet
     out, _ = scanned
     base = ("sensitivity", "-p", proto, "-w", weights, "-n", 1, "-o", "s")
-    _one_line_error(cli(*base, "--sparsities", "0.2,1.0"), "1 is outside [0, 1)")
-    _one_line_error(cli(*base, "--sparsities", "0.5,0.2"), "must be strictly increasing")
-    _one_line_error(cli(*base, "--layers", "fc*"), "'fc*' matches no prunable layer")
+    assert_one_line_error(cli(*base, "--sparsities", "0.2,1.0"), "1 is outside [0, 1)")
+    assert_one_line_error(cli(*base, "--sparsities", "0.5,0.2"), "must be strictly increasing")
+    assert_one_line_error(cli(*base, "--layers", "fc*"), "'fc*' matches no prunable layer")
     text = proto.read_text()
     no_test = text.replace('type: "SoftmaxWithLoss"', 'type: "Softmax"')
     no_test = no_test.replace('type: "Accuracy"', 'type: "Softmax"')
     (tmp_path / "notest.prototxt").write_text(no_test)
-    _one_line_error(cli("sensitivity", "-p", "notest.prototxt", "-w", weights, "-o", "s"),
+    assert_one_line_error(cli("sensitivity", "-p", "notest.prototxt", "-w", weights, "-o", "s"),
                     "no Accuracy or loss output in the TEST phase")
-    _one_line_error(cli("plan", "--sensitivity", out, "--target-sparsity", 0.99, "-o", "p.yaml"),
+    assert_one_line_error(cli("plan", "--sensitivity", out, "--target-sparsity", 0.99, "-o", "p.yaml"),
                     "out of reach: the measured curves reach at most 0.9000 overall")
     from conftest import save_net
 
@@ -155,9 +149,9 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, caffe):
                         'input_param { shape { dim: 1 dim: 3 } } }\n'
                         'layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" '
                         'inner_product_param { num_output: 2 } }\n')
-    _one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other, "-o", "p.yaml"),
+    assert_one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other, "-o", "p.yaml"),
                     "a scan of another model")
-    _one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "--sparsities", "0.3,0.6",
+    assert_one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "--sparsities", "0.3,0.6",
                         "-o", out), "holds a scan of another model, weights or settings")
     assert not (tmp_path / "s").exists() and not (tmp_path / "p.yaml").exists()
     json.loads((out / "sensitivity.json").read_text())  # the earlier scan is intact
