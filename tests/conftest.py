@@ -55,6 +55,22 @@ def save_net(caffe, folder, text, name="net", seed=0):
     return proto, weights
 
 
+# A net unlike TINY_NET, for "masks/scans of another model" cases.
+OTHER_NET = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
+             'layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" '
+             'inner_product_param { num_output: 2 } }\n')
+
+
+@pytest.fixture
+def other_model(caffe, tmp_path, cli):
+    """Weights of OTHER_NET pruned by caffedsd: other/p.caffemodel, other/p.masks.h5."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    _, weights = save_net(caffe, folder, OTHER_NET)
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", folder / "p.caffemodel").exit_code == 0
+    return weights
+
+
 @pytest.fixture
 def tiny(caffe, tmp_path):
     return save_net(caffe, tmp_path, TINY_NET)

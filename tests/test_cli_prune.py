@@ -161,16 +161,8 @@ def test_unwritable_output_folder(tiny, tmp_path, cli):
          expect="cannot write to the output folder")
 
 
-def test_masks_of_another_model(caffe, tiny, tmp_path, cli):
+def test_masks_of_another_model(tiny, tmp_path, cli, other_model):
     _, weights = tiny
-    from conftest import save_net
-
-    sub = tmp_path / "other"
-    sub.mkdir()
-    _, other = save_net(caffe, sub, 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }\n'
-                        'layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" '
-                        'inner_product_param { num_output: 2 } }\n')
-    assert cli("prune", "-w", other, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
     _bad(cli, tmp_path, "prune", "-w", weights, "--masks", "other/p.masks.h5", "-s", 0.5, "-o", "o.caffemodel",
          expect="p.masks.h5: masks were made for another model")
 

@@ -110,7 +110,7 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
         assert len(np.unique(q1[q0 == value])) == 1
 
 
-def test_bad_inputs(lenet, tmp_path, cli, caffe):
+def test_bad_inputs(lenet, tmp_path, cli, other_model):
     _, proto, weights = lenet
     assert cli("compress", "-w", weights, "--bits", 6, "-o", "w.dcz").exit_code == 0
     data = (tmp_path / "w.dcz").read_bytes()
@@ -128,15 +128,6 @@ def test_bad_inputs(lenet, tmp_path, cli, caffe):
     assert_one_line_error(cli("decompress", "text.dcz", "-o", "x.caffemodel"), "bad magic number")
     assert_one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"), "17 is outside 1..16")
     assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"), "conv=0 is outside 1..16")
-    from conftest import save_net
-
-    other = tmp_path / "other"
-    other.mkdir()
-    _, other_w = save_net(caffe, other, 'layer { name: "data" type: "Input" top: "data" '
-                          'input_param { shape { dim: 1 dim: 3 } } }\n'
-                          'layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" '
-                          'inner_product_param { num_output: 2 } }\n')
-    assert cli("prune", "-w", other_w, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
     assert_one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
                     "masks were made for another model")
     assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "y.dcz").exists()

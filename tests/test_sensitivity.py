@@ -126,7 +126,7 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     assert result.exit_code == 0, result.output
 
 
-def test_bad_inputs(lenet, scanned, tmp_path, cli, caffe):
+def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     _, proto, weights = lenet
     out, _ = scanned
     base = ("sensitivity", "-p", proto, "-w", weights, "-n", 1, "-o", "s")
@@ -141,15 +141,7 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, caffe):
                     "no Accuracy or loss output in the TEST phase")
     assert_one_line_error(cli("plan", "--sensitivity", out, "--target-sparsity", 0.99, "-o", "p.yaml"),
                     "out of reach: the measured curves reach at most 0.9000 overall")
-    from conftest import save_net
-
-    other_dir = tmp_path / "other"
-    other_dir.mkdir()
-    _, other = save_net(caffe, other_dir, 'layer { name: "data" type: "Input" top: "data" '
-                        'input_param { shape { dim: 1 dim: 3 } } }\n'
-                        'layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" '
-                        'inner_product_param { num_output: 2 } }\n')
-    assert_one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other, "-o", "p.yaml"),
+    assert_one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other_model, "-o", "p.yaml"),
                     "a scan of another model")
     assert_one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "--sparsities", "0.3,0.6",
                         "-o", out), "holds a scan of another model, weights or settings")

@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import cpu_name
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402
@@ -312,14 +314,7 @@ def code_info():
 
 
 def machine_info(gpu):
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         load = os.getloadavg()
     except OSError:

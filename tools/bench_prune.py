@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import cpu_name
+
 import numpy as np
 
 TIME_TARGET = 2.0  # prune wall time / baseline wall time
@@ -200,14 +202,7 @@ def machine_info():
     import google.protobuf
     from google.protobuf.internal import api_implementation
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem_total = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

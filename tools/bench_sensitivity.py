@@ -55,6 +55,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchlib import cpu_name
+
 OVERHEAD_TARGET = 0.10  # wall / eval_seconds - 1 of a jobs=1 scan
 DEFAULT_MODEL = "prototxt/lenet_train_test.prototxt"
 DEFAULT_WEIGHTS = "work/results_sensitivity/dense/01-dense/model.caffemodel"
@@ -185,14 +187,7 @@ def overhead(run):
 def machine_line():
     import numpy as np
 
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     blas = os.environ.get("OPENBLAS_NUM_THREADS")
     return (f"nproc {os.cpu_count()}" + (f" ({cpu})" if cpu else "") + f", {platform.platform()}, "
             f"Python {platform.python_version()}, numpy {np.__version__}, "

@@ -237,7 +237,7 @@ def _ms(stat, digits=4, scale=1.0, signed=False):
 
 def markdown(summary, per_seed):
     seeds = list(per_seed)
-    lines = [f"| row | iterations | density of prunable weights | test accuracy (mean ± std) "
+    lines = ["| row | iterations | density of prunable weights | test accuracy (mean ± std) "
              "| test loss (mean ± std) |",
              "|---|---:|---:|---:|---:|"]
     for key, label in ROWS:
