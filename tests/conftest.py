@@ -30,6 +30,18 @@ layer { name: "fc2b" type: "InnerProduct" bottom: "fc2a" top: "fc2b" param { nam
 """
 
 
+# Fixtures that bring Caffe in (directly or through the fixtures built on them)
+# and those that train a net: a test using one gets the marker.
+_MARKING_FIXTURES = {"caffe": ("caffe",), "lenet": ("caffe", "slow")}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        for marker in {m for fixture, markers in _MARKING_FIXTURES.items() if fixture in used for m in markers}:
+            item.add_marker(marker)
+
+
 @pytest.fixture(scope="session")
 def caffe():
     from caffedsd.caffe_env import import_caffe
@@ -85,6 +97,40 @@ def cli(tmp_path, monkeypatch):
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
+
+
+# DummyData refills its gaussian blobs every forward: a tiny regression task
+# that trains with no data files.
+REGRESSION_NET = """
+name: "reg"
+layer { name: "data" type: "DummyData" top: "data" top: "target" include { phase: TRAIN }
+        dummy_data_param { shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 dim: 5 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "data" type: "DummyData" top: "data" top: "target" include { phase: TEST }
+        dummy_data_param { shape { dim: 4 dim: 2 dim: 6 dim: 6 } shape { dim: 4 dim: 5 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1" param { name: "shared" }
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc1" bottom: "target" top: "loss" }
+"""
+
+
+def write_solver(folder, solver_type="SGD", extra="momentum: 0.9", iter_size=1, snapshot=0, base_lr=0.05,
+                 lr_policy='"fixed"', weight_decay=0.01, regularization="L2", prefix="snap"):
+    """REGRESSION_NET and a solver for it in ``folder``; returns the solver path."""
+    (folder / "net.prototxt").write_text(REGRESSION_NET)
+    text = (f'net: "{folder / "net.prototxt"}"\ntype: "{solver_type}"\nbase_lr: {base_lr}\n{extra}\n'
+            f'lr_policy: {lr_policy}\ngamma: 0.5\nstepsize: 3\nweight_decay: {weight_decay}\n'
+            f'regularization_type: "{regularization}"\n'
+            f'iter_size: {iter_size}\nmax_iter: 12\ntest_iter: 2\ntest_interval: 1000\n'
+            f'snapshot: {snapshot}\nsnapshot_prefix: "{folder / prefix}"\nrandom_seed: 5\n')
+    path = folder / "solver.prototxt"
+    path.write_text(text)
+    return path
+
 
 
 ROOT = Path(__file__).resolve().parent.parent

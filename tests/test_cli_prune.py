@@ -7,6 +7,7 @@ import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
+from conftest import TINY_NET, assert_one_line_error, save_net
 
 
 def test_prune_writes_model_masks_and_table(caffe, tiny, tmp_path, cli):
@@ -89,13 +90,9 @@ def test_force_allows_overwriting_the_input(tiny, tmp_path, cli):
 def _bad(cli, tmp_path, *args, expect):
     before = sorted(p.name for p in tmp_path.rglob("*"))
     result = cli(*args)
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    assert expect in lines[0], lines[0]
+    assert_one_line_error(result, expect)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no output, no temp file
-    return lines[0]
+    return result.output.strip()
 
 
 def test_bad_weights_files(tiny, tmp_path, cli):
@@ -168,7 +165,6 @@ def test_masks_of_another_model(tiny, tmp_path, cli, other_model):
 
 
 def test_nan_weights(caffe, tmp_path, cli):
-    from conftest import TINY_NET, save_net
 
     _, weights = save_net(caffe, tmp_path, TINY_NET)
     net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, weights=str(weights))
@@ -180,7 +176,6 @@ def test_nan_weights(caffe, tmp_path, cli):
 
 
 def test_net_without_prunable_layer(caffe, tmp_path, cli):
-    from conftest import save_net
 
     _, weights = save_net(caffe, tmp_path, 'layer { name: "data" type: "Input" top: "data" '
                           'input_param { shape { dim: 1 dim: 3 dim: 2 dim: 2 } } }\n'

@@ -13,14 +13,15 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
 from caffedsd.verify import parse_test_outputs, run_caffe_test
-from conftest import assert_one_line_error, lenet_files
-from test_training import write_solver
+from conftest import assert_one_line_error, lenet_files, save_net, write_solver
 
 @pytest.fixture(scope="module")
 def lenet_solver(tmp_path_factory):
     return lenet_files(tmp_path_factory.mktemp("fashion"), 2000, 300, test_iter=3)
 
 
+@pytest.mark.caffe
+@pytest.mark.slow
 def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
     solver, net = lenet_solver
     (tmp_path / "recipe.yaml").write_text(
@@ -69,6 +70,8 @@ def _dsd(recipe, run, cwd):
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.caffe
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_run_resumes(tmp_path, sig):
     recipe = _recipe(tmp_path)
@@ -102,6 +105,7 @@ def test_killed_run_resumes(tmp_path, sig):
     assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][3]["kind"] == "dense"
 
 
+@pytest.mark.caffe
 def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     recipe = _recipe(tmp_path, sparse_iterations=10)
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
@@ -150,7 +154,6 @@ def test_bad_solvers(tmp_path, cli, caffe):
 
 
 def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):
-    from conftest import save_net
 
     solver = write_solver(tmp_path)
     # A model with the right layer names but other shapes.

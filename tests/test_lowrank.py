@@ -5,8 +5,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
 from caffedsd.lowrank import factor, rank_for_energy, singular_values
-from test_training import write_solver
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, save_net, write_solver
 
 RNG = np.random.default_rng(0)
 
@@ -151,7 +150,6 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv1" top: "ip" inner_product_
 
 
 def test_stride_pad_dilation_kept_and_groups_refused(caffe, tmp_path, cli):
-    from conftest import save_net
 
     proto, weights = save_net(caffe, tmp_path, STRIDED)
     result = cli("decompose", "-p", proto, "--deploy", proto, "-w", weights, "--rank", "conv1=6", "--fc",

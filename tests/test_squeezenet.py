@@ -6,6 +6,7 @@ import pytest
 
 from caffedsd.caffe_env import caffe_binary
 from caffedsd.squeezenet import SqueezeNetError, SqueezeNetSpec
+from conftest import ROOT, assert_one_line_error
 
 # The prunable layers of the public squeezenet_v1.0 model-zoo files, in order,
 # with their weight shapes.
@@ -56,6 +57,7 @@ def test_bypass_variants(caffe, tmp_path, cli, version, bypass):
     assert len(convs) == (0 if bypass == "simple" else 4)
 
 
+@pytest.mark.caffe
 def test_stock_caffe_instantiates_and_runs_forward_backward(tmp_path, cli):
     for args in ([], ["--version", "1.1"], ["--bypass", "simple"], ["--version", "1.1", "--bypass", "complex"]):
         out = tmp_path / ("net" + "".join(args))
@@ -92,12 +94,36 @@ def test_sweep_table(cli):
 ])
 def test_bad_settings(tmp_path, cli, args, expect):
     result = cli("squeezenet", *args, "-o", tmp_path / "net")
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and expect in lines[0], result.output
+    assert_one_line_error(result, expect)
     assert not (tmp_path / "net").exists()
 
 
 def test_spec_validates_when_built():
     with pytest.raises(SqueezeNetError):
         SqueezeNetSpec(freq=0)
+
+
+# The `caffedsd squeezenet` arguments that made each folder of prototxt/.
+GENERATED = {
+    "squeezenet_v1.0": [],
+    "squeezenet_v1.1": ["--version", "1.1"],
+    "squeezenet_v1.0_simple_bypass": ["--bypass", "simple"],
+    "squeezenet_fashion": ["--version", "1.1", "--stem", "small", "--weight-filler", "msra", "--input-size", 28,
+                           "--channels", 1, "--num-classes", 10, "--base-e", 64, "--incr-e", 64, "--data", "hdf5",
+                           "--train-source", "data/fashion-mnist/train.txt",
+                           "--test-source", "data/fashion-mnist/test.txt"],
+}
+
+
+def test_every_generated_folder_is_listed():
+    assert sorted(p.name for p in (ROOT / "prototxt").glob("squeezenet_*")) == sorted(GENERATED)
+
+
+@pytest.mark.parametrize("folder", sorted(GENERATED))
+def test_committed_nets_are_what_the_generator_writes(tmp_path, cli, folder):
+    out = f"prototxt/{folder}"  # relative to tmp_path (cli's folder): the solver names its paths as committed
+    assert cli("squeezenet", *GENERATED[folder], "-o", out).exit_code == 0
+    for committed in sorted((ROOT / out).iterdir()):
+        command = " ".join(["caffedsd squeezenet", *map(str, GENERATED[folder]), "-o", out])
+        assert committed.read_text() == (tmp_path / out / committed.name).read_text(), \
+            f"prototxt/{folder}/{committed.name} differs from what the generator writes now; rerun `{command}`"

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from caffedsd.caffemodel import read_caffemodel, write_caffemodel
 from caffedsd.stats import count_nonzero
@@ -60,6 +61,7 @@ def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
     assert "FAIL  caffe test: exit status" in result.output
 
 
+@pytest.mark.caffe
 def test_info_json(cli):
     result = cli("info", "--json")
     assert result.exit_code == 0, result.output
@@ -72,6 +74,7 @@ def test_info_json(cli):
     assert "1.0.0" in proc.stdout + proc.stderr
 
 
+@pytest.mark.caffe
 def test_caffe_root_binary_is_preferred(tmp_path, monkeypatch):
     from caffedsd.caffe_env import caffe_binary
 

@@ -8,24 +8,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
 from caffedsd.training import load_weights, open_solver, read_solver, train_dense, train_sparse
-
-# DummyData refills its gaussian blobs every forward: a tiny regression task
-# that trains with no data files.
-NET = """
-name: "reg"
-layer { name: "data" type: "DummyData" top: "data" top: "target" include { phase: TRAIN }
-        dummy_data_param { shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 dim: 5 }
-                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
-layer { name: "data" type: "DummyData" top: "data" top: "target" include { phase: TEST }
-        dummy_data_param { shape { dim: 4 dim: 2 dim: 6 dim: 6 } shape { dim: 4 dim: 5 }
-                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1" param { name: "shared" }
-        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "fc1" bottom: "target" top: "loss" }
-"""
+from conftest import write_solver
 
 SOLVERS = {
     "SGD": "momentum: 0.9",
@@ -37,22 +20,9 @@ SOLVERS = {
 }
 
 
-def write_solver(folder, solver_type="SGD", extra="momentum: 0.9", iter_size=1, snapshot=0, base_lr=0.05,
-                 lr_policy='"fixed"', weight_decay=0.01, regularization="L2", prefix="snap"):
-    (folder / "net.prototxt").write_text(NET)
-    text = (f'net: "{folder / "net.prototxt"}"\ntype: "{solver_type}"\nbase_lr: {base_lr}\n{extra}\n'
-            f'lr_policy: {lr_policy}\ngamma: 0.5\nstepsize: 3\nweight_decay: {weight_decay}\n'
-            f'regularization_type: "{regularization}"\n'
-            f'iter_size: {iter_size}\nmax_iter: 12\ntest_iter: 2\ntest_interval: 1000\n'
-            f'snapshot: {snapshot}\nsnapshot_prefix: "{folder / prefix}"\nrandom_seed: 5\n')
-    path = folder / "solver.prototxt"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture
 def pruned(caffe, tmp_path, cli):
-    """A dense model of NET (briefly trained), pruned 60% with keepmax."""
+    """A dense model of REGRESSION_NET (briefly trained), pruned 60% with keepmax."""
     solver_path = write_solver(tmp_path)
     solver = caffe.get_solver(str(solver_path))
     solver.step(5)
