@@ -24,20 +24,16 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed.
 """
-import argparse
-import json
 import os
-import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchlib import cpu_name
+import benchlib
 
 import numpy as np
 
@@ -198,38 +194,13 @@ class Bench:
 
 # --------------------------------------------------------------- report --
 
-def machine_info():
-    import google.protobuf
-    from google.protobuf.internal import api_implementation
-
-    cpu = cpu_name()
-    mem_total = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total = int(line.split()[1]) * 1024
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "mem_total_bytes": mem_total,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "protobuf": google.protobuf.__version__,
-        "protobuf_api": api_implementation.Type(),
-    }
-
-
 def mib(n):
     return n / (1 << 20)
 
 
 def summarize(model, runs, machine, args):
-    med = {k: {"wall_s": statistics.median(r["wall_s"] for r in v),
-               "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in v)} for k, v in runs.items()}
+    med = {k: {"wall_s": benchlib.median(v, "wall_s"), "peak_rss_bytes": benchlib.median(v, "peak_rss_bytes")}
+           for k, v in runs.items()}
     time_ratio = med["prune"]["wall_s"] / med["baseline"]["wall_s"]
     mem_ratio = med["prune"]["peak_rss_bytes"] / model["bytes"]
     return {
@@ -252,7 +223,6 @@ def summarize(model, runs, machine, args):
 
 def markdown(summary):
     m = summary["model"]
-    med = summary["median"]
     runs = summary["runs"]
     labels = {"baseline": "protobuf alone (parse + serialize)", "prune": "`caffedsd prune --sparsity "
               f"{summary['sparsity']:g}`"}
@@ -261,49 +231,32 @@ def markdown(summary):
         f"({mib(m['bytes']):.1f} MiB). Medians of {summary['repeats']} runs each, alternating, "
         "after one untimed warm-up of each (input read from the page cache; cache not dropped).",
         "",
-        "| run | median wall (s) | median peak RSS (MiB) | peak RSS / file size | wall of each run (s) |",
-        "|---|---:|---:|---:|---|",
     ]
-    for key in ("baseline", "prune"):
-        walls = ", ".join(f"{r['wall_s']:.2f}" for r in runs[key])
-        lines.append(f"| {labels[key]} | {med[key]['wall_s']:.2f} | {mib(med[key]['peak_rss_bytes']):.0f} | "
-                     f"{med[key]['peak_rss_bytes'] / m['bytes']:.2f}x | {walls} |")
-    lines += [
-        "",
-        "| target | measured | limit | result |",
-        "|---|---:|---:|---|",
-        f"| prune wall time / protobuf wall time | {summary['time_ratio']:.2f}x | <= {TIME_TARGET:.1f}x | "
-        f"{'PASS' if summary['time_pass'] else 'FAIL'} |",
-        f"| prune peak RSS / file size | {summary['memory_ratio']:.2f}x | <= {MEMORY_TARGET:.1f}x | "
-        f"{'PASS' if summary['memory_pass'] else 'FAIL'} |",
-        "",
-    ]
-    mc = summary["machine"]
-    mem = f", {mib(mc['mem_total_bytes']) / 1024:.1f} GiB RAM" if mc.get("mem_total_bytes") else ""
-    lines.append(f"Machine: nproc {mc['nproc']} ({mc['cpu']}{mem}), {mc['platform']}, Python {mc['python']}, "
-                 f"numpy {mc['numpy']}, protobuf {mc['protobuf']} (api_implementation {mc['protobuf_api']})")
+    lines.append(benchlib.median_table(runs, labels, [("median wall (s)", "wall_s", "{:.2f}"),
+                                                      ("median peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
+                                                      ("peak RSS / file size", "rss_over_file", "{:.2f}x")],
+                                       each=("wall of each run (s)", "wall_s", "{:.2f}")))
+    passed = {True: "PASS", False: "FAIL"}
+    lines += ["", benchlib.markdown_table(["target", "measured", "limit", "result"], [
+        ["prune wall time / protobuf wall time", f"{summary['time_ratio']:.2f}x", f"<= {TIME_TARGET:.1f}x",
+         passed[summary["time_pass"]]],
+        ["prune peak RSS / file size", f"{summary['memory_ratio']:.2f}x", f"<= {MEMORY_TARGET:.1f}x",
+         passed[summary["memory_pass"]]]], "lrrl"), ""]
+    lines.append("Machine: " + benchlib.machine_line(summary["machine"]))
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------- main --
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (default 3)")
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--sparsity", type=float, default=0.5, help="--sparsity given to prune (default 0.5)")
     parser.add_argument("--layers", default=None,
                         help="comma-separated subset of VGG16 layers for a quick smoke run, e.g. fc8,conv1_1 "
                              "(default: all 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--std", type=float, default=0.01, help="std of the random weights (default 0.01)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the model and outputs (default: a fresh temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder at the end")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
 
     only = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     specs = vgg16_specs(only)
@@ -324,21 +277,22 @@ def main(argv=None):
         print("warm-up (untimed): one run of each, so timed runs read the input from the page cache", flush=True)
         for which in ("baseline", "prune"):
             bench.run(which, check=True)
-        runs = {"baseline": [], "prune": []}
-        for i in range(args.repeats):
-            for which in ("baseline", "prune") if i % 2 == 0 else ("prune", "baseline"):
-                wall, rss = bench.run(which)
-                runs[which].append({"wall_s": wall, "peak_rss_bytes": rss})
-                print(f"  run {i + 1}/{args.repeats} {which:8s} {wall:7.2f} s  peak RSS {mib(rss):7.0f} MiB",
-                      flush=True)
+        def measure(which, repeat):
+            wall, rss = bench.run(which)
+            return {"wall_s": wall, "peak_rss_bytes": rss, "peak_rss_mib": mib(rss),
+                    "rss_over_file": rss / model["bytes"]}
 
-        summary = summarize(model, runs, machine_info(), args)
+        def show(which, repeat, run):
+            print(f"  run {repeat + 1}/{args.repeats} {which:8s} {run['wall_s']:7.2f} s  "
+                  f"peak RSS {run['peak_rss_mib']:7.0f} MiB", flush=True)
+
+        runs = benchlib.alternate(("baseline", "prune"), args.repeats, measure, show)
+
+        summary = summarize(model, runs, benchlib.machine(), args)
         summary["command"] = [Path(sys.executable).name] + sys.argv
         print()
         print(markdown(summary))
-        if args.json:
-            args.json.write_text(json.dumps(summary, indent=2) + "\n")
-            print(f"\nwrote {args.json}")
+        benchlib.write_json(args.json, summary)
     finally:
         if created and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

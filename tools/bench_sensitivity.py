@@ -41,11 +41,9 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed or an input is missing.
 """
-import argparse
 import filecmp
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -55,7 +53,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchlib import cpu_name
+import benchlib
 
 OVERHEAD_TARGET = 0.10  # wall / eval_seconds - 1 of a jobs=1 scan
 DEFAULT_MODEL = "prototxt/lenet_train_test.prototxt"
@@ -184,16 +182,6 @@ def overhead(run):
 
 # ---------------------------------------------------------------- report --
 
-def machine_line():
-    import numpy as np
-
-    cpu = cpu_name()
-    blas = os.environ.get("OPENBLAS_NUM_THREADS")
-    return (f"nproc {os.cpu_count()}" + (f" ({cpu})" if cpu else "") + f", {platform.platform()}, "
-            f"Python {platform.python_version()}, numpy {np.__version__}, "
-            f"OPENBLAS_NUM_THREADS {blas if blas is not None else 'unset'}")
-
-
 def blas_line(threads):
     return (f"OpenBLAS threads: {threads if threads is not None else 'unknown'} in the jobs=1 process; "
             "each jobs=2 worker sets OPENBLAS_NUM_THREADS = nproc // 2")
@@ -227,16 +215,15 @@ def report(args, results):
                  f"{n_sparsities} sparsities), TEST data {one[0]['data']}; medians of {args.repeats} "
                  f"alternating runs, each through the library call `scan()` into a fresh folder.")
     lines.append("")
-    lines.append("| run | median wall (s) | median eval_seconds (s) | median wall / eval - 1 | "
-                 "median CPU s / wall | wall of each run (s) | eval_seconds of each run (s) | CPU s of each run |")
-    lines.append("|---|---:|---:|---:|---:|---|---|---|")
-    lines.append(f"| `scan(jobs=1)` | {median(wall1):.2f} | {median(eval1):.2f} | {median(over) * 100:.1f}% | "
-                 f"{median([r['cpu_s'] / r['wall_s'] for r in one]):.2f} | {fmt_list(wall1)} | {fmt_list(eval1)} | "
-                 f"{fmt_list([r['cpu_s'] for r in one], 1)} |")
-    lines.append(f"| `scan(jobs=2)` | {median(wall2):.2f} | {median(eval2):.2f} | "
-                 "n/a (eval summed over the 2 parallel workers) | "
-                 f"{median([r['cpu_s'] / r['wall_s'] for r in two]):.2f} | {fmt_list(wall2)} | {fmt_list(eval2)} | "
-                 f"{fmt_list([r['cpu_s'] for r in two], 1)} |")
+    lines.append(benchlib.markdown_table(
+        ["run", "median wall (s)", "median eval_seconds (s)", "median wall / eval - 1", "median CPU s / wall",
+         "wall of each run (s)", "eval_seconds of each run (s)", "CPU s of each run"],
+        [["`scan(jobs=1)`", f"{median(wall1):.2f}", f"{median(eval1):.2f}", f"{median(over) * 100:.1f}%",
+          f"{median([r['cpu_s'] / r['wall_s'] for r in one]):.2f}", fmt_list(wall1), fmt_list(eval1),
+          fmt_list([r['cpu_s'] for r in one], 1)],
+         ["`scan(jobs=2)`", f"{median(wall2):.2f}", f"{median(eval2):.2f}",
+          "n/a (eval summed over the 2 parallel workers)", f"{median([r['cpu_s'] / r['wall_s'] for r in two]):.2f}",
+          fmt_list(wall2), fmt_list(eval2), fmt_list([r['cpu_s'] for r in two], 1)]], "lrrrrlll"))
     lines.append("")
     phase_names = [("checks_before_net", "read + check prototxt/caffemodel, sha256 (before the Net)"),
                    ("evaluator_setup", "Evaluator: build the Net + cache the TEST batches"),
@@ -246,14 +233,15 @@ def report(args, results):
                    ("unaccounted", "rest of scan()")]
     lines.append("Where the jobs=1 wall time beyond the evaluation passes goes (seconds):")
     lines.append("")
-    lines.append("| part of `scan(jobs=1)` | median (s) | median share of wall | each run (s) |")
-    lines.append("|---|---:|---:|---|")
+    rows = []
     for key, label in phase_names:
         values = [r["phases_s"][key] for r in one]
         shares = [r["phases_s"][key] / r["wall_s"] for r in one]
-        lines.append(f"| {label} | {median(values):.3f} | {median(shares) * 100:.2f}% | {fmt_list(values, 3)} |")
-    lines.append(f"| evaluation passes (`eval_seconds`) | {median(eval1):.3f} | "
-                 f"{median([e / w for e, w in zip(eval1, wall1)]) * 100:.2f}% | {fmt_list(eval1, 3)} |")
+        rows.append([label, f"{median(values):.3f}", f"{median(shares) * 100:.2f}%", fmt_list(values, 3)])
+    rows.append(["evaluation passes (`eval_seconds`)", f"{median(eval1):.3f}",
+                 f"{median([e / w for e, w in zip(eval1, wall1)]) * 100:.2f}%", fmt_list(eval1, 3)])
+    lines.append(benchlib.markdown_table(["part of `scan(jobs=1)`", "median (s)", "median share of wall",
+                                          "each run (s)"], rows, "lrrl"))
     lines.append("")
     lines.append("| target | measured (median) | limit | result |")
     lines.append("|---|---:|---:|---|")
@@ -284,18 +272,12 @@ def report(args, results):
 # ------------------------------------------------------------------ main --
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="train_val prototxt (default: %(default)s)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help="caffemodel (default: %(default)s)")
     parser.add_argument("--iterations", type=int, default=20, help="TEST batches per point (default: 20)")
     parser.add_argument("--sparsities", default=DEFAULT_SPARSITIES, help="default: %(default)s")
     parser.add_argument("--layers", default="", help="comma-separated layer globs (default: all prunable)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating (default: 3)")
-    parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="parent for the scan folders (default: a temporary folder, removed)")
-    parser.add_argument("--keep", action="store_true", help="keep the scan folders")
     return parser.parse_args(argv)
 
 
@@ -306,9 +288,6 @@ def main(argv=None):
 
     args.sparsity_values = parse_sparsities(args.sparsities)
     args.layers = tuple(g.strip() for g in args.layers.split(",") if g.strip())
-    if args.repeats < 1:
-        print("--repeats must be 1 or more", file=sys.stderr)
-        return 2
     missing = [p for p in (args.model, args.weights, "data/fashion-mnist/test.txt") if not Path(p).exists()]
     if missing:
         print(f"missing: {', '.join(missing)} (run from the repo root; see tools/bench_sensitivity.py's "
@@ -316,7 +295,8 @@ def main(argv=None):
         return 2
 
     base = Path(tempfile.mkdtemp(prefix="bench_sensitivity-", dir=args.workdir))
-    results = {"command": " ".join([Path(sys.executable).name] + sys.argv), "machine": machine_line(),
+    results = {"command": " ".join([Path(sys.executable).name] + sys.argv),
+               "machine": benchlib.machine_line(benchlib.machine()),
                "iterations": args.iterations, "sparsities": list(args.sparsity_values),
                "layers": list(args.layers), "repeats": args.repeats,
                "jobs1": [], "jobs2": [], "csv_identical": [], "max_metric_diff": [], "warmup": {}}
@@ -334,32 +314,29 @@ def main(argv=None):
         print(f"warm-up done ({results['warmup']}); {args.repeats} repeats of jobs=1 and jobs=2, alternating",
               file=sys.stderr)
 
-        for repeat in range(args.repeats):
-            order = (1, 2) if repeat % 2 == 0 else (2, 1)  # ABBA: neither always goes first
-            runs = {}
-            for jobs in order:
-                run = run_scan(args, jobs, base, f"r{repeat}-jobs{jobs}", instrument=(jobs == 1))
-                run["repeat"], run["order"] = repeat, order.index(jobs)
-                runs[jobs] = run
-                extra = (f", overhead {overhead(run) * 100:.1f}%" if jobs == 1 else "")
-                print(f"repeat {repeat + 1}/{args.repeats} jobs={jobs}: wall {run['wall_s']:.2f} s, "
-                      f"eval {run['eval_seconds_exact']:.2f} s{extra}", file=sys.stderr)
-            results["jobs1"].append(runs[1])
-            results["jobs2"].append(runs[2])
-            same = filecmp.cmp(Path(runs[1]["folder"]) / "sensitivity.csv",
-                               Path(runs[2]["folder"]) / "sensitivity.csv", shallow=False)
-            results["csv_identical"].append(same)
-            results["max_metric_diff"].append(metric_diff(runs[1]["folder"], runs[2]["folder"]))
+        def measure(jobs, repeat):
+            run = run_scan(args, jobs, base, f"r{repeat}-jobs{jobs}", instrument=(jobs == 1))
+            run["repeat"] = repeat
+            return run
+
+        def show(jobs, repeat, run):
+            extra = (f", overhead {overhead(run) * 100:.1f}%" if jobs == 1 else "")
+            print(f"repeat {repeat + 1}/{args.repeats} jobs={jobs}: wall {run['wall_s']:.2f} s, "
+                  f"eval {run['eval_seconds_exact']:.2f} s{extra}", file=sys.stderr)
+
+        runs = benchlib.alternate((1, 2), args.repeats, measure, show)
+        results["jobs1"], results["jobs2"] = runs[1], runs[2]
+        for one, two in zip(runs[1], runs[2]):
+            results["csv_identical"].append(filecmp.cmp(Path(one["folder"]) / "sensitivity.csv",
+                                                        Path(two["folder"]) / "sensitivity.csv", shallow=False))
+            results["max_metric_diff"].append(metric_diff(one["folder"], two["folder"]))
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
     text = report(args, results)
     print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    benchlib.write_json(args.json, results)
     return 0
 
 
