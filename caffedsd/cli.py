@@ -180,13 +180,10 @@ def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, crite
     Example:
       caffedsd prune -w squeezenet.caffemodel -s 0.5 -r 'conv10=0' -o pruned.caffemodel
     """
-    from .plan import PlanError, plan_from_options
+    from .plan import plan_from_options
     from .pruning import prune_file
 
-    try:
-        plan = plan_from_options(sparsity, rules, plan_file, criterion)
-    except PlanError as exc:
-        raise InputError(str(exc)) from None
+    plan = plan_from_options(sparsity, rules, plan_file, criterion)
     rows, masks_out = prune_file(weights, output, plan, seed=seed, masks=masks, model=model,
                                  force=force, allow_python_layers=allow_python_layers)
     click.echo(report.prune_table(rows))
@@ -225,12 +222,11 @@ def verify(weights, masks, model, allow_python_layers, gpu):
     Example:
       caffedsd verify -w pruned.caffemodel -p deploy.prototxt
     """
-    from .verify import verify_weights
+    from .verify import require_all, verify_weights
 
     checks = verify_weights(weights, masks, model, allow_python_layers=allow_python_layers, gpu=gpu)
     click.echo(report.checks_table(checks))
-    if not all(c.ok for c in checks):
-        raise _UserError(f"{sum(not c.ok for c in checks)} check(s) failed", 1)
+    require_all(checks)
 
 
 @main.command("train-sparse")
@@ -306,13 +302,10 @@ def dsd(recipe, gpu, verbose, output):
       caffedsd dsd --recipe recipes/lenet_dsd.yaml -o work/lenet_dsd
     """
     from .dsd import run_recipe
-    from .recipe import RecipeError, load_recipe
+    from .recipe import load_recipe
     from .training import quiet_caffe
 
-    try:
-        parsed = load_recipe(recipe)
-    except RecipeError as exc:
-        raise InputError(str(exc)) from None
+    parsed = load_recipe(recipe)
     quiet_caffe(verbose)
     data = run_recipe(parsed, output, gpu=gpu, progress=_Progress)
     click.echo(report.dsd_table(data["stages"]))
@@ -436,28 +429,25 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
       caffedsd squeezenet -o nets/squeezenet_v1.0
       caffedsd squeezenet --sweep sr=0.125,0.25,0.5,0.75,1.0 pct3x3=0.01,0.25,0.5,0.75,0.99
     """
-    from .squeezenet import SqueezeNetError, SqueezeNetSpec, parse_sweep, sweep_rows, write_squeezenet
+    from .squeezenet import SqueezeNetSpec, parse_sweep, sweep_rows, write_squeezenet
 
     sources = {}
     if train_source:
         sources["train_source"] = train_source
     if test_source:
         sources["test_source"] = test_source
-    try:
-        spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
-                              pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
-                              channels=channels, stem=stem, weight_filler=weight_filler, data=data, **sources)
-        if knobs and not sweep:
-            raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
-        if sweep:
-            if not knobs:
-                raise InputError("--sweep needs KNOB=V1,V2,... arguments, e.g. sr=0.125,0.25")
-            grid = parse_sweep(knobs)
-            rows = sweep_rows(spec, grid)
-        elif output is None:
-            raise InputError("give -o DIR to write the nets, or --sweep to print a table")
-    except SqueezeNetError as exc:
-        raise InputError(str(exc)) from None
+    spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
+                          pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
+                          channels=channels, stem=stem, weight_filler=weight_filler, data=data, **sources)
+    if knobs and not sweep:
+        raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
+    if sweep:
+        if not knobs:
+            raise InputError("--sweep needs KNOB=V1,V2,... arguments, e.g. sr=0.125,0.25")
+        grid = parse_sweep(knobs)
+        rows = sweep_rows(spec, grid)
+    elif output is None:
+        raise InputError("give -o DIR to write the nets, or --sweep to print a table")
     if sweep:
         body = [[*(f"{v:g}" for v in settings.values()), params, f"{mb:.2f}"] for settings, params, mb in rows]
         click.echo(report.format_table(list(grid) + ["parameters", "MB"], body, "r" * (len(grid) + 2)))
@@ -494,10 +484,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     from .force import ForceSpec, parse_mult
     from .training import quiet_caffe, train_lowrank as run
 
-    try:
-        spec = ForceSpec(force_decay, force_type, decay_type, tuple(parse_mult(m) for m in mults))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    spec = ForceSpec(force_decay, force_type, decay_type, tuple(parse_mult(m) for m in mults))
     quiet_caffe(verbose)
     result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                             masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import FormatError
+
 MAGIC = b"CDSDDCZ\x00"
 VERSION = 1
 MAX_CODE_BITS = 24
-
-
-class FormatError(ValueError):
-    """A .dcz file that is truncated, corrupted or of another version."""
 
 
 # -- k-means weight sharing ----------------------------------------------------------

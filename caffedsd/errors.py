@@ -1,8 +1,9 @@
 """caffedsd's exception types.
 
-Library code raises these; the CLI turns each into a one-line message and an
-exit status in one place (cli.main). Messages name the file, layer or value at
-fault and say what is wrong.
+Library code raises these where it finds the fault; the CLI turns each into a
+one-line message and an exit status in one place (cli.main). Messages name
+the file, layer or value at fault and say what is wrong. The subclasses say
+which kind of input was wrong, for callers that want to tell them apart.
 """
 
 
@@ -14,6 +15,30 @@ class CaffeDsdError(Exception):
 
 class InputError(CaffeDsdError):
     """A file, layer or value given by the user is wrong."""
+
+
+class PlanError(InputError):
+    """A pruning plan (file, --rule, --sparsity) that is not valid."""
+
+
+class PlanningError(InputError):
+    """Sensitivity curves that cannot meet the budget asked for."""
+
+
+class RecipeError(InputError):
+    """A DSD recipe that is not valid."""
+
+
+class SqueezeNetError(InputError):
+    """Settings that do not make a SqueezeNet."""
+
+
+class FormatError(InputError):
+    """A .dcz file that is truncated, corrupted or of another version."""
+
+
+class WireError(InputError):
+    """Bytes that are not a well-formed protobuf message."""
 
 
 class CaffeUnavailable(CaffeDsdError):

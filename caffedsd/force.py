@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 FORCE_TYPES = ("degradation", "constant")
 DECAY_TYPES = ("fixed", "adaptive")
 
@@ -81,14 +83,14 @@ class ForceSpec:
 
     def __post_init__(self):
         if not (isinstance(self.decay, (int, float)) and np.isfinite(self.decay) and self.decay >= 0):
-            raise ValueError(f"--force-decay {self.decay!r}: must be a number >= 0")
+            raise InputError(f"--force-decay {self.decay!r}: must be a number >= 0")
         if self.force_type not in FORCE_TYPES:
-            raise ValueError(f"--force-type {self.force_type!r}: must be one of {', '.join(FORCE_TYPES)}")
+            raise InputError(f"--force-type {self.force_type!r}: must be one of {', '.join(FORCE_TYPES)}")
         if self.decay_type not in DECAY_TYPES:
-            raise ValueError(f"--decay-type {self.decay_type!r}: must be one of {', '.join(DECAY_TYPES)}")
+            raise InputError(f"--decay-type {self.decay_type!r}: must be one of {', '.join(DECAY_TYPES)}")
         for pattern, mult in self.mults:
             if not (np.isfinite(mult) and mult >= 0):
-                raise ValueError(f"--force-mult {pattern}={mult}: the multiplier must be >= 0")
+                raise InputError(f"--force-mult {pattern}={mult}: the multiplier must be >= 0")
 
     def coefficients(self, layer_names):
         """{layer: force_decay * force_mult} for the given weight layers."""
@@ -96,7 +98,7 @@ class ForceSpec:
 
         for pattern, _ in self.mults:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in layer_names):
-                raise ValueError(f"--force-mult {pattern!r} matches no layer with weights "
+                raise InputError(f"--force-mult {pattern!r} matches no layer with weights "
                                  f"(layers: {', '.join(layer_names)})")
         out = {}
         for name in layer_names:
@@ -111,11 +113,11 @@ class ForceSpec:
 def parse_mult(text):
     pattern, sep, value = text.rpartition("=")
     if not sep or not pattern:
-        raise ValueError(f"--force-mult {text!r}: expected LAYER_GLOB=MULT, e.g. 'ip1=0'")
+        raise InputError(f"--force-mult {text!r}: expected LAYER_GLOB=MULT, e.g. 'ip1=0'")
     try:
         return pattern, float(value)
     except ValueError:
-        raise ValueError(f"--force-mult {text!r}: {value!r} is not a number") from None
+        raise InputError(f"--force-mult {text!r}: {value!r} is not a number") from None
 
 
 class ForceRegularizer:

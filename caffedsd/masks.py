@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import InputError
+
 _CHUNK = 1 << 22
 
 
@@ -136,7 +138,7 @@ def get_criterion(name):
     try:
         return CRITERIA[name]
     except KeyError:
-        raise ValueError(f"unknown criterion {name!r} (known: {', '.join(CRITERIA)})") from None
+        raise InputError(f"unknown criterion {name!r} (known: {', '.join(CRITERIA)})") from None
 
 
 def compute_mask(weights, criterion, amount, previous=None, rng=None):
@@ -148,7 +150,7 @@ def compute_mask(weights, criterion, amount, previous=None, rng=None):
     crit = get_criterion(criterion)
     problem = crit.check(amount)
     if problem:
-        raise ValueError(f"{criterion} amount {amount!r}: {problem}")
+        raise InputError(f"{criterion} amount {amount!r}: {problem}")
     weights = np.asarray(weights)
     if previous is not None:
         previous = np.asarray(previous, dtype=bool)

@@ -18,14 +18,11 @@ match at least one prunable layer.
 import fnmatch
 from dataclasses import dataclass, field
 
-from .masks import get_criterion
+from .errors import PlanError
+from .masks import CRITERIA
 from .yamlio import dump_yaml, parse_yaml
 
 _KEYS = {"criterion", "sparsity", "layers"}
-
-
-class PlanError(ValueError):
-    """A plan that is not valid; the message names the value at fault."""
 
 
 @dataclass(frozen=True)
@@ -54,23 +51,24 @@ class SparsityPlan:
     criterion: str = "keepmax"
     sparsity: float = None  # the default for layers no rule matches; None: leave them
     rules: tuple = field(default_factory=tuple)
+    where: str = field(default=None, compare=False)  # the plan file, for messages
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(self.rules))
-        try:
-            crit = get_criterion(self.criterion)
-        except ValueError as exc:
-            raise PlanError(str(exc)) from None
+        at = f"{self.where}: " if self.where else ""
+        crit = CRITERIA.get(self.criterion)
+        if crit is None:
+            raise PlanError(f"{at}unknown criterion {self.criterion!r} (known: {', '.join(CRITERIA)})")
         if self.sparsity is None and not self.rules:
-            raise PlanError("plan prunes nothing: give a sparsity or at least one layer rule")
+            raise PlanError(f"{at}plan prunes nothing: give a sparsity or at least one layer rule")
         checks = [] if self.sparsity is None else [("sparsity", self.sparsity)]
         checks += [(f"rule {r.pattern!r}", r.amount) for r in self.rules]
         for what, value in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise PlanError(f"{what} {value!r}: not a number")
+                raise PlanError(f"{at}{what} {value!r}: not a number")
             problem = crit.check(value)
             if problem:
-                raise PlanError(f"{what} {value!r}: {problem} for criterion {self.criterion}")
+                raise PlanError(f"{at}{what} {value!r}: {problem} for criterion {self.criterion}")
 
     def amounts(self, layer_names):
         """{layer: amount} for the given prunable layers, in their order.
@@ -111,11 +109,8 @@ class SparsityPlan:
         layers = data.get("layers") or {}
         if not isinstance(layers, dict):
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")
-        try:
-            return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),
-                       rules=tuple(Rule(str(k), v) for k, v in layers.items()))
-        except PlanError as exc:
-            raise PlanError(f"{where}: {exc}") from None
+        return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),
+                   rules=tuple(Rule(str(k), v) for k, v in layers.items()), where=where)
 
     def to_yaml(self):
         return dump_yaml(self.to_dict())
@@ -123,8 +118,6 @@ class SparsityPlan:
     @classmethod
     def from_yaml(cls, text, where="plan"):
         return cls.from_dict(parse_yaml(text, where, PlanError), where=where)
-
-
 
 
 def load_plan(path):

@@ -16,11 +16,8 @@ loss units for a loss. Drops of layers are predicted to add up.
 import heapq
 from dataclasses import dataclass
 
+from .errors import PlanningError
 from .plan import Rule, SparsityPlan
-
-
-class PlanningError(ValueError):
-    """The curves cannot meet the budget; the message says what they can."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,11 @@ def drop(metric, baseline, value):
     return value - baseline if is_loss(metric) else 100.0 * (baseline - value)
 
 
-def curves(data, metric):
-    """{layer: (params, [(sparsity, drop), ...])} from a scan's data."""
+def curves(data, metric, where="sensitivity"):
+    """{layer: (params, [(sparsity, drop), ...])} from a scan's data
+    (read from ``where``, for messages)."""
     if metric not in data["metrics"]:
-        raise PlanningError(f"metric {metric!r} was not measured (measured: {', '.join(data['metrics'])})")
+        raise PlanningError(f"{where}: metric {metric!r} was not measured (measured: {', '.join(data['metrics'])})")
     base = data["baseline"][metric]
     return {layer["layer"]: (layer["params"],
                              [(p["sparsity"], drop(metric, base, p["metrics"][metric])) for p in layer["points"]])
@@ -81,7 +79,7 @@ def _hull(options):
     return hull
 
 
-def by_target(curve_data, prunable_params, target, max_drop=None):
+def by_target(curve_data, prunable_params, target, max_drop=None, where="sensitivity"):
     if not 0 <= target < 1:
         raise PlanningError(f"--target-sparsity {target:g}: must be in [0, 1)")
     needed = target * prunable_params
@@ -94,7 +92,7 @@ def by_target(curve_data, prunable_params, target, max_drop=None):
     reachable = sum(h[-1][0] for h in hulls.values())
     if reachable < needed - 1e-9:
         within = "" if max_drop is None else f" within --max-drop {max_drop:g}"
-        raise PlanningError(f"--target-sparsity {target:g} is out of reach: the measured curves reach at most "
+        raise PlanningError(f"{where}: --target-sparsity {target:g} is out of reach: the measured curves reach at most "
                             f"{reachable / prunable_params:.4f} overall{within}")
     position = {layer: 0 for layer in hulls}
     heap = []
@@ -142,14 +140,11 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     if max_drop is None and target is None:
         raise InputError("give --max-drop, --target-sparsity, or both")
     metric = metric or primary_metric(data["metrics"])
-    try:
-        curve_data = curves(data, metric)
-        if target is None:
-            choices = by_max_drop(curve_data, max_drop)
-        else:
-            choices = by_target(curve_data, data["prunable_params"], target, max_drop)
-    except PlanningError as exc:
-        raise InputError(f"{sensitivity_path}: {exc}") from None
+    curve_data = curves(data, metric, sensitivity_path)
+    if target is None:
+        choices = by_max_drop(curve_data, max_drop)
+    else:
+        choices = by_target(curve_data, data["prunable_params"], target, max_drop, sensitivity_path)
     overall = overall_sparsity(choices, data["prunable_params"])
     unit = "loss" if is_loss(metric) else "points"
     total_drop = sum(c.drop for c in choices)

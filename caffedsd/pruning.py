@@ -16,7 +16,6 @@ from .layers import prunable_targets
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
 from .masks import compute_mask, layer_rng
 from .netcheck import check_pair
-from .plan import PlanError
 
 _CHUNK = 1 << 22
 
@@ -59,10 +58,7 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
     if not targets:
         raise InputError(f"{model.path}: no prunable layer (Convolution, Deconvolution or InnerProduct with weights)")
     all_names = [name for t in targets for name in t.layers]
-    try:
-        amounts = plan.amounts(all_names)
-    except PlanError as exc:
-        raise InputError(str(exc)) from None
+    amounts = plan.amounts(all_names)
     earlier = previous.per_layer() if previous is not None else {}
     masks, shared_by, used_amounts, rows = {}, {}, {}, []
     for target in targets:

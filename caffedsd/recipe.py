@@ -26,14 +26,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .plan import PlanError, SparsityPlan, load_plan
+from .errors import RecipeError
+from .plan import SparsityPlan, load_plan
 from .yamlio import dump_yaml, parse_yaml
 
 _RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations"}
-
-
-class RecipeError(ValueError):
-    """A recipe that is not valid; the message names the value at fault."""
 
 
 def _iterations(value, where):
@@ -88,13 +85,10 @@ class PruneStage:
     def from_dict(cls, data, where):
         if not isinstance(data, dict):
             raise RecipeError(f"{where}: expected a mapping")
-        try:
-            if "plan" in data:
-                _only(data, {"plan"}, where)
-                return cls(load_plan(data["plan"]))
-            return cls(SparsityPlan.from_dict(data, where=where))
-        except PlanError as exc:
-            raise RecipeError(str(exc)) from None
+        if "plan" in data:
+            _only(data, {"plan"}, where)
+            return cls(load_plan(data["plan"]))
+        return cls(SparsityPlan.from_dict(data, where=where))
 
     def to_dict(self):
         return self.plan.to_dict()

@@ -245,10 +245,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
          on_point=None):
     """Run (or continue) a sensitivity scan into ``out_dir``; returns its data
     (as written to sensitivity.json). ``on_point(done, total)`` reports progress."""
-    try:
-        get_criterion(criterion)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    get_criterion(criterion)
     net = read_net_prototxt(model_path, allow_python_layers)
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)

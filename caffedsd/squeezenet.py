@@ -24,16 +24,13 @@ import math
 from dataclasses import dataclass
 
 from .caffe_proto import NetParameter, SolverParameter
+from .errors import SqueezeNetError
 
 VERSIONS = ("1.0", "1.1")
 BYPASSES = ("none", "simple", "complex")
 STEMS = ("standard", "small")
 FILLERS = ("xavier", "msra")
 DATA = ("lmdb", "hdf5")
-
-
-class SqueezeNetError(ValueError):
-    """Settings that do not make a SqueezeNet; the message names the value."""
 
 
 @dataclass(frozen=True)

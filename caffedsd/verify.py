@@ -11,6 +11,7 @@ from pathlib import Path
 from .caffe_env import caffe_binary
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
+from .errors import CheckFailed
 from .maskfile import masks_for
 from .netcheck import check_pair
 
@@ -78,6 +79,13 @@ def check_with_caffe(model, net_path, weights_path, gpu=None):
     checks.append(Check("caffe test forward", True,
                         ", ".join(f"{k} = {v:g}" for k, v in outputs.items()) or "ran"))
     return checks
+
+
+def require_all(checks):
+    """Raise CheckFailed (exit status 1) unless every check holds."""
+    failed = sum(not c.ok for c in checks)
+    if failed:
+        raise CheckFailed(f"{failed} check(s) failed")
 
 
 def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_layers=False, gpu=None):

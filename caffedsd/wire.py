@@ -9,11 +9,9 @@ still parsed and built with real protobuf messages (see caffe_proto).
 """
 from typing import NamedTuple
 
+from .errors import WireError  # noqa: F401 (raised here; callers name it wire.WireError)
+
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
-
-
-class WireError(ValueError):
-    """The bytes are not a well-formed protobuf message."""
 
 
 class Field(NamedTuple):

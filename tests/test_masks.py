@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from caffedsd.errors import InputError
 from caffedsd.masks import CRITERIA, apply_mask, compute_mask, layer_rng, sparsity
 
 W = np.array([0.5, -0.1, 0.1, 0.3, -0.2, 0.1], dtype=np.float32)
@@ -76,12 +77,12 @@ def test_layer_rng_depends_on_name():
 @pytest.mark.parametrize("criterion,amount", [("keepmax", 1.0), ("keepmax", -0.1), ("random", 1.5),
                                               ("keepmax", float("nan")), ("std", -1.0), ("std", float("inf"))])
 def test_bad_amounts(criterion, amount):
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         compute_mask(W, criterion, amount, rng=layer_rng(0, "x"))
 
 
 def test_unknown_criterion():
-    with pytest.raises(ValueError, match="unknown criterion"):
+    with pytest.raises(InputError, match="unknown criterion"):
         compute_mask(W, "largest", 0.5)
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from caffedsd.errors import InputError
 from caffedsd.plan import SparsityPlan
 from caffedsd.recipe import DenseStage, PruneStage, Recipe, RecipeError, SparseStage, load_recipe
 
@@ -45,7 +46,8 @@ def test_fingerprint_changes_with_content():
     ({"checkpoint_every": 0}, "checkpoint_every 0"),
 ])
 def test_invalid_recipes(change, message):
-    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    # RecipeError, or PlanError for a prune stage's plan: both InputErrors naming the recipe.
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         Recipe.from_dict(dict(GOOD, **change))
 
 
