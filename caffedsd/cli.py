@@ -481,10 +481,10 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     Example:
       caffedsd train-lowrank --solver solvers/lenet_solver.prototxt --force-decay 0.001 -o lowrank.caffemodel
     """
-    from .force import ForceSpec, parse_mult
+    from .force import ForceSpec, parse_mults
     from .training import quiet_caffe, train_lowrank as run
 
-    spec = ForceSpec(force_decay, force_type, decay_type, tuple(parse_mult(m) for m in mults))
+    spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
     quiet_caffe(verbose)
     result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                             masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,

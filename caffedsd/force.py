@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .globrules import GlobRules
 
 FORCE_TYPES = ("degradation", "constant")
 DECAY_TYPES = ("fixed", "adaptive")
@@ -79,7 +80,7 @@ class ForceSpec:
     decay: float
     force_type: str = "degradation"
     decay_type: str = "fixed"
-    mults: tuple = ()  # ((glob, multiplier), ...), last match wins; default 1
+    mults: tuple = ()  # ((glob, multiplier), ...) or GlobRules, last match wins; default 1
 
     def __post_init__(self):
         if not (isinstance(self.decay, (int, float)) and np.isfinite(self.decay) and self.decay >= 0):
@@ -88,36 +89,21 @@ class ForceSpec:
             raise InputError(f"--force-type {self.force_type!r}: must be one of {', '.join(FORCE_TYPES)}")
         if self.decay_type not in DECAY_TYPES:
             raise InputError(f"--decay-type {self.decay_type!r}: must be one of {', '.join(DECAY_TYPES)}")
-        for pattern, mult in self.mults:
-            if not (np.isfinite(mult) and mult >= 0):
-                raise InputError(f"--force-mult {pattern}={mult}: the multiplier must be >= 0")
+        rules = self.mults if isinstance(self.mults, GlobRules) else GlobRules(self.mults, "--force-mult")
+        object.__setattr__(self, "mults", rules)
+        for rule in rules.rules:
+            if not (np.isfinite(rule.value) and rule.value >= 0):
+                raise InputError(f"--force-mult {rule.pattern}={rule.value}: the multiplier must be >= 0")
 
     def coefficients(self, layer_names):
         """{layer: force_decay * force_mult} for the given weight layers."""
-        import fnmatch
-
-        for pattern, _ in self.mults:
-            if not any(fnmatch.fnmatchcase(name, pattern) for name in layer_names):
-                raise InputError(f"--force-mult {pattern!r} matches no layer with weights "
-                                 f"(layers: {', '.join(layer_names)})")
-        out = {}
-        for name in layer_names:
-            mult = 1.0
-            for pattern, value in self.mults:
-                if fnmatch.fnmatchcase(name, pattern):
-                    mult = value
-            out[name] = self.decay * mult
-        return out
+        mults = self.mults.resolve(layer_names, "layer with weights", default=1.0)
+        return {name: self.decay * mult for name, mult in mults.items()}
 
 
-def parse_mult(text):
-    pattern, sep, value = text.rpartition("=")
-    if not sep or not pattern:
-        raise InputError(f"--force-mult {text!r}: expected LAYER_GLOB=MULT, e.g. 'ip1=0'")
-    try:
-        return pattern, float(value)
-    except ValueError:
-        raise InputError(f"--force-mult {text!r}: {value!r} is not a number") from None
+def parse_mults(texts):
+    """GlobRules from --force-mult GLOB=MULT texts."""
+    return GlobRules.parse(texts, "--force-mult", "MULT", "ip1=0")
 
 
 class ForceRegularizer:

@@ -15,35 +15,14 @@ multiplier s of |w| < s * std(w). When several rules match a layer the last
 one wins, so broad rules go first and exceptions after them. Each rule must
 match at least one prunable layer.
 """
-import fnmatch
 from dataclasses import dataclass, field
 
 from .errors import PlanError
+from .globrules import GlobRules, Rule
 from .masks import CRITERIA
 from .yamlio import dump_yaml, parse_yaml
 
 _KEYS = {"criterion", "sparsity", "layers"}
-
-
-@dataclass(frozen=True)
-class Rule:
-    pattern: str
-    amount: float
-
-    @classmethod
-    def parse(cls, text):
-        """A rule from ``'GLOB=AMOUNT'`` as given to --rule."""
-        pattern, sep, value = text.rpartition("=")
-        if not sep or not pattern.strip():
-            raise PlanError(f"--rule {text!r}: expected LAYER_GLOB=AMOUNT, e.g. 'conv1=0.3'")
-        try:
-            amount = float(value)
-        except ValueError:
-            raise PlanError(f"--rule {text!r}: {value!r} is not a number") from None
-        return cls(pattern.strip(), amount)
-
-    def matches(self, layer_name):
-        return fnmatch.fnmatchcase(layer_name, self.pattern)
 
 
 @dataclass(frozen=True)
@@ -62,7 +41,7 @@ class SparsityPlan:
         if self.sparsity is None and not self.rules:
             raise PlanError(f"{at}plan prunes nothing: give a sparsity or at least one layer rule")
         checks = [] if self.sparsity is None else [("sparsity", self.sparsity)]
-        checks += [(f"rule {r.pattern!r}", r.amount) for r in self.rules]
+        checks += [(f"rule {r.pattern!r}", r.value) for r in self.rules]
         for what, value in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise PlanError(f"{at}{what} {value!r}: not a number")
@@ -74,20 +53,9 @@ class SparsityPlan:
         """{layer: amount} for the given prunable layers, in their order.
 
         Raises PlanError when a rule matches none of them."""
-        names = list(layer_names)
-        for rule in self.rules:
-            if not any(rule.matches(n) for n in names):
-                raise PlanError(f"rule {rule.pattern!r} matches no prunable layer "
-                                f"(prunable: {', '.join(names) or 'none'})")
-        result = {}
-        for name in names:
-            amount = self.sparsity
-            for rule in self.rules:
-                if rule.matches(name):
-                    amount = rule.amount
-            if amount is not None:
-                result[name] = float(amount)
-        return result
+        rules = GlobRules(self.rules, "rule", PlanError)
+        amounts = rules.resolve(layer_names, "prunable layer", default=self.sparsity, known="prunable")
+        return {name: float(amount) for name, amount in amounts.items()}
 
     # -- round trips --------------------------------------------------------
     def to_dict(self):
@@ -95,7 +63,7 @@ class SparsityPlan:
         if self.sparsity is not None:
             out["sparsity"] = self.sparsity
         if self.rules:
-            out["layers"] = {r.pattern: r.amount for r in self.rules}
+            out["layers"] = {r.pattern: r.value for r in self.rules}
         return out
 
     @classmethod
@@ -136,7 +104,7 @@ def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):
     A plan file is the base; --sparsity replaces its default, --rule entries
     come after its rules (so they win), --criterion replaces its criterion."""
     base = load_plan(plan_file) if plan_file else None
-    parsed = tuple(Rule.parse(text) for text in rules)
+    parsed = GlobRules.parse(rules, "--rule", "AMOUNT", "conv1=0.3", error=PlanError).rules
     if base is None and sparsity is None and not parsed:
         raise PlanError("nothing to prune: give --sparsity, --rule or --plan")
     return SparsityPlan(

@@ -30,11 +30,11 @@ from .atomic import atomic_open
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
+from .globrules import GlobRules
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
 from .netcheck import check_pair
-from .plan import Rule
 
 FORMAT = "caffedsd-sensitivity"
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -229,15 +229,9 @@ def _select_layers(model, globs):
         raise InputError(f"{model.path}: no prunable layer (Convolution, Deconvolution or InnerProduct)")
     if not globs:
         return targets
-    chosen = []
-    for pattern in globs:
-        rule = Rule(pattern, 0.0)
-        matched = [t for t in targets if any(rule.matches(name) for name in t.layers)]
-        if not matched:
-            raise InputError(f"--layers {pattern!r} matches no prunable layer "
-                             f"(prunable: {', '.join(t.owner for t in targets)})")
-        chosen += [t for t in matched if t not in chosen]
-    return [t for t in targets if t in chosen]
+    names = [name for target in targets for name in target.layers]
+    chosen = set(GlobRules([(g,) for g in globs], "--layers").select(names, "prunable layer", known="prunable"))
+    return [t for t in targets if chosen & set(t.layers)]
 
 
 def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",

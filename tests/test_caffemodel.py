@@ -102,6 +102,7 @@ def test_unpacked_and_split_data_are_read(tmp_path):
     assert read_caffemodel(path).layer("ip").blobs[0].data.tolist() == [1.5, -2.0, 0.25]
 
 
+@pytest.mark.slow
 def test_over_64_mb_loads_here_and_in_stock_caffe(caffe, tmp_path, cli):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4400, 4096)).astype(np.float32)  # 72 MB of floats

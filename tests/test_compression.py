@@ -1,5 +1,6 @@
 """Deep Compression storage: coding units, round trips, stock caffe, bad input."""
 import numpy as np
+import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.compression import (canonical_codes, decode_blob, encode_blob, huffman_decode, huffman_encode,
@@ -88,6 +89,7 @@ def test_compress_decompress_lenet_in_stock_caffe(lenet, tmp_path, cli):
     assert code == 0 and parse_test_outputs(log)["accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
     work, proto, weights = lenet
     solver = work / "solver.prototxt"

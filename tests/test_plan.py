@@ -6,10 +6,10 @@ LAYERS = ["conv1", "fire2/squeeze1x1", "fire2/expand3x3", "fire3/expand3x3", "co
 
 
 def test_rule_parse():
-    assert Rule.parse("fire*/expand3x3=0.7") == Rule("fire*/expand3x3", 0.7)
+    assert Rule.parse("fire*/expand3x3=0.7", error=PlanError) == Rule("fire*/expand3x3", 0.7)
     for bad in ["conv1", "=0.5", "conv1=abc"]:
         with pytest.raises(PlanError):
-            Rule.parse(bad)
+            Rule.parse(bad, error=PlanError)
 
 
 def test_default_and_rules_last_match_wins():

@@ -63,6 +63,7 @@ def test_restored_weights_give_the_baseline_again(lenet, scanned, tmp_path):
     assert again["layers"][0]["points"] == data["layers"][3]["points"]
 
 
+@pytest.mark.slow
 def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
     _, proto, weights = lenet
     out, _ = scanned
@@ -81,6 +82,7 @@ def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
     assert _table(tmp_path / "resumed") == _table(out)
 
 
+@pytest.mark.slow
 def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
     _, proto, weights = lenet
     out, _ = scanned

@@ -27,6 +27,7 @@ def test_stats_counts_and_json(tiny, cli):
     assert "conv1" in table and "total" in table
 
 
+@pytest.mark.slow
 def test_count_nonzero_is_exact_past_float32_range(monkeypatch):
     import caffedsd.stats as stats
 

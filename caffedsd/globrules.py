@@ -1,0 +1,84 @@
+"""Values for layers chosen by glob: the one rule engine behind plan rules,
+--force-mult, --layers and --rank.
+
+Rules are (glob, value) pairs in order. A layer takes the value of the last
+rule that matches it, so broad rules go first and exceptions after them. A
+rule that matches no layer is an error: it is almost always a typo, and
+silently ignoring it would prune (or spare) the wrong layers.
+"""
+import fnmatch
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    value: object = None
+
+    def matches(self, name):
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    @classmethod
+    def parse(cls, text, option="--rule", value_name="AMOUNT", example="conv1=0.3", convert=float,
+              error=InputError):
+        """A rule from ``'GLOB=VALUE'`` as given to ``option``."""
+        pattern, sep, value = str(text).rpartition("=")
+        if not sep or not pattern.strip():
+            raise error(f"{option} {text!r}: expected LAYER_GLOB={value_name}, e.g. {example!r}")
+        try:
+            return cls(pattern.strip(), convert(value))
+        except ValueError:
+            kind = "a whole number" if convert is int else "a number"
+            raise error(f"{option} {text!r}: {value!r} is not {kind}") from None
+
+
+@dataclass(frozen=True)
+class GlobRules:
+    """Ordered rules; ``source`` names a rule in messages ("rule", "--layers",
+    "--force-mult"); ``error`` is the InputError subclass raised."""
+
+    rules: tuple = ()
+    source: str = "rule"
+    error: type = InputError
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", tuple(r if isinstance(r, Rule) else Rule(*r) for r in self.rules))
+
+    @classmethod
+    def parse(cls, texts, option, value_name="VALUE", example="conv1=0.3", convert=float, error=InputError):
+        """GlobRules from GLOB=VALUE texts given to ``option``."""
+        return cls(tuple(Rule.parse(t, option, value_name, example, convert, error) for t in texts), option, error)
+
+    def check(self, names, what, known="known"):
+        """Raise unless every rule matches one of ``names``. The message says
+        what they are (``what``, e.g. "prunable layer") and lists them after
+        ``known``."""
+        names = list(names)
+        for rule in self.rules:
+            if not any(rule.matches(name) for name in names):
+                raise self.error(f"{self.source} {rule.pattern!r} matches no {what} "
+                                 f"({known}: {', '.join(names) or 'none'})")
+
+    def value(self, name, default=None):
+        """The value of the last rule matching ``name``, else ``default``."""
+        result = default
+        for rule in self.rules:
+            if rule.matches(name):
+                result = rule.value
+        return result
+
+    def resolve(self, names, what, default=None, known="known"):
+        """{name: value} over ``names`` (checked first); a name no rule
+        matches takes ``default``; names whose value is None are left out."""
+        names = list(names)
+        self.check(names, what, known)
+        values = {name: self.value(name, default) for name in names}
+        return {name: value for name, value in values.items() if value is not None}
+
+    def select(self, names, what, known="known"):
+        """The ``names`` some rule matches, in their order (checked first)."""
+        names = list(names)
+        self.check(names, what, known)
+        return [name for name in names if any(rule.matches(name) for rule in self.rules)]
