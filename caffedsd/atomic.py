@@ -75,3 +75,9 @@ def atomic_open(path, mode="wb"):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_open(path, "w") as handle:
+        handle.write(text)

@@ -19,13 +19,12 @@ prune stage, and never again.
 """
 import ctypes
 import hashlib
-import json
 import shutil
 import time
 from pathlib import Path
 
 from . import report
-from .atomic import atomic_open
+from .atomic import write_text
 from .caffemodel import read_caffemodel
 from .errors import InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
@@ -33,18 +32,10 @@ from .maskfile import load_masks, masks_path_for
 from .masked_solver import MaskEnforcer
 from .pruning import prune_file
 from .recipe import Recipe
+from .runfolder import RunFolder, read_json, write_json
 from .training import evaluate, load_weights, open_solver, read_solver, save_net, test_iterations, train
 
 RUN_FILE = "run.json"
-
-
-def _write_json(path, data):
-    with atomic_open(path, "w") as handle:
-        handle.write(report.to_json(data) + "\n")
-
-
-def _read_json(path):
-    return json.loads(Path(path).read_text())
 
 
 def run_fingerprint(recipe, spec):
@@ -65,21 +56,9 @@ def seed_c_rand(seed, stage):
 def prepare_run_dir(run_dir, recipe, fingerprint):
     """Create RUN_DIR for ``recipe``, or check it was made by the same one
     (same recipe, same solver and net files)."""
-    run_dir = Path(run_dir)
-    marker = run_dir / RUN_FILE
-    if marker.exists():
-        made_by = _read_json(marker).get("recipe_fingerprint")
-        if made_by != fingerprint:
-            raise InputError(f"{run_dir}: made by a different recipe, solver or net; give a new -o, "
-                             "or remove it to start over")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise InputError(f"{run_dir}: exists and is not a caffedsd run folder; give a new -o")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_open(run_dir / "recipe.yaml", "w") as handle:
-        handle.write(recipe.to_yaml())
-    _write_json(marker, {"recipe_fingerprint": fingerprint})
-    return run_dir
+    RunFolder(run_dir, RUN_FILE, "run", "recipe, solver or net").open(
+        {"recipe_fingerprint": fingerprint}, files={"recipe.yaml": recipe.to_yaml()})
+    return Path(run_dir)
 
 
 def weight_sparsity(weights_path):
@@ -106,7 +85,7 @@ class _Checkpoints:
         return self.folder / "iter"
 
     def latest(self):
-        return _read_json(self.record) if self.record.exists() else None
+        return read_json(self.record) if self.record.exists() else None
 
     def save(self, solver, curve):
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -115,7 +94,7 @@ class _Checkpoints:
         state = Path(f"{self.prefix}_iter_{iteration}.solverstate")
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
         previous = self.latest()
-        _write_json(self.record, {"iter": iteration, "solverstate": str(state),
+        write_json(self.record, {"iter": iteration, "solverstate": str(state),
                                   "curve": str(self.folder / f"curve_{iteration}.csv")})
         if previous:  # keep only the newest pair
             for old in (previous["solverstate"], previous["solverstate"].replace(".solverstate", ".caffemodel"),
@@ -127,8 +106,7 @@ class _Checkpoints:
 
 
 def _write_csv(path, curve):
-    with atomic_open(path, "w") as handle:
-        handle.write(report.curve_csv(curve))
+    write_text(path, report.curve_csv(curve))
 
 
 def _read_csv(path):
@@ -198,7 +176,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
-            summary = _read_json(done)
+            summary = read_json(done)
         else:
             stage_dir.mkdir(exist_ok=True)
             started = time.time()
@@ -212,7 +190,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
             summary.update({"stage": number, "kind": stage.kind, "folder": stage_dir.name,
                             "model": f"{stage_dir.name}/model.caffemodel",
                             "sparsity": weight_sparsity(model), "seconds": round(time.time() - started, 1)})
-            _write_json(done, summary)
+            write_json(done, summary)
         # Only once stage.json marks the stage finished may its checkpoints go.
         _Checkpoints(stage_dir / "checkpoint").clear()
         weights = stage_dir / "model.caffemodel"

@@ -167,13 +167,11 @@ def write_dsd_report(run_dir, data):
     """report.json, report.md and curves.png in ``run_dir``, each atomically."""
     from pathlib import Path
 
-    from .atomic import atomic_open, atomic_path
+    from .atomic import atomic_path, write_text
 
     run_dir = Path(run_dir)
-    with atomic_open(run_dir / "report.json", "w") as handle:
-        handle.write(to_json(data) + "\n")
-    with atomic_open(run_dir / "report.md", "w") as handle:
-        handle.write(dsd_markdown(data))
+    write_text(run_dir / "report.json", to_json(data) + "\n")
+    write_text(run_dir / "report.md", dsd_markdown(data))
     with atomic_path(run_dir / "curves.png") as tmp:
         plot_dsd(tmp, run_dir, data["stages"])
 

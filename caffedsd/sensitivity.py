@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .atomic import atomic_open
+from .atomic import write_text
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
@@ -35,10 +35,12 @@ from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
 from .netcheck import check_pair
+from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CACHE_LIMIT = 1 << 30
+POINTS = "points.jsonl"  # the scan folder's journal of finished points
 
 
 def parse_sparsities(text):
@@ -183,46 +185,6 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
         results.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-class ScanFolder:
-    """SENS_DIR: scan.json (the config), points.jsonl (finished points)."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder)
-
-    def open(self, config):
-        marker = self.folder / "scan.json"
-        if marker.exists():
-            stored = json.loads(marker.read_text())
-            if stored.get("config") != json.loads(json.dumps(config.key())):
-                raise InputError(f"{self.folder}: holds a scan of another model, weights or settings; "
-                                 "give a new -o")
-        else:
-            if self.folder.exists() and any(self.folder.iterdir()):
-                raise InputError(f"{self.folder}: exists and is not a caffedsd sensitivity folder; give a new -o")
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_open(marker, "w") as handle:
-                handle.write(json.dumps({"format": FORMAT, "config": config.key()}, indent=2))
-        return self.finished()
-
-    def finished(self):
-        records = {}
-        path = self.folder / "points.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                records[(record["layer"], record["sparsity"])] = record
-        return records
-
-    def append(self, record):
-        with open(self.folder / "points.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def _select_layers(model, globs):
     targets = prunable_targets(model)
     if not targets:
@@ -254,14 +216,15 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     config = ScanConfig(str(model_path), str(weights_path), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed)
-    folder = ScanFolder(out_dir)
-    done = folder.open(config)
+    folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
+    folder.open({"format": FORMAT, "config": config.key()})
+    done = {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS)}
     todo = _points(config, done)
     total = len(done) + len(todo)
     modes = set()
 
     def record(point):
-        folder.append(point)
+        folder.append(POINTS, point)
         done[(point["layer"], point["sparsity"])] = point
         if on_point is not None:
             on_point(len(done), total)
@@ -340,12 +303,9 @@ def _result(config, model, targets, done, modes):
 
 
 def _write_outputs(folder, data):
-    with atomic_open(folder / "sensitivity.json", "w") as handle:
-        handle.write(report.to_json(data) + "\n")
-    with atomic_open(folder / "sensitivity.csv", "w") as handle:
-        handle.write(report.sensitivity_csv(data))
-    with atomic_open(folder / "sensitivity.md", "w") as handle:
-        handle.write(report.sensitivity_markdown(data))
+    write_text(folder / "sensitivity.json", report.to_json(data) + "\n")
+    write_text(folder / "sensitivity.csv", report.sensitivity_csv(data))
+    write_text(folder / "sensitivity.md", report.sensitivity_markdown(data))
     report.write_sensitivity_plot(folder / "sensitivity.png", data)
 
 

@@ -104,10 +104,10 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     plan = load_plan(tmp_path / "plan.yaml")
     measured = dict((layer, dict(points)) for layer, (_, points) in curves(data, "accuracy").items())
     for rule in plan.rules:
-        if rule.amount:
-            assert measured[rule.pattern][rule.amount] <= 1.0
+        if rule.value:
+            assert measured[rule.pattern][rule.value] <= 1.0
         # nothing higher was within the budget
-        assert all(d > 1.0 for s, d in measured[rule.pattern].items() if s > rule.amount)
+        assert all(d > 1.0 for s, d in measured[rule.pattern].items() if s > rule.value)
     params = {layer["layer"]: layer["params"] for layer in data["layers"]}
     reachable = sum(params[layer] * max([s for s, d in points.items() if d <= 3], default=0)
                     for layer, points in measured.items()) / data["prunable_params"]
@@ -118,11 +118,11 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     plan = load_plan(tmp_path / "target.yaml")
     from caffedsd.planner import Choice
 
-    choices = [Choice(r.pattern, params[r.pattern], r.amount, 0) for r in plan.rules]
+    choices = [Choice(r.pattern, params[r.pattern], r.value, 0) for r in plan.rules]
     assert overall_sparsity(choices, data["prunable_params"]) >= target
     for rule in plan.rules:
-        if rule.amount:
-            assert measured[rule.pattern][rule.amount] <= 3
+        if rule.value:
+            assert measured[rule.pattern][rule.value] <= 3
     # The plan file drives prune directly.
     result = cli("prune", "-w", data["weights"], "--plan", "target.yaml", "-o", "pruned.caffemodel")
     assert result.exit_code == 0, result.output
@@ -146,6 +146,6 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     assert_one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other_model, "-o", "p.yaml"),
                     "a scan of another model")
     assert_one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "--sparsities", "0.3,0.6",
-                        "-o", out), "holds a scan of another model, weights or settings")
+                        "-o", out), "made by a different model, weights or settings")
     assert not (tmp_path / "s").exists() and not (tmp_path / "p.yaml").exists()
     json.loads((out / "sensitivity.json").read_text())  # the earlier scan is intact

@@ -75,7 +75,7 @@ def instrumented(sens, phases):
     original_evaluator = sens.Evaluator
     original_measure = sens._measure
     original_outputs = sens._write_outputs
-    original_append = sens.ScanFolder.append
+    original_append = sens.RunFolder.append
 
     class TimedEvaluator(original_evaluator):
         def __init__(self, *args, **kwargs):
@@ -96,14 +96,14 @@ def instrumented(sens, phases):
     sens.Evaluator = TimedEvaluator
     sens._measure = timed("measure", original_measure)
     sens._write_outputs = timed("outputs", original_outputs)
-    sens.ScanFolder.append = timed("append", original_append)
+    sens.RunFolder.append = timed("append", original_append)
     try:
         yield phases
     finally:
         sens.Evaluator = original_evaluator
         sens._measure = original_measure
         sens._write_outputs = original_outputs
-        sens.ScanFolder.append = original_append
+        sens.RunFolder.append = original_append
 
 
 # ------------------------------------------------------------------ runs --

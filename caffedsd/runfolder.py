@@ -1,0 +1,71 @@
+"""An output folder that a rerun of the same command continues.
+
+A marker file records what made the folder (a fingerprint of the inputs and
+settings). Rerunning with the same ones continues the work already there;
+with others, or on a non-empty folder without the marker, the folder is
+refused rather than mixed or overwritten. Work done so far is kept as JSON
+files and append-only JSON-lines journals, each record whole or absent.
+"""
+import json
+import os
+from pathlib import Path
+
+from .atomic import write_text
+from .errors import InputError
+
+
+def write_json(path, data):
+    """``data`` as indented JSON in ``path``, atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+class RunFolder:
+    """``path`` with its ``marker`` file; ``kind`` ("run", "sensitivity") and
+    ``made_of`` ("recipe, solver or net") name it in messages."""
+
+    def __init__(self, path, marker, kind, made_of):
+        self.path = Path(path)
+        self.marker = self.path / marker
+        self.kind, self.made_of = kind, made_of
+
+    def open(self, record, files=None):
+        """Create the folder with ``files`` ({name: text}) and the marker
+        holding ``record``, or check that an existing one was made with the
+        same ``record``. Returns self."""
+        expected = json.loads(json.dumps(record))
+        if self.marker.exists():
+            if read_json(self.marker) != expected:
+                raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
+                                 "or remove it to start over")
+            return self
+        if self.path.exists() and any(self.path.iterdir()):
+            raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name, text in (files or {}).items():
+            write_text(self.path / name, text)
+        write_json(self.marker, record)
+        return self
+
+    def journal(self, name):
+        """The records appended to journal ``name``, in order; a last line cut
+        short by a kill is skipped."""
+        path = self.path / name
+        records = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return records
+
+    def append(self, name, record):
+        """Add ``record`` to journal ``name``, on disk before this returns."""
+        with open(self.path / name, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
