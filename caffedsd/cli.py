@@ -118,13 +118,6 @@ def _with_progress(label, call, **kwargs):
         progress.close()
 
 
-def _print_test(test):
-    if test:
-        click.echo("test: " + ", ".join(f"{name} = {value:.4f}" for name, value in test.items()))
-    else:
-        click.echo("test: the solver has no test net (test_iter)")
-
-
 def _sparsity_options(func):
     @click.option("--sparsity", "-s", type=float, default=None,
                   help="Amount for every prunable layer no rule names (a fraction in [0, 1); "
@@ -254,7 +247,7 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, verbose, 
     result = _with_progress("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                             iterations=iterations, solverstate=solverstate, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    _print_test(result["test"])
+    click.echo(report.test_line(result["test"]))
     click.echo(f"wrote {output} and {result['masks']} after {result['iterations']} iterations")
 
 
@@ -279,7 +272,7 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, verbose, allow_pytho
     quiet_caffe(verbose)
     result = _with_progress("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                             iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    _print_test(result["test"])
+    click.echo(report.test_line(result["test"]))
     click.echo(f"wrote {output} after {result['iterations']} iterations at base_lr {result['base_lr']:g}")
 
 
@@ -355,7 +348,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
     if data["data"] == "streamed":
         click.echo("note: the TEST batches did not fit in memory and were read anew for every point; "
                    "points see the same data only if the iterations cover whole epochs", err=True)
-    click.echo((output / "sensitivity.md").read_text().split("\n\n![")[0])
+    click.echo(report.sensitivity_summary(data))
     click.echo(f"wrote {output}/sensitivity.json, .csv, .md and .png")
 
 
@@ -388,11 +381,7 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
 
     result = make_plan(sens, output, max_drop=max_drop, target=target_sparsity, metric=metric,
                        weights=weights, force=force)
-    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
-    click.echo(report.format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body,
-                                   "lrrr"))
-    click.echo(f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
-               f"predicted total drop {result['drop']:.4g} {result['unit']} of {result['metric']}")
+    click.echo(report.plan_table(result))
     click.echo(f"wrote {output}")
 
 
@@ -449,8 +438,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     elif output is None:
         raise InputError("give -o DIR to write the nets, or --sweep to print a table")
     if sweep:
-        body = [[*(f"{v:g}" for v in settings.values()), params, f"{mb:.2f}"] for settings, params, mb in rows]
-        click.echo(report.format_table(list(grid) + ["parameters", "MB"], body, "r" * (len(grid) + 2)))
+        click.echo(report.sweep_table(grid, rows))
         return
     for path in write_squeezenet(spec, output):
         click.echo(f"wrote {path}")
@@ -489,7 +477,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                             masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,
                             allow_python_layers=allow_python_layers)
-    _print_test(result["test"])
+    click.echo(report.test_line(result["test"]))
     click.echo(f"wrote {output} after {result['iterations']} iterations")
 
 
@@ -534,10 +522,7 @@ def rank(weights, energy):
     from .lowrank import energy_levels, rank_table
 
     levels = energy_levels(energy)
-    rows = rank_table(read_caffemodel(weights), levels)
-    body = [[name, kind, "x".join(map(str, shape)), top, *ranks] for name, kind, shape, top, ranks in rows]
-    click.echo(report.format_table(["layer", "type", "shape", "max rank", *(f"{e:g}" for e in levels)], body,
-                                   "lllr" + "r" * len(levels)))
+    click.echo(report.rank_table(levels, rank_table(read_caffemodel(weights), levels)))
 
 
 @main.command()
@@ -560,12 +545,7 @@ def compress(weights, masks, bits, index_bits, force, output):
     from .dcz import compress as run, parse_bits
 
     rows = run(weights, output, parse_bits(bits), parse_bits(index_bits, "--index-bits"), masks=masks, force=force)
-    body = [[r["layer"], r.get("bits", "exact"), r["dense"], r["pruned"], r["quantized"], r["huffman"],
-             f"{r['dense'] / r['huffman']:.1f}x"] for r in rows]
-    totals = [sum(r[k] for r in rows) for k in ("dense", "pruned", "quantized", "huffman")]
-    body.append(["total", "", *totals, f"{totals[0] / totals[3]:.1f}x"])
-    click.echo(report.format_table(["layer", "bits/index", "dense B", "pruned B", "quantized B", "huffman B",
-                                    "ratio"], body, "llrrrrr"))
+    click.echo(report.compression_table(rows))
     click.echo(f"wrote {output}: {output.stat().st_size} bytes; "
                f"{Path(weights).stat().st_size / output.stat().st_size:.1f}x smaller than {weights}")
 
@@ -613,10 +593,9 @@ def train_quantized(solver, weights, masks, bits, iterations, gpu, verbose, allo
     result = _with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                             masks=masks, iterations=iterations, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    before = result["test_first"]
-    if before:
-        click.echo("test after quantization: " + ", ".join(f"{k} = {v:.4f}" for k, v in before.items()))
-    _print_test(result["test"])
+    if result["test_first"]:
+        click.echo(report.test_line(result["test_first"], "test after quantization"))
+    click.echo(report.test_line(result["test"]))
     click.echo(f"wrote {output} after {result['iterations']} iterations")
 
 

@@ -58,6 +58,45 @@ def stats_table(stats):
                         body, "lllrrrrr")
 
 
+def test_line(test, label="test"):
+    """The TEST phase's outputs on one line."""
+    if not test:
+        return f"{label}: the solver has no test net (test_iter)"
+    return f"{label}: " + ", ".join(f"{name} = {value:.4f}" for name, value in test.items())
+
+
+def plan_table(result):
+    """make_plan's choices, and what they predict."""
+    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
+    return "\n".join([
+        format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body, "lrrr"),
+        f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
+        f"predicted total drop {result['drop']:.4g} {result['unit']} of {result['metric']}"])
+
+
+def sweep_table(grid, rows):
+    """squeezenet.sweep_rows over the knobs of ``grid``."""
+    body = [[*(f"{v:g}" for v in settings.values()), params, f"{mb:.2f}"] for settings, params, mb in rows]
+    return format_table(list(grid) + ["parameters", "MB"], body, "r" * (len(grid) + 2))
+
+
+def rank_table(levels, rows):
+    """lowrank.rank_table's rows: each layer's rank at each energy level."""
+    body = [[name, kind, "x".join(map(str, shape)), top, *ranks] for name, kind, shape, top, ranks in rows]
+    return format_table(["layer", "type", "shape", "max rank", *(f"{e:g}" for e in levels)], body,
+                        "lllr" + "r" * len(levels))
+
+
+def compression_table(rows):
+    """Bytes per Deep Compression stage, per layer and in total."""
+    body = [[r["layer"], r.get("bits", "exact"), r["dense"], r["pruned"], r["quantized"], r["huffman"],
+             f"{r['dense'] / r['huffman']:.1f}x"] for r in rows]
+    totals = [sum(r[k] for r in rows) for k in ("dense", "pruned", "quantized", "huffman")]
+    body.append(["total", "", *totals, f"{totals[0] / totals[3]:.1f}x"])
+    return format_table(["layer", "bits/index", "dense B", "pruned B", "quantized B", "huffman B", "ratio"], body,
+                        "llrrrrr")
+
+
 def checks_table(checks):
     return "\n".join(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in checks)
 
@@ -198,7 +237,8 @@ def primary_metric(metrics):
     return next((m for m in metrics if "acc" in m.lower()), metrics[0])
 
 
-def sensitivity_markdown(data):
+def sensitivity_summary(data):
+    """The heading and table of sensitivity.md (what the CLI prints)."""
     metric = primary_metric(data["metrics"])
     header = ["layer", "params"] + [f"{s:g}" for s in data["sparsities"]]
     lines = [f"# Sensitivity: {metric} after pruning one layer", "",
@@ -208,7 +248,21 @@ def sensitivity_markdown(data):
     for layer in data["layers"]:
         cells = [layer["layer"], str(layer["params"])] + [f"{p['metrics'][metric]:.4f}" for p in layer["points"]]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", "![sensitivity](sensitivity.png)", ""])
+    return "\n".join(lines)
+
+
+def sensitivity_markdown(data):
+    return sensitivity_summary(data) + "\n\n![sensitivity](sensitivity.png)\n"
+
+
+def write_sensitivity(folder, data):
+    """sensitivity.json, .csv, .md and .png in ``folder``, each atomically."""
+    from .atomic import write_text
+
+    write_text(folder / "sensitivity.json", to_json(data) + "\n")
+    write_text(folder / "sensitivity.csv", sensitivity_csv(data))
+    write_text(folder / "sensitivity.md", sensitivity_markdown(data))
+    write_sensitivity_plot(folder / "sensitivity.png", data)
 
 
 def write_sensitivity_plot(path, data):

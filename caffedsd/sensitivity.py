@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .atomic import write_text
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
@@ -236,7 +235,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     elif todo:
         modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
     data = _result(config, model, targets, done, modes)
-    _write_outputs(Path(out_dir), data)
+    report.write_sensitivity(Path(out_dir), data)
     return data
 
 
@@ -300,13 +299,6 @@ def _result(config, model, targets, done, modes):
             "data": "cached" if modes <= {"cached"} else "streamed",
             "prunable_params": total, "baseline": baseline, "layers": layers,
             "eval_seconds": round(eval_seconds, 3)}
-
-
-def _write_outputs(folder, data):
-    write_text(folder / "sensitivity.json", report.to_json(data) + "\n")
-    write_text(folder / "sensitivity.csv", report.sensitivity_csv(data))
-    write_text(folder / "sensitivity.md", report.sensitivity_markdown(data))
-    report.write_sensitivity_plot(folder / "sensitivity.png", data)
 
 
 def load_sensitivity(path, weights=None):

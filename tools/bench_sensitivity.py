@@ -70,11 +70,11 @@ def instrumented(sens, phases):
     evaluator (Net construction + TEST batch caching), measure (_measure:
     the passes plus masking/restoring and points.jsonl appends), append
     (points.jsonl appends with their fsync, part of measure), outputs
-    (_write_outputs: json, csv, md, png), and t_evaluator_start (perf_counter
+    (report.write_sensitivity: json, csv, md, png), and t_evaluator_start (perf_counter
     at the Evaluator's construction start, to time the checks before it)."""
     original_evaluator = sens.Evaluator
     original_measure = sens._measure
-    original_outputs = sens._write_outputs
+    original_outputs = sens.report.write_sensitivity
     original_append = sens.RunFolder.append
 
     class TimedEvaluator(original_evaluator):
@@ -95,14 +95,14 @@ def instrumented(sens, phases):
 
     sens.Evaluator = TimedEvaluator
     sens._measure = timed("measure", original_measure)
-    sens._write_outputs = timed("outputs", original_outputs)
+    sens.report.write_sensitivity = timed("outputs", original_outputs)
     sens.RunFolder.append = timed("append", original_append)
     try:
         yield phases
     finally:
         sens.Evaluator = original_evaluator
         sens._measure = original_measure
-        sens._write_outputs = original_outputs
+        sens.report.write_sensitivity = original_outputs
         sens.RunFolder.append = original_append
 
 
