@@ -23,6 +23,7 @@ from . import wire
 from .atomic import atomic_open
 from .caffe_proto import BlobShape, LayerParameter, NetParameter, V1LayerParameter, upgrade_v1_layer
 from .errors import InputError
+from .masks import iter_chunks
 
 # Field numbers of caffe.proto.
 NET_LAYERS_V1, NET_LAYER_V2 = 2, 100
@@ -31,8 +32,6 @@ NET_KNOWN = {1: wire.LEN, 2: wire.LEN, 3: wire.LEN, 4: None, 5: wire.VARINT, 6: 
 LAYER_BLOBS = {"V2": 7, "V1": 6}
 BLOB_LEGACY_DIMS = (1, 2, 3, 4)
 BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
-
-_CHUNK = 1 << 22  # elements per slice when streaming masked data out
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,12 +264,11 @@ def _data_stream(blob, replacement, mask):
             raise ValueError(f"replacement of {arr.size} values for a blob of {flat_src.size}")
         chunks = (np.ascontiguousarray(arr, dtype=dtype).reshape(-1),)
     else:
-        flat_mask = np.asarray(mask, dtype=bool).reshape(-1)
-        if flat_mask.size != flat_src.size:
-            raise ValueError(f"mask of {flat_mask.size} values for a blob of {flat_src.size}")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.size != flat_src.size:
+            raise ValueError(f"mask of {mask.size} values for a blob of {flat_src.size}")
         zero = dtype.type(0)
-        chunks = (np.where(flat_mask[i:i + _CHUNK], flat_src[i:i + _CHUNK], zero)
-                  for i in range(0, flat_src.size, _CHUNK))
+        chunks = (np.where(keep, src, zero) for src, keep in iter_chunks(flat_src, mask))
     number = BLOB_DATA if dtype == np.dtype("<f4") else BLOB_DOUBLE_DATA
     return _record(number, [_Stream(flat_src.nbytes, chunks)])
 

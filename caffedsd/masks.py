@@ -21,7 +21,21 @@ import numpy as np
 
 from .errors import InputError
 
-_CHUNK = 1 << 22
+CHUNK = 1 << 22  # elements per slice when a whole-blob temporary would cost too much memory
+
+
+def chunk_bounds(size):
+    """(start, stop) of consecutive slices of CHUNK covering range(size)."""
+    return ((start, min(start + CHUNK, size)) for start in range(0, size, CHUNK))
+
+
+def iter_chunks(*arrays):
+    """Aligned slices of the flattened ``arrays``: one slice per step for
+    one array, a tuple of them for several."""
+    flats = [np.asarray(a).reshape(-1) for a in arrays]
+    for start, stop in chunk_bounds(flats[0].size):
+        parts = tuple(flat[start:stop] for flat in flats)
+        yield parts if len(parts) > 1 else parts[0]
 
 
 def _target_count(n, sparsity, previous_pruned):
@@ -49,14 +63,14 @@ def _prune_lowest(scores_of, size, count, keep):
     threshold = full[count - 1]
     del full
     ties_needed = count
-    for start in range(0, size, _CHUNK):
-        below = scores_of(start, min(start + _CHUNK, size)) < threshold
-        flat_keep[start:start + below.size] &= ~below
+    for start, stop in chunk_bounds(size):
+        below = scores_of(start, stop) < threshold
+        flat_keep[start:stop] &= ~below
         ties_needed -= int(np.count_nonzero(below))
-    for start in range(0, size, _CHUNK):
+    for start, stop in chunk_bounds(size):
         if ties_needed <= 0:
             break
-        ties = np.flatnonzero(scores_of(start, min(start + _CHUNK, size)) == threshold)[:ties_needed]
+        ties = np.flatnonzero(scores_of(start, stop) == threshold)[:ties_needed]
         flat_keep[ties + start] = False
         ties_needed -= ties.size
 

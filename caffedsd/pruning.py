@@ -14,10 +14,8 @@ from .caffemodel import read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
-from .masks import compute_mask, layer_rng
+from .masks import compute_mask, iter_chunks, layer_rng
 from .netcheck import check_pair
-
-_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -40,9 +38,7 @@ def check_finite(model):
     """Raise InputError naming the first layer whose blobs hold NaN or Inf."""
     for layer in model.layers:
         for index, blob in enumerate(layer.blobs):
-            flat = blob.data.reshape(-1)
-            bad = sum(int(part.size - np.count_nonzero(np.isfinite(part)))
-                      for part in (flat[i:i + _CHUNK] for i in range(0, flat.size, _CHUNK)))
+            bad = sum(int(part.size - np.count_nonzero(np.isfinite(part))) for part in iter_chunks(blob.data))
             if bad:
                 raise InputError(f"{model.path}: layer {layer.name!r} blob {index} holds {bad} NaN/Inf values")
 

@@ -8,14 +8,11 @@ import numpy as np
 
 from .caffemodel import read_caffemodel
 from .maskfile import masks_for
-
-
-_CHUNK = 1 << 22
+from .masks import iter_chunks
 
 
 def count_nonzero(array):
-    flat = array.reshape(-1)
-    return sum(int(np.count_nonzero(flat[i:i + _CHUNK])) for i in range(0, flat.size, _CHUNK))
+    return sum(int(np.count_nonzero(part)) for part in iter_chunks(array))
 
 
 def model_stats(model, maskset=None):

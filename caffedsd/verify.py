@@ -13,9 +13,9 @@ from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CheckFailed
 from .maskfile import masks_for
+from .masks import iter_chunks
 from .netcheck import check_pair
 
-_CHUNK = 1 << 22
 _IGNORED = re.compile(r"Ignoring source layer (\S+)")
 
 
@@ -28,9 +28,7 @@ class Check:
 
 def masked_nonzeros(weights, mask):
     """How many positions the mask prunes hold anything but 0.0."""
-    flat_w, flat_m = weights.reshape(-1), mask.reshape(-1)
-    return sum(int(np.count_nonzero(flat_w[i:i + _CHUNK][~flat_m[i:i + _CHUNK]]))
-               for i in range(0, flat_w.size, _CHUNK))
+    return sum(int(np.count_nonzero(w[~m])) for w, m in iter_chunks(weights, mask))
 
 
 def check_masked_zeros(model, maskset):

@@ -102,7 +102,7 @@ def test_large_layer_is_exact(monkeypatch):
     # Chunked passes (small chunk forced) give the same mask as a sort.
     import caffedsd.masks as masks
 
-    monkeypatch.setattr(masks, "_CHUNK", 7)
+    monkeypatch.setattr(masks, "CHUNK", 7)
     rng = np.random.default_rng(0)
     w = rng.integers(-5, 5, size=200).astype(np.float32)  # many ties
     mask = compute_mask(w, "keepmax", 0.37)
