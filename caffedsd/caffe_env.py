@@ -24,10 +24,16 @@ def pycaffe_dir():
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def caffe_log(verbose=False):
+    """Caffe's glog: everything when ``verbose``, else warnings and worse
+    unless GLOG_minloglevel says otherwise. Read once, when pycaffe loads."""
+    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
+
+
 def import_caffe(gpu=None):
-    """Import pycaffe quietly (glog to warnings unless already configured) and
-    set the mode: CPU, or GPU ``gpu``."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    """Import pycaffe quietly (see caffe_log) and set the mode: CPU, or GPU
+    ``gpu``."""
+    caffe_log()
     try:
         import caffe
     except ImportError as exc:

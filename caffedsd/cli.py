@@ -45,12 +45,14 @@ def masks_option(func):
                         help="Masks file (default: WEIGHTS with .masks.h5 for .caffemodel).")(func)
 
 
-def model_option(required=False):
+def python_layers_option(func):
+    return click.option("--allow-python-layers", is_flag=True,
+                        help="Accept nets with Python layers (they run arbitrary code).")(func)
+
+
+def model_option(required=False, help="Net prototxt that must fit the weights."):
     def decorate(func):
-        func = click.option("--allow-python-layers", is_flag=True,
-                            help="Accept nets with Python layers (they run arbitrary code).")(func)
-        return click.option("--model", "-p", type=_path(), required=required,
-                            help="Net prototxt that must fit the weights.")(func)
+        return click.option("--model", "-p", type=_path(), required=required, help=help)(python_layers_option(func))
     return decorate
 
 
@@ -59,13 +61,27 @@ def gpu_option(func):
                         help="Run Caffe on GPU ID (default: CPU).")(func)
 
 
+def verbose_option(func):
+    """--verbose sets Caffe's log level as it is parsed, before pycaffe loads."""
+    from .caffe_env import caffe_log
+
+    return click.option("--verbose", "-v", is_flag=True, expose_value=False, help="Show Caffe's own log.",
+                        callback=lambda ctx, param, value: caffe_log(value))(func)
+
+
 def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
 
 
-def output_option(func):
-    func = click.option("--force", is_flag=True, help="Allow overwriting an input file.")(func)
-    return click.option("--output", "-o", type=_path(), required=True, help="Output .caffemodel.")(func)
+def output_option(help="Output .caffemodel.", folder=False, required=True, force="force"):
+    """-o, and --force (as parameter ``force``; None: no --force) to allow
+    overwriting an input."""
+    def decorate(func):
+        if force:
+            func = click.option("--force", force, is_flag=True, help="Allow overwriting an input file.")(func)
+        kind = click.Path(file_okay=False, path_type=Path) if folder else _path()
+        return click.option("--output", "-o", type=kind, required=required, help=help)(func)
+    return decorate
 
 
 def solver_option(func):
@@ -75,9 +91,7 @@ def solver_option(func):
 
 def training_options(func):
     """--iterations, --gpu, --verbose and --allow-python-layers."""
-    func = click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")(func)
-    func = click.option("--allow-python-layers", is_flag=True,
-                        help="Accept nets with Python layers (they run arbitrary code).")(func)
+    func = python_layers_option(verbose_option(func))
     func = click.option("--iterations", "-n", type=int, default=None,
                         help="Iterations to train (default: the solver's max_iter).")(func)
     return gpu_option(func)
@@ -162,7 +176,7 @@ def info(as_json):
 @_sparsity_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
 @masks_option
-@output_option
+@output_option()
 def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, criterion, seed, masks, output, force):
     """Prune blob 0 of Convolution/Deconvolution/InnerProduct layers.
 
@@ -229,8 +243,8 @@ def verify(weights, masks, model, allow_python_layers, gpu):
 @click.option("--solverstate", type=_path(), default=None,
               help="Resume from this .solverstate; its history is zeroed at masked positions first.")
 @training_options
-@output_option
-def train_sparse(solver, weights, masks, solverstate, iterations, gpu, verbose, allow_python_layers, output, force):
+@output_option()
+def train_sparse(solver, weights, masks, solverstate, iterations, gpu, allow_python_layers, output, force):
     """Retrain a pruned model with its pruned weights held at exactly 0.0.
 
     Gradients are masked before every update (so momentum and Adam history
@@ -241,9 +255,8 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, verbose, 
     Example:
       caffedsd train-sparse --solver solvers/lenet_solver.prototxt -w pruned.caffemodel -n 1000 -o sparse.caffemodel
     """
-    from .training import quiet_caffe, train_sparse as run
+    from .training import train_sparse as run
 
-    quiet_caffe(verbose)
     result = _with_progress("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                             iterations=iterations, solverstate=solverstate, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
@@ -257,8 +270,8 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, verbose, 
 @click.option("--lr-scale", type=float, default=0.1, show_default=True,
               help="Learning rate = the solver's base_lr times this (the paper: 1/10).")
 @training_options
-@output_option
-def train_dense(solver, weights, lr_scale, iterations, gpu, verbose, allow_python_layers, output, force):
+@output_option()
+def train_dense(solver, weights, lr_scale, iterations, gpu, allow_python_layers, output, force):
     """Re-dense phase: masks off, pruned weights restart at 0.0, survivors keep
     their values; base_lr is scaled, solver history starts fresh, dropout and
     weight decay are unchanged.
@@ -267,9 +280,8 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, verbose, allow_pytho
     Example:
       caffedsd train-dense --solver solvers/lenet_solver.prototxt -w sparse.caffemodel -n 1000 -o dsd.caffemodel
     """
-    from .training import quiet_caffe, train_dense as run
+    from .training import train_dense as run
 
-    quiet_caffe(verbose)
     result = _with_progress("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                             iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     click.echo(report.test_line(result["test"]))
@@ -279,10 +291,9 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, verbose, allow_pytho
 @main.command()
 @click.option("--recipe", type=_path(), required=True, help="Recipe YAML (see README).")
 @gpu_option
-@click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run folder; rerun the same command to continue an interrupted run.")
-def dsd(recipe, gpu, verbose, output):
+@verbose_option
+@output_option("Run folder; rerun the same command to continue an interrupted run.", folder=True, force=None)
+def dsd(recipe, gpu, output):
     """Run a whole Dense-Sparse-Dense recipe into a run folder.
 
     Each stage leaves a stock-Caffe-loadable model (and masks), its test
@@ -296,10 +307,8 @@ def dsd(recipe, gpu, verbose, output):
     """
     from .dsd import run_recipe
     from .recipe import load_recipe
-    from .training import quiet_caffe
 
     parsed = load_recipe(recipe)
-    quiet_caffe(verbose)
     data = run_recipe(parsed, output, gpu=gpu, progress=_Progress)
     click.echo(report.dsd_table(data["stages"]))
     click.echo(f"report: {output / 'report.md'}")
@@ -318,11 +327,10 @@ def dsd(recipe, gpu, verbose, output):
               help="TEST iterations per point (batches of the TEST data layer).")
 @click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Worker processes, each with its own Net.")
 @gpu_option
-@click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Scan folder; rerun the same command to continue an interrupted scan.")
+@verbose_option
+@output_option("Scan folder; rerun the same command to continue an interrupted scan.", folder=True, force=None)
 def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, criterion, seed, iterations, jobs, gpu,
-                verbose, output):
+                output):
     """Measure how each layer's pruning hurts: prune one layer at a time,
     run the TEST phase, restore it.
 
@@ -333,9 +341,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
       caffedsd sensitivity -p train_val.prototxt -w lenet.caffemodel -n 100 -j 2 -o sens
     """
     from .sensitivity import parse_sparsities, scan
-    from .training import quiet_caffe
 
-    quiet_caffe(verbose)
     globs = tuple(g.strip() for item in layer_globs for g in item.split(",") if g.strip())
     progress = _Progress("points")
     try:
@@ -362,8 +368,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
               help="Sparsity over all prunable weights to reach with the smallest predicted drop (greedy).")
 @click.option("--metric", default=None, help="Output to judge by (default: the first accuracy).")
 @weights_option(required=False)
-@click.option("--force", is_flag=True, help="Allow overwriting an input file.")
-@click.option("--output", "-o", type=_path(), required=True, help="Plan YAML to write.")
+@output_option("Plan YAML to write.")
 def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output):
     """Choose each layer's sparsity from a sensitivity scan.
 
@@ -406,8 +411,8 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
 @click.option("--sweep", is_flag=True,
               help="Print parameters and size over the grid of the KNOB=V1,V2,... arguments instead of writing files.")
 @click.argument("knobs", nargs=-1, metavar="[KNOB=V1,V2,...]...")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.")
+@output_option("Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.", folder=True, required=False,
+               force=None)
 def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
                weight_filler, data, train_source, test_source, sweep, knobs, output):
     """Generate SqueezeNet nets: v1.0 (the default, as in the model zoo),
@@ -457,9 +462,8 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
 @click.option("--decay-type", default="fixed", show_default=True,
               help="fixed, or adaptive: scale the force to the norm of the error gradient.")
 @training_options
-@click.option("--force", "force_write", is_flag=True, help="Allow overwriting an input file.")
-@click.option("--output", "-o", type=_path(), required=True, help="Output .caffemodel.")
-def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, gpu, verbose,
+@output_option(force="force_write")
+def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, gpu,
                   allow_python_layers, force_write, output):
     """Train with force regularization (Wen et al. 2017) on stock Caffe: the
     driver adds the force between the filters of each layer to the
@@ -470,10 +474,9 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
       caffedsd train-lowrank --solver solvers/lenet_solver.prototxt --force-decay 0.001 -o lowrank.caffemodel
     """
     from .force import ForceSpec, parse_mults
-    from .training import quiet_caffe, train_lowrank as run
+    from .training import train_lowrank as run
 
     spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
-    quiet_caffe(verbose)
     result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                             masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,
                             allow_python_layers=allow_python_layers)
@@ -482,16 +485,14 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
 
 
 @main.command()
-@click.option("--model", "-p", type=_path(), required=True, help="train_val prototxt of the weights.")
+@model_option(required=True, help="train_val prototxt of the weights.")
 @click.option("--deploy", type=_path(), default=None, help="Deploy prototxt to rewrite too.")
 @weights_option()
 @click.option("--energy", type=float, default=None, help="Keep this share of the squared singular values.")
 @click.option("--rank", "ranks", multiple=True, metavar="LAYER=R", help="A layer's rank (repeatable).")
 @click.option("--layers", "-l", "layer_globs", multiple=True, metavar="GLOB", help="Decompose only these layers.")
 @click.option("--fc", is_flag=True, help="Decompose InnerProduct layers too.")
-@click.option("--allow-python-layers", is_flag=True, help="Accept nets with Python layers (they run arbitrary code).")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the rewritten prototxts, model.caffemodel and report.md.")
+@output_option("Folder for the rewritten prototxts, model.caffemodel and report.md.", folder=True, force=None)
 def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, output):
     """Split trained Convolution (and with --fc InnerProduct) layers into a
     rank-r layer and a 1x1 layer carrying the bias, by SVD.
@@ -532,8 +533,7 @@ def rank(weights, energy):
               help="Bits of the shared-weight codes: N, or conv=N,fc=M (1..16).")
 @click.option("--index-bits", default="conv=8,fc=5", show_default=True,
               help="Width of the relative sparse indices (padding entries fill larger gaps).")
-@click.option("--force", is_flag=True, help="Allow overwriting an input file.")
-@click.option("--output", "-o", type=_path(), required=True, help="The .dcz file to write.")
+@output_option("The .dcz file to write.")
 def compress(weights, masks, bits, index_bits, force, output):
     """Deep Compression storage: sparse relative indices, k-means weight
     sharing, Huffman coding; other blobs exact. Prints bytes per stage.
@@ -553,8 +553,7 @@ def compress(weights, masks, bits, index_bits, force, output):
 @main.command()
 @click.argument("dcz", type=_path())
 @model_option()
-@click.option("--force", is_flag=True, help="Allow overwriting an input file.")
-@click.option("--output", "-o", type=_path(), required=True, help="The .caffemodel to write.")
+@output_option("The .caffemodel to write.")
 def decompress(dcz, model, allow_python_layers, force, output):
     """Decode a .dcz file back into a caffemodel stock Caffe loads (weights
     equal the quantized values).
@@ -575,8 +574,8 @@ def decompress(dcz, model, allow_python_layers, force, output):
 @masks_option
 @click.option("--bits", default="conv=8,fc=5", show_default=True, help="Bits of the shared-weight codes.")
 @training_options
-@output_option
-def train_quantized(solver, weights, masks, bits, iterations, gpu, verbose, allow_python_layers, output, force):
+@output_option()
+def train_quantized(solver, weights, masks, bits, iterations, gpu, allow_python_layers, output, force):
     """Trained quantization: share each layer's kept weights among 2^bits
     centroids (k-means) and fine-tune the centroids with the summed
     gradients of their weights; pruned weights stay 0.0.
@@ -586,10 +585,9 @@ def train_quantized(solver, weights, masks, bits, iterations, gpu, verbose, allo
       caffedsd train-quantized --solver solvers/lenet_solver.prototxt -w sparse.caffemodel --bits conv=8,fc=5 -n 500 -o quantized.caffemodel
     """
     from .dcz import parse_bits
-    from .training import quiet_caffe, train_quantized as run
+    from .training import train_quantized as run
 
     parsed = parse_bits(bits)
-    quiet_caffe(verbose)
     result = _with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                             masks=masks, iterations=iterations, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
@@ -605,8 +603,7 @@ def data():
 
 
 @data.command("fashion-mnist")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for train.h5, test.h5 and their list files.")
+@output_option("Folder for train.h5, test.h5 and their list files.", folder=True, force=None)
 @click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the IDX .gz files (default: Debian's dataset-fashion-mnist).")
 @click.option("--train-limit", type=int, default=None, help="Keep only the first N training images.")

@@ -174,7 +174,6 @@ def _measure(evaluator, config, points, emit):
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results):
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("GLOG_minloglevel", "2")
     try:
         evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit)
         results.put(("mode", evaluator.data_mode))

@@ -5,7 +5,6 @@ The two phases of DSD after pruning are ``train_sparse`` (masks attached)
 and ``train_dense`` (masks off, lr scaled); ``dsd.run_recipe`` chains them.
 """
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,8 +307,3 @@ class _ValidatedHook:
 def _check_iterations(iterations):
     if iterations is None or iterations < 0:
         raise InputError(f"--iterations {iterations}: must be 0 or more")
-
-
-def quiet_caffe(verbose):
-    """Caffe's glog to warnings only, unless ``verbose``; before importing caffe."""
-    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")

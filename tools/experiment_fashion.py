@@ -38,7 +38,7 @@ from caffedsd.dsd import run_recipe
 from caffedsd.errors import CaffeDsdError, InputError
 from caffedsd.recipe import Recipe
 from caffedsd.report import parse_curve_csv
-from caffedsd.training import quiet_caffe
+from caffedsd.caffe_env import caffe_log
 
 # The prune split of recipes/lenet_dsd.yaml: keepmax, 50% of every prunable
 # layer, 90% of ip1.
@@ -262,7 +262,7 @@ def markdown(summary, per_seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    quiet_caffe(args.verbose)
+    caffe_log(args.verbose)
     n1, n2, n3 = args.dense, args.sparse, args.redense
     total = n1 + n2 + n3
     per_seed, runs = {}, {}
