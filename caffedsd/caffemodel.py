@@ -321,7 +321,11 @@ def write_caffemodel(model, path, replace=None, masks=None):
 
 
 def new_caffemodel(path, layers, name=""):
-    """Write a fresh V2 caffemodel from [(LayerParameter, [arrays])] (tests, benchmarks)."""
+    """Write a V2 caffemodel from scratch, atomically: [(LayerParameter,
+    [arrays])], each array as a float32 blob with its shape. For models with
+    no source file to copy bytes from (write_caffemodel does that): the
+    decomposed nets of lowrank, the decoded .dcz files, test nets and
+    benchmark models."""
     with atomic_open(path) as handle:
         if name:
             handle.write(NetParameter(name=name).SerializeToString())
