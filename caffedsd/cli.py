@@ -98,8 +98,12 @@ def training_options(func):
 
 
 class _Progress:
-    """A progress bar on stderr (iteration, loss, lr, ETA) fed one training
-    iteration at a time; ``total`` defaults to the first call's."""
+    """The progress protocol of the library: ``_Progress(label, total, done)``
+    (what run_recipe and scan call ``progress``) gives a callback(row, total)
+    called once per step (a training iteration, a sensitivity point) and
+    closed at the end; training's on_iteration is such a callback. Shown as a
+    bar on stderr with ETA (and loss, lr for training); ``total`` defaults to
+    the first call's."""
 
     def __init__(self, label, total=None, done=0):
         self.label, self.total, self.done = label, total, done
@@ -116,7 +120,7 @@ class _Progress:
 
     @staticmethod
     def _show(row):
-        return f"loss {row['loss']:.4f}  lr {row['lr']:.3g}" if row else ""
+        return f"loss {row['loss']:.4f}  lr {row['lr']:.3g}" if row and "loss" in row else ""
 
     def close(self):
         if self.bar is not None:
@@ -343,14 +347,9 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
     from .sensitivity import parse_sparsities, scan
 
     globs = tuple(g.strip() for item in layer_globs for g in item.split(",") if g.strip())
-    progress = _Progress("points")
-    try:
-        data = scan(model, weights, output, layers=globs, sparsities=parse_sparsities(sparsities),
-                    criterion=criterion, iterations=iterations, seed=seed, jobs=jobs, gpu=gpu,
-                    allow_python_layers=allow_python_layers,
-                    on_point=lambda done, total: progress(None, total))
-    finally:
-        progress.close()
+    data = scan(model, weights, output, layers=globs, sparsities=parse_sparsities(sparsities), criterion=criterion,
+                iterations=iterations, seed=seed, jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers,
+                progress=_Progress)
     if data["data"] == "streamed":
         click.echo("note: the TEST batches did not fit in memory and were read anew for every point; "
                    "points see the same data only if the iterations cover whole epochs", err=True)

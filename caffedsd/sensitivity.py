@@ -196,9 +196,10 @@ def _select_layers(model, globs):
 
 def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",
          iterations=None, seed=0, jobs=1, gpu=None, allow_python_layers=False, cache_limit=CACHE_LIMIT,
-         on_point=None):
+         progress=None):
     """Run (or continue) a sensitivity scan into ``out_dir``; returns its data
-    (as written to sensitivity.json). ``on_point(done, total)`` reports progress."""
+    (as written to sensitivity.json). ``progress(label, total, done)`` may return
+    a callback(point, total) with a close() method, called after each point."""
     get_criterion(criterion)
     net = read_net_prototxt(model_path, allow_python_layers)
     model = read_caffemodel(weights_path)
@@ -220,19 +221,24 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     todo = _points(config, done)
     total = len(done) + len(todo)
     modes = set()
+    callback = progress("points", total, len(done)) if progress is not None else None
 
     def record(point):
         folder.append(POINTS, point)
         done[(point["layer"], point["sparsity"])] = point
-        if on_point is not None:
-            on_point(len(done), total)
+        if callback is not None:
+            callback(point, total)
 
-    if todo and jobs == 1:
-        evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
-        modes.add(evaluator.data_mode)
-        _measure(evaluator, config, todo, record)
-    elif todo:
-        modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+    try:
+        if todo and jobs == 1:
+            evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
+            modes.add(evaluator.data_mode)
+            _measure(evaluator, config, todo, record)
+        elif todo:
+            modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+    finally:
+        if callback is not None:
+            callback.close()
     data = _result(config, model, targets, done, modes)
     report.write_sensitivity(Path(out_dir), data)
     return data

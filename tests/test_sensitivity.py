@@ -68,16 +68,28 @@ def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
     _, proto, weights = lenet
     out, _ = scanned
 
-    def interrupt(done, total):
-        if done == 5:
-            raise KeyboardInterrupt
+    seen = []
+
+    def counting(stop_at=None):
+        class Count:  # the progress protocol: made with (label, total, done), called per point, closed
+            def __init__(self, label, total, done):
+                self.done = done
+
+            def __call__(self, point, total):
+                self.done += 1
+                seen.append(self.done)
+                if self.done == stop_at:
+                    raise KeyboardInterrupt
+
+            def close(self):
+                pass
+        return Count
 
     with pytest.raises(KeyboardInterrupt):
-        scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS, on_point=interrupt)
+        scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS, progress=counting(5))
     assert len((tmp_path / "resumed" / "points.jsonl").read_text().splitlines()) == 5
-    seen = []
-    scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS,
-         on_point=lambda done, total: seen.append(done))
+    seen.clear()
+    scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS, progress=counting())
     assert seen[0] == 6 and seen[-1] == 13  # the 5 finished points were not run again
     assert _table(tmp_path / "resumed") == _table(out)
 
