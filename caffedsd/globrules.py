@@ -1,10 +1,8 @@
-"""Values for layers chosen by glob: the one rule engine behind plan rules,
---force-mult, --layers and --rank.
+"""GLOB=VALUE rules for layers: plan rules, --force-mult, --layers, --rank.
 
-Rules are (glob, value) pairs in order. A layer takes the value of the last
-rule that matches it, so broad rules go first and exceptions after them. A
-rule that matches no layer is an error: it is almost always a typo, and
-silently ignoring it would prune (or spare) the wrong layers.
+A layer takes the value of the last rule that matches it, so broad rules go
+first and exceptions after them. A rule that matches no layer is an error:
+it is almost always a typo that would prune (or spare) the wrong layers.
 """
 import fnmatch
 from dataclasses import dataclass
@@ -36,8 +34,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class GlobRules:
-    """Ordered rules; ``source`` names a rule in messages ("rule", "--layers",
-    "--force-mult"); ``error`` is the InputError subclass raised."""
+    """Rules in order; ``source`` names them in messages ("rule", "--layers"),
+    ``error`` is the InputError subclass raised."""
 
     rules: tuple = ()
     source: str = "rule"
@@ -48,33 +46,22 @@ class GlobRules:
 
     @classmethod
     def parse(cls, texts, option, value_name="VALUE", example="conv1=0.3", convert=float, error=InputError):
-        """GlobRules from GLOB=VALUE texts given to ``option``."""
         return cls(tuple(Rule.parse(t, option, value_name, example, convert, error) for t in texts), option, error)
 
     def check(self, names, what, known="known"):
-        """Raise unless every rule matches one of ``names``. The message says
-        what they are (``what``, e.g. "prunable layer") and lists them after
-        ``known``."""
-        names = list(names)
+        """Raise unless every rule matches one of ``names``, which are ``what``
+        (e.g. "prunable layer") and listed after ``known`` in the message."""
         for rule in self.rules:
             if not any(rule.matches(name) for name in names):
                 raise self.error(f"{self.source} {rule.pattern!r} matches no {what} "
                                  f"({known}: {', '.join(names) or 'none'})")
 
-    def value(self, name, default=None):
-        """The value of the last rule matching ``name``, else ``default``."""
-        result = default
-        for rule in self.rules:
-            if rule.matches(name):
-                result = rule.value
-        return result
-
     def resolve(self, names, what, default=None, known="known"):
-        """{name: value} over ``names`` (checked first); a name no rule
-        matches takes ``default``; names whose value is None are left out."""
+        """{name: value of the last rule matching it, else ``default``} over
+        ``names`` (checked first), leaving out None values."""
         names = list(names)
         self.check(names, what, known)
-        values = {name: self.value(name, default) for name in names}
+        values = {name: next((r.value for r in reversed(self.rules) if r.matches(name)), default) for name in names}
         return {name: value for name, value in values.items() if value is not None}
 
     def select(self, names, what, known="known"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .errors import PlanError
 from .globrules import GlobRules, Rule
 from .masks import CRITERIA
-from .yamlio import dump_yaml, parse_yaml
+from .yamlio import check_keys, dump_yaml, parse_yaml
 
 _KEYS = {"criterion", "sparsity", "layers"}
 
@@ -68,12 +68,7 @@ class SparsityPlan:
 
     @classmethod
     def from_dict(cls, data, where="plan"):
-        if not isinstance(data, dict):
-            raise PlanError(f"{where}: expected a mapping with keys {sorted(_KEYS)}")
-        unknown = set(data) - _KEYS
-        if unknown:
-            raise PlanError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                            f"(known: {', '.join(sorted(_KEYS))})")
+        check_keys(data, _KEYS, where, PlanError)
         layers = data.get("layers") or {}
         if not isinstance(layers, dict):
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")

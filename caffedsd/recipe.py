@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .errors import RecipeError
 from .plan import SparsityPlan, load_plan
-from .yamlio import dump_yaml, parse_yaml
+from .yamlio import check_keys, dump_yaml, parse_yaml
 
 _RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations"}
 
@@ -45,15 +45,6 @@ def _lr_scale(value, where):
     return float(value)
 
 
-def _only(data, keys, where):
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a mapping")
-    unknown = set(data) - set(keys)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                          f"(known: {', '.join(sorted(keys))})")
-
-
 @dataclass(frozen=True)
 class DenseStage:
     iterations: int
@@ -62,7 +53,7 @@ class DenseStage:
 
     @classmethod
     def from_dict(cls, data, where):
-        _only(data, {"iterations", "lr_scale"}, where)
+        check_keys(data, {"iterations", "lr_scale"}, where, RecipeError)
         if "iterations" not in data:
             raise RecipeError(f"{where}: needs iterations")
         return cls(_iterations(data["iterations"], where), _lr_scale(data.get("lr_scale", 1.0), where))
@@ -83,10 +74,8 @@ class PruneStage:
 
     @classmethod
     def from_dict(cls, data, where):
-        if not isinstance(data, dict):
-            raise RecipeError(f"{where}: expected a mapping")
-        if "plan" in data:
-            _only(data, {"plan"}, where)
+        if isinstance(data, dict) and "plan" in data:
+            check_keys(data, {"plan"}, where, RecipeError)
             return cls(load_plan(data["plan"]))
         return cls(SparsityPlan.from_dict(data, where=where))
 
@@ -132,7 +121,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data, where="recipe"):
-        _only(data, _RECIPE_KEYS, where)
+        check_keys(data, _RECIPE_KEYS, where, RecipeError)
         stages = []
         raw_stages = data.get("stages")
         if not isinstance(raw_stages, list):

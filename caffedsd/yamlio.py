@@ -13,5 +13,15 @@ def parse_yaml(text, where, error):
         raise error(f"{where}{at}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
 
 
+def check_keys(data, keys, where, error):
+    """Raise ``error`` unless ``data`` is a mapping with no keys but ``keys``."""
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected a mapping with keys {', '.join(sorted(keys))}")
+    unknown = set(data) - set(keys)
+    if unknown:
+        raise error(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                    f"(known: {', '.join(sorted(keys))})")
+
+
 def dump_yaml(data):
     return yaml.safe_dump(data, sort_keys=False)
