@@ -16,6 +16,11 @@ def format_table(headers, rows, align=None):
     return "\n".join(lines)
 
 
+def markdown_table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def to_json(data):
     return json.dumps(data, indent=2, sort_keys=False)
 
@@ -152,8 +157,7 @@ def dsd_table(stages):
 
 def dsd_markdown(data):
     header, rows = dsd_rows(data["stages"])
-    lines = ["# DSD run", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = ["# DSD run", "", markdown_table(header, rows)]
     lines += ["", "Sparsity: fraction of Convolution/Deconvolution/InnerProduct weights that are 0.0 "
               "in the stage's model. Test: the solver's TEST net, each output averaged over the test batches.",
               "", "![loss and accuracy](curves.png)", ""]
@@ -244,10 +248,9 @@ def sensitivity_summary(data):
     lines = [f"# Sensitivity: {metric} after pruning one layer", "",
              f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
              f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for layer in data["layers"]:
-        cells = [layer["layer"], str(layer["params"])] + [f"{p['metrics'][metric]:.4f}" for p in layer["points"]]
-        lines.append("| " + " | ".join(cells) + " |")
+             markdown_table(header, [[layer["layer"], layer["params"]] +
+                                     [f"{p['metrics'][metric]:.4f}" for p in layer["points"]]
+                                     for layer in data["layers"]])]
     return "\n".join(lines)
 
 
@@ -314,6 +317,5 @@ def decomposition_markdown(rows, weights):
              "Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
              "MACs: multiply-adds per image of the decomposed layers. Discarded energy: sum of the "
              "squared singular values left out (the squared Frobenius error of the weights).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+             markdown_table(header, body)]
     return "\n".join(lines) + "\n"
