@@ -28,7 +28,7 @@ import numpy as np
 from . import report
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
-from .errors import InputError
+from .errors import CaffeDsdError, InputError
 from .globrules import GlobRules
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
@@ -179,8 +179,10 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
         results.put(("mode", evaluator.data_mode))
         _measure(evaluator, config, points, lambda record: results.put(("point", record)))
         results.put(("done", None))
-    except Exception as exc:  # reported to the parent, which raises it
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
+    except CaffeDsdError as exc:  # the parent raises it with the same message
+        results.put(("error", str(exc)))
+    except Exception as exc:
+        results.put(("error", f"sensitivity worker failed: {type(exc).__name__}: {exc}"))
 
 
 def _select_layers(model, globs):
@@ -278,7 +280,7 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             elif kind == "done":
                 running -= 1
             else:
-                raise InputError(f"sensitivity worker failed: {value}")
+                raise InputError(value)
     finally:
         for worker in workers:
             if worker.is_alive():

@@ -1,0 +1,37 @@
+"""The one run folder: made once, continued by the same inputs, refused to others."""
+import pytest
+
+from caffedsd.errors import InputError
+from caffedsd.runfolder import RunFolder
+
+
+def _folder(path):
+    return RunFolder(path, "run.json", "run", "recipe, solver or net")
+
+
+def test_made_once_and_continued_by_the_same_record(tmp_path):
+    folder = _folder(tmp_path / "run").open({"fingerprint": "a"}, files={"recipe.yaml": "seed: 0\n"})
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == "seed: 0\n"
+    folder.append("points.jsonl", {"n": 1})
+    again = _folder(tmp_path / "run").open({"fingerprint": "a"})
+    assert again.journal("points.jsonl") == [{"n": 1}]
+
+
+def test_another_record_or_a_foreign_folder_is_refused(tmp_path):
+    _folder(tmp_path / "run").open({"fingerprint": "a"})
+    with pytest.raises(InputError, match="run: made by a different recipe, solver or net; give a new -o"):
+        _folder(tmp_path / "run").open({"fingerprint": "b"})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="other: exists and is not a caffedsd run folder"):
+        _folder(tmp_path / "other").open({"fingerprint": "a"})
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
+    folder = _folder(tmp_path / "run").open({})
+    folder.append("points.jsonl", {"n": 1})
+    with open(tmp_path / "run" / "points.jsonl", "a") as handle:
+        handle.write('{"n": 2')
+    assert folder.journal("points.jsonl") == [{"n": 1}]
+    assert folder.journal("missing.jsonl") == []
