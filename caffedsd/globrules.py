@@ -1,4 +1,5 @@
-"""GLOB=VALUE rules for layers: plan rules, --force-mult, --layers, --rank.
+"""GLOB=VALUE rules for layers (plan rules, --force-mult, --layers, --rank),
+and the comma-separated number lists of --sparsities and --energy.
 
 A layer takes the value of the last rule that matches it, so broad rules go
 first and exceptions after them. A rule that matches no layer is an error:
@@ -8,6 +9,17 @@ import fnmatch
 from dataclasses import dataclass
 
 from .errors import InputError
+
+
+def number_list(text, option):
+    """'0.1,0.2,...' given to ``option`` -> a tuple of floats, not empty."""
+    try:
+        values = tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{option} {text!r}: not a comma-separated list of numbers") from None
+    if not values:
+        raise InputError(f"{option} {text!r}: empty")
+    return values
 
 
 @dataclass(frozen=True)

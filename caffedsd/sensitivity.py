@@ -29,7 +29,7 @@ from . import report
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, InputError
-from .globrules import GlobRules
+from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
@@ -44,12 +44,7 @@ POINTS = "points.jsonl"  # the scan folder's journal of finished points
 
 def parse_sparsities(text):
     """'0.1,0.2,...' -> a tuple; each in [0, 1), strictly increasing."""
-    try:
-        values = tuple(float(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise InputError(f"--sparsities {text!r}: not a comma-separated list of numbers") from None
-    if not values:
-        raise InputError(f"--sparsities {text!r}: empty")
+    values = number_list(text, "--sparsities")
     for value in values:
         if not 0 <= value < 1:
             raise InputError(f"--sparsities {text!r}: {value:g} is outside [0, 1)")
