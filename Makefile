@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench check-cuda clean
 
 setup:
 	@bash tools/setup.sh $(if $(filter 1,$(CUDA)),--cuda)
@@ -17,6 +17,11 @@ demo: setup
 
 bench: setup
 	$(PY) tools/bench_prune.py
+
+# Compiles GPU Caffe for CUDA 13 and 12 from PyPI's NVIDIA wheels into a
+# throwaway folder: no GPU needed, many minutes (see tools/check_cuda.sh).
+check-cuda:
+	@bash tools/check_cuda.sh $(CUDA_MAJORS)
 
 clean:
 	rm -rf work data/fashion-mnist .pytest_cache

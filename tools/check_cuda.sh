@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# `make check-cuda`: prove that the CUDA build of Caffe compiles with current
+# toolkits, on a machine without a GPU.
+#
+#   tools/check_cuda.sh [MAJOR ...]        (default: 13 12)
+#
+# For each CUDA major version, into one throwaway folder: a venv with pip's
+# CMake (CMake 4: the policy path of build_caffe.sh is what is checked),
+# numpy, and PyPI's NVIDIA wheels (nvcc, runtime, cuBLAS, cuRAND, CCCL; the
+# -cu12 names for 12.x); a toolkit-root folder made of links into those
+# wheels; then tools/build_caffe.sh --cuda, the code path `make setup CUDA=1`
+# takes, for one arch (CAFFEDSD_CUDA_ARCH, default 90) into a throwaway
+# prefix. A CUDA build cannot run without a GPU driver, so the check is that
+# it builds and that its pycaffe carries Blob._gpu_data_ptr / _gpu_diff_ptr.
+#
+# Prints one line per version (result, wall time); the folder is deleted
+# afterwards unless CAFFEDSD_CHECK_KEEP=1. Needs the Debian build packages
+# that `make setup` installs, network for pip, about 3 GB of disk, and many
+# minutes on 2 cores.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+ARCH=${CAFFEDSD_CUDA_ARCH:-90}
+MAJORS=("$@")
+[ ${#MAJORS[@]} -eq 0 ] && MAJORS=(13 12)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/caffedsd-check-cuda.XXXXXX")
+cleanup() { [ "${CAFFEDSD_CHECK_KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+trap cleanup EXIT
+
+say() { echo "check-cuda: $*"; }
+
+wheels_for() {
+    case "$1" in
+        13) echo "nvidia-cuda-nvcc==13.* nvidia-cuda-runtime==13.* nvidia-cublas==13.* nvidia-curand nvidia-cuda-cccl==13.*" ;;
+        12) echo "nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-curand-cu12 nvidia-cuda-cccl-cu12" ;;
+        *) return 1 ;;
+    esac
+}
+
+# One CUDA tree out of the wheels' folders (nvidia/cu13/ for 13.x, one folder
+# per wheel under nvidia/ for 12.x): bin, include and nvvm merged as links,
+# lib64 with a link for each shared library and an unversioned .so link
+# (what CMake's FindCUDA looks for).
+toolkit_root() {  # toolkit_root SITE_PACKAGES OUT
+    local site=$1 out=$2 pkg sub lib base
+    mkdir -p "$out/bin" "$out/include" "$out/nvvm" "$out/lib64"
+    for pkg in "$site"/nvidia/*/; do
+        for sub in bin include nvvm; do
+            [ -d "$pkg$sub" ] && cp -rsn "$pkg$sub/." "$out/$sub/"
+        done
+        for lib in "$pkg"lib/*.so*; do
+            [ -e "$lib" ] || continue
+            ln -sfn "$lib" "$out/lib64/$(basename "$lib")"
+            base=$(basename "$lib" | sed 's/\.so\..*$/.so/')
+            [ -e "$out/lib64/$base" ] || ln -sfn "$lib" "$out/lib64/$base"
+        done
+    done
+    [ -x "$out/bin/nvcc" ] && [ -f "$out/include/cuda_runtime.h" ] && [ -f "$out/include/cublas_v2.h" ] \
+        && [ -f "$out/include/curand.h" ] && [ -e "$out/lib64/libcudart.so" ]
+}
+
+status=0
+for major in "${MAJORS[@]}"; do
+    wheels=$(wheels_for "$major") || { say "CUDA $major: unknown major version (known: 12, 13)"; status=2; continue; }
+    dir="$WORK/cuda$major"
+    log="$dir/check.log"
+    mkdir -p "$dir"
+    start=$(date +%s)
+    result="FAILED"
+    {
+        "$PYTHON" -m venv "$dir/venv" \
+        && "$dir/venv/bin/pip" install -q "cmake>=4" numpy $wheels \
+        && toolkit_root "$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+                        "$dir/toolkit" \
+        && echo "cmake: $("$dir/venv/bin/cmake" --version | head -1)" \
+        && PATH="$dir/venv/bin:$PATH" CUDA_HOME="$dir/toolkit" CAFFEDSD_CUDA_ARCH="$ARCH" \
+           bash "$ROOT/tools/build_caffe.sh" "$dir/venv/bin/python" "$dir/prefix" --cuda
+    } > "$log" 2>&1
+    built=$?
+    if [ $built -eq 0 ]; then
+        so=$(find "$dir/prefix/pycaffe/" -name '_caffe*.so' | head -1)
+        if [ -n "$so" ] && grep -q _gpu_data_ptr "$so" && grep -q _gpu_diff_ptr "$so" \
+           && ldd "$dir/prefix/lib/libcaffe.so" 2>/dev/null | grep -q libcudart; then
+            result="OK ($(cat "$dir/prefix/.complete"); pycaffe has Blob._gpu_data_ptr and _gpu_diff_ptr;"
+            result="$result libcaffe.so $(du -shL "$dir/prefix/lib/libcaffe.so" | cut -f1))"
+        else
+            result="FAILED: built, but the pycaffe or libcaffe is not a CUDA build"
+        fi
+    fi
+    wall=$(( $(date +%s) - start ))
+    [ "${result%% *}" = OK ] || { status=1; tail -25 "$log" | sed 's/^/    /'; }
+    say "CUDA $major (sm_$ARCH, $(grep -m1 '^cmake:' "$log" | cut -d' ' -f2-)): $result, $((wall / 60)) min $((wall % 60)) s wall"
+    [ "${CAFFEDSD_CHECK_KEEP:-0}" = 1 ] || rm -rf "$dir"
+done
+exit $status
