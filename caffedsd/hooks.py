@@ -191,7 +191,7 @@ class HookDispatcher:
             dispatcher = cls(select_backend(gpu, backend))
             # The dispatcher holds no reference to the solver, so the
             # callbacks (owned by the C++ solver) make no cycle through it.
-            solver.add_callback(dispatcher._on_start, dispatcher._on_gradients_ready)
+            solver.add_callback(dispatcher.on_start, dispatcher.on_gradients_ready)
             setattr(solver, cls._ATTRIBUTE, dispatcher)
         return dispatcher
 
@@ -229,13 +229,13 @@ class HookDispatcher:
         for hook in list(self._hooks):
             self.remove(hook)
 
-    def _on_start(self):
+    def on_start(self):
         if self._hooks:
             with self.backend.running():
                 for hook in self._hooks:
                     hook.on_start()
 
-    def _on_gradients_ready(self):
+    def on_gradients_ready(self):
         if self._hooks:
             with self.backend.running():
                 for hook in self._hooks:
