@@ -1,5 +1,6 @@
 # The two commands: `make demo` and `make test`. Both set everything up first.
-# `make setup CUDA=1` builds Caffe with CUDA (see README).
+# `make setup CUDA=1` builds Caffe with CUDA (see README); `make demo GPU=1`
+# builds it too and runs the demo on GPU 0 (GPU_ID=n for another).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
@@ -7,13 +8,13 @@ export VENV
 .PHONY: setup test demo bench check-cuda clean
 
 setup:
-	@bash tools/setup.sh $(if $(filter 1,$(CUDA)),--cuda)
+	@bash tools/setup.sh $(if $(filter 1,$(CUDA) $(GPU)),--cuda)
 
 test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	@bash tools/demo.sh
+	@$(if $(filter 1,$(GPU)),CAFFEDSD_DEMO_GPU=$(or $(GPU_ID),0)) bash tools/demo.sh
 
 bench: setup
 	$(PY) tools/bench_prune.py
