@@ -12,12 +12,20 @@
 # the toolkit and arch that tools/cuda_toolkit.sh finds (CUDA_HOME or nvcc on
 # PATH; CAFFEDSD_CUDA_ARCH or nvidia-smi). CMake 3.27+ and CMake 4 need the
 # policy settings below; CUDA 13 needs the cudaDeviceProp patch.
+#
+# Offline (tools/gpu_stage.sh): CAFFEDSD_CAFFE_SOURCE names the source tree
+# already unpacked by dpkg-source (Debian's patches applied) from the
+# checked tarball, so neither apt nor dpkg-source is needed;
+# CAFFEDSD_CMAKE_ARGS adds CMake options (where the dependencies are).
 set -euo pipefail
 
 PYTHON=${1:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
 PREFIX=${2:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
 CUDA=0
+FETCH_ONLY=0
 [ "${3:-}" = "--cuda" ] && CUDA=1
+# --fetch-only: stop once PREFIX.build/src/caffe is unpacked (gpu_stage.sh).
+[ "${3:-}" = "--fetch-only" ] && FETCH_ONLY=1
 # Absolute, but not resolved: a venv's python is a symlink that must stay one.
 PYTHON=$(realpath -s "$PYTHON")
 PREFIX=$(realpath -m "$PREFIX")
@@ -65,22 +73,31 @@ WORK="$PREFIX.build"
 rm -rf "$WORK" "$PREFIX"
 mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/src"
 
-# A private sources list: the machine's own apt configuration is never edited.
-MIRROR=$(debian_mirror)
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-echo "deb-src [signed-by=$KEYRING] $MIRROR bullseye main" > "$WORK/apt/sources.list"
-APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-          -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cache"
-          -o APT::Sandbox::User=root -q)
-say "fetching source package caffe=$VERSION"
-apt-get "${APT_OPTS[@]}" update >/dev/null
-(cd "$WORK/src" && apt-get "${APT_OPTS[@]}" source --download-only "caffe=$VERSION" >/dev/null)
+if [ -n "${CAFFEDSD_CAFFE_SOURCE:-}" ]; then
+    say "source tree from $CAFFEDSD_CAFFE_SOURCE"
+    cp -r "$CAFFEDSD_CAFFE_SOURCE" "$WORK/src/caffe"
+else
+    # A private sources list: the machine's own apt configuration is never edited.
+    MIRROR=$(debian_mirror)
+    KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+    echo "deb-src [signed-by=$KEYRING] $MIRROR bullseye main" > "$WORK/apt/sources.list"
+    APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cache"
+              -o APT::Sandbox::User=root -q)
+    say "fetching source package caffe=$VERSION"
+    apt-get "${APT_OPTS[@]}" update >/dev/null
+    (cd "$WORK/src" && apt-get "${APT_OPTS[@]}" source --download-only "caffe=$VERSION" >/dev/null)
 
-echo "$ORIG_SHA256  $WORK/src/$ORIG" | sha256sum -c --quiet - \
-    || { echo "caffe: sha256 of $ORIG does not match $ORIG_SHA256" >&2; exit 1; }
-say "sha256 of $ORIG verified"
-(cd "$WORK/src" && dpkg-source --no-check -x "caffe_${VERSION}.dsc" caffe >/dev/null)
+    echo "$ORIG_SHA256  $WORK/src/$ORIG" | sha256sum -c --quiet - \
+        || { echo "caffe: sha256 of $ORIG does not match $ORIG_SHA256" >&2; exit 1; }
+    say "sha256 of $ORIG verified"
+    (cd "$WORK/src" && dpkg-source --no-check -x "caffe_${VERSION}.dsc" caffe >/dev/null)
+fi
 SRC="$WORK/src/caffe"
+if [ "$FETCH_ONLY" = 1 ]; then
+    say "source unpacked in $SRC"
+    exit 0
+fi
 
 # protobuf 3.21 (Debian 12) dropped the two-argument SetTotalBytesLimit.
 sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, *[0-9]*)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
@@ -128,6 +145,7 @@ mkdir -p "$WORK/build"
     -DCPU_ONLY=$CPU_ONLY -DUSE_CUDNN=OFF -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=ON -DBLAS=Open \
     -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 \
     -DPYTHON_EXECUTABLE="$PYTHON" -DBUILD_docs=OFF -DBUILD_matlab=OFF "${CUDA_OPTS[@]}" \
+    ${CAFFEDSD_CMAKE_ARGS:-} \
     > "$WORK/cmake.log" 2>&1) || { tail -30 "$WORK/cmake.log" >&2; exit 1; }
 if grep -q "Python interface is disabled" "$WORK/cmake.log"; then
     grep -iE "python|numpy|boost" "$WORK/cmake.log" >&2
