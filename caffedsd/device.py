@@ -45,7 +45,10 @@ class DeviceBackend:
         self.xp = cupy
         self.device_id = int(device_id)
         self._device = cupy.cuda.Device(self.device_id)
-        self._stream = cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE, self.device_id)
+        try:
+            self._stream = cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE, self.device_id)
+        except TypeError:  # CuPy < 13 takes the handle only
+            self._stream = cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE)
         self._views = {}  # (id(blob), "data"/"diff") -> (address, array)
 
     def data(self, blob):

@@ -51,42 +51,20 @@ fi
 
 say() { echo "caffe: $*"; }
 
-# The source comes from Debian 11 "bullseye". The mirror is the one this
-# machine's apt already uses for Debian (overridable), read from its sources,
-# so no host name is written into this project.
-debian_mirror() {
-    if [ -n "${CAFFEDSD_DEBIAN_MIRROR:-}" ]; then
-        echo "$CAFFEDSD_DEBIAN_MIRROR"; return
-    fi
-    local uri
-    uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-          | awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^(https?|file):/) {print $i; exit}}')
-    if [ -z "$uri" ]; then
-        uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-              | awk '/^URIs:/ && $0 !~ /security/ {print $2; exit}')
-    fi
-    [ -n "$uri" ] || { echo "caffe: cannot find a Debian mirror in apt's sources; set CAFFEDSD_DEBIAN_MIRROR" >&2; exit 1; }
-    echo "$uri"
-}
+# The source comes from Debian 11 "bullseye".
+# shellcheck source=debian_source.sh
+. "$HERE/debian_source.sh"
 
 WORK="$PREFIX.build"
 rm -rf "$WORK" "$PREFIX"
-mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial" "$WORK/src"
+mkdir -p "$WORK/src"
 
 if [ -n "${CAFFEDSD_CAFFE_SOURCE:-}" ]; then
     say "source tree from $CAFFEDSD_CAFFE_SOURCE"
     cp -r "$CAFFEDSD_CAFFE_SOURCE" "$WORK/src/caffe"
 else
-    # A private sources list: the machine's own apt configuration is never edited.
-    MIRROR=$(debian_mirror)
-    KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-    echo "deb-src [signed-by=$KEYRING] $MIRROR bullseye main" > "$WORK/apt/sources.list"
-    APT_OPTS=(-o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cache"
-              -o APT::Sandbox::User=root -q)
     say "fetching source package caffe=$VERSION"
-    apt-get "${APT_OPTS[@]}" update >/dev/null
-    (cd "$WORK/src" && apt-get "${APT_OPTS[@]}" source --download-only "caffe=$VERSION" >/dev/null)
+    fetch_debian_source "$WORK/apt" bullseye "caffe=$VERSION" "$WORK/src"
 
     echo "$ORIG_SHA256  $WORK/src/$ORIG" | sha256sum -c --quiet - \
         || { echo "caffe: sha256 of $ORIG does not match $ORIG_SHA256" >&2; exit 1; }

@@ -3,6 +3,7 @@
 # toolkits, on a machine without a GPU.
 #
 #   tools/check_cuda.sh [MAJOR ...]        (default: 13 12)
+#   tools/check_cuda.sh local              the toolkit already here (CUDA_HOME or nvcc on PATH)
 #
 # For each CUDA major version, into one throwaway folder: a venv with pip's
 # CMake (CMake 4: the policy path of build_caffe.sh is what is checked),
@@ -13,6 +14,10 @@
 # prefix. A CUDA build cannot run without a GPU driver, so the check is that
 # it builds and that its pycaffe carries Blob._gpu_data_ptr / _gpu_diff_ptr.
 #
+# PyPI's CUDA 12 nvcc wheels (nvidia-cuda-nvcc-cu12, 12.4 and 12.9 at
+# least) ship ptxas but no nvcc driver, so "12" stops there with that
+# reason; check a CUDA 12 toolkit with `local` instead.
+#
 # Prints one line per version (result, wall time); the folder is deleted
 # afterwards unless CAFFEDSD_CHECK_KEEP=1. Needs the Debian build packages
 # that `make setup` installs, network for pip, about 3 GB of disk, and many
@@ -22,6 +27,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 ARCH=${CAFFEDSD_CUDA_ARCH:-90}
+USER_CUDA_HOME=${CUDA_HOME:-}
 MAJORS=("$@")
 [ ${#MAJORS[@]} -eq 0 ] && MAJORS=(13 12)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/caffedsd-check-cuda.XXXXXX")
@@ -34,6 +40,7 @@ wheels_for() {
     case "$1" in
         13) echo "nvidia-cuda-nvcc==13.* nvidia-cuda-runtime==13.* nvidia-cublas==13.* nvidia-curand nvidia-cuda-cccl==13.*" ;;
         12) echo "nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-curand-cu12 nvidia-cuda-cccl-cu12" ;;
+        local) echo "" ;;
         *) return 1 ;;
     esac
 }
@@ -56,13 +63,15 @@ toolkit_root() {  # toolkit_root SITE_PACKAGES OUT
             [ -e "$out/lib64/$base" ] || ln -sfn "$lib" "$out/lib64/$base"
         done
     done
-    [ -x "$out/bin/nvcc" ] && [ -f "$out/include/cuda_runtime.h" ] && [ -f "$out/include/cublas_v2.h" ] \
+    [ -x "$out/bin/nvcc" ] || { echo "check-cuda: the wheels hold no bin/nvcc (only: $(ls "$out/bin" | tr '\n' ' '))" >&2; return 1; }
+    [ -f "$out/include/cuda_runtime.h" ] && [ -f "$out/include/cublas_v2.h" ] \
         && [ -f "$out/include/curand.h" ] && [ -e "$out/lib64/libcudart.so" ]
 }
 
 status=0
 for major in "${MAJORS[@]}"; do
-    wheels=$(wheels_for "$major") || { say "CUDA $major: unknown major version (known: 12, 13)"; status=2; continue; }
+    wheels=$(wheels_for "$major") || { say "CUDA $major: unknown major version (known: 12, 13, local)"; status=2; continue; }
+    if [ -n "$USER_CUDA_HOME" ]; then export CUDA_HOME="$USER_CUDA_HOME"; else unset CUDA_HOME; fi
     dir="$WORK/cuda$major"
     log="$dir/check.log"
     mkdir -p "$dir"
@@ -71,10 +80,12 @@ for major in "${MAJORS[@]}"; do
     {
         "$PYTHON" -m venv "$dir/venv" \
         && "$dir/venv/bin/pip" install -q "cmake>=4" numpy $wheels \
-        && toolkit_root "$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-                        "$dir/toolkit" \
+        && if [ "$major" = local ]; then :; else
+               toolkit_root "$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+                            "$dir/toolkit" && export CUDA_HOME="$dir/toolkit"
+           fi \
         && echo "cmake: $("$dir/venv/bin/cmake" --version | head -1)" \
-        && PATH="$dir/venv/bin:$PATH" CUDA_HOME="$dir/toolkit" CAFFEDSD_CUDA_ARCH="$ARCH" \
+        && PATH="$dir/venv/bin:$PATH" CAFFEDSD_CUDA_ARCH="$ARCH" \
            bash "$ROOT/tools/build_caffe.sh" "$dir/venv/bin/python" "$dir/prefix" --cuda
     } > "$log" 2>&1
     built=$?

@@ -52,7 +52,7 @@ DEBS=(libboost1.74-dev
 
 fetch() {
     mkdir -p "$STAGE/debs" "$STAGE/src"
-    (cd "$STAGE/debs" && apt-get download "${DEBS[@]}")
+    (cd "$STAGE/debs" && apt-get download "${DEBS[@]}" 2>&1 | grep -v "unsandboxed")
     # The Caffe source, as tools/build_caffe.sh fetches and checks it; its
     # build folder is kept (CAFFEDSD_KEEP_BUILD) and only the tree is staged.
     local probe="$STAGE/src/probe"
@@ -62,9 +62,11 @@ fetch() {
     # Boost.Python's sources (libs/python/src) out of Debian's boost1.74.
     local tmp
     tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get source --download-only boost1.74 >/dev/null)
-    tar -xf "$tmp"/boost1.74_*.orig.tar.* -C "$tmp" --wildcards '*/libs/python/src'
-    mv "$tmp"/boost_*/libs/python/src "$STAGE/src/boost-python"
+    # shellcheck source=debian_source.sh
+    . "$ROOT/tools/debian_source.sh"
+    fetch_debian_source "$tmp/apt" bookworm boost1.74 "$tmp"
+    (cd "$tmp" && dpkg-source --no-check -x boost1.74_*.dsc boost-src >/dev/null)  # Debian's patches applied
+    mv "$tmp/boost-src/libs/python/src" "$STAGE/src/boost-python"
     rm -rf "$tmp"
     say "staged in $STAGE ($(du -sh "$STAGE" | cut -f1)); copy it to the GPU machine and run: $0 build STAGE PYTHON"
 }
