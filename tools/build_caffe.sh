@@ -16,7 +16,8 @@
 # Offline (tools/gpu_stage.sh): CAFFEDSD_CAFFE_SOURCE names the source tree
 # already unpacked by dpkg-source (Debian's patches applied) from the
 # checked tarball, so neither apt nor dpkg-source is needed;
-# CAFFEDSD_CMAKE_ARGS adds CMake options (where the dependencies are).
+# CAFFEDSD_CMAKE_ARGS adds CMake options (where the dependencies are);
+# CAFFEDSD_CONFIGURE_ONLY=1 stops after CMake's configuration.
 set -euo pipefail
 
 PYTHON=${1:?usage: build_caffe.sh PYTHON PREFIX [--cuda]}
@@ -129,6 +130,10 @@ if grep -q "Python interface is disabled" "$WORK/cmake.log"; then
     grep -iE "python|numpy|boost" "$WORK/cmake.log" >&2
     echo "caffe: CMake did not find what pycaffe needs for $PYTHON (see above)" >&2
     exit 1
+fi
+if [ -n "${CAFFEDSD_CONFIGURE_ONLY:-}" ]; then  # a check of the configuration alone
+    say "configured in $WORK/build; stopping there (CAFFEDSD_CONFIGURE_ONLY)"
+    exit 0
 fi
 say "building with $JOBS jobs (a few minutes)"
 (cd "$WORK/build" && make -j"$JOBS" > "$WORK/make.log" 2>&1) \

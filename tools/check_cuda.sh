@@ -25,6 +25,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=cuda_toolkit.sh
+. "$ROOT/tools/cuda_toolkit.sh"
 PYTHON=${PYTHON:-python3}
 ARCH=${CAFFEDSD_CUDA_ARCH:-90}
 USER_CUDA_HOME=${CUDA_HOME:-}
@@ -45,29 +47,6 @@ wheels_for() {
     esac
 }
 
-# One CUDA tree out of the wheels' folders (nvidia/cu13/ for 13.x, one folder
-# per wheel under nvidia/ for 12.x): bin, include and nvvm merged as links,
-# lib64 with a link for each shared library and an unversioned .so link
-# (what CMake's FindCUDA looks for).
-toolkit_root() {  # toolkit_root SITE_PACKAGES OUT
-    local site=$1 out=$2 pkg sub lib base
-    mkdir -p "$out/bin" "$out/include" "$out/nvvm" "$out/lib64"
-    for pkg in "$site"/nvidia/*/; do
-        for sub in bin include nvvm; do
-            [ -d "$pkg$sub" ] && cp -rsn "$pkg$sub/." "$out/$sub/"
-        done
-        for lib in "$pkg"lib/*.so*; do
-            [ -e "$lib" ] || continue
-            ln -sfn "$lib" "$out/lib64/$(basename "$lib")"
-            base=$(basename "$lib" | sed 's/\.so\..*$/.so/')
-            [ -e "$out/lib64/$base" ] || ln -sfn "$lib" "$out/lib64/$base"
-        done
-    done
-    [ -x "$out/bin/nvcc" ] || { echo "check-cuda: the wheels hold no bin/nvcc (only: $(ls "$out/bin" | tr '\n' ' '))" >&2; return 1; }
-    [ -f "$out/include/cuda_runtime.h" ] && [ -f "$out/include/cublas_v2.h" ] \
-        && [ -f "$out/include/curand.h" ] && [ -e "$out/lib64/libcudart.so" ]
-}
-
 status=0
 for major in "${MAJORS[@]}"; do
     wheels=$(wheels_for "$major") || { say "CUDA $major: unknown major version (known: 12, 13, local)"; status=2; continue; }
@@ -81,8 +60,9 @@ for major in "${MAJORS[@]}"; do
         "$PYTHON" -m venv "$dir/venv" \
         && "$dir/venv/bin/pip" install -q "cmake>=4" numpy $wheels \
         && if [ "$major" = local ]; then :; else
-               toolkit_root "$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-                            "$dir/toolkit" && export CUDA_HOME="$dir/toolkit"
+               cuda_merge_toolkit "$dir/toolkit" \
+                   "$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/nvidia/*/ \
+                   && export CUDA_HOME="$dir/toolkit"
            fi \
         && echo "cmake: $("$dir/venv/bin/cmake" --version | head -1)" \
         && PATH="$dir/venv/bin:$PATH" CAFFEDSD_CUDA_ARCH="$ARCH" \

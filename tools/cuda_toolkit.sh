@@ -58,3 +58,33 @@ cuda_arch() {  # e.g. 90
            return 1 ;;
     esac
 }
+
+# One CUDA tree out of several folders that each hold some of bin, include,
+# nvvm and lib: PyPI's NVIDIA wheels (nvidia/cu13/ for 13.x, one folder per
+# wheel under nvidia/ for 12.x), or a partial toolkit plus the cuBLAS and
+# cuRAND wheels a Python environment carries. bin, include and nvvm are
+# merged as links (first one wins), lib64 gets a link for each shared
+# library plus an unversioned .so link (what CMake's FindCUDA looks for).
+cuda_merge_toolkit() {  # cuda_merge_toolkit OUT DIR...
+    local out=$1 pkg sub lib base
+    shift
+    mkdir -p "$out/bin" "$out/include" "$out/nvvm" "$out/lib64"
+    for pkg in "$@"; do
+        pkg=${pkg%/}
+        for sub in bin include nvvm; do
+            [ -d "$pkg/$sub" ] && cp -rsn "$(realpath "$pkg/$sub")/." "$out/$sub/"
+        done
+        for lib in "$pkg"/lib/*.so* "$pkg"/lib64/*.so*; do
+            [ -e "$lib" ] || continue
+            [ -e "$out/lib64/$(basename "$lib")" ] || ln -s "$(realpath "$lib")" "$out/lib64/$(basename "$lib")"
+            base=$(basename "$lib" | sed 's/\.so\..*$/.so/')
+            [ -e "$out/lib64/$base" ] || ln -s "$(realpath "$lib")" "$out/lib64/$base"
+        done
+    done
+    [ -x "$out/bin/nvcc" ] || { echo "cuda: no bin/nvcc among $* (only: $(ls "$out/bin" | tr '\n' ' '))" >&2; return 1; }
+    local missing=()
+    for need in include/cuda_runtime.h include/cublas_v2.h include/curand.h lib64/libcudart.so lib64/libcublas.so lib64/libcurand.so; do
+        [ -e "$out/$need" ] || missing+=("$need")
+    done
+    [ ${#missing[@]} -eq 0 ] || { echo "cuda: the merged toolkit lacks ${missing[*]}" >&2; return 1; }
+}

@@ -3,10 +3,16 @@
 # network (nvcc, cmake, gcc and a Python with numpy 2 and CuPy there).
 #
 # UNTESTED ON A GPU: written without a GPU machine at hand. `fetch` was run
-# on a Debian 12 machine; `build` has never run. Expect to fix paths.
+# on a Debian 12 machine (49 MB staged). `build` was run there only up to
+# CMake's configuration (CAFFEDSD_CONFIGURE_ONLY=1, CAFFEDSD_CUDA_ARCH=90,
+# Python 3.11, CUDA 13.0 nvcc completed with cu13 wheels): every dependency
+# was found in the staged root. Compiling, Boost.Python for 3.12 and
+# running have not been tried. Expect to fix things.
 #
 #   tools/gpu_stage.sh fetch STAGE          here: Debian 12, apt and network
 #   tools/gpu_stage.sh build STAGE PYTHON   there: no apt, no network
+#
+# STAGE=gpu-stage (git-ignored, under 64 MB) can travel with a checkout.
 #
 # fetch: `apt-get download` of Debian 12's build dependencies (Boost with
 #   Boost.Python, glog, gflags, protobuf 3.21 + protoc, HDF5, OpenBLAS,
@@ -73,6 +79,7 @@ fetch() {
 
 build() {
     local python=${3:?usage: gpu_stage.sh build STAGE PYTHON}
+    python=$(command -v "$python" || echo "$python")
     local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
     mkdir -p "$root"
     for deb in "$STAGE"/debs/*.deb; do dpkg -x "$deb" "$root"; done
@@ -84,6 +91,19 @@ build() {
     pylib=$("$python" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")))')
     [ -f "$pyinc/Python.h" ] || { echo "gpu-stage: $python has no Python.h in $pyinc: pycaffe cannot be built for it" >&2; exit 1; }
     [ -f "$pylib" ] || { echo "gpu-stage: $python has no shared libpython ($pylib)" >&2; exit 1; }
+    # A toolkit without cuBLAS/cuRAND (nvcc and the runtime only) is completed
+    # from the NVIDIA wheels in PYTHON's environment (CuPy's and torch's).
+    # shellcheck source=cuda_toolkit.sh
+    . "$ROOT/tools/cuda_toolkit.sh"
+    local cuda site
+    cuda=$(cuda_root)
+    if [ ! -e "$cuda/lib64/libcublas.so" ] || [ ! -e "$cuda/lib64/libcurand.so" ]; then
+        site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+        say "$cuda lacks cuBLAS or cuRAND: merging it with the NVIDIA wheels in $site"
+        rm -rf "$STAGE/cuda"
+        cuda_merge_toolkit "$STAGE/cuda" "$cuda" "$site"/nvidia/*/
+        export CUDA_HOME="$STAGE/cuda"
+    fi
     if [ "$pyver" != 311 ]; then
         say "compiling Boost.Python for Python ${pyver:0:1}.${pyver:1} (Debian's is for 3.11)"
         find "$STAGE/src/boost-python" -name '*.cpp' -not -path '*numpy*' -print0 \
@@ -98,7 +118,7 @@ build() {
 -DGFLAGS_INCLUDE_DIR=$root/usr/include -DGFLAGS_LIBRARY=$lib/libgflags.so \
 -DProtobuf_INCLUDE_DIR=$root/usr/include -DProtobuf_LIBRARY=$lib/libprotobuf.so \
 -DProtobuf_PROTOC_EXECUTABLE=$root/usr/bin/protoc \
--DHDF5_ROOT=$lib/hdf5/serial -DHDF5_NO_FIND_PACKAGE_CONFIG_FILE=ON \
+-DCMAKE_POLICY_DEFAULT_CMP0074=NEW -DHDF5_ROOT=$lib/hdf5/serial -DHDF5_NO_FIND_PACKAGE_CONFIG_FILE=ON \
 -DOpenBLAS_INCLUDE_DIR=$root/usr/include/x86_64-linux-gnu/openblas-pthread \
 -DOpenBLAS_LIB=$lib/openblas-pthread/libopenblas.so \
 -DLMDB_INCLUDE_DIR=$root/usr/include -DLMDB_LIBRARIES=$lib/liblmdb.so \
