@@ -179,3 +179,15 @@ def test_masks_on_the_device_write_exact_zeros(gpu_solver):
     assert not np.signbit(data[~mask]).any() and np.count_nonzero(data[~mask]) == 0  # +0.0
     assert np.count_nonzero(diff[~mask]) == 0
     enforcer.detach()
+
+
+def test_build_stamp_names_cuda_version_and_arch(tmp_path):
+    from caffedsd.caffe_env import _build_info
+
+    for stamp, expect in [("debian-source:1.0 cpu_only=OFF cuda=13.0 arch=90", ("GPU", {"cuda": "13.0", "arch": "90"})),
+                          ("debian-source:1.0 cpu_only=ON", ("CPU-only", {}))]:
+        prefix = tmp_path / expect[0]
+        (prefix / "pycaffe" / "caffe").mkdir(parents=True)
+        (prefix / ".complete").write_text(stamp + "\n")
+        source, flavour, cuda = _build_info(prefix / "pycaffe" / "caffe")
+        assert (flavour, cuda) == expect and source.startswith("built by caffedsd from debian-source:1.0")
