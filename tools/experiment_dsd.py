@@ -344,18 +344,28 @@ class Experiment:
         return self.run((net_name, regime, f"seed{seed}", arm), recipe, folder / f"seed{seed}" / arm, "arm",
                         {"net": net_name, "regime": regime, "seed": seed, "arm": arm, "n": n})
 
-    def main(self):
+    def work(self):
+        """The runs in the order they are made: per net, the full regime's
+        (a) and (b) for every seed first (the main comparison), then (c),
+        then the subset regime, so an interrupted experiment has the most
+        important pairs finished."""
         for net_name in self.args.nets:
-            starts = {}
             for regime in self.args.regimes:
+                arms = ARMS[regime]
+                for group in ((arms[:2], arms[2:]) if regime == "full" else (arms,)):
+                    yield net_name, regime, group
+
+    def main(self):
+        starts = {}
+        for net_name, regime, arms in self.work():
+            if (net_name, regime) not in starts:
                 weights, net = self.start(net_name, regime)
-                starts[regime] = (weights, self.plan(net_name, regime, weights, net))
+                starts[net_name, regime] = (weights, self.plan(net_name, regime, weights, net))
                 self.write_summary()
             for seed in self.args.seeds:
-                for regime in self.args.regimes:
-                    for arm in ARMS[regime]:
-                        self.arm(net_name, regime, seed, arm, *starts[regime])
-                        self.write_summary()
+                for arm in arms:
+                    self.arm(net_name, regime, seed, arm, *starts[net_name, regime])
+                    self.write_summary()
         return self.write_summary()
 
     # -- summary -----------------------------------------------------------------------------------
