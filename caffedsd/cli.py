@@ -374,11 +374,23 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
                    "or loss units for a loss metric.")
 @click.option("--target-sparsity", type=float, default=None,
               help="Sparsity over all prunable weights to reach with the smallest predicted drop (greedy).")
+@click.option("--max-total-drop", type=float, default=None,
+              help="Allowed drop of the whole pruned net, as measured by --verify (same units as --max-drop).")
+@click.option("--verify", is_flag=True,
+              help="Measure the whole pruned net on the scan's net and weights (TEST phase); with "
+                   "--max-total-drop, back off sparsity until the measured drop is within it.")
+@click.option("--iterations", "-n", type=int, default=None,
+              help="TEST iterations per measurement with --verify (default: the scan's).")
 @click.option("--metric", default=None, help="Output to judge by (default: the first accuracy).")
+@click.option("--model", "-p", type=_path(), default=None,
+              help="With --verify: the scan's net prototxt, if not where the scan recorded it.")
 @weights_option(required=False)
+@gpu_option
+@click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")
 @click.option("--force", is_flag=True, help="Allow overwriting an input file.")
 @click.option("--output", "-o", type=_path(), required=True, help="Plan YAML to write.")
-def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output):
+def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterations, metric, model, weights, gpu,
+                 verbose, force, output):
     """Choose each layer's sparsity from a sensitivity scan.
 
     With --max-drop alone: per layer, the highest measured sparsity within
@@ -387,19 +399,27 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
     layer's convex hull), each layer within --max-drop if given. With
     --weights, the scan must be of that model.
 
+    Adding per-layer drops is optimistic. --verify builds the scan's net
+    with its weights and measures the whole pruned net; with
+    --max-total-drop X it backs off (the layer that costs most per unit of
+    its sparsity first) until the measured drop is within X, and writes the
+    measured drop into the plan. --max-total-drop alone starts from each
+    layer's highest sparsity within X.
+
     \b
-    Example:
+    Examples:
       caffedsd plan --sensitivity sens/sensitivity.json --max-drop 0.5 -o plan.yaml
+      caffedsd plan --sensitivity sens/sensitivity.json --max-total-drop 1 --verify -o plan.yaml
     """
     from .planner import make_plan
+    from .training import quiet_caffe
 
+    quiet_caffe(verbose)
     result = make_plan(sens, output, max_drop=max_drop, target=target_sparsity, metric=metric,
-                       weights=weights, force=force)
-    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
-    click.echo(report.format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body,
-                                   "lrrr"))
-    click.echo(f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
-               f"predicted total drop {result['drop']:.4g} {result['unit']} of {result['metric']}")
+                       weights=weights, force=force, verify=verify, max_total_drop=max_total_drop,
+                       iterations=iterations, model=model, gpu=gpu)
+    click.echo(report.plan_table(result))
+    click.echo(report.plan_summary(result))
     click.echo(f"wrote {output}")
 
 

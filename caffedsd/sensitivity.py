@@ -260,7 +260,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         raise InputError(f"--iterations {iterations}: must be 1 or more")
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: must be 1 or more")
-    config = ScanConfig(str(model_path), str(weights_path), model.sha256(),
+    # Absolute paths: `plan --verify` rebuilds this net from another folder.
+    config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed)
     folder = ScanFolder(out_dir)
