@@ -99,6 +99,77 @@ def save_masks(path, maskset):
                 ds.attrs["shared_by"] = json.dumps(list(maskset.shared_by[owner]))
 
 
+def _text(path, value, what):
+    """An HDF5 attribute that must be text (h5py gives str or bytes)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: {what} is not UTF-8 text") from None
+    if not isinstance(value, str):
+        raise InputError(f"{path}: {what} is not text")
+    return value
+
+
+def _json(path, value, what):
+    try:
+        return json.loads(_text(path, value, what))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: {what} is not valid JSON ({exc.msg})") from None
+
+
+def _is_name_list(value):
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _checked_structure(path, structure):
+    """[[name, type, [[dims of each blob]]]] or InputError."""
+    ok = isinstance(structure, list) and all(
+        isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[1], str)
+        and isinstance(row[2], list) and all(
+            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                            for d in shape) for shape in row[2])
+        for row in structure)
+    if not ok:
+        raise InputError(f"{path}: the stored model structure is malformed")
+    return structure
+
+
+def _read_masks(path, h5):
+    if _text(path, h5.attrs.get("format", ""), "attribute 'format'") != FORMAT:
+        raise InputError(f"{path}: not a caffedsd masks file")
+    version = h5.attrs.get("format_version", 0)
+    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+        raise InputError(f"{path}: attribute 'format_version' is not a whole number")
+    if int(version) > FORMAT_VERSION:
+        raise InputError(f"{path}: masks format {int(version)} is newer than this caffedsd reads")
+    if "structure" not in h5.attrs or "fingerprint" not in h5.attrs:
+        raise InputError(f"{path}: no model structure or fingerprint stored: not a complete masks file")
+    structure = _checked_structure(path, _json(path, h5.attrs["structure"], "attribute 'structure'"))
+    stored_fingerprint = _text(path, h5.attrs["fingerprint"], "attribute 'fingerprint'")
+    meta = {key: _json(path, h5.attrs[key], f"attribute {key!r}") for key in h5.attrs
+            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
+    group = h5.get("masks")
+    if not isinstance(group, h5py.Group):
+        raise InputError(f"{path}: no 'masks' group")
+    shapes = {name: shapes[0] for name, _, shapes in structure if shapes}
+    masks, shared_by = {}, {}
+    for key in group:
+        ds = group.get(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError(f"{path}: masks/{key} is not a dataset")
+        owner = _text(path, ds.attrs.get("layer"), f"masks/{key} attribute 'layer'")
+        sharing = _json(path, ds.attrs.get("shared_by", b"[]"), f"masks/{key} attribute 'shared_by'")
+        if owner not in shapes or not _is_name_list(sharing) or any(n not in shapes for n in sharing):
+            raise InputError(f"{path}: masks/{key} names a layer its stored model does not have")
+        if ds.dtype.kind not in "biuf" or tuple(ds.shape) != tuple(shapes[owner]):
+            raise InputError(f"{path}: mask of {owner!r} is {ds.dtype} {list(ds.shape)}, "
+                             f"not a boolean {shapes[owner]}")
+        masks[owner] = np.asarray(ds[()], dtype=bool)
+        shared_by[owner] = tuple(sharing)
+    return MaskSet(masks, shared_by, structure, meta), stored_fingerprint
+
+
 def load_masks(path):
     """Read a masks file. Raises InputError naming the file on anything wrong."""
     path = Path(path)
@@ -106,25 +177,13 @@ def load_masks(path):
         raise InputError(f"{path}: no such masks file")
     try:
         with h5py.File(path, "r") as h5:
-            if h5.attrs.get("format") != FORMAT:
-                raise InputError(f"{path}: not a caffedsd masks file")
-            version = int(h5.attrs.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise InputError(f"{path}: masks format {version} is newer than this caffedsd reads")
-            structure = json.loads(h5.attrs["structure"])
-            stored_fingerprint = str(h5.attrs["fingerprint"])
-            meta = {key: json.loads(h5.attrs[key]) for key in h5.attrs
-                    if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
-            masks, shared_by = {}, {}
-            for ds in h5["masks"].values():
-                owner = str(ds.attrs["layer"])
-                masks[owner] = np.asarray(ds[()], dtype=bool)
-                shared_by[owner] = tuple(json.loads(ds.attrs["shared_by"]))
-    except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{path}: not a readable masks file ({exc})") from None
-    maskset = MaskSet(masks, shared_by, structure, meta)
+            maskset, stored_fingerprint = _read_masks(path, h5)
+    except InputError:
+        raise
+    # h5py reports damaged files through all of these, depending on where
+    # the damage lies (superblock, object headers, B-trees, filters).
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable masks file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if stored_fingerprint != maskset.fingerprint:
         raise InputError(f"{path}: fingerprint does not match the stored structure (file edited?)")
     return maskset
