@@ -441,15 +441,25 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
 @click.option("--data", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True)
 @click.option("--train-source", default=None, help="Training data (LMDB folder or HDF5 list file).")
 @click.option("--test-source", default=None, help="Test data (LMDB folder or HDF5 list file).")
+@click.option("--bias-lr2", is_flag=True,
+              help="Give every conv param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 } "
+                   "(BVLC's reference-net convention; the release has none).")
+@click.option("--mirror", is_flag=True, help="Random horizontal flips in the TRAIN Data layer.")
+@click.option("--split-phases", is_flag=True,
+              help="Loss in TRAIN only, accuracies in TEST only (v1.0's release does; v1.1's leaves both).")
+@click.option("--solver-mode", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="solver_mode of solver.prototxt (the release's is GPU).")
 @click.option("--sweep", is_flag=True,
               help="Print parameters and size over the grid of the KNOB=V1,V2,... arguments instead of writing files.")
 @click.argument("knobs", nargs=-1, metavar="[KNOB=V1,V2,...]...")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.")
 def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
-               weight_filler, data, train_source, test_source, sweep, knobs, output):
-    """Generate SqueezeNet nets: v1.0 (the default, as in the model zoo),
-    v1.1, bypass variants and the paper's design-space knobs.
+               weight_filler, data, train_source, test_source, bias_lr2, mirror, split_phases, solver_mode, sweep,
+               knobs, output):
+    """Generate SqueezeNet nets: v1.0 (the default) and v1.1 exactly as
+    released (train_val, deploy and solver), bypass variants and the
+    paper's design-space knobs.
 
     \b
     Examples:
@@ -466,7 +476,9 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     try:
         spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
                               pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
-                              channels=channels, stem=stem, weight_filler=weight_filler, data=data, **sources)
+                              channels=channels, stem=stem, weight_filler=weight_filler, data=data,
+                              bias_lr2=bias_lr2, mirror=mirror, split_phases=split_phases, solver_mode=solver_mode,
+                              **sources)
         if knobs and not sweep:
             raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
         if sweep:
@@ -539,7 +551,10 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
               help="Folder for the rewritten prototxts, model.caffemodel and report.md.")
 def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, output):
     """Split trained Convolution (and with --fc InnerProduct) layers into a
-    rank-r layer and a 1x1 layer carrying the bias, by SVD.
+    rank-r layer and a 1x1 layer carrying the bias, by SVD (per group for
+    grouped convolutions). A layer is split only where that makes it
+    smaller in weights and multiply-adds, unless --rank names it. The
+    prototxts are written under the names they were given.
 
     \b
     Example:
@@ -547,17 +562,24 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
     """
     from .lowrank import parse_rank, write_decomposition
 
-    rows = write_decomposition(model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
-                               layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers)
-    click.echo(report.decomposition_table(rows))
-    click.echo(f"wrote {output}/train_val.prototxt{', deploy.prototxt' if deploy else ''}, model.caffemodel, report.md")
+    rows, skipped, names = write_decomposition(
+        model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
+        layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers)
+    if rows:
+        click.echo(report.decomposition_table(rows))
+    else:
+        click.echo("no layer decomposed: no split would be smaller")
+    for line in report.skipped_lines(skipped):
+        click.echo(f"left as is: {line}")
+    click.echo(f"wrote {output}/{', '.join(names)}, model.caffemodel, report.md")
 
 
 @main.command()
 @weights_option()
 @click.option("--energy", default="0.9,0.95,0.99", show_default=True, help="Energy levels, comma-separated.")
 def rank(weights, energy):
-    """Each Convolution/InnerProduct layer's rank at the given energy levels.
+    """Each Convolution/InnerProduct layer's rank at the given energy levels
+    (per group for grouped convolutions).
 
     \b
     Example:
@@ -568,7 +590,8 @@ def rank(weights, energy):
 
     levels = energy_levels(energy)
     rows = rank_table(read_caffemodel(weights), levels)
-    body = [[name, kind, "x".join(map(str, shape)), top, *ranks] for name, kind, shape, top, ranks in rows]
+    body = [[name, kind, "x".join(map(str, shape)) + (f" group {groups}" if groups > 1 else ""), top, *ranks]
+            for name, kind, shape, groups, top, ranks in rows]
     click.echo(report.format_table(["layer", "type", "shape", "max rank", *(f"{e:g}" for e in levels)], body,
                                    "lllr" + "r" * len(levels)))
 

@@ -147,7 +147,7 @@ def load_plan(path):
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"{path}: no such plan file")
-    return SparsityPlan.from_yaml(path.read_text(), where=str(path))
+    return SparsityPlan.from_yaml(path.read_bytes(), where=str(path))
 
 
 def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):

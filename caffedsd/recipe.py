@@ -194,5 +194,5 @@ def load_recipe(path):
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
-    data = parse_yaml(path.read_text(), str(path), RecipeError)
+    data = parse_yaml(path.read_bytes(), str(path), RecipeError)
     return Recipe.from_dict(data, where=str(path))

@@ -243,7 +243,8 @@ def write_sensitivity_plot(path, data):
 # -- low-rank decomposition ------------------------------------------------------------
 
 def decomposition_rows(rows):
-    body = [[r.layer, r.type, f"{r.rank}/{r.max_rank}", r.params_before, r.params_after, r.macs_before,
+    body = [[r.layer, r.type, f"{r.rank}/{r.max_rank}" + (f" x{r.groups} groups" if r.groups > 1 else ""),
+             r.params_before, r.params_after, r.macs_before,
              r.macs_after, f"{r.discarded_energy:.4g}"] for r in rows]
     totals = [sum(getattr(r, f) for r in rows) for f in ("params_before", "params_after", "macs_before", "macs_after")]
     body.append(["total", "", "", *totals, ""])
@@ -256,7 +257,11 @@ def decomposition_table(rows):
     return format_table(header, body, "lllrrrrr")
 
 
-def decomposition_markdown(rows, weights):
+def skipped_lines(skipped):
+    return [f"{s.layer} ({s.type}): {s.reason}" for s in skipped]
+
+
+def decomposition_markdown(rows, weights, skipped=()):
     header, body = decomposition_rows(rows)
     lines = [f"# Low-rank decomposition of {weights}", "",
              "Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
@@ -264,6 +269,11 @@ def decomposition_markdown(rows, weights):
              "squared singular values left out (the squared Frobenius error of the weights).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    if skipped:
+        lines += ["", "## Left as they are", "",
+                  "A split is made only where it has fewer weights and fewer multiply-adds than the layer "
+                  "(or where --rank asks for it).", ""]
+        lines += [f"- {line}" for line in skipped_lines(skipped)]
     return "\n".join(lines) + "\n"
 
 
