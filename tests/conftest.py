@@ -134,3 +134,7 @@ def assert_one_line_error(result, expect):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     assert expect in lines[0], lines[0]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes-long tests on VGG16-sized models (deselect: -m 'not slow')")
