@@ -209,34 +209,71 @@ def canonical_codes(lengths):
 
 
 class BitWriter:
-    """Packs codes most significant bit first, slice by slice: each symbol's
-    code bits come from a (symbol, bit) table, kept where the code has them."""
+    """Packs codes most significant bit first, written slice by slice.
+
+    Consecutive symbols are first joined in groups (up to 4, while the group
+    table has at most 2^16 entries and a group's code at most 57 bits); each
+    group's code then lands in one or two 64-bit words: a sum over each word
+    (codes never share a bit) and one carry into the next word."""
 
     def __init__(self, codes, lengths):
-        lengths = np.asarray(lengths, dtype=np.int64)
-        width = max(int(lengths.max(initial=0)), 1)
-        shifts = lengths[:, None] - 1 - np.arange(width)
-        # Bit j of each symbol's code; 2 past the code's end.
-        self.table = np.where(shifts >= 0, (np.asarray(codes, dtype=np.int64)[:, None] >> np.maximum(shifts, 0)) & 1,
-                              2).astype(np.uint8)
-        self.lengths = lengths
+        codes = np.asarray(codes, dtype=np.uint64)
+        lengths = np.asarray(lengths, dtype=np.uint64)
+        longest = max(int(lengths.max(initial=0)), 1)
+        self.group = 1
+        while self.group < 4 and codes.size ** (self.group + 1) <= 1 << 16 and (self.group + 1) * longest <= 57:
+            self.group += 1
+        group_codes, group_lengths = codes, lengths
+        for _ in range(self.group - 1):
+            group_codes = ((group_codes[:, None] << lengths[None, :]) | codes[None, :]).reshape(-1)
+            group_lengths = (group_lengths[:, None] + lengths[None, :]).reshape(-1)
+        self.codes, self.lengths = codes, lengths
+        self.group_codes, self.group_lengths = group_codes, group_lengths
+        self.alphabet = codes.size
         self.parts = []
-        self.carry = np.zeros(0, dtype=np.uint8)  # bits past the last whole byte
-        self.bits = 0
+        self.pending = 0  # the last, incomplete 64-bit word, left-aligned
+        self.pending_bits = 0
+        self.leftover = np.zeros(0, dtype=np.int64)  # symbols short of a whole group
 
     def write(self, symbols):
         symbols = np.asarray(symbols)
-        bits = self.table[symbols]
-        bits = bits[bits != 2]
-        self.bits += bits.size
-        if self.carry.size:
-            bits = np.concatenate([self.carry, bits])
-        whole = bits.size // 8 * 8
-        self.parts.append(np.packbits(bits[:whole]).tobytes())
-        self.carry = bits[whole:]
+        if self.leftover.size:
+            symbols = np.concatenate([self.leftover, symbols])
+        whole = symbols.size // self.group * self.group
+        self.leftover = symbols[whole:].astype(np.int64)
+        index = symbols[0:whole:self.group].astype(np.int64)
+        for j in range(1, self.group):
+            index = index * self.alphabet + symbols[j:whole:self.group]
+        self._pack(self.group_codes[index], self.group_lengths[index])
+
+    def _pack(self, codes, lengths):
+        if not codes.size:
+            return
+        ends = np.cumsum(lengths) + np.uint64(self.pending_bits)
+        starts = ends - lengths
+        total = int(ends[-1])
+        words = np.zeros(total // 64 + 2, dtype=np.uint64)
+        word = starts >> np.uint64(6)
+        room = np.uint64(64) - (starts & np.uint64(63))  # bits left in the start word
+        fits = lengths <= room
+        shift = np.where(fits, room - lengths, lengths - room)
+        head = np.where(fits, codes << shift, codes >> shift)
+        first = np.flatnonzero(np.concatenate([[True], word[1:] != word[:-1]]))
+        words[word[first]] = np.add.reduceat(head, first)
+        spill = np.flatnonzero(~fits)
+        words[word[spill] + np.uint64(1)] += codes[spill] << (np.uint64(64) - shift[spill])
+        words[0] += np.uint64(self.pending)
+        complete = total // 64
+        self.parts.append(words[:complete].astype(">u8").tobytes())
+        self.pending_bits = total - complete * 64
+        self.pending = int(words[complete]) if self.pending_bits else 0
 
     def getvalue(self):
-        return b"".join(self.parts) + np.packbits(self.carry).tobytes()
+        if self.leftover.size:
+            self._pack(self.codes[self.leftover], self.lengths[self.leftover])
+            self.leftover = self.leftover[:0]
+        tail = self.pending.to_bytes(8, "big")[:(self.pending_bits + 7) // 8]
+        return b"".join(self.parts) + tail
 
 
 def huffman_encode(symbols, lengths):
@@ -245,7 +282,7 @@ def huffman_encode(symbols, lengths):
     writer = BitWriter(canonical_codes(lengths), lengths)
     for start, stop in iter_chunks(symbols.size):
         writer.write(symbols[start:stop])
-    return writer.getvalue(), writer.bits
+    return writer.getvalue(), int(np.asarray(lengths, dtype=np.int64)[symbols].sum())
 
 
 def huffman_decode(data, bit_count, count, lengths):
@@ -318,27 +355,39 @@ def decode_stream(data, count, lengths, chunk, offsets):
     if chunks != -(-count // chunk) or offsets[0] != 0:
         raise FormatError("Huffman sync points do not fit the symbol count")
     steps = min(chunk, count)
+    # Symbols per 64-bit read: a window starts at most 7 bits into the word.
+    per_word = 4 if 4 * width + 7 <= 64 else 2
+    rows = -(-steps // per_word) * per_word
     # The last chunk is shorter: it decodes past its end into zero padding.
-    words = _words(data, (steps * width) // 8 + 8)
+    words = _words(data, (rows * width) // 8 + 8)
     if int(offsets[-1]) > 8 * len(data):
         raise FormatError("Huffman sync point past the end of the stream")
-    out = np.empty((steps, chunks), dtype=table_symbol.dtype)
+    out = np.empty((rows, chunks), dtype=table_symbol.dtype)
     position = offsets.copy()
-    drop = np.uint64(64 - width)
-    three, seven = np.uint64(3), np.uint64(7)
+    word, window = np.empty(chunks, dtype=np.uint64), np.empty(chunks, dtype=np.uint64)
+    length = np.empty(chunks, dtype=np.uint8)
+    drop, three, seven = np.uint64(64 - width), np.uint64(3), np.uint64(7)
     last = count - (chunks - 1) * chunk
     last_end = None
-    for step in range(steps):
-        window = (words[position >> three] << (position & seven)) >> drop
-        out[step] = table_symbol[window]
-        position += table_length[window]
-        if step == last - 1:
-            last_end = int(position[-1])  # past here the last chunk decodes padding
-    if not np.array_equal(position[:-1], offsets[1:]):
+    for row in range(0, rows, per_word):
+        np.right_shift(position, three, out=window)
+        np.left_shift(words[window], position & seven, out=word)  # (take() would copy the strided view)
+        for j in range(per_word):
+            np.right_shift(word, drop, out=window)
+            table_symbol.take(window, out=out[row + j])
+            table_length.take(window, out=length)
+            position += length
+            if j < per_word - 1:
+                np.left_shift(word, length, out=word, casting="unsafe")
+            if row + j == last - 1:
+                last_end = int(position[-1])  # past here the last chunk decodes padding
+            if row + j == steps - 1:
+                ends = position.copy()  # past here every chunk decodes the next one's bits
+    if chunks > 1 and not np.array_equal(ends[:-1], offsets[1:]):
         raise FormatError("Huffman chunk does not end at the next sync point")
     if not 8 * len(data) - 8 < last_end <= 8 * len(data):
         raise FormatError("Huffman stream does not end in its last byte")
-    return np.ascontiguousarray(out.T).reshape(-1)[:count]
+    return np.ascontiguousarray(out[:steps].T).reshape(-1)[:count]
 
 
 def decode_fixed(data, count, width):
@@ -364,21 +413,28 @@ class StreamWriter:
     def __init__(self, lengths, chunk):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.chunk = chunk
-        self.bits = BitWriter(canonical_codes(self.lengths), self.lengths)
+        self.writer = BitWriter(canonical_codes(self.lengths), self.lengths)
         self.count = 0
+        self.bits = 0
         self.offsets = []
 
     def write(self, symbols):
         symbols = np.asarray(symbols)
+        if not symbols.size:
+            return
+        lens = self.lengths.astype(np.uint8)[symbols]
         first = (-self.count) % self.chunk
         if first < symbols.size:
-            lens = self.lengths[symbols]
-            before = np.cumsum(lens) - lens  # bits before each symbol, in this slice
-            self.offsets.append(before[first::self.chunk] + self.bits.bits)
-        self.bits.write(symbols)
+            before = self.bits + int(lens[:first].sum(dtype=np.int64))
+            sums = np.add.reduceat(lens[first:], np.arange(0, symbols.size - first, self.chunk), dtype=np.int64)
+            self.offsets.append(before + np.concatenate([[0], np.cumsum(sums[:-1])]))
+            self.bits = int(before + sums.sum())
+        else:
+            self.bits += int(lens.sum(dtype=np.int64))
+        self.writer.write(symbols)
         self.count += symbols.size
 
     def result(self):
         """(bytes, sync-point bit offsets)."""
         offsets = np.concatenate(self.offsets) if self.offsets else np.zeros(0, dtype=np.int64)
-        return self.bits.getvalue(), offsets
+        return self.writer.getvalue(), offsets

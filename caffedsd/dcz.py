@@ -135,9 +135,12 @@ def _pack_fixed(values, width):
 # -- streams: a sequence of symbols from an alphabet the reader knows ----------------
 
 def chunk_size(count):
-    """Symbols between sync points: about the square root of the count, so
-    the decoder's steps and the width of each step are balanced."""
-    return 1 << max(MIN_CHUNK_BITS, (int(count) // 4).bit_length() // 2 + 1)
+    """Symbols between sync points. Small streams: 8192, so at most a few
+    sync points are stored. Large ones: about sqrt(count) / 4 (at least 512),
+    so the decoder takes few numpy steps, each over many chunks."""
+    if count <= 1 << 16:
+        return 1 << MIN_CHUNK_BITS
+    return 1 << max(9, int(round(np.log2(np.sqrt(count) / 4))))
 
 
 def uniform_lengths(alphabet):
@@ -261,7 +264,7 @@ def read_stream(reader, alphabet, count):
     else:
         raise FormatError(f"unknown stream mode {mode}")
     chunk_bits = reader.byte() if count > 1 << MIN_CHUNK_BITS else MIN_CHUNK_BITS
-    if not MIN_CHUNK_BITS <= chunk_bits <= 40:
+    if chunk_bits > 40:
         raise FormatError("Huffman chunk size out of range")
     chunk = 1 << chunk_bits
     chunks = -(-count // chunk)
@@ -448,8 +451,8 @@ def encode_shared(data, keep, bits, index_bits, sizes):
                         encode_floats(codebook), value_stream, gap_stream])
     sizes.shared, sizes.weights, sizes.kept, sizes.entries = True, flat.size, kept, entries
     sizes.bits, sizes.index_bits, sizes.codebook = bits, width, codebook.size
-    sizes.value_bits = 0 if value_writer is None else value_writer.bits.bits
-    sizes.index_stream_bits = 0 if gap_writer is None else gap_writer.bits.bits
+    sizes.value_bits = 0 if value_writer is None else value_writer.bits
+    sizes.index_stream_bits = 0 if gap_writer is None else gap_writer.bits
     sizes.before_huffman += (entries * (bits + width) + 7) // 8 + 4 * codebook.size
     return payload
 

@@ -66,7 +66,7 @@ def _random_stream(rng, longest):
         freq[rng.integers(0, freq.size, 2)] += 1
     symbols = np.repeat(np.arange(freq.size), freq)
     rng.shuffle(symbols)
-    return (symbols if longest else symbols[:int(rng.integers(1, symbols.size + 1))]), freq.size
+    return (symbols if longest else symbols[:int(rng.integers(1, min(symbols.size, 20000) + 1))]), freq.size
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -83,7 +83,7 @@ def test_vectorized_decoder_matches_the_reference_decoder(seed):
         writer.write(symbols[start:stop])
     data, offsets = writer.result()
     assert offsets.size == -(-symbols.size // chunk) and offsets[0] == 0
-    reference = huffman_decode(data, writer.bits.bits, symbols.size, lengths)
+    reference = huffman_decode(data, writer.bits, symbols.size, lengths)
     assert np.array_equal(reference, symbols)
     assert np.array_equal(decode_stream(data, symbols.size, lengths, chunk, offsets), symbols)
 
