@@ -44,9 +44,9 @@ def kmeans_1d(values, clusters, iterations=100):
     ``share_weights`` drops them."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     ordered = np.sort(values)
-    distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if ordered.size else ordered
-    if distinct.size <= clusters:
-        return distinct.copy(), _assign(values, distinct, None)
+    if not ordered.size or np.count_nonzero(ordered[1:] != ordered[:-1]) < clusters:
+        distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if ordered.size else ordered
+        return distinct, _assign(values, distinct, None)
     # Sums over ranges of the sorted values: float64 prefix sums every 64
     # values, plus the few values past the last full block (no N-sized float64 array).
     block = 64
@@ -86,13 +86,22 @@ def _above(points):
 
 def _assign(values, codebook, midpoints):
     """Index of the codebook entry nearest each value (ties to the lower): the
-    count of midpoints below it, searched in float32 (no float64 copy)."""
+    count of midpoints below it, in float32 (no float64 copy). With few
+    midpoints, counting them pass by pass beats a binary search per value."""
     if midpoints is None:  # the codebook is the values themselves
         midpoints = (codebook[:-1].astype(np.float64) + codebook[1:]) / 2
     above = _above(midpoints)
     labels = np.empty(values.size, dtype=label_dtype(codebook.size))
     for start, stop in iter_chunks(values.size):
-        labels[start:stop] = np.searchsorted(above, values[start:stop], side="right")
+        chunk, out = values[start:stop], labels[start:stop]
+        if above.size > 64:
+            out[:] = np.searchsorted(above, chunk, side="right")
+            continue
+        out[:] = 0
+        passed = np.empty(chunk.size, dtype=bool)
+        for threshold in above:
+            np.greater_equal(chunk, threshold, out=passed)
+            np.add(out, passed, out=out, casting="unsafe")
     return labels
 
 
