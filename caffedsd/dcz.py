@@ -22,8 +22,8 @@ from .atomic import atomic_open, atomic_path, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import new_caffemodel, read_caffemodel
 from .compression import (SLICE, FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps,
-                          huffman_decode, huffman_encode, huffman_lengths, iter_chunks, label_dtype, positions_from_gaps,
-                          relative_indices, share_values)
+                          huffman_decode, huffman_encode, huffman_lengths, iter_chunks, label_dtype,
+                          positions_from_gaps, relative_indices, share_values)
 from .errors import InputError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for

@@ -294,7 +294,8 @@ def compression_table(rows, container=0):
     stored = sum(r.stored for r in rows) + container
     # Bits per kept weight in total: weighted by each layer's kept count.
     body.append(["total", pct(kept / weights) if weights else "-",
-                 per_kept(sum(r.bits * r.kept for r in shared), kept), per_kept(sum(r.value_bits for r in shared), kept),
+                 per_kept(sum(r.bits * r.kept for r in shared), kept),
+                 per_kept(sum(r.value_bits for r in shared), kept),
                  per_kept(sum(r.index_bits * r.kept for r in shared), kept),
                  per_kept(sum(r.index_stream_bits for r in shared), kept),
                  dense, before, stored, f"{dense / stored:.1f}x" if stored else "-"])

@@ -2,7 +2,6 @@
 versions, stock caffe, bad input."""
 import struct
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,7 +329,8 @@ def test_bad_inputs(lenet, tmp_path, cli, other_model):
     (tmp_path / "text.dcz").write_text("hello")
     assert_one_line_error(cli("decompress", "text.dcz", "-o", "x.caffemodel"), "bad magic number")
     assert_one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"), "17 is outside 1..16")
-    assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"), "conv=0 is outside 1..16")
+    assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"),
+                          "conv=0 is outside 1..16")
     assert_one_line_error(cli("compress", "-w", weights, "--index-bits", "wide", "-o", "y.dcz"), "expected auto")
     assert_one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
                           "masks were made for another model")
@@ -341,7 +341,8 @@ def test_bad_inputs(lenet, tmp_path, cli, other_model):
 def _vgg16_prototxt(specs):
     """A deploy net for bench_prune's VGG16-shaped layers (224x224 input)."""
     lines = ['name: "VGG_ILSVRC_16_layers"',
-             'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 } } }']
+             'layer { name: "data" type: "Input" top: "data" '
+             'input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 } } }']
     for name, kind, shapes, bottom, fields in specs:
         if bottom.startswith("pool") and f'name: "{bottom}"' not in "\n".join(lines):
             conv = {"pool1": "conv1_2", "pool2": "conv2_2", "pool3": "conv3_3", "pool4": "conv4_3", "pool5": "conv5_3"}
