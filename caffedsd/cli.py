@@ -601,13 +601,16 @@ def rank(weights, energy):
 @masks_option
 @click.option("--bits", default="conv=8,fc=5", show_default=True,
               help="Bits of the shared-weight codes: N, or conv=N,fc=M (1..16).")
-@click.option("--index-bits", default="conv=8,fc=5", show_default=True,
-              help="Width of the relative sparse indices (padding entries fill larger gaps).")
+@click.option("--index-bits", default="auto", show_default=True,
+              help="Width of the relative sparse indices: auto (per layer, the smallest file), N or conv=N,fc=M "
+                   "(padding entries fill larger gaps).")
 @click.option("--force", is_flag=True, help="Allow overwriting an input file.")
 @click.option("--output", "-o", type=_path(), required=True, help="The .dcz file to write.")
 def compress(weights, masks, bits, index_bits, force, output):
     """Deep Compression storage: sparse relative indices, k-means weight
-    sharing, Huffman coding; other blobs exact. Prints bytes per stage.
+    sharing, Huffman coding; other blobs exact. Prints the paper's per-stage
+    table: bits per kept weight before and after Huffman coding, bytes after
+    pruning and quantization (P+Q) and after Huffman coding (P+Q+H).
 
     \b
     Example:
@@ -615,13 +618,9 @@ def compress(weights, masks, bits, index_bits, force, output):
     """
     from .dcz import compress as run, parse_bits
 
-    rows = run(weights, output, parse_bits(bits), parse_bits(index_bits, "--index-bits"), masks=masks, force=force)
-    body = [[r["layer"], r.get("bits", "exact"), r["dense"], r["pruned"], r["quantized"], r["huffman"],
-             f"{r['dense'] / r['huffman']:.1f}x"] for r in rows]
-    totals = [sum(r[k] for r in rows) for k in ("dense", "pruned", "quantized", "huffman")]
-    body.append(["total", "", *totals, f"{totals[0] / totals[3]:.1f}x"])
-    click.echo(report.format_table(["layer", "bits/index", "dense B", "pruned B", "quantized B", "huffman B",
-                                    "ratio"], body, "llrrrrr"))
+    rows, container = run(weights, output, parse_bits(bits), parse_bits(index_bits, "--index-bits", auto=True),
+                          masks=masks, force=force)
+    click.echo(report.compression_table(rows, container))
     click.echo(f"wrote {output}: {output.stat().st_size} bytes; "
                f"{Path(weights).stat().st_size / output.stat().st_size:.1f}x smaller than {weights}")
 
@@ -642,7 +641,7 @@ def decompress(dcz, model, allow_python_layers, force, output):
     from .dcz import decompress as run
 
     layers = run(dcz, output, model=model, force=force, allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output}: {len(layers)} layers with weights")
+    click.echo(f"wrote {output}: {layers} layers with weights")
 
 
 @main.command("train-quantized")

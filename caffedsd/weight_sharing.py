@@ -10,19 +10,16 @@ runs after this hook, keeps them at 0.0.
 """
 import numpy as np
 
-from .compression import kmeans_1d
+from .compression import share_weights
 from .hooks import ORDER_SHARING, Hook
 
 
 def cluster(weights, keep, bits):
     """(labels, codebook): labels per position (-1 where not kept)."""
-    flat = np.asarray(weights, dtype=np.float32).reshape(-1)
-    labels = np.full(flat.size, -1, dtype=np.int64)
-    positions = np.flatnonzero(np.asarray(keep, dtype=bool).reshape(-1))
-    codebook = np.zeros(0, dtype=np.float32)
-    if positions.size:
-        codebook, labels[positions] = kmeans_1d(flat[positions], 1 << bits)
-    return labels, codebook
+    labels = np.full(np.size(weights), -1, dtype=np.int64)
+    shared = share_weights(weights, keep, bits)
+    labels[shared.positions] = shared.labels
+    return labels, shared.codebook
 
 
 class WeightSharing(Hook):
