@@ -1,66 +1,172 @@
-"""Deep Compression storage (Han et al., ICLR 2016): pruning, weight sharing
-by k-means, Huffman coding. Numpy only; the file format is in docs/FORMAT.md.
+"""Deep Compression coding (Han et al., ICLR 2016), numpy only: k-means
+weight sharing, sparse relative indices, canonical Huffman codes.
 
-A prunable weight blob is stored as:
-  - relative indices: for each kept weight, the number of positions skipped
-    since the previous one, in a fixed width of ``index_bits``; a gap too
-    large for it gets padding entries (a skip of 2^index_bits - 1 with the
-    PAD symbol in place of a value), as in the paper;
-  - shared values: each kept weight is an index into a per-layer codebook
-    of 2^bits centroids found by k-means over the kept weights (linear
-    initialization over [min, max], as in the paper). When the layer has no
-    more distinct values than codes, the codebook is those values (exact);
-  - both index streams Huffman coded (canonical codes; only the code
-    lengths are stored).
-Every other blob (biases, BatchNorm, ...) is stored exactly as float32.
+The .dcz container built from these pieces is in dcz.py, its layout in
+docs/FORMAT.md. Huffman streams of format version 2 carry sync points (the
+bit offset every K symbols), so ``decode_stream`` decodes all chunks of a
+stream together, one symbol of every chunk per numpy step, with no Python
+loop over symbols. ``huffman_decode`` is the plain one-symbol-at-a-time
+decoder: it reads version 1 streams (which have no sync points) and is the
+reference the vectorized decoder is tested against.
 """
-import hashlib
 import heapq
-import json
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FormatError
+from .masks import chunk_bounds
 
-MAGIC = b"CDSDDCZ\x00"
-VERSION = 1
-MAX_CODE_BITS = 24
+MAX_CODE_BITS = 20  # longest Huffman code written (version 1 allowed 24)
+V1_MAX_CODE_BITS = 24
+
+
+def label_dtype(count):
+    """The smallest unsigned dtype holding 0..count-1."""
+    return np.uint8 if count <= 1 << 8 else np.uint16 if count <= 1 << 16 else np.uint32
 
 
 # -- k-means weight sharing ----------------------------------------------------------
 
 def kmeans_1d(values, clusters, iterations=100):
-    """(codebook, assignment) of 1-D ``values`` into at most ``clusters`` centroids."""
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    distinct = np.unique(values)
-    if distinct.size <= clusters:
-        return distinct.astype(np.float32), np.searchsorted(distinct, values).astype(np.int64)
-    centroids = np.linspace(values.min(), values.max(), clusters)
-    order = np.argsort(values)
-    ordered = values[order]
-    prefix = np.concatenate([[0.0], np.cumsum(ordered)])
+    """(codebook, assignment) of 1-D ``values`` into at most ``clusters`` centroids:
+    Lloyd iterations from a linear initialization over [min, max], as in the
+    paper. When there are no more distinct values than clusters, the codebook
+    is those values (exact). Centroids no value is nearest to are kept here;
+    ``share_weights`` drops them."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    ordered = np.sort(values)
+    if not ordered.size or np.count_nonzero(ordered[1:] != ordered[:-1]) < clusters:
+        distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if ordered.size else ordered
+        return distinct, _assign(values, distinct, None)
+    # Sums over ranges of the sorted values: float64 prefix sums every 64
+    # values, plus the few values past the last full block (no N-sized float64 array).
+    block = 64
+    full = ordered.size // block * block
+    coarse = np.concatenate([[0.0], np.cumsum(ordered[:full].reshape(-1, block).sum(axis=1, dtype=np.float64))])
+
+    def prefix(ends):
+        base = ends // block * block
+        index = base[:, None] + np.arange(block)
+        rest = np.where(index < ends[:, None], ordered[np.minimum(index, ordered.size - 1)], 0)
+        return coarse[ends // block] + rest.sum(axis=1, dtype=np.float64)
+
+    centroids = np.linspace(float(ordered[0]), float(ordered[-1]), clusters)
     for _ in range(iterations):
-        bounds = np.searchsorted(ordered, (centroids[:-1] + centroids[1:]) / 2)
-        starts = np.concatenate([[0], bounds])
+        # Values up to a midpoint go to the lower centroid, as in ``_assign``.
+        bounds = np.searchsorted(ordered, _above((centroids[:-1] + centroids[1:]) / 2))
         ends = np.concatenate([bounds, [ordered.size]])
+        starts = np.concatenate([[0], bounds])
         counts = ends - starts
-        sums = prefix[ends] - prefix[starts]
+        sums = prefix(ends) - prefix(starts)
         updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-        if np.allclose(updated, centroids, rtol=0, atol=0):
+        if np.array_equal(updated, centroids):
             break
         centroids = updated
     codebook = centroids.astype(np.float32)
     # Assign to the nearest float32 centroid, so decoding gives these values.
     midpoints = (codebook[:-1].astype(np.float64) + codebook[1:]) / 2
-    return codebook, np.searchsorted(midpoints, values).astype(np.int64)
+    return codebook, _assign(values, codebook, midpoints)
+
+
+def _above(points):
+    """The least float32 above each float64 point: for a float32 v,
+    v > point exactly when v >= _above(point)."""
+    above = np.asarray(points, dtype=np.float64).astype(np.float32)
+    return np.where(above.astype(np.float64) > points, above, np.nextafter(above, np.float32(np.inf)))
+
+
+def _assign(values, codebook, midpoints):
+    """Index of the codebook entry nearest each value (ties to the lower): the
+    count of midpoints below it, in float32 (no float64 copy). With few
+    midpoints, counting them pass by pass beats a binary search per value."""
+    if midpoints is None:  # the codebook is the values themselves
+        midpoints = (codebook[:-1].astype(np.float64) + codebook[1:]) / 2
+    above = _above(midpoints)
+    labels = np.empty(values.size, dtype=label_dtype(codebook.size))
+    for start, stop in chunk_bounds(values.size):
+        chunk, out = values[start:stop], labels[start:stop]
+        if above.size > 64:
+            out[:] = np.searchsorted(above, chunk, side="right")
+            continue
+        out[:] = 0
+        passed = np.empty(chunk.size, dtype=bool)
+        for threshold in above:
+            np.greater_equal(chunk, threshold, out=passed)
+            np.add(out, passed, out=out, casting="unsafe")
+    return labels
+
+
+@dataclass(frozen=True)
+class SharedWeights:
+    """A layer's kept weights as indices into a codebook (weight sharing)."""
+
+    positions: np.ndarray  # flat positions of the kept weights, increasing
+    codebook: np.ndarray  # float32, sorted, every entry used
+    labels: np.ndarray  # codebook index of each kept weight
+
+
+def share_values(values, bits):
+    """(codebook, labels) of kept weight ``values`` shared among at most
+    2^bits centroids (k-means); centroids no value is nearest to are dropped.
+    Compression, ``quantized`` and trained quantization all call this."""
+    codebook, labels = kmeans_1d(values, 1 << bits)
+    used = np.bincount(labels, minlength=codebook.size) > 0
+    if not used.all():
+        remap = (np.cumsum(used) - 1).astype(label_dtype(int(used.sum())))
+        codebook, labels = codebook[used], remap[labels]
+    return codebook, labels
+
+
+def share_weights(weights, keep, bits):
+    """The kept weights of a blob (``keep``: bool mask) as a SharedWeights."""
+    flat = np.asarray(weights, dtype=np.float32).reshape(-1)
+    positions = np.flatnonzero(np.asarray(keep, dtype=bool).reshape(-1))
+    if not positions.size:
+        return SharedWeights(positions, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8))
+    return SharedWeights(positions, *share_values(flat[positions], bits))
+
+
+def quantized(weights, keep, bits):
+    """The values a blob decodes to: kept weights replaced by their centroid."""
+    shared = share_weights(weights, keep, bits)
+    out = np.zeros(np.size(weights), dtype=np.float32)
+    out[shared.positions] = shared.codebook[shared.labels]
+    return out.reshape(np.shape(weights))
+
+
+# -- relative indices ----------------------------------------------------------------
+
+def relative_indices(positions, index_bits):
+    """(gaps, is_padding) for sorted flat ``positions`` of kept weights: each
+    entry skips gap positions; a gap larger than 2^index_bits - 1 gets padding
+    entries of gap 2^index_bits - 1 (advancing 2^index_bits each), as in the paper."""
+    raw = np.diff(np.concatenate([[-1], np.asarray(positions, dtype=np.int64)])) - 1
+    return expand_gaps(raw, index_bits)
+
+
+def expand_gaps(raw, index_bits):
+    """(gaps, is_padding) of raw gaps (positions skipped before each kept weight)."""
+    raw = np.asarray(raw, dtype=np.int64)
+    pads = raw >> index_bits
+    last = np.cumsum(pads + 1) - 1  # where each kept weight's own entry lands
+    total = int(last[-1]) + 1 if raw.size else 0
+    gaps = np.full(total, (1 << index_bits) - 1, dtype=np.int64)
+    padding = np.ones(total, dtype=bool)
+    gaps[last] = raw & ((1 << index_bits) - 1)
+    padding[last] = False
+    return gaps, padding
+
+
+def positions_from_gaps(gaps, padding, start=-1):
+    ends = np.cumsum(np.asarray(gaps, dtype=np.int64) + 1) + start
+    return ends[~np.asarray(padding, dtype=bool)]
 
 
 # -- Huffman coding ----------------------------------------------------------------
 
-def huffman_lengths(frequencies):
-    """Optimal code length per symbol (0 for unused symbols)."""
+def huffman_lengths(frequencies, max_bits=MAX_CODE_BITS):
+    """Optimal code length per symbol (0 for unused), at most ``max_bits``."""
     freq = np.asarray(frequencies, dtype=np.int64)
     used = np.flatnonzero(freq)
     lengths = np.zeros(freq.size, dtype=np.int64)
@@ -73,22 +179,29 @@ def huffman_lengths(frequencies):
     while len(heap) > 1:
         f1, _, s1 = heapq.heappop(heap)
         f2, _, s2 = heapq.heappop(heap)
-        for s in s1 + s2:
-            lengths[s] += 1
-        heapq.heappush(heap, (f1 + f2, counter, s1 + s2))
+        merged = s1 + s2
+        lengths[merged] += 1
+        heapq.heappush(heap, (f1 + f2, counter, merged))
         counter += 1
-    if lengths.max(initial=0) > MAX_CODE_BITS:
+    if lengths.max(initial=0) > max_bits:
         # Flatten the distribution until the longest code fits (rare; not optimal).
-        return huffman_lengths(np.where(freq > 0, (freq >> 1) + 1, 0))
+        return huffman_lengths(np.where(freq > 0, (freq >> 1) + 1, 0), max_bits)
     return lengths
 
 
+def canonical_order(lengths):
+    """Used symbols sorted by (length, symbol): the order canonical codes count in."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    used = np.flatnonzero(lengths)
+    return used[np.lexsort((used, lengths[used]))]
+
+
 def canonical_codes(lengths):
-    """Canonical Huffman codes (ints) for code ``lengths``."""
+    """Canonical Huffman codes (ints) for code ``lengths``, as in DEFLATE."""
     lengths = np.asarray(lengths, dtype=np.int64)
     codes = np.zeros(lengths.size, dtype=np.int64)
     code, previous = 0, 0
-    for symbol in sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s)):
+    for symbol in canonical_order(lengths).tolist():
         code <<= int(lengths[symbol]) - previous
         codes[symbol] = code
         code += 1
@@ -96,36 +209,90 @@ def canonical_codes(lengths):
     return codes
 
 
+class BitWriter:
+    """Packs codes most significant bit first, written slice by slice.
+
+    Consecutive symbols are first joined in groups (up to 4, while the group
+    table has at most 2^16 entries and a group's code at most 57 bits); each
+    group's code then lands in one or two 64-bit words: a sum over each word
+    (codes never share a bit) and one carry into the next word."""
+
+    def __init__(self, codes, lengths):
+        codes = np.asarray(codes, dtype=np.uint64)
+        lengths = np.asarray(lengths, dtype=np.uint64)
+        longest = max(int(lengths.max(initial=0)), 1)
+        self.group = 1
+        while self.group < 4 and codes.size ** (self.group + 1) <= 1 << 16 and (self.group + 1) * longest <= 57:
+            self.group += 1
+        group_codes, group_lengths = codes, lengths
+        for _ in range(self.group - 1):
+            group_codes = ((group_codes[:, None] << lengths[None, :]) | codes[None, :]).reshape(-1)
+            group_lengths = (group_lengths[:, None] + lengths[None, :]).reshape(-1)
+        self.codes, self.lengths = codes, lengths
+        self.group_codes, self.group_lengths = group_codes, group_lengths
+        self.alphabet = codes.size
+        self.parts = []
+        self.pending = 0  # the last, incomplete 64-bit word, left-aligned
+        self.pending_bits = 0
+        self.leftover = np.zeros(0, dtype=np.int64)  # symbols short of a whole group
+
+    def write(self, symbols):
+        symbols = np.asarray(symbols)
+        if self.leftover.size:
+            symbols = np.concatenate([self.leftover, symbols])
+        whole = symbols.size // self.group * self.group
+        self.leftover = symbols[whole:].astype(np.int64)
+        index = symbols[0:whole:self.group].astype(np.int64)
+        for j in range(1, self.group):
+            index = index * self.alphabet + symbols[j:whole:self.group]
+        self._pack(self.group_codes[index], self.group_lengths[index])
+
+    def _pack(self, codes, lengths):
+        if not codes.size:
+            return
+        ends = np.cumsum(lengths) + np.uint64(self.pending_bits)
+        starts = ends - lengths
+        total = int(ends[-1])
+        words = np.zeros(total // 64 + 2, dtype=np.uint64)
+        word = starts >> np.uint64(6)
+        room = np.uint64(64) - (starts & np.uint64(63))  # bits left in the start word
+        fits = lengths <= room
+        shift = np.where(fits, room - lengths, lengths - room)
+        head = np.where(fits, codes << shift, codes >> shift)
+        first = np.flatnonzero(np.concatenate([[True], word[1:] != word[:-1]]))
+        words[word[first]] = np.add.reduceat(head, first)
+        spill = np.flatnonzero(~fits)
+        words[word[spill] + np.uint64(1)] += codes[spill] << (np.uint64(64) - shift[spill])
+        words[0] += np.uint64(self.pending)
+        complete = total // 64
+        self.parts.append(words[:complete].astype(">u8").tobytes())
+        self.pending_bits = total - complete * 64
+        self.pending = int(words[complete]) if self.pending_bits else 0
+
+    def getvalue(self):
+        if self.leftover.size:
+            self._pack(self.codes[self.leftover], self.lengths[self.leftover])
+            self.leftover = self.leftover[:0]
+        tail = self.pending.to_bytes(8, "big")[:(self.pending_bits + 7) // 8]
+        return b"".join(self.parts) + tail
+
+
 def huffman_encode(symbols, lengths):
     """Pack ``symbols`` with the canonical code of ``lengths``; (bytes, bit count)."""
     symbols = np.asarray(symbols, dtype=np.int64)
-    codes, lens = canonical_codes(lengths)[symbols], np.asarray(lengths)[symbols]
-    if symbols.size == 0:
-        return b"", 0
-    ends = np.cumsum(lens)
-    starts = ends - lens
-    bits = np.zeros(int(ends[-1]), dtype=np.uint8)
-    for j in range(int(lens.max())):
-        active = lens > j
-        bits[starts[active] + j] = (codes[active] >> (lens[active] - 1 - j)) & 1
-    return np.packbits(bits).tobytes(), int(ends[-1])
+    writer = BitWriter(canonical_codes(lengths), lengths)
+    for start, stop in chunk_bounds(symbols.size):
+        writer.write(symbols[start:stop])
+    return writer.getvalue(), int(np.asarray(lengths, dtype=np.int64)[symbols].sum())
 
 
 def huffman_decode(data, bit_count, count, lengths):
-    """Decode ``count`` symbols from ``data`` (canonical code of ``lengths``)."""
+    """Decode ``count`` symbols from ``data`` one at a time (the reference
+    decoder, and the version 1 reader: those streams have no sync points)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    width = int(lengths.max())
-    codes = canonical_codes(lengths)
-    # A table indexed by the next ``width`` bits: symbol and its length.
-    table_symbol = np.zeros(1 << width, dtype=np.int64)
-    table_length = np.zeros(1 << width, dtype=np.int64)
-    for symbol in np.flatnonzero(lengths):
-        shift = width - int(lengths[symbol])
-        start = int(codes[symbol]) << shift
-        table_symbol[start:start + (1 << shift)] = symbol
-        table_length[start:start + (1 << shift)] = lengths[symbol]
+    table_symbol, table_length, width = decoding_table(lengths, V1_MAX_CODE_BITS)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:bit_count]
     padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
     # The value of the ``width`` bits starting at every position.
@@ -140,6 +307,8 @@ def huffman_decode(data, bit_count, count, lengths):
         if position >= bit_count:
             raise FormatError("Huffman stream ends early")
         window = window_list[position]
+        if not lens[window]:
+            raise FormatError("Huffman stream holds an unused code")
         out[i] = symbols[window]
         position += lens[window]
     if position != bit_count:
@@ -147,115 +316,126 @@ def huffman_decode(data, bit_count, count, lengths):
     return out
 
 
-# -- one blob --------------------------------------------------------------------
-
-def relative_indices(positions, index_bits):
-    """(gaps, is_padding) for sorted flat ``positions`` of kept weights."""
-    limit = (1 << index_bits) - 1
-    gaps, padding = [], []
-    raw = np.diff(np.concatenate([[-1], np.asarray(positions, dtype=np.int64)])) - 1
-    if raw.size and raw.max() <= limit:
-        return raw, np.zeros(raw.size, dtype=bool)
-    for gap in raw.tolist():
-        while gap > limit:
-            gaps.append(limit)
-            padding.append(True)
-            gap -= limit + 1
-        gaps.append(gap)
-        padding.append(False)
-    return np.asarray(gaps, dtype=np.int64), np.asarray(padding, dtype=bool)
-
-
-def positions_from_gaps(gaps, padding):
-    steps = np.asarray(gaps, dtype=np.int64) + 1
-    ends = np.cumsum(steps) - 1
-    return ends[~np.asarray(padding, dtype=bool)]
+def decoding_table(lengths, max_bits=MAX_CODE_BITS):
+    """(symbol, length) per value of the next ``width`` bits, and ``width``.
+    Entries no code starts with have length 0."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = int(lengths.max(initial=0))
+    if not 1 <= width <= max_bits:
+        raise FormatError(f"Huffman code lengths up to {width} bits (1..{max_bits} allowed)")
+    order = canonical_order(lengths)
+    spans = np.left_shift(1, width - lengths[order])
+    filled = int(spans.sum())
+    if filled > 1 << width:
+        raise FormatError("Huffman code lengths are not a prefix code")
+    table_symbol = np.zeros(1 << width, dtype=label_dtype(lengths.size))
+    table_length = np.zeros(1 << width, dtype=np.uint8)
+    table_symbol[:filled] = np.repeat(order, spans)
+    table_length[:filled] = np.repeat(lengths[order], spans)
+    return table_symbol, table_length, width
 
 
-@dataclass(frozen=True)
-class EncodedBlob:
-    shape: tuple
-    bits: int
-    index_bits: int
-    codebook: np.ndarray  # float32, at most 2^bits entries
-    value_lengths: np.ndarray  # Huffman lengths over codebook indices + PAD (last)
-    gap_lengths: np.ndarray  # Huffman lengths over gaps 0..2^index_bits - 1
-    entries: int  # kept weights + padding entries
-    kept: int
-    value_stream: bytes
-    value_bits: int
-    gap_stream: bytes
-    gap_bits: int
+def _words(data, extra_bytes):
+    """A big-endian uint64 starting at every byte of ``data`` (zero padded):
+    an overlapping strided view, so gathering a window copies nothing else."""
+    padded = np.zeros(len(data) + extra_bytes + 8, dtype=np.uint8)
+    padded[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return np.ndarray(shape=(padded.size - 7,), dtype=">u8", buffer=padded, strides=(1,))
 
 
-def encode_blob(weights, keep, bits, index_bits):
-    """Encode one weight blob: keep (bool) marks the positions stored."""
-    flat = np.asarray(weights, dtype=np.float32).reshape(-1)
-    positions = np.flatnonzero(np.asarray(keep, dtype=bool).reshape(-1))
-    codebook, assignment = kmeans_1d(flat[positions], 1 << bits) if positions.size else (
-        np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
-    gaps, padding = relative_indices(positions, index_bits)
-    pad_symbol = codebook.size
-    values = np.full(gaps.size, pad_symbol, dtype=np.int64)
-    values[~padding] = assignment
-    value_lengths = huffman_lengths(np.bincount(values, minlength=codebook.size + 1))
-    gap_lengths = huffman_lengths(np.bincount(gaps, minlength=1 << index_bits))
-    value_stream, value_bits = huffman_encode(values, value_lengths)
-    gap_stream, gap_bits = huffman_encode(gaps, gap_lengths)
-    return EncodedBlob(tuple(np.shape(weights)), bits, index_bits, codebook, value_lengths, gap_lengths,
-                       int(gaps.size), int(positions.size), value_stream, value_bits, gap_stream, gap_bits)
+def decode_stream(data, count, lengths, chunk, offsets):
+    """Decode ``count`` Huffman symbols from ``data``: chunks of ``chunk``
+    symbols starting at bit ``offsets`` (the sync points; offsets[0] is 0),
+    all decoded together. Raises FormatError when a chunk does not end where
+    the next one starts, or the stream does not end in its last byte."""
+    table_symbol, table_length, width = decoding_table(lengths)
+    offsets = np.asarray(offsets, dtype=np.uint64)
+    chunks = offsets.size
+    if count == 0:
+        return np.zeros(0, dtype=table_symbol.dtype)
+    if chunks != -(-count // chunk) or offsets[0] != 0:
+        raise FormatError("Huffman sync points do not fit the symbol count")
+    steps = min(chunk, count)
+    # Symbols per 64-bit read: a window starts at most 7 bits into the word.
+    per_word = 4 if 4 * width + 7 <= 64 else 2
+    rows = -(-steps // per_word) * per_word
+    # The last chunk is shorter: it decodes past its end into zero padding.
+    words = _words(data, (rows * width) // 8 + 8)
+    if int(offsets[-1]) > 8 * len(data):
+        raise FormatError("Huffman sync point past the end of the stream")
+    out = np.empty((rows, chunks), dtype=table_symbol.dtype)
+    position = offsets.copy()
+    word, window = np.empty(chunks, dtype=np.uint64), np.empty(chunks, dtype=np.uint64)
+    length = np.empty(chunks, dtype=np.uint8)
+    drop, three, seven = np.uint64(64 - width), np.uint64(3), np.uint64(7)
+    last = count - (chunks - 1) * chunk
+    last_end = None
+    for row in range(0, rows, per_word):
+        np.right_shift(position, three, out=window)
+        np.left_shift(words[window], position & seven, out=word)  # (take() would copy the strided view)
+        for j in range(per_word):
+            np.right_shift(word, drop, out=window)
+            table_symbol.take(window, out=out[row + j])
+            table_length.take(window, out=length)
+            position += length
+            if j < per_word - 1:
+                np.left_shift(word, length, out=word, casting="unsafe")
+            if row + j == last - 1:
+                last_end = int(position[-1])  # past here the last chunk decodes padding
+            if row + j == steps - 1:
+                ends = position.copy()  # past here every chunk decodes the next one's bits
+    if chunks > 1 and not np.array_equal(ends[:-1], offsets[1:]):
+        raise FormatError("Huffman chunk does not end at the next sync point")
+    if not 8 * len(data) - 8 < last_end <= 8 * len(data):
+        raise FormatError("Huffman stream does not end in its last byte")
+    return np.ascontiguousarray(out[:steps].T).reshape(-1)[:count]
 
 
-def decode_blob(blob):
-    values = huffman_decode(blob.value_stream, blob.value_bits, blob.entries, blob.value_lengths)
-    gaps = huffman_decode(blob.gap_stream, blob.gap_bits, blob.entries, blob.gap_lengths)
-    padding = values == blob.codebook.size
-    positions = positions_from_gaps(gaps, padding)
-    size = int(np.prod(blob.shape))
-    if positions.size != blob.kept or (positions.size and positions[-1] >= size):
-        raise FormatError("sparse indices do not fit the blob")
-    out = np.zeros(size, dtype=np.float32)
-    out[positions] = blob.codebook[values[~padding]]
-    return out.reshape(blob.shape)
+def decode_fixed(data, count, width):
+    """``count`` unsigned integers of ``width`` bits packed MSB first."""
+    if len(data) != (count * width + 7) // 8:
+        raise FormatError("fixed-width stream has the wrong length")
+    out = np.empty(count, dtype=label_dtype(1 << width))
+    if not width:
+        out[:] = 0
+        return out
+    words = _words(data, 8)
+    for start, stop in chunk_bounds(count):
+        position = np.arange(start, stop, dtype=np.uint64) * np.uint64(width)
+        window = (words[position >> np.uint64(3)] << (position & np.uint64(7))) >> np.uint64(64 - width)
+        out[start:stop] = window
+    return out
 
 
-def quantized(weights, keep, bits):
-    """The values a blob decodes to: kept weights replaced by their centroid."""
-    flat = np.asarray(weights, dtype=np.float32).reshape(-1)
-    positions = np.flatnonzero(np.asarray(keep, dtype=bool).reshape(-1))
-    out = np.zeros(flat.size, dtype=np.float32)
-    if positions.size:
-        codebook, assignment = kmeans_1d(flat[positions], 1 << bits)
-        out[positions] = codebook[assignment]
-    return out.reshape(np.shape(weights))
+class StreamWriter:
+    """Huffman-codes symbols given slice by slice, noting the bit offset of
+    every ``chunk``-th symbol (the sync points)."""
 
+    def __init__(self, lengths, chunk):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.chunk = chunk
+        self.writer = BitWriter(canonical_codes(self.lengths), self.lengths)
+        self.count = 0
+        self.bits = 0
+        self.offsets = []
 
-# -- the container -----------------------------------------------------------------
+    def write(self, symbols):
+        symbols = np.asarray(symbols)
+        if not symbols.size:
+            return
+        lens = self.lengths.astype(np.uint8)[symbols]
+        first = (-self.count) % self.chunk
+        if first < symbols.size:
+            before = self.bits + int(lens[:first].sum(dtype=np.int64))
+            sums = np.add.reduceat(lens[first:], np.arange(0, symbols.size - first, self.chunk), dtype=np.int64)
+            self.offsets.append(before + np.concatenate([[0], np.cumsum(sums[:-1])]))
+            self.bits = int(before + sums.sum())
+        else:
+            self.bits += int(lens.sum(dtype=np.int64))
+        self.writer.write(symbols)
+        self.count += symbols.size
 
-def pack(header, sections):
-    """MAGIC, version, header length, JSON header, sections, sha256 of all before."""
-    header = dict(header)
-    offsets, position = [], 0
-    for section in sections:
-        offsets.append([position, len(section)])
-        position += len(section)
-    header["sections"] = offsets
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    body = MAGIC + struct.pack("<HI", VERSION, len(head)) + head + b"".join(sections)
-    return body + hashlib.sha256(body).digest()
-
-
-def unpack(data):
-    """(header, [section bytes]) of a .dcz file's bytes; FormatError if bad."""
-    if len(data) < len(MAGIC) + 6 + 32 or data[:len(MAGIC)] != MAGIC:
-        raise FormatError("not a caffedsd .dcz file (bad magic number)")
-    version, head_len = struct.unpack_from("<HI", data, len(MAGIC))
-    if version > VERSION:
-        raise FormatError(f"format version {version} is newer than this caffedsd reads ({VERSION})")
-    body, digest = data[:-32], data[-32:]
-    if hashlib.sha256(body).digest() != digest:
-        raise FormatError("checksum mismatch: the file is truncated or corrupted")
-    start = len(MAGIC) + 6
-    header = json.loads(body[start:start + head_len].decode("utf-8"))
-    payload = body[start + head_len:]
-    return header, [payload[offset:offset + length] for offset, length in header["sections"]]
+    def result(self):
+        """(bytes, sync-point bit offsets)."""
+        offsets = np.concatenate(self.offsets) if self.offsets else np.zeros(0, dtype=np.int64)
+        return self.writer.getvalue(), offsets

@@ -1,29 +1,64 @@
 """`compress`/`decompress`: a caffemodel to and from a .dcz file, and the
-per-layer size table. The coding itself is in compression.py."""
+per-stage size table. The coding itself is in compression.py, the layout in
+docs/FORMAT.md.
+
+Version 2 files are written and read a layer at a time: compressing holds one
+layer's kept weights and its coded streams, decompressing one layer's decoded
+blobs, which go straight into the caffemodel writer. Version 1 files (JSON
+header, one Huffman stream per field with no sync points) still decode.
+"""
+import hashlib
+import json
+import mmap
+import struct
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from .atomic import atomic_open, atomic_path, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import new_caffemodel, read_caffemodel
-from .compression import EncodedBlob, FormatError, decode_blob, encode_blob, pack, unpack
+from .compression import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps,
+                          huffman_decode, huffman_encode, huffman_lengths, label_dtype,
+                          positions_from_gaps, relative_indices, share_values)
 from .errors import InputError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for
+from .masks import chunk_bounds
 
-# The paper's relative-index widths: 8 bits in conv layers, 5 in fc layers.
-DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}
+MAGIC = b"CDSDDCZ\x00"
+VERSION = 2
+MAX_INDEX_BITS = 16
+MIN_CHUNK_BITS = 13  # streams of at most 2^13 symbols are one chunk and say nothing about chunks
+# A preset dictionary for deflating the header: typical serialized layer
+# parameters, so names, types and fillers common in Caffe nets cost little.
+# Part of the format: never change it for version 2.
+HEADER_DICTIONARY = (
+    b'\n\x02bn\x12\tBatchNorm\x1a\x04conv"\x02bn\n\x05scale\x12\x05Scale\x1a\x02bn"\x05scale\n\x05conv1\x12\x0b'
+    b'Convolution\x1a\x04data"\x05conv12\n\x1d\x00\x00\x80?%\x00\x00\x80?2\n\x1d\x00\x00\x00@%\x00\x00\x00\x00'
+    b'\xd2\x06&\x08@\x18\x01 \x030\x01:\x0b\n\x04msra5\n\xd7#<B\x0f\n\x08constant\x15\xcd\xcc\xcc=\n\x02fc\x12\x0c'
+    b'InnerProduct\x1a\x04pool"\x02fc2\n\x1d\x00\x00\x80?%\x00\x00\x80?2\n\x1d\x00\x00\x00@%\x00\x00\x00\x00'
+    b'\xaa\x07$\x08@\x1a\x0f\n\x08gaussian5\n\xd7#<"\x0f\n\x08constant\x15\xcd\xcc\xcc=xavier')
+BLOB_FLOATS, BLOB_SHARED = 0, 1
+# Stream header byte: 0 constant, 1 fixed-length code, 2-3 Huffman with its
+# lengths deflated / as coded differences, 4 + k Huffman with lengths in k bits.
+STREAM_CONSTANT, STREAM_FIXED, STREAM_HUFFMAN_DEFLATED, STREAM_HUFFMAN_STEPS, STREAM_HUFFMAN_PACKED = 0, 1, 2, 3, 4
+FLOATS_PLAIN, FLOATS_PLANES, FLOATS_SORTED = 0, 1, 2
 
 
 def layer_kind(layer_type):
     return "fc" if layer_type == "InnerProduct" else "conv"
 
 
-def parse_bits(text, what="--bits"):
-    """'6' -> {'conv': 6, 'fc': 6}; 'conv=8,fc=5' -> {'conv': 8, 'fc': 5}."""
+def parse_bits(text, what="--bits", auto=False):
+    """'6' -> {'conv': 6, 'fc': 6}; 'conv=8,fc=5' -> {'conv': 8, 'fc': 5};
+    with ``auto``, 'auto' -> {} (chosen per layer)."""
     text = str(text).strip()
+    if auto and text == "auto":
+        return {}
     try:
         if "=" not in text:
             values = {"conv": int(text), "fc": int(text)}
@@ -36,115 +71,692 @@ def parse_bits(text, what="--bits"):
                     raise InputError(f"{what} {text!r}: keys are conv and fc")
                 values[key] = int(value)
     except ValueError:
-        raise InputError(f"{what} {text!r}: expected N or conv=N,fc=M with whole numbers") from None
+        expected = "auto, N or conv=N,fc=M" if auto else "N or conv=N,fc=M"
+        raise InputError(f"{what} {text!r}: expected {expected} with whole numbers") from None
     for key, value in values.items():
         if not 1 <= value <= 16:
             raise InputError(f"{what} {text!r}: {key}={value} is outside 1..16")
     return values
 
 
+# -- bytes ---------------------------------------------------------------------------
+
+def varint(n):
+    n = int(n)
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class Reader:
+    """A cursor over a buffer; every read past the end is a FormatError."""
+
+    def __init__(self, buffer, start=0, end=None):
+        self.view = memoryview(buffer)
+        self.pos = start
+        self.end = len(self.view) if end is None else end
+
+    def take(self, n):
+        if n < 0 or self.pos + n > self.end:
+            raise FormatError("truncated field")
+        piece = self.view[self.pos:self.pos + n]
+        self.pos += n
+        return piece
+
+    def byte(self):
+        return self.take(1)[0]
+
+    def varint(self):
+        value, shift = 0, 0
+        while True:
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise FormatError("varint too long")
+
+    def blob(self):
+        return bytes(self.take(self.varint()))
+
+
+def _pack_fixed(values, width):
+    values = np.asarray(values, dtype=np.uint64)
+    if not width or not values.size:
+        return b""
+    bits = (values[:, None] >> np.arange(width - 1, -1, -1, dtype=np.uint64)) & np.uint64(1)
+    return np.packbits(bits.astype(np.uint8)).tobytes()
+
+
+# -- streams: a sequence of symbols from an alphabet the reader knows ----------------
+
+def chunk_size(count):
+    """Symbols between sync points. Small streams: 8192, so at most a few
+    sync points are stored. Large ones: about sqrt(count) / 4 (at least 512),
+    so the decoder takes few numpy steps, each over many chunks."""
+    if count <= 1 << 16:
+        return 1 << MIN_CHUNK_BITS
+    return 1 << max(9, int(round(np.log2(np.sqrt(count) / 4))))
+
+
+def uniform_lengths(alphabet):
+    """Code lengths of the fixed-length code over ``alphabet`` symbols: w bits
+    each, or w - 1 for the first 2^w - alphabet (truncated binary)."""
+    width = (alphabet - 1).bit_length()
+    lengths = np.full(alphabet, width, dtype=np.int64)
+    lengths[:(1 << width) - alphabet] = width - 1
+    return lengths
+
+
+@dataclass
+class StreamPlan:
+    mode: int
+    count: int
+    lengths: np.ndarray = None  # the prefix code (Huffman or fixed-length)
+    symbol: int = 0  # the one symbol (constant)
+    table: bytes = b""  # the serialized code lengths (Huffman)
+
+    def writer(self):
+        return None if self.mode == STREAM_CONSTANT else StreamWriter(self.lengths, chunk_size(self.count))
+
+    def serialize(self, writer):
+        """Header byte, code lengths, sync points and data (docs/FORMAT.md)."""
+        if self.mode == STREAM_CONSTANT:
+            return bytes([STREAM_CONSTANT]) + varint(self.symbol)
+        data, offsets = writer.result()
+        chunk = chunk_size(self.count)
+        pieces = [self.table, bytes([chunk.bit_length() - 1]) if self.count > 1 << MIN_CHUNK_BITS else b""]
+        if offsets.size > 1:
+            sizes = np.diff(offsets)
+            width = int(sizes.max()).bit_length()
+            pieces += [bytes([width]), _pack_fixed(sizes, width)]
+        if not _implied_length(self.mode, self.lengths):
+            pieces.append(varint(len(data)))
+        return b"".join(pieces + [data])
+
+
+def _implied_length(mode, lengths):
+    """Whether a stream's byte count follows from its symbol count: fixed-length codes of 2^w symbols."""
+    return mode == STREAM_FIXED and lengths.size & (lengths.size - 1) == 0
+
+
+def _lengths_table(lengths):
+    """A header byte and the code lengths: packed in the fewest bits each,
+    deflated, or as differences coded by a small prefix code; the smallest."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = int(lengths.max()).bit_length()
+    options = [bytes([STREAM_HUFFMAN_PACKED + width]) + _pack_fixed(lengths, width)]
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = deflater.compress(lengths.astype(np.uint8).tobytes()) + deflater.flush()
+    options.append(bytes([STREAM_HUFFMAN_DEFLATED]) + varint(len(deflated)) + deflated)
+    steps = np.diff(lengths, prepend=0) % 32
+    step_lengths = huffman_lengths(np.bincount(steps, minlength=32), max_bits=7)
+    used = np.flatnonzero(step_lengths)
+    data, _ = huffman_encode(steps, step_lengths)
+    options.append(b"".join([bytes([STREAM_HUFFMAN_STEPS, used.size]),
+                             bytes((used << 3 | step_lengths[used]).tolist()), varint(len(data)), data]))
+    return min(options, key=len)
+
+
+def _read_lengths_table(reader, mode, alphabet):
+    if mode == STREAM_HUFFMAN_DEFLATED:
+        try:
+            inflater = zlib.decompressobj(-15)
+            lengths = np.frombuffer(inflater.decompress(reader.blob(), alphabet + 1), dtype=np.uint8)
+        except zlib.error as exc:
+            raise FormatError(f"bad code length table ({exc})") from None
+    elif mode == STREAM_HUFFMAN_STEPS:
+        step_lengths = np.zeros(32, dtype=np.int64)
+        for pair in bytes(reader.take(reader.byte())):
+            step_lengths[pair >> 3] = pair & 7
+        data = bytes(reader.take(reader.varint()))
+        steps = decode_stream(data, alphabet, step_lengths, max(alphabet, 1), [0])
+        lengths = np.cumsum(steps.astype(np.int64)) % 32
+    else:
+        width = mode - STREAM_HUFFMAN_PACKED
+        lengths = decode_fixed(bytes(reader.take((alphabet * width + 7) // 8)), alphabet, width)
+    if lengths.size != alphabet:
+        raise FormatError("code length table does not fit the alphabet")
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def plan_stream(frequencies):
+    """The cheapest way to store symbols with these counts: one symbol
+    repeated, a fixed-length code, or a Huffman code (its table and sync
+    points counted); (plan, estimated bytes)."""
+    freq = np.asarray(frequencies, dtype=np.int64)
+    count, alphabet = int(freq.sum()), freq.size
+    used = np.flatnonzero(freq)
+    if used.size <= 1:
+        return StreamPlan(STREAM_CONSTANT, count, symbol=int(used[0]) if used.size else 0), 2
+    chunk = chunk_size(count)
+
+    def cost(lengths, table):
+        bits = int(np.dot(freq, lengths))
+        sync = (-(-count // chunk) - 1) * (chunk * int(lengths.max())).bit_length() // 8
+        return 4 + len(table) + sync + (bits + 7) // 8
+
+    uniform = uniform_lengths(alphabet)
+    fixed = StreamPlan(STREAM_FIXED, count, lengths=uniform, table=bytes([STREAM_FIXED]))
+    lengths = huffman_lengths(freq)
+    table = _lengths_table(lengths)
+    if cost(lengths, table) < cost(uniform, b""):
+        return StreamPlan(table[0], count, lengths=lengths, table=table), cost(lengths, table)
+    return fixed, cost(uniform, b"")
+
+
+def read_stream(reader, alphabet, count):
+    """The ``count`` symbols of a stream over ``alphabet`` symbols."""
+    mode = reader.byte()
+    if mode == STREAM_CONSTANT:
+        symbol = reader.varint()
+        if symbol >= max(alphabet, 1):
+            raise FormatError("constant stream symbol outside the alphabet")
+        return np.full(count, symbol, dtype=label_dtype(max(alphabet, 1)))
+    if mode == STREAM_FIXED:
+        lengths = uniform_lengths(alphabet)
+    elif STREAM_HUFFMAN_DEFLATED <= mode <= STREAM_HUFFMAN_PACKED + 5:
+        lengths = _read_lengths_table(reader, mode, alphabet)
+    else:
+        raise FormatError(f"unknown stream mode {mode}")
+    chunk_bits = reader.byte() if count > 1 << MIN_CHUNK_BITS else MIN_CHUNK_BITS
+    if chunk_bits > 40:
+        raise FormatError("Huffman chunk size out of range")
+    chunk = 1 << chunk_bits
+    chunks = -(-count // chunk)
+    offsets = np.zeros(min(chunks, 1), dtype=np.uint64)
+    if chunks > 1:
+        width = reader.byte()
+        sizes = decode_fixed(bytes(reader.take(((chunks - 1) * width + 7) // 8)), chunks - 1, width)
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)])
+    if _implied_length(mode, lengths):
+        data = bytes(reader.take((count * int(lengths[0]) + 7) // 8))
+    else:
+        data = bytes(reader.take(reader.varint()))
+    symbols = decode_stream(data, count, lengths, chunk, offsets)
+    if symbols.size and int(symbols.max()) >= alphabet:
+        raise FormatError("stream symbol outside the alphabet")
+    return symbols
+
+
+def _write_whole(symbols, plan):
+    writer = plan.writer()
+    if writer is not None:
+        for start, stop in chunk_bounds(symbols.size):
+            writer.write(symbols[start:stop])
+    return plan.serialize(writer)
+
+
+# -- float blobs, stored exactly -----------------------------------------------------
+
+def _encode_planes(words):
+    """uint32 words as four byte planes (most significant first), each a stream."""
+    pieces = []
+    for shift in (24, 16, 8, 0):
+        plane = ((words >> np.uint32(shift)) & np.uint32(0xFF)).astype(np.uint8)
+        pieces.append(_write_whole(plane, plan_stream(np.bincount(plane, minlength=256))[0]))
+    return b"".join(pieces)
+
+
+def _decode_planes(reader, count):
+    words = np.zeros(count, dtype=np.uint32)
+    for shift in (24, 16, 8, 0):
+        words |= read_stream(reader, 256, count).astype(np.uint32) << np.uint32(shift)
+    return words
+
+
+def _monotone(words):
+    """float32 bit patterns as integers in the order of the floats."""
+    words = words.astype(np.int64)
+    return np.where(words >> 31, 0xFFFFFFFF - words, words + 0x80000000)
+
+
+def encode_floats(values):
+    """Exact float32 values, the smallest of: plain; four byte planes (sign
+    and exponent first), each stored the cheapest way; for values in
+    increasing order (a codebook), the same planes over the differences of
+    the values' order-preserving integer forms."""
+    values = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+    options = [bytes([FLOATS_PLAIN]) + values.tobytes()]
+    if values.size >= 8:
+        words = values.view("<u4")
+        options.append(bytes([FLOATS_PLANES]) + _encode_planes(words))
+        steps = np.diff(_monotone(words), prepend=0)
+        if (steps >= 0).all():
+            options.append(bytes([FLOATS_SORTED]) + _encode_planes(steps.astype(np.uint32)))
+    return min(options, key=len)
+
+
+def decode_floats(reader, count):
+    mode = reader.byte()
+    if mode == FLOATS_PLAIN:
+        return np.frombuffer(reader.take(4 * count), dtype="<f4").astype(np.float32)
+    if mode == FLOATS_PLANES:
+        return _decode_planes(reader, count).view(np.float32)
+    if mode == FLOATS_SORTED:
+        order = np.cumsum(_decode_planes(reader, count), dtype=np.int64)
+        if count and order[-1] > 0xFFFFFFFF:
+            raise FormatError("sorted floats out of range")
+        words = np.where(order >= 0x80000000, order - 0x80000000, 0xFFFFFFFF - order)
+        return words.astype(np.uint32).view(np.float32)
+    raise FormatError(f"unknown float coding {mode}")
+
+
+# -- shared (pruned, quantized, Huffman-coded) weight blobs ---------------------------
+
+@dataclass
+class LayerSizes:
+    """One layer's sizes at each stage, as in the paper's Table 1-2 (bytes and
+    bits per kept weight)."""
+
+    layer: object  # str, or bytes when the name is not UTF-8
+    dense: int = 0  # bytes as float32
+    stored: int = 0  # bytes in the .dcz file
+    before_huffman: int = 0  # bytes with fixed-width codes and indices
+    weights: int = 0
+    kept: int = 0
+    entries: int = 0
+    bits: int = 0
+    index_bits: int = 0
+    codebook: int = 0
+    value_bits: int = 0  # bits of the coded value stream
+    index_stream_bits: int = 0  # bits of the coded relative-index stream
+    shared: bool = False
+    notes: list = field(default_factory=list)
+
+
+def _kept_slices(flat, keep):
+    """(start, kept flat positions) per slice of a blob."""
+    for start, stop in chunk_bounds(flat.size):
+        sel = flat[start:stop] != 0
+        if keep is not None:
+            sel &= keep[start:stop]
+        yield start, np.flatnonzero(sel) + start
+
+
+def _index_width(gap_hist, big_gaps, value_hist):
+    """The relative-index width in 1..16 that gives the smallest streams."""
+    limit = max(1, min(MAX_INDEX_BITS, int(max(gap_hist.size - 1, int(big_gaps.max(initial=0)))).bit_length()))
+    gaps = np.arange(gap_hist.size, dtype=np.int64)
+    best = None
+    for width in range(1, limit + 1):
+        mask = (1 << width) - 1
+        pads = int(np.dot(gap_hist, gaps >> width)) + int((big_gaps >> width).sum())
+        gap_freq = np.bincount(gaps & mask, weights=gap_hist, minlength=mask + 1).astype(np.int64)
+        if big_gaps.size:
+            gap_freq += np.bincount(big_gaps & mask, minlength=mask + 1)
+        gap_freq[mask] += pads
+        values = np.append(value_hist, pads) if pads else value_hist
+        size = plan_stream(gap_freq)[1] + plan_stream(values)[1]
+        if best is None or size < best[0]:
+            best = (size, width)
+    return best[1]
+
+
+def encode_shared(data, keep, bits, index_bits, sizes):
+    """The payload of a shared weight blob; fills ``sizes``. Two passes over
+    the blob: statistics and k-means, then coding slice by slice."""
+    flat = np.asarray(data).reshape(-1)
+    keep = None if keep is None else np.asarray(keep, dtype=bool).reshape(-1)
+    # Pass 1: kept values, histogram of the gaps between kept positions.
+    values, small, big = [], np.zeros(1 << MAX_INDEX_BITS, dtype=np.int64), []
+    previous = -1
+    for start, positions in _kept_slices(flat, keep):
+        if not positions.size:
+            continue
+        values.append(flat[positions].astype(np.float32))
+        raw = np.diff(positions, prepend=previous) - 1
+        previous = int(positions[-1])
+        small += np.bincount(np.minimum(raw, small.size - 1), minlength=small.size)
+        big.append(raw[raw >= small.size - 1])
+    big = np.concatenate(big) if big else np.zeros(0, np.int64)
+    small[-1] -= big.size  # those were counted in the last bin
+    values = np.concatenate(values) if values else np.zeros(0, np.float32)
+    kept = values.size
+    codebook, labels = share_values(values, bits) if kept else (np.zeros(0, np.float32), np.zeros(0, np.uint8))
+    del values
+    used = np.bincount(labels, minlength=codebook.size)
+    width = index_bits or _index_width(small[:int(np.flatnonzero(small).max(initial=0)) + 1], big, used)
+    mask = (1 << width) - 1
+    gap_freq = np.bincount(np.arange(small.size) & mask, weights=small, minlength=mask + 1).astype(np.int64)
+    gap_freq += np.bincount(big & mask, minlength=mask + 1)
+    pads = int(np.dot(small, np.arange(small.size) >> width)) + int((big >> width).sum())
+    gap_freq[mask] += pads
+    entries = kept + pads
+    value_freq = np.append(used, pads) if pads else used
+    value_plan, _ = plan_stream(value_freq)
+    gap_plan, _ = plan_stream(gap_freq)
+    # Pass 2: the two streams.
+    value_writer, gap_writer = value_plan.writer(), gap_plan.writer()
+    previous, done = -1, 0
+    for start, positions in _kept_slices(flat, keep):
+        if not positions.size:
+            continue
+        raw = np.diff(positions, prepend=previous) - 1
+        previous = int(positions[-1])
+        gaps, padding = expand_gaps(raw, width)
+        symbols = np.full(gaps.size, codebook.size, dtype=label_dtype(codebook.size + 1))
+        symbols[~padding] = labels[done:done + positions.size]
+        done += positions.size
+        if value_writer is not None:
+            value_writer.write(symbols)
+        if gap_writer is not None:
+            gap_writer.write(gaps)
+    value_stream, gap_stream = value_plan.serialize(value_writer), gap_plan.serialize(gap_writer)
+    payload = b"".join([bytes([width]), varint(kept), varint(pads), varint(codebook.size),
+                        encode_floats(codebook), value_stream, gap_stream])
+    sizes.shared, sizes.weights, sizes.kept, sizes.entries = True, flat.size, kept, entries
+    sizes.bits, sizes.index_bits, sizes.codebook = bits, width, codebook.size
+    sizes.value_bits = 0 if value_writer is None else value_writer.bits
+    sizes.index_stream_bits = 0 if gap_writer is None else gap_writer.bits
+    sizes.before_huffman += (entries * (bits + width) + 7) // 8 + 4 * codebook.size
+    return payload
+
+
+def decode_shared(reader, shape):
+    size = int(np.prod(shape, dtype=np.int64))
+    width = reader.byte()
+    kept, pads, centroids = reader.varint(), reader.varint(), reader.varint()
+    entries = kept + pads
+    if not 1 <= width <= MAX_INDEX_BITS or kept > size or pads > size or centroids > 1 << 16:
+        raise FormatError("shared blob fields out of range")
+    codebook = decode_floats(reader, centroids)
+    pad = entries > kept
+    values = read_stream(reader, centroids + pad, entries)
+    gaps = read_stream(reader, 1 << width, entries)
+    out = np.zeros(size, dtype=np.float32)
+    previous, found = -1, 0
+    for start, stop in chunk_bounds(entries):
+        symbols = values[start:stop]
+        padding = symbols == centroids
+        ends = np.cumsum(gaps[start:stop].astype(np.int64) + 1) + previous
+        previous = int(ends[-1])
+        positions = ends[~padding]
+        if previous >= size + (1 << width) or (positions.size and positions[-1] >= size):
+            raise FormatError("sparse indices do not fit the blob")
+        out[positions] = codebook[symbols[~padding]]
+        found += positions.size
+    if found != kept:
+        raise FormatError("sparse indices do not fit the blob")
+    return out.reshape(shape)
+
+
+# -- version 2 container -------------------------------------------------------------
+
+class _Output:
+    """A file handle that counts bytes and keeps a CRC-32 of them."""
+
+    def __init__(self, handle):
+        self.handle, self.crc, self.size = handle, 0, 0
+
+    def write(self, data):
+        self.handle.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+
+
+def _name_bytes(name):
+    return name if isinstance(name, bytes) else str(name).encode("utf-8")
+
+
 def compress(weights, output, bits, index_bits=None, masks=None, force=False):
-    """Write ``weights`` as a .dcz file; returns the size table rows."""
+    """Write ``weights`` as a version 2 .dcz file; returns [LayerSizes] and the
+    container's own bytes (header, magic, checksum)."""
     model = read_caffemodel(weights)
     check_output(output, inputs=[weights, masks], force=force)
-    index_bits = dict(DEFAULT_INDEX_BITS, **(index_bits or {}))
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
-    layers_meta, sections, rows = [], [], []
+    layers = [layer for layer in model.layers if layer.blobs]
+    header = bytearray(varint(len(_name_bytes(model.name))) + _name_bytes(model.name) + varint(len(layers)))
+    for layer in layers:
+        param = layer.param.SerializeToString()
+        header += varint(len(param)) + param + varint(len(layer.blobs))
+        for index, blob in enumerate(layer.blobs):
+            shared = index == 0 and layer.type in PRUNABLE_TYPES
+            header += bytes([BLOB_SHARED if shared else BLOB_FLOATS]) + varint(len(blob.shape))
+            header += b"".join(varint(d) for d in blob.shape)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=HEADER_DICTIONARY)
+    header = deflater.compress(bytes(header)) + deflater.flush()
+    rows = []
+    with atomic_open(output) as handle:
+        out = _Output(handle)
+        out.write(MAGIC + struct.pack("<H", VERSION) + varint(len(header)) + header)
+        container = out.size + 4
+        for layer in layers:
+            sizes = LayerSizes(layer.name)
+            before = out.size
+            for index, blob in enumerate(layer.blobs):
+                data = blob.data
+                sizes.dense += data.size * 4
+                if index == 0 and layer.type in PRUNABLE_TYPES:
+                    kind = layer_kind(layer.type)
+                    out.write(encode_shared(data, keep_masks.get(layer.name), bits[kind],
+                                            (index_bits or {}).get(kind), sizes))
+                else:
+                    out.write(encode_floats(data))
+                    sizes.before_huffman += data.size * 4
+            sizes.stored = out.size - before
+            rows.append(sizes)
+        handle.write(struct.pack("<I", out.crc))
+    return rows, container
+
+
+def _open_v2(buffer):
+    reader = Reader(buffer, len(MAGIC) + 2, len(buffer) - 4)
+    try:
+        inflater = zlib.decompressobj(-15, zdict=HEADER_DICTIONARY)
+        head = inflater.decompress(reader.blob()) + inflater.flush()
+    except zlib.error as exc:
+        raise FormatError(f"bad header ({exc})") from None
+    meta = Reader(head)
+    name = meta.blob()
+    layers = []
+    for _ in range(meta.varint()):
+        param = LayerParameter.FromString(meta.blob())
+        blobs = []
+        for _ in range(meta.varint()):
+            kind = meta.byte()
+            blobs.append((kind, tuple(meta.varint() for _ in range(meta.varint()))))
+        layers.append((param, blobs))
+    return _text(name), layers, reader
+
+
+def _text(name):
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name
+
+
+def _iter_v2(layers, reader):
+    for param, blobs in layers:
+        arrays = []
+        for kind, shape in blobs:
+            if kind == BLOB_SHARED:
+                arrays.append(decode_shared(reader, shape))
+            elif kind == BLOB_FLOATS:
+                arrays.append(decode_floats(reader, int(np.prod(shape, dtype=np.int64))).reshape(shape))
+            else:
+                raise FormatError(f"unknown blob kind {kind}")
+        yield param, arrays
+    if reader.pos != reader.end:
+        raise FormatError("trailing bytes after the last layer")
+
+
+# -- version 1 container (read; written only for tests) ------------------------------
+
+def _v1_pack(header, sections):
+    header = dict(header)
+    offsets, position = [], 0
+    for section in sections:
+        offsets.append([position, len(section)])
+        position += len(section)
+    header["sections"] = offsets
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    body = MAGIC + struct.pack("<HI", 1, len(head)) + head + b"".join(sections)
+    return body + hashlib.sha256(body).digest()
+
+
+def write_v1(weights, output, bits, index_bits):
+    """A version 1 .dcz file, as caffedsd 0.1 wrote it (kept so tests can make one)."""
+    model = read_caffemodel(weights)
+    layers_meta, sections = [], []
 
     def section(data):
         sections.append(bytes(data))
         return len(sections) - 1
 
-    for layer in model.layers:
-        if not layer.blobs:
-            continue
+    for layer in [layer for layer in model.layers if layer.blobs]:
         meta = {"name": layer.name, "param": section(layer.param.SerializeToString()), "blobs": []}
-        dense = sum(int(b.data.size) * 4 for b in layer.blobs)
-        row = {"layer": layer.name, "dense": dense, "pruned": 0, "quantized": 0, "huffman": 0}
         for index, blob in enumerate(layer.blobs):
             data = np.asarray(blob.data, dtype=np.float32)
             if index == 0 and layer.type in PRUNABLE_TYPES:
-                kind = layer_kind(layer.type)
-                keep = keep_masks.get(layer.name)
-                keep = (data != 0) if keep is None else (keep & (data != 0))
-                encoded = encode_blob(data, keep, bits[kind], index_bits[kind])
-                meta["blobs"].append({
-                    "kind": "dc", "shape": list(encoded.shape), "bits": encoded.bits,
-                    "index_bits": encoded.index_bits, "entries": encoded.entries, "kept": encoded.kept,
-                    "codebook": section(encoded.codebook.astype("<f4").tobytes()),
-                    # Code-length tables are mostly zeros for small layers: zlib them.
-                    "value_lengths": section(zlib.compress(encoded.value_lengths.astype(np.uint8).tobytes(), 9)),
-                    "gap_lengths": section(zlib.compress(encoded.gap_lengths.astype(np.uint8).tobytes(), 9)),
-                    "values": section(encoded.value_stream), "value_bits": encoded.value_bits,
-                    "gaps": section(encoded.gap_stream), "gap_bits": encoded.gap_bits})
-                codebook = encoded.codebook.size * 4
-                tables = len(sections[meta["blobs"][-1]["value_lengths"]]) + \
-                    len(sections[meta["blobs"][-1]["gap_lengths"]])
-                row["pruned"] += encoded.kept * 4 + (encoded.entries * encoded.index_bits + 7) // 8
-                row["quantized"] += (encoded.entries * (encoded.bits + encoded.index_bits) + 7) // 8 + codebook
-                row["huffman"] += len(encoded.value_stream) + len(encoded.gap_stream) + codebook + tables
-                row["bits"] = f"{encoded.bits}/{encoded.index_bits}"
+                meta["blobs"].append(_v1_blob_fields(data, data != 0, bits, index_bits, section))
             else:
                 meta["blobs"].append({"kind": "raw", "shape": list(data.shape),
                                       "data": section(data.astype("<f4").tobytes())})
-                for stage in ("pruned", "quantized", "huffman"):
-                    row[stage] += data.size * 4
         layers_meta.append(meta)
-        rows.append(row)
     with atomic_open(output) as handle:
-        handle.write(pack({"format": "caffedsd-dcz", "name": model.name, "source": Path(weights).name,
-                           "layers": layers_meta}, sections))
-    return rows
+        handle.write(_v1_pack({"format": "caffedsd-dcz", "name": model.name, "source": Path(weights).name,
+                               "layers": layers_meta}, sections))
 
 
-def _table(data):
+def _v1_blob_fields(data, keep, bits, index_bits, section):
+    positions = np.flatnonzero(keep.reshape(-1))
+    codebook, assignment = share_values(data.reshape(-1)[positions], bits) if positions.size else (
+        np.zeros(0, np.float32), np.zeros(0, np.int64))
+    gaps, padding = relative_indices(positions, index_bits)
+    values = np.full(gaps.size, codebook.size, dtype=np.int64)
+    values[~padding] = assignment
+    value_lengths = huffman_lengths(np.bincount(values, minlength=codebook.size + 1))
+    gap_lengths = huffman_lengths(np.bincount(gaps, minlength=1 << index_bits))
+    value_stream, value_bits = huffman_encode(values, value_lengths)
+    gap_stream, gap_bits = huffman_encode(gaps, gap_lengths)
+    return {"kind": "dc", "shape": list(data.shape), "bits": bits, "index_bits": index_bits,
+            "entries": int(gaps.size), "kept": int(positions.size),
+            "codebook": section(codebook.astype("<f4").tobytes()),
+            "value_lengths": section(zlib.compress(value_lengths.astype(np.uint8).tobytes(), 9)),
+            "gap_lengths": section(zlib.compress(gap_lengths.astype(np.uint8).tobytes(), 9)),
+            "values": section(value_stream), "value_bits": value_bits,
+            "gaps": section(gap_stream), "gap_bits": gap_bits}
+
+
+def _v1_table(data):
     return np.frombuffer(zlib.decompress(data), dtype=np.uint8).astype(np.int64)
 
 
-def read_dcz(path):
-    """[(LayerParameter, [arrays])] and the net name of a .dcz file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+def _v1_blob(blob, sections):
+    if blob["kind"] == "raw":
+        return np.frombuffer(sections[blob["data"]], dtype="<f4").reshape(blob["shape"]).copy()
+    codebook = np.frombuffer(sections[blob["codebook"]], dtype="<f4")
+    entries = blob["entries"]
+    values = huffman_decode(sections[blob["values"]], blob["value_bits"], entries,
+                            _v1_table(sections[blob["value_lengths"]]))
+    gaps = huffman_decode(sections[blob["gaps"]], blob["gap_bits"], entries, _v1_table(sections[blob["gap_lengths"]]))
+    padding = values == codebook.size
+    positions = positions_from_gaps(gaps, padding)
+    size = int(np.prod(blob["shape"]))
+    if positions.size != blob["kept"] or (positions.size and positions[-1] >= size):
+        raise FormatError("sparse indices do not fit the blob")
+    out = np.zeros(size, dtype=np.float32)
+    out[positions] = codebook[values[~padding]]
+    return out.reshape(blob["shape"])
+
+
+def _open_v1(buffer):
+    data = bytes(buffer)
+    body, digest = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != digest:
+        raise FormatError("checksum mismatch: the file is truncated or corrupted")
+    (head_len,) = struct.unpack_from("<I", data, len(MAGIC) + 2)
+    start = len(MAGIC) + 6
+    header = json.loads(body[start:start + head_len].decode("utf-8"))
+    payload = body[start + head_len:]
+    sections = [payload[offset:offset + length] for offset, length in header["sections"]]
+    layers = [(LayerParameter.FromString(sections[meta["param"]]), [_v1_blob(b, sections) for b in meta["blobs"]])
+              for meta in header["layers"]]
+    return header.get("name", ""), layers
+
+
+# -- reading either version ----------------------------------------------------------
+
+def _guarded(path, action):
     try:
-        header, sections = unpack(path.read_bytes())
-        layers = []
-        for meta in header["layers"]:
-            param = LayerParameter.FromString(sections[meta["param"]])
-            arrays = []
-            for blob in meta["blobs"]:
-                if blob["kind"] == "raw":
-                    arrays.append(np.frombuffer(sections[blob["data"]], dtype="<f4").reshape(blob["shape"]).copy())
-                else:
-                    arrays.append(decode_blob(EncodedBlob(
-                        tuple(blob["shape"]), blob["bits"], blob["index_bits"],
-                        np.frombuffer(sections[blob["codebook"]], dtype="<f4"),
-                        _table(sections[blob["value_lengths"]]), _table(sections[blob["gap_lengths"]]),
-                        blob["entries"], blob["kept"], sections[blob["values"]], blob["value_bits"],
-                        sections[blob["gaps"]], blob["gap_bits"])))
-            layers.append((param, arrays))
+        return action()
     except FormatError as exc:
         raise InputError(f"{path}: {exc}") from None
-    except (KeyError, ValueError, IndexError, TypeError, zlib.error) as exc:
+    except (KeyError, ValueError, IndexError, TypeError, zlib.error, struct.error, DecodeError) as exc:
         raise InputError(f"{path}: corrupted .dcz content ({exc})") from None
-    return layers, header.get("name", "")
+
+
+class DczFile:
+    """An opened .dcz file: ``name``, ``count`` (layers with blobs) and
+    ``layers()``, which decodes one layer at a time: (LayerParameter, [arrays])."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such file")
+        with open(self.path, "rb") as handle:
+            size = handle.seek(0, 2)
+            self._buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self.version = _guarded(self.path, self._check)
+        if self.version == 1:
+            self.name, self._v1_layers = _guarded(self.path, lambda: _open_v1(self._buffer))
+            self.count = len(self._v1_layers)
+        else:
+            self.name, self._v2_layers, self._reader = _guarded(self.path, lambda: _open_v2(self._buffer))
+            self.count = len(self._v2_layers)
+
+    def _check(self):
+        data = self._buffer
+        if len(data) < len(MAGIC) + 6 or data[:len(MAGIC)] != MAGIC:
+            raise FormatError("not a caffedsd .dcz file (bad magic number)")
+        (version,) = struct.unpack_from("<H", data, len(MAGIC))
+        if version > VERSION or version < 1:
+            raise FormatError(f"format version {version} is newer than this caffedsd reads ({VERSION})")
+        if version == 2 and zlib.crc32(memoryview(data)[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
+            raise FormatError("checksum mismatch: the file is truncated or corrupted")
+        return version
+
+    def layers(self):
+        if self.version == 1:
+            yield from self._v1_layers
+            return
+        iterator = _iter_v2(self._v2_layers, self._reader)
+        while True:
+            item = _guarded(self.path, lambda: next(iterator, None))
+            if item is None:
+                return
+            yield item
+
+
+def read_dcz(path):
+    """[(LayerParameter, [arrays])] and the net name of a .dcz file (all in memory)."""
+    dcz = DczFile(path)
+    return list(dcz.layers()), dcz.name
 
 
 def decompress(path, output, model=None, force=False, allow_python_layers=False):
-    """Write the caffemodel a .dcz file holds (weights = the quantized values);
-    with ``model``, the prototxt must fit it, or nothing is written."""
+    """Write the caffemodel a .dcz file holds (weights = the quantized values),
+    a layer at a time; with ``model``, the prototxt must fit it, or nothing is
+    written. Returns the number of layers with weights."""
     check_output(output, inputs=[path], force=force)
     net = None
     if model is not None:
         from .caffe_proto import read_net_prototxt
 
         net = read_net_prototxt(model, allow_python_layers)
-    layers, name = read_dcz(path)
+    dcz = DczFile(path)
     with atomic_path(output) as tmp:
-        new_caffemodel(tmp, layers, name=name)
+        new_caffemodel(tmp, dcz.layers(), name=dcz.name if isinstance(dcz.name, str) else "")
         if net is not None:
             from .netcheck import check_pair
 
             check_pair(net, model, read_caffemodel(tmp))
-    return layers
+    return dcz.count

@@ -24,9 +24,10 @@ from .errors import InputError
 CHUNK = 1 << 22  # elements per slice when a whole-blob temporary would cost too much memory
 
 
-def chunk_bounds(size):
-    """(start, stop) of consecutive slices of CHUNK covering range(size)."""
-    return ((start, min(start + CHUNK, size)) for start in range(0, size, CHUNK))
+def chunk_bounds(total, size=None):
+    """(start, stop) of consecutive slices of ``size`` (default CHUNK) covering range(total)."""
+    size, total = size or CHUNK, int(total)
+    return ((start, min(start + size, total)) for start in range(0, total, size))
 
 
 def iter_chunks(*arrays):

@@ -10,6 +10,9 @@ become one. Plan file (YAML)::
       conv1: 0.3
       "fire*/expand3x3": 0.7
 
+A plan written by ``caffedsd plan --verify`` also carries ``verified:``,
+what was measured on the whole pruned net (metric, measured_drop, ...).
+
 For keepmax and random the amount is a sparsity in [0, 1); for std it is the
 multiplier s of |w| < s * std(w). When several rules match a layer the last
 one wins, so broad rules go first and exceptions after them. Each rule must
@@ -22,7 +25,7 @@ from .globrules import GlobRules, Rule
 from .masks import CRITERIA
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
-_KEYS = {"criterion", "sparsity", "layers"}
+_KEYS = {"criterion", "sparsity", "layers", "verified"}
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,19 @@ class SparsityPlan:
     criterion: str = "keepmax"
     sparsity: float = None  # the default for layers no rule matches; None: leave them
     rules: tuple = field(default_factory=tuple)
+    # What `plan --verify` measured on the whole pruned net (planner.py);
+    # None for a plan nobody measured.
+    verified: dict = None
     where: str = field(default=None, compare=False)  # the plan file, for messages
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(self.rules))
         at = f"{self.where}: " if self.where else ""
+        if self.verified is not None:
+            drop = self.verified.get("measured_drop") if isinstance(self.verified, dict) else None
+            if isinstance(drop, bool) or not isinstance(drop, (int, float)):
+                raise PlanError(f"{at}verified: expected a mapping with a numeric measured_drop "
+                                "(as `caffedsd plan --verify` writes it)")
         crit = CRITERIA.get(self.criterion)
         if crit is None:
             raise PlanError(f"{at}unknown criterion {self.criterion!r} (known: {', '.join(CRITERIA)})")
@@ -64,6 +75,8 @@ class SparsityPlan:
             out["sparsity"] = self.sparsity
         if self.rules:
             out["layers"] = {r.pattern: r.value for r in self.rules}
+        if self.verified is not None:
+            out["verified"] = dict(self.verified)
         return out
 
     @classmethod
@@ -73,7 +86,8 @@ class SparsityPlan:
         if not isinstance(layers, dict):
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")
         return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),
-                   rules=tuple(Rule(str(k), v) for k, v in layers.items()), where=where)
+                   rules=tuple(Rule(str(k), v) for k, v in layers.items()), verified=data.get("verified"),
+                   where=where)
 
     def to_yaml(self):
         return dump_yaml(self.to_dict())
@@ -90,7 +104,7 @@ def load_plan(path):
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"{path}: no such plan file")
-    return SparsityPlan.from_yaml(path.read_text(), where=str(path))
+    return SparsityPlan.from_yaml(path.read_bytes(), where=str(path))
 
 
 def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):

@@ -1,12 +1,24 @@
-"""Deep Compression storage: coding units, round trips, stock caffe, bad input."""
+"""Deep Compression storage: coding units, round trips of both format
+versions, stock caffe, bad input."""
+import struct
+import sys
+
 import numpy as np
 import pytest
 
-from caffedsd.caffemodel import read_caffemodel
-from caffedsd.compression import (canonical_codes, decode_blob, encode_blob, huffman_decode, huffman_encode,
-                                  huffman_lengths, kmeans_1d, positions_from_gaps, quantized, relative_indices)
-from caffedsd.dcz import read_dcz
-from conftest import assert_one_line_error
+from caffedsd.caffe_proto import LayerParameter
+from caffedsd.caffemodel import new_caffemodel, read_caffemodel
+from caffedsd.compression import (MAX_CODE_BITS, StreamWriter, canonical_codes, decode_stream, huffman_decode,
+                                  huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
+                                  quantized, relative_indices, share_weights)
+from caffedsd.dcz import (LayerSizes, Reader, compress, decode_floats, decode_shared, encode_floats, encode_shared,
+                          read_dcz, write_v1)
+from caffedsd.errors import FormatError
+from caffedsd.masks import chunk_bounds
+from caffedsd.weight_sharing import cluster
+from conftest import ROOT, assert_one_line_error
+
+LENET_ZOO = ROOT.parent / "shared" / "modelzoo" / "lenet_mnist"
 
 
 def test_huffman_lengths_are_optimal_on_a_known_distribution():
@@ -21,18 +33,82 @@ def test_huffman_lengths_are_optimal_on_a_known_distribution():
 def test_canonical_codes_are_prefix_free_and_round_trip():
     lengths = huffman_lengths([45, 13, 12, 16, 9, 5])
     codes = canonical_codes(lengths)
+    assert codes.tolist() == [0b0, 0b100, 0b101, 0b110, 0b1110, 0b1111]
     words = [format(int(c), f"0{int(n)}b") for c, n in zip(codes, lengths)]
     assert not any(a != b and b.startswith(a) for a in words for b in words)
     symbols = np.random.default_rng(1).integers(0, 6, size=500)
     data, bits = huffman_encode(symbols, lengths)
     assert bits == int(lengths[symbols].sum())
+    # The bits themselves: each symbol's code, most significant bit first.
+    expected = "".join(words[s] for s in symbols)
+    assert np.unpackbits(np.frombuffer(data, np.uint8))[:bits].tolist() == [int(c) for c in expected]
     assert np.array_equal(huffman_decode(data, bits, 500, lengths), symbols)
+
+
+def test_lengths_are_limited_to_the_maximum():
+    fibonacci = [1, 1]
+    while len(fibonacci) < 30:
+        fibonacci.append(fibonacci[-1] + fibonacci[-2])
+    assert huffman_lengths(fibonacci[:MAX_CODE_BITS + 1]).max() == MAX_CODE_BITS  # exactly the maximum
+    limited = huffman_lengths(fibonacci)  # unlimited, it would need 29 bits
+    assert limited.max() <= MAX_CODE_BITS and np.sum(2.0 ** -limited) == 1.0  # still a complete prefix code
+
+
+def _random_stream(rng, longest):
+    """Shuffled symbols: with ``longest``, Fibonacci counts, whose Huffman code
+    has lengths 1..MAX_CODE_BITS; else random counts over a random alphabet."""
+    if longest:
+        fibonacci = [1, 1]
+        while len(fibonacci) < MAX_CODE_BITS + 1:
+            fibonacci.append(fibonacci[-1] + fibonacci[-2])
+        freq = np.array(fibonacci + [0] * int(rng.integers(0, 5)))
+    else:
+        freq = rng.integers(0, 50, int(rng.integers(2, 300))) ** int(rng.integers(1, 4))
+        freq[rng.integers(0, freq.size, 2)] += 1
+    symbols = np.repeat(np.arange(freq.size), freq)
+    rng.shuffle(symbols)
+    return (symbols if longest else symbols[:int(rng.integers(1, min(symbols.size, 20000) + 1))]), freq.size
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_vectorized_decoder_matches_the_reference_decoder(seed):
+    rng = np.random.default_rng(seed)
+    symbols, alphabet = _random_stream(rng, MAX_CODE_BITS if seed % 3 == 0 else 0)
+    lengths = huffman_lengths(np.bincount(symbols, minlength=alphabet))
+    if seed % 3 == 0:
+        assert lengths.max() == MAX_CODE_BITS
+    chunk = int(rng.choice([1, 2, 7, 64, 1000, 1 << 20]))
+    writer = StreamWriter(lengths, chunk)
+    cuts = sorted({0, symbols.size, *rng.integers(0, symbols.size, 3).tolist()})
+    for start, stop in zip(cuts[:-1], cuts[1:]):  # written slice by slice, as compress does
+        writer.write(symbols[start:stop])
+    data, offsets = writer.result()
+    assert offsets.size == -(-symbols.size // chunk) and offsets[0] == 0
+    reference = huffman_decode(data, writer.bits, symbols.size, lengths)
+    assert np.array_equal(reference, symbols)
+    assert np.array_equal(decode_stream(data, symbols.size, lengths, chunk, offsets), symbols)
+
+
+def test_vectorized_decoder_refuses_a_wrong_sync_point():
+    symbols = np.random.default_rng(3).integers(0, 5, size=100)
+    lengths = huffman_lengths(np.bincount(symbols))
+    writer = StreamWriter(lengths, 10)
+    writer.write(symbols)
+    data, offsets = writer.result()
+    offsets[4] += 1
+    with pytest.raises(FormatError, match="sync point"):
+        decode_stream(data, symbols.size, lengths, 10, offsets)
+
+
+def test_chunk_bounds_cover_the_range():
+    assert list(chunk_bounds(10, 4)) == [(0, 4), (4, 8), (8, 10)]
+    assert list(chunk_bounds(0, 4)) == []
 
 
 def test_relative_indices_pad_large_gaps():
     positions = np.array([0, 3, 40])  # gaps 0, 2, 36 with 3-bit indices (max 7)
     gaps, padding = relative_indices(positions, 3)
-    # 36 = 7 pads of 8 positions (4 entries) + 4 -> [0, 2, 7, 7, 7, 7, 4]
+    # 36 = 4 pads of 8 positions + 4 -> [0, 2, 7, 7, 7, 7, 4]
     assert gaps.tolist() == [0, 2, 7, 7, 7, 7, 4]
     assert padding.tolist() == [False, False, True, True, True, True, False]
     assert positions_from_gaps(gaps, padding).tolist() == [0, 3, 40]
@@ -47,22 +123,78 @@ def test_kmeans_linear_init_and_exact_codebook():
     assert codebook.tolist() == [-1.0, 3.0] and labels.tolist() == [1, 0, 1]
 
 
+def test_weight_sharing_drops_unused_centroids_and_is_computed_once():
+    # Linear init over [0, 10] with 4 centroids (0, 3.33, 6.67, 10): nothing is near 3.33 or 6.67.
+    w = np.array([[0.0, 0.1, 0.2, 9.8], [9.9, 10.0, 0.0, 0.3]], dtype=np.float32)
+    shared = share_weights(w, w != 0, 2)
+    assert shared.codebook.tolist() == pytest.approx([0.2, 9.9])
+    assert shared.positions.tolist() == [1, 2, 3, 4, 5, 7]
+    assert shared.labels.tolist() == [0, 0, 1, 1, 1, 0]
+    labels, codebook = cluster(w, w != 0, 2)  # trained quantization's clusters: the same k-means
+    assert np.array_equal(codebook, shared.codebook)
+    assert labels.tolist() == [-1, 0, 0, 1, 1, 1, -1, 0]
+    assert quantized(w, w != 0, 2)[0].tolist() == pytest.approx([0.0, 0.2, 0.2, 9.9])
+
+
+def _round_trip(weights, keep, bits, index_bits=None):
+    sizes = LayerSizes("x")
+    payload = encode_shared(weights, keep, bits, index_bits, sizes)
+    reader = Reader(payload)
+    decoded = decode_shared(reader, weights.shape)
+    assert reader.pos == len(payload)
+    return decoded, sizes
+
+
 def test_blob_round_trip_equals_the_quantized_weights():
     rng = np.random.default_rng(0)
     w = rng.normal(size=(20, 30)).astype(np.float32)
     keep = np.abs(w) > 1.0
-    for bits, index_bits in ((4, 3), (6, 8), (2, 1)):
-        encoded = encode_blob(w, keep, bits, index_bits)
-        decoded = decode_blob(encoded)
+    for bits, index_bits in ((4, 3), (6, 8), (2, 1), (5, None), (16, None)):
+        decoded, sizes = _round_trip(w * keep, None, bits, index_bits)
         assert np.array_equal(decoded, quantized(w, keep, bits))
         assert np.count_nonzero(decoded[~keep]) == 0
         assert len(np.unique(decoded[keep])) <= 2 ** bits
+        assert sizes.kept == keep.sum() and sizes.codebook == len(np.unique(decoded[keep]))
+    # A mask keeps fewer than the non-zeros.
+    decoded, _ = _round_trip(w, keep, 3)
+    assert np.array_equal(decoded, quantized(w, keep & (w != 0), 3))
 
 
 def test_round_trip_is_exact_when_the_bits_hold_every_value():
     w = np.random.default_rng(2).choice([-0.5, 0.25, 1.5], size=(7, 9)).astype(np.float32)
     w[0, :4] = 0
-    assert np.array_equal(decode_blob(encode_blob(w, w != 0, 2, 5)), w)
+    assert np.array_equal(_round_trip(w, None, 2, 5)[0], w)
+    empty = np.zeros((3, 4), dtype=np.float32)
+    assert np.array_equal(_round_trip(empty, None, 4)[0], empty)
+
+
+def test_index_width_is_chosen_by_size():
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(200, 300)).astype(np.float32)
+    w[rng.random(w.shape) > 0.05] = 0  # 5% kept: gaps average 19
+    auto, sizes = _round_trip(w, None, 4)
+    payloads = {b: len(encode_shared(w, None, 4, b, LayerSizes("x"))) for b in range(1, 12)}
+    assert sizes.index_bits == min(payloads, key=payloads.get)
+    assert np.array_equal(auto, quantized(w, w != 0, 4))
+
+
+def test_floats_are_exact_in_every_coding():
+    rng = np.random.default_rng(4)
+    cases = [rng.normal(size=500).astype(np.float32), np.sort(rng.normal(size=40)).astype(np.float32),
+             np.array([np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-45, 3.0, -2.5], dtype=np.float32),
+             np.full(100, 0.25, dtype=np.float32), np.array([1.5], dtype=np.float32)]
+    for values in cases:
+        data = encode_floats(values)
+        reader = Reader(data)
+        back = decode_floats(reader, values.size)
+        assert reader.pos == len(data) and back.tobytes() == values.tobytes()
+    assert len(encode_floats(np.full(100, 0.25, np.float32))) < 20  # one repeated value: four constant planes
+
+
+def _prune(cli, weights, out, *rates):
+    args = [a for rate in rates for a in ("-r", rate)]
+    result = cli("prune", "-w", weights, *args, "-o", out)
+    assert result.exit_code == 0, result.output
 
 
 def test_compress_decompress_lenet_in_stock_caffe(lenet, tmp_path, cli):
@@ -70,7 +202,10 @@ def test_compress_decompress_lenet_in_stock_caffe(lenet, tmp_path, cli):
     assert cli("prune", "-w", weights, "-s", 0.8, "-o", "p.caffemodel").exit_code == 0
     result = cli("compress", "-w", "p.caffemodel", "--bits", "conv=8,fc=5", "-o", "p.dcz")
     assert result.exit_code == 0, result.output
-    assert "total" in result.output and "huffman B" in result.output
+    assert "total" in result.output and "after Huffman" in result.output and "P+Q+H B" in result.output
+    # The table's total is the file's size.
+    total = [line for line in result.output.splitlines() if line.startswith("total")][0].split()
+    assert int(total[-2]) == (tmp_path / "p.dcz").stat().st_size
     assert (tmp_path / "p.dcz").stat().st_size * 10 < (tmp_path / "p.caffemodel").stat().st_size
     result = cli("decompress", "p.dcz", "-p", proto, "-o", "back.caffemodel")
     assert result.exit_code == 0, result.output
@@ -87,6 +222,74 @@ def test_compress_decompress_lenet_in_stock_caffe(lenet, tmp_path, cli):
 
     code, log = run_caffe_test(proto, tmp_path / "back.caffemodel", iterations=5)
     assert code == 0 and parse_test_outputs(log)["accuracy"] > 0.5
+
+
+def test_version_1_files_still_decode(lenet, tmp_path, cli):
+    _, proto, weights = lenet
+    assert cli("prune", "-w", weights, "-s", 0.8, "-o", "p.caffemodel").exit_code == 0
+    write_v1(tmp_path / "p.caffemodel", tmp_path / "old.dcz", 5, 5)
+    data = (tmp_path / "old.dcz").read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == 1 and b'"format":"caffedsd-dcz"' in data
+    assert cli("compress", "-w", "p.caffemodel", "--bits", 5, "-o", "new.dcz").exit_code == 0
+    assert struct.unpack_from("<H", (tmp_path / "new.dcz").read_bytes(), 8)[0] == 2
+    result = cli("decompress", "old.dcz", "-p", proto, "-o", "old.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert cli("decompress", "new.dcz", "-p", proto, "-o", "new.caffemodel").exit_code == 0
+    old, new = read_caffemodel(tmp_path / "old.caffemodel"), read_caffemodel(tmp_path / "new.caffemodel")
+    source = read_caffemodel(tmp_path / "p.caffemodel")
+    for layer in source.layers:
+        for index, blob in enumerate(layer.blobs):
+            expected = quantized(blob.data, blob.data != 0, 5) if index == 0 else blob.data
+            assert np.array_equal(old.layer(layer.name).blobs[index].data, expected)
+            assert np.array_equal(new.layer(layer.name).blobs[index].data, expected)
+    assert read_dcz(tmp_path / "old.dcz")[1] == "LeNet"
+    truncated = data[:-100]
+    (tmp_path / "cut1.dcz").write_bytes(truncated)
+    assert_one_line_error(cli("decompress", "cut1.dcz", "-o", "x.caffemodel"), "checksum mismatch")
+
+
+def test_non_utf8_layer_names_round_trip(tmp_path, cli):
+    name = b"ip\xff1"
+    param = LayerParameter.FromString(LayerParameter(type="InnerProduct", bottom=["data"], top=["ip"])
+                                      .SerializeToString() + b"\n" + bytes([len(name)]) + name)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 16)).astype(np.float32)
+    w[np.abs(w) < 0.8] = 0
+    new_caffemodel(tmp_path / "odd.caffemodel", [(param, [w, np.ones(8, np.float32)])], name="odd")
+    result = cli("compress", "-w", "odd.caffemodel", "--bits", 3, "-o", "odd.dcz")
+    assert result.exit_code == 0, result.output
+    assert "ip\\xff1" in result.output
+    assert cli("decompress", "odd.dcz", "-o", "back.caffemodel").exit_code == 0
+    back = read_caffemodel(tmp_path / "back.caffemodel")
+    assert [layer.name for layer in back.layers] == [name]
+    assert np.array_equal(back.layers[0].blobs[0].data, quantized(w, w != 0, 3))
+
+
+def test_tiny_net_has_a_small_fixed_cost(tiny, tmp_path, cli):
+    _, weights = tiny
+    _prune(cli, weights, "p.caffemodel", "conv1=0.5", "fc1=0.5", "fc2a=0.5")
+    rows, container = compress(tmp_path / "p.caffemodel", tmp_path / "p.dcz", {"conv": 8, "fc": 8})
+    size = (tmp_path / "p.dcz").stat().st_size
+    assert size == container + sum(r.stored for r in rows)
+    # Magic, version, checksum and the deflated layer list: well under the 1.2 KB of version 1.
+    assert container < 200, container
+
+
+@pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")
+def test_real_lenet_at_the_papers_settings_is_40x_smaller(tmp_path, cli):
+    weights = LENET_ZOO / "lenet_iter_10000.caffemodel"
+    _prune(cli, weights, "p.caffemodel", "conv1=0.34", "conv2=0.88", "ip1=0.92", "ip2=0.81")
+    result = cli("compress", "-w", "p.caffemodel", "--bits", "conv=8,fc=5", "-o", "p.dcz")
+    assert result.exit_code == 0, result.output
+    ratio = (tmp_path / "p.caffemodel").stat().st_size / (tmp_path / "p.dcz").stat().st_size
+    assert ratio >= 40.0, result.output
+    assert cli("decompress", "p.dcz", "-p", LENET_ZOO / "lenet.prototxt", "-o", "q.caffemodel").exit_code == 0
+    source, back = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "q.caffemodel")
+    for layer in source.layers:
+        if layer.blobs:
+            w = layer.blobs[0].data
+            expected = quantized(w, w != 0, 5 if layer.type == "InnerProduct" else 8)
+            assert np.array_equal(back.layer(layer.name).blobs[0].data, expected)
 
 
 @pytest.mark.slow
@@ -129,8 +332,57 @@ def test_bad_inputs(lenet, tmp_path, cli, other_model):
     (tmp_path / "text.dcz").write_text("hello")
     assert_one_line_error(cli("decompress", "text.dcz", "-o", "x.caffemodel"), "bad magic number")
     assert_one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"), "17 is outside 1..16")
-    assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"), "conv=0 is outside 1..16")
+    assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"),
+                          "conv=0 is outside 1..16")
+    assert_one_line_error(cli("compress", "-w", weights, "--index-bits", "wide", "-o", "y.dcz"), "expected auto")
     assert_one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
-                    "masks were made for another model")
+                          "masks were made for another model")
     assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "y.dcz").exists()
     assert read_dcz(tmp_path / "w.dcz")[1] == "LeNet"
+
+
+def _vgg16_prototxt(specs):
+    """A deploy net for bench_prune's VGG16-shaped layers (224x224 input)."""
+    lines = ['name: "VGG_ILSVRC_16_layers"',
+             'layer { name: "data" type: "Input" top: "data" '
+             'input_param { shape { dim: 1 dim: 3 dim: 224 dim: 224 } } }']
+    for name, kind, shapes, bottom, fields in specs:
+        if bottom.startswith("pool") and f'name: "{bottom}"' not in "\n".join(lines):
+            conv = {"pool1": "conv1_2", "pool2": "conv2_2", "pool3": "conv3_3", "pool4": "conv4_3", "pool5": "conv5_3"}
+            lines.append(f'layer {{ name: "{bottom}" type: "Pooling" bottom: "{conv[bottom]}" top: "{bottom}" '
+                         'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }')
+        if kind == "Convolution":
+            lines.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+                         f'convolution_param {{ num_output: {fields["num_output"]} pad: 1 kernel_size: 3 }} }}')
+        else:
+            lines.append(f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}" '
+                         f'inner_product_param {{ num_output: {fields["num_output"]} }} }}')
+        lines.append(f'layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" top: "{name}" }}')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.caffe
+@pytest.mark.slow
+def test_vgg16_shaped_model_decodes_and_loads_in_stock_caffe(tmp_path, cli):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_prune import build_model, vgg16_specs
+
+    from caffedsd.verify import run_caffe_test
+
+    specs = vgg16_specs()
+    build_model(tmp_path / "vgg.caffemodel", specs, seed=0, std=0.01)
+    assert cli("prune", "-w", "vgg.caffemodel", "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    (tmp_path / "p.masks.h5").unlink()
+    result = cli("compress", "-w", "p.caffemodel", "--bits", 5, "-o", "p.dcz")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "vgg.prototxt").write_text(_vgg16_prototxt(specs))
+    result = cli("decompress", "p.dcz", "-p", "vgg.prototxt", "-o", "q.caffemodel")
+    assert result.exit_code == 0, result.output
+    source, back = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "q.caffemodel")
+    for name in ("conv1_1", "fc8"):  # one small, one large layer checked value by value
+        w = source.layer(name).blobs[0].data
+        assert np.array_equal(back.layer(name).blobs[0].data, quantized(w, w != 0, 5))
+    del source, back
+    code, log = run_caffe_test(tmp_path / "vgg.prototxt", tmp_path / "q.caffemodel", iterations=1)
+    assert code == 0, log[-2000:]
+    assert "Ignoring source layer" not in log

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the Deep Compression section of docs/RESULTS.md: LeNet-5 on
 # Fashion-MNIST pruned and sparse-retrained by the demo's DSD recipe, stored
-# as .dcz (conv 8-bit, fc 5-bit codes), before and after trained quantization.
+# as .dcz (conv 8-bit, fc 5-bit codes), before and after trained quantization;
+# then the real trained LeNet of the model zoo (../shared/modelzoo/lenet_mnist,
+# when present) pruned and stored at the paper's LeNet-5 settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -34,3 +36,13 @@ echo "== sizes: dense caffemodel $(stat -c %s "$DENSE") bytes;" \
 echo "== accuracy: dense $(accuracy "$DENSE"); sparse $(accuracy "$SPARSE");" \
      "quantized $(accuracy "$OUT/sparse_quantized.caffemodel");" \
      "trained quantized $(accuracy "$OUT/trained_quantized.caffemodel")"
+
+ZOO=../shared/modelzoo/lenet_mnist
+if [ -f "$ZOO/lenet_iter_10000.caffemodel" ]; then
+    caffedsd prune -w "$ZOO/lenet_iter_10000.caffemodel" -r conv1=0.34 -r conv2=0.88 -r ip1=0.92 -r ip2=0.81 \
+        -o "$OUT/zoo_pruned.caffemodel"
+    caffedsd compress -w "$OUT/zoo_pruned.caffemodel" --bits $BITS -o "$OUT/zoo.dcz"
+    caffedsd decompress "$OUT/zoo.dcz" -p "$ZOO/lenet.prototxt" -o "$OUT/zoo_quantized.caffemodel"
+    echo "== real LeNet: caffemodel $(stat -c %s "$ZOO/lenet_iter_10000.caffemodel") bytes;" \
+         "pruned $(stat -c %s "$OUT/zoo_pruned.caffemodel") bytes; zoo.dcz $(stat -c %s "$OUT/zoo.dcz") bytes"
+fi

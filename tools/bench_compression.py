@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Benchmark ``caffedsd compress`` and ``decompress`` against ``prune`` on a VGG16-sized caffemodel.
+
+Builds bench_prune.py's VGG16-shaped caffemodel (13 Convolution + 3
+InnerProduct layers, 138,357,544 float32 parameters, ~553 MB, seeded random
+weights), prunes it once (untimed) to get the model to compress, then runs,
+alternating, each in its own child process:
+
+  prune       caffedsd prune --weights MODEL --sparsity 0.5 -o OUT.caffemodel
+  compress    caffedsd compress --weights PRUNED --bits 5 -o OUT.dcz
+  decompress  caffedsd decompress OUT.dcz -o OUT.caffemodel
+
+and reports the median wall time and peak RSS (ru_maxrss of that child from
+os.wait4) of each against the targets:
+
+  decompress wall time <= 2.0x prune's, peak RSS <= 3.0x the caffemodel's size;
+  compress   wall time <= 3.0x prune's, peak RSS <= 3.0x the caffemodel's size.
+
+One untimed warm-up of each runs first, so that timed runs read their input
+from the page cache (the cache is not dropped: that needs root).
+
+Run with the venv's python, from the repo root:
+
+    .venv/bin/python tools/bench_compression.py --repeats 3
+    .venv/bin/python tools/bench_compression.py --layers fc8,conv1_1 --repeats 1   # quick smoke run
+
+Exit status is 0 whether targets pass or fail (a benchmark is not a test);
+non-zero only when something crashed.
+"""
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_prune import VGG16_PARAMS, build_model, machine_info, mib, remove, run_child, vgg16_specs
+
+TARGETS = {  # command: (wall time / prune's, peak RSS / caffemodel size)
+    "decompress": (2.0, 3.0),
+    "compress": (3.0, 3.0),
+}
+ORDER = ("prune", "compress", "decompress")
+
+
+class Bench:
+    def __init__(self, model, workdir, sparsity, bits):
+        self.model = model
+        self.pruned = workdir / "pruned.caffemodel"
+        self.outputs = {"prune": [workdir / "prune_out.caffemodel", workdir / "prune_out.masks.h5"],
+                        "compress": [workdir / "out.dcz"], "decompress": [workdir / "decoded.caffemodel"]}
+        self.log = workdir / "child.log"
+        caffedsd = Path(sys.executable).parent / "caffedsd"
+        if not caffedsd.exists():
+            found = shutil.which("caffedsd")
+            if not found:
+                raise SystemExit(f"bench_compression: no caffedsd entry point beside {sys.executable}")
+            caffedsd = Path(found)
+        self.dcz = workdir / "input.dcz"  # what decompress reads: compress's output, kept
+        self.argv = {
+            "prune": [str(caffedsd), "prune", "--weights", str(model), "--sparsity", str(sparsity),
+                      "-o", str(self.outputs["prune"][0])],
+            "compress": [str(caffedsd), "compress", "--weights", str(self.pruned), "--bits", str(bits),
+                         "-o", str(self.outputs["compress"][0])],
+            "decompress": [str(caffedsd), "decompress", str(self.dcz), "-o", str(self.outputs["decompress"][0])],
+        }
+
+    def prepare(self, sparsity):
+        """The pruned model (its masks removed: compress keeps its non-zeros) and its .dcz."""
+        self.run_argv(self.argv["prune"][:-1] + [str(self.pruned)])
+        remove(self.pruned.with_suffix(".masks.h5"))
+        self.run_argv(self.argv["compress"][:-1] + [str(self.dcz)])
+
+    def run_argv(self, argv):
+        wall, rss, code = run_child(argv, self.log)
+        output = self.log.read_text(errors="replace")
+        if code != 0:
+            raise SystemExit(f"bench_compression: {' '.join(argv[1:3])} exited with {code}:\n{output[-4000:]}")
+        return wall, rss, output
+
+    def run(self, which):
+        remove(*self.outputs[which])
+        wall, rss, output = self.run_argv(self.argv[which])
+        sizes = [path.stat().st_size for path in self.outputs[which]]
+        remove(*self.outputs[which])
+        return wall, rss, sizes, output
+
+
+def summarize(model, runs, machine, args, dcz_bytes, table):
+    med = {k: {"wall_s": statistics.median(r["wall_s"] for r in v),
+               "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in v)} for k, v in runs.items()}
+    checks = {}
+    for which, (time_limit, memory_limit) in TARGETS.items():
+        time_ratio = med[which]["wall_s"] / med["prune"]["wall_s"]
+        memory_ratio = med[which]["peak_rss_bytes"] / model["bytes"]
+        checks[which] = {"time_ratio": time_ratio, "time_target": time_limit, "time_pass": time_ratio <= time_limit,
+                         "memory_ratio": memory_ratio, "memory_target": memory_limit,
+                         "memory_pass": memory_ratio <= memory_limit}
+    return {"model": model, "repeats": args.repeats, "sparsity": args.sparsity, "bits": args.bits,
+            "dcz_bytes": dcz_bytes, "compress_table": table,
+            "warmup": "one untimed run of each before the timed ones; page cache not dropped",
+            "runs": runs, "median": med, "checks": checks, "machine": machine}
+
+
+def markdown(summary):
+    m, med, runs = summary["model"], summary["median"], summary["runs"]
+    labels = {"prune": f"`caffedsd prune --sparsity {summary['sparsity']:g}`",
+              "compress": f"`caffedsd compress --bits {summary['bits']}`",
+              "decompress": "`caffedsd decompress`"}
+    lines = [
+        f"Model: {m['layers']} layers, {m['params']:,} parameters, {m['bytes']:,} bytes "
+        f"({mib(m['bytes']):.1f} MiB); pruned 50% and compressed it is {summary['dcz_bytes']:,} bytes "
+        f"({m['bytes'] / summary['dcz_bytes']:.1f}x smaller). Medians of {summary['repeats']} runs each, "
+        "alternating, after one untimed warm-up of each (inputs read from the page cache; cache not dropped).",
+        "",
+        "| run | median wall (s) | median peak RSS (MiB) | peak RSS / caffemodel size | wall of each run (s) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key in ORDER:
+        walls = ", ".join(f"{r['wall_s']:.2f}" for r in runs[key])
+        lines.append(f"| {labels[key]} | {med[key]['wall_s']:.2f} | {mib(med[key]['peak_rss_bytes']):.0f} | "
+                     f"{med[key]['peak_rss_bytes'] / m['bytes']:.2f}x | {walls} |")
+    lines += ["", "| target | measured | limit | result |", "|---|---:|---:|---|"]
+    for which, check in summary["checks"].items():
+        lines.append(f"| {which} wall time / prune wall time | {check['time_ratio']:.2f}x | "
+                     f"<= {check['time_target']:.1f}x | {'PASS' if check['time_pass'] else 'FAIL'} |")
+        lines.append(f"| {which} peak RSS / caffemodel size | {check['memory_ratio']:.2f}x | "
+                     f"<= {check['memory_target']:.1f}x | {'PASS' if check['memory_pass'] else 'FAIL'} |")
+    mc = summary["machine"]
+    mem = f", {mib(mc['mem_total_bytes']) / 1024:.1f} GiB RAM" if mc.get("mem_total_bytes") else ""
+    lines += ["", f"Machine: nproc {mc['nproc']} ({mc['cpu']}{mem}), {mc['platform']}, Python {mc['python']}, "
+                  f"numpy {mc['numpy']}, protobuf {mc['protobuf']} (api_implementation {mc['protobuf_api']})"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (default 3)")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="--sparsity given to prune (default 0.5)")
+    parser.add_argument("--bits", default="5", help="--bits given to compress (default 5)")
+    parser.add_argument("--layers", default=None,
+                        help="comma-separated subset of VGG16 layers for a quick smoke run (default: all 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    parser.add_argument("--std", type=float, default=0.01, help="std of the random weights (default 0.01)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for the model and outputs (default: a fresh temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder at the end")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    only = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    specs = vgg16_specs(only)
+    created = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="bench_compression.")) if created else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        model_path = workdir / "vgg16_random.caffemodel"
+        print(f"building {len(specs)}-layer VGG16-shaped caffemodel in {model_path} ...", flush=True)
+        model = build_model(model_path, specs, args.seed, args.std)
+        model["generator_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if only is None and model["params"] != VGG16_PARAMS:
+            raise SystemExit(f"bench_compression: {model['params']} parameters, VGG16 has {VGG16_PARAMS}")
+        print(f"  {model['params']:,} parameters, {model['bytes']:,} bytes", flush=True)
+
+        bench = Bench(model_path, workdir, args.sparsity, args.bits)
+        print("pruning and compressing once (untimed) for the inputs of compress and decompress", flush=True)
+        bench.prepare(args.sparsity)
+        dcz_bytes = bench.dcz.stat().st_size
+        print("warm-up (untimed): one run of each", flush=True)
+        table = ""
+        for which in ORDER:
+            _, _, sizes, output = bench.run(which)
+            if which == "compress":
+                table = output
+                if sizes[0] != dcz_bytes:
+                    raise SystemExit(f"bench_compression: compress wrote {sizes[0]} bytes, then {dcz_bytes}")
+            if which == "decompress" and sizes[0] > model["bytes"] + 4096:
+                raise SystemExit(f"bench_compression: decompress wrote {sizes[0]} bytes for a {model['bytes']} model")
+        runs = {which: [] for which in ORDER}
+        for i in range(args.repeats):
+            order = ORDER if i % 2 == 0 else tuple(reversed(ORDER))
+            for which in order:
+                wall, rss, _, _ = bench.run(which)
+                runs[which].append({"wall_s": wall, "peak_rss_bytes": rss})
+                print(f"  run {i + 1}/{args.repeats} {which:10s} {wall:7.2f} s  peak RSS {mib(rss):7.0f} MiB",
+                      flush=True)
+
+        summary = summarize(model, runs, machine_info(), args, dcz_bytes, table)
+        summary["command"] = [Path(sys.executable).name] + sys.argv
+        print()
+        print(table)
+        print(markdown(summary))
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"\nwrote {args.json}")
+    finally:
+        if created and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif args.keep or not created:
+            print(f"work folder: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
