@@ -32,11 +32,11 @@ class Rule:
 
     @classmethod
     def parse(cls, text, option="--rule", value_name="AMOUNT", example="conv1=0.3", convert=float,
-              error=InputError):
+              error=InputError, key_name="LAYER_GLOB"):
         """A rule from ``'GLOB=VALUE'`` as given to ``option``."""
         pattern, sep, value = str(text).rpartition("=")
         if not sep or not pattern.strip():
-            raise error(f"{option} {text!r}: expected LAYER_GLOB={value_name}, e.g. {example!r}")
+            raise error(f"{option} {text!r}: expected {key_name}={value_name}, e.g. {example!r}")
         try:
             return cls(pattern.strip(), convert(value))
         except ValueError:

@@ -19,7 +19,6 @@ same ratio of multiply-adds. A layer is split only where that is smaller in
 both, unless --rank forces its rank; a depthwise convolution (C/g = 1) never
 gets smaller, so it is always left as it is.
 """
-import fnmatch
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError
+from .globrules import GlobRules, Rule, number_list
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
 # Columns per slice when accumulating a Gram matrix (bounds the float64 copy).
@@ -158,11 +158,9 @@ def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False):
     kinds = ("Convolution", "InnerProduct") if include_fc else ("Convolution",)
     candidates = [layer for layer in model.layers if layer.type in kinds and layer.blobs]
     if layers:
-        for pattern in layers:
-            if not any(fnmatch.fnmatchcase(layer.name, pattern) for layer in candidates):
-                raise InputError(f"--layers {pattern!r} matches no decomposable layer "
-                                 f"({', '.join(layer.name for layer in candidates) or 'none'})")
-        candidates = [layer for layer in candidates if any(fnmatch.fnmatchcase(layer.name, p) for p in layers)]
+        chosen = GlobRules([(p,) for p in layers], "--layers").select([layer.name for layer in candidates],
+                                                                       "decomposable layer")
+        candidates = [layer for layer in candidates if layer.name in chosen]
     by_name = {layer.name: layer for layer in candidates}
     for name, rank in ranks.items():
         if name not in by_name:
@@ -292,29 +290,19 @@ def relative_error(a, b):
 
 
 def parse_rank(text):
-    name, sep, value = text.rpartition("=")
-    if not sep or not name:
-        raise InputError(f"--rank {text!r}: expected LAYER=RANK, e.g. conv2=12")
-    try:
-        rank = int(value)
-    except ValueError:
-        raise InputError(f"--rank {text!r}: {value!r} is not a whole number") from None
-    if rank < 1:
+    """(layer, rank) from --rank LAYER=RANK."""
+    rule = Rule.parse(text, "--rank", "RANK", "conv2=12", int, key_name="LAYER")
+    if rule.value < 1:
         raise InputError(f"--rank {text!r}: a rank must be at least 1")
-    return name, rank
+    return rule.pattern, rule.value
 
 
 def energy_levels(text):
-    try:
-        levels = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--energy {text!r}: not a comma-separated list of numbers") from None
+    levels = number_list(text, "--energy")
     for level in levels:
         if not 0 < level <= 1 or math.isnan(level):
             raise InputError(f"--energy {level:g}: must be in (0, 1]")
-    if not levels:
-        raise InputError(f"--energy {text!r}: empty")
-    return levels
+    return list(levels)
 
 
 def rank_table(model, levels, include_fc=True):
@@ -352,7 +340,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import atomic_open
+    from .atomic import write_text
     from .caffe_env import import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import new_caffemodel, read_caffemodel
@@ -375,9 +363,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     new_caffemodel(out_dir / "model.caffemodel", new_layers, name=model.name)
     for path, name in names.items():
-        with atomic_open(out_dir / name, "w") as handle:
-            handle.write(text_format.MessageToString(rewrite_net(nets[path], chosen)))
+        write_text(out_dir / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
     rows = summarize(model, chosen, positions, discarded)
-    with atomic_open(out_dir / "report.md", "w") as handle:
-        handle.write(report.decomposition_markdown(rows, weights, skipped))
+    write_text(out_dir / "report.md", report.decomposition_markdown(rows, weights, skipped))
     return rows, skipped, list(names.values())

@@ -218,7 +218,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     With ``verify``, the whole pruned net is measured on the scan's net and
     weights, and with ``max_total_drop`` backed off until it is within it;
     the measured drop goes into the plan's ``verified``."""
-    from .atomic import atomic_open, check_output
+    from .atomic import check_output, write_text
     from .errors import InputError
     from .report import primary_metric
     from .sensitivity import load_sensitivity
@@ -265,8 +265,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     if verify:
         header += (f"# measured drop of the whole pruned net {measured:.4g} {unit} "
                    f"({len(history)} measurement(s), {net.iterations} TEST iterations each)\n")
-    with atomic_open(output, "w") as handle:
-        handle.write(header + to_plan(choices, data["criterion"], verified).to_yaml())
+    write_text(output, header + to_plan(choices, data["criterion"], verified).to_yaml())
     return {"choices": choices, "overall": overall, "prunable": data["prunable_params"], "metric": metric,
             "unit": unit, "drop": total_drop, "measured_drop": measured, "verified": verified,
             "start": {"overall": start_overall, "drop": start_drop},
