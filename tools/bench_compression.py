@@ -27,16 +27,14 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed.
 """
-import argparse
-import json
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_prune import VGG16_PARAMS, build_model, machine_info, mib, remove, run_child, vgg16_specs
+import benchlib
+from bench_prune import VGG16_PARAMS, build_model, mib, remove, run_child, vgg16_specs
 
 TARGETS = {  # command: (wall time / prune's, peak RSS / caffemodel size)
     "decompress": (2.0, 3.0),
@@ -89,8 +87,8 @@ class Bench:
 
 
 def summarize(model, runs, machine, args, dcz_bytes, table):
-    med = {k: {"wall_s": statistics.median(r["wall_s"] for r in v),
-               "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in v)} for k, v in runs.items()}
+    med = {k: {"wall_s": benchlib.median(v, "wall_s"), "peak_rss_bytes": benchlib.median(v, "peak_rss_bytes")}
+           for k, v in runs.items()}
     checks = {}
     for which, (time_limit, memory_limit) in TARGETS.items():
         time_ratio = med[which]["wall_s"] / med["prune"]["wall_s"]
@@ -105,7 +103,7 @@ def summarize(model, runs, machine, args, dcz_bytes, table):
 
 
 def markdown(summary):
-    m, med, runs = summary["model"], summary["median"], summary["runs"]
+    m, runs = summary["model"], summary["runs"]
     labels = {"prune": f"`caffedsd prune --sparsity {summary['sparsity']:g}`",
               "compress": f"`caffedsd compress --bits {summary['bits']}`",
               "decompress": "`caffedsd decompress`"}
@@ -115,43 +113,32 @@ def markdown(summary):
         f"({m['bytes'] / summary['dcz_bytes']:.1f}x smaller). Medians of {summary['repeats']} runs each, "
         "alternating, after one untimed warm-up of each (inputs read from the page cache; cache not dropped).",
         "",
-        "| run | median wall (s) | median peak RSS (MiB) | peak RSS / caffemodel size | wall of each run (s) |",
-        "|---|---:|---:|---:|---|",
+        benchlib.median_table(runs, labels, [("median wall (s)", "wall_s", "{:.2f}"),
+                                             ("median peak RSS (MiB)", "peak_rss_mib", "{:.0f}"),
+                                             ("peak RSS / caffemodel size", "rss_over_file", "{:.2f}x")],
+                              each=("wall of each run (s)", "wall_s", "{:.2f}")),
     ]
-    for key in ORDER:
-        walls = ", ".join(f"{r['wall_s']:.2f}" for r in runs[key])
-        lines.append(f"| {labels[key]} | {med[key]['wall_s']:.2f} | {mib(med[key]['peak_rss_bytes']):.0f} | "
-                     f"{med[key]['peak_rss_bytes'] / m['bytes']:.2f}x | {walls} |")
-    lines += ["", "| target | measured | limit | result |", "|---|---:|---:|---|"]
+    passed = {True: "PASS", False: "FAIL"}
+    rows = []
     for which, check in summary["checks"].items():
-        lines.append(f"| {which} wall time / prune wall time | {check['time_ratio']:.2f}x | "
-                     f"<= {check['time_target']:.1f}x | {'PASS' if check['time_pass'] else 'FAIL'} |")
-        lines.append(f"| {which} peak RSS / caffemodel size | {check['memory_ratio']:.2f}x | "
-                     f"<= {check['memory_target']:.1f}x | {'PASS' if check['memory_pass'] else 'FAIL'} |")
-    mc = summary["machine"]
-    mem = f", {mib(mc['mem_total_bytes']) / 1024:.1f} GiB RAM" if mc.get("mem_total_bytes") else ""
-    lines += ["", f"Machine: nproc {mc['nproc']} ({mc['cpu']}{mem}), {mc['platform']}, Python {mc['python']}, "
-                  f"numpy {mc['numpy']}, protobuf {mc['protobuf']} (api_implementation {mc['protobuf_api']})"]
+        rows.append([f"{which} wall time / prune wall time", f"{check['time_ratio']:.2f}x",
+                     f"<= {check['time_target']:.1f}x", passed[check["time_pass"]]])
+        rows.append([f"{which} peak RSS / caffemodel size", f"{check['memory_ratio']:.2f}x",
+                     f"<= {check['memory_target']:.1f}x", passed[check["memory_pass"]]])
+    lines += ["", benchlib.markdown_table(["target", "measured", "limit", "result"], rows, "lrrl"),
+              "", "Machine: " + benchlib.machine_line(summary["machine"])]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (default 3)")
+    parser = benchlib.parser(__doc__)
     parser.add_argument("--sparsity", type=float, default=0.5, help="--sparsity given to prune (default 0.5)")
     parser.add_argument("--bits", default="5", help="--bits given to compress (default 5)")
     parser.add_argument("--layers", default=None,
                         help="comma-separated subset of VGG16 layers for a quick smoke run (default: all 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--std", type=float, default=0.01, help="std of the random weights (default 0.01)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the model and outputs (default: a fresh temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder at the end")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
 
     only = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     specs = vgg16_specs(only)
@@ -181,23 +168,22 @@ def main(argv=None):
                     raise SystemExit(f"bench_compression: compress wrote {sizes[0]} bytes, then {dcz_bytes}")
             if which == "decompress" and sizes[0] > model["bytes"] + 4096:
                 raise SystemExit(f"bench_compression: decompress wrote {sizes[0]} bytes for a {model['bytes']} model")
-        runs = {which: [] for which in ORDER}
-        for i in range(args.repeats):
-            order = ORDER if i % 2 == 0 else tuple(reversed(ORDER))
-            for which in order:
-                wall, rss, _, _ = bench.run(which)
-                runs[which].append({"wall_s": wall, "peak_rss_bytes": rss})
-                print(f"  run {i + 1}/{args.repeats} {which:10s} {wall:7.2f} s  peak RSS {mib(rss):7.0f} MiB",
-                      flush=True)
+        def measure(which, repeat):
+            wall, rss, _, _ = bench.run(which)
+            return {"wall_s": wall, "peak_rss_bytes": rss, "peak_rss_mib": mib(rss),
+                    "rss_over_file": rss / model["bytes"]}
 
-        summary = summarize(model, runs, machine_info(), args, dcz_bytes, table)
+        def show(which, repeat, run):
+            print(f"  run {repeat + 1}/{args.repeats} {which:10s} {run['wall_s']:7.2f} s  "
+                  f"peak RSS {run['peak_rss_mib']:7.0f} MiB", flush=True)
+
+        runs = benchlib.alternate(ORDER, args.repeats, measure, show)
+        summary = summarize(model, runs, benchlib.machine(), args, dcz_bytes, table)
         summary["command"] = [Path(sys.executable).name] + sys.argv
         print()
         print(table)
         print(markdown(summary))
-        if args.json:
-            args.json.write_text(json.dumps(summary, indent=2) + "\n")
-            print(f"\nwrote {args.json}")
+        benchlib.write_json(args.json, summary)
     finally:
         if created and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

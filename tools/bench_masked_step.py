@@ -49,11 +49,8 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether the targets pass or fail (a benchmark is not a
 test); non-zero only when something crashed.
 """
-import argparse
 import gc
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -61,7 +58,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import cpu_name
+import benchlib
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -371,25 +368,10 @@ def code_info():
 
 
 def machine_info(gpu):
-    cpu = cpu_name()
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "mode": f"GPU {gpu}" if gpu is not None else "CPU",
-        "gpu": gpu_name(gpu),
-        "device_hooks": "yes" if device_hooks_available()[0] else f"no: {device_hooks_available()[1]}",
-        "code": code_info(),
-        "loadavg_at_end": list(load) if load else None,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-    }
+    ok, why = device_hooks_available()
+    return benchlib.machine(mode=f"GPU {gpu}" if gpu is not None else "CPU", gpu=gpu_name(gpu),
+                            device_hooks="yes" if ok else f"no: {why}", code=code_info(),
+                            omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
 
 
 def gpu_name(gpu):
@@ -463,10 +445,7 @@ def markdown(results, breakdowns, machine, repeats):
         dirty = f" + uncommitted changes to {', '.join(code['modified'])}" if code["modified"] else ""
         lines.append(f"Code: caffedsd at {code['head']}{dirty} (sha256 "
                      + ", ".join(f"{k} {v}" for k, v in code["files"].items()) + ")")
-    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
-    lines.append(f"Machine: nproc {machine['nproc']} ({machine['cpu']}){gpu}, {machine['platform']}, "
-                 f"Python {machine['python']}, numpy {machine['numpy']}, Caffe mode {machine['mode']}, "
-                 f"device hooks {machine['device_hooks']}")
+    lines.append("Machine: " + benchlib.machine_line(machine))
     return "\n".join(lines)
 
 
@@ -474,8 +453,7 @@ def markdown(results, breakdowns, machine, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchlib.parser(__doc__, repeats=5, workdir=False)
     parser.add_argument("--nets", default=None,
                         help="comma-separated nets of lenet, squeezenet, vgg16 "
                              "(default: lenet,squeezenet on the CPU, all three with --gpu)")
@@ -483,7 +461,6 @@ def main(argv=None):
                         help="comma-separated hook variants of host, device, host+force, device+force "
                              "(default: host on the CPU, device,host,device+force with --gpu)")
     parser.add_argument("--force", action="store_true", help="also measure host+force on the CPU")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating plain/hooked pairs (default 5)")
     parser.add_argument("--iterations", type=int, default=None, help="timed iterations per run (default: per net)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each run (default 3)")
     parser.add_argument("--sparsity", type=float, default=0.6,
@@ -491,7 +468,6 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1701, help="solver random_seed (default 1701)")
     parser.add_argument("--gpu", type=int, default=None, metavar="ID", help="run on this GPU instead of the CPU")
     parser.add_argument("--no-breakdown", action="store_true", help="skip timing the hook points alone")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
     args = parser.parse_args(argv)
     choices = net_choices(args.gpu)
     nets = [n.strip() for n in (args.nets or ("lenet,squeezenet,vgg16" if args.gpu is not None
@@ -506,8 +482,6 @@ def main(argv=None):
         parser.error(f"--variants: unknown {', '.join(bad) or '(none)'}")
     if args.gpu is None and any(v.startswith("device") for v in variants):
         parser.error("--variants device...: needs --gpu")
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be >= 1")
     if args.warmup < 0:
@@ -535,28 +509,22 @@ def main(argv=None):
             if expected and bench.params != expected:
                 print(f"  note: the reference net has {expected:,} parameters", flush=True)
             for variant in variants:
-                plain, hooked = [], []
-                for i in range(args.repeats):
-                    order = ("plain", "hooked") if i % 2 == 0 else ("hooked", "plain")
-                    got = {}
-                    for which in order:
-                        got[which] = (bench.run_plain(args.warmup, iterations) if which == "plain"
-                                      else bench.run_hooked(variant, args.warmup, iterations))
-                    plain.append(got["plain"])
-                    hooked.append(got["hooked"])
-                    print(f"  {variant} pair {i + 1}/{args.repeats}: plain {got['plain']:.4f} s/iter, hooked "
-                          f"{got['hooked']:.4f} s/iter, ratio {got['hooked'] / got['plain']:.3f}", flush=True)
-                results.append(summarize(bench, variant, plain, hooked, args, iterations))
+                def measure(which, repeat):
+                    return (bench.run_plain(args.warmup, iterations) if which == "plain"
+                            else bench.run_hooked(variant, args.warmup, iterations))
+
+                def show(which, repeat, seconds):
+                    print(f"  {variant} run {repeat + 1}/{args.repeats}: {which} {seconds:.4f} s/iter", flush=True)
+
+                runs = benchlib.alternate(("plain", "hooked"), args.repeats, measure, show)
+                results.append(summarize(bench, variant, runs["plain"], runs["hooked"], args, iterations))
                 if not args.no_breakdown:
                     breakdowns.append((name, bench.breakdown(variant, iterations=min(iterations, 20))))
         machine = machine_info(args.gpu)
         print()
         print(markdown(results, breakdowns, machine, args.repeats))
-        if args.json:
-            summary = {"command": [Path(sys.executable).name] + sys.argv, "machine": machine, "results": results,
-                       "breakdowns": [dict(b, net=n) for n, b in breakdowns]}
-            args.json.write_text(json.dumps(summary, indent=2) + "\n")
-            print(f"\nwrote {args.json}")
+        benchlib.write_json(args.json, {"command": [Path(sys.executable).name] + sys.argv, "machine": machine,
+                                        "results": results, "breakdowns": [dict(b, net=n) for n, b in breakdowns]})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -24,17 +24,19 @@ import statistics
 from pathlib import Path
 
 
-def parser(doc, repeats=3):
+def parser(doc, repeats=3, workdir=True):
     """An ArgumentParser described by the script's docstring, with the
-    options every benchmark has."""
+    options every benchmark has (--workdir and --keep unless ``workdir`` is
+    False)."""
     result = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     result.add_argument("--repeats", type=_at_least_one, default=repeats,
                         help=f"timed runs of each kind, alternating (default {repeats})")
     result.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
-    result.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the work files (default: a fresh temporary folder, removed at the end)")
-    result.add_argument("--keep", action="store_true", help="keep the work files at the end")
+    if workdir:
+        result.add_argument("--workdir", type=Path, default=None,
+                            help="folder for the work files (default: a fresh temporary folder, removed at the end)")
+        result.add_argument("--keep", action="store_true", help="keep the work files at the end")
     return result
 
 
@@ -140,7 +142,8 @@ def machine_line(info):
     mem = f", {info['mem_total_bytes'] / (1 << 30):.1f} GiB RAM" if info.get("mem_total_bytes") else ""
     cpu = f" ({info['cpu']}{mem})" if info.get("cpu") else ""
     blas = info.get("openblas_num_threads")
-    extra = "".join(f", {k} {v}" for k, v in info.items() if k not in _MACHINE_KEYS)
+    extra = "".join(f", {k} {v}" for k, v in info.items()
+                    if k not in _MACHINE_KEYS and v is not None and not isinstance(v, (dict, list)))
     return (f"nproc {info['nproc']}{cpu}, {info['platform']}, Python {info['python']}, numpy {info['numpy']}, "
             f"protobuf {info['protobuf']} (api_implementation {info['protobuf_api']}), "
             f"OPENBLAS_NUM_THREADS {blas if blas is not None else 'unset'}, "
