@@ -264,8 +264,8 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, allow_pyt
     result = _with_progress("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                             iterations=iterations, solverstate=solverstate, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    click.echo(report.test_line(result["test"]))
-    click.echo(f"wrote {output} and {result['masks']} after {result['iterations']} iterations")
+    click.echo(report.test_line(result.test))
+    click.echo(f"wrote {output} and {result.masks} after {result.iterations} iterations")
 
 
 @main.command("train-dense")
@@ -288,8 +288,8 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, allow_python_layers,
 
     result = _with_progress("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                             iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    click.echo(report.test_line(result["test"]))
-    click.echo(f"wrote {output} after {result['iterations']} iterations at base_lr {result['base_lr']:g}")
+    click.echo(report.test_line(result.test))
+    click.echo(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
 
 
 @main.command()
@@ -512,8 +512,8 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                             masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,
                             allow_python_layers=allow_python_layers)
-    click.echo(report.test_line(result["test"]))
-    click.echo(f"wrote {output} after {result['iterations']} iterations")
+    click.echo(report.test_line(result.test))
+    click.echo(f"wrote {output} after {result.iterations} iterations")
 
 
 @main.command()
@@ -637,10 +637,10 @@ def train_quantized(solver, weights, masks, bits, iterations, gpu, allow_python_
     result = _with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                             masks=masks, iterations=iterations, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    if result["test_first"]:
-        click.echo(report.test_line(result["test_first"], "test after quantization"))
-    click.echo(report.test_line(result["test"]))
-    click.echo(f"wrote {output} after {result['iterations']} iterations")
+    if result.test_first:
+        click.echo(report.test_line(result.test_first, "test after quantization"))
+    click.echo(report.test_line(result.test))
+    click.echo(f"wrote {output} after {result.iterations} iterations")
 
 
 @main.group(cls=_Group)

@@ -21,6 +21,7 @@ import ctypes
 import hashlib
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import report
@@ -35,6 +36,26 @@ from .runfolder import RunFolder, read_json, write_json
 from .training import Phase, read_solver, run_phase
 
 RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One finished stage, as its stage.json and report.json hold it."""
+
+    stage: int
+    kind: str
+    folder: str
+    model: str  # relative to the run folder
+    iterations: int
+    lr: float  # None for a prune stage
+    test: dict  # TEST outputs after the stage
+    sparsity: float  # of the prunable weights of its model
+    seconds: float
+    curve: str = None  # training stages: the curve's file in the stage folder
+    layers: dict = None  # prune stages: {layer: sparsity}
+
+    def to_dict(self):
+        return {key: value for key, value in asdict(self).items() if value is not None or key == "lr"}
 
 
 def run_fingerprint(recipe, spec):
@@ -130,8 +151,8 @@ def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progre
     finally:
         if callback is not None:
             callback.close()
-    _write_csv(stage_dir / "curve.csv", result["curve"])
-    return {"iterations": stage.iterations, "lr": result["base_lr"], "test": result["test"], "curve": "curve.csv"}
+    _write_csv(stage_dir / "curve.csv", result.curve)
+    return dict(iterations=stage.iterations, lr=result.base_lr, test=result.test, curve="curve.csv")
 
 
 def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
@@ -139,8 +160,7 @@ def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     rows, _ = prune_file(weights_in, stage_dir / "model.caffemodel", stage.plan, seed=recipe.seed, force=True)
     result = run_phase(spec, Phase(0, stage_dir / "model.caffemodel", test_iterations=recipe.test_iterations),
                        stage_dir, gpu=gpu, checkpoints=_Checkpoints(stage_dir / "checkpoint"))
-    return {"iterations": 0, "lr": None, "test": result["test"],
-            "layers": {r.layer: r.sparsity for r in rows}}
+    return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})
 
 
 def run_recipe(recipe, run_dir, gpu=None, progress=None):
@@ -162,7 +182,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
-            summary = read_json(done)
+            summary = StageSummary(**read_json(done))
         else:
             stage_dir.mkdir(exist_ok=True)
             started = time.time()
@@ -172,11 +192,11 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
             else:
                 summary = _run_training(stage, spec, recipe, stage_dir, weights,
                                         masks if stage.kind == "sparse" else None, gpu, progress)
-            model = stage_dir / "model.caffemodel"
-            summary.update({"stage": number, "kind": stage.kind, "folder": stage_dir.name,
-                            "model": f"{stage_dir.name}/model.caffemodel",
-                            "sparsity": weight_sparsity(model), "seconds": round(time.time() - started, 1)})
-            write_json(done, summary)
+            summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
+                                   model=f"{stage_dir.name}/model.caffemodel",
+                                   sparsity=weight_sparsity(stage_dir / "model.caffemodel"),
+                                   seconds=round(time.time() - started, 1), **summary)
+            write_json(done, summary.to_dict())
         # Only once stage.json marks the stage finished may its checkpoints go.
         _Checkpoints(stage_dir / "checkpoint").clear()
         weights = stage_dir / "model.caffemodel"
@@ -185,6 +205,6 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)
-    data = {"recipe": recipe.to_dict(), "stages": summaries}
+    data = {"recipe": recipe.to_dict(), "stages": [s.to_dict() for s in summaries]}
     report.write_dsd_report(run_dir, data)
     return data

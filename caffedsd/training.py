@@ -197,6 +197,20 @@ def save_net(solver, output, maskset=None):
 
 
 @dataclass(frozen=True)
+class PhaseResult:
+    """What a phase did: its curve [{iter, loss, lr}], the TEST outputs after
+    training (and before it, with Phase.test_first), the masks file written
+    beside the output, and the base_lr it trained at."""
+
+    iterations: int
+    curve: list
+    test: dict
+    test_first: dict = None
+    masks: str = None
+    base_lr: float = None
+
+
+@dataclass(frozen=True)
 class Phase:
     """One training phase: a train-* command, or a stage of a DSD run.
 
@@ -227,8 +241,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
 
     ``checkpoints`` (dsd's run folder) resumes from its latest snapshot,
     which it makes every ``checkpoints.every`` iterations (Caffe's own
-    snapshots and test passes off). Returns {iterations, curve, test,
-    test_first, masks, base_lr}."""
+    snapshots and test passes off). Returns a PhaseResult."""
     options = {}
     if checkpoints is not None:
         options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0, periodic_tests=False)
@@ -267,8 +280,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
         masks_out = save_net(solver, phase.output, phase.maskset) if phase.output is not None else None
     finally:
         dispatcher.detach()
-    return {"iterations": phase.iterations, "curve": curve, "test": test, "test_first": first,
-            "masks": str(masks_out) if masks_out else None, "base_lr": param.base_lr}
+    return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr)
 
 
 def _phase(spec, phase, gpu, on_iteration):

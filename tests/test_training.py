@@ -58,7 +58,7 @@ def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter
     assert [p.name for p in snaps] == ["snap_iter_3.caffemodel", "snap_iter_6.caffemodel"]
     for snap in snaps:
         assert_zeros_at_masks(snap, masks)
-    assert result["curve"][-1]["iter"] == 7 and "loss" in result["test"]
+    assert result.curve[-1]["iter"] == 7 and "loss" in result.test
     # Survivors moved: training happened.
     before = read_caffemodel(pruned).layer("fc1").blobs[0].data
     after = read_caffemodel(out).layer("fc1").blobs[0].data
@@ -127,7 +127,7 @@ def test_dense_phase_starts_at_zero_and_scales_lr(caffe, pruned, tmp_path):
 def test_train_dense_library_call(pruned, tmp_path):
     solver_path = write_solver(tmp_path, base_lr=0.1)
     result = train_dense(solver_path, pruned, tmp_path / "dense2.caffemodel", lr_scale=0.1, iterations=3)
-    assert [round(r["lr"], 6) for r in result["curve"]] == [0.01] * 3
+    assert [round(r["lr"], 6) for r in result.curve] == [0.01] * 3
     assert not Path(str(tmp_path / "dense2.masks.h5")).exists()
     w = read_caffemodel(tmp_path / "dense2.caffemodel").layer("conv1").blobs[0].data
     mask = load_masks(pruned.with_name("pruned.masks.h5")).masks["conv1"]
