@@ -26,6 +26,23 @@ from .plan import Rule, SparsityPlan
 
 
 @dataclass(frozen=True)
+class PlanResult:
+    """What make_plan chose (per-layer Choices), predicts and, with verify,
+    measured; ``start`` and ``history`` trace the back-off."""
+
+    choices: list
+    overall: float  # sparsity over all prunable weights
+    prunable: int  # prunable weights
+    metric: str
+    unit: str  # "points" or "loss"
+    drop: float  # predicted total drop
+    measured_drop: float = None
+    verified: dict = None  # what the plan file's verified: holds
+    start: dict = None  # {overall, drop} before backing off
+    history: list = ()  # [{overall, predicted_drop, measured_drop}] per measurement
+
+
+@dataclass(frozen=True)
 class Choice:
     layer: str
     params: int
@@ -266,8 +283,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
         header += (f"# measured drop of the whole pruned net {measured:.4g} {unit} "
                    f"({len(history)} measurement(s), {net.iterations} TEST iterations each)\n")
     write_text(output, header + to_plan(choices, data["criterion"], verified).to_yaml())
-    return {"choices": choices, "overall": overall, "prunable": data["prunable_params"], "metric": metric,
-            "unit": unit, "drop": total_drop, "measured_drop": measured, "verified": verified,
-            "start": {"overall": start_overall, "drop": start_drop},
-            "history": [{"overall": overall_sparsity(c, data["prunable_params"]),
-                         "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history]}
+    return PlanResult(choices, overall, data["prunable_params"], metric, unit, total_drop, measured, verified,
+                      {"overall": start_overall, "drop": start_drop},
+                      [{"overall": overall_sparsity(c, data["prunable_params"]),
+                        "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history])

@@ -315,25 +315,25 @@ def decomposition_markdown(rows, weights, skipped=()):
 
 def plan_table(result):
     """The chosen sparsity and predicted drop of each layer (``planner.make_plan``)."""
-    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
-    return format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body, "lrrr")
+    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result.choices]
+    return format_table(["layer", "weights", "sparsity", f"predicted drop ({result.unit})"], body, "lrrr")
 
 
 def plan_summary(result):
     """Overall sparsity, predicted drop and, for a verified plan, the measured
     drop and the back-off steps that led to it."""
-    unit, metric = result["unit"], result["metric"]
-    lines = [f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
-             f"predicted total drop {result['drop']:.4g} {unit} of {metric}"]
-    if result.get("verified"):
-        history = result["history"]
+    unit, metric = result.unit, result.metric
+    lines = [f"predicted overall sparsity {result.overall:.4f} of {result.prunable} prunable weights; "
+             f"predicted total drop {result.drop:.4g} {unit} of {metric}"]
+    if result.verified:
+        history = result.history
         if len(history) > 1:
             steps = "; ".join(f"{h['overall']:.4f}: predicted {h['predicted_drop']:.4g}, measured "
                               f"{h['measured_drop']:.4g}" for h in history)
             lines.append(f"backed off in {len(history) - 1} step(s) (overall sparsity: drops) {steps}")
-        verified = result["verified"]
+        verified = result.verified
         budget = "" if verified["max_total_drop"] is None else f" (budget {verified['max_total_drop']:g})"
-        lines.append(f"measured drop of the whole pruned net {result['measured_drop']:.4g} {unit}{budget}: "
+        lines.append(f"measured drop of the whole pruned net {result.measured_drop:.4g} {unit}{budget}: "
                      f"{metric} {verified['baseline']:.4f} -> {verified['measured']:.4f} "
                      f"over {verified['iterations']} TEST iterations")
     return "\n".join(lines)

@@ -313,11 +313,11 @@ class Experiment:
             scan(net, weights, folder / "sens", sparsities=sparsities, iterations=images // spec["test_batch"])
             result = make_plan(folder / "sens", plan_path, max_total_drop=self.cfg["max_total_drop"], verify=True,
                                force=True)
-            self.results.add({"key": key, "kind": "plan", "overall": result["overall"],
-                              "predicted_drop": result["drop"], "measured_drop": result["measured_drop"],
-                              "start_overall": result["start"]["overall"],
-                              "start_predicted_drop": result["start"]["drop"], "history": result["history"],
-                              "layers": {c.layer: c.sparsity for c in result["choices"]},
+            self.results.add({"key": key, "kind": "plan", "overall": result.overall,
+                              "predicted_drop": result.drop, "measured_drop": result.measured_drop,
+                              "start_overall": result.start["overall"],
+                              "start_predicted_drop": result.start["drop"], "history": result.history,
+                              "layers": {c.layer: c.sparsity for c in result.choices},
                               "cpu_seconds": round(time.process_time() - cpu, 1),
                               "wall_seconds": round(time.time() - wall, 1)})
         return plan_path
