@@ -3,7 +3,6 @@
 Library errors (caffedsd.errors) become a one-line message and their exit
 status here, in ``_Group.invoke``, and nowhere else.
 """
-import functools
 import sys
 from pathlib import Path
 
@@ -128,27 +127,30 @@ class _Progress:
             self.bar = None
 
 
-def _with_progress(label, call, **kwargs):
+def _train(label, call, **kwargs):
+    """A train-* library call with a progress bar; prints its TEST outputs."""
     progress = _Progress(label)
     try:
-        return call(on_iteration=progress, **kwargs)
+        result = call(on_iteration=progress, **kwargs)
     finally:
         progress.close()
+    if result.test_first:
+        click.echo(report.test_line(result.test_first, "test after quantization"))
+    click.echo(report.test_line(result.test))
+    return result
 
 
 def _sparsity_options(func):
-    @click.option("--sparsity", "-s", type=float, default=None,
-                  help="Amount for every prunable layer no rule names (a fraction in [0, 1); "
-                       "with --criterion std, the multiplier s).")
-    @click.option("--rule", "-r", "rules", multiple=True, metavar="GLOB=AMOUNT",
-                  help="Per-layer amount, e.g. 'conv1=0.3' or 'fire*/expand3x3=0.7'; repeatable; last match wins.")
-    @click.option("--plan", "plan_file", type=_path(), default=None, help="YAML plan file (see README).")
-    @click.option("--criterion", "-c", type=click.Choice(["keepmax", "std", "random"]), default=None,
-                  help="keepmax (default): smallest |w| first; std: |w| < s*std(w); random: seeded Random-Cut.")
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        return func(*args, **kwargs)
-    return wrapper
+    func = click.option("--criterion", "-c", type=click.Choice(["keepmax", "std", "random"]), default=None,
+                        help="keepmax (default): smallest |w| first; std: |w| < s*std(w); random: seeded "
+                             "Random-Cut.")(func)
+    func = click.option("--plan", "plan_file", type=_path(), default=None, help="YAML plan file (see README).")(func)
+    func = click.option("--rule", "-r", "rules", multiple=True, metavar="GLOB=AMOUNT",
+                        help="Per-layer amount, e.g. 'conv1=0.3' or 'fire*/expand3x3=0.7'; repeatable; last match "
+                             "wins.")(func)
+    return click.option("--sparsity", "-s", type=float, default=None,
+                        help="Amount for every prunable layer no rule names (a fraction in [0, 1); "
+                             "with --criterion std, the multiplier s).")(func)
 
 
 # -- commands --------------------------------------------------------------------
@@ -261,10 +263,9 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, allow_pyt
     """
     from .training import train_sparse as run
 
-    result = _with_progress("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
+    result = _train("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                             iterations=iterations, solverstate=solverstate, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    click.echo(report.test_line(result.test))
     click.echo(f"wrote {output} and {result.masks} after {result.iterations} iterations")
 
 
@@ -286,9 +287,8 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, allow_python_layers,
     """
     from .training import train_dense as run
 
-    result = _with_progress("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
+    result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                             iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    click.echo(report.test_line(result.test))
     click.echo(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
 
 
@@ -509,10 +509,9 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     from .training import train_lowrank as run
 
     spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
-    result = _with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
+    result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                             masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,
                             allow_python_layers=allow_python_layers)
-    click.echo(report.test_line(result.test))
     click.echo(f"wrote {output} after {result.iterations} iterations")
 
 
@@ -634,12 +633,9 @@ def train_quantized(solver, weights, masks, bits, iterations, gpu, allow_python_
     from .training import train_quantized as run
 
     parsed = parse_bits(bits)
-    result = _with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
+    result = _train("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                             masks=masks, iterations=iterations, gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
-    if result.test_first:
-        click.echo(report.test_line(result.test_first, "test after quantization"))
-    click.echo(report.test_line(result.test))
     click.echo(f"wrote {output} after {result.iterations} iterations")
 
 

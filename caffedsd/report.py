@@ -1,5 +1,8 @@
 """Turning results into text: tables for the terminal, JSON, Markdown."""
 import json
+from pathlib import Path
+
+from .atomic import atomic_path, write_text
 
 
 def format_table(headers, rows, align=None):
@@ -19,6 +22,24 @@ def format_table(headers, rows, align=None):
 def markdown_table(header, rows):
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
                      ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed), imported
+    only when something is plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _save_png(fig, path):
+    """Write ``fig`` to ``path`` atomically, then free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _pyplot().close(fig)
 
 
 def to_json(data):
@@ -149,11 +170,7 @@ def dsd_markdown(data):
 def plot_dsd(path, run_dir, stages):
     """Training loss over the run's iterations, stage boundaries marked, and
     each stage's test metrics at its end."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
+    plt = _pyplot()
     fig, loss_ax = plt.subplots(figsize=(9, 4.5))
     test_ax = loss_ax.twinx()
     offset = 0
@@ -184,21 +201,15 @@ def plot_dsd(path, run_dir, stages):
     loss_ax.set_ylabel("training loss", color="tab:blue")
     test_ax.set_ylabel("test " + (", ".join(metrics) or "metrics"))
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def write_dsd_report(run_dir, data):
     """report.json, report.md and curves.png in ``run_dir``, each atomically."""
-    from pathlib import Path
-
-    from .atomic import atomic_path, write_text
-
     run_dir = Path(run_dir)
     write_text(run_dir / "report.json", to_json(data) + "\n")
     write_text(run_dir / "report.md", dsd_markdown(data))
-    with atomic_path(run_dir / "curves.png") as tmp:
-        plot_dsd(tmp, run_dir, data["stages"])
+    plot_dsd(run_dir / "curves.png", run_dir, data["stages"])
 
 
 # -- sensitivity scans ---------------------------------------------------------------
@@ -242,8 +253,6 @@ def sensitivity_markdown(data):
 
 def write_sensitivity(folder, data):
     """sensitivity.json, .csv, .md and .png in ``folder``, each atomically."""
-    from .atomic import write_text
-
     write_text(folder / "sensitivity.json", to_json(data) + "\n")
     write_text(folder / "sensitivity.csv", sensitivity_csv(data))
     write_text(folder / "sensitivity.md", sensitivity_markdown(data))
@@ -252,13 +261,7 @@ def write_sensitivity(folder, data):
 
 def write_sensitivity_plot(path, data):
     """One panel per metric, one curve per layer, metric against sparsity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from .atomic import atomic_path
-
+    plt = _pyplot()
     metrics = data["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -272,9 +275,7 @@ def write_sensitivity_plot(path, data):
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"pruning one layer at a time ({data['criterion']}, {data['iterations']} TEST iterations)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 # -- low-rank decomposition ------------------------------------------------------------
@@ -345,13 +346,7 @@ def plot_paired_differences(path, groups):
     """One row per comparison: each seed's paired difference (points) as a dot,
     the mean with its confidence interval as a bar. ``groups``: dicts with
     net, regime, comparison, per_seed {seed: difference}, mean, half_width."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from .atomic import atomic_path
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(groups) + 1.4))
     labels = []
     for row, group in enumerate(groups):
@@ -372,21 +367,13 @@ def plot_paired_differences(path, groups):
     ax.set_xlabel("paired difference of final test accuracy (points)\ndots: one per seed (labelled); square: mean ± 95% CI")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def plot_panels(path, panels):
     """Line plots side by side, two per row. ``panels``: dicts with title,
     xlabel, ylabel and series [{label, x, y}]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from .atomic import atomic_path
-
+    plt = _pyplot()
     rows = (len(panels) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(11, 3.6 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels):
@@ -401,9 +388,9 @@ def plot_panels(path, panels):
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save_png(fig, path)
+
+
 def compression_table(rows, container=0):
     """Deep Compression sizes per layer and stage, like the paper's Table 2:
     kept weights, weight and index bits per kept weight before and after
