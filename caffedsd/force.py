@@ -121,8 +121,6 @@ class ForceRegularizer(Hook):
         self.spec = spec
         # Caffe divides the accumulated gradient by iter_size after this hook.
         self.scale = iter_size
-        self._targets = ()
-        self._backend = None
 
     def bind(self, net, backend):
         """Raises InputError when a --force-mult glob matches no layer."""
@@ -149,7 +147,3 @@ class ForceRegularizer(Hook):
                 ratio = xp.where(g_norm > 0, xp.linalg.norm(diff) / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
                 coefficient = coefficient * ratio
             diff += (coefficient * self.scale) * grad
-
-    def release(self):
-        self._targets = ()
-        self._backend = None

@@ -63,6 +63,10 @@ class Hook:
 
     order = 50
     _dispatcher = None
+    # What bind() found in the net (views from the backend), and the backend:
+    # release() drops both, so no blob outlives the solver's hooks.
+    _targets = ()
+    _backend = None
 
     def attach(self, solver, gpu=None, backend="auto"):
         """Add this hook to ``solver``'s dispatcher (made on first use)."""
@@ -89,7 +93,8 @@ class Hook:
         pass
 
     def release(self):
-        pass
+        self._targets = ()
+        self._backend = None
 
 
 class HostBackend:

@@ -42,8 +42,6 @@ class MaskEnforcer(Hook):
     def __init__(self, masks, where="solver net"):
         self.masks = {name: np.asarray(mask, dtype=bool) for name, mask in masks.items()}
         self.where = where
-        self._targets = ()  # (blob, keep bits on the backend)
-        self._backend = None
 
     def bind(self, net, backend):
         """Raises InputError when the masks do not fit the net (missing
@@ -86,7 +84,3 @@ class MaskEnforcer(Hook):
 
     def settle(self):
         self._and_all(self._backend.data)
-
-    def release(self):
-        self._targets = ()
-        self._backend = None

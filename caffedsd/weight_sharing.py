@@ -32,8 +32,6 @@ class WeightSharing(Hook):
     def __init__(self, clusters):
         # {layer: (labels, codebook)} from ``cluster``
         self.clusters = clusters
-        self._targets = ()
-        self._backend = None
 
     def bind(self, net, backend):
         targets = []
@@ -53,7 +51,3 @@ class WeightSharing(Hook):
             diff = self._backend.diff(blob)
             sums = xp.bincount(labels, weights=diff[kept], minlength=count)
             diff[kept] = sums[labels]
-
-    def release(self):
-        self._targets = ()
-        self._backend = None
