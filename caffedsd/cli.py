@@ -12,21 +12,13 @@ from . import report
 from .errors import CaffeDsdError, InputError
 
 
-class _UserError(click.ClickException):
-    def __init__(self, message, exit_code):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file=None):
-        click.echo(f"caffedsd: {self.format_message()}", err=True)
-
-
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CaffeDsdError as exc:
-            raise _UserError(str(exc), exc.exit_code) from None
+            click.echo(f"caffedsd: {exc}", err=True)
+            ctx.exit(exc.exit_code)
 
 
 # -- shared options ------------------------------------------------------------

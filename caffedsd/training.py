@@ -35,17 +35,15 @@ class SolverSpec:
     net: object  # NetParameter (V2)
 
 
+_SOURCES = {"HDF5Data": "hdf5_data_param", "Data": "data_param", "ImageData": "image_data_param",
+            "WindowData": "window_data_param"}  # layer type: its parameter with the source
+
+
 def _data_sources(net):
     """(layer, path, is_list) of every data file the net's layers read."""
     for layer in net.layer:
-        if layer.type == "HDF5Data":
-            yield layer.name, layer.hdf5_data_param.source, True
-        elif layer.type == "Data":
-            yield layer.name, layer.data_param.source, False
-        elif layer.type == "ImageData":
-            yield layer.name, layer.image_data_param.source, False
-        elif layer.type == "WindowData":
-            yield layer.name, layer.window_data_param.source, False
+        if layer.type in _SOURCES:
+            yield layer.name, getattr(layer, _SOURCES[layer.type]).source, layer.type == "HDF5Data"
 
 
 def _check_data(net, net_path):
