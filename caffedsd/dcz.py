@@ -24,10 +24,11 @@ from .caffemodel import new_caffemodel, read_caffemodel
 from .compression import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps,
                           huffman_decode, huffman_encode, huffman_lengths, label_dtype,
                           positions_from_gaps, relative_indices, share_values)
-from .errors import InputError
+from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for
 from .masks import chunk_bounds
+from .wire import encode_varint as varint, read_varint
 
 MAGIC = b"CDSDDCZ\x00"
 VERSION = 2
@@ -81,17 +82,6 @@ def parse_bits(text, what="--bits", auto=False):
 
 # -- bytes ---------------------------------------------------------------------------
 
-def varint(n):
-    n = int(n)
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 class Reader:
     """A cursor over a buffer; every read past the end is a FormatError."""
 
@@ -111,15 +101,8 @@ class Reader:
         return self.take(1)[0]
 
     def varint(self):
-        value, shift = 0, 0
-        while True:
-            byte = self.byte()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise FormatError("varint too long")
+        value, self.pos = read_varint(self.view, self.pos, self.end)
+        return value
 
     def blob(self):
         return bytes(self.take(self.varint()))
@@ -688,7 +671,7 @@ def _open_v1(buffer):
 def _guarded(path, action):
     try:
         return action()
-    except FormatError as exc:
+    except (FormatError, WireError) as exc:  # the decoders do not know the file
         raise InputError(f"{path}: {exc}") from None
     except (KeyError, ValueError, IndexError, TypeError, zlib.error, struct.error, DecodeError) as exc:
         raise InputError(f"{path}: corrupted .dcz content ({exc})") from None

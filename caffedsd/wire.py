@@ -66,6 +66,7 @@ def iter_fields(buf, start=0, end=None):
 
 
 def encode_varint(value):
+    value = int(value)
     out = bytearray()
     while True:
         byte = value & 0x7F
