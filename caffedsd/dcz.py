@@ -23,7 +23,7 @@ from .caffe_proto import LayerParameter
 from .caffemodel import new_caffemodel, read_caffemodel
 from .compression import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps,
                           huffman_decode, huffman_encode, huffman_lengths, label_dtype,
-                          positions_from_gaps, relative_indices, share_values)
+                          positions_from_gaps, share_values)
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for
@@ -571,63 +571,7 @@ def _iter_v2(layers, reader):
         raise FormatError("trailing bytes after the last layer")
 
 
-# -- version 1 container (read; written only for tests) ------------------------------
-
-def _v1_pack(header, sections):
-    header = dict(header)
-    offsets, position = [], 0
-    for section in sections:
-        offsets.append([position, len(section)])
-        position += len(section)
-    header["sections"] = offsets
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    body = MAGIC + struct.pack("<HI", 1, len(head)) + head + b"".join(sections)
-    return body + hashlib.sha256(body).digest()
-
-
-def write_v1(weights, output, bits, index_bits):
-    """A version 1 .dcz file, as caffedsd 0.1 wrote it (kept so tests can make one)."""
-    model = read_caffemodel(weights)
-    layers_meta, sections = [], []
-
-    def section(data):
-        sections.append(bytes(data))
-        return len(sections) - 1
-
-    for layer in [layer for layer in model.layers if layer.blobs]:
-        meta = {"name": layer.name, "param": section(layer.param.SerializeToString()), "blobs": []}
-        for index, blob in enumerate(layer.blobs):
-            data = np.asarray(blob.data, dtype=np.float32)
-            if index == 0 and layer.type in PRUNABLE_TYPES:
-                meta["blobs"].append(_v1_blob_fields(data, data != 0, bits, index_bits, section))
-            else:
-                meta["blobs"].append({"kind": "raw", "shape": list(data.shape),
-                                      "data": section(data.astype("<f4").tobytes())})
-        layers_meta.append(meta)
-    with atomic_open(output) as handle:
-        handle.write(_v1_pack({"format": "caffedsd-dcz", "name": model.name, "source": Path(weights).name,
-                               "layers": layers_meta}, sections))
-
-
-def _v1_blob_fields(data, keep, bits, index_bits, section):
-    positions = np.flatnonzero(keep.reshape(-1))
-    codebook, assignment = share_values(data.reshape(-1)[positions], bits) if positions.size else (
-        np.zeros(0, np.float32), np.zeros(0, np.int64))
-    gaps, padding = relative_indices(positions, index_bits)
-    values = np.full(gaps.size, codebook.size, dtype=np.int64)
-    values[~padding] = assignment
-    value_lengths = huffman_lengths(np.bincount(values, minlength=codebook.size + 1))
-    gap_lengths = huffman_lengths(np.bincount(gaps, minlength=1 << index_bits))
-    value_stream, value_bits = huffman_encode(values, value_lengths)
-    gap_stream, gap_bits = huffman_encode(gaps, gap_lengths)
-    return {"kind": "dc", "shape": list(data.shape), "bits": bits, "index_bits": index_bits,
-            "entries": int(gaps.size), "kept": int(positions.size),
-            "codebook": section(codebook.astype("<f4").tobytes()),
-            "value_lengths": section(zlib.compress(value_lengths.astype(np.uint8).tobytes(), 9)),
-            "gap_lengths": section(zlib.compress(gap_lengths.astype(np.uint8).tobytes(), 9)),
-            "values": section(value_stream), "value_bits": value_bits,
-            "gaps": section(gap_stream), "gap_bits": gap_bits}
-
+# -- version 1 container (read; tests/test_compression.py writes one) ---------------
 
 def _v1_table(data):
     return np.frombuffer(zlib.decompress(data), dtype=np.uint8).astype(np.int64)

@@ -1,24 +1,88 @@
 """Deep Compression storage: coding units, round trips of both format
 versions, stock caffe, bad input."""
+import hashlib
+import json
 import struct
 import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from caffedsd.atomic import atomic_open
 from caffedsd.caffe_proto import LayerParameter
 from caffedsd.caffemodel import new_caffemodel, read_caffemodel
 from caffedsd.compression import (MAX_CODE_BITS, StreamWriter, canonical_codes, decode_stream, huffman_decode,
                                   huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
-                                  quantized, relative_indices, share_weights)
-from caffedsd.dcz import (LayerSizes, Reader, compress, decode_floats, decode_shared, encode_floats, encode_shared,
-                          read_dcz, write_v1)
+                                  quantized, relative_indices, share_values, share_weights)
+from caffedsd.dcz import (MAGIC, LayerSizes, Reader, compress, decode_floats, decode_shared, encode_floats,
+                          encode_shared, read_dcz)
 from caffedsd.errors import FormatError
+from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
 from caffedsd.weight_sharing import cluster
 from conftest import ROOT, assert_one_line_error
 
 LENET_ZOO = ROOT.parent / "shared" / "modelzoo" / "lenet_mnist"
+
+
+# -- version 1 files, as caffedsd 0.1 wrote them (the reader must still decode them) --
+
+def _v1_pack(header, sections):
+    header = dict(header)
+    offsets, position = [], 0
+    for section in sections:
+        offsets.append([position, len(section)])
+        position += len(section)
+    header["sections"] = offsets
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    body = MAGIC + struct.pack("<HI", 1, len(head)) + head + b"".join(sections)
+    return body + hashlib.sha256(body).digest()
+
+
+def write_v1(weights, output, bits, index_bits):
+    """A version 1 .dcz file, as caffedsd 0.1 wrote it (kept so tests can make one)."""
+    model = read_caffemodel(weights)
+    layers_meta, sections = [], []
+
+    def section(data):
+        sections.append(bytes(data))
+        return len(sections) - 1
+
+    for layer in [layer for layer in model.layers if layer.blobs]:
+        meta = {"name": layer.name, "param": section(layer.param.SerializeToString()), "blobs": []}
+        for index, blob in enumerate(layer.blobs):
+            data = np.asarray(blob.data, dtype=np.float32)
+            if index == 0 and layer.type in PRUNABLE_TYPES:
+                meta["blobs"].append(_v1_blob_fields(data, data != 0, bits, index_bits, section))
+            else:
+                meta["blobs"].append({"kind": "raw", "shape": list(data.shape),
+                                      "data": section(data.astype("<f4").tobytes())})
+        layers_meta.append(meta)
+    with atomic_open(output) as handle:
+        handle.write(_v1_pack({"format": "caffedsd-dcz", "name": model.name, "source": Path(weights).name,
+                               "layers": layers_meta}, sections))
+
+
+def _v1_blob_fields(data, keep, bits, index_bits, section):
+    positions = np.flatnonzero(keep.reshape(-1))
+    codebook, assignment = share_values(data.reshape(-1)[positions], bits) if positions.size else (
+        np.zeros(0, np.float32), np.zeros(0, np.int64))
+    gaps, padding = relative_indices(positions, index_bits)
+    values = np.full(gaps.size, codebook.size, dtype=np.int64)
+    values[~padding] = assignment
+    value_lengths = huffman_lengths(np.bincount(values, minlength=codebook.size + 1))
+    gap_lengths = huffman_lengths(np.bincount(gaps, minlength=1 << index_bits))
+    value_stream, value_bits = huffman_encode(values, value_lengths)
+    gap_stream, gap_bits = huffman_encode(gaps, gap_lengths)
+    return {"kind": "dc", "shape": list(data.shape), "bits": bits, "index_bits": index_bits,
+            "entries": int(gaps.size), "kept": int(positions.size),
+            "codebook": section(codebook.astype("<f4").tobytes()),
+            "value_lengths": section(zlib.compress(value_lengths.astype(np.uint8).tobytes(), 9)),
+            "gap_lengths": section(zlib.compress(gap_lengths.astype(np.uint8).tobytes(), 9)),
+            "values": section(value_stream), "value_bits": value_bits,
+            "gaps": section(gap_stream), "gap_bits": gap_bits}
 
 
 def test_huffman_lengths_are_optimal_on_a_known_distribution():
