@@ -393,7 +393,7 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
       caffedsd plan --sensitivity sens/sensitivity.json --max-drop 0.5 -o plan.yaml
       caffedsd plan --sensitivity sens/sensitivity.json --max-total-drop 1 --verify -o plan.yaml
     """
-    from .planner import make_plan
+    from .plan_from_scan import make_plan
     result = make_plan(sens, output, max_drop=max_drop, target=target_sparsity, metric=metric,
                        weights=weights, force=force, verify=verify, max_total_drop=max_total_drop,
                        iterations=iterations, model=model, gpu=gpu)

@@ -1,5 +1,5 @@
 """`compress`/`decompress`: a caffemodel to and from a .dcz file, and the
-per-stage size table. The coding itself is in compression.py, the layout in
+per-stage size table. The coding itself is in coding.py, the layout in
 docs/FORMAT.md.
 
 Version 2 files are written and read a layer at a time: compressing holds one
@@ -21,9 +21,8 @@ from google.protobuf.message import DecodeError
 from .atomic import atomic_open, atomic_path, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import new_caffemodel, read_caffemodel
-from .compression import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps,
-                          huffman_decode, huffman_encode, huffman_lengths, label_dtype,
-                          positions_from_gaps, share_values)
+from .coding import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps, huffman_decode,
+                     huffman_encode, huffman_lengths, label_dtype, positions_from_gaps, share_values)
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for

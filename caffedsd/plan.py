@@ -33,7 +33,7 @@ class SparsityPlan:
     criterion: str = "keepmax"
     sparsity: float = None  # the default for layers no rule matches; None: leave them
     rules: tuple = field(default_factory=tuple)
-    # What `plan --verify` measured on the whole pruned net (planner.py);
+    # What `plan --verify` measured on the whole pruned net (plan_from_scan.py);
     # None for a plan nobody measured.
     verified: dict = None
     where: str = field(default=None, compare=False)  # the plan file, for messages

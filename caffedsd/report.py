@@ -315,7 +315,7 @@ def decomposition_markdown(rows, weights, skipped=()):
 
 
 def plan_table(result):
-    """The chosen sparsity and predicted drop of each layer (``planner.make_plan``)."""
+    """The chosen sparsity and predicted drop of each layer (``plan_from_scan.make_plan``)."""
     body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result.choices]
     return format_table(["layer", "weights", "sparsity", f"predicted drop ({result.unit})"], body, "lrrr")
 

@@ -20,7 +20,7 @@ from .caffemodel import read_caffemodel
 from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
 from .hooks import HookDispatcher
-from .masked_solver import MaskEnforcer
+from .mask_enforcer import MaskEnforcer
 from .netcheck import check_pair
 from .solverstate import clean_solverstate
 

@@ -10,7 +10,7 @@ runs after this hook, keeps them at 0.0.
 """
 import numpy as np
 
-from .compression import share_weights
+from .coding import share_weights
 from .hooks import ORDER_SHARING, Hook
 
 

@@ -13,9 +13,9 @@ import pytest
 from caffedsd.atomic import atomic_open
 from caffedsd.caffe_proto import LayerParameter
 from caffedsd.caffemodel import new_caffemodel, read_caffemodel
-from caffedsd.compression import (MAX_CODE_BITS, StreamWriter, canonical_codes, decode_stream, huffman_decode,
-                                  huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
-                                  quantized, relative_indices, share_values, share_weights)
+from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, canonical_codes, decode_stream, huffman_decode,
+                             huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps, quantized,
+                             relative_indices, share_values, share_weights)
 from caffedsd.dcz import (MAGIC, LayerSizes, Reader, compress, decode_floats, decode_shared, encode_floats,
                           encode_shared, read_dcz)
 from caffedsd.errors import FormatError

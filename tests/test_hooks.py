@@ -11,7 +11,7 @@ import pytest
 from caffedsd.force import ForceRegularizer, ForceSpec, force_gradient
 from caffedsd.hooks import ORDER_FORCE, ORDER_MASK, ORDER_SHARING, Hook, HookDispatcher, device_hooks_available
 from caffedsd.maskfile import load_masks
-from caffedsd.masked_solver import MaskEnforcer
+from caffedsd.mask_enforcer import MaskEnforcer
 from caffedsd.weight_sharing import WeightSharing, cluster
 from conftest import gpu_skip_reason
 from test_training import write_solver

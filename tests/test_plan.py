@@ -66,7 +66,7 @@ def test_plan_from_options(tmp_path):
 
 # -- plan --verify: the closed loop ------------------------------------------------------
 
-from caffedsd.planner import Choice, PlanningError, back_off  # noqa: E402
+from caffedsd.plan_from_scan import Choice, PlanningError, back_off  # noqa: E402
 
 
 def test_back_off_steps_the_costliest_per_unit_of_sparsity_first():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from caffedsd.planner import curves, overall_sparsity
+from caffedsd.plan_from_scan import curves, overall_sparsity
 from caffedsd.sensitivity import scan
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from caffedsd.plan import load_plan
@@ -128,7 +128,7 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     result = cli("plan", "--sensitivity", out, "--target-sparsity", target, "--max-drop", 3, "-o", "target.yaml")
     assert result.exit_code == 0, result.output
     plan = load_plan(tmp_path / "target.yaml")
-    from caffedsd.planner import Choice
+    from caffedsd.plan_from_scan import Choice
 
     choices = [Choice(r.pattern, params[r.pattern], r.value, 0) for r in plan.rules]
     assert overall_sparsity(choices, data["prunable_params"]) >= target

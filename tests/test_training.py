@@ -87,7 +87,7 @@ def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device)
 def test_uncleaned_history_would_break_the_invariant(caffe, pruned, tmp_path):
     """The control for the test above: restoring the raw solverstate moves
     pruned weights in the very first update, so that test can fail."""
-    from caffedsd.masked_solver import MaskEnforcer
+    from caffedsd.mask_enforcer import MaskEnforcer
 
     folder = tmp_path / "raw"
     folder.mkdir()

@@ -69,7 +69,7 @@ from caffedsd.caffe_env import import_caffe  # noqa: E402
 from caffedsd.caffe_proto import NetParameter  # noqa: E402
 from caffedsd.force import ForceRegularizer, ForceSpec  # noqa: E402
 from caffedsd.hooks import HookDispatcher, device_hooks_available  # noqa: E402
-from caffedsd.masked_solver import MaskEnforcer  # noqa: E402
+from caffedsd.mask_enforcer import MaskEnforcer  # noqa: E402
 from caffedsd.masks import compute_mask  # noqa: E402
 from caffedsd.squeezenet import SqueezeNetSpec  # noqa: E402
 from caffedsd.training import net_loss, train  # noqa: E402
@@ -354,7 +354,7 @@ def code_info():
     import caffedsd
     package = Path(caffedsd.__file__).resolve().parent
     info = {"files": {}}
-    for name in ("training.py", "hooks.py", "masked_solver.py", "device.py", "force.py"):
+    for name in ("training.py", "hooks.py", "mask_enforcer.py", "device.py", "force.py"):
         info["files"][name] = hashlib.sha256((package / name).read_bytes()).hexdigest()[:12]
     try:
         def git(*a):

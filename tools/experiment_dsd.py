@@ -54,7 +54,7 @@ from caffedsd.datasets import convert_fashion_mnist
 from caffedsd.dsd import run_recipe
 from caffedsd.errors import CaffeDsdError
 from caffedsd.plan import load_plan
-from caffedsd.planner import make_plan
+from caffedsd.plan_from_scan import make_plan
 from caffedsd.recipe import Recipe
 from caffedsd.sensitivity import scan
 from caffedsd.training import quiet_caffe
