@@ -1,22 +1,28 @@
 # The two commands: `make demo` and `make test`. Both set everything up first.
-# `make setup CUDA=1` builds Caffe with CUDA (see README).
+# `make setup CUDA=1` builds Caffe with CUDA (see README); `make demo GPU=1`
+# builds it too and runs the demo on GPU 0 (GPU_ID=n for another).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench check-cuda clean
 
 setup:
-	@bash tools/setup.sh $(if $(filter 1,$(CUDA)),--cuda)
+	@bash tools/setup.sh $(if $(filter 1,$(CUDA) $(GPU)),--cuda)
 
 test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	@bash tools/demo.sh
+	@$(if $(filter 1,$(GPU)),CAFFEDSD_DEMO_GPU=$(or $(GPU_ID),0)) bash tools/demo.sh
 
 bench: setup
 	$(PY) tools/bench_prune.py
+
+# Compiles GPU Caffe for CUDA 13 and 12 from PyPI's NVIDIA wheels into a
+# throwaway folder: no GPU needed, many minutes (see tools/check_cuda.sh).
+check-cuda:
+	@bash tools/check_cuda.sh $(CUDA_MAJORS)
 
 clean:
 	rm -rf work data/fashion-mnist .pytest_cache

@@ -22,6 +22,12 @@ setup(
         # What stock pycaffe imports at `import caffe` time (caffe/io.py needs skimage).
         "pycaffe": ["six", "scipy", "scikit-image"],
         "test": ["pytest>=7"],
+        # Device hooks (caffedsd/device.py): CuPy built for the CUDA major
+        # version of the CUDA build of Caffe (`nvcc --version`, or `caffedsd
+        # info`). This extra names the CUDA 13 wheel; for CUDA 12 install
+        # cupy-cuda12x instead (pip install caffedsd cupy-cuda12x).
+        "gpu": ["cupy-cuda13x"],
+        "gpu-cuda12": ["cupy-cuda12x"],
     },
     entry_points={"console_scripts": ["caffedsd=caffedsd.cli:main"]},
 )

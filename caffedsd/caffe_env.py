@@ -40,6 +40,18 @@ def import_caffe(gpu=None):
     return caffe
 
 
+def pycaffe_gpu_pointers():
+    """Whether this pycaffe's Blob has ``_gpu_data_ptr`` / ``_gpu_diff_ptr``
+    (a CUDA build of a Caffe with BVLC PR #5904), which device hooks need."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        import caffe
+    except ImportError:
+        return False
+    blob = caffe._caffe.Blob
+    return hasattr(blob, "_gpu_data_ptr") and hasattr(blob, "_gpu_diff_ptr")
+
+
 def caffe_binary(required=True):
     """Path of the stock ``caffe`` tool.
 
@@ -70,21 +82,25 @@ def caffe_binary(required=True):
 
 
 def _build_info(pydir):
-    """Source and CPU/GPU flavour of the Caffe we run on."""
+    """Source, CPU/GPU flavour, and for a CUDA build made by caffedsd its
+    CUDA version and GPU arch, of the Caffe we run on."""
     if pydir is None:
-        return None, None
+        return None, None, {}
     for parent in pydir.resolve().parents:
         stamp = parent / ".complete"
         if stamp.is_file():  # written by tools/build_caffe.sh
             text = stamp.read_text()
-            return f"built by caffedsd from {text.split()[0]} in {parent}", "CPU-only" if "cpu_only=ON" in text else "GPU"
+            fields = dict(word.split("=", 1) for word in text.split()[1:] if "=" in word)
+            cuda = {key: fields[key] for key in ("cuda", "arch") if key in fields}
+            flavour = "CPU-only" if fields.get("cpu_only") == "ON" else "GPU"
+            return f"built by caffedsd from {text.split()[0]} in {parent}", flavour, cuda
     so = next(iter(pydir.glob("_caffe*.so")), None)
     flavour = None
     if so is not None and shutil.which("ldd"):
         libs = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
         flavour = "GPU" if "libcudart" in libs or "libcublas" in libs else "CPU-only"
     source = f"CAFFE_ROOT={os.environ['CAFFE_ROOT']}" if os.environ.get("CAFFE_ROOT") else "existing pycaffe"
-    return source, flavour
+    return source, flavour, {}
 
 
 def info():
@@ -100,13 +116,19 @@ def info():
             version = import_caffe().__version__
         except Exception as exc:  # a broken pycaffe is reported, not raised
             version = f"unimportable: {exc}"
-    source, flavour = _build_info(pydir)
+    source, flavour, cuda = _build_info(pydir)
     from . import __version__
+    from .hooks import device_hooks_available
+
+    hooks_ok, hooks_why = device_hooks_available() if pydir is not None else (False, "no pycaffe")
     return {
         "caffedsd": __version__,
         "caffe_version": version,
         "caffe_source": source,
         "caffe_build": flavour,
+        "cuda": cuda.get("cuda"),
+        "cuda_arch": f"sm_{cuda['arch']}" if "arch" in cuda else None,
+        "device_hooks": "yes" if hooks_ok else f"no: {hooks_why}",
         "pycaffe": str(pydir) if pydir else None,
         "caffe_binary": str(binary) if binary else None,
         "python": sys.version.split()[0],

@@ -82,6 +82,10 @@ def upgrade_v1_layer(v1, where="layer"):
         if target is None or target.type != field.type or (
                 field.message_type is not None and target.message_type.full_name != field.message_type.full_name):
             raise InputError(f"{where}: V1 field {field.name} has no V2 equivalent")
+        values = value if _is_repeated(field) else [value]
+        if field.type == field.TYPE_STRING and any(isinstance(v, bytes) for v in values):
+            # proto2 strings may hold any bytes; a V2 string field takes only text.
+            raise InputError(f"{where}: V1 field {field.name} is not UTF-8 text")
         if _is_repeated(field):
             getattr(out, field.name).extend(value)
         elif field.message_type is not None:

@@ -6,6 +6,12 @@ no protobuf size limit and no per-float copy. Layer metadata (name, type,
 params) is parsed with real protobuf messages. Both the V2 (``layer``) and the
 legacy V1 (``layers``) layouts are read; what is written is always V2.
 
+Blobs stored with the legacy num/channels/height/width dims (all V1 files)
+get their true axes at read time, as Caffe gives them when it loads such a
+file: a Convolution weight stays 4-D, an InnerProduct weight of 1x1xNxK
+becomes NxK and a bias of 1x1x1xN becomes N. Every blob written carries
+``shape { dim }``, never legacy dims.
+
 Writing re-emits every byte of the input that is not a replaced blob's data:
 layer names, types, params, biases, BatchNorm/Scale/PReLU blobs and any field
 this schema does not know all come back unchanged.
@@ -44,6 +50,11 @@ class Blob:
     # so a blob can be written back with only its data replaced.
     _span: tuple = field(repr=False)
     _other_fields: tuple = field(repr=False)
+    # True when the source gave legacy num/channels/height/width dims; then
+    # _meta_fields are _other_fields without the dims, and writing emits a
+    # shape { dim } of the true axes instead.
+    _legacy: bool = field(repr=False, default=False)
+    _meta_fields: tuple = field(repr=False, default=())
 
     @property
     def shape(self):
@@ -169,9 +180,41 @@ def _parse_layer(path, buf, view, f, layout, index):
         _fail(path, f"layer #{index} is not a valid LayerParameter ({exc})")
     if not param.name:
         _fail(path, f"layer #{index} has no name")
+    if not isinstance(param.name, str):
+        # proto2 lets a string field hold any bytes; nothing downstream
+        # (prototxt, masks, JSON reports) can name such a layer.
+        _fail(path, f"layer #{index} has a name that is not UTF-8 text ({param.name!r})")
     where = f"{path}: layer {param.name!r}"
-    blobs = tuple(parse_blob(where, i, buf, view, b) for i, b in enumerate(blob_fields))
+    blobs = tuple(true_axes(where, param, i, parse_blob(where, i, buf, view, b))
+                  for i, b in enumerate(blob_fields))
     return Layer(param.name, param.type, blobs, param, tuple(pieces))
+
+
+def blob_axes(param, index):
+    """How many axes blob ``index`` of layer ``param`` has in Caffe, or None
+    where caffedsd does not know (such blobs keep their legacy 4-D dims)."""
+    if param.type in ("Convolution", "Deconvolution"):
+        return 4 if index == 0 else 1 if index == 1 else None
+    if param.type == "InnerProduct":
+        return 2 if index == 0 else 1 if index == 1 else None
+    if param.type in ("BatchNorm", "Scale", "Bias", "PReLU"):
+        return 1
+    return None
+
+
+def true_axes(where, param, index, blob):
+    """``blob`` with its legacy 4-D dims dropped to the axes Caffe gives it."""
+    axes = blob_axes(param, index)
+    if not blob._legacy or axes is None or blob.data.ndim <= axes:
+        return blob
+    shape = blob.data.shape
+    lead, keep = shape[:-axes], shape[-axes:]
+    if param.type in ("BatchNorm", "Scale", "Bias", "PReLU") and any(d != 1 for d in lead):
+        return blob  # a multi-axis Scale/Bias blob: leave it as stored
+    if any(d != 1 for d in lead):
+        raise InputError(f"{where}: blob {index} has legacy dims {'x'.join(map(str, shape))}, which is not "
+                         f"a {axes}-axis {param.type} {'weight' if index == 0 else 'bias'}")
+    return Blob(blob.data.reshape(keep), blob._span, blob._other_fields, True, blob._meta_fields)
 
 
 def parse_blob(where, index, buf, view, f):
@@ -179,7 +222,7 @@ def parse_blob(where, index, buf, view, f):
     legacy = {}
     shape = None
     chunks, dtypes = [], set()
-    others = []
+    others, meta = [], []
     for sub in wire.iter_fields(buf, f.value_start, f.end):
         if sub.number in BLOB_LEGACY_DIMS and sub.wire_type == wire.VARINT:
             legacy[sub.number] = sub.value
@@ -193,6 +236,8 @@ def parse_blob(where, index, buf, view, f):
             chunks.append(_read_floats(where, buf, sub, dtype))
         else:
             others.append(view[sub.start:sub.end])
+            meta.append(view[sub.start:sub.end])
+    is_legacy = shape is None and bool(legacy)
     if shape is None:
         shape = tuple(legacy.get(n, 0) for n in BLOB_LEGACY_DIMS) if legacy else (0,)
     if len(dtypes) > 1:
@@ -202,7 +247,7 @@ def parse_blob(where, index, buf, view, f):
     count = int(np.prod(shape, dtype=np.int64))
     if data.size != count:
         raise InputError(f"{where}: blob {index} has shape {list(shape)} ({count} values) but holds {data.size}")
-    return Blob(data.reshape(shape), (f.start, f.end), tuple(others))
+    return Blob(data.reshape(shape), (f.start, f.end), tuple(others), is_legacy, tuple(meta))
 
 
 def _read_floats(where, buf, f, dtype):
@@ -259,7 +304,9 @@ def _record(number, payload):
 def _data_stream(blob, replacement, mask):
     dtype = blob.data.dtype
     flat_src = blob.data.reshape(-1)
-    if replacement is not None:
+    if replacement is None and mask is None:
+        chunks = (flat_src,)
+    elif replacement is not None:
         arr = np.asarray(replacement)
         if arr.size != flat_src.size:
             raise ValueError(f"replacement of {arr.size} values for a blob of {flat_src.size}")
@@ -280,8 +327,17 @@ def masked_blob_record(number, blob, mask):
     return _record(number, list(blob._other_fields) + _data_stream(blob, None, mask))
 
 
+def _shape_field(shape):
+    payload = BlobShape(dim=shape).SerializeToString()
+    return [wire.len_header(BLOB_SHAPE, len(payload)), payload]
+
+
 def _blob_record(model, view, blob, replacement=None, mask=None):
     start, end = blob._span
+    if blob._legacy:
+        # Legacy dims out, the true axes in as shape { dim }.
+        return _record(LAYER_BLOBS["V2"], _shape_field(blob.shape) + list(blob._meta_fields)
+                       + _data_stream(blob, replacement, mask))
     if replacement is None and mask is None:
         if model.layout == "V2":
             return [view[start:end]]
@@ -334,10 +390,8 @@ def new_caffemodel(path, layers, name=""):
             payload = [meta.SerializeToString()]
             for arr in arrays:
                 arr = np.ascontiguousarray(arr, dtype="<f4")
-                shape = BlobShape(dim=arr.shape).SerializeToString()
-                payload.append(_record(LAYER_BLOBS["V2"], [
-                    wire.len_header(BLOB_SHAPE, len(shape)), shape,
-                    *_record(BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])]))
+                payload.append(_record(LAYER_BLOBS["V2"], _shape_field(arr.shape) + _record(
+                    BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])))
             write_pieces(handle, _record(NET_LAYER_V2, payload))
 
 

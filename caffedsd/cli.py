@@ -374,11 +374,23 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
                    "or loss units for a loss metric.")
 @click.option("--target-sparsity", type=float, default=None,
               help="Sparsity over all prunable weights to reach with the smallest predicted drop (greedy).")
+@click.option("--max-total-drop", type=float, default=None,
+              help="Allowed drop of the whole pruned net, as measured by --verify (same units as --max-drop).")
+@click.option("--verify", is_flag=True,
+              help="Measure the whole pruned net on the scan's net and weights (TEST phase); with "
+                   "--max-total-drop, back off sparsity until the measured drop is within it.")
+@click.option("--iterations", "-n", type=int, default=None,
+              help="TEST iterations per measurement with --verify (default: the scan's).")
 @click.option("--metric", default=None, help="Output to judge by (default: the first accuracy).")
+@click.option("--model", "-p", type=_path(), default=None,
+              help="With --verify: the scan's net prototxt, if not where the scan recorded it.")
 @weights_option(required=False)
+@gpu_option
+@click.option("--verbose", "-v", is_flag=True, help="Show Caffe's own log.")
 @click.option("--force", is_flag=True, help="Allow overwriting an input file.")
 @click.option("--output", "-o", type=_path(), required=True, help="Plan YAML to write.")
-def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output):
+def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterations, metric, model, weights, gpu,
+                 verbose, force, output):
     """Choose each layer's sparsity from a sensitivity scan.
 
     With --max-drop alone: per layer, the highest measured sparsity within
@@ -387,19 +399,27 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
     layer's convex hull), each layer within --max-drop if given. With
     --weights, the scan must be of that model.
 
+    Adding per-layer drops is optimistic. --verify builds the scan's net
+    with its weights and measures the whole pruned net; with
+    --max-total-drop X it backs off (the layer that costs most per unit of
+    its sparsity first) until the measured drop is within X, and writes the
+    measured drop into the plan. --max-total-drop alone starts from each
+    layer's highest sparsity within X.
+
     \b
-    Example:
+    Examples:
       caffedsd plan --sensitivity sens/sensitivity.json --max-drop 0.5 -o plan.yaml
+      caffedsd plan --sensitivity sens/sensitivity.json --max-total-drop 1 --verify -o plan.yaml
     """
     from .planner import make_plan
+    from .training import quiet_caffe
 
+    quiet_caffe(verbose)
     result = make_plan(sens, output, max_drop=max_drop, target=target_sparsity, metric=metric,
-                       weights=weights, force=force)
-    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
-    click.echo(report.format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body,
-                                   "lrrr"))
-    click.echo(f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
-               f"predicted total drop {result['drop']:.4g} {result['unit']} of {result['metric']}")
+                       weights=weights, force=force, verify=verify, max_total_drop=max_total_drop,
+                       iterations=iterations, model=model, gpu=gpu)
+    click.echo(report.plan_table(result))
+    click.echo(report.plan_summary(result))
     click.echo(f"wrote {output}")
 
 
@@ -421,15 +441,25 @@ def plan_command(sens, max_drop, target_sparsity, metric, weights, force, output
 @click.option("--data", type=click.Choice(["lmdb", "hdf5"]), default="lmdb", show_default=True)
 @click.option("--train-source", default=None, help="Training data (LMDB folder or HDF5 list file).")
 @click.option("--test-source", default=None, help="Test data (LMDB folder or HDF5 list file).")
+@click.option("--bias-lr2", is_flag=True,
+              help="Give every conv param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 } "
+                   "(BVLC's reference-net convention; the release has none).")
+@click.option("--mirror", is_flag=True, help="Random horizontal flips in the TRAIN Data layer.")
+@click.option("--split-phases", is_flag=True,
+              help="Loss in TRAIN only, accuracies in TEST only (v1.0's release does; v1.1's leaves both).")
+@click.option("--solver-mode", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="solver_mode of solver.prototxt (the release's is GPU).")
 @click.option("--sweep", is_flag=True,
               help="Print parameters and size over the grid of the KNOB=V1,V2,... arguments instead of writing files.")
 @click.argument("knobs", nargs=-1, metavar="[KNOB=V1,V2,...]...")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.")
 def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
-               weight_filler, data, train_source, test_source, sweep, knobs, output):
-    """Generate SqueezeNet nets: v1.0 (the default, as in the model zoo),
-    v1.1, bypass variants and the paper's design-space knobs.
+               weight_filler, data, train_source, test_source, bias_lr2, mirror, split_phases, solver_mode, sweep,
+               knobs, output):
+    """Generate SqueezeNet nets: v1.0 (the default) and v1.1 exactly as
+    released (train_val, deploy and solver), bypass variants and the
+    paper's design-space knobs.
 
     \b
     Examples:
@@ -446,7 +476,9 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     try:
         spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
                               pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
-                              channels=channels, stem=stem, weight_filler=weight_filler, data=data, **sources)
+                              channels=channels, stem=stem, weight_filler=weight_filler, data=data,
+                              bias_lr2=bias_lr2, mirror=mirror, split_phases=split_phases, solver_mode=solver_mode,
+                              **sources)
         if knobs and not sweep:
             raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
         if sweep:
@@ -519,7 +551,10 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
               help="Folder for the rewritten prototxts, model.caffemodel and report.md.")
 def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, output):
     """Split trained Convolution (and with --fc InnerProduct) layers into a
-    rank-r layer and a 1x1 layer carrying the bias, by SVD.
+    rank-r layer and a 1x1 layer carrying the bias, by SVD (per group for
+    grouped convolutions). A layer is split only where that makes it
+    smaller in weights and multiply-adds, unless --rank names it. The
+    prototxts are written under the names they were given.
 
     \b
     Example:
@@ -527,17 +562,24 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
     """
     from .lowrank import parse_rank, write_decomposition
 
-    rows = write_decomposition(model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
-                               layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers)
-    click.echo(report.decomposition_table(rows))
-    click.echo(f"wrote {output}/train_val.prototxt{', deploy.prototxt' if deploy else ''}, model.caffemodel, report.md")
+    rows, skipped, names = write_decomposition(
+        model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
+        layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers)
+    if rows:
+        click.echo(report.decomposition_table(rows))
+    else:
+        click.echo("no layer decomposed: no split would be smaller")
+    for line in report.skipped_lines(skipped):
+        click.echo(f"left as is: {line}")
+    click.echo(f"wrote {output}/{', '.join(names)}, model.caffemodel, report.md")
 
 
 @main.command()
 @weights_option()
 @click.option("--energy", default="0.9,0.95,0.99", show_default=True, help="Energy levels, comma-separated.")
 def rank(weights, energy):
-    """Each Convolution/InnerProduct layer's rank at the given energy levels.
+    """Each Convolution/InnerProduct layer's rank at the given energy levels
+    (per group for grouped convolutions).
 
     \b
     Example:
@@ -548,7 +590,8 @@ def rank(weights, energy):
 
     levels = energy_levels(energy)
     rows = rank_table(read_caffemodel(weights), levels)
-    body = [[name, kind, "x".join(map(str, shape)), top, *ranks] for name, kind, shape, top, ranks in rows]
+    body = [[name, kind, "x".join(map(str, shape)) + (f" group {groups}" if groups > 1 else ""), top, *ranks]
+            for name, kind, shape, groups, top, ranks in rows]
     click.echo(report.format_table(["layer", "type", "shape", "max rank", *(f"{e:g}" for e in levels)], body,
                                    "lllr" + "r" * len(levels)))
 

@@ -30,10 +30,9 @@ from .caffemodel import read_caffemodel
 from .errors import InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
-from .masked_solver import MaskEnforcer
 from .pruning import prune_file
 from .recipe import Recipe
-from .training import evaluate, load_weights, open_solver, read_solver, save_net, test_iterations, train
+from .training import Phase, read_solver, run_phase
 
 RUN_FILE = "run.json"
 
@@ -94,11 +93,13 @@ def weight_sparsity(weights_path):
 
 
 class _Checkpoints:
-    """Solver snapshots of one training stage; the newest complete one is
-    recorded in checkpoint.json only after Caffe has written both files."""
+    """Solver snapshots of one training stage, every ``every`` iterations;
+    the newest complete one is recorded in checkpoint.json only after Caffe
+    has written both files."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, every=None):
         self.folder = Path(folder)
+        self.every = every
         self.record = self.folder / "checkpoint.json"
 
     @property
@@ -107,6 +108,10 @@ class _Checkpoints:
 
     def latest(self):
         return _read_json(self.record) if self.record.exists() else None
+
+    @staticmethod
+    def curve(record):
+        return _read_csv(record["curve"])
 
     def save(self, solver, curve):
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -137,45 +142,26 @@ def _read_csv(path):
 
 def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress):
     """A dense or sparse stage: train, evaluate, save; resumes a checkpoint."""
-    checkpoints = _Checkpoints(stage_dir / "checkpoint")
-    solver, param = open_solver(spec, stage_dir, gpu=gpu, lr_scale=stage.lr_scale,
-                                snapshot_prefix=checkpoints.prefix, snapshot=0, periodic_tests=False)
-    if weights_in is not None:
-        load_weights(solver, spec, weights_in)
-    enforcer = MaskEnforcer(masks.per_layer()).attach(solver, f"net of {spec.path}") if masks else None
-    curve = []
+    checkpoints = _Checkpoints(stage_dir / "checkpoint", recipe.checkpoint_every)
     latest = checkpoints.latest()
-    if latest is not None:
-        solver.restore(latest["solverstate"])
-        curve = _read_csv(latest["curve"])
-        if enforcer is not None:
-            enforcer.zero_weights()
-    remaining = stage.iterations - int(solver.iter)
-    callback = progress(stage_dir.name, stage.iterations, int(solver.iter)) if progress else None
+    callback = progress(stage_dir.name, stage.iterations, latest["iter"] if latest else 0) if progress else None
+    phase = Phase(stage.iterations, weights_in, stage_dir / "model.caffemodel", masks, lr_scale=stage.lr_scale,
+                  test_iterations=recipe.test_iterations)
     try:
-        while remaining > 0:
-            chunk = min(recipe.checkpoint_every, remaining)
-            curve += train(solver, chunk, enforcer, callback)
-            remaining -= chunk
-            if remaining > 0:
-                checkpoints.save(solver, curve)
+        result = run_phase(spec, phase, stage_dir, gpu=gpu, checkpoints=checkpoints, on_iteration=callback)
     finally:
         if callback is not None:
             callback.close()
-    test = evaluate(solver, recipe.test_iterations or test_iterations(param))
-    save_net(solver, stage_dir / "model.caffemodel", masks)
-    if enforcer is not None:
-        enforcer.detach()
-    _write_csv(stage_dir / "curve.csv", curve)
-    return {"iterations": stage.iterations, "lr": param.base_lr, "test": test, "curve": "curve.csv"}
+    _write_csv(stage_dir / "curve.csv", result["curve"])
+    return {"iterations": stage.iterations, "lr": result["base_lr"], "test": result["test"], "curve": "curve.csv"}
 
 
 def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
+    """Prune (masks computed here, once), then evaluate the pruned model."""
     rows, _ = prune_file(weights_in, stage_dir / "model.caffemodel", stage.plan, seed=recipe.seed, force=True)
-    solver, param = open_solver(spec, stage_dir, gpu=gpu, snapshot=0, periodic_tests=False)
-    load_weights(solver, spec, stage_dir / "model.caffemodel")
-    test = evaluate(solver, recipe.test_iterations or test_iterations(param))
-    return {"iterations": 0, "lr": None, "test": test,
+    result = run_phase(spec, Phase(0, stage_dir / "model.caffemodel", test_iterations=recipe.test_iterations),
+                       stage_dir, gpu=gpu, checkpoints=_Checkpoints(stage_dir / "checkpoint"))
+    return {"iterations": 0, "lr": None, "test": result["test"],
             "layers": {r.layer: r.sparsity for r in rows}}
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .hooks import ORDER_FORCE, Hook
+
 FORCE_TYPES = ("degradation", "constant")
 DECAY_TYPES = ("fixed", "adaptive")
 
@@ -45,29 +47,31 @@ def energy(weights, force_type, eps=1e-8):
     return np.sqrt(np.maximum(dist2[upper], 0)).sum()
 
 
-def force_gradient(weights, force_type="degradation", eps=1e-8):
-    """dE/dW, shaped like ``weights`` (float64). The force is its negative."""
+def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np):
+    """dE/dW, shaped like ``weights`` (float64). The force is its negative.
+
+    ``xp`` is the array module (numpy, or CuPy for weights on the GPU): the
+    computation is written without host synchronization, so on the device
+    the Gram products stay there."""
     if force_type not in FORCE_TYPES:
         raise ValueError(f"unknown force type {force_type!r} (known: {', '.join(FORCE_TYPES)})")
-    rows, norms, live, unit = _normalized(weights, eps)
-    grad = np.zeros_like(rows)
-    if live.sum() < 2:
-        return grad.reshape(weights.shape)
-    n = unit[live]
+    rows = xp.asarray(weights, dtype=xp.float64).reshape(weights.shape[0], -1)
+    norms = xp.linalg.norm(rows, axis=1)
+    live = (norms > eps)[:, None]
+    safe = xp.where(live, norms[:, None], 1.0)
+    n = xp.where(live, rows / safe, 0.0)  # unit filters; dead ones 0 and left out below
     if force_type == "degradation":
         # dE/dn_i = sum_j (n_i - n_j) = m n_i - sum_j n_j
-        d_n = len(n) * n - n.sum(axis=0)
+        d_n = live.sum() * n - n.sum(axis=0)
     else:
         gram = n @ n.T
-        dist = np.sqrt(np.maximum(2.0 - 2.0 * gram, 0.0))
-        with np.errstate(divide="ignore"):
-            inv = np.where(dist > 1e-12, 1.0 / dist, 0.0)
-        np.fill_diagonal(inv, 0.0)
+        dist = xp.sqrt(xp.maximum(2.0 - 2.0 * gram, 0.0))
+        pair = (dist > 1e-12) & live & live.T  # also drops the diagonal
+        inv = xp.where(pair, 1.0 / xp.where(pair, dist, 1.0), 0.0)
         # dE/dn_i = sum_j (n_i - n_j) / |n_i - n_j|
         d_n = inv.sum(axis=1)[:, None] * n - inv @ n
-    tangent = d_n - np.sum(d_n * n, axis=1, keepdims=True) * n
-    grad[live] = tangent / norms[live, None]
-    return grad.reshape(weights.shape)
+    tangent = d_n - xp.sum(d_n * n, axis=1, keepdims=True) * n
+    return xp.where(live, tangent / safe, 0.0).reshape(weights.shape)
 
 
 @dataclass(frozen=True)
@@ -118,40 +122,47 @@ def parse_mult(text):
         raise ValueError(f"--force-mult {text!r}: {value!r} is not a number") from None
 
 
-class ForceRegularizer:
+class ForceRegularizer(Hook):
     """Adds coefficient * dE/dW to each weight gradient at a pycaffe Solver's
-    on_gradients_ready, before the update. Attach it before a MaskEnforcer so
-    the masks have the last word on pruned positions."""
+    on_gradients_ready, before the update: a hook (caffedsd.hooks) run
+    before the masks, so the masks have the last word on pruned positions.
+    On the device backend the whole computation stays on the GPU."""
+
+    order = ORDER_FORCE
 
     def __init__(self, spec, iter_size=1):
         self.spec = spec
         # Caffe divides the accumulated gradient by iter_size after this hook.
         self.scale = iter_size
         self._targets = ()
+        self._backend = None
 
-    def attach(self, solver):
-        blobs = {name: blobs[0] for name, blobs in solver.net.params.items()
-                 if len(blobs) and blobs[0].data.ndim >= 2}
+    def bind(self, net, backend):
+        """Raises ValueError when a --force-mult glob matches no layer."""
+        blobs = {name: blobs[0] for name, blobs in net.params.items()
+                 if len(blobs) and len(blobs[0].shape) >= 2}
         coefficients = self.spec.coefficients(list(blobs))
         seen, targets = set(), []
         for name, blob in blobs.items():
-            address = blob.data.ctypes.data
-            if coefficients[name] > 0 and address not in seen:
-                seen.add(address)
-                targets.append((blob, coefficients[name]))
+            key = backend.key(blob)
+            if coefficients[name] > 0 and key not in seen:
+                seen.add(key)
+                targets.append((blob, tuple(blob.shape), coefficients[name]))
         self._targets = tuple(targets)
-        solver.add_callback(lambda: None, self._on_gradients_ready)
-        return self
+        self._backend = backend
 
-    def detach(self):
-        self._targets = ()
-
-    def _on_gradients_ready(self):
-        for blob, coefficient in self._targets:
-            grad = force_gradient(blob.data, self.spec.force_type)
+    def on_gradients_ready(self):
+        xp = self._backend.xp
+        for blob, shape, coefficient in self._targets:
+            weights = self._backend.data(blob).reshape(shape)
+            grad = force_gradient(weights, self.spec.force_type, xp=xp).reshape(-1)
+            diff = self._backend.diff(blob)
             if self.spec.decay_type == "adaptive":
-                g_norm = np.linalg.norm(grad)
-                if g_norm == 0:
-                    continue
-                coefficient = coefficient * np.linalg.norm(blob.diff) / g_norm
-            blob.diff[...] += (coefficient * self.scale) * grad
+                g_norm = xp.linalg.norm(grad)
+                ratio = xp.where(g_norm > 0, xp.linalg.norm(diff) / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
+                coefficient = coefficient * ratio
+            diff += (coefficient * self.scale) * grad
+
+    def release(self):
+        self._targets = ()
+        self._backend = None

@@ -7,9 +7,17 @@ At rank r it becomes two layers:
   NAME          a 1 x 1 convolution with N outputs (U_r S_r^1/2) and the
                 original bias, so the layer's top and everything after it
                 keep their names.
-An InnerProduct (N x C) becomes an r-output InnerProduct without bias and an
-N-output one with the bias. The discarded energy is exactly
-sum_{i>r} s_i^2, the squared Frobenius error of the product.
+A convolution with ``group: g`` is g independent blocks of N/g x (C/g k k):
+each block is split at the same rank r, giving a k x k convolution with r*g
+outputs and a 1 x 1 convolution with N outputs, both with ``group: g``;
+exact at full rank. An InnerProduct (N x C) becomes an r-output InnerProduct
+without bias and an N-output one with the bias. The discarded energy is
+exactly sum_{i>r} s_i^2 over the blocks, the squared Frobenius error.
+
+A split has r (C k^2 + N) weights where the layer had N C k^2 / g, and the
+same ratio of multiply-adds. A layer is split only where that is smaller in
+both, unless --rank forces its rank; a depthwise convolution (C/g = 1) never
+gets smaller, so it is always left as it is.
 """
 import fnmatch
 import math
@@ -22,10 +30,42 @@ from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
+# Columns per slice when accumulating a Gram matrix (bounds the float64 copy).
+_GRAM_BLOCK = 2048
 
 
-def singular_values(weights):
-    return np.linalg.svd(np.asarray(weights, dtype=np.float64).reshape(weights.shape[0], -1), compute_uv=False)
+def groups_of(layer):
+    """The ``group`` of a Convolution layer (1 for InnerProduct)."""
+    if layer.type == "Convolution":
+        return max(1, int(layer.param.convolution_param.group))
+    return 1
+
+
+def blocks(weights, groups=1):
+    """The g matrices of N/g x (C/g k k) that a grouped layer's weights are."""
+    w = np.asarray(weights)
+    matrix = w.reshape(w.shape[0], -1)
+    if matrix.shape[0] % groups:
+        raise InputError(f"{matrix.shape[0]} outputs do not split into {groups} groups")
+    step = matrix.shape[0] // groups
+    return [matrix[i * step:(i + 1) * step] for i in range(groups)]
+
+
+def singular_values(matrix):
+    """Singular values of a matrix (or of blob-shaped weights, as N x rest),
+    largest first: the square roots of the eigenvalues of the smaller Gram
+    matrix, accumulated in float64 over column slices. No singular vectors
+    are formed, and no float64 copy of the whole matrix is made."""
+    m = np.asarray(matrix)
+    m = m.reshape(m.shape[0], -1)
+    if m.shape[0] > m.shape[1]:
+        m = m.T
+    gram = np.zeros((m.shape[0], m.shape[0]))
+    for i in range(0, m.shape[1], _GRAM_BLOCK):
+        part = np.asarray(m[:, i:i + _GRAM_BLOCK], dtype=np.float64)
+        gram += part @ part.T
+    values = np.linalg.eigvalsh(gram)[::-1]
+    return np.sqrt(np.clip(values, 0, None))
 
 
 def rank_for_energy(values, energy):
@@ -40,16 +80,26 @@ def rank_for_energy(values, energy):
     return int(min(np.searchsorted(kept, energy - 1e-12) + 1, len(values)))
 
 
-def factor(weights, rank):
-    """(first, second) factors of a blob at ``rank``: first is r x (C k k)
-    shaped like a k x k conv (or r x C), second is N x r."""
-    w = np.asarray(weights, dtype=np.float64)
-    matrix = w.reshape(w.shape[0], -1)
-    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-    root = np.sqrt(s[:rank])
-    first = (root[:, None] * vt[:rank]).reshape((rank,) + w.shape[1:])
-    second = u[:, :rank] * root[None, :]
-    return first.astype(np.float32), second.astype(np.float32)
+def group_rank_for_energy(weights, groups, energy):
+    """The rank (per group) at which every group keeps ``energy``."""
+    return max(rank_for_energy(singular_values(b), energy) for b in blocks(weights, groups))
+
+
+def factor(weights, rank, groups=1):
+    """(first, second, discarded energy) of a blob at ``rank`` per group:
+    first is (r g) x (C/g k k) shaped like a k x k conv (or r x C), second
+    is N x r; group i's rows of first feed group i's rows of second."""
+    w = np.asarray(weights)
+    firsts, seconds, discarded = [], [], 0.0
+    for block in blocks(w, groups):
+        u, s, vt = np.linalg.svd(np.asarray(block, dtype=np.float64), full_matrices=False)
+        root = np.sqrt(s[:rank])
+        firsts.append(root[:, None] * vt[:rank])
+        seconds.append(u[:, :rank] * root[None, :])
+        discarded += float((s[rank:] ** 2).sum())
+    first = np.concatenate(firsts).reshape((rank * groups,) + w.shape[1:])
+    second = np.concatenate(seconds)
+    return first.astype(np.float32), second.astype(np.float32), discarded
 
 
 @dataclass(frozen=True)
@@ -63,14 +113,47 @@ class Decomposition:
     macs_before: int
     macs_after: int
     discarded_energy: float
+    groups: int = 1
 
 
-def max_rank(weights):
-    return min(weights.shape[0], int(np.prod(weights.shape[1:])))
+@dataclass(frozen=True)
+class Skipped:
+    layer: str
+    type: str
+    reason: str
+
+
+def max_rank(weights, groups=1):
+    """The largest rank of one group's block."""
+    return min(weights.shape[0] // groups, int(np.prod(weights.shape[1:])))
+
+
+def split_weights(weights, rank, groups=1):
+    """Weights of the layer before and of its split at ``rank`` (biases left out).
+    The multiply-adds scale the same way: both layers run at the same positions."""
+    n, rest = weights.shape[0], int(np.prod(weights.shape[1:]))
+    return n * rest, rank * groups * rest + n * rank
+
+
+def _why_not(layer, rank, groups):
+    w = layer.blobs[0].data
+    before, after = split_weights(w, rank, groups)
+    if after < before:
+        return None
+    if groups > 1 and w.shape[1] == 1:
+        return f"depthwise (group {groups}, 1 input channel per filter): no split is smaller"
+    if split_weights(w, 1, groups)[1] >= before:
+        return f"no split is smaller, even at rank 1 ({split_weights(w, 1, groups)[1]} weights vs {before})"
+    return (f"rank {rank} of {max_rank(w, groups)} would not be smaller "
+            f"({after} weights vs {before}; MACs in the same ratio)")
 
 
 def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False):
-    """{layer: rank} for the chosen layers of a CaffeModel."""
+    """({layer: rank per group}, [Skipped]) for the chosen layers of a CaffeModel.
+
+    A layer whose split at the energy's rank would not be smaller in weights
+    and multiply-adds is skipped; a --rank is decomposed as given.
+    """
     ranks = dict(ranks or {})
     kinds = ("Convolution", "InnerProduct") if include_fc else ("Convolution",)
     candidates = [layer for layer in model.layers if layer.type in kinds and layer.blobs]
@@ -86,27 +169,38 @@ def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False):
             known = [layer.name for layer in model.layers if layer.type in DECOMPOSABLE and layer.blobs]
             hint = " (InnerProduct layers need --fc)" if name in known else ""
             raise InputError(f"--rank {name}={rank}: no decomposable layer {name!r}{hint}")
-        top = max_rank(by_name[name].blobs[0].data)
+        layer = by_name[name]
+        groups = groups_of(layer)
+        top = max_rank(layer.blobs[0].data, groups)
         if rank < 1 or rank > top:
-            raise InputError(f"--rank {name}={rank}: must be between 1 and {top} for {name} "
-                             f"({list(by_name[name].blobs[0].shape)})")
-    chosen = {}
+            per = " per group" if groups > 1 else ""
+            raise InputError(f"--rank {name}={rank}: must be between 1 and {top}{per} for {name} "
+                             f"({list(layer.blobs[0].shape)}{f', group {groups}' if groups > 1 else ''})")
+    if energy is None and not ranks:
+        raise InputError("no layer to decompose: give --energy or --rank")
+    chosen, skipped = {}, []
     for layer in candidates:
-        param = layer.param
-        if layer.type == "Convolution" and param.convolution_param.group > 1:
-            raise InputError(f"layer {layer.name!r}: group {param.convolution_param.group} convolutions are not "
-                             "decomposed; leave it out with --layers")
+        groups = groups_of(layer)
         if layer.name in ranks:
             chosen[layer.name] = ranks[layer.name]
-        elif energy is not None:
-            chosen[layer.name] = rank_for_energy(singular_values(layer.blobs[0].data), energy)
-    if not chosen:
-        raise InputError("no layer to decompose: give --energy or --rank")
-    return chosen
+            continue
+        if energy is None:
+            continue
+        w = layer.blobs[0].data
+        if groups > 1 and w.shape[1] == 1:
+            skipped.append(Skipped(layer.name, layer.type, _why_not(layer, 1, groups)))
+            continue
+        rank = group_rank_for_energy(w, groups, energy)
+        reason = _why_not(layer, rank, groups)
+        if reason is None:
+            chosen[layer.name] = rank
+        else:
+            skipped.append(Skipped(layer.name, layer.type, reason))
+    return chosen, skipped
 
 
 def _split_layer(param, rank):
-    """The two LayerParameters replacing ``param`` at ``rank``."""
+    """The two LayerParameters replacing ``param`` at ``rank`` (per group)."""
     first, second = LayerParameter(), LayerParameter()
     first.CopyFrom(param)
     second.CopyFrom(param)
@@ -119,7 +213,8 @@ def _split_layer(param, rank):
     # Learning-rate specs: the first factor takes the weight's, the second both.
     del first.param[1:]
     if param.type == "Convolution":
-        first.convolution_param.num_output = rank
+        groups = max(1, param.convolution_param.group)
+        first.convolution_param.num_output = rank * groups
         first.convolution_param.bias_term = False
         first.convolution_param.ClearField("bias_filler")
         conv = second.convolution_param
@@ -161,10 +256,7 @@ def decomposed_layers(model, ranks):
             layers.append((layer.param, arrays))
             continue
         rank = ranks[layer.name]
-        weights = arrays[0]
-        first, second = factor(weights, rank)
-        values = singular_values(weights)
-        discarded[layer.name] = float((values[rank:] ** 2).sum())
+        first, second, discarded[layer.name] = factor(arrays[0], rank, groups_of(layer))
         p1, p2 = _split_layer(layer.param, rank)
         if layer.type == "Convolution":
             second = second.reshape(second.shape + (1, 1))
@@ -180,25 +272,17 @@ def conv_output_positions(net, layer_name):
     return int(np.prod(shape[2:])) if len(shape) > 2 else 1
 
 
-def macs(weights_shape, positions):
-    return int(np.prod(weights_shape)) * positions
-
-
 def summarize(model, ranks, positions, discarded):
     rows = []
     for name, rank in ranks.items():
         layer = model.layer(name)
         w = layer.blobs[0].data
+        groups = groups_of(layer)
         bias = sum(b.data.size for b in layer.blobs[1:])
-        n, rest = w.shape[0], int(np.prod(w.shape[1:]))
-        kernel = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1
-        channels = rest // kernel
-        before = w.size + bias
-        after = rank * rest + n * rank + bias
-        rows.append(Decomposition(name, layer.type, rank, max_rank(w), int(before), int(after),
-                                  macs(w.shape, positions[name]),
-                                  rank * channels * kernel * positions[name] + n * rank * positions[name],
-                                  discarded[name]))
+        before, after = split_weights(w, rank, groups)
+        rows.append(Decomposition(name, layer.type, rank, max_rank(w, groups), int(before + bias),
+                                  int(after + bias), before * positions[name], after * positions[name],
+                                  discarded[name], groups))
     return rows
 
 
@@ -234,20 +318,37 @@ def energy_levels(text):
 
 
 def rank_table(model, levels, include_fc=True):
-    """[(layer, type, shape, max rank, [rank at each level])]."""
+    """[(layer, type, shape, groups, max rank, [rank at each level])]; with
+    groups, ranks are per group (the largest any group needs)."""
     rows = []
     for layer in model.layers:
         if layer.type in DECOMPOSABLE and layer.blobs and (include_fc or layer.type == "Convolution"):
-            values = singular_values(layer.blobs[0].data)
-            rows.append((layer.name, layer.type, list(layer.blobs[0].shape), max_rank(layer.blobs[0].data),
-                         [rank_for_energy(values, level) for level in levels]))
+            w = layer.blobs[0].data
+            groups = groups_of(layer)
+            values = [singular_values(b) for b in blocks(w, groups)]
+            rows.append((layer.name, layer.type, list(w.shape), groups, max_rank(w, groups),
+                         [max(rank_for_energy(v, level) for v in values) for level in levels]))
     return rows
+
+
+def output_names(model_path, deploy_path):
+    """{input prototxt: the name its rewrite gets}: each named as given."""
+    names = {Path(model_path): Path(model_path).name}
+    if deploy_path is not None and Path(deploy_path).resolve() != Path(model_path).resolve():
+        if Path(deploy_path).name == Path(model_path).name:
+            raise InputError(f"--deploy {deploy_path} and --model {model_path} have the same file name; "
+                             "their rewrites would overwrite each other in the output folder")
+        names[Path(deploy_path)] = Path(deploy_path).name
+    for name in names.values():
+        if name in ("model.caffemodel", "report.md"):
+            raise InputError(f"{name}: a prototxt cannot be named like decompose's other outputs")
+    return names
 
 
 def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, ranks=None, layers=(),
                         include_fc=False, allow_python_layers=False):
-    """Decompose into OUT_DIR: train_val.prototxt, deploy.prototxt (if given),
-    model.caffemodel and report.md. Returns the summary rows."""
+    """Decompose into OUT_DIR: the rewritten prototxt(s), named as given,
+    model.caffemodel and report.md. Returns (rows, skipped, written names)."""
     from google.protobuf import text_format
 
     from . import report
@@ -259,26 +360,24 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
+    names = output_names(model_path, deploy_path)
     model = read_caffemodel(weights)
-    net = read_net_prototxt(model_path, allow_python_layers)
-    check_pair(net, model_path, model)
-    deploy = read_net_prototxt(deploy_path, allow_python_layers) if deploy_path else None
-    chosen = choose_ranks(model, layers, energy, ranks, include_fc)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
+    check_pair(nets[Path(model_path)], model_path, model)
+    chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
     # Output positions per layer come from the net itself (TEST phase).
     caffe = import_caffe()
     shapes_net = caffe.Net(str(deploy_path or model_path), caffe.TEST)
     positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
+    del shapes_net
     new_layers, discarded = decomposed_layers(model, chosen)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     new_caffemodel(out_dir / "model.caffemodel", new_layers, name=model.name)
-    outputs = {"train_val.prototxt": rewrite_net(net, chosen)}
-    if deploy is not None:
-        outputs["deploy.prototxt"] = rewrite_net(deploy, chosen)
-    for name, message in outputs.items():
+    for path, name in names.items():
         with atomic_open(out_dir / name, "w") as handle:
-            handle.write(text_format.MessageToString(message))
+            handle.write(text_format.MessageToString(rewrite_net(nets[path], chosen)))
     rows = summarize(model, chosen, positions, discarded)
     with atomic_open(out_dir / "report.md", "w") as handle:
-        handle.write(report.decomposition_markdown(rows, weights))
-    return rows
+        handle.write(report.decomposition_markdown(rows, weights, skipped))
+    return rows, skipped, list(names.values())

@@ -29,6 +29,7 @@ from .errors import InputError
 
 FORMAT = "caffedsd-masks"
 FORMAT_VERSION = 1
+_MAX_ATTR_BYTES = 1 << 26
 
 
 def masks_path_for(weights_path):
@@ -76,17 +77,24 @@ class MaskSet:
         raise InputError(f"{what}: masks were made for another model ({'; '.join(diffs[:5]) or 'order differs'})")
 
 
+def _fixed(text):
+    return np.bytes_(text.encode("utf-8"))
+
+
 def save_masks(path, maskset):
     """Write ``maskset`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs["format"] = FORMAT
+        # Text goes in fixed-length strings, not variable-length ones: those
+        # live in HDF5's global heap, and a damaged heap makes the HDF5
+        # library loop forever on read. 'latest' allows attributes over 64 KB.
+        with h5py.File(tmp, "w", libver="latest") as h5:
+            h5.attrs["format"] = _fixed(FORMAT)
             h5.attrs["format_version"] = FORMAT_VERSION
-            h5.attrs["fingerprint"] = maskset.fingerprint
-            h5.attrs["structure"] = json.dumps(maskset.structure)
-            h5.attrs["caffedsd_version"] = __version__
+            h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
+            h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
+            h5.attrs["caffedsd_version"] = _fixed(__version__)
             for key, value in maskset.meta.items():
-                h5.attrs[key] = json.dumps(value)
+                h5.attrs[key] = _fixed(json.dumps(value))
             group = h5.create_group("masks")
             for owner, mask in maskset.masks.items():
                 mask = np.asarray(mask, dtype=bool)
@@ -94,9 +102,92 @@ def save_masks(path, maskset):
                 ds = group.create_dataset(quote(owner, safe=""), data=mask, chunks=True if mask.size else None,
                                           compression="gzip" if mask.size else None,
                                           compression_opts=1 if mask.size else None)
-                ds.attrs["layer"] = owner
+                ds.attrs["layer"] = _fixed(owner)
                 ds.attrs["blob"] = 0
-                ds.attrs["shared_by"] = json.dumps(list(maskset.shared_by[owner]))
+                ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))
+
+
+def _text(path, value, what):
+    """An HDF5 attribute that must be text (h5py gives str or bytes)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: {what} is not UTF-8 text") from None
+    if not isinstance(value, str):
+        raise InputError(f"{path}: {what} is not text")
+    return value
+
+
+def _attr(path, obj, key, default=None):
+    """Attribute ``key`` of an HDF5 object, or ``default`` when absent. Its
+    shape and storage are checked first: a damaged file can declare an
+    attribute of any size, and reading that would run for ages."""
+    if key not in obj.attrs:
+        return default
+    aid = obj.attrs.get_id(key)
+    if aid.shape not in ((), (1,)) or aid.get_storage_size() > _MAX_ATTR_BYTES:
+        raise InputError(f"{path}: attribute {key!r} of {obj.name} is not a single value")
+    return obj.attrs[key]
+
+
+def _json(path, value, what):
+    try:
+        return json.loads(_text(path, value, what))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: {what} is not valid JSON ({exc.msg})") from None
+
+
+def _is_name_list(value):
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _checked_structure(path, structure):
+    """[[name, type, [[dims of each blob]]]] or InputError."""
+    ok = isinstance(structure, list) and all(
+        isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[1], str)
+        and isinstance(row[2], list) and all(
+            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                            for d in shape) for shape in row[2])
+        for row in structure)
+    if not ok:
+        raise InputError(f"{path}: the stored model structure is malformed")
+    return structure
+
+
+def _read_masks(path, h5):
+    if _text(path, _attr(path, h5, "format", ""), "attribute 'format'") != FORMAT:
+        raise InputError(f"{path}: not a caffedsd masks file")
+    version = _attr(path, h5, "format_version", 0)
+    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+        raise InputError(f"{path}: attribute 'format_version' is not a whole number")
+    if int(version) > FORMAT_VERSION:
+        raise InputError(f"{path}: masks format {int(version)} is newer than this caffedsd reads")
+    if "structure" not in h5.attrs or "fingerprint" not in h5.attrs:
+        raise InputError(f"{path}: no model structure or fingerprint stored: not a complete masks file")
+    structure = _checked_structure(path, _json(path, _attr(path, h5, "structure"), "attribute 'structure'"))
+    stored_fingerprint = _text(path, _attr(path, h5, "fingerprint"), "attribute 'fingerprint'")
+    meta = {key: _json(path, _attr(path, h5, key), f"attribute {key!r}") for key in h5.attrs
+            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
+    group = h5.get("masks")
+    if not isinstance(group, h5py.Group):
+        raise InputError(f"{path}: no 'masks' group")
+    shapes = {name: shapes[0] for name, _, shapes in structure if shapes}
+    masks, shared_by = {}, {}
+    for key in group:
+        ds = group.get(key)
+        if not isinstance(ds, h5py.Dataset):
+            raise InputError(f"{path}: masks/{key} is not a dataset")
+        owner = _text(path, _attr(path, ds, "layer"), f"masks/{key} attribute 'layer'")
+        sharing = _json(path, _attr(path, ds, "shared_by", b"[]"), f"masks/{key} attribute 'shared_by'")
+        if owner not in shapes or not _is_name_list(sharing) or any(n not in shapes for n in sharing):
+            raise InputError(f"{path}: masks/{key} names a layer its stored model does not have")
+        if ds.dtype.kind not in "biuf" or tuple(ds.shape) != tuple(shapes[owner]):
+            raise InputError(f"{path}: mask of {owner!r} is {ds.dtype} {list(ds.shape)}, "
+                             f"not a boolean {shapes[owner]}")
+        masks[owner] = np.asarray(ds[()], dtype=bool)
+        shared_by[owner] = tuple(sharing)
+    return MaskSet(masks, shared_by, structure, meta), stored_fingerprint
 
 
 def load_masks(path):
@@ -106,25 +197,13 @@ def load_masks(path):
         raise InputError(f"{path}: no such masks file")
     try:
         with h5py.File(path, "r") as h5:
-            if h5.attrs.get("format") != FORMAT:
-                raise InputError(f"{path}: not a caffedsd masks file")
-            version = int(h5.attrs.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise InputError(f"{path}: masks format {version} is newer than this caffedsd reads")
-            structure = json.loads(h5.attrs["structure"])
-            stored_fingerprint = str(h5.attrs["fingerprint"])
-            meta = {key: json.loads(h5.attrs[key]) for key in h5.attrs
-                    if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
-            masks, shared_by = {}, {}
-            for ds in h5["masks"].values():
-                owner = str(ds.attrs["layer"])
-                masks[owner] = np.asarray(ds[()], dtype=bool)
-                shared_by[owner] = tuple(json.loads(ds.attrs["shared_by"]))
-    except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{path}: not a readable masks file ({exc})") from None
-    maskset = MaskSet(masks, shared_by, structure, meta)
+            maskset, stored_fingerprint = _read_masks(path, h5)
+    except InputError:
+        raise
+    # h5py reports damaged files through all of these, depending on where
+    # the damage lies (superblock, object headers, B-trees, filters).
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable masks file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if stored_fingerprint != maskset.fingerprint:
         raise InputError(f"{path}: fingerprint does not match the stored structure (file edited?)")
     return maskset

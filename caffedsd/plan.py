@@ -10,6 +10,9 @@ become one. Plan file (YAML)::
       conv1: 0.3
       "fire*/expand3x3": 0.7
 
+A plan written by ``caffedsd plan --verify`` also carries ``verified:``,
+what was measured on the whole pruned net (metric, measured_drop, ...).
+
 For keepmax and random the amount is a sparsity in [0, 1); for std it is the
 multiplier s of |w| < s * std(w). When several rules match a layer the last
 one wins, so broad rules go first and exceptions after them. Each rule must
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from .masks import get_criterion
 from .yamlio import dump_yaml, parse_yaml
 
-_KEYS = {"criterion", "sparsity", "layers"}
+_KEYS = {"criterion", "sparsity", "layers", "verified"}
 
 
 class PlanError(ValueError):
@@ -54,9 +57,17 @@ class SparsityPlan:
     criterion: str = "keepmax"
     sparsity: float = None  # the default for layers no rule matches; None: leave them
     rules: tuple = field(default_factory=tuple)
+    # What `plan --verify` measured on the whole pruned net (planner.py);
+    # None for a plan nobody measured.
+    verified: dict = None
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(self.rules))
+        if self.verified is not None:
+            drop = self.verified.get("measured_drop") if isinstance(self.verified, dict) else None
+            if isinstance(drop, bool) or not isinstance(drop, (int, float)):
+                raise PlanError("verified: expected a mapping with a numeric measured_drop "
+                                "(as `caffedsd plan --verify` writes it)")
         try:
             crit = get_criterion(self.criterion)
         except ValueError as exc:
@@ -98,6 +109,8 @@ class SparsityPlan:
             out["sparsity"] = self.sparsity
         if self.rules:
             out["layers"] = {r.pattern: r.amount for r in self.rules}
+        if self.verified is not None:
+            out["verified"] = dict(self.verified)
         return out
 
     @classmethod
@@ -113,7 +126,7 @@ class SparsityPlan:
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")
         try:
             return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),
-                       rules=tuple(Rule(str(k), v) for k, v in layers.items()))
+                       rules=tuple(Rule(str(k), v) for k, v in layers.items()), verified=data.get("verified"))
         except PlanError as exc:
             raise PlanError(f"{where}: {exc}") from None
 
@@ -134,7 +147,7 @@ def load_plan(path):
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"{path}: no such plan file")
-    return SparsityPlan.from_yaml(path.read_text(), where=str(path))
+    return SparsityPlan.from_yaml(path.read_bytes(), where=str(path))
 
 
 def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):

@@ -12,9 +12,14 @@ loss units for a loss. Drops of layers are predicted to add up.
   of (weights pruned, drop): repeatedly take the step that costs the least
   drop per pruned weight. Exact when the curves are convex; otherwise a
   good, not always optimal, choice.
+- ``back_off``: the closed loop of ``plan --verify``. Measure the whole
+  pruned net; while its drop exceeds the budget, step the layer that costs
+  most per unit of its sparsity (predicted drop / sparsity) down to its next
+  lower measured sparsity, and measure again.
 """
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
 
 from .plan import Rule, SparsityPlan
 
@@ -121,26 +126,115 @@ def by_target(curve_data, prunable_params, target, max_drop=None):
     return choices
 
 
+def _step_down(choice, points):
+    """``choice`` moved to the next lower measured sparsity of its curve (or 0)."""
+    lower = [(s, d) for s, d in points if s < choice.sparsity]
+    sparsity, cost = max(lower, default=(0.0, 0.0))
+    return Choice(choice.layer, choice.params, sparsity, cost)
+
+
+def back_off(choices, curve_data, measure, max_total_drop):
+    """Step sparsity down until ``measure(choices)`` (the whole net's drop)
+    is within ``max_total_drop``. Returns (choices, measured drop, history),
+    history being [(choices, measured drop)] in the order measured. It stops
+    when within the budget or when nothing is left to prune."""
+    if max_total_drop < 0:
+        raise PlanningError(f"--max-total-drop {max_total_drop:g}: must be 0 or more")
+    choices = list(choices)
+    history = []
+    while True:
+        pruning = [c for c in choices if c.sparsity > 0]
+        measured = measure(choices)
+        history.append((list(choices), measured))
+        if measured <= max_total_drop or not pruning:
+            return choices, measured, history
+        worst = max(pruning, key=lambda c: c.drop / c.sparsity)
+        index = choices.index(worst)
+        choices[index] = _step_down(worst, curve_data[worst.layer][1])
+
+
+class WholeNet:
+    """The scan's net on the TEST phase (the scan's own N batches, or
+    ``iterations``): ``drop(choices)`` prunes every chosen layer at once,
+    measures, and puts the weights back."""
+
+    def __init__(self, data, metric, model=None, weights=None, iterations=None, gpu=None):
+        from .caffemodel import read_caffemodel
+        from .errors import InputError
+        from .sensitivity import Evaluator
+
+        model = Path(model or data["model"])
+        weights = Path(weights or data["weights"])
+        for what, path in (("net", model), ("weights", weights)):
+            if not path.is_file():
+                raise InputError(f"{path}: the scan's {what} is not there (give --model/--weights)")
+        if read_caffemodel(weights).sha256() != data["weights_sha256"]:
+            raise InputError(f"{weights}: not the weights the scan measured (their sha256 differs)")
+        if iterations is not None and iterations < 1:
+            raise InputError(f"--iterations {iterations}: must be 1 or more")
+        self.metric, self.criterion, self.seed = metric, data["criterion"], data.get("seed", 0)
+        self.model, self.weights = model, weights
+        self.iterations = iterations or data["iterations"]
+        self.evaluator = Evaluator(model, weights, self.iterations, gpu)
+        self.baseline = self.evaluator.run()
+        if metric not in self.baseline:
+            raise InputError(f"{model}: has no TEST output {metric!r}")
+        self.measured = []
+
+    def drop(self, choices):
+        import numpy as np
+
+        from .masks import apply_mask, compute_mask, layer_rng
+
+        originals = {}
+        try:
+            for c in choices:
+                if c.sparsity > 0:
+                    blob = self.evaluator.weights(c.layer)
+                    originals[c.layer] = blob.copy()
+                    mask = compute_mask(originals[c.layer], self.criterion, c.sparsity,
+                                        rng=layer_rng(self.seed, c.layer))
+                    blob[...] = apply_mask(originals[c.layer], np.asarray(mask))
+            metrics = self.evaluator.run()
+        finally:
+            for layer, original in originals.items():
+                self.evaluator.weights(layer)[...] = original
+        self.measured.append(metrics)
+        return drop(self.metric, self.baseline[self.metric], metrics[self.metric])
+
+
 def _literal(name):
     """A glob that matches exactly ``name`` (plan rules are globs)."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def to_plan(choices, criterion):
-    return SparsityPlan(criterion=criterion, rules=tuple(Rule(_literal(c.layer), c.sparsity) for c in choices))
+def to_plan(choices, criterion, verified=None):
+    return SparsityPlan(criterion=criterion, rules=tuple(Rule(_literal(c.layer), c.sparsity) for c in choices),
+                        verified=verified)
 
 
-def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None, weights=None, force=False):
-    """Read a scan, choose, write the plan YAML atomically; returns the choice."""
+def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None, weights=None, force=False,
+              verify=False, max_total_drop=None, iterations=None, model=None, gpu=None):
+    """Read a scan, choose, write the plan YAML atomically; returns the choice.
+
+    With ``verify``, the whole pruned net is measured on the scan's net and
+    weights, and with ``max_total_drop`` backed off until it is within it;
+    the measured drop goes into the plan's ``verified``."""
     from .atomic import atomic_open, check_output
     from .errors import InputError
     from .report import primary_metric
     from .sensitivity import load_sensitivity
 
     data = load_sensitivity(sensitivity_path, weights)
-    check_output(output, inputs=[sensitivity_path, weights], force=force)
+    check_output(output, inputs=[sensitivity_path, weights, model], force=force)
+    if max_total_drop is not None and not verify:
+        raise InputError("--max-total-drop needs --verify (it is a measured budget)")
+    if iterations is not None and not verify:
+        raise InputError("--iterations needs --verify")
     if max_drop is None and target is None:
-        raise InputError("give --max-drop, --target-sparsity, or both")
+        if max_total_drop is None:
+            raise InputError("give --max-drop, --target-sparsity, --max-total-drop (with --verify), or some of them")
+        max_drop = max_total_drop  # no layer alone may cost more than the whole net may
     metric = metric or primary_metric(data["metrics"])
     try:
         curve_data = curves(data, metric)
@@ -148,15 +242,38 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
             choices = by_max_drop(curve_data, max_drop)
         else:
             choices = by_target(curve_data, data["prunable_params"], target, max_drop)
+        if max_total_drop is not None and max_total_drop < 0:
+            raise PlanningError(f"--max-total-drop {max_total_drop:g}: must be 0 or more")
     except PlanningError as exc:
         raise InputError(f"{sensitivity_path}: {exc}") from None
+    start_overall = overall_sparsity(choices, data["prunable_params"])
+    start_drop = sum(c.drop for c in choices)
+    measured, history, verified, net = None, [], None, None
+    if verify:
+        net = WholeNet(data, metric, model=model, weights=weights, iterations=iterations, gpu=gpu)
+        budget_total = float("inf") if max_total_drop is None else max_total_drop
+        choices, measured, history = back_off(choices, curve_data, net.drop, budget_total)
+        verified = {"metric": metric, "baseline": net.baseline[metric],
+                    "measured": net.measured[-1][metric],
+                    "measured_drop": measured, "predicted_drop": sum(c.drop for c in choices),
+                    "max_total_drop": max_total_drop, "iterations": net.iterations,
+                    "weights_sha256": data["weights_sha256"], "measurements": len(history)}
+        if max_total_drop is not None and measured > max_total_drop:
+            raise InputError(f"{sensitivity_path}: the whole net cannot be brought within --max-total-drop")
     overall = overall_sparsity(choices, data["prunable_params"])
     unit = "loss" if is_loss(metric) else "points"
     total_drop = sum(c.drop for c in choices)
-    budget = ", ".join(f"{k} {v:g}" for k, v in (("max-drop", max_drop), ("target-sparsity", target)) if v is not None)
+    budget = ", ".join(f"{k} {v:g}" for k, v in (("max-drop", max_drop), ("target-sparsity", target),
+                                                  ("max-total-drop", max_total_drop)) if v is not None)
     header = (f"# caffedsd plan from {sensitivity_path} ({budget}; metric {metric})\n"
               f"# predicted overall sparsity {overall:.4f}, predicted drop {total_drop:.4g} {unit}\n")
+    if verify:
+        header += (f"# measured drop of the whole pruned net {measured:.4g} {unit} "
+                   f"({len(history)} measurement(s), {net.iterations} TEST iterations each)\n")
     with atomic_open(output, "w") as handle:
-        handle.write(header + to_plan(choices, data["criterion"]).to_yaml())
+        handle.write(header + to_plan(choices, data["criterion"], verified).to_yaml())
     return {"choices": choices, "overall": overall, "prunable": data["prunable_params"], "metric": metric,
-            "unit": unit, "drop": total_drop}
+            "unit": unit, "drop": total_drop, "measured_drop": measured, "verified": verified,
+            "start": {"overall": start_overall, "drop": start_drop},
+            "history": [{"overall": overall_sparsity(c, data["prunable_params"]),
+                         "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history]}

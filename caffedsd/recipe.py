@@ -11,7 +11,8 @@ A recipe file (YAML)::
       - prune:  {sparsity: 0.5, layers: {ip1: 0.9}}      # a plan inline (plan.py) ...
       - sparse: {iterations: 500}
       - dense:  {iterations: 500, lr_scale: 0.1}         # re-dense at 1/10 the lr
-      - prune:  {plan: plan.yaml}                        # ... or from a plan file
+      - prune:  {plan: plan.yaml, require_verified: true}  # ... or a plan file, here one
+                                                         # `caffedsd plan --verify` measured
       - sparse: {iterations: 500, lr_scale: 0.1}
       - dense:  {iterations: 500, lr_scale: 0.01}        # second cycle: lr / 10 again
 
@@ -82,22 +83,37 @@ class SparseStage(DenseStage):
 @dataclass(frozen=True)
 class PruneStage:
     plan: SparsityPlan
+    # A plan whose whole-net drop `caffedsd plan --verify` measured.
+    require_verified: bool = False
+    where: str = field(default="prune stage", compare=False)
     kind = "prune"
+
+    def __post_init__(self):
+        if not isinstance(self.require_verified, bool):
+            raise RecipeError(f"{self.where}: require_verified {self.require_verified!r} must be true or false")
+        if self.require_verified and self.plan.verified is None:
+            raise RecipeError(f"{self.where}: require_verified, but the plan was not verified "
+                              "(make it with `caffedsd plan --verify`)")
 
     @classmethod
     def from_dict(cls, data, where):
         if not isinstance(data, dict):
             raise RecipeError(f"{where}: expected a mapping")
+        data = dict(data)
+        require = data.pop("require_verified", False)
         try:
             if "plan" in data:
                 _only(data, {"plan"}, where)
-                return cls(load_plan(data["plan"]))
-            return cls(SparsityPlan.from_dict(data, where=where))
+                return cls(load_plan(data["plan"]), require, where)
+            return cls(SparsityPlan.from_dict(data, where=where), require, where)
         except PlanError as exc:
             raise RecipeError(str(exc)) from None
 
     def to_dict(self):
-        return self.plan.to_dict()
+        out = self.plan.to_dict()
+        if self.require_verified:
+            out["require_verified"] = True
+        return out
 
 
 STAGES = {"dense": DenseStage, "sparse": SparseStage, "prune": PruneStage}
@@ -178,5 +194,5 @@ def load_recipe(path):
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
-    data = parse_yaml(path.read_text(), str(path), RecipeError)
+    data = parse_yaml(path.read_bytes(), str(path), RecipeError)
     return Recipe.from_dict(data, where=str(path))

@@ -243,7 +243,8 @@ def write_sensitivity_plot(path, data):
 # -- low-rank decomposition ------------------------------------------------------------
 
 def decomposition_rows(rows):
-    body = [[r.layer, r.type, f"{r.rank}/{r.max_rank}", r.params_before, r.params_after, r.macs_before,
+    body = [[r.layer, r.type, f"{r.rank}/{r.max_rank}" + (f" x{r.groups} groups" if r.groups > 1 else ""),
+             r.params_before, r.params_after, r.macs_before,
              r.macs_after, f"{r.discarded_energy:.4g}"] for r in rows]
     totals = [sum(getattr(r, f) for r in rows) for f in ("params_before", "params_after", "macs_before", "macs_after")]
     body.append(["total", "", "", *totals, ""])
@@ -256,7 +257,11 @@ def decomposition_table(rows):
     return format_table(header, body, "lllrrrrr")
 
 
-def decomposition_markdown(rows, weights):
+def skipped_lines(skipped):
+    return [f"{s.layer} ({s.type}): {s.reason}" for s in skipped]
+
+
+def decomposition_markdown(rows, weights, skipped=()):
     header, body = decomposition_rows(rows)
     lines = [f"# Low-rank decomposition of {weights}", "",
              "Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
@@ -264,9 +269,105 @@ def decomposition_markdown(rows, weights):
              "squared singular values left out (the squared Frobenius error of the weights).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    if skipped:
+        lines += ["", "## Left as they are", "",
+                  "A split is made only where it has fewer weights and fewer multiply-adds than the layer "
+                  "(or where --rank asks for it).", ""]
+        lines += [f"- {line}" for line in skipped_lines(skipped)]
     return "\n".join(lines) + "\n"
 
 
+def plan_table(result):
+    """The chosen sparsity and predicted drop of each layer (``planner.make_plan``)."""
+    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result["choices"]]
+    return format_table(["layer", "weights", "sparsity", f"predicted drop ({result['unit']})"], body, "lrrr")
+
+
+def plan_summary(result):
+    """Overall sparsity, predicted drop and, for a verified plan, the measured
+    drop and the back-off steps that led to it."""
+    unit, metric = result["unit"], result["metric"]
+    lines = [f"predicted overall sparsity {result['overall']:.4f} of {result['prunable']} prunable weights; "
+             f"predicted total drop {result['drop']:.4g} {unit} of {metric}"]
+    if result.get("verified"):
+        history = result["history"]
+        if len(history) > 1:
+            steps = "; ".join(f"{h['overall']:.4f}: predicted {h['predicted_drop']:.4g}, measured "
+                              f"{h['measured_drop']:.4g}" for h in history)
+            lines.append(f"backed off in {len(history) - 1} step(s) (overall sparsity: drops) {steps}")
+        verified = result["verified"]
+        budget = "" if verified["max_total_drop"] is None else f" (budget {verified['max_total_drop']:g})"
+        lines.append(f"measured drop of the whole pruned net {result['measured_drop']:.4g} {unit}{budget}: "
+                     f"{metric} {verified['baseline']:.4f} -> {verified['measured']:.4f} "
+                     f"over {verified['iterations']} TEST iterations")
+    return "\n".join(lines)
+
+
+# -- experiments ----------------------------------------------------------------------------
+
+def plot_paired_differences(path, groups):
+    """One row per comparison: each seed's paired difference (points) as a dot,
+    the mean with its confidence interval as a bar. ``groups``: dicts with
+    net, regime, comparison, per_seed {seed: difference}, mean, half_width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from .atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(groups) + 1.4))
+    labels = []
+    for row, group in enumerate(groups):
+        y = len(groups) - 1 - row
+        values = [100 * v for v in group["per_seed"].values()]
+        ax.plot(values, [y] * len(values), "o", color="tab:blue", alpha=0.7, ms=5)
+        for seed, value in group["per_seed"].items():
+            ax.annotate(str(seed), (100 * value, y), textcoords="offset points", xytext=(0, 5), ha="center",
+                        fontsize=6, color="tab:blue")
+        if group.get("half_width") is not None:
+            ax.errorbar(100 * group["mean"], y - 0.25, xerr=100 * group["half_width"], fmt="s", color="black",
+                        ms=4, capsize=3)
+        labels.append(f"{group['net']} {group['regime']}: {group['comparison']} (n={len(values)})")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(groups)))
+    ax.set_yticklabels(list(reversed(labels)), fontsize=8)
+    ax.set_ylim(-0.8, len(groups) - 0.4)
+    ax.set_xlabel("paired difference of final test accuracy (points)\ndots: one per seed (labelled); square: mean ± 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_panels(path, panels):
+    """Line plots side by side, two per row. ``panels``: dicts with title,
+    xlabel, ylabel and series [{label, x, y}]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from .atomic import atomic_path
+
+    rows = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for series in panel["series"]:
+            ax.plot(series["x"], series["y"], marker=".", label=series["label"])
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(panel["ylabel"])
+        ax.grid(alpha=0.3)
+        if len(panel["series"]) > 1:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 def compression_table(rows, container=0):
     """Deep Compression sizes per layer and stage, like the paper's Table 2:
     kept weights, weight and index bits per kept weight before and after

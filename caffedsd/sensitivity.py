@@ -17,6 +17,7 @@ each with its own Net, over disjoint sets of layers.
 """
 import json
 import multiprocessing
+import math
 import os
 import queue as queue_module
 import time
@@ -260,7 +261,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         raise InputError(f"--iterations {iterations}: must be 1 or more")
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: must be 1 or more")
-    config = ScanConfig(str(model_path), str(weights_path), model.sha256(),
+    # Absolute paths: `plan --verify` rebuilds this net from another folder.
+    config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed)
     folder = ScanFolder(out_dir)
@@ -358,6 +360,29 @@ def _write_outputs(folder, data):
     report.write_sensitivity_plot(folder / "sensitivity.png", data)
 
 
+def _check_scan(path, data):
+    """InputError unless ``data`` has every field the planner reads, typed."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def metrics_ok(m):
+        return isinstance(m, dict) and all(number(m.get(k)) for k in metrics)
+
+    metrics = data.get("metrics")
+    ok = (isinstance(metrics, list) and metrics and all(isinstance(m, str) for m in metrics)
+          and metrics_ok(data.get("baseline")) and isinstance(data.get("criterion"), str)
+          and isinstance(data.get("fingerprint"), str) and isinstance(data.get("prunable_params"), int)
+          and isinstance(data.get("layers"), list))
+    for layer in data.get("layers") if ok else ():
+        ok = ok and isinstance(layer, dict) and isinstance(layer.get("layer"), str) \
+            and isinstance(layer.get("params"), int) and not isinstance(layer.get("params"), bool) \
+            and isinstance(layer.get("points"), list) and all(
+                isinstance(p, dict) and number(p.get("sparsity")) and metrics_ok(p.get("metrics"))
+                for p in layer["points"])
+    if not ok:
+        raise InputError(f"{path}: a sensitivity file with missing or malformed fields (edited or damaged?)")
+
+
 def load_sensitivity(path, weights=None):
     """A sensitivity.json; with ``weights``, it must be of that model."""
     path = Path(path)
@@ -371,6 +396,7 @@ def load_sensitivity(path, weights=None):
         raise InputError(f"{path}: not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"{path}: not a caffedsd sensitivity file")
+    _check_scan(path, data)
     if weights is not None:
         model = read_caffemodel(weights)
         if structure_fingerprint(model.structure()) != data["fingerprint"]:

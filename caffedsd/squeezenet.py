@@ -1,10 +1,15 @@
 """SqueezeNet net definitions, built as protobuf messages.
 
-With default settings ``SqueezeNetSpec()`` is SqueezeNet v1.0 exactly as in
-the public model-zoo files (layer names conv1, fire2/squeeze1x1,
-fire2/expand1x1, fire2/expand3x3, ..., conv10; the same blob shapes), so
-squeezenet_v1.0.caffemodel loads into the generated deploy net. v1.1 has the
-3x3/64 conv1 and earlier pooling of the v1.1 release.
+With default settings ``SqueezeNetSpec()`` writes SqueezeNet v1.0 exactly as
+released (forresti/SqueezeNet): train_val, deploy and solver equal, as parsed
+messages, to the release's files; ``version="1.1"`` likewise for v1.1. The
+release's quirks are kept: no ``param`` specs (biases learn at the base rate,
+with weight decay), no mirroring, no net name, v1.0's deploy uses the old
+``input``/``input_shape`` fields, v1.1 leaves loss and accuracy in both
+phases, and the solver's paths are relative (run ``caffe train`` from inside
+the folder). caffedsd's extras are options: ``bias_lr2`` (BVLC's
+``lr_mult 1/2, decay_mult 1/0`` specs), ``mirror``, ``split_phases`` (loss in
+TRAIN, accuracies in TEST, for v1.1) and ``solver_mode="cpu"``.
 
 Design space (SqueezeNet paper, section 5), for Fire module i = 0..7:
   e_i        = base_e + incr_e * floor(i / freq)   expand filters
@@ -20,6 +25,7 @@ xavier filler shrinks the signal through the ReLUs of this deep plain net
 (at 28x28 on Fashion-MNIST it never left the uniform output); ``msra``
 (He) initialization, for every convolution, trains it.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -67,6 +73,10 @@ class SqueezeNetSpec:
     test_source: str = "examples/imagenet/ilsvrc12_val_lmdb"
     train_batch: int = 32
     test_batch: int = 25
+    bias_lr2: bool = False
+    mirror: bool = False
+    split_phases: bool = False
+    solver_mode: str = "gpu"
 
     def __post_init__(self):
         for name, value, choices in (("version", self.version, VERSIONS), ("bypass", self.bypass, BYPASSES),
@@ -74,6 +84,8 @@ class SqueezeNetSpec:
                                      ("weight-filler", self.weight_filler, FILLERS)):
             if value not in choices:
                 raise SqueezeNetError(f"--{name} {value!r}: must be one of {', '.join(choices)}")
+        if self.solver_mode not in ("gpu", "cpu"):
+            raise SqueezeNetError(f"--solver-mode {self.solver_mode!r}: must be one of gpu, cpu")
         for name in ("sr", "pct3x3"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value <= 1):
@@ -173,41 +185,54 @@ class SqueezeNetSpec:
     # -- the prototxts ---------------------------------------------------------
     def net(self, phase="train_val"):
         """NetParameter for "train_val" or "deploy"."""
-        net = NetParameter(name=self.name())
-        if phase == "deploy":
+        net = NetParameter()
+        deploy = phase == "deploy"
+        shape = [10, self.channels, self.input_size, self.input_size]
+        if deploy and self.version == "1.0":
+            net.input.append("data")  # the v1.0 release's deploy uses the old fields
+            net.input_shape.add(dim=shape)
+        elif deploy:
             layer = net.layer.add(name="data", type="Input", top=["data"])
-            layer.input_param.shape.add(dim=[10, self.channels, self.input_size, self.input_size])
+            layer.input_param.shape.add(dim=shape)
         else:
             self._data_layers(net)
         filters, kernel, stride, pad = self.conv1()
-        filler = (self.weight_filler, None)
-        top = _conv(net, "conv1", "data", filters, kernel, stride=stride, pad=pad, filler=filler)
+        # Fillers only where Caffe fills: deploy nets get their weights from a file.
+        filler = None if deploy else (self.weight_filler, None)
+        conv = functools.partial(_conv, net, bias_lr2=self.bias_lr2)
+        top = conv("conv1", "data", filters, kernel, stride=stride, pad=pad, filler=filler)
         top = _pool(net, "pool1", top)
         for fire, (kind, _) in zip(self.fires(), self._bypasses()):
             fire_in = top
-            top = _fire(net, fire, fire_in, filler)
+            top = _fire(conv, net, fire, fire_in, filler)
             if kind is not None:
-                top = _bypass(net, fire, fire_in, top, kind, filler)
+                top = _bypass(conv, net, fire, fire_in, top, kind, filler)
             if fire.name in self.pool_after():
                 top = _pool(net, f"pool{fire.name[4:]}", top)
         drop = net.layer.add(name="drop9", type="Dropout", bottom=[top], top=[top])
         drop.dropout_param.dropout_ratio = 0.5
-        conv10 = _conv(net, "conv10", top, self.num_classes, 1, pad=1 if self.version == "1.0" else 0,
-                       filler=("gaussian", 0.01) if self.weight_filler == "xavier" else filler)
+        conv10_filler = None if deploy else ("gaussian", 0.01) if self.weight_filler == "xavier" else filler
+        conv10 = conv("conv10", top, self.num_classes, 1, pad=1 if self.version == "1.0" else 0,
+                      filler=conv10_filler)
         pool10 = net.layer.add(name="pool10", type="Pooling", bottom=[conv10], top=["pool10"])
         pool10.pooling_param.pool = pool10.pooling_param.AVE
         pool10.pooling_param.global_pooling = True
-        if phase == "deploy":
+        if deploy:
             net.layer.add(name="prob", type="Softmax", bottom=["pool10"], top=["prob"])
-        else:
-            loss = net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["pool10", "label"], top=["loss"])
-            loss.include.add(phase=0)  # as in the release: TEST reports accuracies only
-            for name, k in (("accuracy", 1), ("accuracy_top5", 5)):
-                if k < self.num_classes:
-                    acc = net.layer.add(name=name, type="Accuracy", bottom=["pool10", "label"], top=[name])
+            return net
+        # v1.0's release restricts loss to TRAIN and accuracies to TEST; v1.1's
+        # leaves them in both phases (its include lines are commented out).
+        split = self.version == "1.0" or self.split_phases
+        loss = net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["pool10", "label"], top=["loss"])
+        if split:
+            loss.include.add(phase=0)
+        for name, k in (("accuracy", 1), ("accuracy_top5", 5)):
+            if k < self.num_classes:
+                acc = net.layer.add(name=name, type="Accuracy", bottom=["pool10", "label"], top=[name])
+                if split:
                     acc.include.add(phase=1)
-                    if k > 1:
-                        acc.accuracy_param.top_k = k
+                if k > 1:
+                    acc.accuracy_param.top_k = k
         return net
 
     def name(self):
@@ -224,7 +249,8 @@ class SqueezeNetSpec:
             else:
                 layer = net.layer.add(name="data", type="Data", top=["data", "label"])
                 layer.transform_param.crop_size = self.input_size
-                layer.transform_param.mirror = phase == 0
+                if self.mirror and phase == 0:
+                    layer.transform_param.mirror = True
                 if self.channels == 3:
                     layer.transform_param.mean_value.extend([104, 117, 123])
                 layer.data_param.source = source
@@ -232,16 +258,20 @@ class SqueezeNetSpec:
                 layer.data_param.backend = layer.data_param.LMDB
             layer.include.add(phase=phase)
 
-    def solver(self, net_path="train_val.prototxt", snapshot_prefix="squeezenet"):
-        """The v1.0 release's training settings (poly lr from 0.04)."""
+    def solver(self, net_path="train_val.prototxt", snapshot_prefix="train"):
+        """The release's training settings (poly lr from 0.04; the same for
+        v1.0 and v1.1), paths relative to the folder it lies in."""
+        mode = SolverParameter.GPU if self.solver_mode == "gpu" else SolverParameter.CPU
         return SolverParameter(net=net_path, test_iter=[2000], test_interval=1000, base_lr=0.04,
                                display=40, max_iter=170000, iter_size=16, lr_policy="poly", power=1.0,
                                momentum=0.9, weight_decay=0.0002, snapshot=1000,
                                snapshot_prefix=snapshot_prefix, test_initialization=False, random_seed=42,
-                               solver_mode=SolverParameter.CPU)
+                               solver_mode=mode, average_loss=40)
 
 
 def _filler(param, filler):
+    if filler is None:
+        return
     kind, std = filler
     param.weight_filler.type = kind
     if kind == "gaussian":
@@ -249,20 +279,20 @@ def _filler(param, filler):
         param.weight_filler.std = std
 
 
-def _conv(net, name, bottom, filters, kernel, stride=1, pad=0, filler=("xavier", None), relu=True):
+def _conv(net, name, bottom, filters, kernel, stride=1, pad=0, filler=("xavier", None), relu=True,
+          bias_lr2=False):
     layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
-    layer.param.add(lr_mult=1, decay_mult=1)
-    layer.param.add(lr_mult=2, decay_mult=0)
+    if bias_lr2:
+        layer.param.add(lr_mult=1, decay_mult=1)
+        layer.param.add(lr_mult=2, decay_mult=0)
     conv = layer.convolution_param
     conv.num_output = filters
+    if pad:
+        conv.pad.append(pad)
     conv.kernel_size.append(kernel)
     if stride != 1:
         conv.stride.append(stride)
-    if pad:
-        conv.pad.append(pad)
     _filler(conv, filler)
-    conv.bias_filler.type = "constant"
-    conv.bias_filler.value = 0
     if relu:
         parent, _, leaf = name.rpartition("/")
         relu_name = f"{parent}/relu_{leaf}" if parent else f"relu_{name}"
@@ -278,17 +308,17 @@ def _pool(net, name, bottom):
     return name
 
 
-def _fire(net, fire, bottom, filler):
-    squeeze = _conv(net, f"{fire.name}/squeeze1x1", bottom, fire.squeeze, 1, filler=filler)
-    e1 = _conv(net, f"{fire.name}/expand1x1", squeeze, fire.expand1x1, 1, filler=filler)
-    e3 = _conv(net, f"{fire.name}/expand3x3", squeeze, fire.expand3x3, 3, pad=1, filler=filler)
+def _fire(conv, net, fire, bottom, filler):
+    squeeze = conv(f"{fire.name}/squeeze1x1", bottom, fire.squeeze, 1, filler=filler)
+    e1 = conv(f"{fire.name}/expand1x1", squeeze, fire.expand1x1, 1, filler=filler)
+    e3 = conv(f"{fire.name}/expand3x3", squeeze, fire.expand3x3, 3, pad=1, filler=filler)
     net.layer.add(name=f"{fire.name}/concat", type="Concat", bottom=[e1, e3], top=[f"{fire.name}/concat"])
     return f"{fire.name}/concat"
 
 
-def _bypass(net, fire, fire_in, fire_out, kind, filler):
+def _bypass(conv, net, fire, fire_in, fire_out, kind, filler):
     if kind == "conv":
-        fire_in = _conv(net, f"{fire.name}/bypass1x1", fire_in, fire.out_channels, 1, relu=False, filler=filler)
+        fire_in = conv(f"{fire.name}/bypass1x1", fire_in, fire.out_channels, 1, relu=False, filler=filler)
     net.layer.add(name=f"{fire.name}/bypass", type="Eltwise", bottom=[fire_in, fire_out],
                   top=[f"{fire.name}/bypass"])
     return f"{fire.name}/bypass"
@@ -336,8 +366,9 @@ def write_squeezenet(spec, out_dir):
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # As released, the solver names its files relative to its own folder.
     files = {"train_val.prototxt": spec.net("train_val"), "deploy.prototxt": spec.net("deploy"),
-             "solver.prototxt": spec.solver(str(out_dir / "train_val.prototxt"), str(out_dir / "squeezenet"))}
+             "solver.prototxt": spec.solver()}
     for name, message in files.items():
         with atomic_open(out_dir / name, "w") as handle:
             handle.write(f"# {spec.name()}: generated by caffedsd squeezenet\n")

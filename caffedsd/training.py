@@ -1,8 +1,10 @@
 """Driving a user's Caffe solver through pycaffe: set-up checks, training
-iterations with an optional MaskEnforcer, TEST-phase evaluation, saving.
+iterations with solver hooks, TEST-phase evaluation, saving.
 
-The two phases of DSD after pruning are ``train_sparse`` (masks attached)
-and ``train_dense`` (masks off, lr scaled); ``dsd.run_recipe`` chains them.
+``run_phase`` is the one phase driver: every train-* command and every
+stage of ``dsd.run_recipe`` is a ``Phase`` it runs. The two phases of DSD
+after pruning are ``train_sparse`` (masks held) and ``train_dense`` (masks
+off, lr scaled).
 """
 import math
 import os
@@ -18,6 +20,7 @@ from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
+from .hooks import HookDispatcher
 from .masked_solver import MaskEnforcer
 from .netcheck import check_pair
 from .solverstate import clean_solverstate
@@ -136,14 +139,14 @@ def net_loss(net):
     return total
 
 
-def train(solver, iterations, enforcer=None, on_iteration=None):
+def train(solver, iterations, hooks=None, on_iteration=None):
     """Run ``iterations`` solver steps; returns the curve [{iter, loss, lr}].
 
     One step at a time, so the caller's ``on_iteration(row, iterations)``
-    sees each one. With an ``enforcer``, pruned weights are re-zeroed after
-    every iteration by its on_start hook (before the next forward) and once
-    more at the end; its gradient masking keeps them at 0.0 through each
-    update in between, Caffe's own snapshots included."""
+    sees each one. ``hooks`` is the solver's HookDispatcher (or None): its
+    hooks run inside each step (the masks re-zero pruned weights before each
+    forward and their gradients before each update, so Caffe's own snapshots
+    hold them at 0.0 too) and settle once more at the end."""
     curve = []
     for _ in range(iterations):
         lr = float(solver.lr)
@@ -152,8 +155,8 @@ def train(solver, iterations, enforcer=None, on_iteration=None):
         curve.append(row)
         if on_iteration is not None:
             on_iteration(row, iterations)
-    if enforcer is not None:
-        enforcer.zero_weights()
+    if hooks is not None:
+        hooks.settle()
     return curve
 
 
@@ -194,36 +197,88 @@ def save_net(solver, output, maskset=None):
     return masks_out
 
 
-def _phase(spec, output, weights=None, maskset=None, hooks=(), iterations=None, gpu=None, lr_scale=1.0,
-           solverstate=None, test_first=False, on_iteration=None):
-    """One training phase on a fresh solver: load weights, attach ``hooks``
-    (objects with attach(solver)/detach(), e.g. ForceRegularizer) and then
-    the masks, so the masks have the last word on pruned positions; train;
-    evaluate; save. Returns the result dict of the public train_* calls."""
-    iterations = spec.param.max_iter if iterations is None else iterations
-    _check_iterations(iterations)
-    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-        solver, param = open_solver(spec, work, gpu=gpu, lr_scale=lr_scale)
-        if weights is not None:
-            load_weights(solver, spec, weights)
-        attached = [hook.attach(solver) for hook in hooks]
-        if maskset is not None:
-            attached.append(MaskEnforcer(maskset.per_layer()).attach(solver, where=f"net of {spec.path}"))
-        enforcer = attached[-1] if maskset is not None else None
-        if solverstate is not None:
-            clean = Path(work) / ("clean" + "".join(Path(solverstate).suffixes))
-            clean_solverstate(solverstate, clean, solver.net, maskset.per_layer() if maskset else {})
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: a train-* command, or a stage of a DSD run.
+
+    ``output`` None saves nothing (a prune stage only evaluates the model it
+    was given). ``solverstate`` is a user's: cleaned at the masks, then
+    restored. ``test_iterations`` None: the solver's own test_iter."""
+
+    iterations: int
+    weights: object = None  # caffemodel path to start from
+    output: object = None  # caffemodel path to write (+ masks beside it)
+    maskset: object = None  # MaskSet held at exactly 0.0
+    hooks: tuple = ()  # further SolverHooks: force regularization, weight sharing
+    lr_scale: float = 1.0
+    solverstate: object = None
+    test_first: bool = False
+    test_iterations: object = None
+
+    def __post_init__(self):
+        _check_iterations(self.iterations)
+        object.__setattr__(self, "hooks", tuple(self.hooks))
+
+
+def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=None):
+    """Run ``phase`` on a fresh solver for ``spec`` (its prototxt written in
+    ``workdir``): load weights; add the phase's hooks and the masks to the
+    solver's one HookDispatcher; restore a checkpoint or a cleaned
+    solverstate; train; evaluate; save.
+
+    ``checkpoints`` (dsd's run folder) resumes from its latest snapshot,
+    which it makes every ``checkpoints.every`` iterations (Caffe's own
+    snapshots and test passes off). Returns {iterations, curve, test,
+    test_first, masks, base_lr}."""
+    options = {}
+    if checkpoints is not None:
+        options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0, periodic_tests=False)
+    solver, param = open_solver(spec, workdir, gpu=gpu, lr_scale=phase.lr_scale, **options)
+    dispatcher = HookDispatcher.for_solver(solver, gpu)
+    try:
+        if phase.weights is not None:
+            load_weights(solver, spec, phase.weights)
+        masks = phase.maskset.per_layer() if phase.maskset is not None else {}
+        hooks = list(phase.hooks)
+        if phase.maskset is not None:
+            hooks.append(MaskEnforcer(masks, where=f"net of {spec.path}"))
+        for hook in hooks:
+            try:
+                dispatcher.add(hook, solver)
+            except ValueError as exc:  # a setting that does not fit the net, e.g. a glob matching nothing
+                raise InputError(str(exc)) from None
+        latest = checkpoints.latest() if checkpoints is not None else None
+        curve, done = [], 0
+        if latest is not None:
+            solver.restore(latest["solverstate"])
+            curve, done = checkpoints.curve(latest), int(solver.iter)
+        elif phase.solverstate is not None:
+            clean = Path(workdir) / ("clean" + "".join(Path(phase.solverstate).suffixes))
+            clean_solverstate(phase.solverstate, clean, solver.net, masks)
             solver.restore(str(clean))
-            if enforcer is not None:
-                enforcer.zero_weights()
-        first = evaluate(solver, test_iterations(param)) if test_first else None
-        curve = train(solver, iterations, enforcer, on_iteration)
-        test = evaluate(solver, test_iterations(param))
-        masks_out = save_net(solver, output, maskset)
-        for hook in attached:
-            hook.detach()
-    return {"iterations": iterations, "curve": curve, "test": test, "test_first": first,
+        dispatcher.settle()
+        count = phase.test_iterations or test_iterations(param)
+        first = evaluate(solver, count) if phase.test_first else None
+        remaining = phase.iterations - done
+        every = (checkpoints.every if checkpoints is not None else None) or max(remaining, 1)
+        while remaining > 0:
+            chunk = min(every, remaining)
+            curve += train(solver, chunk, dispatcher, on_iteration)
+            remaining -= chunk
+            if remaining > 0:
+                checkpoints.save(solver, curve)
+        test = evaluate(solver, count)
+        masks_out = save_net(solver, phase.output, phase.maskset) if phase.output is not None else None
+    finally:
+        dispatcher.detach()
+    return {"iterations": phase.iterations, "curve": curve, "test": test, "test_first": first,
             "masks": str(masks_out) if masks_out else None, "base_lr": param.base_lr}
+
+
+def _phase(spec, phase, gpu, on_iteration):
+    """A train-* command's phase, in a throwaway folder."""
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 
 
 def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
@@ -234,8 +289,8 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
     inputs = [weights, masks or masks_path_for(weights), solverstate]
     check_output(output, inputs=inputs, force=force)
     check_output(masks_path_for(output), inputs=inputs, force=force)
-    return _phase(spec, output, weights, maskset, iterations=iterations, gpu=gpu, solverstate=solverstate,
-                  on_iteration=on_iteration)
+    phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate)
+    return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
@@ -244,8 +299,7 @@ def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
     check_output(output, inputs=[weights], force=force)
-    return _phase(spec, output, weights, iterations=iterations, gpu=gpu, lr_scale=lr_scale,
-                  on_iteration=on_iteration)
+    return _phase(spec, Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale), gpu, on_iteration)
 
 
 def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
@@ -257,9 +311,9 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     spec = read_solver(solver_path, allow_python_layers)
     check_output(output, inputs=[weights, masks], force=force_write)
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
-    regularizer = _ValidatedHook(ForceRegularizer(force, iter_size=max(1, spec.param.iter_size)))
-    return _phase(spec, output, weights, maskset, hooks=[regularizer], iterations=iterations, gpu=gpu,
-                  on_iteration=on_iteration)
+    regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
+    phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,))
+    return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_quantized(solver_path, weights, output, bits, masks=None, iterations=None, gpu=None, force=False,
@@ -283,26 +337,14 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
         data = layer.blobs[0].data
         kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
         clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
-    return _phase(spec, output, weights, maskset, hooks=[WeightSharing(clusters)], iterations=iterations, gpu=gpu,
-                  test_first=True, on_iteration=on_iteration)
+    phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(WeightSharing(clusters),),
+                  test_first=True)
+    return _phase(spec, phase, gpu, on_iteration)
 
 
-class _ValidatedHook:
-    """Turns a hook's ValueError on attach (a setting that does not fit the
-    net, e.g. a --force-mult glob matching nothing) into an InputError."""
-
-    def __init__(self, hook):
-        self.hook = hook
-
-    def attach(self, solver):
-        try:
-            self.hook.attach(solver)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        return self
-
-    def detach(self):
-        self.hook.detach()
+def _iterations(spec, iterations):
+    """--iterations, or the solver's max_iter."""
+    return spec.param.max_iter if iterations is None else iterations
 
 
 def _check_iterations(iterations):

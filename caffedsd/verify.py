@@ -55,6 +55,25 @@ def run_caffe_test(net_path, weights_path, iterations=1, gpu=None, binary=None, 
     return proc.returncode, proc.stdout + proc.stderr
 
 
+# glog's FATAL lines: "F1122 04:40:22.123456  1234 net.cpp:774] Check failed: ..."
+_FATAL = re.compile(r"^F\d{4,8} [\d:.]+\s+\d+ (\S+:\d+)\] (.*)$")
+
+
+def failure_reason(log):
+    """Caffe's own reason for failing: its ``Check failed`` or FATAL line
+    (with the source location), else the last line before the backtrace."""
+    lines = [line.rstrip() for line in log.splitlines() if line.strip()]
+    for line in lines:
+        match = _FATAL.match(line)
+        if match:
+            return f"{match.group(2)} ({match.group(1)})"
+    for line in lines:
+        if "Check failed" in line:
+            return line.strip()
+    before = [line for line in lines if not line.lstrip().startswith(("@", "***"))]
+    return before[-1].strip() if before else "no output"
+
+
 def parse_test_outputs(log):
     """{output name: value} from the final lines of ``caffe test``'s log."""
     results = {}
@@ -67,8 +86,7 @@ def check_with_caffe(model, net_path, weights_path, gpu=None):
     """Stock `caffe test` loads the pair, uses every weight, and runs a forward pass."""
     code, log = run_caffe_test(net_path, weights_path, iterations=1, gpu=gpu)
     if code != 0:
-        last = [line for line in log.splitlines() if line.strip()][-3:]
-        return [Check("caffe test", False, f"exit status {code}: " + " | ".join(last))]
+        return [Check("caffe test", False, f"exit status {code}: {failure_reason(log)}")]
     with_blobs = {layer.name for layer in model.layers if layer.blobs}
     ignored = [name for name in _IGNORED.findall(log) if name in with_blobs]
     checks = [Check("caffe loads every weight", not ignored,

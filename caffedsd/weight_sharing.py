@@ -5,12 +5,13 @@ centroid's value. At a pycaffe Solver's on_gradients_ready, each member's
 gradient is replaced by the sum of its cluster's gradients, so all members
 receive the same update (momentum and weight decay included, since they
 start equal) and stay equal: the centroid moves by the summed gradient, as
-in the paper. Pruned weights belong to no cluster; a MaskEnforcer attached
-after this keeps them at 0.0.
+in the paper. Pruned weights belong to no cluster; the MaskEnforcer, which
+runs after this hook, keeps them at 0.0.
 """
 import numpy as np
 
 from .compression import share_weights
+from .hooks import ORDER_SHARING, Hook
 
 
 def cluster(weights, keep, bits):
@@ -21,31 +22,38 @@ def cluster(weights, keep, bits):
     return labels, shared.codebook
 
 
-class WeightSharing:
-    """Holds clusters of a Solver's weights shared while training."""
+class WeightSharing(Hook):
+    """Holds clusters of a Solver's weights shared while training: a hook
+    (caffedsd.hooks) run before the masks. The per-cluster gradient sums run
+    on whichever backend the solver's dispatcher has (numpy or CuPy)."""
+
+    order = ORDER_SHARING
 
     def __init__(self, clusters):
         # {layer: (labels, codebook)} from ``cluster``
         self.clusters = clusters
         self._targets = ()
+        self._backend = None
 
-    def attach(self, solver):
+    def bind(self, net, backend):
         targets = []
         for name, (labels, codebook) in self.clusters.items():
-            blob = solver.net.params[name][0]
+            blob = net.params[name][0]
             kept = np.flatnonzero(labels >= 0)
-            flat = blob.data.reshape(-1)
-            flat[kept] = codebook[labels[kept]]  # start from the centroids
-            targets.append((blob, kept, labels[kept], codebook.size))
+            data = backend.data(blob)
+            # Start from the centroids.
+            data[backend.asarray(kept)] = backend.asarray(codebook[labels[kept]])
+            targets.append((blob, backend.asarray(kept), backend.asarray(labels[kept]), codebook.size))
         self._targets = tuple(targets)
-        solver.add_callback(lambda: None, self._on_gradients_ready)
-        return self
+        self._backend = backend
 
-    def detach(self):
-        self._targets = ()
-
-    def _on_gradients_ready(self):
+    def on_gradients_ready(self):
+        xp = self._backend.xp
         for blob, kept, labels, count in self._targets:
-            diff = blob.diff.reshape(-1)
-            sums = np.bincount(labels, weights=diff[kept], minlength=count)
+            diff = self._backend.diff(blob)
+            sums = xp.bincount(labels, weights=diff[kept], minlength=count)
             diff[kept] = sums[labels]
+
+    def release(self):
+        self._targets = ()
+        self._backend = None

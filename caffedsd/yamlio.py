@@ -4,13 +4,16 @@ import yaml
 
 
 def parse_yaml(text, where, error):
-    """yaml.safe_load(text); a syntax error raises ``error`` naming where."""
+    """yaml.safe_load(text) (str, or bytes as read from a file: bytes that
+    are not UTF-8 are a YAML error too); a syntax error raises ``error``
+    naming where, in one line."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise error(f"{where}{at}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise error(f"{where}{at}: not valid YAML ({problem})") from None
 
 
 def dump_yaml(data):

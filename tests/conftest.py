@@ -136,5 +136,30 @@ def assert_one_line_error(result, expect):
     assert expect in lines[0], lines[0]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes-long tests on VGG16-sized models (deselect: -m 'not slow')")
+def gpu_skip_reason():
+    """Why GPU tests cannot run here, or None (CAFFEDSD_TEST_GPU picks the GPU)."""
+    import shutil
+
+    from caffedsd.caffe_env import pycaffe_gpu_pointers
+
+    if not pycaffe_gpu_pointers():
+        return "pycaffe is not a CUDA build (no Blob._gpu_data_ptr): run `make setup CUDA=1` on a GPU machine"
+    smi = shutil.which("nvidia-smi")
+    if smi is None or subprocess.run([smi, "-L"], capture_output=True).returncode != 0:
+        return "no GPU (nvidia-smi sees none)"
+    return None
+
+
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request):
+    """None for the CPU, or the GPU id (the gpu case skips with the reason)."""
+    if request.param == "cpu":
+        yield None
+        return
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    yield int(os.environ.get("CAFFEDSD_TEST_GPU", "0"))
+    from caffedsd.caffe_env import import_caffe
+
+    import_caffe()  # Caffe's mode is global: back to the CPU for the tests that follow

@@ -69,12 +69,15 @@ def test_v1_layout_is_read_and_written_as_v2(caffe, tmp_path):
     model = read_caffemodel(src)
     assert model.layout == "V1"
     assert [(layer.name, layer.type) for layer in model.layers] == [("ip", "InnerProduct"), ("prob", "Softmax")]
-    assert model.layer("ip").blobs[0].shape == (1, 1, 5, 12)
+    # The true axes, as Caffe gives them: 1x1x5x12 is a 5x12 weight, 1x1x1x5 a bias of 5.
+    assert model.layer("ip").blobs[0].shape == (5, 12) and model.layer("ip").blobs[1].shape == (5,)
     assert model.layer("ip").param.param[1].lr_mult == 2
     out = tmp_path / "v2.caffemodel"
-    write_caffemodel(model, out, masks={("ip", 0): np.abs(weights.reshape(1, 1, 5, 12)) > 0.5})
+    write_caffemodel(model, out, masks={("ip", 0): np.abs(weights) > 0.5})
     written = NetParameter.FromString(out.read_bytes())
     assert len(written.layers) == 0 and [layer.type for layer in written.layer] == ["InnerProduct", "Softmax"]
+    for blob, shape in zip(written.layer[0].blobs, ([5, 12], [5])):
+        assert list(blob.shape.dim) == shape and not blob.HasField("num") and not blob.HasField("width")
     proto = tmp_path / "net.prototxt"
     proto.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 12 } } }\n'
                      'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '

@@ -4,7 +4,7 @@ import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
-from caffedsd.lowrank import factor, rank_for_energy, singular_values
+from caffedsd.lowrank import factor, rank_for_energy, singular_values, split_weights
 from test_training import write_solver
 from conftest import assert_one_line_error
 
@@ -57,11 +57,40 @@ def test_energy_rank_and_truncation_error():
     assert rank_for_energy(values, 1.0) == 8
     share = np.cumsum(values ** 2) / np.sum(values ** 2)
     assert rank_for_energy(values, float(share[2])) == 3
+    assert np.allclose(values, np.linalg.svd(w.reshape(8, -1), compute_uv=False))
     for rank in (1, 4, 8):
-        first, second = factor(w, rank)
+        first, second, discarded = factor(w, rank)
         approx = (second.astype(np.float64) @ first.reshape(rank, -1)).reshape(w.shape)
         error = np.sum((w - approx) ** 2)
         assert error == pytest.approx(np.sum(values[rank:] ** 2), rel=1e-4, abs=1e-8)
+        assert discarded == pytest.approx(np.sum(values[rank:] ** 2), rel=1e-6, abs=1e-8)
+
+
+def test_singular_values_of_wide_tall_and_rank_deficient_matrices():
+    for shape in ((3, 5000), (5000, 3), (6, 6)):
+        m = RNG.normal(size=shape)
+        assert np.allclose(singular_values(m), np.linalg.svd(m, compute_uv=False))
+    low = RNG.normal(size=(40, 2)) @ RNG.normal(size=(2, 30))
+    values = singular_values(low)
+    assert values.shape == (30,) and np.all(values[2:] < 1e-6 * values[0])
+    assert rank_for_energy(values, 0.999999) == 2
+
+
+def test_groups_are_factored_block_by_block():
+    w = RNG.normal(size=(6, 2, 3, 3))  # N=6, group 3: three 2 x 18 blocks
+    first, second, _ = factor(w, 2, groups=3)
+    assert first.shape == (6, 2, 3, 3) and second.shape == (6, 2)
+    for g in range(3):
+        block = second[2 * g:2 * g + 2].astype(np.float64) @ first[2 * g:2 * g + 2].reshape(2, -1)
+        assert np.allclose(block, w[2 * g:2 * g + 2].reshape(2, -1), atol=1e-5)
+
+
+def test_never_bigger_unless_forced():
+    # 8 filters of 2x1x1: a split at any rank r costs r * (2 + 8) >= 16 weights.
+    assert split_weights(np.zeros((8, 2, 1, 1)), 1) == (16, 10)
+    assert split_weights(np.zeros((8, 2, 1, 1)), 2) == (16, 20)
+    # Depthwise: 4 filters of 1x3x3, group 4: r*4*9 + 4*r >= 36 at every r.
+    assert split_weights(np.zeros((4, 1, 3, 3)), 1, groups=4) == (36, 40)
 
 
 def test_regularizer_adds_the_force_to_gradients(caffe, tmp_path):
@@ -99,10 +128,16 @@ def test_train_lowrank_pulls_filters_together(caffe, tmp_path, cli):
 
 def test_full_rank_decomposition_is_exact_and_loads_in_stock_caffe(caffe, lenet, tmp_path, cli):
     _, proto, weights = lenet
-    result = cli("decompose", "-p", proto, "-w", weights, "--energy", 1.0, "--fc", "-o", "full")
+    # Full rank makes every layer bigger: --energy leaves them all alone, --rank forces them.
+    result = cli("decompose", "-p", proto, "-w", weights, "--energy", 1.0, "--fc", "-o", "none")
+    assert result.exit_code == 0, result.output
+    assert "no layer decomposed" in result.output and "left as is: conv2 (Convolution): rank 50 of 50" in result.output
+    assert "## Left as they are" in (tmp_path / "none" / "report.md").read_text()
+    result = cli("decompose", "-p", proto, "-w", weights, "--fc", "--rank", "conv1=20", "--rank", "conv2=50",
+                 "--rank", "ip1=500", "--rank", "ip2=10", "-o", "full")
     assert result.exit_code == 0, result.output
     original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
-    decomposed = caffe.Net(str(tmp_path / "full" / "train_val.prototxt"), caffe.TEST,
+    decomposed = caffe.Net(str(tmp_path / "full" / proto.name), caffe.TEST,
                            weights=str(tmp_path / "full" / "model.caffemodel"))
     assert "conv2/lowrank" in decomposed.params and decomposed.params["conv2"][0].data.shape == (50, 50, 1, 1)
     original.forward(end="mnist")  # one TEST batch, fed to both nets
@@ -116,7 +151,7 @@ def test_full_rank_decomposition_is_exact_and_loads_in_stock_caffe(caffe, lenet,
     assert np.linalg.norm(logits - expected) / np.linalg.norm(expected) < 1e-4
     from caffedsd.verify import run_caffe_test
 
-    code, log = run_caffe_test(tmp_path / "full" / "train_val.prototxt", tmp_path / "full" / "model.caffemodel")
+    code, log = run_caffe_test(tmp_path / "full" / proto.name, tmp_path / "full" / "model.caffemodel")
     assert code == 0 and "Ignoring source layer" not in log.replace("Ignoring source layer mnist", "")
     report = (tmp_path / "full" / "report.md").read_text()
     assert "| conv2 | Convolution | 50/50 | 25050 | 27550 |" in report
@@ -150,24 +185,60 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv1" top: "ip" inner_product_
 """
 
 
-def test_stride_pad_dilation_kept_and_groups_refused(caffe, tmp_path, cli):
+def _same_outputs(caffe, proto, weights, out_proto, out_weights, shape):
+    original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    split = caffe.Net(str(out_proto), caffe.TEST, weights=str(out_weights))
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    original.blobs["data"].data[...] = x
+    split.blobs["data"].data[...] = x
+    a, b = original.forward()["ip"], split.forward()["ip"]
+    return split, np.linalg.norm(a - b) / np.linalg.norm(a)
+
+
+def test_stride_pad_dilation_kept(caffe, tmp_path, cli):
     from conftest import save_net
 
     proto, weights = save_net(caffe, tmp_path, STRIDED)
     result = cli("decompose", "-p", proto, "--deploy", proto, "-w", weights, "--rank", "conv1=6", "--fc",
                  "--rank", "ip=4", "-o", "out")
     assert result.exit_code == 0, result.output
-    original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
-    split = caffe.Net(str(tmp_path / "out" / "deploy.prototxt"), caffe.TEST,
-                      weights=str(tmp_path / "out" / "model.caffemodel"))
-    x = np.random.default_rng(3).normal(size=(2, 3, 13, 13)).astype(np.float32)
-    original.blobs["data"].data[...] = x
-    split.blobs["data"].data[...] = x
-    a, b = original.forward()["ip"], split.forward()["ip"]
-    assert split.blobs["conv1"].data.shape == original.blobs["conv1"].data.shape
-    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-4
-    grouped = tmp_path / "g"
-    grouped.mkdir()
-    gproto, gweights = save_net(caffe, grouped, STRIDED.replace("dilation: 2", "dilation: 2 group: 3"))
-    assert_one_line_error(cli("decompose", "-p", gproto, "-w", gweights, "--energy", 0.9, "-o", "gout"),
-                    "layer 'conv1': group 3 convolutions are not decomposed")
+    split, error = _same_outputs(caffe, proto, weights, tmp_path / "out" / proto.name,
+                                 tmp_path / "out" / "model.caffemodel", (2, 3, 13, 13))
+    assert split.blobs["conv1"].data.shape == (2, 6, 6, 6)  # (13 + 2 - 5) // 2 + 1, dilation 2
+    assert error < 1e-4
+
+
+GROUPED = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 dim: 11 dim: 11 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 12 kernel_size: 3 stride: 2 pad: 1 group: 3 } }
+layer { name: "dw" type: "Convolution" bottom: "conv1" top: "dw"
+        convolution_param { num_output: 12 kernel_size: 3 group: 12 } }
+layer { name: "ip" type: "InnerProduct" bottom: "dw" top: "ip" inner_product_param { num_output: 4 } }
+"""
+
+
+def test_grouped_convolutions_split_per_group_and_depthwise_left_alone(caffe, tmp_path, cli):
+    from conftest import save_net
+
+    proto, weights = save_net(caffe, tmp_path, GROUPED)
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(proto.read_text())
+    # conv1: 3 blocks of 4 x 18 (full rank 4): 4*(6*9+12) = 264 weights > 12*2*9 = 216, so only forced.
+    result = cli("decompose", "-p", proto, "--deploy", deploy, "-w", weights, "--rank", "conv1=4", "-o", "full")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [
+        "deploy.prototxt", "model.caffemodel", "net.prototxt", "report.md"]
+    split, error = _same_outputs(caffe, proto, weights, tmp_path / "full" / "deploy.prototxt",
+                                 tmp_path / "full" / "model.caffemodel", (2, 6, 11, 11))
+    assert error < 1e-4
+    assert split.params["conv1/lowrank"][0].data.shape == (12, 2, 3, 3)
+    assert split.params["conv1"][0].data.shape == (12, 4, 1, 1)
+    assert "4/4 x3 groups" in result.output
+    result = cli("decompose", "-p", proto, "-w", weights, "--energy", 0.5, "-o", "energy")
+    assert result.exit_code == 0, result.output
+    assert "left as is: dw (Convolution): depthwise (group 12" in result.output
+    report = (tmp_path / "energy" / "report.md").read_text()
+    assert "dw (Convolution): depthwise" in report
+    assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "conv1=5", "-o", "x"),
+                          "--rank conv1=5: must be between 1 and 4 per group")

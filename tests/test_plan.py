@@ -62,3 +62,106 @@ def test_plan_from_options(tmp_path):
     assert plan.amounts(["conv1", "conv2"]) == {"conv1": 0.1, "conv2": 0.6}
     with pytest.raises(PlanError, match="nothing to prune"):
         plan_from_options()
+
+
+# -- plan --verify: the closed loop ------------------------------------------------------
+
+from caffedsd.planner import Choice, PlanningError, back_off  # noqa: E402
+
+
+def test_back_off_steps_the_costliest_per_unit_of_sparsity_first():
+    curve_data = {"a": (100, [(0.5, 1.0), (0.9, 4.0)]), "b": (1000, [(0.5, 0.2), (0.9, 1.0)])}
+    start = [Choice("a", 100, 0.9, 4.0), Choice("b", 1000, 0.9, 1.0)]
+    measured = []
+
+    def measure(choices):  # a made-up whole-net drop: twice the sum of the parts
+        drop = 2 * sum(c.drop for c in choices)
+        measured.append([c.sparsity for c in choices])
+        return drop
+
+    # a costs 4.0 / 0.9 per unit, b 1.0 / 0.9: a steps down first, to 0.5 (drop 2 * (1 + 1) = 4),
+    # then a again (1.0 / 0.5 = 2 > 1.11) to 0 (2 * 1 = 2), then b to 0.5 (0.4).
+    choices, drop, history = back_off(start, curve_data, measure, 0.5)
+    assert measured == [[0.9, 0.9], [0.5, 0.9], [0.0, 0.9], [0.0, 0.5]]
+    assert [c.sparsity for c in choices] == [0.0, 0.5] and drop == pytest.approx(0.4)
+    assert [d for _, d in history] == pytest.approx([10.0, 4.0, 2.0, 0.4])
+
+
+def test_back_off_stops_at_once_within_budget_and_at_nothing_pruned():
+    curve_data = {"a": (10, [(0.5, 1.0)])}
+    start = [Choice("a", 10, 0.5, 1.0)]
+    choices, drop, history = back_off(start, curve_data, lambda c: 0.3, 0.5)
+    assert choices == start and drop == 0.3 and len(history) == 1
+    # A budget never met: every layer ends at 0 and the loop ends.
+    choices, drop, history = back_off(start, curve_data, lambda c: 9.0 if c[0].sparsity else 0.0, 0.5)
+    assert choices[0].sparsity == 0.0 and drop == 0.0 and len(history) == 2
+    with pytest.raises(PlanningError):
+        back_off(start, curve_data, lambda c: 0.0, -1)
+
+
+def test_verified_record_round_trips_and_is_checked():
+    plan = SparsityPlan(rules=(Rule("conv1", 0.5),), verified={"metric": "accuracy", "measured_drop": 0.4})
+    again = SparsityPlan.from_yaml(plan.to_yaml())
+    assert again == plan and again.verified["measured_drop"] == 0.4
+    with pytest.raises(PlanError, match="measured_drop"):
+        SparsityPlan(rules=(Rule("conv1", 0.5),), verified={"metric": "accuracy"})
+
+
+# -- plan --verify on a briefly trained LeNet, real Caffe -----------------------------------
+
+VERIFY_ITERS = 5  # 5 x 100 = the 500 test images of the fixture's slice
+
+
+@pytest.fixture(scope="module")
+def lenet_scan(lenet, tmp_path_factory):
+    from caffedsd.sensitivity import scan
+
+    _, proto, weights = lenet
+    out = tmp_path_factory.mktemp("plan-sens") / "scan"
+    scan(proto, weights, out, sparsities=(0.3, 0.6, 0.9), iterations=VERIFY_ITERS)
+    return out
+
+
+def _caffe_test_accuracy(proto, weights):
+    from caffedsd.verify import parse_test_outputs, run_caffe_test
+
+    code, log = run_caffe_test(proto, weights, iterations=VERIFY_ITERS)
+    assert code == 0, log[-2000:]
+    return parse_test_outputs(log)["accuracy"]
+
+
+@pytest.mark.parametrize("budget", [["--max-total-drop", "1"], ["--target-sparsity", "0.9", "--max-total-drop", "1"]])
+def test_verified_plan_meets_the_budget_as_stock_caffe_measures_it(lenet, lenet_scan, cli, tmp_path, budget):
+    """The measured drop written into the plan is what an independent
+    evaluation of the pruned net (prune --plan, then stock `caffe test`)
+    gives, and it is within --max-total-drop."""
+    _, proto, weights = lenet
+    planned = cli("plan", "--sensitivity", lenet_scan, *budget, "--verify", "-o", "plan.yaml")
+    assert planned.exit_code == 0, planned.output
+    assert "predicted total drop" in planned.output and "measured drop of the whole pruned net" in planned.output
+    plan = load_plan(tmp_path / "plan.yaml")
+    verified = plan.verified
+    assert verified["measured_drop"] <= 1.0 and verified["iterations"] == VERIFY_ITERS
+    assert any(r.amount > 0 for r in plan.rules)  # a budget of 1 point still prunes something
+    result = cli("prune", "-w", weights, "--plan", "plan.yaml", "-o", "pruned.caffemodel")
+    assert result.exit_code == 0, result.output
+    independent = 100 * (_caffe_test_accuracy(proto, weights) - _caffe_test_accuracy(proto, tmp_path / "pruned.caffemodel"))
+    assert verified["measured_drop"] == pytest.approx(independent, abs=1e-3)
+    if "--target-sparsity" in budget:
+        # 90% overall costs far more than a point on this net: the loop had to back off.
+        assert verified["measurements"] > 1 and "backed off" in planned.output
+
+
+def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-total-drop", "1", "-o", "p.yaml"),
+                          "--max-total-drop needs --verify")
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-total-drop", "-1", "--verify",
+                              "-o", "p.yaml"), "must be 0 or more")
+    _, proto, weights = lenet
+    changed = tmp_path / "changed.caffemodel"
+    assert cli("prune", "-w", weights, "-s", 0.1, "-o", changed).exit_code == 0
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-total-drop", "1", "--verify",
+                              "-w", changed, "-o", "p.yaml"), "not the weights the scan measured")
+    assert not (tmp_path / "p.yaml").exists()

@@ -64,3 +64,23 @@ def test_load_recipe_file_and_plan_reference(tmp_path):
     (tmp_path / "bad.yaml").write_text("solver: [\n")
     with pytest.raises(RecipeError, match="bad.yaml:.*not valid YAML"):
         load_recipe(tmp_path / "bad.yaml")
+
+
+def test_a_recipe_may_ask_for_a_verified_plan(tmp_path):
+    (tmp_path / "plain.yaml").write_text("sparsity: 0.3\n")
+    (tmp_path / "verified.yaml").write_text("sparsity: 0.3\nverified: {metric: accuracy, measured_drop: 0.4}\n")
+
+    def recipe(plan):
+        return {"solver": "s.prototxt", "weights": "w.caffemodel",
+                "stages": [{"prune": {"plan": str(tmp_path / plan), "require_verified": True}},
+                           {"sparse": {"iterations": 3}}]}
+
+    with pytest.raises(RecipeError, match="not verified.*plan --verify"):
+        Recipe.from_dict(recipe("plain.yaml"))
+    parsed = Recipe.from_dict(recipe("verified.yaml"))
+    assert parsed.stages[0].require_verified and parsed.stages[0].plan.verified["measured_drop"] == 0.4
+    # The requirement and the record survive the round trip (plans are kept by value).
+    assert Recipe.from_dict(parsed.to_dict()) == parsed
+    with pytest.raises(RecipeError, match="require_verified 'yes'"):
+        Recipe.from_dict(dict(recipe("verified.yaml"), stages=[
+            {"prune": {"plan": str(tmp_path / "verified.yaml"), "require_verified": "yes"}}]))

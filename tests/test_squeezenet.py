@@ -1,10 +1,13 @@
 """SqueezeNet generator: exact v1.0/v1.1, bypass variants, knobs; real Caffe."""
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
 
 from caffedsd.caffe_env import caffe_binary
+from caffedsd.caffe_proto import NetParameter, SolverParameter
 from caffedsd.squeezenet import SqueezeNetError, SqueezeNetSpec
 
 # The prunable layers of the public squeezenet_v1.0 model-zoo files, in order,
@@ -101,3 +104,49 @@ def test_bad_settings(tmp_path, cli, args, expect):
 def test_spec_validates_when_built():
     with pytest.raises(SqueezeNetError):
         SqueezeNetSpec(freq=0)
+
+
+ZOO = Path(__file__).resolve().parents[1] / ".." / "shared" / "modelzoo"
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_no_options_writes_the_release(tmp_path, cli, version):
+    """With no options, train_val, deploy and solver equal the released
+    files as parsed messages (../shared/modelzoo, skipped where absent)."""
+    release = ZOO / f"squeezenet_v{version}"
+    if not release.is_dir():
+        pytest.skip(f"{release} not present")
+    args = ["--version", version] if version != "1.0" else []
+    assert cli("squeezenet", *args, "-o", tmp_path / "net").exit_code == 0
+    for name, cls in (("train_val", NetParameter), ("deploy", NetParameter), ("solver", SolverParameter)):
+        ours = text_format.Parse((tmp_path / "net" / f"{name}.prototxt").read_text(), cls())
+        theirs = text_format.Parse((release / f"{name}.prototxt").read_text(), cls())
+        assert ours == theirs, f"{name}: {text_format.MessageToString(ours)[:300]}"
+
+
+def test_extras_are_options(tmp_path, cli):
+    assert cli("squeezenet", "--version", "1.1", "--bias-lr2", "--mirror", "--split-phases", "--solver-mode", "cpu",
+               "-o", tmp_path / "net").exit_code == 0
+    net = text_format.Parse((tmp_path / "net" / "train_val.prototxt").read_text(), NetParameter())
+    convs = [layer for layer in net.layer if layer.type == "Convolution"]
+    assert all([(p.lr_mult, p.decay_mult) for p in c.param] == [(1, 1), (2, 0)] for c in convs)
+    assert net.layer[0].transform_param.mirror and not net.layer[1].transform_param.mirror
+    phases = {layer.name: [r.phase for r in layer.include] for layer in net.layer}
+    assert phases["loss"] == [0] and phases["accuracy"] == [1] and phases["accuracy_top5"] == [1]
+    solver = text_format.Parse((tmp_path / "net" / "solver.prototxt").read_text(), SolverParameter())
+    assert solver.solver_mode == SolverParameter.CPU and solver.net == "train_val.prototxt"
+    deploy = text_format.Parse((tmp_path / "net" / "deploy.prototxt").read_text(), NetParameter())
+    assert not any(layer.convolution_param.HasField("weight_filler") for layer in deploy.layer)
+
+
+def test_repo_prototxts_are_what_their_commands_write(tmp_path, cli):
+    root = Path(__file__).resolve().parents[1] / "prototxt"
+    fashion = ["--version", "1.1", "--stem", "small", "--weight-filler", "msra", "--input-size", "28", "--channels",
+               "1", "--num-classes", "10", "--base-e", "64", "--incr-e", "64", "--data", "hdf5", "--train-source",
+               "data/fashion-mnist/train.txt", "--test-source", "data/fashion-mnist/test.txt", "--bias-lr2",
+               "--split-phases"]
+    for folder, args in (("squeezenet_v1.0", []), ("squeezenet_v1.1", ["--version", "1.1"]),
+                         ("squeezenet_v1.0_simple_bypass", ["--bypass", "simple"]), ("squeezenet_fashion", fashion)):
+        assert cli("squeezenet", *args, "-o", tmp_path / folder).exit_code == 0
+        for path in (root / folder).iterdir():
+            assert path.read_text() == (tmp_path / folder / path.name).read_text(), path

@@ -58,6 +58,20 @@ def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
     result = cli("verify", "-w", weights, "-p", "wrong.prototxt")
     assert result.exit_code == 1
     assert "FAIL  caffe test: exit status" in result.output
+    # Caffe's own reason, not the tail of its backtrace.
+    assert "Cannot copy param 0 weights from layer 'conv1'; shape mismatch" in result.output
+    assert "(net.cpp:" in result.output and "__libc_start_main" not in result.output and "@ 0x" not in result.output
+
+
+def test_failure_reason_prefers_the_check_line():
+    from caffedsd.verify import failure_reason
+
+    log = ("I1122 04:00:00.000001  77 net.cpp:100] Creating layer conv1\n"
+           "F1122 04:00:00.000002  77 blob.cpp:33] Check failed: shape[i] >= 0 (-1 vs. 0)\n"
+           "*** Check failure stack trace: ***\n    @     0x7f00  google::LogMessage::Fail()\n"
+           "    @     0x7f01  __libc_start_main\n")
+    assert failure_reason(log) == "Check failed: shape[i] >= 0 (-1 vs. 0) (blob.cpp:33)"
+    assert failure_reason("E1122 bad\n*** Aborted at 1 ***\n    @ 0x1 f\n") == "E1122 bad"
 
 
 def test_info_json(cli):

@@ -72,14 +72,14 @@ def assert_zeros_at_masks(weights, masks):
 
 @pytest.mark.parametrize("solver_type", list(SOLVERS))
 @pytest.mark.parametrize("iter_size", [1, 2])
-def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter_size):
+def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter_size, device):
     folder = tmp_path / f"{solver_type}{iter_size}"
     folder.mkdir()
     base_lr = 1.0 if solver_type == "AdaDelta" else 0.05
     solver_path = write_solver(folder, solver_type, SOLVERS[solver_type], iter_size=iter_size, snapshot=3,
                                base_lr=base_lr, regularization="L1" if solver_type == "Nesterov" else "L2")
     out = folder / "sparse.caffemodel"
-    result = train_sparse(solver_path, pruned, out, iterations=7)
+    result = train_sparse(solver_path, pruned, out, iterations=7, gpu=device)
     masks = load_masks(out.with_name("sparse.masks.h5"))
     assert masks.masks.keys() == load_masks(pruned.with_name("pruned.masks.h5")).masks.keys()
     assert_zeros_at_masks(out, masks)
@@ -103,12 +103,12 @@ def _dense_solverstate(caffe, folder, pruned_dir):
     return write_solver(folder, snapshot=4), folder / "dense_iter_4.solverstate"
 
 
-def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path):
+def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device):
     folder = tmp_path / "resume"
     folder.mkdir()
     solver_path, state = _dense_solverstate(caffe, folder, tmp_path)
     out = folder / "sparse.caffemodel"
-    train_sparse(solver_path, pruned, out, iterations=4, solverstate=state)
+    train_sparse(solver_path, pruned, out, iterations=4, solverstate=state, gpu=device)
     masks = load_masks(out.with_name("sparse.masks.h5"))
     assert_zeros_at_masks(folder / "snap_iter_8.caffemodel", masks)  # Caffe's snapshot after resuming
     assert_zeros_at_masks(out, masks)

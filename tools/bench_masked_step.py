@@ -1,37 +1,52 @@
 #!/usr/bin/env python3
 """Benchmark the sparse phase's training step against a plain solver.step loop.
 
-``caffedsd train-sparse`` trains with a MaskEnforcer attached to the pycaffe
-Solver (callbacks zero pruned gradients at on_gradients_ready and pruned
-weights at on_start) and runs ``caffedsd.training.train``, which calls
-``solver.step(1)`` once per iteration and reads the loss (whatever else the
-current train() does is timed too). This script times that loop against a
-plain ``solver.step(1)`` loop (no enforcer, no callbacks) on the same net,
-data and initial weights, and reports seconds per iteration and the ratio
-masked / plain (target <= 1.05). It then times each enforcer call alone and
-counts how often train() makes it per iteration (skip with --no-breakdown).
+``caffedsd train-sparse`` trains through ``caffedsd.training.train`` with
+the masks (a MaskEnforcer hook) in the solver's HookDispatcher: pruned
+gradients are zeroed at on_gradients_ready and pruned weights at on_start,
+and train() calls ``solver.step(1)`` once per iteration and reads the loss.
+This script times that loop against a plain ``solver.step(1)`` loop (no
+hooks) on the same net, data and initial weights, and reports seconds per
+iteration and the ratio hooked / plain, for each variant:
+
+  CPU (default)   host     masks on the host backend (target <= 1.05)
+  --gpu ID        device   masks on the device backend: CuPy over the
+                           blobs' GPU memory, no copies (target <= 1.02)
+                  host     the host fallback in GPU mode (blobs copied to
+                           the host and back; measured for comparison)
+                  device+force  masks and force regularization (degradation,
+                           decay 1e-4) on the device: what the force costs
+  --force         adds host+force on the CPU
+
+It then times each hook point alone and counts how often train() runs it
+per iteration (skip with --no-breakdown).
 
 Nets (DummyData inputs, so no data files are needed):
 
   lenet       LeNet: conv1 20@5x5, pool, conv2 50@5x5, pool, ip1 500, relu,
               ip2 10, SoftmaxWithLoss; batch 64 of 1x28x28.
-  squeezenet  SqueezeNet v1.0's layers (conv1 96@7x7/2, fire2..fire9,
-              conv10 1000@1x1, global average pool; 1,248,424 parameters) at
-              3x64x64 input, batch 8.
+  squeezenet  SqueezeNet v1.0 from caffedsd's generator (SqueezeNetSpec()):
+              1,248,424 parameters; batch 32 of 3x227x227 with --gpu,
+              batch 8 of 3x64x64 on the CPU (--size/--batch override).
+  vgg16       VGG16's layers (13 conv 3x3, fc6/fc7 4096, fc8 1000;
+              138,357,544 parameters); batch 16 of 3x224x224; GPU only
+              (--nets vgg16 on the CPU works, slowly).
 
 Masks: keepmax at --sparsity on the weights (blob 0) of every Convolution and
 InnerProduct layer. Both runs start from the same pruned weights (saved once,
 copied into every fresh solver). Each measurement is a fresh solver, untimed
-warm-up iterations, then --iterations timed ones; plain and masked runs
-alternate (ABBA order), --repeats times. After every masked run the script
-asserts that every pruned weight is exactly 0.0.
+warm-up iterations, then --iterations timed ones (with --gpu, each timed
+stretch ends with a device synchronize); plain and hooked runs alternate
+(ABBA order), --repeats times. After every hooked run the script asserts
+that every pruned weight is exactly 0.0.
 
 Run with the venv's python, from the repo root:
 
     .venv/bin/python tools/bench_masked_step.py
-    .venv/bin/python tools/bench_masked_step.py --nets lenet --repeats 3   # quick run
+    .venv/bin/python tools/bench_masked_step.py --nets lenet --repeats 3      # quick run
+    .venv/bin/python tools/bench_masked_step.py --gpu 0 --nets lenet,squeezenet,vgg16 --json gpu.json
 
-Exit status is 0 whether the target passes or fails (a benchmark is not a
+Exit status is 0 whether the targets pass or fail (a benchmark is not a
 test); non-zero only when something crashed.
 """
 import argparse
@@ -51,15 +66,22 @@ from benchlib import cpu_name
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 
 from caffedsd.caffe_env import import_caffe  # noqa: E402
+from caffedsd.caffe_proto import NetParameter  # noqa: E402
+from caffedsd.force import ForceRegularizer, ForceSpec  # noqa: E402
+from caffedsd.hooks import HookDispatcher, device_hooks_available  # noqa: E402
 from caffedsd.masked_solver import MaskEnforcer  # noqa: E402
 from caffedsd.masks import compute_mask  # noqa: E402
+from caffedsd.squeezenet import SqueezeNetSpec  # noqa: E402
 from caffedsd.training import net_loss, train  # noqa: E402
 
-TARGET = 1.05  # masked s/iter / plain s/iter
-PIECES = ("on_gradients_ready", "on_start", "zero_weights")  # the enforcer's per-iteration work
+TARGETS = {"host": 1.05, "device": 1.02}  # hooked s/iter / plain s/iter; variants with force have none
+FORCE_DECAY = 1e-4
+POINTS = ("on_start", "on_gradients_ready", "settle")  # the dispatcher's work per iteration
 SQUEEZENET_V10_PARAMS = 1_248_424  # weights + biases of SqueezeNet v1.0 (1000 classes)
+VGG16_PARAMS = 138_357_544
 
 # ------------------------------------------------------------------ nets --
 
@@ -90,65 +112,58 @@ layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
 """
 
-# (name, squeeze1x1, expand1x1, expand3x3) of SqueezeNet v1.0's fire modules.
-FIRES = [("fire2", 16, 64, 64), ("fire3", 16, 64, 64), ("fire4", 32, 128, 128), ("fire5", 32, 128, 128),
-         ("fire6", 48, 192, 192), ("fire7", 48, 192, 192), ("fire8", 64, 256, 256), ("fire9", 64, 256, 256)]
-POOL_AFTER = {"fire4": "pool4", "fire8": "pool8"}  # max pools 3x3/2 after these (and pool1 after conv1)
 
-
-def _conv(name, bottom, top, num_output, kernel, stride=1, pad=0, filler='type: "xavier"'):
-    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{top}"\n'
-            f'  convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride} pad: {pad}\n'
-            f'    weight_filler {{ {filler} }} bias_filler {{ type: "constant" value: 0 }} }} }}\n')
-
-
-def _relu(name, blob):
-    return f'layer {{ name: "{name}" type: "ReLU" bottom: "{blob}" top: "{blob}" }}\n'
-
-
-def _maxpool(name, bottom, top):
-    return (f'layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{top}"\n'
-            f'  pooling_param {{ pool: MAX kernel_size: 3 stride: 2 }} }}\n')
+def _dummy_data(net, batch, channels, size):
+    layer = net.layer.add(name="data", type="DummyData", top=["data", "label"])
+    layer.dummy_data_param.shape.add(dim=[batch, channels, size, size])
+    layer.dummy_data_param.shape.add(dim=[batch])
+    layer.dummy_data_param.data_filler.add(type="gaussian", std=1)
+    layer.dummy_data_param.data_filler.add(type="constant", value=0)
 
 
 def squeezenet_prototxt(batch, size):
-    """SqueezeNet v1.0 (deploy structure of DeepScale/SqueezeNet) with a
-    DummyData input of batch x 3 x size x size and constant-0 labels."""
-    text = [
-        'name: "SqueezeNet_v1.0_like"\n',
-        f'layer {{ name: "data" type: "DummyData" top: "data" top: "label"\n'
-        f'  dummy_data_param {{ shape {{ dim: {batch} dim: 3 dim: {size} dim: {size} }} shape {{ dim: {batch} }}\n'
-        f'    data_filler {{ type: "gaussian" std: 1 }} data_filler {{ type: "constant" value: 0 }} }} }}\n',
-        _conv("conv1", "data", "conv1", 96, 7, stride=2),
-        _relu("relu_conv1", "conv1"),
-        _maxpool("pool1", "conv1", "pool1"),
-    ]
-    bottom = "pool1"
-    for name, squeeze, e1, e3 in FIRES:
-        s = f"{name}/squeeze1x1"
-        text += [
-            _conv(s, bottom, s, squeeze, 1), _relu(f"{name}/relu_squeeze1x1", s),
-            _conv(f"{name}/expand1x1", s, f"{name}/expand1x1", e1, 1),
-            _relu(f"{name}/relu_expand1x1", f"{name}/expand1x1"),
-            _conv(f"{name}/expand3x3", s, f"{name}/expand3x3", e3, 3, pad=1),
-            _relu(f"{name}/relu_expand3x3", f"{name}/expand3x3"),
-            f'layer {{ name: "{name}/concat" type: "Concat" bottom: "{name}/expand1x1" '
-            f'bottom: "{name}/expand3x3" top: "{name}/concat" }}\n',
-        ]
-        bottom = f"{name}/concat"
-        if name in POOL_AFTER:
-            text.append(_maxpool(POOL_AFTER[name], bottom, POOL_AFTER[name]))
-            bottom = POOL_AFTER[name]
-    text += [
-        f'layer {{ name: "drop9" type: "Dropout" bottom: "{bottom}" top: "{bottom}" '
-        'dropout_param { dropout_ratio: 0.5 } }\n',
-        _conv("conv10", bottom, "conv10", 1000, 1, filler='type: "gaussian" mean: 0.0 std: 0.01'),
-        _relu("relu_conv10", "conv10"),
-        'layer { name: "pool10" type: "Pooling" bottom: "conv10" top: "pool10" '
-        'pooling_param { pool: AVE global_pooling: true } }\n',
-        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "pool10" bottom: "label" top: "loss" }\n',
-    ]
-    return "".join(text)
+    """SqueezeNet v1.0 as caffedsd's generator makes it, its data layers
+    replaced by DummyData of batch x 3 x size x size (constant-0 labels)."""
+    made = SqueezeNetSpec(input_size=size, train_batch=batch).net("train_val")
+    net = NetParameter(name=made.name)
+    _dummy_data(net, batch, 3, size)
+    net.layer.extend(layer for layer in made.layer if layer.name != "data")
+    return text_format.MessageToString(net)
+
+
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def vgg16_prototxt(batch, size=224):
+    """VGG16's layers (Simonyan & Zisserman, configuration D) with DummyData."""
+    net = NetParameter(name="VGG16_like")
+    _dummy_data(net, batch, 3, size)
+    bottom = "data"
+    for block, widths in enumerate(VGG16_BLOCKS, 1):
+        for index, width in enumerate(widths, 1):
+            name = f"conv{block}_{index}"
+            conv = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
+            conv.convolution_param.num_output = width
+            conv.convolution_param.kernel_size.append(3)
+            conv.convolution_param.pad.append(1)
+            conv.convolution_param.weight_filler.type = "xavier"
+            net.layer.add(name=f"relu{block}_{index}", type="ReLU", bottom=[name], top=[name])
+            bottom = name
+        pool = net.layer.add(name=f"pool{block}", type="Pooling", bottom=[bottom], top=[f"pool{block}"])
+        pool.pooling_param.pool = pool.pooling_param.MAX
+        pool.pooling_param.kernel_size = 2
+        pool.pooling_param.stride = 2
+        bottom = f"pool{block}"
+    for name, width in (("fc6", 4096), ("fc7", 4096), ("fc8", 1000)):
+        fc = net.layer.add(name=name, type="InnerProduct", bottom=[bottom], top=[name])
+        fc.inner_product_param.num_output = width
+        fc.inner_product_param.weight_filler.type = "gaussian"
+        fc.inner_product_param.weight_filler.std = 0.005
+        bottom = name
+        if name != "fc8":
+            net.layer.add(name=f"relu{name[2:]}", type="ReLU", bottom=[name], top=[name])
+    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["fc8", "label"], top=["loss"])
+    return text_format.MessageToString(net)
 
 
 def solver_prototxt(net_path, base_lr, seed, gpu):
@@ -158,22 +173,38 @@ def solver_prototxt(net_path, base_lr, seed, gpu):
             f'random_seed: {seed}\n{mode}')
 
 
-NETS = {
-    # name: (description, prototxt builder, default timed iterations, base_lr)
-    "lenet": ("LeNet, batch 64, 1x28x28", lambda: LENET, 40, 0.01),
-    "squeezenet": ("SqueezeNet v1.0 layers, batch 8, 3x64x64", lambda: squeezenet_prototxt(8, 64), 10, 0.001),
-}
+def net_choices(gpu):
+    """name: (description, prototxt builder, default timed iterations, base_lr)."""
+    sq_batch, sq_size = (32, 227) if gpu is not None else (8, 64)
+    return {
+        "lenet": ("LeNet, batch 64, 1x28x28", lambda: LENET, 40 if gpu is None else 200, 0.01),
+        "squeezenet": (f"SqueezeNet v1.0, batch {sq_batch}, 3x{sq_size}x{sq_size}",
+                       lambda: squeezenet_prototxt(sq_batch, sq_size), 10 if gpu is None else 50, 0.001),
+        "vgg16": ("VGG16-sized, batch 16, 3x224x224", lambda: vgg16_prototxt(16), 3 if gpu is None else 20, 0.001),
+    }
+
 
 # ----------------------------------------------------------------- bench --
+
+
+def synchronize(gpu):
+    """Wait for the GPU's queued work, so a timed stretch includes it."""
+    if gpu is None:
+        return
+    from caffedsd import device
+
+    if device.cupy is not None:
+        device.cupy.cuda.Device(gpu).synchronize()
 
 
 class NetBench:
     """One net's solver file, pruned initial weights and masks."""
 
-    def __init__(self, caffe, name, workdir, sparsity, seed, gpu):
+    def __init__(self, caffe, name, spec, workdir, sparsity, seed, gpu):
         self.caffe = caffe
         self.name = name
-        desc, build, self.default_iterations, base_lr = NETS[name]
+        self.gpu = gpu
+        desc, build, self.default_iterations, base_lr = spec
         self.description = desc
         folder = Path(workdir) / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -206,86 +237,112 @@ class NetBench:
         solver.net.copy_from(str(self.weights_path))
         return solver
 
+    def hooked_solver(self, variant):
+        """A fresh solver with the variant's hooks: "host", "device",
+        "host+force", "device+force"."""
+        backend, _, force = variant.partition("+")
+        solver = self.fresh_solver()
+        dispatcher = HookDispatcher.for_solver(solver, self.gpu, backend)
+        if force:
+            dispatcher.add(ForceRegularizer(ForceSpec(FORCE_DECAY)), solver)
+        dispatcher.add(MaskEnforcer(self.masks, where=f"{self.name} net"), solver)
+        assert dispatcher.backend.name == backend, (dispatcher.backend.name, backend)
+        return solver, dispatcher
+
     def run_plain(self, warmup, iterations):
         solver = self.fresh_solver()
         for _ in range(warmup):
             solver.step(1)
+        synchronize(self.gpu)
         start = time.perf_counter()
         for _ in range(iterations):
             solver.step(1)
+        synchronize(self.gpu)
         elapsed = time.perf_counter() - start
         del solver
         gc.collect()
         return elapsed / iterations
 
-    def run_masked(self, warmup, iterations):
-        solver = self.fresh_solver()
-        enforcer = MaskEnforcer(self.masks).attach(solver, where=f"{self.name} net")
-        train(solver, warmup, enforcer)
+    def run_hooked(self, variant, warmup, iterations):
+        solver, dispatcher = self.hooked_solver(variant)
+        train(solver, warmup, dispatcher)
+        synchronize(self.gpu)
         start = time.perf_counter()
-        curve = train(solver, iterations, enforcer)
+        curve = train(solver, iterations, dispatcher)
+        synchronize(self.gpu)
         elapsed = time.perf_counter() - start
         assert len(curve) == iterations and curve[-1]["iter"] == warmup + iterations
         self.check_zeros(solver)
-        enforcer.detach()
-        del solver, enforcer
+        dispatcher.detach()
+        del solver, dispatcher
         gc.collect()
         return elapsed / iterations
 
     def check_zeros(self, solver):
-        """Every pruned weight is exactly 0.0; survivors have trained."""
+        """Every pruned weight is exactly 0.0; survivors are finite."""
         for layer, mask in self.masks.items():
             w = solver.net.params[layer][0].data
             nonzero = int(np.count_nonzero(w[~mask]))
             assert nonzero == 0, f"{self.name}: {layer} has {nonzero} non-zero pruned weights"
             assert np.all(np.isfinite(w)), f"{self.name}: {layer} has non-finite weights"
 
-    def breakdown(self, calls=30, iterations=10):
-        """Where the masked loop's extra time goes: seconds per call of each
-        enforcer method and of net_loss, alone (on a solver that has run a
-        step, so data and diff are filled), and how many times train() calls
-        each per iteration (counted in a separate untimed train() call of
-        ``iterations``, as timed, so whatever the current train() does is
-        what is counted)."""
-        solver = self.fresh_solver()
-        enforcer = MaskEnforcer(self.masks)
-        counts = dict.fromkeys(PIECES, 0)
-
-        def counted(piece, fn):
-            def wrapper(*a, **k):
-                counts[piece] += 1
-                return fn(*a, **k)
-            return wrapper
-
-        # Instance attributes shadow the methods: attach registers these
-        # wrappers as the callbacks and train() calls the wrapped zero_weights.
-        enforcer._on_gradients_ready = counted("on_gradients_ready", enforcer._on_gradients_ready)
-        enforcer._on_start = counted("on_start", enforcer._on_start)
-        enforcer.zero_weights = counted("zero_weights", enforcer.zero_weights)
-        enforcer.attach(solver)
-        train(solver, 1, enforcer)  # fills data and diff; attach's own zeroing is not counted below
-        counts.update(dict.fromkeys(PIECES, 0))
-        train(solver, iterations, enforcer)
-        per_iter = {piece: counts[piece] / iterations for piece in PIECES}
+    def breakdown(self, variant, calls=30, iterations=10):
+        """Where the hooked loop's extra time goes: seconds per call of each
+        dispatcher hook point and of net_loss, alone (on a solver that has
+        run a step, so data and diff are filled; with --gpu each call is
+        followed by a synchronize), and how many times train() runs each per
+        iteration (counted in an untimed train() call of ``iterations``)."""
+        solver, dispatcher = self.hooked_solver(variant)
+        counts = dict.fromkeys(POINTS, 0)
+        probe = _Counter(counts)
+        # A hook that only counts, run by the same dispatcher at every point.
+        dispatcher.add(probe, solver)
+        train(solver, 1, dispatcher)
+        counts.update(dict.fromkeys(POINTS, 0))
+        train(solver, iterations, dispatcher)
+        per_iter = {point: counts[point] / iterations for point in POINTS}
         per_iter["net_loss"] = 1.0  # train() reads the loss once per iteration
+        dispatcher.remove(probe)
 
         def per_call(fn):
             fn()
+            synchronize(self.gpu)
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
+                synchronize(self.gpu)
             return (time.perf_counter() - start) / calls
 
         net = solver.net
-        seconds = {
-            "on_gradients_ready": per_call(enforcer._on_gradients_ready),
-            "on_start": per_call(enforcer._on_start),
-            "zero_weights": per_call(enforcer.zero_weights),
-            "net_loss": per_call(lambda: net_loss(net)),
-        }
-        enforcer.detach()
-        return {"s_per_call": seconds, "calls_per_iteration": per_iter,
+        seconds = {point: per_call(getattr(dispatcher, point)) for point in POINTS}
+        seconds["net_loss"] = per_call(lambda: net_loss(net))
+        dispatcher.detach()
+        return {"variant": variant, "s_per_call": seconds, "calls_per_iteration": per_iter,
                 "s_per_iteration": sum(seconds[k] * per_iter[k] for k in seconds)}
+
+
+class _Counter:
+    """A SolverHook that counts the dispatcher's calls (order: after all)."""
+
+    order = 10 ** 6
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def bind(self, net, backend):
+        pass
+
+    def on_start(self):
+        self.counts["on_start"] += 1
+
+    def on_gradients_ready(self):
+        self.counts["on_gradients_ready"] += 1
+
+    def settle(self):
+        self.counts["settle"] += 1
+
+    def release(self):
+        pass
 
 
 # ---------------------------------------------------------------- report --
@@ -293,14 +350,14 @@ class NetBench:
 
 def code_info():
     """The caffedsd code measured: git HEAD, uncommitted changes under
-    caffedsd/ (read-only git commands), sha256 of the two files timed."""
+    caffedsd/ (read-only git commands), sha256 of the files timed."""
     import hashlib
     import subprocess
 
     import caffedsd
     package = Path(caffedsd.__file__).resolve().parent
     info = {"files": {}}
-    for name in ("training.py", "masked_solver.py"):
+    for name in ("training.py", "hooks.py", "masked_solver.py", "device.py", "force.py"):
         info["files"][name] = hashlib.sha256((package / name).read_bytes()).hexdigest()[:12]
     try:
         def git(*a):
@@ -326,6 +383,8 @@ def machine_info(gpu):
         "python": platform.python_version(),
         "numpy": np.__version__,
         "mode": f"GPU {gpu}" if gpu is not None else "CPU",
+        "gpu": gpu_name(gpu),
+        "device_hooks": "yes" if device_hooks_available()[0] else f"no: {device_hooks_available()[1]}",
         "code": code_info(),
         "loadavg_at_end": list(load) if load else None,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -333,67 +392,81 @@ def machine_info(gpu):
     }
 
 
-def summarize(bench, plain, masked, ratios, breakdown, args, iterations, warmup):
-    med_plain = statistics.median(plain)
-    med_masked = statistics.median(masked)
+def gpu_name(gpu):
+    if gpu is None:
+        return None
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=name,driver_version,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
+        return out.strip() or None
+    except OSError:
+        return None
+
+
+def summarize(bench, variant, plain, hooked, args, iterations):
+    ratios = [h / p for p, h in zip(plain, hooked)]
     med_ratio = statistics.median(ratios)
+    target = TARGETS.get(variant)
     return {
         "net": bench.name,
+        "variant": variant,
         "description": bench.description,
         "params": bench.params,
         "masked_weights": bench.masked_weights,
         "pruned_weights": bench.pruned,
         "sparsity": args.sparsity,
-        "warmup_iterations": warmup,
+        "warmup_iterations": args.warmup,
         "timed_iterations": iterations,
         "repeats": args.repeats,
         "plain_s_per_iter": plain,
-        "masked_s_per_iter": masked,
+        "hooked_s_per_iter": hooked,
         "ratios": ratios,
-        "median_plain_s_per_iter": med_plain,
-        "median_masked_s_per_iter": med_masked,
+        "median_plain_s_per_iter": statistics.median(plain),
+        "median_hooked_s_per_iter": statistics.median(hooked),
         "median_ratio": med_ratio,
-        "ratio_of_medians": med_masked / med_plain,
-        "target": TARGET,
-        "pass": med_ratio <= TARGET,
-        "overhead": breakdown,
+        "ratio_of_medians": statistics.median(hooked) / statistics.median(plain),
+        "target": target,
+        "pass": None if target is None else med_ratio <= target,
     }
 
 
-def markdown(results, machine, repeats):
+def markdown(results, breakdowns, machine, repeats):
     lines = [
-        "| net | params | plain s/iter | masked s/iter | ratio | target | result |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| net | hooks | params | plain s/iter | hooked s/iter | ratio | target | result |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        lines.append(f"| {r['description']} | {r['params']:,} | {r['median_plain_s_per_iter']:.4f} | "
-                     f"{r['median_masked_s_per_iter']:.4f} | {r['median_ratio']:.4f} | <= {TARGET:.2f} | "
-                     f"{'PASS' if r['pass'] else 'FAIL'} |")
-    lines += ["", f"s/iter: medians of {repeats} runs each (alternating plain/masked); ratio: median of the "
-              f"{repeats} per-pair ratios masked/plain.", ""]
+        target = f"<= {r['target']:.2f}" if r["target"] else "-"
+        verdict = "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
+        lines.append(f"| {r['description']} | {r['variant']} | {r['params']:,} | {r['median_plain_s_per_iter']:.4f} | "
+                     f"{r['median_hooked_s_per_iter']:.4f} | {r['median_ratio']:.4f} | {target} | {verdict} |")
+    lines += ["", f"s/iter: medians of {repeats} runs each (alternating plain/hooked); ratio: median of the "
+              f"{repeats} per-pair ratios hooked/plain.", ""]
     for r in results:
-        lines.append(f"- {r['net']}: ratios " + ", ".join(f"{x:.3f}" for x in r["ratios"])
+        lines.append(f"- {r['net']} {r['variant']}: ratios " + ", ".join(f"{x:.3f}" for x in r["ratios"])
                      + f" (ratio of medians {r['ratio_of_medians']:.3f}; {r['warmup_iterations']} warm-up + "
                      f"{r['timed_iterations']} timed iterations per run; {r['pruned_weights']:,} of "
                      f"{r['masked_weights']:,} weights pruned)")
     lines.append("")
-    for r in results:
-        b = r["overhead"]
-        if b is None:
-            continue
+    for net, b in breakdowns:
+        plain = next(r["median_plain_s_per_iter"] for r in results if r["net"] == net)
         parts = ", ".join(f"{name} {1e3 * b['s_per_call'][name]:.3f} ms x {b['calls_per_iteration'][name]:g}"
-                          for name in (*PIECES, "net_loss"))
-        lines.append(f"- {r['net']} overhead, timed alone (ms per call x calls per iteration of train()): {parts}; "
-                     f"total {1e3 * b['s_per_iteration']:.3f} ms per iteration = "
-                     f"{100 * b['s_per_iteration'] / r['median_plain_s_per_iter']:.1f}% of the median plain step")
+                          for name in (*POINTS, "net_loss"))
+        lines.append(f"- {net} {b['variant']} overhead, timed alone (ms per call x calls per iteration of train()): "
+                     f"{parts}; total {1e3 * b['s_per_iteration']:.3f} ms per iteration = "
+                     f"{100 * b['s_per_iteration'] / plain:.1f}% of the median plain step")
     lines.append("")
     code = machine.get("code") or {}
     if code.get("head"):
         dirty = f" + uncommitted changes to {', '.join(code['modified'])}" if code["modified"] else ""
         lines.append(f"Code: caffedsd at {code['head']}{dirty} (sha256 "
                      + ", ".join(f"{k} {v}" for k, v in code["files"].items()) + ")")
-    lines.append(f"Machine: nproc {machine['nproc']} ({machine['cpu']}), {machine['platform']}, "
-                 f"Python {machine['python']}, numpy {machine['numpy']}, Caffe mode {machine['mode']}")
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    lines.append(f"Machine: nproc {machine['nproc']} ({machine['cpu']}){gpu}, {machine['platform']}, "
+                 f"Python {machine['python']}, numpy {machine['numpy']}, Caffe mode {machine['mode']}, "
+                 f"device hooks {machine['device_hooks']}")
     return "\n".join(lines)
 
 
@@ -403,25 +476,36 @@ def markdown(results, machine, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", default="lenet,squeezenet",
-                        help=f"comma-separated nets to run, of {', '.join(NETS)} (default: both)")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating plain/masked pairs (default 5)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="timed iterations per run (default: "
-                             + ", ".join(f"{n} {v[2]}" for n, v in NETS.items()) + ")")
+    parser.add_argument("--nets", default=None,
+                        help="comma-separated nets of lenet, squeezenet, vgg16 "
+                             "(default: lenet,squeezenet on the CPU, all three with --gpu)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated hook variants of host, device, host+force, device+force "
+                             "(default: host on the CPU, device,host,device+force with --gpu)")
+    parser.add_argument("--force", action="store_true", help="also measure host+force on the CPU")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating plain/hooked pairs (default 5)")
+    parser.add_argument("--iterations", type=int, default=None, help="timed iterations per run (default: per net)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each run (default 3)")
     parser.add_argument("--sparsity", type=float, default=0.6,
                         help="keepmax sparsity of every Convolution/InnerProduct weight (default 0.6)")
     parser.add_argument("--seed", type=int, default=1701, help="solver random_seed (default 1701)")
-    parser.add_argument("--gpu", type=int, default=None, help="run on this GPU instead of the CPU")
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip timing the enforcer's calls alone")
+    parser.add_argument("--gpu", type=int, default=None, metavar="ID", help="run on this GPU instead of the CPU")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip timing the hook points alone")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")
     args = parser.parse_args(argv)
-    nets = [s.strip() for s in args.nets.split(",") if s.strip()]
-    unknown = [n for n in nets if n not in NETS]
+    choices = net_choices(args.gpu)
+    nets = [n.strip() for n in (args.nets or ("lenet,squeezenet,vgg16" if args.gpu is not None
+                                              else "lenet,squeezenet")).split(",") if n.strip()]
+    unknown = [n for n in nets if n not in choices]
     if unknown or not nets:
-        parser.error(f"--nets: unknown {', '.join(unknown) or '(none)'}; known: {', '.join(NETS)}")
+        parser.error(f"--nets: unknown {', '.join(unknown) or '(none)'}; known: {', '.join(choices)}")
+    default_variants = "device,host,device+force" if args.gpu is not None else "host" + (",host+force" if args.force else "")
+    variants = [v.strip() for v in (args.variants or default_variants).split(",") if v.strip()]
+    bad = [v for v in variants if v not in ("host", "device", "host+force", "device+force")]
+    if bad or not variants:
+        parser.error(f"--variants: unknown {', '.join(bad) or '(none)'}")
+    if args.gpu is None and any(v.startswith("device") for v in variants):
+        parser.error("--variants device...: needs --gpu")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.iterations is not None and args.iterations < 1:
@@ -430,39 +514,47 @@ def main(argv=None):
         parser.error("--warmup must be >= 0")
     if not 0 < args.sparsity < 1:
         parser.error("--sparsity must be between 0 and 1")
+    if any(v.startswith("device") for v in variants):
+        ok, why = device_hooks_available()
+        if not ok:
+            print(f"no device hooks here ({why}); measuring the host variants only", file=sys.stderr)
+            variants = [v for v in variants if not v.startswith("device")] or ["host"]
 
     caffe = import_caffe(args.gpu)
     workdir = Path(tempfile.mkdtemp(prefix="bench_masked_step."))
-    results = []
+    results, breakdowns = [], []
     try:
         for name in nets:
-            bench = NetBench(caffe, name, workdir, args.sparsity, args.seed, args.gpu)
+            bench = NetBench(caffe, name, choices[name], workdir, args.sparsity, args.seed, args.gpu)
             iterations = args.iterations or bench.default_iterations
             print(f"{name}: {bench.description}; {bench.params:,} parameters "
                   f"({bench.weights:,} weights, {bench.params - bench.weights:,} biases); "
                   f"{len(bench.masks)} masked layers, {bench.pruned:,} of {bench.masked_weights:,} weights pruned",
                   flush=True)
-            if name == "squeezenet" and bench.params != SQUEEZENET_V10_PARAMS:
-                print(f"  note: SqueezeNet v1.0 has {SQUEEZENET_V10_PARAMS:,} parameters", flush=True)
-            plain, masked, ratios = [], [], []
-            for i in range(args.repeats):
-                order = ("plain", "masked") if i % 2 == 0 else ("masked", "plain")
-                got = {}
-                for which in order:
-                    run = bench.run_plain if which == "plain" else bench.run_masked
-                    got[which] = run(args.warmup, iterations)
-                plain.append(got["plain"])
-                masked.append(got["masked"])
-                ratios.append(got["masked"] / got["plain"])
-                print(f"  pair {i + 1}/{args.repeats}: plain {got['plain']:.4f} s/iter, masked "
-                      f"{got['masked']:.4f} s/iter, ratio {ratios[-1]:.3f}", flush=True)
-            breakdown = None if args.no_breakdown else bench.breakdown(iterations=iterations)
-            results.append(summarize(bench, plain, masked, ratios, breakdown, args, iterations, args.warmup))
+            expected = {"squeezenet": SQUEEZENET_V10_PARAMS, "vgg16": VGG16_PARAMS}.get(name)
+            if expected and bench.params != expected:
+                print(f"  note: the reference net has {expected:,} parameters", flush=True)
+            for variant in variants:
+                plain, hooked = [], []
+                for i in range(args.repeats):
+                    order = ("plain", "hooked") if i % 2 == 0 else ("hooked", "plain")
+                    got = {}
+                    for which in order:
+                        got[which] = (bench.run_plain(args.warmup, iterations) if which == "plain"
+                                      else bench.run_hooked(variant, args.warmup, iterations))
+                    plain.append(got["plain"])
+                    hooked.append(got["hooked"])
+                    print(f"  {variant} pair {i + 1}/{args.repeats}: plain {got['plain']:.4f} s/iter, hooked "
+                          f"{got['hooked']:.4f} s/iter, ratio {got['hooked'] / got['plain']:.3f}", flush=True)
+                results.append(summarize(bench, variant, plain, hooked, args, iterations))
+                if not args.no_breakdown:
+                    breakdowns.append((name, bench.breakdown(variant, iterations=min(iterations, 20))))
         machine = machine_info(args.gpu)
         print()
-        print(markdown(results, machine, args.repeats))
+        print(markdown(results, breakdowns, machine, args.repeats))
         if args.json:
-            summary = {"command": [Path(sys.executable).name] + sys.argv, "machine": machine, "results": results}
+            summary = {"command": [Path(sys.executable).name] + sys.argv, "machine": machine, "results": results,
+                       "breakdowns": [dict(b, net=n) for n, b in breakdowns]}
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
             print(f"\nwrote {args.json}")
     finally:

@@ -39,10 +39,10 @@ for run in plain force0.0005 force0.001; do
     echo "== $run: ranks"
     caffedsd rank -w "$OUT/$run.caffemodel" --energy 0.9,$ENERGY,0.99
     caffedsd decompose -p "$NET" -w "$OUT/$run.caffemodel" --energy $ENERGY --fc -o "$OUT/$run-decomposed"
-    sed "s#^net: .*#net: \"$OUT/$run-decomposed/train_val.prototxt\"#" "$SOLVER" > "$OUT/$run-decomposed/solver.prototxt"
+    sed "s#^net: .*#net: \"$OUT/$run-decomposed/lenet_train_test.prototxt\"#" "$SOLVER" > "$OUT/$run-decomposed/solver.prototxt"
     caffedsd train-dense --solver "$OUT/$run-decomposed/solver.prototxt" -w "$OUT/$run-decomposed/model.caffemodel" \
         --lr-scale 0.1 -n 300 -o "$OUT/$run-decomposed/finetuned.caffemodel"
     echo "== $run: test accuracy: trained $(accuracy "$OUT/$run.caffemodel")," \
-         "decomposed $(accuracy "$OUT/$run-decomposed/model.caffemodel" "$OUT/$run-decomposed/train_val.prototxt")," \
-         "fine-tuned $(accuracy "$OUT/$run-decomposed/finetuned.caffemodel" "$OUT/$run-decomposed/train_val.prototxt")"
+         "decomposed $(accuracy "$OUT/$run-decomposed/model.caffemodel" "$OUT/$run-decomposed/lenet_train_test.prototxt")," \
+         "fine-tuned $(accuracy "$OUT/$run-decomposed/finetuned.caffemodel" "$OUT/$run-decomposed/lenet_train_test.prototxt")"
 done

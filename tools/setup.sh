@@ -7,7 +7,9 @@
 #   2. CAFFE_ROOT, a built Caffe tree (python/caffe, build/tools/caffe);
 #   3. a build of Debian's stock Caffe source into CAFFEDSD_CACHE
 #      (default ~/.cache/caffedsd), made once and reused.
-# `--cuda` (or CAFFEDSD_CUDA=1) builds with CUDA (CPU_ONLY=OFF) instead.
+# `--cuda` (or CAFFEDSD_CUDA=1) builds with CUDA (CPU_ONLY=OFF) instead, for
+# the toolkit and GPU arch tools/cuda_toolkit.sh finds, into a prefix named
+# after both, and installs the CuPy wheel of that CUDA major (device hooks).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -90,7 +92,16 @@ elif [ -n "${CAFFE_ROOT:-}" ]; then
     link_caffe "$CAFFE_ROOT/python" "$bin"
 else
     flavor=cpu
-    [ "$CUDA" = 1 ] && flavor=cuda
+    if [ "$CUDA" = 1 ]; then
+        . "$ROOT/tools/cuda_toolkit.sh"
+        cuda_version=$(cuda_version) && cuda_arch=$(cuda_arch) || exit 1
+        flavor="cuda$cuda_version-sm$cuda_arch"
+        cupy="cupy-cuda${cuda_version%%.*}x"
+        if ! "$VPY" -c 'import cupy' >/dev/null 2>&1; then
+            say "installing $cupy (device hooks)"
+            "$VPY" -m pip install -q "$cupy" || say "warning: could not install $cupy; hooks will copy through the host"
+        fi
+    fi
     pytag=$("$VPY" -c 'import sys, numpy; print("py%d%d-np%s" % (sys.version_info[0], sys.version_info[1], numpy.__version__.split(".")[0]))')
     prefix="$CACHE/caffe-1.0.0+git20180821.99bd997-8-$flavor-$pytag"
     if [ ! -f "$prefix/.complete" ]; then

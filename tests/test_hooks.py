@@ -1,0 +1,193 @@
+"""The solver-hook model on real pycaffe solvers: one dispatcher per solver,
+declared order (masks last), detach, the GPU fallback, and the device
+backend against the host results (gpu-marked)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffedsd.force import ForceRegularizer, ForceSpec, force_gradient
+from caffedsd.hooks import ORDER_FORCE, ORDER_MASK, ORDER_SHARING, Hook, HookDispatcher, device_hooks_available
+from caffedsd.maskfile import load_masks
+from caffedsd.masked_solver import MaskEnforcer
+from caffedsd.weight_sharing import WeightSharing, cluster
+from conftest import gpu_skip_reason
+from test_training import write_solver
+
+PACKAGE = Path(__file__).resolve().parent.parent / "caffedsd"
+
+
+class Recorder(Hook):
+    def __init__(self, name, order, log):
+        self.name, self.order, self.log = name, order, log
+
+    def bind(self, net, backend):
+        self.log.append(("bind", self.name, backend.name))
+
+    def on_start(self):
+        self.log.append(("start", self.name))
+
+    def on_gradients_ready(self):
+        self.log.append(("grad", self.name))
+
+
+def test_hooks_run_in_declared_order_and_detach_disarms(caffe, tmp_path):
+    solver = caffe.get_solver(str(write_solver(tmp_path)))
+    log = []
+    mask, share, force = (Recorder("mask", ORDER_MASK, log), Recorder("share", ORDER_SHARING, log),
+                          Recorder("force", ORDER_FORCE, log))
+    for hook in (mask, share, force):  # attached in the wrong order on purpose
+        hook.attach(solver)
+    dispatcher = HookDispatcher.for_solver(solver)
+    assert dispatcher.hooks == (force, share, mask)
+    assert [entry[2] for entry in log] == ["host"] * 3
+    log.clear()
+    solver.step(1)
+    assert log == [("start", "force"), ("start", "share"), ("start", "mask"),
+                   ("grad", "force"), ("grad", "share"), ("grad", "mask")]
+    share.detach()
+    log.clear()
+    solver.step(1)
+    assert log == [("start", "force"), ("start", "mask"), ("grad", "force"), ("grad", "mask")]
+    dispatcher.detach()
+    assert not mask.attached and dispatcher.hooks == ()
+    log.clear()
+    solver.step(2)
+    assert log == []  # disarmed: still registered with Caffe, doing nothing
+
+
+def test_the_dispatcher_holds_the_only_add_callback():
+    calls = {path.name: path.read_text().count(".add_callback(") for path in PACKAGE.glob("*.py")}
+    assert {name: n for name, n in calls.items() if n} == {"hooks.py": 1}
+
+
+def test_masks_have_the_last_word_over_the_force(caffe, tmp_path, cli):
+    """Masks attached first, the force after: the dispatcher still runs the
+    force first, so pruned weights stay exactly 0.0 although the force pulls
+    them (a force run after the masks would move them)."""
+    solver_path = write_solver(tmp_path, weight_decay=0)
+    solver = caffe.get_solver(str(solver_path))
+    solver.net.save(str(tmp_path / "dense.caffemodel"))
+    assert cli("prune", "-w", tmp_path / "dense.caffemodel", "-s", 0.6, "-o", tmp_path / "p.caffemodel").exit_code == 0
+    masks = load_masks(tmp_path / "p.masks.h5").per_layer()
+    solver.net.copy_from(str(tmp_path / "p.caffemodel"))
+    MaskEnforcer(masks).attach(solver)
+    ForceRegularizer(ForceSpec(5.0, "constant")).attach(solver)
+    grads = []
+    # Registered after the dispatcher, so it sees the gradient the update gets.
+    solver.add_callback(lambda: None, lambda: grads.append(solver.net.params["conv1"][0].diff.copy()))
+    solver.step(3)
+    w = solver.net.params["conv1"][0].data
+    assert np.count_nonzero(w[~masks["conv1"]]) == 0
+    assert np.count_nonzero(w[masks["conv1"]]) == masks["conv1"].sum()
+    assert all(np.count_nonzero(g[~masks["conv1"]]) == 0 for g in grads)
+    # The control: the force alone does pull pruned positions.
+    assert np.count_nonzero(force_gradient(w, "constant")[~masks["conv1"]]) > 0
+    HookDispatcher.for_solver(solver).detach()
+
+
+def test_gpu_mode_without_device_hooks_warns_once():
+    ok, reason = device_hooks_available()
+    if ok:
+        pytest.skip("device hooks are available here: no fallback to test")
+    code = ("from caffedsd.hooks import select_backend\n"
+            "print(select_backend(0).name, select_backend(0).name, select_backend(None).name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["host", "host", "host"]
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert reason in warnings[0] and "16 bytes per hooked weight per step" in warnings[0]
+
+
+# ------------------------------------------------------------ device (GPU) --
+
+
+@pytest.fixture
+def gpu_solver(caffe, tmp_path):
+    """A solver in GPU mode whose net has run forward and backward once, so
+    weights and gradients are filled (on the GPU), and the GPU id."""
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    ok, why = device_hooks_available()
+    if not ok:
+        pytest.skip(f"no device hooks: {why}")
+    from caffedsd.caffe_env import import_caffe
+
+    gpu = 0
+    import_caffe(gpu)
+    try:
+        solver = caffe.get_solver(str(write_solver(tmp_path)))
+        solver.net.forward()
+        solver.net.backward()
+        yield solver, gpu
+    finally:
+        import_caffe()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("force_type,decay_type", [("degradation", "fixed"), ("constant", "adaptive")])
+def test_force_on_the_device_matches_the_host(gpu_solver, force_type, decay_type):
+    solver, gpu = gpu_solver
+    blob = solver.net.params["conv1"][0]
+    w, d0 = blob.data.copy(), blob.diff.copy()
+    spec = ForceSpec(0.5, force_type, decay_type, mults=(("fc1", 0.0),))
+    hook = ForceRegularizer(spec, iter_size=2).attach(solver, gpu, backend="device")
+    assert HookDispatcher.for_solver(solver).backend.name == "device"
+    HookDispatcher.for_solver(solver).on_gradients_ready()
+    grad = force_gradient(w, force_type)
+    coefficient = 0.5 * (np.linalg.norm(d0) / np.linalg.norm(grad) if decay_type == "adaptive" else 1.0)
+    expected = d0 + (coefficient * 2) * grad
+    np.testing.assert_allclose(blob.diff, expected, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(blob.data, w)  # weights untouched
+    hook.detach()
+
+
+@pytest.mark.gpu
+def test_weight_sharing_on_the_device_matches_the_host(gpu_solver):
+    solver, gpu = gpu_solver
+    blob = solver.net.params["conv1"][0]
+    w, d0 = blob.data.copy(), blob.diff.copy()
+    keep = np.abs(w) > np.median(np.abs(w))
+    labels, codebook = cluster(w, keep, 2)
+    hook = WeightSharing({"conv1": (labels, codebook)}).attach(solver, gpu, backend="device")
+    HookDispatcher.for_solver(solver).on_gradients_ready()
+    kept = labels >= 0
+    sums = np.bincount(labels[kept], weights=d0.reshape(-1)[kept], minlength=codebook.size)
+    expected = d0.reshape(-1).copy()
+    expected[kept] = sums[labels[kept]]
+    np.testing.assert_allclose(blob.diff.reshape(-1), expected, rtol=1e-5, atol=1e-6)
+    data = blob.data.reshape(-1)
+    assert np.array_equal(data[kept], codebook[labels[kept]])  # weights start at their centroids
+    assert np.array_equal(data[~kept], w.reshape(-1)[~kept])
+    hook.detach()
+
+
+@pytest.mark.gpu
+def test_masks_on_the_device_write_exact_zeros(gpu_solver):
+    solver, gpu = gpu_solver
+    blob = solver.net.params["fc1"][0]
+    w, d0 = blob.data.copy(), blob.diff.copy()
+    mask = np.abs(w) > np.median(np.abs(w))
+    enforcer = MaskEnforcer({"fc1": mask}).attach(solver, gpu, backend="device")
+    HookDispatcher.for_solver(solver).on_gradients_ready()
+    data, diff = blob.data, blob.diff
+    assert np.array_equal(data[mask], w[mask]) and np.array_equal(diff[mask], d0[mask])
+    assert not np.signbit(data[~mask]).any() and np.count_nonzero(data[~mask]) == 0  # +0.0
+    assert np.count_nonzero(diff[~mask]) == 0
+    enforcer.detach()
+
+
+def test_build_stamp_names_cuda_version_and_arch(tmp_path):
+    from caffedsd.caffe_env import _build_info
+
+    for stamp, expect in [("debian-source:1.0 cpu_only=OFF cuda=13.0 arch=90", ("GPU", {"cuda": "13.0", "arch": "90"})),
+                          ("debian-source:1.0 cpu_only=ON", ("CPU-only", {}))]:
+        prefix = tmp_path / expect[0]
+        (prefix / "pycaffe" / "caffe").mkdir(parents=True)
+        (prefix / ".complete").write_text(stamp + "\n")
+        source, flavour, cuda = _build_info(prefix / "pycaffe" / "caffe")
+        assert (flavour, cuda) == expect and source.startswith("built by caffedsd from debian-source:1.0")
