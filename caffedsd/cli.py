@@ -582,9 +582,9 @@ def compress(weights, masks, bits, index_bits, force, output):
 
     rows, container = run(weights, output, parse_bits(bits), parse_bits(index_bits, "--index-bits", auto=True),
                           masks=masks, force=force)
-    click.echo(report.compression_table(rows, container))
-    click.echo(f"wrote {output}: {output.stat().st_size} bytes; "
-               f"{Path(weights).stat().st_size / output.stat().st_size:.1f}x smaller than {weights}")
+    click.echo(report.compression_table(rows))
+    click.echo(f"wrote {output}: {output.stat().st_size} bytes ({container} of them header and checksum); "
+               f"{Path(weights).stat().st_size / output.stat().st_size:.2f}x smaller than {weights}")
 
 
 @main.command()

@@ -494,16 +494,10 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
     layers = [layer for layer in model.layers if layer.blobs]
-    header = bytearray(varint(len(_name_bytes(model.name))) + _name_bytes(model.name) + varint(len(layers)))
-    for layer in layers:
-        param = layer.param.SerializeToString()
-        header += varint(len(param)) + param + varint(len(layer.blobs))
-        for index, blob in enumerate(layer.blobs):
-            shared = index == 0 and layer.type in PRUNABLE_TYPES
-            header += bytes([BLOB_SHARED if shared else BLOB_FLOATS]) + varint(len(blob.shape))
-            header += b"".join(varint(d) for d in blob.shape)
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=HEADER_DICTIONARY)
-    header = deflater.compress(bytes(header)) + deflater.flush()
+    header = _header(_name_bytes(model.name), [
+        (layer.param.SerializeToString(),
+         [(BLOB_SHARED if index == 0 and layer.type in PRUNABLE_TYPES else BLOB_FLOATS, blob.shape)
+          for index, blob in enumerate(layer.blobs)]) for layer in layers])
     rows = []
     with atomic_open(output) as handle:
         out = _Output(handle)
@@ -528,24 +522,41 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     return rows, container
 
 
-def _open_v2(buffer):
-    reader = Reader(buffer, len(MAGIC) + 2, len(buffer) - 4)
+def _header(name, layers):
+    """The deflated version 2 header: ``name`` (bytes) and, per layer,
+    (serialized LayerParameter, [(blob kind, shape)])."""
+    header = bytearray(varint(len(name)) + name + varint(len(layers)))
+    for param, blobs in layers:
+        header += varint(len(param)) + param + varint(len(blobs))
+        for kind, shape in blobs:
+            header += bytes([kind]) + varint(len(shape)) + b"".join(varint(d) for d in shape)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=HEADER_DICTIONARY)
+    return deflater.compress(bytes(header)) + deflater.flush()
+
+
+def _read_header(data):
+    """(name, layers) of a deflated header, as ``_header`` takes them."""
     try:
         inflater = zlib.decompressobj(-15, zdict=HEADER_DICTIONARY)
-        head = inflater.decompress(reader.blob()) + inflater.flush()
+        meta = Reader(inflater.decompress(data) + inflater.flush())
     except zlib.error as exc:
         raise FormatError(f"bad header ({exc})") from None
-    meta = Reader(head)
     name = meta.blob()
     layers = []
     for _ in range(meta.varint()):
-        param = LayerParameter.FromString(meta.blob())
+        param = meta.blob()
         blobs = []
         for _ in range(meta.varint()):
             kind = meta.byte()
             blobs.append((kind, tuple(meta.varint() for _ in range(meta.varint()))))
         layers.append((param, blobs))
-    return _text(name), layers, reader
+    return name, layers
+
+
+def _open_v2(buffer):
+    reader = Reader(buffer, len(MAGIC) + 2, len(buffer) - 4)
+    name, layers = _read_header(reader.blob())
+    return _text(name), [(LayerParameter.FromString(param), blobs) for param, blobs in layers], reader
 
 
 def _text(name):

@@ -391,10 +391,12 @@ def plot_panels(path, panels):
     _save_png(fig, path)
 
 
-def compression_table(rows, container=0):
+def compression_table(rows):
     """Deep Compression sizes per layer and stage, like the paper's Table 2:
     kept weights, weight and index bits per kept weight before and after
-    Huffman coding, bytes and ratio. ``rows``: dcz.LayerSizes."""
+    Huffman coding, bytes and ratio. ``rows``: dcz.LayerSizes. The file's own
+    container (header, checksum) is not in it: it depends on how the source
+    stored its layer parameters, not on the weights."""
 
     def name(layer):
         return layer.decode("utf-8", "backslashreplace") if isinstance(layer, bytes) else layer
@@ -408,14 +410,12 @@ def compression_table(rows, container=0):
                   r.index_bits, per_kept(r.index_stream_bits, r.kept)] if r.shared else ["", "exact", "", "", ""]
         body.append([name(r.layer), *shared, r.dense, r.before_huffman, r.stored,
                      f"{r.dense / r.stored:.1f}x" if r.stored else "-"])
-    if container:
-        body.append(["(container)", "", "", "", "", "", "", container, container, ""])
     shared = [r for r in rows if r.shared]
     kept = sum(r.kept for r in shared)
     weights = sum(r.weights for r in shared)
     dense = sum(r.dense for r in rows)
-    before = sum(r.before_huffman for r in rows) + container
-    stored = sum(r.stored for r in rows) + container
+    before = sum(r.before_huffman for r in rows)
+    stored = sum(r.stored for r in rows)
     # Bits per kept weight in total: weighted by each layer's kept count.
     body.append(["total", pct(kept / weights) if weights else "-",
                  per_kept(sum(r.bits * r.kept for r in shared), kept),

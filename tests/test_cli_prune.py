@@ -42,7 +42,7 @@ def test_masks_file_layout(tiny, tmp_path, cli):
     _, weights = tiny
     assert cli("prune", "-w", weights, "-s", 0.3, "-o", "p.caffemodel").exit_code == 0
     with h5py.File(tmp_path / "p.masks.h5", "r") as h5:
-        assert h5.attrs["format"] == "caffedsd-masks"
+        assert h5.attrs["format"] == b"caffedsd-masks"  # fixed-length strings: read as bytes
         ds = h5["masks/conv1"]
         assert ds.dtype == bool and ds.shape == (4, 1, 3, 3)
         assert json.loads(h5.attrs["structure"])[0][0] == "conv1"

@@ -56,14 +56,16 @@ def main():
         new_caffemodel(dense, layers, name=net.name)
         pruned = work / "pruned.caffemodel"
         prune_file(dense, pruned, SparsityPlan(sparsity=2 / 3))
-        rows = compress(pruned, work / "squeezenet.dcz", {"conv": 6, "fc": 6}, {"conv": 8, "fc": 5})
+        rows, container = compress(pruned, work / "squeezenet.dcz", {"conv": 6, "fc": 6}, {"conv": 8, "fc": 5})
         size = (work / "squeezenet.dcz").stat().st_size
         params = sum(b.data.size for layer in read_caffemodel(dense).layers for b in layer.blobs)
         print(f"parameters: {params}")
         print(f"dense caffemodel: {dense.stat().st_size} bytes")
         print(f"pruned 3x, 6-bit codes, 8-bit indices, .dcz: {size} bytes ({size / 2 ** 20:.3f} MiB, "
               f"{size / 1e6:.3f} MB); {dense.stat().st_size / size:.1f}x smaller than the dense file")
-        stages = {k: sum(r[k] for r in rows) for k in ("dense", "pruned", "quantized", "huffman")}
+        stages = {"dense": sum(r.dense for r in rows),
+                  "pruned + quantized": sum(r.before_huffman for r in rows) + container,
+                  "pruned + quantized + Huffman (the file)": sum(r.stored for r in rows) + container}
         print("bytes by stage:", stages)
 
 

@@ -78,7 +78,8 @@ START_SEED = 1
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--nets", default="lenet,squeezenet", help="Nets in the order to run them.")
+    parser.add_argument("--nets", default=None, help="Nets in the order to run them (default: lenet,squeezenet; "
+                                                       "lenet with --quick).")
     parser.add_argument("--seeds", default="1,2,3,4,5", help="Seeds of the arms (data order, random cut).")
     parser.add_argument("--regimes", default="full,subset", help="full (60,000 images) and/or subset (6,000).")
     parser.add_argument("--epochs-per-eval", type=int, default=2, help="Start: epochs per dense stage.")
@@ -97,7 +98,7 @@ def parse_args(argv=None):
     parser.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU).")
     parser.add_argument("--verbose", "-v", action="store_true", help="Show Caffe's own log.")
     args = parser.parse_args(argv)
-    args.nets = [n for n in args.nets.split(",") if n]
+    args.nets = [n for n in (args.nets or ("lenet" if args.quick else "lenet,squeezenet")).split(",") if n]
     args.regimes = [r for r in args.regimes.split(",") if r]
     for net in args.nets:
         if net not in NETS:
@@ -112,7 +113,7 @@ def parse_args(argv=None):
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds: give distinct seeds")
     if args.quick:
-        args.nets, args.seeds = ["lenet"], args.seeds[:2]
+        args.seeds = args.seeds[:2]
     args.out = Path(args.out or ("work/experiment_dsd_quick" if args.quick else "work/experiment_dsd"))
     return args
 
@@ -426,7 +427,8 @@ def summarize(records, args, cfg):
                 continue
             row = {"net": net_name, "regime": regime, "arm": arm, "n": len(runs),
                    "final_accuracy": t_interval([_final(r)["accuracy"] for r in runs]),
-                   "final_loss": t_interval([_final(r)["loss"] for r in runs]),
+                   "final_loss": t_interval([_final(r)["loss"] for r in runs]) if all(
+                       "loss" in _final(r) for r in runs) else None,  # SqueezeNet's TEST net has no loss
                    "final_density": statistics.fmean(1 - r["points"][-1]["sparsity"] for r in runs),
                    "cpu_seconds": sum(r["cpu_seconds"] for r in runs)}
             sparse = [_sparse(r) for r in runs if _sparse(r)]
@@ -470,11 +472,13 @@ def markdown(data):
         sparse = (_acc(r["pruned_accuracy"]), _acc(r["sparse_accuracy"]), f"{100 * r['sparse_density']:.1f}%") \
             if "sparse_accuracy" in r else ("", "", "")
         lines.append(f"| {r['net']} | {r['regime']} | {r['arm']} | {r['n']} | {' | '.join(sparse)} "
-                     f"| {_acc(r['final_accuracy'])} | {_acc(r['final_loss'])} | {100 * r['final_density']:.1f}% "
+                     f"| {_acc(r['final_accuracy'])} | {_acc(r['final_loss']) if r['final_loss'] else ''} "
+                     f"| {100 * r['final_density']:.1f}% "
                      f"| {r['cpu_seconds']:.0f} |")
     lines += ["", "| start | final test accuracy | final test loss | CPU s |", "|---|---:|---:|---:|"]
     for key, s in data["starts"].items():
-        lines.append(f"| {key} | {s['final']['accuracy']:.4f} | {s['final']['loss']:.4f} | {s['cpu_seconds']:.0f} |")
+        loss = f"{s['final']['loss']:.4f}" if "loss" in s["final"] else ""
+        lines.append(f"| {key} | {s['final']['accuracy']:.4f} | {loss} | {s['cpu_seconds']:.0f} |")
     lines += ["", "| plan | predicted drop, start | overall sparsity, start | predicted drop | measured drop "
               "| overall sparsity | layers |", "|---|---:|---:|---:|---:|---:|---|"]
     for key, p in data["plans"].items():

@@ -330,8 +330,9 @@ def main():
             shutil.rmtree(work)
         rows.append(report_net(folder.name, folder, work, args.timeout))
         shutil.rmtree(work, ignore_errors=True)  # VGG16's outputs alone are gigabytes
-    zoo = os.path.relpath(args.zoo, ROOT) if args.zoo.is_absolute() else args.zoo
-    args.doc.write_text(markdown(rows, zoo, time.perf_counter() - start))
+        # Written after every net, so an interrupted run still leaves its table.
+        zoo = os.path.relpath(args.zoo, ROOT) if args.zoo.is_absolute() else args.zoo
+        args.doc.write_text(markdown(rows, zoo, time.perf_counter() - start))
     print(f"wrote {args.doc}")
     return 0
 
