@@ -86,7 +86,7 @@ def test_killed_run_resumes(tmp_path, sig):
     assert marker.exists(), "the run ended or stalled before its first sparse checkpoint"
     time.sleep(0.1)
     proc.send_signal(sig)
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=60) != 0, f"exit 0 after {sig!r}: {proc.stderr.read()[-2000:]}"
     assert not (tmp_path / "run" / "report.json").exists()
     killed_at = json.loads(marker.read_text())["iter"]
     assert 0 < killed_at < 3000

@@ -59,12 +59,12 @@ for major in "${MAJORS[@]}"; do
     {
         "$PYTHON" -m venv "$dir/venv" \
         && "$dir/venv/bin/pip" install -q "cmake>=4" numpy $wheels \
+        && echo "cmake: $("$dir/venv/bin/cmake" --version | head -1)" \
         && if [ "$major" = local ]; then :; else
                cuda_merge_toolkit "$dir/toolkit" \
                    "$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/nvidia/*/ \
                    && export CUDA_HOME="$dir/toolkit"
            fi \
-        && echo "cmake: $("$dir/venv/bin/cmake" --version | head -1)" \
         && PATH="$dir/venv/bin:$PATH" CAFFEDSD_CUDA_ARCH="$ARCH" \
            bash "$ROOT/tools/build_caffe.sh" "$dir/venv/bin/python" "$dir/prefix" --cuda
     } > "$log" 2>&1

@@ -33,10 +33,13 @@
 # headers. Whether Boost 1.74's Boost.Python compiles against 3.12 is not
 # known; if it does not, a newer Boost.Python source (1.83+) is the next try.
 #
-# After `build`:
-#   export LD_LIBRARY_PATH=STAGE/root/usr/lib/x86_64-linux-gnu:STAGE/root/usr/lib/x86_64-linux-gnu/openblas-pthread
-#   PYTHONPATH=STAGE/caffe/pycaffe PYTHON -m pytest -m gpu -rs tests
-#   PYTHONPATH=STAGE/caffe/pycaffe PYTHON tools/bench_masked_step.py --gpu 0 --json gpu.json
+# After `build` (from the repo root there; S=STAGE, P=PYTHON):
+#   export LD_LIBRARY_PATH=$S/root/usr/lib/x86_64-linux-gnu:$S/root/usr/lib/x86_64-linux-gnu/openblas-pthread
+#   export PYTHONPATH=$S/caffe/pycaffe GLOG_minloglevel=2
+#   $P -m pytest -m gpu -rs tests            # the gpu-marked tests, run instead of skipped
+#   $P tools/bench_masked_step.py --gpu 0 --repeats 9 --json gpu.json
+#   $P -m pip install --no-deps --no-build-isolation -e .  &&  ln -sf $S/caffe/bin/caffe "$(dirname $P)/caffe"
+#   PATH="$(dirname $P):$PATH" CAFFEDSD_DEMO_GPU=0 VENV="$(dirname "$(dirname $P)")" bash tools/demo.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
