@@ -57,7 +57,7 @@ from caffedsd.plan import load_plan
 from caffedsd.plan_from_scan import make_plan
 from caffedsd.recipe import Recipe
 from caffedsd.sensitivity import scan
-from caffedsd.training import quiet_caffe
+from caffedsd.caffe_env import caffe_log
 
 NETS = {
     "lenet": {"solver": "solvers/lenet_solver.prototxt", "net": "prototxt/lenet_train_test.prototxt",
@@ -516,7 +516,7 @@ def curve_panels(records, seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    quiet_caffe(args.verbose)
+    caffe_log(args.verbose)
     started = time.time()
     experiment = Experiment(args)
     data = experiment.write_summary() if args.summary_only else experiment.main()
