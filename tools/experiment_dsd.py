@@ -332,7 +332,7 @@ class Experiment:
             train = "sparse"
         elif arm == "random":
             plan = load_plan(plan_path)
-            first = {"prune": {"criterion": "random", "layers": {r.pattern: r.amount for r in plan.rules}}}
+            first = {"prune": {"criterion": "random", "layers": {r.pattern: r.value for r in plan.rules}}}
             train = "sparse"
         else:  # the same stage numbers (so the same batches) with nothing pruned
             first = {"dense": {"iterations": 0}}
