@@ -27,14 +27,12 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed.
 """
-import resource
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import benchlib
-from bench_prune import VGG16_PARAMS, build_model, mib, remove, run_child, vgg16_specs
+from bench_prune import add_model_options, mib, remove, run_child, vgg16_workspace
 
 TARGETS = {  # command: (wall time / prune's, peak RSS / caffemodel size)
     "decompress": (2.0, 3.0),
@@ -132,28 +130,11 @@ def markdown(summary):
 
 def main(argv=None):
     parser = benchlib.parser(__doc__)
-    parser.add_argument("--sparsity", type=float, default=0.5, help="--sparsity given to prune (default 0.5)")
+    add_model_options(parser)
     parser.add_argument("--bits", default="5", help="--bits given to compress (default 5)")
-    parser.add_argument("--layers", default=None,
-                        help="comma-separated subset of VGG16 layers for a quick smoke run (default: all 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    parser.add_argument("--std", type=float, default=0.01, help="std of the random weights (default 0.01)")
     args = parser.parse_args(argv)
 
-    only = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
-    specs = vgg16_specs(only)
-    created = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench_compression.")) if created else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        model_path = workdir / "vgg16_random.caffemodel"
-        print(f"building {len(specs)}-layer VGG16-shaped caffemodel in {model_path} ...", flush=True)
-        model = build_model(model_path, specs, args.seed, args.std)
-        model["generator_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if only is None and model["params"] != VGG16_PARAMS:
-            raise SystemExit(f"bench_compression: {model['params']} parameters, VGG16 has {VGG16_PARAMS}")
-        print(f"  {model['params']:,} parameters, {model['bytes']:,} bytes", flush=True)
-
+    with vgg16_workspace(args, "bench_compression") as (workdir, model_path, model):
         bench = Bench(model_path, workdir, args.sparsity, args.bits)
         print("pruning and compressing once (untimed) for the inputs of compress and decompress", flush=True)
         bench.prepare(args.sparsity)
@@ -184,11 +165,6 @@ def main(argv=None):
         print(table)
         print(markdown(summary))
         benchlib.write_json(args.json, summary)
-    finally:
-        if created and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif args.keep or not created:
-            print(f"work folder: {workdir}")
     return 0
 
 

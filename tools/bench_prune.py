@@ -24,6 +24,7 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed.
 """
+import contextlib
 import os
 import resource
 import shutil
@@ -248,20 +249,25 @@ def markdown(summary):
 
 # ----------------------------------------------------------------- main --
 
-def main(argv=None):
-    parser = benchlib.parser(__doc__)
+def add_model_options(parser):
+    """The options of the VGG16-shaped model, shared with bench_compression."""
     parser.add_argument("--sparsity", type=float, default=0.5, help="--sparsity given to prune (default 0.5)")
     parser.add_argument("--layers", default=None,
                         help="comma-separated subset of VGG16 layers for a quick smoke run, e.g. fc8,conv1_1 "
                              "(default: all 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     parser.add_argument("--std", type=float, default=0.01, help="std of the random weights (default 0.01)")
-    args = parser.parse_args(argv)
 
+
+@contextlib.contextmanager
+def vgg16_workspace(args, name):
+    """Yield (workdir, model_path, model): the VGG16-shaped caffemodel of
+    ``args`` built in --workdir or a temporary folder, removed afterwards
+    unless --keep."""
     only = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     specs = vgg16_specs(only)
     created = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench_prune.")) if created else args.workdir
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}.")) if created else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         model_path = workdir / "vgg16_random.caffemodel"
@@ -269,10 +275,23 @@ def main(argv=None):
         model = build_model(model_path, specs, args.seed, args.std)
         model["generator_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if only is None and model["params"] != VGG16_PARAMS:
-            raise SystemExit(f"bench_prune: {model['params']} parameters, VGG16 has {VGG16_PARAMS}")
+            raise SystemExit(f"{name}: {model['params']} parameters, VGG16 has {VGG16_PARAMS}")
         print(f"  {model['params']:,} parameters, {model['bytes']:,} bytes, built in {model['build_s']:.1f} s "
               f"(this process's peak RSS so far {mib(model['generator_peak_rss_bytes']):.0f} MiB)", flush=True)
+        yield workdir, model_path, model
+    finally:
+        if created and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"work folder: {workdir}")
 
+
+def main(argv=None):
+    parser = benchlib.parser(__doc__)
+    add_model_options(parser)
+    args = parser.parse_args(argv)
+
+    with vgg16_workspace(args, "bench_prune") as (workdir, model_path, model):
         bench = Bench(model_path, workdir, args.sparsity)
         print("warm-up (untimed): one run of each, so timed runs read the input from the page cache", flush=True)
         for which in ("baseline", "prune"):
@@ -293,11 +312,6 @@ def main(argv=None):
         print()
         print(markdown(summary))
         benchlib.write_json(args.json, summary)
-    finally:
-        if created and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif args.keep or not created:
-            print(f"work folder: {workdir}")
     return 0
 
 
