@@ -82,6 +82,9 @@ def parse_args(argv=None):
                                                        "lenet with --quick).")
     parser.add_argument("--seeds", default="1,2,3,4,5", help="Seeds of the arms (data order, random cut).")
     parser.add_argument("--regimes", default="full,subset", help="full (60,000 images) and/or subset (6,000).")
+    parser.add_argument("--arms", default="dsd,dense,random",
+                        help="Arms to run (dsd, dense, random). Runs that share a work folder may run side by "
+                             "side as separate processes when their nets, regimes or arms do not overlap.")
     parser.add_argument("--epochs-per-eval", type=int, default=2, help="Start: epochs per dense stage.")
     parser.add_argument("--n-epochs", type=float, default=1.0,
                         help="N, in epochs of the full training set: (a) sparse N + re-dense N; (b) dense 2N.")
@@ -100,6 +103,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.nets = [n for n in (args.nets or ("lenet" if args.quick else "lenet,squeezenet")).split(",") if n]
     args.regimes = [r for r in args.regimes.split(",") if r]
+    args.arms = [a for a in args.arms.split(",") if a]
+    for arm in args.arms:
+        if arm not in ARMS["full"]:
+            parser.error(f"--arms: unknown arm {arm!r} (known: {', '.join(ARMS['full'])})")
     for net in args.nets:
         if net not in NETS:
             parser.error(f"--nets: unknown net {net!r} (known: {', '.join(NETS)})")
@@ -352,9 +359,10 @@ class Experiment:
         important pairs finished."""
         for net_name in self.args.nets:
             for regime in self.args.regimes:
-                arms = ARMS[regime]
-                for group in ((arms[:2], arms[2:]) if regime == "full" else (arms,)):
-                    yield net_name, regime, group
+                arms = [a for a in ARMS[regime] if a in self.args.arms]
+                for group in ([a for a in arms if a != "random"], [a for a in arms if a == "random"]):
+                    if group:
+                        yield net_name, regime, group
 
     def main(self):
         starts = {}
