@@ -38,6 +38,7 @@ Run from the repository root:
     .venv/bin/python tools/experiment_dsd.py --quick              # a smoke test, under a minute
 """
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -446,6 +447,10 @@ def summarize(records, args, cfg):
                 pruned = [r["points"][0] for r in runs]
                 row["pruned_accuracy"] = t_interval([p["test"]["accuracy"] for p in pruned])
             rows.append(row)
+    per_seed = [{"net": net_name, "regime": regime, "seed": seed,
+                 "arms": {arm: {"sparse": _sparse(r)["test"]["accuracy"] if _sparse(r) else None,
+                                "final": _final(r)["accuracy"]} for arm, r in runs.items()}}
+                for (net_name, regime), by_seed in sorted(arms.items()) for seed, runs in sorted(by_seed.items())]
     starts = {k: {"final": r["points"][-1]["test"], "points": r["points"], "cpu_seconds": r["cpu_seconds"],
                   "iterations_per_epoch": r["iterations_per_epoch"]}
               for k, r in records.items() if r["kind"] == "start"}
@@ -454,6 +459,7 @@ def summarize(records, args, cfg):
              for k, r in records.items() if r["kind"] == "plan"}
     return {"command": "tools/experiment_dsd.py" + (" --quick" if args.quick else ""), "settings": cfg,
             "seeds_asked": args.seeds, "starts": starts, "plans": plans, "rows": rows, "groups": groups,
+            "per_seed": per_seed,
             "cpu_seconds": round(sum(r.get("cpu_seconds", 0) for r in records.values()), 1)}
 
 
@@ -483,6 +489,7 @@ def markdown(data):
                      f"| {_acc(r['final_accuracy'])} | {_acc(r['final_loss']) if r['final_loss'] else ''} "
                      f"| {100 * r['final_density']:.1f}% "
                      f"| {r['cpu_seconds']:.0f} |")
+    lines += _per_seed_tables(data["per_seed"])
     lines += ["", "| start | final test accuracy | final test loss | CPU s |", "|---|---:|---:|---:|"]
     for key, s in data["starts"].items():
         loss = f"{s['final']['loss']:.4f}" if "loss" in s["final"] else ""
@@ -495,6 +502,28 @@ def markdown(data):
                      f"{p['predicted_drop']:.2f} | {p['measured_drop']:.2f} | {p['overall']:.3f} | {layers} |")
     lines += ["", f"CPU time of the finished runs: {data['cpu_seconds']:.0f} s", ""]
     return "\n".join(lines)
+
+
+def _per_seed_tables(per_seed):
+    """Per net and regime: each seed's sparse and final accuracies, and its paired differences."""
+    def acc(value):
+        return "" if value is None else f"{value:.4f}"
+
+    def points(a, b):
+        return "" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+    lines = []
+    for (net_name, regime), rows in itertools.groupby(per_seed, key=lambda r: (r["net"], r["regime"])):
+        lines += ["", f"{net_name}, {regime} regime, per seed (sparse: the model at the end of the sparse phase; "
+                      "final: after the last stage):", "",
+                  "| seed | (a) sparse | (a) final | (b) final | (c) sparse | (c) final | (a) − (b), points "
+                  "| (c) − (b), points |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            a, b, c = (row["arms"].get(arm, {}) for arm in ("dsd", "dense", "random"))
+            lines.append(f"| {row['seed']} | {acc(a.get('sparse'))} | {acc(a.get('final'))} | {acc(b.get('final'))} "
+                         f"| {acc(c.get('sparse'))} | {acc(c.get('final'))} "
+                         f"| {points(a.get('final'), b.get('final'))} | {points(c.get('final'), b.get('final'))} |")
+    return lines
 
 
 def curve_panels(records, seed):
