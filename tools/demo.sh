@@ -22,8 +22,9 @@ if [ -n "$GPU" ]; then
 fi
 
 accuracy() {  # accuracy WEIGHTS -> "accuracy = ... loss = ..." over the 10,000 test images
-    caffe test --model="$NET" --weights="$1" --iterations=100 "${CAFFE_GPU[@]}" 2>&1 \
-        | grep -E 'caffe.cpp:[0-9]+\] (accuracy|loss) =' | sed 's/.*\] //; s/ (\*.*//' | tr '\n' ' '
+    # caffe prints its results at INFO level, whatever GLOG_minloglevel the caller set.
+    GLOG_minloglevel=0 caffe test --model="$NET" --weights="$1" --iterations=100 "${CAFFE_GPU[@]}" 2>&1 \
+        | grep -E 'caffe.cpp:[0-9]+\] (accuracy|loss) =' | sed 's/.*\] //; s/ (\*.*//' | tr '\n' ' ' || true
 }
 
 if [ ! -f data/fashion-mnist/test.txt ]; then
