@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +65,10 @@ def _recipe(folder, sparse_iterations=3000):
 
 
 def _dsd(recipe, run, cwd):
-    cmd = [str(Path(sys.executable).with_name("caffedsd")), "dsd", "--recipe", str(recipe), "-o", str(run)]
+    # Through this Python rather than the console script, which a checkout
+    # run from PYTHONPATH (tools/gpu_stage.sh) does not have.
+    cmd = [sys.executable, "-c", "from caffedsd.cli import main; main()",
+           "dsd", "--recipe", str(recipe), "-o", str(run)]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
