@@ -2,15 +2,26 @@
 # Stage a CUDA build of Caffe for a GPU machine that has no apt and no
 # network (nvcc, cmake, gcc and a Python with numpy 2 and CuPy there).
 #
-# UNTESTED ON A GPU: written without a GPU machine at hand. `fetch` was run
-# on a Debian 12 machine (49 MB staged). `build` was run there only up to
-# CMake's configuration (CAFFEDSD_CONFIGURE_ONLY=1, CAFFEDSD_CUDA_ARCH=90,
-# Python 3.11, CUDA 13.0 nvcc completed with cu13 wheels): every dependency
-# was found in the staged root. Compiling, Boost.Python for 3.12 and
-# running have not been tried. Expect to fix things.
+# NOT YET RUN ON A GPU. What has run, on a 2-core Debian 12 machine:
+# - `fetch` (50 MB for build, 30 MB of Fashion-MNIST for the demo);
+# - `build ... --cpu` for a bare Python 3.12.1 venv (numpy 2.5, protobuf 7
+#   upb, no six: pycaffe needs it, so python3-six is staged): Boost.Python
+#   1.74 compiled for 3.12 (deprecation warnings only), CPU Caffe built
+#   from the staged root, pycaffe imports;
+# - `check` tests, bench and demo with --cpu on that build (the demo's
+#   numbers equal docs/RESULTS.md's);
+# - `build` with --cuda only up to CMake's configuration (CUDA 13.0 nvcc
+#   completed with cu13 wheels, arch 90, Python 3.11).
+# A CUDA compile from the staged root, and anything on the GPU machine,
+# has not run.
 #
 #   tools/gpu_stage.sh fetch STAGE          here: Debian 12, apt and network
 #   tools/gpu_stage.sh build STAGE PYTHON   there: no apt, no network
+#   tools/gpu_stage.sh build STAGE PYTHON --cpu
+#                                           a rehearsal anywhere: the same steps
+#                                           without CUDA (no nvcc needed)
+#   tools/gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]
+#                                           there, after build (below)
 #
 # STAGE=gpu-stage (git-ignored, under 64 MB) can travel with a checkout.
 #
@@ -26,25 +37,25 @@
 #   checked first); then tools/build_caffe.sh --cuda with the staged source
 #   and CMake pointed into STAGE/root; then `caffedsd info`.
 #
-# The open question: Debian 12's libboost_python311 is built for Python
-# 3.11, the GPU machine's Python is 3.12. Loading a 3.11 Boost.Python into
-# 3.12 is not an option (different C API/ABI), so `build` compiles
-# libboost_python312 from Boost 1.74's own sources against that Python's
-# headers. Whether Boost 1.74's Boost.Python compiles against 3.12 is not
-# known; if it does not, a newer Boost.Python source (1.83+) is the next try.
+# Debian 12's libboost_python311 is built for Python 3.11; a 3.11
+# Boost.Python cannot load into 3.12 (different C API/ABI), so for another
+# Python `build` compiles libboost_pythonXY from Boost 1.74's own sources
+# against that Python's headers.
 #
-# After `build` (from the repo root there; S=STAGE, P=PYTHON):
-#   export LD_LIBRARY_PATH=$S/root/usr/lib/x86_64-linux-gnu:$S/root/usr/lib/x86_64-linux-gnu/openblas-pthread
-#   export PYTHONPATH=$S/caffe/pycaffe GLOG_minloglevel=2
-#   $P -m pytest -m gpu -rs tests            # the gpu-marked tests, run instead of skipped
-#   $P tools/bench_masked_step.py --gpu 0 --repeats 9 --json gpu.json
-#   $P -m pip install --no-deps --no-build-isolation -e .  &&  ln -sf $S/caffe/bin/caffe "$(dirname $P)/caffe"
-#   PATH="$(dirname $P):$PATH" CAFFEDSD_DEMO_GPU=0 VENV="$(dirname "$(dirname $P)")" bash tools/demo.sh
+# After `build`, from the repo root there, one step per call (each well
+# under the device tool's 10 minutes; OUTDIR receives logs and results):
+#   tools/gpu_stage.sh check STAGE PYTHON tests OUTDIR   pytest -m gpu -rs (run, not skipped)
+#   tools/gpu_stage.sh check STAGE PYTHON bench OUTDIR   bench_masked_step.py --gpu 0 --repeats 9
+#   tools/gpu_stage.sh check STAGE PYTHON demo OUTDIR    tools/demo.sh on GPU 0 (Fashion-MNIST
+#                                                        from STAGE/fashion-mnist, 30 MB)
+# STAGE/debs and STAGE/src (51 MB) travel for `build`, STAGE/fashion-mnist
+# for `demo` alone: one call carries at most 64 MB. With --cpu after OUTDIR
+# the same steps run on the CPU build (a rehearsal).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CMD=${1:-}
-STAGE=${2:?usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON}
+STAGE=${2:?usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu] | check STAGE PYTHON STEP OUTDIR [--cpu]}
 STAGE=$(realpath -m "$STAGE")
 say() { echo "gpu-stage: $*"; }
 
@@ -57,7 +68,8 @@ DEBS=(libboost1.74-dev
       libprotobuf-dev libprotobuf32 libprotobuf-lite32 libprotoc32 protobuf-compiler
       libhdf5-dev libhdf5-103-1 libhdf5-hl-100 libhdf5-cpp-103-1 libhdf5-hl-cpp-100 libsz2 libaec0
       libopenblas-dev libopenblas-pthread-dev libopenblas0 libopenblas0-pthread libgfortran5
-      liblmdb-dev liblmdb0)
+      liblmdb-dev liblmdb0
+      python3-six)  # pycaffe imports six; the GPU machine's Python may lack it
 
 fetch() {
     mkdir -p "$STAGE/debs" "$STAGE/src"
@@ -77,17 +89,33 @@ fetch() {
     (cd "$tmp" && dpkg-source --no-check -x boost1.74_*.dsc boost-src >/dev/null)  # Debian's patches applied
     mv "$tmp/boost-src/libs/python/src" "$STAGE/src/boost-python"
     rm -rf "$tmp"
-    say "staged in $STAGE ($(du -sh "$STAGE" | cut -f1)); copy it to the GPU machine and run: $0 build STAGE PYTHON"
+    # Fashion-MNIST's four .gz files (Debian's dataset-fashion-mnist), for the demo.
+    mkdir -p "$STAGE/fashion-mnist"
+    if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+        tmp=$(mktemp -d)
+        (cd "$tmp" && apt-get download dataset-fashion-mnist 2>&1 | grep -v "unsandboxed" || true)
+        dpkg -x "$tmp"/dataset-fashion-mnist_*.deb "$tmp/root"
+        cp "$tmp"/root/usr/share/datasets/fashion-mnist/*.gz "$STAGE/fashion-mnist/"
+        rm -rf "$tmp"
+    else
+        cp /usr/share/datasets/fashion-mnist/*.gz "$STAGE/fashion-mnist/"
+    fi
+    say "staged in $STAGE ($(du -sh "$STAGE" | cut -f1)): STAGE/debs and STAGE/src ($(du -shc "$STAGE/debs" "$STAGE/src" | tail -1 | cut -f1)) for \`$0 build STAGE PYTHON\` there, STAGE/fashion-mnist for its demo"
 }
 
 build() {
-    local python=${3:?usage: gpu_stage.sh build STAGE PYTHON}
+    local python=${3:?usage: gpu_stage.sh build STAGE PYTHON [--cpu]}
+    local device=--cuda
+    case "${4:-}" in
+        "") ;;
+        --cpu) device= ;;
+        *) echo "gpu-stage: unknown option ${4} (expected --cpu)" >&2; exit 2 ;;
+    esac
     python=$(command -v "$python" || echo "$python")
     local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
     mkdir -p "$root"
     for deb in "$STAGE"/debs/*.deb; do dpkg -x "$deb" "$root"; done
-    export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export PATH="$root/usr/bin:$PATH"
+    stage_env
     local pyver pyinc pylib
     pyver=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
     pyinc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
@@ -99,8 +127,8 @@ build() {
     # shellcheck source=cuda_toolkit.sh
     . "$ROOT/tools/cuda_toolkit.sh"
     local cuda site
-    cuda=$(cuda_root)
-    if [ ! -e "$cuda/lib64/libcublas.so" ] || [ ! -e "$cuda/lib64/libcurand.so" ]; then
+    [ -n "$device" ] && cuda=$(cuda_root)
+    if [ -n "$device" ] && { [ ! -e "$cuda/lib64/libcublas.so" ] || [ ! -e "$cuda/lib64/libcurand.so" ]; }; then
         site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
         say "$cuda lacks cuBLAS or cuRAND: merging it with the NVIDIA wheels in $site"
         rm -rf "$STAGE/cuda"
@@ -126,12 +154,66 @@ build() {
 -DOpenBLAS_LIB=$lib/openblas-pthread/libopenblas.so \
 -DLMDB_INCLUDE_DIR=$root/usr/include -DLMDB_LIBRARIES=$lib/liblmdb.so \
 -DPYTHON_INCLUDE_DIR=$pyinc -DPYTHON_LIBRARY=$pylib" \
-        bash "$ROOT/tools/build_caffe.sh" "$python" "$STAGE/caffe" --cuda
-    PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT" "$python" -c "from caffedsd.cli import main; main(['info'])"
+        bash "$ROOT/tools/build_caffe.sh" "$python" "$STAGE/caffe" $device
+    # STAGE/bin stands in for a venv's bin (tools/demo.sh's VENV): caffedsd,
+    # caffe and python.
+    mkdir -p "$STAGE/bin"
+    printf '#!/bin/sh\nexec "%s" -c "from caffedsd.cli import main; main()" "$@"\n' "$python" > "$STAGE/bin/caffedsd"
+    chmod +x "$STAGE/bin/caffedsd"
+    ln -sfn "$STAGE/caffe/bin/caffe" "$STAGE/bin/caffe"
+    ln -sfn "$python" "$STAGE/bin/python"
+    stage_env
+    caffedsd info
+    "$python" -c "import caffe" || { echo "gpu-stage: the staged pycaffe does not import in $python (above)" >&2; exit 1; }
+}
+
+# The environment the staged Caffe runs in: its libraries, pycaffe, caffedsd.
+stage_env() {
+    local lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
+    export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export PATH="$STAGE/bin:$STAGE/root/usr/bin:$PATH"
+    export PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT:$STAGE/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}"
+    export CAFFEDSD_CAFFE_BIN="$STAGE/caffe/bin/caffe" GLOG_minloglevel=${GLOG_minloglevel:-2}
+}
+
+check() {
+    local python=${3:?usage: gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]}
+    local step=${4:?usage: gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]}
+    local out=${5:?usage: gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]}
+    local gpu=0 markers=gpu
+    [ "${6:-}" = --cpu ] && { gpu=; markers=caffe; }
+    [ -f "$STAGE/caffe/.complete" ] || { echo "gpu-stage: no finished build in $STAGE/caffe: run build first" >&2; exit 1; }
+    mkdir -p "$out"
+    out=$(realpath "$out")
+    stage_env
+    cd "$ROOT"
+    caffedsd info | tee "$out/info.txt"
+    case "$step" in
+        tests)
+            "$python" -m pytest -m "$markers" -rs -p no:cacheprovider tests 2>&1 | tee "$out/tests.txt"
+            return "${PIPESTATUS[0]}" ;;
+        bench)
+            "$python" tools/bench_masked_step.py ${gpu:+--gpu "$gpu"} --repeats 9 --json "$out/bench.json" \
+                2>&1 | tee "$out/bench.txt"
+            return "${PIPESTATUS[0]}" ;;
+        demo)
+            if [ ! -f data/fashion-mnist/test.txt ]; then
+                [ -f "$STAGE/fashion-mnist/train-images-idx3-ubyte.gz" ] \
+                    || { echo "gpu-stage: no $STAGE/fashion-mnist/*.gz (staged by fetch; carry it)" >&2; exit 1; }
+                caffedsd data fashion-mnist --source "$STAGE/fashion-mnist" -o data/fashion-mnist
+            fi
+            CAFFEDSD_DEMO_GPU=$gpu VENV="$STAGE" bash tools/demo.sh 2>&1 | tee "$out/demo.txt"
+            local rc=${PIPESTATUS[0]}
+            cp -r work/demo${gpu:+-gpu} "$out/" 2>/dev/null || true
+            return "$rc" ;;
+        *) echo "gpu-stage: unknown step $step (tests, bench or demo)" >&2; exit 2 ;;
+    esac
 }
 
 case "$CMD" in
     fetch) fetch ;;
     build) build "$@" ;;
-    *) echo "usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON" >&2; exit 2 ;;
+    check) check "$@" ;;
+    *) echo "usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu] | check STAGE PYTHON STEP OUTDIR [--cpu]" >&2
+       exit 2 ;;
 esac
