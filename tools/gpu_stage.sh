@@ -55,9 +55,15 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CMD=${1:-}
-STAGE=${2:?usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu] | check STAGE PYTHON STEP OUTDIR [--cpu]}
-STAGE=$(realpath -m "$STAGE")
 say() { echo "gpu-stage: $*"; }
+usage() {  # usage [WHAT IS WRONG]: one line, exit 2
+    say "${1:+$1; }usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu]" \
+        "| check STAGE PYTHON tests|bench|demo OUTDIR [--cpu]" >&2
+    exit 2
+}
+[ $# -ge 2 ] || usage
+STAGE=$2
+STAGE=$(realpath -m "$STAGE")
 
 DEBS=(libboost1.74-dev
       libboost-system1.74-dev libboost-system1.74.0 libboost-thread1.74-dev libboost-thread1.74.0
@@ -104,12 +110,12 @@ fetch() {
 }
 
 build() {
-    local python=${3:?usage: gpu_stage.sh build STAGE PYTHON [--cpu]}
-    local device=--cuda
+    [ $# -ge 3 ] || usage "build needs PYTHON"
+    local python=$3 device=--cuda
     case "${4:-}" in
         "") ;;
         --cpu) device= ;;
-        *) echo "gpu-stage: unknown option ${4} (expected --cpu)" >&2; exit 2 ;;
+        *) usage "unknown option ${4} (expected --cpu)" ;;
     esac
     python=$(command -v "$python" || echo "$python")
     local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
@@ -158,11 +164,13 @@ build() {
     # STAGE/bin stands in for a venv's bin (tools/demo.sh's VENV): caffedsd,
     # caffe and python.
     mkdir -p "$STAGE/bin"
-    printf '#!/bin/sh\nexec "%s" -c "from caffedsd.cli import main; main()" "$@"\n' "$python" > "$STAGE/bin/caffedsd"
+    cat > "$STAGE/bin/caffedsd" <<EOF
+#!/bin/sh
+exec "$python" -c "from caffedsd.cli import main; main(prog_name='caffedsd')" "\$@"
+EOF
     chmod +x "$STAGE/bin/caffedsd"
     ln -sfn "$STAGE/caffe/bin/caffe" "$STAGE/bin/caffe"
     ln -sfn "$python" "$STAGE/bin/python"
-    stage_env
     caffedsd info
     "$python" -c "import caffe" || { echo "gpu-stage: the staged pycaffe does not import in $python (above)" >&2; exit 1; }
 }
@@ -177,12 +185,15 @@ stage_env() {
 }
 
 check() {
-    local python=${3:?usage: gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]}
-    local step=${4:?usage: gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]}
-    local out=${5:?usage: gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]}
-    local gpu=0 markers=gpu
-    [ "${6:-}" = --cpu ] && { gpu=; markers=caffe; }
-    [ -f "$STAGE/caffe/.complete" ] || { echo "gpu-stage: no finished build in $STAGE/caffe: run build first" >&2; exit 1; }
+    [ $# -ge 5 ] || usage "check needs PYTHON, STEP and OUTDIR"
+    local python=$3 step=$4 out=$5 gpu=0 markers=gpu
+    case "$step" in tests|bench|demo) ;; *) usage "unknown step $step" ;; esac
+    case "${6:-}" in
+        "") ;;
+        --cpu) gpu= markers=caffe ;;
+        *) usage "unknown option ${6} (expected --cpu)" ;;
+    esac
+    [ -f "$STAGE/caffe/.complete" ] || { say "no finished build in $STAGE/caffe: run build first" >&2; exit 2; }
     mkdir -p "$out"
     out=$(realpath "$out")
     stage_env
@@ -206,7 +217,6 @@ check() {
             local rc=${PIPESTATUS[0]}
             cp -r work/demo${gpu:+-gpu} "$out/" 2>/dev/null || true
             return "$rc" ;;
-        *) echo "gpu-stage: unknown step $step (tests, bench or demo)" >&2; exit 2 ;;
     esac
 }
 
@@ -214,6 +224,5 @@ case "$CMD" in
     fetch) fetch ;;
     build) build "$@" ;;
     check) check "$@" ;;
-    *) echo "usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu] | check STAGE PYTHON STEP OUTDIR [--cpu]" >&2
-       exit 2 ;;
+    *) usage "unknown command ${CMD}" ;;
 esac
