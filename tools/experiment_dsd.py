@@ -84,8 +84,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", default="1,2,3,4,5", help="Seeds of the arms (data order, random cut).")
     parser.add_argument("--regimes", default="full,subset", help="full (60,000 images) and/or subset (6,000).")
     parser.add_argument("--arms", default="dsd,dense,random",
-                        help="Arms to run (dsd, dense, random). Runs that share a work folder may run side by "
-                             "side as separate processes when their nets, regimes or arms do not overlap.")
+                        help="Arms to run (dsd, dense, random). Processes sharing a work folder may run side "
+                             "by side when their nets, regimes or arms do not overlap, provided two processes on "
+                             "one regime start only once its start and plan have finished (nothing locks them).")
     parser.add_argument("--epochs-per-eval", type=int, default=2, help="Start: epochs per dense stage.")
     parser.add_argument("--n-epochs", type=float, default=1.0,
                         help="N, in epochs of the full training set: (a) sparse N + re-dense N; (b) dense 2N.")
