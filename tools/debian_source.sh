@@ -1,6 +1,6 @@
-# Sourced by build_caffe.sh and gpu_stage.sh: fetch a Debian source package
-# through a private apt configuration (the machine's own is never edited),
-# from the mirror this machine's apt already uses for Debian (overridable),
+# Sourced by build_caffe.sh, gpu_stage.sh and check_cuda.sh: fetch a Debian
+# source package, or binary packages, through a private apt configuration
+# (the machine's own is never edited), from the mirror this machine's apt already uses for Debian (overridable),
 # read from its sources, so no host name is written into this project.
 
 debian_mirror() {
@@ -18,13 +18,42 @@ debian_mirror() {
     echo "$uri"
 }
 
+debian_apt_opts() {  # debian_apt_opts APT_DIR: apt-get options for a private configuration there
+    local apt=$1
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+    echo -o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+         -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root -q
+}
+
 fetch_debian_source() {  # fetch_debian_source APT_DIR DIST PACKAGE[=VERSION] DEST
-    local apt=$1 dist=$2 package=$3 dest=$4 mirror
+    local apt=$1 dist=$2 package=$3 dest=$4 mirror opts
     mirror=$(debian_mirror)
-    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$dest"
+    opts=$(debian_apt_opts "$apt")
+    mkdir -p "$dest"
     echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $dist main" > "$apt/sources.list"
-    local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-                -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root -q)
-    apt-get "${opts[@]}" update >/dev/null
-    (cd "$dest" && apt-get "${opts[@]}" source --download-only "$package" >/dev/null)
+    # shellcheck disable=SC2086 # the options hold no spaces
+    apt-get $opts update >/dev/null
+    # shellcheck disable=SC2086
+    (cd "$dest" && apt-get $opts source --download-only "$package" >/dev/null)
+}
+
+# Binary packages of any Debian release and component (non-free included),
+# for this machine's architecture, without their dependencies: what is
+# unpacked with `dpkg -x` rather than installed.
+fetch_debian_debs() {  # fetch_debian_debs APT_DIR DIST "COMPONENT..." DEST PACKAGE...
+    local apt=$1 dist=$2 components=$3 dest=$4 mirror opts
+    shift 4
+    mirror=$(debian_mirror)
+    opts=$(debian_apt_opts "$apt")
+    mkdir -p "$dest"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $dist $components" > "$apt/sources.list"
+    # shellcheck disable=SC2086
+    apt-get $opts update >/dev/null
+    # shellcheck disable=SC2086
+    (cd "$dest" && apt-get $opts download "$@" 2>&1 | grep -v -e "unsandboxed" -e "^Get:" -e "^Fetched" || true)
+    local p
+    for p in "$@"; do
+        compgen -G "$dest/${p%%=*}_*.deb" >/dev/null \
+            || { echo "debian: $p was not downloaded from $dist ($components)" >&2; return 1; }
+    done
 }
