@@ -43,6 +43,7 @@ if [ "$CUDA" = 1 ]; then
     CUDA_ROOT=$(cuda_root)
     CUDA_VERSION=$(cuda_version)
     CUDA_ARCH=$(cuda_arch)
+    CUDA_HOST_CXX=$(cuda_host_compiler "$CUDA_VERSION")
 fi
 
 if [ -f "$PREFIX/.complete" ]; then
@@ -114,8 +115,9 @@ if [ "$CUDA" = 1 ]; then
     CUDA_OPTS=(-DCUDA_TOOLKIT_ROOT_DIR="$CUDA_ROOT" -DCUDA_NVCC_EXECUTABLE="$CUDA_ROOT/bin/nvcc"
                -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH" -DCUDA_ARCH_PTX="$CUDA_ARCH"
                -DUSE_NCCL=OFF)
+    [ -n "$CUDA_HOST_CXX" ] && CUDA_OPTS+=(-DCUDA_HOST_COMPILER="$CUDA_HOST_CXX")
     STAMP_EXTRA=" cuda=$CUDA_VERSION arch=$CUDA_ARCH"
-    say "CUDA $CUDA_VERSION from $CUDA_ROOT, for sm_$CUDA_ARCH only"
+    say "CUDA $CUDA_VERSION from $CUDA_ROOT, for sm_$CUDA_ARCH only${CUDA_HOST_CXX:+, host compiler $CUDA_HOST_CXX}"
 fi
 say "configuring (CPU_ONLY=$CPU_ONLY, python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
 mkdir -p "$WORK/build"

@@ -88,3 +88,62 @@ cuda_merge_toolkit() {  # cuda_merge_toolkit OUT DIR...
     done
     [ ${#missing[@]} -eq 0 ] || { echo "cuda: the merged toolkit lacks ${missing[*]}" >&2; return 1; }
 }
+
+# A CUDA tree out of Debian's packaging of the toolkit (non-free
+# nvidia-cuda-toolkit, nvidia-cuda-dev and the libraries they name), unpacked
+# by dpkg -x into ROOT. Debian spreads the toolkit over /usr/bin, /usr/include
+# and /usr/lib/<triplet>, and its nvcc finds them through /etc/nvcc.profile's
+# absolute paths, so the unpacked nvcc gets a profile of its own naming OUT
+# (and the unpacked library folder, for the static runtime nvcc links).
+cuda_debian_toolkit() {  # cuda_debian_toolkit OUT ROOT
+    local out root layout tool libdir
+    out=$(realpath -m "$1")
+    root=$(realpath "$2")
+    layout="$root/cuda-layout"
+    libdir=$(compgen -G "$root/usr/lib/*-linux-gnu" | head -1)
+    [ -x "$root/usr/lib/nvidia-cuda-toolkit/bin/nvcc" ] && [ -n "$libdir" ] \
+        || { echo "cuda: $root holds no unpacked nvidia-cuda-toolkit" >&2; return 1; }
+    rm -rf "$layout"
+    mkdir -p "$layout/bin" "$layout/nvvm" "$layout/lib"
+    # A copy, not a link: nvcc reads the nvcc.profile in the folder it runs from.
+    cp "$root/usr/lib/nvidia-cuda-toolkit/bin/nvcc" "$layout/bin/"
+    ln -s "$root/usr/lib/nvidia-cuda-toolkit/bin/cicc" "$root/usr/lib/nvidia-cuda-toolkit/bin/crt" "$layout/bin/"
+    for tool in ptxas fatbinary cudafe++ nvlink bin2c nvprune cuobjdump; do
+        [ -e "$root/usr/bin/$tool" ] && ln -s "$root/usr/bin/$tool" "$layout/bin/"
+    done
+    cat > "$layout/bin/nvcc.profile" <<PROFILE
+TOP = $out
+NVVMIR_LIBRARY_DIR = \$(TOP)/nvvm/libdevice
+PATH += \$(TOP)/bin:
+INCLUDES += "-I\$(TOP)/include" \$(_SPACE_)
+LIBRARIES =+ \$(_SPACE_) "-L\$(TOP)/lib64" "-L$libdir"
+PROFILE
+    ln -s "$root/usr/include" "$layout/include"
+    ln -s "$root/usr/lib/nvidia-cuda-toolkit/libdevice" "$layout/nvvm/libdevice"
+    ln -s "$libdir"/lib*.so* "$layout/lib/"
+    cuda_merge_toolkit "$out" "$layout"
+}
+
+# The host compiler nvcc is given (CMake's CUDA_HOST_COMPILER), or nothing
+# for the C++ compiler CMake picks. CUDAHOSTCXX, CMake's own variable, wins.
+# nvcc refuses a g++ newer than its release knows (11.x takes g++ up to 11,
+# 12.0-12.3 up to 12, 12.4-12.7 up to 13, 12.8-12.9 up to 14, 13.x up to 15),
+# so then the newest older g++-N on PATH is taken, as Debian's nvcc wrapper does.
+cuda_host_compiler() {  # cuda_host_compiler CUDA_VERSION
+    if [ -n "${CUDAHOSTCXX:-}" ]; then echo "$CUDAHOSTCXX"; return; fi
+    local version=$1 major minor newest gxx n
+    major=${version%%.*}; minor=${version#*.}; minor=${minor%%.*}
+    case "$major" in
+        11) newest=11 ;;
+        12) if [ "$minor" -lt 4 ]; then newest=12; elif [ "$minor" -lt 8 ]; then newest=13; else newest=14; fi ;;
+        13) newest=15 ;;
+        *) return 0 ;;  # a release this table does not know: let nvcc judge
+    esac
+    gxx=$(c++ -dumpversion 2>/dev/null); gxx=${gxx%%.*}
+    { [ -z "$gxx" ] || [ "$gxx" -le "$newest" ]; } && return 0
+    for n in $(seq "$newest" -1 7); do
+        command -v "g++-$n" >/dev/null 2>&1 && { command -v "g++-$n"; return; }
+    done
+    echo "cuda: CUDA $version's nvcc takes g++ up to $newest, and c++ here is g++ $gxx; install g++-$newest or set CUDAHOSTCXX" >&2
+    return 1
+}
