@@ -19,8 +19,9 @@ demo: setup
 bench: setup
 	$(PY) tools/bench_prune.py
 
-# Compiles GPU Caffe for CUDA 13 and 12 from PyPI's NVIDIA wheels into a
-# throwaway folder: no GPU needed, many minutes (see tools/check_cuda.sh).
+# Compiles GPU Caffe for CUDA 13 (PyPI's NVIDIA wheels), 12.4 and 11.8
+# (Debian's non-free packages) into a throwaway folder: no GPU needed, many
+# minutes (see tools/check_cuda.sh); CUDA_MAJORS="13" picks some.
 check-cuda:
 	@bash tools/check_cuda.sh $(CUDA_MAJORS)
 
