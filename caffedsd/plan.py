@@ -18,7 +18,7 @@ multiplier s of |w| < s * std(w). When several rules match a layer the last
 one wins, so broad rules go first and exceptions after them. Each rule must
 match at least one prunable layer.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import PlanError
 from .globrules import GlobRules, Rule
@@ -111,12 +111,18 @@ def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):
     """The plan the CLI's --plan, --sparsity, --rule and --criterion describe.
 
     A plan file is the base; --sparsity replaces its default, --rule entries
-    come after its rules (so they win), --criterion replaces its criterion."""
+    come after its rules (so they win), --criterion replaces its criterion.
+    The file's ``verified:`` record stays only while nothing changes what it
+    prunes: the measured drop was measured for that plan, not another."""
     base = load_plan(plan_file) if plan_file else None
     parsed = GlobRules.parse(rules, "--rule", "AMOUNT", "conv1=0.3", error=PlanError).rules
     if base is None and sparsity is None and not parsed:
         raise PlanError("nothing to prune: give --sparsity, --rule or --plan")
-    return SparsityPlan(
+    plan = SparsityPlan(
         criterion=criterion or (base.criterion if base else "keepmax"),
         sparsity=sparsity if sparsity is not None else (base.sparsity if base else None),
         rules=(base.rules if base else ()) + parsed)
+    if base is not None and base.verified is not None \
+            and (plan.criterion, plan.sparsity, plan.rules) == (base.criterion, base.sparsity, base.rules):
+        plan = replace(plan, verified=base.verified)
+    return plan

@@ -76,6 +76,13 @@ def test_std_random_and_plan_file(tiny, tmp_path, cli):
     result = cli("prune", "-w", weights, "--plan", "plan.yaml", "-o", "plan.caffemodel")
     assert result.exit_code == 0, result.output
     assert load_masks(tmp_path / "plan.masks.h5").meta["amounts"] == {"conv1": 0.5, "fc1": 0.9, "fc2a": 0.1}
+    # A verified plan's record travels into the masks, and is dropped once an option changes the plan.
+    (tmp_path / "verified.yaml").write_text((tmp_path / "plan.yaml").read_text()
+                                            + "verified: {metric: accuracy, measured_drop: 0.4}\n")
+    assert cli("prune", "-w", weights, "--plan", "verified.yaml", "-o", "v.caffemodel").exit_code == 0
+    assert load_masks(tmp_path / "v.masks.h5").meta["plan"]["verified"]["measured_drop"] == 0.4
+    assert cli("prune", "-w", weights, "--plan", "verified.yaml", "-r", "conv1=0.2", "-o", "w.caffemodel").exit_code == 0
+    assert "verified" not in load_masks(tmp_path / "w.masks.h5").meta["plan"]
 
 
 def test_force_allows_overwriting_the_input(tiny, tmp_path, cli):

@@ -64,6 +64,16 @@ def test_plan_from_options(tmp_path):
         plan_from_options()
 
 
+def test_plan_file_keeps_its_verified_record_only_while_unchanged(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("criterion: keepmax\nsparsity: 0.5\nlayers:\n  conv1: 0.3\n"
+                    "verified: {metric: accuracy, measured_drop: 0.4}\n")
+    assert plan_from_options(plan_file=path).verified["measured_drop"] == 0.4
+    assert plan_from_options(sparsity=0.5, criterion="keepmax", plan_file=path).verified is not None
+    for changed in ({"sparsity": 0.6}, {"rules": ("conv1=0.1",)}, {"criterion": "std"}):
+        assert plan_from_options(plan_file=path, **changed).verified is None, changed
+
+
 # -- plan --verify: the closed loop ------------------------------------------------------
 
 from caffedsd.plan_from_scan import Choice, PlanningError, back_off  # noqa: E402
