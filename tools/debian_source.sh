@@ -1,7 +1,8 @@
 # Sourced by build_caffe.sh, gpu_stage.sh and check_cuda.sh: fetch a Debian
 # source package, or binary packages, through a private apt configuration
-# (the machine's own is never edited), from the mirror this machine's apt already uses for Debian (overridable),
-# read from its sources, so no host name is written into this project.
+# (the machine's own is never edited), from the mirror this machine's apt
+# already uses for Debian (overridable), read from its sources, so no host
+# name is written into this project.
 
 debian_mirror() {
     if [ -n "${CAFFEDSD_DEBIAN_MIRROR:-}" ]; then
@@ -18,40 +19,35 @@ debian_mirror() {
     echo "$uri"
 }
 
-debian_apt_opts() {  # debian_apt_opts APT_DIR: apt-get options for a private configuration there
-    local apt=$1
+# Writes one sources line ("deb" or "deb-src", then DIST and COMPONENTS) into
+# a private apt configuration in APT_DIR, reads its index, and leaves the
+# apt-get options for that configuration in DEBIAN_APT_OPTS.
+debian_apt_update() {  # debian_apt_update APT_DIR TYPE DIST "COMPONENT..."
+    local apt=$1 type=$2 dist=$3 components=$4 mirror
+    mirror=$(debian_mirror) || return 1
     mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
-    echo -o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null \
-         -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root -q
+    echo "$type [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $dist $components" > "$apt/sources.list"
+    DEBIAN_APT_OPTS=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+                     -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root -q)
+    apt-get "${DEBIAN_APT_OPTS[@]}" update >/dev/null
 }
 
 fetch_debian_source() {  # fetch_debian_source APT_DIR DIST PACKAGE[=VERSION] DEST
-    local apt=$1 dist=$2 package=$3 dest=$4 mirror opts
-    mirror=$(debian_mirror)
-    opts=$(debian_apt_opts "$apt")
+    local apt=$1 dist=$2 package=$3 dest=$4
     mkdir -p "$dest"
-    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $dist main" > "$apt/sources.list"
-    # shellcheck disable=SC2086 # the options hold no spaces
-    apt-get $opts update >/dev/null
-    # shellcheck disable=SC2086
-    (cd "$dest" && apt-get $opts source --download-only "$package" >/dev/null)
+    debian_apt_update "$apt" deb-src "$dist" main || return 1
+    (cd "$dest" && apt-get "${DEBIAN_APT_OPTS[@]}" source --download-only "$package" >/dev/null)
 }
 
 # Binary packages of any Debian release and component (non-free included),
 # for this machine's architecture, without their dependencies: what is
 # unpacked with `dpkg -x` rather than installed.
 fetch_debian_debs() {  # fetch_debian_debs APT_DIR DIST "COMPONENT..." DEST PACKAGE...
-    local apt=$1 dist=$2 components=$3 dest=$4 mirror opts
+    local apt=$1 dist=$2 components=$3 dest=$4 p
     shift 4
-    mirror=$(debian_mirror)
-    opts=$(debian_apt_opts "$apt")
     mkdir -p "$dest"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $dist $components" > "$apt/sources.list"
-    # shellcheck disable=SC2086
-    apt-get $opts update >/dev/null
-    # shellcheck disable=SC2086
-    (cd "$dest" && apt-get $opts download "$@" 2>&1 | grep -v -e "unsandboxed" -e "^Get:" -e "^Fetched" || true)
-    local p
+    debian_apt_update "$apt" deb "$dist" "$components" || return 1
+    (cd "$dest" && apt-get "${DEBIAN_APT_OPTS[@]}" download "$@" 2>&1 | grep -v -e "unsandboxed" -e "^Get:" -e "^Fetched" || true)
     for p in "$@"; do
         compgen -G "$dest/${p%%=*}_*.deb" >/dev/null \
             || { echo "debian: $p was not downloaded from $dist ($components)" >&2; return 1; }
