@@ -104,10 +104,16 @@ class _Checkpoints:
 
     @property
     def prefix(self):
-        return self.folder / "iter"
+        return self.folder / "snapshot"  # Caffe appends _iter_N.solverstate
 
     def latest(self):
-        return read_json(self.record) if self.record.exists() else None
+        if not self.record.exists():
+            return None
+        record = read_json(self.record)
+        if not Path(record["solverstate"]).is_file():  # Caffe would abort the process on it
+            raise InputError(f"{self.record}: its solverstate {record['solverstate']} is missing; "
+                             f"delete {self.folder} to restart the stage")
+        return record
 
     @staticmethod
     def curve(record):
@@ -118,8 +124,10 @@ class _Checkpoints:
         solver.snapshot()
         iteration = int(solver.iter)
         state = Path(f"{self.prefix}_iter_{iteration}.solverstate")
+        if not state.is_file():
+            raise RuntimeError(f"Caffe's snapshot did not write {state}")
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
-        previous = self.latest()
+        previous = read_json(self.record) if self.record.exists() else None
         write_json(self.record, {"iter": iteration, "solverstate": str(state),
                                   "curve": str(self.folder / f"curve_{iteration}.csv")})
         if previous:  # keep only the newest pair

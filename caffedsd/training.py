@@ -88,6 +88,9 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     param.base_lr = spec.param.base_lr * lr_scale
     if snapshot_prefix is not None:
         param.snapshot_prefix = str(snapshot_prefix)
+        # caffedsd's own checkpoints: their file names are known only in
+        # this format (the user's solver may ask for HDF5, which appends .h5).
+        param.snapshot_format = SolverParameter.BINARYPROTO
     if snapshot is not None:
         param.snapshot = snapshot
         param.snapshot_after_train = False

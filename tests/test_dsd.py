@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,8 +56,8 @@ def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
         assert parse_test_outputs(log)["accuracy"] == pytest.approx(s["test"]["accuracy"], abs=1e-4)
 
 
-def _recipe(folder, sparse_iterations=3000):
-    solver = write_solver(folder, base_lr=0.02)
+def _recipe(folder, sparse_iterations=3000, snapshot_format="BINARYPROTO"):
+    solver = write_solver(folder, base_lr=0.02, extra=f"momentum: 0.9\nsnapshot_format: {snapshot_format}")
     text = (f"solver: {solver}\nseed: 3\ncheckpoint_every: 50\nstages:\n"
             "  - dense: {iterations: 30}\n  - prune: {sparsity: 0.6, criterion: random}\n"
             f"  - sparse: {{iterations: {sparse_iterations}}}\n  - dense: {{iterations: 20, lr_scale: 0.1}}\n")
@@ -74,9 +75,11 @@ def _dsd(recipe, run, cwd):
 
 @pytest.mark.caffe
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes(tmp_path, sig):
-    recipe = _recipe(tmp_path)
+# The user's solver may ask for HDF5 snapshots: the run's own checkpoints
+# must still be found, and the old ones deleted.
+@pytest.mark.parametrize("sig, snapshot_format", [(signal.SIGKILL, "BINARYPROTO"), (signal.SIGINT, "HDF5")])
+def test_killed_run_resumes(tmp_path, sig, snapshot_format):
+    recipe = _recipe(tmp_path, snapshot_format=snapshot_format)
     reference = _dsd(recipe, tmp_path / "reference", tmp_path)
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
 
@@ -92,6 +95,8 @@ def test_killed_run_resumes(tmp_path, sig):
     assert not (tmp_path / "run" / "report.json").exists()
     killed_at = json.loads(marker.read_text())["iter"]
     assert 0 < killed_at < 3000
+    kept = sorted(p.name for p in marker.parent.iterdir() if p.name != "checkpoint.json")
+    assert len(kept) <= 6 and Path(json.loads(marker.read_text())["solverstate"]).is_file(), kept
 
     resumed = _dsd(recipe, tmp_path / "run", tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
@@ -122,6 +127,21 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 2
     assert result.output.strip() == "caffedsd: run: made by a different recipe, solver or net; give a new -o, or remove it to start over"
+
+
+@pytest.mark.caffe
+def test_checkpoint_without_its_solverstate(tmp_path, cli):
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    stage = tmp_path / "run" / "03-sparse"
+    for name in ("stage.json", "model.caffemodel"):  # as if killed mid-stage
+        (stage / name).unlink()
+    (stage / "checkpoint").mkdir()
+    (stage / "checkpoint" / "checkpoint.json").write_text(json.dumps(
+        {"iter": 5, "solverstate": str(stage / "checkpoint" / "gone.solverstate"), "curve": "c.csv"}))
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert_one_line_error(result, "checkpoint.json: its solverstate")
+    assert "gone.solverstate is missing; delete" in result.output
 
 
 def test_bad_recipes(tmp_path, cli):
