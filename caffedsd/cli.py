@@ -383,9 +383,9 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
 
     Adding per-layer drops is optimistic. --verify builds the scan's net
     with its weights and measures the whole pruned net; with
-    --max-total-drop X it backs off (the layer that costs most per unit of
-    its sparsity first) until the measured drop is within X, and writes the
-    measured drop into the plan. --max-total-drop alone starts from each
+    --max-total-drop X it backs off (bisecting a path that steps the layer
+    costing most per unit of its sparsity first) until the measured drop is
+    within X, and writes the measured drop into the plan. --max-total-drop alone starts from each
     layer's highest sparsity within X.
 
     \b

@@ -322,7 +322,7 @@ def plan_table(result):
 
 def plan_summary(result):
     """Overall sparsity, predicted drop and, for a verified plan, the measured
-    drop and the back-off steps that led to it."""
+    drop and the back-off measurements that led to it."""
     unit, metric = result.unit, result.metric
     lines = [f"predicted overall sparsity {result.overall:.4f} of {result.prunable} prunable weights; "
              f"predicted total drop {result.drop:.4g} {unit} of {metric}"]
@@ -331,7 +331,8 @@ def plan_summary(result):
         if len(history) > 1:
             steps = "; ".join(f"{h['overall']:.4f}: predicted {h['predicted_drop']:.4g}, measured "
                               f"{h['measured_drop']:.4g}" for h in history)
-            lines.append(f"backed off in {len(history) - 1} step(s) (overall sparsity: drops) {steps}")
+            lines.append(f"backed off in {len(history) - 1} more measurement(s) (overall sparsity: drops, "
+                         f"in the order measured) {steps}")
         verified = result.verified
         budget = "" if verified["max_total_drop"] is None else f" (budget {verified['max_total_drop']:g})"
         lines.append(f"measured drop of the whole pruned net {result.measured_drop:.4g} {unit}{budget}: "

@@ -76,25 +76,58 @@ def test_plan_file_keeps_its_verified_record_only_while_unchanged(tmp_path):
 
 # -- plan --verify: the closed loop ------------------------------------------------------
 
-from caffedsd.plan_from_scan import Choice, PlanningError, back_off  # noqa: E402
+from caffedsd.plan_from_scan import Choice, PlanningError, back_off, back_off_path  # noqa: E402
 
 
-def test_back_off_steps_the_costliest_per_unit_of_sparsity_first():
+def test_back_off_path_steps_the_costliest_per_unit_of_sparsity_first():
+    curve_data = {"a": (100, [(0.5, 1.0), (0.9, 4.0)]), "b": (1000, [(0.5, 0.2), (0.9, 1.0)])}
+    start = [Choice("a", 100, 0.9, 4.0), Choice("b", 1000, 0.9, 1.0)]
+    # a costs 4.0 / 0.9 per unit, b 1.0 / 0.9: a steps down first, to 0.5,
+    # then a again (1.0 / 0.5 = 2 > 1.11) to 0, then b to 0.5 and to 0.
+    path = back_off_path(start, curve_data)
+    assert [[c.sparsity for c in plan] for plan in path] == [[0.9, 0.9], [0.5, 0.9], [0.0, 0.9], [0.0, 0.5],
+                                                             [0.0, 0.0]]
+    assert [c.drop for c in path[3]] == [0.0, 0.2]
+
+
+def test_back_off_bisects_the_path():
     curve_data = {"a": (100, [(0.5, 1.0), (0.9, 4.0)]), "b": (1000, [(0.5, 0.2), (0.9, 1.0)])}
     start = [Choice("a", 100, 0.9, 4.0), Choice("b", 1000, 0.9, 1.0)]
     measured = []
 
     def measure(choices):  # a made-up whole-net drop: twice the sum of the parts
-        drop = 2 * sum(c.drop for c in choices)
         measured.append([c.sparsity for c in choices])
-        return drop
+        return 2 * sum(c.drop for c in choices)
 
-    # a costs 4.0 / 0.9 per unit, b 1.0 / 0.9: a steps down first, to 0.5 (drop 2 * (1 + 1) = 4),
-    # then a again (1.0 / 0.5 = 2 > 1.11) to 0 (2 * 1 = 2), then b to 0.5 (0.4).
+    # Drops along the path: 10, 4, 2, 0.4, (0). The first plan is over 0.5;
+    # then the middle of plans 0..4 (2: drop 2, over), then of 2..4 (3: 0.4).
     choices, drop, history = back_off(start, curve_data, measure, 0.5)
-    assert measured == [[0.9, 0.9], [0.5, 0.9], [0.0, 0.9], [0.0, 0.5]]
+    assert measured == [[0.9, 0.9], [0.0, 0.9], [0.0, 0.5]]
     assert [c.sparsity for c in choices] == [0.0, 0.5] and drop == pytest.approx(0.4)
-    assert [d for _, d in history] == pytest.approx([10.0, 4.0, 2.0, 0.4])
+    assert [d for _, d in history] == pytest.approx([10.0, 2.0, 0.4])
+
+
+def test_back_off_measures_about_log2_of_the_path():
+    points = [(s / 10, float(s)) for s in range(1, 10)]  # drop = 10 x sparsity
+    start = [Choice("a", 10, 0.9, 9.0)]
+    # Path: 0.9, 0.8, ..., 0.1, 0 (10 plans). Budget 3.5: 0.3 is the most
+    # pruning plan within it. Measured: 0.9 (9), 0.5 (5), 0.3 (3), 0.4 (4).
+    choices, drop, history = back_off(start, {"a": (10, points)}, lambda c: 10 * c[0].sparsity, 3.5)
+    assert choices[0].sparsity == pytest.approx(0.3) and drop == pytest.approx(3.0)
+    assert [c[0].sparsity for c, _ in history] == pytest.approx([0.9, 0.5, 0.3, 0.4])
+
+
+def test_back_off_where_noise_breaks_the_order():
+    points = [(s / 10, float(s)) for s in range(1, 10)]
+    start = [Choice("a", 10, 0.9, 9.0)]
+    noisy = {0.9: 9, 0.8: 0.1, 0.7: 8, 0.6: 7, 0.5: 6, 0.4: 5, 0.3: 4, 0.2: 0.5, 0.1: 0.2}
+
+    # 0.8 measures within the budget by chance; bisection does not see it and
+    # returns a measured plan within the budget next to one over it.
+    choices, drop, history = back_off(start, {"a": (10, points)}, lambda c: noisy[round(c[0].sparsity, 1)], 1.0)
+    assert choices[0].sparsity == pytest.approx(0.2) and drop == 0.5
+    assert all(d > 1.0 for c, d in history if c[0].sparsity > 0.2)
+    assert 0.3 in [round(c[0].sparsity, 1) for c, _ in history]
 
 
 def test_back_off_stops_at_once_within_budget_and_at_nothing_pruned():
