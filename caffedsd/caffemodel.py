@@ -38,6 +38,7 @@ NET_KNOWN = {1: wire.LEN, 2: wire.LEN, 3: wire.LEN, 4: None, 5: wire.VARINT, 6: 
 LAYER_BLOBS = {"V2": 7, "V1": 6}
 BLOB_LEGACY_DIMS = (1, 2, 3, 4)
 BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # what Net::ToHDF5 (snapshot_format: HDF5) writes
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,6 +129,9 @@ def read_caffemodel(path):
         _fail(path, "empty file, not a caffemodel")
     with open(path, "rb") as handle:
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if buffer[:len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+        _fail(path, f"Caffe HDF5 weights (snapshot_format: HDF5); make a binary caffemodel of them with "
+                    f"`caffedsd convert --model NET.prototxt --weights {path} -o OUT.caffemodel`")
     if _looks_like_text(buffer[:512]):
         _fail(path, "is a text file (a prototxt?), not a binary caffemodel")
     try:

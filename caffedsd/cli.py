@@ -213,6 +213,27 @@ def stats(weights, masks, as_json):
 
 
 @main.command()
+@model_option(required=True, help="The net prototxt of the weights (their layer types and order).")
+@click.option("--weights", "-w", type=_path(), required=True, help="HDF5 weights (.caffemodel.h5).")
+@output_option()
+def convert(model, allow_python_layers, weights, output, force):
+    """Make a binary caffemodel of Caffe's HDF5 weights (what a solver with
+    snapshot_format: HDF5 writes), for every other command and for any
+    Caffe. Blobs shared through param { name } are written under each layer
+    that uses them, as Caffe writes binary caffemodels.
+
+    \b
+    Example:
+      caffedsd convert -p train_val.prototxt -w snap_iter_1000.caffemodel.h5 -o snap_iter_1000.caffemodel
+    """
+    from .hdf5_weights import convert_hdf5_weights
+
+    layers, floats = convert_hdf5_weights(weights, model, output, force=force,
+                                          allow_python_layers=allow_python_layers)
+    click.echo(f"wrote {output}: {layers} layers with weights, {floats} floats")
+
+
+@main.command()
 @weights_option()
 @masks_option
 @model_option()

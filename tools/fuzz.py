@@ -2,7 +2,7 @@
 """Fuzz every reader of caffedsd with mutated inputs.
 
 For each reader (caffemodel, masks .h5, .dcz, net prototxt, solver prototxt,
-plan YAML, recipe YAML, sensitivity.json, solverstate) a valid seed file is
+plan YAML, recipe YAML, sensitivity.json, solverstate, HDF5 weights) a valid seed file is
 made (a small net with seeded weights, pruned, compressed, snapshotted), then
 mutated at random (seeded): bits flipped, bytes replaced, ranges deleted,
 duplicated or truncated, odd tokens inserted; HDF5 masks also get structural
@@ -148,6 +148,7 @@ def make_seeds(folder):
     sgd.net.save(str(weights))
     sgd.snapshot()
     state = folder / "snap_iter_2.solverstate"
+    sgd.net.save_hdf5(str(folder / "model.caffemodel.h5"))
     runner = CliRunner()
 
     def run(*args):
@@ -184,7 +185,8 @@ def make_seeds(folder):
     run("plan", "--sensitivity", sens, "--max-drop", 1.0, "-o", folder / "from_sens.yaml")
     return {"net": net, "solver": solver, "weights": weights, "pruned": folder / "pruned.caffemodel",
             "masks": folder / "pruned.masks.h5", "dcz": folder / "model.dcz", "plan": plan, "recipe": recipe,
-            "sensitivity": sens, "solverstate": state, "pycaffe_net": sgd.net}
+            "sensitivity": sens, "solverstate": state, "hdf5_weights": folder / "model.caffemodel.h5",
+            "pycaffe_net": sgd.net}
 
 
 # -- readers ---------------------------------------------------------------------
@@ -258,6 +260,8 @@ READERS = {
     "sensitivity": ("sensitivity", ".json",
                     lambda p, o, s: _cli(["plan", "--sensitivity", p, "--max-drop", 1.0, "-o", o])),
     "solverstate": ("solverstate", ".solverstate", lambda p, o, s: _library(_clean_state(p, o, s))),
+    "hdf5-weights": ("hdf5_weights", ".caffemodel.h5",
+                     lambda p, o, s: _cli(["convert", "-p", s["net"], "-w", p, "-o", o])),
 }
 
 

@@ -1,0 +1,98 @@
+"""Caffe's HDF5 weights (``snapshot_format: HDF5``, ``Net::ToHDF5``) as a
+binary caffemodel.
+
+An HDF5 caffemodel holds ``data/<layer>/<j>``: blob j of each layer, and
+nothing else. Layer types and their order live only in the net prototxt,
+so converting needs it. A layer that takes a blob from another through
+``param { name }`` has no dataset for it (Caffe saves only a blob's owner,
+the first layer in the net that names it); the binary form repeats the
+owner's values under every layer that uses the blob, as Caffe's own
+``Net::ToProto`` does, or stock Caffe refuses the file.
+"""
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .atomic import check_output
+from .caffe_proto import read_net_prototxt
+from .caffemodel import HDF5_SIGNATURE, new_caffemodel
+from .errors import InputError
+
+def is_hdf5(path):
+    """True when the file starts with HDF5's signature (at offset 0, as
+    Caffe and h5py write it)."""
+    with open(path, "rb") as handle:
+        return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+def _stored(path, group, layer):
+    """{blob index: float32 array} of one layer's group."""
+    if not isinstance(group, h5py.Group):
+        raise InputError(f"{path}: data/{layer} is not a group of blobs")
+    blobs = {}
+    for key, item in group.items():
+        if not (key.isdigit() and isinstance(item, h5py.Dataset)):
+            raise InputError(f"{path}: data/{layer}/{key} is not a blob (Caffe names them 0, 1, ...)")
+        blobs[int(key)] = np.asarray(item[()], dtype=np.float32)
+    return blobs
+
+
+def hdf5_layers(path, net, where):
+    """[(LayerParameter, [arrays])] for the layers of ``net`` (a V2
+    NetParameter read from ``where``) that the HDF5 weights hold, in the
+    net's order."""
+    try:
+        with h5py.File(path, "r") as handle:
+            data = handle.get("data")
+            if not isinstance(data, h5py.Group):
+                raise InputError(f"{path}: HDF5 file without a 'data' group: not Caffe HDF5 weights")
+            names = {layer.name for layer in net.layer}
+            # Groups without blobs are fine: Caffe writes one for every layer,
+            # the Split layers it inserts itself included.
+            unknown = sorted(name for name in data if name not in names and len(data[name]))
+            if unknown:
+                more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+                raise InputError(f"{path}: layer {unknown[0]!r} is not in {where}{more}")
+            stored = {layer.name: _stored(path, data[layer.name], layer.name)
+                      for layer in net.layer if layer.name in data}
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # what h5py raises on damage
+        raise InputError(f"{path}: not readable as Caffe HDF5 weights ({exc})") from None
+    owners, layers = {}, []
+    for layer in net.layer:
+        if layer.name not in stored:  # Caffe writes a group for every layer of the net it saved
+            continue
+        blobs = stored[layer.name]
+        shared = {j: p.name for j, p in enumerate(layer.param) if p.name}
+        count = max([j + 1 for j in blobs] + [j + 1 for j in shared], default=0)
+        arrays = []
+        for j in range(count):
+            if j in blobs:
+                arrays.append(blobs[j])
+                if j in shared:
+                    owners.setdefault(shared[j], blobs[j])
+            elif shared.get(j) in owners:
+                arrays.append(owners[shared[j]])
+            else:
+                raise InputError(f"{path}: layer {layer.name!r} has no blob {j} (data/{layer.name}/{j}), "
+                                 "and no earlier layer of the net shares it")
+        if arrays:
+            layers.append((layer, arrays))
+    return layers
+
+
+def convert_hdf5_weights(weights, model, output, force=False, allow_python_layers=False):
+    """Write HDF5 ``weights`` of the net ``model`` as a binary V2 caffemodel
+    at ``output`` (atomically). Returns (layers written, floats written)."""
+    weights, model = Path(weights), Path(model)
+    if not weights.is_file():
+        raise InputError(f"{weights}: no such file")
+    if not is_hdf5(weights):
+        raise InputError(f"{weights}: not an HDF5 file (a binary caffemodel needs no conversion)")
+    net = read_net_prototxt(model, allow_python_layers)
+    check_output(output, inputs=[weights, model], force=force)
+    layers = hdf5_layers(weights, net, model)
+    if not layers:
+        raise InputError(f"{weights}: holds no blob of any layer of {model}")
+    new_caffemodel(output, layers, name=net.name)
+    return len(layers), sum(a.size for _, arrays in layers for a in arrays)

@@ -1,0 +1,93 @@
+"""`caffedsd convert`: Caffe's HDF5 weights (snapshot_format: HDF5) as a
+binary caffemodel, against what real pycaffe and the stock caffe binary load."""
+import h5py
+import numpy as np
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.training import open_solver, read_solver
+from conftest import TINY_NET, assert_one_line_error, write_solver
+
+
+def _saved_hdf5(caffe, folder):
+    """TINY_NET with seeded random blobs, saved by Caffe's Net::ToHDF5. A
+    second reader of fc2a makes Caffe insert a Split layer."""
+    proto = folder / "tiny.prototxt"
+    proto.write_text(TINY_NET + 'layer { name: "prob" type: "Softmax" bottom: "fc2a" top: "prob" }\n')
+    net = caffe.Net(str(proto), caffe.TEST)
+    rng = np.random.default_rng(4)
+    for blobs in net.params.values():
+        for blob in blobs:
+            blob.data[...] = rng.normal(size=blob.data.shape)
+    weights = folder / "tiny.caffemodel.h5"
+    net.save_hdf5(str(weights))
+    return proto, weights, {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+
+
+def test_converted_weights_load_in_pycaffe_and_caffe(caffe, tmp_path, cli):
+    proto, weights, expected = _saved_hdf5(caffe, tmp_path)
+    with h5py.File(weights, "r") as h5:  # Caffe keeps only the owner of a shared blob
+        assert sorted(h5["data/fc2a"]) == ["0", "1"] and sorted(h5["data/fc2b"]) == []
+        assert sorted(h5["data/bn1"]) == ["0", "1", "2"]
+        assert sorted(h5["data/fc2a_fc2a_0_split"]) == []  # a layer the prototxt does not have
+
+    result = cli("convert", "-p", proto, "-w", weights, "-o", "tiny.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "wrote tiny.caffemodel: 6 layers with weights" in result.output
+    model = read_caffemodel(tmp_path / "tiny.caffemodel")
+    assert [layer.name for layer in model.layers] == ["conv1", "bn1", "scale1", "fc1", "fc2a", "fc2b"]
+    assert model.layer("fc2b").param_names == ("fc2_w", "fc2_b")
+    net = caffe.Net(str(proto), caffe.TEST, weights=str(tmp_path / "tiny.caffemodel"))
+    for name, arrays in expected.items():
+        assert [b.data.shape for b in net.params[name]] == [a.shape for a in arrays], name
+        for blob, array in zip(net.params[name], arrays):
+            assert np.array_equal(blob.data, array), name
+    check = cli("verify", "-w", "tiny.caffemodel", "-p", proto)
+    assert check.exit_code == 0, check.output
+    assert "caffe loads every weight: no layer with weights ignored" in check.output
+
+
+def test_a_solvers_hdf5_snapshot_converts(caffe, tmp_path, cli):
+    solver_path = write_solver(tmp_path, extra="momentum: 0.9\nsnapshot_format: HDF5")
+    solver, _ = open_solver(read_solver(solver_path), tmp_path)
+    solver.step(3)
+    solver.snapshot()
+    snapshot = tmp_path / "snap_iter_3.caffemodel.h5"
+    assert snapshot.is_file()
+    result = cli("convert", "-p", tmp_path / "net.prototxt", "-w", snapshot, "-o", "snap.caffemodel")
+    assert result.exit_code == 0, result.output
+    model = read_caffemodel(tmp_path / "snap.caffemodel")
+    for name, blobs in solver.net.params.items():
+        for i, blob in enumerate(blobs):
+            assert np.array_equal(model.layer(name).blobs[i].data.reshape(blob.data.shape), blob.data)
+
+
+def test_hdf5_weights_elsewhere_and_bad_conversions(caffe, tmp_path, cli):
+    proto, weights, _ = _saved_hdf5(caffe, tmp_path)
+    # Every other command names the conversion.
+    assert_one_line_error(cli("stats", "-w", weights), "caffedsd convert --model NET.prototxt --weights")
+    assert_one_line_error(cli("prune", "-w", weights, "-s", "0.5", "-o", "p.caffemodel"),
+                          "Caffe HDF5 weights (snapshot_format: HDF5)")
+
+    other = tmp_path / "other.prototxt"
+    other.write_text(TINY_NET.replace('name: "fc1"', 'name: "fc9"'))
+    assert_one_line_error(cli("convert", "-p", other, "-w", weights, "-o", "x.caffemodel"),
+                          "layer 'fc1' is not in")
+    lonely = tmp_path / "lonely.prototxt"  # fc2b names a blob no earlier layer has
+    lonely.write_text(TINY_NET.replace('param { name: "fc2_w" } param { name: "fc2_b" }\n        inner_product_param'
+                                       ' { num_output: 10 weight_filler { type: "gaussian" std: 1 } } }\n'
+                                       'layer { name: "fc2b"', 'inner_product_param { num_output: 10 } }\n'
+                                       'layer { name: "fc2b"', 1))
+    assert_one_line_error(cli("convert", "-p", lonely, "-w", weights, "-o", "x.caffemodel"),
+                          "layer 'fc2b' has no blob 0 (data/fc2b/0), and no earlier layer of the net shares it")
+    with h5py.File(tmp_path / "masks.h5", "w") as h5:
+        h5.create_group("masks")
+    assert_one_line_error(cli("convert", "-p", proto, "-w", "masks.h5", "-o", "x.caffemodel"),
+                          "without a 'data' group")
+    binary = tmp_path / "binary.caffemodel"
+    assert cli("convert", "-p", proto, "-w", weights, "-o", binary).exit_code == 0
+    assert_one_line_error(cli("convert", "-p", proto, "-w", binary, "-o", "x.caffemodel"),
+                          "not an HDF5 file (a binary caffemodel needs no conversion)")
+    assert_one_line_error(cli("convert", "-p", proto, "-w", weights, "-o", weights),
+                          "output would overwrite the input")
+    assert not (tmp_path / "x.caffemodel").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
