@@ -59,9 +59,9 @@ class StageSummary:
 
 
 def run_fingerprint(recipe, spec):
-    """The recipe, and the contents of the solver and net files it trains."""
+    """The recipe, and the contents of the solver and net files it trains and tests."""
     digest = hashlib.sha256(recipe.fingerprint().encode())
-    for path in (spec.path, spec.net_path):
+    for path in (spec.path, spec.net_path, *spec.test_net_paths):
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 

@@ -33,6 +33,7 @@ class SolverSpec:
     param: object  # SolverParameter
     net_path: Path
     net: object  # NetParameter (V2)
+    test_net_paths: tuple = ()  # 2014-era solvers' test_net: files, tested besides net's TEST phase
 
 
 _SOURCES = {"HDF5Data": "hdf5_data_param", "Data": "data_param", "ImageData": "image_data_param",
@@ -62,7 +63,7 @@ def read_solver(path, allow_python_layers=False):
     Paths in it are relative to the current folder, as for `caffe train`."""
     path = Path(path)
     param = parse_prototxt(path, SolverParameter)
-    if param.HasField("net_param") or param.HasField("train_net_param"):
+    if param.HasField("net_param") or param.HasField("train_net_param") or len(param.test_net_param):
         raise InputError(f"{path}: inline net_param is not supported; put the net in a file and use net:")
     net_file = param.net or param.train_net
     if not net_file:
@@ -72,7 +73,13 @@ def read_solver(path, allow_python_layers=False):
         raise InputError(f"{path}: net {net_file!r} does not exist (paths are relative to the current folder)")
     net = read_net_prototxt(net_path, allow_python_layers)
     _check_data(net, net_path)
-    return SolverSpec(path, param, net_path, net)
+    test_paths = tuple(Path(name) for name in param.test_net)
+    for test_path in test_paths:
+        if not test_path.is_file():
+            raise InputError(f"{path}: test_net {str(test_path)!r} does not exist (paths are relative to the current "
+                             "folder)")
+        _check_data(read_net_prototxt(test_path, allow_python_layers), test_path)
+    return SolverSpec(path, param, net_path, net, test_paths)
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, periodic_tests=True):

@@ -173,6 +173,14 @@ def test_bad_solvers(tmp_path, cli, caffe):
         'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "data" top: "loss" }\n')
     solver.write_text(good.replace("net.prototxt", "plain.prototxt"))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "no prunable layer")
+    # A 2014-era solver: train_net and test_net files; the test net's data is checked too.
+    train_net = f'train_net: "{tmp_path / "net.prototxt"}"'
+    solver.write_text(good.replace(f'net: "{tmp_path / "net.prototxt"}"', f'{train_net}\ntest_net: "gone.prototxt"'))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "test_net 'gone.prototxt' does not exist")
+    (tmp_path / "test_data_net.prototxt").write_text(data_net.replace("phase: TRAIN", "phase: TEST"))
+    solver.write_text(good.replace(f'net: "{tmp_path / "net.prototxt"}"',
+                                   f'{train_net}\ntest_net: "test_data_net.prototxt"'))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "reads 'nowhere/train.txt', which does not exist")
 
 
 def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):
