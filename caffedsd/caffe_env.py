@@ -87,26 +87,53 @@ def caffe_binary(required=True):
     return None
 
 
+def _stamp(pydir):
+    """(build folder, its .complete stamp's text) of a Caffe built by
+    tools/build_caffe.sh, or None."""
+    for parent in pydir.resolve().parents:
+        stamp = parent / ".complete"
+        if stamp.is_file():
+            return parent, stamp.read_text()
+    return None
+
+
+def _linked_libs(pydir):
+    """ldd's list of the libraries pycaffe's extension loads, or None."""
+    so = next(iter(pydir.glob("_caffe*.so")), None)
+    if so is None or not shutil.which("ldd"):
+        return None
+    return subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
+
+
 def _build_info(pydir):
     """Source, CPU/GPU flavour, and for a CUDA build made by caffedsd its
     CUDA version and GPU arch, of the Caffe we run on."""
     if pydir is None:
         return None, None, {}
-    for parent in pydir.resolve().parents:
-        stamp = parent / ".complete"
-        if stamp.is_file():  # written by tools/build_caffe.sh
-            text = stamp.read_text()
-            fields = dict(word.split("=", 1) for word in text.split()[1:] if "=" in word)
-            cuda = {key: fields[key] for key in ("cuda", "arch") if key in fields}
-            flavour = "CPU-only" if fields.get("cpu_only") == "ON" else "GPU"
-            return f"built by caffedsd from {text.split()[0]} in {parent}", flavour, cuda
-    so = next(iter(pydir.glob("_caffe*.so")), None)
-    flavour = None
-    if so is not None and shutil.which("ldd"):
-        libs = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
-        flavour = "GPU" if "libcudart" in libs or "libcublas" in libs else "CPU-only"
+    stamped = _stamp(pydir)
+    if stamped is not None:
+        parent, text = stamped
+        fields = dict(word.split("=", 1) for word in text.split()[1:] if "=" in word)
+        cuda = {key: fields[key] for key in ("cuda", "arch") if key in fields}
+        flavour = "CPU-only" if fields.get("cpu_only") == "ON" else "GPU"
+        return f"built by caffedsd from {text.split()[0]} in {parent}", flavour, cuda
+    libs = _linked_libs(pydir)
+    flavour = None if libs is None else ("GPU" if "libcudart" in libs or "libcublas" in libs else "CPU-only")
     source = f"CAFFE_ROOT={os.environ['CAFFE_ROOT']}" if os.environ.get("CAFFE_ROOT") else "existing pycaffe"
     return source, flavour, {}
+
+
+def caffe_has_leveldb():
+    """Whether the Caffe we run on reads LevelDB (data_param's default
+    backend): caffedsd's own builds do not (USE_LEVELDB=OFF); another Caffe
+    does when it links libleveldb. None when not known."""
+    pydir = pycaffe_dir()
+    if pydir is None:
+        return None
+    if _stamp(pydir) is not None:
+        return False
+    libs = _linked_libs(pydir)
+    return None if libs is None else "libleveldb" in libs
 
 
 def info():

@@ -1,9 +1,14 @@
-"""Does a net prototxt fit a caffemodel?
+"""Does a net prototxt fit a caffemodel, and can Caffe read its data?
 
 Stock Caffe copies weights by layer name, logs "Ignoring source layer" at
 INFO level for weights the net lacks, and silently leaves a net layer with no
 weights at its filler's random values. caffedsd refuses both.
+
+A data file Caffe cannot open aborts the whole process (glog's fatal log),
+so the data layers' sources are checked before Caffe builds the net.
 """
+from pathlib import Path
+
 from .errors import InputError
 from .layers import expects_blobs
 
@@ -52,3 +57,36 @@ def check_pair(net, net_path, model):
         problems.append("blob counts differ: " + _names(counts))
     if problems:
         raise InputError(f"{net_path} does not match {model.path}: " + "; ".join(problems))
+
+
+_SOURCES = {"HDF5Data": "hdf5_data_param", "Data": "data_param", "ImageData": "image_data_param",
+            "WindowData": "window_data_param"}  # layer type: its parameter with the source
+_LEVELDB = 0  # DataParameter.DB: LEVELDB = 0 (the default), LMDB = 1
+
+
+def check_data_sources(net, net_path, has_leveldb=None):
+    """Raise InputError when a data layer of ``net`` reads a file that is not
+    there, or a database its ``backend`` cannot open. ``has_leveldb``:
+    whether this Caffe was built with LevelDB (None: not known)."""
+    for layer in net.layer:
+        if layer.type not in _SOURCES:
+            continue
+        source = getattr(layer, _SOURCES[layer.type]).source
+        if not source or not Path(source).exists():
+            raise InputError(f"{net_path}: layer {layer.name!r} reads {source!r}, which does not exist")
+        if layer.type == "HDF5Data":
+            for line in Path(source).read_text().split():
+                if not Path(line).is_file():
+                    raise InputError(f"{source}: lists {line!r}, which does not exist "
+                                     f"(layer {layer.name!r} of {net_path})")
+        if layer.type == "Data" and layer.data_param.backend == _LEVELDB:
+            _check_leveldb(layer.name, source, net_path, has_leveldb)
+
+
+def _check_leveldb(layer, source, net_path, has_leveldb):
+    if (Path(source) / "data.mdb").is_file():
+        raise InputError(f"{net_path}: layer {layer!r} reads {source!r}, an LMDB, with backend LEVELDB "
+                         "(data_param's default): add `backend: LMDB` to its data_param")
+    if has_leveldb is False:
+        raise InputError(f"{net_path}: layer {layer!r} reads {source!r} with backend LEVELDB, and this Caffe "
+                         "was built without LevelDB: convert the data to LMDB, or use a Caffe built with it")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import report
+from .caffe_env import caffe_has_leveldb
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, InputError
@@ -34,7 +35,7 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import check_pair
+from .netcheck import check_data_sources, check_pair
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -200,6 +201,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     a callback(point, total) with a close() method, called after each point."""
     get_criterion(criterion)
     net = read_net_prototxt(model_path, allow_python_layers)
+    check_data_sources(net, model_path, caffe_has_leveldb())
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)
     _test_outputs_kind(net, model_path)

@@ -14,14 +14,14 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .atomic import atomic_path, check_output
-from .caffe_env import import_caffe
+from .caffe_env import caffe_has_leveldb, import_caffe
 from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_pair
+from .netcheck import check_data_sources, check_pair
 from .solverstate import clean_solverstate
 
 
@@ -34,27 +34,6 @@ class SolverSpec:
     net_path: Path
     net: object  # NetParameter (V2)
     test_net_paths: tuple = ()  # 2014-era solvers' test_net: files, tested besides net's TEST phase
-
-
-_SOURCES = {"HDF5Data": "hdf5_data_param", "Data": "data_param", "ImageData": "image_data_param",
-            "WindowData": "window_data_param"}  # layer type: its parameter with the source
-
-
-def _data_sources(net):
-    """(layer, path, is_list) of every data file the net's layers read."""
-    for layer in net.layer:
-        if layer.type in _SOURCES:
-            yield layer.name, getattr(layer, _SOURCES[layer.type]).source, layer.type == "HDF5Data"
-
-
-def _check_data(net, net_path):
-    for layer, source, is_list in _data_sources(net):
-        if not source or not Path(source).exists():
-            raise InputError(f"{net_path}: layer {layer!r} reads {source!r}, which does not exist")
-        if is_list:
-            for line in Path(source).read_text().split():
-                if not Path(line).is_file():
-                    raise InputError(f"{source}: lists {line!r}, which does not exist (layer {layer!r} of {net_path})")
 
 
 def read_solver(path, allow_python_layers=False):
@@ -72,13 +51,14 @@ def read_solver(path, allow_python_layers=False):
     if not net_path.is_file():
         raise InputError(f"{path}: net {net_file!r} does not exist (paths are relative to the current folder)")
     net = read_net_prototxt(net_path, allow_python_layers)
-    _check_data(net, net_path)
+    leveldb = caffe_has_leveldb()
+    check_data_sources(net, net_path, leveldb)
     test_paths = tuple(Path(name) for name in param.test_net)
     for test_path in test_paths:
         if not test_path.is_file():
             raise InputError(f"{path}: test_net {str(test_path)!r} does not exist (paths are relative to the current "
                              "folder)")
-        _check_data(read_net_prototxt(test_path, allow_python_layers), test_path)
+        check_data_sources(read_net_prototxt(test_path, allow_python_layers), test_path, leveldb)
     return SolverSpec(path, param, net_path, net, test_paths)
 
 
