@@ -5,6 +5,10 @@ at positions that are pruned later; restored as is, that history moves pruned
 weights off zero. ``clean_solverstate`` writes a copy whose history is 0.0 at
 every masked position, which the sparse phase restores instead.
 
+The copy also leaves out ``learned_net``: Caffe's restore loads the
+caffemodel it names over the net's weights, which would silently replace the
+pruned weights the sparse phase was given with the dense run's snapshot.
+
 History blob j belongs to learnable parameter j % N of the solver's net (N
 learnable parameters; Adam and AdaDelta keep 2N history blobs), in Caffe's
 order: layers in order, each layer's blobs in order, shared blobs once.
@@ -20,7 +24,7 @@ from .atomic import atomic_open, atomic_path
 from .caffemodel import masked_blob_record, parse_blob, write_pieces
 from .errors import InputError
 
-STATE_HISTORY = 3
+STATE_LEARNED_NET, STATE_HISTORY = 2, 3
 
 
 def learnable_params(net):
@@ -78,6 +82,8 @@ def _clean_binary(path, output, params, masks):
     blobs = {f.start: b for f, b in history}
     pieces = []
     for f in fields:
+        if f.number == STATE_LEARNED_NET:
+            continue
         mask = plan.get(f.start)
         if mask is None:
             pieces.append(view[f.start:f.end])
@@ -97,7 +103,7 @@ def _clean_hdf5(path, output, params, masks):
         with atomic_path(output) as tmp:
             with h5py.File(tmp, "w") as dst:
                 for name in src:
-                    if name != "history":
+                    if name not in ("history", "learned_net"):
                         src.copy(src[name], dst, name=name)
                 group = dst.create_group("history")
                 for key, mask in zip(keys, plan):

@@ -84,6 +84,27 @@ def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device)
     assert_zeros_at_masks(out, masks)
 
 
+@pytest.mark.parametrize("snapshot_format", ["BINARYPROTO", "HDF5"])
+def test_cleaned_solverstate_keeps_the_weights_given(caffe, tmp_path, snapshot_format):
+    """Caffe's restore loads the solverstate's learned_net over the weights:
+    the cleaned copy names none, so the (pruned) weights given stay."""
+    from caffedsd.solverstate import clean_solverstate
+
+    suffix = ".h5" if snapshot_format == "HDF5" else ""
+    solver_path = write_solver(tmp_path, snapshot=4, prefix="dense",
+                               extra=f"momentum: 0.9\nsnapshot_format: {snapshot_format}")
+    caffe.get_solver(str(solver_path)).step(4)
+    state = tmp_path / f"dense_iter_4.solverstate{suffix}"
+    for path, kept in ((state, False), (tmp_path / f"clean.solverstate{suffix}", True)):
+        solver = caffe.get_solver(str(solver_path))
+        if kept:
+            clean_solverstate(state, path, solver.net, {})
+        solver.net.params["conv1"][0].data[...] = 7.0  # the weights given
+        solver.restore(str(path))
+        assert solver.iter == 4
+        assert np.all(solver.net.params["conv1"][0].data == 7.0) == kept, path.name
+
+
 def test_uncleaned_history_would_break_the_invariant(caffe, pruned, tmp_path):
     """The control for the test above: restoring the raw solverstate moves
     pruned weights in the very first update, so that test can fail."""
