@@ -46,6 +46,13 @@ def import_caffe(gpu=None):
     return caffe
 
 
+def layer_types(caffe):
+    """The layer types the imported pycaffe module ``caffe`` registers, or
+    None when it cannot list them."""
+    lister = getattr(caffe, "layer_type_list", None)
+    return frozenset(lister()) if lister is not None else None
+
+
 def pycaffe_gpu_pointers():
     """Whether this pycaffe's Blob has ``_gpu_data_ptr`` / ``_gpu_diff_ptr``
     (a CUDA build of a Caffe with BVLC PR #5904), which device hooks need."""

@@ -341,10 +341,10 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
 
     from . import report
     from .atomic import write_text
-    from .caffe_env import import_caffe
+    from .caffe_env import import_caffe, layer_types
     from .caffe_proto import read_net_prototxt
     from .caffemodel import new_caffemodel, read_caffemodel
-    from .netcheck import check_pair
+    from .netcheck import check_layer_types, check_pair
 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
@@ -355,6 +355,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
     # Output positions per layer come from the net itself (TEST phase).
     caffe = import_caffe()
+    for path, net in nets.items():
+        check_layer_types(net, path, layer_types(caffe))
     shapes_net = caffe.Net(str(deploy_path or model_path), caffe.TEST)
     positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
     del shapes_net

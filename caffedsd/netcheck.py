@@ -4,8 +4,9 @@ Stock Caffe copies weights by layer name, logs "Ignoring source layer" at
 INFO level for weights the net lacks, and silently leaves a net layer with no
 weights at its filler's random values. caffedsd refuses both.
 
-A data file Caffe cannot open aborts the whole process (glog's fatal log),
-so the data layers' sources are checked before Caffe builds the net.
+A data file Caffe cannot open, or a layer type it does not have, aborts the
+whole process (glog's fatal log), so both are checked before Caffe builds
+the net.
 """
 from pathlib import Path
 
@@ -90,3 +91,15 @@ def _check_leveldb(layer, source, net_path, has_leveldb):
     if has_leveldb is False:
         raise InputError(f"{net_path}: layer {layer!r} reads {source!r} with backend LEVELDB, and this Caffe "
                          "was built without LevelDB: convert the data to LMDB, or use a Caffe built with it")
+
+
+def check_layer_types(net, net_path, known):
+    """Raise InputError for a layer whose type is not in ``known`` (the
+    running Caffe's layer registry; None: not known)."""
+    if known is None:
+        return
+    for layer in net.layer:
+        if layer.type not in known:
+            raise InputError(f"{net_path}: layer {layer.name!r} has type {layer.type!r}, which this Caffe does "
+                             "not have (a layer of a Caffe fork, or one needing OpenCV, which `make setup` "
+                             "builds without)")

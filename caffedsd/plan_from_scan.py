@@ -209,7 +209,8 @@ class WholeNet:
     def __init__(self, data, metric, model=None, weights=None, iterations=None, gpu=None):
         from .caffemodel import read_caffemodel
         from .errors import InputError
-        from .sensitivity import Evaluator
+        from .caffe_proto import read_net_prototxt
+        from .sensitivity import Evaluator, check_net_runs
 
         model = Path(model or data["model"])
         weights = Path(weights or data["weights"])
@@ -220,6 +221,7 @@ class WholeNet:
             raise InputError(f"{weights}: not the weights the scan measured (their sha256 differs)")
         if iterations is not None and iterations < 1:
             raise InputError(f"--iterations {iterations}: must be 1 or more")
+        check_net_runs(read_net_prototxt(model, allow_python_layers=True), model)  # the scan's own net, or --model
         self.metric, self.criterion, self.seed = metric, data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
         self.iterations = iterations or data["iterations"]

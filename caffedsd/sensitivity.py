@@ -35,7 +35,7 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import check_data_sources, check_pair
+from .netcheck import check_data_sources, check_layer_types, check_pair
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -182,6 +182,14 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
         results.put(("error", f"sensitivity worker failed: {type(exc).__name__}: {exc}"))
 
 
+def check_net_runs(net, model_path):
+    """Layer types and data sources Caffe would abort the process on."""
+    from .caffe_env import import_caffe, layer_types
+
+    check_layer_types(net, model_path, layer_types(import_caffe()))
+    check_data_sources(net, model_path, caffe_has_leveldb())
+
+
 def _select_layers(model, globs):
     targets = prunable_targets(model)
     if not targets:
@@ -201,7 +209,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     a callback(point, total) with a close() method, called after each point."""
     get_criterion(criterion)
     net = read_net_prototxt(model_path, allow_python_layers)
-    check_data_sources(net, model_path, caffe_has_leveldb())
+    check_net_runs(net, model_path)
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)
     _test_outputs_kind(net, model_path)

@@ -14,14 +14,14 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .atomic import atomic_path, check_output
-from .caffe_env import caffe_has_leveldb, import_caffe
+from .caffe_env import caffe_has_leveldb, import_caffe, layer_types
 from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_data_sources, check_pair
+from .netcheck import check_data_sources, check_layer_types, check_pair
 from .solverstate import clean_solverstate
 
 
@@ -68,6 +68,10 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     folder). ``periodic_tests=False`` turns off Caffe's own test passes;
     ``evaluate`` runs the TEST phase instead."""
     caffe = import_caffe(gpu)
+    known = layer_types(caffe)
+    check_layer_types(spec.net, spec.net_path, known)
+    for test_path in spec.test_net_paths:
+        check_layer_types(read_net_prototxt(test_path, allow_python_layers=True), test_path, known)
     param = SolverParameter()
     param.CopyFrom(spec.param)
     if not (lr_scale > 0 and math.isfinite(lr_scale)):

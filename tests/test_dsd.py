@@ -173,6 +173,12 @@ def test_bad_solvers(tmp_path, cli, caffe):
         'layer { name: "loss" type: "EuclideanLoss" bottom: "data" bottom: "data" top: "loss" }\n')
     solver.write_text(good.replace("net.prototxt", "plain.prototxt"))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "no prunable layer")
+    # A layer type of a Caffe fork: Caffe would abort the process on it.
+    (tmp_path / "fork.prototxt").write_text((tmp_path / "net.prototxt").read_text().replace(
+        'type: "Convolution"', 'type: "DepthwiseConvolution"'))
+    solver.write_text(good.replace("net.prototxt", "fork.prototxt"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "layer 'conv1' has type 'DepthwiseConvolution', which this Caffe does not have")
     # A 2014-era solver: train_net and test_net files; the test net's data is checked too.
     train_net = f'train_net: "{tmp_path / "net.prototxt"}"'
     solver.write_text(good.replace(f'net: "{tmp_path / "net.prototxt"}"', f'{train_net}\ntest_net: "gone.prototxt"'))

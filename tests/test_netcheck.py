@@ -3,7 +3,7 @@ import pytest
 
 from caffedsd.caffe_proto import read_net_prototxt
 from caffedsd.errors import InputError
-from caffedsd.netcheck import check_data_sources
+from caffedsd.netcheck import check_data_sources, check_layer_types
 
 
 def _net(tmp_path, data_param):
@@ -49,3 +49,11 @@ def test_missing_sources(databases):
                     'batch_size: 4 } }\n')
     with pytest.raises(InputError, match="list.txt: lists 'gone.h5', which does not exist"):
         check_data_sources(read_net_prototxt(path), path)
+
+
+def test_layer_types_the_caffe_lacks(tmp_path):
+    net, path = _net(tmp_path, 'source: "x" backend: LMDB')
+    check_layer_types(net, path, {"Data"})
+    check_layer_types(net, path, None)  # a pycaffe that cannot list them
+    with pytest.raises(InputError, match="layer 'data' has type 'Data', which this Caffe does not have"):
+        check_layer_types(net, path, {"ImageData", "Convolution"})
