@@ -70,6 +70,10 @@ def check_data_sources(net, net_path, has_leveldb=None):
     there, or a database its ``backend`` cannot open. ``has_leveldb``:
     whether this Caffe was built with LevelDB (None: not known)."""
     for layer in net.layer:
+        mean_file = layer.transform_param.mean_file
+        if mean_file and not Path(mean_file).is_file():
+            raise InputError(f"{net_path}: layer {layer.name!r} subtracts the mean in {mean_file!r}, "
+                             "which does not exist")
         if layer.type not in _SOURCES:
             continue
         source = getattr(layer, _SOURCES[layer.type]).source

@@ -57,3 +57,14 @@ def test_layer_types_the_caffe_lacks(tmp_path):
     check_layer_types(net, path, None)  # a pycaffe that cannot list them
     with pytest.raises(InputError, match="layer 'data' has type 'Data', which this Caffe does not have"):
         check_layer_types(net, path, {"ImageData", "Convolution"})
+
+
+def test_a_missing_mean_file(databases):
+    net, path = _net(databases, 'source: "train_lmdb" backend: LMDB')
+    net.layer[0].transform_param.mean_file = "data/ilsvrc12/imagenet_mean.binaryproto"
+    with pytest.raises(InputError, match="layer 'data' subtracts the mean in "
+                                         "'data/ilsvrc12/imagenet_mean.binaryproto', which does not exist"):
+        check_data_sources(net, path)
+    (databases / "mean.binaryproto").write_bytes(b"")
+    net.layer[0].transform_param.mean_file = "mean.binaryproto"
+    check_data_sources(net, path)
