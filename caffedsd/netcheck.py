@@ -94,7 +94,8 @@ def _check_leveldb(layer, source, net_path, has_leveldb):
                          "(data_param's default): add `backend: LMDB` to its data_param")
     if has_leveldb is False:
         raise InputError(f"{net_path}: layer {layer!r} reads {source!r} with backend LEVELDB, and this Caffe "
-                         "was built without LevelDB: convert the data to LMDB, or use a Caffe built with it")
+                         "was built without LevelDB: convert the data to LMDB, or use a Caffe built with it "
+                         "(CAFFE_ROOT)")
 
 
 def check_layer_types(net, net_path, known):
@@ -106,4 +107,4 @@ def check_layer_types(net, net_path, known):
         if layer.type not in known:
             raise InputError(f"{net_path}: layer {layer.name!r} has type {layer.type!r}, which this Caffe does "
                              "not have (a layer of a Caffe fork, or one needing OpenCV, which `make setup` "
-                             "builds without)")
+                             "builds without; CAFFE_ROOT picks another Caffe)")
