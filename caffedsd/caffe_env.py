@@ -41,9 +41,19 @@ def import_caffe(gpu=None):
     if gpu is None:
         caffe.set_mode_cpu()
     else:
+        check_gpu_build(gpu)
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
     return caffe
+
+
+def check_gpu_build(gpu):
+    """Raise CaffeUnavailable for ``--gpu`` with a CPU-only Caffe, on which
+    Caffe aborts the process ("Cannot use GPU in CPU-only Caffe")."""
+    _, flavour, _ = _build_info(pycaffe_dir())
+    if flavour == "CPU-only":
+        raise CaffeUnavailable(f"--gpu {gpu}: this Caffe is a CPU-only build (see `caffedsd info`); "
+                               "`make setup CUDA=1` builds one with CUDA on a GPU machine")
 
 
 def layer_types(caffe):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .caffe_env import caffe_has_leveldb
+from .caffe_env import caffe_has_leveldb, check_gpu_build
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, InputError
@@ -208,6 +208,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     (as written to sensitivity.json). ``progress(label, total, done)`` may return
     a callback(point, total) with a close() method, called after each point."""
     get_criterion(criterion)
+    if gpu is not None:  # before the scan folder is made
+        check_gpu_build(gpu)
     net = read_net_prototxt(model_path, allow_python_layers)
     check_net_runs(net, model_path)
     model = read_caffemodel(weights_path)

@@ -106,6 +106,10 @@ def require_all(checks):
 
 def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_layers=False, gpu=None):
     """All checks that apply to a caffemodel: [Check]."""
+    if gpu is not None:
+        from .caffe_env import check_gpu_build
+
+        check_gpu_build(gpu)
     model = read_caffemodel(weights_path)
     maskset = masks_for(model, masks_path)
     checks = []

@@ -221,3 +221,20 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                     "--iterations -1: must be 0 or more")
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
                     "would overwrite the input")
+
+
+@pytest.mark.caffe
+def test_gpu_with_a_cpu_only_caffe(tmp_path, cli):
+    from caffedsd.caffe_env import info
+
+    if info()["caffe_build"] != "CPU-only":
+        pytest.skip("this Caffe is built with CUDA")
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    expect = "--gpu 0: this Caffe is a CPU-only build"
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "--gpu", 0, "-o", "run"), expect)  # Caffe aborted
+    assert not (tmp_path / "run").exists()
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    model = tmp_path / "run" / "03-sparse" / "model.caffemodel"
+    assert_one_line_error(cli("train-dense", "--solver", tmp_path / "solver.prototxt", "-w", model, "--gpu", 0,
+                              "-o", "dense.caffemodel"), expect)
+    assert_one_line_error(cli("verify", "-w", model, "-p", tmp_path / "net.prototxt", "--gpu", 0), expect)
