@@ -7,6 +7,7 @@ after pruning are ``train_sparse`` (masks held) and ``train_dense`` (masks
 off, lr scaled).
 """
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,39 @@ class SolverSpec:
     test_net_paths: tuple = ()  # 2014-era solvers' test_net: files, tested besides net's TEST phase
 
 
+# What stock Caffe knows; anything else aborts the process (glog's fatal log).
+_SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+_LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+def _check_solver_param(param, path):
+    if param.HasField("type") and param.type not in _SOLVER_TYPES:
+        raise InputError(f"{path}: solver type {param.type!r} is not one of Caffe's ({', '.join(_SOLVER_TYPES)})")
+    if param.lr_policy not in _LR_POLICIES:
+        raise InputError(f"{path}: lr_policy {param.lr_policy!r} is not one of Caffe's ({', '.join(_LR_POLICIES)})")
+    if param.lr_policy == "step" and param.stepsize <= 0:
+        raise InputError(f"{path}: lr_policy \"step\" needs a stepsize above 0")
+
+
+def _check_snapshot_prefix(param, path):
+    """Caffe checks at start-up that it can write its periodic snapshots."""
+    if param.snapshot <= 0:
+        return
+    if not param.snapshot_prefix:
+        raise InputError(f"{path}: snapshot is {param.snapshot} but there is no snapshot_prefix")
+    folder = os.path.dirname(param.snapshot_prefix) or "."
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r}: folder {folder!r} does not exist "
+                         "or cannot be written")
+
+
 def read_solver(path, allow_python_layers=False):
     """Parse and check a solver prototxt: its net and data files must exist.
 
     Paths in it are relative to the current folder, as for `caffe train`."""
     path = Path(path)
     param = parse_prototxt(path, SolverParameter)
+    _check_solver_param(param, path)
     if param.HasField("net_param") or param.HasField("train_net_param") or len(param.test_net_param):
         raise InputError(f"{path}: inline net_param is not supported; put the net in a file and use net:")
     net_file = param.net or param.train_net
@@ -89,6 +117,7 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
         # Caffe insists on test_interval > 0 when there are test nets.
         param.test_interval = 2 ** 31 - 1
         param.test_initialization = False
+    _check_snapshot_prefix(param, spec.path)
     param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
     if gpu is not None:
         param.device_id = gpu

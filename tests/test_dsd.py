@@ -238,3 +238,24 @@ def test_gpu_with_a_cpu_only_caffe(tmp_path, cli):
     assert_one_line_error(cli("train-dense", "--solver", tmp_path / "solver.prototxt", "-w", model, "--gpu", 0,
                               "-o", "dense.caffemodel"), expect)
     assert_one_line_error(cli("verify", "-w", model, "-p", tmp_path / "net.prototxt", "--gpu", 0), expect)
+
+
+@pytest.mark.caffe
+def test_solver_settings_caffe_would_abort_on(tmp_path, cli):
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    solver = tmp_path / "solver.prototxt"
+    good = solver.read_text()
+    for old, new, expect in [('type: "SGD"', 'type: "Sgd"', "solver type 'Sgd' is not one of Caffe's (SGD, "),
+                             ('lr_policy: "fixed"', 'lr_policy: "cosine"', "lr_policy 'cosine' is not one of"),
+                             ('lr_policy: "fixed"', 'lr_policy: "step"', '"step" needs a stepsize')]:
+        solver.write_text(good.replace(old, new).replace("stepsize: 3", "stepsize: 0"))
+        assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), expect)
+    # dsd snapshots into its run folder; train-* keeps the solver's own snapshots.
+    solver.write_text(good.replace("snapshot: 0", "snapshot: 5").replace(f'"{tmp_path / "snap"}"', '"gone/snap"'))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    model = tmp_path / "run" / "01-dense" / "model.caffemodel"
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", model, "-o", "d.caffemodel"),
+                          "snapshot_prefix 'gone/snap': folder 'gone' does not exist or cannot be written")
+    (tmp_path / "gone").mkdir()
+    assert cli("train-dense", "--solver", solver, "-w", model, "--iterations", 6, "-o", "d.caffemodel").exit_code == 0
+    assert (tmp_path / "gone" / "snap_iter_5.caffemodel").is_file()
