@@ -21,7 +21,8 @@ setup(
     extras_require={
         # What stock pycaffe imports at `import caffe` time (caffe/io.py needs skimage).
         "pycaffe": ["six", "scipy", "scikit-image"],
-        "test": ["pytest>=7"],
+        # lmdb writes the LMDB databases the Data-layer tests read.
+        "test": ["pytest>=7", "lmdb>=1.4"],
         # Device hooks (caffedsd/device.py): CuPy built for the CUDA major
         # version of the CUDA build of Caffe (`nvcc --version`, or `caffedsd
         # info`). This extra names the CUDA 13 wheel; for CUDA 12 install

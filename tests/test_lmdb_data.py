@@ -1,0 +1,95 @@
+"""Training and scanning through a Data layer on LMDB, as model-zoo
+train_val files read their data (the other tests use HDF5Data)."""
+import json
+
+import numpy as np
+import pytest
+
+from caffedsd.verify import parse_test_outputs, run_caffe_test
+from conftest import assert_one_line_error
+
+lmdb = pytest.importorskip("lmdb")
+
+NET = """name: "lmdbnet"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+        transform_param { crop_size: 10 mirror: true mean_value: 100 mean_value: 110 mean_value: 120 scale: 0.02 }
+        data_param { source: "train_lmdb" batch_size: 8 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TEST }
+        transform_param { crop_size: 10 mean_value: 100 mean_value: 110 mean_value: 120 scale: 0.02 }
+        data_param { source: "test_lmdb" batch_size: 10 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv1" top: "ip1"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+layer { name: "accuracy" type: "Accuracy" bottom: "ip1" bottom: "label" top: "accuracy" include { phase: TEST } }
+"""
+
+SOLVER = """net: "net.prototxt"
+test_iter: 2
+test_interval: 1000
+base_lr: 0.02
+momentum: 0.9
+lr_policy: "fixed"
+max_iter: 40
+snapshot_prefix: "snap"
+random_seed: 3
+"""
+
+
+def write_lmdb(path, count, seed):
+    """``count`` 3x12x12 images whose label (0..2) is the brightest channel
+    (pycaffe's Datum: call after the caffe fixture has made it importable)."""
+    from caffe.proto.caffe_pb2 import Datum
+
+    rng = np.random.default_rng(seed)
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(count):
+            label = i % 3
+            image = rng.integers(60, 140, (3, 12, 12), dtype=np.uint8)
+            image[label] += 100
+            datum = Datum(channels=3, height=12, width=12, data=image.tobytes(), label=label)
+            txn.put(f"{i:08d}".encode(), datum.SerializeToString())
+    env.close()
+
+
+@pytest.fixture
+def lmdb_solver(caffe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the net's sources are relative, as in model-zoo files
+    write_lmdb(tmp_path / "train_lmdb", 96, 0)
+    write_lmdb(tmp_path / "test_lmdb", 20, 1)
+    (tmp_path / "net.prototxt").write_text(NET)
+    (tmp_path / "solver.prototxt").write_text(SOLVER)
+    return tmp_path
+
+
+def test_dsd_and_sensitivity_on_lmdb(lmdb_solver, cli):
+    (lmdb_solver / "recipe.yaml").write_text(
+        "solver: solver.prototxt\ncheckpoint_every: 10\nstages:\n  - dense: {iterations: 40}\n"
+        "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 20}\n  - dense: {iterations: 20, lr_scale: 0.1}\n")
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    stages = json.loads((lmdb_solver / "run" / "report.json").read_text())["stages"]
+    assert stages[0]["test"]["accuracy"] > 0.6  # chance is 1/3: it learned from the LMDB
+    assert stages[2]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    for stage in stages:  # the test set is 2 batches of 10: caffe test sees the same 20 images
+        code, log = run_caffe_test("net.prototxt", lmdb_solver / "run" / stage["model"], iterations=2)
+        assert code == 0, log[-2000:]
+        assert parse_test_outputs(log)["accuracy"] == pytest.approx(stage["test"]["accuracy"], abs=1e-4)
+
+    scan = cli("sensitivity", "-p", "net.prototxt", "-w", "run/01-dense/model.caffemodel",
+               "--sparsities", "0.5,0.9", "-n", 2, "-o", "sens")
+    assert scan.exit_code == 0, scan.output
+    data = json.loads((lmdb_solver / "sens" / "sensitivity.json").read_text())
+    assert data["data"] == "cached"
+    assert data["baseline"]["accuracy"] == pytest.approx(stages[0]["test"]["accuracy"], abs=1e-6)
+
+
+def test_an_lmdb_with_the_default_backend(lmdb_solver, cli):
+    net = lmdb_solver / "net.prototxt"
+    net.write_text(NET.replace(" backend: LMDB", ""))  # LEVELDB, data_param's default: Caffe aborts
+    result = cli("train-dense", "--solver", "solver.prototxt", "--iterations", 1, "-o", "x.caffemodel",
+                 "-w", "missing.caffemodel")
+    assert_one_line_error(result, "layer 'data' reads 'train_lmdb', an LMDB, with backend LEVELDB")
