@@ -81,10 +81,12 @@ def solver_option(func):
 
 
 def training_options(func):
-    """--iterations, --gpu, --verbose and --allow-python-layers."""
+    """--iterations, --test-iterations, --gpu, --verbose and --allow-python-layers."""
     func = python_layers_option(verbose_option(func))
     func = click.option("--iterations", "-n", type=int, default=None,
                         help="Iterations to train (default: the solver's max_iter).")(func)
+    func = click.option("--test-iterations", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="TEST batches measured at the end (default: the solver's test_iter).")(func)
     return gpu_option(func)
 
 
@@ -263,7 +265,8 @@ def verify(weights, masks, model, allow_python_layers, gpu):
               help="Resume from this .solverstate; its history is zeroed at masked positions first.")
 @training_options
 @output_option()
-def train_sparse(solver, weights, masks, solverstate, iterations, gpu, allow_python_layers, output, force):
+def train_sparse(solver, weights, masks, solverstate, iterations, test_iterations, gpu, allow_python_layers, output,
+                 force):
     """Retrain a pruned model with its pruned weights held at exactly 0.0.
 
     Gradients are masked before every update (so momentum and Adam history
@@ -277,7 +280,8 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, allow_pyt
     from .training import train_sparse as run
 
     result = _train("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
-                            iterations=iterations, solverstate=solverstate, gpu=gpu, force=force,
+                            iterations=iterations, test_iterations=test_iterations, solverstate=solverstate,
+                            gpu=gpu, force=force,
                             allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} and {result.masks} after {result.iterations} iterations")
 
@@ -289,7 +293,7 @@ def train_sparse(solver, weights, masks, solverstate, iterations, gpu, allow_pyt
               help="Learning rate = the solver's base_lr times this (the paper: 1/10).")
 @training_options
 @output_option()
-def train_dense(solver, weights, lr_scale, iterations, gpu, allow_python_layers, output, force):
+def train_dense(solver, weights, lr_scale, iterations, test_iterations, gpu, allow_python_layers, output, force):
     """Re-dense phase: masks off, pruned weights restart at 0.0, survivors keep
     their values; base_lr is scaled, solver history starts fresh, dropout and
     weight decay are unchanged.
@@ -301,7 +305,8 @@ def train_dense(solver, weights, lr_scale, iterations, gpu, allow_python_layers,
     from .training import train_dense as run
 
     result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
-                            iterations=iterations, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
+                            iterations=iterations, test_iterations=test_iterations, gpu=gpu, force=force,
+                            allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
 
 
@@ -508,7 +513,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
               help="fixed, or adaptive: scale the force to the norm of the error gradient.")
 @training_options
 @output_option(force="force_write")
-def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, gpu,
+def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, test_iterations, gpu,
                   allow_python_layers, force_write, output):
     """Train with force regularization (Wen et al. 2017) on stock Caffe: the
     driver adds the force between the filters of each layer to the
@@ -523,7 +528,8 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
 
     spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
     result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
-                            masks=masks, iterations=iterations, gpu=gpu, force_write=force_write,
+                            masks=masks, iterations=iterations, test_iterations=test_iterations, gpu=gpu,
+                            force_write=force_write,
                             allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} after {result.iterations} iterations")
 
@@ -633,7 +639,7 @@ def decompress(dcz, model, allow_python_layers, force, output):
 @click.option("--bits", default="conv=8,fc=5", show_default=True, help="Bits of the shared-weight codes.")
 @training_options
 @output_option()
-def train_quantized(solver, weights, masks, bits, iterations, gpu, allow_python_layers, output, force):
+def train_quantized(solver, weights, masks, bits, iterations, test_iterations, gpu, allow_python_layers, output, force):
     """Trained quantization: share each layer's kept weights among 2^bits
     centroids (k-means) and fine-tune the centroids with the summed
     gradients of their weights; pruned weights stay 0.0.
@@ -647,7 +653,8 @@ def train_quantized(solver, weights, masks, bits, iterations, gpu, allow_python_
 
     parsed = parse_bits(bits)
     result = _train("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
-                            masks=masks, iterations=iterations, gpu=gpu, force=force,
+                            masks=masks, iterations=iterations, test_iterations=test_iterations, gpu=gpu,
+                            force=force,
                             allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} after {result.iterations} iterations")
 

@@ -311,28 +311,30 @@ def _phase(spec, phase, gpu, on_iteration):
 
 
 def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
-                 force=False, allow_python_layers=False, on_iteration=None):
+                 force=False, allow_python_layers=False, on_iteration=None, test_iterations=None):
     """The sparse phase: train with pruned weights held at exactly 0.0."""
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks, required=True)
     inputs = [weights, masks or masks_path_for(weights), solverstate]
     check_output(output, inputs=inputs, force=force)
     check_output(masks_path_for(output), inputs=inputs, force=force)
-    phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate)
+    phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate,
+                  test_iterations=test_iterations)
     return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
-                allow_python_layers=False, on_iteration=None):
+                allow_python_layers=False, on_iteration=None, test_iterations=None):
     """The re-dense phase: masks off, pruned weights start at their 0.0,
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
     check_output(output, inputs=[weights], force=force)
-    return _phase(spec, Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale), gpu, on_iteration)
+    phase = Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale, test_iterations=test_iterations)
+    return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
-                  allow_python_layers=False, on_iteration=None):
+                  allow_python_layers=False, on_iteration=None, test_iterations=None):
     """Train with force regularization added to the gradients (force.py);
     with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too."""
     from .force import ForceRegularizer
@@ -341,12 +343,13 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     check_output(output, inputs=[weights, masks], force=force_write)
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
-    phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,))
+    phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,),
+                  test_iterations=test_iterations)
     return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_quantized(solver_path, weights, output, bits, masks=None, iterations=None, gpu=None, force=False,
-                    allow_python_layers=False, on_iteration=None):
+                    allow_python_layers=False, on_iteration=None, test_iterations=None):
     """Trained quantization: k-means each prunable layer's kept weights into
     2^bits shared values (``bits``: {"conv": n, "fc": m}) and fine-tune the
     centroids; pruned weights stay 0.0 and assignments stay fixed. The
@@ -367,7 +370,7 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
         kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
         clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(WeightSharing(clusters),),
-                  test_first=True)
+                  test_first=True, test_iterations=test_iterations)
     return _phase(spec, phase, gpu, on_iteration)
 
 

@@ -39,7 +39,7 @@ random_seed: 3
 
 
 def write_lmdb(path, count, seed):
-    """``count`` 3x12x12 images whose label (0..2) is the brightest channel
+    """``count`` 3x12x12 images whose label (0..2) is the channel made brighter (noisily)
     (pycaffe's Datum: call after the caffe fixture has made it importable)."""
     from caffe.proto.caffe_pb2 import Datum
 
@@ -49,7 +49,7 @@ def write_lmdb(path, count, seed):
         for i in range(count):
             label = i % 3
             image = rng.integers(60, 140, (3, 12, 12), dtype=np.uint8)
-            image[label] += 100
+            image[label] += 25
             datum = Datum(channels=3, height=12, width=12, data=image.tobytes(), label=label)
             txn.put(f"{i:08d}".encode(), datum.SerializeToString())
     env.close()
@@ -93,3 +93,22 @@ def test_an_lmdb_with_the_default_backend(lmdb_solver, cli):
     result = cli("train-dense", "--solver", "solver.prototxt", "--iterations", 1, "-o", "x.caffemodel",
                  "-w", "missing.caffemodel")
     assert_one_line_error(result, "layer 'data' reads 'train_lmdb', an LMDB, with backend LEVELDB")
+
+
+def test_train_dense_test_iterations(lmdb_solver, cli):
+    """--test-iterations N measures N TEST batches (the solver says 2)."""
+    (lmdb_solver / "recipe.yaml").write_text("solver: solver.prototxt\nstages:\n  - dense: {iterations: 20}\n")
+    assert cli("dsd", "--recipe", "recipe.yaml", "-o", "run").exit_code == 0
+    result = cli("train-dense", "--solver", "solver.prototxt", "-w", "run/01-dense/model.caffemodel", "-n", 5,
+                 "--test-iterations", 1, "-o", "dense.caffemodel")
+    assert result.exit_code == 0, result.output
+    measured = float(result.output.split("loss = ")[1].split(",")[0].split()[0])
+    losses = {}
+    for batches in (1, 2):
+        code, log = run_caffe_test("net.prototxt", lmdb_solver / "dense.caffemodel", iterations=batches)
+        assert code == 0, log[-2000:]
+        losses[batches] = parse_test_outputs(log)["loss"]
+    assert measured == pytest.approx(losses[1], abs=5e-5)  # printed to 4 decimals
+    assert abs(losses[1] - losses[2]) > 1e-3, losses  # so the count did matter
+    assert cli("train-dense", "--solver", "solver.prototxt", "-w", "run/01-dense/model.caffemodel",
+               "--test-iterations", 0, "-o", "x.caffemodel").exit_code == 2

@@ -25,7 +25,8 @@ one .prototxt there), the script
      with weights. A command is ok only when it exits 0 and its output passes.
 
 The commands that train (train-*, dsd, sensitivity) need a solver and data,
-which deploy files do not have; they are not run here.
+which deploy files do not have; tools/modelzoo_train.py runs them on the nets
+that ship a solver and a train_val.
 
     .venv/bin/python tools/modelzoo_report.py ../shared/modelzoo
     .venv/bin/python tools/modelzoo_report.py ../shared/modelzoo --nets lenet_mnist,squeezenet_v1.1 --doc /tmp/z.md
@@ -173,16 +174,16 @@ def run(cmd, log, timeout):
 
 
 def caffe_check(net, weights):
-    """None when stock Caffe loads and runs the pair, else the reason."""
+    """(None when stock Caffe loads and runs the pair, else the reason; its log)."""
     from caffedsd.caffemodel import read_caffemodel
     from caffedsd.verify import _IGNORED, failure_reason, run_caffe_test
 
     code, log = run_caffe_test(net, weights, timeout=1200)
     if code != 0:
-        return f"caffe test: {failure_reason(log)}"
+        return f"caffe test: {failure_reason(log)}", log
     with_blobs = {layer.name for layer in read_caffemodel(weights).layers if layer.blobs}
     ignored = [name for name in _IGNORED.findall(log) if name in with_blobs]
-    return f"caffe test ignored the weights of {', '.join(ignored)}" if ignored else None
+    return (f"caffe test ignored the weights of {', '.join(ignored)}" if ignored else None), log
 
 
 def last_line(path):
@@ -238,7 +239,7 @@ def report_net(name, folder, work, timeout):
         if code != 0:
             problem = f"exit status {code}: {last_line(log)}"
         elif check is not None:
-            problem = caffe_check(*check)
+            problem, _ = caffe_check(*check)
         row["cells"][command] = (problem is None, seconds, mb)
         if problem:
             row["notes"].append(f"{command}: {problem}")
@@ -257,6 +258,19 @@ def _count_decomposed(report_md):
     return len(rows)
 
 
+def table_cells(row, commands):
+    """A row's cells: ok or FAILED, seconds and (where measured) peak MB."""
+    cells = []
+    for command in commands:
+        if command not in row["cells"]:
+            cells.append("not run")
+            continue
+        ok, seconds, mb = row["cells"][command]
+        memory = "" if mb is None else f", {mb:.0f} MB"
+        cells.append(f"{'ok' if ok else '**FAILED**'} {seconds:.1f} s{memory}")
+    return cells
+
+
 def markdown(rows, zoo, seconds):
     out = ["# caffedsd on model-zoo nets", "",
            "Every command that works on a deploy file and weights, run on each net of the model-zoo folder, and "
@@ -271,21 +285,15 @@ def markdown(rows, zoo, seconds):
            "| net | layout | params | weights | " + " | ".join(COMMANDS) + " |",
            "|---|---|---:|---|" + "---|" * len(COMMANDS)]
     for row in rows:
-        cells = []
-        for command in COMMANDS:
-            if command not in row["cells"]:
-                cells.append("not run")
-                continue
-            ok, seconds, mb = row["cells"][command]
-            cells.append(f"{'ok' if ok else '**FAILED**'} {seconds:.1f} s, {mb:.0f} MB")
         params = f"{row['params']:,}" if "params" in row else ""
         out.append(f"| {row['net']} | {row.get('layout', '')} | {params} | {row.get('weights', '')} | "
-                   + " | ".join(cells) + " |")
+                   + " | ".join(table_cells(row, COMMANDS)) + " |")
     out += ["", "Weights: seeded random values made with pycaffe (`caffe.Net(deploy)`, then `net.save`); "
             "Convolution and InnerProduct weights are low-rank (rank = a eighth of the largest) plus 5% "
             "noise, so `decompose --energy 0.9` finds layers worth splitting. Nets whose deploy file is in "
             "the V1 layout get V1-layout weights, as their released caffemodels are. The training commands "
-            "(train-*, dsd, sensitivity) need a solver and data and are not run here.", ""]
+            "(train-*, dsd, sensitivity) need a solver and data: docs/MODELZOO_TRAINING.md runs them on the "
+            "nets that ship a solver (tools/modelzoo_train.py).", ""]
     decomposed = [f"{r['net']}: {r['decomposed'][0]} layers split, {r['decomposed'][1]} left as they were"
                   for r in rows if "decomposed" in r]
     if decomposed:
