@@ -344,7 +344,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .caffe_env import import_caffe, layer_types
     from .caffe_proto import read_net_prototxt
     from .caffemodel import new_caffemodel, read_caffemodel
-    from .netcheck import check_layer_types, check_pair
+    from .netcheck import check_blob_shapes, check_layer_types, check_pair
 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
@@ -358,6 +358,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     for path, net in nets.items():
         check_layer_types(net, path, layer_types(caffe))
     shapes_net = caffe.Net(str(deploy_path or model_path), caffe.TEST)
+    check_blob_shapes(shapes_net, model, deploy_path or model_path)
     positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
     del shapes_net
     new_layers, discarded = decomposed_layers(model, chosen)

@@ -60,6 +60,25 @@ def check_pair(net, net_path, model):
         raise InputError(f"{net_path} does not match {model.path}: " + "; ".join(problems))
 
 
+def check_blob_shapes(net, model, net_path):
+    """Raise InputError where a blob of the caffemodel ``model`` has another
+    shape than the pycaffe Net ``net`` (built from ``net_path``) gives it:
+    Caffe aborts the process when copying such a blob."""
+    for name, blobs in net.params.items():
+        if name not in model:
+            continue
+        source = model.layer(name).blobs
+        for index, blob in enumerate(blobs):
+            if index < len(source) and not _same_shape(blob.data.shape, source[index].shape):
+                raise InputError(f"{model.path}: layer {name!r} blob {index} is {list(source[index].shape)}, "
+                                 f"but {net_path} makes it {list(blob.data.shape)}")
+
+
+def _same_shape(a, b):
+    """Equal shapes, allowing Caffe's legacy 4-D blobs padded with 1s."""
+    return tuple(a) == tuple(b) or [d for d in a if d != 1] == [d for d in b if d != 1]
+
+
 _SOURCES = {"HDF5Data": "hdf5_data_param", "Data": "data_param", "ImageData": "image_data_param",
             "WindowData": "window_data_param"}  # layer type: its parameter with the source
 _LEVELDB = 0  # DataParameter.DB: LEVELDB = 0 (the default), LMDB = 1

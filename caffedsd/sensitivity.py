@@ -35,7 +35,7 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import check_data_sources, check_layer_types, check_pair
+from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -100,7 +100,9 @@ class Evaluator:
 
         caffe = import_caffe(gpu)
         self.iterations = iterations
-        self.net = caffe.Net(str(model_path), caffe.TEST, weights=str(weights_path))
+        self.net = caffe.Net(str(model_path), caffe.TEST)
+        check_blob_shapes(self.net, read_caffemodel(weights_path), model_path)
+        self.net.copy_from(str(weights_path))
         self.outputs = list(self.net.outputs)
         names = list(self.net._layer_names)
         first = next((i for i, name in enumerate(names) if self.net.bottom_names[name]), None)
@@ -226,6 +228,9 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed)
+    # In one process the net is built, and the weights checked against it,
+    # before the scan folder is made.
+    evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit) if jobs == 1 else None
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     folder.open({"format": FORMAT, "config": config.key()})
     done = {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS)}
@@ -241,8 +246,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
             callback(point, total)
 
     try:
-        if todo and jobs == 1:
-            evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
+        if todo and evaluator is not None:
             modes.add(evaluator.data_mode)
             _measure(evaluator, config, todo, record)
         elif todo:

@@ -22,7 +22,7 @@ from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_data_sources, check_layer_types, check_pair
+from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair
 from .solverstate import clean_solverstate
 
 
@@ -132,21 +132,9 @@ def load_weights(solver, spec, weights_path):
     mismatch)."""
     model = read_caffemodel(weights_path)
     check_pair(spec.net, spec.net_path, model)
-    for name, blobs in solver.net.params.items():
-        if name not in model:
-            continue
-        source = model.layer(name).blobs
-        for index, blob in enumerate(blobs):
-            if index < len(source) and not _same_shape(blob.data.shape, source[index].shape):
-                raise InputError(f"{weights_path}: layer {name!r} blob {index} is {list(source[index].shape)}, "
-                                 f"but {spec.net_path} makes it {list(blob.data.shape)}")
+    check_blob_shapes(solver.net, model, spec.net_path)
     solver.net.copy_from(str(weights_path))
     return model
-
-
-def _same_shape(a, b):
-    """Equal shapes, allowing Caffe's legacy 4-D blobs padded with 1s."""
-    return tuple(a) == tuple(b) or [d for d in a if d != 1] == [d for d in b if d != 1]
 
 
 def net_loss(net):

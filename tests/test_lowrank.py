@@ -165,6 +165,9 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
     assert_one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
+    (tmp_path / "narrow.prototxt").write_text(proto.read_text().replace("num_output: 20", "num_output: 16"))
+    assert_one_line_error(cli("decompose", "-p", "narrow.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
+                          "layer 'conv1' blob 0 is [20, 1, 5, 5], but narrow.prototxt makes it [16, 1, 5, 5]")
     solver = write_solver(tmp_path)
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
                     "--force-decay -1.0: must be a number >= 0")
