@@ -19,6 +19,7 @@ from .caffe_proto import read_net_prototxt
 from .caffemodel import HDF5_SIGNATURE, new_caffemodel
 from .errors import InputError
 
+
 def is_hdf5(path):
     """True when the file starts with HDF5's signature (at offset 0, as
     Caffe and h5py write it)."""
