@@ -188,8 +188,10 @@ def test_verified_plan_meets_the_budget_as_stock_caffe_measures_it(lenet, lenet_
     assert any(r.value > 0 for r in plan.rules)  # a budget of 1 point still prunes something
     result = cli("prune", "-w", weights, "--plan", "plan.yaml", "-o", "pruned.caffemodel")
     assert result.exit_code == 0, result.output
-    independent = 100 * (_caffe_test_accuracy(proto, weights) - _caffe_test_accuracy(proto, tmp_path / "pruned.caffemodel"))
+    pruned_accuracy = _caffe_test_accuracy(proto, tmp_path / "pruned.caffemodel")
+    independent = 100 * (_caffe_test_accuracy(proto, weights) - pruned_accuracy)
     assert verified["measured_drop"] == pytest.approx(independent, abs=1e-3)
+    assert verified["measured"] == pytest.approx(pruned_accuracy, abs=1e-5)  # the chosen plan's, not the last measured
     if "--target-sparsity" in budget:
         # 90% overall costs far more than a point on this net: the loop had to back off.
         assert verified["measurements"] > 1 and "backed off" in planned.output
