@@ -140,17 +140,22 @@ def _build_info(pydir):
     return source, flavour, {}
 
 
+def built_by_caffedsd():
+    """Whether the Caffe we run on is caffedsd's own build of stock Caffe
+    (tools/build_caffe.sh), whose features are known exactly."""
+    pydir = pycaffe_dir()
+    return pydir is not None and _stamp(pydir) is not None
+
+
 def caffe_has_leveldb():
     """Whether the Caffe we run on reads LevelDB (data_param's default
     backend): caffedsd's own builds do not (USE_LEVELDB=OFF); another Caffe
-    does when it links libleveldb. None when not known."""
-    pydir = pycaffe_dir()
-    if pydir is None:
-        return None
-    if _stamp(pydir) is not None:
+    does when it links libleveldb. None when not known (a static link)."""
+    if built_by_caffedsd():
         return False
-    libs = _linked_libs(pydir)
-    return None if libs is None else "libleveldb" in libs
+    pydir = pycaffe_dir()
+    libs = _linked_libs(pydir) if pydir is not None else None
+    return True if libs is not None and "libleveldb" in libs else None
 
 
 def info():

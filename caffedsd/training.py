@@ -15,7 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .atomic import atomic_path, check_output
-from .caffe_env import caffe_has_leveldb, import_caffe, layer_types
+from .caffe_env import built_by_caffedsd, caffe_has_leveldb, import_caffe, layer_types
 from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
@@ -38,11 +38,14 @@ class SolverSpec:
 
 
 # What stock Caffe knows; anything else aborts the process (glog's fatal log).
+# Checked on caffedsd's own build only: a fork (CAFFE_ROOT) may know more.
 _SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 _LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
 def _check_solver_param(param, path):
+    if not built_by_caffedsd():
+        return
     if param.HasField("type") and param.type not in _SOLVER_TYPES:
         raise InputError(f"{path}: solver type {param.type!r} is not one of Caffe's ({', '.join(_SOLVER_TYPES)})")
     if param.lr_policy not in _LR_POLICIES:
