@@ -28,7 +28,7 @@ from . import report
 from .atomic import write_text
 from .caffe_env import check_gpu_build
 from .caffemodel import read_caffemodel
-from .errors import InputError
+from .errors import CaffeDsdError, InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
 from .pruning import prune_file
@@ -76,10 +76,14 @@ def seed_c_rand(seed, stage):
 
 def prepare_run_dir(run_dir, recipe, fingerprint):
     """Create RUN_DIR for ``recipe``, or check it was made by the same one
-    (same recipe, same solver and net files)."""
-    RunFolder(run_dir, RUN_FILE, "run", "recipe, solver or net").open(
+    (same recipe, same solver and net files). Returns its RunFolder."""
+    return RunFolder(run_dir, RUN_FILE, "run", "recipe, solver or net").open(
         {"recipe_fingerprint": fingerprint}, files={"recipe.yaml": recipe.to_yaml()})
-    return Path(run_dir)
+
+
+def _nothing_done(run_dir):
+    """No stage finished and no checkpoint written: nothing to keep."""
+    return not any(run_dir.glob("*/stage.json")) and not any(run_dir.glob("*/checkpoint/checkpoint.json"))
 
 
 def weight_sparsity(weights_path):
@@ -187,7 +191,16 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
-    run_dir = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
+    folder = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
+    try:
+        return _run_stages(recipe, spec, folder.path, gpu, progress)
+    except CaffeDsdError:  # bad input found once the folder existed
+        if _nothing_done(folder.path):
+            folder.abandon()
+        raise
+
+
+def _run_stages(recipe, spec, run_dir, gpu, progress):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
     for number, stage in enumerate(recipe.stages, 1):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"

@@ -8,6 +8,7 @@ files and append-only JSON-lines journals, each record whole or absent.
 """
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .atomic import write_text
@@ -31,6 +32,7 @@ class RunFolder:
         self.path = Path(path)
         self.marker = self.path / marker
         self.kind, self.made_of = kind, made_of
+        self._made = None  # set by an open() that started the folder: whether it made it
 
     def open(self, record, files=None):
         """Create the folder with ``files`` ({name: text}) and the marker
@@ -44,11 +46,31 @@ class RunFolder:
             return self
         if self.path.exists() and any(self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
+        made_folder = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         for name, text in (files or {}).items():
             write_text(self.path / name, text)
         write_json(self.marker, record)
+        self._made = made_folder
         return self
+
+    def abandon(self):
+        """Undo a run refused before it did any work (bad input found late):
+        otherwise its marker would refuse the corrected rerun as made by
+        other inputs. Only a folder this object's open() started (it was
+        absent or empty then) is emptied, and removed if open() made it."""
+        if self._made is None:
+            return
+        made_folder, self._made = self._made, None
+        if made_folder:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for entry in self.path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
 
     def journal(self, name):
         """The records appended to journal ``name``, in order; a last line cut

@@ -228,9 +228,6 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed)
-    # In one process the net is built, and the weights checked against it,
-    # before the scan folder is made.
-    evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit) if jobs == 1 else None
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     folder.open({"format": FORMAT, "config": config.key()})
     done = {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS)}
@@ -246,11 +243,16 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
             callback(point, total)
 
     try:
-        if todo and evaluator is not None:
+        if todo and jobs == 1:
+            evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
             modes.add(evaluator.data_mode)
             _measure(evaluator, config, todo, record)
         elif todo:
             modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+    except CaffeDsdError:  # bad input found once the folder existed (the weights' shapes)
+        if not done:
+            folder.abandon()
+        raise
     finally:
         if callback is not None:
             callback.close()

@@ -179,6 +179,7 @@ def test_bad_solvers(tmp_path, cli, caffe):
     solver.write_text(good.replace("net.prototxt", "fork.prototxt"))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
                           "layer 'conv1' has type 'DepthwiseConvolution', which this Caffe does not have")
+    assert not (tmp_path / "run").exists()  # found after the run folder was made: it goes again
     # A 2014-era solver: train_net and test_net files; the test net's data is checked too.
     train_net = f'train_net: "{tmp_path / "net.prototxt"}"'
     solver.write_text(good.replace(f'net: "{tmp_path / "net.prototxt"}"', f'{train_net}\ntest_net: "gone.prototxt"'))

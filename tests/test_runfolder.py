@@ -35,3 +35,23 @@ def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
         handle.write('{"n": 2')
     assert folder.journal("points.jsonl") == [{"n": 1}]
     assert folder.journal("missing.jsonl") == []
+
+
+def test_abandon_undoes_only_what_open_started(tmp_path):
+    # A folder open() made goes entirely, so the corrected rerun starts afresh.
+    folder = _folder(tmp_path / "run").open({"fingerprint": "a"}, files={"recipe.yaml": "seed: 0\n"})
+    (tmp_path / "run" / "01-dense").mkdir()
+    folder.abandon()
+    assert not (tmp_path / "run").exists()
+    _folder(tmp_path / "run").open({"fingerprint": "b"})  # not refused as made by "a"
+    # An empty folder given with -o stays, emptied.
+    (tmp_path / "given").mkdir()
+    folder = _folder(tmp_path / "given").open({"fingerprint": "a"})
+    (tmp_path / "given" / "01-dense").mkdir()
+    folder.abandon()
+    assert (tmp_path / "given").is_dir() and not any((tmp_path / "given").iterdir())
+    # A folder continued from an earlier run is never touched.
+    _folder(tmp_path / "kept").open({"fingerprint": "a"}).append("points.jsonl", {"n": 1})
+    again = _folder(tmp_path / "kept").open({"fingerprint": "a"})
+    again.abandon()
+    assert again.journal("points.jsonl") == [{"n": 1}]
