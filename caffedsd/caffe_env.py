@@ -56,6 +56,16 @@ def check_gpu_build(gpu):
                                "`make setup CUDA=1` builds one with CUDA on a GPU machine")
 
 
+def check_net_runs(net, net_path):
+    """Raise InputError for what Caffe would abort the process on while
+    building ``net`` (a NetParameter read from ``net_path``): a layer type
+    this Caffe lacks, a data or mean file it cannot read."""
+    from .netcheck import check_data_sources, check_layer_types
+
+    check_layer_types(net, net_path, layer_types(import_caffe()))
+    check_data_sources(net, net_path, caffe_has_leveldb())
+
+
 def layer_types(caffe):
     """The layer types the imported pycaffe module ``caffe`` registers, or
     None when it cannot list them."""

@@ -341,10 +341,10 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
 
     from . import report
     from .atomic import write_text
-    from .caffe_env import import_caffe, layer_types
+    from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import new_caffemodel, read_caffemodel
-    from .netcheck import check_blob_shapes, check_layer_types, check_pair
+    from .netcheck import check_blob_shapes, check_pair
 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
@@ -354,9 +354,9 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     check_pair(nets[Path(model_path)], model_path, model)
     chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
     # Output positions per layer come from the net itself (TEST phase).
-    caffe = import_caffe()
     for path, net in nets.items():
-        check_layer_types(net, path, layer_types(caffe))
+        check_net_runs(net, path)
+    caffe = import_caffe()
     shapes_net = caffe.Net(str(deploy_path or model_path), caffe.TEST)
     check_blob_shapes(shapes_net, model, deploy_path or model_path)
     positions = {name: conv_output_positions(shapes_net, name) for name in chosen}

@@ -210,7 +210,8 @@ class WholeNet:
         from .caffemodel import read_caffemodel
         from .errors import InputError
         from .caffe_proto import read_net_prototxt
-        from .sensitivity import Evaluator, check_net_runs
+        from .caffe_env import check_net_runs
+        from .sensitivity import Evaluator
 
         model = Path(model or data["model"])
         weights = Path(weights or data["weights"])

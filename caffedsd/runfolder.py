@@ -71,7 +71,6 @@ class RunFolder:
             else:
                 entry.unlink(missing_ok=True)
 
-
     def journal(self, name):
         """The records appended to journal ``name``, in order; a last line cut
         short by a kill is skipped."""

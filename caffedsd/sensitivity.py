@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .caffe_env import caffe_has_leveldb, check_gpu_build
+from .caffe_env import check_gpu_build, check_net_runs
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, InputError
@@ -35,7 +35,7 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair
+from .netcheck import check_blob_shapes, check_pair
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -182,14 +182,6 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
         results.put(("error", str(exc)))
     except Exception as exc:
         results.put(("error", f"sensitivity worker failed: {type(exc).__name__}: {exc}"))
-
-
-def check_net_runs(net, model_path):
-    """Layer types and data sources Caffe would abort the process on."""
-    from .caffe_env import import_caffe, layer_types
-
-    check_layer_types(net, model_path, layer_types(import_caffe()))
-    check_data_sources(net, model_path, caffe_has_leveldb())
 
 
 def _select_layers(model, globs):

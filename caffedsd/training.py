@@ -99,6 +99,8 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     folder). ``periodic_tests=False`` turns off Caffe's own test passes;
     ``evaluate`` runs the TEST phase instead."""
     caffe = import_caffe(gpu)
+    # read_solver checked the data without importing pycaffe; the layer
+    # types need its registry (caffe_env.check_net_runs does both at once).
     known = layer_types(caffe)
     check_layer_types(spec.net, spec.net_path, known)
     for test_path in spec.test_net_paths:

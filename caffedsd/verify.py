@@ -8,7 +8,7 @@ import numpy as np
 
 from pathlib import Path
 
-from .caffe_env import caffe_binary
+from .caffe_env import caffe_binary, check_gpu_build
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CheckFailed
@@ -107,8 +107,6 @@ def require_all(checks):
 def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_layers=False, gpu=None):
     """All checks that apply to a caffemodel: [Check]."""
     if gpu is not None:
-        from .caffe_env import check_gpu_build
-
         check_gpu_build(gpu)
     model = read_caffemodel(weights_path)
     maskset = masks_for(model, masks_path)

@@ -1,4 +1,6 @@
 """Force regularization and low-rank decomposition."""
+import re
+
 import numpy as np
 import pytest
 
@@ -165,6 +167,9 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
     assert_one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
+    (tmp_path / "nodata.prototxt").write_text(re.sub(r'source: "[^"]*"', 'source: "gone.txt"', proto.read_text()))
+    assert_one_line_error(cli("decompose", "-p", "nodata.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
+                          "reads 'gone.txt', which does not exist")  # Caffe aborted building the net
     (tmp_path / "narrow.prototxt").write_text(proto.read_text().replace("num_output: 20", "num_output: 16"))
     assert_one_line_error(cli("decompose", "-p", "narrow.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
                           "layer 'conv1' blob 0 is [20, 1, 5, 5], but narrow.prototxt makes it [16, 1, 5, 5]")
