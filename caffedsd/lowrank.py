@@ -354,11 +354,12 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     check_pair(nets[Path(model_path)], model_path, model)
     chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
     # Output positions per layer come from the net itself (TEST phase).
-    for path, net in nets.items():
-        check_net_runs(net, path)
+    shape_path = Path(deploy_path or model_path)  # the only net Caffe builds here
+    shape_net = nets.get(shape_path) or read_net_prototxt(shape_path, allow_python_layers)
+    check_net_runs(shape_net, shape_path)
     caffe = import_caffe()
-    shapes_net = caffe.Net(str(deploy_path or model_path), caffe.TEST)
-    check_blob_shapes(shapes_net, model, deploy_path or model_path)
+    shapes_net = caffe.Net(str(shape_path), caffe.TEST)
+    check_blob_shapes(shapes_net, model, shape_path)
     positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
     del shapes_net
     new_layers, discarded = decomposed_layers(model, chosen)
