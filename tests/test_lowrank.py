@@ -245,3 +245,18 @@ def test_grouped_convolutions_split_per_group_and_depthwise_left_alone(caffe, tm
     assert "dw (Convolution): depthwise" in report
     assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "conv1=5", "-o", "x"),
                           "--rank conv1=5: must be between 1 and 4 per group")
+
+
+def test_a_train_val_with_a_deploy_needs_no_data(caffe, tmp_path, cli):
+    """Caffe builds only the deploy net here, so the train_val's data may be
+    elsewhere (the usual case on the machine that decomposes)."""
+    deploy, weights = save_net(caffe, tmp_path, GROUPED, name="deploy")
+    data = ('layer { name: "data" type: "Data" top: "data" data_param { source: "absent_lmdb" batch_size: 2 '
+            'backend: LMDB } }')
+    train_val = tmp_path / "train_val.prototxt"
+    train_val.write_text(re.sub(r'layer \{ name: "data" type: "Input".*\n', data + "\n", GROUPED))
+    assert "absent_lmdb" in train_val.read_text()
+    result = cli("decompose", "-p", train_val, "--deploy", deploy, "-w", weights, "--rank", "conv1=4", "-o", "low")
+    assert result.exit_code == 0, result.output
+    assert_one_line_error(cli("decompose", "-p", train_val, "-w", weights, "--rank", "conv1=4", "-o", "low2"),
+                          "reads 'absent_lmdb', which does not exist")
