@@ -81,12 +81,15 @@ def solver_option(func):
 
 
 def training_options(func):
-    """--iterations, --test-iterations, --gpu, --verbose and --allow-python-layers."""
+    """--iterations, --test-iterations, --test-interval, --gpu, --verbose and --allow-python-layers."""
     func = python_layers_option(verbose_option(func))
     func = click.option("--iterations", "-n", type=int, default=None,
                         help="Iterations to train (default: the solver's max_iter).")(func)
     func = click.option("--test-iterations", type=click.IntRange(min=1), default=None, metavar="N",
-                        help="TEST batches measured at the end (default: the solver's test_iter).")(func)
+                        help="TEST batches per test pass (default: the solver's test_iter).")(func)
+    func = click.option("--test-interval", type=click.IntRange(min=0), default=None, metavar="N",
+                        help="A TEST pass every N iterations while training, and one at the end (default: the "
+                             "solver's test_interval; 0: only at the end).")(func)
     return gpu_option(func)
 
 
@@ -94,13 +97,15 @@ class _Progress:
     """The progress protocol of the library: ``_Progress(label, total, done)``
     (what run_recipe and scan call ``progress``) gives a callback(row, total)
     called once per step (a training iteration, a sensitivity point) and
-    closed at the end; training's on_iteration is such a callback. Shown as a
-    bar on stderr with ETA (and loss, lr for training); ``total`` defaults to
-    the first call's."""
+    closed at the end; training's on_iteration is such a callback, and also
+    gets each TEST pass as a row {iter, test}, which is no step. Shown as a
+    bar on stderr with ETA (and loss, lr and the latest test for training);
+    ``total`` defaults to the first call's."""
 
     def __init__(self, label, total=None, done=0):
         self.label, self.total, self.done = label, total, done
         self.bar = None
+        self.row = self.tested = None
 
     def __call__(self, row, total):
         if self.bar is None:
@@ -109,11 +114,19 @@ class _Progress:
             self.bar.__enter__()
             if self.done:
                 self.bar.update(self.done)
-        self.bar.update(1, row)
+        if "test" in row:
+            self.tested = row
+            self.bar.update(0, self.row)
+        else:
+            self.row = row
+            self.bar.update(1, row)
 
-    @staticmethod
-    def _show(row):
-        return f"loss {row['loss']:.4f}  lr {row['lr']:.3g}" if row and "loss" in row else ""
+    def _show(self, row):
+        parts = [f"loss {row['loss']:.4f}  lr {row['lr']:.3g}"] if row and "loss" in row else []
+        if self.tested and self.tested["test"]:
+            name, value = _headline(self.tested["test"])
+            parts.append(f"test {name} {value:.4f} @{self.tested['iter']}")
+        return "  ".join(parts)
 
     def close(self):
         if self.bar is not None:
@@ -121,15 +134,23 @@ class _Progress:
             self.bar = None
 
 
+def _headline(test):
+    """The output a one-line summary shows: the first accuracy, else the first."""
+    name = report.primary_metric(list(test))
+    return name, test[name]
+
+
 def _train(label, call, **kwargs):
-    """A train-* library call with a progress bar; prints its TEST outputs."""
+    """A train-* library call with a progress bar; prints its TEST passes."""
     progress = _Progress(label)
     try:
         result = call(on_iteration=progress, **kwargs)
     finally:
         progress.close()
-    if result.test_first:
-        click.echo(report.test_line(result.test_first, "test after quantization"))
+    for n, row in enumerate(result.tests):
+        first = n == 0 and result.test_first is not None
+        label = "test after quantization" if first else f"test at iteration {row['iter']}"
+        click.echo(report.test_line(row["test"], label))
     click.echo(report.test_line(result.test))
     return result
 
@@ -265,8 +286,8 @@ def verify(weights, masks, model, allow_python_layers, gpu):
               help="Resume from this .solverstate; its history is zeroed at masked positions first.")
 @training_options
 @output_option()
-def train_sparse(solver, weights, masks, solverstate, iterations, test_iterations, gpu, allow_python_layers, output,
-                 force):
+def train_sparse(solver, weights, masks, solverstate, iterations, test_iterations, test_interval, gpu,
+                 allow_python_layers, output, force):
     """Retrain a pruned model with its pruned weights held at exactly 0.0.
 
     Gradients are masked before every update (so momentum and Adam history
@@ -280,9 +301,8 @@ def train_sparse(solver, weights, masks, solverstate, iterations, test_iteration
     from .training import train_sparse as run
 
     result = _train("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
-                            iterations=iterations, test_iterations=test_iterations, solverstate=solverstate,
-                            gpu=gpu, force=force,
-                            allow_python_layers=allow_python_layers)
+                    iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
+                    solverstate=solverstate, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} and {result.masks} after {result.iterations} iterations")
 
 
@@ -293,7 +313,8 @@ def train_sparse(solver, weights, masks, solverstate, iterations, test_iteration
               help="Learning rate = the solver's base_lr times this (the paper: 1/10).")
 @training_options
 @output_option()
-def train_dense(solver, weights, lr_scale, iterations, test_iterations, gpu, allow_python_layers, output, force):
+def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_interval, gpu, allow_python_layers, output,
+                force):
     """Re-dense phase: masks off, pruned weights restart at 0.0, survivors keep
     their values; base_lr is scaled, solver history starts fresh, dropout and
     weight decay are unchanged.
@@ -305,8 +326,8 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, gpu, all
     from .training import train_dense as run
 
     result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
-                            iterations=iterations, test_iterations=test_iterations, gpu=gpu, force=force,
-                            allow_python_layers=allow_python_layers)
+                    iterations=iterations, test_iterations=test_iterations, test_interval=test_interval, gpu=gpu,
+                    force=force, allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
 
 
@@ -513,8 +534,8 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
               help="fixed, or adaptive: scale the force to the norm of the error gradient.")
 @training_options
 @output_option(force="force_write")
-def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, test_iterations, gpu,
-                  allow_python_layers, force_write, output):
+def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, test_iterations,
+                  test_interval, gpu, allow_python_layers, force_write, output):
     """Train with force regularization (Wen et al. 2017) on stock Caffe: the
     driver adds the force between the filters of each layer to the
     gradients, pulling them into a lower-rank space for `decompose`.
@@ -528,9 +549,8 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
 
     spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
     result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
-                            masks=masks, iterations=iterations, test_iterations=test_iterations, gpu=gpu,
-                            force_write=force_write,
-                            allow_python_layers=allow_python_layers)
+                    masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
+                    gpu=gpu, force_write=force_write, allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} after {result.iterations} iterations")
 
 
@@ -639,7 +659,8 @@ def decompress(dcz, model, allow_python_layers, force, output):
 @click.option("--bits", default="conv=8,fc=5", show_default=True, help="Bits of the shared-weight codes.")
 @training_options
 @output_option()
-def train_quantized(solver, weights, masks, bits, iterations, test_iterations, gpu, allow_python_layers, output, force):
+def train_quantized(solver, weights, masks, bits, iterations, test_iterations, test_interval, gpu, allow_python_layers,
+                    output, force):
     """Trained quantization: share each layer's kept weights among 2^bits
     centroids (k-means) and fine-tune the centroids with the summed
     gradients of their weights; pruned weights stay 0.0.
@@ -653,9 +674,8 @@ def train_quantized(solver, weights, masks, bits, iterations, test_iterations, g
 
     parsed = parse_bits(bits)
     result = _train("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
-                            masks=masks, iterations=iterations, test_iterations=test_iterations, gpu=gpu,
-                            force=force,
-                            allow_python_layers=allow_python_layers)
+                    masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
+                    gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     click.echo(f"wrote {output} after {result.iterations} iterations")
 
 

@@ -8,6 +8,8 @@ RUN_DIR holds:
     model.caffemodel      stock-Caffe-loadable weights (+ model.masks.h5
                           for prune and sparse stages)
     curve.csv             iteration, loss, lr (training stages)
+    tests.csv             iteration, TEST outputs: the solver's periodic
+                          passes (test_interval) and the stage's end
     stage.json            the stage's summary; written last, it marks the
                           stage finished
     checkpoint/           solver snapshots while the stage runs
@@ -53,6 +55,7 @@ class StageSummary:
     sparsity: float  # of the prunable weights of its model
     seconds: float
     curve: str = None  # training stages: the curve's file in the stage folder
+    tests: str = None  # training stages: the TEST passes' file in the stage folder
     layers: dict = None  # prune stages: {layer: sparsity}
 
     def to_dict(self):
@@ -124,7 +127,12 @@ class _Checkpoints:
     def curve(record):
         return _read_csv(record["curve"])
 
-    def save(self, solver, curve):
+    @staticmethod
+    def tests(record):
+        # Checkpoints from before periodic test passes were recorded have none.
+        return report.parse_tests_csv(Path(record["tests"]).read_text()) if record.get("tests") else []
+
+    def save(self, solver, curve, tests):
         self.folder.mkdir(parents=True, exist_ok=True)
         solver.snapshot()
         iteration = int(solver.iter)
@@ -132,13 +140,16 @@ class _Checkpoints:
         if not state.is_file():
             raise RuntimeError(f"Caffe's snapshot did not write {state}")
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
+        write_text(self.folder / f"tests_{iteration}.csv", report.tests_csv(tests))
         previous = read_json(self.record) if self.record.exists() else None
         write_json(self.record, {"iter": iteration, "solverstate": str(state),
-                                  "curve": str(self.folder / f"curve_{iteration}.csv")})
-        if previous:  # keep only the newest pair
+                                  "curve": str(self.folder / f"curve_{iteration}.csv"),
+                                  "tests": str(self.folder / f"tests_{iteration}.csv")})
+        if previous:  # keep only the newest set
             for old in (previous["solverstate"], previous["solverstate"].replace(".solverstate", ".caffemodel"),
-                        previous["curve"]):
-                Path(old).unlink(missing_ok=True)
+                        previous["curve"], previous.get("tests")):
+                if old:
+                    Path(old).unlink(missing_ok=True)
 
     def clear(self):
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -158,14 +169,17 @@ def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progre
     latest = checkpoints.latest()
     callback = progress(stage_dir.name, stage.iterations, latest["iter"] if latest else 0) if progress else None
     phase = Phase(stage.iterations, weights_in, stage_dir / "model.caffemodel", masks, lr_scale=stage.lr_scale,
-                  test_iterations=recipe.test_iterations)
+                  test_iterations=recipe.test_iterations, test_interval=recipe.test_interval)
     try:
         result = run_phase(spec, phase, stage_dir, gpu=gpu, checkpoints=checkpoints, on_iteration=callback)
     finally:
         if callback is not None:
             callback.close()
     _write_csv(stage_dir / "curve.csv", result.curve)
-    return dict(iterations=stage.iterations, lr=result.base_lr, test=result.test, curve="curve.csv")
+    write_text(stage_dir / "tests.csv",
+               report.tests_csv(list(result.tests) + [{"iter": stage.iterations, "test": result.test}]))
+    return dict(iterations=stage.iterations, lr=result.base_lr, test=result.test, curve="curve.csv",
+                tests="tests.csv")
 
 
 def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):

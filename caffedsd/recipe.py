@@ -6,6 +6,9 @@ A recipe file (YAML)::
     weights: work/lenet_iter_500.caffemodel # optional: start from these weights
     seed: 0                                 # seeds the random criterion and the data shuffling
     checkpoint_every: 500                   # iterations between resume checkpoints
+    test_iterations: 100                    # optional: TEST batches per pass (default: the solver's test_iter)
+    test_interval: 1000                     # optional: iterations between TEST passes within a
+                                            # stage (default: the solver's test_interval; 0: none)
     stages:
       - dense:  {iterations: 1000}                       # initial dense training
       - prune:  {sparsity: 0.5, layers: {ip1: 0.9}}      # a plan inline (plan.py) ...
@@ -31,7 +34,7 @@ from .errors import RecipeError
 from .plan import SparsityPlan, load_plan
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
-_RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations"}
+_RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations", "test_interval"}
 
 
 def _iterations(value, where):
@@ -112,6 +115,7 @@ class Recipe:
     seed: int = 0
     checkpoint_every: int = 500
     test_iterations: int = None
+    test_interval: int = None
     where: str = field(default="recipe", compare=False)
 
     def __post_init__(self):
@@ -128,6 +132,8 @@ class Recipe:
             raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1")
         if self.test_iterations is not None:
             _iterations(self.test_iterations, f"{where}: test_iterations")
+        if self.test_interval is not None:
+            _iterations(self.test_interval, f"{where}: test_interval")
         masked = False
         for number, stage in enumerate(self.stages, 1):
             if stage.kind == "sparse" and not masked:
@@ -154,7 +160,8 @@ class Recipe:
         return cls(solver=str(data.get("solver") or ""), stages=tuple(stages),
                    weights=str(data["weights"]) if data.get("weights") else None,
                    seed=data.get("seed", 0), checkpoint_every=data.get("checkpoint_every", 500),
-                   test_iterations=data.get("test_iterations"), where=where)
+                   test_iterations=data.get("test_iterations"), test_interval=data.get("test_interval"),
+                   where=where)
 
     def to_dict(self):
         out = {"solver": self.solver}
@@ -164,6 +171,8 @@ class Recipe:
         out["checkpoint_every"] = self.checkpoint_every
         if self.test_iterations is not None:
             out["test_iterations"] = self.test_iterations
+        if self.test_interval is not None:
+            out["test_interval"] = self.test_interval
         out["stages"] = [{stage.kind: stage.to_dict()} for stage in self.stages]
         return out
 

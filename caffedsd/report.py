@@ -1,4 +1,6 @@
 """Turning results into text: tables for the terminal, JSON, Markdown."""
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -133,13 +135,34 @@ def parse_curve_csv(text):
     return rows
 
 
-def _metric_names(stages):
+def tests_csv(tests):
+    """TEST passes [{iter, test: {output: value}}] as CSV: iter, then one
+    column per output (blob names may hold commas: csv quotes them)."""
+    names = _output_names(row["test"] for row in tests)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["iter"] + names)
+    for row in tests:
+        writer.writerow([row["iter"]] + [f"{row['test'][n]:.6g}" if n in row["test"] else "" for n in names])
+    return out.getvalue()
+
+
+def parse_tests_csv(text):
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, ["iter"])
+    return [{"iter": int(cells[0]), "test": {n: float(v) for n, v in zip(header[1:], cells[1:]) if v != ""}}
+            for cells in reader if cells]
+
+
+def _output_names(tests):
     names = []
-    for stage in stages:
-        for name in stage.get("test", {}):
-            if name not in names:
-                names.append(name)
+    for test in tests:
+        names += [name for name in test if name not in names]
     return names
+
+
+def _metric_names(stages):
+    return _output_names(stage.get("test", {}) for stage in stages)
 
 
 def dsd_rows(stages):
@@ -169,7 +192,7 @@ def dsd_markdown(data):
 
 def plot_dsd(path, run_dir, stages):
     """Training loss over the run's iterations, stage boundaries marked, and
-    each stage's test metrics at its end."""
+    each stage's test metrics: at its periodic test passes, and at its end."""
     plt = _pyplot()
     fig, loss_ax = plt.subplots(figsize=(9, 4.5))
     test_ax = loss_ax.twinx()
@@ -191,7 +214,11 @@ def plot_dsd(path, run_dir, stages):
             loss_ax.axvline(offset, color="grey", ls="--", lw=0.8)
             loss_ax.text((start + offset) / 2, 0.98, f"{s['stage']} {s['kind']}", transform=loss_ax.get_xaxis_transform(),
                          ha="center", va="top", fontsize=8, color="grey")
+        passes = parse_tests_csv((run_dir / s["folder"] / s["tests"]).read_text()) if s.get("tests") else []
         for n, m in enumerate(metrics):
+            during = [(start + p["iter"], p["test"][m]) for p in passes if m in p["test"]]
+            if len(during) > 1:  # the solver's periodic passes (test_interval), then the stage's end
+                test_ax.plot(*zip(*during), lw=0.8, color=f"C{n + 1}", label=m)
             if m in s["test"]:
                 test_ax.plot(offset, s["test"][m], "o", color=f"C{n + 1}", label=m)
     handles = {h.get_label(): h for h in test_ax.get_lines()}

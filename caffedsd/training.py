@@ -93,11 +93,11 @@ def read_solver(path, allow_python_layers=False):
     return SolverSpec(path, param, net_path, net, test_paths)
 
 
-def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, periodic_tests=True):
+def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
     """A pycaffe Solver for ``spec`` with the changes given, written as a
     solver prototxt in ``workdir`` (net paths still resolve from the current
-    folder). ``periodic_tests=False`` turns off Caffe's own test passes;
-    ``evaluate`` runs the TEST phase instead."""
+    folder). Caffe's own periodic test passes are off: ``run_phase`` makes
+    them (``PeriodicTests``), so that their results are data, not log lines."""
     caffe = import_caffe(gpu)
     # read_solver checked the data without importing pycaffe; the layer
     # types need its registry (caffe_env.check_net_runs does both at once).
@@ -118,10 +118,9 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     if snapshot is not None:
         param.snapshot = snapshot
         param.snapshot_after_train = False
-    if not periodic_tests:
-        # Caffe insists on test_interval > 0 when there are test nets.
-        param.test_interval = 2 ** 31 - 1
-        param.test_initialization = False
+    # Caffe insists on test_interval > 0 when there are test nets.
+    param.test_interval = 2 ** 31 - 1
+    param.test_initialization = False
     _check_snapshot_prefix(param, spec.path)
     param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
     if gpu is not None:
@@ -173,6 +172,34 @@ def train(solver, iterations, hooks=None, on_iteration=None):
     return curve
 
 
+@dataclass(frozen=True)
+class PeriodicTests:
+    """When a phase measures the TEST phase while it trains, as Caffe's
+    solver does: before the step at every solver iteration that is a
+    multiple of ``interval`` (0: never), iteration 0 only when
+    ``initialization``. The end of a phase is always measured."""
+
+    interval: int = 0
+    initialization: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 0:
+            raise InputError(f"--test-interval {self.interval!r}: must be 0 (no periodic tests) or more")
+
+    @classmethod
+    def of_solver(cls, param, interval=None):
+        """The solver's test_interval and test_initialization; ``interval``
+        (--test-interval, a recipe's test_interval) overrides the first."""
+        return cls(param.test_interval if interval is None else interval, param.test_initialization)
+
+    def due(self, iteration):
+        return bool(self.interval) and iteration % self.interval == 0 and (iteration > 0 or self.initialization)
+
+    def next_after(self, iteration):
+        """The first iteration after ``iteration`` at which a pass is due (None: never)."""
+        return (iteration // self.interval + 1) * self.interval if self.interval else None
+
+
 def test_iterations(param):
     """Batches of the first test net that cover its test set (test_iter)."""
     return param.test_iter[0] if len(param.test_iter) else 0
@@ -213,8 +240,10 @@ def save_net(solver, output, maskset=None):
 @dataclass(frozen=True)
 class PhaseResult:
     """What a phase did: its curve [{iter, loss, lr}], the TEST outputs after
-    training (and before it, with Phase.test_first), the masks file written
-    beside the output, and the base_lr it trained at."""
+    training, the TEST passes made while it trained [{iter, test}] (the
+    solver's periodic ones, and with Phase.test_first one before training,
+    whose outputs are also ``test_first``), the masks file written beside
+    the output, and the base_lr it trained at."""
 
     iterations: int
     curve: list
@@ -222,6 +251,7 @@ class PhaseResult:
     test_first: dict = None
     masks: str = None
     base_lr: float = None
+    tests: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -241,10 +271,13 @@ class Phase:
     solverstate: object = None
     test_first: bool = False
     test_iterations: object = None
+    test_interval: object = None  # None: the solver's; 0: no periodic test passes
 
     def __post_init__(self):
         _check_iterations(self.iterations)
         object.__setattr__(self, "hooks", tuple(self.hooks))
+        if self.test_interval is not None:
+            PeriodicTests(self.test_interval)
 
 
 def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=None):
@@ -255,10 +288,12 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
 
     ``checkpoints`` (dsd's run folder) resumes from its latest snapshot,
     which it makes every ``checkpoints.every`` iterations (Caffe's own
-    snapshots and test passes off). Returns a PhaseResult."""
+    snapshots off). Training stops at each periodic test pass the solver's
+    schedule asks for, and at each checkpoint; ``on_iteration`` sees each
+    pass as a row {iter, test}. Returns a PhaseResult."""
     options = {}
     if checkpoints is not None:
-        options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0, periodic_tests=False)
+        options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0)
     solver, param = open_solver(spec, workdir, gpu=gpu, lr_scale=phase.lr_scale, **options)
     dispatcher = HookDispatcher.for_solver(solver, gpu)
     try:
@@ -271,30 +306,49 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
         for hook in hooks:
             dispatcher.add(hook, solver)
         latest = checkpoints.latest() if checkpoints is not None else None
-        curve, done = [], 0
+        curve, tests, done = [], [], 0
         if latest is not None:
             solver.restore(latest["solverstate"])
-            curve, done = checkpoints.curve(latest), int(solver.iter)
+            curve, tests, done = checkpoints.curve(latest), checkpoints.tests(latest), int(solver.iter)
         elif phase.solverstate is not None:
             clean = Path(workdir) / ("clean" + "".join(Path(phase.solverstate).suffixes))
             clean_solverstate(phase.solverstate, clean, solver.net, masks)
             solver.restore(str(clean))
         dispatcher.settle()
         count = phase.test_iterations or test_iterations(param)
-        first = evaluate(solver, count) if phase.test_first else None
-        remaining = phase.iterations - done
-        every = (checkpoints.every if checkpoints is not None else None) or max(remaining, 1)
-        while remaining > 0:
-            chunk = min(every, remaining)
-            curve += train(solver, chunk, dispatcher, on_iteration)
-            remaining -= chunk
-            if remaining > 0:
-                checkpoints.save(solver, curve)
+        schedule = PeriodicTests.of_solver(spec.param, phase.test_interval)
+        if not len(solver.test_nets) or count <= 0:
+            schedule = PeriodicTests(0)
+        start = int(solver.iter)
+        end = start + phase.iterations - done
+        # Training runs in pieces between test passes and checkpoints; the
+        # progress callback still sees the whole phase as its total.
+        progress = (lambda row, _: on_iteration(row, phase.iterations)) if on_iteration is not None else None
+        while int(solver.iter) < end:
+            now = int(solver.iter)
+            if schedule.due(now) or (phase.test_first and now == start and not done):
+                tests.append({"iter": now, "test": evaluate(solver, count)})
+                if progress is not None:
+                    progress(tests[-1], None)
+            checkpoint = _next_checkpoint(now, checkpoints)
+            stop = min(s for s in (end, schedule.next_after(now), checkpoint) if s is not None)
+            curve += train(solver, stop - now, dispatcher, progress)
+            if stop == checkpoint and stop < end:
+                checkpoints.save(solver, curve, tests)
         test = evaluate(solver, count)
+        first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = save_net(solver, phase.output, phase.maskset) if phase.output is not None else None
     finally:
         dispatcher.detach()
-    return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr)
+    return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,
+                       tuple(tests))
+
+
+def _next_checkpoint(iteration, checkpoints):
+    """dsd's next checkpoint (every ``checkpoints.every`` solver iterations)."""
+    if checkpoints is None or not checkpoints.every:
+        return None
+    return (iteration // checkpoints.every + 1) * checkpoints.every
 
 
 def _phase(spec, phase, gpu, on_iteration):
@@ -304,7 +358,8 @@ def _phase(spec, phase, gpu, on_iteration):
 
 
 def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
-                 force=False, allow_python_layers=False, on_iteration=None, test_iterations=None):
+                 force=False, allow_python_layers=False, on_iteration=None, test_iterations=None,
+                 test_interval=None):
     """The sparse phase: train with pruned weights held at exactly 0.0."""
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks, required=True)
@@ -312,22 +367,25 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
     check_output(output, inputs=inputs, force=force)
     check_output(masks_path_for(output), inputs=inputs, force=force)
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate,
-                  test_iterations=test_iterations)
+                  test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
-                allow_python_layers=False, on_iteration=None, test_iterations=None):
+                allow_python_layers=False, on_iteration=None, test_iterations=None,
+                 test_interval=None):
     """The re-dense phase: masks off, pruned weights start at their 0.0,
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
     check_output(output, inputs=[weights], force=force)
-    phase = Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale, test_iterations=test_iterations)
+    phase = Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale, test_iterations=test_iterations,
+                  test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
-                  allow_python_layers=False, on_iteration=None, test_iterations=None):
+                  allow_python_layers=False, on_iteration=None, test_iterations=None,
+                 test_interval=None):
     """Train with force regularization added to the gradients (force.py);
     with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too."""
     from .force import ForceRegularizer
@@ -337,12 +395,13 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,),
-                  test_iterations=test_iterations)
+                  test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_quantized(solver_path, weights, output, bits, masks=None, iterations=None, gpu=None, force=False,
-                    allow_python_layers=False, on_iteration=None, test_iterations=None):
+                    allow_python_layers=False, on_iteration=None, test_iterations=None,
+                 test_interval=None):
     """Trained quantization: k-means each prunable layer's kept weights into
     2^bits shared values (``bits``: {"conv": n, "fc": m}) and fine-tune the
     centroids; pruned weights stay 0.0 and assignments stay fixed. The
@@ -363,7 +422,7 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
         kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
         clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(WeightSharing(clusters),),
-                  test_first=True, test_iterations=test_iterations)
+                  test_first=True, test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
+from caffedsd.report import parse_tests_csv
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from conftest import assert_one_line_error, lenet_files, save_net, write_solver
 
@@ -25,7 +26,7 @@ def lenet_solver(tmp_path_factory):
 def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
     solver, net = lenet_solver
     (tmp_path / "recipe.yaml").write_text(
-        f"solver: {solver}\ncheckpoint_every: 30\nstages:\n"
+        f"solver: {solver}\ncheckpoint_every: 30\ntest_interval: 20\nstages:\n"
         "  - dense: {iterations: 80}\n  - prune: {sparsity: 0.5, layers: {ip1: 0.9}}\n"
         "  - sparse: {iterations: 40}\n  - dense: {iterations: 40, lr_scale: 0.1}\n")
     result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
@@ -45,6 +46,18 @@ def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
     assert "| 3 sparse | 40 |" in (run / "report.md").read_text()
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run.glob("*/checkpoint"))
+    # The periodic test passes (every 20 iterations, and at 0: test_initialization),
+    # then the stage's end; training stopped at them and at checkpoints (30) without
+    # losing or repeating a step.
+    for s in (stages[0], stages[2], stages[3]):
+        passes = parse_tests_csv((run / s["folder"] / s["tests"]).read_text())
+        assert [p["iter"] for p in passes] == list(range(0, s["iterations"] + 1, 20))
+        assert passes[-1]["test"] == pytest.approx(s["test"], rel=1e-5)
+        curve = (run / s["folder"] / "curve.csv").read_text().splitlines()[1:]
+        assert [int(line.split(",")[0]) for line in curve] == list(range(1, s["iterations"] + 1))
+    # A stage's first pass measures the weights it starts from: the previous stage's.
+    first_sparse = parse_tests_csv((run / "03-sparse" / "tests.csv").read_text())[0]["test"]
+    assert first_sparse == pytest.approx(stages[1]["test"], rel=1e-5)
     masks = load_masks(run / "03-sparse" / "model.masks.h5")
     model = read_caffemodel(run / "03-sparse" / "model.caffemodel")
     for layer, mask in masks.per_layer().items():
@@ -96,7 +109,7 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
     killed_at = json.loads(marker.read_text())["iter"]
     assert 0 < killed_at < 3000
     kept = sorted(p.name for p in marker.parent.iterdir() if p.name != "checkpoint.json")
-    assert len(kept) <= 6 and Path(json.loads(marker.read_text())["solverstate"]).is_file(), kept
+    assert len(kept) <= 8 and Path(json.loads(marker.read_text())["solverstate"]).is_file(), kept
 
     resumed = _dsd(recipe, tmp_path / "run", tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
@@ -109,6 +122,12 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
         assert np.array_equal(run_masks.masks[layer], mask)
     curve = (tmp_path / "run" / "03-sparse" / "curve.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in curve] == list(range(1, 3001))
+    # The test passes made before the kill come back from the checkpoint: the
+    # one at iteration 0 is the reference's, and none is lost or made twice.
+    passes = parse_tests_csv((tmp_path / "run" / "03-sparse" / "tests.csv").read_text())
+    reference_passes = parse_tests_csv((tmp_path / "reference" / "03-sparse" / "tests.csv").read_text())
+    assert [p["iter"] for p in passes] == [p["iter"] for p in reference_passes] == [0, 1000, 2000, 3000]
+    assert passes[0] == reference_passes[0]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][3]["kind"] == "dense"
 
 
@@ -222,6 +241,38 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                     "--iterations -1: must be 0 or more")
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
                     "would overwrite the input")
+
+
+@pytest.mark.caffe
+@pytest.mark.slow
+def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caffe, tmp_path, cli):
+    # Caffe's own snapshots every 2 iterations give the weights each pass
+    # should have measured; stock `caffe test` scores them. The 3 test
+    # batches cover the 300 test images exactly, so every pass sees them all.
+    solver, net = lenet_solver
+    lines = [line for line in solver.read_text().splitlines() if not line.startswith(("snapshot", "test_interval"))]
+    lines += ["snapshot: 2", f'snapshot_prefix: "{tmp_path / "snap"}"', "test_interval: 500"]
+    (tmp_path / "solver.prototxt").write_text("\n".join(lines) + "\n")
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "init.caffemodel"))
+    result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "--lr-scale", 1,
+                 "-n", 4, "--test-interval", 2, "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    printed = {}
+    for line in result.output.splitlines():
+        if line.startswith("test"):
+            label, values = line.split(": ", 1)
+            printed[label] = dict((k, float(v)) for k, v in (item.split(" = ") for item in values.split(", ")))
+    assert list(printed) == ["test at iteration 0", "test at iteration 2", "test"]
+    for label, weights in (("test at iteration 0", "init.caffemodel"), ("test at iteration 2", "snap_iter_2.caffemodel"),
+                           ("test", "d.caffemodel")):
+        code, log = run_caffe_test(net, tmp_path / weights, iterations=3)
+        assert code == 0, log[-2000:]
+        assert printed[label] == pytest.approx(parse_test_outputs(log), abs=1e-4), label
+    assert printed["test at iteration 0"]["accuracy"] != printed["test at iteration 2"]["accuracy"]
+    # The solver's interval (500) when --test-interval is not given: only iteration 0.
+    result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "-n", 2, "-o", "e.caffemodel")
+    assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("test")] == \
+        ["test at iteration 0", "test"]
 
 
 @pytest.mark.caffe

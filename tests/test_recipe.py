@@ -27,6 +27,16 @@ def test_parse_and_round_trip():
     assert recipe.fingerprint() == Recipe.from_dict(recipe.to_dict()).fingerprint()
 
 
+def test_test_interval_round_trip():
+    recipe = Recipe.from_dict(dict(GOOD, test_interval=0, test_iterations=7))
+    assert (recipe.test_interval, recipe.test_iterations) == (0, 7)
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert Recipe.from_dict(GOOD).test_interval is None  # the solver's
+    # A recipe that does not set it keeps the fingerprint it had before the key existed.
+    assert "test_interval" not in Recipe.from_dict(GOOD).to_dict()
+    assert recipe.fingerprint() != Recipe.from_dict(dict(GOOD, test_iterations=7)).fingerprint()
+
+
 def test_fingerprint_changes_with_content():
     other = dict(GOOD, stages=GOOD["stages"][:3])
     assert Recipe.from_dict(GOOD).fingerprint() != Recipe.from_dict(other).fingerprint()
@@ -44,6 +54,8 @@ def test_fingerprint_changes_with_content():
     ({"stages": []}, "has no stages"),
     ({"stages": [{"dense": {"iterations": 5, "lr_scale": 0}}]}, "lr_scale 0 must be"),
     ({"checkpoint_every": 0}, "checkpoint_every 0"),
+    ({"test_interval": -1}, "test_interval: iterations -1"),
+    ({"test_interval": "often"}, "test_interval: iterations 'often'"),
 ])
 def test_invalid_recipes(change, message):
     # RecipeError, or PlanError for a prune stage's plan: both InputErrors naming the recipe.

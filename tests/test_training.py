@@ -7,7 +7,9 @@ import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
-from caffedsd.training import load_weights, open_solver, read_solver, train_dense, train_sparse
+from caffedsd.errors import InputError
+from caffedsd import report
+from caffedsd.training import PeriodicTests, load_weights, open_solver, read_solver, train_dense, train_sparse
 from conftest import write_solver
 
 SOLVERS = {
@@ -137,9 +139,11 @@ def test_dense_phase_starts_at_zero_and_scales_lr(caffe, pruned, tmp_path):
     solver.add_callback(lambda: None, lambda: grads.append(solver.net.params["conv1"][0].diff.copy()))
     solver.step(1)
     w1 = solver.net.params["conv1"][0].data
-    # Plain SGD, no momentum or decay: w1 = w0 - lr * grad, so the lr used is:
-    used = (w0 - w1)[grads[0] != 0] / grads[0][grads[0] != 0]
-    assert np.allclose(used, 0.02, rtol=1e-3)
+    # Plain SGD, no momentum or decay: w1 = w0 - lr * grad, to float32 rounding
+    # of w, at the scaled lr and not at the solver's.
+    ulp = 2 * np.spacing(np.abs(w0).max())
+    assert np.allclose(w1, w0 - np.float32(0.02) * grads[0], rtol=0, atol=ulp)
+    assert not np.allclose(w1, w0 - np.float32(0.2) * grads[0], rtol=0, atol=ulp)
     assert param.base_lr == pytest.approx(0.02)
     # Pruned positions are free again: some of them moved.
     assert np.count_nonzero(w1[~masks.masks["conv1"]]) > 0
@@ -153,3 +157,54 @@ def test_train_dense_library_call(pruned, tmp_path):
     w = read_caffemodel(tmp_path / "dense2.caffemodel").layer("conv1").blobs[0].data
     mask = load_masks(pruned.with_name("pruned.masks.h5")).masks["conv1"]
     assert np.count_nonzero(w[~mask]) > 0
+
+
+def test_periodic_tests_are_caffes():
+    # Caffe's Solver::Step tests before the step at iter % test_interval == 0,
+    # and at iteration 0 only with test_initialization.
+    every = PeriodicTests(500)
+    assert [i for i in range(0, 1600, 250) if every.due(i)] == [0, 500, 1000, 1500]
+    assert [i for i in range(0, 1600, 250) if PeriodicTests(500, initialization=False).due(i)] == [500, 1000, 1500]
+    assert not any(PeriodicTests(0).due(i) for i in range(0, 1000, 100))
+    assert (every.next_after(0), every.next_after(499), every.next_after(500)) == (500, 500, 1000)
+    assert PeriodicTests(0).next_after(7) is None
+    with pytest.raises(InputError, match="--test-interval -1"):
+        PeriodicTests(-1)
+
+
+def test_periodic_tests_of_a_solver():
+    from caffedsd.caffe_proto import SolverParameter
+
+    param = SolverParameter(test_interval=1000, test_initialization=False)
+    assert PeriodicTests.of_solver(param) == PeriodicTests(1000, False)
+    assert PeriodicTests.of_solver(param, 0) == PeriodicTests(0, False)
+    assert PeriodicTests.of_solver(SolverParameter(), 30) == PeriodicTests(30, True)  # Caffe's default
+
+
+def test_tests_csv_round_trip():
+    passes = [{"iter": 0, "test": {"loss": 2.5, "acc,top1": 0.125}},
+              {"iter": 500, "test": {"loss": 0.75, "acc,top1": 0.5, "extra": 1.0}}]
+    text = report.tests_csv(passes)
+    assert text.splitlines()[0] == 'iter,loss,"acc,top1",extra'
+    assert text.splitlines()[1] == "0,2.5,0.125,"
+    assert report.parse_tests_csv(text) == passes
+    assert report.parse_tests_csv(report.tests_csv([])) == []
+
+
+def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path):
+    solver_path = write_solver(tmp_path)  # test_interval 1000, test_initialization by default
+    masks = pruned.with_name("pruned.masks.h5")
+    text = solver_path.read_text().replace("test_interval: 1000", "test_interval: 4")
+    solver_path.write_text(text)
+    result = train_sparse(solver_path, pruned, tmp_path / "s.caffemodel", iterations=10)
+    assert [row["iter"] for row in result.tests] == [0, 4, 8]
+    assert [row["iter"] for row in result.curve] == list(range(1, 11))  # no step lost or repeated at the stops
+    assert all(set(row["test"]) == {"loss"} for row in result.tests) and set(result.test) == {"loss"}
+    assert_zeros_at_masks(tmp_path / "s.caffemodel", load_masks(masks))
+    again = train_sparse(solver_path, pruned, tmp_path / "t.caffemodel", iterations=10, test_interval=3)
+    assert [row["iter"] for row in again.tests] == [0, 3, 6, 9]
+    solver_path.write_text(text + "test_initialization: false\n")
+    assert [row["iter"] for row in train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8,
+                                                force=True).tests] == [4]
+    assert train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8, force=True,
+                        test_interval=0).tests == ()
