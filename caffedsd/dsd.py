@@ -36,7 +36,7 @@ from .maskfile import load_masks, masks_path_for
 from .pruning import prune_file
 from .recipe import Recipe
 from .runfolder import RunFolder, read_json, write_json
-from .training import Phase, read_solver, run_phase
+from .training import Phase, check_solver_builds, read_solver, run_phase
 
 RUN_FILE = "run.json"
 
@@ -205,6 +205,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
+    check_solver_builds(spec)
     folder = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
     try:
         return _run_stages(recipe, spec, folder.path, gpu, progress)

@@ -15,7 +15,8 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .atomic import atomic_path, check_output
-from .caffe_env import built_by_caffedsd, caffe_has_leveldb, import_caffe, layer_types
+from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
+                        layer_types)
 from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
@@ -99,12 +100,28 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     folder). Caffe's own periodic test passes are off: ``run_phase`` makes
     them (``PeriodicTests``), so that their results are data, not log lines."""
     caffe = import_caffe(gpu)
-    # read_solver checked the data without importing pycaffe; the layer
-    # types need its registry (caffe_env.check_net_runs does both at once).
-    known = layer_types(caffe)
-    check_layer_types(spec.net, spec.net_path, known)
-    for test_path in spec.test_net_paths:
-        check_layer_types(read_net_prototxt(test_path, allow_python_layers=True), test_path, known)
+    solver_file, param = _write_solver(spec, workdir, gpu, lr_scale, snapshot_prefix, snapshot)
+    return caffe.get_solver(str(solver_file)), param
+
+
+def check_solver_builds(spec):
+    """What Caffe would abort the process on while building the solver's
+    nets, as one line, before a run folder or an output exists: a layer type
+    it lacks (read_solver checked the data without pycaffe; the types need
+    its registry), then anything else, from building them once in a child
+    process (caffe_env.build_in_child)."""
+    known = layer_types(import_caffe())
+    nets = [(spec.net, spec.net_path)]
+    nets += [(read_net_prototxt(path, allow_python_layers=True), path) for path in spec.test_net_paths]
+    for net, path in nets:
+        check_layer_types(net, path, known)
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
+                       python_layers=any(has_python_layers(net) for net, _ in nets))
+
+
+def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
+    """(path, SolverParameter) of ``spec`` with the changes given, written in ``workdir``."""
     param = SolverParameter()
     param.CopyFrom(spec.param)
     if not (lr_scale > 0 and math.isfinite(lr_scale)):
@@ -127,7 +144,7 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
         param.device_id = gpu
     solver_file = Path(workdir) / "solver.prototxt"
     solver_file.write_text(text_format.MessageToString(param))
-    return caffe.get_solver(str(solver_file)), param
+    return solver_file, param
 
 
 def load_weights(solver, spec, weights_path):
@@ -353,6 +370,7 @@ def _next_checkpoint(iteration, checkpoints):
 
 def _phase(spec, phase, gpu, on_iteration):
     """A train-* command's phase, in a throwaway folder."""
+    check_solver_builds(spec)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 

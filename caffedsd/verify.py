@@ -8,7 +8,7 @@ import numpy as np
 
 from pathlib import Path
 
-from .caffe_env import caffe_binary, check_gpu_build
+from .caffe_env import caffe_binary, check_gpu_build, failure_reason
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CheckFailed
@@ -52,25 +52,6 @@ def run_caffe_test(net_path, weights_path, iterations=1, gpu=None, binary=None, 
     env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
-
-
-# glog's FATAL lines: "F1122 04:40:22.123456  1234 net.cpp:774] Check failed: ..."
-_FATAL = re.compile(r"^F\d{4,8} [\d:.]+\s+\d+ (\S+:\d+)\] (.*)$")
-
-
-def failure_reason(log):
-    """Caffe's own reason for failing: its ``Check failed`` or FATAL line
-    (with the source location), else the last line before the backtrace."""
-    lines = [line.rstrip() for line in log.splitlines() if line.strip()]
-    for line in lines:
-        match = _FATAL.match(line)
-        if match:
-            return f"{match.group(2)} ({match.group(1)})"
-    for line in lines:
-        if "Check failed" in line:
-            return line.strip()
-    before = [line for line in lines if not line.lstrip().startswith(("@", "***"))]
-    return before[-1].strip() if before else "no output"
 
 
 def parse_test_outputs(log):

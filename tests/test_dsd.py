@@ -276,6 +276,53 @@ def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caf
 
 
 @pytest.mark.caffe
+def test_nets_caffe_cannot_build(tmp_path, cli):
+    # Caffe aborts the process on a bottom no layer makes; dsd used to leave
+    # its run folder behind, whose marker then refused the corrected rerun.
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    net = tmp_path / "net.prototxt"
+    good = net.read_text()
+    net.write_text(good.replace('bottom: "fc1" bottom: "target"', 'bottom: "fc9" bottom: "target"'))
+    expect = "solver.prototxt: Caffe cannot build its nets: Unknown bottom blob 'fc9' (layer 'loss', bottom index 0)"
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), expect)
+    assert not (tmp_path / "run").exists()
+    net.write_text(good)
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    net.write_text(good.replace('bottom: "fc1" bottom: "target"', 'bottom: "fc9" bottom: "target"'))
+    model = tmp_path / "run" / "04-dense" / "model.caffemodel"
+    assert_one_line_error(cli("train-dense", "--solver", "solver.prototxt", "-w", model, "-o", "d.caffemodel"), expect)
+    assert not (tmp_path / "d.caffemodel").exists()
+
+
+@pytest.mark.caffe
+def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
+    # The child that builds the nets first must import the caffe package
+    # for them: their module subclasses caffe.Layer. As for `caffe train`,
+    # the module is found through PYTHONPATH.
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "identity_layer.py").write_text(
+        "import caffe\n\n\nclass Identity(caffe.Layer):\n"
+        "    def setup(self, bottom, top):\n        pass\n\n"
+        "    def reshape(self, bottom, top):\n        top[0].reshape(*bottom[0].data.shape)\n\n"
+        "    def forward(self, bottom, top):\n        top[0].data[...] = bottom[0].data\n\n"
+        "    def backward(self, top, propagate_down, bottom):\n        bottom[0].diff[...] = top[0].diff\n")
+    solver = write_solver(tmp_path)
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace(
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "fc1"',
+        'layer { name: "same" type: "Python" bottom: "fc1" top: "same" '
+        'python_param { module: "identity_layer" layer: "Identity" } }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "same"'))
+    import caffe
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "w.caffemodel"))
+    result = cli("train-dense", "--solver", solver, "-w", "w.caffemodel", "-n", 2, "--allow-python-layers",
+                 "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d.caffemodel").exists()
+
+
+@pytest.mark.caffe
 def test_gpu_with_a_cpu_only_caffe(tmp_path, cli):
     from caffedsd.caffe_env import info
 

@@ -158,6 +158,14 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
         assert_one_line_error(cli("sensitivity", "-p", "narrow.prototxt", "-w", weights, "-j", jobs, "-o", "s"),
                               "layer 'conv1' blob 0 is [20, 1, 5, 5], but narrow.prototxt makes it [16, 1, 5, 5]")
         assert not (tmp_path / "s").exists()
+    # Shapes only Caffe's own Concat set-up rejects: it aborts the process,
+    # so caffedsd builds the net in a child first.
+    (tmp_path / "concat.prototxt").write_text(
+        text + 'layer { name: "both" type: "Concat" bottom: "conv1" bottom: "ip2" top: "both" }\n')
+    for jobs in (1, 2):
+        assert_one_line_error(cli("sensitivity", "-p", "concat.prototxt", "-w", weights, "-j", jobs, "-o", "s"),
+                              "concat.prototxt: Caffe cannot build the net: Check failed: num_axes == ")
+        assert not (tmp_path / "s").exists()
     assert_one_line_error(cli("plan", "--sensitivity", out, "--target-sparsity", 0.99, "-o", "p.yaml"),
                     "out of reach: the measured curves reach at most 0.9000 overall")
     assert_one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other_model, "-o", "p.yaml"),

@@ -65,7 +65,7 @@ def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
 
 
 def test_failure_reason_prefers_the_check_line():
-    from caffedsd.verify import failure_reason
+    from caffedsd.caffe_env import failure_reason
 
     log = ("I1122 04:00:00.000001  77 net.cpp:100] Creating layer conv1\n"
            "F1122 04:00:00.000002  77 blob.cpp:33] Check failed: shape[i] >= 0 (-1 vs. 0)\n"

@@ -176,7 +176,8 @@ def run(cmd, log, timeout):
 def caffe_check(net, weights):
     """(None when stock Caffe loads and runs the pair, else the reason; its log)."""
     from caffedsd.caffemodel import read_caffemodel
-    from caffedsd.verify import _IGNORED, failure_reason, run_caffe_test
+    from caffedsd.caffe_env import failure_reason
+    from caffedsd.verify import _IGNORED, run_caffe_test
 
     code, log = run_caffe_test(net, weights, timeout=1200)
     if code != 0:
