@@ -1,6 +1,7 @@
 """`caffedsd dsd`, train-sparse and train-dense through the CLI, with real
 Caffe: the whole flow on Fashion-MNIST, a killed run resuming, bad input."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -299,7 +300,7 @@ def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
     # The child that builds the nets first must import the caffe package
     # for them: their module subclasses caffe.Layer. As for `caffe train`,
     # the module is found through PYTHONPATH.
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path), prepend=os.pathsep)
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "identity_layer.py").write_text(
         "import caffe\n\n\nclass Identity(caffe.Layer):\n"
