@@ -162,6 +162,11 @@ def markdown(rows, zoo, seconds):
         if "stages" in row:
             out.append(f"- {row['net']}: " + "; ".join(f"{f} sparsity {s:.1%}, accuracy {a:.4f}"
                                                       for f, s, a in row["stages"]))
+    if any("stages" in row for row in rows):
+        out += ["", "The last dense stage keeps some weights at exactly 0.0, and that is not the masks at work: "
+                "each stage runs one iteration on random images, and a pruned weight comes back from 0.0 only "
+                "where its gradient is not 0. Units whose ReLU never fires on these images get none: their "
+                "biases do not move either."]
     notes = [(r["net"], note) for r in rows for note in r["notes"]]
     out += ["", "## Failures", ""]
     out += [f"- {net}: {note}" for net, note in notes] if notes else ["None."]
