@@ -2,7 +2,8 @@
 
 Stock Caffe copies weights by layer name, logs "Ignoring source layer" at
 INFO level for weights the net lacks, and silently leaves a net layer with no
-weights at its filler's random values. caffedsd refuses both.
+weights at its filler's random values. caffedsd refuses both, and weights
+whose outputs or kernel differ from the prototxt's.
 
 A data file Caffe cannot open, or a layer type it does not have, aborts the
 whole process (glog's fatal log), so both are checked before Caffe builds
@@ -35,6 +36,42 @@ def _expected_blob_count(layer_param):
     return None
 
 
+def _kernel(conv, spatial):
+    """The kernel dims a ConvolutionParameter gives, for ``spatial`` axes."""
+    if conv.HasField("kernel_h") or conv.HasField("kernel_w"):
+        return (conv.kernel_h, conv.kernel_w)
+    sizes = list(conv.kernel_size)
+    return tuple(sizes * spatial if len(sizes) == 1 else sizes)
+
+
+def _shape_problem(layer_param, blobs):
+    """What the prototxt alone says of the weight and bias shapes, where
+    they disagree: the outputs (num_output: a fine-tuned model's classes)
+    and the kernel. The input axis needs the whole net's shapes: Caffe
+    (check_blob_shapes) knows those."""
+    kind = layer_param.type
+    if kind in ("Convolution", "Deconvolution"):
+        conv = layer_param.convolution_param
+        weights = blobs[0].shape
+        outputs, axis = (conv.num_output, 0) if kind == "Convolution" else (conv.num_output // max(conv.group, 1), 1)
+        if len(weights) < 3 or weights[axis] != outputs:
+            return f"num_output {conv.num_output}, weights {'x'.join(map(str, weights))}"
+        kernel = _kernel(conv, len(weights) - 2)
+        if tuple(weights[2:]) != kernel:
+            return f"kernel {'x'.join(map(str, kernel))}, weights {'x'.join(map(str, weights))}"
+    elif kind == "InnerProduct":
+        ip = layer_param.inner_product_param
+        weights = blobs[0].shape
+        if len(weights) != 2 or weights[1 if ip.transpose else 0] != ip.num_output:
+            return f"num_output {ip.num_output}, weights {'x'.join(map(str, weights))}"
+    else:
+        return None
+    outputs = layer_param.convolution_param.num_output if kind != "InnerProduct" else ip.num_output
+    if len(blobs) > 1 and tuple(blobs[1].shape) != (outputs,):
+        return f"num_output {outputs}, bias {'x'.join(map(str, blobs[1].shape))}"
+    return None
+
+
 def check_pair(net, net_path, model):
     """Raise InputError listing every mismatch between prototxt and weights."""
     net_layers = {}
@@ -56,6 +93,11 @@ def check_pair(net, net_path, model):
             counts.append(f"{name} ({expected} in net, {len(with_blobs[name].blobs)} in weights)")
     if counts:
         problems.append("blob counts differ: " + _names(counts))
+    shapes = [f"{name} ({problem})" for name, layer_param in net_layers.items()
+              if name in with_blobs and not any(name in c for c in counts)
+              for problem in [_shape_problem(layer_param, with_blobs[name].blobs)] if problem]
+    if shapes:
+        problems.append("blob shapes differ: " + _names(shapes))
     if problems:
         raise InputError(f"{net_path} does not match {model.path}: " + "; ".join(problems))
 

@@ -126,6 +126,20 @@ def test_bad_prototxts(caffe, tiny, tmp_path, cli):
     line = _bad(cli, tmp_path, "prune", "-w", weights, "-p", "other.prototxt", "-s", 0.5, "-o", "o.caffemodel",
                 expect="other.prototxt does not match")
     assert "fc1_renamed" in line and "(Caffe would leave them random)" in line and "fc1" in line
+    # What the prototxt alone fixes of the shapes: outputs (a fine-tuned
+    # model's classes) and kernels. TINY_NET: conv1 4x1x3x3, fc1 10 outputs.
+    for old, new, expect in [("num_output: 4 kernel_size: 3", "num_output: 5 kernel_size: 3",
+                              "conv1 (num_output 5, weights 4x1x3x3)"),
+                             ("num_output: 4 kernel_size: 3", "num_output: 4 kernel_size: 5",
+                              "conv1 (kernel 5x5, weights 4x1x3x3)"),
+                             ("num_output: 4 kernel_size: 3", "num_output: 4 kernel_h: 3 kernel_w: 1",
+                              "conv1 (kernel 3x1, weights 4x1x3x3)"),
+                             ("num_output: 10 bias_term: false", "num_output: 20 bias_term: false",
+                              "fc1 (num_output 20, weights 10x144)")]:
+        assert old in proto.read_text()
+        (tmp_path / "shape.prototxt").write_text(proto.read_text().replace(old, new))
+        _bad(cli, tmp_path, "prune", "-w", weights, "-p", "shape.prototxt", "-s", 0.5, "-o", "o.caffemodel",
+             expect="shape.prototxt does not match " + str(weights) + ": blob shapes differ: " + expect)
     (tmp_path / "py.prototxt").write_text(proto.read_text() + 'layer { name: "hook" type: "Python" bottom: "fc2b" '
                                           'top: "hook" python_param { module: "os" layer: "system" } }\n')
     _bad(cli, tmp_path, "prune", "-w", weights, "-p", "py.prototxt", "-s", 0.5, "-o", "o.caffemodel",

@@ -213,14 +213,15 @@ def test_bad_solvers(tmp_path, cli, caffe):
 def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):
 
     solver = write_solver(tmp_path)
-    # A model with the right layer names but other shapes.
-    other = (tmp_path / "net.prototxt").read_text().replace("num_output: 4", "num_output: 6")
+    # A model with the right layer names but other shapes: 3 input channels,
+    # which only the whole net's shapes (Caffe's) tell.
+    other = (tmp_path / "net.prototxt").read_text().replace("dim: 2 dim: 6 dim: 6", "dim: 3 dim: 6 dim: 6")
     other_dir = tmp_path / "other"
     other_dir.mkdir()
     _, weights = save_net(caffe, other_dir, other)
     assert cli("prune", "-w", weights, "-s", 0.5, "-o", "other/p.caffemodel").exit_code == 0
     result = cli("train-sparse", "--solver", solver, "-w", "other/p.caffemodel", "-n", 2, "-o", "s.caffemodel")
-    assert_one_line_error(result, "layer 'conv1' blob 0 is [6, 2, 3, 3], but")
+    assert_one_line_error(result, "layer 'conv1' blob 0 is [4, 3, 3, 3], but")
     assert not (tmp_path / "s.caffemodel").exists()
     result = cli("train-sparse", "--solver", solver, "-w", weights, "-n", 2, "-o", "s.caffemodel")
     assert_one_line_error(result, "no masks beside")
@@ -264,8 +265,8 @@ def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caf
             label, values = line.split(": ", 1)
             printed[label] = dict((k, float(v)) for k, v in (item.split(" = ") for item in values.split(", ")))
     assert list(printed) == ["test at iteration 0", "test at iteration 2", "test"]
-    for label, weights in (("test at iteration 0", "init.caffemodel"), ("test at iteration 2", "snap_iter_2.caffemodel"),
-                           ("test", "d.caffemodel")):
+    for label, weights in (("test at iteration 0", "init.caffemodel"),
+                           ("test at iteration 2", "snap_iter_2.caffemodel"), ("test", "d.caffemodel")):
         code, log = run_caffe_test(net, tmp_path / weights, iterations=3)
         assert code == 0, log[-2000:]
         assert printed[label] == pytest.approx(parse_test_outputs(log), abs=1e-4), label

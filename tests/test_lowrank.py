@@ -170,9 +170,10 @@ def test_bad_inputs(lenet, tmp_path, cli):
     (tmp_path / "nodata.prototxt").write_text(re.sub(r'source: "[^"]*"', 'source: "gone.txt"', proto.read_text()))
     assert_one_line_error(cli("decompose", "-p", "nodata.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
                           "reads 'gone.txt', which does not exist")  # Caffe aborted building the net
-    (tmp_path / "narrow.prototxt").write_text(proto.read_text().replace("num_output: 20", "num_output: 16"))
+    narrow = proto.read_text().replace("num_output: 50\n", "num_output: 50 group: 2\n")
+    (tmp_path / "narrow.prototxt").write_text(narrow)
     assert_one_line_error(cli("decompose", "-p", "narrow.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
-                          "layer 'conv1' blob 0 is [20, 1, 5, 5], but narrow.prototxt makes it [16, 1, 5, 5]")
+                          "layer 'conv2' blob 0 is [50, 20, 5, 5], but narrow.prototxt makes it [50, 10, 5, 5]")
     solver = write_solver(tmp_path)
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
                     "--force-decay -1.0: must be a number >= 0")

@@ -153,10 +153,10 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     (tmp_path / "notest.prototxt").write_text(no_test)
     assert_one_line_error(cli("sensitivity", "-p", "notest.prototxt", "-w", weights, "-o", "s"),
                     "no Accuracy or loss output in the TEST phase")
-    (tmp_path / "narrow.prototxt").write_text(text.replace("num_output: 20", "num_output: 16"))
+    (tmp_path / "narrow.prototxt").write_text(text.replace("num_output: 50\n", "num_output: 50 group: 2\n"))
     for jobs in (1, 2):  # Caffe aborted; the refused scan leaves no folder
         assert_one_line_error(cli("sensitivity", "-p", "narrow.prototxt", "-w", weights, "-j", jobs, "-o", "s"),
-                              "layer 'conv1' blob 0 is [20, 1, 5, 5], but narrow.prototxt makes it [16, 1, 5, 5]")
+                              "layer 'conv2' blob 0 is [50, 20, 5, 5], but narrow.prototxt makes it [50, 10, 5, 5]")
         assert not (tmp_path / "s").exists()
     # Shapes only Caffe's own Concat set-up rejects: it aborts the process,
     # so caffedsd builds the net in a child first.

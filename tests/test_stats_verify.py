@@ -54,8 +54,9 @@ def test_verify_passes_then_catches_a_nonzero(tiny, tmp_path, cli):
 
 def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
     proto, weights = tiny
-    # Same layer names, wrong shape: stock caffe refuses to copy the weights.
-    (tmp_path / "wrong.prototxt").write_text(proto.read_text().replace("num_output: 4", "num_output: 5"))
+    # Same layer names, and outputs and kernels as the weights have them, but
+    # 2 input channels: stock caffe refuses to copy the weights.
+    (tmp_path / "wrong.prototxt").write_text(proto.read_text().replace("dim: 2 dim: 1 dim: 8", "dim: 2 dim: 2 dim: 8"))
     result = cli("verify", "-w", weights, "-p", "wrong.prototxt")
     assert result.exit_code == 1
     assert "FAIL  caffe test: exit status" in result.output
