@@ -270,7 +270,7 @@ def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caf
         code, log = run_caffe_test(net, tmp_path / weights, iterations=3)
         assert code == 0, log[-2000:]
         assert printed[label] == pytest.approx(parse_test_outputs(log), abs=1e-4), label
-    assert printed["test at iteration 0"]["accuracy"] != printed["test at iteration 2"]["accuracy"]
+    assert printed["test at iteration 0"]["loss"] != printed["test at iteration 2"]["loss"]  # it trained between
     # The solver's interval (500) when --test-interval is not given: only iteration 0.
     result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "-n", 2, "-o", "e.caffemodel")
     assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("test")] == \
