@@ -32,14 +32,24 @@ def caffe_log(verbose=False):
     os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
 
 
-def import_caffe(gpu=None):
-    """Import pycaffe quietly (see caffe_log) and set the mode: CPU, or GPU
-    ``gpu``."""
+def import_pycaffe():
+    """pycaffe, imported quietly (see caffe_log), with no mode set: for what
+    only reads its registries. Setting a mode makes Caffe's per-thread
+    singleton, which in a CUDA build opens a context on the current GPU (0)
+    for its cuBLAS handle; Caffe::SetDevice's own comment asks for
+    cudaSetDevice before that, so that `--gpu 1` leaves GPU 0 alone."""
     caffe_log()
     try:
         import caffe
     except ImportError as exc:
         raise CaffeUnavailable(f"cannot import pycaffe ({exc}); {_INSTALL_HINT}") from None
+    return caffe
+
+
+def import_caffe(gpu=None):
+    """Import pycaffe quietly (see caffe_log) and set the mode: CPU, or GPU
+    ``gpu``."""
+    caffe = import_pycaffe()
     if gpu is None:
         caffe.set_mode_cpu()
     else:
@@ -66,7 +76,7 @@ def check_net_runs(net, net_path):
     it in a child process."""
     from .netcheck import check_data_sources, check_layer_types
 
-    check_layer_types(net, net_path, layer_types(import_caffe()))
+    check_layer_types(net, net_path, layer_types(import_pycaffe()))
     check_data_sources(net, net_path, caffe_has_leveldb())
     build_in_child("net", net_path, net_path, python_layers=has_python_layers(net))
 

@@ -16,7 +16,7 @@ from google.protobuf import text_format
 
 from .atomic import atomic_path, check_output
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
-                        layer_types)
+                        import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
@@ -110,7 +110,7 @@ def check_solver_builds(spec):
     it lacks (read_solver checked the data without pycaffe; the types need
     its registry), then anything else, from building them once in a child
     process (caffe_env.build_in_child)."""
-    known = layer_types(import_caffe())
+    known = layer_types(import_pycaffe())
     nets = [(spec.net, spec.net_path)]
     nets += [(read_net_prototxt(path, allow_python_layers=True), path) for path in spec.test_net_paths]
     for net, path in nets:
