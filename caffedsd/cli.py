@@ -4,6 +4,7 @@ Library errors (caffedsd.errors) become a one-line message and their exit
 status here, in ``_Group.invoke``, and nowhere else.
 """
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -102,10 +103,15 @@ class _Progress:
     bar on stderr with ETA (and loss, lr and the latest test for training);
     ``total`` defaults to the first call's."""
 
+    # Where stderr is not a terminal (nohup, a batch job's log), click draws
+    # no bar: a line every this many seconds, and one per TEST pass, instead.
+    LOG_EVERY = 60.0
+
     def __init__(self, label, total=None, done=0):
         self.label, self.total, self.done = label, total, done
         self.bar = None
         self.row = self.tested = None
+        self.logged = None
 
     def __call__(self, row, total):
         if self.bar is None:
@@ -114,12 +120,20 @@ class _Progress:
             self.bar.__enter__()
             if self.done:
                 self.bar.update(self.done)
+            self.total = self.total or total
+        terminal = sys.stderr.isatty()
         if "test" in row:
             self.tested = row
             self.bar.update(0, self.row)
-        else:
-            self.row = row
-            self.bar.update(1, row)
+            if not terminal:
+                click.echo(f"{self.label}: " + report.test_line(row["test"], f"test at iteration {row['iter']}"),
+                           err=True)
+            return
+        self.row = row
+        self.bar.update(1, row)
+        if not terminal and (self.logged is None or time.monotonic() - self.logged >= self.LOG_EVERY):
+            self.logged = time.monotonic()
+            click.echo(f"{self.label}: {self.bar.pos}/{self.total} {self._show(row)}".rstrip(), err=True)
 
     def _show(self, row):
         parts = [f"loss {row['loss']:.4f}  lr {row['lr']:.3g}"] if row and "loss" in row else []

@@ -231,11 +231,11 @@ def evaluate(solver, count):
     # Caffe points the test net at the trained weights only inside its own
     # test passes, which caffedsd may have turned off.
     net.share_with(solver.net)
-    sums = {}
+    sums = dict.fromkeys(net.outputs, 0.0)  # in the net's order: pycaffe's forward() returns a set's
     for _ in range(count):
         out = net.forward()
-        for name, value in out.items():
-            sums[name] = sums.get(name, 0.0) + float(value.mean())
+        for name in sums:
+            sums[name] += float(out[name].mean())
     return {name: total / count for name, total in sums.items()}
 
 

@@ -271,6 +271,10 @@ def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caf
         assert code == 0, log[-2000:]
         assert printed[label] == pytest.approx(parse_test_outputs(log), abs=1e-4), label
     assert printed["test at iteration 0"]["loss"] != printed["test at iteration 2"]["loss"]  # it trained between
+    # stderr is no terminal here (as under nohup): no bar is drawn, so each pass
+    # is a line as it happens, and so is training, at the start and every minute.
+    assert "dense: test at iteration 2: " in result.stderr
+    assert result.stderr.splitlines()[2].startswith("dense: 1/4 loss ")
     # The solver's interval (500) when --test-interval is not given: only iteration 0.
     result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "-n", 2, "-o", "e.caffemodel")
     assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("test")] == \
