@@ -243,7 +243,10 @@ class Progress:
         class _Callback:
             def __call__(self, row, chunk):
                 it = row["iter"]
-                if it % every == 0 or it == total:
+                if "test" in row:  # a periodic TEST pass (the solver's test_interval), not a step
+                    values = ", ".join(f"{name} {value:.4f}" for name, value in row["test"].items())
+                    print(f"  {prefix} {label}: test at {it}: {values}", file=sys.stderr, flush=True)
+                elif it % every == 0 or it == total:
                     rate = (time.time() - started) / max(1, it - done)
                     print(f"  {prefix} {label}: {it}/{total} loss {row['loss']:.4f} lr {row['lr']:.3g} "
                           f"{1000 * rate:.0f} ms/it", file=sys.stderr, flush=True)
