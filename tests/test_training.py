@@ -191,20 +191,20 @@ def test_tests_csv_round_trip():
     assert report.parse_tests_csv(report.tests_csv([])) == []
 
 
-def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path):
+def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path, device):
     solver_path = write_solver(tmp_path)  # test_interval 1000, test_initialization by default
     masks = pruned.with_name("pruned.masks.h5")
     text = solver_path.read_text().replace("test_interval: 1000", "test_interval: 4")
     solver_path.write_text(text)
-    result = train_sparse(solver_path, pruned, tmp_path / "s.caffemodel", iterations=10)
+    result = train_sparse(solver_path, pruned, tmp_path / "s.caffemodel", iterations=10, gpu=device)
     assert [row["iter"] for row in result.tests] == [0, 4, 8]
     assert [row["iter"] for row in result.curve] == list(range(1, 11))  # no step lost or repeated at the stops
     assert all(set(row["test"]) == {"loss"} for row in result.tests) and set(result.test) == {"loss"}
     assert_zeros_at_masks(tmp_path / "s.caffemodel", load_masks(masks))
-    again = train_sparse(solver_path, pruned, tmp_path / "t.caffemodel", iterations=10, test_interval=3)
+    again = train_sparse(solver_path, pruned, tmp_path / "t.caffemodel", iterations=10, test_interval=3, gpu=device)
     assert [row["iter"] for row in again.tests] == [0, 3, 6, 9]
     solver_path.write_text(text + "test_initialization: false\n")
     assert [row["iter"] for row in train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8,
-                                                force=True).tests] == [4]
+                                                force=True, gpu=device).tests] == [4]
     assert train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8, force=True,
-                        test_interval=0).tests == ()
+                        test_interval=0, gpu=device).tests == ()
