@@ -49,24 +49,25 @@ def _shape_problem(layer_param, blobs):
     they disagree: the outputs (num_output: a fine-tuned model's classes)
     and the kernel. The input axis needs the whole net's shapes: Caffe
     (check_blob_shapes) knows those."""
-    kind = layer_param.type
-    if kind in ("Convolution", "Deconvolution"):
+    weights = tuple(blobs[0].shape)
+    shown = "x".join(map(str, weights))
+    if layer_param.type in ("Convolution", "Deconvolution"):
         conv = layer_param.convolution_param
-        weights = blobs[0].shape
-        outputs, axis = (conv.num_output, 0) if kind == "Convolution" else (conv.num_output // max(conv.group, 1), 1)
-        if len(weights) < 3 or weights[axis] != outputs:
-            return f"num_output {conv.num_output}, weights {'x'.join(map(str, weights))}"
+        outputs = conv.num_output
+        # Deconvolution stores (inputs, outputs / group, kernel...).
+        axis, rows = (0, outputs) if layer_param.type == "Convolution" else (1, outputs // max(conv.group, 1))
+        if len(weights) < 3 or weights[axis] != rows:
+            return f"num_output {outputs}, weights {shown}"
         kernel = _kernel(conv, len(weights) - 2)
-        if tuple(weights[2:]) != kernel:
-            return f"kernel {'x'.join(map(str, kernel))}, weights {'x'.join(map(str, weights))}"
-    elif kind == "InnerProduct":
+        if weights[2:] != kernel:
+            return f"kernel {'x'.join(map(str, kernel))}, weights {shown}"
+    elif layer_param.type == "InnerProduct":
         ip = layer_param.inner_product_param
-        weights = blobs[0].shape
-        if len(weights) != 2 or weights[1 if ip.transpose else 0] != ip.num_output:
-            return f"num_output {ip.num_output}, weights {'x'.join(map(str, weights))}"
+        outputs = ip.num_output
+        if len(weights) != 2 or weights[1 if ip.transpose else 0] != outputs:
+            return f"num_output {outputs}, weights {shown}"
     else:
         return None
-    outputs = layer_param.convolution_param.num_output if kind != "InnerProduct" else ip.num_output
     if len(blobs) > 1 and tuple(blobs[1].shape) != (outputs,):
         return f"num_output {outputs}, bias {'x'.join(map(str, blobs[1].shape))}"
     return None
@@ -86,16 +87,18 @@ def check_pair(net, net_path, model):
     ignored = [n for n in with_blobs if n not in net_layers]
     if ignored:
         problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + _names(ignored))
-    counts = []
+    counts, shapes = [], []
     for name, layer_param in net_layers.items():
+        if name not in with_blobs:
+            continue
+        blobs = with_blobs[name].blobs
         expected = _expected_blob_count(layer_param)
-        if name in with_blobs and expected is not None and expected != len(with_blobs[name].blobs):
-            counts.append(f"{name} ({expected} in net, {len(with_blobs[name].blobs)} in weights)")
+        if expected is not None and expected != len(blobs):
+            counts.append(f"{name} ({expected} in net, {len(blobs)} in weights)")
+        elif problem := _shape_problem(layer_param, blobs):
+            shapes.append(f"{name} ({problem})")
     if counts:
         problems.append("blob counts differ: " + _names(counts))
-    shapes = [f"{name} ({problem})" for name, layer_param in net_layers.items()
-              if name in with_blobs and not any(name in c for c in counts)
-              for problem in [_shape_problem(layer_param, with_blobs[name].blobs)] if problem]
     if shapes:
         problems.append("blob shapes differ: " + _names(shapes))
     if problems:

@@ -391,7 +391,7 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
 
 def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
                 allow_python_layers=False, on_iteration=None, test_iterations=None,
-                 test_interval=None):
+                test_interval=None):
     """The re-dense phase: masks off, pruned weights start at their 0.0,
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
@@ -403,7 +403,7 @@ def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu
 
 def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
                   allow_python_layers=False, on_iteration=None, test_iterations=None,
-                 test_interval=None):
+                  test_interval=None):
     """Train with force regularization added to the gradients (force.py);
     with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too."""
     from .force import ForceRegularizer
@@ -419,7 +419,7 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
 
 def train_quantized(solver_path, weights, output, bits, masks=None, iterations=None, gpu=None, force=False,
                     allow_python_layers=False, on_iteration=None, test_iterations=None,
-                 test_interval=None):
+                    test_interval=None):
     """Trained quantization: k-means each prunable layer's kept weights into
     2^bits shared values (``bits``: {"conv": n, "fc": m}) and fine-tune the
     centroids; pruned weights stay 0.0 and assignments stay fixed. The
