@@ -6,6 +6,7 @@ no half-written output.
 """
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,22 @@ def check_output(path, inputs=(), force=False):
     os.unlink(probe)
 
 
+# mkstemp's names: the prefix, 8 random letters, digits or _, the suffix.
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_leftovers(folder):
+    """Delete the temporary files that a killed run's unfinished writes left
+    under ``folder`` (a SIGKILL skips atomic_path's clean-up); returns their
+    paths. Only names atomic_path makes are touched."""
+    removed = []
+    for tmp in sorted(Path(folder).rglob(".*.tmp")):
+        if _LEFTOVER.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -52,6 +69,7 @@ def atomic_path(path):
     remove it on any error or interruption."""
     path = Path(path)
     try:
+        # remove_leftovers knows this name: keep the two in step.
         fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"{path.parent}: cannot write to the output folder ({exc.strerror})") from None

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .atomic import write_text
+from .atomic import remove_leftovers, write_text
 from .errors import InputError
 
 
@@ -43,6 +43,7 @@ class RunFolder:
             if read_json(self.marker) != expected:
                 raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
                                  "or remove it to start over")
+            remove_leftovers(self.path)  # a killed run's half-written files
             return self
         if self.path.exists() and any(self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
