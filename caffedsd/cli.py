@@ -87,7 +87,7 @@ def training_options(func):
     func = click.option("--iterations", "-n", type=int, default=None,
                         help="Iterations to train (default: the solver's max_iter).")(func)
     func = click.option("--test-iterations", type=click.IntRange(min=1), default=None, metavar="N",
-                        help="TEST batches per test pass (default: the solver's test_iter).")(func)
+                        help="TEST batches of each test net per pass (default: the solver's test_iter).")(func)
     func = click.option("--test-interval", type=click.IntRange(min=0), default=None, metavar="N",
                         help="A TEST pass every N iterations while training, and one at the end (default: the "
                              "solver's test_interval; 0: only at the end).")(func)

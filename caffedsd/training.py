@@ -218,25 +218,30 @@ class PeriodicTests:
 
 
 def test_iterations(param):
-    """Batches of the first test net that cover its test set (test_iter)."""
-    return param.test_iter[0] if len(param.test_iter) else 0
+    """Batches of each test net that cover its test set (test_iter: one per
+    test net, in Caffe's order)."""
+    return list(param.test_iter)
 
 
-def evaluate(solver, count):
-    """TEST phase: each output of the first test net averaged over ``count``
-    batches, as Caffe reports it."""
-    if not len(solver.test_nets) or count <= 0:
-        return {}
-    net = solver.test_nets[0]
-    # Caffe points the test net at the trained weights only inside its own
-    # test passes, which caffedsd may have turned off.
-    net.share_with(solver.net)
-    sums = dict.fromkeys(net.outputs, 0.0)  # in the net's order: pycaffe's forward() returns a set's
-    for _ in range(count):
-        out = net.forward()
-        for name in sums:
-            sums[name] += float(out[name].mean())
-    return {name: total / count for name, total in sums.items()}
+def evaluate(solver, counts):
+    """TEST phase: each output of each test net averaged over that net's
+    count of batches, as Caffe reports them. The first net's outputs keep
+    their names; net #i's (Caffe's "Testing net (#i)") are "#i/name"."""
+    results = {}
+    for index, (net, count) in enumerate(zip(solver.test_nets, counts)):
+        if count <= 0:
+            continue
+        # Caffe points the test net at the trained weights only inside its
+        # own test passes, which caffedsd turns off.
+        net.share_with(solver.net)
+        sums = dict.fromkeys(net.outputs, 0.0)  # in the net's order: pycaffe's forward() returns a set's
+        for _ in range(count):
+            out = net.forward()
+            for name in sums:
+                sums[name] += float(out[name].mean())
+        prefix = f"#{index}/" if index else ""
+        results.update((prefix + name, total / count) for name, total in sums.items())
+    return results
 
 
 def save_net(solver, output, maskset=None):
@@ -332,9 +337,9 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             clean_solverstate(phase.solverstate, clean, solver.net, masks)
             solver.restore(str(clean))
         dispatcher.settle()
-        count = phase.test_iterations or test_iterations(param)
+        counts = [phase.test_iterations or count for count in test_iterations(param)]
         schedule = PeriodicTests.of_solver(spec.param, phase.test_interval)
-        if not len(solver.test_nets) or count <= 0:
+        if not any(count > 0 for count in counts[:len(solver.test_nets)]):
             schedule = PeriodicTests(0)
         start = int(solver.iter)
         end = start + phase.iterations - done
@@ -344,7 +349,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):
-                tests.append({"iter": now, "test": evaluate(solver, count)})
+                tests.append({"iter": now, "test": evaluate(solver, counts)})
                 if progress is not None:
                     progress(tests[-1], None)
             checkpoint = _next_checkpoint(now, checkpoints)
@@ -352,7 +357,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             curve += train(solver, stop - now, dispatcher, progress)
             if stop == checkpoint and stop < end:
                 checkpoints.save(solver, curve, tests)
-        test = evaluate(solver, count)
+        test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = save_net(solver, phase.output, phase.maskset) if phase.output is not None else None
     finally:

@@ -286,6 +286,46 @@ def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caf
 
 
 @pytest.mark.caffe
+@pytest.mark.slow
+def test_every_test_net_is_measured(lenet_solver, caffe, tmp_path, cli):
+    # Caffe's consolidated LeNet example tests on the test set and, as a second
+    # test net (test_state stage), on the training set. Each net's passes must
+    # be what stock `caffe test` gives; 20 batches of 100 cover the 2,000
+    # training images exactly, so every pass of net #1 sees them all.
+    solver, net = lenet_solver
+    text = net.read_text()
+    test_layer = text[text.index("layer {", text.index("phase: TRAIN")):text.index("layer {", text.index("phase: TEST"))]
+    assert test_layer.count("phase: TEST") == 1 and "test.txt" in test_layer
+    on_train = test_layer.replace("test.txt", "train.txt")
+    (tmp_path / "on_train.prototxt").write_text(text.replace(test_layer, on_train))
+    staged = (test_layer.replace("phase: TEST", 'phase: TEST\n    not_stage: "on-train"')
+              + on_train.replace("phase: TEST", 'phase: TEST\n    stage: "on-train"'))
+    (tmp_path / "net.prototxt").write_text(text.replace(test_layer, staged))
+    lines = [line for line in solver.read_text().splitlines() if not line.startswith(("net:", "test_interval"))]
+    lines += [f'net: "{tmp_path / "net.prototxt"}"', "test_iter: 20", "test_state { }",
+              'test_state { stage: "on-train" }', "test_interval: 500"]
+    (tmp_path / "solver.prototxt").write_text("\n".join(lines) + "\n")
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "init.caffemodel"))
+    result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "--lr-scale", 1,
+                 "-n", 4, "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    printed = {}
+    for line in result.output.splitlines():
+        if line.startswith("test"):
+            label, values = line.split(": ", 1)
+            printed[label] = dict((k, float(v)) for k, v in (item.split(" = ") for item in values.split(", ")))
+    assert list(printed) == ["test at iteration 0", "test"]
+    for label, weights in (("test at iteration 0", "init.caffemodel"), ("test", "d.caffemodel")):
+        assert list(printed[label]) == ["accuracy", "loss", "#1/accuracy", "#1/loss"]
+        for prefix, proto, batches in (("", net, 3), ("#1/", tmp_path / "on_train.prototxt", 20)):
+            code, log = run_caffe_test(proto, tmp_path / weights, iterations=batches)
+            assert code == 0, log[-2000:]
+            expected = {prefix + name: value for name, value in parse_test_outputs(log).items()}
+            assert {k: v for k, v in printed[label].items() if k in expected} == pytest.approx(expected, abs=1e-4)
+    assert printed["test"]["#1/loss"] != printed["test"]["loss"]  # two data sets, not one net twice
+
+
+@pytest.mark.caffe
 def test_nets_caffe_cannot_build(tmp_path, cli):
     # Caffe aborts the process on a bottom no layer makes; dsd used to leave
     # its run folder behind, whose marker then refused the corrected rerun.
