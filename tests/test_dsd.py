@@ -249,6 +249,16 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                     "would overwrite the input")
 
 
+def _printed_tests(output):
+    """{label: {output: value}} of train-*'s "test ...: name = value, ..." lines."""
+    printed = {}
+    for line in output.splitlines():
+        if line.startswith("test"):
+            label, values = line.split(": ", 1)
+            printed[label] = dict((k, float(v)) for k, v in (item.split(" = ") for item in values.split(", ")))
+    return printed
+
+
 @pytest.mark.caffe
 @pytest.mark.slow
 def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caffe, tmp_path, cli):
@@ -263,11 +273,7 @@ def test_periodic_test_passes_measure_their_iterations_weights(lenet_solver, caf
     result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "--lr-scale", 1,
                  "-n", 4, "--test-interval", 2, "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
-    printed = {}
-    for line in result.output.splitlines():
-        if line.startswith("test"):
-            label, values = line.split(": ", 1)
-            printed[label] = dict((k, float(v)) for k, v in (item.split(" = ") for item in values.split(", ")))
+    printed = _printed_tests(result.output)
     assert list(printed) == ["test at iteration 0", "test at iteration 2", "test"]
     for label, weights in (("test at iteration 0", "init.caffemodel"),
                            ("test at iteration 2", "snap_iter_2.caffemodel"), ("test", "d.caffemodel")):
@@ -309,11 +315,7 @@ def test_every_test_net_is_measured(lenet_solver, caffe, tmp_path, cli):
     result = cli("train-dense", "--solver", "solver.prototxt", "-w", "init.caffemodel", "--lr-scale", 1,
                  "-n", 4, "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
-    printed = {}
-    for line in result.output.splitlines():
-        if line.startswith("test"):
-            label, values = line.split(": ", 1)
-            printed[label] = dict((k, float(v)) for k, v in (item.split(" = ") for item in values.split(", ")))
+    printed = _printed_tests(result.output)
     assert list(printed) == ["test at iteration 0", "test"]
     for label, weights in (("test at iteration 0", "init.caffemodel"), ("test", "d.caffemodel")):
         assert list(printed[label]) == ["accuracy", "loss", "#1/accuracy", "#1/loss"]
