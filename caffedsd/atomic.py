@@ -2,11 +2,14 @@
 
 Every file caffedsd writes goes to a temporary file in the destination folder
 and is renamed over the destination only once complete, so a killed run leaves
-no half-written output.
+no half-written output. What a SIGKILL leaves is a temporary file, named after
+its writer; the next write of that output removes it once the writer is dead,
+and so does a rerun that continues a run folder (remove_leftovers).
 """
 import contextlib
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -41,19 +44,42 @@ def check_output(path, inputs=(), force=False):
     os.unlink(probe)
 
 
-# mkstemp's names: the prefix, 8 random letters, digits or _, the suffix.
-_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+def _writer():
+    """This process, as temporary names record it: host (shortened) and pid."""
+    return f"{socket.gethostname()[:32]}-{os.getpid()}"
+
+
+def _temporaries(folder, name_pattern, recursive=False):
+    """Temporary files under ``folder`` whose writer, a process of this host,
+    has died: a SIGKILL skips atomic_path's clean-up. A live writer's files,
+    and other hosts' (a shared folder), are not touched."""
+    host = re.escape(socket.gethostname()[:32])
+    # atomic_path's names: .NAME.HOST-PID. + mkstemp's 8 letters, digits or _ + .tmp
+    pattern = re.compile(rf"\.{name_pattern}\.{host}-(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    for tmp in sorted((Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp")):
+        match = pattern.fullmatch(tmp.name)
+        if match and not _alive(int(match.group(1))) and tmp.is_file() and not tmp.is_symlink():
+            yield tmp
+
+
+def _alive(pid):
+    if pid <= 0:  # kill(0) would signal our own process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def remove_leftovers(folder):
-    """Delete the temporary files that a killed run's unfinished writes left
-    under ``folder`` (a SIGKILL skips atomic_path's clean-up); returns their
-    paths. Only names atomic_path makes are touched."""
-    removed = []
-    for tmp in sorted(Path(folder).rglob(".*.tmp")):
-        if _LEFTOVER.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    """Delete what killed writers left anywhere under ``folder`` (see
+    _temporaries); returns their paths."""
+    removed = list(_temporaries(folder, ".+", recursive=True))
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
     return removed
 
 
@@ -68,9 +94,12 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success,
     remove it on any error or interruption."""
     path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    # An earlier write of this output that was killed left its temporary.
+    for stale in _temporaries(folder, re.escape(path.name)) if folder.is_dir() else ():
+        stale.unlink(missing_ok=True)
     try:
-        # remove_leftovers knows this name: keep the two in step.
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{_writer()}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"{path.parent}: cannot write to the output folder ({exc.strerror})") from None
     os.close(fd)

@@ -1,5 +1,6 @@
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -209,3 +210,18 @@ def device(request):
     from caffedsd.caffe_env import import_caffe
 
     import_caffe()  # Caffe's mode is global: back to the CPU for the tests that follow
+
+
+# os._exit inside atomic_open skips its clean-up, as a SIGKILL would.
+KILLED_WRITE = ("import os, sys; from caffedsd.atomic import atomic_open\n"
+                "with atomic_open(sys.argv[1], 'w') as handle:\n"
+                "    handle.write('half'); handle.flush(); os._exit(9)\n")
+
+
+def kill_while_writing(path):
+    """Leave the temporary of a write of ``path`` killed midway; returns its name."""
+    before = set(path.parent.iterdir())
+    assert subprocess.run([sys.executable, "-c", KILLED_WRITE, str(path)]).returncode == 9
+    (left,) = set(path.parent.iterdir()) - before
+    assert left.name.startswith(f".{path.name}.") and left.name.endswith(".tmp") and left.read_text() == "half"
+    return left.name

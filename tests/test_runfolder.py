@@ -1,11 +1,9 @@
 """The one run folder: made once, continued by the same inputs, refused to others."""
-import subprocess
-import sys
-
 import pytest
 
 from caffedsd.errors import InputError
 from caffedsd.runfolder import RunFolder
+from conftest import kill_while_writing
 
 
 def _folder(path):
@@ -63,14 +61,7 @@ def test_abandon_undoes_only_what_open_started(tmp_path):
 def test_a_continued_folder_loses_the_temporary_files_of_a_killed_write(tmp_path):
     folder = _folder(tmp_path / "run").open({"fingerprint": "a"})
     (tmp_path / "run" / "stage").mkdir()
-    # os._exit inside atomic_path skips its clean-up, as a SIGKILL would.
-    code = ("import os, sys; from caffedsd.atomic import atomic_open\n"
-            "with atomic_open(sys.argv[1], 'w') as handle:\n"
-            "    handle.write('half'); handle.flush(); os._exit(9)\n")
-    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run" / "stage" / "checkpoint.json")])
-    assert child.returncode == 9
-    leftover = [p.name for p in (tmp_path / "run" / "stage").iterdir()]
-    assert len(leftover) == 1 and leftover[0].startswith(".checkpoint.json.") and leftover[0].endswith(".tmp")
+    kill_while_writing(tmp_path / "run" / "stage" / "checkpoint.json")
     (tmp_path / "run" / ".notes.tmp").write_text("the user's")  # not a name atomic_path makes
     folder.append("points.jsonl", {"n": 1})
     _folder(tmp_path / "run").open({"fingerprint": "a"})
