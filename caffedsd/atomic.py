@@ -3,13 +3,12 @@
 Every file caffedsd writes goes to a temporary file in the destination folder
 and is renamed over the destination only once complete, so a killed run leaves
 no half-written output. What a SIGKILL leaves is a temporary file, named after
-its writer; the next write of that output removes it once the writer is dead,
-and so does a rerun that continues a run folder (remove_leftovers).
+its writer's pid; the next write of that output removes it once the writer is
+dead, and so does a rerun that continues a run folder (remove_leftovers).
 """
 import contextlib
 import os
 import re
-import socket
 import tempfile
 from pathlib import Path
 
@@ -44,34 +43,35 @@ def check_output(path, inputs=(), force=False):
     os.unlink(probe)
 
 
-def _writer():
-    """This process, as temporary names record it: host (shortened) and pid."""
-    return f"{socket.gethostname()[:32]}-{os.getpid()}"
+# This process's temporaries still being written: a name with our pid that
+# is not among them was left by an earlier process that had the same pid
+# (in a container, every run may be pid 1).
+_WRITING = set()
 
 
 def _temporaries(folder, name_pattern, recursive=False):
-    """Temporary files under ``folder`` whose writer, a process of this host,
-    has died: a SIGKILL skips atomic_path's clean-up. A live writer's files,
-    and other hosts' (a shared folder), are not touched."""
-    host = re.escape(socket.gethostname()[:32])
-    # atomic_path's names: .NAME.HOST-PID. + mkstemp's 8 letters, digits or _ + .tmp
-    pattern = re.compile(rf"\.{name_pattern}\.{host}-(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    """Temporary files under ``folder`` whose writer has died: a SIGKILL
+    skips atomic_path's clean-up. A live writer's files are not touched."""
+    # atomic_path's names: .NAME.PID. + mkstemp's 8 letters, digits or _ + .tmp
+    pattern = re.compile(rf"\.{name_pattern}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
     for tmp in sorted((Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp")):
         match = pattern.fullmatch(tmp.name)
-        if match and not _alive(int(match.group(1))) and tmp.is_file() and not tmp.is_symlink():
+        if match and _dead(int(match.group(1)), tmp) and tmp.is_file() and not tmp.is_symlink():
             yield tmp
 
 
-def _alive(pid):
+def _dead(pid, tmp):
+    if pid == os.getpid():
+        return os.path.abspath(tmp) not in _WRITING
     if pid <= 0:  # kill(0) would signal our own process group
-        return False
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
         return True
-    return True
+    except PermissionError:  # another user's process
+        return False
+    return False
 
 
 def remove_leftovers(folder):
@@ -99,10 +99,12 @@ def atomic_path(path):
     for stale in _temporaries(folder, re.escape(path.name)) if folder.is_dir() else ():
         stale.unlink(missing_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{_writer()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"{path.parent}: cannot write to the output folder ({exc.strerror})") from None
     os.close(fd)
+    tmp = os.path.abspath(tmp)
+    _WRITING.add(tmp)
     try:
         yield Path(tmp)
         # mkstemp makes the file owner-only; give it the usual umask mode.
@@ -112,6 +114,8 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        _WRITING.discard(tmp)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
 """Atomic outputs: what a killed write leaves, and who removes it."""
 import os
+import subprocess
+import sys
 
 from caffedsd.atomic import atomic_open, remove_leftovers
 from conftest import kill_while_writing
@@ -23,11 +25,20 @@ def test_a_live_writers_temporary_is_kept(tmp_path):
     assert (tmp_path / "a.csv").read_text() == "1"
 
 
-def test_remove_leftovers_looks_in_subfolders_and_only_at_its_own_names(tmp_path):
+def test_remove_leftovers_looks_in_subfolders_and_spares_live_writers(tmp_path):
     (tmp_path / "stage").mkdir()
     left = kill_while_writing(tmp_path / "stage" / "checkpoint.json")
-    user_files = [".notes.tmp", f".x.otherhost-{os.getpid() + 10**7}.abcdefgh.tmp"]
-    for name in user_files:
-        (tmp_path / name).write_text("not ours")
-    assert remove_leftovers(tmp_path) == [tmp_path / "stage" / left]
-    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(user_files + ["stage"])
+    # Our own pid but no write of ours: an earlier process with the same pid
+    # (in a container every run may be pid 1) left it.
+    ours = tmp_path / f".model.caffemodel.{os.getpid()}.abcdefgh.tmp"
+    ours.write_text("half")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [".notes.tmp", f".out.csv.{live.pid}.abcd_123.tmp"]  # the user's; a running writer's
+        for name in kept:
+            (tmp_path / name).write_text("not ours to remove")
+        assert remove_leftovers(tmp_path) == sorted([tmp_path / "stage" / left, ours])
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(kept + ["stage"])
