@@ -339,7 +339,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
         dispatcher.settle()
         counts = [phase.test_iterations or count for count in test_iterations(param)]
         schedule = PeriodicTests.of_solver(spec.param, phase.test_interval)
-        if not any(count > 0 for count in counts[:len(solver.test_nets)]):
+        if not any(count > 0 for count in counts):  # Caffe makes one test net per test_iter
             schedule = PeriodicTests(0)
         start = int(solver.iter)
         end = start + phase.iterations - done
