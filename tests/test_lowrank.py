@@ -12,10 +12,17 @@ from conftest import assert_one_line_error, save_net, write_solver
 RNG = np.random.default_rng(0)
 
 
+# Column blocks: one for the whole array, one column each, and uneven ones
+# (a last block narrower than the others).
+BLOCKS = [pytest.param(1 << 22, id="one-block"), pytest.param(1, id="column-blocks"),
+          pytest.param(13, id="uneven-blocks")]
+
+
+@pytest.mark.parametrize("block_elements", BLOCKS)
 @pytest.mark.parametrize("shape", [(5, 3), (4, 2, 3, 3)])
-def test_degradation_force_is_minus_the_energy_gradient(shape):
+def test_degradation_force_is_minus_the_energy_gradient(shape, block_elements):
     w = RNG.normal(size=shape)
-    grad = force_gradient(w, "degradation")
+    grad = force_gradient(w, "degradation", block_elements=block_elements)
     numeric = np.zeros_like(w)
     h = 1e-6
     for index in np.ndindex(w.shape):
@@ -26,25 +33,28 @@ def test_degradation_force_is_minus_the_energy_gradient(shape):
     assert np.allclose(grad, numeric, rtol=1e-5, atol=1e-8)
 
 
-def test_constant_force_matches_a_per_pair_computation():
+@pytest.mark.parametrize("block_elements", BLOCKS)
+def test_constant_force_matches_a_per_pair_computation(block_elements):
     w = RNG.normal(size=(6, 4))
+    w[4] = 0  # a dead filter: no pull on it, and none from it
     norms = np.linalg.norm(w, axis=1)
-    n = w / norms[:, None]
+    n = w / np.where(norms > 0, norms, 1)[:, None]
     expected = np.zeros_like(w)
     for i in range(6):
         pull = np.zeros(4)
         for j in range(6):
-            if i != j:
+            if i != j and 4 not in (i, j):
                 pull += (n[i] - n[j]) / np.linalg.norm(n[i] - n[j])  # unit strength at any distance
         tangent = pull - np.dot(pull, n[i]) * n[i]
-        expected[i] = tangent / norms[i]
-    assert np.allclose(force_gradient(w, "constant"), expected)
+        expected[i] = tangent / norms[i] if i != 4 else 0
+    assert np.allclose(force_gradient(w, "constant", block_elements=block_elements), expected)
 
 
-def test_force_moves_along_the_sphere_and_skips_zero_filters():
+@pytest.mark.parametrize("block_elements", BLOCKS)
+def test_force_moves_along_the_sphere_and_skips_zero_filters(block_elements):
     w = RNG.normal(size=(4, 3))
     w[2] = 0
-    grad = force_gradient(w, "degradation")
+    grad = force_gradient(w, "degradation", block_elements=block_elements)
     assert np.all(grad[2] == 0)
     # Tangent: no component along each filter, so it does not change the norms to first order.
     assert np.allclose(np.sum(grad * w, axis=1), 0)
