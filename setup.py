@@ -29,6 +29,7 @@ setup(
         # cupy-cuda12x instead (pip install caffedsd cupy-cuda12x).
         "gpu": ["cupy-cuda13x"],
         "gpu-cuda12": ["cupy-cuda12x"],
+        "gpu-cuda11": ["cupy-cuda11x"],  # the CUDA 11.8 build tools/check_cuda.sh compiles
     },
     entry_points={"console_scripts": ["caffedsd=caffedsd.cli:main"]},
 )
