@@ -68,17 +68,17 @@ def check_gpu_build(gpu):
                                "`make setup CUDA=1` builds one with CUDA on a GPU machine")
 
 
-def check_net_runs(net, net_path):
+def check_net_runs(net, net_path, gpu=None):
     """Raise InputError for what Caffe would abort the process on while
     building ``net`` (a NetParameter read from ``net_path``) in the TEST
     phase: a layer type this Caffe lacks, a data or mean file it cannot
     read, said plainly; then anything else, in Caffe's words, from building
-    it in a child process."""
+    it in a child process (which sees only GPU ``gpu``, when given)."""
     from .netcheck import check_data_sources, check_layer_types
 
     check_layer_types(net, net_path, layer_types(import_pycaffe()))
     check_data_sources(net, net_path, caffe_has_leveldb())
-    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net))
+    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu)
 
 
 def has_python_layers(net):
@@ -107,10 +107,14 @@ else:
 """
 
 
-def build_in_child(kind, path, where, python_layers=False):
+def build_in_child(kind, path, where, python_layers=False, gpu=None):
     """Build a TEST-phase net (``kind`` "net") or a solver with all its nets
     ("solver") from the prototxt ``path`` in a child Python, and raise
-    InputError naming ``where`` if that fails.
+    InputError naming ``where`` if that fails. With ``gpu`` (the run's
+    --gpu), the child sees that GPU alone: in a CUDA build Caffe opens a
+    context for its cuBLAS handle on the first visible GPU even in CPU mode,
+    and `--gpu 3` should leave GPU 0 alone. (A child that sees no GPU would
+    abort: Caffe's data layers start their threads with cudaGetDevice.)
 
     Caffe aborts the whole process (glog's FATAL) on a net it cannot build:
     a bottom no layer makes, shapes a Concat, Eltwise or Crop cannot take,
@@ -124,6 +128,9 @@ def build_in_child(kind, path, where, python_layers=False):
         raise CaffeUnavailable(f"no pycaffe extension (_caffe*.so) found; {_INSTALL_HINT}")
     paths = [str(pydir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), GLOG_minloglevel="2")
+    visible = visible_devices(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
     args = [str(extension), kind, str(path), "yes" if python_layers else "no"]
     proc = subprocess.run([sys.executable, "-c", _BUILD, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -131,6 +138,20 @@ def build_in_child(kind, path, where, python_layers=False):
         if proc.returncode < 0 and proc.returncode != -signal.SIGABRT:  # not glog's abort: killed, out of memory
             reason = f"the process building it died of signal {-proc.returncode} ({reason})"
         raise InputError(f"{where}: Caffe cannot build {'its nets' if kind == 'solver' else 'the net'}: {reason}")
+
+
+def visible_devices(gpu, visible):
+    """CUDA_VISIBLE_DEVICES for a child that is to see only GPU ``gpu``, as
+    the parent numbers it under its own ``visible`` (None when unset), or
+    None to leave the child's as the parent's: no ``gpu``, or an index the
+    parent's list does not have (the parent's own --gpu check reports it)."""
+    if gpu is None:
+        return None
+    gpu = int(gpu)
+    if visible is None:
+        return str(gpu)
+    entries = [entry.strip() for entry in visible.split(",")]
+    return entries[gpu] if 0 <= gpu < len(entries) and entries[gpu] else None
 
 
 # glog's FATAL lines: "F1122 04:40:22.123456  1234 net.cpp:774] Check failed: ..."

@@ -205,7 +205,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
-    check_solver_builds(spec)
+    check_solver_builds(spec, gpu)
     folder = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
     try:
         return _run_stages(recipe, spec, folder.path, gpu, progress)

@@ -222,7 +222,7 @@ class WholeNet:
             raise InputError(f"{weights}: not the weights the scan measured (their sha256 differs)")
         if iterations is not None and iterations < 1:
             raise InputError(f"--iterations {iterations}: must be 1 or more")
-        check_net_runs(read_net_prototxt(model, allow_python_layers=True), model)  # the scan's own net, or --model
+        check_net_runs(read_net_prototxt(model, allow_python_layers=True), model, gpu)  # the scan's net, or --model
         self.metric, self.criterion, self.seed = metric, data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
         self.iterations = iterations or data["iterations"]

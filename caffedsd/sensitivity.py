@@ -215,7 +215,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         raise InputError(f"--iterations {iterations}: must be 1 or more")
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: must be 1 or more")
-    check_net_runs(net, model_path)  # last: it builds the net in a child process
+    check_net_runs(net, model_path, gpu)  # last: it builds the net in a child process
     # Absolute paths: `plan --verify` rebuilds this net from another folder.
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),

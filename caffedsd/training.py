@@ -104,12 +104,12 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, sna
     return caffe.get_solver(str(solver_file)), param
 
 
-def check_solver_builds(spec):
+def check_solver_builds(spec, gpu=None):
     """What Caffe would abort the process on while building the solver's
     nets, as one line, before a run folder or an output exists: a layer type
     it lacks (read_solver checked the data without pycaffe; the types need
     its registry), then anything else, from building them once in a child
-    process (caffe_env.build_in_child)."""
+    process (caffe_env.build_in_child; it sees only GPU ``gpu``)."""
     known = layer_types(import_pycaffe())
     nets = [(spec.net, spec.net_path)]
     nets += [(read_net_prototxt(path, allow_python_layers=True), path) for path in spec.test_net_paths]
@@ -117,7 +117,7 @@ def check_solver_builds(spec):
         check_layer_types(net, path, known)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
         build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
-                       python_layers=any(has_python_layers(net) for net, _ in nets))
+                       python_layers=any(has_python_layers(net) for net, _ in nets), gpu=gpu)
 
 
 def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
@@ -375,7 +375,7 @@ def _next_checkpoint(iteration, checkpoints):
 
 def _phase(spec, phase, gpu, on_iteration):
     """A train-* command's phase, in a throwaway folder."""
-    check_solver_builds(spec)
+    check_solver_builds(spec, gpu)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 

@@ -76,6 +76,16 @@ def test_failure_reason_prefers_the_check_line():
     assert failure_reason("E1122 bad\n*** Aborted at 1 ***\n    @ 0x1 f\n") == "E1122 bad"
 
 
+def test_the_build_check_child_sees_only_the_runs_gpu():
+    from caffedsd.caffe_env import visible_devices
+
+    assert visible_devices(None, None) is None and visible_devices(None, "2,3") is None  # CPU runs: as the parent
+    assert visible_devices(3, None) == "3"
+    assert visible_devices(1, "2,3") == "3"  # --gpu counts the parent's visible GPUs
+    assert visible_devices(0, "GPU-5e2b, GPU-77aa") == "GPU-5e2b"
+    assert visible_devices(2, "2,3") is None  # not the parent's: its own --gpu check says so
+
+
 @pytest.mark.caffe
 def test_info_json(cli):
     result = cli("info", "--json")
