@@ -141,7 +141,7 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
     return choices
 
 
-def _step_down(choice, points):
+def step_down(choice, points):
     """``choice`` moved to the next lower measured sparsity of its curve (or 0)."""
     lower = [(s, d) for s, d in points if s < choice.sparsity]
     sparsity, cost = max(lower, default=(0.0, 0.0))
@@ -160,7 +160,7 @@ def back_off_path(choices, curve_data):
         if not pruning:
             return path
         worst = max(pruning, key=lambda c: c.drop / c.sparsity)
-        current[current.index(worst)] = _step_down(worst, curve_data[worst.layer][1])
+        current[current.index(worst)] = step_down(worst, curve_data[worst.layer][1])
         path.append(list(current))
 
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Measure every plan on two back-off orders of `plan --verify`, from one sensitivity scan.
+
+`plan --verify --max-total-drop X` bisects a path of plans that steps one
+layer at a time down to its next lower measured sparsity. Which layer is
+stepped decides what the path holds. This script measures every plan (the
+whole pruned net on the scan's TEST batches, as `plan --verify` does) on
+two paths from the same start, each layer at its highest sparsity costing
+at most X alone (`by_max_drop(X)`):
+
+  ratio     caffedsd's order (plan_from_scan.back_off_path): the layer with
+            the largest predicted drop per unit of its sparsity;
+  marginal  the layer whose step recovers the most predicted drop per
+            weight it gives back.
+
+and prints, per order, the highest overall sparsity whose measured drop is
+within X. Evidence for docs/RESULTS.md, not a test.
+
+    GLOG_minloglevel=2 .venv/bin/python tools/compare_backoff.py SCAN_DIR --budget 1 --json out.json
+"""
+import argparse
+import json
+import time
+
+from caffedsd.plan_from_scan import WholeNet, back_off_path, by_max_drop, curves, overall_sparsity, step_down
+from caffedsd.report import primary_metric
+from caffedsd.sensitivity import load_sensitivity
+
+
+def marginal_path(choices, curve_data):
+    """The plans from ``choices`` to nothing pruned, each stepping the layer
+    whose step recovers the most predicted drop per weight given back."""
+    current = list(choices)
+    path = [list(current)]
+    while True:
+        steps = [(c, step_down(c, curve_data[c.layer][1])) for c in current if c.sparsity > 0]
+        if not steps:
+            return path
+        old, new = max(steps, key=lambda s: (s[0].drop - s[1].drop) / ((s[0].sparsity - s[1].sparsity) * s[0].params))
+        current[current.index(old)] = new
+        path.append(list(current))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scan", help="a sensitivity folder (or its sensitivity.json)")
+    parser.add_argument("--budget", type=float, default=1.0, help="X: the measured drop allowed (default 1)")
+    parser.add_argument("--json", help="write every plan measured, per order, to this file")
+    args = parser.parse_args()
+    data = load_sensitivity(args.scan, None)
+    metric = primary_metric(data["metrics"])
+    curve_data = curves(data, metric, args.scan)
+    start = by_max_drop(curve_data, args.budget)
+    net = WholeNet(data, metric)
+    measured = {}  # a plan on both paths is measured once
+    results = {}
+    for order, path in (("ratio", back_off_path(start, curve_data)), ("marginal", marginal_path(start, curve_data))):
+        began, rows = time.perf_counter(), []
+        for plan in path:
+            key = tuple((c.layer, c.sparsity) for c in plan)
+            if key not in measured:
+                measured[key] = net.drop(plan)
+            rows.append({"overall": overall_sparsity(plan, data["prunable_params"]),
+                         "predicted_drop": sum(c.drop for c in plan), "measured_drop": measured[key],
+                         "layers": {c.layer: c.sparsity for c in plan}})
+        best = max((r for r in rows if r["measured_drop"] <= args.budget), key=lambda r: r["overall"])
+        print(f"{order}: {len(rows)} plans ({time.perf_counter() - began:.0f} s); first plan measured "
+              f"{rows[0]['measured_drop']:.2f} {metric} points at overall {rows[0]['overall']:.4f}; most pruning "
+              f"within {args.budget:g}: overall {best['overall']:.4f}, measured {best['measured_drop']:.2f}", flush=True)
+        results[order] = rows
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"scan": args.scan, "budget": args.budget, "metric": metric, "orders": results}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
