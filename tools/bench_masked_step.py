@@ -520,11 +520,15 @@ def main(argv=None):
                 results.append(summarize(bench, variant, runs["plain"], runs["hooked"], args, iterations))
                 if not args.no_breakdown:
                     breakdowns.append((name, bench.breakdown(variant, iterations=min(iterations, 20))))
-        machine = machine_info(args.gpu)
-        print()
-        print(markdown(results, breakdowns, machine, args.repeats))
-        benchlib.write_json(args.json, {"command": [Path(sys.executable).name] + sys.argv, "machine": machine,
-                                        "results": results, "breakdowns": [dict(b, net=n) for n, b in breakdowns]})
+            # After each net, so that a run cut short (a time limit on a
+            # borrowed GPU) keeps the nets it finished.
+            machine = machine_info(args.gpu)
+            done = "" if name == nets[-1] else f" (so far: {', '.join(nets[:nets.index(name) + 1])})"
+            print(f"\n{name} done{done}\n")
+            print(markdown(results, breakdowns, machine, args.repeats), flush=True)
+            benchlib.write_json(args.json, {"command": [Path(sys.executable).name] + sys.argv, "machine": machine,
+                                            "nets_done": nets[:nets.index(name) + 1], "results": results,
+                                            "breakdowns": [dict(b, net=n) for n, b in breakdowns]})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

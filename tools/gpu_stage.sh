@@ -20,7 +20,7 @@
 #   tools/gpu_stage.sh build STAGE PYTHON --cpu
 #                                           a rehearsal anywhere: the same steps
 #                                           without CUDA (no nvcc needed)
-#   tools/gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu]
+#   tools/gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu] [-- ARGS]
 #                                           there, after build (below)
 #
 # STAGE=gpu-stage (git-ignored, under 64 MB) can travel with a checkout.
@@ -46,6 +46,8 @@
 # under the device tool's 10 minutes; OUTDIR receives logs and results):
 #   tools/gpu_stage.sh check STAGE PYTHON tests OUTDIR   pytest -m gpu -rs (run, not skipped)
 #   tools/gpu_stage.sh check STAGE PYTHON bench OUTDIR   bench_masked_step.py --gpu 0 --repeats 9
+#                                                        (bench.json after each net; `-- --nets vgg16`
+#                                                        passes options on, if 10 minutes are too few)
 #   tools/gpu_stage.sh check STAGE PYTHON demo OUTDIR    tools/demo.sh on GPU 0 (Fashion-MNIST
 #                                                        from STAGE/fashion-mnist, 30 MB)
 # STAGE/debs and STAGE/src (51 MB) travel for `build`, STAGE/fashion-mnist
@@ -58,7 +60,7 @@ CMD=${1:-}
 say() { echo "gpu-stage: $*"; }
 usage() {  # usage [WHAT IS WRONG]: one line, exit 2
     say "${1:+$1; }usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu]" \
-        "| check STAGE PYTHON tests|bench|demo OUTDIR [--cpu]" >&2
+        "| check STAGE PYTHON tests|bench|demo OUTDIR [--cpu] [-- ARGS]" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -188,10 +190,14 @@ check() {
     [ $# -ge 5 ] || usage "check needs PYTHON, STEP and OUTDIR"
     local python=$3 step=$4 out=$5 gpu=0 markers=gpu
     case "$step" in tests|bench|demo) ;; *) usage "unknown step $step" ;; esac
-    case "${6:-}" in
+    shift 5
+    if [ "${1:-}" = --cpu ]; then gpu= markers=caffe; shift; fi
+    # After --, arguments for the step's own command (pytest, bench_masked_step.py).
+    local extra=()
+    case "${1:-}" in
         "") ;;
-        --cpu) gpu= markers=caffe ;;
-        *) usage "unknown option ${6} (expected --cpu)" ;;
+        --) shift; extra=("$@") ;;
+        *) usage "unknown option ${1} (expected --cpu or --)" ;;
     esac
     [ -f "$STAGE/caffe/.complete" ] || { say "no finished build in $STAGE/caffe: run build first" >&2; exit 2; }
     mkdir -p "$out"
@@ -201,11 +207,12 @@ check() {
     caffedsd info | tee "$out/info.txt"
     case "$step" in
         tests)
-            "$python" -m pytest -m "$markers" -rs -p no:cacheprovider tests 2>&1 | tee "$out/tests.txt"
+            "$python" -m pytest -m "$markers" -rs -p no:cacheprovider tests ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/tests.txt"
             return "${PIPESTATUS[0]}" ;;
         bench)
+            # bench.json is rewritten after each net: a run cut short keeps the nets it finished.
             "$python" tools/bench_masked_step.py ${gpu:+--gpu "$gpu"} --repeats 9 --json "$out/bench.json" \
-                2>&1 | tee "$out/bench.txt"
+                ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/bench.txt"
             return "${PIPESTATUS[0]}" ;;
         demo)
             if [ ! -f data/fashion-mnist/test.txt ]; then
