@@ -56,9 +56,12 @@ def energy(weights, force_type, eps=1e-8):
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np, dtype=None, block_elements=_BLOCK_ELEMENTS):
+def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np, dtype=None, block_elements=_BLOCK_ELEMENTS,
+                   add_to=None, alpha=1.0):
     """dE/dW, shaped like ``weights``, in ``dtype`` (default float64). The
-    force is its negative.
+    force is its negative. With ``add_to`` (an array of the weights' size),
+    ``alpha`` dE/dW is added into it block by block instead, and it is
+    returned: no array of the whole result is made.
 
     ``xp`` is the array module (numpy, or CuPy for weights on the GPU): the
     computation is written without host synchronization, so on the device
@@ -117,11 +120,18 @@ def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np, dtype=Non
 
         def pull(block, index):
             return weight @ unit(block)
-    result = xp.empty((count, width), dtype=f64 if dtype is None else dtype)
+    if add_to is None:
+        result = xp.empty((count, width), dtype=f64 if dtype is None else dtype)
+    else:
+        result = add_to.reshape(count, width)  # a view: the caller's array is written
     for index, block in enumerate(blocks):
         n = unit(block)
-        result[:, block] = (((scale - radial[:, None]) * n - pull(block, index)) * inverse)
-    return result.reshape(weights.shape)
+        gradient = ((scale - radial[:, None]) * n - pull(block, index)) * inverse
+        if add_to is None:
+            result[:, block] = gradient
+        else:
+            result[:, block] += alpha * gradient
+    return result.reshape(weights.shape) if add_to is None else add_to
 
 
 @dataclass(frozen=True)
@@ -188,12 +198,14 @@ class ForceRegularizer(Hook):
         xp = self._backend.xp
         for blob, shape, coefficient in self._targets:
             weights = self._backend.data(blob).reshape(shape)
-            # float32, as the gradient it is added to: no float64 copy of a layer.
-            grad = force_gradient(weights, self.spec.force_type, xp=xp, dtype=xp.float32).reshape(-1)
             diff = self._backend.diff(blob)
-            if self.spec.decay_type == "adaptive":
-                g_norm = xp.linalg.norm(grad)
-                ratio = xp.where(g_norm > 0, xp.linalg.norm(diff) / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
-                coefficient = coefficient * ratio
-            grad *= coefficient * self.scale
+            if self.spec.decay_type == "fixed":  # added block by block: no copy of the layer
+                force_gradient(weights, self.spec.force_type, xp=xp, add_to=diff, alpha=coefficient * self.scale)
+                continue
+            # The adaptive coefficient needs the whole force's norm first: it
+            # is made in float32, as the gradient it is added to.
+            grad = force_gradient(weights, self.spec.force_type, xp=xp, dtype=xp.float32).reshape(-1)
+            g_norm = xp.linalg.norm(grad)
+            ratio = xp.where(g_norm > 0, xp.linalg.norm(diff) / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
+            grad *= coefficient * ratio * self.scale
             diff += grad

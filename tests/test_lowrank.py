@@ -62,6 +62,18 @@ def test_force_moves_along_the_sphere_and_skips_zero_filters(block_elements):
     assert energy(w - 1e-3 * grad, "degradation") < energy(w, "degradation")
 
 
+@pytest.mark.parametrize("block_elements", BLOCKS)
+@pytest.mark.parametrize("force_type", ["degradation", "constant"])
+def test_force_added_in_place_equals_the_force_added(force_type, block_elements):
+    w = RNG.normal(size=(5, 2, 3))
+    w[1] = 0
+    start = RNG.normal(size=w.size).astype(np.float32)  # a flat float32 gradient, as Caffe's
+    into = start.copy()
+    assert force_gradient(w, force_type, block_elements=block_elements, add_to=into, alpha=-0.5) is into
+    expected = start - 0.5 * force_gradient(w, force_type).reshape(-1)
+    np.testing.assert_allclose(into, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_energy_rank_and_truncation_error():
     w = RNG.normal(size=(8, 3, 3, 3))
     values = singular_values(w)
