@@ -9,9 +9,10 @@ fixed seed. The same step runs with this tree's ``caffedsd.force`` and with
 ``caffedsd/force.py`` as it was at ``--base`` (loaded from git into the
 package, so it runs on this tree's hooks), each in its own child process,
 alternating, --repeats times, and the report gives per kind the median
-seconds of the step, the child's peak RSS and its growth during the step
-(peak RSS after it minus the RSS just before it), and the ratios this tree /
-base. After each step the child checksums the gradient; the parent reports
+seconds of the step, the child's peak RSS during the step (its high-water
+mark, reset just before the step through /proc/self/clear_refs) and its
+growth (that peak minus the RSS just before the step), and the ratios this
+tree / base. After each step the child checksums the gradient; the parent reports
 the largest relative difference between the two versions' gradients.
 
 The default base, 6424098, is the last commit whose force.py held whole
@@ -74,6 +75,20 @@ def rss_bytes():
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak():
+    """Start the peak RSS (VmHWM) afresh from the current RSS (Linux 4.0+)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def peak_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(version, layer, force_type, decay_type, workdir):
     """One step in this process; prints a JSON line."""
     from caffedsd.caffe_env import import_caffe
@@ -86,15 +101,20 @@ def child(version, layer, force_type, decay_type, workdir):
     net = caffe.Net(str(path), caffe.TEST)
     blob = net.params[layer][0]
     rng = np.random.default_rng(0)
-    blob.data[...] = rng.standard_normal(blob.data.shape, dtype=np.float32)
-    blob.diff[...] = rng.standard_normal(blob.diff.shape, dtype=np.float32) * 1e-3
+    # In place: a temporary as large as the layer would set the peak that
+    # the step's growth is measured against.
+    data, diff = blob.data, blob.diff
+    rng.standard_normal(dtype=np.float32, out=data)
+    rng.standard_normal(dtype=np.float32, out=diff)
+    diff *= 1e-3
     regularizer = force.ForceRegularizer(force.ForceSpec(1e-4, force_type, decay_type))
     regularizer.bind(net, HostBackend())
+    reset_peak()
     before = rss_bytes()
     start = time.perf_counter()
     regularizer.on_gradients_ready()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_bytes()
     np.save(Path(workdir) / f"{version}-{layer}-{force_type}.npy", blob.diff)
     print(json.dumps({"step_s": seconds, "peak_rss_bytes": peak, "growth_bytes": max(0, peak - before),
                       "weights_bytes": int(blob.data.nbytes)}))
@@ -161,8 +181,9 @@ def report(results, args):
                                    "step ratio", f"growth MiB ({args.base})", "growth MiB (tree)",
                                    f"peak RSS MiB ({args.base})", "peak RSS MiB (tree)", "peak ratio",
                                    "largest gradient difference"], rows))
-    print(f"\nMedians of {args.repeats} runs of each, alternating, each a fresh child process; growth = peak RSS "
-          "after the step minus the RSS just before it; gradient difference: max |tree - base| / max |base|.")
+    print(f"\nMedians of {args.repeats} runs of each, alternating, each a fresh child process; peak RSS = the "
+          "child's high-water mark, reset just before the step; growth = that peak minus the RSS just before the "
+          "step; gradient difference: max |tree - base| / max |base|.")
     info = benchlib.machine()
     print("Machine: " + benchlib.machine_line(info))
     benchlib.write_json(args.json, {"base": args.base, "results": results, "machine": info})
