@@ -110,7 +110,10 @@ def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np, dtype=Non
             n = unit(block)
             gram += n @ n.T
         dist = xp.sqrt(xp.maximum(2.0 - 2.0 * gram, 0.0))
-        pair = (dist > 1e-12) & live[:, None] & live[None, :]  # also drops the diagonal
+        # The diagonal must go by name: n_i . n_i rounds to 1 - 1e-16 for some
+        # filters, which puts 1 / 1.5e-8 on it, and that self-term spoiled
+        # the result in its ninth digit (it cancels only in exact arithmetic).
+        pair = (dist > 1e-12) & live[:, None] & live[None, :] & ~xp.eye(count, dtype=bool)
         weight = xp.where(pair, 1.0 / xp.where(pair, dist, 1.0), 0.0)
         del dist, pair
         scale = weight.sum(axis=1)
