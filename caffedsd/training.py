@@ -35,7 +35,11 @@ class SolverSpec:
     param: object  # SolverParameter
     net_path: Path
     net: object  # NetParameter (V2)
-    test_net_paths: tuple = ()  # 2014-era solvers' test_net: files, tested besides net's TEST phase
+    test_nets: tuple = ()  # ((path, NetParameter), ...): 2014-era solvers' test_net files
+
+    @property
+    def test_net_paths(self):
+        return tuple(path for path, _ in self.test_nets)
 
 
 # What stock Caffe knows; anything else aborts the process (glog's fatal log).
@@ -85,13 +89,14 @@ def read_solver(path, allow_python_layers=False):
     net = read_net_prototxt(net_path, allow_python_layers)
     leveldb = caffe_has_leveldb()
     check_data_sources(net, net_path, leveldb)
-    test_paths = tuple(Path(name) for name in param.test_net)
-    for test_path in test_paths:
+    test_nets = []
+    for test_path in map(Path, param.test_net):
         if not test_path.is_file():
             raise InputError(f"{path}: test_net {str(test_path)!r} does not exist (paths are relative to the current "
                              "folder)")
-        check_data_sources(read_net_prototxt(test_path, allow_python_layers), test_path, leveldb)
-    return SolverSpec(path, param, net_path, net, test_paths)
+        test_nets.append((test_path, read_net_prototxt(test_path, allow_python_layers)))
+        check_data_sources(test_nets[-1][1], test_path, leveldb)
+    return SolverSpec(path, param, net_path, net, tuple(test_nets))
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
@@ -111,8 +116,7 @@ def check_solver_builds(spec, gpu=None):
     its registry), then anything else, from building them once in a child
     process (caffe_env.build_in_child; it sees only GPU ``gpu``)."""
     known = layer_types(import_pycaffe())
-    nets = [(spec.net, spec.net_path)]
-    nets += [(read_net_prototxt(path, allow_python_layers=True), path) for path in spec.test_net_paths]
+    nets = [(spec.net, spec.net_path)] + [(net, path) for path, net in spec.test_nets]
     for net, path in nets:
         check_layer_types(net, path, known)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
