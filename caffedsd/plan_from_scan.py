@@ -148,18 +148,24 @@ def step_down(choice, points):
     return Choice(choice.layer, choice.params, sparsity, cost)
 
 
-def back_off_path(choices, curve_data):
+def drop_per_sparsity(choice, points):
+    """The back-off's order: a layer's predicted drop per unit of its sparsity."""
+    return choice.drop / choice.sparsity
+
+
+def back_off_path(choices, curve_data, cost=drop_per_sparsity):
     """The plans a back-off walks through, from ``choices`` to nothing
-    pruned: each one steps the layer that costs most per unit of its
-    sparsity (predicted drop / sparsity) down to its next lower measured
-    sparsity. Every plan prunes a subset of what the one before it prunes."""
+    pruned: each one steps the layer of highest ``cost(choice, its curve's
+    points)`` (default: predicted drop / sparsity) down to its next lower
+    measured sparsity. Every plan prunes a subset of what the one before it
+    prunes."""
     current = list(choices)
     path = [list(current)]
     while True:
         pruning = [c for c in current if c.sparsity > 0]
         if not pruning:
             return path
-        worst = max(pruning, key=lambda c: c.drop / c.sparsity)
+        worst = max(pruning, key=lambda c: cost(c, curve_data[c.layer][1]))
         current[current.index(worst)] = step_down(worst, curve_data[worst.layer][1])
         path.append(list(current))
 

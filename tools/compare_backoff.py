@@ -27,18 +27,10 @@ from caffedsd.report import primary_metric
 from caffedsd.sensitivity import load_sensitivity
 
 
-def marginal_path(choices, curve_data):
-    """The plans from ``choices`` to nothing pruned, each stepping the layer
-    whose step recovers the most predicted drop per weight given back."""
-    current = list(choices)
-    path = [list(current)]
-    while True:
-        steps = [(c, step_down(c, curve_data[c.layer][1])) for c in current if c.sparsity > 0]
-        if not steps:
-            return path
-        old, new = max(steps, key=lambda s: (s[0].drop - s[1].drop) / ((s[0].sparsity - s[1].sparsity) * s[0].params))
-        current[current.index(old)] = new
-        path.append(list(current))
+def recovered_per_weight(choice, points):
+    """The marginal order: predicted drop a step recovers per weight it gives back."""
+    lower = step_down(choice, points)
+    return (choice.drop - lower.drop) / ((choice.sparsity - lower.sparsity) * choice.params)
 
 
 def main():
@@ -54,7 +46,7 @@ def main():
     net = WholeNet(data, metric)
     measured = {}  # a plan on both paths is measured once
     results = {}
-    for order, path in (("ratio", back_off_path(start, curve_data)), ("marginal", marginal_path(start, curve_data))):
+    for order, path in (("ratio", back_off_path(start, curve_data)), ("marginal", back_off_path(start, curve_data, recovered_per_weight))):
         began, rows = time.perf_counter(), []
         for plan in path:
             key = tuple((c.layer, c.sparsity) for c in plan)
