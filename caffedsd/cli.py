@@ -99,7 +99,8 @@ class _Progress:
     (what run_recipe and scan call ``progress``) gives a callback(row, total)
     called once per step (a training iteration, a sensitivity point) and
     closed at the end; training's on_iteration is such a callback, and also
-    gets each TEST pass as a row {iter, test}, which is no step. Shown as a
+    gets each TEST pass as a row {iter, test}, which is no step, and a
+    continued stage's replay of its data as a row {replay, tests}. Shown as a
     bar on stderr with ETA (and loss, lr and the latest test for training);
     ``total`` defaults to the first call's."""
 
@@ -114,6 +115,11 @@ class _Progress:
         self.logged = None
 
     def __call__(self, row, total):
+        if "replay" in row:
+            passes = f" and {row['tests']} TEST pass(es)" if row["tests"] else ""
+            click.echo(f"{self.label}: replaying the data layers through {row['replay']} iteration(s){passes}",
+                       err=True)
+            return
         if self.bar is None:
             self.bar = click.progressbar(length=self.total or total, label=self.label, file=sys.stderr,
                                          show_pos=True, item_show_func=self._show)
@@ -349,14 +355,18 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
 @click.option("--recipe", type=_path(), required=True, help="Recipe YAML (see README).")
 @gpu_option
 @verbose_option
+@click.option("--restart-data", is_flag=True,
+              help="Continuing a stage, start its data layers from their first batch, as `caffe train --snapshot` "
+                   "does, instead of replaying them up to the checkpoint (faster with large LMDBs; the stage then "
+                   "reads other batches than an uninterrupted run would).")
 @output_option("Run folder; rerun the same command to continue an interrupted run.", folder=True, force=None)
-def dsd(recipe, gpu, output):
+def dsd(recipe, gpu, restart_data, output):
     """Run a whole Dense-Sparse-Dense recipe into a run folder.
 
     Each stage leaves a stock-Caffe-loadable model (and masks), its test
     outputs and training curve; report.md, report.json and curves.png sum
     up. Killed at any point, the same command continues from the last
-    checkpoint.
+    checkpoint, reading the batches an uninterrupted run would have read.
 
     \b
     Example:
@@ -366,7 +376,7 @@ def dsd(recipe, gpu, output):
     from .recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    data = run_recipe(parsed, output, gpu=gpu, progress=_Progress)
+    data = run_recipe(parsed, output, gpu=gpu, progress=_Progress, replay=not restart_data)
     click.echo(report.dsd_table(data["stages"]))
     click.echo(f"report: {output / 'report.md'}")
 

@@ -16,8 +16,9 @@ RUN_DIR holds:
   report.md, report.json, curves.png
 
 Rerunning the same command after a kill skips finished stages and resumes a
-training stage from its last checkpoint. Masks are computed once, in their
-prune stage, and never again.
+training stage from its last checkpoint, its data layers replayed up to it,
+so that the stage reads the batches an uninterrupted run would. Masks are
+computed once, in their prune stage, and never again.
 """
 import ctypes
 import hashlib
@@ -103,11 +104,14 @@ def weight_sparsity(weights_path):
 class _Checkpoints:
     """Solver snapshots of one training stage, every ``every`` iterations;
     the newest complete one is recorded in checkpoint.json only after Caffe
-    has written both files."""
+    has written both files. ``replay``: a resumed stage replays its data
+    layers up to the checkpoint (training.replay_data), so that it reads the
+    batches an uninterrupted run would; else they restart from their first."""
 
-    def __init__(self, folder, every=None):
+    def __init__(self, folder, every=None, replay=True):
         self.folder = Path(folder)
         self.every = every
+        self.replay = replay
         self.record = self.folder / "checkpoint.json"
 
     @property
@@ -163,9 +167,9 @@ def _read_csv(path):
     return report.parse_curve_csv(Path(path).read_text())
 
 
-def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress):
+def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress, replay):
     """A dense or sparse stage: train, evaluate, save; resumes a checkpoint."""
-    checkpoints = _Checkpoints(stage_dir / "checkpoint", recipe.checkpoint_every)
+    checkpoints = _Checkpoints(stage_dir / "checkpoint", recipe.checkpoint_every, replay)
     latest = checkpoints.latest()
     callback = progress(stage_dir.name, stage.iterations, latest["iter"] if latest else 0) if progress else None
     phase = Phase(stage.iterations, weights_in, stage_dir / "model.caffemodel", masks, lr_scale=stage.lr_scale,
@@ -190,11 +194,14 @@ def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})
 
 
-def run_recipe(recipe, run_dir, gpu=None, progress=None):
+def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True):
     """Run (or continue) ``recipe`` in ``run_dir``; returns the report data.
 
     ``progress(label, total, done)`` may return a callback for train()'s
-    on_iteration, with a close() method."""
+    on_iteration, with a close() method. ``replay`` False: a continued stage's
+    data layers restart from their first batch instead of replaying
+    (faster, as `caffe train --snapshot` does, but the rest of the stage
+    then reads other batches than an uninterrupted run)."""
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
     if gpu is not None:  # before the run folder is made
@@ -208,14 +215,14 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None):
     check_solver_builds(spec, gpu)
     folder = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
     try:
-        return _run_stages(recipe, spec, folder.path, gpu, progress)
+        return _run_stages(recipe, spec, folder.path, gpu, progress, replay)
     except CaffeDsdError:  # bad input found once the folder existed
         if _nothing_done(folder.path):
             folder.abandon()
         raise
 
 
-def _run_stages(recipe, spec, run_dir, gpu, progress):
+def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
     for number, stage in enumerate(recipe.stages, 1):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
@@ -230,7 +237,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress):
                 summary = _run_prune(stage, spec, recipe, stage_dir, weights, gpu)
             else:
                 summary = _run_training(stage, spec, recipe, stage_dir, weights,
-                                        masks if stage.kind == "sparse" else None, gpu, progress)
+                                        masks if stage.kind == "sparse" else None, gpu, progress, replay)
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),

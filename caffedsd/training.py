@@ -248,6 +248,41 @@ def evaluate(solver, counts):
     return results
 
 
+def source_layers(net):
+    """Indices of ``net``'s layers that take no bottom: data layers, whose
+    next batch depends only on how many they have made."""
+    return [index for index in range(len(net.layers)) if not list(net._bottom_ids(index))]
+
+
+def _advance(net, batches):
+    layers = source_layers(net)
+    for _ in range(batches):
+        for index in layers:
+            net._forward(index, index)
+
+
+def replay_data(solver, iter_size, counts, start, tests):
+    """Make the data layers of a solver restored from a checkpoint read on
+    from where the interrupted run's had got to. A solverstate holds the
+    weights and history, not the data position (Caffe's own does not
+    either), and HDF5Data reshuffles from the stage's seed.
+
+    The run started at iteration ``start``, and the restored solver is at
+    ``solver.iter``; each iteration read ``iter_size`` batches of the train
+    net. ``tests``: the iterations at which a TEST pass ran, each reading
+    ``counts[i]`` batches of test net i. Only the layers without bottoms
+    run, in the order the training ran them, so the C library's rand()
+    (HDF5Data's shuffle) and Caffe's RNG (DummyData) are drawn as they were;
+    Dropout's draws are not made again."""
+    position = start
+    for at in sorted(tests):
+        _advance(solver.net, (at - position) * iter_size)
+        for net, count in zip(solver.test_nets, counts):
+            _advance(net, max(0, count))
+        position = at
+    _advance(solver.net, (int(solver.iter) - position) * iter_size)
+
+
 def save_net(solver, output, maskset=None):
     """Write the solver's trained weights (and masks, refitted to what was
     written) atomically; returns the masks path or None."""
@@ -314,7 +349,9 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
 
     ``checkpoints`` (dsd's run folder) resumes from its latest snapshot,
     which it makes every ``checkpoints.every`` iterations (Caffe's own
-    snapshots off). Training stops at each periodic test pass the solver's
+    snapshots off), and with ``checkpoints.replay`` replays the data layers
+    up to it (replay_data); ``on_iteration`` first sees that as a row
+    {replay, tests}. Training stops at each periodic test pass the solver's
     schedule asks for, and at each checkpoint; ``on_iteration`` sees each
     pass as a row {iter, test}. Returns a PhaseResult."""
     options = {}
@@ -331,17 +368,21 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             hooks.append(MaskEnforcer(masks, where=f"net of {spec.path}"))
         for hook in hooks:
             dispatcher.add(hook, solver)
+        counts = [phase.test_iterations or count for count in test_iterations(param)]
         latest = checkpoints.latest() if checkpoints is not None else None
         curve, tests, done = [], [], 0
         if latest is not None:
             solver.restore(latest["solverstate"])
             curve, tests, done = checkpoints.curve(latest), checkpoints.tests(latest), int(solver.iter)
+            if checkpoints.replay:
+                if on_iteration is not None:
+                    on_iteration({"replay": done, "tests": len(tests)}, phase.iterations)
+                replay_data(solver, max(1, param.iter_size), counts, done - len(curve), [t["iter"] for t in tests])
         elif phase.solverstate is not None:
             clean = Path(workdir) / ("clean" + "".join(Path(phase.solverstate).suffixes))
             clean_solverstate(phase.solverstate, clean, solver.net, masks)
             solver.restore(str(clean))
         dispatcher.settle()
-        counts = [phase.test_iterations or count for count in test_iterations(param)]
         schedule = PeriodicTests.of_solver(spec.param, phase.test_interval)
         if not any(count > 0 for count in counts):  # Caffe makes one test net per test_iter
             schedule = PeriodicTests(0)

@@ -127,13 +127,68 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
         assert np.array_equal(run_masks.masks[layer], mask)
     curve = (tmp_path / "run" / "03-sparse" / "curve.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in curve] == list(range(1, 3001))
-    # The test passes made before the kill come back from the checkpoint: the
-    # one at iteration 0 is the reference's, and none is lost or made twice.
+    # The test passes made before the kill come back from the checkpoint, and
+    # none is lost or made twice.
     passes = parse_tests_csv((tmp_path / "run" / "03-sparse" / "tests.csv").read_text())
     reference_passes = parse_tests_csv((tmp_path / "reference" / "03-sparse" / "tests.csv").read_text())
     assert [p["iter"] for p in passes] == [p["iter"] for p in reference_passes] == [0, 1000, 2000, 3000]
-    assert passes[0] == reference_passes[0]
+    # The data layers (DummyData, drawing from Caffe's RNG) were replayed up to
+    # the checkpoint: the resumed stage read what the uninterrupted one read,
+    # so on the CPU it ends bit for bit where the reference did.
+    assert passes == reference_passes
+    for name in ("03-sparse/curve.csv", "03-sparse/model.caffemodel", "04-dense/model.caffemodel"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][3]["kind"] == "dense"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stopping_at(iteration, rows):
+    """A progress protocol that records every row and interrupts the run
+    after training iteration ``iteration`` (None: never)."""
+    def progress(label, total, done):
+        def callback(row, _):
+            rows.append((label, row))
+            if row.get("iter") == iteration and "loss" in row:
+                raise _Stop
+        callback.close = lambda: None
+        return callback
+    return progress
+
+
+@pytest.mark.caffe
+@pytest.mark.slow
+def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path, cli):
+    """HDF5Data shuffles with the C library's rand(), and a TEST pass of 2 of
+    the 3 test batches leaves the test net part way through its images: a
+    continued stage replays both data layers up to its checkpoint, and ends
+    where an uninterrupted one does, bit for bit."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import Recipe
+
+    solver, _ = lenet_files(tmp_path, 2000, 300, test_iter=2)
+    solver.write_text(solver.read_text() + "iter_size: 2\n")
+    recipe = Recipe.from_dict({"solver": str(solver), "seed": 4, "checkpoint_every": 40, "test_interval": 20,
+                               "stages": [{"dense": {"iterations": 100}}]})
+    (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())
+    run_recipe(recipe, tmp_path / "reference")
+    for run in ("run", "restarted"):
+        with pytest.raises(_Stop):
+            run_recipe(recipe, tmp_path / run, progress=_stopping_at(60, []))
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    assert "01-dense: replaying the data layers through 40 iteration(s) and 2 TEST pass(es)" in result.output
+    for name in ("tests.csv", "curve.csv", "model.caffemodel"):
+        assert (tmp_path / "run" / "01-dense" / name).read_bytes() == \
+            (tmp_path / "reference" / "01-dense" / name).read_bytes(), name
+    # --restart-data: the stage reads its first batches again, as `caffe train --snapshot` would.
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "restarted", "--restart-data")
+    assert result.exit_code == 0 and "replaying" not in result.output, result.output
+    for name in ("tests.csv", "model.caffemodel"):
+        assert (tmp_path / "restarted" / "01-dense" / name).read_bytes() != \
+            (tmp_path / "reference" / "01-dense" / name).read_bytes(), name
 
 
 @pytest.mark.caffe
