@@ -248,14 +248,21 @@ def evaluate(solver, counts):
     return results
 
 
-def source_layers(net):
-    """Indices of ``net``'s layers that take no bottom: data layers, whose
-    next batch depends only on how many they have made."""
-    return [index for index in range(len(net.layers)) if not list(net._bottom_ids(index))]
+# Stock Caffe's layers that draw from Caffe's RNG as they run forward in the
+# TRAIN phase, besides the data layers (not replayed: GPU stochastic pooling).
+_RANDOM_TYPES = ("Dropout",)
+
+
+def replayed_layers(net):
+    """Indices of ``net``'s layers whose runs change what later runs read or
+    draw: the layers without bottoms (data layers, whose next batch depends
+    only on how many they have made) and those drawing random numbers."""
+    return [index for index, layer in enumerate(net.layers)
+            if not list(net._bottom_ids(index)) or layer.type in _RANDOM_TYPES]
 
 
 def _advance(net, batches):
-    layers = source_layers(net)
+    layers = replayed_layers(net)
     for _ in range(batches):
         for index in layers:
             net._forward(index, index)
@@ -270,10 +277,11 @@ def replay_data(solver, iter_size, counts, start, tests):
     The run started at iteration ``start``, and the restored solver is at
     ``solver.iter``; each iteration read ``iter_size`` batches of the train
     net. ``tests``: the iterations at which a TEST pass ran, each reading
-    ``counts[i]`` batches of test net i. Only the layers without bottoms
-    run, in the order the training ran them, so the C library's rand()
-    (HDF5Data's shuffle) and Caffe's RNG (DummyData) are drawn as they were;
-    Dropout's draws are not made again."""
+    ``counts[i]`` batches of test net i. Only the replayed_layers run, in
+    the order the training ran them, so that the C library's rand()
+    (HDF5Data's shuffle) and Caffe's RNG (DummyData, Dropout) are drawn as
+    they were; a Dropout layer drops units of whatever its bottom holds,
+    which the next real forward pass overwrites."""
     position = start
     for at in sorted(tests):
         _advance(solver.net, (at - position) * iter_size)

@@ -161,15 +161,20 @@ def _stopping_at(iteration, rows):
 @pytest.mark.caffe
 @pytest.mark.slow
 def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path, cli):
-    """HDF5Data shuffles with the C library's rand(), and a TEST pass of 2 of
-    the 3 test batches leaves the test net part way through its images: a
-    continued stage replays both data layers up to its checkpoint, and ends
+    """HDF5Data shuffles with the C library's rand(), a TEST pass of 2 of the
+    3 test batches leaves the test net part way through its images, and
+    Dropout draws from Caffe's RNG: a continued stage replays the data
+    layers of both nets and the Dropout layer up to its checkpoint, and ends
     where an uninterrupted one does, bit for bit."""
     from caffedsd.dsd import run_recipe
     from caffedsd.recipe import Recipe
 
-    solver, _ = lenet_files(tmp_path, 2000, 300, test_iter=2)
+    solver, net = lenet_files(tmp_path, 2000, 300, test_iter=2)
     solver.write_text(solver.read_text() + "iter_size: 2\n")
+    text = net.read_text()
+    net.write_text(text.replace('layer {\n  name: "ip2"', 'layer { name: "drop1" type: "Dropout" bottom: "ip1" '
+                                'top: "ip1" dropout_param { dropout_ratio: 0.5 } }\nlayer {\n  name: "ip2"', 1))
+    assert "drop1" in net.read_text()
     recipe = Recipe.from_dict({"solver": str(solver), "seed": 4, "checkpoint_every": 40, "test_interval": 20,
                                "stages": [{"dense": {"iterations": 100}}]})
     (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())

@@ -1,0 +1,77 @@
+"""What a continued dsd stage pays to replay its data: a training iteration
+(`solver.step(1)`) against the replay of one (training.replay_data's layers
+run `iter_size` times), per solver, on the CPU.
+
+A resumed stage replays every iteration it had made before its checkpoint,
+so the ratio is the fraction of the time those iterations took that the
+replay costs. Paths in a solver are relative to the current folder, as for
+`caffe train`:
+
+    GLOG_minloglevel=2 .venv/bin/python tools/bench_replay.py solvers/lenet_solver.prototxt:200:5000
+    cd work/modelzoo_train/squeezenet_v1.1 && \\
+        GLOG_minloglevel=2 ../../../.venv/bin/python ../../../tools/bench_replay.py solver.prototxt:1:20
+
+Each argument is SOLVER[:STEPS[:REPLAYS]]: the iterations timed of each kind.
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+from caffedsd.caffe_env import import_caffe  # noqa: E402
+from caffedsd.training import read_solver, replayed_layers  # noqa: E402
+
+
+def _spec(text):
+    """SOLVER[:STEPS[:REPLAYS]] -> (path, steps, replays)."""
+    path, *counts = text.split(":")
+    counts = [int(c) for c in counts] + [20, 200][len(counts):]
+    return Path(path), counts[0], counts[1]
+
+
+def measure(solver_path, steps, replays, repeats):
+    """{step: [{ms}], replay: [{ms}]} per iteration, the replayed layers'
+    names and the solver's iter_size."""
+    iter_size = max(1, read_solver(solver_path).param.iter_size)
+    solver = import_caffe().get_solver(str(solver_path))
+    layers = replayed_layers(solver.net)
+    solver.step(1)  # warm: first allocations, the prefetch threads' first batches
+
+    def one(kind, _):
+        start = time.perf_counter()
+        if kind == "step":
+            solver.step(steps)
+            return {"ms": (time.perf_counter() - start) * 1e3 / steps}
+        for _ in range(replays * iter_size):
+            for index in layers:
+                solver.net._forward(index, index)
+        return {"ms": (time.perf_counter() - start) * 1e3 / replays}
+
+    runs = benchlib.alternate(("step", "replay"), repeats, one)
+    return runs, [solver.net._layer_names[i] for i in layers], iter_size
+
+
+def main():
+    parser = benchlib.parser(__doc__, workdir=False)
+    parser.add_argument("solvers", nargs="+", help="SOLVER[:STEPS[:REPLAYS]]")
+    args = parser.parse_args()
+    rows, results = [], {}
+    for text in args.solvers:
+        path, steps, replays = _spec(text)
+        runs, names, iter_size = measure(path, steps, replays, args.repeats)
+        step, replay = benchlib.median(runs["step"], "ms"), benchlib.median(runs["replay"], "ms")
+        results[str(path)] = {"runs": runs, "layers": names, "iter_size": iter_size, "steps": steps,
+                              "replays": replays}
+        rows.append([text.split(":")[0], ", ".join(names), str(iter_size), f"{step:.2f}", f"{replay:.3f}",
+                     f"{replay / step:.4f}"])
+    print(benchlib.markdown_table(["solver", "replayed layers", "iter_size", "step ms (median)",
+                                   "replay ms per iteration (median)", "replay / step"], rows, "llrrrr"))
+    print("Machine: " + benchlib.machine_line(benchlib.machine()))
+    benchlib.write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
