@@ -160,7 +160,7 @@ def _stopping_at(iteration, rows):
 
 @pytest.mark.caffe
 @pytest.mark.slow
-def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path, cli):
+def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path, cli, device):
     """HDF5Data shuffles with the C library's rand(), a TEST pass of 2 of the
     3 test batches leaves the test net part way through its images, and
     Dropout draws from Caffe's RNG: a continued stage replays the data
@@ -178,18 +178,19 @@ def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path,
     recipe = Recipe.from_dict({"solver": str(solver), "seed": 4, "checkpoint_every": 40, "test_interval": 20,
                                "stages": [{"dense": {"iterations": 100}}]})
     (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())
-    run_recipe(recipe, tmp_path / "reference")
+    gpu = ["--gpu", device] if device is not None else []
+    run_recipe(recipe, tmp_path / "reference", gpu=device)
     for run in ("run", "restarted"):
         with pytest.raises(_Stop):
-            run_recipe(recipe, tmp_path / run, progress=_stopping_at(60, []))
-    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+            run_recipe(recipe, tmp_path / run, gpu=device, progress=_stopping_at(60, []))
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run", *gpu)
     assert result.exit_code == 0, result.output
     assert "01-dense: replaying the data layers through 40 iteration(s) and 2 TEST pass(es)" in result.output
     for name in ("tests.csv", "curve.csv", "model.caffemodel"):
         assert (tmp_path / "run" / "01-dense" / name).read_bytes() == \
             (tmp_path / "reference" / "01-dense" / name).read_bytes(), name
     # --restart-data: the stage reads its first batches again, as `caffe train --snapshot` would.
-    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "restarted", "--restart-data")
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "restarted", "--restart-data", *gpu)
     assert result.exit_code == 0 and "replaying" not in result.output, result.output
     for name in ("tests.csv", "model.caffemodel"):
         assert (tmp_path / "restarted" / "01-dense" / name).read_bytes() != \
