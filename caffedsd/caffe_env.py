@@ -68,16 +68,18 @@ def check_gpu_build(gpu):
                                "`make setup CUDA=1` builds one with CUDA on a GPU machine")
 
 
-def check_net_runs(net, net_path, gpu=None):
+def check_net_runs(net, net_path, gpu=None, forward=True):
     """Raise InputError for what Caffe would abort the process on while
     building ``net`` (a NetParameter read from ``net_path``) in the TEST
     phase: a layer type this Caffe lacks, a data or mean file it cannot
-    read, said plainly; then anything else, in Caffe's words, from building
+    read, said plainly (and, when the caller runs it ``forward``, a
+    MemoryData layer); then anything else, in Caffe's words, from building
     it in a child process (which sees only GPU ``gpu``, when given)."""
-    from .netcheck import check_data_sources, check_layer_types
+    from .netcheck import built_state, check_data_sources, check_layer_types
 
-    check_layer_types(net, net_path, layer_types(import_pycaffe()))
-    check_data_sources(net, net_path, caffe_has_leveldb())
+    states = [built_state(net, "TEST")]  # a TRAIN layer's type and data do not matter
+    check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
+    check_data_sources(net, net_path, caffe_has_leveldb(), states, forward)
     build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu)
 
 

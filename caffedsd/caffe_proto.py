@@ -26,7 +26,7 @@ def _message_classes():
 
     return {name: cls(name) for name in (
         "NetParameter", "LayerParameter", "V1LayerParameter", "BlobProto", "BlobShape",
-        "ParamSpec", "SolverParameter")}
+        "ParamSpec", "SolverParameter", "NetState")}
 
 
 _CLASSES = _message_classes()
@@ -37,6 +37,7 @@ BlobProto = _CLASSES["BlobProto"]
 BlobShape = _CLASSES["BlobShape"]
 ParamSpec = _CLASSES["ParamSpec"]
 SolverParameter = _CLASSES["SolverParameter"]
+NetState = _CLASSES["NetState"]
 
 # V1's enum layer types and the V2 type strings Caffe's upgrade_proto maps them to.
 V1_TYPE_NAMES = {

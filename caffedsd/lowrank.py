@@ -356,7 +356,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     # Output positions per layer come from the net itself (TEST phase).
     shape_path = Path(deploy_path or model_path)  # the only net Caffe builds here
     shape_net = nets.get(shape_path) or read_net_prototxt(shape_path, allow_python_layers)
-    check_net_runs(shape_net, shape_path)
+    check_net_runs(shape_net, shape_path, forward=False)  # built for its shapes only
     caffe = import_caffe()
     shapes_net = caffe.Net(str(shape_path), caffe.TEST)
     check_blob_shapes(shapes_net, model, shape_path)

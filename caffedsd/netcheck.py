@@ -11,6 +11,7 @@ the net.
 """
 from pathlib import Path
 
+from .caffe_proto import NetState
 from .errors import InputError
 from .layers import expects_blobs
 
@@ -129,11 +130,71 @@ _SOURCES = {"HDF5Data": "hdf5_data_param", "Data": "data_param", "ImageData": "i
 _LEVELDB = 0  # DataParameter.DB: LEVELDB = 0 (the default), LMDB = 1
 
 
-def check_data_sources(net, net_path, has_leveldb=None):
+_PHASES = {value.name: value.number for value in NetState.DESCRIPTOR.fields_by_name["phase"].enum_type.values}
+
+
+def built_state(net, phase):
+    """The NetState Caffe builds ``net`` in when it is loaded for ``phase``
+    ("TRAIN" or "TEST") by itself, as `caffe test` and pycaffe's caffe.Net
+    do: the net's own state, with that phase and level 0."""
+    state = NetState()
+    state.CopyFrom(net.state)
+    state.phase = _PHASES[phase]
+    state.level = 0
+    return state
+
+
+def solver_state(net, phase, extra=None):
+    """The NetState of a net a Solver builds for ``phase``: the phase, then
+    the net's own state and the solver's ``extra`` (train_state or one
+    test_state) merged over it, in Caffe's order."""
+    state = NetState()
+    state.phase = _PHASES[phase]
+    state.MergeFrom(net.state)
+    if extra is not None:
+        state.MergeFrom(extra)
+    return state
+
+
+def _meets(state, rule):
+    """Caffe's Net::StateMeetsRule."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    return all(stage in state.stage for stage in rule.stage) and \
+        not any(stage in state.stage for stage in rule.not_stage)
+
+
+def built_layers(net, states):
+    """The layers of ``net`` Caffe builds in at least one of ``states``, by
+    their include and exclude rules (Caffe's Net::FilterNet); None: all."""
+    if states is None:
+        return list(net.layer)
+    states = list(states)
+
+    def included(layer, state):
+        if len(layer.include):
+            return any(_meets(state, rule) for rule in layer.include)
+        return not any(_meets(state, rule) for rule in layer.exclude)
+
+    return [layer for layer in net.layer if any(included(layer, state) for state in states)]
+
+
+def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=True):
     """Raise InputError when a data layer of ``net`` reads a file that is not
-    there, or a database its ``backend`` cannot open. ``has_leveldb``:
-    whether this Caffe was built with LevelDB (None: not known)."""
-    for layer in net.layer:
+    there, or a database its ``backend`` cannot open, or, when caffedsd is
+    to run the net ``forward``, is a MemoryData layer, which only Python can
+    feed. ``has_leveldb``: whether this Caffe was built with LevelDB (None:
+    not known). Only the layers built in one of ``states`` are checked
+    (None: all): a TRAIN layer's data need not exist for a TEST pass."""
+    for layer in built_layers(net, states):
+        if layer.type == "MemoryData" and forward:
+            raise InputError(f"{net_path}: layer {layer.name!r} is a MemoryData layer, which only Python "
+                             "(set_input_arrays) feeds and caffedsd does not; read the data from files "
+                             "(Data, HDF5Data, ImageData)")
         mean_file = layer.transform_param.mean_file
         if mean_file and not Path(mean_file).is_file():
             raise InputError(f"{net_path}: layer {layer.name!r} subtracts the mean in {mean_file!r}, "
@@ -162,12 +223,13 @@ def _check_leveldb(layer, source, net_path, has_leveldb):
                          "(CAFFE_ROOT)")
 
 
-def check_layer_types(net, net_path, known):
+def check_layer_types(net, net_path, known, states=None):
     """Raise InputError for a layer whose type is not in ``known`` (the
-    running Caffe's layer registry; None: not known)."""
+    running Caffe's layer registry; None: not known), among the layers
+    built in one of ``states`` (None: all)."""
     if known is None:
         return
-    for layer in net.layer:
+    for layer in built_layers(net, states):
         if layer.type not in known:
             raise InputError(f"{net_path}: layer {layer.name!r} has type {layer.type!r}, which this Caffe does "
                              "not have (a layer of a Caffe fork, or one needing OpenCV, which `make setup` "

@@ -23,7 +23,7 @@ from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair
+from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair, solver_state
 from .solverstate import clean_solverstate
 
 
@@ -87,16 +87,37 @@ def read_solver(path, allow_python_layers=False):
     if not net_path.is_file():
         raise InputError(f"{path}: net {net_file!r} does not exist (paths are relative to the current folder)")
     net = read_net_prototxt(net_path, allow_python_layers)
-    leveldb = caffe_has_leveldb()
-    check_data_sources(net, net_path, leveldb)
     test_nets = []
     for test_path in map(Path, param.test_net):
         if not test_path.is_file():
             raise InputError(f"{path}: test_net {str(test_path)!r} does not exist (paths are relative to the current "
                              "folder)")
         test_nets.append((test_path, read_net_prototxt(test_path, allow_python_layers)))
-        check_data_sources(test_nets[-1][1], test_path, leveldb)
-    return SolverSpec(path, param, net_path, net, tuple(test_nets))
+    spec = SolverSpec(path, param, net_path, net, tuple(test_nets))
+    leveldb = caffe_has_leveldb()
+    for net, net_path, states in built_nets(spec):
+        check_data_sources(net, net_path, leveldb, states)
+    return spec
+
+
+def built_nets(spec):
+    """[(NetParameter, path, NetStates)]: the train/val net and each
+    test_net file, with the states the Solver builds them in (Caffe's
+    Solver::InitTrainNet and InitTestNets): TRAIN with train_state; then a
+    TEST net per test_iter, the test_net files first, the train/val net
+    (given as `net:`) for the rest, each with its test_state."""
+    param = spec.param
+    test_states = list(param.test_state)
+
+    def test_state(index):
+        return test_states[index] if index < len(test_states) else None
+
+    files = len(spec.test_nets)
+    generic = max(0, len(param.test_iter) - files) if param.net else 0
+    main = [solver_state(spec.net, "TRAIN", param.train_state)]
+    main += [solver_state(spec.net, "TEST", test_state(files + i)) for i in range(generic)]
+    return [(spec.net, spec.net_path, main)] + [(net, path, [solver_state(net, "TEST", test_state(i))])
+                                                for i, (path, net) in enumerate(spec.test_nets)]
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
@@ -116,12 +137,12 @@ def check_solver_builds(spec, gpu=None):
     its registry), then anything else, from building them once in a child
     process (caffe_env.build_in_child; it sees only GPU ``gpu``)."""
     known = layer_types(import_pycaffe())
-    nets = [(spec.net, spec.net_path)] + [(net, path) for path, net in spec.test_nets]
-    for net, path in nets:
-        check_layer_types(net, path, known)
+    nets = built_nets(spec)
+    for net, path, states in nets:
+        check_layer_types(net, path, known, states)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
         build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
-                       python_layers=any(has_python_layers(net) for net, _ in nets), gpu=gpu)
+                       python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
 
 def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):

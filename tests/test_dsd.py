@@ -273,6 +273,18 @@ def test_bad_solvers(tmp_path, cli, caffe):
     solver.write_text(good.replace(f'net: "{tmp_path / "net.prototxt"}"',
                                    f'{train_net}\ntest_net: "test_data_net.prototxt"'))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "reads 'nowhere/train.txt', which does not exist")
+    # Caffe aborts on a MemoryData layer nobody fed (set_input_arrays).
+    (tmp_path / "memory.prototxt").write_text((tmp_path / "net.prototxt").read_text().replace(
+        'type: "DummyData" top: "data" top: "target" include { phase: TRAIN }\n'
+        '        dummy_data_param { shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 dim: 5 }\n'
+        '                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } }',
+        'type: "MemoryData" top: "data" top: "target" include { phase: TRAIN }\n'
+        '        memory_data_param { batch_size: 8 channels: 2 height: 6 width: 6 }', 1))
+    assert "MemoryData" in (tmp_path / "memory.prototxt").read_text()
+    solver.write_text(good.replace("net.prototxt", "memory.prototxt"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "memory.prototxt: layer 'data' is a MemoryData layer, which only Python")
+    assert not (tmp_path / "run").exists()
 
 
 def test_masks_that_do_not_fit_the_solver_net(caffe, tmp_path, cli):

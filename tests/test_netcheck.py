@@ -3,7 +3,7 @@ import pytest
 
 from caffedsd.caffe_proto import read_net_prototxt
 from caffedsd.errors import InputError
-from caffedsd.netcheck import check_data_sources, check_layer_types
+from caffedsd.netcheck import built_layers, built_state, check_data_sources, check_layer_types, solver_state
 
 
 def _net(tmp_path, data_param):
@@ -68,3 +68,101 @@ def test_a_missing_mean_file(databases):
     (databases / "mean.binaryproto").write_bytes(b"")
     net.layer[0].transform_param.mean_file = "mean.binaryproto"
     check_data_sources(net, path)
+
+
+# name: rules. DummyData layers, so that Caffe builds each one alone.
+RULES = {
+    "train": "include { phase: TRAIN }",
+    "test": "include { phase: TEST }",
+    "not_test": "exclude { phase: TEST }",
+    "always": "",
+    "deploy_only": 'include { stage: "deploy" }',
+    "on_train_set": 'include { phase: TEST stage: "test-on-train-set" }',
+    "both_stages": 'include { stage: "deploy" stage: "test-on-train-set" }',
+    "not_deploy": 'exclude { not_stage: "deploy" }',
+    "level_1_to_2": "include { min_level: 1 max_level: 2 }",
+    "either": 'include { phase: TRAIN } include { stage: "test-on-train-set" }',
+}
+RULES_NET = 'state { stage: "deploy" }\n' + "".join(
+    f'layer {{ name: "{name}" type: "DummyData" top: "{name}" dummy_data_param {{ shape {{ dim: 1 }} }} {rules} }}\n'
+    for name, rules in RULES.items())
+
+
+def _rules_net(tmp_path):
+    path = tmp_path / "rules.prototxt"
+    path.write_text(RULES_NET)
+    return read_net_prototxt(path)
+
+
+def _built(net, *states):
+    return [layer.name for layer in built_layers(net, states)]
+
+
+def test_which_layers_caffe_builds_in_a_state(tmp_path):
+    net = _rules_net(tmp_path)
+    # Loaded by itself for TEST (caffe test, caffe.Net): the file's stage, level 0.
+    assert _built(net, built_state(net, "TEST")) == ["test", "always", "deploy_only", "not_deploy"]
+    assert _built(net, built_state(net, "TRAIN")) == ["train", "not_test", "always", "deploy_only", "not_deploy",
+                                                      "either"]
+    # A solver's test net with test_state { stage: "test-on-train-set" } merged over the file's state.
+    extra = solver_state(net, "TEST").__class__(stage=["test-on-train-set"], level=1)
+    state = solver_state(net, "TEST", extra)
+    assert list(state.stage) == ["deploy", "test-on-train-set"] and state.level == 1
+    assert _built(net, state) == ["test", "always", "deploy_only", "on_train_set", "both_stages", "not_deploy",
+                                  "level_1_to_2", "either"]
+    # A layer is built when any of the states builds it.
+    assert _built(net, built_state(net, "TEST"), built_state(net, "TRAIN")) == [
+        "train", "test", "not_test", "always", "deploy_only", "not_deploy", "either"]
+    assert len(built_layers(net, None)) == len(net.layer)
+
+
+def test_data_of_layers_another_phase_builds_is_not_checked(databases):
+    path = databases / "tv.prototxt"
+    path.write_text('layer { name: "data" type: "Data" top: "data" include { phase: TRAIN } '
+                    'data_param { source: "nowhere_lmdb" backend: LMDB batch_size: 4 } }\n'
+                    'layer { name: "data" type: "Data" top: "data" include { phase: TEST } '
+                    'data_param { source: "train_lmdb" backend: LMDB batch_size: 4 } }\n'
+                    'layer { name: "fork" type: "ForkData" top: "x" include { phase: TRAIN } }\n')
+    net = read_net_prototxt(path)
+    test = [built_state(net, "TEST")]
+    check_data_sources(net, path, False, test)
+    check_layer_types(net, path, {"Data"}, test)
+    with pytest.raises(InputError, match="reads 'nowhere_lmdb', which does not exist"):
+        check_data_sources(net, path, False, [built_state(net, "TRAIN")])
+    with pytest.raises(InputError, match="layer 'fork' has type 'ForkData'"):
+        check_layer_types(net, path, {"Data"}, [built_state(net, "TRAIN")])
+
+
+def test_a_memory_data_layer_is_refused(tmp_path):
+    path = tmp_path / "m.prototxt"
+    path.write_text('layer { name: "feed" type: "MemoryData" top: "data" top: "label" '
+                    'memory_data_param { batch_size: 4 channels: 1 height: 2 width: 2 } }\n')
+    with pytest.raises(InputError, match=r"m.prototxt: layer 'feed' is a MemoryData layer, which only Python "
+                                         r"\(set_input_arrays\) feeds and caffedsd does not"):
+        check_data_sources(read_net_prototxt(path), path)
+    check_data_sources(read_net_prototxt(path), path, forward=False)  # built, never run: decompose's shapes
+
+
+@pytest.mark.caffe
+def test_the_layers_caffe_builds_are_those_predicted(tmp_path, monkeypatch):
+    """Caffe itself: caffe.Net for each phase, and a Solver with a
+    train_state and two test nets with test_states (training.built_nets)."""
+    from caffedsd.caffe_env import import_caffe
+    from caffedsd.training import built_nets, read_solver
+
+    caffe = import_caffe()
+    monkeypatch.chdir(tmp_path)
+    net = _rules_net(tmp_path)
+    for phase, number in (("TRAIN", caffe.TRAIN), ("TEST", caffe.TEST)):
+        built = caffe.Net(str(tmp_path / "rules.prototxt"), number)
+        assert list(built._layer_names) == _built(net, built_state(net, phase)), phase
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "rules.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 1\n'
+        'train_state { level: 2 }\ntest_iter: 1\ntest_iter: 1\ntest_interval: 10\n'
+        'test_state { }\ntest_state { stage: "test-on-train-set" level: 1 }\n')
+    solver = caffe.get_solver("solver.prototxt")
+    ((_, _, states),) = built_nets(read_solver("solver.prototxt"))
+    caffe_nets = [solver.net] + list(solver.test_nets)
+    assert len(states) == len(caffe_nets) == 3
+    for built, state in zip(caffe_nets, states):
+        assert list(built._layer_names) == _built(net, state)

@@ -174,3 +174,21 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
                         "-o", out), "made by a different model, weights or settings")
     assert not (tmp_path / "s").exists() and not (tmp_path / "p.yaml").exists()
     json.loads((out / "sensitivity.json").read_text())  # the earlier scan is intact
+
+
+@pytest.mark.caffe
+def test_a_test_phase_run_needs_only_the_test_data(lenet, tmp_path, cli):
+    """The TRAIN data of a train_val need not be there to scan or verify a
+    model on its TEST data (an evaluation machine with the validation set
+    only); a TEST layer's data must."""
+    _, proto, weights = lenet
+    text = proto.read_text()
+    train_list = text.split('source: "', 1)[1].split('"', 1)[0]  # the TRAIN HDF5Data layer comes first
+    (tmp_path / "val_only.prototxt").write_text(text.replace(train_list, "no/train.txt", 1))
+    result = cli("sensitivity", "-p", "val_only.prototxt", "-w", weights, "-l", "ip2", "--sparsities", "0.5",
+                 "-n", 1, "-o", "s")
+    assert result.exit_code == 0, result.output
+    test_list = text.split('source: "')[2].split('"', 1)[0]
+    (tmp_path / "no_val.prototxt").write_text(text.replace(test_list, "no/test.txt"))
+    assert_one_line_error(cli("sensitivity", "-p", "no_val.prototxt", "-w", weights, "-n", 1, "-o", "t"),
+                          "layer 'mnist' reads 'no/test.txt', which does not exist")
