@@ -95,8 +95,8 @@ def read_solver(path, allow_python_layers=False):
         test_nets.append((test_path, read_net_prototxt(test_path, allow_python_layers)))
     spec = SolverSpec(path, param, net_path, net, tuple(test_nets))
     leveldb = caffe_has_leveldb()
-    for net, net_path, states in built_nets(spec):
-        check_data_sources(net, net_path, leveldb, states)
+    for each, where, states in built_nets(spec):
+        check_data_sources(each, where, leveldb, states)
     return spec
 
 
