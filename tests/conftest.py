@@ -225,3 +225,20 @@ def kill_while_writing(path):
     (left,) = set(path.parent.iterdir()) - before
     assert left.name.startswith(f".{path.name}.") and left.name.endswith(".tmp") and left.read_text() == "half"
     return left.name
+
+
+class Stop(Exception):
+    pass
+
+
+def stopping_at(iteration):
+    """A progress protocol (run_recipe's ``progress``) that interrupts the
+    run after training iteration ``iteration``, as a kill would, once its
+    checkpoints are written."""
+    def progress(label, total, done):
+        def callback(row, _):
+            if row.get("iter") == iteration and "loss" in row:
+                raise Stop
+        callback.close = lambda: None
+        return callback
+    return progress

@@ -15,7 +15,7 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
 from caffedsd.report import parse_tests_csv
 from caffedsd.verify import parse_test_outputs, run_caffe_test
-from conftest import assert_one_line_error, lenet_files, save_net, write_solver
+from conftest import Stop, assert_one_line_error, lenet_files, save_net, stopping_at, write_solver
 
 @pytest.fixture(scope="module")
 def lenet_solver(tmp_path_factory):
@@ -141,23 +141,6 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
     assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][3]["kind"] == "dense"
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stopping_at(iteration, rows):
-    """A progress protocol that records every row and interrupts the run
-    after training iteration ``iteration`` (None: never)."""
-    def progress(label, total, done):
-        def callback(row, _):
-            rows.append((label, row))
-            if row.get("iter") == iteration and "loss" in row:
-                raise _Stop
-        callback.close = lambda: None
-        return callback
-    return progress
-
-
 @pytest.mark.caffe
 @pytest.mark.slow
 def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path, cli, device):
@@ -181,8 +164,8 @@ def test_interrupted_lenet_stage_reads_what_an_uninterrupted_one_reads(tmp_path,
     gpu = ["--gpu", device] if device is not None else []
     run_recipe(recipe, tmp_path / "reference", gpu=device)
     for run in ("run", "restarted"):
-        with pytest.raises(_Stop):
-            run_recipe(recipe, tmp_path / run, gpu=device, progress=_stopping_at(60, []))
+        with pytest.raises(Stop):
+            run_recipe(recipe, tmp_path / run, gpu=device, progress=stopping_at(60))
     result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run", *gpu)
     assert result.exit_code == 0, result.output
     assert "01-dense: replaying the data layers through 40 iteration(s) and 2 TEST pass(es)" in result.output

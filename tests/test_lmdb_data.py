@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from caffedsd.verify import parse_test_outputs, run_caffe_test
-from conftest import assert_one_line_error
+from conftest import Stop, assert_one_line_error, stopping_at
 
 lmdb = pytest.importorskip("lmdb")
 
@@ -112,3 +112,29 @@ def test_train_dense_test_iterations(lmdb_solver, cli):
     assert abs(losses[1] - losses[2]) > 1e-3, losses  # so the count did matter
     assert cli("train-dense", "--solver", "solver.prototxt", "-w", "run/01-dense/model.caffemodel",
                "--test-iterations", 0, "-o", "x.caffemodel").exit_code == 2
+
+
+def test_an_interrupted_stage_on_lmdb_reads_what_an_uninterrupted_one_reads(lmdb_solver):
+    """A Data layer fills its batches in a prefetch thread, with random crops
+    and mirrors from its own RNG; Dropout draws from Caffe's: replayed up to
+    the checkpoint, the continued stage ends where an uninterrupted one
+    does, bit for bit, and without the replay it does not."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import Recipe
+
+    (lmdb_solver / "net.prototxt").write_text(NET.replace(
+        'layer { name: "ip1"', 'layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1" }\n'
+        'layer { name: "ip1"', 1))
+    recipe = Recipe.from_dict({"solver": "solver.prototxt", "checkpoint_every": 10, "test_interval": 10,
+                               "test_iterations": 1, "stages": [{"dense": {"iterations": 30}}]})
+    run_recipe(recipe, lmdb_solver / "reference")
+    for run, replay in (("run", True), ("restarted", False)):
+        with pytest.raises(Stop):
+            run_recipe(recipe, lmdb_solver / run, progress=stopping_at(15))
+        run_recipe(recipe, lmdb_solver / run, replay=replay)
+    stage = "01-dense"
+    for name in ("tests.csv", "curve.csv", "model.caffemodel"):
+        reference = (lmdb_solver / "reference" / stage / name).read_bytes()
+        assert (lmdb_solver / "run" / stage / name).read_bytes() == reference, name
+    assert (lmdb_solver / "restarted" / stage / "model.caffemodel").read_bytes() != \
+        (lmdb_solver / "reference" / stage / "model.caffemodel").read_bytes()
