@@ -282,7 +282,8 @@ def replayed_layers(net):
             if not list(net._bottom_ids(index)) or layer.type in _RANDOM_TYPES]
 
 
-def _advance(net, batches):
+def replay_batches(net, batches):
+    """Run ``net``'s replayed_layers alone, ``batches`` times."""
     layers = replayed_layers(net)
     for _ in range(batches):
         for index in layers:
@@ -305,11 +306,11 @@ def replay_data(solver, iter_size, counts, start, tests):
     which the next real forward pass overwrites."""
     position = start
     for at in sorted(tests):
-        _advance(solver.net, (at - position) * iter_size)
+        replay_batches(solver.net, (at - position) * iter_size)
         for net, count in zip(solver.test_nets, counts):
-            _advance(net, max(0, count))
+            replay_batches(net, max(0, count))
         position = at
-    _advance(solver.net, (int(solver.iter) - position) * iter_size)
+    replay_batches(solver.net, (int(solver.iter) - position) * iter_size)
 
 
 def save_net(solver, output, maskset=None):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
 from caffedsd.caffe_env import import_caffe  # noqa: E402
-from caffedsd.training import read_solver, replayed_layers  # noqa: E402
+from caffedsd.training import read_solver, replay_batches, replayed_layers  # noqa: E402
 
 
 def _spec(text):
@@ -45,9 +45,7 @@ def measure(solver_path, steps, replays, repeats):
         if kind == "step":
             solver.step(steps)
             return {"ms": (time.perf_counter() - start) * 1e3 / steps}
-        for _ in range(replays * iter_size):
-            for index in layers:
-                solver.net._forward(index, index)
+        replay_batches(solver.net, replays * iter_size)
         return {"ms": (time.perf_counter() - start) * 1e3 / replays}
 
     runs = benchlib.alternate(("step", "replay"), repeats, one)
