@@ -184,16 +184,6 @@ def net_choices(gpu):
 # ----------------------------------------------------------------- bench --
 
 
-def synchronize(gpu):
-    """Wait for the GPU's queued work, so a timed stretch includes it."""
-    if gpu is None:
-        return
-    from caffedsd import device
-
-    if device.cupy is not None:
-        device.cupy.cuda.Device(gpu).synchronize()
-
-
 class NetBench:
     """One net's solver file, pruned initial weights and masks."""
 
@@ -250,11 +240,11 @@ class NetBench:
         solver = self.fresh_solver()
         for _ in range(warmup):
             solver.step(1)
-        synchronize(self.gpu)
+        benchlib.synchronize(self.gpu)
         start = time.perf_counter()
         for _ in range(iterations):
             solver.step(1)
-        synchronize(self.gpu)
+        benchlib.synchronize(self.gpu)
         elapsed = time.perf_counter() - start
         del solver
         gc.collect()
@@ -263,10 +253,10 @@ class NetBench:
     def run_hooked(self, variant, warmup, iterations):
         solver, dispatcher = self.hooked_solver(variant)
         train(solver, warmup, dispatcher)
-        synchronize(self.gpu)
+        benchlib.synchronize(self.gpu)
         start = time.perf_counter()
         curve = train(solver, iterations, dispatcher)
-        synchronize(self.gpu)
+        benchlib.synchronize(self.gpu)
         elapsed = time.perf_counter() - start
         assert len(curve) == iterations and curve[-1]["iter"] == warmup + iterations
         self.check_zeros(solver)
@@ -303,11 +293,11 @@ class NetBench:
 
         def per_call(fn):
             fn()
-            synchronize(self.gpu)
+            benchlib.synchronize(self.gpu)
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
-                synchronize(self.gpu)
+                benchlib.synchronize(self.gpu)
             return (time.perf_counter() - start) / calls
 
         net = solver.net
@@ -369,22 +359,9 @@ def code_info():
 
 def machine_info(gpu):
     ok, why = device_hooks_available()
-    return benchlib.machine(mode=f"GPU {gpu}" if gpu is not None else "CPU", gpu=gpu_name(gpu),
+    return benchlib.machine(mode=f"GPU {gpu}" if gpu is not None else "CPU", gpu=benchlib.gpu_name(gpu),
                             device_hooks="yes" if ok else f"no: {why}", code=code_info(),
                             omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
-
-
-def gpu_name(gpu):
-    if gpu is None:
-        return None
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=name,driver_version,compute_cap",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
-        return out.strip() or None
-    except OSError:
-        return None
 
 
 def summarize(bench, variant, plain, hooked, args, iterations):

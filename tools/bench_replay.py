@@ -1,6 +1,6 @@
 """What a continued dsd stage pays to replay its data: a training iteration
 (`solver.step(1)`) against the replay of one (training.replay_data's layers
-run `iter_size` times), per solver, on the CPU.
+run `iter_size` times), per solver, on the CPU or, with --gpu ID, on a GPU.
 
 A resumed stage replays every iteration it had made before its checkpoint,
 so the ratio is the fraction of the time those iterations took that the
@@ -10,6 +10,11 @@ replay costs. Paths in a solver are relative to the current folder, as for
     GLOG_minloglevel=2 .venv/bin/python tools/bench_replay.py solvers/lenet_solver.prototxt:200:5000
     cd work/modelzoo_train/squeezenet_v1.1 && \\
         GLOG_minloglevel=2 ../../../.venv/bin/python ../../../tools/bench_replay.py solver.prototxt:1:20
+    GLOG_minloglevel=2 .venv/bin/python tools/bench_replay.py --gpu 0 solvers/lenet_solver.prototxt:1000:5000
+
+On a GPU a step is short and the replay (the data layers, on the host)
+is not, so there the ratio can be much larger than on the CPU; each timed
+stretch ends with a device synchronize.
 
 Each argument is SOLVER[:STEPS[:REPLAYS]]: the iterations timed of each kind.
 """
@@ -32,21 +37,23 @@ def _spec(text):
     return Path(path), counts[0], counts[1]
 
 
-def measure(solver_path, steps, replays, repeats):
+def measure(solver_path, steps, replays, repeats, gpu=None):
     """{step: [{ms}], replay: [{ms}]} per iteration, the replayed layers'
     names and the solver's iter_size."""
     iter_size = max(1, read_solver(solver_path).param.iter_size)
-    solver = import_caffe().get_solver(str(solver_path))
+    solver = import_caffe(gpu).get_solver(str(solver_path))
     layers = replayed_layers(solver.net)
     solver.step(1)  # warm: first allocations, the prefetch threads' first batches
 
     def one(kind, _):
+        benchlib.synchronize(gpu)
         start = time.perf_counter()
         if kind == "step":
             solver.step(steps)
-            return {"ms": (time.perf_counter() - start) * 1e3 / steps}
-        replay_batches(solver.net, replays * iter_size)
-        return {"ms": (time.perf_counter() - start) * 1e3 / replays}
+        else:
+            replay_batches(solver.net, replays * iter_size)
+        benchlib.synchronize(gpu)
+        return {"ms": (time.perf_counter() - start) * 1e3 / (steps if kind == "step" else replays)}
 
     runs = benchlib.alternate(("step", "replay"), repeats, one)
     return runs, [solver.net._layer_names[i] for i in layers], iter_size
@@ -55,11 +62,12 @@ def measure(solver_path, steps, replays, repeats):
 def main():
     parser = benchlib.parser(__doc__, workdir=False)
     parser.add_argument("solvers", nargs="+", help="SOLVER[:STEPS[:REPLAYS]]")
+    parser.add_argument("--gpu", type=int, default=None, metavar="ID", help="run on this GPU instead of the CPU")
     args = parser.parse_args()
     rows, results = [], {}
     for text in args.solvers:
         path, steps, replays = _spec(text)
-        runs, names, iter_size = measure(path, steps, replays, args.repeats)
+        runs, names, iter_size = measure(path, steps, replays, args.repeats, args.gpu)
         step, replay = benchlib.median(runs["step"], "ms"), benchlib.median(runs["replay"], "ms")
         results[str(path)] = {"runs": runs, "layers": names, "iter_size": iter_size, "steps": steps,
                               "replays": replays}
@@ -67,7 +75,9 @@ def main():
                      f"{replay / step:.4f}"])
     print(benchlib.markdown_table(["solver", "replayed layers", "iter_size", "step ms (median)",
                                    "replay ms per iteration (median)", "replay / step"], rows, "llrrrr"))
-    print("Machine: " + benchlib.machine_line(benchlib.machine()))
+    on = {} if args.gpu is None else {"mode": f"GPU {args.gpu}", "gpu": benchlib.gpu_name(args.gpu)}
+    machine = benchlib.machine(**on)
+    print("Machine: " + benchlib.machine_line(machine))
     benchlib.write_json(args.json, results)
 
 

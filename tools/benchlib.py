@@ -40,6 +40,17 @@ def parser(doc, repeats=3, workdir=True):
     return result
 
 
+def synchronize(gpu):
+    """Wait for the GPU's queued work, so a timed stretch includes it (no-op
+    on the CPU, or without CuPy)."""
+    if gpu is None:
+        return
+    from caffedsd import device
+
+    if device.cupy is not None:
+        device.cupy.cuda.Device(gpu).synchronize()
+
+
 def _at_least_one(text):
     value = int(text)
     if value < 1:
@@ -108,6 +119,20 @@ def _mem_total():
     except OSError:
         pass
     return None
+
+
+def gpu_name(gpu):
+    """nvidia-smi's name, driver and compute capability of that GPU, or None."""
+    if gpu is None:
+        return None
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={gpu}", "--query-gpu=name,driver_version,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30).stdout
+        return out.strip() or None
+    except OSError:
+        return None
 
 
 def machine(**extra):
