@@ -3,70 +3,77 @@
 # network (nvcc, cmake, gcc and a Python with numpy 2 and CuPy there).
 #
 # NOT YET RUN ON A GPU. What has run, on a 2-core Debian 12 machine:
-# - `fetch` (50 MB for build, 30 MB of Fashion-MNIST for the demo);
+# - `fetch`;
 # - `build ... --cpu` for a bare Python 3.12.1 venv (numpy 2.5, protobuf 7
 #   upb, no six: pycaffe needs it, so python3-six is staged): Boost.Python
 #   1.74 compiled for 3.12 (deprecation warnings only), CPU Caffe built
 #   from the staged root, pycaffe imports;
-# - `check` tests, bench and demo with --cpu on that build (the demo's
-#   numbers equal docs/RESULTS.md's);
+# - `check` tests, bench and demo, and `all`, with --cpu on that build
+#   (the demo's numbers equal docs/RESULTS.md's);
 # - `build` with CUDA for that Python 3.12 (nvcc 13.0 completed with the
 #   cu13 cuBLAS/cuRAND wheels, CAFFEDSD_CUDA_ARCH=90): compiled and
 #   installed in 9.4 min on 2 cores; pycaffe imports with _gpu_data_ptr.
 # Nothing has run on the GPU machine itself.
 #
 #   tools/gpu_stage.sh fetch STAGE          here: Debian 12, apt and network
+#   tools/gpu_stage.sh all STAGE PYTHON OUTDIR
+#                                           there: build, then every check below
 #   tools/gpu_stage.sh build STAGE PYTHON   there: no apt, no network
-#   tools/gpu_stage.sh build STAGE PYTHON --cpu
-#                                           a rehearsal anywhere: the same steps
-#                                           without CUDA (no nvcc needed)
-#   tools/gpu_stage.sh check STAGE PYTHON STEP OUTDIR [--cpu] [-- ARGS]
+#   tools/gpu_stage.sh check STAGE PYTHON STEP OUTDIR [-- ARGS]
 #                                           there, after build (below)
+#   ... --cpu after PYTHON or OUTDIR        a rehearsal anywhere: the same steps
+#                                           without CUDA (no nvcc needed)
 #
-# STAGE=gpu-stage (git-ignored, under 64 MB) can travel with a checkout.
+# STAGE=gpu-stage is git-ignored. What a device call carries, 60 MB of its
+# 64 MiB: STAGE/root.tar.xz, STAGE/src and STAGE/fashion-mnist.
 #
 # fetch: `apt-get download` of Debian 12's build dependencies (Boost with
 #   Boost.Python, glog, gflags, protobuf 3.21 + protoc, HDF5, OpenBLAS,
 #   lmdb; runtime and -dev packages, not their whole dependency closure:
-#   libc, libstdc++, zlib and libcurl are assumed there), the Caffe source
-#   unpacked by dpkg-source with its sha256 checked (tools/build_caffe.sh's
-#   own fetch), and Boost.Python's C++ sources from Debian's boost1.74.
-# build: `dpkg -x` of every .deb into STAGE/root; then, if PYTHON is not
-#   the 3.11 that Debian 12's Boost.Python was built for, Boost.Python is
-#   compiled from the staged sources for PYTHON (its headers must be there:
-#   checked first); then tools/build_caffe.sh --cuda with the staged source
-#   and CMake pointed into STAGE/root; then `caffedsd info`.
+#   libc, libstdc++, zlib and libcurl are assumed there), unpacked by
+#   `dpkg -x` into one tree, which is packed as STAGE/root.tar.xz (its
+#   PACKAGES file lists the packages); the Caffe source unpacked by
+#   dpkg-source with its sha256 checked (tools/build_caffe.sh's own fetch);
+#   Boost.Python's C++ sources from Debian's boost1.74; Fashion-MNIST.
+# build: STAGE/root.tar.xz is unpacked into STAGE/root; then, if PYTHON is
+#   not the 3.11 that Debian 12's Boost.Python was built for, Boost.Python
+#   is compiled from the staged sources for PYTHON (its headers must be
+#   there: checked first); then tools/build_caffe.sh --cuda with the
+#   staged source and CMake pointed into STAGE/root; then `caffedsd info`.
 #
 # Debian 12's libboost_python311 is built for Python 3.11; a 3.11
 # Boost.Python cannot load into 3.12 (different C API/ABI), so for another
 # Python `build` compiles libboost_pythonXY from Boost 1.74's own sources
 # against that Python's headers.
 #
-# After `build`, from the repo root there, one step per call (each well
-# under the device tool's 10 minutes; OUTDIR receives logs and results):
-#   tools/gpu_stage.sh check STAGE PYTHON tests OUTDIR   pytest -m gpu -rs (run, not skipped)
-#   tools/gpu_stage.sh check STAGE PYTHON bench OUTDIR   bench_masked_step.py --gpu 0 --repeats 9
-#                                                        (bench.json after each net; `-- --nets vgg16`
-#                                                        passes options on, if 10 minutes are too few)
-#   tools/gpu_stage.sh check STAGE PYTHON demo OUTDIR    tools/demo.sh on GPU 0 (Fashion-MNIST
-#                                                        from STAGE/fashion-mnist, 30 MB)
-# STAGE/debs and STAGE/src (51 MB) travel for `build`, STAGE/fashion-mnist
-# for `demo` alone: one call carries at most 64 MB. With --cpu after OUTDIR
-# the same steps run on the CPU build (a rehearsal).
+# The checks, from the repo root there (OUTDIR receives logs and results):
+#   tests    pytest -m gpu -rs (run, not skipped)
+#   demo     tools/demo.sh on GPU 0 (Fashion-MNIST from STAGE/fashion-mnist),
+#            every stage's model in stock `caffe test --gpu=0`
+#   bench    bench_masked_step.py --gpu 0 --repeats 9 (bench.json after
+#            each net; `-- --nets vgg16` passes options on)
+#   replay   bench_replay.py --gpu 0: a resumed stage's replay against a step
+#   suite    pytest -m "not gpu": the CPU mode of the CUDA build
+# `all` runs build, tests, demo, bench (a net at a time), replay and suite
+# in one call, and a second call with the same command goes on from where
+# the first was cut at the device tool's 10 minutes (STAGE/results keeps
+# what ran while the machine stays warm).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CMD=${1:-}
 say() { echo "gpu-stage: $*"; }
 usage() {  # usage [WHAT IS WRONG]: one line, exit 2
-    say "${1:+$1; }usage: gpu_stage.sh fetch STAGE | build STAGE PYTHON [--cpu]" \
-        "| check STAGE PYTHON tests|bench|demo OUTDIR [--cpu] [-- ARGS]" >&2
+    say "${1:+$1; }usage: gpu_stage.sh fetch STAGE | all STAGE PYTHON OUTDIR [--cpu]" \
+        "| build STAGE PYTHON [--cpu] | check STAGE PYTHON tests|demo|bench|replay|suite OUTDIR [--cpu] [-- ARGS]" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
 STAGE=$2
 STAGE=$(realpath -m "$STAGE")
 
+# What a device call carries (paths under STAGE): 60 MB of its 64 MiB.
+CARRY=(root.tar.xz src fashion-mnist)
 DEBS=(libboost1.74-dev
       libboost-system1.74-dev libboost-system1.74.0 libboost-thread1.74-dev libboost-thread1.74.0
       libboost-filesystem1.74-dev libboost-filesystem1.74.0 libboost-atomic1.74-dev libboost-atomic1.74.0
@@ -80,16 +87,32 @@ DEBS=(libboost1.74-dev
       python3-six)  # pycaffe imports six; the GPU machine's Python may lack it
 
 fetch() {
-    mkdir -p "$STAGE/debs" "$STAGE/src"
-    (cd "$STAGE/debs" && apt-get download "${DEBS[@]}" 2>&1 | grep -v "unsandboxed")
+    mkdir -p "$STAGE/src"
+    local tmp
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/debs" "$tmp/root"
+    (cd "$tmp/debs" && apt-get download "${DEBS[@]}" 2>&1 | grep -v "unsandboxed")
+    # One unpacked tree in place of the .debs, less their static libraries,
+    # docs and man pages (226 MB, 19 MB as .tar.xz against 33 MB of .debs):
+    # then it, the Caffe source and Fashion-MNIST travel in one device call.
+    for deb in "$tmp"/debs/*.deb; do
+        dpkg -x "$deb" "$tmp/root"
+        dpkg-deb --showformat='${Package} ${Version}\n' -W "$deb" >> "$tmp/root/PACKAGES"
+    done
+    find "$tmp/root" -name '*.a' -delete
+    rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man" "$tmp/root/usr/share/lintian"
+    tar -C "$tmp" -I 'xz -9 -T0' -cf "$STAGE/root.tar.xz.part" root
+    mv "$STAGE/root.tar.xz.part" "$STAGE/root.tar.xz"
+    rm -rf "$tmp" "$STAGE/root" "$STAGE/src/caffe" "$STAGE/src/boost-python"
     # The Caffe source, as tools/build_caffe.sh fetches and checks it; its
-    # build folder is kept (CAFFEDSD_KEEP_BUILD) and only the tree is staged.
+    # build folder is kept (CAFFEDSD_KEEP_BUILD) and only the tree is staged,
+    # less its notebooks and pictures (8 of its 17 MB; no build step reads them).
     local probe="$STAGE/src/probe"
     CAFFEDSD_KEEP_BUILD=1 bash "$ROOT/tools/build_caffe.sh" "$(command -v python3)" "$probe" --fetch-only
     mv "$probe.build/src/caffe" "$STAGE/src/caffe"
     rm -rf "$probe.build" "$probe"
+    find "$STAGE/src/caffe" \( -name '*.ipynb' -o -name '*.jpg' -o -name '*.png' -o -name '*.gif' -o -name '*.csv.gz' \) -delete
     # Boost.Python's sources (libs/python/src) out of Debian's boost1.74.
-    local tmp
     tmp=$(mktemp -d)
     # shellcheck source=debian_source.sh
     . "$ROOT/tools/debian_source.sh"
@@ -108,7 +131,8 @@ fetch() {
     else
         cp /usr/share/datasets/fashion-mnist/*.gz "$STAGE/fashion-mnist/"
     fi
-    say "staged in $STAGE ($(du -sh "$STAGE" | cut -f1)): STAGE/debs and STAGE/src ($(du -shc "$STAGE/debs" "$STAGE/src" | tail -1 | cut -f1)) for \`$0 build STAGE PYTHON\` there, STAGE/fashion-mnist for its demo"
+    say "staged in $STAGE: $(du -shc "${CARRY[@]/#/$STAGE/}" | tail -1 | cut -f1) to carry" \
+        "(${CARRY[*]/#/$(basename "$STAGE")/})"
 }
 
 build() {
@@ -121,8 +145,13 @@ build() {
     esac
     python=$(command -v "$python" || echo "$python")
     local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
-    mkdir -p "$root"
-    for deb in "$STAGE"/debs/*.deb; do dpkg -x "$deb" "$root"; done
+    if [ ! -f "$root/PACKAGES" ]; then
+        [ -f "$STAGE/root.tar.xz" ] || { say "no $STAGE/root.tar.xz: run fetch, and carry it" >&2; exit 2; }
+        rm -rf "$root" "$root.part"
+        mkdir -p "$root.part"
+        tar -xJf "$STAGE/root.tar.xz" -C "$root.part" --strip-components=1
+        mv "$root.part" "$root"
+    fi
     stage_env
     local pyver pyinc pylib
     pyver=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
@@ -145,9 +174,13 @@ build() {
     fi
     if [ "$pyver" != 311 ]; then
         say "compiling Boost.Python for Python ${pyver:0:1}.${pyver:1} (Debian's is for 3.11)"
-        find "$STAGE/src/boost-python" -name '*.cpp' -not -path '*numpy*' -print0 \
-            | xargs -0 g++ -shared -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
-                  -I "$root/usr/include" -I "$pyinc" -o "$lib/libboost_python$pyver.so.1.74.0" "$pylib"
+        local obj="$STAGE/boost-python-$pyver"
+        rm -rf "$obj" && mkdir -p "$obj"
+        (cd "$STAGE/src/boost-python" && find . -name '*.cpp' -not -path '*numpy*' -printf '%P\n') \
+            | xargs -P "$(nproc)" -I{} sh -c 'g++ -c -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
+                  -I "$1" -I "$2" -o "$3/$(echo "$4" | tr / _).o" "$5/$4"' \
+                  sh "$root/usr/include" "$pyinc" "$obj" {} "$STAGE/src/boost-python"
+        g++ -shared -o "$lib/libboost_python$pyver.so.1.74.0" "$obj"/*.o "$pylib"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python$pyver.so"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python3.so"
     fi
@@ -186,10 +219,19 @@ stage_env() {
     export CAFFEDSD_CAFFE_BIN="$STAGE/caffe/bin/caffe" GLOG_minloglevel=${GLOG_minloglevel:-2}
 }
 
+# Fashion-MNIST as HDF5 in data/fashion-mnist (the demo's and the LeNet
+# solver's), from STAGE/fashion-mnist.
+fashion_data() {
+    [ -f data/fashion-mnist/test.txt ] && return 0
+    [ -f "$STAGE/fashion-mnist/train-images-idx3-ubyte.gz" ] \
+        || { echo "gpu-stage: no $STAGE/fashion-mnist/*.gz (staged by fetch; carry it)" >&2; exit 1; }
+    caffedsd data fashion-mnist --source "$STAGE/fashion-mnist" -o data/fashion-mnist
+}
+
 check() {
     [ $# -ge 5 ] || usage "check needs PYTHON, STEP and OUTDIR"
     local python=$3 step=$4 out=$5 gpu=0 markers=gpu
-    case "$step" in tests|bench|demo) ;; *) usage "unknown step $step" ;; esac
+    case "$step" in tests|bench|demo|replay|suite) ;; *) usage "unknown step $step" ;; esac
     shift 5
     if [ "${1:-}" = --cpu ]; then gpu= markers=caffe; shift; fi
     # After --, arguments for the step's own command (pytest, bench_masked_step.py).
@@ -209,17 +251,24 @@ check() {
         tests)
             "$python" -m pytest -m "$markers" -rs -p no:cacheprovider tests ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/tests.txt"
             return "${PIPESTATUS[0]}" ;;
+        suite)
+            # Every test that needs no GPU, in CPU mode on this build (on a
+            # CUDA build, Caffe's CPU mode is another path than on a CPU-only one).
+            "$python" -m pytest -m "not gpu" -rs -p no:cacheprovider tests ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/suite.txt"
+            return "${PIPESTATUS[0]}" ;;
         bench)
             # bench.json is rewritten after each net: a run cut short keeps the nets it finished.
             "$python" tools/bench_masked_step.py ${gpu:+--gpu "$gpu"} --repeats 9 --json "$out/bench.json" \
                 ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/bench.txt"
             return "${PIPESTATUS[0]}" ;;
+        replay)
+            fashion_data
+            "$python" tools/bench_replay.py ${gpu:+--gpu "$gpu"} --repeats 5 --json "$out/replay.json" \
+                ${extra[@]+"${extra[@]}"} solvers/lenet_solver.prototxt:400:4000 \
+                solvers/squeezenet_fashion_solver.prototxt:100:1000 2>&1 | tee "$out/replay.txt"
+            return "${PIPESTATUS[0]}" ;;
         demo)
-            if [ ! -f data/fashion-mnist/test.txt ]; then
-                [ -f "$STAGE/fashion-mnist/train-images-idx3-ubyte.gz" ] \
-                    || { echo "gpu-stage: no $STAGE/fashion-mnist/*.gz (staged by fetch; carry it)" >&2; exit 1; }
-                caffedsd data fashion-mnist --source "$STAGE/fashion-mnist" -o data/fashion-mnist
-            fi
+            fashion_data
             CAFFEDSD_DEMO_GPU=$gpu VENV="$STAGE" bash tools/demo.sh 2>&1 | tee "$out/demo.txt"
             local rc=${PIPESTATUS[0]}
             cp -r work/demo${gpu:+-gpu} "$out/" 2>/dev/null || true
@@ -227,9 +276,69 @@ check() {
     esac
 }
 
+# Every step in one device call, in order of need: a call stopped at its
+# limit leaves what finished in OUTDIR, and the same command in the next
+# call (while the machine is warm, STAGE/results keeps what ran) goes on
+# from the step that was cut. OUTDIR gets three files: summary.txt,
+# all.log and results.tar.gz (STAGE/results, without models).
+all() {
+    [ $# -ge 4 ] || usage "all needs PYTHON and OUTDIR"
+    local python=$3 out=$4 cpu= self="$ROOT/tools/gpu_stage.sh"
+    case "${5:-}" in
+        "") ;;
+        --cpu) cpu=--cpu ;;
+        *) usage "unknown option ${5} (expected --cpu)" ;;
+    esac
+    mkdir -p "$out" "$STAGE/results"
+    out=$(realpath "$out")
+    RESULTS="$STAGE/results" OUT="$out"
+    exec > >(tee -a "$out/all.log") 2>&1
+    say "all: $(date -u +%FT%TZ), $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,compute_cap \
+        --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+    all_step build bash "$self" build "$STAGE" "$python" $cpu || { say "all: the build failed (above)"; return 1; }
+    # A failed step is reported, and the next one runs.
+    all_step tests bash "$self" check "$STAGE" "$python" tests "$RESULTS/tests" $cpu || true
+    all_step demo bash "$self" check "$STAGE" "$python" demo "$RESULTS/demo" $cpu || true
+    local net
+    local nets=(lenet squeezenet vgg16)
+    [ -z "$cpu" ] || nets=(lenet squeezenet)  # VGG16 on 2 CPU cores would take hours
+    for net in "${nets[@]}"; do
+        all_step "bench-$net" bash "$self" check "$STAGE" "$python" bench "$RESULTS/bench-$net" $cpu \
+            -- --nets "$net" || true
+    done
+    all_step replay bash "$self" check "$STAGE" "$python" replay "$RESULTS/replay" $cpu || true
+    [ -n "$cpu" ] || all_step suite bash "$self" check "$STAGE" "$python" suite "$RESULTS/suite" || true
+    say "all: done"; cat "$RESULTS/summary.txt"
+}
+
+# all_step NAME COMMAND...: run it unless an earlier call did; record its
+# exit status and time in STAGE/results, and refresh OUTDIR's files.
+all_step() {
+    local name=$1 rc=0 start
+    shift
+    if [ -f "$RESULTS/$name.rc" ]; then
+        say "$name: ran in an earlier call: $(cat "$RESULTS/$name.rc")"
+        return "$(cut -d' ' -f2 "$RESULTS/$name.rc")"
+    fi
+    say "$name: $*"
+    start=$(date +%s)
+    "$@" 2>&1 | tee "$RESULTS/$name.log" || rc=${PIPESTATUS[0]}
+    echo "exit $rc after $(( $(date +%s) - start )) s" > "$RESULTS/$name.rc"
+    {
+        echo "$name: $(cat "$RESULTS/$name.rc")"
+        # pytest's last line, the demo's accuracies, the benchmarks' tables
+        grep -E '^\||^=+ .*(passed|failed|error)|^   0[1-4]-|^Machine:' "$RESULTS/$name.log" | sed 's/^/    /'
+    } >> "$RESULTS/summary.txt"
+    cp "$RESULTS/summary.txt" "$OUT/summary.txt"
+    tar -C "$STAGE" --exclude='*.caffemodel' --exclude='*.solverstate' --exclude='*.h5' \
+        -czf "$OUT/results.tar.gz.part" results && mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+    return "$rc"
+}
+
 case "$CMD" in
     fetch) fetch ;;
     build) build "$@" ;;
     check) check "$@" ;;
+    all) all "$@" ;;
     *) usage "unknown command ${CMD}" ;;
 esac
