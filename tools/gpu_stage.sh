@@ -24,7 +24,7 @@
 #   ... --cpu after PYTHON or OUTDIR        a rehearsal anywhere: the same steps
 #                                           without CUDA (no nvcc needed)
 #
-# STAGE=gpu-stage is git-ignored. What a device call carries, 60 MB of its
+# STAGE=gpu-stage is git-ignored. What a device call carries, 57 MB of its
 # 64 MiB: STAGE/root.tar.xz, STAGE/src and STAGE/fashion-mnist.
 #
 # fetch: `apt-get download` of Debian 12's build dependencies (Boost with
@@ -72,7 +72,7 @@ usage() {  # usage [WHAT IS WRONG]: one line, exit 2
 STAGE=$2
 STAGE=$(realpath -m "$STAGE")
 
-# What a device call carries (paths under STAGE): 60 MB of its 64 MiB.
+# What a device call carries (paths under STAGE): 57 MB of its 64 MiB.
 CARRY=(root.tar.xz src fashion-mnist)
 DEBS=(libboost1.74-dev
       libboost-system1.74-dev libboost-system1.74.0 libboost-thread1.74-dev libboost-thread1.74.0
@@ -293,6 +293,7 @@ all() {
     out=$(realpath "$out")
     RESULTS="$STAGE/results" OUT="$out"
     exec > >(tee -a "$out/all.log") 2>&1
+    all_publish
     say "all: $(date -u +%FT%TZ), $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,compute_cap \
         --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
     all_step build bash "$self" build "$STAGE" "$python" $cpu || { say "all: the build failed (above)"; return 1; }
@@ -324,15 +325,21 @@ all_step() {
     start=$(date +%s)
     "$@" 2>&1 | tee "$RESULTS/$name.log" || rc=${PIPESTATUS[0]}
     echo "exit $rc after $(( $(date +%s) - start )) s" > "$RESULTS/$name.rc"
-    {
-        echo "$name: $(cat "$RESULTS/$name.rc")"
+    all_publish "$name" "$RESULTS/$name.log"
+    return "$rc"
+}
+
+# all_publish [NAME LOG]: add NAME's lines to the summary, then copy the
+# summary and a tarball of STAGE/results into OUTDIR.
+all_publish() {
+    [ $# -eq 0 ] || {
+        echo "$1: $(cat "$RESULTS/$1.rc")"
         # pytest's last line, the demo's accuracies, the benchmarks' tables
-        grep -E '^\||^=+ .*(passed|failed|error)|^   0[1-4]-|^Machine:' "$RESULTS/$name.log" | sed 's/^/    /'
+        grep -E '^\||^=+ .*(passed|failed|error)|^   0[1-4]-|^Machine:' "$2" | sed 's/^/    /'
     } >> "$RESULTS/summary.txt"
-    cp "$RESULTS/summary.txt" "$OUT/summary.txt"
+    [ ! -f "$RESULTS/summary.txt" ] || cp "$RESULTS/summary.txt" "$OUT/summary.txt"
     tar -C "$STAGE" --exclude='*.caffemodel' --exclude='*.solverstate' --exclude='*.h5' \
         -czf "$OUT/results.tar.gz.part" results && mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
-    return "$rc"
 }
 
 case "$CMD" in
