@@ -56,8 +56,8 @@
 #   suite    pytest -m "not gpu": the CPU mode of the CUDA build
 # `all` runs build, tests, demo, bench (a net at a time), replay and suite
 # in one call, and a second call with the same command goes on from where
-# the first was cut at the device tool's 10 minutes (STAGE/results keeps
-# what ran while the machine stays warm).
+# the first was cut at the device tool's 10 minutes, or failed (STAGE/results
+# keeps what finished while the machine stays warm).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -172,7 +172,7 @@ build() {
         cuda_merge_toolkit "$STAGE/cuda" "$cuda" "$site"/nvidia/*/
         export CUDA_HOME="$STAGE/cuda"
     fi
-    if [ "$pyver" != 311 ]; then
+    if [ "$pyver" != 311 ] && [ ! -e "$lib/libboost_python$pyver.so.1.74.0" ]; then
         say "compiling Boost.Python for Python ${pyver:0:1}.${pyver:1} (Debian's is for 3.11)"
         local obj="$STAGE/boost-python-$pyver"
         rm -rf "$obj" && mkdir -p "$obj"
@@ -278,8 +278,8 @@ check() {
 
 # Every step in one device call, in order of need: a call stopped at its
 # limit leaves what finished in OUTDIR, and the same command in the next
-# call (while the machine is warm, STAGE/results keeps what ran) goes on
-# from the step that was cut. OUTDIR gets three files: summary.txt,
+# call (while the machine is warm, STAGE/results keeps what finished) goes
+# on from the step that was cut or failed. OUTDIR gets three files: summary.txt,
 # all.log and results.tar.gz (STAGE/results, without models).
 all() {
     [ $# -ge 4 ] || usage "all needs PYTHON and OUTDIR"
@@ -291,7 +291,7 @@ all() {
     esac
     mkdir -p "$out" "$STAGE/results"
     out=$(realpath "$out")
-    RESULTS="$STAGE/results" OUT="$out"
+    RESULTS="$STAGE/results" OUT="$out" FAILED=()
     exec > >(tee -a "$out/all.log") 2>&1
     all_publish
     say "all: $(date -u +%FT%TZ), $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,compute_cap \
@@ -309,31 +309,35 @@ all() {
     done
     all_step replay bash "$self" check "$STAGE" "$python" replay "$RESULTS/replay" $cpu || true
     [ -n "$cpu" ] || all_step suite bash "$self" check "$STAGE" "$python" suite "$RESULTS/suite" || true
-    say "all: done"; cat "$RESULTS/summary.txt"
+    cat "$RESULTS/summary.txt"
+    [ ${#FAILED[@]} -eq 0 ] || { say "all: failed: ${FAILED[*]} (the same command runs them again)"; return 1; }
+    say "all: done"
 }
 
-# all_step NAME COMMAND...: run it unless an earlier call did; record its
-# exit status and time in STAGE/results, and refresh OUTDIR's files.
+# all_step NAME COMMAND...: run it unless an earlier call ran it to exit
+# 0 (a failed step runs again, after a fix say); add its exit status and
+# time to the summary, and refresh OUTDIR's files.
 all_step() {
     local name=$1 rc=0 start
     shift
-    if [ -f "$RESULTS/$name.rc" ]; then
-        say "$name: ran in an earlier call: $(cat "$RESULTS/$name.rc")"
-        return "$(cut -d' ' -f2 "$RESULTS/$name.rc")"
+    if [ -f "$RESULTS/$name.done" ]; then
+        say "$name: done in an earlier call ($(cat "$RESULTS/$name.done"))"
+        return 0
     fi
     say "$name: $*"
     start=$(date +%s)
     "$@" 2>&1 | tee "$RESULTS/$name.log" || rc=${PIPESTATUS[0]}
-    echo "exit $rc after $(( $(date +%s) - start )) s" > "$RESULTS/$name.rc"
-    all_publish "$name" "$RESULTS/$name.log"
+    local took="exit $rc after $(( $(date +%s) - start )) s"
+    if [ "$rc" = 0 ]; then echo "$took" > "$RESULTS/$name.done"; else FAILED+=("$name"); fi
+    all_publish "$name: $took" "$RESULTS/$name.log"
     return "$rc"
 }
 
-# all_publish [NAME LOG]: add NAME's lines to the summary, then copy the
-# summary and a tarball of STAGE/results into OUTDIR.
+# all_publish [LINE LOG]: add LINE and LOG's results to the summary, then
+# copy the summary and a tarball of STAGE/results into OUTDIR.
 all_publish() {
     [ $# -eq 0 ] || {
-        echo "$1: $(cat "$RESULTS/$1.rc")"
+        echo "$1"
         # pytest's last line, the demo's accuracies, the benchmarks' tables
         grep -E '^\||^=+ .*(passed|failed|error)|^   0[1-4]-|^Machine:' "$2" | sed 's/^/    /'
     } >> "$RESULTS/summary.txt"
