@@ -218,6 +218,8 @@ stage_env() {
     export PATH="$STAGE/bin:$STAGE/root/usr/bin:$PATH"
     export PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT:$STAGE/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}"
     export CAFFEDSD_CAFFE_BIN="$STAGE/caffe/bin/caffe" GLOG_minloglevel=${GLOG_minloglevel:-2}
+    # The tests' Fashion-MNIST, where Debian's dataset-fashion-mnist is not installed.
+    [ -d /usr/share/datasets/fashion-mnist ] || export CAFFEDSD_FASHION_MNIST="$STAGE/fashion-mnist"
 }
 
 # Fashion-MNIST as HDF5 in data/fashion-mnist (the demo's and the LeNet
