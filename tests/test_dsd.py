@@ -81,9 +81,12 @@ def _recipe(folder, sparse_iterations=3000, snapshot_format="BINARYPROTO"):
 
 def _dsd(recipe, run, cwd):
     # Through this Python rather than the console script, which a checkout
-    # run from PYTHONPATH (tools/gpu_stage.sh) does not have.
-    cmd = [sys.executable, "-c", "from caffedsd.cli import main; main()",
-           "dsd", "--recipe", str(recipe), "-o", str(run)]
+    # run from PYTHONPATH (tools/gpu_stage.sh) does not have. SIGINT as in a
+    # terminal: under a shell's background job (`nohup ... &`) it starts
+    # ignored, and Python then installs no KeyboardInterrupt of its own.
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from caffedsd.cli import main; main()")
+    cmd = [sys.executable, "-c", code, "dsd", "--recipe", str(recipe), "-o", str(run)]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
