@@ -157,10 +157,17 @@ build() {
     stage_env
     local pyver pyinc pylib
     pyver=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
-    pyinc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-    pylib=$("$python" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")))')
-    [ -f "$pyinc/Python.h" ] || { echo "gpu-stage: $python has no Python.h in $pyinc: pycaffe cannot be built for it" >&2; exit 1; }
-    [ -f "$pylib" ] || { echo "gpu-stage: $python has no shared libpython ($pylib)" >&2; exit 1; }
+    # Headers and libpython of the same X.Y from elsewhere do (a venv whose
+    # base Python came without its -dev files, say): CAFFEDSD_PYTHON_INCLUDE
+    # and CAFFEDSD_PYTHON_LIBRARY.
+    pyinc=${CAFFEDSD_PYTHON_INCLUDE:-$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')}
+    pylib=${CAFFEDSD_PYTHON_LIBRARY:-$("$python" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")))')}
+    local dotted="${pyver:0:1}.${pyver:1}"
+    [ -f "$pyinc/Python.h" ] || { echo "gpu-stage: $python has no Python.h in $pyinc: pycaffe cannot be built" \
+        "for it; Python $dotted headers elsewhere here: $(python_elsewhere "include/python$dotted/Python.h")" \
+        "(CAFFEDSD_PYTHON_INCLUDE=DIR takes one)" >&2; exit 1; }
+    [ -f "$pylib" ] || { echo "gpu-stage: $python has no shared libpython ($pylib); elsewhere here:" \
+        "$(python_elsewhere "lib*/libpython$dotted.so*")" "(CAFFEDSD_PYTHON_LIBRARY=FILE takes one)" >&2; exit 1; }
     # A toolkit without cuBLAS/cuRAND (nvcc and the runtime only) is completed
     # from the NVIDIA wheels in PYTHON's environment (CuPy's and torch's).
     # shellcheck source=cuda_toolkit.sh
@@ -210,6 +217,15 @@ EOF
     ln -sfn "$python" "$STAGE/bin/python"
     caffedsd info
     "$python" -c "import caffe" || { echo "gpu-stage: the staged pycaffe does not import in $python (above)" >&2; exit 1; }
+}
+
+# python_elsewhere PATTERN: the files under the usual Python prefixes that
+# match (e.g. include/python3.12/Python.h), or "none".
+python_elsewhere() {
+    local found
+    found=$(compgen -G "/usr/$1"; compgen -G "/usr/local/$1"; compgen -G "/opt/*/$1"; compgen -G "/usr/lib/x86_64-linux-gnu/${1#lib\*/}"; \
+            compgen -G "/root/.local/share/uv/python/*/$1"; compgen -G "/opt/*/.venv/$1") || true
+    echo "${found:-none}" | sort -u | tr '\n' ' ' | sed 's/ $//'
 }
 
 # The environment the staged Caffe runs in: its libraries, pycaffe, caffedsd.
@@ -300,6 +316,8 @@ all() {
     all_publish
     say "all: $(date -u +%FT%TZ), $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,compute_cap \
         --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+    say "all: $("$python" --version 2>&1); $(nvcc --version 2>/dev/null | tail -1 || echo 'no nvcc on PATH');" \
+        "$(cmake --version 2>/dev/null | head -1 || echo 'no cmake'); $(g++ --version 2>/dev/null | head -1 || echo 'no g++')"
     all_step build bash "$self" build "$STAGE" "$python" $cpu || { say "all: the build failed (above)"; return 1; }
     # A failed step is reported, and the next one runs.
     all_step tests bash "$self" check "$STAGE" "$python" tests "$RESULTS/tests" $cpu || true
