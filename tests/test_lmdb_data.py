@@ -114,11 +114,12 @@ def test_train_dense_test_iterations(lmdb_solver, cli):
                "--test-iterations", 0, "-o", "x.caffemodel").exit_code == 2
 
 
-def test_an_interrupted_stage_on_lmdb_reads_what_an_uninterrupted_one_reads(lmdb_solver):
+def test_an_interrupted_stage_on_lmdb_reads_what_an_uninterrupted_one_reads(lmdb_solver, device):
     """A Data layer fills its batches in a prefetch thread, with random crops
-    and mirrors from its own RNG; Dropout draws from Caffe's: replayed up to
-    the checkpoint, the continued stage ends where an uninterrupted one
-    does, bit for bit, and without the replay it does not."""
+    and mirrors from its own RNG (and, on a GPU, copies them on its own
+    stream); Dropout draws from Caffe's: replayed up to the checkpoint, the
+    continued stage ends where an uninterrupted one does, bit for bit, and
+    without the replay it does not."""
     from caffedsd.dsd import run_recipe
     from caffedsd.recipe import Recipe
 
@@ -127,11 +128,11 @@ def test_an_interrupted_stage_on_lmdb_reads_what_an_uninterrupted_one_reads(lmdb
         'layer { name: "ip1"', 1))
     recipe = Recipe.from_dict({"solver": "solver.prototxt", "checkpoint_every": 10, "test_interval": 10,
                                "test_iterations": 1, "stages": [{"dense": {"iterations": 30}}]})
-    run_recipe(recipe, lmdb_solver / "reference")
+    run_recipe(recipe, lmdb_solver / "reference", gpu=device)
     for run, replay in (("run", True), ("restarted", False)):
         with pytest.raises(Stop):
-            run_recipe(recipe, lmdb_solver / run, progress=stopping_at(15))
-        run_recipe(recipe, lmdb_solver / run, replay=replay)
+            run_recipe(recipe, lmdb_solver / run, gpu=device, progress=stopping_at(15))
+        run_recipe(recipe, lmdb_solver / run, gpu=device, replay=replay)
     stage = "01-dense"
     for name in ("tests.csv", "curve.csv", "model.caffemodel"):
         reference = (lmdb_solver / "reference" / stage / name).read_bytes()

@@ -27,7 +27,7 @@
 #                                           without CUDA (no nvcc needed)
 #
 # STAGE=gpu-stage is git-ignored. What a device call carries, 57 MB of its
-# 64 MiB: STAGE/root.tar.xz, STAGE/src and STAGE/fashion-mnist.
+# 64 MiB: STAGE/root.tar.xz, STAGE/src, STAGE/fashion-mnist and STAGE/wheels.
 #
 # fetch: `apt-get download` of Debian 12's build dependencies (Boost with
 #   Boost.Python, glog, gflags, protobuf 3.21 + protoc, HDF5, OpenBLAS,
@@ -36,7 +36,8 @@
 #   `dpkg -x` into one tree, which is packed as STAGE/root.tar.xz (its
 #   PACKAGES file lists the packages); the Caffe source unpacked by
 #   dpkg-source with its sha256 checked (tools/build_caffe.sh's own fetch);
-#   Boost.Python's C++ sources from Debian's boost1.74; Fashion-MNIST.
+#   Boost.Python's C++ sources from Debian's boost1.74; an lmdb wheel for
+#   Python CAFFEDSD_STAGE_PYTHON (3.12, the GPU machine's); Fashion-MNIST.
 # build: STAGE/root.tar.xz is unpacked into STAGE/root; then, if PYTHON is
 #   not the 3.11 that Debian 12's Boost.Python was built for, Boost.Python
 #   is compiled from the staged sources for PYTHON (its headers must be
@@ -75,7 +76,9 @@ STAGE=$2
 STAGE=$(realpath -m "$STAGE")
 
 # What a device call carries (paths under STAGE): 57 MB of its 64 MiB.
-CARRY=(root.tar.xz src fashion-mnist)
+CARRY=(root.tar.xz src fashion-mnist wheels)
+# The Python there (X.Y), for the wheels of what the tests need and it lacks.
+STAGE_PYTHON=${CAFFEDSD_STAGE_PYTHON:-3.12}
 DEBS=(libboost1.74-dev
       libboost-system1.74-dev libboost-system1.74.0 libboost-thread1.74-dev libboost-thread1.74.0
       libboost-filesystem1.74-dev libboost-filesystem1.74.0 libboost-atomic1.74-dev libboost-atomic1.74.0
@@ -122,6 +125,12 @@ fetch() {
     (cd "$tmp" && dpkg-source --no-check -x boost1.74_*.dsc boost-src >/dev/null)  # Debian's patches applied
     mv "$tmp/boost-src/libs/python/src" "$STAGE/src/boost-python"
     rm -rf "$tmp"
+    # lmdb (the LMDB Data-layer tests write their databases with it), which
+    # the GPU machine's Python lacks: a wheel for its X.Y, installed by build.
+    rm -rf "$STAGE/wheels"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$STAGE_PYTHON" \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d "$STAGE/wheels" 'lmdb>=1.4'
     # Fashion-MNIST's four .gz files (Debian's dataset-fashion-mnist), for the demo.
     mkdir -p "$STAGE/fashion-mnist"
     if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
@@ -168,6 +177,9 @@ build() {
         "(CAFFEDSD_PYTHON_INCLUDE=DIR takes one)" >&2; exit 1; }
     [ -f "$pylib" ] || { echo "gpu-stage: $python has no shared libpython ($pylib); elsewhere here:" \
         "$(python_elsewhere "lib*/libpython$dotted.so*")" "(CAFFEDSD_PYTHON_LIBRARY=FILE takes one)" >&2; exit 1; }
+    if ! "$python" -c 'import lmdb' 2>/dev/null && compgen -G "$STAGE/wheels/*.whl" >/dev/null; then
+        "$python" -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/wheels/*.whl
+    fi
     # A toolkit without cuBLAS/cuRAND (nvcc and the runtime only) is completed
     # from the NVIDIA wheels in PYTHON's environment (CuPy's and torch's).
     # shellcheck source=cuda_toolkit.sh
@@ -233,7 +245,7 @@ stage_env() {
     local lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
     export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export PATH="$STAGE/bin:$STAGE/root/usr/bin:$PATH"
-    export PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT:$STAGE/root/usr/lib/python3/dist-packages${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT:$STAGE/root/usr/lib/python3/dist-packages:$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
     export CAFFEDSD_CAFFE_BIN="$STAGE/caffe/bin/caffe" GLOG_minloglevel=${GLOG_minloglevel:-2}
     # The tests' Fashion-MNIST, where Debian's dataset-fashion-mnist is not installed.
     [ -d /usr/share/datasets/fashion-mnist ] || export CAFFEDSD_FASHION_MNIST="$STAGE/fashion-mnist"
