@@ -20,8 +20,9 @@
 # unpacked with dpkg -x, so nothing is installed on the machine.
 # PyPI's -cu12 and -cu11 nvcc wheels (12.0 to 12.9 and 11.8 looked at) ship
 # ptxas but no nvcc driver, which is why 12.x and 11.x come from Debian.
-# A CUDA build cannot run without a GPU driver, so the check is that it
-# builds and that its pycaffe carries Blob._gpu_data_ptr / _gpu_diff_ptr.
+# Without a GPU driver a CUDA build runs nothing on a GPU (and aborts at
+# its first prefetching data layer), so the check is that it builds and
+# that its pycaffe carries Blob._gpu_data_ptr / _gpu_diff_ptr.
 #
 # Prints one line per version (result, wall time); the folder is deleted
 # afterwards unless CAFFEDSD_CHECK_KEEP=1. Needs the Debian build packages
