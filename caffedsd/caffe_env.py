@@ -3,6 +3,7 @@
 pycaffe is imported only by the few functions that need it (``import_caffe``),
 so the rest of caffedsd works, and starts fast, without it.
 """
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -53,19 +54,32 @@ def import_caffe(gpu=None):
     if gpu is None:
         caffe.set_mode_cpu()
     else:
-        check_gpu_build(gpu)
+        check_gpu(gpu)
         caffe.set_device(int(gpu))
         caffe.set_mode_gpu()
     return caffe
 
 
-def check_gpu_build(gpu):
-    """Raise CaffeUnavailable for ``--gpu`` with a CPU-only Caffe, on which
-    Caffe aborts the process ("Cannot use GPU in CPU-only Caffe")."""
+def check_gpu(gpu):
+    """Raise CaffeUnavailable for ``--gpu`` that Caffe would abort the
+    process on: a CPU-only build ("Cannot use GPU in CPU-only Caffe"), or a
+    GPU it cannot open (an index past the GPUs CUDA sees, no driver), which
+    a child process tries first, once per process and GPU."""
     _, flavour, _ = _build_info(pycaffe_dir())
     if flavour == "CPU-only":
         raise CaffeUnavailable(f"--gpu {gpu}: this Caffe is a CPU-only build (see `caffedsd info`); "
                                "`make setup CUDA=1` builds one with CUDA on a GPU machine")
+    failure = _gpu_failure(int(gpu))
+    if failure is not None:
+        raise CaffeUnavailable(f"--gpu {gpu}: Caffe cannot open this GPU: {failure}")
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_failure(gpu):
+    """Caffe's reason for failing to open GPU ``gpu`` (as the parent numbers
+    it), or None when it opens."""
+    proc = _caffe_child("gpu", str(gpu))
+    return None if proc.returncode == 0 else failure_reason(proc.stderr)
 
 
 def check_net_runs(net, net_path, gpu=None, forward=True):
@@ -87,11 +101,11 @@ def has_python_layers(net):
     return any(layer.type == "Python" for layer in net.layer)
 
 
-# The child of build_in_child. It loads pycaffe's extension alone, which
-# takes a tenth of `import caffe` (skimage, scipy); a net with Python
-# layers needs the package, whose modules subclass caffe.Layer. CPU mode,
-# so that it holds no GPU memory.
-_BUILD = """
+# The child of build_in_child and check_gpu. It loads pycaffe's extension
+# alone, which takes a tenth of `import caffe` (skimage, scipy); a net with
+# Python layers needs the package, whose modules subclass caffe.Layer. It
+# builds in CPU mode, so that it holds no GPU memory.
+_CHILD = """
 import sys
 extension, kind, path, python_layers = sys.argv[1:]
 if python_layers == "yes":
@@ -101,12 +115,31 @@ else:
     spec = importlib.util.spec_from_file_location("_caffe", extension)
     caffe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(caffe)
+if kind == "gpu":  # path: the GPU's index
+    caffe.set_device(int(path))
+    caffe.set_mode_gpu()
+    sys.exit()
 caffe.set_mode_cpu()
 if kind == "solver":
     caffe.get_solver(path)
 else:
     caffe.Net(path, 1)  # caffe.TEST
 """
+
+
+def _caffe_child(kind, path, python_layers=False, visible=None):
+    """The finished child Python that ran _CHILD (seeing GPUs ``visible``,
+    as CUDA_VISIBLE_DEVICES, when given)."""
+    pydir = pycaffe_dir()
+    extension = _extension(pydir) if pydir is not None else None
+    if extension is None:
+        raise CaffeUnavailable(f"no pycaffe extension (_caffe*.so) found; {_INSTALL_HINT}")
+    paths = [str(pydir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), GLOG_minloglevel="2")
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    args = [str(extension), kind, str(path), "yes" if python_layers else "no"]
+    return subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
 
 
 def build_in_child(kind, path, where, python_layers=False, gpu=None):
@@ -124,17 +157,7 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None):
     making stays behind, and its marker then refuses the corrected rerun.
     Building once in a child (well under a second for LeNet or VGG16)
     finds all of these before anything is written."""
-    pydir = pycaffe_dir()
-    extension = _extension(pydir) if pydir is not None else None
-    if extension is None:
-        raise CaffeUnavailable(f"no pycaffe extension (_caffe*.so) found; {_INSTALL_HINT}")
-    paths = [str(pydir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), GLOG_minloglevel="2")
-    visible = visible_devices(gpu, os.environ.get("CUDA_VISIBLE_DEVICES"))
-    if visible is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible
-    args = [str(extension), kind, str(path), "yes" if python_layers else "no"]
-    proc = subprocess.run([sys.executable, "-c", _BUILD, *args], capture_output=True, text=True, env=env)
+    proc = _caffe_child(kind, path, python_layers, visible_devices(gpu, os.environ.get("CUDA_VISIBLE_DEVICES")))
     if proc.returncode != 0:
         reason = failure_reason(proc.stderr)
         if proc.returncode < 0 and proc.returncode != -signal.SIGABRT:  # not glog's abort: killed, out of memory
@@ -146,7 +169,8 @@ def visible_devices(gpu, visible):
     """CUDA_VISIBLE_DEVICES for a child that is to see only GPU ``gpu``, as
     the parent numbers it under its own ``visible`` (None when unset), or
     None to leave the child's as the parent's: no ``gpu``, or an index the
-    parent's list does not have (the parent's own --gpu check reports it)."""
+    parent's list does not have (the parent's own --gpu check, check_gpu,
+    reports it)."""
     if gpu is None:
         return None
     gpu = int(gpu)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import report
 from .atomic import write_text
-from .caffe_env import check_gpu_build
+from .caffe_env import check_gpu
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
@@ -205,7 +205,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True):
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
     if gpu is not None:  # before the run folder is made
-        check_gpu_build(gpu)
+        check_gpu(gpu)
     spec = read_solver(recipe.solver)
     if any(stage.kind == "prune" for stage in recipe.stages) and \
             not any(layer.type in PRUNABLE_TYPES for layer in spec.net.layer):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .caffe_env import check_gpu_build, check_net_runs
+from .caffe_env import check_gpu, check_net_runs
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, InputError
@@ -203,7 +203,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     a callback(point, total) with a close() method, called after each point."""
     get_criterion(criterion)
     if gpu is not None:  # before the scan folder is made
-        check_gpu_build(gpu)
+        check_gpu(gpu)
     net = read_net_prototxt(model_path, allow_python_layers)
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)

@@ -8,7 +8,7 @@ import numpy as np
 
 from pathlib import Path
 
-from .caffe_env import caffe_binary, check_gpu_build, failure_reason
+from .caffe_env import caffe_binary, check_gpu, failure_reason
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import CheckFailed
@@ -88,7 +88,7 @@ def require_all(checks):
 def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_layers=False, gpu=None):
     """All checks that apply to a caffemodel: [Check]."""
     if gpu is not None:
-        check_gpu_build(gpu)
+        check_gpu(gpu)
     model = read_caffemodel(weights_path)
     maskset = masks_for(model, masks_path)
     checks = []

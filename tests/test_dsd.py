@@ -15,7 +15,7 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
 from caffedsd.report import parse_tests_csv
 from caffedsd.verify import parse_test_outputs, run_caffe_test
-from conftest import Stop, assert_one_line_error, lenet_files, save_net, stopping_at, write_solver
+from conftest import Stop, assert_one_line_error, gpu_skip_reason, lenet_files, save_net, stopping_at, write_solver
 
 @pytest.fixture(scope="module")
 def lenet_solver(tmp_path_factory):
@@ -448,6 +448,43 @@ def test_gpu_with_a_cpu_only_caffe(tmp_path, cli):
     assert_one_line_error(cli("train-dense", "--solver", tmp_path / "solver.prototxt", "-w", model, "--gpu", 0,
                               "-o", "dense.caffemodel"), expect)
     assert_one_line_error(cli("verify", "-w", model, "-p", tmp_path / "net.prototxt", "--gpu", 0), expect)
+
+
+@pytest.mark.caffe
+def test_the_gpu_probe_reports_caffes_own_reason():
+    """check_gpu tries a GPU in a child process, where Caffe's abort costs
+    nothing; on a CPU-only build the child meets Caffe's own refusal."""
+    from caffedsd.caffe_env import _gpu_failure, info
+
+    if info()["caffe_build"] != "CPU-only":
+        pytest.skip("this Caffe is built with CUDA")
+    assert _gpu_failure(0).startswith("Cannot use GPU in CPU-only Caffe: check mode. (common.cpp:")
+
+
+@pytest.mark.caffe
+@pytest.mark.gpu
+def test_a_gpu_caffe_cannot_open(tmp_path, cli):
+    """--gpu past the GPUs CUDA sees: Caffe would abort the whole process in
+    cudaSetDevice; caffedsd says so in one line, before any output."""
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    absent = len(visible.split(",")) if visible else len([line for line in listed.splitlines() if line.strip()])
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    expect = f"--gpu {absent}: Caffe cannot open this GPU: "
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "--gpu", absent, "-o", "run"), expect)
+    assert not (tmp_path / "run").exists()
+    import caffe
+
+    caffe.get_solver(str(tmp_path / "solver.prototxt")).net.save(str(tmp_path / "w.caffemodel"))
+    assert_one_line_error(cli("train-dense", "--solver", tmp_path / "solver.prototxt", "-w", "w.caffemodel",
+                              "--gpu", absent, "-o", "dense.caffemodel"), expect)
+    assert not (tmp_path / "dense.caffemodel").exists()
+    assert_one_line_error(cli("sensitivity", "-p", tmp_path / "net.prototxt", "-w", "w.caffemodel",
+                              "--gpu", absent, "-o", "sens"), expect)
+    assert not (tmp_path / "sens").exists()
 
 
 @pytest.mark.caffe
