@@ -21,6 +21,24 @@ except ImportError:  # caffedsd[gpu] not installed
 _LEGACY_STREAM_HANDLE = 1
 
 
+class _LegacyStreamHandle:
+    """cudaStreamLegacy as the CUDA stream protocol gives a stream: (version, handle)."""
+
+    def __cuda_stream__(self):
+        return (0, _LEGACY_STREAM_HANDLE)
+
+
+def legacy_stream(device_id):
+    """A CuPy Stream on cudaStreamLegacy."""
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:  # CuPy 14 deprecates ExternalStream for this
+        return from_external(_LegacyStreamHandle())
+    try:
+        return cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE, device_id)
+    except TypeError:  # CuPy < 13 takes the handle only
+        return cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE)
+
+
 def available():
     """(True, None), or (False, why not)."""
     if cupy is None:
@@ -45,10 +63,7 @@ class DeviceBackend:
         self.xp = cupy
         self.device_id = int(device_id)
         self._device = cupy.cuda.Device(self.device_id)
-        try:
-            self._stream = cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE, self.device_id)
-        except TypeError:  # CuPy < 13 takes the handle only
-            self._stream = cupy.cuda.ExternalStream(_LEGACY_STREAM_HANDLE)
+        self._stream = legacy_stream(self.device_id)
         self._views = {}  # (id(blob), "data"/"diff") -> (address, array)
 
     def data(self, blob):

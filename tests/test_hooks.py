@@ -13,8 +13,7 @@ from caffedsd.hooks import ORDER_FORCE, ORDER_MASK, ORDER_SHARING, Hook, HookDis
 from caffedsd.maskfile import load_masks
 from caffedsd.mask_enforcer import MaskEnforcer
 from caffedsd.weight_sharing import WeightSharing, cluster
-from conftest import gpu_skip_reason
-from test_training import write_solver
+from conftest import gpu_skip_reason, write_solver
 
 PACKAGE = Path(__file__).resolve().parent.parent / "caffedsd"
 
@@ -103,6 +102,20 @@ def test_gpu_mode_without_device_hooks_warns_once():
 
 
 # ------------------------------------------------------------ device (GPU) --
+
+
+def test_device_hooks_run_on_the_legacy_default_stream():
+    """Caffe launches on cudaStreamLegacy; CuPy 14 deprecates ExternalStream,
+    which named it, for the CUDA stream protocol (no GPU needed)."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (caffedsd[gpu])")
+    import warnings
+
+    from caffedsd.device import legacy_stream
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stream = legacy_stream(0)
+    assert isinstance(stream, cupy.cuda.Stream) and stream.ptr == 1  # cudaStreamLegacy
 
 
 @pytest.fixture
