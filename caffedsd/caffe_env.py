@@ -63,8 +63,9 @@ def import_caffe(gpu=None):
 def check_gpu(gpu):
     """Raise CaffeUnavailable for ``--gpu`` that Caffe would abort the
     process on: a CPU-only build ("Cannot use GPU in CPU-only Caffe"), or a
-    GPU it cannot open (an index past the GPUs CUDA sees, no driver), which
-    a child process tries first, once per process and GPU."""
+    GPU it cannot use (an index past the GPUs CUDA sees, no driver, all of
+    an exclusive-mode GPU taken by another process), which a child process
+    tries first (a two-layer net, forward), once per process and GPU."""
     _, flavour, _ = _build_info(pycaffe_dir())
     if flavour == "CPU-only":
         raise CaffeUnavailable(f"--gpu {gpu}: this Caffe is a CPU-only build (see `caffedsd info`); "
@@ -104,7 +105,8 @@ def has_python_layers(net):
 # The child of build_in_child and check_gpu. It loads pycaffe's extension
 # alone, which takes a tenth of `import caffe` (skimage, scipy); a net with
 # Python layers needs the package, whose modules subclass caffe.Layer. It
-# builds in CPU mode, so that it holds no GPU memory.
+# builds nets in CPU mode, so that it holds no GPU memory; "gpu" tries a GPU,
+# "probe" the same net on the CPU.
 _CHILD = """
 import sys
 extension, kind, path, python_layers = sys.argv[1:]
@@ -118,9 +120,17 @@ else:
 if kind == "gpu":  # path: the GPU's index
     caffe.set_device(int(path))
     caffe.set_mode_gpu()
-    sys.exit()
-caffe.set_mode_cpu()
-if kind == "solver":
+else:
+    caffe.set_mode_cpu()
+if kind in ("gpu", "probe"):  # a forward pass of a two-layer net allocates and launches
+    import os, tempfile
+    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+        probe = os.path.join(work, "probe.prototxt")
+        with open(probe, "w") as handle:
+            handle.write('layer { name: "d" type: "DummyData" top: "d" dummy_data_param { shape { dim: 1 } } }\\n'
+                         'layer { name: "r" type: "ReLU" bottom: "d" top: "r" }\\n')
+        caffe.Net(probe, 1)._forward(0, 1)
+elif kind == "solver":
     caffe.get_solver(path)
 else:
     caffe.Net(path, 1)  # caffe.TEST

@@ -453,9 +453,12 @@ def test_gpu_with_a_cpu_only_caffe(tmp_path, cli):
 @pytest.mark.caffe
 def test_the_gpu_probe_reports_caffes_own_reason():
     """check_gpu tries a GPU in a child process, where Caffe's abort costs
-    nothing; on a CPU-only build the child meets Caffe's own refusal."""
-    from caffedsd.caffe_env import _gpu_failure, info
+    nothing: it runs a two-layer net there (here on the CPU, the same net);
+    on a CPU-only build the child meets Caffe's own refusal."""
+    from caffedsd.caffe_env import _caffe_child, _gpu_failure, info
 
+    probe = _caffe_child("probe", "")
+    assert probe.returncode == 0, probe.stderr[-2000:]
     if info()["caffe_build"] != "CPU-only":
         pytest.skip("this Caffe is built with CUDA")
     assert _gpu_failure(0).startswith("Cannot use GPU in CPU-only Caffe: check mode. (common.cpp:")
