@@ -279,14 +279,20 @@ check() {
     stage_env
     cd "$ROOT"
     caffedsd info | tee "$out/info.txt"
+    # A test that hangs on the GPU fails alone, instead of holding the call
+    # to its end (and the next call after it): pytest-timeout, where installed.
+    local limit=()
+    "$python" -c 'import pytest_timeout' 2>/dev/null && limit=(--timeout=300)
     case "$step" in
         tests)
-            "$python" -m pytest -m "$markers" -rs -p no:cacheprovider tests ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/tests.txt"
+            "$python" -m pytest -m "$markers" -rs -p no:cacheprovider ${limit[@]+"${limit[@]}"} tests \
+                ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/tests.txt"
             return "${PIPESTATUS[0]}" ;;
         suite)
             # Every test that needs no GPU, in CPU mode on this build (on a
             # CUDA build, Caffe's CPU mode is another path than on a CPU-only one).
-            "$python" -m pytest -m "not gpu" -rs -p no:cacheprovider tests ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/suite.txt"
+            "$python" -m pytest -m "not gpu" -rs -p no:cacheprovider ${limit[@]+"${limit[@]}"} tests \
+                ${extra[@]+"${extra[@]}"} 2>&1 | tee "$out/suite.txt"
             return "${PIPESTATUS[0]}" ;;
         bench)
             # bench.json is rewritten after each net: a run cut short keeps the nets it finished.
