@@ -201,11 +201,17 @@ build() {
             | xargs -P "$(nproc)" -I{} sh -c 'g++ -c -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
                   -I "$1" -I "$2" -o "$3/$(echo "$4" | tr / _).o" "$5/$4"' \
                   sh "$root/usr/include" "$pyinc" "$obj" {} "$STAGE/src/boost-python"
-        g++ -shared -o "$lib/libboost_python$pyver.so.1.74.0" "$obj"/*.o "$pylib"
+        g++ -shared -Wl,-soname,"libboost_python$pyver.so.1.74.0" -o "$lib/libboost_python$pyver.so.1.74.0" \
+            "$obj"/*.o "$pylib"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python$pyver.so"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python3.so"
     fi
-    CAFFEDSD_CAFFE_SOURCE="$STAGE/src/caffe" CAFFEDSD_CMAKE_ARGS="\
+    # Debian's CMake config for Boost.Python knows only its 3.11 build, and
+    # Caffe would link that for any Python 3: CMake's own FindBoost instead,
+    # asked for pythonXY, finds the one compiled above.
+    local boost_python=
+    [ "$pyver" = 311 ] || boost_python="-DBoost_NO_BOOST_CMAKE=ON -Dpython_version=$dotted"
+    CAFFEDSD_CAFFE_SOURCE="$STAGE/src/caffe" CAFFEDSD_CMAKE_ARGS="$boost_python \
 -DBOOST_ROOT=$root/usr -DBOOST_INCLUDEDIR=$root/usr/include -DBOOST_LIBRARYDIR=$lib -DBoost_NO_SYSTEM_PATHS=ON \
 -DGLOG_INCLUDE_DIR=$root/usr/include -DGLOG_LIBRARY=$lib/libglog.so \
 -DGFLAGS_INCLUDE_DIR=$root/usr/include -DGFLAGS_LIBRARY=$lib/libgflags.so \
