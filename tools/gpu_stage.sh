@@ -7,7 +7,8 @@
 # - `build ... --cpu` for a bare Python 3.12.1 venv (numpy 2.5, protobuf 7
 #   upb, no six: pycaffe needs it, so python3-six is staged): Boost.Python
 #   1.74 compiled for 3.12 (deprecation warnings only), CPU Caffe built
-#   from the staged root, pycaffe imports;
+#   from the staged root in 3.3 min, pycaffe and libcaffe linked to that
+#   Boost.Python (ldd), pycaffe imports;
 # - `check` tests, bench, demo, replay and suite, and `all`, with --cpu on
 #   that build, Debian's Fashion-MNIST moved away (the demo's numbers equal
 #   docs/RESULTS.md's);
