@@ -14,8 +14,11 @@
 #   docs/RESULTS.md's);
 # - `build` with CUDA for that Python 3.12 (nvcc 13.0 completed with the
 #   cu13 cuBLAS/cuRAND wheels, CAFFEDSD_CUDA_ARCH=90): compiled and
-#   installed in 7.8 min on 2 cores (12.7 min of CPU time); pycaffe imports
-#   with _gpu_data_ptr; `caffedsd info` says GPU, cuda 13.0, sm_90.
+#   installed in 7.0 min on 2 cores (11.5 min of CPU time), linked to the
+#   3.12 Boost.Python; pycaffe imports with _gpu_data_ptr; `caffedsd info`
+#   says GPU, cuda 13.0, sm_90; with no GPU driver, in CPU mode, the tests
+#   that need no GPU pass but the LMDB ones (a prefetch thread calls
+#   cudaGetDevice).
 # Nothing has run on the GPU machine itself.
 #
 #   tools/gpu_stage.sh fetch STAGE          here: Debian 12, apt and network
