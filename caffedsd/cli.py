@@ -711,7 +711,8 @@ def data():
 @data.command("fashion-mnist")
 @output_option("Folder for train.h5, test.h5 and their list files.", folder=True, force=None)
 @click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of the IDX .gz files (default: Debian's dataset-fashion-mnist).")
+              help="Folder of the IDX .gz files (default: $CAFFEDSD_FASHION_MNIST, else Debian's "
+                   "dataset-fashion-mnist).")
 @click.option("--train-limit", type=int, default=None, help="Keep only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Keep only the first N test images.")
 def fashion_mnist(output, source, train_limit, test_limit):
@@ -721,8 +722,8 @@ def fashion_mnist(output, source, train_limit, test_limit):
     Example:
       caffedsd data fashion-mnist -o data/fashion-mnist
     """
-    from .datasets import FASHION_MNIST_DIR, convert_fashion_mnist
+    from .datasets import convert_fashion_mnist
 
-    result = convert_fashion_mnist(output, source or FASHION_MNIST_DIR, train_limit, test_limit)
+    result = convert_fashion_mnist(output, source, train_limit, test_limit)
     for split in ("train", "test"):
         click.echo(f"{split}: {result[split]['count']} images -> {result[split]['h5']} (list {result[split]['list']})")

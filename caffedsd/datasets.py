@@ -16,7 +16,13 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+def fashion_mnist_dir():
+    """Where Fashion-MNIST's .gz files are: the folder CAFFEDSD_FASHION_MNIST
+    names (a machine without Debian's package), else FASHION_MNIST_DIR."""
+    return os.environ.get("CAFFEDSD_FASHION_MNIST") or FASHION_MNIST_DIR
 
 # IDX stores multi-byte values big-endian.
 _IDX_DTYPES = {
@@ -117,17 +123,18 @@ def _write_list(path, h5_path):
         tmp.write_text(f"{h5_path}\n")
 
 
-def convert_fashion_mnist(out_dir, source_dir=FASHION_MNIST_DIR, train_limit=None, test_limit=None):
+def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit=None):
     """Write Fashion-MNIST as HDF5Data inputs into ``out_dir``.
 
     Creates ``train.h5``/``test.h5`` (``data``: float32 N x 1 x 28 x 28 scaled
     by 1/256, ``label``: float32 N) and ``train.txt``/``test.txt`` listing the
     absolute path of each. ``train_limit``/``test_limit`` keep only the first
-    examples. Returns the paths and example counts.
+    examples. ``source_dir`` defaults to fashion_mnist_dir(). Returns the
+    paths and example counts.
     """
     _check_limit("train_limit", train_limit)
     _check_limit("test_limit", test_limit)
-    source_dir = Path(source_dir)
+    source_dir = Path(source_dir if source_dir is not None else fashion_mnist_dir())
     if not source_dir.is_dir():
         raise InputError(f"{source_dir}: Fashion-MNIST folder not found "
                          "(Debian's package dataset-fashion-mnist installs it)")

@@ -10,7 +10,6 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from caffedsd.cli import main  # noqa: E402
-from caffedsd.datasets import FASHION_MNIST_DIR  # noqa: E402
 
 # A small net with every kind of blob the pruner must tell apart: conv with
 # bias, BatchNorm (3 blobs), Scale with bias, a bias-free InnerProduct and two
@@ -137,10 +136,6 @@ def write_solver(folder, solver_type="SGD", extra="momentum: 0.9", iter_size=1, 
 
 ROOT = Path(__file__).resolve().parent.parent
 LENET_ITERS = 300
-# Fashion-MNIST's four .gz files: Debian's dataset-fashion-mnist, or the
-# folder CAFFEDSD_FASHION_MNIST names on a machine without that package
-# (tools/gpu_stage.sh's GPU machine).
-FASHION_SOURCE = os.environ.get("CAFFEDSD_FASHION_MNIST", FASHION_MNIST_DIR)
 
 
 def lenet_files(work, train_limit, test_limit, **solver_changes):
@@ -149,8 +144,7 @@ def lenet_files(work, train_limit, test_limit, **solver_changes):
     ``solver_changes`` replace solver fields, e.g. max_iter=300."""
     from caffedsd.datasets import convert_fashion_mnist
 
-    data = convert_fashion_mnist(work / "data", source_dir=FASHION_SOURCE, train_limit=train_limit,
-                                 test_limit=test_limit)
+    data = convert_fashion_mnist(work / "data", train_limit=train_limit, test_limit=test_limit)
     net = (ROOT / "prototxt" / "lenet_train_test.prototxt").read_text()
     net = net.replace("data/fashion-mnist/train.txt", data["train"]["list"])
     net = net.replace("data/fashion-mnist/test.txt", data["test"]["list"])

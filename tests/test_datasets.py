@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from caffedsd.datasets import FASHION_MNIST_DIR, convert_fashion_mnist, read_idx
+from caffedsd.datasets import convert_fashion_mnist, fashion_mnist_dir, read_idx
 from caffedsd.errors import InputError
 
 
@@ -168,6 +168,24 @@ def test_convert_round_trip(tmp_path, compress):
         assert Path(text.strip()).is_absolute()
 
 
+def test_the_source_folder_from_the_environment(tmp_path):
+    """`caffedsd data fashion-mnist` without --source reads CAFFEDSD_FASHION_MNIST's folder
+    (a machine without Debian's package)."""
+    from click.testing import CliRunner
+
+    from caffedsd.cli import main
+
+    source = make_source(tmp_path / "src")
+    runner = CliRunner()
+    result = runner.invoke(main, ["data", "fashion-mnist", "-o", str(tmp_path / "out"), "--train-limit", "2"],
+                           env={"CAFFEDSD_FASHION_MNIST": str(source)})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "train.h5").is_file()
+    missing = runner.invoke(main, ["data", "fashion-mnist", "-o", str(tmp_path / "out2")],
+                            env={"CAFFEDSD_FASHION_MNIST": str(tmp_path / "nosuch")})
+    assert missing.exit_code == 2 and f"{tmp_path / 'nosuch'}: Fashion-MNIST folder not found" in missing.output
+
+
 def test_convert_relative_out_dir_listed_absolute(tmp_path, monkeypatch):
     source = make_source(tmp_path / "src")
     monkeypatch.chdir(tmp_path)
@@ -261,11 +279,12 @@ def test_convert_rejects_whitespace_in_out_dir(tmp_path):
 
 
 def test_convert_real_fashion_mnist(tmp_path):
-    if not os.path.isdir(FASHION_MNIST_DIR):
-        pytest.skip(f"{FASHION_MNIST_DIR} not installed (Debian package dataset-fashion-mnist)")
+    source = fashion_mnist_dir()
+    if not os.path.isdir(source):
+        pytest.skip(f"{source} not installed (Debian package dataset-fashion-mnist)")
     result = convert_fashion_mnist(tmp_path / "fm", train_limit=100, test_limit=50)
     assert result["train"]["count"] == 100 and result["test"]["count"] == 50
-    assert result["source_dir"] == FASHION_MNIST_DIR
+    assert result["source_dir"] == source
     with h5py.File(result["train"]["h5"], "r") as h5:
         data, label = h5["data"][...], h5["label"][...]
     assert data.shape == (100, 1, 28, 28) and data.dtype == np.float32

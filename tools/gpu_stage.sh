@@ -257,17 +257,14 @@ stage_env() {
     export PATH="$STAGE/bin:$STAGE/root/usr/bin:$PATH"
     export PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT:$STAGE/root/usr/lib/python3/dist-packages:$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
     export CAFFEDSD_CAFFE_BIN="$STAGE/caffe/bin/caffe" GLOG_minloglevel=${GLOG_minloglevel:-2}
-    # The tests' Fashion-MNIST, where Debian's dataset-fashion-mnist is not installed.
+    # Fashion-MNIST for the demo and the tests, where Debian's dataset-fashion-mnist is not installed.
     [ -d /usr/share/datasets/fashion-mnist ] || export CAFFEDSD_FASHION_MNIST="$STAGE/fashion-mnist"
 }
 
 # Fashion-MNIST as HDF5 in data/fashion-mnist (the demo's and the LeNet
-# solver's), from STAGE/fashion-mnist.
+# solver's), from Debian's package or STAGE/fashion-mnist (stage_env).
 fashion_data() {
-    [ -f data/fashion-mnist/test.txt ] && return 0
-    [ -f "$STAGE/fashion-mnist/train-images-idx3-ubyte.gz" ] \
-        || { echo "gpu-stage: no $STAGE/fashion-mnist/*.gz (staged by fetch; carry it)" >&2; exit 1; }
-    caffedsd data fashion-mnist --source "$STAGE/fashion-mnist" -o data/fashion-mnist
+    [ -f data/fashion-mnist/test.txt ] || caffedsd data fashion-mnist -o data/fashion-mnist
 }
 
 check() {
