@@ -198,7 +198,7 @@ build() {
         export CUDA_HOME="$STAGE/cuda"
     fi
     if [ "$pyver" != 311 ] && [ ! -e "$lib/libboost_python$pyver.so.1.74.0" ]; then
-        say "compiling Boost.Python for Python ${pyver:0:1}.${pyver:1} (Debian's is for 3.11)"
+        say "compiling Boost.Python for Python $dotted (Debian's is for 3.11)"
         local obj="$STAGE/boost-python-$pyver"
         rm -rf "$obj" && mkdir -p "$obj"
         (cd "$STAGE/src/boost-python" && find . -name '*.cpp' -not -path '*numpy*' -printf '%P\n') \
@@ -208,7 +208,6 @@ build() {
         g++ -shared -Wl,-soname,"libboost_python$pyver.so.1.74.0" -o "$lib/libboost_python$pyver.so.1.74.0" \
             "$obj"/*.o "$pylib"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python$pyver.so"
-        ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python3.so"
     fi
     # Debian's CMake config for Boost.Python knows only its 3.11 build, and
     # Caffe would link that for any Python 3: CMake's own FindBoost instead,
