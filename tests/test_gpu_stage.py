@@ -44,3 +44,54 @@ def test_all_without_its_arguments_is_one_line(tmp_path):
     result = subprocess.run(["bash", str(GPU_STAGE), "all", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("gpu-stage: all needs PYTHON and OUTDIR; usage:")
+
+
+def _shared_library(path, soname, needs=()):
+    """A C shared library named SONAME that needs the libraries NEEDS (paths)."""
+    source = path.parent.parent / "f.c"  # not beside the library: `libs` looks at every *.so* there
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("int f(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(path), str(source),
+                    "-Wl,--no-as-needed", *[f"-L{n.parent}" for n in needs],
+                    *[f"-l:{n.name}" for n in needs]], check=True)
+
+
+def test_libs_links_only_what_this_machine_lacks(tmp_path):
+    # The staged tree: one library that needs a fill-in, which needs libz (every machine has it).
+    stage = tmp_path / "stage"
+    lib = stage / "root" / "usr" / "lib" / "x86_64-linux-gnu"
+    fill_lib = stage / "root" / "fill" / "usr" / "lib" / "x86_64-linux-gnu"
+    (stage / "root").mkdir(parents=True)
+    (stage / "root" / "PACKAGES").write_text("")
+    zlib = tmp_path / "host" / "libz.so"  # links as libz.so.1, found here in the system's folders
+    zlib.parent.mkdir()
+    zlib.symlink_to(subprocess.run(["cc", "-print-file-name=libz.so"], capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    _shared_library(fill_lib / "libfillin.so.1", "libfillin.so.1", needs=[zlib])
+    _shared_library(lib / "libneedy.so.2", "libneedy.so.2", needs=[fill_lib / "libfillin.so.1"])
+
+    done = subprocess.run(["bash", str(GPU_STAGE), "libs", str(stage)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("for what this machine lacks: libfillin.so.1")
+    assert sorted(p.name for p in (stage / "fill").iterdir()) == ["libfillin.so.1"]
+
+    # A need that neither this machine nor the stage holds stops it with one line.
+    _shared_library(tmp_path / "elsewhere" / "libnowhere.so.3", "libnowhere.so.3")
+    _shared_library(lib / "libother.so.1", "libother.so.1", needs=[tmp_path / "elsewhere" / "libnowhere.so.3"])
+    failed = subprocess.run(["bash", str(GPU_STAGE), "libs", str(stage)], capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert failed.stderr.startswith("gpu-stage: libnowhere.so.3 is needed by the staged libraries;")
+    assert "(libother.so.1 needs it)" in failed.stderr
+
+
+def test_build_for_a_python_boost_1_74_cannot_serve_is_one_line(tmp_path):
+    stage = tmp_path / "stage"
+    (stage / "root" / "usr" / "lib" / "x86_64-linux-gnu").mkdir(parents=True)
+    (stage / "root" / "PACKAGES").write_text("")
+    python = tmp_path / "python3.13"  # answers as Python 3.13 does to the version question
+    python.write_text("#!/bin/sh\necho 313\n")
+    python.chmod(0o755)
+    done = subprocess.run(["bash", str(GPU_STAGE), "build", str(stage), str(python), "--cpu"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"gpu-stage: {python} is Python 3.13; the staged Boost.Python (1.74)")

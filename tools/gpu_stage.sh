@@ -25,6 +25,7 @@
 #   tools/gpu_stage.sh all STAGE PYTHON OUTDIR
 #                                           there: build, then every check below
 #   tools/gpu_stage.sh build STAGE PYTHON   there: no apt, no network
+#   tools/gpu_stage.sh libs STAGE           there: do the staged libraries load?
 #   tools/gpu_stage.sh check STAGE PYTHON STEP OUTDIR [-- ARGS]
 #                                           there, after build (below)
 #   ... --cpu after PYTHON or OUTDIR        a rehearsal anywhere: the same steps
@@ -35,14 +36,17 @@
 #
 # fetch: `apt-get download` of Debian 12's build dependencies (Boost with
 #   Boost.Python, glog, gflags, protobuf 3.21 + protoc, HDF5, OpenBLAS,
-#   lmdb; runtime and -dev packages, not their whole dependency closure:
-#   libc, libstdc++, zlib and libcurl are assumed there), unpacked by
-#   `dpkg -x` into one tree, which is packed as STAGE/root.tar.xz (its
+#   lmdb; runtime and -dev packages) and, in root/fill, what those need
+#   that a CUDA image may lack (HDF5's libcurl and its closure, libquadmath;
+#   libc, libstdc++, zlib, OpenSSL 3 and GnuTLS are assumed there), unpacked
+#   by `dpkg -x` into one tree, which is packed as STAGE/root.tar.xz (its
 #   PACKAGES file lists the packages); the Caffe source unpacked by
 #   dpkg-source with its sha256 checked (tools/build_caffe.sh's own fetch);
 #   Boost.Python's C++ sources from Debian's boost1.74; an lmdb wheel for
 #   Python CAFFEDSD_STAGE_PYTHON (3.12, the GPU machine's); Fashion-MNIST.
-# build: STAGE/root.tar.xz is unpacked into STAGE/root; then, if PYTHON is
+# libs: STAGE/root.tar.xz is unpacked into STAGE/root, and STAGE/fill gets
+#   links to the fill-ins this machine lacks (the first thing build does).
+# build: libs; then, if PYTHON is
 #   not the 3.11 that Debian 12's Boost.Python was built for, Boost.Python
 #   is compiled from the staged sources for PYTHON (its headers must be
 #   there: checked first); then tools/build_caffe.sh --cuda with the
@@ -72,7 +76,7 @@ CMD=${1:-}
 say() { echo "gpu-stage: $*"; }
 usage() {  # usage [WHAT IS WRONG]: one line, exit 2
     say "${1:+$1; }usage: gpu_stage.sh fetch STAGE | all STAGE PYTHON OUTDIR [--cpu]" \
-        "| build STAGE PYTHON [--cpu] | check STAGE PYTHON tests|demo|bench|replay|suite OUTDIR [--cpu] [-- ARGS]" >&2
+        "| libs STAGE | build STAGE PYTHON [--cpu] | check STAGE PYTHON tests|demo|bench|replay|suite OUTDIR [--cpu] [-- ARGS]" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -94,13 +98,26 @@ DEBS=(libboost1.74-dev
       libopenblas-dev libopenblas-pthread-dev libopenblas0 libopenblas0-pthread libgfortran5
       liblmdb-dev liblmdb0
       python3-six)  # pycaffe imports six; the GPU machine's Python may lack it
+# Libraries the ones above need that a CUDA image may lack (HDF5's libcurl
+# and its closure, libgfortran's libquadmath; Ubuntu 24.04 has LDAP 2.6, not
+# 2.5), staged apart in root/fill: `libs` links into STAGE/fill only those
+# this machine lacks, so none shadows one of its own. Their own needs that
+# any Debian or Ubuntu has (OpenSSL 3, GnuTLS, zstd, libidn2) are not staged.
+FILL_DEBS=(libcurl4 libquadmath0 libldap-2.5-0 libsasl2-2 libsasl2-modules-db libnghttp2-14 librtmp1
+           libssh2-1 libpsl5 libbrotli1 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0
+           libkeyutils1 libcom-err2)
 
 fetch() {
     mkdir -p "$STAGE/src"
     local tmp
     tmp=$(mktemp -d)
-    mkdir -p "$tmp/debs" "$tmp/root"
+    mkdir -p "$tmp/debs" "$tmp/fill" "$tmp/root/fill"
     (cd "$tmp/debs" && apt-get download "${DEBS[@]}" 2>&1 | grep -v "unsandboxed")
+    (cd "$tmp/fill" && apt-get download "${FILL_DEBS[@]}" 2>&1 | grep -v "unsandboxed")
+    for deb in "$tmp"/fill/*.deb; do
+        dpkg -x "$deb" "$tmp/root/fill"
+        dpkg-deb --showformat='${Package} ${Version} (fill)\n' -W "$deb" >> "$tmp/root/PACKAGES"
+    done
     # One unpacked tree in place of the .debs, less their static libraries,
     # docs and man pages (226 MB, 19 MB as .tar.xz against 33 MB of .debs):
     # then it, the Caffe source and Fashion-MNIST travel in one device call.
@@ -109,7 +126,8 @@ fetch() {
         dpkg-deb --showformat='${Package} ${Version}\n' -W "$deb" >> "$tmp/root/PACKAGES"
     done
     find "$tmp/root" -name '*.a' -delete
-    rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man" "$tmp/root/usr/share/lintian"
+    rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man" "$tmp/root/usr/share/lintian" \
+        "$tmp/root/fill/usr/share" "$tmp/root/fill/etc"
     tar -C "$tmp" -I 'xz -9 -T0' -cf "$STAGE/root.tar.xz.part" root
     mv "$STAGE/root.tar.xz.part" "$STAGE/root.tar.xz"
     rm -rf "$tmp" "$STAGE/root" "$STAGE/src/caffe" "$STAGE/src/boost-python"
@@ -160,29 +178,29 @@ build() {
     esac
     python=$(command -v "$python" || echo "$python")
     local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
-    if [ ! -f "$root/PACKAGES" ]; then
-        [ -f "$STAGE/root.tar.xz" ] || { say "no $STAGE/root.tar.xz: run fetch, and carry it" >&2; exit 2; }
-        rm -rf "$root" "$root.part"
-        mkdir -p "$root.part"
-        tar -xJf "$STAGE/root.tar.xz" -C "$root.part" --strip-components=1
-        mv "$root.part" "$root"
-    fi
+    libs
     stage_env
     local pyver pyinc pylib
     pyver=$("$python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
+    local dotted="${pyver:0:1}.${pyver:1}"
+    # Boost 1.74's Boost.Python calls PyEval_CallFunction, gone in 3.13.
+    [ "$pyver" -le 312 ] || { echo "gpu-stage: $python is Python $dotted; the staged Boost.Python (1.74)" \
+        "builds for Python 3.12 at the newest" >&2; exit 1; }
     # Headers and libpython of the same X.Y from elsewhere do (a venv whose
     # base Python came without its -dev files, say): CAFFEDSD_PYTHON_INCLUDE
     # and CAFFEDSD_PYTHON_LIBRARY.
     pyinc=${CAFFEDSD_PYTHON_INCLUDE:-$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')}
     pylib=${CAFFEDSD_PYTHON_LIBRARY:-$("$python" -c 'import sysconfig, os; print(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")))')}
-    local dotted="${pyver:0:1}.${pyver:1}"
     [ -f "$pyinc/Python.h" ] || { echo "gpu-stage: $python has no Python.h in $pyinc: pycaffe cannot be built" \
         "for it; Python $dotted headers elsewhere here: $(python_elsewhere "include/python$dotted/Python.h")" \
         "(CAFFEDSD_PYTHON_INCLUDE=DIR takes one)" >&2; exit 1; }
     [ -f "$pylib" ] || { echo "gpu-stage: $python has no shared libpython ($pylib); elsewhere here:" \
         "$(python_elsewhere "lib*/libpython$dotted.so*")" "(CAFFEDSD_PYTHON_LIBRARY=FILE takes one)" >&2; exit 1; }
     if ! "$python" -c 'import lmdb' 2>/dev/null && compgen -G "$STAGE/wheels/*.whl" >/dev/null; then
-        "$python" -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/wheels/*.whl
+        # Wheels for another X.Y do not install; the LMDB tests then skip.
+        "$python" -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/wheels/*.whl \
+            || say "the staged wheels ($(cd "$STAGE/wheels" && ls)) are not for Python $dotted: the LMDB" \
+                   "tests will skip (stage them with CAFFEDSD_STAGE_PYTHON=$dotted tools/gpu_stage.sh fetch)"
     fi
     # A toolkit without cuBLAS/cuRAND (nvcc and the runtime only) is completed
     # from the NVIDIA wheels in PYTHON's environment (CuPy's and torch's).
@@ -240,6 +258,45 @@ EOF
     "$python" -c "import caffe" || { echo "gpu-stage: the staged pycaffe does not import in $python (above)" >&2; exit 1; }
 }
 
+# libs: unpack STAGE/root.tar.xz into STAGE/root (once), then make the staged
+# libraries load here. Each library this machine lacks is linked into
+# STAGE/fill from root/fill, until every staged library and what it needs
+# resolves (ldd); one this machine lacks and the stage does not hold stops
+# it with one line, before a build that would fail at its link.
+libs() {
+    local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu" fill="$STAGE/fill"
+    if [ ! -f "$root/PACKAGES" ]; then
+        [ -f "$STAGE/root.tar.xz" ] || { say "no $STAGE/root.tar.xz: run fetch, and carry it" >&2; exit 2; }
+        rm -rf "$root" "$root.part"
+        mkdir -p "$root.part"
+        tar -xJf "$STAGE/root.tar.xz" -C "$root.part" --strip-components=1
+        mv "$root.part" "$root"
+    fi
+    rm -rf "$fill"
+    mkdir -p "$fill"
+    local missing name found linked=()
+    while :; do
+        # A library's needs show only once it is found itself: hence rounds.
+        # Missing here: a library not found, or one of this machine's that
+        # lacks a symbol version the staged ones ask for.
+        missing=$(find "$lib" "$fill/" -maxdepth 2 -name '*.so*' \( -type f -o -type l \) -print0 \
+            | { LD_LIBRARY_PATH="$lib:$lib/openblas-pthread:$fill" xargs -0 -r ldd 2>&1 || true; } \
+            | awk '$2 == "=>" && $3 == "not" {print $1}
+                   /version .* not found/ {n = split($2, p, "/"); sub(/:$/, "", p[n]); print p[n]}' | sort -u)
+        [ -n "$missing" ] || break
+        for name in $missing; do
+            found=$(find "$root/fill" -name "$name" \( -type f -o -type l \) -print -quit 2>/dev/null)
+            [ -n "$found" ] || { echo "gpu-stage: $name is needed by the staged libraries; this machine" \
+                "lacks it and the stage does not hold it ($(grep -l -r -- "$name" "$lib" 2>/dev/null \
+                | head -1 | xargs -r basename) needs it)" >&2; exit 1; }
+            [ ! -e "$fill/$name" ] || { echo "gpu-stage: $name, staged, does not load here either" >&2; exit 1; }
+            ln -s "$found" "$fill/$name"
+            linked+=("$name")
+        done
+    done
+    say "libs: the staged libraries load here${linked[0]:+; from the stage, for what this machine lacks: ${linked[*]}}"
+}
+
 # python_elsewhere PATTERN: the files under the usual Python prefixes that
 # match (e.g. include/python3.12/Python.h), or "none".
 python_elsewhere() {
@@ -252,7 +309,7 @@ python_elsewhere() {
 # The environment the staged Caffe runs in: its libraries, pycaffe, caffedsd.
 stage_env() {
     local lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
-    export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread:$STAGE/fill${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export PATH="$STAGE/bin:$STAGE/root/usr/bin:$PATH"
     export PYTHONPATH="$STAGE/caffe/pycaffe:$ROOT:$STAGE/root/usr/lib/python3/dist-packages:$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
     export CAFFEDSD_CAFFE_BIN="$STAGE/caffe/bin/caffe" GLOG_minloglevel=${GLOG_minloglevel:-2}
@@ -395,6 +452,7 @@ all_publish() {
 case "$CMD" in
     fetch) fetch ;;
     build) build "$@" ;;
+    libs) libs ;;
     check) check "$@" ;;
     all) all "$@" ;;
     *) usage "unknown command ${CMD}" ;;
