@@ -119,9 +119,15 @@ if [ "$CUDA" = 1 ]; then
     STAMP_EXTRA=" cuda=$CUDA_VERSION arch=$CUDA_ARCH"
     say "CUDA $CUDA_VERSION from $CUDA_ROOT, for sm_$CUDA_ARCH only${CUDA_HOST_CXX:+, host compiler $CUDA_HOST_CXX}"
 fi
+# make where there is one, else Ninja: a CUDA image may carry ninja and no make.
+GENERATOR=()
+if ! command -v make >/dev/null; then
+    command -v ninja >/dev/null || { echo "caffe: CMake needs make or ninja on PATH, and neither is there" >&2; exit 1; }
+    GENERATOR=(-G Ninja)
+fi
 say "configuring (CPU_ONLY=$CPU_ONLY, python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
 mkdir -p "$WORK/build"
-(cd "$WORK/build" && cmake "$SRC" \
+(cd "$WORK/build" && cmake "$SRC" ${GENERATOR[@]+"${GENERATOR[@]}"} \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$PREFIX" "${CMAKE_COMPAT[@]}" \
     -DCPU_ONLY=$CPU_ONLY -DUSE_CUDNN=OFF -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=ON -DBLAS=Open \
     -DBUILD_python=ON -DBUILD_python_layer=ON -Dpython_version=3 \
@@ -138,9 +144,9 @@ if [ -n "${CAFFEDSD_CONFIGURE_ONLY:-}" ]; then  # a check of the configuration a
     exit 0
 fi
 say "building with $JOBS jobs (a few minutes)"
-(cd "$WORK/build" && make -j"$JOBS" > "$WORK/make.log" 2>&1) \
+(cd "$WORK/build" && cmake --build . -j "$JOBS" > "$WORK/make.log" 2>&1) \
     || { tail -30 "$WORK/make.log" >&2; exit 1; }
-(cd "$WORK/build" && make install > "$WORK/install.log" 2>&1) \
+(cd "$WORK/build" && cmake --build . --target install > "$WORK/install.log" 2>&1) \
     || { tail -30 "$WORK/install.log" >&2; exit 1; }
 [ -x "$PREFIX/bin/caffe" ] || { echo "caffe: build produced no $PREFIX/bin/caffe" >&2; exit 1; }
 # Debian's packaging patch installs pycaffe under lib/python3/dist-packages;
