@@ -17,9 +17,11 @@ cuda_nvcc() {
         nvcc="$CUDA_HOME/bin/nvcc"
     else
         nvcc=$(command -v nvcc || true)
+        # NVIDIA's installers put the toolkit there without touching PATH.
+        [ -n "$nvcc" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || nvcc=/usr/local/cuda/bin/nvcc
     fi
     if [ -z "$nvcc" ] || [ ! -x "$nvcc" ]; then
-        echo "cuda: no nvcc (looked in \$CUDA_HOME/bin and PATH); install a CUDA toolkit or set CUDA_HOME" >&2
+        echo "cuda: no nvcc (looked in \$CUDA_HOME/bin, PATH and /usr/local/cuda/bin); install a CUDA toolkit or set CUDA_HOME" >&2
         return 1
     fi
     echo "$nvcc"

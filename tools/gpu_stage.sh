@@ -412,7 +412,7 @@ all() {
     all_publish
     say "all: $(date -u +%FT%TZ), $(nproc) cores; $(nvidia-smi --query-gpu=name,driver_version,compute_cap \
         --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
-    say "all: $("$python" --version 2>&1); $(nvcc --version 2>/dev/null | tail -1 || echo 'no nvcc on PATH');" \
+    say "all: $("$python" --version 2>&1); $( (. "$ROOT/tools/cuda_toolkit.sh" && "$(cuda_nvcc)" --version | tail -1) 2>/dev/null || echo 'no nvcc');" \
         "$(cmake --version 2>/dev/null | head -1 || echo 'no cmake'); $(g++ --version 2>/dev/null | head -1 || echo 'no g++')"
     all_step build bash "$self" build "$STAGE" "$python" $cpu || { say "all: the build failed (above)"; return 1; }
     # A failed step is reported, and the next one runs.
