@@ -24,7 +24,9 @@
 #   Ninja with make taken away, `libs` with libcurl and libquadmath taken
 #   away (linked from root/fill, and LDAP 2.5 after them) and with xz taken
 #   away (the same tree from Python's tarfile), and `all --cpu` (6 min).
-# Nothing has run on the GPU machine itself.
+# Nothing has run on the GPU machine itself. Its Python very likely has its
+# headers: Triton, seen running there, compiles its CUDA driver stub against
+# Python.h at first use.
 #
 #   tools/gpu_stage.sh fetch STAGE          here: Debian 12, apt and network
 #   tools/gpu_stage.sh all STAGE PYTHON OUTDIR
@@ -183,6 +185,11 @@ build() {
     esac
     python=$(command -v "$python" || echo "$python")
     local root="$STAGE/root" lib="$STAGE/root/usr/lib/x86_64-linux-gnu"
+    # CMake and Ninja may be pip's, in PYTHON's venv, which PATH need not name.
+    PATH="$PATH:$(dirname "$python")"
+    local tool missing=()
+    for tool in g++ cmake ldd; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    [ ${#missing[@]} -eq 0 ] || { echo "gpu-stage: the build needs ${missing[*]} on PATH" >&2; exit 1; }
     libs
     stage_env
     local pyver pyinc pylib
