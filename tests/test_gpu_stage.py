@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 GPU_STAGE = Path(__file__).resolve().parent.parent / "tools" / "gpu_stage.sh"
-STEPS = ["build", "tests", "demo", "bench-lenet", "bench-squeezenet", "bench-vgg16", "replay", "suite"]
+STEPS = ["build", "tests", "demo", "bench-lenet", "bench-squeezenet", "bench-vgg16-device", "bench-vgg16-host",
+         "bench-vgg16-device-force", "replay", "suite"]
 
 
 def _all(stage, out):
