@@ -137,11 +137,28 @@ def read_net_prototxt(path, allow_python_layers=False):
         upgraded = [upgrade_v1_layer(v1, where=f"{path}: layer {v1.name!r}") for v1 in net.layers]
         del net.layers[:]
         net.layer.extend(upgraded)
+    return _checked_net(net, path, allow_python_layers)
+
+
+def inline_net(message, where, allow_python_layers=False):
+    """A copy of a net given inside a solver (``net_param`` and the like),
+    checked as read_net_prototxt checks a file; ``where`` names it."""
+    net = NetParameter()
+    net.CopyFrom(message)
+    if len(net.layers):
+        # Caffe upgrades the V1 layout only in nets it reads from files: an
+        # inline one would be built with none of these layers.
+        raise InputError(f"{where}: V1 'layers' entries, which Caffe does not upgrade in a solver; "
+                         "write them as V2 'layer', or put the net in a file")
+    return _checked_net(net, where, allow_python_layers)
+
+
+def _checked_net(net, where, allow_python_layers):
     if not len(net.layer):
-        raise InputError(f"{path}: net has no layers")
+        raise InputError(f"{where}: net has no layers")
     if not allow_python_layers:
         python = [layer.name for layer in net.layer if layer.type == "Python"]
         if python:
-            raise InputError(f"{path}: Python layer(s) {', '.join(python)} would run arbitrary code; "
+            raise InputError(f"{where}: Python layer(s) {', '.join(python)} would run arbitrary code; "
                              "pass --allow-python-layers if you trust this file")
     return net

@@ -17,7 +17,7 @@ from google.protobuf import text_format
 from .atomic import atomic_path, check_output
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
                         import_pycaffe, layer_types)
-from .caffe_proto import SolverParameter, parse_prototxt, read_net_prototxt
+from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
 from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
@@ -29,13 +29,16 @@ from .solverstate import clean_solverstate
 
 @dataclass(frozen=True)
 class SolverSpec:
-    """A checked solver prototxt: its parameters and the net it trains."""
+    """A checked solver prototxt: its parameters and the net it trains.
+
+    A net given inline (``net_param`` and the like) has the solver's own
+    path as its path: that is the file that holds it."""
 
     path: Path
     param: object  # SolverParameter
     net_path: Path
     net: object  # NetParameter (V2)
-    test_nets: tuple = ()  # ((path, NetParameter), ...): 2014-era solvers' test_net files
+    test_nets: tuple = ()  # ((path, NetParameter), ...): test_net_param, then test_net files, as Caffe orders them
 
     @property
     def test_net_paths(self):
@@ -78,16 +81,9 @@ def read_solver(path, allow_python_layers=False):
     path = Path(path)
     param = parse_prototxt(path, SolverParameter)
     _check_solver_param(param, path)
-    if param.HasField("net_param") or param.HasField("train_net_param") or len(param.test_net_param):
-        raise InputError(f"{path}: inline net_param is not supported; put the net in a file and use net:")
-    net_file = param.net or param.train_net
-    if not net_file:
-        raise InputError(f"{path}: names no net (net: \"train_val.prototxt\")")
-    net_path = Path(net_file)
-    if not net_path.is_file():
-        raise InputError(f"{path}: net {net_file!r} does not exist (paths are relative to the current folder)")
-    net = read_net_prototxt(net_path, allow_python_layers)
-    test_nets = []
+    net_path, net = _train_net(param, path, allow_python_layers)
+    test_nets = [(path, inline_net(each, f"{path}: test_net_param #{i + 1}", allow_python_layers))
+                 for i, each in enumerate(param.test_net_param)]
     for test_path in map(Path, param.test_net):
         if not test_path.is_file():
             raise InputError(f"{path}: test_net {str(test_path)!r} does not exist (paths are relative to the current "
@@ -100,12 +96,35 @@ def read_solver(path, allow_python_layers=False):
     return spec
 
 
+# Where Caffe's Solver::InitTrainNet takes the train net from: exactly one.
+_TRAIN_NET_FIELDS = ("train_net_param", "train_net", "net_param", "net")
+
+
+def _train_net(param, path, allow_python_layers):
+    """(path, NetParameter) of the solver's train net, a file or inline."""
+    given = [field for field in _TRAIN_NET_FIELDS if param.HasField(field)]
+    if not given:
+        raise InputError(f"{path}: names no net (net: \"train_val.prototxt\")")
+    if len(given) > 1:
+        raise InputError(f"{path}: gives the train net {len(given)} times ({', '.join(given)}); Caffe takes "
+                         "exactly one")
+    (field,) = given
+    if field.endswith("_param"):
+        return path, inline_net(getattr(param, field), f"{path}: {field}", allow_python_layers)
+    net_file = getattr(param, field)
+    net_path = Path(net_file)
+    if not net_path.is_file():
+        raise InputError(f"{path}: {field} {net_file!r} does not exist (paths are relative to the current folder)")
+    return net_path, read_net_prototxt(net_path, allow_python_layers)
+
+
 def built_nets(spec):
     """[(NetParameter, path, NetStates)]: the train/val net and each
     test_net file, with the states the Solver builds them in (Caffe's
     Solver::InitTrainNet and InitTestNets): TRAIN with train_state; then a
-    TEST net per test_iter, the test_net files first, the train/val net
-    (given as `net:`) for the rest, each with its test_state."""
+    TEST net per test_iter, the test_net_param and test_net ones first,
+    the train/val net (given as `net` or `net_param`) for the rest, each
+    with its test_state."""
     param = spec.param
     test_states = list(param.test_state)
 
@@ -113,7 +132,7 @@ def built_nets(spec):
         return test_states[index] if index < len(test_states) else None
 
     files = len(spec.test_nets)
-    generic = max(0, len(param.test_iter) - files) if param.net else 0
+    generic = max(0, len(param.test_iter) - files) if param.HasField("net") or param.HasField("net_param") else 0
     main = [solver_state(spec.net, "TRAIN", param.train_state)]
     main += [solver_state(spec.net, "TEST", test_state(files + i)) for i in range(generic)]
     return [(spec.net, spec.net_path, main)] + [(net, path, [solver_state(net, "TEST", test_state(i))])

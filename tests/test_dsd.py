@@ -308,6 +308,38 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                     "would overwrite the input")
 
 
+def test_a_solver_with_its_net_inline(caffe, tmp_path, cli):
+    # Caffe takes the net from net_param inside the solver as from a net file.
+    solver = write_solver(tmp_path)
+    net_line = f'net: "{tmp_path / "net.prototxt"}"'
+    inline = solver.read_text().replace(net_line, "net_param {" + (tmp_path / "net.prototxt").read_text() + "}")
+    solver.write_text(inline)
+    (tmp_path / "net.prototxt").unlink()  # nothing reads a file
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "dense.caffemodel"))
+    assert cli("prune", "-w", "dense.caffemodel", "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("train-sparse", "--solver", solver, "-w", "p.caffemodel", "-n", 3, "-o", "s.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "test: loss = " in result.output
+    kept = load_masks(tmp_path / "s.masks.h5").masks["conv1"]
+    assert not read_caffemodel(tmp_path / "s.caffemodel").layer("conv1").blobs[0].data[~kept].any()
+
+    # Its errors name the solver, which holds the net: a data source, then the layout.
+    solver.write_text(inline.replace('type: "DummyData"', 'type: "HDF5Data" hdf5_data_param { source: "gone.txt" '
+                                     'batch_size: 1 }', 1))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "p.caffemodel", "-n", 1, "-o", "d.caffemodel"),
+                          f"{solver}: layer 'data' reads 'gone.txt', which does not exist")
+    # Caffe does not upgrade V1 'layers' given inline (it would build none of them), nor take two train nets.
+    solver.write_text(inline.replace("net_param {", 'net_param { layers { name: "old" type: RELU bottom: "data" '
+                                     'top: "data" }', 1))
+    assert "old" not in caffe.get_solver(str(solver)).net._layer_names
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "p.caffemodel", "-n", 1, "-o", "d.caffemodel"),
+                          f"{solver}: net_param: V1 'layers' entries, which Caffe does not upgrade in a solver")
+    solver.write_text(inline + 'train_net: "net.prototxt"\n')
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "p.caffemodel", "-n", 1, "-o", "d.caffemodel"),
+                          f"{solver}: gives the train net 2 times (train_net, net_param); Caffe takes exactly one")
+    assert not (tmp_path / "d.caffemodel").exists()
+
+
 def _printed_tests(output):
     """{label: {output: value}} of train-*'s "test ...: name = value, ..." lines."""
     printed = {}

@@ -166,3 +166,30 @@ def test_the_layers_caffe_builds_are_those_predicted(tmp_path, monkeypatch):
     assert len(states) == len(caffe_nets) == 3
     for built, state in zip(caffe_nets, states):
         assert list(built._layer_names) == _built(net, state)
+
+
+@pytest.mark.caffe
+def test_inline_test_nets_come_first_as_in_caffe(tmp_path, monkeypatch):
+    """Caffe's InitTestNets: test_net_param nets, then test_net files, then
+    the train/val net (here net_param) for the remaining test_iter."""
+    from caffedsd.caffe_env import import_caffe
+    from caffedsd.training import built_nets, read_solver
+
+    caffe = import_caffe()
+    monkeypatch.chdir(tmp_path)
+    net = _rules_net(tmp_path)
+    only = 'layer { name: "only_inline" type: "DummyData" top: "x" dummy_data_param { shape { dim: 1 } } }'
+    (tmp_path / "solver.prototxt").write_text(
+        f'net_param {{ {RULES_NET} }}\ntest_net_param {{ {only} }}\ntest_net: "rules.prototxt"\n'
+        'base_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 1\ntest_iter: 1\ntest_iter: 1\ntest_iter: 1\n'
+        'test_interval: 10\ntest_state { }\ntest_state { }\ntest_state { stage: "test-on-train-set" level: 1 }\n')
+    solver = caffe.get_solver("solver.prototxt")
+    (main, inline, from_file) = built_nets(read_solver("solver.prototxt"))
+    assert [path.name for _, path, _ in (main, inline, from_file)] == ["solver.prototxt", "solver.prototxt",
+                                                                       "rules.prototxt"]
+    caffe_tests = [list(each._layer_names) for each in solver.test_nets]
+    assert caffe_tests[0] == ["only_inline"] == _built(inline[0], *inline[2])
+    assert caffe_tests[1] == _built(net, *from_file[2])
+    assert list(solver.net._layer_names) == _built(net, main[2][0])
+    assert len(main[2]) == 2 and caffe_tests[2] == _built(net, main[2][1])  # the third test_iter: net_param again
+    assert "on_train_set" in caffe_tests[2]
