@@ -23,7 +23,8 @@
 #   `build` with CUDA 13.0 (8.7 min), `build --cpu` through make and through
 #   Ninja with make taken away, `libs` with libcurl and libquadmath taken
 #   away (linked from root/fill, and LDAP 2.5 after them) and with xz taken
-#   away (the same tree from Python's tarfile), and `all --cpu` (6 min).
+#   away (the same tree from Python's tarfile), and `all --cpu` (6 min;
+#   tools/rehearse_stage.sh repeats it).
 # Nothing has run on the GPU machine itself. Its Python very likely has its
 # headers: Triton, seen running there, compiles its CUDA driver stub against
 # Python.h at first use.
