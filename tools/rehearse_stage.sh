@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rehearse tools/gpu_stage.sh on a newer distribution than the Debian 12 its
-# stage comes from, as the GPU machine's is (its Python 3.12.3 is Ubuntu
-# 24.04's): a Debian 13 chroot (g++ 14, CMake 3.31, glibc 2.41), with a
+# stage comes from, as the GPU machine's likely is (its Python 3.12.3 is the
+# version Ubuntu 24.04 ships): a Debian 13 chroot (g++ 14, CMake 3.31, glibc 2.41), with a
 # Python 3.12 venv whose base Python is not in the loader's cache, as a
 # venv's may not be. Needs root, debootstrap and Debian's and PyPI's
 # registries; no GPU (the steps run with --cpu).
