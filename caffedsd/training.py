@@ -84,11 +84,7 @@ def read_solver(path, allow_python_layers=False):
     net_path, net = _train_net(param, path, allow_python_layers)
     test_nets = [(path, inline_net(each, f"{path}: test_net_param #{i + 1}", allow_python_layers))
                  for i, each in enumerate(param.test_net_param)]
-    for test_path in map(Path, param.test_net):
-        if not test_path.is_file():
-            raise InputError(f"{path}: test_net {str(test_path)!r} does not exist (paths are relative to the current "
-                             "folder)")
-        test_nets.append((test_path, read_net_prototxt(test_path, allow_python_layers)))
+    test_nets += [_net_file(path, "test_net", each, allow_python_layers) for each in param.test_net]
     spec = SolverSpec(path, param, net_path, net, tuple(test_nets))
     leveldb = caffe_has_leveldb()
     for each, where, states in built_nets(spec):
@@ -111,10 +107,15 @@ def _train_net(param, path, allow_python_layers):
     (field,) = given
     if field.endswith("_param"):
         return path, inline_net(getattr(param, field), f"{path}: {field}", allow_python_layers)
-    net_file = getattr(param, field)
+    return _net_file(path, field, getattr(param, field), allow_python_layers)
+
+
+def _net_file(solver_path, field, net_file, allow_python_layers):
+    """(path, NetParameter) of a net file the solver names in ``field``."""
     net_path = Path(net_file)
     if not net_path.is_file():
-        raise InputError(f"{path}: {field} {net_file!r} does not exist (paths are relative to the current folder)")
+        raise InputError(f"{solver_path}: {field} {net_file!r} does not exist (paths are relative to the current "
+                         "folder)")
     return net_path, read_net_prototxt(net_path, allow_python_layers)
 
 
