@@ -231,7 +231,10 @@ def parse_blob(where, index, buf, view, f):
             legacy[sub.number] = sub.value
             others.append(view[sub.start:sub.end])
         elif sub.number == BLOB_SHAPE and sub.wire_type == wire.LEN:
-            shape = tuple(BlobShape.FromString(bytes(view[sub.value_start:sub.end])).dim)
+            try:
+                shape = tuple(BlobShape.FromString(bytes(view[sub.value_start:sub.end])).dim)
+            except DecodeError as exc:
+                raise wire.WireError(f"blob {index}'s shape: {exc}") from None
             others.append(view[sub.start:sub.end])
         elif sub.number in (BLOB_DATA, BLOB_DOUBLE_DATA):
             dtype = np.dtype("<f4") if sub.number == BLOB_DATA else np.dtype("<f8")

@@ -18,8 +18,14 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CaffeDsdError as exc:
-            click.echo(f"caffedsd: {exc}", err=True)
+            click.echo(f"caffedsd: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+
+
+def one_line(text):
+    """``text`` with its control characters escaped: a message that quotes a
+    damaged file's line (protobuf's parser does) must stay one line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text.strip())
 
 
 # -- shared options ------------------------------------------------------------

@@ -150,10 +150,10 @@ CRITERIA = {
 
 
 def get_criterion(name):
-    try:
-        return CRITERIA[name]
-    except KeyError:
-        raise InputError(f"unknown criterion {name!r} (known: {', '.join(CRITERIA)})") from None
+    # A YAML file may give a mapping or a list here, which no dict lookup takes.
+    if not isinstance(name, str) or name not in CRITERIA:
+        raise InputError(f"unknown criterion {name!r} (known: {', '.join(CRITERIA)})")
+    return CRITERIA[name]
 
 
 def compute_mask(weights, criterion, amount, previous=None, rng=None):

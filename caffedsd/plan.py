@@ -20,9 +20,9 @@ match at least one prunable layer.
 """
 from dataclasses import dataclass, field, replace
 
-from .errors import PlanError
+from .errors import InputError, PlanError
 from .globrules import GlobRules, Rule
-from .masks import CRITERIA
+from .masks import get_criterion
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 _KEYS = {"criterion", "sparsity", "layers", "verified"}
@@ -46,9 +46,10 @@ class SparsityPlan:
             if isinstance(drop, bool) or not isinstance(drop, (int, float)):
                 raise PlanError(f"{at}verified: expected a mapping with a numeric measured_drop "
                                 "(as `caffedsd plan --verify` writes it)")
-        crit = CRITERIA.get(self.criterion)
-        if crit is None:
-            raise PlanError(f"{at}unknown criterion {self.criterion!r} (known: {', '.join(CRITERIA)})")
+        try:
+            crit = get_criterion(self.criterion)
+        except InputError as exc:
+            raise PlanError(f"{at}{exc}") from None
         if self.sparsity is None and not self.rules:
             raise PlanError(f"{at}plan prunes nothing: give a sparsity or at least one layer rule")
         checks = [] if self.sparsity is None else [("sparsity", self.sparsity)]

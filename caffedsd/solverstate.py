@@ -68,6 +68,8 @@ def clean_solverstate(path, output, net, masks):
 
 
 def _clean_binary(path, output, params, masks):
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not a solverstate")
     with open(path, "rb") as handle:
         buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     view = memoryview(buf)

@@ -121,6 +121,11 @@ def test_bad_prototxts(caffe, tiny, tmp_path, cli):
     (tmp_path / "syntax.prototxt").write_text('layer { name: "a" type: "Input" \n  top: "x" }}\n')
     _bad(cli, tmp_path, "prune", "-w", weights, "-p", "syntax.prototxt", "-s", 0.5, "-o", "o.caffemodel",
          expect="syntax.prototxt:2:")
+    # protobuf's message quotes the damaged line: its control characters
+    # (\x1c is a line break to Python and to some terminals) are escaped.
+    (tmp_path / "control.prototxt").write_bytes(b'layer \x1c name: "a" type: "Input" top: "x" }\n')
+    _bad(cli, tmp_path, "prune", "-w", weights, "-p", "control.prototxt", "-s", 0.5, "-o", "o.caffemodel",
+         expect="layer \\x1c name")
     other = proto.read_text().replace('"fc1"', '"fc1_renamed"')
     (tmp_path / "other.prototxt").write_text(other)
     line = _bad(cli, tmp_path, "prune", "-w", weights, "-p", "other.prototxt", "-s", 0.5, "-o", "o.caffemodel",

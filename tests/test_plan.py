@@ -30,7 +30,8 @@ def test_rule_matching_nothing_is_an_error():
 
 
 @pytest.mark.parametrize("kwargs", [dict(sparsity=1.0), dict(sparsity=-0.1), dict(rules=(Rule("a", 2),)),
-                                    dict(), dict(sparsity=0.5, criterion="biggest"), dict(sparsity=True)])
+                                    dict(), dict(sparsity=0.5, criterion="biggest"), dict(sparsity=True),
+                                    dict(sparsity=0.5, criterion={"fc*": 0.7})])
 def test_validated_when_built(kwargs):
     with pytest.raises(PlanError):
         SparsityPlan(**kwargs)

@@ -107,6 +107,21 @@ def test_cleaned_solverstate_keeps_the_weights_given(caffe, tmp_path, snapshot_f
         assert np.all(solver.net.params["conv1"][0].data == 7.0) == kept, path.name
 
 
+def test_damaged_solverstates_are_one_line(caffe, tmp_path):
+    from caffedsd.solverstate import clean_solverstate
+
+    net = caffe.get_solver(str(write_solver(tmp_path))).net
+    # history (field 3) holding a BlobProto whose shape (field 7) is a truncated varint
+    for name, data, expect in (("empty", b"", "empty file, not a solverstate"),
+                               ("shape", b"\x1a\x03\x3a\x01\x08", "truncated \\(blob 0's shape: ")):
+        path = tmp_path / f"{name}.solverstate"
+        path.write_bytes(data)
+        with pytest.raises(InputError, match=f"{name}.solverstate: .*{expect}") as info:
+            clean_solverstate(path, tmp_path / "out.solverstate", net, {})
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / "out.solverstate").exists()
+
+
 def test_uncleaned_history_would_break_the_invariant(caffe, pruned, tmp_path):
     """The control for the test above: restoring the raw solverstate moves
     pruned weights in the very first update, so that test can fail."""
