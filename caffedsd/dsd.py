@@ -24,7 +24,7 @@ import ctypes
 import hashlib
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from . import report
@@ -61,6 +61,10 @@ class StageSummary:
 
     def to_dict(self):
         return {key: value for key, value in asdict(self).items() if value is not None or key == "lr"}
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in fields(StageSummary))
+_SUMMARY_REQUIRED = tuple(f.name for f in fields(StageSummary) if f.default is MISSING)
 
 
 def run_fingerprint(recipe, spec):
@@ -121,7 +125,7 @@ class _Checkpoints:
     def latest(self):
         if not self.record.exists():
             return None
-        record = read_json(self.record)
+        record = read_json(self.record, keys=("iter", "solverstate", "curve"))
         if not Path(record["solverstate"]).is_file():  # Caffe would abort the process on it
             raise InputError(f"{self.record}: its solverstate {record['solverstate']} is missing; "
                              f"delete {self.folder} to restart the stage")
@@ -228,7 +232,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
-            summary = StageSummary(**read_json(done))
+            summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
         else:
             stage_dir.mkdir(exist_ok=True)
             started = time.time()

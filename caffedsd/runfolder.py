@@ -20,8 +20,24 @@ def write_json(path, data):
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def read_json(path):
-    return json.loads(Path(path).read_text())
+def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):
+    """The JSON object in ``path``, with ``keys`` present and, when ``known``
+    is given, no others. These files are caffedsd's own, written whole, so a
+    damaged one was edited or cut by something else: a one-line error that
+    names it, rather than a traceback from deep in a continued run."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"{path}: damaged, not the JSON caffedsd wrote ({exc}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: damaged, not a JSON object; {remedy}")
+    missing = [key for key in keys if key not in data]
+    unknown = sorted(set(data) - set(known)) if known is not None else []
+    if missing or unknown:
+        what = "; ".join(part for part in (missing and f"lacks {', '.join(missing)}",
+                                            unknown and f"has unknown {', '.join(unknown)}") if part)
+        raise InputError(f"{path}: damaged, {what}; {remedy}")
+    return data
 
 
 class RunFolder:
@@ -40,7 +56,7 @@ class RunFolder:
         same ``record``. Returns self."""
         expected = json.loads(json.dumps(record))
         if self.marker.exists():
-            if read_json(self.marker) != expected:
+            if read_json(self.marker, remedy=f"remove {self.path} to start over") != expected:
                 raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
                                  "or remove it to start over")
             remove_leftovers(self.path)  # a killed run's half-written files

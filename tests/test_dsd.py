@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from caffedsd.caffemodel import read_caffemodel
+from caffedsd.dsd import RUN_FILE
 from caffedsd.maskfile import load_masks
 from caffedsd.report import parse_tests_csv
 from caffedsd.verify import parse_test_outputs, run_caffe_test
@@ -213,6 +214,37 @@ def test_checkpoint_without_its_solverstate(tmp_path, cli):
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert_one_line_error(result, "checkpoint.json: its solverstate")
     assert "gone.solverstate is missing; delete" in result.output
+
+
+@pytest.mark.caffe
+def test_damaged_run_records_are_one_line(tmp_path, cli):
+    """A run folder's JSON records are caffedsd's own, written whole; one
+    edited or cut by something else is named, not a traceback."""
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    run = tmp_path / "run"
+    done = run / "03-sparse" / "stage.json"
+    whole = done.read_text()
+    for text, expect in [(whole[:len(whole) // 2], "damaged, not the JSON caffedsd wrote"),
+                         ("[1, 2]", "damaged, not a JSON object"),
+                         (whole.replace('"seconds"', '"secs"'), "damaged, lacks seconds; has unknown secs")]:
+        done.write_text(text)
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, f"03-sparse/stage.json: {expect}")
+        assert result.output.rstrip().endswith("; remove it to redo its work")
+    done.unlink()  # as the message says: the stage runs again, and the run ends
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    assert json.loads(done.read_text()) == json.loads(whole) | {"seconds": json.loads(done.read_text())["seconds"]}
+    checkpoint = run / "03-sparse" / "checkpoint" / "checkpoint.json"
+    done.unlink()
+    checkpoint.parent.mkdir(exist_ok=True)
+    checkpoint.write_text('{"iter": 5, "solverstate": "s"}')
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "checkpoint.json: damaged, lacks curve")
+    marker = run / RUN_FILE
+    marker.write_bytes(b"\xff\xfe")
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert_one_line_error(result, f"{RUN_FILE}: damaged, not the JSON caffedsd wrote")
+    assert result.output.rstrip().endswith("; remove run to start over")
 
 
 def test_bad_recipes(tmp_path, cli):
