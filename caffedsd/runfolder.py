@@ -88,17 +88,20 @@ class RunFolder:
             else:
                 entry.unlink(missing_ok=True)
 
-    def journal(self, name):
-        """The records appended to journal ``name``, in order; a last line cut
-        short by a kill is skipped."""
+    def journal(self, name, keys=()):
+        """The records appended to journal ``name``, in order. A line that is
+        not a JSON object holding ``keys`` (a last line cut short by a kill,
+        or one edited since) is skipped, so its work is done again."""
         path = self.path / name
         records = []
         if path.exists():
-            for line in path.read_text().splitlines():
+            for line in path.read_bytes().splitlines():
                 try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
+                    record = json.loads(line)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
                     continue
+                if isinstance(record, dict) and all(key in record for key in keys):
+                    records.append(record)
         return records
 
     def append(self, name, record):

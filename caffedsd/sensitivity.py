@@ -222,7 +222,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                         tuple(sparsities), criterion, iterations, seed)
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     folder.open({"format": FORMAT, "config": config.key()})
-    done = {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS)}
+    done = {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS, keys=("layer", "sparsity", "metrics"))
+            if isinstance(r["layer"], (str, type(None))) and isinstance(r["metrics"], dict)}
     todo = _points(config, done)
     total = len(done) + len(todo)
     modes = set()

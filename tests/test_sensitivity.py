@@ -88,6 +88,8 @@ def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS, progress=counting(5))
     assert len((tmp_path / "resumed" / "points.jsonl").read_text().splitlines()) == 5
+    with open(tmp_path / "resumed" / "points.jsonl", "a") as handle:  # lines edited since: skipped
+        handle.write('[1]\n{"layer": 5, "sparsity": 0.3, "metrics": {}}\n{"layer": "ip2", "sparsity": 0.3}\n')
     seen.clear()
     scan(proto, weights, tmp_path / "resumed", sparsities=SPARSITIES, iterations=ITERS, progress=counting())
     assert seen[0] == 6 and seen[-1] == 13  # the 5 finished points were not run again
