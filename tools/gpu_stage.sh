@@ -25,6 +25,9 @@
 #   away (linked from root/fill, and LDAP 2.5 after them) and with xz taken
 #   away (the same tree from Python's tarfile), and `all --cpu` (6 min;
 #   tools/rehearse_stage.sh repeats it).
+# - `build --cpu` for Python 3.11 with old-style RPATH: caffe and pycaffe load
+#   with LD_LIBRARY_PATH unset, glog's libunwind and HDF5's libsz from the
+#   stage (LD_DEBUG=libs); `check ... demo --cpu` gave RESULTS.md's table.
 # Nothing has run on the GPU machine itself. Its Python very likely has its
 # headers: Triton, seen running there, compiles its CUDA driver stub against
 # Python.h at first use.
@@ -248,7 +251,13 @@ build() {
     # asked for pythonXY, finds the one compiled above.
     local boost_python=
     [ "$pyver" = 311 ] || boost_python="-DBoost_NO_BOOST_CMAKE=ON -Dpython_version=$dotted"
+    # Old-style RPATH, not RUNPATH: the loader also searches it for what the
+    # staged libraries need in turn (glog's libunwind, HDF5's libsz and the
+    # fill-ins), so caffe and pycaffe run without stage_env's LD_LIBRARY_PATH.
+    # CMake puts the staged folders there (Caffe links with their paths).
+    local dtags="-Wl,--disable-new-dtags,-rpath,$STAGE/fill"
     CAFFEDSD_CAFFE_SOURCE="$STAGE/src/caffe" CAFFEDSD_CMAKE_ARGS="$boost_python \
+-DCMAKE_EXE_LINKER_FLAGS=$dtags -DCMAKE_SHARED_LINKER_FLAGS=$dtags -DCMAKE_MODULE_LINKER_FLAGS=$dtags \
 -DBOOST_ROOT=$root/usr -DBOOST_INCLUDEDIR=$root/usr/include -DBOOST_LIBRARYDIR=$lib -DBoost_NO_SYSTEM_PATHS=ON \
 -DGLOG_INCLUDE_DIR=$root/usr/include -DGLOG_LIBRARY=$lib/libglog.so \
 -DGFLAGS_INCLUDE_DIR=$root/usr/include -DGFLAGS_LIBRARY=$lib/libgflags.so \
@@ -272,6 +281,10 @@ EOF
     ln -sfn "$python" "$STAGE/bin/python"
     caffedsd info
     "$python" -c "import caffe" || { echo "gpu-stage: the staged pycaffe does not import in $python (above)" >&2; exit 1; }
+    # Outside stage_env too (the RPATH above), as a user runs them by hand.
+    env -u LD_LIBRARY_PATH "$STAGE/caffe/bin/caffe" --version >/dev/null \
+        && env -u LD_LIBRARY_PATH "$python" -c "import caffe" \
+        || { echo "gpu-stage: the staged caffe or pycaffe does not load without LD_LIBRARY_PATH (above)" >&2; exit 1; }
 }
 
 # libs: unpack STAGE/root.tar.xz into STAGE/root (once), then make the staged
