@@ -2,7 +2,8 @@
 """Fuzz every reader of caffedsd with mutated inputs.
 
 For each reader (caffemodel, masks .h5, .dcz, net prototxt, solver prototxt,
-plan YAML, recipe YAML, sensitivity.json, solverstate, HDF5 weights) a valid seed file is
+plan YAML, recipe YAML, sensitivity.json, solverstate, HDF5 weights; the solver
+also with its nets inline) a valid seed file is
 made (a small net with seeded weights, pruned, compressed, snapshotted), then
 mutated at random (seeded): bits flipped, bytes replaced, ranges deleted,
 duplicated or truncated, odd tokens inserted; HDF5 masks also get structural
@@ -133,6 +134,8 @@ def make_seeds(folder):
     from caffedsd.caffe_env import import_caffe
     from caffedsd.cli import main
 
+    from caffedsd.training import read_solver
+
     caffe = import_caffe()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,12 @@ def make_seeds(folder):
     sgd.snapshot()
     state = folder / "snap_iter_2.solverstate"
     sgd.net.save_hdf5(str(folder / "model.caffemodel.h5"))
+    # The same solver with its nets inline: read_solver's other path (net_param, test_net_param).
+    inline = folder / "solver_inline.prototxt"
+    inline.write_text(f"net_param {{ {NET} }}\ntest_net_param {{ {NET} }}\ntest_iter: 1\ntest_interval: 5\n"
+                      'base_lr: 0.01\nmomentum: 0.9\nlr_policy: "fixed"\nmax_iter: 10\n'
+                      f'snapshot_prefix: "{folder / "snap"}"\n')
+    read_solver(inline)
     runner = CliRunner()
 
     def run(*args):
@@ -183,7 +192,8 @@ def make_seeds(folder):
         "data": "cached", "prunable_params": sum(layer["params"] for layer in layers), "baseline": {"loss": 1.0},
         "layers": layers, "eval_seconds": 0.1}, indent=1))
     run("plan", "--sensitivity", sens, "--max-drop", 1.0, "-o", folder / "from_sens.yaml")
-    return {"net": net, "solver": solver, "weights": weights, "pruned": folder / "pruned.caffemodel",
+    return {"net": net, "solver": solver, "solver_inline": inline, "weights": weights,
+            "pruned": folder / "pruned.caffemodel",
             "masks": folder / "pruned.masks.h5", "dcz": folder / "model.dcz", "plan": plan, "recipe": recipe,
             "sensitivity": sens, "solverstate": state, "hdf5_weights": folder / "model.caffemodel.h5",
             "pycaffe_net": sgd.net}
@@ -255,6 +265,7 @@ READERS = {
     "dcz": ("dcz", ".dcz", lambda p, o, s: _cli(["decompress", p, "-o", o])),
     "net": ("net", ".prototxt", lambda p, o, s: _cli(["prune", "-w", s["weights"], "-p", p, "-s", 0.5, "-o", o])),
     "solver": ("solver", ".prototxt", lambda p, o, s: _library(_read_solver(p))),
+    "solver-inline": ("solver_inline", ".prototxt", lambda p, o, s: _library(_read_solver(p))),
     "plan": ("plan", ".yaml", lambda p, o, s: _cli(["prune", "-w", s["weights"], "--plan", p, "-o", o])),
     "recipe": ("recipe", ".yaml", lambda p, o, s: _library(_load_recipe(p))),
     "sensitivity": ("sensitivity", ".json",
@@ -329,7 +340,7 @@ def main():
             counts = fuzz_reader(name, seeds, Path(tmp) / "work", args.runs, args.seed, args.output / "crashes")
             counts["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(counts)
-            print(f"{name:12s} tried {counts['tried']:6d}  ok {counts['ok']:6d}  rejected {counts['rejected']:6d}  "
+            print(f"{name:13s} tried {counts['tried']:6d}  ok {counts['ok']:6d}  rejected {counts['rejected']:6d}  "
                   f"crashes {counts['crashes']:4d}  left output {counts['left_output']:3d}  {counts['seconds']:7.1f} s",
                   flush=True)
             for example in counts["examples"]:
