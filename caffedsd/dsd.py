@@ -84,7 +84,8 @@ def seed_c_rand(seed, stage):
 
 def prepare_run_dir(run_dir, recipe, fingerprint):
     """Create RUN_DIR for ``recipe``, or check it was made by the same one
-    (same recipe, same solver and net files). Returns its RunFolder."""
+    (same recipe, same solver and net files). Returns its RunFolder, held
+    until closed."""
     return RunFolder(run_dir, RUN_FILE, "run", "recipe, solver or net").open(
         {"recipe_fingerprint": fingerprint}, files={"recipe.yaml": recipe.to_yaml()})
 
@@ -217,13 +218,13 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True):
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
     check_solver_builds(spec, gpu)
-    folder = prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec))
-    try:
-        return _run_stages(recipe, spec, folder.path, gpu, progress, replay)
-    except CaffeDsdError:  # bad input found once the folder existed
-        if _nothing_done(folder.path):
-            folder.abandon()
-        raise
+    with prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec)) as folder:
+        try:
+            return _run_stages(recipe, spec, folder.path, gpu, progress, replay)
+        except CaffeDsdError:  # bad input found once the folder existed
+            if _nothing_done(folder.path):
+                folder.abandon()
+            raise
 
 
 def _run_stages(recipe, spec, run_dir, gpu, progress, replay):

@@ -6,13 +6,17 @@ with others, or on a non-empty folder without the marker, the folder is
 refused rather than mixed or overwritten. Work done so far is kept as JSON
 files and append-only JSON-lines journals, each record whole or absent.
 """
+import fcntl
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from .atomic import remove_leftovers, write_text
 from .errors import InputError
+
+LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
 
 
 def write_json(path, data):
@@ -42,34 +46,76 @@ def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):
 
 class RunFolder:
     """``path`` with its ``marker`` file; ``kind`` ("run", "sensitivity") and
-    ``made_of`` ("recipe, solver or net") name it in messages."""
+    ``made_of`` ("recipe, solver or net") name it in messages.
+
+    open() also holds the folder for this process until close() (or the end
+    of a ``with`` block, or of the process, however it ends): a second
+    caffedsd on the same folder would redo the same work beside it, and take
+    its temporary files for a killed run's leftovers."""
 
     def __init__(self, path, marker, kind, made_of):
         self.path = Path(path)
         self.marker = self.path / marker
         self.kind, self.made_of = kind, made_of
         self._made = None  # set by an open() that started the folder: whether it made it
+        self._lock = None
 
     def open(self, record, files=None):
         """Create the folder with ``files`` ({name: text}) and the marker
         holding ``record``, or check that an existing one was made with the
-        same ``record``. Returns self."""
+        same ``record``. Returns self, holding the folder."""
         expected = json.loads(json.dumps(record))
-        if self.marker.exists():
-            if read_json(self.marker, remedy=f"remove {self.path} to start over") != expected:
-                raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
-                                 "or remove it to start over")
-            remove_leftovers(self.path)  # a killed run's half-written files
-            return self
-        if self.path.exists() and any(self.path.iterdir()):
+        existed = self.path.exists()
+        if existed and not self.marker.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
-        made_folder = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        for name, text in (files or {}).items():
-            write_text(self.path / name, text)
-        write_json(self.marker, record)
-        self._made = made_folder
+        self._hold()
+        try:
+            if self.marker.exists():  # made before, or by another process since the check above
+                if read_json(self.marker, remedy=f"remove {self.path} to start over") != expected:
+                    raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
+                                     "or remove it to start over")
+                remove_leftovers(self.path)  # a killed run's half-written files
+                return self
+            for name, text in (files or {}).items():
+                write_text(self.path / name, text)
+            write_json(self.marker, record)
+            self._made = not existed
+            return self
+        except BaseException:
+            self.close()
+            raise
+
+    def _hold(self):
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise InputError(f"{self.path}: in use by caffedsd ({holder}); wait for it to end, "
+                             "or give another -o") from None
+        except OSError:  # a filesystem without locks: unguarded, as before there were locks
+            handle.close()
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def close(self):
+        """Let other processes have the folder."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops its lock
+            self._lock = None
+
+    def __enter__(self):
         return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def abandon(self):
         """Undo a run refused before it did any work (bad input found late):
@@ -78,6 +124,7 @@ class RunFolder:
         absent or empty then) is emptied, and removed if open() made it."""
         if self._made is None:
             return
+        self.close()
         made_folder, self._made = self._made, None
         if made_folder:
             shutil.rmtree(self.path, ignore_errors=True)

@@ -221,37 +221,38 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed)
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
-    folder.open({"format": FORMAT, "config": config.key()})
-    done = {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS, keys=("layer", "sparsity", "metrics"))
-            if isinstance(r["layer"], (str, type(None))) and isinstance(r["metrics"], dict)}
-    todo = _points(config, done)
-    total = len(done) + len(todo)
-    modes = set()
-    callback = progress("points", total, len(done)) if progress is not None else None
+    with folder.open({"format": FORMAT, "config": config.key()}):  # held until the scan is written
+        done = {(r["layer"], r["sparsity"]): r
+                for r in folder.journal(POINTS, keys=("layer", "sparsity", "metrics"))
+                if isinstance(r["layer"], (str, type(None))) and isinstance(r["metrics"], dict)}
+        todo = _points(config, done)
+        total = len(done) + len(todo)
+        modes = set()
+        callback = progress("points", total, len(done)) if progress is not None else None
 
-    def record(point):
-        folder.append(POINTS, point)
-        done[(point["layer"], point["sparsity"])] = point
-        if callback is not None:
-            callback(point, total)
+        def record(point):
+            folder.append(POINTS, point)
+            done[(point["layer"], point["sparsity"])] = point
+            if callback is not None:
+                callback(point, total)
 
-    try:
-        if todo and jobs == 1:
-            evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
-            modes.add(evaluator.data_mode)
-            _measure(evaluator, config, todo, record)
-        elif todo:
-            modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
-    except CaffeDsdError:  # bad input found once the folder existed (the weights' shapes)
-        if not done:
-            folder.abandon()
-        raise
-    finally:
-        if callback is not None:
-            callback.close()
-    data = _result(config, model, targets, done, modes)
-    report.write_sensitivity(Path(out_dir), data)
-    return data
+        try:
+            if todo and jobs == 1:
+                evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
+                modes.add(evaluator.data_mode)
+                _measure(evaluator, config, todo, record)
+            elif todo:
+                modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+        except CaffeDsdError:  # bad input found once the folder existed (the weights' shapes)
+            if not done:
+                folder.abandon()
+            raise
+        finally:
+            if callback is not None:
+                callback.close()
+        data = _result(config, model, targets, done, modes)
+        report.write_sensitivity(Path(out_dir), data)
+        return data
 
 
 def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record):

@@ -15,6 +15,7 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.dsd import RUN_FILE
 from caffedsd.maskfile import load_masks
 from caffedsd.report import parse_tests_csv
+from caffedsd.runfolder import RunFolder
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from conftest import Stop, assert_one_line_error, gpu_skip_reason, lenet_files, save_net, stopping_at, write_solver
 
@@ -223,6 +224,10 @@ def test_damaged_run_records_are_one_line(tmp_path, cli):
     recipe = _recipe(tmp_path, sparse_iterations=10)
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
     run = tmp_path / "run"
+    # The same command again while another caffedsd holds the folder.
+    with RunFolder(run, RUN_FILE, "run", "recipe, solver or net").open(json.loads((run / RUN_FILE).read_text())):
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, f"run: in use by caffedsd (process {os.getpid()} on ")
     done = run / "03-sparse" / "stage.json"
     whole = done.read_text()
     for text, expect in [(whole[:len(whole) // 2], "damaged, not the JSON caffedsd wrote"),

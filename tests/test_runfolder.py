@@ -1,4 +1,6 @@
 """The one run folder: made once, continued by the same inputs, refused to others."""
+from pathlib import Path
+
 import pytest
 
 from caffedsd.errors import InputError
@@ -11,15 +13,15 @@ def _folder(path):
 
 
 def test_made_once_and_continued_by_the_same_record(tmp_path):
-    folder = _folder(tmp_path / "run").open({"fingerprint": "a"}, files={"recipe.yaml": "seed: 0\n"})
-    assert (tmp_path / "run" / "recipe.yaml").read_text() == "seed: 0\n"
-    folder.append("points.jsonl", {"n": 1})
-    again = _folder(tmp_path / "run").open({"fingerprint": "a"})
-    assert again.journal("points.jsonl") == [{"n": 1}]
+    with _folder(tmp_path / "run").open({"fingerprint": "a"}, files={"recipe.yaml": "seed: 0\n"}) as folder:
+        assert (tmp_path / "run" / "recipe.yaml").read_text() == "seed: 0\n"
+        folder.append("points.jsonl", {"n": 1})
+    with _folder(tmp_path / "run").open({"fingerprint": "a"}) as again:
+        assert again.journal("points.jsonl") == [{"n": 1}]
 
 
 def test_another_record_or_a_foreign_folder_is_refused(tmp_path):
-    _folder(tmp_path / "run").open({"fingerprint": "a"})
+    _folder(tmp_path / "run").open({"fingerprint": "a"}).close()
     with pytest.raises(InputError, match="run: made by a different recipe, solver or net; give a new -o"):
         _folder(tmp_path / "run").open({"fingerprint": "b"})
     (tmp_path / "other").mkdir()
@@ -56,7 +58,8 @@ def test_abandon_undoes_only_what_open_started(tmp_path):
     folder.abandon()
     assert (tmp_path / "given").is_dir() and not any((tmp_path / "given").iterdir())
     # A folder continued from an earlier run is never touched.
-    _folder(tmp_path / "kept").open({"fingerprint": "a"}).append("points.jsonl", {"n": 1})
+    with _folder(tmp_path / "kept").open({"fingerprint": "a"}) as kept:
+        kept.append("points.jsonl", {"n": 1})
     again = _folder(tmp_path / "kept").open({"fingerprint": "a"})
     again.abandon()
     assert again.journal("points.jsonl") == [{"n": 1}]
@@ -68,6 +71,56 @@ def test_a_continued_folder_loses_the_temporary_files_of_a_killed_write(tmp_path
     kill_while_writing(tmp_path / "run" / "stage" / "checkpoint.json")
     (tmp_path / "run" / ".notes.tmp").write_text("the user's")  # not a name atomic_path makes
     folder.append("points.jsonl", {"n": 1})
+    folder.close()
     _folder(tmp_path / "run").open({"fingerprint": "a"})
     assert list((tmp_path / "run" / "stage").iterdir()) == []
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".notes.tmp", "points.jsonl", "run.json", "stage"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".caffedsd.lock", ".notes.tmp", "points.jsonl", "run.json", "stage"]
+
+
+def test_one_process_at_a_time(tmp_path):
+    """A second caffedsd on a folder in use is refused, naming the holder;
+    the folder is free again once the first closes it, or its process ends."""
+    import os
+
+    first = _folder(tmp_path / "run").open({"fingerprint": "a"})
+    for record in ({"fingerprint": "a"}, {"fingerprint": "b"}):
+        with pytest.raises(InputError, match=f"run: in use by caffedsd \\(process {os.getpid()} on .+\\); wait"):
+            _folder(tmp_path / "run").open(record)
+    assert first.journal("points.jsonl") == []  # the refused ones took nothing away
+    first.close()
+    with _folder(tmp_path / "run").open({"fingerprint": "a"}):
+        pass
+    # A new folder is held from its making on, before its marker is written.
+    second = _folder(tmp_path / "new").open({"fingerprint": "a"})
+    with pytest.raises(InputError, match="new: in use by caffedsd"):
+        _folder(tmp_path / "new").open({"fingerprint": "a"})
+    second.close()
+    # Only the lock file of a run that died before its marker: not a foreign folder.
+    (tmp_path / "died").mkdir()
+    (tmp_path / "died" / ".caffedsd.lock").write_text("process 1 on elsewhere\n")
+    with _folder(tmp_path / "died").open({"fingerprint": "a"}):
+        assert (tmp_path / "died" / "run.json").is_file()
+
+
+def test_a_killed_holder_frees_the_folder(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from caffedsd.runfolder import RunFolder
+held = RunFolder({str(tmp_path / "run")!r}, "run.json", "run", "x").open({{"fingerprint": "a"}})
+print("held", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"in use by caffedsd \\(process {holder.pid} on "):
+            _folder(tmp_path / "run").open({"fingerprint": "a"})
+    finally:
+        holder.kill()
+        holder.wait()
+    with _folder(tmp_path / "run").open({"fingerprint": "a"}):  # the kernel dropped the dead process's lock
+        pass
