@@ -42,3 +42,22 @@ def test_remove_leftovers_looks_in_subfolders_and_spares_live_writers(tmp_path):
         live.kill()
         live.wait()
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(kept + ["stage"])
+
+
+def test_a_pipe_or_device_is_never_replaced(tmp_path):
+    """The rename that makes outputs whole would put a regular file in place
+    of a pipe or a device (`-o /dev/null` as root: /dev/null itself). A FIFO
+    stands in for both here: a test that got this wrong on /dev/null would
+    break the machine it runs on."""
+    import pytest
+
+    from caffedsd.atomic import check_output
+    from caffedsd.errors import InputError
+
+    fifo = tmp_path / "out.caffemodel"
+    os.mkfifo(fifo)
+    for attempt in (lambda: check_output(fifo), lambda: atomic_open(fifo).__enter__()):
+        with pytest.raises(InputError, match="out.caffemodel: is a device, pipe or socket, not a regular file"):
+            attempt()
+    assert fifo.is_fifo()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.caffemodel"]  # no temporary left either

@@ -1,5 +1,6 @@
 """`caffedsd prune` through the CLI, on nets built and saved by real pycaffe."""
 import json
+import os
 
 import h5py
 import numpy as np
@@ -170,11 +171,17 @@ def test_bad_outputs(tiny, tmp_path, cli):
          expect="no_such_dir: output folder does not exist")
     _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", f"{weights}/o.caffemodel",
          expect="output folder does not exist or is not a folder")
+    os.mkfifo(tmp_path / "pipe.caffemodel")  # stands in for -o /dev/null, which the rename would replace
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", "pipe.caffemodel",
+         expect="pipe.caffemodel: is a device, pipe or socket, not a regular file")
+    (tmp_path / "pipe.caffemodel").unlink()
+    os.mkfifo(tmp_path / "pipe.masks.h5")  # the masks written beside the model
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", "pipe.caffemodel",
+         expect="pipe.masks.h5: is a device, pipe or socket")
+    assert (tmp_path / "pipe.masks.h5").is_fifo() and not (tmp_path / "pipe.caffemodel").exists()
 
 
 def test_unwritable_output_folder(tiny, tmp_path, cli):
-    import os
-
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders; the not-a-folder case covers root")
     _, weights = tiny
