@@ -33,6 +33,18 @@ def _check_replaceable(path):
                          "finished file over it, so give the path of a file")
 
 
+def output_folder(path):
+    """Make the output folder ``path`` and its parents where missing; returns it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{path}: exists and is not a folder; give a folder for the output") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    return path
+
+
 def check_output(path, inputs=(), force=False):
     """Refuse to overwrite an input unless ``force``, or anything but a
     regular file, and fail early when the output's folder cannot take a new

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, output_folder
 from .errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -149,10 +149,7 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
     limits = {"train": train_limit, "test": test_limit}
     splits = {name: _load_split(source_dir, *files, limits[name]) for name, files in _SPLITS.items()}
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    output_folder(out_dir)
     result = {}
     for name, (images, labels) in splits.items():
         h5_path = out_dir / f"{name}.h5"

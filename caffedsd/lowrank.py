@@ -340,7 +340,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import write_text
+    from .atomic import output_folder, write_text
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import new_caffemodel, read_caffemodel
@@ -363,8 +363,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
     del shapes_net
     new_layers, discarded = decomposed_layers(model, chosen)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     new_caffemodel(out_dir / "model.caffemodel", new_layers, name=model.name)
     for path, name in names.items():
         write_text(out_dir / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))

@@ -13,7 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .atomic import remove_leftovers, write_text
+from .atomic import output_folder, remove_leftovers, write_text
 from .errors import InputError
 
 LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
@@ -66,9 +66,9 @@ class RunFolder:
         same ``record``. Returns self, holding the folder."""
         expected = json.loads(json.dumps(record))
         existed = self.path.exists()
+        output_folder(self.path)
         if existed and not self.marker.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
-        self.path.mkdir(parents=True, exist_ok=True)
         self._hold()
         try:
             if self.marker.exists():  # made before, or by another process since the check above

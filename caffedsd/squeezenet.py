@@ -355,14 +355,11 @@ def sweep_rows(base, sweep):
 
 def write_squeezenet(spec, out_dir):
     """train_val.prototxt, deploy.prototxt and solver.prototxt in ``out_dir``."""
-    from pathlib import Path
-
     from google.protobuf import text_format
 
-    from .atomic import write_text
+    from .atomic import output_folder, write_text
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     # As released, the solver names its files relative to its own folder.
     files = {"train_val.prototxt": spec.net("train_val"), "deploy.prototxt": spec.net("deploy"),
              "solver.prototxt": spec.solver()}

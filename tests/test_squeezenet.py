@@ -100,6 +100,17 @@ def test_bad_settings(tmp_path, cli, args, expect):
     assert not (tmp_path / "net").exists()
 
 
+def test_an_output_folder_that_cannot_be_one(tmp_path, cli):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")  # as -o /dev/null would be
+    assert_one_line_error(cli("squeezenet", "-o", tmp_path / "pipe"), "pipe: exists and is not a folder")
+    (tmp_path / "file").write_text("mine")
+    assert_one_line_error(cli("squeezenet", "-o", tmp_path / "file" / "net"),
+                          "file/net: cannot create the output folder (Not a directory)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "pipe"]
+
+
 def test_spec_validates_when_built():
     with pytest.raises(SqueezeNetError):
         SqueezeNetSpec(freq=0)
