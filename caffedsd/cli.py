@@ -20,6 +20,10 @@ class _Group(click.Group):
         except CaffeDsdError as exc:
             click.echo(f"caffedsd: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # click's own would print three lines
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"{where}: {one_line(exc.format_message())} (see {where} --help)", err=True)
+            ctx.exit(exc.exit_code)
 
 
 def one_line(text):

@@ -95,7 +95,7 @@ def cli(tmp_path, monkeypatch):
     runner = CliRunner()
 
     def run(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        return runner.invoke(main, [str(a) for a in args], prog_name="caffedsd", catch_exceptions=False)
 
     return run
 

@@ -156,6 +156,11 @@ def test_bad_values(tiny, tmp_path, cli):
     _, weights = tiny
     for value in ("1.0", "1.5", "-0.1", "nan"):
         _bad(cli, tmp_path, "prune", "-w", weights, "-s", value, "-o", "o.caffemodel", expect="must be in [0, 1)")
+    # What click itself refuses is one line too, naming the command.
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", "abc", "-o", "o.caffemodel",
+         expect="caffedsd prune: Invalid value for '--sparsity' / '-s': 'abc' is not a valid float.")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, expect="caffedsd prune: Missing option '--output'")
+    _bad(cli, tmp_path, "prnue", expect="caffedsd: No such command 'prnue'. Did you mean 'prune'? (see caffedsd --help)")
     _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fire*=0.5", "-o", "o.caffemodel",
          expect="rule 'fire*' matches no prunable layer (prunable: conv1, fc1, fc2a, fc2b)")
     _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fc2a=0.5", "-r", "fc2b=0.6", "-o", "o.caffemodel",
