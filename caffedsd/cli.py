@@ -596,8 +596,8 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
 @click.option("--rank", "ranks", multiple=True, metavar="LAYER=R", help="A layer's rank (repeatable).")
 @click.option("--layers", "-l", "layer_globs", multiple=True, metavar="GLOB", help="Decompose only these layers.")
 @click.option("--fc", is_flag=True, help="Decompose InnerProduct layers too.")
-@output_option("Folder for the rewritten prototxts, model.caffemodel and report.md.", folder=True, force=None)
-def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, output):
+@output_option("Folder for the rewritten prototxts, model.caffemodel and report.md.", folder=True)
+def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, force, output):
     """Split trained Convolution (and with --fc InnerProduct) layers into a
     rank-r layer and a 1x1 layer carrying the bias, by SVD (per group for
     grouped convolutions). A layer is split only where that makes it
@@ -612,7 +612,7 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
 
     rows, skipped, names = write_decomposition(
         model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
-        layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers)
+        layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers, force=force)
     if rows:
         click.echo(report.decomposition_table(rows))
     else:

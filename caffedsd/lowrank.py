@@ -334,13 +334,14 @@ def output_names(model_path, deploy_path):
 
 
 def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, ranks=None, layers=(),
-                        include_fc=False, allow_python_layers=False):
+                        include_fc=False, allow_python_layers=False, force=False):
     """Decompose into OUT_DIR: the rewritten prototxt(s), named as given,
-    model.caffemodel and report.md. Returns (rows, skipped, written names)."""
+    model.caffemodel and report.md. Returns (rows, skipped, written names).
+    An input in OUT_DIR that one of them would replace needs ``force``."""
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import output_folder, write_text
+    from .atomic import check_output, output_folder, write_text
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import new_caffemodel, read_caffemodel
@@ -349,6 +350,10 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
     names = output_names(model_path, deploy_path)
+    if Path(out_dir).exists():  # -o the inputs' own folder: the rewrite has the prototxt's name
+        output_folder(out_dir)
+        for name in [*names.values(), "model.caffemodel", "report.md"]:
+            check_output(Path(out_dir) / name, inputs=[model_path, deploy_path, weights], force=force)
     model = read_caffemodel(weights)
     nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
     check_pair(nets[Path(model_path)], model_path, model)

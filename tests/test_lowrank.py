@@ -1,5 +1,6 @@
 """Force regularization and low-rank decomposition."""
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -199,6 +200,19 @@ def test_bad_inputs(lenet, tmp_path, cli):
     (tmp_path / "narrow.prototxt").write_text(narrow)
     assert_one_line_error(cli("decompose", "-p", "narrow.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
                           "layer 'conv2' blob 0 is [50, 20, 5, 5], but narrow.prototxt makes it [50, 10, 5, 5]")
+    # -o the inputs' own folder: the rewrite, named as given, would replace the prototxt, and
+    # model.caffemodel weights of that name. Refused unless --force, before any work.
+    shutil.copy(proto, tmp_path / "lenet.prototxt")
+    shutil.copy(weights, tmp_path / "model.caffemodel")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert_one_line_error(cli("decompose", "-p", "lenet.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "."),
+                          "lenet.prototxt: output would overwrite the input lenet.prototxt; pass --force")
+    assert_one_line_error(cli("decompose", "-p", proto, "-w", "model.caffemodel", "--rank", "conv2=5", "-o", "."),
+                          "model.caffemodel: output would overwrite the input model.caffemodel; pass --force")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert cli("decompose", "-p", "lenet.prototxt", "-w", "model.caffemodel", "--rank", "conv2=5", "-o", ".",
+               "--force").exit_code == 0
+    assert "conv2/lowrank" in (tmp_path / "lenet.prototxt").read_text()
     solver = write_solver(tmp_path)
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
                     "--force-decay -1.0: must be a number >= 0")
