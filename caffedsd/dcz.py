@@ -25,7 +25,7 @@ from .coding import (FormatError, StreamWriter, decode_fixed, decode_stream, exp
                      huffman_encode, huffman_lengths, label_dtype, positions_from_gaps, share_values)
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
-from .maskfile import masks_for
+from .maskfile import masks_for, masks_read_for
 from .masks import chunk_bounds
 from .wire import encode_varint as varint, read_varint
 
@@ -490,7 +490,7 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     """Write ``weights`` as a version 2 .dcz file; returns [LayerSizes] and the
     container's own bytes (header, magic, checksum)."""
     model = read_caffemodel(weights)
-    check_output(output, inputs=[weights, masks], force=force)
+    check_output(output, inputs=[weights, masks_read_for(weights, masks)], force=force)
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
     layers = [layer for layer in model.layers if layer.blobs]
@@ -683,7 +683,7 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
     """Write the caffemodel a .dcz file holds (weights = the quantized values),
     a layer at a time; with ``model``, the prototxt must fit it, or nothing is
     written. Returns the number of layers with weights."""
-    check_output(output, inputs=[path], force=force)
+    check_output(output, inputs=[path, model], force=force)
     net = None
     if model is not None:
         from .caffe_proto import read_net_prototxt

@@ -39,6 +39,16 @@ def masks_path_for(weights_path):
     return path.with_name(stem + ".masks.h5")
 
 
+def masks_read_for(weights_path, masks_path=None):
+    """The masks file a command reads for ``weights_path``: ``masks_path``
+    when given, else the one beside the weights if it is there; None for
+    none. What an output must not replace without --force."""
+    if masks_path:
+        return Path(masks_path)
+    beside = masks_path_for(weights_path) if weights_path else None
+    return beside if beside is not None and beside.exists() else None
+
+
 def structure_fingerprint(structure):
     text = json.dumps(structure, separators=(",", ":"), sort_keys=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

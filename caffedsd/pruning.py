@@ -13,7 +13,7 @@ from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets
-from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
+from .maskfile import MaskSet, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, iter_chunks, layer_rng
 from .netcheck import check_pair
 
@@ -92,8 +92,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     """
     weights, output = Path(weights), Path(output)
     source = read_caffemodel(weights)
-    masks_in = Path(masks) if masks else masks_path_for(weights)
-    known_inputs = [weights, masks_in if masks_in.exists() else None]
+    known_inputs = [weights, masks_read_for(weights, masks)]
     check_output(output, inputs=known_inputs, force=force)
     check_output(masks_path_for(output), inputs=known_inputs, force=force)
     if model is not None:

@@ -20,7 +20,7 @@ from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, ha
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
-from .maskfile import MaskSet, masks_for, masks_path_for, save_masks
+from .maskfile import MaskSet, masks_for, masks_path_for, masks_read_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair, solver_state
@@ -475,15 +475,21 @@ def _phase(spec, phase, gpu, on_iteration):
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 
 
+def _check_outputs(output, force, weights, masks=None, writes_masks=False, others=()):
+    """Refuse outputs (OUT, and OUT.masks.h5 when masks are written) that
+    would replace an input: the weights, the masks read, ``others``."""
+    inputs = [weights, masks_read_for(weights, masks), *others]
+    for path in (output, masks_path_for(output)) if writes_masks else (output,):
+        check_output(path, inputs=inputs, force=force)
+
+
 def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
                  force=False, allow_python_layers=False, on_iteration=None, test_iterations=None,
                  test_interval=None):
     """The sparse phase: train with pruned weights held at exactly 0.0."""
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks, required=True)
-    inputs = [weights, masks or masks_path_for(weights), solverstate]
-    check_output(output, inputs=inputs, force=force)
-    check_output(masks_path_for(output), inputs=inputs, force=force)
+    _check_outputs(output, force, weights, masks, writes_masks=True, others=[solverstate])
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate,
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
@@ -495,7 +501,7 @@ def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu
     """The re-dense phase: masks off, pruned weights start at their 0.0,
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
-    check_output(output, inputs=[weights], force=force)
+    _check_outputs(output, force, weights)
     phase = Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale, test_iterations=test_iterations,
                   test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
@@ -509,8 +515,8 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     from .force import ForceRegularizer
 
     spec = read_solver(solver_path, allow_python_layers)
-    check_output(output, inputs=[weights, masks], force=force_write)
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
+    _check_outputs(output, force_write, weights, masks, writes_masks=maskset is not None)
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,),
                   test_iterations=test_iterations, test_interval=test_interval)
@@ -531,7 +537,7 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     spec = read_solver(solver_path, allow_python_layers)
     model = read_caffemodel(weights)
     maskset = masks_for(model, masks)
-    check_output(output, inputs=[weights, masks], force=force)
+    _check_outputs(output, force, weights, masks, writes_masks=maskset is not None)
     keep = maskset.per_layer() if maskset else {}
     clusters = {}
     for target in prunable_targets(model):

@@ -2,6 +2,7 @@
 versions, stock caffe, bad input."""
 import hashlib
 import json
+import shutil
 import struct
 import sys
 import zlib
@@ -405,6 +406,15 @@ def test_bad_inputs(lenet, tmp_path, cli, other_model):
                           "masks were made for another model")
     assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "y.dcz").exists()
     assert read_dcz(tmp_path / "w.dcz")[1] == "LeNet"
+    # Inputs that are not -w: the masks read from beside the weights, and decompress's -p.
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    shutil.copy(proto, tmp_path / "net.prototxt")
+    before = {name: (tmp_path / name).read_bytes() for name in ("p.masks.h5", "net.prototxt")}
+    assert_one_line_error(cli("compress", "-w", "p.caffemodel", "-o", "p.masks.h5"),
+                          "p.masks.h5: output would overwrite the input p.masks.h5")
+    assert_one_line_error(cli("decompress", "w.dcz", "-p", "net.prototxt", "-o", "net.prototxt"),
+                          "net.prototxt: output would overwrite the input net.prototxt")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def _vgg16_prototxt(specs):

@@ -343,6 +343,15 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                     "--iterations -1: must be 0 or more")
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
                     "would overwrite the input")
+    # The masks read from beside the weights are an input too, and so is
+    # OUT.masks.h5 when the command writes masks.
+    before = (tmp_path / "p.masks.h5").read_bytes()
+    for command in ("train-sparse", "train-quantized"):
+        assert_one_line_error(cli(command, "--solver", solver, "-w", "p.caffemodel", "-n", 1, "-o", "p.masks.h5"),
+                              "p.masks.h5: output would overwrite the input p.masks.h5")
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "-w", "p.caffemodel", "--force-decay", 0.001,
+                              "-n", 1, "-o", "p"), "p.masks.h5: output would overwrite the input p.masks.h5")
+    assert (tmp_path / "p.masks.h5").read_bytes() == before and not (tmp_path / "p").exists()
 
 
 def test_a_solver_with_its_net_inline(caffe, tmp_path, cli):
