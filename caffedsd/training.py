@@ -475,10 +475,11 @@ def _phase(spec, phase, gpu, on_iteration):
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 
 
-def _check_outputs(output, force, weights, masks=None, writes_masks=False, others=()):
+def _check_outputs(spec, output, force, weights, masks=None, writes_masks=False, others=()):
     """Refuse outputs (OUT, and OUT.masks.h5 when masks are written) that
-    would replace an input: the weights, the masks read, ``others``."""
-    inputs = [weights, masks_read_for(weights, masks), *others]
+    would replace an input: the solver and its nets, the weights, the masks
+    read, ``others``."""
+    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
     for path in (output, masks_path_for(output)) if writes_masks else (output,):
         check_output(path, inputs=inputs, force=force)
 
@@ -489,7 +490,7 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
     """The sparse phase: train with pruned weights held at exactly 0.0."""
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks, required=True)
-    _check_outputs(output, force, weights, masks, writes_masks=True, others=[solverstate])
+    _check_outputs(spec, output, force, weights, masks, writes_masks=True, others=[solverstate])
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate,
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
@@ -501,7 +502,7 @@ def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu
     """The re-dense phase: masks off, pruned weights start at their 0.0,
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
-    _check_outputs(output, force, weights)
+    _check_outputs(spec, output, force, weights)
     phase = Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale, test_iterations=test_iterations,
                   test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
@@ -516,7 +517,7 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
 
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
-    _check_outputs(output, force_write, weights, masks, writes_masks=maskset is not None)
+    _check_outputs(spec, output, force_write, weights, masks, writes_masks=maskset is not None)
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
     phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,),
                   test_iterations=test_iterations, test_interval=test_interval)
@@ -537,7 +538,7 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     spec = read_solver(solver_path, allow_python_layers)
     model = read_caffemodel(weights)
     maskset = masks_for(model, masks)
-    _check_outputs(output, force, weights, masks, writes_masks=maskset is not None)
+    _check_outputs(spec, output, force, weights, masks, writes_masks=maskset is not None)
     keep = maskset.per_layer() if maskset else {}
     clusters = {}
     for target in prunable_targets(model):

@@ -352,6 +352,9 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "-w", "p.caffemodel", "--force-decay", 0.001,
                               "-n", 1, "-o", "p"), "p.masks.h5: output would overwrite the input p.masks.h5")
     assert (tmp_path / "p.masks.h5").read_bytes() == before and not (tmp_path / "p").exists()
+    for name in ("solver.prototxt", "net.prototxt"):  # the solver, and the net it names
+        assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", 1, "-o", name),
+                              f"{name}: output would overwrite the input")
 
 
 def test_a_solver_with_its_net_inline(caffe, tmp_path, cli):
