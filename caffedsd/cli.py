@@ -225,7 +225,8 @@ def info(as_json):
 @weights_option()
 @model_option()
 @_sparsity_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the random criterion.")
 @masks_option
 @output_option()
 def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, criterion, seed, masks, output, force):
@@ -399,7 +400,8 @@ def dsd(recipe, gpu, restart_data, output):
 @click.option("--sparsities", default=",".join(f"{s:g}" for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
               show_default=True, help="Sparsities to try, increasing, each in [0, 1).")
 @click.option("--criterion", "-c", type=click.Choice(["keepmax", "random"]), default="keepmax", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random criterion.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the random criterion.")
 @click.option("--iterations", "-n", type=int, default=50, show_default=True,
               help="TEST iterations per point (batches of the TEST data layer).")
 @click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Worker processes, each with its own Net.")

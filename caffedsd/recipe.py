@@ -125,8 +125,8 @@ class Recipe:
             raise RecipeError(f"{where}: needs a solver")
         if not self.stages:
             raise RecipeError(f"{where}: has no stages")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number >= 0")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 1:
             raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1")

@@ -160,6 +160,8 @@ def test_bad_values(tiny, tmp_path, cli):
     _bad(cli, tmp_path, "prune", "-w", weights, "-s", "abc", "-o", "o.caffemodel",
          expect="caffedsd prune: Invalid value for '--sparsity' / '-s': 'abc' is not a valid float.")
     _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, expect="caffedsd prune: Missing option '--output'")
+    _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "--seed", -1, "-o", "o.caffemodel",
+         expect="'--seed': -1 is not in the range x>=0")
     _bad(cli, tmp_path, "prnue", expect="caffedsd: No such command 'prnue'. Did you mean 'prune'? (see caffedsd --help)")
     _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fire*=0.5", "-o", "o.caffemodel",
          expect="rule 'fire*' matches no prunable layer (prunable: conv1, fc1, fc2a, fc2b)")

@@ -56,6 +56,7 @@ def test_fingerprint_changes_with_content():
     ({"checkpoint_every": 0}, "checkpoint_every 0"),
     ({"test_interval": -1}, "test_interval: iterations -1"),
     ({"test_interval": "often"}, "test_interval: iterations 'often'"),
+    ({"seed": -1}, "seed -1 must be a whole number >= 0"),  # numpy's seeding refuses it
 ])
 def test_invalid_recipes(change, message):
     # RecipeError, or PlanError for a prune stage's plan: both InputErrors naming the recipe.

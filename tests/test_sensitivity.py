@@ -149,6 +149,11 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     assert_one_line_error(cli(*base, "--sparsities", "0.2,1.0"), "1 is outside [0, 1)")
     assert_one_line_error(cli(*base, "--sparsities", "0.5,0.2"), "must be strictly increasing")
     assert_one_line_error(cli(*base, "--layers", "fc*"), "'fc*' matches no prunable layer")
+    assert_one_line_error(cli(*base, "--seed", -1), "Invalid value for '--seed': -1 is not in the range x>=0")
+    edited = json.loads((out / "sensitivity.json").read_text()) | {"seed": -1}  # `plan --verify` draws with it
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    assert_one_line_error(cli("plan", "--sensitivity", "edited.json", "--max-drop", 1, "-o", "p.yaml"),
+                          "edited.json: a sensitivity file with missing or malformed fields")
     text = proto.read_text()
     no_test = text.replace('type: "SoftmaxWithLoss"', 'type: "Softmax"')
     no_test = no_test.replace('type: "Accuracy"', 'type: "Softmax"')
