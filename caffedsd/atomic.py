@@ -24,6 +24,17 @@ def same_file(a, b):
         return False
 
 
+def check_input(path):
+    """``path`` as a Path, or a one-line error: missing, or not a regular
+    file (a folder, or a device or pipe, which reading would hang on or
+    take for empty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: " + ("not a regular file (a folder, device or pipe)" if path.exists()
+                                        else "no such file"))
+    return path
+
+
 def _check_replaceable(path):
     # The rename below would put a regular file in place of a device or a
     # pipe: `-o /dev/null`, run as root, would replace /dev/null itself.

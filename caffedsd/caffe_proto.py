@@ -10,6 +10,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
+from .atomic import check_input
 from .errors import InputError
 
 _PROTO_DIR = Path(__file__).with_name("proto")
@@ -109,9 +110,7 @@ def upgrade_v1_layer(v1, where="layer"):
 
 def parse_prototxt(path, message_class):
     """Parse the text-format file ``path`` into a new ``message_class``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    path = check_input(path)
     try:
         text = path.read_text()
     except UnicodeDecodeError:

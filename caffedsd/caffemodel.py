@@ -26,7 +26,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from . import wire
-from .atomic import atomic_open
+from .atomic import atomic_open, check_input
 from .caffe_proto import BlobShape, LayerParameter, NetParameter, V1LayerParameter, upgrade_v1_layer
 from .errors import InputError
 from .masks import iter_chunks
@@ -122,9 +122,7 @@ def _looks_like_text(head):
 
 def read_caffemodel(path):
     """Open a caffemodel. Raises InputError naming the file on anything malformed."""
-    path = Path(path)
-    if not path.is_file():
-        _fail(path, "no such file" if not path.exists() else "not a regular file")
+    path = check_input(path)
     if path.stat().st_size == 0:
         _fail(path, "empty file, not a caffemodel")
     with open(path, "rb") as handle:

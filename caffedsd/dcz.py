@@ -13,12 +13,11 @@ import mmap
 import struct
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .atomic import atomic_open, atomic_path, check_output
+from .atomic import atomic_open, atomic_path, check_input, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import new_caffemodel, read_caffemodel
 from .coding import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps, huffman_decode,
@@ -636,9 +635,7 @@ class DczFile:
     ``layers()``, which decodes one layer at a time: (LayerParameter, [arrays])."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(f"{self.path}: no such file")
+        self.path = check_input(path)
         with open(self.path, "rb") as handle:
             size = handle.seek(0, 2)
             self._buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""

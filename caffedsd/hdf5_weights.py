@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import check_output
+from .atomic import check_input, check_output
 from .caffe_proto import read_net_prototxt
 from .caffemodel import HDF5_SIGNATURE, new_caffemodel
 from .errors import InputError
@@ -85,9 +85,7 @@ def hdf5_layers(path, net, where):
 def convert_hdf5_weights(weights, model, output, force=False, allow_python_layers=False):
     """Write HDF5 ``weights`` of the net ``model`` as a binary V2 caffemodel
     at ``output`` (atomically). Returns (layers written, floats written)."""
-    weights, model = Path(weights), Path(model)
-    if not weights.is_file():
-        raise InputError(f"{weights}: no such file")
+    weights, model = check_input(weights), Path(model)
     if not is_hdf5(weights):
         raise InputError(f"{weights}: not an HDF5 file (a binary caffemodel needs no conversion)")
     net = read_net_prototxt(model, allow_python_layers)

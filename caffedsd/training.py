@@ -113,6 +113,8 @@ def _train_net(param, path, allow_python_layers):
 def _net_file(solver_path, field, net_file, allow_python_layers):
     """(path, NetParameter) of a net file the solver names in ``field``."""
     net_path = Path(net_file)
+    if net_path.exists() and not net_path.is_file():
+        raise InputError(f"{solver_path}: {field} {net_file!r} is not a regular file (a folder, device or pipe)")
     if not net_path.is_file():
         raise InputError(f"{solver_path}: {field} {net_file!r} does not exist (paths are relative to the current "
                          "folder)")

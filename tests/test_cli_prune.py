@@ -115,6 +115,11 @@ def test_bad_weights_files(tiny, tmp_path, cli):
          expect="cut.caffemodel: not a caffemodel, or truncated")
     _bad(cli, tmp_path, "prune", "-w", proto, "-s", 0.5, "-o", "o.caffemodel",
          expect="net.prototxt: is a text file (a prototxt?)")
+    # A pipe, which reading would wait on for ever: each input reader says so.
+    os.mkfifo(tmp_path / "pipe")
+    for args in (("prune", "-w", "pipe", "-s", 0.5), ("prune", "-w", weights, "-p", "pipe", "-s", 0.5),
+                 ("decompress", "pipe"), ("convert", "-p", proto, "-w", "pipe")):
+        _bad(cli, tmp_path, *args, "-o", "o.caffemodel", expect="pipe: not a regular file (a folder, device or pipe)")
 
 
 def test_bad_prototxts(caffe, tiny, tmp_path, cli):

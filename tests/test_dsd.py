@@ -352,6 +352,11 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "-w", "p.caffemodel", "--force-decay", 0.001,
                               "-n", 1, "-o", "p"), "p.masks.h5: output would overwrite the input p.masks.h5")
     assert (tmp_path / "p.masks.h5").read_bytes() == before and not (tmp_path / "p").exists()
+    os.mkfifo(tmp_path / "pipe.prototxt")
+    (tmp_path / "piped.prototxt").write_text(solver.read_text().replace(str(tmp_path / "net.prototxt"),
+                                                                        str(tmp_path / "pipe.prototxt")))
+    assert_one_line_error(cli("train-dense", "--solver", "piped.prototxt", "-w", "s.caffemodel", "-o", "x.caffemodel"),
+                          "pipe.prototxt' is not a regular file")
     for name in ("solver.prototxt", "net.prototxt"):  # the solver, and the net it names
         assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", 1, "-o", name),
                               f"{name}: output would overwrite the input")
