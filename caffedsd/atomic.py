@@ -7,12 +7,17 @@ its writer's pid; the next write of that output removes it once the writer is
 dead, and so does a rerun that continues a run folder (remove_leftovers).
 """
 import contextlib
+import errno
 import os
 import re
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, OutputError
+
+# What a write fails with when there is no room for it: a full disk, a full
+# quota, a file-size limit (ulimit -f).
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def same_file(a, b):
@@ -145,9 +150,13 @@ def atomic_path(path):
         # mkstemp makes the file owner-only; give it the usual umask mode.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OutputError):  # a writer that writes its temporary atomically too
+            raise OutputError(path, exc.reason) from None
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            raise OutputError(path, os.strerror(exc.errno)) from None
         raise
     finally:
         _WRITING.discard(tmp)

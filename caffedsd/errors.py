@@ -45,6 +45,17 @@ class CaffeUnavailable(CaffeDsdError):
     """pycaffe or the caffe binary cannot be found or used."""
 
 
+class OutputError(CaffeDsdError):
+    """An output that could not be written for want of room: the disk, a
+    quota or a file-size limit is full (exit status 1: not the input's fault)."""
+
+    exit_code = 1
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: could not be written ({reason}); no part of it was left")
+        self.reason = reason
+
+
 class CheckFailed(CaffeDsdError):
     """A verification found something that does not hold (exit status 1)."""
 

@@ -2,9 +2,11 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from caffedsd.atomic import atomic_open, remove_leftovers
 from conftest import kill_while_writing
+
 
 def test_the_next_write_of_an_output_removes_what_a_killed_one_left(tmp_path):
     kill_while_writing(tmp_path / "model.caffemodel")
@@ -61,3 +63,28 @@ def test_a_pipe_or_device_is_never_replaced(tmp_path):
             attempt()
     assert fifo.is_fifo()
     assert [p.name for p in tmp_path.iterdir()] == ["out.caffemodel"]  # no temporary left either
+
+
+def test_no_room_for_an_output_is_one_line_and_leaves_nothing(tmp_path):
+    """A full disk, a full quota or a file-size limit: ulimit -f stands in
+    for all three (the write fails with EFBIG where a full disk gives ENOSPC)."""
+    import numpy as np
+
+    from caffedsd.caffe_proto import LayerParameter
+    from caffedsd.caffemodel import new_caffemodel
+
+    ip = LayerParameter(name="ip", type="InnerProduct", bottom=["data"], top=["ip"])
+    ip.inner_product_param.num_output = 100
+    new_caffemodel(tmp_path / "w.caffemodel", [(ip, [np.ones((100, 200), np.float32)])])  # 80 kB
+    limited = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from caffedsd.cli import main\n"
+        "main(['prune', '-w', 'w.caffemodel', '-s', '0.5', '-o', 'p.caffemodel'], prog_name='caffedsd')\n")
+    result = subprocess.run([sys.executable, "-c", limited], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == ("caffedsd: p.caffemodel: could not be written (File too large); "
+                                     "no part of it was left")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.caffemodel"]
