@@ -1,4 +1,7 @@
 """The one run folder: made once, continued by the same inputs, refused to others."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,8 +84,6 @@ def test_a_continued_folder_loses_the_temporary_files_of_a_killed_write(tmp_path
 def test_one_process_at_a_time(tmp_path):
     """A second caffedsd on a folder in use is refused, naming the holder;
     the folder is free again once the first closes it, or its process ends."""
-    import os
-
     first = _folder(tmp_path / "run").open({"fingerprint": "a"})
     for record in ({"fingerprint": "a"}, {"fingerprint": "b"}):
         with pytest.raises(InputError, match=f"run: in use by caffedsd \\(process {os.getpid()} on .+\\); wait"):
@@ -104,9 +105,6 @@ def test_one_process_at_a_time(tmp_path):
 
 
 def test_a_killed_holder_frees_the_folder(tmp_path):
-    import subprocess
-    import sys
-
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})

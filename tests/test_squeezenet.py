@@ -101,8 +101,6 @@ def test_bad_settings(tmp_path, cli, args, expect):
 
 
 def test_an_output_folder_that_cannot_be_one(tmp_path, cli):
-    import os
-
     os.mkfifo(tmp_path / "pipe")  # as -o /dev/null would be
     assert_one_line_error(cli("squeezenet", "-o", tmp_path / "pipe"), "pipe: exists and is not a folder")
     (tmp_path / "file").write_text("mine")
