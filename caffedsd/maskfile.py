@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output
 from .errors import InputError
 
 FORMAT = "caffedsd-masks"
@@ -47,6 +47,13 @@ def masks_read_for(weights_path, masks_path=None):
         return Path(masks_path)
     beside = masks_path_for(weights_path) if weights_path else None
     return beside if beside is not None and beside.exists() else None
+
+
+def check_model_outputs(output, inputs, force=False, with_masks=True):
+    """Refuse to write the caffemodel ``output``, and with ``with_masks`` its
+    masks beside it, where either would replace one of ``inputs``."""
+    for path in (output, masks_path_for(output)) if with_masks else (output,):
+        check_output(path, inputs=inputs, force=force)
 
 
 def structure_fingerprint(structure):

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import check_output
 from .caffe_proto import read_net_prototxt
 from .caffemodel import read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets
-from .maskfile import MaskSet, masks_for, masks_path_for, masks_read_for, save_masks
+from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, iter_chunks, layer_rng
 from .netcheck import check_pair
 
@@ -92,9 +91,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     """
     weights, output = Path(weights), Path(output)
     source = read_caffemodel(weights)
-    known_inputs = [weights, masks_read_for(weights, masks)]
-    check_output(output, inputs=known_inputs, force=force)
-    check_output(masks_path_for(output), inputs=known_inputs, force=force)
+    check_model_outputs(output, [weights, masks_read_for(weights, masks)], force)
     if model is not None:
         check_pair(read_net_prototxt(model, allow_python_layers), model, source)
     previous = masks_for(source, masks)

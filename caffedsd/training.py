@@ -14,13 +14,13 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .atomic import atomic_path, check_output
+from .atomic import atomic_path
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
                         import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import read_caffemodel
 from .errors import InputError
-from .maskfile import MaskSet, masks_for, masks_path_for, masks_read_for, save_masks
+from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair, solver_state
@@ -113,9 +113,7 @@ def _train_net(param, path, allow_python_layers):
 def _net_file(solver_path, field, net_file, allow_python_layers):
     """(path, NetParameter) of a net file the solver names in ``field``."""
     net_path = Path(net_file)
-    if net_path.exists() and not net_path.is_file():
-        raise InputError(f"{solver_path}: {field} {net_file!r} is not a regular file (a folder, device or pipe)")
-    if not net_path.is_file():
+    if not net_path.exists():  # one that is there but not a file: read_net_prototxt says so
         raise InputError(f"{solver_path}: {field} {net_file!r} does not exist (paths are relative to the current "
                          "folder)")
     return net_path, read_net_prototxt(net_path, allow_python_layers)
@@ -482,8 +480,7 @@ def _check_outputs(spec, output, force, weights, masks=None, writes_masks=False,
     would replace an input: the solver and its nets, the weights, the masks
     read, ``others``."""
     inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
-    for path in (output, masks_path_for(output)) if writes_masks else (output,):
-        check_output(path, inputs=inputs, force=force)
+    check_model_outputs(output, inputs, force, with_masks=writes_masks)
 
 
 def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,

@@ -356,7 +356,7 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
     (tmp_path / "piped.prototxt").write_text(solver.read_text().replace(str(tmp_path / "net.prototxt"),
                                                                         str(tmp_path / "pipe.prototxt")))
     assert_one_line_error(cli("train-dense", "--solver", "piped.prototxt", "-w", "s.caffemodel", "-o", "x.caffemodel"),
-                          "pipe.prototxt' is not a regular file")
+                          "pipe.prototxt: not a regular file (a folder, device or pipe)")
     for name in ("solver.prototxt", "net.prototxt"):  # the solver, and the net it names
         assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", 1, "-o", name),
                               f"{name}: output would overwrite the input")
