@@ -635,11 +635,10 @@ def rank(weights, energy):
     Example:
       caffedsd rank -w lenet.caffemodel --energy 0.9,0.95,0.99
     """
-    from .caffemodel import read_caffemodel
-    from .lowrank import energy_levels, rank_table
+    from .lowrank import energy_levels, weights_rank_table
 
     levels = energy_levels(energy)
-    click.echo(report.rank_table(levels, rank_table(read_caffemodel(weights), levels)))
+    click.echo(report.rank_table(levels, weights_rank_table(weights, levels)))
 
 
 @main.command()

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from .atomic import atomic_open, atomic_path, check_input, check_output
 from .caffe_proto import LayerParameter
-from .caffemodel import new_caffemodel, read_caffemodel
+from .caffemodel import check_finite, new_caffemodel, read_caffemodel
 from .coding import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps, huffman_decode,
                      huffman_encode, huffman_lengths, label_dtype, positions_from_gaps, share_values)
 from .errors import InputError, WireError
@@ -490,6 +490,7 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     container's own bytes (header, magic, checksum)."""
     model = read_caffemodel(weights)
     check_output(output, inputs=[weights, masks_read_for(weights, masks)], force=force)
+    check_finite(model)
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
     layers = [layer for layer in model.layers if layer.blobs]

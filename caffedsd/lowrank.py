@@ -305,6 +305,15 @@ def energy_levels(text):
     return list(levels)
 
 
+def weights_rank_table(weights, levels):
+    """rank_table of a caffemodel file, every layer it can decompose."""
+    from .caffemodel import check_finite, read_caffemodel
+
+    model = read_caffemodel(weights)
+    check_finite(model)
+    return rank_table(model, levels)
+
+
 def rank_table(model, levels, include_fc=True):
     """[(layer, type, shape, groups, max rank, [rank at each level])]; with
     groups, ranks are per group (the largest any group needs)."""
@@ -344,7 +353,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .atomic import check_output, output_folder, write_text
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
-    from .caffemodel import new_caffemodel, read_caffemodel
+    from .caffemodel import check_finite, new_caffemodel, read_caffemodel
     from .netcheck import check_blob_shapes, check_pair
 
     if energy is not None and not 0 < energy <= 1:
@@ -357,6 +366,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     model = read_caffemodel(weights)
     nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
     check_pair(nets[Path(model_path)], model_path, model)
+    check_finite(model)
     chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
     # Output positions per layer come from the net itself (TEST phase).
     shape_path = Path(deploy_path or model_path)  # the only net Caffe builds here

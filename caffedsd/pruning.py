@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .caffe_proto import read_net_prototxt
-from .caffemodel import read_caffemodel, write_caffemodel
+from .caffemodel import check_finite, read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
-from .masks import compute_mask, iter_chunks, layer_rng
+from .masks import compute_mask, layer_rng
 from .netcheck import check_pair
 
 
@@ -31,15 +31,6 @@ class PrunedLayer:
     @property
     def sparsity(self):
         return self.pruned / self.params if self.params else 0.0
-
-
-def check_finite(model):
-    """Raise InputError naming the first layer whose blobs hold NaN or Inf."""
-    for layer in model.layers:
-        for index, blob in enumerate(layer.blobs):
-            bad = sum(int(part.size - np.count_nonzero(np.isfinite(part))) for part in iter_chunks(blob.data))
-            if bad:
-                raise InputError(f"{model.path}: layer {layer.name!r} blob {index} holds {bad} NaN/Inf values")
 
 
 def prune_model(model, plan, seed=0, previous=None, meta=None):

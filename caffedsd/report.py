@@ -82,8 +82,12 @@ def stats_table(stats):
     t = stats["totals"]
     body.append(["total", "", "", t["params"], t["nonzero"], pct(t["sparsity"]),
                  "" if t["masked"] is None else t["masked"], human_bytes(t["bytes"])])
-    return format_table(["layer", "type", "shapes", "params", "nonzero", "sparsity", "masked", "bytes"],
-                        body, "lllrrrrr")
+    table = format_table(["layer", "type", "shapes", "params", "nonzero", "sparsity", "masked", "bytes"],
+                         body, "lllrrrrr")
+    if t["nonfinite"]:  # a NaN counts as nonzero: say what it is
+        table += "\nwarning: " + ", ".join(f"{r['layer']} holds {r['nonfinite']} NaN/Inf values"
+                                           for r in stats["layers"] if r["nonfinite"])
+    return table
 
 
 def test_line(test, label="test"):

@@ -29,7 +29,7 @@ import numpy as np
 from . import report
 from .caffe_env import check_gpu, check_net_runs
 from .caffe_proto import read_net_prototxt
-from .caffemodel import read_caffemodel
+from .caffemodel import check_finite, read_caffemodel
 from .errors import CaffeDsdError, InputError
 from .globrules import GlobRules, number_list
 from .layers import prunable_targets
@@ -207,6 +207,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     net = read_net_prototxt(model_path, allow_python_layers)
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)
+    check_finite(model)
     _test_outputs_kind(net, model_path)
     targets = _select_layers(model, layers)
     if iterations is None:

@@ -6,7 +6,7 @@ layer. Shared blobs (``param { name }``) count once in the totals.
 """
 import numpy as np
 
-from .caffemodel import read_caffemodel
+from .caffemodel import nonfinite_counts, read_caffemodel
 from .maskfile import masks_for
 from .masks import iter_chunks
 
@@ -18,6 +18,7 @@ def count_nonzero(array):
 def model_stats(model, maskset=None):
     """{"layers": [row, ...], "totals": {...}} as plain data."""
     per_layer_masks = maskset.per_layer() if maskset is not None else {}
+    nonfinite = nonfinite_counts(model)
     rows = []
     seen_params = set()
     totals = {"params": 0, "nonzero": 0, "bytes": 0, "masked": 0 if maskset is not None else None}
@@ -40,6 +41,7 @@ def model_stats(model, maskset=None):
             "weight_sparsity": 1 - count_nonzero(weights) / weights.size if weights.size else 0.0,
             "masked": masked,
             "bytes": nbytes,
+            "nonfinite": sum(nonfinite.get((layer.name, i), 0) for i in range(len(layer.blobs))),
         })
         for index, blob in enumerate(layer.blobs):
             name = layer.param_names[index]
@@ -52,6 +54,7 @@ def model_stats(model, maskset=None):
             totals["bytes"] += int(blob.data.nbytes)
         if masked is not None and layer.name in (maskset.masks if maskset else {}):
             totals["masked"] += masked
+    totals["nonfinite"] = sum(nonfinite.values())
     totals["sparsity"] = 1 - totals["nonzero"] / totals["params"] if totals["params"] else 0.0
     totals["file_bytes"] = model.path.stat().st_size
     return {"weights": str(model.path), "layout": model.layout, "layers": rows, "totals": totals}

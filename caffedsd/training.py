@@ -18,7 +18,7 @@ from .atomic import atomic_path
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
                         import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
-from .caffemodel import read_caffemodel
+from .caffemodel import check_finite, read_caffemodel
 from .errors import InputError
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .hooks import HookDispatcher
@@ -199,6 +199,7 @@ def load_weights(solver, spec, weights_path):
     model = read_caffemodel(weights_path)
     check_pair(spec.net, spec.net_path, model)
     check_blob_shapes(solver.net, model, spec.net_path)
+    check_finite(model)
     solver.net.copy_from(str(weights_path))
     return model
 

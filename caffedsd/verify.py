@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .caffe_env import caffe_binary, check_gpu, failure_reason
 from .caffe_proto import read_net_prototxt
-from .caffemodel import read_caffemodel
+from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed
 from .maskfile import masks_for
 from .masks import iter_chunks
@@ -41,6 +41,15 @@ def check_masked_zeros(model, maskset):
                             f"{pruned} masked positions all 0.0" if bad == 0
                             else f"{bad} of {pruned} masked positions are not 0.0"))
     return checks
+
+
+def check_finite_values(model):
+    """One Check: no blob holds NaN or Inf (what a diverged training leaves)."""
+    counts = nonfinite_counts(model)
+    if not counts:
+        return Check("finite", True, "no NaN or Inf in any blob")
+    where = ", ".join(f"{layer} blob {index} ({bad})" for (layer, index), bad in counts.items())
+    return Check("finite", False, f"{sum(counts.values())} NaN/Inf values: {where}")
 
 
 def run_caffe_test(net_path, weights_path, iterations=1, gpu=None, binary=None, timeout=None):
@@ -91,7 +100,7 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
         check_gpu(gpu)
     model = read_caffemodel(weights_path)
     maskset = masks_for(model, masks_path)
-    checks = []
+    checks = [check_finite_values(model)]
     if maskset is None:
         checks.append(Check("masks", True, f"none beside {model.path.name}; zero check skipped"))
     else:

@@ -1,0 +1,73 @@
+"""NaN and Inf in the weights a command is given."""
+import numpy as np
+import pytest
+
+from caffedsd.caffe_proto import LayerParameter
+from caffedsd.caffemodel import check_finite, new_caffemodel, nonfinite_counts, read_caffemodel, write_caffemodel
+from caffedsd.errors import InputError
+from conftest import assert_one_line_error, write_solver
+
+
+def test_nonfinite_counts_by_hand(tmp_path):
+    path = tmp_path / "w.caffemodel"
+    new_caffemodel(path, [
+        (LayerParameter(name="a", type="InnerProduct"),
+         [np.array([[1, np.nan], [np.inf, -np.inf]], np.float32), np.zeros(2, np.float32)]),
+        (LayerParameter(name="b", type="InnerProduct"), [np.ones((2, 2), np.float32), np.array([0, np.nan], np.float32)]),
+        (LayerParameter(name="c", type="InnerProduct"), [np.ones((2, 2), np.float32)]),
+    ])
+    model = read_caffemodel(path)
+    assert nonfinite_counts(model) == {("a", 0): 3, ("b", 1): 1}
+    with pytest.raises(InputError, match=r"w.caffemodel: layer 'a' blob 0 holds 3 NaN/Inf values"):
+        check_finite(model)
+
+
+@pytest.fixture
+def nan_model(tiny, tmp_path):
+    """TINY_NET's weights with one NaN in fc1 (a diverged training's)."""
+    proto, weights = tiny
+    model = read_caffemodel(weights)
+    w = np.array(model.layer("fc1").blobs[0].data)
+    w.flat[7] = np.nan
+    write_caffemodel(model, tmp_path / "nan.caffemodel", replace={("fc1", 0): w})
+    return proto, tmp_path / "nan.caffemodel"
+
+
+def test_commands_that_compute_on_weights_refuse_nan(nan_model, tmp_path, cli):
+    proto, weights = nan_model
+    expect = "nan.caffemodel: layer 'fc1' blob 0 holds 1 NaN/Inf values"
+    # Before the check: compress clustered the layer around NaN centroids and
+    # wrote a .dcz that decoded to other weights; rank raised LinAlgError.
+    assert_one_line_error(cli("compress", "-w", weights, "-o", "n.dcz"), expect)
+    assert_one_line_error(cli("rank", "-w", weights), expect)
+    assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--energy", 0.9, "--fc", "-o", "d"), expect)
+    assert_one_line_error(cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel"), expect)
+    assert not any((tmp_path / name).exists() for name in ("n.dcz", "d", "p.caffemodel"))
+
+
+def test_stats_and_verify_say_where_nan_is(nan_model, cli):
+    _, weights = nan_model
+    table = cli("stats", "-w", weights)
+    assert table.exit_code == 0
+    assert table.output.splitlines()[-1] == "warning: fc1 holds 1 NaN/Inf values"
+    assert '"nonfinite": 1' in cli("stats", "-w", weights, "--json").output
+    result = cli("verify", "-w", weights)
+    assert result.exit_code == 1
+    assert "FAIL  finite: 1 NaN/Inf values: fc1 blob 0 (1)" in result.output
+    assert "ok    finite: no NaN or Inf in any blob" in cli("verify", "-w", "net.caffemodel").output
+
+
+def test_training_refuses_nan_weights(caffe, tmp_path, cli):
+    solver = write_solver(tmp_path)
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "w.caffemodel"))
+    model = read_caffemodel(tmp_path / "w.caffemodel")
+    w = np.array(model.layer("conv1").blobs[0].data)
+    w.flat[0] = np.inf
+    write_caffemodel(model, tmp_path / "inf.caffemodel", replace={("conv1", 0): w})
+    expect = "inf.caffemodel: layer 'conv1' blob 0 holds 1 NaN/Inf values"
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "inf.caffemodel", "-n", 2,
+                              "-o", "d.caffemodel"), expect)
+    assert_one_line_error(cli("sensitivity", "-p", tmp_path / "net.prototxt", "-w", "inf.caffemodel",
+                              "-o", "sens"), expect)
+    assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "sens").exists()
+
