@@ -31,7 +31,7 @@ from . import report
 from .atomic import write_text
 from .caffe_env import check_gpu
 from .caffemodel import read_caffemodel
-from .errors import CaffeDsdError, InputError
+from .errors import CaffeDsdError, Diverged, InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
 from .pruning import prune_file
@@ -238,11 +238,14 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             stage_dir.mkdir(exist_ok=True)
             started = time.time()
             seed_c_rand(recipe.seed, number)
-            if stage.kind == "prune":
-                summary = _run_prune(stage, spec, recipe, stage_dir, weights, gpu)
-            else:
-                summary = _run_training(stage, spec, recipe, stage_dir, weights,
-                                        masks if stage.kind == "sparse" else None, gpu, progress, replay)
+            try:
+                if stage.kind == "prune":
+                    summary = _run_prune(stage, spec, recipe, stage_dir, weights, gpu)
+                else:
+                    summary = _run_training(stage, spec, recipe, stage_dir, weights,
+                                            masks if stage.kind == "sparse" else None, gpu, progress, replay)
+            except Diverged as exc:  # the stage's lr_scale may be what is at fault
+                raise Diverged(f"{recipe.where}: stage {number} ({stage.kind}): {exc}") from None
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),

@@ -56,6 +56,13 @@ class OutputError(CaffeDsdError):
         self.reason = reason
 
 
+class Diverged(CaffeDsdError):
+    """Training's loss became NaN or Inf (exit status 1). From there on the
+    weights are NaN too, and Caffe would train on them for as long as asked."""
+
+    exit_code = 1
+
+
 class CheckFailed(CaffeDsdError):
     """A verification found something that does not hold (exit status 1)."""
 

@@ -19,7 +19,7 @@ from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, ha
                         import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import check_finite, read_caffemodel
-from .errors import InputError
+from .errors import Diverged, InputError
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
@@ -214,8 +214,9 @@ def net_loss(net):
     return total
 
 
-def train(solver, iterations, hooks=None, on_iteration=None):
+def train(solver, iterations, hooks=None, on_iteration=None, where="training"):
     """Run ``iterations`` solver steps; returns the curve [{iter, loss, lr}].
+    A loss that is NaN or Inf raises Diverged, naming ``where``.
 
     One step at a time, so the caller's ``on_iteration(row, iterations)``
     sees each one. ``hooks`` is the solver's HookDispatcher (or None): its
@@ -227,6 +228,10 @@ def train(solver, iterations, hooks=None, on_iteration=None):
         lr = float(solver.lr)
         solver.step(1)
         row = {"iter": int(solver.iter), "loss": net_loss(solver.net), "lr": lr}
+        if not math.isfinite(row["loss"]):
+            raise Diverged(f"{where}: training diverged at iteration {row['iter']} (loss {row['loss']}, "
+                           f"learning rate {lr:g}); nothing was written for it. Lower the learning rate "
+                           "or set clip_gradients, then start again")
         curve.append(row)
         if on_iteration is not None:
             on_iteration(row, iterations)
@@ -450,7 +455,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
                     progress(tests[-1], None)
             checkpoint = _next_checkpoint(now, checkpoints)
             stop = min(s for s in (end, schedule.next_after(now), checkpoint) if s is not None)
-            curve += train(solver, stop - now, dispatcher, progress)
+            curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
                 checkpoints.save(solver, curve, tests)
         test = evaluate(solver, counts)

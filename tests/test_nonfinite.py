@@ -1,4 +1,4 @@
-"""NaN and Inf in the weights a command is given."""
+"""NaN and Inf: in the weights a command is given, and in the loss while it trains."""
 import numpy as np
 import pytest
 
@@ -71,3 +71,34 @@ def test_training_refuses_nan_weights(caffe, tmp_path, cli):
                               "-o", "sens"), expect)
     assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "sens").exists()
 
+
+def test_a_diverging_training_stops_at_the_first_nan_loss(caffe, tmp_path, cli):
+    # At this learning rate the weights overflow within a few steps; Caffe
+    # alone would train the NaN weights for all 50 iterations and save them.
+    solver = write_solver(tmp_path, base_lr=1e18, extra="momentum: 0")
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "w.caffemodel"))
+    result = cli("train-dense", "--solver", solver, "-w", "w.caffemodel", "-n", 50, "-o", "d.caffemodel")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    last = result.output.splitlines()[-1]  # after the progress lines
+    assert last.startswith(f"caffedsd: {solver}: training diverged at iteration "), last
+    assert "learning rate 1e+17); nothing was written for it" in last  # train-dense's tenth
+    iteration = int(last.split("at iteration ")[1].split(" ")[0])
+    assert 1 < iteration < 50
+    assert not (tmp_path / "d.caffemodel").exists()
+    # The same solver at a sane rate trains.
+    write_solver(tmp_path, base_lr=0.01, extra="momentum: 0")
+    assert cli("train-dense", "--solver", solver, "-w", "w.caffemodel", "-n", 50, "-o", "d.caffemodel").exit_code == 0
+
+
+def test_a_diverging_dsd_stage_is_named_and_keeps_the_stages_before(caffe, tmp_path, cli):
+    solver = write_solver(tmp_path, base_lr=0.02)
+    (tmp_path / "recipe.yaml").write_text(
+        f"solver: {solver}\nseed: 3\nstages:\n  - dense: {{iterations: 10}}\n  - prune: {{sparsity: 0.5}}\n"
+        "  - sparse: {iterations: 30, lr_scale: 1.0e+20}\n")
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+    assert result.exit_code == 1, result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith(f"caffedsd: recipe.yaml: stage 3 (sparse): {solver}: training diverged at iteration "), last
+    assert (tmp_path / "run" / "02-prune" / "stage.json").is_file()
+    assert not (tmp_path / "run" / "03-sparse" / "model.caffemodel").exists()
