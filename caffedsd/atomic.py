@@ -5,11 +5,14 @@ and is renamed over the destination only once complete, so a killed run leaves
 no half-written output. What a SIGKILL leaves is a temporary file, named after
 its writer's pid; the next write of that output removes it once the writer is
 dead, and so does a rerun that continues a run folder (remove_leftovers).
+A new output folder is made the same way (atomic_folder): under a temporary
+name, renamed once all its files are in.
 """
 import contextlib
 import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -88,14 +91,16 @@ def check_output(path, inputs=(), force=False):
 _WRITING = set()
 
 
-def _temporaries(folder, name_pattern, recursive=False):
-    """Temporary files under ``folder`` whose writer has died: a SIGKILL
-    skips atomic_path's clean-up. A live writer's files are not touched."""
+def _temporaries(folder, name_pattern, recursive=False, folders=False):
+    """Temporary files (with ``folders``, atomic_folder's temporary folders)
+    under ``folder`` whose writer has died: a SIGKILL skips atomic_path's
+    clean-up. A live writer's are not touched."""
     # atomic_path's names: .NAME.PID. + mkstemp's 8 letters, digits or _ + .tmp
     pattern = re.compile(rf"\.{name_pattern}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
     for tmp in sorted((Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp")):
         match = pattern.fullmatch(tmp.name)
-        if match and _dead(int(match.group(1)), tmp) and tmp.is_file() and not tmp.is_symlink():
+        if match and not tmp.is_symlink() and (tmp.is_dir() if folders else tmp.is_file()) \
+                and _dead(int(match.group(1)), tmp):
             yield tmp
 
 
@@ -154,6 +159,49 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OutputError):  # a writer that writes its temporary atomically too
+            raise OutputError(path, exc.reason) from None
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            raise OutputError(path, os.strerror(exc.errno)) from None
+        raise
+    finally:
+        _WRITING.discard(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield the folder to write an output folder's files into. A new folder
+    is made under a temporary name beside ``path`` and renamed to it once
+    complete, so it appears whole or not at all, as atomic_path's files do;
+    this also finds a folder that cannot be made before any work. An
+    existing folder is written into: each file atomically, on its own."""
+    path = Path(path)
+    if path.is_dir():
+        yield path
+        return
+    if path.exists() or path.is_symlink():
+        raise InputError(f"{path}: exists and is not a folder; give a folder for the output")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file on the way
+        raise InputError(f"{path}: cannot create the output folder (Not a directory)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    for stale in _temporaries(parent, re.escape(path.name), folders=True):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp = os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    _WRITING.add(tmp)
+    try:
+        yield Path(tmp)
+        # mkdtemp makes the folder owner-only; give it the usual umask mode.
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.rename(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OutputError):  # name the folder, not its temporary name
             raise OutputError(path, exc.reason) from None
         if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
             raise OutputError(path, os.strerror(exc.errno)) from None

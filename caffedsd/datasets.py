@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_path, output_folder
+from .atomic import atomic_folder, atomic_path
 from .errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -149,13 +149,13 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
     limits = {"train": train_limit, "test": test_limit}
     splits = {name: _load_split(source_dir, *files, limits[name]) for name, files in _SPLITS.items()}
 
-    output_folder(out_dir)
     result = {}
-    for name, (images, labels) in splits.items():
-        h5_path = out_dir / f"{name}.h5"
-        list_path = out_dir / f"{name}.txt"
-        _write_h5(h5_path, images, labels)
-        _write_list(list_path, h5_path)
-        result[name] = {"h5": str(h5_path), "list": str(list_path), "count": int(len(images))}
+    with atomic_folder(out_dir) as folder:
+        for name, (images, labels) in splits.items():
+            h5_path = out_dir / f"{name}.h5"
+            list_path = out_dir / f"{name}.txt"
+            _write_h5(folder / h5_path.name, images, labels)
+            _write_list(folder / list_path.name, h5_path)  # the path the file has once the folder is in place
+            result[name] = {"h5": str(h5_path), "list": str(list_path), "count": int(len(images))}
     result["source_dir"] = str(source_dir)
     return result

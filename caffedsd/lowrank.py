@@ -350,7 +350,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import check_output, output_folder, write_text
+    from .atomic import atomic_folder, check_output, write_text
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, new_caffemodel, read_caffemodel
@@ -359,29 +359,28 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
     names = output_names(model_path, deploy_path)
-    if Path(out_dir).exists():  # -o the inputs' own folder: the rewrite has the prototxt's name
-        output_folder(out_dir)
+    if Path(out_dir).is_dir():  # -o the inputs' own folder: the rewrite has the prototxt's name
         for name in [*names.values(), "model.caffemodel", "report.md"]:
             check_output(Path(out_dir) / name, inputs=[model_path, deploy_path, weights], force=force)
-    model = read_caffemodel(weights)
-    nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
-    check_pair(nets[Path(model_path)], model_path, model)
-    check_finite(model)
-    chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
-    # Output positions per layer come from the net itself (TEST phase).
-    shape_path = Path(deploy_path or model_path)  # the only net Caffe builds here
-    shape_net = nets.get(shape_path) or read_net_prototxt(shape_path, allow_python_layers)
-    check_net_runs(shape_net, shape_path, forward=False)  # built for its shapes only
-    caffe = import_caffe()
-    shapes_net = caffe.Net(str(shape_path), caffe.TEST)
-    check_blob_shapes(shapes_net, model, shape_path)
-    positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
-    del shapes_net
-    new_layers, discarded = decomposed_layers(model, chosen)
-    out_dir = output_folder(out_dir)
-    new_caffemodel(out_dir / "model.caffemodel", new_layers, name=model.name)
-    for path, name in names.items():
-        write_text(out_dir / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
-    rows = summarize(model, chosen, positions, discarded)
-    write_text(out_dir / "report.md", report.decomposition_markdown(rows, weights, skipped))
+    with atomic_folder(out_dir) as folder:
+        model = read_caffemodel(weights)
+        nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
+        check_pair(nets[Path(model_path)], model_path, model)
+        check_finite(model)
+        chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
+        # Output positions per layer come from the net itself (TEST phase).
+        shape_path = Path(deploy_path or model_path)  # the only net Caffe builds here
+        shape_net = nets.get(shape_path) or read_net_prototxt(shape_path, allow_python_layers)
+        check_net_runs(shape_net, shape_path, forward=False)  # built for its shapes only
+        caffe = import_caffe()
+        shapes_net = caffe.Net(str(shape_path), caffe.TEST)
+        check_blob_shapes(shapes_net, model, shape_path)
+        positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
+        del shapes_net
+        new_layers, discarded = decomposed_layers(model, chosen)
+        new_caffemodel(folder / "model.caffemodel", new_layers, name=model.name)
+        for path, name in names.items():
+            write_text(folder / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
+        rows = summarize(model, chosen, positions, discarded)
+        write_text(folder / "report.md", report.decomposition_markdown(rows, weights, skipped))
     return rows, skipped, list(names.values())

@@ -1,10 +1,14 @@
 """Atomic outputs: what a killed write leaves, and who removes it."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from caffedsd.atomic import atomic_open, remove_leftovers
+import pytest
+
+from caffedsd.atomic import atomic_folder, atomic_open, remove_leftovers, write_text
+from caffedsd.errors import InputError, OutputError
 from conftest import kill_while_writing
 
 
@@ -88,3 +92,51 @@ def test_no_room_for_an_output_is_one_line_and_leaves_nothing(tmp_path):
     assert result.stderr.strip() == ("caffedsd: p.caffemodel: could not be written (File too large); "
                                      "no part of it was left")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.caffemodel"]
+
+
+# os._exit inside atomic_folder skips its clean-up, as a SIGKILL would.
+KILLED_FOLDER = ("import os, sys; from caffedsd.atomic import atomic_folder, write_text\n"
+                 "with atomic_folder(sys.argv[1]) as folder:\n"
+                 "    write_text(folder / 'model.caffemodel', 'whole'); os._exit(9)\n")
+
+
+def test_a_new_output_folder_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "deep" / "out"
+    with atomic_folder(out) as folder:
+        write_text(folder / "a.prototxt", "a")
+        assert not out.exists() and folder.parent == out.parent  # renamed into place only at the end
+    assert sorted(p.name for p in out.iterdir()) == ["a.prototxt"]
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    # A failure halfway (bad input found late, no room) leaves nothing.
+    with pytest.raises(OutputError, match=r"^.*/gone: could not be written \(File too large\)"):
+        with atomic_folder(tmp_path / "gone") as folder:
+            write_text(folder / "a.prototxt", "a")
+            raise OutputError(folder / "b.caffemodel", "File too large")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+    # A killed writer's folder goes at the next write of the same folder.
+    assert subprocess.run([sys.executable, "-c", KILLED_FOLDER, str(tmp_path / "k")]).returncode == 9
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".k.")]
+    assert (left / "model.caffemodel").read_text() == "whole" and not (tmp_path / "k").exists()
+    with atomic_folder(tmp_path / "k") as folder:
+        write_text(folder / "model.caffemodel", "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "k"]
+
+
+def test_an_existing_output_folder_is_written_into(tmp_path):
+    (tmp_path / "mine.txt").write_text("kept")
+    with atomic_folder(tmp_path) as folder:
+        assert folder == tmp_path
+        write_text(folder / "new.txt", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt", "new.txt"]
+    (tmp_path / "file").write_text("mine")
+    for path, expect in [(tmp_path / "file", "file: exists and is not a folder"),
+                         (tmp_path / "file" / "out", "file/out: cannot create the output folder (Not a directory)")]:
+        with pytest.raises(InputError, match=re.escape(expect)):
+            with atomic_folder(path):
+                pytest.fail("no folder to write into")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
