@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -125,6 +126,22 @@ def remove_leftovers(folder):
     for tmp in removed:
         tmp.unlink(missing_ok=True)
     return removed
+
+
+def check_room(path, nbytes, largest=None):
+    """Raise OutputError unless ``nbytes`` (in files of which the largest is
+    ``largest`` bytes; default one file) fit beside ``path``: for a writer
+    that aborts the process when a write fails, as Caffe's do (glog CHECK).
+    The free space and ulimit -f are seen; a quota is not."""
+    folder = Path(path).parent
+    stat = os.statvfs(folder if str(folder) else ".")
+    free = stat.f_bavail * stat.f_frsize
+    if nbytes > free:
+        raise OutputError(path, f"No space left on device: it needs at least {nbytes:,} bytes, {free:,} are free")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and (largest or nbytes) > limit:
+        raise OutputError(path, f"File too large: at least {largest or nbytes:,} bytes, "
+                                f"over the file-size limit (ulimit -f) of {limit:,}")
 
 
 def _umask():

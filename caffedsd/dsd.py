@@ -28,7 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from . import report
-from .atomic import write_text
+from .atomic import check_room, write_text
 from .caffe_env import check_gpu
 from .caffemodel import read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError
@@ -141,8 +141,11 @@ class _Checkpoints:
         # Checkpoints from before periodic test passes were recorded have none.
         return report.parse_tests_csv(Path(record["tests"]).read_text()) if record.get("tests") else []
 
-    def save(self, solver, curve, tests):
+    def save(self, solver, curve, tests, nbytes=(0, 0)):
+        """``nbytes``: at least what Caffe writes (snapshot_bytes), checked
+        for room first, since Caffe aborts the process on a failed write."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        check_room(self.prefix, sum(nbytes), max(nbytes))
         solver.snapshot()
         iteration = int(solver.iter)
         state = Path(f"{self.prefix}_iter_{iteration}.solverstate")

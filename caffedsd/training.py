@@ -14,7 +14,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_room
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
                         import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
@@ -23,7 +23,8 @@ from .errors import Diverged, InputError
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_blob_shapes, check_data_sources, check_layer_types, check_pair, solver_state
+from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
+                       solver_state)
 from .solverstate import clean_solverstate
 
 
@@ -339,11 +340,34 @@ def replay_data(solver, iter_size, counts, start, tests):
     replay_batches(solver.net, (int(solver.iter) - position) * iter_size)
 
 
-def save_net(solver, output, maskset=None):
+def snapshot_bytes(spec, net):
+    """Lower bounds, in bytes, of what Caffe writes for the solver's train
+    ``net``: (its caffemodel: every blob of every layer; a solverstate's
+    history: one float per learnable value, a blob shared through
+    param { name } once)."""
+    states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
+    names = {layer.name: [p.name for p in layer.param] for layer in built_layers(spec.net, states)}
+    model = history = 0
+    shared = set()
+    for layer, blobs in net.params.items():
+        for index, blob in enumerate(blobs):
+            model += 4 * blob.count
+            name = names.get(layer, [])[index] if index < len(names.get(layer, [])) else ""
+            if name not in shared:
+                history += 4 * blob.count
+            if name:
+                shared.add(name)
+    return model, history
+
+
+def save_net(solver, output, maskset=None, nbytes=0):
     """Write the solver's trained weights (and masks, refitted to what was
-    written) atomically; returns the masks path or None."""
+    written) atomically; returns the masks path or None. ``nbytes``: at
+    least what Caffe writes, checked for room first, since Caffe aborts the
+    process on a failed write."""
     output = Path(output)
     with atomic_path(output) as tmp:
+        check_room(tmp, nbytes)
         solver.net.save(str(tmp))
         written = read_caffemodel(tmp).structure()
     if maskset is None:
@@ -447,6 +471,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
         # Training runs in pieces between test passes and checkpoints; the
         # progress callback still sees the whole phase as its total.
         progress = (lambda row, _: on_iteration(row, phase.iterations)) if on_iteration is not None else None
+        sizes = snapshot_bytes(spec, solver.net)
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):
@@ -454,17 +479,34 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
                 if progress is not None:
                     progress(tests[-1], None)
             checkpoint = _next_checkpoint(now, checkpoints)
-            stop = min(s for s in (end, schedule.next_after(now), checkpoint) if s is not None)
+            # Caffe writes the solver's own snapshots inside the step that
+            # reaches their iteration: room for them is checked just before.
+            snapshot = _next_caffe_snapshot(now, param)
+            if snapshot == now + 1:
+                check_room(Path(f"{param.snapshot_prefix}_iter_{snapshot}.caffemodel"), sum(sizes), max(sizes))
+                snapshot = None
+            before_snapshot = None if snapshot is None else snapshot - 1
+            stop = min(s for s in (end, schedule.next_after(now), checkpoint, before_snapshot) if s is not None)
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
-                checkpoints.save(solver, curve, tests)
+                checkpoints.save(solver, curve, tests, sizes)
         test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
-        masks_out = save_net(solver, phase.output, phase.maskset) if phase.output is not None else None
+        masks_out = None
+        if phase.output is not None:
+            masks_out = save_net(solver, phase.output, phase.maskset, sizes[0])
     finally:
         dispatcher.detach()
     return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,
                        tuple(tests))
+
+
+def _next_caffe_snapshot(iteration, param):
+    """The next iteration at which Caffe itself snapshots (the solver's
+    ``snapshot``; dsd's stages turn it off for their own checkpoints)."""
+    if param.snapshot <= 0:
+        return None
+    return (iteration // param.snapshot + 1) * param.snapshot
 
 
 def _next_checkpoint(iteration, checkpoints):

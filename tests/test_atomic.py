@@ -140,3 +140,12 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_check_room_for_a_writer_that_aborts(tmp_path):
+    from caffedsd.atomic import check_room
+
+    check_room(tmp_path / "m.caffemodel", 1000)
+    with pytest.raises(OutputError, match=r"m.caffemodel: could not be written \(No space left on device: "
+                                          r"it needs at least 1,000,000,000,000,000,000 bytes, [0-9,]+ are free\)"):
+        check_room(tmp_path / "m.caffemodel", 10 ** 18)

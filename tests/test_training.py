@@ -223,3 +223,38 @@ def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path, 
                                                 force=True, gpu=device).tests] == [4]
     assert train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8, force=True,
                         test_interval=0, gpu=device).tests == ()
+
+
+@pytest.mark.slow
+def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
+    """Caffe aborts the process when it cannot write a model or a snapshot
+    (a glog CHECK in io.cpp): caffedsd checks for room first. ulimit -f
+    stands in for a full disk."""
+    import subprocess
+    import sys
+
+    solver = write_solver(tmp_path)
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "w.caffemodel"))
+    (tmp_path / "own").mkdir()
+    snapshots = write_solver(tmp_path / "own", snapshot=3)  # the solver's own, written by Caffe inside a step
+    (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nseed: 1\ncheckpoint_every: 2\n"
+                                          "stages:\n  - dense: {iterations: 4}\n")
+    # The model is 76 + 325 floats (1,604 bytes); the temporary solver file and
+    # the run's records are smaller than the limit.
+    for args, expect in [(["train-dense", "--solver", str(solver), "-w", "w.caffemodel", "-n", "2", "-o", "d.caffemodel"],
+                          "d.caffemodel: could not be written (File too large: at least 1,604 bytes, "),
+                         (["train-dense", "--solver", str(snapshots), "-w", "w.caffemodel", "-n", "5", "-o", "d.caffemodel"],
+                          f"{tmp_path}/own/snap_iter_3.caffemodel: could not be written (File too large: at least 1,604 bytes, "),
+                         (["dsd", "--recipe", "recipe.yaml", "-o", "run"],
+                          "run/01-dense/checkpoint/snapshot: could not be written (File too large: at least 1,604 bytes, ")]:
+        limited = ("import resource, signal\n"
+                   "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                   "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
+                   "from caffedsd.cli import main\n"
+                   f"main({args!r}, prog_name='caffedsd')\n")
+        result = subprocess.run([sys.executable, "-c", limited], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 1, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"caffedsd: {expect}"), last
+        assert "over the file-size limit (ulimit -f) of 1,500); no part of it was left" in last
+    assert not (tmp_path / "d.caffemodel").exists()
