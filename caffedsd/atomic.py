@@ -150,6 +150,16 @@ def _umask():
     return mask
 
 
+def _raise_no_room(path, exc):
+    """Raise OutputError naming the output ``path`` if ``exc`` was a want of
+    room: an OSError of one, or an OutputError from inside (a writer that
+    writes its own temporary atomically too, a file of an output folder)."""
+    if isinstance(exc, OutputError):
+        raise OutputError(path, exc.reason) from None
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        raise OutputError(path, os.strerror(exc.errno)) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success,
@@ -165,20 +175,28 @@ def atomic_path(path):
     except OSError as exc:
         raise InputError(f"{path.parent}: cannot write to the output folder ({exc.strerror})") from None
     os.close(fd)
-    tmp = os.path.abspath(tmp)
+    with _into_place(os.path.abspath(tmp), path, 0o666, _unlink) as written:
+        yield written
+
+
+def _unlink(path):
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def _into_place(tmp, path, mode, remove):
+    """Yield the temporary ``tmp``; give it ``mode`` (less the umask: mkstemp
+    and mkdtemp make it owner-only) and rename it to ``path`` on success;
+    ``remove`` it on any error or interruption."""
     _WRITING.add(tmp)
     try:
         yield Path(tmp)
-        # mkstemp makes the file owner-only; give it the usual umask mode.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OutputError):  # a writer that writes its temporary atomically too
-            raise OutputError(path, exc.reason) from None
-        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
-            raise OutputError(path, os.strerror(exc.errno)) from None
+        remove(tmp)
+        _raise_no_room(path, exc)
         raise
     finally:
         _WRITING.discard(tmp)
@@ -210,21 +228,8 @@ def atomic_folder(path):
         tmp = os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     except OSError as exc:
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
-    _WRITING.add(tmp)
-    try:
-        yield Path(tmp)
-        # mkdtemp makes the folder owner-only; give it the usual umask mode.
-        os.chmod(tmp, 0o777 & ~_umask())
-        os.rename(tmp, path)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OutputError):  # name the folder, not its temporary name
-            raise OutputError(path, exc.reason) from None
-        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
-            raise OutputError(path, os.strerror(exc.errno)) from None
-        raise
-    finally:
-        _WRITING.discard(tmp)
+    with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:
+        yield written
 
 
 @contextlib.contextmanager
