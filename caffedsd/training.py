@@ -350,9 +350,10 @@ def snapshot_bytes(spec, net):
     model = history = 0
     shared = set()
     for layer, blobs in net.params.items():
+        params = names.get(layer, [])
         for index, blob in enumerate(blobs):
             model += 4 * blob.count
-            name = names.get(layer, [])[index] if index < len(names.get(layer, [])) else ""
+            name = params[index] if index < len(params) else ""
             if name not in shared:
                 history += 4 * blob.count
             if name:

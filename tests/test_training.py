@@ -258,3 +258,17 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
         assert last.startswith(f"caffedsd: {expect}"), last
         assert "over the file-size limit (ulimit -f) of 1,500); no part of it was left" in last
     assert not (tmp_path / "d.caffemodel").exists()
+
+
+def test_snapshot_bytes_are_lower_bounds_of_caffes_files(caffe, tmp_path):
+    from caffedsd.training import snapshot_bytes
+
+    spec = read_solver(write_solver(tmp_path, extra="momentum: 0.9"))
+    solver, _ = open_solver(spec, tmp_path, snapshot_prefix=tmp_path / "s", snapshot=0)
+    floats = (4 * 2 * 3 * 3 + 4) + (5 * 4 * 4 * 4 + 5)  # conv1 and fc1, weights and biases
+    assert snapshot_bytes(spec, solver.net) == (4 * floats, 4 * floats)  # SGD: one history blob per param
+    solver.step(1)
+    solver.snapshot()
+    model = (tmp_path / "s_iter_1.caffemodel").stat().st_size
+    state = (tmp_path / "s_iter_1.solverstate").stat().st_size
+    assert 4 * floats <= model < 4 * floats + 2000 and 4 * floats <= state < 4 * floats + 200
