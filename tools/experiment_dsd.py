@@ -242,6 +242,10 @@ class Progress:
 
         class _Callback:
             def __call__(self, row, chunk):
+                if "replay" in row:  # a stage continued from its checkpoint: its data layers catch up first
+                    print(f"  {prefix} {label}: continuing at {row['replay']}, replaying the data layers",
+                          file=sys.stderr, flush=True)
+                    return
                 it = row["iter"]
                 if "test" in row:  # a periodic TEST pass (the solver's test_interval), not a step
                     values = ", ".join(f"{name} {value:.4f}" for name, value in row["test"].items())
