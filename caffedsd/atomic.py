@@ -133,8 +133,7 @@ def check_room(path, nbytes, largest=None):
     ``largest`` bytes; default one file) fit beside ``path``: for a writer
     that aborts the process when a write fails, as Caffe's do (glog CHECK).
     The free space and ulimit -f are seen; a quota is not."""
-    folder = Path(path).parent
-    stat = os.statvfs(folder if str(folder) else ".")
+    stat = os.statvfs(Path(path).parent)
     free = stat.f_bavail * stat.f_frsize
     if nbytes > free:
         raise OutputError(path, f"No space left on device: it needs at least {nbytes:,} bytes, {free:,} are free")

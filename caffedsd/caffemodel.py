@@ -125,7 +125,9 @@ def check_finite(model):
     """Raise InputError naming the first blob that holds NaN or Inf: sorting,
     clustering or factoring such weights gives garbage without an error, and
     Caffe trains on them without a complaint."""
-    for (layer, index), bad in nonfinite_counts(model).items():
+    counts = nonfinite_counts(model)
+    if counts:
+        (layer, index), bad = next(iter(counts.items()))
         raise InputError(f"{model.path}: layer {layer!r} blob {index} holds {bad} NaN/Inf values")
 
 
