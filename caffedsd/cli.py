@@ -370,14 +370,20 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
               help="Continuing a stage, start its data layers from their first batch, as `caffe train --snapshot` "
                    "does, instead of replaying them up to the checkpoint (faster with large LMDBs; the stage then "
                    "reads other batches than an uninterrupted run would).")
+@click.option("--force", is_flag=True,
+              help="Take over a run folder that another recipe made: keep the leading stages this recipe shares "
+                   "with it (same solver and net files, same settings), finished or under way, and remove and run "
+                   "the rest anew.")
 @output_option("Run folder; rerun the same command to continue an interrupted run.", folder=True, force=None)
-def dsd(recipe, gpu, restart_data, output):
+def dsd(recipe, gpu, restart_data, force, output):
     """Run a whole Dense-Sparse-Dense recipe into a run folder.
 
     Each stage leaves a stock-Caffe-loadable model (and masks), its test
     outputs and training curve; report.md, report.json and curves.png sum
     up. Killed at any point, the same command continues from the last
     checkpoint, reading the batches an uninterrupted run would have read.
+    After editing a later stage (a learning rate that diverged), --force
+    keeps the stages before it.
 
     \b
     Example:
@@ -387,7 +393,8 @@ def dsd(recipe, gpu, restart_data, output):
     from .recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    data = run_recipe(parsed, output, gpu=gpu, progress=_Progress, replay=not restart_data)
+    data = run_recipe(parsed, output, gpu=gpu, progress=_Progress, replay=not restart_data, force=force,
+                      notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
     click.echo(report.dsd_table(data["stages"]))
     click.echo(f"report: {output / 'report.md'}")
 

@@ -1,8 +1,9 @@
 """A whole Dense-Sparse-Dense run from a recipe, resumable at any point.
 
 RUN_DIR holds:
-  run.json                the recipe's fingerprint: a RUN_DIR is only ever
-                          continued by the recipe that made it
+  run.json                the recipe's fingerprint: a RUN_DIR is continued
+                          by the recipe that made it (or, with --force,
+                          keeps the stages another recipe shares with it)
   recipe.yaml             the recipe, as run
   NN-KIND/                one folder per stage, e.g. 01-dense, 02-prune:
     model.caffemodel      stock-Caffe-loadable weights (+ model.masks.h5
@@ -22,6 +23,7 @@ computed once, in their prune stage, and never again.
 """
 import ctypes
 import hashlib
+import re
 import shutil
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -35,11 +37,12 @@ from .errors import CaffeDsdError, Diverged, InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
 from .pruning import prune_file
-from .recipe import Recipe
+from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .training import Phase, check_solver_builds, read_solver, run_phase
 
 RUN_FILE = "run.json"
+_STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,74 @@ def seed_c_rand(seed, stage):
     ctypes.CDLL(None).srand(ctypes.c_uint((seed * 1000003 + stage) & 0xFFFFFFFF))
 
 
-def prepare_run_dir(run_dir, recipe, fingerprint):
+def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
     """Create RUN_DIR for ``recipe``, or check it was made by the same one
     (same recipe, same solver and net files). Returns its RunFolder, held
-    until closed."""
+    until closed.
+
+    A RUN_DIR made by another recipe is refused, or with ``force`` taken
+    over: the leading stages both recipes share are kept, finished or under
+    way, and the rest removed (``notify(line)`` says which)."""
+    def takeover(folder):
+        shared = shared_stages(folder, recipe, spec)
+        if not force:
+            raise InputError(f"{folder.path}: made by a different recipe, solver or net; give a new -o, or "
+                             + (f"--force to keep its stages {_numbers(shared)}, which this recipe shares, "
+                                "and run the rest anew" if shared else "--force to start it over (no stage of "
+                                "it is the same in this recipe)"))
+        removed = _remove_stages_after(folder.path, shared)
+        if notify is not None:
+            kept = f"kept stages {_numbers(shared)}" if shared else "kept no stage"
+            notify(f"{folder.path}: {kept} of the run an earlier recipe made"
+                   + (f"; removed {', '.join(removed)}" if removed else ""))
+
     return RunFolder(run_dir, RUN_FILE, "run", "recipe, solver or net").open(
-        {"recipe_fingerprint": fingerprint}, files={"recipe.yaml": recipe.to_yaml()})
+        {"recipe_fingerprint": run_fingerprint(recipe, spec)}, files={"recipe.yaml": recipe.to_yaml()},
+        takeover=takeover)
+
+
+def shared_stages(folder, recipe, spec):
+    """How many leading stages of the run in ``folder`` ``recipe`` can keep:
+    none unless the run's recipe.yaml is the recipe that made it, with the
+    solver and net files as they are now, and every setting but the stages
+    is the same."""
+    try:
+        made = read_json(folder.marker, keys=("recipe_fingerprint",))["recipe_fingerprint"]
+        old = load_recipe(folder.path / "recipe.yaml")
+    except CaffeDsdError:
+        return 0
+    if run_fingerprint(old, spec) != made:
+        return 0
+    old_data, new_data = old.to_dict(), recipe.to_dict()
+    old_stages, new_stages = old_data.pop("stages"), new_data.pop("stages")
+    if old_data != new_data:
+        return 0
+    count = 0
+    for before, now in zip(old_stages, new_stages):
+        if before != now:
+            break
+        count += 1
+    return count
+
+
+def _numbers(count):
+    return "1" if count == 1 else f"1-{count}"
+
+
+def _remove_stages_after(run_dir, count):
+    """Remove stage folders numbered above ``count`` (the last first) and
+    the reports of the whole run; returns the names removed."""
+    matches = ((_STAGE_FOLDER.fullmatch(entry.name), entry) for entry in run_dir.iterdir()
+               if entry.is_dir() or entry.is_symlink())
+    stages = sorted((int(match.group(1)), entry) for match, entry in matches if match and int(match.group(1)) > count)
+    for _, stage in reversed(stages):
+        if stage.is_symlink():
+            stage.unlink()
+        else:
+            shutil.rmtree(stage)
+    for name in report.DSD_REPORT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    return [stage.name for _, stage in stages]
 
 
 def _nothing_done(run_dir):
@@ -202,14 +267,15 @@ def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})
 
 
-def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True):
+def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=False, notify=None):
     """Run (or continue) ``recipe`` in ``run_dir``; returns the report data.
 
     ``progress(label, total, done)`` may return a callback for train()'s
     on_iteration, with a close() method. ``replay`` False: a continued stage's
     data layers restart from their first batch instead of replaying
     (faster, as `caffe train --snapshot` does, but the rest of the stage
-    then reads other batches than an uninterrupted run)."""
+    then reads other batches than an uninterrupted run). ``force``: take
+    over a run folder another recipe made (prepare_run_dir)."""
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
     if gpu is not None:  # before the run folder is made
@@ -221,7 +287,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True):
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
     check_solver_builds(spec, gpu)
-    with prepare_run_dir(run_dir, recipe, run_fingerprint(recipe, spec)) as folder:
+    with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:
         try:
             return _run_stages(recipe, spec, folder.path, gpu, progress, replay)
         except CaffeDsdError:  # bad input found once the folder existed
@@ -248,7 +314,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
                     summary = _run_training(stage, spec, recipe, stage_dir, weights,
                                             masks if stage.kind == "sparse" else None, gpu, progress, replay)
             except Diverged as exc:  # the stage's lr_scale may be what is at fault
-                raise Diverged(f"{recipe.where}: stage {number} ({stage.kind}): {exc}") from None
+                raise Diverged(f"{recipe.where}: stage {number} ({stage.kind}): {exc} (with this stage edited, "
+                               "dsd --force keeps the stages before it)") from None
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),

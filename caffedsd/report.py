@@ -235,6 +235,9 @@ def plot_dsd(path, run_dir, stages):
     _save_png(fig, path)
 
 
+DSD_REPORT_FILES = ("report.json", "report.md", "curves.png")
+
+
 def write_dsd_report(run_dir, data):
     """report.json, report.md and curves.png in ``run_dir``, each atomically."""
     run_dir = Path(run_dir)

@@ -60,10 +60,15 @@ class RunFolder:
         self._made = None  # set by an open() that started the folder: whether it made it
         self._lock = None
 
-    def open(self, record, files=None):
+    def open(self, record, files=None, takeover=None):
         """Create the folder with ``files`` ({name: text}) and the marker
         holding ``record``, or check that an existing one was made with the
-        same ``record``. Returns self, holding the folder."""
+        same ``record``. Returns self, holding the folder.
+
+        A folder made with another record is refused, unless ``takeover``
+        is given: ``takeover(self)`` then runs, holding the folder, and
+        either raises (refused) or removes what the new record cannot use;
+        the folder is then the new record's."""
         expected = json.loads(json.dumps(record))
         existed = self.path.exists()
         output_folder(self.path)
@@ -73,9 +78,19 @@ class RunFolder:
         try:
             if self.marker.exists():  # made before, or by another process since the check above
                 if read_json(self.marker, remedy=f"remove {self.path} to start over") != expected:
-                    raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
-                                     "or remove it to start over")
+                    if takeover is None:
+                        raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
+                                         "or remove it to start over")
+                    takeover(self)
+                    write_json(self.marker, record)  # before the files: see below
+                    self._made = False  # abandon() may empty it again while nothing is done
                 remove_leftovers(self.path)  # a killed run's half-written files
+                # The files follow the marker: a takeover killed between the
+                # two writes left the old ones, which this puts right.
+                for name, text in (files or {}).items():
+                    path = self.path / name
+                    if not path.is_file() or path.read_text(errors="replace") != text:
+                        write_text(path, text)
                 return self
             for name, text in (files or {}).items():
                 write_text(self.path / name, text)

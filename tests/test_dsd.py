@@ -199,7 +199,58 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 11"))
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 2
-    assert result.output.strip() == "caffedsd: run: made by a different recipe, solver or net; give a new -o, or remove it to start over"
+    assert result.output.strip() == ("caffedsd: run: made by a different recipe, solver or net; give a new -o, or "
+                                     "--force to keep its stages 1-2, which this recipe shares, and run the rest anew")
+
+
+def _files(run, *stages):
+    """{path: (bytes, mtime)} of every file in these stage folders of ``run``."""
+    return {p.relative_to(run): (p.read_bytes(), p.stat().st_mtime_ns)
+            for stage in stages for p in (run / stage).rglob("*") if p.is_file()}
+
+
+@pytest.mark.caffe
+def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    run = tmp_path / "run"
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    kept = _files(run, "01-dense", "02-prune")
+    recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 12"))
+    result = cli("dsd", "--recipe", recipe, "--force", "-o", "run")
+    assert result.exit_code == 0, result.output
+    assert "caffedsd: run: kept stages 1-2 of the run an earlier recipe made; removed 03-sparse, 04-dense" \
+        in result.output
+    assert _files(run, "01-dense", "02-prune") == kept  # not trained again
+    report = json.loads((run / "report.json").read_text())
+    assert [s["iterations"] for s in report["stages"]] == [30, 0, 12, 20]
+    assert "iterations: 12" in (run / "recipe.yaml").read_text()
+    # The same stages as a run of the edited recipe from nothing, bit for bit.
+    assert cli("dsd", "--recipe", recipe, "-o", "fresh").exit_code == 0
+    for stage in ("03-sparse", "04-dense"):
+        assert (run / stage / "model.caffemodel").read_bytes() == \
+            (tmp_path / "fresh" / stage / "model.caffemodel").read_bytes()
+    # The folder is now the edited recipe's: a plain rerun continues it.
+    again = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert again.exit_code == 0 and "kept" not in again.output
+
+    # A shorter recipe keeps what it shares and drops the stage it lost.
+    recipe.write_text("".join(recipe.read_text().splitlines(keepends=True)[:-1]))
+    result = cli("dsd", "--recipe", recipe, "--force", "-o", "run")
+    assert result.exit_code == 0
+    assert "kept stages 1-3 of the run an earlier recipe made; removed 04-dense" in result.output
+    assert sorted(p.name for p in run.glob("0*")) == ["01-dense", "02-prune", "03-sparse"]
+
+    # Another solver file: no stage is the same, and --force starts over.
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("base_lr: 0.02", "base_lr: 0.03"))
+    refused = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert refused.exit_code == 2
+    assert refused.output.strip().endswith("--force to start it over (no stage of it is the same in this recipe)")
+    result = cli("dsd", "--recipe", recipe, "--force", "-o", "run")
+    assert result.exit_code == 0
+    assert "kept no stage of the run an earlier recipe made; removed 01-dense, 02-prune, 03-sparse" in result.output
+    retrained = _files(run, "01-dense")
+    assert retrained[Path("01-dense/model.caffemodel")][1] != kept[Path("01-dense/model.caffemodel")][1]
 
 
 @pytest.mark.caffe

@@ -100,5 +100,12 @@ def test_a_diverging_dsd_stage_is_named_and_keeps_the_stages_before(caffe, tmp_p
     assert result.exit_code == 1, result.output
     last = result.output.splitlines()[-1]
     assert last.startswith(f"caffedsd: recipe.yaml: stage 3 (sparse): {solver}: training diverged at iteration "), last
+    assert last.endswith("(with this stage edited, dsd --force keeps the stages before it)"), last
     assert (tmp_path / "run" / "02-prune" / "stage.json").is_file()
     assert not (tmp_path / "run" / "03-sparse" / "model.caffemodel").exists()
+    # At a sane rate the same run folder goes on from the prune stage.
+    (tmp_path / "recipe.yaml").write_text((tmp_path / "recipe.yaml").read_text().replace("1.0e+20", "1.0"))
+    result = cli("dsd", "--recipe", "recipe.yaml", "--force", "-o", "run")
+    assert result.exit_code == 0, result.output
+    assert "run: kept stages 1-2 of the run an earlier recipe made; removed 03-sparse" in result.output
+    assert (tmp_path / "run" / "03-sparse" / "model.caffemodel").is_file()

@@ -34,6 +34,27 @@ def test_another_record_or_a_foreign_folder_is_refused(tmp_path):
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
 
 
+def test_a_takeover_makes_the_folder_the_new_records(tmp_path):
+    _folder(tmp_path / "run").open({"fingerprint": "a"}, files={"recipe.yaml": "a\n"}).close()
+
+    def refuse(folder):
+        raise InputError(f"{folder.path}: not taken")
+
+    with pytest.raises(InputError, match="run: not taken"):
+        _folder(tmp_path / "run").open({"fingerprint": "b"}, files={"recipe.yaml": "b\n"}, takeover=refuse)
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == "a\n"
+    seen = []
+    with _folder(tmp_path / "run").open({"fingerprint": "b"}, files={"recipe.yaml": "b\n"},
+                                        takeover=seen.append) as folder:
+        assert seen == [folder]
+    assert (tmp_path / "run" / "run.json").read_text() == '{\n  "fingerprint": "b"\n}\n'
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == "b\n"
+    # Killed between the marker and the files: the same record puts them right.
+    (tmp_path / "run" / "recipe.yaml").write_text("a\n")
+    _folder(tmp_path / "run").open({"fingerprint": "b"}, files={"recipe.yaml": "b\n"}).close()
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == "b\n"
+
+
 def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
     folder = _folder(tmp_path / "run").open({})
     folder.append("points.jsonl", {"n": 1})
