@@ -93,8 +93,8 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
     A RUN_DIR made by another recipe is refused, or with ``force`` taken
     over: the leading stages both recipes share are kept, finished or under
     way, and the rest removed (``notify(line)`` says which)."""
-    def takeover(folder):
-        shared = shared_stages(folder, recipe, spec)
+    def takeover(folder, found):
+        shared = shared_stages(folder.path, found.get("recipe_fingerprint"), recipe, spec)
         if not force:
             raise InputError(f"{folder.path}: made by a different recipe, solver or net; give a new -o, or "
                              + (f"--force to keep its stages {_numbers(shared)}, which this recipe shares, "
@@ -111,14 +111,13 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
         takeover=takeover)
 
 
-def shared_stages(folder, recipe, spec):
-    """How many leading stages of the run in ``folder`` ``recipe`` can keep:
-    none unless the run's recipe.yaml is the recipe that made it, with the
-    solver and net files as they are now, and every setting but the stages
-    is the same."""
+def shared_stages(run_dir, made, recipe, spec):
+    """How many leading stages of the run in ``run_dir`` (its run.json's
+    fingerprint: ``made``) ``recipe`` can keep: none unless the run's
+    recipe.yaml is the recipe that made it, with the solver and net files as
+    they are now, and every setting but the stages is the same."""
     try:
-        made = read_json(folder.marker, keys=("recipe_fingerprint",))["recipe_fingerprint"]
-        old = load_recipe(folder.path / "recipe.yaml")
+        old = load_recipe(Path(run_dir) / "recipe.yaml")
     except CaffeDsdError:
         return 0
     if run_fingerprint(old, spec) != made:

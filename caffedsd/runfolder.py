@@ -66,7 +66,8 @@ class RunFolder:
         same ``record``. Returns self, holding the folder.
 
         A folder made with another record is refused, unless ``takeover``
-        is given: ``takeover(self)`` then runs, holding the folder, and
+        is given: ``takeover(self, found)`` (``found``: the marker's record)
+        then runs, holding the folder, and
         either raises (refused) or removes what the new record cannot use;
         the folder is then the new record's."""
         expected = json.loads(json.dumps(record))
@@ -77,25 +78,24 @@ class RunFolder:
         self._hold()
         try:
             if self.marker.exists():  # made before, or by another process since the check above
-                if read_json(self.marker, remedy=f"remove {self.path} to start over") != expected:
+                found = read_json(self.marker, remedy=f"remove {self.path} to start over")
+                if found != expected:
                     if takeover is None:
                         raise InputError(f"{self.path}: made by a different {self.made_of}; give a new -o, "
                                          "or remove it to start over")
-                    takeover(self)
-                    write_json(self.marker, record)  # before the files: see below
+                    takeover(self, found)
+                    write_json(self.marker, record)
                     self._made = False  # abandon() may empty it again while nothing is done
                 remove_leftovers(self.path)  # a killed run's half-written files
-                # The files follow the marker: a takeover killed between the
-                # two writes left the old ones, which this puts right.
-                for name, text in (files or {}).items():
-                    path = self.path / name
-                    if not path.is_file() or path.read_text(errors="replace") != text:
-                        write_text(path, text)
-                return self
+            else:
+                write_json(self.marker, record)
+                self._made = not existed
+            # The files follow the marker: a folder killed between the two
+            # writes (made or taken over) is put right by the same record.
             for name, text in (files or {}).items():
-                write_text(self.path / name, text)
-            write_json(self.marker, record)
-            self._made = not existed
+                path = self.path / name
+                if not path.is_file() or path.read_text(errors="replace") != text:
+                    write_text(path, text)
             return self
         except BaseException:
             self.close()

@@ -37,7 +37,7 @@ def test_another_record_or_a_foreign_folder_is_refused(tmp_path):
 def test_a_takeover_makes_the_folder_the_new_records(tmp_path):
     _folder(tmp_path / "run").open({"fingerprint": "a"}, files={"recipe.yaml": "a\n"}).close()
 
-    def refuse(folder):
+    def refuse(folder, found):
         raise InputError(f"{folder.path}: not taken")
 
     with pytest.raises(InputError, match="run: not taken"):
@@ -45,12 +45,16 @@ def test_a_takeover_makes_the_folder_the_new_records(tmp_path):
     assert (tmp_path / "run" / "recipe.yaml").read_text() == "a\n"
     seen = []
     with _folder(tmp_path / "run").open({"fingerprint": "b"}, files={"recipe.yaml": "b\n"},
-                                        takeover=seen.append) as folder:
-        assert seen == [folder]
+                                        takeover=lambda *args: seen.append(args)) as folder:
+        assert seen == [(folder, {"fingerprint": "a"})]
     assert (tmp_path / "run" / "run.json").read_text() == '{\n  "fingerprint": "b"\n}\n'
     assert (tmp_path / "run" / "recipe.yaml").read_text() == "b\n"
     # Killed between the marker and the files: the same record puts them right.
     (tmp_path / "run" / "recipe.yaml").write_text("a\n")
+    _folder(tmp_path / "run").open({"fingerprint": "b"}, files={"recipe.yaml": "b\n"}).close()
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == "b\n"
+    # And a new folder killed before its files: the marker is written first.
+    (tmp_path / "run" / "recipe.yaml").unlink()
     _folder(tmp_path / "run").open({"fingerprint": "b"}, files={"recipe.yaml": "b\n"}).close()
     assert (tmp_path / "run" / "recipe.yaml").read_text() == "b\n"
 
