@@ -414,13 +414,19 @@ def dsd(recipe, gpu, restart_data, force, output):
 @click.option("--jobs", "-j", type=int, default=1, show_default=True, help="Worker processes, each with its own Net.")
 @gpu_option
 @verbose_option
+@click.option("--force", is_flag=True,
+              help="Take over a scan folder that another scan made: keep its points if they were measured as this "
+                   "scan measures (same net file, weights, criterion, seed and iterations; other layers or "
+                   "sparsities), else remove them.")
 @output_option("Scan folder; rerun the same command to continue an interrupted scan.", folder=True, force=None)
 def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, criterion, seed, iterations, jobs, gpu,
-                output):
+                force, output):
     """Measure how each layer's pruning hurts: prune one layer at a time,
     run the TEST phase, restore it.
 
-    Writes sensitivity.json/.csv/.md and sensitivity.png into OUTPUT.
+    Writes sensitivity.json/.csv/.md and sensitivity.png into OUTPUT. To add
+    sparsities or layers to a finished scan, rerun it with them and --force:
+    the points it has are not measured again.
 
     \b
     Example:
@@ -431,7 +437,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
     globs = tuple(g.strip() for item in layer_globs for g in item.split(",") if g.strip())
     data = scan(model, weights, output, layers=globs, sparsities=parse_sparsities(sparsities), criterion=criterion,
                 iterations=iterations, seed=seed, jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers,
-                progress=_Progress)
+                progress=_Progress, force=force, notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
     if data["data"] == "streamed":
         click.echo("note: the TEST batches did not fit in memory and were read anew for every point; "
                    "points see the same data only if the iterations cover whole epochs", err=True)

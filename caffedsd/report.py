@@ -239,11 +239,12 @@ DSD_REPORT_FILES = ("report.json", "report.md", "curves.png")
 
 
 def write_dsd_report(run_dir, data):
-    """report.json, report.md and curves.png in ``run_dir``, each atomically."""
+    """DSD_REPORT_FILES in ``run_dir``, each atomically."""
     run_dir = Path(run_dir)
-    write_text(run_dir / "report.json", to_json(data) + "\n")
-    write_text(run_dir / "report.md", dsd_markdown(data))
-    plot_dsd(run_dir / "curves.png", run_dir, data["stages"])
+    as_json, markdown, plot = (run_dir / name for name in DSD_REPORT_FILES)
+    write_text(as_json, to_json(data) + "\n")
+    write_text(markdown, dsd_markdown(data))
+    plot_dsd(plot, run_dir, data["stages"])
 
 
 # -- sensitivity scans ---------------------------------------------------------------
@@ -285,12 +286,16 @@ def sensitivity_markdown(data):
     return sensitivity_summary(data) + "\n\n![sensitivity](sensitivity.png)\n"
 
 
+SENSITIVITY_FILES = ("sensitivity.json", "sensitivity.csv", "sensitivity.md", "sensitivity.png")
+
+
 def write_sensitivity(folder, data):
-    """sensitivity.json, .csv, .md and .png in ``folder``, each atomically."""
-    write_text(folder / "sensitivity.json", to_json(data) + "\n")
-    write_text(folder / "sensitivity.csv", sensitivity_csv(data))
-    write_text(folder / "sensitivity.md", sensitivity_markdown(data))
-    write_sensitivity_plot(folder / "sensitivity.png", data)
+    """SENSITIVITY_FILES in ``folder``, each atomically."""
+    as_json, table, markdown, plot = (Path(folder) / name for name in SENSITIVITY_FILES)
+    write_text(as_json, to_json(data) + "\n")
+    write_text(table, sensitivity_csv(data))
+    write_text(markdown, sensitivity_markdown(data))
+    write_sensitivity_plot(plot, data)
 
 
 def write_sensitivity_plot(path, data):

@@ -12,9 +12,14 @@ they do not fit, the data layers run for every point ("streamed" data), and
 points see the same batches only if N batches cover whole epochs.
 
 A scan folder keeps finished points in points.jsonl; an interrupted scan
-resumes without running them again. ``--jobs K`` runs K worker processes,
-each with its own Net, over disjoint sets of layers.
+resumes without running them again. A scan of other layers or sparsities,
+measured the same way (same net file, weights, criterion, seed and
+iterations), may take the folder over with --force and reuse its points.
+``--jobs K`` runs K worker processes, each with its own Net, over disjoint
+sets of layers.
 """
+import functools
+import hashlib
 import json
 import multiprocessing
 import math
@@ -68,12 +73,25 @@ class ScanConfig:
     criterion: str
     iterations: int
     seed: int
+    net_sha256: str  # the net file's bytes: its TEST data layers and batch size are the measurement
 
     def key(self):
         data = asdict(self)
         data.pop("model")
         data.pop("weights")
         return data
+
+
+def measured_alike(found, config):
+    """Whether a scan folder's marker record ``found`` measured its points as
+    ``config`` measures them: then every point in it is one of config's,
+    whatever layers and sparsities either scan asked for."""
+    def how(key):
+        return {name: value for name, value in json.loads(json.dumps(key)).items()
+                if name not in ("layers", "sparsities")}
+
+    old = found.get("config")
+    return found.get("format") == FORMAT and isinstance(old, dict) and how(old) == how(config.key())
 
 
 def _test_outputs_kind(net, net_path):
@@ -157,7 +175,8 @@ def _measure(evaluator, config, points, emit):
     for layer, sparsity in points:
         if layer is None:
             metrics, seconds = timed_run()
-            emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": metrics, "eval_seconds": seconds})
+            emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": metrics, "eval_seconds": seconds,
+                  "data": evaluator.data_mode})
             continue
         blob = evaluator.weights(layer)
         original = originals.setdefault(layer, blob.copy())
@@ -168,14 +187,13 @@ def _measure(evaluator, config, points, emit):
         finally:
             blob[...] = original
         emit({"layer": layer, "sparsity": sparsity, "pruned": int(mask.size - np.count_nonzero(mask)),
-              "metrics": metrics, "eval_seconds": seconds})
+              "metrics": metrics, "eval_seconds": seconds, "data": evaluator.data_mode})
 
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results):
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
         evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit)
-        results.put(("mode", evaluator.data_mode))
         _measure(evaluator, config, points, lambda record: results.put(("point", record)))
         results.put(("done", None))
     except CaffeDsdError as exc:  # the parent raises it with the same message
@@ -197,10 +215,14 @@ def _select_layers(model, globs):
 
 def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",
          iterations=None, seed=0, jobs=1, gpu=None, allow_python_layers=False, cache_limit=CACHE_LIMIT,
-         progress=None):
+         progress=None, force=False, notify=None):
     """Run (or continue) a sensitivity scan into ``out_dir``; returns its data
     (as written to sensitivity.json). ``progress(label, total, done)`` may return
-    a callback(point, total) with a close() method, called after each point."""
+    a callback(point, total) with a close() method, called after each point.
+
+    A folder another scan made is refused, or with ``force`` taken over:
+    its points are kept if it measured them as this scan does, and removed
+    otherwise (``notify(line)`` says which)."""
     get_criterion(criterion)
     if gpu is not None:  # before the scan folder is made
         check_gpu(gpu)
@@ -220,16 +242,15 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     # Absolute paths: `plan --verify` rebuilds this net from another folder.
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
-                        tuple(sparsities), criterion, iterations, seed)
+                        tuple(sparsities), criterion, iterations, seed,
+                        hashlib.sha256(Path(model_path).read_bytes()).hexdigest())
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
-    with folder.open({"format": FORMAT, "config": config.key()}):  # held until the scan is written
-        done = {(r["layer"], r["sparsity"]): r
-                for r in folder.journal(POINTS, keys=("layer", "sparsity", "metrics"))
-                if isinstance(r["layer"], (str, type(None))) and isinstance(r["metrics"], dict)}
+    takeover = functools.partial(_take_over, config=config, force=force, notify=notify)
+    with folder.open({"format": FORMAT, "config": config.key()}, takeover=takeover):  # held until written
+        done = _journal(folder)
         todo = _points(config, done)
-        total = len(done) + len(todo)
-        modes = set()
-        callback = progress("points", total, len(done)) if progress is not None else None
+        total = len(_points(config, {}))
+        callback = progress("points", total, total - len(todo)) if progress is not None else None
 
         def record(point):
             folder.append(POINTS, point)
@@ -239,11 +260,9 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
 
         try:
             if todo and jobs == 1:
-                evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit)
-                modes.add(evaluator.data_mode)
-                _measure(evaluator, config, todo, record)
+                _measure(Evaluator(model_path, weights_path, iterations, gpu, cache_limit), config, todo, record)
             elif todo:
-                modes |= _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+                _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
         except CaffeDsdError:  # bad input found once the folder existed (the weights' shapes)
             if not done:
                 folder.abandon()
@@ -251,9 +270,39 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         finally:
             if callback is not None:
                 callback.close()
-        data = _result(config, model, targets, done, modes)
+        data = _result(config, model, targets, done)
         report.write_sensitivity(Path(out_dir), data)
         return data
+
+
+def _journal(folder):
+    """{(layer, sparsity): point} of the points finished in ``folder``."""
+    return {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS, keys=("layer", "sparsity", "metrics"))
+            if isinstance(r["layer"], (str, type(None))) and isinstance(r["metrics"], dict)}
+
+
+def _take_over(folder, found, config, force, notify):
+    """RunFolder's takeover of a scan folder that ``found`` (its marker's
+    record) made: its points stay when they were measured as ``config``
+    measures (other layers or sparsities only); otherwise they go."""
+    points = _journal(folder)
+    alike = measured_alike(found, config)
+    wanted = set(_points(config, {}))
+    shared = len(wanted & set(points)) if alike else 0
+    if not force:
+        if alike:
+            raise InputError(f"{folder.path}: made by a scan of other layers or sparsities; give a new -o, or "
+                             f"--force to keep its {len(points)} points ({shared} of them this scan's) and "
+                             "measure the rest")
+        raise InputError(f"{folder.path}: made by a different model, weights or settings; give a new -o, or "
+                         "--force to start it over (none of its points is measured as this scan measures)")
+    if not alike:
+        (folder.path / POINTS).unlink(missing_ok=True)
+    for name in report.SENSITIVITY_FILES:  # the earlier scan's; this one's are written at its end
+        (folder.path / name).unlink(missing_ok=True)
+    if notify is not None:
+        notify(f"{folder.path}: kept the {len(points)} points of the earlier scan, {shared} of them this scan's"
+               if alike else f"{folder.path}: started over; removed the {len(points)} points of the earlier scan")
 
 
 def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record):
@@ -274,7 +323,7 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
                for share in shares]
     for worker in workers:
         worker.start()
-    modes, running = set(), len(workers)
+    running = len(workers)
     try:
         while running:
             try:
@@ -285,8 +334,6 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
                 continue
             if kind == "point":
                 record(value)
-            elif kind == "mode":
-                modes.add(value)
             elif kind == "done":
                 running -= 1
             else:
@@ -296,12 +343,12 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             if worker.is_alive():
                 worker.terminate()
             worker.join()
-    return modes
 
 
-def _result(config, model, targets, done, modes):
+def _result(config, model, targets, done):
+    used = [done[point] for point in _points(config, {})]
     baseline = done[(None, 0.0)]["metrics"]
-    eval_seconds = sum(record.get("eval_seconds", 0.0) for record in done.values())
+    eval_seconds = sum(record.get("eval_seconds", 0.0) for record in used)
     layers = []
     for target in targets:
         points = [{"sparsity": s, "pruned": done[(target.owner, s)]["pruned"],
@@ -313,7 +360,7 @@ def _result(config, model, targets, done, modes):
             "weights_sha256": config.weights_sha256, "fingerprint": config.fingerprint,
             "criterion": config.criterion, "seed": config.seed, "iterations": config.iterations,
             "sparsities": list(config.sparsities), "metrics": list(baseline),
-            "data": "cached" if modes <= {"cached"} else "streamed",
+            "data": "streamed" if any(record.get("data") == "streamed" for record in used) else "cached",
             "prunable_params": total, "baseline": baseline, "layers": layers,
             "eval_seconds": round(eval_seconds, 3)}
 

@@ -111,6 +111,62 @@ def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
             assert p["metrics"]["loss"] == pytest.approx(q["metrics"]["loss"], rel=1e-6)
 
 
+def test_streamed_data_gives_the_same_table_over_whole_epochs(lenet, scanned, tmp_path):
+    """TEST batches too big to keep are read anew for every point; 5 batches
+    of 100 are the slice's 500 images, so every point still sees them all.
+    The folder remembers how its points were read when a rerun reads none."""
+    _, proto, weights = lenet
+    out, _ = scanned
+    kwargs = dict(layers=("ip2",), sparsities=SPARSITIES, iterations=ITERS, cache_limit=0)
+    data = scan(proto, weights, tmp_path / "streamed", **kwargs)
+    assert data["data"] == "streamed"
+    assert _table(tmp_path / "streamed").splitlines() == [line for line in _table(out).splitlines()
+                                                          if line.startswith(("layer,", "(baseline),", "ip2,"))]
+    assert scan(proto, weights, tmp_path / "streamed", **kwargs)["data"] == "streamed"
+
+
+def _points_file(folder):
+    return (folder / "points.jsonl").read_text().splitlines()
+
+
+def test_force_reuses_the_points_a_scan_of_other_sparsities_measured(lenet, scanned, tmp_path, cli):
+    """Adding a sparsity to a finished scan measures only the new points;
+    a scan of an edited net file (its TEST batch size) keeps none."""
+    import shutil
+
+    _, proto, weights = lenet
+    out, data = scanned
+    folder = tmp_path / "scan"
+    shutil.copytree(out, folder)
+    base = ("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "-o", folder)
+    wider = ("--sparsities", "0.3,0.6,0.75,0.9")
+    assert_one_line_error(cli(*base, *wider), "scan: made by a scan of other layers or sparsities; give a new -o, "
+                          "or --force to keep its 13 points (13 of them this scan's) and measure the rest")
+    assert _points_file(folder) == _points_file(out)
+    result = cli(*base, *wider, "--force")
+    assert result.exit_code == 0, result.output
+    assert "kept the 13 points of the earlier scan, 13 of them this scan's" in result.output
+    assert _points_file(folder)[:13] == _points_file(out) and len(_points_file(folder)) == 13 + 4
+    wide = json.loads((folder / "sensitivity.json").read_text())
+    alone = scan(proto, weights, tmp_path / "alone", layers=("ip2",), sparsities=(0.75,), iterations=ITERS)
+    assert wide["layers"][3]["points"][2] == alone["layers"][0]["points"][0]
+    for ours, theirs in zip(wide["layers"], data["layers"]):
+        assert [p for p in ours["points"] if p["sparsity"] != 0.75] == theirs["points"]
+
+    edited = tmp_path / "batch50.prototxt"  # the same net and weights, other TEST batches
+    edited.write_text(proto.read_text().replace("batch_size: 100", "batch_size: 50"))
+    again = ("sensitivity", "-p", edited, "-w", weights, "-n", ITERS, "-l", "ip2", "--sparsities", "0.5")
+    assert_one_line_error(cli(*again, "-o", folder), "scan: made by a different model, weights or settings; "
+                          "give a new -o, or --force to start it over")
+    result = cli(*again, "-o", folder, "--force")
+    assert result.exit_code == 0, result.output
+    assert "started over; removed the 17 points of the earlier scan" in result.output
+    assert len(_points_file(folder)) == 2
+    assert cli(*again, "-o", "fresh").exit_code == 0
+    assert (folder / "sensitivity.csv").read_text() == (tmp_path / "fresh" / "sensitivity.csv").read_text()
+    assert (folder / "sensitivity.csv").read_text() != _table(out)
+
+
 def test_plans_respect_their_budget(scanned, tmp_path, cli):
     out, data = scanned
     result = cli("plan", "--sensitivity", out / "sensitivity.json", "--max-drop", 1.0, "-o", "plan.yaml")
@@ -178,7 +234,7 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     assert_one_line_error(cli("plan", "--sensitivity", out, "--max-drop", 1, "--weights", other_model, "-o", "p.yaml"),
                     "a scan of another model")
     assert_one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "--sparsities", "0.3,0.6",
-                        "-o", out), "made by a different model, weights or settings")
+                        "-o", out), "made by a scan of other layers or sparsities; give a new -o, or --force")
     assert not (tmp_path / "s").exists() and not (tmp_path / "p.yaml").exists()
     json.loads((out / "sensitivity.json").read_text())  # the earlier scan is intact
 
