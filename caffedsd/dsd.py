@@ -1,9 +1,11 @@
 """A whole Dense-Sparse-Dense run from a recipe, resumable at any point.
 
 RUN_DIR holds:
-  run.json                the recipe's fingerprint: a RUN_DIR is continued
-                          by the recipe that made it (or, with --force,
-                          keeps the stages another recipe shares with it)
+  run.json                the fingerprint of the recipe and of the solver,
+                          net and weights files it names: a RUN_DIR is
+                          continued by the recipe that made it (or, with
+                          --force, keeps the stages another recipe shares
+                          with it)
   recipe.yaml             the recipe, as run
   NN-KIND/                one folder per stage, e.g. 01-dense, 02-prune:
     model.caffemodel      stock-Caffe-loadable weights (+ model.masks.h5
@@ -32,7 +34,7 @@ from pathlib import Path
 from . import report
 from .atomic import check_room, write_text
 from .caffe_env import check_gpu
-from .caffemodel import read_caffemodel
+from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
@@ -70,11 +72,16 @@ _SUMMARY_FIELDS = tuple(f.name for f in fields(StageSummary))
 _SUMMARY_REQUIRED = tuple(f.name for f in fields(StageSummary) if f.default is MISSING)
 
 
-def run_fingerprint(recipe, spec):
-    """The recipe, and the contents of the solver and net files it trains and tests."""
+def run_fingerprint(recipe, spec, with_weights=True):
+    """The recipe, and the contents of the solver and net files it trains
+    and tests and of the weights it starts from. ``with_weights`` False: the
+    fingerprint caffedsd wrote before it counted the weights, with which a
+    run folder it made can still be taken over."""
     digest = hashlib.sha256(recipe.fingerprint().encode())
     for path in (spec.path, spec.net_path, *spec.test_net_paths):
         digest.update(Path(path).read_bytes())
+    if recipe.weights and with_weights:  # retrained in place, they are another start
+        digest.update(file_sha256(recipe.weights).encode())
     return digest.hexdigest()
 
 
@@ -87,7 +94,7 @@ def seed_c_rand(seed, stage):
 
 def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
     """Create RUN_DIR for ``recipe``, or check it was made by the same one
-    (same recipe, same solver and net files). Returns its RunFolder, held
+    (same recipe, same solver, net and weights files). Returns its RunFolder, held
     until closed.
 
     A RUN_DIR made by another recipe is refused, or with ``force`` taken
@@ -96,7 +103,7 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
     def takeover(folder, found):
         shared = shared_stages(folder.path, found.get("recipe_fingerprint"), recipe, spec)
         if not force:
-            raise InputError(f"{folder.path}: made by a different recipe, solver or net; give a new -o, or "
+            raise InputError(f"{folder.path}: made by a different recipe, solver, net or weights; give a new -o, or "
                              + (f"--force to keep its stages {_numbers(shared)}, which this recipe shares, "
                                 "and run the rest anew" if shared else "--force to start it over (no stage of "
                                 "it is the same in this recipe)"))
@@ -106,7 +113,7 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
             notify(f"{folder.path}: {kept} of the run an earlier recipe made"
                    + (f"; removed {', '.join(removed)}" if removed else ""))
 
-    return RunFolder(run_dir, RUN_FILE, "run", "recipe, solver or net").open(
+    return RunFolder(run_dir, RUN_FILE, "run", "recipe, solver, net or weights").open(
         {"recipe_fingerprint": run_fingerprint(recipe, spec)}, files={"recipe.yaml": recipe.to_yaml()},
         takeover=takeover)
 
@@ -114,17 +121,17 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
 def shared_stages(run_dir, made, recipe, spec):
     """How many leading stages of the run in ``run_dir`` (its run.json's
     fingerprint: ``made``) ``recipe`` can keep: none unless the run's
-    recipe.yaml is the recipe that made it, with the solver and net files as
-    they are now, and every setting but the stages is the same."""
+    recipe.yaml is the recipe that made it, with the solver, net and weights
+    files as they are now, and every setting but the stages is the same."""
     try:
         old = load_recipe(Path(run_dir) / "recipe.yaml")
     except CaffeDsdError:
         return 0
-    if run_fingerprint(old, spec) != made:
-        return 0
     old_data, new_data = old.to_dict(), recipe.to_dict()
     old_stages, new_stages = old_data.pop("stages"), new_data.pop("stages")
-    if old_data != new_data:
+    if old_data != new_data:  # first: then its weights are this recipe's, which exist
+        return 0
+    if made not in (run_fingerprint(old, spec), run_fingerprint(old, spec, with_weights=False)):
         return 0
     count = 0
     for before, now in zip(old_stages, new_stages):

@@ -46,7 +46,7 @@ def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):
 
 class RunFolder:
     """``path`` with its ``marker`` file; ``kind`` ("run", "sensitivity") and
-    ``made_of`` ("recipe, solver or net") name it in messages.
+    ``made_of`` ("recipe, solver, net or weights") name it in messages.
 
     open() also holds the folder for this process until close() (or the end
     of a ``with`` block, or of the process, however it ends): a second

@@ -194,12 +194,12 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     solver = tmp_path / "solver.prototxt"
     solver.write_text(solver.read_text().replace("base_lr: 0.02", "base_lr: 0.03"))
     result = cli("dsd", "--recipe", recipe, "-o", "run")
-    assert result.exit_code == 2 and "made by a different recipe, solver or net" in result.output
+    assert result.exit_code == 2 and "made by a different recipe, solver, net or weights" in result.output
     solver.write_text(solver.read_text().replace("base_lr: 0.03", "base_lr: 0.02"))
     recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 11"))
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 2
-    assert result.output.strip() == ("caffedsd: run: made by a different recipe, solver or net; give a new -o, or "
+    assert result.output.strip() == ("caffedsd: run: made by a different recipe, solver, net or weights; give a new -o, or "
                                      "--force to keep its stages 1-2, which this recipe shares, and run the rest anew")
 
 
@@ -251,6 +251,40 @@ def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):
     assert "kept no stage of the run an earlier recipe made; removed 01-dense, 02-prune, 03-sparse" in result.output
     retrained = _files(run, "01-dense")
     assert retrained[Path("01-dense/model.caffemodel")][1] != kept[Path("01-dense/model.caffemodel")][1]
+
+
+@pytest.mark.caffe
+def test_weights_retrained_in_place_are_another_start(tmp_path, cli):
+    """The recipe's weights file is part of what made a run folder: the same
+    path with other contents does not continue the run."""
+    import shutil
+
+    from caffedsd.dsd import run_fingerprint
+    from caffedsd.recipe import load_recipe
+    from caffedsd.training import read_solver
+
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    assert cli("dsd", "--recipe", recipe, "-o", "first").exit_code == 0
+    shutil.copy(tmp_path / "first" / "01-dense" / "model.caffemodel", tmp_path / "start.caffemodel")
+    recipe.write_text("weights: start.caffemodel\n" + recipe.read_text())
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    run = tmp_path / "run"
+
+    # A folder from before the weights counted: --force keeps its stages.
+    shutil.copytree(run, tmp_path / "older")
+    parsed = load_recipe(recipe)
+    legacy = run_fingerprint(parsed, read_solver(parsed.solver), with_weights=False)
+    (tmp_path / "older" / "run.json").write_text(json.dumps({"recipe_fingerprint": legacy}))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "older"), "--force to keep its stages 1-4")
+    kept = _files(tmp_path / "older", "01-dense", "02-prune", "03-sparse", "04-dense")
+    result = cli("dsd", "--recipe", recipe, "--force", "-o", "older")
+    assert result.exit_code == 0 and "kept stages 1-4 of the run an earlier recipe made" in result.output
+    assert _files(tmp_path / "older", "01-dense", "02-prune", "03-sparse", "04-dense") == kept
+
+    shutil.copy(tmp_path / "first" / "04-dense" / "model.caffemodel", tmp_path / "start.caffemodel")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "run: made by a different recipe, solver, net or weights; give a new -o, or --force to "
+                          "start it over (no stage of it is the same in this recipe)")
 
 
 @pytest.mark.caffe
