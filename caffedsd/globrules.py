@@ -11,15 +11,20 @@ from dataclasses import dataclass
 from .errors import InputError
 
 
-def number_list(text, option):
-    """'0.1,0.2,...' given to ``option`` -> a tuple of floats, not empty."""
-    try:
-        values = tuple(float(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise InputError(f"{option} {text!r}: not a comma-separated list of numbers") from None
-    if not values:
+def number_list(text, option, convert=float):
+    """'0.1,0.2,...' given to ``option`` -> a tuple of ``convert``-ed
+    numbers, with none missing: '0.5,,0.9' is refused, as it is more likely
+    a number lost in typing than a wish for two."""
+    items = [item.strip() for item in str(text).split(",")]
+    if items == [""]:
         raise InputError(f"{option} {text!r}: empty")
-    return values
+    if "" in items:
+        raise InputError(f"{option} {text!r}: item {items.index('') + 1} is empty")
+    try:
+        return tuple(convert(item) for item in items)
+    except ValueError:
+        kind = "whole numbers" if convert is int else "numbers"
+        raise InputError(f"{option} {text!r}: not a comma-separated list of {kind}") from None
 
 
 @dataclass(frozen=True)

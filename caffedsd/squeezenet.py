@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .caffe_proto import NetParameter, SolverParameter
-from .errors import SqueezeNetError
+from .errors import InputError, SqueezeNetError
+from .globrules import number_list
 
 VERSIONS = ("1.0", "1.1")
 BYPASSES = ("none", "simple", "complex")
@@ -333,9 +334,9 @@ def parse_sweep(items):
             raise SqueezeNetError(f"--sweep {item}: expected KNOB=V1,V2,... with KNOB one of "
                                   f"{', '.join(knobs)}")
         try:
-            sweep[key] = [knobs[key](v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise SqueezeNetError(f"--sweep {item}: values must be numbers") from None
+            sweep[key] = list(number_list(values, f"--sweep {key}", knobs[key]))
+        except InputError as exc:
+            raise SqueezeNetError(str(exc)) from None
     return sweep
 
 

@@ -1,8 +1,10 @@
 """The one glob-rule engine: last match wins, a rule matching nothing is an error."""
+import re
+
 import pytest
 
 from caffedsd.errors import InputError, PlanError
-from caffedsd.globrules import GlobRules, Rule
+from caffedsd.globrules import GlobRules, Rule, number_list
 
 LAYERS = ["conv1", "fire2/squeeze1x1", "fire2/expand3x3", "conv10"]
 
@@ -34,3 +36,12 @@ def test_parse():
         Rule.parse("c=x", "--rank", "RANK", "conv2=12", int)
     with pytest.raises(InputError, match="expected"):
         Rule.parse("=1")
+
+
+def test_number_lists_have_no_missing_items():
+    assert number_list(" 0.1, 0.5 ,0.9", "--sparsities") == (0.1, 0.5, 0.9)
+    assert number_list("3,4", "--sweep base_e", int) == (3, 4)
+    for text, expect in [("", "empty"), (" ", "empty"), ("0.5,,0.9", "item 2 is empty"), (",0.5", "item 1 is empty"),
+                         ("0.5,", "item 2 is empty"), ("0.5;0.9", "not a comma-separated list of numbers")]:
+        with pytest.raises(InputError, match=re.escape(f"--energy {text!r}: {expect}")):
+            number_list(text, "--energy")

@@ -86,6 +86,17 @@ def test_sweep_table(cli):
     assert lines[2].split() == ["0.125", "0.5", "1248424", "4.76"]
 
 
+@pytest.mark.parametrize("knob,expect", [
+    ("sr=", "--sweep sr '': empty"),
+    ("sr=0.125,,0.5", "--sweep sr '0.125,,0.5': item 2 is empty"),
+    ("base_e=64,", "--sweep base_e '64,': item 2 is empty"),
+    ("base_e=64.5", "--sweep base_e '64.5': not a comma-separated list of whole numbers"),
+    ("sr=x", "--sweep sr 'x': not a comma-separated list of numbers"),
+])
+def test_bad_sweeps(cli, knob, expect):
+    assert_one_line_error(cli("squeezenet", "--sweep", knob), expect)
+
+
 @pytest.mark.parametrize("args,expect", [
     (["--sr", "0"], "--sr 0.0: must be in (0, 1]"),
     (["--pct3x3", "1.5"], "--pct3x3 1.5: must be in (0, 1]"),
