@@ -372,8 +372,8 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
                    "reads other batches than an uninterrupted run would).")
 @click.option("--force", is_flag=True,
               help="Take over a run folder that another recipe made: keep the leading stages this recipe shares "
-                   "with it (same solver, net and weights files, same settings), finished or under way, and remove and run "
-                   "the rest anew.")
+                   "with it (same solver, net and weights files, same settings), finished or under way, and "
+                   "remove and run the rest anew.")
 @output_option("Run folder; rerun the same command to continue an interrupted run.", folder=True, force=None)
 def dsd(recipe, gpu, restart_data, force, output):
     """Run a whole Dense-Sparse-Dense recipe into a run folder.

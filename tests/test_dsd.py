@@ -199,8 +199,9 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
     recipe.write_text(recipe.read_text().replace("iterations: 10", "iterations: 11"))
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 2
-    assert result.output.strip() == ("caffedsd: run: made by a different recipe, solver, net or weights; give a new -o, or "
-                                     "--force to keep its stages 1-2, which this recipe shares, and run the rest anew")
+    assert result.output.strip() == ("caffedsd: run: made by a different recipe, solver, net or weights; give a "
+                                     "new -o, or --force to keep its stages 1-2, which this recipe shares, and run "
+                                     "the rest anew")
 
 
 def _files(run, *stages):
