@@ -213,12 +213,13 @@ class WholeNet:
     measures, and puts the weights back."""
 
     def __init__(self, data, metric, model=None, weights=None, iterations=None, gpu=None):
-        from .caffemodel import read_caffemodel
+        from .caffemodel import file_sha256, read_caffemodel
         from .errors import InputError
         from .caffe_proto import read_net_prototxt
         from .caffe_env import check_net_runs
         from .sensitivity import Evaluator
 
+        recorded = model is None
         model = Path(model or data["model"])
         weights = Path(weights or data["weights"])
         for what, path in (("net", model), ("weights", weights)):
@@ -226,6 +227,11 @@ class WholeNet:
                 raise InputError(f"{path}: the scan's {what} is not there (give --model/--weights)")
         if read_caffemodel(weights).sha256() != data["weights_sha256"]:
             raise InputError(f"{weights}: not the weights the scan measured (their sha256 differs)")
+        # The net file holds the TEST data and batch size the scan measured
+        # with; an explicit --model is taken as the user's (a moved data set).
+        if recorded and "net_sha256" in data and file_sha256(model) != data["net_sha256"]:
+            raise InputError(f"{model}: edited since the scan measured with it; give it as --model to verify "
+                             "with it as it is now")
         if iterations is not None and iterations < 1:
             raise InputError(f"--iterations {iterations}: must be 1 or more")
         check_net_runs(read_net_prototxt(model, allow_python_layers=True), model, gpu)  # the scan's net, or --model

@@ -356,8 +356,8 @@ def _result(config, model, targets, done):
         layers.append({"layer": target.owner, "shared_by": list(target.layers),
                        "params": int(np.prod(target.shape)), "points": points})
     total = sum(int(np.prod(t.shape)) for t in prunable_targets(model))
-    return {"format": FORMAT, "format_version": 1, "model": config.model, "weights": config.weights,
-            "weights_sha256": config.weights_sha256, "fingerprint": config.fingerprint,
+    return {"format": FORMAT, "format_version": 1, "model": config.model, "net_sha256": config.net_sha256,
+            "weights": config.weights, "weights_sha256": config.weights_sha256, "fingerprint": config.fingerprint,
             "criterion": config.criterion, "seed": config.seed, "iterations": config.iterations,
             "sparsities": list(config.sparsities), "metrics": list(baseline),
             "data": "streamed" if any(record.get("data") == "streamed" for record in used) else "cached",

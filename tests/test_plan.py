@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 
 from caffedsd.plan import PlanError, Rule, SparsityPlan, load_plan, plan_from_options
@@ -211,3 +214,15 @@ def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model
     assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-total-drop", "1", "--verify",
                               "-w", changed, "-o", "p.yaml"), "not the weights the scan measured")
     assert not (tmp_path / "p.yaml").exists()
+    # The net file the scan recorded, edited since (a smaller TEST batch):
+    # refused unless given on purpose.
+    net = tmp_path / "net.prototxt"
+    net.write_text(proto.read_text().replace("batch_size: 100", "batch_size: 50"))
+    data = json.loads((lenet_scan / "sensitivity.json").read_text())
+    assert data["net_sha256"] == hashlib.sha256(proto.read_bytes()).hexdigest()
+    (tmp_path / "moved.json").write_text(json.dumps(data | {"model": str(net)}))
+    verify = ("plan", "--sensitivity", "moved.json", "--max-drop", "1", "--verify", "-o", "p.yaml")
+    assert_one_line_error(cli(*verify), "net.prototxt: edited since the scan measured with it; give it as --model")
+    assert not (tmp_path / "p.yaml").exists()
+    result = cli(*verify, "--model", net)
+    assert result.exit_code == 0, result.output
