@@ -103,10 +103,10 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
     def takeover(folder, found):
         shared = shared_stages(folder.path, found.get("recipe_fingerprint"), recipe, spec)
         if not force:
+            offer = (f"keep its stages {_numbers(shared)}, which this recipe shares, and run the rest anew"
+                     if shared else "start it over (no stage of it is the same in this recipe)")
             raise InputError(f"{folder.path}: made by a different recipe, solver, net or weights; give a new -o, "
-                             "or " + (f"--force to keep its stages {_numbers(shared)}, which this recipe shares, "
-                                "and run the rest anew" if shared else "--force to start it over (no stage of "
-                                "it is the same in this recipe)"))
+                             f"or --force to {offer}")
         removed = _remove_stages_after(folder.path, shared)
         if notify is not None:
             kept = f"kept stages {_numbers(shared)}" if shared else "kept no stage"
