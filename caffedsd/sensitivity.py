@@ -12,9 +12,12 @@ they do not fit, the data layers run for every point ("streamed" data), and
 points see the same batches only if N batches cover whole epochs.
 
 A scan folder keeps finished points in points.jsonl; an interrupted scan
-resumes without running them again. A scan of other layers or sparsities,
-measured the same way (same net file, weights, criterion, seed and
-iterations), may take the folder over with --force and reuse its points.
+resumes without running them again, provided its net file, weights and the
+examples its TEST data layers read are the same (a digest of the examples,
+taken by reading them once before the scan; not of the files, which a
+prototxt names only). A scan of other layers or sparsities, measured the
+same way (also the same criterion, seed and iterations), may take the
+folder over with --force and reuse its points.
 ``--jobs K`` runs K worker processes, each with its own Net, over disjoint
 sets of layers.
 """
@@ -74,6 +77,7 @@ class ScanConfig:
     iterations: int
     seed: int
     net_sha256: str  # the net file's bytes: its TEST data layers and batch size are the measurement
+    data_sha256: str  # the examples its TEST data layers read (None: not known), which the file names only
 
     def key(self):
         data = asdict(self)
@@ -82,16 +86,18 @@ class ScanConfig:
         return data
 
 
-def measured_alike(found, config):
+def measured_alike(found, config, apart_from=()):
     """Whether a scan folder's marker record ``found`` measured its points as
     ``config`` measures them: then every point in it is one of config's,
-    whatever layers and sparsities either scan asked for."""
+    whatever layers and sparsities either scan asked for. ``apart_from``:
+    other key fields to leave out of the comparison; both must have them."""
     def how(key):
         return {name: value for name, value in json.loads(json.dumps(key)).items()
-                if name not in ("layers", "sparsities")}
+                if name not in ("layers", "sparsities", *apart_from)}
 
     old = found.get("config")
-    return found.get("format") == FORMAT and isinstance(old, dict) and how(old) == how(config.key())
+    return (found.get("format") == FORMAT and isinstance(old, dict) and all(name in old for name in apart_from)
+            and how(old) == how(config.key()))
 
 
 def _test_outputs_kind(net, net_path):
@@ -110,6 +116,61 @@ def _test_outputs_kind(net, net_path):
     return measured
 
 
+def examples_sha256(batches):
+    """sha256 of the examples in ``batches`` (dicts {top: array}, the data
+    layers' outputs of one forward pass each), taken as a set with repeats:
+    the same examples read in another order give the same digest; a changed
+    value, or a label moved to another image, does not. A batch whose tops
+    disagree on their first axis is hashed whole, as one example."""
+    digests = []
+    for batch in batches:
+        tops = sorted(batch)
+        sizes = {batch[top].shape[0] if batch[top].ndim else None for top in tops}
+        items = [{top: batch[top] for top in tops}]
+        if len(sizes) == 1 and None not in sizes:
+            items = [{top: batch[top][i] for top in tops} for i in range(sizes.pop())]
+        for item in items:
+            digest = hashlib.sha256()
+            for top, value in item.items():
+                digest.update(f"{top}{value.shape}{value.dtype.str}".encode())
+                digest.update(np.ascontiguousarray(value).tobytes())
+            digests.append(digest.digest())
+    return hashlib.sha256(b"".join(sorted(digests))).hexdigest()
+
+
+def _data_layers(net):
+    """(the first layer that reads a blob, the tops of the layers before it)
+    of a pycaffe Net, or None when a layer without inputs comes later: then
+    the data layers cannot be run apart from the rest."""
+    names = list(net._layer_names)
+    first = next((i for i, name in enumerate(names) if net.bottom_names[name]), None)
+    if first is None or first == 0 or any(not net.bottom_names[name] for name in names[first:]):
+        return None
+    return names[first], [top for name in names[:first] for top in net.top_names[name]]
+
+
+def _read_batches(net, data_layers, iterations):
+    """The data layers' outputs of ``iterations`` forward passes, one dict each."""
+    start, tops = data_layers
+    last = list(net._layer_names)[list(net._layer_names).index(start) - 1]
+    for _ in range(iterations):
+        net.forward(end=last)  # the data layers only
+        yield {top: net.blobs[top].data.copy() for top in tops}
+
+
+def scan_data_sha256(model_path, iterations):
+    """examples_sha256 of the ``iterations`` batches a fresh TEST net of
+    ``model_path`` reads (what a scan measures on), or None when its data
+    layers cannot be run apart. Built on the CPU, with no weights: only the
+    data layers run, and they read the same there."""
+    from .caffe_env import import_caffe
+
+    caffe = import_caffe(None)
+    net = caffe.Net(str(model_path), caffe.TEST)
+    data_layers = _data_layers(net)
+    return None if data_layers is None else examples_sha256(_read_batches(net, data_layers, iterations))
+
+
 class Evaluator:
     """A TEST-phase pycaffe Net with its N batches, and the one layer touched."""
 
@@ -122,20 +183,13 @@ class Evaluator:
         check_blob_shapes(self.net, read_caffemodel(weights_path), model_path)
         self.net.copy_from(str(weights_path))
         self.outputs = list(self.net.outputs)
-        names = list(self.net._layer_names)
-        first = next((i for i, name in enumerate(names) if self.net.bottom_names[name]), None)
-        later_sources = first is not None and any(not self.net.bottom_names[n] for n in names[first:])
+        data_layers = _data_layers(self.net)
         self.batches = None
-        if first is not None and not later_sources:
-            tops = [top for name in names[:first] for top in self.net.top_names[name]]
+        if data_layers is not None:
+            self.start, tops = data_layers
             size = sum(self.net.blobs[t].data.nbytes for t in tops) * iterations
             if size <= cache_limit:
-                self.start = names[first]
-                self.batches = []
-                for _ in range(iterations):
-                    if first > 0:
-                        self.net.forward(end=names[first - 1])  # the data layers only
-                    self.batches.append({t: self.net.blobs[t].data.copy() for t in tops})
+                self.batches = list(_read_batches(self.net, data_layers, iterations))
         self.data_mode = "cached" if self.batches is not None else "streamed"
 
     def run(self):
@@ -243,7 +297,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed,
-                        hashlib.sha256(Path(model_path).read_bytes()).hexdigest())
+                        hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+                        scan_data_sha256(model_path, iterations))
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     takeover = functools.partial(_take_over, config=config, force=force, notify=notify)
     with folder.open({"format": FORMAT, "config": config.key()}, takeover=takeover):  # held until written
@@ -294,6 +349,10 @@ def _take_over(folder, found, config, force, notify):
             raise InputError(f"{folder.path}: made by a scan of other layers or sparsities; give a new -o, or "
                              f"--force to keep its {len(points)} points ({shared} of them this scan's) and "
                              "measure the rest")
+        if measured_alike(found, config, apart_from=("data_sha256",)):
+            raise InputError(f"{folder.path}: its points were measured on other examples than the TEST data "
+                             f"of {config.model} gives now (rewritten data, or a TEST layer that shuffles); "
+                             "give a new -o, or --force to start it over")
         raise InputError(f"{folder.path}: made by a different model, weights or settings; give a new -o, or "
                          "--force to start it over (none of its points is measured as this scan measures)")
     if not alike:
@@ -357,6 +416,7 @@ def _result(config, model, targets, done):
                        "params": int(np.prod(target.shape)), "points": points})
     total = sum(int(np.prod(t.shape)) for t in prunable_targets(model))
     return {"format": FORMAT, "format_version": 1, "model": config.model, "net_sha256": config.net_sha256,
+            "data_sha256": config.data_sha256,
             "weights": config.weights, "weights_sha256": config.weights_sha256, "fingerprint": config.fingerprint,
             "criterion": config.criterion, "seed": config.seed, "iterations": config.iterations,
             "sparsities": list(config.sparsities), "metrics": list(baseline),

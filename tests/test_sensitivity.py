@@ -1,11 +1,15 @@
 """`caffedsd sensitivity` and `caffedsd plan` on a briefly trained LeNet, real Caffe."""
 import hashlib
 import json
+import os
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 
 from caffedsd.plan_from_scan import curves, overall_sparsity
-from caffedsd.sensitivity import scan
+from caffedsd.sensitivity import examples_sha256, scan
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from caffedsd.plan import load_plan
 from conftest import assert_one_line_error
@@ -165,6 +169,67 @@ def test_force_reuses_the_points_a_scan_of_other_sparsities_measured(lenet, scan
     assert cli(*again, "-o", "fresh").exit_code == 0
     assert (folder / "sensitivity.csv").read_text() == (tmp_path / "fresh" / "sensitivity.csv").read_text()
     assert (folder / "sensitivity.csv").read_text() != _table(out)
+
+
+def test_examples_digest_is_of_the_examples_not_their_order():
+    images = np.arange(24, dtype=np.float32).reshape(4, 1, 2, 3)
+    labels = np.array([0, 1, 2, 3], dtype=np.float32)
+
+    def batches(order, size=2):
+        return [{"data": images[order[i:i + size]], "label": labels[order[i:i + size]]}
+                for i in range(0, len(order), size)]
+
+    digest = examples_sha256(batches([0, 1, 2, 3]))
+    assert examples_sha256(batches([3, 1, 0, 2])) == digest  # a shuffle, other batches
+    assert examples_sha256(batches([0, 1, 2, 3], size=4)) == digest
+    assert examples_sha256(batches([0, 1, 2, 2])) != digest  # an image twice, one never
+    moved = batches([0, 1, 2, 3])
+    moved[0]["label"] = labels[[1, 0]]  # the same labels, on each other's image
+    assert examples_sha256(moved) != digest
+    changed = batches([0, 1, 2, 3])
+    changed[1]["data"] = changed[1]["data"] + np.float32(1e-6)
+    assert examples_sha256(changed) != digest
+    assert examples_sha256([{"data": images[:2], "label": labels}]) == \
+        examples_sha256([{"data": images[:2], "label": labels}])  # first axes disagree: hashed whole
+    assert examples_sha256([{"data": images[:2], "label": labels}]) != \
+        examples_sha256([{"data": images[:2], "label": labels[::-1]}])
+
+
+def test_a_scan_does_not_go_on_with_rewritten_test_data(lenet, tmp_path, cli):
+    """The net file names its data, so a scan folder is continued only when
+    the examples read are the same: the same bytes rewritten go on, one
+    label changed in the HDF5 file starts over, with --force only."""
+    import shutil
+
+    import h5py
+
+    _, proto, weights = lenet
+    text = proto.read_text()
+    test_list = Path(text.split('source: "')[2].split('"', 1)[0])
+    h5 = tmp_path / "test.h5"
+    shutil.copy(Path(test_list.read_text().strip()), h5)
+    (tmp_path / "test.txt").write_text(f"{h5}\n")
+    (tmp_path / "net.prototxt").write_text(text.replace(str(test_list), str(tmp_path / "test.txt")))
+    base = ("sensitivity", "-p", "net.prototxt", "-w", weights, "-n", ITERS, "-l", "ip2", "--sparsities", "0.5")
+    assert cli(*base, "-o", "scan").exit_code == 0
+    before = _table(tmp_path / "scan")
+    shutil.copy(h5, tmp_path / "copy.h5")
+    os.replace(tmp_path / "copy.h5", h5)  # the same examples, another file
+    (tmp_path / "scan" / "sensitivity.csv").unlink()  # written again when the scan goes on
+    result = cli(*base, "-o", "scan")
+    assert result.exit_code == 0, result.output
+    assert _table(tmp_path / "scan") == before
+    with h5py.File(h5, "r+") as data:
+        label = data["label"]
+        label[0] = (label[0] + 1) % 10
+    assert_one_line_error(cli(*base, "-o", "scan"), "scan: its points were measured on other examples than the "
+                          "TEST data of ")
+    assert _table(tmp_path / "scan") == before
+    result = cli(*base, "-o", "scan", "--force")
+    assert result.exit_code == 0, result.output
+    assert "started over; removed the 2 points of the earlier scan" in result.output
+    assert cli(*base, "-o", "fresh").exit_code == 0
+    assert _table(tmp_path / "scan") == _table(tmp_path / "fresh") != before
 
 
 def test_plans_respect_their_budget(scanned, tmp_path, cli):
