@@ -733,14 +733,17 @@ def data():
 
 
 @data.command("fashion-mnist")
-@output_option("Folder for train.h5, test.h5 and their list files.", folder=True, force=None)
+@output_option("Folder for train.h5, test.h5 and their list files.", folder=True)
 @click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the IDX .gz files (default: $CAFFEDSD_FASHION_MNIST, else Debian's "
                    "dataset-fashion-mnist).")
 @click.option("--train-limit", type=int, default=None, help="Keep only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Keep only the first N test images.")
-def fashion_mnist(output, source, train_limit, test_limit):
+def fashion_mnist(output, source, train_limit, test_limit, force):
     """Fashion-MNIST as HDF5 for Caffe's HDF5Data layer.
+
+    Files already in the folder as they would be written are kept; files
+    with other contents (other limits, say) are replaced only with --force.
 
     \b
     Example:
@@ -748,6 +751,8 @@ def fashion_mnist(output, source, train_limit, test_limit):
     """
     from .datasets import convert_fashion_mnist
 
-    result = convert_fashion_mnist(output, source, train_limit, test_limit)
+    result = convert_fashion_mnist(output, source, train_limit, test_limit, force)
     for split in ("train", "test"):
-        click.echo(f"{split}: {result[split]['count']} images -> {result[split]['h5']} (list {result[split]['list']})")
+        made = result[split]
+        click.echo(f"{split}: {made['count']} images -> {made['h5']} (list {made['list']})"
+                   + (", already there" if made["unchanged"] else ""))

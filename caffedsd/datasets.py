@@ -109,28 +109,51 @@ def _load_split(source_dir, images_name, labels_name, limit):
     return images, labels
 
 
-def _write_h5(path, images, labels):
+def _h5_arrays(images, labels):
+    """{dataset: array} of the HDF5 file for ``images`` and ``labels``."""
+    data = images.astype(np.float32)[:, np.newaxis, :, :]
+    data *= np.float32(PIXEL_SCALE)
+    return {"data": data, "label": labels.astype(np.float32)}
+
+
+def _write_h5(path, arrays):
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
-            data = images.astype(np.float32)[:, np.newaxis, :, :]
-            data *= np.float32(PIXEL_SCALE)
-            h5.create_dataset("data", data=data)
-            h5.create_dataset("label", data=labels.astype(np.float32))
+            for name, array in arrays.items():
+                h5.create_dataset(name, data=array)
 
 
-def _write_list(path, h5_path):
+def _write_list(path, text):
     with atomic_path(path) as tmp:
-        tmp.write_text(f"{h5_path}\n")
+        tmp.write_text(text)
 
 
-def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit=None):
+def _holds(path, content):
+    """Whether the file ``path`` holds ``content``: a list file's text, or
+    an HDF5 file's {dataset: array} (its datasets and no others)."""
+    if isinstance(content, str):
+        return path.read_text(errors="replace") == content
+    try:
+        with h5py.File(path, "r") as h5:
+            return set(h5) == set(content) and all(
+                isinstance(h5[name], h5py.Dataset) and h5[name].shape == array.shape
+                and h5[name].dtype == array.dtype and np.array_equal(h5[name][...], array)
+                for name, array in content.items())
+    except OSError:  # not an HDF5 file
+        return False
+
+
+def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit=None, force=False):
     """Write Fashion-MNIST as HDF5Data inputs into ``out_dir``.
 
     Creates ``train.h5``/``test.h5`` (``data``: float32 N x 1 x 28 x 28 scaled
     by 1/256, ``label``: float32 N) and ``train.txt``/``test.txt`` listing the
     absolute path of each. ``train_limit``/``test_limit`` keep only the first
     examples. ``source_dir`` defaults to fashion_mnist_dir(). Returns the
-    paths and example counts.
+    paths and example counts, and for each split whether its files were
+    already there as they would be written (``unchanged``). Files there with
+    other contents are data that trainings and scans may be reading: they
+    are refused unless ``force``.
     """
     _check_limit("train_limit", train_limit)
     _check_limit("test_limit", test_limit)
@@ -149,13 +172,23 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
     limits = {"train": train_limit, "test": test_limit}
     splits = {name: _load_split(source_dir, *files, limits[name]) for name, files in _SPLITS.items()}
 
+    contents = {}
+    for name, (images, labels) in splits.items():
+        contents[f"{name}.h5"] = _h5_arrays(images, labels)
+        contents[f"{name}.txt"] = f"{out_dir / name}.h5\n"  # the path the file has once the folder is in place
+    there = {file: (out_dir / file).is_file() and _holds(out_dir / file, content)
+             for file, content in contents.items()}
+    other = [file for file in contents if (out_dir / file).exists() and not there[file]]
+    if other and not force:
+        raise InputError(f"{out_dir / other[0]}: exists with other contents than this conversion writes; "
+                         "give --force to replace it, or another -o")
     result = {}
     with atomic_folder(out_dir) as folder:
-        for name, (images, labels) in splits.items():
-            h5_path = out_dir / f"{name}.h5"
-            list_path = out_dir / f"{name}.txt"
-            _write_h5(folder / h5_path.name, images, labels)
-            _write_list(folder / list_path.name, h5_path)  # the path the file has once the folder is in place
-            result[name] = {"h5": str(h5_path), "list": str(list_path), "count": int(len(images))}
+        for name, (images, _) in splits.items():
+            for file, write in ((f"{name}.h5", _write_h5), (f"{name}.txt", _write_list)):
+                if not there[file]:
+                    write(folder / file, contents[file])
+            result[name] = {"h5": str(out_dir / f"{name}.h5"), "list": str(out_dir / f"{name}.txt"),
+                            "count": int(len(images)), "unchanged": there[f"{name}.h5"] and there[f"{name}.txt"]}
     result["source_dir"] = str(source_dir)
     return result

@@ -141,8 +141,8 @@ def test_convert_round_trip(tmp_path, compress):
     result = convert_fashion_mnist(out, source_dir=source)
 
     assert result == {
-        "train": {"h5": str(out / "train.h5"), "list": str(out / "train.txt"), "count": 5},
-        "test": {"h5": str(out / "test.h5"), "list": str(out / "test.txt"), "count": 3},
+        "train": {"h5": str(out / "train.h5"), "list": str(out / "train.txt"), "count": 5, "unchanged": False},
+        "test": {"h5": str(out / "test.h5"), "list": str(out / "test.txt"), "count": 3, "unchanged": False},
         "source_dir": str(source),
     }
     assert sorted(os.listdir(out)) == ["test.h5", "test.txt", "train.h5", "train.txt"]
@@ -181,6 +181,15 @@ def test_the_source_folder_from_the_environment(tmp_path):
                            env={"CAFFEDSD_FASHION_MNIST": str(source)})
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "train.h5").is_file()
+    command = ["data", "fashion-mnist", "-o", str(tmp_path / "out"), "--source", str(source)]
+    again = runner.invoke(main, [*command, "--train-limit", "2"])
+    assert again.exit_code == 0 and again.output.count(", already there") == 2, again.output
+    other = runner.invoke(main, command)
+    assert other.exit_code == 2 and other.output == (
+        f"caffedsd: {tmp_path / 'out' / 'train.h5'}: exists with other contents than this conversion "
+        "writes; give --force to replace it, or another -o\n")
+    forced = runner.invoke(main, [*command, "--force"])
+    assert forced.exit_code == 0 and forced.output.count(", already there") == 1, forced.output
     missing = runner.invoke(main, ["data", "fashion-mnist", "-o", str(tmp_path / "out2")],
                             env={"CAFFEDSD_FASHION_MNIST": str(tmp_path / "nosuch")})
     assert missing.exit_code == 2 and f"{tmp_path / 'nosuch'}: Fashion-MNIST folder not found" in missing.output
@@ -261,15 +270,37 @@ def test_convert_bad_contents(tmp_path, name, data):
     assert not out.exists()
 
 
-def test_convert_overwrites_and_leaves_no_temp_files(tmp_path):
+def test_convert_keeps_its_files_and_replaces_other_contents_only_with_force(tmp_path):
+    """A training may be reading the folder: the same conversion again
+    leaves its files alone, and another (a limit) is refused in one line
+    naming the first file it would change, unless forced."""
     source = make_source(tmp_path / "src")
     out = tmp_path / "out"
     convert_fashion_mnist(out, source_dir=source)
-    result = convert_fashion_mnist(out, source_dir=source, train_limit=1)
-    assert result["train"]["count"] == 1
-    assert sorted(os.listdir(out)) == ["test.h5", "test.txt", "train.h5", "train.txt"]
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)}
+    again = convert_fashion_mnist(out, source_dir=source)
+    assert again["train"]["unchanged"] and again["test"]["unchanged"]
+    assert {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)} == stamps
+    with pytest.raises(InputError) as info:
+        convert_fashion_mnist(out, source_dir=source, train_limit=1)
+    assert str(info.value) == (f"{out / 'train.h5'}: exists with other contents than this conversion writes; "
+                               "give --force to replace it, or another -o")
+    result = convert_fashion_mnist(out, source_dir=source, train_limit=1, force=True)
+    assert result["train"]["count"] == 1 and not result["train"]["unchanged"] and result["test"]["unchanged"]
+    assert sorted(os.listdir(out)) == ["test.h5", "test.txt", "train.h5", "train.txt"]  # no temporaries
     with h5py.File(out / "train.h5", "r") as h5:
         assert h5["data"].shape == (1, 1, 28, 28)
+    assert os.stat(out / "test.h5").st_mtime_ns == stamps["test.h5"]
+    with h5py.File(out / "test.h5", "r+") as h5:
+        h5["label"][0] = 5  # one label edited
+    with pytest.raises(InputError, match="test.h5: exists with other contents"):
+        convert_fashion_mnist(out, source_dir=source, train_limit=1)
+    (out / "test.txt").write_text("elsewhere.h5\n")
+    (out / "test.h5").write_bytes(b"not HDF5")
+    with pytest.raises(InputError, match="test.h5: exists with other contents"):
+        convert_fashion_mnist(out, source_dir=source, train_limit=1)
+    convert_fashion_mnist(out, source_dir=source, train_limit=1, force=True)
+    assert (out / "test.txt").read_text() == f"{out / 'test.h5'}\n"
 
 
 def test_convert_rejects_whitespace_in_out_dir(tmp_path):
