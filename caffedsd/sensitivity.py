@@ -158,14 +158,15 @@ def _read_batches(net, data_layers, iterations):
         yield {top: net.blobs[top].data.copy() for top in tops}
 
 
-def scan_data_sha256(model_path, iterations):
+def scan_data_sha256(model_path, iterations, gpu=None):
     """examples_sha256 of the ``iterations`` batches a fresh TEST net of
     ``model_path`` reads (what a scan measures on), or None when its data
-    layers cannot be run apart. Built on the CPU, with no weights: only the
-    data layers run, and they read the same there."""
+    layers cannot be run apart. No weights are loaded: only the data layers
+    run. On GPU ``gpu`` when given, the scan's: in CUDA builds Caffe opens
+    its cuBLAS handle even in CPU mode, on GPU 0 unless a device is set."""
     from .caffe_env import import_caffe
 
-    caffe = import_caffe(None)
+    caffe = import_caffe(gpu)
     net = caffe.Net(str(model_path), caffe.TEST)
     data_layers = _data_layers(net)
     return None if data_layers is None else examples_sha256(_read_batches(net, data_layers, iterations))
@@ -298,7 +299,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed,
                         hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
-                        scan_data_sha256(model_path, iterations))
+                        scan_data_sha256(model_path, iterations, gpu))
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     takeover = functools.partial(_take_over, config=config, force=force, notify=notify)
     with folder.open({"format": FORMAT, "config": config.key()}, takeover=takeover):  # held until written

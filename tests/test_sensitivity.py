@@ -115,6 +115,24 @@ def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
             assert p["metrics"]["loss"] == pytest.approx(q["metrics"]["loss"], rel=1e-6)
 
 
+def test_a_scan_on_the_device_gives_the_host_table(lenet, scanned, tmp_path, device):
+    """The same examples (digest), and each point to float tolerance: GPU
+    sums run in another order, which may move an image across the
+    decision boundary, so an accuracy may differ by one image in 500."""
+    _, proto, weights = lenet
+    out, reference = scanned
+    data = scan(proto, weights, tmp_path / "scan", layers=("conv2", "ip2"), sparsities=SPARSITIES,
+                iterations=ITERS, gpu=device)
+    assert data["data_sha256"] == reference["data_sha256"] is not None
+    host = {layer["layer"]: layer["points"] for layer in reference["layers"]}
+    pairs = [(data["baseline"], reference["baseline"])] + [
+        (p["metrics"], q["metrics"]) for layer in data["layers"] for p, q in zip(layer["points"], host[layer["layer"]])]
+    assert len(pairs) == 1 + 2 * len(SPARSITIES)
+    for ours, theirs in pairs:
+        assert ours["accuracy"] == pytest.approx(theirs["accuracy"], abs=1.01 / 500)
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
 def test_streamed_data_gives_the_same_table_over_whole_epochs(lenet, scanned, tmp_path):
     """TEST batches too big to keep are read anew for every point; 5 batches
     of 100 are the slice's 500 images, so every point still sees them all.
