@@ -131,15 +131,17 @@ def _write_list(path, text):
 def _holds(path, content):
     """Whether the file ``path`` holds ``content``: a list file's text, or
     an HDF5 file's {dataset: array} (its datasets and no others)."""
-    if isinstance(content, str):
-        return path.read_text(errors="replace") == content
     try:
+        if isinstance(content, str):
+            return path.read_text(errors="replace") == content
         with h5py.File(path, "r") as h5:
             return set(h5) == set(content) and all(
                 isinstance(h5[name], h5py.Dataset) and h5[name].shape == array.shape
                 and h5[name].dtype == array.dtype and np.array_equal(h5[name][...], array)
                 for name, array in content.items())
-    except OSError:  # not an HDF5 file
+    # h5py reports a damaged file through any of these; unreadable or
+    # damaged, it is not known to hold the content, so only --force replaces it.
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
         return False
 
 

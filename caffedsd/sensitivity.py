@@ -152,7 +152,8 @@ def _data_layers(net):
 def _read_batches(net, data_layers, iterations):
     """The data layers' outputs of ``iterations`` forward passes, one dict each."""
     start, tops = data_layers
-    last = list(net._layer_names)[list(net._layer_names).index(start) - 1]
+    names = list(net._layer_names)
+    last = names[names.index(start) - 1]
     for _ in range(iterations):
         net.forward(end=last)  # the data layers only
         yield {top: net.blobs[top].data.copy() for top in tops}
