@@ -217,7 +217,7 @@ class WholeNet:
         from .errors import InputError
         from .caffe_proto import read_net_prototxt
         from .caffe_env import check_net_runs
-        from .sensitivity import Evaluator
+        from .sensitivity import Evaluator, scan_data_sha256
 
         recorded = model is None
         model = Path(model or data["model"])
@@ -238,6 +238,11 @@ class WholeNet:
         self.metric, self.criterion, self.seed = metric, data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
         self.iterations = iterations or data["iterations"]
+        # The file names its data; the scan recorded the examples it read.
+        if recorded and data.get("data_sha256") and self.iterations == data["iterations"] \
+                and scan_data_sha256(model, self.iterations, gpu) != data["data_sha256"]:
+            raise InputError(f"{model}: its TEST data gives other examples than the scan measured (rewritten "
+                             "data, or a TEST layer that shuffles); give it as --model to verify with them")
         self.evaluator = Evaluator(model, weights, self.iterations, gpu)
         self.baseline = self.evaluator.run()
         if metric not in self.baseline:

@@ -440,7 +440,8 @@ def _check_scan(path, data):
           and metrics_ok(data.get("baseline")) and isinstance(data.get("criterion"), str)
           and isinstance(data.get("fingerprint"), str) and isinstance(data.get("prunable_params"), int)
           and isinstance(data.get("layers"), list)
-          and type(data.get("seed", 0)) is int and data.get("seed", 0) >= 0)  # `plan --verify` draws with it
+          and type(data.get("seed", 0)) is int and data.get("seed", 0) >= 0  # `plan --verify` draws with it
+          and isinstance(data.get("data_sha256"), (str, type(None))))
     for layer in data.get("layers") if ok else ():
         ok = ok and isinstance(layer, dict) and isinstance(layer.get("layer"), str) \
             and isinstance(layer.get("params"), int) and not isinstance(layer.get("params"), bool) \

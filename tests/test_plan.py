@@ -1,5 +1,6 @@
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -199,6 +200,37 @@ def test_verified_plan_meets_the_budget_as_stock_caffe_measures_it(lenet, lenet_
     if "--target-sparsity" in budget:
         # 90% overall costs far more than a point on this net: the loop had to back off.
         assert verified["measurements"] > 1 and "backed off" in planned.output
+
+
+def test_verify_refuses_the_scans_net_reading_other_examples(lenet, cli, tmp_path):
+    """The net file the scan recorded, unedited, but its TEST data rewritten
+    (one label): refused unless the net is given on purpose."""
+    import shutil
+
+    import h5py
+
+    from conftest import assert_one_line_error
+
+    _, proto, weights = lenet
+    text = proto.read_text()
+    test_list = Path(text.split('source: "')[2].split('"', 1)[0])
+    shutil.copy(Path(test_list.read_text().strip()), tmp_path / "test.h5")
+    (tmp_path / "test.txt").write_text(f"{tmp_path / 'test.h5'}\n")
+    (tmp_path / "net.prototxt").write_text(text.replace(str(test_list), str(tmp_path / "test.txt")))
+    assert cli("sensitivity", "-p", "net.prototxt", "-w", weights, "-n", VERIFY_ITERS, "-l", "ip*",
+               "--sparsities", "0.5,0.9", "-o", "scan").exit_code == 0
+    verify = ("plan", "--sensitivity", "scan", "--max-drop", "2", "--verify", "-o", "p.yaml")
+    assert cli(*verify).exit_code == 0
+    with h5py.File(tmp_path / "test.h5", "r+") as data:
+        data["label"][0] = (data["label"][0] + 1) % 10
+    assert_one_line_error(cli(*verify, "--force"), "net.prototxt: its TEST data gives other examples than the "
+                          "scan measured (rewritten data, or a TEST layer that shuffles); give it as --model")
+    result = cli(*verify, "--force", "--model", "net.prototxt")
+    assert result.exit_code == 0, result.output
+    scanned = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps(scanned | {"data_sha256": 7}))
+    assert_one_line_error(cli("plan", "--sensitivity", "other.json", "--max-drop", "2", "-o", "q.yaml"),
+                          "other.json: a sensitivity file with missing or malformed fields")
 
 
 def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model):
