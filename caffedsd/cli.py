@@ -75,12 +75,13 @@ def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
 
 
-def output_option(help="Output .caffemodel.", folder=False, required=True, force="force"):
+def output_option(help="Output .caffemodel.", folder=False, required=True, force="force",
+                  force_help="Allow overwriting an input file."):
     """-o, and --force (as parameter ``force``; None: no --force) to allow
     overwriting an input."""
     def decorate(func):
         if force:
-            func = click.option("--force", force, is_flag=True, help="Allow overwriting an input file.")(func)
+            func = click.option("--force", force, is_flag=True, help=force_help)(func)
         kind = click.Path(file_okay=False, path_type=Path) if folder else _path()
         return click.option("--output", "-o", type=kind, required=required, help=help)(func)
     return decorate
@@ -733,7 +734,8 @@ def data():
 
 
 @data.command("fashion-mnist")
-@output_option("Folder for train.h5, test.h5 and their list files.", folder=True)
+@output_option("Folder for train.h5, test.h5 and their list files.", folder=True,
+               force_help="Replace files in the folder that hold other contents.")
 @click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the IDX .gz files (default: $CAFFEDSD_FASHION_MNIST, else Debian's "
                    "dataset-fashion-mnist).")
