@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from caffedsd.plan_from_scan import curves, overall_sparsity
