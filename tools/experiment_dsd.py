@@ -86,7 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--arms", default="dsd,dense,random",
                         help="Arms to run (dsd, dense, random). Processes sharing a work folder may run side "
                              "by side when their nets, regimes or arms do not overlap, provided two processes on "
-                             "one regime start only once its start and plan have finished (nothing locks them).")
+                             "one regime start only once its start and plan have finished (a run folder is held by the process "
+                             "working in it, and another that needs it stops).")
     parser.add_argument("--epochs-per-eval", type=int, default=2, help="Start: epochs per dense stage.")
     parser.add_argument("--n-epochs", type=float, default=1.0,
                         help="N, in epochs of the full training set: (a) sparse N + re-dense N; (b) dense 2N.")
@@ -294,13 +295,13 @@ class Experiment:
 
     def run(self, key, recipe, run_dir, kind, extra=None):
         label = "/".join(str(k) for k in key)
+        if label in self.results:  # finished; its folder may be held by a process beside this one
+            print(f"{label}: finished, in {run_dir}", file=sys.stderr, flush=True)
+            return
         print(f"{label}: -> {run_dir}", file=sys.stderr, flush=True)
         data, cost = _timed(run_recipe, recipe, run_dir, gpu=self.args.gpu, progress=Progress(label))
-        if label not in self.results:
-            record = {"key": label, "kind": kind, "run_dir": str(run_dir), "points": stage_points(data),
-                      **cost, **(extra or {})}
-            self.results.add(record)
-        return data
+        self.results.add({"key": label, "kind": kind, "run_dir": str(run_dir), "points": stage_points(data),
+                          **cost, **(extra or {})})
 
     def start(self, net_name, regime):
         folder, net, solver = self.files(net_name, regime, START_SEED)
