@@ -417,8 +417,8 @@ def dsd(recipe, gpu, restart_data, force, output):
 @verbose_option
 @click.option("--force", is_flag=True,
               help="Take over a scan folder that another scan made: keep its points if they were measured as this "
-                   "scan measures (same net file, weights, criterion, seed and iterations; other layers or "
-                   "sparsities), else remove them.")
+                   "scan measures (same net file, weights, TEST examples, criterion, seed and iterations; other "
+                   "layers or sparsities), else remove them.")
 @output_option("Scan folder; rerun the same command to continue an interrupted scan.", folder=True, force=None)
 def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, criterion, seed, iterations, jobs, gpu,
                 force, output):

@@ -37,7 +37,7 @@ import numpy as np
 from . import report
 from .caffe_env import check_gpu, check_net_runs
 from .caffe_proto import read_net_prototxt
-from .caffemodel import check_finite, read_caffemodel
+from .caffemodel import check_finite, file_sha256, read_caffemodel
 from .errors import CaffeDsdError, InputError
 from .globrules import GlobRules, number_list
 from .layers import prunable_targets
@@ -299,7 +299,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed,
-                        hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+                        file_sha256(model_path),
                         scan_data_sha256(model_path, iterations, gpu))
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     takeover = functools.partial(_take_over, config=config, force=force, notify=notify)

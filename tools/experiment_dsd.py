@@ -86,8 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--arms", default="dsd,dense,random",
                         help="Arms to run (dsd, dense, random). Processes sharing a work folder may run side "
                              "by side when their nets, regimes or arms do not overlap, provided two processes on "
-                             "one regime start only once its start and plan have finished (a run folder is held by the process "
-                             "working in it, and another that needs it stops).")
+                             "one regime start only once its start and plan have finished (a run folder is held "
+                             "by the process working in it, and another that needs it unfinished stops).")
     parser.add_argument("--epochs-per-eval", type=int, default=2, help="Start: epochs per dense stage.")
     parser.add_argument("--n-epochs", type=float, default=1.0,
                         help="N, in epochs of the full training set: (a) sparse N + re-dense N; (b) dense 2N.")
