@@ -50,12 +50,29 @@ class Choice:
     drop: float
 
 
-def is_loss(metric):
-    return "loss" in metric.lower()
+# Measured outputs are means of float32 values: a drop `caffe test` shows as
+# exactly 1 point can come out as 1.0000002. Drops this close to a budget
+# are within it.
+TOLERANCE = 1e-6
 
 
-def drop(metric, baseline, value):
-    return value - baseline if is_loss(metric) else 100.0 * (baseline - value)
+def within(drop, budget):
+    return drop <= budget + TOLERANCE
+
+
+def metric_kind(data, metric):
+    """"accuracy", "loss" or "other", as the scan recorded it from the layer
+    types; older scans recorded no kinds, and a name with "loss" in it is
+    taken for a loss there."""
+    if "kinds" in data:
+        return data["kinds"][metric]
+    return "loss" if "loss" in metric.lower() else "accuracy"
+
+
+def drop(kind, baseline, value):
+    """How much worse ``value`` is than ``baseline``: in loss units for a
+    loss, in percentage points for an accuracy."""
+    return value - baseline if kind == "loss" else 100.0 * (baseline - value)
 
 
 def curves(data, metric, where="sensitivity"):
@@ -63,9 +80,14 @@ def curves(data, metric, where="sensitivity"):
     (read from ``where``, for messages)."""
     if metric not in data["metrics"]:
         raise PlanningError(f"{where}: metric {metric!r} was not measured (measured: {', '.join(data['metrics'])})")
+    kind = metric_kind(data, metric)
+    if kind == "other":
+        usable = [m for m in data["metrics"] if metric_kind(data, m) != "other"]
+        raise PlanningError(f"{where}: metric {metric!r} is the output of neither an Accuracy nor a loss layer, "
+                            f"so a drop has no direction; give --metric one of: {', '.join(usable)}")
     base = data["baseline"][metric]
     return {layer["layer"]: (layer["params"],
-                             [(p["sparsity"], drop(metric, base, p["metrics"][metric])) for p in layer["points"]])
+                             [(p["sparsity"], drop(kind, base, p["metrics"][metric])) for p in layer["points"]])
             for layer in data["layers"]}
 
 
@@ -74,12 +96,16 @@ def overall_sparsity(choices, prunable_params):
     return sum(c.params * c.sparsity for c in choices) / prunable_params if prunable_params else 0.0
 
 
+def check_budget(option, value):
+    if not value >= 0:  # NaN too
+        raise PlanningError(f"{option} {value:g}: must be 0 or more")
+
+
 def by_max_drop(curve_data, max_drop):
-    if max_drop < 0:
-        raise PlanningError(f"--max-drop {max_drop:g}: must be 0 or more")
+    check_budget("--max-drop", max_drop)
     choices = []
     for layer, (params, points) in curve_data.items():
-        allowed = [(s, d) for s, d in points if d <= max_drop]
+        allowed = [(s, d) for s, d in points if within(d, max_drop)]
         sparsity, cost = max(allowed, default=(0.0, 0.0))
         choices.append(Choice(layer, params, sparsity, cost))
     return choices
@@ -107,15 +133,15 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
     needed = target * prunable_params
     hulls, spars = {}, {}
     for layer, (params, points) in curve_data.items():
-        allowed = [(s, d) for s, d in points if max_drop is None or d <= max_drop]
+        allowed = [(s, d) for s, d in points if max_drop is None or within(d, max_drop)]
         options = [(0.0, 0.0)] + [(s * params, d) for s, d in allowed]
         hulls[layer] = _hull(options)
         spars[layer] = {s * params: s for s, _ in allowed}
     reachable = sum(h[-1][0] for h in hulls.values())
     if reachable < needed - 1e-9:
-        within = "" if max_drop is None else f" within --max-drop {max_drop:g}"
+        budget = "" if max_drop is None else f" within --max-drop {max_drop:g}"
         raise PlanningError(f"{where}: --target-sparsity {target:g} is out of reach: the measured curves reach at most "
-                            f"{reachable / prunable_params:.4f} overall{within}")
+                            f"{reachable / prunable_params:.4f} overall{budget}")
     position = {layer: 0 for layer in hulls}
     heap = []
 
@@ -181,8 +207,7 @@ def back_off(choices, curve_data, measure, max_total_drop):
 
     Returns (choices, measured drop, history), history being
     [(choices, measured drop)] in the order measured."""
-    if max_total_drop < 0:
-        raise PlanningError(f"--max-total-drop {max_total_drop:g}: must be 0 or more")
+    check_budget("--max-total-drop", max_total_drop)
     path = back_off_path(choices, curve_data)
     history = []
 
@@ -192,19 +217,19 @@ def back_off(choices, curve_data, measure, max_total_drop):
         return drop
 
     first = probe(0)
-    if first <= max_total_drop or len(path) == 1:
+    if within(first, max_total_drop) or len(path) == 1:
         return path[0], first, history
-    over, within, within_drop = 0, len(path) - 1, None
-    while within - over > 1:
-        middle = (over + within) // 2
+    over, fits, fits_drop = 0, len(path) - 1, None
+    while fits - over > 1:
+        middle = (over + fits) // 2
         drop = probe(middle)
-        if drop <= max_total_drop:
-            within, within_drop = middle, drop
+        if within(drop, max_total_drop):
+            fits, fits_drop = middle, drop
         else:
             over = middle
-    if within_drop is None:  # only the plan that prunes nothing fits
-        within_drop = probe(within)
-    return path[within], within_drop, history
+    if fits_drop is None:  # only the plan that prunes nothing fits
+        fits_drop = probe(fits)
+    return path[fits], fits_drop, history
 
 
 class WholeNet:
@@ -235,7 +260,8 @@ class WholeNet:
         if iterations is not None and iterations < 1:
             raise InputError(f"--iterations {iterations}: must be 1 or more")
         check_net_runs(read_net_prototxt(model, allow_python_layers=True), model, gpu)  # the scan's net, or --model
-        self.metric, self.criterion, self.seed = metric, data["criterion"], data.get("seed", 0)
+        self.metric, self.kind = metric, metric_kind(data, metric)
+        self.criterion, self.seed = data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
         self.iterations = iterations or data["iterations"]
         # The file names its data; the scan recorded the examples it read.
@@ -268,7 +294,7 @@ class WholeNet:
             for layer, original in originals.items():
                 self.evaluator.weights(layer)[...] = original
         self.measured.append(metrics)
-        return drop(self.metric, self.baseline[self.metric], metrics[self.metric])
+        return drop(self.kind, self.baseline[self.metric], metrics[self.metric])
 
 
 def _literal(name):
@@ -276,9 +302,11 @@ def _literal(name):
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def to_plan(choices, criterion, verified=None):
+def to_plan(choices, criterion, verified=None, seed=None):
+    """The plan of ``choices``; ``seed``: the random criterion's, which its
+    masks (and what was verified of them) depend on."""
     return SparsityPlan(criterion=criterion, rules=tuple(Rule(_literal(c.layer), c.sparsity) for c in choices),
-                        verified=verified)
+                        verified=verified, seed=seed if criterion == "random" else None)
 
 
 def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None, weights=None, force=False,
@@ -290,11 +318,16 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     the measured drop goes into the plan's ``verified``."""
     from .atomic import check_output, write_text
     from .errors import InputError
-    from .report import primary_metric
-    from .sensitivity import load_sensitivity
+    from .report import scan_metric
+    from .sensitivity import load_sensitivity, sensitivity_file
 
     data = load_sensitivity(sensitivity_path, weights)
-    check_output(output, inputs=[sensitivity_path, weights, model], force=force)
+    # The scan's own net and weights too: --verify reads them, and a plan
+    # written over either would end the scan's use.
+    check_output(output, inputs=[sensitivity_file(sensitivity_path), weights, model, data.get("model"),
+                                 data.get("weights")], force=force)
+    if max_total_drop is not None:
+        check_budget("--max-total-drop", max_total_drop)
     if max_total_drop is not None and not verify:
         raise InputError("--max-total-drop needs --verify (it is a measured budget)")
     if iterations is not None and not verify:
@@ -303,14 +336,12 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
         if max_total_drop is None:
             raise InputError("give --max-drop, --target-sparsity, --max-total-drop (with --verify), or some of them")
         max_drop = max_total_drop  # no layer alone may cost more than the whole net may
-    metric = metric or primary_metric(data["metrics"])
+    metric = metric or scan_metric(data)
     curve_data = curves(data, metric, sensitivity_path)
     if target is None:
         choices = by_max_drop(curve_data, max_drop)
     else:
         choices = by_target(curve_data, data["prunable_params"], target, max_drop, sensitivity_path)
-    if max_total_drop is not None and max_total_drop < 0:
-        raise PlanningError(f"--max-total-drop {max_total_drop:g}: must be 0 or more")
     start_overall = overall_sparsity(choices, data["prunable_params"])
     start_drop = sum(c.drop for c in choices)
     measured, history, verified, net = None, [], None, None
@@ -325,10 +356,10 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
                     "measured_drop": measured, "predicted_drop": sum(c.drop for c in choices),
                     "max_total_drop": max_total_drop, "iterations": net.iterations,
                     "weights_sha256": data["weights_sha256"], "measurements": len(history)}
-        if max_total_drop is not None and measured > max_total_drop:
+        if max_total_drop is not None and not within(measured, max_total_drop):
             raise InputError(f"{sensitivity_path}: the whole net cannot be brought within --max-total-drop")
     overall = overall_sparsity(choices, data["prunable_params"])
-    unit = "loss" if is_loss(metric) else "points"
+    unit = "loss" if metric_kind(data, metric) == "loss" else "points"
     total_drop = sum(c.drop for c in choices)
     budget = ", ".join(f"{k} {v:g}" for k, v in (("max-drop", max_drop), ("target-sparsity", target),
                                                   ("max-total-drop", max_total_drop)) if v is not None)
@@ -337,7 +368,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     if verify:
         header += (f"# measured drop of the whole pruned net {measured:.4g} {unit} "
                    f"({len(history)} measurement(s), {net.iterations} TEST iterations each)\n")
-    write_text(output, header + to_plan(choices, data["criterion"], verified).to_yaml())
+    write_text(output, header + to_plan(choices, data["criterion"], verified, data.get("seed", 0)).to_yaml())
     return PlanResult(choices, overall, data["prunable_params"], metric, unit, total_drop, measured, verified,
                       {"overall": start_overall, "drop": start_drop},
                       [{"overall": overall_sparsity(c, data["prunable_params"]),

@@ -259,19 +259,29 @@ def sensitivity_rows(data):
 
 
 def sensitivity_csv(data):
-    lines = [",".join(["layer", "sparsity"] + data["metrics"])]
-    lines += [",".join([str(r[0]), f"{r[1]:g}"] + [f"{v:.6g}" for v in r[2:]]) for r in sensitivity_rows(data)]
-    return "\n".join(lines) + "\n"
+    """Layer and output names may hold commas: csv quotes them."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["layer", "sparsity"] + data["metrics"])
+    writer.writerows([str(r[0]), f"{r[1]:g}"] + [f"{v:.6g}" for v in r[2:]] for r in sensitivity_rows(data))
+    return out.getvalue()
 
 
 def primary_metric(metrics):
-    """The metric a table or plan uses by default: the first accuracy, else the first output."""
+    """The output a summary shows when nothing says which layers made them:
+    the first with "acc" in its name, else the first."""
     return next((m for m in metrics if "acc" in m.lower()), metrics[0])
+
+
+def scan_metric(data):
+    """A scan's default metric: the one it chose by layer types (older scans
+    recorded none)."""
+    return data.get("primary") or primary_metric(data["metrics"])
 
 
 def sensitivity_summary(data):
     """The heading and table of sensitivity.md (what the CLI prints)."""
-    metric = primary_metric(data["metrics"])
+    metric = scan_metric(data)
     header = ["layer", "params"] + [f"{s:g}" for s in data["sparsities"]]
     lines = [f"# Sensitivity: {metric} after pruning one layer", "",
              f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "

@@ -100,20 +100,35 @@ def measured_alike(found, config, apart_from=()):
             and how(old) == how(config.key()))
 
 
-def _test_outputs_kind(net, net_path):
-    """Check the TEST phase has an Accuracy or loss output; return their names."""
+KINDS = ("accuracy", "loss", "other")
+
+
+def test_output_kinds(net, net_path):
+    """The TEST phase's measured outputs: ({top: "accuracy" or "loss"}, in the
+    net's order, and the one a plan uses by default). A top is a loss when
+    its layer is one (a *Loss type, or a loss_weight), whatever its name:
+    GoogLeNet names its accuracies loss3/top-1. The default is the top-1
+    accuracy of the last classifier (GoogLeNet's loss1 and loss2 are
+    auxiliary), else the first accuracy, else the first loss."""
     def in_test(layer):
         if any(rule.HasField("phase") and rule.phase == 0 for rule in layer.include):  # 0 = TRAIN
             return False
         return not any(rule.HasField("phase") and rule.phase == 1 for rule in layer.exclude)
 
-    measured = [top for layer in net.layer if in_test(layer) and
-                (layer.type == "Accuracy" or layer.type.endswith("Loss") or any(w for w in layer.loss_weight))
-                for top in layer.top]
-    if not measured:
+    kinds, top1 = {}, []
+    for layer in filter(in_test, net.layer):
+        if layer.type == "Accuracy":
+            kinds.update((top, "accuracy") for top in layer.top)
+            if layer.top and layer.accuracy_param.top_k == 1:
+                top1.append(layer.top[0])
+        elif layer.type.endswith("Loss") or any(w for w in layer.loss_weight):
+            kinds.update((top, "loss") for top in layer.top)
+    if not kinds:
         raise InputError(f"{net_path}: no Accuracy or loss output in the TEST phase; give the train_val "
                          "prototxt with a TEST data layer")
-    return measured
+    if top1:
+        return kinds, top1[-1]
+    return kinds, next((top for top, kind in kinds.items() if kind == "accuracy"), next(iter(kinds)))
 
 
 def examples_sha256(batches):
@@ -286,7 +301,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)
     check_finite(model)
-    _test_outputs_kind(net, model_path)
+    kinds, primary = test_output_kinds(net, model_path)
     targets = _select_layers(model, layers)
     if iterations is None:
         iterations = 50
@@ -327,7 +342,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         finally:
             if callback is not None:
                 callback.close()
-        data = _result(config, model, targets, done)
+        data = _result(config, model, targets, done, kinds, primary)
         report.write_sensitivity(Path(out_dir), data)
         return data
 
@@ -406,7 +421,7 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             worker.join()
 
 
-def _result(config, model, targets, done):
+def _result(config, model, targets, done, kinds, primary):
     used = [done[point] for point in _points(config, {})]
     baseline = done[(None, 0.0)]["metrics"]
     eval_seconds = sum(record.get("eval_seconds", 0.0) for record in used)
@@ -422,6 +437,9 @@ def _result(config, model, targets, done):
             "weights": config.weights, "weights_sha256": config.weights_sha256, "fingerprint": config.fingerprint,
             "criterion": config.criterion, "seed": config.seed, "iterations": config.iterations,
             "sparsities": list(config.sparsities), "metrics": list(baseline),
+            # An output Caffe gives that no Accuracy or loss layer makes has no direction to plan by.
+            "kinds": {name: kinds.get(name, "other") for name in baseline},
+            "primary": primary if primary in baseline else report.primary_metric(list(baseline)),
             "data": "streamed" if any(record.get("data") == "streamed" for record in used) else "cached",
             "prunable_params": total, "baseline": baseline, "layers": layers,
             "eval_seconds": round(eval_seconds, 3)}
@@ -442,6 +460,11 @@ def _check_scan(path, data):
           and isinstance(data.get("layers"), list)
           and type(data.get("seed", 0)) is int and data.get("seed", 0) >= 0  # `plan --verify` draws with it
           and isinstance(data.get("data_sha256"), (str, type(None))))
+    # Scans before kinds were recorded have neither field (the planner then goes by names).
+    if ok and ("kinds" in data or "primary" in data):
+        kinds = data.get("kinds")
+        ok = isinstance(kinds, dict) and all(kinds.get(m) in KINDS for m in metrics) \
+            and data.get("primary") in metrics
     for layer in data.get("layers") if ok else ():
         ok = ok and isinstance(layer, dict) and isinstance(layer.get("layer"), str) \
             and isinstance(layer.get("params"), int) and not isinstance(layer.get("params"), bool) \
@@ -452,11 +475,15 @@ def _check_scan(path, data):
         raise InputError(f"{path}: a sensitivity file with missing or malformed fields (edited or damaged?)")
 
 
+def sensitivity_file(path):
+    """The sensitivity.json that ``path`` (the file, or a scan folder) names."""
+    path = Path(path)
+    return path / "sensitivity.json" if path.is_dir() else path
+
+
 def load_sensitivity(path, weights=None):
     """A sensitivity.json; with ``weights``, it must be of that model."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "sensitivity.json"
+    path = sensitivity_file(path)
     if not path.is_file():
         raise InputError(f"{path}: no such sensitivity file")
     try:

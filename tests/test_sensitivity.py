@@ -280,6 +280,121 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     assert result.exit_code == 0, result.output
 
 
+def _googlenet_named(text):
+    """LeNet's TEST outputs named as GoogLeNet's train_val names its own: an
+    auxiliary head's top-1 first, accuracies called loss3/top-k, and a loss
+    whose name does not say so."""
+    def accuracy(name, extra=""):
+        return (f'layer {{ name: "{name}" type: "Accuracy" bottom: "ip2" bottom: "label" top: "{name}" {extra}'
+                'include { phase: TEST } }\n')
+
+    text = text.replace('top: "accuracy"', 'top: "loss3/top-1"').replace('top: "loss"', 'top: "xent"')
+    main = text.index('layer {\n  name: "accuracy"')
+    return (text[:main] + accuracy("loss1/top-1") + text[main:]
+            + accuracy("loss3/top-5", "accuracy_param { top_k: 5 } "))
+
+
+def test_outputs_are_accuracies_or_losses_by_their_layers_not_their_names(lenet, tmp_path, cli):
+    _, proto, weights = lenet
+    (tmp_path / "goog.prototxt").write_text(_googlenet_named(proto.read_text()))
+    result = cli("sensitivity", "-p", "goog.prototxt", "-w", weights, "-n", 2, "-l", "ip1",
+                 "--sparsities", "0.9,0.99", "-o", "scan")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert data["kinds"] == {"loss1/top-1": "accuracy", "loss3/top-1": "accuracy", "xent": "loss",
+                             "loss3/top-5": "accuracy"}
+    assert data["primary"] == "loss3/top-1"  # the main classifier's, not the first accuracy
+    assert "# Sensitivity: loss3/top-1 after pruning one layer" in result.output
+    points = data["layers"][0]["points"]
+    for metric, unit in (("loss3/top-5", "points"), ("loss3/top-1", "points"), ("xent", "loss")):
+        base, worst = data["baseline"][metric], points[1]["metrics"][metric]
+        by_hand = worst - base if unit == "loss" else 100 * (base - worst)
+        assert by_hand > 0.25, (metric, base, worst)  # ip1 at 99% hurts every output
+        result = cli("plan", "--sensitivity", "scan", "--metric", metric, "--max-drop", 0.25, "-o", "p.yaml",
+                     "--force")
+        assert result.exit_code == 0, result.output
+        assert load_plan(tmp_path / "p.yaml").rules[0].value < 0.99, (metric, result.output)
+        assert f"{unit}\n" in (tmp_path / "p.yaml").read_text().split("\n", 2)[1] + "\n"
+    result = cli("plan", "--sensitivity", "scan", "--max-drop", 0.5, "-o", "p.yaml", "--force")
+    assert result.exit_code == 0 and "metric loss3/top-1" in (tmp_path / "p.yaml").read_text()
+
+
+def test_test_output_kinds_of_a_googlenet_train_val(tmp_path):
+    from caffedsd.caffe_proto import read_net_prototxt
+    from caffedsd.sensitivity import test_output_kinds
+
+    layers = "".join(
+        f'layer {{ name: "{top}" type: "{kind}" bottom: "x" bottom: "y" top: "{top}" {extra}}}\n'
+        for top, kind, extra in (("loss1/loss1", "SoftmaxWithLoss", "loss_weight: 0.3 "),
+                                 ("loss1/top-1", "Accuracy", "include { phase: TEST } "),
+                                 ("loss1/top-5", "Accuracy", "accuracy_param { top_k: 5 } "),
+                                 ("train/top-1", "Accuracy", "include { phase: TRAIN } "),
+                                 ("loss3/loss3", "SoftmaxWithLoss", ""),
+                                 ("loss3/top-1", "Accuracy", ""),
+                                 ("loss3/top-5", "Accuracy", "accuracy_param { top_k: 5 } "),
+                                 ("weighted", "Eltwise", "loss_weight: 1 ")))
+    (tmp_path / "g.prototxt").write_text(layers)
+    kinds, primary = test_output_kinds(read_net_prototxt(tmp_path / "g.prototxt"), "g.prototxt")
+    assert kinds == {"loss1/loss1": "loss", "loss1/top-1": "accuracy", "loss1/top-5": "accuracy",
+                     "loss3/loss3": "loss", "loss3/top-1": "accuracy", "loss3/top-5": "accuracy",
+                     "weighted": "loss"}
+    assert primary == "loss3/top-1"
+    (tmp_path / "t5.prototxt").write_text(layers.replace('"loss3/top-1" type: "Accuracy"', '"loss3/top-1" type: "Eltwise"')
+                                          .replace('"loss1/top-1" type: "Accuracy"', '"loss1/top-1" type: "Eltwise"'))
+    assert test_output_kinds(read_net_prototxt(tmp_path / "t5.prototxt"), "t5")[1] == "loss1/top-5"
+
+
+def test_sensitivity_csv_quotes_names_with_commas():
+    import csv
+    import io
+
+    from caffedsd.report import sensitivity_csv
+
+    data = {"metrics": ["acc,top1", "loss"], "baseline": {"acc,top1": 0.5, "loss": 2.0},
+            "layers": [{"layer": "conv1,a", "points": [{"sparsity": 0.5, "metrics": {"acc,top1": 0.25, "loss": 3.0}}]}]}
+    rows = list(csv.reader(io.StringIO(sensitivity_csv(data))))
+    assert rows == [["layer", "sparsity", "acc,top1", "loss"], ["(baseline)", "0", "0.5", "2"],
+                    ["conv1,a", "0.5", "0.25", "3"]]
+
+
+def test_a_plan_is_not_written_over_what_it_reads(lenet, tmp_path, cli):
+    import shutil
+
+    _, proto, weights = lenet
+    shutil.copy(proto, tmp_path / "net.prototxt")
+    shutil.copy(weights, tmp_path / "w.caffemodel")
+    assert cli("sensitivity", "-p", "net.prototxt", "-w", "w.caffemodel", "-n", 1, "-l", "ip2",
+               "--sparsities", "0.5", "-o", "scan").exit_code == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("scan/sensitivity.json", "net.prototxt", "w.caffemodel")}
+    for name in before:  # the folder's own file, and the scan's net and weights, which --verify reads
+        assert_one_line_error(cli("plan", "--sensitivity", "scan", "--max-drop", 1, "-o", name),
+                              "output would overwrite the input")
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+
+def test_a_random_scans_plan_prunes_with_the_scans_seed(lenet, tmp_path, cli):
+    """What `plan --verify` measured was the masks of the scan's seed; the
+    plan carries it to prune, which draws those masks again."""
+    import h5py
+
+    _, proto, weights = lenet
+    assert cli("sensitivity", "-p", proto, "-w", weights, "-n", 1, "-l", "ip1", "--criterion", "random",
+               "--seed", 7, "--sparsities", "0.5", "-o", "scan").exit_code == 0
+    result = cli("plan", "--sensitivity", "scan", "--max-drop", 50, "--verify", "-o", "plan.yaml")
+    assert result.exit_code == 0, result.output
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert plan.seed == 7 and plan.verified is not None and plan.rules[0].value == 0.5
+    for args, out in ((("--plan", "plan.yaml"), "planned"), (("-r", "ip1=0.5", "-c", "random", "--seed", 7), "seven"),
+                      (("-r", "ip1=0.5", "-c", "random"), "zero")):
+        assert cli("prune", "-w", weights, *args, "-o", f"{out}.caffemodel").exit_code == 0
+
+    def mask(out):
+        with h5py.File(tmp_path / f"{out}.masks.h5", "r") as f:
+            return np.asarray(f["masks/ip1"])
+
+    assert np.array_equal(mask("planned"), mask("seven")) and not np.array_equal(mask("planned"), mask("zero"))
+
+
 def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     _, proto, weights = lenet
     out, _ = scanned

@@ -23,7 +23,7 @@ import json
 import time
 
 from caffedsd.plan_from_scan import WholeNet, back_off_path, by_max_drop, curves, overall_sparsity, step_down
-from caffedsd.report import primary_metric
+from caffedsd.report import scan_metric
 from caffedsd.sensitivity import load_sensitivity
 
 
@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--json", help="write every plan measured, per order, to this file")
     args = parser.parse_args()
     data = load_sensitivity(args.scan, None)
-    metric = primary_metric(data["metrics"])
+    metric = scan_metric(data)
     curve_data = curves(data, metric, args.scan)
     start = by_max_drop(curve_data, args.budget)
     net = WholeNet(data, metric)
