@@ -226,8 +226,8 @@ def info(as_json):
 @weights_option()
 @model_option()
 @_sparsity_options
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the random criterion.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the random criterion [default: the plan file's seed, else 0].")
 @masks_option
 @output_option()
 def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, criterion, seed, masks, output, force):
@@ -243,8 +243,8 @@ def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, crite
     from .plan import plan_from_options
     from .pruning import prune_file
 
-    plan = plan_from_options(sparsity, rules, plan_file, criterion)
-    rows, masks_out = prune_file(weights, output, plan, seed=seed, masks=masks, model=model,
+    plan = plan_from_options(sparsity, rules, plan_file, criterion, seed)
+    rows, masks_out = prune_file(weights, output, plan, seed=plan.seed_for(0), masks=masks, model=model,
                                  force=force, allow_python_layers=allow_python_layers)
     click.echo(report.prune_table(rows))
     click.echo(f"wrote {output} and {masks_out}")
@@ -461,7 +461,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
                    "--max-total-drop, back off sparsity until the measured drop is within it.")
 @click.option("--iterations", "-n", type=int, default=None,
               help="TEST iterations per measurement with --verify (default: the scan's).")
-@click.option("--metric", default=None, help="Output to judge by (default: the first accuracy).")
+@click.option("--metric", default=None, help="Output to judge by (default: the scan's, the last top-1 accuracy).")
 @click.option("--model", "-p", type=_path(), default=None,
               help="With --verify: the scan's net prototxt, if not where the scan recorded it.")
 @weights_option(required=False)

@@ -12,6 +12,8 @@ become one. Plan file (YAML)::
 
 A plan written by ``caffedsd plan --verify`` also carries ``verified:``,
 what was measured on the whole pruned net (metric, measured_drop, ...).
+A plan of the random criterion that ``caffedsd plan`` writes carries the
+scan's ``seed``: the masks it was measured with are those of that seed.
 
 For keepmax and random the amount is a sparsity in [0, 1); for std it is the
 multiplier s of |w| < s * std(w). When several rules match a layer the last
@@ -25,7 +27,7 @@ from .globrules import GlobRules, Rule
 from .masks import get_criterion
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
-_KEYS = {"criterion", "sparsity", "layers", "verified"}
+_KEYS = {"criterion", "sparsity", "layers", "verified", "seed"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class SparsityPlan:
     # What `plan --verify` measured on the whole pruned net (plan_from_scan.py);
     # None for a plan nobody measured.
     verified: dict = None
+    # The random criterion's seed; None: the pruning command's (--seed, a recipe's seed).
+    seed: int = None
     where: str = field(default=None, compare=False)  # the plan file, for messages
 
     def __post_init__(self):
@@ -46,6 +50,8 @@ class SparsityPlan:
             if isinstance(drop, bool) or not isinstance(drop, (int, float)):
                 raise PlanError(f"{at}verified: expected a mapping with a numeric measured_drop "
                                 "(as `caffedsd plan --verify` writes it)")
+        if self.seed is not None and (type(self.seed) is not int or self.seed < 0):
+            raise PlanError(f"{at}seed {self.seed!r}: must be a whole number >= 0")
         try:
             crit = get_criterion(self.criterion)
         except InputError as exc:
@@ -60,6 +66,16 @@ class SparsityPlan:
             problem = crit.check(value)
             if problem:
                 raise PlanError(f"{at}{what} {value!r}: {problem} for criterion {self.criterion}")
+
+    def seed_for(self, default):
+        """The seed its random masks are drawn with."""
+        return default if self.seed is None else self.seed
+
+    def prunes_as(self, other):
+        """True when it gives the masks ``other`` gives (seeds matter to random only)."""
+        same_seed = self.criterion != "random" or self.seed_for(0) == other.seed_for(0)
+        return (self.criterion, self.sparsity, self.rules) == (other.criterion, other.sparsity, other.rules) \
+            and same_seed
 
     def amounts(self, layer_names):
         """{layer: amount} for the given prunable layers, in their order.
@@ -76,6 +92,8 @@ class SparsityPlan:
             out["sparsity"] = self.sparsity
         if self.rules:
             out["layers"] = {r.pattern: r.value for r in self.rules}
+        if self.seed is not None:
+            out["seed"] = self.seed
         if self.verified is not None:
             out["verified"] = dict(self.verified)
         return out
@@ -88,7 +106,7 @@ class SparsityPlan:
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")
         return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),
                    rules=tuple(Rule(str(k), v) for k, v in layers.items()), verified=data.get("verified"),
-                   where=where)
+                   seed=data.get("seed"), where=where)
 
     def to_yaml(self):
         return dump_yaml(self.to_dict())
@@ -108,13 +126,14 @@ def load_plan(path):
     return SparsityPlan.from_yaml(path.read_bytes(), where=str(path))
 
 
-def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):
-    """The plan the CLI's --plan, --sparsity, --rule and --criterion describe.
+def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None, seed=None):
+    """The plan the CLI's --plan, --sparsity, --rule, --criterion and --seed
+    describe.
 
     A plan file is the base; --sparsity replaces its default, --rule entries
-    come after its rules (so they win), --criterion replaces its criterion.
-    The file's ``verified:`` record stays only while nothing changes what it
-    prunes: the measured drop was measured for that plan, not another."""
+    come after its rules (so they win), --criterion and --seed replace its
+    own. The file's ``verified:`` record stays only while nothing changes what
+    it prunes: the measured drop was measured for that plan, not another."""
     base = load_plan(plan_file) if plan_file else None
     parsed = GlobRules.parse(rules, "--rule", "AMOUNT", "conv1=0.3", error=PlanError).rules
     if base is None and sparsity is None and not parsed:
@@ -122,8 +141,8 @@ def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None):
     plan = SparsityPlan(
         criterion=criterion or (base.criterion if base else "keepmax"),
         sparsity=sparsity if sparsity is not None else (base.sparsity if base else None),
-        rules=(base.rules if base else ()) + parsed)
-    if base is not None and base.verified is not None \
-            and (plan.criterion, plan.sparsity, plan.rules) == (base.criterion, base.sparsity, base.rules):
+        rules=(base.rules if base else ()) + parsed,
+        seed=seed if seed is not None else (base.seed if base else None))
+    if base is not None and base.verified is not None and plan.prunes_as(base):
         plan = replace(plan, verified=base.verified)
     return plan

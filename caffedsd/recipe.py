@@ -4,7 +4,8 @@ A recipe file (YAML)::
 
     solver: solvers/lenet_solver.prototxt   # net, data, lr policy (paths from the current folder)
     weights: work/lenet_iter_500.caffemodel # optional: start from these weights
-    seed: 0                                 # seeds the random criterion and the data shuffling
+    seed: 0                                 # seeds the data shuffling, and the random criterion
+                                            # of plans that name no seed of their own
     checkpoint_every: 500                   # iterations between resume checkpoints
     test_iterations: 100                    # optional: TEST batches per pass (default: the solver's test_iter)
     test_interval: 1000                     # optional: iterations between TEST passes within a

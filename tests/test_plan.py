@@ -147,6 +147,52 @@ def test_back_off_stops_at_once_within_budget_and_at_nothing_pruned():
         back_off(start, curve_data, lambda c: 0.0, -1)
 
 
+def test_a_drop_at_the_budget_up_to_float32_noise_is_within_it():
+    """A scan's baseline and point as means of float32 batch accuracies:
+    `caffe test` shows 0.829 and 0.819, a drop of 1 point; they give 1.0000002."""
+    from caffedsd.plan_from_scan import by_max_drop, by_target
+
+    drop = 100 * (0.82900000215 - 0.81899999976)
+    assert drop > 1.0
+    curve_data = {"a": (100, [(0.5, 0.2), (0.8, drop), (0.9, 1.01)])}
+    assert by_max_drop(curve_data, 1.0)[0].sparsity == 0.8
+    assert by_target(curve_data, 100, 0.8, max_drop=1.0)[0].sparsity == 0.8
+    choices, measured, _ = back_off([Choice("a", 100, 0.8, drop)], curve_data, lambda c: drop, 1.0)
+    assert choices[0].sparsity == 0.8 and measured == drop
+
+
+@pytest.mark.parametrize("option", ["--max-drop", "--max-total-drop"])
+def test_nan_budgets_are_refused(option):
+    from caffedsd.plan_from_scan import by_max_drop
+
+    with pytest.raises(PlanningError, match=f"{option} nan: must be 0 or more"):
+        if option == "--max-drop":
+            by_max_drop({"a": (10, [(0.5, 1.0)])}, float("nan"))
+        else:
+            back_off([Choice("a", 10, 0.5, 1.0)], {"a": (10, [(0.5, 1.0)])}, lambda c: 0.0, float("nan"))
+
+
+def test_a_random_plans_seed_travels_with_it(tmp_path):
+    """The random criterion's masks, and what was verified of them, are
+    those of one seed: the plan keeps it, and another --seed drops the
+    record."""
+    path = tmp_path / "plan.yaml"
+    path.write_text("criterion: random\nseed: 7\nlayers:\n  conv1: 0.3\n"
+                    "verified: {metric: accuracy, measured_drop: 0.4}\n")
+    plan = plan_from_options(plan_file=path)
+    assert plan.seed == 7 and plan.seed_for(0) == 7 and plan.verified is not None
+    assert SparsityPlan.from_yaml(plan.to_yaml()) == plan
+    assert plan_from_options(plan_file=path, seed=7).verified is not None
+    assert plan_from_options(plan_file=path, seed=3).verified is None
+    assert plan_from_options(plan_file=path, seed=3).seed_for(0) == 3
+    keepmax = tmp_path / "keepmax.yaml"
+    keepmax.write_text("layers:\n  conv1: 0.3\nverified: {metric: accuracy, measured_drop: 0.4}\n")
+    assert plan_from_options(plan_file=keepmax, seed=3).verified is not None  # no draw to differ
+    for bad in (-1, 1.5, True, "7"):
+        with pytest.raises(PlanError, match="seed"):
+            SparsityPlan(criterion="random", sparsity=0.5, seed=bad)
+
+
 def test_verified_record_round_trips_and_is_checked():
     plan = SparsityPlan(rules=(Rule("conv1", 0.5),), verified={"metric": "accuracy", "measured_drop": 0.4})
     again = SparsityPlan.from_yaml(plan.to_yaml())
