@@ -11,8 +11,14 @@ A convolution with ``group: g`` is g independent blocks of N/g x (C/g k k):
 each block is split at the same rank r, giving a k x k convolution with r*g
 outputs and a 1 x 1 convolution with N outputs, both with ``group: g``;
 exact at full rank. An InnerProduct (N x C) becomes an r-output InnerProduct
-without bias and an N-output one with the bias. The discarded energy is
-exactly sum_{i>r} s_i^2 over the blocks, the squared Frobenius error.
+without bias and an N-output one with the bias, both with the layer's
+``axis`` and ``transpose`` (whose weights are stored C x N). The discarded
+energy is exactly sum_{i>r} s_i^2 over the blocks, the squared Frobenius
+error.
+
+Layers whose weights are one blob (``param { name: "w" }``) are split at one
+rank, their first halves sharing "w/lowrank" and their second halves "w";
+where they would not all be split alike, none is.
 
 A split has r (C k^2 + N) weights where the layer had N C k^2 / g, and the
 same ratio of multiply-adds. A layer is split only where that is smaller in
@@ -85,11 +91,15 @@ def group_rank_for_energy(weights, groups, energy):
     return max(rank_for_energy(singular_values(b), energy) for b in blocks(weights, groups))
 
 
-def factor(weights, rank, groups=1):
+def factor(weights, rank, groups=1, transpose=False):
     """(first, second, discarded energy) of a blob at ``rank`` per group:
     first is (r g) x (C/g k k) shaped like a k x k conv (or r x C), second
-    is N x r; group i's rows of first feed group i's rows of second."""
+    is N x r; group i's rows of first feed group i's rows of second. A
+    ``transpose`` InnerProduct's C x N blob gives C x r and r x N."""
     w = np.asarray(weights)
+    if transpose:
+        first, second, discarded = factor(w.T, rank)
+        return np.ascontiguousarray(first.T), np.ascontiguousarray(second.T), discarded
     firsts, seconds, discarded = [], [], 0.0
     for block in blocks(w, groups):
         u, s, vt = np.linalg.svd(np.asarray(block, dtype=np.float64), full_matrices=False)
@@ -123,6 +133,71 @@ class Skipped:
     reason: str
 
 
+def _layout(layer):
+    """What a split's blob shapes follow besides the weights' shape and the
+    rank, as the prototxt would say it."""
+    if layer.type == "InnerProduct":
+        return f"transpose: {str(bool(layer.param.inner_product_param.transpose)).lower()}"
+    return f"group: {groups_of(layer)}"
+
+
+def shared_weights(nets):
+    """[(param name, [layer names])] of the layers whose weights (first blob)
+    are one blob through ``param { name }`` in any of the NetParameters
+    ``nets``, two or more layers each."""
+    parent = {}
+
+    def root(name):
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    labels = {}
+    for net in nets:
+        owners = {}
+        for layer in net.layer:
+            if layer.param and layer.param[0].name:
+                owners.setdefault(layer.param[0].name, []).append(layer.name)
+        for label, names in owners.items():
+            for name in names:
+                labels.setdefault(name, label)
+                parent[root(name)] = root(names[0])
+    groups = {}
+    for name in parent:
+        groups.setdefault(root(name), []).append(name)
+    return [(labels[names[0]], names) for names in groups.values() if len(names) > 1]
+
+
+def _split_alike(model, chosen, skipped, ranks, sharing):
+    """Leave as is each layer sharing weights with one that would not be
+    split at the same rank with the same layout: their halves could not
+    share blobs. A --rank given to such a layer is refused instead."""
+    for label, names in sharing:
+        members = [name for name in names if name in model]
+        left = []  # taken out of chosen once the whole group is judged
+        for name in [n for n in members if n in chosen]:
+            layout = _layout(model.layer(name))
+            others = []
+            for other in members:
+                if chosen.get(other) is None:
+                    others.append(f"{other}, which would be left as is")
+                elif _layout(model.layer(other)) != layout:
+                    others.append(f"{other}, whose halves would have other shapes "
+                                  f"({_layout(model.layer(other))})")
+                elif chosen[other] != chosen[name]:
+                    others.append(f"{other}, which would get rank {chosen[other]}")
+            if not others:
+                continue
+            reason = f"shares its weights ('{label}') with " + "; ".join(others)
+            if name in ranks:
+                raise InputError(f"--rank {name}={ranks[name]}: {name} {reason}; "
+                                 "split otherwise, their halves could not share weights")
+            skipped.append(Skipped(name, model.layer(name).type, reason))
+            left.append(name)
+        for name in left:
+            del chosen[name]
+
+
 def max_rank(weights, groups=1):
     """The largest rank of one group's block."""
     return min(weights.shape[0] // groups, int(np.prod(weights.shape[1:])))
@@ -148,11 +223,13 @@ def _why_not(layer, rank, groups):
             f"({after} weights vs {before}; MACs in the same ratio)")
 
 
-def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False):
+def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False, sharing=()):
     """({layer: rank per group}, [Skipped]) for the chosen layers of a CaffeModel.
 
     A layer whose split at the energy's rank would not be smaller in weights
-    and multiply-adds is skipped; a --rank is decomposed as given.
+    and multiply-adds is skipped; a --rank is decomposed as given. Layers
+    sharing weights (``sharing``, as shared_weights gives) are split alike
+    or not at all.
     """
     ranks = dict(ranks or {})
     kinds = ("Convolution", "InnerProduct") if include_fc else ("Convolution",)
@@ -194,6 +271,7 @@ def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False):
             chosen[layer.name] = rank
         else:
             skipped.append(Skipped(layer.name, layer.type, reason))
+    _split_alike(model, chosen, skipped, ranks, sharing)
     return chosen, skipped
 
 
@@ -210,6 +288,10 @@ def _split_layer(param, rank):
     second.bottom.append(f"{param.name}/lowrank")
     # Learning-rate specs: the first factor takes the weight's, the second both.
     del first.param[1:]
+    if first.param and first.param[0].name:
+        # A named weight blob is shared (or may be): the second halves, N x r
+        # in every sharer, keep the name; the first halves share another.
+        first.param[0].name += "/lowrank"
     if param.type == "Convolution":
         groups = max(1, param.convolution_param.group)
         first.convolution_param.num_output = rank * groups
@@ -225,7 +307,6 @@ def _split_layer(param, rank):
         first.inner_product_param.num_output = rank
         first.inner_product_param.bias_term = False
         first.inner_product_param.ClearField("bias_filler")
-        second.inner_product_param.ClearField("axis")
     return first, second
 
 
@@ -254,7 +335,8 @@ def decomposed_layers(model, ranks):
             layers.append((layer.param, arrays))
             continue
         rank = ranks[layer.name]
-        first, second, discarded[layer.name] = factor(arrays[0], rank, groups_of(layer))
+        transpose = layer.type == "InnerProduct" and layer.param.inner_product_param.transpose
+        first, second, discarded[layer.name] = factor(arrays[0], rank, groups_of(layer), transpose)
         p1, p2 = _split_layer(layer.param, rank)
         if layer.type == "Convolution":
             second = second.reshape(second.shape + (1, 1))
@@ -263,11 +345,12 @@ def decomposed_layers(model, ranks):
     return layers, discarded
 
 
-def conv_output_positions(net, layer_name):
-    """H x W positions of a layer's top in a pycaffe Net (1 for InnerProduct)."""
-    top = net.top_names[layer_name][0]
-    shape = net.blobs[top].data.shape
-    return int(np.prod(shape[2:])) if len(shape) > 2 else 1
+def output_positions(net, layer_name, layer_type):
+    """How many times per example a layer of a pycaffe Net applies its
+    weights: the H x W of a Convolution's top; for an InnerProduct, the
+    axes between the batch and its ``axis`` (its top ends at that axis)."""
+    shape = net.blobs[net.top_names[layer_name][0]].data.shape
+    return int(np.prod(shape[2:] if layer_type == "Convolution" else shape[1:-1]))
 
 
 def summarize(model, ranks, positions, discarded):
@@ -367,16 +450,31 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
         nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
         check_pair(nets[Path(model_path)], model_path, model)
         check_finite(model)
-        chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc)
-        # Output positions per layer come from the net itself (TEST phase).
-        shape_path = Path(deploy_path or model_path)  # the only net Caffe builds here
-        shape_net = nets.get(shape_path) or read_net_prototxt(shape_path, allow_python_layers)
-        check_net_runs(shape_net, shape_path, forward=False)  # built for its shapes only
+        chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc, shared_weights(nets.values()))
+        # Output positions per layer come from the nets themselves (TEST
+        # phase): the deploy's, and the train_val's for the layers the deploy
+        # lacks (auxiliary classifiers). The train_val, whose data may be on
+        # another machine, is built only for those.
         caffe = import_caffe()
-        shapes_net = caffe.Net(str(shape_path), caffe.TEST)
-        check_blob_shapes(shapes_net, model, shape_path)
-        positions = {name: conv_output_positions(shapes_net, name) for name in chosen}
-        del shapes_net
+
+        def positions_in(path, wanted):
+            check_net_runs(nets[path], path, forward=False)  # built for its shapes only
+            built = caffe.Net(str(path), caffe.TEST)
+            check_blob_shapes(built, model, path)
+            return {name: output_positions(built, name, model.layer(name).type)
+                    for name in wanted if name in built.top_names}
+
+        *train_val, shape_path = names  # the deploy, when given as another file
+        positions = positions_in(shape_path, chosen)
+        if (missing := [name for name in chosen if name not in positions]) and train_val:
+            try:
+                positions.update(positions_in(train_val[0], missing))
+            except InputError as exc:
+                raise InputError(f"{missing[0]}: not in {shape_path}, so {train_val[0]} is built for its "
+                                 f"output size: {exc}") from None
+        if missing := [name for name in chosen if name not in positions]:
+            raise InputError(f"{missing[0]}: not in the TEST phase of {model_path}, so its output size is "
+                             "unknown; leave it out with --layers")
         new_layers, discarded = decomposed_layers(model, chosen)
         new_caffemodel(folder / "model.caffemodel", new_layers, name=model.name)
         for path, name in names.items():

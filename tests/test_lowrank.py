@@ -232,14 +232,25 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv1" top: "ip" inner_product_
 """
 
 
-def _same_outputs(caffe, proto, weights, out_proto, out_weights, shape):
+def _same_outputs(caffe, proto, weights, out_proto, out_weights, shape, tops=("ip",)):
+    """(the split pycaffe Net, the largest relative difference of ``tops``) on one random input."""
     original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
     split = caffe.Net(str(out_proto), caffe.TEST, weights=str(out_weights))
     x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
     original.blobs["data"].data[...] = x
     split.blobs["data"].data[...] = x
-    a, b = original.forward()["ip"], split.forward()["ip"]
-    return split, np.linalg.norm(a - b) / np.linalg.norm(a)
+    a, b = original.forward(), split.forward()
+    return split, max(np.linalg.norm(a[t] - b[t]) / np.linalg.norm(a[t]) for t in tops)
+
+
+def _caffe_ignores(proto, weights):
+    """The layers of ``weights`` that stock `caffe test` ignores, loading and running ``proto``
+    with them (run before pycaffe loads the pair: Caffe aborts the process on a bad pair)."""
+    from caffedsd.verify import run_caffe_test
+
+    code, log = run_caffe_test(proto, weights)
+    assert code == 0, log[-2000:]
+    return re.findall(r"Ignoring source layer (\S+)", log)
 
 
 def test_stride_pad_dilation_kept(caffe, tmp_path, cli):
@@ -300,3 +311,96 @@ def test_a_train_val_with_a_deploy_needs_no_data(caffe, tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert_one_line_error(cli("decompose", "-p", train_val, "-w", weights, "--rank", "conv1=4", "-o", "low2"),
                           "reads 'absent_lmdb', which does not exist")
+
+
+# GoogLeNet-like: the train_val has an auxiliary classifier the deploy lacks.
+AUX_DEPLOY = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 10 dim: 10 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 6 kernel_size: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv1" top: "ip" inner_product_param { num_output: 4 } }
+"""
+AUX = """
+layer { name: "aux/conv" type: "Convolution" bottom: "conv1" top: "aux/conv"
+        convolution_param { num_output: 6 kernel_size: 3 stride: 2 } }
+layer { name: "aux/fc" type: "InnerProduct" bottom: "aux/conv" top: "aux/fc" inner_product_param { num_output: 4 } }
+"""
+
+
+def test_layers_only_in_the_train_val_are_split_by_its_own_shapes(caffe, tmp_path, cli):
+    train_val, weights = save_net(caffe, tmp_path, AUX_DEPLOY + AUX, name="train_val")
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(AUX_DEPLOY)
+    result = cli("decompose", "-p", train_val, "--deploy", deploy, "-w", weights, "--rank", "conv1=6",
+                 "--rank", "aux/conv=6", "-o", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert _caffe_ignores(out / "train_val.prototxt", out / "model.caffemodel") == []
+    # The deploy ignores the auxiliary classifier's weights, as it does the original's.
+    assert _caffe_ignores(out / "deploy.prototxt", out / "model.caffemodel") == ["aux/conv/lowrank", "aux/conv",
+                                                                                 "aux/fc"]
+    _, error = _same_outputs(caffe, train_val, weights, out / "train_val.prototxt", out / "model.caffemodel",
+                             (2, 2, 10, 10), tops=("ip", "aux/fc"))
+    assert error < 1e-4
+    # aux/conv's 3 x 3 outputs, which only the train_val has: 6*54 weights at 9 positions.
+    assert "| aux/conv | Convolution | 6/6 | 330 | 366 | 2916 | 3240 |" in (out / "report.md").read_text()
+    # The train_val is built only for such layers, so then its data must be there.
+    absent = 'layer { name: "data" type: "Data" top: "data" data_param { source: "absent_lmdb" batch_size: 2 } }'
+    (tmp_path / "nodata.prototxt").write_text(re.sub(r'layer \{ name: "data" type: "Input".*', absent,
+                                                     AUX_DEPLOY + AUX))
+    assert_one_line_error(cli("decompose", "-p", "nodata.prototxt", "--deploy", deploy.name, "-w", weights,
+                              "--rank", "aux/conv=6", "-o", "out2"),
+                          "aux/conv: not in deploy.prototxt, so nodata.prototxt is built for its output size:")
+
+
+SHARED = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "s1" type: "Convolution" bottom: "data" top: "s1" param { name: "sw" } param { name: "sb" }
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "s2" type: "Convolution" bottom: "s1" top: "s2" param { name: "sw" } param { name: "sb" }
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "s2" top: "ip" inner_product_param { num_output: 4 } }
+"""
+
+
+def test_layers_sharing_weights_are_split_alike_or_not_at_all(caffe, tmp_path, cli):
+    proto, weights = save_net(caffe, tmp_path, SHARED)
+    result = cli("decompose", "-p", proto, "-w", weights, "--rank", "s1=4", "--rank", "s2=4", "-o", "full")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "full"
+    assert _caffe_ignores(out / proto.name, out / "model.caffemodel") == []
+    split, error = _same_outputs(caffe, proto, weights, out / proto.name, out / "model.caffemodel", (2, 4, 6, 6))
+    assert error < 1e-4
+    # Each half is still one blob between the two layers.
+    for half in ("s1/lowrank", "s1"):
+        twin = half.replace("s1", "s2")
+        split.params[half][0].data[...] = 7
+        assert np.all(split.params[twin][0].data == 7)
+    # Split apart, the halves' shapes would not match: asked for, refused; chosen by --energy, left as is.
+    assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "s1=2", "-o", "x"),
+                          "--rank s1=2: s1 shares its weights ('sw') with s2, which would be left as is")
+    result = cli("decompose", "-p", proto, "-w", weights, "--energy", 0.5, "--layers", "s1", "-o", "part")
+    assert result.exit_code == 0, result.output
+    assert "left as is: s1 (Convolution): shares its weights ('sw') with s2, which would be left as is" in result.output
+    assert _caffe_ignores(tmp_path / "part" / proto.name, tmp_path / "part" / "model.caffemodel") == []
+
+
+IP_LAYOUTS = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 } } }
+layer { name: "ipT" type: "InnerProduct" bottom: "data" top: "ipT" inner_product_param { num_output: 10 transpose: true } }
+layer { name: "ipA" type: "InnerProduct" bottom: "data" top: "ipA" inner_product_param { num_output: 12 axis: 2 } }
+"""
+
+
+def test_transposed_and_axis_inner_products(caffe, tmp_path, cli):
+    proto, weights = save_net(caffe, tmp_path, IP_LAYOUTS)
+    result = cli("decompose", "-p", proto, "-w", weights, "--fc", "--rank", "ipT=10", "--rank", "ipA=8", "-o", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert _caffe_ignores(out / proto.name, out / "model.caffemodel") == []
+    split, error = _same_outputs(caffe, proto, weights, out / proto.name, out / "model.caffemodel", (2, 3, 8),
+                                 tops=("ipT", "ipA"))
+    assert error < 1e-4
+    # transpose: true keeps its C x N layout in both halves.
+    assert split.params["ipT/lowrank"][0].data.shape == (24, 10) and split.params["ipT"][0].data.shape == (10, 10)
+    # axis: 2 applies the 8 x 12 weight at each of the 3 positions of axis 1: 96 * 3 multiply-adds.
+    assert "| ipA | InnerProduct | 8/8 | 108 | 172 | 288 | 480 |" in (out / "report.md").read_text()
