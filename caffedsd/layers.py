@@ -12,11 +12,30 @@ PRUNABLE_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct"})
 PARAM_TYPES = PRUNABLE_TYPES | {"BatchNorm", "Scale", "Bias", "PReLU", "Embed", "RNN", "LSTM"}
 
 
+def expected_blob_count(layer_param):
+    """How many blobs Caffe gives a prototxt layer, or None where caffedsd
+    does not know."""
+    kind = layer_param.type
+    if kind in ("Convolution", "Deconvolution"):
+        return 2 if layer_param.convolution_param.bias_term else 1
+    if kind == "InnerProduct":
+        return 2 if layer_param.inner_product_param.bias_term else 1
+    if kind == "BatchNorm":
+        return 3
+    # ScaleLayer/BiasLayer::LayerSetUp: a second bottom gives the factor (the
+    # bias), so it is no blob; Scale's bias_term is a blob either way.
+    one_bottom = len(layer_param.bottom) < 2
+    if kind == "Scale":
+        return int(one_bottom) + int(layer_param.scale_param.bias_term)
+    if kind == "Bias":
+        return int(one_bottom)
+    return None
+
+
 def expects_blobs(layer_param):
     """Whether a prototxt layer owns learnable blobs."""
-    if layer_param.type in ("Scale", "Bias") and len(layer_param.bottom) > 1:
-        return False  # the factor comes from the second bottom, not a blob
-    return layer_param.type in PARAM_TYPES
+    count = expected_blob_count(layer_param)
+    return layer_param.type in PARAM_TYPES if count is None else count > 0
 
 
 @dataclass(frozen=True)

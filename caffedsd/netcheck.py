@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .caffe_proto import NetState
 from .errors import InputError
-from .layers import expects_blobs
+from .layers import expected_blob_count, expects_blobs
 
 _SHOWN = 6
 
@@ -22,19 +22,6 @@ def _names(names):
     names = list(names)
     more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return ", ".join(names[:_SHOWN]) + more
-
-
-def _expected_blob_count(layer_param):
-    kind = layer_param.type
-    if kind == "Convolution" or kind == "Deconvolution":
-        return 2 if layer_param.convolution_param.bias_term else 1
-    if kind == "InnerProduct":
-        return 2 if layer_param.inner_product_param.bias_term else 1
-    if kind == "BatchNorm":
-        return 3
-    if kind == "Scale":
-        return 2 if layer_param.scale_param.bias_term else 1
-    return None
 
 
 def _kernel(conv, spatial):
@@ -93,7 +80,7 @@ def check_pair(net, net_path, model):
         if name not in with_blobs:
             continue
         blobs = with_blobs[name].blobs
-        expected = _expected_blob_count(layer_param)
+        expected = expected_blob_count(layer_param)
         if expected is not None and expected != len(blobs):
             counts.append(f"{name} ({expected} in net, {len(blobs)} in weights)")
         elif problem := _shape_problem(layer_param, blobs):

@@ -193,3 +193,43 @@ def test_inline_test_nets_come_first_as_in_caffe(tmp_path, monkeypatch):
     assert list(solver.net._layer_names) == _built(net, main[2][0])
     assert len(main[2]) == 2 and caffe_tests[2] == _built(net, main[2][1])  # the third test_iter: net_param again
     assert "on_train_set" in caffe_tests[2]
+
+
+SE_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "gate" type: "InnerProduct" bottom: "data" top: "gate"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "excite" type: "Scale" bottom: "data" bottom: "gate" top: "excite"
+        scale_param { axis: 0 bias_term: true } }
+"""
+
+
+def test_a_scale_by_a_second_bottom_has_only_its_bias(caffe, tmp_path, cli):
+    """ScaleLayer::LayerSetUp: with two bottoms the factor is the second
+    bottom and the bias its one blob (here 2x3, bottom 1's shape from axis 0)."""
+    from caffedsd.caffemodel import read_caffemodel
+    from caffedsd.layers import expected_blob_count, expects_blobs
+    from caffedsd.netcheck import check_pair
+    from conftest import save_net
+
+    proto, weights = save_net(caffe, tmp_path, SE_NET)
+    excite = read_caffemodel(weights).layer("excite")
+    assert [b.shape for b in excite.blobs] == [(2, 3)]
+    net = read_net_prototxt(proto)
+    scale = net.layer[2]
+    assert expected_blob_count(scale) == 1 and expects_blobs(scale)
+    scale.scale_param.bias_term = False
+    assert expected_blob_count(scale) == 0 and not expects_blobs(scale)
+    del scale.bottom[1]
+    assert expected_blob_count(scale) == 1
+    scale.scale_param.bias_term = True
+    assert expected_blob_count(scale) == 2
+    check_pair(read_net_prototxt(proto), proto, read_caffemodel(weights))
+    result = cli("prune", "-w", weights, "--model", proto, "-s", 0.5, "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    result = cli("verify", "-w", "p.caffemodel", "-p", proto)
+    assert result.exit_code == 0 and "caffe loads every weight" in result.output, result.output
+    (tmp_path / "plain.prototxt").write_text(SE_NET.replace("bias_term: true", "bias_term: false"))
+    with pytest.raises(InputError, match=r"blob counts differ: excite \(0 in net, 1 in weights\)"):
+        check_pair(read_net_prototxt(tmp_path / "plain.prototxt"), tmp_path / "plain.prototxt",
+                   read_caffemodel(weights))
