@@ -693,5 +693,5 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
         if net is not None:
             from .netcheck import check_pair
 
-            check_pair(net, model, read_caffemodel(tmp))
+            check_pair(net, model, read_caffemodel(tmp), weights_path=path)
     return dcz.count

@@ -7,17 +7,22 @@ so converting needs it. A layer that takes a blob from another through
 ``param { name }`` has no dataset for it (Caffe saves only a blob's owner,
 the first layer in the net that names it); the binary form repeats the
 owner's values under every layer that uses the blob, as Caffe's own
-``Net::ToProto`` does, or stock Caffe refuses the file.
+``Net::ToProto`` does, or stock Caffe refuses the file. A layer named
+with '/' (``conv1/bn``) lies in nested groups (``data/conv1/bn/<j>``),
+found by its name in the prototxt. The weights must fit the prototxt, as
+``prune --model`` checks them.
 """
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .atomic import check_input, check_output
+from .atomic import atomic_path, check_input, check_output
 from .caffe_proto import read_net_prototxt
-from .caffemodel import HDF5_SIGNATURE, new_caffemodel
+from .caffemodel import HDF5_SIGNATURE, new_caffemodel, read_caffemodel
 from .errors import InputError
+from .layers import expects_blobs
+from .netcheck import check_pair
 
 
 def is_hdf5(path):
@@ -28,30 +33,61 @@ def is_hdf5(path):
 
 
 def _stored(path, group, layer):
-    """{blob index: float32 array} of one layer's group."""
+    """{blob index: float32 array} of one layer's group. Its subgroups are
+    other layers' (see _blob_groups)."""
     if not isinstance(group, h5py.Group):
         raise InputError(f"{path}: data/{layer} is not a group of blobs")
     blobs = {}
     for key, item in group.items():
+        if isinstance(item, h5py.Group):
+            continue
         if not (key.isdigit() and isinstance(item, h5py.Dataset)):
             raise InputError(f"{path}: data/{layer}/{key} is not a blob (Caffe names them 0, 1, ...)")
         blobs[int(key)] = np.asarray(item[()], dtype=np.float32)
     return blobs
 
 
+def _blob_groups(path, data):
+    """The groups under ``data`` that hold anything but groups, by their
+    path below it. Net::ToHDF5 makes a layer's group by its name, and HDF5
+    reads a '/' in it as a path: layer 'conv1/bn' is group 'bn' inside layer
+    'conv1''s group, beside conv1's blobs."""
+    found = set()
+
+    def visit(name, item):
+        if not isinstance(item, h5py.Group):
+            if "/" not in name:
+                raise InputError(f"{path}: data/{name} is not a group of blobs")
+            found.add(name.rpartition("/")[0])
+
+    data.visititems(visit)
+    return found
+
+
+def _check_hdf5_names(net, where):
+    """Refuse a layer with blobs whose name HDF5 does not keep apart: it
+    reads '//', a leading or trailing '/' and a '.' part as path syntax."""
+    for layer in net.layer:
+        if expects_blobs(layer) and "/" in layer.name and any(
+                part in ("", ".") for part in layer.name.split("/")):
+            raise InputError(f"{where}: layer {layer.name!r} cannot be found in HDF5 weights: HDF5 reads a "
+                             "'/' in a name as a path of groups, and this path has an empty or '.' part")
+
+
 def hdf5_layers(path, net, where):
     """[(LayerParameter, [arrays])] for the layers of ``net`` (a V2
     NetParameter read from ``where``) that the HDF5 weights hold, in the
     net's order."""
+    _check_hdf5_names(net, where)
+    names = {layer.name for layer in net.layer}
     try:
         with h5py.File(path, "r") as handle:
             data = handle.get("data")
             if not isinstance(data, h5py.Group):
                 raise InputError(f"{path}: HDF5 file without a 'data' group: not Caffe HDF5 weights")
-            names = {layer.name for layer in net.layer}
             # Groups without blobs are fine: Caffe writes one for every layer,
             # the Split layers it inserts itself included.
-            unknown = sorted(name for name in data if name not in names and len(data[name]))
+            unknown = sorted(name for name in _blob_groups(path, data) if name not in names)
             if unknown:
                 more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
                 raise InputError(f"{path}: layer {unknown[0]!r} is not in {where}{more}")
@@ -93,5 +129,9 @@ def convert_hdf5_weights(weights, model, output, force=False, allow_python_layer
     layers = hdf5_layers(weights, net, model)
     if not layers:
         raise InputError(f"{weights}: holds no blob of any layer of {model}")
-    new_caffemodel(output, layers, name=net.name)
+    with atomic_path(output) as tmp:
+        new_caffemodel(tmp, layers, name=net.name)
+        # As prune --model does: stock Caffe would abort on a shape it
+        # cannot copy, or leave a layer without weights random.
+        check_pair(net, model, read_caffemodel(tmp), weights_path=weights)
     return len(layers), sum(a.size for _, arrays in layers for a in arrays)

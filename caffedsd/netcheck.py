@@ -61,8 +61,11 @@ def _shape_problem(layer_param, blobs):
     return None
 
 
-def check_pair(net, net_path, model):
-    """Raise InputError listing every mismatch between prototxt and weights."""
+def check_pair(net, net_path, model, weights_path=None):
+    """Raise InputError listing every mismatch between prototxt and weights.
+    ``weights_path``: the file to name for the weights, when ``model`` was
+    read from a temporary made of it (a conversion's output)."""
+    weights_path = Path(weights_path or model.path)
     net_layers = {}
     for layer_param in net.layer:
         net_layers.setdefault(layer_param.name, layer_param)
@@ -70,7 +73,7 @@ def check_pair(net, net_path, model):
     problems = []
     no_weights = [n for n, p in net_layers.items() if expects_blobs(p) and n not in with_blobs]
     if no_weights:
-        problems.append(f"layers with no weights in {model.path.name} (Caffe would leave them random): "
+        problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
                         + _names(no_weights))
     ignored = [n for n in with_blobs if n not in net_layers]
     if ignored:
@@ -90,7 +93,7 @@ def check_pair(net, net_path, model):
     if shapes:
         problems.append("blob shapes differ: " + _names(shapes))
     if problems:
-        raise InputError(f"{net_path} does not match {model.path}: " + "; ".join(problems))
+        raise InputError(f"{net_path} does not match {weights_path}: " + "; ".join(problems))
 
 
 def check_blob_shapes(net, model, net_path):

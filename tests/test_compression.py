@@ -24,7 +24,7 @@ from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
 from caffedsd.report import compression_table
 from caffedsd.weight_sharing import cluster
-from conftest import ROOT, assert_one_line_error
+from conftest import OTHER_NET, ROOT, assert_one_line_error
 
 LENET_ZOO = ROOT.parent / "shared" / "modelzoo" / "lenet_mnist"
 
@@ -340,6 +340,17 @@ def test_tiny_net_has_a_small_fixed_cost(tiny, tmp_path, cli):
     assert size == container + sum(r.stored for r in rows)
     # Magic, version, checksum and the deflated layer list: well under the 1.2 KB of version 1.
     assert container < 200, container
+
+
+def test_a_prototxt_that_does_not_fit_names_the_dcz_file(tiny, tmp_path, cli):
+    _, weights = tiny
+    assert cli("compress", "-w", weights, "-o", "t.dcz").exit_code == 0
+    (tmp_path / "other.prototxt").write_text(OTHER_NET)
+    result = cli("decompress", "t.dcz", "-p", "other.prototxt", "-o", "m.caffemodel")
+    assert_one_line_error(result, "other.prototxt does not match t.dcz: layers with no weights in t.dcz "
+                                  "(Caffe would leave them random): ip1")
+    assert ".tmp" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.caffemodel", "net.prototxt", "other.prototxt", "t.dcz"]
 
 
 @pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")

@@ -91,3 +91,60 @@ def test_hdf5_weights_elsewhere_and_bad_conversions(caffe, tmp_path, cli):
                           "output would overwrite the input")
     assert not (tmp_path / "x.caffemodel").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+NESTED_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 1 dim: 4 dim: 4 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "conv1/bn" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "conv1/bn/scale" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "conv1/relu" type: "ReLU" bottom: "conv1" top: "conv1" }
+"""
+
+
+def test_layer_names_with_a_slash_are_nested_groups(caffe, tmp_path, cli):
+    """Net::ToHDF5 names a layer's group by the layer's name, and HDF5 reads
+    '/' as a path: conv1/bn's blobs lie in data/conv1/bn, inside conv1's group."""
+    proto = tmp_path / "nested.prototxt"
+    proto.write_text(NESTED_NET)
+    net = caffe.Net(str(proto), caffe.TEST)
+    for index, (name, j) in enumerate([("conv1", 0), ("conv1", 1), ("conv1/bn", 0), ("conv1/bn", 1),
+                                       ("conv1/bn", 2), ("conv1/bn/scale", 0), ("conv1/bn/scale", 1)]):
+        net.params[name][j].data[...] = index + 1
+    net.save_hdf5(str(tmp_path / "nested.h5"))
+    with h5py.File(tmp_path / "nested.h5", "r") as h5:
+        assert sorted(h5["data/conv1"]) == ["0", "1", "bn", "relu"] and sorted(h5["data/conv1/bn"]) == [
+            "0", "1", "2", "scale"]
+    result = cli("convert", "-p", proto, "-w", "nested.h5", "-o", "nested.caffemodel")
+    assert result.exit_code == 0, result.output
+    model = read_caffemodel(tmp_path / "nested.caffemodel")
+    assert [(layer.name, [float(b.data.flat[0]) for b in layer.blobs]) for layer in model.layers] == [
+        ("conv1", [1, 2]), ("conv1/bn", [3, 4, 5]), ("conv1/bn/scale", [6, 7])]
+    check = cli("verify", "-w", "nested.caffemodel", "-p", proto)
+    assert check.exit_code == 0 and "caffe loads every weight" in check.output, check.output
+    # A name HDF5 would read as another path cannot be found by it.
+    (tmp_path / "slashes.prototxt").write_text(NESTED_NET.replace('"conv1/bn"', '"conv1//bn"'))
+    assert_one_line_error(cli("convert", "-p", "slashes.prototxt", "-w", "nested.h5", "-o", "x.caffemodel"),
+                          "slashes.prototxt: layer 'conv1//bn' cannot be found in HDF5 weights")
+    (tmp_path / "other.prototxt").write_text(NESTED_NET.replace('"conv1/bn/scale"', '"conv1/scale"'))
+    assert_one_line_error(cli("convert", "-p", "other.prototxt", "-w", "nested.h5", "-o", "x.caffemodel"),
+                          "nested.h5: layer 'conv1/bn/scale' is not in other.prototxt")
+    assert not (tmp_path / "x.caffemodel").exists()
+
+
+def test_weights_that_do_not_fit_the_prototxt_are_refused(caffe, tmp_path, cli):
+    """As prune --model: a prototxt whose layers' outputs differ from the
+    weights would give a caffemodel stock Caffe aborts on."""
+    proto, weights, _ = _saved_hdf5(caffe, tmp_path)
+    (tmp_path / "wide.prototxt").write_text(proto.read_text().replace("num_output: 4 kernel_size: 3",
+                                                                       "num_output: 5 kernel_size: 3"))
+    assert_one_line_error(cli("convert", "-p", "wide.prototxt", "-w", weights, "-o", "x.caffemodel"),
+                          f"wide.prototxt does not match {weights}: blob shapes differ: "
+                          "conv1 (num_output 5, weights 4x1x3x3)")
+    (tmp_path / "more.prototxt").write_text(proto.read_text() + 'layer { name: "fc3" type: "InnerProduct" '
+                                            'bottom: "fc2b" top: "fc3" inner_product_param { num_output: 2 } }\n')
+    assert_one_line_error(cli("convert", "-p", "more.prototxt", "-w", weights, "-o", "x.caffemodel"),
+                          f"more.prototxt does not match {weights}: layers with no weights in {weights.name} "
+                          "(Caffe would leave them random): fc3")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "x.caffemodel"]
