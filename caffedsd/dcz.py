@@ -52,9 +52,16 @@ def layer_kind(layer_type):
     return "fc" if layer_type == "InnerProduct" else "conv"
 
 
+# Bits of the shared-weight codes, the paper's: what a kind left out of
+# --bits keeps.
+DEFAULT_BITS = {"conv": 8, "fc": 5}
+
+
 def parse_bits(text, what="--bits", auto=False):
     """'6' -> {'conv': 6, 'fc': 6}; 'conv=8,fc=5' -> {'conv': 8, 'fc': 5};
-    with ``auto``, 'auto' -> {} (chosen per layer)."""
+    a kind not named keeps DEFAULT_BITS ('fc=4' -> {'conv': 8, 'fc': 4}).
+    With ``auto``, 'auto' -> {} and a kind not named is left out: both are
+    chosen per layer."""
     text = str(text).strip()
     if auto and text == "auto":
         return {}
@@ -75,7 +82,7 @@ def parse_bits(text, what="--bits", auto=False):
     for key, value in values.items():
         if not 1 <= value <= 16:
             raise InputError(f"{what} {text!r}: {key}={value} is outside 1..16")
-    return values
+    return values if auto else {**DEFAULT_BITS, **values}
 
 
 # -- bytes ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, canonical_codes, decod
                              huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps, quantized,
                              relative_indices, share_values, share_weights)
 from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, MAGIC, LayerSizes, Reader, _header, _read_header, compress,
-                          decode_floats, decode_shared, encode_floats, encode_shared, read_dcz)
+                          decode_floats, decode_shared, encode_floats, encode_shared, parse_bits, read_dcz)
 from caffedsd.errors import FormatError
 from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
@@ -340,6 +340,23 @@ def test_tiny_net_has_a_small_fixed_cost(tiny, tmp_path, cli):
     assert size == container + sum(r.stored for r in rows)
     # Magic, version, checksum and the deflated layer list: well under the 1.2 KB of version 1.
     assert container < 200, container
+
+
+def test_bits_for_one_kind_leave_the_other_at_its_default(tiny, tmp_path, cli):
+    """--bits fc=1 names only the fc layers: conv keeps its 8 bits, as a
+    kind --index-bits leaves out keeps auto."""
+    assert parse_bits("fc=4") == {"conv": 8, "fc": 4}
+    assert parse_bits("conv=3") == {"conv": 3, "fc": 5}
+    assert parse_bits("conv=3", "--index-bits", auto=True) == {"conv": 3}
+    _, weights = tiny
+    result = cli("compress", "-w", weights, "--bits", "fc=1", "-o", "t.dcz")
+    assert result.exit_code == 0, result.output
+    assert cli("decompress", "t.dcz", "-o", "back.caffemodel").exit_code == 0
+    source, back = read_caffemodel(weights), read_caffemodel(tmp_path / "back.caffemodel")
+    # conv1's 36 distinct weights fit 2^8 codes: exact. 1 bit: two values per fc layer.
+    assert np.array_equal(back.layer("conv1").blobs[0].data, source.layer("conv1").blobs[0].data)
+    for name in ("fc1", "fc2a", "fc2b"):
+        assert len(np.unique(back.layer(name).blobs[0].data)) == 2, name
 
 
 def test_a_prototxt_that_does_not_fit_names_the_dcz_file(tiny, tmp_path, cli):
