@@ -265,7 +265,10 @@ def parse_blob(where, index, buf, view, f):
             meta.append(view[sub.start:sub.end])
     is_legacy = shape is None and bool(legacy)
     if shape is None:
-        shape = tuple(legacy.get(n, 0) for n in BLOB_LEGACY_DIMS) if legacy else (0,)
+        # No shape and no legacy dims is a 0-axis blob of one value (a shared
+        # PReLU slope, a Scale/Bias with num_axes 0): Blob::ToProto writes no
+        # dims for it, and Blob::FromProto reads the empty shape back.
+        shape = tuple(legacy.get(n, 0) for n in BLOB_LEGACY_DIMS) if legacy else ()
     if len(dtypes) > 1:
         raise InputError(f"{where}: blob {index} holds both float and double data")
     dtype = dtypes.pop() if dtypes else np.dtype("<f4")
@@ -418,7 +421,9 @@ def new_caffemodel(path, layers, name=""):
             del meta.blobs[:]
             payload = [meta.SerializeToString()]
             for arr in arrays:
-                arr = np.ascontiguousarray(arr, dtype="<f4")
+                # Not ascontiguousarray: it makes a 0-axis blob 1-axis, which
+                # stock Caffe refuses to copy into the net's 0-axis blob.
+                arr = np.asarray(arr, dtype="<f4", order="C")
                 payload.append(_record(LAYER_BLOBS["V2"], _shape_field(arr.shape) + _record(
                     BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])))
             write_pieces(handle, _record(NET_LAYER_V2, payload))

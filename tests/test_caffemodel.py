@@ -147,3 +147,44 @@ def test_truncated_file(tiny, tmp_path):
         path.write_bytes(data[:cut])
         with pytest.raises(InputError, match=f"cut{cut}.caffemodel: .*truncated"):
             read_caffemodel(path)
+
+
+SCALAR_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "prelu" type: "PReLU" bottom: "ip" top: "ip" prelu_param { channel_shared: true } }
+layer { name: "scale" type: "Scale" bottom: "ip" top: "scale" scale_param { num_axes: 0 bias_term: true } }
+layer { name: "bias" type: "Bias" bottom: "scale" top: "bias" bias_param { num_axes: 0 } }
+"""
+
+
+def test_scalar_blobs_are_read_and_written_back_for_stock_caffe(caffe, tmp_path, cli):
+    """A 0-axis blob (a shared PReLU slope, Scale/Bias with num_axes 0) holds
+    one value; Caffe writes it with no shape and no legacy dims."""
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(SCALAR_NET)
+    net = caffe.Net(str(proto), caffe.TEST)
+    net.params["ip"][0].data[...] = np.arange(1, 13).reshape(4, 3)
+    for (name, index), value in {("prelu", 0): 0.25, ("scale", 0): 2.0, ("scale", 1): -3.0, ("bias", 0): 0.5}.items():
+        net.params[name][index].data[...] = value
+    net.save(str(tmp_path / "net.caffemodel"))
+    saved = NetParameter.FromString((tmp_path / "net.caffemodel").read_bytes())
+    assert not saved.layer[2].blobs[0].HasField("shape") and not saved.layer[2].blobs[0].HasField("num")
+    model = read_caffemodel(tmp_path / "net.caffemodel")
+    assert model.layer("prelu").blobs[0].shape == () and model.layer("prelu").blobs[0].data == 0.25
+    assert [float(b.data) for b in model.layer("scale").blobs] == [2.0, -3.0]
+    assert model.layer("bias").blobs[0].data == 0.5
+
+    assert cli("prune", "-w", "net.caffemodel", "-p", proto, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    assert cli("compress", "-w", "p.caffemodel", "-o", "p.dcz").exit_code == 0
+    assert cli("decompress", "p.dcz", "-p", proto, "-o", "q.caffemodel").exit_code == 0
+    for written in ("p.caffemodel", "q.caffemodel"):
+        code, log = run_caffe_test(proto, tmp_path / written)
+        assert code == 0, log[-2000:]
+        back = caffe.Net(str(proto), caffe.TEST, weights=str(tmp_path / written))
+        # Magnitude pruning at 0.5 keeps the six largest of 1..12.
+        assert back.params["ip"][0].data.ravel().tolist() == [0] * 6 + list(range(7, 13))
+        assert [float(back.params[n][i].data) for n, i in (("prelu", 0), ("scale", 0), ("scale", 1), ("bias", 0))] \
+            == [0.25, 2.0, -3.0, 0.5]
+
