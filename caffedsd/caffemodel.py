@@ -88,13 +88,22 @@ class CaffeModel:
         self.layers = tuple(layers)
         self._top_pieces = tuple(top_pieces)
         self._buffer = buffer
+        # Caffe copies weights by layer name, so two layers with blobs under
+        # one name would be ambiguous. Caffe writes and loads layers without
+        # blobs under any name, '' or repeated.
         self._by_name = {}
         for layer in self.layers:
-            if layer.name in self._by_name:
-                raise InputError(f"{self.path}: layer name {layer.name!r} appears twice")
-            self._by_name[layer.name] = layer
+            if layer.blobs:
+                if layer.name in self._by_name:
+                    raise InputError(f"{self.path}: layer name {layer.name!r} appears twice among layers "
+                                     "with blobs")
+                self._by_name[layer.name] = layer
+        for layer in self.layers:
+            self._by_name.setdefault(layer.name, layer)
 
     def layer(self, name):
+        """The layer named ``name``: the one with blobs if there is one,
+        else the first."""
         return self._by_name[name]
 
     def __contains__(self, name):
@@ -201,8 +210,8 @@ def _parse_layer(path, buf, view, f, layout, index):
             pieces = [memoryview(param.SerializeToString())] + list(range(len(blob_fields)))
     except DecodeError as exc:
         _fail(path, f"layer #{index} is not a valid LayerParameter ({exc})")
-    if not param.name:
-        _fail(path, f"layer #{index} has no name")
+    if not param.name and blob_fields:
+        _fail(path, f"layer #{index} ({param.type}) has blobs but no name, by which Caffe copies them")
     if not isinstance(param.name, str):
         # proto2 lets a string field hold any bytes; nothing downstream
         # (prototxt, masks, JSON reports) can name such a layer.

@@ -188,3 +188,39 @@ def test_scalar_blobs_are_read_and_written_back_for_stock_caffe(caffe, tmp_path,
         assert [float(back.params[n][i].data) for n, i in (("prelu", 0), ("scale", 0), ("scale", 1), ("bias", 0))] \
             == [0.25, 2.0, -3.0, 0.5]
 
+
+NAMELESS_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu" type: "ReLU" bottom: "ip2" top: "ip2" }
+layer { type: "Sigmoid" bottom: "ip2" top: "ip2" }
+"""
+
+
+def test_layers_without_blobs_may_share_a_name_or_have_none(caffe, tmp_path, cli):
+    """Caffe writes and loads them; only layers with blobs, which Caffe copies
+    by name, must be named once."""
+    proto, weights = tmp_path / "net.prototxt", tmp_path / "net.caffemodel"
+    proto.write_text(NAMELESS_NET)
+    caffe.Net(str(proto), caffe.TEST).save(str(weights))
+    model = read_caffemodel(weights)
+    assert [layer.name for layer in model.layers] == ["data", "ip1", "relu", "ip2", "relu", ""]
+    assert [layer.name for layer in model.layers if layer.blobs] == ["ip1", "ip2"]
+    assert cli("prune", "-w", weights, "-p", proto, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("stats", "-w", "p.caffemodel")
+    assert result.exit_code == 0 and "ip2" in result.output, result.output
+    result = cli("verify", "-w", "p.caffemodel", "-p", proto)
+    assert result.exit_code == 0 and "caffe loads every weight" in result.output, result.output
+    assert NetParameter.FromString((tmp_path / "p.caffemodel").read_bytes()).layer[5].name == ""
+
+    for names, message in ((["ip", "ip"], "layer name 'ip' appears twice among layers with blobs"),
+                           (["ip", ""], r"layer #1 \(InnerProduct\) has blobs but no name")):
+        path = tmp_path / "bad.caffemodel"
+        new_caffemodel(path, [(LayerParameter(name=n, type="InnerProduct"), [np.ones(3, np.float32)])
+                              for n in names])
+        with pytest.raises(InputError, match=message):
+            read_caffemodel(path)
