@@ -18,21 +18,24 @@ RUN_DIR holds:
     checkpoint/           solver snapshots while the stage runs
   report.md, report.json, curves.png
 
-Rerunning the same command after a kill skips finished stages and resumes a
+Rerunning the same command after a kill (from any working folder, with the
+run folder where it was or moved) skips finished stages and resumes a
 training stage from its last checkpoint, its data layers replayed up to it,
 so that the stage reads the batches an uninterrupted run would. Masks are
 computed once, in their prune stage, and never again.
 """
 import ctypes
 import hashlib
+import mmap
+import os
 import re
 import shutil
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from . import report
-from .atomic import check_room, write_text
+from . import report, wire
+from .atomic import atomic_open, check_room, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError
@@ -41,6 +44,7 @@ from .maskfile import load_masks, masks_path_for
 from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
+from .solverstate import STATE_LEARNED_NET
 from .training import Phase, check_solver_builds, read_solver, run_phase
 
 RUN_FILE = "run.json"
@@ -194,13 +198,26 @@ class _Checkpoints:
     def prefix(self):
         return self.folder / "snapshot"  # Caffe appends _iter_N.solverstate
 
+    def _file(self, recorded):
+        """A file the record names, in this folder. Records hold bare names;
+        older ones held paths from the folder the run was started in, which
+        a run continued from elsewhere, or moved, does not find."""
+        return self.folder / Path(recorded).name
+
     def latest(self):
+        """The newest checkpoint's record, its files as paths in this folder."""
         if not self.record.exists():
             return None
         record = read_json(self.record, keys=("iter", "solverstate", "curve"))
-        if not Path(record["solverstate"]).is_file():  # Caffe would abort the process on it
-            raise InputError(f"{self.record}: its solverstate {record['solverstate']} is missing; "
-                             f"delete {self.folder} to restart the stage")
+        record.update((key, str(self._file(record[key]))) for key in ("solverstate", "curve", "tests")
+                      if record.get(key))
+        state = Path(record["solverstate"])
+        model = state.with_suffix(".caffemodel")  # Caffe's snapshot writes the pair
+        for kind, path in (("solverstate", state), ("caffemodel", model)):
+            if not path.is_file():  # Caffe would abort the process on it
+                raise InputError(f"{self.record}: its {kind} {path} is missing; "
+                                 f"delete {self.folder} to restart the stage")
+        _point_learned_net(state, model)
         return record
 
     @staticmethod
@@ -225,17 +242,42 @@ class _Checkpoints:
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
         write_text(self.folder / f"tests_{iteration}.csv", report.tests_csv(tests))
         previous = read_json(self.record) if self.record.exists() else None
-        write_json(self.record, {"iter": iteration, "solverstate": str(state),
-                                  "curve": str(self.folder / f"curve_{iteration}.csv"),
-                                  "tests": str(self.folder / f"tests_{iteration}.csv")})
+        write_json(self.record, {"iter": iteration, "solverstate": state.name,
+                                  "curve": f"curve_{iteration}.csv", "tests": f"tests_{iteration}.csv"})
         if previous:  # keep only the newest set
             for old in (previous["solverstate"], previous["solverstate"].replace(".solverstate", ".caffemodel"),
                         previous["curve"], previous.get("tests")):
                 if old:
-                    Path(old).unlink(missing_ok=True)
+                    self._file(old).unlink(missing_ok=True)
 
     def clear(self):
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _point_learned_net(state, model):
+    """Make binary solverstate ``state`` name ``model`` as its learned_net.
+    Caffe's restore loads the weights from the caffemodel its snapshot named
+    there, a path from the folder the snapshotting process ran in: from
+    another folder, or with the run folder moved, it is not found, and
+    Caffe aborts the process. Rewritten (atomically) only when it does not
+    lead to ``model`` from here."""
+    damaged = f"{state}: damaged, not the solverstate Caffe wrote; delete {state.parent} to restart the stage"
+    if state.stat().st_size == 0:
+        raise InputError(damaged)
+    with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            parts = list(wire.iter_fields(buf))
+        except wire.WireError:
+            raise InputError(damaged) from None
+        named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
+        if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
+            return
+        path = os.fsencode(os.path.abspath(model))
+        with atomic_open(state) as out:
+            for f in parts:
+                if f.number != STATE_LEARNED_NET:
+                    out.write(buf[f.start:f.end])
+            out.write(wire.len_header(STATE_LEARNED_NET, len(path)) + path)
 
 
 def _write_csv(path, curve):

@@ -118,7 +118,7 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
     # its temporary file, which the rerun removes.
     kept = sorted(p.name for p in marker.parent.iterdir()
                   if p.name != "checkpoint.json" and not p.name.endswith(".tmp"))
-    assert len(kept) <= 8 and Path(json.loads(marker.read_text())["solverstate"]).is_file(), kept
+    assert len(kept) <= 8 and (marker.parent / json.loads(marker.read_text())["solverstate"]).is_file(), kept
 
     resumed = _dsd(recipe, tmp_path / "run", tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
@@ -144,6 +144,34 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
     for name in ("03-sparse/curve.csv", "03-sparse/model.caffemodel", "04-dense/model.caffemodel"):
         assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     assert json.loads((tmp_path / "run" / "report.json").read_text())["stages"][3]["kind"] == "dense"
+
+
+@pytest.mark.caffe
+def test_a_stopped_run_continues_from_another_folder_and_moved(tmp_path, cli):
+    """A run started with a relative -o goes on from another working folder,
+    and after its folder was moved: its checkpoint, and the caffemodel Caffe
+    names in the checkpoint's solverstate, are found in the run folder, not
+    from where the run was started."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=80)
+    assert cli("dsd", "--recipe", recipe, "-o", "reference").exit_code == 0
+    for run in ("run", "moved"):  # from tmp_path, the cli fixture's working folder
+        with pytest.raises(Stop):
+            run_recipe(load_recipe(recipe), Path(run), progress=stopping_at(60))
+        assert json.loads((tmp_path / run / "03-sparse" / "checkpoint" / "checkpoint.json").read_text())["iter"] == 50
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "moved").rename(elsewhere / "moved")
+    # In child processes: Caffe aborts the process on a solverstate's missing caffemodel.
+    for run, out, cwd in ((tmp_path / "run", tmp_path / "run", elsewhere),
+                          (elsewhere / "moved", "elsewhere/moved", tmp_path)):
+        proc = _dsd(recipe, out, cwd)
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+        for name in ("03-sparse/curve.csv", "03-sparse/tests.csv", "03-sparse/model.caffemodel",
+                     "04-dense/model.caffemodel"):
+            assert (run / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
 
 
 @pytest.mark.caffe
@@ -301,6 +329,12 @@ def test_checkpoint_without_its_solverstate(tmp_path, cli):
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert_one_line_error(result, "checkpoint.json: its solverstate")
     assert "gone.solverstate is missing; delete" in result.output
+    # Caffe's restore loads the caffemodel beside it, and aborts on a damaged solverstate.
+    (stage / "checkpoint" / "gone.solverstate").write_bytes(b"\x08")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "checkpoint.json: its caffemodel")
+    (stage / "checkpoint" / "gone.caffemodel").write_bytes(b"")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "gone.solverstate: damaged, not the solverstate Caffe wrote; delete")
 
 
 @pytest.mark.caffe
