@@ -178,6 +178,23 @@ def atomic_path(path):
         yield written
 
 
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """atomic_path for files that belong together (a model and its masks):
+    yield a temporary beside each of ``paths``; only once the block has
+    written all of them is each renamed to its path, and on any error or
+    interruption all are removed: a write that fails (no room for the
+    second file) leaves no path replaced beside another's earlier file.
+    An OutputError names them all."""
+    paths = [Path(p) for p in paths]
+    try:
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(atomic_path(p)) for p in paths]
+    except BaseException as exc:
+        _raise_no_room(" and ".join(map(str, paths)), exc)
+        raise
+
+
 def _unlink(path):
     with contextlib.suppress(OSError):
         os.unlink(path)

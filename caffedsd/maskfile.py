@@ -15,6 +15,7 @@ The fingerprint is the sha256 of the model's structure (names, types and blob
 shapes of every layer with blobs), so masks can't be applied to another model.
 """
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path, check_output
+from .atomic import atomic_open, check_output
 from .errors import InputError
 
 FORMAT = "caffedsd-masks"
@@ -100,28 +101,32 @@ def _fixed(text):
 
 def save_masks(path, maskset):
     """Write ``maskset`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        # Text goes in fixed-length strings, not variable-length ones: those
-        # live in HDF5's global heap, and a damaged heap makes the HDF5
-        # library loop forever on read. 'latest' allows attributes over 64 KB.
-        with h5py.File(tmp, "w", libver="latest") as h5:
-            h5.attrs["format"] = _fixed(FORMAT)
-            h5.attrs["format_version"] = FORMAT_VERSION
-            h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
-            h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
-            h5.attrs["caffedsd_version"] = _fixed(__version__)
-            for key, value in maskset.meta.items():
-                h5.attrs[key] = _fixed(json.dumps(value))
-            group = h5.create_group("masks")
-            for owner, mask in maskset.masks.items():
-                mask = np.asarray(mask, dtype=bool)
-                # gzip level 1: a quarter of the size or less, at ~150 MB/s.
-                ds = group.create_dataset(quote(owner, safe=""), data=mask, chunks=True if mask.size else None,
-                                          compression="gzip" if mask.size else None,
-                                          compression_opts=1 if mask.size else None)
-                ds.attrs["layer"] = _fixed(owner)
-                ds.attrs["blob"] = 0
-                ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))
+    # Made in memory, then written as bytes: when the disk or ulimit -f runs
+    # out under HDF5's own writes, h5py crashes the process closing the file.
+    buffer = io.BytesIO()
+    # Text goes in fixed-length strings, not variable-length ones: those
+    # live in HDF5's global heap, and a damaged heap makes the HDF5
+    # library loop forever on read. 'latest' allows attributes over 64 KB.
+    with h5py.File(buffer, "w", libver="latest") as h5:
+        h5.attrs["format"] = _fixed(FORMAT)
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
+        h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
+        h5.attrs["caffedsd_version"] = _fixed(__version__)
+        for key, value in maskset.meta.items():
+            h5.attrs[key] = _fixed(json.dumps(value))
+        group = h5.create_group("masks")
+        for owner, mask in maskset.masks.items():
+            mask = np.asarray(mask, dtype=bool)
+            # gzip level 1: a quarter of the size or less, at ~150 MB/s.
+            ds = group.create_dataset(quote(owner, safe=""), data=mask, chunks=True if mask.size else None,
+                                      compression="gzip" if mask.size else None,
+                                      compression_opts=1 if mask.size else None)
+            ds.attrs["layer"] = _fixed(owner)
+            ds.attrs["blob"] = 0
+            ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))
+    with atomic_open(path) as handle:
+        handle.write(buffer.getbuffer())
 
 
 def _text(path, value, what):

@@ -1,13 +1,15 @@
 """Pruning a caffemodel: plan + weights (+ earlier masks) -> masks and rows.
 
 ``prune_model`` is computation only; ``prune_file`` adds the file handling:
-reading, checks, writing the pruned caffemodel and its masks atomically.
+reading, checks, writing the pruned caffemodel and its masks atomically,
+as a pair.
 """
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_paths
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, read_caffemodel, write_caffemodel
 from .errors import InputError
@@ -89,7 +91,8 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,
                                 meta={"source": weights.name, "source_sha256": source.sha256()})
-    write_caffemodel(source, output, masks={(layer, 0): mask for layer, mask in maskset.per_layer().items()})
     masks_out = masks_path_for(output)
-    save_masks(masks_out, maskset)
+    with atomic_paths(output, masks_out) as (model_tmp, masks_tmp):
+        write_caffemodel(source, model_tmp, masks={(layer, 0): mask for layer, mask in maskset.per_layer().items()})
+        save_masks(masks_tmp, maskset)
     return rows, masks_out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .atomic import atomic_path, check_room
+from .atomic import atomic_path, atomic_paths, check_room
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
                         import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
@@ -367,15 +367,17 @@ def save_net(solver, output, maskset=None, nbytes=0):
     least what Caffe writes, checked for room first, since Caffe aborts the
     process on a failed write."""
     output = Path(output)
-    with atomic_path(output) as tmp:
+    if maskset is None:
+        with atomic_path(output) as tmp:
+            check_room(tmp, nbytes)
+            solver.net.save(str(tmp))
+        return None
+    masks_out = masks_path_for(output)
+    with atomic_paths(output, masks_out) as (tmp, masks_tmp):
         check_room(tmp, nbytes)
         solver.net.save(str(tmp))
         written = read_caffemodel(tmp).structure()
-    if maskset is None:
-        return None
-    refit = MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta))
-    masks_out = masks_path_for(output)
-    save_masks(masks_out, refit)
+        save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)))
     return masks_out
 
 

@@ -1,4 +1,5 @@
 """Atomic outputs: what a killed write leaves, and who removes it."""
+import errno
 import os
 import re
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from caffedsd.atomic import atomic_folder, atomic_open, remove_leftovers, write_text
+from caffedsd.atomic import atomic_folder, atomic_open, atomic_paths, remove_leftovers, write_text
 from caffedsd.errors import InputError, OutputError
 from conftest import kill_while_writing
 
@@ -89,9 +90,64 @@ def test_no_room_for_an_output_is_one_line_and_leaves_nothing(tmp_path):
         "main(['prune', '-w', 'w.caffemodel', '-s', '0.5', '-o', 'p.caffemodel'], prog_name='caffedsd')\n")
     result = subprocess.run([sys.executable, "-c", limited], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip() == ("caffedsd: p.caffemodel: could not be written (File too large); "
+    assert result.stderr.strip() == ("caffedsd: p.caffemodel and p.masks.h5: could not be written (File too large); "
                                      "no part of it was left")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.caffemodel"]
+
+
+def _prune_limited(folder, limit, *args):
+    """caffedsd prune ``args`` under ulimit -f ``limit`` bytes."""
+    limited = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from caffedsd.cli import main\n"
+        f"main(['prune', {', '.join(map(repr, args))}], prog_name='caffedsd')\n")
+    return subprocess.run([sys.executable, "-c", limited], cwd=folder, capture_output=True, text=True)
+
+
+def test_a_model_and_its_masks_are_replaced_together(tmp_path):
+    """Room for a pruned model but not for its masks (ulimit -f between their
+    sizes): the earlier pruned model and masks both stay, not the new model
+    beside the old masks."""
+    import numpy as np
+
+    from caffedsd.caffe_proto import LayerParameter
+    from caffedsd.caffemodel import new_caffemodel, read_caffemodel
+    from caffedsd.maskfile import load_masks
+
+    ip = LayerParameter(name="ip", type="InnerProduct", bottom=["data"], top=["ip"])
+    ip.inner_product_param.num_output = 2
+    new_caffemodel(tmp_path / "w.caffemodel", [(ip, [np.arange(1, 7, dtype=np.float32).reshape(2, 3)])])
+    assert _prune_limited(tmp_path, 1 << 30, "-w", "w.caffemodel", "-s", "0.5", "-o", "p.caffemodel").returncode == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("p.caffemodel", "p.masks.h5")}
+    assert len(before["p.caffemodel"]) < 1000 < len(before["p.masks.h5"])
+    result = _prune_limited(tmp_path, 1000, "-w", "w.caffemodel", "-s", "0.2", "-o", "p.caffemodel")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == ("caffedsd: p.caffemodel and p.masks.h5: could not be written (File too large); "
+                                     "no part of it was left")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.caffemodel", "p.masks.h5", "w.caffemodel"]
+    # Half of six weights: the three smallest of 1..6 pruned, in model and masks alike.
+    assert read_caffemodel(tmp_path / "p.caffemodel").layer("ip").blobs[0].data.ravel().tolist() == [0] * 3 + [4, 5, 6]
+    assert load_masks(tmp_path / "p.masks.h5").masks["ip"].ravel().tolist() == [False] * 3 + [True] * 3
+
+
+def test_atomic_paths_renames_all_or_none(tmp_path):
+    first, second = tmp_path / "a.caffemodel", tmp_path / "a.masks.h5"
+    first.write_text("old model")
+    second.write_text("old masks")
+    with pytest.raises(OutputError, match=r"a.caffemodel and .*a.masks.h5: could not be written \(File too large\)"):
+        with atomic_paths(first, second) as (model, masks):
+            model.write_text("new model")
+            raise OSError(errno.EFBIG, "File too large")  # what writing the masks met
+    assert (first.read_text(), second.read_text()) == ("old model", "old masks")
+    with atomic_paths(first, second) as (model, masks):
+        model.write_text("new model")
+        masks.write_text("new masks")
+    assert (first.read_text(), second.read_text()) == ("new model", "new masks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "a.masks.h5"]
 
 
 # os._exit inside atomic_folder skips its clean-up, as a SIGKILL would.
