@@ -38,9 +38,10 @@ from . import report, wire
 from .atomic import atomic_open, check_room, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
-from .errors import CaffeDsdError, Diverged, InputError
+from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
+from .netcheck import built_layers, solver_state
 from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
@@ -316,6 +317,25 @@ def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})
 
 
+def check_prune_stages(recipe, spec):
+    """Every prune stage's plan against the layers it will prune: the
+    prunable layers of the net the solver trains, which each stage's model
+    holds. Before anything trains: found by the stage itself, the fault
+    costs the stages before it, and leaves the run folder to this recipe."""
+    prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
+    if not prunes:
+        return
+    states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
+    names = [layer.name for layer in built_layers(spec.net, states) if layer.type in PRUNABLE_TYPES]
+    if not names:
+        raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
+    for number, stage in prunes:
+        try:
+            stage.plan.amounts(names)
+        except PlanError as exc:
+            raise RecipeError(f"{recipe.where}: stage {number} (prune), net {spec.net_path}: {exc}") from None
+
+
 def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=False, notify=None):
     """Run (or continue) ``recipe`` in ``run_dir``; returns the report data.
 
@@ -330,9 +350,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     if gpu is not None:  # before the run folder is made
         check_gpu(gpu)
     spec = read_solver(recipe.solver)
-    if any(stage.kind == "prune" for stage in recipe.stages) and \
-            not any(layer.type in PRUNABLE_TYPES for layer in spec.net.layer):
-        raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
+    check_prune_stages(recipe, spec)
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
     check_solver_builds(spec, gpu)

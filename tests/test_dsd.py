@@ -383,6 +383,28 @@ def test_bad_recipes(tmp_path, cli):
         assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.caffe
+def test_a_prune_rule_naming_no_layer_is_refused_before_training(tmp_path, cli):
+    # Found only by the prune stage, it cost the training before it, and left
+    # the run folder to a recipe the corrected one could take over only with --force.
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    good = recipe.read_text()
+    recipe.write_text(good.replace("criterion: random}", "criterion: random, layers: {fc9: 0.9}}"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{recipe}: stage 2 (prune), net {tmp_path / 'net.prototxt'}: rule 'fc9' matches no "
+                          "prunable layer (prunable: conv1, fc1)")
+    assert not (tmp_path / "run").exists()
+    # Only the layers the solver trains count: its TEST-only layers are in no stage's model.
+    net = tmp_path / "net.prototxt"
+    train_only = net.read_text()
+    net.write_text(train_only + 'layer { name: "fc9" type: "InnerProduct" bottom: "fc1" top: "fc9" '
+                   'include { phase: TEST } inner_product_param { num_output: 2 } }\n')
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "rule 'fc9' matches no prunable layer")
+    net.write_text(train_only)
+    recipe.write_text(good.replace("criterion: random}", "criterion: random, layers: {fc1: 0.9}}"))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+
+
 def test_bad_solvers(tmp_path, cli, caffe):
     recipe = _recipe(tmp_path)
     solver = tmp_path / "solver.prototxt"
