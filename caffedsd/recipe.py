@@ -131,8 +131,12 @@ class Recipe:
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 1:
             raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1")
-        if self.test_iterations is not None:
-            _iterations(self.test_iterations, f"{where}: test_iterations")
+        if self.test_iterations is not None and (isinstance(self.test_iterations, bool)
+                                                 or not isinstance(self.test_iterations, int)
+                                                 or self.test_iterations < 1):
+            # 0 would not mean "no TEST batches": run_phase takes it for the solver's test_iter.
+            raise RecipeError(f"{where}: test_iterations {self.test_iterations!r} must be a whole number >= 1 "
+                              "(leave it out for the solver's test_iter)")
         if self.test_interval is not None:
             _iterations(self.test_interval, f"{where}: test_interval")
         masked = False

@@ -54,6 +54,7 @@ def test_fingerprint_changes_with_content():
     ({"stages": []}, "has no stages"),
     ({"stages": [{"dense": {"iterations": 5, "lr_scale": 0}}]}, "lr_scale 0 must be"),
     ({"checkpoint_every": 0}, "checkpoint_every 0"),
+    ({"test_iterations": 0}, "test_iterations 0 must be a whole number >= 1"),  # as the CLI's --test-iterations
     ({"test_interval": -1}, "test_interval: iterations -1"),
     ({"test_interval": "often"}, "test_interval: iterations 'often'"),
     ({"seed": -1}, "seed -1 must be a whole number >= 0"),  # numpy's seeding refuses it
