@@ -24,7 +24,7 @@ from .atomic import atomic_open, atomic_path
 from .caffemodel import masked_blob_record, parse_blob, write_pieces
 from .errors import InputError
 
-STATE_LEARNED_NET, STATE_HISTORY = 2, 3
+STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY = 1, 2, 3
 
 
 def learnable_params(net):
@@ -40,11 +40,18 @@ def learnable_params(net):
     return out
 
 
-def _history_masks(path, params, masks, shapes):
+# Caffe's solvers keep one history blob per learnable blob, Adam and AdaDelta
+# two; a restore with another count aborts the process (a glog check).
+HISTORY_SETS = {"Adam": 2, "AdaDelta": 2}
+
+
+def _history_masks(path, params, masks, shapes, solver_type):
     """For each history blob (given their shapes), the mask to apply or None."""
     n = len(params)
-    if n == 0 or len(shapes) % n:
-        raise InputError(f"{path}: {len(shapes)} history blobs do not fit a net of {n} learnable blobs")
+    sets = HISTORY_SETS.get(solver_type, 1)
+    if n == 0 or len(shapes) != sets * n:
+        raise InputError(f"{path}: {len(shapes)} history blobs, but a {solver_type} solver of this net keeps "
+                         f"{sets * n}: a solverstate of another solver type or net")
     out = []
     for j, shape in enumerate(shapes):
         name, index, blob = params[j % n]
@@ -55,19 +62,43 @@ def _history_masks(path, params, masks, shapes):
     return out
 
 
-def clean_solverstate(path, output, net, masks):
+def state_iteration(path):
+    """The iteration solverstate ``path`` was taken at (0 when it says none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such solverstate")
+    try:
+        if h5py.is_hdf5(path):
+            with h5py.File(path, "r") as state:
+                return int(np.asarray(state["iter"]).ravel()[0]) if "iter" in state else 0
+        with open(path, "rb") as handle:
+            buf = handle.read()
+        return next((f.value for f in wire.iter_fields(buf) if f.number == STATE_ITER and f.wire_type == wire.VARINT),
+                    0)
+    except (wire.WireError, OSError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not a solverstate, or damaged ({exc})") from None
+
+
+def restorable_name(path):
+    """A name for a copy of solverstate ``path`` that Caffe's restore reads in
+    its format: Caffe goes by the name (".h5" or not), not the contents."""
+    return "clean.solverstate.h5" if Path(path).is_file() and h5py.is_hdf5(path) else "clean.solverstate"
+
+
+def clean_solverstate(path, output, net, masks, solver_type="SGD"):
     """Copy solverstate ``path`` to ``output`` with history zeroed where
-    ``masks`` ({layer: bool keep-mask of blob 0}) prune."""
+    ``masks`` ({layer: bool keep-mask of blob 0}) prune; it must be a state
+    of a ``solver_type`` solver of ``net``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such solverstate")
     if h5py.is_hdf5(path):
-        _clean_hdf5(path, Path(output), learnable_params(net), masks)
+        _clean_hdf5(path, Path(output), learnable_params(net), masks, solver_type)
     else:
-        _clean_binary(path, Path(output), learnable_params(net), masks)
+        _clean_binary(path, Path(output), learnable_params(net), masks, solver_type)
 
 
-def _clean_binary(path, output, params, masks):
+def _clean_binary(path, output, params, masks, solver_type):
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a solverstate")
     with open(path, "rb") as handle:
@@ -80,7 +111,7 @@ def _clean_binary(path, output, params, masks):
     except wire.WireError as exc:
         raise InputError(f"{path}: not a solverstate, or truncated ({exc})") from None
     plan = dict(zip((f.start for f, _ in history),
-                    _history_masks(path, params, masks, [b.shape for _, b in history])))
+                    _history_masks(path, params, masks, [b.shape for _, b in history], solver_type)))
     blobs = {f.start: b for f, b in history}
     pieces = []
     for f in fields:
@@ -95,13 +126,13 @@ def _clean_binary(path, output, params, masks):
         write_pieces(out, pieces)
 
 
-def _clean_hdf5(path, output, params, masks):
+def _clean_hdf5(path, output, params, masks, solver_type):
     with h5py.File(path, "r") as src:
         if "history" not in src:
             raise InputError(f"{path}: HDF5 file without a 'history' group: not a solverstate")
         keys = sorted(src["history"].keys(), key=int)
         shapes = [src["history"][k].shape for k in keys]
-        plan = _history_masks(path, params, masks, shapes)
+        plan = _history_masks(path, params, masks, shapes, solver_type)
         with atomic_path(output) as tmp:
             with h5py.File(tmp, "w") as dst:
                 for name in src:

@@ -8,6 +8,7 @@ off, lr scaled).
 """
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
                        solver_state)
-from .solverstate import clean_solverstate
+from .solverstate import clean_solverstate, restorable_name, state_iteration
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,27 @@ def _check_solver_param(param, path):
         raise InputError(f"{path}: lr_policy \"step\" needs a stepsize above 0")
 
 
+def solver_type(param):
+    """The solver's type: its ``type``, or the deprecated ``solver_type``
+    enum (whose values are _SOLVER_TYPES' order)."""
+    return param.type if param.HasField("type") else _SOLVER_TYPES[param.solver_type]
+
+
+def _caffe_snapshot_prefix(param, path):
+    """The snapshot_prefix as Caffe reads the solver file ``path``
+    (UpgradeSnapshotPrefixProperty): none gives the file's path without its
+    extension, a folder gives the file's stem in it. caffedsd hands Caffe
+    a solver file of its own, whose name Caffe would take instead."""
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = str(path.with_suffix(""))
+    elif os.path.isdir(param.snapshot_prefix):
+        param.snapshot_prefix = os.path.join(param.snapshot_prefix, path.stem)
+
+
 def _check_snapshot_prefix(param, path):
     """Caffe checks at start-up that it can write its periodic snapshots."""
     if param.snapshot <= 0:
         return
-    if not param.snapshot_prefix:
-        raise InputError(f"{path}: snapshot is {param.snapshot} but there is no snapshot_prefix")
     folder = os.path.dirname(param.snapshot_prefix) or "."
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r}: folder {folder!r} does not exist "
@@ -82,6 +98,7 @@ def read_solver(path, allow_python_layers=False):
     path = Path(path)
     param = parse_prototxt(path, SolverParameter)
     _check_solver_param(param, path)
+    _caffe_snapshot_prefix(param, path)
     net_path, net = _train_net(param, path, allow_python_layers)
     test_nets = [(path, inline_net(each, f"{path}: test_net_param #{i + 1}", allow_python_layers))
                  for i, each in enumerate(param.test_net_param)]
@@ -462,8 +479,8 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
                     on_iteration({"replay": done, "tests": len(tests)}, phase.iterations)
                 replay_data(solver, max(1, param.iter_size), counts, done - len(curve), [t["iter"] for t in tests])
         elif phase.solverstate is not None:
-            clean = Path(workdir) / ("clean" + "".join(Path(phase.solverstate).suffixes))
-            clean_solverstate(phase.solverstate, clean, solver.net, masks)
+            clean = Path(workdir) / restorable_name(phase.solverstate)
+            clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
             solver.restore(str(clean))
         dispatcher.settle()
         schedule = PeriodicTests.of_solver(spec.param, phase.test_interval)
@@ -471,6 +488,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             schedule = PeriodicTests(0)
         start = int(solver.iter)
         end = start + phase.iterations - done
+        check_schedule(param, spec.path, start - done, end)
         # Training runs in pieces between test passes and checkpoints; the
         # progress callback still sees the whole phase as its total.
         progress = (lambda row, _: on_iteration(row, phase.iterations)) if on_iteration is not None else None
@@ -493,6 +511,11 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
                 checkpoints.save(solver, curve, tests, sizes)
+        if checkpoints is None and param.snapshot_after_train and end > start \
+                and not (param.snapshot and end % param.snapshot == 0):
+            # What `caffe train` ends with: a snapshot a later run can go on from.
+            check_room(Path(f"{param.snapshot_prefix}_iter_{end}.caffemodel"), sum(sizes), max(sizes))
+            solver.snapshot()
         test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None
@@ -526,12 +549,16 @@ def _phase(spec, phase, gpu, on_iteration):
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 
 
-def _check_outputs(spec, output, force, weights, masks=None, writes_masks=False, others=()):
+def _check_outputs(spec, output, force, weights, span, masks=None, writes_masks=False, others=()):
     """Refuse outputs (OUT, and OUT.masks.h5 when masks are written) that
     would replace an input: the solver and its nets, the weights, the masks
-    read, ``others``."""
+    read, ``others``; and Caffe's own snapshots over ``span`` that would."""
     inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
     check_model_outputs(output, inputs, force, with_masks=writes_masks)
+    for given in inputs:
+        if given is not None and not force and _caffe_snapshot_of(spec.param, given, span):
+            raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
+                             "would overwrite this input; pass --force to allow it, or change snapshot_prefix")
 
 
 def train_sparse(solver_path, weights, output, masks=None, iterations=None, solverstate=None, gpu=None,
@@ -540,8 +567,9 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
     """The sparse phase: train with pruned weights held at exactly 0.0."""
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks, required=True)
-    _check_outputs(spec, output, force, weights, masks, writes_masks=True, others=[solverstate])
-    phase = Phase(_iterations(spec, iterations), weights, output, maskset, solverstate=solverstate,
+    span = _span(spec, iterations, solverstate)
+    _check_outputs(spec, output, force, weights, span, masks, writes_masks=True, others=[solverstate])
+    phase = Phase(span[1] - span[0], weights, output, maskset, solverstate=solverstate,
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
@@ -552,8 +580,9 @@ def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu
     """The re-dense phase: masks off, pruned weights start at their 0.0,
     survivors keep their values, lr = base_lr * lr_scale, fresh history."""
     spec = read_solver(solver_path, allow_python_layers)
-    _check_outputs(spec, output, force, weights)
-    phase = Phase(_iterations(spec, iterations), weights, output, lr_scale=lr_scale, test_iterations=test_iterations,
+    span = _span(spec, iterations)
+    _check_outputs(spec, output, force, weights, span)
+    phase = Phase(span[1], weights, output, lr_scale=lr_scale, test_iterations=test_iterations,
                   test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
@@ -566,10 +595,13 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     from .force import ForceRegularizer
 
     spec = read_solver(solver_path, allow_python_layers)
+    if masks is not None and weights is None:
+        raise InputError(f"--masks {masks}: masks need the weights they were made for (-w)")
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
-    _check_outputs(spec, output, force_write, weights, masks, writes_masks=maskset is not None)
+    span = _span(spec, iterations)
+    _check_outputs(spec, output, force_write, weights, span, masks, writes_masks=maskset is not None)
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
-    phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(regularizer,),
+    phase = Phase(span[1], weights, output, maskset, hooks=(regularizer,),
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
@@ -587,8 +619,11 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
 
     spec = read_solver(solver_path, allow_python_layers)
     model = read_caffemodel(weights)
-    maskset = masks_for(model, masks)
-    _check_outputs(spec, output, force, weights, masks, writes_masks=maskset is not None)
+    # Without masks (a decompressed model, a released sparse one), its zeros
+    # are what was pruned: they belong to no cluster, and stay 0.0.
+    maskset = masks_for(model, masks) or zero_masks(model)
+    span = _span(spec, iterations)
+    _check_outputs(spec, output, force, weights, span, masks, writes_masks=maskset is not None)
     keep = maskset.per_layer() if maskset else {}
     clusters = {}
     for target in prunable_targets(model):
@@ -596,14 +631,64 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
         data = layer.blobs[0].data
         kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
         clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
-    phase = Phase(_iterations(spec, iterations), weights, output, maskset, hooks=(WeightSharing(clusters),),
+    phase = Phase(span[1], weights, output, maskset, hooks=(WeightSharing(clusters),),
                   test_first=True, test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
 
-def _iterations(spec, iterations):
-    """--iterations, or the solver's max_iter."""
-    return spec.param.max_iter if iterations is None else iterations
+def zero_masks(model):
+    """A MaskSet keeping the non-zero weights of each prunable layer that has
+    zeros; None when none has."""
+    from .layers import prunable_targets
+
+    masks, shared_by = {}, {}
+    for target in prunable_targets(model):
+        data = model.layer(target.owner).blobs[0].data
+        if not data.all():
+            masks[target.owner], shared_by[target.owner] = data != 0, target.layers
+    if not masks:
+        return None
+    return MaskSet(masks, shared_by, model.structure(), {"source": model.path.name, "criterion": "zeros"})
+
+
+def _span(spec, iterations, solverstate=None):
+    """(first, last) iteration a train-* command trains: --iterations, or
+    what is left to the solver's max_iter (all of it, or after the iteration
+    ``solverstate`` was taken at, as `caffe train --snapshot` does)."""
+    start = state_iteration(solverstate) if solverstate is not None else 0
+    if iterations is None:
+        if start >= spec.param.max_iter:
+            raise InputError(f"{solverstate}: taken at iteration {start}, and {spec.path} stops at max_iter "
+                             f"{spec.param.max_iter}: nothing is left to train; give --iterations")
+        iterations = spec.param.max_iter - start
+    _check_iterations(iterations)
+    check_schedule(spec.param, spec.path, start, start + iterations)
+    return start, start + iterations
+
+
+def _caffe_snapshot_of(param, path, span):
+    """True when Caffe's own snapshots, over iterations ``span`` (first,
+    last], write ``path``: every ``snapshot`` iterations and, with
+    snapshot_after_train, at the last."""
+    prefix = os.path.abspath(param.snapshot_prefix)
+    name = os.path.abspath(path)
+    found = re.fullmatch(re.escape(prefix) + r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?", name)
+    if not found:
+        return False
+    k, (first, last) = int(found.group(1)), span
+    return first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
+                                  or (k == last and param.snapshot_after_train))
+
+
+def check_schedule(param, path, start, end):
+    """Refuse training from ``start`` to ``end`` past max_iter under
+    lr_policy "poly": Caffe's rate base_lr (1 - iter/max_iter)^power is 0 at
+    max_iter and then negative (gradient ascent) or NaN; `caffe train` stops
+    there, pycaffe's step does not."""
+    if param.lr_policy == "poly" and end > param.max_iter:
+        raise InputError(f"{path}: lr_policy \"poly\" brings the learning rate to 0 at max_iter {param.max_iter}, "
+                         f"and this run would train from iteration {start} to {end}, where it turns negative: "
+                         f"give at most {max(0, param.max_iter - start)} iterations, or raise max_iter")
 
 
 def _check_iterations(iterations):

@@ -55,9 +55,11 @@ def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter
     masks = load_masks(out.with_name("sparse.masks.h5"))
     assert masks.masks.keys() == load_masks(pruned.with_name("pruned.masks.h5")).masks.keys()
     assert_zeros_at_masks(out, masks)
-    # Caffe's own snapshots, written inside Step before Python could re-zero.
+    # Caffe's own snapshots, written inside Step before Python could re-zero,
+    # and the one `caffe train` ends with (snapshot_after_train).
     snaps = sorted(folder.glob("snap_iter_*.caffemodel"))
-    assert [p.name for p in snaps] == ["snap_iter_3.caffemodel", "snap_iter_6.caffemodel"]
+    assert [p.name for p in snaps] == ["snap_iter_3.caffemodel", "snap_iter_6.caffemodel", "snap_iter_7.caffemodel"]
+    assert (folder / "snap_iter_7.solverstate").is_file()
     for snap in snaps:
         assert_zeros_at_masks(snap, masks)
     assert result.curve[-1]["iter"] == 7 and "loss" in result.test
@@ -233,7 +235,7 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
     import subprocess
     import sys
 
-    solver = write_solver(tmp_path)
+    solver = write_solver(tmp_path, extra="momentum: 0.9\nsnapshot_after_train: false")
     caffe.get_solver(str(solver)).net.save(str(tmp_path / "w.caffemodel"))
     (tmp_path / "own").mkdir()
     snapshots = write_solver(tmp_path / "own", snapshot=3)  # the solver's own, written by Caffe inside a step
@@ -272,3 +274,106 @@ def test_snapshot_bytes_are_lower_bounds_of_caffes_files(caffe, tmp_path):
     model = (tmp_path / "s_iter_1.caffemodel").stat().st_size
     state = (tmp_path / "s_iter_1.solverstate").stat().st_size
     assert 4 * floats <= model < 4 * floats + 2000 and 4 * floats <= state < 4 * floats + 200
+
+
+# -- what `caffe train` does with the solver's own settings ------------------------------------------------------------
+
+def test_a_resumed_run_goes_to_max_iter_and_poly_stops_there(caffe, pruned, tmp_path):
+    """`caffe train --snapshot` trains on to max_iter; past it, "poly"
+    gives a negative rate (gradient ascent), which pycaffe's step allows."""
+    folder = tmp_path / "resume"
+    folder.mkdir()
+    solver_path, state = _dense_solverstate(caffe, folder, tmp_path)  # max_iter 12, state at 4
+    result = train_sparse(solver_path, pruned, folder / "s.caffemodel", solverstate=state)
+    assert [row["iter"] for row in result.curve][-1] == 12 and len(result.curve) == 8
+    poly = write_solver(folder, snapshot=4, lr_policy='"poly"\npower: 1.0')
+    with pytest.raises(InputError, match='lr_policy "poly" brings the learning rate to 0 at max_iter 12, and this '
+                                         'run would train from iteration 4 to 14, where it turns negative: give at '
+                                         'most 8 iterations'):
+        train_sparse(poly, pruned, folder / "p.caffemodel", iterations=10, solverstate=state)
+    with pytest.raises(InputError, match="would train from iteration 0 to 13"):
+        train_dense(poly, pruned, folder / "p.caffemodel", iterations=13)
+    assert not (folder / "p.caffemodel").exists()
+    result = train_sparse(poly, pruned, folder / "p.caffemodel", solverstate=state, force=True)
+    assert len(result.curve) == 8 and min(row["lr"] for row in result.curve) >= 0
+
+
+def test_a_solverstate_of_another_solver_type_is_one_line(caffe, pruned, tmp_path):
+    """Caffe aborts the process on a history count its solver type does
+    not keep (Adam and AdaDelta keep two blobs per parameter)."""
+    for kind in ("Adam", "SGD"):
+        (tmp_path / kind).mkdir()
+        solver = write_solver(tmp_path / kind, kind, SOLVERS[kind], snapshot=2, prefix="s")
+        caffe.get_solver(str(solver)).step(2)
+    for state, other, expect in (("Adam", "SGD", "8 history blobs, but a SGD solver of this net keeps 4"),
+                                 ("SGD", "Adam", "4 history blobs, but a Adam solver of this net keeps 8")):
+        with pytest.raises(InputError, match=expect):
+            train_sparse(tmp_path / other / "solver.prototxt", pruned, tmp_path / "x.caffemodel", iterations=1,
+                         solverstate=tmp_path / state / "s_iter_2.solverstate")
+    # An HDF5 state under a name without .h5: Caffe picks the format by the name.
+    solver = write_solver(tmp_path, snapshot=2, prefix="h", extra="momentum: 0.9\nsnapshot_format: HDF5")
+    caffe.get_solver(str(solver)).step(2)
+    (tmp_path / "h_iter_2.solverstate.h5").rename(tmp_path / "state.bin")
+    result = train_sparse(solver, pruned, tmp_path / "x.caffemodel", iterations=1, solverstate=tmp_path / "state.bin")
+    assert result.curve[-1]["iter"] == 3
+
+
+def test_snapshot_prefix_as_caffe_reads_it(caffe, pruned, tmp_path):
+    """A folder takes the solver file's stem, and no prefix the solver
+    file's path without its extension (UpgradeSnapshotPrefixProperty)."""
+    write_solver(tmp_path, snapshot=2, prefix="snaps")
+    (tmp_path / "snaps").mkdir()
+    text = (tmp_path / "solver.prototxt").read_text()
+    (tmp_path / "lenet_solver.prototxt").write_text(text)
+    train_sparse(tmp_path / "lenet_solver.prototxt", pruned, tmp_path / "a.caffemodel", iterations=2)
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["lenet_solver_iter_2.caffemodel",
+                                                                      "lenet_solver_iter_2.solverstate"]
+    (tmp_path / "bare_solver.prototxt").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("snapshot_prefix")))
+    train_sparse(tmp_path / "bare_solver.prototxt", pruned, tmp_path / "b.caffemodel", iterations=2)
+    assert (tmp_path / "bare_solver_iter_2.caffemodel").is_file()
+
+
+def test_the_solvers_own_snapshots_do_not_overwrite_an_input(pruned, tmp_path):
+    import shutil
+
+    solver = write_solver(tmp_path, snapshot=2, prefix="snap")
+    shutil.copy(pruned, tmp_path / "snap_iter_4.caffemodel")
+    shutil.copy(pruned.with_name("pruned.masks.h5"), tmp_path / "snap_iter_4.masks.h5")
+    before = (tmp_path / "snap_iter_4.caffemodel").read_bytes()
+    with pytest.raises(InputError, match="snap_iter_4.caffemodel: the solver's own snapshots .* would overwrite "
+                                         "this input; pass --force"):
+        train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=4)
+    assert (tmp_path / "snap_iter_4.caffemodel").read_bytes() == before
+    train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=3)  # 2 and 3
+    train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=4, force=True)
+    assert (tmp_path / "snap_iter_4.caffemodel").read_bytes() != before
+
+
+def test_quantized_training_keeps_the_zeros_of_a_model_without_masks(pruned, tmp_path):
+    """A decompressed model, or a released sparse one, has no masks file: its
+    zeros are what was pruned, and they stay 0.0."""
+    import shutil
+
+    from caffedsd.training import train_quantized
+
+    shutil.copy(pruned, tmp_path / "bare.caffemodel")
+    (tmp_path / "q").mkdir()
+    solver = write_solver(tmp_path / "q")
+    out = tmp_path / "q.caffemodel"
+    train_quantized(solver, tmp_path / "bare.caffemodel", out, {"conv": 2, "fc": 2}, iterations=5)
+    before, after = read_caffemodel(tmp_path / "bare.caffemodel"), read_caffemodel(out)
+    for layer in ("conv1", "fc1"):
+        zeros = before.layer(layer).blobs[0].data == 0
+        assert zeros.mean() > 0.5
+        assert np.array_equal(after.layer(layer).blobs[0].data == 0, zeros), layer
+        # (members of a cluster can differ in the last bits: BLAS rounds its vector lanes and tail apart)
+        assert len(np.unique(after.layer(layer).blobs[0].data[~zeros].round(5))) <= 4
+    assert load_masks(out.with_name("q.masks.h5")).masks.keys() == {"conv1", "fc1"}
+
+
+def test_lowrank_masks_need_their_weights(tmp_path):
+    from caffedsd.training import train_lowrank
+
+    with pytest.raises(InputError, match="--masks m.masks.h5: masks need the weights they were made for"):
+        train_lowrank(write_solver(tmp_path), tmp_path / "o.caffemodel", 1e-4, masks="m.masks.h5")
