@@ -3,12 +3,34 @@ that name the file, line and column."""
 import yaml
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load's loader, refusing a key given twice in one mapping, which
+    YAML forbids and safe_load takes silently, the last one winning. Keys
+    that a merge (<<) brings in are still overridden, as YAML means them."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first.setdefault(key, key_node.start_mark)
+                except TypeError:  # unhashable: the constructor says so
+                    continue
+                if seen is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first at line {seen.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml(text, where, error):
     """yaml.safe_load(text) (str, or bytes as read from a file: bytes that
-    are not UTF-8 are a YAML error too); a syntax error raises ``error``
-    naming where, in one line."""
+    are not UTF-8 are a YAML error too), with a key given twice in a mapping
+    an error; a syntax error raises ``error`` naming where, in one line."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -1,8 +1,11 @@
+import re
+
 import pytest
 
 from caffedsd.errors import InputError
 from caffedsd.plan import SparsityPlan
 from caffedsd.recipe import DenseStage, PruneStage, Recipe, RecipeError, SparseStage, load_recipe
+from caffedsd.yamlio import parse_yaml
 
 GOOD = {
     "solver": "solver.prototxt",
@@ -100,3 +103,22 @@ def test_a_recipe_may_ask_for_a_verified_plan(tmp_path):
     with pytest.raises(RecipeError, match="require_verified 'yes'"):
         Recipe.from_dict(dict(recipe("verified.yaml"), stages=[
             {"prune": {"plan": str(tmp_path / "verified.yaml"), "require_verified": "yes"}}]))
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    # yaml.safe_load keeps the last of them, silently: here 10 iterations, not 5.
+    path = tmp_path / "r.yaml"
+    for text, line, key in [("solver: s.prototxt\nsolver: t.prototxt\nstages:\n  - dense: {iterations: 5}\n", 2,
+                             "'solver' given twice (first at line 1)"),
+                            ("solver: s.prototxt\nstages:\n  - dense: {iterations: 5, iterations: 10}\n", 3,
+                             "'iterations' given twice (first at line 3)")]:
+        path.write_text(text)
+        with pytest.raises(RecipeError, match=f"^{re.escape(str(path))}:{line}:[0-9]+: not valid YAML "
+                                              f"{re.escape(f'(key {key})')}$"):
+            load_recipe(path)
+    # A plan file the recipe names, too; YAML's merge key (<<) still overrides as it should.
+    (tmp_path / "plan.yaml").write_text("layers:\n  ip1: 0.9\n  ip1: 0.1\n")
+    path.write_text(f"solver: s.prototxt\nweights: w.caffemodel\nstages:\n  - prune: {{plan: {tmp_path / 'plan.yaml'}}}\n")
+    with pytest.raises(InputError, match="plan.yaml:3:3: not valid YAML \\(key 'ip1' given twice"):
+        load_recipe(path)
+    assert parse_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n", "f", RecipeError)["b"] == {"x": 3, "y": 2}
