@@ -173,6 +173,25 @@ def built_layers(net, states):
     return [layer for layer in net.layer if any(included(layer, state) for state in states)]
 
 
+def data_files(net, states=None):
+    """The files the data layers of ``net`` built in ``states`` read: mean
+    files, sources (an HDF5Data list and the files it lists; the files of
+    a database folder), as far as they exist. Outputs must not replace them."""
+    files = []
+    for layer in built_layers(net, states):
+        files.append(layer.transform_param.mean_file)
+        if layer.type not in _SOURCES:
+            continue
+        source = Path(getattr(layer, _SOURCES[layer.type]).source)
+        if source.is_dir():
+            files += [path for path in source.iterdir() if path.is_file()]
+        elif source.is_file():
+            files.append(source)
+            if layer.type == "HDF5Data":
+                files += source.read_text().split()
+    return [Path(f) for f in files if f]
+
+
 def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=True):
     """Raise InputError when a data layer of ``net`` reads a file that is not
     there, or a database its ``backend`` cannot open, or, when caffedsd is

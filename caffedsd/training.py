@@ -25,7 +25,7 @@ from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, m
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       solver_state)
+                       data_files, solver_state)
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
 
@@ -552,8 +552,11 @@ def _phase(spec, phase, gpu, on_iteration):
 def _check_outputs(spec, output, force, weights, span, masks=None, writes_masks=False, others=()):
     """Refuse outputs (OUT, and OUT.masks.h5 when masks are written) that
     would replace an input: the solver and its nets, the weights, the masks
-    read, ``others``; and Caffe's own snapshots over ``span`` that would."""
-    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
+    read, ``others``, the nets' data; and Caffe's own snapshots over ``span``
+    that would."""
+    data = [path for net, _, states in built_nets(spec) for path in data_files(net, states)]
+    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others,
+              *data]
     check_model_outputs(output, inputs, force, with_masks=writes_masks)
     for given in inputs:
         if given is not None and not force and _caffe_snapshot_of(spec.param, given, span):

@@ -377,3 +377,16 @@ def test_lowrank_masks_need_their_weights(tmp_path):
 
     with pytest.raises(InputError, match="--masks m.masks.h5: masks need the weights they were made for"):
         train_lowrank(write_solver(tmp_path), tmp_path / "o.caffemodel", 1e-4, masks="m.masks.h5")
+
+
+def test_training_does_not_write_over_its_data(lenet, tmp_path, cli):
+    from conftest import assert_one_line_error, lenet_files
+
+    _, _, weights = lenet
+    solver, net = lenet_files(tmp_path, 200, 100, max_iter=1)
+    test_list = Path(net.read_text().split('source: "')[2].split('"', 1)[0])
+    for target in (test_list, Path(test_list.read_text().split()[0])):
+        before = target.read_bytes()
+        assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", target),
+                              f"{target}: output would overwrite the input")
+        assert target.read_bytes() == before
