@@ -73,10 +73,15 @@ def prune_table(rows):
     return format_table(["layer", "shape", "amount", "weights", "pruned", "sparsity"], body, "llrrrr")
 
 
+def shape_text(shape):
+    """2x3x5, and "scalar" for a 0-axis blob (a shared PReLU slope)."""
+    return "x".join(map(str, shape)) if len(shape) else "scalar"
+
+
 def stats_table(stats):
     body = []
     for r in stats["layers"]:
-        body.append([r["layer"], r["type"], " ".join("x".join(map(str, s)) for s in r["shapes"]),
+        body.append([r["layer"], r["type"], " ".join(shape_text(s) for s in r["shapes"]),
                      r["params"], r["nonzero"], pct(r["sparsity"]),
                      "" if r["masked"] is None else r["masked"], human_bytes(r["bytes"])])
     t = stats["totals"]

@@ -112,3 +112,9 @@ def test_caffe_root_binary_is_preferred(tmp_path, monkeypatch):
     assert caffe_binary() == tools / "caffe"
     monkeypatch.setenv("CAFFEDSD_CAFFE_BIN", str(real))
     assert caffe_binary() == real
+
+
+def test_shapes_in_the_stats_table_name_scalar_blobs():
+    from caffedsd.report import shape_text
+
+    assert [shape_text(s) for s in ([20, 1, 5, 5], [20], [])] == ["20x1x5x5", "20", "scalar"]
