@@ -298,6 +298,11 @@ def _build_info(pydir):
     return source, flavour, {}
 
 
+def cpu_only_build():
+    """Whether the Caffe we run on is known to be a CPU-only build."""
+    return _build_info(pycaffe_dir())[1] == "CPU-only"
+
+
 def built_by_caffedsd():
     """Whether the Caffe we run on is caffedsd's own build of stock Caffe
     (tools/build_caffe.sh), whose features are known exactly."""

@@ -9,6 +9,7 @@ off, lr scaled).
 import math
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .atomic import atomic_path, atomic_paths, check_room
-from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, has_python_layers, import_caffe,
-                        import_pycaffe, layer_types)
+from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, cpu_only_build, has_python_layers,
+                        import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import check_finite, read_caffemodel
 from .errors import Diverged, InputError
@@ -542,8 +543,23 @@ def _next_checkpoint(iteration, checkpoints):
     return (iteration // checkpoints.every + 1) * checkpoints.every
 
 
+def solver_device(spec, gpu):
+    """The GPU a run trains on: ``gpu`` (--gpu), else, as `caffe train`
+    takes it, the solver's device_id when it says solver_mode: GPU. A
+    CPU-only build trains such a solver on the CPU (where stock `caffe
+    train` refuses it), and says so."""
+    if gpu is not None or spec.param.solver_mode != SolverParameter.GPU:
+        return gpu
+    if cpu_only_build():
+        print(f"caffedsd: note: {spec.path} asks for solver_mode GPU; this Caffe is a CPU-only build, so it trains "
+              "on the CPU", file=sys.stderr)
+        return None
+    return spec.param.device_id
+
+
 def _phase(spec, phase, gpu, on_iteration):
     """A train-* command's phase, in a throwaway folder."""
+    gpu = solver_device(spec, gpu)
     check_solver_builds(spec, gpu)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)

@@ -390,3 +390,14 @@ def test_training_does_not_write_over_its_data(lenet, tmp_path, cli):
         assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", target),
                               f"{target}: output would overwrite the input")
         assert target.read_bytes() == before
+
+
+def test_a_gpu_solver_on_a_cpu_only_build_trains_on_the_cpu_and_says_so(pruned, tmp_path, cli):
+    from caffedsd.caffe_env import cpu_only_build
+
+    if not cpu_only_build():
+        pytest.skip("a CUDA build trains such a solver on its GPU, as `caffe train` does")
+    solver = write_solver(tmp_path, extra="momentum: 0.9\nsolver_mode: GPU\ndevice_id: 0")
+    result = cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert f"caffedsd: note: {solver} asks for solver_mode GPU; this Caffe is a CPU-only build" in result.output
