@@ -548,7 +548,9 @@ def solver_device(spec, gpu):
     takes it, the solver's device_id when it says solver_mode: GPU. A
     CPU-only build trains such a solver on the CPU (where stock `caffe
     train` refuses it), and says so."""
-    if gpu is not None or spec.param.solver_mode != SolverParameter.GPU:
+    # Only a solver_mode the file gives: its default is GPU (caffe.cpp's train
+    # reads has_solver_mode()).
+    if gpu is not None or not spec.param.HasField("solver_mode") or spec.param.solver_mode != SolverParameter.GPU:
         return gpu
     if cpu_only_build():
         print(f"caffedsd: note: {spec.path} asks for solver_mode GPU; this Caffe is a CPU-only build, so it trains "
