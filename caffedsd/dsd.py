@@ -46,7 +46,7 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import STATE_LEARNED_NET
-from .training import Phase, check_solver_builds, read_solver, run_phase
+from .training import Phase, check_schedule, check_solver_builds, read_solver, run_phase, solver_device
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
@@ -317,11 +317,19 @@ def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})
 
 
-def check_prune_stages(recipe, spec):
-    """Every prune stage's plan against the layers it will prune: the
-    prunable layers of the net the solver trains, which each stage's model
-    holds. Before anything trains: found by the stage itself, the fault
-    costs the stages before it, and leaves the run folder to this recipe."""
+def check_stages(recipe, spec):
+    """What each stage will find, before anything trains: found by the
+    stage itself, the fault costs the stages before it, and leaves the run
+    folder to this recipe. A training stage's length against the solver's
+    schedule (each stage starts its solver at iteration 0); every prune
+    stage's plan against the layers it will prune: the prunable layers of
+    the net the solver trains, which each stage's model holds."""
+    for number, stage in enumerate(recipe.stages, 1):
+        if stage.kind != "prune":
+            try:
+                check_schedule(spec.param, spec.path, 0, stage.iterations)
+            except InputError as exc:
+                raise RecipeError(f"{recipe.where}: stage {number} ({stage.kind}): {exc}") from None
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
     if not prunes:
         return
@@ -347,10 +355,11 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     over a run folder another recipe made (prepare_run_dir)."""
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
+    spec = read_solver(recipe.solver)
+    gpu = solver_device(spec, gpu)
     if gpu is not None:  # before the run folder is made
         check_gpu(gpu)
-    spec = read_solver(recipe.solver)
-    check_prune_stages(recipe, spec)
+    check_stages(recipe, spec)
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
     check_solver_builds(spec, gpu)

@@ -405,6 +405,20 @@ def test_a_prune_rule_naming_no_layer_is_refused_before_training(tmp_path, cli):
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
 
 
+def test_a_stage_past_max_iter_under_poly_is_refused_before_training(tmp_path, cli):
+    """Each stage starts its solver at iteration 0; under "poly" the rate is
+    0 at max_iter (12 here) and negative after."""
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(solver.read_text().replace('lr_policy: "fixed"', 'lr_policy: "poly"\npower: 1.0'))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f'{recipe}: stage 1 (dense): {solver}: lr_policy "poly" brings the learning rate to 0 at '
+                          "max_iter 12, and this run would train from iteration 0 to 30")
+    assert not (tmp_path / "run").exists()
+    recipe.write_text(recipe.read_text().replace("iterations: 30", "iterations: 12").replace("iterations: 20", "iterations: 5"))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+
+
 def test_bad_solvers(tmp_path, cli, caffe):
     recipe = _recipe(tmp_path)
     solver = tmp_path / "solver.prototxt"
