@@ -378,8 +378,9 @@ def plan_summary(result):
     """Overall sparsity, predicted drop and, for a verified plan, the measured
     drop and the back-off measurements that led to it."""
     unit, metric = result.unit, result.metric
+    of = f"points of {metric}" if unit == "points" else f"in {metric} (a loss: how much it rises)"
     lines = [f"predicted overall sparsity {result.overall:.4f} of {result.prunable} prunable weights; "
-             f"predicted total drop {result.drop:.4g} {unit} of {metric}"]
+             f"predicted total drop {result.drop:.4g} {of}"]
     if result.verified:
         history = result.history
         if len(history) > 1:
