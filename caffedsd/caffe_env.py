@@ -60,19 +60,21 @@ def import_caffe(gpu=None):
     return caffe
 
 
-def check_gpu(gpu):
+def check_gpu(gpu, given=None):
     """Raise CaffeUnavailable for ``--gpu`` that Caffe would abort the
     process on: a CPU-only build ("Cannot use GPU in CPU-only Caffe"), or a
     GPU it cannot use (an index past the GPUs CUDA sees, no driver, all of
     an exclusive-mode GPU taken by another process), which a child process
-    tries first (a two-layer net, forward), once per process and GPU."""
+    tries first (a two-layer net, forward), once per process and GPU.
+    ``given``: where the GPU was asked for, when not by --gpu."""
+    given = given or f"--gpu {gpu}"
     _, flavour, _ = _build_info(pycaffe_dir())
     if flavour == "CPU-only":
-        raise CaffeUnavailable(f"--gpu {gpu}: this Caffe is a CPU-only build (see `caffedsd info`); "
+        raise CaffeUnavailable(f"{given}: this Caffe is a CPU-only build (see `caffedsd info`); "
                                "`make setup CUDA=1` builds one with CUDA on a GPU machine")
     failure = _gpu_failure(int(gpu))
     if failure is not None:
-        raise CaffeUnavailable(f"--gpu {gpu}: Caffe cannot open this GPU: {failure}")
+        raise CaffeUnavailable(f"{given}: Caffe cannot open this GPU: {failure}")
 
 
 @functools.lru_cache(maxsize=None)

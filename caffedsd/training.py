@@ -17,8 +17,8 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from .atomic import atomic_path, atomic_paths, check_room
-from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, cpu_only_build, has_python_layers,
-                        import_caffe, import_pycaffe, layer_types)
+from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
+                        has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import check_finite, read_caffemodel
 from .errors import Diverged, InputError
@@ -83,9 +83,15 @@ def _caffe_snapshot_prefix(param, path):
 
 
 def _check_snapshot_prefix(param, path):
-    """Caffe checks at start-up that it can write its periodic snapshots."""
-    if param.snapshot <= 0:
+    """Caffe checks at start-up that it can write its periodic snapshots;
+    the one it ends with (snapshot_after_train) is only tried at the end,
+    where Caffe aborts the process."""
+    if param.snapshot <= 0 and not param.snapshot_after_train:
         return
+    if os.path.isdir(param.snapshot_prefix):
+        # Caffe reads caffedsd's solver file, whose stem it would put after a folder.
+        raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r} (as Caffe reads {path.name}) is a "
+                         "folder; give one that names the snapshots' path and file name start")
     folder = os.path.dirname(param.snapshot_prefix) or "."
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r}: folder {folder!r} does not exist "
@@ -512,16 +518,17 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
                 checkpoints.save(solver, curve, tests, sizes)
-        if checkpoints is None and param.snapshot_after_train and end > start \
-                and not (param.snapshot and end % param.snapshot == 0):
-            # What `caffe train` ends with: a snapshot a later run can go on from.
-            check_room(Path(f"{param.snapshot_prefix}_iter_{end}.caffemodel"), sum(sizes), max(sizes))
-            solver.snapshot()
         test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None
         if phase.output is not None:
             masks_out = save_net(solver, phase.output, phase.maskset, sizes[0])
+        if checkpoints is None and param.snapshot_after_train and end > start \
+                and not (param.snapshot and end % param.snapshot == 0):
+            # What `caffe train` ends with: a snapshot a later run can go on
+            # from; after the output, which a failed write must not cost.
+            check_room(Path(f"{param.snapshot_prefix}_iter_{end}.caffemodel"), sum(sizes), max(sizes))
+            solver.snapshot()
     finally:
         dispatcher.detach()
     return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,
@@ -556,6 +563,8 @@ def solver_device(spec, gpu):
         print(f"caffedsd: note: {spec.path} asks for solver_mode GPU; this Caffe is a CPU-only build, so it trains "
               "on the CPU", file=sys.stderr)
         return None
+    # Checked here, where a failure can name the solver rather than a --gpu nobody gave.
+    check_gpu(spec.param.device_id, f"{spec.path}: solver_mode GPU, device_id {spec.param.device_id}")
     return spec.param.device_id
 
 
@@ -679,8 +688,9 @@ def _span(spec, iterations, solverstate=None):
     start = state_iteration(solverstate) if solverstate is not None else 0
     if iterations is None:
         if start >= spec.param.max_iter:
-            raise InputError(f"{solverstate}: taken at iteration {start}, and {spec.path} stops at max_iter "
-                             f"{spec.param.max_iter}: nothing is left to train; give --iterations")
+            where = f"{solverstate}: taken at iteration {start}, and " if solverstate is not None else ""
+            raise InputError(f"{where}{spec.path} stops at max_iter {spec.param.max_iter}: nothing is left to "
+                             "train; give --iterations")
         iterations = spec.param.max_iter - start
     _check_iterations(iterations)
     check_schedule(spec.param, spec.path, start, start + iterations)

@@ -406,3 +406,24 @@ def test_a_gpu_solver_on_a_cpu_only_build_trains_on_the_cpu_and_says_so(pruned, 
 def test_a_solver_naming_no_solver_mode_trains_on_the_cpu_without_a_note(pruned, tmp_path, cli):
     result = cli("train-dense", "--solver", write_solver(tmp_path), "-w", pruned, "-n", 1, "-o", "d.caffemodel")
     assert result.exit_code == 0 and "note" not in result.output, result.output
+
+
+def test_the_final_snapshot_is_checked_before_training_and_written_after_the_output(pruned, tmp_path, cli):
+    from conftest import assert_one_line_error
+
+    solver = write_solver(tmp_path, prefix="gone/snap")  # snapshot 0: only the one the run ends with
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel"),
+                          "snapshot_prefix")
+    # A folder gets the solver file's stem; were that a folder too, Caffe
+    # would add its own solver file's stem again.
+    (tmp_path / "snaps" / "solver").mkdir(parents=True)
+    solver.write_text(solver.read_text().replace(str(tmp_path / "gone/snap"), str(tmp_path / "snaps")))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel"),
+                          "snaps/solver' (as Caffe reads solver.prototxt) is a folder")
+    assert not (tmp_path / "d.caffemodel").exists()
+    (tmp_path / "snaps" / "solver").rmdir()
+    assert cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel").exit_code == 0
+    assert (tmp_path / "d.caffemodel").is_file() and (tmp_path / "snaps" / "solver_iter_2.solverstate").is_file()
+    solver.write_text(solver.read_text().replace("max_iter: 12", "max_iter: 0"))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-o", "d.caffemodel"),
+                          f"{solver} stops at max_iter 0: nothing is left to train; give --iterations")
