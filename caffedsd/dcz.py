@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .atomic import atomic_open, atomic_path, check_input, check_output
+from .atomic import atomic_open, check_input, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import check_finite, new_caffemodel, read_caffemodel
+from .maskfile import atomic_unmasked_path, check_model_outputs
 from .coding import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps, huffman_decode,
                      huffman_encode, huffman_lengths, label_dtype, positions_from_gaps, share_values)
 from .errors import InputError, WireError
@@ -688,14 +689,14 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
     """Write the caffemodel a .dcz file holds (weights = the quantized values),
     a layer at a time; with ``model``, the prototxt must fit it, or nothing is
     written. Returns the number of layers with weights."""
-    check_output(output, inputs=[path, model], force=force)
+    check_model_outputs(output, [path, model], force)
     net = None
     if model is not None:
         from .caffe_proto import read_net_prototxt
 
         net = read_net_prototxt(model, allow_python_layers)
     dcz = DczFile(path)
-    with atomic_path(output) as tmp:
+    with atomic_unmasked_path(output) as tmp:
         new_caffemodel(tmp, dcz.layers(), name=dcz.name if isinstance(dcz.name, str) else "")
         if net is not None:
             from .netcheck import check_pair

@@ -17,11 +17,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_path, check_input, check_output
+from .atomic import check_input
 from .caffe_proto import read_net_prototxt
 from .caffemodel import HDF5_SIGNATURE, new_caffemodel, read_caffemodel
 from .errors import InputError
 from .layers import expects_blobs
+from .maskfile import atomic_unmasked_path, check_model_outputs
 from .netcheck import check_pair
 
 
@@ -125,11 +126,11 @@ def convert_hdf5_weights(weights, model, output, force=False, allow_python_layer
     if not is_hdf5(weights):
         raise InputError(f"{weights}: not an HDF5 file (a binary caffemodel needs no conversion)")
     net = read_net_prototxt(model, allow_python_layers)
-    check_output(output, inputs=[weights, model], force=force)
+    check_model_outputs(output, [weights, model], force)
     layers = hdf5_layers(weights, net, model)
     if not layers:
         raise InputError(f"{weights}: holds no blob of any layer of {model}")
-    with atomic_path(output) as tmp:
+    with atomic_unmasked_path(output) as tmp:
         new_caffemodel(tmp, layers, name=net.name)
         # As prune --model does: stock Caffe would abort on a shape it
         # cannot copy, or leave a layer without weights random.

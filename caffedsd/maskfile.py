@@ -14,6 +14,7 @@ Layout:
 The fingerprint is the sha256 of the model's structure (names, types and blob
 shapes of every layer with blobs), so masks can't be applied to another model.
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_open, check_output
+from .atomic import atomic_open, atomic_path, check_output
 from .errors import InputError
 
 FORMAT = "caffedsd-masks"
@@ -48,6 +49,16 @@ def masks_read_for(weights_path, masks_path=None):
         return Path(masks_path)
     beside = masks_path_for(weights_path) if weights_path else None
     return beside if beside is not None and beside.exists() else None
+
+
+@contextlib.contextmanager
+def atomic_unmasked_path(output):
+    """atomic_path for a caffemodel written without masks. The masks file
+    of the model it replaces goes, just before the rename: left there, the
+    next prune, verify or compress would take it for this model's."""
+    with atomic_path(output) as tmp:
+        yield tmp
+        masks_path_for(output).unlink(missing_ok=True)
 
 
 def check_model_outputs(output, inputs, force=False, with_masks=True):

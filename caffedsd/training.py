@@ -16,13 +16,14 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .atomic import atomic_path, atomic_paths, check_room
+from .atomic import atomic_paths, check_room
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .caffemodel import check_finite, read_caffemodel
 from .errors import Diverged, InputError
-from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
+from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
+                       save_masks)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
@@ -392,7 +393,7 @@ def save_net(solver, output, maskset=None, nbytes=0):
     process on a failed write."""
     output = Path(output)
     if maskset is None:
-        with atomic_path(output) as tmp:
+        with atomic_unmasked_path(output) as tmp:
             check_room(tmp, nbytes)
             solver.net.save(str(tmp))
         return None
@@ -584,7 +585,8 @@ def _check_outputs(spec, output, force, weights, span, masks=None, writes_masks=
     data = [path for net, _, states in built_nets(spec) for path in data_files(net, states)]
     inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others,
               *data]
-    check_model_outputs(output, inputs, force, with_masks=writes_masks)
+    # OUT.masks.h5 is written, or removed when OUT is written without masks.
+    check_model_outputs(output, inputs, force)
     for given in inputs:
         if given is not None and not force and _caffe_snapshot_of(spec.param, given, span):
             raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "

@@ -427,3 +427,15 @@ def test_the_final_snapshot_is_checked_before_training_and_written_after_the_out
     solver.write_text(solver.read_text().replace("max_iter: 12", "max_iter: 0"))
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-o", "d.caffemodel"),
                           f"{solver} stops at max_iter 0: nothing is left to train; give --iterations")
+
+
+def test_a_model_trained_without_masks_takes_away_those_of_the_one_it_replaces(pruned, tmp_path, cli):
+    import shutil
+
+    shutil.copy(pruned.with_name("pruned.masks.h5"), tmp_path / "d.masks.h5")  # an earlier prune's, as d.caffemodel
+    (tmp_path / "s").mkdir()
+    solver = write_solver(tmp_path / "s")
+    assert cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel").exit_code == 0
+    assert not (tmp_path / "d.masks.h5").exists()
+    result = cli("prune", "-w", "d.caffemodel", "-s", 0.3, "-o", "p.caffemodel")
+    assert result.exit_code == 0 and "30.0%" in result.output, result.output
