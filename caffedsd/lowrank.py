@@ -449,6 +449,9 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
         model = read_caffemodel(weights)
         nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
         check_pair(nets[Path(model_path)], model_path, model)
+        if deploy_path is not None and Path(deploy_path) in nets and Path(deploy_path) != Path(model_path):
+            # Written beside the weights: Caffe must fill every layer of it.
+            check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True)
         check_finite(model)
         chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc, shared_weights(nets.values()))
         # Output positions per layer come from the nets themselves (TEST

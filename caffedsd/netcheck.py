@@ -61,10 +61,12 @@ def _shape_problem(layer_param, blobs):
     return None
 
 
-def check_pair(net, net_path, model, weights_path=None):
+def check_pair(net, net_path, model, weights_path=None, unused_weights=False):
     """Raise InputError listing every mismatch between prototxt and weights.
     ``weights_path``: the file to name for the weights, when ``model`` was
-    read from a temporary made of it (a conversion's output)."""
+    read from a temporary made of it (a conversion's output).
+    ``unused_weights``: weights of layers the net lacks are expected (a
+    deploy net of a train_val, without its auxiliary classifiers)."""
     weights_path = Path(weights_path or model.path)
     net_layers = {}
     for layer_param in net.layer:
@@ -75,7 +77,7 @@ def check_pair(net, net_path, model, weights_path=None):
     if no_weights:
         problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
                         + _names(no_weights))
-    ignored = [n for n in with_blobs if n not in net_layers]
+    ignored = [] if unused_weights else [n for n in with_blobs if n not in net_layers]
     if ignored:
         problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + _names(ignored))
     counts, shapes = [], []

@@ -350,6 +350,13 @@ def test_layers_only_in_the_train_val_are_split_by_its_own_shapes(caffe, tmp_pat
     assert_one_line_error(cli("decompose", "-p", "nodata.prototxt", "--deploy", deploy.name, "-w", weights,
                               "--rank", "aux/conv=6", "-o", "out2"),
                           "aux/conv: not in deploy.prototxt, so nodata.prototxt is built for its output size:")
+    # A deploy whose layer the weights do not fill (a fine-tuning rename) is
+    # refused; the weights of layers it leaves out are not.
+    (tmp_path / "renamed.prototxt").write_text(AUX_DEPLOY.replace('"ip"', '"ip_new"'))
+    assert_one_line_error(cli("decompose", "-p", train_val, "--deploy", "renamed.prototxt", "-w", weights,
+                              "--rank", "conv1=6", "-o", "out3"),
+                          "renamed.prototxt does not match")
+    assert not (tmp_path / "out3").exists()
 
 
 SHARED = """
