@@ -99,6 +99,25 @@ def _check_snapshot_prefix(param, path):
                          "or cannot be written")
 
 
+def _check_hdf5_snapshots(spec, param):
+    """Caffe's HDF5 snapshots (Net::ToHDF5) make a group per layer, in
+    order, named by the layer: a name with "/" is a group path, whose
+    parent must be an earlier layer's group, and a repeated name fails.
+    Caffe aborts the process at the first snapshot; found here, before
+    training."""
+    if param.snapshot_format != SolverParameter.HDF5 or (param.snapshot <= 0 and not param.snapshot_after_train):
+        return
+    made = set()
+    for layer in built_layers(spec.net, [solver_state(spec.net, "TRAIN", param.train_state)]):
+        parent = layer.name.rpartition("/")[0]
+        if layer.name in made or (parent and parent not in made):
+            why = "a second layer of that name" if layer.name in made else f"no layer {parent!r} before it"
+            raise InputError(f"{spec.path}: snapshot_format HDF5 cannot hold layer {layer.name!r} of {spec.net_path} "
+                             f"(HDF5 takes '/' for a group path, and there is {why}; Caffe aborts at the first "
+                             "snapshot): use snapshot_format BINARYPROTO")
+        made.add(layer.name)
+
+
 def read_solver(path, allow_python_layers=False):
     """Parse and check a solver prototxt: its net and data files must exist.
 
@@ -210,6 +229,7 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     param.test_interval = 2 ** 31 - 1
     param.test_initialization = False
     _check_snapshot_prefix(param, spec.path)
+    _check_hdf5_snapshots(spec, param)
     param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
     if gpu is not None:
         param.device_id = gpu

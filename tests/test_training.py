@@ -439,3 +439,19 @@ def test_a_model_trained_without_masks_takes_away_those_of_the_one_it_replaces(p
     assert not (tmp_path / "d.masks.h5").exists()
     result = cli("prune", "-w", "d.caffemodel", "-s", 0.3, "-o", "p.caffemodel")
     assert result.exit_code == 0 and "30.0%" in result.output, result.output
+
+
+def test_hdf5_snapshots_of_layer_names_with_a_slash_are_refused_before_training(pruned, tmp_path, cli):
+    """GoogLeNet's conv1/7x7_s2: Caffe's HDF5 writer makes a group per layer,
+    and "conv1" is no group there; it aborts at the first snapshot."""
+    from conftest import assert_one_line_error
+
+    solver = write_solver(tmp_path, snapshot=2, extra="momentum: 0.9\nsnapshot_format: HDF5")
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace('name: "relu1"', 'name: "conv1a/relu"'))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel"),
+                          "snapshot_format HDF5 cannot hold layer 'conv1a/relu'")
+    net.write_text(net.read_text().replace('name: "conv1a/relu"', 'name: "conv1/relu"'))  # conv1 comes before it
+    result = cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "snap_iter_2.caffemodel.h5").is_file() and (tmp_path / "snap_iter_3.solverstate.h5").is_file()
