@@ -370,7 +370,6 @@ def test_a_prototxt_that_does_not_fit_names_the_dcz_file(tiny, tmp_path, cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.caffemodel", "net.prototxt", "other.prototxt", "t.dcz"]
 
 
-@pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")
 def test_a_decompressed_model_takes_away_the_masks_of_the_one_it_replaces(tiny, tmp_path, cli):
     """Left beside the new model, an earlier prune's masks would be taken
     for its own: prune would prune what they prune, verify would fail."""
@@ -383,6 +382,7 @@ def test_a_decompressed_model_takes_away_the_masks_of_the_one_it_replaces(tiny, 
     assert cli("verify", "-w", "m.caffemodel").exit_code == 0
 
 
+@pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")
 def test_real_lenet_at_the_papers_settings_is_40x_smaller(tmp_path, cli):
     weights = LENET_ZOO / "lenet_iter_10000.caffemodel"
     _prune(cli, weights, "p.caffemodel", "conv1=0.34", "conv2=0.88", "ip1=0.92", "ip2=0.81")
