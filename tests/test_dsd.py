@@ -405,6 +405,7 @@ def test_a_prune_rule_naming_no_layer_is_refused_before_training(tmp_path, cli):
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
 
 
+@pytest.mark.caffe
 def test_a_stage_past_max_iter_under_poly_is_refused_before_training(tmp_path, cli):
     """Each stage starts its solver at iteration 0; under "poly" the rate is
     0 at max_iter (12 here) and negative after."""
