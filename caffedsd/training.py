@@ -597,8 +597,8 @@ def _phase(spec, phase, gpu, on_iteration):
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 
 
-def _check_outputs(spec, output, force, weights, span, masks=None, writes_masks=False, others=()):
-    """Refuse outputs (OUT, and OUT.masks.h5 when masks are written) that
+def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
+    """Refuse outputs (OUT, and OUT.masks.h5, written or removed) that
     would replace an input: the solver and its nets, the weights, the masks
     read, ``others``, the nets' data; and Caffe's own snapshots over ``span``
     that would."""
@@ -620,7 +620,7 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
     spec = read_solver(solver_path, allow_python_layers)
     maskset = masks_for(read_caffemodel(weights), masks, required=True)
     span = _span(spec, iterations, solverstate)
-    _check_outputs(spec, output, force, weights, span, masks, writes_masks=True, others=[solverstate])
+    _check_outputs(spec, output, force, weights, span, masks, others=[solverstate])
     phase = Phase(span[1] - span[0], weights, output, maskset, solverstate=solverstate,
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
@@ -651,7 +651,7 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
         raise InputError(f"--masks {masks}: masks need the weights they were made for (-w)")
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
     span = _span(spec, iterations)
-    _check_outputs(spec, output, force_write, weights, span, masks, writes_masks=maskset is not None)
+    _check_outputs(spec, output, force_write, weights, span, masks)
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
     phase = Phase(span[1], weights, output, maskset, hooks=(regularizer,),
                   test_iterations=test_iterations, test_interval=test_interval)
@@ -675,7 +675,7 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     # are what was pruned: they belong to no cluster, and stay 0.0.
     maskset = masks_for(model, masks) or zero_masks(model)
     span = _span(spec, iterations)
-    _check_outputs(spec, output, force, weights, span, masks, writes_masks=maskset is not None)
+    _check_outputs(spec, output, force, weights, span, masks)
     keep = maskset.per_layer() if maskset else {}
     clusters = {}
     for target in prunable_targets(model):
