@@ -44,7 +44,7 @@ def check_input(path):
     return path
 
 
-def _check_replaceable(path):
+def check_replaceable(path):
     # The rename below would put a regular file in place of a device or a
     # pipe: `-o /dev/null`, run as root, would replace /dev/null itself.
     if path.exists() and not path.is_file():
@@ -70,7 +70,7 @@ def check_output(path, inputs=(), force=False):
     regular file, and fail early when the output's folder cannot take a new
     file."""
     path = Path(path)
-    _check_replaceable(path)
+    check_replaceable(path)
     for given in inputs:
         if given is not None and (same_file(path, given) or Path(os.path.abspath(path)) == Path(os.path.abspath(given))):
             if not force:
@@ -164,7 +164,7 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success,
     remove it on any error or interruption."""
     path = Path(path)
-    _check_replaceable(path)
+    check_replaceable(path)
     folder = path.parent if str(path.parent) else Path(".")
     # An earlier write of this output that was killed left its temporary.
     for stale in _temporaries(folder, re.escape(path.name)) if folder.is_dir() else ():

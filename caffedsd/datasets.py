@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_folder, atomic_path
+from .atomic import atomic_folder, atomic_path, check_replaceable
 from .errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -180,6 +180,8 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
         contents[f"{name}.txt"] = f"{out_dir / name}.h5\n"  # the path the file has once the folder is in place
     there = {file: (out_dir / file).is_file() and _holds(out_dir / file, content)
              for file, content in contents.items()}
+    for file in contents:  # before the first write: a folder in a later file's place
+        check_replaceable(out_dir / file)
     other = [file for file in contents if (out_dir / file).exists() and not there[file]]
     if other and not force:
         raise InputError(f"{out_dir / other[0]}: exists with other contents than this conversion writes; "

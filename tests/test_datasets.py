@@ -168,6 +168,20 @@ def test_convert_round_trip(tmp_path, compress):
         assert Path(text.strip()).is_absolute()
 
 
+def test_a_folder_in_a_later_files_place_changes_nothing(tmp_path):
+    """Refused before the first write: train.h5 is not replaced and then
+    the run stopped at test.txt."""
+    source = make_source(tmp_path / "src")
+    out = tmp_path / "out"
+    convert_fashion_mnist(out, source_dir=source, train_limit=3)
+    before = (out / "train.h5").read_bytes()
+    (out / "test.txt").unlink()
+    (out / "test.txt").mkdir()
+    with pytest.raises(InputError, match="test.txt: is a folder, not a regular file"):
+        convert_fashion_mnist(out, source_dir=source, train_limit=4, force=True)
+    assert (out / "train.h5").read_bytes() == before
+
+
 def test_the_source_folder_from_the_environment(tmp_path):
     """`caffedsd data fashion-mnist` without --source reads CAFFEDSD_FASHION_MNIST's folder
     (a machine without Debian's package)."""
