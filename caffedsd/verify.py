@@ -14,7 +14,7 @@ from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed
 from .maskfile import masks_for
 from .masks import iter_chunks
-from .netcheck import check_pair
+from .netcheck import built_layers, check_pair, solver_state
 
 _IGNORED = re.compile(r"Ignoring source layer (\S+)")
 
@@ -64,26 +64,36 @@ def run_caffe_test(net_path, weights_path, iterations=1, gpu=None, binary=None, 
 
 
 def parse_test_outputs(log):
-    """{output name: value} from the final lines of ``caffe test``'s log."""
-    results = {}
+    """{output name: value} from the final lines of ``caffe test``'s log; an
+    output of many values (a deploy net's prob) logs one line per value, and
+    maps to the tuple of them."""
+    values = {}
     for match in re.finditer(r"caffe\.cpp:\d+\] (\S+) = ([-+0-9.eEinfa]+)", log):
-        results[match.group(1)] = float(match.group(2))
-    return results
+        values.setdefault(match.group(1), []).append(float(match.group(2)))
+    return {name: each[0] if len(each) == 1 else tuple(each) for name, each in values.items()}
 
 
-def check_with_caffe(model, net_path, weights_path, gpu=None):
-    """Stock `caffe test` loads the pair, uses every weight, and runs a forward pass."""
+def _output_text(name, value):
+    return f"{name} = {value:g}" if isinstance(value, float) else f"{name}: {len(value)} values"
+
+
+def check_with_caffe(model, net, net_path, weights_path, gpu=None):
+    """Stock `caffe test` loads the pair, uses every weight of the layers its
+    TEST net has (the prototxt ``net``'s TRAIN-only layers it skips, as
+    Caffe means to), and runs a forward pass."""
     code, log = run_caffe_test(net_path, weights_path, iterations=1, gpu=gpu)
     if code != 0:
         return [Check("caffe test", False, f"exit status {code}: {failure_reason(log)}")]
     with_blobs = {layer.name for layer in model.layers if layer.blobs}
-    ignored = [name for name in _IGNORED.findall(log) if name in with_blobs]
+    tested = {layer.name for layer in built_layers(net, [solver_state(net, "TEST")])}
+    not_tested = {layer.name for layer in net.layer} - tested
+    ignored = [name for name in _IGNORED.findall(log) if name in with_blobs and name not in not_tested]
     checks = [Check("caffe loads every weight", not ignored,
                     "no layer with weights ignored" if not ignored
                     else "Caffe ignored the weights of " + ", ".join(ignored))]
     outputs = parse_test_outputs(log)
     checks.append(Check("caffe test forward", True,
-                        ", ".join(f"{k} = {v:g}" for k, v in outputs.items()) or "ran"))
+                        ", ".join(_output_text(k, v) for k, v in outputs.items()) or "ran"))
     return checks
 
 
@@ -106,7 +116,8 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
     else:
         checks += check_masked_zeros(model, maskset)
     if net_path is not None:
-        check_pair(read_net_prototxt(net_path, allow_python_layers), net_path, model)
+        net = read_net_prototxt(net_path, allow_python_layers)
+        check_pair(net, net_path, model)
         checks.append(Check("prototxt fits weights", True, f"{Path(net_path).name} matches every layer with weights"))
-        checks += check_with_caffe(model, net_path, weights_path, gpu=gpu)
+        checks += check_with_caffe(model, net, net_path, weights_path, gpu=gpu)
     return checks

@@ -118,3 +118,27 @@ def test_shapes_in_the_stats_table_name_scalar_blobs():
     from caffedsd.report import shape_text
 
     assert [shape_text(s) for s in ([20, 1, 5, 5], [20], [])] == ["20x1x5x5", "20", "scalar"]
+
+
+def test_verify_takes_train_only_layers_and_many_valued_outputs_as_caffe_test_means_them(caffe, tmp_path, cli):
+    """`caffe test` builds the TEST net: it skips a TRAIN-only layer's
+    weights on purpose, and logs an output of many values once per value."""
+    net = tmp_path / "tr.prototxt"
+    net.write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 8 } } }\n'
+        'layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" '
+        'inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }\n'
+        'layer { name: "aux" type: "InnerProduct" bottom: "data" top: "aux" include { phase: TRAIN } '
+        'inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }\n')
+    caffe.Net(str(net), caffe.TRAIN).save(str(tmp_path / "tr.caffemodel"))
+    result = cli("verify", "-w", "tr.caffemodel", "-p", net)
+    assert result.exit_code == 0, result.output
+    assert "caffe test forward: a: 8 values" in " ".join(result.output.split())
+
+
+def test_parse_test_outputs_of_one_and_many_values():
+    from caffedsd.verify import parse_test_outputs
+
+    log = ("I1 caffe.cpp:292] Batch 0, accuracy = 0.5\nI1 caffe.cpp:313] accuracy = 0.75\n"
+           "I1 caffe.cpp:313] prob = 0.25\nI1 caffe.cpp:313] prob = 0.125\n")
+    assert parse_test_outputs(log) == {"accuracy": 0.75, "prob": (0.25, 0.125)}
