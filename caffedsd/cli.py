@@ -82,9 +82,17 @@ def output_option(help="Output .caffemodel.", folder=False, required=True, force
     def decorate(func):
         if force:
             func = click.option("--force", force, is_flag=True, help=force_help)(func)
-        kind = click.Path(file_okay=False, path_type=Path) if folder else _path()
+        kind = _OutputPath(file_okay=False, path_type=Path) if folder else _OutputPath(dir_okay=False, path_type=Path)
         return click.option("--output", "-o", type=kind, required=required, help=help)(func)
     return decorate
+
+
+class _OutputPath(click.Path):
+    def convert(self, value, param, ctx):
+        # Path("") is the current folder: -o '' (an unset shell variable) would write there.
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; name the output", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def solver_option(func):
@@ -529,10 +537,10 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
               help="Print parameters and size over the grid of the KNOB=V1,V2,... arguments instead of writing files.")
 @click.argument("knobs", nargs=-1, metavar="[KNOB=V1,V2,...]...")
 @output_option("Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.", folder=True, required=False,
-               force=None)
+               force_help="Replace files in the folder that hold other contents (a net edited by hand).")
 def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
                weight_filler, data, train_source, test_source, bias_lr2, mirror, split_phases, solver_mode, sweep,
-               knobs, output):
+               knobs, output, force):
     """Generate SqueezeNet nets: v1.0 (the default) and v1.1 exactly as
     released (train_val, deploy and solver), bypass variants and the
     paper's design-space knobs.
@@ -566,7 +574,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     if sweep:
         click.echo(report.sweep_table(grid, rows))
         return
-    for path in write_squeezenet(spec, output):
+    for path in write_squeezenet(spec, output, force):
         click.echo(f"wrote {path}")
     click.echo(f"{spec.name()}: {spec.parameters()} parameters ({spec.parameters() * 4 / 2 ** 20:.2f} MB)")
 
@@ -730,7 +738,12 @@ def train_quantized(solver, weights, masks, bits, iterations, test_iterations, t
 
 @main.group(cls=_Group)
 def data():
-    """Prepare data sets for Caffe."""
+    """Prepare data sets for Caffe.
+
+    \b
+    Example:
+      caffedsd data fashion-mnist -o data/fashion-mnist
+    """
 
 
 @data.command("fashion-mnist")

@@ -182,3 +182,26 @@ def test_committed_nets_are_what_the_generator_writes(tmp_path, cli, folder):
         command = " ".join(["caffedsd squeezenet", *map(str, GENERATED[folder]), "-o", out])
         assert committed.read_text() == (tmp_path / out / committed.name).read_text(), \
             f"prototxt/{folder}/{committed.name} differs from what the generator writes now; rerun `{command}`"
+
+
+def test_a_hand_edited_net_is_replaced_only_with_force(tmp_path, cli):
+    from conftest import assert_one_line_error
+
+    assert cli("squeezenet", "-o", "nets").exit_code == 0
+    assert cli("squeezenet", "-o", "nets").exit_code == 0  # the same files again
+    (tmp_path / "nets" / "train_val.prototxt").write_text("# my edited net\n")
+    assert_one_line_error(cli("squeezenet", "--version", "1.1", "-o", "nets"),
+                          "nets/train_val.prototxt: exists with other contents than this generator writes")
+    assert (tmp_path / "nets" / "train_val.prototxt").read_text() == "# my edited net\n"
+    assert cli("squeezenet", "-o", "nets", "--force").exit_code == 0
+    assert "SqueezeNet_v1.0" in (tmp_path / "nets" / "train_val.prototxt").read_text()
+    assert_one_line_error(cli("squeezenet", "-o", ""), "Invalid value for '--output' / '-o': an empty path")
+
+
+def test_hdf5_data_needs_its_list_files_and_takes_no_mirror(cli):
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "-o", "n"),
+                          "--data hdf5 needs --test-source: HDF5Data reads a list of HDF5 files")
+    assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "--test-source", "v.txt",
+                              "--mirror", "-o", "n"), "--mirror goes with --data lmdb")
