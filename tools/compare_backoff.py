@@ -19,9 +19,11 @@ within X. Evidence for docs/RESULTS.md, not a test.
     GLOG_minloglevel=2 .venv/bin/python tools/compare_backoff.py SCAN_DIR --budget 1 --json out.json
 """
 import argparse
+import sys
 import json
 import time
 
+from caffedsd.errors import CaffeDsdError
 from caffedsd.plan_from_scan import WholeNet, back_off_path, by_max_drop, curves, overall_sparsity, step_down
 from caffedsd.report import scan_metric
 from caffedsd.sensitivity import load_sensitivity
@@ -42,6 +44,8 @@ def main():
     data = load_sensitivity(args.scan, None)
     metric = scan_metric(data)
     curve_data = curves(data, metric, args.scan)
+    if not args.budget >= 0:
+        parser.error(f"--budget {args.budget:g}: must be 0 or more")
     start = by_max_drop(curve_data, args.budget)
     net = WholeNet(data, metric)
     measured = {}  # a plan on both paths is measured once
@@ -66,4 +70,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CaffeDsdError as exc:  # bad input: one line and status 2, as the CLI says it
+        print(f"compare_backoff: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -272,14 +272,14 @@ def table_cells(row, commands):
     return cells
 
 
-def markdown(rows, zoo, seconds):
+def markdown(rows, zoo, seconds, nets=None):
     out = ["# caffedsd on model-zoo nets", "",
            "Every command that works on a deploy file and weights, run on each net of the model-zoo folder, and "
            "each caffemodel written (by prune, decompress, decompose) checked in the stock `caffe` binary "
            "(`caffe test`: it must exit 0 and ignore no layer with weights). A cell reads ok or FAILED, the "
            "command's wall time and its peak resident memory (of its own process and the processes it waited "
            "for, from os.wait4).", "",
-           f"Command: `.venv/bin/python tools/modelzoo_report.py {zoo}` "
+           f"Command: `.venv/bin/python tools/modelzoo_report.py {zoo}{f' --nets {nets}' if nets else ''}` "
            f"({seconds / 60:.0f} minutes in all). Run {datetime.date.today().isoformat()} on "
            f"{_cpu()} with {os.cpu_count()} cores, **shared with other jobs while it ran**: times are "
            "indicative, not benchmarks.", "",
@@ -316,11 +316,14 @@ def _cpu():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("zoo", nargs="?", type=Path, default=ROOT / ".." / "shared" / "modelzoo")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("zoo", nargs="?", type=Path, default=ROOT / ".." / "shared" / "modelzoo",
+                        help="folder of model-zoo subfolders (default: ../shared/modelzoo)")
     parser.add_argument("--nets", default=None, help="comma-separated subfolder names (default: all)")
-    parser.add_argument("--work", type=Path, default=ROOT / "work" / "modelzoo")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "MODELZOO.md")
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / "modelzoo",
+                        help="folder for weights and outputs (default: work/modelzoo)")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "MODELZOO.md",
+                        help="the Markdown file to write (default: docs/MODELZOO.md)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     parser.add_argument("--make-weights", nargs=2, metavar=("DEPLOY", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,7 +344,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)  # VGG16's outputs alone are gigabytes
         # Written after every net, so an interrupted run still leaves its table.
         zoo = os.path.relpath(args.zoo, ROOT) if args.zoo.is_absolute() else args.zoo
-        args.doc.write_text(markdown(rows, zoo, time.perf_counter() - start))
+        args.doc.write_text(markdown(rows, zoo, time.perf_counter() - start, args.nets))
     print(f"wrote {args.doc}")
     return 0
 
