@@ -437,13 +437,14 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, new_caffemodel, read_caffemodel
+    from .maskfile import atomic_unmasked_path
     from .netcheck import check_blob_shapes, check_pair
 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {energy:g}: must be in (0, 1]")
     names = output_names(model_path, deploy_path)
     if Path(out_dir).is_dir():  # -o the inputs' own folder: the rewrite has the prototxt's name
-        for name in [*names.values(), "model.caffemodel", "report.md"]:
+        for name in [*names.values(), "model.caffemodel", "model.masks.h5", "report.md"]:
             check_output(Path(out_dir) / name, inputs=[model_path, deploy_path, weights], force=force)
     with atomic_folder(out_dir) as folder:
         model = read_caffemodel(weights)
@@ -479,7 +480,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             raise InputError(f"{missing[0]}: not in the TEST phase of {model_path}, so its output size is "
                              "unknown; leave it out with --layers")
         new_layers, discarded = decomposed_layers(model, chosen)
-        new_caffemodel(folder / "model.caffemodel", new_layers, name=model.name)
+        with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
+            new_caffemodel(tmp, new_layers, name=model.name)
         for path, name in names.items():
             write_text(folder / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
         rows = summarize(model, chosen, positions, discarded)

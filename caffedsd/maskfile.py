@@ -56,9 +56,13 @@ def atomic_unmasked_path(output):
     """atomic_path for a caffemodel written without masks. The masks file
     of the model it replaces goes, just before the rename: left there, the
     next prune, verify or compress would take it for this model's."""
+    masks = masks_path_for(output)
+    owner = masks.with_name(masks.name[:-len(".masks.h5")] + ".caffemodel")
     with atomic_path(output) as tmp:
         yield tmp
-        masks_path_for(output).unlink(missing_ok=True)
+        # -o m names the masks of m.caffemodel too, another model still there.
+        if Path(output).name.endswith(".caffemodel") or not owner.exists():
+            masks.unlink(missing_ok=True)
 
 
 def check_model_outputs(output, inputs, force=False, with_masks=True):

@@ -175,6 +175,29 @@ def built_layers(net, states):
     return [layer for layer in net.layer if any(included(layer, state) for state in states)]
 
 
+def layer_names_with_splits(layers):
+    """The names of the layers Caffe's Net holds for ``layers`` (as built):
+    each, followed by the Split layers InsertSplits adds after it for a top
+    used more than once (util/insert_splits.cpp: by later bottoms, and by a
+    loss_weight), named blob_layer_index_split."""
+    last_top, uses = {}, {}
+    for i, layer in enumerate(layers):
+        for blob in layer.bottom:
+            if blob in last_top:
+                uses[last_top[blob]] = uses.get(last_top[blob], 0) + 1
+        for j, blob in enumerate(layer.top):
+            last_top[blob] = (i, j)
+        for j, weight in enumerate(layer.loss_weight[:len(layer.top)]):
+            if weight:
+                top = last_top[layer.top[j]]
+                uses[top] = uses.get(top, 0) + 1
+    names = []
+    for i, layer in enumerate(layers):
+        names.append(layer.name)
+        names += [f"{blob}_{layer.name}_{j}_split" for j, blob in enumerate(layer.top) if uses.get((i, j), 0) > 1]
+    return names
+
+
 def data_files(net, states=None):
     """The files the data layers of ``net`` built in ``states`` read: mean
     files, sources (an HDF5Data list and the files it lists; the files of

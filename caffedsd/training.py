@@ -27,7 +27,7 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       data_files, solver_state)
+                       data_files, layer_names_with_splits, solver_state)
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
 
@@ -100,22 +100,30 @@ def _check_snapshot_prefix(param, path):
 
 
 def _check_hdf5_snapshots(spec, param):
-    """Caffe's HDF5 snapshots (Net::ToHDF5) make a group per layer, in
-    order, named by the layer: a name with "/" is a group path, whose
-    parent must be an earlier layer's group, and a repeated name fails.
-    Caffe aborts the process at the first snapshot; found here, before
-    training."""
+    """Caffe's HDF5 snapshots (Net::ToHDF5) make a group per layer of the
+    train net, Split layers included, in order, named by the layer: a name
+    with "/" is a group path, whose parent must be an earlier layer's group,
+    and a group that is there already fails. Caffe aborts the process at the
+    first snapshot; found here, before training."""
     if param.snapshot_format != SolverParameter.HDF5 or (param.snapshot <= 0 and not param.snapshot_after_train):
         return
     made = set()
-    for layer in built_layers(spec.net, [solver_state(spec.net, "TRAIN", param.train_state)]):
-        parent = layer.name.rpartition("/")[0]
-        if layer.name in made or (parent and parent not in made):
-            why = "a second layer of that name" if layer.name in made else f"no layer {parent!r} before it"
-            raise InputError(f"{spec.path}: snapshot_format HDF5 cannot hold layer {layer.name!r} of {spec.net_path} "
-                             f"(HDF5 takes '/' for a group path, and there is {why}; Caffe aborts at the first "
-                             "snapshot): use snapshot_format BINARYPROTO")
-        made.add(layer.name)
+    layers = built_layers(spec.net, [solver_state(spec.net, "TRAIN", param.train_state)])
+    for name in layer_names_with_splits(layers):
+        group = re.sub("/+", "/", name)  # HDF5 reads a//b as a/b
+        parent = group.rpartition("/")[0]
+        if group.startswith("/") or group.endswith("/"):
+            why = "a name that starts or ends with '/'"
+        elif group in made:
+            why = "a group of that name before it"
+        elif parent and parent not in made:
+            why = f"no layer {parent!r} before it"
+        else:
+            made.add(group)
+            continue
+        raise InputError(f"{spec.path}: snapshot_format HDF5 cannot hold layer {name!r} of {spec.net_path} "
+                         f"(HDF5 takes '/' for a group path, and there is {why}; Caffe aborts at the first "
+                         "snapshot): use snapshot_format BINARYPROTO")
 
 
 def read_solver(path, allow_python_layers=False):

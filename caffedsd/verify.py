@@ -14,7 +14,7 @@ from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed
 from .maskfile import masks_for
 from .masks import iter_chunks
-from .netcheck import built_layers, check_pair, solver_state
+from .netcheck import built_layers, built_state, check_pair
 
 _IGNORED = re.compile(r"Ignoring source layer (\S+)")
 
@@ -85,7 +85,7 @@ def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     if code != 0:
         return [Check("caffe test", False, f"exit status {code}: {failure_reason(log)}")]
     with_blobs = {layer.name for layer in model.layers if layer.blobs}
-    tested = {layer.name for layer in built_layers(net, [solver_state(net, "TEST")])}
+    tested = {layer.name for layer in built_layers(net, [built_state(net, "TEST")])}
     not_tested = {layer.name for layer in net.layer} - tested
     ignored = [name for name in _IGNORED.findall(log) if name in with_blobs and name not in not_tested]
     checks = [Check("caffe loads every weight", not ignored,

@@ -262,6 +262,12 @@ def test_stride_pad_dilation_kept(caffe, tmp_path, cli):
                                  tmp_path / "out" / "model.caffemodel", (2, 3, 13, 13))
     assert split.blobs["conv1"].data.shape == (2, 6, 6, 6)  # (13 + 2 - 5) // 2 + 1, dilation 2
     assert error < 1e-4
+    # Into the folder again, where an earlier prune left model.masks.h5 beside
+    # model.caffemodel: the new model takes them away.
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", tmp_path / "out" / "model.caffemodel", "--force").exit_code == 0
+    assert cli("decompose", "-p", proto, "-w", weights, "--rank", "conv1=6", "-o", "out").exit_code == 0
+    assert not (tmp_path / "out" / "model.masks.h5").exists()
+    assert cli("verify", "-w", tmp_path / "out" / "model.caffemodel").exit_code == 0
 
 
 GROUPED = """

@@ -233,3 +233,18 @@ def test_a_scale_by_a_second_bottom_has_only_its_bias(caffe, tmp_path, cli):
     with pytest.raises(InputError, match=r"blob counts differ: excite \(0 in net, 1 in weights\)"):
         check_pair(read_net_prototxt(tmp_path / "plain.prototxt"), tmp_path / "plain.prototxt",
                    read_caffemodel(weights))
+
+
+def test_layer_names_with_caffes_split_layers():
+    from google.protobuf import text_format
+
+    from caffedsd.caffe_proto import NetParameter
+    from caffedsd.netcheck import layer_names_with_splits
+
+    net = text_format.Parse(
+        'layer { name: "d" type: "Input" top: "x" top: "y" }'
+        'layer { name: "a" type: "ReLU" bottom: "x" top: "x" }'  # in place: the later uses are of a's x
+        'layer { name: "b" type: "Eltwise" bottom: "x" bottom: "x" top: "s/t" loss_weight: 1 }'
+        'layer { name: "c" type: "Silence" bottom: "s/t" }'
+        'layer { name: "e" type: "Silence" bottom: "y" }', NetParameter())
+    assert layer_names_with_splits(net.layer) == ["d", "a", "x_a_0_split", "b", "s/t_b_0_split", "c", "e"]

@@ -134,6 +134,11 @@ def test_verify_takes_train_only_layers_and_many_valued_outputs_as_caffe_test_me
     result = cli("verify", "-w", "tr.caffemodel", "-p", net)
     assert result.exit_code == 0, result.output
     assert "caffe test forward: a: 8 values" in " ".join(result.output.split())
+    # Nor a layer of a higher level than `caffe test`'s 0, whatever level the net's state names.
+    text = net.read_text().replace("include { phase: TRAIN }", "include { phase: TEST min_level: 1 }")
+    net.write_text("state { level: 1 }\n" + text)
+    result = cli("verify", "-w", "tr.caffemodel", "-p", net)
+    assert result.exit_code == 0, result.output
 
 
 def test_parse_test_outputs_of_one_and_many_values():

@@ -452,6 +452,13 @@ def test_hdf5_snapshots_of_layer_names_with_a_slash_are_refused_before_training(
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel"),
                           "snapshot_format HDF5 cannot hold layer 'conv1a/relu'")
     net.write_text(net.read_text().replace('name: "conv1a/relu"', 'name: "conv1/relu"'))  # conv1 comes before it
+    # A top used twice gets a Split layer named after it: out/fc_fc1_0_split, and "out" is no layer.
+    text = net.read_text()
+    net.write_text(text.replace('top: "fc1"', 'top: "out/fc"').replace('bottom: "fc1"', 'bottom: "out/fc"')
+                   + 'layer { name: "quiet" type: "Silence" bottom: "out/fc" }\n')
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel"),
+                          "cannot hold layer 'out/fc_fc1_0_split'")
+    net.write_text(text)
     result = cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "snap_iter_2.caffemodel.h5").is_file() and (tmp_path / "snap_iter_3.solverstate.h5").is_file()
