@@ -210,5 +210,7 @@ class ForceRegularizer(Hook):
             grad = force_gradient(weights, self.spec.force_type, xp=xp, dtype=xp.float32).reshape(-1)
             g_norm = xp.linalg.norm(grad)
             ratio = xp.where(g_norm > 0, xp.linalg.norm(diff) / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
-            grad *= coefficient * ratio * self.scale
+            # No iter_size here: the ratio's gradient is the accumulated one
+            # already, iter_size times the mean that Caffe's division leaves.
+            grad *= coefficient * ratio
             diff += grad

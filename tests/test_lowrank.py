@@ -153,6 +153,30 @@ def test_train_lowrank_pulls_filters_together(caffe, tmp_path, cli):
     assert mean_cosine(tmp_path / "forced.caffemodel") > mean_cosine(tmp_path / "plain.caffemodel") + 0.05
 
 
+@pytest.mark.parametrize("decay_type", ["fixed", "adaptive"])
+def test_iter_size_does_not_change_the_force(caffe, tmp_path, cli, decay_type):
+    """The same batch twice (constant DummyData) with iter_size 2 is the
+    batch once: the same update, force included."""
+    net = tmp_path / "net.prototxt"
+    write_solver(tmp_path)
+    net.write_text(net.read_text().replace('data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 }',
+                                           'data_filler { type: "constant" value: 0.3 } '
+                                           'data_filler { type: "constant" value: 0.5 }'))
+    start = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    start.net.save(str(tmp_path / "start.caffemodel"))
+    out = {}
+    for iter_size in (1, 2):
+        (tmp_path / str(iter_size)).mkdir()
+        solver = write_solver(tmp_path / str(iter_size), iter_size=iter_size, weight_decay=0)
+        (tmp_path / str(iter_size) / "net.prototxt").write_text(net.read_text())
+        result = cli("train-lowrank", "--solver", solver, "-w", "start.caffemodel", "--force-decay", 0.5,
+                     "--decay-type", decay_type, "-n", 1, "-o", f"{iter_size}.caffemodel")
+        assert result.exit_code == 0, result.output
+        out[iter_size] = read_caffemodel(tmp_path / f"{iter_size}.caffemodel").layer("conv1").blobs[0].data
+    assert not np.array_equal(out[1], read_caffemodel(tmp_path / "start.caffemodel").layer("conv1").blobs[0].data)
+    np.testing.assert_allclose(out[2], out[1], rtol=1e-5, atol=1e-6)
+
+
 def test_full_rank_decomposition_is_exact_and_loads_in_stock_caffe(caffe, lenet, tmp_path, cli):
     _, proto, weights = lenet
     # Full rank makes every layer bigger: --energy leaves them all alone, --rank forces them.
