@@ -198,6 +198,10 @@ class ForceRegularizer(Hook):
         self._backend = backend
 
     def on_gradients_ready(self):
+        with np.errstate(over="ignore", invalid="ignore"):  # a blow-up is training's to report, as divergence
+            self._add_forces()
+
+    def _add_forces(self):
         xp = self._backend.xp
         for blob, shape, coefficient in self._targets:
             weights = self._backend.data(blob).reshape(shape)

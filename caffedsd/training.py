@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 
 from .atomic import atomic_paths, check_room
@@ -294,6 +295,17 @@ def train(solver, iterations, hooks=None, on_iteration=None, where="training"):
     return curve
 
 
+def check_weights_finite(solver, where):
+    """Raise Diverged when a weight is NaN or Inf: an update can blow up
+    after the last forward pass whose loss train() saw, and what is saved
+    then (a checkpoint, the output) would hold it. Once per save."""
+    for name, blobs in solver.net.params.items():
+        if any(not np.isfinite(blob.data).all() for blob in blobs):
+            raise Diverged(f"{where}: training diverged in its last iteration ({int(solver.iter)}): weights of "
+                           f"{name} hold NaN or Inf; nothing was written for it. Lower the learning rate or set "
+                           "clip_gradients, then start again")
+
+
 @dataclass(frozen=True)
 class PeriodicTests:
     """When a phase measures the TEST phase while it trains, as Caffe's
@@ -546,7 +558,9 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             stop = min(s for s in (end, schedule.next_after(now), checkpoint, before_snapshot) if s is not None)
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
+                check_weights_finite(solver, spec.path)
                 checkpoints.save(solver, curve, tests, sizes)
+        check_weights_finite(solver, spec.path)
         test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None

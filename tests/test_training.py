@@ -462,3 +462,14 @@ def test_hdf5_snapshots_of_layer_names_with_a_slash_are_refused_before_training(
     result = cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "snap_iter_2.caffemodel.h5").is_file() and (tmp_path / "snap_iter_3.solverstate.h5").is_file()
+
+
+def test_a_last_update_that_blows_up_writes_nothing(pruned, tmp_path, cli):
+    """The loss train() checks is of the forward pass before the update: a
+    blow-up in the last update is found in the weights, before saving."""
+    solver = write_solver(tmp_path)
+    result = cli("train-lowrank", "--solver", solver, "-w", pruned, "--force-decay", 1e308, "-n", 1,
+                 "-o", "big.caffemodel")
+    assert result.exit_code == 1, result.output
+    assert "training diverged in its last iteration (1): weights of conv1 hold NaN or Inf" in result.output
+    assert not (tmp_path / "big.caffemodel").exists()
