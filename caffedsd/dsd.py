@@ -26,16 +26,14 @@ computed once, in their prune stage, and never again.
 """
 import ctypes
 import hashlib
-import mmap
-import os
 import re
 import shutil
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from . import report, wire
-from .atomic import atomic_open, check_room, write_text
+from . import report
+from .atomic import check_room, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
@@ -45,7 +43,7 @@ from .netcheck import built_layers, solver_state
 from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
-from .solverstate import STATE_LEARNED_NET
+from .solverstate import point_learned_net
 from .training import Phase, check_schedule, check_solver_builds, read_solver, run_phase, solver_device
 
 RUN_FILE = "run.json"
@@ -218,7 +216,10 @@ class _Checkpoints:
             if not path.is_file():  # Caffe would abort the process on it
                 raise InputError(f"{self.record}: its {kind} {path} is missing; "
                                  f"delete {self.folder} to restart the stage")
-        _point_learned_net(state, model)
+        try:
+            point_learned_net(state, model)
+        except InputError as exc:
+            raise InputError(f"{exc}; delete {self.folder} to restart the stage") from None
         return record
 
     @staticmethod
@@ -253,32 +254,6 @@ class _Checkpoints:
 
     def clear(self):
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _point_learned_net(state, model):
-    """Make binary solverstate ``state`` name ``model`` as its learned_net.
-    Caffe's restore loads the weights from the caffemodel its snapshot named
-    there, a path from the folder the snapshotting process ran in: from
-    another folder, or with the run folder moved, it is not found, and
-    Caffe aborts the process. Rewritten (atomically) only when it does not
-    lead to ``model`` from here."""
-    damaged = f"{state}: damaged, not the solverstate Caffe wrote; delete {state.parent} to restart the stage"
-    if state.stat().st_size == 0:
-        raise InputError(damaged)
-    with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        try:
-            parts = list(wire.iter_fields(buf))
-        except wire.WireError:
-            raise InputError(damaged) from None
-        named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
-        if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
-            return
-        path = os.fsencode(os.path.abspath(model))
-        with atomic_open(state) as out:
-            for f in parts:
-                if f.number != STATE_LEARNED_NET:
-                    out.write(buf[f.start:f.end])
-            out.write(wire.len_header(STATE_LEARNED_NET, len(path)) + path)
 
 
 def _write_csv(path, curve):

@@ -9,11 +9,15 @@ The copy also leaves out ``learned_net``: Caffe's restore loads the
 caffemodel it names over the net's weights, which would silently replace the
 pruned weights the sparse phase was given with the dense run's snapshot.
 
+``point_learned_net`` makes a state name the caffemodel beside it instead,
+for dsd's checkpoints, which go on from wherever the run folder now is.
+
 History blob j belongs to learnable parameter j % N of the solver's net (N
 learnable parameters; Adam and AdaDelta keep 2N history blobs), in Caffe's
 order: layers in order, each layer's blobs in order, shared blobs once.
 """
 import mmap
+import os
 from pathlib import Path
 
 import h5py
@@ -144,3 +148,29 @@ def _clean_hdf5(path, output, params, masks, solver_type):
                     if mask is not None:
                         data = np.where(mask.reshape(data.shape), data, data.dtype.type(0))
                     group.create_dataset(key, data=data)
+
+
+def point_learned_net(state, model):
+    """Make binary solverstate ``state`` name ``model`` as its learned_net.
+    Caffe's restore loads the weights from the caffemodel its snapshot named
+    there, a path from the folder the snapshotting process ran in: from
+    another folder, or with the run folder moved, it is not found, and
+    Caffe aborts the process. Rewritten (atomically) only when it does not
+    lead to ``model`` from here."""
+    damaged = f"{state}: damaged, not the solverstate Caffe wrote"
+    if state.stat().st_size == 0:
+        raise InputError(damaged)
+    with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            parts = list(wire.iter_fields(buf))
+        except wire.WireError:
+            raise InputError(damaged) from None
+        named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
+        if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
+            return
+        path = os.fsencode(os.path.abspath(model))
+        with atomic_open(state) as out:
+            for f in parts:
+                if f.number != STATE_LEARNED_NET:
+                    out.write(buf[f.start:f.end])
+            out.write(wire.len_header(STATE_LEARNED_NET, len(path)) + path)
