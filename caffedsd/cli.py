@@ -163,7 +163,7 @@ class _Progress:
     def _show(self, row):
         parts = [f"loss {row['loss']:.4f}  lr {row['lr']:.3g}"] if row and "loss" in row else []
         if self.tested and self.tested["test"]:
-            name, value = _headline(self.tested["test"])
+            name, value = _headline(self.tested["test"], self.tested.get("headline"))
             parts.append(f"test {name} {value:.4f} @{self.tested['iter']}")
         return "  ".join(parts)
 
@@ -173,9 +173,11 @@ class _Progress:
             self.bar = None
 
 
-def _headline(test):
-    """The output a one-line summary shows: the first accuracy, else the first."""
-    name = report.primary_metric(list(test))
+def _headline(test, name=None):
+    """The output a one-line summary shows: ``name`` (the row's, chosen by
+    layer types), else the first with "acc" in its name, else the first."""
+    if name not in test:
+        name = report.primary_metric(list(test))
     return name, test[name]
 
 

@@ -175,6 +175,30 @@ def built_layers(net, states):
     return [layer for layer in net.layer if any(included(layer, state) for state in states)]
 
 
+KINDS = ("accuracy", "loss", "other")
+
+
+def output_kinds(net, state):
+    """The outputs ``net`` measures in ``state`` (as built_layers): ({top:
+    "accuracy" or "loss"}, in the net's order; the one a plan or a progress
+    line shows by default, or None). A top is a loss when its layer is one (a
+    *Loss type, or a loss_weight), whatever its name: GoogLeNet names its
+    accuracies loss3/top-1. The default is the top-1 accuracy of the last
+    classifier (GoogLeNet's loss1 and loss2 are auxiliary), else the first
+    accuracy, else the first loss."""
+    kinds, top1 = {}, []
+    for layer in built_layers(net, [state]):
+        if layer.type == "Accuracy":
+            kinds.update((top, "accuracy") for top in layer.top)
+            if layer.top and layer.accuracy_param.top_k == 1:
+                top1.append(layer.top[0])
+        elif layer.type.endswith("Loss") or any(w for w in layer.loss_weight):
+            kinds.update((top, "loss") for top in layer.top)
+    if top1:
+        return kinds, top1[-1]
+    return kinds, next((top for top, kind in kinds.items() if kind == "accuracy"), next(iter(kinds), None))
+
+
 def layer_names_with_splits(layers):
     """The names of the layers Caffe's Net holds for ``layers`` (as built):
     each, followed by the Split layers InsertSplits adds after it for a top

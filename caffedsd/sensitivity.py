@@ -43,7 +43,7 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import check_blob_shapes, check_pair
+from .netcheck import KINDS, built_state, check_blob_shapes, check_pair, output_kinds
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -100,35 +100,14 @@ def measured_alike(found, config, apart_from=()):
             and how(old) == how(config.key()))
 
 
-KINDS = ("accuracy", "loss", "other")
-
-
 def test_output_kinds(net, net_path):
-    """The TEST phase's measured outputs: ({top: "accuracy" or "loss"}, in the
-    net's order, and the one a plan uses by default). A top is a loss when
-    its layer is one (a *Loss type, or a loss_weight), whatever its name:
-    GoogLeNet names its accuracies loss3/top-1. The default is the top-1
-    accuracy of the last classifier (GoogLeNet's loss1 and loss2 are
-    auxiliary), else the first accuracy, else the first loss."""
-    def in_test(layer):
-        if any(rule.HasField("phase") and rule.phase == 0 for rule in layer.include):  # 0 = TRAIN
-            return False
-        return not any(rule.HasField("phase") and rule.phase == 1 for rule in layer.exclude)
-
-    kinds, top1 = {}, []
-    for layer in filter(in_test, net.layer):
-        if layer.type == "Accuracy":
-            kinds.update((top, "accuracy") for top in layer.top)
-            if layer.top and layer.accuracy_param.top_k == 1:
-                top1.append(layer.top[0])
-        elif layer.type.endswith("Loss") or any(w for w in layer.loss_weight):
-            kinds.update((top, "loss") for top in layer.top)
+    """netcheck.output_kinds of ``net`` as caffe.Net builds it for TEST,
+    which must have an accuracy or a loss to measure."""
+    kinds, primary = output_kinds(net, built_state(net, "TEST"))
     if not kinds:
         raise InputError(f"{net_path}: no Accuracy or loss output in the TEST phase; give the train_val "
                          "prototxt with a TEST data layer")
-    if top1:
-        return kinds, top1[-1]
-    return kinds, next((top for top, kind in kinds.items() if kind == "accuracy"), next(iter(kinds)))
+    return kinds, primary
 
 
 def examples_sha256(batches):

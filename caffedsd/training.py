@@ -28,7 +28,7 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       data_files, layer_names_with_splits, solver_state)
+                       data_files, layer_names_with_splits, output_kinds, solver_state)
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
 
@@ -192,6 +192,15 @@ def built_nets(spec):
     main += [solver_state(spec.net, "TEST", test_state(files + i)) for i in range(generic)]
     return [(spec.net, spec.net_path, main)] + [(net, path, [solver_state(net, "TEST", test_state(i))])
                                                 for i, (path, net) in enumerate(spec.test_nets)]
+
+
+def headline_output(spec):
+    """The output of the Solver's first test net (Caffe's order, as
+    built_nets) a one-line summary shows: netcheck.output_kinds' default,
+    GoogLeNet's loss3/top-1 rather than its loss1/loss1; None for none."""
+    net = spec.test_nets[0][1] if spec.test_nets else spec.net
+    first = spec.param.test_state[0] if spec.param.test_state else None
+    return output_kinds(net, solver_state(net, "TEST", first))[1]
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
@@ -546,7 +555,7 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
             if schedule.due(now) or (phase.test_first and now == start and not done):
                 tests.append({"iter": now, "test": evaluate(solver, counts)})
                 if progress is not None:
-                    progress(tests[-1], None)
+                    progress({**tests[-1], "headline": headline_output(spec)}, None)
             checkpoint = _next_checkpoint(now, checkpoints)
             # Caffe writes the solver's own snapshots inside the step that
             # reaches their iteration: room for them is checked just before.

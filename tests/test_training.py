@@ -218,8 +218,11 @@ def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path, 
     assert [row["iter"] for row in result.curve] == list(range(1, 11))  # no step lost or repeated at the stops
     assert all(set(row["test"]) == {"loss"} for row in result.tests) and set(result.test) == {"loss"}
     assert_zeros_at_masks(tmp_path / "s.caffemodel", load_masks(masks))
-    again = train_sparse(solver_path, pruned, tmp_path / "t.caffemodel", iterations=10, test_interval=3, gpu=device)
+    rows = []
+    again = train_sparse(solver_path, pruned, tmp_path / "t.caffemodel", iterations=10, test_interval=3, gpu=device,
+                         on_iteration=lambda row, total: rows.append(row))
     assert [row["iter"] for row in again.tests] == [0, 3, 6, 9]
+    assert [row["headline"] for row in rows if "test" in row] == ["loss"] * 4  # what the progress line shows
     solver_path.write_text(text + "test_initialization: false\n")
     assert [row["iter"] for row in train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8,
                                                 force=True, gpu=device).tests] == [4]
@@ -473,3 +476,26 @@ def test_a_last_update_that_blows_up_writes_nothing(pruned, tmp_path, cli):
     assert result.exit_code == 1, result.output
     assert "training diverged in its last iteration (1): weights of conv1 hold NaN or Inf" in result.output
     assert not (tmp_path / "big.caffemodel").exists()
+
+
+def test_the_progress_headline_goes_by_layer_types(tmp_path):
+    from caffedsd.cli import _headline
+    from caffedsd.training import headline_output
+
+    layers = "".join(
+        f'layer {{ name: "{top}" type: "{kind}" bottom: "x" bottom: "y" top: "{top}" {extra}}}\n'
+        for top, kind, extra in (("loss1/loss1", "SoftmaxWithLoss", "loss_weight: 0.3 "),
+                                 ("loss3/top-1", "Accuracy", "include { phase: TEST stage: 'val' } "),
+                                 ("loss3/top-5", "Accuracy", "accuracy_param { top_k: 5 } ")))
+    (tmp_path / "g.prototxt").write_text('layer { name: "in" type: "Input" top: "x" top: "y" '
+                                         'input_param { shape { dim: 1 dim: 2 } shape { dim: 1 } } }\n' + layers)
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{tmp_path / "g.prototxt"}" base_lr: 0.01 lr_policy: "fixed" max_iter: 10 '
+                      'test_iter: 1 test_interval: 5\n')
+    # Without the stage the TEST net holds no top-1: the top-5 accuracy, not the first output (a loss).
+    assert headline_output(read_solver(solver)) == "loss3/top-5"
+    solver.write_text(solver.read_text() + 'test_state { stage: "val" }\n')
+    assert headline_output(read_solver(solver)) == "loss3/top-1"
+    test = {"loss1/loss1": 2.0, "loss3/top-1": 0.5, "loss3/top-5": 0.9}
+    assert _headline(test, "loss3/top-1") == ("loss3/top-1", 0.5)
+    assert _headline(test, None) == ("loss1/loss1", 2.0)  # a row from elsewhere: by names, as before
