@@ -77,6 +77,16 @@ def _output_text(name, value):
     return f"{name} = {value:g}" if isinstance(value, float) else f"{name}: {len(value)} values"
 
 
+def ignored_weights(model, net, log):
+    """The layers of ``model`` with weights that `caffe test`'s ``log`` says
+    it ignored, less those its TEST net (``net`` at level 0) does not build:
+    Caffe skips the TRAIN-only ones on purpose."""
+    with_blobs = {layer.name for layer in model.layers if layer.blobs}
+    tested = {layer.name for layer in built_layers(net, [built_state(net, "TEST")])}
+    not_tested = {layer.name for layer in net.layer} - tested
+    return [name for name in _IGNORED.findall(log) if name in with_blobs and name not in not_tested]
+
+
 def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     """Stock `caffe test` loads the pair, uses every weight of the layers its
     TEST net has (the prototxt ``net``'s TRAIN-only layers it skips, as
@@ -84,10 +94,7 @@ def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     code, log = run_caffe_test(net_path, weights_path, iterations=1, gpu=gpu)
     if code != 0:
         return [Check("caffe test", False, f"exit status {code}: {failure_reason(log)}")]
-    with_blobs = {layer.name for layer in model.layers if layer.blobs}
-    tested = {layer.name for layer in built_layers(net, [built_state(net, "TEST")])}
-    not_tested = {layer.name for layer in net.layer} - tested
-    ignored = [name for name in _IGNORED.findall(log) if name in with_blobs and name not in not_tested]
+    ignored = ignored_weights(model, net, log)
     checks = [Check("caffe loads every weight", not ignored,
                     "no layer with weights ignored" if not ignored
                     else "Caffe ignored the weights of " + ", ".join(ignored))]

@@ -177,13 +177,13 @@ def caffe_check(net, weights):
     """(None when stock Caffe loads and runs the pair, else the reason; its log)."""
     from caffedsd.caffemodel import read_caffemodel
     from caffedsd.caffe_env import failure_reason
-    from caffedsd.verify import _IGNORED, run_caffe_test
+    from caffedsd.caffe_proto import read_net_prototxt
+    from caffedsd.verify import ignored_weights, run_caffe_test
 
     code, log = run_caffe_test(net, weights, timeout=1200)
     if code != 0:
         return f"caffe test: {failure_reason(log)}", log
-    with_blobs = {layer.name for layer in read_caffemodel(weights).layers if layer.blobs}
-    ignored = [name for name in _IGNORED.findall(log) if name in with_blobs]
+    ignored = ignored_weights(read_caffemodel(weights), read_net_prototxt(net), log)
     return (f"caffe test ignored the weights of {', '.join(ignored)}" if ignored else None), log
 
 
