@@ -86,9 +86,10 @@ class SqueezeNetSpec:
         if self.data == "hdf5":  # Caffe's HDF5Data reads list files, and transforms nothing
             lmdb = [f"--{name.replace('_', '-')}" for name in ("train_source", "test_source")
                     if getattr(self, name) == getattr(SqueezeNetSpec, name)]
-            if lmdb:
+            if lmdb:  # left out, or the default given by hand
                 raise SqueezeNetError(f"--data hdf5 needs {' and '.join(lmdb)}: HDF5Data reads a list of HDF5 "
-                                      "files, and the default is an LMDB folder")
+                                      f"files, and {getattr(SqueezeNetSpec, lmdb[0][2:].replace('-', '_'))} "
+                                      "(the default) is an LMDB folder")
             if self.mirror:
                 raise SqueezeNetError("--mirror goes with --data lmdb: HDF5Data applies no transformation")
         if self.solver_mode not in ("gpu", "cpu"):

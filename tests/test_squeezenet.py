@@ -202,6 +202,11 @@ def test_hdf5_data_needs_its_list_files_and_takes_no_mirror(cli):
     from conftest import assert_one_line_error
 
     assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "-o", "n"),
-                          "--data hdf5 needs --test-source: HDF5Data reads a list of HDF5 files")
+                          "--data hdf5 needs --test-source: HDF5Data reads a list of HDF5 files, and "
+                          "examples/imagenet/ilsvrc12_val_lmdb (the default) is an LMDB folder")
+    assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "examples/imagenet/ilsvrc12_train_lmdb",
+                              "--test-source", "v.txt", "-o", "n"),
+                          "--data hdf5 needs --train-source: HDF5Data reads a list of HDF5 files, and "
+                          "examples/imagenet/ilsvrc12_train_lmdb (the default) is an LMDB folder")
     assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "--test-source", "v.txt",
                               "--mirror", "-o", "n"), "--mirror goes with --data lmdb")
