@@ -272,12 +272,15 @@ def parse_blob(where, index, buf, view, f):
         else:
             others.append(view[sub.start:sub.end])
             meta.append(view[sub.start:sub.end])
-    is_legacy = shape is None and bool(legacy)
-    if shape is None:
+    # Blob::FromProto goes by any legacy dim it finds, over a shape beside it.
+    is_legacy = bool(legacy)
+    if is_legacy:
+        shape = tuple(legacy.get(n, 0) for n in BLOB_LEGACY_DIMS)
+    elif shape is None:
         # No shape and no legacy dims is a 0-axis blob of one value (a shared
         # PReLU slope, a Scale/Bias with num_axes 0): Blob::ToProto writes no
         # dims for it, and Blob::FromProto reads the empty shape back.
-        shape = tuple(legacy.get(n, 0) for n in BLOB_LEGACY_DIMS) if legacy else ()
+        shape = ()
     if len(dtypes) > 1:
         raise InputError(f"{where}: blob {index} holds both float and double data")
     dtype = dtypes.pop() if dtypes else np.dtype("<f4")

@@ -113,3 +113,26 @@ def test_masks_of_a_v2_twin_fit_the_v1_file(twins, cli):
     assert cli("prune", "-w", v2 / "model.caffemodel", "-s", 0.3, "-o", v2 / "p.caffemodel").exit_code == 0
     result = cli("stats", "-w", v1 / "model.caffemodel", "--masks", v2 / "p.masks.h5")
     assert result.exit_code == 0, result.output
+
+
+def test_legacy_dims_beside_a_shape_are_read_as_caffe_reads_them(twins, cli):
+    """Blob::FromProto takes any legacy dim over a shape given beside it."""
+    from conftest import assert_one_line_error
+
+    proto, v1, _ = twins
+    net = NetParameter.FromString((v1 / "model.caffemodel").read_bytes())
+    for layer in net.layers:
+        for blob in layer.blobs:
+            blob.shape.dim.extend([blob.num, blob.channels, blob.height, blob.width])
+    both = v1 / "both.caffemodel"
+    both.write_bytes(net.SerializeToString())
+    caffe_loads(proto, both)
+    result = cli("prune", "-w", both, "-p", proto, "-s", 0.5, "-o", v1 / "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    caffe_loads(proto, v1 / "p.caffemodel")
+    assert read_caffemodel(v1 / "p.caffemodel").layer("fc").blobs[0].shape == (7, 16 * 5 * 5)
+    net.layers[0].blobs[0].num += 1  # the legacy count no longer that of the data; the shape still is
+    both.write_bytes(net.SerializeToString())
+    assert_one_line_error(cli("prune", "-w", both, "-s", 0.5, "-o", v1 / "q.caffemodel"),
+                          "layer 'conv1': blob 0 has shape [13, 2, 3, 3] (234 values) but holds 216")
+    assert not (v1 / "q.caffemodel").exists()
