@@ -67,10 +67,19 @@ def _is_repeated(field):
     return flag if flag is not None else field.label == field.LABEL_REPEATED
 
 
+# V1 data layers' parameters whose scale, mean_file, crop_size and mirror
+# Caffe moves into transform_param (UpgradeNetDataTransformation) before it
+# upgrades the layer; a V2 layer keeps them where Caffe ignores them.
+_V1_TRANSFORMED = {"DATA": "data_param", "IMAGE_DATA": "image_data_param", "WINDOW_DATA": "window_data_param"}
+_TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
+
+
 def upgrade_v1_layer(v1, where="layer"):
-    """A V2 LayerParameter equivalent to V1LayerParameter ``v1``, blobs left out."""
+    """A V2 LayerParameter equivalent to V1LayerParameter ``v1``, blobs left
+    out, as Caffe's upgrade_proto makes it."""
     if v1.HasField("layer"):
-        raise InputError(f"{where}: V0 layer layout (pre-2014); upgrade it first with Caffe's upgrade_net_proto_binary")
+        raise InputError(f"{where}: V0 layer layout (pre-2014); upgrade it first with Caffe's "
+                         "upgrade_net_proto_text (a prototxt) or upgrade_net_proto_binary (a caffemodel)")
     out = LayerParameter()
     type_name = V1LayerParameter.LayerType.Name(v1.type)
     if type_name not in V1_TYPE_NAMES:
@@ -105,6 +114,12 @@ def upgrade_v1_layer(v1, where="layer"):
             spec.lr_mult = v1.blobs_lr[i]
         if i < len(v1.weight_decay):
             spec.decay_mult = v1.weight_decay[i]
+    if type_name in _V1_TRANSFORMED:
+        data_param = getattr(out, _V1_TRANSFORMED[type_name])
+        for name in _TRANSFORM_FIELDS:
+            if data_param.HasField(name):
+                setattr(out.transform_param, name, getattr(data_param, name))
+                data_param.ClearField(name)
     return out
 
 
@@ -133,7 +148,8 @@ def read_net_prototxt(path, allow_python_layers=False):
     if len(net.layers):
         if len(net.layer):
             raise InputError(f"{path}: mixes V1 'layers' and V2 'layer' entries")
-        upgraded = [upgrade_v1_layer(v1, where=f"{path}: layer {v1.name!r}") for v1 in net.layers]
+        upgraded = [upgrade_v1_layer(v1, where=f"{path}: layer {v1.name or v1.layer.name!r}")
+                    for v1 in net.layers]
         del net.layers[:]
         net.layer.extend(upgraded)
     return _checked_net(net, path, allow_python_layers)

@@ -206,7 +206,7 @@ def _parse_layer(path, buf, view, f, layout, index):
             param = LayerParameter.FromString(meta_bytes)
         else:
             v1 = V1LayerParameter.FromString(meta_bytes)
-            param = upgrade_v1_layer(v1, where=f"{path}: layer {v1.name!r}")
+            param = upgrade_v1_layer(v1, where=f"{path}: layer {v1.name or v1.layer.name!r}")
             pieces = [memoryview(param.SerializeToString())] + list(range(len(blob_fields)))
     except DecodeError as exc:
         _fail(path, f"layer #{index} is not a valid LayerParameter ({exc})")

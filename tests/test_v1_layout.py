@@ -136,3 +136,36 @@ def test_legacy_dims_beside_a_shape_are_read_as_caffe_reads_them(twins, cli):
     assert_one_line_error(cli("prune", "-w", both, "-s", 0.5, "-o", v1 / "q.caffemodel"),
                           "layer 'conv1': blob 0 has shape [13, 2, 3, 3] (234 values) but holds 216")
     assert not (v1 / "q.caffemodel").exists()
+
+
+def test_v1_data_layers_transform_fields_move_as_caffe_moves_them(tmp_path):
+    """A 2014 train_val keeps scale, mean_file, crop_size and mirror in its
+    data layer's parameter; Caffe moves them into transform_param before the
+    V2 upgrade, and a V2 layer (what decompose writes) reads them only there."""
+    from caffedsd.caffe_proto import read_net_prototxt
+
+    (tmp_path / "v1.prototxt").write_text("""
+layers { name: "data" type: DATA top: "data" top: "label"
+         data_param { source: "train_lmdb" backend: LMDB batch_size: 4 scale: 0.00390625 crop_size: 24
+                      mirror: true mean_file: "mean.binaryproto" } }
+layers { name: "images" type: IMAGE_DATA top: "im" top: "l2" image_data_param { source: "list.txt" scale: 0.5 }
+         transform_param { scale: 2 mirror: false } }
+layers { name: "hdf5" type: HDF5_DATA top: "h" top: "l3" hdf5_data_param { source: "h.txt" batch_size: 2 } }
+""")
+    data, images, hdf5 = read_net_prototxt(tmp_path / "v1.prototxt").layer
+    assert (data.transform_param.scale, data.transform_param.crop_size, data.transform_param.mirror,
+            data.transform_param.mean_file) == (0.00390625, 24, True, "mean.binaryproto")
+    assert [f.name for f, _ in data.data_param.ListFields()] == ["source", "batch_size", "backend"]
+    assert (images.transform_param.scale, images.transform_param.mirror) == (0.5, False)  # the data param's wins
+    assert not images.image_data_param.HasField("scale")
+    assert not hdf5.HasField("transform_param")
+
+
+def test_a_v0_layer_is_named_with_the_tool_that_upgrades_it(tmp_path):
+    from caffedsd.caffe_proto import read_net_prototxt
+    from caffedsd.errors import InputError
+
+    (tmp_path / "v0.prototxt").write_text('layers { layer { name: "conv1" type: "conv" } }\n')
+    with pytest.raises(InputError, match="layer 'conv1': V0 layer layout .pre-2014.; upgrade it first with "
+                                         "Caffe's upgrade_net_proto_text"):
+        read_net_prototxt(tmp_path / "v0.prototxt")
