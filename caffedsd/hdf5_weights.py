@@ -23,7 +23,7 @@ from .caffemodel import HDF5_SIGNATURE, new_caffemodel, read_caffemodel
 from .errors import InputError
 from .layers import expects_blobs
 from .maskfile import atomic_unmasked_path, check_model_outputs
-from .netcheck import check_pair
+from .netcheck import built_state, check_pair, is_built
 
 
 def is_hdf5(path):
@@ -96,9 +96,17 @@ def hdf5_layers(path, net, where):
                       for layer in net.layer if layer.name in data}
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # what h5py raises on damage
         raise InputError(f"{path}: not readable as Caffe HDF5 weights ({exc})") from None
+    # A net may define a layer once per phase under one name; both load the
+    # one group of that name, and a caffemodel holds the name once: the
+    # layer the TRAIN net (what Caffe snapshots) builds, else the first.
+    train = built_state(net, "TRAIN")
+    chosen = {}
+    for i, layer in enumerate(net.layer):
+        if layer.name not in chosen or (is_built(layer, train) and not is_built(net.layer[chosen[layer.name]], train)):
+            chosen[layer.name] = i
     owners, layers = {}, []
-    for layer in net.layer:
-        if layer.name not in stored:  # Caffe writes a group for every layer of the net it saved
+    for i, layer in enumerate(net.layer):
+        if layer.name not in stored or chosen[layer.name] != i:  # Caffe writes a group per layer
             continue
         blobs = stored[layer.name]
         shared = {j: p.name for j, p in enumerate(layer.param) if p.name}

@@ -160,19 +160,20 @@ def _meets(state, rule):
         not any(stage in state.stage for stage in rule.not_stage)
 
 
+def is_built(layer, state):
+    """True when Caffe builds ``layer`` in NetState ``state``, by its include
+    and exclude rules (Caffe's Net::FilterNet)."""
+    if len(layer.include):
+        return any(_meets(state, rule) for rule in layer.include)
+    return not any(_meets(state, rule) for rule in layer.exclude)
+
+
 def built_layers(net, states):
-    """The layers of ``net`` Caffe builds in at least one of ``states``, by
-    their include and exclude rules (Caffe's Net::FilterNet); None: all."""
+    """The layers of ``net`` Caffe builds in at least one of ``states``; None: all."""
     if states is None:
         return list(net.layer)
     states = list(states)
-
-    def included(layer, state):
-        if len(layer.include):
-            return any(_meets(state, rule) for rule in layer.include)
-        return not any(_meets(state, rule) for rule in layer.exclude)
-
-    return [layer for layer in net.layer if any(included(layer, state) for state in states)]
+    return [layer for layer in net.layer if any(is_built(layer, state) for state in states)]
 
 
 KINDS = ("accuracy", "loss", "other")

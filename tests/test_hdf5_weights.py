@@ -148,3 +148,25 @@ def test_weights_that_do_not_fit_the_prototxt_are_refused(caffe, tmp_path, cli):
                           f"more.prototxt does not match {weights}: layers with no weights in {weights.name} "
                           "(Caffe would leave them random): fc3")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "x.caffemodel"]
+
+
+def test_a_layer_defined_once_per_phase_is_written_once(caffe, tmp_path, cli):
+    proto = tmp_path / "phases.prototxt"
+    proto.write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 5 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" include { phase: TEST }
+        inner_product_param { num_output: 3 } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" include { phase: TRAIN }
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+""")
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    net.params["fc"][0].data[...] = np.arange(15).reshape(3, 5)
+    net.save_hdf5(str(tmp_path / "w.h5"))
+    result = cli("convert", "-p", proto, "-w", tmp_path / "w.h5", "-o", "w.caffemodel")
+    assert result.exit_code == 0, result.output
+    model = read_caffemodel(tmp_path / "w.caffemodel")
+    assert [layer.name for layer in model.layers] == ["fc"]
+    assert "gaussian" in str(model.layer("fc").param)  # the TRAIN net's, which Caffe snapshots
+    for phase in (caffe.TRAIN, caffe.TEST):
+        loaded = caffe.Net(str(proto), phase, weights=str(tmp_path / "w.caffemodel"))
+        assert np.array_equal(loaded.params["fc"][0].data, np.arange(15).reshape(3, 5))
