@@ -96,8 +96,7 @@ def _temporaries(folder, name_pattern, recursive=False, folders=False):
     """Temporary files (with ``folders``, atomic_folder's temporary folders)
     under ``folder`` whose writer has died: a SIGKILL skips atomic_path's
     clean-up. A live writer's are not touched."""
-    # atomic_path's names: .NAME.PID. + mkstemp's 8 letters, digits or _ + .tmp
-    pattern = re.compile(rf"\.{name_pattern}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    pattern = _temporary_name(name_pattern)
     for tmp in sorted((Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp")):
         match = pattern.fullmatch(tmp.name)
         if match and not tmp.is_symlink() and (tmp.is_dir() if folders else tmp.is_file()) \
@@ -116,7 +115,28 @@ def _dead(pid, tmp):
         return True
     except PermissionError:  # another user's process
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid):
+    """True for a process that has ended and not yet been reaped (kill(pid, 0)
+    still finds it): a killed writer, for the second or so before its parent
+    waits for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc: taken as running
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _temporary_name(name_pattern):
+    # atomic_path's names: .NAME.PID. + mkstemp's 8 letters, digits or _ + .tmp
+    return re.compile(rf"\.{name_pattern}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+
+
+def is_temporary(name):
+    """True for the name of a temporary atomic_path or atomic_folder makes."""
+    return _temporary_name(".+").fullmatch(name) is not None
 
 
 def remove_leftovers(folder):
@@ -164,6 +184,11 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success,
     remove it on any error or interruption."""
     path = Path(path)
+    if os.path.abspath(path) in _WRITING:
+        # A temporary this process is writing already (a writer handed the
+        # temporary of atomic_paths): it is renamed into place once whole.
+        yield path
+        return
     check_replaceable(path)
     folder = path.parent if str(path.parent) else Path(".")
     # An earlier write of this output that was killed left its temporary.
@@ -227,6 +252,9 @@ def atomic_folder(path):
     existing folder is written into: each file atomically, on its own."""
     path = Path(path)
     if path.is_dir():
+        # A write of a new folder killed before its rename left its temporary.
+        for stale in _temporaries(path.parent, re.escape(path.name), folders=True):
+            shutil.rmtree(stale, ignore_errors=True)
         yield path
         return
     if path.exists() or path.is_symlink():
@@ -244,8 +272,14 @@ def atomic_folder(path):
         tmp = os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     except OSError as exc:
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
-    with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:
-        yield written
+    try:
+        with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:
+            yield written
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and path.is_dir():
+            raise InputError(f"{path}: another process made this folder while this one wrote it; nothing of "
+                             "this run's was left: run it again to write into that folder") from None
+        raise
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .atomic import output_folder, remove_leftovers, write_text
+from .atomic import is_temporary, output_folder, remove_leftovers, write_text
 from .errors import InputError
 
 LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
@@ -73,7 +73,10 @@ class RunFolder:
         expected = json.loads(json.dumps(record))
         existed = self.path.exists()
         output_folder(self.path)
-        if existed and not self.marker.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+        # A run killed while it wrote its marker left only the lock and the
+        # marker's temporary: a folder of this kind still, and put right below.
+        if existed and not self.marker.exists() \
+                and any(p.name != LOCK_FILE and not is_temporary(p.name) for p in self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
         self._hold()
         try:
@@ -88,6 +91,7 @@ class RunFolder:
                     self._made = False  # abandon() may empty it again while nothing is done
                 remove_leftovers(self.path)  # a killed run's half-written files
             else:
+                remove_leftovers(self.path)
                 write_json(self.marker, record)
                 self._made = not existed
             # The files follow the marker: a folder killed between the two

@@ -176,6 +176,14 @@ def test_a_new_output_folder_appears_whole_or_not_at_all(tmp_path):
     with atomic_folder(tmp_path / "k") as folder:
         write_text(folder / "model.caffemodel", "again")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "k"]
+    # Also when the folder is there by then (made by a later run), written into.
+    (tmp_path / "k").rename(tmp_path / "saved")
+    assert subprocess.run([sys.executable, "-c", KILLED_FOLDER, str(tmp_path / "k")]).returncode == 9
+    (tmp_path / "saved").rename(tmp_path / "k")
+    assert len(list(tmp_path.iterdir())) == 3
+    with atomic_folder(tmp_path / "k") as folder:
+        assert folder == tmp_path / "k"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "k"]
 
 
 def test_an_existing_output_folder_is_written_into(tmp_path):
@@ -205,3 +213,45 @@ def test_check_room_for_a_writer_that_aborts(tmp_path):
     with pytest.raises(OutputError, match=r"m.caffemodel: could not be written \(No space left on device: "
                                           r"it needs at least 1,000,000,000,000,000,000 bytes, [0-9,]+ are free\)"):
         check_room(tmp_path / "m.caffemodel", 10 ** 18)
+
+
+def test_a_writer_handed_a_temporary_writes_it_in_place(tmp_path):
+    """prune writes its model into atomic_paths' temporary through atomic_open:
+    a second temporary inside the first would be one a kill leaves for good
+    (no later write of the output looks for a name of that shape)."""
+    with atomic_paths(tmp_path / "m.caffemodel", tmp_path / "m.masks.h5") as (model, masks):
+        with atomic_open(model, "w") as handle:
+            handle.write("model")
+            assert len(list(tmp_path.iterdir())) == 2
+        write_text(masks, "masks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.caffemodel", "m.masks.h5"]
+    assert (tmp_path / "m.caffemodel").read_text() == "model"
+
+
+def test_a_killed_writer_not_yet_reaped_is_dead(tmp_path):
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(500):  # until it has ended; nobody waits for it yet
+            if Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        left = tmp_path / f".out.csv.{child.pid}.abcdefgh.tmp"
+        left.write_text("half")
+        with atomic_open(tmp_path / "out.csv", "w") as handle:
+            handle.write("whole")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+    finally:
+        child.wait()
+
+
+def test_a_folder_another_process_made_meanwhile_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="out: another process made this folder while this one wrote it; nothing"):
+        with atomic_folder(out) as folder:
+            write_text(folder / "a.prototxt", "mine")
+            out.mkdir()
+            write_text(out / "a.prototxt", "theirs")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "a.prototxt").read_text() == "theirs"

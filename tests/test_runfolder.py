@@ -147,3 +147,13 @@ time.sleep(60)
         holder.wait()
     with _folder(tmp_path / "run").open({"fingerprint": "a"}):  # the kernel dropped the dead process's lock
         pass
+
+
+def test_a_folder_killed_while_its_marker_was_written_is_still_ours(tmp_path):
+    """A kill in the first write of run.json leaves the lock and the marker's
+    temporary: a rerun, even with --force, must not call it foreign."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".caffedsd.lock").write_text("process 1 on elsewhere\n")
+    kill_while_writing(tmp_path / "run" / "run.json")
+    with _folder(tmp_path / "run").open({"fingerprint": "a"}):
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".caffedsd.lock", "run.json"]
