@@ -63,6 +63,13 @@ class Diverged(CaffeDsdError):
     exit_code = 1
 
 
+class WorkerDied(CaffeDsdError):
+    """A worker process ended without its results: killed, out of memory,
+    or aborted by Caffe (exit status 1; what it finished is kept)."""
+
+    exit_code = 1
+
+
 class CheckFailed(CaffeDsdError):
     """A verification found something that does not hold (exit status 1)."""
 

@@ -21,6 +21,7 @@ folder over with --force and reuse its points.
 ``--jobs K`` runs K worker processes, each with its own Net, over disjoint
 sets of layers.
 """
+import ctypes
 import functools
 import hashlib
 import json
@@ -28,6 +29,7 @@ import multiprocessing
 import math
 import os
 import queue as queue_module
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from . import report
 from .caffe_env import check_gpu, check_net_runs
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel
-from .errors import CaffeDsdError, InputError
+from .errors import CaffeDsdError, InputError, WorkerDied
 from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import structure_fingerprint
@@ -240,7 +242,13 @@ def _measure(evaluator, config, points, emit):
               "metrics": metrics, "eval_seconds": seconds, "data": evaluator.data_mode})
 
 
-def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results):
+def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results, parent):
+    # Ctrl-C reaches the whole process group: the parent alone handles it,
+    # and ends the workers. A parent killed outright (SIGKILL, a plain kill)
+    # runs no clean-up: the kernel then ends the worker, which would
+    # otherwise measure its whole share for nobody, on a freed folder.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
         evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit)
@@ -250,6 +258,18 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
         results.put(("error", str(exc)))
     except Exception as exc:
         results.put(("error", f"sensitivity worker failed: {type(exc).__name__}: {exc}"))
+
+
+def _end_with_parent(parent):
+    """Have the kernel kill this process when its parent ends (Linux's
+    PR_SET_PDEATHSIG); elsewhere, or if the parent ended already, exit."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _select_layers(model, globs):
@@ -374,7 +394,7 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
     results = context.Queue()
     workers = [context.Process(target=_worker, daemon=True,
                                args=(config, str(model_path), str(weights_path), share, gpu, cache_limit,
-                                     threads, results))
+                                     threads, results, os.getpid()))
                for share in shares]
     for worker in workers:
         worker.start()
@@ -384,8 +404,12 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             try:
                 kind, value = results.get(timeout=5)
             except queue_module.Empty:
-                if not any(w.is_alive() for w in workers):
-                    raise InputError("a sensitivity worker died (see Caffe's log with --verbose)") from None
+                dead = [w for w in workers if not w.is_alive() and w.exitcode != 0]
+                if dead or not any(w.is_alive() for w in workers):
+                    code = dead[0].exitcode if dead else 0
+                    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+                    raise WorkerDied(f"a sensitivity worker died ({how}; see Caffe's log with --verbose); "
+                                     "run the scan again to go on") from None
                 continue
             if kind == "point":
                 record(value)

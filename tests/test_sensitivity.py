@@ -452,3 +452,87 @@ def test_a_test_phase_run_needs_only_the_test_data(lenet, tmp_path, cli):
     (tmp_path / "no_val.prototxt").write_text(text.replace(test_list, "no/test.txt"))
     assert_one_line_error(cli("sensitivity", "-p", "no_val.prototxt", "-w", weights, "-n", 1, "-o", "t"),
                           "layer 'mnist' reads 'no/test.txt', which does not exist")
+
+
+def _children(pid):
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pids):
+    def state(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return "gone"
+    return [pid for pid in pids if state(pid) not in ("Z", "gone")]
+
+
+@pytest.mark.slow
+def test_the_workers_end_with_a_killed_scan(lenet, tmp_path):
+    """A SIGKILL or a plain kill of `sensitivity --jobs 2` runs none of its
+    clean-up: its workers must not go on measuring (on a GPU, holding its
+    memory) for a folder a rerun has taken over."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, proto, weights = lenet
+    for how in (signal.SIGKILL, signal.SIGTERM):
+        scan = subprocess.Popen([str(Path(sys.executable).parent / "caffedsd"), "sensitivity", "-p", str(proto),
+                                 "-w", str(weights), "-j", "2", "-n", "200", "--sparsities", "0.1,0.2,0.3,0.4,0.5",
+                                 "-o", str(tmp_path / f"s{how}")], stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while len(_children(scan.pid)) < 2 and time.monotonic() < deadline:  # the workers (and a tracker)
+                time.sleep(0.2)
+            workers = _children(scan.pid)
+            assert len(workers) >= 2 and scan.poll() is None
+            time.sleep(2)  # into their measurements
+            scan.send_signal(how)
+            scan.wait()
+            deadline = time.monotonic() + 10
+            while _alive(workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            left = _alive(workers)
+            assert left == [], how
+        finally:
+            scan.kill()
+            scan.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, proto, weights = lenet
+    scan = subprocess.Popen([str(Path(sys.executable).parent / "caffedsd"), "sensitivity", "-p", str(proto),
+                             "-w", str(weights), "-j", "2", "-n", "200", "--sparsities", "0.1,0.2,0.3,0.4,0.5",
+                             "-o", str(tmp_path / "s")], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(scan.pid)) < 3 and time.monotonic() < deadline:  # two workers and a tracker
+            time.sleep(0.2)
+        time.sleep(2)
+        worker = next(pid for pid in _children(scan.pid)  # not multiprocessing's resource tracker
+                      if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.kill(worker, signal.SIGKILL)
+        _, err = scan.communicate(timeout=60)
+    finally:
+        scan.kill()
+        scan.wait()
+    assert scan.returncode == 1, err
+    assert "caffedsd: a sensitivity worker died (killed by signal 9; see Caffe's log with --verbose); run the " \
+           "scan again to go on" in err
+    assert "Traceback" not in err
