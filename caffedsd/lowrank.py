@@ -64,14 +64,42 @@ def singular_values(matrix):
     are formed, and no float64 copy of the whole matrix is made."""
     m = np.asarray(matrix)
     m = m.reshape(m.shape[0], -1)
-    if m.shape[0] > m.shape[1]:
-        m = m.T
+    values = np.linalg.eigvalsh(_gram(m.T if m.shape[0] > m.shape[1] else m))[::-1]
+    return np.sqrt(np.clip(values, 0, None))
+
+
+def _gram(m):
+    """m m^T in float64, accumulated over column slices of m."""
     gram = np.zeros((m.shape[0], m.shape[0]))
     for i in range(0, m.shape[1], _GRAM_BLOCK):
         part = np.asarray(m[:, i:i + _GRAM_BLOCK], dtype=np.float64)
         gram += part @ part.T
-    values = np.linalg.eigvalsh(gram)[::-1]
-    return np.sqrt(np.clip(values, 0, None))
+    return gram
+
+
+def _factor_block(block, rank):
+    """(first, second, discarded energy) of an N x M matrix at ``rank``:
+    second @ first is its best rank-r approximation U_r S_r V_r^T, each
+    factor carrying sqrt(S_r). From the eigenpairs of the smaller Gram
+    matrix, as singular_values: a float64 SVD of VGG16's 4096 x 25088 fc6
+    took 4.5 GB and 5 minutes, for 256 of its 4096 singular vectors. The
+    other side's vectors come from one product with the matrix, by slices."""
+    tall = block.shape[0] > block.shape[1]
+    m = block.T if tall else block  # n x M, n <= M
+    values, vectors = np.linalg.eigh(_gram(m))
+    values, vectors = np.clip(values[::-1], 0, None), vectors[:, ::-1]
+    roots = np.sqrt(np.sqrt(values[:rank]))  # sqrt(s)
+    # Eigenvalues at the Gram matrix's rounding are singular values of 0,
+    # whose halves an SVD's sqrt(0) makes 0: so are they here.
+    live = values[:rank] > values[0] * len(values) * np.finfo(np.float64).eps
+    near = vectors[:, :rank] * np.where(live, roots, 0.0)  # U_r sqrt(S_r): n x r
+    scaled = vectors[:, :rank] * np.where(live, 1 / np.where(live, roots, 1.0), 0.0)
+    far = np.empty((rank, m.shape[1]), np.float32)  # U_r^T m / sqrt(S_r) = sqrt(S_r) V_r^T: r x M
+    for i in range(0, m.shape[1], _GRAM_BLOCK):
+        far[:, i:i + _GRAM_BLOCK] = scaled.T @ np.asarray(m[:, i:i + _GRAM_BLOCK], dtype=np.float64)
+    near = near.astype(np.float32)
+    discarded = float(values[rank:].sum())
+    return (near.T, far.T, discarded) if tall else (far, near, discarded)
 
 
 def rank_for_energy(values, energy):
@@ -102,14 +130,12 @@ def factor(weights, rank, groups=1, transpose=False):
         return np.ascontiguousarray(first.T), np.ascontiguousarray(second.T), discarded
     firsts, seconds, discarded = [], [], 0.0
     for block in blocks(w, groups):
-        u, s, vt = np.linalg.svd(np.asarray(block, dtype=np.float64), full_matrices=False)
-        root = np.sqrt(s[:rank])
-        firsts.append(root[:, None] * vt[:rank])
-        seconds.append(u[:, :rank] * root[None, :])
-        discarded += float((s[rank:] ** 2).sum())
+        first, second, lost = _factor_block(block, rank)
+        firsts.append(first)
+        seconds.append(second)
+        discarded += lost
     first = np.concatenate(firsts).reshape((rank * groups,) + w.shape[1:])
-    second = np.concatenate(seconds)
-    return first.astype(np.float32), second.astype(np.float32), discarded
+    return np.ascontiguousarray(first), np.ascontiguousarray(np.concatenate(seconds)), discarded
 
 
 @dataclass(frozen=True)

@@ -441,3 +441,25 @@ def test_transposed_and_axis_inner_products(caffe, tmp_path, cli):
     assert split.params["ipT/lowrank"][0].data.shape == (24, 10) and split.params["ipT"][0].data.shape == (10, 10)
     # axis: 2 applies the 8 x 12 weight at each of the 3 positions of axis 1: 96 * 3 multiply-adds.
     assert "| ipA | InnerProduct | 8/8 | 108 | 172 | 288 | 480 |" in (out / "report.md").read_text()
+
+
+def test_factors_are_an_svds_on_wide_tall_and_rank_deficient_blocks():
+    for shape in ((6, 40), (40, 6), (5, 5)):
+        w = RNG.normal(size=shape).astype(np.float32)
+        u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+        for rank in (1, 3, min(shape)):
+            first, second, discarded = factor(w, rank)
+            assert first.dtype == second.dtype == np.float32
+            assert first.shape == (rank, shape[1]) and second.shape == (shape[0], rank)
+            best = (u[:, :rank] * s[:rank]) @ vt[:rank]
+            np.testing.assert_allclose(second.astype(np.float64) @ first, best, atol=1e-5)
+            # Each factor carries sqrt(s): the rows of first have norms sqrt(s_i), as an SVD's.
+            np.testing.assert_allclose(np.linalg.norm(first, axis=1), np.sqrt(s[:rank]), rtol=1e-5)
+            assert discarded == pytest.approx(float(np.sum(s[rank:] ** 2)), rel=1e-6, abs=1e-9)
+    low = (RNG.integers(-3, 4, size=(30, 2)) @ RNG.integers(-3, 4, size=(2, 50))).astype(np.float32)  # rank 2, exactly
+    first, second, _ = factor(low, 5)  # three singular values of 0: their halves are 0, as sqrt(0) makes them
+    assert np.all(np.isfinite(first)) and np.all(np.isfinite(second))
+    assert not first[2:].any() and not second[:, 2:].any()
+    np.testing.assert_allclose(second @ first, low, atol=1e-4)
+    transposed_first, transposed_second, _ = factor(low.T, 2, transpose=True)
+    np.testing.assert_allclose(transposed_first @ transposed_second, low.T, atol=1e-4)  # C x r, r x N

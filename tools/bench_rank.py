@@ -11,12 +11,25 @@ fc6 (4096 x 25088, 411 MB):
 Prints each one's wall time, their ratio, and the largest difference of the
 two sets of singular values relative to the largest one.
 
+With ``--factor R``, what ``decompose`` does instead: the rank-R factors of
+the matrix,
+
+  before   np.linalg.svd(W as float64), each factor sqrt(S_R) times U_R or V_R^T;
+  after    caffedsd.lowrank.factor(W, R): the Gram matrix's top R eigenpairs,
+           the other side's vectors by one product with W, by slices;
+
+each in a fresh process, so each one's peak resident memory is its own, and
+the largest difference of the two products relative to the largest entry.
+
     .venv/bin/python tools/bench_rank.py                 # fc6, 4096 x 25088
     .venv/bin/python tools/bench_rank.py --shape 512x4608  # a VGG16 conv5 layer
+    .venv/bin/python tools/bench_rank.py --factor 256    # decompose's fc6 at rank 256
 
 Exit status 0 whether it is fast or not (a benchmark is not a test).
 """
 import argparse
+import multiprocessing
+import resource
 import sys
 import time
 from pathlib import Path
@@ -25,15 +38,63 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchlib import cpu_name  # noqa: E402
-from caffedsd.lowrank import singular_values  # noqa: E402
+from caffedsd.lowrank import factor, singular_values  # noqa: E402
+
+
+def _matrix(rows, cols):
+    return np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32)
+
+
+def _svd_factor(w, rank):
+    """What decompose did before: a float64 SVD with every singular vector."""
+    u, s, vt = np.linalg.svd(np.asarray(w, dtype=np.float64), full_matrices=False)
+    root = np.sqrt(s[:rank])
+    return (root[:, None] * vt[:rank]).astype(np.float32), (u[:, :rank] * root).astype(np.float32)
+
+
+def _timed_factor(method, rows, cols, rank, out):
+    w = _matrix(rows, cols)
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    first, second = _svd_factor(w, rank) if method == "before" else factor(w, rank)[:2]
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    product = second.astype(np.float64) @ first
+    out.put((seconds, peak / 1024, (peak - start_rss) / 1024, product))
+
+
+def compare_factors(rows, cols, rank):
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for method in ("before", "after"):
+        queue = context.Queue()
+        child = context.Process(target=_timed_factor, args=(method, rows, cols, rank, queue))
+        child.start()
+        results[method] = queue.get()
+        child.join()
+    diff = float(np.abs(results["before"][3] - results["after"][3]).max() / np.abs(results["before"][3]).max())
+    print(f"cpu: {cpu_name()}")
+    print(f"matrix {rows}x{cols} float32 ({rows * cols * 4 / 2 ** 20:.0f} MiB), rank {rank}")
+    for method, label in (("before", "full svd, float64, every vector"), ("after", "Gram eigenpairs, float64")):
+        seconds, peak, grown = results[method][:3]
+        print(f"{method:6} ({label}): {seconds:.1f} s, peak RSS {peak:.0f} MiB ({grown:.0f} MiB over the peak before the call)")
+    print(f"ratio before/after: {results['before'][0] / results['after'][0]:.1f}x time; "
+          f"max |difference of the products| / max |entry|: {diff:.1e}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="4096x25088", help="rows x columns of the weight matrix")
+    parser.add_argument("--factor", type=int, default=None, metavar="R",
+                        help="time decompose's rank-R factors instead of rank's singular values")
     args = parser.parse_args()
     rows, cols = (int(v) for v in args.shape.split("x"))
-    w = np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32)
+    if args.factor is not None:
+        if not 1 <= args.factor <= min(rows, cols):
+            parser.error(f"--factor {args.factor}: must be 1 to {min(rows, cols)}")
+        compare_factors(rows, cols, args.factor)
+        return
+    w = _matrix(rows, cols)
     start = time.perf_counter()
     after = singular_values(w)
     t_after = time.perf_counter() - start
