@@ -77,7 +77,8 @@ def compare_factors(rows, cols, rank):
     print(f"matrix {rows}x{cols} float32 ({rows * cols * 4 / 2 ** 20:.0f} MiB), rank {rank}")
     for method, label in (("before", "full svd, float64, every vector"), ("after", "Gram eigenpairs, float64")):
         seconds, peak, grown = results[method][:3]
-        print(f"{method:6} ({label}): {seconds:.1f} s, peak RSS {peak:.0f} MiB ({grown:.0f} MiB over the peak before the call)")
+        print(f"{method:6} ({label}): {seconds:.1f} s, peak RSS {peak:.0f} MiB "
+              f"({grown:.0f} MiB over the peak before the call)")
     print(f"ratio before/after: {results['before'][0] / results['after'][0]:.1f}x time; "
           f"max |difference of the products| / max |entry|: {diff:.1e}")
 
