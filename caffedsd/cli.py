@@ -3,6 +3,7 @@
 Library errors (caffedsd.errors) become a one-line message and their exit
 status here, in ``_Group.invoke``, and nowhere else.
 """
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,15 +11,29 @@ from pathlib import Path
 import click
 
 from . import report
-from .errors import CaffeDsdError, InputError
+from .errors import CaffeDsdError, Diverged, InputError
 
 
 class _Group(click.Group):
+    # Set by the `caffedsd` program (program()), not where the group runs
+    # inside another process (the tests' CliRunner).
+    exits_at_once = False
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CaffeDsdError as exc:
             click.echo(f"caffedsd: {one_line(str(exc))}", err=True)
+            if isinstance(exc, Diverged) and self.exits_at_once:
+                # Caffe's max pooling over NaNs leaves its argmax at -1, and
+                # its backward pass then writes before its buffer: the heap
+                # of a diverged run may be damaged, and freeing Caffe's nets
+                # at exit aborted the process after this line (glibc "double
+                # free or corruption", exit status 134). What caffedsd writes
+                # is whole or removed by now: leave without freeing anything.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:  # click's own would print three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
@@ -773,3 +788,9 @@ def fashion_mnist(output, source, train_limit, test_limit, force):
         made = result[split]
         click.echo(f"{split}: {made['count']} images -> {made['h5']} (list {made['list']})"
                    + (", already there" if made["unchanged"] else ""))
+
+
+def program():
+    """The `caffedsd` program (setup.py's entry point)."""
+    main.exits_at_once = True
+    return main()

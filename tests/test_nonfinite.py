@@ -109,3 +109,31 @@ def test_a_diverging_dsd_stage_is_named_and_keeps_the_stages_before(caffe, tmp_p
     assert result.exit_code == 0, result.output
     assert "run: kept stages 1-2 of the run an earlier recipe made; removed 03-sparse" in result.output
     assert (tmp_path / "run" / "03-sparse" / "model.caffemodel").is_file()
+
+
+def test_the_program_exits_1_after_a_divergence_through_max_pooling(lenet, tmp_path):
+    """Caffe's max pooling over NaNs (here from weights so large that conv2
+    sums inf and -inf) leaves its argmax at -1, and its backward pass writes
+    before its buffer: the `caffedsd` program printed its line, then aborted
+    at exit (status 134, glibc's "double free or corruption") freeing the nets."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work, net, weights = lenet
+    model = read_caffemodel(weights)
+    huge = {(name, 0): np.asarray(model.layer(name).blobs[0].data) * 1e20 for name in ("conv1", "conv2")}
+    write_caffemodel(model, tmp_path / "huge.caffemodel", replace=huge)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{net}"\nbase_lr: 0.001\nlr_policy: "fixed"\nmax_iter: 100\n'
+                                              'snapshot_prefix: "boom"\n')
+    (tmp_path / "recipe.yaml").write_text("solver: solver.prototxt\nweights: huge.caffemodel\n"
+                                          "stages:\n  - dense: {iterations: 5}\n")
+    program = str(Path(sys.executable).parent / "caffedsd")
+    for args, where in ((["train-dense", "--solver", "solver.prototxt", "-w", "huge.caffemodel", "-n", "5",
+                          "-o", "d.caffemodel"], ""),
+                        (["dsd", "--recipe", "recipe.yaml", "-o", "run"], "recipe.yaml: stage 1 (dense): ")):
+        run = subprocess.run([program, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 1, run.stderr[-2000:]
+        assert run.stderr.splitlines()[-1].startswith(f"caffedsd: {where}solver.prototxt: training diverged at "
+                                                      "iteration 1 (loss nan"), run.stderr[-2000:]
+        assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "run").exists()
