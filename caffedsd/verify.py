@@ -11,7 +11,7 @@ from pathlib import Path
 from .caffe_env import caffe_binary, check_gpu, failure_reason
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
-from .errors import CheckFailed
+from .errors import CheckFailed, InputError
 from .maskfile import masks_for
 from .masks import iter_chunks
 from .netcheck import built_layers, built_state, check_pair
@@ -124,7 +124,11 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
         checks += check_masked_zeros(model, maskset)
     if net_path is not None:
         net = read_net_prototxt(net_path, allow_python_layers)
-        check_pair(net, net_path, model)
+        try:
+            check_pair(net, net_path, model)
+        except InputError as exc:  # what is verified, not a bad argument; Caffe would abort on it
+            checks.append(Check("prototxt fits weights", False, str(exc)))
+            return checks
         checks.append(Check("prototxt fits weights", True, f"{Path(net_path).name} matches every layer with weights"))
         checks += check_with_caffe(model, net, net_path, weights_path, gpu=gpu)
     return checks

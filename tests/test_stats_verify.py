@@ -65,6 +65,18 @@ def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
     assert "(net.cpp:" in result.output and "__libc_start_main" not in result.output and "@ 0x" not in result.output
 
 
+def test_a_prototxt_that_does_not_fit_fails_verify(tiny, tmp_path, cli):
+    """verify checks that the prototxt fits: a misfit is what it found (exit
+    1, its checks printed), not a bad argument (exit 2)."""
+    proto, weights = tiny
+    (tmp_path / "other.prototxt").write_text(proto.read_text().replace("num_output: 4", "num_output: 5", 1))
+    result = cli("verify", "-w", weights, "-p", "other.prototxt")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("ok    finite"), result.output
+    assert "FAIL  prototxt fits weights: other.prototxt does not match" in result.output
+    assert "caffe test" not in result.output  # Caffe would abort on it
+
+
 def test_failure_reason_prefers_the_check_line():
     from caffedsd.caffe_env import failure_reason
 
