@@ -150,6 +150,9 @@ class Decomposition:
     macs_after: int
     discarded_energy: float
     groups: int = 1
+    # The layer whose blobs this one's are (param { name }), counted there
+    # in totals; its MACs are its own.
+    shares_with: str = ""
 
 
 @dataclass(frozen=True)
@@ -380,16 +383,18 @@ def output_positions(net, layer_name, layer_type):
 
 
 def summarize(model, ranks, positions, discarded):
-    rows = []
+    rows, owners = [], {}
     for name, rank in ranks.items():
         layer = model.layer(name)
         w = layer.blobs[0].data
         groups = groups_of(layer)
         bias = sum(b.data.size for b in layer.blobs[1:])
         before, after = split_weights(w, rank, groups)
+        shared = layer.param_names[0]  # split alike with every layer sharing it (_split_alike)
+        owner = owners.setdefault(shared, name) if shared else name
         rows.append(Decomposition(name, layer.type, rank, max_rank(w, groups), int(before + bias),
                                   int(after + bias), before * positions[name], after * positions[name],
-                                  discarded[name], groups))
+                                  discarded[name], groups, owner if owner != name else ""))
     return rows
 
 

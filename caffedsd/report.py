@@ -335,11 +335,12 @@ def write_sensitivity_plot(path, data):
 # -- low-rank decomposition ------------------------------------------------------------
 
 def decomposition_rows(rows):
-    body = [[r.layer, r.type, f"{r.rank}/{r.max_rank}" + (f" x{r.groups} groups" if r.groups > 1 else ""),
+    body = [[r.layer + (f" (weights of {r.shares_with})" if r.shares_with else ""), r.type, f"{r.rank}/{r.max_rank}" + (f" x{r.groups} groups" if r.groups > 1 else ""),
              r.params_before, r.params_after, r.macs_before,
              r.macs_after, f"{r.discarded_energy:.4g}"] for r in rows]
-    totals = [sum(getattr(r, f) for r in rows) for f in ("params_before", "params_after", "macs_before", "macs_after")]
-    body.append(["total", "", "", *totals, ""])
+    params = [sum(getattr(r, f) for r in rows if not r.shares_with) for f in ("params_before", "params_after")]
+    macs = [sum(getattr(r, f) for r in rows) for f in ("macs_before", "macs_after")]
+    body.append(["total", "", "", *params, *macs, ""])
     return ["layer", "type", "rank", "params before", "params after", "MACs before", "MACs after",
             "discarded energy"], body
 
@@ -358,7 +359,8 @@ def decomposition_markdown(rows, weights, skipped=()):
     lines = [f"# Low-rank decomposition of {weights}", "",
              "Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
              "MACs: multiply-adds per image of the decomposed layers. Discarded energy: sum of the "
-             "squared singular values left out (the squared Frobenius error of the weights).", "",
+             "squared singular values left out (the squared Frobenius error of the weights). Totals "
+             "count the weights layers share once.", "",
              markdown_table(header, body)]
     if skipped:
         lines += ["", "## Left as they are", "",

@@ -407,6 +407,9 @@ def test_layers_sharing_weights_are_split_alike_or_not_at_all(caffe, tmp_path, c
     assert _caffe_ignores(out / proto.name, out / "model.caffemodel") == []
     split, error = _same_outputs(caffe, proto, weights, out / proto.name, out / "model.caffemodel", (2, 4, 6, 6))
     assert error < 1e-4
+    report = (out / "report.md").read_text()
+    assert "| s2 (weights of s1) | Convolution | 4/4 | 148 | 164 | 5184 | 5760 | 0 |" in report
+    assert "| total |  |  | 148 | 164 | 10368 | 11520 |  |" in report  # the shared blobs once; both layers MACs
     # Each half is still one blob between the two layers.
     for half in ("s1/lowrank", "s1"):
         twin = half.replace("s1", "s2")
