@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_room
+from .atomic import atomic_paths, check_room, same_file
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
@@ -751,17 +751,26 @@ def _span(spec, iterations, solverstate=None):
 
 
 def _caffe_snapshot_of(param, path, span):
-    """True when Caffe's own snapshots, over iterations ``span`` (first,
-    last], write ``path``: every ``snapshot`` iterations and, with
-    snapshot_after_train, at the last."""
-    prefix = os.path.abspath(param.snapshot_prefix)
-    name = os.path.abspath(path)
-    found = re.fullmatch(re.escape(prefix) + r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?", name)
-    if not found:
+    """True when one of Caffe's own snapshots over iterations ``span``
+    (first, last] would write the file ``path`` is, by any of its names (a
+    symlink, a hard link, a linked folder): every ``snapshot`` iterations
+    and, with snapshot_after_train, at the last."""
+    prefix = Path(param.snapshot_prefix)
+    folder = prefix.parent
+    name = re.compile(re.escape(prefix.name) + r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?")
+    first, last = span
+    try:
+        present = os.listdir(folder)
+    except OSError:  # no folder yet: nothing there to overwrite
         return False
-    k, (first, last) = int(found.group(1)), span
-    return first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
-                                  or (k == last and param.snapshot_after_train))
+    for each in present:
+        found = name.fullmatch(each)
+        if found and same_file(folder / each, path):
+            k = int(found.group(1))
+            if first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
+                                      or (k == last and param.snapshot_after_train)):
+                return True
+    return False
 
 
 def check_schedule(param, path, start, end):

@@ -1,5 +1,6 @@
 """Sparse and dense phases on real pycaffe solvers: the exact-zero invariant
 for every solver type, iter_size, Caffe's own snapshots and resumed history."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -347,6 +348,17 @@ def test_the_solvers_own_snapshots_do_not_overwrite_an_input(pruned, tmp_path):
     with pytest.raises(InputError, match="snap_iter_4.caffemodel: the solver's own snapshots .* would overwrite "
                                          "this input; pass --force"):
         train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=4)
+    assert (tmp_path / "snap_iter_4.caffemodel").read_bytes() == before
+    # The same file by other names: through a linked folder, a symlink, a hard link.
+    (tmp_path / "linked").symlink_to(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "sym.caffemodel").symlink_to(tmp_path / "snap_iter_4.caffemodel")
+    os.link(tmp_path / "snap_iter_4.caffemodel", tmp_path / "other" / "hard.caffemodel")
+    for name in ("linked/snap_iter_4.caffemodel", "other/sym.caffemodel", "other/hard.caffemodel"):
+        with pytest.raises(InputError, match="the solver's own snapshots .* would overwrite this input"):
+            train_sparse(solver, tmp_path / name, tmp_path / "o.caffemodel", masks=pruned.with_name("pruned.masks.h5"),
+                         iterations=4)
+    (tmp_path / "other" / "hard.caffemodel").unlink()
     assert (tmp_path / "snap_iter_4.caffemodel").read_bytes() == before
     train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=3)  # 2 and 3
     train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=4, force=True)
