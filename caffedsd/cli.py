@@ -270,7 +270,7 @@ def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, crite
 
     plan = plan_from_options(sparsity, rules, plan_file, criterion, seed)
     rows, masks_out = prune_file(weights, output, plan, seed=plan.seed_for(0), masks=masks, model=model,
-                                 force=force, allow_python_layers=allow_python_layers)
+                                 force=force, allow_python_layers=allow_python_layers, others=[plan_file])
     click.echo(report.prune_table(rows))
     click.echo(f"wrote {output} and {masks_out}")
 

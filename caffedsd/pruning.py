@@ -75,16 +75,17 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
 
 
 def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=False,
-               allow_python_layers=False):
+               allow_python_layers=False, others=()):
     """Prune the caffemodel ``weights`` into ``output`` and its masks file.
 
     masks: earlier masks of ``weights`` (default: its .masks.h5 if present).
     model: a net prototxt that must fit the weights.
+    others: more inputs the outputs may not replace (the plan file).
     Returns (rows, masks path).
     """
     weights, output = Path(weights), Path(output)
     source = read_caffemodel(weights)
-    check_model_outputs(output, [weights, masks_read_for(weights, masks)], force)
+    check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
     if model is not None:
         check_pair(read_net_prototxt(model, allow_python_layers), model, source)
     previous = masks_for(source, masks)

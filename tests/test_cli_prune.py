@@ -1,6 +1,7 @@
 """`caffedsd prune` through the CLI, on nets built and saved by real pycaffe."""
 import json
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -91,6 +92,16 @@ def test_force_allows_overwriting_the_input(tiny, tmp_path, cli):
     result = cli("prune", "-w", weights, "-s", 0.5, "-o", weights, "--force")
     assert result.exit_code == 0, result.output
     assert read_caffemodel(weights).layer("conv1").blobs[0].data.__eq__(0).sum() == 18
+
+
+def test_the_prototxt_and_plan_read_are_inputs_too(tiny, tmp_path, cli):
+    proto, weights = tiny
+    (tmp_path / "plan.yaml").write_text("sparsity: 0.5\n")
+    for args, given in ((("-p", proto, "-s", 0.5), proto), (("--plan", "plan.yaml"), tmp_path / "plan.yaml")):
+        before = Path(given).read_bytes()
+        result = cli("prune", "-w", weights, *args, "-o", given)
+        assert_one_line_error(result, "output would overwrite the input")
+        assert Path(given).read_bytes() == before
 
 
 # -- bad input: one line, exit 2, no traceback, nothing written ------------------
