@@ -130,6 +130,8 @@ def parse_prototxt(path, message_class):
         text = path.read_text()
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text prototxt (binary data; is it a caffemodel?)") from None
+    except OSError as exc:  # unreadable (permissions), or gone since check_input
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     message = message_class()
     try:
         text_format.Parse(text, message)

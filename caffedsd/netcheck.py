@@ -223,10 +223,11 @@ def layer_names_with_splits(layers):
     return names
 
 
-def data_files(net, states=None):
+def data_files(net, states=None, net_path=None):
     """The files the data layers of ``net`` built in ``states`` read: mean
     files, sources (an HDF5Data list and the files it lists; the files of
-    a database folder), as far as they exist. Outputs must not replace them."""
+    a database folder), as far as they exist. Outputs must not replace them.
+    ``net_path`` names the net in errors."""
     files = []
     for layer in built_layers(net, states):
         files.append(layer.transform_param.mean_file)
@@ -238,8 +239,36 @@ def data_files(net, states=None):
         elif source.is_file():
             files.append(source)
             if layer.type == "HDF5Data":
-                files += source.read_text().split()
+                files += hdf5_list(layer, net_path)
     return [Path(f) for f in files if f]
+
+
+# The first bytes of an HDF5 file (its superblock's signature).
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_LIST_FORMAT = "Caffe's HDF5Data reads a text file naming one .h5 file per line"
+
+
+def hdf5_list(layer, net_path=None):
+    """The paths an HDF5Data ``layer``'s source lists, or a one-line
+    InputError: the source is commonly given as the .h5 file itself, or the
+    folder holding it, and reading either as text would end in a traceback."""
+    source = layer.hdf5_data_param.source
+    where = (f"{net_path}: " if net_path else "") + f"layer {layer.name!r}: hdf5_data_param.source {source!r}"
+    path = Path(source)
+    if path.is_dir():
+        raise InputError(f"{where} is a folder, not a list of HDF5 files ({_LIST_FORMAT})")
+    if not path.is_file():  # a device or pipe, which reading would hang on
+        raise InputError(f"{where} is not a regular file ({_LIST_FORMAT})")
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(_HDF5_SIGNATURE))
+        if head == _HDF5_SIGNATURE:
+            raise InputError(f"{where} is an HDF5 file, not a list of HDF5 files ({_LIST_FORMAT})")
+        return path.read_text().split()
+    except OSError as exc:
+        raise InputError(f"{where} cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{where} holds binary data, not a list of HDF5 files ({_LIST_FORMAT})") from None
 
 
 def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=True):
@@ -264,7 +293,7 @@ def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=Tru
         if not source or not Path(source).exists():
             raise InputError(f"{net_path}: layer {layer.name!r} reads {source!r}, which does not exist")
         if layer.type == "HDF5Data":
-            for line in Path(source).read_text().split():
+            for line in hdf5_list(layer, net_path):
                 if not Path(line).is_file():
                     raise InputError(f"{source}: lists {line!r}, which does not exist "
                                      f"(layer {layer.name!r} of {net_path})")

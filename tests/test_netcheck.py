@@ -1,4 +1,9 @@
 """Data sources a net reads, checked before Caffe (which aborts on them)."""
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 from caffedsd.caffe_proto import read_net_prototxt
@@ -49,6 +54,68 @@ def test_missing_sources(databases):
                     'batch_size: 4 } }\n')
     with pytest.raises(InputError, match="list.txt: lists 'gone.h5', which does not exist"):
         check_data_sources(read_net_prototxt(path), path)
+
+
+def _hdf5_net(folder, source):
+    path = folder / "h5.prototxt"
+    path.write_text(f'layer {{ name: "d" type: "HDF5Data" top: "data" hdf5_data_param {{ source: "{source}" '
+                    'batch_size: 4 } }\n')
+    return read_net_prototxt(path), path
+
+
+def test_an_hdf5_source_that_is_not_a_list(databases):
+    """HDF5Data's source is a text file listing .h5 files; the .h5 itself, or
+    its folder, is a common mistake, reported in one line, not a traceback."""
+    (databases / "train.h5").write_bytes(b"\x89HDF\r\n\x1a\n\0\0\0\0\xff\xfe")
+    net, path = _hdf5_net(databases, "train.h5")
+    with pytest.raises(InputError, match=r"h5.prototxt: layer 'd': hdf5_data_param.source 'train.h5' is an HDF5 "
+                                         r"file, not a list of HDF5 files \(Caffe's HDF5Data reads a text file"):
+        check_data_sources(net, path)
+    (databases / "h5s").mkdir()
+    net, path = _hdf5_net(databases, "h5s")
+    with pytest.raises(InputError, match="layer 'd': hdf5_data_param.source 'h5s' is a folder, not a list"):
+        check_data_sources(net, path)
+    (databases / "blob.bin").write_bytes(b"\xff\xfe\0binary")
+    net, path = _hdf5_net(databases, "blob.bin")
+    with pytest.raises(InputError, match="'blob.bin' holds binary data, not a list of HDF5 files"):
+        check_data_sources(net, path)
+
+
+def _where_mode_bits_bind(code, cwd):
+    """Run python ``code`` in ``cwd`` where a file's mode bits are obeyed:
+    as is for a user; for root, without the capabilities that override them."""
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads unreadable files, and setpriv is not here to stop that")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if os.geteuid() == 0 and "setpriv" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    return done
+
+
+def test_unreadable_net_and_hdf5_list(databases):
+    (databases / "list.txt").write_text("train.h5\n")
+    (databases / "train.h5").write_bytes(b"")
+    _hdf5_net(databases, "list.txt")
+    (databases / "list.txt").chmod(0)
+    (databases / "unreadable.prototxt").write_text('layer { name: "d" type: "Input" top: "data" }\n')
+    (databases / "unreadable.prototxt").chmod(0)
+    done = _where_mode_bits_bind(
+        "from caffedsd.caffe_proto import read_net_prototxt\n"
+        "from caffedsd.errors import InputError\n"
+        "from caffedsd.netcheck import check_data_sources\n"
+        "for path, check in (('unreadable.prototxt', False), ('h5.prototxt', True)):\n"
+        "    try:\n"
+        "        net = read_net_prototxt(path)\n"
+        "        if check:\n"
+        "            check_data_sources(net, path)\n"
+        "    except InputError as exc:\n"
+        "        print(exc)\n", databases)
+    assert done.stdout.splitlines() == [
+        "unreadable.prototxt: cannot be read (Permission denied)",
+        "h5.prototxt: layer 'd': hdf5_data_param.source 'list.txt' cannot be read (Permission denied)"], done.stderr
 
 
 def test_layer_types_the_caffe_lacks(tmp_path):
