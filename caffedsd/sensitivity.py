@@ -172,7 +172,7 @@ def scan_data_sha256(model_path, iterations, gpu=None):
 class Evaluator:
     """A TEST-phase pycaffe Net with its N batches, and the one layer touched."""
 
-    def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT):
+    def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT, sha256=None):
         from .caffe_env import import_caffe
 
         caffe = import_caffe(gpu)
@@ -180,6 +180,11 @@ class Evaluator:
         self.net = caffe.Net(str(model_path), caffe.TEST)
         check_blob_shapes(self.net, read_caffemodel(weights_path), model_path)
         self.net.copy_from(str(weights_path))
+        # Each evaluator (a --jobs worker) loads the file again, after the
+        # scan took its digest: the points must be of the weights it names.
+        if sha256 is not None and file_sha256(weights_path) != sha256:
+            raise InputError(f"{weights_path}: changed while the scan started; run it again once the file "
+                             "stays as it is")
         self.outputs = list(self.net.outputs)
         data_layers = _data_layers(self.net)
         self.batches = None
@@ -251,7 +256,8 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
     _end_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
-        evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit)
+        evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit,
+                              config.weights_sha256)
         _measure(evaluator, config, points, lambda record: results.put(("point", record)))
         results.put(("done", None))
     except CaffeDsdError as exc:  # the parent raises it with the same message
@@ -331,7 +337,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
 
         try:
             if todo and jobs == 1:
-                _measure(Evaluator(model_path, weights_path, iterations, gpu, cache_limit), config, todo, record)
+                _measure(Evaluator(model_path, weights_path, iterations, gpu, cache_limit, config.weights_sha256),
+                         config, todo, record)
             elif todo:
                 _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
         except CaffeDsdError:  # bad input found once the folder existed (the weights' shapes)
@@ -488,7 +495,8 @@ def load_sensitivity(path, weights=None):
     """A sensitivity.json; with ``weights``, it must be of that model."""
     path = sensitivity_file(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such sensitivity file")
+        raise InputError(f"{path}: " + ("not a regular file (a device or pipe)" if path.exists()
+                                        else "no such sensitivity file"))
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -536,3 +536,15 @@ def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
     assert "caffedsd: a sensitivity worker died (killed by signal 9; see Caffe's log with --verbose); run the " \
            "scan again to go on" in err
     assert "Traceback" not in err
+
+
+def test_an_evaluator_refuses_weights_that_changed_since_the_digest(lenet, tmp_path, cli):
+    from caffedsd.errors import InputError
+    from caffedsd.sensitivity import Evaluator
+
+    _, proto, weights = lenet
+    with pytest.raises(InputError, match="changed while the scan started"):
+        Evaluator(proto, weights, 1, sha256="0" * 64)  # a --jobs worker loads the file again, by its path
+    os.mkfifo(tmp_path / "fifo.json")
+    assert_one_line_error(cli("plan", "--sensitivity", tmp_path / "fifo.json", "--max-drop", 1, "-o", "p.yaml"),
+                          "fifo.json: not a regular file (a device or pipe)")
