@@ -312,6 +312,14 @@ def to_plan(choices, criterion, verified=None, seed=None):
                         verified=verified, seed=seed if criterion == "random" else None)
 
 
+def _comment(text):
+    """``text`` as one YAML comment line. The scan's path and its metric (a
+    top's name) may hold a newline or another control character, which would
+    end the comment and leave the rest of the line to be parsed as YAML: they
+    are written escaped, as the CLI's one_line writes them."""
+    return "# " + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text) + "\n"
+
+
 def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None, weights=None, force=False,
               verify=False, max_total_drop=None, iterations=None, model=None, gpu=None):
     """Read a scan, choose, write the plan YAML atomically; returns the choice.
@@ -366,11 +374,11 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     total_drop = sum(c.drop for c in choices)
     budget = ", ".join(f"{k} {v:g}" for k, v in (("max-drop", max_drop), ("target-sparsity", target),
                                                   ("max-total-drop", max_total_drop)) if v is not None)
-    header = (f"# caffedsd plan from {sensitivity_path} ({budget}; metric {metric})\n"
-              f"# predicted overall sparsity {overall:.4f}, predicted drop {total_drop:.4g} {unit}\n")
+    header = (_comment(f"caffedsd plan from {sensitivity_path} ({budget}; metric {metric})")
+              + _comment(f"predicted overall sparsity {overall:.4f}, predicted drop {total_drop:.4g} {unit}"))
     if verify:
-        header += (f"# measured drop of the whole pruned net {measured:.4g} {unit} "
-                   f"({len(history)} measurement(s), {net.iterations} TEST iterations each)\n")
+        header += _comment(f"measured drop of the whole pruned net {measured:.4g} {unit} "
+                           f"({len(history)} measurement(s), {net.iterations} TEST iterations each)")
     write_text(output, header + to_plan(choices, data["criterion"], verified, data.get("seed", 0)).to_yaml())
     return PlanResult(choices, overall, data["prunable_params"], metric, unit, total_drop, measured, verified,
                       {"overall": start_overall, "drop": start_drop},

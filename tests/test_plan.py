@@ -201,6 +201,27 @@ def test_a_random_plans_seed_travels_with_it(tmp_path):
             SparsityPlan(criterion="random", sparsity=0.5, seed=bad)
 
 
+def test_a_plans_comments_stay_comments_whatever_the_scan_is_called(tmp_path):
+    """The plan's header names the scan and its metric; a newline (or a
+    line separator YAML breaks lines at) in either must not end the comment."""
+    from caffedsd.plan_from_scan import make_plan
+
+    metric = "top\u2028one"
+    scan = {"format": "caffedsd-sensitivity", "metrics": [metric], "baseline": {metric: 0.9},
+            "kinds": {metric: "accuracy"}, "primary": metric, "criterion": "keepmax",
+            "fingerprint": "f", "prunable_params": 100, "seed": 0, "data_sha256": None,
+            "layers": [{"layer": "conv1", "params": 100,
+                        "points": [{"sparsity": 0.5, "metrics": {metric: 0.89}}]}]}
+    folder = tmp_path / "se ns\n\u00fc:x\x85y"
+    folder.mkdir()
+    (folder / "sensitivity.json").write_text(json.dumps(scan))
+    make_plan(folder, folder / "plan y.yaml", max_drop=5)
+    text = (folder / "plan y.yaml").read_text()
+    assert text.startswith("# caffedsd plan from " + str(tmp_path) + "/se ns\\n\u00fc:x\\x85y (max-drop 5; "
+                           "metric top\\u2028one)\n# predicted overall sparsity 0.5000"), text
+    assert load_plan(folder / "plan y.yaml").rules == (Rule("conv1", 0.5),)
+
+
 def test_verified_record_round_trips_and_is_checked():
     plan = SparsityPlan(rules=(Rule("conv1", 0.5),), verified={"metric": "accuracy", "measured_drop": 0.4})
     again = SparsityPlan.from_yaml(plan.to_yaml())
