@@ -72,16 +72,16 @@ def check_output(path, inputs=(), force=False):
     path = Path(path)
     check_replaceable(path)
     for given in inputs:
-        if given is not None and (same_file(path, given) or Path(os.path.abspath(path)) == Path(os.path.abspath(given))):
+        if given is not None and (same_file(path, given) or os.path.realpath(path) == os.path.realpath(given)):
             if not force:
                 raise InputError(f"{path}: output would overwrite the input {given}; pass --force to allow it")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{folder}: output folder does not exist or is not a folder")
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(f"{folder}: cannot write to the output folder ({exc.strerror})") from None
+        raise _unwritable(path, folder, exc) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -169,6 +169,19 @@ def _umask():
     return mask
 
 
+def _unwritable(path, folder, exc):
+    """The InputError for a temporary that could not be made beside ``path``."""
+    if exc.errno == errno.ENAMETOOLONG:
+        extra = len(f"..{os.getpid()}.abcdefgh.tmp".encode())
+        try:
+            limit = os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            limit = 255
+        return InputError(f"{path}: the name is too long for the temporary caffedsd writes it under first "
+                          f"(.NAME.PID.xxxxxxxx.tmp); give a name of at most {limit - extra} bytes")
+    return InputError(f"{folder}: cannot write to the output folder ({exc.strerror})")
+
+
 def _raise_no_room(path, exc):
     """Raise OutputError naming the output ``path`` if ``exc`` was a want of
     room: an OSError of one, or an OutputError from inside (a writer that
@@ -190,14 +203,16 @@ def atomic_path(path):
         yield path
         return
     check_replaceable(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    # The folder the kernel finds: os.path.abspath would take lnk/.. for the
+    # folder lnk is in, while a rename to lnk/../x goes where lnk points.
+    folder = Path(os.path.realpath(path.parent if str(path.parent) else "."))
     # An earlier write of this output that was killed left its temporary.
     for stale in _temporaries(folder, re.escape(path.name)) if folder.is_dir() else ():
         stale.unlink(missing_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(f"{path.parent}: cannot write to the output folder ({exc.strerror})") from None
+        raise _unwritable(path, path.parent, exc) from None
     os.close(fd)
     with _into_place(os.path.abspath(tmp), path, 0o666, _unlink) as written:
         yield written
@@ -259,18 +274,20 @@ def atomic_folder(path):
         return
     if path.exists() or path.is_symlink():
         raise InputError(f"{path}: exists and is not a folder; give a folder for the output")
-    parent = path.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a file on the way
         raise InputError(f"{path}: cannot create the output folder (Not a directory)") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    parent = Path(os.path.realpath(path.parent))  # as atomic_path's folder
     for stale in _temporaries(parent, re.escape(path.name), folders=True):
         shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp = os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise _unwritable(path, parent, exc) from None
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     try:
         with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:

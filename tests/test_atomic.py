@@ -255,3 +255,26 @@ def test_a_folder_another_process_made_meanwhile_is_one_line(tmp_path):
             write_text(out / "a.prototxt", "theirs")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (out / "a.prototxt").read_text() == "theirs"
+
+
+def test_a_path_through_a_symlink_and_dotdot_is_written_where_the_kernel_finds_it(tmp_path):
+    (tmp_path / "deep" / "inner").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "deep" / "inner")
+    with atomic_open(tmp_path / "lnk" / ".." / "x.csv", "w") as handle:  # deep/x.csv, not x.csv
+        handle.write("whole")
+    with atomic_folder(tmp_path / "lnk" / ".." / "out") as folder:
+        write_text(folder / "a.txt", "a")
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["inner", "out", "x.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "lnk"]
+
+
+def test_a_name_too_long_for_the_temporary_says_so(tmp_path):
+    from caffedsd.atomic import check_output
+
+    name = "m" * 250 + ".caffemodel"[:5]  # a legal 255-byte name
+    for call in (lambda: check_output(tmp_path / name), lambda: atomic_open(tmp_path / name).__enter__()):
+        with pytest.raises(InputError, match=r"m{250}\.caff: the name is too long for the temporary caffedsd "
+                                             r"writes it under first \(.NAME.PID.xxxxxxxx.tmp\); give a name of "
+                                             r"at most \d+ bytes"):
+            call()
+    assert list(tmp_path.iterdir()) == []
