@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_open, atomic_path, check_output
+from .atomic import atomic_open, atomic_path, check_input, check_output
 from .errors import InputError
 
 FORMAT = "caffedsd-masks"
@@ -230,8 +230,9 @@ def _read_masks(path, h5):
 def load_masks(path):
     """Read a masks file. Raises InputError naming the file on anything wrong."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such masks file")
+    check_input(path)  # there, but a folder, device or pipe: says so
     try:
         with h5py.File(path, "r") as h5:
             maskset, stored_fingerprint = _read_masks(path, h5)

@@ -22,6 +22,7 @@ match at least one prunable layer.
 """
 from dataclasses import dataclass, field, replace
 
+from .atomic import check_input
 from .errors import InputError, PlanError
 from .globrules import GlobRules, Rule
 from .masks import get_criterion
@@ -121,8 +122,9 @@ def load_plan(path):
     from pathlib import Path
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PlanError(f"{path}: no such plan file")
+    check_input(path)  # there, but a folder, device or pipe: says so
     return SparsityPlan.from_yaml(path.read_bytes(), where=str(path))
 
 

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import check_input
 from .errors import RecipeError
 from .plan import SparsityPlan, load_plan
 from .yamlio import check_keys, dump_yaml, parse_yaml
@@ -191,7 +192,8 @@ class Recipe:
 
 def load_recipe(path):
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"{path}: no such recipe file")
+    check_input(path)  # there, but a folder, device or pipe: says so
     data = parse_yaml(path.read_bytes(), str(path), RecipeError)
     return Recipe.from_dict(data, where=str(path))

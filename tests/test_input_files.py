@@ -1,0 +1,35 @@
+"""A plan, masks or recipe file that is there but not a regular file (a
+folder, a pipe) is said to be so, not reported missing."""
+import os
+
+import pytest
+
+from caffedsd.errors import InputError
+from caffedsd.maskfile import load_masks
+from caffedsd.plan import load_plan
+from caffedsd.recipe import load_recipe
+
+from conftest import assert_one_line_error
+
+LOADERS = [(load_plan, "plan"), (load_masks, "masks"), (load_recipe, "recipe")]
+
+
+@pytest.mark.parametrize("load, kind", LOADERS)
+def test_missing_names_the_kind_of_file(tmp_path, load, kind):
+    with pytest.raises(InputError, match=f"gone.yaml: no such {kind} file$"):
+        load(tmp_path / "gone.yaml")
+
+
+@pytest.mark.parametrize("load, kind", LOADERS)
+def test_a_folder_or_a_pipe_is_not_missing(tmp_path, load, kind):
+    os.mkfifo(tmp_path / "pipe")  # reading it would hang
+    (tmp_path / "folder").mkdir()
+    for name in ("pipe", "folder"):
+        with pytest.raises(InputError, match=f"{name}: not a regular file \\(a folder, device or pipe\\)$"):
+            load(tmp_path / name)
+
+
+def test_the_cli_says_it_in_one_line(tmp_path, cli):
+    os.mkfifo(tmp_path / "recipe.yaml")
+    assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"),
+                          "recipe.yaml: not a regular file (a folder, device or pipe)")
