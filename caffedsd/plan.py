@@ -125,7 +125,11 @@ def load_plan(path):
     if not path.exists():
         raise PlanError(f"{path}: no such plan file")
     check_input(path)  # there, but a folder, device or pipe: says so
-    return SparsityPlan.from_yaml(path.read_bytes(), where=str(path))
+    try:
+        text = path.read_bytes()
+    except OSError as exc:  # unreadable: a recipe's plan is no CLI argument, which click would check
+        raise PlanError(f"{path}: cannot be read ({exc.strerror})") from None
+    return SparsityPlan.from_yaml(text, where=str(path))
 
 
 def plan_from_options(sparsity=None, rules=(), plan_file=None, criterion=None, seed=None):

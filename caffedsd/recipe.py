@@ -195,5 +195,9 @@ def load_recipe(path):
     if not path.exists():
         raise RecipeError(f"{path}: no such recipe file")
     check_input(path)  # there, but a folder, device or pipe: says so
-    data = parse_yaml(path.read_bytes(), str(path), RecipeError)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:  # unreadable, or gone since the check
+        raise RecipeError(f"{path}: cannot be read ({exc.strerror})") from None
+    data = parse_yaml(text, str(path), RecipeError)
     return Recipe.from_dict(data, where=str(path))

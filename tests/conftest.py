@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,17 @@ def stopping_at(iteration):
         callback.close = lambda: None
         return callback
     return progress
+
+
+def where_mode_bits_bind(code, cwd):
+    """Run python ``code`` in ``cwd`` where a file's mode bits are obeyed:
+    as is for a user; for root, without the capabilities that override them."""
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads unreadable files, and setpriv is not here to stop that")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if os.geteuid() == 0 and "setpriv" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    return done

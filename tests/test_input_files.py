@@ -9,7 +9,7 @@ from caffedsd.maskfile import load_masks
 from caffedsd.plan import load_plan
 from caffedsd.recipe import load_recipe
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, where_mode_bits_bind
 
 LOADERS = [(load_plan, "plan"), (load_masks, "masks"), (load_recipe, "recipe")]
 
@@ -33,3 +33,23 @@ def test_the_cli_says_it_in_one_line(tmp_path, cli):
     os.mkfifo(tmp_path / "recipe.yaml")
     assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"),
                           "recipe.yaml: not a regular file (a folder, device or pipe)")
+
+
+def test_an_unreadable_plan_or_recipe(tmp_path):
+    """A recipe's plan is read by caffedsd, not checked by click as an
+    argument is: unreadable, it is one line, not a traceback."""
+    (tmp_path / "p.yaml").write_text("sparsity: 0.5\n")
+    (tmp_path / "r.yaml").write_text("solver: s.prototxt\n")
+    for name in ("p.yaml", "r.yaml"):
+        (tmp_path / name).chmod(0)
+    done = where_mode_bits_bind(
+        "from caffedsd.errors import InputError\n"
+        "from caffedsd.plan import load_plan\n"
+        "from caffedsd.recipe import load_recipe\n"
+        "for load, path in ((load_plan, 'p.yaml'), (load_recipe, 'r.yaml')):\n"
+        "    try:\n"
+        "        load(path)\n"
+        "    except InputError as exc:\n"
+        "        print(exc)\n", tmp_path)
+    assert done.stdout.splitlines() == ["p.yaml: cannot be read (Permission denied)",
+                                        "r.yaml: cannot be read (Permission denied)"], done.stderr

@@ -1,14 +1,11 @@
 """Data sources a net reads, checked before Caffe (which aborts on them)."""
-import os
-import shutil
-import subprocess
-import sys
-
 import pytest
 
 from caffedsd.caffe_proto import read_net_prototxt
 from caffedsd.errors import InputError
 from caffedsd.netcheck import built_layers, built_state, check_data_sources, check_layer_types, solver_state
+
+from conftest import where_mode_bits_bind
 
 
 def _net(tmp_path, data_param):
@@ -81,20 +78,6 @@ def test_an_hdf5_source_that_is_not_a_list(databases):
         check_data_sources(net, path)
 
 
-def _where_mode_bits_bind(code, cwd):
-    """Run python ``code`` in ``cwd`` where a file's mode bits are obeyed:
-    as is for a user; for root, without the capabilities that override them."""
-    command = [sys.executable, "-c", code]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("root reads unreadable files, and setpriv is not here to stop that")
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if os.geteuid() == 0 and "setpriv" in done.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
-    return done
-
-
 def test_unreadable_net_and_hdf5_list(databases):
     (databases / "list.txt").write_text("train.h5\n")
     (databases / "train.h5").write_bytes(b"")
@@ -102,7 +85,7 @@ def test_unreadable_net_and_hdf5_list(databases):
     (databases / "list.txt").chmod(0)
     (databases / "unreadable.prototxt").write_text('layer { name: "d" type: "Input" top: "data" }\n')
     (databases / "unreadable.prototxt").chmod(0)
-    done = _where_mode_bits_bind(
+    done = where_mode_bits_bind(
         "from caffedsd.caffe_proto import read_net_prototxt\n"
         "from caffedsd.errors import InputError\n"
         "from caffedsd.netcheck import check_data_sources\n"
