@@ -78,6 +78,11 @@ def check_output(path, inputs=(), force=False):
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{folder}: output folder does not exist or is not a folder")
+    _probe(path, folder)
+
+
+def _probe(path, folder):
+    """Make and remove a file named as path's temporary in ``folder``."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
@@ -152,7 +157,9 @@ def check_room(path, nbytes, largest=None):
     """Raise OutputError unless ``nbytes`` (in files of which the largest is
     ``largest`` bytes; default one file) fit beside ``path``: for a writer
     that aborts the process when a write fails, as Caffe's do (glog CHECK).
-    The free space and ulimit -f are seen; a quota is not."""
+    The free space and ulimit -f are seen; a quota is not. A folder that
+    cannot take a file (read-only) is an InputError."""
+    _probe(Path(path), Path(path).parent)
     stat = os.statvfs(Path(path).parent)
     free = stat.f_bavail * stat.f_frsize
     if nbytes > free:

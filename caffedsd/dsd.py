@@ -355,7 +355,10 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
         else:
-            stage_dir.mkdir(exist_ok=True)
+            try:
+                stage_dir.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"{stage_dir}: cannot be made ({exc.strerror})") from None
             started = time.time()
             seed_c_rand(recipe.seed, number)
             try:

@@ -106,7 +106,10 @@ class RunFolder:
             raise
 
     def _hold(self):
-        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            handle = open(self.path / LOCK_FILE, "a+")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot write to the {self.kind} folder ({exc.strerror})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

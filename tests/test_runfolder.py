@@ -157,3 +157,11 @@ def test_a_folder_killed_while_its_marker_was_written_is_still_ours(tmp_path):
     kill_while_writing(tmp_path / "run" / "run.json")
     with _folder(tmp_path / "run").open({"fingerprint": "a"}):
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".caffedsd.lock", "run.json"]
+
+
+def test_an_existing_folder_that_takes_no_file_is_one_line(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (tmp_path / "run").mkdir(mode=0o500)
+    with pytest.raises(InputError, match="run: cannot write to the run folder"):
+        _folder(tmp_path / "run").open({"fingerprint": "a"})
