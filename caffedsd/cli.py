@@ -23,7 +23,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CaffeDsdError as exc:
-            click.echo(f"caffedsd: {one_line(str(exc))}", err=True)
+            click.echo(f"caffedsd: {report.one_line(str(exc))}", err=True)
             if isinstance(exc, Diverged) and self.exits_at_once:
                 # Caffe's max pooling over NaNs leaves its argmax at -1, and
                 # its backward pass then writes before its buffer: the heap
@@ -37,14 +37,8 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:  # click's own would print three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            click.echo(f"{where}: {one_line(exc.format_message())} (see {where} --help)", err=True)
+            click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
             ctx.exit(exc.exit_code)
-
-
-def one_line(text):
-    """``text`` with its control characters escaped: a message that quotes a
-    damaged file's line (protobuf's parser does) must stay one line."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text.strip())
 
 
 # -- shared options ------------------------------------------------------------

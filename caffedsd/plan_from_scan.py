@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PlanningError
+from .report import one_line
 from .plan import Rule, SparsityPlan
 
 
@@ -315,9 +316,8 @@ def to_plan(choices, criterion, verified=None, seed=None):
 def _comment(text):
     """``text`` as one YAML comment line. The scan's path and its metric (a
     top's name) may hold a newline or another control character, which would
-    end the comment and leave the rest of the line to be parsed as YAML: they
-    are written escaped, as the CLI's one_line writes them."""
-    return "# " + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text) + "\n"
+    end the comment and leave the rest of the line to be parsed as YAML."""
+    return "# " + one_line(text) + "\n"
 
 
 def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None, weights=None, force=False,

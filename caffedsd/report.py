@@ -7,6 +7,13 @@ from pathlib import Path
 from .atomic import atomic_path, write_text
 
 
+def one_line(text):
+    """``text`` with its control characters escaped: a message that quotes a
+    damaged file's line (protobuf's parser does), a path or a top's name with
+    a newline in a YAML comment, must stay one line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text.strip())
+
+
 def format_table(headers, rows, align=None):
     """A plain-text table; ``align`` is a string of 'l'/'r' per column."""
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]

@@ -633,7 +633,7 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
     would replace an input: the solver and its nets, the weights, the masks
     read, ``others``, the nets' data; and Caffe's own snapshots over ``span``
     that would."""
-    data = [path for net, _, states in built_nets(spec) for path in data_files(net, states)]
+    data = [path for net, where, states in built_nets(spec) for path in data_files(net, states, where)]
     inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others,
               *data]
     # OUT.masks.h5 is written, or removed when OUT is written without masks.

@@ -547,4 +547,4 @@ def test_an_evaluator_refuses_weights_that_changed_since_the_digest(lenet, tmp_p
         Evaluator(proto, weights, 1, sha256="0" * 64)  # a --jobs worker loads the file again, by its path
     os.mkfifo(tmp_path / "fifo.json")
     assert_one_line_error(cli("plan", "--sensitivity", tmp_path / "fifo.json", "--max-drop", 1, "-o", "p.yaml"),
-                          "fifo.json: not a regular file (a device or pipe)")
+                          "fifo.json: not a regular file (a folder, device or pipe)")
