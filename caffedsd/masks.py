@@ -103,12 +103,30 @@ def keepmax_mask(weights, sparsity, previous=None, rng=None):
 
 def std_mask(weights, scale, previous=None, rng=None):
     keep = _start_keep(weights, previous)
-    alive = weights[keep]
-    if alive.size == 0:
+    count, mean = _kept_mean(weights, keep)
+    if count == 0:
         return keep
-    threshold = scale * float(np.std(alive, dtype=np.float64))
-    keep &= np.abs(weights) >= threshold
+    # Two passes (mean, then squared deviations) as np.std does, not the
+    # sum of squares, which loses the variance when the mean is large.
+    squares = 0.0
+    for part, kept in iter_chunks(weights, keep):
+        deviation = part[kept].astype(np.float64)
+        deviation -= mean
+        squares += float(np.dot(deviation, deviation))
+    threshold = scale * math.sqrt(squares / count)
+    for part, kept in iter_chunks(weights, keep):
+        kept &= np.abs(part) >= threshold
     return keep
+
+
+def _kept_mean(weights, keep):
+    """(count, float64 mean) of the weights ``keep`` keeps, by slices."""
+    count, total = 0, 0.0
+    for part, kept in iter_chunks(weights, keep):
+        values = part[kept]
+        count += values.size
+        total += float(values.sum(dtype=np.float64))
+    return count, total / count if count else 0.0
 
 
 def random_mask(weights, sparsity, previous=None, rng=None):

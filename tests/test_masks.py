@@ -51,6 +51,30 @@ def test_std_uses_kept_weights_and_shrinks():
     assert mask.tolist() == [False, False, False, True, True, False]
 
 
+def test_std_by_slices_is_the_whole_array_rule(monkeypatch):
+    # By hand: std([-3, -1, 1, 3]) = sqrt(5) = 2.236; s = 0.44 keeps all
+    # (|w| >= 0.98), s = 0.45 prunes the two 1s (|w| >= 1.006).
+    w = np.array([-3.0, -1.0, 1.0, 3.0], dtype=np.float32)
+    assert compute_mask(w, "std", 0.44).all()
+    assert compute_mask(w, "std", 0.45).tolist() == [True, False, False, True]
+    assert compute_mask(w, "std", 1.0).tolist() == [True, False, False, True]
+    assert compute_mask(w, "std", 1.35).tolist() == [False] * 4  # 3 < 1.35 * 2.236
+    import caffedsd.masks as masks
+
+    monkeypatch.setattr(masks, "CHUNK", 7)  # slices that cut the kept weights unevenly
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((40, 25)) * 0.05 + 0.01).astype(np.float32)
+    previous = rng.random(w.shape) > 0.3
+    for s in (0.0, 0.5, 1.0, 2.5):
+        for prev in (None, previous):
+            kept = w if prev is None else w[prev]
+            expected = np.abs(w) >= s * float(np.std(kept, dtype=np.float64))
+            if prev is not None:
+                expected &= prev
+            assert np.array_equal(compute_mask(w, "std", s, previous=prev), expected), (s, prev is None)
+    assert not compute_mask(w, "std", 1.0, previous=np.zeros(w.shape, dtype=bool)).any()  # nothing kept
+
+
 def test_random_exact_count_and_seeded():
     w = np.arange(1, 1001, dtype=np.float32)
     a = compute_mask(w, "random", 0.3, rng=layer_rng(7, "conv1"))
