@@ -118,7 +118,6 @@ def test_the_program_exits_1_after_a_divergence_through_max_pooling(lenet, tmp_p
     at exit (status 134, glibc's "double free or corruption") freeing the nets."""
     import subprocess
     import sys
-    from pathlib import Path
 
     work, net, weights = lenet
     model = read_caffemodel(weights)
@@ -128,11 +127,11 @@ def test_the_program_exits_1_after_a_divergence_through_max_pooling(lenet, tmp_p
                                               'snapshot_prefix: "boom"\n')
     (tmp_path / "recipe.yaml").write_text("solver: solver.prototxt\nweights: huge.caffemodel\n"
                                           "stages:\n  - dense: {iterations: 5}\n")
-    program = str(Path(sys.executable).parent / "caffedsd")
+    program = [sys.executable, "-c", "from caffedsd.cli import program; program()"]  # no console script needed
     for args, where in ((["train-dense", "--solver", "solver.prototxt", "-w", "huge.caffemodel", "-n", "5",
                           "-o", "d.caffemodel"], ""),
                         (["dsd", "--recipe", "recipe.yaml", "-o", "run"], "recipe.yaml: stage 1 (dense): ")):
-        run = subprocess.run([program, *args], cwd=tmp_path, capture_output=True, text=True)
+        run = subprocess.run([*program, *args], cwd=tmp_path, capture_output=True, text=True)
         assert run.returncode == 1, run.stderr[-2000:]
         assert run.stderr.splitlines()[-1].startswith(f"caffedsd: {where}solver.prototxt: training diverged at "
                                                       "iteration 1 (loss nan"), run.stderr[-2000:]

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from caffedsd.plan import load_plan
 from conftest import assert_one_line_error
 
 SPARSITIES = (0.3, 0.6, 0.9)
+# The `caffedsd` program, also where a checkout runs from PYTHONPATH without
+# its console script (tools/gpu_stage.sh).
+PROGRAM = [sys.executable, "-c", "from caffedsd.cli import program; program()"]
 ITERS = 5  # 5 x 100 = the 500 test images of the slice
 
 
@@ -482,12 +486,11 @@ def test_the_workers_end_with_a_killed_scan(lenet, tmp_path):
     memory) for a folder a rerun has taken over."""
     import signal
     import subprocess
-    import sys
     import time
 
     _, proto, weights = lenet
     for how in (signal.SIGKILL, signal.SIGTERM):
-        scan = subprocess.Popen([str(Path(sys.executable).parent / "caffedsd"), "sensitivity", "-p", str(proto),
+        scan = subprocess.Popen([*PROGRAM, "sensitivity", "-p", str(proto),
                                  "-w", str(weights), "-j", "2", "-n", "200", "--sparsities", "0.1,0.2,0.3,0.4,0.5",
                                  "-o", str(tmp_path / f"s{how}")], stderr=subprocess.DEVNULL)
         try:
@@ -513,11 +516,10 @@ def test_the_workers_end_with_a_killed_scan(lenet, tmp_path):
 def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
     import signal
     import subprocess
-    import sys
     import time
 
     _, proto, weights = lenet
-    scan = subprocess.Popen([str(Path(sys.executable).parent / "caffedsd"), "sensitivity", "-p", str(proto),
+    scan = subprocess.Popen([*PROGRAM, "sensitivity", "-p", str(proto),
                              "-w", str(weights), "-j", "2", "-n", "200", "--sparsities", "0.1,0.2,0.3,0.4,0.5",
                              "-o", str(tmp_path / "s")], stderr=subprocess.PIPE, text=True)
     try:
