@@ -349,12 +349,22 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
 
 def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
+    begun, trained = run_fingerprint(recipe, spec), False
     for number, stage in enumerate(recipe.stages, 1):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
         else:
+            # Caffe reads the net files again for every stage: an edit while
+            # the run goes on would train its later stages on another net
+            # than run.json says, and a rerun with the files put back would
+            # take the folder for finished as recorded.
+            if trained and run_fingerprint(recipe, spec) != begun:
+                raise InputError(f"{recipe.where}: the solver, net or weights files changed while this run went "
+                                 f"on; stage {number} would train another net than the stages before: put them "
+                                 "back and run again, or give --force to start over from them")
+            trained = True
             try:
                 stage_dir.mkdir(exist_ok=True)
             except OSError as exc:

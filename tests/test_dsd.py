@@ -757,3 +757,31 @@ def test_solver_settings_caffe_would_abort_on(tmp_path, cli):
     (tmp_path / "gone").mkdir()
     assert cli("train-dense", "--solver", solver, "-w", model, "--iterations", 6, "-o", "d.caffemodel").exit_code == 0
     assert (tmp_path / "gone" / "snap_iter_5.caffemodel").is_file()
+
+
+@pytest.mark.caffe
+def test_a_net_edited_while_the_run_goes_on_stops_it_before_the_next_stage(tmp_path, cli):
+    """Caffe reads the net again for every stage: an edit mid-run would train
+    the later stages on another net than run.json records."""
+    from caffedsd.errors import InputError
+    from caffedsd.recipe import load_recipe
+    from caffedsd.dsd import run_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=10)
+    net = tmp_path / "net.prototxt"
+    original = net.read_text()
+
+    def progress(label, total, done):
+        def callback(row, _):
+            if row.get("iter") == 30 and "loss" in row:  # the first stage's last step
+                net.write_text(original.replace("std: 1", "std: 0.5"))
+        callback.close = lambda: None
+        return callback
+
+    with pytest.raises(InputError, match="recipe.yaml: the solver, net or weights files changed while this run went "
+                                         "on; stage 2 would train another net"):
+        run_recipe(load_recipe(recipe), tmp_path / "run", progress=progress)
+    assert (tmp_path / "run" / "01-dense" / "stage.json").is_file() and not (tmp_path / "run" / "02-prune").exists()
+    net.write_text(original)  # put back: the run goes on
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert result.exit_code == 0, result.output
