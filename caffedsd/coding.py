@@ -9,7 +9,6 @@ loop over symbols. ``huffman_decode`` is the plain one-symbol-at-a-time
 decoder: it reads version 1 streams (which have no sync points) and is the
 reference the vectorized decoder is tested against.
 """
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,19 +172,45 @@ def huffman_lengths(frequencies, max_bits=MAX_CODE_BITS):
     if used.size == 1:
         lengths[used] = 1
         return lengths
-    heap = [(int(freq[s]), n, [int(s)]) for n, s in enumerate(used)]
-    heapq.heapify(heap)
-    counter = len(heap)
-    while len(heap) > 1:
-        f1, _, s1 = heapq.heappop(heap)
-        f2, _, s2 = heapq.heappop(heap)
-        merged = s1 + s2
-        lengths[merged] += 1
-        heapq.heappush(heap, (f1 + f2, counter, merged))
-        counter += 1
-    if lengths.max(initial=0) > max_bits:
-        # Flatten the distribution until the longest code fits (rare; not optimal).
-        return huffman_lengths(np.where(freq > 0, (freq >> 1) + 1, 0), max_bits)
+    counts = freq[used]
+    for _ in range(64):  # by then every count is 1 or 2: a balanced tree
+        lengths[used] = _tree_depths(counts)
+        if lengths.max() <= max_bits or used.size > 1 << max_bits:
+            break
+        # Flatten the distribution until the longest code fits (rare; not
+        # optimal, but the lengths every .dcz so far was written with).
+        counts = (counts >> 1) + 1
+    return lengths
+
+
+def _tree_depths(counts):
+    """Leaf depths of the Huffman tree of ``counts`` (at least two, all > 0):
+    two queues, the leaves in (count, symbol) order and the merged nodes in
+    the order they are made, whose counts never decrease. A tie takes the
+    leaf, the tree a heap keyed by (count, creation order) builds, so the
+    lengths are those of every earlier version."""
+    order = np.argsort(counts, kind="stable")
+    leaf = counts[order].tolist()
+    n = len(leaf)
+    merged, leaf_parent, merged_parent = [0] * (n - 1), [0] * n, [0] * (n - 1)
+    i = j = 0
+    for k in range(n - 1):
+        total = 0
+        for _ in (0, 1):
+            if i < n and (j == k or leaf[i] <= merged[j]):
+                leaf_parent[i] = k
+                total += leaf[i]
+                i += 1
+            else:
+                merged_parent[j] = k
+                total += merged[j]
+                j += 1
+        merged[k] = total
+    depth = [0] * (n - 1)  # of each merged node; the last is the root
+    for k in range(n - 3, -1, -1):
+        depth[k] = depth[merged_parent[k]] + 1
+    lengths = np.empty(n, dtype=np.int64)
+    lengths[order] = np.asarray(depth, dtype=np.int64)[leaf_parent] + 1
     return lengths
 
 

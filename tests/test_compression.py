@@ -1,10 +1,12 @@
 """Deep Compression storage: coding units, round trips of both format
 versions, stock caffe, bad input."""
 import hashlib
+import heapq
 import json
 import shutil
 import struct
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -118,6 +120,64 @@ def test_lengths_are_limited_to_the_maximum():
     assert huffman_lengths(fibonacci[:MAX_CODE_BITS + 1]).max() == MAX_CODE_BITS  # exactly the maximum
     limited = huffman_lengths(fibonacci)  # unlimited, it would need 29 bits
     assert limited.max() <= MAX_CODE_BITS and np.sum(2.0 ** -limited) == 1.0  # still a complete prefix code
+
+
+def _heap_lengths(freq, max_bits):
+    """Huffman code lengths as caffedsd built them until 0.3: a heap keyed by
+    (count, creation order), every merge adding 1 to its symbols; counts
+    halved and the code built again while a code is too long."""
+    freq = np.asarray(freq, dtype=np.int64)
+    used = np.flatnonzero(freq)
+    lengths = np.zeros(freq.size, dtype=np.int64)
+    if used.size == 1:
+        lengths[used] = 1
+        return lengths
+    heap = [(int(freq[s]), n, [int(s)]) for n, s in enumerate(used)]
+    heapq.heapify(heap)
+    counter = len(heap)
+    while len(heap) > 1:
+        f1, _, s1 = heapq.heappop(heap)
+        f2, _, s2 = heapq.heappop(heap)
+        lengths[s1 + s2] += 1
+        heapq.heappush(heap, (f1 + f2, counter, s1 + s2))
+        counter += 1
+    if lengths.max() > max_bits:
+        return _heap_lengths(np.where(freq > 0, (freq >> 1) + 1, 0), max_bits)
+    return lengths
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_huffman_lengths_are_those_every_earlier_file_was_written_with(seed):
+    # Optimal codes are not unique: ties must go the way the heap took them,
+    # or the same input would compress to other bytes. Many ties here, and
+    # codes long enough that 7 bits is a limit that binds.
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        size = int(rng.integers(2, 400))
+        freq = [rng.integers(0, 4, size), rng.integers(0, 60, size) ** 3,
+                (2 ** rng.integers(0, 30, size)) * rng.integers(0, 2, size)][seed % 3]
+        if np.count_nonzero(freq) < 2:
+            continue
+        for max_bits in (7, 12, MAX_CODE_BITS):
+            if np.count_nonzero(freq) <= 1 << max_bits:
+                lengths = huffman_lengths(freq, max_bits)
+                assert np.array_equal(lengths, _heap_lengths(freq, max_bits))
+                assert lengths.max() <= max_bits and np.sum(2.0 ** -lengths[lengths > 0]) == 1.0
+
+
+def test_large_alphabets_are_coded_quickly():
+    flat = huffman_lengths(np.ones(1 << 16, dtype=np.int64))
+    assert (flat == 16).all()  # 2^16 equal counts: 16 bits each
+    one_more = huffman_lengths(np.ones((1 << 16) + 1, dtype=np.int64))
+    assert np.bincount(one_more).tolist() == [0] * 16 + [(1 << 16) - 1, 2]
+    # A geometric histogram over 2^16 symbols (the gaps of a 50%-pruned
+    # layer): unlimited, codes reach 60 bits. It was many seconds per call.
+    geometric = (1 << 60) >> np.minimum(np.arange(1 << 16), 59)
+    start = time.perf_counter()
+    lengths = huffman_lengths(geometric)
+    assert time.perf_counter() - start < 5
+    assert lengths.max() == MAX_CODE_BITS and np.sum(2.0 ** -lengths) == 1.0
+    assert lengths[:2].tolist() == [1, 2]
 
 
 def _random_stream(rng, longest):
