@@ -34,38 +34,83 @@ def kmeans_1d(values, clusters, iterations=100):
     is those values (exact). Centroids no value is nearest to are kept here;
     ``share_weights`` drops them."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
-    ordered = np.sort(values)
-    if not ordered.size or np.count_nonzero(ordered[1:] != ordered[:-1]) < clusters:
-        distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if ordered.size else ordered
-        return distinct, _assign(values, distinct, None)
-    # Sums over ranges of the sorted values: float64 prefix sums every 64
-    # values, plus the few values past the last full block (no N-sized float64 array).
-    block = 64
-    full = ordered.size // block * block
-    coarse = np.concatenate([[0.0], np.cumsum(ordered[:full].reshape(-1, block).sum(axis=1, dtype=np.float64))])
+    codebook = sorted_kmeans(np.sort(values), clusters, iterations)
+    return codebook, assign_labels(values, codebook, None)
 
-    def prefix(ends):
-        base = ends // block * block
-        index = base[:, None] + np.arange(block)
-        rest = np.where(index < ends[:, None], ordered[np.minimum(index, ordered.size - 1)], 0)
-        return coarse[ends // block] + rest.sum(axis=1, dtype=np.float64)
 
+def sorted_kmeans(ordered, clusters, iterations=100):
+    """The float32 codebook of ``kmeans_1d`` from the values already sorted
+    (float32), so a caller that owns them can sort in place and keep no copy."""
+    if not ordered.size:
+        return ordered[:0].copy()
+    distinct = _distinct(ordered, clusters - 1)
+    if distinct is not None:
+        return distinct
+    prefix = _prefix_sums(ordered)
+    total = prefix(np.array([ordered.size]))
     centroids = np.linspace(float(ordered[0]), float(ordered[-1]), clusters)
+    above, bounds, sums = None, None, None
     for _ in range(iterations):
-        # Values up to a midpoint go to the lower centroid, as in ``_assign``.
-        bounds = np.searchsorted(ordered, _above((centroids[:-1] + centroids[1:]) / 2))
+        # Values up to a midpoint go to the lower centroid, as in ``assign_labels``.
+        points = _above((centroids[:-1] + centroids[1:]) / 2)
+        if above is None:
+            bounds = np.searchsorted(ordered, points)
+            sums = prefix(bounds)
+        else:
+            # Late iterations move few centroids: only a changed midpoint can
+            # move its bound, and a sum is a function of its bound alone.
+            changed = np.flatnonzero(points != above)
+            found = np.searchsorted(ordered, points[changed])
+            moved = changed[found != bounds[changed]]
+            bounds[changed] = found
+            sums[moved] = prefix(bounds[moved])
+        above = points
         ends = np.concatenate([bounds, [ordered.size]])
         starts = np.concatenate([[0], bounds])
         counts = ends - starts
-        sums = prefix(ends) - prefix(starts)
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        range_sums = np.concatenate([sums, total]) - np.concatenate([[0.0], sums])
+        updated = np.where(counts > 0, range_sums / np.maximum(counts, 1), centroids)
         if np.array_equal(updated, centroids):
             break
         centroids = updated
-    codebook = centroids.astype(np.float32)
-    # Assign to the nearest float32 centroid, so decoding gives these values.
-    midpoints = (codebook[:-1].astype(np.float64) + codebook[1:]) / 2
-    return codebook, _assign(values, codebook, midpoints)
+    return centroids.astype(np.float32)
+
+
+def _distinct(ordered, limit):
+    """The distinct values of sorted ``ordered`` when there are at most
+    ``limit`` + 1 of them, else None; by slices, so no N-sized temporary."""
+    found, count = [], 0
+    for start, stop in chunk_bounds(ordered.size):
+        part = ordered[max(start - 1, 0):stop]
+        new = part[1:][part[1:] != part[:-1]]
+        count += new.size
+        if count > limit:
+            return None
+        found.append(new)
+    return np.concatenate([ordered[:1]] + found)
+
+
+def _prefix_sums(ordered):
+    """prefix(ends): the float64 sums of ordered[:end] for each end. Float64
+    prefix sums every 64 values, plus the values past the last whole block
+    before each end (no N-sized float64 array)."""
+    block = 64
+    full = ordered.size // block * block
+    whole = ordered[:full].reshape(-1, block)  # a view
+    coarse = np.concatenate([[0.0], np.cumsum(whole.sum(axis=1, dtype=np.float64))])
+    tail = np.zeros((1, block), dtype=ordered.dtype)
+    tail[0, :ordered.size - full] = ordered[full:]
+    rows = whole if whole.size else tail
+    offsets = np.arange(block)
+
+    def prefix(ends):
+        row = ends // block
+        # Whole rows are gathered (contiguous reads), then cut at each end.
+        window = rows[np.minimum(row, rows.shape[0] - 1)]
+        window[row >= whole.shape[0]] = tail[0]
+        rest = np.where(offsets < (ends - row * block)[:, None], window, 0)
+        return coarse[row] + rest.sum(axis=1, dtype=np.float64)
+    return prefix
 
 
 def _above(points):
@@ -75,11 +120,11 @@ def _above(points):
     return np.where(above.astype(np.float64) > points, above, np.nextafter(above, np.float32(np.inf)))
 
 
-def _assign(values, codebook, midpoints):
+def assign_labels(values, codebook, midpoints):
     """Index of the codebook entry nearest each value (ties to the lower): the
     count of midpoints below it, in float32 (no float64 copy). With few
     midpoints, counting them pass by pass beats a binary search per value."""
-    if midpoints is None:  # the codebook is the values themselves
+    if midpoints is None:  # halfway between neighbouring entries
         midpoints = (codebook[:-1].astype(np.float64) + codebook[1:]) / 2
     above = _above(midpoints)
     labels = np.empty(values.size, dtype=label_dtype(codebook.size))
@@ -109,12 +154,22 @@ def share_values(values, bits):
     """(codebook, labels) of kept weight ``values`` shared among at most
     2^bits centroids (k-means); centroids no value is nearest to are dropped.
     Compression, ``quantized`` and trained quantization all call this."""
-    codebook, labels = kmeans_1d(values, 1 << bits)
-    used = np.bincount(labels, minlength=codebook.size) > 0
-    if not used.all():
-        remap = (np.cumsum(used) - 1).astype(label_dtype(int(used.sum())))
-        codebook, labels = codebook[used], remap[labels]
-    return codebook, labels
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    codebook, _ = shared_codebook(np.sort(values), bits)
+    return codebook, assign_labels(values, codebook, None)
+
+
+def shared_codebook(ordered, bits):
+    """(codebook, counts) of ``share_values`` from the sorted float32 values:
+    the values nearest each used centroid are counted, not labelled. Dropping
+    a centroid no value is nearest to moves no value to another, so labels
+    ``assign_labels`` gives against this codebook are ``share_values``' labels."""
+    codebook = sorted_kmeans(ordered, 1 << bits)
+    midpoints = (codebook[:-1].astype(np.float64) + codebook[1:]) / 2
+    bounds = np.concatenate([[0], np.searchsorted(ordered, _above(midpoints)), [ordered.size]])
+    counts = np.diff(bounds)
+    used = counts > 0
+    return codebook[used], counts[used]
 
 
 def share_weights(weights, keep, bits):

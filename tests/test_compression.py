@@ -3,6 +3,7 @@ versions, stock caffe, bad input."""
 import hashlib
 import heapq
 import json
+import math
 import shutil
 import struct
 import sys
@@ -16,9 +17,9 @@ import pytest
 from caffedsd.atomic import atomic_open
 from caffedsd.caffe_proto import LayerParameter
 from caffedsd.caffemodel import new_caffemodel, read_caffemodel
-from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, canonical_codes, decode_stream, huffman_decode,
-                             huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps, quantized,
-                             relative_indices, share_values, share_weights)
+from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, assign_labels, canonical_codes, decode_stream,
+                             huffman_decode, huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
+                             quantized, relative_indices, share_values, share_weights, shared_codebook)
 from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, MAGIC, LayerSizes, Reader, _header, _read_header, compress,
                           decode_floats, decode_shared, encode_floats, encode_shared, parse_bits, read_dcz)
 from caffedsd.errors import FormatError
@@ -247,6 +248,62 @@ def test_kmeans_linear_init_and_exact_codebook():
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
     codebook, labels = kmeans_1d([3.0, -1.0, 3.0], 4)  # fewer distinct values than codes: exact
     assert codebook.tolist() == [-1.0, 3.0] and labels.tolist() == [1, 0, 1]
+
+
+def test_kmeans_is_exact_up_to_as_many_distinct_values_as_clusters():
+    assert kmeans_1d([10.0, 0.0, 1.0, 1.0], 3)[0].tolist() == [0.0, 1.0, 10.0]
+    # One more distinct value: Lloyd from [0, 5.5, 11]; nothing is near 5.5.
+    codebook, labels = kmeans_1d([0.0, 1.0, 10.0, 11.0], 3)
+    assert codebook.tolist() == [0.5, 5.5, 10.5] and labels.tolist() == [0, 0, 2, 2]
+
+
+def _lloyd_reference(values, clusters, iterations=100):
+    """Lloyd's iterations spelled out: exact sums (math.fsum), nothing kept
+    between iterations."""
+    ordered = np.sort(np.asarray(values, dtype=np.float32))
+    if np.unique(ordered).size <= clusters:
+        return np.unique(ordered)
+    centroids = np.linspace(float(ordered[0]), float(ordered[-1]), clusters)
+    for _ in range(iterations):
+        midpoints = (centroids[:-1] + centroids[1:]) / 2
+        groups = np.split(ordered, np.searchsorted(ordered, midpoints, side="right"))
+        updated = np.array([math.fsum(g.tolist()) / g.size if g.size else c for g, c in zip(groups, centroids)])
+        if np.array_equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kmeans_equals_plain_lloyd_iterations(seed, monkeypatch):
+    # Multiples of 1/64 below 2^10: every float64 sum is exact, so the block
+    # sums, the sums kept between iterations and the reference agree to the bit.
+    import caffedsd.masks as masks
+
+    monkeypatch.setattr(masks, "CHUNK", 97)  # the distinct-value count by slices
+    rng = np.random.default_rng(seed)
+    values = np.round(rng.normal(scale=200, size=int(rng.integers(50, 6000)))) / 64
+    for clusters in (1, 2, 5, 64, 300, 4096):
+        codebook, labels = kmeans_1d(values, clusters)
+        assert np.array_equal(codebook, _lloyd_reference(values, clusters))
+        assert np.array_equal(labels, assign_labels(values.astype(np.float32), codebook, None))
+
+
+def test_shared_codebook_counts_the_labels_share_values_gives():
+    rng = np.random.default_rng(9)
+    values = np.concatenate([rng.normal(size=3000), [40.0, -40.0]]).astype(np.float32)  # far outliers: unused centroids
+    dropped = []
+    for bits in (1, 3, 6, 10):
+        codebook, labels = share_values(values, bits)
+        full, _ = kmeans_1d(values, 1 << bits)
+        used = np.unique(full[assign_labels(values, full, None)])
+        assert np.array_equal(codebook, used)
+        dropped.append(full.size - codebook.size)
+        assert np.array_equal(codebook[labels], full[assign_labels(values, full, None)])  # no value moved
+        sorted_codebook, counts = shared_codebook(np.sort(values), bits)
+        assert np.array_equal(sorted_codebook, codebook)
+        assert np.array_equal(counts, np.bincount(labels, minlength=codebook.size))
+    assert dropped[0] == 0 and min(dropped[1:]) > 0  # the outliers leave centroids unused
 
 
 def test_weight_sharing_drops_unused_centroids_and_is_computed_once():
