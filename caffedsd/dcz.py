@@ -21,8 +21,9 @@ from .atomic import atomic_open, check_input, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import check_finite, new_caffemodel, read_caffemodel
 from .maskfile import atomic_unmasked_path, check_model_outputs
-from .coding import (FormatError, StreamWriter, decode_fixed, decode_stream, expand_gaps, huffman_decode,
-                     huffman_encode, huffman_lengths, label_dtype, positions_from_gaps, share_values)
+from .coding import (FormatError, StreamWriter, assign_labels, decode_fixed, decode_stream, expand_gaps,
+                     huffman_decode, huffman_encode, huffman_lengths, label_dtype, positions_from_gaps,
+                     shared_codebook)
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for, masks_read_for
@@ -368,61 +369,72 @@ def _kept_slices(flat, keep):
         yield start, np.flatnonzero(sel) + start
 
 
-def _index_width(gap_hist, big_gaps, value_hist):
-    """The relative-index width in 1..16 that gives the smallest streams."""
-    limit = max(1, min(MAX_INDEX_BITS, int(max(gap_hist.size - 1, int(big_gaps.max(initial=0)))).bit_length()))
+def _gap_freq(gap_hist, big_gaps, width):
+    """(gap-stream histogram, padding entries) of relative indices of ``width``
+    bits, from the histogram of the gaps below 2^16 and the larger gaps."""
+    mask = (1 << width) - 1
     gaps = np.arange(gap_hist.size, dtype=np.int64)
-    best = None
-    for width in range(1, limit + 1):
-        mask = (1 << width) - 1
-        pads = int(np.dot(gap_hist, gaps >> width)) + int((big_gaps >> width).sum())
-        gap_freq = np.bincount(gaps & mask, weights=gap_hist, minlength=mask + 1).astype(np.int64)
-        if big_gaps.size:
-            gap_freq += np.bincount(big_gaps & mask, minlength=mask + 1)
-        gap_freq[mask] += pads
-        values = np.append(value_hist, pads) if pads else value_hist
-        size = plan_stream(gap_freq)[1] + plan_stream(values)[1]
+    pads = int(np.dot(gap_hist, gaps >> width)) + int((big_gaps >> width).sum())
+    gap_freq = np.bincount(gaps & mask, weights=gap_hist, minlength=mask + 1).astype(np.int64)
+    gap_freq += np.bincount(big_gaps & mask, minlength=mask + 1)
+    gap_freq[mask] += pads
+    return gap_freq, pads
+
+
+def _stream_plans(gap_hist, big_gaps, value_hist, widths):
+    """(bytes, width, pads, value plan, gap plan) of the relative-index width
+    among ``widths`` that gives the smallest streams. The value histogram
+    differs between widths only in its padding count, so its plan is made
+    once per distinct count."""
+    value_plans, best = {}, None
+    for width in widths:
+        gap_freq, pads = _gap_freq(gap_hist, big_gaps, width)
+        if pads not in value_plans:
+            value_plans[pads] = plan_stream(np.append(value_hist, pads) if pads else value_hist)
+        gap_plan = plan_stream(gap_freq)
+        size = gap_plan[1] + value_plans[pads][1]
         if best is None or size < best[0]:
-            best = (size, width)
-    return best[1]
+            best = (size, width, pads, value_plans[pads][0], gap_plan[0])
+    return best
+
+
+def _index_widths(gap_hist, big_gaps):
+    """The relative-index widths worth trying: 1 up to the longest gap's bits."""
+    largest = max(int(np.flatnonzero(gap_hist).max(initial=0)), int(big_gaps.max(initial=0)))
+    return range(1, max(1, min(MAX_INDEX_BITS, largest.bit_length())) + 1)
 
 
 def encode_shared(data, keep, bits, index_bits, sizes):
     """The payload of a shared weight blob; fills ``sizes``. Two passes over
-    the blob: statistics and k-means, then coding slice by slice."""
+    the blob: statistics and k-means, then coding slice by slice. The kept
+    values are held once (sorted in place for k-means); pass 2 labels each
+    slice against the codebook again, so no per-weight label array is kept."""
     flat = np.asarray(data).reshape(-1)
     keep = None if keep is None else np.asarray(keep, dtype=bool).reshape(-1)
     # Pass 1: kept values, histogram of the gaps between kept positions.
-    values, small, big = [], np.zeros(1 << MAX_INDEX_BITS, dtype=np.int64), []
-    previous = -1
+    kept = sum(positions.size for _, positions in _kept_slices(flat, keep))
+    values, small, big = np.empty(kept, dtype=np.float32), np.zeros(1 << MAX_INDEX_BITS, dtype=np.int64), []
+    previous, done = -1, 0
     for start, positions in _kept_slices(flat, keep):
         if not positions.size:
             continue
-        values.append(flat[positions].astype(np.float32))
+        values[done:done + positions.size] = flat[positions]
+        done += positions.size
         raw = np.diff(positions, prepend=previous) - 1
         previous = int(positions[-1])
         small += np.bincount(np.minimum(raw, small.size - 1), minlength=small.size)
         big.append(raw[raw >= small.size - 1])
     big = np.concatenate(big) if big else np.zeros(0, np.int64)
     small[-1] -= big.size  # those were counted in the last bin
-    values = np.concatenate(values) if values else np.zeros(0, np.float32)
-    kept = values.size
-    codebook, labels = share_values(values, bits) if kept else (np.zeros(0, np.float32), np.zeros(0, np.uint8))
+    values.sort()
+    codebook, used = shared_codebook(values, bits) if kept else (np.zeros(0, np.float32), np.zeros(0, np.int64))
     del values
-    used = np.bincount(labels, minlength=codebook.size)
-    width = index_bits or _index_width(small[:int(np.flatnonzero(small).max(initial=0)) + 1], big, used)
-    mask = (1 << width) - 1
-    gap_freq = np.bincount(np.arange(small.size) & mask, weights=small, minlength=mask + 1).astype(np.int64)
-    gap_freq += np.bincount(big & mask, minlength=mask + 1)
-    pads = int(np.dot(small, np.arange(small.size) >> width)) + int((big >> width).sum())
-    gap_freq[mask] += pads
+    widths = [index_bits] if index_bits else _index_widths(small, big)
+    _, width, pads, value_plan, gap_plan = _stream_plans(small, big, used, widths)
     entries = kept + pads
-    value_freq = np.append(used, pads) if pads else used
-    value_plan, _ = plan_stream(value_freq)
-    gap_plan, _ = plan_stream(gap_freq)
     # Pass 2: the two streams.
     value_writer, gap_writer = value_plan.writer(), gap_plan.writer()
-    previous, done = -1, 0
+    previous = -1
     for start, positions in _kept_slices(flat, keep):
         if not positions.size:
             continue
@@ -430,8 +442,7 @@ def encode_shared(data, keep, bits, index_bits, sizes):
         previous = int(positions[-1])
         gaps, padding = expand_gaps(raw, width)
         symbols = np.full(gaps.size, codebook.size, dtype=label_dtype(codebook.size + 1))
-        symbols[~padding] = labels[done:done + positions.size]
-        done += positions.size
+        symbols[~padding] = assign_labels(flat[positions].astype(np.float32), codebook, None)
         if value_writer is not None:
             value_writer.write(symbols)
         if gap_writer is not None:

@@ -361,6 +361,50 @@ def test_index_width_is_chosen_by_size():
     assert np.array_equal(auto, quantized(w, w != 0, 4))
 
 
+def test_shared_blobs_are_the_bytes_earlier_versions_wrote():
+    # sha256 of encode_shared's payloads as caffedsd 0.3 wrote them (before
+    # Huffman codes were built with two queues and k-means kept its sums
+    # between iterations): the same input must give the same file.
+    rng = np.random.default_rng(2016)
+    w = (rng.standard_normal((300, 700)) * 0.02).astype(np.float32)
+    w[rng.random(w.shape) < 0.6] = 0
+    w[5, :] = 0  # a long gap
+    keep = rng.random(w.shape) < 0.9
+    expected = {(4, None, False): "2302cae72f566969", (8, None, True): "5aeb33f1fccab6d5",
+                (12, None, False): "14df70d54141ac91", (16, None, True): "ca5313da153b7bbd",
+                (5, 3, False): "428c8168955ddade", (16, 2, False): "6d75c45667f21acf"}
+    for (bits, index_bits, masked), digest in expected.items():
+        payload = encode_shared(w, keep if masked else None, bits, index_bits, LayerSizes("x"))
+        assert hashlib.sha256(payload).hexdigest()[:16] == digest, (bits, index_bits, masked)
+
+
+def test_index_width_search_plans_each_value_histogram_once(monkeypatch):
+    import caffedsd.dcz as dcz
+
+    planned = []
+    plan_stream = dcz.plan_stream
+
+    def counting(freq):
+        planned.append(np.asarray(freq).tolist())
+        return plan_stream(freq)
+
+    monkeypatch.setattr(dcz, "plan_stream", counting)
+    # Gaps 1 (5 times), 2 (3 times) and 4 (twice); padding entries by width:
+    # 1 bit: 3 * 1 + 2 * 2 = 7; 2 bits: 2; 3 bits and up: none.
+    gap_hist, value_hist = np.array([0, 5, 3, 0, 2]), np.array([4, 6, 1, 1, 1])
+    size, width, pads, _, _ = dcz._stream_plans(gap_hist, np.zeros(0, np.int64), value_hist, range(1, 9))
+    assert [p for p in planned if len(p) in (5, 6)] == [[4, 6, 1, 1, 1, 7], [4, 6, 1, 1, 1, 2], [4, 6, 1, 1, 1]]
+    assert len(planned) == 3 + 8  # and one gap histogram per width
+    # 2 bits: each gap of 4 is a padding entry (coded 3) and an entry of gap 0.
+    assert dcz._gap_freq(gap_hist, np.zeros(0, np.int64), 2)[0].tolist() == [2, 5, 3, 2]
+    none = np.zeros(0, np.int64)
+    direct = {w: plan_stream(dcz._gap_freq(gap_hist, none, w)[0])[1]
+              + plan_stream(np.append(value_hist, p) if p else value_hist)[1]
+              for w, p in zip(range(1, 9), [7, 2] + [0] * 6)}
+    assert size == min(direct.values()) and width == min(direct, key=direct.get)
+    assert pads == {1: 7, 2: 2}.get(width, 0)
+
+
 def test_floats_are_exact_in_every_coding():
     rng = np.random.default_rng(4)
     cases = [rng.normal(size=500).astype(np.float32), np.sort(rng.normal(size=40)).astype(np.float32),
