@@ -81,10 +81,12 @@ def check_output(path, inputs=(), force=False):
     _probe(path, folder)
 
 
-def _probe(path, folder):
-    """Make and remove a file named as path's temporary in ``folder``."""
+def _probe(path, folder, name=None):
+    """Make and remove a file named as the temporary of ``name`` (default:
+    path's) in ``folder``; named so, a kill leaves nothing the next write
+    of it would not remove."""
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{name or path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise _unwritable(path, folder, exc) from None
     os.close(fd)
@@ -139,9 +141,12 @@ def _temporary_name(name_pattern):
     return re.compile(rf"\.{name_pattern}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
 
 
-def is_temporary(name):
-    """True for the name of a temporary atomic_path or atomic_folder makes."""
-    return _temporary_name(".+").fullmatch(name) is not None
+def is_leftover(path):
+    """True for a temporary file (of any output) whose writer has died:
+    what remove_leftovers removes."""
+    path = Path(path)
+    match = _temporary_name(".+").fullmatch(path.name)
+    return bool(match) and path.is_file() and not path.is_symlink() and _dead(int(match.group(1)), path)
 
 
 def remove_leftovers(folder):
@@ -158,8 +163,12 @@ def check_room(path, nbytes, largest=None):
     ``largest`` bytes; default one file) fit beside ``path``: for a writer
     that aborts the process when a write fails, as Caffe's do (glog CHECK).
     The free space and ulimit -f are seen; a quota is not. A folder that
-    cannot take a file (read-only) is an InputError."""
-    _probe(Path(path), Path(path).parent)
+    cannot take a file (read-only), or a name it cannot hold, is an
+    InputError. ``path`` may be a temporary of atomic_path's."""
+    path = Path(path)
+    if len(os.fsencode(path.name)) > _name_max(path.parent):
+        raise InputError(f"{path}: the name is too long for the folder's file system")
+    _probe(path, path.parent, name="caffedsd")
     stat = os.statvfs(Path(path).parent)
     free = stat.f_bavail * stat.f_frsize
     if nbytes > free:
@@ -176,16 +185,26 @@ def _umask():
     return mask
 
 
+# Bytes a temporary's name adds to its output's: ".", and ".PID.xxxxxxxx.tmp"
+# with the longest pid Linux gives (pid_max 4194304).
+_TEMPORARY_EXTRA = len("..4194304.abcdefgh.tmp")
+
+
+def _name_max(folder):
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def _unwritable(path, folder, exc):
     """The InputError for a temporary that could not be made beside ``path``."""
     if exc.errno == errno.ENAMETOOLONG:
-        extra = len(f"..{os.getpid()}.abcdefgh.tmp".encode())
-        try:
-            limit = os.pathconf(folder, "PC_NAME_MAX")
-        except (OSError, ValueError):
-            limit = 255
-        return InputError(f"{path}: the name is too long for the temporary caffedsd writes it under first "
-                          f"(.NAME.PID.xxxxxxxx.tmp); give a name of at most {limit - extra} bytes")
+        limit = _name_max(folder) - _TEMPORARY_EXTRA
+        if len(os.fsencode(path.name)) > limit:
+            return InputError(f"{path}: the name is too long for the temporary caffedsd writes it under first "
+                              f"(.NAME.PID.xxxxxxxx.tmp); give a name of at most {limit} bytes")
+        return InputError(f"{path}: the path is too long for the system (PATH_MAX); give a shorter one")
     return InputError(f"{folder}: cannot write to the output folder ({exc.strerror})")
 
 

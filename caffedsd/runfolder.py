@@ -13,7 +13,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .atomic import is_temporary, output_folder, remove_leftovers, write_text
+from .atomic import is_leftover, output_folder, remove_leftovers, write_text
 from .errors import InputError
 
 LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
@@ -76,7 +76,7 @@ class RunFolder:
         # A run killed while it wrote its marker left only the lock and the
         # marker's temporary: a folder of this kind still, and put right below.
         if existed and not self.marker.exists() \
-                and any(p.name != LOCK_FILE and not is_temporary(p.name) for p in self.path.iterdir()):
+                and any(p.name != LOCK_FILE and not is_leftover(p) for p in self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
         self._hold()
         try:

@@ -283,3 +283,20 @@ def test_a_name_too_long_for_the_temporary_says_so(tmp_path):
                                              r"at most \d+ bytes"):
             call()
     assert list(tmp_path.iterdir()) == []
+    # A name that fits: the checks before Caffe writes into its temporary
+    # (check_room, handed that longer name) must not refuse it after training.
+    from caffedsd.atomic import check_room
+
+    fits = "m" * 230
+    check_output(tmp_path / fits)
+    with atomic_open(tmp_path / fits, "w") as handle:
+        check_room(Path(handle.name), 10)
+        handle.write("whole")
+    assert [p.name for p in tmp_path.iterdir()] == [fits]
+    # A path that fits PATH_MAX (4096), and whose temporary does not, is that, not a name too long.
+    deep = tmp_path
+    while len(str(deep)) < 3880:
+        deep = deep / ("d" * 200)
+        deep.mkdir()
+    with pytest.raises(InputError, match="the path is too long for the system"):
+        check_output(deep / ("x" * (4085 - len(str(deep)) - 1)))

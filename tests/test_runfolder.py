@@ -165,3 +165,15 @@ def test_an_existing_folder_that_takes_no_file_is_one_line(tmp_path):
     (tmp_path / "run").mkdir(mode=0o500)
     with pytest.raises(InputError, match="run: cannot write to the run folder"):
         _folder(tmp_path / "run").open({"fingerprint": "a"})
+
+
+def test_a_folder_with_a_live_writers_temporary_is_not_taken_for_ours(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / f".notes.txt.{live.pid}.abcdefgh.tmp").write_text("being written")
+        with pytest.raises(InputError, match="run: exists and is not a caffedsd run folder"):
+            _folder(tmp_path / "run").open({"fingerprint": "a"})
+    finally:
+        live.kill()
+        live.wait()
