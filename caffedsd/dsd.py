@@ -88,6 +88,18 @@ def run_fingerprint(recipe, spec, with_weights=True):
     return digest.hexdigest()
 
 
+def _net_files_digest(spec):
+    """sha256 of the solver and net files, which Caffe reads again for every
+    stage (the weights, read by the first stage only, are run_fingerprint's)."""
+    digest = hashlib.sha256()
+    for path in (spec.path, spec.net_path, *spec.test_net_paths):
+        try:
+            digest.update(Path(path).read_bytes())
+        except OSError as exc:
+            raise InputError(f"{path}: cannot be read ({exc.strerror}) while the run goes on") from None
+    return digest.hexdigest()
+
+
 def seed_c_rand(seed, stage):
     """Seed the C library's rand(): Caffe's HDF5Data shuffles with it, and the
     solver's random_seed does not reach it. Per stage, so a stage's data
@@ -349,7 +361,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
 
 def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
-    begun, trained = run_fingerprint(recipe, spec), False
+    begun, trained = _net_files_digest(spec), False
     for number, stage in enumerate(recipe.stages, 1):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
@@ -360,11 +372,12 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             # the run goes on would train its later stages on another net
             # than run.json says, and a rerun with the files put back would
             # take the folder for finished as recorded.
-            if trained and run_fingerprint(recipe, spec) != begun:
-                raise InputError(f"{recipe.where}: the solver, net or weights files changed while this run went "
-                                 f"on; stage {number} would train another net than the stages before: put them "
-                                 "back and run again, or give --force to start over from them")
-            trained = True
+            if stage.kind != "prune":
+                if trained and _net_files_digest(spec) != begun:
+                    raise InputError(f"{recipe.where}: the solver or net files changed while this run went on; "
+                                     f"stage {number} would train another net than the stages before: put them "
+                                     "back and run again, or give --force to start over from them")
+                trained = True
             try:
                 stage_dir.mkdir(exist_ok=True)
             except OSError as exc:

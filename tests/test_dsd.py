@@ -778,10 +778,10 @@ def test_a_net_edited_while_the_run_goes_on_stops_it_before_the_next_stage(tmp_p
         callback.close = lambda: None
         return callback
 
-    with pytest.raises(InputError, match="recipe.yaml: the solver, net or weights files changed while this run went "
-                                         "on; stage 2 would train another net"):
+    with pytest.raises(InputError, match="recipe.yaml: the solver or net files changed while this run went "
+                                         "on; stage 3 would train another net"):
         run_recipe(load_recipe(recipe), tmp_path / "run", progress=progress)
-    assert (tmp_path / "run" / "01-dense" / "stage.json").is_file() and not (tmp_path / "run" / "02-prune").exists()
+    assert (tmp_path / "run" / "02-prune" / "stage.json").is_file() and not (tmp_path / "run" / "03-sparse").exists()
     net.write_text(original)  # put back: the run goes on
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 0, result.output
