@@ -784,7 +784,9 @@ def fashion_mnist(output, source, train_limit, test_limit, force):
                    + (", already there" if made["unchanged"] else ""))
 
 
-def program():
-    """The `caffedsd` program (setup.py's entry point)."""
+def program(**kwargs):
+    """The `caffedsd` program (setup.py's entry point; tools/gpu_stage.sh's
+    wrapper gives ``prog_name``): click's main, leaving at once after a
+    divergence (see _Group.invoke)."""
     main.exits_at_once = True
-    return main()
+    return main(**kwargs)
