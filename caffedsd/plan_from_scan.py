@@ -273,7 +273,7 @@ class WholeNet:
                 and scan_data_sha256(model, self.iterations, gpu) != data["data_sha256"]:
             raise InputError(f"{model}: its TEST data gives other examples than the scan measured (rewritten "
                              "data, or a TEST layer that shuffles); give it as --model to verify with them")
-        self.evaluator = Evaluator(model, weights, self.iterations, gpu)
+        self.evaluator = Evaluator(model, weights, self.iterations, gpu, sha256=data["weights_sha256"])
         self.baseline = self.evaluator.run()
         if metric not in self.baseline:
             raise InputError(f"{model}: has no TEST output {metric!r}")

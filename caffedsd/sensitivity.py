@@ -181,11 +181,12 @@ class Evaluator:
         self.net = caffe.Net(str(model_path), caffe.TEST)
         check_blob_shapes(self.net, read_caffemodel(weights_path), model_path)
         self.net.copy_from(str(weights_path))
-        # Each evaluator (a --jobs worker) loads the file again, after the
-        # scan took its digest: the points must be of the weights it names.
+        # Each evaluator (a --jobs worker, plan --verify's) loads the file
+        # again, after its digest was taken: what it measures must be of the
+        # weights that digest names.
         if sha256 is not None and file_sha256(weights_path) != sha256:
-            raise InputError(f"{weights_path}: changed while the scan started; run it again once the file "
-                             "stays as it is")
+            raise InputError(f"{weights_path}: changed while it was read (no longer the sha256 taken at the "
+                             "start); run again once the file stays as it is")
         self.outputs = list(self.net.outputs)
         data_layers = _data_layers(self.net)
         self.batches = None
@@ -412,13 +413,9 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             try:
                 kind, value = results.get(timeout=5)
             except queue_module.Empty:
-                dead = [w for w in workers if not w.is_alive() and w.exitcode != 0]
-                if dead or not any(w.is_alive() for w in workers):
-                    code = dead[0].exitcode if dead else 0
-                    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-                    raise WorkerDied(f"a sensitivity worker died ({how}; see Caffe's log with --verbose); "
-                                     "run the scan again to go on") from None
+                _check_workers(workers, quiet=True)
                 continue
+            _check_workers(workers)  # while the others still send points
             if kind == "point":
                 record(value)
             elif kind == "done":
@@ -430,6 +427,18 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             if worker.is_alive():
                 worker.terminate()
             worker.join()
+
+
+def _check_workers(workers, quiet=False):
+    """Raise WorkerDied for a worker that ended other than by finishing its
+    share (exit status 0); with ``quiet`` (no result for a while), also when
+    none is left to send one."""
+    dead = [w for w in workers if w.exitcode not in (None, 0)]
+    if dead or (quiet and not any(w.is_alive() for w in workers)):
+        code = dead[0].exitcode if dead else 0
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        raise WorkerDied(f"a sensitivity worker died ({how}; see Caffe's log with --verbose); "
+                         "run the scan again to go on")
 
 
 def _result(config, model, targets, done, kinds, primary):

@@ -252,7 +252,9 @@ def where_mode_bits_bind(code, cwd):
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root reads unreadable files, and setpriv is not here to stop that")
-        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
+        # Root keeps what its inheritable and ambient sets hold across exec: those go too.
+        command = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all",
+                   "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if os.geteuid() == 0 and "setpriv" in done.stderr:
         pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
