@@ -150,9 +150,13 @@ class Decomposition:
     macs_after: int
     discarded_energy: float
     groups: int = 1
-    # The layer whose blobs this one's are (param { name }), counted there
-    # in totals; its MACs are its own.
+    # The layer whose weights this one's are (param { name }), and how many
+    # of this row's parameters before and after an earlier row holds (its
+    # weights, and a bias shared too): totals count those once. Its MACs
+    # are its own.
     shares_with: str = ""
+    shared_before: int = 0
+    shared_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -390,11 +394,17 @@ def summarize(model, ranks, positions, discarded):
         groups = groups_of(layer)
         bias = sum(b.data.size for b in layer.blobs[1:])
         before, after = split_weights(w, rank, groups)
-        shared = layer.param_names[0]  # split alike with every layer sharing it (_split_alike)
-        owner = owners.setdefault(shared, name) if shared else name
+        # Layers sharing weights are split alike (_split_alike): the halves are shared too.
+        names = layer.param_names
+        owner = owners.get(names[0], "") if names[0] else ""
+        held = sum(b.data.size for b, key in zip(layer.blobs[1:], names[1:]) if key and key in owners)
+        for key in names:
+            if key:
+                owners.setdefault(key, name)
         rows.append(Decomposition(name, layer.type, rank, max_rank(w, groups), int(before + bias),
                                   int(after + bias), before * positions[name], after * positions[name],
-                                  discarded[name], groups, owner if owner != name else ""))
+                                  discarded[name], groups, owner,
+                                  int((before if owner else 0) + held), int((after if owner else 0) + held)))
     return rows
 
 

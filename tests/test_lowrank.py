@@ -410,6 +410,12 @@ def test_layers_sharing_weights_are_split_alike_or_not_at_all(caffe, tmp_path, c
     report = (out / "report.md").read_text()
     assert "| s2 (weights of s1) | Convolution | 4/4 | 148 | 164 | 5184 | 5760 | 0 |" in report
     assert "| total |  |  | 148 | 164 | 10368 | 11520 |  |" in report  # the shared blobs once; both layers MACs
+    # Weights shared, each its own bias: that bias counts.
+    own = tmp_path / "own"
+    own.mkdir()
+    proto2, weights2 = save_net(caffe, own, SHARED.replace(' param { name: "sb" }', ""))
+    assert cli("decompose", "-p", proto2, "-w", weights2, "--rank", "s1=4", "--rank", "s2=4", "-o", "own/out").exit_code == 0
+    assert "| total |  |  | 152 | 168 |" in (own / "out" / "report.md").read_text()
     # Each half is still one blob between the two layers.
     for half in ("s1/lowrank", "s1"):
         twin = half.replace("s1", "s2")
