@@ -33,15 +33,26 @@ def same_file(a, b):
         return False
 
 
-def check_input(path):
-    """``path`` as a Path, or a one-line error: missing, or not a regular
-    file (a folder, or a device or pipe, which reading would hang on or
-    take for empty)."""
+def check_input(path, kind="file", error=InputError):
+    """``path`` as a Path, or a one-line ``error``: no such ``kind``, or not
+    a regular file (a folder, or a device or pipe, which reading would hang
+    on or take for empty)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: " + ("not a regular file (a folder, device or pipe)" if path.exists()
-                                        else "no such file"))
+        raise error(f"{path}: " + ("not a regular file (a folder, device or pipe)" if path.exists()
+                                   else f"no such {kind}"))
     return path
+
+
+def read_input(path, kind="file", error=InputError):
+    """The bytes of the input file ``path`` (check_input), or a one-line
+    ``error``: unreadable, or gone since (a file a recipe names is no CLI
+    argument, which click would check)."""
+    path = check_input(path, kind, error)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
 
 
 def check_replaceable(path):

@@ -41,6 +41,13 @@ BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # what Net::ToHDF5 (snapshot_format: HDF5) writes
 
 
+def is_hdf5(path):
+    """True when the file starts with HDF5's signature (at offset 0, as
+    Caffe and h5py write it)."""
+    with open(path, "rb") as handle:
+        return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
 @dataclass(frozen=True, eq=False)
 class Blob:
     """One blob of a layer. ``data`` is read-only, shaped like the blob."""

@@ -19,18 +19,11 @@ import numpy as np
 
 from .atomic import check_input
 from .caffe_proto import read_net_prototxt
-from .caffemodel import HDF5_SIGNATURE, new_caffemodel, read_caffemodel
+from .caffemodel import is_hdf5, new_caffemodel, read_caffemodel
 from .errors import InputError
 from .layers import expects_blobs
 from .maskfile import atomic_unmasked_path, check_model_outputs
 from .netcheck import built_state, check_pair, is_built
-
-
-def is_hdf5(path):
-    """True when the file starts with HDF5's signature (at offset 0, as
-    Caffe and h5py write it)."""
-    with open(path, "rb") as handle:
-        return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
 
 
 def _stored(path, group, layer):

@@ -229,10 +229,7 @@ def _read_masks(path, h5):
 
 def load_masks(path):
     """Read a masks file. Raises InputError naming the file on anything wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such masks file")
-    check_input(path)  # there, but a folder, device or pipe: says so
+    path = check_input(path, "masks file")
     try:
         with h5py.File(path, "r") as h5:
             maskset, stored_fingerprint = _read_masks(path, h5)

@@ -12,6 +12,7 @@ the net.
 from pathlib import Path
 
 from .caffe_proto import NetState
+from .caffemodel import is_hdf5
 from .errors import InputError
 from .layers import expected_blob_count, expects_blobs
 
@@ -243,8 +244,6 @@ def data_files(net, states=None, net_path=None):
     return [Path(f) for f in files if f]
 
 
-# The first bytes of an HDF5 file (its superblock's signature).
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _LIST_FORMAT = "Caffe's HDF5Data reads a text file naming one .h5 file per line"
 
 
@@ -260,9 +259,7 @@ def hdf5_list(layer, net_path=None):
     if not path.is_file():  # a device or pipe, which reading would hang on
         raise InputError(f"{where} is not a regular file ({_LIST_FORMAT})")
     try:
-        with open(path, "rb") as stream:
-            head = stream.read(len(_HDF5_SIGNATURE))
-        if head == _HDF5_SIGNATURE:
+        if is_hdf5(path):
             raise InputError(f"{where} is an HDF5 file, not a list of HDF5 files ({_LIST_FORMAT})")
         return path.read_text().split()
     except OSError as exc:

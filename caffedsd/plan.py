@@ -22,7 +22,7 @@ match at least one prunable layer.
 """
 from dataclasses import dataclass, field, replace
 
-from .atomic import check_input
+from .atomic import read_input
 from .errors import InputError, PlanError
 from .globrules import GlobRules, Rule
 from .masks import get_criterion
@@ -119,16 +119,7 @@ class SparsityPlan:
 
 def load_plan(path):
     """A SparsityPlan from a YAML file."""
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.exists():
-        raise PlanError(f"{path}: no such plan file")
-    check_input(path)  # there, but a folder, device or pipe: says so
-    try:
-        text = path.read_bytes()
-    except OSError as exc:  # unreadable: a recipe's plan is no CLI argument, which click would check
-        raise PlanError(f"{path}: cannot be read ({exc.strerror})") from None
+    text = read_input(path, "plan file", PlanError)
     return SparsityPlan.from_yaml(text, where=str(path))
 
 

@@ -29,9 +29,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from .atomic import check_input
+from .atomic import read_input
 from .errors import RecipeError
 from .plan import SparsityPlan, load_plan
 from .yamlio import check_keys, dump_yaml, parse_yaml
@@ -191,13 +189,6 @@ class Recipe:
 
 
 def load_recipe(path):
-    path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"{path}: no such recipe file")
-    check_input(path)  # there, but a folder, device or pipe: says so
-    try:
-        text = path.read_bytes()
-    except OSError as exc:  # unreadable, or gone since the check
-        raise RecipeError(f"{path}: cannot be read ({exc.strerror})") from None
+    text = read_input(path, "recipe file", RecipeError)
     data = parse_yaml(text, str(path), RecipeError)
     return Recipe.from_dict(data, where=str(path))

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .atomic import check_input
+from .atomic import read_input
 from .caffe_env import check_gpu, check_net_runs
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel
@@ -504,15 +504,11 @@ def sensitivity_file(path):
 def load_sensitivity(path, weights=None):
     """A sensitivity.json; with ``weights``, it must be of that model."""
     path = sensitivity_file(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such sensitivity file")
-    check_input(path)  # there, but a device or pipe: says so
+    text = read_input(path, "sensitivity file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not JSON ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"{path}: not a caffedsd sensitivity file")
     _check_scan(path, data)
