@@ -23,6 +23,7 @@ Run with the venv's python, from the repo root:
 
     .venv/bin/python tools/bench_compression.py --repeats 3
     .venv/bin/python tools/bench_compression.py --layers fc8,conv1_1 --repeats 1   # quick smoke run
+    .venv/bin/python tools/bench_compression.py --unpruned --bits 8   # compress every weight (no pruning)
 
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed.
@@ -42,9 +43,10 @@ ORDER = ("prune", "compress", "decompress")
 
 
 class Bench:
-    def __init__(self, model, workdir, sparsity, bits):
+    def __init__(self, model, workdir, sparsity, bits, unpruned=False):
         self.model = model
         self.pruned = workdir / "pruned.caffemodel"
+        source = model if unpruned else self.pruned  # what compress reads
         self.outputs = {"prune": [workdir / "prune_out.caffemodel", workdir / "prune_out.masks.h5"],
                         "compress": [workdir / "out.dcz"], "decompress": [workdir / "decoded.caffemodel"]}
         self.log = workdir / "child.log"
@@ -58,7 +60,7 @@ class Bench:
         self.argv = {
             "prune": [str(caffedsd), "prune", "--weights", str(model), "--sparsity", str(sparsity),
                       "-o", str(self.outputs["prune"][0])],
-            "compress": [str(caffedsd), "compress", "--weights", str(self.pruned), "--bits", str(bits),
+            "compress": [str(caffedsd), "compress", "--weights", str(source), "--bits", str(bits),
                          "-o", str(self.outputs["compress"][0])],
             "decompress": [str(caffedsd), "decompress", str(self.dcz), "-o", str(self.outputs["decompress"][0])],
         }
@@ -95,6 +97,7 @@ def summarize(model, runs, machine, args, dcz_bytes, table):
                          "memory_ratio": memory_ratio, "memory_target": memory_limit,
                          "memory_pass": memory_ratio <= memory_limit}
     return {"model": model, "repeats": args.repeats, "sparsity": args.sparsity, "bits": args.bits,
+            "unpruned": args.unpruned,
             "dcz_bytes": dcz_bytes, "compress_table": table,
             "warmup": "one untimed run of each before the timed ones; page cache not dropped",
             "runs": runs, "median": med, "checks": checks, "machine": machine}
@@ -103,11 +106,13 @@ def summarize(model, runs, machine, args, dcz_bytes, table):
 def markdown(summary):
     m, runs = summary["model"], summary["runs"]
     labels = {"prune": f"`caffedsd prune --sparsity {summary['sparsity']:g}`",
-              "compress": f"`caffedsd compress --bits {summary['bits']}`",
+              "compress": f"`caffedsd compress --bits {summary['bits']}`"
+                          + (" (unpruned input)" if summary.get("unpruned") else ""),
               "decompress": "`caffedsd decompress`"}
     lines = [
         f"Model: {m['layers']} layers, {m['params']:,} parameters, {m['bytes']:,} bytes "
-        f"({mib(m['bytes']):.1f} MiB); pruned 50% and compressed it is {summary['dcz_bytes']:,} bytes "
+        f"({mib(m['bytes']):.1f} MiB); {'unpruned' if summary.get('unpruned') else 'pruned 50%'} and compressed "
+        f"it is {summary['dcz_bytes']:,} bytes "
         f"({m['bytes'] / summary['dcz_bytes']:.1f}x smaller). Medians of {summary['repeats']} runs each, "
         "alternating, after one untimed warm-up of each (inputs read from the page cache; cache not dropped).",
         "",
@@ -132,10 +137,12 @@ def main(argv=None):
     parser = benchlib.parser(__doc__)
     add_model_options(parser)
     parser.add_argument("--bits", default="5", help="--bits given to compress (default 5)")
+    parser.add_argument("--unpruned", action="store_true",
+                        help="compress the unpruned model (every weight kept) instead of the pruned one")
     args = parser.parse_args(argv)
 
     with vgg16_workspace(args, "bench_compression") as (workdir, model_path, model):
-        bench = Bench(model_path, workdir, args.sparsity, args.bits)
+        bench = Bench(model_path, workdir, args.sparsity, args.bits, args.unpruned)
         print("pruning and compressing once (untimed) for the inputs of compress and decompress", flush=True)
         bench.prepare(args.sparsity)
         dcz_bytes = bench.dcz.stat().st_size
