@@ -62,7 +62,8 @@ def prunable_targets(model):
             if first.shape != shape:
                 raise InputError(f"{model.path}: layers {first.owner!r} and {layer.name!r} share param "
                                  f"{param_name!r} but their weights have shapes {list(first.shape)} "
-                                 f"and {list(shape)} (share_mode PERMISSIVE: caffedsd prunes shared weights of one shape only)")
+                                 f"and {list(shape)} (share_mode PERMISSIVE: caffedsd prunes shared weights "
+                                 "of one shape only)")
             groups[key] = Target(first.owner, first.layers + (layer.name,), shape, param_name)
         else:
             groups[key] = Target(layer.name, (layer.name,), shape, param_name)

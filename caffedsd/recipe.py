@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+
 from .atomic import read_input
 from .errors import RecipeError
 from .plan import SparsityPlan, load_plan

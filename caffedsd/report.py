@@ -342,9 +342,10 @@ def write_sensitivity_plot(path, data):
 # -- low-rank decomposition ------------------------------------------------------------
 
 def decomposition_rows(rows):
-    body = [[r.layer + (f" (weights of {r.shares_with})" if r.shares_with else ""), r.type, f"{r.rank}/{r.max_rank}" + (f" x{r.groups} groups" if r.groups > 1 else ""),
-             r.params_before, r.params_after, r.macs_before,
-             r.macs_after, f"{r.discarded_energy:.4g}"] for r in rows]
+    body = [[r.layer + (f" (weights of {r.shares_with})" if r.shares_with else ""), r.type,
+             f"{r.rank}/{r.max_rank}" + (f" x{r.groups} groups" if r.groups > 1 else ""),
+             r.params_before, r.params_after, r.macs_before, r.macs_after, f"{r.discarded_energy:.4g}"]
+            for r in rows]
     params = [sum(r.params_before - r.shared_before for r in rows), sum(r.params_after - r.shared_after for r in rows)]
     macs = [sum(getattr(r, f) for r in rows) for f in ("macs_before", "macs_after")]
     body.append(["total", "", "", *params, *macs, ""])

@@ -414,7 +414,8 @@ def test_layers_sharing_weights_are_split_alike_or_not_at_all(caffe, tmp_path, c
     own = tmp_path / "own"
     own.mkdir()
     proto2, weights2 = save_net(caffe, own, SHARED.replace(' param { name: "sb" }', ""))
-    assert cli("decompose", "-p", proto2, "-w", weights2, "--rank", "s1=4", "--rank", "s2=4", "-o", "own/out").exit_code == 0
+    result = cli("decompose", "-p", proto2, "-w", weights2, "--rank", "s1=4", "--rank", "s2=4", "-o", "own/out")
+    assert result.exit_code == 0, result.output
     assert "| total |  |  | 152 | 168 |" in (own / "out" / "report.md").read_text()
     # Each half is still one blob between the two layers.
     for half in ("s1/lowrank", "s1"):
