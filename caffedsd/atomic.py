@@ -317,15 +317,7 @@ def atomic_folder(path):
         raise InputError(f"{path}: cannot create the output folder (Not a directory)") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
-    parent = Path(os.path.realpath(path.parent))  # as atomic_path's folder
-    for stale in _temporaries(parent, re.escape(path.name), folders=True):
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        tmp = os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
-    except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            raise _unwritable(path, parent, exc) from None
-        raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    tmp = _temporary_folder(path, "cannot create the output folder")
     try:
         with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:
             yield written
@@ -334,6 +326,32 @@ def atomic_folder(path):
             raise InputError(f"{path}: another process made this folder while this one wrote it; nothing of "
                              "this run's was left: run it again to write into that folder") from None
         raise
+
+
+def _temporary_folder(path, failure):
+    """A new temporary folder beside ``path``, under atomic_path's kind of
+    name; what killed writers left under such names is removed first."""
+    parent = Path(os.path.realpath(path.parent))  # as atomic_path's folder
+    for stale in _temporaries(parent, re.escape(path.name), folders=True):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        return os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise _unwritable(path, parent, exc) from None
+        raise InputError(f"{path}: {failure} ({exc.strerror})") from None
+
+
+@contextlib.contextmanager
+def temporary_folder(path):
+    """Yield a scratch folder beside ``path`` (same file system: what is
+    written there can be renamed into place), removed on leaving; one a
+    killed writer left is removed by the next."""
+    tmp = _temporary_folder(Path(path), "cannot write a temporary folder beside it")
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -168,9 +168,32 @@ def point_learned_net(state, model):
         named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
         if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
             return
-        path = os.fsencode(os.path.abspath(model))
         with atomic_open(state) as out:
-            for f in parts:
-                if f.number != STATE_LEARNED_NET:
-                    out.write(buf[f.start:f.end])
-            out.write(wire.len_header(STATE_LEARNED_NET, len(path)) + path)
+            out.write(_with_learned_net(buf, parts, os.fsencode(os.path.abspath(model))))
+
+
+def _with_learned_net(buf, parts, name):
+    """The binary state ``buf`` (its fields ``parts``) with learned_net
+    ``name``, where Caffe puts it: in place of the one there, else after
+    the iteration."""
+    field = wire.len_header(STATE_LEARNED_NET, len(name)) + name
+    kept = [f for f in parts if f.number != STATE_LEARNED_NET]
+    at = next((i for i, f in enumerate(parts) if f.number == STATE_LEARNED_NET),
+              sum(1 for f in parts if f.number == STATE_ITER))
+    pieces = [buf[f.start:f.end] for f in kept]
+    return b"".join(pieces[:at] + [field] + pieces[at:])
+
+
+def set_learned_net(state, name):
+    """Rewrite solverstate ``state`` (binary or HDF5; a temporary file, not
+    written atomically) to name the caffemodel ``name`` (bytes) as its
+    learned_net, as Caffe writes it."""
+    if h5py.is_hdf5(state):
+        with h5py.File(state, "r+") as handle:
+            if "learned_net" in handle:
+                del handle["learned_net"]
+            # Caffe's hdf5_load_string reads a C string: the NUL must be in the data.
+            handle.create_dataset("learned_net", data=np.array(name + b"\0", dtype=f"S{len(name) + 1}"))
+        return
+    data = Path(state).read_bytes()
+    Path(state).write_bytes(_with_learned_net(data, list(wire.iter_fields(data)), name))

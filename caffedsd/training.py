@@ -6,6 +6,7 @@ stage of ``dsd.run_recipe`` is a ``Phase`` it runs. The two phases of DSD
 after pruning are ``train_sparse`` (masks held) and ``train_dense`` (masks
 off, lr scaled).
 """
+import contextlib
 import math
 import os
 import re
@@ -28,7 +29,8 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       data_files, layer_names_with_splits, output_kinds, solver_state)
+                       data_files, output_kinds, solver_state)
+from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
 
@@ -73,60 +75,6 @@ def solver_type(param):
     return param.type if param.HasField("type") else _SOLVER_TYPES[param.solver_type]
 
 
-def _caffe_snapshot_prefix(param, path):
-    """The snapshot_prefix as Caffe reads the solver file ``path``
-    (UpgradeSnapshotPrefixProperty): none gives the file's path without its
-    extension, a folder gives the file's stem in it. caffedsd hands Caffe
-    a solver file of its own, whose name Caffe would take instead."""
-    if not param.HasField("snapshot_prefix"):
-        param.snapshot_prefix = str(path.with_suffix(""))
-    elif os.path.isdir(param.snapshot_prefix):
-        param.snapshot_prefix = os.path.join(param.snapshot_prefix, path.stem)
-
-
-def _check_snapshot_prefix(param, path):
-    """Caffe checks at start-up that it can write its periodic snapshots;
-    the one it ends with (snapshot_after_train) is only tried at the end,
-    where Caffe aborts the process."""
-    if param.snapshot <= 0 and not param.snapshot_after_train:
-        return
-    if os.path.isdir(param.snapshot_prefix):
-        # Caffe reads caffedsd's solver file, whose stem it would put after a folder.
-        raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r} (as Caffe reads {path.name}) is a "
-                         "folder; give one that names the snapshots' path and file name start")
-    folder = os.path.dirname(param.snapshot_prefix) or "."
-    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-        raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r}: folder {folder!r} does not exist "
-                         "or cannot be written")
-
-
-def _check_hdf5_snapshots(spec, param):
-    """Caffe's HDF5 snapshots (Net::ToHDF5) make a group per layer of the
-    train net, Split layers included, in order, named by the layer: a name
-    with "/" is a group path, whose parent must be an earlier layer's group,
-    and a group that is there already fails. Caffe aborts the process at the
-    first snapshot; found here, before training."""
-    if param.snapshot_format != SolverParameter.HDF5 or (param.snapshot <= 0 and not param.snapshot_after_train):
-        return
-    made = set()
-    layers = built_layers(spec.net, [solver_state(spec.net, "TRAIN", param.train_state)])
-    for name in layer_names_with_splits(layers):
-        group = re.sub("/+", "/", name)  # HDF5 reads a//b as a/b
-        parent = group.rpartition("/")[0]
-        if group.startswith("/") or group.endswith("/"):
-            why = "a name that starts or ends with '/'"
-        elif group in made:
-            why = "a group of that name before it"
-        elif parent and parent not in made:
-            why = f"no layer {parent!r} before it"
-        else:
-            made.add(group)
-            continue
-        raise InputError(f"{spec.path}: snapshot_format HDF5 cannot hold layer {name!r} of {spec.net_path} "
-                         f"(HDF5 takes '/' for a group path, and there is {why}; Caffe aborts at the first "
-                         "snapshot): use snapshot_format BINARYPROTO")
-
-
 def read_solver(path, allow_python_layers=False):
     """Parse and check a solver prototxt: its net and data files must exist.
 
@@ -134,7 +82,7 @@ def read_solver(path, allow_python_layers=False):
     path = Path(path)
     param = parse_prototxt(path, SolverParameter)
     _check_solver_param(param, path)
-    _caffe_snapshot_prefix(param, path)
+    resolve_prefix(param, path)
     net_path, net = _train_net(param, path, allow_python_layers)
     test_nets = [(path, inline_net(each, f"{path}: test_net_param #{i + 1}", allow_python_layers))
                  for i, each in enumerate(param.test_net_param)]
@@ -203,13 +151,15 @@ def headline_output(spec):
     return output_kinds(net, solver_state(net, "TEST", first))[1]
 
 
-def open_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
+def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
     """A pycaffe Solver for ``spec`` with the changes given, written as a
     solver prototxt in ``workdir`` (net paths still resolve from the current
     folder). Caffe's own periodic test passes are off: ``run_phase`` makes
-    them (``PeriodicTests``), so that their results are data, not log lines."""
+    them (``PeriodicTests``), so that their results are data, not log lines.
+    ``snapshots``: snapshot_prefix, snapshot (also turning off
+    snapshot_after_train), snapshot_format, in place of the solver's."""
     caffe = import_caffe(gpu)
-    solver_file, param = _write_solver(spec, workdir, gpu, lr_scale, snapshot_prefix, snapshot)
+    solver_file, param = _write_solver(spec, workdir, gpu, lr_scale, **snapshots)
     return caffe.get_solver(str(solver_file)), param
 
 
@@ -228,7 +178,7 @@ def check_solver_builds(spec, gpu=None):
                        python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
 
-def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None):
+def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, snapshot_format=None):
     """(path, SolverParameter) of ``spec`` with the changes given, written in ``workdir``."""
     param = SolverParameter()
     param.CopyFrom(spec.param)
@@ -237,17 +187,16 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     param.base_lr = spec.param.base_lr * lr_scale
     if snapshot_prefix is not None:
         param.snapshot_prefix = str(snapshot_prefix)
-        # caffedsd's own checkpoints: their file names are known only in
-        # this format (the user's solver may ask for HDF5, which appends .h5).
-        param.snapshot_format = SolverParameter.BINARYPROTO
+    if snapshot_format is not None:
+        param.snapshot_format = snapshot_format
     if snapshot is not None:
         param.snapshot = snapshot
         param.snapshot_after_train = False
     # Caffe insists on test_interval > 0 when there are test nets.
     param.test_interval = 2 ** 31 - 1
     param.test_initialization = False
-    _check_snapshot_prefix(param, spec.path)
-    _check_hdf5_snapshots(spec, param)
+    check_prefix(param, spec.path)
+    check_hdf5_layers(spec, param)
     param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
     if gpu is not None:
         param.device_id = gpu
@@ -510,10 +459,22 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
     up to it (replay_data); ``on_iteration`` first sees that as a row
     {replay, tests}. Training stops at each periodic test pass the solver's
     schedule asks for, and at each checkpoint; ``on_iteration`` sees each
-    pass as a row {iter, test}. Returns a PhaseResult."""
+    pass as a row {iter, test}.
+
+    Without ``checkpoints``, the solver's own snapshots are made as
+    SolverSnapshots writes them. Returns a PhaseResult."""
+    snapshots = SolverSnapshots(spec) if checkpoints is None else None
+    with snapshots or contextlib.nullcontext():
+        return _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration)
+
+
+def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
     options = {}
     if checkpoints is not None:
-        options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0)
+        # Its files are known by their binary format's names.
+        options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0, snapshot_format=SolverParameter.BINARYPROTO)
+    elif snapshots.solver_prefix is not None:
+        options = dict(snapshot_prefix=snapshots.solver_prefix, snapshot=0)
     solver, param = open_solver(spec, workdir, gpu=gpu, lr_scale=phase.lr_scale, **options)
     dispatcher = HookDispatcher.for_solver(solver, gpu)
     try:
@@ -557,42 +518,29 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
                 if progress is not None:
                     progress({**tests[-1], "headline": headline_output(spec)}, None)
             checkpoint = _next_checkpoint(now, checkpoints)
-            # Caffe writes the solver's own snapshots inside the step that
-            # reaches their iteration: room for them is checked just before.
-            snapshot = _next_caffe_snapshot(now, param)
-            if snapshot == now + 1:
-                check_room(Path(f"{param.snapshot_prefix}_iter_{snapshot}.caffemodel"), sum(sizes), max(sizes))
-                snapshot = None
-            before_snapshot = None if snapshot is None else snapshot - 1
-            stop = min(s for s in (end, schedule.next_after(now), checkpoint, before_snapshot) if s is not None)
+            snapshot = snapshots.next_after(now) if snapshots is not None else None
+            stop = min(s for s in (end, schedule.next_after(now), checkpoint, snapshot) if s is not None)
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
                 check_weights_finite(solver, spec.path)
                 checkpoints.save(solver, curve, tests, sizes)
+            if stop == snapshot:
+                check_weights_finite(solver, spec.path)
+                snapshots.write(solver, sizes)
         check_weights_finite(solver, spec.path)
         test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None
         if phase.output is not None:
             masks_out = save_net(solver, phase.output, phase.maskset, sizes[0])
-        if checkpoints is None and param.snapshot_after_train and end > start \
-                and not (param.snapshot and end % param.snapshot == 0):
+        if snapshots is not None and snapshots.ends_with(start, end):
             # What `caffe train` ends with: a snapshot a later run can go on
             # from; after the output, which a failed write must not cost.
-            check_room(Path(f"{param.snapshot_prefix}_iter_{end}.caffemodel"), sum(sizes), max(sizes))
-            solver.snapshot()
+            snapshots.write(solver, sizes)
     finally:
         dispatcher.detach()
     return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,
                        tuple(tests))
-
-
-def _next_caffe_snapshot(iteration, param):
-    """The next iteration at which Caffe itself snapshots (the solver's
-    ``snapshot``; dsd's stages turn it off for their own checkpoints)."""
-    if param.snapshot <= 0:
-        return None
-    return (iteration // param.snapshot + 1) * param.snapshot
 
 
 def _next_checkpoint(iteration, checkpoints):

@@ -56,7 +56,7 @@ def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter
     masks = load_masks(out.with_name("sparse.masks.h5"))
     assert masks.masks.keys() == load_masks(pruned.with_name("pruned.masks.h5")).masks.keys()
     assert_zeros_at_masks(out, masks)
-    # Caffe's own snapshots, written inside Step before Python could re-zero,
+    # The solver's own snapshots (written after the step, by caffedsd),
     # and the one `caffe train` ends with (snapshot_after_train).
     snaps = sorted(folder.glob("snap_iter_*.caffemodel"))
     assert [p.name for p in snaps] == ["snap_iter_3.caffemodel", "snap_iter_6.caffemodel", "snap_iter_7.caffemodel"]

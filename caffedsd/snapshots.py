@@ -1,0 +1,152 @@
+"""The solver's own snapshots (its ``snapshot``, ``snapshot_prefix`` and
+``snapshot_format``), in a train-* command.
+
+Caffe writes them inside ``Solver::Step``, in place: a run killed during one
+leaves a short ``PREFIX_iter_N.caffemodel``, which stock `caffe test` runs
+with whatever weights it lacks left random, without a word. caffedsd opens
+the solver with Caffe's snapshots off and asks for each itself
+(``Solver.snapshot``), into a temporary folder beside the prefix; the pair
+is then renamed into place, model first, the state's ``learned_net`` naming
+the model where Caffe would have written it. The files are Caffe's, with
+Caffe's names and contents.
+
+dsd's stages keep checkpoints of their own instead (dsd._Checkpoints).
+"""
+import contextlib
+import os
+import re
+from pathlib import Path
+
+from .atomic import atomic_paths, check_room, temporary_folder
+from .caffe_proto import SolverParameter
+from .errors import InputError
+from .netcheck import built_layers, layer_names_with_splits, solver_state
+from .solverstate import set_learned_net
+
+
+def resolve_prefix(param, path):
+    """Give ``param`` the snapshot_prefix as Caffe reads the solver file
+    ``path`` (UpgradeSnapshotPrefixProperty): none gives the file's path
+    without its extension, a folder gives the file's stem in it. caffedsd
+    hands Caffe a solver file of its own, whose name Caffe would take
+    instead."""
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = str(path.with_suffix(""))
+    elif os.path.isdir(param.snapshot_prefix):
+        param.snapshot_prefix = os.path.join(param.snapshot_prefix, path.stem)
+
+
+def snapshots_on(param):
+    return param.snapshot > 0 or param.snapshot_after_train
+
+
+def check_prefix(param, path):
+    """Caffe checks at start-up that it can write its periodic snapshots;
+    the one it ends with (snapshot_after_train) is only tried at the end,
+    where Caffe aborts the process."""
+    if not snapshots_on(param):
+        return
+    if os.path.isdir(param.snapshot_prefix):
+        # Caffe reads caffedsd's solver file, whose stem it would put after a folder.
+        raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r} (as Caffe reads {path.name}) is a "
+                         "folder; give one that names the snapshots' path and file name start")
+    folder = os.path.dirname(param.snapshot_prefix) or "."
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise InputError(f"{path}: snapshot_prefix {param.snapshot_prefix!r}: folder {folder!r} does not exist "
+                         "or cannot be written")
+
+
+def check_hdf5_layers(spec, param):
+    """Caffe's HDF5 snapshots (Net::ToHDF5) make a group per layer of the
+    train net, Split layers included, in order, named by the layer: a name
+    with "/" is a group path, whose parent must be an earlier layer's group,
+    and a group that is there already fails. Caffe aborts the process at the
+    first snapshot; found here, before training."""
+    if param.snapshot_format != SolverParameter.HDF5 or not snapshots_on(param):
+        return
+    made = set()
+    layers = built_layers(spec.net, [solver_state(spec.net, "TRAIN", param.train_state)])
+    for name in layer_names_with_splits(layers):
+        group = re.sub("/+", "/", name)  # HDF5 reads a//b as a/b
+        parent = group.rpartition("/")[0]
+        if group.startswith("/") or group.endswith("/"):
+            why = "a name that starts or ends with '/'"
+        elif group in made:
+            why = "a group of that name before it"
+        elif parent and parent not in made:
+            why = f"no layer {parent!r} before it"
+        else:
+            made.add(group)
+            continue
+        raise InputError(f"{spec.path}: snapshot_format HDF5 cannot hold layer {name!r} of {spec.net_path} "
+                         f"(HDF5 takes '/' for a group path, and there is {why}; Caffe aborts at the first "
+                         "snapshot): use snapshot_format BINARYPROTO")
+
+
+class SolverSnapshots:
+    """The snapshots a solver's parameters ask for, written whole or not at
+    all (see the module's doc). Used as a context: it holds the temporary
+    folder ``solver_prefix`` is in, which the solver must be opened with."""
+
+    def __init__(self, spec):
+        """The snapshots of training.SolverSpec ``spec``, checked."""
+        param = spec.param
+        check_prefix(param, spec.path)
+        check_hdf5_layers(spec, param)
+        self.prefix = param.snapshot_prefix
+        self.every = max(0, param.snapshot)
+        self.after_train = param.snapshot_after_train
+        self.extension = ".h5" if param.snapshot_format == SolverParameter.HDF5 else ""
+        self._folder = None
+        self._scratch = contextlib.nullcontext()
+
+    def __enter__(self):
+        if self.every or self.after_train:
+            self._scratch = temporary_folder(Path(self.prefix))
+        self._folder = self._scratch.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._folder = None
+        return self._scratch.__exit__(*exc)
+
+    @property
+    def solver_prefix(self):
+        """The snapshot_prefix to open the solver with (None: no snapshots):
+        Caffe's own, asked for by ``write``, go into the temporary folder."""
+        return None if self._folder is None else self._folder / os.path.basename(self.prefix)
+
+    def next_after(self, iteration):
+        """The next iteration at which Caffe would snapshot by itself, or None."""
+        return (iteration // self.every + 1) * self.every if self.every else None
+
+    def ends_with(self, start, end):
+        """Whether a run from ``start`` to ``end`` ends with one more, as
+        `caffe train` does (snapshot_after_train), unless it just made one."""
+        return self.after_train and end > start and not (self.every and end % self.every == 0)
+
+    def paths(self, iteration, prefix=None):
+        """(caffemodel, solverstate) as Caffe names them for ``iteration``:
+        strings, since the state records the model's as Caffe spelt it."""
+        stem = f"{prefix or self.prefix}_iter_{iteration}"
+        return f"{stem}.caffemodel{self.extension}", f"{stem}.solverstate{self.extension}"
+
+    def write(self, solver, sizes):
+        """Snapshot ``solver`` at its iteration; ``sizes``: lower bounds of
+        Caffe's two files (training.snapshot_bytes), checked for room first,
+        since Caffe aborts the process on a failed write."""
+        iteration = int(solver.iter)
+        model, state = self.paths(iteration)
+        check_room(Path(model), sum(sizes), max(sizes))
+        made = self.paths(iteration, self.solver_prefix)
+        try:
+            solver.snapshot()
+            set_learned_net(made[1], os.fsencode(model))
+            # atomic_paths renames in the reverse order: the model first, so
+            # that no state names a model not yet in place.
+            with atomic_paths(state, model) as (state_tmp, model_tmp):
+                os.replace(made[0], model_tmp)
+                os.replace(made[1], state_tmp)
+        finally:
+            for each in made:
+                Path(each).unlink(missing_ok=True)

@@ -1,0 +1,111 @@
+"""The solver's own snapshots in train-* commands: Caffe's files, under
+Caffe's names, each pair appearing whole or not at all."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.snapshots import SolverSnapshots
+from caffedsd.training import open_solver, read_solver, snapshot_bytes
+from conftest import write_solver
+
+pytestmark = pytest.mark.caffe
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir() if "_iter_" in p.name)
+
+
+@pytest.mark.parametrize("snapshot_format", ["BINARYPROTO", "HDF5"])
+def test_a_snapshot_is_the_pair_caffe_writes(caffe, tmp_path, snapshot_format):
+    spec = read_solver(write_solver(tmp_path, snapshot=2, extra=f"momentum: 0.9\nsnapshot_format: {snapshot_format}"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    native, _ = open_solver(spec, tmp_path / "a")
+    native.step(2)  # Caffe snapshots by itself, at iteration 2
+    names = _files(tmp_path)
+    suffix = ".h5" if snapshot_format == "HDF5" else ""
+    assert names == [f"snap_iter_2.caffemodel{suffix}", f"snap_iter_2.solverstate{suffix}"]
+    caffes = {name: (tmp_path / name).read_bytes() for name in names}
+    for name in names:
+        (tmp_path / name).unlink()
+
+    with SolverSnapshots(spec) as snapshots:
+        solver, param = open_solver(spec, tmp_path / "b", snapshot_prefix=snapshots.solver_prefix, snapshot=0)
+        assert param.snapshot == 0 and not param.snapshot_after_train
+        solver.step(2)
+        assert _files(tmp_path) == []  # Caffe wrote none by itself
+        snapshots.write(solver, snapshot_bytes(spec, solver.net))
+    assert _files(tmp_path) == names
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # the scratch folder is gone
+    model, state = (tmp_path / name for name in names)
+    if snapshot_format == "BINARYPROTO":
+        assert {name: (tmp_path / name).read_bytes() for name in names} == caffes
+    else:
+        assert model.read_bytes() == caffes[model.name]
+        (tmp_path / "caffes.h5").write_bytes(caffes[state.name])
+        with h5py.File(state, "r") as ours, h5py.File(tmp_path / "caffes.h5", "r") as theirs:
+            assert ours["learned_net"][()] == theirs["learned_net"][()] == os.fsencode(str(model))
+            assert ours["learned_net"].dtype == theirs["learned_net"].dtype  # a C string, its NUL counted
+            assert sorted(ours) == sorted(theirs)
+            for key in theirs["history"]:
+                np.testing.assert_array_equal(ours["history"][key], theirs["history"][key])
+    # Caffe's restore reads the model the state names.
+    again, _ = open_solver(spec, tmp_path / "b")
+    again.net.params["conv1"][0].data[...] = 7.0
+    again.restore(str(state))
+    assert again.iter == 2
+    np.testing.assert_array_equal(again.net.params["conv1"][0].data, solver.net.params["conv1"][0].data)
+
+
+# One InnerProduct of 4096 x 4096: a snapshot writes 2 x 64 MiB, long enough
+# to be caught in the middle.
+BIG_NET = """
+layer { name: "data" type: "DummyData" top: "data" top: "target"
+        dummy_data_param { shape { dim: 1 dim: 4096 } shape { dim: 1 dim: 4096 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 4096 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "target" top: "loss" }
+"""
+
+
+def _train(tmp_path, iterations):
+    return subprocess.Popen(
+        [sys.executable, "-c", "from caffedsd.cli import program; program()", "train-dense",
+         "--solver", str(tmp_path / "solver.prototxt"), "-w", str(tmp_path / "start.caffemodel"),
+         "-n", str(iterations), "-o", str(tmp_path / "out.caffemodel"), "--test-interval", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_snapshot_killed_midway_leaves_no_file_under_its_name(caffe, tmp_path):
+    (tmp_path / "net.prototxt").write_text(BIG_NET)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.001\nmomentum: 0.9\nlr_policy: "fixed"\nmax_iter: 100\n'
+        f'snapshot: 1\nsnapshot_prefix: "{tmp_path / "snap"}"\nrandom_seed: 1\n')
+    caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN).save(str(tmp_path / "start.caffemodel"))
+    expected = (tmp_path / "start.caffemodel").stat().st_size
+    proc = _train(tmp_path, 50)
+    deadline = time.time() + 120
+    seen = None
+    while seen is None and time.time() < deadline and proc.poll() is None:
+        # The first file of a snapshot, wherever it is written.
+        seen = next((p for p in tmp_path.rglob("snap_iter_*.caffemodel")), None)
+    assert seen is not None, f"no snapshot began: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    for model in tmp_path.glob("snap_iter_*.caffemodel"):  # whatever bears a snapshot's name is whole
+        assert model.stat().st_size == expected, f"{model.name}: {model.stat().st_size} of {expected} bytes"
+        read_caffemodel(model)
+        assert model.with_suffix(".solverstate").is_file()
+    # The next run removes what the killed one left.
+    rerun = _train(tmp_path, 1)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-2000:]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert (tmp_path / "snap_iter_1.caffemodel").stat().st_size == expected
