@@ -289,6 +289,11 @@ def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=Tru
         source = getattr(layer, _SOURCES[layer.type]).source
         if not source or not Path(source).exists():
             raise InputError(f"{net_path}: layer {layer.name!r} reads {source!r}, which does not exist")
+        if layer.type in ("ImageData", "WindowData") and not Path(source).is_file():
+            # Caffe reads it as a text list: a folder reads as no lines, and
+            # Caffe aborts the process; a pipe would hang.
+            raise InputError(f"{net_path}: layer {layer.name!r} reads {source!r}, which is not a regular file "
+                             "(a text file listing its images)")
         if layer.type == "HDF5Data":
             for line in hdf5_list(layer, net_path):
                 if not Path(line).is_file():

@@ -298,3 +298,18 @@ def test_layer_names_with_caffes_split_layers():
         'layer { name: "c" type: "Silence" bottom: "s/t" }'
         'layer { name: "e" type: "Silence" bottom: "y" }', NetParameter())
     assert layer_names_with_splits(net.layer) == ["d", "a", "x_a_0_split", "b", "s/t_b_0_split", "c", "e"]
+
+
+@pytest.mark.parametrize("layer_type, param", [("ImageData", "image_data_param"), ("WindowData", "window_data_param")])
+def test_an_image_list_that_is_a_folder(databases, layer_type, param):
+    (databases / "images").mkdir()
+    (databases / "list.txt").write_text("a.jpg 0\n")
+    path = databases / "img.prototxt"
+    for source, ok in (("images", False), ("list.txt", True)):
+        path.write_text(f'layer {{ name: "d" type: "{layer_type}" top: "data" top: "label" '
+                        f'{param} {{ source: "{source}" batch_size: 4 }} }}\n')
+        if ok:
+            check_data_sources(read_net_prototxt(path), path)
+            continue
+        with pytest.raises(InputError, match="layer 'd' reads 'images', which is not a regular file"):
+            check_data_sources(read_net_prototxt(path), path)
