@@ -1,5 +1,6 @@
 """Turning results into text: tables for the terminal, JSON, Markdown."""
 import csv
+import functools
 import io
 import json
 from pathlib import Path
@@ -29,8 +30,12 @@ def format_table(headers, rows, align=None):
 
 
 def markdown_table(header, rows):
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                     ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+    """Layer and output names may hold "|" or a newline: escaped, each cell
+    stays one cell."""
+    def cells(row):
+        return "| " + " | ".join(one_line(str(c)).replace("|", "\\|") for c in row) + " |"
+
+    return "\n".join([cells(header), "|" + "---|" * len(header)] + [cells(row) for row in rows])
 
 
 def _pyplot():
@@ -42,6 +47,25 @@ def _pyplot():
     from matplotlib import pyplot
 
     return pyplot
+
+
+def _names_as_written(plot):
+    """For a function drawing a figure whose texts hold layer and output
+    names: "$" in them is not mathtext (a name such as "a$\\bad$" made
+    savefig fail, "fc$1$" was drawn as "fc1")."""
+    @functools.wraps(plot)
+    def drawn(*args, **kwargs):
+        with _pyplot().rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return drawn
+
+
+def _legend(ax, lines, labels, **options):
+    # Labels given explicitly: legend() leaves out lines whose own label
+    # starts with "_", and a layer may be named so.
+    if lines:
+        ax.legend(lines, labels, **options)
 
 
 def _save_png(fig, path):
@@ -206,6 +230,7 @@ def dsd_markdown(data):
     return "\n".join(lines)
 
 
+@_names_as_written
 def plot_dsd(path, run_dir, stages):
     """Training loss over the run's iterations, stage boundaries marked, and
     each stage's test metrics: at its periodic test passes, and at its end."""
@@ -238,8 +263,7 @@ def plot_dsd(path, run_dir, stages):
             if m in s["test"]:
                 test_ax.plot(offset, s["test"][m], "o", color=f"C{n + 1}", label=m)
     handles = {h.get_label(): h for h in test_ax.get_lines()}
-    if handles:
-        test_ax.legend(handles.values(), [f"test {m}" for m in handles], loc="center right", fontsize=8)
+    _legend(test_ax, list(handles.values()), [f"test {m}" for m in handles], loc="center right", fontsize=8)
     loss_ax.set_xlabel("iteration (whole run)")
     loss_ax.set_ylabel("training loss", color="tab:blue")
     test_ax.set_ylabel("test " + (", ".join(metrics) or "metrics"))
@@ -295,7 +319,7 @@ def sensitivity_summary(data):
     """The heading and table of sensitivity.md (what the CLI prints)."""
     metric = scan_metric(data)
     header = ["layer", "params"] + [f"{s:g}" for s in data["sparsities"]]
-    lines = [f"# Sensitivity: {metric} after pruning one layer", "",
+    lines = [f"# Sensitivity: {one_line(metric)} after pruning one layer", "",
              f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
              f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
              markdown_table(header, [[layer["layer"], layer["params"]] +
@@ -320,20 +344,22 @@ def write_sensitivity(folder, data):
     write_sensitivity_plot(plot, data)
 
 
+@_names_as_written
 def write_sensitivity_plot(path, data):
     """One panel per metric, one curve per layer, metric against sparsity."""
     plt = _pyplot()
     metrics = data["metrics"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    lines = []
     for ax, metric in zip(axes[0], metrics):
         for layer in data["layers"]:
             xs = [0.0] + [p["sparsity"] for p in layer["points"]]
             ys = [data["baseline"][metric]] + [p["metrics"][metric] for p in layer["points"]]
-            ax.plot(xs, ys, marker=".", label=layer["layer"])
+            lines += ax.plot(xs, ys, marker=".")
         ax.set_xlabel("sparsity of the layer")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], lines[:len(data["layers"])], [layer["layer"] for layer in data["layers"]], fontsize=7)
     fig.suptitle(f"pruning one layer at a time ({data['criterion']}, {data['iterations']} TEST iterations)")
     fig.tight_layout()
     _save_png(fig, path)

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -359,6 +360,26 @@ def test_sensitivity_csv_quotes_names_with_commas():
     rows = list(csv.reader(io.StringIO(sensitivity_csv(data))))
     assert rows == [["layer", "sparsity", "acc,top1", "loss"], ["(baseline)", "0", "0.5", "2"],
                     ["conv1,a", "0.5", "0.25", "3"]]
+
+
+def test_names_with_markup_keep_their_columns_and_plot(tmp_path):
+    """Caffe takes any string for a name: "|" or a newline in one must not
+    add a Markdown column or row, nor "$" make matplotlib parse mathtext."""
+    from caffedsd.report import write_sensitivity
+
+    metric, loss = "acc|$\\foo{$", "loss"
+    layers = ["a|b", "x\ny", "_hidden", "a$\\bad$"]
+    data = {"metrics": [metric, loss], "baseline": {metric: 0.5, loss: 2.0}, "sparsities": [0.5],
+            "iterations": 1, "criterion": "keepmax",
+            "layers": [{"layer": name, "params": 9, "points": [{"sparsity": 0.5, "metrics": {metric: 0.25, loss: 3.0}}]}
+                       for name in layers]}
+    write_sensitivity(tmp_path, data)
+    assert (tmp_path / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    table = [line for line in (tmp_path / "sensitivity.md").read_text().splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(layers)
+    # a cell's "|" is escaped: split at the others, every row has 3 cells
+    assert all(len(re.split(r"(?<!\\)\|", line)) == 3 + 2 for line in table), table
+    assert "| a\\|b | 9 |" in table[2] and "| x\\ny | 9 |" in table[3]
 
 
 def test_a_plan_is_not_written_over_what_it_reads(lenet, tmp_path, cli):
