@@ -7,7 +7,8 @@ Layout:
   /            attrs: format="caffedsd-masks", format_version, fingerprint,
                structure (JSON), criterion, seed, amounts (JSON),
                source_sha256, caffedsd_version
-  /masks/<layer name, '/' escaped as %2F>
+  /masks/<layer name, percent-encoded: every byte but letters, digits and
+          "_.-~" as %XX, and "." and ".." wholly, which HDF5 takes for paths>
                bool dataset shaped like the layer's blob 0 (True = kept);
                attrs: layer, blob, shared_by (JSON list of layers using it)
 
@@ -114,6 +115,13 @@ def _fixed(text):
     return np.bytes_(text.encode("utf-8"))
 
 
+def _dataset_name(layer):
+    """The mask dataset's name for ``layer`` (readers go by its 'layer'
+    attribute): HDF5 takes "/" for a path, and "." for the group itself."""
+    name = quote(layer, safe="")
+    return name.replace(".", "%2E") if name in (".", "..") else name
+
+
 def save_masks(path, maskset):
     """Write ``maskset`` to ``path`` atomically."""
     # Made in memory, then written as bytes: when the disk or ulimit -f runs
@@ -134,7 +142,7 @@ def save_masks(path, maskset):
         for owner, mask in maskset.masks.items():
             mask = np.asarray(mask, dtype=bool)
             # gzip level 1: a quarter of the size or less, at ~150 MB/s.
-            ds = group.create_dataset(quote(owner, safe=""), data=mask, chunks=True if mask.size else None,
+            ds = group.create_dataset(_dataset_name(owner), data=mask, chunks=True if mask.size else None,
                                       compression="gzip" if mask.size else None,
                                       compression_opts=1 if mask.size else None)
             ds.attrs["layer"] = _fixed(owner)

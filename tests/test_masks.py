@@ -134,3 +134,18 @@ def test_large_layer_is_exact(monkeypatch):
     expected = np.ones(w.size, dtype=bool)
     expected[order[:round(0.37 * 200)]] = False
     assert np.array_equal(mask, expected)
+
+
+def test_a_masks_file_holds_any_name_caffe_takes(tmp_path):
+    # HDF5 takes "/" for a path and "." for the group itself; the names are
+    # the layer attributes, whatever the datasets are called.
+    from caffedsd.maskfile import MaskSet, load_masks, save_masks
+
+    names = [".", "..", "a/b", "a/../c", "%2E", "x y", "é"]
+    masks = {name: np.array([True, False, bool(i % 2)]) for i, name in enumerate(names)}
+    structure = [(name, "InnerProduct", [[3]]) for name in names]
+    save_masks(tmp_path / "m.masks.h5", MaskSet(masks, {name: (name,) for name in names}, structure))
+    loaded = load_masks(tmp_path / "m.masks.h5")
+    assert loaded.masks.keys() == masks.keys()
+    for name in names:
+        np.testing.assert_array_equal(loaded.masks[name], masks[name])
