@@ -343,6 +343,32 @@ def _split_layer(param, rank):
     return first, second
 
 
+def check_split_names(net, path, ranks):
+    """Refuse a split whose new names ``net`` (at ``path``) has already: its
+    first half, NAME/lowrank, as a layer or blob (a net decomposed before,
+    whose 1 x 1 half NAME is split again), or its weights' shared name
+    w/lowrank. Caffe would abort on the output: a duplicate layer cannot be
+    filled, a duplicate top is produced twice, a shared name of two shapes
+    is refused."""
+    layers = {layer.name for layer in net.layer}
+    blobs = {blob for layer in net.layer for blob in (*layer.top, *layer.bottom)}
+    params = {spec.name for layer in net.layer for spec in layer.param if spec.name}
+    for layer in net.layer:
+        if layer.name not in ranks or layer.type not in DECOMPOSABLE:
+            continue
+        first, second = _split_layer(layer, ranks[layer.name])
+        taken = [(first.name, "a layer") if first.name in layers else None,
+                 (first.top[0], "a blob") if first.top[0] in blobs else None,
+                 (first.param[0].name, "a shared weight name") if first.param and first.param[0].name and
+                 first.param[0].name in params else None]
+        taken = [each for each in taken if each]
+        if taken:
+            name, what = taken[0]
+            raise InputError(f"{path}: layer {layer.name!r} would be split into {name!r}, but the net has "
+                             f"{what} of that name already, and Caffe would refuse the output (split before? "
+                             "decompose the original layer instead)")
+
+
 def rewrite_net(net, ranks):
     """A copy of NetParameter ``net`` with each layer in ``ranks`` split."""
     out = NetParameter()
@@ -496,6 +522,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True)
         check_finite(model)
         chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc, shared_weights(nets.values()))
+        for path, net in nets.items():
+            check_split_names(net, path, chosen)
         # Output positions per layer come from the nets themselves (TEST
         # phase): the deploy's, and the train_val's for the layers the deploy
         # lacks (auxiliary classifiers). The train_val, whose data may be on

@@ -431,6 +431,26 @@ def test_layers_sharing_weights_are_split_alike_or_not_at_all(caffe, tmp_path, c
     assert _caffe_ignores(tmp_path / "part" / proto.name, tmp_path / "part" / "model.caffemodel") == []
 
 
+def test_a_split_whose_new_names_the_net_has_is_refused(caffe, tmp_path, cli):
+    """Splitting a decomposed net's 1 x 1 half again would add a second
+    NAME/lowrank layer, and a shared name w/lowrank may be another's:
+    Caffe refuses such outputs."""
+    proto, weights = save_net(caffe, tmp_path, SHARED)
+    assert cli("decompose", "-p", proto, "-w", weights, "--rank", "s1=4", "--rank", "s2=4", "-o", "once").exit_code == 0
+    once = tmp_path / "once"
+    assert_one_line_error(cli("decompose", "-p", once / proto.name, "-w", once / "model.caffemodel", "--rank", "s1=2",
+                              "--rank", "s2=2", "-o", "twice"),
+                          f"{once / proto.name}: layer 's1' would be split into 's1/lowrank', but the net has a layer "
+                          "of that name already")
+    assert not (tmp_path / "twice").exists()
+    taken = SHARED.replace('top: "ip" inner_product_param', 'top: "ip" param { name: "sw/lowrank" } inner_product_param')
+    (tmp_path / "taken").mkdir()
+    proto, weights = save_net(caffe, tmp_path / "taken", taken)
+    assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "s1=4", "--rank", "s2=4", "-o", "x"),
+                          f"{proto}: layer 's1' would be split into 'sw/lowrank', but the net has a shared weight "
+                          "name of that name already")
+
+
 IP_LAYOUTS = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 8 } } }
 layer { name: "ipT" type: "InnerProduct" bottom: "data" top: "ipT" inner_product_param { num_output: 10 transpose: true } }
