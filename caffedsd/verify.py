@@ -16,7 +16,11 @@ from .maskfile import masks_for
 from .masks import iter_chunks
 from .netcheck import built_layers, built_state, check_pair
 
-_IGNORED = re.compile(r"Ignoring source layer (\S+)")
+# Names run to the end of the line: Caffe takes any string for one.
+_IGNORED = re.compile(r"Ignoring source layer (.+)")
+# caffe.cpp's final "NAME = VALUE" lines (a loss's followed by its weighted
+# value), not its per-batch "Batch i, NAME = VALUE" ones.
+_OUTPUT = re.compile(r"caffe\.cpp:\d+\] (?!Batch \d+, )(.+?) = ([-+0-9.eEinfa]+)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ def parse_test_outputs(log):
     output of many values (a deploy net's prob) logs one line per value, and
     maps to the tuple of them."""
     values = {}
-    for match in re.finditer(r"caffe\.cpp:\d+\] (\S+) = ([-+0-9.eEinfa]+)", log):
+    for match in _OUTPUT.finditer(log):
         values.setdefault(match.group(1), []).append(float(match.group(2)))
     return {name: each[0] if len(each) == 1 else tuple(each) for name, each in values.items()}
 

@@ -159,3 +159,27 @@ def test_parse_test_outputs_of_one_and_many_values():
     log = ("I1 caffe.cpp:292] Batch 0, accuracy = 0.5\nI1 caffe.cpp:313] accuracy = 0.75\n"
            "I1 caffe.cpp:313] prob = 0.25\nI1 caffe.cpp:313] prob = 0.125\n")
     assert parse_test_outputs(log) == {"accuracy": 0.75, "prob": (0.25, 0.125)}
+
+
+def test_caffe_tests_names_with_spaces_are_read_whole(caffe, tmp_path):
+    from caffedsd.caffe_proto import read_net_prototxt
+    from caffedsd.verify import ignored_weights, parse_test_outputs, run_caffe_test
+
+    net = """
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { shape { dim: 4 dim: 6 } shape { dim: 4 } data_filler { type: "gaussian" } } }
+layer { name: "ip a" type: "InnerProduct" bottom: "data" top: "ip a" inner_product_param { num_output: 3 } }
+layer { name: "acc" type: "Accuracy" bottom: "ip a" bottom: "label" top: "test acc" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip a" bottom: "label" top: "my loss" }
+"""
+    extra = net.replace('layer { name: "acc"', 'layer { name: "extra layer" type: "InnerProduct" bottom: "data" '
+                        'top: "e" inner_product_param { num_output: 2 } }\nlayer { name: "acc"')
+    (tmp_path / "net.prototxt").write_text(net)
+    (tmp_path / "extra.prototxt").write_text(extra)
+    caffe.Net(str(tmp_path / "extra.prototxt"), caffe.TEST).save(str(tmp_path / "w.caffemodel"))
+    code, log = run_caffe_test(tmp_path / "net.prototxt", tmp_path / "w.caffemodel", iterations=2)
+    assert code == 0, log[-2000:]
+    assert set(parse_test_outputs(log)) == {"test acc", "my loss"}
+    ignored = ignored_weights(read_caffemodel(tmp_path / "w.caffemodel"), read_net_prototxt(tmp_path / "net.prototxt"),
+                              log)
+    assert ignored == ["extra layer"]
