@@ -22,8 +22,9 @@ where they would not all be split alike, none is.
 
 A split has r (C k^2 + N) weights where the layer had N C k^2 / g, and the
 same ratio of multiply-adds. A layer is split only where that is smaller in
-both, unless --rank forces its rank; a depthwise convolution (C/g = 1) never
-gets smaller, so it is always left as it is.
+both, unless --rank forces its rank; a depthwise convolution of one filter
+per group (C/g = N/g = 1, MobileNet's) never gets smaller, so it is left as
+it is; one of m filters per group may, when r (k^2 + m) < m k^2.
 """
 import math
 from dataclasses import dataclass
@@ -248,10 +249,11 @@ def _why_not(layer, rank, groups):
     before, after = split_weights(w, rank, groups)
     if after < before:
         return None
-    if groups > 1 and w.shape[1] == 1:
+    smallest = split_weights(w, 1, groups)[1]
+    if smallest >= before and groups > 1 and w.shape[1] == 1:
         return f"depthwise (group {groups}, 1 input channel per filter): no split is smaller"
-    if split_weights(w, 1, groups)[1] >= before:
-        return f"no split is smaller, even at rank 1 ({split_weights(w, 1, groups)[1]} weights vs {before})"
+    if smallest >= before:
+        return f"no split is smaller, even at rank 1 ({smallest} weights vs {before})"
     return (f"rank {rank} of {max_rank(w, groups)} would not be smaller "
             f"({after} weights vs {before}; MACs in the same ratio)")
 
@@ -295,9 +297,6 @@ def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False, shari
         if energy is None:
             continue
         w = layer.blobs[0].data
-        if groups > 1 and w.shape[1] == 1:
-            skipped.append(Skipped(layer.name, layer.type, _why_not(layer, 1, groups)))
-            continue
         rank = group_rank_for_energy(w, groups, energy)
         reason = _why_not(layer, rank, groups)
         if reason is None:

@@ -300,7 +300,9 @@ layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 12 kernel_size: 3 stride: 2 pad: 1 group: 3 } }
 layer { name: "dw" type: "Convolution" bottom: "conv1" top: "dw"
         convolution_param { num_output: 12 kernel_size: 3 group: 12 } }
-layer { name: "ip" type: "InnerProduct" bottom: "dw" top: "ip" inner_product_param { num_output: 4 } }
+layer { name: "dw2" type: "Convolution" bottom: "dw" top: "dw2"
+        convolution_param { num_output: 24 kernel_size: 3 pad: 1 group: 12 } }
+layer { name: "ip" type: "InnerProduct" bottom: "dw2" top: "ip" inner_product_param { num_output: 4 } }
 """
 
 
@@ -324,6 +326,12 @@ def test_grouped_convolutions_split_per_group_and_depthwise_left_alone(caffe, tm
     assert "left as is: dw (Convolution): depthwise (group 12" in result.output
     report = (tmp_path / "energy" / "report.md").read_text()
     assert "dw (Convolution): depthwise" in report
+    # Two filters per group: rank 1 (at least half of any 2 x 9 block's
+    # energy) has 12*9 + 24 = 132 weights against 216, so it is split.
+    assert "dw2 (" not in result.output.split("left as is:")[-1] and "| dw2 | Convolution | 1/2 x12 groups |" in report
+    split, error = _same_outputs(caffe, proto, weights, tmp_path / "energy" / proto.name,
+                                 tmp_path / "energy" / "model.caffemodel", (2, 6, 11, 11))
+    assert split.params["dw2/lowrank"][0].data.shape == (12, 1, 3, 3)
     assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "conv1=5", "-o", "x"),
                           "--rank conv1=5: must be between 1 and 4 per group")
 
