@@ -1,6 +1,6 @@
 """Force regularization (Wen et al., ICCV 2017), computed in the driver.
 
-A weight blob with two or more axes is N filters (its rows). Each filter is
+The weight blob of a Convolution or InnerProduct is N filters (its rows). Each filter is
 a particle on the unit sphere, n_i = w_i / |w_i|, pulled towards the others
 along the sphere's tangent at n_i, so the filters coordinate into a
 lower-rank space. The gradient added to filter i is the gradient of an
@@ -25,6 +25,7 @@ from .globrules import GlobRules
 from .hooks import ORDER_FORCE, Hook
 
 FORCE_TYPES = ("degradation", "constant")
+FORCED_TYPES = ("Convolution", "InnerProduct")  # the layer types decompose splits (lowrank.DECOMPOSABLE)
 DECAY_TYPES = ("fixed", "adaptive")
 
 
@@ -161,7 +162,7 @@ class ForceSpec:
 
     def coefficients(self, layer_names):
         """{layer: force_decay * force_mult} for the given weight layers."""
-        mults = self.mults.resolve(layer_names, "layer with weights", default=1.0)
+        mults = self.mults.resolve(layer_names, "Convolution or InnerProduct layer", default=1.0)
         return {name: self.decay * mult for name, mult in mults.items()}
 
 
@@ -185,8 +186,11 @@ class ForceRegularizer(Hook):
 
     def bind(self, net, backend):
         """Raises InputError when a --force-mult glob matches no layer."""
+        types = dict(zip(net._layer_names, (layer.type for layer in net.layers)))
+        # Only what decompose splits: a Scale's 2-D gamma or a Deconvolution's
+        # input-channel rows are no filters to bring into a lower rank.
         blobs = {name: blobs[0] for name, blobs in net.params.items()
-                 if len(blobs) and len(blobs[0].shape) >= 2}
+                 if types.get(name) in FORCED_TYPES and len(blobs) and len(blobs[0].shape) >= 2}
         coefficients = self.spec.coefficients(list(blobs))
         seen, targets = set(), []
         for name, blob in blobs.items():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from caffedsd.caffemodel import read_caffemodel
+from caffedsd.errors import InputError
 from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
 from caffedsd.lowrank import factor, rank_for_energy, singular_values, split_weights
 from conftest import assert_one_line_error, save_net, write_solver
@@ -133,6 +134,41 @@ def test_regularizer_adds_the_force_to_gradients(caffe, tmp_path):
     regularizer.detach()
 
 
+SCALED = """
+layer { name: "data" type: "DummyData" top: "data" top: "target"
+        dummy_data_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } shape { dim: 2 dim: 4 dim: 4 dim: 4 }
+                           data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "sc" type: "Scale" bottom: "conv1" top: "sc"
+        scale_param { axis: 1 num_axes: 2 filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "sc" bottom: "target" top: "loss" }
+"""
+
+
+def test_only_convolutions_and_inner_products_are_forced(caffe, tmp_path):
+    """A Scale's 4 x 4 gamma has two axes, but no filters decompose would
+    split: it is left alone, and naming it in --force-mult is an error."""
+    (tmp_path / "net.prototxt").write_text(SCALED)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0\nlr_policy: "fixed"\n')
+    solver = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    assert solver.net.params["sc"][0].data.shape == (4, 4)
+    seen = {}
+
+    def grads(key):
+        return lambda: seen.__setitem__(key, {n: solver.net.params[n][0].diff.copy() for n in ("conv1", "sc")})
+
+    solver.add_callback(lambda: None, grads("before"))
+    with pytest.raises(InputError, match="--force-mult 'sc' matches no Convolution or InnerProduct layer"):
+        ForceRegularizer(ForceSpec(1.0, mults=(("sc", 1.0),))).attach(solver)
+    regularizer = ForceRegularizer(ForceSpec(1.0)).attach(solver)
+    solver.add_callback(lambda: None, grads("after"))
+    solver.step(1)
+    np.testing.assert_array_equal(seen["after"]["sc"], seen["before"]["sc"])
+    assert not np.allclose(seen["after"]["conv1"], seen["before"]["conv1"])
+    regularizer.detach()
+
+
 def test_train_lowrank_pulls_filters_together(caffe, tmp_path, cli):
     solver = write_solver(tmp_path, base_lr=0.05, weight_decay=0)
 
@@ -243,7 +279,7 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-type", "L3",
                         "-o", "x.caffemodel"), "--force-type 'L3': must be one of degradation, constant")
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-mult", "nope*=1",
-                        "-n", 1, "-o", "x.caffemodel"), "'nope*' matches no layer with weights")
+                        "-n", 1, "-o", "x.caffemodel"), "'nope*' matches no Convolution or InnerProduct layer")
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.caffemodel").exists()
 
 
