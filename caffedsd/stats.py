@@ -7,6 +7,7 @@ layer. Shared blobs (``param { name }``) count once in the totals.
 import numpy as np
 
 from .caffemodel import nonfinite_counts, read_caffemodel
+from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for
 from .masks import iter_chunks
 
@@ -38,7 +39,9 @@ def model_stats(model, maskset=None):
             "params": params,
             "nonzero": nonzero,
             "sparsity": 1 - nonzero / params if params else 0.0,
-            "weight_sparsity": 1 - count_nonzero(weights) / weights.size if weights.size else 0.0,
+            # Of the weights pruning works on; a BatchNorm's blob 0 is its running mean.
+            "weight_sparsity": (1 - count_nonzero(weights) / weights.size if weights.size else 0.0)
+            if layer.type in PRUNABLE_TYPES else None,
             "masked": masked,
             "bytes": nbytes,
             "nonfinite": sum(nonfinite.get((layer.name, i), 0) for i in range(len(layer.blobs))),

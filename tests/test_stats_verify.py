@@ -18,6 +18,7 @@ def test_stats_counts_and_json(tiny, cli):
     assert rows["conv1"]["shapes"] == [[4, 1, 3, 3], [4]]
     assert rows["conv1"]["params"] == 40 and rows["conv1"]["nonzero"] == 40 - 18
     assert rows["conv1"]["masked"] == 18 and rows["bn1"]["masked"] is None
+    assert rows["conv1"]["weight_sparsity"] == 18 / 36 and rows["bn1"]["weight_sparsity"] is None  # not prunable
     assert rows["fc1"]["bytes"] == 1440 * 4
     # Shared fc2 weights (100) and biases (10) count once in the totals.
     expected = 40 + (4 + 4 + 1) + (4 + 4) + 1440 + 110
