@@ -32,6 +32,9 @@ from .wire import encode_varint as varint, read_varint
 
 MAGIC = b"CDSDDCZ\x00"
 VERSION = 2
+# Magic, version, and the least that follows: an empty header's length and the
+# CRC-32 (version 2), the header's length and the sha256 (version 1).
+MIN_FILE_BYTES = {1: len(MAGIC) + 2 + 4 + 32, 2: len(MAGIC) + 2 + 1 + 4}
 MAX_INDEX_BITS = 16
 MIN_CHUNK_BITS = 13  # streams of at most 2^13 symbols are one chunk and say nothing about chunks
 # A preset dictionary for deflating the header: typical serialized layer
@@ -669,11 +672,18 @@ class DczFile:
 
     def _check(self):
         data = self._buffer
-        if len(data) < len(MAGIC) + 6 or data[:len(MAGIC)] != MAGIC:
+        if data[:len(MAGIC)] != MAGIC:
             raise FormatError("not a caffedsd .dcz file (bad magic number)")
+        if len(data) < len(MAGIC) + 2:
+            raise FormatError(f"truncated: {len(data)} bytes, the format version is missing")
         (version,) = struct.unpack_from("<H", data, len(MAGIC))
-        if version > VERSION or version < 1:
+        if version == 0:
+            raise FormatError(f"format version 0 is no .dcz version (caffedsd reads 1 to {VERSION})")
+        if version > VERSION:
             raise FormatError(f"format version {version} is newer than this caffedsd reads ({VERSION})")
+        if len(data) < MIN_FILE_BYTES[version]:
+            raise FormatError(f"truncated: {len(data)} bytes, a version {version} file has at least "
+                              f"{MIN_FILE_BYTES[version]}")
         if version == 2 and zlib.crc32(memoryview(data)[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
             raise FormatError("checksum mismatch: the file is truncated or corrupted")
         return version

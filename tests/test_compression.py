@@ -25,6 +25,7 @@ from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, MAGIC, LayerSizes, Reader, _
 from caffedsd.errors import FormatError
 from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
+from caffedsd.wire import encode_varint
 from caffedsd.report import compression_table
 from caffedsd.weight_sharing import cluster
 from conftest import OTHER_NET, ROOT, assert_one_line_error
@@ -667,3 +668,31 @@ def test_vgg16_shaped_model_decodes_and_loads_in_stock_caffe(tmp_path, cli):
     code, log = run_caffe_test(tmp_path / "vgg.prototxt", tmp_path / "q.caffemodel", iterations=1)
     assert code == 0, log[-2000:]
     assert "Ignoring source layer" not in log
+
+
+# -- crafted files: what a reader must refuse, and how ---------------------------------
+
+def _v2_file(path, layers, payload, name=b"net"):
+    """A version 2 .dcz file of ``layers`` ([(LayerParameter, [(kind, shape)])])
+    and the blob payloads, its CRC-32 right: only the reader's own checks
+    stand between it and an output."""
+    header = _header(name, [(param.SerializeToString(), blobs) for param, blobs in layers])
+    body = MAGIC + struct.pack("<H", 2) + encode_varint(len(header)) + header + payload
+    Path(path).write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def _ip(name="fc"):
+    return LayerParameter(name=name, type="InnerProduct", bottom=["data"], top=[name])
+
+
+def test_version_0_and_short_files_are_named_as_such(tmp_path, cli):
+    layers = [(_ip(), [(BLOB_FLOATS, (2,))])]
+    _v2_file(tmp_path / "ok.dcz", layers, encode_floats(np.array([1.0, 2.0], np.float32)))
+    data = (tmp_path / "ok.dcz").read_bytes()
+    assert cli("decompress", "ok.dcz", "-o", "ok.caffemodel").exit_code == 0
+    (tmp_path / "v0.dcz").write_bytes(data[:8] + b"\0\0" + data[10:])
+    assert_one_line_error(cli("decompress", "v0.dcz", "-o", "x.caffemodel"), "format version 0 is no .dcz version")
+    for size in (9, 10, 13):
+        (tmp_path / "cut.dcz").write_bytes(data[:size])
+        assert_one_line_error(cli("decompress", "cut.dcz", "-o", "x.caffemodel"), f"truncated: {size} bytes")
+    assert not (tmp_path / "x.caffemodel").exists()
