@@ -372,6 +372,9 @@ def huffman_decode(data, bit_count, count, lengths):
     lengths = np.asarray(lengths, dtype=np.int64)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
+    # Every symbol takes a bit or more: checked before anything is allocated.
+    if not count <= bit_count <= 8 * len(data):
+        raise FormatError(f"{count} symbols in {bit_count} bits of a {len(data)}-byte stream")
     table_symbol, table_length, width = decoding_table(lengths, V1_MAX_CODE_BITS)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:bit_count]
     padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
@@ -433,6 +436,9 @@ def decode_stream(data, count, lengths, chunk, offsets):
     chunks = offsets.size
     if count == 0:
         return np.zeros(0, dtype=table_symbol.dtype)
+    # Every symbol takes a bit or more: checked before anything is allocated.
+    if count > 8 * len(data):
+        raise FormatError(f"{count} symbols cannot fit in {len(data)} bytes")
     if chunks != -(-count // chunk) or offsets[0] != 0:
         raise FormatError("Huffman sync points do not fit the symbol count")
     steps = min(chunk, count)
@@ -475,7 +481,7 @@ def decode_fixed(data, count, width):
     """``count`` unsigned integers of ``width`` bits packed MSB first."""
     if len(data) != (count * width + 7) // 8:
         raise FormatError("fixed-width stream has the wrong length")
-    out = np.empty(count, dtype=label_dtype(1 << width))
+    out = np.empty(count, dtype=np.uint64 if width > 32 else label_dtype(1 << width))
     if not width:
         out[:] = 0
         return out

@@ -7,8 +7,10 @@ layer's kept weights and its coded streams, decompressing one layer's decoded
 blobs, which go straight into the caffemodel writer. Version 1 files (JSON
 header, one Huffman stream per field with no sync points) still decode.
 """
+import contextlib
 import hashlib
 import json
+import math
 import mmap
 import struct
 import zlib
@@ -37,6 +39,14 @@ VERSION = 2
 MIN_FILE_BYTES = {1: len(MAGIC) + 2 + 4 + 32, 2: len(MAGIC) + 2 + 1 + 4}
 MAX_INDEX_BITS = 16
 MIN_CHUNK_BITS = 13  # streams of at most 2^13 symbols are one chunk and say nothing about chunks
+MAX_CHUNK_BITS = 40
+# Limits a reader checks before it allocates anything: a few bytes of
+# constant streams can declare any number of values. 2^29 float32 values are
+# 2 GiB, more than the caffemodel stock Caffe reads (INT_MAX bytes); 32 axes
+# is Caffe's kMaxBlobAxes; no net's layer parameters come near 64 MiB.
+MAX_VALUES = 1 << 29
+MAX_AXES = 32
+MAX_HEADER_BYTES = 1 << 26
 # A preset dictionary for deflating the header: typical serialized layer
 # parameters, so names, types and fillers common in Caffe nets cost little.
 # Part of the format: never change it for version 2.
@@ -248,9 +258,10 @@ def read_stream(reader, alphabet, count):
     mode = reader.byte()
     if mode == STREAM_CONSTANT:
         symbol = reader.varint()
-        if symbol >= max(alphabet, 1):
+        if symbol >= max(alphabet, 1) or (count and not alphabet):
             raise FormatError("constant stream symbol outside the alphabet")
-        return np.full(count, symbol, dtype=label_dtype(max(alphabet, 1)))
+        # A read-only view: these few bytes can stand for any number of symbols.
+        return np.broadcast_to(np.array(symbol, dtype=label_dtype(max(alphabet, 1))), (count,))
     if mode == STREAM_FIXED:
         lengths = uniform_lengths(alphabet)
     elif STREAM_HUFFMAN_DEFLATED <= mode <= STREAM_HUFFMAN_PACKED + 5:
@@ -258,13 +269,16 @@ def read_stream(reader, alphabet, count):
     else:
         raise FormatError(f"unknown stream mode {mode}")
     chunk_bits = reader.byte() if count > 1 << MIN_CHUNK_BITS else MIN_CHUNK_BITS
-    if chunk_bits > 40:
-        raise FormatError("Huffman chunk size out of range")
+    if chunk_bits > MAX_CHUNK_BITS:
+        raise FormatError(f"chunk size 2^{chunk_bits} is over 2^{MAX_CHUNK_BITS}")
     chunk = 1 << chunk_bits
     chunks = -(-count // chunk)
     offsets = np.zeros(min(chunks, 1), dtype=np.uint64)
     if chunks > 1:
         width = reader.byte()
+        # A chunk of 2^c symbols takes at most 20 * 2^c < 2^(c+5) bits.
+        if not 1 <= width <= chunk_bits + 5:
+            raise FormatError(f"sync-point width {width} is outside 1..{chunk_bits + 5}")
         sizes = decode_fixed(bytes(reader.take(((chunks - 1) * width + 7) // 8)), chunks - 1, width)
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.uint64)])
     if _implied_length(mode, lengths):
@@ -297,9 +311,16 @@ def _encode_planes(words):
 
 
 def _decode_planes(reader, count):
-    words = np.zeros(count, dtype=np.uint32)
-    for shift in (24, 16, 8, 0):
-        words |= read_stream(reader, 256, count).astype(np.uint32) << np.uint32(shift)
+    # All four streams first: each is checked against the bytes it came in
+    # before the words are allocated.
+    planes = [read_stream(reader, 256, count) for _ in range(4)]
+    words = np.empty(count, dtype=np.uint32)
+    for start, stop in chunk_bounds(count):
+        part = words[start:stop]
+        part[:] = planes[0][start:stop]
+        for plane in planes[1:]:
+            part <<= np.uint32(8)
+            part |= plane[start:stop]
     return words
 
 
@@ -462,12 +483,18 @@ def encode_shared(data, keep, bits, index_bits, sizes):
 
 
 def decode_shared(reader, shape):
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     width = reader.byte()
     kept, pads, centroids = reader.varint(), reader.varint(), reader.varint()
     entries = kept + pads
-    if not 1 <= width <= MAX_INDEX_BITS or kept > size or pads > size or centroids > 1 << 16:
-        raise FormatError("shared blob fields out of range")
+    if not 1 <= width <= MAX_INDEX_BITS:
+        raise FormatError(f"relative index width {width} is outside 1..{MAX_INDEX_BITS}")
+    if centroids > 1 << 16:
+        raise FormatError(f"codebook of {centroids} values (at most 2^16)")
+    # Every entry advances the position by at least 1 and the last is a kept
+    # weight inside the blob.
+    if entries > size:
+        raise FormatError(f"{kept} kept weights and {pads} padding entries do not fit a blob of {size} values")
     codebook = decode_floats(reader, centroids)
     pad = entries > kept
     values = read_stream(reader, centroids + pad, entries)
@@ -516,10 +543,12 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
     layers = [layer for layer in model.layers if layer.blobs]
-    header = _header(_name_bytes(model.name), [
+    raw = _raw_header(_name_bytes(model.name), [
         (layer.param.SerializeToString(),
          [(BLOB_SHARED if index == 0 and layer.type in PRUNABLE_TYPES else BLOB_FLOATS, blob.shape)
           for index, blob in enumerate(layer.blobs)]) for layer in layers])
+    _check_compressible(model, layers, raw)
+    header = _deflate_header(raw)
     rows = []
     with atomic_open(output) as handle:
         out = _Output(handle)
@@ -544,25 +573,55 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     return rows, container
 
 
-def _header(name, layers):
-    """The deflated version 2 header: ``name`` (bytes) and, per layer,
+def _check_compressible(model, layers, raw_header):
+    """Refuse a model whose .dcz file decompress would refuse (the limits of
+    ``_check_layers`` and ``_read_header``)."""
+    total = sum(blob.data.size for layer in layers for blob in layer.blobs)
+    if total > MAX_VALUES:
+        raise InputError(f"{model.path}: its blobs hold {total:,} values, over the {MAX_VALUES:,} a .dcz file "
+                         "holds (2 GiB of float32, more than a caffemodel stock Caffe reads)")
+    for layer in layers:
+        for index, blob in enumerate(layer.blobs):
+            if blob.data.ndim > MAX_AXES:
+                raise InputError(f"{model.path}: layer {layer.name!r} blob {index} has {blob.data.ndim} axes "
+                                 f"(Caffe's blobs have at most {MAX_AXES})")
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise InputError(f"{model.path}: its layer parameters take {len(raw_header):,} bytes, over the "
+                         f"{MAX_HEADER_BYTES:,} a .dcz header holds")
+
+
+def _raw_header(name, layers):
+    """The version 2 header before deflating: ``name`` (bytes) and, per layer,
     (serialized LayerParameter, [(blob kind, shape)])."""
     header = bytearray(varint(len(name)) + name + varint(len(layers)))
     for param, blobs in layers:
         header += varint(len(param)) + param + varint(len(blobs))
         for kind, shape in blobs:
             header += bytes([kind]) + varint(len(shape)) + b"".join(varint(d) for d in shape)
+    return bytes(header)
+
+
+def _deflate_header(raw):
     deflater = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=HEADER_DICTIONARY)
-    return deflater.compress(bytes(header)) + deflater.flush()
+    return deflater.compress(raw) + deflater.flush()
+
+
+def _header(name, layers):
+    """The deflated version 2 header (``_raw_header``'s arguments)."""
+    return _deflate_header(_raw_header(name, layers))
 
 
 def _read_header(data):
     """(name, layers) of a deflated header, as ``_header`` takes them."""
     try:
         inflater = zlib.decompressobj(-15, zdict=HEADER_DICTIONARY)
-        meta = Reader(inflater.decompress(data) + inflater.flush())
+        # DEFLATE inflates up to ~1000 times: a few MB could claim GBs.
+        raw = inflater.decompress(data, MAX_HEADER_BYTES + 1)
     except zlib.error as exc:
         raise FormatError(f"bad header ({exc})") from None
+    if len(raw) > MAX_HEADER_BYTES:
+        raise FormatError(f"header inflates to over {MAX_HEADER_BYTES} bytes")
+    meta = Reader(raw)
     name = meta.blob()
     layers = []
     for _ in range(meta.varint()):
@@ -570,7 +629,10 @@ def _read_header(data):
         blobs = []
         for _ in range(meta.varint()):
             kind = meta.byte()
-            blobs.append((kind, tuple(meta.varint() for _ in range(meta.varint()))))
+            axes = meta.varint()
+            if axes > MAX_AXES:
+                raise FormatError(f"a blob shape of {axes} axes (Caffe's blobs have at most {MAX_AXES})")
+            blobs.append((kind, tuple(meta.varint() for _ in range(axes))))
         layers.append((param, blobs))
     return name, layers
 
@@ -578,7 +640,31 @@ def _read_header(data):
 def _open_v2(buffer):
     reader = Reader(buffer, len(MAGIC) + 2, len(buffer) - 4)
     name, layers = _read_header(reader.blob())
-    return _text(name), [(LayerParameter.FromString(param), blobs) for param, blobs in layers], reader
+    layers = [(LayerParameter.FromString(param), blobs) for param, blobs in layers]
+    _check_layers(layers)
+    return _text(name), layers, reader
+
+
+def _check_layers(layers):
+    """Refuse, before anything is decoded, blobs no caffemodel holds.
+    ``layers``: [(LayerParameter, [(blob kind, shape)])]."""
+    total = 0
+    for param, blobs in layers:
+        for index, (kind, shape) in enumerate(blobs):
+            if kind not in (BLOB_FLOATS, BLOB_SHARED):
+                raise FormatError(f"layer {param.name!r} blob {index}: unknown blob kind {kind!r}")
+            total += math.prod(shape)
+    if total > MAX_VALUES:
+        raise FormatError(f"its blobs hold {total:,} values, over {MAX_VALUES:,} (2 GiB of float32, "
+                          "more than a caffemodel stock Caffe reads)")
+
+
+def _decode_blob(reader, kind, shape):
+    if kind == BLOB_SHARED:
+        return decode_shared(reader, shape)
+    if kind == BLOB_FLOATS:
+        return decode_floats(reader, math.prod(shape)).reshape(shape)
+    raise FormatError(f"unknown blob kind {kind}")
 
 
 def _text(name):
@@ -591,40 +677,83 @@ def _text(name):
 def _iter_v2(layers, reader):
     for param, blobs in layers:
         arrays = []
-        for kind, shape in blobs:
-            if kind == BLOB_SHARED:
-                arrays.append(decode_shared(reader, shape))
-            elif kind == BLOB_FLOATS:
-                arrays.append(decode_floats(reader, int(np.prod(shape, dtype=np.int64))).reshape(shape))
-            else:
-                raise FormatError(f"unknown blob kind {kind}")
+        for index, (kind, shape) in enumerate(blobs):
+            with _blob_context(param, index, shape):
+                arrays.append(_decode_blob(reader, kind, shape))
         yield param, arrays
     if reader.pos != reader.end:
         raise FormatError("trailing bytes after the last layer")
 
 
+@contextlib.contextmanager
+def _blob_context(param, index, shape):
+    """Errors decoding a blob name its layer and blob."""
+    where = f"layer {param.name!r} blob {index}"
+    try:
+        yield
+    except (FormatError, WireError, zlib.error) as exc:
+        raise FormatError(f"{where}: {exc}") from None
+    except MemoryError:
+        raise FormatError(f"{where}: not enough memory to decode its {math.prod(shape):,} values") from None
+
+
 # -- version 1 container (read; tests/test_compression.py writes one) ---------------
 
-def _v1_table(data):
-    return np.frombuffer(zlib.decompress(data), dtype=np.uint8).astype(np.int64)
+def _v1_int(value, what, limit=None):
+    """A whole number of the JSON header, at least 0 (and below ``limit``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (limit is not None and value >= limit):
+        bound = "" if limit is None else f" below {limit}"
+        raise FormatError(f"header field {what!r} is {str(value)[:40]}, not a whole number{bound}")
+    return value
 
 
-def _v1_blob(blob, sections):
+def _v1_table(data, size):
+    """The ``size`` code lengths of a zlib-compressed section."""
+    inflater = zlib.decompressobj()
+    lengths = inflater.decompress(data, size + 1)
+    if len(lengths) != size or not inflater.eof or inflater.unused_data:
+        raise FormatError(f"code length table does not hold {size} lengths")
+    return np.frombuffer(lengths, dtype=np.uint8).astype(np.int64)
+
+
+def _v1_blob(blob, sections, shape):
+    size = math.prod(shape)
+
+    def section(key):
+        return sections[_v1_int(blob[key], key, len(sections))]
+
     if blob["kind"] == "raw":
-        return np.frombuffer(sections[blob["data"]], dtype="<f4").reshape(blob["shape"]).copy()
-    codebook = np.frombuffer(sections[blob["codebook"]], dtype="<f4")
-    entries = blob["entries"]
-    values = huffman_decode(sections[blob["values"]], blob["value_bits"], entries,
-                            _v1_table(sections[blob["value_lengths"]]))
-    gaps = huffman_decode(sections[blob["gaps"]], blob["gap_bits"], entries, _v1_table(sections[blob["gap_lengths"]]))
+        data = section("data")
+        if len(data) != 4 * size:
+            raise FormatError(f"{len(data)} bytes of raw floats for {size} values")
+        return np.frombuffer(data, dtype="<f4").reshape(shape).copy()
+    codebook = section("codebook")
+    if len(codebook) % 4 or len(codebook) > 4 << 16:
+        raise FormatError(f"a codebook of {len(codebook)} bytes")
+    codebook = np.frombuffer(codebook, dtype="<f4")
+    width = _v1_int(blob["index_bits"], "index_bits", MAX_INDEX_BITS + 1)
+    if not width:
+        raise FormatError("relative index width 0")
+    # Each entry advances the position by at least 1, the last to a kept weight.
+    entries = _v1_int(blob["entries"], "entries", size + 1)
+    values = huffman_decode(section("values"), _v1_int(blob["value_bits"], "value_bits"), entries,
+                            _v1_table(section("value_lengths"), codebook.size + 1))
+    gaps = huffman_decode(section("gaps"), _v1_int(blob["gap_bits"], "gap_bits"), entries,
+                          _v1_table(section("gap_lengths"), 1 << width))
     padding = values == codebook.size
     positions = positions_from_gaps(gaps, padding)
-    size = int(np.prod(blob["shape"]))
     if positions.size != blob["kept"] or (positions.size and positions[-1] >= size):
         raise FormatError("sparse indices do not fit the blob")
     out = np.zeros(size, dtype=np.float32)
     out[positions] = codebook[values[~padding]]
-    return out.reshape(blob["shape"])
+    return out.reshape(shape)
+
+
+def _v1_shape(blob):
+    shape = blob["shape"]
+    if not isinstance(shape, list) or len(shape) > MAX_AXES:
+        raise FormatError(f"a blob shape that is not a list of at most {MAX_AXES} axes")
+    return tuple(_v1_int(d, "shape") for d in shape)
 
 
 def _open_v1(buffer):
@@ -634,12 +763,37 @@ def _open_v1(buffer):
         raise FormatError("checksum mismatch: the file is truncated or corrupted")
     (head_len,) = struct.unpack_from("<I", data, len(MAGIC) + 2)
     start = len(MAGIC) + 6
-    header = json.loads(body[start:start + head_len].decode("utf-8"))
+    if start + head_len > len(body):
+        raise FormatError("the header runs past the end of the file")
+    try:
+        header = json.loads(body[start:start + head_len].decode("utf-8"))
+    except RecursionError:
+        raise FormatError("the header's JSON is nested too deeply") from None
+    if not isinstance(header, dict) or not isinstance(header.get("name", ""), str):
+        raise FormatError("the header is not a JSON object with a text name")
     payload = body[start + head_len:]
-    sections = [payload[offset:offset + length] for offset, length in header["sections"]]
-    layers = [(LayerParameter.FromString(sections[meta["param"]]), [_v1_blob(b, sections) for b in meta["blobs"]])
-              for meta in header["layers"]]
-    return header.get("name", ""), layers
+    sections = []
+    for entry in header["sections"]:
+        offset, length = (_v1_int(v, "sections") for v in entry)
+        if offset + length > len(payload):
+            raise FormatError(f"section {len(sections)} runs past the end of the file")
+        sections.append(payload[offset:offset + length])
+    metas = [(LayerParameter.FromString(sections[_v1_int(meta["param"], "param", len(sections))]), meta["blobs"])
+             for meta in header["layers"]]
+    layers = [(param, [(_V1_KINDS.get(blob["kind"], blob["kind"]), _v1_shape(blob)) for blob in blobs])
+              for param, blobs in metas]
+    _check_layers(layers)
+    decoded = []
+    for (param, blobs), (_, kinds) in zip(metas, layers):
+        arrays = []
+        for index, (blob, (_, shape)) in enumerate(zip(blobs, kinds)):
+            with _blob_context(param, index, shape):
+                arrays.append(_v1_blob(blob, sections, shape))
+        decoded.append((param, arrays))
+    return header.get("name", ""), decoded
+
+
+_V1_KINDS = {"raw": BLOB_FLOATS, "dc": BLOB_SHARED}
 
 
 # -- reading either version ----------------------------------------------------------

@@ -696,3 +696,67 @@ def test_version_0_and_short_files_are_named_as_such(tmp_path, cli):
         (tmp_path / "cut.dcz").write_bytes(data[:size])
         assert_one_line_error(cli("decompress", "cut.dcz", "-o", "x.caffemodel"), f"truncated: {size} bytes")
     assert not (tmp_path / "x.caffemodel").exists()
+
+
+def _fixed_stream(symbols, alphabet, chunk_bits=None, sync=None):
+    """A stage 1 stream (plain w-bit codes; ``alphabet`` a power of two) with
+    the chunk-size byte and sync points given, right or not."""
+    width = alphabet.bit_length() - 1
+    data = np.packbits(((np.asarray(symbols)[:, None] >> np.arange(width - 1, -1, -1)) & 1).astype(np.uint8))
+    head = bytes([1]) + (bytes([chunk_bits]) if chunk_bits is not None else b"")
+    return head + (sync or b"") + data.tobytes()
+
+
+def test_sizes_are_checked_before_anything_is_allocated(tmp_path, cli):
+    """A few bytes of constant streams can declare any number of values:
+    4 TiB of shared weights, 256 GiB of floats. Refused in one line from the
+    header, as is a sync-point width no chunk needs (70 overflowed)."""
+    const = bytes([0, 0])  # a constant stream of symbol 0
+    cases = {
+        "shared.dcz": ([(_ip(), [(BLOB_SHARED, (1 << 20, 1 << 20))])], bytes([1, 0, 0, 0, 0]) + const * 2),
+        "floats.dcz": ([(_ip(), [(BLOB_FLOATS, (1 << 36,))])], bytes([1]) + const * 4),
+    }
+    for name, (layers, payload) in cases.items():
+        _v2_file(tmp_path / name, layers, payload)
+        assert_one_line_error(cli("decompress", name, "-o", "x.caffemodel"), "2 GiB of float32")
+    # 9000 bytes in chunks of 2^12: two sync points of 70 bits each.
+    plane = _fixed_stream(np.zeros(9000, np.int64), 256, 12, bytes([70]) + bytes(18))
+    _v2_file(tmp_path / "sync.dcz", [(_ip(), [(BLOB_FLOATS, (9000,))])], bytes([1]) + plane + const * 3)
+    assert_one_line_error(cli("decompress", "sync.dcz", "-o", "x.caffemodel"),
+                          "layer 'fc' blob 0: sync-point width 70 is outside 1..17")
+    with pytest.raises(FormatError, match="100 symbols cannot fit in 1 bytes"):
+        decode_stream(b"\0", 100, np.array([1, 1]), 8192, [0])
+    assert not (tmp_path / "x.caffemodel").exists()
+
+
+def test_version_1_sizes_and_nesting_are_checked(tmp_path, cli):
+    param = _ip().SerializeToString()
+    head = b'{"format":"caffedsd-dcz","sections":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    body = MAGIC + struct.pack("<HI", 1, len(head)) + head
+    (tmp_path / "deep.dcz").write_bytes(body + hashlib.sha256(body).digest())
+    assert_one_line_error(cli("decompress", "deep.dcz", "-o", "x.caffemodel"), "nested too deeply")
+    huge = {"format": "caffedsd-dcz", "name": "n", "layers": [
+        {"name": "fc", "param": 0, "blobs": [{"kind": "raw", "shape": [1 << 20, 1 << 20], "data": 1}]}]}
+    (tmp_path / "huge.dcz").write_bytes(_v1_pack(huge, [param, b""]))
+    assert_one_line_error(cli("decompress", "huge.dcz", "-o", "x.caffemodel"), "2 GiB of float32")
+    lying = {"format": "caffedsd-dcz", "name": "n", "layers": [{"name": "fc", "param": 0, "blobs": [
+        {"kind": "dc", "shape": [4], "index_bits": 2, "entries": 1, "kept": 1, "codebook": 1, "values": 2,
+         "value_bits": 1 << 40, "gaps": 2, "gap_bits": 1, "value_lengths": 3, "gap_lengths": 4}]}]}
+    sections = [param, np.float32([0.5]).tobytes(), b"\0", zlib.compress(bytes([1, 1])),
+                zlib.compress(bytes([2, 2, 2, 2]))]
+    (tmp_path / "bits.dcz").write_bytes(_v1_pack(lying, sections))
+    assert_one_line_error(cli("decompress", "bits.dcz", "-o", "x.caffemodel"),
+                          f"layer 'fc' blob 0: 1 symbols in {1 << 40} bits of a 1-byte stream")
+    assert not (tmp_path / "x.caffemodel").exists()
+
+
+def test_compress_refuses_a_model_past_the_readers_limits(tmp_path, cli, monkeypatch):
+    import caffedsd.dcz as dcz
+
+    new_caffemodel(tmp_path / "m.caffemodel", [(_ip(), [np.ones((4, 4), np.float32), np.ones(4, np.float32)])])
+    monkeypatch.setattr(dcz, "MAX_VALUES", 19)
+    assert_one_line_error(cli("compress", "-w", "m.caffemodel", "-o", "m.dcz"), "its blobs hold 20 values, over the 19")
+    assert not (tmp_path / "m.dcz").exists()
+    monkeypatch.setattr(dcz, "MAX_VALUES", 20)
+    assert cli("compress", "-w", "m.caffemodel", "-o", "m.dcz").exit_code == 0
+    assert cli("decompress", "m.dcz", "-o", "back.caffemodel").exit_code == 0
