@@ -375,7 +375,7 @@ def huffman_decode(data, bit_count, count, lengths):
     # Every symbol takes a bit or more: checked before anything is allocated.
     if not count <= bit_count <= 8 * len(data):
         raise FormatError(f"{count} symbols in {bit_count} bits of a {len(data)}-byte stream")
-    table_symbol, table_length, width = decoding_table(lengths, V1_MAX_CODE_BITS)
+    table_symbol, table_length, width = decoding_table(lengths, V1_MAX_CODE_BITS, complete=False)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:bit_count]
     padded = np.concatenate([bits, np.zeros(width, dtype=np.uint8)]).astype(np.int64)
     # The value of the ``width`` bits starting at every position.
@@ -399,18 +399,25 @@ def huffman_decode(data, bit_count, count, lengths):
     return out
 
 
-def decoding_table(lengths, max_bits=MAX_CODE_BITS):
+def decoding_table(lengths, max_bits=MAX_CODE_BITS, complete=True):
     """(symbol, length) per value of the next ``width`` bits, and ``width``.
-    Entries no code starts with have length 0."""
+    With ``complete``, code lengths that leave a bit pattern no symbol's
+    code starts with are refused, so every window decodes to a symbol and
+    ``decode_stream`` needs no check per symbol. Otherwise (version 1, whose
+    one-symbol streams have a 1-bit code) such entries have length 0."""
     lengths = np.asarray(lengths, dtype=np.int64)
     width = int(lengths.max(initial=0))
-    if not 1 <= width <= max_bits:
-        raise FormatError(f"Huffman code lengths up to {width} bits (1..{max_bits} allowed)")
+    if not width:
+        raise FormatError("Huffman code with no symbols")
+    if width > max_bits:
+        raise FormatError(f"Huffman code lengths up to {width} bits (at most {max_bits})")
     order = canonical_order(lengths)
     spans = np.left_shift(1, width - lengths[order])
     filled = int(spans.sum())
     if filled > 1 << width:
         raise FormatError("Huffman code lengths are not a prefix code")
+    if complete and filled < 1 << width:
+        raise FormatError("Huffman code lengths leave bit patterns that are no symbol's code (an incomplete code)")
     table_symbol = np.zeros(1 << width, dtype=label_dtype(lengths.size))
     table_length = np.zeros(1 << width, dtype=np.uint8)
     table_symbol[:filled] = np.repeat(order, spans)

@@ -285,10 +285,8 @@ def read_stream(reader, alphabet, count):
         data = bytes(reader.take((count * int(lengths[0]) + 7) // 8))
     else:
         data = bytes(reader.take(reader.varint()))
-    symbols = decode_stream(data, count, lengths, chunk, offsets)
-    if symbols.size and int(symbols.max()) >= alphabet:
-        raise FormatError("stream symbol outside the alphabet")
-    return symbols
+    # The table has ``alphabet`` lengths, so every symbol decoded is below it.
+    return decode_stream(data, count, lengths, chunk, offsets)
 
 
 def _write_whole(symbols, plan):

@@ -760,3 +760,27 @@ def test_compress_refuses_a_model_past_the_readers_limits(tmp_path, cli, monkeyp
     monkeypatch.setattr(dcz, "MAX_VALUES", 20)
     assert cli("compress", "-w", "m.caffemodel", "-o", "m.dcz").exit_code == 0
     assert cli("decompress", "m.dcz", "-o", "back.caffemodel").exit_code == 0
+
+
+def _shared(shape_size, width, kept, pads, codebook, values, gaps):
+    """A shared blob's payload from its streams, as given."""
+    return (bytes([width]) + encode_varint(kept) + encode_varint(pads) + encode_varint(len(codebook))
+            + encode_floats(np.float32(codebook)) + values + gaps)
+
+
+def test_a_code_no_symbol_has_is_refused(tmp_path, cli):
+    """Code lengths [1, 2, 0] leave the pattern 11 to no symbol. It decoded
+    as symbol 0 without moving on: '0 11 11' gave three weights of -1.0."""
+    values = bytes([6, 0b01100000]) + encode_varint(1) + bytes([0b01100000])  # lengths in 2 bits: 01 10 00
+    payload = _shared(16, 4, 3, 0, [-1, 0.5, 2], values, _fixed_stream([0, 4, 9], 16))
+    _v2_file(tmp_path / "bad.dcz", [(_ip(), [(BLOB_SHARED, (4, 4))])], payload)
+    assert_one_line_error(cli("decompress", "bad.dcz", "-o", "x.caffemodel"),
+                          "layer 'fc' blob 0: Huffman code lengths leave bit patterns that are no symbol's code")
+    assert not (tmp_path / "x.caffemodel").exists()
+    # The same blob with a complete code (lengths 1, 2, 2) decodes: '0 11 10' = -1, 2, 0.5.
+    values = bytes([6, 0b01101000]) + encode_varint(1) + bytes([0b01110000])
+    _v2_file(tmp_path / "good.dcz", [(_ip(), [(BLOB_SHARED, (4, 4))])],
+             _shared(16, 4, 3, 0, [-1, 0.5, 2], values, _fixed_stream([0, 4, 9], 16)))
+    assert cli("decompress", "good.dcz", "-o", "good.caffemodel").exit_code == 0
+    back = read_caffemodel(tmp_path / "good.caffemodel").layer("fc").blobs[0].data.reshape(-1)
+    assert back[[0, 5, 15]].tolist() == [-1.0, 2.0, 0.5] and np.count_nonzero(back) == 3
