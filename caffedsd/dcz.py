@@ -262,12 +262,18 @@ def read_stream(reader, alphabet, count):
             raise FormatError("constant stream symbol outside the alphabet")
         # A read-only view: these few bytes can stand for any number of symbols.
         return np.broadcast_to(np.array(symbol, dtype=label_dtype(max(alphabet, 1))), (count,))
+    if mode == STREAM_HUFFMAN_PACKED:
+        raise FormatError("stream stage 4 (code lengths of 0 bits) is not valid")
+    if mode > STREAM_HUFFMAN_PACKED + 5:
+        raise FormatError(f"unknown stream stage {mode}")
+    # One symbol or none needs no code: such a stream is a constant.
+    if alphabet < 2:
+        raise FormatError(f"a stream over {alphabet} symbol{'s' if alphabet != 1 else ''} in stage {mode}, "
+                          "not 0 (constant)")
     if mode == STREAM_FIXED:
         lengths = uniform_lengths(alphabet)
-    elif STREAM_HUFFMAN_DEFLATED <= mode <= STREAM_HUFFMAN_PACKED + 5:
-        lengths = _read_lengths_table(reader, mode, alphabet)
     else:
-        raise FormatError(f"unknown stream mode {mode}")
+        lengths = _read_lengths_table(reader, mode, alphabet)
     chunk_bits = reader.byte() if count > 1 << MIN_CHUNK_BITS else MIN_CHUNK_BITS
     if chunk_bits > MAX_CHUNK_BITS:
         raise FormatError(f"chunk size 2^{chunk_bits} is over 2^{MAX_CHUNK_BITS}")

@@ -784,3 +784,17 @@ def test_a_code_no_symbol_has_is_refused(tmp_path, cli):
     assert cli("decompress", "good.dcz", "-o", "good.caffemodel").exit_code == 0
     back = read_caffemodel(tmp_path / "good.caffemodel").layer("fc").blobs[0].data.reshape(-1)
     assert back[[0, 5, 15]].tolist() == [-1.0, 2.0, 0.5] and np.count_nonzero(back) == 3
+
+
+def test_stage_4_and_codes_over_one_symbol_are_named():
+    from caffedsd.dcz import read_stream
+
+    with pytest.raises(FormatError, match=r"stream stage 4 \(code lengths of 0 bits\) is not valid"):
+        read_stream(Reader(bytes([4, 0, 0])), 3, 2)  # said: code lengths up to 0 bits (1..20 allowed)
+    for stage in (1, 2, 3, 5):
+        with pytest.raises(FormatError, match=f"a stream over 1 symbol in stage {stage}, not 0"):
+            read_stream(Reader(bytes([stage, 0, 0, 0])), 1, 5)
+    assert read_stream(Reader(bytes([0, 0])), 1, 5).tolist() == [0] * 5
+    assert read_stream(Reader(bytes([0, 0])), 0, 0).tolist() == []
+    with pytest.raises(FormatError, match="outside the alphabet"):
+        read_stream(Reader(bytes([0, 0])), 0, 5)  # 5 symbols of an empty alphabet
