@@ -5,11 +5,12 @@ weights; ``apply_mask`` is the separate step. A ``previous`` mask is honoured
 so that masks only shrink: what was pruned stays pruned.
 
 Criteria (registry ``CRITERIA``):
-  keepmax  prune exactly round(amount * n) weights, smallest |w| first
-           (Keepmax-Cut of the DSD paper); ties go to the lower flat index.
+  keepmax  prune exactly round(amount * n) weights (at most n - 1: an
+           amount is below 1), smallest |w| first (Keepmax-Cut of the DSD
+           paper); ties go to the lower flat index.
   std      prune |w| < amount * std(w) over the still-kept weights
            (Han et al. 2015); ``amount`` is that multiplier s >= 0.
-  random   prune exactly round(amount * n) weights chosen at random
+  random   prune as many weights as keepmax, chosen at random
            (Random-Cut, the paper's baseline); seeded.
 """
 import hashlib
@@ -40,7 +41,9 @@ def iter_chunks(*arrays):
 
 
 def _target_count(n, sparsity, previous_pruned):
-    return max(int(round(sparsity * n)), previous_pruned)
+    # An amount below 1 keeps a weight: round(0.999 * 500) = 500 would have
+    # emptied a layer nobody asked to empty.
+    return max(min(int(round(sparsity * n)), n - 1), previous_pruned)
 
 
 def _prune_lowest(scores_of, size, count, keep):

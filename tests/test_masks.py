@@ -19,7 +19,9 @@ def test_keepmax_breaks_ties_by_lower_index():
 
 def test_keepmax_zero_and_nearly_all():
     assert compute_mask(W, "keepmax", 0.0).all()
-    assert compute_mask(W, "keepmax", 0.99).tolist() == [False] * 6  # round(5.94) = 6
+    # round(5.94) = 6, but an amount below 1 keeps one weight: the largest.
+    assert compute_mask(W, "keepmax", 0.99).tolist() == [True] + [False] * 5
+    assert compute_mask(W, "random", 0.99, rng=np.random.default_rng(1)).sum() == 1
 
 
 def test_keepmax_keeps_shape():
