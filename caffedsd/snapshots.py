@@ -20,6 +20,7 @@ from pathlib import Path
 from .atomic import atomic_paths, check_room, temporary_folder
 from .caffe_proto import SolverParameter
 from .errors import InputError
+from .maskfile import atomic_unmasked_path
 from .netcheck import built_layers, layer_names_with_splits, solver_state
 from .solverstate import set_learned_net
 
@@ -142,9 +143,10 @@ class SolverSnapshots:
         try:
             solver.snapshot()
             set_learned_net(made[1], os.fsencode(model))
-            # atomic_paths renames in the reverse order: the model first, so
-            # that no state names a model not yet in place.
-            with atomic_paths(state, model) as (state_tmp, model_tmp):
+            # The model is renamed first (the inner block), so that no state
+            # names a model not yet in place; the masks of a model it
+            # replaces go with it.
+            with atomic_paths(state) as (state_tmp,), atomic_unmasked_path(model) as model_tmp:
                 os.replace(made[0], model_tmp)
                 os.replace(made[1], state_tmp)
         finally:

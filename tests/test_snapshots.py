@@ -64,6 +64,20 @@ def test_a_snapshot_is_the_pair_caffe_writes(caffe, tmp_path, snapshot_format):
     np.testing.assert_array_equal(again.net.params["conv1"][0].data, solver.net.params["conv1"][0].data)
 
 
+def test_a_snapshot_takes_away_the_masks_of_the_model_it_replaces(caffe, tmp_path):
+    spec = read_solver(write_solver(tmp_path, snapshot=1))
+    (tmp_path / "snap_iter_1.caffemodel").write_bytes(b"a pruned model")
+    masks = tmp_path / "snap_iter_1.masks.h5"
+    masks.write_bytes(b"its masks")
+    (tmp_path / "work").mkdir()
+    with SolverSnapshots(spec) as snapshots:
+        solver, _ = open_solver(spec, tmp_path / "work", snapshot_prefix=snapshots.solver_prefix, snapshot=0)
+        solver.step(1)
+        snapshots.write(solver, snapshot_bytes(spec, solver.net))
+    assert not masks.exists()  # else prune, verify and compress would take them for the snapshot's
+    assert read_caffemodel(tmp_path / "snap_iter_1.caffemodel").layer("conv1").blobs[0].data.size == 72
+
+
 # One InnerProduct of 4096 x 4096: a snapshot writes 2 x 64 MiB, long enough
 # to be caught in the middle.
 BIG_NET = """
