@@ -9,7 +9,9 @@ The TEST batches are read once and replayed for every point when they fit
 in memory (``cache_limit``), so every point, and the sparsity-0 baseline,
 sees exactly the batches a fresh ``caffe test --iterations N`` sees. When
 they do not fit, the data layers run for every point ("streamed" data), and
-points see the same batches only if N batches cover whole epochs.
+points see the same batches only if N batches cover whole epochs: every
+streamed pass checks the digest of the examples it read, and one that read
+others (a random TEST layer, N batches that are not whole epochs) is refused.
 
 A scan folder keeps finished points in points.jsonl; an interrupted scan
 resumes without running them again, provided its net file, weights and the
@@ -19,7 +21,8 @@ prototxt names only). A scan of other layers or sparsities, measured the
 same way (also the same criterion, seed and iterations), may take the
 folder over with --force and reuse its points.
 ``--jobs K`` runs K worker processes, each with its own Net, over disjoint
-sets of layers.
+sets of layers; each reads the TEST batches itself, and measures only if
+their digest is the scan's (a TEST layer that draws at random is refused).
 """
 import ctypes
 import functools
@@ -119,19 +122,27 @@ def examples_sha256(batches):
     the same examples read in another order give the same digest; a changed
     value, or a label moved to another image, does not. A batch whose tops
     disagree on their first axis is hashed whole, as one example."""
+    return _combined([digest for batch in batches for digest in _example_digests(batch)])
+
+
+def _example_digests(batch):
+    """examples_sha256's digest of each example in one batch."""
+    tops = sorted(batch)
+    sizes = {batch[top].shape[0] if batch[top].ndim else None for top in tops}
+    items = [{top: batch[top] for top in tops}]
+    if len(sizes) == 1 and None not in sizes:
+        items = [{top: batch[top][i] for top in tops} for i in range(sizes.pop())]
     digests = []
-    for batch in batches:
-        tops = sorted(batch)
-        sizes = {batch[top].shape[0] if batch[top].ndim else None for top in tops}
-        items = [{top: batch[top] for top in tops}]
-        if len(sizes) == 1 and None not in sizes:
-            items = [{top: batch[top][i] for top in tops} for i in range(sizes.pop())]
-        for item in items:
-            digest = hashlib.sha256()
-            for top, value in item.items():
-                digest.update(f"{top}{value.shape}{value.dtype.str}".encode())
-                digest.update(np.ascontiguousarray(value).tobytes())
-            digests.append(digest.digest())
+    for item in items:
+        digest = hashlib.sha256()
+        for top, value in item.items():
+            digest.update(f"{top}{value.shape}{value.dtype.str}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        digests.append(digest.digest())
+    return digests
+
+
+def _combined(digests):
     return hashlib.sha256(b"".join(sorted(digests))).hexdigest()
 
 
@@ -171,12 +182,18 @@ def scan_data_sha256(model_path, iterations, gpu=None):
 
 
 class Evaluator:
-    """A TEST-phase pycaffe Net with its N batches, and the one layer touched."""
+    """A TEST-phase pycaffe Net with its N batches, and the one layer touched.
 
-    def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT, sha256=None):
+    ``data_sha256``: the examples_sha256 its batches must have (a --jobs
+    worker's: the scan's); None: the batches it reads first. ``self.data_sha256``
+    is then theirs, or None when the data layers cannot be run apart."""
+
+    def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT, sha256=None,
+                 data_sha256=None):
         from .caffe_env import import_caffe
 
         caffe = import_caffe(gpu)
+        self.model_path = model_path
         self.iterations = iterations
         self.net = caffe.Net(str(model_path), caffe.TEST)
         check_blob_shapes(self.net, read_caffemodel(weights_path), model_path)
@@ -189,27 +206,68 @@ class Evaluator:
                              "start); run again once the file stays as it is")
         self.outputs = list(self.net.outputs)
         data_layers = _data_layers(self.net)
-        self.batches = None
+        self.batches, self.tops, self.data_sha256 = None, None, data_sha256
         if data_layers is not None:
-            self.start, tops = data_layers
-            size = sum(self.net.blobs[t].data.nbytes for t in tops) * iterations
+            self.start, self.tops = data_layers
+            names = list(self.net._layer_names)
+            self.data_layer_names = names[:names.index(self.start)]
+            size = sum(self.net.blobs[t].data.nbytes for t in self.tops) * iterations
             if size <= cache_limit:
                 self.batches = list(_read_batches(self.net, data_layers, iterations))
+                digest = examples_sha256(self.batches)
+                # A worker's Net reads the data anew: a layer that draws at
+                # random (DummyData's fillers, mirror, shuffle) gives it other
+                # batches than the baseline's, and every drop it measured
+                # would be partly the data's.
+                if data_sha256 is not None and digest != data_sha256:
+                    raise InputError(f"{model_path}: {self._data_layers_text()} gave other examples when a --jobs "
+                                     f"worker read its {iterations} batches again (random fillers, mirror or "
+                                     "shuffle, or data rewritten meanwhile), so its points would not be measured "
+                                     "on the baseline's batches; use --jobs 1, or TEST data that reads the same "
+                                     "every time")
+                self.data_sha256 = digest
         self.data_mode = "cached" if self.batches is not None else "streamed"
+
+    def _data_layers_text(self):
+        names = ", ".join(f"'{name}'" for name in self.data_layer_names)
+        return f"TEST data layer{'s' if len(self.data_layer_names) > 1 else ''} {names}"
 
     def run(self):
         """{output: mean over the N batches}, as `caffe test` reports them."""
         sums = {name: 0.0 for name in self.outputs}
+        digests = []
         for i in range(self.iterations):
             if self.batches is not None:
                 for top, value in self.batches[i].items():
                     self.net.blobs[top].data[...] = value
                 out = self.net.forward(start=self.start)
+            elif self.tops is not None:
+                # In two halves, as the cached batches run: the digest is of
+                # what the data layers gave, before an in-place layer on
+                # their tops changes it.
+                names = list(self.net._layer_names)
+                self.net.forward(end=names[names.index(self.start) - 1])
+                digests += _example_digests({top: self.net.blobs[top].data for top in self.tops})
+                out = self.net.forward(start=self.start)
             else:
                 out = self.net.forward()
             for name in self.outputs:
                 sums[name] += float(np.mean(out[name]))
+        if digests:
+            self._check_streamed(_combined(digests))
         return {name: total / self.iterations for name, total in sums.items()}
+
+    def _check_streamed(self, digest):
+        """Streamed batches are read anew every pass: a pass that read other
+        examples than the first (or than the scan's digest) measured
+        something else, and is refused rather than returned."""
+        if self.data_sha256 is None:
+            self.data_sha256 = digest
+        elif digest != self.data_sha256:
+            raise InputError(f"{self.model_path}: its {self.iterations} TEST batches do not fit in memory and are "
+                             f"read anew for every pass, and {self._data_layers_text()} gave other examples than "
+                             "the first time (random fillers, mirror or shuffle, or batches that are not whole "
+                             "epochs); give -n covering whole epochs, or TEST data that reads the same every time")
 
     def weights(self, layer):
         return self.net.params[layer][0].data
@@ -259,7 +317,7 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
         evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit,
-                              config.weights_sha256)
+                              config.weights_sha256, config.data_sha256)
         _measure(evaluator, config, points, lambda record: results.put(("point", record)))
         results.put(("done", None))
     except CaffeDsdError as exc:  # the parent raises it with the same message
@@ -316,13 +374,24 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         raise InputError(f"--iterations {iterations}: must be 1 or more")
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: must be 1 or more")
-    check_net_runs(net, model_path, gpu)  # last: it builds the net in a child process
+    check_net_runs(net, model_path, gpu)  # before any Net is built: it builds the net in a child process
+    evaluator, data_sha256 = None, None
+    if jobs == 1:
+        # The scan's one Net measures every point on the batches it keeps:
+        # they are the ones to take the digest of. A TEST layer that draws at
+        # random reads other batches in another Net, a scan's digest read
+        # included, and then the folder would name examples never measured.
+        evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit, model.sha256())
+        data_sha256 = evaluator.data_sha256 if evaluator.batches is not None else None
+    if data_sha256 is None:
+        data_sha256 = scan_data_sha256(model_path, iterations, gpu)
     # Absolute paths: `plan --verify` rebuilds this net from another folder.
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
                         tuple(sparsities), criterion, iterations, seed,
-                        file_sha256(model_path),
-                        scan_data_sha256(model_path, iterations, gpu))
+                        file_sha256(model_path), data_sha256)
+    if evaluator is not None:
+        evaluator.data_sha256 = data_sha256  # a streamed pass must read what the digest read
     folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
     takeover = functools.partial(_take_over, config=config, force=force, notify=notify)
     with folder.open({"format": FORMAT, "config": config.key()}, takeover=takeover):  # held until written
@@ -338,12 +407,11 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                 callback(point, total)
 
         try:
-            if todo and jobs == 1:
-                _measure(Evaluator(model_path, weights_path, iterations, gpu, cache_limit, config.weights_sha256),
-                         config, todo, record)
+            if todo and evaluator is not None:
+                _measure(evaluator, config, todo, record)
             elif todo:
                 _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
-        except CaffeDsdError:  # bad input found once the folder existed (the weights' shapes)
+        except CaffeDsdError:  # bad input found once the folder existed (a worker's: the weights' shapes, data)
             if not done:
                 folder.abandon()
             raise
@@ -376,8 +444,8 @@ def _take_over(folder, found, config, force, notify):
                              "measure the rest")
         if measured_alike(found, config, apart_from=("data_sha256",)):
             raise InputError(f"{folder.path}: its points were measured on other examples than the TEST data "
-                             f"of {config.model} gives now (rewritten data, or a TEST layer that shuffles); "
-                             "give a new -o, or --force to start it over")
+                             f"of {config.model} gives now (rewritten data, or a TEST layer that shuffles or "
+                             "draws at random); give a new -o, or --force to start it over")
         raise InputError(f"{folder.path}: made by a different model, weights or settings; give a new -o, or "
                          "--force to start it over (none of its points is measured as this scan measures)")
     if not alike:

@@ -574,3 +574,46 @@ def test_an_evaluator_refuses_weights_that_changed_since_the_digest(lenet, tmp_p
     os.mkfifo(tmp_path / "fifo.json")
     assert_one_line_error(cli("plan", "--sensitivity", tmp_path / "fifo.json", "--max-drop", 1, "-o", "p.yaml"),
                           "fifo.json: not a regular file (a folder, device or pipe)")
+
+
+# A TEST layer that draws new examples every read; "quiet" feeds only a
+# Silence layer, so pruning it cannot change the loss.
+RANDOM_TEST_NET = """
+name: "random"
+layer { name: "draw" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "quiet" type: "InnerProduct" bottom: "data" top: "quiet" inner_product_param { num_output: 2 } }
+layer { name: "sil" type: "Silence" bottom: "quiet" }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_points_are_measured_on_the_baselines_batches_whatever_the_jobs(caffe, tmp_path, cli):
+    """--jobs 1 keeps the batches it read and measures every point on them;
+    --jobs 2 workers read their own, which a random TEST layer makes others
+    than the baseline's (a fake drop of "quiet"): refused, no folder left.
+    Batches read anew per point (streamed) are checked the same way."""
+    from conftest import save_net
+
+    from caffedsd.errors import InputError
+
+    proto, weights = save_net(caffe, tmp_path, RANDOM_TEST_NET)
+    base = ("sensitivity", "-p", proto, "-w", weights, "-n", 3, "--sparsities", "0.5")
+    result = cli(*base, "-o", "one")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "one" / "sensitivity.json").read_text())
+    assert data["data"] == "cached" and data["data_sha256"] is not None
+    quiet = data["layers"][0]
+    assert quiet["layer"] == "quiet" and quiet["points"][0]["metrics"] == data["baseline"]
+    # Another read draws other examples: the folder is not continued with them.
+    assert_one_line_error(cli(*base, "-o", "one"), "one: its points were measured on other examples than the "
+                          "TEST data of ")
+    assert_one_line_error(cli(*base, "-j", 2, "-o", "two"), "net.prototxt: TEST data layer 'draw' gave other "
+                          "examples when a --jobs worker read its 3 batches again")
+    assert not (tmp_path / "two").exists()
+    with pytest.raises(InputError, match="do not fit in memory and are read anew for every pass, and TEST data "
+                                         "layer 'draw' gave other examples than the first time"):
+        scan(proto, weights, tmp_path / "streamed", sparsities=(0.5,), iterations=3, cache_limit=0)
+    assert not (tmp_path / "streamed").exists()
