@@ -10,8 +10,9 @@ loss units for a loss. Drops of layers are predicted to add up.
 - ``by_target``: reach a sparsity over all prunable weights with the
   smallest predicted total drop. Greedy, on each layer's lower convex hull
   of (weights pruned, drop): repeatedly take the step that costs the least
-  drop per pruned weight. Exact when the curves are convex; otherwise a
-  good, not always optimal, choice.
+  drop per pruned weight; the last step only as far as the target needs.
+  Exact when the curves are convex; otherwise a good, not always optimal,
+  choice.
 - ``back_off``: the closed loop of ``plan --verify``. Measure the whole
   pruned net; when its drop exceeds the budget, bisect the path of plans
   that steps, one at a time, the layer costing most per unit of its sparsity
@@ -135,11 +136,11 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
     if max_drop is not None:
         check_budget("--max-drop", max_drop)
     needed = target * prunable_params
-    hulls, spars = {}, {}
+    hulls, spars, options = {}, {}, {}
     for layer, (params, points) in curve_data.items():
         allowed = [(s, d) for s, d in points if max_drop is None or within(d, max_drop)]
-        options = [(0.0, 0.0)] + [(s * params, d) for s, d in allowed]
-        hulls[layer] = _hull(options)
+        options[layer] = [(0.0, 0.0)] + [(s * params, d) for s, d in allowed]
+        hulls[layer] = _hull(options[layer])
         spars[layer] = {s * params: s for s, _ in allowed}
     reachable = sum(h[-1][0] for h in hulls.values())
     if reachable < needed - 1e-9:
@@ -157,16 +158,28 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
 
     for layer in hulls:
         push(layer)
-    pruned = 0.0
+    pruned, last = 0.0, None
     while pruned < needed - 1e-9 and heap:
         _, layer = heapq.heappop(heap)
         hull = hulls[layer]
+        last = (layer, pruned)
         pruned += hull[position[layer] + 1][0] - hull[position[layer]][0]
         position[layer] += 1
         push(layer)
+    chosen = {layer: hulls[layer][position[layer]] for layer in hulls}
+    if last is not None:
+        # Only the last step can overshoot the target, and a hull step may
+        # span several measured points: merged where they lie on a line (a
+        # flat curve, every drop 0, is one step from 0 to 0.9, and a target
+        # of half pruned 0.9), dropped where above it. The least sparsity
+        # past the target at no more drop than the step's end is taken.
+        layer, before = last
+        (x1, _), (x2, y2) = hulls[layer][position[layer] - 1], chosen[layer]
+        chosen[layer] = min((x, y) for x, y in options[layer]
+                            if x1 + (needed - before) - 1e-9 <= x <= x2 and y <= y2)
     choices = []
     for layer, (params, _) in curve_data.items():
-        x, cost = hulls[layer][position[layer]]
+        x, cost = chosen[layer]
         choices.append(Choice(layer, params, spars[layer].get(x, 0.0), cost))
     return choices
 

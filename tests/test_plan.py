@@ -180,6 +180,41 @@ def test_nan_budgets_are_refused():
             call()
 
 
+def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
+    """Every drop 0: each layer's hull is one step, 0 to 0.9. Ties go by
+    name: a (100 weights) to 0.9 = 90; then b (300) needs 110 more of the
+    200 (0.5 of 400), and its step stops at the first measured sparsity
+    that prunes them: 0.4 = 120, overall 210 / 400 = 0.525 (not 0.9)."""
+    from caffedsd.plan_from_scan import by_target, make_plan
+
+    flat = [(s / 10, 0.0) for s in range(1, 10)]
+    choices = by_target({"a": (100, flat), "b": (300, flat)}, 400, 0.5)
+    assert [(c.layer, c.sparsity, c.drop) for c in choices] == [("a", 0.9, 0.0), ("b", 0.4, 0.0)]
+    scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
+            "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
+            "fingerprint": "f", "prunable_params": 400, "seed": 0, "data_sha256": None,
+            "layers": [{"layer": name, "params": params,
+                        "points": [{"sparsity": s, "metrics": {"accuracy": 0.8}} for s, _ in flat]}
+                       for name, params in (("a", 100), ("b", 300))]}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
+    result = make_plan(tmp_path / "sensitivity.json", tmp_path / "plan.yaml", target=0.5)
+    assert result.overall == pytest.approx(0.525)
+    assert load_plan(tmp_path / "plan.yaml").rules == (Rule("a", 0.9), Rule("b", 0.4))
+
+
+def test_a_targets_last_step_goes_only_as_far_as_needed():
+    """Points (weights pruned, drop) (0, 0), (1, 1.5), (2, 2): (1, 1.5) lies
+    above the chord to (2, 2) and is off the hull. A target of 1 weight of
+    10 stepped to 2 (drop 2); 1 reaches it at less drop (1.5). A point past
+    the target that costs more than the step's end is not taken."""
+    from caffedsd.plan_from_scan import by_target
+
+    (choice,) = by_target({"a": (10, [(0.1, 1.5), (0.2, 2.0)])}, 10, 0.1)
+    assert (choice.sparsity, choice.drop) == (0.1, 1.5)
+    (choice,) = by_target({"a": (10, [(0.1, 3.0), (0.2, 2.0)])}, 10, 0.1)
+    assert (choice.sparsity, choice.drop) == (0.2, 2.0)
+
+
 def test_a_random_plans_seed_travels_with_it(tmp_path):
     """The random criterion's masks, and what was verified of them, are
     those of one seed: the plan keeps it, and another --seed drops the
