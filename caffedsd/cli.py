@@ -3,6 +3,7 @@
 Library errors (caffedsd.errors) become a one-line message and their exit
 status here, in ``_Group.invoke``, and nowhere else.
 """
+import inspect
 import os
 import sys
 import time
@@ -14,7 +15,24 @@ from . import report
 from .errors import CaffeDsdError, Diverged, InputError
 
 
-class _Group(click.Group):
+class _ExampleLast:
+    """Help that ends with the command's example: the docstring's closing
+    "Example(s):" paragraph goes after the options (click's epilog)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        text, marker, example = inspect.cleandoc(self.help or "").rpartition("\b\nExample")
+        if marker and not self.epilog:
+            self.help, self.epilog = text.rstrip(), marker + example
+
+
+class _Command(_ExampleLast, click.Command):
+    pass
+
+
+class _Group(_ExampleLast, click.Group):
+    command_class = _Command
+    group_class = type  # a subgroup (data) is a _Group too
     # Set by the `caffedsd` program (program()), not where the group runs
     # inside another process (the tests' CliRunner).
     exits_at_once = False
@@ -223,7 +241,12 @@ def _sparsity_options(func):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="caffedsd")
 def main():
-    """Dense-Sparse-Dense training and pruning for stock BVLC Caffe models."""
+    """Dense-Sparse-Dense training and pruning for stock BVLC Caffe models.
+
+    \b
+    Example:
+      caffedsd dsd --recipe recipes/lenet_dsd.yaml -o work/demo
+    """
 
 
 @main.command()
@@ -747,7 +770,7 @@ def train_quantized(solver, weights, masks, bits, iterations, test_iterations, t
     click.echo(f"wrote {output} after {result.iterations} iterations")
 
 
-@main.group(cls=_Group)
+@main.group()
 def data():
     """Prepare data sets for Caffe.
 

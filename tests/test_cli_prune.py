@@ -237,3 +237,22 @@ def test_net_without_prunable_layer(caffe, tmp_path, cli):
                           'input_param { shape { dim: 1 dim: 3 dim: 2 dim: 2 } } }\n'
                           'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "data" }\n')
     _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o", "o.caffemodel", expect="no prunable layer")
+
+
+def _commands(group, path=()):
+    import click
+
+    yield path
+    if isinstance(group, click.Group):
+        for name, command in group.commands.items():
+            yield from _commands(command, path + (name,))
+
+
+def test_every_help_ends_with_an_example(cli):
+    from caffedsd.cli import main
+
+    for path in _commands(main):
+        result = cli(*path, "--help")
+        assert result.exit_code == 0, result.output
+        last = result.output.rstrip().splitlines()[-1].strip()
+        assert last.startswith("caffedsd " + " ".join(path)), (path, result.output[-300:])
