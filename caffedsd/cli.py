@@ -666,10 +666,10 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
     Example:
       caffedsd decompose -p train_val.prototxt --deploy deploy.prototxt -w lowrank.caffemodel --energy 0.95 -o lowrank
     """
-    from .lowrank import parse_rank, write_decomposition
+    from .lowrank import parse_ranks, write_decomposition
 
     rows, skipped, names = write_decomposition(
-        model, deploy, weights, output, energy=energy, ranks=dict(parse_rank(r) for r in ranks),
+        model, deploy, weights, output, energy=energy, ranks=parse_ranks(ranks),
         layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers, force=force)
     if rows:
         click.echo(report.decomposition_table(rows))

@@ -446,6 +446,18 @@ def parse_rank(text):
     return rule.pattern, rule.value
 
 
+def parse_ranks(texts):
+    """{layer: rank} from --rank LAYER=RANK options; a layer given twice is
+    refused rather than the last one winning unseen."""
+    ranks = {}
+    for text in texts:
+        layer, rank = parse_rank(text)
+        if layer in ranks:
+            raise InputError(f"--rank {text!r}: {layer} has --rank {layer}={ranks[layer]} already")
+        ranks[layer] = rank
+    return ranks
+
+
 def energy_levels(text):
     levels = number_list(text, "--energy")
     for level in levels:

@@ -252,6 +252,8 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli(*base, "--energy", 0.9, "--layers", "conv9*"), "'conv9*' matches no decomposable layer")
     assert_one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
+    assert_one_line_error(cli(*base, "--rank", "conv2=3", "--rank", "conv2=5"),
+                          "--rank 'conv2=5': conv2 has --rank conv2=3 already")
     assert_one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
     (tmp_path / "nodata.prototxt").write_text(re.sub(r'source: "[^"]*"', 'source: "gone.txt"', proto.read_text()))
     assert_one_line_error(cli("decompose", "-p", "nodata.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
