@@ -478,12 +478,14 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
     from .sensitivity import parse_sparsities, scan
 
     globs = tuple(g.strip() for item in layer_globs for g in item.split(",") if g.strip())
+    if layer_globs and not globs:  # -l "$UNSET": not "every layer"
+        raise InputError(f"--layers {layer_globs[0]!r}: names no layer glob")
     data = scan(model, weights, output, layers=globs, sparsities=parse_sparsities(sparsities), criterion=criterion,
                 iterations=iterations, seed=seed, jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers,
                 progress=_Progress, force=force, notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
     if data["data"] == "streamed":
-        click.echo("note: the TEST batches did not fit in memory and were read anew for every point; "
-                   "points see the same data only if the iterations cover whole epochs", err=True)
+        click.echo("note: the TEST batches did not fit in memory and were read anew for every point, each "
+                   "time checked to be the baseline's", err=True)
     click.echo(report.sensitivity_summary(data))
     click.echo(f"wrote {output}/sensitivity.json, .csv, .md and .png")
 

@@ -462,9 +462,10 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
     by_layer = {}
     for point in todo:
         by_layer.setdefault(point[0], []).append(point)
-    shares = [[] for _ in range(jobs)]
+    # A worker per layer at most: -j 2147483648 made that many lists.
+    shares = [[] for _ in range(max(1, min(jobs, len(by_layer))))]
     for n, points in enumerate(by_layer.values()):
-        shares[n % jobs].extend(points)
+        shares[n % len(shares)].extend(points)
     shares = [s for s in shares if s]
     threads = max(1, (os.cpu_count() or 1) // len(shares))
     context = multiprocessing.get_context("spawn")  # pycaffe and fork do not mix

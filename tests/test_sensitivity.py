@@ -117,6 +117,11 @@ def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
         for p, q in zip(ours["points"], theirs["points"]):
             assert p["metrics"]["accuracy"] == q["metrics"]["accuracy"]
             assert p["metrics"]["loss"] == pytest.approx(q["metrics"]["loss"], rel=1e-6)
+    # More jobs than layers: a worker per layer (-j 2**31 made 2**31 lists, 12 GB and growing).
+    data = scan(proto, weights, tmp_path / "many", layers=("conv1",), sparsities=SPARSITIES[:1], iterations=ITERS,
+                jobs=2 ** 31)
+    assert data["layers"][0]["points"][0]["metrics"]["accuracy"] == reference["layers"][0]["points"][0]["metrics"][
+        "accuracy"]
 
 
 def test_a_scan_on_the_device_gives_the_host_table(lenet, scanned, tmp_path, device):
@@ -427,6 +432,7 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     assert_one_line_error(cli(*base, "--sparsities", "0.2,1.0"), "1 is outside [0, 1)")
     assert_one_line_error(cli(*base, "--sparsities", "0.5,0.2"), "must be strictly increasing")
     assert_one_line_error(cli(*base, "--layers", "fc*"), "'fc*' matches no prunable layer")
+    assert_one_line_error(cli(*base, "--layers", " , "), "--layers ' , ': names no layer glob")
     assert_one_line_error(cli(*base, "--seed", -1), "Invalid value for '--seed': -1 is not in the range x>=0")
     edited = json.loads((out / "sensitivity.json").read_text()) | {"seed": -1}  # `plan --verify` draws with it
     (tmp_path / "edited.json").write_text(json.dumps(edited))
