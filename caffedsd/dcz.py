@@ -499,7 +499,7 @@ def decode_shared(reader, shape):
     # weight inside the blob.
     if entries > size:
         raise FormatError(f"{kept} kept weights and {pads} padding entries do not fit a blob of {size} values")
-    codebook = decode_floats(reader, centroids)
+    codebook = _finite(decode_floats(reader, centroids), "its codebook's values")
     pad = entries > kept
     values = read_stream(reader, centroids + pad, entries)
     gaps = read_stream(reader, 1 << width, entries)
@@ -580,6 +580,8 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
 def _check_compressible(model, layers, raw_header):
     """Refuse a model whose .dcz file decompress would refuse (the limits of
     ``_check_layers`` and ``_read_header``)."""
+    if not layers:
+        raise InputError(f"{model.path}: holds no layers with weights, nothing to compress")
     total = sum(blob.data.size for layer in layers for blob in layer.blobs)
     if total > MAX_VALUES:
         raise InputError(f"{model.path}: its blobs hold {total:,} values, over the {MAX_VALUES:,} a .dcz file "
@@ -650,13 +652,28 @@ def _open_v2(buffer):
 
 
 def _check_layers(layers):
-    """Refuse, before anything is decoded, blobs no caffemodel holds.
-    ``layers``: [(LayerParameter, [(blob kind, shape)])]."""
-    total = 0
-    for param, blobs in layers:
+    """Refuse, before anything is decoded, what would decode to a caffemodel
+    caffedsd refuses (read_caffemodel: Caffe copies weights by layer name)
+    and blobs no caffemodel holds. ``layers``: [(LayerParameter, [(blob
+    kind, shape)])]."""
+    if not layers:
+        raise FormatError("holds no layers with weights")
+    names, total = set(), 0
+    for number, (param, blobs) in enumerate(layers):
+        if not blobs:
+            raise FormatError(f"layer #{number} ({param.name!r}) has no blobs")
+        if not param.name:
+            raise FormatError(f"layer #{number} ({param.type}) has blobs but no name, by which Caffe copies them")
+        if param.name in names:
+            raise FormatError(f"layer name {param.name!r} appears twice")
+        names.add(param.name)
         for index, (kind, shape) in enumerate(blobs):
+            where = f"layer {param.name!r} blob {index}"
             if kind not in (BLOB_FLOATS, BLOB_SHARED):
-                raise FormatError(f"layer {param.name!r} blob {index}: unknown blob kind {kind!r}")
+                raise FormatError(f"{where}: unknown blob kind {kind!r}")
+            if kind == BLOB_SHARED and (index or param.type not in PRUNABLE_TYPES):
+                raise FormatError(f"{where} ({param.type}): shared weights (kind 1) go only in blob 0 of a "
+                                  "Convolution, Deconvolution or InnerProduct layer")
             total += math.prod(shape)
     if total > MAX_VALUES:
         raise FormatError(f"its blobs hold {total:,} values, over {MAX_VALUES:,} (2 GiB of float32, "
@@ -666,9 +683,14 @@ def _check_layers(layers):
 def _decode_blob(reader, kind, shape):
     if kind == BLOB_SHARED:
         return decode_shared(reader, shape)
-    if kind == BLOB_FLOATS:
-        return decode_floats(reader, math.prod(shape)).reshape(shape)
-    raise FormatError(f"unknown blob kind {kind}")
+    return _finite(decode_floats(reader, math.prod(shape)).reshape(shape))
+
+
+def _finite(values, what="its values"):
+    # compress refuses NaN/Inf, and so does every command computing on weights.
+    if not np.isfinite(values).all():
+        raise FormatError(f"{what} hold NaN/Inf, which caffedsd refuses in weights")
+    return values
 
 
 def _text(name):
@@ -730,11 +752,11 @@ def _v1_blob(blob, sections, shape):
         data = section("data")
         if len(data) != 4 * size:
             raise FormatError(f"{len(data)} bytes of raw floats for {size} values")
-        return np.frombuffer(data, dtype="<f4").reshape(shape).copy()
+        return _finite(np.frombuffer(data, dtype="<f4").reshape(shape).copy())
     codebook = section("codebook")
     if len(codebook) % 4 or len(codebook) > 4 << 16:
         raise FormatError(f"a codebook of {len(codebook)} bytes")
-    codebook = np.frombuffer(codebook, dtype="<f4")
+    codebook = _finite(np.frombuffer(codebook, dtype="<f4"), "its codebook's values")
     width = _v1_int(blob["index_bits"], "index_bits", MAX_INDEX_BITS + 1)
     if not width:
         raise FormatError("relative index width 0")

@@ -798,3 +798,34 @@ def test_stage_4_and_codes_over_one_symbol_are_named():
     assert read_stream(Reader(bytes([0, 0])), 0, 0).tolist() == []
     with pytest.raises(FormatError, match="outside the alphabet"):
         read_stream(Reader(bytes([0, 0])), 0, 5)  # 5 symbols of an empty alphabet
+
+
+def test_decompress_refuses_what_it_would_write_and_caffedsd_refuse(tmp_path, cli):
+    """Each of these decoded to a caffemodel caffedsd then refused (a name
+    twice, no layers) or one holding NaN/Inf, which compress refuses."""
+    floats = encode_floats(np.float32([1, 2]))
+    shared = _shared(4, 2, 1, 0, [0.5], bytes([0, 0]), bytes([0, 0]))
+    cases = {
+        "twice": ([(_ip(), [(BLOB_FLOATS, (2,))]), (_ip(), [(BLOB_FLOATS, (2,))])], floats * 2,
+                  "layer name 'fc' appears twice"),
+        "none": ([], b"", "holds no layers with weights"),
+        "unnamed": ([(_ip(""), [(BLOB_FLOATS, (2,))])], floats, "layer #0 (InnerProduct) has blobs but no name"),
+        "no_blobs": ([(_ip(), [])], b"", "layer #0 ('fc') has no blobs"),
+        "nan_codebook": ([(_ip(), [(BLOB_SHARED, (4,))])], _shared(4, 2, 1, 0, [np.nan], bytes([0, 0]), bytes([0, 0])),
+                         "layer 'fc' blob 0: its codebook's values hold NaN/Inf"),
+        "inf_bias": ([(_ip(), [(BLOB_SHARED, (4,)), (BLOB_FLOATS, (2,))])],
+                     shared + encode_floats(np.float32([1, np.inf])), "layer 'fc' blob 1: its values hold NaN/Inf"),
+        "shared_bias": ([(_ip(), [(BLOB_FLOATS, (4,)), (BLOB_SHARED, (4,))])], encode_floats(np.ones(4)) + shared,
+                        "layer 'fc' blob 1 (InnerProduct): shared weights (kind 1) go only in blob 0"),
+    }
+    for name, (layers, payload, message) in cases.items():
+        _v2_file(tmp_path / f"{name}.dcz", layers, payload)
+        assert_one_line_error(cli("decompress", f"{name}.dcz", "-o", "x.caffemodel"), message)
+    assert not (tmp_path / "x.caffemodel").exists()
+    _v2_file(tmp_path / "ok.dcz", [(_ip(), [(BLOB_SHARED, (4,)), (BLOB_FLOATS, (2,))])], shared + floats)
+    assert cli("decompress", "ok.dcz", "-o", "ok.caffemodel").exit_code == 0
+    assert read_caffemodel(tmp_path / "ok.caffemodel").layer("fc").blobs[0].data.tolist() == [0.5, 0, 0, 0]
+    # compress does not write a file of no layers with weights.
+    new_caffemodel(tmp_path / "empty.caffemodel", [(LayerParameter(name="data", type="Input", top=["data"]), [])])
+    assert_one_line_error(cli("compress", "-w", "empty.caffemodel", "-o", "e.dcz"), "holds no layers with weights")
+    assert not (tmp_path / "e.dcz").exists()
