@@ -372,7 +372,7 @@ class LayerSizes:
     """One layer's sizes at each stage, as in the paper's Table 1-2 (bytes and
     bits per kept weight)."""
 
-    layer: object  # str, or bytes when the name is not UTF-8
+    layer: object  # str (report.py also prints a bytes name, escaped)
     dense: int = 0  # bytes as float32
     stored: int = 0  # bytes in the .dcz file
     before_huffman: int = 0  # bytes with fixed-width codes and indices
@@ -534,10 +534,6 @@ class _Output:
         self.size += len(data)
 
 
-def _name_bytes(name):
-    return name if isinstance(name, bytes) else str(name).encode("utf-8")
-
-
 def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     """Write ``weights`` as a version 2 .dcz file; returns [LayerSizes] and the
     container's own bytes (header, magic, checksum)."""
@@ -547,7 +543,9 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
     layers = [layer for layer in model.layers if layer.blobs]
-    raw = _raw_header(_name_bytes(model.name), [
+    if not isinstance(model.name, str):  # proto2 lets a string field hold any bytes
+        raise InputError(f"{model.path}: the net's name is not UTF-8 text ({model.name!r})")
+    raw = _raw_header(model.name.encode("utf-8"), [
         (layer.param.SerializeToString(),
          [(BLOB_SHARED if index == 0 and layer.type in PRUNABLE_TYPES else BLOB_FLOATS, blob.shape)
           for index, blob in enumerate(layer.blobs)]) for layer in layers])
@@ -648,7 +646,11 @@ def _open_v2(buffer):
     name, layers = _read_header(reader.blob())
     layers = [(LayerParameter.FromString(param), blobs) for param, blobs in layers]
     _check_layers(layers)
-    return _text(name), layers, reader
+    try:
+        name = name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"the net's name is not UTF-8 text ({name!r})") from None
+    return name, layers, reader
 
 
 def _check_layers(layers):
@@ -660,6 +662,8 @@ def _check_layers(layers):
         raise FormatError("holds no layers with weights")
     names, total = set(), 0
     for number, (param, blobs) in enumerate(layers):
+        if not isinstance(param.name, str):  # as read_caffemodel: nothing downstream can name it
+            raise FormatError(f"layer #{number} has a name that is not UTF-8 text ({param.name!r})")
         if not blobs:
             raise FormatError(f"layer #{number} ({param.name!r}) has no blobs")
         if not param.name:
@@ -691,13 +695,6 @@ def _finite(values, what="its values"):
     if not np.isfinite(values).all():
         raise FormatError(f"{what} hold NaN/Inf, which caffedsd refuses in weights")
     return values
-
-
-def _text(name):
-    try:
-        return name.decode("utf-8")
-    except UnicodeDecodeError:
-        return name
 
 
 def _iter_v2(layers, reader):
@@ -898,7 +895,7 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
         net = read_net_prototxt(model, allow_python_layers)
     dcz = DczFile(path)
     with atomic_unmasked_path(output) as tmp:
-        new_caffemodel(tmp, dcz.layers(), name=dcz.name if isinstance(dcz.name, str) else "")
+        new_caffemodel(tmp, dcz.layers(), name=dcz.name)
         if net is not None:
             from .netcheck import check_pair
 

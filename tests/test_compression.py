@@ -479,7 +479,8 @@ def test_version_1_files_still_decode(lenet, tmp_path, cli):
 
 def test_non_utf8_layer_names(tmp_path, cli):
     """caffemodel.py refuses a layer name that is not UTF-8 (one line, nothing
-    written); the table and the format itself carry such names as bytes."""
+    written); the table prints such a name escaped and the header carries its
+    bytes (decompress then refuses it: test_names_are_utf8_both_ways)."""
     name = b"ip\xff1"
     param = LayerParameter.FromString(LayerParameter(type="InnerProduct", bottom=["data"], top=["ip"])
                                       .SerializeToString() + b"\n" + bytes([len(name)]) + name)
@@ -829,3 +830,27 @@ def test_decompress_refuses_what_it_would_write_and_caffedsd_refuse(tmp_path, cl
     new_caffemodel(tmp_path / "empty.caffemodel", [(LayerParameter(name="data", type="Input", top=["data"]), [])])
     assert_one_line_error(cli("compress", "-w", "empty.caffemodel", "-o", "e.dcz"), "holds no layers with weights")
     assert not (tmp_path / "e.dcz").exists()
+
+
+def test_names_are_utf8_both_ways(tmp_path, cli):
+    """A net name that is not UTF-8 decompressed to a model named "" with
+    exit status 0, and compress wrote one. Names are UTF-8 text: read_caffemodel
+    refuses other layer names, and now compress and decompress refuse such
+    a net name, decompress such a layer name, in one line."""
+    w = np.ones((2, 2), np.float32)
+    new_caffemodel(tmp_path / "m.caffemodel", [(_ip(), [w])])
+    (tmp_path / "odd.caffemodel").write_bytes(b"\n\x02N\xff" + (tmp_path / "m.caffemodel").read_bytes())
+    assert_one_line_error(cli("compress", "-w", "odd.caffemodel", "-o", "odd.dcz"),
+                          "the net's name is not UTF-8 text (b'N\\xff')")
+    assert not (tmp_path / "odd.dcz").exists()
+    payload = encode_floats(w)
+    _v2_file(tmp_path / "net.dcz", [(_ip(), [(BLOB_FLOATS, (2, 2))])], payload, name=b"N\xff")
+    assert_one_line_error(cli("decompress", "net.dcz", "-o", "x.caffemodel"), "the net's name is not UTF-8 text")
+    odd = LayerParameter.FromString(LayerParameter(type="InnerProduct").SerializeToString() + b"\n\x03A\xffA")
+    _v2_file(tmp_path / "layer.dcz", [(odd, [(BLOB_FLOATS, (2, 2))])], payload)
+    assert_one_line_error(cli("decompress", "layer.dcz", "-o", "x.caffemodel"),
+                          "layer #0 has a name that is not UTF-8 text (b'A\\xffA')")
+    assert not (tmp_path / "x.caffemodel").exists()
+    _v2_file(tmp_path / "ok.dcz", [(_ip(), [(BLOB_FLOATS, (2, 2))])], payload, name="Né".encode())
+    assert cli("decompress", "ok.dcz", "-o", "ok.caffemodel").exit_code == 0
+    assert read_caffemodel(tmp_path / "ok.caffemodel").name == "Né"
