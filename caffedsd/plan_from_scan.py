@@ -343,19 +343,23 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     from .atomic import check_output, write_text
     from .errors import InputError
     from .report import scan_metric
-    from .sensitivity import load_sensitivity, sensitivity_file
+    from .sensitivity import load_sensitivity, scan_files
 
     data = load_sensitivity(sensitivity_path, weights)
-    # The scan's own net and weights too: --verify reads them, and a plan
-    # written over either would end the scan's use.
-    check_output(output, inputs=[sensitivity_file(sensitivity_path), weights, model, data.get("model"),
+    # The scan's own files, net and weights too: --verify reads them, a rerun
+    # of the scan goes on from its folder, and a plan written over one would
+    # end the scan's use.
+    check_output(output, inputs=[*scan_files(sensitivity_path), weights, model, data.get("model"),
                                  data.get("weights")], force=force)
     if max_total_drop is not None:
         check_budget("--max-total-drop", max_total_drop)
     if max_total_drop is not None and not verify:
         raise InputError("--max-total-drop needs --verify (it is a measured budget)")
-    if iterations is not None and not verify:
-        raise InputError("--iterations needs --verify")
+    for option, value in (("--iterations", iterations), ("--model", model), ("--gpu", gpu)):
+        if value is not None and not verify:  # each only changes what --verify measures
+            raise InputError(f"{option} needs --verify")
+    if metric is not None and not metric.strip():
+        raise InputError(f"--metric {metric!r}: names no output")
     if max_drop is None and target is None:
         if max_total_drop is None:
             raise InputError("give --max-drop, --target-sparsity, --max-total-drop (with --verify), or some of them")

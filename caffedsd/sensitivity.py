@@ -56,6 +56,7 @@ FORMAT = "caffedsd-sensitivity"
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CACHE_LIMIT = 1 << 30
 POINTS = "points.jsonl"  # the scan folder's journal of finished points
+SCAN_RECORD = "scan.json"  # the scan folder's model, weights and settings
 
 
 def parse_sparsities(text):
@@ -392,7 +393,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                         file_sha256(model_path), data_sha256)
     if evaluator is not None:
         evaluator.data_sha256 = data_sha256  # a streamed pass must read what the digest read
-    folder = RunFolder(out_dir, "scan.json", "sensitivity", "model, weights or settings")
+    folder = RunFolder(out_dir, SCAN_RECORD, "sensitivity", "model, weights or settings")
     takeover = functools.partial(_take_over, config=config, force=force, notify=notify)
     with folder.open({"format": FORMAT, "config": config.key()}, takeover=takeover):  # held until written
         done = _journal(folder)
@@ -568,6 +569,13 @@ def sensitivity_file(path):
     """The sensitivity.json that ``path`` (the file, or a scan folder) names."""
     path = Path(path)
     return path / "sensitivity.json" if path.is_dir() else path
+
+
+def scan_files(path):
+    """The files of the scan folder a sensitivity.json (``path``, or its
+    folder) is in, which a rerun continues from: not to be written over."""
+    folder = sensitivity_file(path).parent
+    return [folder / name for name in (*report.SENSITIVITY_FILES, SCAN_RECORD, POINTS)]
 
 
 def load_sensitivity(path, weights=None):

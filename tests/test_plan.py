@@ -202,6 +202,29 @@ def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
     assert load_plan(tmp_path / "plan.yaml").rules == (Rule("a", 0.9), Rule("b", 0.4))
 
 
+def test_a_plan_is_not_written_over_the_scan_nor_given_options_it_ignores(tmp_path):
+    from caffedsd.errors import InputError
+    from caffedsd.plan_from_scan import make_plan
+
+    scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
+            "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
+            "fingerprint": "f", "prunable_params": 100, "seed": 0, "data_sha256": None,
+            "layers": [{"layer": "a", "params": 100, "points": [{"sparsity": 0.5, "metrics": {"accuracy": 0.8}}]}]}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
+    for name in ("scan.json", "points.jsonl", "sensitivity.md"):  # a rerun of the scan goes on from these
+        (tmp_path / name).write_text("the scan's")
+        with pytest.raises(InputError, match=f"{name}: .*input"):
+            make_plan(tmp_path, tmp_path / name, max_drop=1)
+        assert (tmp_path / name).read_text() == "the scan's"
+    for option, value in (("--model", tmp_path / "net.prototxt"), ("--gpu", 0), ("--iterations", 3)):
+        with pytest.raises(InputError, match=f"^{option} needs --verify$"):
+            make_plan(tmp_path, tmp_path / "p.yaml", max_drop=1, **{option[2:]: value})
+    with pytest.raises(InputError, match="--metric '': names no output"):
+        make_plan(tmp_path, tmp_path / "p.yaml", max_drop=1, metric="")
+    assert not (tmp_path / "p.yaml").exists()
+    assert make_plan(tmp_path, tmp_path / "p.yaml", max_drop=1).overall == 0.5
+
+
 def test_a_targets_last_step_goes_only_as_far_as_needed():
     """Points (weights pruned, drop) (0, 0), (1, 1.5), (2, 2): (1, 1.5) lies
     above the chord to (2, 2) and is off the hull. A target of 1 weight of
