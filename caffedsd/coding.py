@@ -481,6 +481,8 @@ def decode_stream(data, count, lengths, chunk, offsets):
         raise FormatError("Huffman chunk does not end at the next sync point")
     if not 8 * len(data) - 8 < last_end <= 8 * len(data):
         raise FormatError("Huffman stream does not end in its last byte")
+    if data[-1] & ((1 << (8 * len(data) - last_end)) - 1):
+        raise FormatError("Huffman stream's padding bits are not zero")
     return np.ascontiguousarray(out[:steps].T).reshape(-1)[:count]
 
 
@@ -488,6 +490,8 @@ def decode_fixed(data, count, width):
     """``count`` unsigned integers of ``width`` bits packed MSB first."""
     if len(data) != (count * width + 7) // 8:
         raise FormatError("fixed-width stream has the wrong length")
+    if data and data[-1] & ((1 << (-count * width) % 8) - 1):
+        raise FormatError("fixed-width stream's padding bits are not zero")
     out = np.empty(count, dtype=np.uint64 if width > 32 else label_dtype(1 << width))
     if not width:
         out[:] = 0

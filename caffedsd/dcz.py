@@ -121,7 +121,11 @@ class Reader:
         return self.take(1)[0]
 
     def varint(self):
+        start = self.pos
         value, self.pos = read_varint(self.view, self.pos, self.end)
+        # One value, one encoding: a zero last byte only pads a shorter one.
+        if self.pos - start > 1 and not self.view[self.pos - 1]:
+            raise FormatError("a varint with a needless zero byte (not in its shortest form)")
         return value
 
     def blob(self):
@@ -213,6 +217,8 @@ def _read_lengths_table(reader, mode, alphabet):
             lengths = np.frombuffer(inflater.decompress(reader.blob(), alphabet + 1), dtype=np.uint8)
         except zlib.error as exc:
             raise FormatError(f"bad code length table ({exc})") from None
+        if not inflater.eof or inflater.unused_data:
+            raise FormatError("code length table is not one whole DEFLATE stream")
     elif mode == STREAM_HUFFMAN_STEPS:
         step_lengths = np.zeros(32, dtype=np.int64)
         for pair in bytes(reader.take(reader.byte())):
@@ -503,6 +509,8 @@ def decode_shared(reader, shape):
     pad = entries > kept
     values = read_stream(reader, centroids + pad, entries)
     gaps = read_stream(reader, 1 << width, entries)
+    if pad and values[-1] == centroids:
+        raise FormatError("the last entry is padding: it precedes no kept weight")
     out = np.zeros(size, dtype=np.float32)
     previous, found = -1, 0
     for start, stop in chunk_bounds(entries):
@@ -511,7 +519,7 @@ def decode_shared(reader, shape):
         ends = np.cumsum(gaps[start:stop].astype(np.int64) + 1) + previous
         previous = int(ends[-1])
         positions = ends[~padding]
-        if previous >= size + (1 << width) or (positions.size and positions[-1] >= size):
+        if previous >= size:
             raise FormatError("sparse indices do not fit the blob")
         out[positions] = codebook[symbols[~padding]]
         found += positions.size
@@ -625,6 +633,8 @@ def _read_header(data):
         raise FormatError(f"bad header ({exc})") from None
     if len(raw) > MAX_HEADER_BYTES:
         raise FormatError(f"header inflates to over {MAX_HEADER_BYTES} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise FormatError("header is not one whole DEFLATE stream")
     meta = Reader(raw)
     name = meta.blob()
     layers = []
@@ -638,6 +648,8 @@ def _read_header(data):
                 raise FormatError(f"a blob shape of {axes} axes (Caffe's blobs have at most {MAX_AXES})")
             blobs.append((kind, tuple(meta.varint() for _ in range(axes))))
         layers.append((param, blobs))
+    if meta.pos != meta.end:
+        raise FormatError("trailing bytes after the header's last layer")
     return name, layers
 
 

@@ -20,8 +20,9 @@ from caffedsd.caffemodel import new_caffemodel, read_caffemodel
 from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, assign_labels, canonical_codes, decode_stream,
                              huffman_decode, huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
                              quantized, relative_indices, share_values, share_weights, shared_codebook)
-from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, MAGIC, LayerSizes, Reader, _header, _read_header, compress,
-                          decode_floats, decode_shared, encode_floats, encode_shared, parse_bits, read_dcz)
+from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, HEADER_DICTIONARY, MAGIC, LayerSizes, Reader, _header,
+                          _raw_header, _read_header, compress, decode_floats, decode_shared, encode_floats,
+                          encode_shared, parse_bits, read_dcz)
 from caffedsd.errors import FormatError
 from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
@@ -673,11 +674,12 @@ def test_vgg16_shaped_model_decodes_and_loads_in_stock_caffe(tmp_path, cli):
 
 # -- crafted files: what a reader must refuse, and how ---------------------------------
 
-def _v2_file(path, layers, payload, name=b"net"):
+def _v2_file(path, layers, payload, name=b"net", header=None):
     """A version 2 .dcz file of ``layers`` ([(LayerParameter, [(kind, shape)])])
-    and the blob payloads, its CRC-32 right: only the reader's own checks
-    stand between it and an output."""
-    header = _header(name, [(param.SerializeToString(), blobs) for param, blobs in layers])
+    and the blob payloads (or of the deflated ``header`` given), its CRC-32
+    right: only the reader's own checks stand between it and an output."""
+    if header is None:
+        header = _header(name, [(param.SerializeToString(), blobs) for param, blobs in layers])
     body = MAGIC + struct.pack("<H", 2) + encode_varint(len(header)) + header + payload
     Path(path).write_bytes(body + struct.pack("<I", zlib.crc32(body)))
 
@@ -854,3 +856,48 @@ def test_names_are_utf8_both_ways(tmp_path, cli):
     _v2_file(tmp_path / "ok.dcz", [(_ip(), [(BLOB_FLOATS, (2, 2))])], payload, name="Né".encode())
     assert cli("decompress", "ok.dcz", "-o", "ok.caffemodel").exit_code == 0
     assert read_caffemodel(tmp_path / "ok.caffemodel").name == "Né"
+
+
+def test_bytes_past_the_end_of_a_part_are_refused_everywhere(tmp_path, cli):
+    """Trailing payload bytes were refused, but bytes after the header's
+    last layer, after its DEFLATE stream or a DEFLATE stream cut short were
+    taken, as were non-zero padding bits, padding entries after the last
+    kept weight and varints with needless zero bytes."""
+    layers = [(_ip(), [(BLOB_SHARED, (4, 4))])]
+    raw = _raw_header(b"net", [(_ip().SerializeToString(), [(BLOB_SHARED, (4, 4))])])
+
+    def deflate(data, finish=True):
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=HEADER_DICTIONARY)
+        return deflater.compress(data) + deflater.flush(zlib.Z_FINISH if finish else zlib.Z_SYNC_FLUSH)
+
+    gaps = _fixed_stream([0, 4, 9], 16)
+    values = bytes([1, 1, 0b01110000])  # stage 1 over 3 symbols (codes 0, 10, 11), 1 byte: 0 11 10 -> 0, 2, 1
+    good = _shared(16, 4, 3, 0, [-1, 0.5, 2], values, gaps)
+    cases = {
+        "fields": (deflate(raw + b"\0"), good, "trailing bytes after the header's last layer"),
+        "after": (deflate(raw) + b"\0", good, "header is not one whole DEFLATE stream"),
+        "cut": (deflate(raw, finish=False), good, "header is not one whole DEFLATE stream"),
+        "padbits": (None, _shared(16, 4, 3, 0, [-1, 0.5, 2], bytes([1, 1, 0b01110001]), gaps),
+                    "layer 'fc' blob 0: Huffman stream's padding bits are not zero"),
+        "varint": (None, bytes([4, 0x83, 0]) + good[2:], "a varint with a needless zero byte"),
+        # Two entries: kept weight 0 at position 0, then padding (symbol 1) to position 16.
+        "pad_last": (None, _shared(16, 4, 1, 1, [0.5], bytes([1, 0b01000000]), _fixed_stream([0, 15], 16)),
+                     "the last entry is padding"),
+    }
+    for name, (header, payload, message) in cases.items():
+        _v2_file(tmp_path / f"{name}.dcz", layers, payload, header=header)
+        assert_one_line_error(cli("decompress", f"{name}.dcz", "-o", "x.caffemodel"), message)
+    assert not (tmp_path / "x.caffemodel").exists()
+    # Code lengths deflated (stage 2): a stream cut short, then a whole one.
+    for flush in (zlib.Z_SYNC_FLUSH, zlib.Z_FINISH):
+        table = zlib.compressobj(9, zlib.DEFLATED, -15)
+        table = table.compress(bytes([1, 2, 2])) + table.flush(flush)
+        values = bytes([2]) + encode_varint(len(table)) + table + encode_varint(1) + bytes([0b01110000])
+        _v2_file(tmp_path / f"table{flush}.dcz", layers, _shared(16, 4, 3, 0, [-1, 0.5, 2], values, gaps))
+    assert_one_line_error(cli("decompress", f"table{zlib.Z_SYNC_FLUSH}.dcz", "-o", "x.caffemodel"),
+                          "code length table is not one whole DEFLATE stream")
+    assert cli("decompress", f"table{zlib.Z_FINISH}.dcz", "-o", "t.caffemodel").exit_code == 0
+    _v2_file(tmp_path / "good.dcz", layers, good)
+    assert cli("decompress", "good.dcz", "-o", "good.caffemodel").exit_code == 0
+    back = read_caffemodel(tmp_path / "good.caffemodel").layer("fc").blobs[0].data.reshape(-1)
+    assert back[[0, 5, 15]].tolist() == [-1.0, 2.0, 0.5]
