@@ -21,8 +21,8 @@ from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, assign_labels, canonic
                              huffman_decode, huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
                              quantized, relative_indices, share_values, share_weights, shared_codebook)
 from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, HEADER_DICTIONARY, MAGIC, LayerSizes, Reader, _header,
-                          _raw_header, _read_header, compress, decode_floats, decode_shared, encode_floats,
-                          encode_shared, parse_bits, read_dcz)
+                          _read_header, compress, decode_floats, decode_shared, encode_floats, encode_shared,
+                          parse_bits, read_dcz)
 from caffedsd.errors import FormatError
 from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
@@ -863,6 +863,8 @@ def test_bytes_past_the_end_of_a_part_are_refused_everywhere(tmp_path, cli):
     last layer, after its DEFLATE stream or a DEFLATE stream cut short were
     taken, as were non-zero padding bits, padding entries after the last
     kept weight and varints with needless zero bytes."""
+    from caffedsd.dcz import _raw_header
+
     layers = [(_ip(), [(BLOB_SHARED, (4, 4))])]
     raw = _raw_header(b"net", [(_ip().SerializeToString(), [(BLOB_SHARED, (4, 4))])])
 
@@ -901,3 +903,24 @@ def test_bytes_past_the_end_of_a_part_are_refused_everywhere(tmp_path, cli):
     assert cli("decompress", "good.dcz", "-o", "good.caffemodel").exit_code == 0
     back = read_caffemodel(tmp_path / "good.caffemodel").layer("fc").blobs[0].data.reshape(-1)
     assert back[[0, 5, 15]].tolist() == [-1.0, 2.0, 0.5]
+
+
+def test_version_1_code_tables_must_fit_their_alphabets(tmp_path, cli):
+    """A version 1 value-length table holds C + 1 lengths (the codebook and
+    PAD) and a gap-length table 2^w; codes are at most 24 bits."""
+    def v1(value_lengths, gap_lengths=(2, 2, 2, 2)):
+        header = {"format": "caffedsd-dcz", "name": "n", "layers": [{"name": "fc", "param": 0, "blobs": [
+            {"kind": "dc", "shape": [4], "bits": 1, "index_bits": 2, "entries": 1, "kept": 1, "codebook": 1,
+             "values": 2, "value_bits": 1, "gaps": 2, "gap_bits": 2, "value_lengths": 3, "gap_lengths": 4}]}]}
+        return _v1_pack(header, [_ip().SerializeToString(), np.float32([0.5]).tobytes(), b"\0",
+                                 zlib.compress(bytes(value_lengths)), zlib.compress(bytes(gap_lengths))])
+
+    (tmp_path / "ok.dcz").write_bytes(v1([1, 1]))
+    assert cli("decompress", "ok.dcz", "-o", "ok.caffemodel").exit_code == 0
+    assert read_caffemodel(tmp_path / "ok.caffemodel").layer("fc").blobs[0].data.tolist() == [0.5, 0, 0, 0]
+    for name, data, message in (("long", v1([1, 1, 0]), "code length table does not hold 2 lengths"),
+                                ("gaps", v1([1, 1], [2, 2, 2]), "code length table does not hold 4 lengths"),
+                                ("deep", v1([1, 25]), "Huffman code lengths up to 25 bits (at most 24)")):
+        (tmp_path / f"{name}.dcz").write_bytes(data)
+        assert_one_line_error(cli("decompress", f"{name}.dcz", "-o", "x.caffemodel"), f"layer 'fc' blob 0: {message}")
+    assert not (tmp_path / "x.caffemodel").exists()
