@@ -2,11 +2,33 @@
 that name the file, line and column."""
 import yaml
 
+# Plans and recipes are a few levels deep. PyYAML composes recursively, so a
+# file of thousands of nested brackets ended in a RecursionError instead.
+MAX_DEPTH = 100
+
+
+class _Refused(yaml.composer.ComposerError):
+    """Well-formed YAML that caffedsd will not take."""
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load's loader, refusing a key given twice in one mapping, which
     YAML forbids and safe_load takes silently, the last one winning. Keys
     that a merge (<<) brings in are still overridden, as YAML means them."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if not self.check_event(yaml.AliasEvent):
+            if self._depth >= MAX_DEPTH:
+                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -28,13 +50,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def parse_yaml(text, where, error):
     """yaml.safe_load(text) (str, or bytes as read from a file: bytes that
     are not UTF-8 are a YAML error too), with a key given twice in a mapping
-    an error; a syntax error raises ``error`` naming where, in one line."""
+    an error and nesting deeper than MAX_DEPTH refused; a syntax error raises
+    ``error`` naming where, in one line."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        if isinstance(exc, _Refused):
+            raise error(f"{where}{at}: {problem}") from None
         raise error(f"{where}{at}: not valid YAML ({problem})") from None
 
 
