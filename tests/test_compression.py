@@ -924,3 +924,12 @@ def test_version_1_code_tables_must_fit_their_alphabets(tmp_path, cli):
         (tmp_path / f"{name}.dcz").write_bytes(data)
         assert_one_line_error(cli("decompress", f"{name}.dcz", "-o", "x.caffemodel"), f"layer 'fc' blob 0: {message}")
     assert not (tmp_path / "x.caffemodel").exists()
+
+
+def test_format_md_gives_the_header_dictionary():
+    """A reader can be written from docs/FORMAT.md alone: its hex dump is the
+    dictionary the header is deflated with."""
+    text = (ROOT / "docs" / "FORMAT.md").read_text()
+    block = text.split("**Header dictionary.**", 1)[1].split("```", 2)[1]
+    assert bytes.fromhex("".join(block.split())) == HEADER_DICTIONARY
+    assert hashlib.sha256(HEADER_DICTIONARY).hexdigest() in text
