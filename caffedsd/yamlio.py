@@ -5,6 +5,10 @@ import yaml
 # Plans and recipes are a few levels deep. PyYAML composes recursively, so a
 # file of thousands of nested brackets ended in a RecursionError instead.
 MAX_DEPTH = 100
+# Aliases share one object, but whatever walks the result (a repr in a
+# message, json.dumps of a recipe's fingerprint) walks every use: ten lines
+# of aliases of aliases make billions of items.
+MAX_EXPANDED = 100_000
 
 
 class _Refused(yaml.composer.ComposerError):
@@ -19,16 +23,39 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def __init__(self, stream):
         super().__init__(stream)
         self._depth = 0
+        self._open = []  # anchors of the collections being composed
+        self._sizes = {}  # id(node): its node count, aliases expanded
+        self._composed = 0
 
     def compose_node(self, parent, index):
-        if not self.check_event(yaml.AliasEvent):
-            if self._depth >= MAX_DEPTH:
-                raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
-        self._depth += 1
-        try:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            # A loop would make a list or dict that contains itself, on which
+            # json.dumps and comparisons fail.
+            if event.anchor in self._open:
+                raise _Refused(None, None, f"alias *{event.anchor} lies inside the node &{event.anchor} "
+                                           "that it names (a loop)", event.start_mark)
             return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        self._open.append(event.anchor)
+        try:
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+            self._open.pop()
+        self._composed += 1
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else ()
+        size = self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in children)
+        # Without aliases a node is never bigger than what was composed.
+        if size > max(MAX_EXPANDED, self._composed):
+            raise _Refused(None, None, f"aliases expand this node to {size} items "
+                                       f"(at most {MAX_EXPANDED})", node.start_mark)
+        return node
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -50,8 +77,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def parse_yaml(text, where, error):
     """yaml.safe_load(text) (str, or bytes as read from a file: bytes that
     are not UTF-8 are a YAML error too), with a key given twice in a mapping
-    an error and nesting deeper than MAX_DEPTH refused; a syntax error raises
-    ``error`` naming where, in one line."""
+    an error; nesting deeper than MAX_DEPTH, an alias inside what it names and
+    aliases expanding to more than MAX_EXPANDED nodes are refused. Errors
+    raise ``error`` naming where, in one line."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:

@@ -37,3 +37,35 @@ def test_deep_plans_and_recipes_name_their_file(tmp_path, cli):
     assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"),
                           f"recipe.yaml:2:{MAX_DEPTH + 8}: nested deeper than {MAX_DEPTH} levels")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, line", [
+    ("sparsity: 0.5\nverified: &a {measured_drop: 0, x: *a}\n", 2),
+    ("a: &a\n  - 1\n  - [2, *a]\n", 3),
+])
+def test_an_alias_inside_what_it_names_is_refused(text, line):
+    with pytest.raises(PlanError, match=rf"^p.yaml:{line}:\d+: alias \*a lies inside the node &a that it names"):
+        parse_yaml(text, "p.yaml", PlanError)
+
+
+def test_a_recipe_whose_plan_holds_itself(tmp_path, cli):
+    (tmp_path / "loop.yaml").write_text("sparsity: 0.5\nverified: &a {measured_drop: 0, x: *a}\n")
+    (tmp_path / "recipe.yaml").write_text("solver: s.prototxt\nweights: w.caffemodel\n"
+                                          "stages:\n  - prune: {plan: loop.yaml}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"), "loop.yaml:2:36: alias *a lies inside")
+
+
+def test_aliases_that_expand_beyond_reason_are_refused(tmp_path):
+    lines = ["sparsity: 0.5", "verified:", "  measured_drop: 0", "  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    (tmp_path / "plan.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(PlanError, match=r"plan.yaml:8:7: aliases expand this node to 111111 items "
+                                        r"\(at most 100000\)$"):
+        load_plan(tmp_path / "plan.yaml")
+
+
+def test_aliases_and_big_files_within_reason_are_read():
+    shared = parse_yaml("a: &a {x: 1}\nb: *a\nc: {<<: *a, y: 2}\n", "p.yaml", PlanError)
+    assert shared == {"a": {"x": 1}, "b": {"x": 1}, "c": {"x": 1, "y": 2}}
+    big = parse_yaml("\n".join(f"l{i}: {i}" for i in range(60_000)), "p.yaml", PlanError)
+    assert len(big) == 60_000
