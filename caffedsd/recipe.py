@@ -38,9 +38,16 @@ from .yamlio import check_keys, dump_yaml, parse_yaml
 _RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations", "test_interval"}
 
 
+def _whole_hint(value):
+    # 1e3 in YAML is the float 1000.0: say what to write instead.
+    if isinstance(value, float) and value.is_integer():
+        return f" (write {int(value)}, without a point or an exponent)"
+    return ""
+
+
 def _iterations(value, where):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RecipeError(f"{where}: iterations {value!r} must be a whole number >= 0")
+        raise RecipeError(f"{where}: iterations {value!r} must be a whole number >= 0{_whole_hint(value)}")
     return value
 
 
@@ -127,16 +134,17 @@ class Recipe:
         if not self.stages:
             raise RecipeError(f"{where}: has no stages")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number >= 0")
+            raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number >= 0{_whole_hint(self.seed)}")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 1:
-            raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1")
+            raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1"
+                              f"{_whole_hint(self.checkpoint_every)}")
         if self.test_iterations is not None and (isinstance(self.test_iterations, bool)
                                                  or not isinstance(self.test_iterations, int)
                                                  or self.test_iterations < 1):
             # 0 would not mean "no TEST batches": run_phase takes it for the solver's test_iter.
-            raise RecipeError(f"{where}: test_iterations {self.test_iterations!r} must be a whole number >= 1 "
-                              "(leave it out for the solver's test_iter)")
+            hint = _whole_hint(self.test_iterations) or " (leave it out for the solver's test_iter)"
+            raise RecipeError(f"{where}: test_iterations {self.test_iterations!r} must be a whole number >= 1{hint}")
         if self.test_interval is not None:
             _iterations(self.test_interval, f"{where}: test_interval")
         masked = False

@@ -1,5 +1,7 @@
 """YAML for hand-written files (plans, recipes): safe loading, and errors
 that name the file, line and column."""
+import re
+
 import yaml
 
 # Plans and recipes are a few levels deep. PyYAML composes recursively, so a
@@ -26,6 +28,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         self._open = []  # anchors of the collections being composed
         self._sizes = {}  # id(node): its node count, aliases expanded
         self._composed = 0
+        self._key = False
 
     def compose_node(self, parent, index):
         event = self.peek_event()
@@ -40,6 +43,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
         self._depth += 1
         self._open.append(event.anchor)
+        self._key = isinstance(parent, yaml.MappingNode) and index is None
         try:
             node = super().compose_node(parent, index)
         finally:
@@ -56,6 +60,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             raise _Refused(None, None, f"aliases expand this node to {size} items "
                                        f"(at most {MAX_EXPANDED})", node.start_mark)
         return node
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        return tag if self._key else _yaml12_float(kind, value, implicit, tag)
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -74,12 +82,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# PyYAML reads YAML 1.1, where a float needs a point: 5e-1, 1e3 and 1.5e3
+# are text there, and numbers in YAML 1.2 and to whoever writes them
+# (`sparsity: 5e-1` was refused as "not a number"). They are read as numbers
+# where they are values; keys stay text, since layer names are keys.
+_FLOAT12 = re.compile(r"[-+]?(?:[0-9]+|\.[0-9]+|[0-9]+\.[0-9]*)[eE][-+]?[0-9]+")
+
+
+def _yaml12_float(kind, value, implicit, tag):
+    if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str" and _FLOAT12.fullmatch(value):
+        return "tag:yaml.org,2002:float"
+    return tag
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump's dumper, quoting text that parse_yaml would read as a number
+    (a weights file named 1e3), so that what it writes reads back the same."""
+
+    def resolve(self, kind, value, implicit):
+        return _yaml12_float(kind, value, implicit, super().resolve(kind, value, implicit))
+
+
 def parse_yaml(text, where, error):
     """yaml.safe_load(text) (str, or bytes as read from a file: bytes that
     are not UTF-8 are a YAML error too), with a key given twice in a mapping
-    an error; nesting deeper than MAX_DEPTH, an alias inside what it names and
-    aliases expanding to more than MAX_EXPANDED nodes are refused. Errors
-    raise ``error`` naming where, in one line."""
+    an error and a value 5e-1 a number, as in YAML 1.2; nesting deeper than
+    MAX_DEPTH, an alias inside what it names and aliases expanding to more
+    than MAX_EXPANDED nodes are refused. Errors raise ``error`` naming where,
+    in one line."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
@@ -102,4 +132,4 @@ def check_keys(data, keys, where, error):
 
 
 def dump_yaml(data):
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)

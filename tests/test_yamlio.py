@@ -69,3 +69,29 @@ def test_aliases_and_big_files_within_reason_are_read():
     assert shared == {"a": {"x": 1}, "b": {"x": 1}, "c": {"x": 1, "y": 2}}
     big = parse_yaml("\n".join(f"l{i}: {i}" for i in range(60_000)), "p.yaml", PlanError)
     assert len(big) == 60_000
+
+
+def test_yaml_1_2_floats_are_numbers_where_they_are_values(tmp_path):
+    """YAML 1.1 (PyYAML) wants a point in a float: 5e-1 was the text '5e-1',
+    and `sparsity: 5e-1` was refused as not a number."""
+    (tmp_path / "plan.yaml").write_text("sparsity: 5e-1\nlayers: {1e3: 1E-1, conv2: .25e+0}\n")
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert plan.sparsity == 0.5 and [(r.pattern, r.value) for r in plan.rules] == [("1e3", 0.1), ("conv2", 0.25)]
+    data = parse_yaml("a: '5e-1'\nb: !!str 1e3\nc: [1.5e3, -2e2]\nd: 1_0e1\n", "p.yaml", PlanError)
+    assert data == {"a": "5e-1", "b": "1e3", "c": [1500.0, -200.0], "d": "1_0e1"}
+
+
+def test_what_is_written_reads_back_the_same(tmp_path):
+    (tmp_path / "r.yaml").write_text("solver: '1e3'\nweights: \"2e5\"\n"
+                                     "stages:\n  - dense: {iterations: 5, lr_scale: 1e-1}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert (recipe.solver, recipe.weights, recipe.stages[0].lr_scale) == ("1e3", "2e5", 0.1)
+    text = recipe.to_yaml()
+    assert "'1e3'" in text and "'2e5'" in text
+    assert parse_yaml(text, "r.yaml", RecipeError) == recipe.to_dict()
+
+
+def test_a_whole_number_written_as_a_float_says_what_to_write(tmp_path):
+    (tmp_path / "r.yaml").write_text("solver: s.prototxt\nstages:\n  - dense: {iterations: 1e3}\n")
+    with pytest.raises(RecipeError, match=r"iterations 1000.0 must be a whole number >= 0 \(write 1000, without"):
+        load_recipe(tmp_path / "r.yaml")
