@@ -90,6 +90,8 @@ def parse_bits(text, what="--bits", auto=False):
                 key = key.strip()
                 if key not in ("conv", "fc"):
                     raise InputError(f"{what} {text!r}: keys are conv and fc")
+                if key in values:  # not the last one winning unseen
+                    raise InputError(f"{what} {text!r}: {key} is given twice")
                 values[key] = int(value)
     except ValueError:
         expected = "auto, N or conv=N,fc=M" if auto else "N or conv=N,fc=M"

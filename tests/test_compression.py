@@ -23,7 +23,7 @@ from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, assign_labels, canonic
 from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, HEADER_DICTIONARY, MAGIC, LayerSizes, Reader, _header,
                           _read_header, compress, decode_floats, decode_shared, encode_floats, encode_shared,
                           parse_bits, read_dcz)
-from caffedsd.errors import FormatError
+from caffedsd.errors import FormatError, InputError
 from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
 from caffedsd.wire import encode_varint
@@ -512,6 +512,8 @@ def test_bits_for_one_kind_leave_the_other_at_its_default(tiny, tmp_path, cli):
     assert parse_bits("fc=4") == {"conv": 8, "fc": 4}
     assert parse_bits("conv=3") == {"conv": 3, "fc": 5}
     assert parse_bits("conv=3", "--index-bits", auto=True) == {"conv": 3}
+    with pytest.raises(InputError, match="--bits 'conv=8,fc=5,conv=4': conv is given twice"):
+        parse_bits("conv=8,fc=5,conv=4")
     _, weights = tiny
     result = cli("compress", "-w", weights, "--bits", "fc=1", "-o", "t.dcz")
     assert result.exit_code == 0, result.output
