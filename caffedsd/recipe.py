@@ -102,7 +102,11 @@ class PruneStage:
         require = data.pop("require_verified", False)
         if "plan" in data:
             check_keys(data, {"plan"}, where, RecipeError)
-            return cls(load_plan(data["plan"]), require, where)
+            path = data["plan"]
+            if not isinstance(path, str) or not path.strip():
+                raise RecipeError(f"{where}: plan {path!r} must be the path of a plan file "
+                                  "(or the plan's own keys in place of plan:)")
+            return cls(load_plan(path), require, where)
         return cls(SparsityPlan.from_dict(data, where=where), require, where)
 
     def to_dict(self):

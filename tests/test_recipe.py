@@ -7,6 +7,8 @@ from caffedsd.plan import SparsityPlan
 from caffedsd.recipe import DenseStage, PruneStage, Recipe, RecipeError, SparseStage, load_recipe
 from caffedsd.yamlio import parse_yaml
 
+from conftest import assert_one_line_error
+
 GOOD = {
     "solver": "solver.prototxt",
     "stages": [
@@ -122,3 +124,14 @@ def test_a_key_given_twice_is_refused(tmp_path):
     with pytest.raises(InputError, match="plan.yaml:3:3: not valid YAML \\(key 'ip1' given twice"):
         load_recipe(path)
     assert parse_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, x: 3}\n", "f", RecipeError)["b"] == {"x": 3, "y": 2}
+
+
+@pytest.mark.parametrize("value, shown", [("null", "None"), ("123", "123"), ("[a]", "['a']"), ("true", "True"),
+                                          ("''", "''"), ("{x: 1}", "{'x': 1}")])
+def test_a_plan_that_is_no_path_is_one_line(tmp_path, cli, value, shown):
+    # It went to load_plan as it was: a TypeError and a traceback, exit status 1.
+    (tmp_path / "r.yaml").write_text(f"solver: s.prototxt\nweights: w.caffemodel\n"
+                                     f"stages:\n  - prune: {{plan: {value}}}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "r.yaml", "-o", "run"),
+                          f"r.yaml: stage 1 (prune): plan {shown} must be the path of a plan file")
+    assert not (tmp_path / "run").exists()
