@@ -133,8 +133,16 @@ class Recipe:
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
         where = self.where
-        if not self.solver:
+        if self.solver is None or self.solver == "":
             raise RecipeError(f"{where}: needs a solver")
+        # YAML makes numbers and booleans of unquoted names: weights: 0 or
+        # no was dropped as if left out, and training started from scratch.
+        if not isinstance(self.solver, str) or not self.solver.strip():
+            raise RecipeError(f"{where}: solver {self.solver!r} must be the path of a solver prototxt "
+                              "(quote a name YAML reads as something else)")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights.strip()):
+            raise RecipeError(f"{where}: weights {self.weights!r} must be the path of a .caffemodel (quote a "
+                              "name YAML reads as something else; leave weights out to train from scratch)")
         if not self.stages:
             raise RecipeError(f"{where}: has no stages")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -174,8 +182,7 @@ class Recipe:
             if kind not in STAGES:
                 raise RecipeError(f"{where}: stage {number}: unknown stage {kind!r} (known: {', '.join(STAGES)})")
             stages.append(STAGES[kind].from_dict(settings or {}, f"{where}: stage {number} ({kind})"))
-        return cls(solver=str(data.get("solver") or ""), stages=tuple(stages),
-                   weights=str(data["weights"]) if data.get("weights") else None,
+        return cls(solver=data.get("solver"), stages=tuple(stages), weights=data.get("weights"),
                    seed=data.get("seed", 0), checkpoint_every=data.get("checkpoint_every", 500),
                    test_iterations=data.get("test_iterations"), test_interval=data.get("test_interval"),
                    where=where)

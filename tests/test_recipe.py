@@ -135,3 +135,19 @@ def test_a_plan_that_is_no_path_is_one_line(tmp_path, cli, value, shown):
     assert_one_line_error(cli("dsd", "--recipe", "r.yaml", "-o", "run"),
                           f"r.yaml: stage 1 (prune): plan {shown} must be the path of a plan file")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("weights", 0), ("weights", False), ("weights", ""), ("weights", " "), ("weights", 1.5), ("weights", ["w"]),
+    ("solver", 0), ("solver", True), ("solver", " "), ("solver", {"a": 1}),
+])
+def test_a_weights_or_solver_that_is_no_path_is_refused(key, value):
+    # weights: 0 and weights: no were dropped, and the run trained from scratch without a word.
+    with pytest.raises(RecipeError, match=f"^recipe: {key} {re.escape(repr(value))} must be the path of a "):
+        Recipe.from_dict(dict(GOOD, **{key: value}))
+
+
+def test_weights_null_is_weights_left_out():
+    assert Recipe.from_dict(dict(GOOD, weights=None)) == Recipe.from_dict(GOOD)
+    with pytest.raises(RecipeError, match="^recipe: needs a solver$"):
+        Recipe.from_dict(dict(GOOD, solver=None))
