@@ -35,6 +35,7 @@ from .errors import RecipeError
 from .plan import SparsityPlan, load_plan
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
+MAX_SEED = 2 ** 32 - 1
 _RECIPE_KEYS = {"solver", "weights", "seed", "checkpoint_every", "stages", "test_iterations", "test_interval"}
 
 
@@ -147,6 +148,10 @@ class Recipe:
             raise RecipeError(f"{where}: has no stages")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number >= 0{_whole_hint(self.seed)}")
+        if self.seed > MAX_SEED:
+            # dsd seeds the C library's rand() with 32 bits of it: seed 2**32 would be seed 0 again.
+            raise RecipeError(f"{where}: seed {self.seed} must be at most {MAX_SEED} (the 32 bits that seed "
+                              "the C library's rand(), which Caffe's HDF5Data shuffles with)")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 1:
             raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1"

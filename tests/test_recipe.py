@@ -151,3 +151,11 @@ def test_weights_null_is_weights_left_out():
     assert Recipe.from_dict(dict(GOOD, weights=None)) == Recipe.from_dict(GOOD)
     with pytest.raises(RecipeError, match="^recipe: needs a solver$"):
         Recipe.from_dict(dict(GOOD, solver=None))
+
+
+def test_a_seed_beyond_32_bits_is_refused():
+    # The C library's rand() is seeded with 32 bits: seed 2**32 trained as seed 0 did.
+    assert Recipe.from_dict(dict(GOOD, seed=2 ** 32 - 1)).seed == 2 ** 32 - 1
+    for seed in (2 ** 32, 2 ** 64 + 5):
+        with pytest.raises(RecipeError, match=f"^recipe: seed {seed} must be at most 4294967295 "):
+            Recipe.from_dict(dict(GOOD, seed=seed))
