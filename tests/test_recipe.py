@@ -159,3 +159,12 @@ def test_a_seed_beyond_32_bits_is_refused():
     for seed in (2 ** 32, 2 ** 64 + 5):
         with pytest.raises(RecipeError, match=f"^recipe: seed {seed} must be at most 4294967295 "):
             Recipe.from_dict(dict(GOOD, seed=seed))
+
+
+@pytest.mark.parametrize("scale", [1e-320, 5e-324, 1e-39])
+def test_an_lr_scale_that_leaves_no_learning_rate_is_refused(scale):
+    # lr_scale 1e-320 times the solver's base_lr is 0 in Caffe's 32-bit float: it trained at lr 0.
+    stages = [{"dense": {"iterations": 5, "lr_scale": scale}}]
+    with pytest.raises(RecipeError, match=f"stage 1 \\(dense\\): lr_scale {scale!r} must be at least 1.175e-38: "):
+        Recipe.from_dict(dict(GOOD, stages=stages))
+    assert Recipe.from_dict(dict(GOOD, stages=[{"dense": {"iterations": 5, "lr_scale": 2.0 ** -126}}]))
