@@ -39,6 +39,10 @@ BYPASSES = ("none", "simple", "complex")
 STEMS = ("standard", "small")
 FILLERS = ("xavier", "msra")
 DATA = ("lmdb", "hdf5")
+# Caffe's blob shapes and element counts are C ints (and num_output,
+# crop_size, batch_size are uint32 in its protobuf): a setting or a blob
+# beyond this makes a net Caffe aborts on, or no prototxt at all.
+MAX_INT = 2 ** 31 - 1
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ class SqueezeNetSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SqueezeNetError(f"--{name.replace('_', '-')} {value!r}: must be a whole number")
+            if value > MAX_INT:
+                raise SqueezeNetError(f"--{name.replace('_', '-')} {value}: must be at most {MAX_INT}")
+        if self.train_batch < 1 or self.test_batch < 1:
+            raise SqueezeNetError("the train and test batch sizes must be >= 1")
         if self.base_e < 1 or self.incr_e < 0 or self.freq < 1:
             raise SqueezeNetError("--base-e and --freq must be >= 1, --incr-e >= 0")
         if self.num_classes < 2:
@@ -111,6 +119,10 @@ class SqueezeNetSpec:
             raise SqueezeNetError("--channels and --input-size must be >= 1")
         self.fires()  # checks the filter counts
         self.spatial_sizes()  # checks the input survives the pooling
+        for what, count in self.blob_counts():
+            if count > MAX_INT:
+                raise SqueezeNetError(f"{what} would hold {count} values, more than a Caffe blob can "
+                                      f"({MAX_INT}): give fewer filters or classes, or a smaller input")
 
     # -- the architecture, as numbers ----------------------------------------
     def fires(self):
@@ -174,6 +186,34 @@ class SqueezeNetSpec:
                 total += fire.out_channels * channels + fire.out_channels
             channels = fire.out_channels
         return total + self.num_classes * channels + self.num_classes
+
+    def blob_counts(self):
+        """(what, element count) of the blobs Caffe makes for the net: the
+        weights, the tops at the largest batch (train, test or deploy's 10)
+        and the im2col buffers of the convolutions bigger than 1x1."""
+        batch = max(self.train_batch, self.test_batch, 10)
+        sizes = self.spatial_sizes()
+        filters, kernel, _, _ = self.conv1()
+        top = f"blob {{}} at batch {batch}"
+        yield top.format("data"), batch * self.channels * self.input_size ** 2
+        yield "conv1's weights", filters * self.channels * kernel ** 2
+        yield "conv1's im2col buffer", self.channels * kernel ** 2 * sizes["conv1"] ** 2
+        yield top.format("conv1"), batch * filters * sizes["conv1"] ** 2
+        channels = filters
+        for fire, (kind, _) in zip(self.fires(), self._bypasses()):
+            area = sizes[fire.name] ** 2
+            yield f"{fire.name}/squeeze1x1's weights", fire.squeeze * channels
+            yield f"{fire.name}/expand1x1's weights", fire.expand1x1 * fire.squeeze
+            yield f"{fire.name}/expand3x3's weights", fire.expand3x3 * fire.squeeze * 9
+            yield f"{fire.name}/expand3x3's im2col buffer", fire.squeeze * 9 * area
+            if kind == "conv":
+                yield f"{fire.name}/bypass1x1's weights", fire.out_channels * channels
+            yield top.format(f"{fire.name}/squeeze1x1"), batch * fire.squeeze * area
+            yield top.format(f"{fire.name}/concat"), batch * fire.out_channels * area
+            channels = fire.out_channels
+        side = sizes["conv10"] + (2 if self.version == "1.0" else 0)  # v1.0 pads its 1x1 conv10
+        yield "conv10's weights", self.num_classes * channels
+        yield top.format("conv10"), batch * self.num_classes * side ** 2
 
     def _bypasses(self):
         """Per Fire module: (kind, input channels); kind None, 'identity' or 'conv'."""

@@ -210,3 +210,31 @@ def test_hdf5_data_needs_its_list_files_and_takes_no_mirror(cli):
                           "examples/imagenet/ilsvrc12_train_lmdb (the default) is an LMDB folder")
     assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "--test-source", "v.txt",
                               "--mirror", "-o", "n"), "--mirror goes with --data lmdb")
+
+
+@pytest.mark.parametrize("args,expect", [
+    # protobuf refused these with "ValueError: Value out of range" and a traceback
+    (["--num-classes", 4294967296], "--num-classes 4294967296: must be at most 2147483647"),
+    (["--input-size", 4294967296], "--input-size 4294967296: must be at most 2147483647"),
+    (["--base-e", 9223372036854775808], "--base-e 9223372036854775808: must be at most 2147483647"),
+    (["--incr-e", 9223372036854775808], "--incr-e 9223372036854775808: must be at most 2147483647"),
+    (["--channels", 9223372036854775808], "--channels 9223372036854775808: must be at most 2147483647"),
+    # these wrote nets Caffe aborts on (--base-e 4294967296: 10^20 parameters)
+    (["--base-e", 4294967296], "--base-e 4294967296: must be at most 2147483647"),
+    (["--base-e", 70000, "--incr-e", 0], "fire2/expand3x3's weights would hold 2756250000 values, more than a "
+                                         "Caffe blob can (2147483647)"),
+    (["--num-classes", 4194304], "conv10's weights would hold 2147483648 values"),
+    (["--input-size", 100000], "blob data at batch 32 would hold 960000000000 values"),
+])
+def test_settings_beyond_what_caffe_holds(tmp_path, cli, args, expect):
+    assert_one_line_error(cli("squeezenet", *args, "-o", tmp_path / "net"), expect)
+    assert not (tmp_path / "net").exists()
+    assert_one_line_error(cli("squeezenet", *args, "--sweep", "sr=0.125"), expect)
+
+
+def test_the_largest_blobs_of_the_release():
+    counts = dict(SqueezeNetSpec().blob_counts())
+    assert counts["blob data at batch 32"] == 32 * 3 * 227 * 227
+    assert counts["conv10's weights"] == 1000 * 512
+    assert max(counts.values()) == counts["blob conv1 at batch 32"] == 32 * 96 * 111 * 111
+    assert max(count for _, count in SqueezeNetSpec(num_classes=100_000).blob_counts()) <= 2 ** 31 - 1
