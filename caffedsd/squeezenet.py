@@ -382,6 +382,9 @@ def parse_sweep(items):
         if not sep or key not in knobs:
             raise SqueezeNetError(f"--sweep {item}: expected KNOB=V1,V2,... with KNOB one of "
                                   f"{', '.join(knobs)}")
+        if key in sweep:  # a dict keeps the last: the rows of the first vanished
+            raise SqueezeNetError(f"--sweep {item}: {key} is given twice; give all its values in one "
+                                  f"{key}=V1,V2,...")
         try:
             sweep[key] = list(number_list(values, f"--sweep {key}", knobs[key]))
         except InputError as exc:

@@ -92,9 +92,13 @@ def test_sweep_table(cli):
     ("base_e=64,", "--sweep base_e '64,': item 2 is empty"),
     ("base_e=64.5", "--sweep base_e '64.5': not a comma-separated list of whole numbers"),
     ("sr=x", "--sweep sr 'x': not a comma-separated list of numbers"),
+    # The last one won: the rows of sr=0.5 vanished.
+    (["sr=0.5", "sr=0.25"], "--sweep sr=0.25: sr is given twice; give all its values in one sr=V1,V2,..."),
+    (["base-e=64", "base_e=128"], "--sweep base_e=128: base_e is given twice"),
 ])
 def test_bad_sweeps(cli, knob, expect):
-    assert_one_line_error(cli("squeezenet", "--sweep", knob), expect)
+    knobs = knob if isinstance(knob, list) else [knob]
+    assert_one_line_error(cli("squeezenet", "--sweep", *knobs), expect)
 
 
 @pytest.mark.parametrize("args,expect", [
