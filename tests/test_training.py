@@ -177,6 +177,14 @@ def test_train_dense_library_call(pruned, tmp_path):
     assert np.count_nonzero(w[~mask]) > 0
 
 
+def test_an_lr_scale_that_leaves_caffe_no_learning_rate_is_refused(pruned, tmp_path):
+    # 0.1 x 1e-320 is 0 in Caffe's float: it would train at lr 0 and say nothing.
+    with pytest.raises(InputError, match=r"--lr-scale 1e-320: .* below the least float Caffe computes with"):
+        train_dense(write_solver(tmp_path, base_lr=0.1), pruned, tmp_path / "d.caffemodel", lr_scale=1e-320,
+                    iterations=1)
+    assert not (tmp_path / "d.caffemodel").exists()
+
+
 def test_periodic_tests_are_caffes():
     # Caffe's Solver::Step tests before the step at iter % test_interval == 0,
     # and at iteration 0 only with test_initialization.
