@@ -1,6 +1,9 @@
 """Force regularization (Wen et al., ICCV 2017), computed in the driver.
 
-The weight blob of a Convolution or InnerProduct is N filters (its rows). Each filter is
+The weight blob of a Convolution or InnerProduct is N filters (its rows; a
+``transpose: true`` InnerProduct's columns). A convolution with ``group: g``
+is g sets of N/g filters, forced each within its set, as decompose splits
+it group by group; a set of one filter (depthwise) has no force. Each filter is
 a particle on the unit sphere, n_i = w_i / |w_i|, pulled towards the others
 along the sphere's tangent at n_i, so the filters coordinate into a
 lower-rank space. The gradient added to filter i is the gradient of an
@@ -23,6 +26,7 @@ import numpy as np
 from .errors import InputError
 from .globrules import GlobRules
 from .hooks import ORDER_FORCE, Hook
+from .lowrank import blocks
 
 FORCE_TYPES = ("degradation", "constant")
 FORCED_TYPES = ("Convolution", "InnerProduct")  # the layer types decompose splits (lowrank.DECOMPOSABLE)
@@ -126,8 +130,8 @@ def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np, dtype=Non
             return weight @ unit(block)
     if add_to is None:
         result = xp.empty((count, width), dtype=f64 if dtype is None else dtype)
-    else:
-        result = add_to.reshape(count, width)  # a view: the caller's array is written
+    else:  # a view: the caller's array is written (as is, where a reshape could copy a transposed view)
+        result = add_to if add_to.shape == (count, width) else add_to.reshape(count, width)
     for index, block in enumerate(blocks):
         n = unit(block)
         gradient = ((scale - radial[:, None]) * n - pull(block, index)) * inverse
@@ -175,14 +179,19 @@ class ForceRegularizer(Hook):
     """Adds coefficient * dE/dW to each weight gradient at a pycaffe Solver's
     on_gradients_ready, before the update: a hook (caffedsd.hooks) run
     before the masks, so the masks have the last word on pruned positions.
-    On the device backend the whole computation stays on the GPU."""
+    On the device backend the whole computation stays on the GPU.
+
+    ``layouts`` is {layer: (groups, transpose)} (lowrank.filter_layout of
+    the net's layers), which pycaffe cannot tell: a layer not in it is taken
+    as ungrouped and untransposed."""
 
     order = ORDER_FORCE
 
-    def __init__(self, spec, iter_size=1):
+    def __init__(self, spec, iter_size=1, layouts=None):
         self.spec = spec
         # Caffe divides the accumulated gradient by iter_size after this hook.
         self.scale = iter_size
+        self.layouts = dict(layouts or {})
 
     def bind(self, net, backend):
         """Raises InputError when a --force-mult glob matches no layer."""
@@ -195,9 +204,12 @@ class ForceRegularizer(Hook):
         seen, targets = set(), []
         for name, blob in blobs.items():
             key = backend.key(blob)
-            if coefficients[name] > 0 and key not in seen:
+            groups, transpose = self.layouts.get(name, (1, False))
+            shape = tuple(blob.shape)
+            per_set = shape[1] if transpose else shape[0] // groups
+            if coefficients[name] > 0 and per_set > 1 and key not in seen:
                 seen.add(key)
-                targets.append((blob, tuple(blob.shape), coefficients[name]))
+                targets.append((blob, shape, coefficients[name], groups, transpose))
         self._targets = tuple(targets)
         self._backend = backend
 
@@ -207,18 +219,21 @@ class ForceRegularizer(Hook):
 
     def _add_forces(self):
         xp = self._backend.xp
-        for blob, shape, coefficient in self._targets:
-            weights = self._backend.data(blob).reshape(shape)
-            diff = self._backend.diff(blob)
+        for blob, shape, coefficient, groups, transpose in self._targets:
+            sets = blocks(self._backend.data(blob).reshape(shape), groups, transpose)
+            diffs = blocks(self._backend.diff(blob).reshape(shape), groups, transpose)
             if self.spec.decay_type == "fixed":  # added block by block: no copy of the layer
-                force_gradient(weights, self.spec.force_type, xp=xp, add_to=diff, alpha=coefficient * self.scale)
+                for weights, diff in zip(sets, diffs):
+                    force_gradient(weights, self.spec.force_type, xp=xp, add_to=diff, alpha=coefficient * self.scale)
                 continue
             # The adaptive coefficient needs the whole force's norm first: it
             # is made in float32, as the gradient it is added to.
-            grad = force_gradient(weights, self.spec.force_type, xp=xp, dtype=xp.float32).reshape(-1)
-            g_norm = xp.linalg.norm(grad)
-            ratio = xp.where(g_norm > 0, xp.linalg.norm(diff) / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
+            grads = [force_gradient(weights, self.spec.force_type, xp=xp, dtype=xp.float32) for weights in sets]
+            g_norm = xp.linalg.norm(xp.stack([xp.linalg.norm(grad) for grad in grads]))
+            d_norm = xp.linalg.norm(xp.stack([xp.linalg.norm(diff) for diff in diffs]))
+            ratio = xp.where(g_norm > 0, d_norm / xp.where(g_norm > 0, g_norm, 1.0), 0.0)
             # No iter_size here: the ratio's gradient is the accumulated one
             # already, iter_size times the mean that Caffe's division leaves.
-            grad *= coefficient * ratio
-            diff += grad
+            for grad, diff in zip(grads, diffs):
+                grad *= coefficient * ratio
+                diff += grad

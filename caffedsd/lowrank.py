@@ -41,17 +41,29 @@ DECOMPOSABLE = ("Convolution", "InnerProduct")
 _GRAM_BLOCK = 2048
 
 
+def filter_layout(layer_param):
+    """(groups, transpose): how a Convolution's or InnerProduct's weight blob
+    holds its filters (see ``blocks``)."""
+    if layer_param.type == "Convolution":
+        return max(1, int(layer_param.convolution_param.group)), False
+    if layer_param.type == "InnerProduct":
+        return 1, bool(layer_param.inner_product_param.transpose)
+    return 1, False
+
+
 def groups_of(layer):
     """The ``group`` of a Convolution layer (1 for InnerProduct)."""
-    if layer.type == "Convolution":
-        return max(1, int(layer.param.convolution_param.group))
-    return 1
+    return filter_layout(layer.param)[0]
 
 
-def blocks(weights, groups=1):
-    """The g matrices of N/g x (C/g k k) that a grouped layer's weights are."""
-    w = np.asarray(weights)
+def blocks(weights, groups=1, transpose=False):
+    """The matrices whose rows are a layer's filters, views of ``weights``
+    (a NumPy or CuPy array): the g blocks of N/g x (C/g k k) of a grouped
+    layer, or the N x C of a ``transpose`` InnerProduct's C x N blob."""
+    w = weights if hasattr(weights, "reshape") else np.asarray(weights)
     matrix = w.reshape(w.shape[0], -1)
+    if transpose:
+        return [matrix.T]
     if matrix.shape[0] % groups:
         raise InputError(f"{matrix.shape[0]} outputs do not split into {groups} groups")
     step = matrix.shape[0] // groups
@@ -393,8 +405,8 @@ def decomposed_layers(model, ranks):
             layers.append((layer.param, arrays))
             continue
         rank = ranks[layer.name]
-        transpose = layer.type == "InnerProduct" and layer.param.inner_product_param.transpose
-        first, second, discarded[layer.name] = factor(arrays[0], rank, groups_of(layer), transpose)
+        groups, transpose = filter_layout(layer.param)
+        first, second, discarded[layer.name] = factor(arrays[0], rank, groups, transpose)
         p1, p2 = _split_layer(layer.param, rank)
         if layer.type == "Convolution":
             second = second.reshape(second.shape + (1, 1))

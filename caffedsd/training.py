@@ -632,6 +632,7 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     """Train with force regularization added to the gradients (force.py);
     with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too."""
     from .force import ForceRegularizer
+    from .lowrank import filter_layout
 
     spec = read_solver(solver_path, allow_python_layers)
     if masks is not None and weights is None:
@@ -639,7 +640,9 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
     span = _span(spec, iterations)
     _check_outputs(spec, output, force_write, weights, span, masks)
-    regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size))
+    states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
+    layouts = {layer.name: filter_layout(layer) for layer in built_layers(spec.net, states)}
+    regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size), layouts=layouts)
     phase = Phase(span[1], weights, output, maskset, hooks=(regularizer,),
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)

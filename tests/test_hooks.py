@@ -141,24 +141,51 @@ def gpu_solver(caffe, tmp_path):
         import_caffe()
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("force_type,decay_type", [("degradation", "fixed"), ("constant", "adaptive")])
-def test_force_on_the_device_matches_the_host(gpu_solver, force_type, decay_type):
-    solver, gpu = gpu_solver
-    blob = solver.net.params["conv1"][0]
-    w, d0 = blob.data.copy(), blob.diff.copy()
-    spec = ForceSpec(0.5, force_type, decay_type, mults=(("fc1", 0.0),))
-    hook = ForceRegularizer(spec, iter_size=2).attach(solver, gpu, backend="device")
-    assert HookDispatcher.for_solver(solver).backend.name == "device"
+def layer_force(w, force_type, groups, transpose):
+    """dE/dW of a layer whose filters are its rows in ``groups`` sets, or its columns."""
+    if transpose:
+        return force_gradient(w.T, force_type).T
+    return np.concatenate([force_gradient(part, force_type) for part in np.split(w, groups)])
+
+
+# conv1 declared as 2 groups of 2 filters, fc1's 5 x 64 blob as 64 filters of 5:
+# the hook takes the layouts it is given, as it cannot read them from pycaffe.
+LAYOUTS = [pytest.param({}, id="plain"), pytest.param({"conv1": (2, False), "fc1": (1, True)}, id="grouped-transposed")]
+
+
+def check_force(solver, gpu, backend, force_type, decay_type, layouts):
+    params = {name: solver.net.params[name][0] for name in ("conv1", "fc1")}
+    w = {name: blob.data.copy() for name, blob in params.items()}
+    d0 = {name: blob.diff.copy() for name, blob in params.items()}
+    spec = ForceSpec(0.5, force_type, decay_type, mults=(("fc1", 0.25),))
+    hook = ForceRegularizer(spec, iter_size=2, layouts=layouts).attach(solver, gpu, backend=backend)
+    assert HookDispatcher.for_solver(solver).backend.name == backend
     HookDispatcher.for_solver(solver).on_gradients_ready()
-    grad = force_gradient(w, force_type)
-    # iter_size 2: the fixed force is doubled against Caffe's division; the
-    # adaptive one scales with the accumulated gradient d0 already.
-    coefficient = 0.5 * (np.linalg.norm(d0) / np.linalg.norm(grad) if decay_type == "adaptive" else 2.0)
-    expected = d0 + coefficient * grad
-    np.testing.assert_allclose(blob.diff, expected, rtol=1e-5, atol=1e-6)
-    assert np.array_equal(blob.data, w)  # weights untouched
+    for name, mult in (("conv1", 0.5), ("fc1", 0.125)):
+        grad = layer_force(w[name], force_type, *layouts.get(name, (1, False)))
+        # iter_size 2: the fixed force is doubled against Caffe's division; the
+        # adaptive one scales with the accumulated gradient d0 already.
+        ratio = np.linalg.norm(d0[name]) / np.linalg.norm(grad) if decay_type == "adaptive" else 2.0
+        np.testing.assert_allclose(params[name].diff, d0[name] + mult * ratio * grad, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(params[name].data, w[name])  # weights untouched
     hook.detach()
+
+
+@pytest.mark.parametrize("layouts", LAYOUTS)
+@pytest.mark.parametrize("force_type,decay_type", [("degradation", "fixed"), ("constant", "adaptive")])
+def test_force_on_the_host_follows_the_layouts(caffe, tmp_path, force_type, decay_type, layouts):
+    solver = caffe.get_solver(str(write_solver(tmp_path)))
+    solver.net.forward()
+    solver.net.backward()
+    check_force(solver, None, "host", force_type, decay_type, layouts)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layouts", LAYOUTS)
+@pytest.mark.parametrize("force_type,decay_type", [("degradation", "fixed"), ("constant", "adaptive")])
+def test_force_on_the_device_matches_the_host(gpu_solver, force_type, decay_type, layouts):
+    solver, gpu = gpu_solver
+    check_force(solver, gpu, "device", force_type, decay_type, layouts)
 
 
 @pytest.mark.gpu

@@ -169,6 +169,59 @@ def test_only_convolutions_and_inner_products_are_forced(caffe, tmp_path):
     regularizer.detach()
 
 
+# Zero data: every loss gradient is 0, so one step at lr 1 moves each weight
+# by the force alone.
+LAYOUTS = """
+layer { name: "data" type: "DummyData" top: "data" top: "target"
+        dummy_data_param { shape { dim: 1 dim: 4 dim: 3 dim: 3 } shape { dim: 1 dim: 3 } } }
+layer { name: "grouped" type: "Convolution" bottom: "data" top: "grouped"
+        convolution_param { num_output: 6 group: 2 kernel_size: 1 bias_term: false
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "depthwise" type: "Convolution" bottom: "grouped" top: "depthwise"
+        convolution_param { num_output: 6 group: 6 kernel_size: 3 pad: 1 bias_term: false
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "transposed" type: "InnerProduct" bottom: "depthwise" top: "transposed"
+        inner_product_param { num_output: 3 transpose: true bias_term: false
+                              weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "transposed" bottom: "target" top: "loss" }
+"""
+
+
+def test_filters_are_forced_within_their_groups_and_by_columns_when_transposed(caffe, tmp_path, cli):
+    """As decompose splits them: a grouped convolution within each group, a
+    depthwise one (one filter a group) not at all, a transposed
+    InnerProduct's C x N blob by its N columns."""
+    (tmp_path / "net.prototxt").write_text(LAYOUTS)
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 1\nlr_policy: "fixed"\n'
+                                              'momentum: 0\nweight_decay: 0\nmax_iter: 1\nsnapshot_prefix: "s"\n')
+    caffe.get_solver(str(tmp_path / "solver.prototxt")).net.save(str(tmp_path / "start.caffemodel"))
+    result = cli("train-lowrank", "--solver", "solver.prototxt", "-w", "start.caffemodel", "--force-decay", 0.5,
+                 "-n", 1, "-o", "out.caffemodel")
+    assert result.exit_code == 0, result.output
+    start, out = (read_caffemodel(tmp_path / name) for name in ("start.caffemodel", "out.caffemodel"))
+
+    def moved(name):
+        return out.layer(name).blobs[0].data.astype(np.float64) - start.layer(name).blobs[0].data
+
+    w = start.layer("grouped").blobs[0].data
+    assert w.shape == (6, 2, 1, 1)
+    expected = -0.5 * np.concatenate([force_gradient(w[:3]), force_gradient(w[3:])])
+    np.testing.assert_allclose(moved("grouped"), expected, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(expected, -0.5 * force_gradient(w), atol=1e-3)  # across the groups: not this
+    np.testing.assert_array_equal(moved("depthwise"), 0)
+    w = start.layer("transposed").blobs[0].data
+    assert w.shape == (54, 3)
+    np.testing.assert_allclose(moved("transposed"), -0.5 * force_gradient(w.T).T, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("block_elements", BLOCKS)
+def test_force_added_into_a_transposed_view_reaches_the_array(block_elements):
+    w = RNG.normal(size=(7, 4))
+    into = np.zeros((7, 4))
+    force_gradient(w.T, "constant", block_elements=block_elements, add_to=into.T, alpha=2.0)
+    np.testing.assert_allclose(into, 2.0 * force_gradient(w.T, "constant").T)
+
+
 def test_train_lowrank_pulls_filters_together(caffe, tmp_path, cli):
     solver = write_solver(tmp_path, base_lr=0.05, weight_decay=0)
 
