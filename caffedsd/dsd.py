@@ -44,7 +44,7 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .training import Phase, check_schedule, check_solver_builds, read_solver, run_phase, solver_device
+from .training import Phase, check_schedule, check_solver_builds, read_solver, run_phase, scaled_lr, solver_device
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
@@ -315,6 +315,7 @@ def check_stages(recipe, spec):
         if stage.kind != "prune":
             try:
                 check_schedule(spec.param, spec.path, 0, stage.iterations)
+                scaled_lr(spec, stage.lr_scale, "lr_scale")
             except InputError as exc:
                 raise RecipeError(f"{recipe.where}: stage {number} ({stage.kind}): {exc}") from None
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]

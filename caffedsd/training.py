@@ -181,18 +181,24 @@ def check_solver_builds(spec, gpu=None):
 _FLOAT32_TINY = 2.0 ** -126  # the least normal float32
 
 
+def scaled_lr(spec, lr_scale, label="--lr-scale"):
+    """The solver's base_lr times ``lr_scale``; InputError (``label``
+    naming the scale) where Caffe could not train at it."""
+    if not (lr_scale > 0 and math.isfinite(lr_scale)):
+        raise InputError(f"{label} {lr_scale}: must be a positive number")
+    rate = spec.param.base_lr * lr_scale
+    if 0 < abs(rate) < _FLOAT32_TINY:
+        # Caffe's learning rate is a float: it would train at 0 without a word.
+        raise InputError(f"{label} {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
+                         f"{rate:g}, below the least float Caffe computes with ({_FLOAT32_TINY:g})")
+    return rate
+
+
 def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, snapshot_format=None):
     """(path, SolverParameter) of ``spec`` with the changes given, written in ``workdir``."""
     param = SolverParameter()
     param.CopyFrom(spec.param)
-    if not (lr_scale > 0 and math.isfinite(lr_scale)):
-        raise InputError(f"--lr-scale {lr_scale}: must be a positive number")
-    rate = spec.param.base_lr * lr_scale
-    if 0 < abs(rate) < _FLOAT32_TINY:
-        # Caffe's learning rate is a float: it would train at 0 without a word.
-        raise InputError(f"--lr-scale {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
-                         f"{rate:g}, below the least float Caffe computes with ({_FLOAT32_TINY:g})")
-    param.base_lr = rate
+    param.base_lr = scaled_lr(spec, lr_scale)
     if snapshot_prefix is not None:
         param.snapshot_prefix = str(snapshot_prefix)
     if snapshot_format is not None:

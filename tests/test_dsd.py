@@ -420,6 +420,19 @@ def test_a_stage_past_max_iter_under_poly_is_refused_before_training(tmp_path, c
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
 
 
+@pytest.mark.caffe
+def test_a_stage_whose_rate_caffe_cannot_hold_is_refused_before_training(tmp_path, cli):
+    """1e-30 x 1e-9 is 0 in Caffe's float: the last stage would train at 0."""
+    recipe = _recipe(tmp_path, sparse_iterations=5)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("base_lr: 0.02", "base_lr: 1e-30"))
+    recipe.write_text(recipe.read_text().replace("lr_scale: 0.1", "lr_scale: 1e-9"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{recipe}: stage 4 (dense): lr_scale 1e-09: {solver}'s base_lr 1e-30 times it is 1e-39, "
+                          "below the least float Caffe computes with")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_solvers(tmp_path, cli, caffe):
     recipe = _recipe(tmp_path)
     solver = tmp_path / "solver.prototxt"
