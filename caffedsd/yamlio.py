@@ -63,7 +63,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def resolve(self, kind, value, implicit):
         tag = super().resolve(kind, value, implicit)
-        return tag if self._key else _yaml12_float(kind, value, implicit, tag)
+        if not self._key:
+            return _yaml12_number(kind, value, implicit, tag)
+        # Keys are names (layers, globs, fields): a layer 010, 1_000, 1:30 or
+        # on is that text, not YAML 1.1's 8, 1000, 90 or True.
+        if kind is yaml.ScalarNode and implicit[0] and tag != "tag:yaml.org,2002:merge":
+            return "tag:yaml.org,2002:str"
+        return tag
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -81,17 +87,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                         None, None, f"key {key!r} given twice (first at line {seen.line + 1})", key_node.start_mark)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):
+        value = self.construct_scalar(node)
+        if _DECIMAL12.fullmatch(value):  # YAML 1.1 read 010 as octal 8
+            return int(value, 10)
+        return super().construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+
 
 # PyYAML reads YAML 1.1, where a float needs a point: 5e-1, 1e3 and 1.5e3
 # are text there, and numbers in YAML 1.2 and to whoever writes them
-# (`sparsity: 5e-1` was refused as "not a number"). They are read as numbers
-# where they are values; keys stay text, since layer names are keys.
+# (`sparsity: 5e-1` was refused as "not a number"). A leading 0 made 010
+# octal (8) and 08 text; YAML 1.2 reads both as decimal. They are read as
+# YAML 1.2 reads them where they are values; keys are always text, since
+# layer names are keys.
 _FLOAT12 = re.compile(r"[-+]?(?:[0-9]+|\.[0-9]+|[0-9]+\.[0-9]*)[eE][-+]?[0-9]+")
+_DECIMAL12 = re.compile(r"[-+]?[0-9]+")
 
 
-def _yaml12_float(kind, value, implicit, tag):
-    if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str" and _FLOAT12.fullmatch(value):
-        return "tag:yaml.org,2002:float"
+def _yaml12_number(kind, value, implicit, tag):
+    if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str":
+        if _FLOAT12.fullmatch(value):
+            return "tag:yaml.org,2002:float"
+        if _DECIMAL12.fullmatch(value):
+            return "tag:yaml.org,2002:int"
     return tag
 
 
@@ -100,7 +121,7 @@ class _Dumper(yaml.SafeDumper):
     (a weights file named 1e3), so that what it writes reads back the same."""
 
     def resolve(self, kind, value, implicit):
-        return _yaml12_float(kind, value, implicit, super().resolve(kind, value, implicit))
+        return _yaml12_number(kind, value, implicit, super().resolve(kind, value, implicit))
 
 
 def parse_yaml(text, where, error):

@@ -4,7 +4,7 @@ import pytest
 from caffedsd.errors import PlanError, RecipeError
 from caffedsd.plan import load_plan
 from caffedsd.recipe import load_recipe
-from caffedsd.yamlio import MAX_DEPTH, parse_yaml
+from caffedsd.yamlio import MAX_DEPTH, dump_yaml, parse_yaml
 
 from conftest import assert_one_line_error
 
@@ -79,6 +79,17 @@ def test_yaml_1_2_floats_are_numbers_where_they_are_values(tmp_path):
     assert plan.sparsity == 0.5 and [(r.pattern, r.value) for r in plan.rules] == [("1e3", 0.1), ("conv2", 0.25)]
     data = parse_yaml("a: '5e-1'\nb: !!str 1e3\nc: [1.5e3, -2e2]\nd: 1_0e1\n", "p.yaml", PlanError)
     assert data == {"a": "5e-1", "b": "1e3", "c": [1500.0, -200.0], "d": "1_0e1"}
+
+
+def test_keys_are_text_and_leading_zeros_decimal(tmp_path):
+    """YAML 1.1 made a layer 010 the rule '8', 1:30 the rule '90', on 'True';
+    and iterations 010 eight, 08 text."""
+    (tmp_path / "plan.yaml").write_text("sparsity: 0.5\nlayers:\n  010: 0.1\n  1:30: 0.2\n  1_000: 0.3\n  on: 0.4\n")
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert [r.pattern for r in plan.rules] == ["010", "1:30", "1_000", "on"]
+    data = parse_yaml("a: 010\nb: 08\nc: -007\nd: '010'\n<<: {e: 1}\n", "p.yaml", PlanError)
+    assert data == {"a": 10, "b": 8, "c": -7, "d": "010", "e": 1}
+    assert parse_yaml(dump_yaml({"010": "08"}), "p.yaml", PlanError) == {"010": "08"}
 
 
 def test_what_is_written_reads_back_the_same(tmp_path):
