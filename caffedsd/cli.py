@@ -59,10 +59,26 @@ class _Group(_ExampleLast, click.Group):
             ctx.exit(exc.exit_code)
 
 
+def _wrote(text):
+    """A "wrote ..." line, one line even for an output named with a newline."""
+    click.echo(report.one_line(text))
+
+
 # -- shared options ------------------------------------------------------------
 
+class _NamedPath(click.Path):
+    """A path that is not empty: Path("") is the current folder, so -o ''
+    (an unset shell variable) would write there, and -w '' was read as '.'."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            what = "file" if not self.dir_okay else "folder" if not self.file_okay else "file or folder"
+            self.fail(f"an empty path; name the {what}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _path(**kwargs):
-    return click.Path(dir_okay=False, path_type=Path, **kwargs)
+    return _NamedPath(dir_okay=False, path_type=Path, **kwargs)
 
 
 def weights_option(required=True):
@@ -109,17 +125,9 @@ def output_option(help="Output .caffemodel.", folder=False, required=True, force
     def decorate(func):
         if force:
             func = click.option("--force", force, is_flag=True, help=force_help)(func)
-        kind = _OutputPath(file_okay=False, path_type=Path) if folder else _OutputPath(dir_okay=False, path_type=Path)
+        kind = _NamedPath(file_okay=False, path_type=Path) if folder else _NamedPath(dir_okay=False, path_type=Path)
         return click.option("--output", "-o", type=kind, required=required, help=help)(func)
     return decorate
-
-
-class _OutputPath(click.Path):
-    def convert(self, value, param, ctx):
-        # Path("") is the current folder: -o '' (an unset shell variable) would write there.
-        if isinstance(value, str) and not value.strip():
-            self.fail("an empty path; name the output", param, ctx)
-        return super().convert(value, param, ctx)
 
 
 def solver_option(func):
@@ -289,7 +297,7 @@ def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, crite
     rows, masks_out = prune_file(weights, output, plan, seed=plan.seed_for(0), masks=masks, model=model,
                                  force=force, allow_python_layers=allow_python_layers, others=[plan_file])
     click.echo(report.prune_table(rows))
-    click.echo(f"wrote {output} and {masks_out}")
+    _wrote(f"wrote {output} and {masks_out}")
 
 
 @main.command()
@@ -327,7 +335,7 @@ def convert(model, allow_python_layers, weights, output, force):
 
     layers, floats = convert_hdf5_weights(weights, model, output, force=force,
                                           allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output}: {layers} layers with weights, {floats} floats")
+    _wrote(f"wrote {output}: {layers} layers with weights, {floats} floats")
 
 
 @main.command()
@@ -377,7 +385,7 @@ def train_sparse(solver, weights, masks, solverstate, iterations, test_iteration
     result = _train("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                     iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     solverstate=solverstate, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output} and {result.masks} after {result.iterations} iterations")
+    _wrote(f"wrote {output} and {result.masks} after {result.iterations} iterations")
 
 
 @main.command("train-dense")
@@ -402,7 +410,7 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
     result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                     iterations=iterations, test_iterations=test_iterations, test_interval=test_interval, gpu=gpu,
                     force=force, allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
+    _wrote(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
 
 
 @main.command()
@@ -487,11 +495,11 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
         click.echo("note: the TEST batches did not fit in memory and were read anew for every point, each "
                    "time checked to be the baseline's", err=True)
     click.echo(report.sensitivity_summary(data))
-    click.echo(f"wrote {output}/sensitivity.json, .csv, .md and .png")
+    _wrote(f"wrote {output}/sensitivity.json, .csv, .md and .png")
 
 
 @main.command("plan")
-@click.option("--sensitivity", "sens", type=click.Path(path_type=Path), required=True,
+@click.option("--sensitivity", "sens", type=_NamedPath(path_type=Path), required=True,
               help="sensitivity.json (or its folder) from `caffedsd sensitivity`.")
 @click.option("--max-drop", type=float, default=None,
               help="Allowed drop per layer: percentage points of an accuracy (0.5 = half a point), "
@@ -540,7 +548,7 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
                        iterations=iterations, model=model, gpu=gpu)
     click.echo(report.plan_table(result))
     click.echo(report.plan_summary(result))
-    click.echo(f"wrote {output}")
+    _wrote(f"wrote {output}")
 
 
 @main.command()
@@ -611,7 +619,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
         click.echo(report.sweep_table(grid, rows))
         return
     for path in write_squeezenet(spec, output, force):
-        click.echo(f"wrote {path}")
+        _wrote(f"wrote {path}")
     click.echo(f"{spec.name()}: {spec.parameters()} parameters ({spec.parameters() * 4 / 2 ** 20:.2f} MB)")
 
 
@@ -645,7 +653,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     gpu=gpu, force_write=force_write, allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output} after {result.iterations} iterations")
+    _wrote(f"wrote {output} after {result.iterations} iterations")
 
 
 @main.command()
@@ -679,7 +687,7 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
         click.echo("no layer decomposed: no split would be smaller")
     for line in report.skipped_lines(skipped):
         click.echo(f"left as is: {line}")
-    click.echo(f"wrote {output}/{', '.join(names)}, model.caffemodel, report.md")
+    _wrote(f"wrote {output}/{', '.join(names)}, model.caffemodel, report.md")
 
 
 @main.command()
@@ -723,8 +731,8 @@ def compress(weights, masks, bits, index_bits, force, output):
     rows, container = run(weights, output, parse_bits(bits), parse_bits(index_bits, "--index-bits", auto=True),
                           masks=masks, force=force)
     click.echo(report.compression_table(rows))
-    click.echo(f"wrote {output}: {output.stat().st_size} bytes ({container} of them header and checksum); "
-               f"{Path(weights).stat().st_size / output.stat().st_size:.2f}x smaller than {weights}")
+    _wrote(f"wrote {output}: {output.stat().st_size} bytes ({container} of them header and checksum); "
+           f"{Path(weights).stat().st_size / output.stat().st_size:.2f}x smaller than {weights}")
 
 
 @main.command()
@@ -742,7 +750,7 @@ def decompress(dcz, model, allow_python_layers, force, output):
     from .dcz import decompress as run
 
     layers = run(dcz, output, model=model, force=force, allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output}: {layers} layers with weights")
+    _wrote(f"wrote {output}: {layers} layers with weights")
 
 
 @main.command("train-quantized")
@@ -769,7 +777,7 @@ def train_quantized(solver, weights, masks, bits, iterations, test_iterations, t
     result = _train("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    click.echo(f"wrote {output} after {result.iterations} iterations")
+    _wrote(f"wrote {output} after {result.iterations} iterations")
 
 
 @main.group()
@@ -785,7 +793,7 @@ def data():
 @data.command("fashion-mnist")
 @output_option("Folder for train.h5, test.h5 and their list files.", folder=True,
                force_help="Replace files in the folder that hold other contents.")
-@click.option("--source", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--source", type=_NamedPath(file_okay=False, path_type=Path), default=None,
               help="Folder of the IDX .gz files (default: $CAFFEDSD_FASHION_MNIST, else Debian's "
                    "dataset-fashion-mnist).")
 @click.option("--train-limit", type=int, default=None, help="Keep only the first N training images.")

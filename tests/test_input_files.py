@@ -53,3 +53,31 @@ def test_an_unreadable_plan_or_recipe(tmp_path):
         "        print(exc)\n", tmp_path)
     assert done.stdout.splitlines() == ["p.yaml: cannot be read (Permission denied)",
                                         "r.yaml: cannot be read (Permission denied)"], done.stderr
+
+
+def test_a_solverstate_that_is_a_device_is_not_missing(tmp_path):
+    from caffedsd.solverstate import state_iteration
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="folder: not a regular file \\(a folder, device or pipe\\)$"):
+        state_iteration(tmp_path / "folder")
+    with pytest.raises(InputError, match="gone: no such solverstate$"):
+        state_iteration(tmp_path / "gone")
+
+
+@pytest.mark.parametrize("args, option, what", [
+    (("stats", "-w", ""), "'--weights' / '-w'", "file"),
+    (("plan", "--sensitivity", " ", "-o", "p.yaml"), "'--sensitivity'", "file or folder"),
+    (("decompose", "-p", "n", "-w", "w", "--energy", 0.9, "-o", ""), "'--output' / '-o'", "folder"),
+])
+def test_an_empty_path_is_named_as_empty(tmp_path, cli, args, option, what):
+    """Path('') is '.', which was reported as '.: not a regular file'."""
+    assert_one_line_error(cli(*args), f"Invalid value for {option}: an empty path; name the {what}")
+
+
+def test_a_wrote_line_is_one_line(tmp_path, cli):
+    result = cli("squeezenet", "-o", "two\nlines")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "two\nlines").is_dir()
+    assert not any(line.startswith("lines") for line in result.output.splitlines()), result.output
+    assert "two\\nlines" in result.output
