@@ -35,6 +35,7 @@ import numpy as np
 from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError
 from .globrules import GlobRules, Rule, number_list
+from .report import number_text
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
 # Columns per slice when accumulating a Gram matrix (bounds the float64 copy).
@@ -118,7 +119,7 @@ def _factor_block(block, rank):
 def rank_for_energy(values, energy):
     """Smallest r whose top singular values hold ``energy`` of sum s_i^2."""
     if not 0 < energy <= 1:
-        raise InputError(f"--energy {energy:g}: must be in (0, 1]")
+        raise InputError(f"--energy {number_text(energy)}: must be in (0, 1]")
     squares = np.asarray(values, dtype=np.float64) ** 2
     total = squares.sum()
     if total == 0:
@@ -474,7 +475,7 @@ def energy_levels(text):
     levels = number_list(text, "--energy")
     for level in levels:
         if not 0 < level <= 1 or math.isnan(level):
-            raise InputError(f"--energy {level:g}: must be in (0, 1]")
+            raise InputError(f"--energy {number_text(level)}: must be in (0, 1]")
     return list(levels)
 
 
@@ -531,7 +532,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .netcheck import check_blob_shapes, check_pair
 
     if energy is not None and not 0 < energy <= 1:
-        raise InputError(f"--energy {energy:g}: must be in (0, 1]")
+        raise InputError(f"--energy {number_text(energy)}: must be in (0, 1]")
     names = output_names(model_path, deploy_path)
     if Path(out_dir).is_dir():  # -o the inputs' own folder: the rewrite has the prototxt's name
         for name in [*names.values(), "model.caffemodel", "model.masks.h5", "report.md"]:

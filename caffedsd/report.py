@@ -15,6 +15,13 @@ def one_line(text):
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text.strip())
 
 
+def number_text(value):
+    """``value`` as %g writes it where that reads back the same, else in full:
+    --energy 1.0000001 was said to be 1, out of (0, 1]."""
+    text = f"{value:g}"
+    return text if float(text) == value else repr(float(value))
+
+
 def format_table(headers, rows, align=None):
     """A plain-text table; ``align`` is a string of 'l'/'r' per column."""
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from . import wire
-from .atomic import atomic_open, atomic_path
+from .atomic import atomic_open, atomic_path, check_input
 from .caffemodel import masked_blob_record, parse_blob, write_pieces
 from .errors import InputError
 
@@ -68,9 +68,7 @@ def _history_masks(path, params, masks, shapes, solver_type):
 
 def state_iteration(path):
     """The iteration solverstate ``path`` was taken at (0 when it says none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such solverstate")
+    path = check_input(path, "solverstate")
     try:
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as state:
@@ -93,9 +91,7 @@ def clean_solverstate(path, output, net, masks, solver_type="SGD"):
     """Copy solverstate ``path`` to ``output`` with history zeroed where
     ``masks`` ({layer: bool keep-mask of blob 0}) prune; it must be a state
     of a ``solver_type`` solver of ``net``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such solverstate")
+    path = check_input(path, "solverstate")
     if h5py.is_hdf5(path):
         _clean_hdf5(path, Path(output), learnable_params(net), masks, solver_type)
     else:
