@@ -1,7 +1,8 @@
 """Deep Compression coding (Han et al., ICLR 2016), numpy only: k-means
 weight sharing, sparse relative indices, canonical Huffman codes.
 
-The .dcz container built from these pieces is in dcz.py, its layout in
+The .dcz blobs built from these pieces are in dcz_blobs.py, the container in
+dcz.py, its layout in
 docs/FORMAT.md. Huffman streams of format version 2 carry sync points (the
 bit offset every K symbols), so ``decode_stream`` decodes all chunks of a
 stream together, one symbol of every chunk per numpy step, with no Python

@@ -20,9 +20,9 @@ from caffedsd.caffemodel import new_caffemodel, read_caffemodel
 from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, assign_labels, canonical_codes, decode_stream,
                              huffman_decode, huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
                              quantized, relative_indices, share_values, share_weights, shared_codebook)
-from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, HEADER_DICTIONARY, MAGIC, LayerSizes, Reader, _header,
-                          _read_header, compress, decode_floats, decode_shared, encode_floats, encode_shared,
+from caffedsd.dcz import (BLOB_FLOATS, BLOB_SHARED, HEADER_DICTIONARY, MAGIC, _header, _read_header, compress,
                           parse_bits, read_dcz)
+from caffedsd.dcz_blobs import LayerSizes, Reader, decode_floats, decode_shared, encode_floats, encode_shared
 from caffedsd.errors import FormatError, InputError
 from caffedsd.layers import PRUNABLE_TYPES
 from caffedsd.masks import chunk_bounds
@@ -381,26 +381,26 @@ def test_shared_blobs_are_the_bytes_earlier_versions_wrote():
 
 
 def test_index_width_search_plans_each_value_histogram_once(monkeypatch):
-    import caffedsd.dcz as dcz
+    import caffedsd.dcz_blobs as blobs
 
     planned = []
-    plan_stream = dcz.plan_stream
+    plan_stream = blobs.plan_stream
 
     def counting(freq):
         planned.append(np.asarray(freq).tolist())
         return plan_stream(freq)
 
-    monkeypatch.setattr(dcz, "plan_stream", counting)
+    monkeypatch.setattr(blobs, "plan_stream", counting)
     # Gaps 1 (5 times), 2 (3 times) and 4 (twice); padding entries by width:
     # 1 bit: 3 * 1 + 2 * 2 = 7; 2 bits: 2; 3 bits and up: none.
     gap_hist, value_hist = np.array([0, 5, 3, 0, 2]), np.array([4, 6, 1, 1, 1])
-    size, width, pads, _, _ = dcz._stream_plans(gap_hist, np.zeros(0, np.int64), value_hist, range(1, 9))
+    size, width, pads, _, _ = blobs._stream_plans(gap_hist, np.zeros(0, np.int64), value_hist, range(1, 9))
     assert [p for p in planned if len(p) in (5, 6)] == [[4, 6, 1, 1, 1, 7], [4, 6, 1, 1, 1, 2], [4, 6, 1, 1, 1]]
     assert len(planned) == 3 + 8  # and one gap histogram per width
     # 2 bits: each gap of 4 is a padding entry (coded 3) and an entry of gap 0.
-    assert dcz._gap_freq(gap_hist, np.zeros(0, np.int64), 2)[0].tolist() == [2, 5, 3, 2]
+    assert blobs._gap_freq(gap_hist, np.zeros(0, np.int64), 2)[0].tolist() == [2, 5, 3, 2]
     none = np.zeros(0, np.int64)
-    direct = {w: plan_stream(dcz._gap_freq(gap_hist, none, w)[0])[1]
+    direct = {w: plan_stream(blobs._gap_freq(gap_hist, none, w)[0])[1]
               + plan_stream(np.append(value_hist, p) if p else value_hist)[1]
               for w, p in zip(range(1, 9), [7, 2] + [0] * 6)}
     assert size == min(direct.values()) and width == min(direct, key=direct.get)
@@ -792,7 +792,7 @@ def test_a_code_no_symbol_has_is_refused(tmp_path, cli):
 
 
 def test_stage_4_and_codes_over_one_symbol_are_named():
-    from caffedsd.dcz import read_stream
+    from caffedsd.dcz_blobs import read_stream
 
     with pytest.raises(FormatError, match=r"stream stage 4 \(code lengths of 0 bits\) is not valid"):
         read_stream(Reader(bytes([4, 0, 0])), 3, 2)  # said: code lengths up to 0 bits (1..20 allowed)
