@@ -3,10 +3,14 @@
 Every kept weight of a layer belongs to one of 2^bits clusters and takes its
 centroid's value. At a pycaffe Solver's on_gradients_ready, each member's
 gradient is replaced by the sum of its cluster's gradients, so all members
-receive the same update (momentum and weight decay included, since they
-start equal) and stay equal: the centroid moves by the summed gradient, as
-in the paper. Pruned weights belong to no cluster; the MaskEnforcer, which
-runs after this hook, keeps them at 0.0.
+receive the same update and the centroid moves by the summed gradient, as
+in the paper. Caffe's update (weight decay, momentum) is exact arithmetic
+only in principle: BLAS rounds its vector lanes and its tail apart, so equal
+members drift apart by a float step or so, and a 5-bit layer held 38 values
+after 20 steps, which compress (k-means again) then merged. So before each
+forward, and at the end, every member is set to its cluster's mean, which
+leaves members that are equal as they are. Pruned weights belong to no
+cluster; the MaskEnforcer, which runs after this hook, keeps them at 0.0.
 """
 import numpy as np
 
@@ -41,13 +45,28 @@ class WeightSharing(Hook):
             data = backend.data(blob)
             # Start from the centroids.
             data[backend.asarray(kept)] = backend.asarray(codebook[labels[kept]])
-            targets.append((blob, backend.asarray(kept), backend.asarray(labels[kept]), codebook.size))
+            members = np.maximum(np.bincount(labels[kept], minlength=codebook.size), 1).astype(np.float64)
+            targets.append((blob, backend.asarray(kept), backend.asarray(labels[kept]), codebook.size,
+                            backend.asarray(members)))
         self._targets = tuple(targets)
         self._backend = backend
 
+    def on_start(self):
+        self._share_values()
+
+    def settle(self):
+        self._share_values()
+
+    def _share_values(self):
+        xp = self._backend.xp
+        for blob, kept, labels, count, members in self._targets:
+            data = self._backend.data(blob)
+            means = xp.bincount(labels, weights=data[kept].astype(xp.float64), minlength=count) / members
+            data[kept] = means[labels].astype(xp.float32)
+
     def on_gradients_ready(self):
         xp = self._backend.xp
-        for blob, kept, labels, count in self._targets:
+        for blob, kept, labels, count, _ in self._targets:
             diff = self._backend.diff(blob)
             sums = xp.bincount(labels, weights=diff[kept], minlength=count)
             diff[kept] = sums[labels]

@@ -574,7 +574,8 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
     work, proto, weights = lenet
     solver = work / "solver.prototxt"
     assert cli("prune", "-w", weights, "-s", 0.7, "-o", "p.caffemodel").exit_code == 0
-    result = cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "--bits", 3, "-n", 20,
+    bits = {"conv1": 3, "conv2": 3, "ip1": 5, "ip2": 5}
+    result = cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "--bits", "conv=3,fc=5", "-n", 20,
                  "-o", "q.caffemodel")
     assert result.exit_code == 0, result.output
     pruned, trained = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "q.caffemodel")
@@ -582,12 +583,18 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
         before, after = pruned.layer(name).blobs[0].data, trained.layer(name).blobs[0].data
         assert np.count_nonzero(after[before == 0]) == 0  # pruned stay 0.0
         values = np.unique(after[before != 0])
-        assert len(values) <= 8  # still shared among 2^3 centroids
-        start = np.unique(quantized(before, before != 0, 3)[before != 0])
+        assert len(values) <= 2 ** bits[name], name  # still shared among the centroids
+        start = np.unique(quantized(before, before != 0, bits[name])[before != 0])
         assert not np.array_equal(np.sort(values), np.sort(start))  # the centroids were trained
+    # So compressing at the same bits keeps every trained value.
+    assert cli("compress", "-w", "q.caffemodel", "--bits", "conv=3,fc=5", "-o", "q.dcz").exit_code == 0
+    assert cli("decompress", "q.dcz", "-o", "back.caffemodel").exit_code == 0
+    back = read_caffemodel(tmp_path / "back.caffemodel")
+    for name in bits:
+        assert np.array_equal(back.layer(name).blobs[0].data, trained.layer(name).blobs[0].data), name
     # Every weight stayed in its cluster: same partition of positions as at the start.
     w0 = pruned.layer("ip2").blobs[0].data
-    q0, q1 = quantized(w0, w0 != 0, 3), trained.layer("ip2").blobs[0].data
+    q0, q1 = quantized(w0, w0 != 0, 5), trained.layer("ip2").blobs[0].data
     for value in np.unique(q0[w0 != 0]):
         assert len(np.unique(q1[q0 == value])) == 1
 

@@ -188,15 +188,14 @@ def test_force_on_the_device_matches_the_host(gpu_solver, force_type, decay_type
     check_force(solver, gpu, "device", force_type, decay_type, layouts)
 
 
-@pytest.mark.gpu
-def test_weight_sharing_on_the_device_matches_the_host(gpu_solver):
-    solver, gpu = gpu_solver
+def check_sharing(solver, gpu, backend):
     blob = solver.net.params["conv1"][0]
     w, d0 = blob.data.copy(), blob.diff.copy()
     keep = np.abs(w) > np.median(np.abs(w))
     labels, codebook = cluster(w, keep, 2)
-    hook = WeightSharing({"conv1": (labels, codebook)}).attach(solver, gpu, backend="device")
-    HookDispatcher.for_solver(solver).on_gradients_ready()
+    hook = WeightSharing({"conv1": (labels, codebook)}).attach(solver, gpu, backend=backend)
+    dispatcher = HookDispatcher.for_solver(solver)
+    dispatcher.on_gradients_ready()
     kept = labels >= 0
     sums = np.bincount(labels[kept], weights=d0.reshape(-1)[kept], minlength=codebook.size)
     expected = d0.reshape(-1).copy()
@@ -205,7 +204,36 @@ def test_weight_sharing_on_the_device_matches_the_host(gpu_solver):
     data = blob.data.reshape(-1)
     assert np.array_equal(data[kept], codebook[labels[kept]])  # weights start at their centroids
     assert np.array_equal(data[~kept], w.reshape(-1)[~kept])
+    # An update that rounds members of cluster 0 apart (as BLAS's vector
+    # lanes and tail do): each forward starts from the cluster's mean again,
+    # and the other clusters, still equal, are left exactly as they are.
+    drifted = data.copy()
+    members = np.flatnonzero(labels == 0)
+    drifted[members[::2]] = np.nextafter(drifted[members[::2]], np.float32(np.inf))
+    blob.data[...] = drifted.reshape(blob.data.shape)
+    dispatcher.on_start()
+    data = blob.data.reshape(-1)
+    assert np.unique(data[members]).size == 1
+    assert data[members[0]] == np.float32(drifted[members].astype(np.float64).mean())
+    others = kept & (labels != 0)
+    assert np.array_equal(data[others], codebook[labels[others]]) and np.array_equal(data[~kept], w.reshape(-1)[~kept])
+    blob.data[...] = drifted.reshape(blob.data.shape)
+    dispatcher.settle()  # at the end of training too
+    assert np.unique(blob.data.reshape(-1)[members]).size == 1
     hook.detach()
+
+
+def test_weight_sharing_on_the_host_keeps_members_equal(caffe, tmp_path):
+    solver = caffe.get_solver(str(write_solver(tmp_path)))
+    solver.net.forward()
+    solver.net.backward()
+    check_sharing(solver, None, "host")
+
+
+@pytest.mark.gpu
+def test_weight_sharing_on_the_device_matches_the_host(gpu_solver):
+    solver, gpu = gpu_solver
+    check_sharing(solver, gpu, "device")
 
 
 @pytest.mark.gpu

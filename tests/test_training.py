@@ -390,8 +390,7 @@ def test_quantized_training_keeps_the_zeros_of_a_model_without_masks(pruned, tmp
         zeros = before.layer(layer).blobs[0].data == 0
         assert zeros.mean() > 0.5
         assert np.array_equal(after.layer(layer).blobs[0].data == 0, zeros), layer
-        # (members of a cluster can differ in the last bits: BLAS rounds its vector lanes and tail apart)
-        assert len(np.unique(after.layer(layer).blobs[0].data[~zeros].round(5))) <= 4
+        assert len(np.unique(after.layer(layer).blobs[0].data[~zeros])) <= 4
     assert load_masks(out.with_name("q.masks.h5")).masks.keys() == {"conv1", "fc1"}
 
 
