@@ -678,7 +678,7 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
     """
     from .lowrank import parse_ranks, write_decomposition
 
-    rows, skipped, names = write_decomposition(
+    rows, skipped, written = write_decomposition(
         model, deploy, weights, output, energy=energy, ranks=parse_ranks(ranks),
         layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers, force=force)
     if rows:
@@ -687,7 +687,7 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
         click.echo("no layer decomposed: no split would be smaller")
     for line in report.skipped_lines(skipped):
         click.echo(f"left as is: {line}")
-    _wrote(f"wrote {output}/{', '.join(names)}, model.caffemodel, report.md")
+    _wrote(f"wrote {output}/{', '.join(written)}")
 
 
 @main.command()

@@ -524,11 +524,11 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import atomic_folder, check_output, write_text
+    from .atomic import atomic_folder, atomic_paths, check_output, write_text
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, new_caffemodel, read_caffemodel
-    from .maskfile import atomic_unmasked_path
+    from .maskfile import MaskSet, atomic_unmasked_path, masks_for, save_masks
     from .netcheck import check_blob_shapes, check_pair
 
     if energy is not None and not 0 < energy <= 1:
@@ -545,6 +545,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             # Written beside the weights: Caffe must fill every layer of it.
             check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True)
         check_finite(model)
+        masks = masks_for(model)  # those of the layers left as they are go beside the output
         chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc, shared_weights(nets.values()))
         for path, net in nets.items():
             check_split_names(net, path, chosen)
@@ -573,10 +574,19 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             raise InputError(f"{missing[0]}: not in the TEST phase of {model_path}, so its output size is "
                              "unknown; leave it out with --layers")
         new_layers, discarded = decomposed_layers(model, chosen)
-        with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
-            new_caffemodel(tmp, new_layers, name=model.name)
+        kept = masks.without(chosen) if masks is not None else None  # a split layer's new blobs are dense
+        if kept is None:
+            with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
+                new_caffemodel(tmp, new_layers, name=model.name)
+        else:
+            with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
+                new_caffemodel(tmp, new_layers, name=model.name)
+                save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, read_caffemodel(tmp).structure(),
+                                              dict(kept.meta)))
         for path, name in names.items():
             write_text(folder / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
         rows = summarize(model, chosen, positions, discarded)
         write_text(folder / "report.md", report.decomposition_markdown(rows, weights, skipped))
-    return rows, skipped, list(names.values())
+    written = [*names.values(), "model.caffemodel"] + (["model.masks.h5"] if kept is not None else [])
+    return rows, skipped, written + ["report.md"]
+

@@ -99,6 +99,15 @@ class MaskSet:
         """{layer name: mask} with every sharing layer listed."""
         return {layer: self.masks[owner] for owner, layers in self.shared_by.items() for layer in layers}
 
+    def without(self, layers):
+        """These masks less those of ``layers`` (with every layer sharing
+        their blob); None where none are left."""
+        owners = [owner for owner, sharing in self.shared_by.items() if not set(sharing) & set(layers)]
+        if not owners:
+            return None
+        return MaskSet({owner: self.masks[owner] for owner in owners},
+                       {owner: self.shared_by[owner] for owner in owners}, self.structure, dict(self.meta))
+
     def check_fits(self, structure, what):
         """Raise InputError unless these masks were made for ``structure``."""
         if structure_fingerprint(structure) == self.fingerprint:

@@ -9,6 +9,7 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.errors import InputError
 from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
 from caffedsd.lowrank import factor, rank_for_energy, singular_values, split_weights
+from caffedsd.maskfile import load_masks, masks_for
 from conftest import assert_one_line_error, save_net, write_solver
 
 RNG = np.random.default_rng(0)
@@ -295,6 +296,29 @@ def test_full_rank_decomposition_is_exact_and_loads_in_stock_caffe(caffe, lenet,
     assert code == 0 and "Ignoring source layer" not in log.replace("Ignoring source layer mnist", "")
     report = (tmp_path / "full" / "report.md").read_text()
     assert "| conv2 | Convolution | 50/50 | 25050 | 27550 |" in report
+
+
+def test_the_masks_of_layers_left_as_they_are_go_beside_the_output(caffe, lenet, tmp_path, cli):
+    """A pruned model's masks were dropped: train-lowrank then made its
+    pruned ip1 (90% zeros) dense again without a word."""
+    _, proto, weights = lenet
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    before = load_masks(tmp_path / "p.masks.h5")
+    result = cli("decompose", "-p", proto, "-w", "p.caffemodel", "--rank", "conv2=20", "-o", "d")
+    assert result.exit_code == 0, result.output
+    assert "model.caffemodel, model.masks.h5, report.md" in result.output
+    model = read_caffemodel(tmp_path / "d" / "model.caffemodel")
+    kept = masks_for(model)  # fits the decomposed model
+    assert set(kept.masks) == {"conv1", "ip1", "ip2"}  # conv2's two new blobs are dense
+    for name in kept.masks:
+        assert np.array_equal(kept.masks[name], before.masks[name]), name
+        assert np.array_equal(model.layer(name).blobs[0].data == 0, ~kept.masks[name]), name
+    assert cli("verify", "-p", tmp_path / "d" / proto.name, "-w", tmp_path / "d" / "model.caffemodel").exit_code == 0
+    # Every masked layer split: no masks, and none left from the run before.
+    result = cli("decompose", "-p", proto, "-w", "p.caffemodel", "--fc", "--rank", "conv1=20", "--rank", "conv2=20",
+                 "--rank", "ip1=20", "--rank", "ip2=5", "-o", "d", "--force")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "d" / "model.masks.h5").exists() and "model.masks.h5" not in result.output
 
 
 def test_bad_inputs(lenet, tmp_path, cli):
