@@ -276,6 +276,17 @@ def _read_csv(path):
     return report.parse_curve_csv(Path(path).read_text())
 
 
+def _check_finished(stage_dir, kind, number, count):
+    """A finished stage's files are there: the report would name a model
+    that is gone, and the next stage would start from nothing."""
+    model = stage_dir / "model.caffemodel"
+    for path in (model, masks_path_for(model)) if kind in ("prune", "sparse") else (model,):
+        if not path.is_file():
+            later = " and the stages after it" if number < count else ""
+            raise InputError(f"{path}: missing, though {stage_dir / 'stage.json'} says stage {number} finished; "
+                             f"delete {stage_dir}{later} to run it again")
+
+
 def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress, replay):
     """A dense or sparse stage: train, evaluate, save; resumes a checkpoint."""
     checkpoints = _Checkpoints(stage_dir / "checkpoint", recipe.checkpoint_every, replay)
@@ -368,6 +379,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         done = stage_dir / "stage.json"
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
+            _check_finished(stage_dir, stage.kind, number, len(recipe.stages))
         else:
             # Caffe reads the net files again for every stage: an edit while
             # the run goes on would train its later stages on another net

@@ -433,6 +433,22 @@ def test_a_stage_whose_rate_caffe_cannot_hold_is_refused_before_training(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.caffe
+def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
+    """A rerun exited 0 and reported a last stage whose model was deleted."""
+    recipe = _recipe(tmp_path, sparse_iterations=5)
+    recipe.write_text(recipe.read_text().replace("iterations: 30", "iterations: 5").replace("iterations: 20", "iterations: 5"))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    run = Path("run")  # as given
+    (run / "04-dense" / "model.caffemodel").unlink()
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{run / '04-dense' / 'model.caffemodel'}: missing, though {run / '04-dense' / 'stage.json'} "
+                          f"says stage 4 finished; delete {run / '04-dense'} to run it again")
+    (run / "03-sparse" / "model.masks.h5").unlink()
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"delete {run / '03-sparse'} and the stages after it to run it again")
+
+
 def test_bad_solvers(tmp_path, cli, caffe):
     recipe = _recipe(tmp_path)
     solver = tmp_path / "solver.prototxt"
