@@ -158,6 +158,26 @@ def _looks_like_text(head):
     return printable == len(head)
 
 
+def _hdf5_what(path):
+    """What an HDF5 file given as a caffemodel is, and what to do with it."""
+    import h5py  # only to say so: caffemodels are protobuf
+
+    from .maskfile import FORMAT
+
+    try:
+        with h5py.File(path, "r") as h5:
+            masks = h5.attrs.get("format") in (FORMAT, FORMAT.encode())
+            weights = "data" in h5
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        masks = weights = False
+    if masks:
+        return "a caffedsd masks file, not weights: give it as --masks (-m), and the caffemodel as -w"
+    if weights:
+        return ("Caffe HDF5 weights (snapshot_format: HDF5); make a binary caffemodel of them with "
+                f"`caffedsd convert --model NET.prototxt --weights {path} -o OUT.caffemodel`")
+    return "an HDF5 file, but neither a caffemodel nor Caffe HDF5 weights (no 'data' group)"
+
+
 def read_caffemodel(path):
     """Open a caffemodel. Raises InputError naming the file on anything malformed."""
     path = check_input(path)
@@ -166,8 +186,7 @@ def read_caffemodel(path):
     with open(path, "rb") as handle:
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     if buffer[:len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
-        _fail(path, f"Caffe HDF5 weights (snapshot_format: HDF5); make a binary caffemodel of them with "
-                    f"`caffedsd convert --model NET.prototxt --weights {path} -o OUT.caffemodel`")
+        _fail(path, _hdf5_what(path))
     if _looks_like_text(buffer[:512]):
         _fail(path, "is a text file (a prototxt?), not a binary caffemodel")
     try:
