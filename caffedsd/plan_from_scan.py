@@ -94,9 +94,29 @@ def curves(data, metric, where="sensitivity"):
             for layer in data["layers"]}
 
 
-def overall_sparsity(choices, prunable_params):
-    """Fraction of all prunable weights the choices prune (others stay dense)."""
-    return sum(c.params * c.sparsity for c in choices) / prunable_params if prunable_params else 0.0
+def pruned_counts(data):
+    """({layer: {sparsity: weights at 0.0 after pruning it}}, weights at 0.0
+    in prunable layers the scan left out) from a scan: a scan of a pruned
+    model starts from its zeros, which pruning up to as many takes first.
+    Scans before zeros were recorded give {} and 0 (no zeros to start from)."""
+    counts = {}
+    for layer in data["layers"]:
+        if "zeros" in layer:
+            counts[layer["layer"]] = {0.0: layer["zeros"], **{p["sparsity"]: p["zeros"] for p in layer["points"]}}
+    scanned = sum(layer.get("zeros", 0) for layer in data["layers"])
+    return counts, data.get("prunable_zeros", scanned) - scanned
+
+
+def _pruned(counts, layer, params, sparsity):
+    return counts.get(layer, {}).get(sparsity, params * sparsity)
+
+
+def overall_sparsity(choices, prunable_params, counts=None, elsewhere=0):
+    """Fraction of all prunable weights at 0.0 once the choices are pruned:
+    ``counts`` and ``elsewhere`` as pruned_counts gives them (the zeros a
+    pruned model has already); without, what the choices prune alone."""
+    zeros = elsewhere + sum(_pruned(counts or {}, c.layer, c.params, c.sparsity) for c in choices)
+    return zeros / prunable_params if prunable_params else 0.0
 
 
 def check_budget(option, value):
@@ -130,20 +150,27 @@ def _hull(options):
     return hull
 
 
-def by_target(curve_data, prunable_params, target, max_drop=None, where="sensitivity"):
+def by_target(curve_data, prunable_params, target, max_drop=None, where="sensitivity", counts=None, elsewhere=0):
+    """``counts`` and ``elsewhere``: the zeros a pruned model has already
+    (pruned_counts), which count towards the target."""
     if not 0 <= target < 1:
         raise PlanningError(f"--target-sparsity {target:g}: must be in [0, 1)")
     if max_drop is not None:
         check_budget("--max-drop", max_drop)
-    needed = target * prunable_params
+    counts = counts or {}
     hulls, spars, options = {}, {}, {}
     for layer, (params, points) in curve_data.items():
         allowed = [(s, d) for s, d in points if max_drop is None or within(d, max_drop)]
-        options[layer] = [(0.0, 0.0)] + [(s * params, d) for s, d in allowed]
+        start = _pruned(counts, layer, params, 0.0)
+        options[layer] = [(start, 0.0)] + [(_pruned(counts, layer, params, s), d) for s, d in allowed]
         hulls[layer] = _hull(options[layer])
-        spars[layer] = {s * params: s for s, _ in allowed}
-    reachable = sum(h[-1][0] for h in hulls.values())
-    if reachable < needed - 1e-9:
+        spars[layer] = {start: 0.0}
+        for s, _ in sorted(allowed):  # the least sparsity that leaves as many zeros
+            spars[layer].setdefault(_pruned(counts, layer, params, s), s)
+    # Steps are counted from where every layer starts.
+    needed = target * prunable_params - elsewhere - sum(h[0][0] for h in hulls.values())
+    reachable = elsewhere + sum(h[-1][0] for h in hulls.values())
+    if reachable < target * prunable_params - 1e-9:
         budget = "" if max_drop is None else f" within --max-drop {max_drop:g}"
         raise PlanningError(f"{where}: --target-sparsity {target:g} is out of reach: the measured curves reach at most "
                             f"{reachable / prunable_params:.4f} overall{budget}")
@@ -366,11 +393,17 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
         max_drop = max_total_drop  # no layer alone may cost more than the whole net may
     metric = metric or scan_metric(data)
     curve_data = curves(data, metric, sensitivity_path)
+    counts, elsewhere = pruned_counts(data)
+
+    def overall(choices):
+        return overall_sparsity(choices, data["prunable_params"], counts, elsewhere)
+
     if target is None:
         choices = by_max_drop(curve_data, max_drop)
     else:
-        choices = by_target(curve_data, data["prunable_params"], target, max_drop, sensitivity_path)
-    start_overall = overall_sparsity(choices, data["prunable_params"])
+        choices = by_target(curve_data, data["prunable_params"], target, max_drop, sensitivity_path, counts,
+                            elsewhere)
+    start_overall = overall(choices)
     start_drop = sum(c.drop for c in choices)
     measured, history, verified, net = None, [], None, None
     if verify:
@@ -386,18 +419,18 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
                     "weights_sha256": data["weights_sha256"], "measurements": len(history)}
         if max_total_drop is not None and not within(measured, max_total_drop):
             raise InputError(f"{sensitivity_path}: the whole net cannot be brought within --max-total-drop")
-    overall = overall_sparsity(choices, data["prunable_params"])
+    predicted = overall(choices)
     unit = "loss" if metric_kind(data, metric) == "loss" else "points"
     total_drop = sum(c.drop for c in choices)
     budget = ", ".join(f"{k} {v:g}" for k, v in (("max-drop", max_drop), ("target-sparsity", target),
                                                   ("max-total-drop", max_total_drop)) if v is not None)
     header = (_comment(f"caffedsd plan from {sensitivity_path} ({budget}; metric {metric})")
-              + _comment(f"predicted overall sparsity {overall:.4f}, predicted drop {total_drop:.4g} {unit}"))
+              + _comment(f"predicted overall sparsity {predicted:.4f}, predicted drop {total_drop:.4g} {unit}"))
     if verify:
         header += _comment(f"measured drop of the whole pruned net {measured:.4g} {unit} "
                            f"({len(history)} measurement(s), {net.iterations} TEST iterations each)")
     write_text(output, header + to_plan(choices, data["criterion"], verified, data.get("seed", 0)).to_yaml())
-    return PlanResult(choices, overall, data["prunable_params"], metric, unit, total_drop, measured, verified,
+    return PlanResult(choices, predicted, data["prunable_params"], metric, unit, total_drop, measured, verified,
                       {"overall": start_overall, "drop": start_drop},
-                      [{"overall": overall_sparsity(c, data["prunable_params"]),
+                      [{"overall": overall(c),
                         "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history])

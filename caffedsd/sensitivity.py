@@ -300,12 +300,13 @@ def _measure(evaluator, config, points, emit):
         original = originals.setdefault(layer, blob.copy())
         mask = compute_mask(original, config.criterion, sparsity, rng=layer_rng(config.seed, layer))
         blob[...] = apply_mask(original, mask)
+        zeros = int(blob.size - np.count_nonzero(blob))  # with those the model had already
         try:
             metrics, seconds = timed_run()
         finally:
             blob[...] = original
         emit({"layer": layer, "sparsity": sparsity, "pruned": int(mask.size - np.count_nonzero(mask)),
-              "metrics": metrics, "eval_seconds": seconds, "data": evaluator.data_mode})
+              "zeros": zeros, "metrics": metrics, "eval_seconds": seconds, "data": evaluator.data_mode})
 
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results, parent):
@@ -516,11 +517,17 @@ def _result(config, model, targets, done, kinds, primary):
     baseline = done[(None, 0.0)]["metrics"]
     eval_seconds = sum(record.get("eval_seconds", 0.0) for record in used)
     layers = []
+    # Weights at 0.0 already (a scan of a pruned model): pruning up to as
+    # many takes those, and the plan's overall sparsity counts them.
+    zeros = {t.owner: _zeros(model.layer(t.owner).blobs[0].data) for t in prunable_targets(model)}
     for target in targets:
-        points = [{"sparsity": s, "pruned": done[(target.owner, s)]["pruned"],
-                   "metrics": done[(target.owner, s)]["metrics"]} for s in config.sparsities]
+        records = [done[(target.owner, s)] for s in config.sparsities]
+        # Points measured before zeros were recorded: keepmax takes the zeros first.
+        points = [{"sparsity": s, "pruned": r["pruned"],
+                   "zeros": r.get("zeros", max(r["pruned"], zeros[target.owner])), "metrics": r["metrics"]}
+                  for s, r in zip(config.sparsities, records)]
         layers.append({"layer": target.owner, "shared_by": list(target.layers),
-                       "params": int(np.prod(target.shape)), "points": points})
+                       "params": int(np.prod(target.shape)), "zeros": zeros[target.owner], "points": points})
     total = sum(int(np.prod(t.shape)) for t in prunable_targets(model))
     return {"format": FORMAT, "format_version": 1, "model": config.model, "net_sha256": config.net_sha256,
             "data_sha256": config.data_sha256,
@@ -531,8 +538,12 @@ def _result(config, model, targets, done, kinds, primary):
             "kinds": {name: kinds.get(name, "other") for name in baseline},
             "primary": primary if primary in baseline else report.primary_metric(list(baseline)),
             "data": "streamed" if any(record.get("data") == "streamed" for record in used) else "cached",
-            "prunable_params": total, "baseline": baseline, "layers": layers,
+            "prunable_params": total, "prunable_zeros": sum(zeros.values()), "baseline": baseline, "layers": layers,
             "eval_seconds": round(eval_seconds, 3)}
+
+
+def _zeros(data):
+    return int(data.size - np.count_nonzero(data))
 
 
 def _check_scan(path, data):
@@ -543,11 +554,15 @@ def _check_scan(path, data):
     def metrics_ok(m):
         return isinstance(m, dict) and all(number(m.get(k)) for k in metrics)
 
+    def count_ok(v, top):  # zero counts: scans before they were recorded have none
+        return type(v) is int and 0 <= v <= top
+
     metrics = data.get("metrics")
     ok = (isinstance(metrics, list) and metrics and all(isinstance(m, str) for m in metrics)
           and metrics_ok(data.get("baseline")) and isinstance(data.get("criterion"), str)
           and isinstance(data.get("fingerprint"), str) and isinstance(data.get("prunable_params"), int)
           and isinstance(data.get("layers"), list)
+          and count_ok(data.get("prunable_zeros", 0), data.get("prunable_params"))
           and type(data.get("seed", 0)) is int and data.get("seed", 0) >= 0  # `plan --verify` draws with it
           and isinstance(data.get("data_sha256"), (str, type(None))))
     # Scans before kinds were recorded have neither field (the planner then goes by names).
@@ -558,9 +573,10 @@ def _check_scan(path, data):
     for layer in data.get("layers") if ok else ():
         ok = ok and isinstance(layer, dict) and isinstance(layer.get("layer"), str) \
             and isinstance(layer.get("params"), int) and not isinstance(layer.get("params"), bool) \
+            and count_ok(layer.get("zeros", 0), layer["params"]) \
             and isinstance(layer.get("points"), list) and all(
                 isinstance(p, dict) and number(p.get("sparsity")) and metrics_ok(p.get("metrics"))
-                for p in layer["points"])
+                and count_ok(p.get("zeros", 0), layer["params"]) for p in layer["points"])
     if not ok:
         raise InputError(f"{path}: a sensitivity file with missing or malformed fields (edited or damaged?)")
 

@@ -202,6 +202,37 @@ def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
     assert load_plan(tmp_path / "plan.yaml").rules == (Rule("a", 0.9), Rule("b", 0.4))
 
 
+def test_the_zeros_a_pruned_model_has_count_towards_the_plan(tmp_path):
+    """A scan of a model whose a (100 weights) is half zeros already and
+    whose c (100, not scanned) has 40: pruning a to 0.3 takes only zeros (its
+    points say 50 zeros), and the overall sparsity counts every zero. The
+    plan said 0.3 of a and predicted 30 / 300 where prune then left 90."""
+    from caffedsd.plan_from_scan import make_plan
+
+    points = {"a": [(0.3, 50, 0.8), (0.6, 60, 0.7)], "b": [(0.3, 30, 0.8), (0.6, 60, 0.8)]}
+    scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
+            "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
+            "fingerprint": "f", "prunable_params": 300, "prunable_zeros": 90, "seed": 0, "data_sha256": None,
+            "layers": [{"layer": name, "params": 100, "zeros": 50 if name == "a" else 0,
+                        "points": [{"sparsity": s, "zeros": z, "metrics": {"accuracy": m}} for s, z, m in pts]}
+                       for name, pts in points.items()]}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
+    result = make_plan(tmp_path / "sensitivity.json", tmp_path / "max.yaml", max_drop=1)
+    assert [(c.layer, c.sparsity) for c in result.choices] == [("a", 0.3), ("b", 0.6)]
+    assert result.overall == pytest.approx((40 + 50 + 60) / 300)
+    assert "predicted overall sparsity 0.5000" in (tmp_path / "max.yaml").read_text()
+    # 0.4 of 300 is 120 zeros: 90 are there, and b's 0.3 adds the 30 missing.
+    result = make_plan(tmp_path / "sensitivity.json", tmp_path / "target.yaml", target=0.4)
+    assert [(c.layer, c.sparsity) for c in result.choices] == [("a", 0.0), ("b", 0.3)]
+    assert result.overall == pytest.approx(0.4)
+    # Scans from before zeros were counted plan as before.
+    for layer in scan["layers"]:
+        del layer["zeros"]
+    del scan["prunable_zeros"]
+    (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
+    assert make_plan(tmp_path / "sensitivity.json", tmp_path / "old.yaml", max_drop=1).overall == pytest.approx(0.3)
+
+
 def test_a_plan_is_not_written_over_the_scan_nor_given_options_it_ignores(tmp_path):
     from caffedsd.errors import InputError
     from caffedsd.plan_from_scan import make_plan
