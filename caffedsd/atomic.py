@@ -33,6 +33,12 @@ def same_file(a, b):
         return False
 
 
+def same_path(a, b):
+    """Whether ``a`` names the file ``b`` is, or would be written where ``b``
+    is (a path not there yet, through a link)."""
+    return same_file(a, b) or os.path.realpath(a) == os.path.realpath(b)
+
+
 def check_input(path, kind="file", error=InputError):
     """``path`` as a Path, or a one-line ``error``: no such ``kind``, or not
     a regular file (a folder, or a device or pipe, which reading would hang
@@ -83,7 +89,7 @@ def check_output(path, inputs=(), force=False):
     path = Path(path)
     check_replaceable(path)
     for given in inputs:
-        if given is not None and (same_file(path, given) or os.path.realpath(path) == os.path.realpath(given)):
+        if given is not None and same_path(path, given):
             if not force:
                 raise InputError(f"{path}: output would overwrite the input {given}; pass --force to allow it")
     folder = path.parent if str(path.parent) else Path(".")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_room, same_file
+from .atomic import atomic_paths, check_room, same_file, same_path
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
@@ -596,8 +596,17 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
     read, ``others``, the nets' data; and Caffe's own snapshots over ``span``
     that would."""
     data = [path for net, where, states in built_nets(spec) for path in data_files(net, states, where)]
-    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others,
-              *data]
+    # The data the nets read, even --force does not let this run replace:
+    # it reads them while it trains.
+    for path in (output, masks_path_for(output)):
+        for given in data:
+            if same_path(path, given):
+                raise InputError(f"{path}: output would overwrite {given}, which the nets read as data")
+    for given in data:
+        if _caffe_snapshot_of(spec.param, given, span):
+            raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
+                             "would overwrite this file, which the nets read as data; change snapshot_prefix")
+    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
     # OUT.masks.h5 is written, or removed when OUT is written without masks.
     check_model_outputs(output, inputs, force)
     for given in inputs:

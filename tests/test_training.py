@@ -518,3 +518,35 @@ def test_the_progress_headline_goes_by_layer_types(tmp_path):
     test = {"loss1/loss1": 2.0, "loss3/top-1": 0.5, "loss3/top-5": 0.9}
     assert _headline(test, "loss3/top-1") == ("loss3/top-1", 0.5)
     assert _headline(test, None) == ("loss1/loss1", 2.0)  # a row from elsewhere: by names, as before
+
+
+def test_no_output_replaces_the_data_the_nets_read_even_with_force(pruned, tmp_path):
+    """train-dense -o data/train.h5 --force replaced the training set with a
+    caffemodel: --force lets an output replace an input, not the data the
+    run reads while it trains."""
+    import h5py
+
+    solver = write_solver(tmp_path, snapshot=2, prefix="snap")
+    with h5py.File(tmp_path / "train.h5", "w") as h5:
+        h5["data"] = np.zeros((8, 2, 6, 6), np.float32)
+        h5["target"] = np.zeros((8, 5), np.float32)
+    (tmp_path / "train.txt").write_text(f"{tmp_path / 'train.h5'}\n")
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace(
+        'type: "DummyData" top: "data" top: "target" include { phase: TRAIN }\n'
+        '        dummy_data_param { shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 dim: 5 }\n'
+        '                           data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } }',
+        f'type: "HDF5Data" top: "data" top: "target" include {{ phase: TRAIN }}\n'
+        f'        hdf5_data_param {{ source: "{tmp_path / "train.txt"}" batch_size: 8 }}'))
+    assert "HDF5Data" in net.read_text()
+    before = (tmp_path / "train.h5").read_bytes()
+    for name in ("train.h5", "train.txt"):
+        with pytest.raises(InputError, match=f"{name}: output would overwrite .*{name}, which the nets read as data"):
+            train_dense(solver, pruned, tmp_path / name, iterations=2, force=True)
+    # Nor may Caffe's own snapshots.
+    os.rename(tmp_path / "train.h5", tmp_path / "snap_iter_2.caffemodel")
+    (tmp_path / "train.txt").write_text(f"{tmp_path / 'snap_iter_2.caffemodel'}\n")
+    with pytest.raises(InputError, match="snap_iter_2.caffemodel: the solver's own snapshots .* read as data"):
+        train_dense(solver, pruned, tmp_path / "out.caffemodel", iterations=2, force=True)
+    assert (tmp_path / "snap_iter_2.caffemodel").read_bytes() == before
+    train_dense(solver, pruned, tmp_path / "out.caffemodel", iterations=1, force=True)  # snapshot 2 is not reached
