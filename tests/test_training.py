@@ -409,8 +409,9 @@ def test_training_does_not_write_over_its_data(lenet, tmp_path, cli):
     test_list = Path(net.read_text().split('source: "')[2].split('"', 1)[0])
     for target in (test_list, Path(test_list.read_text().split()[0])):
         before = target.read_bytes()
-        assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", target),
-                              f"{target}: output would overwrite the input")
+        for force in ((), ("--force",)):
+            assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", target, *force),
+                                  f"{target}: output would overwrite {target}, which the nets read as data")
         assert target.read_bytes() == before
 
 
