@@ -97,7 +97,8 @@ def parse_args(argv=None):
     parser.add_argument("--curve-seed", type=int, default=None, help="Seed whose curves are plotted (default: first).")
     parser.add_argument("--out", default=None, help="Work folder (default: work/experiment_dsd[_quick]).")
     parser.add_argument("--quick", action="store_true",
-                        help="Smoke test: LeNet, 1,000 training, 300 subset and 300 test images, 2 seeds, a few iterations.")
+                        help="Smoke test: LeNet, 1,000 training, 300 subset and 300 test images, 2 seeds, "
+                             "a few iterations.")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--summary-only", action="store_true",
                         help="Only rewrite summary.{json,md} and the plots from OUT/results.jsonl (no training).")
