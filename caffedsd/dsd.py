@@ -246,7 +246,11 @@ class _Checkpoints:
     def save(self, solver, curve, tests, nbytes=(0, 0)):
         """``nbytes``: at least what Caffe writes (snapshot_bytes), checked
         for room first, since Caffe aborts the process on a failed write."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:  # never its parents: a stage folder removed while the run goes on is not made anew
+            self.folder.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise InputError(f"{self.folder.parent}: removed while the run went on; nothing more was written") \
+                from None
         check_room(self.prefix, sum(nbytes), max(nbytes))
         solver.snapshot()
         iteration = int(solver.iter)
@@ -274,6 +278,13 @@ def _write_csv(path, curve):
 
 def _read_csv(path):
     return report.parse_curve_csv(Path(path).read_text())
+
+
+def _check_run_dir(run_dir):
+    """The run folder is still there: removed while the run went on, the
+    rest of the run would have made a folder no rerun can go on from."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise InputError(f"{run_dir}: removed while the run went on (no {RUN_FILE}); nothing more was written")
 
 
 def _check_finished(stage_dir, kind, number, count):
@@ -375,6 +386,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
     begun, trained = _net_files_digest(spec), False
     for number, stage in enumerate(recipe.stages, 1):
+        _check_run_dir(run_dir)
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
@@ -420,5 +432,6 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             masks = None
         summaries.append(summary)
     data = {"recipe": recipe.to_dict(), "stages": [s.to_dict() for s in summaries]}
+    _check_run_dir(run_dir)
     report.write_dsd_report(run_dir, data)
     return data

@@ -449,6 +449,31 @@ def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
                           f"delete {run / '03-sparse'} and the stages after it to run it again")
 
 
+@pytest.mark.caffe
+@pytest.mark.parametrize("at", [5, 55])  # before stage 3's first checkpoint (at 50), and after it
+def test_a_run_folder_removed_while_the_run_goes_on_is_not_made_again(tmp_path, at):
+    """It exited 0, or with a traceback, and left a folder without run.json
+    that no rerun could go on from."""
+    import shutil
+
+    from caffedsd.dsd import run_recipe
+    from caffedsd.errors import InputError
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=80)
+
+    def progress(label, total, done):
+        def callback(row, _):
+            if label == "03-sparse" and row.get("iter") == at and "loss" in row:
+                shutil.rmtree(tmp_path / "run")
+        callback.close = lambda: None
+        return callback
+
+    with pytest.raises(InputError, match="removed while the run went on|cannot write to the output folder"):
+        run_recipe(load_recipe(recipe), tmp_path / "run", progress=progress)
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_solvers(tmp_path, cli, caffe):
     recipe = _recipe(tmp_path)
     solver = tmp_path / "solver.prototxt"
