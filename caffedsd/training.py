@@ -378,21 +378,27 @@ def replay_data(solver, iter_size, counts, start, tests):
 
 
 def snapshot_bytes(spec, net):
-    """Lower bounds, in bytes, of what Caffe writes for the solver's train
-    ``net``: (its caffemodel: every blob of every layer; a solverstate's
+    """At least the bytes Caffe writes for the solver's train ``net``: (its
+    caffemodel: every layer's parameters and every blob; a solverstate's
     history: one float per learnable value, a blob shared through
-    param { name } once)."""
+    param { name } once). The floats alone fell short by the framing, and
+    Caffe aborted (exit 134) on a disk that held the floats but not the file."""
     states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
-    names = {layer.name: [p.name for p in layer.param] for layer in built_layers(spec.net, states)}
-    model = history = 0
+    built = built_layers(spec.net, states)
+    names = {layer.name: [p.name for p in layer.param] for layer in built}
+    # A layer's record: its parameters and a few tags; a blob's: its shape
+    # (a varint of up to 10 bytes an axis), tags and lengths.
+    model = sum(layer.ByteSize() + 16 for layer in built) + 64
+    history = 64 + 1024  # iter, current_step, and learned_net: the path of the model snapshot
     shared = set()
     for layer, blobs in net.params.items():
         params = names.get(layer, [])
         for index, blob in enumerate(blobs):
-            model += 4 * blob.count
+            framing = 24 + 11 * len(blob.shape)
+            model += 4 * blob.count + framing
             name = params[index] if index < len(params) else ""
             if name not in shared:
-                history += 4 * blob.count
+                history += 4 * blob.count + framing
             if name:
                 shared.add(name)
     return model, history
