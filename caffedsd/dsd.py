@@ -39,7 +39,6 @@ from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import load_masks, masks_path_for
-from .netcheck import built_layers, solver_state
 from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
@@ -343,8 +342,7 @@ def check_stages(recipe, spec):
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
     if not prunes:
         return
-    states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
-    names = [layer.name for layer in built_layers(spec.net, states) if layer.type in PRUNABLE_TYPES]
+    names = [layer.name for layer in spec.train_layers() if layer.type in PRUNABLE_TYPES]
     if not names:
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     for number, stage in prunes:

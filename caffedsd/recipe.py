@@ -55,15 +55,15 @@ def _iterations(value, where):
 # The smallest normal 32-bit float. Caffe's base_lr is one: times a smaller
 # scale, any base_lr up to 1 is 0 or subnormal there (lr_scale 1e-320 trained
 # at lr 0, without a word).
-_MIN_LR_SCALE = 2.0 ** -126
+LEAST_NORMAL_FLOAT32 = 2.0 ** -126
 
 
 def _lr_scale(value, where):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise RecipeError(f"{where}: lr_scale {value!r} must be a number > 0")
-    if value < _MIN_LR_SCALE:
-        raise RecipeError(f"{where}: lr_scale {value!r} must be at least {_MIN_LR_SCALE:.4g}: Caffe keeps the "
-                          "learning rate in a 32-bit float, where a base_lr up to 1 times less is 0 or subnormal")
+    if value < LEAST_NORMAL_FLOAT32:
+        raise RecipeError(f"{where}: lr_scale {value!r} must be at least {LEAST_NORMAL_FLOAT32:.4g}: Caffe keeps "
+                          "the learning rate in a 32-bit float, where a base_lr up to 1 times less is 0 or subnormal")
     return float(value)
 
 

@@ -246,8 +246,7 @@ class Evaluator:
                 # In two halves, as the cached batches run: the digest is of
                 # what the data layers gave, before an in-place layer on
                 # their tops changes it.
-                names = list(self.net._layer_names)
-                self.net.forward(end=names[names.index(self.start) - 1])
+                self.net.forward(end=self.data_layer_names[-1])
                 digests += _example_digests({top: self.net.blobs[top].data for top in self.tops})
                 out = self.net.forward(start=self.start)
             else:

@@ -30,6 +30,7 @@ from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
                        data_files, output_kinds, solver_state)
+from .recipe import LEAST_NORMAL_FLOAT32
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
@@ -50,6 +51,10 @@ class SolverSpec:
     @property
     def test_net_paths(self):
         return tuple(path for path, _ in self.test_nets)
+
+    def train_layers(self):
+        """The LayerParameters of the train net that Caffe builds (TRAIN phase, the solver's train_state)."""
+        return built_layers(self.net, [solver_state(self.net, "TRAIN", self.param.train_state)])
 
 
 # What stock Caffe knows; anything else aborts the process (glog's fatal log).
@@ -178,7 +183,6 @@ def check_solver_builds(spec, gpu=None):
                        python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
 
-_FLOAT32_TINY = 2.0 ** -126  # the least normal float32
 
 
 def scaled_lr(spec, lr_scale, label="--lr-scale"):
@@ -187,10 +191,10 @@ def scaled_lr(spec, lr_scale, label="--lr-scale"):
     if not (lr_scale > 0 and math.isfinite(lr_scale)):
         raise InputError(f"{label} {lr_scale}: must be a positive number")
     rate = spec.param.base_lr * lr_scale
-    if 0 < abs(rate) < _FLOAT32_TINY:
+    if 0 < abs(rate) < LEAST_NORMAL_FLOAT32:
         # Caffe's learning rate is a float: it would train at 0 without a word.
         raise InputError(f"{label} {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
-                         f"{rate:g}, below the least float Caffe computes with ({_FLOAT32_TINY:g})")
+                         f"{rate:g}, below the least float Caffe computes with ({LEAST_NORMAL_FLOAT32:g})")
     return rate
 
 
@@ -383,8 +387,7 @@ def snapshot_bytes(spec, net):
     history: one float per learnable value, a blob shared through
     param { name } once). The floats alone fell short by the framing, and
     Caffe aborted (exit 134) on a disk that held the floats but not the file."""
-    states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
-    built = built_layers(spec.net, states)
+    built = spec.train_layers()
     names = {layer.name: [p.name for p in layer.param] for layer in built}
     # A layer's record: its parameters and a few tags; a blob's: its shape
     # (a varint of up to 10 bytes an axis), tags and lengths.
@@ -661,8 +664,7 @@ def train_lowrank(solver_path, output, force, weights=None, masks=None, iteratio
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
     span = _span(spec, iterations)
     _check_outputs(spec, output, force_write, weights, span, masks)
-    states = [solver_state(spec.net, "TRAIN", spec.param.train_state)]
-    layouts = {layer.name: filter_layout(layer) for layer in built_layers(spec.net, states)}
+    layouts = {layer.name: filter_layout(layer) for layer in spec.train_layers()}
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size), layouts=layouts)
     phase = Phase(span[1], weights, output, maskset, hooks=(regularizer,),
                   test_iterations=test_iterations, test_interval=test_interval)
