@@ -268,6 +268,10 @@ def atomic_paths(*paths):
     written all of them is each renamed to its path, and on any error or
     interruption all are removed: a write that fails (no room for the
     second file) leaves no path replaced beside another's earlier file.
+    The renames go last path first, so the first (the model) appears only
+    once the others (its masks) are there; a kill between two renames
+    leaves the first path's earlier file beside the others' new ones,
+    which is why masks record their model's sha256 (maskfile).
     An OutputError names them all."""
     paths = [Path(p) for p in paths]
     try:

@@ -38,7 +38,7 @@ from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, prunable_targets
-from .maskfile import load_masks, masks_path_for
+from .maskfile import masks_for, masks_path_for
 from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
@@ -425,7 +425,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         _Checkpoints(stage_dir / "checkpoint").clear()
         weights = stage_dir / "model.caffemodel"
         if stage.kind == "prune":
-            masks = load_masks(masks_path_for(weights))
+            masks = masks_for(read_caffemodel(weights), required=True)
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)

@@ -581,8 +581,9 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
         else:
             with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
                 new_caffemodel(tmp, new_layers, name=model.name)
-                save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, read_caffemodel(tmp).structure(),
-                                              dict(kept.meta)))
+                written = read_caffemodel(tmp)
+                save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, written.structure(), dict(kept.meta)),
+                           written.sha256())
         for path, name in names.items():
             write_text(folder / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
         rows = summarize(model, chosen, positions, discarded)

@@ -6,7 +6,7 @@ inside the caffemodel: stock Caffe would refuse the extra blobs.
 Layout:
   /            attrs: format="caffedsd-masks", format_version, fingerprint,
                structure (JSON), criterion, seed, amounts (JSON),
-               source_sha256, caffedsd_version
+               source_sha256, model_sha256 (JSON), caffedsd_version
   /masks/<layer name, percent-encoded: every byte but letters, digits and
           "_.-~" as %XX, and "." and ".." wholly, which HDF5 takes for paths>
                bool dataset shaped like the layer's blob 0 (True = kept);
@@ -14,11 +14,18 @@ Layout:
 
 The fingerprint is the sha256 of the model's structure (names, types and blob
 shapes of every layer with blobs), so masks can't be applied to another model.
+model_sha256 is the sha256 of the caffemodel file written beside them: a
+model and its masks are two files, renamed into place one after the other
+(masks first), so a run cut short between the renames, or a model replaced
+by hand, leaves masks beside a model of the same structure they were not
+made for; read from beside the model, they are refused (masks_for). Files
+written before it was kept have none, and are taken as they are.
 """
 import contextlib
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -55,15 +62,18 @@ def masks_read_for(weights_path, masks_path=None):
 @contextlib.contextmanager
 def atomic_unmasked_path(output):
     """atomic_path for a caffemodel written without masks. The masks file
-    of the model it replaces goes, just before the rename: left there, the
-    next prune, verify or compress would take it for this model's."""
+    of the model it replaces goes, just after the rename: left there, the
+    next prune, verify or compress would take it for this model's. Removed
+    before, a run cut short between the two would leave the old model
+    without its masks, which nothing could tell; after, what is left is
+    masks written with another model, which masks_for refuses."""
     masks = masks_path_for(output)
     owner = masks.with_name(masks.name[:-len(".masks.h5")] + ".caffemodel")
     with atomic_path(output) as tmp:
         yield tmp
-        # -o m names the masks of m.caffemodel too, another model still there.
-        if Path(output).name.endswith(".caffemodel") or not owner.exists():
-            masks.unlink(missing_ok=True)
+    # -o m names the masks of m.caffemodel too, another model still there.
+    if Path(output).name.endswith(".caffemodel") or not owner.exists():
+        masks.unlink(missing_ok=True)
 
 
 def check_model_outputs(output, inputs, force=False, with_masks=True):
@@ -90,6 +100,9 @@ class MaskSet:
     shared_by: dict
     structure: list
     meta: dict = field(default_factory=dict)
+    # As read from a file: the sha256 of the caffemodel written beside it
+    # (None: not recorded). Masks made anew have none until saved.
+    model_sha256: str = None
 
     @property
     def fingerprint(self):
@@ -131,8 +144,9 @@ def _dataset_name(layer):
     return name.replace(".", "%2E") if name in (".", "..") else name
 
 
-def save_masks(path, maskset):
-    """Write ``maskset`` to ``path`` atomically."""
+def save_masks(path, maskset, model_sha256):
+    """Write ``maskset`` to ``path`` atomically, as the masks of the
+    caffemodel whose file's sha256 is ``model_sha256``."""
     # Made in memory, then written as bytes: when the disk or ulimit -f runs
     # out under HDF5's own writes, h5py crashes the process closing the file.
     buffer = io.BytesIO()
@@ -145,6 +159,8 @@ def save_masks(path, maskset):
         h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
         h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
         h5.attrs["caffedsd_version"] = _fixed(__version__)
+        # JSON text, as meta's: older readers take any other attribute for meta.
+        h5.attrs["model_sha256"] = _fixed(json.dumps(model_sha256))
         for key, value in maskset.meta.items():
             h5.attrs[key] = _fixed(json.dumps(value))
         group = h5.create_group("masks")
@@ -221,8 +237,13 @@ def _read_masks(path, h5):
         raise InputError(f"{path}: no model structure or fingerprint stored: not a complete masks file")
     structure = _checked_structure(path, _json(path, _attr(path, h5, "structure"), "attribute 'structure'"))
     stored_fingerprint = _text(path, _attr(path, h5, "fingerprint"), "attribute 'fingerprint'")
+    model_sha256 = _json(path, _attr(path, h5, "model_sha256", b"null"), "attribute 'model_sha256'")
+    if model_sha256 is not None and not (isinstance(model_sha256, str)
+                                         and re.fullmatch("[0-9a-f]{64}", model_sha256)):
+        raise InputError(f"{path}: attribute 'model_sha256' is not a sha256 digest")
     meta = {key: _json(path, _attr(path, h5, key), f"attribute {key!r}") for key in h5.attrs
-            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
+            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version",
+                           "model_sha256")}
     group = h5.get("masks")
     if not isinstance(group, h5py.Group):
         raise InputError(f"{path}: no 'masks' group")
@@ -241,7 +262,7 @@ def _read_masks(path, h5):
                              f"not a boolean {shapes[owner]}")
         masks[owner] = np.asarray(ds[()], dtype=bool)
         shared_by[owner] = tuple(sharing)
-    return MaskSet(masks, shared_by, structure, meta), stored_fingerprint
+    return MaskSet(masks, shared_by, structure, meta, model_sha256), stored_fingerprint
 
 
 def load_masks(path):
@@ -261,10 +282,19 @@ def load_masks(path):
     return maskset
 
 
-def masks_for(model, masks_path=None, required=False):
+def written_with(maskset, model):
+    """Whether ``maskset`` was written beside the file of ``model`` as it
+    is now (True where the masks file did not record it)."""
+    return maskset.model_sha256 in (None, model.sha256())
+
+
+def masks_for(model, masks_path=None, required=False, any_beside=False):
     """The masks of ``model``: from ``masks_path``, else from beside its weights
     file when there; None when there are none and none are required. Raises
-    InputError when they were made for another model."""
+    InputError when they were made for another model: of another structure,
+    or, for those beside it unless ``any_beside``, written with another file
+    than the one there (given by name, masks may be used with any model of
+    their structure: a model trained on from them, say)."""
     path = Path(masks_path) if masks_path else masks_path_for(model.path)
     if masks_path is None and not path.exists():
         if required:
@@ -272,4 +302,8 @@ def masks_for(model, masks_path=None, required=False):
         return None
     maskset = load_masks(path)
     maskset.check_fits(model.structure(), path)
+    if masks_path is None and not any_beside and not written_with(maskset, model):
+        raise InputError(f"{path}: written beside another {model.path.name} than the one there now (writing "
+                         "the pair was cut short, or the model was replaced since); write both again, or remove "
+                         f"{path.name}, or name it with --masks to use it with this model")
     return maskset

@@ -11,7 +11,7 @@ import numpy as np
 
 from .atomic import atomic_paths
 from .caffe_proto import read_net_prototxt
-from .caffemodel import check_finite, read_caffemodel, write_caffemodel
+from .caffemodel import check_finite, file_sha256, read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
@@ -95,5 +95,5 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (model_tmp, masks_tmp):
         write_caffemodel(source, model_tmp, masks={(layer, 0): mask for layer, mask in maskset.per_layer().items()})
-        save_masks(masks_tmp, maskset)
+        save_masks(masks_tmp, maskset, file_sha256(model_tmp))
     return rows, masks_out

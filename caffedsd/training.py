@@ -422,8 +422,9 @@ def save_net(solver, output, maskset=None, nbytes=0):
     with atomic_paths(output, masks_out) as (tmp, masks_tmp):
         check_room(tmp, nbytes)
         solver.net.save(str(tmp))
-        written = read_caffemodel(tmp).structure()
-        save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)))
+        written = read_caffemodel(tmp)
+        save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written.structure(), dict(maskset.meta)),
+                   written.sha256())
     return masks_out
 
 

@@ -12,7 +12,7 @@ from .caffe_env import caffe_binary, check_gpu, failure_reason
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
-from .maskfile import masks_for
+from .maskfile import masks_for, masks_path_for, written_with
 from .masks import iter_chunks
 from .netcheck import built_layers, built_state, check_pair
 
@@ -108,6 +108,16 @@ def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     return checks
 
 
+def _pair_check(model, maskset):
+    masks, name = masks_path_for(model.path).name, model.path.name
+    if maskset.model_sha256 is None:
+        return Check("masks written with it", True, f"{masks} does not record its model (an earlier caffedsd's)")
+    if written_with(maskset, model):
+        return Check("masks written with it", True, f"{masks} was written beside this {name}")
+    return Check("masks written with it", False,
+                 f"{masks} was written beside another {name} (a write cut short, or the model replaced since)")
+
+
 def require_all(checks):
     """Raise CheckFailed (exit status 1) unless every check holds."""
     failed = sum(not c.ok for c in checks)
@@ -120,11 +130,15 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
     if gpu is not None:
         check_gpu(gpu)
     model = read_caffemodel(weights_path)
-    maskset = masks_for(model, masks_path)
+    # Masks beside another file than theirs are what verify is for: a
+    # failed check here, not a refusal.
+    maskset = masks_for(model, masks_path, any_beside=True)
     checks = [check_finite_values(model)]
     if maskset is None:
         checks.append(Check("masks", True, f"none beside {model.path.name}; zero check skipped"))
     else:
+        if masks_path is None:
+            checks.append(_pair_check(model, maskset))
         checks += check_masked_zeros(model, maskset)
     if net_path is not None:
         net = read_net_prototxt(net_path, allow_python_layers)

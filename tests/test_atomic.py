@@ -150,6 +150,21 @@ def test_atomic_paths_renames_all_or_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "a.masks.h5"]
 
 
+def test_atomic_paths_puts_the_first_path_in_place_last(tmp_path):
+    # The model's rename fails (a folder made where it goes, after the
+    # check): the masks, renamed first, are in, and no model appeared
+    # without them.
+    first, second = tmp_path / "a.caffemodel", tmp_path / "a.masks.h5"
+    with pytest.raises(OSError):
+        with atomic_paths(first, second) as (model, masks):
+            model.write_text("new model")
+            masks.write_text("new masks")
+            first.mkdir()
+            (first / "x").write_text("")
+    assert second.read_text() == "new masks"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "a.masks.h5"]
+
+
 # os._exit inside atomic_folder skips its clean-up, as a SIGKILL would.
 KILLED_FOLDER = ("import os, sys; from caffedsd.atomic import atomic_folder, write_text\n"
                  "with atomic_folder(sys.argv[1]) as folder:\n"

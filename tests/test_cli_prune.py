@@ -256,3 +256,51 @@ def test_every_help_ends_with_an_example(cli):
         assert result.exit_code == 0, result.output
         last = result.output.rstrip().splitlines()[-1].strip()
         assert last.startswith("caffedsd " + " ".join(path)), (path, result.output[-300:])
+
+
+def test_masks_beside_another_model_than_theirs_are_refused(tiny, tmp_path, cli):
+    """What a prune cut short between its two renames leaves (masks first):
+    the new masks beside the earlier model, of the same structure."""
+    proto, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel").exit_code == 0
+    assert cli("prune", "-w", weights, "-s", 0.8, "-o", "b.caffemodel").exit_code == 0
+    os.replace(tmp_path / "b.masks.h5", tmp_path / "a.masks.h5")
+    for command in (["stats", "-w", "a.caffemodel"], ["prune", "-w", "a.caffemodel", "-s", 0.9, "-o", "c.caffemodel"]):
+        assert_one_line_error(cli(*command), "a.masks.h5: written beside another a.caffemodel than the one there now")
+    assert not (tmp_path / "c.caffemodel").exists()
+    # Named, they may go with any model of their structure (verify's case).
+    result = cli("stats", "-w", "a.caffemodel", "--masks", "a.masks.h5", "--json")
+    assert result.exit_code == 0, result.output
+    assert load_masks(tmp_path / "a.masks.h5").model_sha256 == read_caffemodel(tmp_path / "b.caffemodel").sha256()
+
+
+def test_masks_that_record_no_model_are_taken_beside_it(tiny, tmp_path, cli):
+    """Masks files written before their model's sha256 was kept."""
+    proto, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel").exit_code == 0
+    with h5py.File(tmp_path / "a.masks.h5", "a") as h5:
+        del h5.attrs["model_sha256"]
+    assert load_masks(tmp_path / "a.masks.h5").model_sha256 is None
+    assert cli("stats", "-w", "a.caffemodel").exit_code == 0
+    with h5py.File(tmp_path / "a.masks.h5", "a") as h5:
+        h5.attrs["model_sha256"] = np.bytes_(b'"not a digest"')
+    assert_one_line_error(cli("stats", "-w", "a.caffemodel"), "a.masks.h5: attribute 'model_sha256' is not a sha256 digest")
+
+
+def test_a_dense_model_written_over_a_pruned_one_takes_its_masks_away(tiny, tmp_path, cli):
+    """The masks go after the rename: a failed rename leaves both."""
+    from caffedsd.maskfile import atomic_unmasked_path
+
+    proto, weights = tiny
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel").exit_code == 0
+    with pytest.raises(OSError):
+        with atomic_unmasked_path(tmp_path / "a.caffemodel") as tmp:
+            tmp.write_bytes(Path(weights).read_bytes())
+            (tmp_path / "a.caffemodel").unlink()
+            (tmp_path / "a.caffemodel" / "x").mkdir(parents=True)
+    assert (tmp_path / "a.masks.h5").exists()
+    (tmp_path / "a.caffemodel" / "x").rmdir()
+    (tmp_path / "a.caffemodel").rmdir()
+    with atomic_unmasked_path(tmp_path / "a.caffemodel") as tmp:
+        tmp.write_bytes(Path(weights).read_bytes())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("a.")) == ["a.caffemodel"]

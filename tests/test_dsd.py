@@ -63,6 +63,7 @@ def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
     assert first_sparse == pytest.approx(stages[1]["test"], rel=1e-5)
     masks = load_masks(run / "03-sparse" / "model.masks.h5")
     model = read_caffemodel(run / "03-sparse" / "model.caffemodel")
+    assert masks.model_sha256 == model.sha256()
     for layer, mask in masks.per_layer().items():
         assert np.count_nonzero(model.layer(layer).blobs[0].data[~mask]) == 0
     for s in stages:  # every stage's model loads in stock caffe test, no layer ignored

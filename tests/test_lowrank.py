@@ -309,6 +309,7 @@ def test_the_masks_of_layers_left_as_they_are_go_beside_the_output(caffe, lenet,
     assert "model.caffemodel, model.masks.h5, report.md" in result.output
     model = read_caffemodel(tmp_path / "d" / "model.caffemodel")
     kept = masks_for(model)  # fits the decomposed model
+    assert kept.model_sha256 == model.sha256()
     assert set(kept.masks) == {"conv1", "ip1", "ip2"}  # conv2's two new blobs are dense
     for name in kept.masks:
         assert np.array_equal(kept.masks[name], before.masks[name]), name

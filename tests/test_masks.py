@@ -146,7 +146,7 @@ def test_a_masks_file_holds_any_name_caffe_takes(tmp_path):
     names = [".", "..", "a/b", "a/../c", "%2E", "x y", "é"]
     masks = {name: np.array([True, False, bool(i % 2)]) for i, name in enumerate(names)}
     structure = [(name, "InnerProduct", [[3]]) for name in names]
-    save_masks(tmp_path / "m.masks.h5", MaskSet(masks, {name: (name,) for name in names}, structure))
+    save_masks(tmp_path / "m.masks.h5", MaskSet(masks, {name: (name,) for name in names}, structure), "0" * 64)
     loaded = load_masks(tmp_path / "m.masks.h5")
     assert loaded.masks.keys() == masks.keys()
     for name in names:

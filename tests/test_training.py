@@ -55,6 +55,7 @@ def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter
     result = train_sparse(solver_path, pruned, out, iterations=7, gpu=device)
     masks = load_masks(out.with_name("sparse.masks.h5"))
     assert masks.masks.keys() == load_masks(pruned.with_name("pruned.masks.h5")).masks.keys()
+    assert masks.model_sha256 == read_caffemodel(out).sha256()
     assert_zeros_at_masks(out, masks)
     # The solver's own snapshots (written after the step, by caffedsd),
     # and the one `caffe train` ends with (snapshot_after_train).
