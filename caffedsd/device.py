@@ -115,10 +115,3 @@ class _Running:
         self.stream.__exit__(*exc)
         self.device.__exit__(*exc)
         return False
-
-
-def to_host(array):
-    """A host (numpy) copy of a backend array, for tests and benchmarks."""
-    if cupy is not None and isinstance(array, cupy.ndarray):
-        return cupy.asnumpy(array)
-    return array

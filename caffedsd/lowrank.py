@@ -446,11 +446,6 @@ def summarize(model, ranks, positions, discarded):
     return rows
 
 
-def relative_error(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-30))
-
-
 def parse_rank(text):
     """(layer, rank) from --rank LAYER=RANK."""
     rule = Rule.parse(text, "--rank", "RANK", "conv2=12", int, key_name="LAYER")

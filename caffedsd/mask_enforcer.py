@@ -71,11 +71,6 @@ class MaskEnforcer(Hook):
             flat = view(blob).view(xp.uint32)
             xp.bitwise_and(flat, bits, out=flat)
 
-    def zero_weights(self):
-        if self._backend is not None:
-            with self._backend.running():
-                self._and_all(self._backend.data)
-
     def on_start(self):
         self._and_all(self._backend.data)
 
