@@ -522,7 +522,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .atomic import atomic_folder, atomic_paths, check_output, write_text
     from .caffe_env import check_net_runs, import_caffe
     from .caffe_proto import read_net_prototxt
-    from .caffemodel import check_finite, new_caffemodel, read_caffemodel
+    from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
     from .maskfile import MaskSet, atomic_unmasked_path, masks_for, save_masks
     from .netcheck import check_blob_shapes, check_pair
 
@@ -576,9 +576,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
         else:
             with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
                 new_caffemodel(tmp, new_layers, name=model.name)
-                written = read_caffemodel(tmp)
-                save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, written.structure(), dict(kept.meta)),
-                           written.sha256())
+                save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, read_caffemodel(tmp).structure(),
+                                              dict(kept.meta)), file_sha256(tmp))
         for path, name in names.items():
             write_text(folder / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
         rows = summarize(model, chosen, positions, discarded)

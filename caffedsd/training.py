@@ -22,7 +22,7 @@ from .atomic import atomic_paths, check_room, same_file, same_path
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
-from .caffemodel import check_finite, read_caffemodel
+from .caffemodel import check_finite, file_sha256, read_caffemodel
 from .errors import Diverged, InputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
                        save_masks)
@@ -422,9 +422,8 @@ def save_net(solver, output, maskset=None, nbytes=0):
     with atomic_paths(output, masks_out) as (tmp, masks_tmp):
         check_room(tmp, nbytes)
         solver.net.save(str(tmp))
-        written = read_caffemodel(tmp)
-        save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written.structure(), dict(maskset.meta)),
-                   written.sha256())
+        written = read_caffemodel(tmp).structure()
+        save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)), file_sha256(tmp))
     return masks_out
 
 
