@@ -53,6 +53,15 @@ class _Group(_ExampleLast, click.Group):
                 sys.stderr.flush()
                 os._exit(exc.exit_code)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # click's own says "Aborted!" with exit status 1, a failed
+            # check's; 130 is a shell's for SIGINT. What was being written
+            # is removed by now (atomic), and a run folder keeps its work.
+            if sys.stderr.isatty():  # past the terminal's ^C
+                click.echo(err=True)
+            click.echo("caffedsd: interrupted; outputs that had finished are kept, none is half-written "
+                       "(dsd and sensitivity go on from there when run again)", err=True)
+            ctx.exit(130)
         except click.UsageError as exc:  # click's own would print three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
