@@ -14,7 +14,6 @@ dsd's stages keep checkpoints of their own instead (dsd._Checkpoints).
 """
 import contextlib
 import os
-import re
 from pathlib import Path
 
 from .atomic import atomic_paths, check_room, temporary_folder
@@ -59,29 +58,31 @@ def check_prefix(param, path):
 
 def check_hdf5_layers(spec, param):
     """Caffe's HDF5 snapshots (Net::ToHDF5) make a group per layer of the
-    train net, Split layers included, in order, named by the layer: a name
-    with "/" is a group path, whose parent must be an earlier layer's group,
-    and a group that is there already fails. Caffe aborts the process at the
-    first snapshot; found here, before training."""
+    train net, Split layers included, named by the layer, and Caffe aborts
+    the process where that fails: for a group that is there already, and
+    for "." (the group itself). A name with "/" is a group path: where its
+    parent is no earlier layer's group, the write fails; where it is, the
+    write works, but Caffe's loader (CopyTrainedLayersFromHDF5, which a
+    resumed solverstate goes through too) takes that layer's group for one
+    more blob and aborts, while the nested layer's weights are never read.
+    Found here, before training."""
     if param.snapshot_format != SolverParameter.HDF5 or not snapshots_on(param):
         return
     made = set()
     layers = built_layers(spec.net, [solver_state(spec.net, "TRAIN", param.train_state)])
     for name in layer_names_with_splits(layers):
-        group = re.sub("/+", "/", name)  # HDF5 reads a//b as a/b
-        parent = group.rpartition("/")[0]
-        if group.startswith("/") or group.endswith("/"):
-            why = "a name that starts or ends with '/'"
-        elif group in made:
-            why = "a group of that name before it"
-        elif parent and parent not in made:
-            why = f"no layer {parent!r} before it"
+        if "/" in name:
+            why = ("HDF5 takes '/' for a group path: Caffe aborts writing the snapshot, or writes one that "
+                   "stock Caffe cannot load")
+        elif name == ".":
+            why = "HDF5 takes '.' for the group itself: Caffe aborts at the first snapshot"
+        elif name in made:
+            why = "a layer of that name before it: Caffe aborts at the first snapshot"
         else:
-            made.add(group)
+            made.add(name)
             continue
         raise InputError(f"{spec.path}: snapshot_format HDF5 cannot hold layer {name!r} of {spec.net_path} "
-                         f"(HDF5 takes '/' for a group path, and there is {why}; Caffe aborts at the first "
-                         "snapshot): use snapshot_format BINARYPROTO")
+                         f"({why}): use snapshot_format BINARYPROTO")
 
 
 class SolverSnapshots:

@@ -1,6 +1,8 @@
 """Sparse and dense phases on real pycaffe solvers: the exact-zero invariant
 for every solver type, iter_size, Caffe's own snapshots and resumed history."""
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -469,19 +471,30 @@ def test_a_model_trained_without_masks_takes_away_those_of_the_one_it_replaces(p
     assert result.exit_code == 0 and "30.0%" in result.output, result.output
 
 
-def test_hdf5_snapshots_of_layer_names_with_a_slash_are_refused_before_training(pruned, tmp_path, cli):
+def test_hdf5_snapshots_of_layer_names_with_a_slash_are_refused_before_training(caffe, pruned, tmp_path, cli):
     """GoogLeNet's conv1/7x7_s2: Caffe's HDF5 writer makes a group per layer,
-    and "conv1" is no group there; it aborts at the first snapshot."""
+    and "conv1" is no group there; it aborts at the first snapshot. Where it
+    is one, the snapshot is written, and stock Caffe cannot load it."""
     from conftest import assert_one_line_error
 
     solver = write_solver(tmp_path, snapshot=2, extra="momentum: 0.9\nsnapshot_format: HDF5")
     net = tmp_path / "net.prototxt"
-    net.write_text(net.read_text().replace('name: "relu1"', 'name: "conv1a/relu"'))
-    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel"),
-                          "snapshot_format HDF5 cannot hold layer 'conv1a/relu'")
-    net.write_text(net.read_text().replace('name: "conv1a/relu"', 'name: "conv1/relu"'))  # conv1 comes before it
-    # A top used twice gets a Split layer named after it: out/fc_fc1_0_split, and "out" is no layer.
     text = net.read_text()
+    for name in ("conv1a/relu", "conv1/relu", "."):
+        net.write_text(text.replace('name: "relu1"', f'name: "{name}"'))
+        assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel"),
+                              f"snapshot_format HDF5 cannot hold layer '{name}'")
+    # What Caffe does with conv1/relu: it writes the snapshot, and refuses to load it.
+    net.write_text(text.replace('name: "relu1"', 'name: "conv1/relu"'))
+    written = tmp_path / "written.h5"
+    child = ("import caffe, sys; net = caffe.Net(sys.argv[1], caffe.TRAIN); "
+             "getattr(net, sys.argv[2])(sys.argv[3]); print('done')")
+    for method in ("save_hdf5", "load_hdf5"):
+        done = subprocess.run([sys.executable, "-c", child, str(net), method, str(written)], cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert ("done" in done.stdout) == (method == "save_hdf5"), done.stderr[-1000:]
+    assert "Incompatible number of blobs for layer conv1" in done.stderr
+    # A top used twice gets a Split layer named after it: out_fc1_0_split.
     net.write_text(text.replace('top: "fc1"', 'top: "out/fc"').replace('bottom: "fc1"', 'bottom: "out/fc"')
                    + 'layer { name: "quiet" type: "Silence" bottom: "out/fc" }\n')
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 3, "-o", "d.caffemodel"),
