@@ -31,7 +31,7 @@ from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
                        data_files, output_kinds, solver_state)
 from .recipe import LEAST_NORMAL_FLOAT32
-from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix
+from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix, snapshots_on
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
 
@@ -615,6 +615,9 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
         if _caffe_snapshot_of(spec.param, given, span):
             raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
                              "would overwrite this file, which the nets read as data; change snapshot_prefix")
+    if snapshots_on(spec.param) and _written_as_a_snapshot(spec.param, span, output):
+        raise InputError(f"{output}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
+                         "write a file of this name in this run; give the output another name")
     inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
     # OUT.masks.h5 is written, or removed when OUT is written without masks.
     check_model_outputs(output, inputs, force)
@@ -737,22 +740,33 @@ def _caffe_snapshot_of(param, path, span):
     (first, last] would write the file ``path`` is, by any of its names (a
     symlink, a hard link, a linked folder): every ``snapshot`` iterations
     and, with snapshot_after_train, at the last."""
-    prefix = Path(param.snapshot_prefix)
-    folder = prefix.parent
-    name = re.compile(re.escape(prefix.name) + r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?")
-    first, last = span
+    folder = Path(param.snapshot_prefix).parent
     try:
         present = os.listdir(folder)
     except OSError:  # no folder yet: nothing there to overwrite
         return False
-    for each in present:
-        found = name.fullmatch(each)
-        if found and same_file(folder / each, path):
-            k = int(found.group(1))
-            if first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
-                                      or (k == last and param.snapshot_after_train)):
-                return True
-    return False
+    return any(_snapshot_name(param, span, each) and same_file(folder / each, path) for each in present)
+
+
+def _snapshot_name(param, span, name):
+    """Whether Caffe's own snapshots over iterations ``span`` write a file
+    of this name in the snapshot_prefix's folder."""
+    prefix = Path(param.snapshot_prefix)
+    found = re.fullmatch(re.escape(prefix.name) + r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?", name)
+    if not found:
+        return False
+    k, (first, last) = int(found.group(1)), span
+    return first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
+                                  or (k == last and param.snapshot_after_train))
+
+
+def _written_as_a_snapshot(param, span, output):
+    """Whether the output path (there or not) is one of Caffe's own
+    snapshots over ``span``: written after it, or before it at a periodic
+    snapshot, whose state would then name the output as its model."""
+    output = Path(output)
+    return (os.path.realpath(output.parent) == os.path.realpath(Path(param.snapshot_prefix).parent)
+            and _snapshot_name(param, span, output.name))
 
 
 def check_schedule(param, path, start, end):

@@ -1,6 +1,7 @@
 """Sparse and dense phases on real pycaffe solvers: the exact-zero invariant
 for every solver type, iter_size, Caffe's own snapshots and resumed history."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -378,6 +379,21 @@ def test_the_solvers_own_snapshots_do_not_overwrite_an_input(pruned, tmp_path):
     train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=3)  # 2 and 3
     train_sparse(solver, tmp_path / "snap_iter_4.caffemodel", tmp_path / "o.caffemodel", iterations=4, force=True)
     assert (tmp_path / "snap_iter_4.caffemodel").read_bytes() != before
+
+
+def test_an_output_named_as_one_of_the_solvers_own_snapshots_is_refused(pruned, tmp_path):
+    """The last snapshot, written after the output, replaced it and took
+    away its masks; a periodic one's state would name the output."""
+    solver = write_solver(tmp_path, snapshot=2, prefix="snap")
+    (tmp_path / "linked").symlink_to(tmp_path)
+    for name in ("snap_iter_4.caffemodel", "snap_iter_2.caffemodel", "linked/snap_iter_4.caffemodel",
+                 "snap_iter_4.solverstate"):
+        with pytest.raises(InputError, match=f"{re.escape(name)}: the solver's own snapshots .* write a file of "
+                                             "this name in this run; give the output another name"):
+            train_sparse(solver, pruned, tmp_path / name, iterations=4, force=True)
+    assert not list(tmp_path.glob("snap_iter_*"))
+    train_sparse(solver, pruned, tmp_path / "snap_iter_6.caffemodel", iterations=4)  # none at 6 in this run
+    assert (tmp_path / "snap_iter_6.masks.h5").is_file()
 
 
 def test_quantized_training_keeps_the_zeros_of_a_model_without_masks(pruned, tmp_path):
