@@ -38,7 +38,7 @@ from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, prunable_targets
-from .maskfile import masks_for, masks_path_for
+from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
@@ -287,14 +287,21 @@ def _check_run_dir(run_dir):
 
 
 def _check_finished(stage_dir, kind, number, count):
-    """A finished stage's files are there: the report would name a model
-    that is gone, and the next stage would start from nothing."""
+    """A finished stage's files are there, and its masks are its model's:
+    the report would name a model that is gone, and the next stage would
+    start from nothing, or from another model's masks."""
     model = stage_dir / "model.caffemodel"
-    for path in (model, masks_path_for(model)) if kind in ("prune", "sparse") else (model,):
+    later = " and the stages after it" if number < count else ""
+    remedy = f"delete {stage_dir}{later} to run it again"
+    masked = kind in ("prune", "sparse")
+    for path in (model, masks_path_for(model)) if masked else (model,):
         if not path.is_file():
-            later = " and the stages after it" if number < count else ""
             raise InputError(f"{path}: missing, though {stage_dir / 'stage.json'} says stage {number} finished; "
-                             f"delete {stage_dir}{later} to run it again")
+                             f"{remedy}")
+    if masked:
+        _, (ok, detail) = beside_check(read_caffemodel(model))
+        if not ok:
+            raise InputError(f"{detail}, though {stage_dir / 'stage.json'} says stage {number} finished; {remedy}")
 
 
 def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress, replay):
@@ -319,7 +326,7 @@ def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progre
 def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     """Prune (masks computed here, once), then evaluate the pruned model."""
     rows, _ = prune_file(weights_in, stage_dir / "model.caffemodel", stage.plan,
-                         seed=stage.plan.seed_for(recipe.seed), force=True)
+                         seed=stage.plan.seed_for(recipe.seed), force=True, masks_option=None)
     result = run_phase(spec, Phase(0, stage_dir / "model.caffemodel", test_iterations=recipe.test_iterations),
                        stage_dir, gpu=gpu, checkpoints=_Checkpoints(stage_dir / "checkpoint"))
     return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})
@@ -425,7 +432,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         _Checkpoints(stage_dir / "checkpoint").clear()
         weights = stage_dir / "model.caffemodel"
         if stage.kind == "prune":
-            masks = masks_for(read_caffemodel(weights), required=True)
+            masks = masks_for(read_caffemodel(weights), required=True, option=None)
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)

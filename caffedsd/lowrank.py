@@ -540,7 +540,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             # Written beside the weights: Caffe must fill every layer of it.
             check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True)
         check_finite(model)
-        masks = masks_for(model)  # those of the layers left as they are go beside the output
+        masks = masks_for(model, option=None)  # those of the layers left as they are go beside the output
         chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc, shared_weights(nets.values()))
         for path, net in nets.items():
             check_split_names(net, path, chosen)

@@ -6,7 +6,8 @@ inside the caffemodel: stock Caffe would refuse the extra blobs.
 Layout:
   /            attrs: format="caffedsd-masks", format_version, fingerprint,
                structure (JSON), criterion, seed, amounts (JSON),
-               source_sha256, model_sha256 (JSON), caffedsd_version
+               source_sha256, caffedsd_version
+  /masks       attrs: model_sha256
   /masks/<layer name, percent-encoded: every byte but letters, digits and
           "_.-~" as %XX, and "." and ".." wholly, which HDF5 takes for paths>
                bool dataset shaped like the layer's blob 0 (True = kept);
@@ -19,7 +20,10 @@ model and its masks are two files, renamed into place one after the other
 (masks first), so a run cut short between the renames, or a model replaced
 by hand, leaves masks beside a model of the same structure they were not
 made for; read from beside the model, they are refused (masks_for). Files
-written before it was kept have none, and are taken as they are.
+written before it was kept have none, and are taken as they are. It is kept
+on the masks group, not the root: earlier caffedsd takes every root
+attribute it does not know for metadata, and would copy it into the masks
+it writes for another model.
 """
 import contextlib
 import hashlib
@@ -34,7 +38,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_open, atomic_path, check_input, check_output
+from .atomic import atomic_open, atomic_path, check_input, check_output, same_path
 from .errors import InputError
 
 FORMAT = "caffedsd-masks"
@@ -66,20 +70,33 @@ def atomic_unmasked_path(output):
     next prune, verify or compress would take it for this model's. Removed
     before, a run cut short between the two would leave the old model
     without its masks, which nothing could tell; after, what is left is
-    masks written with another model, which masks_for refuses."""
+    masks written with another model, which masks_for refuses. Masks that
+    do not record their model could not be told from this one's: those go
+    just before."""
     masks = masks_path_for(output)
     owner = masks.with_name(masks.name[:-len(".masks.h5")] + ".caffemodel")
+    # -o m names the masks of m.caffemodel too, another model still there.
+    theirs = Path(output).name.endswith(".caffemodel") or not owner.exists()
     with atomic_path(output) as tmp:
         yield tmp
-    # -o m names the masks of m.caffemodel too, another model still there.
-    if Path(output).name.endswith(".caffemodel") or not owner.exists():
+        if theirs and masks.exists() and _recorded_model(masks) is None:
+            masks.unlink(missing_ok=True)
+    if theirs:
         masks.unlink(missing_ok=True)
 
 
 def check_model_outputs(output, inputs, force=False, with_masks=True):
     """Refuse to write the caffemodel ``output``, and with ``with_masks`` its
-    masks beside it, where either would replace one of ``inputs``."""
-    for path in (output, masks_path_for(output)) if with_masks else (output,):
+    masks beside it, where either would replace one of ``inputs``, and an
+    output whose masks file is another model's."""
+    output = Path(output)
+    masks = masks_path_for(output)
+    owner = masks.with_name(masks.name[:-len(".masks.h5")] + ".caffemodel")
+    if not output.name.endswith(".caffemodel") and owner.exists() and not same_path(owner, output):
+        # Both would read and write the one masks file, each taking it for its own.
+        raise InputError(f"{output}: its masks file would be {masks}, which is that of {owner} beside it; "
+                         f"name the output {owner.name}, or another name")
+    for path in (output, masks) if with_masks else (output,):
         check_output(path, inputs=inputs, force=force)
 
 
@@ -121,8 +138,9 @@ class MaskSet:
         return MaskSet({owner: self.masks[owner] for owner in owners},
                        {owner: self.shared_by[owner] for owner in owners}, self.structure, dict(self.meta))
 
-    def check_fits(self, structure, what):
-        """Raise InputError unless these masks were made for ``structure``."""
+    def check_fits(self, structure, what, remedy=None):
+        """Raise InputError unless these masks were made for ``structure``;
+        ``remedy`` ends its message."""
         if structure_fingerprint(structure) == self.fingerprint:
             return
         mine = {name: (kind, shapes) for name, kind, shapes in self.structure}
@@ -130,7 +148,8 @@ class MaskSet:
         diffs = [f"{n} missing" for n in mine if n not in theirs]
         diffs += [f"{n} differs" for n in mine if n in theirs and mine[n] != theirs[n]]
         diffs += [f"{n} not in masks' model" for n in theirs if n not in mine]
-        raise InputError(f"{what}: masks were made for another model ({'; '.join(diffs[:5]) or 'order differs'})")
+        raise InputError(f"{what}: masks were made for another model ({'; '.join(diffs[:5]) or 'order differs'})"
+                         + (f"; {remedy}" if remedy else ""))
 
 
 def _fixed(text):
@@ -159,11 +178,10 @@ def save_masks(path, maskset, model_sha256):
         h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
         h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
         h5.attrs["caffedsd_version"] = _fixed(__version__)
-        # JSON text, as meta's: older readers take any other attribute for meta.
-        h5.attrs["model_sha256"] = _fixed(json.dumps(model_sha256))
         for key, value in maskset.meta.items():
             h5.attrs[key] = _fixed(json.dumps(value))
         group = h5.create_group("masks")
+        group.attrs["model_sha256"] = _fixed(model_sha256)
         for owner, mask in maskset.masks.items():
             mask = np.asarray(mask, dtype=bool)
             # gzip level 1: a quarter of the size or less, at ~150 MB/s.
@@ -237,16 +255,16 @@ def _read_masks(path, h5):
         raise InputError(f"{path}: no model structure or fingerprint stored: not a complete masks file")
     structure = _checked_structure(path, _json(path, _attr(path, h5, "structure"), "attribute 'structure'"))
     stored_fingerprint = _text(path, _attr(path, h5, "fingerprint"), "attribute 'fingerprint'")
-    model_sha256 = _json(path, _attr(path, h5, "model_sha256", b"null"), "attribute 'model_sha256'")
-    if model_sha256 is not None and not (isinstance(model_sha256, str)
-                                         and re.fullmatch("[0-9a-f]{64}", model_sha256)):
-        raise InputError(f"{path}: attribute 'model_sha256' is not a sha256 digest")
     meta = {key: _json(path, _attr(path, h5, key), f"attribute {key!r}") for key in h5.attrs
-            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version",
-                           "model_sha256")}
+            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
     group = h5.get("masks")
     if not isinstance(group, h5py.Group):
         raise InputError(f"{path}: no 'masks' group")
+    model_sha256 = _attr(path, group, "model_sha256")
+    if model_sha256 is not None:
+        model_sha256 = _text(path, model_sha256, "masks attribute 'model_sha256'")
+        if not re.fullmatch("[0-9a-f]{64}", model_sha256):
+            raise InputError(f"{path}: masks attribute 'model_sha256' is not a sha256 digest")
     shapes = {name: shapes[0] for name, _, shapes in structure if shapes}
     masks, shared_by = {}, {}
     for key in group:
@@ -282,28 +300,68 @@ def load_masks(path):
     return maskset
 
 
+def _recorded_model(path):
+    """The model_sha256 the masks file ``path`` records; None where it
+    records none, or is not there or not readable as masks."""
+    try:
+        with h5py.File(path, "r") as h5:
+            group = h5.get("masks")
+            digest = _attr(path, group, "model_sha256") if isinstance(group, h5py.Group) else None
+            return _text(path, digest, "model_sha256") if digest is not None else None
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, InputError):
+        return None
+
+
 def written_with(maskset, model):
     """Whether ``maskset`` was written beside the file of ``model`` as it
     is now (True where the masks file did not record it)."""
     return maskset.model_sha256 in (None, model.sha256())
 
 
-def masks_for(model, masks_path=None, required=False, any_beside=False):
+def masks_for(model, masks_path=None, required=False, option="--masks"):
     """The masks of ``model``: from ``masks_path``, else from beside its weights
     file when there; None when there are none and none are required. Raises
     InputError when they were made for another model: of another structure,
-    or, for those beside it unless ``any_beside``, written with another file
-    than the one there (given by name, masks may be used with any model of
-    their structure: a model trained on from them, say)."""
+    or, for those beside it, written with another file than the one there
+    (given by name, masks may be used with any model of their structure: a
+    model trained on from them, say). ``option``: the command's option that
+    names masks, for the messages (None: it has none)."""
     path = Path(masks_path) if masks_path else masks_path_for(model.path)
     if masks_path is None and not path.exists():
         if required:
-            raise InputError(f"{path}: no masks beside {model.path} (give --masks)")
+            raise InputError(f"{path}: no masks beside {model.path}" + (f" (give {option})" if option else ""))
         return None
     maskset = load_masks(path)
-    maskset.check_fits(model.structure(), path)
-    if masks_path is None and not any_beside and not written_with(maskset, model):
-        raise InputError(f"{path}: written beside another {model.path.name} than the one there now (writing "
-                         "the pair was cut short, or the model was replaced since); write both again, or remove "
-                         f"{path.name}, or name it with --masks to use it with this model")
+    if masks_path is not None:
+        maskset.check_fits(model.structure(), path)
+        return maskset
+    remedy = f"run the command that wrote the pair again, or remove {path.name}"
+    maskset.check_fits(model.structure(), path, remedy)
+    if not written_with(maskset, model):
+        raise InputError(f"{path}: {_NOT_WRITTEN_WITH.format(name=model.path.name)}; {remedy}"
+                         + (f", or name it with {option} to use it with this model anyway" if option else ""))
     return maskset
+
+
+_NOT_WRITTEN_WITH = ("written beside another {name} than the one there now (writing the pair was cut short, "
+                     "or the model was replaced since)")
+
+
+def beside_check(model):
+    """For verify: (the masks beside ``model``, or None, and whether they
+    are its own: None where there are none, else (ok, detail)). Masks of
+    another file or structure than the model's are what verify is for: a
+    failed check, not a refusal."""
+    path = masks_path_for(model.path)
+    if not path.exists():
+        return None, None
+    maskset = load_masks(path)
+    try:
+        maskset.check_fits(model.structure(), path)
+    except InputError as exc:
+        return None, (False, str(exc))
+    if maskset.model_sha256 is None:
+        return maskset, (True, f"{path.name} does not record its model (an earlier caffedsd's)")
+    if not written_with(maskset, model):
+        return maskset, (False, f"{path}: {_NOT_WRITTEN_WITH.format(name=model.path.name)}")
+    return maskset, (True, f"{path.name} was written beside this {model.path.name}")

@@ -40,6 +40,11 @@ def iter_chunks(*arrays):
         yield parts if len(parts) > 1 else parts[0]
 
 
+def masked_nonzeros(weights, mask):
+    """How many positions the mask prunes hold anything but 0.0."""
+    return sum(int(np.count_nonzero(w[~m])) for w, m in iter_chunks(weights, mask))
+
+
 def _target_count(n, sparsity, previous_pruned):
     # An amount below 1 keeps a weight: round(0.999 * 500) = 500 would have
     # emptied a layer nobody asked to empty.

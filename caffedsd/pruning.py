@@ -75,10 +75,11 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
 
 
 def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=False,
-               allow_python_layers=False, others=()):
+               allow_python_layers=False, others=(), masks_option="--masks"):
     """Prune the caffemodel ``weights`` into ``output`` and its masks file.
 
-    masks: earlier masks of ``weights`` (default: its .masks.h5 if present).
+    masks: earlier masks of ``weights`` (default: its .masks.h5 if present),
+    given with the caller's ``masks_option`` (None: it has none).
     model: a net prototxt that must fit the weights.
     others: more inputs the outputs may not replace (the plan file).
     Returns (rows, masks path).
@@ -88,7 +89,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
     if model is not None:
         check_pair(read_net_prototxt(model, allow_python_layers), model, source)
-    previous = masks_for(source, masks)
+    previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,
                                 meta={"source": weights.name, "source_sha256": source.sha256()})

@@ -12,8 +12,8 @@ from .caffe_env import caffe_binary, check_gpu, failure_reason
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
-from .maskfile import masks_for, masks_path_for, written_with
-from .masks import iter_chunks
+from .maskfile import beside_check, masks_for
+from .masks import masked_nonzeros
 from .netcheck import built_layers, built_state, check_pair
 
 # Names run to the end of the line: Caffe takes any string for one.
@@ -28,11 +28,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def masked_nonzeros(weights, mask):
-    """How many positions the mask prunes hold anything but 0.0."""
-    return sum(int(np.count_nonzero(w[~m])) for w, m in iter_chunks(weights, mask))
 
 
 def check_masked_zeros(model, maskset):
@@ -108,16 +103,6 @@ def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     return checks
 
 
-def _pair_check(model, maskset):
-    masks, name = masks_path_for(model.path).name, model.path.name
-    if maskset.model_sha256 is None:
-        return Check("masks written with it", True, f"{masks} does not record its model (an earlier caffedsd's)")
-    if written_with(maskset, model):
-        return Check("masks written with it", True, f"{masks} was written beside this {name}")
-    return Check("masks written with it", False,
-                 f"{masks} was written beside another {name} (a write cut short, or the model replaced since)")
-
-
 def require_all(checks):
     """Raise CheckFailed (exit status 1) unless every check holds."""
     failed = sum(not c.ok for c in checks)
@@ -130,16 +115,14 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
     if gpu is not None:
         check_gpu(gpu)
     model = read_caffemodel(weights_path)
-    # Masks beside another file than theirs are what verify is for: a
-    # failed check here, not a refusal.
-    maskset = masks_for(model, masks_path, any_beside=True)
+    maskset, pair = beside_check(model) if masks_path is None else (masks_for(model, masks_path), None)
     checks = [check_finite_values(model)]
-    if maskset is None:
-        checks.append(Check("masks", True, f"none beside {model.path.name}; zero check skipped"))
-    else:
-        if masks_path is None:
-            checks.append(_pair_check(model, maskset))
+    if pair is not None:
+        checks.append(Check("masks written with it", *pair))
+    if maskset is not None:
         checks += check_masked_zeros(model, maskset)
+    elif pair is None:
+        checks.append(Check("masks", True, f"none beside {model.path.name}; zero check skipped"))
     if net_path is not None:
         net = read_net_prototxt(net_path, allow_python_layers)
         try:

@@ -1,6 +1,7 @@
 """`caffedsd prune` through the CLI, on nets built and saved by real pycaffe."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -220,6 +221,19 @@ def test_masks_of_another_model(tiny, tmp_path, cli, other_model):
          expect="p.masks.h5: masks were made for another model")
 
 
+def test_masks_of_another_model_beside_it_say_what_to_do(tiny, tmp_path, cli, other_model):
+    _, weights = tiny
+    shutil.copy(weights, tmp_path / "a.caffemodel")
+    shutil.copy(tmp_path / "other" / "p.masks.h5", tmp_path / "a.masks.h5")
+    _bad(cli, tmp_path, "stats", "-w", "a.caffemodel",
+         expect="a.masks.h5: masks were made for another model (ip1 missing")
+    result = cli("stats", "-w", "a.caffemodel")
+    assert result.output.rstrip().endswith("; run the command that wrote the pair again, or remove a.masks.h5")
+    result = cli("verify", "-w", "a.caffemodel")  # what verify is for: a failed check
+    assert result.exit_code == 1, result.output
+    assert "FAIL  masks written with it: a.masks.h5: masks were made for another model" in result.output
+
+
 def test_nan_weights(caffe, tmp_path, cli):
 
     _, weights = save_net(caffe, tmp_path, TINY_NET)
@@ -268,6 +282,10 @@ def test_masks_beside_another_model_than_theirs_are_refused(tiny, tmp_path, cli)
     for command in (["stats", "-w", "a.caffemodel"], ["prune", "-w", "a.caffemodel", "-s", 0.9, "-o", "c.caffemodel"]):
         assert_one_line_error(cli(*command), "a.masks.h5: written beside another a.caffemodel than the one there now")
     assert not (tmp_path / "c.caffemodel").exists()
+    # decompose and dsd have no --masks to name them with.
+    result = cli("decompose", "-p", proto, "-w", "a.caffemodel", "--energy", 0.9, "-o", "d")
+    assert result.exit_code == 2 and "--masks" not in result.output
+    assert result.output.rstrip().endswith("run the command that wrote the pair again, or remove a.masks.h5")
     # Named, they may go with any model of their structure (verify's case).
     result = cli("stats", "-w", "a.caffemodel", "--masks", "a.masks.h5", "--json")
     assert result.exit_code == 0, result.output
@@ -275,32 +293,43 @@ def test_masks_beside_another_model_than_theirs_are_refused(tiny, tmp_path, cli)
 
 
 def test_masks_that_record_no_model_are_taken_beside_it(tiny, tmp_path, cli):
-    """Masks files written before their model's sha256 was kept."""
+    """Masks files written before their model's sha256 was kept, and by such
+    a caffedsd from masks that kept it: it takes every root attribute it does
+    not know for metadata, and copies it into the masks it writes."""
     proto, weights = tiny
     assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel").exit_code == 0
     with h5py.File(tmp_path / "a.masks.h5", "a") as h5:
-        del h5.attrs["model_sha256"]
+        del h5["masks"].attrs["model_sha256"]
+        h5.attrs["model_sha256"] = np.bytes_(json.dumps("0" * 64).encode())
     assert load_masks(tmp_path / "a.masks.h5").model_sha256 is None
     assert cli("stats", "-w", "a.caffemodel").exit_code == 0
     with h5py.File(tmp_path / "a.masks.h5", "a") as h5:
-        h5.attrs["model_sha256"] = np.bytes_(b'"not a digest"')
-    assert_one_line_error(cli("stats", "-w", "a.caffemodel"), "a.masks.h5: attribute 'model_sha256' is not a sha256 digest")
+        h5["masks"].attrs["model_sha256"] = np.bytes_(b"not a digest")
+    assert_one_line_error(cli("stats", "-w", "a.caffemodel"),
+                          "a.masks.h5: masks attribute 'model_sha256' is not a sha256 digest")
 
 
 def test_a_dense_model_written_over_a_pruned_one_takes_its_masks_away(tiny, tmp_path, cli):
-    """The masks go after the rename: a failed rename leaves both."""
+    """The masks go after the rename: a failed rename leaves both. Masks
+    that record no model go before it: left beside the new model, nothing
+    would tell them from its own."""
     from caffedsd.maskfile import atomic_unmasked_path
 
     proto, weights = tiny
+    for records_model in (True, False):
+        assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel", "--force").exit_code == 0
+        if not records_model:
+            with h5py.File(tmp_path / "a.masks.h5", "a") as h5:
+                del h5["masks"].attrs["model_sha256"]
+        with pytest.raises(OSError):
+            with atomic_unmasked_path(tmp_path / "a.caffemodel") as tmp:
+                tmp.write_bytes(Path(weights).read_bytes())
+                (tmp_path / "a.caffemodel").unlink()
+                (tmp_path / "a.caffemodel" / "x").mkdir(parents=True)
+        assert (tmp_path / "a.masks.h5").exists() == records_model
+        (tmp_path / "a.caffemodel" / "x").rmdir()
+        (tmp_path / "a.caffemodel").rmdir()
     assert cli("prune", "-w", weights, "-s", 0.5, "-o", "a.caffemodel").exit_code == 0
-    with pytest.raises(OSError):
-        with atomic_unmasked_path(tmp_path / "a.caffemodel") as tmp:
-            tmp.write_bytes(Path(weights).read_bytes())
-            (tmp_path / "a.caffemodel").unlink()
-            (tmp_path / "a.caffemodel" / "x").mkdir(parents=True)
-    assert (tmp_path / "a.masks.h5").exists()
-    (tmp_path / "a.caffemodel" / "x").rmdir()
-    (tmp_path / "a.caffemodel").rmdir()
     with atomic_unmasked_path(tmp_path / "a.caffemodel") as tmp:
         tmp.write_bytes(Path(weights).read_bytes())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("a.")) == ["a.caffemodel"]

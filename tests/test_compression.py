@@ -546,10 +546,14 @@ def test_a_decompressed_model_takes_away_the_masks_of_the_one_it_replaces(tiny, 
     assert cli("decompress", "t.dcz", "-o", "m.caffemodel").exit_code == 0
     assert not (tmp_path / "m.masks.h5").exists()
     assert cli("verify", "-w", "m.caffemodel").exit_code == 0
-    # -o m: m.masks.h5 is the name of m.caffemodel's masks too, a model not replaced.
+    # -o m: m.masks.h5 is the name of m.caffemodel's masks too, a model not
+    # replaced, which the next read of m would take for m's.
     _prune(cli, weights, "m.caffemodel", "conv1=0.9")
-    assert cli("decompress", "t.dcz", "-o", "m").exit_code == 0
+    assert_one_line_error(cli("decompress", "t.dcz", "-o", "m"), "m: its masks file would be m.masks.h5, which is "
+                          "that of m.caffemodel beside it; name the output m.caffemodel, or another name")
+    assert_one_line_error(cli("prune", "-w", weights, "-s", 0.5, "-o", "m"), "m: its masks file would be m.masks.h5")
     assert (tmp_path / "m.masks.h5").is_file() and cli("verify", "-w", "m.caffemodel").exit_code == 0
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")

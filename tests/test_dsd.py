@@ -449,6 +449,15 @@ def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
                           f"{run / '04-dense' / 'model.caffemodel'}: missing, though {run / '04-dense' / 'stage.json'} "
                           f"says stage 4 finished; delete {run / '04-dense'} to run it again")
+    # Another model put in place of a finished stage's: its masks are not its own.
+    pruned = (run / "02-prune" / "model.caffemodel").read_bytes()
+    (run / "02-prune" / "model.caffemodel").write_bytes((run / "03-sparse" / "model.caffemodel").read_bytes())
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{run / '02-prune' / 'model.masks.h5'}: written beside another model.caffemodel than the "
+                          f"one there now (writing the pair was cut short, or the model was replaced since), though "
+                          f"{run / '02-prune' / 'stage.json'} says stage 2 finished; delete {run / '02-prune'} and the "
+                          "stages after it to run it again")
+    (run / "02-prune" / "model.caffemodel").write_bytes(pruned)
     (run / "03-sparse" / "model.masks.h5").unlink()
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
                           f"delete {run / '03-sparse'} and the stages after it to run it again")
@@ -566,7 +575,8 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
         assert_one_line_error(cli(command, "--solver", solver, "-w", "p.caffemodel", "-n", 1, "-o", "p.masks.h5"),
                               "p.masks.h5: output would overwrite the input p.masks.h5")
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "-w", "p.caffemodel", "--force-decay", 0.001,
-                              "-n", 1, "-o", "p"), "p.masks.h5: output would overwrite the input p.masks.h5")
+                              "-n", 1, "-o", "p"), "p: its masks file would be p.masks.h5, which is that of "
+                                                   "p.caffemodel beside it")
     assert (tmp_path / "p.masks.h5").read_bytes() == before and not (tmp_path / "p").exists()
     os.mkfifo(tmp_path / "pipe.prototxt")
     (tmp_path / "piped.prototxt").write_text(solver.read_text().replace(str(tmp_path / "net.prototxt"),

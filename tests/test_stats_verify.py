@@ -52,8 +52,8 @@ def test_verify_passes_then_catches_a_nonzero(tiny, tmp_path, cli):
     assert result.exit_code == 1
     assert "FAIL  zeros fc1: 720 of 720 masked positions are not 0.0" in result.output
     # The masks copied beside it were written beside another model.
-    assert ("FAIL  masks written with it: tampered.masks.h5 was written beside another tampered.caffemodel"
-            in result.output)
+    assert ("FAIL  masks written with it: tampered.masks.h5: written beside another tampered.caffemodel than the "
+            "one there now" in result.output)
     assert "ok    masks written with it" in cli("verify", "-w", "p.caffemodel").output
     # Named, they are checked against it, whichever model they were written with.
     result = cli("verify", "-w", "tampered.caffemodel", "--masks", "p.masks.h5")
