@@ -27,7 +27,8 @@ from .dcz_blobs import (MAX_INDEX_BITS, LayerSizes, Reader, decode_floats, decod
                         encode_shared, finite)
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
-from .maskfile import masks_for, masks_read_for
+from .maskfile import masks_for, masks_path_for, masks_read_for
+from .masks import masked_nonzeros
 from .wire import encode_varint as varint
 
 MAGIC = b"CDSDDCZ\x00"
@@ -107,6 +108,18 @@ class _Output:
         self.size += len(data)
 
 
+def _check_masked_zeros(model, keep_masks, masks_path):
+    """The .dcz stores no weight at a masked position: one that is not 0.0
+    there (masks of a model trained on without them) would be lost."""
+    for layer, mask in keep_masks.items():
+        bad = masked_nonzeros(model.layer(layer).blobs[0].data, mask)
+        if bad:
+            raise InputError(f"{masks_path}: {bad} of the {mask.size - np.count_nonzero(mask)} positions it masks in "
+                             f"layer {layer!r} of {model.path} are not 0.0, and compress stores none of them; give "
+                             f"the masks that model was written with, or apply these first: caffedsd prune -w "
+                             f"{model.path} --masks {masks_path} -s 0 -o OUT.caffemodel")
+
+
 def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     """Write ``weights`` as a version 2 .dcz file; returns [LayerSizes] and the
     container's own bytes (header, magic, checksum)."""
@@ -115,6 +128,7 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     check_finite(model)
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}
+    _check_masked_zeros(model, keep_masks, masks or masks_path_for(weights))
     layers = [layer for layer in model.layers if layer.blobs]
     if not isinstance(model.name, str):  # proto2 lets a string field hold any bytes
         raise InputError(f"{model.path}: the net's name is not UTF-8 text ({model.name!r})")

@@ -625,6 +625,12 @@ def test_bad_inputs(lenet, tmp_path, cli, other_model):
     assert_one_line_error(cli("compress", "-w", weights, "--index-bits", "wide", "-o", "y.dcz"), "expected auto")
     assert_one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
                           "masks were made for another model")
+    # Masks of the model's structure, at whose positions it holds weights:
+    # the .dcz would have dropped them, with no word.
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "q.caffemodel").exit_code == 0
+    assert_one_line_error(cli("compress", "-w", weights, "--masks", "q.masks.h5", "-o", "y.dcz"),
+                          f"q.masks.h5: 250 of the 250 positions it masks in layer 'conv1' of {weights} are not 0.0, "
+                          "and compress stores none of them")
     assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "y.dcz").exists()
     assert read_dcz(tmp_path / "w.dcz")[1] == "LeNet"
     # Inputs that are not -w: the masks read from beside the weights, and decompress's -p.
