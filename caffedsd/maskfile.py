@@ -63,6 +63,16 @@ def masks_read_for(weights_path, masks_path=None):
     return beside if beside is not None and beside.exists() else None
 
 
+def _sharing_masks(output):
+    """The other model whose masks file is also ``output``'s, or None:
+    m.caffemodel's, for an output m."""
+    output = Path(output)
+    owner = output.with_name(output.name + ".caffemodel")
+    if output.name.endswith(".caffemodel") or not owner.exists() or same_path(owner, output):
+        return None
+    return owner
+
+
 @contextlib.contextmanager
 def atomic_unmasked_path(output):
     """atomic_path for a caffemodel written without masks. The masks file
@@ -74,9 +84,7 @@ def atomic_unmasked_path(output):
     do not record their model could not be told from this one's: those go
     just before."""
     masks = masks_path_for(output)
-    owner = masks.with_name(masks.name[:-len(".masks.h5")] + ".caffemodel")
-    # -o m names the masks of m.caffemodel too, another model still there.
-    theirs = Path(output).name.endswith(".caffemodel") or not owner.exists()
+    theirs = _sharing_masks(output) is None
     with atomic_path(output) as tmp:
         yield tmp
         if theirs and masks.exists() and _recorded_model(masks) is None:
@@ -89,11 +97,9 @@ def check_model_outputs(output, inputs, force=False, with_masks=True):
     """Refuse to write the caffemodel ``output``, and with ``with_masks`` its
     masks beside it, where either would replace one of ``inputs``, and an
     output whose masks file is another model's."""
-    output = Path(output)
     masks = masks_path_for(output)
-    owner = masks.with_name(masks.name[:-len(".masks.h5")] + ".caffemodel")
-    if not output.name.endswith(".caffemodel") and owner.exists() and not same_path(owner, output):
-        # Both would read and write the one masks file, each taking it for its own.
+    owner = _sharing_masks(output)
+    if owner is not None:  # both would read and write the one masks file, each taking it for its own
         raise InputError(f"{output}: its masks file would be {masks}, which is that of {owner} beside it; "
                          f"name the output {owner.name}, or another name")
     for path in (output, masks) if with_masks else (output,):
