@@ -111,7 +111,7 @@ def has_python_layers(net):
 # "probe" the same net on the CPU.
 _CHILD = """
 import sys
-extension, kind, path, python_layers = sys.argv[1:]
+extension, kind, path, python_layers, weights = sys.argv[1:]
 if python_layers == "yes":
     import caffe
 else:
@@ -135,13 +135,16 @@ if kind in ("gpu", "probe"):  # a forward pass of a two-layer net allocates and 
 elif kind == "solver":
     caffe.get_solver(path)
 else:
-    caffe.Net(path, 1)  # caffe.TEST
+    net = caffe.Net(path, 1)  # caffe.TEST
+    if weights:
+        net.copy_from(weights)
 """
 
 
-def _caffe_child(kind, path, python_layers=False, visible=None):
+def _caffe_child(kind, path, python_layers=False, visible=None, weights=None):
     """The finished child Python that ran _CHILD (seeing GPUs ``visible``,
-    as CUDA_VISIBLE_DEVICES, when given)."""
+    as CUDA_VISIBLE_DEVICES, when given; a "net" filled with ``weights``,
+    when given)."""
     pydir = pycaffe_dir()
     extension = _extension(pydir) if pydir is not None else None
     if extension is None:
@@ -150,14 +153,15 @@ def _caffe_child(kind, path, python_layers=False, visible=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), GLOG_minloglevel="2")
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    args = [str(extension), kind, str(path), "yes" if python_layers else "no"]
+    args = [str(extension), kind, str(path), "yes" if python_layers else "no", str(weights or "")]
     return subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
 
 
-def build_in_child(kind, path, where, python_layers=False, gpu=None):
-    """Build a TEST-phase net (``kind`` "net") or a solver with all its nets
-    ("solver") from the prototxt ``path`` in a child Python, and raise
-    InputError naming ``where`` if that fails. With ``gpu`` (the run's
+def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=None):
+    """Build a TEST-phase net (``kind`` "net", filled from the caffemodel
+    ``weights`` when given) or a solver with all its nets ("solver") from
+    the prototxt ``path`` in a child Python, and raise InputError naming
+    ``where`` if that fails. With ``gpu`` (the run's
     --gpu), the child sees that GPU alone: in a CUDA build Caffe opens a
     context for its cuBLAS handle on the first visible GPU even in CPU mode,
     and `--gpu 3` should leave GPU 0 alone. (A child that sees no GPU would
@@ -169,7 +173,8 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None):
     making stays behind, and its marker then refuses the corrected rerun.
     Building once in a child (well under a second for LeNet or VGG16)
     finds all of these before anything is written."""
-    proc = _caffe_child(kind, path, python_layers, visible_devices(gpu, os.environ.get("CUDA_VISIBLE_DEVICES")))
+    proc = _caffe_child(kind, path, python_layers, visible_devices(gpu, os.environ.get("CUDA_VISIBLE_DEVICES")),
+                        weights)
     if proc.returncode != 0:
         reason = failure_reason(proc.stderr)
         if proc.returncode < 0 and proc.returncode != -signal.SIGABRT:  # not glog's abort: killed, out of memory

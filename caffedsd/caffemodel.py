@@ -18,7 +18,7 @@ this schema does not know all come back unchanged.
 """
 import hashlib
 import mmap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,21 @@ class CaffeModel:
 
     def sha256(self):
         return hashlib.sha256(self._buffer).hexdigest()
+
+    def with_params(self, params):
+        """This model with the LayerParameters ``params`` (by layer name: a
+        prototxt's) in place of those the file stores: Caffe builds each
+        layer from the prototxt and takes only its blobs from the weights,
+        whose stored settings (group, transpose) may be stale or absent."""
+        layers = []
+        for layer in self.layers:
+            if layer.name in params:
+                param = type(params[layer.name])()
+                param.CopyFrom(params[layer.name])
+                del param.blobs[:]  # a prototxt may hold some; the file's are the weights
+                layer = replace(layer, param=param)
+            layers.append(layer)
+        return CaffeModel(self.path, self.layout, self.name, layers, self._top_pieces, self._buffer)
 
 
 def nonfinite_counts(model):

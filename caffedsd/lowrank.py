@@ -27,6 +27,7 @@ per group (C/g = N/g = 1, MobileNet's) never gets smaller, so it is left as
 it is; one of m filters per group may, when r (k^2 + m) < m k^2.
 """
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,9 +329,10 @@ def _split_layer(param, rank):
     del first.blobs[:], second.blobs[:]
     first.name = f"{param.name}/lowrank"
     first.ClearField("top")
-    first.top.append(f"{param.name}/lowrank")
+    # A Convolution applies its weights to each of its bottoms, a top each.
+    first.top.extend(_first_tops(param))
     second.ClearField("bottom")
-    second.bottom.append(f"{param.name}/lowrank")
+    second.bottom.extend(first.top)
     # Learning-rate specs: the first factor takes the weight's, the second both.
     del first.param[1:]
     if first.param and first.param[0].name:
@@ -352,7 +354,18 @@ def _split_layer(param, rank):
         first.inner_product_param.num_output = rank
         first.inner_product_param.bias_term = False
         first.inner_product_param.ClearField("bias_filler")
+        if param.inner_product_param.axis < 0:
+            # The first half's top ends at the axis it was given (N x ... x r):
+            # counted from the end, its r is the last axis, not the same one.
+            second.inner_product_param.axis = -1
     return first, second
+
+
+def _first_tops(param):
+    """The tops of a split's first half: NAME/lowrank, or one per bottom."""
+    if len(param.bottom) <= 1:
+        return [f"{param.name}/lowrank"]
+    return [f"{param.name}/lowrank_{i}" for i in range(len(param.bottom))]
 
 
 def check_split_names(net, path, ranks):
@@ -370,7 +383,7 @@ def check_split_names(net, path, ranks):
             continue
         first, second = _split_layer(layer, ranks[layer.name])
         taken = [(first.name, "a layer") if first.name in layers else None,
-                 (first.top[0], "a blob") if first.top[0] in blobs else None,
+                 *((top, "a blob") if top in blobs else None for top in first.top),
                  (first.param[0].name, "a shared weight name") if first.param and first.param[0].name and
                  first.param[0].name in params else None]
         taken = [each for each in taken if each]
@@ -409,8 +422,8 @@ def decomposed_layers(model, ranks):
         groups, transpose = filter_layout(layer.param)
         first, second, discarded[layer.name] = factor(arrays[0], rank, groups, transpose)
         p1, p2 = _split_layer(layer.param, rank)
-        if layer.type == "Convolution":
-            second = second.reshape(second.shape + (1, 1))
+        if layer.type == "Convolution":  # a 1 x 1 (x 1 ...) kernel over each spatial axis
+            second = second.reshape(second.shape + (1,) * (arrays[0].ndim - 2))
         layers.append((p1, [first]))
         layers.append((p2, [second] + arrays[1:]))
     return layers, discarded
@@ -418,10 +431,13 @@ def decomposed_layers(model, ranks):
 
 def output_positions(net, layer_name, layer_type):
     """How many times per example a layer of a pycaffe Net applies its
-    weights: the H x W of a Convolution's top; for an InnerProduct, the
-    axes between the batch and its ``axis`` (its top ends at that axis)."""
-    shape = net.blobs[net.top_names[layer_name][0]].data.shape
-    return int(np.prod(shape[2:] if layer_type == "Convolution" else shape[1:-1]))
+    weights: the spatial size of a Convolution's tops (one per bottom); for
+    an InnerProduct, the axes between the batch and its ``axis`` (its top
+    ends at that axis)."""
+    shapes = [net.blobs[top].data.shape for top in net.top_names[layer_name]]
+    if layer_type == "Convolution":
+        return sum(int(np.prod(shape[2:])) for shape in shapes)
+    return int(np.prod(shapes[0][1:-1]))
 
 
 def summarize(model, ranks, positions, discarded):
@@ -519,8 +535,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import atomic_folder, atomic_paths, check_output, write_text
-    from .caffe_env import check_net_runs, import_caffe
+    from .atomic import atomic_folder, atomic_paths, check_output, temporary_folder, write_text
+    from .caffe_env import build_in_child, check_net_runs, has_python_layers, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
     from .maskfile import MaskSet, atomic_unmasked_path, masks_for, save_masks
@@ -540,6 +556,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             # Written beside the weights: Caffe must fill every layer of it.
             check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True)
         check_finite(model)
+        # Split by the layouts Caffe builds (the prototxt's group, transpose, axis).
+        model = model.with_params({layer.name: layer for layer in nets[Path(model_path)].layer})
         masks = masks_for(model, option=None)  # those of the layers left as they are go beside the output
         chosen, skipped = choose_ranks(model, layers, energy, ranks, include_fc, shared_weights(nets.values()))
         for path, net in nets.items():
@@ -570,16 +588,26 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                              "unknown; leave it out with --layers")
         new_layers, discarded = decomposed_layers(model, chosen)
         kept = masks.without(chosen) if masks is not None else None  # a split layer's new blobs are dense
-        if kept is None:
-            with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
-                new_caffemodel(tmp, new_layers, name=model.name)
-        else:
-            with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
-                new_caffemodel(tmp, new_layers, name=model.name)
-                save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, read_caffemodel(tmp).structure(),
-                                              dict(kept.meta)), file_sha256(tmp))
+        texts = {path: text_format.MessageToString(rewrite_net(nets[path], chosen)) for path in names}
+        with temporary_folder(folder / "model.caffemodel") as scratch:
+            made = scratch / "model.caffemodel"
+            new_caffemodel(made, new_layers, name=model.name)
+            # Caffe builds the rewrite and fills it before anything is written:
+            # a split it refuses (shapes of a layer kind not foreseen) is found
+            # here, not by the user's `caffe test`.
+            (scratch / "net.prototxt").write_text(texts[shape_path])
+            build_in_child("net", scratch / "net.prototxt", f"{shape_path} as decompose rewrote it",
+                           has_python_layers(nets[shape_path]), weights=made)
+            if kept is None:
+                with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
+                    os.replace(made, tmp)
+            else:
+                with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
+                    os.replace(made, tmp)
+                    save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, read_caffemodel(tmp).structure(),
+                                                  dict(kept.meta)), file_sha256(tmp))
         for path, name in names.items():
-            write_text(folder / name, text_format.MessageToString(rewrite_net(nets[path], chosen)))
+            write_text(folder / name, texts[path])
         rows = summarize(model, chosen, positions, discarded)
         write_text(folder / "report.md", report.decomposition_markdown(rows, weights, skipped))
     written = [*names.values(), "model.caffemodel"] + (["model.masks.h5"] if kept is not None else [])

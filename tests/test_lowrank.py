@@ -618,3 +618,62 @@ def test_factors_are_an_svds_on_wide_tall_and_rank_deficient_blocks():
     np.testing.assert_allclose(second @ first, low, atol=1e-4)
     transposed_first, transposed_second, _ = factor(low.T, 2, transpose=True)
     np.testing.assert_allclose(transposed_first @ transposed_second, low.T, atol=1e-4)  # C x r, r x N
+
+
+SHAPES = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "vol" type: "Input" top: "vol" input_param { shape { dim: 2 dim: 2 dim: 5 dim: 5 dim: 5 } } }
+layer { name: "two" type: "Convolution" bottom: "data" bottom: "data" top: "ca" top: "cb"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "c3" type: "Convolution" bottom: "vol" top: "c3" convolution_param { num_output: 8 kernel_size: 3 } }
+layer { name: "ipm" type: "InnerProduct" bottom: "data" top: "ipm" inner_product_param { num_output: 6 axis: -2 } }
+layer { name: "ipT" type: "InnerProduct" bottom: "data" top: "ipT"
+        inner_product_param { num_output: 60 transpose: true } }
+"""
+
+
+def test_splits_of_several_bottoms_n_d_kernels_negative_axes_and_the_prototxts_layout(caffe, tmp_path, cli):
+    """Each was written as a net stock Caffe refuses (two tops from one bottom,
+    a 4-D 1 x 1 kernel for a 3-D convolution, axis -2 on the second half's
+    shorter input), or, for a transpose the weights file no longer states,
+    as one that computes something else, with exit status 0."""
+    from caffedsd.caffe_proto import NetParameter
+
+    proto, weights = save_net(caffe, tmp_path, SHAPES)
+    stored = NetParameter()
+    stored.ParseFromString(weights.read_bytes())
+    for layer in stored.layer:
+        layer.inner_product_param.ClearField("transpose")  # as a converter may leave it
+    weights.write_bytes(stored.SerializeToString())
+    ranks = ["--rank", "two=6", "--rank", "c3=8", "--rank", "ipm=6", "--rank", "ipT=60"]
+    result = cli("decompose", "-p", proto, "-w", weights, "--fc", *ranks, "-o", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert _caffe_ignores(out / proto.name, out / "model.caffemodel") == []
+    original = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    split = caffe.Net(str(out / proto.name), caffe.TEST, weights=str(out / "model.caffemodel"))
+    rng = np.random.default_rng(3)
+    for name in ("data", "vol"):
+        x = rng.normal(size=original.blobs[name].data.shape).astype(np.float32)
+        original.blobs[name].data[...] = x
+        split.blobs[name].data[...] = x
+    a, b = original.forward(), split.forward()
+    for top in ("ca", "cb", "c3", "ipm", "ipT"):  # full rank: the same outputs
+        assert np.linalg.norm(a[top] - b[top]) / np.linalg.norm(a[top]) < 1e-4, top
+    assert split.params["c3"][0].data.shape == (8, 8, 1, 1, 1)
+    assert list(split.top_names["two/lowrank"]) == ["two/lowrank_0", "two/lowrank_1"]
+    # Both bottoms' positions count: 2 x 4 x 5 each.
+    assert "| two | Convolution | 6/6 |" in (out / "report.md").read_text()
+
+
+def test_a_rewrite_caffe_cannot_fill_is_found_before_anything_is_written(caffe, tmp_path):
+    """decompose builds its rewrite in a child Caffe with the new weights
+    (build_in_child with weights), where a shape Caffe refuses aborts."""
+    from caffedsd.caffe_env import build_in_child
+
+    proto, weights = save_net(caffe, tmp_path, IP_LAYOUTS)
+    build_in_child("net", proto, "as rewritten", weights=weights)
+    proto.write_text(IP_LAYOUTS.replace("num_output: 12", "num_output: 11"))
+    with pytest.raises(InputError, match="as rewritten: Caffe cannot build the net: .*Cannot copy param 0 weights "
+                                         "from layer 'ipA'; shape mismatch"):
+        build_in_child("net", proto, "as rewritten", weights=weights)
