@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PlanningError
-from .report import one_line
+from .report import number_text, one_line
 from .plan import Rule, SparsityPlan
 
 
@@ -341,6 +341,24 @@ class WholeNet:
         return drop(self.kind, self.baseline[self.metric], metrics[self.metric])
 
 
+def _check_not_data(output, model):
+    """Refuse an ``output`` that is a file the net ``model`` reads as data,
+    even with --force: --verify's measurements and a rerun of the scan read
+    it."""
+    from .atomic import same_path
+    from .caffe_proto import read_net_prototxt
+    from .errors import InputError
+    from .netcheck import built_state, data_files
+
+    if model is None or not Path(model).is_file():
+        return  # WholeNet says so
+    model = Path(model)
+    net = read_net_prototxt(model, allow_python_layers=True)
+    for given in data_files(net, [built_state(net, "TEST"), built_state(net, "TRAIN")], model):
+        if same_path(output, given):
+            raise InputError(f"{output}: output would overwrite {given}, which {model} reads as data")
+
+
 def _literal(name):
     """A glob that matches exactly ``name`` (plan rules are globs)."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
@@ -378,6 +396,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     # end the scan's use.
     check_output(output, inputs=[*scan_files(sensitivity_path), weights, model, data.get("model"),
                                  data.get("weights")], force=force)
+    _check_not_data(output, model or data.get("model"))
     if max_total_drop is not None:
         check_budget("--max-total-drop", max_total_drop)
     if max_total_drop is not None and not verify:
@@ -400,6 +419,10 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
 
     if target is None:
         choices = by_max_drop(curve_data, max_drop)
+        if not any(c.sparsity > 0 for c in choices):
+            raise PlanningError(f"{sensitivity_path}: no layer's measured drop is within --max-drop "
+                                f"{number_text(max_drop)} at any scanned sparsity ({metric}); a plan would "
+                                "prune nothing")
     else:
         choices = by_target(curve_data, data["prunable_params"], target, max_drop, sensitivity_path, counts,
                             elsewhere)

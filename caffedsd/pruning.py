@@ -4,7 +4,7 @@
 reading, checks, writing the pruned caffemodel and its masks atomically,
 as a pair.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,9 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
         used_amounts[target.owner] = amount
         rows.append(PrunedLayer(target.owner, target.layers, target.shape, amount,
                                 int(mask.size), int(mask.size - np.count_nonzero(mask))))
+    if plan.verified is not None and plan.verified.get("weights_sha256", model.sha256()) != model.sha256():
+        # What plan --verify measured was of other weights: no claim about these.
+        plan = replace(plan, verified=None)
     meta = {"criterion": plan.criterion, "seed": seed, "amounts": used_amounts,
             "plan": plan.to_dict(), **(meta or {})}
     return MaskSet(masks, shared_by, model.structure(), meta), rows

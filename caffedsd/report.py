@@ -306,7 +306,7 @@ def sensitivity_csv(data):
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["layer", "sparsity"] + data["metrics"])
-    writer.writerows([str(r[0]), f"{r[1]:g}"] + [f"{v:.6g}" for v in r[2:]] for r in sensitivity_rows(data))
+    writer.writerows([str(r[0]), number_text(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in sensitivity_rows(data))
     return out.getvalue()
 
 
@@ -325,7 +325,7 @@ def scan_metric(data):
 def sensitivity_summary(data):
     """The heading and table of sensitivity.md (what the CLI prints)."""
     metric = scan_metric(data)
-    header = ["layer", "params"] + [f"{s:g}" for s in data["sparsities"]]
+    header = ["layer", "params"] + [number_text(s) for s in data["sparsities"]]
     lines = [f"# Sensitivity: {one_line(metric)} after pruning one layer", "",
              f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
              f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
@@ -413,7 +413,7 @@ def decomposition_markdown(rows, weights, skipped=()):
 
 def plan_table(result):
     """The chosen sparsity and predicted drop of each layer (``plan_from_scan.make_plan``)."""
-    body = [[c.layer, c.params, f"{c.sparsity:g}", f"{c.drop:.4g}"] for c in result.choices]
+    body = [[c.layer, c.params, number_text(c.sparsity), f"{c.drop:.4g}"] for c in result.choices]
     return format_table(["layer", "weights", "sparsity", f"predicted drop ({result.unit})"], body, "lrrr")
 
 

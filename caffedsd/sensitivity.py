@@ -47,7 +47,7 @@ from .caffemodel import check_finite, file_sha256, read_caffemodel
 from .errors import CaffeDsdError, InputError, WorkerDied
 from .globrules import GlobRules, number_list
 from .layers import prunable_targets
-from .maskfile import structure_fingerprint
+from .maskfile import masks_path_for, structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
 from .netcheck import KINDS, built_state, check_blob_shapes, check_pair, output_kinds
 from .runfolder import RunFolder
@@ -61,7 +61,7 @@ SCAN_RECORD = "scan.json"  # the scan folder's model, weights and settings
 
 def parse_sparsities(text):
     """'0.1,0.2,...' -> a tuple; each in [0, 1), strictly increasing."""
-    values = number_list(text, "--sparsities")
+    values = tuple(value + 0.0 for value in number_list(text, "--sparsities"))  # -0 as 0
     for value in values:
         if not 0 <= value < 1:
             raise InputError(f"--sparsities {text!r}: {value:g} is outside [0, 1)")
@@ -206,6 +206,9 @@ class Evaluator:
             raise InputError(f"{weights_path}: changed while it was read (no longer the sha256 taken at the "
                              "start); run again once the file stays as it is")
         self.outputs = list(self.net.outputs)
+        if not self.outputs:
+            raise InputError(f"{model_path}: its TEST phase has no output to measure (every top is another "
+                             "layer's bottom: a Silence layer's, say)")
         data_layers = _data_layers(self.net)
         self.batches, self.tops, self.data_sha256 = None, None, data_sha256
         if data_layers is not None:
@@ -234,7 +237,9 @@ class Evaluator:
         return f"TEST data layer{'s' if len(self.data_layer_names) > 1 else ''} {names}"
 
     def run(self):
-        """{output: mean over the N batches}, as `caffe test` reports them."""
+        """{output: mean over the N batches}, as `caffe test` reports a
+        one-valued output; a many-valued one (per-class accuracy) is the
+        mean of its values, where `caffe test` prints each."""
         sums = {name: 0.0 for name in self.outputs}
         digests = []
         for i in range(self.iterations):
@@ -367,6 +372,12 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)
     check_finite(model)
+    if criterion == "random" and masks_path_for(weights_path).exists():
+        # A random mask is drawn over every position; prune draws it among
+        # the positions the masks keep, so these curves would not be its.
+        raise InputError(f"{weights_path}: has masks beside it ({masks_path_for(weights_path).name}), which prune "
+                         "keeps, while a random scan draws over every position: its curves would not be what a "
+                         "plan prunes; scan with keepmax, or scan the model before it was pruned")
     kinds, primary = test_output_kinds(net, model_path)
     targets = _select_layers(model, layers)
     if iterations is None:
@@ -402,6 +413,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         callback = progress("points", total, total - len(todo)) if progress is not None else None
 
         def record(point):
+            if point["layer"] is None:
+                _check_baseline(model_path, point["metrics"])
             folder.append(POINTS, point)
             done[(point["layer"], point["sparsity"])] = point
             if callback is not None:
@@ -422,6 +435,13 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         data = _result(config, model, targets, done, kinds, primary)
         report.write_sensitivity(Path(out_dir), data)
         return data
+
+
+def _check_baseline(model_path, metrics):
+    """The unpruned net's outputs are what every drop is measured from."""
+    if bad := [name for name, value in metrics.items() if not math.isfinite(value)]:
+        raise InputError(f"{model_path}: its TEST output {bad[0]!r} is {metrics[bad[0]]} with the weights as "
+                         "they are; no drop can be measured from it")
 
 
 def _journal(folder):
@@ -608,4 +628,9 @@ def load_sensitivity(path, weights=None):
         model = read_caffemodel(weights)
         if structure_fingerprint(model.structure()) != data["fingerprint"]:
             raise InputError(f"{path}: a scan of another model than {weights}")
+        # Its curves and zero counts are of those weights: other weights of
+        # the architecture (a retrained or pruned model) prune otherwise.
+        if model.sha256() != data["weights_sha256"]:
+            raise InputError(f"{weights}: not the weights the scan measured (their sha256 differs); scan these "
+                             "weights to plan for them")
     return data

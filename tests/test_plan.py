@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -422,3 +423,55 @@ def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model
     assert not (tmp_path / "p.yaml").exists()
     result = cli(*verify, "--model", net)
     assert result.exit_code == 0, result.output
+
+
+def test_a_max_drop_no_layer_meets_is_refused(tmp_path):
+    """It wrote a plan that pruned nothing, with exit status 0."""
+    from caffedsd.errors import PlanningError
+    from caffedsd.plan_from_scan import make_plan
+
+    scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
+            "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
+            "fingerprint": "f", "prunable_params": 200, "seed": 0, "data_sha256": None,
+            "layers": [{"layer": name, "params": 100,
+                        "points": [{"sparsity": s, "metrics": {"accuracy": 0.7}} for s in (0.3, 0.6)]}
+                       for name in ("a", "b")]}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
+    with pytest.raises(PlanningError, match="no layer's measured drop is within --max-drop 5 at any scanned "
+                                            "sparsity"):
+        make_plan(tmp_path / "sensitivity.json", tmp_path / "plan.yaml", max_drop=5)
+    assert not (tmp_path / "plan.yaml").exists()
+    assert make_plan(tmp_path / "sensitivity.json", tmp_path / "plan.yaml", max_drop=10).overall == 0.6
+
+
+def test_a_plan_is_of_the_scanned_weights_and_never_written_over_the_nets_data(lenet, lenet_scan, cli, tmp_path):
+    """--weights of the architecture but not the scan's were taken (the
+    predictions then were of other weights), and -o the TEST list the net
+    reads replaced it with YAML, even without --force. A verified record
+    went into the masks of any model pruned with the plan."""
+    from conftest import assert_one_line_error
+
+    _, proto, weights = lenet
+    assert cli("prune", "-w", weights, "-s", 0.1, "-o", "other.caffemodel").exit_code == 0
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-drop", 1, "-w", "other.caffemodel",
+                              "-o", "p.yaml"), "other.caffemodel: not the weights the scan measured")
+    data = json.loads((lenet_scan / "sensitivity.json").read_text())
+    test_list = Path(re.search(r'source: "([^"]*/test\.txt)"', proto.read_text()).group(1))
+    before = test_list.read_bytes()
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-drop", 1, "-o", test_list, "--force"),
+                          f"which {data['model']} reads as data")
+    assert test_list.read_bytes() == before
+    train_list = test_list.with_name("train.txt")  # the scan reads only TEST data, but it is the net's
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-drop", 1, "-o", train_list, "--force"),
+                          f"which {data['model']} reads as data")
+    result = cli("plan", "--sensitivity", lenet_scan, "--max-drop", 1, "--verify", "-o", "v.yaml")
+    assert result.exit_code == 0, result.output
+    for model, kept in ((weights, True), ("other.caffemodel", False)):
+        assert cli("prune", "-w", model, "--plan", "v.yaml", "-o", "p.caffemodel", "--force").exit_code == 0
+        assert ("verified" in load_masks_meta(tmp_path / "p.masks.h5")["plan"]) == kept
+
+
+def load_masks_meta(path):
+    from caffedsd.maskfile import load_masks
+
+    return load_masks(path).meta
