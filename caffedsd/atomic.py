@@ -70,6 +70,15 @@ def check_replaceable(path):
                          "finished file over it, so give the path of a file")
 
 
+def check_not_data(path, data, reader):
+    """Refuse an output ``path`` that is one of ``data``, files ``reader``
+    reads as data, even with --force: they are read while the run goes on,
+    or by its rerun."""
+    for given in data:
+        if same_path(path, given):
+            raise InputError(f"{path}: output would overwrite {given}, which {reader} as data")
+
+
 def output_folder(path):
     """Make the output folder ``path`` and its parents where missing; returns it."""
     path = Path(path)

@@ -345,18 +345,15 @@ def _check_not_data(output, model):
     """Refuse an ``output`` that is a file the net ``model`` reads as data,
     even with --force: --verify's measurements and a rerun of the scan read
     it."""
-    from .atomic import same_path
+    from .atomic import check_not_data
     from .caffe_proto import read_net_prototxt
-    from .errors import InputError
     from .netcheck import built_state, data_files
 
     if model is None or not Path(model).is_file():
         return  # WholeNet says so
-    model = Path(model)
     net = read_net_prototxt(model, allow_python_layers=True)
-    for given in data_files(net, [built_state(net, "TEST"), built_state(net, "TRAIN")], model):
-        if same_path(output, given):
-            raise InputError(f"{output}: output would overwrite {given}, which {model} reads as data")
+    check_not_data(output, data_files(net, [built_state(net, "TEST"), built_state(net, "TRAIN")], model),
+                   f"{model} reads")
 
 
 def _literal(name):

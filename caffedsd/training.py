@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_room, same_file, same_path
+from .atomic import atomic_paths, check_not_data, check_room, same_file
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
@@ -608,9 +608,7 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
     # The data the nets read, even --force does not let this run replace:
     # it reads them while it trains.
     for path in (output, masks_path_for(output)):
-        for given in data:
-            if same_path(path, given):
-                raise InputError(f"{path}: output would overwrite {given}, which the nets read as data")
+        check_not_data(path, data, "the nets read")
     for given in data:
         if _caffe_snapshot_of(spec.param, given, span):
             raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
