@@ -244,7 +244,11 @@ def caffe_binary(required=True):
     """
     candidates = []
     if os.environ.get("CAFFEDSD_CAFFE_BIN"):
-        candidates.append(Path(os.environ["CAFFEDSD_CAFFE_BIN"]))
+        given = Path(os.environ["CAFFEDSD_CAFFE_BIN"])
+        # Set on purpose: another caffe found instead would be used without a word.
+        if not (given.is_file() and os.access(given, os.X_OK)):
+            raise CaffeUnavailable(f"CAFFEDSD_CAFFE_BIN={given}: not an executable file")
+        return given
     if os.environ.get("CAFFE_ROOT"):
         root = Path(os.environ["CAFFE_ROOT"])
         candidates += [root / "build" / "tools" / "caffe", root / "bin" / "caffe"]

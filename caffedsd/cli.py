@@ -617,6 +617,8 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
                           **sources)
     if knobs and not sweep:
         raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
+    if sweep and output is not None:
+        raise InputError(f"-o {output}: --sweep prints a table and writes no files; leave out -o")
     if sweep:
         if not knobs:
             raise InputError("--sweep needs KNOB=V1,V2,... arguments, e.g. sr=0.125,0.25")

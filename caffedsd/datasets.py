@@ -157,8 +157,8 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
     other contents are data that trainings and scans may be reading: they
     are refused unless ``force``.
     """
-    _check_limit("train_limit", train_limit)
-    _check_limit("test_limit", test_limit)
+    _check_limit("--train-limit", train_limit)
+    _check_limit("--test-limit", test_limit)
     source_dir = Path(source_dir if source_dir is not None else fashion_mnist_dir())
     if not source_dir.is_dir():
         raise InputError(f"{source_dir}: Fashion-MNIST folder not found "

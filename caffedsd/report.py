@@ -116,17 +116,24 @@ def shape_text(shape):
     return "x".join(map(str, shape)) if len(shape) else "scalar"
 
 
+def _pct_or_blank(value):
+    return "" if value is None else pct(value)
+
+
 def stats_table(stats):
     body = []
     for r in stats["layers"]:
         body.append([r["layer"], r["type"], " ".join(shape_text(s) for s in r["shapes"]),
-                     r["params"], r["nonzero"], pct(r["sparsity"]),
+                     r["params"], r["nonzero"], pct(r["sparsity"]), _pct_or_blank(r.get("weight_sparsity")),
                      "" if r["masked"] is None else r["masked"], human_bytes(r["bytes"])])
     t = stats["totals"]
     body.append(["total", "", "", t["params"], t["nonzero"], pct(t["sparsity"]),
-                 "" if t["masked"] is None else t["masked"], human_bytes(t["bytes"])])
-    table = format_table(["layer", "type", "shapes", "params", "nonzero", "sparsity", "masked", "bytes"],
-                         body, "lllrrrrr")
+                 _pct_or_blank(t.get("weight_sparsity")), "" if t["masked"] is None else t["masked"],
+                 human_bytes(t["bytes"])])
+    # "sparsity" counts every blob (biases too); "weights" only the blobs
+    # prune prunes, as its table and plans count.
+    table = format_table(["layer", "type", "shapes", "params", "nonzero", "sparsity", "weights", "masked",
+                          "bytes"], body, "lllrrrrrr")
     if t["nonfinite"]:  # a NaN counts as nonzero: say what it is
         table += "\nwarning: " + ", ".join(f"{r['layer']} holds {r['nonfinite']} NaN/Inf values"
                                            for r in stats["layers"] if r["nonfinite"])

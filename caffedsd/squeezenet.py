@@ -118,6 +118,10 @@ class SqueezeNetSpec:
         if self.channels < 1 or self.input_size < 1:
             raise SqueezeNetError("--channels and --input-size must be >= 1")
         self.fires()  # checks the filter counts
+        if self.bypass == "simple" and not any(kind for kind, _ in self._bypasses()):
+            raise SqueezeNetError("--bypass simple: no Fire module keeps its input's width with these settings "
+                                  "(an identity bypass needs equal widths), so none would be added; give "
+                                  "--bypass complex, or other --base-e/--incr-e/--freq")
         self.spatial_sizes()  # checks the input survives the pooling
         for what, count in self.blob_counts():
             if count > MAX_INT:
@@ -157,8 +161,10 @@ class SqueezeNetSpec:
         sizes = {"conv1": side}
 
         def pool(side, where):
-            out = math.ceil((side - 3) / 2) + 1  # Caffe's pooling rounds up
-            if side < 3 or out < 1:
+            # Caffe's pooling rounds up, and a window may run past the edge:
+            # 2x2 pools to 1x1, 1x1 to nothing.
+            out = math.ceil((side - 3) / 2) + 1
+            if out < 1:
                 raise SqueezeNetError(f"--input-size {self.input_size}: nothing is left at {where} "
                                       f"({side}x{side} before a 3x3 pooling)")
             return out

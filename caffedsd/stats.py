@@ -23,6 +23,7 @@ def model_stats(model, maskset=None):
     rows = []
     seen_params = set()
     totals = {"params": 0, "nonzero": 0, "bytes": 0, "masked": 0 if maskset is not None else None}
+    weights_total, weights_nonzero = 0, 0  # of the prunable weights, as prune's sparsity counts
     for layer in model.layers:
         if not layer.blobs:
             continue
@@ -32,6 +33,7 @@ def model_stats(model, maskset=None):
         mask = per_layer_masks.get(layer.name)
         masked = None if mask is None else int(mask.size - np.count_nonzero(mask))
         weights = layer.blobs[0].data
+        weights_nonzero_here = count_nonzero(weights) if layer.type in PRUNABLE_TYPES else None
         rows.append({
             "layer": layer.name,
             "type": layer.type,
@@ -40,8 +42,9 @@ def model_stats(model, maskset=None):
             "nonzero": nonzero,
             "sparsity": 1 - nonzero / params if params else 0.0,
             # Of the weights pruning works on; a BatchNorm's blob 0 is its running mean.
-            "weight_sparsity": (1 - count_nonzero(weights) / weights.size if weights.size else 0.0)
+            "weight_sparsity": (1 - weights_nonzero_here / weights.size if weights.size else 0.0)
             if layer.type in PRUNABLE_TYPES else None,
+            "weights_nonzero": weights_nonzero_here,
             "masked": masked,
             "bytes": nbytes,
             "nonfinite": sum(nonfinite.get((layer.name, i), 0) for i in range(len(layer.blobs))),
@@ -55,10 +58,14 @@ def model_stats(model, maskset=None):
             totals["params"] += int(blob.data.size)
             totals["nonzero"] += count_nonzero(blob.data)
             totals["bytes"] += int(blob.data.nbytes)
+            if index == 0 and layer.type in PRUNABLE_TYPES:
+                weights_total += int(blob.data.size)
+                weights_nonzero += rows[-1]["weights_nonzero"]
         if masked is not None and layer.name in (maskset.masks if maskset else {}):
             totals["masked"] += masked
     totals["nonfinite"] = sum(nonfinite.values())
     totals["sparsity"] = 1 - totals["nonzero"] / totals["params"] if totals["params"] else 0.0
+    totals["weight_sparsity"] = 1 - weights_nonzero / weights_total if weights_total else None
     totals["file_bytes"] = model.path.stat().st_size
     return {"weights": str(model.path), "layout": model.layout, "layers": rows, "totals": totals}
 

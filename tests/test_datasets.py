@@ -242,7 +242,7 @@ def test_convert_bad_limit(tmp_path, which, limit):
     source = make_source(tmp_path / "src")
     with pytest.raises(InputError) as info:
         convert_fashion_mnist(tmp_path / "out", source_dir=source, **{which: limit})
-    assert which in str(info.value) and repr(limit) in str(info.value)
+    assert f"--{which.replace('_', '-')}: {limit!r}" in str(info.value)
     assert not (tmp_path / "out").exists()
 
 

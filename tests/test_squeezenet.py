@@ -108,11 +108,24 @@ def test_bad_sweeps(cli, knob, expect):
     (["--base-e", "2", "--sr", "0.1"], "fire2/squeeze1x1 gets 0 filters"),
     (["--input-size", "20"], "--input-size 20: nothing is left at"),
     (["--num-classes", "1"], "--num-classes 1: must be at least 2"),
+    # Every Fire module widens (freq 1): a net named simple_bypass had none.
+    (["--bypass", "simple", "--freq", "1"], "--bypass simple: no Fire module keeps its input's width"),
+    (["--version", "1.1", "--input-size", "16"], "--input-size 16: nothing is left at pool5 (1x1 before"),
+    (["--sweep", "sr=0.25"], "--sweep prints a table and writes no files; leave out -o"),
 ])
 def test_bad_settings(tmp_path, cli, args, expect):
     result = cli("squeezenet", *args, "-o", tmp_path / "net")
     assert_one_line_error(result, expect)
     assert not (tmp_path / "net").exists()
+
+
+def test_the_least_input_caffe_pools_is_taken(caffe, tmp_path, cli):
+    """Caffe's pooling rounds up: 2x2 pools to 1x1. v1.1 at 17..24 was
+    refused as pooling to nothing."""
+    assert cli("squeezenet", "--version", "1.1", "--input-size", 17, "-o", "net").exit_code == 0
+    net = caffe.Net(str(tmp_path / "net" / "deploy.prototxt"), caffe.TEST)
+    net.forward()
+    assert net.blobs["pool5"].data.shape[2:] == (1, 1) and net.blobs["prob"].data.shape == (10, 1000, 1, 1)
 
 
 def test_an_output_folder_that_cannot_be_one(tmp_path, cli):

@@ -191,3 +191,17 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip a" bottom: "label" top:
     ignored = ignored_weights(read_caffemodel(tmp_path / "w.caffemodel"), read_net_prototxt(tmp_path / "net.prototxt"),
                               log)
     assert ignored == ["extra layer"]
+
+
+def test_a_caffe_binary_named_by_the_environment_must_be_one(tmp_path):
+    """CAFFEDSD_CAFFE_BIN=/nonexistent was passed over for another caffe, without a word."""
+    import os
+    import subprocess
+    import sys
+
+    for given in (tmp_path / "nonexistent", tmp_path):
+        env = dict(os.environ, CAFFEDSD_CAFFE_BIN=str(given))
+        proc = subprocess.run([sys.executable, "-c", "from caffedsd.cli import program; program()", "info"],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == f"caffedsd: CAFFEDSD_CAFFE_BIN={given}: not an executable file"
