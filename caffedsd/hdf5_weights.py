@@ -35,9 +35,19 @@ def _stored(path, group, layer):
     for key, item in group.items():
         if isinstance(item, h5py.Group):
             continue
-        if not (key.isdigit() and isinstance(item, h5py.Dataset)):
+        # "01" would be read as blob 1 beside a "1": Caffe writes neither twice.
+        if not (key.isdigit() and key == str(int(key)) and isinstance(item, h5py.Dataset)):
             raise InputError(f"{path}: data/{layer}/{key} is not a blob (Caffe names them 0, 1, ...)")
-        blobs[int(key)] = np.asarray(item[()], dtype=np.float32)
+        values = item[()]
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                blob = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: data/{layer}/{key} holds {values.dtype} values, not numbers") from None
+        if np.isfinite(values).all() and not np.isfinite(blob).all():
+            raise InputError(f"{path}: data/{layer}/{key} holds values beyond float32's range "
+                             f"({values.dtype}); a caffemodel holds float32")
+        blobs[int(key)] = blob
     return blobs
 
 

@@ -178,3 +178,23 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" include { phase
     for phase in (caffe.TRAIN, caffe.TEST):
         loaded = caffe.Net(str(proto), phase, weights=str(tmp_path / "w.caffemodel"))
         assert np.array_equal(loaded.params["fc"][0].data, np.arange(15).reshape(3, 5))
+
+
+def test_values_beyond_float32_and_stray_blob_names_are_refused(caffe, tmp_path, cli):
+    """A float64 1e40 became inf with a numpy warning and exit 0; a dataset
+    "01" was read as blob 1, whichever of the two came last."""
+    proto, weights, _ = _saved_hdf5(caffe, tmp_path)
+    with h5py.File(weights, "a") as h5:
+        blob = h5["data/conv1/0"][()].astype(np.float64)
+        blob[0, 0, 0, 0] = 1e40
+        del h5["data/conv1/0"]
+        h5["data/conv1/0"] = blob
+    result = cli("convert", "-p", proto, "-w", weights, "-o", "x.caffemodel")
+    assert_one_line_error(result, "data/conv1/0 holds values beyond float32's range (float64)")
+    assert "RuntimeWarning" not in result.output
+    proto, weights, _ = _saved_hdf5(caffe, tmp_path)
+    with h5py.File(weights, "a") as h5:
+        h5["data/conv1/01"] = h5["data/conv1/1"][()]
+    assert_one_line_error(cli("convert", "-p", proto, "-w", weights, "-o", "x.caffemodel"),
+                          "data/conv1/01 is not a blob (Caffe names them 0, 1, ...)")
+    assert not (tmp_path / "x.caffemodel").exists()
