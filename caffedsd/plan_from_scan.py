@@ -89,8 +89,10 @@ def curves(data, metric, where="sensitivity"):
         raise PlanningError(f"{where}: metric {metric!r} is the output of neither an Accuracy nor a loss layer, "
                             f"so a drop has no direction; give --metric one of: {', '.join(usable)}")
     base = data["baseline"][metric]
+    # A point whose output was NaN or Inf (null) measured no drop: none is planned from it.
     return {layer["layer"]: (layer["params"],
-                             [(p["sparsity"], drop(kind, base, p["metrics"][metric])) for p in layer["points"]])
+                             [(p["sparsity"], drop(kind, base, p["metrics"][metric])) for p in layer["points"]
+                              if p["metrics"][metric] is not None])
             for layer in data["layers"]}
 
 

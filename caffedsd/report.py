@@ -313,7 +313,8 @@ def sensitivity_csv(data):
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["layer", "sparsity"] + data["metrics"])
-    writer.writerows([str(r[0]), number_text(r[1])] + [f"{v:.6g}" for v in r[2:]] for r in sensitivity_rows(data))
+    writer.writerows([str(r[0]), number_text(r[1])] + ["" if v is None else f"{v:.6g}" for v in r[2:]]
+                     for r in sensitivity_rows(data))
     return out.getvalue()
 
 
@@ -337,7 +338,8 @@ def sensitivity_summary(data):
              f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
              f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
              markdown_table(header, [[layer["layer"], layer["params"]] +
-                                     [f"{p['metrics'][metric]:.4f}" for p in layer["points"]]
+                                     ["not finite" if p["metrics"][metric] is None else f"{p['metrics'][metric]:.4f}"
+                                      for p in layer["points"]]
                                      for layer in data["layers"]])]
     return "\n".join(lines)
 
@@ -368,7 +370,8 @@ def write_sensitivity_plot(path, data):
     for ax, metric in zip(axes[0], metrics):
         for layer in data["layers"]:
             xs = [0.0] + [p["sparsity"] for p in layer["points"]]
-            ys = [data["baseline"][metric]] + [p["metrics"][metric] for p in layer["points"]]
+            ys = [data["baseline"][metric]] + [float("nan") if p["metrics"][metric] is None else p["metrics"][metric]
+                                               for p in layer["points"]]
             lines += ax.plot(xs, ys, marker=".")
         ax.set_xlabel("sparsity of the layer")
         ax.set_ylabel(metric)

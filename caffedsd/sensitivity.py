@@ -415,6 +415,9 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         def record(point):
             if point["layer"] is None:
                 _check_baseline(model_path, point["metrics"])
+            else:  # JSON has no NaN: a net the pruning broke is recorded as null
+                point = {**point, "metrics": {name: value if math.isfinite(value) else None
+                                              for name, value in point["metrics"].items()}}
             folder.append(POINTS, point)
             done[(point["layer"], point["sparsity"])] = point
             if callback is not None:
@@ -570,8 +573,10 @@ def _check_scan(path, data):
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    def metrics_ok(m):
-        return isinstance(m, dict) and all(number(m.get(k)) for k in metrics)
+    def metrics_ok(m, broken=False):
+        """``broken``: a point's metric may be null, its output NaN or Inf."""
+        return isinstance(m, dict) and all(number(m.get(k)) or (broken and k in m and m[k] is None)
+                                           for k in metrics)
 
     def count_ok(v, top):  # zero counts: scans before they were recorded have none
         return type(v) is int and 0 <= v <= top
@@ -594,7 +599,7 @@ def _check_scan(path, data):
             and isinstance(layer.get("params"), int) and not isinstance(layer.get("params"), bool) \
             and count_ok(layer.get("zeros", 0), layer["params"]) \
             and isinstance(layer.get("points"), list) and all(
-                isinstance(p, dict) and number(p.get("sparsity")) and metrics_ok(p.get("metrics"))
+                isinstance(p, dict) and number(p.get("sparsity")) and metrics_ok(p.get("metrics"), broken=True)
                 and count_ok(p.get("zeros", 0), layer["params"]) for p in layer["points"])
     if not ok:
         raise InputError(f"{path}: a sensitivity file with missing or malformed fields (edited or damaged?)")

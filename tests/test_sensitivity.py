@@ -672,3 +672,34 @@ def test_a_scan_needs_outputs_a_finite_baseline_and_for_random_no_masks(caffe, l
     assert cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
     assert_one_line_error(cli("sensitivity", "-p", proto, "-w", "p.caffemodel", "-n", 1, "-c", "random",
                               "-o", "s3"), "p.caffemodel: has masks beside it (p.masks.h5), which prune keeps")
+
+
+BROKEN_BY_PRUNING = """
+layer { name: "data" type: "DummyData" top: "x" top: "t" dummy_data_param {
+        shape { dim: 1 dim: 3 } shape { dim: 1 dim: 1 }
+        data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 1 bias_term: false } }
+layer { name: "inv" type: "Power" bottom: "y" top: "z" power_param { power: -1 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "z" bottom: "t" top: "loss" }
+"""
+
+
+def test_a_point_whose_output_is_not_finite_is_recorded_as_such(caffe, tmp_path, cli):
+    """Weights 1, 1, -1 sum to 1; a third pruned (the first, of the tied
+    smallest) they sum to 0, and 1/0 is Inf: sensitivity.json held a bare
+    Infinity token, which the planner then called damaged."""
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(BROKEN_BY_PRUNING)
+    net = caffe.Net(str(proto), caffe.TEST)
+    net.params["ip"][0].data[...] = [[1, 1, -1]]
+    net.save(str(tmp_path / "w.caffemodel"))
+    result = cli("sensitivity", "-p", proto, "-w", "w.caffemodel", "-n", 1, "--sparsities", "0.3", "-o", "s")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "s" / "sensitivity.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    data = json.loads(text)
+    assert data["baseline"]["loss"] == 0.5 and data["layers"][0]["points"][0]["metrics"]["loss"] is None
+    assert (tmp_path / "s" / "sensitivity.csv").read_text().splitlines()[-1] == "ip,0.3,"
+    assert "| ip | 3 | not finite |" in (tmp_path / "s" / "sensitivity.md").read_text()
+    assert_one_line_error(cli("plan", "--sensitivity", "s", "--max-drop", 1000, "-o", "p.yaml"),
+                          "no layer's measured drop is within --max-drop 1000")
