@@ -91,6 +91,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         value = self.construct_scalar(node)
         if _DECIMAL12.fullmatch(value):  # YAML 1.1 read 010 as octal 8
             return int(value, 10)
+        if value.startswith("0o"):
+            return int(value[2:], 8)
         return super().construct_yaml_int(node)
 
 
@@ -103,16 +105,27 @@ _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.const
 # octal (8) and 08 text; YAML 1.2 reads both as decimal. They are read as
 # YAML 1.2 reads them where they are values; keys are always text, since
 # layer names are keys.
+# YAML 1.1's other numbers, 1:30 (base 60, 90), 1_000 and 0b101, are text
+# in YAML 1.2 (`iterations: 1:30` trained 90 iterations), and its 0o17 is a
+# number there.
 _FLOAT12 = re.compile(r"[-+]?(?:[0-9]+|\.[0-9]+|[0-9]+\.[0-9]*)[eE][-+]?[0-9]+")
 _DECIMAL12 = re.compile(r"[-+]?[0-9]+")
+_INT12 = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_ANY_FLOAT12 = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+_INT, _FLOAT, _STR = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:str"
 
 
 def _yaml12_number(kind, value, implicit, tag):
-    if kind is yaml.ScalarNode and implicit[0] and tag == "tag:yaml.org,2002:str":
+    if not (kind is yaml.ScalarNode and implicit[0]):
+        return tag
+    if tag == _STR:
         if _FLOAT12.fullmatch(value):
-            return "tag:yaml.org,2002:float"
-        if _DECIMAL12.fullmatch(value):
-            return "tag:yaml.org,2002:int"
+            return _FLOAT
+        if _INT12.fullmatch(value):
+            return _INT
+    elif tag == _INT and not _INT12.fullmatch(value) or tag == _FLOAT and not _ANY_FLOAT12.fullmatch(value):
+        return _STR
     return tag
 
 

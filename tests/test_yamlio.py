@@ -92,6 +92,17 @@ def test_keys_are_text_and_leading_zeros_decimal(tmp_path):
     assert parse_yaml(dump_yaml({"010": "08"}), "p.yaml", PlanError) == {"010": "08"}
 
 
+def test_values_are_numbers_only_as_yaml_1_2_writes_them(tmp_path):
+    """`iterations: 1:30` trained 90 iterations (YAML 1.1's base 60), 1_0
+    was 10, and YAML 1.2's 0o3 was refused."""
+    data = parse_yaml("a: 1:30\nb: 1_0\nc: 0o17\nd: 0x1F\ne: 0b101\nf: 1_0.5\ng: .inf\n", "p.yaml", PlanError)
+    assert data == {"a": "1:30", "b": "1_0", "c": 15, "d": 31, "e": "0b101", "f": "1_0.5", "g": float("inf")}
+    assert parse_yaml(dump_yaml({"a": "0o17", "b": "1:30"}), "p.yaml", PlanError) == {"a": "0o17", "b": "1:30"}
+    (tmp_path / "r.yaml").write_text("solver: s.prototxt\nstages:\n  - dense: {iterations: 1:30}\n")
+    with pytest.raises(RecipeError, match="1:30"):
+        load_recipe(tmp_path / "r.yaml")
+
+
 def test_what_is_written_reads_back_the_same(tmp_path):
     (tmp_path / "r.yaml").write_text("solver: '1e3'\nweights: \"2e5\"\n"
                                      "stages:\n  - dense: {iterations: 5, lr_scale: 1e-1}\n")
