@@ -122,8 +122,19 @@ def std_mask(weights, scale, previous=None, rng=None):
         deviation -= mean
         squares += float(np.dot(deviation, deviation))
     threshold = scale * math.sqrt(squares / count)
+    largest, where, offset = -1.0, None, 0
     for part, kept in iter_chunks(weights, keep):
+        magnitudes = np.where(kept, np.abs(part), -1.0)
+        i = int(np.argmax(magnitudes)) if magnitudes.size else 0
+        if magnitudes.size and magnitudes[i] > largest:
+            largest, where = float(magnitudes[i]), offset + i
         kept &= np.abs(part) >= threshold
+        offset += part.size
+    if not keep.any():
+        # As keepmax, never a whole layer (s above max|w|/std: a recipe's
+        # std prune of 2 emptied every Xavier-initialized layer): its
+        # largest weight stays, the first of equals.
+        keep.reshape(-1)[where] = True
     return keep
 
 

@@ -46,6 +46,17 @@ def test_std_criterion():
     assert compute_mask(W, "std", 0.0).all()
 
 
+def test_std_never_empties_a_layer():
+    """|w| all 1 have std 1: s = 2 pruned every weight, where keepmax keeps
+    one; now the largest stays, the first of equals."""
+    w = np.array([1.0, -1.0, 1.0, -1.0], dtype=np.float32)
+    assert compute_mask(w, "std", 2.0).tolist() == [True, False, False, False]
+    w = np.array([[1.0, -3.0], [1.0, -1.0]], dtype=np.float32)  # std of 1, -3, 1, -1 is 1.73
+    assert compute_mask(w, "std", 5.0).tolist() == [[False, True], [False, False]]
+    previous = np.array([[True, False], [True, True]])  # the largest kept is then the first 1
+    assert compute_mask(w, "std", 5.0, previous=previous).tolist() == [[True, False], [False, False]]
+
+
 def test_std_uses_kept_weights_and_shrinks():
     previous = np.array([False, True, True, True, True, True])  # 0.5 pruned
     # kept: -.1 .1 .3 -.2 .1 -> mean .04, std 0.1744; s = 1 prunes |w| < .1744.
@@ -60,7 +71,8 @@ def test_std_by_slices_is_the_whole_array_rule(monkeypatch):
     assert compute_mask(w, "std", 0.44).all()
     assert compute_mask(w, "std", 0.45).tolist() == [True, False, False, True]
     assert compute_mask(w, "std", 1.0).tolist() == [True, False, False, True]
-    assert compute_mask(w, "std", 1.35).tolist() == [False] * 4  # 3 < 1.35 * 2.236
+    # 3 < 1.35 * 2.236 prunes all: the first of the largest, -3, stays.
+    assert compute_mask(w, "std", 1.35).tolist() == [True, False, False, False]
     import caffedsd.masks as masks
 
     monkeypatch.setattr(masks, "CHUNK", 7)  # slices that cut the kept weights unevenly
