@@ -84,6 +84,10 @@ def run_fingerprint(recipe, spec, with_weights=True):
         digest.update(Path(path).read_bytes())
     if recipe.weights and with_weights:  # retrained in place, they are another start
         digest.update(file_sha256(recipe.weights).encode())
+        # A prune stage keeps their masks pruned: other masks prune otherwise.
+        # (Weights without masks add nothing: runs made before this are still theirs.)
+        if masks_path_for(recipe.weights).is_file():
+            digest.update(b"masks " + file_sha256(masks_path_for(recipe.weights)).encode())
     return digest.hexdigest()
 
 

@@ -237,6 +237,23 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
                                      "the rest anew")
 
 
+def test_the_masks_beside_the_recipes_weights_are_part_of_the_run(tmp_path, cli):
+    """A prune stage keeps them pruned; deleted or changed, a rerun took the
+    folder for the same run and reported what other masks had made."""
+    recipe = _recipe(tmp_path, sparse_iterations=3)
+    solver = tmp_path / "solver.prototxt"
+    assert cli("dsd", "--recipe", recipe, "-o", "first").exit_code == 0
+    assert cli("prune", "-w", tmp_path / "first" / "01-dense" / "model.caffemodel", "-s", 0.5,
+               "-o", "p.caffemodel").exit_code == 0
+    recipe.write_text(f"solver: {solver}\nweights: {tmp_path / 'p.caffemodel'}\nseed: 3\nstages:\n"
+                      "  - prune: {sparsity: 0.3}\n  - sparse: {iterations: 3}\n")
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0  # the same run: finished
+    (tmp_path / "p.masks.h5").unlink()
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "run: made by a different recipe, solver, net or weights")
+
+
 def _files(run, *stages):
     """{path: (bytes, mtime)} of every file in these stage folders of ``run``."""
     return {p.relative_to(run): (p.read_bytes(), p.stat().st_mtime_ns)
