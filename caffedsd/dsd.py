@@ -293,7 +293,8 @@ def _check_run_dir(run_dir):
 def _check_finished(stage_dir, kind, number, count):
     """A finished stage's files are there, and its masks are its model's:
     the report would name a model that is gone, and the next stage would
-    start from nothing, or from another model's masks."""
+    start from nothing, or from another model's masks. Returns those masks
+    (None for a dense stage)."""
     model = stage_dir / "model.caffemodel"
     later = " and the stages after it" if number < count else ""
     remedy = f"delete {stage_dir}{later} to run it again"
@@ -302,10 +303,12 @@ def _check_finished(stage_dir, kind, number, count):
         if not path.is_file():
             raise InputError(f"{path}: missing, though {stage_dir / 'stage.json'} says stage {number} finished; "
                              f"{remedy}")
-    if masked:
-        _, (ok, detail) = beside_check(read_caffemodel(model))
-        if not ok:
-            raise InputError(f"{detail}, though {stage_dir / 'stage.json'} says stage {number} finished; {remedy}")
+    if not masked:
+        return None
+    maskset, (ok, detail) = beside_check(read_caffemodel(model))
+    if not ok:
+        raise InputError(f"{detail}, though {stage_dir / 'stage.json'} says stage {number} finished; {remedy}")
+    return maskset
 
 
 def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress, replay):
@@ -396,11 +399,12 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
     begun, trained = _net_files_digest(spec), False
     for number, stage in enumerate(recipe.stages, 1):
         _check_run_dir(run_dir)
+        finished_masks = None
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
-            _check_finished(stage_dir, stage.kind, number, len(recipe.stages))
+            finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages))
         else:
             # Caffe reads the net files again for every stage: an edit while
             # the run goes on would train its later stages on another net
@@ -435,8 +439,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         # Only once stage.json marks the stage finished may its checkpoints go.
         _Checkpoints(stage_dir / "checkpoint").clear()
         weights = stage_dir / "model.caffemodel"
-        if stage.kind == "prune":
-            masks = masks_for(read_caffemodel(weights), required=True, option=None)
+        if stage.kind == "prune":  # read and checked already where the stage was finished before
+            masks = finished_masks or masks_for(read_caffemodel(weights), required=True, option=None)
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)

@@ -266,11 +266,7 @@ def _read_masks(path, h5):
     group = h5.get("masks")
     if not isinstance(group, h5py.Group):
         raise InputError(f"{path}: no 'masks' group")
-    model_sha256 = _attr(path, group, "model_sha256")
-    if model_sha256 is not None:
-        model_sha256 = _text(path, model_sha256, "masks attribute 'model_sha256'")
-        if not re.fullmatch("[0-9a-f]{64}", model_sha256):
-            raise InputError(f"{path}: masks attribute 'model_sha256' is not a sha256 digest")
+    model_sha256 = _model_sha256(path, group)
     shapes = {name: shapes[0] for name, _, shapes in structure if shapes}
     masks, shared_by = {}, {}
     for key in group:
@@ -306,14 +302,25 @@ def load_masks(path):
     return maskset
 
 
+def _model_sha256(path, group):
+    """The model_sha256 the masks group records (None: none), checked."""
+    digest = _attr(path, group, "model_sha256")
+    if digest is None:
+        return None
+    digest = _text(path, digest, "masks attribute 'model_sha256'")
+    if not re.fullmatch("[0-9a-f]{64}", digest):
+        raise InputError(f"{path}: masks attribute 'model_sha256' is not a sha256 digest")
+    return digest
+
+
 def _recorded_model(path):
     """The model_sha256 the masks file ``path`` records; None where it
-    records none, or is not there or not readable as masks."""
+    records none, or is not there or not readable as masks (without
+    reading the masks themselves)."""
     try:
         with h5py.File(path, "r") as h5:
             group = h5.get("masks")
-            digest = _attr(path, group, "model_sha256") if isinstance(group, h5py.Group) else None
-            return _text(path, digest, "model_sha256") if digest is not None else None
+            return _model_sha256(path, group) if isinstance(group, h5py.Group) else None
     except (OSError, KeyError, ValueError, RuntimeError, TypeError, InputError):
         return None
 
