@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 from .atomic import read_input
-from .errors import RecipeError
+from .errors import PlanError, RecipeError
 from .plan import SparsityPlan, load_plan
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
@@ -116,7 +116,11 @@ class PruneStage:
             if not isinstance(path, str) or not path.strip():
                 raise RecipeError(f"{where}: plan {path!r} must be the path of a plan file "
                                   "(or the plan's own keys in place of plan:)")
-            return cls(load_plan(path), require, where)
+            try:
+                plan = load_plan(path)
+            except PlanError as exc:  # which recipe, which stage: the plan file alone says neither
+                raise RecipeError(f"{where}: {exc}") from None
+            return cls(plan, require, where)
         return cls(SparsityPlan.from_dict(data, where=where), require, where)
 
     def to_dict(self):

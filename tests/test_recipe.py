@@ -137,6 +137,19 @@ def test_a_plan_that_is_no_path_is_one_line(tmp_path, cli, value, shown):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_plan_file_that_fails_names_the_recipe_and_stage(tmp_path, cli):
+    # The plan file's own message named neither: with several recipes and
+    # prune stages, which one was meant?
+    (tmp_path / "r.yaml").write_text("solver: s.prototxt\nweights: w.caffemodel\n"
+                                     "stages:\n  - prune: {plan: gone.yaml}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "r.yaml", "-o", "run"),
+                          "r.yaml: stage 1 (prune): gone.yaml: no such plan file")
+    (tmp_path / "gone.yaml").write_text("sparsity: 2\n")
+    result = cli("dsd", "--recipe", "r.yaml", "-o", "run")
+    assert_one_line_error(result, "r.yaml: stage 1 (prune): gone.yaml: sparsity 2: must be in [0, 1)")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("key, value", [
     ("weights", 0), ("weights", False), ("weights", ""), ("weights", " "), ("weights", 1.5), ("weights", ["w"]),
     ("solver", 0), ("solver", True), ("solver", " "), ("solver", {"a": 1}),
