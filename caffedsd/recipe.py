@@ -52,10 +52,12 @@ def _iterations(value, where):
     return value
 
 
-# The smallest normal 32-bit float. Caffe's base_lr is one: times a smaller
-# scale, any base_lr up to 1 is 0 or subnormal there (lr_scale 1e-320 trained
-# at lr 0, without a word).
+# The smallest normal and the greatest 32-bit floats. Caffe's base_lr is
+# one: times a smaller scale, any base_lr up to 1 is 0 or subnormal there
+# (lr_scale 1e-320 trained at lr 0, without a word); a rate past the greatest
+# is inf there.
 LEAST_NORMAL_FLOAT32 = 2.0 ** -126
+GREATEST_FLOAT32 = (2.0 - 2.0 ** -23) * 2.0 ** 127
 
 
 def _lr_scale(value, where):

@@ -30,7 +30,7 @@ from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
                        data_files, output_kinds, solver_state)
-from .recipe import LEAST_NORMAL_FLOAT32
+from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix, snapshots_on
 from .solverstate import clean_solverstate, restorable_name, state_iteration
 
@@ -195,6 +195,10 @@ def scaled_lr(spec, lr_scale, label="--lr-scale"):
         # Caffe's learning rate is a float: it would train at 0 without a word.
         raise InputError(f"{label} {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
                          f"{rate:g}, below the least float Caffe computes with ({LEAST_NORMAL_FLOAT32:g})")
+    if abs(rate) > GREATEST_FLOAT32:
+        # It would be inf there: the first step makes every weight NaN.
+        raise InputError(f"{label} {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
+                         f"{rate:g}, beyond the greatest float Caffe computes with ({GREATEST_FLOAT32:g})")
     return rate
 
 

@@ -453,6 +453,13 @@ def test_a_stage_whose_rate_caffe_cannot_hold_is_refused_before_training(tmp_pat
                           f"{recipe}: stage 4 (dense): lr_scale 1e-09: {solver}'s base_lr 1e-30 times it is 1e-39, "
                           "below the least float Caffe computes with")
     assert not (tmp_path / "run").exists()
+    # And past the greatest: it was found in that stage's first step, after three stages had trained.
+    solver.write_text(solver.read_text().replace("base_lr: 1e-30", "base_lr: 0.02"))
+    recipe.write_text(recipe.read_text().replace("lr_scale: 1e-9", "lr_scale: 1e41"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{recipe}: stage 4 (dense): lr_scale 1e+41: {solver}'s base_lr 0.02 times it is 2e+39, "
+                          "beyond")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.caffe

@@ -187,6 +187,11 @@ def test_an_lr_scale_that_leaves_caffe_no_learning_rate_is_refused(pruned, tmp_p
         train_dense(write_solver(tmp_path, base_lr=0.1), pruned, tmp_path / "d.caffemodel", lr_scale=1e-320,
                     iterations=1)
     assert not (tmp_path / "d.caffemodel").exists()
+    # 0.1 x 1e40 is inf there: the first step made every weight NaN.
+    with pytest.raises(InputError, match=r"--lr-scale 1e\+40: .* 1e\+39, beyond the greatest float Caffe computes"):
+        train_dense(write_solver(tmp_path, base_lr=0.1), pruned, tmp_path / "d.caffemodel", lr_scale=1e40,
+                    iterations=1)
+    assert not (tmp_path / "d.caffemodel").exists()
 
 
 def test_periodic_tests_are_caffes():
