@@ -43,7 +43,8 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .training import Phase, check_schedule, check_solver_builds, read_solver, run_phase, scaled_lr, solver_device
+from .training import (Phase, check_schedule, check_solver_builds, check_test_options, read_solver, run_phase,
+                       scaled_lr, solver_device)
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
@@ -343,9 +344,14 @@ def check_stages(recipe, spec):
     """What each stage will find, before anything trains: found by the
     stage itself, the fault costs the stages before it, and leaves the run
     folder to this recipe. A training stage's length against the solver's
-    schedule (each stage starts its solver at iteration 0); every prune
-    stage's plan against the layers it will prune: the prunable layers of
-    the net the solver trains, which each stage's model holds."""
+    schedule (each stage starts its solver at iteration 0); the TEST passes
+    asked for against the test nets; every prune stage's plan against the
+    layers it will prune: the prunable layers of the net the solver trains,
+    which each stage's model holds."""
+    try:
+        check_test_options(spec, recipe.test_iterations, recipe.test_interval, ("test_iterations", "test_interval"))
+    except InputError as exc:
+        raise RecipeError(f"{recipe.where}: {exc}") from None
     for number, stage in enumerate(recipe.stages, 1):
         if stage.kind != "prune":
             try:

@@ -320,6 +320,17 @@ def test_iterations(param):
     return list(param.test_iter)
 
 
+def check_test_options(spec, iterations, interval, labels=("--test-iterations", "--test-interval")):
+    """TEST passes asked for (``iterations``; ``interval`` above 0) need a
+    test net: Caffe makes one per test_iter, and without one the passes
+    would silently measure nothing."""
+    if test_iterations(spec.param):
+        return
+    for label, value in zip(labels, (iterations, interval)):
+        if value:
+            raise InputError(f"{label} {value}: {spec.path} has no test net (no test_iter) to test with")
+
+
 def evaluate(solver, counts):
     """TEST phase: each output of each test net averaged over that net's
     count of batches, as Caffe reports them. The first net's outputs keep
@@ -597,6 +608,7 @@ def solver_device(spec, gpu):
 
 def _phase(spec, phase, gpu, on_iteration):
     """A train-* command's phase, in a throwaway folder."""
+    check_test_options(spec, phase.test_iterations, phase.test_interval)
     gpu = solver_device(spec, gpu)
     check_solver_builds(spec, gpu)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:

@@ -463,6 +463,20 @@ def test_a_stage_whose_rate_caffe_cannot_hold_is_refused_before_training(tmp_pat
 
 
 @pytest.mark.caffe
+def test_test_passes_without_a_test_net_are_refused_before_training(tmp_path, cli):
+    """They measured nothing: every stage reported no TEST outputs, exit 0."""
+    recipe = _recipe(tmp_path, sparse_iterations=5)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(solver.read_text().replace("test_iter: 2\n", "").replace("test_interval: 1000\n", ""))
+    text = recipe.read_text()
+    for key in ("test_iterations", "test_interval"):
+        recipe.write_text(f"{key}: 4\n{text}")
+        assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                              f"{recipe}: {key} 4: {solver} has no test net (no test_iter) to test with")
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.caffe
 def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
     """A rerun exited 0 and reported a last stage whose model was deleted."""
     recipe = _recipe(tmp_path, sparse_iterations=5)

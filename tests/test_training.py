@@ -14,7 +14,7 @@ from caffedsd.maskfile import load_masks
 from caffedsd.errors import InputError
 from caffedsd import report
 from caffedsd.training import PeriodicTests, load_weights, open_solver, read_solver, train_dense, train_sparse
-from conftest import write_solver
+from conftest import assert_one_line_error, write_solver
 
 SOLVERS = {
     "SGD": "momentum: 0.9",
@@ -192,6 +192,21 @@ def test_an_lr_scale_that_leaves_caffe_no_learning_rate_is_refused(pruned, tmp_p
         train_dense(write_solver(tmp_path, base_lr=0.1), pruned, tmp_path / "d.caffemodel", lr_scale=1e40,
                     iterations=1)
     assert not (tmp_path / "d.caffemodel").exists()
+
+
+def test_test_passes_without_a_test_net_are_refused(pruned, tmp_path, cli):
+    # They measured nothing: the run printed an empty test line and exited 0.
+    solver = write_solver(tmp_path)
+    solver.write_text(solver.read_text().replace("test_iter: 2\n", "").replace("test_interval: 1000\n", ""))
+    for option, value in (("--test-iterations", "5"), ("--test-interval", "3")):
+        assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", "2", option, value,
+                                  "-o", tmp_path / "d.caffemodel"),
+                              f"{option} {value}: {solver} has no test net (no test_iter) to test with")
+        assert not (tmp_path / "d.caffemodel").exists()
+    # Only at the end is what runs without a test net anyway.
+    result = cli("train-dense", "--solver", solver, "-w", pruned, "-n", "2", "--test-interval", "0",
+                 "-o", tmp_path / "d.caffemodel")
+    assert result.exit_code == 0, result.output
 
 
 def test_periodic_tests_are_caffes():
