@@ -66,6 +66,7 @@ class StageSummary:
     curve: str = None  # training stages: the curve's file in the stage folder
     tests: str = None  # training stages: the TEST passes' file in the stage folder
     layers: dict = None  # prune stages: {layer: sparsity}
+    model_sha256: str = None  # of the model as the stage wrote it (stage.json of earlier runs: none)
 
     def to_dict(self):
         return {key: value for key, value in asdict(self).items() if value is not None or key == "lr"}
@@ -291,24 +292,29 @@ def _check_run_dir(run_dir):
         raise InputError(f"{run_dir}: removed while the run went on (no {RUN_FILE}); nothing more was written")
 
 
-def _check_finished(stage_dir, kind, number, count):
-    """A finished stage's files are there, and its masks are its model's:
-    the report would name a model that is gone, and the next stage would
-    start from nothing, or from another model's masks. Returns those masks
-    (None for a dense stage)."""
+def _check_finished(stage_dir, kind, number, count, recorded_sha256=None):
+    """A finished stage's files are there, its model is the one it wrote,
+    and its masks are that model's: the report would name a model that is
+    gone or another, and the next stage would start from nothing, from
+    another model, or from another model's masks. ``recorded_sha256``: the
+    model's, as stage.json records it (earlier runs' record none). Returns
+    those masks (None for a dense stage)."""
     model = stage_dir / "model.caffemodel"
+    done = stage_dir / "stage.json"
     later = " and the stages after it" if number < count else ""
     remedy = f"delete {stage_dir}{later} to run it again"
     masked = kind in ("prune", "sparse")
     for path in (model, masks_path_for(model)) if masked else (model,):
         if not path.is_file():
-            raise InputError(f"{path}: missing, though {stage_dir / 'stage.json'} says stage {number} finished; "
-                             f"{remedy}")
+            raise InputError(f"{path}: missing, though {done} says stage {number} finished; {remedy}")
+    if recorded_sha256 is not None and file_sha256(model) != recorded_sha256:
+        raise InputError(f"{model}: not the model stage {number} finished with (its sha256 differs from the one "
+                         f"{done} records); {remedy}")
     if not masked:
         return None
     maskset, (ok, detail) = beside_check(read_caffemodel(model))
     if not ok:
-        raise InputError(f"{detail}, though {stage_dir / 'stage.json'} says stage {number} finished; {remedy}")
+        raise InputError(f"{detail}, though {done} says stage {number} finished; {remedy}")
     return maskset
 
 
@@ -410,7 +416,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         done = stage_dir / "stage.json"
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
-            finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages))
+            finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages),
+                                             summary.model_sha256)
         else:
             # Caffe reads the net files again for every stage: an edit while
             # the run goes on would train its later stages on another net
@@ -440,6 +447,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),
+                                   model_sha256=file_sha256(stage_dir / "model.caffemodel"),
                                    seconds=round(time.time() - started, 1), **summary)
             write_json(done, summary.to_dict())
         # Only once stage.json marks the stage finished may its checkpoints go.

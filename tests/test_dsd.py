@@ -3,6 +3,7 @@ Caffe: the whole flow on Fashion-MNIST, a killed run resuming, bad input."""
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -487,9 +488,23 @@ def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
                           f"{run / '04-dense' / 'model.caffemodel'}: missing, though {run / '04-dense' / 'stage.json'} "
                           f"says stage 4 finished; delete {run / '04-dense'} to run it again")
-    # Another model put in place of a finished stage's: its masks are not its own.
+    # Another model put in place of a finished stage's. A dense stage's was
+    # taken as finished: the report named figures another model had made.
+    (run / "04-dense" / "model.caffemodel").write_bytes((run / "01-dense" / "model.caffemodel").read_bytes())
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{run / '04-dense' / 'model.caffemodel'}: not the model stage 4 finished with (its sha256 "
+                          f"differs from the one {run / '04-dense' / 'stage.json'} records); delete {run / '04-dense'} "
+                          "to run it again")
+    shutil.rmtree(run / "04-dense")
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
     pruned = (run / "02-prune" / "model.caffemodel").read_bytes()
     (run / "02-prune" / "model.caffemodel").write_bytes((run / "03-sparse" / "model.caffemodel").read_bytes())
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"{run / '02-prune' / 'model.caffemodel'}: not the model stage 2 finished with")
+    # The stage.json of an earlier caffedsd records no sha256: its masks are
+    # not the model's.
+    done = run / "02-prune" / "stage.json"
+    done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items() if k != "model_sha256"}))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
                           f"{run / '02-prune' / 'model.masks.h5'}: written beside another model.caffemodel than the "
                           f"one there now (writing the pair was cut short, or the model was replaced since), though "
@@ -506,8 +521,6 @@ def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
 def test_a_run_folder_removed_while_the_run_goes_on_is_not_made_again(tmp_path, at):
     """It exited 0, or with a traceback, and left a folder without run.json
     that no rerun could go on from."""
-    import shutil
-
     from caffedsd.dsd import run_recipe
     from caffedsd.errors import InputError
     from caffedsd.recipe import load_recipe
