@@ -514,7 +514,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
               help="Allowed drop per layer: percentage points of an accuracy (0.5 = half a point), "
                    "or loss units for a loss metric.")
 @click.option("--target-sparsity", type=float, default=None,
-              help="Sparsity over all prunable weights to reach with the smallest predicted drop (greedy).")
+              help="Sparsity over all prunable weights to reach with the smallest predicted drop.")
 @click.option("--max-total-drop", type=float, default=None,
               help="Allowed drop of the whole pruned net, as measured by --verify (same units as --max-drop).")
 @click.option("--verify", is_flag=True,
@@ -535,8 +535,8 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
 
     With --max-drop alone: per layer, the highest measured sparsity within
     the budget. With --target-sparsity: that overall sparsity at the
-    smallest predicted drop (per-layer drops added up; greedy on each
-    layer's convex hull), each layer within --max-drop if given. With
+    smallest predicted drop (per-layer drops added up; the least of every
+    choice of measured points), each layer within --max-drop if given. With
     --weights, the scan must be of that model.
 
     Adding per-layer drops is optimistic. --verify builds the scan's net

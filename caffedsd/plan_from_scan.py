@@ -8,19 +8,18 @@ loss units for a loss. Drops of layers are predicted to add up.
 - ``by_max_drop``: per layer, the highest measured sparsity whose drop is
   within the budget.
 - ``by_target``: reach a sparsity over all prunable weights with the
-  smallest predicted total drop. Greedy, on each layer's lower convex hull
-  of (weights pruned, drop): repeatedly take the step that costs the least
-  drop per pruned weight; the last step only as far as the target needs.
-  Exact when the curves are convex; otherwise a good, not always optimal,
-  choice.
+  smallest predicted total drop, over every choice of one measured point
+  per layer (``least_drop``, exact), then with as little sparsity past the
+  target as stepping layers down at no more drop finds.
 - ``back_off``: the closed loop of ``plan --verify``. Measure the whole
   pruned net; when its drop exceeds the budget, bisect the path of plans
   that steps, one at a time, the layer costing most per unit of its sparsity
   (predicted drop / sparsity) down to its next lower measured sparsity.
 """
-import heapq
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .errors import PlanningError
 from .report import number_text, one_line
@@ -136,22 +135,6 @@ def by_max_drop(curve_data, max_drop):
     return choices
 
 
-def _hull(options):
-    """Lower convex hull of (x, y) points sorted by x, from the first point."""
-    hull = []
-    for point in sorted(options):
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (y2 - y1) * (point[0] - x1) >= (point[1] - y1) * (x2 - x1):
-                hull.pop()  # the middle point lies on or above the chord
-            else:
-                break
-        if hull and point[0] == hull[-1][0]:
-            continue
-        hull.append(point)
-    return hull
-
-
 def by_target(curve_data, prunable_params, target, max_drop=None, where="sensitivity", counts=None, elsewhere=0):
     """``counts`` and ``elsewhere``: the zeros a pruned model has already
     (pruned_counts), which count towards the target."""
@@ -160,57 +143,67 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
     if max_drop is not None:
         check_budget("--max-drop", max_drop)
     counts = counts or {}
-    hulls, spars, options = {}, {}, {}
+    # Per layer, its options: (sparsity, weights it prunes beyond the zeros
+    # it starts with, drop), the start first.
+    options = {}
     for layer, (params, points) in curve_data.items():
-        allowed = [(s, d) for s, d in points if max_drop is None or within(d, max_drop)]
         start = _pruned(counts, layer, params, 0.0)
-        options[layer] = [(start, 0.0)] + [(_pruned(counts, layer, params, s), d) for s, d in allowed]
-        hulls[layer] = _hull(options[layer])
-        spars[layer] = {start: 0.0}
-        for s, _ in sorted(allowed):  # the least sparsity that leaves as many zeros
-            spars[layer].setdefault(_pruned(counts, layer, params, s), s)
-    # Steps are counted from where every layer starts.
-    needed = target * prunable_params - elsewhere - sum(h[0][0] for h in hulls.values())
-    reachable = elsewhere + sum(h[-1][0] for h in hulls.values())
+        allowed = sorted((s, d) for s, d in points if max_drop is None or within(d, max_drop))
+        options[layer] = [(0.0, 0.0, 0.0)] + [(s, max(0.0, _pruned(counts, layer, params, s) - start), d)
+                                              for s, d in allowed]
+    starts = sum(_pruned(counts, layer, params, 0.0) for layer, (params, _) in curve_data.items())
+    needed = target * prunable_params - elsewhere - starts
+    reachable = elsewhere + starts + sum(max(o[1] for o in opts) for opts in options.values())
     if reachable < target * prunable_params - 1e-9:
         budget = "" if max_drop is None else f" within --max-drop {max_drop:g}"
         raise PlanningError(f"{where}: --target-sparsity {target:g} is out of reach: the measured curves reach at most "
                             f"{reachable / prunable_params:.4f} overall{budget}")
-    position = {layer: 0 for layer in hulls}
-    heap = []
+    picks = least_drop([[(gain, d) for _, gain, d in opts] for opts in options.values()], needed)
+    return [Choice(layer, params, options[layer][pick][0], options[layer][pick][2])
+            for (layer, (params, _)), pick in zip(curve_data.items(), picks)]
 
-    def push(layer):
-        hull, i = hulls[layer], position[layer]
-        if i + 1 < len(hull):
-            (x1, y1), (x2, y2) = hull[i], hull[i + 1]
-            heapq.heappush(heap, ((y2 - y1) / (x2 - x1), layer))
 
-    for layer in hulls:
-        push(layer)
-    pruned, last = 0.0, None
-    while pruned < needed - 1e-9 and heap:
-        _, layer = heapq.heappop(heap)
-        hull = hulls[layer]
-        last = (layer, pruned)
-        pruned += hull[position[layer] + 1][0] - hull[position[layer]][0]
-        position[layer] += 1
-        push(layer)
-    chosen = {layer: hulls[layer][position[layer]] for layer in hulls}
-    if last is not None:
-        # Only the last step can overshoot the target, and a hull step may
-        # span several measured points: merged where they lie on a line (a
-        # flat curve, every drop 0, is one step from 0 to 0.9, and a target
-        # of half pruned 0.9), dropped where above it. The least sparsity
-        # past the target at no more drop than the step's end is taken.
-        layer, before = last
-        (x1, _), (x2, y2) = hulls[layer][position[layer] - 1], chosen[layer]
-        chosen[layer] = min((x, y) for x, y in options[layer]
-                            if x1 + (needed - before) - 1e-9 <= x <= x2 and y <= y2)
-    choices = []
-    for layer, (params, _) in curve_data.items():
-        x, cost = chosen[layer]
-        choices.append(Choice(layer, params, spars[layer].get(x, 0.0), cost))
-    return choices
+def least_drop(layers, needed):
+    """One option per layer (its index), each option a (gain, drop) and
+    every layer's first (0, 0), whose gains add up to ``needed`` or more
+    with the least total drop; a drop below 0 counts as 0 (a measured gain
+    from pruning is noise a plan does not chase past the target). Exact: a
+    dynamic programme over the (gain, drop) pairs no other pair beats, gains
+    counted only up to ``needed``. Then, of the drops it found, as little
+    gain past ``needed`` as stepping each layer down to its least option
+    that keeps both finds."""
+    cost = [np.maximum(np.array([d for _, d in opts], dtype=float), 0.0) for opts in layers]
+    gains = [np.array([g for g, _ in opts], dtype=float) for opts in layers]
+    rest = np.concatenate([np.cumsum([g.max() for g in gains[::-1]])[::-1], [0.0]])
+    reached = needed - 1e-9
+    gain, drop, trail = np.zeros(1), np.zeros(1), []
+    for index, (g, d) in enumerate(zip(gains, cost)):
+        total = (gain[:, None] + g[None, :]).ravel()
+        spent = (drop[:, None] + d[None, :]).ravel()
+        counted = np.where(total >= reached, needed, total)
+        alive = np.flatnonzero(counted + rest[index + 1] >= reached)  # the layers after it can still reach it
+        # Most counted gain first, then least drop, then least gain: a pair
+        # survives only with less drop than every pair before it.
+        order = alive[np.lexsort((total[alive], spent[alive], -counted[alive]))]
+        keep = np.ones(len(order), dtype=bool)
+        keep[1:] = spent[order][1:] < np.minimum.accumulate(spent[order])[:-1]
+        order = order[keep]
+        trail.append(divmod(order, len(g)))
+        gain, drop = total[order], spent[order]
+    best = int(np.flatnonzero(gain >= reached)[0])  # one pair counts all of needed; the least drop
+    picks = []
+    for parents, chosen in reversed(trail):
+        picks.append(int(chosen[best]))
+        best = int(parents[best])
+    picks.reverse()
+    total = sum(g[p] for g, p in zip(gains, picks))
+    for layer, (g, d) in enumerate(zip(gains, cost)):
+        spare = total - g[picks[layer]] - reached  # what the others reach without this layer
+        fits = [i for i in range(len(g)) if g[i] >= -spare and d[i] <= d[picks[layer]]]
+        least = min(fits, key=lambda i: (g[i], d[i]))
+        total += g[least] - g[picks[layer]]
+        picks[layer] = least
+    return picks
 
 
 def step_down(choice, points):

@@ -182,15 +182,16 @@ def test_nan_budgets_are_refused():
 
 
 def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
-    """Every drop 0: each layer's hull is one step, 0 to 0.9. Ties go by
-    name: a (100 weights) to 0.9 = 90; then b (300) needs 110 more of the
-    200 (0.5 of 400), and its step stops at the first measured sparsity
-    that prunes them: 0.4 = 120, overall 210 / 400 = 0.525 (not 0.9)."""
+    """Every drop 0: any choice that reaches the target costs nothing, so
+    the least gain past it is what decides. The least drop first found is a
+    (100 weights) at 0.9 = 90 and b (300) at 0.4 = 120: 210 of the 200
+    needed (0.5 of 400); stepping a down to 0.8 still reaches 200. (The
+    greedy choice before stopped at 0.525.)"""
     from caffedsd.plan_from_scan import by_target, make_plan
 
     flat = [(s / 10, 0.0) for s in range(1, 10)]
     choices = by_target({"a": (100, flat), "b": (300, flat)}, 400, 0.5)
-    assert [(c.layer, c.sparsity, c.drop) for c in choices] == [("a", 0.9, 0.0), ("b", 0.4, 0.0)]
+    assert [(c.layer, c.sparsity, c.drop) for c in choices] == [("a", 0.8, 0.0), ("b", 0.4, 0.0)]
     scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
             "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
             "fingerprint": "f", "prunable_params": 400, "seed": 0, "data_sha256": None,
@@ -199,8 +200,8 @@ def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
                        for name, params in (("a", 100), ("b", 300))]}
     (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
     result = make_plan(tmp_path / "sensitivity.json", tmp_path / "plan.yaml", target=0.5)
-    assert result.overall == pytest.approx(0.525)
-    assert load_plan(tmp_path / "plan.yaml").rules == (Rule("a", 0.9), Rule("b", 0.4))
+    assert result.overall == pytest.approx(0.5)
+    assert load_plan(tmp_path / "plan.yaml").rules == (Rule("a", 0.8), Rule("b", 0.4))
 
 
 def test_the_zeros_a_pruned_model_has_count_towards_the_plan(tmp_path):
@@ -268,6 +269,44 @@ def test_a_targets_last_step_goes_only_as_far_as_needed():
     assert (choice.sparsity, choice.drop) == (0.1, 1.5)
     (choice,) = by_target({"a": (10, [(0.1, 3.0), (0.2, 2.0)])}, 10, 0.1)
     assert (choice.sparsity, choice.drop) == (0.2, 2.0)
+
+
+def test_a_target_costs_the_least_drop_the_points_allow():
+    """a (10 weights): 0.5 costs 1.0. b (10): 0.4 costs 0.5, 0.9 costs 10.
+    A target of 5 of 20 weights: a at 0.5 alone costs 1.0. The greedy
+    choice took b's cheaper step per weight first (4 for 0.5), then a's
+    (1.0) for the last one: 1.5."""
+    from caffedsd.plan_from_scan import by_target
+
+    choices = by_target({"a": (10, [(0.5, 1.0)]), "b": (10, [(0.4, 0.5), (0.9, 10.0)])}, 20, 0.25)
+    assert [(c.layer, c.sparsity, c.drop) for c in choices] == [("a", 0.5, 1.0), ("b", 0.0, 0.0)]
+
+
+def test_least_drop_is_the_least_of_every_choice():
+    """Against trying every choice, on random curves, some of them not
+    convex and some with drops below 0 (which count as 0)."""
+    import itertools
+
+    import numpy as np
+
+    from caffedsd.plan_from_scan import least_drop
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        layers = []
+        for k in rng.integers(1, 5, size=rng.integers(1, 5)):
+            gains = sorted(rng.choice(40, size=k, replace=False) + 1)
+            layers.append([(0.0, 0.0)] + [(float(g), float(d)) for g, d in zip(gains, rng.normal(1, 1.5, k).round(1))])
+        needed = float(rng.integers(0, sum(opts[-1][0] for opts in layers) + 1))
+
+        def gain_and_cost(picks):
+            return (sum(layers[i][p][0] for i, p in enumerate(picks)),
+                    sum(max(0.0, layers[i][p][1]) for i, p in enumerate(picks)))
+
+        every = [gain_and_cost(picks) for picks in itertools.product(*(range(len(opts)) for opts in layers))]
+        least = min(cost for gain, cost in every if gain >= needed)
+        gain, cost = gain_and_cost(least_drop(layers, needed))
+        assert gain >= needed and cost == pytest.approx(least), (layers, needed)
 
 
 def test_a_random_plans_seed_travels_with_it(tmp_path):
