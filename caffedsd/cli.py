@@ -5,6 +5,7 @@ status here, in ``_Group.invoke``, and nowhere else.
 """
 import inspect
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,18 @@ import click
 
 from . import report
 from .errors import CaffeDsdError, Diverged, InputError
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a batch scheduler), raised where Python next
+    runs: left to its default, the process ended where it stood, with the
+    temporary files of its writes left behind and nothing said."""
+
+    exit_code = 128 + int(signal.SIGTERM)  # a shell's for it
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
 
 
 class _ExampleLast:
@@ -53,15 +66,17 @@ class _Group(_ExampleLast, click.Group):
                 sys.stderr.flush()
                 os._exit(exc.exit_code)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # click's own says "Aborted!" with exit status 1, a failed
             # check's; 130 is a shell's for SIGINT. What was being written
             # is removed by now (atomic), and a run folder keeps its work.
-            if sys.stderr.isatty():  # past the terminal's ^C
+            terminated = isinstance(exc, _Terminated)
+            if sys.stderr.isatty() and not terminated:  # past the terminal's ^C
                 click.echo(err=True)
-            click.echo("caffedsd: interrupted; outputs that had finished are kept, none is half-written "
-                       "(dsd and sensitivity go on from there when run again)", err=True)
-            ctx.exit(130)
+            click.echo(f"caffedsd: {'terminated (SIGTERM)' if terminated else 'interrupted'}; outputs that had "
+                       "finished are kept, none is half-written (dsd and sensitivity go on from there when run "
+                       "again)", err=True)
+            ctx.exit(_Terminated.exit_code if terminated else 130)
         except click.UsageError as exc:  # click's own would print three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
@@ -831,6 +846,7 @@ def fashion_mnist(output, source, train_limit, test_limit, force):
 def program(**kwargs):
     """The `caffedsd` program (setup.py's entry point; tools/gpu_stage.sh's
     wrapper gives ``prog_name``): click's main, leaving at once after a
-    divergence (see _Group.invoke)."""
+    divergence (see _Group.invoke), and ending on SIGTERM as on Ctrl-C."""
     main.exits_at_once = True
+    signal.signal(signal.SIGTERM, _terminate)
     return main(**kwargs)

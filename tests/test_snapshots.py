@@ -98,13 +98,14 @@ def _train(tmp_path, iterations):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_snapshot_killed_midway_leaves_no_file_under_its_name(caffe, tmp_path):
+def _killed_in_a_snapshot(caffe, tmp_path, sig):
+    """A train-dense of BIG_NET sent ``sig`` once its first snapshot has
+    begun; returns (the process, ended, and the size of a whole model)."""
     (tmp_path / "net.prototxt").write_text(BIG_NET)
     (tmp_path / "solver.prototxt").write_text(
         f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.001\nmomentum: 0.9\nlr_policy: "fixed"\nmax_iter: 100\n'
         f'snapshot: 1\nsnapshot_prefix: "{tmp_path / "snap"}"\nrandom_seed: 1\n')
     caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN).save(str(tmp_path / "start.caffemodel"))
-    expected = (tmp_path / "start.caffemodel").stat().st_size
     proc = _train(tmp_path, 50)
     deadline = time.time() + 120
     seen = None
@@ -112,8 +113,28 @@ def test_a_snapshot_killed_midway_leaves_no_file_under_its_name(caffe, tmp_path)
         # The first file of a snapshot, wherever it is written.
         seen = next((p for p in tmp_path.rglob("snap_iter_*.caffemodel")), None)
     assert seen is not None, f"no snapshot began: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}"
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait(timeout=60)
+    return proc, (tmp_path / "start.caffemodel").stat().st_size
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(caffe, tmp_path):
+    """Left to its default, SIGTERM (kill, timeout, a batch scheduler) ended
+    the process where it stood: a snapshot's temporary file stayed, and
+    nothing was said."""
+    proc, expected = _killed_in_a_snapshot(caffe, tmp_path, signal.SIGTERM)
+    assert proc.returncode == 143
+    lines = proc.stderr.read().strip().splitlines()
+    assert lines[-1].startswith("caffedsd: terminated (SIGTERM); outputs that had finished are kept"), lines[-1]
+    assert "Traceback" not in "\n".join(lines)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not (tmp_path / "out.caffemodel").exists()
+    for model in tmp_path.glob("snap_iter_*.caffemodel"):
+        assert model.stat().st_size == expected and model.with_suffix(".solverstate").is_file()
+
+
+def test_a_snapshot_killed_midway_leaves_no_file_under_its_name(caffe, tmp_path):
+    _, expected = _killed_in_a_snapshot(caffe, tmp_path, signal.SIGKILL)
     for model in tmp_path.glob("snap_iter_*.caffemodel"):  # whatever bears a snapshot's name is whole
         assert model.stat().st_size == expected, f"{model.name}: {model.stat().st_size} of {expected} bytes"
         read_caffemodel(model)
