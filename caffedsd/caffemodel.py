@@ -440,22 +440,31 @@ def write_caffemodel(model, path, replace=None, masks=None):
         if name not in model or blob_index >= len(model.layer(name).blobs):
             raise InputError(f"{model.path}: no blob {blob_index} in layer {name!r}")
     view = memoryview(model._buffer)
-    pieces = []
-    for piece in model._top_pieces:
-        if not isinstance(piece, int):
-            pieces.append(piece)
-            continue
-        layer = model.layers[piece]
-        payload = []
-        for item in layer._pieces:
-            if isinstance(item, int):
-                key = (layer.name, item)
-                payload.append(_blob_record(model, view, layer.blobs[item], replace.get(key), masks.get(key)))
-            else:
-                payload.append(item)
-        pieces.append(_record(NET_LAYER_V2, payload))
+    pieces = [piece if not isinstance(piece, int) else _layer_record(model, view, model.layers[piece], replace, masks)
+              for piece in model._top_pieces]
     with atomic_open(path) as handle:
         write_pieces(handle, pieces)
+
+
+def _layer_record(model, view, layer, replace=None, masks=None):
+    payload = []
+    for item in layer._pieces:
+        if isinstance(item, int):
+            key = (layer.name, item)
+            payload.append(_blob_record(model, view, layer.blobs[item], (replace or {}).get(key),
+                                        (masks or {}).get(key)))
+        else:
+            payload.append(item)
+    return _record(NET_LAYER_V2, payload)
+
+
+def append_layers(path, model, names):
+    """Append the layers ``names`` of ``model``, as V2 layers, to the
+    caffemodel file ``path`` (being written): a protobuf message's repeated
+    field takes records appended after the others."""
+    view = memoryview(model._buffer)
+    with open(path, "ab") as handle:
+        write_pieces(handle, [_layer_record(model, view, model.layer(name)) for name in names])
 
 
 def new_caffemodel(path, layers, name=""):

@@ -50,7 +50,7 @@ class MaskEnforcer(Hook):
         missing = [name for name in self.masks if name not in blobs]
         if missing:
             raise InputError(f"masks do not fit the {self.where}: no layer {', '.join(missing)} with weights there")
-        seen, targets = set(), []
+        seen, targets = {}, []
         for name, mask in self.masks.items():
             blob = blobs[name]
             if tuple(blob.shape) != mask.shape:
@@ -58,8 +58,12 @@ class MaskEnforcer(Hook):
                                  f"{list(blob.shape)}, its mask {list(mask.shape)}")
             key = backend.key(blob)  # shared params are one blob
             if key in seen:
+                first, held = seen[key]
+                if not np.array_equal(held, mask):  # one of them would not be held
+                    raise InputError(f"masks do not fit the {self.where}: layers {first} and {name} share their "
+                                     "weights there, but their masks differ")
                 continue
-            seen.add(key)
+            seen[key] = (name, mask)
             targets.append((blob, backend.asarray(keep_bits(mask))))
         self._targets = tuple(targets)
         self._backend = backend

@@ -11,6 +11,8 @@ the net.
 """
 from pathlib import Path
 
+import numpy as np
+
 from .caffe_proto import NetState
 from .caffemodel import is_hdf5
 from .errors import InputError
@@ -62,12 +64,14 @@ def _shape_problem(layer_param, blobs):
     return None
 
 
-def check_pair(net, net_path, model, weights_path=None, unused_weights=False):
+def check_pair(net, net_path, model, weights_path=None, unused_weights=False, others=()):
     """Raise InputError listing every mismatch between prototxt and weights.
     ``weights_path``: the file to name for the weights, when ``model`` was
     read from a temporary made of it (a conversion's output).
     ``unused_weights``: weights of layers the net lacks are expected (a
-    deploy net of a train_val, without its auxiliary classifiers)."""
+    deploy net of a train_val, without its auxiliary classifiers).
+    ``others``: further NetParameters the weights are copied into (a
+    solver's test_net files), whose layers' weights are not ignored."""
     weights_path = Path(weights_path or model.path)
     net_layers = {}
     for layer_param in net.layer:
@@ -78,7 +82,8 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False):
     if no_weights:
         problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
                         + _names(no_weights))
-    ignored = [] if unused_weights else [n for n in with_blobs if n not in net_layers]
+    known = set(net_layers).union(layer.name for other in others for layer in other.layer)
+    ignored = [] if unused_weights else [n for n in with_blobs if n not in known]
     if ignored:
         problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + _names(ignored))
     counts, shapes = [], []
@@ -97,6 +102,31 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False):
         problems.append("blob shapes differ: " + _names(shapes))
     if problems:
         raise InputError(f"{net_path} does not match {weights_path}: " + "; ".join(problems))
+
+
+def check_tied_weights(layers, model, net_path):
+    """Raise InputError where layers that ``layers`` (LayerParameters of one
+    net) tie by a param name hold different weights in the caffemodel
+    ``model``: Caffe copies each layer's into the one shared blob, so the
+    last copied are what trains, while masks and clusters made of the file
+    are made of each layer's own."""
+    first = {}
+    for layer in layers:
+        if layer.name not in model:
+            continue
+        blobs = model.layer(layer.name).blobs
+        for index, spec in enumerate(layer.param):
+            if not spec.name or index >= len(blobs):
+                continue
+            other = first.setdefault(spec.name, (layer.name, index))
+            if other == (layer.name, index):
+                continue
+            theirs = model.layer(other[0]).blobs[other[1]].data
+            if theirs.shape != blobs[index].data.shape or not np.array_equal(theirs, blobs[index].data):
+                raise InputError(f"{model.path}: layers {other[0]} and {layer.name} hold different weights, but "
+                                 f"{net_path} ties them (param {spec.name!r}): Caffe would keep whichever it "
+                                 "copies last, and masks made of the file would not fit; give them one set of "
+                                 "weights")
 
 
 def check_blob_shapes(net, model, net_path):

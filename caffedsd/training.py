@@ -22,14 +22,14 @@ from .atomic import atomic_paths, check_not_data, check_room, same_file
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
-from .caffemodel import check_finite, file_sha256, read_caffemodel
+from .caffemodel import append_layers, check_finite, file_sha256, read_caffemodel
 from .errors import Diverged, InputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
                        save_masks)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       data_files, output_kinds, solver_state)
+                       check_tied_weights, data_files, output_kinds, solver_state)
 from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix, snapshots_on
 from .solverstate import clean_solverstate, restorable_name, state_iteration
@@ -227,15 +227,38 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     return solver_file, param
 
 
+def _test_net_paths(solver, spec):
+    """The file each of the solver's test nets was built from."""
+    return spec.test_net_paths or (spec.net_path,) * len(solver.test_nets)
+
+
+def test_only_layers(solver):
+    """[(test net, [layer names])]: the weight layers of each test net that
+    the train net lacks (those of phase TEST only), which share_with does
+    not reach."""
+    return [(net, [name for name, blobs in net.params.items() if len(blobs) and name not in solver.net.params])
+            for net in solver.test_nets]
+
+
 def load_weights(solver, spec, weights_path):
     """Copy a caffemodel into the solver's nets, after checking it fits: by
-    name, and by shape (Caffe itself would abort the process on a shape
-    mismatch)."""
+    name (a layer of the train net or of a test net), by shape (Caffe itself
+    would abort the process on a shape mismatch), and one set of weights for
+    layers the net ties. As `caffe train -weights` does, a test net's layers
+    of phase TEST only get theirs too."""
     model = read_caffemodel(weights_path)
-    check_pair(spec.net, spec.net_path, model)
+    check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
+    for path, net in spec.test_nets:
+        check_pair(net, path, model, unused_weights=True)
+    check_tied_weights(spec.train_layers(), model, spec.net_path)
     check_blob_shapes(solver.net, model, spec.net_path)
+    for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
+        check_blob_shapes(net, model, path)
     check_finite(model)
     solver.net.copy_from(str(weights_path))
+    for net, names in test_only_layers(solver):
+        if names:  # the rest share the train net's blobs when tested
+            net.copy_from(str(weights_path))
     return model
 
 
@@ -422,6 +445,21 @@ def snapshot_bytes(spec, net):
     return model, history
 
 
+def _save_nets(solver, path):
+    """The train net's weights, then those of the test nets' layers of
+    phase TEST only, which it lacks: Caffe's own snapshots leave those out,
+    and `caffe test` on the net would then fill them at random."""
+    solver.net.save(str(path))
+    added = set()
+    for net, names in test_only_layers(solver):
+        names = [name for name in names if name not in added]
+        if names:
+            with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+                net.save(str(Path(work) / "test.caffemodel"))
+                append_layers(path, read_caffemodel(Path(work) / "test.caffemodel"), names)
+            added.update(names)
+
+
 def save_net(solver, output, maskset=None, nbytes=0):
     """Write the solver's trained weights (and masks, refitted to what was
     written) atomically; returns the masks path or None. ``nbytes``: at
@@ -431,12 +469,12 @@ def save_net(solver, output, maskset=None, nbytes=0):
     if maskset is None:
         with atomic_unmasked_path(output) as tmp:
             check_room(tmp, nbytes)
-            solver.net.save(str(tmp))
+            _save_nets(solver, tmp)
         return None
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (tmp, masks_tmp):
         check_room(tmp, nbytes)
-        solver.net.save(str(tmp))
+        _save_nets(solver, tmp)
         written = read_caffemodel(tmp).structure()
         save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)), file_sha256(tmp))
     return masks_out
@@ -519,6 +557,9 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if phase.weights is not None:
             load_weights(solver, spec, phase.weights)
         masks = phase.maskset.per_layer() if phase.maskset is not None else {}
+        # Layers of phase TEST only do not train: their loaded zeros stay.
+        untrained = {name for _, names in test_only_layers(solver) for name in names}
+        masks = {name: mask for name, mask in masks.items() if name not in untrained}
         hooks = list(phase.hooks)
         if phase.maskset is not None:
             hooks.append(MaskEnforcer(masks, where=f"net of {spec.path}"))
@@ -707,6 +748,11 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     span = _span(spec, iterations)
     _check_outputs(spec, output, force, weights, span, masks)
     keep = maskset.per_layer() if maskset else {}
+    trained = {layer.name for layer in spec.train_layers()}
+    untrained = [target.owner for target in prunable_targets(model) if target.owner not in trained]
+    if untrained:  # their values would stay as they are, not shared
+        raise InputError(f"{weights}: {spec.path} does not train layer(s) {', '.join(untrained)} (of phase TEST "
+                         "only, or not in its net), which train-quantized would leave unquantized")
     clusters = {}
     for target in prunable_targets(model):
         layer = model.layer(target.owner)

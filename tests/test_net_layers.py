@@ -1,0 +1,118 @@
+"""Layers a train net and its test nets do not hold alike: layers tied by a
+param name, whose weights file must hold one set for them, and layers of
+phase TEST only, which the train-* commands load, test with and write
+although the solver never trains them (`caffe train -weights` loads them,
+and its snapshots leave them out)."""
+import re
+
+import numpy as np
+import pytest
+
+from caffedsd.caffemodel import read_caffemodel
+from caffedsd.errors import InputError
+from caffedsd.mask_enforcer import MaskEnforcer
+from conftest import assert_one_line_error, save_net
+
+ONES = ('layer { name: "data" type: "DummyData" top: "data" top: "target" dummy_data_param {\n'
+        '  shape { dim: 2 dim: 4 } shape { dim: 2 dim: 3 }\n'
+        '  data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0 } } }\n')
+
+
+def _ip(name, bottom, tied=False, phase=None):
+    param = ' param { name: "w" } param { name: "b" }' if tied else ""
+    include = f" include {{ phase: {phase} }}" if phase else ""
+    return (f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}"{param}{include}\n'
+            f'  inner_product_param {{ num_output: {3 if name != "a" else 4} '
+            'weight_filler { type: "gaussian" std: 0.3 } } }\n')
+
+
+def _loss(name, bottom, phase=None):
+    include = f" include {{ phase: {phase} }}" if phase else ""
+    return f'layer {{ name: "{name}" type: "EuclideanLoss" bottom: "{bottom}" bottom: "target" top: "{name}"{include} }}\n'
+
+
+def _solver(folder, nets, extra=""):
+    path = folder / "solver.prototxt"
+    path.write_text(f'{nets}\ntest_iter: 1\ntest_interval: 1000\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 3\n'
+                    f'random_seed: 1\nsnapshot_prefix: "{folder / "snap"}"\n{extra}')
+    return path
+
+
+def test_tied_layers_whose_weights_differ_are_refused(caffe, tmp_path, cli):
+    """Caffe copied each layer's weights into the one blob they share and
+    kept the last; masks made of the file, one per layer, then differed on
+    it, and the one caffedsd held was the first: train-sparse wrote a model
+    with non-zeros where the other's masks said 0.0."""
+    square = ('layer { name: "data" type: "DummyData" top: "data" top: "target" dummy_data_param {\n'
+              '  shape { dim: 2 dim: 4 } shape { dim: 2 dim: 4 } } }\n')
+    body = (square + _ip("a", "data").replace("num_output: 3", "num_output: 4")
+            + _ip("b", "a").replace("num_output: 3", "num_output: 4") + _loss("loss", "b"))
+    _, untied = save_net(caffe, tmp_path, body, name="untied")
+    tied_text = re.sub(r'(name: "[ab]" type: "InnerProduct" bottom: "\w+" top: "[ab]")',
+                       r'\1 param { name: "w" } param { name: "b" }', body)
+    (tmp_path / "tied.prototxt").write_text(tied_text)
+    solver = _solver(tmp_path, f'net: "{tmp_path / "tied.prototxt"}"')
+    assert cli("prune", "-w", untied, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    for command, weights in (("train-sparse", "p.caffemodel"), ("train-dense", untied)):
+        assert_one_line_error(cli(command, "--solver", solver, "-w", weights, "-n", 2, "-o", "out.caffemodel"),
+                              f"{weights}: layers a and b hold different weights, but {tmp_path / 'tied.prototxt'} "
+                              "ties them (param 'w')")
+        assert not (tmp_path / "out.caffemodel").exists()
+    # Masks that differ on one shared blob, whatever made them, are refused too.
+    solver_net = caffe.get_solver(str(solver))
+    keep = np.ones((4, 4), dtype=bool)
+    with pytest.raises(InputError, match="layers a and b share their weights there, but their masks differ"):
+        MaskEnforcer({"a": keep, "b": ~keep}).attach(solver_net)
+    MaskEnforcer({"a": keep, "b": keep.copy()}).attach(solver_net)  # the same masks are one
+
+
+def test_a_layer_of_phase_test_only_is_loaded_tested_and_written(caffe, tmp_path, cli):
+    """Its weights were not loaded: the TEST outputs printed were made with
+    its filler's random values, and the model written lacked it, so that
+    verify failed it and train-* refused it as input."""
+    text = ONES + _ip("fc", "data") + _loss("loss", "fc") + _ip("aux", "data", phase="TEST") + _loss(
+        "aux_loss", "aux", phase="TEST")
+    net, weights = save_net(caffe, tmp_path, text)
+    solver = _solver(tmp_path, f'net: "{net}"')
+    aux = read_caffemodel(weights).layer("aux").blobs
+    # EuclideanLoss of aux(ones) against 0: sum((W.1 + b)^2) / 2 per image.
+    expected = float(np.sum((aux[0].data.sum(axis=1) + aux[1].data) ** 2) / 2)
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 2, "--lr-scale", 1, "-o", "out.caffemodel")
+    assert result.exit_code == 0, result.output
+    printed = float(re.search(r"^test: aux_loss = ([0-9.]+)", result.output, re.M).group(1))
+    assert printed == pytest.approx(expected, rel=1e-3)
+    out = read_caffemodel(tmp_path / "out.caffemodel")
+    for index in (0, 1):
+        assert np.array_equal(out.layer("aux").blobs[index].data, aux[index].data)
+    verified = cli("verify", "-w", "out.caffemodel", "--model", net)
+    assert verified.exit_code == 0, verified.output
+    # Pruned, it trains sparse, its zeros kept; train-quantized, which would
+    # leave it unquantized, refuses it.
+    assert cli("prune", "-w", "out.caffemodel", "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("train-sparse", "--solver", solver, "-w", "p.caffemodel", "-n", 2, "-o", "s.caffemodel")
+    assert result.exit_code == 0, result.output
+    pruned, sparse = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "s.caffemodel")
+    assert np.array_equal(sparse.layer("aux").blobs[0].data, pruned.layer("aux").blobs[0].data)
+    assert cli("verify", "-w", "s.caffemodel", "--model", net).exit_code == 0
+    assert_one_line_error(cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "-n", 1,
+                              "-o", "q.caffemodel"), "does not train layer(s) aux")
+
+
+def test_a_layer_only_a_test_net_file_has_takes_its_weights(caffe, tmp_path, cli):
+    """`caffe train -weights` copies weights into the test nets too; caffedsd
+    refused those of a layer only the solver's test_net file has, as weights
+    Caffe would ignore."""
+    train = ONES + _ip("fc", "data") + _loss("loss", "fc")
+    test = train + _ip("aux", "data") + _loss("aux_loss", "aux")
+    (tmp_path / "train.prototxt").write_text(train)
+    test_net, weights = save_net(caffe, tmp_path, test, name="test")
+    solver = _solver(tmp_path, f'train_net: "{tmp_path / "train.prototxt"}"\ntest_net: "{test_net}"')
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 2, "-o", "out.caffemodel")
+    assert result.exit_code == 0, result.output
+    out, given = read_caffemodel(tmp_path / "out.caffemodel"), read_caffemodel(weights)
+    assert np.array_equal(out.layer("aux").blobs[0].data, given.layer("aux").blobs[0].data)
+    # Weights no net has are still refused.
+    (tmp_path / "bare.prototxt").write_text(ONES + _ip("fc", "data") + _loss("loss", "fc"))
+    solver.write_text(solver.read_text().replace(str(test_net), str(tmp_path / "bare.prototxt")))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 2, "-o", "o2.caffemodel"),
+                          "(Caffe would ignore them): aux")
