@@ -14,7 +14,7 @@ from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
 from .maskfile import beside_check, masks_for
 from .masks import masked_nonzeros
-from .netcheck import built_layers, built_state, check_pair
+from .netcheck import built_layers, built_state, check_pair, check_tied_weights
 
 # Names run to the end of the line: Caffe takes any string for one.
 _IGNORED = re.compile(r"Ignoring source layer (.+)")
@@ -127,6 +127,7 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
         net = read_net_prototxt(net_path, allow_python_layers)
         try:
             check_pair(net, net_path, model)
+            check_tied_weights(net.layer, model, net_path)
         except InputError as exc:  # what is verified, not a bad argument; Caffe would abort on it
             checks.append(Check("prototxt fits weights", False, str(exc)))
             return checks

@@ -58,6 +58,10 @@ def test_tied_layers_whose_weights_differ_are_refused(caffe, tmp_path, cli):
                               f"{weights}: layers a and b hold different weights, but {tmp_path / 'tied.prototxt'} "
                               "ties them (param 'w')")
         assert not (tmp_path / "out.caffemodel").exists()
+    # verify said the pair fit, and that Caffe loaded every weight.
+    result = cli("verify", "-w", untied, "--model", "tied.prototxt")
+    assert result.exit_code == 1 and "FAIL  prototxt fits weights" in result.output, result.output
+    assert "layers a and b hold different weights" in result.output
     # Masks that differ on one shared blob, whatever made them, are refused too.
     solver_net = caffe.get_solver(str(solver))
     keep = np.ones((4, 4), dtype=bool)
