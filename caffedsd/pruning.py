@@ -16,7 +16,7 @@ from .errors import InputError
 from .layers import prunable_targets
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, layer_rng
-from .netcheck import check_pair
+from .netcheck import check_pair, check_tied_weights
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     source = read_caffemodel(weights)
     check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
     if model is not None:
-        check_pair(read_net_prototxt(model, allow_python_layers), model, source)
+        net = read_net_prototxt(model, allow_python_layers)
+        check_pair(net, model, source)
+        check_tied_weights(net.layer, source, model)
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,

@@ -49,7 +49,7 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import masks_path_for, structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import KINDS, built_state, check_blob_shapes, check_pair, output_kinds
+from .netcheck import KINDS, built_state, check_blob_shapes, check_pair, check_tied_weights, output_kinds
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -371,6 +371,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     net = read_net_prototxt(model_path, allow_python_layers)
     model = read_caffemodel(weights_path)
     check_pair(net, model_path, model)
+    check_tied_weights(net.layer, model, model_path)
     check_finite(model)
     if criterion == "random" and masks_path_for(weights_path).exists():
         # A random mask is drawn over every position; prune draws it among

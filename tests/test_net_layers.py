@@ -58,6 +58,9 @@ def test_tied_layers_whose_weights_differ_are_refused(caffe, tmp_path, cli):
                               f"{weights}: layers a and b hold different weights, but {tmp_path / 'tied.prototxt'} "
                               "ties them (param 'w')")
         assert not (tmp_path / "out.caffemodel").exists()
+    for command in (("prune", "-s", 0.5, "-o", "p2.caffemodel"), ("sensitivity", "-o", "scan")):
+        assert_one_line_error(cli(command[0], "-w", untied, "--model", "tied.prototxt", *command[1:]),
+                              "layers a and b hold different weights")
     # verify said the pair fit, and that Caffe loaded every weight.
     result = cli("verify", "-w", untied, "--model", "tied.prototxt")
     assert result.exit_code == 1 and "FAIL  prototxt fits weights" in result.output, result.output
