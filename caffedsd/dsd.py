@@ -44,7 +44,7 @@ from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
 from .training import (Phase, check_schedule, check_solver_builds, check_test_options, read_solver, run_phase,
-                       scaled_lr, solver_device)
+                       scaled_lr, solver_device, solver_weights)
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
@@ -84,6 +84,9 @@ def run_fingerprint(recipe, spec, with_weights=True):
     digest = hashlib.sha256(recipe.fingerprint().encode())
     for path in (spec.path, spec.net_path, *spec.test_net_paths):
         digest.update(Path(path).read_bytes())
+    if not recipe.weights and with_weights:  # then what the first stage starts from is the solver's own
+        for path in solver_weights(spec):
+            digest.update(b"solver weights " + file_sha256(path).encode())
     if recipe.weights and with_weights:  # retrained in place, they are another start
         digest.update(file_sha256(recipe.weights).encode())
         # A prune stage keeps their masks pruned: other masks prune otherwise.

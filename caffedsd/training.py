@@ -63,6 +63,13 @@ _SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 _LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 
+def solver_weights(spec):
+    """The files the solver's own ``weights`` name, which Caffe loads into
+    the train net when it opens the solver (before -w's): comma-separated
+    lists, read from the current folder."""
+    return [Path(name) for entry in spec.param.weights for name in entry.split(",") if name]
+
+
 def _check_solver_param(param, path):
     if not built_by_caffedsd():
         return
@@ -72,6 +79,13 @@ def _check_solver_param(param, path):
         raise InputError(f"{path}: lr_policy {param.lr_policy!r} is not one of Caffe's ({', '.join(_LR_POLICIES)})")
     if param.lr_policy == "step" and param.stepsize <= 0:
         raise InputError(f"{path}: lr_policy \"step\" needs a stepsize above 0")
+    # Caffe finds these only inside an update, aborting the process (glog's
+    # fatal log), or dividing the gradients by 0.
+    if param.weight_decay and param.regularization_type not in ("L1", "L2"):
+        raise InputError(f"{path}: regularization_type {param.regularization_type!r} is not one of Caffe's "
+                         "(L1, L2)")
+    if param.iter_size < 1:
+        raise InputError(f"{path}: iter_size {param.iter_size} must be 1 or more")
 
 
 def solver_type(param):
@@ -238,6 +252,20 @@ def test_only_layers(solver):
     not reach."""
     return [(net, [name for name, blobs in net.params.items() if len(blobs) and name not in solver.net.params])
             for net in solver.test_nets]
+
+
+def check_test_nets_fit(solver, spec):
+    """A test net's layer that the train net also has takes the train net's
+    blobs at each TEST pass (share_with): of another count or shape, Caffe
+    aborts the process there, after training."""
+    for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
+        for name, blobs in net.params.items():
+            theirs = solver.net.params[name] if name in solver.net.params else None
+            shapes = [list(blob.data.shape) for blob in blobs]
+            if theirs is not None and shapes != [list(blob.data.shape) for blob in theirs]:
+                raise InputError(f"{path}: layer {name!r} has weights {shapes} in the test net, but "
+                                 f"{[list(blob.data.shape) for blob in theirs]} in the train net of {spec.path}: "
+                                 "Caffe would abort at the first TEST pass")
 
 
 def load_weights(solver, spec, weights_path):
@@ -554,6 +582,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
     solver, param = open_solver(spec, workdir, gpu=gpu, lr_scale=phase.lr_scale, **options)
     dispatcher = HookDispatcher.for_solver(solver, gpu)
     try:
+        check_test_nets_fit(solver, spec)
         if phase.weights is not None:
             load_weights(solver, spec, phase.weights)
         masks = phase.maskset.per_layer() if phase.maskset is not None else {}
@@ -673,7 +702,12 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
     if snapshots_on(spec.param) and _written_as_a_snapshot(spec.param, span, output):
         raise InputError(f"{output}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
                          "write a file of this name in this run; give the output another name")
-    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks), *others]
+    if snapshots_on(spec.param) and _written_as_a_snapshot(spec.param, span, masks_path_for(output)):
+        raise InputError(f"{output}: a snapshot of the solver's own (snapshot_prefix "
+                         f"{spec.param.snapshot_prefix!r}) has the masks file {masks_path_for(output).name} of this "
+                         "output as its own, and would remove it; give the output another name")
+    inputs = [spec.path, spec.net_path, *spec.test_net_paths, weights, masks_read_for(weights, masks),
+              *solver_weights(spec), *others]
     # OUT.masks.h5 is written, or removed when OUT is written without masks.
     check_model_outputs(output, inputs, force)
     for given in inputs:
@@ -809,10 +843,12 @@ def _caffe_snapshot_of(param, path, span):
 
 
 def _snapshot_name(param, span, name):
-    """Whether Caffe's own snapshots over iterations ``span`` write a file
-    of this name in the snapshot_prefix's folder."""
+    """Whether Caffe's own snapshots over iterations ``span`` write (or,
+    masks, remove) a file of this name in the snapshot_prefix's folder."""
     prefix = Path(param.snapshot_prefix)
-    found = re.fullmatch(re.escape(prefix.name) + r"_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?", name)
+    # Its model and state, and the masks its model replaces go with (maskfile.masks_path_for).
+    found = re.fullmatch(re.escape(prefix.name) + r"_iter_(\d+)\.(?:(?:caffemodel|solverstate)(?:\.h5)?|"
+                         r"masks\.h5|caffemodel\.h5\.masks\.h5)", name)
     if not found:
         return False
     k, (first, last) = int(found.group(1)), span

@@ -209,6 +209,65 @@ def test_test_passes_without_a_test_net_are_refused(pruned, tmp_path, cli):
     assert result.exit_code == 0, result.output
 
 
+def test_solver_values_caffe_finds_only_inside_an_update_are_refused(pruned, tmp_path, cli):
+    """regularization_type "l2" aborted the process at the first update
+    (exit 134); iter_size 0 divided the gradients by 0, reported as a
+    divergence with advice about the learning rate."""
+    for change, expected in ((('regularization_type: "L2"', 'regularization_type: "l2"'),
+                              "regularization_type 'l2' is not one of Caffe's (L1, L2)"),
+                             (("iter_size: 1", "iter_size: 0"), "iter_size 0 must be 1 or more")):
+        solver = write_solver(tmp_path)
+        solver.write_text(solver.read_text().replace(*change))
+        assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel"),
+                              f"{solver}: {expected}")
+        assert not (tmp_path / "d.caffemodel").exists()
+
+
+def test_the_solvers_own_weights_are_an_input(pruned, tmp_path, cli):
+    """Caffe loads a solver's weights: field when it opens the solver; -o
+    replaced that file without --force."""
+    solver = write_solver(tmp_path)
+    start = tmp_path / "start.caffemodel"
+    start.write_bytes(pruned.read_bytes())
+    solver.write_text(solver.read_text() + f'weights: "{start}"\n')
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", start),
+                          f"{start}")
+    assert start.read_bytes() == pruned.read_bytes()
+
+
+def test_snapshots_that_would_remove_masks_are_refused(pruned, tmp_path, cli):
+    """A snapshot's model takes the masks beside it away: the output snap_iter_2
+    (whose masks are snap_iter_2.masks.h5, as the final snapshot's model's
+    are) lost its masks after they were reported written, and a masks file
+    given with -m under that name was removed without --force."""
+    solver = write_solver(tmp_path, snapshot=2)
+    output = tmp_path / "snap_iter_2"
+    assert_one_line_error(cli("train-sparse", "--solver", solver, "-w", pruned, "-n", 2, "-o", output),
+                          "has the masks file snap_iter_2.masks.h5 of this output as its own")
+    given = tmp_path / "snap_iter_2.masks.h5"
+    given.write_bytes(pruned.with_name("pruned.masks.h5").read_bytes())
+    assert_one_line_error(cli("train-sparse", "--solver", solver, "-w", pruned, "-m", given, "-n", 2,
+                              "-o", "s.caffemodel"), "would overwrite this input")
+    assert given.is_file()
+
+
+def test_a_test_net_whose_layer_has_other_shapes_is_refused_before_training(caffe, tmp_path, cli):
+    """Without weights nothing compared them: Caffe aborted the process at
+    the first TEST pass (exit 134), after training."""
+    solver = write_solver(tmp_path)
+    net = (tmp_path / "net.prototxt").read_text()
+    (tmp_path / "test.prototxt").write_text(net.replace("num_output: 5", "num_output: 6")
+                                            .replace("dim: 4 dim: 5", "dim: 4 dim: 6"))
+    solver.write_text(solver.read_text().replace(f'net: "{tmp_path / "net.prototxt"}"',
+                                                 f'train_net: "{tmp_path / "net.prototxt"}"\n'
+                                                 f'test_net: "{tmp_path / "test.prototxt"}"'))
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 0.001, "-n", 2,
+                              "-o", "l.caffemodel"),
+                          f"{tmp_path / 'test.prototxt'}: layer 'fc1' has weights [[6, 64], [6]] in the test net, "
+                          f"but [[5, 64], [5]] in the train net of {solver}")
+    assert not (tmp_path / "l.caffemodel").exists()
+
+
 def test_periodic_tests_are_caffes():
     # Caffe's Solver::Step tests before the step at iter % test_interval == 0,
     # and at iteration 0 only with test_initialization.
