@@ -389,7 +389,8 @@ def verify(weights, masks, model, allow_python_layers, gpu):
 @weights_option()
 @masks_option
 @click.option("--solverstate", type=_path(), default=None,
-              help="Resume from this .solverstate; its history is zeroed at masked positions first.")
+              help="Resume from this .solverstate (with -w its snapshot's caffemodel); its history is zeroed "
+                   "at masked positions first; the data layers start from their first batch.")
 @training_options
 @output_option()
 def train_sparse(solver, weights, masks, solverstate, iterations, test_iterations, test_interval, gpu,
