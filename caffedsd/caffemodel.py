@@ -141,14 +141,23 @@ class CaffeModel:
 
 def nonfinite_counts(model):
     """{(layer name, blob index): how many values are NaN or Inf}, for the
-    blobs that hold any."""
+    blobs that hold any: as Caffe holds them, in float32, where a blob's
+    double_data past float32's range is Inf."""
     counts = {}
     for layer in model.layers:
         for index, blob in enumerate(layer.blobs):
-            bad = sum(int(part.size - np.count_nonzero(np.isfinite(part))) for part in iter_chunks(blob.data))
+            bad = sum(int(part.size - np.count_nonzero(np.isfinite(_as_caffe_holds(part))))
+                      for part in iter_chunks(blob.data))
             if bad:
                 counts[(layer.name, index)] = bad
     return counts
+
+
+def _as_caffe_holds(values):
+    if values.dtype == np.float32:
+        return values
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32)
 
 
 def check_finite(model):

@@ -22,6 +22,27 @@ def test_nonfinite_counts_by_hand(tmp_path):
         check_finite(model)
 
 
+def test_doubles_count_as_caffe_holds_them(tmp_path, cli):
+    """A blob's double_data past float32's range is Inf in Caffe's float
+    blobs: compress wrote it as Inf, into a file decompress then refused."""
+    from caffedsd.caffe_proto import NetParameter
+
+    net = NetParameter(name="d")
+    layer = net.layer.add(name="fc", type="InnerProduct")
+    layer.inner_product_param.num_output = 2
+    weights = layer.blobs.add()
+    weights.shape.dim.extend([2, 3])
+    weights.data.extend([0.5, -0.25, 0, 1, 2, 3])
+    bias = layer.blobs.add()
+    bias.shape.dim.extend([2])
+    bias.double_data.extend([1e300, 0.5])
+    (tmp_path / "dbl.caffemodel").write_bytes(net.SerializeToString())
+    assert nonfinite_counts(read_caffemodel(tmp_path / "dbl.caffemodel")) == {("fc", 1): 1}
+    assert_one_line_error(cli("compress", "-w", "dbl.caffemodel", "-o", "dbl.dcz"),
+                          "dbl.caffemodel: layer 'fc' blob 1 holds 1 NaN/Inf values")
+    assert not (tmp_path / "dbl.dcz").exists()
+
+
 @pytest.fixture
 def nan_model(tiny, tmp_path):
     """TINY_NET's weights with one NaN in fc1 (a diverged training's)."""
