@@ -776,9 +776,9 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
 
     spec = read_solver(solver_path, allow_python_layers)
     model = read_caffemodel(weights)
-    # Without masks (a decompressed model, a released sparse one), its zeros
-    # are what was pruned: they belong to no cluster, and stay 0.0.
-    maskset = masks_for(model, masks) or zero_masks(model)
+    # Its zeros are what was pruned, with masks or without (a decompressed
+    # model, a released sparse one): they belong to no cluster, and stay 0.0.
+    maskset = zero_masks(model, masks_for(model, masks))
     span = _span(spec, iterations)
     _check_outputs(spec, output, force, weights, span, masks)
     keep = maskset.per_layer() if maskset else {}
@@ -798,19 +798,25 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     return _phase(spec, phase, gpu, on_iteration)
 
 
-def zero_masks(model):
-    """A MaskSet keeping the non-zero weights of each prunable layer that has
-    zeros; None when none has."""
+def zero_masks(model, maskset=None):
+    """A MaskSet keeping, of each prunable layer, the non-zero weights that
+    ``maskset`` (when given) keeps: a layer it leaves out, or a 0.0 it keeps
+    (a decoded codebook's), would join no cluster of train-quantized and
+    train freely. None when every weight is kept."""
     from .layers import prunable_targets
 
+    base = maskset.masks if maskset is not None else {}
     masks, shared_by = {}, {}
     for target in prunable_targets(model):
-        data = model.layer(target.owner).blobs[0].data
-        if not data.all():
-            masks[target.owner], shared_by[target.owner] = data != 0, target.layers
+        keep = model.layer(target.owner).blobs[0].data != 0
+        if target.owner in base:
+            keep &= base[target.owner]
+        if not keep.all():
+            masks[target.owner], shared_by[target.owner] = keep, target.layers
     if not masks:
         return None
-    return MaskSet(masks, shared_by, model.structure(), {"source": model.path.name, "criterion": "zeros"})
+    meta = dict(maskset.meta) if maskset is not None else {"source": model.path.name, "criterion": "zeros"}
+    return MaskSet(masks, shared_by, model.structure(), meta)
 
 
 def _span(spec, iterations, solverstate=None):

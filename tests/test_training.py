@@ -496,6 +496,31 @@ def test_quantized_training_keeps_the_zeros_of_a_model_without_masks(pruned, tmp
     assert load_masks(out.with_name("q.masks.h5")).masks.keys() == {"conv1", "fc1"}
 
 
+def test_quantized_training_keeps_zeros_the_masks_do_not_cover(pruned, tmp_path, cli):
+    """Masks of some layers only (a decompressed model pruned again with one
+    rule), or keeping a 0.0: such zeros joined no cluster and trained
+    freely, off the codebook (thousands of values where 2 bits allow 4)."""
+    from caffedsd.training import train_quantized
+
+    model = read_caffemodel(pruned)
+    assert cli("prune", "-w", pruned, "--masks", pruned.with_name("pruned.masks.h5"), "-r", "fc1=0.8",
+               "-o", tmp_path / "fc.caffemodel").exit_code == 0
+    (tmp_path / "fc.masks.h5").unlink()
+    assert cli("prune", "-w", tmp_path / "fc.caffemodel", "-r", "fc1=0.8", "-s", 0,
+               "-o", tmp_path / "part.caffemodel").exit_code == 0
+    assert load_masks(tmp_path / "part.masks.h5").masks["conv1"].all()  # conv1's zeros left out
+    (tmp_path / "q").mkdir()
+    out = tmp_path / "q.caffemodel"
+    train_quantized(write_solver(tmp_path / "q"), tmp_path / "part.caffemodel", out, {"conv": 2, "fc": 2},
+                    iterations=5)
+    after = read_caffemodel(out)
+    for layer in ("conv1", "fc1"):
+        zeros = read_caffemodel(tmp_path / "part.caffemodel").layer(layer).blobs[0].data == 0
+        assert zeros.mean() > 0.5 and zeros.sum() >= (model.layer(layer).blobs[0].data == 0).sum()
+        assert np.array_equal(after.layer(layer).blobs[0].data == 0, zeros), layer
+        assert len(np.unique(after.layer(layer).blobs[0].data[~zeros])) <= 4
+
+
 def test_lowrank_masks_need_their_weights(tmp_path):
     from caffedsd.training import train_lowrank
 
