@@ -258,14 +258,17 @@ def check_test_nets_fit(solver, spec):
     """A test net's layer that the train net also has takes the train net's
     blobs at each TEST pass (share_with): of another count or shape, Caffe
     aborts the process there, after training."""
+    def shapes(net):  # every layer, those without weights too: Caffe compares the counts
+        return {name: [list(blob.data.shape) for blob in layer.blobs]
+                for name, layer in zip(net._layer_names, net.layers)}
+
+    trained = shapes(solver.net)
     for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
-        for name, blobs in net.params.items():
-            theirs = solver.net.params[name] if name in solver.net.params else None
-            shapes = [list(blob.data.shape) for blob in blobs]
-            if theirs is not None and shapes != [list(blob.data.shape) for blob in theirs]:
-                raise InputError(f"{path}: layer {name!r} has weights {shapes} in the test net, but "
-                                 f"{[list(blob.data.shape) for blob in theirs]} in the train net of {spec.path}: "
-                                 "Caffe would abort at the first TEST pass")
+        for name, mine in shapes(net).items():
+            if name in trained and mine != trained[name]:
+                raise InputError(f"{path}: layer {name!r} has weights {mine} in the test net, but "
+                                 f"{trained[name]} in the train net of {spec.path}: Caffe would abort at the first "
+                                 "TEST pass")
 
 
 def load_weights(solver, spec, weights_path):

@@ -266,6 +266,12 @@ def test_a_test_net_whose_layer_has_other_shapes_is_refused_before_training(caff
                           f"{tmp_path / 'test.prototxt'}: layer 'fc1' has weights [[6, 64], [6]] in the test net, "
                           f"but [[5, 64], [5]] in the train net of {solver}")
     assert not (tmp_path / "l.caffemodel").exists()
+    # A layer of that name without weights in the train net: Caffe compares the counts too.
+    (tmp_path / "test.prototxt").write_text(net + 'layer { name: "relu1" type: "InnerProduct" bottom: "fc1" '
+                                            'top: "extra" inner_product_param { num_output: 2 } }\n')
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 0.001, "-n", 2,
+                              "-o", "l.caffemodel"),
+                          "layer 'relu1' has weights [[2, 5], [2]] in the test net, but [] in the train net")
 
 
 def test_periodic_tests_are_caffes():
