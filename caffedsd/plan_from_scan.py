@@ -10,7 +10,7 @@ loss units for a loss. Drops of layers are predicted to add up.
 - ``by_target``: reach a sparsity over all prunable weights with the
   smallest predicted total drop, over every choice of one measured point
   per layer (``least_drop``, exact), then with as little sparsity past the
-  target as stepping layers down at no more drop finds.
+  target as moving one or two layers at a time at no more drop finds.
 - ``back_off``: the closed loop of ``plan --verify``. Measure the whole
   pruned net; when its drop exceeds the budget, bisect the path of plans
   that steps, one at a time, the layer costing most per unit of its sparsity
@@ -154,7 +154,7 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
     starts = sum(_pruned(counts, layer, params, 0.0) for layer, (params, _) in curve_data.items())
     needed = target * prunable_params - elsewhere - starts
     reachable = elsewhere + starts + sum(max(o[1] for o in opts) for opts in options.values())
-    if reachable < target * prunable_params - 1e-9:
+    if reachable < target * prunable_params - 1e-9 * max(1, prunable_params):
         budget = "" if max_drop is None else f" within --max-drop {max_drop:g}"
         raise PlanningError(f"{where}: --target-sparsity {target:g} is out of reach: the measured curves reach at most "
                             f"{reachable / prunable_params:.4f} overall{budget}")
@@ -169,13 +169,15 @@ def least_drop(layers, needed):
     with the least total drop; a drop below 0 counts as 0 (a measured gain
     from pruning is noise a plan does not chase past the target). Exact: a
     dynamic programme over the (gain, drop) pairs no other pair beats, gains
-    counted only up to ``needed``. Then, of the drops it found, as little
-    gain past ``needed`` as stepping each layer down to its least option
-    that keeps both finds."""
+    counted only up to ``needed``. Then, at no more drop, as little gain
+    past ``needed`` as moving layers, one or two at a time, finds
+    (``_less_past``)."""
     cost = [np.maximum(np.array([d for _, d in opts], dtype=float), 0.0) for opts in layers]
     gains = [np.array([g for g, _ in opts], dtype=float) for opts in layers]
     rest = np.concatenate([np.cumsum([g.max() for g in gains[::-1]])[::-1], [0.0]])
-    reached = needed - 1e-9
+    # Gains of millions of weights (fractional in scans before zeros were
+    # counted) added in other orders differ in their last bits.
+    reached = needed - 1e-9 * max(1.0, float(rest[0]), abs(needed))
     gain, drop, trail = np.zeros(1), np.zeros(1), []
     for index, (g, d) in enumerate(zip(gains, cost)):
         total = (gain[:, None] + g[None, :]).ravel()
@@ -196,14 +198,32 @@ def least_drop(layers, needed):
         picks.append(int(chosen[best]))
         best = int(parents[best])
     picks.reverse()
-    total = sum(g[p] for g, p in zip(gains, picks))
-    for layer, (g, d) in enumerate(zip(gains, cost)):
-        spare = total - g[picks[layer]] - reached  # what the others reach without this layer
-        fits = [i for i in range(len(g)) if g[i] >= -spare and d[i] <= d[picks[layer]]]
-        least = min(fits, key=lambda i: (g[i], d[i]))
-        total += g[least] - g[picks[layer]]
-        picks[layer] = least
-    return picks
+    return _less_past(gains, cost, picks, reached)
+
+
+def _less_past(gains, cost, picks, reached):
+    """``picks`` moved, one or two layers at a time, the move that takes
+    back the most gain first, while the gains still reach ``reached`` and
+    the drop grows by nothing: the dynamic programme keeps, of pairs of
+    equal drop, the one of most gain, which may pass ``needed`` by more than
+    another choice of the same drop would (flat curves: a layer stepped up
+    lets a larger one step down)."""
+    layer_of = np.concatenate([np.full(len(g), i) for i, g in enumerate(gains)] + [[-1]])  # -1: no second layer
+    option = np.concatenate([np.arange(len(g)) for g in gains] + [[0]])
+    different = layer_of[:, None] != layer_of[None, :]
+    picks = list(picks)
+    while True:
+        more = np.concatenate([g - g[p] for g, p in zip(gains, picks)] + [[0.0]])
+        worse = np.concatenate([d - d[p] for d, p in zip(cost, picks)] + [[0.0]])
+        total = sum(g[p] for g, p in zip(gains, picks))
+        change = more[:, None] + more[None, :]
+        allowed = different & (change < 0) & (worse[:, None] + worse[None, :] <= 1e-12) & (total + change >= reached)
+        if not allowed.any():
+            return picks
+        first, second = np.unravel_index(np.argmin(np.where(allowed, change, np.inf)), change.shape)
+        for entry in (first, second):
+            if layer_of[entry] >= 0:
+                picks[layer_of[entry]] = int(option[entry])
 
 
 def step_down(choice, points):

@@ -183,15 +183,18 @@ def test_nan_budgets_are_refused():
 
 def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
     """Every drop 0: any choice that reaches the target costs nothing, so
-    the least gain past it is what decides. The least drop first found is a
-    (100 weights) at 0.9 = 90 and b (300) at 0.4 = 120: 210 of the 200
-    needed (0.5 of 400); stepping a down to 0.8 still reaches 200. (The
-    greedy choice before stopped at 0.525.)"""
+    the least gain past it is what decides: 200 of the 400 weights of a
+    (100) and b (300) at a target of 0.5. (The greedy choice before
+    stopped at 0.525: a at 0.9, b at 0.4.)"""
     from caffedsd.plan_from_scan import by_target, make_plan
 
     flat = [(s / 10, 0.0) for s in range(1, 10)]
     choices = by_target({"a": (100, flat), "b": (300, flat)}, 400, 0.5)
-    assert [(c.layer, c.sparsity, c.drop) for c in choices] == [("a", 0.8, 0.0), ("b", 0.4, 0.0)]
+    assert sum(c.params * c.sparsity for c in choices) == pytest.approx(200) and not any(c.drop for c in choices)
+    # A small layer stepped up lets a large one step down: 0.7996 before.
+    sizes = {"conv_a": 100, "fc": 400000, "conv_b": 100}
+    choices = by_target({name: (size, flat) for name, size in sizes.items()}, 400200, 0.7)
+    assert sum(c.params * c.sparsity for c in choices) / 400200 == pytest.approx(0.7, abs=1e-6)
     scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
             "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
             "fingerprint": "f", "prunable_params": 400, "seed": 0, "data_sha256": None,
@@ -201,7 +204,7 @@ def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
     (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
     result = make_plan(tmp_path / "sensitivity.json", tmp_path / "plan.yaml", target=0.5)
     assert result.overall == pytest.approx(0.5)
-    assert load_plan(tmp_path / "plan.yaml").rules == (Rule("a", 0.8), Rule("b", 0.4))
+    assert load_plan(tmp_path / "plan.yaml").rules == tuple(Rule(c.layer, c.sparsity) for c in result.choices)
 
 
 def test_the_zeros_a_pruned_model_has_count_towards_the_plan(tmp_path):
@@ -280,6 +283,18 @@ def test_a_target_costs_the_least_drop_the_points_allow():
 
     choices = by_target({"a": (10, [(0.5, 1.0)]), "b": (10, [(0.4, 0.5), (0.9, 10.0)])}, 20, 0.25)
     assert [(c.layer, c.sparsity, c.drop) for c in choices] == [("a", 0.5, 1.0), ("b", 0.0, 0.0)]
+
+
+def test_a_target_that_only_every_layer_at_its_most_reaches_is_planned():
+    """Scans from before zeros were counted give fractional gains (params x
+    sparsity): added in other orders, their sums differed in the last bits,
+    and the one choice that reached the target was thrown away (a
+    traceback)."""
+    from caffedsd.plan_from_scan import by_target
+
+    sizes = {"l0": 2573011, "l1": 2325778, "l2": 466347}
+    choices = by_target({name: (size, [(0.9, 0.0)]) for name, size in sizes.items()}, sum(sizes.values()), 0.9)
+    assert [c.sparsity for c in choices] == [0.9, 0.9, 0.9]
 
 
 def test_least_drop_is_the_least_of_every_choice():
