@@ -166,19 +166,23 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
 def least_drop(layers, needed):
     """One option per layer (its index), each option a (gain, drop) and
     every layer's first (0, 0), whose gains add up to ``needed`` or more
-    with the least total drop; a drop below 0 counts as 0 (a measured gain
-    from pruning is noise a plan does not chase past the target). Exact: a
+    with the least total drop, in whole steps of TOLERANCE; a drop below 0
+    counts as 0 (a measured gain from pruning is noise a plan does not chase
+    past the target). Exact: a
     dynamic programme over the (gain, drop) pairs no other pair beats, gains
     counted only up to ``needed``. Then, at no more drop, as little gain
     past ``needed`` as moving layers, one or two at a time, finds
     (``_less_past``)."""
-    cost = [np.maximum(np.array([d for _, d in opts], dtype=float), 0.0) for opts in layers]
+    # Drops in whole steps of TOLERANCE: float32 noise (a drop of 4e-8 where
+    # `caffe test` shows none) would otherwise outweigh a choice's overshoot.
+    cost = [np.round(np.maximum(np.array([d for _, d in opts], dtype=float), 0.0) / TOLERANCE).astype(np.int64)
+            for opts in layers]
     gains = [np.array([g for g, _ in opts], dtype=float) for opts in layers]
     rest = np.concatenate([np.cumsum([g.max() for g in gains[::-1]])[::-1], [0.0]])
     # Gains of millions of weights (fractional in scans before zeros were
     # counted) added in other orders differ in their last bits.
     reached = needed - 1e-9 * max(1.0, float(rest[0]), abs(needed))
-    gain, drop, trail = np.zeros(1), np.zeros(1), []
+    gain, drop, trail = np.zeros(1), np.zeros(1, dtype=np.int64), []
     for index, (g, d) in enumerate(zip(gains, cost)):
         total = (gain[:, None] + g[None, :]).ravel()
         spent = (drop[:, None] + d[None, :]).ravel()
@@ -214,10 +218,10 @@ def _less_past(gains, cost, picks, reached):
     picks = list(picks)
     while True:
         more = np.concatenate([g - g[p] for g, p in zip(gains, picks)] + [[0.0]])
-        worse = np.concatenate([d - d[p] for d, p in zip(cost, picks)] + [[0.0]])
+        worse = np.concatenate([d - d[p] for d, p in zip(cost, picks)] + [[0]])
         total = sum(g[p] for g, p in zip(gains, picks))
         change = more[:, None] + more[None, :]
-        allowed = different & (change < 0) & (worse[:, None] + worse[None, :] <= 1e-12) & (total + change >= reached)
+        allowed = different & (change < 0) & (worse[:, None] + worse[None, :] <= 0) & (total + change >= reached)
         if not allowed.any():
             return picks
         first, second = np.unravel_index(np.argmin(np.where(allowed, change, np.inf)), change.shape)
