@@ -94,6 +94,7 @@ class CaffeModel:
         self.layers = tuple(layers)
         self._top_pieces = tuple(top_pieces)
         self._buffer = buffer
+        self._sha256 = None
         # Caffe copies weights by layer name, so two layers with blobs under
         # one name would be ambiguous. Caffe writes and loads layers without
         # blobs under any name, '' or repeated.
@@ -121,7 +122,10 @@ class CaffeModel:
                 for layer in self.layers if layer.blobs]
 
     def sha256(self):
-        return hashlib.sha256(self._buffer).hexdigest()
+        # The buffer never changes, and a VGG16 file takes seconds to hash.
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self._buffer).hexdigest()
+        return self._sha256
 
     def with_params(self, params):
         """This model with the LayerParameters ``params`` (by layer name: a

@@ -310,12 +310,17 @@ def _check_finished(stage_dir, kind, number, count, recorded_sha256=None):
     for path in (model, masks_path_for(model)) if masked else (model,):
         if not path.is_file():
             raise InputError(f"{path}: missing, though {done} says stage {number} finished; {remedy}")
-    if recorded_sha256 is not None and file_sha256(model) != recorded_sha256:
+    # A masked stage's model is read whole to check its masks: hashed once, there.
+    try:
+        opened = read_caffemodel(model) if masked else None
+    except InputError as exc:
+        raise InputError(f"{exc}, though {done} says stage {number} finished; {remedy}") from None
+    if recorded_sha256 is not None and (opened.sha256() if masked else file_sha256(model)) != recorded_sha256:
         raise InputError(f"{model}: not the model stage {number} finished with (its sha256 differs from the one "
                          f"{done} records); {remedy}")
     if not masked:
         return None
-    maskset, (ok, detail) = beside_check(read_caffemodel(model))
+    maskset, (ok, detail) = beside_check(opened)
     if not ok:
         raise InputError(f"{detail}, though {done} says stage {number} finished; {remedy}")
     return maskset

@@ -510,6 +510,11 @@ def test_a_rerun_finds_a_finished_stages_files_gone(tmp_path, cli):
                           f"one there now (writing the pair was cut short, or the model was replaced since), though "
                           f"{run / '02-prune' / 'stage.json'} says stage 2 finished; delete {run / '02-prune'} and the "
                           "stages after it to run it again")
+    # A damaged one: the stage and the remedy are named, as for the others.
+    (run / "02-prune" / "model.caffemodel").write_bytes(pruned[:len(pruned) // 2])
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"though {run / '02-prune' / 'stage.json'} says stage 2 finished; delete "
+                          f"{run / '02-prune'} and the stages after it to run it again")
     (run / "02-prune" / "model.caffemodel").write_bytes(pruned)
     (run / "03-sparse" / "model.masks.h5").unlink()
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
