@@ -471,13 +471,20 @@ def _layer_record(model, view, layer, replace=None, masks=None):
     return _record(NET_LAYER_V2, payload)
 
 
-def append_layers(path, model, names):
-    """Append the layers ``names`` of ``model``, as V2 layers, to the
-    caffemodel file ``path`` (being written): a protobuf message's repeated
-    field takes records appended after the others."""
-    view = memoryview(model._buffer)
+def append_layers(path, layers):
+    """Append ``layers`` ([(LayerParameter, [arrays])], as new_caffemodel
+    takes them) as V2 layers to the caffemodel file ``path`` (being
+    written): a protobuf message's repeated field takes records appended
+    after the others."""
     with open(path, "ab") as handle:
-        write_pieces(handle, [_layer_record(model, view, model.layer(name)) for name in names])
+        for param, arrays in layers:
+            write_pieces(handle, _new_layer_record(param, arrays))
+
+
+def new_layers_bytes(layers):
+    """At least what append_layers and new_caffemodel write for ``layers``:
+    all but the framing (tags, lengths, shapes)."""
+    return sum(param.ByteSize() + sum(4 * np.asarray(arr).size for arr in arrays) for param, arrays in layers)
 
 
 def new_caffemodel(path, layers, name=""):
@@ -490,17 +497,21 @@ def new_caffemodel(path, layers, name=""):
         if name:
             handle.write(NetParameter(name=name).SerializeToString())
         for param, arrays in layers:
-            meta = LayerParameter()
-            meta.CopyFrom(param)
-            del meta.blobs[:]
-            payload = [meta.SerializeToString()]
-            for arr in arrays:
-                # Not ascontiguousarray: it makes a 0-axis blob 1-axis, which
-                # stock Caffe refuses to copy into the net's 0-axis blob.
-                arr = np.asarray(arr, dtype="<f4", order="C")
-                payload.append(_record(LAYER_BLOBS["V2"], _shape_field(arr.shape) + _record(
-                    BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])))
-            write_pieces(handle, _record(NET_LAYER_V2, payload))
+            write_pieces(handle, _new_layer_record(param, arrays))
+
+
+def _new_layer_record(param, arrays):
+    meta = LayerParameter()
+    meta.CopyFrom(param)
+    del meta.blobs[:]
+    payload = [meta.SerializeToString()]
+    for arr in arrays:
+        # Not ascontiguousarray: it makes a 0-axis blob 1-axis, which
+        # stock Caffe refuses to copy into the net's 0-axis blob.
+        arr = np.asarray(arr, dtype="<f4", order="C")
+        payload.append(_record(LAYER_BLOBS["V2"], _shape_field(arr.shape) + _record(
+            BLOB_DATA, [_Stream(arr.nbytes, (arr.reshape(-1),))])))
+    return _record(NET_LAYER_V2, payload)
 
 
 def file_sha256(path):

@@ -22,7 +22,7 @@ from .atomic import atomic_paths, check_not_data, check_room, same_file
 from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
                         has_python_layers, import_caffe, import_pycaffe, layer_types)
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
-from .caffemodel import append_layers, check_finite, file_sha256, read_caffemodel
+from .caffemodel import append_layers, check_finite, file_sha256, new_layers_bytes, read_caffemodel
 from .errors import Diverged, InputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
                        save_masks)
@@ -242,8 +242,18 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
 
 
 def _test_net_paths(solver, spec):
-    """The file each of the solver's test nets was built from."""
-    return spec.test_net_paths or (spec.net_path,) * len(solver.test_nets)
+    """The file each of the solver's test nets was built from: Caffe's
+    InitTestNets builds the test_net_param and test_net ones first, then
+    the train/val net for each test_iter left."""
+    return [spec.test_nets[i][0] if i < len(spec.test_nets) else spec.net_path for i in range(len(solver.test_nets))]
+
+
+def _test_net_layers(spec, index):
+    """{name: LayerParameter} of the layers of the solver's test net #``index`` (in _test_net_paths' order)."""
+    net = spec.test_nets[index][1] if index < len(spec.test_nets) else spec.net
+    states = spec.param.test_state
+    state = solver_state(net, "TEST", states[index] if index < len(states) else None)
+    return {layer.name: layer for layer in built_layers(net, [state])}
 
 
 def test_only_layers(solver):
@@ -476,36 +486,40 @@ def snapshot_bytes(spec, net):
     return model, history
 
 
-def _save_nets(solver, path):
-    """The train net's weights, then those of the test nets' layers of
-    phase TEST only, which it lacks: Caffe's own snapshots leave those out,
-    and `caffe test` on the net would then fill them at random."""
-    solver.net.save(str(path))
-    added = set()
-    for net, names in test_only_layers(solver):
+def test_only_records(solver, spec):
+    """[(LayerParameter, [arrays])] of the test nets' layers of phase TEST
+    only, which the train net lacks (the first test net's of a name), to be
+    appended to what the train net writes: Caffe's own snapshots leave
+    those out, and `caffe test` on the net would then fill them at random."""
+    records, added = [], set()
+    for index, (net, names) in enumerate(test_only_layers(solver)):
         names = [name for name in names if name not in added]
         if names:
-            with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-                net.save(str(Path(work) / "test.caffemodel"))
-                append_layers(path, read_caffemodel(Path(work) / "test.caffemodel"), names)
+            params = _test_net_layers(spec, index)
+            records += [(params[name], [blob.data for blob in net.params[name]]) for name in names]
             added.update(names)
+    return records
 
 
-def save_net(solver, output, maskset=None, nbytes=0):
-    """Write the solver's trained weights (and masks, refitted to what was
-    written) atomically; returns the masks path or None. ``nbytes``: at
-    least what Caffe writes, checked for room first, since Caffe aborts the
-    process on a failed write."""
+def save_net(solver, output, maskset=None, nbytes=0, appended=()):
+    """Write the solver's trained weights and the layers ``appended``
+    (test_only_records), with the masks, refitted to what was written,
+    atomically; returns the masks path or None. ``nbytes``: at least what
+    Caffe writes for the train net, checked for room first (with
+    ``appended``'s), since Caffe aborts the process on a failed write."""
     output = Path(output)
+    nbytes += new_layers_bytes(appended)
     if maskset is None:
         with atomic_unmasked_path(output) as tmp:
             check_room(tmp, nbytes)
-            _save_nets(solver, tmp)
+            solver.net.save(str(tmp))
+            append_layers(tmp, appended)
         return None
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (tmp, masks_tmp):
         check_room(tmp, nbytes)
-        _save_nets(solver, tmp)
+        solver.net.save(str(tmp))
+        append_layers(tmp, appended)
         written = read_caffemodel(tmp).structure()
         save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)), file_sha256(tmp))
     return masks_out
@@ -643,7 +657,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None
         if phase.output is not None:
-            masks_out = save_net(solver, phase.output, phase.maskset, sizes[0])
+            masks_out = save_net(solver, phase.output, phase.maskset, sizes[0], test_only_records(solver, spec))
         if snapshots is not None and snapshots.ends_with(start, end):
             # What `caffe train` ends with: a snapshot a later run can go on
             # from; after the output, which a failed write must not cost.

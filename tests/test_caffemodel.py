@@ -4,7 +4,7 @@ import pytest
 
 from caffedsd import wire
 from caffedsd.caffe_proto import BlobProto, LayerParameter, NetParameter, V1LayerParameter
-from caffedsd.caffemodel import new_caffemodel, read_caffemodel, write_caffemodel
+from caffedsd.caffemodel import append_layers, new_caffemodel, new_layers_bytes, read_caffemodel, write_caffemodel
 from caffedsd.errors import InputError
 from caffedsd.verify import run_caffe_test
 
@@ -224,3 +224,21 @@ def test_layers_without_blobs_may_share_a_name_or_have_none(caffe, tmp_path, cli
                               for n in names])
         with pytest.raises(InputError, match=message):
             read_caffemodel(path)
+
+
+def test_appended_layers_read_back_and_their_size_is_a_close_lower_bound(tmp_path):
+    """train-* appends the layers of phase TEST only after Caffe's own
+    write, and checks for room first with new_layers_bytes."""
+    path = tmp_path / "m.caffemodel"
+    new_caffemodel(path, [(LayerParameter(name="a", type="InnerProduct"), [np.ones((2, 3), np.float32)])])
+    before = path.stat().st_size
+    layers = [(LayerParameter(name="b", type="Convolution"), [np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2),
+                                                              np.float32([7, 8])]),
+              (LayerParameter(name="c", type="Scale"), [np.float32(5.0)])]  # a 0-axis blob
+    append_layers(path, layers)
+    model = read_caffemodel(path)
+    assert [layer.name for layer in model.layers] == ["a", "b", "c"]
+    assert np.array_equal(model.layer("b").blobs[0].data, layers[0][1][0])
+    assert model.layer("c").blobs[0].shape == ()
+    grown = path.stat().st_size - before
+    assert new_layers_bytes(layers) <= grown <= new_layers_bytes(layers) + 8 * len(layers) + 32 * 3  # 3 blobs

@@ -123,3 +123,25 @@ def test_a_layer_only_a_test_net_file_has_takes_its_weights(caffe, tmp_path, cli
     solver.write_text(solver.read_text().replace(str(test_net), str(tmp_path / "bare.prototxt")))
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 2, "-o", "o2.caffemodel"),
                           "(Caffe would ignore them): aux")
+
+
+def test_a_test_only_layer_of_the_train_val_net_after_a_test_net_file(caffe, tmp_path, cli):
+    """Caffe builds the test_net files' test nets first, then the train/val
+    net's for the test_iter left: its layers of phase TEST only are loaded
+    and written from that net, the second."""
+    train = ONES + _ip("fc", "data") + _loss("loss", "fc")
+    aux = _ip("aux", "data", phase="TEST") + _loss("aux_loss", "aux", phase="TEST")
+    (tmp_path / "test.prototxt").write_text(train)
+    trainval, weights = save_net(caffe, tmp_path, (train + aux).replace(" include { phase: TEST }", ""))
+    (tmp_path / "trainval.prototxt").write_text(train + aux)
+    solver = _solver(tmp_path, f'net: "{tmp_path / "trainval.prototxt"}"\ntest_net: "{tmp_path / "test.prototxt"}"'
+                     '\ntest_iter: 1')
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 2, "-o", "out.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "#1/aux_loss" in result.output
+    out, given = read_caffemodel(tmp_path / "out.caffemodel"), read_caffemodel(weights)
+    for index in (0, 1):
+        assert np.array_equal(out.layer("aux").blobs[index].data, given.layer("aux").blobs[index].data)
+    assert [layer.name for layer in out.layers if layer.blobs] == ["fc", "aux"]
+    verified = cli("verify", "-w", "out.caffemodel", "--model", "trainval.prototxt")
+    assert verified.exit_code == 0 and "no layer with weights ignored" in verified.output, verified.output
