@@ -3,6 +3,7 @@ import csv
 import functools
 import io
 import json
+import numbers
 from pathlib import Path
 
 from .atomic import atomic_path, write_text
@@ -17,7 +18,10 @@ def one_line(text):
 
 def number_text(value):
     """``value`` as %g writes it where that reads back the same, else in full:
-    --energy 1.0000001 was said to be 1, out of (0, 1]."""
+    --energy 1.0000001 was said to be 1, out of (0, 1]. An integer is
+    written whole (%g made 1000000 and 1000001 both 1e+06)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
     text = f"{value:g}"
     return text if float(text) == value else repr(float(value))
 
@@ -149,7 +153,7 @@ def test_line(test, label="test"):
 
 def sweep_table(grid, rows):
     """squeezenet.sweep_rows over the knobs of ``grid``."""
-    body = [[*(f"{v:g}" for v in settings.values()), params, f"{mb:.2f}"] for settings, params, mb in rows]
+    body = [[*(number_text(v) for v in settings.values()), params, f"{mb:.2f}"] for settings, params, mb in rows]
     return format_table(list(grid) + ["parameters", "MB"], body, "r" * (len(grid) + 2))
 
 
@@ -157,7 +161,7 @@ def rank_table(levels, rows):
     """lowrank.rank_table's rows: each layer's rank at each energy level."""
     body = [[name, kind, "x".join(map(str, shape)) + (f" group {groups}" if groups > 1 else ""), top, *ranks]
             for name, kind, shape, groups, top, ranks in rows]
-    return format_table(["layer", "type", "shape", "max rank", *(f"{e:g}" for e in levels)], body,
+    return format_table(["layer", "type", "shape", "max rank", *(number_text(e) for e in levels)], body,
                         "lllr" + "r" * len(levels))
 
 

@@ -84,6 +84,11 @@ def test_sweep_table(cli):
     lines = result.output.splitlines()
     assert lines[0].split() == ["sr", "pct3x3", "parameters", "MB"] and len(lines) == 2 + 4
     assert lines[2].split() == ["0.125", "0.5", "1248424", "4.76"]
+    # Whole numbers whole: %g made 1000000 and 1000001 both 1e+06.
+    result = cli("squeezenet", "--version", "1.1", "--input-size", 17, "--sr", 0.00001, "--base-e", 1000000,
+                 "--incr-e", 0, "--num-classes", 10, "--sweep", "freq=1000000,1000001")
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.output.splitlines()[2:]] == ["1000000", "1000001"]
 
 
 @pytest.mark.parametrize("knob,expect", [
