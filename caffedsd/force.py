@@ -153,7 +153,7 @@ class ForceSpec:
 
     def __post_init__(self):
         if not (isinstance(self.decay, (int, float)) and np.isfinite(self.decay) and self.decay >= 0):
-            raise InputError(f"--force-decay {self.decay!r}: must be a number >= 0")
+            raise InputError(f"--force-decay {self.decay!r}: must be a finite number >= 0")
         if self.force_type not in FORCE_TYPES:
             raise InputError(f"--force-type {self.force_type!r}: must be one of {', '.join(FORCE_TYPES)}")
         if self.decay_type not in DECAY_TYPES:
@@ -162,7 +162,7 @@ class ForceSpec:
         object.__setattr__(self, "mults", rules)
         for rule in rules.rules:
             if not (np.isfinite(rule.value) and rule.value >= 0):
-                raise InputError(f"--force-mult {rule.pattern}={rule.value}: the multiplier must be >= 0")
+                raise InputError(f"--force-mult {rule.pattern}={rule.value}: the multiplier must be a finite number >= 0")
 
     def coefficients(self, layer_names):
         """{layer: force_decay * force_mult} for the given weight layers."""
@@ -186,6 +186,7 @@ class ForceRegularizer(Hook):
     as ungrouped and untransposed."""
 
     order = ORDER_FORCE
+    step_option = "--force-decay"
 
     def __init__(self, spec, iter_size=1, layouts=None):
         self.spec = spec

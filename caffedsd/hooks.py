@@ -62,6 +62,9 @@ class Hook:
     through the solver's one dispatcher."""
 
     order = 50
+    # The option that sets how much the hook adds to each step: a message
+    # about diverged training names it beside the learning rate.
+    step_option = None
     _dispatcher = None
     # What bind() found in the net (views from the backend), and the backend:
     # release() drops both, so no blob outlives the solver's hooks.

@@ -329,8 +329,7 @@ def train(solver, iterations, hooks=None, on_iteration=None, where="training"):
         row = {"iter": int(solver.iter), "loss": net_loss(solver.net), "lr": lr}
         if not math.isfinite(row["loss"]):
             raise Diverged(f"{where}: training diverged at iteration {row['iter']} (loss {row['loss']}, "
-                           f"learning rate {lr:g}); nothing was written for it. Lower the learning rate "
-                           "or set clip_gradients, then start again")
+                           f"learning rate {lr:g}); nothing was written for it. {_remedy(hooks)}")
         curve.append(row)
         if on_iteration is not None:
             on_iteration(row, iterations)
@@ -339,15 +338,23 @@ def train(solver, iterations, hooks=None, on_iteration=None, where="training"):
     return curve
 
 
-def check_weights_finite(solver, where):
+def _remedy(hooks):
+    """What to change when training diverged: the learning rate, and what
+    the solver's hooks add to each step (HookDispatcher or None)."""
+    options = [hook.step_option for hook in (hooks.hooks if hooks is not None else ())
+               if getattr(hook, "step_option", None)]
+    lower = " or ".join(["the learning rate", *options])
+    return f"Lower {lower}, or set clip_gradients, then start again"
+
+
+def check_weights_finite(solver, where, hooks=None):
     """Raise Diverged when a weight is NaN or Inf: an update can blow up
     after the last forward pass whose loss train() saw, and what is saved
     then (a checkpoint, the output) would hold it. Once per save."""
     for name, blobs in solver.net.params.items():
         if any(not np.isfinite(blob.data).all() for blob in blobs):
             raise Diverged(f"{where}: training diverged in its last iteration ({int(solver.iter)}): weights of "
-                           f"{name} hold NaN or Inf; nothing was written for it. Lower the learning rate or set "
-                           "clip_gradients, then start again")
+                           f"{name} hold NaN or Inf; nothing was written for it. {_remedy(hooks)}")
 
 
 @dataclass(frozen=True)
@@ -647,12 +654,12 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             stop = min(s for s in (end, schedule.next_after(now), checkpoint, snapshot) if s is not None)
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
             if stop == checkpoint and stop < end:
-                check_weights_finite(solver, spec.path)
+                check_weights_finite(solver, spec.path, dispatcher)
                 checkpoints.save(solver, curve, tests, sizes)
             if stop == snapshot:
-                check_weights_finite(solver, spec.path)
+                check_weights_finite(solver, spec.path, dispatcher)
                 snapshots.write(solver, sizes)
-        check_weights_finite(solver, spec.path)
+        check_weights_finite(solver, spec.path, dispatcher)
         test = evaluate(solver, counts)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None

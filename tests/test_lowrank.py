@@ -334,6 +334,10 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli(*base, "--rank", "conv2=3", "--rank", "conv2=5"),
                           "--rank 'conv2=5': conv2 has --rank conv2=3 already")
     assert_one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
+    # Levels %g rounds are headed in full: 0.9999995 was headed 1, beside 1.
+    result = cli("rank", "-w", weights, "--energy", "0.9999995,1")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].split()[-2:] == ["0.9999995", "1"]
     (tmp_path / "nodata.prototxt").write_text(re.sub(r'source: "[^"]*"', 'source: "gone.txt"', proto.read_text()))
     assert_one_line_error(cli("decompose", "-p", "nodata.prototxt", "-w", weights, "--rank", "conv2=5", "-o", "out"),
                           "reads 'gone.txt', which does not exist")  # Caffe aborted building the net
@@ -356,7 +360,7 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert "conv2/lowrank" in (tmp_path / "lenet.prototxt").read_text()
     solver = write_solver(tmp_path)
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", -1, "-o", "x.caffemodel"),
-                    "--force-decay -1.0: must be a number >= 0")
+                    "--force-decay -1.0: must be a finite number >= 0")
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-type", "L3",
                         "-o", "x.caffemodel"), "--force-type 'L3': must be one of degradation, constant")
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "--force-decay", 1, "--force-mult", "nope*=1",
@@ -677,3 +681,20 @@ def test_a_rewrite_caffe_cannot_fill_is_found_before_anything_is_written(caffe, 
     with pytest.raises(InputError, match="as rewritten: Caffe cannot build the net: .*Cannot copy param 0 weights "
                                          "from layer 'ipA'; shape mismatch"):
         build_in_child("net", proto, "as rewritten", weights=weights)
+
+
+def test_a_force_that_makes_training_diverge_is_named(caffe, tmp_path, cli):
+    """Diverged training was said to need a lower learning rate or
+    clip_gradients alone, where --force-decay was what blew it up."""
+    solver = write_solver(tmp_path)
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "start.caffemodel"))
+    result = cli("train-lowrank", "--solver", solver, "-w", "start.caffemodel", "--force-decay", 1e30,
+                 "-n", 3, "-o", "out.caffemodel")
+    assert result.exit_code == 1, result.output
+    assert "training diverged" in result.output
+    assert result.output.rstrip().endswith("Lower the learning rate or --force-decay, or set clip_gradients, "
+                                           "then start again"), result.output
+    assert not (tmp_path / "out.caffemodel").exists()
+    assert_one_line_error(cli("train-lowrank", "--solver", solver, "-w", "start.caffemodel",
+                              "--force-decay", "inf", "-o", "out.caffemodel"),
+                          "--force-decay inf: must be a finite number >= 0")
