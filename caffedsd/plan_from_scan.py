@@ -305,7 +305,7 @@ class WholeNet:
         from .errors import InputError
         from .caffe_proto import read_net_prototxt
         from .caffe_env import check_net_runs
-        from .sensitivity import Evaluator, scan_data_sha256
+        from .sensitivity import Evaluator
 
         recorded = model is None
         model = Path(model or data["model"])
@@ -327,12 +327,17 @@ class WholeNet:
         self.criterion, self.seed = data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
         self.iterations = iterations or data["iterations"]
-        # The file names its data; the scan recorded the examples it read.
-        if recorded and data.get("data_sha256") and self.iterations == data["iterations"] \
-                and scan_data_sha256(model, self.iterations, gpu) != data["data_sha256"]:
-            raise InputError(f"{model}: its TEST data gives other examples than the scan measured (rewritten "
-                             "data, or a TEST layer that shuffles); give it as --model to verify with them")
         self.evaluator = Evaluator(model, weights, self.iterations, gpu, sha256=data["weights_sha256"])
+        # The file names its data; the scan recorded the examples it read.
+        # Those of the evaluator's own Net: another Net built first in this
+        # process would have drawn from C's rand() that HDF5Data's shuffle
+        # draws from, and the evaluator's would read other batches.
+        if recorded and data.get("data_sha256") and self.iterations == data["iterations"]:
+            if self.evaluator.batches is None:  # streamed: each pass is checked as it reads
+                self.evaluator.data_sha256 = data["data_sha256"]
+            elif self.evaluator.data_sha256 != data["data_sha256"]:
+                raise InputError(f"{model}: its TEST data gives other examples than the scan measured (rewritten "
+                                 "data, or a TEST layer that shuffles); give it as --model to verify with them")
         self.baseline = self.evaluator.run()
         if metric not in self.baseline:
             raise InputError(f"{model}: has no TEST output {metric!r}")

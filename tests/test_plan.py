@@ -463,6 +463,33 @@ def test_verify_refuses_the_scans_net_reading_other_examples(lenet, cli, tmp_pat
                           "other.json: a sensitivity file with missing or malformed fields")
 
 
+def test_verify_reads_the_scans_examples_from_a_shuffling_test_layer(lenet, tmp_path):
+    """HDF5Data's shuffle draws from C's rand(), the same in every fresh
+    process: the scan's batches (3 of 5: not an epoch) were those of the
+    process's first Net, but plan --verify built a Net to check the digest
+    first, and its evaluator's read other batches, unchecked: a baseline
+    that was neither the scan's nor `caffe test`'s."""
+    import subprocess
+    import sys
+
+    _, proto, weights = lenet
+    (tmp_path / "net.prototxt").write_text(proto.read_text().replace("batch_size: 100", "batch_size: 100 shuffle: true"))
+    program = [sys.executable, "-c", "from caffedsd.cli import program; program()"]  # fresh processes, as users run
+    for args in (["sensitivity", "-p", "net.prototxt", "-w", str(weights), "-n", "3", "-l", "ip2",
+                  "--sparsities", "0.5", "-o", "scan"],
+                 ["plan", "--sensitivity", "scan", "--max-drop", "100", "--verify", "-o", "p.yaml"]):
+        run = subprocess.run([*program, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+    scanned = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    baseline = load_plan(tmp_path / "p.yaml").verified["baseline"]
+    assert baseline == scanned["baseline"]["accuracy"]
+    from caffedsd.verify import parse_test_outputs, run_caffe_test
+
+    code, log = run_caffe_test(tmp_path / "net.prototxt", weights, iterations=3)
+    assert code == 0, log[-2000:]
+    assert baseline == pytest.approx(parse_test_outputs(log)["accuracy"], abs=1e-6)
+
+
 def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model):
     from conftest import assert_one_line_error
 
