@@ -44,7 +44,7 @@ from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
 from .training import (Phase, check_schedule, check_solver_builds, check_test_options, read_solver, run_phase,
-                       scaled_lr, solver_device, solver_weights)
+                       scaled_lr, solver_device, solver_output_kinds, solver_weights)
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
@@ -466,7 +466,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)
-    data = {"recipe": recipe.to_dict(), "stages": [s.to_dict() for s in summaries]}
+    data = {"recipe": recipe.to_dict(), "outputs": solver_output_kinds(spec),
+            "stages": [s.to_dict() for s in summaries]}
     _check_run_dir(run_dir)
     report.write_dsd_report(run_dir, data)
     return data

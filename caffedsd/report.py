@@ -249,14 +249,22 @@ def dsd_markdown(data):
 
 
 @_names_as_written
-def plot_dsd(path, run_dir, stages):
+def dsd_plotted_metrics(stages, kinds):
+    """The test outputs plot_dsd draws: all but the losses, told by
+    ``kinds`` ({output: "loss", ...}: by the layers that make them, since
+    GoogLeNet names its accuracies loss3/top-1)."""
+    return [m for m in _metric_names(stages) if kinds.get(m) != "loss"]
+
+
+def plot_dsd(path, run_dir, stages, kinds):
     """Training loss over the run's iterations, stage boundaries marked, and
-    each stage's test metrics: at its periodic test passes, and at its end."""
+    each stage's dsd_plotted_metrics: at its periodic test passes, and at
+    its end."""
     plt = _pyplot()
     fig, loss_ax = plt.subplots(figsize=(9, 4.5))
     test_ax = loss_ax.twinx()
     offset = 0
-    metrics = [m for m in _metric_names(stages) if "loss" not in m.lower()]
+    metrics = dsd_plotted_metrics(stages, kinds)
     for s in stages:
         start = offset
         if s.get("curve"):
@@ -298,7 +306,7 @@ def write_dsd_report(run_dir, data):
     as_json, markdown, plot = (run_dir / name for name in DSD_REPORT_FILES)
     write_text(as_json, to_json(data) + "\n")
     write_text(markdown, dsd_markdown(data))
-    plot_dsd(plot, run_dir, data["stages"])
+    plot_dsd(plot, run_dir, data["stages"], data["outputs"])
 
 
 # -- sensitivity scans ---------------------------------------------------------------

@@ -165,9 +165,18 @@ def headline_output(spec):
     """The output of the Solver's first test net (Caffe's order, as
     built_nets) a one-line summary shows: netcheck.output_kinds' default,
     GoogLeNet's loss3/top-1 rather than its loss1/loss1; None for none."""
-    net = spec.test_nets[0][1] if spec.test_nets else spec.net
-    first = spec.param.test_state[0] if spec.param.test_state else None
-    return output_kinds(net, solver_state(net, "TEST", first))[1]
+    return output_kinds(*_test_net(spec, 0))[1]
+
+
+def solver_output_kinds(spec):
+    """{output: "accuracy" or "loss"} of the Solver's test nets, by the
+    layers that make them (netcheck.output_kinds), named as evaluate names
+    them; outputs of other layers are left out."""
+    kinds = {}
+    for index in range(len(test_iterations(spec.param))):
+        prefix = f"#{index}/" if index else ""
+        kinds.update((prefix + top, kind) for top, kind in output_kinds(*_test_net(spec, index))[0].items())
+    return kinds
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
@@ -248,11 +257,16 @@ def _test_net_paths(solver, spec):
     return [spec.test_nets[i][0] if i < len(spec.test_nets) else spec.net_path for i in range(len(solver.test_nets))]
 
 
-def _test_net_layers(spec, index):
-    """{name: LayerParameter} of the layers of the solver's test net #``index`` (in _test_net_paths' order)."""
+def _test_net(spec, index):
+    """(NetParameter, NetState) of the solver's test net #``index`` (in _test_net_paths' order)."""
     net = spec.test_nets[index][1] if index < len(spec.test_nets) else spec.net
     states = spec.param.test_state
-    state = solver_state(net, "TEST", states[index] if index < len(states) else None)
+    return net, solver_state(net, "TEST", states[index] if index < len(states) else None)
+
+
+def _test_net_layers(spec, index):
+    """{name: LayerParameter} of the layers of the solver's test net #``index``."""
+    net, state = _test_net(spec, index)
     return {layer.name: layer for layer in built_layers(net, [state])}
 
 

@@ -38,6 +38,7 @@ def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
     assert "test accuracy" in result.output and "4 dense" in result.output
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
+    assert report["outputs"] == {"accuracy": "accuracy", "loss": "loss"}
     stages = report["stages"]
     assert [s["kind"] for s in stages] == ["dense", "prune", "sparse", "dense"]
     assert [s["iterations"] for s in stages] == [80, 0, 40, 40]

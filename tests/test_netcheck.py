@@ -243,6 +243,35 @@ def test_inline_test_nets_come_first_as_in_caffe(tmp_path, monkeypatch):
     assert list(solver.net._layer_names) == _built(net, main[2][0])
     assert len(main[2]) == 2 and caffe_tests[2] == _built(net, main[2][1])  # the third test_iter: net_param again
     assert "on_train_set" in caffe_tests[2]
+    # One test net at a time, as train-* writes their layers of phase TEST only.
+    from caffedsd.training import _test_net
+
+    spec = read_solver("solver.prototxt")
+    assert [_built(*_test_net(spec, index)) for index in range(3)] == caffe_tests
+
+
+def test_a_runs_plot_tells_accuracies_from_losses_by_their_layers(tmp_path, monkeypatch):
+    """curves.png left out every output named "...loss...": GoogLeNet's
+    accuracies (loss3/top-1) were not drawn, a loss named otherwise was."""
+    from caffedsd.report import dsd_plotted_metrics
+    from caffedsd.training import read_solver, solver_output_kinds
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "data" type: "DummyData" top: "x" top: "label" dummy_data_param { shape { dim: 2 dim: 3 } '
+        'shape { dim: 2 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" inner_product_param { num_output: 3 } }\n'
+        'layer { name: "cost" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "cost" }\n'
+        'layer { name: "l2" type: "EuclideanLoss" bottom: "fc" bottom: "fc" top: "l2" loss_weight: 0.5 }\n'
+        'layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "loss3/top-1" '
+        'include { phase: TEST } }\n')
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\n'
+                                              'max_iter: 1\ntest_iter: 1\ntest_iter: 1\ntest_interval: 10\n')
+    kinds = solver_output_kinds(read_solver("solver.prototxt"))
+    assert kinds == {"cost": "loss", "l2": "loss", "loss3/top-1": "accuracy",
+                     "#1/cost": "loss", "#1/l2": "loss", "#1/loss3/top-1": "accuracy"}
+    stages = [{"test": {"cost": 1.0, "l2": 2.0, "loss3/top-1": 0.5, "#1/loss3/top-1": 0.4, "#1/cost": 1.1}}]
+    assert dsd_plotted_metrics(stages, kinds) == ["loss3/top-1", "#1/loss3/top-1"]
 
 
 SE_NET = """
