@@ -21,7 +21,8 @@ from .layers import expected_blob_count, expects_blobs
 _SHOWN = 6
 
 
-def _names(names):
+def name_list(names):
+    """``names`` joined, the first few only, with how many more there are."""
     names = list(names)
     more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     return ", ".join(names[:_SHOWN]) + more
@@ -81,11 +82,11 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
     no_weights = [n for n, p in net_layers.items() if expects_blobs(p) and n not in with_blobs]
     if no_weights:
         problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
-                        + _names(no_weights))
+                        + name_list(no_weights))
     known = set(net_layers).union(layer.name for other in others for layer in other.layer)
     ignored = [] if unused_weights else [n for n in with_blobs if n not in known]
     if ignored:
-        problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + _names(ignored))
+        problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + name_list(ignored))
     counts, shapes = [], []
     for name, layer_param in net_layers.items():
         if name not in with_blobs:
@@ -97,9 +98,9 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
         elif problem := _shape_problem(layer_param, blobs):
             shapes.append(f"{name} ({problem})")
     if counts:
-        problems.append("blob counts differ: " + _names(counts))
+        problems.append("blob counts differ: " + name_list(counts))
     if shapes:
-        problems.append("blob shapes differ: " + _names(shapes))
+        problems.append("blob shapes differ: " + name_list(shapes))
     if problems:
         raise InputError(f"{net_path} does not match {weights_path}: " + "; ".join(problems))
 

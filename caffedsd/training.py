@@ -29,7 +29,7 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       check_tied_weights, data_files, output_kinds, solver_state)
+                       check_tied_weights, data_files, name_list, output_kinds, solver_state)
 from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix, snapshots_on
 from .solverstate import clean_solverstate, restorable_name, state_iteration
@@ -820,11 +820,13 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     span = _span(spec, iterations)
     _check_outputs(spec, output, force, weights, span, masks)
     keep = maskset.per_layer() if maskset else {}
+    # Weights of another net are named as such, as load_weights would.
+    check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
     trained = {layer.name for layer in spec.train_layers()}
     untrained = [target.owner for target in prunable_targets(model) if target.owner not in trained]
     if untrained:  # their values would stay as they are, not shared
-        raise InputError(f"{weights}: {spec.path} does not train layer(s) {', '.join(untrained)} (of phase TEST "
-                         "only, or not in its net), which train-quantized would leave unquantized")
+        raise InputError(f"{weights}: {spec.path} does not train layer(s) {name_list(untrained)} (of phase TEST "
+                         "only), which train-quantized would leave unquantized")
     clusters = {}
     for target in prunable_targets(model):
         layer = model.layer(target.owner)

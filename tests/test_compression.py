@@ -29,7 +29,7 @@ from caffedsd.masks import chunk_bounds
 from caffedsd.wire import encode_varint
 from caffedsd.report import compression_table
 from caffedsd.weight_sharing import cluster
-from conftest import OTHER_NET, ROOT, assert_one_line_error
+from conftest import OTHER_NET, ROOT, assert_one_line_error, save_net
 
 LENET_ZOO = ROOT.parent / "shared" / "modelzoo" / "lenet_mnist"
 
@@ -603,8 +603,15 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
         assert len(np.unique(q1[q0 == value])) == 1
 
 
-def test_bad_inputs(lenet, tmp_path, cli, other_model):
-    _, proto, weights = lenet
+def test_bad_inputs(caffe, lenet, tmp_path, cli, other_model):
+    work, proto, weights = lenet
+    # Another net's weights are named as such, as by the other train-* commands: the refusal of
+    # layers the solver does not train came first, and listed the other net's every layer.
+    _, strange = save_net(caffe, tmp_path, 'layer { name: "data" type: "Input" top: "data" input_param { shape '
+                          '{ dim: 1 dim: 4 } } }\nlayer { name: "fcX" type: "InnerProduct" bottom: "data" top: "fcX" '
+                          'inner_product_param { num_output: 2 } }\n', name="strange")
+    assert_one_line_error(cli("train-quantized", "--solver", work / "solver.prototxt", "-w", strange, "-n", 1,
+                              "-o", "q.caffemodel"), f"{proto} does not match {strange}: layers with no weights")
     assert cli("compress", "-w", weights, "--bits", 6, "-o", "w.dcz").exit_code == 0
     data = (tmp_path / "w.dcz").read_bytes()
     (tmp_path / "cut.dcz").write_bytes(data[:-100])
