@@ -88,6 +88,13 @@ def _wrote(text):
     click.echo(report.one_line(text))
 
 
+def _wrote_trained(output, result, lr=False):
+    """A train-* command's "wrote ..." line: the masks file too, when one was written beside the output."""
+    masks = f" and {result.masks}" if result.masks else ""
+    at = f" at base_lr {result.base_lr:g}" if lr else ""
+    _wrote(f"wrote {output}{masks} after {result.iterations} iterations{at}")
+
+
 # -- shared options ------------------------------------------------------------
 
 class _NamedPath(click.Path):
@@ -410,7 +417,7 @@ def train_sparse(solver, weights, masks, solverstate, iterations, test_iteration
     result = _train("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                     iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     solverstate=solverstate, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    _wrote(f"wrote {output} and {result.masks} after {result.iterations} iterations")
+    _wrote_trained(output, result)
 
 
 @main.command("train-dense")
@@ -435,7 +442,7 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
     result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                     iterations=iterations, test_iterations=test_iterations, test_interval=test_interval, gpu=gpu,
                     force=force, allow_python_layers=allow_python_layers)
-    _wrote(f"wrote {output} after {result.iterations} iterations at base_lr {result.base_lr:g}")
+    _wrote_trained(output, result, lr=True)
 
 
 @main.command()
@@ -680,7 +687,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     gpu=gpu, force_write=force_write, allow_python_layers=allow_python_layers)
-    _wrote(f"wrote {output} after {result.iterations} iterations")
+    _wrote_trained(output, result)
 
 
 @main.command()
@@ -804,7 +811,7 @@ def train_quantized(solver, weights, masks, bits, iterations, test_iterations, t
     result = _train("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     gpu=gpu, force=force, allow_python_layers=allow_python_layers)
-    _wrote(f"wrote {output} after {result.iterations} iterations")
+    _wrote_trained(output, result)
 
 
 @main.group()

@@ -582,6 +582,7 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
     result = cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "--bits", "conv=3,fc=5", "-n", 20,
                  "-o", "q.caffemodel")
     assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "wrote q.caffemodel and q.masks.h5 after 20 iterations"
     pruned, trained = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "q.caffemodel")
     for name in ("conv1", "conv2", "ip1", "ip2"):
         before, after = pruned.layer(name).blobs[0].data, trained.layer(name).blobs[0].data
