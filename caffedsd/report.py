@@ -248,7 +248,6 @@ def dsd_markdown(data):
     return "\n".join(lines)
 
 
-@_names_as_written
 def dsd_plotted_metrics(stages, kinds):
     """The test outputs plot_dsd draws: all but the losses, told by
     ``kinds`` ({output: "loss", ...}: by the layers that make them, since
@@ -256,6 +255,7 @@ def dsd_plotted_metrics(stages, kinds):
     return [m for m in _metric_names(stages) if kinds.get(m) != "loss"]
 
 
+@_names_as_written
 def plot_dsd(path, run_dir, stages, kinds):
     """Training loss over the run's iterations, stage boundaries marked, and
     each stage's dsd_plotted_metrics: at its periodic test passes, and at

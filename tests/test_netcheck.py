@@ -272,6 +272,13 @@ def test_a_runs_plot_tells_accuracies_from_losses_by_their_layers(tmp_path, monk
                      "#1/cost": "loss", "#1/l2": "loss", "#1/loss3/top-1": "accuracy"}
     stages = [{"test": {"cost": 1.0, "l2": 2.0, "loss3/top-1": 0.5, "#1/loss3/top-1": 0.4, "#1/cost": 1.1}}]
     assert dsd_plotted_metrics(stages, kinds) == ["loss3/top-1", "#1/loss3/top-1"]
+    # Drawn, with a name that is not mathtext either.
+    from caffedsd.report import write_dsd_report
+
+    stage = {"stage": 1, "kind": "dense", "folder": "01-dense", "iterations": 10, "lr": 0.01, "sparsity": 0.0,
+             "test": {"loss3/top-1": 0.5, "a$\\bad$": 0.25}}
+    write_dsd_report(tmp_path, {"recipe": {}, "outputs": kinds, "stages": [stage]})
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 SE_NET = """
