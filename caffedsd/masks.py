@@ -128,7 +128,7 @@ def std_mask(weights, scale, previous=None, rng=None):
         i = int(np.argmax(magnitudes)) if magnitudes.size else 0
         if magnitudes.size and magnitudes[i] > largest:
             largest, where = float(magnitudes[i]), offset + i
-        kept &= np.abs(part) >= threshold
+        kept &= at_least(np.abs(part), threshold)
         offset += part.size
     if not keep.any():
         # As keepmax, never a whole layer (s above max|w|/std: a recipe's
@@ -136,6 +136,18 @@ def std_mask(weights, scale, previous=None, rng=None):
         # largest weight stays, the first of equals.
         keep.reshape(-1)[where] = True
     return keep
+
+
+def at_least(values, threshold):
+    """``values >= threshold`` as the numbers are: numpy compares float32
+    values with a Python float in float32, so a weight a hair below the
+    threshold, equal to it rounded, was kept."""
+    if values.dtype == np.float32:
+        bound = np.float32(threshold)
+        if float(bound) < threshold:
+            bound = np.nextafter(bound, np.float32(np.inf))
+        return values >= bound
+    return values >= threshold
 
 
 def _kept_mean(weights, keep):

@@ -46,6 +46,18 @@ def test_std_criterion():
     assert compute_mask(W, "std", 0.0).all()
 
 
+def test_std_prunes_a_weight_a_hair_below_the_threshold():
+    """s * std is a float64; compared with float32 weights it was rounded
+    to float32 first, and a weight 3e-9 below it, equal to it rounded, was
+    kept."""
+    w = np.array([0.5, -0.25, 0.125, 1.0], dtype=np.float32)
+    std = np.std(w.astype(np.float64))
+    scale = float(0.25 * (1 + 3e-9) / std)  # a Python float, as the CLI gives
+    assert np.float32(scale * std) == np.float32(0.25)  # what the float32 comparison saw
+    assert compute_mask(w, "std", scale).tolist() == [True, False, False, True]
+    assert compute_mask(w, "std", float(0.25 * (1 - 3e-9) / std)).tolist() == [True, True, False, True]
+
+
 def test_std_never_empties_a_layer():
     """|w| all 1 have std 1: s = 2 pruned every weight, where keepmax keeps
     one; now the largest stays, the first of equals."""
