@@ -515,9 +515,13 @@ def plot_panels(path, panels):
 def compression_table(rows):
     """Deep Compression sizes per layer and stage, like the paper's Table 2:
     kept weights, weight and index bits per kept weight before and after
-    Huffman coding, bytes and ratio. ``rows``: dcz.LayerSizes. The file's own
-    container (header, checksum) is not in it: it depends on how the source
-    stored its layer parameters, not on the weights."""
+    Huffman coding, bytes and ratio. ``rows``: dcz.LayerSizes. Before
+    Huffman, a code width times the entries over the kept weights: a gap
+    wider than the index bits reach takes padding entries, which the
+    Huffman columns count too (1-bit indices at 99% sparsity: 50 entries a
+    weight). The file's own container (header, checksum) is not in it: it
+    depends on how the source stored its layer parameters, not on the
+    weights."""
 
     def name(layer):
         return layer.decode("utf-8", "backslashreplace") if isinstance(layer, bytes) else layer
@@ -527,8 +531,9 @@ def compression_table(rows):
 
     body = []
     for r in rows:
-        shared = [pct(r.kept / r.weights) if r.weights else "-", r.bits, per_kept(r.value_bits, r.kept),
-                  r.index_bits, per_kept(r.index_stream_bits, r.kept)] if r.shared else ["", "exact", "", "", ""]
+        shared = [pct(r.kept / r.weights) if r.weights else "-", per_kept(r.bits * r.entries, r.kept),
+                  per_kept(r.value_bits, r.kept), per_kept(r.index_bits * r.entries, r.kept),
+                  per_kept(r.index_stream_bits, r.kept)] if r.shared else ["", "exact", "", "", ""]
         body.append([name(r.layer), *shared, r.dense, r.before_huffman, r.stored,
                      f"{r.dense / r.stored:.1f}x" if r.stored else "-"])
     shared = [r for r in rows if r.shared]
@@ -539,9 +544,9 @@ def compression_table(rows):
     stored = sum(r.stored for r in rows)
     # Bits per kept weight in total: weighted by each layer's kept count.
     body.append(["total", pct(kept / weights) if weights else "-",
-                 per_kept(sum(r.bits * r.kept for r in shared), kept),
+                 per_kept(sum(r.bits * r.entries for r in shared), kept),
                  per_kept(sum(r.value_bits for r in shared), kept),
-                 per_kept(sum(r.index_bits * r.kept for r in shared), kept),
+                 per_kept(sum(r.index_bits * r.entries for r in shared), kept),
                  per_kept(sum(r.index_stream_bits for r in shared), kept),
                  dense, before, stored, f"{dense / stored:.1f}x" if stored else "-"])
     return format_table(["layer", "kept", "weight bits", "after Huffman", "index bits", "after Huffman",
