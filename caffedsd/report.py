@@ -98,7 +98,15 @@ def human_bytes(n):
 
 
 def pct(x):
-    return f"{100 * x:.1f}%"
+    """``x`` as a percentage to 0.1; a share short of all, or above none, is
+    not rounded to 100.0% or 0.0% (1 weight of 16,777,216 kept read as all
+    pruned)."""
+    text = f"{100 * x:.1f}%"
+    if text == "100.0%" and x < 1:
+        return ">99.9%"
+    if text == "0.0%" and x > 0:
+        return "<0.1%"
+    return text
 
 
 def prune_table(rows):
@@ -109,7 +117,7 @@ def prune_table(rows):
         total_pruned += r.pruned
         shared = f" (+{', '.join(r.shared_by[1:])})" if len(r.shared_by) > 1 else ""
         body.append([r.layer + shared, "x".join(map(str, r.shape)),
-                     "kept" if r.amount is None else f"{r.amount:g}", r.params, r.pruned, pct(r.sparsity)])
+                     "kept" if r.amount is None else number_text(r.amount), r.params, r.pruned, pct(r.sparsity)])
     body.append(["total", "", "", total_params, total_pruned,
                  pct(total_pruned / total_params if total_params else 0.0)])
     return format_table(["layer", "shape", "amount", "weights", "pruned", "sparsity"], body, "llrrrr")

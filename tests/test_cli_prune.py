@@ -333,3 +333,14 @@ def test_a_dense_model_written_over_a_pruned_one_takes_its_masks_away(tiny, tmp_
     with atomic_unmasked_path(tmp_path / "a.caffemodel") as tmp:
         tmp.write_bytes(Path(weights).read_bytes())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("a.")) == ["a.caffemodel"]
+
+
+def test_the_table_does_not_round_a_share_to_all_or_none():
+    """fc7 at 0.999999999 on VGG16 (1 of 16,777,216 weights kept) read as
+    amount 1 and 100.0% pruned."""
+    from caffedsd.pruning import PrunedLayer
+    from caffedsd.report import pct, prune_table
+
+    assert [pct(x) for x in (1.0, 0.9999999, 0.5, 1e-7, 0.0)] == ["100.0%", ">99.9%", "50.0%", "<0.1%", "0.0%"]
+    row = prune_table([PrunedLayer("fc7", ("fc7",), (4096, 4096), 0.999999999, 16777216, 16777215)]).splitlines()[2]
+    assert row.split() == ["fc7", "4096x4096", "0.999999999", "16777216", "16777215", ">99.9%"]
