@@ -275,8 +275,10 @@ def test_a_runs_plot_tells_accuracies_from_losses_by_their_layers(tmp_path, monk
     # Drawn, with a name that is not mathtext either.
     from caffedsd.report import write_dsd_report
 
+    (tmp_path / "01-dense").mkdir()
+    (tmp_path / "01-dense" / "curve.csv").write_text("iter,loss,lr\n1,2.0,0.01\n10,1.0,0.01\n")
     stage = {"stage": 1, "kind": "dense", "folder": "01-dense", "iterations": 10, "lr": 0.01, "sparsity": 0.0,
-             "test": {"loss3/top-1": 0.5, "a$\\bad$": 0.25}}
+             "curve": "curve.csv", "test": {"loss3/top-1": 0.5, "a$\\bad$": 0.25}}
     write_dsd_report(tmp_path, {"recipe": {}, "outputs": kinds, "stages": [stage]})
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
