@@ -306,6 +306,8 @@ def load_weights(solver, spec, weights_path):
     for path, net in spec.test_nets:
         check_pair(net, path, model, unused_weights=True)
     check_tied_weights(spec.train_layers(), model, spec.net_path)
+    for index, path in enumerate(_test_net_paths(solver, spec)):
+        check_tied_weights(list(_test_net_layers(spec, index).values()), model, path)
     check_blob_shapes(solver.net, model, spec.net_path)
     for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
         check_blob_shapes(net, model, path)
@@ -512,12 +514,24 @@ def test_only_records(solver, spec):
     only, which the train net lacks (the first test net's of a name), to be
     appended to what the train net writes: Caffe's own snapshots leave
     those out, and `caffe test` on the net would then fill them at random."""
+    # A blob tied by its param name to a train net layer's is written with
+    # the trained values: the test net's copy is the one loaded, never
+    # shared with the train net, and `caffe test` copies layers by name into
+    # the one tied blob, so stale values after the trained ones would win.
+    owners = {}
+    for layer in spec.train_layers():
+        for number, param in enumerate(layer.param):
+            if param.name and layer.name in solver.net.params:
+                owners.setdefault(param.name, solver.net.params[layer.name][number])
     records, added = [], set()
     for index, (net, names) in enumerate(test_only_layers(solver)):
         names = [name for name in names if name not in added]
         if names:
             params = _test_net_layers(spec, index)
-            records += [(params[name], [blob.data for blob in net.params[name]]) for name in names]
+            for name in names:
+                tied = [param.name for param in params[name].param]
+                records.append((params[name], [owners.get(tied[number] if number < len(tied) else "", blob).data
+                                               for number, blob in enumerate(net.params[name])]))
             added.update(names)
     return records
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from caffedsd.caffemodel import read_caffemodel
+from caffedsd.caffemodel import read_caffemodel, write_caffemodel
 from caffedsd.errors import InputError
 from caffedsd.mask_enforcer import MaskEnforcer
 from conftest import assert_one_line_error, save_net
@@ -145,3 +145,29 @@ def test_a_test_only_layer_of_the_train_val_net_after_a_test_net_file(caffe, tmp
     assert [layer.name for layer in out.layers if layer.blobs] == ["fc", "aux"]
     verified = cli("verify", "-w", "out.caffemodel", "--model", "trainval.prototxt")
     assert verified.exit_code == 0 and "no layer with weights ignored" in verified.output, verified.output
+
+
+def test_a_test_only_layer_tied_to_a_trained_one_is_written_with_the_trained_weights(caffe, tmp_path, cli):
+    """Its own blob in the test net is the loaded one, never shared with the
+    train net: written after the trained layer, it put the starting weights
+    back into the one tied blob when `caffe test` loaded the file."""
+    text = (ONES + _ip("fc", "data", tied=True) + _loss("loss", "fc")
+            + _ip("aux", "data", tied=True, phase="TEST") + _loss("aux_loss", "aux", phase="TEST"))
+    net, weights = save_net(caffe, tmp_path, text)
+    solver = _solver(tmp_path, f'net: "{net}"')
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 3, "--lr-scale", 1, "-o", "out.caffemodel")
+    assert result.exit_code == 0, result.output
+    start, out = read_caffemodel(weights), read_caffemodel(tmp_path / "out.caffemodel")
+    assert not np.array_equal(out.layer("fc").blobs[0].data, start.layer("fc").blobs[0].data)  # it trained
+    for index in (0, 1):
+        assert np.array_equal(out.layer("aux").blobs[index].data, out.layer("fc").blobs[index].data)
+    # caffe test on the file gives the trained net's loss, which both layers now compute.
+    trained = float(re.search(r"^test: aux_loss = [0-9.]+, loss = ([0-9.]+)", result.output, re.M).group(1))
+    checked = cli("verify", "-w", "out.caffemodel", "--model", net)
+    assert checked.exit_code == 0, checked.output
+    tested = re.search(r"caffe test forward: aux_loss = ([0-9.e+-]+), loss = ([0-9.e+-]+)", checked.output)
+    assert float(tested.group(1)) == float(tested.group(2)) == pytest.approx(trained, rel=1e-3)
+    # A file whose tied layers differ is refused, the test net's as the train net's.
+    write_caffemodel(start, tmp_path / "untied.caffemodel", replace={("aux", 0): start.layer("aux").blobs[0].data + 1})
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "untied.caffemodel", "-n", 1,
+                              "-o", "again.caffemodel"), "layers fc and aux hold different weights")
