@@ -143,9 +143,10 @@ def at_least(values, threshold):
     values with a Python float in float32, so a weight a hair below the
     threshold, equal to it rounded, was kept."""
     if values.dtype == np.float32:
-        bound = np.float32(threshold)
-        if float(bound) < threshold:
-            bound = np.nextafter(bound, np.float32(np.inf))
+        with np.errstate(over="ignore"):  # past float32's range: inf, which is right
+            bound = np.float32(threshold)
+            if float(bound) < threshold:
+                bound = np.nextafter(bound, np.float32(np.inf))
         return values >= bound
     return values >= threshold
 

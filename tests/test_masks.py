@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,9 @@ def test_std_prunes_a_weight_a_hair_below_the_threshold():
     assert np.float32(scale * std) == np.float32(0.25)  # what the float32 comparison saw
     assert compute_mask(w, "std", scale).tolist() == [True, False, False, True]
     assert compute_mask(w, "std", float(0.25 * (1 - 3e-9) / std)).tolist() == [True, True, False, True]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning past float32's range: the largest stays
+        assert compute_mask(w, "std", 1e300).tolist() == [False, False, False, True]
 
 
 def test_std_never_empties_a_layer():
