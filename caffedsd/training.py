@@ -250,16 +250,21 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     return solver_file, param
 
 
+def _test_net_source(spec, index):
+    """(path, NetParameter) the solver's test net #``index`` is built from:
+    Caffe's InitTestNets builds the test_net_param and test_net ones first,
+    then the train/val net for each test_iter left."""
+    return spec.test_nets[index] if index < len(spec.test_nets) else (spec.net_path, spec.net)
+
+
 def _test_net_paths(solver, spec):
-    """The file each of the solver's test nets was built from: Caffe's
-    InitTestNets builds the test_net_param and test_net ones first, then
-    the train/val net for each test_iter left."""
-    return [spec.test_nets[i][0] if i < len(spec.test_nets) else spec.net_path for i in range(len(solver.test_nets))]
+    """The file each of the solver's test nets was built from."""
+    return [_test_net_source(spec, index)[0] for index in range(len(solver.test_nets))]
 
 
 def _test_net(spec, index):
-    """(NetParameter, NetState) of the solver's test net #``index`` (in _test_net_paths' order)."""
-    net = spec.test_nets[index][1] if index < len(spec.test_nets) else spec.net
+    """(NetParameter, NetState) of the solver's test net #``index``."""
+    _, net = _test_net_source(spec, index)
     states = spec.param.test_state
     return net, solver_state(net, "TEST", states[index] if index < len(states) else None)
 
@@ -544,17 +549,19 @@ def save_net(solver, output, maskset=None, nbytes=0, appended=()):
     ``appended``'s), since Caffe aborts the process on a failed write."""
     output = Path(output)
     nbytes += new_layers_bytes(appended)
-    if maskset is None:
-        with atomic_unmasked_path(output) as tmp:
-            check_room(tmp, nbytes)
-            solver.net.save(str(tmp))
-            append_layers(tmp, appended)
-        return None
-    masks_out = masks_path_for(output)
-    with atomic_paths(output, masks_out) as (tmp, masks_tmp):
+
+    def write(tmp):
         check_room(tmp, nbytes)
         solver.net.save(str(tmp))
         append_layers(tmp, appended)
+
+    if maskset is None:
+        with atomic_unmasked_path(output) as tmp:
+            write(tmp)
+        return None
+    masks_out = masks_path_for(output)
+    with atomic_paths(output, masks_out) as (tmp, masks_tmp):
+        write(tmp)
         written = read_caffemodel(tmp).structure()
         save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)), file_sha256(tmp))
     return masks_out
