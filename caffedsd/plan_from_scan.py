@@ -334,7 +334,7 @@ class WholeNet:
         # draws from, and the evaluator's would read other batches.
         if recorded and data.get("data_sha256") and self.iterations == data["iterations"]:
             if self.evaluator.batches is None:  # streamed: each pass is checked as it reads
-                self.evaluator.data_sha256 = data["data_sha256"]
+                self.evaluator.expect(data["data_sha256"], "the scan measured on")
             elif self.evaluator.data_sha256 != data["data_sha256"]:
                 raise InputError(f"{model}: its TEST data gives other examples than the scan measured (rewritten "
                                  "data, or a TEST layer that shuffles); give it as --model to verify with them")

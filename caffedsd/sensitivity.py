@@ -187,7 +187,8 @@ class Evaluator:
 
     ``data_sha256``: the examples_sha256 its batches must have (a --jobs
     worker's: the scan's); None: the batches it reads first. ``self.data_sha256``
-    is then theirs, or None when the data layers cannot be run apart."""
+    is then theirs, or None when the data layers cannot be run apart;
+    ``expect`` sets it later, with the read it was taken of."""
 
     def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT, sha256=None,
                  data_sha256=None):
@@ -211,6 +212,7 @@ class Evaluator:
                              "layer's bottom: a Silence layer's, say)")
         data_layers = _data_layers(self.net)
         self.batches, self.tops, self.data_sha256 = None, None, data_sha256
+        self.digest_source = "the read the scan's digest was taken of"
         if data_layers is not None:
             self.start, self.tops = data_layers
             names = list(self.net._layer_names)
@@ -231,6 +233,11 @@ class Evaluator:
                                      "every time")
                 self.data_sha256 = digest
         self.data_mode = "cached" if self.batches is not None else "streamed"
+
+    def expect(self, data_sha256, source):
+        """Passes must read the examples of ``data_sha256``; ``source``
+        names the read it was taken of, in the message when one does not."""
+        self.data_sha256, self.digest_source = data_sha256, source
 
     def _data_layers_text(self):
         names = ", ".join(f"'{name}'" for name in self.data_layer_names)
@@ -267,11 +274,11 @@ class Evaluator:
         examples than the first (or than the scan's digest) measured
         something else, and is refused rather than returned."""
         if self.data_sha256 is None:
-            self.data_sha256 = digest
+            self.expect(digest, "its first pass")
         elif digest != self.data_sha256:
             raise InputError(f"{self.model_path}: its {self.iterations} TEST batches do not fit in memory and are "
                              f"read anew for every pass, and {self._data_layers_text()} gave other examples than "
-                             "the first time (random fillers, mirror or shuffle, or batches that are not whole "
+                             f"{self.digest_source} (random fillers, mirror or shuffle, or batches that are not whole "
                              "epochs); give -n covering whole epochs, or TEST data that reads the same every time")
 
     def weights(self, layer):

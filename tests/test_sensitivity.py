@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from caffedsd.plan_from_scan import curves, overall_sparsity
-from caffedsd.sensitivity import examples_sha256, scan
+from caffedsd.sensitivity import Evaluator, examples_sha256, scan
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from caffedsd.plan import load_plan
 from conftest import assert_one_line_error
@@ -575,7 +575,6 @@ def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
 
 def test_an_evaluator_refuses_weights_that_changed_since_the_digest(lenet, tmp_path, cli):
     from caffedsd.errors import InputError
-    from caffedsd.sensitivity import Evaluator
 
     _, proto, weights = lenet
     with pytest.raises(InputError, match="changed while it was read"):
@@ -623,9 +622,15 @@ def test_points_are_measured_on_the_baselines_batches_whatever_the_jobs(caffe, t
                           "examples when a --jobs worker read its 3 batches again")
     assert not (tmp_path / "two").exists()
     with pytest.raises(InputError, match="do not fit in memory and are read anew for every pass, and TEST data "
-                                         "layer 'draw' gave other examples than the first time"):
+                                         "layer 'draw' gave other examples than the read the scan's digest was "
+                                         "taken of"):
         scan(proto, weights, tmp_path / "streamed", sparsities=(0.5,), iterations=3, cache_limit=0)
     assert not (tmp_path / "streamed").exists()
+    # plan --verify's evaluator is held to the examples the scan recorded.
+    evaluator = Evaluator(proto, weights, 3, cache_limit=0)
+    evaluator.expect(data["data_sha256"], "the scan measured on")
+    with pytest.raises(InputError, match="'draw' gave other examples than the scan measured on "):
+        evaluator.run()
 
 
 def test_a_scan_of_a_pruned_model_plans_with_its_zeros(lenet, tmp_path, cli):
