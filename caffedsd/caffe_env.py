@@ -85,19 +85,21 @@ def _gpu_failure(gpu):
     return None if proc.returncode == 0 else failure_reason(proc.stderr)
 
 
-def check_net_runs(net, net_path, gpu=None, forward=True):
+def check_net_runs(net, net_path, gpu=None, forward=True, batches=0):
     """Raise InputError for what Caffe would abort the process on while
     building ``net`` (a NetParameter read from ``net_path``) in the TEST
     phase: a layer type this Caffe lacks, a data or mean file it cannot
     read, said plainly (and, when the caller runs it ``forward``, a
     MemoryData layer); then anything else, in Caffe's words, from building
-    it in a child process (which sees only GPU ``gpu``, when given)."""
+    it in a child process (which sees only GPU ``gpu``, when given), and
+    from its data layers reading ``batches`` batches there: an image of
+    another size or a corrupt record past the first batch."""
     from .netcheck import built_state, check_data_sources, check_layer_types
 
     states = [built_state(net, "TEST")]  # a TRAIN layer's type and data do not matter
     check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
     check_data_sources(net, net_path, caffe_has_leveldb(), states, forward)
-    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu)
+    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu, batches=batches)
 
 
 def has_python_layers(net):
@@ -111,7 +113,7 @@ def has_python_layers(net):
 # "probe" the same net on the CPU.
 _CHILD = """
 import sys
-extension, kind, path, python_layers, weights = sys.argv[1:]
+extension, kind, path, python_layers, weights, batches = sys.argv[1:]
 if python_layers == "yes":
     import caffe
 else:
@@ -138,13 +140,18 @@ else:
     net = caffe.Net(path, 1)  # caffe.TEST
     if weights:
         net.copy_from(weights)
+    # The layers before the first that reads a blob: the data layers.
+    readers = [i for i in range(len(net.layers)) if len(net._bottom_ids(i))]
+    if int(batches) and readers and readers[0]:
+        for _ in range(int(batches)):
+            net._forward(0, readers[0] - 1)
 """
 
 
-def _caffe_child(kind, path, python_layers=False, visible=None, weights=None):
+def _caffe_child(kind, path, python_layers=False, visible=None, weights=None, batches=0):
     """The finished child Python that ran _CHILD (seeing GPUs ``visible``,
     as CUDA_VISIBLE_DEVICES, when given; a "net" filled with ``weights``,
-    when given)."""
+    when given, whose data layers then read ``batches`` batches)."""
     pydir = pycaffe_dir()
     extension = _extension(pydir) if pydir is not None else None
     if extension is None:
@@ -153,11 +160,11 @@ def _caffe_child(kind, path, python_layers=False, visible=None, weights=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), GLOG_minloglevel="2")
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    args = [str(extension), kind, str(path), "yes" if python_layers else "no", str(weights or "")]
+    args = [str(extension), kind, str(path), "yes" if python_layers else "no", str(weights or ""), str(batches)]
     return subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
 
 
-def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=None):
+def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=None, batches=0):
     """Build a TEST-phase net (``kind`` "net", filled from the caffemodel
     ``weights`` when given) or a solver with all its nets ("solver") from
     the prototxt ``path`` in a child Python, and raise InputError naming
@@ -172,14 +179,20 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=Non
     an empty LMDB. No clean-up runs after that, so a run folder it was
     making stays behind, and its marker then refuses the corrected rerun.
     Building once in a child (well under a second for LeNet or VGG16)
-    finds all of these before anything is written."""
+    finds all of these before anything is written. A "net" then reads
+    ``batches`` batches, as a Data layer aborts on a record that does not
+    fit the first batch's shape, however far in."""
     proc = _caffe_child(kind, path, python_layers, visible_devices(gpu, os.environ.get("CUDA_VISIBLE_DEVICES")),
-                        weights)
+                        weights, batches)
     if proc.returncode != 0:
         reason = failure_reason(proc.stderr)
         if proc.returncode < 0 and proc.returncode != -signal.SIGABRT:  # not glog's abort: killed, out of memory
             reason = f"the process building it died of signal {-proc.returncode} ({reason})"
-        raise InputError(f"{where}: Caffe cannot build {'its nets' if kind == 'solver' else 'the net'}: {reason}")
+        # Its data layers read ahead while it is built: which of the two failed is not known.
+        what = f"build {'its nets' if kind == 'solver' else 'the net'}"
+        if batches:
+            what += f" and read its {batches} TEST batch{'es' if batches > 1 else ''}"
+        raise InputError(f"{where}: Caffe cannot {what}: {reason}")
 
 
 def visible_devices(gpu, visible):
@@ -212,7 +225,9 @@ def failure_reason(log):
     for line in lines:
         if "Check failed" in line:
             return line.strip()
-    before = [line for line in lines if not line.lstrip().startswith(("@", "***"))]
+    # Skipped: the backtrace glog prints after an uncaught exception or a
+    # signal ("*** Aborted at ...", "PC: @ 0x0 (unknown)", "@ 0x7f...").
+    before = [line for line in lines if not line.lstrip().startswith(("@", "***", "PC: @"))]
     return before[-1].strip() if before else "no output"
 
 

@@ -332,6 +332,37 @@ def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=Tru
                                      f"(layer {layer.name!r} of {net_path})")
         if layer.type == "Data" and layer.data_param.backend == _LEVELDB:
             _check_leveldb(layer.name, source, net_path, has_leveldb)
+        elif layer.type == "Data" and lmdb_entries(source) == 0:
+            # Caffe's cursor throws std::bad_alloc on it: "MemoryError".
+            raise InputError(f"{net_path}: layer {layer.name!r} reads {source!r}, an LMDB that holds no records")
+
+
+# LMDB's meta pages (lmdb's mdb.c, 64-bit): a 16-byte page header, then the
+# magic, the version, the map's address and size, the free and main
+# databases' records of 48 bytes (the free one's first field holds the page
+# size), the last page and the transaction id. Of the two meta pages, the
+# one of the later transaction is the database's state.
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_PAGE_SIZE_AT, _LMDB_ENTRIES_AT, _LMDB_TXNID_AT = 40, 120, 144
+
+
+def lmdb_entries(folder):
+    """How many records the main database of the LMDB in ``folder`` holds,
+    read from data.mdb's meta pages, or None when they cannot be read (not
+    an LMDB of this layout)."""
+    try:
+        with open(Path(folder) / "data.mdb", "rb") as handle:
+            first = handle.read(_LMDB_TXNID_AT + 8)
+            if len(first) < _LMDB_TXNID_AT + 8 or int.from_bytes(first[16:20], "little") != _LMDB_MAGIC:
+                return None
+            handle.seek(int.from_bytes(first[_LMDB_PAGE_SIZE_AT:_LMDB_PAGE_SIZE_AT + 4], "little"))
+            second = handle.read(_LMDB_TXNID_AT + 8)
+    except OSError:
+        return None
+    metas = [meta for meta in (first, second)
+             if len(meta) == _LMDB_TXNID_AT + 8 and int.from_bytes(meta[16:20], "little") == _LMDB_MAGIC]
+    latest = max(metas, key=lambda meta: int.from_bytes(meta[_LMDB_TXNID_AT:], "little"))
+    return int.from_bytes(latest[_LMDB_ENTRIES_AT:_LMDB_ENTRIES_AT + 8], "little")
 
 
 def _check_leveldb(layer, source, net_path, has_leveldb):

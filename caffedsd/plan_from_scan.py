@@ -322,11 +322,12 @@ class WholeNet:
                              "with it as it is now")
         if iterations is not None and iterations < 1:
             raise InputError(f"--iterations {iterations}: must be 1 or more")
-        check_net_runs(read_net_prototxt(model, allow_python_layers=True), model, gpu)  # the scan's net, or --model
+        self.iterations = iterations or data["iterations"]
+        # The scan's net, or --model, with the batches it reads.
+        check_net_runs(read_net_prototxt(model, allow_python_layers=True), model, gpu, batches=self.iterations)
         self.metric, self.kind = metric, metric_kind(data, metric)
         self.criterion, self.seed = data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
-        self.iterations = iterations or data["iterations"]
         self.evaluator = Evaluator(model, weights, self.iterations, gpu, sha256=data["weights_sha256"])
         # The file names its data; the scan recorded the examples it read.
         # Those of the evaluator's own Net: another Net built first in this

@@ -252,6 +252,9 @@ class Evaluator:
         for i in range(self.iterations):
             if self.batches is not None:
                 for top, value in self.batches[i].items():
+                    # A Data layer shapes each batch as its first record
+                    # (images of sizes that vary, for a net ending in a global pool).
+                    self.net.blobs[top].reshape(*value.shape)
                     self.net.blobs[top].data[...] = value
                 out = self.net.forward(start=self.start)
             elif self.tops is not None:
@@ -394,7 +397,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         raise InputError(f"--iterations {iterations}: must be 1 or more")
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: must be 1 or more")
-    check_net_runs(net, model_path, gpu)  # before any Net is built: it builds the net in a child process
+    # Before any Net is built: it builds the net, and reads the batches, in a child process.
+    check_net_runs(net, model_path, gpu, batches=iterations)
     evaluator, data_sha256 = None, None
     if jobs == 1:
         # The scan's one Net measures every point on the batches it keeps:

@@ -8,13 +8,13 @@ import numpy as np
 
 from pathlib import Path
 
-from .caffe_env import caffe_binary, check_gpu, failure_reason
+from .caffe_env import caffe_binary, caffe_has_leveldb, check_gpu, failure_reason
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
 from .maskfile import beside_check, masks_for
 from .masks import masked_nonzeros
-from .netcheck import built_layers, built_state, check_pair, check_tied_weights
+from .netcheck import built_layers, built_state, check_data_sources, check_pair, check_tied_weights
 
 # Names run to the end of the line: Caffe takes any string for one.
 _IGNORED = re.compile(r"Ignoring source layer (.+)")
@@ -90,6 +90,10 @@ def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     """Stock `caffe test` loads the pair, uses every weight of the layers its
     TEST net has (the prototxt ``net``'s TRAIN-only layers it skips, as
     Caffe means to), and runs a forward pass."""
+    try:  # data Caffe would abort on, said plainly rather than as its backtrace
+        check_data_sources(net, net_path, caffe_has_leveldb(), [built_state(net, "TEST")])
+    except InputError as exc:
+        return [Check("caffe test", False, str(exc))]
     code, log = run_caffe_test(net_path, weights_path, iterations=1, gpu=gpu)
     if code != 0:
         return [Check("caffe test", False, f"exit status {code}: {failure_reason(log)}")]

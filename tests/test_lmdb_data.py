@@ -38,19 +38,20 @@ random_seed: 3
 """
 
 
-def write_lmdb(path, count, seed):
-    """``count`` 3x12x12 images whose label (0..2) is the channel made brighter (noisily)
-    (pycaffe's Datum: call after the caffe fixture has made it importable)."""
+def write_lmdb(path, count, seed, sizes=None):
+    """``count`` 3x12x12 images (or of sides ``sizes``, one each) whose label
+    (0..2) is the channel made brighter (noisily) (pycaffe's Datum: call
+    after the caffe fixture has made it importable)."""
     from caffe.proto.caffe_pb2 import Datum
 
     rng = np.random.default_rng(seed)
     env = lmdb.open(str(path), map_size=1 << 24)
     with env.begin(write=True) as txn:
         for i in range(count):
-            label = i % 3
-            image = rng.integers(60, 140, (3, 12, 12), dtype=np.uint8)
+            label, side = i % 3, sizes[i] if sizes else 12
+            image = rng.integers(60, 140, (3, side, side), dtype=np.uint8)
             image[label] += 25
-            datum = Datum(channels=3, height=12, width=12, data=image.tobytes(), label=label)
+            datum = Datum(channels=3, height=side, width=side, data=image.tobytes(), label=label)
             txn.put(f"{i:08d}".encode(), datum.SerializeToString())
     env.close()
 
@@ -93,6 +94,73 @@ def test_an_lmdb_with_the_default_backend(lmdb_solver, cli):
     result = cli("train-dense", "--solver", "solver.prototxt", "--iterations", 1, "-o", "x.caffemodel",
                  "-w", "missing.caffemodel")
     assert_one_line_error(result, "layer 'data' reads 'train_lmdb', an LMDB, with backend LEVELDB")
+
+
+POOLED = """name: "pooled"
+layer { name: "data" type: "Data" top: "data" top: "label"
+        transform_param { scale: 0.02 } data_param { source: "sized_lmdb" batch_size: 10 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "pool" type: "Pooling" bottom: "conv1" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool" top: "ip1" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_scan_of_images_whose_size_changes_between_batches(caffe, tmp_path, monkeypatch, cli):
+    """A Data layer shapes each batch as its first image, and a net ending in
+    a global pool takes any size: the cached batches fed the net in the
+    shape of the last one read (a traceback). An image of another size
+    inside a batch aborts Caffe, however far in: one line, nothing written."""
+    from conftest import save_net
+
+    monkeypatch.chdir(tmp_path)
+    write_lmdb(tmp_path / "sized_lmdb", 20, 2, sizes=[12] * 10 + [9] * 10)
+    proto, weights = save_net(caffe, tmp_path, POOLED)
+    result = cli("sensitivity", "-p", proto, "-w", weights, "--sparsities", "0.5", "-n", 2, "-o", "scan")
+    assert result.exit_code == 0, result.output
+    code, log = run_caffe_test(proto, weights, iterations=2)
+    assert code == 0, log[-2000:]
+    baseline = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())["baseline"]
+    assert baseline["loss"] == pytest.approx(parse_test_outputs(log)["loss"], abs=1e-4)
+
+    write_lmdb(tmp_path / "mixed_lmdb", 20, 2, sizes=[12] * 15 + [9] * 5)
+    proto.write_text(POOLED.replace("sized_lmdb", "mixed_lmdb"))
+    result = cli("sensitivity", "-p", proto, "-w", weights, "--sparsities", "0.5", "-n", 2, "-o", "mixed")
+    assert_one_line_error(result, "net.prototxt: Caffe cannot build the net and read its 2 TEST batches: Check failed: "
+                          "height <= datum_height (12 vs. 9)")
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_an_empty_lmdb_is_named(caffe, lmdb_solver, cli):
+    """Caffe's cursor throws std::bad_alloc on it: pycaffe said MemoryError."""
+    from conftest import save_net
+
+    save_net(caffe, lmdb_solver, NET, name="start")
+    (lmdb_solver / "test_lmdb" / "data.mdb").unlink()
+    (lmdb_solver / "test_lmdb" / "lock.mdb").unlink()
+    write_lmdb(lmdb_solver / "test_lmdb", 0, 0)
+    message = "net.prototxt: layer 'data' reads 'test_lmdb', an LMDB that holds no records"
+    assert_one_line_error(cli("sensitivity", "-p", "net.prototxt", "-w", "start.caffemodel", "-o", "scan"),
+                          message)
+    assert_one_line_error(cli("train-dense", "--solver", "solver.prototxt", "-w", "start.caffemodel",
+                              "--iterations", 1, "-o", "x.caffemodel"), message)
+    assert not (lmdb_solver / "scan").exists() and not (lmdb_solver / "x.caffemodel").exists()
+    result = cli("verify", "-w", "start.caffemodel", "--model", "net.prototxt")
+    assert result.exit_code == 1 and f"FAIL  caffe test: {message}" in result.output, result.output
+
+
+def test_lmdb_entries_reads_the_latest_meta_page(tmp_path):
+    from caffedsd.netcheck import lmdb_entries
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    assert lmdb_entries(tmp_path / "db") == 0  # no transaction yet
+    for count in (3, 5):  # each commit writes the other meta page
+        with env.begin(write=True) as txn:
+            for i in range(count):
+                txn.put(f"{count}-{i}".encode(), b"x")
+        assert lmdb_entries(tmp_path / "db") == env.stat()["entries"] == 3 + (count == 5) * 5
+    env.close()
+    assert lmdb_entries(tmp_path) is None  # no data.mdb
 
 
 def test_train_dense_test_iterations(lmdb_solver, cli):

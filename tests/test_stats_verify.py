@@ -94,6 +94,12 @@ def test_failure_reason_prefers_the_check_line():
            "    @     0x7f01  __libc_start_main\n")
     assert failure_reason(log) == "Check failed: shape[i] >= 0 (-1 vs. 0) (blob.cpp:33)"
     assert failure_reason("E1122 bad\n*** Aborted at 1 ***\n    @ 0x1 f\n") == "E1122 bad"
+    # An uncaught C++ exception: the signal handler's "PC:" line is no reason.
+    log = ("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n"
+           "*** Aborted at 1700000000 (unix time) try \"date -d @1700000000\" if you are using GNU date ***\n"
+           "PC: @                0x0 (unknown)\n*** SIGABRT (@0x3e8) received by PID 1000; stack trace: ***\n"
+           "    @     0x7f00  (unknown)\n")
+    assert failure_reason(log) == "what():  std::bad_alloc"
 
 
 def test_the_build_check_child_sees_only_the_runs_gpu():
