@@ -140,11 +140,11 @@ else:
     net = caffe.Net(path, 1)  # caffe.TEST
     if weights:
         net.copy_from(weights)
-    # The layers before the first that reads a blob: the data layers.
-    readers = [i for i in range(len(net.layers)) if len(net._bottom_ids(i))]
-    if int(batches) and readers and readers[0]:
-        for _ in range(int(batches)):
-            net._forward(0, readers[0] - 1)
+    # The layers without inputs, wherever they come: the data layers.
+    data_layers = [i for i in range(len(net.layers)) if not len(net._bottom_ids(i))]
+    for _ in range(int(batches)):
+        for i in data_layers:
+            net._forward(i, i)
 """
 
 

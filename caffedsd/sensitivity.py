@@ -147,39 +147,45 @@ def _combined(digests):
     return hashlib.sha256(b"".join(sorted(digests))).hexdigest()
 
 
-def _data_layers(net):
-    """(the first layer that reads a blob, the tops of the layers before it)
-    of a pycaffe Net, or None when a layer without inputs comes later: then
-    the data layers cannot be run apart from the rest."""
+def _runs(net):
+    """A pycaffe Net's layers as runs (reads, first, last, tops) of
+    consecutive layers: ``reads`` for layers without inputs, the data
+    layers (and DummyData, Input), wherever they come; ``tops``: what
+    those read."""
+    runs = []
+    for index, name in enumerate(net._layer_names):
+        reads = not net.bottom_names[name]
+        if runs and runs[-1][0] == reads:
+            runs[-1][2] = index
+        else:
+            runs.append([reads, index, index])
     names = list(net._layer_names)
-    first = next((i for i, name in enumerate(names) if net.bottom_names[name]), None)
-    if first is None or first == 0 or any(not net.bottom_names[name] for name in names[first:]):
-        return None
-    return names[first], [top for name in names[:first] for top in net.top_names[name]]
+    return [(reads, first, last, [top for name in names[first:last + 1] for top in net.top_names[name]] if reads
+             else []) for reads, first, last in runs]
 
 
-def _read_batches(net, data_layers, iterations):
-    """The data layers' outputs of ``iterations`` forward passes, one dict each."""
-    start, tops = data_layers
-    names = list(net._layer_names)
-    last = names[names.index(start) - 1]
+def _read_batches(net, runs, iterations):
+    """What the data layers of ``runs`` give in ``iterations`` forward passes,
+    one dict {top: array} each (they need no other layer run)."""
     for _ in range(iterations):
-        net.forward(end=last)  # the data layers only
-        yield {top: net.blobs[top].data.copy() for top in tops}
+        batch = {}
+        for reads, first, last, tops in runs:
+            if reads:
+                net._forward(first, last)
+                batch.update({top: net.blobs[top].data.copy() for top in tops})
+        yield batch
 
 
 def scan_data_sha256(model_path, iterations, gpu=None):
     """examples_sha256 of the ``iterations`` batches a fresh TEST net of
-    ``model_path`` reads (what a scan measures on), or None when its data
-    layers cannot be run apart. No weights are loaded: only the data layers
-    run. On GPU ``gpu`` when given, the scan's: in CUDA builds Caffe opens
+    ``model_path`` reads (what a scan measures on). No weights are loaded:
+    only the data layers run. On GPU ``gpu`` when given, the scan's: in CUDA builds Caffe opens
     its cuBLAS handle even in CPU mode, on GPU 0 unless a device is set."""
     from .caffe_env import import_caffe
 
     caffe = import_caffe(gpu)
     net = caffe.Net(str(model_path), caffe.TEST)
-    data_layers = _data_layers(net)
-    return None if data_layers is None else examples_sha256(_read_batches(net, data_layers, iterations))
+    return examples_sha256(_read_batches(net, _runs(net), iterations))
 
 
 class Evaluator:
@@ -187,7 +193,7 @@ class Evaluator:
 
     ``data_sha256``: the examples_sha256 its batches must have (a --jobs
     worker's: the scan's); None: the batches it reads first. ``self.data_sha256``
-    is then theirs, or None when the data layers cannot be run apart;
+    is then theirs (None when they are streamed, until the first pass);
     ``expect`` sets it later, with the read it was taken of."""
 
     def __init__(self, model_path, weights_path, iterations, gpu=None, cache_limit=CACHE_LIMIT, sha256=None,
@@ -210,28 +216,26 @@ class Evaluator:
         if not self.outputs:
             raise InputError(f"{model_path}: its TEST phase has no output to measure (every top is another "
                              "layer's bottom: a Silence layer's, say)")
-        data_layers = _data_layers(self.net)
-        self.batches, self.tops, self.data_sha256 = None, None, data_sha256
+        self.runs = _runs(self.net)
+        self.data_layer_names = [self.net._layer_names[index] for reads, first, last, _ in self.runs if reads
+                                 for index in range(first, last + 1)]
+        self.batches, self.data_sha256 = None, data_sha256
         self.digest_source = "the read the scan's digest was taken of"
-        if data_layers is not None:
-            self.start, self.tops = data_layers
-            names = list(self.net._layer_names)
-            self.data_layer_names = names[:names.index(self.start)]
-            size = sum(self.net.blobs[t].data.nbytes for t in self.tops) * iterations
-            if size <= cache_limit:
-                self.batches = list(_read_batches(self.net, data_layers, iterations))
-                digest = examples_sha256(self.batches)
-                # A worker's Net reads the data anew: a layer that draws at
-                # random (DummyData's fillers, mirror, shuffle) gives it other
-                # batches than the baseline's, and every drop it measured
-                # would be partly the data's.
-                if data_sha256 is not None and digest != data_sha256:
-                    raise InputError(f"{model_path}: {self._data_layers_text()} gave other examples when a --jobs "
-                                     f"worker read its {iterations} batches again (random fillers, mirror or "
-                                     "shuffle, or data rewritten meanwhile), so its points would not be measured "
-                                     "on the baseline's batches; use --jobs 1, or TEST data that reads the same "
-                                     "every time")
-                self.data_sha256 = digest
+        size = sum(self.net.blobs[top].data.nbytes for _, _, _, tops in self.runs for top in tops) * iterations
+        if size <= cache_limit:
+            self.batches = list(_read_batches(self.net, self.runs, iterations))
+            digest = examples_sha256(self.batches)
+            # A worker's Net reads the data anew: a layer that draws at
+            # random (DummyData's fillers, mirror, shuffle) gives it other
+            # batches than the baseline's, and every drop it measured
+            # would be partly the data's.
+            if data_sha256 is not None and digest != data_sha256:
+                raise InputError(f"{model_path}: {self._data_layers_text()} gave other examples when a --jobs "
+                                 f"worker read its {iterations} batches again (random fillers, mirror or "
+                                 "shuffle, or data rewritten meanwhile), so its points would not be measured "
+                                 "on the baseline's batches; use --jobs 1, or TEST data that reads the same "
+                                 "every time")
+            self.data_sha256 = digest
         self.data_mode = "cached" if self.batches is not None else "streamed"
 
     def expect(self, data_sha256, source):
@@ -250,24 +254,22 @@ class Evaluator:
         sums = {name: 0.0 for name in self.outputs}
         digests = []
         for i in range(self.iterations):
-            if self.batches is not None:
-                for top, value in self.batches[i].items():
-                    # A Data layer shapes each batch as its first record
-                    # (images of sizes that vary, for a net ending in a global pool).
-                    self.net.blobs[top].reshape(*value.shape)
-                    self.net.blobs[top].data[...] = value
-                out = self.net.forward(start=self.start)
-            elif self.tops is not None:
-                # In two halves, as the cached batches run: the digest is of
-                # what the data layers gave, before an in-place layer on
-                # their tops changes it.
-                self.net.forward(end=self.data_layer_names[-1])
-                digests += _example_digests({top: self.net.blobs[top].data for top in self.tops})
-                out = self.net.forward(start=self.start)
-            else:
-                out = self.net.forward()
+            read = {}
+            for reads, first, last, tops in self.runs:
+                if reads and self.batches is not None:
+                    for top in tops:
+                        # A Data layer shapes each batch as its first record
+                        # (images of sizes that vary, for a net ending in a global pool).
+                        self.net.blobs[top].reshape(*self.batches[i][top].shape)
+                        self.net.blobs[top].data[...] = self.batches[i][top]
+                    continue
+                self.net._forward(first, last)
+                if reads:  # streamed: taken before an in-place layer on them changes them
+                    read.update({top: self.net.blobs[top].data.copy() for top in tops})
+            if read:
+                digests += _example_digests(read)
             for name in self.outputs:
-                sums[name] += float(np.mean(out[name]))
+                sums[name] += float(np.mean(self.net.blobs[name].data))
         if digests:
             self._check_streamed(_combined(digests))
         return {name: total / self.iterations for name, total in sums.items()}

@@ -332,6 +332,36 @@ def test_outputs_are_accuracies_or_losses_by_their_layers_not_their_names(lenet,
     assert result.exit_code == 0 and "metric loss3/top-1" in (tmp_path / "p.yaml").read_text()
 
 
+def test_a_data_layer_after_a_layer_with_inputs_is_cached_too(lenet, tmp_path, cli):
+    """Images and labels read by two HDF5Data layers with a layer between
+    them: every point read the next batches, measured against a baseline
+    of others (unchecked: no digest was taken), and 2 batches of a
+    5-batch epoch made conv1 at 50% look 2 points worse than caffe test."""
+    _, proto, weights = lenet
+    text = proto.read_text()
+    test_layer = text.index("layer {", text.index("phase: TRAIN") + 1)
+    source = re.search(r'source: "([^"]+test[^"]*)"', text).group(1)
+
+    def reader(top):
+        return (f'layer {{ name: "{top}" type: "HDF5Data" top: "{top}" include {{ phase: TEST }} '
+                f'hdf5_data_param {{ source: "{source}" batch_size: 100 }} }}\n')
+
+    text = (text[:test_layer] + reader("data") + 'layer { name: "pre" type: "Power" bottom: "data" top: "seen" '
+            'include { phase: TEST } }\n' + reader("label") + text[text.index("layer {", test_layer + 1):])
+    (tmp_path / "split.prototxt").write_text(text)
+    result = cli("sensitivity", "-p", "split.prototxt", "-w", weights, "-n", 2, "-l", "conv1", "--sparsities",
+                 "0.5,0.9", "-o", "scan")
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+    data = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert data["data"] == "cached" and data["data_sha256"] is not None
+    for point in data["layers"][0]["points"]:
+        pruned = tmp_path / f"conv1-{point['sparsity']}.caffemodel"
+        assert cli("prune", "-w", weights, "-r", f"conv1={point['sparsity']}", "-o", pruned).exit_code == 0
+        code, log = run_caffe_test(tmp_path / "split.prototxt", pruned, iterations=2)
+        assert code == 0, log[-2000:]
+        assert point["metrics"]["accuracy"] == pytest.approx(parse_test_outputs(log)["accuracy"], abs=1e-6)
+
+
 def test_test_output_kinds_of_a_googlenet_train_val(tmp_path):
     from caffedsd.caffe_proto import read_net_prototxt
     from caffedsd.sensitivity import test_output_kinds
@@ -458,7 +488,7 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
         text + 'layer { name: "both" type: "Concat" bottom: "conv1" bottom: "ip2" top: "both" }\n')
     for jobs in (1, 2):
         assert_one_line_error(cli("sensitivity", "-p", "concat.prototxt", "-w", weights, "-j", jobs, "-o", "s"),
-                              "concat.prototxt: Caffe cannot build the net: Check failed: num_axes == ")
+                              "concat.prototxt: Caffe cannot build the net and read its 50 TEST batches: Check failed: num_axes == ")
         assert not (tmp_path / "s").exists()
     assert_one_line_error(cli("plan", "--sensitivity", out, "--target-sparsity", 0.99, "-o", "p.yaml"),
                     "out of reach: the measured curves reach at most 0.9000 overall")
