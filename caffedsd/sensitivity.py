@@ -49,7 +49,8 @@ from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import masks_path_for, structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
-from .netcheck import KINDS, built_state, check_blob_shapes, check_pair, check_tied_weights, output_kinds
+from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
+                       output_kinds)
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -356,15 +357,26 @@ def _end_with_parent(parent):
         os._exit(1)
 
 
-def _select_layers(model, globs):
+def _select_layers(model, globs, net, net_path, notify):
+    """The targets to scan: those ``globs`` choose (all when none) of the
+    layers the TEST phase builds; pruning the others (a TRAIN-only
+    auxiliary classifier) changes nothing a scan measures."""
     targets = prunable_targets(model)
     if not targets:
         raise InputError(f"{model.path}: no prunable layer (Convolution, Deconvolution or InnerProduct)")
-    if not globs:
-        return targets
-    names = [name for target in targets for name in target.layers]
-    chosen = set(GlobRules([(g,) for g in globs], "--layers").select(names, "prunable layer", known="prunable"))
-    return [t for t in targets if chosen & set(t.layers)]
+    if globs:
+        names = [name for target in targets for name in target.layers]
+        chosen = set(GlobRules([(g,) for g in globs], "--layers").select(names, "prunable layer", known="prunable"))
+        targets = [t for t in targets if chosen & set(t.layers)]
+    tested = {layer.name for layer in built_layers(net, [built_state(net, "TEST")])}
+    untested = [target.owner for target in targets if target.owner not in tested]
+    if untested and len(untested) == len(targets):
+        raise InputError(f"{net_path}: its TEST phase does not build layer(s) {name_list(untested)}: pruning them "
+                         "changes nothing a scan measures")
+    if untested and notify is not None:
+        notify(f"not scanned: {name_list(untested)}, which {net_path}'s TEST phase does not build (pruning them "
+               "changes nothing a scan measures)")
+    return [target for target in targets if target.owner in tested]
 
 
 def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",
@@ -392,7 +404,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                          "keeps, while a random scan draws over every position: its curves would not be what a "
                          "plan prunes; scan with keepmax, or scan the model before it was pruned")
     kinds, primary = test_output_kinds(net, model_path)
-    targets = _select_layers(model, layers)
+    targets = _select_layers(model, layers, net, model_path, notify)
     if iterations is None:
         iterations = 50
     if iterations < 1:

@@ -362,6 +362,31 @@ def test_a_data_layer_after_a_layer_with_inputs_is_cached_too(lenet, tmp_path, c
         assert point["metrics"]["accuracy"] == pytest.approx(parse_test_outputs(log)["accuracy"], abs=1e-6)
 
 
+def test_a_layer_of_phase_train_only_is_not_scanned(caffe, tmp_path, cli):
+    """A TRAIN-only auxiliary classifier: its pruning changes nothing the
+    TEST phase measures, and the TEST net has no blob of it (a KeyError)."""
+    from conftest import save_net
+
+    text = RANDOM_TEST_NET.replace('layer { name: "loss"', 'layer { name: "aux" type: "InnerProduct" bottom: "data" '
+                                   'top: "aux" include { phase: TRAIN } inner_product_param { num_output: 2 } }\n'
+                                   'layer { name: "auxsil" type: "Silence" bottom: "aux" include { phase: TRAIN } }\n'
+                                   'layer { name: "loss"').replace('"gaussian" std: 1', '"constant" value: 0.5')
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    net.save(str(tmp_path / "net.caffemodel"))
+    for jobs in (1, 2):
+        result = cli("sensitivity", "-p", proto, "-w", "net.caffemodel", "-n", 1, "--sparsities", "0.5",
+                     "-j", jobs, "-o", f"scan{jobs}")
+        assert result.exit_code == 0, result.output
+        assert "not scanned: aux, which" in result.output
+        data = json.loads((tmp_path / f"scan{jobs}" / "sensitivity.json").read_text())
+        assert [layer["layer"] for layer in data["layers"]] == ["quiet", "fc"]
+    assert_one_line_error(cli("sensitivity", "-p", proto, "-w", "net.caffemodel", "-l", "aux", "-o", "aux"),
+                          "net.prototxt: its TEST phase does not build layer(s) aux: pruning them changes nothing")
+    assert not (tmp_path / "aux").exists()
+
+
 def test_test_output_kinds_of_a_googlenet_train_val(tmp_path):
     from caffedsd.caffe_proto import read_net_prototxt
     from caffedsd.sensitivity import test_output_kinds
