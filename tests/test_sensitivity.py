@@ -365,8 +365,6 @@ def test_a_data_layer_after_a_layer_with_inputs_is_cached_too(lenet, tmp_path, c
 def test_a_layer_of_phase_train_only_is_not_scanned(caffe, tmp_path, cli):
     """A TRAIN-only auxiliary classifier: its pruning changes nothing the
     TEST phase measures, and the TEST net has no blob of it (a KeyError)."""
-    from conftest import save_net
-
     text = RANDOM_TEST_NET.replace('layer { name: "loss"', 'layer { name: "aux" type: "InnerProduct" bottom: "data" '
                                    'top: "aux" include { phase: TRAIN } inner_product_param { num_output: 2 } }\n'
                                    'layer { name: "auxsil" type: "Silence" bottom: "aux" include { phase: TRAIN } }\n'
