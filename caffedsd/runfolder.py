@@ -175,7 +175,13 @@ class RunFolder:
 
     def append(self, name, record):
         """Add ``record`` to journal ``name``, on disk before this returns."""
-        with open(self.path / name, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with open(self.path / name, "a+b") as handle:
+            # After a last line cut short (a full disk, a crash mid-write),
+            # on a line of its own: glued to it, it would be skipped too.
+            cut = False
+            if handle.tell():  # appending: at the end
+                handle.seek(-1, os.SEEK_END)
+                cut = handle.read(1) != b"\n"
+            handle.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
             handle.flush()
             os.fsync(handle.fileno())

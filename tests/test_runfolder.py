@@ -65,11 +65,13 @@ def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
     with open(tmp_path / "run" / "points.jsonl", "a") as handle:
         handle.write('{"n": 2')
     assert folder.journal("points.jsonl") == [{"n": 1}]
+    folder.append("points.jsonl", {"n": 3})  # on a line of its own, not glued to the cut one
+    assert folder.journal("points.jsonl") == [{"n": 1}, {"n": 3}]
     assert folder.journal("missing.jsonl") == []
     # Lines edited since: not an object, without a key asked for, not UTF-8.
     with open(tmp_path / "run" / "points.jsonl", "ab") as handle:
         handle.write(b'\n[1]\n{"m": 3}\n{"n": "\xff"}\n{"n": 4, "m": 5}\n')
-    assert folder.journal("points.jsonl", keys=("n",)) == [{"n": 1}, {"n": 4, "m": 5}]
+    assert folder.journal("points.jsonl", keys=("n",)) == [{"n": 1}, {"n": 3}, {"n": 4, "m": 5}]
 
 
 def test_abandon_undoes_only_what_open_started(tmp_path):
