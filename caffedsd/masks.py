@@ -178,6 +178,7 @@ class Criterion:
     # What the per-layer number means, for validation and messages.
     amount_name: str
     check: Callable  # amount -> error text or None
+    seeded: bool = False  # draws from ``rng``: its masks depend on the seed
 
 
 def _check_sparsity(value):
@@ -195,7 +196,7 @@ def _check_scale(value):
 CRITERIA = {
     "keepmax": Criterion("keepmax", keepmax_mask, "sparsity", _check_sparsity),
     "std": Criterion("std", std_mask, "s", _check_scale),
-    "random": Criterion("random", random_mask, "sparsity", _check_sparsity),
+    "random": Criterion("random", random_mask, "sparsity", _check_sparsity, seeded=True),
 }
 
 

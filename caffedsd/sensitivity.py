@@ -426,8 +426,9 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     # Absolute paths: `plan --verify` rebuilds this net from another folder.
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
-                        tuple(sparsities), criterion, iterations, seed,
-                        file_sha256(model_path), data_sha256)
+                        tuple(sparsities), criterion, iterations,
+                        # A seed the criterion does not draw with measures nothing else.
+                        seed if get_criterion(criterion).seeded else 0, file_sha256(model_path), data_sha256)
     if evaluator is not None:
         evaluator.data_sha256 = data_sha256  # a streamed pass must read what the digest read
     folder = RunFolder(out_dir, SCAN_RECORD, "sensitivity", "model, weights or settings")

@@ -385,6 +385,24 @@ def test_a_layer_of_phase_train_only_is_not_scanned(caffe, tmp_path, cli):
     assert not (tmp_path / "aux").exists()
 
 
+def test_a_seed_only_a_random_scan_draws_with(caffe, tmp_path, cli):
+    """keepmax draws nothing: a rerun with another --seed goes on with the
+    folder's points (it was refused as other settings, and --force removed
+    them all)."""
+    from conftest import save_net
+
+    proto, weights = save_net(caffe, tmp_path, RANDOM_TEST_NET.replace('"gaussian" std: 1', '"constant" value: 0.5'))
+    base = ("sensitivity", "-p", proto, "-w", weights, "-n", 1, "--sparsities", "0.5", "-o", "scan")
+    assert cli(*base).exit_code == 0
+    before = (tmp_path / "scan" / "points.jsonl").read_text()
+    result = cli(*base, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "scan" / "points.jsonl").read_text() == before  # nothing measured again
+    assert json.loads((tmp_path / "scan" / "sensitivity.json").read_text())["seed"] == 0
+    assert cli(*base[:-1], "random", "-c", "random", "--seed", 3).exit_code == 0
+    assert json.loads((tmp_path / "random" / "sensitivity.json").read_text())["seed"] == 3
+
+
 def test_test_output_kinds_of_a_googlenet_train_val(tmp_path):
     from caffedsd.caffe_proto import read_net_prototxt
     from caffedsd.sensitivity import test_output_kinds
