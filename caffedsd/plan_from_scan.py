@@ -135,6 +135,16 @@ def by_max_drop(curve_data, max_drop):
     return choices
 
 
+def _shown_below(value, limit):
+    """``value`` (below ``limit``) with 4 decimals, or as many more as it
+    takes not to read as ``limit`` or more."""
+    for digits in range(4, 17):
+        text = f"{value:.{digits}f}"
+        if float(text) < limit:
+            return text
+    return repr(value)
+
+
 def by_target(curve_data, prunable_params, target, max_drop=None, where="sensitivity", counts=None, elsewhere=0):
     """``counts`` and ``elsewhere``: the zeros a pruned model has already
     (pruned_counts), which count towards the target."""
@@ -157,7 +167,7 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
     if reachable < target * prunable_params - 1e-9 * max(1, prunable_params):
         budget = "" if max_drop is None else f" within --max-drop {max_drop:g}"
         raise PlanningError(f"{where}: --target-sparsity {target:g} is out of reach: the measured curves reach at most "
-                            f"{reachable / prunable_params:.4f} overall{budget}")
+                            f"{_shown_below(reachable / prunable_params, target)} overall{budget}")
     picks = least_drop([[(gain, d) for _, gain, d in opts] for opts in options.values()], needed)
     return [Choice(layer, params, options[layer][pick][0], options[layer][pick][2])
             for (layer, (params, _)), pick in zip(curve_data.items(), picks)]

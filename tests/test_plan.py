@@ -181,6 +181,17 @@ def test_nan_budgets_are_refused():
             call()
 
 
+def test_an_unreachable_target_is_not_shown_as_reached():
+    """0.98996 reachable, 0.98998 asked: ".4f" showed 0.9900."""
+    from caffedsd.plan_from_scan import by_target
+
+    with pytest.raises(PlanningError, match=r"--target-sparsity 0.98998 is out of reach: the measured curves reach "
+                                            r"at most 0.98996 overall$"):
+        by_target({"a": (100000, [(0.98996, 0.0)])}, 100000, 0.98998)
+    with pytest.raises(PlanningError, match=r"reach at most 0.5000 overall$"):
+        by_target({"a": (10, [(0.5, 0.0)])}, 10, 0.6)
+
+
 def test_a_target_on_flat_curves_prunes_about_the_target(tmp_path):
     """Every drop 0: any choice that reaches the target costs nothing, so
     the least gain past it is what decides: 200 of the 400 weights of a
