@@ -151,13 +151,14 @@ def shared_stages(run_dir, made, recipe, spec):
     except CaffeDsdError:
         return 0
     old_data, new_data = old.to_dict(), recipe.to_dict()
-    old_stages, new_stages = old_data.pop("stages"), new_data.pop("stages")
+    old_data.pop("stages"), new_data.pop("stages")
     if old_data != new_data:  # first: then its weights are this recipe's, which exist
         return 0
     if made not in (run_fingerprint(old, spec), run_fingerprint(old, spec, with_weights=False)):
         return 0
     count = 0
-    for before, now in zip(old_stages, new_stages):
+    # The stages as values, whose plans' rules compare in order (as dicts they would not).
+    for before, now in zip(old.stages, recipe.stages):
         if before != now:
             break
         count += 1

@@ -28,7 +28,7 @@ from .globrules import GlobRules, Rule
 from .masks import get_criterion
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
-_KEYS = {"criterion", "sparsity", "layers", "verified", "seed"}
+PLAN_KEYS = frozenset({"criterion", "sparsity", "layers", "verified", "seed"})
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class SparsityPlan:
 
     @classmethod
     def from_dict(cls, data, where="plan"):
-        check_keys(data, _KEYS, where, PlanError)
+        check_keys(data, PLAN_KEYS, where, PlanError)
         layers = data.get("layers") or {}
         if not isinstance(layers, dict):
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")

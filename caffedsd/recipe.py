@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from .atomic import read_input
 from .errors import PlanError, RecipeError
-from .plan import SparsityPlan, load_plan
+from .plan import PLAN_KEYS, SparsityPlan, load_plan
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 MAX_SEED = 2 ** 32 - 1
@@ -110,10 +110,12 @@ class PruneStage:
     def from_dict(cls, data, where):
         if not isinstance(data, dict):
             raise RecipeError(f"{where}: expected a mapping")
+        # Of a stage with a plan file, or with the plan's own keys in place of it.
+        check_keys(data, {"plan", "require_verified"} | (set() if "plan" in data else PLAN_KEYS), where,
+                   RecipeError)
         data = dict(data)
         require = data.pop("require_verified", False)
         if "plan" in data:
-            check_keys(data, {"plan"}, where, RecipeError)
             path = data["plan"]
             if not isinstance(path, str) or not path.strip():
                 raise RecipeError(f"{where}: plan {path!r} must be the path of a plan file "
@@ -225,7 +227,14 @@ class Recipe:
 
     def fingerprint(self):
         """sha256 of the canonical recipe (plan files included by value)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        data = self.to_dict()
+        # A plan's rules in their order, which sort_keys would lose: the last
+        # rule that matches a layer wins.
+        for stage in data["stages"]:
+            for settings in stage.values():
+                if "layers" in settings:
+                    settings["layers"] = [[pattern, value] for pattern, value in settings["layers"].items()]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def load_recipe(path):

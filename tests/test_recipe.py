@@ -47,6 +47,26 @@ def test_fingerprint_changes_with_content():
     assert Recipe.from_dict(GOOD).fingerprint() != Recipe.from_dict(other).fingerprint()
 
 
+def test_the_order_of_a_plans_rules_is_part_of_the_recipe():
+    """The last rule that matches wins: ip2 at 0.1, or at 0.9."""
+    def recipe(layers):
+        return Recipe.from_dict(dict(GOOD, stages=[{"dense": {"iterations": 5}}, {"prune": {"layers": layers}}]))
+
+    first, second = recipe({"ip*": 0.9, "ip2": 0.1}), recipe({"ip2": 0.1, "ip*": 0.9})
+    assert first.fingerprint() != second.fingerprint() and first.stages[1] != second.stages[1]
+    assert first.fingerprint() == recipe({"ip*": 0.9, "ip2": 0.1}).fingerprint()
+
+
+@pytest.mark.parametrize("settings,known", [
+    ({"plan": "p.yaml", "require_verifed": True}, "(known: plan, require_verified)"),
+    ({"sparsity": 0.5, "plann": "p.yaml"}, "(known: criterion, layers, plan, require_verified, seed, sparsity, "
+                                           "verified)"),
+])
+def test_a_prune_stages_unknown_key_lists_every_known_one(settings, known):
+    with pytest.raises(RecipeError, match=re.escape(known)):
+        Recipe.from_dict(dict(GOOD, stages=[{"dense": {"iterations": 5}}, {"prune": settings}]))
+
+
 @pytest.mark.parametrize("change,message", [
     ({"stagse": []}, "unknown key"),
     ({"stages": [{"dense": {"iterations": -5}}]}, "iterations -5 must be"),
