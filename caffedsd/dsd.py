@@ -67,6 +67,9 @@ class StageSummary:
     tests: str = None  # training stages: the TEST passes' file in the stage folder
     layers: dict = None  # prune stages: {layer: sparsity}
     model_sha256: str = None  # of the model as the stage wrote it (stage.json of earlier runs: none)
+    # Of the model it started from: the stage before's, or the recipe's
+    # weights (none: from the solver's fillers, or an earlier run's stage.json).
+    input_sha256: str = None
 
     def to_dict(self):
         return {key: value for key, value in asdict(self).items() if value is not None or key == "lr"}
@@ -208,11 +211,12 @@ class _Checkpoints:
     layers up to the checkpoint (training.replay_data), so that it reads the
     batches an uninterrupted run would; else they restart from their first."""
 
-    def __init__(self, folder, every=None, replay=True):
+    def __init__(self, folder, every=None, replay=True, start_sha256=None):
         self.folder = Path(folder)
         self.every = every
         self.replay = replay
         self.record = self.folder / "checkpoint.json"
+        self.start_sha256 = start_sha256  # of the model the stage started from
 
     @property
     def prefix(self):
@@ -229,6 +233,9 @@ class _Checkpoints:
         if not self.record.exists():
             return None
         record = read_json(self.record, keys=("iter", "solverstate", "curve"))
+        if None not in (record.get("start_sha256"), self.start_sha256) and record["start_sha256"] != self.start_sha256:
+            raise InputError(f"{self.record}: the stage went this far from another model than it starts from now "
+                             f"(the stage before it was run again since); delete {self.folder} to restart the stage")
         record.update((key, str(self._file(record[key]))) for key in ("solverstate", "curve", "tests")
                       if record.get(key))
         state = Path(record["solverstate"])
@@ -270,7 +277,8 @@ class _Checkpoints:
         write_text(self.folder / f"tests_{iteration}.csv", report.tests_csv(tests))
         previous = read_json(self.record) if self.record.exists() else None
         write_json(self.record, {"iter": iteration, "solverstate": state.name,
-                                  "curve": f"curve_{iteration}.csv", "tests": f"tests_{iteration}.csv"})
+                                  "curve": f"curve_{iteration}.csv", "tests": f"tests_{iteration}.csv",
+                                  **({"start_sha256": self.start_sha256} if self.start_sha256 else {})})
         if previous:  # keep only the newest set
             for old in (previous["solverstate"], previous["solverstate"].replace(".solverstate", ".caffemodel"),
                         previous["curve"], previous.get("tests")):
@@ -327,9 +335,10 @@ def _check_finished(stage_dir, kind, number, count, recorded_sha256=None):
     return maskset
 
 
-def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress, replay):
-    """A dense or sparse stage: train, evaluate, save; resumes a checkpoint."""
-    checkpoints = _Checkpoints(stage_dir / "checkpoint", recipe.checkpoint_every, replay)
+def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progress, replay, start_sha256):
+    """A dense or sparse stage: train, evaluate, save; resumes a checkpoint
+    made from the model of ``start_sha256``."""
+    checkpoints = _Checkpoints(stage_dir / "checkpoint", recipe.checkpoint_every, replay, start_sha256)
     latest = checkpoints.latest()
     callback = progress(stage_dir.name, stage.iterations, latest["iter"] if latest else 0) if progress else None
     phase = Phase(stage.iterations, weights_in, stage_dir / "model.caffemodel", masks, lr_scale=stage.lr_scale,
@@ -417,6 +426,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
 
 def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
+    start_sha256 = file_sha256(weights) if weights else None
     begun, trained = _net_files_digest(spec), False
     for number, stage in enumerate(recipe.stages, 1):
         _check_run_dir(run_dir)
@@ -427,6 +437,12 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
             finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages),
                                              summary.model_sha256)
+            if None not in (summary.input_sha256, start_sha256) and summary.input_sha256 != start_sha256:
+                # Its model is of a start that is gone: a report would mix two lineages.
+                later = " and the stages after it" if number < len(recipe.stages) else ""
+                source = f"the one stage {number - 1} finished with now" if number > 1 else f"{weights} now"
+                raise InputError(f"{done}: stage {number} started from another model than {source} (run again "
+                                 f"or rewritten since); delete {stage_dir}{later} to run them again")
         else:
             # Caffe reads the net files again for every stage: an edit while
             # the run goes on would train its later stages on another net
@@ -449,7 +465,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
                     summary = _run_prune(stage, spec, recipe, stage_dir, weights, gpu)
                 else:
                     summary = _run_training(stage, spec, recipe, stage_dir, weights,
-                                            masks if stage.kind == "sparse" else None, gpu, progress, replay)
+                                            masks if stage.kind == "sparse" else None, gpu, progress, replay,
+                                            start_sha256)
             except Diverged as exc:  # the stage's lr_scale may be what is at fault
                 raise Diverged(f"{recipe.where}: stage {number} ({stage.kind}): {exc} (with this stage edited, "
                                "dsd --force keeps the stages before it)") from None
@@ -457,11 +474,11 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),
                                    model_sha256=file_sha256(stage_dir / "model.caffemodel"),
-                                   seconds=round(time.time() - started, 1), **summary)
+                                   input_sha256=start_sha256, seconds=round(time.time() - started, 1), **summary)
             write_json(done, summary.to_dict())
         # Only once stage.json marks the stage finished may its checkpoints go.
         _Checkpoints(stage_dir / "checkpoint").clear()
-        weights = stage_dir / "model.caffemodel"
+        weights, start_sha256 = stage_dir / "model.caffemodel", summary.model_sha256
         if stage.kind == "prune":  # read and checked already where the stage was finished before
             masks = finished_masks or masks_for(read_caffemodel(weights), required=True, option=None)
         elif stage.kind == "dense":

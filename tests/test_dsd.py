@@ -341,6 +341,37 @@ def test_weights_retrained_in_place_are_another_start(tmp_path, cli):
 
 
 @pytest.mark.caffe
+def test_a_stage_made_from_another_start_is_not_kept(tmp_path, cli):
+    """A stage run again (its folder deleted alone; on a GPU, or with
+    --restart-data, not bit for bit) gives the next stage another start:
+    that stage's model, or its checkpoint, is of a start that is gone."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=80)
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        run_recipe(load_recipe(recipe), run, progress=stopping_at(60))
+    checkpoint = run / "03-sparse" / "checkpoint" / "checkpoint.json"
+    record = json.loads(checkpoint.read_text())
+    pruned = json.loads((run / "02-prune" / "stage.json").read_text())["model_sha256"]
+    assert record["start_sha256"] == pruned
+    checkpoint.write_text(json.dumps(record | {"start_sha256": "0" * 64}))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "checkpoint.json: the stage went this far "
+                          "from another model than it starts from now (the stage before it was run again since); "
+                          "delete")
+    checkpoint.write_text(json.dumps(record))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    done = run / "04-dense" / "stage.json"
+    summary = json.loads(done.read_text())
+    assert summary["input_sha256"] == json.loads((run / "03-sparse" / "stage.json").read_text())["model_sha256"]
+    done.write_text(json.dumps(summary | {"input_sha256": "0" * 64}))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "04-dense/stage.json: stage 4 started from "
+                          "another model than the one stage 3 finished with now (run again or rewritten since); "
+                          "delete")
+
+
+@pytest.mark.caffe
 def test_checkpoint_without_its_solverstate(tmp_path, cli):
     recipe = _recipe(tmp_path, sparse_iterations=10)
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
