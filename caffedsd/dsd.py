@@ -133,6 +133,7 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
                      if shared else "start it over (no stage of it is the same in this recipe)")
             raise InputError(f"{folder.path}: made by a different recipe, solver, net or weights; give a new -o, "
                              f"or --force to {offer}")
+        _check_inputs_kept(recipe, spec, folder.path, shared)
         removed = _remove_stages_after(folder.path, shared)
         if notify is not None:
             kept = f"kept stages {_numbers(shared)}" if shared else "kept no stage"
@@ -172,20 +173,42 @@ def _numbers(count):
     return "1" if count == 1 else f"1-{count}"
 
 
+def _stages_after(run_dir, count):
+    """The stage folders numbered above ``count``, in order."""
+    matches = ((_STAGE_FOLDER.fullmatch(entry.name), entry) for entry in Path(run_dir).iterdir()
+               if entry.is_dir() or entry.is_symlink())
+    return [entry for _, entry in sorted((int(match.group(1)), entry) for match, entry in matches
+                                         if match and int(match.group(1)) > count)]
+
+
+def _check_inputs_kept(recipe, spec, run_dir, count):
+    """Refuse a takeover that would remove a file the recipe reads: weights
+    it continues from, kept in a stage folder of the run, are gone before
+    the run could read them (and its failure then empties the folder)."""
+    inputs = [spec.path, spec.net_path, *spec.test_net_paths]
+    if recipe.weights:
+        inputs += [recipe.weights, masks_path_for(recipe.weights)]
+    for stage in _stages_after(run_dir, count):
+        if stage.is_symlink():  # only the link goes
+            continue
+        for path in inputs:
+            if Path(path).exists() and Path(path).resolve().is_relative_to(stage.resolve()):
+                raise InputError(f"{path}: {recipe.where} reads it, and --force would remove it with {stage}; "
+                                 f"copy it out of {run_dir} first, or give a new -o")
+
+
 def _remove_stages_after(run_dir, count):
     """Remove stage folders numbered above ``count`` (the last first) and
     the reports of the whole run; returns the names removed."""
-    matches = ((_STAGE_FOLDER.fullmatch(entry.name), entry) for entry in run_dir.iterdir()
-               if entry.is_dir() or entry.is_symlink())
-    stages = sorted((int(match.group(1)), entry) for match, entry in matches if match and int(match.group(1)) > count)
-    for _, stage in reversed(stages):
+    stages = _stages_after(run_dir, count)
+    for stage in reversed(stages):
         if stage.is_symlink():
             stage.unlink()
         else:
             shutil.rmtree(stage)
     for name in report.DSD_REPORT_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    return [stage.name for _, stage in stages]
+    return [stage.name for stage in stages]
 
 
 def _nothing_done(run_dir):

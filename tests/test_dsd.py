@@ -372,6 +372,22 @@ def test_a_stage_made_from_another_start_is_not_kept(tmp_path, cli):
 
 
 @pytest.mark.caffe
+def test_force_does_not_remove_the_weights_the_recipe_reads(tmp_path, cli):
+    """Weights to continue from, in a stage folder the takeover removes:
+    gone before the run read them, and its failure then emptied the folder."""
+    recipe = _recipe(tmp_path, sparse_iterations=3)
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    solver = tmp_path / "solver.prototxt"
+    kept = _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense")
+    recipe.write_text(f"solver: {solver}\nweights: run/04-dense/model.caffemodel\nstages:\n"
+                      "  - prune: {sparsity: 0.7}\n  - sparse: {iterations: 3}\n")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run", "--force"),
+                          "recipe.yaml reads it, and --force would remove it with run/04-dense; copy it out of run "
+                          "first, or give a new -o")
+    assert _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense") == kept
+
+
+@pytest.mark.caffe
 def test_checkpoint_without_its_solverstate(tmp_path, cli):
     recipe = _recipe(tmp_path, sparse_iterations=10)
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
