@@ -437,6 +437,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     check_stages(recipe, spec)
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
+    _check_verified_weights(recipe)
     check_solver_builds(spec, gpu)
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:
         try:
@@ -445,6 +446,16 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
             if _nothing_done(folder.path):
                 folder.abandon()
             raise
+
+
+def _check_verified_weights(recipe):
+    """A first prune stage that requires a verified plan prunes the weights
+    the plan was verified on (Recipe allows it on no other stage)."""
+    stage = recipe.stages[0]
+    if stage.kind == "prune" and stage.require_verified \
+            and read_caffemodel(recipe.weights).sha256() != stage.plan.verified["weights_sha256"]:
+        raise RecipeError(f"{recipe.where}: stage 1 (prune) has require_verified, but weights {recipe.weights} "
+                          "are not those its plan was verified on (their sha256 differs)")
 
 
 def _run_stages(recipe, spec, run_dir, gpu, progress, replay):

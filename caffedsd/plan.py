@@ -11,7 +11,10 @@ become one. Plan file (YAML)::
       "fire*/expand3x3": 0.7
 
 A plan written by ``caffedsd plan --verify`` also carries ``verified:``,
-what was measured on the whole pruned net (metric, measured_drop, ...).
+what was measured on the whole pruned net (metric, measured_drop, ...),
+with the weights it was measured on and the sha256 of the plan measured
+(``plan_sha256``, of ``SparsityPlan.digest``): a plan edited since then is
+refused while it keeps the record.
 A plan of the random criterion that ``caffedsd plan`` writes carries the
 scan's ``seed``: the masks it was measured with are those of that seed.
 
@@ -20,6 +23,9 @@ multiplier s of |w| < s * std(w). When several rules match a layer the last
 one wins, so broad rules go first and exceptions after them. Each rule must
 match at least one prunable layer.
 """
+import hashlib
+import json
+import math
 from dataclasses import dataclass, field, replace
 
 from .atomic import read_input
@@ -46,11 +52,6 @@ class SparsityPlan:
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(self.rules))
         at = f"{self.where}: " if self.where else ""
-        if self.verified is not None:
-            drop = self.verified.get("measured_drop") if isinstance(self.verified, dict) else None
-            if isinstance(drop, bool) or not isinstance(drop, (int, float)):
-                raise PlanError(f"{at}verified: expected a mapping with a numeric measured_drop "
-                                "(as `caffedsd plan --verify` writes it)")
         if self.seed is not None and (type(self.seed) is not int or self.seed < 0):
             raise PlanError(f"{at}seed {self.seed!r}: must be a whole number >= 0")
         try:
@@ -67,6 +68,33 @@ class SparsityPlan:
             problem = crit.check(value)
             if problem:
                 raise PlanError(f"{at}{what} {value!r}: {problem} for criterion {self.criterion}")
+        if self.verified is not None:
+            self._check_verified(at)
+
+    def _check_verified(self, at):
+        record = self.verified
+        drop = record.get("measured_drop") if isinstance(record, dict) else None
+        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop):
+            raise PlanError(f"{at}verified: expected a mapping with a finite measured_drop "
+                            "(as `caffedsd plan --verify` writes it)")
+        for key, value in record.items():
+            # It travels into the masks file as JSON: YAML's dates, sets and binaries do not.
+            if not (isinstance(value, (str, bool, int, type(None)))
+                    or (isinstance(value, float) and math.isfinite(value))):
+                raise PlanError(f"{at}verified: {key} {value!r}: expected a number, a string or null "
+                                "(as `caffedsd plan --verify` writes it)")
+        if "plan_sha256" in record and record["plan_sha256"] != self.digest():
+            raise PlanError(f"{at}verified: measured another plan than this one (its criterion, sparsity, rules "
+                            "or seed changed since `caffedsd plan --verify`); verify it again, or remove the "
+                            "verified: record")
+
+    def digest(self):
+        """sha256 of what decides its masks: criterion, default sparsity,
+        rules in order (the last match wins), and a random plan's seed."""
+        key = [self.criterion, None if self.sparsity is None else float(self.sparsity),
+               [[rule.pattern, float(rule.value)] for rule in self.rules],
+               self.seed_for(0) if get_criterion(self.criterion).seeded else None]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
     def seed_for(self, default):
         """The seed its random masks are drawn with."""
@@ -74,9 +102,7 @@ class SparsityPlan:
 
     def prunes_as(self, other):
         """True when it gives the masks ``other`` gives (seeds matter to random only)."""
-        same_seed = self.criterion != "random" or self.seed_for(0) == other.seed_for(0)
-        return (self.criterion, self.sparsity, self.rules) == (other.criterion, other.sparsity, other.rules) \
-            and same_seed
+        return self.digest() == other.digest()
 
     def amounts(self, layer_names):
         """{layer: amount} for the given prunable layers, in their order.

@@ -16,7 +16,7 @@ loss units for a loss. Drops of layers are predicted to add up.
   that steps, one at a time, the layer costing most per unit of its sparsity
   (predicted drop / sparsity) down to its next lower measured sparsity.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -398,9 +398,11 @@ def _literal(name):
 
 def to_plan(choices, criterion, verified=None, seed=None):
     """The plan of ``choices``; ``seed``: the random criterion's, which its
-    masks (and what was verified of them) depend on."""
-    return SparsityPlan(criterion=criterion, rules=tuple(Rule(_literal(c.layer), c.sparsity) for c in choices),
-                        verified=verified, seed=seed if criterion == "random" else None)
+    masks (and what was verified of them) depend on. ``verified`` gets the
+    plan's digest, which an edit of the plan then no longer matches."""
+    plan = SparsityPlan(criterion=criterion, rules=tuple(Rule(_literal(c.layer), c.sparsity) for c in choices),
+                        seed=seed if criterion == "random" else None)
+    return plan if verified is None else replace(plan, verified={**verified, "plan_sha256": plan.digest()})
 
 
 def _comment(text):

@@ -105,6 +105,10 @@ class PruneStage:
         if self.require_verified and self.plan.verified is None:
             raise RecipeError(f"{self.where}: require_verified, but the plan was not verified "
                               "(make it with `caffedsd plan --verify`)")
+        if self.require_verified and not {"plan_sha256", "weights_sha256"} <= set(self.plan.verified):
+            raise RecipeError(f"{self.where}: require_verified, but the plan's verified: record does not name the "
+                              "plan and the weights it measured (an earlier caffedsd's, or written by hand); "
+                              "verify it again with `caffedsd plan --verify`")
 
     @classmethod
     def from_dict(cls, data, where):
@@ -187,6 +191,11 @@ class Recipe:
                 raise RecipeError(f"{where}: stage {number} (sparse) has no prune stage before it")
             if stage.kind == "prune" and number == 1 and not self.weights:
                 raise RecipeError(f"{where}: stage 1 prunes, but no weights are given")
+            if stage.kind == "prune" and number > 1 and stage.require_verified:
+                # What `plan --verify` measured is of the weights it was given, not of a model this run makes.
+                raise RecipeError(f"{where}: stage {number} (prune) has require_verified, but prunes the model "
+                                  f"stage {number - 1} makes, which no plan measured: make the verified prune "
+                                  "stage 1, with the weights the plan was verified on")
             if stage.kind != "sparse":
                 masked = stage.kind == "prune"
 

@@ -388,6 +388,30 @@ def test_force_does_not_remove_the_weights_the_recipe_reads(tmp_path, cli):
 
 
 @pytest.mark.caffe
+def test_a_verified_plan_is_required_of_the_weights_it_was_verified_on(tmp_path, cli):
+    from caffedsd.caffemodel import read_caffemodel
+    from caffedsd.plan import SparsityPlan
+
+    solver = write_solver(tmp_path, base_lr=0.02)
+    (tmp_path / "dense.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 3}}\n")
+    assert cli("dsd", "--recipe", "dense.yaml", "-o", "dense").exit_code == 0
+    weights = tmp_path / "dense" / "01-dense" / "model.caffemodel"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"solver: {solver}\nweights: {weights}\nstages:\n"
+                      "  - prune: {plan: plan.yaml, require_verified: true}\n  - sparse: {iterations: 3}\n")
+    for sha256 in ("0" * 64, read_caffemodel(weights).sha256()):
+        (tmp_path / "plan.yaml").write_text(f"sparsity: 0.5\nverified: {{measured_drop: 0.1, weights_sha256: "
+                                            f"'{sha256}', plan_sha256: {SparsityPlan(sparsity=0.5).digest()}}}\n")
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        if sha256 == "0" * 64:
+            assert_one_line_error(result, f"stage 1 (prune) has require_verified, but weights {weights} are not "
+                                  "those its plan was verified on")
+            assert not (tmp_path / "run").exists()
+        else:
+            assert result.exit_code == 0, result.output
+
+
+@pytest.mark.caffe
 def test_checkpoint_without_its_solverstate(tmp_path, cli):
     recipe = _recipe(tmp_path, sparse_iterations=10)
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0

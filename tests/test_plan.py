@@ -394,6 +394,31 @@ def test_verified_record_round_trips_and_is_checked():
     assert again == plan and again.verified["measured_drop"] == 0.4
     with pytest.raises(PlanError, match="measured_drop"):
         SparsityPlan(rules=(Rule("conv1", 0.5),), verified={"metric": "accuracy"})
+    # What goes into the masks file as JSON: finite numbers, strings, null.
+    for text, expect in (("measured_drop: .nan", "a finite measured_drop"),
+                         ("measured_drop: 1, when: 2024-05-01", "verified: when datetime.date(2024, 5, 1): expected"),
+                         ("measured_drop: 1, seen: !!set {a: null}", "verified: seen {'a'}: expected")):
+        with pytest.raises(PlanError, match=re.escape(expect)):
+            SparsityPlan.from_yaml(f"sparsity: 0.5\nverified: {{{text}}}\n", where="p.yaml")
+
+
+def test_a_verified_plan_edited_since_is_refused_while_it_keeps_the_record():
+    """The record names the plan it measured; rules reordered (the last
+    match wins), a value changed, or another random seed prune otherwise."""
+    from caffedsd.plan_from_scan import to_plan
+
+    plan = to_plan([Choice("ip1", 100, 0.9, 0.5), Choice("ip2", 10, 0.1, 0.1)], "keepmax",
+                   {"metric": "accuracy", "measured_drop": 0.6})
+    text = plan.to_yaml()
+    assert SparsityPlan.from_yaml(text) == plan and plan.verified["plan_sha256"] == plan.digest()
+    for old, new in (("ip1: 0.9", "ip1: 0.8"), ("criterion: keepmax", "criterion: random")):
+        with pytest.raises(PlanError, match="p.yaml: verified: measured another plan than this one"):
+            SparsityPlan.from_yaml(text.replace(old, new), where="p.yaml")
+    reordered = "\n".join(line for line in text.splitlines() if "ip2" not in line).replace(
+        "  ip1: 0.9", "  ip2: 0.1\n  ip1: 0.9")
+    with pytest.raises(PlanError, match="measured another plan"):
+        SparsityPlan.from_yaml(reordered, where="p.yaml")
+    assert SparsityPlan.from_yaml(text.replace("ip1: 0.9", "ip1: 0.90")) == plan  # the same number
 
 
 # -- plan --verify on a briefly trained LeNet, real Caffe -----------------------------------

@@ -109,7 +109,11 @@ def test_load_recipe_file_and_plan_reference(tmp_path):
 
 def test_a_recipe_may_ask_for_a_verified_plan(tmp_path):
     (tmp_path / "plain.yaml").write_text("sparsity: 0.3\n")
-    (tmp_path / "verified.yaml").write_text("sparsity: 0.3\nverified: {metric: accuracy, measured_drop: 0.4}\n")
+    record = "metric: accuracy, measured_drop: 0.4"
+    (tmp_path / "unnamed.yaml").write_text(f"sparsity: 0.3\nverified: {{{record}}}\n")
+    digest = SparsityPlan(sparsity=0.3).digest()
+    (tmp_path / "verified.yaml").write_text(f"sparsity: 0.3\nverified: {{{record}, plan_sha256: {digest}, "
+                                            "weights_sha256: abc}\n")
 
     def recipe(plan):
         return {"solver": "s.prototxt", "weights": "w.caffemodel",
@@ -118,6 +122,14 @@ def test_a_recipe_may_ask_for_a_verified_plan(tmp_path):
 
     with pytest.raises(RecipeError, match="not verified.*plan --verify"):
         Recipe.from_dict(recipe("plain.yaml"))
+    # One that does not say what it measured: an earlier caffedsd's, or by hand.
+    with pytest.raises(RecipeError, match="does not name the plan and the weights it measured"):
+        Recipe.from_dict(recipe("unnamed.yaml"))
+    # Only on the stage that prunes the weights given: later ones prune a model the run makes.
+    with pytest.raises(RecipeError, match="stage 2 \\(prune\\) has require_verified, but prunes the model stage 1 "
+                                          "makes"):
+        Recipe.from_dict(dict(recipe("verified.yaml"), stages=[{"dense": {"iterations": 3}}]
+                              + recipe("verified.yaml")["stages"]))
     parsed = Recipe.from_dict(recipe("verified.yaml"))
     assert parsed.stages[0].require_verified and parsed.stages[0].plan.verified["measured_drop"] == 0.4
     # The requirement and the record survive the round trip (plans are kept by value).
