@@ -15,10 +15,12 @@ A recipe file (YAML)::
       - prune:  {sparsity: 0.5, layers: {ip1: 0.9}}      # a plan inline (plan.py) ...
       - sparse: {iterations: 500}
       - dense:  {iterations: 500, lr_scale: 0.1}         # re-dense at 1/10 the lr
-      - prune:  {plan: plan.yaml, require_verified: true}  # ... or a plan file, here one
-                                                         # `caffedsd plan --verify` measured
+      - prune:  {plan: plan.yaml}                        # ... or a plan file
       - sparse: {iterations: 500, lr_scale: 0.1}
       - dense:  {iterations: 500, lr_scale: 0.01}        # second cycle: lr / 10 again
+
+A first prune stage may take a plan `caffedsd plan --verify` measured on the
+recipe's weights, and insist on it: {plan: plan.yaml, require_verified: true}.
 
 Any number of prune/sparse/dense cycles may follow. A sparse stage trains
 with the masks of the prune stage before it; a dense stage drops them. The
