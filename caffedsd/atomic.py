@@ -14,7 +14,9 @@ import os
 import re
 import resource
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import InputError, OutputError
@@ -284,11 +286,42 @@ def atomic_paths(*paths):
     An OutputError names them all."""
     paths = [Path(p) for p in paths]
     try:
-        with contextlib.ExitStack() as stack:
-            yield [stack.enter_context(atomic_path(p)) for p in paths]
+        with contextlib.ExitStack() as held:  # left after the renames
+            with contextlib.ExitStack() as stack:
+                temporaries = [stack.enter_context(atomic_path(p)) for p in paths]
+                yield temporaries
+                held.enter_context(signals_deferred())  # the renames: all of them, or (on error) none
     except BaseException as exc:
         _raise_no_room(" and ".join(map(str, paths)), exc)
         raise
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C (SIGINT) and SIGTERM back until the block ends, then act
+    on the first as its handler would: files that belong together (a model
+    and the prototxt beside it) are then all renamed into place, or none
+    (SIGKILL aside). Outside the main thread, where Python cannot set
+    handlers, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    caught = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: pending.append((number, frame)))
+                for number in caught}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            number, frame = pending[0]
+            handler = previous[number]
+            if callable(handler):
+                handler(number, frame)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), number)
 
 
 def _unlink(path):

@@ -535,7 +535,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import atomic_folder, atomic_paths, check_output, temporary_folder, write_text
+    from .atomic import atomic_folder, atomic_paths, check_output, signals_deferred, temporary_folder, write_text
     from .caffe_env import build_in_child, check_net_runs, has_python_layers, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
@@ -598,18 +598,23 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             (scratch / "net.prototxt").write_text(texts[shape_path])
             build_in_child("net", scratch / "net.prototxt", f"{shape_path} as decompose rewrote it",
                            has_python_layers(nets[shape_path]), weights=made)
-            if kept is None:
-                with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
-                    os.replace(made, tmp)
-            else:
-                with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
-                    os.replace(made, tmp)
-                    save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by, read_caffemodel(tmp).structure(),
-                                                  dict(kept.meta)), file_sha256(tmp))
-        for path, name in names.items():
-            write_text(folder / name, texts[path])
-        rows = summarize(model, chosen, positions, discarded)
-        write_text(folder / "report.md", report.decomposition_markdown(rows, weights, skipped))
+            rows = summarize(model, chosen, positions, discarded)
+            # Into an existing folder, file by file: a Ctrl-C or SIGTERM
+            # between them would leave a model beside an earlier prototxt,
+            # which Caffe aborts on; held back, it ends the run once all are in.
+            with signals_deferred():
+                if kept is None:
+                    with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
+                        os.replace(made, tmp)
+                else:
+                    with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
+                        os.replace(made, tmp)
+                        save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by,
+                                                      read_caffemodel(tmp).structure(), dict(kept.meta)),
+                                   file_sha256(tmp))
+                for path, name in names.items():
+                    write_text(folder / name, texts[path])
+                write_text(folder / "report.md", report.decomposition_markdown(rows, weights, skipped))
     written = [*names.values(), "model.caffemodel"] + (["model.masks.h5"] if kept is not None else [])
     return rows, skipped, written + ["report.md"]
 

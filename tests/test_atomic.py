@@ -316,3 +316,35 @@ def test_a_name_too_long_for_the_temporary_says_so(tmp_path):
         deep.mkdir()
     with pytest.raises(InputError, match="the path is too long for the system"):
         check_output(deep / ("x" * (4085 - len(str(deep)) - 1)))
+
+
+def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path):
+    """Ctrl-C or SIGTERM between the renames of a model and the prototxt
+    beside it left the pair mismatched; held back, it acts once all are in."""
+    import signal
+
+    from caffedsd.atomic import signals_deferred
+
+    class Stopped(Exception):
+        pass
+
+    def stop(number, frame):
+        raise Stopped(number)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)  # only the first acts
+                write_text(tmp_path / "model", "new")
+                write_text(tmp_path / "net.prototxt", "new")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "net.prototxt"]
+        assert signal.getsignal(signal.SIGTERM) is stop
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(Stopped), atomic_paths(tmp_path / "a", tmp_path / "b") as (a, b):
+            os.kill(os.getpid(), signal.SIGTERM)  # while they are written: none goes in
+            a.write_text("a")
+        assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
