@@ -368,6 +368,16 @@ def _remedy(hooks):
     return f"Lower {lower}, or set clip_gradients, then start again"
 
 
+def check_test_finite(test, where, iteration, hooks=None):
+    """Raise Diverged when a TEST output after training is NaN or Inf:
+    weights that a last update made huge but not Inf give a net that
+    computes nothing, which saved would pass for a result."""
+    bad = [name for name, value in test.items() if not math.isfinite(value)]
+    if bad:
+        raise Diverged(f"{where}: training diverged by its last iteration ({iteration}): the TEST phase then gives "
+                       f"{bad[0]} = {test[bad[0]]}; nothing was written for it. {_remedy(hooks)}")
+
+
 def check_weights_finite(solver, where, hooks=None):
     """Raise Diverged when a weight is NaN or Inf: an update can blow up
     after the last forward pass whose loss train() saw, and what is saved
@@ -696,6 +706,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                 snapshots.write(solver, sizes)
         check_weights_finite(solver, spec.path, dispatcher)
         test = evaluate(solver, counts)
+        if phase.iterations:
+            check_test_finite(test, spec.path, int(solver.iter), dispatcher)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None
         if phase.output is not None:

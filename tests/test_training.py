@@ -640,6 +640,12 @@ def test_a_last_update_that_blows_up_writes_nothing(pruned, tmp_path, cli):
     assert result.exit_code == 1, result.output
     assert "training diverged in its last iteration (1): weights of conv1 hold NaN or Inf" in result.output
     assert not (tmp_path / "big.caffemodel").exists()
+    # Huge but finite: a net whose TEST loss is Inf was written, exit 0.
+    result = cli("train-lowrank", "--solver", solver, "-w", pruned, "--force-decay", 1e30, "-n", 1,
+                 "-o", "big.caffemodel")
+    assert result.exit_code == 1 and "training diverged by its last iteration (1): the TEST phase then gives " \
+        "loss = inf; nothing was written for it" in result.output, result.output
+    assert not (tmp_path / "big.caffemodel").exists()
 
 
 def test_the_progress_headline_goes_by_layer_types(tmp_path):
