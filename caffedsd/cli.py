@@ -718,7 +718,7 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
     if rows:
         click.echo(report.decomposition_table(rows))
     else:
-        click.echo("no layer decomposed: no split would be smaller")
+        click.echo("no layer decomposed")  # the lines below say why
     for line in report.skipped_lines(skipped):
         click.echo(f"left as is: {line}")
     _wrote(f"wrote {output}/{', '.join(written)}")

@@ -290,8 +290,12 @@ def choose_ranks(model, layers, energy=None, ranks=None, include_fc=False, shari
     by_name = {layer.name: layer for layer in candidates}
     for name, rank in ranks.items():
         if name not in by_name:
-            known = [layer.name for layer in model.layers if layer.type in DECOMPOSABLE and layer.blobs]
-            hint = " (InnerProduct layers need --fc)" if name in known else ""
+            known = {layer.name: layer.type for layer in model.layers if layer.type in DECOMPOSABLE and layer.blobs}
+            hint = ""
+            if known.get(name) == "InnerProduct" and not include_fc:
+                hint = " (InnerProduct layers need --fc)"
+            elif name in known:
+                hint = f" among those --layers {' '.join(layers)} chooses"
             raise InputError(f"--rank {name}={rank}: no decomposable layer {name!r}{hint}")
         layer = by_name[name]
         groups = groups_of(layer)

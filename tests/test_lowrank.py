@@ -331,6 +331,10 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--energy", "1.0000001"), "--energy 1.0000001: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
+    # Left out by --layers, not for its type: --fc was blamed.
+    for args in (("-l", "conv1", "--rank", "conv2=3"), ("--fc", "-l", "conv1", "--rank", "ip1=3")):
+        layer = args[-1].split("=")[0]
+        assert_one_line_error(cli(*base, *args), f"no decomposable layer '{layer}' among those --layers conv1 chooses")
     assert_one_line_error(cli(*base, "--rank", "conv2=3", "--rank", "conv2=5"),
                           "--rank 'conv2=5': conv2 has --rank conv2=3 already")
     assert_one_line_error(cli("rank", "-w", weights, "--energy", "0"), "--energy 0: must be in (0, 1]")
