@@ -99,9 +99,13 @@ def measured_alike(found, config, apart_from=()):
     ``config`` measures them: then every point in it is one of config's,
     whatever layers and sparsities either scan asked for. ``apart_from``:
     other key fields to leave out of the comparison; both must have them."""
+    # A seed the criterion does not draw with measures nothing else (scans
+    # made before it was recorded as 0 for them hold the --seed given).
+    unseeded = () if get_criterion(config.criterion).seeded else ("seed",)
+
     def how(key):
         return {name: value for name, value in json.loads(json.dumps(key)).items()
-                if name not in ("layers", "sparsities", *apart_from)}
+                if name not in ("layers", "sparsities", *unseeded, *apart_from)}
 
     old = found.get("config")
     return (found.get("format") == FORMAT and isinstance(old, dict) and all(name in old for name in apart_from)
@@ -486,6 +490,9 @@ def _take_over(folder, found, config, force, notify):
     measures (other layers or sparsities only); otherwise they go."""
     points = _journal(folder)
     alike = measured_alike(found, config)
+    if alike and all(found["config"].get(key) == json.loads(json.dumps(value)) for key, value in config.key().items()
+                     if key in ("layers", "sparsities")):
+        return  # the same scan, recorded with a seed its criterion does not draw with
     wanted = set(_points(config, {}))
     shared = len(wanted & set(points)) if alike else 0
     if not force:

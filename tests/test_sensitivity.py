@@ -399,6 +399,13 @@ def test_a_seed_only_a_random_scan_draws_with(caffe, tmp_path, cli):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "scan" / "points.jsonl").read_text() == before  # nothing measured again
     assert json.loads((tmp_path / "scan" / "sensitivity.json").read_text())["seed"] == 0
+    # A folder an earlier caffedsd made records the --seed given: the same scan still.
+    marker = tmp_path / "scan" / "scan.json"
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps(record | {"config": record["config"] | {"seed": 3}}))
+    result = cli(*base, "--seed", 3)
+    assert result.exit_code == 0 and "kept" not in result.output, result.output
+    assert (tmp_path / "scan" / "points.jsonl").read_text() == before
     assert cli(*base[:-1], "random", "-c", "random", "--seed", 3).exit_code == 0
     assert json.loads((tmp_path / "random" / "sensitivity.json").read_text())["seed"] == 3
 
