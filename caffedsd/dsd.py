@@ -79,12 +79,13 @@ _SUMMARY_FIELDS = tuple(f.name for f in fields(StageSummary))
 _SUMMARY_REQUIRED = tuple(f.name for f in fields(StageSummary) if f.default is MISSING)
 
 
-def run_fingerprint(recipe, spec, with_weights=True):
+def run_fingerprint(recipe, spec, with_weights=True, rule_order=True):
     """The recipe, and the contents of the solver and net files it trains
     and tests and of the weights it starts from. ``with_weights`` False: the
     fingerprint caffedsd wrote before it counted the weights, with which a
-    run folder it made can still be taken over."""
-    digest = hashlib.sha256(recipe.fingerprint().encode())
+    run folder it made can still be taken over; ``rule_order`` False: the
+    one before it counted the order of plan rules (Recipe.fingerprint)."""
+    digest = hashlib.sha256(recipe.fingerprint(rule_order).encode())
     for path in (spec.path, spec.net_path, *spec.test_net_paths):
         digest.update(Path(path).read_bytes())
     if not recipe.weights and with_weights:  # then what the first stage starts from is the solver's own
@@ -127,6 +128,8 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
     over: the leading stages both recipes share are kept, finished or under
     way, and the rest removed (``notify(line)`` says which)."""
     def takeover(folder, found):
+        if _same_run(folder.path, found.get("recipe_fingerprint"), recipe, spec):
+            return  # made by an earlier caffedsd, whose fingerprint differed
         shared = shared_stages(folder.path, found.get("recipe_fingerprint"), recipe, spec)
         if not force:
             offer = (f"keep its stages {_numbers(shared)}, which this recipe shares, and run the rest anew"
@@ -145,6 +148,17 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
         takeover=takeover)
 
 
+def _same_run(run_dir, made, recipe, spec):
+    """Whether ``run_dir`` is this recipe's run under the fingerprint of a
+    caffedsd that did not count the order of plan rules: its recipe.yaml
+    (which keeps them in order) is this recipe, with these files."""
+    try:
+        old = load_recipe(Path(run_dir) / "recipe.yaml")
+    except CaffeDsdError:
+        return False
+    return old == recipe and made == run_fingerprint(recipe, spec, rule_order=False)
+
+
 def shared_stages(run_dir, made, recipe, spec):
     """How many leading stages of the run in ``run_dir`` (its run.json's
     fingerprint: ``made``) ``recipe`` can keep: none unless the run's
@@ -158,7 +172,8 @@ def shared_stages(run_dir, made, recipe, spec):
     old_data.pop("stages"), new_data.pop("stages")
     if old_data != new_data:  # first: then its weights are this recipe's, which exist
         return 0
-    if made not in (run_fingerprint(old, spec), run_fingerprint(old, spec, with_weights=False)):
+    if made not in {run_fingerprint(old, spec, *legacy) for legacy in ((True, True), (False, True), (True, False),
+                                                                       (False, False))}:
         return 0
     count = 0
     # The stages as values, whose plans' rules compare in order (as dicts they would not).

@@ -236,12 +236,13 @@ class Recipe:
     def to_yaml(self):
         return dump_yaml(self.to_dict())
 
-    def fingerprint(self):
-        """sha256 of the canonical recipe (plan files included by value)."""
+    def fingerprint(self, rule_order=True):
+        """sha256 of the canonical recipe (plan files included by value).
+        ``rule_order`` False: the fingerprint of caffedsd before it counted
+        the order of a plan's rules, which sort_keys lost."""
         data = self.to_dict()
-        # A plan's rules in their order, which sort_keys would lose: the last
-        # rule that matches a layer wins.
-        for stage in data["stages"]:
+        # A plan's rules in their order: the last rule that matches a layer wins.
+        for stage in data["stages"] if rule_order else ():
             for settings in stage.values():
                 if "layers" in settings:
                     settings["layers"] = [[pattern, value] for pattern, value in settings["layers"].items()]

@@ -341,6 +341,33 @@ def test_weights_retrained_in_place_are_another_start(tmp_path, cli):
 
 
 @pytest.mark.caffe
+def test_a_run_from_before_rule_order_counted_goes_on(tmp_path, cli):
+    """Its fingerprint lost the order of plan rules: the same recipe goes on
+    with it, as its recipe.yaml (in order) says; reordered, it is another."""
+    from caffedsd.dsd import run_fingerprint
+    from caffedsd.recipe import load_recipe
+    from caffedsd.training import read_solver
+
+    recipe = _recipe(tmp_path, sparse_iterations=3)
+    recipe.write_text(recipe.read_text().replace("{sparsity: 0.6, criterion: random}",
+                                                 "{layers: {'*': 0.6, conv1: 0.1}}"))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    parsed = load_recipe(recipe)
+    legacy = run_fingerprint(parsed, read_solver(parsed.solver), rule_order=False)
+    assert legacy != run_fingerprint(parsed, read_solver(parsed.solver))
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"recipe_fingerprint": legacy}))
+    kept = _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense")
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert result.exit_code == 0 and "kept" not in result.output, result.output
+    assert _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense") == kept
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe_fingerprint"] != legacy
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"recipe_fingerprint": legacy}))
+    recipe.write_text(recipe.read_text().replace("{layers: {'*': 0.6, conv1: 0.1}}",
+                                                 "{layers: {conv1: 0.1, '*': 0.6}}"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "--force to keep its stages 1, which")
+
+
+@pytest.mark.caffe
 def test_a_stage_made_from_another_start_is_not_kept(tmp_path, cli):
     """A stage run again (its folder deleted alone; on a GPU, or with
     --restart-data, not bit for bit) gives the next stage another start:
