@@ -145,6 +145,7 @@ else:
     for _ in range(int(batches)):
         for i in data_layers:
             net._forward(i, i)
+        net.reshape()  # a batch of another size that a layer cannot take (an InnerProduct's inputs)
 """
 
 

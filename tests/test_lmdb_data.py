@@ -129,6 +129,11 @@ def test_a_scan_of_images_whose_size_changes_between_batches(caffe, tmp_path, mo
     assert_one_line_error(result, "net.prototxt: Caffe cannot build the net and read its 2 TEST batches: Check failed: "
                           "height <= datum_height (12 vs. 9)")
     assert not (tmp_path / "mixed").exists()
+    # Whole batches of another size, which the net's InnerProduct cannot take.
+    proto.write_text(POOLED.replace('bottom: "pool" top: "ip1"', 'bottom: "conv1" top: "ip1"'))
+    result = cli("sensitivity", "-p", proto, "-w", weights, "--sparsities", "0.5", "-n", 2, "-o", "flat")
+    assert_one_line_error(result, "Caffe cannot build the net and read its 2 TEST batches: Check failed: K_ == new_K")
+    assert not (tmp_path / "flat").exists()
 
 
 def test_an_empty_lmdb_is_named(caffe, lmdb_solver, cli):
