@@ -298,16 +298,16 @@ def atomic_paths(*paths):
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold Ctrl-C (SIGINT) and SIGTERM back until the block ends, then act
-    on the first as its handler would: files that belong together (a model
-    and the prototxt beside it) are then all renamed into place, or none
-    (SIGKILL aside). Outside the main thread, where Python cannot set
-    handlers, nothing is held."""
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP (a closed terminal) back
+    until the block ends, then act on the first as its handler would: files
+    that belong together (a model and the prototxt beside it) are then all
+    renamed into place, or none (SIGKILL aside). Outside the main thread,
+    where Python cannot set handlers, nothing is held."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending = []
-    caught = (signal.SIGINT, signal.SIGTERM)
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {number: signal.signal(number, lambda number, frame: pending.append((number, frame)))
                 for number in caught}
     try:

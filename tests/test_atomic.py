@@ -331,7 +331,7 @@ def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path)
     def stop(number, frame):
         raise Stopped(number)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous, hangup = signal.signal(signal.SIGTERM, stop), signal.getsignal(signal.SIGHUP)
     try:
         with pytest.raises(Stopped):
             with signals_deferred():
@@ -342,6 +342,7 @@ def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "net.prototxt"]
         assert signal.getsignal(signal.SIGTERM) is stop
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGHUP) == hangup  # as it was (ignored under nohup)
         with pytest.raises(Stopped), atomic_paths(tmp_path / "a", tmp_path / "b") as (a, b):
             os.kill(os.getpid(), signal.SIGTERM)  # while they are written: none goes in
             a.write_text("a")
