@@ -208,6 +208,28 @@ def built_layers(net, states):
     return [layer for layer in net.layer if any(is_built(layer, state) for state in states)]
 
 
+def output_feeds(net, state, names):
+    """{layer: [the outputs its result reaches]} for the layers ``names`` of
+    ``net`` as built in ``state``: the net's outputs are the tops no later
+    layer reads, and a layer feeds those its tops lead to. GoogLeNet's
+    auxiliary classifiers feed loss1/* and loss2/*, never loss3/top-1."""
+    layers = built_layers(net, [state])
+    outputs = []
+    for layer in layers:  # in order: an in-place layer reads a top and gives it again
+        outputs = [top for top in outputs if top not in layer.bottom]
+        outputs += [top for top in layer.top if top not in outputs]
+    feeds = {}
+    for index, layer in enumerate(layers):
+        if layer.name not in names:
+            continue
+        reached = set(layer.top)
+        for later in layers[index + 1:]:
+            if reached & set(later.bottom):
+                reached |= set(later.top)
+        feeds[layer.name] = [top for top in outputs if top in reached]
+    return feeds
+
+
 KINDS = ("accuracy", "loss", "other")
 
 

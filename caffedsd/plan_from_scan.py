@@ -41,6 +41,10 @@ class PlanResult:
     verified: dict = None  # what the plan file's verified: holds
     start: dict = None  # {overall, drop} before backing off
     history: list = ()  # [{overall, predicted_drop, measured_drop}] per measurement
+    # Choices of layers that do not feed the metric (auxiliary classifiers),
+    # pruned at no cost to it, and the overall sparsity of the weights that do.
+    unfed: tuple = ()
+    overall_fed: float = None
 
 
 @dataclass(frozen=True)
@@ -486,8 +490,26 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     if verify:
         header += _comment(f"measured drop of the whole pruned net {measured:.4g} {unit} "
                            f"({len(history)} measurement(s), {net.iterations} TEST iterations each)")
+    unfed, overall_fed = unfed_choices(data, choices, metric, counts)
+    if unfed:
+        header += _comment(f"{', '.join(c.layer for c in unfed)} do not feed {metric}: pruned at no cost to it; "
+                           f"the scanned weights that feed it, {overall_fed:.4f} sparse")
     write_text(output, header + to_plan(choices, data["criterion"], verified, data.get("seed", 0)).to_yaml())
     return PlanResult(choices, predicted, data["prunable_params"], metric, unit, total_drop, measured, verified,
                       {"overall": start_overall, "drop": start_drop},
                       [{"overall": overall(c),
-                        "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history])
+                        "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history],
+                      unfed, overall_fed)
+
+
+def unfed_choices(data, choices, metric, counts=None):
+    """(the pruning choices of layers whose result never reaches ``metric``,
+    the sparsity the choices give the scanned weights that do), or ((), None)
+    when every layer feeds it or the scan did not record what each feeds."""
+    feeds = {layer["layer"]: layer.get("feeds") for layer in data["layers"]}
+    unfed = tuple(c for c in choices if feeds.get(c.layer) is not None and metric not in feeds[c.layer]
+                  and c.sparsity > 0)
+    if not unfed:
+        return (), None
+    fed = [c for c in choices if c not in unfed]
+    return unfed, overall_sparsity(fed, sum(c.params for c in fed), counts)

@@ -466,6 +466,13 @@ def plan_summary(result):
         lines.append(f"measured drop of the whole pruned net {result.measured_drop:.4g} {unit}{budget}: "
                      f"{metric} {verified['baseline']:.4f} -> {verified['measured']:.4f} "
                      f"over {verified['iterations']} TEST iterations")
+    if result.unfed:
+        weights = sum(c.params for c in result.unfed)
+        lines.append(f"note: {', '.join(c.layer for c in result.unfed)} ({weights} weights) do not feed {metric}: "
+                     "pruning them costs it nothing, so the plan prunes them as far as the scan went, and the "
+                     f"overall sparsity counts them; the scanned weights that feed {metric} are "
+                     f"{result.overall_fed:.4f} sparse (--metric plans them by an output they feed; a rule in "
+                     "the plan sets them as wanted)")
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ from .layers import prunable_targets
 from .maskfile import masks_path_for, structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
 from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
-                       output_kinds)
+                       output_feeds, output_kinds)
 from .runfolder import RunFolder
 
 FORMAT = "caffedsd-sensitivity"
@@ -466,7 +466,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         finally:
             if callback is not None:
                 callback.close()
-        data = _result(config, model, targets, done, kinds, primary)
+        feeds = output_feeds(net, built_state(net, "TEST"), {name for t in targets for name in t.layers})
+        data = _result(config, model, targets, done, kinds, primary, feeds)
         report.write_sensitivity(Path(out_dir), data)
         return data
 
@@ -568,7 +569,7 @@ def _check_workers(workers, quiet=False):
                          "run the scan again to go on")
 
 
-def _result(config, model, targets, done, kinds, primary):
+def _result(config, model, targets, done, kinds, primary, feeds):
     used = [done[point] for point in _points(config, {})]
     baseline = done[(None, 0.0)]["metrics"]
     eval_seconds = sum(record.get("eval_seconds", 0.0) for record in used)
@@ -582,8 +583,12 @@ def _result(config, model, targets, done, kinds, primary):
         points = [{"sparsity": s, "pruned": r["pruned"],
                    "zeros": r.get("zeros", max(r["pruned"], zeros[target.owner])), "metrics": r["metrics"]}
                   for s, r in zip(config.sparsities, records)]
+        # The outputs it reaches: one it does not (an auxiliary classifier
+        # and the main one's accuracy) drops by nothing there, however pruned.
+        reached = {top for name in target.layers for top in feeds.get(name, ())}
         layers.append({"layer": target.owner, "shared_by": list(target.layers),
-                       "params": int(np.prod(target.shape)), "zeros": zeros[target.owner], "points": points})
+                       "params": int(np.prod(target.shape)), "zeros": zeros[target.owner],
+                       "feeds": [name for name in baseline if name in reached], "points": points})
     total = sum(int(np.prod(t.shape)) for t in prunable_targets(model))
     return {"format": FORMAT, "format_version": 1, "model": config.model, "net_sha256": config.net_sha256,
             "data_sha256": config.data_sha256,
@@ -632,6 +637,7 @@ def _check_scan(path, data):
         ok = ok and isinstance(layer, dict) and isinstance(layer.get("layer"), str) \
             and isinstance(layer.get("params"), int) and not isinstance(layer.get("params"), bool) \
             and count_ok(layer.get("zeros", 0), layer["params"]) \
+            and isinstance(layer.get("feeds", []), list) and all(isinstance(f, str) for f in layer.get("feeds", [])) \
             and isinstance(layer.get("points"), list) and all(
                 isinstance(p, dict) and number(p.get("sparsity")) and metrics_ok(p.get("metrics"), broken=True)
                 and count_ok(p.get("zeros", 0), layer["params"]) for p in layer["points"])

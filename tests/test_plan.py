@@ -603,3 +603,49 @@ def load_masks_meta(path):
     from caffedsd.maskfile import load_masks
 
     return load_masks(path).meta
+
+
+AUX_NET = """name: "aux"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { shape { dim: 8 dim: 6 } shape { dim: 8 }
+                           data_filler { type: "constant" value: 0.5 } data_filler { type: "constant" value: 1 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1" inner_product_param { num_output: 5 } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "aux" type: "InnerProduct" bottom: "ip1" top: "aux" inner_product_param { num_output: 3 } }
+layer { name: "aux/loss" type: "SoftmaxWithLoss" bottom: "aux" bottom: "label" top: "aux/loss" loss_weight: 0.3 }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "accuracy" }
+"""
+
+
+def test_a_layer_that_does_not_feed_the_metric_is_named(caffe, tmp_path, cli):
+    """An auxiliary classifier costs the main accuracy nothing however
+    pruned: the plan takes it as far as the scan went, and its weights
+    count in the overall sparsity (GoogLeNet's are 6.4M of 13.4M)."""
+    from conftest import save_net
+
+    from caffedsd.netcheck import built_state, output_feeds
+    from caffedsd.caffe_proto import read_net_prototxt
+
+    proto, weights = save_net(caffe, tmp_path, AUX_NET)
+    net = read_net_prototxt(proto)
+    assert output_feeds(net, built_state(net, "TEST"), {"ip1", "aux", "ip2"}) == {
+        "ip1": ["aux/loss", "loss", "accuracy"], "aux": ["aux/loss"], "ip2": ["loss", "accuracy"]}
+    scan = cli("sensitivity", "-p", proto, "-w", weights, "-n", 1, "--sparsities", "0.5,0.9", "-o", "scan")
+    assert scan.exit_code == 0, scan.output
+    data = json.loads((tmp_path / "scan" / "sensitivity.json").read_text())
+    assert {layer["layer"]: layer["feeds"] for layer in data["layers"]}["aux"] == ["aux/loss"]
+    result = cli("plan", "--sensitivity", "scan", "--metric", "accuracy", "--max-drop", 0, "-o", "p.yaml")
+    assert result.exit_code == 0, result.output
+    aux = next(c for c in load_plan(tmp_path / "p.yaml").rules if c.pattern == "aux")
+    assert aux.value == 0.9
+    fed = [c for c in load_plan(tmp_path / "p.yaml").rules if c.pattern != "aux"]
+    sparsity = sum(round(c.value * {"ip1": 30, "ip2": 15}[c.pattern]) for c in fed) / 45  # keepmax's counts
+    assert "note: aux (15 weights) do not feed accuracy: pruning them costs it nothing" in result.output
+    assert f"the scanned weights that feed accuracy are {sparsity:.4f} sparse" in result.output
+    assert "# aux do not feed accuracy" in (tmp_path / "p.yaml").read_text()
+    result = cli("plan", "--sensitivity", "scan", "--metric", "loss", "--max-drop", 100, "-o", "q.yaml")
+    assert result.exit_code == 0 and "note: aux (15 weights) do not feed loss" in result.output, result.output
+    result = cli("plan", "--sensitivity", "scan", "--metric", "aux/loss", "--max-drop", 100, "-o", "r.yaml")
+    assert result.exit_code == 0 and "note: ip2 (15 weights) do not feed aux/loss" in result.output, result.output
