@@ -209,7 +209,13 @@ class Evaluator:
         self.model_path = model_path
         self.iterations = iterations
         self.net = caffe.Net(str(model_path), caffe.TEST)
-        check_blob_shapes(self.net, read_caffemodel(weights_path), model_path)
+        model = read_caffemodel(weights_path)
+        check_blob_shapes(self.net, model, model_path)
+        # A group of layers tied by a param name is named by its first
+        # layer, which may be one the TEST net lacks (phase TRAIN only): its
+        # blob is then the one a tied layer the TEST net has holds.
+        self._holders = {target.owner: next((name for name in target.layers if name in self.net.params),
+                                            target.owner) for target in prunable_targets(model)}
         self.net.copy_from(str(weights_path))
         # Each evaluator (a --jobs worker, plan --verify's) loads the file
         # again, after its digest was taken: what it measures must be of the
@@ -292,7 +298,8 @@ class Evaluator:
                              "epochs); give -n covering whole epochs, or TEST data that reads the same every time")
 
     def weights(self, layer):
-        return self.net.params[layer][0].data
+        """Blob 0 of the prunable group ``layer`` names (its first layer)."""
+        return self.net.params[self._holders.get(layer, layer)][0].data
 
 
 def _points(config, done):
@@ -373,14 +380,14 @@ def _select_layers(model, globs, net, net_path, notify):
         chosen = set(GlobRules([(g,) for g in globs], "--layers").select(names, "prunable layer", known="prunable"))
         targets = [t for t in targets if chosen & set(t.layers)]
     tested = {layer.name for layer in built_layers(net, [built_state(net, "TEST")])}
-    untested = [target.owner for target in targets if target.owner not in tested]
+    untested = [target.owner for target in targets if not tested & set(target.layers)]
     if untested and len(untested) == len(targets):
         raise InputError(f"{net_path}: its TEST phase does not build layer(s) {name_list(untested)}: pruning them "
                          "changes nothing a scan measures")
     if untested and notify is not None:
         notify(f"not scanned: {name_list(untested)}, which {net_path}'s TEST phase does not build (pruning them "
                "changes nothing a scan measures)")
-    return [target for target in targets if target.owner in tested]
+    return [target for target in targets if tested & set(target.layers)]
 
 
 def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",

@@ -383,6 +383,25 @@ def test_a_layer_of_phase_train_only_is_not_scanned(caffe, tmp_path, cli):
     assert_one_line_error(cli("sensitivity", "-p", proto, "-w", "net.caffemodel", "-l", "aux", "-o", "aux"),
                           "net.prototxt: its TEST phase does not build layer(s) aux: pruning them changes nothing")
     assert not (tmp_path / "aux").exists()
+    # Tied by a param name to a layer the TEST phase builds, it is scanned, through that layer.
+    proto.write_text("""name: "tied"
+layer { name: "draw" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
+                           data_filler { type: "constant" value: 0.5 } data_filler { type: "constant" value: 1 } } }
+layer { name: "aux" type: "InnerProduct" bottom: "data" top: "aux" param { name: "w" } include { phase: TRAIN }
+        inner_product_param { num_output: 3 } }
+layer { name: "auxsil" type: "Silence" bottom: "aux" include { phase: TRAIN } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" param { name: "w" } inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+""")
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    net.params["aux"][0].data[...] = np.arange(9).reshape(3, 3) - 4.0
+    net.save(str(tmp_path / "tied.caffemodel"))
+    result = cli("sensitivity", "-p", proto, "-w", "tied.caffemodel", "-n", 1, "--sparsities", "0.5", "-o", "tied")
+    assert result.exit_code == 0 and "not scanned" not in result.output, result.output
+    data = json.loads((tmp_path / "tied" / "sensitivity.json").read_text())
+    assert [(layer["layer"], layer["shared_by"]) for layer in data["layers"]] == [("aux", ["aux", "fc"])]
+    assert data["layers"][0]["points"][0]["metrics"]["loss"] != data["baseline"]["loss"]  # pruned through fc
 
 
 def test_a_seed_only_a_random_scan_draws_with(caffe, tmp_path, cli):
