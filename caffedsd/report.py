@@ -109,6 +109,18 @@ def pct(x):
     return text
 
 
+def ratio_text(dense, stored):
+    """``dense / stored`` as "N.Nx"; one that grew, or shrank, by less than
+    rounding shows is not written 1.0x (a layer 68 B dense, 71 B stored)."""
+    if not stored:
+        return "-"
+    ratio = dense / stored
+    text = f"{ratio:.1f}x"
+    if text == "1.0x" and ratio != 1:
+        return "<1.0x" if ratio < 1 else ">1.0x"
+    return text
+
+
 def prune_table(rows):
     body = []
     total_params = total_pruned = 0
@@ -469,8 +481,8 @@ def plan_summary(result):
     if result.unfed:
         weights = sum(c.params for c in result.unfed)
         lines.append(f"note: {', '.join(c.layer for c in result.unfed)} ({weights} weights) do not feed {metric}: "
-                     "pruning them costs it nothing, so the plan prunes them as far as the scan went, and the "
-                     f"overall sparsity counts them; the scanned weights that feed {metric} are "
+                     "pruning them costs it nothing (with --max-drop a plan takes them as far as the scan went), "
+                     f"and the overall sparsity counts them; the scanned weights that feed {metric} are "
                      f"{result.overall_fed:.4f} sparse (--metric plans them by an output they feed; a rule in "
                      "the plan sets them as wanted)")
     return "\n".join(lines)
@@ -550,7 +562,7 @@ def compression_table(rows):
                   per_kept(r.value_bits, r.kept), per_kept(r.index_bits * r.entries, r.kept),
                   per_kept(r.index_stream_bits, r.kept)] if r.shared else ["", "exact", "", "", ""]
         body.append([name(r.layer), *shared, r.dense, r.before_huffman, r.stored,
-                     f"{r.dense / r.stored:.1f}x" if r.stored else "-"])
+                     ratio_text(r.dense, r.stored)])
     shared = [r for r in rows if r.shared]
     kept = sum(r.kept for r in shared)
     weights = sum(r.weights for r in shared)
@@ -563,6 +575,6 @@ def compression_table(rows):
                  per_kept(sum(r.value_bits for r in shared), kept),
                  per_kept(sum(r.index_bits * r.entries for r in shared), kept),
                  per_kept(sum(r.index_stream_bits for r in shared), kept),
-                 dense, before, stored, f"{dense / stored:.1f}x" if stored else "-"])
+                 dense, before, stored, ratio_text(dense, stored)])
     return format_table(["layer", "kept", "weight bits", "after Huffman", "index bits", "after Huffman",
                          "dense B", "P+Q B", "P+Q+H B", "ratio"], body, "lrrrrrrrrr")

@@ -344,3 +344,8 @@ def test_the_table_does_not_round_a_share_to_all_or_none():
     assert [pct(x) for x in (1.0, 0.9999999, 0.5, 1e-7, 0.0)] == ["100.0%", ">99.9%", "50.0%", "<0.1%", "0.0%"]
     row = prune_table([PrunedLayer("fc7", ("fc7",), (4096, 4096), 0.999999999, 16777216, 16777215)]).splitlines()[2]
     assert row.split() == ["fc7", "4096x4096", "0.999999999", "16777216", "16777215", ">99.9%"]
+    # compress's ratio likewise: a BatchNorm 68 B dense, 71 B stored, read as 1.0x.
+    from caffedsd.report import ratio_text
+
+    assert [ratio_text(*pair) for pair in ((68, 71), (71, 68), (70, 70), (700, 70), (1, 0))] == \
+        ["<1.0x", ">1.0x", "1.0x", "10.0x", "-"]
