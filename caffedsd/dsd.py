@@ -172,8 +172,9 @@ def shared_stages(run_dir, made, recipe, spec):
     old_data.pop("stages"), new_data.pop("stages")
     if old_data != new_data:  # first: then its weights are this recipe's, which exist
         return 0
-    if made not in {run_fingerprint(old, spec, *legacy) for legacy in ((True, True), (False, True), (True, False),
-                                                                       (False, False))}:
+    # This caffedsd's fingerprint, or an earlier one's: each hashes the files, the first usually matches.
+    legacies = ((True, True), (False, True), (True, False), (False, False))
+    if not any(made == run_fingerprint(old, spec, *legacy) for legacy in legacies):
         return 0
     count = 0
     # The stages as values, whose plans' rules compare in order (as dicts they would not).

@@ -160,13 +160,13 @@ def _runs(net):
     runs = []
     for index, name in enumerate(net._layer_names):
         reads = not net.bottom_names[name]
+        tops = list(net.top_names[name]) if reads else []
         if runs and runs[-1][0] == reads:
             runs[-1][2] = index
+            runs[-1][3] += tops
         else:
-            runs.append([reads, index, index])
-    names = list(net._layer_names)
-    return [(reads, first, last, [top for name in names[first:last + 1] for top in net.top_names[name]] if reads
-             else []) for reads, first, last in runs]
+            runs.append([reads, index, index, tops])
+    return [tuple(run) for run in runs]
 
 
 def _read_batches(net, runs, iterations):
