@@ -43,8 +43,8 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .training import (Phase, check_schedule, check_solver_builds, check_test_options, read_solver, run_phase,
-                       scaled_lr, solver_device, solver_output_kinds, solver_weights)
+from .solver_spec import check_schedule, read_solver, scaled_lr, solver_output_kinds, solver_weights
+from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")

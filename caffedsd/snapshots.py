@@ -91,7 +91,7 @@ class SolverSnapshots:
     folder ``solver_prefix`` is in, which the solver must be opened with."""
 
     def __init__(self, spec):
-        """The snapshots of training.SolverSpec ``spec``, checked."""
+        """The snapshots of solver_spec.SolverSpec ``spec``, checked."""
         param = spec.param
         check_prefix(param, spec.path)
         check_hdf5_layers(spec, param)

@@ -1,5 +1,6 @@
-"""Driving a user's Caffe solver through pycaffe: set-up checks, training
-iterations with solver hooks, TEST-phase evaluation, saving.
+"""Driving a user's Caffe solver (solver_spec.SolverSpec) through pycaffe:
+set-up checks, training iterations with solver hooks, TEST-phase
+evaluation, saving.
 
 ``run_phase`` is the one phase driver: every train-* command and every
 stage of ``dsd.run_recipe`` is a ``Phase`` it runs. The two phases of DSD
@@ -19,164 +20,20 @@ import numpy as np
 from google.protobuf import text_format
 
 from .atomic import atomic_paths, check_not_data, check_room, same_file
-from .caffe_env import (build_in_child, built_by_caffedsd, caffe_has_leveldb, check_gpu, cpu_only_build,
-                        has_python_layers, import_caffe, import_pycaffe, layer_types)
-from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
+from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
+                        layer_types)
+from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, check_finite, file_sha256, new_layers_bytes, read_caffemodel
 from .errors import Diverged, InputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
                        save_masks)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import (built_layers, check_blob_shapes, check_data_sources, check_layer_types, check_pair,
-                       check_tied_weights, data_files, name_list, output_kinds, solver_state)
-from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
-from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, resolve_prefix, snapshots_on
+from .netcheck import check_blob_shapes, check_layer_types, check_pair, check_tied_weights, data_files, name_list
+from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
+from .solver_spec import (built_nets, check_schedule, headline_output, read_solver, scaled_lr, solver_type,
+                          solver_weights, test_iterations, tested_net_layers, tested_net_source)
 from .solverstate import clean_solverstate, restorable_name, state_iteration
-
-
-@dataclass(frozen=True)
-class SolverSpec:
-    """A checked solver prototxt: its parameters and the net it trains.
-
-    A net given inline (``net_param`` and the like) has the solver's own
-    path as its path: that is the file that holds it."""
-
-    path: Path
-    param: object  # SolverParameter
-    net_path: Path
-    net: object  # NetParameter (V2)
-    test_nets: tuple = ()  # ((path, NetParameter), ...): test_net_param, then test_net files, as Caffe orders them
-
-    @property
-    def test_net_paths(self):
-        return tuple(path for path, _ in self.test_nets)
-
-    def train_layers(self):
-        """The LayerParameters of the train net that Caffe builds (TRAIN phase, the solver's train_state)."""
-        return built_layers(self.net, [solver_state(self.net, "TRAIN", self.param.train_state)])
-
-
-# What stock Caffe knows; anything else aborts the process (glog's fatal log).
-# Checked on caffedsd's own build only: a fork (CAFFE_ROOT) may know more.
-_SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-_LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
-
-
-def solver_weights(spec):
-    """The files the solver's own ``weights`` name, which Caffe loads into
-    the train net when it opens the solver (before -w's): comma-separated
-    lists, read from the current folder."""
-    return [Path(name) for entry in spec.param.weights for name in entry.split(",") if name]
-
-
-def _check_solver_param(param, path):
-    if not built_by_caffedsd():
-        return
-    if param.HasField("type") and param.type not in _SOLVER_TYPES:
-        raise InputError(f"{path}: solver type {param.type!r} is not one of Caffe's ({', '.join(_SOLVER_TYPES)})")
-    if param.lr_policy not in _LR_POLICIES:
-        raise InputError(f"{path}: lr_policy {param.lr_policy!r} is not one of Caffe's ({', '.join(_LR_POLICIES)})")
-    if param.lr_policy == "step" and param.stepsize <= 0:
-        raise InputError(f"{path}: lr_policy \"step\" needs a stepsize above 0")
-    # Caffe finds these only inside an update, aborting the process (glog's
-    # fatal log), or dividing the gradients by 0.
-    if param.weight_decay and param.regularization_type not in ("L1", "L2"):
-        raise InputError(f"{path}: regularization_type {param.regularization_type!r} is not one of Caffe's "
-                         "(L1, L2)")
-    if param.iter_size < 1:
-        raise InputError(f"{path}: iter_size {param.iter_size} must be 1 or more")
-
-
-def solver_type(param):
-    """The solver's type: its ``type``, or the deprecated ``solver_type``
-    enum (whose values are _SOLVER_TYPES' order)."""
-    return param.type if param.HasField("type") else _SOLVER_TYPES[param.solver_type]
-
-
-def read_solver(path, allow_python_layers=False):
-    """Parse and check a solver prototxt: its net and data files must exist.
-
-    Paths in it are relative to the current folder, as for `caffe train`."""
-    path = Path(path)
-    param = parse_prototxt(path, SolverParameter)
-    _check_solver_param(param, path)
-    resolve_prefix(param, path)
-    net_path, net = _train_net(param, path, allow_python_layers)
-    test_nets = [(path, inline_net(each, f"{path}: test_net_param #{i + 1}", allow_python_layers))
-                 for i, each in enumerate(param.test_net_param)]
-    test_nets += [_net_file(path, "test_net", each, allow_python_layers) for each in param.test_net]
-    spec = SolverSpec(path, param, net_path, net, tuple(test_nets))
-    leveldb = caffe_has_leveldb()
-    for each, where, states in built_nets(spec):
-        check_data_sources(each, where, leveldb, states)
-    return spec
-
-
-# Where Caffe's Solver::InitTrainNet takes the train net from: exactly one.
-_TRAIN_NET_FIELDS = ("train_net_param", "train_net", "net_param", "net")
-
-
-def _train_net(param, path, allow_python_layers):
-    """(path, NetParameter) of the solver's train net, a file or inline."""
-    given = [field for field in _TRAIN_NET_FIELDS if param.HasField(field)]
-    if not given:
-        raise InputError(f"{path}: names no net (net: \"train_val.prototxt\")")
-    if len(given) > 1:
-        raise InputError(f"{path}: gives the train net {len(given)} times ({', '.join(given)}); Caffe takes "
-                         "exactly one")
-    (field,) = given
-    if field.endswith("_param"):
-        return path, inline_net(getattr(param, field), f"{path}: {field}", allow_python_layers)
-    return _net_file(path, field, getattr(param, field), allow_python_layers)
-
-
-def _net_file(solver_path, field, net_file, allow_python_layers):
-    """(path, NetParameter) of a net file the solver names in ``field``."""
-    net_path = Path(net_file)
-    if not net_path.exists():  # one that is there but not a file: read_net_prototxt says so
-        raise InputError(f"{solver_path}: {field} {net_file!r} does not exist (paths are relative to the current "
-                         "folder)")
-    return net_path, read_net_prototxt(net_path, allow_python_layers)
-
-
-def built_nets(spec):
-    """[(NetParameter, path, NetStates)]: the train/val net and each
-    test_net file, with the states the Solver builds them in (Caffe's
-    Solver::InitTrainNet and InitTestNets): TRAIN with train_state; then a
-    TEST net per test_iter, the test_net_param and test_net ones first,
-    the train/val net (given as `net` or `net_param`) for the rest, each
-    with its test_state."""
-    param = spec.param
-    test_states = list(param.test_state)
-
-    def test_state(index):
-        return test_states[index] if index < len(test_states) else None
-
-    files = len(spec.test_nets)
-    generic = max(0, len(param.test_iter) - files) if param.HasField("net") or param.HasField("net_param") else 0
-    main = [solver_state(spec.net, "TRAIN", param.train_state)]
-    main += [solver_state(spec.net, "TEST", test_state(files + i)) for i in range(generic)]
-    return [(spec.net, spec.net_path, main)] + [(net, path, [solver_state(net, "TEST", test_state(i))])
-                                                for i, (path, net) in enumerate(spec.test_nets)]
-
-
-def headline_output(spec):
-    """The output of the Solver's first test net (Caffe's order, as
-    built_nets) a one-line summary shows: netcheck.output_kinds' default,
-    GoogLeNet's loss3/top-1 rather than its loss1/loss1; None for none."""
-    return output_kinds(*_test_net(spec, 0))[1]
-
-
-def solver_output_kinds(spec):
-    """{output: "accuracy" or "loss"} of the Solver's test nets, by the
-    layers that make them (netcheck.output_kinds), named as evaluate names
-    them; outputs of other layers are left out."""
-    kinds = {}
-    for index in range(len(test_iterations(spec.param))):
-        prefix = f"#{index}/" if index else ""
-        kinds.update((prefix + top, kind) for top, kind in output_kinds(*_test_net(spec, index))[0].items())
-    return kinds
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
@@ -206,25 +63,6 @@ def check_solver_builds(spec, gpu=None):
                        python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
 
-
-
-def scaled_lr(spec, lr_scale, label="--lr-scale"):
-    """The solver's base_lr times ``lr_scale``; InputError (``label``
-    naming the scale) where Caffe could not train at it."""
-    if not (lr_scale > 0 and math.isfinite(lr_scale)):
-        raise InputError(f"{label} {lr_scale}: must be a positive number")
-    rate = spec.param.base_lr * lr_scale
-    if 0 < abs(rate) < LEAST_NORMAL_FLOAT32:
-        # Caffe's learning rate is a float: it would train at 0 without a word.
-        raise InputError(f"{label} {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
-                         f"{rate:g}, below the least float Caffe computes with ({LEAST_NORMAL_FLOAT32:g})")
-    if abs(rate) > GREATEST_FLOAT32:
-        # It would be inf there: the first step makes every weight NaN.
-        raise InputError(f"{label} {lr_scale!r}: {spec.path}'s base_lr {spec.param.base_lr:g} times it is "
-                         f"{rate:g}, beyond the greatest float Caffe computes with ({GREATEST_FLOAT32:g})")
-    return rate
-
-
 def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, snapshot_format=None):
     """(path, SolverParameter) of ``spec`` with the changes given, written in ``workdir``."""
     param = SolverParameter()
@@ -250,29 +88,9 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     return solver_file, param
 
 
-def _test_net_source(spec, index):
-    """(path, NetParameter) the solver's test net #``index`` is built from:
-    Caffe's InitTestNets builds the test_net_param and test_net ones first,
-    then the train/val net for each test_iter left."""
-    return spec.test_nets[index] if index < len(spec.test_nets) else (spec.net_path, spec.net)
-
-
 def _test_net_paths(solver, spec):
     """The file each of the solver's test nets was built from."""
-    return [_test_net_source(spec, index)[0] for index in range(len(solver.test_nets))]
-
-
-def _test_net(spec, index):
-    """(NetParameter, NetState) of the solver's test net #``index``."""
-    _, net = _test_net_source(spec, index)
-    states = spec.param.test_state
-    return net, solver_state(net, "TEST", states[index] if index < len(states) else None)
-
-
-def _test_net_layers(spec, index):
-    """{name: LayerParameter} of the layers of the solver's test net #``index``."""
-    net, state = _test_net(spec, index)
-    return {layer.name: layer for layer in built_layers(net, [state])}
+    return [tested_net_source(spec, index)[0] for index in range(len(solver.test_nets))]
 
 
 def test_only_layers(solver):
@@ -312,7 +130,7 @@ def load_weights(solver, spec, weights_path):
         check_pair(net, path, model, unused_weights=True)
     check_tied_weights(spec.train_layers(), model, spec.net_path)
     for index, path in enumerate(_test_net_paths(solver, spec)):
-        check_tied_weights(list(_test_net_layers(spec, index).values()), model, path)
+        check_tied_weights(list(tested_net_layers(spec, index).values()), model, path)
     check_blob_shapes(solver.net, model, spec.net_path)
     for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
         check_blob_shapes(net, model, path)
@@ -414,12 +232,6 @@ class PeriodicTests:
     def next_after(self, iteration):
         """The first iteration after ``iteration`` at which a pass is due (None: never)."""
         return (iteration // self.interval + 1) * self.interval if self.interval else None
-
-
-def test_iterations(param):
-    """Batches of each test net that cover its test set (test_iter: one per
-    test net, in Caffe's order)."""
-    return list(param.test_iter)
 
 
 def check_test_options(spec, iterations, interval, labels=("--test-iterations", "--test-interval")):
@@ -542,7 +354,7 @@ def test_only_records(solver, spec):
     for index, (net, names) in enumerate(test_only_layers(solver)):
         names = [name for name in names if name not in added]
         if names:
-            params = _test_net_layers(spec, index)
+            params = tested_net_layers(spec, index)
             for name in names:
                 tied = [param.name for param in params[name].param]
                 records.append((params[name], [owners.get(tied[number] if number < len(tied) else "", blob).data
@@ -942,17 +754,6 @@ def _written_as_a_snapshot(param, span, output):
     output = Path(output)
     return (os.path.realpath(output.parent) == os.path.realpath(Path(param.snapshot_prefix).parent)
             and _snapshot_name(param, span, output.name))
-
-
-def check_schedule(param, path, start, end):
-    """Refuse training from ``start`` to ``end`` past max_iter under
-    lr_policy "poly": Caffe's rate base_lr (1 - iter/max_iter)^power is 0 at
-    max_iter and then negative (gradient ascent) or NaN; `caffe train` stops
-    there, pycaffe's step does not."""
-    if param.lr_policy == "poly" and end > param.max_iter:
-        raise InputError(f"{path}: lr_policy \"poly\" brings the learning rate to 0 at max_iter {param.max_iter}, "
-                         f"and this run would train from iteration {start} to {end}, where it turns negative: "
-                         f"give at most {max(0, param.max_iter - start)} iterations, or raise max_iter")
 
 
 def _check_iterations(iterations):

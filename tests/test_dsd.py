@@ -314,7 +314,7 @@ def test_weights_retrained_in_place_are_another_start(tmp_path, cli):
 
     from caffedsd.dsd import run_fingerprint
     from caffedsd.recipe import load_recipe
-    from caffedsd.training import read_solver
+    from caffedsd.solver_spec import read_solver
 
     recipe = _recipe(tmp_path, sparse_iterations=10)
     assert cli("dsd", "--recipe", recipe, "-o", "first").exit_code == 0
@@ -346,7 +346,7 @@ def test_a_run_from_before_rule_order_counted_goes_on(tmp_path, cli):
     with it, as its recipe.yaml (in order) says; reordered, it is another."""
     from caffedsd.dsd import run_fingerprint
     from caffedsd.recipe import load_recipe
-    from caffedsd.training import read_solver
+    from caffedsd.solver_spec import read_solver
 
     recipe = _recipe(tmp_path, sparse_iterations=3)
     recipe.write_text(recipe.read_text().replace("{sparsity: 0.6, criterion: random}",

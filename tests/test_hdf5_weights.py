@@ -4,7 +4,8 @@ import h5py
 import numpy as np
 
 from caffedsd.caffemodel import read_caffemodel
-from caffedsd.training import open_solver, read_solver
+from caffedsd.solver_spec import read_solver
+from caffedsd.training import open_solver
 from conftest import TINY_NET, assert_one_line_error, write_solver
 
 

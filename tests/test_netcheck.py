@@ -196,9 +196,9 @@ def test_a_memory_data_layer_is_refused(tmp_path):
 @pytest.mark.caffe
 def test_the_layers_caffe_builds_are_those_predicted(tmp_path, monkeypatch):
     """Caffe itself: caffe.Net for each phase, and a Solver with a
-    train_state and two test nets with test_states (training.built_nets)."""
+    train_state and two test nets with test_states (solver_spec.built_nets)."""
     from caffedsd.caffe_env import import_caffe
-    from caffedsd.training import built_nets, read_solver
+    from caffedsd.solver_spec import built_nets, read_solver
 
     caffe = import_caffe()
     monkeypatch.chdir(tmp_path)
@@ -223,7 +223,7 @@ def test_inline_test_nets_come_first_as_in_caffe(tmp_path, monkeypatch):
     """Caffe's InitTestNets: test_net_param nets, then test_net files, then
     the train/val net (here net_param) for the remaining test_iter."""
     from caffedsd.caffe_env import import_caffe
-    from caffedsd.training import built_nets, read_solver
+    from caffedsd.solver_spec import built_nets, read_solver
 
     caffe = import_caffe()
     monkeypatch.chdir(tmp_path)
@@ -244,17 +244,17 @@ def test_inline_test_nets_come_first_as_in_caffe(tmp_path, monkeypatch):
     assert len(main[2]) == 2 and caffe_tests[2] == _built(net, main[2][1])  # the third test_iter: net_param again
     assert "on_train_set" in caffe_tests[2]
     # One test net at a time, as train-* writes their layers of phase TEST only.
-    from caffedsd.training import _test_net
+    from caffedsd.solver_spec import tested_net
 
     spec = read_solver("solver.prototxt")
-    assert [_built(*_test_net(spec, index)) for index in range(3)] == caffe_tests
+    assert [_built(*tested_net(spec, index)) for index in range(3)] == caffe_tests
 
 
 def test_a_runs_plot_tells_accuracies_from_losses_by_their_layers(tmp_path, monkeypatch):
     """curves.png left out every output named "...loss...": GoogLeNet's
     accuracies (loss3/top-1) were not drawn, a loss named otherwise was."""
     from caffedsd.report import dsd_plotted_metrics
-    from caffedsd.training import read_solver, solver_output_kinds
+    from caffedsd.solver_spec import read_solver, solver_output_kinds
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.prototxt").write_text(

@@ -12,7 +12,8 @@ import pytest
 
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.snapshots import SolverSnapshots
-from caffedsd.training import open_solver, read_solver, snapshot_bytes
+from caffedsd.solver_spec import read_solver
+from caffedsd.training import open_solver, snapshot_bytes
 from conftest import write_solver
 
 pytestmark = pytest.mark.caffe

@@ -13,7 +13,8 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.maskfile import load_masks
 from caffedsd.errors import InputError
 from caffedsd import report
-from caffedsd.training import PeriodicTests, load_weights, open_solver, read_solver, train_dense, train_sparse
+from caffedsd.solver_spec import read_solver
+from caffedsd.training import PeriodicTests, load_weights, open_solver, train_dense, train_sparse
 from conftest import assert_one_line_error, write_solver
 
 SOLVERS = {
@@ -650,7 +651,7 @@ def test_a_last_update_that_blows_up_writes_nothing(pruned, tmp_path, cli):
 
 def test_the_progress_headline_goes_by_layer_types(tmp_path):
     from caffedsd.cli import _headline
-    from caffedsd.training import headline_output
+    from caffedsd.solver_spec import headline_output
 
     layers = "".join(
         f'layer {{ name: "{top}" type: "{kind}" bottom: "x" bottom: "y" top: "{top}" {extra}}}\n'

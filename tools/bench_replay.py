@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
-from caffedsd.training import open_solver, read_solver, replay_batches, replayed_layers  # noqa: E402
+from caffedsd.solver_spec import read_solver  # noqa: E402
+from caffedsd.training import open_solver, replay_batches, replayed_layers  # noqa: E402
 
 
 def _spec(text):

@@ -17,7 +17,7 @@ crash, and the input is kept under OUT/crashes/.
 
 Commands that would go on to run Caffe on a parsed file (a mutated solver
 can make Caffe abort the process) are fuzzed through their reader function:
-solver (training.read_solver), recipe (recipe.load_recipe) and solverstate
+solver (solver_spec.read_solver), recipe (recipe.load_recipe) and solverstate
 (solverstate.clean_solverstate).
 
     .venv/bin/python tools/fuzz.py --runs 2000 --seed 1 -o work/fuzz
@@ -134,7 +134,7 @@ def make_seeds(folder):
     from caffedsd.caffe_env import import_caffe
     from caffedsd.cli import main
 
-    from caffedsd.training import read_solver
+    from caffedsd.solver_spec import read_solver
 
     caffe = import_caffe()
     folder = Path(folder)
@@ -245,7 +245,7 @@ def _load_recipe(path):
 
 
 def _read_solver(path):
-    from caffedsd.training import read_solver
+    from caffedsd.solver_spec import read_solver
 
     return lambda: read_solver(path)
 
