@@ -29,7 +29,7 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
                        save_masks)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_blob_shapes, check_layer_types, check_pair, check_tied_weights, data_files, name_list
+from .netcheck import check_blob_shapes, check_layer_types, check_pair, check_tied_weights, data_files
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
 from .solver_spec import (built_nets, check_schedule, headline_output, read_solver, scaled_lr, solver_type,
                           solver_weights, test_iterations, tested_net_layers, tested_net_source)
@@ -99,6 +99,15 @@ def test_only_layers(solver):
     not reach."""
     return [(net, [name for name, blobs in net.params.items() if len(blobs) and name not in solver.net.params])
             for net in solver.test_nets]
+
+
+def set_test_only_values(solver, values):
+    """Set blob 0 of each test net's layers of phase TEST only that
+    ``values`` ({layer: array}) names."""
+    for net, names in test_only_layers(solver):
+        for name in names:
+            if name in values:
+                net.params[name][0].data[...] = values[name]
 
 
 def check_test_nets_fit(solver, spec):
@@ -424,10 +433,15 @@ class Phase:
     test_first: bool = False
     test_iterations: object = None
     test_interval: object = None  # None: the solver's; 0: no periodic test passes
+    # ((layer, blob-0 values), ...) for layers of phase TEST only, which do
+    # not train: set into the test nets once loaded (train-quantized's
+    # centroids), and so written too.
+    test_only_values: tuple = ()
 
     def __post_init__(self):
         _check_iterations(self.iterations)
         object.__setattr__(self, "hooks", tuple(self.hooks))
+        object.__setattr__(self, "test_only_values", tuple(self.test_only_values))
         if self.test_interval is not None:
             PeriodicTests(self.test_interval)
 
@@ -466,6 +480,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         check_test_nets_fit(solver, spec)
         if phase.weights is not None:
             load_weights(solver, spec, phase.weights)
+        set_test_only_values(solver, dict(phase.test_only_values))
         masks = phase.maskset.per_layer() if phase.maskset is not None else {}
         # Layers of phase TEST only do not train: their loaded zeros stay.
         untrained = {name for _, names in test_only_layers(solver) for name in names}
@@ -668,18 +683,26 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     # Weights of another net are named as such, as load_weights would.
     check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
     trained = {layer.name for layer in spec.train_layers()}
-    untrained = [target.owner for target in prunable_targets(model) if target.owner not in trained]
-    if untrained:  # their values would stay as they are, not shared
-        raise InputError(f"{weights}: {spec.path} does not train layer(s) {name_list(untrained)} (of phase TEST "
-                         "only), which train-quantized would leave unquantized")
-    clusters = {}
+    clusters, fixed = {}, {}
     for target in prunable_targets(model):
         layer = model.layer(target.owner)
         data = layer.blobs[0].data
         kept = (data != 0) if target.owner not in keep else (keep[target.owner] & (data != 0))
-        clusters[target.owner] = cluster(data, kept, bits[layer_kind(layer.type)])
+        labels, codebook = cluster(data, kept, bits[layer_kind(layer.type)])
+        # The train net holds tied weights under its own layer's name, which
+        # may come after one of phase TEST only in the file.
+        holders = [name for name in target.layers if name in trained]
+        if holders:
+            clusters[holders[0]] = labels, codebook
+        else:
+            # Of phase TEST only, they do not train: the kept weights take
+            # their centroids once, in every layer sharing them.
+            values = data.astype(np.float32).reshape(-1)
+            values[labels >= 0] = codebook[labels[labels >= 0]]
+            fixed.update((name, values.reshape(data.shape)) for name in target.layers)
     phase = Phase(span[1], weights, output, maskset, hooks=(WeightSharing(clusters),),
-                  test_first=True, test_iterations=test_iterations, test_interval=test_interval)
+                  test_first=True, test_iterations=test_iterations, test_interval=test_interval,
+                  test_only_values=tuple(fixed.items()))
     return _phase(spec, phase, gpu, on_iteration)
 
 

@@ -93,16 +93,60 @@ def test_a_layer_of_phase_test_only_is_loaded_tested_and_written(caffe, tmp_path
         assert np.array_equal(out.layer("aux").blobs[index].data, aux[index].data)
     verified = cli("verify", "-w", "out.caffemodel", "--model", net)
     assert verified.exit_code == 0, verified.output
-    # Pruned, it trains sparse, its zeros kept; train-quantized, which would
-    # leave it unquantized, refuses it.
+    # Pruned, it trains sparse, its zeros kept.
     assert cli("prune", "-w", "out.caffemodel", "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
     result = cli("train-sparse", "--solver", solver, "-w", "p.caffemodel", "-n", 2, "-o", "s.caffemodel")
     assert result.exit_code == 0, result.output
     pruned, sparse = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "s.caffemodel")
     assert np.array_equal(sparse.layer("aux").blobs[0].data, pruned.layer("aux").blobs[0].data)
     assert cli("verify", "-w", "s.caffemodel", "--model", net).exit_code == 0
-    assert_one_line_error(cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "-n", 1,
-                              "-o", "q.caffemodel"), "does not train layer(s) aux")
+
+
+def test_train_quantized_shares_the_weights_of_a_layer_of_phase_test_only(caffe, tmp_path, cli):
+    """It refused such a layer, which it would have left unquantized: now its
+    kept weights take their centroids once (it does not train), tested and
+    written with them."""
+    text = ONES + _ip("fc", "data") + _loss("loss", "fc") + _ip("aux", "data", phase="TEST") + _loss(
+        "aux_loss", "aux", phase="TEST")
+    net, weights = save_net(caffe, tmp_path, text)
+    solver = _solver(tmp_path, f'net: "{net}"')
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "--bits", "conv=8,fc=1", "-n", 2,
+                 "-o", "q.caffemodel")
+    assert result.exit_code == 0, result.output
+    pruned, quantized = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "q.caffemodel")
+    before, after = pruned.layer("aux").blobs[0].data, quantized.layer("aux").blobs[0].data
+    kept = before != 0
+    assert np.array_equal(after != 0, kept)  # 6 of 12 kept, none of them at 0.0
+    values = np.unique(after[kept])
+    assert len(values) == 2  # 1 bit
+    # k-means: each shared value is the mean of the weights it stands for.
+    for value in values:
+        assert value == pytest.approx(before[kept][after[kept] == value].mean(), rel=1e-6)
+    assert np.array_equal(quantized.layer("aux").blobs[1].data, pruned.layer("aux").blobs[1].data)
+    # Tested with them: EuclideanLoss of aux(ones) against 0, as before.
+    expected = float(np.sum((after.sum(axis=1) + quantized.layer("aux").blobs[1].data) ** 2) / 2)
+    for label in ("test after quantization", "test"):
+        printed = float(re.search(rf"^{label}: aux_loss = ([0-9.]+)", result.output, re.M).group(1))
+        assert printed == pytest.approx(expected, rel=1e-3)
+    checked = cli("verify", "-w", "q.caffemodel", "--model", net)
+    assert checked.exit_code == 0 and "no layer with weights ignored" in checked.output, checked.output
+    # Tied to a trained layer after it in the file, they train as one, under
+    # the trained layer's name.
+    text = (ONES + _ip("aux", "data", tied=True, phase="TEST") + _loss("aux_loss", "aux", phase="TEST")
+            + _ip("fc", "data", tied=True) + _loss("loss", "fc"))
+    net, weights = save_net(caffe, tmp_path, text, name="tied")
+    solver = _solver(tmp_path, f'net: "{net}"')
+    result = cli("train-quantized", "--solver", solver, "-w", weights, "--bits", "conv=8,fc=1", "-n", 2,
+                 "-o", "t.caffemodel")
+    assert result.exit_code == 0, result.output
+    start, tied = read_caffemodel(weights), read_caffemodel(tmp_path / "t.caffemodel")
+    assert len(np.unique(tied.layer("fc").blobs[0].data)) == 2
+    assert not np.array_equal(tied.layer("fc").blobs[1].data, start.layer("fc").blobs[1].data)  # it trained
+    for index in (0, 1):
+        assert np.array_equal(tied.layer("aux").blobs[index].data, tied.layer("fc").blobs[index].data)
+    checked = cli("verify", "-w", "t.caffemodel", "--model", net)
+    assert checked.exit_code == 0, checked.output
 
 
 def test_a_layer_only_a_test_net_file_has_takes_its_weights(caffe, tmp_path, cli):
