@@ -230,7 +230,7 @@ class _Progress:
         parts = [f"loss {row['loss']:.4f}  lr {row['lr']:.3g}"] if row and "loss" in row else []
         if self.tested and self.tested["test"]:
             name, value = _headline(self.tested["test"], self.tested.get("headline"))
-            parts.append(f"test {name} {value:.4f} @{self.tested['iter']}")
+            parts.append(f"test {report.one_line(name)} {value:.4f} @{self.tested['iter']}")
         return "  ".join(parts)
 
     def close(self):

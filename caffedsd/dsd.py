@@ -10,9 +10,11 @@ RUN_DIR holds:
   NN-KIND/                one folder per stage, e.g. 01-dense, 02-prune:
     model.caffemodel      stock-Caffe-loadable weights (+ model.masks.h5
                           for prune and sparse stages)
-    curve.csv             iteration, loss, lr (training stages)
+    curve.csv             iteration (Caffe's log's numbering), loss, lr
+                          (training stages)
     tests.csv             iteration, TEST outputs: the solver's periodic
                           passes (test_interval) and the stage's end
+    solver.prototxt       the solver as the stage ran it
     stage.json            the stage's summary; written last, it marks the
                           stage finished
     checkpoint/           solver snapshots while the stage runs
@@ -256,6 +258,12 @@ class _Checkpoints:
         self.replay = replay
         self.record = self.folder / "checkpoint.json"
         self.start_sha256 = start_sha256  # of the model the stage started from
+        # The stage's seconds: this process's, and those of the run(s) that
+        # made the checkpoint it goes on from (latest).
+        self.started, self.earlier = time.time(), 0.0
+
+    def seconds(self):
+        return self.earlier + time.time() - self.started
 
     @property
     def prefix(self):
@@ -287,16 +295,25 @@ class _Checkpoints:
             point_learned_net(state, model)
         except InputError as exc:
             raise InputError(f"{exc}; delete {self.folder} to restart the stage") from None
-        return record
+        remedy = f"delete {self.folder} to restart the stage"
+        curve = read_stage_csv(record["curve"], report.parse_curve_csv, remedy)
+        if curve and curve[-1]["iter"] == record["iter"]:
+            # Made before curves took Caffe's numbering (one less: the
+            # iteration a step starts at, not the count after it).
+            curve = [{**row, "iter": row["iter"] - 1} for row in curve]
+        # Checkpoints from before periodic test passes were recorded have none.
+        tests = read_stage_csv(record["tests"], report.parse_tests_csv, remedy) if record.get("tests") else []
+        seconds = record.get("seconds")  # none in checkpoints of earlier versions
+        self.earlier = float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0.0
+        return {**record, "curve_rows": curve, "test_rows": tests}
 
     @staticmethod
     def curve(record):
-        return _read_csv(record["curve"])
+        return record["curve_rows"]
 
     @staticmethod
     def tests(record):
-        # Checkpoints from before periodic test passes were recorded have none.
-        return report.parse_tests_csv(Path(record["tests"]).read_text()) if record.get("tests") else []
+        return record["test_rows"]
 
     def save(self, solver, curve, tests, nbytes=(0, 0)):
         """``nbytes``: at least what Caffe writes (snapshot_bytes), checked
@@ -317,6 +334,7 @@ class _Checkpoints:
         previous = read_json(self.record) if self.record.exists() else None
         write_json(self.record, {"iter": iteration, "solverstate": state.name,
                                   "curve": f"curve_{iteration}.csv", "tests": f"tests_{iteration}.csv",
+                                  "seconds": round(self.seconds(), 3),
                                   **({"start_sha256": self.start_sha256} if self.start_sha256 else {})})
         if previous:  # keep only the newest set
             for old in (previous["solverstate"], previous["solverstate"].replace(".solverstate", ".caffemodel"),
@@ -332,8 +350,15 @@ def _write_csv(path, curve):
     write_text(path, report.curve_csv(curve))
 
 
-def _read_csv(path):
-    return report.parse_curve_csv(Path(path).read_text())
+def read_stage_csv(path, parse, remedy):
+    """A curve or tests CSV a stage wrote, parsed by ``parse``; one that is
+    gone or damaged (edited, cut) is named, with ``remedy``."""
+    try:
+        return parse(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; {remedy}") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InputError(f"{path}: damaged, not the CSV caffedsd wrote ({exc}); {remedy}") from None
 
 
 def _check_run_dir(run_dir):
@@ -343,17 +368,22 @@ def _check_run_dir(run_dir):
         raise InputError(f"{run_dir}: removed while the run went on (no {RUN_FILE}); nothing more was written")
 
 
-def _check_finished(stage_dir, kind, number, count, recorded_sha256=None):
+def _check_finished(stage_dir, kind, number, count, summary):
     """A finished stage's files are there, its model is the one it wrote,
-    and its masks are that model's: the report would name a model that is
-    gone or another, and the next stage would start from nothing, from
-    another model, or from another model's masks. ``recorded_sha256``: the
-    model's, as stage.json records it (earlier runs' record none). Returns
-    those masks (None for a dense stage)."""
+    its masks are that model's, and its curve and TEST passes read: the
+    report would name a model that is gone or another, the next stage would
+    start from nothing, from another model, or from another model's masks,
+    and the report's plot would fail on a CSV. ``summary``: its stage.json's
+    (earlier runs' record no model sha256). Returns those masks (None for a
+    dense stage)."""
     model = stage_dir / "model.caffemodel"
     done = stage_dir / "stage.json"
     later = " and the stages after it" if number < count else ""
     remedy = f"delete {stage_dir}{later} to run it again"
+    recorded_sha256 = summary.model_sha256
+    for name, parse in ((summary.curve, report.parse_curve_csv), (summary.tests, report.parse_tests_csv)):
+        if name:
+            read_stage_csv(stage_dir / name, parse, remedy)
     masked = kind in ("prune", "sparse")
     for path in (model, masks_path_for(model)) if masked else (model,):
         if not path.is_file():
@@ -388,10 +418,10 @@ def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progre
         if callback is not None:
             callback.close()
     _write_csv(stage_dir / "curve.csv", result.curve)
-    write_text(stage_dir / "tests.csv",
-               report.tests_csv(list(result.tests) + [{"iter": stage.iterations, "test": result.test}]))
+    end = [{"iter": stage.iterations, "test": result.test}] if result.test else []  # none: no test net
+    write_text(stage_dir / "tests.csv", report.tests_csv(list(result.tests) + end))
     return dict(iterations=stage.iterations, lr=result.base_lr, test=result.test, curve="curve.csv",
-                tests="tests.csv")
+                tests="tests.csv", earlier_seconds=checkpoints.earlier)
 
 
 def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
@@ -485,8 +515,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         done = stage_dir / "stage.json"
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
-            finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages),
-                                             summary.model_sha256)
+            finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages), summary)
             if None not in (summary.input_sha256, start_sha256) and summary.input_sha256 != start_sha256:
                 # Its model is of a start that is gone: a report would mix two lineages.
                 later = " and the stages after it" if number < len(recipe.stages) else ""
@@ -520,11 +549,13 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             except Diverged as exc:  # the stage's lr_scale may be what is at fault
                 raise Diverged(f"{recipe.where}: stage {number} ({stage.kind}): {exc} (with this stage edited, "
                                "dsd --force keeps the stages before it)") from None
+            # A resumed stage's: with those of the runs that made its checkpoint.
+            seconds = time.time() - started + summary.pop("earlier_seconds", 0.0)
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),
                                    model_sha256=file_sha256(stage_dir / "model.caffemodel"),
-                                   input_sha256=start_sha256, seconds=round(time.time() - started, 1), **summary)
+                                   input_sha256=start_sha256, seconds=round(seconds, 1), **summary)
             write_json(done, summary.to_dict())
         # Only once stage.json marks the stage finished may its checkpoints go.
         _Checkpoints(stage_dir / "checkpoint").clear()

@@ -242,23 +242,28 @@ def output_kinds(net, state):
     classifier (GoogLeNet's loss1 and loss2 are auxiliary), else the first
     accuracy, else the first loss."""
     kinds, top1 = {}, []
-    for layer in built_layers(net, [state]):
+    layers = built_layers(net, [state])
+    uses = _top_uses(layers)
+    for i, layer in enumerate(layers):
         if layer.type == "Accuracy":
             kinds.update((top, "accuracy") for top in layer.top)
             if layer.top and layer.accuracy_param.top_k == 1:
                 top1.append(layer.top[0])
         elif layer.type.endswith("Loss") or any(w for w in layer.loss_weight):
-            kinds.update((top, "loss") for top in layer.top)
+            # A top with a loss_weight that a later layer also reads is an
+            # output under the name of its Split's first top, which carries
+            # the weight (util/insert_splits.cpp).
+            kinds.update((f"{top}_{layer.name}_{j}_split_0" if j < len(layer.loss_weight) and layer.loss_weight[j]
+                          and uses.get((i, j), 0) > 1 else top, "loss") for j, top in enumerate(layer.top))
     if top1:
         return kinds, top1[-1]
     return kinds, next((top for top, kind in kinds.items() if kind == "accuracy"), next(iter(kinds), None))
 
 
-def layer_names_with_splits(layers):
-    """The names of the layers Caffe's Net holds for ``layers`` (as built):
-    each, followed by the Split layers InsertSplits adds after it for a top
-    used more than once (util/insert_splits.cpp: by later bottoms, and by a
-    loss_weight), named blob_layer_index_split."""
+def _top_uses(layers):
+    """{(layer index, top index): uses} of ``layers`` (as built), counted as
+    Caffe's InsertSplits counts them: each later bottom that reads the top,
+    and its own loss_weight when not 0."""
     last_top, uses = {}, {}
     for i, layer in enumerate(layers):
         for blob in layer.bottom:
@@ -270,6 +275,15 @@ def layer_names_with_splits(layers):
             if weight:
                 top = last_top[layer.top[j]]
                 uses[top] = uses.get(top, 0) + 1
+    return uses
+
+
+def layer_names_with_splits(layers):
+    """The names of the layers Caffe's Net holds for ``layers`` (as built):
+    each, followed by the Split layers InsertSplits adds after it for a top
+    used more than once (util/insert_splits.cpp: by later bottoms, and by a
+    loss_weight), named blob_layer_index_split."""
+    uses = _top_uses(layers)
     names = []
     for i, layer in enumerate(layers):
         names.append(layer.name)

@@ -3,6 +3,7 @@ import csv
 import functools
 import io
 import json
+import math
 import numbers
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def number_text(value):
 
 
 def format_table(headers, rows, align=None):
-    """A plain-text table; ``align`` is a string of 'l'/'r' per column."""
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    """A plain-text table; ``align`` is a string of 'l'/'r' per column. A
+    layer or output name with a newline stays in its cell (one_line)."""
+    cells = [[one_line(str(c)) for c in headers]] + [["" if c is None else one_line(str(c)) for c in row]
+                                                     for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     align = align or "l" * len(headers)
     lines = []
@@ -86,8 +89,26 @@ def _save_png(fig, path):
     _pyplot().close(fig)
 
 
+def _finite(value):
+    """``value`` with each NaN or infinite float as None: JSON has neither,
+    and json.dumps would write them bare (NaN), which JSON readers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(each) for key, each in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(each) for each in value]
+    return value
+
+
 def to_json(data):
-    return json.dumps(data, indent=2, sort_keys=False)
+    """``data`` as indented JSON, a NaN or infinite number as null."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False)
+
+
+def test_value(value, spec=".4f"):
+    """A TEST output in a table: None is one JSON held as null (_finite)."""
+    return "not finite" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def human_bytes(n):
@@ -168,7 +189,7 @@ def test_line(test, label="test"):
     """The TEST phase's outputs on one line."""
     if not test:
         return f"{label}: the solver has no test net (test_iter)"
-    return f"{label}: " + ", ".join(f"{name} = {value:.4f}" for name, value in test.items())
+    return f"{label}: " + ", ".join(f"{one_line(name)} = {value:.4f}" for name, value in test.items())
 
 
 def sweep_table(grid, rows):
@@ -205,11 +226,17 @@ def curve_csv(curve):
 
 
 def parse_curve_csv(text):
+    """curve_csv's rows; ValueError for text it did not write."""
+    lines = text.splitlines()
+    if not lines or lines[0] != ",".join(CURVE_COLUMNS):
+        raise ValueError(f"its first line is not {','.join(CURVE_COLUMNS)}")
     rows = []
-    for line in text.splitlines()[1:]:
-        if line.strip():
-            it, loss, lr = line.split(",")
-            rows.append({"iter": int(it), "loss": float(loss), "lr": float(lr)})
+    for number, line in enumerate(lines[1:], 2):
+        cells = line.split(",")
+        if len(cells) != len(CURVE_COLUMNS):
+            raise ValueError(f"line {number} has {len(cells)} cell(s), not {len(CURVE_COLUMNS)}")
+        it, loss, lr = cells
+        rows.append({"iter": int(it), "loss": float(loss), "lr": float(lr)})
     return rows
 
 
@@ -226,10 +253,17 @@ def tests_csv(tests):
 
 
 def parse_tests_csv(text):
+    """tests_csv's rows; ValueError for text it did not write."""
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, ["iter"])
-    return [{"iter": int(cells[0]), "test": {n: float(v) for n, v in zip(header[1:], cells[1:]) if v != ""}}
-            for cells in reader if cells]
+    header = next(reader, None)
+    if not header or header[0] != "iter":
+        raise ValueError("its first line does not start with iter")
+    rows = []
+    for cells in reader:
+        if len(cells) != len(header):
+            raise ValueError(f"line {reader.line_num} has {len(cells)} cell(s), not {len(header)}")
+        rows.append({"iter": int(cells[0]), "test": {n: float(v) for n, v in zip(header[1:], cells[1:]) if v != ""}})
+    return rows
 
 
 def _output_names(tests):
@@ -250,7 +284,7 @@ def dsd_rows(stages):
     rows = []
     for s in stages:
         rows.append([f"{s['stage']} {s['kind']}", s["iterations"], "" if s["lr"] is None else f"{s['lr']:.3g}",
-                     pct(s["sparsity"])] + [f"{s['test'][m]:.4f}" if m in s["test"] else "" for m in metrics])
+                     pct(s["sparsity"])] + [test_value(s["test"][m]) if m in s["test"] else "" for m in metrics])
     return header, rows
 
 
@@ -262,9 +296,10 @@ def dsd_table(stages):
 def dsd_markdown(data):
     header, rows = dsd_rows(data["stages"])
     lines = ["# DSD run", "", markdown_table(header, rows)]
+    test = (" Test: the solver's TEST net, each output averaged over the test batches." if _metric_names(data["stages"])
+            else " The solver has no test net (test_iter).")
     lines += ["", "Sparsity: fraction of Convolution/Deconvolution/InnerProduct weights that are 0.0 "
-              "in the stage's model. Test: the solver's TEST net, each output averaged over the test batches.",
-              "", "![loss and accuracy](curves.png)", ""]
+              "in the stage's model." + test, "", "![loss and accuracy](curves.png)", ""]
     return "\n".join(lines)
 
 
@@ -307,7 +342,8 @@ def plot_dsd(path, run_dir, stages, kinds):
             if len(during) > 1:  # the solver's periodic passes (test_interval), then the stage's end
                 test_ax.plot(*zip(*during), lw=0.8, color=f"C{n + 1}", label=m)
             if m in s["test"]:
-                test_ax.plot(offset, s["test"][m], "o", color=f"C{n + 1}", label=m)
+                value = s["test"][m]
+                test_ax.plot(offset, float("nan") if value is None else value, "o", color=f"C{n + 1}", label=m)
     handles = {h.get_label(): h for h in test_ax.get_lines()}
     _legend(test_ax, list(handles.values()), [f"test {m}" for m in handles], loc="center right", fontsize=8)
     loss_ax.set_xlabel("iteration (whole run)")
@@ -367,11 +403,10 @@ def sensitivity_summary(data):
     metric = scan_metric(data)
     header = ["layer", "params"] + [number_text(s) for s in data["sparsities"]]
     lines = [f"# Sensitivity: {one_line(metric)} after pruning one layer", "",
-             f"Baseline {metric} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
+             f"Baseline {one_line(metric)} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
              f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
              markdown_table(header, [[layer["layer"], layer["params"]] +
-                                     ["not finite" if p["metrics"][metric] is None else f"{p['metrics'][metric]:.4f}"
-                                      for p in layer["points"]]
+                                     [test_value(p["metrics"][metric]) for p in layer["points"]]
                                      for layer in data["layers"]])]
     return "\n".join(lines)
 

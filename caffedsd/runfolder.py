@@ -15,13 +15,14 @@ from pathlib import Path
 
 from .atomic import is_leftover, output_folder, remove_leftovers, write_text
 from .errors import InputError
+from .report import to_json
 
 LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
 
 
 def write_json(path, data):
-    """``data`` as indented JSON in ``path``, atomically."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """``data`` as indented JSON in ``path`` (report.to_json), atomically."""
+    write_text(path, to_json(data) + "\n")
 
 
 def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):

@@ -60,8 +60,11 @@ def _check_solver_param(param, path):
         raise InputError(f"{path}: solver type {param.type!r} is not one of Caffe's ({', '.join(_SOLVER_TYPES)})")
     if param.lr_policy not in _LR_POLICIES:
         raise InputError(f"{path}: lr_policy {param.lr_policy!r} is not one of Caffe's ({', '.join(_LR_POLICIES)})")
-    if param.lr_policy == "step" and param.stepsize <= 0:
-        raise InputError(f"{path}: lr_policy \"step\" needs a stepsize above 0")
+    if param.lr_policy in ("step", "sigmoid") and param.stepsize <= 0:
+        raise InputError(f"{path}: lr_policy \"{param.lr_policy}\" needs a stepsize above 0")
+    # SGDSolver::GetLearningRate checks these at the first update.
+    if param.lr_policy in ("step", "exp", "inv", "multistep", "sigmoid") and not param.gamma >= 0:
+        raise InputError(f"{path}: lr_policy \"{param.lr_policy}\" needs a gamma of 0 or more, not {param.gamma:g}")
     # Caffe finds these only inside an update, aborting the process (glog's
     # fatal log), or dividing the gradients by 0.
     if param.weight_decay and param.regularization_type not in ("L1", "L2"):

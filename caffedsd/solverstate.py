@@ -28,7 +28,7 @@ from .atomic import atomic_open, atomic_path, check_input
 from .caffemodel import masked_blob_record, parse_blob, write_pieces
 from .errors import InputError
 
-STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY = 1, 2, 3
+STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY, STATE_CURRENT_STEP = 1, 2, 3, 4
 
 
 def learnable_params(net):
@@ -47,6 +47,21 @@ def learnable_params(net):
 # Caffe's solvers keep one history blob per learnable blob, Adam and AdaDelta
 # two; a restore with another count aborts the process (a glog check).
 HISTORY_SETS = {"Adam": 2, "AdaDelta": 2}
+# Those whose history is all sums of squares: a negative value there is of
+# another type's state (SGD's and Nesterov's momentum, Adam's first moment),
+# whose square root makes the first update NaN.
+SQUARED_HISTORY = ("AdaGrad", "RMSProp", "AdaDelta")
+
+
+def _check_history_signs(path, solver_type, history):
+    """``history``: the state's history arrays, in order."""
+    if solver_type not in SQUARED_HISTORY:
+        return
+    for j, data in enumerate(history):
+        if (data < 0).any():
+            raise InputError(f"{path}: history blob {j} holds negative values, which a {solver_type} solver's "
+                             "(sums of squares) never does: a solverstate of another solver type (SGD, Nesterov "
+                             "and Adam keep signed ones)")
 
 
 def _history_masks(path, params, masks, shapes, solver_type):
@@ -68,15 +83,24 @@ def _history_masks(path, params, masks, shapes, solver_type):
 
 def state_iteration(path):
     """The iteration solverstate ``path`` was taken at (0 when it says none)."""
+    return _state_count(path, "iter", STATE_ITER)
+
+
+def state_current_step(path):
+    """The solver's current_step in solverstate ``path`` (0 when it says
+    none): how many of multistep's stepvalues it has passed."""
+    return _state_count(path, "current_step", STATE_CURRENT_STEP)
+
+
+def _state_count(path, name, number):
     path = check_input(path, "solverstate")
     try:
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as state:
-                return int(np.asarray(state["iter"]).ravel()[0]) if "iter" in state else 0
+                return int(np.asarray(state[name]).ravel()[0]) if name in state else 0
         with open(path, "rb") as handle:
             buf = handle.read()
-        return next((f.value for f in wire.iter_fields(buf) if f.number == STATE_ITER and f.wire_type == wire.VARINT),
-                    0)
+        return next((f.value for f in wire.iter_fields(buf) if f.number == number and f.wire_type == wire.VARINT), 0)
     except (wire.WireError, OSError, TypeError, ValueError) as exc:
         raise InputError(f"{path}: not a solverstate, or damaged ({exc})") from None
 
@@ -112,6 +136,7 @@ def _clean_binary(path, output, params, masks, solver_type):
         raise InputError(f"{path}: not a solverstate, or truncated ({exc})") from None
     plan = dict(zip((f.start for f, _ in history),
                     _history_masks(path, params, masks, [b.shape for _, b in history], solver_type)))
+    _check_history_signs(path, solver_type, (b.data for _, b in history))
     blobs = {f.start: b for f, b in history}
     pieces = []
     for f in fields:
@@ -133,6 +158,7 @@ def _clean_hdf5(path, output, params, masks, solver_type):
         keys = sorted(src["history"].keys(), key=int)
         shapes = [src["history"][k].shape for k in keys]
         plan = _history_masks(path, params, masks, shapes, solver_type)
+        _check_history_signs(path, solver_type, (src["history"][k][()] for k in keys))
         with atomic_path(output) as tmp:
             with h5py.File(tmp, "w") as dst:
                 for name in src:

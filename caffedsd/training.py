@@ -33,7 +33,7 @@ from .netcheck import check_blob_shapes, check_layer_types, check_pair, check_ti
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
 from .solver_spec import (built_nets, check_schedule, headline_output, read_solver, scaled_lr, solver_type,
                           solver_weights, test_iterations, tested_net_layers, tested_net_source)
-from .solverstate import clean_solverstate, restorable_name, state_iteration
+from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
@@ -161,20 +161,50 @@ def net_loss(net):
     return total
 
 
-def train(solver, iterations, hooks=None, on_iteration=None, where="training"):
-    """Run ``iterations`` solver steps; returns the curve [{iter, loss, lr}].
-    A loss that is NaN or Inf raises Diverged, naming ``where``.
+class StepRates:
+    """The learning rate of each step, as Caffe's SGDSolver::GetLearningRate
+    gives it. pycaffe's ``lr`` calls that, which under lr_policy
+    "multistep" also advances the solver's current_step at a stepvalue
+    reached: read before a step that then calls it again, a stepvalue
+    repeated (3, 3) was passed twice in one iteration, and the solver
+    trained at another rate than `caffe train`. So under multistep the rate
+    is computed here, from ``current_step`` (the restored state's, else 0),
+    passing at most one stepvalue an iteration, as Caffe does."""
+
+    def __init__(self, param, current_step=0):
+        self.param, self.current_step = param, current_step
+
+    def __call__(self, solver):
+        param = self.param
+        if param.lr_policy != "multistep":
+            return float(solver.lr)
+        if self.current_step < len(param.stepvalue) and int(solver.iter) >= param.stepvalue[self.current_step]:
+            self.current_step += 1
+        # float base_lr times pow's double, kept as Caffe's float.
+        return float(np.float32(np.float64(np.float32(param.base_lr))
+                                * np.float64(np.float32(param.gamma)) ** self.current_step))
+
+
+def train(solver, iterations, hooks=None, on_iteration=None, where="training", rates=None):
+    """Run ``iterations`` solver steps; returns the curve [{iter, loss, lr}],
+    numbered as Caffe's log numbers them ("Iteration N, loss = ..."): the
+    loss and rate of the step that started at iteration N, whose forward
+    pass saw the weights a TEST pass at iteration N sees. A loss that is NaN
+    or Inf raises Diverged, naming ``where``.
 
     One step at a time, so the caller's ``on_iteration(row, iterations)``
     sees each one. ``hooks`` is the solver's HookDispatcher (or None): its
     hooks run inside each step (the masks re-zero pruned weights before each
     forward and their gradients before each update, so Caffe's own snapshots
-    hold them at 0.0 too) and settle once more at the end."""
+    hold them at 0.0 too) and settle once more at the end. ``rates``: the
+    run's StepRates (None: pycaffe's ``lr``, for a solver that is not under
+    multistep)."""
+    rates = rates or (lambda solver: float(solver.lr))
     curve = []
     for _ in range(iterations):
-        lr = float(solver.lr)
+        lr, iteration = rates(solver), int(solver.iter)
         solver.step(1)
-        row = {"iter": int(solver.iter), "loss": net_loss(solver.net), "lr": lr}
+        row = {"iter": iteration, "loss": net_loss(solver.net), "lr": lr}
         if not math.isfinite(row["loss"]):
             raise Diverged(f"{where}: training diverged at iteration {row['iter']} (loss {row['loss']}, "
                            f"learning rate {lr:g}); nothing was written for it. {_remedy(hooks)}")
@@ -493,8 +523,10 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         counts = [phase.test_iterations or count for count in test_iterations(param)]
         latest = checkpoints.latest() if checkpoints is not None else None
         curve, tests, done = [], [], 0
+        rates = StepRates(param)
         if latest is not None:
             solver.restore(latest["solverstate"])
+            rates = StepRates(param, state_current_step(latest["solverstate"]))
             curve, tests, done = checkpoints.curve(latest), checkpoints.tests(latest), int(solver.iter)
             if checkpoints.replay:
                 if on_iteration is not None:
@@ -504,6 +536,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             clean = Path(workdir) / restorable_name(phase.solverstate)
             clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
             solver.restore(str(clean))
+            rates = StepRates(param, state_current_step(clean))
         dispatcher.settle()
         schedule = PeriodicTests.of_solver(spec.param, phase.test_interval)
         if not any(count > 0 for count in counts):  # Caffe makes one test net per test_iter
@@ -524,7 +557,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             checkpoint = _next_checkpoint(now, checkpoints)
             snapshot = snapshots.next_after(now) if snapshots is not None else None
             stop = min(s for s in (end, schedule.next_after(now), checkpoint, snapshot) if s is not None)
-            curve += train(solver, stop - now, dispatcher, progress, where=spec.path)
+            curve += train(solver, stop - now, dispatcher, progress, where=spec.path, rates=rates)
             if stop == checkpoint and stop < end:
                 check_weights_finite(solver, spec.path, dispatcher)
                 checkpoints.save(solver, curve, tests, sizes)

@@ -234,11 +234,12 @@ class Stop(Exception):
 
 def stopping_at(iteration):
     """A progress protocol (run_recipe's ``progress``) that interrupts the
-    run after training iteration ``iteration``, as a kill would, once its
-    checkpoints are written."""
+    run once ``iteration`` training iterations are done, as a kill would,
+    once its checkpoints are written (a row's iter is the iteration a step
+    started at, as Caffe's log numbers it)."""
     def progress(label, total, done):
         def callback(row, _):
-            if row.get("iter") == iteration and "loss" in row:
+            if row.get("iter") == iteration - 1 and "loss" in row:
                 raise Stop
         callback.close = lambda: None
         return callback

@@ -59,7 +59,7 @@ def test_dsd_lenet_flow(lenet_solver, tmp_path, cli):
         assert [p["iter"] for p in passes] == list(range(0, s["iterations"] + 1, 20))
         assert passes[-1]["test"] == pytest.approx(s["test"], rel=1e-5)
         curve = (run / s["folder"] / "curve.csv").read_text().splitlines()[1:]
-        assert [int(line.split(",")[0]) for line in curve] == list(range(1, s["iterations"] + 1))
+        assert [int(line.split(",")[0]) for line in curve] == list(range(s["iterations"]))  # Caffe's numbering
     # A stage's first pass measures the weights it starts from: the previous stage's.
     first_sparse = parse_tests_csv((run / "03-sparse" / "tests.csv").read_text())[0]["test"]
     assert first_sparse == pytest.approx(stages[1]["test"], rel=1e-5)
@@ -138,7 +138,7 @@ def test_killed_run_resumes(tmp_path, sig, snapshot_format):
     for layer, mask in ref_masks.masks.items():
         assert np.array_equal(run_masks.masks[layer], mask)
     curve = (tmp_path / "run" / "03-sparse" / "curve.csv").read_text().splitlines()[1:]
-    assert [int(line.split(",")[0]) for line in curve] == list(range(1, 3001))
+    assert [int(line.split(",")[0]) for line in curve] == list(range(3000))
     # The test passes made before the kill come back from the checkpoint, and
     # none is lost or made twice.
     passes = parse_tests_csv((tmp_path / "run" / "03-sparse" / "tests.csv").read_text())
@@ -396,6 +396,82 @@ def test_a_stage_made_from_another_start_is_not_kept(tmp_path, cli):
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "04-dense/stage.json: stage 4 started from "
                           "another model than the one stage 3 finished with now (run again or rewritten since); "
                           "delete")
+
+
+@pytest.mark.caffe
+def test_a_stages_curve_and_test_passes_are_checked_when_read_again(tmp_path, cli):
+    """A finished stage's curve.csv or tests.csv gone or damaged, or a
+    checkpoint's, gave a traceback (the report's plot, or the resume, read
+    them). A checkpoint's curve from before Caffe's numbering is
+    renumbered, and its seconds count in the stage's."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=80)
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        run_recipe(load_recipe(recipe), run, progress=stopping_at(60))
+    checkpoint = run / "03-sparse" / "checkpoint"
+    record = json.loads((checkpoint / "checkpoint.json").read_text())
+    assert record["iter"] == 50 and record["seconds"] > 0
+    curve = checkpoint / record["curve"]
+    good = curve.read_text()
+    assert [row.split(",")[0] for row in good.splitlines()[1:]] == [str(n) for n in range(50)]
+    where = Path("run/03-sparse/checkpoint") / record["curve"]  # as the command names it, from its folder
+    restart = "delete run/03-sparse/checkpoint to restart the stage"
+    for text, expect in (("iter,loss,lr\n1,2\n", "damaged, not the CSV caffedsd wrote (line 2 has 2 cell(s), not 3)"),
+                         ("iter,loss\n", "damaged, not the CSV caffedsd wrote (its first line is not iter,loss,lr)"),
+                         ("iter,loss,lr\nx,1,2\n", "damaged, not the CSV caffedsd wrote (invalid literal"),
+                         (None, "missing")):
+        curve.unlink()
+        if text is not None:
+            curve.write_text(text)
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, f"{where}: {expect}")
+        assert result.output.rstrip().endswith(restart), result.output
+    # As an earlier version wrote it: numbered from 1, up to the checkpoint's iteration.
+    curve.write_text("iter,loss,lr\n" + "".join(f"{int(row.split(',')[0]) + 1},{row.split(',', 1)[1]}\n"
+                                                 for row in good.splitlines()[1:]))
+    (checkpoint / "checkpoint.json").write_text(json.dumps(record | {"seconds": 1000.0}))
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    sparse = run / "03-sparse"
+    assert (sparse / "curve.csv").read_text().startswith(good)
+    assert [row.split(",")[0] for row in (sparse / "curve.csv").read_text().splitlines()[1:]] == \
+        [str(n) for n in range(80)]
+    assert json.loads((sparse / "stage.json").read_text())["seconds"] >= 1000  # it took under a second itself
+    # A finished stage's.
+    again = "delete run/03-sparse and the stages after it to run it again"
+    for name, bad in (("curve.csv", "iter,loss,lr\n0,1,0.1,5\n"), ("tests.csv", "iter,loss\n0,1,2\n"),
+                      ("tests.csv", b"\xff\xfe")):
+        original = (sparse / name).read_bytes()
+        (sparse / name).write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, f"run/03-sparse/{name}: damaged, not the CSV caffedsd wrote")
+        assert result.output.rstrip().endswith(again), result.output
+        (sparse / name).unlink()
+        assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), f"run/03-sparse/{name}: missing; delete")
+        (sparse / name).write_bytes(original)
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+
+
+@pytest.mark.caffe
+def test_a_solver_without_a_test_net_has_no_test_rows(tmp_path, cli):
+    """Each stage's tests.csv had a row at its end with no values, and
+    report.md spoke of the solver's TEST net."""
+    solver = write_solver(tmp_path)
+    text = solver.read_text()
+    assert "test_iter: 2\n" in text
+    solver.write_text(text.replace("test_iter: 2\n", ""))
+    (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 3}}\n"
+                                          "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 2}\n")
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    for stage, iterations in (("01-dense", 3), ("03-sparse", 2)):
+        assert (tmp_path / "run" / stage / "tests.csv").read_text() == "iter\n"
+        assert len((tmp_path / "run" / stage / "curve.csv").read_text().splitlines()) == 1 + iterations
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "The solver has no test net (test_iter)." in markdown and "TEST net" not in markdown
+    assert all(stage["test"] == {} for stage in json.loads((tmp_path / "run" / "report.json").read_text())["stages"])
 
 
 @pytest.mark.caffe
@@ -966,7 +1042,13 @@ def test_solver_settings_caffe_would_abort_on(tmp_path, cli):
     good = solver.read_text()
     stock = [('type: "SGD"', 'type: "Sgd"', "solver type 'Sgd' is not one of Caffe's (SGD, "),
              ('lr_policy: "fixed"', 'lr_policy: "cosine"', "lr_policy 'cosine' is not one of"),
-             ('lr_policy: "fixed"', 'lr_policy: "step"', '"step" needs a stepsize')]
+             ('lr_policy: "fixed"', 'lr_policy: "step"', '"step" needs a stepsize'),
+             # Caffe aborted the process at the first update, after a TEST pass.
+             ('lr_policy: "fixed"', 'lr_policy: "sigmoid"', '"sigmoid" needs a stepsize above 0'),
+             ('lr_policy: "fixed"\ngamma: 0.5', 'lr_policy: "exp"\ngamma: -0.5',
+              '"exp" needs a gamma of 0 or more, not -0.5'),
+             ('lr_policy: "fixed"\ngamma: 0.5', 'lr_policy: "multistep"\ngamma: nan',
+              '"multistep" needs a gamma of 0 or more, not nan')]
     if not built_by_caffedsd():  # another Caffe (a fork) may know more: Caffe decides there
         stock = []
     for old, new, expect in stock:
@@ -997,7 +1079,7 @@ def test_a_net_edited_while_the_run_goes_on_stops_it_before_the_next_stage(tmp_p
 
     def progress(label, total, done):
         def callback(row, _):
-            if row.get("iter") == 30 and "loss" in row:  # the first stage's last step
+            if row.get("iter") == 29 and "loss" in row:  # the first stage's last step
                 net.write_text(original.replace("std: 1", "std: 0.5"))
         callback.close = lambda: None
         return callback

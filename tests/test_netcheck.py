@@ -283,6 +283,31 @@ def test_a_runs_plot_tells_accuracies_from_losses_by_their_layers(tmp_path, monk
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_loss_top_another_layer_reads_is_an_output_under_its_splits_name(caffe, tmp_path):
+    """Caffe's InsertSplits gives a loss-weighted top that a later layer
+    also reads a Split, whose first top carries the weight and is the net's
+    output: the kinds named the top, so that report.json named an output
+    that is none, and curves.png drew the split's as an accuracy."""
+    from caffedsd.caffe_proto import read_net_prototxt
+    from caffedsd.netcheck import output_kinds, solver_state
+
+    text = ('layer { name: "data" type: "DummyData" top: "x" top: "label" dummy_data_param { shape { dim: 2 dim: 3 } '
+            'shape { dim: 2 } } }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" inner_product_param { num_output: 3 } }\n'
+            'layer { name: "cost" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "cost" }\n'
+            'layer { name: "aux" type: "InnerProduct" bottom: "x" top: "aux" loss_weight: 0.001 '
+            'inner_product_param { num_output: 2 } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "aux" top: "auxr" }\n'
+            'layer { name: "s" type: "Silence" bottom: "auxr" }\n'
+            'layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" }\n')
+    (tmp_path / "net.prototxt").write_text(text)
+    built = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    net = read_net_prototxt(tmp_path / "net.prototxt")
+    kinds, headline = output_kinds(net, solver_state(net, "TEST"))
+    assert sorted(kinds) == sorted(built.outputs) == ["acc", "aux_aux_0_split_0", "cost"]
+    assert kinds["aux_aux_0_split_0"] == "loss" and headline == "acc"
+
+
 SE_NET = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
 layer { name: "gate" type: "InnerProduct" bottom: "data" top: "gate"

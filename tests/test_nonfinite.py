@@ -105,7 +105,7 @@ def test_a_diverging_training_stops_at_the_first_nan_loss(caffe, tmp_path, cli):
     assert last.startswith(f"caffedsd: {solver}: training diverged at iteration "), last
     assert "learning rate 1e+17); nothing was written for it" in last  # train-dense's tenth
     iteration = int(last.split("at iteration ")[1].split(" ")[0])
-    assert 1 < iteration < 50
+    assert 0 < iteration < 49  # Caffe's numbering: not the first step, not the last
     assert not (tmp_path / "d.caffemodel").exists()
     # The same solver at a sane rate trains.
     write_solver(tmp_path, base_lr=0.01, extra="momentum: 0")
@@ -155,5 +155,5 @@ def test_the_program_exits_1_after_a_divergence_through_max_pooling(lenet, tmp_p
         run = subprocess.run([*program, *args], cwd=tmp_path, capture_output=True, text=True)
         assert run.returncode == 1, run.stderr[-2000:]
         assert run.stderr.splitlines()[-1].startswith(f"caffedsd: {where}solver.prototxt: training diverged at "
-                                                      "iteration 1 (loss nan"), run.stderr[-2000:]
+                                                      "iteration 0 (loss nan"), run.stderr[-2000:]
         assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "run").exists()

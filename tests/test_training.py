@@ -68,7 +68,7 @@ def test_exact_zeros_for_every_solver(caffe, pruned, tmp_path, solver_type, iter
     assert (folder / "snap_iter_7.solverstate").is_file()
     for snap in snaps:
         assert_zeros_at_masks(snap, masks)
-    assert result.curve[-1]["iter"] == 7 and "loss" in result.test
+    assert result.curve[-1]["iter"] == 6 and "loss" in result.test  # the step from 6 to 7, Caffe's "Iteration 6"
     # Survivors moved: training happened.
     before = read_caffemodel(pruned).layer("fc1").blobs[0].data
     after = read_caffemodel(out).layer("fc1").blobs[0].data
@@ -180,6 +180,70 @@ def test_train_dense_library_call(pruned, tmp_path):
     w = read_caffemodel(tmp_path / "dense2.caffemodel").layer("conv1").blobs[0].data
     mask = load_masks(pruned.with_name("pruned.masks.h5")).masks["conv1"]
     assert np.count_nonzero(w[~mask]) > 0
+
+
+def test_the_curve_numbers_its_iterations_as_caffes_log(caffe, tmp_path):
+    """Its rows were numbered one above Caffe's "Iteration N, loss = ...", and
+    one above the TEST passes of the same weights; a divergence was put at
+    the next iteration, beside the learning rate of its own."""
+    from caffedsd.caffe_env import caffe_binary
+
+    solver = write_solver(tmp_path, lr_policy='"step"', extra="momentum: 0.9\ndisplay: 1\ntest_initialization: false")
+    weights = tmp_path / "start.caffemodel"
+    caffe.get_solver(str(solver)).net.save(str(weights))
+    result = train_dense(solver, weights, tmp_path / "out.caffemodel", lr_scale=1.0, iterations=7)
+    logging = {**os.environ, "GLOG_minloglevel": "0"}
+    log = subprocess.run([str(caffe_binary()), "train", f"--solver={solver}", f"--weights={weights}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=logging).stderr
+    losses = {int(n): float(v) for n, v in re.findall(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)", log)}
+    rates = {int(n): float(v) for n, v in re.findall(r"Iteration (\d+), lr = (\S+)", log)}
+    assert [row["iter"] for row in result.curve] == list(range(7))
+    for row in result.curve:  # step lr: 0.05 for iterations 0-2, 0.025 for 3-5, then 0.0125
+        assert row["loss"] == pytest.approx(losses[row["iter"]], rel=1e-4), row
+        assert row["lr"] == pytest.approx(rates[row["iter"]], rel=1e-6) == 0.05 * 0.5 ** (row["iter"] // 3)
+    # A rate that makes it diverge at Caffe's iteration N says N, with N's rate.
+    huge = write_solver(tmp_path, base_lr=1e30, extra="momentum: 0.9\ndisplay: 1\ntest_initialization: false")
+    log = subprocess.run([str(caffe_binary()), "train", f"--solver={huge}", f"--weights={weights}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=logging).stderr
+    first = min(int(n) for n, v in re.findall(r"Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)", log)
+                if v.lstrip("-") in ("nan", "inf"))
+    with pytest.raises(Exception, match=rf"training diverged at iteration {first} \(loss [-a-z]+, learning rate 1e\+30\)"):
+        train_dense(huge, weights, tmp_path / "nan.caffemodel", lr_scale=1.0, iterations=7)
+
+
+def test_multistep_trains_at_caffes_rates_with_a_stepvalue_repeated(caffe, pruned, tmp_path):
+    """pycaffe's lr, read before each step, advanced multistep's
+    current_step too: a repeated stepvalue was passed twice in one
+    iteration, so the solver trained at another rate than `caffe train`,
+    and the curve showed one it did not train at."""
+    from caffedsd.caffe_env import caffe_binary
+
+    solver = write_solver(tmp_path, lr_policy='"multistep"\nstepvalue: 2\nstepvalue: 2\nstepvalue: 5',
+                          extra="momentum: 0.9\ndisplay: 1\ntest_initialization: false")
+    weights = tmp_path / "start.caffemodel"
+    caffe.get_solver(str(solver)).net.save(str(weights))
+    log = subprocess.run([str(caffe_binary()), "train", f"--solver={solver}", f"--weights={weights}"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "GLOG_minloglevel": "0"}).stderr
+    (tmp_path / "snap_iter_12.caffemodel").rename(tmp_path / "stock.caffemodel")
+    (tmp_path / "snap_iter_12.solverstate").unlink()
+    rates = {int(n): float(v) for n, v in re.findall(r"Iteration (\d+), lr = (\S+)", log)}
+    # gamma 0.5: one stepvalue passed an iteration, at 2, 3 (the repeat) and 5.
+    assert [rates[n] for n in range(7)] == [0.05, 0.05, 0.025, 0.0125, 0.0125, 0.00625, 0.00625]
+    result = train_dense(solver, weights, tmp_path / "out.caffemodel", lr_scale=1.0)
+    assert [row["lr"] for row in result.curve] == pytest.approx([rates[n] for n in range(12)], rel=1e-6)
+    stock, out = read_caffemodel(tmp_path / "stock.caffemodel"), read_caffemodel(tmp_path / "out.caffemodel")
+    for layer in ("conv1", "fc1"):
+        for index in (0, 1):
+            assert np.array_equal(out.layer(layer).blobs[index].data, stock.layer(layer).blobs[index].data)
+    # Resumed from a state past the repeat, it goes on from the state's current_step.
+    (tmp_path / "s").mkdir()
+    state = write_solver(tmp_path / "s", lr_policy='"multistep"\nstepvalue: 2\nstepvalue: 2\nstepvalue: 5',
+                         snapshot=4, extra="momentum: 0.9\ntest_initialization: false")
+    caffe.get_solver(str(state)).step(4)
+    resumed = train_sparse(state, pruned, tmp_path / "s" / "r.caffemodel", iterations=3,
+                           solverstate=tmp_path / "s" / "snap_iter_4.solverstate")
+    assert [row["lr"] for row in resumed.curve] == pytest.approx([0.0125, 0.00625, 0.00625], rel=1e-6)
 
 
 def test_an_lr_scale_that_leaves_caffe_no_learning_rate_is_refused(pruned, tmp_path):
@@ -314,7 +378,7 @@ def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path, 
     solver_path.write_text(text)
     result = train_sparse(solver_path, pruned, tmp_path / "s.caffemodel", iterations=10, gpu=device)
     assert [row["iter"] for row in result.tests] == [0, 4, 8]
-    assert [row["iter"] for row in result.curve] == list(range(1, 11))  # no step lost or repeated at the stops
+    assert [row["iter"] for row in result.curve] == list(range(10))  # no step lost or repeated at the stops
     assert all(set(row["test"]) == {"loss"} for row in result.tests) and set(result.test) == {"loss"}
     assert_zeros_at_masks(tmp_path / "s.caffemodel", load_masks(masks))
     rows = []
@@ -391,7 +455,7 @@ def test_a_resumed_run_goes_to_max_iter_and_poly_stops_there(caffe, pruned, tmp_
     folder.mkdir()
     solver_path, state = _dense_solverstate(caffe, folder, tmp_path)  # max_iter 12, state at 4
     result = train_sparse(solver_path, pruned, folder / "s.caffemodel", solverstate=state)
-    assert [row["iter"] for row in result.curve][-1] == 12 and len(result.curve) == 8
+    assert [row["iter"] for row in result.curve] == list(range(4, 12))
     poly = write_solver(folder, snapshot=4, lr_policy='"poly"\npower: 1.0')
     with pytest.raises(InputError, match='lr_policy "poly" brings the learning rate to 0 at max_iter 12, and this '
                                          'run would train from iteration 4 to 14, where it turns negative: give at '
@@ -411,8 +475,15 @@ def test_a_solverstate_of_another_solver_type_is_one_line(caffe, pruned, tmp_pat
         (tmp_path / kind).mkdir()
         solver = write_solver(tmp_path / kind, kind, SOLVERS[kind], snapshot=2, prefix="s")
         caffe.get_solver(str(solver)).step(2)
+    # Of a count the type keeps, but signed where it keeps sums of squares:
+    # restored, the first update took their square roots (NaN), reported as a
+    # divergence with advice about the learning rate.
+    (tmp_path / "RMSProp").mkdir()
+    write_solver(tmp_path / "RMSProp", "RMSProp", SOLVERS["RMSProp"], snapshot=2, prefix="s")
     for state, other, expect in (("Adam", "SGD", "8 history blobs, but a SGD solver of this net keeps 4"),
-                                 ("SGD", "Adam", "4 history blobs, but a Adam solver of this net keeps 8")):
+                                 ("SGD", "Adam", "4 history blobs, but a Adam solver of this net keeps 8"),
+                                 ("SGD", "RMSProp", r"history blob 0 holds negative values, which a RMSProp solver's "
+                                                    r"\(sums of squares\) never does")):
         with pytest.raises(InputError, match=expect):
             train_sparse(tmp_path / other / "solver.prototxt", pruned, tmp_path / "x.caffemodel", iterations=1,
                          solverstate=tmp_path / state / "s_iter_2.solverstate")
@@ -421,7 +492,7 @@ def test_a_solverstate_of_another_solver_type_is_one_line(caffe, pruned, tmp_pat
     caffe.get_solver(str(solver)).step(2)
     (tmp_path / "h_iter_2.solverstate.h5").rename(tmp_path / "state.bin")
     result = train_sparse(solver, pruned, tmp_path / "x.caffemodel", iterations=1, solverstate=tmp_path / "state.bin")
-    assert result.curve[-1]["iter"] == 3
+    assert [row["iter"] for row in result.curve] == [2]
 
 
 def test_snapshot_prefix_as_caffe_reads_it(caffe, pruned, tmp_path):

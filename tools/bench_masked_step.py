@@ -258,7 +258,7 @@ class NetBench:
         curve = train(solver, iterations, dispatcher)
         benchlib.synchronize(self.gpu)
         elapsed = time.perf_counter() - start
-        assert len(curve) == iterations and curve[-1]["iter"] == warmup + iterations
+        assert len(curve) == iterations and curve[-1]["iter"] == warmup + iterations - 1
         self.check_zeros(solver)
         dispatcher.detach()
         del solver, dispatcher

@@ -248,7 +248,7 @@ class Progress:
                     print(f"  {prefix} {label}: continuing at {row['replay']}, replaying the data layers",
                           file=sys.stderr, flush=True)
                     return
-                it = row["iter"]
+                it = row["iter"] if "test" in row else row["iter"] + 1  # a step's row: the iteration it starts at
                 if "test" in row:  # a periodic TEST pass (the solver's test_interval), not a step
                     values = ", ".join(f"{name} {value:.4f}" for name, value in row["test"].items())
                     print(f"  {prefix} {label}: test at {it}: {values}", file=sys.stderr, flush=True)
