@@ -45,7 +45,8 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .solver_spec import check_schedule, read_solver, scaled_lr, solver_output_kinds, solver_weights
+from .netcheck import data_files
+from .solver_spec import built_nets, check_schedule, read_solver, scaled_lr, solver_output_kinds, solver_weights
 from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
 
 RUN_FILE = "run.json"
@@ -202,10 +203,16 @@ def _stages_after(run_dir, count):
 def _check_inputs_kept(recipe, spec, run_dir, count):
     """Refuse a takeover that would remove a file the recipe reads: weights
     it continues from, kept in a stage folder of the run, are gone before
-    the run could read them (and its failure then empties the folder)."""
-    inputs = [spec.path, spec.net_path, *spec.test_net_paths]
+    the run could read them (and its failure then empties the folder); the
+    recipe, its plan files, the solver's weights and the nets' data, before
+    a rerun could."""
+    inputs = [spec.path, spec.net_path, *spec.test_net_paths, *solver_weights(spec)]
+    inputs += [path for net, net_path, states in built_nets(spec) for path in data_files(net, states, net_path)]
     if recipe.weights:
         inputs += [recipe.weights, masks_path_for(recipe.weights)]
+    inputs += [stage.plan_file for stage in recipe.stages if getattr(stage, "plan_file", None)]
+    if Path(recipe.where).is_file():  # loaded from that file (load_recipe)
+        inputs.append(recipe.where)
     for stage in _stages_after(run_dir, count):
         if stage.is_symlink():  # only the link goes
             continue

@@ -99,6 +99,7 @@ class PruneStage:
     # A plan whose whole-net drop `caffedsd plan --verify` measured.
     require_verified: bool = False
     where: str = field(default="prune stage", compare=False)
+    plan_file: str = field(default=None, compare=False)  # where the plan was read from, if a file
     kind = "prune"
 
     def __post_init__(self):
@@ -130,7 +131,7 @@ class PruneStage:
                 plan = load_plan(path)
             except PlanError as exc:  # which recipe, which stage: the plan file alone says neither
                 raise RecipeError(f"{where}: {exc}") from None
-            return cls(plan, require, where)
+            return cls(plan, require, where, plan_file=path)
         return cls(SparsityPlan.from_dict(data, where=where), require, where)
 
     def to_dict(self):

@@ -488,6 +488,20 @@ def test_force_does_not_remove_the_weights_the_recipe_reads(tmp_path, cli):
                           "recipe.yaml reads it, and --force would remove it with run/04-dense; copy it out of run "
                           "first, or give a new -o")
     assert _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense") == kept
+    # A plan file there, and the recipe itself: the takeover ran, and the
+    # next run of the recipe found them gone.
+    _recipe(tmp_path, sparse_iterations=3)
+    edited = recipe.read_text().replace("iterations: 20", "iterations: 21")
+    (tmp_path / "run" / "04-dense" / "plan.yaml").write_text("sparsity: 0.6\n")
+    (tmp_path / "run" / "04-dense" / "r.yaml").write_text(edited)
+    kept = _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense")
+    recipe.write_text(edited + "  - prune: {plan: run/04-dense/plan.yaml}\n")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run", "--force"),
+                          "run/04-dense/plan.yaml: " f"{recipe} reads it, and --force would remove it with run/04-dense")
+    assert_one_line_error(cli("dsd", "--recipe", "run/04-dense/r.yaml", "-o", "run", "--force"),
+                          "run/04-dense/r.yaml: run/04-dense/r.yaml reads it, and --force would remove it with "
+                          "run/04-dense")
+    assert _files(tmp_path / "run", "01-dense", "02-prune", "03-sparse", "04-dense") == kept
 
 
 @pytest.mark.caffe
