@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,22 @@ def masks_read_for(weights_path, masks_path=None):
     if masks_path:
         return Path(masks_path)
     beside = masks_path_for(weights_path) if weights_path else None
-    return beside if beside is not None and beside.exists() else None
+    # os.path's: a name too long for the file system is not there (Path's raise).
+    return beside if beside is not None and os.path.exists(beside) else None
 
 
 def _sharing_masks(output):
     """The other model whose masks file is also ``output``'s, or None:
-    m.caffemodel's, for an output m."""
+    m.caffemodel's, for an output m; the file m's, for an output
+    m.caffemodel (a folder m is no model)."""
     output = Path(output)
-    owner = output.with_name(output.name + ".caffemodel")
-    if output.name.endswith(".caffemodel") or not owner.exists() or same_path(owner, output):
-        return None
-    return owner
+    if output.name.endswith(".caffemodel"):
+        owner = output.with_name(output.name[:-len(".caffemodel")])
+        there = owner.name != "" and os.path.isfile(owner)
+    else:
+        owner = output.with_name(output.name + ".caffemodel")
+        there = os.path.exists(owner)
+    return owner if there and not same_path(owner, output) else None
 
 
 @contextlib.contextmanager
@@ -340,7 +346,7 @@ def masks_for(model, masks_path=None, required=False, option="--masks"):
     model trained on from them, say). ``option``: the command's option that
     names masks, for the messages (None: it has none)."""
     path = Path(masks_path) if masks_path else masks_path_for(model.path)
-    if masks_path is None and not path.exists():
+    if masks_path is None and not os.path.exists(path):  # os.path's: see masks_read_for
         if required:
             raise InputError(f"{path}: no masks beside {model.path}" + (f" (give {option})" if option else ""))
         return None

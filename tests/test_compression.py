@@ -566,6 +566,18 @@ def test_a_decompressed_model_takes_away_the_masks_of_the_one_it_replaces(tiny, 
     assert_one_line_error(cli("prune", "-w", weights, "-s", 0.5, "-o", "m"), "m: its masks file would be m.masks.h5")
     assert (tmp_path / "m.masks.h5").is_file() and cli("verify", "-w", "m.caffemodel").exit_code == 0
     assert not (tmp_path / "m").exists()
+    # The other way round: -o m.caffemodel beside a model m replaced m's
+    # masks (prune) or took them away (decompress), without --force.
+    (tmp_path / "m.caffemodel").rename(tmp_path / "m")
+    before = (tmp_path / "m.masks.h5").read_bytes()
+    for command in (("decompress", "t.dcz", "-o", "m.caffemodel"),
+                    ("prune", "-w", weights, "-s", 0.5, "-o", "m.caffemodel")):
+        assert_one_line_error(cli(*command), "m.caffemodel: its masks file would be m.masks.h5, which is that of m "
+                                             "beside it; name the output m, or another name")
+    assert (tmp_path / "m.masks.h5").read_bytes() == before and cli("verify", "-w", "m").exit_code == 0
+    assert not (tmp_path / "m.caffemodel").exists()
+    (tmp_path / "n").mkdir()  # a folder is no model
+    assert cli("decompress", "t.dcz", "-o", "n.caffemodel").exit_code == 0
 
 
 @pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")
