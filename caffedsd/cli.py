@@ -3,6 +3,7 @@
 Library errors (caffedsd.errors) become a one-line message and their exit
 status here, in ``_Group.invoke``, and nowhere else.
 """
+import errno
 import inspect
 import os
 import signal
@@ -81,6 +82,15 @@ class _Group(_ExampleLast, click.Group):
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            # Path.exists() and the like raise it (only this errno) rather
+            # than say False: a path given, or one made of it (a temporary
+            # file's, a masks file's), with a name the file system refuses.
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            click.echo(f"caffedsd: {report.one_line(os.fsdecode(exc.filename or ''))}: name too long for the "
+                       "file system (at most 255 bytes a name, with what caffedsd adds to it)", err=True)
+            ctx.exit(InputError.exit_code)
 
 
 def _wrote(text):
@@ -105,6 +115,12 @@ class _NamedPath(click.Path):
         if isinstance(value, str) and not value.strip():
             what = "file" if not self.dir_okay else "folder" if not self.file_okay else "file or folder"
             self.fail(f"an empty path; name the {what}", param, ctx)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # bytes the file system gave that are not UTF-8 (surrogateescape)
+                self.fail(f"{report.one_line(ascii(value)[1:-1])} is not a UTF-8 name: Caffe takes paths as UTF-8 "
+                          "(protobuf strings) and could not read or write it; rename it", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -81,3 +81,23 @@ def test_a_wrote_line_is_one_line(tmp_path, cli):
     assert (tmp_path / "two\nlines").is_dir()
     assert not any(line.startswith("lines") for line in result.output.splitlines()), result.output
     assert "two\\nlines" in result.output
+
+
+def test_names_the_file_system_or_caffe_cannot_take(tiny, tmp_path, cli):
+    """A name over 255 bytes, or a legal one whose masks file's name would
+    be, gave a traceback (Path.exists raises ENAMETOOLONG); a name that is
+    not UTF-8 trained, then crashed saving (protobuf takes UTF-8 strings)."""
+    import shutil
+
+    _, weights = tiny
+    shutil.copy(weights, tmp_path / ("L" * 250))  # legal; L...L.masks.h5 is not
+    assert cli("stats", "-w", "L" * 250).exit_code == 0
+    result = cli("prune", "-w", "L" * 250, "-s", 0.5, "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    before = sorted(os.listdir(tmp_path))
+    assert_one_line_error(cli("prune", "-w", weights, "-s", 0.5, "-o", "L" * 300),
+                          f"{'L' * 300}: name too long for the file system (at most 255 bytes a name")
+    assert_one_line_error(cli("prune", "-w", weights, "-s", 0.5, "-o", "L" * 245), "give a name of at most 233 bytes")
+    assert_one_line_error(cli("train-dense", "--solver", "solver.prototxt", "-w", weights, "-o", "x\udcff.caffemodel"),
+                          "x\\udcff.caffemodel is not a UTF-8 name: Caffe takes paths as UTF-8")
+    assert sorted(os.listdir(tmp_path)) == before
