@@ -10,6 +10,7 @@ name, renamed once all its files are in.
 """
 import contextlib
 import errno
+import io
 import os
 import re
 import resource
@@ -414,6 +415,21 @@ def atomic_open(path, mode="wb"):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path, **options):
+    """An h5py File (``options``: h5py.File's) to fill; written to ``path``
+    atomically when the block ends. Made in memory, then written as bytes:
+    when the disk or ulimit -f runs out under HDF5's own writes, h5py
+    crashes the process closing the file (a segfault, temporaries left)."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", **options) as h5:
+        yield h5
+    with atomic_open(path) as handle:
+        handle.write(buffer.getbuffer())
 
 
 def write_text(path, text):

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_folder, atomic_path, check_replaceable
+from .atomic import atomic_folder, atomic_hdf5, atomic_path, check_replaceable
 from .errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -117,10 +117,9 @@ def _h5_arrays(images, labels):
 
 
 def _write_h5(path, arrays):
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            for name, array in arrays.items():
-                h5.create_dataset(name, data=array)
+    with atomic_hdf5(path) as h5:
+        for name, array in arrays.items():
+            h5.create_dataset(name, data=array)
 
 
 def _write_list(path, text):

@@ -27,7 +27,6 @@ it writes for another model.
 """
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -39,7 +38,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_open, atomic_path, check_input, check_output, same_path
+from .atomic import atomic_hdf5, atomic_path, check_input, check_output, same_path
 from .errors import InputError
 
 FORMAT = "caffedsd-masks"
@@ -178,13 +177,10 @@ def _dataset_name(layer):
 def save_masks(path, maskset, model_sha256):
     """Write ``maskset`` to ``path`` atomically, as the masks of the
     caffemodel whose file's sha256 is ``model_sha256``."""
-    # Made in memory, then written as bytes: when the disk or ulimit -f runs
-    # out under HDF5's own writes, h5py crashes the process closing the file.
-    buffer = io.BytesIO()
     # Text goes in fixed-length strings, not variable-length ones: those
     # live in HDF5's global heap, and a damaged heap makes the HDF5
     # library loop forever on read. 'latest' allows attributes over 64 KB.
-    with h5py.File(buffer, "w", libver="latest") as h5:
+    with atomic_hdf5(path, libver="latest") as h5:
         h5.attrs["format"] = _fixed(FORMAT)
         h5.attrs["format_version"] = FORMAT_VERSION
         h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
@@ -203,8 +199,6 @@ def save_masks(path, maskset, model_sha256):
             ds.attrs["layer"] = _fixed(owner)
             ds.attrs["blob"] = 0
             ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))
-    with atomic_open(path) as handle:
-        handle.write(buffer.getbuffer())
 
 
 def _text(path, value, what):

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from . import wire
-from .atomic import atomic_open, atomic_path, check_input
+from .atomic import atomic_open, atomic_path, check_input, check_room
 from .caffemodel import masked_blob_record, parse_blob, write_pieces
 from .errors import InputError
 
@@ -160,6 +160,11 @@ def _clean_hdf5(path, output, params, masks, solver_type):
         plan = _history_masks(path, params, masks, shapes, solver_type)
         _check_history_signs(path, solver_type, (src["history"][k][()] for k in keys))
         with atomic_path(output) as tmp:
+            # When the disk or ulimit -f runs out under HDF5's own writes,
+            # h5py fails closing the file (a RuntimeError, or a crash): room
+            # for the history and HDF5's own records is checked first. (Not
+            # made in memory, as atomic_hdf5 does: a large net's is GBs.)
+            check_room(tmp, sum(src["history"][k].nbytes for k in keys) + (1 << 20))
             with h5py.File(tmp, "w") as dst:
                 for name in src:
                     if name not in ("history", "learned_net"):

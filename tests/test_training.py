@@ -407,6 +407,15 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
     snapshots = write_solver(tmp_path / "own", snapshot=3)  # the solver's own, written by Caffe inside a step
     (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nseed: 1\ncheckpoint_every: 2\n"
                                           "stages:\n  - dense: {iterations: 4}\n")
+    # An HDF5 solverstate to resume from, whose copy with its history
+    # cleaned is written through h5py: it failed closing the file, a traceback.
+    (tmp_path / "h5").mkdir()
+    hdf5 = write_solver(tmp_path / "h5", snapshot=2, extra="momentum: 0.9\nsnapshot_format: HDF5")
+    caffe.get_solver(str(hdf5)).step(2)
+    from caffedsd.pruning import prune_file
+    from caffedsd.plan import SparsityPlan
+
+    prune_file(tmp_path / "w.caffemodel", tmp_path / "p.caffemodel", SparsityPlan.from_dict({"sparsity": 0.5}))
     # The model is 76 + 325 floats (1,604 bytes; 2,205 with what frames them at most, and a solverstate
     # 2,876 with its learned_net); the temporary solver file and
     # the run's records are smaller than the limit.
@@ -415,7 +424,10 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
                          (["train-dense", "--solver", str(snapshots), "-w", "w.caffemodel", "-n", "5", "-o", "d.caffemodel"],
                           f"{tmp_path}/own/snap_iter_3.caffemodel: could not be written (File too large: at least 2,876 bytes, "),
                          (["dsd", "--recipe", "recipe.yaml", "-o", "run"],
-                          "run/01-dense/checkpoint/snapshot: could not be written (File too large: at least 2,876 bytes, ")]:
+                          "run/01-dense/checkpoint/snapshot: could not be written (File too large: at least 2,876 bytes, "),
+                         (["train-sparse", "--solver", str(solver), "-w", "p.caffemodel", "-n", "1", "--solverstate",
+                           str(tmp_path / "h5" / "snap_iter_2.solverstate.h5"), "-o", "s.caffemodel"],
+                          "")]:
         limited = ("import resource, signal\n"
                    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
                    "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
@@ -424,9 +436,9 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
         result = subprocess.run([sys.executable, "-c", limited], cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 1, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"caffedsd: {expect}"), last
+        assert last.startswith(f"caffedsd: {expect}") and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert "over the file-size limit (ulimit -f) of 1,500); no part of it was left" in last
-    assert not (tmp_path / "d.caffemodel").exists()
+    assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "s.caffemodel").exists()
 
 
 def test_snapshot_bytes_are_upper_bounds_of_caffes_files(caffe, tmp_path):
