@@ -25,8 +25,15 @@ class _Terminated(KeyboardInterrupt):
     exit_code = 128 + int(signal.SIGTERM)  # a shell's for it
 
 
-def _terminate(signum, frame):
-    raise _Terminated()
+# The signals the `caffedsd` program was sent (program()): one raised where
+# Python swallows exceptions (an h5py object's finalizer, which prints it as
+# "Exception ignored") would otherwise let the command go on to exit 0.
+_SIGNALLED = []
+
+
+def _interrupt(signum, frame):
+    _SIGNALLED.append(signum)
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 class _ExampleLast:
@@ -53,7 +60,7 @@ class _Group(_ExampleLast, click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except CaffeDsdError as exc:
             click.echo(f"caffedsd: {report.one_line(str(exc))}", err=True)
             if isinstance(exc, Diverged) and self.exits_at_once:
@@ -68,16 +75,7 @@ class _Group(_ExampleLast, click.Group):
                 os._exit(exc.exit_code)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
-            # click's own says "Aborted!" with exit status 1, a failed
-            # check's; 130 is a shell's for SIGINT. What was being written
-            # is removed by now (atomic), and a run folder keeps its work.
-            terminated = isinstance(exc, _Terminated)
-            if sys.stderr.isatty() and not terminated:  # past the terminal's ^C
-                click.echo(err=True)
-            click.echo(f"caffedsd: {'terminated (SIGTERM)' if terminated else 'interrupted'}; outputs that had "
-                       "finished are kept, none is half-written (dsd and sensitivity go on from there when run "
-                       "again)", err=True)
-            ctx.exit(_Terminated.exit_code if terminated else 130)
+            _interrupted(ctx, isinstance(exc, _Terminated))
         except click.UsageError as exc:  # click's own would print three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
@@ -91,6 +89,21 @@ class _Group(_ExampleLast, click.Group):
             click.echo(f"caffedsd: {report.one_line(os.fsdecode(exc.filename or ''))}: name too long for the "
                        "file system (at most 255 bytes a name, with what caffedsd adds to it)", err=True)
             ctx.exit(InputError.exit_code)
+        if _SIGNALLED:  # swallowed where it was raised: the command went on to its end
+            _interrupted(ctx, _SIGNALLED[0] == signal.SIGTERM)
+        return result
+
+
+def _interrupted(ctx, terminated):
+    """Ctrl-C or SIGTERM: one line, and a shell's exit status for it (click's
+    own says "Aborted!" with exit status 1, a failed check's). What was being
+    written is removed by now (atomic), and a run folder keeps its work."""
+    if sys.stderr.isatty() and not terminated:  # past the terminal's ^C
+        click.echo(err=True)
+    click.echo(f"caffedsd: {'terminated (SIGTERM)' if terminated else 'interrupted'}; outputs that had "
+               "finished are kept, none is half-written (dsd and sensitivity go on from there when run "
+               "again)", err=True)
+    ctx.exit(_Terminated.exit_code if terminated else 130)
 
 
 def _wrote(text):
@@ -872,5 +885,7 @@ def program(**kwargs):
     wrapper gives ``prog_name``): click's main, leaving at once after a
     divergence (see _Group.invoke), and ending on SIGTERM as on Ctrl-C."""
     main.exits_at_once = True
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it starts ignored (nohup &)
+        signal.signal(signal.SIGINT, _interrupt)
     return main(**kwargs)
