@@ -52,7 +52,11 @@ class Choice:
     layer: str
     params: int
     sparsity: float
-    drop: float
+    drop: float  # as measured
+
+    @property
+    def counted_drop(self):
+        return counted_drop(self.drop)
 
 
 # Measured outputs are means of float32 values, each off by up to an ulp
@@ -64,6 +68,17 @@ TOLERANCE = 1e-4
 
 def within(drop, budget):
     return drop <= budget + TOLERANCE
+
+
+def counted_drop(drop):
+    """A layer's drop as a plan counts it: a measured gain from pruning
+    (below 0), or float32 noise (within TOLERANCE of 0), is 0."""
+    return 0.0 if drop <= TOLERANCE else drop
+
+
+def predicted_drop(choices):
+    """The plan's predicted drop: the sum of its layers' counted drops."""
+    return sum(c.counted_drop for c in choices)
 
 
 def metric_kind(data, metric):
@@ -465,7 +480,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
         choices = by_target(curve_data, data["prunable_params"], target, max_drop, sensitivity_path, counts,
                             elsewhere)
     start_overall = overall(choices)
-    start_drop = sum(c.drop for c in choices)
+    start_drop = predicted_drop(choices)
     measured, history, verified, net = None, [], None, None
     if verify:
         net = WholeNet(data, metric, model=model, weights=weights, iterations=iterations, gpu=gpu)
@@ -475,14 +490,14 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
         chosen = max(i for i, (c, _) in enumerate(history) if c == choices)
         verified = {"metric": metric, "baseline": net.baseline[metric],
                     "measured": net.measured[chosen][metric],
-                    "measured_drop": measured, "predicted_drop": sum(c.drop for c in choices),
+                    "measured_drop": measured, "predicted_drop": predicted_drop(choices),
                     "max_total_drop": max_total_drop, "iterations": net.iterations,
                     "weights_sha256": data["weights_sha256"], "measurements": len(history)}
         if max_total_drop is not None and not within(measured, max_total_drop):
             raise InputError(f"{sensitivity_path}: the whole net cannot be brought within --max-total-drop")
     predicted = overall(choices)
     unit = "loss" if metric_kind(data, metric) == "loss" else "points"
-    total_drop = sum(c.drop for c in choices)
+    total_drop = predicted_drop(choices)
     budget = ", ".join(f"{k} {v:g}" for k, v in (("max-drop", max_drop), ("target-sparsity", target),
                                                   ("max-total-drop", max_total_drop)) if v is not None)
     header = (_comment(f"caffedsd plan from {sensitivity_path} ({budget}; metric {metric})")
@@ -498,7 +513,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     return PlanResult(choices, predicted, data["prunable_params"], metric, unit, total_drop, measured, verified,
                       {"overall": start_overall, "drop": start_drop},
                       [{"overall": overall(c),
-                        "predicted_drop": sum(x.drop for x in c), "measured_drop": m} for c, m in history],
+                        "predicted_drop": predicted_drop(c), "measured_drop": m} for c, m in history],
                       unfed, overall_fed)
 
 

@@ -490,7 +490,7 @@ def decomposition_markdown(rows, weights, skipped=()):
 
 def plan_table(result):
     """The chosen sparsity and predicted drop of each layer (``plan_from_scan.make_plan``)."""
-    body = [[c.layer, c.params, number_text(c.sparsity), f"{c.drop:.4g}"] for c in result.choices]
+    body = [[c.layer, c.params, number_text(c.sparsity), f"{c.counted_drop:.4g}"] for c in result.choices]
     return format_table(["layer", "weights", "sparsity", f"predicted drop ({result.unit})"], body, "lrrr")
 
 

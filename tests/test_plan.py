@@ -249,6 +249,30 @@ def test_the_zeros_a_pruned_model_has_count_towards_the_plan(tmp_path):
     assert make_plan(tmp_path / "sensitivity.json", tmp_path / "old.yaml", max_drop=1).overall == pytest.approx(0.3)
 
 
+def test_a_measured_gain_is_no_negative_drop_in_the_plans_prediction(tmp_path):
+    """A layer whose pruned net measured better than the baseline (a gain,
+    noise to a plan) was added into the predicted drop as a negative one:
+    a plan of drops 9 and -6 said "predicted total drop 3", its table -6,
+    and a float32 ulp of a drop showed as 7.451e-07."""
+    from caffedsd.plan_from_scan import make_plan
+    from caffedsd.report import plan_table
+
+    points = {"a": [(0.5, 0.71)], "b": [(0.5, 0.86)], "c": [(0.5, 0.8 - 7.451e-09)]}
+    scan = {"format": "caffedsd-sensitivity", "metrics": ["accuracy"], "baseline": {"accuracy": 0.8},
+            "kinds": {"accuracy": "accuracy"}, "primary": "accuracy", "criterion": "keepmax",
+            "fingerprint": "f", "prunable_params": 300, "seed": 0, "data_sha256": None,
+            "layers": [{"layer": name, "params": 100,
+                        "points": [{"sparsity": sp, "metrics": {"accuracy": m}} for sp, m in pts]}
+                       for name, pts in points.items()]}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(scan))
+    result = make_plan(tmp_path / "sensitivity.json", tmp_path / "plan.yaml", max_drop=10)
+    assert [(c.layer, c.sparsity, round(c.drop, 4)) for c in result.choices] == \
+        [("a", 0.5, 9.0), ("b", 0.5, -6.0), ("c", 0.5, 0.0)]  # as measured, in points
+    assert result.drop == pytest.approx(9.0)
+    assert "predicted drop 9 points" in (tmp_path / "plan.yaml").read_text()
+    assert [line.split()[-1] for line in plan_table(result).splitlines()[2:5]] == ["9", "0", "0"]
+
+
 def test_a_plan_is_not_written_over_the_scan_nor_given_options_it_ignores(tmp_path):
     from caffedsd.errors import InputError
     from caffedsd.plan_from_scan import make_plan
