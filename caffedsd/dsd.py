@@ -45,7 +45,7 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .netcheck import data_files
+from .netcheck import check_pair, data_files
 from .solver_spec import built_nets, check_schedule, read_solver, scaled_lr, solver_output_kinds, solver_weights
 from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
 
@@ -490,6 +490,13 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     check_stages(recipe, spec)
     if recipe.weights and not Path(recipe.weights).is_file():
         raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
+    if recipe.weights:
+        # As the first training stage would find it, but before a first
+        # prune stage has pruned them all, naming its own output.
+        model = read_caffemodel(recipe.weights)
+        check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
+        for path, net in spec.test_nets:
+            check_pair(net, path, model, unused_weights=True)
     _check_verified_weights(recipe)
     check_solver_builds(spec, gpu)
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:

@@ -596,6 +596,22 @@ def test_bad_recipes(tmp_path, cli):
 
 
 @pytest.mark.caffe
+def test_weights_that_do_not_fit_the_net_are_named_before_a_first_prune_stage(caffe, tmp_path, cli):
+    """Found by the first training stage, after the prune stage had pruned
+    them whole: the message named the prune stage's model, a file the
+    abandoned run folder no longer held."""
+    from conftest import REGRESSION_NET
+
+    solver = write_solver(tmp_path)
+    _, weights = save_net(caffe, tmp_path, REGRESSION_NET.replace("num_output: 4", "num_output: 3"), name="other")
+    (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nweights: {weights}\nstages:\n"
+                                          "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 2}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"),
+                          f"{tmp_path / 'net.prototxt'} does not match {weights}: ")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.caffe
 def test_a_prune_rule_naming_no_layer_is_refused_before_training(tmp_path, cli):
     # Found only by the prune stage, it cost the training before it, and left
     # the run folder to a recipe the corrected one could take over only with --force.
