@@ -622,7 +622,11 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
 @click.option("--sr", type=float, default=0.125, show_default=True, help="Squeeze ratio.")
 @click.option("--num-classes", type=int, default=1000, show_default=True)
 @click.option("--input-size", type=int, default=227, show_default=True)
-@click.option("--channels", type=int, default=3, show_default=True)
+@click.option("--channels", type=int, default=3, show_default=True,
+              help="Input channels; 3 subtracts ImageNet's mean pixel in the Data layers, others nothing.")
+@click.option("--scale", type=float, default=None,
+              help="Data layers' transform_param scale: 0.00390625 for LMDBs of 0-255 pixels that no mean "
+                   "centres (Caffe's MNIST nets), which train poorly or diverge as they are.")
 @click.option("--stem", type=click.Choice(["standard", "small"]), default="standard", show_default=True,
               help="small: a 3x3 stride-1 conv1 for small inputs such as 28x28.")
 @click.option("--weight-filler", type=click.Choice(["xavier", "msra"]), default="xavier", show_default=True,
@@ -643,7 +647,7 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
 @click.argument("knobs", nargs=-1, metavar="[KNOB=V1,V2,...]...")
 @output_option("Folder for train_val.prototxt, deploy.prototxt and solver.prototxt.", folder=True, required=False,
                force_help="Replace files in the folder that hold other contents (a net edited by hand).")
-def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, stem,
+def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classes, input_size, channels, scale, stem,
                weight_filler, data, train_source, test_source, bias_lr2, mirror, split_phases, solver_mode, sweep,
                knobs, output, force):
     """Generate SqueezeNet nets: v1.0 (the default) and v1.1 exactly as
@@ -666,7 +670,7 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
                           pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,
                           channels=channels, stem=stem, weight_filler=weight_filler, data=data,
                           bias_lr2=bias_lr2, mirror=mirror, split_phases=split_phases, solver_mode=solver_mode,
-                          **sources)
+                          scale=scale, **sources)
     if knobs and not sweep:
         raise InputError(f"{knobs[0]}: KNOB=VALUES arguments go with --sweep")
     if sweep and output is not None:

@@ -80,6 +80,7 @@ class SqueezeNetSpec:
     mirror: bool = False
     split_phases: bool = False
     solver_mode: str = "gpu"
+    scale: float = None  # the Data layers' transform_param scale (uint8 pixels to about [0, 1): 1/256)
 
     def __post_init__(self):
         for name, value, choices in (("version", self.version, VERSIONS), ("bypass", self.bypass, BYPASSES),
@@ -96,6 +97,11 @@ class SqueezeNetSpec:
                                       "(the default) is an LMDB folder")
             if self.mirror:
                 raise SqueezeNetError("--mirror goes with --data lmdb: HDF5Data applies no transformation")
+            if self.scale is not None:
+                raise SqueezeNetError("--scale goes with --data lmdb: HDF5Data applies no transformation (scale "
+                                      "the arrays when writing them, as `caffedsd data` does)")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and 0 < self.scale < float("inf")):
+            raise SqueezeNetError(f"--scale {self.scale!r}: must be a number above 0")
         if self.solver_mode not in ("gpu", "cpu"):
             raise SqueezeNetError(f"--solver-mode {self.solver_mode!r}: must be one of gpu, cpu")
         for name in ("sr", "pct3x3"):
@@ -307,6 +313,8 @@ class SqueezeNetSpec:
                     layer.transform_param.mirror = True
                 if self.channels == 3:
                     layer.transform_param.mean_value.extend([104, 117, 123])
+                if self.scale is not None:  # after the mean, as Caffe's DataTransformer applies it
+                    layer.transform_param.scale = self.scale
                 layer.data_param.source = source
                 layer.data_param.batch_size = batch
                 layer.data_param.backend = layer.data_param.LMDB

@@ -2,6 +2,7 @@
 import os
 import subprocess
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 
@@ -207,7 +208,6 @@ def test_committed_nets_are_what_the_generator_writes(tmp_path, cli, folder):
 
 
 def test_a_hand_edited_net_is_replaced_only_with_force(tmp_path, cli):
-    from conftest import assert_one_line_error
 
     assert cli("squeezenet", "-o", "nets").exit_code == 0
     assert cli("squeezenet", "-o", "nets").exit_code == 0  # the same files again
@@ -221,7 +221,6 @@ def test_a_hand_edited_net_is_replaced_only_with_force(tmp_path, cli):
 
 
 def test_hdf5_data_needs_its_list_files_and_takes_no_mirror(cli):
-    from conftest import assert_one_line_error
 
     assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "-o", "n"),
                           "--data hdf5 needs --test-source: HDF5Data reads a list of HDF5 files, and "
@@ -260,3 +259,33 @@ def test_the_largest_blobs_of_the_release():
     assert counts["conv10's weights"] == 1000 * 512
     assert max(counts.values()) == counts["blob conv1 at batch 32"] == 32 * 96 * 111 * 111
     assert max(count for _, count in SqueezeNetSpec(num_classes=100_000).blob_counts()) <= 2 ** 31 - 1
+
+
+def test_scale_puts_uint8_pixels_of_a_one_channel_lmdb_in_0_1(caffe, tmp_path, cli):
+    """With --channels other than 3 the Data layers had no mean and no
+    scale: an LMDB of 0-255 pixels (convert_mnist_data's) reached the net
+    as they are, and a Fashion-MNIST variant diverged or stayed at chance."""
+    lmdb = pytest.importorskip("lmdb")
+    from caffe.proto.caffe_pb2 import Datum
+
+    for name in ("train_lmdb", "test_lmdb"):
+        env = lmdb.open(str(tmp_path / name), map_size=1 << 22)
+        with env.begin(write=True) as txn:
+            for i in range(4):
+                pixels = np.full((1, 28, 28), 255 if i % 2 else 0, dtype=np.uint8)
+                txn.put(f"{i:08d}".encode(), Datum(channels=1, height=28, width=28, data=pixels.tobytes(),
+                                                   label=i % 2).SerializeToString())
+        env.close()
+    args = ["squeezenet", "--version", "1.1", "--stem", "small", "--input-size", 28, "--channels", 1,
+            "--num-classes", 2, "--base-e", 16, "--incr-e", 16, "--train-source", tmp_path / "train_lmdb",
+            "--test-source", tmp_path / "test_lmdb"]
+    result = cli(*args, "--scale", 0.00390625, "-o", tmp_path / "net")
+    assert result.exit_code == 0, result.output
+    net = text_format.Parse((tmp_path / "net" / "train_val.prototxt").read_text(), NetParameter())
+    assert [layer.transform_param.scale for layer in net.layer if layer.type == "Data"] == [0.00390625] * 2
+    built = caffe.Net(str(tmp_path / "net" / "train_val.prototxt"), caffe.TEST)
+    built.forward()
+    assert built.blobs["data"].data.max() == pytest.approx(255 / 256)
+    assert_one_line_error(cli(*args, "--scale", 0, "-o", tmp_path / "n2"), "--scale 0.0: must be a number above 0")
+    assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "--test-source", "v.txt",
+                              "--scale", 0.5, "-o", tmp_path / "n3"), "--scale goes with --data lmdb")
