@@ -489,7 +489,9 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
         check_gpu(gpu)
     check_stages(recipe, spec)
     if recipe.weights and not Path(recipe.weights).is_file():
-        raise InputError(f"{recipe.where}: weights {recipe.weights} do not exist")
+        what = "are not a regular file (a folder, device or pipe)" if Path(recipe.weights).exists() else \
+            "do not exist"
+        raise InputError(f"{recipe.where}: weights {recipe.weights} {what}")
     if recipe.weights:
         # As the first training stage would find it, but before a first
         # prune stage has pruned them all, naming its own output.

@@ -364,8 +364,9 @@ def check_data_sources(net, net_path, has_leveldb=None, states=None, forward=Tru
         if layer.type == "HDF5Data":
             for line in hdf5_list(layer, net_path):
                 if not Path(line).is_file():
-                    raise InputError(f"{source}: lists {line!r}, which does not exist "
-                                     f"(layer {layer.name!r} of {net_path})")
+                    what = "is not a regular file (a folder, device or pipe)" if Path(line).exists() else \
+                        "does not exist"
+                    raise InputError(f"{source}: lists {line!r}, which {what} (layer {layer.name!r} of {net_path})")
         if layer.type == "Data" and layer.data_param.backend == _LEVELDB:
             _check_leveldb(layer.name, source, net_path, has_leveldb)
         elif layer.type == "Data" and lmdb_entries(source) == 0:

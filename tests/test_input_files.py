@@ -101,3 +101,21 @@ def test_names_the_file_system_or_caffe_cannot_take(tiny, tmp_path, cli):
     assert_one_line_error(cli("train-dense", "--solver", "solver.prototxt", "-w", weights, "-o", "x\udcff.caffemodel"),
                           "x\\udcff.caffemodel is not a UTF-8 name: Caffe takes paths as UTF-8")
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_pipe_named_as_weights_or_listed_data_is_not_missing(tmp_path, cli):
+    """A recipe's weights, or a file an HDF5Data list names, that is a pipe
+    was said not to exist."""
+    from conftest import write_solver
+
+    os.mkfifo(tmp_path / "pipe")
+    solver = write_solver(tmp_path)
+    (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nweights: pipe\nstages:\n  - dense: {{iterations: 1}}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"),
+                          "recipe.yaml: weights pipe are not a regular file (a folder, device or pipe)")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'pipe'}\n")
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace('type: "DummyData"', 'type: "HDF5Data" hdf5_data_param { source: '
+                                           '"list.txt" batch_size: 8 }', 1))  # the TRAIN data layer
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "x.caffemodel", "-o", "o.caffemodel"),
+                          f"list.txt: lists {str(tmp_path / 'pipe')!r}, which is not a regular file")
