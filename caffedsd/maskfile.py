@@ -66,12 +66,17 @@ def masks_read_for(weights_path, masks_path=None):
 
 def _sharing_masks(output):
     """The other model whose masks file is also ``output``'s, or None:
-    m.caffemodel's, for an output m; the file m's, for an output
-    m.caffemodel (a folder m is no model)."""
+    m.caffemodel's, for an output m; for an output m.caffemodel, the file
+    m's where m.masks.h5 is its masks (written with it, or recording no
+    model): a file m of notes, or a folder, is no model of masks."""
+    from .caffemodel import file_sha256
+
     output = Path(output)
     if output.name.endswith(".caffemodel"):
         owner = output.with_name(output.name[:-len(".caffemodel")])
-        there = owner.name != "" and os.path.isfile(owner)
+        masks = masks_path_for(output)
+        there = owner.name != "" and os.path.isfile(owner) and os.path.isfile(masks) \
+            and _recorded_model(masks) in (None, file_sha256(owner))
     else:
         owner = output.with_name(output.name + ".caffemodel")
         there = os.path.exists(owner)

@@ -255,14 +255,18 @@ def tests_csv(tests):
 def parse_tests_csv(text):
     """tests_csv's rows; ValueError for text it did not write."""
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header or header[0] != "iter":
-        raise ValueError("its first line does not start with iter")
-    rows = []
-    for cells in reader:
-        if len(cells) != len(header):
-            raise ValueError(f"line {reader.line_num} has {len(cells)} cell(s), not {len(header)}")
-        rows.append({"iter": int(cells[0]), "test": {n: float(v) for n, v in zip(header[1:], cells[1:]) if v != ""}})
+    try:
+        header = next(reader, None)
+        if not header or header[0] != "iter":
+            raise ValueError("its first line does not start with iter")
+        rows = []
+        for cells in reader:
+            if len(cells) != len(header):
+                raise ValueError(f"line {reader.line_num} has {len(cells)} cell(s), not {len(header)}")
+            rows.append({"iter": int(cells[0]),
+                         "test": {n: float(v) for n, v in zip(header[1:], cells[1:]) if v != ""}})
+    except csv.Error as exc:  # a field past csv's limit, a NUL
+        raise ValueError(f"line {reader.line_num}: {exc}") from None
     return rows
 
 

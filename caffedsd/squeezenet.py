@@ -33,6 +33,7 @@ from pathlib import Path
 from .caffe_proto import NetParameter, SolverParameter
 from .errors import InputError, SqueezeNetError
 from .globrules import number_list
+from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 
 VERSIONS = ("1.0", "1.1")
 BYPASSES = ("none", "simple", "complex")
@@ -100,8 +101,11 @@ class SqueezeNetSpec:
             if self.scale is not None:
                 raise SqueezeNetError("--scale goes with --data lmdb: HDF5Data applies no transformation (scale "
                                       "the arrays when writing them, as `caffedsd data` does)")
-        if self.scale is not None and not (isinstance(self.scale, (int, float)) and 0 < self.scale < float("inf")):
-            raise SqueezeNetError(f"--scale {self.scale!r}: must be a number above 0")
+        # transform_param's scale is a float32: past its range it is written as inf or 0.
+        if self.scale is not None and not (isinstance(self.scale, (int, float))
+                                           and LEAST_NORMAL_FLOAT32 <= self.scale <= GREATEST_FLOAT32):
+            raise SqueezeNetError(f"--scale {self.scale!r}: must be a number above 0 that a float32 holds "
+                                  f"({LEAST_NORMAL_FLOAT32:.4g} to {GREATEST_FLOAT32:.4g})")
         if self.solver_mode not in ("gpu", "cpu"):
             raise SqueezeNetError(f"--solver-mode {self.solver_mode!r}: must be one of gpu, cpu")
         for name in ("sr", "pct3x3"):

@@ -284,10 +284,13 @@ def check_test_options(spec, iterations, interval, labels=("--test-iterations", 
             raise InputError(f"{label} {value}: {spec.path} has no test net (no test_iter) to test with")
 
 
-def evaluate(solver, counts):
+def evaluate(solver, counts, tied=()):
     """TEST phase: each output of each test net averaged over that net's
     count of batches, as Caffe reports them. The first net's outputs keep
-    their names; net #i's (Caffe's "Testing net (#i)") are "#i/name"."""
+    their names; net #i's (Caffe's "Testing net (#i)") are "#i/name".
+    ``tied``: tied_test_only_blobs, given the trained values first."""
+    for mine, trained in tied:
+        mine.data[...] = trained.data
     results = {}
     for index, (net, count) in enumerate(zip(solver.test_nets, counts)):
         if count <= 0:
@@ -375,6 +378,33 @@ def snapshot_bytes(spec, net):
     return model, history
 
 
+def _trained_owners(solver, spec):
+    """{param name: the train net's blob} of the blobs the train net ties by
+    a param name."""
+    owners = {}
+    for layer in spec.train_layers():
+        for number, param in enumerate(layer.param):
+            if param.name and layer.name in solver.net.params:
+                owners.setdefault(param.name, solver.net.params[layer.name][number])
+    return owners
+
+
+def tied_test_only_blobs(solver, spec):
+    """[(test net blob, train net blob)] of the blobs of layers of phase
+    TEST only that a param name ties to a trained blob. Caffe's test passes
+    share the trained weights by layer name only: such a blob keeps what
+    was loaded, and a TEST pass measured another net than the one written
+    (test_only_records writes the trained values); evaluate copies them in."""
+    owners, pairs = _trained_owners(solver, spec), []
+    for index, (net, names) in enumerate(test_only_layers(solver)):
+        params = tested_net_layers(spec, index) if names else {}
+        for name in names:
+            for number, param in enumerate(params[name].param[:len(net.params[name])]):
+                if param.name in owners:
+                    pairs.append((net.params[name][number], owners[param.name]))
+    return pairs
+
+
 def test_only_records(solver, spec):
     """[(LayerParameter, [arrays])] of the test nets' layers of phase TEST
     only, which the train net lacks (the first test net's of a name), to be
@@ -384,11 +414,7 @@ def test_only_records(solver, spec):
     # the trained values: the test net's copy is the one loaded, never
     # shared with the train net, and `caffe test` copies layers by name into
     # the one tied blob, so stale values after the trained ones would win.
-    owners = {}
-    for layer in spec.train_layers():
-        for number, param in enumerate(layer.param):
-            if param.name and layer.name in solver.net.params:
-                owners.setdefault(param.name, solver.net.params[layer.name][number])
+    owners = _trained_owners(solver, spec)
     records, added = [], set()
     for index, (net, names) in enumerate(test_only_layers(solver)):
         names = [name for name in names if name not in added]
@@ -521,6 +547,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         for hook in hooks:
             dispatcher.add(hook, solver)
         counts = [phase.test_iterations or count for count in test_iterations(param)]
+        tied = tied_test_only_blobs(solver, spec)
         latest = checkpoints.latest() if checkpoints is not None else None
         curve, tests, done = [], [], 0
         rates = StepRates(param)
@@ -551,7 +578,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):
-                tests.append({"iter": now, "test": evaluate(solver, counts)})
+                tests.append({"iter": now, "test": evaluate(solver, counts, tied)})
                 if progress is not None:
                     progress({**tests[-1], "headline": headline_output(spec)}, None)
             checkpoint = _next_checkpoint(now, checkpoints)
@@ -565,7 +592,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                 check_weights_finite(solver, spec.path, dispatcher)
                 snapshots.write(solver, sizes)
         check_weights_finite(solver, spec.path, dispatcher)
-        test = evaluate(solver, counts)
+        test = evaluate(solver, counts, tied)
         if phase.iterations:
             check_test_finite(test, spec.path, int(solver.iter), dispatcher)
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
@@ -727,12 +754,12 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
         holders = [name for name in target.layers if name in trained]
         if holders:
             clusters[holders[0]] = labels, codebook
-        else:
-            # Of phase TEST only, they do not train: the kept weights take
-            # their centroids once, in every layer sharing them.
-            values = data.astype(np.float32).reshape(-1)
-            values[labels >= 0] = codebook[labels[labels >= 0]]
-            fixed.update((name, values.reshape(data.shape)) for name in target.layers)
+        # Layers of phase TEST only do not train: their kept weights take the
+        # centroids once (those the net ties to a trained layer then take its
+        # values at each TEST pass, tied_test_only_blobs).
+        values = data.astype(np.float32).reshape(-1)
+        values[labels >= 0] = codebook[labels[labels >= 0]]
+        fixed.update((name, values.reshape(data.shape)) for name in target.layers if name not in trained)
     phase = Phase(span[1], weights, output, maskset, hooks=(WeightSharing(clusters),),
                   test_first=True, test_iterations=test_iterations, test_interval=test_interval,
                   test_only_values=tuple(fixed.items()))

@@ -578,6 +578,8 @@ def test_a_decompressed_model_takes_away_the_masks_of_the_one_it_replaces(tiny, 
     assert not (tmp_path / "m.caffemodel").exists()
     (tmp_path / "n").mkdir()  # a folder is no model
     assert cli("decompress", "t.dcz", "-o", "n.caffemodel").exit_code == 0
+    (tmp_path / "notes").write_text("notes\n")  # nor a file whose masks file there is none
+    assert cli("prune", "-w", weights, "-s", 0.5, "-o", "notes.caffemodel").exit_code == 0
 
 
 @pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")

@@ -62,6 +62,7 @@ def test_curves_and_test_passes_read_back_as_written():
     assert report.parse_tests_csv(report.tests_csv(passes)) == passes
     assert report.parse_tests_csv("iter\n") == []
     for bad, expect in (("", "does not start with iter"), ("loss\n1\n", "does not start with iter"),
-                        ("iter,loss\n0,1,2\n", "line 2 has 3 cell"), ("iter,loss\n0\n", "line 2 has 1 cell")):
+                        ("iter,loss\n0,1,2\n", "line 2 has 3 cell"), ("iter,loss\n0\n", "line 2 has 1 cell"),
+                        ('iter,loss\n0,"' + "x" * 140000 + "\n", "field larger than field limit")):  # csv.Error
         with pytest.raises(ValueError, match=expect):
             report.parse_tests_csv(bad)

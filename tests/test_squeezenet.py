@@ -286,6 +286,8 @@ def test_scale_puts_uint8_pixels_of_a_one_channel_lmdb_in_0_1(caffe, tmp_path, c
     built = caffe.Net(str(tmp_path / "net" / "train_val.prototxt"), caffe.TEST)
     built.forward()
     assert built.blobs["data"].data.max() == pytest.approx(255 / 256)
-    assert_one_line_error(cli(*args, "--scale", 0, "-o", tmp_path / "n2"), "--scale 0.0: must be a number above 0")
+    for scale in (0, 1e-50, 1e40):  # the last two were written as 0.0 and inf
+        assert_one_line_error(cli(*args, "--scale", scale, "-o", tmp_path / "n2"),
+                              f"--scale {float(scale)!r}: must be a number above 0 that a float32 holds")
     assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "--test-source", "v.txt",
                               "--scale", 0.5, "-o", tmp_path / "n3"), "--scale goes with --data lmdb")
