@@ -229,6 +229,8 @@ class _Progress:
         self.logged = None
 
     def __call__(self, row, total):
+        if _SIGNALLED:  # swallowed where it was raised: end at this step, not the command's end
+            raise _Terminated() if _SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
         if "replay" in row:
             passes = f" and {row['tests']} TEST pass(es)" if row["tests"] else ""
             click.echo(f"{self.label}: replaying the data layers through {row['replay']} iteration(s){passes}",

@@ -372,7 +372,7 @@ def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path)
 
 
 @pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_signal_raised_where_python_swallows_it_still_ends_the_command(tmp_path, sig, status):
+def test_a_signal_raised_where_python_swallows_it_still_ends_the_command(caffe, tmp_path, sig, status):
     """Ctrl-C or SIGTERM raised inside an h5py object's finalizer is printed
     ("Exception ignored") and dropped: the command went on and exited 0.
     A gc callback stands in for the finalizer (the same dropping)."""
@@ -400,3 +400,14 @@ def test_a_signal_raised_where_python_swallows_it_still_ends_the_command(tmp_pat
     assert result.returncode == status, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"caffedsd: {'interrupted' if sig == 'SIGINT' else 'terminated (SIGTERM)'}; outputs that had finished are kept")
+    # Training stops at its next step, not at the command's end.
+    from conftest import write_solver
+
+    solver = write_solver(tmp_path)
+    caffe.get_solver(str(solver)).net.save(str(tmp_path / "r.caffemodel"))
+    train = code.replace("['prune', '-w', 'w.caffemodel', '-s', '0.5', '-o', 'p.caffemodel']",
+                         f"['train-dense', '--solver', {str(solver)!r}, '-w', 'r.caffemodel', '-n', '5000', "
+                         "'-o', 'd.caffemodel']")
+    result = subprocess.run([sys.executable, "-c", train], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    assert not (tmp_path / "d.caffemodel").exists()
