@@ -575,6 +575,10 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # progress callback still sees the whole phase as its total.
         progress = (lambda row, _: on_iteration(row, phase.iterations)) if on_iteration is not None else None
         sizes = snapshot_bytes(spec, solver.net)
+        if phase.output is not None and phase.iterations > done:
+            # Checked again when written; a disk already too small for it
+            # would otherwise cost the whole training first.
+            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)))
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):

@@ -419,25 +419,30 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
     # The model is 76 + 325 floats (1,604 bytes; 2,205 with what frames them at most, and a solverstate
     # 2,876 with its learned_net); the temporary solver file and
     # the run's records are smaller than the limit.
-    for args, expect in [(["train-dense", "--solver", str(solver), "-w", "w.caffemodel", "-n", "2", "-o", "d.caffemodel"],
-                          "d.caffemodel: could not be written (File too large: at least 2,205 bytes, "),
-                         (["train-dense", "--solver", str(snapshots), "-w", "w.caffemodel", "-n", "5", "-o", "d.caffemodel"],
-                          f"{tmp_path}/own/snap_iter_3.caffemodel: could not be written (File too large: at least 2,876 bytes, "),
-                         (["dsd", "--recipe", "recipe.yaml", "-o", "run"],
-                          "run/01-dense/checkpoint/snapshot: could not be written (File too large: at least 2,876 bytes, "),
-                         (["train-sparse", "--solver", str(solver), "-w", "p.caffemodel", "-n", "1", "--solverstate",
-                           str(tmp_path / "h5" / "snap_iter_2.solverstate.h5"), "-o", "s.caffemodel"],
-                          "")]:
+    # 1,500 bytes: no room for the output, found before training (it was
+    # found after: the whole training lost); 2,500: room for a model but
+    # not for a solverstate.
+    for limit, args, expect in [
+            (1500, ["train-dense", "--solver", str(solver), "-w", "w.caffemodel", "-n", "2", "-o", "d.caffemodel"],
+             "d.caffemodel: could not be written (File too large: at least 2,205 bytes, "),
+            (2500, ["train-dense", "--solver", str(snapshots), "-w", "w.caffemodel", "-n", "5", "-o", "d.caffemodel"],
+             f"{tmp_path}/own/snap_iter_3.caffemodel: could not be written (File too large: at least 2,876 bytes, "),
+            (2500, ["dsd", "--recipe", "recipe.yaml", "-o", "run"],
+             "run/01-dense/checkpoint/snapshot: could not be written (File too large: at least 2,876 bytes, "),
+            (1500, ["train-sparse", "--solver", str(solver), "-w", "p.caffemodel", "-n", "1", "--solverstate",
+                    str(tmp_path / "h5" / "snap_iter_2.solverstate.h5"), "-o", "s.caffemodel"], "")]:
         limited = ("import resource, signal\n"
                    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-                   "resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))\n"
+                   f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
                    "from caffedsd.cli import main\n"
                    f"main({args!r}, prog_name='caffedsd')\n")
         result = subprocess.run([sys.executable, "-c", limited], cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 1, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"caffedsd: {expect}") and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert "over the file-size limit (ulimit -f) of 1,500); no part of it was left" in last
+        assert f"over the file-size limit (ulimit -f) of {limit:,}); no part of it was left" in last
+        if args[-1] == "d.caffemodel" and limit == 1500:
+            assert "loss" not in result.stderr  # no step was taken
     assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "s.caffemodel").exists()
 
 
