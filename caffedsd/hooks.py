@@ -105,6 +105,7 @@ class HostBackend:
 
     name = "host"
     xp = np
+    fallback = None  # why a solver in GPU mode has it: warned of when a hook is added
 
     def data(self, blob):
         return _flat(blob.data)
@@ -177,8 +178,9 @@ def select_backend(gpu=None, backend="auto"):
         return DeviceBackend(int(gpu))
     if backend == "device":
         raise RuntimeError(f"no device hooks: {reason}")
-    _FallbackWarning.give(reason)
-    return HostBackend()
+    host = HostBackend()
+    host.fallback = reason  # a phase without hooks (train-dense) pays nothing: no warning for it
+    return host
 
 
 class HookDispatcher:
@@ -212,6 +214,8 @@ class HookDispatcher:
         order (hooks of equal order: in the order added)."""
         if not isinstance(hook, SolverHook):
             raise TypeError(f"{type(hook).__name__} is not a SolverHook")
+        if getattr(self.backend, "fallback", None):
+            _FallbackWarning.give(self.backend.fallback)
         with self.backend.running():
             hook.bind(solver.net, self.backend)
         hook._dispatcher = self
