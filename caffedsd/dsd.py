@@ -45,8 +45,9 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .netcheck import check_pair, data_files
-from .solver_spec import built_nets, check_schedule, read_solver, scaled_lr, solver_output_kinds, solver_weights
+from .netcheck import data_files
+from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr,
+                          solver_output_kinds, solver_weights)
 from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
 
 RUN_FILE = "run.json"
@@ -495,10 +496,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     if recipe.weights:
         # As the first training stage would find it, but before a first
         # prune stage has pruned them all, naming its own output.
-        model = read_caffemodel(recipe.weights)
-        check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
-        for path, net in spec.test_nets:
-            check_pair(net, path, model, unused_weights=True)
+        check_solver_weights(spec, read_caffemodel(recipe.weights))
     _check_verified_weights(recipe)
     check_solver_builds(spec, gpu)
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:

@@ -65,17 +65,23 @@ def _shape_problem(layer_param, blobs):
     return None
 
 
-def check_pair(net, net_path, model, weights_path=None, unused_weights=False, others=()):
+def check_pair(net, net_path, model, weights_path=None, unused_weights=False, others=(), states=None,
+               strict=False):
     """Raise InputError listing every mismatch between prototxt and weights.
     ``weights_path``: the file to name for the weights, when ``model`` was
     read from a temporary made of it (a conversion's output).
     ``unused_weights``: weights of layers the net lacks are expected (a
     deploy net of a train_val, without its auxiliary classifiers).
-    ``others``: further NetParameters the weights are copied into (a
-    solver's test_net files), whose layers' weights are not ignored."""
+    ``states``: the NetStates the net is built in (None: every layer of the
+    file): only the layers built need weights, of their shapes.
+    ``strict``: weights of a layer the file has but no state builds are
+    ignored too (a solver's nets: what Caffe would not load, the output
+    would not hold). ``others``: further (NetParameter, states) the weights
+    are copied into (a solver's test_net files), whose layers' weights are
+    not ignored."""
     weights_path = Path(weights_path or model.path)
     net_layers = {}
-    for layer_param in net.layer:
+    for layer_param in built_layers(net, states):
         net_layers.setdefault(layer_param.name, layer_param)
     with_blobs = {layer.name: layer for layer in model.layers if layer.blobs}
     problems = []
@@ -83,10 +89,14 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
     if no_weights:
         problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
                         + name_list(no_weights))
-    known = set(net_layers).union(layer.name for other in others for layer in other.layer)
+    known = set(net_layers) if strict else {layer.name for layer in net.layer}
+    known.update(layer.name for other, other_states in others
+                 for layer in built_layers(other, other_states if strict else None))
     ignored = [] if unused_weights else [n for n in with_blobs if n not in known]
     if ignored:
-        problems.append(f"weights of layers {net_path} does not have (Caffe would ignore them): " + name_list(ignored))
+        where = (f"no net of the solver builds, in its states, from {net_path} or its test nets" if strict
+                 else f"{net_path} does not have")
+        problems.append(f"weights of layers {where} (Caffe would ignore them): " + name_list(ignored))
     counts, shapes = [], []
     for name, layer_param in net_layers.items():
         if name not in with_blobs:

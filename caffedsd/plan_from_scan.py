@@ -382,15 +382,14 @@ class WholeNet:
         try:
             for c in choices:
                 if c.sparsity > 0:
-                    blob = self.evaluator.weights(c.layer)
-                    originals[c.layer] = blob.copy()
+                    originals[c.layer] = self.evaluator.weights(c.layer).copy()
                     mask = compute_mask(originals[c.layer], self.criterion, c.sparsity,
                                         rng=layer_rng(self.seed, c.layer))
-                    blob[...] = apply_mask(originals[c.layer], np.asarray(mask))
+                    self.evaluator.set_weights(c.layer, apply_mask(originals[c.layer], np.asarray(mask)))
             metrics = self.evaluator.run()
         finally:
             for layer, original in originals.items():
-                self.evaluator.weights(layer)[...] = original
+                self.evaluator.set_weights(layer, original)
         self.measured.append(metrics)
         return drop(self.kind, self.baseline[self.metric], metrics[self.metric])
 

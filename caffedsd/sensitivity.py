@@ -298,8 +298,15 @@ class Evaluator:
                              "epochs); give -n covering whole epochs, or TEST data that reads the same every time")
 
     def weights(self, layer):
-        """Blob 0 of the prunable group ``layer`` names (its first layer)."""
+        """Blob 0 of the prunable group ``layer`` names (its first layer).
+        Write through a view read anew each time (set_weights): pycaffe's
+        ``data`` marks the host copy current only when it is read, so on a
+        GPU a write through a view held across a forward pass stays on the
+        host, and the device keeps what it had."""
         return self.net.params[self._holders.get(layer, layer)][0].data
+
+    def set_weights(self, layer, values):
+        self.weights(layer)[...] = values
 
 
 def _points(config, done):
@@ -324,15 +331,18 @@ def _measure(evaluator, config, points, emit):
             emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": metrics, "eval_seconds": seconds,
                   "data": evaluator.data_mode})
             continue
-        blob = evaluator.weights(layer)
-        original = originals.setdefault(layer, blob.copy())
+        original = originals.setdefault(layer, evaluator.weights(layer).copy())
         mask = compute_mask(original, config.criterion, sparsity, rng=layer_rng(config.seed, layer))
-        blob[...] = apply_mask(original, mask)
-        zeros = int(blob.size - np.count_nonzero(blob))  # with those the model had already
+        pruned = apply_mask(original, mask)
+        evaluator.set_weights(layer, pruned)
+        zeros = int(pruned.size - np.count_nonzero(pruned))  # with those the model had already
         try:
             metrics, seconds = timed_run()
         finally:
-            blob[...] = original
+            # On a GPU the last layer's pruned weights stayed on the device
+            # (written through a view held across the pass): every later
+            # layer was measured with it pruned.
+            evaluator.set_weights(layer, original)
         emit({"layer": layer, "sparsity": sparsity, "pruned": int(mask.size - np.count_nonzero(mask)),
               "zeros": zeros, "metrics": metrics, "eval_seconds": seconds, "data": evaluator.data_mode})
 
@@ -405,7 +415,9 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         check_gpu(gpu)
     net = read_net_prototxt(model_path, allow_python_layers)
     model = read_caffemodel(weights_path)
-    check_pair(net, model_path, model)
+    # The TEST net is what is measured: a layer of TRAIN only (or of a stage
+    # it does not build) needs no weights.
+    check_pair(net, model_path, model, states=[built_state(net, "TEST")])
     check_tied_weights(net.layer, model, model_path)
     check_finite(model)
     if criterion == "random" and masks_path_for(weights_path).exists():

@@ -11,7 +11,7 @@ from pathlib import Path
 from .caffe_env import built_by_caffedsd, caffe_has_leveldb
 from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .errors import InputError
-from .netcheck import built_layers, check_data_sources, output_kinds, solver_state
+from .netcheck import built_layers, check_data_sources, check_pair, output_kinds, solver_state
 from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 from .snapshots import resolve_prefix
 
@@ -145,6 +145,19 @@ def built_nets(spec):
     main += [solver_state(spec.net, "TEST", test_state(files + i)) for i in range(generic)]
     return [(spec.net, spec.net_path, main)] + [(net, path, [solver_state(net, "TEST", test_state(i))])
                                                 for i, (path, net) in enumerate(spec.test_nets)]
+
+
+def check_solver_weights(spec, model):
+    """Raise InputError where the caffemodel ``model`` does not fit the
+    solver's nets as Caffe builds them (built_nets): a layer built in a
+    state without weights, of other shapes, or weights no built layer takes
+    (Caffe would ignore them, and what caffedsd writes would lose them). A
+    layer the files have but no state builds needs none."""
+    (net, path, states), *tests = built_nets(spec)
+    check_pair(net, path, model, others=[(other, other_states) for other, _, other_states in tests], states=states,
+               strict=True)
+    for other, other_path, other_states in tests:
+        check_pair(other, other_path, model, unused_weights=True, states=other_states)
 
 
 def headline_output(spec):

@@ -29,10 +29,10 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
                        save_masks)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
-from .netcheck import check_blob_shapes, check_layer_types, check_pair, check_tied_weights, data_files
+from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
-from .solver_spec import (built_nets, check_schedule, headline_output, read_solver, scaled_lr, solver_type,
-                          solver_weights, test_iterations, tested_net_layers, tested_net_source)
+from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
+                          solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source)
 from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
 
 
@@ -134,9 +134,7 @@ def load_weights(solver, spec, weights_path):
     layers the net ties. As `caffe train -weights` does, a test net's layers
     of phase TEST only get theirs too."""
     model = read_caffemodel(weights_path)
-    check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
-    for path, net in spec.test_nets:
-        check_pair(net, path, model, unused_weights=True)
+    check_solver_weights(spec, model)
     check_tied_weights(spec.train_layers(), model, spec.net_path)
     for index, path in enumerate(_test_net_paths(solver, spec)):
         check_tied_weights(list(tested_net_layers(spec, index).values()), model, path)
@@ -745,7 +743,7 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     _check_outputs(spec, output, force, weights, span, masks)
     keep = maskset.per_layer() if maskset else {}
     # Weights of another net are named as such, as load_weights would.
-    check_pair(spec.net, spec.net_path, model, others=[net for _, net in spec.test_nets])
+    check_solver_weights(spec, model)
     trained = {layer.name for layer in spec.train_layers()}
     clusters, fixed = {}, {}
     for target in prunable_targets(model):

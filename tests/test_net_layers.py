@@ -221,3 +221,40 @@ def test_a_test_only_layer_tied_to_a_trained_one_is_written_with_the_trained_wei
     write_caffemodel(start, tmp_path / "untied.caffemodel", replace={("aux", 0): start.layer("aux").blobs[0].data + 1})
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "untied.caffemodel", "-n", 1,
                               "-o", "again.caffemodel"), "layers fc and aux hold different weights")
+
+
+def test_weights_are_checked_against_the_layers_the_solvers_states_build(caffe, tmp_path, cli):
+    """A layer of a stage no state of the solver builds: its weights were
+    taken as the net's and silently left out of the output (Caffe ignores
+    them), while weights without it were refused as leaving it random; a
+    dsd prune stage pruned it, and the sparse stage then refused its own
+    masks."""
+    aux = ('layer { name: "aux" type: "InnerProduct" bottom: "data" top: "aux" include { phase: TRAIN stage: "aux" }\n'
+           '  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+           'layer { name: "aux_loss" type: "EuclideanLoss" bottom: "aux" bottom: "target" top: "aux_loss" '
+           'include { phase: TRAIN stage: "aux" } }\n')
+    base = ONES + _ip("fc", "data") + _loss("loss", "fc")
+    _, full = save_net(caffe, tmp_path, base + aux.replace(' include { phase: TRAIN stage: "aux" }', ""),
+                       name="full")  # fc and aux
+    _, bare = save_net(caffe, tmp_path, base, name="bare")  # fc alone
+    (tmp_path / "net.prototxt").write_text(base + aux)
+    plain = _solver(tmp_path, f'net: "{tmp_path / "net.prototxt"}"')
+    staged = tmp_path / "staged.prototxt"
+    staged.write_text(plain.read_text() + 'train_state { stage: "aux" }\n')
+    assert_one_line_error(cli("train-dense", "--solver", plain, "-w", full, "-n", 1, "-o", "a.caffemodel"),
+                          "weights of layers no net of the solver builds, in its states, from "
+                          f"{tmp_path / 'net.prototxt'} or its test nets (Caffe would ignore them): aux")
+    result = cli("train-dense", "--solver", plain, "-w", bare, "-n", 1, "-o", "b.caffemodel")
+    assert result.exit_code == 0, result.output
+    result = cli("train-dense", "--solver", staged, "-w", full, "-n", 1, "-o", "c.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert [layer.name for layer in read_caffemodel(tmp_path / "c.caffemodel").layers if layer.blobs] == ["fc", "aux"]
+    assert_one_line_error(cli("train-dense", "--solver", staged, "-w", bare, "-n", 1, "-o", "d.caffemodel"),
+                          "(Caffe would leave them random): aux")
+    # caffe test builds the TEST net: aux needs no weights there.
+    checked = cli("verify", "-w", bare, "--model", "net.prototxt")
+    assert checked.exit_code == 0 and "ok    prototxt fits weights" in checked.output, checked.output
+    (tmp_path / "recipe.yaml").write_text(f"solver: {plain}\nweights: {full}\nstages:\n"
+                                          "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 1}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"), "(Caffe would ignore them): aux")
+    assert not (tmp_path / "run").exists()
