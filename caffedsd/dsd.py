@@ -45,7 +45,7 @@ from .pruning import prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .netcheck import data_files
+from .netcheck import built_layers, data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr,
                           solver_output_kinds, solver_weights)
 from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
@@ -447,8 +447,9 @@ def check_stages(recipe, spec):
     folder to this recipe. A training stage's length against the solver's
     schedule (each stage starts its solver at iteration 0); the TEST passes
     asked for against the test nets; every prune stage's plan against the
-    layers it will prune: the prunable layers of the net the solver trains,
-    which each stage's model holds."""
+    layers it will prune: the prunable layers the solver's nets build, which
+    each stage's model holds (those of phase TEST only too, written beside
+    the trained ones)."""
     try:
         check_test_options(spec, recipe.test_iterations, recipe.test_interval, ("test_iterations", "test_interval"))
     except InputError as exc:
@@ -463,7 +464,8 @@ def check_stages(recipe, spec):
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
     if not prunes:
         return
-    names = [layer.name for layer in spec.train_layers() if layer.type in PRUNABLE_TYPES]
+    names = list(dict.fromkeys(layer.name for net, _, states in built_nets(spec)
+                               for layer in built_layers(net, states) if layer.type in PRUNABLE_TYPES))
     if not names:
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     for number, stage in prunes:

@@ -622,12 +622,18 @@ def test_a_prune_rule_naming_no_layer_is_refused_before_training(tmp_path, cli):
                           f"{recipe}: stage 2 (prune), net {tmp_path / 'net.prototxt'}: rule 'fc9' matches no "
                           "prunable layer (prunable: conv1, fc1)")
     assert not (tmp_path / "run").exists()
-    # Only the layers the solver trains count: its TEST-only layers are in no stage's model.
+    # A layer of phase TEST only is in every stage's model, which the prune
+    # stage prunes: a rule may name it (it was refused, and pruned anyway).
     net = tmp_path / "net.prototxt"
     train_only = net.read_text()
     net.write_text(train_only + 'layer { name: "fc9" type: "InnerProduct" bottom: "fc1" top: "fc9" '
-                   'include { phase: TEST } inner_product_param { num_output: 2 } }\n')
-    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "rule 'fc9' matches no prunable layer")
+                   'include { phase: TEST } inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n')
+    recipe.write_text(good.replace("criterion: random}", "criterion: random, layers: {fc9: 0}}"))
+    result = cli("dsd", "--recipe", recipe, "-o", "test_only")
+    assert result.exit_code == 0, result.output
+    pruned = read_caffemodel(tmp_path / "test_only" / "02-prune" / "model.caffemodel")
+    assert np.count_nonzero(pruned.layer("fc9").blobs[0].data) == 2 * 5  # kept whole, as the rule says
+    assert np.count_nonzero(pruned.layer("fc1").blobs[0].data) < 5 * 64  # the rest at 0.6
     net.write_text(train_only)
     recipe.write_text(good.replace("criterion: random}", "criterion: random, layers: {fc1: 0.9}}"))
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
