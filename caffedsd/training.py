@@ -110,6 +110,22 @@ def set_test_only_values(solver, values):
                 net.params[name][0].data[...] = values[name]
 
 
+def check_output_names(solver, spec):
+    """The test nets' outputs as evaluate names them ("#i/name" past the
+    first net) must be distinct, and none "iter": one would replace
+    another's value in what is printed and recorded (tests.csv's first
+    column is "iter")."""
+    seen = {}
+    for index, (net, path) in enumerate(zip(solver.test_nets, _test_net_paths(solver, spec))):
+        for name in net.outputs:
+            named = (f"#{index}/" if index else "") + name
+            if named == "iter" or named in seen:
+                other = "tests.csv's iteration column" if named == "iter" else f"an output of test net #{seen[named]}"
+                raise InputError(f"{path}: test net #{index}'s output {name!r} would be recorded as {named!r}, the "
+                                 f"name of {other}; rename the top")
+            seen[named] = index
+
+
 def check_test_nets_fit(solver, spec):
     """A test net's layer that the train net also has takes the train net's
     blobs at each TEST pass (share_with): of another count or shape, Caffe
@@ -532,6 +548,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
     dispatcher = HookDispatcher.for_solver(solver, gpu)
     try:
         check_test_nets_fit(solver, spec)
+        check_output_names(solver, spec)
         if phase.weights is not None:
             load_weights(solver, spec, phase.weights)
         set_test_only_values(solver, dict(phase.test_only_values))

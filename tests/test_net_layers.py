@@ -258,3 +258,21 @@ def test_weights_are_checked_against_the_layers_the_solvers_states_build(caffe, 
                                           "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 1}\n")
     assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"), "(Caffe would ignore them): aux")
     assert not (tmp_path / "run").exists()
+
+
+def test_test_outputs_that_would_be_recorded_under_one_name_are_refused(caffe, tmp_path, cli):
+    """Net #0's top "#1/loss" was replaced by net #1's loss in what was
+    printed and recorded, and a top "iter" made tests.csv's first column
+    twice."""
+    text = ONES + _ip("fc", "data") + _loss("loss", "fc")
+    net, weights = save_net(caffe, tmp_path, text)
+    (tmp_path / "other.prototxt").write_text(text.replace('top: "loss"', 'top: "#1/loss"'))
+    solver = _solver(tmp_path, f'train_net: "{net}"\ntest_net: "{tmp_path / "other.prototxt"}"\ntest_net: "{net}"\n'
+                               'test_iter: 1')
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", "o.caffemodel"),
+                          f"{net}: test net #1's output 'loss' would be recorded as '#1/loss', the name of an output "
+                          "of test net #0; rename the top")
+    (tmp_path / "other.prototxt").write_text(text.replace('top: "loss"', 'top: "iter"'))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", "o.caffemodel"),
+                          "test net #0's output 'iter' would be recorded as 'iter', the name of tests.csv's")
+    assert not (tmp_path / "o.caffemodel").exists()
