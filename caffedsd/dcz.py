@@ -481,7 +481,7 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
     with atomic_unmasked_path(output) as tmp:
         new_caffemodel(tmp, dcz.layers(), name=dcz.name)
         if net is not None:
-            from .netcheck import check_pair
+            from .netcheck import check_pair, loaded_states
 
-            check_pair(net, model, read_caffemodel(tmp), weights_path=path)
+            check_pair(net, model, read_caffemodel(tmp), weights_path=path, states=loaded_states(net))
     return dcz.count

@@ -41,7 +41,7 @@ from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, prunable_targets
 from .maskfile import beside_check, masks_for, masks_path_for
-from .pruning import prune_file
+from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
@@ -464,14 +464,24 @@ def check_stages(recipe, spec):
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
     if not prunes:
         return
-    names = list(dict.fromkeys(layer.name for net, _, states in built_nets(spec)
-                               for layer in built_layers(net, states) if layer.type in PRUNABLE_TYPES))
+    prunable = {}
+    for net, _, states in built_nets(spec):
+        for layer in built_layers(net, states):
+            if layer.type in PRUNABLE_TYPES:
+                prunable.setdefault(layer.name, layer)
+    names = list(prunable)
     if not names:
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
+    # Layers that share blob 0 by a param name take one amount (prune_model's rule).
+    tied = {}
+    for layer in prunable.values():
+        if layer.param and layer.param[0].name:
+            tied.setdefault(layer.param[0].name, []).append(layer.name)
+    groups = [(name, tuple(members)) for name, members in tied.items()]
     for number, stage in prunes:
         try:
-            stage.plan.amounts(names)
-        except PlanError as exc:
+            check_shared_amounts(groups, stage.plan.amounts(names))
+        except (PlanError, InputError) as exc:
             raise RecipeError(f"{recipe.where}: stage {number} (prune), net {spec.net_path}: {exc}") from None
 
 

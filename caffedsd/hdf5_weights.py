@@ -23,7 +23,7 @@ from .caffemodel import is_hdf5, new_caffemodel, read_caffemodel
 from .errors import InputError
 from .layers import expects_blobs
 from .maskfile import atomic_unmasked_path, check_model_outputs
-from .netcheck import built_state, check_pair, is_built
+from .netcheck import built_state, check_pair, is_built, loaded_states
 
 
 def _stored(path, group, layer):
@@ -145,5 +145,5 @@ def convert_hdf5_weights(weights, model, output, force=False, allow_python_layer
         new_caffemodel(tmp, layers, name=net.name)
         # As prune --model does: stock Caffe would abort on a shape it
         # cannot copy, or leave a layer without weights random.
-        check_pair(net, model, read_caffemodel(tmp), weights_path=weights)
+        check_pair(net, model, read_caffemodel(tmp), weights_path=weights, states=loaded_states(net))
     return len(layers), sum(a.size for _, arrays in layers for a in arrays)

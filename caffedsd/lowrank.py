@@ -544,7 +544,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
     from .maskfile import MaskSet, atomic_unmasked_path, masks_for, save_masks
-    from .netcheck import check_blob_shapes, check_pair
+    from .netcheck import check_blob_shapes, check_pair, loaded_states
 
     if energy is not None and not 0 < energy <= 1:
         raise InputError(f"--energy {number_text(energy)}: must be in (0, 1]")
@@ -555,10 +555,11 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     with atomic_folder(out_dir) as folder:
         model = read_caffemodel(weights)
         nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
-        check_pair(nets[Path(model_path)], model_path, model)
+        check_pair(nets[Path(model_path)], model_path, model, states=loaded_states(nets[Path(model_path)]))
         if deploy_path is not None and Path(deploy_path) in nets and Path(deploy_path) != Path(model_path):
             # Written beside the weights: Caffe must fill every layer of it.
-            check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True)
+            check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True,
+                       states=loaded_states(nets[Path(deploy_path)]))
         check_finite(model)
         # Split by the layouts Caffe builds (the prototxt's group, transpose, axis).
         model = model.with_params({layer.name: layer for layer in nets[Path(model_path)].layer})

@@ -167,6 +167,13 @@ _LEVELDB = 0  # DataParameter.DB: LEVELDB = 0 (the default), LMDB = 1
 _PHASES = {value.name: value.number for value in NetState.DESCRIPTOR.fields_by_name["phase"].enum_type.values}
 
 
+def loaded_states(net):
+    """The states a net file is built in by itself, with no solver's
+    train_state or test_state: `caffe train`'s TRAIN and `caffe test`'s TEST
+    (built_state). A layer of a stage neither picks is built by neither."""
+    return [built_state(net, "TRAIN"), built_state(net, "TEST")]
+
+
 def built_state(net, phase):
     """The NetState Caffe builds ``net`` in when it is loaded for ``phase``
     ("TRAIN" or "TEST") by itself, as `caffe test` and pycaffe's caffe.Net

@@ -16,7 +16,7 @@ from .errors import InputError
 from .layers import prunable_targets
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, layer_rng
-from .netcheck import check_pair, check_tied_weights
+from .netcheck import check_pair, check_tied_weights, loaded_states
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,17 @@ class PrunedLayer:
         return self.pruned / self.params if self.params else 0.0
 
 
+def check_shared_amounts(groups, amounts):
+    """One amount for the layers of each group that share blob 0:
+    ``groups`` [(param name, (layer, ...))], ``amounts`` {layer: amount}
+    (SparsityPlan.amounts)."""
+    for param_name, layers in groups:
+        given = {amounts[n] for n in layers if n in amounts}
+        if len(given) > 1:
+            raise InputError(f"layers {', '.join(layers)} share param {param_name!r} "
+                             f"but the plan gives them different amounts {sorted(given)}")
+
+
 def prune_model(model, plan, seed=0, previous=None, meta=None):
     """Masks for ``model`` under ``plan``; returns (MaskSet, [PrunedLayer]).
 
@@ -49,11 +60,9 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
     amounts = plan.amounts(all_names)
     earlier = previous.per_layer() if previous is not None else {}
     masks, shared_by, used_amounts, rows = {}, {}, {}, []
+    check_shared_amounts([(target.param_name, target.layers) for target in targets], amounts)
     for target in targets:
         given = {amounts[n] for n in target.layers if n in amounts}
-        if len(given) > 1:
-            raise InputError(f"layers {', '.join(target.layers)} share param {target.param_name!r} "
-                             f"but the plan gives them different amounts {sorted(given)}")
         prev = earlier.get(target.owner)
         if not given and prev is None:
             continue
@@ -92,7 +101,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
-        check_pair(net, model, source)
+        check_pair(net, model, source, states=loaded_states(net))
         check_tied_weights(net.layer, source, model)
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)

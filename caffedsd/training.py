@@ -110,13 +110,15 @@ def set_test_only_values(solver, values):
                 net.params[name][0].data[...] = values[name]
 
 
-def check_output_names(solver, spec):
-    """The test nets' outputs as evaluate names them ("#i/name" past the
-    first net) must be distinct, and none "iter": one would replace
-    another's value in what is printed and recorded (tests.csv's first
-    column is "iter")."""
+def check_output_names(solver, spec, counts):
+    """The outputs of the test nets evaluate runs (``counts`` of batches
+    above 0), as it names them ("#i/name" past the first net), must be
+    distinct, and none "iter": one would replace another's value in what
+    is printed and recorded (tests.csv's first column is "iter")."""
     seen = {}
-    for index, (net, path) in enumerate(zip(solver.test_nets, _test_net_paths(solver, spec))):
+    for index, (net, path, count) in enumerate(zip(solver.test_nets, _test_net_paths(solver, spec), counts)):
+        if count <= 0:
+            continue
         for name in net.outputs:
             named = (f"#{index}/" if index else "") + name
             if named == "iter" or named in seen:
@@ -548,7 +550,6 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
     dispatcher = HookDispatcher.for_solver(solver, gpu)
     try:
         check_test_nets_fit(solver, spec)
-        check_output_names(solver, spec)
         if phase.weights is not None:
             load_weights(solver, spec, phase.weights)
         set_test_only_values(solver, dict(phase.test_only_values))
@@ -562,6 +563,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         for hook in hooks:
             dispatcher.add(hook, solver)
         counts = [phase.test_iterations or count for count in test_iterations(param)]
+        check_output_names(solver, spec, counts)
         tied = tied_test_only_blobs(solver, spec)
         latest = checkpoints.latest() if checkpoints is not None else None
         curve, tests, done = [], [], 0

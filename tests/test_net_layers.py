@@ -251,9 +251,12 @@ def test_weights_are_checked_against_the_layers_the_solvers_states_build(caffe, 
     assert [layer.name for layer in read_caffemodel(tmp_path / "c.caffemodel").layers if layer.blobs] == ["fc", "aux"]
     assert_one_line_error(cli("train-dense", "--solver", staged, "-w", bare, "-n", 1, "-o", "d.caffemodel"),
                           "(Caffe would leave them random): aux")
-    # caffe test builds the TEST net: aux needs no weights there.
+    # caffe test builds the TEST net: aux needs no weights there; and neither
+    # caffe train nor caffe test builds it from the file by itself.
     checked = cli("verify", "-w", bare, "--model", "net.prototxt")
     assert checked.exit_code == 0 and "ok    prototxt fits weights" in checked.output, checked.output
+    result = cli("prune", "-w", "b.caffemodel", "-s", 0.5, "--model", "net.prototxt", "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
     (tmp_path / "recipe.yaml").write_text(f"solver: {plain}\nweights: {full}\nstages:\n"
                                           "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 1}\n")
     assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"), "(Caffe would ignore them): aux")
@@ -276,3 +279,25 @@ def test_test_outputs_that_would_be_recorded_under_one_name_are_refused(caffe, t
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", "o.caffemodel"),
                           "test net #0's output 'iter' would be recorded as 'iter', the name of tests.csv's")
     assert not (tmp_path / "o.caffemodel").exists()
+    # A test net given no batches records nothing: no clash.
+    (tmp_path / "other.prototxt").write_text(text.replace('top: "loss"', 'top: "#1/loss"'))
+    solver.write_text(solver.read_text().replace("test_iter: 1\ntest_iter: 1", "test_iter: 1\ntest_iter: 0"))
+    assert "test_iter: 0" in solver.read_text()
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", "o.caffemodel")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_prune_rule_splitting_a_tied_group_is_refused_before_training(caffe, tmp_path, cli):
+    """A rule keeping a layer of phase TEST only whole, whose weights a
+    param name ties to a trained one, passed the check before training: the
+    dense stage trained, then the prune stage refused it."""
+    text = (ONES + _ip("fc", "data", tied=True) + _loss("loss", "fc")
+            + _ip("aux", "data", tied=True, phase="TEST") + _loss("aux_loss", "aux", phase="TEST"))
+    net, _ = save_net(caffe, tmp_path, text)
+    solver = _solver(tmp_path, f'net: "{net}"')
+    (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n"
+                                          "  - prune: {sparsity: 0.5, layers: {aux: 0}}\n  - sparse: {iterations: 1}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "recipe.yaml", "-o", "run"),
+                          f"recipe.yaml: stage 2 (prune), net {net}: layers fc, aux share param 'w' but the plan "
+                          "gives them different amounts [0.0, 0.5]")
+    assert not (tmp_path / "run").exists()
