@@ -173,6 +173,10 @@ def inline_net(message, where, allow_python_layers=False):
 def _checked_net(net, where, allow_python_layers):
     if not len(net.layer):
         raise InputError(f"{where}: net has no layers")
+    both = [layer.name for layer in net.layer if len(layer.include) and len(layer.exclude)]
+    if both:  # Caffe's FilterNet aborts the process on it
+        raise InputError(f"{where}: layer(s) {', '.join(repr(name) for name in both)} give both include and exclude "
+                         "rules, which Caffe refuses (\"Specify either include rules or exclude rules; not both\")")
     if not allow_python_layers:
         python = [layer.name for layer in net.layer if layer.type == "Python"]
         if python:

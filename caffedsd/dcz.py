@@ -483,5 +483,5 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
         if net is not None:
             from .netcheck import check_pair, loaded_states
 
-            check_pair(net, model, read_caffemodel(tmp), weights_path=path, states=loaded_states(net))
+            check_pair(net, model, read_caffemodel(tmp), weights_path=path, states=loaded_states(net), strict=True)
     return dcz.count

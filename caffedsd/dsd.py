@@ -389,9 +389,16 @@ def _check_finished(stage_dir, kind, number, count, summary):
     later = " and the stages after it" if number < count else ""
     remedy = f"delete {stage_dir}{later} to run it again"
     recorded_sha256 = summary.model_sha256
-    for name, parse in ((summary.curve, report.parse_curve_csv), (summary.tests, report.parse_tests_csv)):
-        if name:
-            read_stage_csv(stage_dir / name, parse, remedy)
+    # Whole, as written: a row per iteration, and the stage's end last.
+    if summary.curve and len(read_stage_csv(stage_dir / summary.curve, report.parse_curve_csv, remedy)) \
+            != summary.iterations:
+        raise InputError(f"{stage_dir / summary.curve}: cut short, not the {summary.iterations} rows {done} "
+                         f"records; {remedy}")
+    if summary.tests:
+        passes = read_stage_csv(stage_dir / summary.tests, report.parse_tests_csv, remedy)
+        if summary.test and (not passes or passes[-1]["iter"] != summary.iterations):
+            raise InputError(f"{stage_dir / summary.tests}: cut short, without the stage's end (iteration "
+                             f"{summary.iterations}) {done} records; {remedy}")
     masked = kind in ("prune", "sparse")
     for path in (model, masks_path_for(model)) if masked else (model,):
         if not path.is_file():
@@ -464,11 +471,13 @@ def check_stages(recipe, spec):
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
     if not prunes:
         return
+    # The train net's layer of a name first (the one each stage's model
+    # holds), then those of phase TEST only.
     prunable = {}
-    for net, _, states in built_nets(spec):
-        for layer in built_layers(net, states):
-            if layer.type in PRUNABLE_TYPES:
-                prunable.setdefault(layer.name, layer)
+    for layer in [*spec.train_layers(), *(layer for net, _, states in built_nets(spec)
+                                          for layer in built_layers(net, states))]:
+        if layer.type in PRUNABLE_TYPES:
+            prunable.setdefault(layer.name, layer)
     names = list(prunable)
     if not names:
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")

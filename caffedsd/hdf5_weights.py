@@ -145,5 +145,5 @@ def convert_hdf5_weights(weights, model, output, force=False, allow_python_layer
         new_caffemodel(tmp, layers, name=net.name)
         # As prune --model does: stock Caffe would abort on a shape it
         # cannot copy, or leave a layer without weights random.
-        check_pair(net, model, read_caffemodel(tmp), weights_path=weights, states=loaded_states(net))
+        check_pair(net, model, read_caffemodel(tmp), weights_path=weights, states=loaded_states(net), strict=True)
     return len(layers), sum(a.size for _, arrays in layers for a in arrays)

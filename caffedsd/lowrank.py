@@ -555,7 +555,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     with atomic_folder(out_dir) as folder:
         model = read_caffemodel(weights)
         nets = {path: read_net_prototxt(path, allow_python_layers) for path in names}
-        check_pair(nets[Path(model_path)], model_path, model, states=loaded_states(nets[Path(model_path)]))
+        check_pair(nets[Path(model_path)], model_path, model, states=loaded_states(nets[Path(model_path)]),
+                   strict=True)
         if deploy_path is not None and Path(deploy_path) in nets and Path(deploy_path) != Path(model_path):
             # Written beside the weights: Caffe must fill every layer of it.
             check_pair(nets[Path(deploy_path)], deploy_path, model, unused_weights=True,

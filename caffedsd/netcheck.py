@@ -75,17 +75,22 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
     ``states``: the NetStates the net is built in (None: every layer of the
     file): only the layers built need weights, of their shapes.
     ``strict``: weights of a layer the file has but no state builds are
-    ignored too (a solver's nets: what Caffe would not load, the output
-    would not hold). ``others``: further (NetParameter, states) the weights
-    are copied into (a solver's test_net files), whose layers' weights are
-    not ignored."""
+    ignored too (what Caffe would not load, an output would not hold); a
+    string names those states in the message.
+    ``others``: further (NetParameter, states) the weights are copied into
+    (a solver's test_net files), whose layers' weights are not ignored."""
     weights_path = Path(weights_path or model.path)
+    built = built_layers(net, states)
     net_layers = {}
-    for layer_param in built_layers(net, states):
+    for layer_param in built:
         net_layers.setdefault(layer_param.name, layer_param)
     with_blobs = {layer.name: layer for layer in model.layers if layer.blobs}
+    # Blobs a param name ties to a layer with weights are filled through it:
+    # Caffe's own snapshot of a net whose TEST-only layer shares them holds none of its own.
+    filled = {param.name for layer in built if layer.name in with_blobs for param in layer.param if param.name}
     problems = []
-    no_weights = [n for n, p in net_layers.items() if expects_blobs(p) and n not in with_blobs]
+    no_weights = [n for n, p in net_layers.items() if expects_blobs(p) and n not in with_blobs
+                  and not _filled_through_ties(p, filled)]
     if no_weights:
         problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
                         + name_list(no_weights))
@@ -94,11 +99,13 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
                  for layer in built_layers(other, other_states if strict else None))
     ignored = [] if unused_weights else [n for n in with_blobs if n not in known]
     if ignored:
-        where = (f"no net of the solver builds, in its states, from {net_path} or its test nets" if strict
-                 else f"{net_path} does not have")
+        where = f"{net_path} does not build in {strict}" if isinstance(strict, str) else \
+            f"{net_path} does not build in the states `caffe train` and `caffe test` build it in" if strict else \
+            f"{net_path} does not have"
         problems.append(f"weights of layers {where} (Caffe would ignore them): " + name_list(ignored))
     counts, shapes = [], []
-    for name, layer_param in net_layers.items():
+    for layer_param in built:  # each layer of a name: a TRAIN and a TEST one may differ
+        name = layer_param.name
         if name not in with_blobs:
             continue
         blobs = with_blobs[name].blobs
@@ -107,12 +114,20 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
             counts.append(f"{name} ({expected} in net, {len(blobs)} in weights)")
         elif problem := _shape_problem(layer_param, blobs):
             shapes.append(f"{name} ({problem})")
+    counts, shapes = list(dict.fromkeys(counts)), list(dict.fromkeys(shapes))
     if counts:
         problems.append("blob counts differ: " + name_list(counts))
     if shapes:
         problems.append("blob shapes differ: " + name_list(shapes))
     if problems:
         raise InputError(f"{net_path} does not match {weights_path}: " + "; ".join(problems))
+
+
+def _filled_through_ties(layer, filled):
+    """Whether every blob ``layer`` expects has a param name in ``filled``."""
+    expected = expected_blob_count(layer)
+    names = [param.name for param in layer.param]
+    return bool(expected) and len(names) >= expected and all(names[i] in filled for i in range(expected))
 
 
 def check_tied_weights(layers, model, net_path):

@@ -101,7 +101,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
-        check_pair(net, model, source, states=loaded_states(net))
+        check_pair(net, model, source, states=loaded_states(net), strict=True)
         check_tied_weights(net.layer, source, model)
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)

@@ -394,14 +394,18 @@ def snapshot_bytes(spec, net):
     return model, history
 
 
-def _trained_owners(solver, spec):
-    """{param name: the train net's blob} of the blobs the train net ties by
-    a param name."""
+def _trained_owners(solver, spec, index):
+    """{param name: the train net's blob} of the names that the layers of
+    test net #``index`` which the train net also has hold: a layer of phase
+    TEST only with one shares that blob in the test net (Caffe ties names
+    within one net: a test_net file's layer is tied to none of the train
+    net's)."""
     owners = {}
-    for layer in spec.train_layers():
-        for number, param in enumerate(layer.param):
-            if param.name and layer.name in solver.net.params:
-                owners.setdefault(param.name, solver.net.params[layer.name][number])
+    for layer in tested_net_layers(spec, index).values():
+        trained = solver.net.params[layer.name] if layer.name in solver.net.params else ()
+        for number, param in enumerate(layer.param[:len(trained)]):
+            if param.name:
+                owners.setdefault(param.name, trained[number])
     return owners
 
 
@@ -411,9 +415,10 @@ def tied_test_only_blobs(solver, spec):
     share the trained weights by layer name only: such a blob keeps what
     was loaded, and a TEST pass measured another net than the one written
     (test_only_records writes the trained values); evaluate copies them in."""
-    owners, pairs = _trained_owners(solver, spec), []
+    pairs = []
     for index, (net, names) in enumerate(test_only_layers(solver)):
         params = tested_net_layers(spec, index) if names else {}
+        owners = _trained_owners(solver, spec, index) if names else {}
         for name in names:
             for number, param in enumerate(params[name].param[:len(net.params[name])]):
                 if param.name in owners:
@@ -430,12 +435,11 @@ def test_only_records(solver, spec):
     # the trained values: the test net's copy is the one loaded, never
     # shared with the train net, and `caffe test` copies layers by name into
     # the one tied blob, so stale values after the trained ones would win.
-    owners = _trained_owners(solver, spec)
     records, added = [], set()
     for index, (net, names) in enumerate(test_only_layers(solver)):
         names = [name for name in names if name not in added]
         if names:
-            params = tested_net_layers(spec, index)
+            params, owners = tested_net_layers(spec, index), _trained_owners(solver, spec, index)
             for name in names:
                 tied = [param.name for param in params[name].param]
                 records.append((params[name], [owners.get(tied[number] if number < len(tied) else "", blob).data

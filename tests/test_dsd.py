@@ -441,6 +441,16 @@ def test_a_stages_curve_and_test_passes_are_checked_when_read_again(tmp_path, cl
     assert json.loads((sparse / "stage.json").read_text())["seconds"] >= 1000  # it took under a second itself
     # A finished stage's.
     again = "delete run/03-sparse and the stages after it to run it again"
+    whole = (sparse / "curve.csv").read_text()
+    (sparse / "curve.csv").write_text(whole[:whole.rindex("\n", 0, -1) + 1])  # cut at a row: it read
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "run/03-sparse/curve.csv: cut short, not the 80 rows run/03-sparse/stage.json records")
+    (sparse / "curve.csv").write_text(whole)
+    passes = (sparse / "tests.csv").read_text()
+    (sparse / "tests.csv").write_text(passes.splitlines()[0] + "\n")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "run/03-sparse/tests.csv: cut short, without "
+                          "the stage's end (iteration 80)")
+    (sparse / "tests.csv").write_text(passes)
     for name, bad in (("curve.csv", "iter,loss,lr\n0,1,0.1,5\n"), ("tests.csv", "iter,loss\n0,1,2\n"),
                       ("tests.csv", b"\xff\xfe")):
         original = (sparse / name).read_bytes()

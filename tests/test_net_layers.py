@@ -242,8 +242,8 @@ def test_weights_are_checked_against_the_layers_the_solvers_states_build(caffe, 
     staged = tmp_path / "staged.prototxt"
     staged.write_text(plain.read_text() + 'train_state { stage: "aux" }\n')
     assert_one_line_error(cli("train-dense", "--solver", plain, "-w", full, "-n", 1, "-o", "a.caffemodel"),
-                          "weights of layers no net of the solver builds, in its states, from "
-                          f"{tmp_path / 'net.prototxt'} or its test nets (Caffe would ignore them): aux")
+                          f"weights of layers {tmp_path / 'net.prototxt'} does not build in the solver's states, "
+                          "nor its test nets (Caffe would ignore them): aux")
     result = cli("train-dense", "--solver", plain, "-w", bare, "-n", 1, "-o", "b.caffemodel")
     assert result.exit_code == 0, result.output
     result = cli("train-dense", "--solver", staged, "-w", full, "-n", 1, "-o", "c.caffemodel")
@@ -301,3 +301,57 @@ def test_a_prune_rule_splitting_a_tied_group_is_refused_before_training(caffe, t
                           f"recipe.yaml: stage 2 (prune), net {net}: layers fc, aux share param 'w' but the plan "
                           "gives them different amounts [0.0, 0.5]")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_test_net_files_param_name_ties_nothing_in_the_train_net(caffe, tmp_path, cli):
+    """Caffe ties param names within one net: a test_net file's layer named
+    'w' was taken as tied to the train net's 'w', tested and written with
+    its weights (its own lost), or a traceback where the shapes differed."""
+    train = ONES + _ip("fc", "data", tied=True) + _loss("loss", "fc")
+    test = ONES + _ip("ipt", "data", tied=True) + _loss("tloss", "ipt")
+    (tmp_path / "train.prototxt").write_text(train)
+    _, weights = save_net(caffe, tmp_path, train + _ip("ipt", "data"), name="both")  # fc and ipt, untied
+    (tmp_path / "test.prototxt").write_text(test)
+    solver = _solver(tmp_path, f'train_net: "{tmp_path / "train.prototxt"}"\ntest_net: "{tmp_path / "test.prototxt"}"')
+    solver.write_text(solver.read_text().replace("base_lr: 0.01", "base_lr: 0"))
+    given = read_caffemodel(weights)
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", "o.caffemodel")
+    assert result.exit_code == 0, result.output
+    out = read_caffemodel(tmp_path / "o.caffemodel")
+    assert np.array_equal(out.layer("ipt").blobs[0].data, given.layer("ipt").blobs[0].data)
+    ipt = given.layer("ipt").blobs
+    expected = float(np.sum((ipt[0].data.sum(axis=1) + ipt[1].data) ** 2) / 2)  # EuclideanLoss of ipt(ones) vs 0
+    printed = float(re.search(r"^test: tloss = ([0-9.]+)", result.output, re.M).group(1))
+    assert printed == pytest.approx(expected, rel=1e-3)
+
+
+def test_what_caffe_loads_is_what_the_weights_are_checked_against(caffe, tmp_path, cli):
+    """A TEST-only layer whose blobs a param name ties to a layer with
+    weights was said to be left random (Caffe fills it through the tie); a
+    TRAIN and a TEST layer of one name were checked by the first alone
+    (caffe test aborted on the second's shape); include with exclude
+    (Caffe aborts) was taken; prune --model took weights of a layer that
+    neither caffe train nor caffe test builds."""
+    tied = (ONES + _ip("fc", "data", tied=True) + _loss("loss", "fc")
+            + _ip("aux", "data", tied=True, phase="TEST") + _loss("aux_loss", "aux", phase="TEST"))
+    _, train_only = save_net(caffe, tmp_path, ONES + _ip("fc", "data", tied=True) + _loss("loss", "fc"), name="t")
+    (tmp_path / "tied.prototxt").write_text(tied)
+    result = cli("prune", "-w", train_only, "-s", 0.5, "--model", "tied.prototxt", "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert cli("verify", "-w", "p.caffemodel", "--model", "tied.prototxt").exit_code == 0
+    two = (ONES + _ip("fc", "data", phase="TRAIN") + _ip("fc", "data", phase="TEST").replace("num_output: 3",
+                                                                                             "num_output: 2")
+           + _loss("loss", "fc"))
+    (tmp_path / "two.prototxt").write_text(two)
+    assert_one_line_error(cli("prune", "-w", train_only, "-s", 0.5, "--model", "two.prototxt", "-o", "q.caffemodel"),
+                          "blob shapes differ: fc")
+    (tmp_path / "both.prototxt").write_text(tied.replace('include { phase: TEST }',
+                                                         'include { phase: TEST } exclude { stage: "x" }', 1))
+    assert_one_line_error(cli("prune", "-w", train_only, "-s", 0.5, "--model", "both.prototxt", "-o", "r.caffemodel"),
+                          "layer(s) 'aux' give both include and exclude rules")
+    staged = tied.replace('include { phase: TEST }', 'include { stage: "x" }')
+    (tmp_path / "staged.prototxt").write_text(staged)
+    _, full = save_net(caffe, tmp_path, ONES + _ip("fc", "data") + _loss("loss", "fc") + _ip("aux", "data"), name="f")
+    assert_one_line_error(cli("prune", "-w", full, "-s", 0.5, "--model", "staged.prototxt", "-o", "s.caffemodel"),
+                          "staged.prototxt does not build in the states `caffe train` and `caffe test` build it in "
+                          "(Caffe would ignore them): aux")
