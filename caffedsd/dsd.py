@@ -517,8 +517,9 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     if recipe.weights:
         # As the first training stage would find it, but before a first
         # prune stage has pruned them all, naming its own output.
-        check_solver_weights(spec, read_caffemodel(recipe.weights))
-    _check_verified_weights(recipe)
+        model = read_caffemodel(recipe.weights)
+        check_solver_weights(spec, model)
+        _check_verified_weights(recipe, model)
     check_solver_builds(spec, gpu)
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:
         try:
@@ -529,12 +530,11 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
             raise
 
 
-def _check_verified_weights(recipe):
+def _check_verified_weights(recipe, model):
     """A first prune stage that requires a verified plan prunes the weights
-    the plan was verified on (Recipe allows it on no other stage)."""
+    (``model``) the plan was verified on (Recipe allows it on no other stage)."""
     stage = recipe.stages[0]
-    if stage.kind == "prune" and stage.require_verified \
-            and read_caffemodel(recipe.weights).sha256() != stage.plan.verified["weights_sha256"]:
+    if stage.kind == "prune" and stage.require_verified and model.sha256() != stage.plan.verified["weights_sha256"]:
         raise RecipeError(f"{recipe.where}: stage 1 (prune) has require_verified, but weights {recipe.weights} "
                           "are not those its plan was verified on (their sha256 differs)")
 

@@ -305,8 +305,7 @@ def evaluate(solver, counts, tied=()):
     count of batches, as Caffe reports them. The first net's outputs keep
     their names; net #i's (Caffe's "Testing net (#i)") are "#i/name".
     ``tied``: tied_test_only_blobs, given the trained values first."""
-    for mine, trained in tied:
-        mine.data[...] = trained.data
+    copy_trained(tied)
     results = {}
     for index, (net, count) in enumerate(zip(solver.test_nets, counts)):
         if count <= 0:
@@ -426,24 +425,26 @@ def tied_test_only_blobs(solver, spec):
     return pairs
 
 
+def copy_trained(tied):
+    """Give the blobs of tied_test_only_blobs their trained values."""
+    for mine, trained in tied:
+        mine.data[...] = trained.data
+
+
 def test_only_records(solver, spec):
     """[(LayerParameter, [arrays])] of the test nets' layers of phase TEST
     only, which the train net lacks (the first test net's of a name), to be
     appended to what the train net writes: Caffe's own snapshots leave
-    those out, and `caffe test` on the net would then fill them at random."""
-    # A blob tied by its param name to a train net layer's is written with
-    # the trained values: the test net's copy is the one loaded, never
-    # shared with the train net, and `caffe test` copies layers by name into
-    # the one tied blob, so stale values after the trained ones would win.
+    those out, and `caffe test` on the net would then fill them at random.
+    Their values as the test nets hold them: give tied ones the trained
+    values first (copy_trained), or `caffe test`, which copies layers by
+    name into the one tied blob, would take stale ones after the trained."""
     records, added = [], set()
     for index, (net, names) in enumerate(test_only_layers(solver)):
         names = [name for name in names if name not in added]
         if names:
-            params, owners = tested_net_layers(spec, index), _trained_owners(solver, spec, index)
-            for name in names:
-                tied = [param.name for param in params[name].param]
-                records.append((params[name], [owners.get(tied[number] if number < len(tied) else "", blob).data
-                                               for number, blob in enumerate(net.params[name])]))
+            params = tested_net_layers(spec, index)
+            records += [(params[name], [blob.data for blob in net.params[name]]) for name in names]
             added.update(names)
     return records
 
@@ -623,6 +624,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         first = (tests[0]["test"] if tests else test) if phase.test_first else None
         masks_out = None
         if phase.output is not None:
+            copy_trained(tied)
             masks_out = save_net(solver, phase.output, phase.maskset, sizes[0], test_only_records(solver, spec))
         if snapshots is not None and snapshots.ends_with(start, end):
             # What `caffe train` ends with: a snapshot a later run can go on
