@@ -6,6 +6,7 @@ so the rest of caffedsd works, and starts fast, without it.
 import functools
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -111,8 +112,10 @@ def has_python_layers(net):
 # Python layers needs the package, whose modules subclass caffe.Layer. It
 # builds nets in CPU mode, so that it holds no GPU memory; "gpu" tries a GPU,
 # "probe" the same net on the CPU.
+_SHAPES_MARK = "caffedsd-shapes: "
 _CHILD = """
 import sys
+SHAPES_MARK = %r
 extension, kind, path, python_layers, weights, batches = sys.argv[1:]
 if python_layers == "yes":
     import caffe
@@ -134,8 +137,15 @@ if kind in ("gpu", "probe"):  # a forward pass of a two-layer net allocates and 
             handle.write('layer { name: "d" type: "DummyData" top: "d" dummy_data_param { shape { dim: 1 } } }\\n'
                          'layer { name: "r" type: "ReLU" bottom: "d" top: "r" }\\n')
         caffe.Net(probe, 1)._forward(0, 1)
-elif kind == "solver":
-    caffe.get_solver(path)
+elif kind == "solver":  # reports the weight shapes of its nets' prunable layers
+    import json
+    solver = caffe.get_solver(path)
+    shapes = {}
+    for net in [solver.net, *solver.test_nets]:
+        for name, layer in zip(net._layer_names, net.layers):
+            if layer.type in ("Convolution", "Deconvolution", "InnerProduct") and len(layer.blobs):
+                shapes.setdefault(name, list(layer.blobs[0].shape))
+    print(SHAPES_MARK + json.dumps(shapes))
 else:
     net = caffe.Net(path, 1)  # caffe.TEST
     if weights:
@@ -146,7 +156,7 @@ else:
         for i in data_layers:
             net._forward(i, i)
         net.reshape()  # a batch of another size that a layer cannot take (an InnerProduct's inputs)
-"""
+""" % _SHAPES_MARK
 
 
 def _caffe_child(kind, path, python_layers=False, visible=None, weights=None, batches=0):
@@ -169,7 +179,8 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=Non
     """Build a TEST-phase net (``kind`` "net", filled from the caffemodel
     ``weights`` when given) or a solver with all its nets ("solver") from
     the prototxt ``path`` in a child Python, and raise InputError naming
-    ``where`` if that fails. With ``gpu`` (the run's
+    ``where`` if that fails; a solver's returns the weight shapes of its
+    nets' prunable layers (_child_shapes). With ``gpu`` (the run's
     --gpu), the child sees that GPU alone: in a CUDA build Caffe opens a
     context for its cuBLAS handle on the first visible GPU even in CPU mode,
     and `--gpu 3` should leave GPU 0 alone. (A child that sees no GPU would
@@ -194,6 +205,16 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=Non
         if batches:
             what += f" and read its {batches} TEST batch{'es' if batches > 1 else ''}"
         raise InputError(f"{where}: Caffe cannot {what}: {reason}")
+    if kind == "solver":
+        return _child_shapes(proc.stdout)
+
+
+def _child_shapes(output):
+    """{layer name: blob 0 shape} of a "solver" child's prunable layers, the
+    train net's first (a Python layer may print lines of its own)."""
+    lines = [line for line in output.splitlines() if line.startswith(_SHAPES_MARK)]
+    shapes = json.loads(lines[-1][len(_SHAPES_MARK):]) if lines else {}
+    return {name: tuple(shape) for name, shape in shapes.items()}
 
 
 def visible_devices(gpu, visible):

@@ -39,7 +39,7 @@ from .atomic import check_room, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
-from .layers import PRUNABLE_TYPES, prunable_targets
+from .layers import PRUNABLE_TYPES, check_shared_shapes, shared_groups
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
@@ -243,11 +243,13 @@ def _nothing_done(run_dir):
 
 
 def weight_sparsity(weights_path):
-    """Fraction of prunable weights (blob 0 of conv/deconv/fc) that are 0.0."""
+    """Fraction of prunable weights (blob 0 of conv/deconv/fc) that are 0.0,
+    each shared blob counted once (a dense stage's model may tie weights of
+    two shapes, which only pruning refuses)."""
     model = read_caffemodel(weights_path)
     total = zeros = 0
-    for target in prunable_targets(model):
-        data = model.layer(target.owner).blobs[0].data
+    for layers in shared_groups(model):
+        data = layers[0].blobs[0].data
         total += data.size
         zeros += data.size - int((data != 0).sum())
     return zeros / total if total else 0.0
@@ -471,27 +473,51 @@ def check_stages(recipe, spec):
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
     if not prunes:
         return
-    # The train net's layer of a name first (the one each stage's model
-    # holds), then those of phase TEST only.
-    prunable = {}
-    for layer in [*spec.train_layers(), *(layer for net, _, states in built_nets(spec)
-                                          for layer in built_layers(net, states))]:
-        if layer.type in PRUNABLE_TYPES:
-            prunable.setdefault(layer.name, layer)
+    prunable = _prunable_layers(spec)
     names = list(prunable)
     if not names:
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
-    # Layers that share blob 0 by a param name take one amount (prune_model's rule).
-    tied = {}
-    for layer in prunable.values():
-        if layer.param and layer.param[0].name:
-            tied.setdefault(layer.param[0].name, []).append(layer.name)
-    groups = [(name, tuple(members)) for name, members in tied.items()]
+    groups = _tied_groups(prunable)
     for number, stage in prunes:
         try:
             check_shared_amounts(groups, stage.plan.amounts(names))
         except (PlanError, InputError) as exc:
             raise RecipeError(f"{recipe.where}: stage {number} (prune), net {spec.net_path}: {exc}") from None
+
+
+def check_tied_shapes(recipe, spec, shapes):
+    """Layers a prune stage would prune as one, tied by a param name, whose
+    weights Caffe built in two shapes (share_mode PERMISSIVE), before a
+    stage trains: ``shapes`` as check_solver_builds returns them."""
+    number = next((number for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"), None)
+    if number is None:
+        return
+    for param_name, members in _tied_groups(_prunable_layers(spec)):
+        built = {name: shapes[name] for name in members if name in shapes}
+        if built:
+            check_shared_shapes(f"{recipe.where}: stage {number} (prune), net {spec.net_path}", param_name, built)
+
+
+def _prunable_layers(spec):
+    """{name: LayerParameter} of the prunable layers each stage's model
+    holds: the train net's layer of a name first (the one the model holds),
+    then those of phase TEST only."""
+    prunable = {}
+    for layer in [*spec.train_layers(), *(layer for net, _, states in built_nets(spec)
+                                          for layer in built_layers(net, states))]:
+        if layer.type in PRUNABLE_TYPES:
+            prunable.setdefault(layer.name, layer)
+    return prunable
+
+
+def _tied_groups(prunable):
+    """(param name, layer names) of the layers that share blob 0 by a param
+    name: they take one amount and one mask (prune_model's rule)."""
+    tied = {}
+    for layer in prunable.values():
+        if layer.param and layer.param[0].name:
+            tied.setdefault(layer.param[0].name, []).append(layer.name)
+    return [(name, tuple(members)) for name, members in tied.items()]
 
 
 def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=False, notify=None):
@@ -520,7 +546,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
         model = read_caffemodel(recipe.weights)
         check_solver_weights(spec, model)
         _check_verified_weights(recipe, model)
-    check_solver_builds(spec, gpu)
+    check_tied_shapes(recipe, spec, check_solver_builds(spec, gpu))
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:
         try:
             return _run_stages(recipe, spec, folder.path, gpu, progress, replay)

@@ -48,23 +48,35 @@ class Target:
     param_name: str = ""
 
 
-def prunable_targets(model):
-    """The model's prunable blobs, one Target per shared group, in layer order."""
+def shared_groups(model):
+    """The model's prunable layers with blob 0, grouped as Caffe ties them
+    (by the name of their first param, else each alone): lists of layers,
+    in layer order. Shapes may differ within a group (share_mode PERMISSIVE)."""
     groups = {}
     for layer in model.layers:
-        if layer.type not in PRUNABLE_TYPES or not layer.blobs:
-            continue
-        param_name = layer.param_names[0]
-        key = ("param", param_name) if param_name else ("layer", layer.name)
-        shape = layer.blobs[0].shape
-        if key in groups:
-            first = groups[key]
-            if first.shape != shape:
-                raise InputError(f"{model.path}: layers {first.owner!r} and {layer.name!r} share param "
-                                 f"{param_name!r} but their weights have shapes {list(first.shape)} "
-                                 f"and {list(shape)} (share_mode PERMISSIVE: caffedsd prunes shared weights "
-                                 "of one shape only)")
-            groups[key] = Target(first.owner, first.layers + (layer.name,), shape, param_name)
-        else:
-            groups[key] = Target(layer.name, (layer.name,), shape, param_name)
+        if layer.type in PRUNABLE_TYPES and layer.blobs:
+            param_name = layer.param_names[0]
+            groups.setdefault(("param", param_name) if param_name else ("layer", layer.name), []).append(layer)
     return list(groups.values())
+
+
+def check_shared_shapes(where, param_name, shapes):
+    """Refuse layers tied by ``param_name`` whose weights differ in shape:
+    ``shapes`` maps each layer's name to its blob 0 shape, in layer order."""
+    (first, first_shape), *others = shapes.items()
+    for name, shape in others:
+        if tuple(shape) != tuple(first_shape):
+            raise InputError(f"{where}: layers {first!r} and {name!r} share param {param_name!r} but their weights "
+                             f"have shapes {list(first_shape)} and {list(shape)} (share_mode PERMISSIVE: caffedsd "
+                             "prunes shared weights of one shape only)")
+
+
+def prunable_targets(model):
+    """The model's prunable blobs, one Target per shared group, in layer order."""
+    targets = []
+    for layers in shared_groups(model):
+        first = layers[0]
+        check_shared_shapes(model.path, first.param_names[0], {layer.name: layer.blobs[0].shape for layer in layers})
+        targets.append(Target(first.name, tuple(layer.name for layer in layers), first.blobs[0].shape,
+                              first.param_names[0]))
+    return targets

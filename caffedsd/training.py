@@ -53,14 +53,15 @@ def check_solver_builds(spec, gpu=None):
     nets, as one line, before a run folder or an output exists: a layer type
     it lacks (read_solver checked the data without pycaffe; the types need
     its registry), then anything else, from building them once in a child
-    process (caffe_env.build_in_child; it sees only GPU ``gpu``)."""
+    process (caffe_env.build_in_child; it sees only GPU ``gpu``). Returns
+    {layer name: blob 0 shape} of the nets' prunable layers."""
     known = layer_types(import_pycaffe())
     nets = built_nets(spec)
     for net, path, states in nets:
         check_layer_types(net, path, known, states)
     with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
-        build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
-                       python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
+        return build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
+                              python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
 
 def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, snapshot_format=None):

@@ -3,6 +3,7 @@ param name, whose weights file must hold one set for them, and layers of
 phase TEST only, which the train-* commands load, test with and write
 although the solver never trains them (`caffe train -weights` loads them,
 and its snapshots leave them out)."""
+import json
 import re
 
 import numpy as np
@@ -355,3 +356,31 @@ def test_what_caffe_loads_is_what_the_weights_are_checked_against(caffe, tmp_pat
     assert_one_line_error(cli("prune", "-w", full, "-s", 0.5, "--model", "staged.prototxt", "-o", "s.caffemodel"),
                           "staged.prototxt does not build in the states `caffe train` and `caffe test` build it in "
                           "(Caffe would ignore them): aux")
+
+
+def test_weights_tied_in_two_shapes_train_and_refuse_pruning_before_training(tmp_path, cli):
+    """share_mode PERMISSIVE ties weights of equal counts in two shapes.
+    dsd trained the first stage, then refused counting its sparsity, and
+    abandoned the folder: a dense stage now runs, and a recipe that prunes
+    them is refused before anything trains."""
+    def ip(name, bottom, outputs, tied):
+        param = ' param { name: "w" share_mode: PERMISSIVE }' if tied else ""
+        return (f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}"{param}\n'
+                f'  inner_product_param {{ num_output: {outputs} weight_filler {{ type: "gaussian" std: 0.3 }} }} }}\n')
+
+    net = tmp_path / "net.prototxt"
+    net.write_text(ONES + ip("fc1", "data", 3, True) + ip("fc2", "fc1", 4, True) + ip("fc3", "fc2", 3, False)
+                   + _loss("loss", "fc3"))
+    solver = _solver(tmp_path, f'net: "{net}"')
+    (tmp_path / "dense.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n")
+    result = cli("dsd", "--recipe", "dense.yaml", "-o", "dense")
+    assert result.exit_code == 0, result.output
+    stage = json.loads((tmp_path / "dense" / "01-dense" / "stage.json").read_text())
+    assert stage["sparsity"] == 0.0
+    (tmp_path / "dsd.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n"
+                                       "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 1}\n")
+    assert_one_line_error(cli("dsd", "--recipe", "dsd.yaml", "-o", "run"),
+                          f"dsd.yaml: stage 2 (prune), net {net}: layers 'fc1' and 'fc2' share param 'w' but their "
+                          "weights have shapes [3, 4] and [4, 3] (share_mode PERMISSIVE: caffedsd prunes shared "
+                          "weights of one shape only)")
+    assert not (tmp_path / "run").exists()
