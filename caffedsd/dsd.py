@@ -45,8 +45,8 @@ from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import RunFolder, read_json, write_json
 from .solverstate import point_learned_net
-from .netcheck import built_layers, data_files
-from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr,
+from .netcheck import data_files
+from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
                           solver_output_kinds, solver_weights)
 from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
 
@@ -500,11 +500,10 @@ def check_tied_shapes(recipe, spec, shapes):
 
 def _prunable_layers(spec):
     """{name: LayerParameter} of the prunable layers each stage's model
-    holds: the train net's layer of a name first (the one the model holds),
-    then those of phase TEST only."""
+    holds: the train net's, then those of phase TEST only, with the param
+    names they are written with."""
     prunable = {}
-    for layer in [*spec.train_layers(), *(layer for net, _, states in built_nets(spec)
-                                          for layer in built_layers(net, states))]:
+    for layer in [*spec.train_layers(), *test_only_params(spec).values()]:
         if layer.type in PRUNABLE_TYPES:
             prunable.setdefault(layer.name, layer)
     return prunable

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .caffe_env import built_by_caffedsd, caffe_has_leveldb
-from .caffe_proto import SolverParameter, inline_net, parse_prototxt, read_net_prototxt
+from .caffe_proto import LayerParameter, SolverParameter, inline_net, parse_prototxt, read_net_prototxt
 from .errors import InputError
+from .layers import expects_blobs
 from .netcheck import built_layers, check_data_sources, check_pair, output_kinds, solver_state
 from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 from .snapshots import resolve_prefix
@@ -140,7 +141,7 @@ def built_nets(spec):
         return test_states[index] if index < len(test_states) else None
 
     files = len(spec.test_nets)
-    generic = max(0, len(param.test_iter) - files) if param.HasField("net") or param.HasField("net_param") else 0
+    generic = test_net_count(spec) - files
     main = [solver_state(spec.net, "TRAIN", param.train_state)]
     main += [solver_state(spec.net, "TEST", test_state(files + i)) for i in range(generic)]
     return [(spec.net, spec.net_path, main)] + [(net, path, [solver_state(net, "TEST", test_state(i))])
@@ -195,6 +196,15 @@ def scaled_lr(spec, lr_scale, label="--lr-scale"):
     return rate
 
 
+def test_net_count(spec):
+    """How many test nets the Solver builds: the test_net_param and test_net
+    ones, then the train/val net (`net` or `net_param`) for each test_iter left."""
+    param = spec.param
+    files = len(spec.test_nets)
+    return files + (max(0, len(param.test_iter) - files) if param.HasField("net") or param.HasField("net_param")
+                     else 0)
+
+
 def tested_net_source(spec, index):
     """(path, NetParameter) the solver's test net #``index`` is built from:
     Caffe's InitTestNets builds the test_net_param and test_net ones first,
@@ -213,6 +223,45 @@ def tested_net_layers(spec, index):
     """{name: LayerParameter} of the layers of the solver's test net #``index``."""
     net, state = tested_net(spec, index)
     return {layer.name: layer for layer in built_layers(net, [state])}
+
+
+def trained_param_names(layers, trained):
+    """The param names carried, in a test net whose LayerParameters are
+    ``layers``, by the layers the train net also has (``trained``: its
+    layer names with weights): a layer of phase TEST only carrying one
+    shares trained weights there. Caffe ties names within one net only."""
+    return {param.name for layer in layers if layer.name in trained for param in layer.param if param.name}
+
+
+def written_test_only(layer, index, tied):
+    """A copy of ``layer``, of phase TEST only in test net #``index``, as a
+    model written after training holds it beside the train net's layers
+    (test_only_records). A param name not in ``tied`` (trained_param_names)
+    ties it to no trained weights, and gets "@test<index>" appended: in the
+    model's one list of layers, where caffedsd groups tied weights by name,
+    it then ties none of the train net's or another test net's layers."""
+    written = LayerParameter()
+    written.CopyFrom(layer)
+    for param in written.param:
+        if param.name and param.name not in tied:
+            param.name += f"@test{index}"
+    return written
+
+
+def test_only_params(spec):
+    """{name: LayerParameter as written_test_only gives it} of the layers
+    of phase TEST only that a model written after training holds
+    (test_only_records: the first test net's of a name), from the
+    prototxt: the test nets' layers with weights the train net lacks."""
+    trained = {layer.name for layer in spec.train_layers() if expects_blobs(layer)}
+    written = {}
+    for index in range(test_net_count(spec)):
+        layers = tested_net_layers(spec, index)
+        tied = trained_param_names(layers.values(), trained)
+        for name, layer in layers.items():
+            if name not in trained and name not in written and expects_blobs(layer):
+                written[name] = written_test_only(layer, index, tied)
+    return written
 
 
 def test_iterations(param):

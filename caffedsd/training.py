@@ -32,7 +32,8 @@ from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
-                          solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source)
+                          solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
+                          trained_param_names, written_test_only)
 from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
 
 
@@ -445,7 +446,9 @@ def test_only_records(solver, spec):
         names = [name for name in names if name not in added]
         if names:
             params = tested_net_layers(spec, index)
-            records += [(params[name], [blob.data for blob in net.params[name]]) for name in names]
+            tied = trained_param_names(params.values(), set(solver.net.params))
+            records += [(written_test_only(params[name], index, tied), [blob.data for blob in net.params[name]])
+                        for name in names]
             added.update(names)
     return records
 

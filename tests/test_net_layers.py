@@ -384,3 +384,33 @@ def test_weights_tied_in_two_shapes_train_and_refuse_pruning_before_training(tmp
                           "weights have shapes [3, 4] and [4, 3] (share_mode PERMISSIVE: caffedsd prunes shared "
                           "weights of one shape only)")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_test_net_files_param_name_ties_nothing_in_the_written_model(caffe, tmp_path, cli):
+    """A test_net file's layer of phase TEST only was written with its
+    param name 'w', which the train net's 'fc' also carries: prune then
+    took the two as one blob, and refused the model when their shapes
+    differed; dsd refused its recipe. It is written as 'w@test0'."""
+    train = ONES + _ip("fc", "data", tied=True) + _loss("loss", "fc")
+    test = (ONES.replace("dim: 2 dim: 4", "dim: 2 dim: 5") + _ip("ipt", "data", tied=True)
+            + _loss("tloss", "ipt"))
+    (tmp_path / "train.prototxt").write_text(train)
+    five = 'layer { name: "d5" type: "DummyData" top: "d5" dummy_data_param { shape { dim: 2 dim: 5 } } }\n'
+    _, weights = save_net(caffe, tmp_path, train + five + _ip("ipt", "d5"), name="both")  # fc and ipt, untied
+    (tmp_path / "test.prototxt").write_text(test)
+    solver = _solver(tmp_path, f'train_net: "{tmp_path / "train.prototxt"}"\ntest_net: "{tmp_path / "test.prototxt"}"')
+    result = cli("train-dense", "--solver", solver, "-w", weights, "-n", 1, "-o", "o.caffemodel")
+    assert result.exit_code == 0, result.output
+    out = read_caffemodel(tmp_path / "o.caffemodel")
+    assert [(layer.name, layer.param_names) for layer in out.layers if layer.blobs] == \
+        [("fc", ("w", "b")), ("ipt", ("w@test0", "b@test0"))]
+    result = cli("prune", "-w", "o.caffemodel", "-s", 0.5, "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "recipe.yaml").write_text(f"solver: {solver}\nweights: o.caffemodel\nstages:\n"
+                                          "  - prune: {sparsity: 0.5, layers: {ipt: 0}}\n"
+                                          "  - sparse: {iterations: 1}\n")
+    result = cli("dsd", "--recipe", "recipe.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    model = read_caffemodel(tmp_path / "run" / "01-prune" / "model.caffemodel")
+    assert np.count_nonzero(model.layer("ipt").blobs[0].data) == 15
+    assert np.count_nonzero(model.layer("fc").blobs[0].data) == 6
