@@ -233,7 +233,8 @@ def report(args, results):
           fmt_list(wall2), fmt_list(eval2), fmt_list([r['cpu_s'] for r in two], 1)]], "lrrrrlll"))
     lines.append("")
     phase_names = [("checks_before_net", "read + check prototxt/caffemodel, sha256 (before the Net)"),
-                   ("data_digest", "digest of the TEST examples: a weightless Net reads the N batches"),
+                   ("data_digest", "digest of the TEST examples, a pass of its own only with --jobs > 1 "
+                                   "(jobs=1 takes it from the Evaluator's batches: 0)"),
                    ("evaluator_setup", "Evaluator: build the Net + cache the TEST batches"),
                    ("per_point_bookkeeping", "per-point bookkeeping outside the timed passes"),
                    ("of_which_points_jsonl_append", "  of which points.jsonl appends (fsync each)"),

@@ -24,7 +24,8 @@ import json
 import time
 
 from caffedsd.errors import CaffeDsdError
-from caffedsd.plan_from_scan import WholeNet, back_off_path, by_max_drop, curves, overall_sparsity, step_down
+from caffedsd.plan_from_scan import (WholeNet, back_off_path, by_max_drop, curves, overall_sparsity, predicted_drop,
+                                     step_down)
 from caffedsd.report import scan_metric
 from caffedsd.sensitivity import load_sensitivity
 
@@ -57,7 +58,7 @@ def main():
             if key not in measured:
                 measured[key] = net.drop(plan)
             rows.append({"overall": overall_sparsity(plan, data["prunable_params"]),
-                         "predicted_drop": sum(c.drop for c in plan), "measured_drop": measured[key],
+                         "predicted_drop": predicted_drop(plan), "measured_drop": measured[key],
                          "layers": {c.layer: c.sparsity for c in plan}})
         best = max((r for r in rows if r["measured_drop"] <= args.budget), key=lambda r: r["overall"])
         print(f"{order}: {len(rows)} plans ({time.perf_counter() - began:.0f} s); first plan measured "

@@ -123,6 +123,15 @@ def parse_args(argv=None):
         parser.error(f"--seeds {args.seeds!r}: expected whole numbers separated by commas")
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds: give distinct seeds")
+    if args.chunks < 1:
+        parser.error(f"--chunks {args.chunks}: must be 1 or more")
+    if args.epochs_per_eval < 1 or any(epochs % args.epochs_per_eval for epochs, _ in SCHEDULE):
+        parser.error(f"--epochs-per-eval {args.epochs_per_eval}: must divide the epochs of every phase of the "
+                     f"start ({', '.join(str(epochs) for epochs, _ in SCHEDULE)})")
+    for net in args.nets:
+        n = round(args.n_epochs * math.ceil(60000 / NETS[net]["batch"])) if math.isfinite(args.n_epochs) else 0
+        if not n >= args.chunks:
+            parser.error(f"--n-epochs {args.n_epochs:g}: {n} iterations of {net}, fewer than --chunks {args.chunks}")
     if args.quick:
         args.seeds = args.seeds[:2]
     args.out = Path(args.out or ("work/experiment_dsd_quick" if args.quick else "work/experiment_dsd"))
@@ -248,7 +257,7 @@ class Progress:
                     print(f"  {prefix} {label}: continuing at {row['replay']}, replaying the data layers",
                           file=sys.stderr, flush=True)
                     return
-                it = row["iter"] if "test" in row else row["iter"] + 1  # a step's row: the iteration it starts at
+                it = row["iter"] if "test" in row else row["iter"] + 1  # a step's row: iterations done after it
                 if "test" in row:  # a periodic TEST pass (the solver's test_interval), not a step
                     values = ", ".join(f"{name} {value:.4f}" for name, value in row["test"].items())
                     print(f"  {prefix} {label}: test at {it}: {values}", file=sys.stderr, flush=True)
@@ -394,11 +403,14 @@ class Experiment:
         data = summarize(self.results.records, self.args, self.cfg)
         write_once(self.out / "summary.json", json.dumps(data, indent=2) + "\n")
         write_once(self.out / "summary.md", markdown(data))
+        self.written = ["summary.md", "summary.json"]
         if data["groups"]:
             report.plot_paired_differences(self.out / "paired_differences.png", data["groups"])
+            self.written.append("paired_differences.png")
         panels = curve_panels(self.results.records, self.args.curve_seed or self.args.seeds[0])
         if panels:
             report.plot_panels(self.out / "curves.png", panels)
+            self.written.append("curves.png")
         return data
 
 
@@ -568,8 +580,8 @@ def main(argv=None):
     experiment = Experiment(args)
     data = experiment.write_summary() if args.summary_only else experiment.main()
     print(markdown(data))
-    print(f"wrote {args.out}/summary.md, summary.json, results.jsonl, paired_differences.png, curves.png "
-          f"({time.time() - started:.0f} s this invocation)", file=sys.stderr)
+    print(f"wrote {args.out}/{', '.join(experiment.written)} ({time.time() - started:.0f} s this invocation; "
+          "results.jsonl holds each finished run)", file=sys.stderr)
     return 0
 
 

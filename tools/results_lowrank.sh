@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
+export PATH="$VENV/bin:$PATH"
 OUT=work/results_lowrank
 NET=prototxt/lenet_train_test.prototxt
 SOLVER=solvers/lenet_solver.prototxt
@@ -15,7 +16,8 @@ mkdir -p "$OUT"
 [ -f data/fashion-mnist/test.txt ] || caffedsd data fashion-mnist -o data/fashion-mnist
 
 accuracy() {  # WEIGHTS [NET] -> accuracy over the 10,000 test images
-    caffe test --model="${2:-$NET}" --weights="$1" --iterations=100 2>&1 \
+    # caffe prints its results at INFO level, whatever GLOG_minloglevel the caller set.
+    GLOG_minloglevel=0 caffe test --model="${2:-$NET}" --weights="$1" --iterations=100 2>&1 \
         | grep -E 'caffe.cpp:[0-9]+\] accuracy =' | sed 's/.*= //'
 }
 

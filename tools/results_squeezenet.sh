@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-export PATH="$PWD/$VENV/bin:$PATH"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
+export PATH="$VENV/bin:$PATH"
 OUT=work/results_squeezenet
 NET=prototxt/squeezenet_fashion/train_val.prototxt
 SOLVER=solvers/squeezenet_fashion_solver.prototxt
