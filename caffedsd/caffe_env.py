@@ -145,7 +145,7 @@ elif kind == "solver":  # reports the weight shapes of its nets' prunable layers
         for name, layer in zip(net._layer_names, net.layers):
             if layer.type in ("Convolution", "Deconvolution", "InnerProduct") and len(layer.blobs):
                 shapes.setdefault(name, list(layer.blobs[0].shape))
-    print(SHAPES_MARK + json.dumps(shapes))
+    print("\\n" + SHAPES_MARK + json.dumps(shapes))  # a line of its own, whatever a Python layer printed
 else:
     net = caffe.Net(path, 1)  # caffe.TEST
     if weights:

@@ -503,7 +503,7 @@ def _prunable_layers(spec):
     holds: the train net's, then those of phase TEST only, with the param
     names they are written with."""
     prunable = {}
-    for layer in [*spec.train_layers(), *test_only_params(spec).values()]:
+    for layer in [*spec.train_layers(), *(written for _, written in test_only_params(spec).values())]:
         if layer.type in PRUNABLE_TYPES:
             prunable.setdefault(layer.name, layer)
     return prunable

@@ -85,12 +85,18 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
     for layer_param in built:
         net_layers.setdefault(layer_param.name, layer_param)
     with_blobs = {layer.name: layer for layer in model.layers if layer.blobs}
-    # Blobs a param name ties to a layer with weights are filled through it:
-    # Caffe's own snapshot of a net whose TEST-only layer shares them holds none of its own.
-    filled = {param.name for layer in built if layer.name in with_blobs for param in layer.param if param.name}
     problems = []
-    no_weights = [n for n, p in net_layers.items() if expects_blobs(p) and n not in with_blobs
-                  and not _filled_through_ties(p, filled)]
+    no_weights = []
+    for one in [None] if states is None else [[state] for state in states]:
+        # Blobs a param name ties to a layer with weights are filled through
+        # it (Caffe's own snapshot of a net whose TEST-only layer shares them
+        # holds none of its own), in a net built in that state: Caffe ties
+        # names within one net.
+        layers = built_layers(net, one)
+        filled = {param.name for layer in layers if layer.name in with_blobs for param in layer.param if param.name}
+        no_weights += [p.name for p in layers if expects_blobs(p) and p.name not in with_blobs
+                       and not _filled_through_ties(p, filled)]
+    no_weights = list(dict.fromkeys(no_weights))
     if no_weights:
         problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
                         + name_list(no_weights))
@@ -147,8 +153,9 @@ def check_tied_weights(layers, model, net_path):
             other = first.setdefault(spec.name, (layer.name, index))
             if other == (layer.name, index):
                 continue
-            theirs = model.layer(other[0]).blobs[other[1]].data
-            if theirs.shape != blobs[index].data.shape or not np.array_equal(theirs, blobs[index].data):
+            # share_mode PERMISSIVE ties blobs of one count in two shapes: one blob's values either way.
+            theirs, mine = model.layer(other[0]).blobs[other[1]].data, blobs[index].data
+            if theirs.size != mine.size or not np.array_equal(theirs.reshape(-1), mine.reshape(-1)):
                 raise InputError(f"{model.path}: layers {other[0]} and {layer.name} hold different weights, but "
                                  f"{net_path} ties them (param {spec.name!r}): Caffe would keep whichever it "
                                  "copies last, and masks made of the file would not fit; give them one set of "

@@ -16,7 +16,7 @@ from .errors import InputError
 from .layers import prunable_targets
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, layer_rng
-from .netcheck import check_pair, check_tied_weights, loaded_states
+from .netcheck import built_layers, check_pair, check_tied_weights, loaded_states
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
         check_pair(net, model, source, states=loaded_states(net), strict=True)
-        check_tied_weights(net.layer, source, model)
+        for state in loaded_states(net):  # Caffe ties names within one net
+            check_tied_weights(built_layers(net, [state]), source, model)
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,

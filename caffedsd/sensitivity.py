@@ -418,7 +418,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     # The TEST net is what is measured: a layer of TRAIN only (or of a stage
     # it does not build) needs no weights.
     check_pair(net, model_path, model, states=[built_state(net, "TEST")])
-    check_tied_weights(net.layer, model, model_path)
+    check_tied_weights(built_layers(net, [built_state(net, "TEST")]), model, model_path)
     check_finite(model)
     if criterion == "random" and masks_path_for(weights_path).exists():
         # A random mask is drawn over every position; prune draws it among

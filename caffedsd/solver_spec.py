@@ -248,20 +248,30 @@ def written_test_only(layer, index, tied):
     return written
 
 
-def test_only_params(spec):
-    """{name: LayerParameter as written_test_only gives it} of the layers
-    of phase TEST only that a model written after training holds
-    (test_only_records: the first test net's of a name), from the
-    prototxt: the test nets' layers with weights the train net lacks."""
-    trained = {layer.name for layer in spec.train_layers() if expects_blobs(layer)}
-    written = {}
+def test_only_params(spec, trained=None, weighted=None):
+    """{name: (test net index, LayerParameter as written_test_only gives
+    it)} of the layers of phase TEST only a model written after training
+    holds (test_only_records): the test nets' layers with weights that the
+    train net lacks. ``trained``: the train net's layer names with weights;
+    ``weighted[k]``: test net k's; by default, from the prototxt's layer
+    types. A layer in several test nets is written from the first that
+    ties it to trained weights by a param name (it holds them there, and
+    `caffe test` of that net copies it into the trained layer's blob),
+    else from the first that has it."""
+    if trained is None:
+        trained = {layer.name for layer in spec.train_layers() if expects_blobs(layer)}
+    chosen = {}
     for index in range(test_net_count(spec)):
         layers = tested_net_layers(spec, index)
         tied = trained_param_names(layers.values(), trained)
-        for name, layer in layers.items():
-            if name not in trained and name not in written and expects_blobs(layer):
-                written[name] = written_test_only(layer, index, tied)
-    return written
+        names = weighted[index] if weighted is not None else [n for n, layer in layers.items() if expects_blobs(layer)]
+        for name in names:
+            if name in trained:
+                continue
+            ties = any(param.name in tied for param in layers[name].param)
+            if name not in chosen or (ties and not chosen[name][2]):
+                chosen[name] = (index, written_test_only(layers[name], index, tied), ties)
+    return {name: (index, written) for name, (index, written, _) in chosen.items()}
 
 
 def test_iterations(param):

@@ -33,7 +33,7 @@ from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, 
 from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
                           solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
-                          trained_param_names, written_test_only)
+                          test_only_params)
 from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
 
 
@@ -430,27 +430,22 @@ def tied_test_only_blobs(solver, spec):
 def copy_trained(tied):
     """Give the blobs of tied_test_only_blobs their trained values."""
     for mine, trained in tied:
-        mine.data[...] = trained.data
+        # share_mode PERMISSIVE ties blobs of one count in two shapes.
+        mine.data[...] = trained.data.reshape(mine.data.shape)
 
 
 def test_only_records(solver, spec):
     """[(LayerParameter, [arrays])] of the test nets' layers of phase TEST
-    only, which the train net lacks (the first test net's of a name), to be
-    appended to what the train net writes: Caffe's own snapshots leave
-    those out, and `caffe test` on the net would then fill them at random.
-    Their values as the test nets hold them: give tied ones the trained
-    values first (copy_trained), or `caffe test`, which copies layers by
-    name into the one tied blob, would take stale ones after the trained."""
-    records, added = [], set()
-    for index, (net, names) in enumerate(test_only_layers(solver)):
-        names = [name for name in names if name not in added]
-        if names:
-            params = tested_net_layers(spec, index)
-            tied = trained_param_names(params.values(), set(solver.net.params))
-            records += [(written_test_only(params[name], index, tied), [blob.data for blob in net.params[name]])
-                        for name in names]
-            added.update(names)
-    return records
+    only, which the train net lacks, to be appended to what the train net
+    writes: Caffe's own snapshots leave those out, and `caffe test` on the
+    net would then fill them at random. Each from the test net
+    test_only_params picks, its values as that net holds them: give tied
+    ones the trained values first (copy_trained), or `caffe test`, which
+    copies layers by name into the one tied blob, would take stale ones
+    after the trained."""
+    chosen = test_only_params(spec, set(solver.net.params), [names for _, names in test_only_layers(solver)])
+    return [(written, [blob.data for blob in solver.test_nets[index].params[name]])
+            for name, (index, written) in chosen.items()]
 
 
 def save_net(solver, output, maskset=None, nbytes=0, appended=()):

@@ -131,7 +131,7 @@ def verify_weights(weights_path, masks_path=None, net_path=None, allow_python_la
         net = read_net_prototxt(net_path, allow_python_layers)
         try:
             check_pair(net, net_path, model, states=[built_state(net, "TEST")])  # what `caffe test` builds
-            check_tied_weights(net.layer, model, net_path)
+            check_tied_weights(built_layers(net, [built_state(net, "TEST")]), model, net_path)
         except InputError as exc:  # what is verified, not a bad argument; Caffe would abort on it
             checks.append(Check("prototxt fits weights", False, str(exc)))
             return checks

@@ -372,11 +372,15 @@ def test_weights_tied_in_two_shapes_train_and_refuse_pruning_before_training(tmp
     net.write_text(ONES + ip("fc1", "data", 3, True) + ip("fc2", "fc1", 4, True) + ip("fc3", "fc2", 3, False)
                    + _loss("loss", "fc3"))
     solver = _solver(tmp_path, f'net: "{net}"')
-    (tmp_path / "dense.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n")
+    # The second stage takes the first's model: one blob's values in two shapes.
+    (tmp_path / "dense.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n"
+                                         "  - dense: {iterations: 1}\n")
     result = cli("dsd", "--recipe", "dense.yaml", "-o", "dense")
     assert result.exit_code == 0, result.output
-    stage = json.loads((tmp_path / "dense" / "01-dense" / "stage.json").read_text())
+    stage = json.loads((tmp_path / "dense" / "02-dense" / "stage.json").read_text())
     assert stage["sparsity"] == 0.0
+    model = read_caffemodel(tmp_path / "dense" / "02-dense" / "model.caffemodel")
+    assert np.array_equal(model.layer("fc1").blobs[0].data.reshape(-1), model.layer("fc2").blobs[0].data.reshape(-1))
     (tmp_path / "dsd.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n"
                                        "  - prune: {sparsity: 0.5}\n  - sparse: {iterations: 1}\n")
     assert_one_line_error(cli("dsd", "--recipe", "dsd.yaml", "-o", "run"),
@@ -414,3 +418,94 @@ def test_a_test_net_files_param_name_ties_nothing_in_the_written_model(caffe, tm
     model = read_caffemodel(tmp_path / "run" / "01-prune" / "model.caffemodel")
     assert np.count_nonzero(model.layer("ipt").blobs[0].data) == 15
     assert np.count_nonzero(model.layer("fc").blobs[0].data) == 6
+
+
+def test_a_test_only_layer_tied_in_another_shape_takes_the_trained_values(tmp_path, cli):
+    """A layer of phase TEST only tied (share_mode PERMISSIVE) to a trained
+    layer of another shape: the trained values were copied in by shape, a
+    traceback at the first TEST pass."""
+    net = tmp_path / "net.prototxt"
+    net.write_text(
+        ONES + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" param { name: "w" share_mode: '
+        'PERMISSIVE }\n  inner_product_param { num_output: 3 bias_term: false weight_filler { type: "gaussian" '
+        'std: 0.3 } } }\n' + _loss("loss", "fc")
+        + 'layer { name: "d3" type: "DummyData" top: "d3" include { phase: TEST } dummy_data_param {\n'
+        '  shape { dim: 2 dim: 3 } data_filler { type: "constant" value: 1 } } }\n'
+        'layer { name: "t" type: "InnerProduct" bottom: "d3" top: "t" param { name: "w" share_mode: PERMISSIVE }\n'
+        '  include { phase: TEST } inner_product_param { num_output: 4 bias_term: false '
+        'weight_filler { type: "gaussian" std: 0.3 } } }\n'
+        'layer { name: "tsum" type: "Reduction" bottom: "t" top: "tsum" include { phase: TEST } }\n')
+    solver = _solver(tmp_path, f'net: "{net}"')
+    (tmp_path / "r.yaml").write_text(f"solver: {solver}\ntest_interval: 1\nstages:\n  - dense: {{iterations: 2}}\n")
+    result = cli("dsd", "--recipe", "r.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    model = read_caffemodel(tmp_path / "run" / "01-dense" / "model.caffemodel")
+    trained = model.layer("fc").blobs[0].data
+    assert np.array_equal(model.layer("t").blobs[0].data, trained.reshape(4, 3))
+    tests = (tmp_path / "run" / "01-dense" / "tests.csv").read_text().splitlines()
+    assert float(tests[-1].split(",")[-1]) == pytest.approx(float(trained.sum()) * 2, rel=1e-5)
+
+
+# One file, two test nets in stages s1 and s2: the trained fc is built in
+# s2 alone, where t is tied to it; in s1, t is a layer of its own.
+STAGED = (ONES + 'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" param { name: "w" } '
+          'param { name: "b" }\n  exclude { stage: "s1" }\n'
+          '  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+          'layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "target" top: "loss" exclude { stage: "s1" } }\n'
+          'layer { name: "t" type: "InnerProduct" bottom: "data" top: "t" param { name: "w" } param { name: "b" }\n'
+          '  include { phase: TEST }\n'
+          '  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+          'layer { name: "losst" type: "EuclideanLoss" bottom: "t" bottom: "target" top: "losst" '
+          'include { phase: TEST } }\n')
+
+
+def test_a_test_only_layer_is_written_from_the_test_net_that_ties_it(caffe, tmp_path, cli):
+    """A layer of phase TEST only in two test nets, tied to the trained fc
+    in the second only, was written from the first: untrained, and as
+    'w@test0', so the next stage refused the model, and `caffe test -stage
+    s2` copied the stale values into fc's blob after the trained ones."""
+    net = tmp_path / "tv.prototxt"
+    net.write_text(STAGED)
+    solver = _solver(tmp_path, f'net: "{net}"\ntest_iter: 1\ntest_state {{ stage: "s1" }}\n'
+                               'test_state { stage: "s2" }')
+    (tmp_path / "r.yaml").write_text(f"solver: {solver}\nstages:\n  - dense: {{iterations: 2}}\n"
+                                     "  - dense: {iterations: 1}\n")
+    result = cli("dsd", "--recipe", "r.yaml", "-o", "run")
+    assert result.exit_code == 0, result.output
+    weights = tmp_path / "run" / "02-dense" / "model.caffemodel"
+    model = read_caffemodel(weights)
+    assert model.layer("t").param_names == ("w", "b")
+    for index in range(2):
+        assert np.array_equal(model.layer("t").blobs[index].data, model.layer("fc").blobs[index].data)
+    # What `caffe test -stage s2` builds holds the trained weights.
+    built = caffe.Net(str(net), caffe.TEST, stages=["s2"], weights=str(weights))
+    assert np.array_equal(built.params["fc"][0].data, model.layer("fc").blobs[0].data)
+
+
+def test_what_ties_fill_is_read_per_state(caffe, tmp_path, cli):
+    """Weights a param name ties were taken as filled across states: t2,
+    built in stage s2 only, with fc (which fills 'w') excluded there, was
+    accepted without weights (Caffe leaves it random); sensitivity refused
+    fc and t2 as tied, which Caffe never builds in one net."""
+    five = ('layer { name: "d5" type: "DummyData" top: "d5" include { phase: TEST stage: "s2" } '
+            'dummy_data_param {\n  shape { dim: 2 dim: 5 } data_filler { type: "constant" value: 1 } } }\n')
+    fc = ('layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" param { name: "w" } param { name: "b" }\n'
+          '  exclude { stage: "s2" }\n'
+          '  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+          'layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "target" top: "loss" exclude { stage: "s2" } }\n')
+    t2 = ('layer { name: "t2" type: "InnerProduct" bottom: "d5" top: "t2" param { name: "w" } param { name: "b" }\n'
+          '  include { phase: TEST stage: "s2" }\n'
+          '  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n')
+    net = tmp_path / "tv.prototxt"
+    net.write_text(ONES + five + fc + t2)
+    _, fc_only = save_net(caffe, tmp_path, ONES + fc, name="fconly")
+    solver = _solver(tmp_path, f'net: "{net}"\ntest_iter: 1\ntest_state {{ stage: "s1" }}\n'
+                               'test_state { stage: "s2" }')
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", fc_only, "-n", 1, "-o", "o.caffemodel"),
+                          "layers with no weights in fconly.caffemodel (Caffe would leave them random): t2")
+    # Both, of two shapes: no net ties them.
+    _, both = save_net(caffe, tmp_path, ONES + fc + five.replace(' stage: "s2"', "")
+                       + t2.replace(' stage: "s2"', "").replace(' param { name: "w" } param { name: "b" }', ""),
+                       name="both")
+    result = cli("sensitivity", "-p", net, "-w", both, "-n", 1, "--sparsities", "0.5", "-o", "sens")
+    assert result.exit_code == 0, result.output
