@@ -18,6 +18,7 @@ this schema does not know all come back unchanged.
 """
 import hashlib
 import mmap
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -514,14 +515,18 @@ def _new_layer_record(param, arrays):
     return _record(NET_LAYER_V2, payload)
 
 
-def file_sha256(path):
+def file_sha256(path, sync=False):
     """The sha256 of the file ``path``, read a MiB at a time: mapped whole,
     a VGG16's 528 MB would count in the process's peak memory (prune hashes
-    the model it writes)."""
+    the model it writes). ``sync``: on disk too before this returns (a file
+    another program wrote, such as Caffe's snapshots, that a record is
+    about to name)."""
     digest = hashlib.sha256()
     chunk = bytearray(1 << 20)
     view = memoryview(chunk)
     with open(path, "rb") as handle:
         while size := handle.readinto(chunk):
             digest.update(view[:size])
+        if sync:
+            os.fsync(handle.fileno())
     return digest.hexdigest()

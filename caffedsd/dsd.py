@@ -289,7 +289,9 @@ class _Checkpoints:
         """The newest checkpoint's record, its files as paths in this folder."""
         if not self.record.exists():
             return None
-        record = read_json(self.record, keys=("iter", "solverstate", "curve"))
+        remedy = f"delete {self.folder} to restart the stage"
+        record = read_json(self.record, keys=("iter", "solverstate", "curve"), remedy=remedy)
+        _check_record_types(self.record, record, remedy)
         if None not in (record.get("start_sha256"), self.start_sha256) and record["start_sha256"] != self.start_sha256:
             raise InputError(f"{self.record}: the stage went this far from another model than it starts from now "
                              f"(the stage before it was run again since); delete {self.folder} to restart the stage")
@@ -301,11 +303,12 @@ class _Checkpoints:
             if not path.is_file():  # Caffe would abort the process on it
                 raise InputError(f"{self.record}: its {kind} {path} is missing; "
                                  f"delete {self.folder} to restart the stage")
+        files = {"solverstate": state, "caffemodel": model, "curve": record["curve"], "tests": record.get("tests")}
+        self._check_hashes(record, files, ("solverstate", "caffemodel"), remedy)
         try:
             point_learned_net(state, model)
         except InputError as exc:
-            raise InputError(f"{exc}; delete {self.folder} to restart the stage") from None
-        remedy = f"delete {self.folder} to restart the stage"
+            raise InputError(f"{exc}; {remedy}") from None
         curve = read_stage_csv(record["curve"], report.parse_curve_csv, remedy)
         if curve and curve[-1]["iter"] == record["iter"]:
             # Made before curves took Caffe's numbering (one less: the
@@ -313,9 +316,21 @@ class _Checkpoints:
             curve = [{**row, "iter": row["iter"] - 1} for row in curve]
         # Checkpoints from before periodic test passes were recorded have none.
         tests = read_stage_csv(record["tests"], report.parse_tests_csv, remedy) if record.get("tests") else []
+        self._check_hashes(record, files, ("curve", "tests"), remedy)  # after the CSVs' own, more telling, checks
         seconds = record.get("seconds")  # none in checkpoints of earlier versions
         self.earlier = float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0.0
         return {**record, "curve_rows": curve, "test_rows": tests}
+
+    def _check_hashes(self, record, files, kinds, remedy):
+        """The ``kinds`` of ``files`` are those the record hashed (those of
+        earlier versions hash none). Caffe continues from an empty
+        caffemodel with the weights it started from, and the CSVs decide
+        which batches are replayed."""
+        for kind in kinds:
+            recorded = record.get("sha256", {}).get(kind)
+            if recorded is not None and (files[kind] is None or file_sha256(files[kind]) != recorded):
+                raise InputError(f"{self.record}: its {kind} {files[kind]} is not the file it recorded (changed, "
+                                 f"cut or replaced since); {remedy}")
 
     @staticmethod
     def curve(record):
@@ -342,8 +357,14 @@ class _Checkpoints:
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
         write_text(self.folder / f"tests_{iteration}.csv", report.tests_csv(tests))
         previous = read_json(self.record) if self.record.exists() else None
+        # Caffe does not sync its snapshots: on disk before a record names
+        # them, and hashed, so that a file cut or replaced since is refused
+        # rather than continued from (an empty caffemodel restores nothing).
+        named = {"solverstate": state, "caffemodel": state.with_suffix(".caffemodel"),
+                 "curve": self.folder / f"curve_{iteration}.csv", "tests": self.folder / f"tests_{iteration}.csv"}
         write_json(self.record, {"iter": iteration, "solverstate": state.name,
                                   "curve": f"curve_{iteration}.csv", "tests": f"tests_{iteration}.csv",
+                                  "sha256": {kind: file_sha256(path, sync=True) for kind, path in named.items()},
                                   "seconds": round(self.seconds(), 3),
                                   **({"start_sha256": self.start_sha256} if self.start_sha256 else {})})
         if previous:  # keep only the newest set
@@ -354,6 +375,18 @@ class _Checkpoints:
 
     def clear(self):
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _check_record_types(path, record, remedy):
+    """checkpoint.json's values of the types save() writes."""
+    iteration = record["iter"]
+    names = [record["solverstate"], record["curve"]] + ([record["tests"]] if record.get("tests") is not None else [])
+    hashes = record.get("sha256", {})
+    if not (isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0
+            and all(isinstance(name, str) and name for name in names)
+            and isinstance(hashes, dict) and set(hashes) <= {"solverstate", "caffemodel", "curve", "tests"}
+            and all(isinstance(value, str) for value in hashes.values())):
+        raise InputError(f"{path}: damaged, a value of another type than caffedsd writes; {remedy}")
 
 
 def _write_csv(path, curve):

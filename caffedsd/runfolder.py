@@ -34,6 +34,8 @@ def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):
         data = json.loads(Path(path).read_bytes())
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(f"{path}: damaged, not the JSON caffedsd wrote ({exc}); {remedy}") from None
+    except OSError as exc:  # a folder in its place, unreadable
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); {remedy}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: damaged, not a JSON object; {remedy}")
     missing = [key for key in keys if key not in data]
@@ -165,7 +167,11 @@ class RunFolder:
         path = self.path / name
         records = []
         if path.exists():
-            for line in path.read_bytes().splitlines():
+            try:
+                lines = path.read_bytes().splitlines()
+            except OSError as exc:  # a folder in its place, unreadable
+                raise InputError(f"{path}: cannot be read ({exc.strerror}); remove it to redo its work") from None
+            for line in lines:
                 try:
                     record = json.loads(line)
                 except ValueError:  # JSONDecodeError and UnicodeDecodeError

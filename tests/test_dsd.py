@@ -429,10 +429,37 @@ def test_a_stages_curve_and_test_passes_are_checked_when_read_again(tmp_path, cl
         result = cli("dsd", "--recipe", recipe, "-o", "run")
         assert_one_line_error(result, f"{where}: {expect}")
         assert result.output.rstrip().endswith(restart), result.output
+    # A file cut or replaced since the record named it: an empty snapshot
+    # caffemodel went on from the stage's first weights, a tests CSV short
+    # of a row replayed other batches; values of other types, or a folder
+    # in the record's place, gave tracebacks.
+    curve.write_text(good)
+    snapshot = (checkpoint / record["solverstate"]).with_suffix(".caffemodel")
+    tests = checkpoint / record["tests"]
+    marker = checkpoint / "checkpoint.json"
+    for path, text, expect in ((snapshot, b"", f"its caffemodel {snapshot.relative_to(tmp_path)} is not the file"),
+                               (tests, tests.read_bytes().rsplit(b"\n", 2)[0] + b"\n",
+                                f"its tests {tests.relative_to(tmp_path)} is not the file"),
+                               (marker, json.dumps(record | {"iter": "50"}).encode(), "damaged, a value of another "
+                                                                                     "type than caffedsd writes"),
+                               (marker, None, "cannot be read (Is a directory)")):
+        kept = path.read_bytes()
+        path.unlink()
+        if text is None:
+            path.mkdir()
+        else:
+            path.write_bytes(text)
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, expect)
+        assert result.output.rstrip().endswith(restart), result.output
+        if text is None:
+            path.rmdir()
+        path.write_bytes(kept)
     # As an earlier version wrote it: numbered from 1, up to the checkpoint's iteration.
     curve.write_text("iter,loss,lr\n" + "".join(f"{int(row.split(',')[0]) + 1},{row.split(',', 1)[1]}\n"
                                                  for row in good.splitlines()[1:]))
-    (checkpoint / "checkpoint.json").write_text(json.dumps(record | {"seconds": 1000.0}))
+    legacy = {key: value for key, value in record.items() if key != "sha256"}  # earlier versions hashed nothing
+    (checkpoint / "checkpoint.json").write_text(json.dumps(legacy | {"seconds": 1000.0}))
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
     sparse = run / "03-sparse"
     assert (sparse / "curve.csv").read_text().startswith(good)
