@@ -292,6 +292,7 @@ class _Checkpoints:
         remedy = f"delete {self.folder} to restart the stage"
         record = read_json(self.record, keys=("iter", "solverstate", "curve"), remedy=remedy)
         _check_record_types(self.record, record, remedy)
+        written = dict(record)
         if None not in (record.get("start_sha256"), self.start_sha256) and record["start_sha256"] != self.start_sha256:
             raise InputError(f"{self.record}: the stage went this far from another model than it starts from now "
                              f"(the stage before it was run again since); delete {self.folder} to restart the stage")
@@ -306,9 +307,12 @@ class _Checkpoints:
         files = {"solverstate": state, "caffemodel": model, "curve": record["curve"], "tests": record.get("tests")}
         self._check_hashes(record, files, ("solverstate", "caffemodel"), remedy)
         try:
-            point_learned_net(state, model)
+            pointed = point_learned_net(state, model)
         except InputError as exc:
             raise InputError(f"{exc}; {remedy}") from None
+        if pointed and "sha256" in written:  # the record names the solverstate as it now is
+            written["sha256"] = {**written["sha256"], "solverstate": file_sha256(state, sync=True)}
+            write_json(self.record, written)
         curve = read_stage_csv(record["curve"], report.parse_curve_csv, remedy)
         if curve and curve[-1]["iter"] == record["iter"]:
             # Made before curves took Caffe's numbering (one less: the

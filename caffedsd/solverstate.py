@@ -183,7 +183,7 @@ def point_learned_net(state, model):
     there, a path from the folder the snapshotting process ran in: from
     another folder, or with the run folder moved, it is not found, and
     Caffe aborts the process. Rewritten (atomically) only when it does not
-    lead to ``model`` from here."""
+    lead to ``model`` from here; returns whether it was."""
     damaged = f"{state}: damaged, not the solverstate Caffe wrote"
     if state.stat().st_size == 0:
         raise InputError(damaged)
@@ -194,9 +194,10 @@ def point_learned_net(state, model):
             raise InputError(damaged) from None
         named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
         if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
-            return
+            return False
         with atomic_open(state) as out:
             out.write(_with_learned_net(buf, parts, os.fsencode(os.path.abspath(model))))
+    return True
 
 
 def _with_learned_net(buf, parts, name):
