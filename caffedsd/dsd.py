@@ -271,6 +271,7 @@ class _Checkpoints:
         # The stage's seconds: this process's, and those of the run(s) that
         # made the checkpoint it goes on from (latest).
         self.started, self.earlier = time.time(), 0.0
+        self._latest = None  # latest()'s, once read: it hashes the snapshots, a GB for VGG16
 
     def seconds(self):
         return self.earlier + time.time() - self.started
@@ -286,7 +287,13 @@ class _Checkpoints:
         return self.folder / Path(recorded).name
 
     def latest(self):
-        """The newest checkpoint's record, its files as paths in this folder."""
+        """The newest checkpoint's record, its files as paths in this folder
+        (None: no checkpoint), checked when first asked for."""
+        if self._latest is None:
+            self._latest = (self._read(),)
+        return self._latest[0]
+
+    def _read(self):
         if not self.record.exists():
             return None
         remedy = f"delete {self.folder} to restart the stage"
@@ -366,6 +373,7 @@ class _Checkpoints:
         # rather than continued from (an empty caffemodel restores nothing).
         named = {"solverstate": state, "caffemodel": state.with_suffix(".caffemodel"),
                  "curve": self.folder / f"curve_{iteration}.csv", "tests": self.folder / f"tests_{iteration}.csv"}
+        self._latest = None
         write_json(self.record, {"iter": iteration, "solverstate": state.name,
                                   "curve": f"curve_{iteration}.csv", "tests": f"tests_{iteration}.csv",
                                   "sha256": {kind: file_sha256(path, sync=True) for kind, path in named.items()},
@@ -378,6 +386,7 @@ class _Checkpoints:
                     self._file(old).unlink(missing_ok=True)
 
     def clear(self):
+        self._latest = None
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
