@@ -43,7 +43,8 @@ from .layers import PRUNABLE_TYPES, check_shared_shapes, shared_groups
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
-from .runfolder import RunFolder, read_json, write_json
+from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SECONDS, SHA256, RunFolder, optional, read_json, table,
+                        write_json)
 from .solverstate import point_learned_net
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
@@ -74,6 +75,9 @@ class StageSummary:
     # Of the model it started from: the stage before's, or the recipe's
     # weights (none: from the solver's fillers, or an earlier run's stage.json).
     input_sha256: str = None
+    # Of its curve and tests files: the report plots them (earlier runs' record none).
+    curve_sha256: str = None
+    tests_sha256: str = None
 
     def to_dict(self):
         return {key: value for key, value in asdict(self).items() if value is not None or key == "lr"}
@@ -81,6 +85,14 @@ class StageSummary:
 
 _SUMMARY_FIELDS = tuple(f.name for f in fields(StageSummary))
 _SUMMARY_REQUIRED = tuple(f.name for f in fields(StageSummary) if f.default is MISSING)
+_SUMMARY_KINDS = {"stage": COUNT, "kind": NAME, "folder": NAME, "model": NAME, "iterations": COUNT,
+                  "lr": optional(NUMBER), "test": table(optional(NUMBER)), "sparsity": FRACTION, "seconds": SECONDS,
+                  "curve": optional(NAME), "tests": optional(NAME), "layers": optional(table(FRACTION)),
+                  "model_sha256": optional(SHA256), "input_sha256": optional(SHA256),
+                  "curve_sha256": optional(SHA256), "tests_sha256": optional(SHA256)}
+_CHECKPOINT_KINDS = {"iter": COUNT, "solverstate": NAME, "curve": NAME, "tests": optional(NAME),
+                     "sha256": table(SHA256, keys=("solverstate", "caffemodel", "curve", "tests")),
+                     "seconds": SECONDS, "start_sha256": SHA256}
 
 
 def run_fingerprint(recipe, spec, with_weights=True, rule_order=True):
@@ -297,8 +309,8 @@ class _Checkpoints:
         if not self.record.exists():
             return None
         remedy = f"delete {self.folder} to restart the stage"
-        record = read_json(self.record, keys=("iter", "solverstate", "curve"), remedy=remedy)
-        _check_record_types(self.record, record, remedy)
+        record = read_json(self.record, keys=("iter", "solverstate", "curve"), remedy=remedy,
+                           kinds=_CHECKPOINT_KINDS)
         written = dict(record)
         if None not in (record.get("start_sha256"), self.start_sha256) and record["start_sha256"] != self.start_sha256:
             raise InputError(f"{self.record}: the stage went this far from another model than it starts from now "
@@ -328,8 +340,7 @@ class _Checkpoints:
         # Checkpoints from before periodic test passes were recorded have none.
         tests = read_stage_csv(record["tests"], report.parse_tests_csv, remedy) if record.get("tests") else []
         self._check_hashes(record, files, ("curve", "tests"), remedy)  # after the CSVs' own, more telling, checks
-        seconds = record.get("seconds")  # none in checkpoints of earlier versions
-        self.earlier = float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else 0.0
+        self.earlier = float(record.get("seconds", 0.0))  # none in checkpoints of earlier versions
         return {**record, "curve_rows": curve, "test_rows": tests}
 
     def _check_hashes(self, record, files, kinds, remedy):
@@ -390,18 +401,6 @@ class _Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _check_record_types(path, record, remedy):
-    """checkpoint.json's values of the types save() writes."""
-    iteration = record["iter"]
-    names = [record["solverstate"], record["curve"]] + ([record["tests"]] if record.get("tests") is not None else [])
-    hashes = record.get("sha256", {})
-    if not (isinstance(iteration, int) and not isinstance(iteration, bool) and iteration >= 0
-            and all(isinstance(name, str) and name for name in names)
-            and isinstance(hashes, dict) and set(hashes) <= {"solverstate", "caffemodel", "curve", "tests"}
-            and all(isinstance(value, str) for value in hashes.values())):
-        raise InputError(f"{path}: damaged, a value of another type than caffedsd writes; {remedy}")
-
-
 def _write_csv(path, curve):
     write_text(path, report.curve_csv(curve))
 
@@ -424,18 +423,29 @@ def _check_run_dir(run_dir):
         raise InputError(f"{run_dir}: removed while the run went on (no {RUN_FILE}); nothing more was written")
 
 
-def _check_finished(stage_dir, kind, number, count, summary):
-    """A finished stage's files are there, its model is the one it wrote,
-    its masks are that model's, and its curve and TEST passes read: the
-    report would name a model that is gone or another, the next stage would
-    start from nothing, from another model, or from another model's masks,
-    and the report's plot would fail on a CSV. ``summary``: its stage.json's
-    (earlier runs' record no model sha256). Returns those masks (None for a
-    dense stage)."""
+def _check_finished(stage_dir, stage, number, count, summary):
+    """A finished stage's record is of this stage, its files are there, its
+    model is the one it wrote, its masks are that model's, and its curve
+    and TEST passes read: the report would name a stage, model or curve of
+    another, the next stage would start from nothing, from another model,
+    or from another model's masks, and the report's plot would fail on a
+    CSV. ``stage``: the recipe's; ``summary``: its stage.json's (earlier
+    runs' record no model sha256). Returns those masks (None for a dense
+    stage)."""
     model = stage_dir / "model.caffemodel"
     done = stage_dir / "stage.json"
     later = " and the stages after it" if number < count else ""
     remedy = f"delete {stage_dir}{later} to run it again"
+    kind = stage.kind
+    written = {"stage": number, "kind": kind, "folder": stage_dir.name, "model": f"{stage_dir.name}/model.caffemodel",
+               "iterations": stage.iterations if kind != "prune" else 0}
+    for key, value in written.items():
+        if getattr(summary, key) != value:
+            raise InputError(f"{done}: damaged, its {key} is {getattr(summary, key)!r} where this stage's is "
+                             f"{value!r}; {remedy}")
+    for key, name in (("curve", "curve.csv"), ("tests", "tests.csv")):
+        if getattr(summary, key) not in (None, name):  # read beside it, the report's plot would draw another's
+            raise InputError(f"{done}: damaged, its {key} is {getattr(summary, key)!r}, not {name!r}; {remedy}")
     recorded_sha256 = summary.model_sha256
     # Whole, as written: a row per iteration, and the stage's end last.
     if summary.curve and len(read_stage_csv(stage_dir / summary.curve, report.parse_curve_csv, remedy)) \
@@ -447,6 +457,10 @@ def _check_finished(stage_dir, kind, number, count, summary):
         if summary.test and (not passes or passes[-1]["iter"] != summary.iterations):
             raise InputError(f"{stage_dir / summary.tests}: cut short, without the stage's end (iteration "
                              f"{summary.iterations}) {done} records; {remedy}")
+    for name, recorded in ((summary.curve, summary.curve_sha256), (summary.tests, summary.tests_sha256)):
+        if recorded is not None and (name is None or file_sha256(stage_dir / name) != recorded):
+            raise InputError(f"{stage_dir / str(name)}: not the file stage {number} finished with (its sha256 "
+                             f"differs from the one {done} records); {remedy}")
     masked = kind in ("prune", "sparse")
     for path in (model, masks_path_for(model)) if masked else (model,):
         if not path.is_file():
@@ -620,8 +634,9 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
         if done.exists():
-            summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS))
-            finished_masks = _check_finished(stage_dir, stage.kind, number, len(recipe.stages), summary)
+            summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS,
+                                               kinds=_SUMMARY_KINDS))
+            finished_masks = _check_finished(stage_dir, stage, number, len(recipe.stages), summary)
             if None not in (summary.input_sha256, start_sha256) and summary.input_sha256 != start_sha256:
                 # Its model is of a start that is gone: a report would mix two lineages.
                 later = " and the stages after it" if number < len(recipe.stages) else ""
@@ -657,11 +672,13 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
                                "dsd --force keeps the stages before it)") from None
             # A resumed stage's: with those of the runs that made its checkpoint.
             seconds = time.time() - started + summary.pop("earlier_seconds", 0.0)
+            hashes = {f"{key}_sha256": file_sha256(stage_dir / summary[key], sync=True)
+                      for key in ("curve", "tests") if key in summary}
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,
                                    model=f"{stage_dir.name}/model.caffemodel",
                                    sparsity=weight_sparsity(stage_dir / "model.caffemodel"),
-                                   model_sha256=file_sha256(stage_dir / "model.caffemodel"),
-                                   input_sha256=start_sha256, seconds=round(seconds, 1), **summary)
+                                   model_sha256=file_sha256(stage_dir / "model.caffemodel", sync=True),
+                                   input_sha256=start_sha256, seconds=round(seconds, 1), **hashes, **summary)
             write_json(done, summary.to_dict())
         # Only once stage.json marks the stage finished may its checkpoints go.
         _Checkpoints(stage_dir / "checkpoint").clear()

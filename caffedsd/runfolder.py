@@ -8,10 +8,14 @@ files and append-only JSON-lines journals, each record whole or absent.
 """
 import fcntl
 import json
+import math
 import os
+import re
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .atomic import is_leftover, output_folder, remove_leftovers, write_text
 from .errors import InputError
@@ -20,14 +24,64 @@ from .report import to_json
 LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What a value in a record must be: ``test`` holds for it; ``what``
+    names it in a message. Records are caffedsd's own, so a value of
+    another kind was edited in: taken, it would be a traceback, or a report
+    of a stage or point that never ran, far from the record at fault."""
+
+    what: str
+    test: Callable
+
+    def __call__(self, value):
+        return self.test(value)
+
+
+def _is_number(value):
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+COUNT = Kind("a count", lambda v: type(v) is int and v >= 0)
+NUMBER = Kind("a number", _is_number)
+SECONDS = Kind("a number of seconds", lambda v: _is_number(v) and v >= 0)
+FRACTION = Kind("a fraction", lambda v: _is_number(v) and 0 <= v <= 1)
+NAME = Kind("a name", lambda v: isinstance(v, str) and v != "")
+SHA256 = Kind("a sha256", lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None)
+
+
+def optional(kind):
+    """``kind`` or null."""
+    return Kind(f"{kind.what} or null", lambda v: v is None or kind(v))
+
+
+def table(kind, keys=None):
+    """A JSON object of ``kind`` values, with names for keys (of ``keys``
+    only, when given)."""
+    return Kind(f"a table of {kind.what.removeprefix('a ')} values",
+                lambda v: isinstance(v, dict) and all(isinstance(k, str) and k and (keys is None or k in keys)
+                                                      and kind(each) for k, each in v.items()))
+
+
+def wrong_value(record, kinds):
+    """The first of ``kinds`` ({key: Kind}) that a value ``record`` holds
+    is not, as a phrase ("its iter "5" is not a count"), or None."""
+    for key, kind in kinds.items():
+        if key in record and not kind(record[key]):
+            shown = json.dumps(record[key])
+            return f"its {key} {shown if len(shown) <= 40 else shown[:37] + '...'} is not {kind.what}"
+    return None
+
+
 def write_json(path, data):
     """``data`` as indented JSON in ``path`` (report.to_json), atomically."""
     write_text(path, to_json(data) + "\n")
 
 
-def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):
+def read_json(path, keys=(), known=None, remedy="remove it to redo its work", kinds=None):
     """The JSON object in ``path``, with ``keys`` present and, when ``known``
-    is given, no others. These files are caffedsd's own, written whole, so a
+    is given, no others; the values of ``kinds`` ({key: Kind}) of their
+    kinds. These files are caffedsd's own, written whole, so a
     damaged one was edited or cut by something else: a one-line error that
     names it, rather than a traceback from deep in a continued run."""
     try:
@@ -44,6 +98,8 @@ def read_json(path, keys=(), known=None, remedy="remove it to redo its work"):
         what = "; ".join(part for part in (missing and f"lacks {', '.join(missing)}",
                                             unknown and f"has unknown {', '.join(unknown)}") if part)
         raise InputError(f"{path}: damaged, {what}; {remedy}")
+    if kinds and (wrong := wrong_value(data, kinds)):
+        raise InputError(f"{path}: damaged, {wrong}; {remedy}")
     return data
 
 
@@ -160,10 +216,11 @@ class RunFolder:
             else:
                 entry.unlink(missing_ok=True)
 
-    def journal(self, name, keys=()):
+    def journal(self, name, keys=(), kinds=None):
         """The records appended to journal ``name``, in order. A line that is
-        not a JSON object holding ``keys`` (a last line cut short by a kill,
-        or one edited since) is skipped, so its work is done again."""
+        not a JSON object holding ``keys``, with values of ``kinds`` ({key:
+        Kind}), (a last line cut short by a kill, or one edited since) is
+        skipped, so its work is done again."""
         path = self.path / name
         records = []
         if path.exists():
@@ -176,7 +233,8 @@ class RunFolder:
                     record = json.loads(line)
                 except ValueError:  # JSONDecodeError and UnicodeDecodeError
                     continue
-                if isinstance(record, dict) and all(key in record for key in keys):
+                if isinstance(record, dict) and all(key in record for key in keys) \
+                        and not (kinds and wrong_value(record, kinds)):
                     records.append(record)
         return records
 

@@ -51,12 +51,15 @@ from .maskfile import masks_path_for, structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
 from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
                        output_feeds, output_kinds)
-from .runfolder import RunFolder
+from .runfolder import COUNT, FRACTION, NAME, NUMBER, SECONDS, RunFolder, optional, table
 
 FORMAT = "caffedsd-sensitivity"
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CACHE_LIMIT = 1 << 30
 POINTS = "points.jsonl"  # the scan folder's journal of finished points
+_POINT_KEYS = ("layer", "sparsity", "metrics", "pruned")  # what _result reads of each
+_POINT_KINDS = {"layer": optional(NAME), "sparsity": FRACTION, "metrics": table(optional(NUMBER)), "pruned": COUNT,
+                "zeros": COUNT, "eval_seconds": SECONDS, "data": NAME}
 SCAN_RECORD = "scan.json"  # the scan folder's model, weights and settings
 
 
@@ -499,9 +502,19 @@ def _check_baseline(model_path, metrics):
 
 
 def _journal(folder):
-    """{(layer, sparsity): point} of the points finished in ``folder``."""
-    return {(r["layer"], r["sparsity"]): r for r in folder.journal(POINTS, keys=("layer", "sparsity", "metrics"))
-            if isinstance(r["layer"], (str, type(None))) and isinstance(r["metrics"], dict)}
+    """{(layer, sparsity): point} of the points finished in ``folder``, as
+    _measure records them. An edited record is skipped, and the point
+    measured again if no other record has it: taken, it was a traceback (a
+    list for a sparsity, no pruned count), or a table and plan drawn from
+    numbers never measured (a point without one of the baseline's outputs,
+    a baseline with one broken or none)."""
+    records = folder.journal(POINTS, keys=_POINT_KEYS, kinds=_POINT_KINDS)
+    # _check_baseline refuses a broken baseline before it is recorded.
+    baselines = [r["metrics"] for r in records if r["layer"] is None and r["sparsity"] == 0.0 and r["metrics"]
+                 and None not in r["metrics"].values()]
+    names = set(baselines[-1]) if baselines else None
+    return {(r["layer"], r["sparsity"]): r for r in records
+            if (r["layer"] is not None or r["metrics"] in baselines) and names in (None, set(r["metrics"]))}
 
 
 def _take_over(folder, found, config, force, notify):
@@ -628,16 +641,13 @@ def _zeros(data):
 
 def _check_scan(path, data):
     """InputError unless ``data`` has every field the planner reads, typed."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
     def metrics_ok(m, broken=False):
         """``broken``: a point's metric may be null, its output NaN or Inf."""
-        return isinstance(m, dict) and all(number(m.get(k)) or (broken and k in m and m[k] is None)
+        return isinstance(m, dict) and all(NUMBER(m.get(k)) or (broken and k in m and m[k] is None)
                                            for k in metrics)
 
     def count_ok(v, top):  # zero counts: scans before they were recorded have none
-        return type(v) is int and 0 <= v <= top
+        return COUNT(v) and v <= top
 
     metrics = data.get("metrics")
     ok = (isinstance(metrics, list) and metrics and all(isinstance(m, str) for m in metrics)
@@ -658,7 +668,7 @@ def _check_scan(path, data):
             and count_ok(layer.get("zeros", 0), layer["params"]) \
             and isinstance(layer.get("feeds", []), list) and all(isinstance(f, str) for f in layer.get("feeds", [])) \
             and isinstance(layer.get("points"), list) and all(
-                isinstance(p, dict) and number(p.get("sparsity")) and metrics_ok(p.get("metrics"), broken=True)
+                isinstance(p, dict) and NUMBER(p.get("sparsity")) and metrics_ok(p.get("metrics"), broken=True)
                 and count_ok(p.get("zeros", 0), layer["params"]) for p in layer["points"])
     if not ok:
         raise InputError(f"{path}: a sensitivity file with missing or malformed fields (edited or damaged?)")

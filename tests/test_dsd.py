@@ -440,8 +440,10 @@ def test_a_stages_curve_and_test_passes_are_checked_when_read_again(tmp_path, cl
     for path, text, expect in ((snapshot, b"", f"its caffemodel {snapshot.relative_to(tmp_path)} is not the file"),
                                (tests, tests.read_bytes().rsplit(b"\n", 2)[0] + b"\n",
                                 f"its tests {tests.relative_to(tmp_path)} is not the file"),
-                               (marker, json.dumps(record | {"iter": "50"}).encode(), "damaged, a value of another "
-                                                                                     "type than caffedsd writes"),
+                               (marker, json.dumps(record | {"iter": "50"}).encode(),
+                                'damaged, its iter "50" is not a count'),
+                               (marker, json.dumps(record | {"sha256": {"model": "0" * 64}}).encode(),
+                                "damaged, its sha256 {\"model\": \"0000"),
                                (marker, None, "cannot be read (Is a directory)")):
         kept = path.read_bytes()
         path.unlink()
@@ -478,6 +480,14 @@ def test_a_stages_curve_and_test_passes_are_checked_when_read_again(tmp_path, cl
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "run/03-sparse/tests.csv: cut short, without "
                           "the stage's end (iteration 80)")
     (sparse / "tests.csv").write_text(passes)
+    # Whole and well formed, but not as the stage wrote them: the report would plot other numbers.
+    for name, text in (("curve.csv", whole), ("tests.csv", passes)):
+        header, first, rest = text.split("\n", 2)
+        (sparse / name).write_text(f"{header}\n{first.split(',')[0]},{','.join('7' for _ in first.split(',')[1:])}\n{rest}")
+        assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                              f"run/03-sparse/{name}: not the file stage 3 finished with (its sha256 differs from the "
+                              f"one run/03-sparse/stage.json records); {again}")
+        (sparse / name).write_text(text)
     for name, bad in (("curve.csv", "iter,loss,lr\n0,1,0.1,5\n"), ("tests.csv", "iter,loss\n0,1,2\n"),
                       ("tests.csv", b"\xff\xfe")):
         original = (sparse / name).read_bytes()
@@ -606,6 +616,24 @@ def test_damaged_run_records_are_one_line(tmp_path, cli):
         result = cli("dsd", "--recipe", recipe, "-o", "run")
         assert_one_line_error(result, f"03-sparse/stage.json: {expect}")
         assert result.output.rstrip().endswith("; remove it to redo its work")
+    # Values edited in: a traceback, a misleading "cut short", or a report
+    # of another stage's model and kind.
+    summary, redo = json.loads(whole), "; delete run/03-sparse and the stages after it to run it again"
+    for key, value, expect in [("curve", 5, "its curve 5 is not a name or null"),
+                               ("iterations", "10", 'its iterations "10" is not a count'),
+                               ("test", [1], "its test [1] is not a table of number or null values"),
+                               ("sparsity", 2, "its sparsity 2 is not a fraction"),
+                               ("model_sha256", "x", 'its model_sha256 "x" is not a sha256 or null'),
+                               ("kind", "dense", f"its kind is 'dense' where this stage's is 'sparse'{redo}"),
+                               ("model", "01-dense/model.caffemodel", "its model is '01-dense/model.caffemodel' "
+                                f"where this stage's is '03-sparse/model.caffemodel'{redo}"),
+                               ("iterations", 11, f"its iterations is 11 where this stage's is 10{redo}"),
+                               ("curve", "../01-dense/curve.csv",
+                                f"its curve is '../01-dense/curve.csv', not 'curve.csv'{redo}")]:
+        done.write_text(json.dumps({**summary, key: value}))
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, f"03-sparse/stage.json: damaged, {expect}")
+        assert redo in expect or result.output.rstrip().endswith("; remove it to redo its work")
     done.unlink()  # as the message says: the stage runs again, and the run ends
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
     assert json.loads(done.read_text()) == json.loads(whole) | {"seconds": json.loads(done.read_text())["seconds"]}

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from caffedsd.errors import InputError
-from caffedsd.runfolder import RunFolder
+from caffedsd.runfolder import (COUNT, FRACTION, NAME, SHA256, RunFolder, optional, read_json, table,
+                                wrong_value)
 from conftest import kill_while_writing
 
 
@@ -72,6 +73,33 @@ def test_a_journal_line_cut_short_by_a_kill_is_skipped(tmp_path):
     with open(tmp_path / "run" / "points.jsonl", "ab") as handle:
         handle.write(b'\n[1]\n{"m": 3}\n{"n": "\xff"}\n{"n": 4, "m": 5}\n')
     assert folder.journal("points.jsonl", keys=("n",)) == [{"n": 1}, {"n": 3}, {"n": 4, "m": 5}]
+
+
+def test_values_of_another_kind_are_named():
+    kinds = {"iter": COUNT, "file": optional(NAME), "share": FRACTION, "test": table(optional(COUNT), keys=("a", "b"))}
+    assert wrong_value({"iter": 3, "file": None, "share": 1, "test": {"a": 2, "b": None}}, kinds) is None
+    assert wrong_value({}, kinds) is None  # which keys must be there is read_json's and journal's keys
+    for record, expect in [({"iter": True}, "its iter true is not a count"),
+                           ({"iter": -1}, "its iter -1 is not a count"),
+                           ({"iter": 2.0}, "its iter 2.0 is not a count"),
+                           ({"file": ""}, 'its file "" is not a name or null'),
+                           ({"share": 1.5}, "its share 1.5 is not a fraction"),
+                           ({"share": float("nan")}, "its share NaN is not a fraction"),
+                           ({"test": {"c": 1}}, 'its test {"c": 1} is not a table of count or null values'),
+                           ({"test": [1]}, "its test [1] is not a table of count or null values"),
+                           ({"iter": "x" * 50}, 'its iter "' + "x" * 36 + '... is not a count')]:
+        assert wrong_value(record, kinds) == expect
+    assert SHA256("0" * 64) and not SHA256("0" * 63) and not SHA256("A" * 64)
+
+
+def test_a_record_or_journal_line_of_another_kind(tmp_path):
+    (tmp_path / "r.json").write_text('{"iter": "5"}')
+    with pytest.raises(InputError, match=r'r.json: damaged, its iter "5" is not a count; remove it to redo its work$'):
+        read_json(tmp_path / "r.json", kinds={"iter": COUNT})
+    folder = _folder(tmp_path / "run").open({})
+    for record in ({"n": 1}, {"n": "2"}, {"m": 3}, {"n": 4}):
+        folder.append("points.jsonl", record)
+    assert folder.journal("points.jsonl", keys=("n",), kinds={"n": COUNT, "m": COUNT}) == [{"n": 1}, {"n": 4}]
 
 
 def test_abandon_undoes_only_what_open_started(tmp_path):

@@ -104,6 +104,28 @@ def test_interrupted_scan_resumes_to_the_same_table(lenet, scanned, tmp_path):
     assert _table(tmp_path / "resumed") == _table(out)
 
 
+def test_edited_points_are_not_taken(lenet, scanned, tmp_path):
+    """A journal line of other values than a scan writes is skipped: the
+    point's earlier record stands. Taken, the last was a traceback (a list
+    for a sparsity, a point without its pruned count) or a table of
+    numbers never measured (a point without an output, a broken baseline)."""
+    import shutil
+
+    _, proto, weights = lenet
+    out, _ = scanned
+    shutil.copytree(out, tmp_path / "scan")
+    with open(tmp_path / "scan" / "points.jsonl", "a") as handle:
+        handle.write('{"layer": "ip2", "sparsity": [0.3], "pruned": 1, "metrics": {}}\n'
+                     '{"layer": "ip1", "sparsity": 0.6, "metrics": {"accuracy": 0.5, "loss": 1.0}}\n'
+                     '{"layer": "conv1", "sparsity": 0.9, "pruned": 450, "metrics": {"accuracy": 0.99}}\n'
+                     '{"layer": null, "sparsity": 0.0, "pruned": 0, "metrics": {"accuracy": null, "loss": 1.0}}\n'
+                     '{"layer": "conv2", "sparsity": 1.5, "pruned": 0, "metrics": {"accuracy": 0.9, "loss": 1.0}}\n')
+    before = _points_file(tmp_path / "scan")
+    scan(proto, weights, tmp_path / "scan", sparsities=SPARSITIES, iterations=ITERS)
+    assert _points_file(tmp_path / "scan") == before  # nothing measured again
+    assert _table(tmp_path / "scan") == _table(out)
+
+
 @pytest.mark.slow
 def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
     _, proto, weights = lenet
