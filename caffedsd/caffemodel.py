@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 from . import wire
 from .atomic import atomic_open, check_input
 from .caffe_proto import BlobShape, LayerParameter, NetParameter, V1LayerParameter, upgrade_v1_layer
-from .errors import InputError
+from .errors import HDF5_DAMAGE, InputError
 from .masks import iter_chunks
 
 # Field numbers of caffe.proto.
@@ -196,7 +196,7 @@ def _hdf5_what(path):
         with h5py.File(path, "r") as h5:
             masks = h5.attrs.get("format") in (FORMAT, FORMAT.encode())
             weights = "data" in h5
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+    except HDF5_DAMAGE:
         masks = weights = False
     if masks:
         return "a caffedsd masks file, not weights: give it as --masks (-m), and the caffemodel as -w"

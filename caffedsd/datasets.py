@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_folder, atomic_hdf5, atomic_path, check_replaceable
-from .errors import InputError
+from .errors import HDF5_DAMAGE, InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 
@@ -138,9 +138,8 @@ def _holds(path, content):
                 isinstance(h5[name], h5py.Dataset) and h5[name].shape == array.shape
                 and h5[name].dtype == array.dtype and np.array_equal(h5[name][...], array)
                 for name, array in content.items())
-    # h5py reports a damaged file through any of these; unreadable or
-    # damaged, it is not known to hold the content, so only --force replaces it.
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+    # Unreadable or damaged, it is not known to hold the content, so only --force replaces it.
+    except HDF5_DAMAGE:
         return False
 
 

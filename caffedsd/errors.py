@@ -6,6 +6,11 @@ the file, layer or value at fault and say what is wrong. The subclasses say
 which kind of input was wrong, for callers that want to tell them apart.
 """
 
+# What h5py raises on a damaged HDF5 file, depending on where the damage
+# lies (superblock, object headers, B-trees, filters): a reader catches
+# these and names the file in one line.
+HDF5_DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+
 
 class CaffeDsdError(Exception):
     """Base of all errors meant for the user. ``exit_code`` is the CLI's status."""

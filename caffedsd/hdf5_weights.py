@@ -20,7 +20,7 @@ import numpy as np
 from .atomic import check_input
 from .caffe_proto import read_net_prototxt
 from .caffemodel import is_hdf5, new_caffemodel, read_caffemodel
-from .errors import InputError
+from .errors import HDF5_DAMAGE, InputError
 from .layers import expects_blobs
 from .maskfile import atomic_unmasked_path, check_model_outputs
 from .netcheck import built_state, check_pair, is_built, loaded_states
@@ -97,7 +97,7 @@ def hdf5_layers(path, net, where):
                 raise InputError(f"{path}: layer {unknown[0]!r} is not in {where}{more}")
             stored = {layer.name: _stored(path, data[layer.name], layer.name)
                       for layer in net.layer if layer.name in data}
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # what h5py raises on damage
+    except HDF5_DAMAGE as exc:
         raise InputError(f"{path}: not readable as Caffe HDF5 weights ({exc})") from None
     # A net may define a layer once per phase under one name; both load the
     # one group of that name, and a caffemodel holds the name once: the

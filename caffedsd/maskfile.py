@@ -39,7 +39,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_hdf5, atomic_path, check_input, check_output, same_path
-from .errors import InputError
+from .errors import HDF5_DAMAGE, InputError
 
 FORMAT = "caffedsd-masks"
 FORMAT_VERSION = 1
@@ -298,9 +298,7 @@ def load_masks(path):
             maskset, stored_fingerprint = _read_masks(path, h5)
     except InputError:
         raise
-    # h5py reports damaged files through all of these, depending on where
-    # the damage lies (superblock, object headers, B-trees, filters).
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except HDF5_DAMAGE as exc:
         raise InputError(f"{path}: not a readable masks file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if stored_fingerprint != maskset.fingerprint:
         raise InputError(f"{path}: fingerprint does not match the stored structure (file edited?)")
@@ -326,7 +324,7 @@ def _recorded_model(path):
         with h5py.File(path, "r") as h5:
             group = h5.get("masks")
             return _model_sha256(path, group) if isinstance(group, h5py.Group) else None
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError, InputError):
+    except (*HDF5_DAMAGE, InputError):
         return None
 
 

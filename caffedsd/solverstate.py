@@ -26,7 +26,7 @@ import numpy as np
 from . import wire
 from .atomic import atomic_open, atomic_path, check_input, check_room
 from .caffemodel import masked_blob_record, parse_blob, write_pieces
-from .errors import InputError
+from .errors import HDF5_DAMAGE, InputError
 
 STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY, STATE_CURRENT_STEP = 1, 2, 3, 4
 
@@ -101,7 +101,7 @@ def _state_count(path, name, number):
         with open(path, "rb") as handle:
             buf = handle.read()
         return next((f.value for f in wire.iter_fields(buf) if f.number == number and f.wire_type == wire.VARINT), 0)
-    except (wire.WireError, OSError, TypeError, ValueError) as exc:
+    except (wire.WireError, *HDF5_DAMAGE) as exc:
         raise InputError(f"{path}: not a solverstate, or damaged ({exc})") from None
 
 
@@ -152,10 +152,19 @@ def _clean_binary(path, output, params, masks, solver_type):
 
 
 def _clean_hdf5(path, output, params, masks, solver_type):
+    try:
+        _copy_hdf5_cleaned(path, output, params, masks, solver_type)
+    except HDF5_DAMAGE as exc:  # the room for the copy is checked first: the source is at fault
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a solverstate, or damaged ({first})") from None
+
+
+def _copy_hdf5_cleaned(path, output, params, masks, solver_type):
     with h5py.File(path, "r") as src:
-        if "history" not in src:
-            raise InputError(f"{path}: HDF5 file without a 'history' group: not a solverstate")
-        keys = sorted(src["history"].keys(), key=int)
+        history = src.get("history")
+        if not isinstance(history, h5py.Group) or not all(isinstance(v, h5py.Dataset) for v in history.values()):
+            raise InputError(f"{path}: HDF5 file without a 'history' group of datasets: not a solverstate")
+        keys = sorted(history.keys(), key=int)
         shapes = [src["history"][k].shape for k in keys]
         plan = _history_masks(path, params, masks, shapes, solver_type)
         _check_history_signs(path, solver_type, (src["history"][k][()] for k in keys))

@@ -128,6 +128,27 @@ def test_damaged_solverstates_are_one_line(caffe, tmp_path):
             clean_solverstate(path, tmp_path / "out.solverstate", net, {})
         assert "\n" not in str(info.value)
         assert not (tmp_path / "out.solverstate").exists()
+    # HDF5 states (snapshot_format: HDF5) whose history is not Caffe's: AttributeError, ValueError tracebacks.
+    import h5py
+
+    for name, history in (("dataset", np.zeros(3)), ("group", {"a": np.zeros(3)}), ("nested", {"0": {"x": 1}})):
+        path = tmp_path / f"{name}.solverstate.h5"
+        with h5py.File(path, "w") as h5:
+            h5["iter"] = 2
+            if isinstance(history, dict):
+                group = h5.create_group("history")
+                for key, value in history.items():
+                    if isinstance(value, dict):
+                        group.create_group(key)
+                    else:
+                        group[key] = value
+            else:
+                h5["history"] = history
+        with pytest.raises(InputError, match=f"{name}.solverstate.h5: (HDF5 file without a 'history' group of "
+                           "datasets|not a solverstate, or damaged)") as info:
+            clean_solverstate(path, tmp_path / "out.solverstate.h5", net, {})
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / "out.solverstate.h5").exists()
 
 
 def test_uncleaned_history_would_break_the_invariant(caffe, pruned, tmp_path):
