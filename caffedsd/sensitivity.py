@@ -34,6 +34,7 @@ import os
 import queue as queue_module
 import signal
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -365,8 +366,8 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
         results.put(("done", None))
     except CaffeDsdError as exc:  # the parent raises it with the same message
         results.put(("error", str(exc)))
-    except Exception as exc:
-        results.put(("error", f"sensitivity worker failed: {type(exc).__name__}: {exc}"))
+    except Exception:  # a fault of caffedsd's, not the input's: the parent shows where, as its own would be
+        results.put(("crash", traceback.format_exc()))
 
 
 def _end_with_parent(parent):
@@ -580,6 +581,8 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
                 record(value)
             elif kind == "done":
                 running -= 1
+            elif kind == "crash":
+                raise RuntimeError(f"a sensitivity worker failed:\n{value}")
             else:
                 raise InputError(value)
     finally:

@@ -126,6 +126,19 @@ def test_edited_points_are_not_taken(lenet, scanned, tmp_path):
     assert _table(tmp_path / "scan") == _table(out)
 
 
+def test_a_workers_own_fault_is_not_called_bad_input(lenet):
+    """A worker's exception that is not a CaffeDsdError is a fault of
+    caffedsd's: it was reported as bad input (exit status 2), without the
+    traceback that shows where. Here the worker is given no config."""
+    from caffedsd.errors import InputError
+    from caffedsd.sensitivity import _run_workers
+
+    _, proto, weights = lenet
+    with pytest.raises(RuntimeError, match="(?s)a sensitivity worker failed:\nTraceback.*AttributeError") as info:
+        _run_workers(None, proto, weights, [("ip2", 0.5)], 1, None, 0, lambda point: None)
+    assert not isinstance(info.value, InputError)
+
+
 @pytest.mark.slow
 def test_two_jobs_give_the_same_table(lenet, scanned, tmp_path):
     _, proto, weights = lenet
