@@ -15,6 +15,7 @@ import click
 
 from . import report
 from .errors import CaffeDsdError, Diverged, InputError
+from .globrules import glob_list
 
 
 class _Terminated(KeyboardInterrupt):
@@ -548,10 +549,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
     """
     from .sensitivity import parse_sparsities, scan
 
-    globs = tuple(g.strip() for item in layer_globs for g in item.split(",") if g.strip())
-    if layer_globs and not globs:  # -l "$UNSET": not "every layer"
-        raise InputError(f"--layers {layer_globs[0]!r}: names no layer glob")
-    data = scan(model, weights, output, layers=globs, sparsities=parse_sparsities(sparsities), criterion=criterion,
+    data = scan(model, weights, output, layers=glob_list(layer_globs, "--layers"), sparsities=parse_sparsities(sparsities), criterion=criterion,
                 iterations=iterations, seed=seed, jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers,
                 progress=_Progress, force=force, notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
     if data["data"] == "streamed":
@@ -731,7 +729,8 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
 @weights_option()
 @click.option("--energy", type=float, default=None, help="Keep this share of the squared singular values.")
 @click.option("--rank", "ranks", multiple=True, metavar="LAYER=R", help="A layer's rank (repeatable).")
-@click.option("--layers", "-l", "layer_globs", multiple=True, metavar="GLOB", help="Decompose only these layers.")
+@click.option("--layers", "-l", "layer_globs", multiple=True, metavar="GLOB",
+              help="Decompose only the layers matching GLOB (repeatable, or comma-separated).")
 @click.option("--fc", is_flag=True, help="Decompose InnerProduct layers too.")
 @output_option("Folder for the rewritten prototxts, model.caffemodel and report.md.", folder=True)
 def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_python_layers, force, output):
@@ -749,7 +748,7 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
 
     rows, skipped, written = write_decomposition(
         model, deploy, weights, output, energy=energy, ranks=parse_ranks(ranks),
-        layers=tuple(layer_globs), include_fc=fc, allow_python_layers=allow_python_layers, force=force)
+        layers=glob_list(layer_globs, "--layers"), include_fc=fc, allow_python_layers=allow_python_layers, force=force)
     if rows:
         click.echo(report.decomposition_table(rows))
     else:

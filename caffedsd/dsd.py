@@ -39,13 +39,14 @@ from .atomic import check_room, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
-from .layers import PRUNABLE_TYPES, check_shared_shapes, shared_groups
+from .layers import PRUNABLE_TYPES, check_shared_shapes
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SECONDS, SHA256, RunFolder, optional, read_json, table,
                         write_json)
 from .solverstate import point_learned_net
+from .stats import model_stats
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
                           solver_output_kinds, solver_weights)
@@ -258,13 +259,7 @@ def weight_sparsity(weights_path):
     """Fraction of prunable weights (blob 0 of conv/deconv/fc) that are 0.0,
     each shared blob counted once (a dense stage's model may tie weights of
     two shapes, which only pruning refuses)."""
-    model = read_caffemodel(weights_path)
-    total = zeros = 0
-    for layers in shared_groups(model):
-        data = layers[0].blobs[0].data
-        total += data.size
-        zeros += data.size - int((data != 0).sum())
-    return zeros / total if total else 0.0
+    return model_stats(read_caffemodel(weights_path))["totals"]["weight_sparsity"] or 0.0
 
 
 class _Checkpoints:

@@ -27,6 +27,16 @@ def number_list(text, option, convert=float):
         raise InputError(f"{option} {text!r}: not a comma-separated list of {kind}") from None
 
 
+def glob_list(values, option):
+    """The globs of a repeatable ``option`` (--layers), each given alone or
+    comma-separated; one given that names none (-l "$UNSET") is refused,
+    not taken for "every layer"."""
+    globs = tuple(glob.strip() for value in values for glob in value.split(",") if glob.strip())
+    if values and not globs:
+        raise InputError(f"{option} {values[0]!r}: names no layer glob")
+    return globs
+
+
 @dataclass(frozen=True)
 class Rule:
     pattern: str

@@ -575,7 +575,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if latest is not None:
             solver.restore(latest["solverstate"])
             rates = StepRates(param, state_current_step(latest["solverstate"]))
-            curve, tests, done = checkpoints.curve(latest), checkpoints.tests(latest), int(solver.iter)
+            # Copies: this run extends them, and the checkpoint's record keeps what it read.
+            curve, tests, done = list(checkpoints.curve(latest)), list(checkpoints.tests(latest)), int(solver.iter)
             if checkpoints.replay:
                 if on_iteration is not None:
                     on_iteration({"replay": done, "tests": len(tests)}, phase.iterations)

@@ -328,6 +328,10 @@ def test_bad_inputs(lenet, tmp_path, cli):
     assert_one_line_error(cli(*base, "--rank", "conv2=51"), "--rank conv2=51: must be between 1 and 50")
     assert_one_line_error(cli(*base, "--rank", "conv2=0"), "a rank must be at least 1")
     assert_one_line_error(cli(*base, "--energy", 0.9, "--layers", "conv9*"), "'conv9*' matches no decomposable layer")
+    # Comma-separated, as sensitivity takes them: "conv1,conv9*" was one glob, matching nothing.
+    assert_one_line_error(cli(*base, "--energy", 0.9, "--layers", "conv1,conv9*"),
+                          "'conv9*' matches no decomposable layer")
+    assert_one_line_error(cli(*base, "--energy", 0.9, "--layers", " , "), "--layers ' , ': names no layer glob")
     assert_one_line_error(cli(*base, "--energy", 1.5), "--energy 1.5: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--energy", "1.0000001"), "--energy 1.0000001: must be in (0, 1]")
     assert_one_line_error(cli(*base, "--rank", "ip1=3"), "(InnerProduct layers need --fc)")
