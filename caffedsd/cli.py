@@ -9,12 +9,13 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
 
 from . import report
-from .errors import CaffeDsdError, Diverged, InputError
+from .errors import CaffeDsdError, CaffeDsdWarning, Diverged, InputError
 from .globrules import glob_list
 
 
@@ -61,7 +62,10 @@ class _Group(_ExampleLast, click.Group):
 
     def invoke(self, ctx):
         try:
-            result = super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("once", CaffeDsdWarning)  # the same news once a command
+                warnings.showwarning = _show_warning
+                result = super().invoke(ctx)
         except CaffeDsdError as exc:
             click.echo(f"caffedsd: {report.one_line(str(exc))}", err=True)
             if isinstance(exc, Diverged) and self.exits_at_once:
@@ -93,6 +97,14 @@ class _Group(_ExampleLast, click.Group):
         if _SIGNALLED:  # swallowed where it was raised: the command went on to its end
             _interrupted(ctx, _SIGNALLED[0] == signal.SIGTERM)
         return result
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _shown=warnings.showwarning):
+    """A CaffeDsdWarning as one line; any other as Python shows it."""
+    if issubclass(category, CaffeDsdWarning):
+        click.echo(f"caffedsd: warning: {report.one_line(str(message))}", err=True)
+    else:
+        _shown(message, category, filename, lineno, file, line)
 
 
 def _interrupted(ctx, terminated):

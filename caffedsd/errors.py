@@ -79,3 +79,10 @@ class CheckFailed(CaffeDsdError):
     """A verification found something that does not hold (exit status 1)."""
 
     exit_code = 1
+
+
+class CaffeDsdWarning(UserWarning):
+    """What the user should know of a run that goes on (a CPU-only build
+    training a GPU solver on the CPU, hooks on the host in GPU mode).
+    Library code warns (warnings.warn); the CLI shows each once, as one
+    line, in one place (cli._Group.invoke)."""

@@ -23,10 +23,12 @@ In GPU mode the device backend is chosen when it can be; otherwise the host
 one, with one warning that names what it costs.
 """
 import contextlib
-import sys
+import warnings
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from .errors import CaffeDsdWarning
 
 # Declared order of the hooks at each hook point (lower runs first).
 ORDER_FORCE = 10
@@ -146,21 +148,6 @@ def device_hooks_available():
     return device.available()
 
 
-class _FallbackWarning:
-    """The host fallback in GPU mode is announced once per process."""
-
-    given = False
-
-    @classmethod
-    def give(cls, reason):
-        if cls.given:
-            return
-        cls.given = True
-        print(f"caffedsd: warning: GPU mode without device hooks: {reason}. Every hooked weight blob and "
-              "its gradient cross PCIe twice at every iteration (16 bytes per hooked weight per step); "
-              "install caffedsd[gpu] (CuPy) with a CUDA build of pycaffe to keep them on the GPU", file=sys.stderr)
-
-
 def select_backend(gpu=None, backend="auto"):
     """The backend for a solver on ``gpu`` (None: CPU mode, always host).
     ``backend`` "host" or "device" forces one ("device" raises
@@ -215,7 +202,10 @@ class HookDispatcher:
         if not isinstance(hook, SolverHook):
             raise TypeError(f"{type(hook).__name__} is not a SolverHook")
         if getattr(self.backend, "fallback", None):
-            _FallbackWarning.give(self.backend.fallback)
+            warnings.warn(CaffeDsdWarning(
+                f"GPU mode without device hooks: {self.backend.fallback}. Every hooked weight blob and its gradient "
+                "cross PCIe twice at every iteration (16 bytes per hooked weight per step); install caffedsd[gpu] "
+                "(CuPy) with a CUDA build of pycaffe to keep them on the GPU"), stacklevel=2)
         with self.backend.running():
             hook.bind(solver.net, self.backend)
         hook._dispatcher = self

@@ -11,8 +11,8 @@ import contextlib
 import math
 import os
 import re
-import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_la
                         layer_types)
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, check_finite, file_sha256, new_layers_bytes, read_caffemodel
-from .errors import Diverged, InputError
+from .errors import CaffeDsdWarning, Diverged, InputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
                        save_masks)
 from .hooks import HookDispatcher
@@ -653,8 +653,8 @@ def solver_device(spec, gpu):
     if gpu is not None or not spec.param.HasField("solver_mode") or spec.param.solver_mode != SolverParameter.GPU:
         return gpu
     if cpu_only_build():
-        print(f"caffedsd: note: {spec.path} asks for solver_mode GPU; this Caffe is a CPU-only build, so it trains "
-              "on the CPU", file=sys.stderr)
+        warnings.warn(CaffeDsdWarning(f"{spec.path} asks for solver_mode GPU; this Caffe is a CPU-only build, so it "
+                                      "trains on the CPU"), stacklevel=2)
         return None
     # Checked here, where a failure can name the solver rather than a --gpu nobody gave.
     check_gpu(spec.param.device_id, f"{spec.path}: solver_mode GPU, device_id {spec.param.device_id}")

@@ -666,7 +666,8 @@ def test_a_gpu_solver_on_a_cpu_only_build_trains_on_the_cpu_and_says_so(pruned, 
     solver = write_solver(tmp_path, extra="momentum: 0.9\nsolver_mode: GPU\ndevice_id: 0")
     result = cli("train-dense", "--solver", solver, "-w", pruned, "-n", 2, "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
-    assert f"caffedsd: note: {solver} asks for solver_mode GPU; this Caffe is a CPU-only build" in result.output
+    assert f"caffedsd: warning: {solver} asks for solver_mode GPU; this Caffe is a CPU-only build" in result.output
+    assert result.output.count("caffedsd: warning:") == 1
 
 
 def test_a_solver_naming_no_solver_mode_trains_on_the_cpu_without_a_note(pruned, tmp_path, cli):
