@@ -154,7 +154,8 @@ class SharedWeights:
 def share_values(values, bits):
     """(codebook, labels) of kept weight ``values`` shared among at most
     2^bits centroids (k-means); centroids no value is nearest to are dropped.
-    Compression, ``quantized`` and trained quantization all call this."""
+    Trained quantization calls this (share_weights); compression takes the
+    same codebook from ``shared_codebook``, without labelling each value."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     codebook, _ = shared_codebook(np.sort(values), bits)
     return codebook, assign_labels(values, codebook, None)

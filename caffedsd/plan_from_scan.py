@@ -1,6 +1,9 @@
 """Choosing each layer's sparsity from measured sensitivity curves.
 
-Pure computation on the plain data of a sensitivity scan. A layer's "drop"
+The planners are pure computation on the plain data of a sensitivity scan;
+``make_plan`` (the `plan` command) reads the scan, writes the plan, and with
+--verify measures whole pruned nets through ``WholeNet`` (a pycaffe Net, the
+scan's Evaluator), which ``back_off`` takes as a callable. A layer's "drop"
 at a sparsity is how much worse the chosen metric got when that layer alone
 was pruned: in percentage points for an accuracy (0.5 = half a point), in
 loss units for a loss. Drops of layers are predicted to add up.
