@@ -26,10 +26,10 @@ import numpy as np
 from .errors import InputError
 from .globrules import GlobRules
 from .hooks import ORDER_FORCE, Hook
-from .lowrank import blocks
+from .lowrank import DECOMPOSABLE, blocks
 
 FORCE_TYPES = ("degradation", "constant")
-FORCED_TYPES = ("Convolution", "InnerProduct")  # the layer types decompose splits (lowrank.DECOMPOSABLE)
+FORCED_TYPES = DECOMPOSABLE  # force regularization readies layers for decompose
 DECAY_TYPES = ("fixed", "adaptive")
 
 

@@ -26,7 +26,6 @@ both, unless --rank forces its rank; a depthwise convolution of one filter
 per group (C/g = N/g = 1, MobileNet's) never gets smaller, so it is left as
 it is; one of m filters per group may, when r (k^2 + m) < m k^2.
 """
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +116,16 @@ def _factor_block(block, rank):
     return (near.T, far.T, discarded) if tall else (far, near, discarded)
 
 
-def rank_for_energy(values, energy):
-    """Smallest r whose top singular values hold ``energy`` of sum s_i^2."""
+def check_energy(energy):
+    """An --energy level: a fraction of sum s_i^2 in (0, 1] (NaN is none)."""
     if not 0 < energy <= 1:
         raise InputError(f"--energy {number_text(energy)}: must be in (0, 1]")
+    return energy
+
+
+def rank_for_energy(values, energy):
+    """Smallest r whose top singular values hold ``energy`` of sum s_i^2."""
+    check_energy(energy)
     squares = np.asarray(values, dtype=np.float64) ** 2
     total = squares.sum()
     if total == 0:
@@ -487,11 +492,7 @@ def parse_ranks(texts):
 
 
 def energy_levels(text):
-    levels = number_list(text, "--energy")
-    for level in levels:
-        if not 0 < level <= 1 or math.isnan(level):
-            raise InputError(f"--energy {number_text(level)}: must be in (0, 1]")
-    return list(levels)
+    return [check_energy(level) for level in number_list(text, "--energy")]
 
 
 def weights_rank_table(weights, levels):
@@ -546,8 +547,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from .maskfile import MaskSet, atomic_unmasked_path, masks_for, save_masks
     from .netcheck import check_blob_shapes, check_pair, loaded_states
 
-    if energy is not None and not 0 < energy <= 1:
-        raise InputError(f"--energy {number_text(energy)}: must be in (0, 1]")
+    if energy is not None:
+        check_energy(energy)
     names = output_names(model_path, deploy_path)
     if Path(out_dir).is_dir():  # -o the inputs' own folder: the rewrite has the prototxt's name
         for name in [*names.values(), "model.caffemodel", "model.masks.h5", "report.md"]:
