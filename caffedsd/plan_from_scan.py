@@ -377,22 +377,8 @@ class WholeNet:
         self.measured = []
 
     def drop(self, choices):
-        import numpy as np
-
-        from .masks import apply_mask, compute_mask, layer_rng
-
-        originals = {}
-        try:
-            for c in choices:
-                if c.sparsity > 0:
-                    originals[c.layer] = self.evaluator.weights(c.layer).copy()
-                    mask = compute_mask(originals[c.layer], self.criterion, c.sparsity,
-                                        rng=layer_rng(self.seed, c.layer))
-                    self.evaluator.set_weights(c.layer, apply_mask(originals[c.layer], np.asarray(mask)))
-            metrics = self.evaluator.run()
-        finally:
-            for layer, original in originals.items():
-                self.evaluator.set_weights(layer, original)
+        metrics, _, _ = self.evaluator.run_pruned({c.layer: c.sparsity for c in choices if c.sparsity > 0},
+                                                   self.criterion, self.seed)
         self.measured.append(metrics)
         return drop(self.kind, self.baseline[self.metric], metrics[self.metric])
 

@@ -312,6 +312,36 @@ class Evaluator:
     def set_weights(self, layer, values):
         self.weights(layer)[...] = values
 
+    def run_pruned(self, sparsities, criterion, seed, originals=None):
+        """run() with each layer of ``sparsities`` ({layer: sparsity})
+        pruned at once by ``criterion`` (its mask drawn with layer_rng(seed,
+        layer)), then put back, measured or not. Returns (outputs, seconds
+        of the pass, {layer: (pruned, zeros)}: the weights the mask prunes,
+        and those at 0 then, with those the model had already).
+        ``originals``: {layer: weights as loaded}, kept between calls so
+        that a layer's weights are copied once."""
+        originals = {} if originals is None else originals
+        counts, pruned_layers = {}, []
+        try:
+            for layer, sparsity in sparsities.items():
+                if layer not in originals:
+                    originals[layer] = self.weights(layer).copy()
+                mask = compute_mask(originals[layer], criterion, sparsity, rng=layer_rng(seed, layer))
+                pruned = apply_mask(originals[layer], mask)
+                pruned_layers.append(layer)
+                self.set_weights(layer, pruned)
+                counts[layer] = (int(mask.size - np.count_nonzero(mask)), int(pruned.size - np.count_nonzero(pruned)))
+            started = time.perf_counter()
+            outputs = self.run()
+            seconds = round(time.perf_counter() - started, 6)
+        finally:
+            # On a GPU the pruned weights stayed on the device (written
+            # through a view held across the pass): every later point was
+            # measured with them pruned.
+            for layer in pruned_layers:
+                self.set_weights(layer, originals[layer])
+        return outputs, seconds, counts
+
 
 def _points(config, done):
     """(layer, sparsity) still to measure; (None, 0.0) is the baseline."""
@@ -323,32 +353,16 @@ def _points(config, done):
 def _measure(evaluator, config, points, emit):
     """Measure ``points`` on one Evaluator, restoring each layer after use."""
     originals = {}
-
-    def timed_run():
-        started = time.perf_counter()
-        metrics = evaluator.run()
-        return metrics, round(time.perf_counter() - started, 6)
-
     for layer, sparsity in points:
         if layer is None:
-            metrics, seconds = timed_run()
+            metrics, seconds, _ = evaluator.run_pruned({}, config.criterion, config.seed)
             emit({"layer": None, "sparsity": 0.0, "pruned": 0, "metrics": metrics, "eval_seconds": seconds,
                   "data": evaluator.data_mode})
             continue
-        original = originals.setdefault(layer, evaluator.weights(layer).copy())
-        mask = compute_mask(original, config.criterion, sparsity, rng=layer_rng(config.seed, layer))
-        pruned = apply_mask(original, mask)
-        evaluator.set_weights(layer, pruned)
-        zeros = int(pruned.size - np.count_nonzero(pruned))  # with those the model had already
-        try:
-            metrics, seconds = timed_run()
-        finally:
-            # On a GPU the last layer's pruned weights stayed on the device
-            # (written through a view held across the pass): every later
-            # layer was measured with it pruned.
-            evaluator.set_weights(layer, original)
-        emit({"layer": layer, "sparsity": sparsity, "pruned": int(mask.size - np.count_nonzero(mask)),
-              "zeros": zeros, "metrics": metrics, "eval_seconds": seconds, "data": evaluator.data_mode})
+        metrics, seconds, counts = evaluator.run_pruned({layer: sparsity}, config.criterion, config.seed, originals)
+        pruned, zeros = counts[layer]
+        emit({"layer": layer, "sparsity": sparsity, "pruned": pruned, "zeros": zeros, "metrics": metrics,
+              "eval_seconds": seconds, "data": evaluator.data_mode})
 
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results, parent):
