@@ -43,7 +43,7 @@ from .layers import PRUNABLE_TYPES, check_shared_shapes
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
-from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SECONDS, SHA256, RunFolder, optional, read_json, table,
+from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, table,
                         write_json)
 from .solverstate import point_learned_net
 from .stats import model_stats
@@ -87,13 +87,13 @@ class StageSummary:
 _SUMMARY_FIELDS = tuple(f.name for f in fields(StageSummary))
 _SUMMARY_REQUIRED = tuple(f.name for f in fields(StageSummary) if f.default is MISSING)
 _SUMMARY_KINDS = {"stage": COUNT, "kind": NAME, "folder": NAME, "model": NAME, "iterations": COUNT,
-                  "lr": optional(NUMBER), "test": table(optional(NUMBER)), "sparsity": FRACTION, "seconds": SECONDS,
+                  "lr": optional(NUMBER), "test": table(optional(NUMBER)), "sparsity": FRACTION, "seconds": NUMBER,
                   "curve": optional(NAME), "tests": optional(NAME), "layers": optional(table(FRACTION)),
                   "model_sha256": optional(SHA256), "input_sha256": optional(SHA256),
                   "curve_sha256": optional(SHA256), "tests_sha256": optional(SHA256)}
 _CHECKPOINT_KINDS = {"iter": COUNT, "solverstate": NAME, "curve": NAME, "tests": optional(NAME),
                      "sha256": table(SHA256, keys=("solverstate", "caffemodel", "curve", "tests")),
-                     "seconds": SECONDS, "start_sha256": SHA256}
+                     "seconds": NUMBER, "start_sha256": SHA256}
 
 
 def run_fingerprint(recipe, spec, with_weights=True, rule_order=True):
@@ -277,11 +277,11 @@ class _Checkpoints:
         self.start_sha256 = start_sha256  # of the model the stage started from
         # The stage's seconds: this process's, and those of the run(s) that
         # made the checkpoint it goes on from (latest).
-        self.started, self.earlier = time.time(), 0.0
+        self.started, self.earlier = time.monotonic(), 0.0  # a clock stepped back would count negative time
         self._latest = None  # latest()'s, once read: it hashes the snapshots, a GB for VGG16
 
     def seconds(self):
-        return self.earlier + time.time() - self.started
+        return self.earlier + time.monotonic() - self.started
 
     @property
     def prefix(self):
@@ -335,7 +335,9 @@ class _Checkpoints:
         # Checkpoints from before periodic test passes were recorded have none.
         tests = read_stage_csv(record["tests"], report.parse_tests_csv, remedy) if record.get("tests") else []
         self._check_hashes(record, files, ("curve", "tests"), remedy)  # after the CSVs' own, more telling, checks
-        self.earlier = float(record.get("seconds", 0.0))  # none in checkpoints of earlier versions
+        # None in checkpoints of earlier versions; below 0 in those timed with
+        # the wall clock when it was stepped back.
+        self.earlier = max(0.0, float(record.get("seconds", 0.0)))
         return {**record, "curve_rows": curve, "test_rows": tests}
 
     def _check_hashes(self, record, files, kinds, remedy):
@@ -653,7 +655,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
                 stage_dir.mkdir(exist_ok=True)
             except OSError as exc:
                 raise InputError(f"{stage_dir}: cannot be made ({exc.strerror})") from None
-            started = time.time()
+            started = time.monotonic()
             seed_c_rand(recipe.seed, number)
             try:
                 if stage.kind == "prune":
@@ -666,7 +668,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
                 raise Diverged(f"{recipe.where}: stage {number} ({stage.kind}): {exc} (with this stage edited, "
                                "dsd --force keeps the stages before it)") from None
             # A resumed stage's: with those of the runs that made its checkpoint.
-            seconds = time.time() - started + summary.pop("earlier_seconds", 0.0)
+            seconds = time.monotonic() - started + summary.pop("earlier_seconds", 0.0)
             hashes = {f"{key}_sha256": file_sha256(stage_dir / summary[key], sync=True)
                       for key in ("curve", "tests") if key in summary}
             summary = StageSummary(stage=number, kind=stage.kind, folder=stage_dir.name,

@@ -52,14 +52,16 @@ from .maskfile import masks_path_for, structure_fingerprint
 from .masks import apply_mask, compute_mask, get_criterion, layer_rng
 from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
                        output_feeds, output_kinds)
-from .runfolder import COUNT, FRACTION, NAME, NUMBER, SECONDS, RunFolder, optional, table
+from .runfolder import COUNT, FRACTION, NAME, NUMBER, SECONDS, Kind, RunFolder, optional, table
 
 FORMAT = "caffedsd-sensitivity"
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CACHE_LIMIT = 1 << 30
 POINTS = "points.jsonl"  # the scan folder's journal of finished points
 _POINT_KEYS = ("layer", "sparsity", "metrics", "pruned")  # what _result reads of each
-_POINT_KINDS = {"layer": optional(NAME), "sparsity": FRACTION, "metrics": table(optional(NUMBER)), "pruned": COUNT,
+# A broken output: null, or NaN or Infinity as scans of earlier versions wrote it.
+_OUTPUT = Kind("a number or null", lambda v: v is None or type(v) in (int, float))
+_POINT_KINDS = {"layer": optional(NAME), "sparsity": FRACTION, "metrics": table(_OUTPUT), "pruned": COUNT,
                 "zeros": COUNT, "eval_seconds": SECONDS, "data": NAME}
 SCAN_RECORD = "scan.json"  # the scan folder's model, weights and settings
 
@@ -483,9 +485,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
         def record(point):
             if point["layer"] is None:
                 _check_baseline(model_path, point["metrics"])
-            else:  # JSON has no NaN: a net the pruning broke is recorded as null
-                point = {**point, "metrics": {name: value if math.isfinite(value) else None
-                                              for name, value in point["metrics"].items()}}
+            else:
+                point = {**point, "metrics": _broken_as_null(point["metrics"])}
             folder.append(POINTS, point)
             done[(point["layer"], point["sparsity"])] = point
             if callback is not None:
@@ -516,6 +517,11 @@ def _check_baseline(model_path, metrics):
                          "they are; no drop can be measured from it")
 
 
+def _broken_as_null(metrics):
+    """JSON has no NaN: an output a pruning broke is recorded as null."""
+    return {name: value if value is not None and math.isfinite(value) else None for name, value in metrics.items()}
+
+
 def _journal(folder):
     """{(layer, sparsity): point} of the points finished in ``folder``, as
     _measure records them. An edited record is skipped, and the point
@@ -526,9 +532,9 @@ def _journal(folder):
     records = folder.journal(POINTS, keys=_POINT_KEYS, kinds=_POINT_KINDS)
     # _check_baseline refuses a broken baseline before it is recorded.
     baselines = [r["metrics"] for r in records if r["layer"] is None and r["sparsity"] == 0.0 and r["metrics"]
-                 and None not in r["metrics"].values()]
+                 and all(NUMBER(value) for value in r["metrics"].values())]
     names = set(baselines[-1]) if baselines else None
-    return {(r["layer"], r["sparsity"]): r for r in records
+    return {(r["layer"], r["sparsity"]): {**r, "metrics": _broken_as_null(r["metrics"])} for r in records
             if (r["layer"] is not None or r["metrics"] in baselines) and names in (None, set(r["metrics"]))}
 
 

@@ -124,6 +124,13 @@ def test_edited_points_are_not_taken(lenet, scanned, tmp_path):
     scan(proto, weights, tmp_path / "scan", sparsities=SPARSITIES, iterations=ITERS)
     assert _points_file(tmp_path / "scan") == before  # nothing measured again
     assert _table(tmp_path / "scan") == _table(out)
+    # Earlier versions wrote a broken output as NaN or Infinity: taken, not measured again.
+    with open(tmp_path / "scan" / "points.jsonl", "a") as handle:
+        handle.write('{"layer": "ip2", "sparsity": 0.9, "pruned": 4500, "metrics": {"accuracy": NaN, "loss": Infinity}}\n')
+    before = _points_file(tmp_path / "scan")
+    scan(proto, weights, tmp_path / "scan", sparsities=SPARSITIES, iterations=ITERS)
+    assert _points_file(tmp_path / "scan") == before
+    assert "ip2,0.9,," in _table(tmp_path / "scan")
 
 
 def test_a_workers_own_fault_is_not_called_bad_input(lenet):
