@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import InputError
+from .values import is_finite_number
 
 CHUNK = 1 << 22  # elements per slice when a whole-blob temporary would cost too much memory
 
@@ -182,13 +183,13 @@ class Criterion:
 
 
 def _check_sparsity(value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < 1):
+    if not (is_finite_number(value) and 0 <= value < 1):
         return "must be in [0, 1)"
     return None
 
 
 def _check_scale(value):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+    if not (is_finite_number(value) and value >= 0):
         return "must be a finite number >= 0 (the multiplier s)"
     return None
 

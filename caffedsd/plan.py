@@ -25,13 +25,13 @@ match at least one prunable layer.
 """
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field, replace
 
 from .atomic import read_input
 from .errors import InputError, PlanError
 from .globrules import GlobRules, Rule
 from .masks import get_criterion
+from .values import is_finite_number
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 PLAN_KEYS = frozenset({"criterion", "sparsity", "layers", "verified", "seed"})
@@ -50,7 +50,12 @@ class SparsityPlan:
     where: str = field(default=None, compare=False)  # the plan file, for messages
 
     def __post_init__(self):
-        object.__setattr__(self, "rules", tuple(self.rules))
+        # A glob given again (--rule after a plan's own) shadows its earlier
+        # rule wholly: only the last is kept, so that to_dict, a mapping, and
+        # the plan a masks file records prune as this one does.
+        rules = tuple(rule if isinstance(rule, Rule) else Rule(*rule) for rule in self.rules)
+        object.__setattr__(self, "rules", tuple(rule for n, rule in enumerate(rules)
+                                                if not any(later.pattern == rule.pattern for later in rules[n + 1:])))
         at = f"{self.where}: " if self.where else ""
         if self.seed is not None and (type(self.seed) is not int or self.seed < 0):
             raise PlanError(f"{at}seed {self.seed!r}: must be a whole number >= 0")
@@ -69,18 +74,21 @@ class SparsityPlan:
             if problem:
                 raise PlanError(f"{at}{what} {value!r}: {problem} for criterion {self.criterion}")
         if self.verified is not None:
+            if self.seed is None and crit.seeded:
+                # Verified as drawn with seed 0 (digest): that is what it
+                # prunes with, not the pruning command's seed (a recipe's).
+                object.__setattr__(self, "seed", 0)
             self._check_verified(at)
 
     def _check_verified(self, at):
         record = self.verified
         drop = record.get("measured_drop") if isinstance(record, dict) else None
-        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop):
+        if not is_finite_number(drop):
             raise PlanError(f"{at}verified: expected a mapping with a finite measured_drop "
                             "(as `caffedsd plan --verify` writes it)")
         for key, value in record.items():
             # It travels into the masks file as JSON: YAML's dates, sets and binaries do not.
-            if not (isinstance(value, (str, bool, int, type(None)))
-                    or (isinstance(value, float) and math.isfinite(value))):
+            if not (isinstance(value, (str, bool, type(None))) or is_finite_number(value)):
                 raise PlanError(f"{at}verified: {key} {value!r}: expected a number, a string or null "
                                 "(as `caffedsd plan --verify` writes it)")
         if "plan_sha256" in record and record["plan_sha256"] != self.digest():
@@ -128,7 +136,7 @@ class SparsityPlan:
     @classmethod
     def from_dict(cls, data, where="plan"):
         check_keys(data, PLAN_KEYS, where, PlanError)
-        layers = data.get("layers") or {}
+        layers = data.get("layers", {})  # [], "", false or null: a mistake, not "no rules"
         if not isinstance(layers, dict):
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")
         return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),

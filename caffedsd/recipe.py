@@ -29,12 +29,12 @@ a short first dense stage. ``lr_scale`` multiplies the solver's base_lr.
 """
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 
 from .atomic import read_input
 from .errors import PlanError, RecipeError
 from .plan import PLAN_KEYS, SparsityPlan, load_plan
+from .values import is_finite_number
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 MAX_SEED = 2 ** 32 - 1
@@ -63,7 +63,7 @@ GREATEST_FLOAT32 = (2.0 - 2.0 ** -23) * 2.0 ** 127
 
 
 def _lr_scale(value, where):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise RecipeError(f"{where}: lr_scale {value!r} must be a number > 0")
     if value < LEAST_NORMAL_FLOAT32:
         raise RecipeError(f"{where}: lr_scale {value!r} must be at least {LEAST_NORMAL_FLOAT32:.4g}: Caffe keeps "

@@ -8,7 +8,6 @@ files and append-only JSON-lines journals, each record whole or absent.
 """
 import fcntl
 import json
-import math
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from typing import Callable
 from .atomic import is_leftover, output_folder, remove_leftovers, write_text
 from .errors import InputError
 from .report import to_json
+from .values import is_finite_number
 
 LOCK_FILE = ".caffedsd.lock"  # held by the process working in the folder
 
@@ -38,14 +38,10 @@ class Kind:
         return self.test(value)
 
 
-def _is_number(value):
-    return type(value) in (int, float) and math.isfinite(value)
-
-
 COUNT = Kind("a count", lambda v: type(v) is int and v >= 0)
-NUMBER = Kind("a number", _is_number)
-SECONDS = Kind("a number of seconds", lambda v: _is_number(v) and v >= 0)
-FRACTION = Kind("a fraction", lambda v: _is_number(v) and 0 <= v <= 1)
+NUMBER = Kind("a number", is_finite_number)
+SECONDS = Kind("a number of seconds", lambda v: is_finite_number(v) and v >= 0)
+FRACTION = Kind("a fraction", lambda v: is_finite_number(v) and 0 <= v <= 1)
 NAME = Kind("a name", lambda v: isinstance(v, str) and v != "")
 SHA256 = Kind("a sha256", lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None)
 

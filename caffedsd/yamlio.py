@@ -89,11 +89,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node):
         value = self.construct_scalar(node)
-        if _DECIMAL12.fullmatch(value):  # YAML 1.1 read 010 as octal 8
-            return int(value, 10)
-        if value.startswith("0o"):
-            return int(value[2:], 8)
-        return super().construct_yaml_int(node)
+        try:
+            if _DECIMAL12.fullmatch(value):  # YAML 1.1 read 010 as octal 8
+                return int(value, 10)
+            if value.startswith("0o"):
+                return int(value[2:], 8)
+            return super().construct_yaml_int(node)
+        except ValueError:  # past Python's limit on the digits of an int read from text (4300)
+            raise _Refused(None, None, f"a whole number of {len(value)} characters: too long to be one caffedsd "
+                                       "takes", node.start_mark) from None
 
 
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
@@ -108,7 +112,8 @@ _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.const
 # YAML 1.1's other numbers, 1:30 (base 60, 90), 1_000 and 0b101, are text
 # in YAML 1.2 (`iterations: 1:30` trained 90 iterations), and its 0o17 is a
 # number there.
-_FLOAT12 = re.compile(r"[-+]?(?:[0-9]+|\.[0-9]+|[0-9]+\.[0-9]*)[eE][-+]?[0-9]+")
+# YAML 1.2's floats that 1.1 reads as text: 5e-1 (no dot), and +.5, -.5 (a sign before a bare dot).
+_FLOAT12 = re.compile(r"[-+]?(?:[0-9]+|\.[0-9]+|[0-9]+\.[0-9]*)[eE][-+]?[0-9]+|[-+]\.[0-9]+")
 _DECIMAL12 = re.compile(r"[-+]?[0-9]+")
 _INT12 = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
 _ANY_FLOAT12 = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"

@@ -52,6 +52,48 @@ def test_dict_and_yaml_round_trip():
     assert SparsityPlan.from_yaml(plan.to_yaml()) == plan
 
 
+def test_a_glob_given_again_keeps_only_its_last_rule():
+    """A masks file records the plan as a mapping: fc* given twice was kept
+    at its first place with its last value, and the recorded plan pruned
+    fc1 at 0.5 where the plan applied pruned it at 0.7."""
+    plan = SparsityPlan(rules=[("fc*", 0.3), ("fc1", 0.5), ("fc*", 0.7)])  # tuples, as GlobRules takes them
+    assert plan.rules == (Rule("fc1", 0.5), Rule("fc*", 0.7))
+    assert plan.amounts(["fc1", "fc2"]) == {"fc1": 0.7, "fc2": 0.7}
+    assert SparsityPlan.from_dict(plan.to_dict()) == plan and SparsityPlan.from_yaml(plan.to_yaml()) == plan
+
+
+@pytest.mark.parametrize("layers", ["[]", '""', "false", "0", "null"])
+def test_layers_that_are_no_mapping_are_refused(layers):
+    # Taken as "no rules", they pruned every layer at the default sparsity, silently.
+    with pytest.raises(PlanError, match="^p.yaml: 'layers' must map layer names or globs to amounts$"):
+        SparsityPlan.from_yaml(f"sparsity: 0.5\nlayers: {layers}\n", "p.yaml")
+    assert SparsityPlan.from_yaml("sparsity: 0.5\nlayers: {}\n", "p.yaml").rules == ()
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("sparsity: 1" + "0" * 400, "sparsity 1000"), ("criterion: std\nsparsity: 1" + "0" * 400, "sparsity 1000"),
+    ("layers: {fc1: 1" + "0" * 400 + "}", "rule 'fc1' 1000"),
+    ("sparsity: 0.5\nverified: {measured_drop: 1" + "0" * 400 + "}", "verified: expected a mapping with a finite"),
+    ("sparsity: 0.5\nseed: 1" + "0" * 5000, "p.yaml:2:7: a whole number of 5001 characters: too long")])
+def test_numbers_past_a_floats_range_are_one_line(text, expect):
+    # OverflowError and ValueError tracebacks (exit status 1).
+    with pytest.raises(PlanError, match=re.escape(expect)):
+        SparsityPlan.from_yaml(text, "p.yaml")
+
+
+def test_a_verified_random_plan_without_a_seed_prunes_with_the_seed_it_was_verified_with():
+    """Its plan_sha256 counts no seed as seed 0; a dsd stage drew its masks
+    with the recipe's seed, under the verified record of seed 0's."""
+    base = SparsityPlan(criterion="random", sparsity=0.5, seed=0)
+    data = base.to_dict() | {"verified": {"measured_drop": 0.1, "plan_sha256": base.digest()}}
+    del data["seed"]
+    plan = SparsityPlan.from_dict(data)
+    assert plan.seed == 0 and plan.seed_for(7) == 0
+    assert SparsityPlan(criterion="random", sparsity=0.5).seed_for(7) == 7  # unverified: the command's
+    with pytest.raises(PlanError, match="verified: measured another plan"):
+        SparsityPlan.from_dict(data | {"seed": 3})
+
+
 def test_unknown_key_and_bad_yaml(tmp_path):
     with pytest.raises(PlanError, match="unknown key"):
         SparsityPlan.from_dict({"sparsity": 0.5, "layer": {}})

@@ -206,6 +206,12 @@ def test_a_seed_beyond_32_bits_is_refused():
             Recipe.from_dict(dict(GOOD, seed=seed))
 
 
+def test_an_lr_scale_past_a_floats_range_is_one_line():
+    stages = [{"dense": {"iterations": 5, "lr_scale": 10 ** 400}}]  # an OverflowError traceback
+    with pytest.raises(RecipeError, match="stage 1 \\(dense\\): lr_scale 1000.* must be a number > 0"):
+        Recipe.from_dict(dict(GOOD, stages=stages))
+
+
 @pytest.mark.parametrize("scale", [1e-320, 5e-324, 1e-39])
 def test_an_lr_scale_that_leaves_no_learning_rate_is_refused(scale):
     # lr_scale 1e-320 times the solver's base_lr is 0 in Caffe's 32-bit float: it trained at lr 0.

@@ -79,6 +79,10 @@ def test_yaml_1_2_floats_are_numbers_where_they_are_values(tmp_path):
     assert plan.sparsity == 0.5 and [(r.pattern, r.value) for r in plan.rules] == [("1e3", 0.1), ("conv2", 0.25)]
     data = parse_yaml("a: '5e-1'\nb: !!str 1e3\nc: [1.5e3, -2e2]\nd: 1_0e1\n", "p.yaml", PlanError)
     assert data == {"a": "5e-1", "b": "1e3", "c": [1500.0, -200.0], "d": "1_0e1"}
+    # A sign before a bare point: YAML 1.1 reads .5 but not +.5 or -.5.
+    assert parse_yaml("a: +.5\nb: -.25\nc: .5\nd: '-.5'\n", "p.yaml", PlanError) == {"a": 0.5, "b": -0.25, "c": 0.5,
+                                                                                       "d": "-.5"}
+    assert parse_yaml(dump_yaml({"a": "+.5"}), "p.yaml", PlanError) == {"a": "+.5"}
 
 
 def test_keys_are_text_and_leading_zeros_decimal(tmp_path):
