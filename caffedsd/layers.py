@@ -71,6 +71,19 @@ def check_shared_shapes(where, param_name, shapes):
                              "prunes shared weights of one shape only)")
 
 
+def tied_copies(model, target):
+    """(layer, blob index) of the blobs of layers outside ``target`` that
+    its param name ties to its weights: an Embed tied to an InnerProduct,
+    as language models tie their input and output embeddings. Caffe holds
+    them as the one blob, copying each layer's from the file in net order,
+    so a pruned blob is written to each of them too: an unpruned copy read
+    after the pruned one undid the pruning."""
+    if not target.param_name:
+        return []
+    return [(layer.name, index) for layer in model.layers if layer.name not in target.layers
+            for index, name in enumerate(layer.param_names) if name == target.param_name]
+
+
 def prunable_targets(model):
     """The model's prunable blobs, one Target per shared group, in layer order."""
     targets = []

@@ -13,7 +13,7 @@ from .atomic import atomic_paths
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel, write_caffemodel
 from .errors import InputError
-from .layers import prunable_targets
+from .layers import prunable_targets, tied_copies
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, layer_rng
 from .netcheck import built_layers, check_pair, check_tied_weights, loaded_states
@@ -86,6 +86,19 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
     return MaskSet(masks, shared_by, model.structure(), meta), rows
 
 
+def written_masks(model, maskset):
+    """{(layer, blob index): mask} a pruned copy of ``model`` is written
+    with: each masked layer's blob 0, and the copies other layers tie to it
+    (layers.tied_copies), in their own shapes (of one count: Caffe ties no
+    other)."""
+    written = {(layer, 0): mask for layer, mask in maskset.per_layer().items()}
+    for target in prunable_targets(model):
+        if target.owner in maskset.masks:
+            for layer, index in tied_copies(model, target):
+                written[layer, index] = maskset.masks[target.owner].reshape(model.layer(layer).blobs[index].shape)
+    return written
+
+
 def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=False,
                allow_python_layers=False, others=(), masks_option="--masks"):
     """Prune the caffemodel ``weights`` into ``output`` and its masks file.
@@ -110,6 +123,6 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
                                 meta={"source": weights.name, "source_sha256": source.sha256()})
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (model_tmp, masks_tmp):
-        write_caffemodel(source, model_tmp, masks={(layer, 0): mask for layer, mask in maskset.per_layer().items()})
+        write_caffemodel(source, model_tmp, masks=written_masks(source, maskset))
         save_masks(masks_tmp, maskset, file_sha256(model_tmp))
     return rows, masks_out

@@ -349,3 +349,27 @@ def test_the_table_does_not_round_a_share_to_all_or_none():
 
     assert [ratio_text(*pair) for pair in ((68, 71), (71, 68), (70, 70), (700, 70), (1, 0))] == \
         ["<1.0x", ">1.0x", "1.0x", "10.0x", "-"]
+
+
+EMBED = 'layer { name: "emb" type: "Embed" bottom: "idx" top: "emb" param { name: "w" } ' \
+        'embed_param { input_dim: 10 num_output: 4 bias_term: false } }\n'
+OUT = 'layer { name: "out" type: "InnerProduct" bottom: "x" top: "out" param { name: "w" } ' \
+      'inner_product_param { num_output: 10 bias_term: false } }\n'
+INPUTS = ('layer { name: "in" type: "Input" top: "idx" top: "x" '
+          'input_param { shape { dim: 2 } shape { dim: 2 dim: 4 } } }\n')
+
+
+@pytest.mark.parametrize("order", ["embed first", "inner product first"])
+def test_a_copy_an_embed_ties_to_pruned_weights_is_pruned_too(caffe, tmp_path, cli, order):
+    """Caffe copies each layer's weights from the file into the one blob,
+    in net order: the Embed's unpruned copy, read after the pruned one,
+    undid the pruning, and dsd's next stage refused the file."""
+    proto, weights = save_net(caffe, tmp_path, INPUTS + (EMBED + OUT if order == "embed first" else OUT + EMBED))
+    result = cli("prune", "-w", weights, "-p", proto, "-s", 0.5, "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    pruned = read_caffemodel(tmp_path / "p.caffemodel")
+    out = pruned.layer("out").blobs[0].data
+    assert np.count_nonzero(out) == 20 and np.array_equal(pruned.layer("emb").blobs[0].data, out)
+    net = caffe.Net(str(proto), str(tmp_path / "p.caffemodel"), caffe.TEST)  # as `caffe test` loads it
+    assert np.count_nonzero(net.params["out"][0].data) == 20
+    assert cli("prune", "-w", "p.caffemodel", "-p", proto, "-s", 0.6, "-o", "q.caffemodel").exit_code == 0
