@@ -31,7 +31,7 @@ import hashlib
 import re
 import shutil
 import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from . import report
@@ -633,6 +633,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         if done.exists():
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS,
                                                kinds=_SUMMARY_KINDS))
+            if summary.seconds < 0:  # timed on a wall clock stepped back (earlier versions)
+                summary = replace(summary, seconds=0.0)
             finished_masks = _check_finished(stage_dir, stage, number, len(recipe.stages), summary)
             if None not in (summary.input_sha256, start_sha256) and summary.input_sha256 != start_sha256:
                 # Its model is of a start that is gone: a report would mix two lineages.

@@ -74,10 +74,6 @@ class SparsityPlan:
             if problem:
                 raise PlanError(f"{at}{what} {value!r}: {problem} for criterion {self.criterion}")
         if self.verified is not None:
-            if self.seed is None and crit.seeded:
-                # Verified as drawn with seed 0 (digest): that is what it
-                # prunes with, not the pruning command's seed (a recipe's).
-                object.__setattr__(self, "seed", 0)
             self._check_verified(at)
 
     def _check_verified(self, at):
@@ -105,8 +101,12 @@ class SparsityPlan:
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
     def seed_for(self, default):
-        """The seed its random masks are drawn with."""
-        return default if self.seed is None else self.seed
+        """The seed its random masks are drawn with: its own; a verified
+        plan's without one 0, as digest counts it (it was verified so), not
+        the pruning command's ``default`` (a recipe's seed); else that."""
+        if self.seed is not None:
+            return self.seed
+        return 0 if self.verified is not None else default
 
     def prunes_as(self, other):
         """True when it gives the masks ``other`` gives (seeds matter to random only)."""

@@ -86,16 +86,23 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
     return MaskSet(masks, shared_by, model.structure(), meta), rows
 
 
-def written_masks(model, maskset):
+def written_masks(model, maskset, net=None):
     """{(layer, blob index): mask} a pruned copy of ``model`` is written
     with: each masked layer's blob 0, and the copies other layers tie to it
-    (layers.tied_copies), in their own shapes (of one count: Caffe ties no
-    other)."""
+    (layers.tied_copies) in their own shapes. A copy of another count is no
+    tie Caffe makes; with ``net`` (the prototxt it is to run with), only
+    ties the net makes too count: an Embed the net unties is its own."""
+    tied_in_net = None if net is None else {
+        (layer.name, index, spec.name) for state in loaded_states(net) for layer in built_layers(net, [state])
+        for index, spec in enumerate(layer.param) if spec.name}
     written = {(layer, 0): mask for layer, mask in maskset.per_layer().items()}
     for target in prunable_targets(model):
-        if target.owner in maskset.masks:
-            for layer, index in tied_copies(model, target):
-                written[layer, index] = maskset.masks[target.owner].reshape(model.layer(layer).blobs[index].shape)
+        mask = maskset.masks.get(target.owner)
+        for layer, index in tied_copies(model, target) if mask is not None else ():
+            copy = model.layer(layer).blobs[index]
+            if copy.data.size == mask.size and (tied_in_net is None
+                                                 or (layer, index, target.param_name) in tied_in_net):
+                written[layer, index] = mask.reshape(copy.shape)
     return written
 
 
@@ -112,6 +119,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     weights, output = Path(weights), Path(output)
     source = read_caffemodel(weights)
     check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
+    net = None
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
         check_pair(net, model, source, states=loaded_states(net), strict=True)
@@ -123,6 +131,6 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
                                 meta={"source": weights.name, "source_sha256": source.sha256()})
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (model_tmp, masks_tmp):
-        write_caffemodel(source, model_tmp, masks=written_masks(source, maskset))
+        write_caffemodel(source, model_tmp, masks=written_masks(source, maskset, net))
         save_masks(masks_tmp, maskset, file_sha256(model_tmp))
     return rows, masks_out

@@ -11,6 +11,8 @@ MAX_DEPTH = 100
 # message, json.dumps of a recipe's fingerprint) walks every use: ten lines
 # of aliases of aliases make billions of items.
 MAX_EXPANDED = 100_000
+# No whole number caffedsd takes (a seed, a count) comes near it.
+MAX_INT_CHARACTERS = 1000
 
 
 class _Refused(yaml.composer.ComposerError):
@@ -89,6 +91,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node):
         value = self.construct_scalar(node)
+        if len(value) > MAX_INT_CHARACTERS:
+            # Python refuses to read (or, in hex, to print) such a number as decimal text.
+            raise _Refused(None, None, f"a whole number of {len(value)} characters: too long to be one caffedsd "
+                                       "takes", node.start_mark)
         try:
             if _DECIMAL12.fullmatch(value):  # YAML 1.1 read 010 as octal 8
                 return int(value, 10)

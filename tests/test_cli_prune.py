@@ -373,3 +373,16 @@ def test_a_copy_an_embed_ties_to_pruned_weights_is_pruned_too(caffe, tmp_path, c
     net = caffe.Net(str(proto), str(tmp_path / "p.caffemodel"), caffe.TEST)  # as `caffe test` loads it
     assert np.count_nonzero(net.params["out"][0].data) == 20
     assert cli("prune", "-w", "p.caffemodel", "-p", proto, "-s", 0.6, "-o", "q.caffemodel").exit_code == 0
+
+
+def test_a_tie_the_net_does_not_make_leaves_the_copy_alone(caffe, tmp_path, cli):
+    """The file's param names tie the Embed to the pruned weights: with a
+    prototxt that unties them, the Embed is its own blob and stays whole."""
+    proto, weights = save_net(caffe, tmp_path, INPUTS + EMBED + OUT)
+    untied = tmp_path / "untied.prototxt"
+    untied.write_text(proto.read_text().replace('param { name: "w" } embed_param', "embed_param"))
+    result = cli("prune", "-w", weights, "-p", untied, "-s", 0.5, "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    pruned = read_caffemodel(tmp_path / "p.caffemodel")
+    assert np.count_nonzero(pruned.layer("out").blobs[0].data) == 20
+    assert np.count_nonzero(pruned.layer("emb").blobs[0].data) == 40

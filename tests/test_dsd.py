@@ -637,6 +637,7 @@ def test_damaged_run_records_are_one_line(tmp_path, cli):
     # Timed by the wall clock, earlier versions wrote negative seconds when it was stepped back.
     done.write_text(json.dumps({**summary, "seconds": -3600.0}))
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    assert json.loads((run / "report.json").read_text())["stages"][2]["seconds"] == 0.0
     done.unlink()  # as the message says: the stage runs again, and the run ends
     assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
     assert json.loads(done.read_text()) == json.loads(whole) | {"seconds": json.loads(done.read_text())["seconds"]}
