@@ -561,9 +561,10 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
     """
     from .sensitivity import parse_sparsities, scan
 
-    data = scan(model, weights, output, layers=glob_list(layer_globs, "--layers"), sparsities=parse_sparsities(sparsities), criterion=criterion,
-                iterations=iterations, seed=seed, jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers,
-                progress=_Progress, force=force, notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
+    data = scan(model, weights, output, layers=glob_list(layer_globs, "--layers"),
+                sparsities=parse_sparsities(sparsities), criterion=criterion, iterations=iterations, seed=seed,
+                jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers, progress=_Progress, force=force,
+                notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
     if data["data"] == "streamed":
         click.echo("note: the TEST batches did not fit in memory and were read anew for every point, each "
                    "time checked to be the baseline's", err=True)
@@ -760,7 +761,8 @@ def decompose(model, deploy, weights, energy, ranks, layer_globs, fc, allow_pyth
 
     rows, skipped, written = write_decomposition(
         model, deploy, weights, output, energy=energy, ranks=parse_ranks(ranks),
-        layers=glob_list(layer_globs, "--layers"), include_fc=fc, allow_python_layers=allow_python_layers, force=force)
+        layers=glob_list(layer_globs, "--layers"), include_fc=fc, allow_python_layers=allow_python_layers,
+        force=force)
     if rows:
         click.echo(report.decomposition_table(rows))
     else:

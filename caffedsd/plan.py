@@ -53,9 +53,9 @@ class SparsityPlan:
         # A glob given again (--rule after a plan's own) shadows its earlier
         # rule wholly: only the last is kept, so that to_dict, a mapping, and
         # the plan a masks file records prune as this one does.
-        rules = tuple(rule if isinstance(rule, Rule) else Rule(*rule) for rule in self.rules)
-        object.__setattr__(self, "rules", tuple(rule for n, rule in enumerate(rules)
-                                                if not any(later.pattern == rule.pattern for later in rules[n + 1:])))
+        rules = [rule if isinstance(rule, Rule) else Rule(*rule) for rule in self.rules]
+        last = {rule.pattern: n for n, rule in enumerate(rules)}  # one pass: plans of 100k rules are read
+        object.__setattr__(self, "rules", tuple(rule for n, rule in enumerate(rules) if last[rule.pattern] == n))
         at = f"{self.where}: " if self.where else ""
         if self.seed is not None and (type(self.seed) is not int or self.seed < 0):
             raise PlanError(f"{at}seed {self.seed!r}: must be a whole number >= 0")

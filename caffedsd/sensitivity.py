@@ -60,7 +60,7 @@ CACHE_LIMIT = 1 << 30
 POINTS = "points.jsonl"  # the scan folder's journal of finished points
 _POINT_KEYS = ("layer", "sparsity", "metrics", "pruned")  # what _result reads of each
 # A broken output: null, or NaN or Infinity as scans of earlier versions wrote it.
-_OUTPUT = Kind("a number or null", lambda v: v is None or type(v) in (int, float))
+_OUTPUT = Kind("a number or null", lambda v: v is None or type(v) is float or NUMBER(v))
 _POINT_KINDS = {"layer": optional(NAME), "sparsity": FRACTION, "metrics": table(_OUTPUT), "pruned": COUNT,
                 "zeros": COUNT, "eval_seconds": SECONDS, "data": NAME}
 SCAN_RECORD = "scan.json"  # the scan folder's model, weights and settings
@@ -519,7 +519,7 @@ def _check_baseline(model_path, metrics):
 
 def _broken_as_null(metrics):
     """JSON has no NaN: an output a pruning broke is recorded as null."""
-    return {name: value if value is not None and math.isfinite(value) else None for name, value in metrics.items()}
+    return {name: value if NUMBER(value) else None for name, value in metrics.items()}
 
 
 def _journal(folder):

@@ -119,7 +119,9 @@ def test_edited_points_are_not_taken(lenet, scanned, tmp_path):
                      '{"layer": "ip1", "sparsity": 0.6, "metrics": {"accuracy": 0.5, "loss": 1.0}}\n'
                      '{"layer": "conv1", "sparsity": 0.9, "pruned": 450, "metrics": {"accuracy": 0.99}}\n'
                      '{"layer": null, "sparsity": 0.0, "pruned": 0, "metrics": {"accuracy": null, "loss": 1.0}}\n'
-                     '{"layer": "conv2", "sparsity": 1.5, "pruned": 0, "metrics": {"accuracy": 0.9, "loss": 1.0}}\n')
+                     '{"layer": "conv2", "sparsity": 1.5, "pruned": 0, "metrics": {"accuracy": 0.9, "loss": 1.0}}\n'
+                     '{"layer": "conv2", "sparsity": 0.3, "pruned": 0, "metrics": {"accuracy": 1%s, "loss": 1.0}}\n'
+                     % ("0" * 400))
     before = _points_file(tmp_path / "scan")
     scan(proto, weights, tmp_path / "scan", sparsities=SPARSITIES, iterations=ITERS)
     assert _points_file(tmp_path / "scan") == before  # nothing measured again
