@@ -6,7 +6,7 @@ first and exceptions after them. A rule that matches no layer is an error:
 it is almost always a typo that would prune (or spare) the wrong layers.
 """
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InputError
 
@@ -41,6 +41,9 @@ def glob_list(values, option):
 class Rule:
     pattern: str
     value: object = None
+    # Where it was given ("--rule", "plan.yaml: rule"), for messages; a
+    # rule's meaning does not depend on it.
+    where: str = field(default=None, compare=False)
 
     def matches(self, name):
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -53,7 +56,7 @@ class Rule:
         if not sep or not pattern.strip():
             raise error(f"{option} {text!r}: expected {key_name}={value_name}, e.g. {example!r}")
         try:
-            return cls(pattern.strip(), convert(value))
+            return cls(pattern.strip(), convert(value), option)
         except ValueError:
             kind = "a whole number" if convert is int else "a number"
             raise error(f"{option} {text!r}: {value!r} is not {kind}") from None
@@ -61,8 +64,9 @@ class Rule:
 
 @dataclass(frozen=True)
 class GlobRules:
-    """Rules in order; ``source`` names them in messages ("rule", "--layers"),
-    ``error`` is the InputError subclass raised."""
+    """Rules in order; ``source`` names them in messages ("rule", "--layers")
+    where a rule does not say where it was given; ``error`` is the
+    InputError subclass raised."""
 
     rules: tuple = ()
     source: str = "rule"
@@ -80,7 +84,7 @@ class GlobRules:
         (e.g. "prunable layer") and listed after ``known`` in the message."""
         for rule in self.rules:
             if not any(rule.matches(name) for name in names):
-                raise self.error(f"{self.source} {rule.pattern!r} matches no {what} "
+                raise self.error(f"{rule.where or self.source} {rule.pattern!r} matches no {what} "
                                  f"({known}: {', '.join(names) or 'none'})")
 
     def resolve(self, names, what, default=None, known="known"):

@@ -140,7 +140,7 @@ class SparsityPlan:
         if not isinstance(layers, dict):
             raise PlanError(f"{where}: 'layers' must map layer names or globs to amounts")
         return cls(criterion=data.get("criterion", "keepmax"), sparsity=data.get("sparsity"),
-                   rules=tuple(Rule(str(k), v) for k, v in layers.items()), verified=data.get("verified"),
+                   rules=tuple(Rule(str(k), v, f"{where}: rule") for k, v in layers.items()), verified=data.get("verified"),
                    seed=data.get("seed"), where=where)
 
     def to_yaml(self):

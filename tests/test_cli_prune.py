@@ -182,6 +182,13 @@ def test_bad_values(tiny, tmp_path, cli):
     _bad(cli, tmp_path, "prnue", expect="caffedsd: No such command 'prnue'. Did you mean 'prune'? (see caffedsd --help)")
     _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fire*=0.5", "-o", "o.caffemodel",
          expect="rule 'fire*' matches no prunable layer (prunable: conv1, fc1, fc2a, fc2b)")
+    # The rule that matches nothing is named where it was written: the plan file, or --rule.
+    (tmp_path / "typo.yaml").write_text("sparsity: 0.5\nlayers:\n  conv9: 0.3\n")
+    _bad(cli, tmp_path, "prune", "-w", weights, "--plan", "typo.yaml", "-o", "o.caffemodel",
+         expect="typo.yaml: rule 'conv9' matches no prunable layer")
+    (tmp_path / "typo.yaml").write_text("sparsity: 0.5\n")
+    _bad(cli, tmp_path, "prune", "-w", weights, "--plan", "typo.yaml", "-r", "conv9=0.3", "-o", "o.caffemodel",
+         expect="caffedsd: --rule 'conv9' matches no prunable layer")
     _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fc2a=0.5", "-r", "fc2b=0.6", "-o", "o.caffemodel",
          expect="share param 'fc2_w'")
     _bad(cli, tmp_path, "prune", "-w", weights, "-o", "o.caffemodel", expect="nothing to prune")
