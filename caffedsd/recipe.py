@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from .atomic import read_input
 from .errors import PlanError, RecipeError
 from .plan import PLAN_KEYS, SparsityPlan, load_plan
-from .values import is_finite_number
+from .values import INT32_MAX, LEAST_NORMAL_FLOAT32, is_finite_number
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 MAX_SEED = 2 ** 32 - 1
@@ -51,15 +51,10 @@ def _whole_hint(value):
 def _iterations(value, where):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RecipeError(f"{where}: iterations {value!r} must be a whole number >= 0{_whole_hint(value)}")
+    if value > INT32_MAX:
+        raise RecipeError(f"{where}: iterations {value} must be at most {INT32_MAX}, the last iteration "
+                          "Caffe's counter (a C int) holds")
     return value
-
-
-# The smallest normal and the greatest 32-bit floats. Caffe's base_lr is
-# one: times a smaller scale, any base_lr up to 1 is 0 or subnormal there
-# (lr_scale 1e-320 trained at lr 0, without a word); a rate past the greatest
-# is inf there.
-LEAST_NORMAL_FLOAT32 = 2.0 ** -126
-GREATEST_FLOAT32 = (2.0 - 2.0 ** -23) * 2.0 ** 127
 
 
 def _lr_scale(value, where):
@@ -75,14 +70,20 @@ def _lr_scale(value, where):
 class DenseStage:
     iterations: int
     lr_scale: float = 1.0
+    where: str = field(default=None, compare=False)  # for messages; None: "dense stage"
     kind = "dense"
+
+    def __post_init__(self):
+        where = self.where or f"{self.kind} stage"
+        _iterations(self.iterations, where)
+        object.__setattr__(self, "lr_scale", _lr_scale(self.lr_scale, where))
 
     @classmethod
     def from_dict(cls, data, where):
         check_keys(data, {"iterations", "lr_scale"}, where, RecipeError)
         if "iterations" not in data:
             raise RecipeError(f"{where}: needs iterations")
-        return cls(_iterations(data["iterations"], where), _lr_scale(data.get("lr_scale", 1.0), where))
+        return cls(data["iterations"], data.get("lr_scale", 1.0), where)
 
     def to_dict(self):
         return {"iterations": self.iterations, "lr_scale": self.lr_scale}
@@ -103,6 +104,8 @@ class PruneStage:
     kind = "prune"
 
     def __post_init__(self):
+        if not isinstance(self.plan, SparsityPlan):
+            raise RecipeError(f"{self.where}: plan {self.plan!r} must be a SparsityPlan")
         if not isinstance(self.require_verified, bool):
             raise RecipeError(f"{self.where}: require_verified {self.require_verified!r} must be true or false")
         if self.require_verified and self.plan.verified is None:
@@ -190,6 +193,9 @@ class Recipe:
             _iterations(self.test_interval, f"{where}: test_interval")
         masked = False
         for number, stage in enumerate(self.stages, 1):
+            if type(stage) not in STAGES.values():
+                raise RecipeError(f"{where}: stage {number} {stage!r} must be one of "
+                                  f"{', '.join(kind.__name__ for kind in STAGES.values())}")
             if stage.kind == "sparse" and not masked:
                 raise RecipeError(f"{where}: stage {number} (sparse) has no prune stage before it")
             if stage.kind == "prune" and number == 1 and not self.weights:

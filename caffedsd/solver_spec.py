@@ -13,8 +13,8 @@ from .caffe_proto import LayerParameter, SolverParameter, inline_net, parse_prot
 from .errors import InputError
 from .layers import expects_blobs
 from .netcheck import built_layers, check_data_sources, check_pair, output_kinds, solver_state
-from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
 from .snapshots import resolve_prefix
+from .values import GREATEST_FLOAT32, INT32_MAX, LEAST_NORMAL_FLOAT32
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,11 @@ def check_schedule(param, path, start, end):
     """Refuse training from ``start`` to ``end`` past max_iter under
     lr_policy "poly": Caffe's rate base_lr (1 - iter/max_iter)^power is 0 at
     max_iter and then negative (gradient ascent) or NaN; `caffe train` stops
-    there, pycaffe's step does not."""
+    there, pycaffe's step does not. Refuse any ``end`` past Caffe's int
+    iteration counter, which would wrap to negative iterations."""
+    if end > INT32_MAX:
+        raise InputError(f"{path}: this run would train from iteration {start} to {end}, past {INT32_MAX}, "
+                         "the last iteration Caffe's counter (a C int) holds")
     if param.lr_policy == "poly" and end > param.max_iter:
         raise InputError(f"{path}: lr_policy \"poly\" brings the learning rate to 0 at max_iter {param.max_iter}, "
                          f"and this run would train from iteration {start} to {end}, where it turns negative: "

@@ -33,7 +33,7 @@ from pathlib import Path
 from .caffe_proto import NetParameter, SolverParameter
 from .errors import InputError, SqueezeNetError
 from .globrules import number_list
-from .recipe import GREATEST_FLOAT32, LEAST_NORMAL_FLOAT32
+from .values import GREATEST_FLOAT32, INT32_MAX, LEAST_NORMAL_FLOAT32
 
 VERSIONS = ("1.0", "1.1")
 BYPASSES = ("none", "simple", "complex")
@@ -42,8 +42,7 @@ FILLERS = ("xavier", "msra")
 DATA = ("lmdb", "hdf5")
 # Caffe's blob shapes and element counts are C ints (and num_output,
 # crop_size, batch_size are uint32 in its protobuf): a setting or a blob
-# beyond this makes a net Caffe aborts on, or no prototxt at all.
-MAX_INT = 2 ** 31 - 1
+# beyond INT32_MAX makes a net Caffe aborts on, or no prototxt at all.
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,8 @@ class SqueezeNetSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SqueezeNetError(f"--{name.replace('_', '-')} {value!r}: must be a whole number")
-            if value > MAX_INT:
-                raise SqueezeNetError(f"--{name.replace('_', '-')} {value}: must be at most {MAX_INT}")
+            if value > INT32_MAX:
+                raise SqueezeNetError(f"--{name.replace('_', '-')} {value}: must be at most {INT32_MAX}")
         if self.train_batch < 1 or self.test_batch < 1:
             raise SqueezeNetError("the train and test batch sizes must be >= 1")
         if self.base_e < 1 or self.incr_e < 0 or self.freq < 1:
@@ -134,9 +133,9 @@ class SqueezeNetSpec:
                                   "--bypass complex, or other --base-e/--incr-e/--freq")
         self.spatial_sizes()  # checks the input survives the pooling
         for what, count in self.blob_counts():
-            if count > MAX_INT:
+            if count > INT32_MAX:
                 raise SqueezeNetError(f"{what} would hold {count} values, more than a Caffe blob can "
-                                      f"({MAX_INT}): give fewer filters or classes, or a smaller input")
+                                      f"({INT32_MAX}): give fewer filters or classes, or a smaller input")
 
     # -- the architecture, as numbers ----------------------------------------
     def fires(self):

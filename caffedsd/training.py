@@ -35,6 +35,7 @@ from .solver_spec import (built_nets, check_schedule, check_solver_weights, head
                           solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
                           test_only_params)
 from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
+from .values import INT32_MAX
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
@@ -78,7 +79,7 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
         param.snapshot = snapshot
         param.snapshot_after_train = False
     # Caffe insists on test_interval > 0 when there are test nets.
-    param.test_interval = 2 ** 31 - 1
+    param.test_interval = INT32_MAX
     param.test_initialization = False
     check_prefix(param, spec.path)
     check_hdf5_layers(spec, param)

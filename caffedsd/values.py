@@ -2,6 +2,15 @@
 run-folder records), where a number may be any Python int."""
 import math
 
+# Caffe's C int: blob shapes and counts, and the solver's iteration counter.
+INT32_MAX = 2 ** 31 - 1
+# The smallest normal and the greatest 32-bit floats. Caffe's base_lr is
+# one: times a smaller scale, any base_lr up to 1 is 0 or subnormal there
+# (lr_scale 1e-320 trained at lr 0, without a word); a rate past the greatest
+# is inf there.
+LEAST_NORMAL_FLOAT32 = 2.0 ** -126
+GREATEST_FLOAT32 = (2.0 - 2.0 ** -23) * 2.0 ** 127
+
 
 def is_finite_number(value):
     """An int or float (not a bool) that is finite as a float: every use

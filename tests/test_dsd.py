@@ -902,6 +902,10 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
     assert "at base_lr 0.025" in result.output
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", -1, "-o", "x.caffemodel"),
                     "--iterations -1: must be 0 or more")
+    # Caffe's iteration counter is a C int; pycaffe stepped on past it into negative iterations.
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-n", 2 ** 31,
+                              "-o", "x.caffemodel"),
+                          "would train from iteration 0 to 2147483648, past 2147483647, the last iteration")
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "s.caffemodel", "-o", "s.caffemodel"),
                     "would overwrite the input")
     # The masks read from beside the weights are an input too, and so is

@@ -71,6 +71,8 @@ def test_a_prune_stages_unknown_key_lists_every_known_one(settings, known):
     ({"stagse": []}, "unknown key"),
     ({"stages": [{"dense": {"iterations": -5}}]}, "iterations -5 must be"),
     ({"stages": [{"dense": {"iterations": 2.5}}]}, "iterations 2.5 must be"),
+    # Caffe's iteration counter is a C int: past it, it wraps to negative iterations.
+    ({"stages": [{"dense": {"iterations": 2 ** 31}}]}, "iterations 2147483648 must be at most 2147483647"),
     ({"stages": [{"dense": {"iterations": 5, "lr": 0.1}}]}, "unknown key"),
     ({"stages": [{"dense": {"iterations": 5}}, {"prune": {"sparsity": 1.0}}]}, "must be in [0, 1)"),
     ({"stages": [{"dense": {"iterations": 5}}, {"sparse": {"iterations": 5}}]}, "no prune stage before it"),
@@ -88,6 +90,18 @@ def test_invalid_recipes(change, message):
     # RecipeError, or PlanError for a prune stage's plan: both InputErrors naming the recipe.
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         Recipe.from_dict(dict(GOOD, **change))
+
+
+def test_stages_built_directly_are_checked_as_read_ones_are():
+    assert DenseStage(5, 1) == DenseStage(5, 1.0) and SparseStage(2).lr_scale == 1.0
+    with pytest.raises(RecipeError, match="^sparse stage: iterations -1 must be a whole number >= 0$"):
+        SparseStage(-1)
+    with pytest.raises(RecipeError, match="^dense stage: lr_scale 0 must be a number > 0$"):
+        DenseStage(5, 0)
+    with pytest.raises(RecipeError, match="^prune stage: plan 0.5 must be a SparsityPlan$"):
+        PruneStage(0.5)
+    with pytest.raises(RecipeError, match="^recipe: stage 2 \\{'sparsity': 0.5\\} must be one of DenseStage, "):
+        Recipe("solver.prototxt", (DenseStage(5), {"sparsity": 0.5}))
 
 
 def test_sparse_after_dense_needs_a_new_prune():
