@@ -22,6 +22,7 @@ from .errors import InputError
 from .maskfile import atomic_unmasked_path
 from .netcheck import built_layers, layer_names_with_splits, solver_state
 from .solverstate import set_learned_net
+from .values import next_multiple
 
 
 def resolve_prefix(param, path):
@@ -120,7 +121,7 @@ class SolverSnapshots:
 
     def next_after(self, iteration):
         """The next iteration at which Caffe would snapshot by itself, or None."""
-        return (iteration // self.every + 1) * self.every if self.every else None
+        return next_multiple(iteration, self.every)
 
     def ends_with(self, start, end):
         """Whether a run from ``start`` to ``end`` ends with one more, as

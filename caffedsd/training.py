@@ -35,7 +35,7 @@ from .solver_spec import (built_nets, check_schedule, check_solver_weights, head
                           solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
                           test_only_params)
 from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
-from .values import INT32_MAX
+from .values import INT32_MAX, next_multiple
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
@@ -289,7 +289,7 @@ class PeriodicTests:
 
     def next_after(self, iteration):
         """The first iteration after ``iteration`` at which a pass is due (None: never)."""
-        return (iteration // self.interval + 1) * self.interval if self.interval else None
+        return next_multiple(iteration, self.interval)
 
 
 def check_test_options(spec, iterations, interval, labels=("--test-iterations", "--test-interval")):
@@ -639,9 +639,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
 
 def _next_checkpoint(iteration, checkpoints):
     """dsd's next checkpoint (every ``checkpoints.every`` solver iterations)."""
-    if checkpoints is None or not checkpoints.every:
-        return None
-    return (iteration // checkpoints.every + 1) * checkpoints.every
+    return None if checkpoints is None else next_multiple(iteration, checkpoints.every)
 
 
 def solver_device(spec, gpu):

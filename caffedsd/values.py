@@ -1,5 +1,6 @@
-"""Checks of plain values read from YAML and JSON files (plans, recipes,
-run-folder records), where a number may be any Python int."""
+"""Plain numbers: checks of values read from YAML and JSON files (plans,
+recipes, run-folder records), where a number may be any Python int; the
+limits of Caffe's C ints and 32-bit floats; periodic schedules."""
 import math
 
 # Caffe's C int: blob shapes and counts, and the solver's iteration counter.
@@ -22,3 +23,9 @@ def is_finite_number(value):
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def next_multiple(iteration, every):
+    """The first multiple of ``every`` after ``iteration``: when a periodic
+    test pass, snapshot or checkpoint is next due; None for every 0 (never)."""
+    return (iteration // every + 1) * every if every else None

@@ -14,6 +14,7 @@ from caffedsd.caffemodel import read_caffemodel
 from caffedsd.snapshots import SolverSnapshots
 from caffedsd.solver_spec import read_solver
 from caffedsd.training import open_solver, snapshot_bytes
+from caffedsd.values import next_multiple
 from conftest import write_solver
 
 pytestmark = pytest.mark.caffe
@@ -145,3 +146,8 @@ def test_a_snapshot_killed_midway_leaves_no_file_under_its_name(caffe, tmp_path)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-2000:]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert (tmp_path / "snap_iter_1.caffemodel").stat().st_size == expected
+
+
+def test_the_next_periodic_iteration_is_strictly_after_the_one_given():
+    assert [next_multiple(i, 5) for i in (0, 4, 5, 9, 10)] == [5, 5, 10, 10, 15]
+    assert next_multiple(7, 0) is None  # every 0: never
