@@ -28,7 +28,7 @@ from .dcz_blobs import (MAX_INDEX_BITS, LayerSizes, Reader, decode_floats, decod
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for, masks_path_for, masks_read_for
-from .masks import masked_nonzeros
+from .masks import masked_nonzeros, zero_count
 from .wire import encode_varint as varint
 
 MAGIC = b"CDSDDCZ\x00"
@@ -114,7 +114,7 @@ def _check_masked_zeros(model, keep_masks, masks_path):
     for layer, mask in keep_masks.items():
         bad = masked_nonzeros(model.layer(layer).blobs[0].data, mask)
         if bad:
-            raise InputError(f"{masks_path}: {bad} of the {mask.size - np.count_nonzero(mask)} positions it masks in "
+            raise InputError(f"{masks_path}: {bad} of the {zero_count(mask)} positions it masks in "
                              f"layer {layer!r} of {model.path} are not 0.0, and compress stores none of them; give "
                              f"the masks that model was written with, or apply these first: caffedsd prune -w "
                              f"{model.path} --masks {masks_path} -s 0 -o OUT.caffemodel")

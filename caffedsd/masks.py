@@ -105,7 +105,7 @@ def _scorer(values, previous, transform=np.array):
 
 def keepmax_mask(weights, sparsity, previous=None, rng=None):
     keep = _start_keep(weights, previous)
-    count = _target_count(weights.size, sparsity, int(np.count_nonzero(~keep)))
+    count = _target_count(weights.size, sparsity, zero_count(keep))
     _prune_lowest(_scorer(weights, previous, np.abs), weights.size, count, keep)
     return keep
 
@@ -166,7 +166,7 @@ def random_mask(weights, sparsity, previous=None, rng=None):
     if rng is None:
         raise ValueError("random criterion needs an rng (numpy Generator)")
     keep = _start_keep(weights, previous)
-    count = _target_count(weights.size, sparsity, int(np.count_nonzero(~keep)))
+    count = _target_count(weights.size, sparsity, zero_count(keep))
     draws = rng.random(weights.size, dtype=np.float32)
     _prune_lowest(_scorer(draws, previous), weights.size, count, keep)
     return keep
@@ -238,7 +238,13 @@ def layer_rng(seed, layer_name):
     return np.random.default_rng(np.random.SeedSequence([int(seed), name_key]))
 
 
+def zero_count(array):
+    """Elements of ``array`` that are 0 (False), as an int: the positions a
+    mask prunes, or the zeros of a weight blob."""
+    return int(array.size - np.count_nonzero(array))
+
+
 def sparsity(mask):
     """Fraction of positions a mask prunes (exact integer counts)."""
     mask = np.asarray(mask, dtype=bool)
-    return (mask.size - int(np.count_nonzero(mask))) / mask.size if mask.size else 0.0
+    return zero_count(mask) / mask.size if mask.size else 0.0

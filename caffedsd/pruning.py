@@ -7,15 +7,13 @@ as a pair.
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from .atomic import atomic_paths
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets, tied_copies
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
-from .masks import compute_mask, layer_rng
+from .masks import compute_mask, layer_rng, zero_count
 from .netcheck import built_layers, check_pair, check_tied_weights, loaded_states
 
 
@@ -77,7 +75,7 @@ def prune_model(model, plan, seed=0, previous=None, meta=None):
         shared_by[target.owner] = target.layers
         used_amounts[target.owner] = amount
         rows.append(PrunedLayer(target.owner, target.layers, target.shape, amount,
-                                int(mask.size), int(mask.size - np.count_nonzero(mask))))
+                                int(mask.size), zero_count(mask)))
     if plan.verified is not None and plan.verified.get("weights_sha256", model.sha256()) != model.sha256():
         # What plan --verify measured was of other weights: no claim about these.
         plan = replace(plan, verified=None)

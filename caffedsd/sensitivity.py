@@ -49,7 +49,7 @@ from .errors import CaffeDsdError, InputError, WorkerDied
 from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import masks_path_for, structure_fingerprint
-from .masks import apply_mask, compute_mask, get_criterion, layer_rng
+from .masks import apply_mask, compute_mask, get_criterion, layer_rng, zero_count
 from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
                        output_feeds, output_kinds)
 from .runfolder import COUNT, FRACTION, NAME, NUMBER, SECONDS, Kind, RunFolder, optional, table
@@ -332,7 +332,7 @@ class Evaluator:
                 pruned = apply_mask(originals[layer], mask)
                 pruned_layers.append(layer)
                 self.set_weights(layer, pruned)
-                counts[layer] = (int(mask.size - np.count_nonzero(mask)), int(pruned.size - np.count_nonzero(pruned)))
+                counts[layer] = (zero_count(mask), zero_count(pruned))
             started = time.perf_counter()
             outputs = self.run()
             seconds = round(time.perf_counter() - started, 6)
@@ -631,7 +631,7 @@ def _result(config, model, targets, done, kinds, primary, feeds):
     layers = []
     # Weights at 0.0 already (a scan of a pruned model): pruning up to as
     # many takes those, and the plan's overall sparsity counts them.
-    zeros = {t.owner: _zeros(model.layer(t.owner).blobs[0].data) for t in prunable_targets(model)}
+    zeros = {t.owner: zero_count(model.layer(t.owner).blobs[0].data) for t in prunable_targets(model)}
     for target in targets:
         records = [done[(target.owner, s)] for s in config.sparsities]
         # Points measured before zeros were recorded: keepmax takes the zeros first.
@@ -656,10 +656,6 @@ def _result(config, model, targets, done, kinds, primary, feeds):
             "data": "streamed" if any(record.get("data") == "streamed" for record in used) else "cached",
             "prunable_params": total, "prunable_zeros": sum(zeros.values()), "baseline": baseline, "layers": layers,
             "eval_seconds": round(eval_seconds, 3)}
-
-
-def _zeros(data):
-    return int(data.size - np.count_nonzero(data))
 
 
 def _check_scan(path, data):

@@ -9,7 +9,7 @@ import numpy as np
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .layers import PRUNABLE_TYPES
 from .maskfile import masks_for
-from .masks import iter_chunks
+from .masks import iter_chunks, zero_count
 
 
 def count_nonzero(array):
@@ -32,7 +32,7 @@ def model_stats(model, maskset=None):
         nonzero = sum(counts)
         nbytes = sum(int(b.data.nbytes) for b in layer.blobs)
         mask = per_layer_masks.get(layer.name)
-        masked = None if mask is None else int(mask.size - np.count_nonzero(mask))
+        masked = None if mask is None else zero_count(mask)
         weights = layer.blobs[0].data
         weights_nonzero_here = counts[0] if layer.type in PRUNABLE_TYPES else None
         rows.append({

@@ -3,9 +3,6 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-
-import numpy as np
-
 from pathlib import Path
 
 from .caffe_env import caffe_binary, caffe_has_leveldb, check_gpu, failure_reason
@@ -13,7 +10,7 @@ from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
 from .maskfile import beside_check, masks_for
-from .masks import masked_nonzeros
+from .masks import masked_nonzeros, zero_count
 from .netcheck import built_layers, built_state, check_data_sources, check_pair, check_tied_weights
 
 # Names run to the end of the line: Caffe takes any string for one.
@@ -35,7 +32,7 @@ def check_masked_zeros(model, maskset):
     checks = []
     for layer, mask in maskset.per_layer().items():
         bad = masked_nonzeros(model.layer(layer).blobs[0].data, mask)
-        pruned = int(mask.size - np.count_nonzero(mask))
+        pruned = zero_count(mask)
         checks.append(Check(f"zeros {layer}", bad == 0,
                             f"{pruned} masked positions all 0.0" if bad == 0
                             else f"{bad} of {pruned} masked positions are not 0.0"))

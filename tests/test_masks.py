@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from caffedsd.errors import InputError
-from caffedsd.masks import CRITERIA, apply_mask, compute_mask, layer_rng, sparsity
+from caffedsd.masks import CRITERIA, apply_mask, compute_mask, layer_rng, sparsity, zero_count
 
 W = np.array([0.5, -0.1, 0.1, 0.3, -0.2, 0.1], dtype=np.float32)
 
@@ -150,7 +150,8 @@ def test_apply_mask_writes_positive_zero_and_is_pure():
     out = apply_mask(W, mask)
     assert out[1] == 0 and not np.signbit(out[1]) and not np.signbit(out[4])  # -0.1 -> +0.0
     assert W[1] == np.float32(-0.1)  # input untouched
-    assert sparsity(mask) == pytest.approx(2 / 6)
+    assert sparsity(mask) == pytest.approx(2 / 6) and zero_count(mask) == 2 and zero_count(out) == 2
+    assert type(zero_count(np.zeros(0))) is int
 
 
 def test_large_layer_is_exact(monkeypatch):

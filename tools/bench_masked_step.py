@@ -70,7 +70,7 @@ from caffedsd.caffe_proto import NetParameter  # noqa: E402
 from caffedsd.force import ForceRegularizer, ForceSpec  # noqa: E402
 from caffedsd.hooks import HookDispatcher, device_hooks_available  # noqa: E402
 from caffedsd.mask_enforcer import MaskEnforcer  # noqa: E402
-from caffedsd.masks import compute_mask  # noqa: E402
+from caffedsd.masks import compute_mask, zero_count  # noqa: E402
 from caffedsd.squeezenet import SqueezeNetSpec  # noqa: E402
 from caffedsd.training import net_loss, train  # noqa: E402
 
@@ -214,7 +214,7 @@ class NetBench:
                 self.masks[layer] = mask
                 w[...] = np.where(mask, w, w.dtype.type(0))  # both runs start from the pruned weights
         self.masked_weights = sum(int(m.size) for m in self.masks.values())
-        self.pruned = sum(int(m.size - np.count_nonzero(m)) for m in self.masks.values())
+        self.pruned = sum(zero_count(m) for m in self.masks.values())
         net.save(str(self.weights_path))
         del net, solver
         gc.collect()
