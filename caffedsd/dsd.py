@@ -536,10 +536,16 @@ def check_stages(recipe, spec):
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
     groups = _tied_groups(prunable)
     for number, stage in prunes:
+        where = f"{recipe.where}: stage {number} (prune)"
         try:
-            check_shared_amounts(groups, stage.plan.amounts(names))
-        except (PlanError, InputError) as exc:
-            raise RecipeError(f"{recipe.where}: stage {number} (prune), net {spec.net_path}: {exc}") from None
+            amounts = stage.plan.amounts(names, spec.net_path)
+        except PlanError as exc:
+            # An inline plan's rule names the recipe and stage it is in; a plan file's, only the file.
+            raise RecipeError(f"{exc}" if stage.plan_file is None else f"{where}: {exc}") from None
+        try:
+            check_shared_amounts(groups, amounts)
+        except InputError as exc:
+            raise RecipeError(f"{where}, net {spec.net_path}: {exc}") from None
 
 
 def check_tied_shapes(recipe, spec, shapes):

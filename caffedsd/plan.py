@@ -112,12 +112,14 @@ class SparsityPlan:
         """True when it gives the masks ``other`` gives (seeds matter to random only)."""
         return self.digest() == other.digest()
 
-    def amounts(self, layer_names):
-        """{layer: amount} for the given prunable layers, in their order.
+    def amounts(self, layer_names, net=None):
+        """{layer: amount} for the given prunable layers (of ``net``, named
+        in messages), in their order.
 
         Raises PlanError when a rule matches none of them."""
         rules = GlobRules(self.rules, "rule", PlanError)
-        amounts = rules.resolve(layer_names, "prunable layer", default=self.sparsity, known="prunable")
+        what = "prunable layer" + (f" of {net}" if net else "")
+        amounts = rules.resolve(layer_names, what, default=self.sparsity, known="prunable")
         return {name: float(amount) for name, amount in amounts.items()}
 
     # -- round trips --------------------------------------------------------

@@ -688,8 +688,15 @@ def test_a_prune_rule_naming_no_layer_is_refused_before_training(tmp_path, cli):
     good = recipe.read_text()
     recipe.write_text(good.replace("criterion: random}", "criterion: random, layers: {fc9: 0.9}}"))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
-                          f"{recipe}: stage 2 (prune), net {tmp_path / 'net.prototxt'}: rule 'fc9' matches no "
-                          "prunable layer (prunable: conv1, fc1)")
+                          f"caffedsd: {recipe}: stage 2 (prune): rule 'fc9' matches no prunable layer of "
+                          f"{tmp_path / 'net.prototxt'} (prunable: conv1, fc1)")
+    assert not (tmp_path / "run").exists()
+    # A plan file's rule: the recipe and stage, then the file it is in.
+    (tmp_path / "plan.yaml").write_text("sparsity: 0.6\nlayers: {fc9: 0.9}\n")
+    recipe.write_text(good.replace("{sparsity: 0.6, criterion: random}", "{plan: plan.yaml}"))
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          f"caffedsd: {recipe}: stage 2 (prune): plan.yaml: rule 'fc9' matches no prunable layer of "
+                          f"{tmp_path / 'net.prototxt'} (prunable: conv1, fc1)")
     assert not (tmp_path / "run").exists()
     # A layer of phase TEST only is in every stage's model, which the prune
     # stage prunes: a rule may name it (it was refused, and pruned anyway).
