@@ -27,7 +27,7 @@ Nets (DummyData inputs, so no data files are needed):
               ip2 10, SoftmaxWithLoss; batch 64 of 1x28x28.
   squeezenet  SqueezeNet v1.0 from caffedsd's generator (SqueezeNetSpec()):
               1,248,424 parameters; batch 32 of 3x227x227 with --gpu,
-              batch 8 of 3x64x64 on the CPU (--size/--batch override).
+              batch 8 of 3x64x64 on the CPU.
   vgg16       VGG16's layers (13 conv 3x3, fc6/fc7 4096, fc8 1000;
               138,357,544 parameters); batch 16 of 3x224x224; GPU only
               (--nets vgg16 on the CPU works, slowly).

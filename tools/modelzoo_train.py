@@ -174,10 +174,13 @@ def markdown(rows, zoo, seconds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("zoo", nargs="?", type=Path, default=ROOT / ".." / "shared" / "modelzoo")
-    parser.add_argument("--work", type=Path, default=ROOT / "work" / "modelzoo_train")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "MODELZOO_TRAINING.md")
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("zoo", nargs="?", type=Path, default=ROOT / ".." / "shared" / "modelzoo",
+                        help="folder of model-zoo subfolders (default: ../shared/modelzoo)")
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / "modelzoo_train",
+                        help="folder for the LMDBs, weights and outputs (default: work/modelzoo_train)")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "MODELZOO_TRAINING.md",
+                        help="the Markdown file to write (default: docs/MODELZOO_TRAINING.md)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     args = parser.parse_args()
     zoo = args.zoo.resolve()
