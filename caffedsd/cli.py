@@ -17,6 +17,7 @@ import click
 from . import report
 from .errors import CaffeDsdError, CaffeDsdWarning, Diverged, InputError
 from .globrules import glob_list
+from .masks import CRITERIA, SPARSITY_CRITERIA
 
 
 class _Terminated(KeyboardInterrupt):
@@ -307,7 +308,7 @@ def _train(label, call, **kwargs):
 
 
 def _sparsity_options(func):
-    func = click.option("--criterion", "-c", type=click.Choice(["keepmax", "std", "random"]), default=None,
+    func = click.option("--criterion", "-c", type=click.Choice(list(CRITERIA)), default=None,
                         help="keepmax (default): smallest |w| first; std: |w| < s*std(w); random: seeded "
                              "Random-Cut.")(func)
     func = click.option("--plan", "plan_file", type=_path(), default=None, help="YAML plan file (see README).")(func)
@@ -533,7 +534,7 @@ def dsd(recipe, gpu, restart_data, force, output):
               help="Scan only prunable layers matching GLOB (repeatable, or comma-separated).")
 @click.option("--sparsities", default=",".join(f"{s:g}" for s in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
               show_default=True, help="Sparsities to try, increasing, each in [0, 1).")
-@click.option("--criterion", "-c", type=click.Choice(["keepmax", "random"]), default="keepmax", show_default=True)
+@click.option("--criterion", "-c", type=click.Choice(SPARSITY_CRITERIA), default="keepmax", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random criterion.")
 @click.option("--iterations", "-n", type=int, default=50, show_default=True,

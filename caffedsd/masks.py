@@ -199,6 +199,8 @@ CRITERIA = {
     "std": Criterion("std", std_mask, "s", _check_scale),
     "random": Criterion("random", random_mask, "sparsity", _check_sparsity, seeded=True),
 }
+# Those whose amount is a sparsity: what a sensitivity scan sweeps.
+SPARSITY_CRITERIA = tuple(name for name, criterion in CRITERIA.items() if criterion.amount_name == "sparsity")
 
 
 def get_criterion(name):

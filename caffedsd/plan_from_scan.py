@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PlanningError
+from .masks import get_criterion
 from .report import number_text, one_line
 from .plan import Rule, SparsityPlan
 
@@ -408,7 +409,7 @@ def to_plan(choices, criterion, verified=None, seed=None):
     masks (and what was verified of them) depend on. ``verified`` gets the
     plan's digest, which an edit of the plan then no longer matches."""
     plan = SparsityPlan(criterion=criterion, rules=tuple(Rule(_literal(c.layer), c.sparsity) for c in choices),
-                        seed=seed if criterion == "random" else None)
+                        seed=seed if get_criterion(criterion).seeded else None)
     return plan if verified is None else replace(plan, verified={**verified, "plan_sha256": plan.digest()})
 
 

@@ -49,7 +49,7 @@ from .errors import CaffeDsdError, InputError, WorkerDied
 from .globrules import GlobRules, number_list
 from .layers import prunable_targets
 from .maskfile import masks_path_for, structure_fingerprint
-from .masks import apply_mask, compute_mask, get_criterion, layer_rng, zero_count
+from .masks import SPARSITY_CRITERIA, apply_mask, compute_mask, get_criterion, layer_rng, zero_count
 from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
                        output_feeds, output_kinds)
 from .runfolder import COUNT, FRACTION, NAME, NUMBER, SECONDS, Kind, RunFolder, optional, table
@@ -430,7 +430,9 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     A folder another scan made is refused, or with ``force`` taken over:
     its points are kept if it measured them as this scan does, and removed
     otherwise (``notify(line)`` says which)."""
-    get_criterion(criterion)
+    if get_criterion(criterion).amount_name != "sparsity":
+        raise InputError(f"criterion {criterion!r}: a scan sweeps sparsities, which it does not take "
+                         f"(known: {', '.join(SPARSITY_CRITERIA)})")
     if gpu is not None:  # before the scan folder is made
         check_gpu(gpu)
     net = read_net_prototxt(model_path, allow_python_layers)
@@ -440,7 +442,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     check_pair(net, model_path, model, states=[built_state(net, "TEST")])
     check_tied_weights(built_layers(net, [built_state(net, "TEST")]), model, model_path)
     check_finite(model)
-    if criterion == "random" and masks_path_for(weights_path).exists():
+    if get_criterion(criterion).seeded and masks_path_for(weights_path).exists():
         # A random mask is drawn over every position; prune draws it among
         # the positions the masks keep, so these curves would not be its.
         raise InputError(f"{weights_path}: has masks beside it ({masks_path_for(weights_path).name}), which prune "
@@ -670,7 +672,7 @@ def _check_scan(path, data):
 
     metrics = data.get("metrics")
     ok = (isinstance(metrics, list) and metrics and all(isinstance(m, str) for m in metrics)
-          and metrics_ok(data.get("baseline")) and isinstance(data.get("criterion"), str)
+          and metrics_ok(data.get("baseline")) and data.get("criterion") in SPARSITY_CRITERIA
           and isinstance(data.get("fingerprint"), str) and isinstance(data.get("prunable_params"), int)
           and isinstance(data.get("layers"), list)
           and count_ok(data.get("prunable_zeros", 0), data.get("prunable_params"))

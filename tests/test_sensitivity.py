@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from caffedsd.errors import InputError
 from caffedsd.plan_from_scan import curves, overall_sparsity
 from caffedsd.sensitivity import Evaluator, examples_sha256, scan
 from caffedsd.verify import parse_test_outputs, run_caffe_test
@@ -578,10 +579,16 @@ def test_bad_inputs(lenet, scanned, tmp_path, cli, other_model):
     assert_one_line_error(cli(*base, "--layers", "fc*"), "'fc*' matches no prunable layer")
     assert_one_line_error(cli(*base, "--layers", " , "), "--layers ' , ': names no layer glob")
     assert_one_line_error(cli(*base, "--seed", -1), "Invalid value for '--seed': -1 is not in the range x>=0")
-    edited = json.loads((out / "sensitivity.json").read_text()) | {"seed": -1}  # `plan --verify` draws with it
-    (tmp_path / "edited.json").write_text(json.dumps(edited))
-    assert_one_line_error(cli("plan", "--sensitivity", "edited.json", "--max-drop", 1, "-o", "p.yaml"),
-                          "edited.json: a sensitivity file with missing or malformed fields")
+    # `plan --verify` draws with the seed; a std scan's "sparsities" would be its multipliers.
+    for change in ({"seed": -1}, {"criterion": "std"}):
+        edited = json.loads((out / "sensitivity.json").read_text()) | change
+        (tmp_path / "edited.json").write_text(json.dumps(edited))
+        assert_one_line_error(cli("plan", "--sensitivity", "edited.json", "--max-drop", 1, "-o", "p.yaml"),
+                              "edited.json: a sensitivity file with missing or malformed fields")
+    with pytest.raises(InputError, match="^criterion 'std': a scan sweeps sparsities, which it does not take "
+                                         "\\(known: keepmax, random\\)$"):
+        scan(proto, weights, tmp_path / "s", criterion="std")
+    assert not (tmp_path / "s").exists()
     text = proto.read_text()
     no_test = text.replace('type: "SoftmaxWithLoss"', 'type: "Softmax"')
     no_test = no_test.replace('type: "Accuracy"', 'type: "Softmax"')
