@@ -45,7 +45,7 @@ from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, table,
                         write_json)
-from .solverstate import point_learned_net
+from .solverstate import pointed_state
 from .stats import model_stats
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
@@ -306,7 +306,6 @@ class _Checkpoints:
         remedy = f"delete {self.folder} to restart the stage"
         record = read_json(self.record, keys=("iter", "solverstate", "curve"), remedy=remedy,
                            kinds=_CHECKPOINT_KINDS)
-        written = dict(record)
         if None not in (record.get("start_sha256"), self.start_sha256) and record["start_sha256"] != self.start_sha256:
             raise InputError(f"{self.record}: the stage went this far from another model than it starts from now "
                              f"(the stage before it was run again since); delete {self.folder} to restart the stage")
@@ -320,13 +319,6 @@ class _Checkpoints:
                                  f"delete {self.folder} to restart the stage")
         files = {"solverstate": state, "caffemodel": model, "curve": record["curve"], "tests": record.get("tests")}
         self._check_hashes(record, files, ("solverstate", "caffemodel"), remedy)
-        try:
-            pointed = point_learned_net(state, model)
-        except InputError as exc:
-            raise InputError(f"{exc}; {remedy}") from None
-        if pointed and "sha256" in written:  # the record names the solverstate as it now is
-            written["sha256"] = {**written["sha256"], "solverstate": file_sha256(state, sync=True)}
-            write_json(self.record, written)
         curve = read_stage_csv(record["curve"], report.parse_curve_csv, remedy)
         if curve and curve[-1]["iter"] == record["iter"]:
             # Made before curves took Caffe's numbering (one less: the
@@ -350,6 +342,16 @@ class _Checkpoints:
             if recorded is not None and (files[kind] is None or file_sha256(files[kind]) != recorded):
                 raise InputError(f"{self.record}: its {kind} {files[kind]} is not the file it recorded (changed, "
                                  f"cut or replaced since); {remedy}")
+
+    def restorable(self, record, workdir):
+        """The solverstate of checkpoint ``record`` to restore: one naming
+        the caffemodel beside it, copied into ``workdir`` where it names
+        another path (the run continued from elsewhere, or moved)."""
+        state = Path(record["solverstate"])
+        try:
+            return pointed_state(state, state.with_suffix(".caffemodel"), workdir)
+        except InputError as exc:
+            raise InputError(f"{exc}; delete {self.folder} to restart the stage") from None
 
     @staticmethod
     def curve(record):

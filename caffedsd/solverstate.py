@@ -9,8 +9,9 @@ The copy also leaves out ``learned_net``: Caffe's restore loads the
 caffemodel it names over the net's weights, which would silently replace the
 pruned weights the sparse phase was given with the dense run's snapshot.
 
-``point_learned_net`` makes a state name the caffemodel beside it instead,
-for dsd's checkpoints, which go on from wherever the run folder now is.
+``pointed_state`` gives a state that names the caffemodel beside it
+instead, for dsd's checkpoints, which go on from wherever the run folder
+now is.
 
 History blob j belongs to learnable parameter j % N of the solver's net (N
 learnable parameters; Adam and AdaDelta keep 2N history blobs), in Caffe's
@@ -186,13 +187,15 @@ def _copy_hdf5_cleaned(path, output, params, masks, solver_type):
                     group.create_dataset(key, data=data)
 
 
-def point_learned_net(state, model):
-    """Make binary solverstate ``state`` name ``model`` as its learned_net.
-    Caffe's restore loads the weights from the caffemodel its snapshot named
-    there, a path from the folder the snapshotting process ran in: from
-    another folder, or with the run folder moved, it is not found, and
-    Caffe aborts the process. Rewritten (atomically) only when it does not
-    lead to ``model`` from here; returns whether it was."""
+def pointed_state(state, model, folder):
+    """Binary solverstate ``state`` as one naming ``model`` as its
+    learned_net: ``state`` itself where its learned_net leads there from
+    here, else a copy written in ``folder``. Caffe's restore loads the
+    weights from the caffemodel its snapshot named there, a path from the
+    folder the snapshotting process ran in: from another folder, or with the
+    run folder moved, it is not found, and Caffe aborts the process. The
+    state itself is left as it is: a record holds its sha256, and a run
+    killed while it was rewritten in place could not go on from it."""
     damaged = f"{state}: damaged, not the solverstate Caffe wrote"
     if state.stat().st_size == 0:
         raise InputError(damaged)
@@ -203,10 +206,11 @@ def point_learned_net(state, model):
             raise InputError(damaged) from None
         named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
         if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
-            return False
-        with atomic_open(state) as out:
+            return state
+        copy = Path(folder) / state.name
+        with open(copy, "wb") as out:
             out.write(_with_learned_net(buf, parts, os.fsencode(os.path.abspath(model))))
-    return True
+    return copy
 
 
 def _with_learned_net(buf, parts, name):

@@ -592,6 +592,8 @@ def test_checkpoint_without_its_solverstate(tmp_path, cli):
     (stage / "checkpoint" / "gone.solverstate").write_bytes(b"\x08")
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "checkpoint.json: its caffemodel")
     (stage / "checkpoint" / "gone.caffemodel").write_bytes(b"")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "c.csv: missing; delete")
+    (stage / "checkpoint" / "c.csv").write_text("iter,loss,lr\n" + "".join(f"{n},1.0,0.02\n" for n in range(5)))
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
                           "gone.solverstate: damaged, not the solverstate Caffe wrote; delete")
 

@@ -13,6 +13,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.snapshots import SolverSnapshots
 from caffedsd.solver_spec import read_solver
+from caffedsd.solverstate import pointed_state
 from caffedsd.training import open_solver, snapshot_bytes
 from caffedsd.values import next_multiple
 from conftest import write_solver
@@ -151,3 +152,29 @@ def test_a_snapshot_killed_midway_leaves_no_file_under_its_name(caffe, tmp_path)
 def test_the_next_periodic_iteration_is_strictly_after_the_one_given():
     assert [next_multiple(i, 5) for i in (0, 4, 5, 9, 10)] == [5, 5, 10, 10, 15]
     assert next_multiple(7, 0) is None  # every 0: never
+
+
+def test_a_moved_state_is_pointed_at_its_model_in_a_copy_leaving_it_as_hashed(caffe, tmp_path):
+    """dsd's checkpoint state names its caffemodel by the path it was written
+    at; moved, the copy restored names the model beside it, and the state a
+    record hashed stays as it was (rewritten in place, a kill in between left
+    a state its record refused)."""
+    spec = read_solver(write_solver(tmp_path))
+    solver, _ = open_solver(spec, tmp_path)
+    solver.step(2)
+    solver.snapshot()
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "work").mkdir()
+    for name in ("snap_iter_2.caffemodel", "snap_iter_2.solverstate"):
+        (tmp_path / name).rename(tmp_path / "moved" / name)
+    state, model = tmp_path / "moved" / "snap_iter_2.solverstate", tmp_path / "moved" / "snap_iter_2.caffemodel"
+    before = state.read_bytes()
+    assert os.fsencode(tmp_path / "snap_iter_2.caffemodel") in before
+    copy = pointed_state(state, model, tmp_path / "work")
+    assert copy == tmp_path / "work" / state.name and state.read_bytes() == before
+    assert os.fsencode(model) in copy.read_bytes() and len(copy.read_bytes()) == len(before) + len("/moved")
+    assert pointed_state(copy, model, tmp_path / "elsewhere") == copy  # it leads there already: no copy
+    again, _ = open_solver(spec, tmp_path / "work")
+    again.restore(str(copy))  # Caffe aborts the process on a learned_net it does not find
+    assert again.iter == 2
+    np.testing.assert_array_equal(again.net.params["conv1"][0].data, solver.net.params["conv1"][0].data)
