@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_folder, atomic_hdf5, atomic_path, check_replaceable
+from .atomic import atomic_folder, atomic_hdf5, atomic_path, check_replaceable, signals_deferred
 from .errors import HDF5_DAMAGE, InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -185,7 +185,9 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
         raise InputError(f"{out_dir / other[0]}: exists with other contents than this conversion writes; "
                          "give --force to replace it, or another -o")
     result = {}
-    with atomic_folder(out_dir) as folder:
+    # Into an existing folder, file by file: a Ctrl-C or SIGTERM between them
+    # would leave a new train.h5 beside an earlier test.h5 (--force).
+    with atomic_folder(out_dir) as folder, signals_deferred():
         for name, (images, _) in splits.items():
             for file, write in ((f"{name}.h5", _write_h5), (f"{name}.txt", _write_list)):
                 if not there[file]:

@@ -342,3 +342,30 @@ def test_convert_real_fashion_mnist(tmp_path):
     with h5py.File(result["test"]["h5"], "r") as h5:
         assert h5["data"].shape == (50, 1, 28, 28)
         np.testing.assert_array_equal(h5["label"][:3], [9, 2, 1])
+
+
+def test_a_signal_while_force_replaces_the_files_ends_the_run_once_all_are_in(tmp_path):
+    """Ctrl-C or SIGTERM between the files of an existing folder left a new
+    train.h5 beside an earlier test.h5."""
+    import signal
+    import subprocess
+    import sys
+
+    source = make_source(tmp_path / "src")
+    out = tmp_path / "out"
+    convert_fashion_mnist(out, source_dir=source)
+    # An audit hook sees the first file renamed into place (os.replace raises "os.rename").
+    code = ("import os, signal, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+            "from caffedsd.datasets import convert_fashion_mnist\n"
+            "def hook(event, args):\n"
+            "    if event == 'os.rename' and str(args[1]).endswith('train.h5'):\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "sys.addaudithook(hook)\n"
+            f"convert_fashion_mnist({str(out)!r}, source_dir={str(source)!r}, train_limit=2, test_limit=1, "
+            "force=True)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    for name, count in (("train.h5", 2), ("test.h5", 1)):
+        with h5py.File(out / name, "r") as h5:
+            assert h5["data"].shape[0] == count, name

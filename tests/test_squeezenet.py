@@ -220,6 +220,29 @@ def test_a_hand_edited_net_is_replaced_only_with_force(tmp_path, cli):
     assert_one_line_error(cli("squeezenet", "-o", ""), "Invalid value for '--output' / '-o': an empty path")
 
 
+def test_a_signal_while_force_replaces_the_files_ends_the_run_once_all_are_in(tmp_path, cli):
+    """Ctrl-C or SIGTERM between the files of an existing folder left one
+    net's train_val beside another's deploy and solver."""
+    import signal
+    import sys
+
+    assert cli("squeezenet", "-o", "nets").exit_code == 0
+    assert cli("squeezenet", "--version", "1.1", "-o", "v11").exit_code == 0
+    # An audit hook sees the first file renamed into place (os.replace raises "os.rename").
+    code = ("import os, signal, sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from caffedsd.cli import program\n"
+            "def hook(event, args):\n"
+            "    if event == 'os.rename' and str(args[1]).endswith('train_val.prototxt'):\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "sys.addaudithook(hook)\n"
+            "program(args=['squeezenet', '--version', '1.1', '--force', '-o', 'nets'], prog_name='caffedsd')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    for name in ("train_val.prototxt", "deploy.prototxt", "solver.prototxt"):
+        assert (tmp_path / "nets" / name).read_text() == (tmp_path / "v11" / name).read_text(), name
+
+
 def test_hdf5_data_needs_its_list_files_and_takes_no_mirror(cli):
 
     assert_one_line_error(cli("squeezenet", "--data", "hdf5", "--train-source", "t.txt", "-o", "n"),
