@@ -113,7 +113,7 @@ def check_output(path, inputs=(), force=False):
 def _probe(path, folder, name=None):
     """Make and remove a file named as the temporary of ``name`` (default:
     path's) in ``folder``; named so, a kill leaves nothing the next write
-    of it would not remove."""
+    of it (check_room's: the next probe) would not remove."""
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{name or path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
@@ -198,6 +198,11 @@ def check_room(path, nbytes, largest=None):
     if len(os.fsencode(path.name)) > _name_max(path.parent):
         raise InputError(f"{path}: the name is too long for the folder's file system")
     _probe(path, path.parent, name="caffedsd")
+    # Under a short name of its own (``path`` may be a long temporary name):
+    # one a SIGKILL left is no output's temporary, which that output's next
+    # write would remove, so the next probe does.
+    for stale in _temporaries(path.parent, "caffedsd"):
+        stale.unlink(missing_ok=True)
     stat = os.statvfs(Path(path).parent)
     free = stat.f_bavail * stat.f_frsize
     if nbytes > free:
