@@ -28,6 +28,7 @@ computed once, in their prune stage, and never again.
 """
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import time
@@ -45,7 +46,7 @@ from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, table,
                         write_json)
-from .solverstate import pointed_state
+from .solverstate import pointed_state, set_learned_net
 from .stats import model_stats
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
@@ -285,7 +286,12 @@ class _Checkpoints:
 
     @property
     def prefix(self):
-        return self.folder / "snapshot"  # Caffe appends _iter_N.solverstate
+        """The snapshot_prefix the stage's solver is opened with (Caffe
+        appends _iter_N.solverstate): a folder inside the checkpoint's, from
+        which save renames each pair once Caffe has written it whole, so a
+        run killed while Caffe wrote leaves no cut file under a checkpoint's
+        name."""
+        return self.folder / ".writing" / "snapshot"
 
     def _file(self, recorded):
         """A file the record names, in this folder. Records hold bare names;
@@ -369,12 +375,22 @@ class _Checkpoints:
         except FileNotFoundError:
             raise InputError(f"{self.folder.parent}: removed while the run went on; nothing more was written") \
                 from None
-        check_room(self.prefix, sum(nbytes), max(nbytes))
+        writing = self.prefix.parent
+        shutil.rmtree(writing, ignore_errors=True)  # what a run killed while Caffe wrote left
+        writing.mkdir()
+        check_room(self.folder / self.prefix.name, sum(nbytes), max(nbytes))  # where the pair goes
         solver.snapshot()
         iteration = int(solver.iter)
-        state = Path(f"{self.prefix}_iter_{iteration}.solverstate")
-        if not state.is_file():
-            raise RuntimeError(f"Caffe's snapshot did not write {state}")
+        made = Path(f"{self.prefix}_iter_{iteration}.solverstate")
+        if not made.is_file():
+            raise RuntimeError(f"Caffe's snapshot did not write {made}")
+        state = self.folder / made.name
+        # The state names the caffemodel it goes with where it now is; the
+        # model goes first, so no state names one not yet in place.
+        set_learned_net(made, os.fsencode(os.path.abspath(state.with_suffix(".caffemodel"))))
+        os.replace(made.with_suffix(".caffemodel"), state.with_suffix(".caffemodel"))
+        os.replace(made, state)
+        writing.rmdir()
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
         write_text(self.folder / f"tests_{iteration}.csv", report.tests_csv(tests))
         previous = read_json(self.record) if self.record.exists() else None

@@ -209,20 +209,25 @@ def pointed_state(state, model, folder):
             return state
         copy = Path(folder) / state.name
         with open(copy, "wb") as out:
-            out.write(_with_learned_net(buf, parts, os.fsencode(os.path.abspath(model))))
+            _write_with_learned_net(buf, parts, os.fsencode(os.path.abspath(model)), out)
     return copy
 
 
-def _with_learned_net(buf, parts, name):
-    """The binary state ``buf`` (its fields ``parts``) with learned_net
-    ``name``, where Caffe puts it: in place of the one there, else after
-    the iteration."""
+def _write_with_learned_net(buf, parts, name, out):
+    """Write the binary state ``buf`` (its fields ``parts``) to file ``out``
+    with learned_net ``name``, where Caffe puts it: in place of the one
+    there, else after the iteration. Piece by piece, from views of ``buf``:
+    a VGG16 state is half a GB."""
     field = wire.len_header(STATE_LEARNED_NET, len(name)) + name
     kept = [f for f in parts if f.number != STATE_LEARNED_NET]
     at = next((i for i, f in enumerate(parts) if f.number == STATE_LEARNED_NET),
               sum(1 for f in parts if f.number == STATE_ITER))
-    pieces = [buf[f.start:f.end] for f in kept]
-    return b"".join(pieces[:at] + [field] + pieces[at:])
+    with memoryview(buf) as view:
+        for f in kept[:at]:
+            out.write(view[f.start:f.end])
+        out.write(field)
+        for f in kept[at:]:
+            out.write(view[f.start:f.end])
 
 
 def set_learned_net(state, name):
@@ -236,5 +241,8 @@ def set_learned_net(state, name):
             # Caffe's hdf5_load_string reads a C string: the NUL must be in the data.
             handle.create_dataset("learned_net", data=np.array(name + b"\0", dtype=f"S{len(name) + 1}"))
         return
-    data = Path(state).read_bytes()
-    Path(state).write_bytes(_with_learned_net(data, list(wire.iter_fields(data)), name))
+    rewritten = f"{state}.learned_net"
+    with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf, \
+            open(rewritten, "wb") as out:
+        _write_with_learned_net(buf, list(wire.iter_fields(buf)), name, out)
+    os.replace(rewritten, state)

@@ -1209,3 +1209,33 @@ def test_a_net_edited_while_the_run_goes_on_stops_it_before_the_next_stage(tmp_p
     net.write_text(original)  # put back: the run goes on
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.caffe
+def test_a_checkpoint_pair_is_renamed_into_place_once_caffe_wrote_it_whole(tmp_path):
+    """Caffe writes its snapshot in place, unsynced: a run killed while it
+    wrote left a cut snapshot_iter_N.caffemodel beside checkpoint.json. It
+    writes into .writing/ now, and the pair, its state naming the model
+    beside it, is renamed into the checkpoint; a cut pair left there is
+    removed by the next checkpoint."""
+    from caffedsd.dsd import _Checkpoints
+    from caffedsd.solver_spec import read_solver
+    from caffedsd.solverstate import pointed_state
+    from caffedsd.training import open_solver
+
+    checkpoints = _Checkpoints(tmp_path / "checkpoint", every=2)
+    solver, _ = open_solver(read_solver(write_solver(tmp_path)), tmp_path, snapshot_prefix=checkpoints.prefix,
+                            snapshot=0)
+    (tmp_path / "checkpoint" / ".writing").mkdir(parents=True)
+    (tmp_path / "checkpoint" / ".writing" / "snapshot_iter_9.caffemodel").write_bytes(b"cut")  # a killed write
+    solver.step(2)
+    checkpoints.save(solver, [{"iter": n, "loss": 1.0, "lr": 0.05} for n in range(2)], [])
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == [
+        "checkpoint.json", "curve_2.csv", "snapshot_iter_2.caffemodel", "snapshot_iter_2.solverstate", "tests_2.csv"]
+    record = _Checkpoints(tmp_path / "checkpoint").latest()
+    state = Path(record["solverstate"])
+    assert pointed_state(state, state.with_suffix(".caffemodel"), tmp_path / "nowhere") == state  # no copy needed
+    again, _ = open_solver(read_solver(tmp_path / "solver.prototxt"), tmp_path)
+    again.restore(str(state))
+    assert again.iter == 2
+    np.testing.assert_array_equal(again.net.params["conv1"][0].data, solver.net.params["conv1"][0].data)

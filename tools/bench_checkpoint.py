@@ -70,7 +70,7 @@ def write_files(work, scale):
 def measure(solver_path, work, repeats):
     folder = work / "checkpoint"
     checkpoints = _Checkpoints(folder, every=1)
-    folder.mkdir()  # Caffe's snapshot writes into it, and aborts where it is not
+    folder.mkdir()
     solver, _ = open_solver(read_solver(solver_path), work, snapshot_prefix=checkpoints.prefix, snapshot=0)
     solver.step(1)
     curve = [{"iter": 0, "loss": 1.0, "lr": 1e-4}]
@@ -79,6 +79,9 @@ def measure(solver_path, work, repeats):
         solver.step(1)  # a new iteration: snapshot names of their own
         if kind == "restore":  # the path, read before the clock starts: the record's check is "check"'s
             state = str(_Checkpoints(folder).latest()["solverstate"])
+        # Caffe's snapshot writes into the folder the prefix names, and aborts where it is
+        # not; save makes it, and removes it once the pair is renamed into the checkpoint.
+        checkpoints.prefix.parent.mkdir(exist_ok=True)
         if kind == "sync":  # the pair Caffe left to the kernel, written out
             solver.snapshot()
         start = time.perf_counter()
