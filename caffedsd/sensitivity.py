@@ -53,6 +53,7 @@ from .masks import SPARSITY_CRITERIA, apply_mask, compute_mask, get_criterion, l
 from .netcheck import (KINDS, built_layers, built_state, check_blob_shapes, check_pair, check_tied_weights, name_list,
                        output_feeds, output_kinds)
 from .runfolder import COUNT, FRACTION, NAME, NUMBER, SECONDS, Kind, RunFolder, optional, table
+from .training import data_layers
 
 FORMAT = "caffedsd-sensitivity"
 DEFAULT_SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -164,8 +165,9 @@ def _runs(net):
     layers (and DummyData, Input), wherever they come; ``tops``: what
     those read."""
     runs = []
+    reading = set(data_layers(net))
     for index, name in enumerate(net._layer_names):
-        reads = not net.bottom_names[name]
+        reads = index in reading
         tops = list(net.top_names[name]) if reads else []
         if runs and runs[-1][0] == reads:
             runs[-1][2] = index

@@ -331,12 +331,18 @@ def evaluate(solver, counts, tied=()):
 _RANDOM_TYPES = ("Dropout",)
 
 
+def data_layers(net):
+    """Indices of pycaffe Net ``net``'s layers without bottoms, wherever
+    they come: its data layers (and DummyData, Input)."""
+    return [index for index in range(len(net.layers)) if not list(net._bottom_ids(index))]
+
+
 def replayed_layers(net):
     """Indices of ``net``'s layers whose runs change what later runs read or
-    draw: the layers without bottoms (data layers, whose next batch depends
-    only on how many they have made) and those drawing random numbers."""
-    return [index for index, layer in enumerate(net.layers)
-            if not list(net._bottom_ids(index)) or layer.type in _RANDOM_TYPES]
+    draw: the data layers, whose next batch depends only on how many they
+    have made, and those drawing random numbers."""
+    reading = set(data_layers(net))
+    return [index for index, layer in enumerate(net.layers) if index in reading or layer.type in _RANDOM_TYPES]
 
 
 def replay_batches(net, batches):
