@@ -137,6 +137,16 @@ class MaskSet:
     # (None: not recorded). Masks made anew have none until saved.
     model_sha256: str = None
 
+    def __post_init__(self):
+        # Masks are data: read-only views in dicts of its own, so that no
+        # hook or stage holding them can change what another one reads.
+        masks = {}
+        for owner, mask in self.masks.items():
+            masks[owner] = np.asarray(mask).view()
+            masks[owner].flags.writeable = False
+        object.__setattr__(self, "masks", masks)
+        object.__setattr__(self, "shared_by", dict(self.shared_by))
+
     @property
     def fingerprint(self):
         return structure_fingerprint(self.structure)

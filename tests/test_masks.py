@@ -181,3 +181,19 @@ def test_a_masks_file_holds_any_name_caffe_takes(tmp_path):
     assert loaded.masks.keys() == masks.keys()
     for name in names:
         np.testing.assert_array_equal(loaded.masks[name], masks[name])
+
+
+def test_a_masksets_masks_are_read_only_and_its_own():
+    """Masks are data: a hook or stage holding a MaskSet cannot change what
+    another reads. Its arrays are read-only views of those it was made of
+    (no copy of a VGG16's masks), whose maker hands them over."""
+    from caffedsd.maskfile import MaskSet
+
+    mine = np.array([True, False, True])
+    masks, shared_by = {"fc": mine}, {"fc": ("fc",)}
+    maskset = MaskSet(masks, shared_by, [])
+    with pytest.raises(ValueError, match="read-only"):
+        maskset.per_layer()["fc"][0] = False
+    assert mine.flags.writeable  # the maker's own flags are left as they were
+    masks["conv"], shared_by["conv"] = np.ones(2, bool), ("conv",)
+    assert list(maskset.masks) == ["fc"] and list(maskset.shared_by) == ["fc"]
