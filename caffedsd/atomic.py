@@ -242,7 +242,7 @@ def _unwritable(path, folder, exc):
     return InputError(f"{folder}: cannot write to the output folder ({exc.strerror})")
 
 
-def _raise_no_room(path, exc):
+def raise_no_room(path, exc):
     """Raise OutputError naming the output ``path`` if ``exc`` was a want of
     room: an OSError of one, or an OutputError from inside (a writer that
     writes its own temporary atomically too, a file of an output folder)."""
@@ -298,7 +298,7 @@ def atomic_paths(*paths):
                 yield temporaries
                 held.enter_context(signals_deferred())  # the renames: all of them, or (on error) none
     except BaseException as exc:
-        _raise_no_room(" and ".join(map(str, paths)), exc)
+        raise_no_room(" and ".join(map(str, paths)), exc)
         raise
 
 
@@ -347,7 +347,7 @@ def _into_place(tmp, path, mode, remove):
         os.replace(tmp, path)
     except BaseException as exc:
         remove(tmp)
-        _raise_no_room(path, exc)
+        raise_no_room(path, exc)
         raise
     finally:
         _WRITING.discard(tmp)

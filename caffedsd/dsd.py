@@ -26,6 +26,7 @@ training stage from its last checkpoint, its data layers replayed up to it,
 so that the stage reads the batches an uninterrupted run would. Masks are
 computed once, in their prune stage, and never again.
 """
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -36,7 +37,7 @@ from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from . import report
-from .atomic import check_room, write_text
+from .atomic import check_room, raise_no_room, temporary_folder, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
 from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
@@ -46,7 +47,7 @@ from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
 from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, table,
                         write_json)
-from .solverstate import pointed_state, set_learned_net
+from .solverstate import learned_net, set_learned_net
 from .stats import model_stats
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
@@ -349,15 +350,29 @@ class _Checkpoints:
                 raise InputError(f"{self.record}: its {kind} {files[kind]} is not the file it recorded (changed, "
                                  f"cut or replaced since); {remedy}")
 
-    def restorable(self, record, workdir):
-        """The solverstate of checkpoint ``record`` to restore: one naming
-        the caffemodel beside it, copied into ``workdir`` where it names
-        another path (the run continued from elsewhere, or moved)."""
+    @contextlib.contextmanager
+    def restorable(self, record):
+        """The solverstate of checkpoint ``record`` to restore, for the
+        block: one naming the caffemodel beside it, where it names another
+        path (the run continued from elsewhere, or moved) a copy in a
+        scratch folder beside it, removed at the block's end."""
         state = Path(record["solverstate"])
+        model = state.with_suffix(".caffemodel")
         try:
-            return pointed_state(state, state.with_suffix(".caffemodel"), workdir)
+            named = learned_net(state)
         except InputError as exc:
             raise InputError(f"{exc}; delete {self.folder} to restart the stage") from None
+        if named is not None and os.path.isfile(named) and os.path.samefile(named, model):
+            yield state
+            return
+        with temporary_folder(state) as scratch:
+            copy = scratch / state.name
+            try:
+                set_learned_net(state, os.fsencode(os.path.abspath(model)), copy)
+            except OSError as exc:
+                raise_no_room(copy, exc)
+                raise
+            yield copy
 
     @staticmethod
     def curve(record):
@@ -375,21 +390,32 @@ class _Checkpoints:
         except FileNotFoundError:
             raise InputError(f"{self.folder.parent}: removed while the run went on; nothing more was written") \
                 from None
+        # The pair, and its state once more: rewritten beside it to name the model where it goes.
+        where = self.folder / self.prefix.name
+        check_room(where, sum(nbytes) + nbytes[1], max(nbytes))
         writing = self.prefix.parent
         shutil.rmtree(writing, ignore_errors=True)  # what a run killed while Caffe wrote left
-        writing.mkdir()
-        check_room(self.folder / self.prefix.name, sum(nbytes), max(nbytes))  # where the pair goes
+        try:
+            writing.mkdir()
+        except OSError as exc:  # no inode left: a want of room too
+            raise_no_room(where, exc)
+            raise
         solver.snapshot()
         iteration = int(solver.iter)
         made = Path(f"{self.prefix}_iter_{iteration}.solverstate")
         if not made.is_file():
             raise RuntimeError(f"Caffe's snapshot did not write {made}")
         state = self.folder / made.name
-        # The state names the caffemodel it goes with where it now is; the
-        # model goes first, so no state names one not yet in place.
-        set_learned_net(made, os.fsencode(os.path.abspath(state.with_suffix(".caffemodel"))))
-        os.replace(made.with_suffix(".caffemodel"), state.with_suffix(".caffemodel"))
-        os.replace(made, state)
+        try:
+            # The state names the caffemodel it goes with where it now is; the
+            # model goes first, so no state names one not yet in place.
+            set_learned_net(made, os.fsencode(os.path.abspath(state.with_suffix(".caffemodel"))))
+            os.replace(made.with_suffix(".caffemodel"), state.with_suffix(".caffemodel"))
+            os.replace(made, state)
+        except OSError as exc:
+            shutil.rmtree(writing, ignore_errors=True)
+            raise_no_room(state, exc)
+            raise
         writing.rmdir()
         _write_csv(self.folder / f"curve_{iteration}.csv", curve)
         write_text(self.folder / f"tests_{iteration}.csv", report.tests_csv(tests))

@@ -9,9 +9,9 @@ The copy also leaves out ``learned_net``: Caffe's restore loads the
 caffemodel it names over the net's weights, which would silently replace the
 pruned weights the sparse phase was given with the dense run's snapshot.
 
-``pointed_state`` gives a state that names the caffemodel beside it
-instead, for dsd's checkpoints, which go on from wherever the run folder
-now is.
+``learned_net`` and ``set_learned_net`` read and write that name: dsd's
+checkpoints name the caffemodel beside them, and go on from wherever the
+run folder now is.
 
 History blob j belongs to learnable parameter j % N of the solver's net (N
 learnable parameters; Adam and AdaDelta keep 2N history blobs), in Caffe's
@@ -187,30 +187,22 @@ def _copy_hdf5_cleaned(path, output, params, masks, solver_type):
                     group.create_dataset(key, data=data)
 
 
-def pointed_state(state, model, folder):
-    """Binary solverstate ``state`` as one naming ``model`` as its
-    learned_net: ``state`` itself where its learned_net leads there from
-    here, else a copy written in ``folder``. Caffe's restore loads the
-    weights from the caffemodel its snapshot named there, a path from the
-    folder the snapshotting process ran in: from another folder, or with the
-    run folder moved, it is not found, and Caffe aborts the process. The
-    state itself is left as it is: a record holds its sha256, and a run
-    killed while it was rewritten in place could not go on from it."""
+def learned_net(state):
+    """The caffemodel path binary solverstate ``state`` names as its
+    learned_net (bytes; None: none). Caffe's restore loads the weights from
+    it: a path from the folder the snapshotting process ran in, which from
+    another folder, or with the run folder moved, is not found (Caffe then
+    aborts the process)."""
     damaged = f"{state}: damaged, not the solverstate Caffe wrote"
-    if state.stat().st_size == 0:
+    if Path(state).stat().st_size == 0:
         raise InputError(damaged)
     with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
-            parts = list(wire.iter_fields(buf))
+            named = [buf[f.value_start:f.end] for f in wire.iter_fields(buf)
+                     if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
         except wire.WireError:
             raise InputError(damaged) from None
-        named = [buf[f.value_start:f.end] for f in parts if f.number == STATE_LEARNED_NET and f.wire_type == wire.LEN]
-        if named and os.path.isfile(named[-1]) and os.path.samefile(named[-1], model):
-            return state
-        copy = Path(folder) / state.name
-        with open(copy, "wb") as out:
-            _write_with_learned_net(buf, parts, os.fsencode(os.path.abspath(model)), out)
-    return copy
+    return named[-1] if named else None
 
 
 def _write_with_learned_net(buf, parts, name, out):
@@ -230,10 +222,11 @@ def _write_with_learned_net(buf, parts, name, out):
             out.write(view[f.start:f.end])
 
 
-def set_learned_net(state, name):
-    """Rewrite solverstate ``state`` (binary or HDF5; a temporary file, not
-    written atomically) to name the caffemodel ``name`` (bytes) as its
-    learned_net, as Caffe writes it."""
+def set_learned_net(state, name, output=None):
+    """Make solverstate ``state`` (binary or HDF5) name the caffemodel
+    ``name`` (bytes) as its learned_net, as Caffe writes it: rewritten in
+    place (a temporary file, not written atomically), or, a binary one,
+    written to ``output``."""
     if h5py.is_hdf5(state):
         with h5py.File(state, "r+") as handle:
             if "learned_net" in handle:
@@ -241,8 +234,9 @@ def set_learned_net(state, name):
             # Caffe's hdf5_load_string reads a C string: the NUL must be in the data.
             handle.create_dataset("learned_net", data=np.array(name + b"\0", dtype=f"S{len(name) + 1}"))
         return
-    rewritten = f"{state}.learned_net"
+    rewritten = output or f"{state}.learned_net"
     with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf, \
             open(rewritten, "wb") as out:
         _write_with_learned_net(buf, list(wire.iter_fields(buf)), name, out)
-    os.replace(rewritten, state)
+    if output is None:
+        os.replace(rewritten, state)

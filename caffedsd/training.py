@@ -580,7 +580,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         curve, tests, done = [], [], 0
         rates = StepRates(param)
         if latest is not None:
-            solver.restore(str(checkpoints.restorable(latest, workdir)))
+            with checkpoints.restorable(latest) as state:
+                solver.restore(str(state))
             rates = StepRates(param, state_current_step(latest["solverstate"]))
             # Copies: this run extends them, and the checkpoint's record keeps what it read.
             curve, tests, done = list(checkpoints.curve(latest)), list(checkpoints.tests(latest)), int(solver.iter)

@@ -13,7 +13,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.snapshots import SolverSnapshots
 from caffedsd.solver_spec import read_solver
-from caffedsd.solverstate import pointed_state
+from caffedsd.solverstate import learned_net, set_learned_net
 from caffedsd.training import open_solver, snapshot_bytes
 from caffedsd.values import next_multiple
 from conftest import write_solver
@@ -156,7 +156,7 @@ def test_the_next_periodic_iteration_is_strictly_after_the_one_given():
 
 def test_a_moved_state_is_pointed_at_its_model_in_a_copy_leaving_it_as_hashed(caffe, tmp_path):
     """dsd's checkpoint state names its caffemodel by the path it was written
-    at; moved, the copy restored names the model beside it, and the state a
+    at; moved, a copy naming the model beside it is restored, and the state a
     record hashed stays as it was (rewritten in place, a kill in between left
     a state its record refused)."""
     spec = read_solver(write_solver(tmp_path))
@@ -169,11 +169,11 @@ def test_a_moved_state_is_pointed_at_its_model_in_a_copy_leaving_it_as_hashed(ca
         (tmp_path / name).rename(tmp_path / "moved" / name)
     state, model = tmp_path / "moved" / "snap_iter_2.solverstate", tmp_path / "moved" / "snap_iter_2.caffemodel"
     before = state.read_bytes()
-    assert os.fsencode(tmp_path / "snap_iter_2.caffemodel") in before
-    copy = pointed_state(state, model, tmp_path / "work")
-    assert copy == tmp_path / "work" / state.name and state.read_bytes() == before
-    assert os.fsencode(model) in copy.read_bytes() and len(copy.read_bytes()) == len(before) + len("/moved")
-    assert pointed_state(copy, model, tmp_path / "elsewhere") == copy  # it leads there already: no copy
+    assert learned_net(state) == os.fsencode(tmp_path / "snap_iter_2.caffemodel")
+    copy = tmp_path / "work" / state.name
+    set_learned_net(state, os.fsencode(model), copy)
+    assert state.read_bytes() == before and learned_net(copy) == os.fsencode(model)
+    assert len(copy.read_bytes()) == len(before) + len("/moved")
     again, _ = open_solver(spec, tmp_path / "work")
     again.restore(str(copy))  # Caffe aborts the process on a learned_net it does not find
     assert again.iter == 2
