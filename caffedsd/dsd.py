@@ -40,7 +40,7 @@ from . import report
 from .atomic import check_room, raise_no_room, temporary_folder, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
-from .errors import CaffeDsdError, Diverged, InputError, PlanError, RecipeError
+from .errors import CaffeDsdError, Diverged, InputError, OutputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, check_shared_shapes
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
@@ -367,10 +367,14 @@ class _Checkpoints:
             return
         with temporary_folder(state) as scratch:
             copy = scratch / state.name
+            what = f"{state}: its copy to restore from, naming the caffemodel beside it"
             try:
+                check_room(copy, state.stat().st_size)
                 set_learned_net(state, os.fsencode(os.path.abspath(model)), copy)
+            except OutputError as exc:  # the scratch file is nothing the user asked for: name the state
+                raise OutputError(what, exc.reason) from None
             except OSError as exc:
-                raise_no_room(copy, exc)
+                raise_no_room(what, exc)
                 raise
             yield copy
 
@@ -390,11 +394,12 @@ class _Checkpoints:
         except FileNotFoundError:
             raise InputError(f"{self.folder.parent}: removed while the run went on; nothing more was written") \
                 from None
+        writing = self.prefix.parent
+        # What a run killed while Caffe wrote left: first, as it holds room the check counts on.
+        shutil.rmtree(writing, ignore_errors=True)
         # The pair, and its state once more: rewritten beside it to name the model where it goes.
         where = self.folder / self.prefix.name
         check_room(where, sum(nbytes) + nbytes[1], max(nbytes))
-        writing = self.prefix.parent
-        shutil.rmtree(writing, ignore_errors=True)  # what a run killed while Caffe wrote left
         try:
             writing.mkdir()
         except OSError as exc:  # no inode left: a want of room too

@@ -171,6 +171,15 @@ def test_a_stopped_run_continues_from_another_folder_and_moved(tmp_path, cli):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "moved").rename(elsewhere / "moved")
+    # The copy of the state that names the model where it now is, with no room for it (ulimit -f 1):
+    # one line naming the checkpoint's state, not the scratch file.
+    code = "from caffedsd.cli import main; main()"
+    limited = subprocess.run(["bash", "-c", f"ulimit -f 1; exec {sys.executable} -c '{code}' dsd --recipe {recipe} "
+                              f"-o moved"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert limited.returncode == 1, limited.stderr
+    assert limited.stderr.strip().splitlines()[-1].startswith(
+        "caffedsd: moved/03-sparse/checkpoint/snapshot_iter_50.solverstate: its copy to restore from, naming the "
+        "caffemodel beside it: could not be written (File too large: "), limited.stderr
     # In child processes: Caffe aborts the process on a solverstate's missing caffemodel.
     for run, out, cwd in ((tmp_path / "run", tmp_path / "run", elsewhere),
                           (elsewhere / "moved", "elsewhere/moved", tmp_path)):
