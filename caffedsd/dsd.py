@@ -590,7 +590,7 @@ def check_stages(recipe, spec):
             amounts = stage.plan.amounts(names, spec.net_path)
         except PlanError as exc:
             # An inline plan's rule names the recipe and stage it is in; a plan file's, only the file.
-            raise RecipeError(f"{exc}" if stage.plan_file is None else f"{where}: {exc}") from None
+            raise RecipeError(str(exc) if stage.plan_file is None else f"{where}: {exc}") from None
         try:
             check_shared_amounts(groups, amounts)
         except InputError as exc:

@@ -432,7 +432,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     A folder another scan made is refused, or with ``force`` taken over:
     its points are kept if it measured them as this scan does, and removed
     otherwise (``notify(line)`` says which)."""
-    if get_criterion(criterion).amount_name != "sparsity":
+    seeded = get_criterion(criterion).seeded  # an unknown name is refused first, naming the known ones
+    if criterion not in SPARSITY_CRITERIA:
         raise InputError(f"criterion {criterion!r}: a scan sweeps sparsities, which it does not take "
                          f"(known: {', '.join(SPARSITY_CRITERIA)})")
     if gpu is not None:  # before the scan folder is made
@@ -444,7 +445,7 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
     check_pair(net, model_path, model, states=[built_state(net, "TEST")])
     check_tied_weights(built_layers(net, [built_state(net, "TEST")]), model, model_path)
     check_finite(model)
-    if get_criterion(criterion).seeded and masks_path_for(weights_path).exists():
+    if seeded and masks_path_for(weights_path).exists():
         # A random mask is drawn over every position; prune draws it among
         # the positions the masks keep, so these curves would not be its.
         raise InputError(f"{weights_path}: has masks beside it ({masks_path_for(weights_path).name}), which prune "
