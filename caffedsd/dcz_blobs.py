@@ -337,17 +337,17 @@ def _gap_freq(gap_hist, big_gaps, width):
     return gap_freq, pads
 
 
-def _stream_plans(gap_hist, big_gaps, value_hist, widths):
+def _stream_plans(gap_hist, big_gaps, value_hist, widths, plan=plan_stream):
     """(bytes, width, pads, value plan, gap plan) of the relative-index width
-    among ``widths`` that gives the smallest streams. The value histogram
-    differs between widths only in its padding count, so its plan is made
-    once per distinct count."""
+    among ``widths`` that gives the smallest streams, each stream planned by
+    ``plan``. The value histogram differs between widths only in its padding
+    count, so its plan is made once per distinct count."""
     value_plans, best = {}, None
     for width in widths:
         gap_freq, pads = _gap_freq(gap_hist, big_gaps, width)
         if pads not in value_plans:
-            value_plans[pads] = plan_stream(np.append(value_hist, pads) if pads else value_hist)
-        gap_plan = plan_stream(gap_freq)
+            value_plans[pads] = plan(np.append(value_hist, pads) if pads else value_hist)
+        gap_plan = plan(gap_freq)
         size = gap_plan[1] + value_plans[pads][1]
         if best is None or size < best[0]:
             best = (size, width, pads, value_plans[pads][0], gap_plan[0])

@@ -1,5 +1,6 @@
 """Deep Compression storage: coding units, round trips of both format
 versions, stock caffe, bad input."""
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -380,7 +381,7 @@ def test_shared_blobs_are_the_bytes_earlier_versions_wrote():
         assert hashlib.sha256(payload).hexdigest()[:16] == digest, (bits, index_bits, masked)
 
 
-def test_index_width_search_plans_each_value_histogram_once(monkeypatch):
+def test_index_width_search_plans_each_value_histogram_once():
     import caffedsd.dcz_blobs as blobs
 
     planned = []
@@ -390,16 +391,14 @@ def test_index_width_search_plans_each_value_histogram_once(monkeypatch):
         planned.append(np.asarray(freq).tolist())
         return plan_stream(freq)
 
-    monkeypatch.setattr(blobs, "plan_stream", counting)
     # Gaps 1 (5 times), 2 (3 times) and 4 (twice); padding entries by width:
     # 1 bit: 3 * 1 + 2 * 2 = 7; 2 bits: 2; 3 bits and up: none.
-    gap_hist, value_hist = np.array([0, 5, 3, 0, 2]), np.array([4, 6, 1, 1, 1])
-    size, width, pads, _, _ = blobs._stream_plans(gap_hist, np.zeros(0, np.int64), value_hist, range(1, 9))
+    gap_hist, value_hist, none = np.array([0, 5, 3, 0, 2]), np.array([4, 6, 1, 1, 1]), np.zeros(0, np.int64)
+    size, width, pads, _, _ = blobs._stream_plans(gap_hist, none, value_hist, range(1, 9), plan=counting)
     assert [p for p in planned if len(p) in (5, 6)] == [[4, 6, 1, 1, 1, 7], [4, 6, 1, 1, 1, 2], [4, 6, 1, 1, 1]]
     assert len(planned) == 3 + 8  # and one gap histogram per width
     # 2 bits: each gap of 4 is a padding entry (coded 3) and an entry of gap 0.
     assert blobs._gap_freq(gap_hist, np.zeros(0, np.int64), 2)[0].tolist() == [2, 5, 3, 2]
-    none = np.zeros(0, np.int64)
     direct = {w: plan_stream(blobs._gap_freq(gap_hist, none, w)[0])[1]
               + plan_stream(np.append(value_hist, p) if p else value_hist)[1]
               for w, p in zip(range(1, 9), [7, 2] + [0] * 6)}
@@ -806,14 +805,26 @@ def test_version_1_sizes_and_nesting_are_checked(tmp_path, cli):
     assert not (tmp_path / "x.caffemodel").exists()
 
 
-def test_compress_refuses_a_model_past_the_readers_limits(tmp_path, cli, monkeypatch):
+def test_compress_refuses_a_model_past_the_readers_limits(tmp_path, cli):
     import caffedsd.dcz as dcz
 
     new_caffemodel(tmp_path / "m.caffemodel", [(_ip(), [np.ones((4, 4), np.float32), np.ones(4, np.float32)])])
-    monkeypatch.setattr(dcz, "MAX_VALUES", 19)
-    assert_one_line_error(cli("compress", "-w", "m.caffemodel", "-o", "m.dcz"), "its blobs hold 20 values, over the 19")
-    assert not (tmp_path / "m.dcz").exists()
-    monkeypatch.setattr(dcz, "MAX_VALUES", 20)
+    model = read_caffemodel(tmp_path / "m.caffemodel")
+    layer = model.layers[0]
+
+    def holding(count):  # a zero-stride view: the count without the memory
+        data = np.broadcast_to(np.float32(1), (count,))
+        return [dataclasses.replace(layer, blobs=(dataclasses.replace(layer.blobs[0], data=data),))]
+
+    dcz._check_compressible(model, holding(dcz.MAX_VALUES), b"")
+    with pytest.raises(InputError) as refused:
+        dcz._check_compressible(model, holding(dcz.MAX_VALUES + 1), b"")
+    assert str(refused.value).startswith(f"{model.path}: its blobs hold 536,870,913 values, over the 536,870,912 ")
+    # decompress refuses such a header before it reads a blob
+    _v2_file(tmp_path / "big.dcz", [(_ip(), [(BLOB_FLOATS, (1 << 15, (1 << 14) + 1))])], b"")
+    assert_one_line_error(cli("decompress", "big.dcz", "-o", "big.caffemodel"),
+                          "its blobs hold 536,903,680 values, over 536,870,912")
+    assert not (tmp_path / "big.caffemodel").exists()
     assert cli("compress", "-w", "m.caffemodel", "-o", "m.dcz").exit_code == 0
     assert cli("decompress", "m.dcz", "-o", "back.caffemodel").exit_code == 0
 
