@@ -77,11 +77,12 @@ def sorted_kmeans(ordered, clusters, iterations=100):
     return centroids.astype(np.float32)
 
 
-def _distinct(ordered, limit):
+def _distinct(ordered, limit, chunk=None):
     """The distinct values of sorted ``ordered`` when there are at most
-    ``limit`` + 1 of them, else None; by slices, so no N-sized temporary."""
+    ``limit`` + 1 of them, else None; by slices of ``chunk`` (default
+    masks.CHUNK), so no N-sized temporary."""
     found, count = [], 0
-    for start, stop in chunk_bounds(ordered.size):
+    for start, stop in chunk_bounds(ordered.size, chunk):
         part = ordered[max(start - 1, 0):stop]
         new = part[1:][part[1:] != part[:-1]]
         count += new.size

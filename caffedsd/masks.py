@@ -32,11 +32,11 @@ def chunk_bounds(total, size=None):
     return ((start, min(start + size, total)) for start in range(0, total, size))
 
 
-def iter_chunks(*arrays):
-    """Aligned slices of the flattened ``arrays``: one slice per step for
-    one array, a tuple of them for several."""
+def iter_chunks(*arrays, size=None):
+    """Aligned slices of ``size`` (default CHUNK) of the flattened ``arrays``:
+    one slice per step for one array, a tuple of them for several."""
     flats = [np.asarray(a).reshape(-1) for a in arrays]
-    for start, stop in chunk_bounds(flats[0].size):
+    for start, stop in chunk_bounds(flats[0].size, size):
         parts = tuple(flat[start:stop] for flat in flats)
         yield parts if len(parts) > 1 else parts[0]
 
@@ -52,7 +52,7 @@ def _target_count(n, sparsity, previous_pruned):
     return max(min(int(round(sparsity * n)), n - 1), previous_pruned)
 
 
-def _prune_lowest(scores_of, size, count, keep):
+def _prune_lowest(scores_of, size, count, keep, chunk=None):
     """Set keep to False at the ``count`` lowest scores; ties by flat index.
 
     ``scores_of(start, stop)`` returns a fresh array of the scores of that flat
@@ -73,11 +73,11 @@ def _prune_lowest(scores_of, size, count, keep):
     threshold = full[count - 1]
     del full
     ties_needed = count
-    for start, stop in chunk_bounds(size):
+    for start, stop in chunk_bounds(size, chunk):
         below = scores_of(start, stop) < threshold
         flat_keep[start:stop] &= ~below
         ties_needed -= int(np.count_nonzero(below))
-    for start, stop in chunk_bounds(size):
+    for start, stop in chunk_bounds(size, chunk):
         if ties_needed <= 0:
             break
         ties = np.flatnonzero(scores_of(start, stop) == threshold)[:ties_needed]
@@ -103,28 +103,31 @@ def _scorer(values, previous, transform=np.array):
     return scores_of
 
 
-def keepmax_mask(weights, sparsity, previous=None, rng=None):
+# The criteria's ``chunk`` is the elements per slice of their passes (default
+# CHUNK): a bound on their temporaries' memory that no mask depends on.
+
+def keepmax_mask(weights, sparsity, previous=None, rng=None, chunk=None):
     keep = _start_keep(weights, previous)
     count = _target_count(weights.size, sparsity, zero_count(keep))
-    _prune_lowest(_scorer(weights, previous, np.abs), weights.size, count, keep)
+    _prune_lowest(_scorer(weights, previous, np.abs), weights.size, count, keep, chunk)
     return keep
 
 
-def std_mask(weights, scale, previous=None, rng=None):
+def std_mask(weights, scale, previous=None, rng=None, chunk=None):
     keep = _start_keep(weights, previous)
-    count, mean = _kept_mean(weights, keep)
+    count, mean = _kept_mean(weights, keep, chunk)
     if count == 0:
         return keep
     # Two passes (mean, then squared deviations) as np.std does, not the
     # sum of squares, which loses the variance when the mean is large.
     squares = 0.0
-    for part, kept in iter_chunks(weights, keep):
+    for part, kept in iter_chunks(weights, keep, size=chunk):
         deviation = part[kept].astype(np.float64)
         deviation -= mean
         squares += float(np.dot(deviation, deviation))
     threshold = scale * math.sqrt(squares / count)
     largest, where, offset = -1.0, None, 0
-    for part, kept in iter_chunks(weights, keep):
+    for part, kept in iter_chunks(weights, keep, size=chunk):
         magnitudes = np.where(kept, np.abs(part), -1.0)
         i = int(np.argmax(magnitudes)) if magnitudes.size else 0
         if magnitudes.size and magnitudes[i] > largest:
@@ -152,23 +155,23 @@ def at_least(values, threshold):
     return values >= threshold
 
 
-def _kept_mean(weights, keep):
+def _kept_mean(weights, keep, chunk=None):
     """(count, float64 mean) of the weights ``keep`` keeps, by slices."""
     count, total = 0, 0.0
-    for part, kept in iter_chunks(weights, keep):
+    for part, kept in iter_chunks(weights, keep, size=chunk):
         values = part[kept]
         count += values.size
         total += float(values.sum(dtype=np.float64))
     return count, total / count if count else 0.0
 
 
-def random_mask(weights, sparsity, previous=None, rng=None):
+def random_mask(weights, sparsity, previous=None, rng=None, chunk=None):
     if rng is None:
         raise ValueError("random criterion needs an rng (numpy Generator)")
     keep = _start_keep(weights, previous)
     count = _target_count(weights.size, sparsity, zero_count(keep))
     draws = rng.random(weights.size, dtype=np.float32)
-    _prune_lowest(_scorer(draws, previous), weights.size, count, keep)
+    _prune_lowest(_scorer(draws, previous), weights.size, count, keep, chunk)
     return keep
 
 

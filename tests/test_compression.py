@@ -278,18 +278,28 @@ def _lloyd_reference(values, clusters, iterations=100):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_kmeans_equals_plain_lloyd_iterations(seed, monkeypatch):
+def test_kmeans_equals_plain_lloyd_iterations(seed):
     # Multiples of 1/64 below 2^10: every float64 sum is exact, so the block
     # sums, the sums kept between iterations and the reference agree to the bit.
-    import caffedsd.masks as masks
-
-    monkeypatch.setattr(masks, "CHUNK", 97)  # the distinct-value count by slices
     rng = np.random.default_rng(seed)
     values = np.round(rng.normal(scale=200, size=int(rng.integers(50, 6000)))) / 64
     for clusters in (1, 2, 5, 64, 300, 4096):
         codebook, labels = kmeans_1d(values, clusters)
         assert np.array_equal(codebook, _lloyd_reference(values, clusters))
         assert np.array_equal(labels, assign_labels(values.astype(np.float32), codebook, None))
+
+
+def test_distinct_values_by_slices_are_np_unique():
+    from caffedsd.coding import _distinct
+
+    rng = np.random.default_rng(5)
+    ordered = np.sort(rng.integers(0, 40, size=1000)).astype(np.float32)  # runs of ~25 across slices of 97
+    unique = np.unique(ordered)
+    for chunk in (None, 1, 25, 97):
+        assert np.array_equal(_distinct(ordered, unique.size - 1, chunk), unique), chunk
+        assert np.array_equal(_distinct(ordered, 1000, chunk), unique), chunk
+        assert _distinct(ordered, unique.size - 2, chunk) is None, chunk
+    assert _distinct(ordered[:1], 0, 97).tolist() == ordered[:1].tolist()
 
 
 def test_shared_codebook_counts_the_labels_share_values_gives():

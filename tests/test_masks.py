@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from caffedsd.errors import InputError
-from caffedsd.masks import CRITERIA, apply_mask, compute_mask, layer_rng, sparsity, zero_count
+from caffedsd.masks import (CRITERIA, apply_mask, compute_mask, keepmax_mask, layer_rng, random_mask, sparsity,
+                            std_mask, zero_count)
 
 W = np.array([0.5, -0.1, 0.1, 0.3, -0.2, 0.1], dtype=np.float32)
 
@@ -81,7 +82,7 @@ def test_std_uses_kept_weights_and_shrinks():
     assert mask.tolist() == [False, False, False, True, True, False]
 
 
-def test_std_by_slices_is_the_whole_array_rule(monkeypatch):
+def test_std_by_slices_is_the_whole_array_rule():
     # By hand: std([-3, -1, 1, 3]) = sqrt(5) = 2.236; s = 0.44 keeps all
     # (|w| >= 0.98), s = 0.45 prunes the two 1s (|w| >= 1.006).
     w = np.array([-3.0, -1.0, 1.0, 3.0], dtype=np.float32)
@@ -90,9 +91,8 @@ def test_std_by_slices_is_the_whole_array_rule(monkeypatch):
     assert compute_mask(w, "std", 1.0).tolist() == [True, False, False, True]
     # 3 < 1.35 * 2.236 prunes all: the first of the largest, -3, stays.
     assert compute_mask(w, "std", 1.35).tolist() == [True, False, False, False]
-    import caffedsd.masks as masks
-
-    monkeypatch.setattr(masks, "CHUNK", 7)  # slices that cut the kept weights unevenly
+    # By slices of one: the largest is found where it lies, the first of equals.
+    assert std_mask(np.float32([1, -1, 3, -3]), 1.35, chunk=1).tolist() == [False, False, True, False]
     rng = np.random.default_rng(11)
     w = (rng.standard_normal((40, 25)) * 0.05 + 0.01).astype(np.float32)
     previous = rng.random(w.shape) > 0.3
@@ -103,6 +103,8 @@ def test_std_by_slices_is_the_whole_array_rule(monkeypatch):
             if prev is not None:
                 expected &= prev
             assert np.array_equal(compute_mask(w, "std", s, previous=prev), expected), (s, prev is None)
+            # slices of 7 cut the kept weights unevenly
+            assert np.array_equal(std_mask(w, s, previous=prev, chunk=7), expected), (s, prev is None)
     assert not compute_mask(w, "std", 1.0, previous=np.zeros(w.shape, dtype=bool)).any()  # nothing kept
 
 
@@ -154,18 +156,17 @@ def test_apply_mask_writes_positive_zero_and_is_pure():
     assert type(zero_count(np.zeros(0))) is int
 
 
-def test_large_layer_is_exact(monkeypatch):
-    # Chunked passes (small chunk forced) give the same mask as a sort.
-    import caffedsd.masks as masks
-
-    monkeypatch.setattr(masks, "CHUNK", 7)
+def test_large_layer_is_exact():
+    # Passes by slices of 7 give the same mask as a sort.
     rng = np.random.default_rng(0)
     w = rng.integers(-5, 5, size=200).astype(np.float32)  # many ties
-    mask = compute_mask(w, "keepmax", 0.37)
     order = np.lexsort((np.arange(w.size), np.abs(w)))
     expected = np.ones(w.size, dtype=bool)
     expected[order[:round(0.37 * 200)]] = False
-    assert np.array_equal(mask, expected)
+    assert np.array_equal(compute_mask(w, "keepmax", 0.37), expected)
+    assert np.array_equal(keepmax_mask(w, 0.37, chunk=7), expected)
+    by_slices = random_mask(w, 0.37, rng=np.random.default_rng(3), chunk=7)
+    assert np.array_equal(by_slices, compute_mask(w, "random", 0.37, rng=np.random.default_rng(3)))
 
 
 def test_a_masks_file_holds_any_name_caffe_takes(tmp_path):
