@@ -28,7 +28,6 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether targets pass or fail (a benchmark is not a test);
 non-zero only when something crashed.
 """
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,12 +49,7 @@ class Bench:
         self.outputs = {"prune": [workdir / "prune_out.caffemodel", workdir / "prune_out.masks.h5"],
                         "compress": [workdir / "out.dcz"], "decompress": [workdir / "decoded.caffemodel"]}
         self.log = workdir / "child.log"
-        caffedsd = Path(sys.executable).parent / "caffedsd"
-        if not caffedsd.exists():
-            found = shutil.which("caffedsd")
-            if not found:
-                raise SystemExit(f"bench_compression: no caffedsd entry point beside {sys.executable}")
-            caffedsd = Path(found)
+        caffedsd = benchlib.caffedsd_command("bench_compression")
         self.dcz = workdir / "input.dcz"  # what decompress reads: compress's output, kept
         self.argv = {
             "prune": [str(caffedsd), "prune", "--weights", str(model), "--sparsity", str(sparsity),

@@ -160,12 +160,7 @@ class Bench:
         self.prune_out = workdir / "pruned.caffemodel"
         self.prune_masks = workdir / "pruned.masks.h5"
         self.log = workdir / "child.log"
-        caffedsd = Path(sys.executable).parent / "caffedsd"
-        if not caffedsd.exists():
-            found = shutil.which("caffedsd")
-            if not found:
-                raise SystemExit(f"bench_prune: no caffedsd entry point beside {sys.executable}")
-            caffedsd = Path(found)
+        caffedsd = benchlib.caffedsd_command("bench_prune")
         self.argv = {
             "baseline": [sys.executable, "-c", BASELINE_CODE, str(model_path), str(self.base_out)],
             "prune": [str(caffedsd), "prune", "--weights", str(model_path), "--sparsity", str(sparsity),

@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import sys
 from pathlib import Path
 
 
@@ -177,6 +179,18 @@ def machine_line(info):
 
 _MACHINE_KEYS = {"nproc", "cpu", "mem_total_bytes", "platform", "python", "numpy", "protobuf", "protobuf_api",
                  "openblas_num_threads", "loadavg"}
+
+
+def caffedsd_command(tool):
+    """The caffedsd entry point installed beside this Python, else the one on
+    PATH, so that a child process runs the CLI as a user does."""
+    beside = Path(sys.executable).parent / "caffedsd"
+    if beside.exists():
+        return beside
+    found = shutil.which("caffedsd")
+    if not found:
+        raise SystemExit(f"{tool}: no caffedsd entry point beside {sys.executable} or on PATH")
+    return Path(found)
 
 
 def write_json(path, data):

@@ -34,7 +34,6 @@ that ship a solver and a train_val.
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+
+import benchlib  # noqa: E402
 
 COMMANDS = ("stats", "prune", "verify", "compress", "decompress", "rank", "decompose")
 
@@ -195,7 +196,7 @@ def last_line(path):
 def report_net(name, folder, work, timeout):
     deploy = find_deploy(folder)
     work.mkdir(parents=True, exist_ok=True)
-    caffedsd = [Path(sys.executable).parent / "caffedsd"]
+    caffedsd = [benchlib.caffedsd_command("modelzoo_report")]
     row = {"net": name, "deploy": deploy.name, "cells": {}, "notes": []}
     shipped = sorted(folder.glob("*.caffemodel"))
     weights = work / "model.caffemodel"
@@ -307,12 +308,7 @@ def markdown(rows, zoo, seconds, nets=None):
 
 
 def _cpu():
-    try:
-        from benchlib import cpu_name
-
-        return cpu_name()
-    except ImportError:
-        return platform.processor() or "this machine"
+    return benchlib.cpu_name() or "this machine"
 
 
 def main():

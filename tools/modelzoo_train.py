@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+import benchlib  # noqa: E402
 from modelzoo_report import _cpu, caffe_check, last_line, run, table_cells  # noqa: E402
 
 COMMANDS = ("dsd", "caffe test", "train-sparse", "sensitivity", "plan --verify")
@@ -98,7 +99,7 @@ def report_net(folder, work, timeout):
         shutil.copy(folder / name, work / name)
     (work / "recipe.yaml").write_text(RECIPE)
     write_lmdbs(work / "train_val.prototxt", work)
-    caffedsd = str(Path(sys.executable).parent / "caffedsd")
+    caffedsd = str(benchlib.caffedsd_command("modelzoo_train"))
     row = {"net": folder.name, "cells": {}, "notes": []}
     cwd = os.getcwd()
     os.chdir(work)  # the released files name their paths from their own folder
