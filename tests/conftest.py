@@ -44,6 +44,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(marker)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # On the machine that is to show the GPU path works, a GPU test that
+    # skips (no CUDA build, no CuPy, no GPU seen) shows nothing: a failure.
+    report = (yield).get_result()
+    if report.skipped and os.environ.get("CAFFEDSD_REQUIRE_GPU") == "1" and item.get_closest_marker("gpu"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"CAFFEDSD_REQUIRE_GPU=1 and this GPU test skipped: {reason}"
+
+
 @pytest.fixture(scope="session")
 def caffe():
     from caffedsd.caffe_env import import_caffe

@@ -2,9 +2,14 @@
 call go on where the first stopped. No build is needed: steps an earlier
 call finished are marked done in STAGE/results, and a check step without a
 finished build fails at once."""
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from conftest import gpu_skip_reason
 
 GPU_STAGE = Path(__file__).resolve().parent.parent / "tools" / "gpu_stage.sh"
 STEPS = ["build", "tests", "demo", "bench-lenet", "bench-squeezenet", "bench-vgg16-device", "bench-vgg16-host",
@@ -92,3 +97,24 @@ def test_build_for_a_python_boost_1_74_cannot_serve_is_one_line(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"gpu-stage: {python} is Python 3.13; the staged Boost.Python (1.74)")
+
+
+@pytest.mark.caffe
+def test_a_gpu_test_that_skips_fails_where_the_gpu_is_required():
+    """gpu_stage.sh's tests step sets CAFFEDSD_REQUIRE_GPU=1: on the GPU
+    machine, a GPU test that skipped (no CUDA build, no CuPy) made the step
+    pass and be marked done with nothing shown."""
+    if gpu_skip_reason() is None:
+        pytest.skip("a GPU is here: its tests run rather than skip")
+    test = "tests/test_hooks.py::test_masks_on_the_device_write_exact_zeros"
+
+    def run(require):
+        env = {**os.environ, "CAFFEDSD_REQUIRE_GPU": require}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test],
+                              cwd=GPU_STAGE.parent.parent, env=env, capture_output=True, text=True, timeout=120)
+
+    skipped, required = run("0"), run("1")
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    assert required.returncode == 1 and "1 error" in required.stdout, required.stdout
+    assert "CAFFEDSD_REQUIRE_GPU=1 and this GPU test skipped: Skipped: " in required.stdout
+    assert 'CAFFEDSD_REQUIRE_GPU=$require "$python" -m pytest -m "$markers"' in GPU_STAGE.read_text()
