@@ -397,6 +397,7 @@ def _temporary_folder(path, failure):
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             raise _unwritable(path, parent, exc) from None
+        raise_no_room(path, exc)  # a full disk is not the input's fault (exit status 1)
         raise InputError(f"{path}: {failure} ({exc.strerror})") from None
 
 

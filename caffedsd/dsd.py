@@ -365,10 +365,10 @@ class _Checkpoints:
         if named is not None and os.path.isfile(named) and os.path.samefile(named, model):
             yield state
             return
-        with temporary_folder(state) as scratch:
-            copy = scratch / state.name
-            what = f"{state}: its copy to restore from, naming the caffemodel beside it"
+        what = f"{state}: its copy to restore from, naming the caffemodel beside it"
+        with contextlib.ExitStack() as scratch_folder:
             try:
+                copy = scratch_folder.enter_context(temporary_folder(state)) / state.name
                 check_room(copy, state.stat().st_size)
                 set_learned_net(state, os.fsencode(os.path.abspath(model)), copy)
             except OutputError as exc:  # the scratch file is nothing the user asked for: name the state
