@@ -294,6 +294,10 @@ class _Checkpoints:
         name."""
         return self.folder / ".writing" / "snapshot"
 
+    def remove_cut_writes(self):
+        """Remove what a run killed while Caffe wrote a checkpoint left."""
+        shutil.rmtree(self.prefix.parent, ignore_errors=True)
+
     def _file(self, recorded):
         """A file the record names, in this folder. Records hold bare names;
         older ones held paths from the folder the run was started in, which
@@ -395,8 +399,7 @@ class _Checkpoints:
             raise InputError(f"{self.folder.parent}: removed while the run went on; nothing more was written") \
                 from None
         writing = self.prefix.parent
-        # What a run killed while Caffe wrote left: first, as it holds room the check counts on.
-        shutil.rmtree(writing, ignore_errors=True)
+        self.remove_cut_writes()  # first: they hold room the check counts on
         # The pair, and its state once more: rewritten beside it to name the model where it goes.
         where = self.folder / self.prefix.name
         check_room(where, sum(nbytes) + nbytes[1], max(nbytes))

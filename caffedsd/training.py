@@ -553,6 +553,9 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
 def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
     options = {}
     if checkpoints is not None:
+        # First: what a run killed while Caffe wrote left holds room that the
+        # restore copy and the checks for room below count on.
+        checkpoints.remove_cut_writes()
         # Its files are known by their binary format's names.
         options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0, snapshot_format=SolverParameter.BINARYPROTO)
     elif snapshots.solver_prefix is not None:

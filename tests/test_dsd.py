@@ -1232,6 +1232,31 @@ def test_a_net_edited_while_the_run_goes_on_stops_it_before_the_next_stage(tmp_p
 
 
 @pytest.mark.caffe
+def test_a_cut_checkpoint_gives_back_its_room_before_the_next_is_checked_for_room(tmp_path):
+    """A run killed while Caffe wrote a checkpoint left .writing/ holding the
+    room the next checkpoint needs: on a disk it filled, every rerun was
+    refused for want of room (the room check came before its removal), and
+    a moved run's restore copy was too."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=120)
+    disk = tmp_path / "disk"
+    with pytest.raises(Stop):  # where the disk is mounted: the run is not moved there
+        run_recipe(load_recipe(recipe), disk / "run", progress=stopping_at(60))
+    (disk / "run" / "03-sparse" / "checkpoint" / ".writing").mkdir()
+    disk.rename(tmp_path / "content")
+    code = "from caffedsd.cli import main; main()"
+    for mount in (disk, tmp_path / "moved"):  # moved: its restore copy needs room too
+        mount.mkdir()
+        full = run_on_a_full_disk([sys.executable, "-c", code, "dsd", "--recipe", recipe, "-o", "run"],
+                                  content=tmp_path / "content", mount=mount, spare_inodes=40,
+                                  fill="run/03-sparse/checkpoint/.writing/snapshot_iter_100.caffemodel")
+        assert full.returncode == 0, (mount.name, full.stderr)
+        assert "4 dense           20" in full.stdout, full.stdout
+
+
+@pytest.mark.caffe
 def test_a_checkpoint_pair_is_renamed_into_place_once_caffe_wrote_it_whole(tmp_path):
     """Caffe writes its snapshot in place, unsynced: a run killed while it
     wrote left a cut snapshot_iter_N.caffemodel beside checkpoint.json. It
