@@ -21,13 +21,13 @@ from google.protobuf.message import DecodeError
 from .atomic import atomic_open, check_input, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import check_finite, new_caffemodel, read_caffemodel
-from .maskfile import atomic_unmasked_path, check_model_outputs
 from .coding import FormatError, huffman_decode, positions_from_gaps
 from .dcz_blobs import (MAX_INDEX_BITS, LayerSizes, Reader, decode_floats, decode_shared, encode_floats,
                         encode_shared, finite)
 from .errors import InputError, WireError
 from .layers import PRUNABLE_TYPES
-from .maskfile import masks_for, masks_path_for, masks_read_for
+from .maskfile import (atomic_unmasked_path, check_model_outputs, check_not_masks_of_another, masks_for,
+                       masks_path_for, masks_read_for)
 from .masks import masked_nonzeros, zero_count
 from .wire import encode_varint as varint
 
@@ -125,6 +125,7 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     container's own bytes (header, magic, checksum)."""
     model = read_caffemodel(weights)
     check_output(output, inputs=[weights, masks_read_for(weights, masks)], force=force)
+    check_not_masks_of_another(output)
     check_finite(model)
     maskset = masks_for(model, masks)
     keep_masks = maskset.per_layer() if maskset else {}

@@ -103,10 +103,33 @@ def atomic_unmasked_path(output):
         masks.unlink(missing_ok=True)
 
 
+def check_not_masks_of_another(output):
+    """Refuse an output named as the masks file of a model beside it: of
+    X.caffemodel, or of X where X.masks.h5 is its masks (as _sharing_masks).
+    Written there, it would leave that model with a masks file every
+    command refuses, and its masks lost."""
+    from .caffemodel import file_sha256
+
+    output = Path(output)
+    if not output.name.endswith(".masks.h5") or output.name == ".masks.h5":
+        return
+    stem = output.name[:-len(".masks.h5")]
+    model, bare = output.with_name(stem + ".caffemodel"), output.with_name(stem)
+    if os.path.isfile(model):
+        owner = model
+    elif os.path.isfile(bare) and os.path.isfile(output) and _recorded_model(output) in (None, file_sha256(bare)):
+        owner = bare
+    else:
+        return
+    raise InputError(f"{output}: is the masks file of {owner} beside it, which this output would replace; "
+                     "give the output another name")
+
+
 def check_model_outputs(output, inputs, force=False, with_masks=True):
     """Refuse to write the caffemodel ``output``, and with ``with_masks`` its
     masks beside it, where either would replace one of ``inputs``, and an
-    output whose masks file is another model's."""
+    output whose masks file is another model's, or that is one."""
+    check_not_masks_of_another(output)
     masks = masks_path_for(output)
     owner = _sharing_masks(output)
     if owner is not None:  # both would read and write the one masks file, each taking it for its own

@@ -429,6 +429,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     the measured drop goes into the plan's ``verified``."""
     from .atomic import check_output, write_text
     from .errors import InputError
+    from .maskfile import check_not_masks_of_another
     from .report import scan_metric
     from .sensitivity import load_sensitivity, scan_files
 
@@ -438,6 +439,7 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     # end the scan's use.
     check_output(output, inputs=[*scan_files(sensitivity_path), weights, model, data.get("model"),
                                  data.get("weights")], force=force)
+    check_not_masks_of_another(output)
     _check_not_data(output, model or data.get("model"))
     if max_total_drop is not None:
         check_budget("--max-total-drop", max_total_drop)

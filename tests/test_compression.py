@@ -591,6 +591,30 @@ def test_a_decompressed_model_takes_away_the_masks_of_the_one_it_replaces(tiny, 
     assert cli("prune", "-w", weights, "-s", 0.5, "-o", "notes.caffemodel").exit_code == 0
 
 
+def test_no_output_replaces_the_masks_file_of_a_model_beside_it(caffe, tiny, tmp_path, cli):
+    """-o m.masks.h5 beside m.caffemodel wrote a caffemodel (or a .dcz, a
+    plan) over m's masks, without --force: m's masks were lost, and every
+    command on m then failed on an unreadable masks file."""
+    proto, weights = tiny
+    _prune(cli, weights, "m.caffemodel", "conv1=0.9")
+    assert cli("compress", "-w", weights, "-o", "t.dcz").exit_code == 0
+    caffe.Net(str(proto), str(weights), caffe.TEST).save_hdf5(str(tmp_path / "w.caffemodel.h5"))
+    before = (tmp_path / "m.masks.h5").read_bytes()
+    for command in (("prune", "-w", weights, "-s", 0.5, "-o", "m.masks.h5"),
+                    ("decompress", "t.dcz", "-o", "m.masks.h5", "--force"),
+                    ("compress", "-w", weights, "-o", "m.masks.h5"),
+                    ("convert", "-w", "w.caffemodel.h5", "-p", proto, "-o", "m.masks.h5")):
+        result = cli(*command)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.strip().endswith("m.masks.h5: is the masks file of m.caffemodel beside it, which this "
+                                              "output would replace; give the output another name"), result.output
+    (tmp_path / "m.caffemodel").rename(tmp_path / "m")  # a model without the suffix: m.masks.h5 records it
+    assert_one_line_error(cli("decompress", "t.dcz", "-o", "m.masks.h5"), "m.masks.h5: is the masks file of m ")
+    assert (tmp_path / "m.masks.h5").read_bytes() == before and cli("verify", "-w", "m").exit_code == 0
+    (tmp_path / "m").unlink()  # masks of no model there: an output like any
+    assert cli("decompress", "t.dcz", "-o", "m.masks.h5").exit_code == 0
+
+
 @pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")
 def test_real_lenet_at_the_papers_settings_is_40x_smaller(tmp_path, cli):
     weights = LENET_ZOO / "lenet_iter_10000.caffemodel"
