@@ -405,7 +405,7 @@ def scan_metric(data):
 def sensitivity_summary(data):
     """The heading and table of sensitivity.md (what the CLI prints)."""
     metric = scan_metric(data)
-    header = ["layer", "params"] + [number_text(s) for s in data["sparsities"]]
+    header = ["layer", "weights"] + [number_text(s) for s in data["sparsities"]]  # blob 0, what is pruned
     lines = [f"# Sensitivity: {one_line(metric)} after pruning one layer", "",
              f"Baseline {one_line(metric)} = {data['baseline'][metric]:.4f}; {data['iterations']} TEST iterations; "
              f"criterion {data['criterion']}; columns are the layer's sparsity.", "",
