@@ -343,9 +343,9 @@ class WholeNet:
         recorded = model is None
         model = Path(model or data["model"])
         weights = Path(weights or data["weights"])
-        for what, path in (("net", model), ("weights", weights)):
+        for what, path, option in (("net is", model, "--model"), ("weights are", weights, "--weights")):
             if not path.is_file():
-                raise InputError(f"{path}: the scan's {what} is not there (give --model/--weights)")
+                raise InputError(f"{path}: the scan's {what} not there (give {option})")
         if read_caffemodel(weights).sha256() != data["weights_sha256"]:
             raise InputError(f"{weights}: not the weights the scan measured (their sha256 differs)")
         # The net file holds the TEST data and batch size the scan measured

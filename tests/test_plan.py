@@ -619,6 +619,13 @@ def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model
     assert not (tmp_path / "p.yaml").exists()
     result = cli(*verify, "--model", net)
     assert result.exit_code == 0, result.output
+    # Weights or net moved since the scan: each named, with the option that gives it.
+    (tmp_path / "gone.json").write_text(json.dumps(data | {"weights": str(tmp_path / "gone.caffemodel")}))
+    assert_one_line_error(cli("plan", "--sensitivity", "gone.json", "--max-drop", "1", "--verify", "-o", "g.yaml"),
+                          "gone.caffemodel: the scan's weights are not there (give --weights)")
+    (tmp_path / "gone.json").write_text(json.dumps(data | {"model": str(tmp_path / "gone.prototxt")}))
+    assert_one_line_error(cli("plan", "--sensitivity", "gone.json", "--max-drop", "1", "--verify", "-o", "g.yaml"),
+                          "gone.prototxt: the scan's net is not there (give --model)")
 
 
 def test_a_max_drop_no_layer_meets_is_refused(tmp_path):
