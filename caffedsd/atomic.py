@@ -90,6 +90,7 @@ def output_folder(path):
     except FileExistsError:
         raise InputError(f"{path}: exists and is not a folder; give a folder for the output") from None
     except OSError as exc:
+        raise_no_room(path, exc)
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     return path
 
@@ -187,11 +188,12 @@ def remove_leftovers(folder):
     return removed
 
 
-def check_room(path, nbytes, largest=None):
+def check_room(path, nbytes, largest=None, files=1):
     """Raise OutputError unless ``nbytes`` (in files of which the largest is
-    ``largest`` bytes; default one file) fit beside ``path``: for a writer
-    that aborts the process when a write fails, as Caffe's do (glog CHECK).
-    The free space and ulimit -f are seen; a quota is not. A folder that
+    ``largest`` bytes; default one file) fit beside ``path``, in ``files``
+    new files or folders at the most at once: for a writer that aborts the
+    process when a write fails, as Caffe's do (glog CHECK). The free space,
+    free inodes and ulimit -f are seen; a quota is not. A folder that
     cannot take a file (read-only), or a name it cannot hold, is an
     InputError. ``path`` may be a temporary of atomic_path's."""
     path = Path(path)
@@ -207,6 +209,10 @@ def check_room(path, nbytes, largest=None):
     free = stat.f_bavail * stat.f_frsize
     if nbytes > free:
         raise OutputError(path, f"No space left on device: it needs at least {nbytes:,} bytes, {free:,} are free")
+    # A file system that counts no inodes (f_files 0) has no limit to see.
+    if stat.f_files and files > stat.f_favail:
+        raise OutputError(path, f"No space left on device: it needs {files} new files, {stat.f_favail:,} inodes "
+                                "are free")
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and (largest or nbytes) > limit:
         raise OutputError(path, f"File too large: at least {largest or nbytes:,} bytes, "
@@ -232,7 +238,10 @@ def _name_max(folder):
 
 
 def _unwritable(path, folder, exc):
-    """The InputError for a temporary that could not be made beside ``path``."""
+    """The error for a temporary that could not be made beside ``path``: an
+    InputError, or an OutputError for a want of room (no inode left)."""
+    if exc.errno in _NO_ROOM:
+        return OutputError(path, os.strerror(exc.errno))
     if exc.errno == errno.ENAMETOOLONG:
         limit = _name_max(folder) - _TEMPORARY_EXTRA
         if len(os.fsencode(path.name)) > limit:
@@ -374,6 +383,7 @@ def atomic_folder(path):
     except FileExistsError:  # a file on the way
         raise InputError(f"{path}: cannot create the output folder (Not a directory)") from None
     except OSError as exc:
+        raise_no_room(path, exc)
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     tmp = _temporary_folder(path, "cannot create the output folder")
     try:

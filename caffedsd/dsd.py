@@ -400,9 +400,12 @@ class _Checkpoints:
                 from None
         writing = self.prefix.parent
         self.remove_cut_writes()  # first: they hold room the check counts on
-        # The pair, and its state once more: rewritten beside it to name the model where it goes.
+        # The pair, and its state once more: rewritten beside it to name the
+        # model where it goes. New files at most at once: the pair, two CSVs
+        # and the record's temporary (.writing/ and the rewrite's temporary
+        # are gone by then).
         where = self.folder / self.prefix.name
-        check_room(where, sum(nbytes) + nbytes[1], max(nbytes))
+        check_room(where, sum(nbytes) + nbytes[1], max(nbytes), files=5)
         try:
             writing.mkdir()
         except OSError as exc:  # no inode left: a want of room too
@@ -714,6 +717,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
             try:
                 stage_dir.mkdir(exist_ok=True)
             except OSError as exc:
+                raise_no_room(stage_dir, exc)
                 raise InputError(f"{stage_dir}: cannot be made ({exc.strerror})") from None
             started = time.monotonic()
             seed_c_rand(recipe.seed, number)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .caffe_proto import LayerParameter, NetParameter
-from .errors import InputError
+from .errors import InputError, OutputError
 from .globrules import GlobRules, Rule, number_list
 from .report import number_text
 
@@ -540,7 +540,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import atomic_folder, atomic_paths, check_output, signals_deferred, temporary_folder, write_text
+    from .atomic import (atomic_folder, atomic_paths, check_output, raise_no_room, signals_deferred, temporary_folder,
+                         write_text)
     from .caffe_env import build_in_child, check_net_runs, has_python_layers, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
@@ -598,11 +599,15 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
         texts = {path: text_format.MessageToString(rewrite_net(nets[path], chosen)) for path in names}
         with temporary_folder(folder / "model.caffemodel") as scratch:
             made = scratch / "model.caffemodel"
-            new_caffemodel(made, new_layers, name=model.name)
-            # Caffe builds the rewrite and fills it before anything is written:
-            # a split it refuses (shapes of a layer kind not foreseen) is found
-            # here, not by the user's `caffe test`.
-            (scratch / "net.prototxt").write_text(texts[shape_path])
+            try:
+                new_caffemodel(made, new_layers, name=model.name)
+                # Caffe builds the rewrite and fills it before anything is written:
+                # a split it refuses (shapes of a layer kind not foreseen) is found
+                # here, not by the user's `caffe test`.
+                (scratch / "net.prototxt").write_text(texts[shape_path])
+            except (OSError, OutputError) as exc:  # named as the output, not the scratch files
+                raise_no_room(folder / "model.caffemodel", exc)
+                raise
             build_in_child("net", scratch / "net.prototxt", f"{shape_path} as decompose rewrote it",
                            has_python_layers(nets[shape_path]), weights=made)
             rows = summarize(model, chosen, positions, discarded)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .atomic import is_leftover, output_folder, remove_leftovers, write_text
-from .errors import InputError
+from .atomic import is_leftover, output_folder, raise_no_room, remove_leftovers, write_text
+from .errors import InputError, OutputError
 from .report import to_json
 from .values import is_finite_number
 
@@ -133,7 +133,12 @@ class RunFolder:
         if existed and not self.marker.exists() \
                 and any(p.name != LOCK_FILE and not is_leftover(p) for p in self.path.iterdir()):
             raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
-        self._hold()
+        try:
+            self._hold()
+        except OutputError:  # no room for the lock's line in a folder made just now: nothing of it is left
+            if not existed:  # (not on InputError: "in use" is another process's folder, made since)
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
         try:
             if self.marker.exists():  # made before, or by another process since the check above
                 found = read_json(self.marker, remedy=f"remove {self.path} to start over")
@@ -164,6 +169,7 @@ class RunFolder:
         try:
             handle = open(self.path / LOCK_FILE, "a+")
         except OSError as exc:
+            raise_no_room(self.path, exc)
             raise InputError(f"{self.path}: cannot write to the {self.kind} folder ({exc.strerror})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,10 +182,13 @@ class RunFolder:
         except OSError:  # a filesystem without locks: unguarded, as before there were locks
             handle.close()
             return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
+        try:  # who holds it, for the message of a process refused; unbuffered, so close() writes nothing
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as exc:
+            handle.close()
+            raise_no_room(self.path, exc)
+            raise
         self._lock = handle
 
     def close(self):
@@ -236,13 +245,17 @@ class RunFolder:
 
     def append(self, name, record):
         """Add ``record`` to journal ``name``, on disk before this returns."""
-        with open(self.path / name, "a+b") as handle:
-            # After a last line cut short (a full disk, a crash mid-write),
-            # on a line of its own: glued to it, it would be skipped too.
-            cut = False
-            if handle.tell():  # appending: at the end
-                handle.seek(-1, os.SEEK_END)
-                cut = handle.read(1) != b"\n"
-            handle.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path / name, "a+b") as handle:
+                # After a last line cut short (a full disk, a crash mid-write),
+                # on a line of its own: glued to it, it would be skipped too.
+                cut = False
+                if handle.tell():  # appending: at the end
+                    handle.seek(-1, os.SEEK_END)
+                    cut = handle.read(1) != b"\n"
+                handle.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # the records before it stay; a cut line is skipped when read
+            raise_no_room(self.path / name, exc)
+            raise

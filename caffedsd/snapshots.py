@@ -16,7 +16,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .atomic import atomic_paths, check_room, temporary_folder
+from .atomic import atomic_paths, check_room, raise_no_room, temporary_folder
 from .caffe_proto import SolverParameter
 from .errors import InputError
 from .maskfile import atomic_unmasked_path
@@ -140,11 +140,18 @@ class SolverSnapshots:
         since Caffe aborts the process on a failed write."""
         iteration = int(solver.iter)
         model, state = self.paths(iteration)
-        check_room(Path(model), sum(sizes), max(sizes))
+        # The state is written twice (Caffe's, then the rewrite naming the
+        # model); new files at most at once: the pair and the temporaries of
+        # its two renames into place.
+        check_room(Path(model), sum(sizes) + sizes[1], max(sizes), files=4)
         made = self.paths(iteration, self.solver_prefix)
         try:
             solver.snapshot()
-            set_learned_net(made[1], os.fsencode(model))
+            try:
+                set_learned_net(made[1], os.fsencode(model))
+            except OSError as exc:
+                raise_no_room(state, exc)
+                raise
             # The model is renamed first (the inner block), so that no state
             # names a model not yet in place; the masks of a model it
             # replaces go with it.

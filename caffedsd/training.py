@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_not_data, check_room, same_file
+from .atomic import atomic_paths, check_not_data, check_room, same_file, write_text
 from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
                         layer_types)
 from .caffe_proto import SolverParameter
@@ -87,7 +87,7 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     if gpu is not None:
         param.device_id = gpu
     solver_file = Path(workdir) / "solver.prototxt"
-    solver_file.write_text(text_format.MessageToString(param))
+    write_text(solver_file, text_format.MessageToString(param))
     return solver_file, param
 
 
@@ -611,7 +611,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if phase.output is not None and phase.iterations > done:
             # Checked again when written; a disk already too small for it
             # would otherwise cost the whole training first.
-            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)))
+            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)),
+                       files=2)  # the temporaries of the model and its masks
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):

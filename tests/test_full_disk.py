@@ -1,0 +1,99 @@
+"""Commands on a really full disk: a tmpfs with no byte or no inode to spare,
+in a mount namespace of the test's own (conftest.run_on_a_full_disk). A
+want of room is one line and exit status 1, never bad input (exit 2), a
+traceback or Caffe aborting the process, and leaves nothing behind."""
+import shutil
+import sys
+
+import pytest
+
+from conftest import REGRESSION_NET, run_on_a_full_disk, save_net, write_solver
+
+CLI = [sys.executable, "-c", "from caffedsd.cli import main; main()"]
+
+
+def _inputs(tmp_path, tiny):
+    content = tmp_path / "content"
+    content.mkdir()
+    for path in tiny:
+        shutil.copy(path, content / path.name)
+    (tmp_path / "disk").mkdir()
+    return content
+
+
+def _then_list(argv):
+    """``argv``, then what is left on the disk, its exit status kept."""
+    return ["sh", "-c", '"$@"; rc=$?; echo "left: $(ls -A | tr "\\n" " ")"; exit $rc', "sh", *argv]
+
+
+def test_check_room_counts_the_inodes_a_writer_needs(tmp_path):
+    """Caffe aborts the process (glog Check failed) when it cannot create a
+    snapshot's file: check_room counted bytes only."""
+    (tmp_path / "content").mkdir()
+    (tmp_path / "disk").mkdir()
+    code = ("import sys\nfrom caffedsd.atomic import check_room\nfrom caffedsd.errors import OutputError\n"
+            "check_room('a', 10, files=3)\n"
+            "try:\n    check_room('a', 10, files=4)\nexcept OutputError as exc:\n    print(exc)\n")
+    done = run_on_a_full_disk([sys.executable, "-c", code], content=tmp_path / "content", mount=tmp_path / "disk",
+                              spare_inodes=3)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("a: could not be written (No space left on device: it needs 4 new files, "
+                                   "3 inodes are free); no part of it was left")
+
+
+def test_no_inode_left_for_an_output_is_no_room_not_bad_input(tiny, tmp_path):
+    proto, weights = tiny
+    content = _inputs(tmp_path, tiny)
+    for argv, output in ((["prune", "-w", weights.name, "-s", "0.5", "-o", "out.caffemodel"], "out.caffemodel"),
+                         (["compress", "-w", weights.name, "-o", "out.dcz"], "out.dcz"),
+                         (["squeezenet", "-o", "sq"], "sq")):
+        done = run_on_a_full_disk(_then_list(CLI + argv), content=content, mount=tmp_path / "disk")
+        assert done.returncode == 1, (argv, done.stderr)
+        assert done.stderr.strip() == (f"caffedsd: {output}: could not be written (No space left on device); no "
+                                       "part of it was left"), argv
+        assert sorted(done.stdout.splitlines()[-1].split()) == ["left:", weights.name, proto.name], argv
+
+
+@pytest.mark.caffe
+def test_a_run_folder_with_no_room_for_its_lock_is_one_line_and_gone(caffe, tmp_path):
+    """The line naming the process that holds a run folder did not fit:
+    a traceback, twice over (closing the file flushed it again), and an
+    empty folder left."""
+    content = tmp_path / "content"
+    content.mkdir()
+    proto, weights = save_net(caffe, content, REGRESSION_NET)
+    (tmp_path / "disk").mkdir()
+    argv = ["sensitivity", "-p", proto.name, "-w", weights.name, "-n", "1", "--sparsities", "0.5", "-o", "sens"]
+    done = run_on_a_full_disk(_then_list(CLI + argv), content=content, mount=tmp_path / "disk", spare_inodes=4,
+                              fill="fill")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == "caffedsd: sens: could not be written (No space left on device); no part of it " \
+                                  "was left"
+    assert sorted(done.stdout.splitlines()[-1].split()) == ["fill", "left:", weights.name, proto.name]
+
+
+@pytest.mark.caffe
+def test_training_with_snapshots_never_aborts_in_caffe_for_want_of_inodes(caffe, tmp_path):
+    """With an inode or two left, Caffe's snapshot could not be created and
+    glog's Check failed aborted the process (exit 134), leaving its scratch
+    folder: at every count, the run succeeds or says so in one line."""
+    content = tmp_path / "content"
+    content.mkdir()
+    _, weights = save_net(caffe, content, REGRESSION_NET)
+    solver = write_solver(content, snapshot=2)
+    solver.write_text(solver.read_text().replace(f"{content}/", ""))  # paths on the small disk
+    (tmp_path / "disk").mkdir()
+    argv = CLI + ["train-dense", "--solver", solver.name, "-w", weights.name, "-n", "4", "-o", "out.caffemodel"]
+    endings = []
+    for spare in range(12):
+        done = run_on_a_full_disk(_then_list(argv), content=content, mount=tmp_path / "disk", spare_inodes=spare)
+        if done.returncode == 0:
+            break
+        assert done.returncode == 1, (spare, done.stderr[-2000:])
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith("caffedsd: ") and "could not be written (No space left on device" in line, \
+            (spare, done.stderr[-2000:])
+        assert not [name for name in done.stdout.split() if name.endswith(".tmp")], (spare, done.stdout)
+        endings.append(line)
+    assert done.returncode == 0, endings
+    assert any("new files" in line for line in endings), endings  # the check before Caffe writes was reached
