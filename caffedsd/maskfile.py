@@ -129,7 +129,6 @@ def check_model_outputs(output, inputs, force=False, with_masks=True):
     """Refuse to write the caffemodel ``output``, and with ``with_masks`` its
     masks beside it, where either would replace one of ``inputs``, and an
     output whose masks file is another model's, or that is one."""
-    check_not_masks_of_another(output)
     masks = masks_path_for(output)
     owner = _sharing_masks(output)
     if owner is not None:  # both would read and write the one masks file, each taking it for its own
@@ -137,6 +136,7 @@ def check_model_outputs(output, inputs, force=False, with_masks=True):
                          f"name the output {owner.name}, or another name")
     for path in (output, masks) if with_masks else (output,):
         check_output(path, inputs=inputs, force=force)
+    check_not_masks_of_another(output)  # an input's masks too, with --force
 
 
 def structure_fingerprint(structure):

@@ -181,10 +181,12 @@ def test_a_stopped_run_continues_from_another_folder_and_moved(tmp_path, cli):
     assert limited.stderr.strip().splitlines()[-1].startswith(
         "caffedsd: moved/03-sparse/checkpoint/snapshot_iter_50.solverstate: its copy to restore from, naming the "
         "caffemodel beside it: could not be written (File too large: "), limited.stderr
-    # A disk with no inode left for the copy's scratch folder: the same, not bad input (exit status 2).
+    # A disk with no inode left for the copy's scratch folder (one for the
+    # temporary of the stage's solver file, written first): the same, not
+    # bad input (exit status 2).
     (tmp_path / "full").mkdir()
     full = run_on_a_full_disk([sys.executable, "-c", code, "dsd", "--recipe", recipe, "-o", "moved"],
-                              content=elsewhere, mount=tmp_path / "full")
+                              content=elsewhere, mount=tmp_path / "full", spare_inodes=1)
     assert full.returncode == 1, full.stderr
     assert full.stderr.strip().splitlines()[-1] == (
         "caffedsd: moved/03-sparse/checkpoint/snapshot_iter_50.solverstate: its copy to restore from, naming the "
@@ -947,6 +949,10 @@ def test_train_sparse_and_dense_cli(caffe, tmp_path, cli):
                               "-n", 1, "-o", "p"), "p: its masks file would be p.masks.h5, which is that of "
                                                    "p.caffemodel beside it")
     assert (tmp_path / "p.masks.h5").read_bytes() == before and not (tmp_path / "p").exists()
+    for command in ("train-sparse", "train-quantized"):  # with --force, still not: the model's masks would be lost
+        assert_one_line_error(cli(command, "--solver", solver, "-w", "p.caffemodel", "-n", 1, "-o", "p.masks.h5",
+                                  "--force"), "p.masks.h5: is the masks file of p.caffemodel beside it")
+    assert (tmp_path / "p.masks.h5").read_bytes() == before
     os.mkfifo(tmp_path / "pipe.prototxt")
     (tmp_path / "piped.prototxt").write_text(solver.read_text().replace(str(tmp_path / "net.prototxt"),
                                                                         str(tmp_path / "pipe.prototxt")))
