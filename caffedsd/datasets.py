@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_folder, atomic_hdf5, atomic_path, check_replaceable, signals_deferred
+from .atomic import atomic_folder, atomic_hdf5, atomic_path, atomic_paths, check_replaceable
 from .errors import HDF5_DAMAGE, InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -184,15 +184,15 @@ def convert_fashion_mnist(out_dir, source_dir=None, train_limit=None, test_limit
     if other and not force:
         raise InputError(f"{out_dir / other[0]}: exists with other contents than this conversion writes; "
                          "give --force to replace it, or another -o")
-    result = {}
-    # Into an existing folder, file by file: a Ctrl-C or SIGTERM between them
-    # would leave a new train.h5 beside an earlier test.h5 (--force).
-    with atomic_folder(out_dir) as folder, signals_deferred():
-        for name, (images, _) in splits.items():
-            for file, write in ((f"{name}.h5", _write_h5), (f"{name}.txt", _write_list)):
-                if not there[file]:
-                    write(folder / file, contents[file])
-            result[name] = {"h5": str(out_dir / f"{name}.h5"), "list": str(out_dir / f"{name}.txt"),
-                            "count": int(len(images)), "unchanged": there[f"{name}.h5"] and there[f"{name}.txt"]}
+    # Into an existing folder (--force), all files or none: a full disk, a
+    # Ctrl-C or SIGTERM after the first would leave a new train.h5 beside
+    # an earlier test.h5.
+    changed = [file for file in contents if not there[file]]
+    with atomic_folder(out_dir) as folder, atomic_paths(*(folder / file for file in changed)) as temporaries:
+        for file, tmp in zip(changed, temporaries):
+            (_write_h5 if file.endswith(".h5") else _write_list)(tmp, contents[file])
+    result = {name: {"h5": str(out_dir / f"{name}.h5"), "list": str(out_dir / f"{name}.txt"),
+                     "count": int(len(images)), "unchanged": there[f"{name}.h5"] and there[f"{name}.txt"]}
+              for name, (images, _) in splits.items()}
     result["source_dir"] = str(source_dir)
     return result

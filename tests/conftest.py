@@ -187,22 +187,22 @@ def lenet(tmp_path_factory):
     return work, net, weights
 
 
-def run_on_a_full_disk(argv, content, mount, cwd=".", spare_inodes=0, fill=None, size="16m"):
+def run_on_a_full_disk(argv, content, mount, cwd=".", spare_inodes=0, fill=None, leave=0, size="16m"):
     """Run ``argv`` in ``mount``/``cwd`` with a tmpfs on ``mount`` (an empty
     folder) holding a copy of ``content``'s files and ``spare_inodes`` more
     inodes, and, with ``fill`` (a path in it), that file written until no
-    byte is free; in a mount namespace of its own, so the file system and
-    all written on it go when the process ends. Skips where no such
-    namespace is allowed."""
+    byte is free, less ``leave`` bytes; in a mount namespace of its own, so
+    the file system and all written on it go when the process ends. Skips
+    where no such namespace is allowed."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"],
                                                          capture_output=True).returncode != 0:
         pytest.skip("no mount namespace here (unshare --mount) for a small file system")
     inodes = 1 + len(list(Path(content).rglob("*"))) + spare_inodes + bool(fill)  # 1: the file system's root
     script = ('mount -t tmpfs -o "size=$1,nr_inodes=$2" tmpfs "$3" && cp -a "$4"/. "$3"/ && cd "$3" '
               '&& { [ -z "$5" ] || dd if=/dev/zero of="$5" bs=4096 2>/dev/null; [ -z "$5" ] || [ -s "$5" ]; } '
-              '&& cd "$6" && shift 6 && exec "$@"')
+              '&& { [ -z "$5" ] || truncate -s "-$7" "$5"; } && cd "$6" && shift 7 && exec "$@"')
     return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", size, str(inodes), str(mount),
-                           str(content), str(fill or ""), str(cwd), *map(str, argv)],
+                           str(content), str(fill or ""), str(cwd), str(leave), *map(str, argv)],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -97,3 +97,25 @@ def test_training_with_snapshots_never_aborts_in_caffe_for_want_of_inodes(caffe,
         endings.append(line)
     assert done.returncode == 0, endings
     assert any("new files" in line for line in endings), endings  # the check before Caffe writes was reached
+
+
+def test_data_force_replaces_all_its_files_or_none(tmp_path):
+    """Into an existing folder, with room for the new train.h5 but not
+    test.h5: train.h5 was replaced, leaving it beside the earlier test.h5."""
+    from test_datasets import make_source
+
+    content = tmp_path / "content"
+    content.mkdir()
+    make_source(content / "src", n_train=25, n_test=10)  # 78 and 31 kB as float32
+    (tmp_path / "disk").mkdir()
+    data = CLI + ["data", "fashion-mnist", "--source", "src", "-o", "fm"]
+    script = ('"$@" --train-limit 2 --test-limit 2 >/dev/null && sha256sum fm/* && '
+              'dd if=/dev/zero of=fill bs=4096 2>/dev/null; truncate -s -100K fill; '
+              '"$@" --force; rc=$?; sha256sum fm/*; exit $rc')
+    done = run_on_a_full_disk(["sh", "-c", script, "sh", *data], content=content, mount=tmp_path / "disk",
+                              spare_inodes=20)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().endswith("/fm/test.h5: could not be written (No space left on device); no part of "
+                                        "it was left"), done.stderr
+    before, after = done.stdout.splitlines()[:4], done.stdout.splitlines()[4:]
+    assert len(before) == 4 and after == before  # train.h5, test.h5 and their lists, as they were
