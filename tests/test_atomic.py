@@ -356,6 +356,8 @@ def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path)
         raise Stopped(number)
 
     previous, hangup = signal.signal(signal.SIGTERM, stop), signal.getsignal(signal.SIGHUP)
+    # As in a terminal: a shell's background job (a CI step) starts with SIGINT ignored.
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(Stopped):
             with signals_deferred():
@@ -373,6 +375,7 @@ def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path)
         assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 @pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
@@ -390,6 +393,8 @@ def test_a_signal_raised_where_python_swallows_it_still_ends_the_command(caffe, 
     new_caffemodel(tmp_path / "w.caffemodel", [(ip, [np.arange(1, 7, dtype=np.float32).reshape(2, 3)])])
     code = (
         "import gc, os, signal, sys\n"
+        # As in a terminal: a shell's background job (a CI step) starts with SIGINT ignored.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
         "from caffedsd.cli import program\n"
         "sent = []\n"
