@@ -523,7 +523,10 @@ def test_verified_plan_meets_the_budget_as_stock_caffe_measures_it(lenet, lenet_
     assert "predicted total drop" in planned.output and "measured drop of the whole pruned net" in planned.output
     plan = load_plan(tmp_path / "plan.yaml")
     verified = plan.verified
-    assert verified["measured_drop"] <= 1.0 and verified["iterations"] == VERIFY_ITERS
+    from caffedsd.plan_from_scan import within
+
+    # within: float32 accuracies (a drop of 1 point can be 1.0000002)
+    assert within(verified["measured_drop"], 1.0) and verified["iterations"] == VERIFY_ITERS
     assert any(r.value > 0 for r in plan.rules)  # a budget of 1 point still prunes something
     result = cli("prune", "-w", weights, "--plan", "plan.yaml", "-o", "pruned.caffemodel")
     assert result.exit_code == 0, result.output

@@ -305,6 +305,10 @@ def test_a_scan_does_not_go_on_with_rewritten_test_data(lenet, tmp_path, cli):
 
 
 def test_plans_respect_their_budget(scanned, tmp_path, cli):
+    # A budget as the plan counts it: float32 accuracies make a drop of 5 of
+    # 500 images 1.0000002 points on one BLAS kernel (OPENBLAS_CORETYPE).
+    from caffedsd.plan_from_scan import within
+
     out, data = scanned
     result = cli("plan", "--sensitivity", out / "sensitivity.json", "--max-drop", 1.0, "-o", "plan.yaml")
     assert result.exit_code == 0, result.output
@@ -312,11 +316,11 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     measured = dict((layer, dict(points)) for layer, (_, points) in curves(data, "accuracy").items())
     for rule in plan.rules:
         if rule.value:
-            assert measured[rule.pattern][rule.value] <= 1.0
+            assert within(measured[rule.pattern][rule.value], 1.0)
         # nothing higher was within the budget
-        assert all(d > 1.0 for s, d in measured[rule.pattern].items() if s > rule.value)
+        assert not any(within(d, 1.0) for s, d in measured[rule.pattern].items() if s > rule.value)
     params = {layer["layer"]: layer["params"] for layer in data["layers"]}
-    reachable = sum(params[layer] * max([s for s, d in points.items() if d <= 3], default=0)
+    reachable = sum(params[layer] * max([s for s, d in points.items() if within(d, 3)], default=0)
                     for layer, points in measured.items()) / data["prunable_params"]
     target = round(0.8 * reachable, 3)
     assert target > 0.3
@@ -329,7 +333,7 @@ def test_plans_respect_their_budget(scanned, tmp_path, cli):
     assert overall_sparsity(choices, data["prunable_params"]) >= target
     for rule in plan.rules:
         if rule.value:
-            assert measured[rule.pattern][rule.value] <= 3
+            assert within(measured[rule.pattern][rule.value], 3)
     # The plan file drives prune directly.
     result = cli("prune", "-w", data["weights"], "--plan", "target.yaml", "-o", "pruned.caffemodel")
     assert result.exit_code == 0, result.output
