@@ -187,6 +187,12 @@ def lenet(tmp_path_factory):
     return work, net, weights
 
 
+def can_mount_a_disk(mount):
+    """Whether run_on_a_full_disk can mount its tmpfs on the folder ``mount``."""
+    probe = ["unshare", "--mount", "mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount)]
+    return shutil.which("unshare") is not None and subprocess.run(probe, capture_output=True).returncode == 0
+
+
 def run_on_a_full_disk(argv, content, mount, cwd=".", spare_inodes=0, fill=None, leave=0, size="16m"):
     """Run ``argv`` in ``mount``/``cwd`` with a tmpfs on ``mount`` (an empty
     folder) holding a copy of ``content``'s files and ``spare_inodes`` more
@@ -194,9 +200,8 @@ def run_on_a_full_disk(argv, content, mount, cwd=".", spare_inodes=0, fill=None,
     byte is free, less ``leave`` bytes; in a mount namespace of its own, so
     the file system and all written on it go when the process ends. Skips
     where no such namespace is allowed."""
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"],
-                                                         capture_output=True).returncode != 0:
-        pytest.skip("no mount namespace here (unshare --mount) for a small file system")
+    if not can_mount_a_disk(mount):
+        pytest.skip("no tmpfs can be mounted here in a mount namespace (unshare --mount) for a small file system")
     inodes = 1 + len(list(Path(content).rglob("*"))) + spare_inodes + bool(fill)  # 1: the file system's root
     script = ('mount -t tmpfs -o "size=$1,nr_inodes=$2" tmpfs "$3" && cp -a "$4"/. "$3"/ && cd "$3" '
               '&& { [ -z "$5" ] || dd if=/dev/zero of="$5" bs=4096 2>/dev/null; [ -z "$5" ] || [ -s "$5" ]; } '
