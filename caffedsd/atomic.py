@@ -85,14 +85,42 @@ def check_not_data(path, data, reader):
 def output_folder(path):
     """Make the output folder ``path`` and its parents where missing; returns it."""
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise InputError(f"{path}: exists and is not a folder; give a folder for the output") from None
-    except OSError as exc:
-        raise_no_room(path, exc)
-        raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    _check_not_masks(path)
+    with _folders_made(path):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InputError(f"{path}: exists and is not a folder; give a folder for the output") from None
+        except OSError as exc:
+            raise_no_room(path, exc)
+            raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
     return path
+
+
+def _check_not_masks(path):
+    from .maskfile import check_not_masks_of_another  # it reads masks files: h5py
+
+    check_not_masks_of_another(path)
+
+
+@contextlib.contextmanager
+def _folders_made(path):
+    """Remove the folders up to ``path`` that the block made, on any error:
+    an output that could not be written leaves no part of it."""
+    missing = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # innermost first; one holding anything stays
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def check_output(path, inputs=(), force=False):
@@ -378,22 +406,24 @@ def atomic_folder(path):
         return
     if path.exists() or path.is_symlink():
         raise InputError(f"{path}: exists and is not a folder; give a folder for the output")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a file on the way
-        raise InputError(f"{path}: cannot create the output folder (Not a directory)") from None
-    except OSError as exc:
-        raise_no_room(path, exc)
-        raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
-    tmp = _temporary_folder(path, "cannot create the output folder")
-    try:
-        with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:
-            yield written
-    except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and path.is_dir():
-            raise InputError(f"{path}: another process made this folder while this one wrote it; nothing of "
-                             "this run's was left: run it again to write into that folder") from None
-        raise
+    _check_not_masks(path)
+    with _folders_made(path.parent):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file on the way
+            raise InputError(f"{path}: cannot create the output folder (Not a directory)") from None
+        except OSError as exc:
+            raise_no_room(path, exc)
+            raise InputError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+        tmp = _temporary_folder(path, "cannot create the output folder")
+        try:
+            with _into_place(tmp, path, 0o777, lambda folder: shutil.rmtree(folder, ignore_errors=True)) as written:
+                yield written
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and path.is_dir():
+                raise InputError(f"{path}: another process made this folder while this one wrote it; nothing of "
+                                 "this run's was left: run it again to write into that folder") from None
+            raise
 
 
 def _temporary_folder(path, failure):

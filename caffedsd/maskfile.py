@@ -64,23 +64,38 @@ def masks_read_for(weights_path, masks_path=None):
     return beside if beside is not None and os.path.exists(beside) else None
 
 
-def _sharing_masks(output):
-    """The other model whose masks file is also ``output``'s, or None:
-    m.caffemodel's, for an output m; for an output m.caffemodel, the file
-    m's where m.masks.h5 is its masks (written with it, or recording no
-    model): a file m of notes, or a folder, is no model of masks."""
+def _masks_owners(masks):
+    """The models beside ``masks`` (a path X.masks.h5) whose masks file it
+    is: X.caffemodel where it is a file; X where it is a file and ``masks``
+    holds masks written with it or recording no model (a file X of notes,
+    or a folder, is no model of masks)."""
+    masks = Path(masks)
+    stem = masks.name[:-len(".masks.h5")] if masks.name.endswith(".masks.h5") else ""
+    if not stem:
+        return []
+    model, bare = masks.with_name(stem + ".caffemodel"), masks.with_name(stem)
+    owners = [model] if os.path.isfile(model) else []
+    if os.path.isfile(bare) and os.path.isfile(masks) and _masks_of(masks, bare):
+        owners.append(bare)
+    return owners
+
+
+def _masks_of(masks, model):
+    """Whether the file ``masks`` holds masks written with ``model``, or
+    recording no model."""
     from .caffemodel import file_sha256
 
-    output = Path(output)
-    if output.name.endswith(".caffemodel"):
-        owner = output.with_name(output.name[:-len(".caffemodel")])
-        masks = masks_path_for(output)
-        there = owner.name != "" and os.path.isfile(owner) and os.path.isfile(masks) \
-            and _recorded_model(masks) in (None, file_sha256(owner))
-    else:
-        owner = output.with_name(output.name + ".caffemodel")
-        there = os.path.exists(owner)
-    return owner if there and not same_path(owner, output) else None
+    try:
+        with h5py.File(masks, "r") as h5:
+            group = h5.get("masks")
+            return isinstance(group, h5py.Group) and _model_sha256(masks, group) in (None, file_sha256(model))
+    except (*HDF5_DAMAGE, InputError):
+        return False
+
+
+def _sharing_masks(output):
+    """The other model whose masks file is also ``output``'s, or None."""
+    return next((owner for owner in _masks_owners(masks_path_for(output)) if not same_path(owner, output)), None)
 
 
 @contextlib.contextmanager
@@ -104,25 +119,12 @@ def atomic_unmasked_path(output):
 
 
 def check_not_masks_of_another(output):
-    """Refuse an output named as the masks file of a model beside it: of
-    X.caffemodel, or of X where X.masks.h5 is its masks (as _sharing_masks).
-    Written there, it would leave that model with a masks file every
-    command refuses, and its masks lost."""
-    from .caffemodel import file_sha256
-
-    output = Path(output)
-    if not output.name.endswith(".masks.h5") or output.name == ".masks.h5":
-        return
-    stem = output.name[:-len(".masks.h5")]
-    model, bare = output.with_name(stem + ".caffemodel"), output.with_name(stem)
-    if os.path.isfile(model):
-        owner = model
-    elif os.path.isfile(bare) and os.path.isfile(output) and _recorded_model(output) in (None, file_sha256(bare)):
-        owner = bare
-    else:
-        return
-    raise InputError(f"{output}: is the masks file of {owner} beside it, which this output would replace; "
-                     "give the output another name")
+    """Refuse an output (a file or folder) named as the masks file of a
+    model beside it: written there, it would leave that model with a masks
+    file every command refuses, and its masks lost."""
+    if owners := _masks_owners(output):
+        raise InputError(f"{output}: is the masks file of {owners[0]} beside it, which this output would replace; "
+                         "give the output another name")
 
 
 def check_model_outputs(output, inputs, force=False, with_masks=True):

@@ -32,11 +32,11 @@ def chunk_bounds(total, size=None):
     return ((start, min(start + size, total)) for start in range(0, total, size))
 
 
-def iter_chunks(*arrays, size=None):
-    """Aligned slices of ``size`` (default CHUNK) of the flattened ``arrays``:
-    one slice per step for one array, a tuple of them for several."""
+def iter_chunks(*arrays, chunk=None):
+    """Aligned slices of ``chunk`` elements (default CHUNK) of the flattened
+    ``arrays``: one slice per step for one array, a tuple of them for several."""
     flats = [np.asarray(a).reshape(-1) for a in arrays]
-    for start, stop in chunk_bounds(flats[0].size, size):
+    for start, stop in chunk_bounds(flats[0].size, chunk):
         parts = tuple(flat[start:stop] for flat in flats)
         yield parts if len(parts) > 1 else parts[0]
 
@@ -121,13 +121,13 @@ def std_mask(weights, scale, previous=None, rng=None, chunk=None):
     # Two passes (mean, then squared deviations) as np.std does, not the
     # sum of squares, which loses the variance when the mean is large.
     squares = 0.0
-    for part, kept in iter_chunks(weights, keep, size=chunk):
+    for part, kept in iter_chunks(weights, keep, chunk=chunk):
         deviation = part[kept].astype(np.float64)
         deviation -= mean
         squares += float(np.dot(deviation, deviation))
     threshold = scale * math.sqrt(squares / count)
     largest, where, offset = -1.0, None, 0
-    for part, kept in iter_chunks(weights, keep, size=chunk):
+    for part, kept in iter_chunks(weights, keep, chunk=chunk):
         magnitudes = np.where(kept, np.abs(part), -1.0)
         i = int(np.argmax(magnitudes)) if magnitudes.size else 0
         if magnitudes.size and magnitudes[i] > largest:
@@ -158,7 +158,7 @@ def at_least(values, threshold):
 def _kept_mean(weights, keep, chunk=None):
     """(count, float64 mean) of the weights ``keep`` keeps, by slices."""
     count, total = 0, 0.0
-    for part, kept in iter_chunks(weights, keep, size=chunk):
+    for part, kept in iter_chunks(weights, keep, chunk=chunk):
         values = part[kept]
         count += values.size
         total += float(values.sum(dtype=np.float64))

@@ -611,8 +611,9 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if phase.output is not None and phase.iterations > done:
             # Checked again when written; a disk already too small for it
             # would otherwise cost the whole training first.
-            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)),
-                       files=2)  # the temporaries of the model and its masks
+            # Files: the temporaries of the model and its masks, and the probe
+            # of the room check made once they are there.
+            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)), files=3)
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):

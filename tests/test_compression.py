@@ -611,8 +611,13 @@ def test_no_output_replaces_the_masks_file_of_a_model_beside_it(caffe, tiny, tmp
     (tmp_path / "m.caffemodel").rename(tmp_path / "m")  # a model without the suffix: m.masks.h5 records it
     assert_one_line_error(cli("decompress", "t.dcz", "-o", "m.masks.h5"), "m.masks.h5: is the masks file of m ")
     assert (tmp_path / "m.masks.h5").read_bytes() == before and cli("verify", "-w", "m").exit_code == 0
-    (tmp_path / "m").unlink()  # masks of no model there: an output like any
+    # A folder output too (squeezenet, decompose, sensitivity, dsd, data), beside a model with no masks yet
+    shutil.copy(weights, tmp_path / "k.caffemodel")
+    assert_one_line_error(cli("squeezenet", "-o", "k.masks.h5"), "k.masks.h5: is the masks file of k.caffemodel ")
+    assert not (tmp_path / "k.masks.h5").exists() and cli("verify", "-w", "k.caffemodel").exit_code == 0
+    (tmp_path / "m").write_text("notes\n")  # no model: masks of none there, an output like any
     assert cli("decompress", "t.dcz", "-o", "m.masks.h5").exit_code == 0
+    assert cli("decompress", "t.dcz", "-o", "m.masks.h5", "--force").exit_code == 0  # not masks: of no model
 
 
 @pytest.mark.skipif(not (LENET_ZOO / "lenet_iter_10000.caffemodel").is_file(), reason="no ../shared/modelzoo")

@@ -182,9 +182,10 @@ def test_a_stopped_run_continues_from_another_folder_and_moved(tmp_path, cli):
         "caffedsd: moved/03-sparse/checkpoint/snapshot_iter_50.solverstate: its copy to restore from, naming the "
         "caffemodel beside it: could not be written (File too large: "), limited.stderr
     # A disk with no inode left for the copy's scratch folder (one for the
-    # temporary of the stage's solver file, written first): the same, not
-    # bad input (exit status 2).
+    # stage's solver file, written first, here anew): the same, not bad
+    # input (exit status 2).
     (tmp_path / "full").mkdir()
+    (elsewhere / "moved" / "03-sparse" / "solver.prototxt").unlink()
     if can_mount_a_disk(tmp_path / "full"):  # else the rest is still tested
         full = run_on_a_full_disk([sys.executable, "-c", code, "dsd", "--recipe", recipe, "-o", "moved"],
                                   content=elsewhere, mount=tmp_path / "full", spare_inodes=1)

@@ -3,6 +3,7 @@ in a mount namespace of the test's own (conftest.run_on_a_full_disk). A
 want of room is one line and exit status 1, never bad input (exit 2), a
 traceback or Caffe aborting the process, and leaves nothing behind."""
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -54,6 +55,16 @@ def test_no_inode_left_for_an_output_is_no_room_not_bad_input(tiny, tmp_path):
         assert sorted(done.stdout.splitlines()[-1].split()) == ["left:", weights.name, proto.name], argv
 
 
+def test_a_folder_output_that_cannot_be_made_leaves_no_parent_folder(tiny, tmp_path):
+    content = _inputs(tmp_path, tiny)
+    done = run_on_a_full_disk(_then_list(CLI + ["squeezenet", "-o", "a/b/sq"]), content=content,
+                              mount=tmp_path / "disk", spare_inodes=2)  # a and b, not sq's temporary
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == "caffedsd: a/b/sq: could not be written (No space left on device); no part of it " \
+                                  "was left"
+    assert sorted(done.stdout.splitlines()[-1].split()) == ["left:", "net.caffemodel", "net.prototxt"]
+
+
 @pytest.mark.caffe
 def test_a_run_folder_with_no_room_for_its_lock_is_one_line_and_gone(caffe, tmp_path):
     """The line naming the process that holds a run folder did not fit:
@@ -80,10 +91,12 @@ def test_training_with_snapshots_never_aborts_in_caffe_for_want_of_inodes(caffe,
     content = tmp_path / "content"
     content.mkdir()
     _, weights = save_net(caffe, content, REGRESSION_NET)
-    solver = write_solver(content, snapshot=2)
-    solver.write_text(solver.read_text().replace(f"{content}/", ""))  # paths on the small disk
+    solver = write_solver(content)  # snapshot_after_train: the one at the end
+    solver.write_text(solver.read_text().replace(f"{content}/", ""))  # its snapshots on the small disk
     (tmp_path / "disk").mkdir()
-    argv = CLI + ["train-dense", "--solver", solver.name, "-w", weights.name, "-n", "4", "-o", "out.caffemodel"]
+    (tmp_path / "out").mkdir()  # the output on another: only the snapshot's own check guards Caffe's write
+    argv = CLI + ["train-dense", "--solver", solver.name, "-w", weights.name, "-n", "4",
+                  "-o", tmp_path / "out" / "out.caffemodel"]
     endings = []
     for spare in range(12):
         done = run_on_a_full_disk(_then_list(argv), content=content, mount=tmp_path / "disk", spare_inodes=spare)
@@ -108,14 +121,39 @@ def test_data_force_replaces_all_its_files_or_none(tmp_path):
     content.mkdir()
     make_source(content / "src", n_train=25, n_test=10)  # 78 and 31 kB as float32
     (tmp_path / "disk").mkdir()
+    (content / "fm").mkdir()
     data = CLI + ["data", "fashion-mnist", "--source", "src", "-o", "fm"]
-    script = ('"$@" --train-limit 2 --test-limit 2 >/dev/null && sha256sum fm/* && '
-              'dd if=/dev/zero of=fill bs=4096 2>/dev/null; truncate -s -100K fill; '
-              '"$@" --force; rc=$?; sha256sum fm/*; exit $rc')
+    first = subprocess.run(data + ["--train-limit", "2", "--test-limit", "2"], cwd=content, capture_output=True,
+                           text=True)
+    assert first.returncode == 0, first.stderr
+    script = 'sha256sum fm/*; "$@" --force; rc=$?; sha256sum fm/*; exit $rc'
     done = run_on_a_full_disk(["sh", "-c", script, "sh", *data], content=content, mount=tmp_path / "disk",
-                              spare_inodes=20)
+                              spare_inodes=20, fill="fill", leave=100 << 10)
     assert done.returncode == 1, done.stderr
-    assert done.stderr.strip().endswith("/fm/test.h5: could not be written (No space left on device); no part of "
-                                        "it was left"), done.stderr
+    assert "/fm/train.h5 and " in done.stderr and done.stderr.strip().endswith(
+        "/fm/test.txt: could not be written (No space left on device); no part of it was left"), done.stderr
     before, after = done.stdout.splitlines()[:4], done.stdout.splitlines()[4:]
     assert len(before) == 4 and after == before  # train.h5, test.h5 and their lists, as they were
+
+
+@pytest.mark.caffe
+def test_no_training_is_lost_for_want_of_inodes_for_its_output(caffe, tmp_path):
+    """The check before training counted the temporaries of a model and its
+    masks, not the probe of the room check made once they are there: with
+    two inodes spare, train-sparse trained, then could not write its output."""
+    content = tmp_path / "content"
+    content.mkdir()
+    proto, weights = save_net(caffe, content, REGRESSION_NET)
+    solver = write_solver(content, extra="momentum: 0.9\nsnapshot_after_train: false")
+    solver.write_text(solver.read_text().replace(f"{content}/", ""))
+    (tmp_path / "disk").mkdir()
+    pruned = subprocess.run(CLI + ["prune", "-w", weights.name, "-s", "0.5", "-o", "p.caffemodel"], cwd=content,
+                            capture_output=True, text=True)
+    assert pruned.returncode == 0, pruned.stderr
+    argv = CLI + ["train-sparse", "--solver", solver.name, "-w", "p.caffemodel", "-n", "3", "-o", "out.caffemodel"]
+    for spare in range(6):
+        done = run_on_a_full_disk(argv, content=content, mount=tmp_path / "disk", spare_inodes=spare)
+        if done.returncode == 0:
+            break
+        assert done.returncode == 1 and "1/3" not in done.stderr, (spare, done.stderr[-2000:])  # not trained
+    assert done.returncode == 0
