@@ -56,9 +56,11 @@ class OutputError(CaffeDsdError):
 
     exit_code = 1
 
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: could not be written ({reason}); no part of it was left")
-        self.reason = reason
+    def __init__(self, path, reason, written=None):
+        # ``written``: an output made before this one failed, which is whole.
+        after = f" ({written} was written before it, whole)" if written else ""
+        super().__init__(f"{path}: could not be written ({reason}); no part of it was left{after}")
+        self.path, self.reason = path, reason
 
 
 class Diverged(CaffeDsdError):

@@ -24,7 +24,7 @@ from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_la
                         layer_types)
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, check_finite, file_sha256, new_layers_bytes, read_caffemodel
-from .errors import CaffeDsdWarning, Diverged, InputError
+from .errors import CaffeDsdWarning, Diverged, InputError, OutputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
                        save_masks)
 from .hooks import HookDispatcher
@@ -642,7 +642,12 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if snapshots is not None and snapshots.ends_with(start, end):
             # What `caffe train` ends with: a snapshot a later run can go on
             # from; after the output, which a failed write must not cost.
-            snapshots.write(solver, sizes)
+            try:
+                snapshots.write(solver, sizes)
+            except OutputError as exc:
+                if phase.output is None:
+                    raise
+                raise OutputError(exc.path, exc.reason, written=phase.output) from None
     finally:
         dispatcher.detach()
     return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,

@@ -107,9 +107,14 @@ def test_training_with_snapshots_never_aborts_in_caffe_for_want_of_inodes(caffe,
         assert line.startswith("caffedsd: ") and "could not be written (No space left on device" in line, \
             (spare, done.stderr[-2000:])
         assert not [name for name in done.stdout.split() if name.endswith(".tmp")], (spare, done.stdout)
+        if line.startswith("caffedsd: snap_iter_4.caffemodel: "):  # the snapshot after the output, which says so
+            assert line.endswith(f"({tmp_path / 'out' / 'out.caffemodel'} was written before it, whole)"), line
+            assert (tmp_path / "out" / "out.caffemodel").is_file()
+            endings.append("after")
         endings.append(line)
     assert done.returncode == 0, endings
     assert any("new files" in line for line in endings), endings  # the check before Caffe writes was reached
+    assert "after" in endings, endings
 
 
 def test_data_force_replaces_all_its_files_or_none(tmp_path):
