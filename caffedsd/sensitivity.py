@@ -24,6 +24,7 @@ folder over with --force and reuse its points.
 sets of layers; each reads the TEST batches itself, and measures only if
 their digest is the scan's (a TEST layer that draws at random is refused).
 """
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -347,6 +348,17 @@ class Evaluator:
         return outputs, seconds, counts
 
 
+@contextlib.contextmanager
+def _timed(timings, phase):
+    """Add the seconds of the block to ``timings[phase]`` (None: time nothing)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - started
+
+
 def _points(config, done):
     """(layer, sparsity) still to measure; (None, 0.0) is the baseline."""
     todo = [] if (None, 0.0) in done else [(None, 0.0)]
@@ -424,53 +436,58 @@ def _select_layers(model, globs, net, net_path, notify):
 
 def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSITIES, criterion="keepmax",
          iterations=None, seed=0, jobs=1, gpu=None, allow_python_layers=False, cache_limit=CACHE_LIMIT,
-         progress=None, force=False, notify=None):
+         progress=None, force=False, notify=None, timings=None):
     """Run (or continue) a sensitivity scan into ``out_dir``; returns its data
     (as written to sensitivity.json). ``progress(label, total, done)`` may return
     a callback(point, total) with a close() method, called after each point.
+    ``timings``: a dict given the seconds of its phases (checks, evaluator,
+    data_digest, measure, append, outputs), for tools/bench_sensitivity.py.
 
     A folder another scan made is refused, or with ``force`` taken over:
     its points are kept if it measured them as this scan does, and removed
     otherwise (``notify(line)`` says which)."""
-    seeded = get_criterion(criterion).seeded  # an unknown name is refused first, naming the known ones
-    if criterion not in SPARSITY_CRITERIA:
-        raise InputError(f"criterion {criterion!r}: a scan sweeps sparsities, which it does not take "
-                         f"(known: {', '.join(SPARSITY_CRITERIA)})")
-    if gpu is not None:  # before the scan folder is made
-        check_gpu(gpu)
-    net = read_net_prototxt(model_path, allow_python_layers)
-    model = read_caffemodel(weights_path)
-    # The TEST net is what is measured: a layer of TRAIN only (or of a stage
-    # it does not build) needs no weights.
-    check_pair(net, model_path, model, states=[built_state(net, "TEST")])
-    check_tied_weights(built_layers(net, [built_state(net, "TEST")]), model, model_path)
-    check_finite(model)
-    if seeded and masks_path_for(weights_path).exists():
-        # A random mask is drawn over every position; prune draws it among
-        # the positions the masks keep, so these curves would not be its.
-        raise InputError(f"{weights_path}: has masks beside it ({masks_path_for(weights_path).name}), which prune "
-                         "keeps, while a random scan draws over every position: its curves would not be what a "
-                         "plan prunes; scan with keepmax, or scan the model before it was pruned")
-    kinds, primary = test_output_kinds(net, model_path)
-    targets = _select_layers(model, layers, net, model_path, notify)
-    if iterations is None:
-        iterations = 50
-    if iterations < 1:
-        raise InputError(f"--iterations {iterations}: must be 1 or more")
-    if jobs < 1:
-        raise InputError(f"--jobs {jobs}: must be 1 or more")
-    # Before any Net is built: it builds the net, and reads the batches, in a child process.
-    check_net_runs(net, model_path, gpu, batches=iterations)
+    with _timed(timings, "checks"):
+        seeded = get_criterion(criterion).seeded  # an unknown name is refused first, naming the known ones
+        if criterion not in SPARSITY_CRITERIA:
+            raise InputError(f"criterion {criterion!r}: a scan sweeps sparsities, which it does not take "
+                             f"(known: {', '.join(SPARSITY_CRITERIA)})")
+        if gpu is not None:  # before the scan folder is made
+            check_gpu(gpu)
+        net = read_net_prototxt(model_path, allow_python_layers)
+        model = read_caffemodel(weights_path)
+        # The TEST net is what is measured: a layer of TRAIN only (or of a stage
+        # it does not build) needs no weights.
+        check_pair(net, model_path, model, states=[built_state(net, "TEST")])
+        check_tied_weights(built_layers(net, [built_state(net, "TEST")]), model, model_path)
+        check_finite(model)
+        if seeded and masks_path_for(weights_path).exists():
+            # A random mask is drawn over every position; prune draws it among
+            # the positions the masks keep, so these curves would not be its.
+            raise InputError(f"{weights_path}: has masks beside it ({masks_path_for(weights_path).name}), which prune "
+                             "keeps, while a random scan draws over every position: its curves would not be what a "
+                             "plan prunes; scan with keepmax, or scan the model before it was pruned")
+        kinds, primary = test_output_kinds(net, model_path)
+        targets = _select_layers(model, layers, net, model_path, notify)
+        if iterations is None:
+            iterations = 50
+        if iterations < 1:
+            raise InputError(f"--iterations {iterations}: must be 1 or more")
+        if jobs < 1:
+            raise InputError(f"--jobs {jobs}: must be 1 or more")
+        # Before any Net is built: it builds the net, and reads the batches, in a child process.
+        check_net_runs(net, model_path, gpu, batches=iterations)
     evaluator, data_sha256 = None, None
     if jobs == 1:
         # The scan's one Net measures every point on the batches it keeps:
         # they are the ones to take the digest of. A TEST layer that draws at
         # random reads other batches in another Net, a scan's digest read
         # included, and then the folder would name examples never measured.
-        evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit, model.sha256())
+        with _timed(timings, "evaluator"):
+            evaluator = Evaluator(model_path, weights_path, iterations, gpu, cache_limit, model.sha256())
         data_sha256 = evaluator.data_sha256 if evaluator.batches is not None else None
     if data_sha256 is None:
-        data_sha256 = scan_data_sha256(model_path, iterations, gpu)
+        with _timed(timings, "data_digest"):
+            data_sha256 = scan_data_sha256(model_path, iterations, gpu)
     # Absolute paths: `plan --verify` rebuilds this net from another folder.
     config = ScanConfig(str(Path(model_path).resolve()), str(Path(weights_path).resolve()), model.sha256(),
                         structure_fingerprint(model.structure()), tuple(t.owner for t in targets),
@@ -492,16 +509,18 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                 _check_baseline(model_path, point["metrics"])
             else:
                 point = {**point, "metrics": _broken_as_null(point["metrics"])}
-            folder.append(POINTS, point)
+            with _timed(timings, "append"):
+                folder.append(POINTS, point)
             done[(point["layer"], point["sparsity"])] = point
             if callback is not None:
                 callback(point, total)
 
         try:
-            if todo and evaluator is not None:
-                _measure(evaluator, config, todo, record)
-            elif todo:
-                _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
+            with _timed(timings, "measure"):
+                if todo and evaluator is not None:
+                    _measure(evaluator, config, todo, record)
+                elif todo:
+                    _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit, record)
         except CaffeDsdError:  # bad input found once the folder existed (a worker's: the weights' shapes, data)
             if not done:
                 folder.abandon()
@@ -511,7 +530,8 @@ def scan(model_path, weights_path, out_dir, layers=(), sparsities=DEFAULT_SPARSI
                 callback.close()
         feeds = output_feeds(net, built_state(net, "TEST"), {name for t in targets for name in t.layers})
         data = _result(config, model, targets, done, kinds, primary, feeds)
-        report.write_sensitivity(Path(out_dir), data)
+        with _timed(timings, "outputs"):
+            report.write_sensitivity(Path(out_dir), data)
         return data
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,18 @@ def test_restored_weights_give_the_baseline_again(lenet, scanned, tmp_path):
     layer, after all the others ran in the same Net, measures the same."""
     _, proto, weights = lenet
     out, data = scanned
-    again = scan(proto, weights, tmp_path / "again", layers=("ip2",), sparsities=SPARSITIES, iterations=ITERS)
+    timings = {}
+    started = time.perf_counter()
+    again = scan(proto, weights, tmp_path / "again", layers=("ip2",), sparsities=SPARSITIES, iterations=ITERS,
+                 timings=timings)
+    wall = time.perf_counter() - started
     assert again["baseline"] == data["baseline"]
     assert again["layers"][0]["points"] == data["layers"][3]["points"]
+    # What tools/bench_sensitivity.py reports: the phases, within the call's time.
+    assert set(timings) == {"checks", "evaluator", "measure", "append", "outputs"}  # cached: no digest pass
+    assert timings["append"] <= timings["measure"]
+    assert timings["measure"] >= again["eval_seconds"] - 0.001
+    assert sum(timings[name] for name in ("checks", "evaluator", "measure", "outputs")) <= wall
 
 
 @pytest.mark.slow

@@ -16,11 +16,10 @@ and reports:
    batches, masking, points.jsonl, the json/csv/md/png outputs) against
    ``data["eval_seconds"]``, the summed time of the evaluation passes it
    timed itself; overhead = wall / eval_seconds - 1. Target: <= 10%.
-   Where the rest goes is measured by wrapping caffedsd.sensitivity's own
-   functions from here during the jobs=1 runs (no caffedsd code changed;
-   each wrapper costs microseconds): checks before the Net, the Evaluator's
-   construction (Net + TEST batch caching), per-point bookkeeping outside
-   the timed passes, and writing the outputs.
+   Where the rest goes is what scan(timings=...) reports of its jobs=1
+   runs: checks before the Net, the Evaluator's construction (Net + TEST
+   batch caching), per-point bookkeeping outside the timed passes, and
+   writing the outputs.
 2. speed-up of --jobs 2: median wall(jobs=1) / median wall(jobs=2), same
    points, both through the library call (worker start-up, i.e. spawning
    two Python processes that import pycaffe and build their own Net, is
@@ -50,7 +49,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import benchlib
@@ -59,56 +57,6 @@ OVERHEAD_TARGET = 0.10  # wall / eval_seconds - 1 of a jobs=1 scan
 DEFAULT_MODEL = "prototxt/lenet_train_test.prototxt"
 DEFAULT_WEIGHTS = "work/results_sensitivity/dense/01-dense/model.caffemodel"
 DEFAULT_SPARSITIES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
-
-
-# ------------------------------------------------------- instrumentation --
-
-@contextmanager
-def instrumented(sens, phases):
-    """Time scan()'s phases by wrapping caffedsd.sensitivity's module-level
-    names for the duration (restored afterwards). ``phases`` gets, in seconds:
-    evaluator (Net construction + TEST batch caching), measure (_measure:
-    the passes plus masking/restoring and points.jsonl appends), append
-    (points.jsonl appends with their fsync, part of measure), outputs
-    (report.write_sensitivity: json, csv, md, png), data_digest (scan_data_sha256:
-    building a TEST net and reading the N batches once for their digest, part of
-    the checks before the Evaluator), and t_evaluator_start (perf_counter
-    at the Evaluator's construction start, to time the checks before it)."""
-    original_evaluator = sens.Evaluator
-    original_measure = sens._measure
-    original_outputs = sens.report.write_sensitivity
-    original_append = sens.RunFolder.append
-    original_digest = sens.scan_data_sha256
-
-    class TimedEvaluator(original_evaluator):
-        def __init__(self, *args, **kwargs):
-            started = time.perf_counter()
-            phases["t_evaluator_start"] = started
-            super().__init__(*args, **kwargs)
-            phases["evaluator"] = phases.get("evaluator", 0.0) + time.perf_counter() - started
-
-    def timed(name, func):
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
-        return wrapper
-
-    sens.Evaluator = TimedEvaluator
-    sens._measure = timed("measure", original_measure)
-    sens.report.write_sensitivity = timed("outputs", original_outputs)
-    sens.RunFolder.append = timed("append", original_append)
-    sens.scan_data_sha256 = timed("data_digest", original_digest)
-    try:
-        yield phases
-    finally:
-        sens.Evaluator = original_evaluator
-        sens._measure = original_measure
-        sens.report.write_sensitivity = original_outputs
-        sens.RunFolder.append = original_append
-        sens.scan_data_sha256 = original_digest
 
 
 # ------------------------------------------------------------------ runs --
@@ -121,19 +69,13 @@ def run_scan(args, jobs, base, tag, instrument=False, **overrides):
     kwargs = dict(layers=args.layers, sparsities=args.sparsity_values, iterations=args.iterations,
                   seed=0, jobs=jobs)
     kwargs.update(overrides)
-    phases = {}
+    timings = {} if instrument else None
     load_before = os.getloadavg()[0]
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if instrument:
-        with instrumented(sens, phases):
-            started = time.perf_counter()
-            data = sens.scan(args.model, args.weights, out_dir, **kwargs)
-            wall = time.perf_counter() - started
-    else:
-        started = time.perf_counter()
-        data = sens.scan(args.model, args.weights, out_dir, **kwargs)
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    data = sens.scan(args.model, args.weights, out_dir, timings=timings, **kwargs)
+    wall = time.perf_counter() - started
     self_after = resource.getrusage(resource.RUSAGE_SELF)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = sum(getattr(after, f) - getattr(before, f)
@@ -145,19 +87,16 @@ def run_scan(args, jobs, base, tag, instrument=False, **overrides):
               "points": len(records), "data": data["data"], "cpu_s": round(cpu, 3),
               "loadavg_1min_before": round(load_before, 2), "folder": str(out_dir)}
     if instrument:
-        before_net = phases["t_evaluator_start"] - started if "t_evaluator_start" in phases else None
-        measure_rest = phases.get("measure", 0.0) - result["eval_seconds_exact"]
-        accounted = (before_net or 0.0) + phases.get("evaluator", 0.0) + phases.get("measure", 0.0) \
-            + phases.get("outputs", 0.0)
-        digest = phases.get("data_digest", 0.0)
+        measure_rest = timings.get("measure", 0.0) - result["eval_seconds_exact"]
+        phases = ("checks", "data_digest", "evaluator", "measure", "outputs")
         result["phases_s"] = {
-            "checks_before_net": round(before_net - digest, 4) if before_net is not None else None,
-            "data_digest": round(digest, 4),
-            "evaluator_setup": round(phases.get("evaluator", 0.0), 4),
+            "checks_before_net": round(timings.get("checks", 0.0), 4),
+            "data_digest": round(timings.get("data_digest", 0.0), 4),
+            "evaluator_setup": round(timings.get("evaluator", 0.0), 4),
             "per_point_bookkeeping": round(measure_rest, 4),
-            "of_which_points_jsonl_append": round(phases.get("append", 0.0), 4),
-            "write_outputs": round(phases.get("outputs", 0.0), 4),
-            "unaccounted": round(wall - accounted, 4),
+            "of_which_points_jsonl_append": round(timings.get("append", 0.0), 4),
+            "write_outputs": round(timings.get("outputs", 0.0), 4),
+            "unaccounted": round(wall - sum(timings.get(name, 0.0) for name in phases), 4),
         }
     return result
 
