@@ -42,10 +42,17 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # what Net::ToHDF5 (snapshot_format: HDF5
 
 
 def is_hdf5(path):
-    """True when the file starts with HDF5's signature (at offset 0, as
-    Caffe and h5py write it)."""
+    """True when the file holds HDF5's signature where the format puts it:
+    at offset 0, or after a user block (512, 1024, 2048, ... bytes), which
+    Caffe's H5Fis_hdf5 accepts as well (it picks its weights reader by it)."""
     with open(path, "rb") as handle:
-        return handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+        size, offset = os.fstat(handle.fileno()).st_size, 0
+        while offset + len(HDF5_SIGNATURE) <= size:
+            handle.seek(offset)
+            if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+            offset = max(512, offset * 2)
+    return False
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,7 +220,7 @@ def read_caffemodel(path):
         _fail(path, "empty file, not a caffemodel")
     with open(path, "rb") as handle:
         buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    if buffer[:len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+    if is_hdf5(path):
         _fail(path, _hdf5_what(path))
     if _looks_like_text(buffer[:512]):
         _fail(path, "is a text file (a prototxt?), not a binary caffemodel")

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import wire
 from .atomic import atomic_open, atomic_path, check_input, check_room
-from .caffemodel import masked_blob_record, parse_blob, write_pieces
+from .caffemodel import is_hdf5, masked_blob_record, parse_blob, write_pieces
 from .errors import HDF5_DAMAGE, InputError
 
 STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY, STATE_CURRENT_STEP = 1, 2, 3, 4
@@ -96,7 +96,7 @@ def state_current_step(path):
 def _state_count(path, name, number):
     path = check_input(path, "solverstate")
     try:
-        if h5py.is_hdf5(path):
+        if is_hdf5(path):
             with h5py.File(path, "r") as state:
                 return int(np.asarray(state[name]).ravel()[0]) if name in state else 0
         with open(path, "rb") as handle:
@@ -109,7 +109,7 @@ def _state_count(path, name, number):
 def restorable_name(path):
     """A name for a copy of solverstate ``path`` that Caffe's restore reads in
     its format: Caffe goes by the name (".h5" or not), not the contents."""
-    return "clean.solverstate.h5" if Path(path).is_file() and h5py.is_hdf5(path) else "clean.solverstate"
+    return "clean.solverstate.h5" if Path(path).is_file() and is_hdf5(path) else "clean.solverstate"
 
 
 def clean_solverstate(path, output, net, masks, solver_type="SGD"):
@@ -117,7 +117,7 @@ def clean_solverstate(path, output, net, masks, solver_type="SGD"):
     ``masks`` ({layer: bool keep-mask of blob 0}) prune; it must be a state
     of a ``solver_type`` solver of ``net``."""
     path = check_input(path, "solverstate")
-    if h5py.is_hdf5(path):
+    if is_hdf5(path):
         _clean_hdf5(path, Path(output), learnable_params(net), masks, solver_type)
     else:
         _clean_binary(path, Path(output), learnable_params(net), masks, solver_type)
@@ -227,7 +227,7 @@ def set_learned_net(state, name, output=None):
     ``name`` (bytes) as its learned_net, as Caffe writes it: rewritten in
     place (a temporary file, not written atomically), or, a binary one,
     written to ``output``."""
-    if h5py.is_hdf5(state):
+    if is_hdf5(state):
         with h5py.File(state, "r+") as handle:
             if "learned_net" in handle:
                 del handle["learned_net"]

@@ -47,6 +47,23 @@ def test_converted_weights_load_in_pycaffe_and_caffe(caffe, tmp_path, cli):
     assert "caffe loads every weight: no layer with weights ignored" in check.output
 
 
+def test_hdf5_weights_behind_a_user_block_convert(caffe, tmp_path, cli):
+    """HDF5 lets a file start with a user block (512, 1024, ... bytes) before
+    its signature; Caffe's H5Fis_hdf5 takes such a file for HDF5 weights."""
+    proto, weights, expected = _saved_hdf5(caffe, tmp_path)
+    blocked = tmp_path / "blocked.caffemodel.h5"
+    with h5py.File(weights, "r") as source, h5py.File(blocked, "w", userblock_size=1024) as copy:
+        source.copy("data", copy)
+    assert blocked.read_bytes()[:8] != b"\x89HDF\r\n\x1a\n"
+    net = caffe.Net(str(proto), caffe.TEST, weights=str(blocked))
+    assert np.array_equal(net.params["fc1"][0].data, expected["fc1"][0])
+    assert_one_line_error(cli("stats", "-w", blocked), "caffedsd convert --model NET.prototxt --weights")
+    result = cli("convert", "-p", proto, "-w", blocked, "-o", "blocked.caffemodel")
+    assert result.exit_code == 0, result.output
+    model = read_caffemodel(tmp_path / "blocked.caffemodel")
+    assert np.array_equal(model.layer("fc1").blobs[0].data.reshape(expected["fc1"][0].shape), expected["fc1"][0])
+
+
 def test_a_solvers_hdf5_snapshot_converts(caffe, tmp_path, cli):
     solver_path = write_solver(tmp_path, extra="momentum: 0.9\nsnapshot_format: HDF5")
     solver, _ = open_solver(read_solver(solver_path), tmp_path)
