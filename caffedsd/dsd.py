@@ -105,8 +105,8 @@ def run_fingerprint(recipe, spec, with_weights=True, rule_order=True):
     run folder it made can still be taken over; ``rule_order`` False: the
     one before it counted the order of plan rules (Recipe.fingerprint)."""
     digest = hashlib.sha256(recipe.fingerprint(rule_order).encode())
-    for path in (spec.path, spec.net_path, *spec.test_net_paths):
-        digest.update(Path(path).read_bytes())
+    for contents in _net_files(spec):
+        digest.update(contents)
     if not recipe.weights and with_weights:  # then what the first stage starts from is the solver's own
         for path in solver_weights(spec):
             digest.update(b"solver weights " + file_sha256(path).encode())
@@ -119,15 +119,21 @@ def run_fingerprint(recipe, spec, with_weights=True, rule_order=True):
     return digest.hexdigest()
 
 
-def _net_files_digest(spec):
-    """sha256 of the solver and net files, which Caffe reads again for every
-    stage (the weights, read by the first stage only, are run_fingerprint's)."""
-    digest = hashlib.sha256()
+def _net_files(spec):
+    """The contents of the solver and net files, which Caffe reads again for
+    every stage (the weights, read by the first stage only, are
+    run_fingerprint's alone)."""
     for path in (spec.path, spec.net_path, *spec.test_net_paths):
         try:
-            digest.update(Path(path).read_bytes())
+            yield Path(path).read_bytes()
         except OSError as exc:
             raise InputError(f"{path}: cannot be read ({exc.strerror}) while the run goes on") from None
+
+
+def _net_files_digest(spec):
+    digest = hashlib.sha256()
+    for contents in _net_files(spec):
+        digest.update(contents)
     return digest.hexdigest()
 
 
