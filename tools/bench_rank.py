@@ -27,7 +27,6 @@ the largest difference of the two products relative to the largest entry.
 
 Exit status 0 whether it is fast or not (a benchmark is not a test).
 """
-import argparse
 import multiprocessing
 import resource
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import benchlib  # noqa: E402
 from benchlib import cpu_name  # noqa: E402
 from caffedsd.lowrank import factor, singular_values  # noqa: E402
 
@@ -93,7 +93,7 @@ def compare_factors(rows, cols, rank):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchlib.script_parser(__doc__)
     parser.add_argument("--shape", default="4096x25088", help="rows x columns of the weight matrix")
     parser.add_argument("--factor", type=int, default=None, metavar="R",
                         help="time decompose's rank-R factors instead of rank's singular values")

@@ -26,12 +26,22 @@ import sys
 from pathlib import Path
 
 
+class _DescribedDefaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def script_parser(doc, show_defaults=False):
+    """An ArgumentParser for a tools/ script, described by the first
+    paragraph of its docstring as written; ``show_defaults``: each option's
+    help names its default."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=_DescribedDefaults
+                                   if show_defaults else argparse.RawDescriptionHelpFormatter)
+
+
 def parser(doc, repeats=3, workdir=True):
-    """An ArgumentParser described by the script's docstring, with the
-    options every benchmark has (--workdir and --keep unless ``workdir`` is
-    False)."""
-    result = argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """script_parser with the options every benchmark has (--workdir and
+    --keep unless ``workdir`` is False)."""
+    result = script_parser(doc)
     result.add_argument("--repeats", type=_at_least_one, default=repeats,
                         help=f"timed runs of each kind, alternating (default {repeats})")
     result.add_argument("--json", type=Path, default=None, help="also write the raw numbers to this JSON file")

@@ -18,11 +18,11 @@ within X. Evidence for docs/RESULTS.md, not a test.
 
     GLOG_minloglevel=2 .venv/bin/python tools/compare_backoff.py SCAN_DIR --budget 1 --json out.json
 """
-import argparse
 import sys
 import json
 import time
 
+import benchlib
 from caffedsd.errors import CaffeDsdError
 from caffedsd.plan_from_scan import (WholeNet, back_off_path, by_max_drop, curves, overall_sparsity, predicted_drop,
                                      step_down)
@@ -37,7 +37,7 @@ def recovered_per_weight(choice, points):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchlib.script_parser(__doc__)
     parser.add_argument("scan", help="a sensitivity folder (or its sensitivity.json)")
     parser.add_argument("--budget", type=float, default=1.0, help="X: the measured drop allowed (default 1)")
     parser.add_argument("--json", help="write every plan measured, per order, to this file")

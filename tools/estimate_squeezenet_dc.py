@@ -24,6 +24,7 @@ import numpy as np
 os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import benchlib  # noqa: E402
 from caffedsd.caffemodel import new_caffemodel, read_caffemodel  # noqa: E402
 from caffedsd.dcz import compress  # noqa: E402
 from caffedsd.plan import SparsityPlan  # noqa: E402
@@ -70,7 +71,5 @@ def main():
 
 
 if __name__ == "__main__":
-    import argparse
-
-    argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split())).parse_args()
+    benchlib.script_parser(__doc__).parse_args()
     main()

@@ -37,7 +37,6 @@ Run from the repository root:
     nice -n 5 .venv/bin/python tools/experiment_dsd.py            # the full experiment
     .venv/bin/python tools/experiment_dsd.py --quick              # a smoke test, under a minute
 """
-import argparse
 import itertools
 import json
 import math
@@ -48,6 +47,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+import benchlib
 from caffedsd import report
 from caffedsd.atomic import atomic_open
 from caffedsd.caffe_proto import SolverParameter, parse_prototxt
@@ -77,8 +77,7 @@ START_SEED = 1
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = benchlib.script_parser(__doc__, show_defaults=True)
     parser.add_argument("--nets", default=None, help="Nets in the order to run them (default: lenet,squeezenet; "
                                                        "lenet with --quick).")
     parser.add_argument("--seeds", default="1,2,3,4,5", help="Seeds of the arms (data order, random cut).")

@@ -26,7 +26,6 @@ solver (solver_spec.read_solver), recipe (recipe.load_recipe) and solverstate
 tests/test_fuzz.py runs the same engine briefly (seeded, bounded) in the suite.
 Exit status 1 when a crash was found, else 0.
 """
-import argparse
 import io
 import json
 import os
@@ -43,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import benchlib  # noqa: E402
 from caffedsd.errors import CaffeDsdError  # noqa: E402
 
 NET = """name: "fuzz"
@@ -319,7 +319,7 @@ def fuzz_reader(name, seeds, work, runs, seed, crash_dir=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Fuzz caffedsd's readers with mutated inputs.")
+    parser = benchlib.script_parser(__doc__)
     parser.add_argument("--runs", type=int, default=1000, help="mutated inputs per reader")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--readers", default=",".join(READERS), help="comma-separated, of: " + ", ".join(READERS))

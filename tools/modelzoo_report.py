@@ -312,7 +312,7 @@ def _cpu():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = benchlib.script_parser(__doc__)
     parser.add_argument("zoo", nargs="?", type=Path, default=ROOT / ".." / "shared" / "modelzoo",
                         help="folder of model-zoo subfolders (default: ../shared/modelzoo)")
     parser.add_argument("--nets", default=None, help="comma-separated subfolder names (default: all)")

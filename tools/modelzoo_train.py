@@ -27,7 +27,6 @@ tools/modelzoo_report.py):
 
     .venv/bin/python tools/modelzoo_train.py ../shared/modelzoo
 """
-import argparse
 import datetime
 import json
 import os
@@ -175,7 +174,7 @@ def markdown(rows, zoo, seconds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = benchlib.script_parser(__doc__)
     parser.add_argument("zoo", nargs="?", type=Path, default=ROOT / ".." / "shared" / "modelzoo",
                         help="folder of model-zoo subfolders (default: ../shared/modelzoo)")
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "modelzoo_train",
