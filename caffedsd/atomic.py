@@ -86,7 +86,7 @@ def output_folder(path):
     """Make the output folder ``path`` and its parents where missing; returns it."""
     path = Path(path)
     _check_not_masks(path)
-    with _folders_made(path):
+    with folders_made(path):
         try:
             path.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
@@ -104,7 +104,7 @@ def _check_not_masks(path):
 
 
 @contextlib.contextmanager
-def _folders_made(path):
+def folders_made(path):
     """Remove the folders up to ``path`` that the block made, on any error:
     an output that could not be written leaves no part of it."""
     missing = []
@@ -407,7 +407,7 @@ def atomic_folder(path):
     if path.exists() or path.is_symlink():
         raise InputError(f"{path}: exists and is not a folder; give a folder for the output")
     _check_not_masks(path)
-    with _folders_made(path.parent):
+    with folders_made(path.parent):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # a file on the way

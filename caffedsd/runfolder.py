@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .atomic import is_leftover, output_folder, raise_no_room, remove_leftovers, write_text
+from .atomic import folders_made, is_leftover, output_folder, raise_no_room, remove_leftovers, write_text
 from .errors import InputError, OutputError
 from .report import to_json
 from .values import is_finite_number
@@ -127,18 +127,21 @@ class RunFolder:
         the folder is then the new record's."""
         expected = json.loads(json.dumps(record))
         existed = self.path.exists()
-        output_folder(self.path)
-        # A run killed while it wrote its marker left only the lock and the
-        # marker's temporary: a folder of this kind still, and put right below.
-        if existed and not self.marker.exists() \
-                and any(p.name != LOCK_FILE and not is_leftover(p) for p in self.path.iterdir()):
-            raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
-        try:
-            self._hold()
-        except OutputError:  # no room for the lock's line in a folder made just now: nothing of it is left
-            if not existed:  # (not on InputError: "in use" is another process's folder, made since)
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
+        # No room for the lock's line in a folder made just now: nothing of
+        # it is left, nor of the parent folders made for it.
+        with folders_made(self.path):
+            output_folder(self.path)
+            # A run killed while it wrote its marker left only the lock and the
+            # marker's temporary: a folder of this kind still, and put right below.
+            if existed and not self.marker.exists() \
+                    and any(p.name != LOCK_FILE and not is_leftover(p) for p in self.path.iterdir()):
+                raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
+            try:
+                self._hold()
+            except OutputError:
+                if not existed:  # (not on InputError: "in use" is another process's folder, made since)
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
         try:
             if self.marker.exists():  # made before, or by another process since the check above
                 found = read_json(self.marker, remedy=f"remove {self.path} to start over")

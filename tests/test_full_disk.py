@@ -74,12 +74,12 @@ def test_a_run_folder_with_no_room_for_its_lock_is_one_line_and_gone(caffe, tmp_
     content.mkdir()
     proto, weights = save_net(caffe, content, REGRESSION_NET)
     (tmp_path / "disk").mkdir()
-    argv = ["sensitivity", "-p", proto.name, "-w", weights.name, "-n", "1", "--sparsities", "0.5", "-o", "sens"]
-    done = run_on_a_full_disk(_then_list(CLI + argv), content=content, mount=tmp_path / "disk", spare_inodes=4,
+    argv = ["sensitivity", "-p", proto.name, "-w", weights.name, "-n", "1", "--sparsities", "0.5", "-o", "runs/sens"]
+    done = run_on_a_full_disk(_then_list(CLI + argv), content=content, mount=tmp_path / "disk", spare_inodes=5,
                               fill="fill")
     assert done.returncode == 1, done.stderr
-    assert done.stderr.strip() == "caffedsd: sens: could not be written (No space left on device); no part of it " \
-                                  "was left"
+    assert done.stderr.strip() == "caffedsd: runs/sens: could not be written (No space left on device); no part " \
+                                  "of it was left"
     assert sorted(done.stdout.splitlines()[-1].split()) == ["fill", "left:", weights.name, proto.name]
 
 
