@@ -54,6 +54,10 @@ class _Command(_ExampleLast, click.Command):
     pass
 
 
+# click 8.2+ shows a group's help for no command by raising this UsageError.
+_HELP_FOR_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Group(_ExampleLast, click.Group):
     command_class = _Command
     group_class = type  # a subgroup (data) is a _Group too
@@ -82,6 +86,8 @@ class _Group(_ExampleLast, click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             _interrupted(ctx, isinstance(exc, _Terminated))
+        except _HELP_FOR_NO_ARGS:  # `caffedsd data`: the help as click shows it, not folded into one line
+            raise
         except click.UsageError as exc:  # click's own would print three lines
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
@@ -175,9 +181,13 @@ def model_option(required=False, help="Net prototxt that must fit the weights.")
     return decorate
 
 
-def gpu_option(func):
+def gpu_option(func, default="CPU"):
     return click.option("--gpu", type=click.IntRange(min=0), default=None, metavar="ID",
-                        help="Run Caffe on GPU ID (default: CPU).")(func)
+                        help=f"Run Caffe on GPU ID (default: {default}).")(func)
+
+
+def solver_gpu_option(func):
+    return gpu_option(func, default="the solver's solver_mode and device_id, as caffe train does")
 
 
 def verbose_option(func):
@@ -219,7 +229,7 @@ def training_options(func):
     func = click.option("--test-interval", type=click.IntRange(min=0), default=None, metavar="N",
                         help="A TEST pass every N iterations while training, and one at the end (default: the "
                              "solver's test_interval; 0: only at the end).")(func)
-    return gpu_option(func)
+    return solver_gpu_option(func)
 
 
 class _Progress:
@@ -492,7 +502,7 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
 
 @main.command()
 @click.option("--recipe", type=_path(), required=True, help="Recipe YAML (see README).")
-@gpu_option
+@solver_gpu_option
 @verbose_option
 @click.option("--restart-data", is_flag=True,
               help="Continuing a stage, start its data layers from their first batch, as `caffe train --snapshot` "
@@ -719,9 +729,9 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
 @output_option(force="force_write")
 def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, test_iterations,
                   test_interval, gpu, allow_python_layers, force_write, output):
-    """Train with force regularization (Wen et al. 2017) on stock Caffe: the
-    driver adds the force between the filters of each layer to the
-    gradients, pulling them into a lower-rank space for `decompose`.
+    """Train with force regularization, which pulls each layer's filters
+    into a lower-rank space for `decompose` (Wen et al., ICCV 2017): the
+    driver adds the force between the filters to the gradients, on stock Caffe.
 
     \b
     Example:
@@ -796,8 +806,8 @@ def rank(weights, energy):
 @click.option("--bits", default="conv=8,fc=5", show_default=True,
               help="Bits of the shared-weight codes: N, or conv=N,fc=M (1..16).")
 @click.option("--index-bits", default="auto", show_default=True,
-              help="Width of the relative sparse indices: auto (per layer, the smallest file), N or conv=N,fc=M "
-                   "(padding entries fill larger gaps).")
+              help="Width of the relative sparse indices: auto (per layer, the smallest estimated size), N or "
+                   "conv=N,fc=M (padding entries fill larger gaps).")
 @output_option("The .dcz file to write.")
 def compress(weights, masks, bits, index_bits, force, output):
     """Deep Compression storage: sparse relative indices, k-means weight

@@ -263,7 +263,7 @@ def test_net_without_prunable_layer(caffe, tmp_path, cli):
 def _commands(group, path=()):
     import click
 
-    yield path
+    yield path, group
     if isinstance(group, click.Group):
         for name, command in group.commands.items():
             yield from _commands(command, path + (name,))
@@ -272,11 +272,27 @@ def _commands(group, path=()):
 def test_every_help_ends_with_an_example(cli):
     from caffedsd.cli import main
 
-    for path in _commands(main):
+    for path, _ in _commands(main):
         result = cli(*path, "--help")
         assert result.exit_code == 0, result.output
         last = result.output.rstrip().splitlines()[-1].strip()
         assert last.startswith("caffedsd " + " ".join(path)), (path, result.output[-300:])
+
+
+def test_a_group_without_a_command_shows_its_help(cli):
+    """`caffedsd data` showed its help folded into one line of literal \\n."""
+    import click
+
+    from caffedsd.cli import main
+
+    for path, command in _commands(main):
+        if not isinstance(command, click.Group):
+            continue
+        result = cli(*path)
+        assert result.exit_code == 2, (path, result.output)
+        lines = result.output.rstrip().splitlines()
+        assert lines[0].startswith("Usage: ") and "Commands:" in lines, (path, result.output)
+        assert lines[-1].strip().startswith("caffedsd " + " ".join(path)), (path, result.output)
 
 
 def test_masks_beside_another_model_than_theirs_are_refused(tiny, tmp_path, cli):
