@@ -103,6 +103,25 @@ def check_net_runs(net, net_path, gpu=None, forward=True, batches=0):
     build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu, batches=batches)
 
 
+def check_weights_load(net, net_path, weights):
+    """Raise InputError where Caffe, building ``net`` (read from
+    ``net_path``) in the TEST phase as `caffe test` does, cannot copy the
+    caffemodel ``weights`` into it: a blob of another shape than the net
+    gives it (an InnerProduct's inputs after the input was resized), on which
+    Caffe aborts. The prototxt alone (netcheck.check_pair) does not tell an
+    input axis. A net whose TEST data is not on this machine, or that has a
+    layer type this Caffe lacks, is not built: its shapes are unknown here."""
+    from .netcheck import built_state, check_data_sources, check_layer_types
+
+    states = [built_state(net, "TEST")]
+    try:
+        check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
+        check_data_sources(net, net_path, caffe_has_leveldb(), states, forward=False)
+    except InputError:
+        return
+    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), weights=weights)
+
+
 def has_python_layers(net):
     return any(layer.type == "Python" for layer in net.layer)
 
@@ -202,6 +221,8 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=Non
             reason = f"the process building it died of signal {-proc.returncode} ({reason})"
         # Its data layers read ahead while it is built: which of the two failed is not known.
         what = f"build {'its nets' if kind == 'solver' else 'the net'}"
+        if weights:
+            what += " with these weights"
         if batches:
             what += f" and read its {batches} TEST batch{'es' if batches > 1 else ''}"
         raise InputError(f"{where}: Caffe cannot {what}: {reason}")

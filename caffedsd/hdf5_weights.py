@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from .atomic import check_input
+from .caffe_env import check_weights_load
 from .caffe_proto import read_net_prototxt
 from .caffemodel import is_hdf5, new_caffemodel, read_caffemodel
 from .errors import HDF5_DAMAGE, InputError
@@ -146,4 +147,5 @@ def convert_hdf5_weights(weights, model, output, force=False, allow_python_layer
         # As prune --model does: stock Caffe would abort on a shape it
         # cannot copy, or leave a layer without weights random.
         check_pair(net, model, read_caffemodel(tmp), weights_path=weights, states=loaded_states(net), strict=True)
+        check_weights_load(net, model, tmp)
     return len(layers), sum(a.size for _, arrays in layers for a in arrays)

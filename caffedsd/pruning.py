@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .atomic import atomic_paths
+from .caffe_env import check_weights_load
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel, write_caffemodel
 from .errors import InputError
@@ -123,6 +124,7 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
         check_pair(net, model, source, states=loaded_states(net), strict=True)
         for state in loaded_states(net):  # Caffe ties names within one net
             check_tied_weights(built_layers(net, [state]), source, model)
+        check_weights_load(net, model, weights)  # pruning keeps every shape
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,

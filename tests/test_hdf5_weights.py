@@ -6,7 +6,7 @@ import numpy as np
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.solver_spec import read_solver
 from caffedsd.training import open_solver
-from conftest import TINY_NET, assert_one_line_error, write_solver
+from conftest import TINY_NET, assert_one_line_error, save_net, write_solver
 
 
 def _saved_hdf5(caffe, folder):
@@ -216,3 +216,34 @@ def test_values_beyond_float32_and_stray_blob_names_are_refused(caffe, tmp_path,
     assert_one_line_error(cli("convert", "-p", proto, "-w", weights, "-o", "x.caffemodel"),
                           "data/conv1/01 is not a blob (Caffe names them 0, 1, ...)")
     assert not (tmp_path / "x.caffemodel").exists()
+
+
+RESIZED_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip" inner_product_param { num_output: 2 } }
+"""
+
+
+def test_a_prototxt_of_another_input_size_is_refused_before_anything_is_written(caffe, tmp_path, cli):
+    """Its layers fit the weights by what the prototxt says (num_output,
+    kernel), but ip's inputs come of the input size: stock `caffe test`
+    aborted on every file convert, decompress and prune --model wrote."""
+    proto, weights = save_net(caffe, tmp_path, RESIZED_NET)
+    net = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    net.save_hdf5(str(tmp_path / "net.caffemodel.h5"))
+    assert cli("compress", "-w", weights, "-o", "net.dcz").exit_code == 0
+    resized = tmp_path / "resized.prototxt"
+    resized.write_text(RESIZED_NET.replace("dim: 8 dim: 8", "dim: 10 dim: 10"))
+    for argv in (["convert", "-p", proto, "-w", "net.caffemodel.h5", "-o", "fits.caffemodel"],
+                 ["decompress", "net.dcz", "-p", proto, "-o", "fits2.caffemodel"],
+                 ["prune", "-w", weights, "-p", proto, "-s", 0.5, "-o", "fits3.caffemodel"]):
+        assert cli(*argv).exit_code == 0, argv
+    for argv in (["convert", "-p", resized, "-w", "net.caffemodel.h5", "-o", "x.caffemodel"],
+                 ["decompress", "net.dcz", "-p", resized, "-o", "x.caffemodel"],
+                 ["prune", "-w", weights, "-p", resized, "-s", 0.5, "-o", "x.caffemodel"]):
+        assert_one_line_error(cli(*argv), "resized.prototxt: Caffe cannot build the net with these weights: Cannot "
+                                          "copy param 0 weights from layer 'ip'; shape mismatch.  Source param shape "
+                                          "is 2 144 (288); target param shape is 2 256 (512)")
+        assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "x.masks.h5").exists(), argv
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -686,7 +686,7 @@ def test_a_rewrite_caffe_cannot_fill_is_found_before_anything_is_written(caffe, 
     proto, weights = save_net(caffe, tmp_path, IP_LAYOUTS)
     build_in_child("net", proto, "as rewritten", weights=weights)
     proto.write_text(IP_LAYOUTS.replace("num_output: 12", "num_output: 11"))
-    with pytest.raises(InputError, match="as rewritten: Caffe cannot build the net: .*Cannot copy param 0 weights "
+    with pytest.raises(InputError, match="as rewritten: Caffe cannot build the net with these weights: .*Cannot copy param 0 weights "
                                          "from layer 'ipA'; shape mismatch"):
         build_in_child("net", proto, "as rewritten", weights=weights)
 
