@@ -27,6 +27,7 @@ it writes for another model.
 """
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -217,28 +218,42 @@ def _dataset_name(layer):
 def save_masks(path, maskset, model_sha256):
     """Write ``maskset`` to ``path`` atomically, as the masks of the
     caffemodel whose file's sha256 is ``model_sha256``."""
+    # 'latest' allows attributes over 64 KB.
+    with atomic_hdf5(path, libver="latest") as h5:
+        _fill(h5, maskset, model_sha256)
+
+
+def masks_file_bytes(maskset):
+    """The size of the file save_masks writes of ``maskset``: its masks are
+    compressed, so only writing them (in memory) tells it."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", libver="latest") as h5:
+        _fill(h5, maskset, "0" * 64)
+    return buffer.getbuffer().nbytes
+
+
+def _fill(h5, maskset, model_sha256):
     # Text goes in fixed-length strings, not variable-length ones: those
     # live in HDF5's global heap, and a damaged heap makes the HDF5
-    # library loop forever on read. 'latest' allows attributes over 64 KB.
-    with atomic_hdf5(path, libver="latest") as h5:
-        h5.attrs["format"] = _fixed(FORMAT)
-        h5.attrs["format_version"] = FORMAT_VERSION
-        h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
-        h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
-        h5.attrs["caffedsd_version"] = _fixed(__version__)
-        for key, value in maskset.meta.items():
-            h5.attrs[key] = _fixed(json.dumps(value))
-        group = h5.create_group("masks")
-        group.attrs["model_sha256"] = _fixed(model_sha256)
-        for owner, mask in maskset.masks.items():
-            mask = np.asarray(mask, dtype=bool)
-            # gzip level 1: a quarter of the size or less, at ~150 MB/s.
-            ds = group.create_dataset(_dataset_name(owner), data=mask, chunks=True if mask.size else None,
-                                      compression="gzip" if mask.size else None,
-                                      compression_opts=1 if mask.size else None)
-            ds.attrs["layer"] = _fixed(owner)
-            ds.attrs["blob"] = 0
-            ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))
+    # library loop forever on read.
+    h5.attrs["format"] = _fixed(FORMAT)
+    h5.attrs["format_version"] = FORMAT_VERSION
+    h5.attrs["fingerprint"] = _fixed(maskset.fingerprint)
+    h5.attrs["structure"] = _fixed(json.dumps(maskset.structure))
+    h5.attrs["caffedsd_version"] = _fixed(__version__)
+    for key, value in maskset.meta.items():
+        h5.attrs[key] = _fixed(json.dumps(value))
+    group = h5.create_group("masks")
+    group.attrs["model_sha256"] = _fixed(model_sha256)
+    for owner, mask in maskset.masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        # gzip level 1: a quarter of the size or less, at ~150 MB/s.
+        ds = group.create_dataset(_dataset_name(owner), data=mask, chunks=True if mask.size else None,
+                                  compression="gzip" if mask.size else None,
+                                  compression_opts=1 if mask.size else None)
+        ds.attrs["layer"] = _fixed(owner)
+        ds.attrs["blob"] = 0
+        ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))
 
 
 def _text(path, value, what):

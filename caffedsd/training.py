@@ -25,8 +25,8 @@ from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_la
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, check_finite, file_sha256, new_layers_bytes, read_caffemodel
 from .errors import CaffeDsdWarning, Diverged, InputError, OutputError
-from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_for, masks_path_for, masks_read_for,
-                       save_masks)
+from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_file_bytes, masks_for, masks_path_for,
+                       masks_read_for, save_masks)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
@@ -613,7 +613,9 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             # would otherwise cost the whole training first.
             # Files: the temporaries of the model and its masks, and the probe
             # of the room check made once they are there.
-            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)), files=3)
+            masks = masks_file_bytes(phase.maskset) if phase.maskset is not None else 0
+            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)) + masks,
+                       files=3)
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):

@@ -162,3 +162,29 @@ def test_no_training_is_lost_for_want_of_inodes_for_its_output(caffe, tmp_path):
             break
         assert done.returncode == 1 and "1/3" not in done.stderr, (spare, done.stderr[-2000:])  # not trained
     assert done.returncode == 0
+
+
+@pytest.mark.caffe
+def test_no_training_is_lost_for_want_of_bytes_for_its_masks(caffe, tmp_path):
+    """The check before training counted the model's bytes, not its masks
+    file's: with room for the model alone, train-sparse (train-quantized,
+    train-lowrank) trained, then could not write its output."""
+    content = tmp_path / "content"
+    content.mkdir()
+    proto, weights = save_net(caffe, content, REGRESSION_NET)
+    solver = write_solver(content, extra="momentum: 0.9\nsnapshot_after_train: false")
+    solver.write_text(solver.read_text().replace(f"{content}/", ""))
+    (tmp_path / "disk").mkdir()
+    pruned = subprocess.run(CLI + ["prune", "-w", weights.name, "-s", "0.5", "-o", "p.caffemodel"], cwd=content,
+                            capture_output=True, text=True)
+    assert pruned.returncode == 0, pruned.stderr
+    argv = CLI + ["train-sparse", "--solver", solver.name, "-w", "p.caffemodel", "-n", "3", "-o", "out.caffemodel"]
+    refused = 0
+    for pages in range(4):  # tmpfs gives whole pages
+        done = run_on_a_full_disk(argv, content=content, mount=tmp_path / "disk", spare_inodes=3, fill="fill",
+                                  leave=4096 * pages)
+        if done.returncode == 0:
+            break
+        assert done.returncode == 1 and "1/3" not in done.stderr, (pages, done.stderr[-2000:])  # not trained
+        refused += 1
+    assert done.returncode == 0 and refused >= 2  # the model fits in one page: the masks' refused it
