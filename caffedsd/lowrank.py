@@ -611,9 +611,25 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             build_in_child("net", scratch / "net.prototxt", f"{shape_path} as decompose rewrote it",
                            has_python_layers(nets[shape_path]), weights=made)
             rows = summarize(model, chosen, positions, discarded)
+            # Every file is written in the scratch folder first: a disk that
+            # fills up leaves none of them in place, where one at a time left
+            # a new model beside an earlier prototxt, which Caffe aborts on.
+            ready = scratch / "ready"
+            try:
+                ready.mkdir()
+                if kept is not None:
+                    save_masks(ready / "model.masks.h5", MaskSet(kept.masks, kept.shared_by,
+                                                                 read_caffemodel(made).structure(), dict(kept.meta)),
+                               file_sha256(made))
+                for path, name in names.items():
+                    write_text(ready / name, texts[path])
+                write_text(ready / "report.md", report.decomposition_markdown(rows, weights, skipped))
+            except (OSError, OutputError) as exc:
+                raise_no_room(folder / "model.caffemodel", exc)
+                raise
             # Into an existing folder, file by file: a Ctrl-C or SIGTERM
-            # between them would leave a model beside an earlier prototxt,
-            # which Caffe aborts on; held back, it ends the run once all are in.
+            # between the renames would leave a model beside an earlier
+            # prototxt; held back, it ends the run once all are in.
             with signals_deferred():
                 if kept is None:
                     with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
@@ -621,12 +637,9 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                 else:
                     with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
                         os.replace(made, tmp)
-                        save_masks(masks_tmp, MaskSet(kept.masks, kept.shared_by,
-                                                      read_caffemodel(tmp).structure(), dict(kept.meta)),
-                                   file_sha256(tmp))
-                for path, name in names.items():
-                    write_text(folder / name, texts[path])
-                write_text(folder / "report.md", report.decomposition_markdown(rows, weights, skipped))
+                        os.replace(ready / "model.masks.h5", masks_tmp)
+                for name in [*names.values(), "report.md"]:
+                    os.replace(ready / name, folder / name)
     written = [*names.values(), "model.caffemodel"] + (["model.masks.h5"] if kept is not None else [])
     return rows, skipped, written + ["report.md"]
 

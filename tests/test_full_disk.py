@@ -188,3 +188,25 @@ def test_no_training_is_lost_for_want_of_bytes_for_its_masks(caffe, tmp_path):
         assert done.returncode == 1 and "1/3" not in done.stderr, (pages, done.stderr[-2000:])  # not trained
         refused += 1
     assert done.returncode == 0 and refused >= 2  # the model fits in one page: the masks' refused it
+
+
+@pytest.mark.caffe
+def test_decompose_into_a_folder_puts_all_its_files_in_place_or_none(tiny, tmp_path):
+    """Into an existing folder, decompose wrote its files one at a time: a
+    disk that filled up left its model beside no rewritten prototxt (or an
+    earlier one), and the line said nothing of it was left."""
+    proto, weights = tiny
+    content = _inputs(tmp_path, tiny)
+    (content / "d").mkdir()
+    argv = CLI + ["decompose", "-p", proto.name, "-w", weights.name, "--energy", "0.9", "-o", "d"]
+    files = ["model.caffemodel", proto.name, "report.md"]
+    for spare in range(12):
+        done = run_on_a_full_disk(["sh", "-c", '"$@"; rc=$?; ls -A d; exit $rc', "sh", *argv], content=content,
+                                  mount=tmp_path / "disk", spare_inodes=spare)
+        left = sorted(done.stdout.split())
+        if done.returncode == 0:
+            break
+        assert done.returncode == 1 and done.stderr.strip().endswith("no part of it was left"), done.stderr
+        assert left == [], (spare, left)
+    assert done.returncode == 0, done.stderr
+    assert set(files) <= set(left), left
