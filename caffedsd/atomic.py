@@ -454,6 +454,27 @@ def temporary_folder(path):
 
 
 @contextlib.contextmanager
+def scratch_folder():
+    """Yield a new folder in the system's temporary folder, removed on
+    leaving; one whose process was killed (a SIGKILL runs no clean-up, and a
+    solverstate's copy there may be a gigabyte) is removed by the next."""
+    parent = tempfile.gettempdir()
+    for stale in _temporaries(parent, "caffedsd", folders=True):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".caffedsd.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:
+        raise_no_room(Path(parent), exc)
+        raise InputError(f"{parent}: cannot make a scratch folder there ({exc.strerror}); set TMPDIR") from None
+    _WRITING.add(tmp)
+    try:
+        yield Path(tmp)
+    finally:
+        _WRITING.discard(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_open(path, mode="wb"):
     """Like ``open(path, mode)`` for writing, but atomic (see module doc)."""
     with atomic_path(path) as tmp:

@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_not_data, check_room, same_file, write_text
+from .atomic import atomic_paths, check_not_data, check_room, same_file, scratch_folder, write_text
 from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
                         layer_types)
 from .caffe_proto import SolverParameter
@@ -61,7 +60,7 @@ def check_solver_builds(spec, gpu=None):
     nets = built_nets(spec)
     for net, path, states in nets:
         check_layer_types(net, path, known, states)
-    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+    with scratch_folder() as work:
         return build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
                               python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
@@ -684,7 +683,7 @@ def _phase(spec, phase, gpu, on_iteration):
     check_test_options(spec, phase.test_iterations, phase.test_interval)
     gpu = solver_device(spec, gpu)
     check_solver_builds(spec, gpu)
-    with tempfile.TemporaryDirectory(prefix="caffedsd-") as work:
+    with scratch_folder() as work:
         return run_phase(spec, phase, work, gpu=gpu, on_iteration=on_iteration)
 
 

@@ -421,3 +421,28 @@ def test_a_signal_raised_where_python_swallows_it_still_ends_the_command(caffe, 
     result = subprocess.run([sys.executable, "-c", train], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == status, result.stderr
     assert not (tmp_path / "d.caffemodel").exists()
+
+
+def test_a_killed_processs_scratch_folder_is_removed_by_the_next(tmp_path):
+    """train-* copy a solverstate (up to a gigabyte) into a scratch folder in
+    TMPDIR: one a SIGKILL left stayed there for good, one per kill."""
+    code = ("import os, sys\nfrom caffedsd.atomic import scratch_folder\n"
+            "with scratch_folder() as work:\n"
+            "    (work / 'clean.solverstate').write_bytes(b'x' * 100)\n"
+            "    print(work, flush=True)\n"
+            "    if sys.argv[1] == 'kill': os._exit(9)\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        alive = tmp_path / f".caffedsd.{sleeper.pid}.abcdefgh.tmp"  # a running process's: kept
+        alive.mkdir()
+        killed = subprocess.run([sys.executable, "-c", code, "kill"], env=env, capture_output=True, text=True)
+        assert killed.returncode == 9
+        left = Path(killed.stdout.strip())
+        assert left.parent == tmp_path and (left / "clean.solverstate").is_file()
+        done = subprocess.run([sys.executable, "-c", code, "end"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
