@@ -387,6 +387,7 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
     # runs no clean-up: the kernel then ends the worker, which would
     # otherwise measure its whole share for nobody, on a freed folder.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since it was started (_run_workers)
     _end_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
@@ -611,10 +612,18 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
                                args=(config, str(model_path), str(weights_path), share, gpu, cache_limit,
                                      threads, results, os.getpid()))
                for share in shares]
-    for worker in workers:
-        worker.start()
     running = len(workers)
     try:
+        # Ctrl-C reaches the whole process group: a worker still starting up
+        # (unpickling, importing) printed a traceback for it. Blocked while
+        # they start, it is born blocked in them until _worker ignores it,
+        # and reaches this process once they are started.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for worker in workers:
+                worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         while running:
             try:
                 kind, value = results.get(timeout=5)
@@ -634,7 +643,8 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
-            worker.join()
+            if worker.pid is not None:  # started
+                worker.join()
 
 
 def _check_workers(workers, quiet=False):

@@ -708,6 +708,34 @@ def test_the_workers_end_with_a_killed_scan(lenet, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_ctrl_c_while_the_workers_start_is_one_line(lenet, tmp_path):
+    """A terminal's Ctrl-C goes to the whole process group: a worker that had
+    not yet reached _worker (unpickling, importing) printed a traceback."""
+    import signal
+    import subprocess
+    import time
+
+    _, proto, weights = lenet
+    for delay in (0.0, 0.1, 0.2, 0.3, 0.5):
+        scan = subprocess.Popen([*PROGRAM, "sensitivity", "-p", str(proto), "-w", str(weights), "-j", "2", "-n", "20",
+                                 "-o", str(tmp_path / f"s{delay}")], stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not _children(scan.pid) and scan.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(delay)
+            os.killpg(scan.pid, signal.SIGINT)
+            _, err = scan.communicate(timeout=120)
+        finally:
+            scan.kill()
+            scan.wait()
+        assert scan.returncode == 130 and "Traceback" not in err, (delay, err[-3000:])
+        assert err.strip().splitlines()[-1].startswith("caffedsd: interrupted"), (delay, err)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
     import signal
     import subprocess
