@@ -30,9 +30,10 @@ import functools
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.resource_tracker
 import math
 import os
-import queue as queue_module
 import signal
 import time
 import traceback
@@ -387,18 +388,18 @@ def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads,
     # runs no clean-up: the kernel then ends the worker, which would
     # otherwise measure its whole share for nobody, on a freed folder.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since it was started (_run_workers)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked when it was started
     _end_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
         evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit,
                               config.weights_sha256, config.data_sha256)
-        _measure(evaluator, config, points, lambda record: results.put(("point", record)))
-        results.put(("done", None))
+        _measure(evaluator, config, points, lambda record: results.send(("point", record)))
+        results.send(("done", None))
     except CaffeDsdError as exc:  # the parent raises it with the same message
-        results.put(("error", str(exc)))
+        results.send(("error", str(exc)))
     except Exception:  # a fault of caffedsd's, not the input's: the parent shows where, as its own would be
-        results.put(("crash", traceback.format_exc()))
+        results.send(("crash", traceback.format_exc()))
 
 
 def _end_with_parent(parent):
@@ -607,44 +608,69 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
     shares = [s for s in shares if s]
     threads = max(1, (os.cpu_count() or 1) // len(shares))
     context = multiprocessing.get_context("spawn")  # pycaffe and fork do not mix
-    results = context.Queue()
+    # A pipe per worker, not a Queue: a Queue's semaphores, left by a parent
+    # killed outright, had multiprocessing's resource tracker warn of them
+    # on the terminal after the command had ended.
+    pipes = [context.Pipe(duplex=False) for _ in shares]
     workers = [context.Process(target=_worker, daemon=True,
                                args=(config, str(model_path), str(weights_path), share, gpu, cache_limit,
-                                     threads, results, os.getpid()))
-               for share in shares]
-    running = len(workers)
+                                     threads, sender, os.getpid()))
+               for share, (_, sender) in zip(shares, pipes)]
+    sending = {receiver: worker for (receiver, _), worker in zip(pipes, workers)}
     try:
-        # Ctrl-C reaches the whole process group: a worker still starting up
-        # (unpickling, importing) printed a traceback for it. Blocked while
-        # they start, it is born blocked in them until _worker ignores it,
-        # and reaches this process once they are started.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            for worker in workers:
-                worker.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        while running:
-            try:
-                kind, value = results.get(timeout=5)
-            except queue_module.Empty:
+        _start_ignoring_ctrl_c(workers)
+        for _, sender in pipes:  # the workers' own: a worker's pipe ends with it
+            sender.close()
+        while sending:
+            ready = multiprocessing.connection.wait(list(sending), timeout=5)
+            if not ready:
                 _check_workers(workers, quiet=True)
                 continue
             _check_workers(workers)  # while the others still send points
-            if kind == "point":
-                record(value)
-            elif kind == "done":
-                running -= 1
-            elif kind == "crash":
-                raise RuntimeError(f"a sensitivity worker failed:\n{value}")
-            else:
-                raise InputError(value)
+            for receiver in ready:
+                try:
+                    kind, value = receiver.recv()
+                except EOFError:  # it ended without saying it was done
+                    worker = sending.pop(receiver)
+                    worker.join(10)
+                    _check_workers([worker], quiet=True)  # it died, or ended without its share
+                    raise WorkerDied("a sensitivity worker closed its pipe before its share was done; run the "
+                                     "scan again to go on")
+                if kind == "point":
+                    record(value)
+                elif kind == "done":
+                    sending.pop(receiver)
+                elif kind == "crash":
+                    raise RuntimeError(f"a sensitivity worker failed:\n{value}")
+                else:
+                    raise InputError(value)
     finally:
+        for receiver, sender in pipes:
+            receiver.close()
+            sender.close()
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
             if worker.pid is not None:  # started
                 worker.join()
+
+
+def _start_ignoring_ctrl_c(workers):
+    """Start ``workers`` with SIGINT ignored from their first instruction.
+    Ctrl-C reaches the whole process group, and a worker still starting up
+    (unpickling, importing) printed a traceback for it. An ignored signal
+    stays ignored across exec, and Python keeps it so; here, blocked
+    meanwhile, it is held back and comes once they are started."""
+    # Launching it unblocks SIGINT in this process: before the block.
+    multiprocessing.resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _check_workers(workers, quiet=False):

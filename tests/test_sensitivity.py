@@ -715,6 +715,10 @@ def test_ctrl_c_while_the_workers_start_is_one_line(lenet, tmp_path):
     import subprocess
     import time
 
+    def workers(pid):  # not multiprocessing's resource tracker
+        return [child for child in _children(pid)
+                if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()]
+
     _, proto, weights = lenet
     for delay in (0.0, 0.1, 0.2, 0.3, 0.5):
         scan = subprocess.Popen([*PROGRAM, "sensitivity", "-p", str(proto), "-w", str(weights), "-j", "2", "-n", "20",
@@ -722,9 +726,9 @@ def test_ctrl_c_while_the_workers_start_is_one_line(lenet, tmp_path):
                                 start_new_session=True)
         try:
             deadline = time.monotonic() + 120
-            while not _children(scan.pid) and scan.poll() is None and time.monotonic() < deadline:
+            while not workers(scan.pid) and scan.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.005)
-            time.sleep(delay)
+            time.sleep(delay)  # into their start-up: unpickling, importing
             os.killpg(scan.pid, signal.SIGINT)
             _, err = scan.communicate(timeout=120)
         finally:
