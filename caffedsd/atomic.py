@@ -207,6 +207,12 @@ def is_leftover(path):
     return bool(match) and path.is_file() and not path.is_symlink() and _dead(int(match.group(1)), path)
 
 
+def is_temporary_of(path, name):
+    """True when ``path`` is named as atomic_path's temporaries of a file
+    ``name`` are, whichever process wrote it."""
+    return bool(_temporary_name(re.escape(name)).fullmatch(Path(path).name))
+
+
 def remove_leftovers(folder):
     """Delete what killed writers left anywhere under ``folder`` (see
     _temporaries); returns their paths."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .atomic import folders_made, is_leftover, output_folder, raise_no_room, remove_leftovers, write_text
+from .atomic import (folders_made, is_leftover, is_temporary_of, output_folder, raise_no_room, remove_leftovers,
+                     write_text)
 from .errors import InputError, OutputError
 from .report import to_json
 from .values import is_finite_number
@@ -133,8 +134,11 @@ class RunFolder:
             output_folder(self.path)
             # A run killed while it wrote its marker left only the lock and the
             # marker's temporary: a folder of this kind still, and put right below.
+            # (Its process id may be another's by now: a live marker writer
+            # would hold the lock, and _hold refuse the folder.)
             if existed and not self.marker.exists() \
-                    and any(p.name != LOCK_FILE and not is_leftover(p) for p in self.path.iterdir()):
+                    and any(p.name != LOCK_FILE and not is_leftover(p) and not is_temporary_of(p, self.marker.name)
+                            for p in self.path.iterdir()):
                 raise InputError(f"{self.path}: exists and is not a caffedsd {self.kind} folder; give a new -o")
             try:
                 self._hold()

@@ -1,4 +1,5 @@
 """The one run folder: made once, continued by the same inputs, refused to others."""
+import json
 import os
 import subprocess
 import sys
@@ -187,6 +188,21 @@ def test_a_folder_killed_while_its_marker_was_written_is_still_ours(tmp_path):
     kill_while_writing(tmp_path / "run" / "run.json")
     with _folder(tmp_path / "run").open({"fingerprint": "a"}):
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".caffedsd.lock", "run.json"]
+
+
+def test_a_marker_temporary_of_a_process_id_in_use_again_is_still_ours(tmp_path):
+    """The same kill, where the process id in the temporary's name is another
+    live process's by now (containers reuse ids soon): refused as foreign."""
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".caffedsd.lock").write_text(f"process {live.pid} on elsewhere\n")
+        (tmp_path / "run" / f".run.json.{live.pid}.abcdefgh.tmp").write_text('{"fingerp')
+        with _folder(tmp_path / "run").open({"fingerprint": "a"}):
+            assert json.loads((tmp_path / "run" / "run.json").read_text())["fingerprint"] == "a"
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_an_existing_folder_that_takes_no_file_is_one_line(tmp_path):
