@@ -31,10 +31,11 @@ import hashlib
 import json
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.resource_tracker
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -382,13 +383,19 @@ def _measure(evaluator, config, points, emit):
               "eval_seconds": seconds, "data": evaluator.data_mode})
 
 
-def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, results, parent):
-    # Ctrl-C reaches the whole process group: the parent alone handles it,
-    # and ends the workers. A parent killed outright (SIGKILL, a plain kill)
-    # runs no clean-up: the kernel then ends the worker, which would
+# A worker's program: its sys.path and arguments come through the socket
+# it is given, and its results go back through it.
+_WORKER = ("import sys\nfrom multiprocessing.connection import Connection\n"
+           "results = Connection(int(sys.argv[1]))\nsys.path[:] = results.recv()\n"
+           "from caffedsd.sensitivity import _worker\n_worker(*results.recv(), results)\n")
+
+
+def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, parent, results):
+    # The parent alone handles Ctrl-C, and ends the workers (which run in a
+    # session of their own). A parent killed outright (SIGKILL, a plain
+    # kill) runs no clean-up: the kernel then ends the worker, which would
     # otherwise measure its whole share for nobody, on a freed folder.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked when it was started
     _end_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
@@ -607,20 +614,13 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
         shares[n % len(shares)].extend(points)
     shares = [s for s in shares if s]
     threads = max(1, (os.cpu_count() or 1) // len(shares))
-    context = multiprocessing.get_context("spawn")  # pycaffe and fork do not mix
-    # A pipe per worker, not a Queue: a Queue's semaphores, left by a parent
-    # killed outright, had multiprocessing's resource tracker warn of them
-    # on the terminal after the command had ended.
-    pipes = [context.Pipe(duplex=False) for _ in shares]
-    workers = [context.Process(target=_worker, daemon=True,
-                               args=(config, str(model_path), str(weights_path), share, gpu, cache_limit,
-                                     threads, sender, os.getpid()))
-               for share, (_, sender) in zip(shares, pipes)]
-    sending = {receiver: worker for (receiver, _), worker in zip(pipes, workers)}
+    workers, sending = [], {}
     try:
-        _start_ignoring_ctrl_c(workers)
-        for _, sender in pipes:  # the workers' own: a worker's pipe ends with it
-            sender.close()
+        for share in shares:
+            worker, receiver = _start_worker((config, str(model_path), str(weights_path), share, gpu, cache_limit,
+                                              threads, os.getpid()))
+            workers.append(worker)
+            sending[receiver] = worker
         while sending:
             ready = multiprocessing.connection.wait(list(sending), timeout=5)
             if not ready:
@@ -632,54 +632,58 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
                     kind, value = receiver.recv()
                 except EOFError:  # it ended without saying it was done
                     worker = sending.pop(receiver)
-                    worker.join(10)
+                    receiver.close()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        worker.wait(10)
                     _check_workers([worker], quiet=True)  # it died, or ended without its share
                     raise WorkerDied("a sensitivity worker closed its pipe before its share was done; run the "
-                                     "scan again to go on")
+                                     "scan again to go on") from None
                 if kind == "point":
                     record(value)
                 elif kind == "done":
                     sending.pop(receiver)
+                    receiver.close()
                 elif kind == "crash":
                     raise RuntimeError(f"a sensitivity worker failed:\n{value}")
                 else:
                     raise InputError(value)
     finally:
-        for receiver, sender in pipes:
+        for receiver in sending:
             receiver.close()
-            sender.close()
         for worker in workers:
-            if worker.is_alive():
+            if worker.poll() is None:
                 worker.terminate()
-            if worker.pid is not None:  # started
-                worker.join()
+            worker.wait()
 
 
-def _start_ignoring_ctrl_c(workers):
-    """Start ``workers`` with SIGINT ignored from their first instruction.
-    Ctrl-C reaches the whole process group, and a worker still starting up
-    (unpickling, importing) printed a traceback for it. An ignored signal
-    stays ignored across exec, and Python keeps it so; here, blocked
-    meanwhile, it is held back and comes once they are started."""
-    # Launching it unblocks SIGINT in this process: before the block.
-    multiprocessing.resource_tracker.ensure_running()
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start_worker(args):
+    """A worker process running _worker(*args), and the end of its socket
+    that its results come through. Not multiprocessing's: its workers stay
+    in the terminal's process group, where a Ctrl-C while they were still
+    starting up printed a traceback of theirs, and pycaffe and fork do not
+    mix. Here a worker runs in a session of its own; the parent ends it."""
+    receiver, given = multiprocessing.Pipe()  # a socket pair
     try:
-        for worker in workers:
-            worker.start()
+        worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(given.fileno())], pass_fds=[given.fileno()],
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
     finally:
-        signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        given.close()
+    try:
+        receiver.send(list(sys.path))
+        receiver.send(args)
+    except OSError:  # it died at once: _check_workers says how
+        pass
+    return worker, receiver
 
 
 def _check_workers(workers, quiet=False):
     """Raise WorkerDied for a worker that ended other than by finishing its
     share (exit status 0); with ``quiet`` (no result for a while), also when
     none is left to send one."""
-    dead = [w for w in workers if w.exitcode not in (None, 0)]
-    if dead or (quiet and not any(w.is_alive() for w in workers)):
-        code = dead[0].exitcode if dead else 0
+    codes = [worker.poll() for worker in workers]
+    dead = [code for code in codes if code not in (None, 0)]
+    if dead or (quiet and None not in codes):
+        code = dead[0] if dead else 0
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         raise WorkerDied(f"a sensitivity worker died ({how}; see Caffe's log with --verbose); "
                          "run the scan again to go on")
