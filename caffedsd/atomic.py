@@ -16,6 +16,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -459,16 +460,31 @@ def temporary_folder(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def process_id_space():
+    """This machine and process id namespace, as a name: where a process
+    id names the same process."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]
+    return f"{host}-{namespace}"
+
+
 @contextlib.contextmanager
 def scratch_folder():
     """Yield a new folder in the system's temporary folder, removed on
     leaving; one whose process was killed (a SIGKILL runs no clean-up, and a
     solverstate's copy there may be a gigabyte) is removed by the next."""
-    parent = tempfile.gettempdir()
-    for stale in _temporaries(parent, "caffedsd", folders=True):
+    parent = os.path.abspath(tempfile.gettempdir())  # _WRITING holds absolute paths
+    # Process ids tell a live process only on this machine, in this process
+    # id namespace: a TMPDIR shared with containers or other machines holds
+    # folders of processes this one cannot see.
+    name = f"caffedsd-{process_id_space()}"
+    for stale in _temporaries(parent, re.escape(name), folders=True):
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".caffedsd.{os.getpid()}.", suffix=".tmp")
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise_no_room(Path(parent), exc)
         raise InputError(f"{parent}: cannot make a scratch folder there ({exc.strerror}); set TMPDIR") from None

@@ -109,17 +109,20 @@ def check_weights_load(net, net_path, weights):
     caffemodel ``weights`` into it: a blob of another shape than the net
     gives it (an InnerProduct's inputs after the input was resized), on which
     Caffe aborts. The prototxt alone (netcheck.check_pair) does not tell an
-    input axis. A net whose TEST data is not on this machine, or that has a
-    layer type this Caffe lacks, is not built: its shapes are unknown here."""
-    from .netcheck import built_state, check_data_sources, check_layer_types
+    input axis. A net whose TEST data is not on this machine, that has a
+    layer type this Caffe lacks, or a Python layer (whose module, or the
+    data it reads, may be elsewhere) is not built: its shapes are unknown here."""
+    from .netcheck import built_layers, built_state, check_data_sources, check_layer_types
 
     states = [built_state(net, "TEST")]
+    if any(layer.type == "Python" for layer in built_layers(net, states)):
+        return
     try:
         check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
         check_data_sources(net, net_path, caffe_has_leveldb(), states, forward=False)
     except InputError:
         return
-    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), weights=weights)
+    build_in_child("net", net_path, net_path, weights=weights)
 
 
 def has_python_layers(net):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from caffedsd.atomic import atomic_folder, atomic_open, atomic_paths, remove_leftovers, write_text
+from caffedsd.atomic import process_id_space, atomic_folder, atomic_open, atomic_paths, remove_leftovers, write_text
 from caffedsd.errors import InputError, OutputError
 from conftest import kill_while_writing
 
@@ -434,15 +434,23 @@ def test_a_killed_processs_scratch_folder_is_removed_by_the_next(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path))
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        alive = tmp_path / f".caffedsd.{sleeper.pid}.abcdefgh.tmp"  # a running process's: kept
+        space = process_id_space()
+        alive = tmp_path / f".caffedsd-{space}.{sleeper.pid}.abcdefgh.tmp"  # a running process's: kept
         alive.mkdir()
+        # Another machine's or container's, whose process ids this one cannot tell: kept.
+        elsewhere = tmp_path / f".caffedsd-{space}9.{sleeper.pid + 99999}.abcdefgh.tmp"
+        elsewhere.mkdir()
         killed = subprocess.run([sys.executable, "-c", code, "kill"], env=env, capture_output=True, text=True)
         assert killed.returncode == 9
         left = Path(killed.stdout.strip())
         assert left.parent == tmp_path and (left / "clean.solverstate").is_file()
         done = subprocess.run([sys.executable, "-c", code, "end"], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-        assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name])
+        # A relative TMPDIR names the same folders.
+        again = subprocess.run([sys.executable, "-c", code, "end"], env=dict(env, TMPDIR="."), cwd=tmp_path,
+                               capture_output=True, text=True)
+        assert again.returncode == 0 and Path(again.stdout.strip()).is_absolute(), again.stderr
     finally:
         sleeper.kill()
         sleeper.wait()

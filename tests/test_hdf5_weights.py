@@ -247,3 +247,10 @@ def test_a_prototxt_of_another_input_size_is_refused_before_anything_is_written(
                                           "is 2 144 (288); target param shape is 2 256 (512)")
         assert not (tmp_path / "x.caffemodel").exists() and not (tmp_path / "x.masks.h5").exists(), argv
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # A Python layer's module, or the data it reads, may be on another machine:
+    # such a net is not built, as one whose data is not here.
+    python = tmp_path / "python.prototxt"
+    python.write_text(RESIZED_NET + 'layer { name: "py" type: "Python" bottom: "ip" top: "py" '
+                                    'python_param { module: "not_on_this_machine" layer: "Reader" } }\n')
+    result = cli("prune", "-w", weights, "-p", python, "--allow-python-layers", "-s", 0.5, "-o", "py.caffemodel")
+    assert result.exit_code == 0, result.output
