@@ -141,11 +141,8 @@ def test_data_force_replaces_all_its_files_or_none(tmp_path):
     assert len(before) == 4 and after == before  # train.h5, test.h5 and their lists, as they were
 
 
-@pytest.mark.caffe
-def test_no_training_is_lost_for_want_of_inodes_for_its_output(caffe, tmp_path):
-    """The check before training counted the temporaries of a model and its
-    masks, not the probe of the room check made once they are there: with
-    two inodes spare, train-sparse trained, then could not write its output."""
+def _train_sparse_of_a_pruned_net(caffe, tmp_path):
+    """(a folder with a pruned net and its solver, train-sparse's argv for it)."""
     content = tmp_path / "content"
     content.mkdir()
     proto, weights = save_net(caffe, content, REGRESSION_NET)
@@ -156,6 +153,15 @@ def test_no_training_is_lost_for_want_of_inodes_for_its_output(caffe, tmp_path):
                             capture_output=True, text=True)
     assert pruned.returncode == 0, pruned.stderr
     argv = CLI + ["train-sparse", "--solver", solver.name, "-w", "p.caffemodel", "-n", "3", "-o", "out.caffemodel"]
+    return content, argv
+
+
+@pytest.mark.caffe
+def test_no_training_is_lost_for_want_of_inodes_for_its_output(caffe, tmp_path):
+    """The check before training counted the temporaries of a model and its
+    masks, not the probe of the room check made once they are there: with
+    two inodes spare, train-sparse trained, then could not write its output."""
+    content, argv = _train_sparse_of_a_pruned_net(caffe, tmp_path)
     for spare in range(6):
         done = run_on_a_full_disk(argv, content=content, mount=tmp_path / "disk", spare_inodes=spare)
         if done.returncode == 0:
@@ -169,16 +175,7 @@ def test_no_training_is_lost_for_want_of_bytes_for_its_masks(caffe, tmp_path):
     """The check before training counted the model's bytes, not its masks
     file's: with room for the model alone, train-sparse (train-quantized,
     train-lowrank) trained, then could not write its output."""
-    content = tmp_path / "content"
-    content.mkdir()
-    proto, weights = save_net(caffe, content, REGRESSION_NET)
-    solver = write_solver(content, extra="momentum: 0.9\nsnapshot_after_train: false")
-    solver.write_text(solver.read_text().replace(f"{content}/", ""))
-    (tmp_path / "disk").mkdir()
-    pruned = subprocess.run(CLI + ["prune", "-w", weights.name, "-s", "0.5", "-o", "p.caffemodel"], cwd=content,
-                            capture_output=True, text=True)
-    assert pruned.returncode == 0, pruned.stderr
-    argv = CLI + ["train-sparse", "--solver", solver.name, "-w", "p.caffemodel", "-n", "3", "-o", "out.caffemodel"]
+    content, argv = _train_sparse_of_a_pruned_net(caffe, tmp_path)
     refused = 0
     for pages in range(4):  # tmpfs gives whole pages
         done = run_on_a_full_disk(argv, content=content, mount=tmp_path / "disk", spare_inodes=3, fill="fill",
