@@ -383,30 +383,41 @@ def _measure(evaluator, config, points, emit):
               "eval_seconds": seconds, "data": evaluator.data_mode})
 
 
-# A worker's program: its sys.path and arguments come through the socket
-# it is given, and its results go back through it.
-_WORKER = ("import sys\nfrom multiprocessing.connection import Connection\n"
-           "results = Connection(int(sys.argv[1]))\nsys.path[:] = results.recv()\n"
-           "from caffedsd.sensitivity import _worker\n_worker(*results.recv(), results)\n")
+# A worker's program: its sys.path (the parent's) and arguments come as
+# arguments and through a pipe, its results go back through another. The
+# working folder leaves sys.path first: a user's random.py there stood in
+# for the standard one the imports below load.
+_WORKER = ("import sys\n"
+           "if sys.path and sys.path[0] == '':\n    del sys.path[0]\n"
+           "import json\nsys.path[:] = json.loads(sys.argv[1])\n"
+           "from multiprocessing.connection import Connection\n"
+           "from caffedsd.sensitivity import _worker\n"
+           "_worker(*Connection(int(sys.argv[2])).recv(), Connection(int(sys.argv[3])))\n")
 
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, parent, results):
-    # The parent alone handles Ctrl-C, and ends the workers (which run in a
-    # session of their own). A parent killed outright (SIGKILL, a plain
-    # kill) runs no clean-up: the kernel then ends the worker, which would
-    # otherwise measure its whole share for nobody, on a freed folder.
+    # The parent alone handles Ctrl-C (ignored here since the start:
+    # _start_worker), and ends the workers. A parent killed outright
+    # (SIGKILL, a plain kill) runs no clean-up: the kernel then ends the
+    # worker, which would otherwise measure its whole share for nobody, on
+    # a freed folder.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with_parent(parent)
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     try:
-        evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit,
-                              config.weights_sha256, config.data_sha256)
-        _measure(evaluator, config, points, lambda record: results.send(("point", record)))
-        results.send(("done", None))
-    except CaffeDsdError as exc:  # the parent raises it with the same message
-        results.send(("error", str(exc)))
-    except Exception:  # a fault of caffedsd's, not the input's: the parent shows where, as its own would be
-        results.send(("crash", traceback.format_exc()))
+        try:
+            evaluator = Evaluator(model_path, weights_path, config.iterations, gpu, cache_limit,
+                                  config.weights_sha256, config.data_sha256)
+            _measure(evaluator, config, points, lambda record: results.send(("point", record)))
+            results.send(("done", None))
+        except CaffeDsdError as exc:  # the parent raises it with the same message
+            results.send(("error", str(exc)))
+        except BrokenPipeError:
+            raise
+        except Exception:  # a fault of caffedsd's, not the input's: the parent shows where, as its own would be
+            results.send(("crash", traceback.format_exc()))
+    except BrokenPipeError:  # the parent stopped listening: it is ending, and ends this worker
+        pass
 
 
 def _end_with_parent(parent):
@@ -630,7 +641,7 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
             for receiver in ready:
                 try:
                     kind, value = receiver.recv()
-                except EOFError:  # it ended without saying it was done
+                except (EOFError, OSError):  # it ended without saying it was done
                     worker = sending.pop(receiver)
                     receiver.close()
                     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -648,32 +659,42 @@ def _run_workers(config, model_path, weights_path, todo, jobs, gpu, cache_limit,
                 else:
                     raise InputError(value)
     finally:
-        for receiver in sending:
-            receiver.close()
+        # All are ended before any pipe is closed: a worker that found its
+        # pipe closed first printed a traceback of its own.
         for worker in workers:
             if worker.poll() is None:
                 worker.terminate()
+        for receiver in sending:
+            receiver.close()
+        for worker in workers:
             worker.wait()
 
 
 def _start_worker(args):
-    """A worker process running _worker(*args), and the end of its socket
-    that its results come through. Not multiprocessing's: its workers stay
-    in the terminal's process group, where a Ctrl-C while they were still
-    starting up printed a traceback of theirs, and pycaffe and fork do not
-    mix. Here a worker runs in a session of its own; the parent ends it."""
-    receiver, given = multiprocessing.Pipe()  # a socket pair
+    """A worker process running _worker(*args), and the end of the pipe its
+    results come through. Not multiprocessing's: pycaffe and fork do not
+    mix, and its spawned workers took a terminal's Ctrl-C, which reaches the
+    whole process group, while they were still importing, and printed a
+    traceback of theirs. Here the shell starts the worker with SIGINT
+    ignored, which stays so across exec; it stays in the process group, so
+    Ctrl-Z stops it with the parent."""
+    arguments, to_worker = multiprocessing.Pipe(duplex=False)
+    from_worker, results = multiprocessing.Pipe(duplex=False)
+    given = [arguments.fileno(), results.fileno()]
     try:
-        worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(given.fileno())], pass_fds=[given.fileno()],
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        worker = subprocess.Popen(["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable,
+                                   *subprocess._args_from_interpreter_flags(), "-c", _WORKER, json.dumps(sys.path),
+                                   *map(str, given)], pass_fds=given, stdin=subprocess.DEVNULL)
     finally:
-        given.close()
+        arguments.close()
+        results.close()
     try:
-        receiver.send(list(sys.path))
-        receiver.send(args)
+        to_worker.send(args)
     except OSError:  # it died at once: _check_workers says how
         pass
-    return worker, receiver
+    finally:
+        to_worker.close()
+    return worker, from_worker
 
 
 def _check_workers(workers, quiet=False):

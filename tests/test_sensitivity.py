@@ -762,6 +762,22 @@ def test_ctrl_c_while_the_workers_start_is_one_line(lenet, tmp_path):
 
 
 @pytest.mark.slow
+def test_workers_do_not_import_from_the_working_folder(lenet, tmp_path):
+    """A worker started with `python -c` had the working folder first on
+    sys.path: a random.py there (a user's script) broke every --jobs scan,
+    which the console script itself ran past."""
+    import subprocess
+
+    _, proto, weights = lenet
+    for name in ("random", "json"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('the working folder was imported from')\n")
+    done = subprocess.run([str(Path(sys.executable).parent / "caffedsd"), "sensitivity", "-p", str(proto), "-w",
+                           str(weights), "-j", "2", "-n", "2", "--sparsities", "0.5", "-o", "scan"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
     import signal
