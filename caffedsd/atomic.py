@@ -454,9 +454,11 @@ def temporary_folder(path):
     written there can be renamed into place), removed on leaving; one a
     killed writer left is removed by the next."""
     tmp = _temporary_folder(Path(path), "cannot write a temporary folder beside it")
+    _WRITING.add(tmp)  # not a killed writer's: another temporary_folder of the name in this process keeps it
     try:
         yield Path(tmp)
     finally:
+        _WRITING.discard(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -471,29 +473,14 @@ def process_id_space():
     return f"{host}-{namespace}"
 
 
-@contextlib.contextmanager
 def scratch_folder():
-    """Yield a new folder in the system's temporary folder, removed on
-    leaving; one whose process was killed (a SIGKILL runs no clean-up, and a
-    solverstate's copy there may be a gigabyte) is removed by the next."""
-    parent = os.path.abspath(tempfile.gettempdir())  # _WRITING holds absolute paths
+    """A temporary_folder in the system's temporary folder: one whose process
+    was killed (a SIGKILL runs no clean-up, and a solverstate's copy there
+    may be a gigabyte) is removed by the next."""
     # Process ids tell a live process only on this machine, in this process
     # id namespace: a TMPDIR shared with containers or other machines holds
     # folders of processes this one cannot see.
-    name = f"caffedsd-{process_id_space()}"
-    for stale in _temporaries(parent, re.escape(name), folders=True):
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
-    except OSError as exc:
-        raise_no_room(Path(parent), exc)
-        raise InputError(f"{parent}: cannot make a scratch folder there ({exc.strerror}); set TMPDIR") from None
-    _WRITING.add(tmp)
-    try:
-        yield Path(tmp)
-    finally:
-        _WRITING.discard(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+    return temporary_folder(Path(tempfile.gettempdir()) / f"caffedsd-{process_id_space()}")
 
 
 @contextlib.contextmanager

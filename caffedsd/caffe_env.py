@@ -103,20 +103,23 @@ def check_net_runs(net, net_path, gpu=None, forward=True, batches=0):
     build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu, batches=batches)
 
 
-def check_weights_load(net, net_path, weights):
-    """Raise InputError where Caffe, building ``net`` (read from
-    ``net_path``) in the TEST phase as `caffe test` does, cannot copy the
-    caffemodel ``weights`` into it: a blob of another shape than the net
-    gives it (an InnerProduct's inputs after the input was resized), on which
-    Caffe aborts. The prototxt alone (netcheck.check_pair) does not tell an
-    input axis. A net whose TEST data is not on this machine, that has a
-    layer type this Caffe lacks, or a Python layer (whose module, or the
-    data it reads, may be elsewhere) is not built: its shapes are unknown here."""
-    from .netcheck import built_layers, built_state, check_data_sources, check_layer_types
+def check_weights_fit(net, net_path, model, weights, named=None):
+    """Raise InputError unless the net ``net`` (read from ``net_path``)
+    fits the caffemodel ``model`` (read from the file ``weights``; ``named``:
+    the file to name instead, one it was converted from): by its layers, in
+    the states it is loaded in (netcheck.check_pair), then as Caffe loads
+    them in the TEST phase, as `caffe test` does. Caffe aborts on a blob of
+    another shape than the net gives it, which the prototxt alone does not
+    tell for an input axis (an InnerProduct's inputs after the input was
+    resized). A net whose TEST data is not on this machine, that has a layer
+    type this Caffe lacks, or a Python layer (whose module, or the data it
+    reads, may be elsewhere) is not built: its shapes are unknown here."""
+    from .netcheck import built_state, check_data_sources, check_layer_types, check_pair, loaded_states
 
-    states = [built_state(net, "TEST")]
-    if any(layer.type == "Python" for layer in built_layers(net, states)):
+    check_pair(net, net_path, model, weights_path=named, states=loaded_states(net), strict=True)
+    if has_python_layers(net):
         return
+    states = [built_state(net, "TEST")]
     try:
         check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
         check_data_sources(net, net_path, caffe_has_leveldb(), states, forward=False)

@@ -482,9 +482,7 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
     with atomic_unmasked_path(output) as tmp:
         new_caffemodel(tmp, dcz.layers(), name=dcz.name)
         if net is not None:
-            from .caffe_env import check_weights_load
-            from .netcheck import check_pair, loaded_states
+            from .caffe_env import check_weights_fit
 
-            check_pair(net, model, read_caffemodel(tmp), weights_path=path, states=loaded_states(net), strict=True)
-            check_weights_load(net, model, tmp)
+            check_weights_fit(net, model, read_caffemodel(tmp), tmp, named=path)
     return dcz.count

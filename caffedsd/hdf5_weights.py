@@ -18,13 +18,13 @@ import h5py
 import numpy as np
 
 from .atomic import check_input
-from .caffe_env import check_weights_load
+from .caffe_env import check_weights_fit
 from .caffe_proto import read_net_prototxt
 from .caffemodel import is_hdf5, new_caffemodel, read_caffemodel
 from .errors import HDF5_DAMAGE, InputError
 from .layers import expects_blobs
 from .maskfile import atomic_unmasked_path, check_model_outputs
-from .netcheck import built_state, check_pair, is_built, loaded_states
+from .netcheck import built_state, is_built
 
 
 def _stored(path, group, layer):
@@ -146,6 +146,5 @@ def convert_hdf5_weights(weights, model, output, force=False, allow_python_layer
         new_caffemodel(tmp, layers, name=net.name)
         # As prune --model does: stock Caffe would abort on a shape it
         # cannot copy, or leave a layer without weights random.
-        check_pair(net, model, read_caffemodel(tmp), weights_path=weights, states=loaded_states(net), strict=True)
-        check_weights_load(net, model, tmp)
+        check_weights_fit(net, model, read_caffemodel(tmp), tmp, named=weights)
     return len(layers), sum(a.size for _, arrays in layers for a in arrays)

@@ -8,14 +8,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .atomic import atomic_paths
-from .caffe_env import check_weights_load
+from .caffe_env import check_weights_fit
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel, write_caffemodel
 from .errors import InputError
 from .layers import prunable_targets, tied_copies
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, layer_rng, zero_count
-from .netcheck import built_layers, check_pair, check_tied_weights, loaded_states
+from .netcheck import built_layers, check_tied_weights, loaded_states
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,9 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     net = None
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
-        check_pair(net, model, source, states=loaded_states(net), strict=True)
+        check_weights_fit(net, model, source, weights)  # pruning keeps every shape
         for state in loaded_states(net):  # Caffe ties names within one net
             check_tied_weights(built_layers(net, [state]), source, model)
-        check_weights_load(net, model, weights)  # pruning keeps every shape
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,

@@ -430,7 +430,9 @@ def test_a_killed_processs_scratch_folder_is_removed_by_the_next(tmp_path):
             "with scratch_folder() as work:\n"
             "    (work / 'clean.solverstate').write_bytes(b'x' * 100)\n"
             "    print(work, flush=True)\n"
-            "    if sys.argv[1] == 'kill': os._exit(9)\n")
+            "    if sys.argv[1] == 'kill': os._exit(9)\n"
+            "    with scratch_folder():\n"  # another in the same process keeps it
+            "        assert (work / 'clean.solverstate').is_file()\n")
     env = dict(os.environ, TMPDIR=str(tmp_path))
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
