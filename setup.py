@@ -31,5 +31,5 @@ setup(
         "gpu-cuda12": ["cupy-cuda12x"],
         "gpu-cuda11": ["cupy-cuda11x"],  # the CUDA 11.8 build tools/check_cuda.sh compiles
     },
-    entry_points={"console_scripts": ["caffedsd=caffedsd.cli:program"]},
+    entry_points={"console_scripts": ["caffedsd=caffedsd.__main__:main"]},
 )

@@ -911,11 +911,11 @@ def fashion_mnist(output, source, train_limit, test_limit, force):
 
 
 def program(**kwargs):
-    """The `caffedsd` program (setup.py's entry point; tools/gpu_stage.sh's
-    wrapper gives ``prog_name``): click's main, leaving at once after a
-    divergence (see _Group.invoke), and ending on SIGTERM as on Ctrl-C."""
+    """The `caffedsd` program (caffedsd.__main__ calls it once this module
+    is imported): click's main, leaving at once after a divergence (see
+    _Group.invoke), and ending on SIGTERM as on Ctrl-C."""
     main.exits_at_once = True
     signal.signal(signal.SIGTERM, _interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it starts ignored (nohup &)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not where it starts ignored (nohup &)
         signal.signal(signal.SIGINT, _interrupt)
     return main(**kwargs)

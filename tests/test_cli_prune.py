@@ -295,6 +295,34 @@ def test_a_group_without_a_command_shows_its_help(cli):
         assert lines[-1].strip().startswith("caffedsd " + " ".join(path)), (path, result.output)
 
 
+# Sends the program a SIGINT while it imports the command line, as a Ctrl-C
+# in its first few tenths of a second would.
+_INTERRUPTED_WHILE_STARTING = """
+import os, runpy, signal, sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "caffedsd.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["caffedsd", "info"]
+runpy.run_module("caffedsd", run_name="__main__")
+"""
+
+
+def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path):
+    """Before cli.program installed its handlers, a Ctrl-C printed the
+    traceback of an import."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_WHILE_STARTING], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130, "", "caffedsd: interrupted while starting; nothing was written\n"), proc.stderr[-2000:]
+
+
 def test_masks_beside_another_model_than_theirs_are_refused(tiny, tmp_path, cli):
     """What a prune cut short between its two renames leaves (masks first):
     the new masks beside the earlier model, of the same structure."""

@@ -148,7 +148,7 @@ def test_the_program_exits_1_after_a_divergence_through_max_pooling(lenet, tmp_p
                                               'snapshot_prefix: "boom"\n')
     (tmp_path / "recipe.yaml").write_text("solver: solver.prototxt\nweights: huge.caffemodel\n"
                                           "stages:\n  - dense: {iterations: 5}\n")
-    program = [sys.executable, "-c", "from caffedsd.cli import program; program()"]  # no console script needed
+    program = [sys.executable, "-m", "caffedsd"]  # no console script needed
     for args, where in ((["train-dense", "--solver", "solver.prototxt", "-w", "huge.caffemodel", "-n", "5",
                           "-o", "d.caffemodel"], ""),
                         (["dsd", "--recipe", "recipe.yaml", "-o", "run"], "recipe.yaml: stage 1 (dense): ")):

@@ -581,7 +581,7 @@ def test_verify_reads_the_scans_examples_from_a_shuffling_test_layer(lenet, tmp_
 
     _, proto, weights = lenet
     (tmp_path / "net.prototxt").write_text(proto.read_text().replace("batch_size: 100", "batch_size: 100 shuffle: true"))
-    program = [sys.executable, "-c", "from caffedsd.cli import program; program()"]  # fresh processes, as users run
+    program = [sys.executable, "-m", "caffedsd"]  # fresh processes, as users run
     for args in (["sensitivity", "-p", "net.prototxt", "-w", str(weights), "-n", "3", "-l", "ip2",
                   "--sparsities", "0.5", "-o", "scan"],
                  ["plan", "--sensitivity", "scan", "--max-drop", "100", "--verify", "-o", "p.yaml"]):

@@ -20,7 +20,7 @@ from conftest import assert_one_line_error
 SPARSITIES = (0.3, 0.6, 0.9)
 # The `caffedsd` program, also where a checkout runs from PYTHONPATH without
 # its console script (tools/gpu_stage.sh).
-PROGRAM = [sys.executable, "-c", "from caffedsd.cli import program; program()"]
+PROGRAM = [sys.executable, "-m", "caffedsd"]
 ITERS = 5  # 5 x 100 = the 500 test images of the slice
 
 

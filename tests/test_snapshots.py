@@ -107,7 +107,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "target" top: "l
 
 def _train(tmp_path, iterations):
     return subprocess.Popen(
-        [sys.executable, "-c", "from caffedsd.cli import program; program()", "train-dense",
+        [sys.executable, "-m", "caffedsd", "train-dense",
          "--solver", str(tmp_path / "solver.prototxt"), "-w", str(tmp_path / "start.caffemodel"),
          "-n", str(iterations), "-o", str(tmp_path / "out.caffemodel"), "--test-interval", "0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -204,7 +204,7 @@ def test_a_caffe_binary_named_by_the_environment_must_be_one(tmp_path):
 
     for given in (tmp_path / "nonexistent", tmp_path):
         env = dict(os.environ, CAFFEDSD_CAFFE_BIN=str(given))
-        proc = subprocess.run([sys.executable, "-c", "from caffedsd.cli import program; program()", "info"],
+        proc = subprocess.run([sys.executable, "-m", "caffedsd", "info"],
                               capture_output=True, text=True, env=env)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stderr.strip() == f"caffedsd: CAFFEDSD_CAFFE_BIN={given}: not an executable file"

@@ -275,7 +275,7 @@ build() {
     mkdir -p "$STAGE/bin"
     cat > "$STAGE/bin/caffedsd" <<EOF
 #!/bin/sh
-exec "$python" -c "from caffedsd.cli import program; program(prog_name='caffedsd')" "\$@"
+exec "$python" -m caffedsd "\$@"
 EOF
     chmod +x "$STAGE/bin/caffedsd"
     ln -sfn "$STAGE/caffe/bin/caffe" "$STAGE/bin/caffe"
