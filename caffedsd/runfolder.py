@@ -147,6 +147,10 @@ class RunFolder:
                     shutil.rmtree(self.path, ignore_errors=True)
                 raise
         try:
+            if self._lock is not None:  # then no other process writes the marker: its temporaries are dead
+                for path in self.path.iterdir():
+                    if is_temporary_of(path, self.marker.name) and path.is_file() and not path.is_symlink():
+                        path.unlink(missing_ok=True)
             if self.marker.exists():  # made before, or by another process since the check above
                 found = read_json(self.marker, remedy=f"remove {self.path} to start over")
                 if found != expected:

@@ -192,7 +192,8 @@ def test_a_folder_killed_while_its_marker_was_written_is_still_ours(tmp_path):
 
 def test_a_marker_temporary_of_a_process_id_in_use_again_is_still_ours(tmp_path):
     """The same kill, where the process id in the temporary's name is another
-    live process's by now (containers reuse ids soon): refused as foreign."""
+    live process's by now (containers reuse ids soon): it was refused as
+    foreign, then left in the folder."""
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / "run").mkdir()
@@ -200,6 +201,7 @@ def test_a_marker_temporary_of_a_process_id_in_use_again_is_still_ours(tmp_path)
         (tmp_path / "run" / f".run.json.{live.pid}.abcdefgh.tmp").write_text('{"fingerp')
         with _folder(tmp_path / "run").open({"fingerprint": "a"}):
             assert json.loads((tmp_path / "run" / "run.json").read_text())["fingerprint"] == "a"
+            assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".caffedsd.lock", "run.json"]
     finally:
         live.kill()
         live.wait()
