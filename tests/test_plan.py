@@ -387,6 +387,25 @@ def test_a_drop_of_float_noise_does_not_push_a_target_further():
     assert choice.sparsity == 0.7
 
 
+def test_huge_drops_of_a_loss_do_not_wrap_round():
+    """A loss output's drops can pass 1e14 (EuclideanLoss): in steps of
+    1e-4 as int64, a and b's 5e14 each summed past 2**63 and wrapped to
+    below 0, so the plan took them over c and d's 1e3 each."""
+    from caffedsd.plan_from_scan import by_target
+
+    curves = {"a": (100, [(0.5, 5e14)]), "b": (100, [(0.5, 5e14)]), "c": (100, [(0.5, 1e3)]),
+              "d": (100, [(0.5, 1e3)])}
+    choices = by_target(curves, 400, 0.25)
+    assert [(c.layer, c.sparsity) for c in choices] == [("a", 0.0), ("b", 0.0), ("c", 0.5), ("d", 0.5)]
+    # One drop past int64's steps (the cast gave a number below 0), and a
+    # choice between two huge ones.
+    choices = by_target({"a": (100, [(0.5, 1e16)]), "b": (100, [(0.5, 1.2)]), "c": (100, [(0.5, 1e300)]),
+                         "d": (100, [(0.5, 3e299)])}, 400, 0.25)
+    assert [(c.layer, c.sparsity) for c in choices] == [("a", 0.5), ("b", 0.5), ("c", 0.0), ("d", 0.0)]
+    choices = by_target({"c": (100, [(0.5, 1e300)]), "d": (100, [(0.5, 3e299)])}, 200, 0.25)
+    assert [(c.layer, c.sparsity) for c in choices] == [("c", 0.0), ("d", 0.5)]
+
+
 def test_least_drop_is_the_least_of_every_choice():
     """Against trying every choice, on random curves, some of them not
     convex and some with drops below 0 (which count as 0)."""
