@@ -380,7 +380,7 @@ def prune(weights, model, allow_python_layers, sparsity, rules, plan_file, crite
     from .pruning import prune_file
 
     plan = plan_from_options(sparsity, rules, plan_file, criterion, seed)
-    rows, masks_out = prune_file(weights, output, plan, seed=plan.seed_for(0), masks=masks, model=model,
+    rows, masks_out = prune_file(weights, output, plan, masks=masks, model=model,
                                  force=force, allow_python_layers=allow_python_layers, others=[plan_file])
     click.echo(report.prune_table(rows))
     _wrote(f"wrote {output} and {masks_out}")

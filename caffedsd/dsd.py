@@ -562,7 +562,7 @@ def _run_training(stage, spec, recipe, stage_dir, weights_in, masks, gpu, progre
 def _run_prune(stage, spec, recipe, stage_dir, weights_in, gpu):
     """Prune (masks computed here, once), then evaluate the pruned model."""
     rows, _ = prune_file(weights_in, stage_dir / "model.caffemodel", stage.plan,
-                         seed=stage.plan.seed_for(recipe.seed), force=True, masks_option=None)
+                         seed=recipe.seed, force=True, masks_option=None)
     result = run_phase(spec, Phase(0, stage_dir / "model.caffemodel", test_iterations=recipe.test_iterations),
                        stage_dir, gpu=gpu, checkpoints=_Checkpoints(stage_dir / "checkpoint"))
     return dict(iterations=0, lr=None, test=result.test, layers={r.layer: r.sparsity for r in rows})

@@ -48,10 +48,13 @@ def check_shared_amounts(groups, amounts):
 def prune_model(model, plan, seed=0, previous=None, meta=None):
     """Masks for ``model`` under ``plan``; returns (MaskSet, [PrunedLayer]).
 
+    ``seed``: what the random criterion draws with where the plan has no
+    seed of its own (SparsityPlan.seed_for).
     ``previous`` (a MaskSet of the same model) only ever loses kept
     positions: layers it masks stay masked even when the plan skips them.
     ``meta`` adds entries to the masks' metadata.
     """
+    seed = plan.seed_for(seed)
     targets = prunable_targets(model)
     if not targets:
         raise InputError(f"{model.path}: no prunable layer (Convolution, Deconvolution or InnerProduct with weights)")

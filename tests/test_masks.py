@@ -198,3 +198,26 @@ def test_a_masksets_masks_are_read_only_and_its_own():
     assert mine.flags.writeable  # the maker's own flags are left as they were
     masks["conv"], shared_by["conv"] = np.ones(2, bool), ("conv",)
     assert list(maskset.masks) == ["fc"] and list(maskset.shared_by) == ["fc"]
+
+
+def test_a_plans_own_seed_draws_its_random_masks(tmp_path):
+    """prune_model drew with its ``seed`` argument (0 by default) where the
+    plan had a seed of its own, which only the CLI and dsd looked up."""
+    from caffedsd.caffe_proto import NetParameter
+    from caffedsd.caffemodel import read_caffemodel
+    from caffedsd.plan import SparsityPlan
+    from caffedsd.pruning import prune_model
+
+    net = NetParameter()
+    layer = net.layer.add(name="ip1", type="InnerProduct")
+    layer.blobs.add().shape.dim.extend([10, 10])
+    layer.blobs[0].data.extend(np.arange(1, 101, dtype=np.float32))
+    (tmp_path / "w.caffemodel").write_bytes(net.SerializeToString())
+    model = read_caffemodel(tmp_path / "w.caffemodel")
+    seeded = SparsityPlan(criterion="random", sparsity=0.5, seed=7)
+    own, _ = prune_model(model, seeded)
+    assert own.meta["seed"] == 7
+    expected = random_mask(np.arange(1, 101, dtype=np.float32).reshape(10, 10), 0.5, rng=layer_rng(7, "ip1"))
+    np.testing.assert_array_equal(own.masks["ip1"], expected)
+    given, _ = prune_model(model, SparsityPlan(criterion="random", sparsity=0.5), seed=7)
+    np.testing.assert_array_equal(given.masks["ip1"], expected)
