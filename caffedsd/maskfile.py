@@ -246,11 +246,15 @@ def _fill(h5, maskset, model_sha256):
     group = h5.create_group("masks")
     group.attrs["model_sha256"] = _fixed(model_sha256)
     for owner, mask in maskset.masks.items():
+        if owner.endswith("\0"):  # a fixed-length string loses it, and the masks their layer
+            raise InputError(f"layer {owner!r}: a name that ends in a NUL character cannot be kept in a masks "
+                             "file; rename the layer")
         mask = np.asarray(mask, dtype=bool)
-        # gzip level 1: a quarter of the size or less, at ~150 MB/s.
-        ds = group.create_dataset(_dataset_name(owner), data=mask, chunks=True if mask.size else None,
-                                  compression="gzip" if mask.size else None,
-                                  compression_opts=1 if mask.size else None)
+        # gzip level 1: a quarter of the size or less, at ~150 MB/s. (A
+        # weight blob of no axes, one value, takes no chunks.)
+        packed = mask.ndim > 0 and mask.size > 0
+        ds = group.create_dataset(_dataset_name(owner), data=mask, chunks=True if packed else None,
+                                  compression="gzip" if packed else None, compression_opts=1 if packed else None)
         ds.attrs["layer"] = _fixed(owner)
         ds.attrs["blob"] = 0
         ds.attrs["shared_by"] = _fixed(json.dumps(list(maskset.shared_by[owner])))

@@ -221,3 +221,19 @@ def test_a_plans_own_seed_draws_its_random_masks(tmp_path):
     np.testing.assert_array_equal(own.masks["ip1"], expected)
     given, _ = prune_model(model, SparsityPlan(criterion="random", sparsity=0.5), seed=7)
     np.testing.assert_array_equal(given.masks["ip1"], expected)
+
+
+def test_a_mask_of_no_axes_is_kept_and_a_trailing_nul_is_refused(tmp_path):
+    """A weight blob of `shape {}` (one value) made prune a traceback (HDF5
+    chunks no scalar); a fixed-length string drops a name's trailing NUL,
+    and the masks then named a layer their model lacks."""
+    from caffedsd.maskfile import MaskSet, load_masks, save_masks
+
+    maskset = MaskSet({"fc": np.array(True)}, {"fc": ("fc",)}, [("fc", "InnerProduct", [[]])])
+    save_masks(tmp_path / "m.masks.h5", maskset, "0" * 64)
+    loaded = load_masks(tmp_path / "m.masks.h5")
+    assert loaded.masks["fc"].shape == () and loaded.masks["fc"]
+    named = MaskSet({"fc\0": np.ones(2, bool)}, {"fc\0": ("fc\0",)}, [("fc\0", "InnerProduct", [[2]])])
+    with pytest.raises(InputError, match=r"layer 'fc\\x00': a name that ends in a NUL character"):
+        save_masks(tmp_path / "n.masks.h5", named, "0" * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.masks.h5"]
