@@ -69,6 +69,22 @@ def _blob_groups(path, data):
     return found
 
 
+def append_hdf5_layers(path, layers):
+    """Add ``layers`` ([(LayerParameter, [arrays])], as append_layers takes
+    them) to the HDF5 weights ``path`` as Net::ToHDF5 writes a layer: a
+    group ``data/<name>`` of float32 datasets 0, 1, ... Caffe's loader goes
+    by the groups directly under ``data``: a name with '/' would be no
+    layer it finds, and is left out."""
+    layers = [(param, arrays) for param, arrays in layers if "/" not in param.name and param.name != "."]
+    if not layers:
+        return
+    with h5py.File(path, "r+") as h5:
+        for param, arrays in layers:
+            group = h5["data"].create_group(param.name)
+            for index, values in enumerate(arrays):
+                group.create_dataset(str(index), data=np.asarray(values, dtype=np.float32))
+
+
 def _check_hdf5_names(net, where):
     """Refuse a layer with blobs whose name HDF5 does not keep apart: it
     reads '//', a leading or trailing '/' and a '.' part as path syntax."""

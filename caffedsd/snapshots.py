@@ -8,7 +8,8 @@ the solver with Caffe's snapshots off and asks for each itself
 (``Solver.snapshot``), into a temporary folder beside the prefix; the pair
 is then renamed into place, model first, the state's ``learned_net`` naming
 the model where Caffe would have written it. The files are Caffe's, with
-Caffe's names and contents.
+Caffe's names and contents, and in the model the layers of phase TEST only
+that Caffe's snapshot of the train net leaves out.
 
 dsd's stages keep checkpoints of their own instead (dsd._Checkpoints).
 """
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from .atomic import atomic_paths, check_room, raise_no_room, temporary_folder
 from .caffe_proto import SolverParameter
+from .caffemodel import append_layers, new_layers_bytes
 from .errors import InputError
+from .hdf5_weights import append_hdf5_layers
 from .maskfile import atomic_unmasked_path
 from .netcheck import built_layers, layer_names_with_splits, solver_state
 from .solverstate import set_learned_net
@@ -134,19 +137,29 @@ class SolverSnapshots:
         stem = f"{prefix or self.prefix}_iter_{iteration}"
         return f"{stem}.caffemodel{self.extension}", f"{stem}.solverstate{self.extension}"
 
-    def write(self, solver, sizes):
+    def write(self, solver, sizes, appended=()):
         """Snapshot ``solver`` at its iteration; ``sizes``: lower bounds of
         Caffe's two files (training.snapshot_bytes), checked for room first,
-        since Caffe aborts the process on a failed write."""
+        since Caffe aborts the process on a failed write. ``appended``: the
+        layers of phase TEST only (training.test_only_records), which
+        Caffe's snapshot of the train net lacks: a model without them is
+        refused as the weights to go on from (they would be left random),
+        and so are the masks of the model the run began with."""
         iteration = int(solver.iter)
         model, state = self.paths(iteration)
         # The state is written twice (Caffe's, then the rewrite naming the
         # model); new files at most at once: the pair and the temporaries of
         # its two renames into place.
+        sizes = (sizes[0] + new_layers_bytes(appended), sizes[1])
         check_room(Path(model), sum(sizes) + sizes[1], max(sizes), files=4)
         made = self.paths(iteration, self.solver_prefix)
         try:
             solver.snapshot()
+            try:
+                (append_hdf5_layers if self.extension else append_layers)(made[0], appended)
+            except OSError as exc:
+                raise_no_room(model, exc)
+                raise
             try:
                 set_learned_net(made[1], os.fsencode(model))
             except OSError as exc:

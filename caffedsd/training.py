@@ -630,7 +630,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                 checkpoints.save(solver, curve, tests, sizes)
             if stop == snapshot:
                 check_weights_finite(solver, spec.path, dispatcher)
-                snapshots.write(solver, sizes)
+                copy_trained(tied)
+                snapshots.write(solver, sizes, test_only_records(solver, spec))
         check_weights_finite(solver, spec.path, dispatcher)
         test = evaluate(solver, counts, tied)
         if phase.iterations:
@@ -643,8 +644,9 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if snapshots is not None and snapshots.ends_with(start, end):
             # What `caffe train` ends with: a snapshot a later run can go on
             # from; after the output, which a failed write must not cost.
+            copy_trained(tied)
             try:
-                snapshots.write(solver, sizes)
+                snapshots.write(solver, sizes, test_only_records(solver, spec))
             except OutputError as exc:
                 if phase.output is None:
                     raise

@@ -190,3 +190,44 @@ def test_a_moved_state_is_pointed_at_its_model_in_a_copy_leaving_it_as_hashed(ca
     again.restore(str(copy))  # Caffe aborts the process on a learned_net it does not find
     assert again.iter == 2
     np.testing.assert_array_equal(again.net.params["conv1"][0].data, solver.net.params["conv1"][0].data)
+
+
+@pytest.mark.parametrize("snapshot_format", ["BINARYPROTO", "HDF5"])
+def test_a_snapshot_holds_the_layers_of_phase_test_only(caffe, tmp_path, cli, snapshot_format):
+    """Caffe snapshots the train net: a layer of phase TEST only with
+    weights was left out, and train-sparse refused to go on from its own
+    snapshot (the masks were made for a model with it; without them, the
+    layer would have been left random)."""
+    from caffedsd.caffe_env import caffe_binary
+    from caffedsd.caffe_proto import read_net_prototxt
+    from caffedsd.hdf5_weights import hdf5_layers
+
+    solver = write_solver(tmp_path, snapshot=2, extra=f"momentum: 0.9\nsnapshot_format: {snapshot_format}")
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text() + 'layer { name: "probe" type: "InnerProduct" bottom: "fc1" top: "probe" '
+                   'include { phase: TEST } inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n')
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "start.caffemodel"))
+    assert cli("prune", "-w", "start.caffemodel", "-s", 0.5, "-o", "pruned.caffemodel").exit_code == 0
+    result = cli("train-sparse", "--solver", solver, "-w", "pruned.caffemodel", "-n", 2, "-o", "a.caffemodel")
+    assert result.exit_code == 0, result.output
+    suffix = ".h5" if snapshot_format == "HDF5" else ""
+    model, state = tmp_path / f"snap_iter_2.caffemodel{suffix}", tmp_path / f"snap_iter_2.solverstate{suffix}"
+    start = read_caffemodel(tmp_path / "pruned.caffemodel").layer("probe").blobs
+    if suffix:
+        held = dict((param.name, arrays) for param, arrays in hdf5_layers(model, read_net_prototxt(net), net))["probe"]
+    else:
+        held = [blob.data for blob in read_caffemodel(model).layer("probe").blobs]
+    for kept, given in zip(held, start, strict=True):
+        np.testing.assert_array_equal(kept, given.data)
+    proc = subprocess.run([str(caffe_binary()), "test", f"--model={net}", f"--weights={model}", "--iterations=1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "Ignoring source layer" not in proc.stderr, proc.stderr[-2000:]
+    if suffix:  # (converting it refused it too: Caffe would leave probe random)
+        assert cli("convert", "-p", net, "-w", model, "-o", "snap.caffemodel").exit_code == 0
+        model = tmp_path / "snap.caffemodel"
+    result = cli("train-sparse", "--solver", solver, "-w", model, "-m", "pruned.masks.h5", "--solverstate", state,
+                 "-n", 2, "-o", "b.caffemodel")
+    assert result.exit_code == 0, result.output
+    again = read_caffemodel(tmp_path / "b.caffemodel").layer("probe").blobs
+    for kept, given in zip(again, start, strict=True):
+        np.testing.assert_array_equal(kept.data, given.data)
