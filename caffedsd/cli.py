@@ -170,6 +170,12 @@ def masks_option(func):
                         help="Masks file (default: WEIGHTS with .masks.h5 for .caffemodel).")(func)
 
 
+def solverstate_option(extra=""):
+    return click.option("--solverstate", type=_path(), default=None,
+                        help=f"Resume from this .solverstate (with -w its snapshot's caffemodel){extra}; the data "
+                             "layers start from their first batch.")
+
+
 def python_layers_option(func):
     return click.option("--allow-python-layers", is_flag=True,
                         help="Accept nets with Python layers (they run arbitrary code).")(func)
@@ -450,9 +456,7 @@ def verify(weights, masks, model, allow_python_layers, gpu):
 @solver_option
 @weights_option()
 @masks_option
-@click.option("--solverstate", type=_path(), default=None,
-              help="Resume from this .solverstate (with -w its snapshot's caffemodel); its history is zeroed "
-                   "at masked positions first; the data layers start from their first batch.")
+@solverstate_option("; its history is zeroed at masked positions first")
 @training_options
 @output_option()
 def train_sparse(solver, weights, masks, solverstate, iterations, test_iterations, test_interval, gpu,
@@ -479,14 +483,16 @@ def train_sparse(solver, weights, masks, solverstate, iterations, test_iteration
 @solver_option
 @weights_option()
 @click.option("--lr-scale", type=float, default=0.1, show_default=True,
-              help="Learning rate = the solver's base_lr times this (the paper: 1/10).")
+              help="Learning rate = the solver's base_lr times this (the paper: 1/10; a resumed run: the same "
+                   "as before).")
+@solverstate_option()
 @training_options
 @output_option()
-def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_interval, gpu, allow_python_layers, output,
-                force):
+def train_dense(solver, weights, lr_scale, solverstate, iterations, test_iterations, test_interval, gpu,
+                allow_python_layers, output, force):
     """Re-dense phase: masks off, pruned weights restart at 0.0, survivors keep
-    their values; base_lr is scaled, solver history starts fresh, dropout and
-    weight decay are unchanged.
+    their values; base_lr is scaled, solver history starts fresh (or
+    --solverstate's), dropout and weight decay are unchanged.
 
     \b
     Example:
@@ -495,8 +501,8 @@ def train_dense(solver, weights, lr_scale, iterations, test_iterations, test_int
     from .training import train_dense as run
 
     result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
-                    iterations=iterations, test_iterations=test_iterations, test_interval=test_interval, gpu=gpu,
-                    force=force, allow_python_layers=allow_python_layers)
+                    iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
+                    solverstate=solverstate, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     _wrote_trained(output, result, lr=True)
 
 
@@ -725,10 +731,11 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
               help="Per-layer multiplier of --force-decay, e.g. 'ip1=0' (repeatable; last match wins; default 1).")
 @click.option("--decay-type", default="fixed", show_default=True,
               help="fixed, or adaptive: scale the force to the norm of the error gradient.")
+@solverstate_option()
 @training_options
 @output_option(force="force_write")
-def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, iterations, test_iterations,
-                  test_interval, gpu, allow_python_layers, force_write, output):
+def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_type, solverstate, iterations,
+                  test_iterations, test_interval, gpu, allow_python_layers, force_write, output):
     """Train with force regularization, which pulls each layer's filters
     into a lower-rank space for `decompose` (Wen et al., ICCV 2017): the
     driver adds the force between the filters to the gradients, on stock Caffe.
@@ -743,7 +750,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
     result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
-                    gpu=gpu, force_write=force_write, allow_python_layers=allow_python_layers)
+                    solverstate=solverstate, gpu=gpu, force_write=force_write, allow_python_layers=allow_python_layers)
     _wrote_trained(output, result)
 
 

@@ -735,34 +735,38 @@ def train_sparse(solver_path, weights, output, masks=None, iterations=None, solv
 
 def train_dense(solver_path, weights, output, lr_scale=0.1, iterations=None, gpu=None, force=False,
                 allow_python_layers=False, on_iteration=None, test_iterations=None,
-                test_interval=None):
+                test_interval=None, solverstate=None):
     """The re-dense phase: masks off, pruned weights start at their 0.0,
-    survivors keep their values, lr = base_lr * lr_scale, fresh history."""
+    survivors keep their values, lr = base_lr * lr_scale, fresh history
+    (or ``solverstate``'s, going on from a snapshot of this phase)."""
     spec = read_solver(solver_path, allow_python_layers)
-    span = _span(spec, iterations)
-    _check_outputs(spec, output, force, weights, span)
-    phase = Phase(span[1], weights, output, lr_scale=lr_scale, test_iterations=test_iterations,
-                  test_interval=test_interval)
+    span = _span(spec, iterations, solverstate)
+    _check_outputs(spec, output, force, weights, span, others=[solverstate])
+    phase = Phase(span[1] - span[0], weights, output, lr_scale=lr_scale, solverstate=solverstate,
+                  test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 
 
 def train_lowrank(solver_path, output, force, weights=None, masks=None, iterations=None, gpu=None, force_write=False,
                   allow_python_layers=False, on_iteration=None, test_iterations=None,
-                  test_interval=None):
+                  test_interval=None, solverstate=None):
     """Train with force regularization added to the gradients (force.py);
-    with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too."""
+    with ``masks`` (or masks beside ``weights``), pruned weights stay 0.0 too.
+    ``solverstate``: going on from a snapshot (with its model as ``weights``)."""
     from .force import ForceRegularizer
     from .lowrank import filter_layout
 
     spec = read_solver(solver_path, allow_python_layers)
     if masks is not None and weights is None:
         raise InputError(f"--masks {masks}: masks need the weights they were made for (-w)")
+    if solverstate is not None and weights is None:  # the state's own learned_net is not loaded
+        raise InputError(f"--solverstate {solverstate}: give -w the caffemodel of its snapshot")
     maskset = masks_for(read_caffemodel(weights), masks) if weights is not None else None
-    span = _span(spec, iterations)
-    _check_outputs(spec, output, force_write, weights, span, masks)
+    span = _span(spec, iterations, solverstate)
+    _check_outputs(spec, output, force_write, weights, span, masks, others=[solverstate])
     layouts = {layer.name: filter_layout(layer) for layer in spec.train_layers()}
     regularizer = ForceRegularizer(force, iter_size=max(1, spec.param.iter_size), layouts=layouts)
-    phase = Phase(span[1], weights, output, maskset, hooks=(regularizer,),
+    phase = Phase(span[1] - span[0], weights, output, maskset, hooks=(regularizer,), solverstate=solverstate,
                   test_iterations=test_iterations, test_interval=test_interval)
     return _phase(spec, phase, gpu, on_iteration)
 

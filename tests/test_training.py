@@ -83,6 +83,32 @@ def _dense_solverstate(caffe, folder, pruned_dir):
     return write_solver(folder, snapshot=4), folder / "dense_iter_4.solverstate"
 
 
+@pytest.mark.parametrize("command", [["train-dense", "--lr-scale", 0.5], ["train-lowrank", "--force-decay", 0.01]])
+def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, command):
+    """They had no --solverstate: a killed run could only start over, or go
+    on in stock `caffe train --snapshot` at the unscaled rate, without the
+    force. On data that is the same every pass (constant DummyData), going
+    on from the snapshot at 2 ends where 4 iterations at once do: momentum's
+    history and the step schedule (the rate halves at 3) come back."""
+    solver = write_solver(tmp_path, snapshot=2, lr_policy='"step"')
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace('type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 }',
+                                           'type: "constant" value: 0.5 } data_filler { type: "constant" value: 0.2 }'))
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "start.caffemodel"))
+    result = cli(*command, "--solver", solver, "-w", "start.caffemodel", "-n", 4, "-o", "whole.caffemodel")
+    assert result.exit_code == 0, result.output
+    result = cli(*command, "--solver", solver, "-w", "snap_iter_2.caffemodel", "--solverstate",
+                 "snap_iter_2.solverstate", "-n", 2, "-o", "resumed.caffemodel")
+    assert result.exit_code == 0, result.output
+    whole, resumed = (read_caffemodel(tmp_path / name) for name in ("whole.caffemodel", "resumed.caffemodel"))
+    for layer in ("conv1", "fc1"):
+        for ours, theirs in zip(whole.layer(layer).blobs, resumed.layer(layer).blobs, strict=True):
+            np.testing.assert_array_equal(ours.data, theirs.data)
+    if command[0] == "train-lowrank":  # whose -w is optional: the state's own model is not what is loaded
+        result = cli(*command, "--solver", solver, "--solverstate", "snap_iter_2.solverstate", "-o", "x.caffemodel")
+        assert_one_line_error(result, "--solverstate snap_iter_2.solverstate: give -w the caffemodel of its snapshot")
+
+
 def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device):
     folder = tmp_path / "resume"
     folder.mkdir()
