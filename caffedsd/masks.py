@@ -144,13 +144,14 @@ def std_mask(weights, scale, previous=None, rng=None, chunk=None):
 
 def at_least(values, threshold):
     """``values >= threshold`` as the numbers are: numpy compares float32
-    values with a Python float in float32, so a weight a hair below the
-    threshold, equal to it rounded, was kept."""
-    if values.dtype == np.float32:
-        with np.errstate(over="ignore"):  # past float32's range: inf, which is right
-            bound = np.float32(threshold)
+    (or float16) values with a Python float in their own type, so a weight a
+    hair below the threshold, equal to it rounded, was kept."""
+    kind = values.dtype.type
+    if values.dtype.kind == "f" and values.dtype.itemsize < 8:
+        with np.errstate(over="ignore"):  # past the type's range: inf, which is right
+            bound = kind(threshold)
             if float(bound) < threshold:
-                bound = np.nextafter(bound, np.float32(np.inf))
+                bound = np.nextafter(bound, kind(np.inf))
         return values >= bound
     return values >= threshold
 
@@ -224,6 +225,8 @@ def compute_mask(weights, criterion, amount, previous=None, rng=None):
     if problem:
         raise InputError(f"{criterion} amount {amount!r}: {problem}")
     weights = np.asarray(weights)
+    if weights.dtype.kind != "f":  # magnitudes of ints wrap (int8's -128), of unsigned ones -1 has none
+        weights = weights.astype(np.float64)
     if previous is not None:
         previous = np.asarray(previous, dtype=bool)
         if previous.shape != weights.shape:

@@ -64,6 +64,19 @@ def test_std_prunes_a_weight_a_hair_below_the_threshold():
         assert compute_mask(w, "std", 1e300).tolist() == [False, False, False, True]
 
 
+def test_float16_and_integer_weights_are_judged_by_their_values():
+    """float16 compared the threshold rounded to float16 (0.5 kept where it
+    lies below 0.50005); int8's |-128| is -128, so keepmax pruned the
+    largest weight first; an unsigned array could not take the scores."""
+    from caffedsd.masks import at_least
+
+    assert at_least(np.array([0.5], dtype=np.float16), 0.50005).tolist() == [False]
+    assert at_least(np.array([0.5], dtype=np.float16), 0.5).tolist() == [True]
+    assert compute_mask(np.array([-128, 1, 2, 3], dtype=np.int8), "keepmax", 0.25).tolist() == [True, False, True, True]
+    assert compute_mask(np.array([9, 1, 2, 3], dtype=np.uint8), "keepmax", 0.5,
+                        previous=np.array([True, True, False, True])).tolist() == [True, False, False, True]
+
+
 def test_std_never_empties_a_layer():
     """|w| all 1 have std 1: s = 2 pruned every weight, where keepmax keeps
     one; now the largest stays, the first of equals."""
