@@ -199,8 +199,7 @@ def by_target(curve_data, prunable_params, target, max_drop=None, where="sensiti
 def least_drop(layers, needed):
     """One option per layer (its index), each option a (gain, drop) and
     every layer's first (0, 0), whose gains add up to ``needed`` or more
-    with the least total drop, in whole steps of TOLERANCE (or coarser, for
-    drops past 1e14); a drop below 0
+    with the least total drop, in whole steps of TOLERANCE; a drop below 0
     counts as 0 (a measured gain from pruning is noise a plan does not chase
     past the target). Exact: a
     dynamic programme over the (gain, drop) pairs no other pair beats, gains
@@ -209,18 +208,17 @@ def least_drop(layers, needed):
     (``_less_past``)."""
     # Drops in whole steps of TOLERANCE: float32 noise (a drop of 4e-8 where
     # `caffe test` shows none) would otherwise outweigh a choice's overshoot.
-    # Steps so coarse that the sum of every layer's worst stays within int64
-    # where drops are huge (a loss output of 1e15): past it, a cast or a sum
-    # wrapped round, and the worst choices looked the cheapest.
-    drops = [np.maximum(np.array([d for _, d in opts], dtype=float), 0.0) for opts in layers]
-    step = max(TOLERANCE, max((float(d.max()) for d in drops), default=0.0) / 2.0 ** 60 * len(layers))
-    cost = [np.round(d / step).astype(np.int64) for d in drops]
+    # Counted in float64, exact up to 2**53 steps and only rounded past them:
+    # as int64, a loss output's drops of 1e15 wrapped round, and the worst
+    # choices looked the cheapest. (Capped where dividing would overflow.)
+    cost = [np.round(np.clip(np.array([d for _, d in opts], dtype=float), 0.0, 1e300) / TOLERANCE)
+            for opts in layers]
     gains = [np.array([g for g, _ in opts], dtype=float) for opts in layers]
     rest = np.concatenate([np.cumsum([g.max() for g in gains[::-1]])[::-1], [0.0]])
     # Gains of millions of weights (fractional in scans before zeros were
     # counted) added in other orders differ in their last bits.
     reached = needed - 1e-9 * max(1.0, float(rest[0]), abs(needed))
-    gain, drop, trail = np.zeros(1), np.zeros(1, dtype=np.int64), []
+    gain, drop, trail = np.zeros(1), np.zeros(1), []
     for index, (g, d) in enumerate(zip(gains, cost)):
         total = (gain[:, None] + g[None, :]).ravel()
         spent = (drop[:, None] + d[None, :]).ravel()

@@ -404,6 +404,12 @@ def test_huge_drops_of_a_loss_do_not_wrap_round():
     assert [(c.layer, c.sparsity) for c in choices] == [("a", 0.5), ("b", 0.5), ("c", 0.0), ("d", 0.0)]
     choices = by_target({"c": (100, [(0.5, 1e300)]), "d": (100, [(0.5, 3e299)])}, 200, 0.25)
     assert [(c.layer, c.sparsity) for c in choices] == [("c", 0.0), ("d", 0.5)]
+    # A huge drop no plan takes leaves the small ones told apart (steps
+    # scaled to it made 0.02 and 0.002 alike, among 60 layers).
+    from caffedsd.plan_from_scan import least_drop
+
+    small = [[(0, 0), (100, 0.02)], [(0, 0), (150, 0.002)]] + [[(0, 0), (0.001, 0.0)]] * 57
+    assert least_drop([[(0, 0), (1000, 1e15)]] + small, 100)[:3] == [0, 0, 1]
 
 
 def test_least_drop_is_the_least_of_every_choice():
