@@ -72,10 +72,9 @@ def _blob_groups(path, data):
 def append_hdf5_layers(path, layers):
     """Add ``layers`` ([(LayerParameter, [arrays])], as append_layers takes
     them) to the HDF5 weights ``path`` as Net::ToHDF5 writes a layer: a
-    group ``data/<name>`` of float32 datasets 0, 1, ... Caffe's loader goes
-    by the groups directly under ``data``: a name with '/' would be no
-    layer it finds, and is left out."""
-    layers = [(param, arrays) for param, arrays in layers if "/" not in param.name and param.name != "."]
+    group ``data/<name>`` of float32 datasets 0, 1, ... (Caffe's loader
+    goes by the groups directly under ``data``: a name with '/' would be
+    no layer it finds.)"""
     if not layers:
         return
     with h5py.File(path, "r+") as h5:

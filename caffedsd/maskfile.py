@@ -223,6 +223,17 @@ def save_masks(path, maskset, model_sha256):
         _fill(h5, maskset, model_sha256)
 
 
+def save_masks_of(path, model_path, maskset):
+    """Write ``maskset`` to ``path`` as the masks of the caffemodel
+    ``model_path`` (whole already; a temporary, perhaps): with that file's
+    structure, which may hold more layers than the masks' model (those of
+    phase TEST only), and its sha256."""
+    from .caffemodel import file_sha256, read_caffemodel
+
+    written = read_caffemodel(model_path).structure()
+    save_masks(path, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)), file_sha256(model_path))
+
+
 def masks_file_bytes(maskset):
     """The size of the file save_masks writes of ``maskset``: its masks are
     compressed, so only writing them (in memory) tells it."""

@@ -15,14 +15,16 @@ dsd's stages keep checkpoints of their own instead (dsd._Checkpoints).
 """
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 from .atomic import atomic_paths, check_room, raise_no_room, temporary_folder
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, new_layers_bytes
-from .errors import InputError
+from .errors import CaffeDsdWarning, InputError
 from .hdf5_weights import append_hdf5_layers
-from .maskfile import atomic_unmasked_path
+from .maskfile import atomic_unmasked_path, masks_path_for, save_masks_of
+from .layers import expects_blobs
 from .netcheck import built_layers, layer_names_with_splits, solver_state
 from .solverstate import set_learned_net
 from .values import next_multiple
@@ -89,6 +91,31 @@ def check_hdf5_layers(spec, param):
                          f"({why}): use snapshot_format BINARYPROTO")
 
 
+def hdf5_test_only_layers(spec):
+    """The names of the layers of phase TEST only, with weights, that HDF5
+    snapshots of ``spec``'s solver hold (SolverSnapshots.write adds them);
+    warns of those they cannot: `convert` reads HDF5 weights with one net
+    file, which only the train/val net's own layers are in, and Caffe's
+    loader finds a layer by a group directly under ``data``, where a name
+    with '/' is none."""
+    from .solver_spec import built_nets  # which reads snapshot_prefix as this module does
+
+    nets = built_nets(spec)
+    trained = {layer.name for layer in built_layers(spec.net, nets[0][2][:1])}
+    own = {layer.name for layer in spec.net.layer}
+    test_only = dict.fromkeys(layer.name for net, _, states in nets for layer in built_layers(net, states)
+                              if layer.name not in trained and expects_blobs(layer))
+    held = {name for name in test_only if name in own and "/" not in name and name != "."}
+    if left := [name for name in test_only if name not in held]:
+        warnings.warn(CaffeDsdWarning(
+            f"{spec.path}: the HDF5 snapshots leave out layer {left[0]!r}"
+            + (f" (and {len(left) - 1} more)" if len(left) > 1 else "")
+            + " of phase TEST only: its name has '/' or it is in a test_net file, so Caffe or `convert` would not "
+              "find it; a run going on from them would leave it random (snapshot_format: BINARYPROTO keeps it)"),
+            stacklevel=2)
+    return held
+
+
 class SolverSnapshots:
     """The snapshots a solver's parameters ask for, written whole or not at
     all (see the module's doc). Used as a context: it holds the temporary
@@ -103,6 +130,7 @@ class SolverSnapshots:
         self.every = max(0, param.snapshot)
         self.after_train = param.snapshot_after_train
         self.extension = ".h5" if param.snapshot_format == SolverParameter.HDF5 else ""
+        self._held = hdf5_test_only_layers(spec) if self.extension and snapshots_on(param) else None
         self._folder = None
         self._scratch = contextlib.nullcontext()
 
@@ -137,14 +165,18 @@ class SolverSnapshots:
         stem = f"{prefix or self.prefix}_iter_{iteration}"
         return f"{stem}.caffemodel{self.extension}", f"{stem}.solverstate{self.extension}"
 
-    def write(self, solver, sizes, appended=()):
+    def write(self, solver, sizes, appended=(), maskset=None):
         """Snapshot ``solver`` at its iteration; ``sizes``: lower bounds of
         Caffe's two files (training.snapshot_bytes), checked for room first,
         since Caffe aborts the process on a failed write. ``appended``: the
         layers of phase TEST only (training.test_only_records), which
         Caffe's snapshot of the train net lacks: a model without them is
         refused as the weights to go on from (they would be left random),
-        and so are the masks of the model the run began with."""
+        and so are the masks of the model the run began with. ``maskset``:
+        the masks the run holds, written beside a binary model, where a run
+        going on from it finds them (train-lowrank, whose masks are
+        optional, would go on without). Caffe's HDF5 weights have masks of
+        no file of their own: `convert` makes them a caffemodel first."""
         iteration = int(solver.iter)
         model, state = self.paths(iteration)
         # The state is written twice (Caffe's, then the rewrite naming the
@@ -156,7 +188,11 @@ class SolverSnapshots:
         try:
             solver.snapshot()
             try:
-                (append_hdf5_layers if self.extension else append_layers)(made[0], appended)
+                if self.extension:
+                    append_hdf5_layers(made[0], [(param, arrays) for param, arrays in appended
+                                                 if param.name in self._held])
+                else:
+                    append_layers(made[0], appended)
             except OSError as exc:
                 raise_no_room(model, exc)
                 raise
@@ -167,9 +203,14 @@ class SolverSnapshots:
                 raise
             # The model is renamed first (the inner block), so that no state
             # names a model not yet in place; the masks of a model it
-            # replaces go with it.
-            with atomic_paths(state) as (state_tmp,), atomic_unmasked_path(model) as model_tmp:
+            # replaces go with it, or are replaced by its own.
+            masked = maskset is not None and not self.extension
+            with atomic_paths(state) as (state_tmp,), \
+                    (atomic_paths(model, masks_path_for(model)) if masked else atomic_unmasked_path(model)) as into:
+                model_tmp = into[0] if masked else into
                 os.replace(made[0], model_tmp)
+                if masked:
+                    save_masks_of(into[1], model_tmp, maskset)
                 os.replace(made[1], state_tmp)
         finally:
             for each in made:

@@ -22,10 +22,10 @@ from .atomic import atomic_paths, check_not_data, check_room, same_file, scratch
 from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
                         layer_types)
 from .caffe_proto import SolverParameter
-from .caffemodel import append_layers, check_finite, file_sha256, new_layers_bytes, read_caffemodel
+from .caffemodel import append_layers, check_finite, new_layers_bytes, read_caffemodel
 from .errors import CaffeDsdWarning, Diverged, InputError, OutputError
 from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_file_bytes, masks_for, masks_path_for,
-                       masks_read_for, save_masks)
+                       masks_read_for, save_masks_of)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
@@ -475,8 +475,7 @@ def save_net(solver, output, maskset=None, nbytes=0, appended=()):
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (tmp, masks_tmp):
         write(tmp)
-        written = read_caffemodel(tmp).structure()
-        save_masks(masks_tmp, MaskSet(maskset.masks, maskset.shared_by, written, dict(maskset.meta)), file_sha256(tmp))
+        save_masks_of(masks_tmp, tmp, maskset)
     return masks_out
 
 
@@ -631,7 +630,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             if stop == snapshot:
                 check_weights_finite(solver, spec.path, dispatcher)
                 copy_trained(tied)
-                snapshots.write(solver, sizes, test_only_records(solver, spec))
+                snapshots.write(solver, sizes, test_only_records(solver, spec), phase.maskset)
         check_weights_finite(solver, spec.path, dispatcher)
         test = evaluate(solver, counts, tied)
         if phase.iterations:
@@ -646,7 +645,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             # from; after the output, which a failed write must not cost.
             copy_trained(tied)
             try:
-                snapshots.write(solver, sizes, test_only_records(solver, spec))
+                snapshots.write(solver, sizes, test_only_records(solver, spec), phase.maskset)
             except OutputError as exc:
                 if phase.output is None:
                     raise

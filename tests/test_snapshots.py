@@ -231,3 +231,25 @@ def test_a_snapshot_holds_the_layers_of_phase_test_only(caffe, tmp_path, cli, sn
     again = read_caffemodel(tmp_path / "b.caffemodel").layer("probe").blobs
     for kept, given in zip(again, start, strict=True):
         np.testing.assert_array_equal(kept.data, given.data)
+
+
+def test_an_hdf5_snapshot_leaves_out_a_test_only_layer_caffe_could_not_find_and_says_so(caffe, tmp_path, cli):
+    """Caffe's HDF5 loader finds a layer by a group right under ``data``: a
+    TEST-only layer named with '/' written there would be a nested group
+    that no loader reads. It is left out, with one warning naming it."""
+    from caffedsd.hdf5_weights import hdf5_layers
+    from caffedsd.caffe_proto import read_net_prototxt
+
+    solver = write_solver(tmp_path, snapshot=2, extra="momentum: 0.9\nsnapshot_format: HDF5")
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text() + "".join(
+        f'layer {{ name: "{name}" type: "InnerProduct" bottom: "fc1" top: "{name}" include {{ phase: TEST }} '
+        'inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }\n' for name in ("probe", "aux/probe")))
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "start.caffemodel"))
+    assert cli("prune", "-w", "start.caffemodel", "-s", 0.5, "-o", "pruned.caffemodel").exit_code == 0
+    result = cli("train-sparse", "--solver", solver, "-w", "pruned.caffemodel", "-n", 2, "-o", "a.caffemodel")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "leave out" in warned[0], result.output
+    held = {param.name for param, _ in hdf5_layers(tmp_path / "snap_iter_2.caffemodel.h5", read_net_prototxt(net), net)}
+    assert "probe" in held and "aux/probe" not in held

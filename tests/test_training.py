@@ -109,6 +109,32 @@ def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, 
         assert_one_line_error(result, "--solverstate snap_iter_2.solverstate: give -w the caffemodel of its snapshot")
 
 
+@pytest.mark.parametrize("command", [["train-sparse"], ["train-lowrank", "--force-decay", 0.01]])
+def test_a_masked_runs_snapshot_has_its_masks_beside_it(caffe, tmp_path, cli, command):
+    """Snapshots had no masks: train-lowrank, whose masks are optional, went
+    on from one without them and let its pruned weights grow back, saying
+    nothing; train-sparse asked for --masks."""
+    solver = write_solver(tmp_path, snapshot=2, lr_policy='"step"')
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace('type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 }',
+                                           'type: "constant" value: 0.5 } data_filler { type: "constant" value: 0.2 }'))
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "start.caffemodel"))
+    assert cli("prune", "-w", "start.caffemodel", "-s", 0.5, "-o", "pruned.caffemodel").exit_code == 0
+    result = cli(*command, "--solver", solver, "-w", "pruned.caffemodel", "-n", 4, "-o", "whole.caffemodel")
+    assert result.exit_code == 0, result.output
+    for iteration in (2, 4):
+        result = cli("verify", "-w", f"snap_iter_{iteration}.caffemodel")
+        assert result.exit_code == 0 and "masks" in result.output, result.output
+    result = cli(*command, "--solver", solver, "-w", "snap_iter_2.caffemodel", "--solverstate",
+                 "snap_iter_2.solverstate", "-n", 2, "-o", "resumed.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert "resumed.masks.h5" in result.output
+    whole, resumed = (read_caffemodel(tmp_path / name) for name in ("whole.caffemodel", "resumed.caffemodel"))
+    for layer in ("conv1", "fc1"):
+        for ours, theirs in zip(whole.layer(layer).blobs, resumed.layer(layer).blobs, strict=True):
+            np.testing.assert_array_equal(ours.data, theirs.data)
+
+
 def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device):
     folder = tmp_path / "resume"
     folder.mkdir()
@@ -567,8 +593,8 @@ def test_snapshot_prefix_as_caffe_reads_it(caffe, pruned, tmp_path):
     text = (tmp_path / "solver.prototxt").read_text()
     (tmp_path / "lenet_solver.prototxt").write_text(text)
     train_sparse(tmp_path / "lenet_solver.prototxt", pruned, tmp_path / "a.caffemodel", iterations=2)
-    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["lenet_solver_iter_2.caffemodel",
-                                                                      "lenet_solver_iter_2.solverstate"]
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == [
+        "lenet_solver_iter_2.caffemodel", "lenet_solver_iter_2.masks.h5", "lenet_solver_iter_2.solverstate"]
     (tmp_path / "bare_solver.prototxt").write_text(
         "\n".join(line for line in text.splitlines() if not line.startswith("snapshot_prefix")))
     train_sparse(tmp_path / "bare_solver.prototxt", pruned, tmp_path / "b.caffemodel", iterations=2)
