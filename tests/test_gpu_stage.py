@@ -13,8 +13,8 @@ import pytest
 from conftest import gpu_skip_reason
 
 GPU_STAGE = Path(__file__).resolve().parent.parent / "tools" / "gpu_stage.sh"
-STEPS = ["build", "tests", "demo", "bench-lenet", "bench-squeezenet", "bench-vgg16-device", "bench-vgg16-host",
-         "bench-vgg16-device-force", "replay", "suite"]
+STEPS = ["build", "probe", "tests", "bench-lenet", "bench-squeezenet", "bench-vgg16-device", "bench-vgg16-host",
+         "bench-vgg16-device-force", "demo", "replay", "suite"]
 
 
 def _all(stage, out):
@@ -120,3 +120,23 @@ def test_a_gpu_test_that_skips_fails_where_the_gpu_is_required():
     assert required.returncode == 1 and "1 error" in required.stdout, required.stdout
     assert "CAFFEDSD_REQUIRE_GPU=1 and this GPU test skipped: Skipped: " in required.stdout
     assert 'CAFFEDSD_REQUIRE_GPU=$require "$python" -m pytest -m "$markers"' in GPU_STAGE.read_text()
+
+
+def test_a_compiler_that_links_libstdcxx_statically_is_passed_over(tmp_path):
+    """The GPU machine's CXX wrapped g++ with -static-libstdc++: libcaffe got
+    its own exported copy of the C++ runtime, and every pycaffe net then
+    segfaulted in glog. tools/cxx_compiler.sh takes another compiler."""
+    if shutil.which("g++") is None or shutil.which("readelf") is None:
+        pytest.skip("no g++ or readelf here")
+    wrapper = tmp_path / "static-g++"
+    wrapper.write_text('#!/bin/sh\nexec g++ -static-libstdc++ "$@"\n')
+    wrapper.chmod(0o755)
+    script = f'. "{GPU_STAGE.parent / "cxx_compiler.sh"}"; pick_cxx CXX; echo "CXX=$CXX"'
+    result = subprocess.run(["bash", "-c", script], env={**os.environ, "CXX": str(wrapper)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "links libstdc++ statically" in result.stdout
+    chosen = result.stdout.strip().splitlines()[-1].removeprefix("CXX=")
+    assert chosen != str(wrapper) and Path(chosen).name in {"c++", "g++"}, result.stdout
+    kept = subprocess.run(["bash", "-c", script], env={**os.environ, "CXX": chosen}, capture_output=True, text=True)
+    assert kept.stdout.strip() == f"CXX={chosen}", kept.stdout  # a good one given is kept, silently

@@ -37,6 +37,11 @@ ORIG_SHA256=e0eb3f06794f7402c77b7dec8e8480273ee1a1bb192e9122b621a69d4147ad0c
 JOBS=${CAFFEDSD_BUILD_JOBS:-$(nproc)}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
+# shellcheck source=cxx_compiler.sh
+. "$HERE/cxx_compiler.sh"
+pick_cxx CXX
+[ -z "${CUDAHOSTCXX:-}" ] || pick_cxx CUDAHOSTCXX
+
 if [ "$CUDA" = 1 ]; then
     # shellcheck source=cuda_toolkit.sh
     . "$HERE/cuda_toolkit.sh"

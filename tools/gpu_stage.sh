@@ -2,7 +2,18 @@
 # Stage a CUDA build of Caffe for a GPU machine that has no apt and no
 # network (nvcc, cmake, gcc and a Python with numpy 2 and CuPy there).
 #
-# NOT YET RUN ON A GPU. What has run, on a 2-core Debian 12 machine:
+# On the GPU machine (one H100, Ubuntu 24.04, nvcc 13.0, CMake 4.4, the
+# Python 3.12.3 of /opt/torch/.venv; session 32): `all` built in 130-146 s
+# on 16 cores; the probe step (tools/gpu_probe.py) and `pytest -m gpu` (24
+# passed) ran, and the LeNet bench. Two crashes were found there and fixed:
+# its CXX=/opt/gcc/bin/g++ wraps g++ with a static libstdc++, which made
+# every pycaffe net segfault in glog (tools/cxx_compiler.sh now passes such
+# a compiler over), and a CPU-mode solver collected after the switch to the
+# GPU aborted in cudaEventDestroy (caffe_env.import_caffe collects first).
+# Not yet run there: the SqueezeNet and VGG16 benches, the demo, replay
+# and suite steps.
+#
+# What ran before, on a 2-core Debian 12 machine:
 # - `fetch`;
 # - `build ... --cpu` for a bare Python 3.12.1 venv (numpy 2.5, protobuf 7
 #   upb, no six: pycaffe needs it, so python3-six is staged): Boost.Python
@@ -28,9 +39,7 @@
 # - `build --cpu` for Python 3.11 with old-style RPATH: caffe and pycaffe load
 #   with LD_LIBRARY_PATH unset, glog's libunwind and HDF5's libsz from the
 #   stage (LD_DEBUG=libs); `check ... demo --cpu` gave RESULTS.md's table.
-# Nothing has run on the GPU machine itself. Its Python very likely has its
-# headers: Triton, seen running there, compiles its CUDA driver stub against
-# Python.h at first use.
+# The GPU machine's Python has its headers (/usr/include/python3.12).
 #
 #   tools/gpu_stage.sh fetch STAGE          here: Debian 12, apt and network
 #   tools/gpu_stage.sh all STAGE PYTHON OUTDIR
@@ -89,7 +98,7 @@ CMD=${1:-}
 say() { echo "gpu-stage: $*"; }
 usage() {  # usage [WHAT IS WRONG]: one line, exit 2
     say "${1:+$1; }usage: gpu_stage.sh fetch STAGE | all STAGE PYTHON OUTDIR [--cpu]" \
-        "| libs STAGE | build STAGE PYTHON [--cpu] | check STAGE PYTHON tests|demo|bench|replay|suite OUTDIR [--cpu] [-- ARGS]" >&2
+        "| libs STAGE | probe STAGE PYTHON [--cpu] | build STAGE PYTHON [--cpu] | check STAGE PYTHON tests|demo|bench|replay|suite OUTDIR [--cpu] [-- ARGS]" >&2
     exit 2
 }
 [ $# -ge 2 ] || usage
@@ -235,15 +244,18 @@ build() {
     fi
     if [ "$pyver" != 311 ] && [ ! -e "$lib/libboost_python$pyver.so.1.74.0" ]; then
         say "compiling Boost.Python for Python $dotted (Debian's is for 3.11)"
+        # shellcheck source=cxx_compiler.sh
+        . "$ROOT/tools/cxx_compiler.sh"
+        pick_cxx CXX
         local obj="$STAGE/boost-python-$pyver"
         rm -rf "$obj" && mkdir -p "$obj"
         (cd "$STAGE/src/boost-python" && find . -name '*.cpp' -not -path '*numpy*' -printf '%P\n') \
-            | xargs -P "$(nproc)" -I{} sh -c 'g++ -c -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
+            | xargs -P "$(nproc)" -I{} sh -c '"$6" -c -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
                   -I "$1" -I "$2" -o "$3/$(echo "$4" | tr / _).o" "$5/$4"' \
-                  sh "$root/usr/include" "$pyinc" "$obj" {} "$STAGE/src/boost-python"
+                  sh "$root/usr/include" "$pyinc" "$obj" {} "$STAGE/src/boost-python" "$CXX"
         # Its RUNPATH names libpython's folder, which need not be in the
         # loader's cache (a venv's base Python under /opt, say).
-        g++ -shared -Wl,-soname,"libboost_python$pyver.so.1.74.0" -Wl,-rpath,"$(dirname "$pylib")" \
+        "$CXX" -shared -Wl,-soname,"libboost_python$pyver.so.1.74.0" -Wl,-rpath,"$(dirname "$pylib")" \
             -o "$lib/libboost_python$pyver.so.1.74.0" "$obj"/*.o "$pylib"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python$pyver.so"
     fi
@@ -443,9 +455,10 @@ all() {
     say "all: $("$python" --version 2>&1); $( (. "$ROOT/tools/cuda_toolkit.sh" && "$(cuda_nvcc)" --version | tail -1) 2>/dev/null || echo 'no nvcc');" \
         "$(cmake --version 2>/dev/null | head -1 || echo 'no cmake'); $(g++ --version 2>/dev/null | head -1 || echo 'no g++')"
     all_step build bash "$self" build "$STAGE" "$python" $cpu || { say "all: the build failed (above)"; return 1; }
+    # pycaffe's own steps first: where they crash, every step below would too.
+    all_step probe bash "$self" probe "$STAGE" "$python" $cpu || { say "all: pycaffe crashes (above)"; return 1; }
     # A failed step is reported, and the next one runs.
     all_step tests bash "$self" check "$STAGE" "$python" tests "$RESULTS/tests" $cpu || true
-    all_step demo bash "$self" check "$STAGE" "$python" demo "$RESULTS/demo" $cpu || true
     local net variant
     for net in lenet squeezenet; do
         all_step "bench-$net" bash "$self" check "$STAGE" "$python" bench "$RESULTS/bench-$net" $cpu \
@@ -460,6 +473,7 @@ all() {
                 "$RESULTS/bench-vgg16-${variant/+/-}" -- --nets vgg16 --variants "$variant" || true
         done
     fi
+    all_step demo bash "$self" check "$STAGE" "$python" demo "$RESULTS/demo" $cpu || true
     all_step replay bash "$self" check "$STAGE" "$python" replay "$RESULTS/replay" $cpu || true
     [ -n "$cpu" ] || all_step suite bash "$self" check "$STAGE" "$python" suite "$RESULTS/suite" || true
     cat "$RESULTS/summary.txt"
@@ -488,6 +502,38 @@ all_step() {
 
 # all_publish [LINE LOG]: add LINE and LOG's results to the summary, then
 # copy the summary and a tarball of STAGE/results into OUTDIR.
+# probe STAGE PYTHON [--cpu]: a tiny net and solver through pycaffe, in CPU
+# mode and on GPU 0, each step named before it runs (tools/gpu_probe.py); a
+# mode that crashes runs again under cuda-gdb, where there is one, for the
+# C++ backtrace. Also which compilers built what.
+probe() {
+    [ $# -ge 3 ] || usage "probe needs PYTHON"
+    local python=$3 modes="bare cpu gpu" mode rc=0
+    [ "${4:-}" != --cpu ] || modes="bare cpu"
+    [ -f "$STAGE/caffe/.complete" ] || { say "no finished build in $STAGE/caffe: run build first" >&2; exit 2; }
+    say "probe: CUDAHOSTCXX=${CUDAHOSTCXX:-unset}; c++: $(c++ -dumpfullversion 2>/dev/null)"
+    stage_env
+    cd "$ROOT"
+    for mode in $modes; do
+        if "$python" tools/gpu_probe.py "$mode" "$STAGE/probe-$mode"; then
+            say "probe: $mode mode works"
+            continue
+        fi
+        rc=1
+        if command -v cuda-gdb >/dev/null; then
+            cuda-gdb -q -batch -ex run -ex bt --args "$python" tools/gpu_probe.py "$mode" "$STAGE/probe-$mode" 2>&1 \
+                | grep -E '^#[0-9]|signal|^probe' | cut -c1-300 | head -40
+        fi
+    done
+    # The stock binary on the same net, no Python in the process: glog's
+    # failure handler prints the stack of a crash.
+    say "probe: caffe time, CPU mode"
+    GLOG_minloglevel=0 "$STAGE/caffe/bin/caffe" time --model="$STAGE/probe-cpu/net.prototxt" --iterations=1 2>&1 \
+        | grep -vE '^I.*(layer_factory|net.cpp:[0-9]+\] (Setting|Top|Memory|Creating|This|Network|Initializing|[a-z]+ (needs|does)))' \
+        | tail -25 || rc=1
+    return "$rc"
+}
+
 all_publish() {
     [ $# -eq 0 ] || {
         echo "$1"
@@ -504,6 +550,7 @@ case "$CMD" in
     build) build "$@" ;;
     libs) libs ;;
     check) check "$@" ;;
+    probe) probe "$@" ;;
     all) all "$@" ;;
     *) usage "unknown command ${CMD}" ;;
 esac
