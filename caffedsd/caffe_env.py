@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+import gc
 import os
 import re
 import shutil
@@ -52,6 +53,12 @@ def import_caffe(gpu=None):
     """Import pycaffe quietly (see caffe_log) and set the mode: CPU, or GPU
     ``gpu``."""
     caffe = import_pycaffe()
+    # A Solver's Timer made its CUDA events, or not, by the mode when it was
+    # built, and destroys them by the mode when it goes: one made on the CPU
+    # and collected (solvers sit in reference cycles with their hooks) after
+    # the switch to the GPU aborts the process in cudaEventDestroy. So what
+    # is already garbage goes under the mode it was made in.
+    gc.collect()
     if gpu is None:
         caffe.set_mode_cpu()
     else:

@@ -282,3 +282,27 @@ def test_build_stamp_names_cuda_version_and_arch(tmp_path):
         (prefix / ".complete").write_text(stamp + "\n")
         source, flavour, cuda = _build_info(prefix / "pycaffe" / "caffe")
         assert (flavour, cuda) == expect and source.startswith("built by caffedsd from debian-source:1.0")
+
+
+@pytest.mark.gpu
+def test_a_cpu_solver_collected_after_the_switch_to_the_gpu_does_not_abort(tmp_path):
+    """Caffe's Solver keeps a Timer whose CUDA events exist only if it was
+    built in GPU mode, and are destroyed if the mode is GPU when it goes: a
+    CPU solver left in a reference cycle, collected after the switch,
+    aborted the process in cudaEventDestroy (the first H100 run, in the
+    tests that run a command on the CPU and then on the GPU)."""
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    code = ("import gc, sys\n"
+            "from caffedsd.caffe_env import import_caffe\n"
+            "caffe = import_caffe()\n"
+            "gc.disable()  # the collection comes where the package makes it, not by chance\n"
+            "cycle = [caffe.get_solver(sys.argv[1])]\n"
+            "cycle.append(cycle)\n"
+            "del cycle\n"
+            "import_caffe(0)\n"
+            "gc.collect()\n"
+            "print('collected')\n")
+    result = subprocess.run([sys.executable, "-c", code, str(write_solver(tmp_path))], capture_output=True, text=True)
+    assert result.returncode == 0 and "collected" in result.stdout, result.stderr[-2000:]
