@@ -508,6 +508,21 @@ def atomic_hdf5(path, **options):
         handle.write(buffer.getbuffer())
 
 
+@contextlib.contextmanager
+def rewritten_hdf5(path):
+    """The HDF5 file ``path`` open for change, in memory; written back
+    atomically when the block ends (why in memory: atomic_hdf5)."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with open(path, "rb") as handle:
+        shutil.copyfileobj(handle, buffer)
+    with h5py.File(buffer, "r+") as h5:
+        yield h5
+    with atomic_open(path) as handle:
+        handle.write(buffer.getbuffer())
+
+
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w") as handle:

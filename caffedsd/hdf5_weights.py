@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import check_input
+from .atomic import check_input, rewritten_hdf5
 from .caffe_env import check_weights_fit
 from .caffe_proto import read_net_prototxt
 from .caffemodel import is_hdf5, new_caffemodel, read_caffemodel
@@ -77,7 +77,7 @@ def append_hdf5_layers(path, layers):
     no layer it finds.)"""
     if not layers:
         return
-    with h5py.File(path, "r+") as h5:
+    with rewritten_hdf5(path) as h5:
         for param, arrays in layers:
             group = h5["data"].create_group(param.name)
             for index, values in enumerate(arrays):

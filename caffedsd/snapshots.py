@@ -133,6 +133,7 @@ class SolverSnapshots:
         self._held = hdf5_test_only_layers(spec) if self.extension and snapshots_on(param) else None
         self._folder = None
         self._scratch = contextlib.nullcontext()
+        self._warned_unmasked = False
 
     def __enter__(self):
         if self.every or self.after_train:
@@ -182,17 +183,22 @@ class SolverSnapshots:
         # The state is written twice (Caffe's, then the rewrite naming the
         # model); new files at most at once: the pair and the temporaries of
         # its two renames into place.
-        sizes = (sizes[0] + new_layers_bytes(appended), sizes[1])
-        check_room(Path(model), sum(sizes) + sizes[1], max(sizes), files=4)
+        if self.extension:
+            appended = [(param, arrays) for param, arrays in appended if param.name in self._held]
+        grown = new_layers_bytes(appended)
+        rewritten = 0
+        if self.extension and appended:
+            # HDF5 headers of each group and dataset; the model is then
+            # rewritten whole beside Caffe's (hdf5_weights.append_hdf5_layers).
+            grown += 4096 * sum(1 + len(arrays) for _, arrays in appended)
+            rewritten = sizes[0] + grown
+        sizes = (sizes[0] + grown, sizes[1])
+        check_room(Path(model), sum(sizes) + sizes[1] + rewritten, max(sizes), files=4)
         made = self.paths(iteration, self.solver_prefix)
         try:
             solver.snapshot()
             try:
-                if self.extension:
-                    append_hdf5_layers(made[0], [(param, arrays) for param, arrays in appended
-                                                 if param.name in self._held])
-                else:
-                    append_layers(made[0], appended)
+                (append_hdf5_layers if self.extension else append_layers)(made[0], appended)
             except OSError as exc:
                 raise_no_room(model, exc)
                 raise
@@ -205,6 +211,12 @@ class SolverSnapshots:
             # names a model not yet in place; the masks of a model it
             # replaces go with it, or are replaced by its own.
             masked = maskset is not None and not self.extension
+            if maskset is not None and self.extension and not self._warned_unmasked:
+                self._warned_unmasked = True
+                warnings.warn(CaffeDsdWarning(
+                    f"{model}: HDF5 snapshots hold no masks: to go on from one, `caffedsd convert` it and give "
+                    "--masks the masks this run began with (snapshot_format: BINARYPROTO writes them beside each "
+                    "snapshot)"), stacklevel=2)
             with atomic_paths(state) as (state_tmp,), \
                     (atomic_paths(model, masks_path_for(model)) if masked else atomic_unmasked_path(model)) as into:
                 model_tmp = into[0] if masked else into

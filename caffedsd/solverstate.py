@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from . import wire
-from .atomic import atomic_open, atomic_path, check_input, check_room
+from .atomic import atomic_open, atomic_path, check_input, check_room, rewritten_hdf5
 from .caffemodel import is_hdf5, masked_blob_record, parse_blob, write_pieces
 from .errors import HDF5_DAMAGE, InputError
 
@@ -225,10 +225,9 @@ def _write_with_learned_net(buf, parts, name, out):
 def set_learned_net(state, name, output=None):
     """Make solverstate ``state`` (binary or HDF5) name the caffemodel
     ``name`` (bytes) as its learned_net, as Caffe writes it: rewritten in
-    place (a temporary file, not written atomically), or, a binary one,
-    written to ``output``."""
+    place, or, a binary one, written to ``output``."""
     if is_hdf5(state):
-        with h5py.File(state, "r+") as handle:
+        with rewritten_hdf5(state) as handle:
             if "learned_net" in handle:
                 del handle["learned_net"]
             # Caffe's hdf5_load_string reads a C string: the NUL must be in the data.

@@ -140,3 +140,7 @@ def test_a_compiler_that_links_libstdcxx_statically_is_passed_over(tmp_path):
     assert chosen != str(wrapper) and Path(chosen).name in {"c++", "g++"}, result.stdout
     kept = subprocess.run(["bash", "-c", script], env={**os.environ, "CXX": chosen}, capture_output=True, text=True)
     assert kept.stdout.strip() == f"CXX={chosen}", kept.stdout  # a good one given is kept, silently
+    # So is one with arguments (CMake takes "ccache g++"), and one that does not work here (CMake names it).
+    for given in (f"{chosen} -m64", str(tmp_path / "no-such-g++")):
+        kept = subprocess.run(["bash", "-c", script], env={**os.environ, "CXX": given}, capture_output=True, text=True)
+        assert kept.stdout.strip() == f"CXX={given}", kept.stdout

@@ -1,5 +1,10 @@
 """`caffedsd convert`: Caffe's HDF5 weights (snapshot_format: HDF5) as a
 binary caffemodel, against what real pycaffe and the stock caffe binary load."""
+import errno
+import os
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 
@@ -254,3 +259,33 @@ def test_a_prototxt_of_another_input_size_is_refused_before_anything_is_written(
                                     'python_param { module: "not_on_this_machine" layer: "Reader" } }\n')
     result = cli("prune", "-w", weights, "-p", python, "--allow-python-layers", "-s", 0.5, "-o", "py.caffemodel")
     assert result.exit_code == 0, result.output
+
+
+def test_appending_layers_past_the_file_size_limit_raises_and_keeps_the_file(tmp_path):
+    """HDF5 snapshots get their TEST-only layers appended: written in place
+    by h5py, a write past ulimit -f crashed the process closing the file
+    (the error only printed as ignored); now the file is changed in memory
+    and written back whole, or not at all."""
+    import h5py
+
+    path = tmp_path / "snap.caffemodel.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_group("data").create_group("ip").create_dataset("0", data=np.ones(8, np.float32))
+    before = path.read_bytes()
+    code = ("import resource, signal, sys\n"
+            "import numpy as np\n"
+            "from caffedsd.caffe_proto import LayerParameter\n"
+            "from caffedsd.errors import OutputError\n"
+            "from caffedsd.hdf5_weights import append_hdf5_layers\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 4096}, {len(before) + 4096}))\n"
+            "try:\n"
+            "    append_hdf5_layers(sys.argv[1], [(LayerParameter(name='probe'), [np.ones(20000, np.float32)])])\n"
+            "except OutputError as exc:\n"
+            "    print('raised:', exc)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("raised:"), result.stdout + result.stderr
+    assert f"({os.strerror(errno.EFBIG)})" in result.stdout
+    assert "Exception ignored" not in result.stderr, result.stderr
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left

@@ -135,6 +135,20 @@ def test_a_masked_runs_snapshot_has_its_masks_beside_it(caffe, tmp_path, cli, co
             np.testing.assert_array_equal(ours.data, theirs.data)
 
 
+def test_a_masked_runs_hdf5_snapshots_say_once_that_they_hold_no_masks(caffe, tmp_path, cli):
+    """HDF5 snapshots have no masks beside them: train-lowrank went on from
+    one without any, saying nothing, and its pruned weights grew back."""
+    solver = write_solver(tmp_path, snapshot=2, extra="snapshot_format: HDF5")
+    caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST).save(str(tmp_path / "start.caffemodel"))
+    assert cli("prune", "-w", "start.caffemodel", "-s", 0.5, "-o", "pruned.caffemodel").exit_code == 0
+    result = cli("train-lowrank", "--force-decay", 0.01, "--solver", solver, "-w", "pruned.caffemodel", "-n", 4,
+                 "-o", "out.caffemodel")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "hold no masks" in line]
+    assert len(warned) == 1 and "--masks" in warned[0], result.output
+    assert (tmp_path / "snap_iter_4.caffemodel.h5").exists()
+
+
 def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device):
     folder = tmp_path / "resume"
     folder.mkdir()

@@ -40,7 +40,6 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=cxx_compiler.sh
 . "$HERE/cxx_compiler.sh"
 pick_cxx CXX
-[ -z "${CUDAHOSTCXX:-}" ] || pick_cxx CUDAHOSTCXX
 
 if [ "$CUDA" = 1 ]; then
     # shellcheck source=cuda_toolkit.sh

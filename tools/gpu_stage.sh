@@ -247,15 +247,16 @@ build() {
         # shellcheck source=cxx_compiler.sh
         . "$ROOT/tools/cxx_compiler.sh"
         pick_cxx CXX
+        local cxx=${CXX:-g++}
         local obj="$STAGE/boost-python-$pyver"
         rm -rf "$obj" && mkdir -p "$obj"
         (cd "$STAGE/src/boost-python" && find . -name '*.cpp' -not -path '*numpy*' -printf '%P\n') \
-            | xargs -P "$(nproc)" -I{} sh -c '"$6" -c -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
+            | xargs -P "$(nproc)" -I{} sh -c '$6 -c -fPIC -O2 -DBOOST_PYTHON_SOURCE -DBOOST_PYTHON_DYN_LINK \
                   -I "$1" -I "$2" -o "$3/$(echo "$4" | tr / _).o" "$5/$4"' \
-                  sh "$root/usr/include" "$pyinc" "$obj" {} "$STAGE/src/boost-python" "$CXX"
+                  sh "$root/usr/include" "$pyinc" "$obj" {} "$STAGE/src/boost-python" "$cxx"
         # Its RUNPATH names libpython's folder, which need not be in the
         # loader's cache (a venv's base Python under /opt, say).
-        "$CXX" -shared -Wl,-soname,"libboost_python$pyver.so.1.74.0" -Wl,-rpath,"$(dirname "$pylib")" \
+        $cxx -shared -Wl,-soname,"libboost_python$pyver.so.1.74.0" -Wl,-rpath,"$(dirname "$pylib")" \
             -o "$lib/libboost_python$pyver.so.1.74.0" "$obj"/*.o "$pylib"
         ln -sfn "libboost_python$pyver.so.1.74.0" "$lib/libboost_python$pyver.so"
     fi
