@@ -249,7 +249,7 @@ def test_an_hdf5_snapshot_leaves_out_a_test_only_layer_caffe_could_not_find_and_
     assert cli("prune", "-w", "start.caffemodel", "-s", 0.5, "-o", "pruned.caffemodel").exit_code == 0
     result = cli("train-sparse", "--solver", solver, "-w", "pruned.caffemodel", "-n", 2, "-o", "a.caffemodel")
     assert result.exit_code == 0, result.output
-    warned = [line for line in result.output.splitlines() if "warning" in line]
-    assert len(warned) == 1 and "leave out" in warned[0], result.output
+    warned = [line for line in result.output.splitlines() if "warning" in line and "leave out" in line]
+    assert len(warned) == 1 and "aux/probe" in warned[0], result.output
     held = {param.name for param, _ in hdf5_layers(tmp_path / "snap_iter_2.caffemodel.h5", read_net_prototxt(net), net)}
     assert "probe" in held and "aux/probe" not in held
