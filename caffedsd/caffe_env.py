@@ -4,10 +4,10 @@ pycaffe is imported only by the few functions that need it (``import_caffe``),
 so the rest of caffedsd works, and starts fast, without it.
 """
 import functools
+import gc
 import importlib.metadata
 import importlib.util
 import json
-import gc
 import os
 import re
 import shutil

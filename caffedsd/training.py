@@ -606,6 +606,11 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # progress callback still sees the whole phase as its total.
         progress = (lambda row, _: on_iteration(row, phase.iterations)) if on_iteration is not None else None
         sizes = snapshot_bytes(spec, solver.net)
+
+        def snapshot_now():
+            copy_trained(tied)
+            snapshots.write(solver, sizes, test_only_records(solver, spec), phase.maskset)
+
         if phase.output is not None and phase.iterations > done:
             # Checked again when written; a disk already too small for it
             # would otherwise cost the whole training first.
@@ -629,8 +634,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                 checkpoints.save(solver, curve, tests, sizes)
             if stop == snapshot:
                 check_weights_finite(solver, spec.path, dispatcher)
-                copy_trained(tied)
-                snapshots.write(solver, sizes, test_only_records(solver, spec), phase.maskset)
+                snapshot_now()
         check_weights_finite(solver, spec.path, dispatcher)
         test = evaluate(solver, counts, tied)
         if phase.iterations:
@@ -643,9 +647,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         if snapshots is not None and snapshots.ends_with(start, end):
             # What `caffe train` ends with: a snapshot a later run can go on
             # from; after the output, which a failed write must not cost.
-            copy_trained(tied)
             try:
-                snapshots.write(solver, sizes, test_only_records(solver, spec), phase.maskset)
+                snapshot_now()
             except OutputError as exc:
                 if phase.output is None:
                     raise
