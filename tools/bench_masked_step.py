@@ -9,8 +9,10 @@ This script times that loop against a plain ``solver.step(1)`` loop (no
 hooks) on the same net, data and initial weights, and reports seconds per
 iteration and the ratio hooked / plain, for each variant:
 
-  CPU (default)   host     masks on the host backend (target <= 1.05)
-  --gpu ID        device   masks on the device backend: CuPy over the
+  CPU (default)   loop     train() with no hooks: the driver's own cost
+                  host     masks on the host backend (target <= 1.05)
+  --gpu ID        loop     as on the CPU
+                  device   masks on the device backend: CuPy over the
                            blobs' GPU memory, no copies (target <= 1.02)
                   host     the host fallback in GPU mode (blobs copied to
                            the host and back; measured for comparison)
@@ -28,6 +30,9 @@ Nets (DummyData inputs, so no data files are needed):
   squeezenet  SqueezeNet v1.0 from caffedsd's generator (SqueezeNetSpec()):
               1,248,424 parameters; batch 32 of 3x227x227 with --gpu,
               batch 8 of 3x64x64 on the CPU.
+  tiny        two InnerProducts (8 -> 8 -> 4), batch 2 of 8 values: a step
+              of microseconds, where the per-iteration cost of train() and of
+              the hook points shows (not in the default nets).
   vgg16       VGG16's layers (13 conv 3x3, fc6/fc7 4096, fc8 1000;
               138,357,544 parameters); batch 16 of 3x224x224; GPU only
               (--nets vgg16 on the CPU works, slowly).
@@ -37,7 +42,7 @@ InnerProduct layer. Both runs start from the same pruned weights (saved once,
 copied into every fresh solver). Each measurement is a fresh solver, untimed
 warm-up iterations, then --iterations timed ones (with --gpu, each timed
 stretch ends with a device synchronize); plain and hooked runs alternate
-(ABBA order), --repeats times. After every hooked run the script asserts
+(ABBA order), --repeats times. After every run with masks the script asserts
 that every pruned weight is exactly 0.0.
 
 Run with the venv's python, from the repo root:
@@ -72,8 +77,9 @@ from caffedsd.hooks import HookDispatcher, device_hooks_available  # noqa: E402
 from caffedsd.mask_enforcer import MaskEnforcer  # noqa: E402
 from caffedsd.masks import compute_mask, zero_count  # noqa: E402
 from caffedsd.squeezenet import SqueezeNetSpec  # noqa: E402
-from caffedsd.training import net_loss, train  # noqa: E402
+from caffedsd.training import loss_blobs, net_loss, train  # noqa: E402
 
+VARIANTS = ("loop", "host", "device", "host+force", "device+force")
 TARGETS = {"host": 1.05, "device": 1.02}  # hooked s/iter / plain s/iter; variants with force have none
 FORCE_DECAY = 1e-4
 POINTS = ("on_start", "on_gradients_ready", "settle")  # the dispatcher's work per iteration
@@ -106,6 +112,19 @@ layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
 layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
   param { lr_mult: 1 } param { lr_mult: 2 }
   inner_product_param { num_output: 10 weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+"""
+
+
+TINY = """\
+name: "tiny"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 2 dim: 8 } shape { dim: 2 }
+                     data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 0 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  inner_product_param { num_output: 8 weight_filler { type: "xavier" } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
 """
 
@@ -177,6 +196,7 @@ def net_choices(gpu):
         "lenet": ("LeNet, batch 64, 1x28x28", lambda: LENET, 40 if gpu is None else 200, 0.01),
         "squeezenet": (f"SqueezeNet v1.0, batch {sq_batch}, 3x{sq_size}x{sq_size}",
                        lambda: squeezenet_prototxt(sq_batch, sq_size), 10 if gpu is None else 50, 0.001),
+        "tiny": ("two InnerProducts 8-8-4, batch 2", lambda: TINY, 2000, 0.01),
         "vgg16": ("VGG16-sized, batch 16, 3x224x224", lambda: vgg16_prototxt(16), 3 if gpu is None else 20, 0.001),
     }
 
@@ -251,7 +271,10 @@ class NetBench:
         return elapsed / iterations
 
     def run_hooked(self, variant, warmup, iterations):
-        solver, dispatcher = self.hooked_solver(variant)
+        if variant == "loop":
+            solver, dispatcher = self.fresh_solver(), None
+        else:
+            solver, dispatcher = self.hooked_solver(variant)
         train(solver, warmup, dispatcher)
         benchlib.synchronize(self.gpu)
         start = time.perf_counter()
@@ -259,8 +282,9 @@ class NetBench:
         benchlib.synchronize(self.gpu)
         elapsed = time.perf_counter() - start
         assert len(curve) == iterations and curve[-1]["iter"] == warmup + iterations - 1
-        self.check_zeros(solver)
-        dispatcher.detach()
+        if dispatcher is not None:
+            self.check_zeros(solver)
+            dispatcher.detach()
         del solver, dispatcher
         gc.collect()
         return elapsed / iterations
@@ -300,9 +324,9 @@ class NetBench:
                 benchlib.synchronize(self.gpu)
             return (time.perf_counter() - start) / calls
 
-        net = solver.net
+        loss = loss_blobs(solver.net)
         seconds = {point: per_call(getattr(dispatcher, point)) for point in POINTS}
-        seconds["net_loss"] = per_call(lambda: net_loss(net))
+        seconds["net_loss"] = per_call(lambda: net_loss(loss))
         dispatcher.detach()
         return {"variant": variant, "s_per_call": seconds, "calls_per_iteration": per_iter,
                 "s_per_iteration": sum(seconds[k] * per_iter[k] for k in seconds)}
@@ -367,7 +391,8 @@ def machine_info(gpu):
 def summarize(bench, variant, plain, hooked, args, iterations):
     ratios = [h / p for p, h in zip(plain, hooked)]
     med_ratio = statistics.median(ratios)
-    target = TARGETS.get(variant)
+    # A step of microseconds shows the fixed costs; no target is meant for it.
+    target = None if bench.name == "tiny" else TARGETS.get(variant)
     return {
         "net": bench.name,
         "variant": variant,
@@ -399,8 +424,8 @@ def markdown(results, breakdowns, machine, repeats):
     for r in results:
         target = f"<= {r['target']:.2f}" if r["target"] else "-"
         verdict = "-" if r["pass"] is None else ("PASS" if r["pass"] else "FAIL")
-        lines.append(f"| {r['description']} | {r['variant']} | {r['params']:,} | {r['median_plain_s_per_iter']:.4f} | "
-                     f"{r['median_hooked_s_per_iter']:.4f} | {r['median_ratio']:.4f} | {target} | {verdict} |")
+        lines.append(f"| {r['description']} | {r['variant']} | {r['params']:,} | {r['median_plain_s_per_iter']:.4g} | "
+                     f"{r['median_hooked_s_per_iter']:.4g} | {r['median_ratio']:.4f} | {target} | {verdict} |")
     lines += ["", f"s/iter: medians of {repeats} runs each (alternating plain/hooked); ratio: median of the "
               f"{repeats} per-pair ratios hooked/plain.", ""]
     for r in results:
@@ -432,11 +457,11 @@ def markdown(results, breakdowns, machine, repeats):
 def main(argv=None):
     parser = benchlib.parser(__doc__, repeats=5, workdir=False)
     parser.add_argument("--nets", default=None,
-                        help="comma-separated nets of lenet, squeezenet, vgg16 "
+                        help="comma-separated nets of lenet, squeezenet, tiny, vgg16 "
                              "(default: lenet,squeezenet on the CPU, all three with --gpu)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated hook variants of host, device, host+force, device+force "
-                             "(default: host on the CPU, device,host,device+force with --gpu)")
+                        help=f"comma-separated variants of {', '.join(VARIANTS)} "
+                             "(default: loop,host on the CPU, loop,device,host,device+force with --gpu)")
     parser.add_argument("--force", action="store_true", help="also measure host+force on the CPU")
     parser.add_argument("--iterations", type=int, default=None, help="timed iterations per run (default: per net)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before each run (default 3)")
@@ -452,9 +477,10 @@ def main(argv=None):
     unknown = [n for n in nets if n not in choices]
     if unknown or not nets:
         parser.error(f"--nets: unknown {', '.join(unknown) or '(none)'}; known: {', '.join(choices)}")
-    default_variants = "device,host,device+force" if args.gpu is not None else "host" + (",host+force" if args.force else "")
+    default_variants = ("loop,device,host,device+force" if args.gpu is not None
+                        else "loop,host" + (",host+force" if args.force else ""))
     variants = [v.strip() for v in (args.variants or default_variants).split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("host", "device", "host+force", "device+force")]
+    bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         parser.error(f"--variants: unknown {', '.join(bad) or '(none)'}")
     if args.gpu is None and any(v.startswith("device") for v in variants):
@@ -495,7 +521,7 @@ def main(argv=None):
 
                 runs = benchlib.alternate(("plain", "hooked"), args.repeats, measure, show)
                 results.append(summarize(bench, variant, runs["plain"], runs["hooked"], args, iterations))
-                if not args.no_breakdown:
+                if not args.no_breakdown and variant != "loop":
                     breakdowns.append((name, bench.breakdown(variant, iterations=min(iterations, 20))))
             # After each net, so that a run cut short (a time limit on a
             # borrowed GPU) keeps the nets it finished.
