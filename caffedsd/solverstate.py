@@ -17,8 +17,10 @@ History blob j belongs to learnable parameter j % N of the solver's net (N
 learnable parameters; Adam and AdaDelta keep 2N history blobs), in Caffe's
 order: layers in order, each layer's blobs in order, shared blobs once.
 """
+import filecmp
 import mmap
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -27,7 +29,8 @@ import numpy as np
 from . import wire
 from .atomic import atomic_open, atomic_path, check_input, check_room, rewritten_hdf5
 from .caffemodel import is_hdf5, masked_blob_record, parse_blob, write_pieces
-from .errors import HDF5_DAMAGE, InputError
+from .errors import HDF5_DAMAGE, CaffeDsdWarning, InputError
+from .maskfile import masks_path_for
 
 STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY, STATE_CURRENT_STEP = 1, 2, 3, 4
 
@@ -188,14 +191,21 @@ def _copy_hdf5_cleaned(path, output, params, masks, solver_type):
 
 
 def learned_net(state):
-    """The caffemodel path binary solverstate ``state`` names as its
-    learned_net (bytes; None: none). Caffe's restore loads the weights from
-    it: a path from the folder the snapshotting process ran in, which from
-    another folder, or with the run folder moved, is not found (Caffe then
-    aborts the process)."""
+    """The caffemodel path solverstate ``state`` (binary or HDF5) names as
+    its learned_net (bytes; None: none). Caffe's restore loads the weights
+    from it: a path from the folder the snapshotting process ran in, which
+    from another folder, or with the run folder moved, is not found (Caffe
+    then aborts the process)."""
     damaged = f"{state}: damaged, not the solverstate Caffe wrote"
     if Path(state).stat().st_size == 0:
         raise InputError(damaged)
+    if is_hdf5(state):
+        try:
+            with h5py.File(state, "r") as handle:
+                named = handle.get("learned_net")
+                return bytes(np.asarray(named[()])).split(b"\0")[0] if isinstance(named, h5py.Dataset) else None
+        except (*HDF5_DAMAGE, TypeError) as exc:
+            raise InputError(f"{damaged} ({exc})") from None
     with open(state, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
             named = [buf[f.value_start:f.end] for f in wire.iter_fields(buf)
@@ -203,6 +213,32 @@ def learned_net(state):
         except wire.WireError:
             raise InputError(damaged) from None
     return named[-1] if named else None
+
+
+def check_weights_of(state, weights, masked=False):
+    """Warn when ``weights`` (the -w given with --solverstate ``state``)
+    are not the caffemodel Caffe saved with the state: the run would go on
+    from them with the state's history and iteration, which nothing else
+    notices (a resumed command given its first -w again). The same file
+    name, or a file of that name beside the state with the same bytes, is
+    the pair. A ``masked`` run may start from a dense run's state (no
+    masks beside its model): its history is cleaned for the pruned weights."""
+    named = learned_net(state)
+    if named is None or weights is None:
+        return
+    name = os.fsdecode(os.path.basename(named))
+    weights = Path(weights)
+    if name == weights.name:
+        return
+    beside = Path(state).parent / name
+    if beside.is_file() and filecmp.cmp(beside, weights, shallow=False):
+        return
+    if masked and not masks_path_for(beside).is_file():
+        return
+    warnings.warn(CaffeDsdWarning(
+        f"--solverstate {state} was saved with {name}, and -w is {weights}: the run goes on from those weights "
+        f"with the state's history, at its iteration {state_iteration(state)}; give -w the snapshot's caffemodel "
+        "unless that is what you meant"))
 
 
 def _write_with_learned_net(buf, parts, name, out):

@@ -33,7 +33,8 @@ from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapsho
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
                           solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
                           test_only_params)
-from .solverstate import clean_solverstate, restorable_name, state_current_step, state_iteration
+from .solverstate import (check_weights_of, clean_solverstate, restorable_name, state_current_step,
+                          state_iteration)
 from .values import INT32_MAX, next_multiple
 
 
@@ -690,6 +691,8 @@ def solver_device(spec, gpu):
 def _phase(spec, phase, gpu, on_iteration):
     """A train-* command's phase, in a throwaway folder."""
     check_test_options(spec, phase.test_iterations, phase.test_interval)
+    if phase.solverstate is not None:
+        check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
     gpu = solver_device(spec, gpu)
     check_solver_builds(spec, gpu)
     with scratch_folder() as work:

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,19 @@ def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, 
     for layer in ("conv1", "fc1"):
         for ours, theirs in zip(whole.layer(layer).blobs, resumed.layer(layer).blobs, strict=True):
             np.testing.assert_array_equal(ours.data, theirs.data)
+    assert "warning" not in result.output
+    # The first command again with --solverstate added: the start's weights at the snapshot's iteration.
+    result = cli(*command, "--solver", solver, "-w", "start.caffemodel", "--solverstate", "snap_iter_2.solverstate",
+                 "-n", 2, "-o", "restarted.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert ("caffedsd: warning: --solverstate snap_iter_2.solverstate was saved with snap_iter_2.caffemodel, and -w "
+            "is start.caffemodel: the run goes on from those weights with the state's history, at its iteration 2"
+            in result.output), result.output
+    # A copy of the snapshot's caffemodel under another name is the pair.
+    (tmp_path / "copy.caffemodel").write_bytes((tmp_path / "snap_iter_2.caffemodel").read_bytes())
+    result = cli(*command, "--solver", solver, "-w", "copy.caffemodel", "--solverstate", "snap_iter_2.solverstate",
+                 "-n", 2, "-o", "copied.caffemodel")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
     if command[0] == "train-lowrank":  # whose -w is optional: the state's own model is not what is loaded
         result = cli(*command, "--solver", solver, "--solverstate", "snap_iter_2.solverstate", "-o", "x.caffemodel")
         assert_one_line_error(result, "--solverstate snap_iter_2.solverstate: give -w the caffemodel of its snapshot")
@@ -128,7 +142,12 @@ def test_a_masked_runs_snapshot_has_its_masks_beside_it(caffe, tmp_path, cli, co
     result = cli(*command, "--solver", solver, "-w", "snap_iter_2.caffemodel", "--solverstate",
                  "snap_iter_2.solverstate", "-n", 2, "-o", "resumed.caffemodel")
     assert result.exit_code == 0, result.output
-    assert "resumed.masks.h5" in result.output
+    assert "resumed.masks.h5" in result.output and "warning" not in result.output
+    # The pruned start again with the masked snapshot's state: the sparse run's progress would be lost.
+    result = cli(*command, "--solver", solver, "-w", "pruned.caffemodel", "--solverstate", "snap_iter_2.solverstate",
+                 "-n", 2, "-o", "restarted.caffemodel")
+    assert result.exit_code == 0 and "caffedsd: warning: --solverstate snap_iter_2.solverstate was saved with " \
+        "snap_iter_2.caffemodel, and -w is pruned.caffemodel" in result.output, result.output
     whole, resumed = (read_caffemodel(tmp_path / name) for name in ("whole.caffemodel", "resumed.caffemodel"))
     for layer in ("conv1", "fc1"):
         for ours, theirs in zip(whole.layer(layer).blobs, resumed.layer(layer).blobs, strict=True):
@@ -154,7 +173,9 @@ def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device)
     folder.mkdir()
     solver_path, state = _dense_solverstate(caffe, folder, tmp_path)
     out = folder / "sparse.caffemodel"
-    train_sparse(solver_path, pruned, out, iterations=4, solverstate=state, gpu=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dense run's state for the pruned weights: what it is for
+        train_sparse(solver_path, pruned, out, iterations=4, solverstate=state, gpu=device)
     masks = load_masks(out.with_name("sparse.masks.h5"))
     assert_zeros_at_masks(folder / "snap_iter_8.caffemodel", masks)  # Caffe's snapshot after resuming
     assert_zeros_at_masks(out, masks)
@@ -164,7 +185,7 @@ def test_resumed_solverstate_history_is_cleaned(caffe, pruned, tmp_path, device)
 def test_cleaned_solverstate_keeps_the_weights_given(caffe, tmp_path, snapshot_format):
     """Caffe's restore loads the solverstate's learned_net over the weights:
     the cleaned copy names none, so the (pruned) weights given stay."""
-    from caffedsd.solverstate import clean_solverstate
+    from caffedsd.solverstate import clean_solverstate, learned_net
 
     suffix = ".h5" if snapshot_format == "HDF5" else ""
     solver_path = write_solver(tmp_path, snapshot=4, prefix="dense",
@@ -179,6 +200,8 @@ def test_cleaned_solverstate_keeps_the_weights_given(caffe, tmp_path, snapshot_f
         solver.restore(str(path))
         assert solver.iter == 4
         assert np.all(solver.net.params["conv1"][0].data == 7.0) == kept, path.name
+    assert learned_net(state) == os.fsencode(tmp_path / f"dense_iter_4.caffemodel{suffix}")
+    assert learned_net(tmp_path / f"clean.solverstate{suffix}") is None
 
 
 def test_damaged_solverstates_are_one_line(caffe, tmp_path):
