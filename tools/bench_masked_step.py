@@ -21,7 +21,13 @@ iteration and the ratio hooked / plain, for each variant:
   --force         adds host+force on the CPU
 
 It then times each hook point alone and counts how often train() runs it
-per iteration (skip with --no-breakdown).
+per iteration (skip with --no-breakdown). With --profile DIR, one more run
+of the plain loop and of each variant is profiled (cProfile, timed
+iterations only) into DIR/NET.profile.txt. cProfile does not see a
+Boost.Python call: Caffe's step (and a wait for the GPU in it) is in the own
+time of train(), or of steps() for the plain loop, the Python hooks it calls
+left out; so these tell Caffe's and the GPU's share of a difference from the
+Python side's.
 
 Nets (DummyData inputs, so no data files are needed):
 
@@ -54,8 +60,10 @@ Run with the venv's python, from the repo root:
 Exit status is 0 whether the targets pass or fail (a benchmark is not a
 test); non-zero only when something crashed.
 """
+import cProfile
 import gc
 import os
+import pstats
 import shutil
 import statistics
 import sys
@@ -256,31 +264,30 @@ class NetBench:
         assert dispatcher.backend.name == backend, (dispatcher.backend.name, backend)
         return solver, dispatcher
 
-    def run_plain(self, warmup, iterations):
+    def run_plain(self, warmup, iterations, profiler=None):
         solver = self.fresh_solver()
         for _ in range(warmup):
             solver.step(1)
         benchlib.synchronize(self.gpu)
-        start = time.perf_counter()
-        for _ in range(iterations):
-            solver.step(1)
-        benchlib.synchronize(self.gpu)
-        elapsed = time.perf_counter() - start
+        with _timed(profiler) as clock:
+            steps(solver, iterations)
+            benchlib.synchronize(self.gpu)
+        elapsed = clock.seconds
         del solver
         gc.collect()
         return elapsed / iterations
 
-    def run_hooked(self, variant, warmup, iterations):
+    def run_hooked(self, variant, warmup, iterations, profiler=None):
         if variant == "loop":
             solver, dispatcher = self.fresh_solver(), None
         else:
             solver, dispatcher = self.hooked_solver(variant)
         train(solver, warmup, dispatcher)
         benchlib.synchronize(self.gpu)
-        start = time.perf_counter()
-        curve = train(solver, iterations, dispatcher)
-        benchlib.synchronize(self.gpu)
-        elapsed = time.perf_counter() - start
+        with _timed(profiler) as clock:
+            curve = train(solver, iterations, dispatcher)
+            benchlib.synchronize(self.gpu)
+        elapsed = clock.seconds
         assert len(curve) == iterations and curve[-1]["iter"] == warmup + iterations - 1
         if dispatcher is not None:
             self.check_zeros(solver)
@@ -330,6 +337,53 @@ class NetBench:
         dispatcher.detach()
         return {"variant": variant, "s_per_call": seconds, "calls_per_iteration": per_iter,
                 "s_per_iteration": sum(seconds[k] * per_iter[k] for k in seconds)}
+
+
+def steps(solver, iterations):
+    """The plain loop: ``solver.step(1)`` ``iterations`` times."""
+    for _ in range(iterations):
+        solver.step(1)
+
+
+class _timed:
+    """Wall seconds of a with-block (``.seconds``), under ``profiler`` (a
+    cProfile.Profile, or None) for that block only."""
+
+    def __init__(self, profiler=None):
+        self.profiler = profiler
+        self.seconds = None
+
+    def __enter__(self):
+        if self.profiler is not None:
+            self.profiler.enable()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._start
+        if self.profiler is not None:
+            self.profiler.disable()
+        return False
+
+
+def profile_text(bench, warmup, iterations, variants, top=25):
+    """Tables of one plain run and one run of each variant of ``bench``
+    under cProfile (their timed iterations only): the ``top`` functions by
+    own time, in calls and microseconds per iteration (pstats prints
+    milliseconds, where a tiny net's costs are all 0.000)."""
+    lines = [f"{bench.name}: {bench.description}; {warmup} warm-up + {iterations} profiled iterations a run"]
+    for which in ("plain", *variants):
+        profiler = cProfile.Profile()
+        seconds = (bench.run_plain(warmup, iterations, profiler) if which == "plain"
+                   else bench.run_hooked(which, warmup, iterations, profiler))
+        rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: -item[1][2])[:top]
+        lines += ["", f"== {which}: {1e6 * seconds:.1f} us/iter under the profiler",
+                  f"{'calls/iter':>10} {'own us/iter':>12} {'cum us/iter':>12}  function"]
+        for (path, line, function), (_, calls, own, cumulative, _) in rows:
+            where = f"{Path(path).name}:{line}({function})" if line else function
+            lines.append(f"{calls / iterations:10.3g} {1e6 * own / iterations:12.2f} "
+                         f"{1e6 * cumulative / iterations:12.2f}  {where}")
+    return "\n".join(lines) + "\n"
 
 
 class _Counter:
@@ -470,6 +524,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1701, help="solver random_seed (default 1701)")
     parser.add_argument("--gpu", type=int, default=None, metavar="ID", help="run on this GPU instead of the CPU")
     parser.add_argument("--no-breakdown", action="store_true", help="skip timing the hook points alone")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also profile a run of each variant into DIR/NET.profile.txt")
     args = parser.parse_args(argv)
     choices = net_choices(args.gpu)
     nets = [n.strip() for n in (args.nets or ("lenet,squeezenet,vgg16" if args.gpu is not None
@@ -523,6 +579,11 @@ def main(argv=None):
                 results.append(summarize(bench, variant, runs["plain"], runs["hooked"], args, iterations))
                 if not args.no_breakdown and variant != "loop":
                     breakdowns.append((name, bench.breakdown(variant, iterations=min(iterations, 20))))
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                target = args.profile / f"{name}.profile.txt"
+                target.write_text(profile_text(bench, args.warmup, iterations, variants))
+                print(f"wrote {target}", flush=True)
             # After each net, so that a run cut short (a time limit on a
             # borrowed GPU) keeps the nets it finished.
             machine = machine_info(args.gpu)
