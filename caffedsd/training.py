@@ -171,12 +171,15 @@ def load_weights(solver, spec, weights_path):
 
 
 def loss_blobs(net):
-    """(loss weight, blob) of each output of ``net`` that has a loss weight.
-    Found once a run: pycaffe rebuilds its blob dicts for each new wrapper,
-    and ``solver.net`` is a new one at every read (39 us an iteration on
-    a 2-core CPU, ten times a tiny net's step; docs/BENCHMARKS.md)."""
-    weights = net.blob_loss_weights
-    return tuple((weights[name], net.blobs[name]) for name in net.outputs if weights.get(name, 0.0))
+    """(loss weight, blob) of each blob of ``net`` that has a loss weight:
+    the outputs, and a loss another layer reads (a Silence), which Caffe
+    counts too. (A layer that rewrites a loss top in place, after its loss
+    was taken, leaves another value there than Caffe counted.) Found once a
+    run: pycaffe rebuilds its blob dicts for each new wrapper, and
+    ``solver.net`` is a new one at every read (39 us an iteration on a
+    2-core CPU, ten times a tiny net's step; docs/BENCHMARKS.md)."""
+    blobs = net.blobs
+    return tuple((weight, blobs[name]) for name, weight in net.blob_loss_weights.items() if weight)
 
 
 def net_loss(loss):

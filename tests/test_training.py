@@ -321,9 +321,12 @@ def test_the_curve_numbers_its_iterations_as_caffes_log(caffe, tmp_path):
         train_dense(huge, weights, tmp_path / "nan.caffemodel", lr_scale=1.0, iterations=7)
 
 
-def test_the_curve_loss_weighs_each_loss_output_and_leaves_the_others_out(caffe, tmp_path):
+def test_the_curve_loss_weighs_each_loss_and_leaves_the_other_outputs_out(caffe, tmp_path):
     """The loss train() reads once per step, from blobs found once a run:
-    0.3 x one loss + 1 x another, and an output with no loss weight left out."""
+    0.3 x one loss + 1 x another + 1 x one that a Silence reads (no net
+    output, and Caffe counts it), and an output with no loss weight left out.
+    (With an explicit loss_weight there, Caffe would put a Split between
+    them, whose first top carries it, and count the loss with weight 1 too.)"""
     from caffedsd.training import loss_blobs, net_loss, train
 
     net = tmp_path / "two_losses.prototxt"
@@ -333,20 +336,25 @@ def test_the_curve_loss_weighs_each_loss_output_and_leaves_the_others_out(caffe,
         '    data_filler { type: "gaussian" std: 1 } } }\n'
         'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc"\n'
         '  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }\n'
-        'layer { name: "split" type: "Split" bottom: "fc" top: "fc_a" top: "fc_b" top: "fc_c" }\n'
+        'layer { name: "split" type: "Split" bottom: "fc" top: "fc_a" top: "fc_b" top: "fc_c" top: "fc_d" }\n'
         'layer { name: "a" type: "EuclideanLoss" bottom: "fc_a" bottom: "y" top: "a" loss_weight: 0.3 }\n'
         'layer { name: "b" type: "EuclideanLoss" bottom: "fc_b" bottom: "z" top: "b" }\n'
-        'layer { name: "c" type: "Power" bottom: "fc_c" top: "c" power_param { shift: 100 } }\n')
+        'layer { name: "c" type: "Power" bottom: "fc_c" top: "c" power_param { shift: 100 } }\n'
+        'layer { name: "d" type: "EuclideanLoss" bottom: "fc_d" bottom: "z" top: "d" }\n'
+        'layer { name: "quiet" type: "Silence" bottom: "d" }\n')
     solver_path = tmp_path / "solver.prototxt"
     solver_path.write_text(f'net: "{net}"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: 10\nsolver_mode: CPU\n')
     solver = caffe.get_solver(str(solver_path))
     solver.net.forward()
     blobs = solver.net.blobs
-    by_hand = 0.3 * float(blobs["a"].data) + float(blobs["b"].data)
+    def by_hand():
+        return 0.3 * float(blobs["a"].data) + float(blobs["b"].data) + float(blobs["d"].data)
+
+    assert "d" not in solver.net.outputs and float(blobs["d"].data) > 0
     assert float(blobs["c"].data.sum()) > 100 and float(blobs["a"].data) > 0  # the outputs that must not add
-    assert net_loss(loss_blobs(solver.net)) == pytest.approx(by_hand, rel=1e-6)
+    assert net_loss(loss_blobs(solver.net)) == pytest.approx(by_hand(), rel=1e-6)
     curve = train(solver, 2)  # the blobs then hold the last step's forward
-    assert curve[-1]["loss"] == pytest.approx(0.3 * float(blobs["a"].data) + float(blobs["b"].data), rel=1e-6)
+    assert curve[-1]["loss"] == pytest.approx(by_hand(), rel=1e-6)
 
 
 def test_multistep_trains_at_caffes_rates_with_a_stepvalue_repeated(caffe, pruned, tmp_path):
