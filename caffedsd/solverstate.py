@@ -28,7 +28,7 @@ import numpy as np
 
 from . import wire
 from .atomic import atomic_open, atomic_path, check_input, check_room, rewritten_hdf5
-from .caffemodel import is_hdf5, masked_blob_record, parse_blob, write_pieces
+from .caffemodel import is_hdf5, masked_blob_record, parse_blob, read_caffemodel, write_pieces
 from .errors import HDF5_DAMAGE, CaffeDsdWarning, InputError
 from .maskfile import masks_path_for
 
@@ -216,29 +216,62 @@ def learned_net(state):
 
 
 def check_weights_of(state, weights, masked=False):
-    """Warn when ``weights`` (the -w given with --solverstate ``state``)
-    are not the caffemodel Caffe saved with the state: the run would go on
-    from them with the state's history and iteration, which nothing else
-    notices (a resumed command given its first -w again). The same file
-    name, or a file of that name beside the state with the same bytes, is
-    the pair. A ``masked`` run may start from a dense run's state (no
-    masks beside its model): its history is cleaned for the pruned weights."""
+    """Warn when ``weights`` (the -w given with --solverstate ``state``,
+    loaded already) are not the caffemodel Caffe saved with the state: the
+    run would go on from them with the state's history and iteration, which
+    nothing else notices (a resumed command given its first -w again). The
+    state's model is looked for where Caffe would (its path as written)
+    and beside the state; found, it must hold the same weights; not found,
+    the same file name is the pair (or the name without the ``.h5`` that
+    `convert` drops). A ``masked`` run may start from a dense run's state
+    (no masks beside its model): its history is cleaned for the pruned
+    weights."""
     named = learned_net(state)
     if named is None or weights is None:
         return
     name = os.fsdecode(os.path.basename(named))
     weights = Path(weights)
-    if name == weights.name:
+    found = [path for path in dict.fromkeys((Path(os.fsdecode(named)), Path(state).parent / name))
+             if path.is_file()]
+    if found:
+        if any(_same_weights(path, weights) for path in found):
+            return
+    elif name in (weights.name, weights.name + ".h5"):
         return
-    beside = Path(state).parent / name
-    if beside.is_file() and filecmp.cmp(beside, weights, shallow=False):
-        return
-    if masked and not masks_path_for(beside).is_file():
+    if masked and not any(masks_path_for(path).is_file() for path in found):
         return
     warnings.warn(CaffeDsdWarning(
         f"--solverstate {state} was saved with {name}, and -w is {weights}: the run goes on from those weights "
         f"with the state's history, at its iteration {state_iteration(state)}; give -w the snapshot's caffemodel "
         "unless that is what you meant"))
+
+
+def _same_weights(path, weights):
+    """Whether ``path`` holds the weights of the binary caffemodel
+    ``weights``: the same bytes, or Caffe's HDF5 weights of the same values
+    (what `convert` made ``weights`` of). A file that cannot be read holds
+    none."""
+    if filecmp.cmp(path, weights, shallow=False):
+        return True
+    if not is_hdf5(path):
+        return False
+    model = read_caffemodel(weights)
+
+    def differs(name, item):  # blob j of layer L is data/L/j, L's '/' nesting groups
+        if not isinstance(item, h5py.Dataset):
+            return None
+        layer, _, index = name.rpartition("/")
+        blobs = model.layer(layer).blobs if layer in model else ()
+        if not (index.isdigit() and int(index) < len(blobs)):
+            return True
+        return None if np.array_equal(np.asarray(item[()]).ravel(), blobs[int(index)].data.ravel()) else True
+
+    try:
+        with h5py.File(path, "r") as handle:
+            data = handle.get("data")
+            return isinstance(data, h5py.Group) and len(data) > 0 and not data.visititems(differs)
+    except (*HDF5_DAMAGE, TypeError, ValueError):
+        return False
 
 
 def _write_with_learned_net(buf, parts, name, out):

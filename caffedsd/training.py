@@ -600,6 +600,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                     on_iteration({"replay": done, "tests": len(tests)}, phase.iterations)
                 replay_data(solver, max(1, param.iter_size), counts, done - len(curve), [t["iter"] for t in tests])
         elif phase.solverstate is not None:
+            # Here, where the inputs have passed their checks: not a warning before an error.
+            check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
             clean = Path(workdir) / restorable_name(phase.solverstate)
             clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
             solver.restore(str(clean))
@@ -694,8 +696,6 @@ def solver_device(spec, gpu):
 def _phase(spec, phase, gpu, on_iteration):
     """A train-* command's phase, in a throwaway folder."""
     check_test_options(spec, phase.test_iterations, phase.test_interval)
-    if phase.solverstate is not None:
-        check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
     gpu = solver_device(spec, gpu)
     check_solver_builds(spec, gpu)
     with scratch_folder() as work:

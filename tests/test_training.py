@@ -123,6 +123,51 @@ def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, 
         assert_one_line_error(result, "--solverstate snap_iter_2.solverstate: give -w the caffemodel of its snapshot")
 
 
+def test_the_solverstate_warning_finds_the_snapshots_model_where_caffe_would(caffe, tmp_path, cli):
+    """The -w/--solverstate check looked for the state's model beside it,
+    by name only: a state moved alone, or an HDF5 snapshot's model
+    converted, warned for the right pair; another run's model of the same
+    name did not warn; and a -w that does not exist gave a traceback."""
+    def resume(folder, weights, state, out):
+        return cli("train-dense", "--solver", folder / "solver.prototxt", "-w", weights, "--solverstate", state,
+                   "-n", 1, "-o", out)
+
+    runs = {}
+    for name, extra in (("a", ""), ("b", ""), ("h", "\nsnapshot_format: HDF5")):
+        folder = tmp_path / name
+        folder.mkdir()
+        solver = write_solver(folder, snapshot=2, extra="momentum: 0.9" + extra)
+        net = caffe.Net(str(folder / "net.prototxt"), caffe.TEST)
+        if name == "b":  # another start, so another snapshot of the same name
+            net.params["fc1"][0].data[...] += 1
+        net.save(str(folder / "start.caffemodel"))
+        result = cli("train-dense", "--solver", solver, "-w", folder / "start.caffemodel", "-n", 2,
+                     "-o", folder / "whole.caffemodel")
+        assert result.exit_code == 0, result.output
+        runs[name] = folder
+    a, b, h = runs["a"], runs["b"], runs["h"]
+    assert (a / "snap_iter_2.caffemodel").read_bytes() != (b / "snap_iter_2.caffemodel").read_bytes()
+    result = resume(a, b / "snap_iter_2.caffemodel", a / "snap_iter_2.solverstate", "o1.caffemodel")
+    assert result.exit_code == 0 and f"was saved with snap_iter_2.caffemodel, and -w is {b}" in result.output, \
+        result.output
+    # The state moved alone, and its model copied under another name: Caffe finds the model where it was.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "state.solverstate").write_bytes((a / "snap_iter_2.solverstate").read_bytes())
+    (moved / "mine.caffemodel").write_bytes((a / "snap_iter_2.caffemodel").read_bytes())
+    result = resume(a, moved / "mine.caffemodel", moved / "state.solverstate", "o2.caffemodel")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    # An HDF5 snapshot's model is given as the binary caffemodel `convert` makes of it.
+    assert cli("convert", "-p", h / "net.prototxt", "-w", h / "snap_iter_2.caffemodel.h5",
+               "-o", h / "snap.caffemodel").exit_code == 0
+    result = resume(h, h / "snap.caffemodel", h / "snap_iter_2.solverstate.h5", "o3.caffemodel")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    result = resume(h, h / "start.caffemodel", h / "snap_iter_2.solverstate.h5", "o4.caffemodel")
+    assert result.exit_code == 0 and "was saved with snap_iter_2.caffemodel.h5" in result.output, result.output
+    assert_one_line_error(resume(a, "missing.caffemodel", a / "snap_iter_2.solverstate", "o5.caffemodel"),
+                          "missing.caffemodel: no such file")
+
+
 @pytest.mark.parametrize("command", [["train-sparse"], ["train-lowrank", "--force-decay", 0.01]])
 def test_a_masked_runs_snapshot_has_its_masks_beside_it(caffe, tmp_path, cli, command):
     """Snapshots had no masks: train-lowrank, whose masks are optional, went
