@@ -485,8 +485,9 @@ def markdown(results, breakdowns, machine, repeats):
     for r in results:
         lines.append(f"- {r['net']} {r['variant']}: ratios " + ", ".join(f"{x:.3f}" for x in r["ratios"])
                      + f" (ratio of medians {r['ratio_of_medians']:.3f}; {r['warmup_iterations']} warm-up + "
-                     f"{r['timed_iterations']} timed iterations per run; {r['pruned_weights']:,} of "
-                     f"{r['masked_weights']:,} weights pruned)")
+                     f"{r['timed_iterations']} timed iterations per run; "
+                     + ("no masks held: train() alone)" if r["variant"] == "loop" else
+                        f"{r['pruned_weights']:,} of {r['masked_weights']:,} weights pruned)"))
     lines.append("")
     for net, b in breakdowns:
         plain = next(r["median_plain_s_per_iter"] for r in results if r["net"] == net)
@@ -512,7 +513,7 @@ def main(argv=None):
     parser = benchlib.parser(__doc__, repeats=5, workdir=False)
     parser.add_argument("--nets", default=None,
                         help="comma-separated nets of lenet, squeezenet, tiny, vgg16 "
-                             "(default: lenet,squeezenet on the CPU, all three with --gpu)")
+                             "(default: lenet,squeezenet on the CPU, lenet,squeezenet,vgg16 with --gpu)")
     parser.add_argument("--variants", default=None,
                         help=f"comma-separated variants of {', '.join(VARIANTS)} "
                              "(default: loop,host on the CPU, loop,device,host,device+force with --gpu)")
@@ -573,7 +574,7 @@ def main(argv=None):
                             else bench.run_hooked(variant, args.warmup, iterations))
 
                 def show(which, repeat, seconds):
-                    print(f"  {variant} run {repeat + 1}/{args.repeats}: {which} {seconds:.4f} s/iter", flush=True)
+                    print(f"  {variant} run {repeat + 1}/{args.repeats}: {which} {seconds:.4g} s/iter", flush=True)
 
                 runs = benchlib.alternate(("plain", "hooked"), args.repeats, measure, show)
                 results.append(summarize(bench, variant, runs["plain"], runs["hooked"], args, iterations))
