@@ -231,8 +231,8 @@ def check_weights_of(state, weights, masked=False):
         return
     name = os.fsdecode(os.path.basename(named))
     weights = Path(weights)
-    found = [path for path in dict.fromkeys((Path(os.fsdecode(named)), Path(state).parent / name))
-             if path.is_file()]
+    where = (Path(os.fsdecode(named)), Path(state).parent / name)
+    found = [path for path in dict.fromkeys(p.resolve() for p in where) if path.is_file()]  # a file read once
     if found:
         if any(_same_weights(path, weights) for path in found):
             return
