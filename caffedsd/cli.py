@@ -519,8 +519,9 @@ def train_dense(solver, weights, lr_scale, solverstate, iterations, test_iterati
               help="Take over a run folder that another recipe made: keep the leading stages this recipe shares "
                    "with it (same solver, net and weights files, same settings), finished or under way, and "
                    "remove and run the rest anew.")
+@python_layers_option
 @output_option("Run folder; rerun the same command to continue an interrupted run.", folder=True, force=None)
-def dsd(recipe, gpu, restart_data, force, output):
+def dsd(recipe, gpu, restart_data, force, allow_python_layers, output):
     """Run a whole Dense-Sparse-Dense recipe into a run folder.
 
     Each stage leaves a stock-Caffe-loadable model (and masks), its test
@@ -539,7 +540,8 @@ def dsd(recipe, gpu, restart_data, force, output):
 
     parsed = load_recipe(recipe)
     data = run_recipe(parsed, output, gpu=gpu, progress=_Progress, replay=not restart_data, force=force,
-                      notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
+                      notify=lambda line: click.echo(f"caffedsd: {line}", err=True),
+                      allow_python_layers=allow_python_layers)
     click.echo(report.dsd_table(data["stages"]))
     click.echo(f"report: {output / 'report.md'}")
 
@@ -608,12 +610,13 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
 @click.option("--metric", default=None, help="Output to judge by (default: the scan's, the last top-1 accuracy).")
 @click.option("--model", "-p", type=_path(), default=None,
               help="With --verify: the scan's net prototxt, if not where the scan recorded it.")
+@python_layers_option
 @weights_option(required=False)
 @gpu_option
 @verbose_option
 @output_option("Plan YAML to write.")
-def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterations, metric, model, weights, gpu,
-                 force, output):
+def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterations, metric, model,
+                 allow_python_layers, weights, gpu, force, output):
     """Choose each layer's sparsity from a sensitivity scan.
 
     With --max-drop alone: per layer, the highest measured sparsity within
@@ -637,7 +640,7 @@ def plan_command(sens, max_drop, target_sparsity, max_total_drop, verify, iterat
     from .plan_from_scan import make_plan
     result = make_plan(sens, output, max_drop=max_drop, target=target_sparsity, metric=metric,
                        weights=weights, force=force, verify=verify, max_total_drop=max_total_drop,
-                       iterations=iterations, model=model, gpu=gpu)
+                       iterations=iterations, model=model, gpu=gpu, allow_python_layers=allow_python_layers)
     click.echo(report.plan_table(result))
     click.echo(report.plan_summary(result))
     _wrote(f"wrote {output}")

@@ -643,7 +643,8 @@ def _tied_groups(prunable):
     return [(name, tuple(members)) for name, members in tied.items()]
 
 
-def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=False, notify=None):
+def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=False, notify=None,
+               allow_python_layers=False):
     """Run (or continue) ``recipe`` in ``run_dir``; returns the report data.
 
     ``progress(label, total, done)`` may return a callback for train()'s
@@ -651,10 +652,11 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     data layers restart from their first batch instead of replaying
     (faster, as `caffe train --snapshot` does, but the rest of the stage
     then reads other batches than an uninterrupted run). ``force``: take
-    over a run folder another recipe made (prepare_run_dir)."""
+    over a run folder another recipe made (prepare_run_dir).
+    ``allow_python_layers``: accept the solver's nets with Python layers."""
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
-    spec = read_solver(recipe.solver)
+    spec = read_solver(recipe.solver, allow_python_layers)
     gpu = solver_device(spec, gpu)
     if gpu is not None:  # before the run folder is made
         check_gpu(gpu)

@@ -336,7 +336,7 @@ class WholeNet:
     ``iterations``): ``drop(choices)`` prunes every chosen layer at once,
     measures, and puts the weights back."""
 
-    def __init__(self, data, metric, model=None, weights=None, iterations=None, gpu=None):
+    def __init__(self, data, metric, model=None, weights=None, iterations=None, gpu=None, allow_python_layers=False):
         from .caffemodel import file_sha256, read_caffemodel
         from .errors import InputError
         from .caffe_proto import read_net_prototxt
@@ -360,7 +360,7 @@ class WholeNet:
             raise InputError(f"--iterations {iterations}: must be 1 or more")
         self.iterations = iterations or data["iterations"]
         # The scan's net, or --model, with the batches it reads.
-        check_net_runs(read_net_prototxt(model, allow_python_layers=True), model, gpu, batches=self.iterations)
+        check_net_runs(read_net_prototxt(model, allow_python_layers), model, gpu, batches=self.iterations)
         self.metric, self.kind = metric, metric_kind(data, metric)
         self.criterion, self.seed = data["criterion"], data.get("seed", 0)
         self.model, self.weights = model, weights
@@ -397,7 +397,7 @@ def _check_not_data(output, model):
 
     if model is None or not Path(model).is_file():
         return  # WholeNet says so
-    net = read_net_prototxt(model, allow_python_layers=True)
+    net = read_net_prototxt(model, allow_python_layers=True)  # read, not built: none of its layers runs
     check_not_data(output, data_files(net, [built_state(net, "TEST"), built_state(net, "TRAIN")], model),
                    f"{model} reads")
 
@@ -424,12 +424,14 @@ def _comment(text):
 
 
 def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None, weights=None, force=False,
-              verify=False, max_total_drop=None, iterations=None, model=None, gpu=None):
+              verify=False, max_total_drop=None, iterations=None, model=None, gpu=None, allow_python_layers=False):
     """Read a scan, choose, write the plan YAML atomically; returns the choice.
 
     With ``verify``, the whole pruned net is measured on the scan's net and
-    weights, and with ``max_total_drop`` backed off until it is within it;
-    the measured drop goes into the plan's ``verified``."""
+    weights (its Python layers refused unless ``allow_python_layers``: the
+    scan's own permission is not the plan's), and with ``max_total_drop``
+    backed off until it is within it; the measured drop goes into the
+    plan's ``verified``."""
     from .atomic import check_output, write_text
     from .errors import InputError
     from .maskfile import check_not_masks_of_another
@@ -477,7 +479,8 @@ def make_plan(sensitivity_path, output, max_drop=None, target=None, metric=None,
     start_drop = predicted_drop(choices)
     measured, history, verified, net = None, [], None, None
     if verify:
-        net = WholeNet(data, metric, model=model, weights=weights, iterations=iterations, gpu=gpu)
+        net = WholeNet(data, metric, model=model, weights=weights, iterations=iterations, gpu=gpu,
+                       allow_python_layers=allow_python_layers)
         budget_total = float("inf") if max_total_drop is None else max_total_drop
         choices, measured, history = back_off(choices, curve_data, net.drop, budget_total)
         # net.measured runs beside history; the chosen plan need not be the last measured.

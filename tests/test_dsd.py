@@ -1120,6 +1120,16 @@ def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
                  "-o", "d.caffemodel")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d.caffemodel").exists()
+    # dsd said to pass --allow-python-layers, and had no such option.
+    recipe = tmp_path / "python.yaml"
+    recipe.write_text(f"solver: {solver}\nweights: w.caffemodel\nstages:\n  - prune: {{sparsity: 0.5}}\n"
+                      "  - sparse: {iterations: 2}\n")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
+                          "Python layer(s) same would run arbitrary code; pass --allow-python-layers")
+    assert not (tmp_path / "run").exists()
+    result = cli("dsd", "--recipe", recipe, "--allow-python-layers", "-o", "run")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "02-sparse" / "model.caffemodel").exists()
 
 
 @pytest.mark.caffe

@@ -654,6 +654,14 @@ def test_verify_refuses_bad_inputs(lenet, lenet_scan, cli, tmp_path, other_model
     (tmp_path / "gone.json").write_text(json.dumps(data | {"model": str(tmp_path / "gone.prototxt")}))
     assert_one_line_error(cli("plan", "--sensitivity", "gone.json", "--max-drop", "1", "--verify", "-o", "g.yaml"),
                           "gone.prototxt: the scan's net is not there (give --model)")
+    # A net with a Python layer was built (its code run) with no --allow-python-layers.
+    python_net = tmp_path / "python.prototxt"
+    python_net.write_text(proto.read_text() + 'layer { name: "pyl" type: "Python" bottom: "ip2" top: "pyout" '
+                          'python_param { module: "nowhere" layer: "X" } }\n')
+    assert_one_line_error(cli("plan", "--sensitivity", lenet_scan, "--max-drop", "1", "--verify", "--model",
+                              python_net, "-o", "py.yaml"),
+                          "Python layer(s) pyl would run arbitrary code; pass --allow-python-layers")
+    assert not (tmp_path / "py.yaml").exists()
 
 
 def test_a_max_drop_no_layer_meets_is_refused(tmp_path):
