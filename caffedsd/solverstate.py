@@ -232,7 +232,7 @@ def check_weights_of(state, weights, masked=False):
     name = os.fsdecode(os.path.basename(named))
     weights = Path(weights)
     where = (Path(os.fsdecode(named)), Path(state).parent / name)
-    found = [path for path in dict.fromkeys(p.resolve() for p in where) if path.is_file()]  # a file read once
+    found = [path for path in dict.fromkeys(map(_found_file, where)) if path is not None]  # a file read once
     if found:
         if any(_same_weights(path, weights) for path in found):
             return
@@ -246,13 +246,26 @@ def check_weights_of(state, weights, masked=False):
         "unless that is what you meant"))
 
 
+def _found_file(path):
+    """``path`` resolved, where it is a regular file; else None (also where
+    it cannot be one: a symlink loop, a NUL byte from a damaged state)."""
+    try:
+        path = path.resolve()
+        return path if path.is_file() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def _same_weights(path, weights):
-    """Whether ``path`` holds the weights of the binary caffemodel
-    ``weights``: the same bytes, or Caffe's HDF5 weights of the same values
-    (what `convert` made ``weights`` of). A file that cannot be read holds
-    none."""
-    if filecmp.cmp(path, weights, shallow=False):
-        return True
+    """Whether ``path`` (resolved) holds the weights of the binary
+    caffemodel ``weights``: the same file or bytes, or Caffe's HDF5 weights
+    of the same values (what `convert` made ``weights`` of). A file that
+    cannot be read holds none."""
+    try:
+        if path == weights.resolve() or filecmp.cmp(path, weights, shallow=False):
+            return True
+    except OSError:
+        return False
     if not is_hdf5(path):
         return False
     model = read_caffemodel(weights)

@@ -600,10 +600,10 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                     on_iteration({"replay": done, "tests": len(tests)}, phase.iterations)
                 replay_data(solver, max(1, param.iter_size), counts, done - len(curve), [t["iter"] for t in tests])
         elif phase.solverstate is not None:
-            # Here, where the inputs have passed their checks: not a warning before an error.
-            check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
             clean = Path(workdir) / restorable_name(phase.solverstate)
             clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
+            # Here, where the inputs (the state too) have passed their checks: not a warning before an error.
+            check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
             solver.restore(str(clean))
             rates = StepRates(param, state_current_step(clean))
         dispatcher.settle()

@@ -166,6 +166,17 @@ def test_the_solverstate_warning_finds_the_snapshots_model_where_caffe_would(caf
     assert result.exit_code == 0 and "was saved with snap_iter_2.caffemodel.h5" in result.output, result.output
     assert_one_line_error(resume(a, "missing.caffemodel", a / "snap_iter_2.solverstate", "o5.caffemodel"),
                           "missing.caffemodel: no such file")
+    # A state of another solver type, with the wrong -w: the error alone, no warning before it.
+    adagrad = tmp_path / "g"
+    adagrad.mkdir()
+    write_solver(adagrad, solver_type="AdaGrad", extra="")
+    assert_one_line_error(resume(adagrad, a / "start.caffemodel", a / "snap_iter_2.solverstate", "o6.caffemodel"),
+                          "a solverstate of another solver type")
+    # A symlink loop where the state's model would be beside it is no file there (Path.resolve raised).
+    (moved / "snap_iter_2.caffemodel").symlink_to("snap_iter_2.caffemodel")
+    (moved / "snap_iter_2.solverstate").write_bytes((a / "snap_iter_2.solverstate").read_bytes())
+    result = resume(a, a / "snap_iter_2.caffemodel", moved / "snap_iter_2.solverstate", "o7.caffemodel")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
 
 
 @pytest.mark.parametrize("command", [["train-sparse"], ["train-lowrank", "--force-decay", 0.01]])
