@@ -170,21 +170,37 @@ def load_weights(solver, spec, weights_path):
     return model
 
 
-def loss_blobs(net):
-    """(loss weight, blob) of each blob of ``net`` that has a loss weight:
-    the outputs, and a loss another layer reads (a Silence), which Caffe
-    counts too. (A layer that rewrites a loss top in place, after its loss
-    was taken, leaves another value there than Caffe counted.) Found once a
-    run: pycaffe rebuilds its blob dicts for each new wrapper, and
-    ``solver.net`` is a new one at every read (39 us an iteration on a
-    2-core CPU, ten times a tiny net's step; docs/BENCHMARKS.md)."""
-    blobs = net.blobs
-    return tuple((weight, blobs[name]) for name, weight in net.blob_loss_weights.items() if weight)
+class StepLoss:
+    """The loss Caffe logs for each step of ``net``, read after the step:
+    call it once per step.
 
+    Caffe takes a loss top's loss as data . diff, the diff holding its
+    loss weights (set when the net is built), over every blob with a loss
+    weight: the outputs, and a loss another layer reads (a Silence), not a
+    net output. A layer that reads a loss top rewrites that diff in its
+    backward pass, and from the next step on Caffe counts (and trains with)
+    those weights: so the weights of such a blob are read after each step,
+    for the next. (A layer that rewrites a loss top in place hides its loss:
+    pycaffe's loss weight of the blob is then that layer's, counted on the
+    rewritten value.) The blobs are found once a run: pycaffe rebuilds its
+    blob dicts for each new wrapper, and ``solver.net`` is a new one at
+    every read (39 us an iteration on a 2-core CPU, ten times a tiny net's
+    step; docs/BENCHMARKS.md)."""
 
-def net_loss(loss):
-    """The weighted loss after a forward pass, of ``loss_blobs(net)``."""
-    return sum((weight * float(blob.data.sum()) for weight, blob in loss), 0.0)
+    def __init__(self, net):
+        blobs = net.blobs
+        read = {name for names in net.bottom_names.values() for name in names}
+        named = [name for name, weight in net.blob_loss_weights.items() if weight]
+        self._blobs = tuple(blobs[name] for name in named)
+        self._read = tuple(i for i, name in enumerate(named) if name in read)
+        self._weights = [blob.diff.copy() for blob in self._blobs]
+
+    def __call__(self):
+        """The loss of the forward pass just run."""
+        total = sum((float(np.vdot(blob.data, weights)) for blob, weights in zip(self._blobs, self._weights)), 0.0)
+        for i in self._read:
+            self._weights[i] = self._blobs[i].diff.copy()
+        return total
 
 
 class StepRates:
@@ -226,12 +242,12 @@ def train(solver, iterations, hooks=None, on_iteration=None, where="training", r
     run's StepRates (None: pycaffe's ``lr``, for a solver that is not under
     multistep)."""
     rates = rates or (lambda solver: float(solver.lr))
-    loss = loss_blobs(solver.net)
+    loss = StepLoss(solver.net)
     curve = []
     for _ in range(iterations):
         lr, iteration = rates(solver), int(solver.iter)
         solver.step(1)
-        row = {"iter": iteration, "loss": net_loss(loss), "lr": lr}
+        row = {"iter": iteration, "loss": loss(), "lr": lr}
         if not math.isfinite(row["loss"]):
             raise Diverged(f"{where}: training diverged at iteration {row['iter']} (loss {row['loss']}, "
                            f"learning rate {lr:g}); nothing was written for it. {_remedy(hooks)}")

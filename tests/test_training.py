@@ -377,40 +377,56 @@ def test_the_curve_numbers_its_iterations_as_caffes_log(caffe, tmp_path):
         train_dense(huge, weights, tmp_path / "nan.caffemodel", lr_scale=1.0, iterations=7)
 
 
-def test_the_curve_loss_weighs_each_loss_and_leaves_the_other_outputs_out(caffe, tmp_path):
-    """The loss train() reads once per step, from blobs found once a run:
-    0.3 x one loss + 1 x another + 1 x one that a Silence reads (no net
-    output, and Caffe counts it), and an output with no loss weight left out.
-    (With an explicit loss_weight there, Caffe would put a Split between
-    them, whose first top carries it, and count the loss with weight 1 too.)"""
-    from caffedsd.training import loss_blobs, net_loss, train
+def test_the_curve_loss_is_the_loss_caffe_logs(caffe, tmp_path):
+    """The curve read the loss outputs at their declared weights. Caffe
+    counts every blob with a loss weight, outputs or not (a Silence reads
+    one), as data . diff, and a layer that reads a loss top rewrites that
+    diff in its backward pass: from the second step on, Caffe counted (and
+    trained with) other weights than the curve did. Here: 0.3 x a loss and
+    1 x another, an output with no loss weight, a loss a Silence reads, one
+    with a loss_weight a Silence reads (Caffe puts a Split between them),
+    and one a Power layer with a loss weight of its own reads."""
+    from caffedsd.caffe_env import caffe_binary
+    from caffedsd.training import StepLoss, train
 
-    net = tmp_path / "two_losses.prototxt"
+    net = tmp_path / "losses.prototxt"
     net.write_text(
-        'layer { name: "data" type: "DummyData" top: "x" top: "y" top: "z"\n'
-        '  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } shape { dim: 4 dim: 2 }\n'
-        '    data_filler { type: "gaussian" std: 1 } } }\n'
+        'layer { name: "data" type: "DummyData" top: "x" top: "y"\n'
+        '  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }\n'
+        '    data_filler { type: "constant" value: 0.5 } data_filler { type: "constant" value: -0.2 } } }\n'
         'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc"\n'
         '  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }\n'
-        'layer { name: "split" type: "Split" bottom: "fc" top: "fc_a" top: "fc_b" top: "fc_c" top: "fc_d" }\n'
-        'layer { name: "a" type: "EuclideanLoss" bottom: "fc_a" bottom: "y" top: "a" loss_weight: 0.3 }\n'
-        'layer { name: "b" type: "EuclideanLoss" bottom: "fc_b" bottom: "z" top: "b" }\n'
-        'layer { name: "c" type: "Power" bottom: "fc_c" top: "c" power_param { shift: 100 } }\n'
-        'layer { name: "d" type: "EuclideanLoss" bottom: "fc_d" bottom: "z" top: "d" }\n'
-        'layer { name: "quiet" type: "Silence" bottom: "d" }\n')
+        'layer { name: "a" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "a" loss_weight: 0.3 }\n'
+        'layer { name: "b" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "b" }\n'
+        'layer { name: "c" type: "Power" bottom: "fc" top: "c" power_param { shift: 100 } }\n'
+        'layer { name: "d" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "d" }\n'
+        'layer { name: "quiet_d" type: "Silence" bottom: "d" }\n'
+        'layer { name: "e" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "e" loss_weight: 0.5 }\n'
+        'layer { name: "quiet_e" type: "Silence" bottom: "e" }\n'
+        'layer { name: "f" type: "EuclideanLoss" bottom: "fc" bottom: "y" top: "f" }\n'
+        'layer { name: "g" type: "Power" bottom: "f" top: "g" loss_weight: 2 power_param { power: 2 } }\n')
     solver_path = tmp_path / "solver.prototxt"
-    solver_path.write_text(f'net: "{net}"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: 10\nsolver_mode: CPU\n')
+    solver_path.write_text(f'net: "{net}"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 4\ndisplay: 1\n'
+                           'snapshot_after_train: false\nsolver_mode: CPU\n')
+    weights = tmp_path / "start.caffemodel"
+    caffe.get_solver(str(solver_path)).net.save(str(weights))
+    log = subprocess.run([str(caffe_binary()), "train", f"--solver={solver_path}", f"--weights={weights}"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "GLOG_minloglevel": "0"}).stderr
+    logged = {int(n): float(v) for n, v in re.findall(r"Iteration (\d+) \(.*?\), loss = (\S+)", log)}
+    assert sorted(logged) == [0, 1, 2, 3], log[-2000:]
     solver = caffe.get_solver(str(solver_path))
+    solver.net.copy_from(str(weights))
     solver.net.forward()
     blobs = solver.net.blobs
-    def by_hand():
-        return 0.3 * float(blobs["a"].data) + float(blobs["b"].data) + float(blobs["d"].data)
-
-    assert "d" not in solver.net.outputs and float(blobs["d"].data) > 0
-    assert float(blobs["c"].data.sum()) > 100 and float(blobs["a"].data) > 0  # the outputs that must not add
-    assert net_loss(loss_blobs(solver.net)) == pytest.approx(by_hand(), rel=1e-6)
-    curve = train(solver, 2)  # the blobs then hold the last step's forward
-    assert curve[-1]["loss"] == pytest.approx(by_hand(), rel=1e-6)
+    # Before any backward pass, the declared weights (Caffe's own Split carries e's 0.5, and counts e at 1 too).
+    by_hand = (0.3 * float(blobs["a"].data) + sum(float(blobs[name].data) for name in "bdef")
+               + 0.5 * float(blobs["e"].data) + 2 * float(blobs["g"].data))
+    assert StepLoss(solver.net)() == pytest.approx(by_hand, rel=1e-6)
+    assert float(blobs["c"].data.sum()) > 100  # the output that must not add
+    curve = train(solver, 4)
+    assert [row["loss"] for row in curve] == pytest.approx([logged[n] for n in range(4)], rel=1e-5)
+    assert len({round(row["loss"], 3) for row in curve}) > 1  # the rewritten weights count from the second step
 
 
 def test_multistep_trains_at_caffes_rates_with_a_stepvalue_repeated(caffe, pruned, tmp_path):

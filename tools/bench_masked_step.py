@@ -85,7 +85,7 @@ from caffedsd.hooks import HookDispatcher, device_hooks_available  # noqa: E402
 from caffedsd.mask_enforcer import MaskEnforcer  # noqa: E402
 from caffedsd.masks import compute_mask, zero_count  # noqa: E402
 from caffedsd.squeezenet import SqueezeNetSpec  # noqa: E402
-from caffedsd.training import loss_blobs, net_loss, train  # noqa: E402
+from caffedsd.training import StepLoss, train  # noqa: E402
 
 VARIANTS = ("loop", "host", "device", "host+force", "device+force")
 TARGETS = {"host": 1.05, "device": 1.02}  # hooked s/iter / plain s/iter; variants with force have none
@@ -306,10 +306,11 @@ class NetBench:
 
     def breakdown(self, variant, calls=30, iterations=10):
         """Where the hooked loop's extra time goes: seconds per call of each
-        dispatcher hook point and of net_loss, alone (on a solver that has
-        run a step, so data and diff are filled; with --gpu each call is
-        followed by a synchronize), and how many times train() runs each per
-        iteration (counted in an untimed train() call of ``iterations``)."""
+        dispatcher hook point and of the loss read (StepLoss, "net_loss"),
+        alone (on a solver that has run a step, so data and diff are filled;
+        with --gpu each call is followed by a synchronize), and how many
+        times train() runs each per iteration (counted in an untimed train()
+        call of ``iterations``)."""
         solver, dispatcher = self.hooked_solver(variant)
         counts = dict.fromkeys(POINTS, 0)
         probe = _Counter(counts)
@@ -331,9 +332,9 @@ class NetBench:
                 benchlib.synchronize(self.gpu)
             return (time.perf_counter() - start) / calls
 
-        loss = loss_blobs(solver.net)
+        loss = StepLoss(solver.net)
         seconds = {point: per_call(getattr(dispatcher, point)) for point in POINTS}
-        seconds["net_loss"] = per_call(lambda: net_loss(loss))
+        seconds["net_loss"] = per_call(loss)
         dispatcher.detach()
         return {"variant": variant, "s_per_call": seconds, "calls_per_iteration": per_iter,
                 "s_per_iteration": sum(seconds[k] * per_iter[k] for k in seconds)}
