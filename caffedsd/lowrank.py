@@ -35,7 +35,7 @@ import numpy as np
 from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError, OutputError
 from .globrules import GlobRules, Rule, number_list
-from .report import number_text
+from .report import NETS_WRITTEN, number_text
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
 # Columns per slice when accumulating a Gram matrix (bounds the float64 copy).
@@ -532,11 +532,29 @@ def output_names(model_path, deploy_path):
     return names
 
 
+def earlier_nets(folder, inputs):
+    """The prototxts an earlier decompose wrote into ``folder`` (its
+    report.md says which), but for ``inputs``: beside a new model.caffemodel
+    that they do not fit, Caffe would fill a layer they name and the model
+    lacks with its filler, silently."""
+    try:
+        lines = (Path(folder) / "report.md").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    line = next((line for line in lines if line.startswith(NETS_WRITTEN)), "")
+    given = {Path(path).resolve() for path in inputs if path is not None}
+    # Only names of files in the folder itself: the report is a file anyone may have edited.
+    return [Path(folder) / name for name in line[len(NETS_WRITTEN):].split("`")[1::2]
+            if name and name == Path(name).name and name not in (".", "..")
+            and (Path(folder) / name).resolve() not in given]
+
+
 def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, ranks=None, layers=(),
                         include_fc=False, allow_python_layers=False, force=False):
     """Decompose into OUT_DIR: the rewritten prototxt(s), named as given,
     model.caffemodel and report.md. Returns (rows, skipped, written names).
-    An input in OUT_DIR that one of them would replace needs ``force``."""
+    An input in OUT_DIR that one of them would replace needs ``force``; an
+    earlier decompose's prototxt there that none of them replaces is removed."""
     from google.protobuf import text_format
 
     from . import report
@@ -623,7 +641,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                                file_sha256(made))
                 for path, name in names.items():
                     write_text(ready / name, texts[path])
-                write_text(ready / "report.md", report.decomposition_markdown(rows, weights, skipped))
+                write_text(ready / "report.md", report.decomposition_markdown(rows, weights, skipped,
+                                                                              nets=list(names.values())))
             except (OSError, OutputError) as exc:
                 raise_no_room(folder / "model.caffemodel", exc)
                 raise
@@ -638,8 +657,12 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                     with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
                         os.replace(made, tmp)
                         os.replace(ready / "model.masks.h5", masks_tmp)
+                stale = [path for path in earlier_nets(folder, [model_path, deploy_path, weights])
+                         if path.name not in names.values()]
                 for name in [*names.values(), "report.md"]:
                     os.replace(ready / name, folder / name)
+                for path in stale:
+                    path.unlink(missing_ok=True)
     written = [*names.values(), "model.caffemodel"] + (["model.masks.h5"] if kept is not None else [])
     return rows, skipped, written + ["report.md"]
 

@@ -476,14 +476,23 @@ def skipped_lines(skipped):
     return [f"{s.layer} ({s.type}): {s.reason}" for s in skipped]
 
 
-def decomposition_markdown(rows, weights, skipped=()):
+NETS_WRITTEN = "Nets written: "
+
+
+def decomposition_markdown(rows, weights, skipped=(), nets=()):
+    """decompose's report.md; ``nets``: the names of the prototxts it
+    wrote, on a line of their own that a later decompose into the folder
+    reads (lowrank.earlier_nets)."""
     header, body = decomposition_rows(rows)
-    lines = [f"# Low-rank decomposition of {weights}", "",
-             "Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
-             "MACs: multiply-adds per image of the decomposed layers. Discarded energy: sum of the "
-             "squared singular values left out (the squared Frobenius error of the weights). Totals "
-             "count the weights layers share once.", "",
-             markdown_table(header, body)]
+    lines = [f"# Low-rank decomposition of {weights}", ""]
+    if nets:
+        lines += [NETS_WRITTEN + ", ".join(f"`{name}`" for name in nets) + " (with model.caffemodel; a later "
+                  "decompose into this folder removes those it does not write again)", ""]
+    lines += ["Each layer becomes a rank-r layer and a 1x1 (or r-input) layer carrying the bias. "
+              "MACs: multiply-adds per image of the decomposed layers. Discarded energy: sum of the "
+              "squared singular values left out (the squared Frobenius error of the weights). Totals "
+              "count the weights layers share once.", "",
+              markdown_table(header, body)]
     if skipped:
         lines += ["", "## Left as they are", "",
                   "A split is made only where it has fewer weights and fewer multiply-adds than the layer "

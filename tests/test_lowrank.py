@@ -463,6 +463,24 @@ def test_grouped_convolutions_split_per_group_and_depthwise_left_alone(caffe, tm
     assert split.params["dw2/lowrank"][0].data.shape == (12, 1, 3, 3)
     assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "conv1=5", "-o", "x"),
                           "--rank conv1=5: must be between 1 and 4 per group")
+    # Again into "full", without --deploy: the earlier deploy.prototxt named
+    # conv1/lowrank, which the new model lacks, and Caffe would have filled
+    # it with its filler, silently. A prototxt decompose did not write stays.
+    (tmp_path / "full" / "mine.prototxt").write_text("# the user's\n")
+    result = cli("decompose", "-p", proto, "-w", weights, "--energy", 0.5, "-o", "full")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == [
+        "mine.prototxt", "model.caffemodel", "net.prototxt", "report.md"]
+    assert "Nets written: `net.prototxt` (with model.caffemodel" in (tmp_path / "full" / "report.md").read_text()
+
+
+def test_an_earlier_decomposes_nets_are_only_names_in_its_folder_and_no_input(tmp_path):
+    from caffedsd.lowrank import earlier_nets
+
+    (tmp_path / "report.md").write_text("# Low-rank decomposition of w\n\nNets written: `a.prototxt`, "
+                                        "`../b.prototxt`, `sub/c.prototxt`, `..`, `in.prototxt` (with ...)\n")
+    assert earlier_nets(tmp_path, [tmp_path / "in.prototxt", None]) == [tmp_path / "a.prototxt"]
+    assert earlier_nets(tmp_path / "elsewhere", []) == []
 
 
 def test_a_train_val_with_a_deploy_needs_no_data(caffe, tmp_path, cli):
