@@ -534,9 +534,10 @@ def output_names(model_path, deploy_path):
 
 def earlier_nets(folder, inputs):
     """The prototxts an earlier decompose wrote into ``folder`` (its
-    report.md says which), but for ``inputs``: beside a new model.caffemodel
-    that they do not fit, Caffe would fill a layer they name and the model
-    lacks with its filler, silently."""
+    report.md says which), but for ``inputs``: they describe that run's
+    split, and beside a new model.caffemodel they would be taken for its
+    nets (Caffe then refuses the pair, or fills a layer they name that the
+    model lacks from its filler)."""
     try:
         lines = (Path(folder) / "report.md").read_text(errors="replace").splitlines()
     except OSError:

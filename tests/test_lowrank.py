@@ -463,9 +463,9 @@ def test_grouped_convolutions_split_per_group_and_depthwise_left_alone(caffe, tm
     assert split.params["dw2/lowrank"][0].data.shape == (12, 1, 3, 3)
     assert_one_line_error(cli("decompose", "-p", proto, "-w", weights, "--rank", "conv1=5", "-o", "x"),
                           "--rank conv1=5: must be between 1 and 4 per group")
-    # Again into "full", without --deploy: the earlier deploy.prototxt named
-    # conv1/lowrank, which the new model lacks, and Caffe would have filled
-    # it with its filler, silently. A prototxt decompose did not write stays.
+    # Again into "full", without --deploy: the earlier deploy.prototxt, of
+    # the conv1 split the new model lacks, went on lying beside it. A
+    # prototxt decompose did not write stays.
     (tmp_path / "full" / "mine.prototxt").write_text("# the user's\n")
     result = cli("decompose", "-p", proto, "-w", weights, "--energy", 0.5, "-o", "full")
     assert result.exit_code == 0, result.output
