@@ -29,6 +29,21 @@ def pycaffe_dir():
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def python_path(pydir, binary=False):
+    """PYTHONPATH for a process whose Caffe imports the caffe package of
+    ``pydir`` (a Python layer's module subclasses caffe.Layer), and the
+    user's PYTHONPATH (where those modules are found). For the caffe
+    binary, whose embedded Python is the one it was linked with, not this
+    interpreter, also this one's site-packages (numpy, and what the layers
+    import)."""
+    import site
+
+    paths = [str(pydir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    if binary:
+        paths += [path for path in site.getsitepackages() if path not in paths]
+    return os.pathsep.join(paths)
+
+
 def caffe_log(verbose=False):
     """Caffe's glog: everything when ``verbose``, else warnings and worse
     unless GLOG_minloglevel says otherwise. Read once, when pycaffe loads."""
@@ -199,8 +214,7 @@ def _caffe_child(kind, path, python_layers=False, visible=None, weights=None, ba
     extension = _extension(pydir) if pydir is not None else None
     if extension is None:
         raise CaffeUnavailable(f"no pycaffe extension (_caffe*.so) found; {_INSTALL_HINT}")
-    paths = [str(pydir.parent)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), GLOG_minloglevel="2")
+    env = dict(os.environ, PYTHONPATH=python_path(pydir), GLOG_minloglevel="2")
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
     args = [str(extension), kind, str(path), "yes" if python_layers else "no", str(weights or ""), str(batches)]

@@ -5,7 +5,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caffe_env import caffe_binary, caffe_has_leveldb, check_gpu, failure_reason
+from .caffe_env import caffe_binary, caffe_has_leveldb, check_gpu, failure_reason, pycaffe_dir, python_path
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
@@ -55,6 +55,9 @@ def run_caffe_test(net_path, weights_path, iterations=1, gpu=None, binary=None, 
     if gpu is not None:
         cmd.append(f"--gpu={gpu}")
     env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")
+    pydir = pycaffe_dir()
+    if pydir is not None:  # a Python layer's module is imported by the binary's own Python
+        env["PYTHONPATH"] = python_path(pydir, binary=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
 

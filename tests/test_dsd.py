@@ -1130,6 +1130,9 @@ def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
     result = cli("dsd", "--recipe", recipe, "--allow-python-layers", "-o", "run")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "02-sparse" / "model.caffemodel").exists()
+    # verify's stock `caffe test`: the binary's own Python lacked pycaffe and numpy, and always failed.
+    result = cli("verify", "-w", "d.caffemodel", "-p", net, "--allow-python-layers")
+    assert result.exit_code == 0 and "ok    caffe test forward" in result.output, result.output
 
 
 @pytest.mark.caffe
