@@ -696,9 +696,9 @@ def squeezenet(net_version, bypass, base_e, incr_e, freq, pct3x3, sr, num_classe
     from .squeezenet import SqueezeNetSpec, parse_sweep, sweep_rows, write_squeezenet
 
     sources = {}
-    if train_source:
+    if train_source is not None:
         sources["train_source"] = train_source
-    if test_source:
+    if test_source is not None:
         sources["test_source"] = test_source
     spec = SqueezeNetSpec(version=net_version, bypass=bypass, base_e=base_e, incr_e=incr_e, freq=freq,
                           pct3x3=pct3x3, sr=sr, num_classes=num_classes, input_size=input_size,

@@ -88,6 +88,9 @@ class SqueezeNetSpec:
                                      ("weight-filler", self.weight_filler, FILLERS)):
             if value not in choices:
                 raise SqueezeNetError(f"--{name} {value!r}: must be one of {', '.join(choices)}")
+        for name in ("train_source", "test_source"):  # an unset shell variable: no default taken instead
+            if not (isinstance(getattr(self, name), str) and getattr(self, name).strip()):
+                raise SqueezeNetError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: names no data")
         if self.data == "hdf5":  # Caffe's HDF5Data reads list files, and transforms nothing
             lmdb = [f"--{name.replace('_', '-')}" for name in ("train_source", "test_source")
                     if getattr(self, name) == getattr(SqueezeNetSpec, name)]

@@ -218,6 +218,10 @@ def test_a_hand_edited_net_is_replaced_only_with_force(tmp_path, cli):
     assert cli("squeezenet", "-o", "nets", "--force").exit_code == 0
     assert "SqueezeNet_v1.0" in (tmp_path / "nets" / "train_val.prototxt").read_text()
     assert_one_line_error(cli("squeezenet", "-o", ""), "Invalid value for '--output' / '-o': an empty path")
+    # An unset shell variable as a source was taken for none: the ImageNet default was written.
+    for option in ("--train-source", "--test-source"):
+        assert_one_line_error(cli("squeezenet", option, "", "-o", "empty"), f"{option} '': names no data")
+    assert not (tmp_path / "empty").exists()
 
 
 def test_a_signal_while_force_replaces_the_files_ends_the_run_once_all_are_in(tmp_path, cli):
