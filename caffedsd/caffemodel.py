@@ -206,7 +206,8 @@ def _hdf5_what(path):
     except HDF5_DAMAGE:
         masks = weights = False
     if masks:
-        return "a caffedsd masks file, not weights: give it as --masks (-m), and the caffemodel as -w"
+        # Named without an option: most commands have no --masks (they take the masks beside the model).
+        return "a caffedsd masks file, not weights: give the caffemodel it belongs to"
     if weights:
         return ("Caffe HDF5 weights (snapshot_format: HDF5); make a binary caffemodel of them with "
                 f"`caffedsd convert --model NET.prototxt --weights {path} -o OUT.caffemodel`")

@@ -93,8 +93,10 @@ def test_hdf5_weights_elsewhere_and_bad_conversions(caffe, tmp_path, cli):
     # Other HDF5 files are not sent to convert, which would refuse them.
     assert cli("convert", "-p", proto, "-w", weights, "-o", "w.caffemodel").exit_code == 0
     assert cli("prune", "-w", "w.caffemodel", "-s", "0.5", "-o", "p.caffemodel").exit_code == 0
-    assert_one_line_error(cli("stats", "-w", "p.masks.h5"),
-                          "p.masks.h5: a caffedsd masks file, not weights: give it as --masks (-m)")
+    # It named --masks (-m), which rank and most commands do not have.
+    for command in ("stats", "rank"):
+        assert_one_line_error(cli(command, "-w", "p.masks.h5"),
+                              "p.masks.h5: a caffedsd masks file, not weights: give the caffemodel it belongs to")
     with h5py.File(tmp_path / "plain.h5", "w") as h5:
         h5.create_group("foo")
     assert_one_line_error(cli("stats", "-w", "plain.h5"), "plain.h5: an HDF5 file, but neither a caffemodel nor")
