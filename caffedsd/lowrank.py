@@ -26,6 +26,7 @@ both, unless --rank forces its rank; a depthwise convolution of one filter
 per group (C/g = N/g = 1, MobileNet's) never gets smaller, so it is left as
 it is; one of m filters per group may, when r (k^2 + m) < m k^2.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -543,11 +544,11 @@ def earlier_nets(folder, inputs):
     except OSError:
         return []
     line = next((line for line in lines if line.startswith(NETS_WRITTEN)), "")
-    given = {Path(path).resolve() for path in inputs if path is not None}
-    # Only names of files in the folder itself: the report is a file anyone may have edited.
+    given = {os.path.realpath(path) for path in inputs if path is not None}
+    # Only files named in the folder itself: the report is a file anyone may have edited.
     return [Path(folder) / name for name in line[len(NETS_WRITTEN):].split("`")[1::2]
-            if name and name == Path(name).name and name not in (".", "..")
-            and (Path(folder) / name).resolve() not in given]
+            if name and name == Path(name).name and name not in (".", "..") and (Path(folder) / name).is_file()
+            and os.path.realpath(Path(folder) / name) not in given]
 
 
 def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, ranks=None, layers=(),
@@ -663,7 +664,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                 for name in [*names.values(), "report.md"]:
                     os.replace(ready / name, folder / name)
                 for path in stale:
-                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # what was written stands; this is only tidying
+                        path.unlink()
     written = [*names.values(), "model.caffemodel"] + (["model.masks.h5"] if kept is not None else [])
     return rows, skipped, written + ["report.md"]
 

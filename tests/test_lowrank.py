@@ -477,9 +477,15 @@ def test_grouped_convolutions_split_per_group_and_depthwise_left_alone(caffe, tm
 def test_an_earlier_decomposes_nets_are_only_names_in_its_folder_and_no_input(tmp_path):
     from caffedsd.lowrank import earlier_nets
 
-    (tmp_path / "report.md").write_text("# Low-rank decomposition of w\n\nNets written: `a.prototxt`, "
-                                        "`../b.prototxt`, `sub/c.prototxt`, `..`, `in.prototxt` (with ...)\n")
-    assert earlier_nets(tmp_path, [tmp_path / "in.prototxt", None]) == [tmp_path / "a.prototxt"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("# Low-rank decomposition of w\n\nNets written: `a.prototxt`, `../b.prototxt`, "
+                                   "`sub/c.prototxt`, `..`, `in.prototxt`, `d.prototxt`, `gone.prototxt` (with ...)\n")
+    for name in ("a.prototxt", "in.prototxt", "sub/c.prototxt", "../b.prototxt"):
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text("")
+    (out / "d.prototxt").mkdir()  # no file: left alone
+    assert earlier_nets(out, [out / "in.prototxt", None]) == [out / "a.prototxt"]
     assert earlier_nets(tmp_path / "elsewhere", []) == []
 
 
