@@ -69,6 +69,19 @@ def _blob_groups(path, data):
     return found
 
 
+def hdf5_blobs(path):
+    """(layer name, {blob index: float32 array}) of each layer group of the
+    Caffe HDF5 weights ``path``, a layer at a time, as stored (a shared blob
+    under its owner only). Needs no net, as ``hdf5_layers`` does for the
+    layers' order and types."""
+    with h5py.File(path, "r") as handle:
+        data = handle.get("data")
+        if not isinstance(data, h5py.Group):
+            raise InputError(f"{path}: HDF5 file without a 'data' group: not Caffe HDF5 weights")
+        for layer in sorted(_blob_groups(path, data)):
+            yield layer, _stored(path, data[layer], layer)
+
+
 def append_hdf5_layers(path, layers):
     """Add ``layers`` ([(LayerParameter, [arrays])], as append_layers takes
     them) to the HDF5 weights ``path`` as Net::ToHDF5 writes a layer: a

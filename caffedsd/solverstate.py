@@ -30,6 +30,7 @@ from . import wire
 from .atomic import atomic_open, atomic_path, check_input, check_room, rewritten_hdf5
 from .caffemodel import is_hdf5, masked_blob_record, parse_blob, read_caffemodel, write_pieces
 from .errors import HDF5_DAMAGE, CaffeDsdWarning, InputError
+from .hdf5_weights import hdf5_blobs
 from .maskfile import masks_path_for
 
 STATE_ITER, STATE_LEARNED_NET, STATE_HISTORY, STATE_CURRENT_STEP = 1, 2, 3, 4
@@ -268,23 +269,17 @@ def _same_weights(path, weights):
         return False
     if not is_hdf5(path):
         return False
-    model = read_caffemodel(weights)
-
-    def differs(name, item):  # blob j of layer L is data/L/j, L's '/' nesting groups
-        if not isinstance(item, h5py.Dataset):
-            return None
-        layer, _, index = name.rpartition("/")
-        blobs = model.layer(layer).blobs if layer in model else ()
-        if not (index.isdigit() and int(index) < len(blobs)):
-            return True
-        return None if np.array_equal(np.asarray(item[()]).ravel(), blobs[int(index)].data.ravel()) else True
-
+    model, compared = read_caffemodel(weights), 0
     try:
-        with h5py.File(path, "r") as handle:
-            data = handle.get("data")
-            return isinstance(data, h5py.Group) and len(data) > 0 and not data.visititems(differs)
-    except (*HDF5_DAMAGE, TypeError, ValueError):
+        for layer, blobs in hdf5_blobs(path):
+            held = model.layer(layer).blobs if layer in model else ()
+            for index, values in blobs.items():
+                if index >= len(held) or not np.array_equal(values.ravel(), held[index].data.ravel()):
+                    return False
+                compared += 1
+    except (InputError, *HDF5_DAMAGE):
         return False
+    return compared > 0
 
 
 def _write_with_learned_net(buf, parts, name, out):
