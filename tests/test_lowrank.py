@@ -8,7 +8,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.errors import InputError
 from caffedsd.force import ForceRegularizer, ForceSpec, energy, force_gradient
-from caffedsd.lowrank import factor, rank_for_energy, singular_values, split_weights
+from caffedsd.lowrank import blocks, factor, rank_for_energy, singular_values, split_weights
 from caffedsd.maskfile import load_masks, masks_for
 from conftest import assert_one_line_error, save_net, write_solver
 
@@ -112,6 +112,12 @@ def test_groups_are_factored_block_by_block():
     for g in range(3):
         block = second[2 * g:2 * g + 2].astype(np.float64) @ first[2 * g:2 * g + 2].reshape(2, -1)
         assert np.allclose(block, w[2 * g:2 * g + 2].reshape(2, -1), atol=1e-5)
+
+
+def test_a_group_count_below_one_is_refused_not_divided_by():
+    for groups in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="must be a whole number >= 1"):
+            blocks(np.zeros((4, 2)), groups)
 
 
 def test_never_bigger_unless_forced():
