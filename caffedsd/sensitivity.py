@@ -386,13 +386,16 @@ def _measure(evaluator, config, points, emit):
 # A worker's program: its sys.path (the parent's) and arguments come as
 # arguments and through a pipe, its results go back through another. The
 # working folder leaves sys.path first: a user's random.py there stood in
-# for the standard one the imports below load.
+# for the standard one the imports below load. No arguments (the parent was
+# interrupted before it sent them, and ends) is an exit, not a traceback.
 _WORKER = ("import sys\n"
            "if sys.path and sys.path[0] == '':\n    del sys.path[0]\n"
            "import json\nsys.path[:] = json.loads(sys.argv[1])\n"
            "from multiprocessing.connection import Connection\n"
            "from caffedsd.sensitivity import _worker\n"
-           "_worker(*Connection(int(sys.argv[2])).recv(), Connection(int(sys.argv[3])))\n")
+           "try:\n    args = Connection(int(sys.argv[2])).recv()\n"
+           "except EOFError:\n    sys.exit(1)\n"
+           "_worker(*args, Connection(int(sys.argv[3])))\n")
 
 
 def _worker(config, model_path, weights_path, points, gpu, cache_limit, threads, parent, results):

@@ -691,6 +691,26 @@ def _alive(pids):
     return [pid for pid in pids if state(pid) not in ("Z", "gone")]
 
 
+def test_a_worker_sent_no_arguments_exits_without_a_traceback():
+    """A Ctrl-C can reach the scan between starting a worker and sending
+    it its arguments; the parent then closes the pipe, and the worker reads
+    end of file. It printed a traceback on the shared terminal."""
+    import multiprocessing
+    import subprocess
+    from caffedsd.sensitivity import _WORKER
+
+    arguments, to_worker = multiprocessing.Pipe(duplex=False)
+    from_worker, results = multiprocessing.Pipe(duplex=False)
+    given = [arguments.fileno(), results.fileno()]
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(sys.path), *map(str, given)],
+                              pass_fds=given, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for end in (arguments, results, to_worker):
+        end.close()
+    _, err = worker.communicate(timeout=120)
+    from_worker.close()
+    assert worker.returncode == 1 and err == ""
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
 def test_the_workers_end_with_a_killed_scan(lenet, tmp_path):
