@@ -4,12 +4,16 @@ Every file caffedsd writes goes to a temporary file in the destination folder
 and is renamed over the destination only once complete, so a killed run leaves
 no half-written output. What a SIGKILL leaves is a temporary file, named after
 its writer's pid; the next write of that output removes it once the writer is
-dead, and so does a rerun that continues a run folder (remove_leftovers).
+dead, and so does a rerun that continues a run folder (remove_leftovers). A
+writer holds a flock on its temporary: the kernel drops it when the writer
+ends, however it ends, and it tells a live writer in another container (pid
+namespace), where its pid names nothing, from a dead one.
 A new output folder is made the same way (atomic_folder): under a temporary
 name, renamed once all its files are in.
 """
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import re
@@ -149,13 +153,50 @@ def _probe(path, folder, name=None):
     except OSError as exc:
         raise _unwritable(path, folder, exc) from None
     os.close(fd)
-    os.unlink(probe)
+    _unlink(probe)  # gone already, if a process of another pid namespace took it for a dead one's
 
 
-# This process's temporaries still being written: a name with our pid that
-# is not among them was left by an earlier process that had the same pid
-# (in a container, every run may be pid 1).
-_WRITING = set()
+# This process's temporaries still being written, each with the descriptor
+# that holds its flock. A name with our pid that is not among them was left
+# by an earlier process that had the same pid (in a container, every run
+# may be pid 1), or is being written by a process of another pid namespace
+# that has it: that one holds its lock.
+_WRITING = {}
+
+
+def _hold(tmp, fd=None):
+    """Count the temporary ``tmp`` (made by this process; ``fd`` open on it)
+    as being written, and lock it until _release: a process in another pid
+    namespace, where the pid in its name means nothing, sees the lock."""
+    if fd is None:
+        fd = os.open(tmp, os.O_RDONLY)  # a folder too; not inherited by children
+    with contextlib.suppress(OSError):  # a file system without locks: the pid alone tells
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _WRITING[tmp] = fd
+
+
+def _release(tmp):
+    fd = _WRITING.pop(tmp, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _locked(tmp):
+    """True when some process holds ``tmp``'s flock (or it cannot be
+    opened to tell: it is left alone)."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks here
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def _temporaries(folder, name_pattern, recursive=False, folders=False):
@@ -172,7 +213,11 @@ def _temporaries(folder, name_pattern, recursive=False, folders=False):
 
 def _dead(pid, tmp):
     if pid == os.getpid():
-        return os.path.abspath(tmp) not in _WRITING
+        return os.path.abspath(tmp) not in _WRITING and not _locked(tmp)
+    return _pid_dead(pid) and not _locked(tmp)
+
+
+def _pid_dead(pid):
     if pid <= 0:  # kill(0) would signal our own process group
         return True
     try:
@@ -317,7 +362,7 @@ def atomic_path(path):
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise _unwritable(path, path.parent, exc) from None
-    os.close(fd)
+    _hold(os.path.abspath(tmp), fd)
     with _into_place(os.path.abspath(tmp), path, 0o666, _unlink) as written:
         yield written
 
@@ -381,10 +426,9 @@ def _unlink(path):
 
 @contextlib.contextmanager
 def _into_place(tmp, path, mode, remove):
-    """Yield the temporary ``tmp``; give it ``mode`` (less the umask: mkstemp
-    and mkdtemp make it owner-only) and rename it to ``path`` on success;
-    ``remove`` it on any error or interruption."""
-    _WRITING.add(tmp)
+    """Yield the temporary ``tmp`` (held: _hold); give it ``mode`` (less the
+    umask: mkstemp and mkdtemp make it owner-only) and rename it to ``path``
+    on success; ``remove`` it on any error or interruption; then release it."""
     try:
         yield Path(tmp)
         os.chmod(tmp, mode & ~_umask())
@@ -394,7 +438,7 @@ def _into_place(tmp, path, mode, remove):
         raise_no_room(path, exc)
         raise
     finally:
-        _WRITING.discard(tmp)
+        _release(tmp)
 
 
 @contextlib.contextmanager
@@ -435,17 +479,20 @@ def atomic_folder(path):
 
 def _temporary_folder(path, failure):
     """A new temporary folder beside ``path``, under atomic_path's kind of
-    name; what killed writers left under such names is removed first."""
+    name, held (_hold) until _release; what killed writers left under such
+    names is removed first."""
     parent = Path(os.path.realpath(path.parent))  # as atomic_path's folder
     for stale in _temporaries(parent, re.escape(path.name), folders=True):
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        return os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
+        tmp = os.path.abspath(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             raise _unwritable(path, parent, exc) from None
         raise_no_room(path, exc)  # a full disk is not the input's fault (exit status 1)
         raise InputError(f"{path}: {failure} ({exc.strerror})") from None
+    _hold(tmp)
+    return tmp
 
 
 @contextlib.contextmanager
@@ -453,13 +500,14 @@ def temporary_folder(path):
     """Yield a scratch folder beside ``path`` (same file system: what is
     written there can be renamed into place), removed on leaving; one a
     killed writer left is removed by the next."""
+    # Held (not a killed writer's): another temporary_folder of the name, in
+    # this process or another, keeps it.
     tmp = _temporary_folder(Path(path), "cannot write a temporary folder beside it")
-    _WRITING.add(tmp)  # not a killed writer's: another temporary_folder of the name in this process keeps it
     try:
         yield Path(tmp)
     finally:
-        _WRITING.discard(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        _release(tmp)
 
 
 def process_id_space():

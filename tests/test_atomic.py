@@ -51,6 +51,70 @@ def test_remove_leftovers_looks_in_subfolders_and_spares_live_writers(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(kept + ["stage"])
 
 
+def _reaped_pid():
+    """A pid no process has here now: what the pid in a temporary's name
+    says of a writer in another pid namespace (a container on a shared
+    volume), which may be running all the same."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+# A writer elsewhere: it holds a flock on its temporary (a file or folder)
+# until it is killed, as caffedsd's writers do.
+_LOCKING_WRITER = ("import fcntl, os, sys, time\n"
+                   "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                   "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                   "print('held', flush=True)\n"
+                   "time.sleep(120)\n")
+
+
+def test_a_temporary_whose_writer_holds_its_lock_is_kept_though_its_pid_is_gone(tmp_path):
+    """A second run in another container took a live run's temporaries for
+    a dead run's leftovers (its pid named no process there) and removed
+    them: the live run then died in Caffe's snapshot, or with a traceback."""
+    live_file = tmp_path / f".out.csv.{_reaped_pid()}.abcdefgh.tmp"
+    live_file.write_text("being written")
+    # Our own pid, as every container's first process is pid 1.
+    live_folder = tmp_path / f".snapshots.{os.getpid()}.abcdefgh.tmp"
+    live_folder.mkdir()
+    writers = [subprocess.Popen([sys.executable, "-c", _LOCKING_WRITER, str(held)], stdout=subprocess.PIPE, text=True)
+               for held in (live_file, live_folder)]
+    try:
+        assert [writer.stdout.readline() for writer in writers] == ["held\n"] * 2
+        assert remove_leftovers(tmp_path) == []
+        with atomic_open(tmp_path / "out.csv", "w") as handle:
+            handle.write("whole")
+        with atomic_folder(tmp_path / "snapshots") as folder:
+            write_text(folder / "a.txt", "a")
+        assert live_file.read_text() == "being written" and live_folder.is_dir()
+    finally:
+        for writer in writers:
+            writer.kill()
+            writer.wait()
+    assert remove_leftovers(tmp_path) == [live_file]  # killed: its lock went with it
+    with atomic_folder(tmp_path / "snapshots"):
+        pass
+    assert not live_folder.exists()
+
+
+def test_a_writers_temporaries_are_locked_while_it_writes(tmp_path):
+    probe = ("import fcntl, os, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+             "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    print('locked')\n"
+             "else:\n    print('free')\n")
+
+    def lock_of(path):
+        return subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True).stdout.strip()
+
+    with atomic_open(tmp_path / "out.csv", "w"):
+        (tmp,) = tmp_path.glob(".out.csv.*.tmp")
+        assert lock_of(tmp) == "locked"
+    with atomic_folder(tmp_path / "new") as folder:
+        assert lock_of(folder) == "locked"
+    assert lock_of(tmp_path / "new") == "free" and lock_of(tmp_path / "out.csv") == "free"
+
+
 def test_a_pipe_or_device_is_never_replaced(tmp_path):
     """The rename that makes outputs whole would put a regular file in place
     of a pipe or a device (`-o /dev/null` as root: /dev/null itself). A FIFO
