@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_not_data, check_room, same_file, scratch_folder, write_text
+from .atomic import atomic_paths, check_not_data, check_room, same_file, scratch_folder, temporary_folder, write_text
 from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
                         layer_types)
 from .caffe_proto import SolverParameter
@@ -168,6 +168,23 @@ def load_weights(solver, spec, weights_path):
         if names:  # the rest share the train net's blobs when tested
             net.copy_from(str(weights_path))
     return model
+
+
+def _restore_unhashed(solver, spec, latest, masks, param, folder):
+    """Restore checkpoint ``latest`` of an earlier caffedsd, which hashed
+    none of its files (so a cut or emptied one was not found out): its pair
+    is checked as a -w and a --solverstate are. Caffe's restore aborts the
+    process on a cut file, and takes an emptied caffemodel for no weights."""
+    state = Path(latest["solverstate"])
+    with temporary_folder(state) as scratch:
+        clean = scratch / restorable_name(state)
+        check_room(clean, state.stat().st_size)
+        try:
+            load_weights(solver, spec, state.with_suffix(".caffemodel"))
+            clean_solverstate(state, clean, solver.net, masks, solver_type(param))
+        except InputError as exc:
+            raise InputError(f"{exc}; delete {folder} to restart the stage") from None
+        solver.restore(str(clean))
 
 
 class StepLoss:
@@ -605,9 +622,12 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         latest = checkpoints.latest() if checkpoints is not None else None
         curve, tests, done = [], [], 0
         rates = StepRates(param)
-        if latest is not None:
+        if latest is not None and latest.get("sha256"):
             with checkpoints.restorable(latest) as state:
                 solver.restore(str(state))
+        elif latest is not None:
+            _restore_unhashed(solver, spec, latest, masks, param, checkpoints.folder)
+        if latest is not None:
             rates = StepRates(param, state_current_step(latest["solverstate"]))
             # Copies: this run extends them, and the checkpoint's record keeps what it read.
             curve, tests, done = list(checkpoints.curve(latest)), list(checkpoints.tests(latest)), int(solver.iter)

@@ -618,8 +618,43 @@ def test_checkpoint_without_its_solverstate(tmp_path, cli):
     (stage / "checkpoint" / "gone.caffemodel").write_bytes(b"")
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"), "c.csv: missing; delete")
     (stage / "checkpoint" / "c.csv").write_text("iter,loss,lr\n" + "".join(f"{n},1.0,0.02\n" for n in range(5)))
+    # A record of an earlier caffedsd (no sha256): its pair is checked as a -w and a --solverstate are.
     assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run"),
-                          "gone.solverstate: damaged, not the solverstate Caffe wrote; delete")
+                          "gone.caffemodel: empty file, not a caffemodel; delete")
+
+
+@pytest.mark.caffe
+def test_a_checkpoint_of_an_earlier_caffedsd_is_checked_before_caffe_restores_it(tmp_path, cli):
+    """Checkpoints made before they recorded the sha256 of their files (and
+    before their snapshots were synced, so those most likely cut by a
+    crash) were given to Caffe's restore unchecked: it aborted the process
+    on a cut file, and took an emptied caffemodel for no weights, going on
+    from the stage's start without a word."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=80)
+    assert cli("dsd", "--recipe", recipe, "-o", "reference").exit_code == 0
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        run_recipe(load_recipe(recipe), run, progress=stopping_at(60))
+    checkpoint = run / "03-sparse" / "checkpoint"
+    record = json.loads((checkpoint / "checkpoint.json").read_text())
+    (checkpoint / "checkpoint.json").write_text(json.dumps({k: v for k, v in record.items() if k != "sha256"}))
+    model, state = checkpoint / "snapshot_iter_50.caffemodel", checkpoint / "snapshot_iter_50.solverstate"
+    whole = {path: path.read_bytes() for path in (model, state)}
+    restart = "; delete run/03-sparse/checkpoint to restart the stage"
+    for path, cut, expect in ((model, 0, "empty file, not a caffemodel"),
+                              (model, len(whole[model]) - 9, "not a caffemodel, or truncated"),
+                              (state, len(whole[state]) - 9, "not a solverstate, or truncated")):
+        path.write_bytes(whole[path][:cut])
+        result = cli("dsd", "--recipe", recipe, "-o", "run")
+        assert_one_line_error(result, f"{path.relative_to(tmp_path)}: {expect}")
+        assert result.output.strip().endswith(restart), result.output
+        path.write_bytes(whole[path])
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    for name in ("03-sparse/curve.csv", "03-sparse/model.caffemodel", "04-dense/model.caffemodel"):
+        assert (run / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
 
 
 @pytest.mark.caffe
