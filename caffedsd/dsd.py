@@ -156,6 +156,10 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
         if _same_run(folder.path, found.get("recipe_fingerprint"), recipe, spec):
             return  # made by an earlier caffedsd, whose fingerprint differed
         shared = shared_stages(folder.path, found.get("recipe_fingerprint"), recipe, spec)
+        if not force and _same_run(folder.path, found.get("recipe_fingerprint"), recipe, spec, with_weights=False):
+            raise InputError(f"{folder.path}: made by an earlier caffedsd, which did not record the weights this "
+                             f"recipe started from; give a new -o, or --force to keep its stages {_numbers(shared)} "
+                             "if they were these")
         if not force:
             offer = (f"keep its stages {_numbers(shared)}, which this recipe shares, and run the rest anew"
                      if shared else "start it over (no stage of it is the same in this recipe)")
@@ -173,15 +177,18 @@ def prepare_run_dir(run_dir, recipe, spec, force=False, notify=None):
         takeover=takeover)
 
 
-def _same_run(run_dir, made, recipe, spec):
+def _same_run(run_dir, made, recipe, spec, with_weights=True):
     """Whether ``run_dir`` is this recipe's run under the fingerprint of a
     caffedsd that did not count the order of plan rules: its recipe.yaml
-    (which keeps them in order) is this recipe, with these files."""
+    (which keeps them in order) is this recipe, with these files. With
+    ``with_weights`` False: of one that did not count the weights either,
+    which it may not have started from."""
     try:
         old = load_recipe(Path(run_dir) / "recipe.yaml")
     except CaffeDsdError:
         return False
-    return old == recipe and made == run_fingerprint(recipe, spec, rule_order=False)
+    orders = (False,) if with_weights else (True, False)
+    return old == recipe and any(made == run_fingerprint(recipe, spec, with_weights, order) for order in orders)
 
 
 def shared_stages(run_dir, made, recipe, spec):

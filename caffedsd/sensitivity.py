@@ -122,6 +122,22 @@ def measured_alike(found, config, apart_from=()):
             and how(old) == how(config.key()))
 
 
+# Key fields that records of earlier scans lack, in words.
+_UNRECORDED = {"net_sha256": "the net file", "data_sha256": "the TEST examples"}
+
+
+def _unrecorded(found, config):
+    """What of ``config`` the marker record ``found`` of an earlier
+    caffedsd does not say, in words, where all it says is config's; else
+    nothing."""
+    old = found.get("config")
+    if not isinstance(old, dict):
+        return []
+    missing = [name for name in _UNRECORDED if name not in old]
+    filled = {**found, "config": {**old, **{name: config.key()[name] for name in missing}}}
+    return [_UNRECORDED[name] for name in missing] if missing and measured_alike(filled, config) else []
+
+
 def test_output_kinds(net, net_path):
     """netcheck.output_kinds of ``net`` as caffe.Net builds it for TEST,
     which must have an accuracy or a loss to measure."""
@@ -606,6 +622,10 @@ def _take_over(folder, found, config, force, notify):
             raise InputError(f"{folder.path}: its points were measured on other examples than the TEST data "
                              f"of {config.model} gives now (rewritten data, or a TEST layer that shuffles or "
                              "draws at random); give a new -o, or --force to start it over")
+        unknown = _unrecorded(found, config)
+        if unknown:
+            raise InputError(f"{folder.path}: made by an earlier caffedsd, which did not record "
+                             f"{' or '.join(unknown)} it measured; give a new -o, or --force to start it over")
         raise InputError(f"{folder.path}: made by a different model, weights or settings; give a new -o, or "
                          "--force to start it over (none of its points is measured as this scan measures)")
     if not alike:

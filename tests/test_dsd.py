@@ -352,7 +352,9 @@ def test_weights_retrained_in_place_are_another_start(tmp_path, cli):
     parsed = load_recipe(recipe)
     legacy = run_fingerprint(parsed, read_solver(parsed.solver), with_weights=False)
     (tmp_path / "older" / "run.json").write_text(json.dumps({"recipe_fingerprint": legacy}))
-    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "older"), "--force to keep its stages 1-4")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "older"),
+                          "older: made by an earlier caffedsd, which did not record the weights this recipe started "
+                          "from; give a new -o, or --force to keep its stages 1-4 if they were these")
     kept = _files(tmp_path / "older", "01-dense", "02-prune", "03-sparse", "04-dense")
     result = cli("dsd", "--recipe", recipe, "--force", "-o", "older")
     assert result.exit_code == 0 and "kept stages 1-4 of the run an earlier recipe made" in result.output

@@ -222,6 +222,29 @@ def _points_file(folder):
     return (folder / "points.jsonl").read_text().splitlines()
 
 
+def test_a_scan_folder_of_an_earlier_caffedsd_says_what_its_record_lacks(lenet, scanned, tmp_path, cli):
+    """One made before scans recorded the net file and the TEST examples
+    was refused as made by "a different model, weights or settings", which
+    nothing was."""
+    import shutil
+
+    _, proto, weights = lenet
+    out, _ = scanned
+    folder = tmp_path / "scan"
+    shutil.copytree(out, folder)
+    marker = json.loads((folder / "scan.json").read_text())
+    for key in ("net_sha256", "data_sha256"):
+        del marker["config"][key]
+    (folder / "scan.json").write_text(json.dumps(marker))
+    assert_one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "-o", folder),
+                          "scan: made by an earlier caffedsd, which did not record the net file or the TEST examples "
+                          "it measured; give a new -o, or --force to start it over")
+    marker["config"]["criterion"] = "random"  # and another scan
+    (folder / "scan.json").write_text(json.dumps(marker))
+    assert_one_line_error(cli("sensitivity", "-p", proto, "-w", weights, "-n", ITERS, "-o", folder),
+                          "scan: made by a different model, weights or settings")
+
+
 def test_force_reuses_the_points_a_scan_of_other_sparsities_measured(lenet, scanned, tmp_path, cli):
     """Adding a sparsity to a finished scan measures only the new points;
     a scan of an edited net file (its TEST batch size) keeps none."""
