@@ -182,10 +182,13 @@ def _release(tmp):
 
 
 def _locked(tmp):
-    """True when some process holds ``tmp``'s flock (or it cannot be
-    opened to tell: it is left alone)."""
+    """True when some process holds ``tmp``'s flock, or it is gone. One
+    this user cannot open (another user's: mkstemp makes it owner-only)
+    cannot tell: its pid alone does."""
     try:
         fd = os.open(tmp, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):
+        return False
     except OSError:
         return True
     try:
@@ -422,6 +425,24 @@ def signals_deferred():
 def _unlink(path):
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def replace_held(source, tmp):
+    """``os.replace`` the whole file ``source`` over ``tmp``, a temporary
+    this process holds (atomic_path's), which stays held: locked before
+    the rename, the file takes its lock along, where a lock on the
+    temporary's own file would go with that file."""
+    tmp = os.path.abspath(tmp)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(source, tmp)
+    except BaseException:
+        os.close(fd)
+        raise
+    _release(tmp)
+    _WRITING[tmp] = fd
 
 
 @contextlib.contextmanager

@@ -563,8 +563,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
     from google.protobuf import text_format
 
     from . import report
-    from .atomic import (atomic_folder, atomic_paths, check_output, raise_no_room, signals_deferred, temporary_folder,
-                         write_text)
+    from .atomic import (atomic_folder, atomic_paths, check_output, raise_no_room, replace_held, signals_deferred,
+                         temporary_folder, write_text)
     from .caffe_env import build_in_child, check_net_runs, has_python_layers, import_caffe
     from .caffe_proto import read_net_prototxt
     from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
@@ -657,11 +657,11 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             with signals_deferred():
                 if kept is None:
                     with atomic_unmasked_path(folder / "model.caffemodel") as tmp:  # an earlier model's masks go
-                        os.replace(made, tmp)
+                        replace_held(made, tmp)
                 else:
                     with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
-                        os.replace(made, tmp)
-                        os.replace(ready / "model.masks.h5", masks_tmp)
+                        replace_held(made, tmp)
+                        replace_held(ready / "model.masks.h5", masks_tmp)
                 stale = [path for path in earlier_nets(folder, [model_path, deploy_path, weights])
                          if path.name not in names.values()]
                 for name in [*names.values(), "report.md"]:

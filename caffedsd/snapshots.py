@@ -18,7 +18,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .atomic import atomic_paths, check_room, raise_no_room, temporary_folder
+from .atomic import atomic_paths, check_room, raise_no_room, replace_held, temporary_folder
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, new_layers_bytes
 from .errors import CaffeDsdWarning, InputError
@@ -220,10 +220,10 @@ class SolverSnapshots:
             with atomic_paths(state) as (state_tmp,), \
                     (atomic_paths(model, masks_path_for(model)) if masked else atomic_unmasked_path(model)) as into:
                 model_tmp = into[0] if masked else into
-                os.replace(made[0], model_tmp)
+                replace_held(made[0], model_tmp)
                 if masked:
                     save_masks_of(into[1], model_tmp, maskset)
-                os.replace(made[1], state_tmp)
+                replace_held(made[1], state_tmp)
         finally:
             for each in made:
                 Path(each).unlink(missing_ok=True)

@@ -179,7 +179,8 @@ def _copy_hdf5_cleaned(path, output, params, masks, solver_type):
             # for the history and HDF5's own records is checked first. (Not
             # made in memory, as atomic_hdf5 does: a large net's is GBs.)
             check_room(tmp, sum(src["history"][k].nbytes for k in keys) + (1 << 20))
-            with h5py.File(tmp, "w") as dst:
+            # HDF5's own lock would conflict with the one atomic_path holds on it.
+            with h5py.File(tmp, "w", locking=False) as dst:
                 for name in src:
                     if name not in ("history", "learned_net"):
                         src.copy(src[name], dst, name=name)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from caffedsd.atomic import process_id_space, atomic_folder, atomic_open, atomic_paths, remove_leftovers, write_text
+from caffedsd.atomic import (process_id_space, atomic_folder, atomic_open, atomic_paths, remove_leftovers, replace_held,
+                             write_text)
 from caffedsd.errors import InputError, OutputError
 from conftest import kill_while_writing
 
@@ -113,6 +114,43 @@ def test_a_writers_temporaries_are_locked_while_it_writes(tmp_path):
     with atomic_folder(tmp_path / "new") as folder:
         assert lock_of(folder) == "locked"
     assert lock_of(tmp_path / "new") == "free" and lock_of(tmp_path / "out.csv") == "free"
+    # A file made whole elsewhere (Caffe's snapshot) and renamed over the
+    # temporary: the lock on the temporary's own file went with that file.
+    (tmp_path / "made").write_text("snapshot")
+    with atomic_open(tmp_path / "snap.caffemodel", "w"):
+        (tmp,) = tmp_path.glob(".snap.caffemodel.*.tmp")
+        replace_held(tmp_path / "made", tmp)
+        assert lock_of(tmp) == "locked"
+    assert (tmp_path / "snap.caffemodel").read_text() == "snapshot" and lock_of(tmp_path / "snap.caffemodel") == "free"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes as two users")
+def test_another_users_dead_writers_temporary_is_removed(tmp_path):
+    """mkstemp makes a temporary owner-only: another user cannot open it to
+    see its lock, and it was taken for locked, and kept for ever."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="caffedsd-users-"))  # one both users reach
+    try:
+        shared.chmod(0o777)
+        left = shared / f".out.csv.{_reaped_pid()}.abcdefgh.tmp"
+        left.write_text("half")
+        left.chmod(0o600)
+        child = os.fork()  # this Python as another user: that one may not be allowed to run its binary
+        if child == 0:
+            code = 1
+            try:
+                os.setuid(65534)
+                with atomic_open(shared / "out.csv", "w") as handle:
+                    handle.write("whole")
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(child, 0)[1] == 0
+        assert sorted(p.name for p in shared.iterdir()) == ["out.csv"]
+    finally:
+        import shutil
+        shutil.rmtree(shared)
 
 
 def test_a_pipe_or_device_is_never_replaced(tmp_path):
