@@ -66,7 +66,7 @@ def blocks(weights, groups=1, transpose=False):
     matrix = w.reshape(w.shape[0], -1)
     if transpose:
         return [matrix.T]
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
         # Caffe's own check (group > 0); 0 divided by zero here.
         raise InputError(f"group {groups!r}: must be a whole number >= 1")
     if matrix.shape[0] % groups:

@@ -115,9 +115,10 @@ def test_groups_are_factored_block_by_block():
 
 
 def test_a_group_count_below_one_is_refused_not_divided_by():
-    for groups in (0, -1, 1.5, True):
+    for groups in (0, -1, 1.5, True, np.int64(0)):
         with pytest.raises(InputError, match="must be a whole number >= 1"):
             blocks(np.zeros((4, 2)), groups)
+    assert len(blocks(np.zeros((4, 2)), np.int64(2))) == 2
 
 
 def test_never_bigger_unless_forced():
