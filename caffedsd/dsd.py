@@ -403,6 +403,15 @@ class _Checkpoints:
     def tests(record):
         return record["test_rows"]
 
+    @staticmethod
+    def check_room(where, nbytes):
+        """Raise OutputError unless a checkpoint of ``nbytes`` (save's) fits
+        at ``where``: the pair, and its state once more, rewritten beside it
+        to name the model where it goes. New files at most at once: the
+        pair, two CSVs and the record's temporary (.writing/ and the
+        rewrite's temporary are gone by then)."""
+        check_room(where, sum(nbytes) + nbytes[1], max(nbytes), files=5)
+
     def save(self, solver, curve, tests, nbytes=(0, 0)):
         """``nbytes``: at least what Caffe writes (snapshot_bytes), checked
         for room first, since Caffe aborts the process on a failed write."""
@@ -413,12 +422,8 @@ class _Checkpoints:
                 from None
         writing = self.prefix.parent
         self.remove_cut_writes()  # first: they hold room the check counts on
-        # The pair, and its state once more: rewritten beside it to name the
-        # model where it goes. New files at most at once: the pair, two CSVs
-        # and the record's temporary (.writing/ and the rewrite's temporary
-        # are gone by then).
         where = self.folder / self.prefix.name
-        check_room(where, sum(nbytes) + nbytes[1], max(nbytes), files=5)
+        self.check_room(where, nbytes)
         try:
             writing.mkdir()
         except OSError as exc:  # no inode left: a want of room too

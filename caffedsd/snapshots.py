@@ -166,6 +166,28 @@ class SolverSnapshots:
         stem = f"{prefix or self.prefix}_iter_{iteration}"
         return f"{stem}.caffemodel{self.extension}", f"{stem}.solverstate{self.extension}"
 
+    def held(self, appended):
+        """Those of ``appended`` (write's) that its snapshots hold."""
+        return [(param, arrays) for param, arrays in appended if not self.extension or param.name in self._held]
+
+    def check_room(self, model, sizes, appended=()):
+        """Raise OutputError unless a snapshot fits beside ``model`` (write's
+        ``sizes`` and ``appended``); returns the pair's sizes, ``appended``
+        counted in."""
+        # The state is written twice (Caffe's, then the rewrite naming the
+        # model); new files at most at once: the pair and the temporaries of
+        # its two renames into place.
+        grown = new_layers_bytes(appended)
+        rewritten = 0
+        if self.extension and appended:
+            # HDF5 headers of each group and dataset; the model is then
+            # rewritten whole beside Caffe's (hdf5_weights.append_hdf5_layers).
+            grown += 4096 * sum(1 + len(arrays) for _, arrays in appended)
+            rewritten = sizes[0] + grown
+        sizes = (sizes[0] + grown, sizes[1])
+        check_room(model, sum(sizes) + sizes[1] + rewritten, max(sizes), files=4)
+        return sizes
+
     def write(self, solver, sizes, appended=(), maskset=None):
         """Snapshot ``solver`` at its iteration; ``sizes``: lower bounds of
         Caffe's two files (training.snapshot_bytes), checked for room first,
@@ -180,20 +202,8 @@ class SolverSnapshots:
         no file of their own: `convert` makes them a caffemodel first."""
         iteration = int(solver.iter)
         model, state = self.paths(iteration)
-        # The state is written twice (Caffe's, then the rewrite naming the
-        # model); new files at most at once: the pair and the temporaries of
-        # its two renames into place.
-        if self.extension:
-            appended = [(param, arrays) for param, arrays in appended if param.name in self._held]
-        grown = new_layers_bytes(appended)
-        rewritten = 0
-        if self.extension and appended:
-            # HDF5 headers of each group and dataset; the model is then
-            # rewritten whole beside Caffe's (hdf5_weights.append_hdf5_layers).
-            grown += 4096 * sum(1 + len(arrays) for _, arrays in appended)
-            rewritten = sizes[0] + grown
-        sizes = (sizes[0] + grown, sizes[1])
-        check_room(Path(model), sum(sizes) + sizes[1] + rewritten, max(sizes), files=4)
+        appended = self.held(appended)
+        sizes = self.check_room(Path(model), sizes, appended)
         made = self.paths(iteration, self.solver_prefix)
         try:
             solver.snapshot()

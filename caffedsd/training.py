@@ -421,14 +421,16 @@ def snapshot_bytes(spec, net):
     """At least the bytes Caffe writes for the solver's train ``net``: (its
     caffemodel: every layer's parameters and every blob; a solverstate's
     history: one float per learnable value, a blob shared through
-    param { name } once). The floats alone fell short by the framing, and
-    Caffe aborted (exit 134) on a disk that held the floats but not the file."""
+    param { name } once, and two for Adam and AdaDelta, which keep two
+    moments). The floats alone fell short by the framing, and Caffe aborted
+    (exit 134) on a disk that held the floats but not the file."""
     built = spec.train_layers()
     names = {layer.name: [p.name for p in layer.param] for layer in built}
     # A layer's record: its parameters and a few tags; a blob's: its shape
     # (a varint of up to 10 bytes an axis), tags and lengths.
     model = sum(layer.ByteSize() + 16 for layer in built) + 64
     history = 64 + 1024  # iter, current_step, and learned_net: the path of the model snapshot
+    moments = 2 if solver_type(spec.param) in ("Adam", "AdaDelta") else 1
     shared = set()
     for layer, blobs in net.params.items():
         params = names.get(layer, [])
@@ -437,7 +439,7 @@ def snapshot_bytes(spec, net):
             model += 4 * blob.count + framing
             name = params[index] if index < len(params) else ""
             if name not in shared:
-                history += 4 * blob.count + framing
+                history += moments * (4 * blob.count + framing)
             if name:
                 shared.add(name)
     return model, history
@@ -666,6 +668,14 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             masks = masks_file_bytes(phase.maskset) if phase.maskset is not None else 0
             check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)) + masks,
                        files=3)
+        # A checkpoint or snapshot due before the end, which is checked again
+        # when written too: on a disk too small for it, the iterations before
+        # it were lost, and a rerun, with none to go on from, lost them again.
+        if checkpoints is not None and (_next_checkpoint(start, checkpoints) or end) < end:
+            checkpoints.check_room(checkpoints.folder, sizes)
+        if snapshots is not None and (snapshots.next_after(start) or end) < end:
+            snapshots.check_room(Path(snapshots.paths(snapshots.next_after(start))[0]), sizes,
+                                 snapshots.held(test_only_records(solver, spec)))
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):

@@ -1315,6 +1315,46 @@ def test_a_cut_checkpoint_gives_back_its_room_before_the_next_is_checked_for_roo
 
 
 @pytest.mark.caffe
+def test_a_checkpoint_or_snapshot_with_no_room_is_refused_before_the_training_it_would_keep(caffe, tmp_path):
+    """Room for a checkpoint (the pair and its state's rewrite: about three
+    models) was checked only when it was due: on a disk with room for the
+    output, the iterations before it were trained, then lost, and a rerun,
+    with no checkpoint to go on from, lost them again. So were a train-*
+    run's before the solver's own snapshot."""
+    solver = write_solver(tmp_path, base_lr=0.001, snapshot=5)
+    solver.write_text(solver.read_text().replace(f'"{tmp_path / "snap"}"', '"snap"'))  # on the small disk
+    net = tmp_path / "net.prototxt"  # fc1: 5 x 4 x 62 x 62, 300 KB of weights
+    net.write_text(net.read_text().replace("dim: 2 dim: 6 dim: 6", "dim: 2 dim: 64 dim: 64"))
+    save_net(caffe, tmp_path, net.read_text(), name="start")
+    content = tmp_path / "content"
+    content.mkdir()
+    code = "from caffedsd.cli import main; main()"
+    for every, expect in ((5, "run/01-dense/checkpoint: could not be written (No space left on device: it needs at "
+                              "least "), (100, None)):
+        (tmp_path / "recipe.yaml").write_text(f"solver: {tmp_path / 'plain.prototxt'}\ncheckpoint_every: {every}\n"
+                                              "stages:\n  - dense: {iterations: 8}\n")
+        (tmp_path / "plain.prototxt").write_text(solver.read_text().replace("snapshot: 5", "snapshot: 0"))
+        runs = [["dsd", "--recipe", tmp_path / "recipe.yaml", "-o", "run"]]
+        if every == 5:
+            runs.append(["train-dense", "--solver", solver, "-w", tmp_path / "start.caffemodel", "--iterations", "8",
+                         "-o", "out.caffemodel"])
+        for args in runs:
+            mount = tmp_path / f"disk{len(list(tmp_path.glob('disk*')))}"
+            mount.mkdir()
+            # Room for the output (300 KB), not for a checkpoint or snapshot (900 KB).
+            full = run_on_a_full_disk([sys.executable, "-c", code, *args], content=content, mount=mount,
+                                      spare_inodes=40, fill="fill", leave=600_000)
+            if expect is None:
+                assert full.returncode == 0, full.stderr
+                continue
+            last = full.stderr.strip().splitlines()[-1]
+            if args[0] == "train-dense":
+                expect = "snap_iter_5.caffemodel: could not be written (No space left on device: it"
+            assert full.returncode == 1 and last.startswith(f"caffedsd: {expect}"), full.stderr[-2000:]
+            assert "loss" not in full.stdout + full.stderr  # no step was taken
+
+
+@pytest.mark.caffe
 def test_a_checkpoint_pair_is_renamed_into_place_once_caffe_wrote_it_whole(tmp_path):
     """Caffe writes its snapshot in place, unsynced: a run killed while it
     wrote left a cut snapshot_iter_N.caffemodel beside checkpoint.json. It

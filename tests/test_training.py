@@ -664,21 +664,23 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
     assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "s.caffemodel").exists()
 
 
-def test_snapshot_bytes_are_upper_bounds_of_caffes_files(caffe, tmp_path):
+@pytest.mark.parametrize("solver_type, moments", [("SGD", 1), ("Adam", 2)])
+def test_snapshot_bytes_are_upper_bounds_of_caffes_files(caffe, tmp_path, solver_type, moments):
     """The floats alone fell short of the files by their framing: a disk or
-    ulimit -f between the two made Caffe abort (exit 134)."""
+    ulimit -f between the two made Caffe abort (exit 134). Adam's (and
+    AdaDelta's) state holds two history blobs per parameter blob."""
     from caffedsd.training import snapshot_bytes
 
-    spec = read_solver(write_solver(tmp_path, extra="momentum: 0.9"))
+    spec = read_solver(write_solver(tmp_path, solver_type, extra="momentum: 0.9"))
     solver, _ = open_solver(spec, tmp_path, snapshot_prefix=tmp_path / "s", snapshot=0)
     floats = (4 * 2 * 3 * 3 + 4) + (5 * 4 * 4 * 4 + 5)  # conv1 and fc1, weights and biases
-    model_bound, state_bound = snapshot_bytes(spec, solver.net)  # SGD: one history blob per param
+    model_bound, state_bound = snapshot_bytes(spec, solver.net)
     solver.step(1)
     solver.snapshot()
     model = (tmp_path / "s_iter_1.caffemodel").stat().st_size
     state = (tmp_path / "s_iter_1.solverstate").stat().st_size
     assert 4 * floats < model <= model_bound < model + 1000
-    assert 4 * floats < state <= state_bound < state + 1500
+    assert moments * 4 * floats < state <= state_bound < state + 1500
 
 
 # -- what `caffe train` does with the solver's own settings ------------------------------------------------------------
