@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -639,7 +640,12 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                 replay_data(solver, max(1, param.iter_size), counts, done - len(curve), [t["iter"] for t in tests])
         elif phase.solverstate is not None:
             clean = Path(workdir) / restorable_name(phase.solverstate)
-            clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
+            try:
+                clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
+            except OutputError as exc:  # a scratch file the user never named
+                raise OutputError(f"{phase.solverstate}: its copy to restore from, with history zeroed where the "
+                                  f"masks prune, in the temporary folder {tempfile.gettempdir()} (TMPDIR)",
+                                  exc.reason) from None
             # Here, where the inputs (the state too) have passed their checks: not a warning before an error.
             check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
             solver.restore(str(clean))

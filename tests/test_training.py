@@ -84,6 +84,33 @@ def _dense_solverstate(caffe, folder, pruned_dir):
     return write_solver(folder, snapshot=4), folder / "dense_iter_4.solverstate"
 
 
+def test_a_solverstates_copy_with_no_room_in_tmpdir_names_the_state_and_tmpdir(caffe, tmp_path):
+    """The copy with the pruned history zeroed goes to a scratch folder in
+    TMPDIR: a full one named that scratch file, which the user never named."""
+    from conftest import run_on_a_full_disk
+
+    solver = write_solver(tmp_path, snapshot=2)
+    net = tmp_path / "net.prototxt"  # fc1: 5 x 4 x 62 x 62, a 300 KB state
+    net.write_text(net.read_text().replace("dim: 2 dim: 6 dim: 6", "dim: 2 dim: 64 dim: 64"))
+    caffe.Net(str(net), caffe.TEST).save(str(tmp_path / "start.caffemodel"))
+    code = "from caffedsd.cli import main; main()"
+    args = ["--solver", solver, "-n", "2"]
+    assert subprocess.run([sys.executable, "-c", code, "train-dense", *args, "-w", tmp_path / "start.caffemodel",
+                           "-o", tmp_path / "a.caffemodel"], capture_output=True).returncode == 0
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "tmp").mkdir()
+    full = run_on_a_full_disk(["env", f"TMPDIR={tmp_path / 'tmp'}", sys.executable, "-c", code, "train-dense",
+                               *args, "--solverstate", tmp_path / "snap_iter_2.solverstate", "-w",
+                               tmp_path / "snap_iter_2.caffemodel", "-o", tmp_path / "b.caffemodel"],
+                              content=tmp_path / "empty", mount=tmp_path / "tmp", spare_inodes=10, fill="fill",
+                              leave=100_000)
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert full.stderr.strip().splitlines()[-1].startswith(
+        f"caffedsd: {tmp_path / 'snap_iter_2.solverstate'}: its copy to restore from, with history zeroed where the "
+        f"masks prune, in the temporary folder {tmp_path / 'tmp'} (TMPDIR): could not be written (No space left on "
+        "device"), full.stderr[-2000:]
+
+
 @pytest.mark.parametrize("command", [["train-dense", "--lr-scale", 0.5], ["train-lowrank", "--force-decay", 0.01]])
 def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, command):
     """They had no --solverstate: a killed run could only start over, or go
