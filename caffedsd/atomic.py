@@ -265,9 +265,13 @@ def is_temporary_of(path, name):
 def remove_leftovers(folder):
     """Delete what killed writers left anywhere under ``folder`` (see
     _temporaries); returns their paths."""
-    removed = list(_temporaries(folder, ".+", recursive=True))
-    for tmp in removed:
-        tmp.unlink(missing_ok=True)
+    removed = []
+    for tmp in _temporaries(folder, ".+", recursive=True):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # another user's, in a sticky folder (/tmp): not ours to remove
+            continue
+        removed.append(tmp)
     return removed
 
 
@@ -287,7 +291,7 @@ def check_room(path, nbytes, largest=None, files=1):
     # one a SIGKILL left is no output's temporary, which that output's next
     # write would remove, so the next probe does.
     for stale in _temporaries(path.parent, "caffedsd"):
-        stale.unlink(missing_ok=True)
+        _unlink(stale)  # another user's, in a sticky folder (/tmp), stays
     stat = os.statvfs(Path(path).parent)
     free = stat.f_bavail * stat.f_frsize
     if nbytes > free:
@@ -360,7 +364,7 @@ def atomic_path(path):
     folder = Path(os.path.realpath(path.parent if str(path.parent) else "."))
     # An earlier write of this output that was killed left its temporary.
     for stale in _temporaries(folder, re.escape(path.name)) if folder.is_dir() else ():
-        stale.unlink(missing_ok=True)
+        _unlink(stale)  # another user's, in a sticky folder (/tmp), stays
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as exc:

@@ -423,8 +423,9 @@ def snapshot_bytes(spec, net):
     caffemodel: every layer's parameters and every blob; a solverstate's
     history: one float per learnable value, a blob shared through
     param { name } once, and two for Adam and AdaDelta, which keep two
-    moments). The floats alone fell short by the framing, and Caffe aborted
-    (exit 134) on a disk that held the floats but not the file."""
+    moments), in the solver's snapshot_format. The floats alone fell short
+    by the framing, and Caffe aborted (exit 134) on a disk that held the
+    floats but not the file."""
     built = spec.train_layers()
     names = {layer.name: [p.name for p in layer.param] for layer in built}
     # A layer's record: its parameters and a few tags; a blob's: its shape
@@ -432,11 +433,16 @@ def snapshot_bytes(spec, net):
     model = sum(layer.ByteSize() + 16 for layer in built) + 64
     history = 64 + 1024  # iter, current_step, and learned_net: the path of the model snapshot
     moments = 2 if solver_type(spec.param) in ("Adam", "AdaDelta") else 1
+    # HDF5 snapshots: a file's own records, and the headers of each group and
+    # dataset (a tiny net's model was 9,472 bytes for 1,604 of floats).
+    hdf5 = 4096 if spec.param.snapshot_format == SolverParameter.HDF5 else 0
+    model, history = model + 2 * hdf5, history + 5 * hdf5  # data/; history/, iter, current_step, learned_net
     shared = set()
     for layer, blobs in net.params.items():
         params = names.get(layer, [])
+        model += hdf5 if len(blobs) else 0
         for index, blob in enumerate(blobs):
-            framing = 24 + 11 * len(blob.shape)
+            framing = 24 + 11 * len(blob.shape) + hdf5
             model += 4 * blob.count + framing
             name = params[index] if index < len(params) else ""
             if name not in shared:
@@ -643,9 +649,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             try:
                 clean_solverstate(phase.solverstate, clean, solver.net, masks, solver_type(param))
             except OutputError as exc:  # a scratch file the user never named
-                raise OutputError(f"{phase.solverstate}: its copy to restore from, with history zeroed where the "
-                                  f"masks prune, in the temporary folder {tempfile.gettempdir()} (TMPDIR)",
-                                  exc.reason) from None
+                raise OutputError(f"{phase.solverstate}: its copy to restore from, in the temporary folder "
+                                  f"{tempfile.gettempdir()} (TMPDIR sets it)", exc.reason) from None
             # Here, where the inputs (the state too) have passed their checks: not a warning before an error.
             check_weights_of(phase.solverstate, phase.weights, masked=phase.maskset is not None)
             solver.restore(str(clean))
@@ -674,12 +679,13 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             masks = masks_file_bytes(phase.maskset) if phase.maskset is not None else 0
             check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)) + masks,
                        files=3)
-        # A checkpoint or snapshot due before the end, which is checked again
-        # when written too: on a disk too small for it, the iterations before
-        # it were lost, and a rerun, with none to go on from, lost them again.
+        # The first checkpoint or snapshot due (checked again when written):
+        # on a disk too small for it, the iterations before it were lost, and
+        # a rerun, with none to go on from, lost them again. A checkpoint is
+        # not made at the end; a snapshot due there is, before the output.
         if checkpoints is not None and (_next_checkpoint(start, checkpoints) or end) < end:
             checkpoints.check_room(checkpoints.folder, sizes)
-        if snapshots is not None and (snapshots.next_after(start) or end) < end:
+        if snapshots is not None and (snapshots.next_after(start) or end + 1) <= end:
             snapshots.check_room(Path(snapshots.paths(snapshots.next_after(start))[0]), sizes,
                                  snapshots.held(test_only_records(solver, spec)))
         while int(solver.iter) < end:

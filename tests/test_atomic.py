@@ -127,30 +127,33 @@ def test_a_writers_temporaries_are_locked_while_it_writes(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="writes as two users")
 def test_another_users_dead_writers_temporary_is_removed(tmp_path):
     """mkstemp makes a temporary owner-only: another user cannot open it to
-    see its lock, and it was taken for locked, and kept for ever."""
+    see its lock, and it was taken for locked, and kept for ever. In a
+    sticky folder it is not theirs to remove: that was a traceback."""
     import tempfile
 
-    shared = Path(tempfile.mkdtemp(prefix="caffedsd-users-"))  # one both users reach
-    try:
-        shared.chmod(0o777)
-        left = shared / f".out.csv.{_reaped_pid()}.abcdefgh.tmp"
-        left.write_text("half")
-        left.chmod(0o600)
-        child = os.fork()  # this Python as another user: that one may not be allowed to run its binary
-        if child == 0:
-            code = 1
-            try:
-                os.setuid(65534)
-                with atomic_open(shared / "out.csv", "w") as handle:
-                    handle.write("whole")
-                code = 0
-            finally:
-                os._exit(code)
-        assert os.waitpid(child, 0)[1] == 0
-        assert sorted(p.name for p in shared.iterdir()) == ["out.csv"]
-    finally:
-        import shutil
-        shutil.rmtree(shared)
+    import shutil
+
+    for mode in (0o777, 0o1777):  # sticky, as /tmp: only its owner may remove it, and it stays
+        shared = Path(tempfile.mkdtemp(prefix="caffedsd-users-"))  # one both users reach
+        try:
+            shared.chmod(mode)
+            left = shared / f".out.csv.{_reaped_pid()}.abcdefgh.tmp"
+            left.write_text("half")
+            left.chmod(0o600)
+            child = os.fork()  # this Python as another user: that one may not be allowed to run its binary
+            if child == 0:
+                code = 1
+                try:
+                    os.setuid(65534)
+                    with atomic_open(shared / "out.csv", "w") as handle:
+                        handle.write("whole")
+                    code = 0 if remove_leftovers(shared) == [] else 3
+                finally:
+                    os._exit(code)
+            assert os.waitpid(child, 0)[1] == 0
+            assert sorted(p.name for p in shared.iterdir()) == sorted(["out.csv"] + ([left.name] if mode & 0o1000 else []))
+        finally:
+            shutil.rmtree(shared)
 
 
 def test_a_pipe_or_device_is_never_replaced(tmp_path):
