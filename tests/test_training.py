@@ -671,6 +671,9 @@ def test_no_room_for_caffes_own_writes_is_one_line(caffe, tmp_path):
              "d.caffemodel: could not be written (File too large: at least 2,205 bytes, "),
             (2500, ["train-dense", "--solver", str(snapshots), "-w", "w.caffemodel", "-n", "5", "-o", "d.caffemodel"],
              f"{tmp_path}/own/snap_iter_3.caffemodel: could not be written (File too large: at least 2,876 bytes, "),
+            # Due at the last iteration: written before the output.
+            (2500, ["train-dense", "--solver", str(snapshots), "-w", "w.caffemodel", "-n", "3", "-o", "d.caffemodel"],
+             f"{tmp_path}/own/snap_iter_3.caffemodel: could not be written (File too large: at least 2,876 bytes, "),
             (2500, ["dsd", "--recipe", "recipe.yaml", "-o", "run"],
              "run/01-dense/checkpoint: could not be written (File too large: at least 2,876 bytes, "),
             (1500, ["train-sparse", "--solver", str(solver), "-w", "p.caffemodel", "-n", "1", "--solverstate",
