@@ -177,15 +177,17 @@ def _restore_unhashed(solver, spec, latest, masks, param, folder):
     is checked as a -w and a --solverstate are. Caffe's restore aborts the
     process on a cut file, and takes an emptied caffemodel for no weights."""
     state = Path(latest["solverstate"])
-    with temporary_folder(state) as scratch:
-        clean = scratch / restorable_name(state)
-        check_room(clean, state.stat().st_size)
-        try:
+    try:
+        with temporary_folder(state) as scratch:
+            clean = scratch / restorable_name(state)
+            check_room(clean, state.stat().st_size)
             load_weights(solver, spec, state.with_suffix(".caffemodel"))
             clean_solverstate(state, clean, solver.net, masks, solver_type(param))
-        except InputError as exc:
-            raise InputError(f"{exc}; delete {folder} to restart the stage") from None
-        solver.restore(str(clean))
+            solver.restore(str(clean))
+    except InputError as exc:
+        raise InputError(f"{exc}; delete {folder} to restart the stage") from None
+    except OutputError as exc:  # the scratch copy is nothing the user asked for: name the state
+        raise OutputError(f"{state}: its copy to restore from", exc.reason) from None
 
 
 class StepLoss:
