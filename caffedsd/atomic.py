@@ -167,7 +167,9 @@ _WRITING = {}
 def _hold(tmp, fd=None):
     """Count the temporary ``tmp`` (made by this process; ``fd`` open on it)
     as being written, and lock it until _release: a process in another pid
-    namespace, where the pid in its name means nothing, sees the lock."""
+    namespace, where the pid in its name means nothing, sees the lock.
+    HDF5 takes a flock of its own on a file it opens, which this one
+    refuses: h5py opens a held temporary with locking=False."""
     if fd is None:
         fd = os.open(tmp, os.O_RDONLY)  # a folder too; not inherited by children
     with contextlib.suppress(OSError):  # a file system without locks: the pid alone tells
