@@ -181,11 +181,12 @@ def _restore_unhashed(solver, spec, latest, masks, param, folder):
         with temporary_folder(state) as scratch:
             clean = scratch / restorable_name(state)
             check_room(clean, state.stat().st_size)
-            load_weights(solver, spec, state.with_suffix(".caffemodel"))
-            clean_solverstate(state, clean, solver.net, masks, solver_type(param))
+            try:
+                load_weights(solver, spec, state.with_suffix(".caffemodel"))
+                clean_solverstate(state, clean, solver.net, masks, solver_type(param))
+            except InputError as exc:  # the pair, not a folder that cannot be written
+                raise InputError(f"{exc}; delete {folder} to restart the stage") from None
             solver.restore(str(clean))
-    except InputError as exc:
-        raise InputError(f"{exc}; delete {folder} to restart the stage") from None
     except OutputError as exc:  # the scratch copy is nothing the user asked for: name the state
         raise OutputError(f"{state}: its copy to restore from", exc.reason) from None
 
@@ -438,11 +439,11 @@ def snapshot_bytes(spec, net):
     # HDF5 snapshots: a file's own records, and the headers of each group and
     # dataset (a tiny net's model was 9,472 bytes for 1,604 of floats).
     hdf5 = 4096 if spec.param.snapshot_format == SolverParameter.HDF5 else 0
-    model, history = model + 2 * hdf5, history + 5 * hdf5  # data/; history/, iter, current_step, learned_net
+    # data/, and a group in it for every layer (a ReLU's too); history/, iter, current_step, learned_net.
+    model, history = model + (2 + len(built)) * hdf5, history + 5 * hdf5
     shared = set()
     for layer, blobs in net.params.items():
         params = names.get(layer, [])
-        model += hdf5 if len(blobs) else 0
         for index, blob in enumerate(blobs):
             framing = 24 + 11 * len(blob.shape) + hdf5
             model += 4 * blob.count + framing
