@@ -133,8 +133,8 @@ def _unrecorded(found, config):
     old = found.get("config")
     if not isinstance(old, dict):
         return []
-    missing = [name for name in _UNRECORDED if name not in old]
-    filled = {**found, "config": {**old, **{name: config.key()[name] for name in missing}}}
+    missing, key = [name for name in _UNRECORDED if name not in old], config.key()
+    filled = {**found, "config": {**old, **{name: key[name] for name in missing}}}
     return [_UNRECORDED[name] for name in missing] if missing and measured_alike(filled, config) else []
 
 

@@ -686,10 +686,12 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # on a disk too small for it, the iterations before it were lost, and
         # a rerun, with none to go on from, lost them again. A checkpoint is
         # not made at the end; a snapshot due there is, before the output.
-        if checkpoints is not None and (_next_checkpoint(start, checkpoints) or end) < end:
+        checkpoint = _next_checkpoint(start, checkpoints)
+        if checkpoint is not None and checkpoint < end:
             checkpoints.check_room(checkpoints.folder, sizes)
-        if snapshots is not None and (snapshots.next_after(start) or end + 1) <= end:
-            snapshots.check_room(Path(snapshots.paths(snapshots.next_after(start))[0]), sizes,
+        snapshot = snapshots.next_after(start) if snapshots is not None else None
+        if snapshot is not None and snapshot <= end:
+            snapshots.check_room(Path(snapshots.paths(snapshot)[0]), sizes,
                                  snapshots.held(test_only_records(solver, spec)))
         while int(solver.iter) < end:
             now = int(solver.iter)
