@@ -27,6 +27,7 @@ from .errors import InputError
 from .globrules import GlobRules
 from .hooks import ORDER_FORCE, Hook
 from .lowrank import DECOMPOSABLE, blocks
+from .values import is_finite_number
 
 FORCE_TYPES = ("degradation", "constant")
 FORCED_TYPES = DECOMPOSABLE  # force regularization readies layers for decompose
@@ -75,7 +76,7 @@ def force_gradient(weights, force_type="degradation", eps=1e-8, xp=np, dtype=Non
     sum or the Gram matrix of the unit filters; the result), never a whole
     float64 copy of them."""
     if force_type not in FORCE_TYPES:
-        raise ValueError(f"unknown force type {force_type!r} (known: {', '.join(FORCE_TYPES)})")
+        raise InputError(f"force type {force_type!r}: must be one of {', '.join(FORCE_TYPES)}")
     f64 = xp.float64
     rows = weights.reshape(weights.shape[0], -1)
     count, width = rows.shape
@@ -152,8 +153,9 @@ class ForceSpec:
     mults: tuple = ()  # ((glob, multiplier), ...) or GlobRules, last match wins; default 1
 
     def __post_init__(self):
-        if not (isinstance(self.decay, (int, float)) and np.isfinite(self.decay) and self.decay >= 0):
+        if not (is_finite_number(self.decay) and self.decay >= 0):
             raise InputError(f"--force-decay {self.decay!r}: must be a finite number >= 0")
+        object.__setattr__(self, "decay", float(self.decay))
         if self.force_type not in FORCE_TYPES:
             raise InputError(f"--force-type {self.force_type!r}: must be one of {', '.join(FORCE_TYPES)}")
         if self.decay_type not in DECAY_TYPES:
@@ -161,8 +163,9 @@ class ForceSpec:
         rules = self.mults if isinstance(self.mults, GlobRules) else GlobRules(self.mults, "--force-mult")
         object.__setattr__(self, "mults", rules)
         for rule in rules.rules:
-            if not (np.isfinite(rule.value) and rule.value >= 0):
-                raise InputError(f"--force-mult {rule.pattern}={rule.value}: the multiplier must be a finite number >= 0")
+            if not (is_finite_number(rule.value) and rule.value >= 0):
+                raise InputError(f"--force-mult {rule.pattern}={rule.value!r}: the multiplier must be a finite "
+                                 "number >= 0")
 
     def coefficients(self, layer_names):
         """{layer: force_decay * force_mult} for the given weight layers."""

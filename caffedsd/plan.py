@@ -25,13 +25,15 @@ match at least one prunable layer.
 """
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from .atomic import read_input
 from .errors import InputError, PlanError
 from .globrules import GlobRules, Rule
 from .masks import get_criterion
-from .values import is_finite_number
+from .values import is_finite_number, is_real, is_whole, plain
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 PLAN_KEYS = frozenset({"criterion", "sparsity", "layers", "verified", "seed"})
@@ -43,8 +45,9 @@ class SparsityPlan:
     sparsity: float = None  # the default for layers no rule matches; None: leave them
     rules: tuple = field(default_factory=tuple)
     # What `plan --verify` measured on the whole pruned net (plan_from_scan.py);
-    # None for a plan nobody measured.
-    verified: dict = None
+    # None for a plan nobody measured. Kept as a read-only copy, which no
+    # hash takes: plans hash by the rest.
+    verified: dict = field(default=None, hash=False)
     # The random criterion's seed; None: the pruning command's (--seed, a recipe's seed).
     seed: int = None
     where: str = field(default=None, compare=False)  # the plan file, for messages
@@ -53,11 +56,14 @@ class SparsityPlan:
         # A glob given again (--rule after a plan's own) shadows its earlier
         # rule wholly: only the last is kept, so that to_dict, a mapping, and
         # the plan a masks file records prune as this one does.
+        at = f"{self.where}: " if self.where else ""
         rules = [rule if isinstance(rule, Rule) else Rule(*rule) for rule in self.rules]
+        for rule in rules:
+            if not isinstance(rule.pattern, str) or not rule.pattern:
+                raise PlanError(f"{at}rule {rule.pattern!r}: the layer name or glob must be a non-empty string")
         last = {rule.pattern: n for n, rule in enumerate(rules)}  # one pass: plans of 100k rules are read
         object.__setattr__(self, "rules", tuple(rule for n, rule in enumerate(rules) if last[rule.pattern] == n))
-        at = f"{self.where}: " if self.where else ""
-        if self.seed is not None and (type(self.seed) is not int or self.seed < 0):
+        if self.seed is not None and (not is_whole(self.seed) or self.seed < 0):
             raise PlanError(f"{at}seed {self.seed!r}: must be a whole number >= 0")
         try:
             crit = get_criterion(self.criterion)
@@ -68,17 +74,25 @@ class SparsityPlan:
         checks = [] if self.sparsity is None else [("sparsity", self.sparsity)]
         checks += [(f"rule {r.pattern!r}", r.value) for r in self.rules]
         for what, value in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_real(value):
                 raise PlanError(f"{at}{what} {value!r}: not a number")
             problem = crit.check(value)
             if problem:
                 raise PlanError(f"{at}{what} {value!r}: {problem} for criterion {self.criterion}")
+        # numpy's numbers as Python's, which YAML writes; the verified record
+        # as a copy, which its caller's later changes do not reach.
+        object.__setattr__(self, "rules", tuple(replace(rule, value=plain(rule.value)) for rule in self.rules))
+        for name in ("sparsity", "seed"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, plain(getattr(self, name)))
         if self.verified is not None:
             self._check_verified(at)
+            object.__setattr__(self, "verified", MappingProxyType(
+                {key: plain(value) if is_real(value) else value for key, value in self.verified.items()}))
 
     def _check_verified(self, at):
         record = self.verified
-        drop = record.get("measured_drop") if isinstance(record, dict) else None
+        drop = record.get("measured_drop") if isinstance(record, Mapping) else None
         if not is_finite_number(drop):
             raise PlanError(f"{at}verified: expected a mapping with a finite measured_drop "
                             "(as `caffedsd plan --verify` writes it)")

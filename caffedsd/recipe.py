@@ -29,12 +29,13 @@ a short first dense stage. ``lr_scale`` multiplies the solver's base_lr.
 """
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .atomic import read_input
 from .errors import PlanError, RecipeError
 from .plan import PLAN_KEYS, SparsityPlan, load_plan
-from .values import INT32_MAX, LEAST_NORMAL_FLOAT32, is_finite_number
+from .values import INT32_MAX, LEAST_NORMAL_FLOAT32, is_finite_number, is_whole
 from .yamlio import check_keys, dump_yaml, parse_yaml
 
 MAX_SEED = 2 ** 32 - 1
@@ -49,12 +50,12 @@ def _whole_hint(value):
 
 
 def _iterations(value, where):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_whole(value) or value < 0:
         raise RecipeError(f"{where}: iterations {value!r} must be a whole number >= 0{_whole_hint(value)}")
     if value > INT32_MAX:
         raise RecipeError(f"{where}: iterations {value} must be at most {INT32_MAX}, the last iteration "
                           "Caffe's counter (a C int) holds")
-    return value
+    return int(value)
 
 
 def _lr_scale(value, where):
@@ -75,7 +76,7 @@ class DenseStage:
 
     def __post_init__(self):
         where = self.where or f"{self.kind} stage"
-        _iterations(self.iterations, where)
+        object.__setattr__(self, "iterations", _iterations(self.iterations, where))
         object.__setattr__(self, "lr_scale", _lr_scale(self.lr_scale, where))
 
     @classmethod
@@ -159,7 +160,6 @@ class Recipe:
     where: str = field(default="recipe", compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "stages", tuple(self.stages))
         where = self.where
         if self.solver is None or self.solver == "":
             raise RecipeError(f"{where}: needs a solver")
@@ -171,26 +171,29 @@ class Recipe:
         if self.weights is not None and (not isinstance(self.weights, str) or not self.weights.strip()):
             raise RecipeError(f"{where}: weights {self.weights!r} must be the path of a .caffemodel (quote a "
                               "name YAML reads as something else; leave weights out to train from scratch)")
+        if isinstance(self.stages, (str, bytes)) or not isinstance(self.stages, Iterable):
+            raise RecipeError(f"{where}: stages {self.stages!r} must be a list of stages")
+        object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages:
             raise RecipeError(f"{where}: has no stages")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if not is_whole(self.seed) or self.seed < 0:
             raise RecipeError(f"{where}: seed {self.seed!r} must be a whole number >= 0{_whole_hint(self.seed)}")
         if self.seed > MAX_SEED:
             # dsd seeds the C library's rand() with 32 bits of it: seed 2**32 would be seed 0 again.
             raise RecipeError(f"{where}: seed {self.seed} must be at most {MAX_SEED} (the 32 bits that seed "
                               "the C library's rand(), which Caffe's HDF5Data shuffles with)")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 1:
+        if not is_whole(self.checkpoint_every) or self.checkpoint_every < 1:
             raise RecipeError(f"{where}: checkpoint_every {self.checkpoint_every!r} must be a whole number >= 1"
                               f"{_whole_hint(self.checkpoint_every)}")
-        if self.test_iterations is not None and (isinstance(self.test_iterations, bool)
-                                                 or not isinstance(self.test_iterations, int)
-                                                 or self.test_iterations < 1):
+        if self.test_iterations is not None and (not is_whole(self.test_iterations) or self.test_iterations < 1):
             # 0 would not mean "no TEST batches": run_phase takes it for the solver's test_iter.
             hint = _whole_hint(self.test_iterations) or " (leave it out for the solver's test_iter)"
             raise RecipeError(f"{where}: test_iterations {self.test_iterations!r} must be a whole number >= 1{hint}")
         if self.test_interval is not None:
             _iterations(self.test_interval, f"{where}: test_interval")
+        for name in ("seed", "checkpoint_every", "test_iterations", "test_interval"):  # numpy's as Python's ints
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
         masked = False
         for number, stage in enumerate(self.stages, 1):
             if type(stage) not in STAGES.values():
