@@ -29,7 +29,8 @@ from . import wire
 from .atomic import atomic_open, check_input
 from .caffe_proto import BlobShape, LayerParameter, NetParameter, V1LayerParameter, upgrade_v1_layer
 from .errors import HDF5_DAMAGE, InputError
-from .masks import iter_chunks
+from .masks import iter_chunks, nonfinite_count
+from .values import is_whole
 
 # Field numbers of caffe.proto.
 NET_LAYERS_V1, NET_LAYER_V2 = 2, 100
@@ -158,8 +159,7 @@ def nonfinite_counts(model):
     counts = {}
     for layer in model.layers:
         for index, blob in enumerate(layer.blobs):
-            bad = sum(int(part.size - np.count_nonzero(np.isfinite(_as_caffe_holds(part))))
-                      for part in iter_chunks(blob.data))
+            bad = sum(nonfinite_count(_as_caffe_holds(part)) for part in iter_chunks(blob.data))
             if bad:
                 counts[(layer.name, index)] = bad
     return counts
@@ -405,21 +405,16 @@ def _record(number, payload):
 
 
 def _data_stream(blob, replacement, mask):
+    """The blob's data field: its values, or ``replacement``'s, with the
+    positions ``mask`` prunes set to 0 (both checked by write_caffemodel)."""
     dtype = blob.data.dtype
-    flat_src = blob.data.reshape(-1)
-    if replacement is None and mask is None:
+    flat_src = blob.data.reshape(-1) if replacement is None else \
+        np.ascontiguousarray(replacement, dtype=dtype).reshape(-1)
+    if mask is None:
         chunks = (flat_src,)
-    elif replacement is not None:
-        arr = np.asarray(replacement)
-        if arr.size != flat_src.size:
-            raise ValueError(f"replacement of {arr.size} values for a blob of {flat_src.size}")
-        chunks = (np.ascontiguousarray(arr, dtype=dtype).reshape(-1),)
     else:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.size != flat_src.size:
-            raise ValueError(f"mask of {mask.size} values for a blob of {flat_src.size}")
         zero = dtype.type(0)
-        chunks = (np.where(keep, src, zero) for src, keep in iter_chunks(flat_src, mask))
+        chunks = (np.where(keep, src, zero) for src, keep in iter_chunks(flat_src, np.asarray(mask, dtype=bool)))
     number = BLOB_DATA if dtype == np.dtype("<f4") else BLOB_DOUBLE_DATA
     return _record(number, [_Stream(flat_src.nbytes, chunks)])
 
@@ -452,15 +447,24 @@ def _blob_record(model, view, blob, replacement=None, mask=None):
 def write_caffemodel(model, path, replace=None, masks=None):
     """Write ``model`` as a V2 caffemodel at ``path``, atomically.
 
-    replace: {(layer name, blob index): array} gives a blob new values.
-    masks: {(layer name, blob index): bool array} writes the blob with the
-    positions where the mask is False set to exactly +0.0, streamed in slices
-    so no full copy of a large blob is made.
+    replace: {(layer name, blob index): array of the blob's shape} gives a
+    blob new values.
+    masks: {(layer name, blob index): bool array of the blob's size} writes
+    the blob (or its replacement) with the positions where the mask is False
+    set to exactly +0.0, streamed in slices so no full copy of a large blob
+    is made.
     """
     replace, masks = dict(replace or {}), dict(masks or {})
-    for name, blob_index in list(replace) + list(masks):
-        if name not in model or blob_index >= len(model.layer(name).blobs):
-            raise InputError(f"{model.path}: no blob {blob_index} in layer {name!r}")
+    for what, given, measure in (("replacement", replace, np.shape), ("mask", masks, np.size)):
+        for key, array in given.items():
+            name, blob_index = key if isinstance(key, tuple) and len(key) == 2 else (key, None)
+            if not (isinstance(name, str) and name in model and is_whole(blob_index)
+                    and 0 <= blob_index < len(model.layer(name).blobs)):
+                raise InputError(f"{model.path}: no blob {key!r} (expected a layer's name and a blob index)")
+            blob = model.layer(name).blobs[blob_index]
+            if measure(array) != measure(blob.data):  # a transposed replacement would be written scrambled
+                raise InputError(f"{model.path}: layer {name!r} blob {blob_index}: a {what} of "
+                                 f"{measure.__name__} {measure(array)} for a blob of {measure(blob.data)}")
     view = memoryview(model._buffer)
     pieces = [piece if not isinstance(piece, int) else _layer_record(model, view, model.layers[piece], replace, masks)
               for piece in model._top_pieces]

@@ -14,11 +14,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, InputError
 from .masks import chunk_bounds
+from .values import is_whole
 
 MAX_CODE_BITS = 20  # longest Huffman code written (version 1 allowed 24)
 V1_MAX_CODE_BITS = 24
+MAX_SHARED_BITS = 16  # of a shared weight's cluster label: 2^16 centroids, what a .dcz codebook holds
+
+
+def check_width(bits, what="bits", limit=MAX_SHARED_BITS):
+    """A code's width in bits (a shared weight's label, a relative index):
+    a whole number in 1..``limit``."""
+    if not is_whole(bits) or not 1 <= bits <= limit:
+        raise InputError(f"{what} {bits!r}: must be a whole number in 1..{limit}")
+    return int(bits)
 
 
 def label_dtype(count):
@@ -35,6 +45,8 @@ def kmeans_1d(values, clusters, iterations=100):
     is those values (exact). Centroids no value is nearest to are kept here;
     ``share_weights`` drops them."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if not is_whole(clusters) or clusters < 1:
+        raise InputError(f"clusters {clusters!r}: must be a whole number >= 1")
     codebook = sorted_kmeans(np.sort(values), clusters, iterations)
     return codebook, assign_labels(values, codebook, None)
 
@@ -158,7 +170,7 @@ def share_values(values, bits):
     Trained quantization calls this (share_weights); compression takes the
     same codebook from ``shared_codebook``, without labelling each value."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
-    codebook, _ = shared_codebook(np.sort(values), bits)
+    codebook, _ = shared_codebook(np.sort(values), check_width(bits))
     return codebook, assign_labels(values, codebook, None)
 
 
@@ -176,9 +188,13 @@ def shared_codebook(ordered, bits):
 
 
 def share_weights(weights, keep, bits):
-    """The kept weights of a blob (``keep``: bool mask) as a SharedWeights."""
+    """The kept weights of a blob (``keep``: bool mask of its size) as a SharedWeights."""
+    check_width(bits)
     flat = np.asarray(weights, dtype=np.float32).reshape(-1)
-    positions = np.flatnonzero(np.asarray(keep, dtype=bool).reshape(-1))
+    keep = np.asarray(keep, dtype=bool).reshape(-1)
+    if keep.size != flat.size:  # shorter, the rest was taken for pruned; longer, an IndexError
+        raise InputError(f"keep mask of {keep.size} values for {flat.size} weights")
+    positions = np.flatnonzero(keep)
     if not positions.size:
         return SharedWeights(positions, np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8))
     return SharedWeights(positions, *share_values(flat[positions], bits))

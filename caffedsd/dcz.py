@@ -14,6 +14,7 @@ import math
 import mmap
 import struct
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -21,7 +22,7 @@ from google.protobuf.message import DecodeError
 from .atomic import atomic_open, check_input, check_output
 from .caffe_proto import LayerParameter
 from .caffemodel import check_finite, new_caffemodel, read_caffemodel
-from .coding import FormatError, huffman_decode, positions_from_gaps
+from .coding import MAX_SHARED_BITS, FormatError, check_width, huffman_decode, positions_from_gaps
 from .dcz_blobs import (MAX_INDEX_BITS, LayerSizes, Reader, decode_floats, decode_shared, encode_floats,
                         encode_shared, finite)
 from .errors import InputError, WireError
@@ -88,10 +89,19 @@ def parse_bits(text, what="--bits", auto=False):
     except ValueError:
         expected = "auto, N or conv=N,fc=M" if auto else "N or conv=N,fc=M"
         raise InputError(f"{what} {text!r}: expected {expected} with whole numbers") from None
-    for key, value in values.items():
-        if not 1 <= value <= 16:
-            raise InputError(f"{what} {text!r}: {key}={value} is outside 1..16")
+    check_bits(values, f"{what} {text!r}")
     return values if auto else {**DEFAULT_BITS, **values}
+
+
+def check_bits(bits, what="bits", partial=True, limit=MAX_SHARED_BITS):
+    """A map of widths by layer kind as parse_bits makes it: {'conv': n,
+    'fc': m}, each in 1..``limit``; either may be left out where ``partial``."""
+    if not isinstance(bits, Mapping) or not set(bits) <= set(DEFAULT_BITS) or \
+            (not partial and set(bits) != set(DEFAULT_BITS)):
+        raise InputError(f"{what} {bits!r}: expected {{'conv': N, 'fc': M}}" + ("" if partial else ", both given"))
+    for key, value in bits.items():
+        check_width(value, f"{what}: {key}", limit)
+    return bits
 
 
 # -- version 2 container -------------------------------------------------------------
@@ -123,6 +133,8 @@ def _check_masked_zeros(model, keep_masks, masks_path):
 def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     """Write ``weights`` as a version 2 .dcz file; returns [LayerSizes] and the
     container's own bytes (header, magic, checksum)."""
+    check_bits(bits, "bits", partial=False)
+    check_bits(index_bits or {}, "index_bits", limit=MAX_INDEX_BITS)
     model = read_caffemodel(weights)
     check_output(output, inputs=[weights, masks_read_for(weights, masks)], force=force)
     check_not_masks_of_another(output)

@@ -37,6 +37,7 @@ from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError, OutputError
 from .globrules import GlobRules, Rule, number_list
 from .report import NETS_WRITTEN, number_text
+from .values import is_real, is_whole
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
 # Columns per slice when accumulating a Gram matrix (bounds the float64 copy).
@@ -66,7 +67,7 @@ def blocks(weights, groups=1, transpose=False):
     matrix = w.reshape(w.shape[0], -1)
     if transpose:
         return [matrix.T]
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
+    if not is_whole(groups) or groups < 1:
         # Caffe's own check (group > 0); 0 divided by zero here.
         raise InputError(f"group {groups!r}: must be a whole number >= 1")
     if matrix.shape[0] % groups:
@@ -122,6 +123,8 @@ def _factor_block(block, rank):
 
 def check_energy(energy):
     """An --energy level: a fraction of sum s_i^2 in (0, 1] (NaN is none)."""
+    if not is_real(energy):
+        raise InputError(f"--energy {energy!r}: must be a number in (0, 1]")
     if not 0 < energy <= 1:
         raise InputError(f"--energy {number_text(energy)}: must be in (0, 1]")
     return energy
@@ -153,7 +156,12 @@ def factor(weights, rank, groups=1, transpose=False):
         first, second, discarded = factor(w.T, rank)
         return np.ascontiguousarray(first.T), np.ascontiguousarray(second.T), discarded
     firsts, seconds, discarded = [], [], 0.0
-    for block in blocks(w, groups):
+    parts = blocks(w, groups)
+    limit = min(min(block.shape) for block in parts)
+    if not is_whole(rank) or not 1 <= rank <= limit:
+        raise InputError(f"rank {rank!r}: must be a whole number in 1..{limit} (the largest of this blob"
+                         f"{' per group' if groups > 1 else ''})")
+    for block in parts:
         first, second, lost = _factor_block(block, rank)
         firsts.append(first)
         seconds.append(second)

@@ -44,6 +44,8 @@ from .errors import HDF5_DAMAGE, InputError
 
 FORMAT = "caffedsd-masks"
 FORMAT_VERSION = 1
+# The root attributes save_masks writes of its own; the others are the meta.
+_RESERVED = ("format", "format_version", "fingerprint", "structure", "caffedsd_version")
 _MAX_ATTR_BYTES = 1 << 26
 
 
@@ -172,6 +174,24 @@ class MaskSet:
             masks[owner].flags.writeable = False
         object.__setattr__(self, "masks", masks)
         object.__setattr__(self, "shared_by", dict(self.shared_by))
+        self._check()
+
+    def _check(self):
+        """What save_masks would write and load_masks refuse: checked here,
+        where the masks set is made, not found when it is read back."""
+        shapes = {name: tuple(shapes[0]) for name, _, shapes in self.structure if shapes}
+        if set(self.shared_by) != set(self.masks):
+            raise InputError(f"masks of {sorted(self.masks)} but shared_by of {sorted(self.shared_by)}: "
+                             "each mask needs the layers that use it, and only those")
+        for owner, mask in self.masks.items():
+            if owner not in shapes or any(layer not in shapes for layer in self.shared_by[owner]):
+                raise InputError(f"mask of {owner!r}: its layers {list(self.shared_by[owner])} are not all layers "
+                                 "with blobs of the model structure")
+            if mask.dtype != bool or mask.shape != shapes[owner]:
+                raise InputError(f"mask of {owner!r} is {mask.dtype} {list(mask.shape)}, not a boolean "
+                                 f"{list(shapes[owner])} (its blob 0)")
+        if reserved := sorted(set(self.meta) & set(_RESERVED)):
+            raise InputError(f"meta {', '.join(reserved)}: caffedsd's own attributes of a masks file, not metadata")
 
     @property
     def fingerprint(self):
@@ -332,7 +352,7 @@ def _read_masks(path, h5):
     structure = _checked_structure(path, _json(path, _attr(path, h5, "structure"), "attribute 'structure'"))
     stored_fingerprint = _text(path, _attr(path, h5, "fingerprint"), "attribute 'fingerprint'")
     meta = {key: _json(path, _attr(path, h5, key), f"attribute {key!r}") for key in h5.attrs
-            if key not in ("format", "format_version", "fingerprint", "structure", "caffedsd_version")}
+            if key not in _RESERVED}
     group = h5.get("masks")
     if not isinstance(group, h5py.Group):
         raise InputError(f"{path}: no 'masks' group")

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import InputError
-from .values import is_finite_number
+from .values import is_finite_number, is_whole
 
 CHUNK = 1 << 22  # elements per slice when a whole-blob temporary would cost too much memory
 
@@ -39,6 +39,14 @@ def iter_chunks(*arrays, chunk=None):
     for start, stop in chunk_bounds(flats[0].size, chunk):
         parts = tuple(flat[start:stop] for flat in flats)
         yield parts if len(parts) > 1 else parts[0]
+
+
+def nonfinite_count(values, chunk=None):
+    """How many of ``values`` are NaN or Inf."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc":
+        return 0
+    return sum(int(part.size - np.count_nonzero(np.isfinite(part))) for part in iter_chunks(values, chunk=chunk))
 
 
 def masked_nonzeros(weights, mask):
@@ -85,6 +93,25 @@ def _prune_lowest(scores_of, size, count, keep, chunk=None):
         ties_needed -= ties.size
 
 
+def _inputs(weights, previous, chunk=None):
+    """(weights, previous) as the criteria take them: weights as a float
+    array (magnitudes of ints wrap: int8's -128; unsigned ones have no -1),
+    all finite (no order puts a NaN, and Inf makes every std Inf: the mask
+    would prune other than it says); ``previous`` a bool array of their
+    shape or None (a 0/1 int mask's ~ is -1/-2, which indexes, not selects)."""
+    weights = np.asarray(weights)
+    if weights.dtype.kind != "f":
+        weights = weights.astype(np.float64)
+    bad = nonfinite_count(weights, chunk)
+    if bad:
+        raise InputError(f"weights hold {bad} NaN/Inf values (of {weights.size}): no mask can rank them by size")
+    if previous is not None:
+        previous = np.asarray(previous, dtype=bool)
+        if previous.shape != weights.shape:
+            raise InputError(f"previous mask has shape {previous.shape}, weights {weights.shape}")
+    return weights, previous
+
+
 def _start_keep(weights, previous):
     return np.ones(weights.shape, dtype=bool) if previous is None else previous.copy()
 
@@ -107,6 +134,7 @@ def _scorer(values, previous, transform=np.array):
 # CHUNK): a bound on their temporaries' memory that no mask depends on.
 
 def keepmax_mask(weights, sparsity, previous=None, rng=None, chunk=None):
+    weights, previous = _inputs(weights, previous, chunk)
     keep = _start_keep(weights, previous)
     count = _target_count(weights.size, sparsity, zero_count(keep))
     _prune_lowest(_scorer(weights, previous, np.abs), weights.size, count, keep, chunk)
@@ -114,6 +142,7 @@ def keepmax_mask(weights, sparsity, previous=None, rng=None, chunk=None):
 
 
 def std_mask(weights, scale, previous=None, rng=None, chunk=None):
+    weights, previous = _inputs(weights, previous, chunk)
     keep = _start_keep(weights, previous)
     count, mean = _kept_mean(weights, keep, chunk)
     if count == 0:
@@ -168,7 +197,8 @@ def _kept_mean(weights, keep, chunk=None):
 
 def random_mask(weights, sparsity, previous=None, rng=None, chunk=None):
     if rng is None:
-        raise ValueError("random criterion needs an rng (numpy Generator)")
+        raise InputError("random criterion needs an rng (a numpy Generator: layer_rng)")
+    weights, previous = _inputs(weights, previous, chunk)
     keep = _start_keep(weights, previous)
     count = _target_count(weights.size, sparsity, zero_count(keep))
     draws = rng.random(weights.size, dtype=np.float32)
@@ -224,24 +254,22 @@ def compute_mask(weights, criterion, amount, previous=None, rng=None):
     problem = crit.check(amount)
     if problem:
         raise InputError(f"{criterion} amount {amount!r}: {problem}")
-    weights = np.asarray(weights)
-    if weights.dtype.kind != "f":  # magnitudes of ints wrap (int8's -128), of unsigned ones -1 has none
-        weights = weights.astype(np.float64)
-    if previous is not None:
-        previous = np.asarray(previous, dtype=bool)
-        if previous.shape != weights.shape:
-            raise ValueError(f"previous mask has shape {previous.shape}, weights {weights.shape}")
     return crit.compute(weights, amount, previous=previous, rng=rng)
 
 
 def apply_mask(weights, mask):
     """A copy of ``weights`` with pruned positions set to exactly +0.0."""
-    return np.where(mask, weights, weights.dtype.type(0))
+    weights, mask = np.asarray(weights), np.asarray(mask)
+    if mask.shape != weights.shape:  # broadcast, [False] would zero every weight
+        raise InputError(f"mask has shape {mask.shape}, weights {weights.shape}")
+    return np.where(mask.astype(bool, copy=False), weights, weights.dtype.type(0))
 
 
 def layer_rng(seed, layer_name):
     """A Generator for one layer that depends on the seed and the layer's name
     only, so a layer's random mask does not change when others are added."""
+    if not is_whole(seed) or seed < 0:  # 1.5 drew as 1 did
+        raise InputError(f"seed {seed!r}: must be a whole number >= 0")
     name_key = int.from_bytes(hashlib.sha256(layer_name.encode("utf-8")).digest()[:16], "little")
     return np.random.default_rng(np.random.SeedSequence([int(seed), name_key]))
 

@@ -28,6 +28,7 @@ from .errors import PlanningError
 from .masks import get_criterion
 from .report import number_text, one_line
 from .plan import Rule, SparsityPlan
+from .values import is_real
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ def overall_sparsity(choices, prunable_params, counts=None, elsewhere=0):
 
 
 def check_budget(option, value):
+    if not is_real(value):
+        raise PlanningError(f"{option} {value!r}: must be a number, 0 or more")
     if not value >= 0:  # NaN too
         raise PlanningError(f"{option} {value:g}: must be 0 or more")
 

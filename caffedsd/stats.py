@@ -41,9 +41,9 @@ def model_stats(model, maskset=None):
             "shapes": [list(b.shape) for b in layer.blobs],
             "params": params,
             "nonzero": nonzero,
-            "sparsity": 1 - nonzero / params if params else 0.0,
+            "sparsity": (params - nonzero) / params if params else 0.0,
             # Of the weights pruning works on; a BatchNorm's blob 0 is its running mean.
-            "weight_sparsity": (1 - weights_nonzero_here / weights.size if weights.size else 0.0)
+            "weight_sparsity": ((weights.size - weights_nonzero_here) / weights.size if weights.size else 0.0)
             if layer.type in PRUNABLE_TYPES else None,
             "weights_nonzero": weights_nonzero_here,
             "masked": masked,
@@ -65,8 +65,8 @@ def model_stats(model, maskset=None):
         if masked is not None and layer.name in (maskset.masks if maskset else {}):
             totals["masked"] += masked
     totals["nonfinite"] = sum(nonfinite.values())
-    totals["sparsity"] = 1 - totals["nonzero"] / totals["params"] if totals["params"] else 0.0
-    totals["weight_sparsity"] = 1 - weights_nonzero / weights_total if weights_total else None
+    totals["sparsity"] = (totals["params"] - totals["nonzero"]) / totals["params"] if totals["params"] else 0.0
+    totals["weight_sparsity"] = (weights_total - weights_nonzero) / weights_total if weights_total else None
     totals["file_bytes"] = model.path.stat().st_size
     return {"weights": str(model.path), "layout": model.layout, "layers": rows, "totals": totals}
 

@@ -854,10 +854,11 @@ def train_quantized(solver_path, weights, output, bits, masks=None, iterations=N
     2^bits shared values (``bits``: {"conv": n, "fc": m}) and fine-tune the
     centroids; pruned weights stay 0.0 and assignments stay fixed. The
     result's "test_first" is the TEST phase right after quantization."""
-    from .dcz import layer_kind
+    from .dcz import check_bits, layer_kind
     from .layers import prunable_targets
     from .weight_sharing import WeightSharing, cluster
 
+    check_bits(bits, "bits", partial=False)
     spec = read_solver(solver_path, allow_python_layers)
     model = read_caffemodel(weights)
     # Its zeros are what was pruned, with masks or without (a decompressed

@@ -691,9 +691,10 @@ def test_bad_inputs(caffe, lenet, tmp_path, cli, other_model):
     assert_one_line_error(cli("decompress", "future.dcz", "-o", "x.caffemodel"), "format version 99 is newer")
     (tmp_path / "text.dcz").write_text("hello")
     assert_one_line_error(cli("decompress", "text.dcz", "-o", "x.caffemodel"), "bad magic number")
-    assert_one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"), "17 is outside 1..16")
+    assert_one_line_error(cli("compress", "-w", weights, "--bits", 17, "-o", "y.dcz"),
+                          "--bits '17': conv 17: must be a whole number in 1..16")
     assert_one_line_error(cli("compress", "-w", weights, "--bits", "conv=0,fc=4", "-o", "y.dcz"),
-                          "conv=0 is outside 1..16")
+                          "conv 0: must be a whole number in 1..16")
     assert_one_line_error(cli("compress", "-w", weights, "--index-bits", "wide", "-o", "y.dcz"), "expected auto")
     assert_one_line_error(cli("compress", "-w", weights, "--masks", "other/p.masks.h5", "-o", "y.dcz"),
                           "masks were made for another model")

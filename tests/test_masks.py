@@ -205,7 +205,7 @@ def test_a_masksets_masks_are_read_only_and_its_own():
 
     mine = np.array([True, False, True])
     masks, shared_by = {"fc": mine}, {"fc": ("fc",)}
-    maskset = MaskSet(masks, shared_by, [])
+    maskset = MaskSet(masks, shared_by, [("fc", "InnerProduct", [[3]])])
     with pytest.raises(ValueError, match="read-only"):
         maskset.per_layer()["fc"][0] = False
     assert mine.flags.writeable  # the maker's own flags are left as they were
