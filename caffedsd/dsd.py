@@ -45,7 +45,7 @@ from .layers import PRUNABLE_TYPES, check_shared_shapes
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
-from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, table,
+from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, read_own, table,
                         write_json)
 from .solverstate import learned_net, set_learned_net
 from .stats import model_stats
@@ -255,13 +255,15 @@ def _remove_stages_after(run_dir, count):
     """Remove stage folders numbered above ``count`` (the last first) and
     the reports of the whole run; returns the names removed."""
     stages = _stages_after(run_dir, count)
-    for stage in reversed(stages):
-        if stage.is_symlink():
-            stage.unlink()
-        else:
-            shutil.rmtree(stage)
-    for name in report.DSD_REPORT_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    for path in [*reversed(stages), *(run_dir / name for name in report.DSD_REPORT_FILES)]:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:  # a stage folder made read-only: those after it are gone, it and those before not
+            raise InputError(f"{path}: cannot remove it to run the recipe's later stages anew "
+                             f"({exc.strerror})") from None
     return [stage.name for stage in stages]
 
 
@@ -479,10 +481,12 @@ def read_stage_csv(path, parse, remedy):
     """A curve or tests CSV a stage wrote, parsed by ``parse``; one that is
     gone or damaged (edited, cut) is named, with ``remedy``."""
     try:
-        return parse(Path(path).read_text())
+        return parse(read_own(path).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: missing; {remedy}") from None
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); {remedy}") from None
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise InputError(f"{path}: damaged, not the CSV caffedsd wrote ({exc}); {remedy}") from None
 
 

@@ -539,7 +539,7 @@ def output_names(model_path, deploy_path):
                              "their rewrites would overwrite each other in the output folder")
         names[Path(deploy_path)] = Path(deploy_path).name
     for name in names.values():
-        if name in ("model.caffemodel", "report.md"):
+        if name in ("model.caffemodel", "model.masks.h5", "report.md"):
             raise InputError(f"{name}: a prototxt cannot be named like decompose's other outputs")
     return names
 

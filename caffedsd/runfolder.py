@@ -6,12 +6,14 @@ with others, or on a non-empty folder without the marker, the folder is
 refused rather than mixed or overwritten. Work done so far is kept as JSON
 files and append-only JSON-lines journals, each record whole or absent.
 """
+import errno
 import fcntl
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -75,6 +77,20 @@ def write_json(path, data):
     write_text(path, to_json(data) + "\n")
 
 
+def read_own(path):
+    """The bytes of ``path``, a file in a folder of caffedsd's own. OSError
+    as reading raises it, and for a pipe or device in its place, on which a
+    read would wait forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "a pipe or device, not a regular file", str(path))
+        return handle.read()
+
+
 def read_json(path, keys=(), known=None, remedy="remove it to redo its work", kinds=None):
     """The JSON object in ``path``, with ``keys`` present and, when ``known``
     is given, no others; the values of ``kinds`` ({key: Kind}) of their
@@ -82,7 +98,7 @@ def read_json(path, keys=(), known=None, remedy="remove it to redo its work", ki
     damaged one was edited or cut by something else: a one-line error that
     names it, rather than a traceback from deep in a continued run."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        data = json.loads(read_own(path))
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(f"{path}: damaged, not the JSON caffedsd wrote ({exc}); {remedy}") from None
     except OSError as exc:  # a folder in its place, unreadable
@@ -177,8 +193,11 @@ class RunFolder:
             raise
 
     def _hold(self):
+        lock = self.path / LOCK_FILE
+        if os.path.exists(lock) and not os.path.isfile(lock):  # a pipe: append mode's seek fails, with no reason
+            raise InputError(f"{lock}: not a regular file (a folder, device or pipe); remove it")
         try:
-            handle = open(self.path / LOCK_FILE, "a+")
+            handle = open(lock, "a+")
         except OSError as exc:
             raise_no_room(self.path, exc)
             raise InputError(f"{self.path}: cannot write to the {self.kind} folder ({exc.strerror})") from None
@@ -241,7 +260,7 @@ class RunFolder:
         records = []
         if path.exists():
             try:
-                lines = path.read_bytes().splitlines()
+                lines = read_own(path).splitlines()
             except OSError as exc:  # a folder in its place, unreadable
                 raise InputError(f"{path}: cannot be read ({exc.strerror}); remove it to redo its work") from None
             for line in lines:

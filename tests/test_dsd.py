@@ -19,7 +19,7 @@ from caffedsd.report import parse_tests_csv
 from caffedsd.runfolder import RunFolder
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from conftest import (Stop, assert_one_line_error, can_mount_a_disk, gpu_skip_reason, lenet_files, run_on_a_full_disk,
-                      save_net, stopping_at, write_solver)
+                      save_net, stopping_at, where_mode_bits_bind, write_solver)
 
 @pytest.fixture(scope="module")
 def lenet_solver(tmp_path_factory):
@@ -1382,3 +1382,22 @@ def test_a_checkpoint_pair_is_renamed_into_place_once_caffe_wrote_it_whole(tmp_p
     again.restore(str(state))
     assert again.iter == 2
     np.testing.assert_array_equal(again.net.params["conv1"][0].data, solver.net.params["conv1"][0].data)
+
+
+def test_a_later_stage_force_cannot_remove_is_one_line(tmp_path):
+    """dsd --force removes the stages after those two recipes share: one
+    made read-only was a PermissionError traceback."""
+    for stage in ("01-dense", "02-prune", "03-sparse"):
+        (tmp_path / "run" / stage).mkdir(parents=True)
+        (tmp_path / "run" / stage / "model.caffemodel").write_bytes(b"")
+    (tmp_path / "run" / "02-prune").chmod(0o500)
+    try:
+        done = where_mode_bits_bind("from caffedsd.dsd import _remove_stages_after\n"
+                                    "from caffedsd.errors import InputError\n"
+                                    "from pathlib import Path\ntry:\n    _remove_stages_after(Path('run'), 1)\n"
+                                    "except InputError as exc:\n    print(exc)\n", tmp_path)
+    finally:
+        (tmp_path / "run" / "02-prune").chmod(0o700)
+    assert done.stdout == "run/02-prune: cannot remove it to run the recipe's later stages anew (Permission denied)\n", \
+        done.stderr
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["01-dense", "02-prune"]  # 03 went first

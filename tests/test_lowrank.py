@@ -737,3 +737,15 @@ def test_a_force_that_makes_training_diverge_is_named(caffe, tmp_path, cli):
     assert_one_line_error(cli("train-lowrank", "--solver", solver, "-w", "start.caffemodel",
                               "--force-decay", "inf", "-o", "out.caffemodel"),
                           "--force-decay inf: must be a finite number >= 0")
+
+
+def test_a_prototxt_named_like_a_decompose_output_is_refused(tmp_path):
+    """A prototxt named model.masks.h5 was written over the model's masks
+    (a traceback for pruned weights; for dense ones, masks that no command
+    could read)."""
+    from caffedsd.lowrank import output_names
+
+    for name in ("model.caffemodel", "model.masks.h5", "report.md"):
+        with pytest.raises(InputError, match=f"{name}: a prototxt cannot be named like decompose's other outputs"):
+            output_names(tmp_path / name, None)
+    assert output_names(tmp_path / "net.prototxt", None) == {tmp_path / "net.prototxt": "net.prototxt"}

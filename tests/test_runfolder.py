@@ -225,3 +225,35 @@ def test_a_folder_with_a_live_writers_temporary_is_not_taken_for_ours(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_pipe_in_place_of_a_file_of_its_own_is_named_not_waited_on(tmp_path):
+    """A FIFO at run.json, a stage's CSV or the journal made the rerun wait
+    forever on the read; one at the lock file said "(None)"."""
+    import signal
+
+    from caffedsd.dsd import read_stage_csv
+
+    folder = _folder(tmp_path / "run").open({})
+    folder.close()
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("waited on the pipe"))
+    signal.alarm(10)
+    try:
+        for name in ("record.json", "points.jsonl", "curve.csv"):
+            os.mkfifo(tmp_path / "run" / name)
+        with pytest.raises(InputError, match=r"record.json: cannot be read \(a pipe or device, not a regular file\); "
+                                             "remove it"):
+            read_json(tmp_path / "run" / "record.json")
+        with pytest.raises(InputError, match=r"points.jsonl: cannot be read \(a pipe or device"):
+            folder.journal("points.jsonl")
+        with pytest.raises(InputError, match=r"curve.csv: cannot be read \(a pipe or device, not a regular file\); "
+                                             "again$"):
+            read_stage_csv(tmp_path / "run" / "curve.csv", json.loads, "again")
+        (tmp_path / "run" / ".caffedsd.lock").unlink()
+        os.mkfifo(tmp_path / "run" / ".caffedsd.lock")
+        with pytest.raises(InputError, match=r"run/.caffedsd.lock: not a regular file \(a folder, device or pipe\); "
+                                             "remove it$"):
+            _folder(tmp_path / "run").open({})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
