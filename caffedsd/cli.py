@@ -51,7 +51,24 @@ class _ExampleLast:
 
 
 class _Command(_ExampleLast, click.Command):
-    pass
+    def invoke(self, ctx):
+        if self.name != "info":
+            _check_working_folder()
+        return super().invoke(ctx)
+
+
+def _check_working_folder():
+    """Caffe takes paths as UTF-8 (protobuf strings), and caffedsd hands it
+    absolute ones it makes (temporaries, snapshot folders, a recipe's
+    paths): made in a folder whose name is not UTF-8, they failed late, a
+    traceback after a whole training."""
+    try:
+        os.getcwdb().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{ascii(os.getcwd())[1:-1]}: the working folder's name is not UTF-8: Caffe takes paths as "
+                         "UTF-8 and caffedsd hands it paths made from it; run caffedsd from another folder") from None
+    except OSError:  # a folder removed: whatever the command does says so
+        pass
 
 
 # click 8.2+ shows a group's help for no command by raising this UsageError.

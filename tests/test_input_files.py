@@ -103,6 +103,21 @@ def test_names_the_file_system_or_caffe_cannot_take(tiny, tmp_path, cli):
     assert sorted(os.listdir(tmp_path)) == before
 
 
+def test_a_working_folder_whose_name_is_not_utf8_is_named_before_any_work(tmp_path, cli, monkeypatch):
+    """Every path given relative and ASCII, the absolute ones caffedsd makes
+    of them (temporaries, snapshot folders) carried the folder's bytes into
+    Caffe: train-dense trained, then failed in a UnicodeEncodeError traceback."""
+    folder = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.mkdir(folder)
+    monkeypatch.chdir(folder)
+    assert_one_line_error(cli("train-dense", "--solver", "solver.prototxt", "-w", "w.caffemodel", "-o", "t.caffemodel"),
+                          "/caf\\udce9: the working folder's name is not UTF-8: Caffe takes paths as UTF-8")
+    assert_one_line_error(cli("data", "fashion-mnist", "-o", "fm"), "the working folder's name is not UTF-8")
+    assert os.listdir(folder) == []
+    assert cli("info").exit_code == 0  # names no path
+    assert cli("stats", "--help").exit_code == 0
+
+
 def test_a_pipe_named_as_weights_or_listed_data_is_not_missing(tmp_path, cli):
     """A recipe's weights, or a file an HDF5Data list names, that is a pipe
     was said not to exist."""
