@@ -18,7 +18,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .atomic import atomic_paths, check_room, raise_no_room, replace_held, temporary_folder
+from .atomic import atomic_paths, check_output, check_room, raise_no_room, replace_held, temporary_folder
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, new_layers_bytes
 from .errors import CaffeDsdWarning, InputError
@@ -160,6 +160,14 @@ class SolverSnapshots:
         `caffe train` does (snapshot_after_train), unless it just made one."""
         return self.after_train and end > start and not (self.every and end % self.every == 0)
 
+    def last_until(self, start, end):
+        """The last iteration a run from ``start`` to ``end`` snapshots at,
+        or None for none."""
+        if self.ends_with(start, end):
+            return end
+        last = self.every * (end // self.every) if self.every else 0
+        return last if last > start else None
+
     def paths(self, iteration, prefix=None):
         """(caffemodel, solverstate) as Caffe names them for ``iteration``:
         strings, since the state records the model's as Caffe spelt it."""
@@ -170,10 +178,18 @@ class SolverSnapshots:
         """Those of ``appended`` (write's) that its snapshots hold."""
         return [(param, arrays) for param, arrays in appended if not self.extension or param.name in self._held]
 
-    def check_room(self, model, sizes, appended=()):
-        """Raise OutputError unless a snapshot fits beside ``model`` (write's
-        ``sizes`` and ``appended``); returns the pair's sizes, ``appended``
-        counted in."""
+    def check_room(self, iteration, sizes, appended=(), masked=False):
+        """Raise OutputError unless the snapshot of ``iteration`` fits
+        (write's ``sizes`` and ``appended``), and InputError unless its
+        files, with masks where ``masked``, can go into place; returns the
+        pair's sizes, ``appended`` counted in."""
+        model, state = (Path(path) for path in self.paths(iteration))
+        for path in (model, state, *((masks_path_for(model),) if masked else ())):
+            try:  # a folder in the way, or a name too long for its temporary: found before training
+                check_output(path)
+            except InputError as exc:
+                raise InputError(f"snapshot_prefix {self.prefix!r}: its snapshot of iteration {iteration}: {exc}") \
+                    from None
         # The state is written twice (Caffe's, then the rewrite naming the
         # model); new files at most at once: the pair and the temporaries of
         # its two renames into place.
@@ -203,7 +219,8 @@ class SolverSnapshots:
         iteration = int(solver.iter)
         model, state = self.paths(iteration)
         appended = self.held(appended)
-        sizes = self.check_room(Path(model), sizes, appended)
+        masked = maskset is not None and not self.extension
+        sizes = self.check_room(iteration, sizes, appended, masked)
         made = self.paths(iteration, self.solver_prefix)
         try:
             solver.snapshot()
@@ -220,7 +237,6 @@ class SolverSnapshots:
             # The model is renamed first (the inner block), so that no state
             # names a model not yet in place; the masks of a model it
             # replaces go with it, or are replaced by its own.
-            masked = maskset is not None and not self.extension
             if maskset is not None and self.extension and not self._warned_unmasked:
                 self._warned_unmasked = True
                 warnings.warn(CaffeDsdWarning(

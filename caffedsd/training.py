@@ -682,17 +682,19 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             masks = masks_file_bytes(phase.maskset) if phase.maskset is not None else 0
             check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)) + masks,
                        files=3)
-        # The first checkpoint or snapshot due (checked again when written):
-        # on a disk too small for it, the iterations before it were lost, and
-        # a rerun, with none to go on from, lost them again. A checkpoint is
-        # not made at the end; a snapshot due there is, before the output.
+        # The checkpoints and snapshots due (checked again when written): on
+        # a disk too small for them, or with a folder or a name too long in
+        # the way, the iterations before the first were lost, and a rerun,
+        # with none to go on from, lost them again. A checkpoint is not made
+        # at the end; a snapshot due there is, before the output.
         checkpoint = _next_checkpoint(start, checkpoints)
         if checkpoint is not None and checkpoint < end:
             checkpoints.check_room(checkpoints.folder, sizes)
-        snapshot = snapshots.next_after(start) if snapshots is not None else None
-        if snapshot is not None and snapshot <= end:
-            snapshots.check_room(Path(snapshots.paths(snapshot)[0]), sizes,
-                                 snapshots.held(test_only_records(solver, spec)))
+        # The first, and the last, whose number's digits make the longest names.
+        due = (snapshots.next_after(start), snapshots.last_until(start, end)) if snapshots is not None else ()
+        for snapshot in dict.fromkeys(each for each in due if each is not None and each <= end):
+            snapshots.check_room(snapshot, sizes, snapshots.held(test_only_records(solver, spec)),
+                                 phase.maskset is not None and not snapshots.extension)
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):

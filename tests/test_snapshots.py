@@ -253,3 +253,28 @@ def test_an_hdf5_snapshot_leaves_out_a_test_only_layer_caffe_could_not_find_and_
     assert len(warned) == 1 and "aux/probe" in warned[0], result.output
     held = {param.name for param, _ in hdf5_layers(tmp_path / "snap_iter_2.caffemodel.h5", read_net_prototxt(net), net)}
     assert "probe" in held and "aux/probe" not in held
+
+
+def test_a_snapshot_that_cannot_go_into_place_is_refused_before_training(caffe, tmp_path, cli):
+    """A folder at the last snapshot's path, or a snapshot name too long for
+    the temporary it goes into place from (stock caffe train writes it),
+    was found when that snapshot was due: after the training it ended."""
+    from conftest import REGRESSION_NET, assert_one_line_error, save_net
+
+    solver = write_solver(tmp_path, snapshot=5)  # 5, 10, and 12, the end (snapshot_after_train)
+    _, weights = save_net(caffe, tmp_path, REGRESSION_NET)
+    (tmp_path / "snap_iter_12.solverstate").mkdir()
+    before = _files(tmp_path)
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-o", "out.caffemodel"),
+                          f"snapshot_prefix '{tmp_path / 'snap'}': its snapshot of iteration 12: "
+                          f"{tmp_path / 'snap_iter_12.solverstate'}: is a folder, not a regular file")
+    assert _files(tmp_path) == before
+    (tmp_path / "snap_iter_12.solverstate").rmdir()
+    # Iteration 5's files and their temporaries (.NAME.PID.xxxxxxxx.tmp) fit
+    # in 255 bytes, and iteration 12's model; its state's temporary is 256.
+    long = "s" * (255 - len(f"._iter_5.solverstate.{os.getpid()}.xxxxxxxx.tmp"))
+    solver.write_text(solver.read_text().replace(f'"{tmp_path / "snap"}"', f'"{tmp_path / long}"'))
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-o", "out.caffemodel"),
+                          f"its snapshot of iteration 12: {tmp_path / long}_iter_12.solverstate: the name is too long "
+                          "for the temporary caffedsd writes it under first")
+    assert _files(tmp_path) == []
