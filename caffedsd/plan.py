@@ -27,7 +27,6 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 
 from .atomic import read_input
 from .errors import InputError, PlanError
@@ -45,7 +44,7 @@ class SparsityPlan:
     sparsity: float = None  # the default for layers no rule matches; None: leave them
     rules: tuple = field(default_factory=tuple)
     # What `plan --verify` measured on the whole pruned net (plan_from_scan.py);
-    # None for a plan nobody measured. Kept as a read-only copy, which no
+    # None for a plan nobody measured. Kept as a copy of its own, which no
     # hash takes: plans hash by the rest.
     verified: dict = field(default=None, hash=False)
     # The random criterion's seed; None: the pruning command's (--seed, a recipe's seed).
@@ -87,8 +86,8 @@ class SparsityPlan:
                 object.__setattr__(self, name, plain(getattr(self, name)))
         if self.verified is not None:
             self._check_verified(at)
-            object.__setattr__(self, "verified", MappingProxyType(
-                {key: plain(value) if is_real(value) else value for key, value in self.verified.items()}))
+            object.__setattr__(self, "verified",
+                               {key: plain(value) if is_real(value) else value for key, value in self.verified.items()})
 
     def _check_verified(self, at):
         record = self.verified
