@@ -29,6 +29,7 @@ computed once, in their prune stage, and never again.
 import contextlib
 import ctypes
 import hashlib
+import locale
 import os
 import re
 import shutil
@@ -257,9 +258,9 @@ def _remove_stages_after(run_dir, count):
     stages = _stages_after(run_dir, count)
     for path in [*reversed(stages), *(run_dir / name for name in report.DSD_REPORT_FILES)]:
         try:
-            if path.is_dir() and not path.is_symlink():
+            if path in stages and path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            else:
+            else:  # a folder at a report's name is none of caffedsd's: not emptied
                 path.unlink(missing_ok=True)
         except OSError as exc:  # a stage folder made read-only: those after it are gone, it and those before not
             raise InputError(f"{path}: cannot remove it to run the recipe's later stages anew "
@@ -481,7 +482,8 @@ def read_stage_csv(path, parse, remedy):
     """A curve or tests CSV a stage wrote, parsed by ``parse``; one that is
     gone or damaged (edited, cut) is named, with ``remedy``."""
     try:
-        return parse(read_own(path).decode("utf-8"))
+        # As write_text wrote it: in the locale's encoding, as a TEST output's name may need.
+        return parse(read_own(path).decode(locale.getpreferredencoding(False)))
     except FileNotFoundError:
         raise InputError(f"{path}: missing; {remedy}") from None
     except OSError as exc:
