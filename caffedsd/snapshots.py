@@ -178,13 +178,17 @@ class SolverSnapshots:
         """Those of ``appended`` (write's) that its snapshots hold."""
         return [(param, arrays) for param, arrays in appended if not self.extension or param.name in self._held]
 
-    def check_room(self, iteration, sizes, appended=(), masked=False):
+    def _masked(self, maskset):
+        """Whether a snapshot is written with ``maskset`` beside it (write's)."""
+        return maskset is not None and not self.extension
+
+    def check_room(self, iteration, sizes, appended=(), maskset=None):
         """Raise OutputError unless the snapshot of ``iteration`` fits
-        (write's ``sizes`` and ``appended``), and InputError unless its
-        files, with masks where ``masked``, can go into place; returns the
-        pair's sizes, ``appended`` counted in."""
+        (write's ``sizes``, ``appended`` and ``maskset``), and InputError
+        unless its files can go into place; returns the pair's sizes,
+        ``appended`` counted in."""
         model, state = (Path(path) for path in self.paths(iteration))
-        for path in (model, state, *((masks_path_for(model),) if masked else ())):
+        for path in (model, state, *((masks_path_for(model),) if self._masked(maskset) else ())):
             try:  # a folder in the way, or a name too long for its temporary: found before training
                 check_output(path)
             except InputError as exc:
@@ -219,8 +223,8 @@ class SolverSnapshots:
         iteration = int(solver.iter)
         model, state = self.paths(iteration)
         appended = self.held(appended)
-        masked = maskset is not None and not self.extension
-        sizes = self.check_room(iteration, sizes, appended, masked)
+        masked = self._masked(maskset)
+        sizes = self.check_room(iteration, sizes, appended, maskset)
         made = self.paths(iteration, self.solver_prefix)
         try:
             solver.snapshot()

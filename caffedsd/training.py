@@ -674,14 +674,15 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             copy_trained(tied)
             snapshots.write(solver, sizes, test_only_records(solver, spec), phase.maskset)
 
+        # What the checks below count of the layers of phase TEST only: their sizes, which training keeps.
+        appended = test_only_records(solver, spec)
         if phase.output is not None and phase.iterations > done:
             # Checked again when written; a disk already too small for it
             # would otherwise cost the whole training first.
             # Files: the temporaries of the model and its masks, and the probe
             # of the room check made once they are there.
             masks = masks_file_bytes(phase.maskset) if phase.maskset is not None else 0
-            check_room(Path(phase.output), sizes[0] + new_layers_bytes(test_only_records(solver, spec)) + masks,
-                       files=3)
+            check_room(Path(phase.output), sizes[0] + new_layers_bytes(appended) + masks, files=3)
         # The checkpoints and snapshots due (checked again when written): on
         # a disk too small for them, or with a folder or a name too long in
         # the way, the iterations before the first were lost, and a rerun,
@@ -693,8 +694,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # The first, and the last, whose number's digits make the longest names.
         due = (snapshots.next_after(start), snapshots.last_until(start, end)) if snapshots is not None else ()
         for snapshot in dict.fromkeys(each for each in due if each is not None and each <= end):
-            snapshots.check_room(snapshot, sizes, snapshots.held(test_only_records(solver, spec)),
-                                 phase.maskset is not None and not snapshots.extension)
+            snapshots.check_room(snapshot, sizes, snapshots.held(appended), phase.maskset)
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):
