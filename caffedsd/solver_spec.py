@@ -55,6 +55,9 @@ def solver_weights(spec):
 
 
 def _check_solver_param(param, path):
+    # Caffe snapshots at multiples of any non-zero value, a negative one too.
+    if param.snapshot < 0:
+        raise InputError(f"{path}: snapshot {param.snapshot} must be 0 (no periodic snapshots) or more")
     if not built_by_caffedsd():
         return
     if param.HasField("type") and param.type not in _SOLVER_TYPES:

@@ -30,7 +30,7 @@ from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
-from .snapshots import SolverSnapshots, check_hdf5_layers, check_prefix, snapshots_on
+from .snapshots import SolverSnapshots, snapshots_on
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
                           solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
                           test_only_params)
@@ -44,8 +44,11 @@ def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
     solver prototxt in ``workdir`` (net paths still resolve from the current
     folder). Caffe's own periodic test passes are off: ``run_phase`` makes
     them (``PeriodicTests``), so that their results are data, not log lines.
-    ``snapshots``: snapshot_prefix, snapshot (also turning off
-    snapshot_after_train), snapshot_format, in place of the solver's."""
+    ``snapshots``: snapshot_prefix, snapshot_format, in place of the
+    solver's, for the snapshots caffedsd asks for (``Solver.snapshot``):
+    Caffe never snapshots by itself (snapshot 0, no snapshot_after_train),
+    since its own are not written whole or not at all
+    (snapshots.SolverSnapshots)."""
     caffe = import_caffe(gpu)
     solver_file, param = _write_solver(spec, workdir, gpu, lr_scale, **snapshots)
     return caffe.get_solver(str(solver_file)), param
@@ -63,12 +66,13 @@ def check_solver_builds(spec, gpu=None):
     for net, path, states in nets:
         check_layer_types(net, path, known, states)
     with scratch_folder() as work:
-        return build_in_child("solver", _write_solver(spec, work, snapshot=0)[0], spec.path,
+        return build_in_child("solver", _write_solver(spec, work)[0], spec.path,
                               python_layers=any(has_python_layers(net) for net, _, _ in nets), gpu=gpu)
 
 
-def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot=None, snapshot_format=None):
-    """(path, SolverParameter) of ``spec`` with the changes given, written in ``workdir``."""
+def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, snapshot_format=None):
+    """(path, SolverParameter) of ``spec`` with the changes given, written in
+    ``workdir``, with Caffe's own snapshots off."""
     param = SolverParameter()
     param.CopyFrom(spec.param)
     param.base_lr = scaled_lr(spec, lr_scale)
@@ -76,14 +80,11 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
         param.snapshot_prefix = str(snapshot_prefix)
     if snapshot_format is not None:
         param.snapshot_format = snapshot_format
-    if snapshot is not None:
-        param.snapshot = snapshot
-        param.snapshot_after_train = False
+    param.snapshot = 0
+    param.snapshot_after_train = False
     # Caffe insists on test_interval > 0 when there are test nets.
     param.test_interval = INT32_MAX
     param.test_initialization = False
-    check_prefix(param, spec.path)
-    check_hdf5_layers(spec, param)
     param.solver_mode = SolverParameter.GPU if gpu is not None else SolverParameter.CPU
     if gpu is not None:
         param.device_id = gpu
@@ -609,9 +610,9 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # restore copy and the checks for room below count on.
         checkpoints.remove_cut_writes()
         # Its files are known by their binary format's names.
-        options = dict(snapshot_prefix=checkpoints.prefix, snapshot=0, snapshot_format=SolverParameter.BINARYPROTO)
+        options = dict(snapshot_prefix=checkpoints.prefix, snapshot_format=SolverParameter.BINARYPROTO)
     elif snapshots.solver_prefix is not None:
-        options = dict(snapshot_prefix=snapshots.solver_prefix, snapshot=0)
+        options = dict(snapshot_prefix=snapshots.solver_prefix)
     solver, param = open_solver(spec, workdir, gpu=gpu, lr_scale=phase.lr_scale, **options)
     dispatcher = HookDispatcher.for_solver(solver, gpu)
     try:

@@ -1367,8 +1367,7 @@ def test_a_checkpoint_pair_is_renamed_into_place_once_caffe_wrote_it_whole(tmp_p
     from caffedsd.training import open_solver
 
     checkpoints = _Checkpoints(tmp_path / "checkpoint", every=2)
-    solver, _ = open_solver(read_solver(write_solver(tmp_path)), tmp_path, snapshot_prefix=checkpoints.prefix,
-                            snapshot=0)
+    solver, _ = open_solver(read_solver(write_solver(tmp_path)), tmp_path, snapshot_prefix=checkpoints.prefix)
     (tmp_path / "checkpoint" / ".writing").mkdir(parents=True)
     (tmp_path / "checkpoint" / ".writing" / "snapshot_iter_9.caffemodel").write_bytes(b"cut")  # a killed write
     solver.step(2)

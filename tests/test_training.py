@@ -532,6 +532,21 @@ def test_solver_values_caffe_finds_only_inside_an_update_are_refused(pruned, tmp
         assert not (tmp_path / "d.caffemodel").exists()
 
 
+def test_a_negative_snapshot_interval_is_refused(pruned, tmp_path, cli):
+    """Caffe snapshots at multiples of any non-zero ``snapshot``: at -2 it
+    wrote its own snapshots inside its step, unchecked, one over the -w
+    input snap_iter_2 without --force, while caffedsd took the solver's
+    snapshots for off."""
+    solver = write_solver(tmp_path, snapshot=-2)
+    solver.write_text(solver.read_text() + "snapshot_after_train: false\n")
+    start = tmp_path / "snap_iter_2.caffemodel"
+    start.write_bytes(pruned.read_bytes())
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", start, "-n", 4, "-o", "d.caffemodel"),
+                          f"{solver}: snapshot -2 must be 0 (no periodic snapshots) or more")
+    assert start.read_bytes() == pruned.read_bytes()
+    assert not (tmp_path / "d.caffemodel").exists()
+
+
 def test_the_solvers_own_weights_are_an_input(pruned, tmp_path, cli):
     """Caffe loads a solver's weights: field when it opens the solver; -o
     replaced that file without --force."""
@@ -711,7 +726,7 @@ def test_snapshot_bytes_are_upper_bounds_of_caffes_files(caffe, tmp_path, solver
         f'layer {{ name: "r{n}" type: "ReLU" bottom: "conv1" top: "conv1" }}\n' for n in range(relus))
         + 'layer { name: "relu1"'))
     spec = read_solver(solver_path)
-    solver, _ = open_solver(spec, tmp_path, snapshot_prefix=tmp_path / "s", snapshot=0)
+    solver, _ = open_solver(spec, tmp_path, snapshot_prefix=tmp_path / "s")
     floats = (4 * 2 * 3 * 3 + 4) + (5 * 4 * 4 * 4 + 5)  # conv1 and fc1, weights and biases
     model_bound, state_bound = snapshot_bytes(spec, solver.net)
     solver.step(1)

@@ -71,7 +71,7 @@ def measure(solver_path, work, repeats):
     folder = work / "checkpoint"
     checkpoints = _Checkpoints(folder, every=1)
     folder.mkdir()
-    solver, _ = open_solver(read_solver(solver_path), work, snapshot_prefix=checkpoints.prefix, snapshot=0)
+    solver, _ = open_solver(read_solver(solver_path), work, snapshot_prefix=checkpoints.prefix)
     solver.step(1)
     curve = [{"iter": 0, "loss": 1.0, "lr": 1e-4}]
 

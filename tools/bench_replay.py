@@ -46,7 +46,7 @@ def measure(solver_path, steps, replays, repeats, gpu=None):
     # As run_phase opens it: Caffe's own periodic test passes off, so that
     # no timed stretch of steps holds one.
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as work:
-        solver, _ = open_solver(spec, work, gpu, snapshot=0)
+        solver, _ = open_solver(spec, work, gpu)
     layers = replayed_layers(solver.net)
     solver.step(1)  # warm: first allocations, the prefetch threads' first batches
 
