@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .errors import CaffeUnavailable, InputError
+from .layers import PRUNABLE_TYPES
 
 _INSTALL_HINT = "run `make setup`, or set CAFFE_ROOT to a built Caffe tree (see README)"
 
@@ -162,7 +163,7 @@ def has_python_layers(net):
 _SHAPES_MARK = "caffedsd-shapes: "
 _CHILD = """
 import sys
-SHAPES_MARK = %r
+SHAPES_MARK, PRUNABLE_TYPES = %r, %r
 extension, kind, path, python_layers, weights, batches = sys.argv[1:]
 if python_layers == "yes":
     import caffe
@@ -190,7 +191,7 @@ elif kind == "solver":  # reports the weight shapes of its nets' prunable layers
     shapes = {}
     for net in [solver.net, *solver.test_nets]:
         for name, layer in zip(net._layer_names, net.layers):
-            if layer.type in ("Convolution", "Deconvolution", "InnerProduct") and len(layer.blobs):
+            if layer.type in PRUNABLE_TYPES and len(layer.blobs):
                 shapes.setdefault(name, list(layer.blobs[0].shape))
     print("\\n" + SHAPES_MARK + json.dumps(shapes))  # a line of its own, whatever a Python layer printed
 else:
@@ -203,7 +204,7 @@ else:
         for i in data_layers:
             net._forward(i, i)
         net.reshape()  # a batch of another size that a layer cannot take (an InnerProduct's inputs)
-""" % _SHAPES_MARK
+""" % (_SHAPES_MARK, sorted(PRUNABLE_TYPES))
 
 
 def _caffe_child(kind, path, python_layers=False, visible=None, weights=None, batches=0):

@@ -50,6 +50,7 @@ from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, option
                         write_json)
 from .solverstate import learned_net, set_learned_net
 from .stats import model_stats
+from .values import next_multiple
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
                           solver_output_kinds, solver_weights)
@@ -300,6 +301,10 @@ class _Checkpoints:
 
     def seconds(self):
         return self.earlier + time.monotonic() - self.started
+
+    def next_after(self, iteration):
+        """The next iteration a checkpoint is due at, or None for none."""
+        return next_multiple(iteration, self.every)
 
     @property
     def prefix(self):

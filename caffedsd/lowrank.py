@@ -575,8 +575,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                          temporary_folder, write_text)
     from .caffe_env import build_in_child, check_net_runs, has_python_layers, import_caffe
     from .caffe_proto import read_net_prototxt
-    from .caffemodel import check_finite, file_sha256, new_caffemodel, read_caffemodel
-    from .maskfile import MaskSet, atomic_unmasked_path, masks_for, save_masks
+    from .caffemodel import check_finite, new_caffemodel, read_caffemodel
+    from .maskfile import atomic_unmasked_path, masks_for, save_masks_of
     from .netcheck import check_blob_shapes, check_pair, loaded_states
 
     if energy is not None:
@@ -649,9 +649,7 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             try:
                 ready.mkdir()
                 if kept is not None:
-                    save_masks(ready / "model.masks.h5", MaskSet(kept.masks, kept.shared_by,
-                                                                 read_caffemodel(made).structure(), dict(kept.meta)),
-                               file_sha256(made))
+                    save_masks_of(ready / "model.masks.h5", made, kept)
                 for path, name in names.items():
                     write_text(ready / name, texts[path])
                 write_text(ready / "report.md", report.decomposition_markdown(rows, weights, skipped,

@@ -7,8 +7,9 @@ point:
   before ApplyUpdate): pruned positions of each weight's gradient are set to
   0.0. Weight decay then adds decay * 0 there, and every solver's history
   (momentum, AdaGrad/RMSProp/AdaDelta/Adam moments) stays 0 where it was 0,
-  so ApplyUpdate leaves pruned weights at exactly 0.0, and so do the
-  snapshots Caffe writes inside Step, after ApplyUpdate, before Python runs.
+  so ApplyUpdate leaves pruned weights at exactly 0.0. (Snapshots are
+  taken between steps, after the dispatcher's ``settle``: caffedsd opens
+  every solver with Caffe's own off.)
 - ``on_start`` (before each forward): pruned weights are set to 0.0 again.
 
 History that is already non-zero at pruned positions (a solverstate from a
@@ -20,7 +21,7 @@ import numpy as np
 from .errors import InputError
 from .hooks import ORDER_MASK, Hook, net_weight_blobs
 
-__all__ = ["MaskEnforcer", "net_weight_blobs"]
+__all__ = ["MaskEnforcer"]
 
 
 def keep_bits(mask):

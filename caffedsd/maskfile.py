@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_hdf5, atomic_path, check_input, check_output, same_path
+from .atomic import atomic_hdf5, atomic_path, atomic_paths, check_input, check_output, same_path
 from .errors import HDF5_DAMAGE, InputError
 
 FORMAT = "caffedsd-masks"
@@ -119,6 +119,21 @@ def atomic_unmasked_path(output):
             masks.unlink(missing_ok=True)
     if theirs:
         masks.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_model(output, maskset=None):
+    """atomic_path for a caffemodel with its masks, ``maskset`` (None: none,
+    atomic_unmasked_path): yields the model's temporary; once the block has
+    written it whole, the masks are written as its own (save_masks_of),
+    and both are renamed into place together (atomic_paths)."""
+    if maskset is None:
+        with atomic_unmasked_path(output) as tmp:
+            yield tmp
+        return
+    with atomic_paths(output, masks_path_for(output)) as (tmp, masks_tmp):
+        yield tmp
+        save_masks_of(masks_tmp, tmp, maskset)
 
 
 def check_not_masks_of_another(output):

@@ -23,7 +23,7 @@ from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, new_layers_bytes
 from .errors import CaffeDsdWarning, InputError
 from .hdf5_weights import append_hdf5_layers
-from .maskfile import atomic_unmasked_path, masks_path_for, save_masks_of
+from .maskfile import atomic_model, masks_path_for
 from .layers import expects_blobs
 from .netcheck import built_layers, layer_names_with_splits, solver_state
 from .solverstate import set_learned_net
@@ -247,12 +247,8 @@ class SolverSnapshots:
                     f"{model}: HDF5 snapshots hold no masks: to go on from one, `caffedsd convert` it and give "
                     "--masks the masks this run began with (snapshot_format: BINARYPROTO writes them beside each "
                     "snapshot)"), stacklevel=2)
-            with atomic_paths(state) as (state_tmp,), \
-                    (atomic_paths(model, masks_path_for(model)) if masked else atomic_unmasked_path(model)) as into:
-                model_tmp = into[0] if masked else into
+            with atomic_paths(state) as (state_tmp,), atomic_model(model, maskset if masked else None) as model_tmp:
                 replace_held(made[0], model_tmp)
-                if masked:
-                    save_masks_of(into[1], model_tmp, maskset)
                 replace_held(made[1], state_tmp)
         finally:
             for each in made:

@@ -171,14 +171,21 @@ def headline_output(spec):
     return output_kinds(*tested_net(spec, 0))[1]
 
 
+def test_output_name(index, top):
+    """How an output ``top`` of test net #``index`` is named in what is
+    printed and recorded: the first net's by itself, net #i's (Caffe's
+    "Testing net (#i)") as "#i/top"."""
+    return f"#{index}/{top}" if index else top
+
+
 def solver_output_kinds(spec):
     """{output: "accuracy" or "loss"} of the Solver's test nets, by the
     layers that make them (netcheck.output_kinds), named as evaluate names
     them; outputs of other layers are left out."""
     kinds = {}
     for index in range(len(test_iterations(spec.param))):
-        prefix = f"#{index}/" if index else ""
-        kinds.update((prefix + top, kind) for top, kind in output_kinds(*tested_net(spec, index))[0].items())
+        kinds.update((test_output_name(index, top), kind)
+                     for top, kind in output_kinds(*tested_net(spec, index))[0].items())
     return kinds
 
 

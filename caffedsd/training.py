@@ -19,21 +19,21 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import atomic_paths, check_not_data, check_room, same_file, scratch_folder, temporary_folder, write_text
+from .atomic import check_not_data, check_room, same_file, scratch_folder, temporary_folder, write_text
 from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
                         layer_types)
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, check_finite, new_layers_bytes, read_caffemodel
 from .errors import CaffeDsdWarning, Diverged, InputError, OutputError
-from .maskfile import (MaskSet, atomic_unmasked_path, check_model_outputs, masks_file_bytes, masks_for, masks_path_for,
-                       masks_read_for, save_masks_of)
+from .maskfile import (MaskSet, atomic_model, check_model_outputs, masks_file_bytes, masks_for, masks_path_for,
+                       masks_read_for)
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
 from .snapshots import SolverSnapshots, snapshots_on
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
                           solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
-                          test_only_params)
+                          test_only_params, test_output_name)
 from .solverstate import (check_weights_of, clean_solverstate, restorable_name, state_current_step,
                           state_iteration)
 from .values import INT32_MAX, next_multiple
@@ -125,7 +125,7 @@ def check_output_names(solver, spec, counts):
         if count <= 0:
             continue
         for name in net.outputs:
-            named = (f"#{index}/" if index else "") + name
+            named = test_output_name(index, name)
             if named == "iter" or named in seen:
                 other = "tests.csv's iteration column" if named == "iter" else f"an output of test net #{seen[named]}"
                 raise InputError(f"{path}: test net #{index}'s output {name!r} would be recorded as {named!r}, the "
@@ -259,8 +259,8 @@ def train(solver, iterations, hooks=None, on_iteration=None, where="training", r
     One step at a time, so the caller's ``on_iteration(row, iterations)``
     sees each one. ``hooks`` is the solver's HookDispatcher (or None): its
     hooks run inside each step (the masks re-zero pruned weights before each
-    forward and their gradients before each update, so Caffe's own snapshots
-    hold them at 0.0 too) and settle once more at the end. ``rates``: the
+    forward and their gradients before each update) and settle once more at
+    the end, so a snapshot taken after ``train()`` holds them at 0.0. ``rates``: the
     run's StepRates (None: pycaffe's ``lr``, for a solver that is not under
     multistep)."""
     rates = rates or (lambda solver: float(solver.lr))
@@ -352,7 +352,7 @@ def check_test_options(spec, iterations, interval, labels=("--test-iterations", 
 def evaluate(solver, counts, tied=()):
     """TEST phase: each output of each test net averaged over that net's
     count of batches, as Caffe reports them. The first net's outputs keep
-    their names; net #i's (Caffe's "Testing net (#i)") are "#i/name".
+    their names; net #i's are "#i/name" (solver_spec.test_output_name).
     ``tied``: tied_test_only_blobs, given the trained values first."""
     copy_trained(tied)
     results = {}
@@ -367,8 +367,7 @@ def evaluate(solver, counts, tied=()):
             out = net.forward()
             for name in sums:
                 sums[name] += float(out[name].mean())
-        prefix = f"#{index}/" if index else ""
-        results.update((prefix + name, total / count) for name, total in sums.items())
+        results.update((test_output_name(index, name), total / count) for name, total in sums.items())
     return results
 
 
@@ -523,15 +522,9 @@ def save_net(solver, output, maskset=None, nbytes=0, appended=()):
         solver.net.save(str(tmp))
         append_layers(tmp, appended)
 
-    if maskset is None:
-        with atomic_unmasked_path(output) as tmp:
-            write(tmp)
-        return None
-    masks_out = masks_path_for(output)
-    with atomic_paths(output, masks_out) as (tmp, masks_tmp):
+    with atomic_model(output, maskset) as tmp:
         write(tmp)
-        save_masks_of(masks_tmp, tmp, maskset)
-    return masks_out
+    return None if maskset is None else masks_path_for(output)
 
 
 @dataclass(frozen=True)
@@ -669,6 +662,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # Training runs in pieces between test passes and checkpoints; the
         # progress callback still sees the whole phase as its total.
         progress = (lambda row, _: on_iteration(row, phase.iterations)) if on_iteration is not None else None
+        headline = headline_output(spec) if on_iteration is not None else None
         sizes = snapshot_bytes(spec, solver.net)
 
         def snapshot_now():
@@ -689,7 +683,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         # the way, the iterations before the first were lost, and a rerun,
         # with none to go on from, lost them again. A checkpoint is not made
         # at the end; a snapshot due there is, before the output.
-        checkpoint = _next_checkpoint(start, checkpoints)
+        checkpoint = checkpoints.next_after(start) if checkpoints is not None else None
         if checkpoint is not None and checkpoint < end:
             checkpoints.check_room(checkpoints.folder, sizes)
         # The first, and the last, whose number's digits make the longest names.
@@ -701,8 +695,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
             if schedule.due(now) or (phase.test_first and now == start and not done):
                 tests.append({"iter": now, "test": evaluate(solver, counts, tied)})
                 if progress is not None:
-                    progress({**tests[-1], "headline": headline_output(spec)}, None)
-            checkpoint = _next_checkpoint(now, checkpoints)
+                    progress({**tests[-1], "headline": headline}, None)
+            checkpoint = checkpoints.next_after(now) if checkpoints is not None else None
             snapshot = snapshots.next_after(now) if snapshots is not None else None
             stop = min(s for s in (end, schedule.next_after(now), checkpoint, snapshot) if s is not None)
             curve += train(solver, stop - now, dispatcher, progress, where=spec.path, rates=rates)
@@ -734,11 +728,6 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         dispatcher.detach()
     return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,
                        tuple(tests))
-
-
-def _next_checkpoint(iteration, checkpoints):
-    """dsd's next checkpoint (every ``checkpoints.every`` solver iterations)."""
-    return None if checkpoints is None else next_multiple(iteration, checkpoints.every)
 
 
 def solver_device(spec, gpu):
