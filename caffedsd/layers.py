@@ -9,7 +9,7 @@ PRUNABLE_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct"})
 
 # Layer types that own learnable blobs in stock Caffe. Used to tell which
 # layers of a prototxt expect weights from a caffemodel.
-PARAM_TYPES = PRUNABLE_TYPES | {"BatchNorm", "Scale", "Bias", "PReLU", "Embed", "RNN", "LSTM"}
+PARAM_TYPES = PRUNABLE_TYPES | {"BatchNorm", "Scale", "Bias", "PReLU", "Embed", "RNN", "LSTM", "Parameter"}
 
 
 def expected_blob_count(layer_param):
@@ -22,6 +22,8 @@ def expected_blob_count(layer_param):
         return 2 if layer_param.inner_product_param.bias_term else 1
     if kind == "BatchNorm":
         return 3
+    if kind == "Parameter":  # its blob is its top, learned as a weight
+        return 1
     # ScaleLayer/BiasLayer::LayerSetUp: a second bottom gives the factor (the
     # bias), so it is no blob; Scale's bias_term is a blob either way.
     one_bottom = len(layer_param.bottom) < 2

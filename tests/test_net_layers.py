@@ -32,6 +32,28 @@ def _loss(name, bottom, phase=None):
     return f'layer {{ name: "{name}" type: "EuclideanLoss" bottom: "{bottom}" bottom: "target" top: "{name}"{include} }}\n'
 
 
+def test_a_parameter_layer_the_weights_lack_is_refused_as_left_random(caffe, tmp_path, cli):
+    """A stock Parameter layer learns its one blob, its top: weights without
+    it passed verify --model, and train-sparse trained from them with that
+    blob left at 0, where a Scale layer's was refused."""
+    bias = ('layer { name: "pb" type: "Parameter" top: "pb" parameter_param { shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "sum" type: "Eltwise" bottom: "fc" bottom: "pb" top: "sum" }\n')
+    base = ONES + _ip("fc", "data")
+    _, bare = save_net(caffe, tmp_path, base + _loss("loss", "fc"), name="bare")
+    model, full = save_net(caffe, tmp_path, base + bias + _loss("loss", "sum"), name="full")
+    assert [layer.name for layer in read_caffemodel(full).layers if layer.blobs] == ["fc", "pb"]
+    expected = f"layers with no weights in {bare.name} (Caffe would leave them random): pb"
+    checked = cli("verify", "-w", bare, "--model", model)
+    assert checked.exit_code == 1 and f"FAIL  prototxt fits weights: {model} does not match" in checked.output \
+        and checked.output.splitlines()[2].endswith(expected), checked.output
+    solver = _solver(tmp_path, f'net: "{model}"')
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", bare, "-n", 1, "-o", "a.caffemodel"), expected)
+    result = cli("train-dense", "--solver", solver, "-w", full, "-n", 1, "-o", "b.caffemodel")
+    assert result.exit_code == 0, result.output
+    checked = cli("verify", "-w", "b.caffemodel", "--model", model)
+    assert checked.exit_code == 0 and "ok    prototxt fits weights" in checked.output, checked.output
+
+
 def _solver(folder, nets, extra=""):
     path = folder / "solver.prototxt"
     path.write_text(f'{nets}\ntest_iter: 1\ntest_interval: 1000\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 3\n'
