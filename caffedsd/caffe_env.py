@@ -131,15 +131,19 @@ def check_weights_fit(net, net_path, model, weights, named=None):
     fits the caffemodel ``model`` (read from the file ``weights``; ``named``:
     the file to name instead, one it was converted from): by its layers, in
     the states it is loaded in (netcheck.check_pair), then as Caffe loads
-    them in the TEST phase, as `caffe test` does. Caffe aborts on a blob of
+    them in the TEST phase, as `caffe test` does; and layers the net ties
+    must hold one set of weights (netcheck.check_tied_weights). Caffe aborts on a blob of
     another shape than the net gives it, which the prototxt alone does not
     tell for an input axis (an InnerProduct's inputs after the input was
     resized). A net whose TEST data is not on this machine, that has a layer
     type this Caffe lacks, or a Python layer (whose module, or the data it
     reads, may be elsewhere) is not built: its shapes are unknown here."""
-    from .netcheck import built_state, check_data_sources, check_layer_types, check_pair, loaded_states
+    from .netcheck import (built_layers, built_state, check_data_sources, check_layer_types, check_pair,
+                           check_tied_weights, loaded_states)
 
     check_pair(net, net_path, model, weights_path=named, states=loaded_states(net), strict=True)
+    for state in loaded_states(net):
+        check_tied_weights(built_layers(net, [state]), model, net_path, named)
     if has_python_layers(net):
         return
     states = [built_state(net, "TEST")]

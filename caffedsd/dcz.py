@@ -26,7 +26,7 @@ from .coding import MAX_SHARED_BITS, FormatError, check_width, huffman_decode, p
 from .dcz_blobs import (MAX_INDEX_BITS, LayerSizes, Reader, decode_floats, decode_shared, encode_floats,
                         encode_shared, finite)
 from .errors import InputError, WireError
-from .layers import PRUNABLE_TYPES
+from .layers import PRUNABLE_TYPES, Target, shared_groups, tied_copies
 from .maskfile import (atomic_unmasked_path, check_model_outputs, check_not_masks_of_another, masks_for,
                        masks_path_for, masks_read_for)
 from .masks import masked_nonzeros, zero_count
@@ -151,28 +151,58 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
           for index, blob in enumerate(layer.blobs)]) for layer in layers])
     _check_compressible(model, layers, raw)
     header = _deflate_header(raw)
+
+    def shared(layer, sizes):
+        kind = layer_kind(layer.type)
+        return encode_shared(layer.blobs[0].data, keep_masks.get(layer.name), bits[kind],
+                             (index_bits or {}).get(kind), sizes)
+
+    copies = _tied_copies_of_shared(model)
+    # An owner's payload is made first where a copy may come before it in the file.
+    early = {owner: (sizes, shared(model.layer(owner), sizes))
+             for owner, sizes in ((owner, LayerSizes(owner)) for owner in dict.fromkeys(copies.values()))}
+    quantized = {owner: decode_shared(Reader(payload), model.layer(owner).blobs[0].shape)
+                 for owner, (_, payload) in early.items()}
     rows = []
     with atomic_open(output) as handle:
         out = _Output(handle)
         out.write(MAGIC + struct.pack("<H", VERSION) + varint(len(header)) + header)
         container = out.size + 4
         for layer in layers:
-            sizes = LayerSizes(layer.name)
+            sizes, payload = early.get(layer.name, (LayerSizes(layer.name), None))
             before = out.size
             for index, blob in enumerate(layer.blobs):
                 data = blob.data
                 sizes.dense += data.size * 4
                 if index == 0 and layer.type in PRUNABLE_TYPES:
-                    kind = layer_kind(layer.type)
-                    out.write(encode_shared(data, keep_masks.get(layer.name), bits[kind],
-                                            (index_bits or {}).get(kind), sizes))
+                    out.write(payload if payload is not None else shared(layer, sizes))
                 else:
-                    out.write(encode_floats(data))
+                    owner = copies.get((layer.name, index))
+                    out.write(encode_floats(data if owner is None else quantized[owner].reshape(data.shape)))
                     sizes.before_huffman += data.size * 4
             sizes.stored = out.size - before
             rows.append(sizes)
         handle.write(struct.pack("<I", out.crc))
     return rows, container
+
+
+def _tied_copies_of_shared(model):
+    """{(layer, blob index): owner} of the blobs a param name ties to a
+    prunable layer's weights (layers.tied_copies: an Embed tied to an
+    InnerProduct) that hold its values. Stored as floats, each is written
+    with its owner's quantized values: with its own exact ones, Caffe ran
+    the net with whichever it copied last."""
+    copies = {}
+    for layers in shared_groups(model):
+        first = layers[0]
+        target = Target(first.name, tuple(layer.name for layer in layers), first.blobs[0].shape,
+                        first.param_names[0])
+        weights = first.blobs[0].data.reshape(-1)
+        for name, index in tied_copies(model, target):
+            copy = model.layer(name).blobs[index].data
+            if copy.size == weights.size and np.array_equal(copy.reshape(-1), weights):
+                copies[name, index] = first.name
+    return copies
 
 
 def _check_compressible(model, layers, raw_header):

@@ -136,12 +136,13 @@ def _filled_through_ties(layer, filled):
     return bool(expected) and len(names) >= expected and all(names[i] in filled for i in range(expected))
 
 
-def check_tied_weights(layers, model, net_path):
+def check_tied_weights(layers, model, net_path, weights_path=None):
     """Raise InputError where layers that ``layers`` (LayerParameters of one
     net) tie by a param name hold different weights in the caffemodel
-    ``model``: Caffe copies each layer's into the one shared blob, so the
-    last copied are what trains, while masks and clusters made of the file
-    are made of each layer's own."""
+    ``model`` (``weights_path``: the file to name instead): Caffe copies
+    each layer's into the one shared blob, so the last copied are what
+    trains, while masks and clusters made of the file are made of each
+    layer's own."""
     first = {}
     for layer in layers:
         if layer.name not in model:
@@ -156,7 +157,8 @@ def check_tied_weights(layers, model, net_path):
             # share_mode PERMISSIVE ties blobs of one count in two shapes: one blob's values either way.
             theirs, mine = model.layer(other[0]).blobs[other[1]].data, blobs[index].data
             if theirs.size != mine.size or not np.array_equal(theirs.reshape(-1), mine.reshape(-1)):
-                raise InputError(f"{model.path}: layers {other[0]} and {layer.name} hold different weights, but "
+                raise InputError(f"{weights_path or model.path}: layers {other[0]} and {layer.name} hold different "
+                                 "weights, but "
                                  f"{net_path} ties them (param {spec.name!r}): Caffe would keep whichever it "
                                  "copies last, and masks made of the file would not fit; give them one set of "
                                  "weights")

@@ -15,7 +15,7 @@ from .errors import InputError
 from .layers import prunable_targets, tied_copies
 from .maskfile import MaskSet, check_model_outputs, masks_for, masks_path_for, masks_read_for, save_masks
 from .masks import compute_mask, layer_rng, zero_count
-from .netcheck import built_layers, check_tied_weights, loaded_states
+from .netcheck import built_layers, loaded_states
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,6 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
         check_weights_fit(net, model, source, weights)  # pruning keeps every shape
-        for state in loaded_states(net):  # Caffe ties names within one net
-            check_tied_weights(built_layers(net, [state]), source, model)
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,

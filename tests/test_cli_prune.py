@@ -426,6 +426,38 @@ def test_a_copy_an_embed_ties_to_pruned_weights_is_pruned_too(caffe, tmp_path, c
     assert cli("prune", "-w", "p.caffemodel", "-p", proto, "-s", 0.6, "-o", "q.caffemodel").exit_code == 0
 
 
+@pytest.mark.parametrize("order", ["embed first", "inner product first"])
+def test_an_embed_tied_to_shared_weights_is_decompressed_with_their_quantized_values(caffe, tmp_path, cli, order):
+    """compress quantizes an InnerProduct's weights but stores other blobs
+    exact: an Embed tied to them kept its exact copy, Caffe ran the net
+    with whichever it copied last, and verify failed the file that
+    decompress -p had accepted."""
+    proto, weights = save_net(caffe, tmp_path, INPUTS + (EMBED + OUT if order == "embed first" else OUT + EMBED))
+    assert cli("prune", "-w", weights, "-p", proto, "-s", 0.5, "-o", "p.caffemodel").exit_code == 0
+    result = cli("compress", "-w", "p.caffemodel", "--bits", "2", "-o", "p.dcz")
+    assert result.exit_code == 0, result.output
+    result = cli("decompress", "p.dcz", "-p", proto, "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    written = read_caffemodel(tmp_path / "d.caffemodel")
+    out = written.layer("out").blobs[0].data
+    assert np.count_nonzero(out) == 20 and len(np.unique(out[out != 0])) <= 4
+    assert np.array_equal(written.layer("emb").blobs[0].data, out)
+    checked = cli("verify", "-w", "d.caffemodel", "--model", proto)
+    assert checked.exit_code == 0, checked.output
+
+
+def test_decompress_refuses_weights_a_net_ties_that_differ(caffe, tmp_path, cli):
+    """A file whose Embed and InnerProduct hold different weights, written
+    as a net that ties them, would run with whichever Caffe copies last."""
+    proto, _ = save_net(caffe, tmp_path, INPUTS + EMBED + OUT)
+    untied = INPUTS + EMBED.replace('param { name: "w" } ', "") + OUT.replace('param { name: "w" } ', "")
+    _, weights = save_net(caffe, tmp_path, untied, name="untied")
+    assert cli("compress", "-w", weights, "--bits", "2", "-o", "u.dcz").exit_code == 0
+    assert_one_line_error(cli("decompress", "u.dcz", "-p", proto, "-o", "d.caffemodel"),
+                          f"u.dcz: layers emb and out hold different weights, but {proto} ties them (param 'w')")
+    assert not (tmp_path / "d.caffemodel").exists()
+
+
 def test_a_tie_the_net_does_not_make_leaves_the_copy_alone(caffe, tmp_path, cli):
     """The file's param names tie the Embed to the pruned weights: with a
     prototxt that unties them, the Embed is its own blob and stays whole."""
