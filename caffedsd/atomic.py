@@ -559,10 +559,11 @@ def scratch_folder():
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Like ``open(path, mode)`` for writing, but atomic (see module doc)."""
+def atomic_open(path, mode="wb", encoding=None):
+    """Like ``open(path, mode, encoding=encoding)`` for writing, but atomic
+    (see module doc)."""
     with atomic_path(path) as tmp:
-        with open(tmp, mode) as handle:
+        with open(tmp, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -599,6 +600,7 @@ def rewritten_hdf5(path):
 
 
 def write_text(path, text):
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_open(path, "w") as handle:
+    """Write ``text`` to ``path`` atomically, as UTF-8 whatever the locale:
+    the same run writes the same bytes anywhere, and any name fits."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)

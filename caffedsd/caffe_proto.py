@@ -127,7 +127,7 @@ def parse_prototxt(path, message_class):
     """Parse the text-format file ``path`` into a new ``message_class``."""
     path = check_input(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # protobuf's text format, whatever the locale
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text prototxt (binary data; is it a caffemodel?)") from None
     except OSError as exc:  # unreadable (permissions), or gone since check_input

@@ -5,6 +5,7 @@ status here, in ``_Group.invoke``, and nowhere else.
 """
 import errno
 import inspect
+import io
 import os
 import signal
 import sys
@@ -943,6 +944,10 @@ def program(**kwargs):
     is imported): click's main, leaving at once after a divergence (see
     _Group.invoke), and ending on SIGTERM as on Ctrl-C."""
     main.exits_at_once = True
+    # A name the locale's encoding lacks (a TEST output 精度 under Latin-1)
+    # is printed escaped, where it raised after the work was done.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not where it starts ignored (nohup &)
         signal.signal(signal.SIGINT, _interrupt)

@@ -123,8 +123,10 @@ def _write_h5(path, arrays):
 
 
 def _write_list(path, text):
+    """A list of paths, which Caffe opens as it reads them: as the file
+    system spells them (its encoding), not as text in another."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(os.fsencode(text))
 
 
 def _holds(path, content):
@@ -132,7 +134,7 @@ def _holds(path, content):
     an HDF5 file's {dataset: array} (its datasets and no others)."""
     try:
         if isinstance(content, str):
-            return path.read_text(errors="replace") == content
+            return path.read_bytes() == os.fsencode(content)
         with h5py.File(path, "r") as h5:
             return set(h5) == set(content) and all(
                 isinstance(h5[name], h5py.Dataset) and h5[name].shape == array.shape

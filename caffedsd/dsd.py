@@ -29,7 +29,6 @@ computed once, in their prune stage, and never again.
 import contextlib
 import ctypes
 import hashlib
-import locale
 import os
 import re
 import shutil
@@ -46,7 +45,7 @@ from .layers import PRUNABLE_TYPES, check_shared_shapes
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
 from .recipe import Recipe, load_recipe
-from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, read_own, table,
+from .runfolder import (COUNT, FRACTION, NAME, NUMBER, SHA256, RunFolder, optional, read_json, read_own_text, table,
                         write_json)
 from .solverstate import learned_net, set_learned_net
 from .stats import model_stats
@@ -487,8 +486,7 @@ def read_stage_csv(path, parse, remedy):
     """A curve or tests CSV a stage wrote, parsed by ``parse``; one that is
     gone or damaged (edited, cut) is named, with ``remedy``."""
     try:
-        # As write_text wrote it: in the locale's encoding, as a TEST output's name may need.
-        return parse(read_own(path).decode(locale.getpreferredencoding(False)))
+        return parse(read_own_text(path))
     except FileNotFoundError:
         raise InputError(f"{path}: missing; {remedy}") from None
     except OSError as exc:

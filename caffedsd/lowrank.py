@@ -37,6 +37,7 @@ from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError, OutputError
 from .globrules import GlobRules, Rule, number_list
 from .report import NETS_WRITTEN, number_text
+from .runfolder import read_own_text
 from .values import is_real, is_whole
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
@@ -551,7 +552,7 @@ def earlier_nets(folder, inputs):
     nets (Caffe then refuses the pair, or fills a layer they name that the
     model lacks from its filler)."""
     try:
-        lines = (Path(folder) / "report.md").read_text(errors="replace").splitlines()
+        lines = read_own_text(Path(folder) / "report.md").splitlines()
     except OSError:
         return []
     line = next((line for line in lines if line.startswith(NETS_WRITTEN)), "")

@@ -319,6 +319,8 @@ def plot_dsd(path, run_dir, stages, kinds):
     """Training loss over the run's iterations, stage boundaries marked, and
     each stage's dsd_plotted_metrics: at its periodic test passes, and at
     its end."""
+    from .runfolder import read_own_text  # which writes its JSON with this module's to_json
+
     plt = _pyplot()
     fig, loss_ax = plt.subplots(figsize=(9, 4.5))
     test_ax = loss_ax.twinx()
@@ -327,7 +329,7 @@ def plot_dsd(path, run_dir, stages, kinds):
     for s in stages:
         start = offset
         if s.get("curve"):
-            curve = parse_curve_csv((run_dir / s["folder"] / s["curve"]).read_text())
+            curve = parse_curve_csv(read_own_text(run_dir / s["folder"] / s["curve"]))
             loss_ax.plot([offset + r["iter"] for r in curve], [r["loss"] for r in curve], lw=0.7, color="tab:blue")
         offset += s["iterations"]
         if s["kind"] == "prune":
@@ -340,7 +342,7 @@ def plot_dsd(path, run_dir, stages, kinds):
             loss_ax.axvline(offset, color="grey", ls="--", lw=0.8)
             loss_ax.text((start + offset) / 2, 0.98, f"{s['stage']} {s['kind']}", transform=loss_ax.get_xaxis_transform(),
                          ha="center", va="top", fontsize=8, color="grey")
-        passes = parse_tests_csv((run_dir / s["folder"] / s["tests"]).read_text()) if s.get("tests") else []
+        passes = parse_tests_csv(read_own_text(run_dir / s["folder"] / s["tests"])) if s.get("tests") else []
         for n, m in enumerate(metrics):
             during = [(start + p["iter"], p["test"][m]) for p in passes if m in p["test"]]
             if len(during) > 1:  # the solver's periodic passes (test_interval), then the stage's end

@@ -9,6 +9,7 @@ files and append-only JSON-lines journals, each record whole or absent.
 import errno
 import fcntl
 import json
+import locale
 import os
 import re
 import shutil
@@ -89,6 +90,17 @@ def read_own(path):
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "a pipe or device, not a regular file", str(path))
         return handle.read()
+
+
+def read_own_text(path):
+    """The text of ``path``, a file of caffedsd's own (read_own): UTF-8, as
+    write_text writes it, or else in the locale's encoding, in which
+    earlier caffedsd wrote it (a TEST output's name in Latin-1)."""
+    data = read_own(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode(locale.getpreferredencoding(False))
 
 
 def read_json(path, keys=(), known=None, remedy="remove it to redo its work", kinds=None):
@@ -185,7 +197,7 @@ class RunFolder:
             # writes (made or taken over) is put right by the same record.
             for name, text in (files or {}).items():
                 path = self.path / name
-                if not path.is_file() or path.read_text(errors="replace") != text:
+                if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
                     write_text(path, text)
             return self
         except BaseException:
