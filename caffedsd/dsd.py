@@ -53,7 +53,8 @@ from .values import next_multiple
 from .netcheck import data_files
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, read_solver, scaled_lr, test_only_params,
                           solver_output_kinds, solver_weights)
-from .training import Phase, check_solver_builds, check_test_options, run_phase, solver_device
+from .testnets import check_test_options
+from .training import Phase, check_solver_builds, run_phase, solver_device
 
 RUN_FILE = "run.json"
 _STAGE_FOLDER = re.compile(r"([0-9]{2,})-(dense|prune|sparse)")
@@ -284,7 +285,7 @@ class _Checkpoints:
     """Solver snapshots of one training stage, every ``every`` iterations;
     the newest complete one is recorded in checkpoint.json only after Caffe
     has written both files. ``replay``: a resumed stage replays its data
-    layers up to the checkpoint (training.replay_data), so that it reads the
+    layers up to the checkpoint (replay.replay_data), so that it reads the
     batches an uninterrupted run would; else they restart from their first."""
 
     def __init__(self, folder, every=None, replay=True, start_sha256=None):

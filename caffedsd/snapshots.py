@@ -15,10 +15,11 @@ dsd's stages keep checkpoints of their own instead (dsd._Checkpoints).
 """
 import contextlib
 import os
+import re
 import warnings
 from pathlib import Path
 
-from .atomic import atomic_paths, check_output, check_room, raise_no_room, replace_held, temporary_folder
+from .atomic import atomic_paths, check_output, check_room, raise_no_room, replace_held, same_file, temporary_folder
 from .caffe_proto import SolverParameter
 from .caffemodel import append_layers, new_layers_bytes
 from .errors import CaffeDsdWarning, InputError
@@ -26,20 +27,9 @@ from .hdf5_weights import append_hdf5_layers
 from .maskfile import atomic_model, masks_path_for
 from .layers import expects_blobs
 from .netcheck import built_layers, layer_names_with_splits, solver_state
+from .solver_spec import built_nets, solver_type
 from .solverstate import set_learned_net
 from .values import next_multiple
-
-
-def resolve_prefix(param, path):
-    """Give ``param`` the snapshot_prefix as Caffe reads the solver file
-    ``path`` (UpgradeSnapshotPrefixProperty): none gives the file's path
-    without its extension, a folder gives the file's stem in it. caffedsd
-    hands Caffe a solver file of its own, whose name Caffe would take
-    instead."""
-    if not param.HasField("snapshot_prefix"):
-        param.snapshot_prefix = str(path.with_suffix(""))
-    elif os.path.isdir(param.snapshot_prefix):
-        param.snapshot_prefix = os.path.join(param.snapshot_prefix, path.stem)
 
 
 def snapshots_on(param):
@@ -98,8 +88,6 @@ def hdf5_test_only_layers(spec):
     file, which only the train/val net's own layers are in, and Caffe's
     loader finds a layer by a group directly under ``data``, where a name
     with '/' is none."""
-    from .solver_spec import built_nets  # which reads snapshot_prefix as this module does
-
     nets = built_nets(spec)
     trained = {layer.name for layer in built_layers(spec.net, nets[0][2][:1])}
     own = {layer.name for layer in spec.net.layer}
@@ -210,9 +198,9 @@ class SolverSnapshots:
 
     def write(self, solver, sizes, appended=(), maskset=None):
         """Snapshot ``solver`` at its iteration; ``sizes``: lower bounds of
-        Caffe's two files (training.snapshot_bytes), checked for room first,
+        Caffe's two files (snapshot_bytes), checked for room first,
         since Caffe aborts the process on a failed write. ``appended``: the
-        layers of phase TEST only (training.test_only_records), which
+        layers of phase TEST only (testnets.test_only_records), which
         Caffe's snapshot of the train net lacks: a model without them is
         refused as the weights to go on from (they would be left random),
         and so are the masks of the model the run began with. ``maskset``:
@@ -253,3 +241,73 @@ class SolverSnapshots:
         finally:
             for each in made:
                 Path(each).unlink(missing_ok=True)
+
+
+def snapshot_bytes(spec, net):
+    """At least the bytes Caffe writes for the solver's train ``net``: (its
+    caffemodel: every layer's parameters and every blob; a solverstate's
+    history: one float per learnable value, a blob shared through
+    param { name } once, and two for Adam and AdaDelta, which keep two
+    moments), in the solver's snapshot_format. The floats alone fell short
+    by the framing, and Caffe aborted (exit 134) on a disk that held the
+    floats but not the file."""
+    built = spec.train_layers()
+    names = {layer.name: [p.name for p in layer.param] for layer in built}
+    # A layer's record: its parameters and a few tags; a blob's: its shape
+    # (a varint of up to 10 bytes an axis), tags and lengths.
+    model = sum(layer.ByteSize() + 16 for layer in built) + 64
+    history = 64 + 1024  # iter, current_step, and learned_net: the path of the model snapshot
+    moments = 2 if solver_type(spec.param) in ("Adam", "AdaDelta") else 1
+    # HDF5 snapshots: a file's own records, and the headers of each group and
+    # dataset (a tiny net's model was 9,472 bytes for 1,604 of floats).
+    hdf5 = 4096 if spec.param.snapshot_format == SolverParameter.HDF5 else 0
+    # data/, and a group in it for every layer (a ReLU's too); history/, iter, current_step, learned_net.
+    model, history = model + (2 + len(built)) * hdf5, history + 5 * hdf5
+    shared = set()
+    for layer, blobs in net.params.items():
+        params = names.get(layer, [])
+        for index, blob in enumerate(blobs):
+            framing = 24 + 11 * len(blob.shape) + hdf5
+            model += 4 * blob.count + framing
+            name = params[index] if index < len(params) else ""
+            if name not in shared:
+                history += moments * (4 * blob.count + framing)
+            if name:
+                shared.add(name)
+    return model, history
+
+
+def caffe_snapshot_of(param, path, span):
+    """True when one of Caffe's own snapshots over iterations ``span``
+    (first, last] would write the file ``path`` is, by any of its names (a
+    symlink, a hard link, a linked folder): every ``snapshot`` iterations
+    and, with snapshot_after_train, at the last."""
+    folder = Path(param.snapshot_prefix).parent
+    try:
+        present = os.listdir(folder)
+    except OSError:  # no folder yet: nothing there to overwrite
+        return False
+    return any(_snapshot_name(param, span, each) and same_file(folder / each, path) for each in present)
+
+
+def _snapshot_name(param, span, name):
+    """Whether Caffe's own snapshots over iterations ``span`` write (or,
+    masks, remove) a file of this name in the snapshot_prefix's folder."""
+    prefix = Path(param.snapshot_prefix)
+    # Its model and state, and the masks its model replaces go with (maskfile.masks_path_for).
+    found = re.fullmatch(re.escape(prefix.name) + r"_iter_(\d+)\.(?:(?:caffemodel|solverstate)(?:\.h5)?|"
+                         r"masks\.h5|caffemodel\.h5\.masks\.h5)", name)
+    if not found:
+        return False
+    k, (first, last) = int(found.group(1)), span
+    return first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
+                                  or (k == last and param.snapshot_after_train))
+
+
+def written_as_a_snapshot(param, span, output):
+    """Whether the output path (there or not) is one of Caffe's own
+    snapshots over ``span``: written after it, or before it at a periodic
+    snapshot, whose state would then name the output as its model."""
+    output = Path(output)
+    return (os.path.realpath(output.parent) == os.path.realpath(Path(param.snapshot_prefix).parent)
+            and _snapshot_name(param, span, output.name))

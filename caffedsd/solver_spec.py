@@ -5,6 +5,7 @@ on (an unknown solver type or lr_policy, no net, a net given twice).
 ``read_solver`` gives the ``SolverSpec`` that training.run_phase trains.
 """
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from .caffe_proto import LayerParameter, SolverParameter, inline_net, parse_prot
 from .errors import InputError
 from .layers import expects_blobs
 from .netcheck import built_layers, check_data_sources, check_pair, output_kinds, solver_state
-from .snapshots import resolve_prefix
 from .values import GREATEST_FLOAT32, INT32_MAX, LEAST_NORMAL_FLOAT32
 
 
@@ -303,3 +303,15 @@ def check_schedule(param, path, start, end):
         raise InputError(f"{path}: lr_policy \"poly\" brings the learning rate to 0 at max_iter {param.max_iter}, "
                          f"and this run would train from iteration {start} to {end}, where it turns negative: "
                          f"give at most {max(0, param.max_iter - start)} iterations, or raise max_iter")
+
+
+def resolve_prefix(param, path):
+    """Give ``param`` the snapshot_prefix as Caffe reads the solver file
+    ``path`` (UpgradeSnapshotPrefixProperty): none gives the file's path
+    without its extension, a folder gives the file's stem in it. caffedsd
+    hands Caffe a solver file of its own, whose name Caffe would take
+    instead."""
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = str(path.with_suffix(""))
+    elif os.path.isdir(param.snapshot_prefix):
+        param.snapshot_prefix = os.path.join(param.snapshot_prefix, path.stem)

@@ -9,8 +9,6 @@ off, lr scaled).
 """
 import contextlib
 import math
-import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from .atomic import check_not_data, check_room, same_file, scratch_folder, temporary_folder, write_text
+from .atomic import check_not_data, check_room, scratch_folder, temporary_folder, write_text
 from .caffe_env import (build_in_child, check_gpu, cpu_only_build, has_python_layers, import_caffe, import_pycaffe,
                         layer_types)
 from .caffe_proto import SolverParameter
@@ -30,13 +28,16 @@ from .maskfile import (MaskSet, atomic_model, check_model_outputs, masks_file_by
 from .hooks import HookDispatcher
 from .mask_enforcer import MaskEnforcer
 from .netcheck import check_blob_shapes, check_layer_types, check_tied_weights, data_files
-from .snapshots import SolverSnapshots, snapshots_on
+from .replay import replay_data
+from .snapshots import SolverSnapshots, caffe_snapshot_of, snapshot_bytes, snapshots_on, written_as_a_snapshot
 from .solver_spec import (built_nets, check_schedule, check_solver_weights, headline_output, read_solver, scaled_lr,
-                          solver_type, solver_weights, test_iterations, tested_net_layers, tested_net_source,
-                          test_only_params, test_output_name)
+                          solver_type, solver_weights, test_iterations, tested_net_layers)
 from .solverstate import (check_weights_of, clean_solverstate, restorable_name, state_current_step,
                           state_iteration)
-from .values import INT32_MAX, next_multiple
+from .testnets import (PeriodicTests, check_output_names, check_test_nets_fit, check_test_options, copy_trained,
+                       evaluate, set_test_only_values, test_net_paths, test_only_layers, test_only_records,
+                       tied_test_only_blobs)
+from .values import INT32_MAX
 
 
 def open_solver(spec, workdir, gpu=None, lr_scale=1.0, **snapshots):
@@ -93,63 +94,6 @@ def _write_solver(spec, workdir, gpu=None, lr_scale=1.0, snapshot_prefix=None, s
     return solver_file, param
 
 
-def _test_net_paths(solver, spec):
-    """The file each of the solver's test nets was built from."""
-    return [tested_net_source(spec, index)[0] for index in range(len(solver.test_nets))]
-
-
-def test_only_layers(solver):
-    """[(test net, [layer names])]: the weight layers of each test net that
-    the train net lacks (those of phase TEST only), which share_with does
-    not reach."""
-    return [(net, [name for name, blobs in net.params.items() if len(blobs) and name not in solver.net.params])
-            for net in solver.test_nets]
-
-
-def set_test_only_values(solver, values):
-    """Set blob 0 of each test net's layers of phase TEST only that
-    ``values`` ({layer: array}) names."""
-    for net, names in test_only_layers(solver):
-        for name in names:
-            if name in values:
-                net.params[name][0].data[...] = values[name]
-
-
-def check_output_names(solver, spec, counts):
-    """The outputs of the test nets evaluate runs (``counts`` of batches
-    above 0), as it names them ("#i/name" past the first net), must be
-    distinct, and none "iter": one would replace another's value in what
-    is printed and recorded (tests.csv's first column is "iter")."""
-    seen = {}
-    for index, (net, path, count) in enumerate(zip(solver.test_nets, _test_net_paths(solver, spec), counts)):
-        if count <= 0:
-            continue
-        for name in net.outputs:
-            named = test_output_name(index, name)
-            if named == "iter" or named in seen:
-                other = "tests.csv's iteration column" if named == "iter" else f"an output of test net #{seen[named]}"
-                raise InputError(f"{path}: test net #{index}'s output {name!r} would be recorded as {named!r}, the "
-                                 f"name of {other}; rename the top")
-            seen[named] = index
-
-
-def check_test_nets_fit(solver, spec):
-    """A test net's layer that the train net also has takes the train net's
-    blobs at each TEST pass (share_with): of another count or shape, Caffe
-    aborts the process there, after training."""
-    def shapes(net):  # every layer, those without weights too: Caffe compares the counts
-        return {name: [list(blob.data.shape) for blob in layer.blobs]
-                for name, layer in zip(net._layer_names, net.layers)}
-
-    trained = shapes(solver.net)
-    for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
-        for name, mine in shapes(net).items():
-            if name in trained and mine != trained[name]:
-                raise InputError(f"{path}: layer {name!r} has weights {mine} in the test net, but "
-                                 f"{trained[name]} in the train net of {spec.path}: Caffe would abort at the first "
-                                 "TEST pass")
-
-
 def load_weights(solver, spec, weights_path):
     """Copy a caffemodel into the solver's nets, after checking it fits: by
     name (a layer of the train net or of a test net), by shape (Caffe itself
@@ -159,10 +103,10 @@ def load_weights(solver, spec, weights_path):
     model = read_caffemodel(weights_path)
     check_solver_weights(spec, model)
     check_tied_weights(spec.train_layers(), model, spec.net_path)
-    for index, path in enumerate(_test_net_paths(solver, spec)):
+    for index, path in enumerate(test_net_paths(solver, spec)):
         check_tied_weights(list(tested_net_layers(spec, index).values()), model, path)
     check_blob_shapes(solver.net, model, spec.net_path)
-    for net, path in zip(solver.test_nets, _test_net_paths(solver, spec)):
+    for net, path in zip(solver.test_nets, test_net_paths(solver, spec)):
         check_blob_shapes(net, model, path)
     check_finite(model)
     solver.net.copy_from(str(weights_path))
@@ -308,204 +252,6 @@ def check_weights_finite(solver, where, hooks=None):
         if any(not np.isfinite(blob.data).all() for blob in blobs):
             raise Diverged(f"{where}: training diverged in its last iteration ({int(solver.iter)}): weights of "
                            f"{name} hold NaN or Inf; nothing was written for it. {_remedy(hooks)}")
-
-
-@dataclass(frozen=True)
-class PeriodicTests:
-    """When a phase measures the TEST phase while it trains, as Caffe's
-    solver does: before the step at every solver iteration that is a
-    multiple of ``interval`` (0: never), iteration 0 only when
-    ``initialization``. The end of a phase is always measured."""
-
-    interval: int = 0
-    initialization: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 0:
-            raise InputError(f"--test-interval {self.interval!r}: must be 0 (no periodic tests) or more")
-
-    @classmethod
-    def of_solver(cls, param, interval=None):
-        """The solver's test_interval and test_initialization; ``interval``
-        (--test-interval, a recipe's test_interval) overrides the first."""
-        return cls(param.test_interval if interval is None else interval, param.test_initialization)
-
-    def due(self, iteration):
-        return bool(self.interval) and iteration % self.interval == 0 and (iteration > 0 or self.initialization)
-
-    def next_after(self, iteration):
-        """The first iteration after ``iteration`` at which a pass is due (None: never)."""
-        return next_multiple(iteration, self.interval)
-
-
-def check_test_options(spec, iterations, interval, labels=("--test-iterations", "--test-interval")):
-    """TEST passes asked for (``iterations``; ``interval`` above 0) need a
-    test net: Caffe makes one per test_iter, and without one the passes
-    would silently measure nothing."""
-    if test_iterations(spec.param):
-        return
-    for label, value in zip(labels, (iterations, interval)):
-        if value:
-            raise InputError(f"{label} {value}: {spec.path} has no test net (no test_iter) to test with")
-
-
-def evaluate(solver, counts, tied=()):
-    """TEST phase: each output of each test net averaged over that net's
-    count of batches, as Caffe reports them. The first net's outputs keep
-    their names; net #i's are "#i/name" (solver_spec.test_output_name).
-    ``tied``: tied_test_only_blobs, given the trained values first."""
-    copy_trained(tied)
-    results = {}
-    for index, (net, count) in enumerate(zip(solver.test_nets, counts)):
-        if count <= 0:
-            continue
-        # Caffe points the test net at the trained weights only inside its
-        # own test passes, which caffedsd turns off.
-        net.share_with(solver.net)
-        sums = dict.fromkeys(net.outputs, 0.0)  # in the net's order: pycaffe's forward() returns a set's
-        for _ in range(count):
-            out = net.forward()
-            for name in sums:
-                sums[name] += float(out[name].mean())
-        results.update((test_output_name(index, name), total / count) for name, total in sums.items())
-    return results
-
-
-# Stock Caffe's layers that draw from Caffe's RNG as they run forward in the
-# TRAIN phase, besides the data layers (not replayed: GPU stochastic pooling).
-_RANDOM_TYPES = ("Dropout",)
-
-
-def data_layers(net):
-    """Indices of pycaffe Net ``net``'s layers without bottoms, wherever
-    they come: its data layers (and DummyData, Input)."""
-    return [index for index in range(len(net.layers)) if not list(net._bottom_ids(index))]
-
-
-def replayed_layers(net):
-    """Indices of ``net``'s layers whose runs change what later runs read or
-    draw: the data layers, whose next batch depends only on how many they
-    have made, and those drawing random numbers."""
-    reading = set(data_layers(net))
-    return [index for index, layer in enumerate(net.layers) if index in reading or layer.type in _RANDOM_TYPES]
-
-
-def replay_batches(net, batches):
-    """Run ``net``'s replayed_layers alone, ``batches`` times."""
-    layers = replayed_layers(net)
-    for _ in range(batches):
-        for index in layers:
-            net._forward(index, index)
-
-
-def replay_data(solver, iter_size, counts, start, tests):
-    """Make the data layers of a solver restored from a checkpoint read on
-    from where the interrupted run's had got to. A solverstate holds the
-    weights and history, not the data position (Caffe's own does not
-    either), and HDF5Data reshuffles from the stage's seed.
-
-    The run started at iteration ``start``, and the restored solver is at
-    ``solver.iter``; each iteration read ``iter_size`` batches of the train
-    net. ``tests``: the iterations at which a TEST pass ran, each reading
-    ``counts[i]`` batches of test net i. Only the replayed_layers run, in
-    the order the training ran them, so that the C library's rand()
-    (HDF5Data's shuffle) and Caffe's RNG (DummyData, Dropout) are drawn as
-    they were; a Dropout layer drops units of whatever its bottom holds,
-    which the next real forward pass overwrites."""
-    position = start
-    for at in sorted(tests):
-        replay_batches(solver.net, (at - position) * iter_size)
-        for net, count in zip(solver.test_nets, counts):
-            replay_batches(net, max(0, count))
-        position = at
-    replay_batches(solver.net, (int(solver.iter) - position) * iter_size)
-
-
-def snapshot_bytes(spec, net):
-    """At least the bytes Caffe writes for the solver's train ``net``: (its
-    caffemodel: every layer's parameters and every blob; a solverstate's
-    history: one float per learnable value, a blob shared through
-    param { name } once, and two for Adam and AdaDelta, which keep two
-    moments), in the solver's snapshot_format. The floats alone fell short
-    by the framing, and Caffe aborted (exit 134) on a disk that held the
-    floats but not the file."""
-    built = spec.train_layers()
-    names = {layer.name: [p.name for p in layer.param] for layer in built}
-    # A layer's record: its parameters and a few tags; a blob's: its shape
-    # (a varint of up to 10 bytes an axis), tags and lengths.
-    model = sum(layer.ByteSize() + 16 for layer in built) + 64
-    history = 64 + 1024  # iter, current_step, and learned_net: the path of the model snapshot
-    moments = 2 if solver_type(spec.param) in ("Adam", "AdaDelta") else 1
-    # HDF5 snapshots: a file's own records, and the headers of each group and
-    # dataset (a tiny net's model was 9,472 bytes for 1,604 of floats).
-    hdf5 = 4096 if spec.param.snapshot_format == SolverParameter.HDF5 else 0
-    # data/, and a group in it for every layer (a ReLU's too); history/, iter, current_step, learned_net.
-    model, history = model + (2 + len(built)) * hdf5, history + 5 * hdf5
-    shared = set()
-    for layer, blobs in net.params.items():
-        params = names.get(layer, [])
-        for index, blob in enumerate(blobs):
-            framing = 24 + 11 * len(blob.shape) + hdf5
-            model += 4 * blob.count + framing
-            name = params[index] if index < len(params) else ""
-            if name not in shared:
-                history += moments * (4 * blob.count + framing)
-            if name:
-                shared.add(name)
-    return model, history
-
-
-def _trained_owners(solver, spec, index):
-    """{param name: the train net's blob} of the names that the layers of
-    test net #``index`` which the train net also has hold: a layer of phase
-    TEST only with one shares that blob in the test net (Caffe ties names
-    within one net: a test_net file's layer is tied to none of the train
-    net's)."""
-    owners = {}
-    for layer in tested_net_layers(spec, index).values():
-        trained = solver.net.params[layer.name] if layer.name in solver.net.params else ()
-        for number, param in enumerate(layer.param[:len(trained)]):
-            if param.name:
-                owners.setdefault(param.name, trained[number])
-    return owners
-
-
-def tied_test_only_blobs(solver, spec):
-    """[(test net blob, train net blob)] of the blobs of layers of phase
-    TEST only that a param name ties to a trained blob. Caffe's test passes
-    share the trained weights by layer name only: such a blob keeps what
-    was loaded, and a TEST pass measured another net than the one written
-    (test_only_records writes the trained values); evaluate copies them in."""
-    pairs = []
-    for index, (net, names) in enumerate(test_only_layers(solver)):
-        params = tested_net_layers(spec, index) if names else {}
-        owners = _trained_owners(solver, spec, index) if names else {}
-        for name in names:
-            for number, param in enumerate(params[name].param[:len(net.params[name])]):
-                if param.name in owners:
-                    pairs.append((net.params[name][number], owners[param.name]))
-    return pairs
-
-
-def copy_trained(tied):
-    """Give the blobs of tied_test_only_blobs their trained values."""
-    for mine, trained in tied:
-        # share_mode PERMISSIVE ties blobs of one count in two shapes.
-        mine.data[...] = trained.data.reshape(mine.data.shape)
-
-
-def test_only_records(solver, spec):
-    """[(LayerParameter, [arrays])] of the test nets' layers of phase TEST
-    only, which the train net lacks, to be appended to what the train net
-    writes: Caffe's own snapshots leave those out, and `caffe test` on the
-    net would then fill them at random. Each from the test net
-    test_only_params picks, its values as that net holds them: give tied
-    ones the trained values first (copy_trained), or `caffe test`, which
-    copies layers by name into the one tied blob, would take stale ones
-    after the trained."""
-    chosen = test_only_params(spec, set(solver.net.params), [names for _, names in test_only_layers(solver)])
-    return [(written, [blob.data for blob in solver.test_nets[index].params[name]])
-            for name, (index, written) in chosen.items()]
 
 
 def save_net(solver, output, maskset=None, nbytes=0, appended=()):
@@ -768,13 +514,13 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
     for path in (output, masks_path_for(output)):
         check_not_data(path, data, "the nets read")
     for given in data:
-        if _caffe_snapshot_of(spec.param, given, span):
+        if caffe_snapshot_of(spec.param, given, span):
             raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
                              "would overwrite this file, which the nets read as data; change snapshot_prefix")
-    if snapshots_on(spec.param) and _written_as_a_snapshot(spec.param, span, output):
+    if snapshots_on(spec.param) and written_as_a_snapshot(spec.param, span, output):
         raise InputError(f"{output}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
                          "write a file of this name in this run; give the output another name")
-    if snapshots_on(spec.param) and _written_as_a_snapshot(spec.param, span, masks_path_for(output)):
+    if snapshots_on(spec.param) and written_as_a_snapshot(spec.param, span, masks_path_for(output)):
         raise InputError(f"{output}: a snapshot of the solver's own (snapshot_prefix "
                          f"{spec.param.snapshot_prefix!r}) has the masks file {masks_path_for(output).name} of this "
                          "output as its own, and would remove it; give the output another name")
@@ -783,7 +529,7 @@ def _check_outputs(spec, output, force, weights, span, masks=None, others=()):
     # OUT.masks.h5 is written, or removed when OUT is written without masks.
     check_model_outputs(output, inputs, force)
     for given in inputs:
-        if given is not None and not force and _caffe_snapshot_of(spec.param, given, span):
+        if given is not None and not force and caffe_snapshot_of(spec.param, given, span):
             raise InputError(f"{given}: the solver's own snapshots (snapshot_prefix {spec.param.snapshot_prefix!r}) "
                              "would overwrite this input; pass --force to allow it, or change snapshot_prefix")
 
@@ -920,42 +666,6 @@ def _span(spec, iterations, solverstate=None):
     _check_iterations(iterations)
     check_schedule(spec.param, spec.path, start, start + iterations)
     return start, start + iterations
-
-
-def _caffe_snapshot_of(param, path, span):
-    """True when one of Caffe's own snapshots over iterations ``span``
-    (first, last] would write the file ``path`` is, by any of its names (a
-    symlink, a hard link, a linked folder): every ``snapshot`` iterations
-    and, with snapshot_after_train, at the last."""
-    folder = Path(param.snapshot_prefix).parent
-    try:
-        present = os.listdir(folder)
-    except OSError:  # no folder yet: nothing there to overwrite
-        return False
-    return any(_snapshot_name(param, span, each) and same_file(folder / each, path) for each in present)
-
-
-def _snapshot_name(param, span, name):
-    """Whether Caffe's own snapshots over iterations ``span`` write (or,
-    masks, remove) a file of this name in the snapshot_prefix's folder."""
-    prefix = Path(param.snapshot_prefix)
-    # Its model and state, and the masks its model replaces go with (maskfile.masks_path_for).
-    found = re.fullmatch(re.escape(prefix.name) + r"_iter_(\d+)\.(?:(?:caffemodel|solverstate)(?:\.h5)?|"
-                         r"masks\.h5|caffemodel\.h5\.masks\.h5)", name)
-    if not found:
-        return False
-    k, (first, last) = int(found.group(1)), span
-    return first < k <= last and ((param.snapshot > 0 and k % param.snapshot == 0)
-                                  or (k == last and param.snapshot_after_train))
-
-
-def _written_as_a_snapshot(param, span, output):
-    """Whether the output path (there or not) is one of Caffe's own
-    snapshots over ``span``: written after it, or before it at a periodic
-    snapshot, whose state would then name the output as its model."""
-    output = Path(output)
-    return (os.path.realpath(output.parent) == os.path.realpath(Path(param.snapshot_prefix).parent)
-            and _snapshot_name(param, span, output.name))
 
 
 def _check_iterations(iterations):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from caffedsd.caffemodel import read_caffemodel
-from caffedsd.snapshots import SolverSnapshots
+from caffedsd.snapshots import SolverSnapshots, snapshot_bytes
 from caffedsd.solver_spec import read_solver
 from caffedsd.solverstate import learned_net, set_learned_net
-from caffedsd.training import open_solver, snapshot_bytes
+from caffedsd.training import open_solver
 from caffedsd.values import next_multiple
 from conftest import write_solver
 

@@ -15,7 +15,8 @@ from caffedsd.maskfile import load_masks
 from caffedsd.errors import InputError
 from caffedsd import report
 from caffedsd.solver_spec import read_solver
-from caffedsd.training import PeriodicTests, load_weights, open_solver, train_dense, train_sparse
+from caffedsd.testnets import PeriodicTests
+from caffedsd.training import load_weights, open_solver, train_dense, train_sparse
 from conftest import assert_one_line_error, write_solver
 
 SOLVERS = {
@@ -718,7 +719,7 @@ def test_snapshot_bytes_are_upper_bounds_of_caffes_files(caffe, tmp_path, solver
     AdaDelta's) state holds two history blobs per parameter blob; HDF5
     files hold headers of their own (a 1,604-byte model took 9,472), and a
     group for every layer, one with no weights too."""
-    from caffedsd.training import snapshot_bytes
+    from caffedsd.snapshots import snapshot_bytes
 
     solver_path = write_solver(tmp_path, solver_type, extra=f"momentum: 0.9\nsnapshot_format: {snapshot_format}")
     net = tmp_path / "net.prototxt"

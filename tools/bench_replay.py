@@ -1,5 +1,5 @@
 """What a continued dsd stage pays to replay its data: a training iteration
-(`solver.step(1)`) against the replay of one (training.replay_data's layers
+(`solver.step(1)`) against the replay of one (replay.replay_data's layers
 run `iter_size` times), per solver, on the CPU or, with --gpu ID, on a GPU.
 
 A resumed stage replays every iteration it had made before its checkpoint,
@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
 from caffedsd.solver_spec import read_solver  # noqa: E402
-from caffedsd.training import open_solver, replay_batches, replayed_layers  # noqa: E402
+from caffedsd.replay import replay_batches, replayed_layers  # noqa: E402
+from caffedsd.training import open_solver  # noqa: E402
 
 
 def _spec(text):
