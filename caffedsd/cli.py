@@ -9,35 +9,19 @@ import io
 import os
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import click
 
 from . import report
+from .cli_options import (NamedPath, gpu_option, json_option, masks_option, model_option, output_option, path_type,
+                          python_layers_option, solver_gpu_option, solver_option, solverstate_option,
+                          sparsity_options, training_options, verbose_option, weights_option)
+from .cli_progress import SIGNALLED, Progress, Terminated, interrupt, train_with_progress
 from .errors import CaffeDsdError, CaffeDsdWarning, Diverged, InputError
 from .globrules import glob_list
-from .masks import CRITERIA, SPARSITY_CRITERIA
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, timeout, a batch scheduler), raised where Python next
-    runs: left to its default, the process ended where it stood, with the
-    temporary files of its writes left behind and nothing said."""
-
-    exit_code = 128 + int(signal.SIGTERM)  # a shell's for it
-
-
-# The signals the `caffedsd` program was sent (program()): one raised where
-# Python swallows exceptions (an h5py object's finalizer, which prints it as
-# "Exception ignored") would otherwise let the command go on to exit 0.
-_SIGNALLED = []
-
-
-def _interrupt(signum, frame):
-    _SIGNALLED.append(signum)
-    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+from .masks import SPARSITY_CRITERIA
 
 
 class _ExampleLast:
@@ -103,7 +87,7 @@ class _Group(_ExampleLast, click.Group):
                 os._exit(exc.exit_code)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
-            _interrupted(ctx, isinstance(exc, _Terminated))
+            _interrupted(ctx, isinstance(exc, Terminated))
         except _HELP_FOR_NO_ARGS:  # `caffedsd data`: the help as click shows it, not folded into one line
             raise
         except click.UsageError as exc:  # click's own would print three lines
@@ -119,8 +103,8 @@ class _Group(_ExampleLast, click.Group):
             click.echo(f"caffedsd: {report.one_line(os.fsdecode(exc.filename or ''))}: name too long for the "
                        "file system (at most 255 bytes a name, with what caffedsd adds to it)", err=True)
             ctx.exit(InputError.exit_code)
-        if _SIGNALLED:  # swallowed where it was raised: the command went on to its end
-            _interrupted(ctx, _SIGNALLED[0] == signal.SIGTERM)
+        if SIGNALLED:  # swallowed where it was raised: the command went on to its end
+            _interrupted(ctx, SIGNALLED[0] == signal.SIGTERM)
         return result
 
 
@@ -141,7 +125,7 @@ def _interrupted(ctx, terminated):
     click.echo(f"caffedsd: {'terminated (SIGTERM)' if terminated else 'interrupted'}; outputs that had "
                "finished are kept, none is half-written (dsd and sensitivity go on from there when run "
                "again)", err=True)
-    ctx.exit(_Terminated.exit_code if terminated else 130)
+    ctx.exit(Terminated.exit_code if terminated else 130)
 
 
 def _wrote(text):
@@ -154,205 +138,6 @@ def _wrote_trained(output, result, lr=False):
     masks = f" and {result.masks}" if result.masks else ""
     at = f" at base_lr {result.base_lr:g}" if lr else ""
     _wrote(f"wrote {output}{masks} after {result.iterations} iterations{at}")
-
-
-# -- shared options ------------------------------------------------------------
-
-class _NamedPath(click.Path):
-    """A path that is not empty: Path("") is the current folder, so -o ''
-    (an unset shell variable) would write there, and -w '' was read as '.'."""
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, str) and not value.strip():
-            what = "file" if not self.dir_okay else "folder" if not self.file_okay else "file or folder"
-            self.fail(f"an empty path; name the {what}", param, ctx)
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:  # bytes the file system gave that are not UTF-8 (surrogateescape)
-                self.fail(f"{report.one_line(ascii(value)[1:-1])} is not a UTF-8 name: Caffe takes paths as UTF-8 "
-                          "(protobuf strings) and could not read or write it; rename it", param, ctx)
-        return super().convert(value, param, ctx)
-
-
-def _path(**kwargs):
-    return _NamedPath(dir_okay=False, path_type=Path, **kwargs)
-
-
-def weights_option(required=True):
-    return click.option("--weights", "-w", type=_path(), required=required, help="The .caffemodel file.")
-
-
-def masks_option(func):
-    return click.option("--masks", "-m", type=_path(), default=None,
-                        help="Masks file (default: WEIGHTS with .masks.h5 for .caffemodel).")(func)
-
-
-def solverstate_option(extra=""):
-    return click.option("--solverstate", type=_path(), default=None,
-                        help=f"Resume from this .solverstate (with -w its snapshot's caffemodel){extra}; the data "
-                             "layers start from their first batch.")
-
-
-def python_layers_option(func):
-    return click.option("--allow-python-layers", is_flag=True,
-                        help="Accept nets with Python layers (they run arbitrary code).")(func)
-
-
-def model_option(required=False, help="Net prototxt that must fit the weights."):
-    def decorate(func):
-        return click.option("--model", "-p", type=_path(), required=required, help=help)(python_layers_option(func))
-    return decorate
-
-
-def gpu_option(func, default="CPU"):
-    return click.option("--gpu", type=click.IntRange(min=0), default=None, metavar="ID",
-                        help=f"Run Caffe on GPU ID (default: {default}).")(func)
-
-
-def solver_gpu_option(func):
-    return gpu_option(func, default="the solver's solver_mode and device_id, as caffe train does")
-
-
-def verbose_option(func):
-    """--verbose sets Caffe's log level as it is parsed, before pycaffe loads."""
-    from .caffe_env import caffe_log
-
-    return click.option("--verbose", "-v", is_flag=True, expose_value=False, help="Show Caffe's own log.",
-                        callback=lambda ctx, param, value: caffe_log(value))(func)
-
-
-def json_option(func):
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
-
-
-def output_option(help="Output .caffemodel.", folder=False, required=True, force="force",
-                  force_help="Allow overwriting an input file."):
-    """-o, and --force (as parameter ``force``; None: no --force) to allow
-    overwriting an input."""
-    def decorate(func):
-        if force:
-            func = click.option("--force", force, is_flag=True, help=force_help)(func)
-        kind = _NamedPath(file_okay=False, path_type=Path) if folder else _NamedPath(dir_okay=False, path_type=Path)
-        return click.option("--output", "-o", type=kind, required=required, help=help)(func)
-    return decorate
-
-
-def solver_option(func):
-    return click.option("--solver", type=_path(), required=True,
-                        help="Solver prototxt (net and data paths as for caffe train).")(func)
-
-
-def training_options(func):
-    """--iterations, --test-iterations, --test-interval, --gpu, --verbose and --allow-python-layers."""
-    func = python_layers_option(verbose_option(func))
-    func = click.option("--iterations", "-n", type=int, default=None,
-                        help="Iterations to train (default: up to the solver's max_iter, from the iteration "
-                             "of the --solverstate of train-dense, -sparse or -lowrank where given).")(func)
-    func = click.option("--test-iterations", type=click.IntRange(min=1), default=None, metavar="N",
-                        help="TEST batches of each test net per pass (default: the solver's test_iter).")(func)
-    func = click.option("--test-interval", type=click.IntRange(min=0), default=None, metavar="N",
-                        help="A TEST pass every N iterations while training, and one at the end (default: the "
-                             "solver's test_interval; 0: only at the end).")(func)
-    return solver_gpu_option(func)
-
-
-class _Progress:
-    """The progress protocol of the library: ``_Progress(label, total, done)``
-    (what run_recipe and scan call ``progress``) gives a callback(row, total)
-    called once per step (a training iteration, a sensitivity point) and
-    closed at the end; training's on_iteration is such a callback, and also
-    gets each TEST pass as a row {iter, test}, which is no step, and a
-    continued stage's replay of its data as a row {replay, tests}. Shown as a
-    bar on stderr with ETA (and loss, lr and the latest test for training);
-    ``total`` defaults to the first call's."""
-
-    # Where stderr is not a terminal (nohup, a batch job's log), click draws
-    # no bar: a line every this many seconds, and one per TEST pass, instead.
-    LOG_EVERY = 60.0
-
-    def __init__(self, label, total=None, done=0):
-        self.label, self.total, self.done = label, total, done
-        self.bar = None
-        self.row = self.tested = None
-        self.logged = None
-
-    def __call__(self, row, total):
-        if _SIGNALLED:  # swallowed where it was raised: end at this step, not the command's end
-            raise _Terminated() if _SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
-        if "replay" in row:
-            passes = f" and {row['tests']} TEST pass(es)" if row["tests"] else ""
-            click.echo(f"{self.label}: replaying the data layers through {row['replay']} iteration(s){passes}",
-                       err=True)
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=self.total or total, label=self.label, file=sys.stderr,
-                                         show_pos=True, item_show_func=self._show)
-            self.bar.__enter__()
-            if self.done:
-                self.bar.update(self.done)
-            self.total = self.total or total
-        terminal = sys.stderr.isatty()
-        if "test" in row:
-            self.tested = row
-            self.bar.update(0, self.row)
-            if not terminal:
-                click.echo(f"{self.label}: " + report.test_line(row["test"], f"test at iteration {row['iter']}"),
-                           err=True)
-            return
-        self.row = row
-        self.bar.update(1, row)
-        if not terminal and (self.logged is None or time.monotonic() - self.logged >= self.LOG_EVERY):
-            self.logged = time.monotonic()
-            click.echo(f"{self.label}: {self.bar.pos}/{self.total} {self._show(row)}".rstrip(), err=True)
-
-    def _show(self, row):
-        parts = [f"loss {row['loss']:.4f}  lr {row['lr']:.3g}"] if row and "loss" in row else []
-        if self.tested and self.tested["test"]:
-            name, value = _headline(self.tested["test"], self.tested.get("headline"))
-            parts.append(f"test {report.one_line(name)} {value:.4f} @{self.tested['iter']}")
-        return "  ".join(parts)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
-def _headline(test, name=None):
-    """The output a one-line summary shows: ``name`` (the row's, chosen by
-    layer types), else the first with "acc" in its name, else the first."""
-    if name not in test:
-        name = report.primary_metric(list(test))
-    return name, test[name]
-
-
-def _train(label, call, **kwargs):
-    """A train-* library call with a progress bar; prints its TEST passes."""
-    progress = _Progress(label)
-    try:
-        result = call(on_iteration=progress, **kwargs)
-    finally:
-        progress.close()
-    for n, row in enumerate(result.tests):
-        first = n == 0 and result.test_first is not None
-        label = "test after quantization" if first else f"test at iteration {row['iter']}"
-        click.echo(report.test_line(row["test"], label))
-    click.echo(report.test_line(result.test))
-    return result
-
-
-def _sparsity_options(func):
-    func = click.option("--criterion", "-c", type=click.Choice(list(CRITERIA)), default=None,
-                        help="keepmax (default): smallest |w| first; std: |w| < s*std(w); random: seeded "
-                             "Random-Cut.")(func)
-    func = click.option("--plan", "plan_file", type=_path(), default=None, help="YAML plan file (see README).")(func)
-    func = click.option("--rule", "-r", "rules", multiple=True, metavar="GLOB=AMOUNT",
-                        help="Per-layer amount, e.g. 'conv1=0.3' or 'fire*/expand3x3=0.7'; repeatable; last match "
-                             "wins.")(func)
-    return click.option("--sparsity", "-s", type=float, default=None,
-                        help="Amount for every prunable layer no rule names (a fraction in [0, 1); "
-                             "with --criterion std, the multiplier s).")(func)
 
 
 # -- commands --------------------------------------------------------------------
@@ -386,7 +171,7 @@ def info(as_json):
 @main.command()
 @weights_option()
 @model_option()
-@_sparsity_options
+@sparsity_options
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the random criterion [default: the plan file's seed, else 0].")
 @masks_option
@@ -430,7 +215,7 @@ def stats(weights, masks, as_json):
 
 @main.command()
 @model_option(required=True, help="The net prototxt of the weights (their layer types and order).")
-@click.option("--weights", "-w", type=_path(), required=True, help="HDF5 weights (.caffemodel.h5).")
+@click.option("--weights", "-w", type=path_type(), required=True, help="HDF5 weights (.caffemodel.h5).")
 @output_option()
 def convert(model, allow_python_layers, weights, output, force):
     """Make a binary caffemodel of Caffe's HDF5 weights (what a solver with
@@ -492,7 +277,7 @@ def train_sparse(solver, weights, masks, solverstate, iterations, test_iteration
     """
     from .training import train_sparse as run
 
-    result = _train("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
+    result = train_with_progress("sparse", run, solver_path=solver, weights=weights, output=output, masks=masks,
                     iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     solverstate=solverstate, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     _wrote_trained(output, result)
@@ -519,14 +304,14 @@ def train_dense(solver, weights, lr_scale, solverstate, iterations, test_iterati
     """
     from .training import train_dense as run
 
-    result = _train("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
+    result = train_with_progress("dense", run, solver_path=solver, weights=weights, output=output, lr_scale=lr_scale,
                     iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     solverstate=solverstate, gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     _wrote_trained(output, result, lr=True)
 
 
 @main.command()
-@click.option("--recipe", type=_path(), required=True, help="Recipe YAML (see README).")
+@click.option("--recipe", type=path_type(), required=True, help="Recipe YAML (see README).")
 @solver_gpu_option
 @verbose_option
 @click.option("--restart-data", is_flag=True,
@@ -557,7 +342,7 @@ def dsd(recipe, gpu, restart_data, force, allow_python_layers, output):
     from .recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    data = run_recipe(parsed, output, gpu=gpu, progress=_Progress, replay=not restart_data, force=force,
+    data = run_recipe(parsed, output, gpu=gpu, progress=Progress, replay=not restart_data, force=force,
                       notify=lambda line: click.echo(f"caffedsd: {line}", err=True),
                       allow_python_layers=allow_python_layers)
     click.echo(report.dsd_table(data["stages"]))
@@ -601,7 +386,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
 
     data = scan(model, weights, output, layers=glob_list(layer_globs, "--layers"),
                 sparsities=parse_sparsities(sparsities), criterion=criterion, iterations=iterations, seed=seed,
-                jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers, progress=_Progress, force=force,
+                jobs=jobs, gpu=gpu, allow_python_layers=allow_python_layers, progress=Progress, force=force,
                 notify=lambda line: click.echo(f"caffedsd: {line}", err=True))
     if data["data"] == "streamed":
         click.echo("note: the TEST batches did not fit in memory and were read anew for every point, each "
@@ -611,7 +396,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
 
 
 @main.command("plan")
-@click.option("--sensitivity", "sens", type=_NamedPath(path_type=Path), required=True,
+@click.option("--sensitivity", "sens", type=NamedPath(path_type=Path), required=True,
               help="sensitivity.json (or its folder) from `caffedsd sensitivity`.")
 @click.option("--max-drop", type=float, default=None,
               help="Allowed drop per layer: percentage points of an accuracy (0.5 = half a point), "
@@ -626,7 +411,7 @@ def sensitivity(model, allow_python_layers, weights, layer_globs, sparsities, cr
 @click.option("--iterations", "-n", type=int, default=None,
               help="TEST iterations per measurement with --verify (default: the scan's).")
 @click.option("--metric", default=None, help="Output to judge by (default: the scan's, the last top-1 accuracy).")
-@click.option("--model", "-p", type=_path(), default=None,
+@click.option("--model", "-p", type=path_type(), default=None,
               help="With --verify: the scan's net prototxt, if not where the scan recorded it.")
 @python_layers_option
 @weights_option(required=False)
@@ -770,7 +555,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
     from .training import train_lowrank as run
 
     spec = ForceSpec(force_decay, force_type, decay_type, parse_mults(mults))
-    result = _train("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
+    result = train_with_progress("lowrank", run, solver_path=solver, output=output, force=spec, weights=weights,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     solverstate=solverstate, gpu=gpu, force_write=force_write, allow_python_layers=allow_python_layers)
     _wrote_trained(output, result)
@@ -778,7 +563,7 @@ def train_lowrank(solver, weights, masks, force_decay, force_type, mults, decay_
 
 @main.command()
 @model_option(required=True, help="train_val prototxt of the weights.")
-@click.option("--deploy", type=_path(), default=None, help="Deploy prototxt to rewrite too.")
+@click.option("--deploy", type=path_type(), default=None, help="Deploy prototxt to rewrite too.")
 @weights_option()
 @click.option("--energy", type=float, default=None, help="Keep this share of the squared singular values.")
 @click.option("--rank", "ranks", multiple=True, metavar="LAYER=R", help="A layer's rank (repeatable).")
@@ -858,7 +643,7 @@ def compress(weights, masks, bits, index_bits, force, output):
 
 
 @main.command()
-@click.argument("dcz", type=_path())
+@click.argument("dcz", type=path_type())
 @model_option()
 @output_option("The .caffemodel to write.")
 def decompress(dcz, model, allow_python_layers, force, output):
@@ -896,7 +681,7 @@ def train_quantized(solver, weights, masks, bits, iterations, test_iterations, t
     from .training import train_quantized as run
 
     parsed = parse_bits(bits)
-    result = _train("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
+    result = train_with_progress("quantized", run, solver_path=solver, weights=weights, output=output, bits=parsed,
                     masks=masks, iterations=iterations, test_iterations=test_iterations, test_interval=test_interval,
                     gpu=gpu, force=force, allow_python_layers=allow_python_layers)
     _wrote_trained(output, result)
@@ -915,7 +700,7 @@ def data():
 @data.command("fashion-mnist")
 @output_option("Folder for train.h5, test.h5 and their list files.", folder=True,
                force_help="Replace files in the folder that hold other contents.")
-@click.option("--source", type=_NamedPath(file_okay=False, path_type=Path), default=None,
+@click.option("--source", type=NamedPath(file_okay=False, path_type=Path), default=None,
               help="Folder of the IDX .gz files (default: $CAFFEDSD_FASHION_MNIST, else Debian's "
                    "dataset-fashion-mnist).")
 @click.option("--train-limit", type=int, default=None, help="Keep only the first N training images.")
@@ -948,7 +733,7 @@ def program(**kwargs):
     # is printed escaped, where it raised after the work was done.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not where it starts ignored (nohup &)
-        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGINT, interrupt)
     return main(**kwargs)

@@ -398,6 +398,14 @@ def primary_metric(metrics):
     return next((m for m in metrics if "acc" in m.lower()), metrics[0])
 
 
+def headline(test, name=None):
+    """(name, value) of the TEST output a one-line summary shows: ``name``
+    (chosen by layer types) where ``test`` has it, else primary_metric's."""
+    if name not in test:
+        name = primary_metric(list(test))
+    return name, test[name]
+
+
 def scan_metric(data):
     """A scan's default metric: the one it chose by layer types (older scans
     recorded none)."""

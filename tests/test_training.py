@@ -1018,7 +1018,7 @@ def test_a_last_update_that_blows_up_writes_nothing(pruned, tmp_path, cli):
 
 
 def test_the_progress_headline_goes_by_layer_types(tmp_path):
-    from caffedsd.cli import _headline
+    from caffedsd.report import headline
     from caffedsd.solver_spec import headline_output
 
     layers = "".join(
@@ -1036,8 +1036,8 @@ def test_the_progress_headline_goes_by_layer_types(tmp_path):
     solver.write_text(solver.read_text() + 'test_state { stage: "val" }\n')
     assert headline_output(read_solver(solver)) == "loss3/top-1"
     test = {"loss1/loss1": 2.0, "loss3/top-1": 0.5, "loss3/top-5": 0.9}
-    assert _headline(test, "loss3/top-1") == ("loss3/top-1", 0.5)
-    assert _headline(test, None) == ("loss1/loss1", 2.0)  # a row from elsewhere: by names, as before
+    assert headline(test, "loss3/top-1") == ("loss3/top-1", 0.5)
+    assert headline(test, None) == ("loss1/loss1", 2.0)  # a row from elsewhere: by names, as before
 
 
 def test_no_output_replaces_the_data_the_nets_read_even_with_force(pruned, tmp_path):
