@@ -37,7 +37,7 @@ from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError, OutputError
 from .globrules import GlobRules, Rule, number_list
 from .report import NETS_WRITTEN, number_text
-from .runfolder import read_own_text
+from .runfolder import read_own, read_own_text
 from .values import is_real, is_whole
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
@@ -551,10 +551,15 @@ def earlier_nets(folder, inputs):
     split, and beside a new model.caffemodel they would be taken for its
     nets (Caffe then refuses the pair, or fills a layer they name that the
     model lacks from its filler)."""
+    path = Path(folder) / "report.md"
     try:
-        lines = read_own_text(Path(folder) / "report.md").splitlines()
+        try:
+            text = read_own_text(path)
+        except UnicodeDecodeError:  # not caffedsd's, in any encoding: names that do not decode match no file
+            text = read_own(path).decode("utf-8", errors="replace")
     except OSError:
         return []
+    lines = text.splitlines()
     line = next((line for line in lines if line.startswith(NETS_WRITTEN)), "")
     given = {os.path.realpath(path) for path in inputs if path is not None}
     # Only files named in the folder itself: the report is a file anyone may have edited.
@@ -658,6 +663,8 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
             except (OSError, OutputError) as exc:
                 raise_no_room(folder / "model.caffemodel", exc)
                 raise
+            stale = [path for path in earlier_nets(folder, [model_path, deploy_path, weights])
+                     if path.name not in names.values()]
             # Into an existing folder, file by file: a Ctrl-C or SIGTERM
             # between the renames would leave a model beside an earlier
             # prototxt; held back, it ends the run once all are in.
@@ -669,8 +676,6 @@ def write_decomposition(model_path, deploy_path, weights, out_dir, energy=None, 
                     with atomic_paths(folder / "model.caffemodel", folder / "model.masks.h5") as (tmp, masks_tmp):
                         replace_held(made, tmp)
                         replace_held(ready / "model.masks.h5", masks_tmp)
-                stale = [path for path in earlier_nets(folder, [model_path, deploy_path, weights])
-                         if path.name not in names.values()]
                 for name in [*names.values(), "report.md"]:
                     os.replace(ready / name, folder / name)
                 for path in stale:

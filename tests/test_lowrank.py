@@ -494,6 +494,12 @@ def test_an_earlier_decomposes_nets_are_only_names_in_its_folder_and_no_input(tm
     (out / "d.prototxt").mkdir()  # no file: left alone
     assert earlier_nets(out, [out / "in.prototxt", None]) == [out / "a.prototxt"]
     assert earlier_nets(tmp_path / "elsewhere", []) == []
+    # Bytes that are not UTF-8 (a report an earlier caffedsd wrote in Latin-1,
+    # or the user's own): they raised inside decompose's renames, after the
+    # model was in place, leaving the earlier prototxt beside it.
+    with open(out / "report.md", "ab") as report:
+        report.write(b"Notes: caf\xe9\n")
+    assert earlier_nets(out, [out / "in.prototxt"]) == [out / "a.prototxt"]
 
 
 def test_a_train_val_with_a_deploy_needs_no_data(caffe, tmp_path, cli):
