@@ -126,7 +126,7 @@ def check_net_runs(net, net_path, gpu=None, forward=True, batches=0):
     build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu, batches=batches)
 
 
-def check_weights_fit(net, net_path, model, weights, named=None):
+def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="give them one set of weights"):
     """Raise InputError unless the net ``net`` (read from ``net_path``)
     fits the caffemodel ``model`` (read from the file ``weights``; ``named``:
     the file to name instead, one it was converted from): by its layers, in
@@ -143,7 +143,7 @@ def check_weights_fit(net, net_path, model, weights, named=None):
 
     check_pair(net, net_path, model, weights_path=named, states=loaded_states(net), strict=True)
     for state in loaded_states(net):
-        check_tied_weights(built_layers(net, [state]), model, net_path, named)
+        check_tied_weights(built_layers(net, [state]), model, net_path, named, tie_remedy)
     if has_python_layers(net):
         return
     states = [built_state(net, "TEST")]

@@ -8,12 +8,14 @@ blobs, which go straight into the caffemodel writer. Version 1 files (JSON
 header, one Huffman stream per field with no sync points) still decode.
 """
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import mmap
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -152,30 +154,43 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     _check_compressible(model, layers, raw)
     header = _deflate_header(raw)
 
-    def shared(layer, sizes):
-        kind = layer_kind(layer.type)
-        return encode_shared(layer.blobs[0].data, keep_masks.get(layer.name), bits[kind],
-                             (index_bits or {}).get(kind), sizes)
-
+    # Layers that share weights (Caffe's one blob) are stored as one coding:
+    # the first layer's, with its kind's bits, where a Convolution and an
+    # InnerProduct share (PERMISSIVE) too. Each of them gets its row.
+    groups = {layer.name: group[0].name for group in shared_groups(model) for layer in group}
     copies = _tied_copies_of_shared(model)
-    # An owner's payload is made first where a copy may come before it in the file.
-    early = {owner: (sizes, shared(model.layer(owner), sizes))
-             for owner, sizes in ((owner, LayerSizes(owner)) for owner in dict.fromkeys(copies.values()))}
-    quantized = {owner: decode_shared(Reader(payload), model.layer(owner).blobs[0].shape)
-                 for owner, (_, payload) in early.items()}
+    held = {owner for owner, members in Counter(groups.values()).items() if members > 1} | set(copies.values())
+    coded = {}
+
+    def shared(owner):
+        """(payload, LayerSizes of its coding) of the weights of ``owner``."""
+        if owner in coded:
+            return coded[owner]
+        layer, sizes = model.layer(owner), LayerSizes(owner)
+        kind = layer_kind(layer.type)
+        made = encode_shared(layer.blobs[0].data, keep_masks.get(owner), bits[kind], (index_bits or {}).get(kind),
+                             sizes), sizes
+        if owner in held:  # a layer at a time, but for what another layer reuses
+            coded[owner] = made
+        return made
+
+    # A copy may come before its owner in the file.
+    quantized = {owner: decode_shared(Reader(shared(owner)[0]), model.layer(owner).blobs[0].shape)
+                 for owner in dict.fromkeys(copies.values())}
     rows = []
     with atomic_open(output) as handle:
         out = _Output(handle)
         out.write(MAGIC + struct.pack("<H", VERSION) + varint(len(header)) + header)
         container = out.size + 4
         for layer in layers:
-            sizes, payload = early.get(layer.name, (LayerSizes(layer.name), None))
+            payload, sizes = shared(groups[layer.name]) if layer.name in groups else (None, LayerSizes(layer.name))
+            sizes = dataclasses.replace(sizes, layer=layer.name, notes=list(sizes.notes))
             before = out.size
             for index, blob in enumerate(layer.blobs):
                 data = blob.data
                 sizes.dense += data.size * 4
-                if index == 0 and layer.type in PRUNABLE_TYPES:
-                    out.write(payload if payload is not None else shared(layer, sizes))
+                if index == 0 and payload is not None:
+                    out.write(payload)
                 else:
                     owner = copies.get((layer.name, index))
                     out.write(encode_floats(data if owner is None else quantized[owner].reshape(data.shape)))
@@ -526,5 +541,7 @@ def decompress(path, output, model=None, force=False, allow_python_layers=False)
         if net is not None:
             from .caffe_env import check_weights_fit
 
-            check_weights_fit(net, model, read_caffemodel(tmp), tmp, named=path)
+            # A .dcz older compress wrote kept an Embed's exact copy of tied weights.
+            check_weights_fit(net, model, read_caffemodel(tmp), tmp, named=path,
+                              tie_remedy="compress the model again, or decompress it without -p")
     return dcz.count

@@ -136,7 +136,7 @@ def _filled_through_ties(layer, filled):
     return bool(expected) and len(names) >= expected and all(names[i] in filled for i in range(expected))
 
 
-def check_tied_weights(layers, model, net_path, weights_path=None):
+def check_tied_weights(layers, model, net_path, weights_path=None, remedy="give them one set of weights"):
     """Raise InputError where layers that ``layers`` (LayerParameters of one
     net) tie by a param name hold different weights in the caffemodel
     ``model`` (``weights_path``: the file to name instead): Caffe copies
@@ -158,10 +158,8 @@ def check_tied_weights(layers, model, net_path, weights_path=None):
             theirs, mine = model.layer(other[0]).blobs[other[1]].data, blobs[index].data
             if theirs.size != mine.size or not np.array_equal(theirs.reshape(-1), mine.reshape(-1)):
                 raise InputError(f"{weights_path or model.path}: layers {other[0]} and {layer.name} hold different "
-                                 "weights, but "
-                                 f"{net_path} ties them (param {spec.name!r}): Caffe would keep whichever it "
-                                 "copies last, and masks made of the file would not fit; give them one set of "
-                                 "weights")
+                                 f"weights, but {net_path} ties them (param {spec.name!r}): Caffe would keep whichever it "
+                                 f"copies last, and masks made of the file would not fit; {remedy}")
 
 
 def check_blob_shapes(net, model, net_path):

@@ -446,6 +446,28 @@ def test_an_embed_tied_to_shared_weights_is_decompressed_with_their_quantized_va
     assert checked.exit_code == 0, checked.output
 
 
+def test_a_convolution_and_an_inner_product_sharing_weights_are_stored_as_one(caffe, tmp_path, cli):
+    """share_mode PERMISSIVE ties blobs of one count in two shapes: each was
+    quantized with its own kind's bits (conv 8, fc 5), and decompress -p
+    refused compress's own output as holding two sets of weights."""
+    param = 'param { name: "w" share_mode: PERMISSIVE }'
+    proto, weights = save_net(caffe, tmp_path, (
+        'layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 6 dim: 6 } } }\n'
+        f'layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1" {param}\n'
+        '  convolution_param { num_output: 8 kernel_size: 6 bias_term: false } }\n'
+        f'layer {{ name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1" {param}\n'
+        '  inner_product_param { num_output: 8 bias_term: false } }\n'))
+    result = cli("compress", "-w", weights, "-o", "m.dcz")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.startswith(("conv1", "fc1"))}
+    assert rows["conv1"][1:] == rows["fc1"][1:], result.output  # one coding, counted in each layer's row
+    result = cli("decompress", "m.dcz", "-p", proto, "-o", "d.caffemodel")
+    assert result.exit_code == 0, result.output
+    written = read_caffemodel(tmp_path / "d.caffemodel")
+    conv, fc = (written.layer(name).blobs[0].data for name in ("conv1", "fc1"))
+    assert np.array_equal(conv.reshape(-1), fc.reshape(-1)) and 32 < len(np.unique(conv)) <= 256
+
+
 def test_decompress_refuses_weights_a_net_ties_that_differ(caffe, tmp_path, cli):
     """A file whose Embed and InnerProduct hold different weights, written
     as a net that ties them, would run with whichever Caffe copies last."""
@@ -454,7 +476,9 @@ def test_decompress_refuses_weights_a_net_ties_that_differ(caffe, tmp_path, cli)
     _, weights = save_net(caffe, tmp_path, untied, name="untied")
     assert cli("compress", "-w", weights, "--bits", "2", "-o", "u.dcz").exit_code == 0
     assert_one_line_error(cli("decompress", "u.dcz", "-p", proto, "-o", "d.caffemodel"),
-                          f"u.dcz: layers emb and out hold different weights, but {proto} ties them (param 'w')")
+                          f"u.dcz: layers emb and out hold different weights, but {proto} ties them (param 'w'): "
+                          "Caffe would keep whichever it copies last, and masks made of the file would not fit; "
+                          "compress the model again, or decompress it without -p")
     assert not (tmp_path / "d.caffemodel").exists()
 
 
