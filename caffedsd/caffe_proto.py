@@ -127,15 +127,23 @@ def parse_prototxt(path, message_class):
     """Parse the text-format file ``path`` into a new ``message_class``."""
     path = check_input(path)
     try:
-        text = path.read_text(encoding="utf-8")  # protobuf's text format, whatever the locale
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text prototxt (binary data; is it a caffemodel?)") from None
+        raw = path.read_bytes()
     except OSError as exc:  # unreadable (permissions), or gone since check_input
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if b"\0" in raw:
+        raise InputError(f"{path}: not a text prototxt (binary data; is it a caffemodel?)")
+    # protobuf's text format is UTF-8, whatever the locale. Other bytes are
+    # kept as they are: in a comment (Caffe skips them) they do no harm; in
+    # a string, setting the field refuses them.
+    text = raw.decode("utf-8", errors="surrogateescape")
     message = message_class()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
+        if "surrogates not allowed" in str(exc):
+            raise InputError(f"{path}:{exc.GetLine()}:{exc.GetColumn()}: a name or path that is not UTF-8 text "
+                             "(protobuf's text format is UTF-8, and so are caffemodels' names); save the file as "
+                             "UTF-8") from None
         raise InputError(f"{path}:{exc}".replace("\n", " ")) from None
     return message
 

@@ -134,3 +134,22 @@ def test_a_pipe_named_as_weights_or_listed_data_is_not_missing(tmp_path, cli):
                                            '"list.txt" batch_size: 8 }', 1))  # the TRAIN data layer
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", "x.caffemodel", "-o", "o.caffemodel"),
                           f"list.txt: lists {str(tmp_path / 'pipe')!r}, which is not a regular file")
+
+
+def test_a_prototxt_that_is_not_utf8_is_read_where_caffe_reads_it(tiny, tmp_path, cli):
+    """protobuf's text format is UTF-8: a Latin-1 byte was reported as
+    "binary data; is it a caffemodel?", even in a comment, which Caffe
+    skips; in a name, which caffemodels hold as UTF-8, it is named."""
+    proto, weights = tiny
+    text = proto.read_bytes()
+    commented = tmp_path / "commented.prototxt"
+    commented.write_bytes(b"# caf\xe9\n" + text)
+    result = cli("verify", "-w", weights, "--model", commented)
+    assert result.exit_code == 0 and "ok    prototxt fits weights" in result.output, result.output
+    named = tmp_path / "named.prototxt"
+    named.write_bytes(b'name: "caf\xe9"\n' + text)
+    assert_one_line_error(cli("verify", "-w", weights, "--model", named),
+                          f"{named}:1:7: a name or path that is not UTF-8 text (protobuf's text format is UTF-8, "
+                          "and so are caffemodels' names); save the file as UTF-8")
+    assert_one_line_error(cli("verify", "-w", weights, "--model", weights),
+                          f"{weights}: not a text prototxt (binary data; is it a caffemodel?)")
