@@ -130,12 +130,12 @@ def parse_prototxt(path, message_class):
         raw = path.read_bytes()
     except OSError as exc:  # unreadable (permissions), or gone since check_input
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
-    if b"\0" in raw:
-        raise InputError(f"{path}: not a text prototxt (binary data; is it a caffemodel?)")
-    # protobuf's text format is UTF-8, whatever the locale. Other bytes are
-    # kept as they are: in a comment (Caffe skips them) they do no harm; in
-    # a string, setting the field refuses them.
+    # protobuf's text format is UTF-8, whatever the locale. Other bytes in
+    # a file of text are kept as they are: in a comment (Caffe skips them)
+    # they do no harm; in a string, setting the field refuses them.
     text = raw.decode("utf-8", errors="surrogateescape")
+    if "\0" in text and any("\udc80" <= char <= "\udcff" for char in text):
+        raise InputError(f"{path}: not a text prototxt (binary data; is it a caffemodel?)")
     message = message_class()
     try:
         text_format.Parse(text, message)
