@@ -141,8 +141,9 @@ def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="giv
     from .netcheck import (built_layers, built_state, check_data_sources, check_layer_types, check_pair,
                            check_tied_weights, loaded_states)
 
-    check_pair(net, net_path, model, weights_path=named, states=loaded_states(net), strict=True)
-    for state in loaded_states(net):
+    loaded = loaded_states(net)
+    check_pair(net, net_path, model, weights_path=named, states=loaded, strict=True)
+    for state in loaded:
         check_tied_weights(built_layers(net, [state]), model, net_path, named, tie_remedy)
     if has_python_layers(net):
         return

@@ -110,7 +110,8 @@ def sparsity_options(func):
     func = click.option("--criterion", "-c", type=click.Choice(list(CRITERIA)), default=None,
                         help="keepmax (default): smallest |w| first; std: |w| < s*std(w); random: seeded "
                              "Random-Cut.")(func)
-    func = click.option("--plan", "plan_file", type=path_type(), default=None, help="YAML plan file (see README).")(func)
+    func = click.option("--plan", "plan_file", type=path_type(), default=None,
+                        help="YAML plan file (see README).")(func)
     func = click.option("--rule", "-r", "rules", multiple=True, metavar="GLOB=AMOUNT",
                         help="Per-layer amount, e.g. 'conv1=0.3' or 'fire*/expand3x3=0.7'; repeatable; last match "
                              "wins.")(func)

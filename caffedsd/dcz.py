@@ -28,7 +28,7 @@ from .coding import MAX_SHARED_BITS, FormatError, check_width, huffman_decode, p
 from .dcz_blobs import (MAX_INDEX_BITS, LayerSizes, Reader, decode_floats, decode_shared, encode_floats,
                         encode_shared, finite)
 from .errors import InputError, WireError
-from .layers import PRUNABLE_TYPES, Target, shared_groups, tied_copies
+from .layers import PRUNABLE_TYPES, group_target, shared_groups, tied_copies
 from .maskfile import (atomic_unmasked_path, check_model_outputs, check_not_masks_of_another, masks_for,
                        masks_path_for, masks_read_for)
 from .masks import masked_nonzeros, zero_count
@@ -157,8 +157,9 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     # Layers that share weights (Caffe's one blob) are stored as one coding:
     # the first layer's, with its kind's bits, where a Convolution and an
     # InnerProduct share (PERMISSIVE) too. Each of them gets its row.
-    groups = {layer.name: group[0].name for group in shared_groups(model) for layer in group}
-    copies = _tied_copies_of_shared(model)
+    targets = [group_target(group) for group in shared_groups(model)]
+    groups = {layer: target.owner for target in targets for layer in target.layers}
+    copies = _tied_copies_of_shared(model, targets)
     held = {owner for owner, members in Counter(groups.values()).items() if members > 1} | set(copies.values())
     coded = {}
 
@@ -201,22 +202,19 @@ def compress(weights, output, bits, index_bits=None, masks=None, force=False):
     return rows, container
 
 
-def _tied_copies_of_shared(model):
-    """{(layer, blob index): owner} of the blobs a param name ties to a
-    prunable layer's weights (layers.tied_copies: an Embed tied to an
-    InnerProduct) that hold its values. Stored as floats, each is written
+def _tied_copies_of_shared(model, targets):
+    """{(layer, blob index): owner} of the blobs a param name ties to the
+    weights of ``targets`` (layers.tied_copies: an Embed tied to an
+    InnerProduct) that hold their values. Stored as floats, each is written
     with its owner's quantized values: with its own exact ones, Caffe ran
     the net with whichever it copied last."""
     copies = {}
-    for layers in shared_groups(model):
-        first = layers[0]
-        target = Target(first.name, tuple(layer.name for layer in layers), first.blobs[0].shape,
-                        first.param_names[0])
-        weights = first.blobs[0].data.reshape(-1)
+    for target in targets:
+        weights = model.layer(target.owner).blobs[0].data.reshape(-1)
         for name, index in tied_copies(model, target):
             copy = model.layer(name).blobs[index].data
             if copy.size == weights.size and np.array_equal(copy.reshape(-1), weights):
-                copies[name, index] = first.name
+                copies[name, index] = target.owner
     return copies
 
 

@@ -86,12 +86,17 @@ def tied_copies(model, target):
             for index, name in enumerate(layer.param_names) if name == target.param_name]
 
 
+def group_target(layers):
+    """The Target of a group of shared_groups: its first layer owns it."""
+    first = layers[0]
+    return Target(first.name, tuple(layer.name for layer in layers), first.blobs[0].shape, first.param_names[0])
+
+
 def prunable_targets(model):
     """The model's prunable blobs, one Target per shared group, in layer order."""
     targets = []
     for layers in shared_groups(model):
-        first = layers[0]
-        check_shared_shapes(model.path, first.param_names[0], {layer.name: layer.blobs[0].shape for layer in layers})
-        targets.append(Target(first.name, tuple(layer.name for layer in layers), first.blobs[0].shape,
-                              first.param_names[0]))
+        shapes = {layer.name: layer.blobs[0].shape for layer in layers}
+        check_shared_shapes(model.path, layers[0].param_names[0], shapes)
+        targets.append(group_target(layers))
     return targets

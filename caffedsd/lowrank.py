@@ -37,7 +37,7 @@ from .caffe_proto import LayerParameter, NetParameter
 from .errors import InputError, OutputError
 from .globrules import GlobRules, Rule, number_list
 from .report import NETS_WRITTEN, number_text
-from .runfolder import read_own, read_own_text
+from .runfolder import read_own_text
 from .values import is_real, is_whole
 
 DECOMPOSABLE = ("Convolution", "InnerProduct")
@@ -551,15 +551,11 @@ def earlier_nets(folder, inputs):
     split, and beside a new model.caffemodel they would be taken for its
     nets (Caffe then refuses the pair, or fills a layer they name that the
     model lacks from its filler)."""
-    path = Path(folder) / "report.md"
     try:
-        try:
-            text = read_own_text(path)
-        except UnicodeDecodeError:  # not caffedsd's, in any encoding: names that do not decode match no file
-            text = read_own(path).decode("utf-8", errors="replace")
+        # Bytes no encoding decodes (not caffedsd's) are replaced: they match no file.
+        lines = read_own_text(Path(folder) / "report.md", errors="replace").splitlines()
     except OSError:
         return []
-    lines = text.splitlines()
     line = next((line for line in lines if line.startswith(NETS_WRITTEN)), "")
     given = {os.path.realpath(path) for path in inputs if path is not None}
     # Only files named in the folder itself: the report is a file anyone may have edited.

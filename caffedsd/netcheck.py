@@ -158,8 +158,8 @@ def check_tied_weights(layers, model, net_path, weights_path=None, remedy="give 
             theirs, mine = model.layer(other[0]).blobs[other[1]].data, blobs[index].data
             if theirs.size != mine.size or not np.array_equal(theirs.reshape(-1), mine.reshape(-1)):
                 raise InputError(f"{weights_path or model.path}: layers {other[0]} and {layer.name} hold different "
-                                 f"weights, but {net_path} ties them (param {spec.name!r}): Caffe would keep whichever it "
-                                 f"copies last, and masks made of the file would not fit; {remedy}")
+                                 f"weights, but {net_path} ties them (param {spec.name!r}): Caffe would keep "
+                                 f"whichever it copies last, and masks made of the file would not fit; {remedy}")
 
 
 def check_blob_shapes(net, model, net_path):

@@ -92,15 +92,16 @@ def read_own(path):
         return handle.read()
 
 
-def read_own_text(path):
+def read_own_text(path, errors="strict"):
     """The text of ``path``, a file of caffedsd's own (read_own): UTF-8, as
     write_text writes it, or else in the locale's encoding, in which
-    earlier caffedsd wrote it (a TEST output's name in Latin-1)."""
+    earlier caffedsd wrote it (a TEST output's name in Latin-1), decoded
+    with ``errors`` (str.decode's)."""
     data = read_own(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode(locale.getpreferredencoding(False))
+        return data.decode(locale.getpreferredencoding(False), errors)
 
 
 def read_json(path, keys=(), known=None, remedy="remove it to redo its work", kinds=None):
