@@ -2,8 +2,9 @@
 
 Stock Caffe copies weights by layer name, logs "Ignoring source layer" at
 INFO level for weights the net lacks, and silently leaves a net layer with no
-weights at its filler's random values. caffedsd refuses both, and weights
-whose outputs or kernel differ from the prototxt's.
+weights at its initial values (its fillers': random, constant or zero).
+caffedsd refuses both, and weights whose outputs or kernel differ from the
+prototxt's.
 
 A data file Caffe cannot open, or a layer type it does not have, aborts the
 whole process (glog's fatal log), so both are checked before Caffe builds
@@ -98,7 +99,7 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
                        and not _filled_through_ties(p, filled)]
     no_weights = list(dict.fromkeys(no_weights))
     if no_weights:
-        problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them random): "
+        problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them at their initial values): "
                         + name_list(no_weights))
     known = set(net_layers) if strict else {layer.name for layer in net.layer}
     known.update(layer.name for other, other_states in others

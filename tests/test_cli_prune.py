@@ -148,7 +148,7 @@ def test_bad_prototxts(caffe, tiny, tmp_path, cli):
     (tmp_path / "other.prototxt").write_text(other)
     line = _bad(cli, tmp_path, "prune", "-w", weights, "-p", "other.prototxt", "-s", 0.5, "-o", "o.caffemodel",
                 expect="other.prototxt does not match")
-    assert "fc1_renamed" in line and "(Caffe would leave them random)" in line and "fc1" in line
+    assert "fc1_renamed" in line and "(Caffe would leave them at their initial values)" in line and "fc1" in line
     # What the prototxt alone fixes of the shapes: outputs (a fine-tuned
     # model's classes) and kernels. TINY_NET: conv1 4x1x3x3, fc1 10 outputs.
     for old, new, expect in [("num_output: 4 kernel_size: 3", "num_output: 5 kernel_size: 3",

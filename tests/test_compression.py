@@ -552,7 +552,7 @@ def test_a_prototxt_that_does_not_fit_names_the_dcz_file(tiny, tmp_path, cli):
     (tmp_path / "other.prototxt").write_text(OTHER_NET)
     result = cli("decompress", "t.dcz", "-p", "other.prototxt", "-o", "m.caffemodel")
     assert_one_line_error(result, "other.prototxt does not match t.dcz: layers with no weights in t.dcz "
-                                  "(Caffe would leave them random): ip1")
+                                  "(Caffe would leave them at their initial values): ip1")
     assert ".tmp" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.caffemodel", "net.prototxt", "other.prototxt", "t.dcz"]
 

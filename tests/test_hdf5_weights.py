@@ -179,7 +179,7 @@ def test_weights_that_do_not_fit_the_prototxt_are_refused(caffe, tmp_path, cli):
                                             'bottom: "fc2b" top: "fc3" inner_product_param { num_output: 2 } }\n')
     assert_one_line_error(cli("convert", "-p", "more.prototxt", "-w", weights, "-o", "x.caffemodel"),
                           f"more.prototxt does not match {weights}: layers with no weights in {weights.name} "
-                          "(Caffe would leave them random): fc3")
+                          "(Caffe would leave them at their initial values): fc3")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "x.caffemodel"]
 
 

@@ -42,7 +42,7 @@ def test_a_parameter_layer_the_weights_lack_is_refused_as_left_random(caffe, tmp
     _, bare = save_net(caffe, tmp_path, base + _loss("loss", "fc"), name="bare")
     model, full = save_net(caffe, tmp_path, base + bias + _loss("loss", "sum"), name="full")
     assert [layer.name for layer in read_caffemodel(full).layers if layer.blobs] == ["fc", "pb"]
-    expected = f"layers with no weights in {bare.name} (Caffe would leave them random): pb"
+    expected = f"layers with no weights in {bare.name} (Caffe would leave them at their initial values): pb"
     checked = cli("verify", "-w", bare, "--model", model)
     assert checked.exit_code == 1 and f"FAIL  prototxt fits weights: {model} does not match" in checked.output \
         and checked.output.splitlines()[2].endswith(expected), checked.output
@@ -273,7 +273,7 @@ def test_weights_are_checked_against_the_layers_the_solvers_states_build(caffe, 
     assert result.exit_code == 0, result.output
     assert [layer.name for layer in read_caffemodel(tmp_path / "c.caffemodel").layers if layer.blobs] == ["fc", "aux"]
     assert_one_line_error(cli("train-dense", "--solver", staged, "-w", bare, "-n", 1, "-o", "d.caffemodel"),
-                          "(Caffe would leave them random): aux")
+                          "(Caffe would leave them at their initial values): aux")
     # caffe test builds the TEST net: aux needs no weights there; and neither
     # caffe train nor caffe test builds it from the file by itself.
     checked = cli("verify", "-w", bare, "--model", "net.prototxt")
@@ -524,7 +524,7 @@ def test_what_ties_fill_is_read_per_state(caffe, tmp_path, cli):
     solver = _solver(tmp_path, f'net: "{net}"\ntest_iter: 1\ntest_state {{ stage: "s1" }}\n'
                                'test_state { stage: "s2" }')
     assert_one_line_error(cli("train-dense", "--solver", solver, "-w", fc_only, "-n", 1, "-o", "o.caffemodel"),
-                          "layers with no weights in fconly.caffemodel (Caffe would leave them random): t2")
+                          "layers with no weights in fconly.caffemodel (Caffe would leave them at their initial values): t2")
     # Both, of two shapes: no net ties them.
     _, both = save_net(caffe, tmp_path, ONES + fc + five.replace(' stage: "s2"', "")
                        + t2.replace(' stage: "s2"', "").replace(' param { name: "w" } param { name: "b" }', ""),
