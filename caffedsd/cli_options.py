@@ -54,8 +54,23 @@ def model_option(required=False, help="Net prototxt that must fit the weights.")
     return decorate
 
 
+class GpuId(click.IntRange):
+    """One GPU's ID. `caffe train -gpu 0,1` (or all) trains on several
+    through Caffe's NCCL solvers, which caffedsd does not drive: such a
+    value is told so, not called an invalid integer range."""
+
+    def __init__(self):
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and ("," in value or value.strip().lower() == "all"):
+            self.fail(f"{value!r}: caffedsd trains on one GPU; give one ID (training on several, as "
+                      "`caffe train -gpu 0,1` does through NCCL, is not supported)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def gpu_option(func, default="CPU"):
-    return click.option("--gpu", type=click.IntRange(min=0), default=None, metavar="ID",
+    return click.option("--gpu", type=GpuId(), default=None, metavar="ID",
                         help=f"Run Caffe on GPU ID (default: {default}).")(func)
 
 

@@ -75,6 +75,13 @@ def test_an_empty_path_is_named_as_empty(tmp_path, cli, args, option, what):
     assert_one_line_error(cli(*args), f"Invalid value for {option}: an empty path; name the {what}")
 
 
+@pytest.mark.parametrize("value", ["0,1", "all", "ALL"])
+def test_several_gpus_are_refused_as_several_not_as_a_bad_integer(cli, value):
+    assert_one_line_error(cli("train-dense", "--solver", "s.prototxt", "--gpu", value, "-o", "o.caffemodel"),
+                          f"Invalid value for '--gpu': '{value}': caffedsd trains on one GPU; give one ID "
+                          "(training on several, as `caffe train -gpu 0,1` does through NCCL, is not supported)")
+
+
 def test_a_wrote_line_is_one_line(tmp_path, cli):
     result = cli("squeezenet", "-o", "two\nlines")
     assert result.exit_code == 0, result.output
