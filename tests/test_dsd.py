@@ -660,6 +660,38 @@ def test_a_checkpoint_of_an_earlier_caffedsd_is_checked_before_caffe_restores_it
 
 
 @pytest.mark.caffe
+def test_a_checkpoint_of_an_earlier_caffedsd_with_no_room_for_its_copy_names_its_state(tmp_path, cli):
+    """The cleaned copy of an earlier caffedsd's checkpoint state (its
+    record hashes nothing) with no room: one line naming the checkpoint's
+    state, as a hashed checkpoint's copy does, not the scratch file; and no
+    advice to delete the checkpoint, which is whole (exit status 1, not 2)."""
+    from caffedsd.dsd import run_recipe
+    from caffedsd.recipe import load_recipe
+
+    recipe = _recipe(tmp_path, sparse_iterations=80)
+    assert cli("dsd", "--recipe", recipe, "-o", "reference").exit_code == 0
+    with pytest.raises(Stop):
+        run_recipe(load_recipe(recipe), tmp_path / "run", progress=stopping_at(60))
+    checkpoint = tmp_path / "run" / "03-sparse" / "checkpoint"
+    record = json.loads((checkpoint / "checkpoint.json").read_text())
+    (checkpoint / "checkpoint.json").write_text(json.dumps({k: v for k, v in record.items() if k != "sha256"}))
+    state = checkpoint / "snapshot_iter_50.solverstate"
+    assert state.stat().st_size > 1024  # more than ulimit -f 1 lets a file hold
+    code = "from caffedsd.cli import main; main()"
+    limited = subprocess.run(["bash", "-c", f"ulimit -f 1; exec {sys.executable} -c '{code}' dsd --recipe {recipe} "
+                              "-o run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert limited.returncode == 1, limited.stderr
+    last = limited.stderr.strip().splitlines()[-1]
+    assert last.startswith("caffedsd: run/03-sparse/checkpoint/snapshot_iter_50.solverstate: its copy to restore "
+                           "from: could not be written (File too large: "), limited.stderr
+    assert "to restart the stage" not in last
+    assert not [p.name for p in checkpoint.rglob("*") if p.name.endswith(".tmp") or p.is_dir()]
+    assert cli("dsd", "--recipe", recipe, "-o", "run").exit_code == 0
+    for name in ("03-sparse/curve.csv", "03-sparse/model.caffemodel", "04-dense/model.caffemodel"):
+        assert (tmp_path / "run" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+@pytest.mark.caffe
 def test_damaged_run_records_are_one_line(tmp_path, cli):
     """A run folder's JSON records are caffedsd's own, written whole; one
     edited or cut by something else is named, not a traceback."""
