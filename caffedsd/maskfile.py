@@ -327,7 +327,9 @@ def _attr(path, obj, key, default=None):
     aid = obj.attrs.get_id(key)
     if aid.shape not in ((), (1,)) or aid.get_storage_size() > _MAX_ATTR_BYTES:
         raise InputError(f"{path}: attribute {key!r} of {obj.name} is not a single value")
-    return obj.attrs[key]
+    value = obj.attrs[key]
+    # A one-element array (what some HDF5 writers make of a value) is that value.
+    return value[0] if aid.shape == (1,) else value
 
 
 def _json(path, value, what):
@@ -379,6 +381,8 @@ def _read_masks(path, h5):
         if not isinstance(ds, h5py.Dataset):
             raise InputError(f"{path}: masks/{key} is not a dataset")
         owner = _text(path, _attr(path, ds, "layer"), f"masks/{key} attribute 'layer'")
+        if owner in masks:  # which one a reader took would be a matter of HDF5's link order
+            raise InputError(f"{path}: masks/{key} is a second mask of layer {owner!r}")
         sharing = _json(path, _attr(path, ds, "shared_by", b"[]"), f"masks/{key} attribute 'shared_by'")
         if owner not in shapes or not _is_name_list(sharing) or any(n not in shapes for n in sharing):
             raise InputError(f"{path}: masks/{key} names a layer its stored model does not have")

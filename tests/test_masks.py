@@ -250,3 +250,32 @@ def test_a_mask_of_no_axes_is_kept_and_a_trailing_nul_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"layer 'fc\\x00': a name that ends in a NUL character"):
         save_masks(tmp_path / "n.masks.h5", named, "0" * 64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.masks.h5"]
+
+
+def test_one_element_attributes_are_their_element_and_a_second_mask_of_a_layer_is_refused(tmp_path):
+    """FORMAT.md lets an attribute be of shape (1,), which the reader took
+    as an array ("attribute 'format' is not text"); of two datasets with
+    one layer attribute, the one later in HDF5's link order won."""
+    import h5py
+
+    from caffedsd.maskfile import MaskSet, load_masks, save_masks
+
+    maskset = MaskSet({"fc": np.array([True, False, True])}, {"fc": ("fc",)}, [("fc", "InnerProduct", [[3]])],
+                      {"criterion": "keepmax"})
+    path = tmp_path / "m.masks.h5"
+    save_masks(path, maskset, "0" * 64)
+    with h5py.File(path, "a") as h5:
+        for obj in (h5, h5["masks"], h5["masks"]["fc"]):
+            for key in list(obj.attrs):
+                value = obj.attrs[key]
+                del obj.attrs[key]
+                obj.attrs[key] = np.array([value])
+    loaded = load_masks(path)
+    np.testing.assert_array_equal(loaded.masks["fc"], [True, False, True])
+    assert loaded.meta == {"criterion": "keepmax"} and loaded.model_sha256 == "0" * 64
+    assert loaded.shared_by == {"fc": ("fc",)}
+    with h5py.File(path, "a") as h5:
+        h5["masks"]["zz"] = np.zeros(3, bool)
+        h5["masks"]["zz"].attrs["layer"] = np.bytes_(b"fc")
+    with pytest.raises(InputError, match=r"m\.masks\.h5: masks/zz is a second mask of layer 'fc'$"):
+        load_masks(path)
