@@ -30,7 +30,7 @@ from .atomic import atomic_open, check_input
 from .caffe_proto import BlobShape, LayerParameter, NetParameter, V1LayerParameter, upgrade_v1_layer
 from .errors import HDF5_DAMAGE, InputError
 from .masks import iter_chunks, nonfinite_count
-from .values import is_whole
+from .values import INT32_MAX, is_whole
 
 # Field numbers of caffe.proto.
 NET_LAYERS_V1, NET_LAYER_V2 = 2, 100
@@ -319,7 +319,7 @@ def parse_blob(where, index, buf, view, f):
     others, meta = [], []
     for sub in wire.iter_fields(buf, f.value_start, f.end):
         if sub.number in BLOB_LEGACY_DIMS and sub.wire_type == wire.VARINT:
-            legacy[sub.number] = sub.value
+            legacy[sub.number] = sub.value - (1 << 64) if sub.value >> 63 else sub.value  # int32: sign-extended
             others.append(view[sub.start:sub.end])
         elif sub.number == BLOB_SHAPE and sub.wire_type == wire.LEN:
             try:
@@ -343,6 +343,11 @@ def parse_blob(where, index, buf, view, f):
         # PReLU slope, a Scale/Bias with num_axes 0): Blob::ToProto writes no
         # dims for it, and Blob::FromProto reads the empty shape back.
         shape = ()
+    if any(not 0 <= dim <= INT32_MAX for dim in shape):
+        # Blob::Reshape's CHECK aborts the process on a negative one, and
+        # its shape is a vector<int>; numpy took -1 for "the rest".
+        raise InputError(f"{where}: blob {index} has shape {list(shape)}, a dimension outside the 0..{INT32_MAX} "
+                         "Caffe's blobs take")
     if len(dtypes) > 1:
         raise InputError(f"{where}: blob {index} holds both float and double data")
     dtype = dtypes.pop() if dtypes else np.dtype("<f4")

@@ -32,6 +32,7 @@ from .layers import PRUNABLE_TYPES, group_target, shared_groups, tied_copies
 from .maskfile import (atomic_unmasked_path, check_model_outputs, check_not_masks_of_another, masks_for,
                        masks_path_for, masks_read_for)
 from .masks import masked_nonzeros, zero_count
+from .values import INT32_MAX
 from .wire import encode_varint as varint
 
 MAGIC = b"CDSDDCZ\x00"
@@ -325,6 +326,9 @@ def _check_layers(layers):
             if kind == BLOB_SHARED and (index or param.type not in PRUNABLE_TYPES):
                 raise FormatError(f"{where} ({param.type}): shared weights (kind 1) go only in blob 0 of a "
                                   "Convolution, Deconvolution or InnerProduct layer")
+            if any(dim > INT32_MAX for dim in shape):  # with a 0 beside it, no count check finds it
+                raise FormatError(f"{where}: shape {list(shape)} has a dimension over the {INT32_MAX} "
+                                  "Caffe's blobs take")
             total += math.prod(shape)
     if total > MAX_VALUES:
         raise FormatError(f"its blobs hold {total:,} values, over {MAX_VALUES:,} (2 GiB of float32, "

@@ -144,6 +144,10 @@ def _read_lengths_table(reader, mode, alphabet):
     elif mode == STREAM_HUFFMAN_STEPS:
         step_lengths = np.zeros(32, dtype=np.int64)
         for pair in bytes(reader.take(reader.byte())):
+            # Each named once, with a code: else which entry counts would be a reader's choice.
+            if pair & 7 == 0 or step_lengths[pair >> 3]:
+                raise FormatError(f"code length table names difference {pair >> 3} "
+                                  + ("with no length" if pair & 7 == 0 else "twice"))
             step_lengths[pair >> 3] = pair & 7
         data = bytes(reader.take(reader.varint()))
         steps = decode_stream(data, alphabet, step_lengths, max(alphabet, 1), [0])
@@ -446,7 +450,7 @@ def decode_shared(reader, shape):
         out[positions] = codebook[symbols[~padding]]
         found += positions.size
     if found != kept:
-        raise FormatError("sparse indices do not fit the blob")
+        raise FormatError(f"{found} entries are not padding, where {kept} kept weights were said")
     return out.reshape(shape)
 
 

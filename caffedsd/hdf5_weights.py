@@ -25,6 +25,7 @@ from .errors import HDF5_DAMAGE, InputError
 from .layers import expects_blobs
 from .maskfile import atomic_unmasked_path, check_model_outputs
 from .netcheck import built_state, is_built
+from .values import INT32_MAX
 
 
 def _stored(path, group, layer):
@@ -39,6 +40,12 @@ def _stored(path, group, layer):
         # "01" would be read as blob 1 beside a "1": Caffe writes neither twice.
         if not (key.isdigit() and key == str(int(key)) and isinstance(item, h5py.Dataset)):
             raise InputError(f"{path}: data/{layer}/{key} is not a blob (Caffe names them 0, 1, ...)")
+        if item.shape is None:  # h5py.Empty: a dtype and no dataspace
+            raise InputError(f"{path}: data/{layer}/{key} has no shape (an HDF5 null dataspace), not a blob")
+        if any(dim > INT32_MAX for dim in item.shape) or item.size > INT32_MAX:
+            # Caffe's blob shapes and counts are int; and a declared size is read before it is found out.
+            raise InputError(f"{path}: data/{layer}/{key} has shape {list(item.shape)}, more than the "
+                             f"{INT32_MAX} values or dimension a Caffe blob takes")
         values = item[()]
         try:
             with np.errstate(over="ignore", invalid="ignore"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from caffedsd.atomic import atomic_open
-from caffedsd.caffe_proto import LayerParameter
+from caffedsd.caffe_proto import LayerParameter, NetParameter
 from caffedsd.caffemodel import new_caffemodel, read_caffemodel
 from caffedsd.coding import (MAX_CODE_BITS, StreamWriter, assign_labels, canonical_codes, decode_stream,
                              huffman_decode, huffman_encode, huffman_lengths, kmeans_1d, positions_from_gaps,
@@ -809,7 +809,7 @@ def test_sizes_are_checked_before_anything_is_allocated(tmp_path, cli):
     const = bytes([0, 0])  # a constant stream of symbol 0
     cases = {
         "shared.dcz": ([(_ip(), [(BLOB_SHARED, (1 << 20, 1 << 20))])], bytes([1, 0, 0, 0, 0]) + const * 2),
-        "floats.dcz": ([(_ip(), [(BLOB_FLOATS, (1 << 36,))])], bytes([1]) + const * 4),
+        "floats.dcz": ([(_ip(), [(BLOB_FLOATS, (1 << 18, 1 << 18))])], bytes([1]) + const * 4),
     }
     for name, (layers, payload) in cases.items():
         _v2_file(tmp_path / name, layers, payload)
@@ -891,6 +891,11 @@ def test_a_code_no_symbol_has_is_refused(tmp_path, cli):
     assert cli("decompress", "good.dcz", "-o", "good.caffemodel").exit_code == 0
     back = read_caffemodel(tmp_path / "good.caffemodel").layer("fc").blobs[0].data.reshape(-1)
     assert back[[0, 5, 15]].tolist() == [-1.0, 2.0, 0.5] and np.count_nonzero(back) == 3
+    # Two kept weights and a padding entry said, three weights found: named as such, not as indices past the blob.
+    _v2_file(tmp_path / "count.dcz", [(_ip(), [(BLOB_SHARED, (4, 4))])],
+             _shared(16, 4, 2, 1, [-1, 0.5, 2], _fixed_stream([0, 1, 2], 4), _fixed_stream([0, 4, 9], 16)))
+    assert_one_line_error(cli("decompress", "count.dcz", "-o", "x.caffemodel"),
+                          "layer 'fc' blob 0: 3 entries are not padding, where 2 kept weights were said")
 
 
 def test_stage_4_and_codes_over_one_symbol_are_named():
@@ -905,6 +910,44 @@ def test_stage_4_and_codes_over_one_symbol_are_named():
     assert read_stream(Reader(bytes([0, 0])), 0, 0).tolist() == []
     with pytest.raises(FormatError, match="outside the alphabet"):
         read_stream(Reader(bytes([0, 0])), 0, 5)  # 5 symbols of an empty alphabet
+
+
+def test_a_dimension_caffe_cannot_hold_is_refused_in_a_caffemodel_and_a_dcz(tmp_path, cli):
+    """Beside a 0, a dimension over INT_MAX passes every count check (no
+    values), and numpy took a -1 for "the rest": a caffemodel of shape
+    [-1, -2] was a traceback, one of [0, 2^40] was compressed, and such a
+    .dcz decompressed into a caffemodel no Caffe net loads."""
+    for dims, count in (([-1, -2], 2), ([0, 1 << 40], 0), ([1 << 32 | 1], 1)):
+        net = NetParameter()
+        blob = net.layer.add(name="fc", type="InnerProduct").blobs.add()
+        blob.shape.dim.extend(dims)
+        blob.data.extend([1.0] * count)
+        (tmp_path / "w.caffemodel").write_bytes(net.SerializeToString())
+        assert_one_line_error(cli("stats", "-w", "w.caffemodel"),
+                              f"w.caffemodel: layer 'fc': blob 0 has shape {dims}, a dimension outside the "
+                              "0..2147483647 Caffe's blobs take")
+    legacy = NetParameter()
+    blob = legacy.layer.add(name="fc", type="InnerProduct").blobs.add()
+    blob.num, blob.channels, blob.height, blob.width = -1, 1, 1, 1  # int32: a 10-byte varint
+    blob.data.append(1.0)
+    (tmp_path / "v.caffemodel").write_bytes(legacy.SerializeToString())
+    assert_one_line_error(cli("stats", "-w", "v.caffemodel"), "blob 0 has shape [-1, 1, 1, 1], a dimension outside")
+    _v2_file(tmp_path / "wide.dcz", [(_ip(), [(BLOB_FLOATS, (0, 1 << 31))])], encode_floats(np.zeros(0, np.float32)))
+    assert_one_line_error(cli("decompress", "wide.dcz", "-o", "wide.caffemodel"),
+                          "layer 'fc' blob 0: shape [0, 2147483648] has a dimension over the 2147483647 Caffe's "
+                          "blobs take")
+    assert not (tmp_path / "wide.caffemodel").exists()
+
+
+def test_a_stage_3_table_names_each_difference_once_with_a_length():
+    """A difference named with length 0, or twice (the later entry counted),
+    was taken: whether a file decoded hung on a rule FORMAT.md never gave."""
+    from caffedsd.dcz_blobs import read_stream
+
+    with pytest.raises(FormatError, match="^code length table names difference 5 with no length$"):
+        read_stream(Reader(bytes([3, 2, 1 << 3 | 1, 5 << 3 | 0, 1, 0])), 3, 4)
+    with pytest.raises(FormatError, match="^code length table names difference 1 twice$"):
+        read_stream(Reader(bytes([3, 3, 1 << 3 | 1, 0 << 3 | 2, 1 << 3 | 2, 1, 0])), 3, 4)
 
 
 def test_decompress_refuses_what_it_would_write_and_caffedsd_refuse(tmp_path, cli):

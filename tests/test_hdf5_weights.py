@@ -225,6 +225,27 @@ def test_values_beyond_float32_and_stray_blob_names_are_refused(caffe, tmp_path,
     assert not (tmp_path / "x.caffemodel").exists()
 
 
+
+def test_blobs_of_shapes_caffe_cannot_hold_are_refused_before_they_are_read(caffe, tmp_path, cli):
+    """A dataset of shape [0, 2^40] was converted, then refused in the
+    temporary file's name; one of 2^32 unallocated values was read into
+    16 GiB of memory; a null dataspace was "float32 values, not numbers"."""
+    for name, make in (("wide", lambda g: g.create_dataset("0", shape=(0, 1 << 40), dtype="f4")),
+                       ("big", lambda g: g.create_dataset("0", shape=(1 << 16, 1 << 16), dtype="f4",
+                                                          chunks=(16, 16))),
+                       ("null", lambda g: g.create_dataset("0", data=h5py.Empty("f4")))):
+        proto, weights, _ = _saved_hdf5(caffe, tmp_path)
+        with h5py.File(weights, "a") as h5:
+            del h5["data/conv1/0"]
+            make(h5["data/conv1"])
+        expect = {"wide": "data/conv1/0 has shape [0, 1099511627776], more than the 2147483647 values or "
+                          "dimension a Caffe blob takes",
+                  "big": "data/conv1/0 has shape [65536, 65536], more than the 2147483647",
+                  "null": "data/conv1/0 has no shape (an HDF5 null dataspace), not a blob"}[name]
+        assert_one_line_error(cli("convert", "-p", proto, "-w", weights, "-o", "x.caffemodel"),
+                              f"tiny.caffemodel.h5: {expect}")
+        assert not (tmp_path / "x.caffemodel").exists()
+
 RESIZED_NET = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }
