@@ -72,7 +72,17 @@ class _Group(_ExampleLast, click.Group):
             with warnings.catch_warnings():
                 warnings.simplefilter("once", CaffeDsdWarning)  # the same news once a command
                 warnings.showwarning = _show_warning
-                result = super().invoke(ctx)
+                try:
+                    result = super().invoke(ctx)
+                except (click.exceptions.Exit, CaffeDsdError):  # a subgroup's line shown; caffedsd's own
+                    raise
+                except Exception:
+                    if not SIGNALLED:
+                        raise
+                    # Code that caught the signal's exception raised its own
+                    # instead (matplotlib's Agg drawing a plot: "Invalid
+                    # bounding box"): the command stopped for the signal.
+                    raise (Terminated() if SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()) from None
         except CaffeDsdError as exc:
             click.echo(f"caffedsd: {report.one_line(str(exc))}", err=True)
             if isinstance(exc, Diverged) and self.exits_at_once:

@@ -485,6 +485,37 @@ def test_signals_are_held_back_until_files_that_belong_together_are_in(tmp_path)
 
 
 @pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_that_code_turned_into_its_own_error_ends_the_command_as_the_signal(tmp_path, sig, status):
+    """Ctrl-C or SIGTERM while matplotlib's Agg drew a plot (dsd's
+    curves.png) came out as its "ValueError: Invalid bounding box" and a
+    traceback. A command that turns the signal's exception into its own
+    error stands in for it."""
+    code = (
+        "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "import click\n"
+        "from caffedsd import cli\n"
+        "@cli.main.group(cls=cli._Group)\n"
+        "def outer():\n"
+        "    pass\n"
+        "@outer.command()\n"
+        "def draw():\n"
+        "    try:\n"
+        f"        os.kill(os.getpid(), signal.{sig})\n"
+        "        for _ in range(10 ** 8):\n"
+        "            pass\n"
+        "    except KeyboardInterrupt:\n"
+        "        raise ValueError('Invalid bounding box')\n"
+        "cli.program(args=['outer', 'draw'], prog_name='caffedsd')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(
+        f"caffedsd: {'interrupted' if sig == 'SIGINT' else 'terminated (SIGTERM)'}; outputs that had finished are kept")
+
+
+@pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_raised_where_python_swallows_it_still_ends_the_command(caffe, tmp_path, sig, status):
     """Ctrl-C or SIGTERM raised inside an h5py object's finalizer is printed
     ("Exception ignored") and dropped: the command went on and exited 0.
