@@ -99,8 +99,8 @@ def check_pair(net, net_path, model, weights_path=None, unused_weights=False, ot
                        and not _filled_through_ties(p, filled)]
     no_weights = list(dict.fromkeys(no_weights))
     if no_weights:
-        problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them at their initial values): "
-                        + name_list(no_weights))
+        problems.append(f"layers with no weights in {weights_path.name} (Caffe would leave them at their initial "
+                        "values): " + name_list(no_weights))
     known = set(net_layers) if strict else {layer.name for layer in net.layer}
     known.update(layer.name for other, other_states in others
                  for layer in built_layers(other, other_states if strict else None))
