@@ -18,7 +18,7 @@ from . import report
 from .cli_options import (NamedPath, gpu_option, json_option, masks_option, model_option, output_option, path_type,
                           python_layers_option, solver_gpu_option, solver_option, solverstate_option,
                           sparsity_options, training_options, verbose_option, weights_option)
-from .cli_progress import SIGNALLED, Progress, Terminated, interrupt, train_with_progress
+from .cli_progress import SIGNALLED, Progress, Terminated, catch_signals, release_signals, train_with_progress
 from .errors import CaffeDsdError, CaffeDsdWarning, Diverged, InputError
 from .globrules import glob_list
 from .masks import SPARSITY_CRITERIA
@@ -83,6 +83,10 @@ class _Group(_ExampleLast, click.Group):
                     # instead (matplotlib's Agg drawing a plot: "Invalid
                     # bounding box"): the command stopped for the signal.
                     raise (Terminated() if SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()) from None
+                finally:
+                    # The work is over, its clean-up done: a signal while its
+                    # line is printed, or Python exits, ends the process.
+                    release_signals()
         except CaffeDsdError as exc:
             click.echo(f"caffedsd: {report.one_line(str(exc))}", err=True)
             if isinstance(exc, Diverged) and self.exits_at_once:
@@ -743,7 +747,5 @@ def program(**kwargs):
     # is printed escaped, where it raised after the work was done.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
-    signal.signal(signal.SIGTERM, interrupt)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not where it starts ignored (nohup &)
-        signal.signal(signal.SIGINT, interrupt)
+    catch_signals()
     return main(**kwargs)

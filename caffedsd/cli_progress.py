@@ -28,6 +28,31 @@ def interrupt(signum, frame):
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def catch_signals():
+    """Ctrl-C and SIGTERM raise where Python next runs (interrupt), for the
+    `caffedsd` program; what Python can only print ("Exception ignored",
+    from a finalizer or at exit) is not printed once one was sent: the
+    command's one line says it."""
+    signal.signal(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # not where it starts ignored (nohup &)
+        signal.signal(signal.SIGINT, interrupt)
+    shown = sys.unraisablehook
+
+    def unraisable(info):
+        if not (SIGNALLED and isinstance(info.exc_value, KeyboardInterrupt)):
+            shown(info)
+    sys.unraisablehook = unraisable
+
+
+def release_signals():
+    """Once the command's work is over (its last line printed, or on its
+    way): a signal ends the process as it ends any program. Raised in
+    click's exit or the interpreter's, it was a traceback, or "Aborted!"."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) is interrupt:
+            signal.signal(number, signal.SIG_DFL)
+
+
 class Progress:
     """The progress protocol of the library: ``Progress(label, total, done)``
     (what run_recipe and scan call ``progress``) gives a callback(row, total)
