@@ -341,9 +341,9 @@ def train_dense(solver, weights, lr_scale, solverstate, iterations, test_iterati
 def dsd(recipe, gpu, restart_data, force, allow_python_layers, output):
     """Run a whole Dense-Sparse-Dense recipe into a run folder.
 
-    Each stage leaves a stock-Caffe-loadable model (and masks), its test
-    outputs and training curve; report.md, report.json and curves.png sum
-    up. Killed at any point, the same command continues from the last
+    Each stage leaves a stock-Caffe-loadable model (and masks) and its test
+    outputs, and a training stage its curve; report.md, report.json and
+    curves.png sum up. Killed at any point, the same command continues from the last
     checkpoint, reading the batches an uninterrupted run would have read.
     After editing a later stage (a learning rate that diverged), --force
     keeps the stages before it.

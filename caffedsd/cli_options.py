@@ -112,7 +112,7 @@ def training_options(func):
     func = python_layers_option(verbose_option(func))
     func = click.option("--iterations", "-n", type=int, default=None,
                         help="Iterations to train (default: up to the solver's max_iter, from the iteration "
-                             "of the --solverstate of train-dense, -sparse or -lowrank where given).")(func)
+                             "of the --solverstate given, in the commands that take one).")(func)
     func = click.option("--test-iterations", type=click.IntRange(min=1), default=None, metavar="N",
                         help="TEST batches of each test net per pass (default: the solver's test_iter).")(func)
     func = click.option("--test-interval", type=click.IntRange(min=0), default=None, metavar="N",
