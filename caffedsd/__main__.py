@@ -9,16 +9,31 @@ import signal
 import sys
 
 
+# Raised where Python drops exceptions (a finalizer the import runs), the
+# SystemExit would let the command run after its line: it is noted here too.
+_STOPPED = []
+
+
 def _quit_while_starting(signum, frame):
-    print("caffedsd: interrupted while starting; nothing was written", file=sys.stderr)
+    if not _STOPPED:
+        print("caffedsd: interrupted while starting; nothing was written", file=sys.stderr)
+    _STOPPED.append(signum)
     raise SystemExit(128 + signum)
+
+
+def _unraisable(info, shown=sys.unraisablehook):
+    if not (_STOPPED and isinstance(info.exc_value, (SystemExit, KeyboardInterrupt))):
+        shown(info)
 
 
 def main(**kwargs):
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it starts ignored (nohup &)
         signal.signal(signal.SIGINT, _quit_while_starting)
+        sys.unraisablehook = _unraisable
     from .cli import program
 
+    if _STOPPED:
+        return 128 + _STOPPED[0]
     return program(**kwargs)
 
 

@@ -514,6 +514,31 @@ def test_a_signal_that_code_turned_into_its_own_error_ends_the_command_as_the_si
         f"caffedsd: {'interrupted' if sig == 'SIGINT' else 'terminated (SIGTERM)'}; outputs that had finished are kept")
 
 
+def test_ctrl_c_while_starting_that_python_drops_still_stops_the_command(tmp_path):
+    """Ctrl-C while the command line is imported, raised where Python drops
+    exceptions (a finalizer of the import system): "interrupted while
+    starting; nothing was written", then a traceback, then the command ran,
+    wrote its outputs and exited 0. A gc callback stands in for the
+    finalizer."""
+    code = (
+        "import gc, os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from caffedsd.__main__ import _quit_while_starting, main\n"
+        "def send_once(phase, info):\n"
+        "    if phase == 'stop' and 'caffedsd.cli' in sys.modules and not sent:\n"
+        "        if signal.getsignal(signal.SIGINT) is _quit_while_starting:\n"
+        "            sent.append(1)\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sent = []\n"
+        "gc.callbacks.append(send_once)\n"
+        "sys.exit(main(args=['squeezenet', '-o', 'sq'], prog_name='caffedsd'))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "caffedsd: interrupted while starting; nothing was written\n"
+    assert not (tmp_path / "sq").exists()
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_once_the_work_is_over_ends_the_process_without_a_traceback(tmp_path, sig):
     """Ctrl-C as a finished command exited (a second one, after the first's
