@@ -319,7 +319,9 @@ def parse_blob(where, index, buf, view, f):
     others, meta = [], []
     for sub in wire.iter_fields(buf, f.value_start, f.end):
         if sub.number in BLOB_LEGACY_DIMS and sub.wire_type == wire.VARINT:
-            legacy[sub.number] = sub.value - (1 << 64) if sub.value >> 63 else sub.value  # int32: sign-extended
+            # An int32 field, read as protobuf's C++ reads it: the low 32 bits, signed.
+            low = sub.value & 0xFFFFFFFF
+            legacy[sub.number] = low - (1 << 32) if low >> 31 else low
             others.append(view[sub.start:sub.end])
         elif sub.number == BLOB_SHAPE and sub.wire_type == wire.LEN:
             try:
@@ -344,10 +346,11 @@ def parse_blob(where, index, buf, view, f):
         # dims for it, and Blob::FromProto reads the empty shape back.
         shape = ()
     if any(not 0 <= dim <= INT32_MAX for dim in shape):
-        # Blob::Reshape's CHECK aborts the process on a negative one, and
-        # its shape is a vector<int>; numpy took -1 for "the rest".
-        raise InputError(f"{where}: blob {index} has shape {list(shape)}, a dimension outside the 0..{INT32_MAX} "
-                         "Caffe's blobs take")
+        # Blob::Reshape's CHECK aborts the process on a negative one, its
+        # shape is a vector<int> (a larger int64 dim is cut to another
+        # number, which no net's blob matches), and numpy took -1 for "the rest".
+        raise InputError(f"{where}: blob {index} has shape {list(shape)}, a dimension outside 0..{INT32_MAX} "
+                         "(Caffe's blob shapes are int)")
     if len(dtypes) > 1:
         raise InputError(f"{where}: blob {index} holds both float and double data")
     dtype = dtypes.pop() if dtypes else np.dtype("<f4")
