@@ -319,9 +319,10 @@ def parse_blob(where, index, buf, view, f):
     others, meta = [], []
     for sub in wire.iter_fields(buf, f.value_start, f.end):
         if sub.number in BLOB_LEGACY_DIMS and sub.wire_type == wire.VARINT:
-            # An int32 field, read as protobuf's C++ reads it: the low 32 bits, signed.
-            low = sub.value & 0xFFFFFFFF
-            legacy[sub.number] = low - (1 << 32) if low >> 31 else low
+            # An int32 field: a negative value is written sign-extended to 64
+            # bits; any other value past 31 bits is refused below, as Caffe
+            # would cut it short (to its low 32 bits).
+            legacy[sub.number] = sub.value - (1 << 64) if sub.value >> 63 else sub.value
             others.append(view[sub.start:sub.end])
         elif sub.number == BLOB_SHAPE and sub.wire_type == wire.LEN:
             try:
@@ -347,8 +348,8 @@ def parse_blob(where, index, buf, view, f):
         shape = ()
     if any(not 0 <= dim <= INT32_MAX for dim in shape):
         # Blob::Reshape's CHECK aborts the process on a negative one, its
-        # shape is a vector<int> (a larger int64 dim is cut to another
-        # number, which no net's blob matches), and numpy took -1 for "the rest".
+        # shape is a vector<int> (Caffe would misread a larger one as its
+        # low 32 bits), and numpy took -1 for "the rest".
         raise InputError(f"{where}: blob {index} has shape {list(shape)}, a dimension outside 0..{INT32_MAX} "
                          "(Caffe's blob shapes are int)")
     if len(dtypes) > 1:

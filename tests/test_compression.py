@@ -932,11 +932,12 @@ def test_a_dimension_caffe_cannot_hold_is_refused_in_a_caffemodel_and_a_dcz(tmp_
     blob.data.append(1.0)
     (tmp_path / "v.caffemodel").write_bytes(legacy.SerializeToString())
     assert_one_line_error(cli("stats", "-w", "v.caffemodel"), "blob 0 has shape [-1, 1, 1, 1], a dimension outside")
-    # A varint past 32 bits in an int32 field (the same 10 bytes): Caffe, through protobuf's C++, reads
-    # its low 32 bits, 1 here; so does caffedsd.
+    # A varint past 32 bits in an int32 field (the same 10 bytes), which Caffe misreads as its low 32
+    # bits (1 here): refused, as a BlobShape dim past 2^31 is.
     wide = legacy.SerializeToString().replace(encode_varint((1 << 64) - 1), encode_varint((1 << 63) | 1))
     (tmp_path / "v.caffemodel").write_bytes(wide)
-    assert read_caffemodel(tmp_path / "v.caffemodel").layer("fc").blobs[0].data.tolist() == [[1.0]]
+    assert_one_line_error(cli("stats", "-w", "v.caffemodel"),
+                          f"blob 0 has shape [{-(1 << 63) + 1}, 1, 1, 1], a dimension outside 0..2147483647")
     _v2_file(tmp_path / "wide.dcz", [(_ip(), [(BLOB_FLOATS, (0, 1 << 31))])], encode_floats(np.zeros(0, np.float32)))
     assert_one_line_error(cli("decompress", "wide.dcz", "-o", "wide.caffemodel"),
                           "layer 'fc' blob 0: shape [0, 2147483648] has a dimension over the 2147483647 Caffe's "
