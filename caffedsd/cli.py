@@ -343,10 +343,10 @@ def dsd(recipe, gpu, restart_data, force, allow_python_layers, output):
 
     Each stage leaves a stock-Caffe-loadable model (and masks) and its test
     outputs, and a training stage its curve; report.md, report.json and
-    curves.png sum up. Killed at any point, the same command continues from the last
-    checkpoint, reading the batches an uninterrupted run would have read.
-    After editing a later stage (a learning rate that diverged), --force
-    keeps the stages before it.
+    curves.png sum up. Killed at any point, the same command continues from
+    the last checkpoint, reading the batches an uninterrupted run would have
+    read. After editing a later stage (a learning rate that diverged),
+    --force keeps the stages before it.
 
     \b
     Example:

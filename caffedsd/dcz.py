@@ -327,8 +327,8 @@ def _check_layers(layers):
                 raise FormatError(f"{where} ({param.type}): shared weights (kind 1) go only in blob 0 of a "
                                   "Convolution, Deconvolution or InnerProduct layer")
             if any(dim > INT32_MAX for dim in shape):  # with a 0 beside it, no count check finds it
-                raise FormatError(f"{where}: shape {list(shape)} has a dimension over the {INT32_MAX} "
-                                  "Caffe's blobs take")
+                raise FormatError(f"{where}: shape {list(shape)} has a dimension over {INT32_MAX} (Caffe's blob "
+                                  "shapes are int)")
             total += math.prod(shape)
     if total > MAX_VALUES:
         raise FormatError(f"its blobs hold {total:,} values, over {MAX_VALUES:,} (2 GiB of float32, "

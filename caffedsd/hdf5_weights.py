@@ -44,8 +44,8 @@ def _stored(path, group, layer):
             raise InputError(f"{path}: data/{layer}/{key} has no shape (an HDF5 null dataspace), not a blob")
         if any(dim > INT32_MAX for dim in item.shape) or item.size > INT32_MAX:
             # Caffe's blob shapes and counts are int; and a declared size is read before it is found out.
-            raise InputError(f"{path}: data/{layer}/{key} has shape {list(item.shape)}, more than the "
-                             f"{INT32_MAX} values or dimension a Caffe blob takes")
+            raise InputError(f"{path}: data/{layer}/{key} has shape {list(item.shape)}, a dimension or count over "
+                             f"{INT32_MAX} (Caffe's blob shapes and counts are int)")
         values = item[()]
         try:
             with np.errstate(over="ignore", invalid="ignore"):

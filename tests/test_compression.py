@@ -940,8 +940,8 @@ def test_a_dimension_caffe_cannot_hold_is_refused_in_a_caffemodel_and_a_dcz(tmp_
                           f"blob 0 has shape [{-(1 << 63) + 1}, 1, 1, 1], a dimension outside 0..2147483647")
     _v2_file(tmp_path / "wide.dcz", [(_ip(), [(BLOB_FLOATS, (0, 1 << 31))])], encode_floats(np.zeros(0, np.float32)))
     assert_one_line_error(cli("decompress", "wide.dcz", "-o", "wide.caffemodel"),
-                          "layer 'fc' blob 0: shape [0, 2147483648] has a dimension over the 2147483647 Caffe's "
-                          "blobs take")
+                          "layer 'fc' blob 0: shape [0, 2147483648] has a dimension over 2147483647 (Caffe's blob "
+                          "shapes are int)")
     assert not (tmp_path / "wide.caffemodel").exists()
 
 

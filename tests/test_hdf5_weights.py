@@ -238,9 +238,9 @@ def test_blobs_of_shapes_caffe_cannot_hold_are_refused_before_they_are_read(caff
         with h5py.File(weights, "a") as h5:
             del h5["data/conv1/0"]
             make(h5["data/conv1"])
-        expect = {"wide": "data/conv1/0 has shape [0, 1099511627776], more than the 2147483647 values or "
-                          "dimension a Caffe blob takes",
-                  "big": "data/conv1/0 has shape [65536, 65536], more than the 2147483647",
+        expect = {"wide": "data/conv1/0 has shape [0, 1099511627776], a dimension or count over 2147483647 "
+                          "(Caffe's blob shapes and counts are int)",
+                  "big": "data/conv1/0 has shape [65536, 65536], a dimension or count over 2147483647",
                   "null": "data/conv1/0 has no shape (an HDF5 null dataspace), not a blob"}[name]
         assert_one_line_error(cli("convert", "-p", proto, "-w", weights, "-o", "x.caffemodel"),
                               f"tiny.caffemodel.h5: {expect}")
