@@ -81,10 +81,12 @@ def upgrade_v1_layer(v1, where="layer"):
         raise InputError(f"{where}: V0 layer layout (pre-2014); upgrade it first with Caffe's "
                          "upgrade_net_proto_text (a prototxt) or upgrade_net_proto_binary (a caffemodel)")
     out = LayerParameter()
+    # NONE: no type, or a fork's number protobuf keeps aside. Caffe's
+    # UpgradeV1LayerType gives it no type (""), and loads such a layer's
+    # weights by name, as any other's.
     type_name = V1LayerParameter.LayerType.Name(v1.type)
-    if type_name not in V1_TYPE_NAMES:
-        raise InputError(f"{where}: V1 layer type {type_name} has no V2 equivalent")
-    out.type = V1_TYPE_NAMES[type_name]
+    if type_name != "NONE":
+        out.type = V1_TYPE_NAMES[type_name]
     v2_fields = LayerParameter.DESCRIPTOR.fields_by_name
     for field, value in v1.ListFields():
         if field.name in _V1_SPECIAL:

@@ -169,3 +169,23 @@ def test_a_v0_layer_is_named_with_the_tool_that_upgrades_it(tmp_path):
     with pytest.raises(InputError, match="layer 'conv1': V0 layer layout .pre-2014.; upgrade it first with "
                                          "Caffe's upgrade_net_proto_text"):
         read_net_prototxt(tmp_path / "v0.prototxt")
+
+
+def test_a_v1_layer_of_a_forks_type_is_read_as_caffe_upgrades_it(twins, cli):
+    """Protobuf reads a layer type number stock Caffe lacks (a fork's) as
+    NONE, which Caffe upgrades to no type and loads by name; caffedsd
+    refused the file, naming type NONE."""
+    proto, v1_folder, _ = twins
+    v1 = v1_folder / "model.caffemodel"
+    layer = V1LayerParameter(name="forky")
+    layer.blobs.add(num=1, channels=1, height=1, width=3).data.extend([1.0, 2.0, 3.0])
+    body = layer.SerializeToString() + bytes([5 << 3, 99])  # type: 99, a varint of one byte
+    v1.write_bytes(v1.read_bytes() + bytes([2 << 3 | 2, len(body)]) + body)  # NetParameter.layers
+    layer = read_caffemodel(v1).layer("forky")
+    assert layer.type == "" and np.array_equal(layer.blobs[0].data.ravel(), [1.0, 2.0, 3.0])
+    assert cli("stats", "-w", v1).exit_code == 0
+    result = cli("prune", "-w", v1, "-s", 0.5, "-o", "pruned.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(read_caffemodel("pruned.caffemodel").layer("forky").blobs[0].data.ravel(), [1.0, 2.0, 3.0])
+    code, log = run_caffe_test(proto, "pruned.caffemodel")
+    assert code == 0 and "Ignoring source layer forky" in log, log[-2000:]
