@@ -14,9 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import CaffeUnavailable, InputError
+from .errors import CaffeDsdWarning, CaffeUnavailable, InputError
 from .layers import PRUNABLE_TYPES
 
 _INSTALL_HINT = "run `make setup`, or set CAFFE_ROOT to a built Caffe tree (see README)"
@@ -151,7 +152,8 @@ def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="giv
     try:
         check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
         check_data_sources(net, net_path, caffe_has_leveldb(), states, forward=False)
-    except InputError:
+    except InputError as exc:  # the weights can still be read: say what goes unchecked
+        warnings.warn(CaffeDsdWarning(f"{exc}; so Caffe's own check of the weights' input sizes is skipped"))
         return
     build_in_child("net", net_path, net_path, weights=weights)
 
@@ -169,7 +171,8 @@ _SHAPES_MARK = "caffedsd-shapes: "
 _CHILD = """
 import sys
 SHAPES_MARK, PRUNABLE_TYPES = %r, %r
-extension, kind, path, python_layers, weights, batches = sys.argv[1:]
+first_path, extension, kind, path, python_layers, weights, batches = sys.argv[1:]
+sys.path[0] = first_path  # -c's current folder: a Python layer's module is found where the parent finds it
 if python_layers == "yes":
     import caffe
 else:
@@ -223,7 +226,11 @@ def _caffe_child(kind, path, python_layers=False, visible=None, weights=None, ba
     env = dict(os.environ, PYTHONPATH=python_path(pydir), GLOG_minloglevel="2")
     if visible is not None:
         env["CUDA_VISIBLE_DEVICES"] = visible
-    args = [str(extension), kind, str(path), "yes" if python_layers else "no", str(weights or ""), str(batches)]
+    # The parent's own first sys.path entry: its script's folder (not the
+    # current folder, which `caffedsd` does not search, nor does `caffe train`).
+    first_path = sys.path[0] if sys.path else ""
+    args = [first_path, str(extension), kind, str(path), "yes" if python_layers else "no", str(weights or ""),
+            str(batches)]
     return subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, env=env)
 
 
@@ -251,7 +258,7 @@ def build_in_child(kind, path, where, python_layers=False, gpu=None, weights=Non
     if proc.returncode != 0:
         reason = failure_reason(proc.stderr)
         if proc.returncode < 0 and proc.returncode != -signal.SIGABRT:  # not glog's abort: killed, out of memory
-            reason = f"the process building it died of signal {-proc.returncode} ({reason})"
+            reason = f"the process building it {exit_text(proc.returncode)} ({reason})"
         # Its data layers read ahead while it is built: which of the two failed is not known.
         what = f"build {'its nets' if kind == 'solver' else 'the net'}"
         if weights:
@@ -287,12 +294,17 @@ def visible_devices(gpu, visible):
 
 
 # glog's FATAL lines: "F1122 04:40:22.123456  1234 net.cpp:774] Check failed: ..."
+_TRACEBACK = "Traceback (most recent call last):"
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(: |$)")
 _FATAL = re.compile(r"^F\d{4,8} [\d:.]+\s+\d+ (\S+:\d+)\] (.*)$")
 
 
 def failure_reason(log):
     """Caffe's own reason for failing: its ``Check failed`` or FATAL line
-    (with the source location), else the last line before the backtrace."""
+    (with the source location); else the exception of the first Python
+    traceback (a Python layer's: Boost.Python then raises a SystemError
+    of its own that says nothing); else the last line before the
+    backtrace."""
     lines = [line.rstrip() for line in log.splitlines() if line.strip()]
     for line in lines:
         match = _FATAL.match(line)
@@ -301,10 +313,31 @@ def failure_reason(log):
     for line in lines:
         if "Check failed" in line:
             return line.strip()
+    if _TRACEBACK in lines:
+        start = lines.index(_TRACEBACK)
+        raised = next((line for line in lines[start + 1:] if not line.startswith(" ")), None)
+        # Boost.Python prints the exception of a Python layer's import or
+        # class look-up bare, then raises that SystemError of its own.
+        printed = [line for line in lines[:start] if _EXCEPTION.match(line)]
+        if raised is not None and raised.startswith("SystemError: <Boost.Python") and printed:
+            return printed[-1]
+        if raised is not None:
+            return raised
     # Skipped: the backtrace glog prints after an uncaught exception or a
     # signal ("*** Aborted at ...", "PC: @ 0x0 (unknown)", "@ 0x7f...").
     before = [line for line in lines if not line.lstrip().startswith(("@", "***", "PC: @"))]
     return before[-1].strip() if before else "no output"
+
+
+def exit_text(code):
+    """How a child process ended, from subprocess's returncode: its exit
+    status, or the signal (a negative code; -6 is also glog's abort)."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"ended by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"ended by signal {-code}"
 
 
 def layer_types(caffe):

@@ -45,7 +45,7 @@ import numpy as np
 
 from . import report
 from .atomic import read_input
-from .caffe_env import check_gpu, check_net_runs
+from .caffe_env import check_gpu, check_net_runs, exit_text
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel
 from .errors import CaffeDsdError, InputError, WorkerDied
@@ -728,8 +728,7 @@ def _check_workers(workers, quiet=False):
     dead = [code for code in codes if code not in (None, 0)]
     if dead or (quiet and None not in codes):
         code = dead[0] if dead else 0
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        raise WorkerDied(f"a sensitivity worker died ({how}; see Caffe's log with --verbose); "
+        raise WorkerDied(f"a sensitivity worker died ({exit_text(code)}; see Caffe's log with --verbose); "
                          "run the scan again to go on")
 
 

@@ -5,13 +5,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caffe_env import caffe_binary, caffe_has_leveldb, check_gpu, failure_reason, pycaffe_dir, python_path
+from .caffe_env import (build_in_child, caffe_binary, caffe_has_leveldb, check_gpu, exit_text, failure_reason,
+                        has_python_layers, import_pycaffe, layer_types, pycaffe_dir, python_path)
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
 from .maskfile import beside_check, masks_for
 from .masks import masked_nonzeros, zero_count
-from .netcheck import built_layers, built_state, check_data_sources, check_pair, check_tied_weights
+from .netcheck import (built_layers, built_state, check_data_sources, check_layer_types, check_pair,
+                       check_tied_weights)
 
 # Names run to the end of the line: Caffe takes any string for one.
 _IGNORED = re.compile(r"Ignoring source layer (.+)")
@@ -79,28 +81,40 @@ def _output_text(name, value):
 def ignored_weights(model, net, log):
     """The layers of ``model`` with weights that `caffe test`'s ``log`` says
     it ignored, less those its TEST net (``net`` at level 0) does not build:
-    Caffe skips the TRAIN-only ones on purpose."""
+    Caffe skips the TRAIN-only ones on purpose (untested_weights)."""
     with_blobs = {layer.name for layer in model.layers if layer.blobs}
+    not_tested = set(untested_weights(model, net))
+    return [name for name in _IGNORED.findall(log) if name in with_blobs and name not in not_tested]
+
+
+def untested_weights(model, net):
+    """The layers of ``model`` with weights that ``net`` has but does not
+    build in its TEST phase (at level 0), in the model's order."""
     tested = {layer.name for layer in built_layers(net, [built_state(net, "TEST")])}
     not_tested = {layer.name for layer in net.layer} - tested
-    return [name for name in _IGNORED.findall(log) if name in with_blobs and name not in not_tested]
+    return [layer.name for layer in model.layers if layer.blobs and layer.name in not_tested]
 
 
 def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     """Stock `caffe test` loads the pair, uses every weight of the layers its
     TEST net has (the prototxt ``net``'s TRAIN-only layers it skips, as
     Caffe means to), and runs a forward pass."""
-    try:  # data Caffe would abort on, said plainly rather than as its backtrace
-        check_data_sources(net, net_path, caffe_has_leveldb(), [built_state(net, "TEST")])
+    states = [built_state(net, "TEST")]
+    try:  # what Caffe would abort on, said plainly rather than as its backtrace
+        check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
+        check_data_sources(net, net_path, caffe_has_leveldb(), states)
+        if has_python_layers(net):  # the binary's abort says nothing of the layer's Python exception
+            build_in_child("net", net_path, net_path, python_layers=True)
     except InputError as exc:
         return [Check("caffe test", False, str(exc))]
     code, log = run_caffe_test(net_path, weights_path, iterations=1, gpu=gpu)
     if code != 0:
-        return [Check("caffe test", False, f"exit status {code}: {failure_reason(log)}")]
-    ignored = ignored_weights(model, net, log)
-    checks = [Check("caffe loads every weight", not ignored,
-                    "no layer with weights ignored" if not ignored
-                    else "Caffe ignored the weights of " + ", ".join(ignored))]
+        return [Check("caffe test", False, f"{exit_text(code)}: {failure_reason(log)}")]
+    ignored, skipped = ignored_weights(model, net, log), untested_weights(model, net)
+    detail = "Caffe ignored the weights of " + ", ".join(ignored) if ignored else "no layer with weights ignored"
+    if skipped:
+        detail += f"; not in its TEST net, so not loaded: {', '.join(skipped)}"
+    checks = [Check("caffe loads every weight", not ignored, detail)]
     outputs = parse_test_outputs(log)
     checks.append(Check("caffe test forward", True,
                         ", ".join(_output_text(k, v) for k, v in outputs.items()) or "ran"))

@@ -1163,6 +1163,25 @@ def test_nets_caffe_cannot_build(tmp_path, cli):
     assert not (tmp_path / "d.caffemodel").exists()
 
 
+def _python_layer_solver(folder):
+    """A solver (and its net) whose net has a Python layer, an identity of
+    the module identity_layer.py written into ``folder``."""
+    (folder / "identity_layer.py").write_text(
+        "import caffe\n\n\nclass Identity(caffe.Layer):\n"
+        "    def setup(self, bottom, top):\n        pass\n\n"
+        "    def reshape(self, bottom, top):\n        top[0].reshape(*bottom[0].data.shape)\n\n"
+        "    def forward(self, bottom, top):\n        top[0].data[...] = bottom[0].data\n\n"
+        "    def backward(self, top, propagate_down, bottom):\n        bottom[0].diff[...] = top[0].diff\n")
+    solver = write_solver(folder)
+    net = folder / "net.prototxt"
+    net.write_text(net.read_text().replace(
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "fc1"',
+        'layer { name: "same" type: "Python" bottom: "fc1" top: "same" '
+        'python_param { module: "identity_layer" layer: "Identity" } }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "same"'))
+    return solver, net
+
+
 @pytest.mark.caffe
 def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
     # The child that builds the nets first must import the caffe package
@@ -1170,19 +1189,7 @@ def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
     # the module is found through PYTHONPATH.
     monkeypatch.setenv("PYTHONPATH", str(tmp_path), prepend=os.pathsep)
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "identity_layer.py").write_text(
-        "import caffe\n\n\nclass Identity(caffe.Layer):\n"
-        "    def setup(self, bottom, top):\n        pass\n\n"
-        "    def reshape(self, bottom, top):\n        top[0].reshape(*bottom[0].data.shape)\n\n"
-        "    def forward(self, bottom, top):\n        top[0].data[...] = bottom[0].data\n\n"
-        "    def backward(self, top, propagate_down, bottom):\n        bottom[0].diff[...] = top[0].diff\n")
-    solver = write_solver(tmp_path)
-    net = tmp_path / "net.prototxt"
-    net.write_text(net.read_text().replace(
-        'layer { name: "loss" type: "EuclideanLoss" bottom: "fc1"',
-        'layer { name: "same" type: "Python" bottom: "fc1" top: "same" '
-        'python_param { module: "identity_layer" layer: "Identity" } }\n'
-        'layer { name: "loss" type: "EuclideanLoss" bottom: "same"'))
+    solver, net = _python_layer_solver(tmp_path)
     import caffe
     caffe.get_solver(str(solver)).net.save(str(tmp_path / "w.caffemodel"))
     result = cli("train-dense", "--solver", solver, "-w", "w.caffemodel", "-n", 2, "--allow-python-layers",
@@ -1202,6 +1209,26 @@ def test_a_solver_with_python_layers_builds(tmp_path, cli, monkeypatch):
     # verify's stock `caffe test`: the binary's own Python lacked pycaffe and numpy, and always failed.
     result = cli("verify", "-w", "d.caffemodel", "-p", net, "--allow-python-layers")
     assert result.exit_code == 0 and "ok    caffe test forward" in result.output, result.output
+
+
+@pytest.mark.caffe
+def test_a_python_layer_module_only_in_the_current_folder_is_not_found(caffe, tmp_path, cli):
+    """The child that builds the nets first ran `python -c`, which searches
+    the current folder, and passed; this process does not search it (nor
+    does `caffe train`), and pycaffe then raised Boost.Python's SystemError
+    as a traceback. The line names the module Python could not import."""
+    weights = tmp_path / "w.caffemodel"
+    caffe.get_solver(str(write_solver(tmp_path))).net.save(str(weights))  # the same net, less the Python layer
+    solver, net = _python_layer_solver(tmp_path)
+    assert_one_line_error(cli("train-dense", "--solver", solver, "-w", weights, "-n", 2, "--allow-python-layers",
+                              "-o", "d.caffemodel"),
+                          "Caffe cannot build its nets: ModuleNotFoundError: No module named 'identity_layer'")
+    assert not (tmp_path / "d.caffemodel").exists()
+    # verify: the stock binary aborts on it with Boost's error_already_set, which names nothing.
+    result = cli("verify", "-w", weights, "-p", net, "--allow-python-layers")
+    assert result.exit_code == 1
+    assert (f"FAIL  caffe test: {net}: Caffe cannot build the net: ModuleNotFoundError: No module named "
+            "'identity_layer'") in result.output
 
 
 @pytest.mark.caffe

@@ -843,7 +843,7 @@ def test_a_killed_worker_is_not_called_bad_input(lenet, tmp_path):
         scan.kill()
         scan.wait()
     assert scan.returncode == 1, err
-    assert "caffedsd: a sensitivity worker died (killed by signal 9; see Caffe's log with --verbose); run the " \
+    assert "caffedsd: a sensitivity worker died (ended by SIGKILL; see Caffe's log with --verbose); run the " \
            "scan again to go on" in err
     assert "Traceback" not in err
 

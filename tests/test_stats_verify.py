@@ -64,7 +64,7 @@ def test_verify_reports_caffe_failure(tiny, tmp_path, cli):
     (tmp_path / "wrong.prototxt").write_text(proto.read_text().replace("dim: 2 dim: 1 dim: 8", "dim: 2 dim: 2 dim: 8"))
     result = cli("verify", "-w", weights, "-p", "wrong.prototxt")
     assert result.exit_code == 1
-    assert "FAIL  caffe test: exit status" in result.output
+    assert "FAIL  caffe test: ended by SIGABRT: " in result.output  # glog's abort, not "exit status -6"
     # Caffe's own reason, not the tail of its backtrace.
     assert "Cannot copy param 0 weights from layer 'conv1'; shape mismatch" in result.output
     assert "(net.cpp:" in result.output and "__libc_start_main" not in result.output and "@ 0x" not in result.output
@@ -82,6 +82,23 @@ def test_a_prototxt_that_does_not_fit_fails_verify(tiny, tmp_path, cli):
     assert "caffe test" not in result.output  # Caffe would abort on it
 
 
+def test_a_layer_type_stock_caffe_lacks_fails_verify_and_is_named_where_prune_goes_on(tiny, tmp_path, cli):
+    """verify printed Caffe's abort with its registry of some 60 types;
+    prune -p skipped Caffe's check of input sizes without a word."""
+    proto, weights = tiny
+    fork = tmp_path / "fork.prototxt"
+    fork.write_text(proto.read_text() + 'layer { name: "perm" type: "Permute" bottom: "fc1" top: "perm" }\n')
+    said = "fork.prototxt: layer 'perm' has type 'Permute', which this Caffe does not have"
+    result = cli("verify", "-w", weights, "-p", "fork.prototxt")
+    assert result.exit_code == 1, result.output
+    assert f"FAIL  caffe test: {said} (a layer of a Caffe fork" in result.output
+    assert "known types" not in result.output
+    result = cli("prune", "-w", weights, "-p", "fork.prototxt", "-s", 0.5, "-o", "p.caffemodel")
+    assert result.exit_code == 0, result.output
+    assert f"caffedsd: warning: {said}" in result.output
+    assert "so Caffe's own check of the weights' input sizes is skipped" in result.output
+
+
 def test_failure_reason_prefers_the_check_line():
     from caffedsd.caffe_env import failure_reason
 
@@ -97,6 +114,20 @@ def test_failure_reason_prefers_the_check_line():
            "PC: @                0x0 (unknown)\n*** SIGABRT (@0x3e8) received by PID 1000; stack trace: ***\n"
            "    @     0x7f00  (unknown)\n")
     assert failure_reason(log) == "what():  std::bad_alloc"
+
+
+def test_failure_reason_of_a_python_layer_is_its_python_exception():
+    from caffedsd.caffe_env import failure_reason
+
+    # Raised in the layer's setup: the traceback ends with it.
+    log = ('Traceback (most recent call last):\n  File "<string>", line 2, in <module>\n'
+           '  File "/x/bad.py", line 4, in setup\n    raise ValueError("k")\nValueError: k\n')
+    assert failure_reason(log) == "ValueError: k"
+    # A module or class not found: Boost.Python prints it bare, then raises a SystemError that names nothing.
+    log = ("ModuleNotFoundError: No module named 'pylayers'\nTraceback (most recent call last):\n"
+           '  File "<string>", line 2, in <module>\n'
+           "SystemError: <Boost.Python.function object at 0x55> returned NULL without setting an exception\n")
+    assert failure_reason(log) == "ModuleNotFoundError: No module named 'pylayers'"
 
 
 def test_the_build_check_child_sees_only_the_runs_gpu():
@@ -157,6 +188,8 @@ def test_verify_takes_train_only_layers_and_many_valued_outputs_as_caffe_test_me
     result = cli("verify", "-w", "tr.caffemodel", "-p", net)
     assert result.exit_code == 0, result.output
     assert "caffe test forward: a: 8 values" in " ".join(result.output.split())
+    # Not "no layer with weights ignored" alone, when Caffe's log names aux as one it ignored.
+    assert "no layer with weights ignored; not in its TEST net, so not loaded: aux\n" in result.output
     # Nor a layer of a higher level than `caffe test`'s 0, whatever level the net's state names.
     text = net.read_text().replace("include { phase: TRAIN }", "include { phase: TEST min_level: 1 }")
     net.write_text("state { level: 1 }\n" + text)
