@@ -675,6 +675,8 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     (faster, as `caffe train --snapshot` does, but the rest of the stage
     then reads other batches than an uninterrupted run). ``force``: take
     over a run folder another recipe made (prepare_run_dir).
+    ``notify(line)`` gets what the user should hear of: a run folder taken
+    over, and each stage as it finishes (or is found finished).
     ``allow_python_layers``: accept the solver's nets with Python layers."""
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
@@ -696,7 +698,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     check_tied_shapes(recipe, spec, check_solver_builds(spec, gpu))
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:
         try:
-            return _run_stages(recipe, spec, folder.path, gpu, progress, replay)
+            return _run_stages(recipe, spec, folder.path, gpu, progress, replay, notify)
         except CaffeDsdError:  # bad input found once the folder existed
             if _nothing_done(folder.path):
                 folder.abandon()
@@ -712,7 +714,7 @@ def _check_verified_weights(recipe, model):
                           "are not those its plan was verified on (their sha256 differs)")
 
 
-def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
+def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
     start_sha256 = file_sha256(weights) if weights else None
     begun, trained = _net_files_digest(spec), False
@@ -721,7 +723,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         finished_masks = None
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
-        if done.exists():
+        earlier = done.exists()
+        if earlier:
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS,
                                                kinds=_SUMMARY_KINDS))
             if summary.seconds < 0:  # timed on a wall clock stepped back (earlier versions)
@@ -779,6 +782,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay):
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)
+        if notify is not None:
+            notify(report.stage_line(summary.to_dict(), run_dir, earlier))
     data = {"recipe": recipe.to_dict(), "outputs": solver_output_kinds(spec),
             "stages": [s.to_dict() for s in summaries]}
     _check_run_dir(run_dir)

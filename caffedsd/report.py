@@ -5,6 +5,7 @@ import io
 import json
 import math
 import numbers
+import os
 from pathlib import Path
 
 from .atomic import atomic_path, write_text
@@ -190,6 +191,15 @@ def test_line(test, label="test"):
     if not test:
         return f"{label}: the solver has no test net (test_iter)"
     return f"{label}: " + ", ".join(f"{one_line(name)} = {value:.4f}" for name, value in test.items())
+
+
+def stage_line(stage, run_dir, earlier=False):
+    """One finished dsd stage (a StageSummary's dict, of the run folder
+    ``run_dir``) on one line: its TEST outputs, weight sparsity and model;
+    ``earlier``: finished by a run before."""
+    when = "finished earlier" if earlier else f"done in {stage['seconds']:.1f} s"
+    return (f"{stage['folder']}: {when}; {test_line(stage['test'])}; sparsity {pct(stage['sparsity'])}; "
+            f"{one_line(os.path.join(run_dir, stage['model']))}")
 
 
 def sweep_table(grid, rows):

@@ -15,7 +15,7 @@ import pytest
 from caffedsd.caffemodel import read_caffemodel
 from caffedsd.dsd import RUN_FILE
 from caffedsd.maskfile import load_masks
-from caffedsd.report import parse_tests_csv
+from caffedsd.report import parse_tests_csv, pct
 from caffedsd.runfolder import RunFolder
 from caffedsd.verify import parse_test_outputs, run_caffe_test
 from conftest import (Stop, assert_one_line_error, can_mount_a_disk, gpu_skip_reason, lenet_files, run_on_a_full_disk,
@@ -298,6 +298,14 @@ def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):
     assert "caffedsd: run: kept stages 1-2 of the run an earlier recipe made; removed 03-sparse, 04-dense" \
         in result.output
     assert _files(run, "01-dense", "02-prune") == kept  # not trained again
+    # Each stage said as it ended: nothing was said between the bar of one and the table at the end.
+    report = json.loads((run / "report.json").read_text())["stages"]
+    said = [line for line in result.output.splitlines() if line.startswith("caffedsd: 0")]
+    assert len(said) == 4, result.output
+    for line, stage in zip(said, report):
+        when = "finished earlier" if stage["stage"] < 3 else f"done in {stage['seconds']:.1f} s"
+        assert line == (f"caffedsd: {stage['folder']}: {when}; test: loss = {stage['test']['loss']:.4f}; sparsity "
+                        f"{pct(stage['sparsity'])}; {Path('run') / stage['model']}"), line
     report = json.loads((run / "report.json").read_text())
     assert [s["iterations"] for s in report["stages"]] == [30, 0, 12, 20]
     assert "iterations: 12" in (run / "recipe.yaml").read_text()
