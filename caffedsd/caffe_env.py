@@ -52,6 +52,14 @@ def caffe_log(verbose=False):
     os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("GLOG_minloglevel", "2")
 
 
+def caffe_logs_info():
+    """Whether Caffe's glog writes its INFO lines (--verbose, or
+    GLOG_minloglevel=0): to stderr, line after line."""
+    # glog reads the variable as strtol does: its leading digits, none as 0.
+    digits = re.match(r"\s*([-+]?\d+)", os.environ.get("GLOG_minloglevel", "2"))
+    return (int(digits.group(1)) if digits else 0) <= 0
+
+
 def import_pycaffe():
     """pycaffe, imported quietly (see caffe_log), with no mode set: for what
     only reads its registries. Setting a mode makes Caffe's per-thread

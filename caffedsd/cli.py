@@ -152,6 +152,11 @@ def _wrote_trained(output, result, lr=False):
     masks = f" and {result.masks}" if result.masks else ""
     at = f" at base_lr {result.base_lr:g}" if lr else ""
     _wrote(f"wrote {output}{masks} after {result.iterations} iterations{at}")
+    if result.snapshots:  # Caffe would have said "Snapshotting to ..."; its log is quiet here
+        model, state = result.snapshots[-1]
+        count = len(result.snapshots)
+        made = f"{count} solver snapshots, the last" if count > 1 else "the solver's snapshot"
+        _wrote(f"wrote {made} {model} and {state}")
 
 
 # -- commands --------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """What the commands of cli.py show while they work: the progress of a
 training run or scan, and the signals that end it."""
+import os
+import shutil
 import signal
 import sys
 import time
@@ -7,6 +9,7 @@ import time
 import click
 
 from . import report
+from .caffe_env import caffe_logs_info
 
 
 class Terminated(KeyboardInterrupt):
@@ -58,61 +61,139 @@ class Progress:
     (what run_recipe and scan call ``progress``) gives a callback(row, total)
     called once per step (a training iteration, a sensitivity point) and
     closed at the end; training's on_iteration is such a callback, and also
-    gets each TEST pass as a row {iter, test}, which is no step, and a
-    continued stage's replay of its data as a row {replay, tests}. Shown as a
-    bar on stderr with ETA (and loss, lr and the latest test for training);
-    ``total`` defaults to the first call's."""
+    gets each TEST pass as a row {iter, test}, which is no step, a row
+    {testing: iteration} as one starts, and a continued stage's replay of
+    its data as a row {replay, tests}. Shown on stderr as a bar with ETA
+    (and loss, lr and the latest test for training) cut to the terminal's
+    width; ``total`` defaults to the first call's."""
 
-    # Where stderr is not a terminal (nohup, a batch job's log), click draws
-    # no bar: a line every this many seconds, and one per TEST pass, instead.
+    # Where stderr is not a terminal (nohup, a batch job's log), or Caffe's
+    # log shares it (--verbose), no bar: a line at the start, one every
+    # this many seconds, and one per TEST pass, instead.
     LOG_EVERY = 60.0
+    # A bar redrawn at every step of a tiny net would cost more than the step.
+    DRAW_EVERY = 0.1
+    BAR = 36
 
-    def __init__(self, label, total=None, done=0):
+    def __init__(self, label, total=None, done=0, file=None):
         self.label, self.total, self.done = label, total, done
-        self.bar = None
-        self.row = self.tested = None
-        self.logged = None
+        self.file = file or sys.stderr
+        self.live = self.file.isatty() and not caffe_logs_info()
+        self.started = self.row = self.tested = self.testing = self.logged = None
+        self.pos = done
+        self.drawn = 0  # the width of the bar line on the screen
+        self.last_draw = 0.0
 
     def __call__(self, row, total):
         if SIGNALLED:  # swallowed where it was raised: end at this step, not the command's end
             raise Terminated() if SIGNALLED[0] == signal.SIGTERM else KeyboardInterrupt()
         if "replay" in row:
             passes = f" and {row['tests']} TEST pass(es)" if row["tests"] else ""
-            click.echo(f"{self.label}: replaying the data layers through {row['replay']} iteration(s){passes}",
-                       err=True)
+            self._say(f"{self.label}: replaying the data layers through {row['replay']} iteration(s){passes}")
             return
-        if self.bar is None:
-            self.bar = click.progressbar(length=self.total or total, label=self.label, file=sys.stderr,
-                                         show_pos=True, item_show_func=self._show)
-            self.bar.__enter__()
-            if self.done:
-                self.bar.update(self.done)
-            self.total = self.total or total
-        terminal = sys.stderr.isatty()
+        if self.started is None:
+            self.started, self.total = time.monotonic(), self.total or total
+            if not self.live:
+                self._say(self.label)
+        if "testing" in row:
+            self.testing = row["testing"]
+            self._draw(force=True)
+            return
+        self.testing = None
         if "test" in row:
             self.tested = row
-            self.bar.update(0, self.row)
-            if not terminal:
-                click.echo(f"{self.label}: " + report.test_line(row["test"], f"test at iteration {row['iter']}"),
-                           err=True)
+            if self.live:
+                self._draw(force=True)
+            else:
+                self._say(f"{self.label}: " + report.test_line(row["test"], f"test at iteration {row['iter']}"))
             return
         self.row = row
-        self.bar.update(1, row)
-        if not terminal and (self.logged is None or time.monotonic() - self.logged >= self.LOG_EVERY):
+        self.pos += 1
+        if self.live:
+            self._draw(force=self.total is not None and self.pos >= self.total)
+        elif self.logged is None or time.monotonic() - self.logged >= self.LOG_EVERY:
             self.logged = time.monotonic()
-            click.echo(f"{self.label}: {self.bar.pos}/{self.total} {self._show(row)}".rstrip(), err=True)
+            self._say(f"{self.label}: {self.pos}/{self.total} {self._info(self._parts())}".rstrip())
 
-    def _show(self, row):
-        parts = [f"loss {row['loss']:.4f}  lr {row['lr']:.3g}"] if row and "loss" in row else []
+    def _parts(self):
+        """The notes beside the bar, most wanted first, as (place, text):
+        place orders them on the line (loss, lr, then the tests)."""
+        row, parts = self.row, []
+        if self.testing is not None:
+            parts.append((3, f"testing @{self.testing}"))
         if self.tested and self.tested["test"]:
             name, value = report.headline(self.tested["test"], self.tested.get("headline"))
-            parts.append(f"test {report.one_line(name)} {value:.4f} @{self.tested['iter']}")
-        return "  ".join(parts)
+            parts.append((2, f"test {report.one_line(name)} {value:.4f} @{self.tested['iter']}"))
+        if row and "loss" in row:
+            parts += [(0, f"loss {row['loss']:.4f}"), (1, f"lr {row['lr']:.3g}")]
+        return parts
+
+    @staticmethod
+    def _info(parts):
+        return "  ".join(text for _, text in sorted(parts))
+
+    def line(self, columns):
+        """The bar line, at most ``columns`` - 1 characters: a line as wide
+        as the terminal wraps, and each redraw then starts a new one."""
+        width = max(columns - 1, 10)
+        eta = ""
+        steps = self.pos - self.done
+        if steps and self.total and self.pos < self.total:
+            left = (time.monotonic() - self.started) / steps * (self.total - self.pos)
+            eta = f"  {int(left) // 3600:02d}:{int(left) // 60 % 60:02d}:{int(left) % 60:02d}"
+        head, tail = f"{self.label}  [", f"]  {self.pos}/{self.total}{eta}"
+        # The notes that fit beside a bar of at least 10, the most wanted first.
+        parts = []
+        for part in self._parts():
+            if len(head) + 10 + len(tail) + 2 + len(self._info(parts + [part])) <= width:
+                parts.append(part)
+        info = f"  {self._info(parts)}" if parts else ""
+        bar = min(self.BAR, width - len(head) - len(tail) - len(info))
+        if bar < 10:
+            return f"{self.label}  {self.pos}/{self.total}{info}"[:width]
+        filled = bar * min(self.pos, self.total) // self.total if self.total else 0
+        return f"{head}{'#' * filled}{'-' * (bar - filled)}{tail}{info}"
+
+    def _draw(self, force=False):
+        if not self.live or self.started is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_draw < self.DRAW_EVERY:
+            return
+        self.last_draw = now
+        text = self.line(self._columns())
+        self.file.write("\r" + text + " " * max(0, self.drawn - len(text)))
+        self.file.flush()
+        self.drawn = len(text)
+
+    def _columns(self):
+        """The width of the terminal the bar is drawn on: stderr's, where
+        stdout may be a file (shutil asks stdout's); COLUMNS first, as
+        shutil does."""
+        fallback = shutil.get_terminal_size()  # COLUMNS, else stdout's terminal, else 80
+        if os.environ.get("COLUMNS", "").isdigit() and int(os.environ["COLUMNS"]) > 0:
+            return fallback.columns
+        try:
+            return os.get_terminal_size(self.file.fileno()).columns or fallback.columns
+        except (AttributeError, ValueError, OSError):  # no file descriptor, or not a terminal
+            return fallback.columns
+
+    def _say(self, text):
+        """A line of its own: over the bar, which is drawn again below it."""
+        if self.drawn:
+            self.file.write("\r" + " " * self.drawn + "\r")
+            self.drawn = 0
+        click.echo(text, file=self.file)
+        self._draw(force=True)
 
     def close(self):
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        self.testing = None
+        if self.drawn:
+            self._draw(force=True)
+            self.file.write("\n")
+            self.file.flush()
+            self.drawn = 0
+        self.started = None
 
 
 def train_with_progress(label, call, **kwargs):

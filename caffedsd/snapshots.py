@@ -122,6 +122,7 @@ class SolverSnapshots:
         self._folder = None
         self._scratch = contextlib.nullcontext()
         self._warned_unmasked = False
+        self.written = []  # (caffemodel, solverstate) of each snapshot made, in order
 
     def __enter__(self):
         if self.every or self.after_train:
@@ -238,6 +239,7 @@ class SolverSnapshots:
             with atomic_paths(state) as (state_tmp,), atomic_model(model, maskset if masked else None) as model_tmp:
                 replace_held(made[0], model_tmp)
                 replace_held(made[1], state_tmp)
+            self.written.append((model, state))
         finally:
             for each in made:
                 Path(each).unlink(missing_ok=True)

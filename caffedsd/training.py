@@ -279,7 +279,8 @@ class PhaseResult:
     training, the TEST passes made while it trained [{iter, test}] (the
     solver's periodic ones, and with Phase.test_first one before training,
     whose outputs are also ``test_first``), the masks file written beside
-    the output, and the base_lr it trained at."""
+    the output, the base_lr it trained at, and the solver's own snapshots
+    it made."""
 
     iterations: int
     curve: list
@@ -288,6 +289,7 @@ class PhaseResult:
     masks: str = None
     base_lr: float = None
     tests: tuple = ()
+    snapshots: tuple = ()  # the solver's own snapshots made: (caffemodel, solverstate) pairs
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,8 @@ def run_phase(spec, phase, workdir, gpu=None, checkpoints=None, on_iteration=Non
     up to it (replay_data); ``on_iteration`` first sees that as a row
     {replay, tests}. Training stops at each periodic test pass the solver's
     schedule asks for, and at each checkpoint; ``on_iteration`` sees each
-    pass as a row {iter, test}.
+    pass as a row {iter, test}, and before it (and before the last pass,
+    which PhaseResult holds) a row {testing: iteration}.
 
     Without ``checkpoints``, the solver's own snapshots are made as
     SolverSnapshots writes them. Returns a PhaseResult."""
@@ -439,6 +442,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
         while int(solver.iter) < end:
             now = int(solver.iter)
             if schedule.due(now) or (phase.test_first and now == start and not done):
+                if progress is not None:
+                    progress({"testing": now}, None)
                 tests.append({"iter": now, "test": evaluate(solver, counts, tied)})
                 if progress is not None:
                     progress({**tests[-1], "headline": headline}, None)
@@ -453,6 +458,8 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
                 check_weights_finite(solver, spec.path, dispatcher)
                 snapshot_now()
         check_weights_finite(solver, spec.path, dispatcher)
+        if progress is not None and any(count > 0 for count in counts):
+            progress({"testing": int(solver.iter)}, None)
         test = evaluate(solver, counts, tied)
         if phase.iterations:
             check_test_finite(test, spec.path, int(solver.iter), dispatcher)
@@ -473,7 +480,7 @@ def _run_phase(spec, phase, workdir, gpu, checkpoints, snapshots, on_iteration):
     finally:
         dispatcher.detach()
     return PhaseResult(phase.iterations, curve, test, first, str(masks_out) if masks_out else None, param.base_lr,
-                       tuple(tests))
+                       tuple(tests), tuple(snapshots.written) if snapshots is not None else ())
 
 
 def solver_device(spec, gpu):

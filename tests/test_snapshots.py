@@ -215,6 +215,8 @@ def test_a_snapshot_holds_the_layers_of_phase_test_only(caffe, tmp_path, cli, sn
     assert result.exit_code == 0, result.output
     suffix = ".h5" if snapshot_format == "HDF5" else ""
     model, state = tmp_path / f"snap_iter_2.caffemodel{suffix}", tmp_path / f"snap_iter_2.solverstate{suffix}"
+    # Caffe's log, which would name them, is quiet.
+    assert result.output.splitlines()[-1] == f"wrote the solver's snapshot {model} and {state}"
     start = read_caffemodel(tmp_path / "pruned.caffemodel").layer("probe").blobs
     if suffix:
         held = dict((param.name, arrays) for param, arrays in hdf5_layers(model, read_net_prototxt(net), net))["probe"]

@@ -646,6 +646,9 @@ def test_train_sparse_makes_the_solvers_periodic_tests(caffe, pruned, tmp_path, 
                          on_iteration=lambda row, total: rows.append(row))
     assert [row["iter"] for row in again.tests] == [0, 3, 6, 9]
     assert [row["headline"] for row in rows if "test" in row] == ["loss"] * 4  # what the progress line shows
+    # Said as each pass starts (a long one left the bar standing still), the last one's too.
+    marks = [row.get("testing", row.get("iter")) for row in rows if "testing" in row or "test" in row]
+    assert marks == [0, 0, 3, 3, 6, 6, 9, 9, 10]
     solver_path.write_text(text + "test_initialization: false\n")
     assert [row["iter"] for row in train_sparse(solver_path, pruned, tmp_path / "u.caffemodel", iterations=8,
                                                 force=True, gpu=device).tests] == [4]

@@ -256,6 +256,8 @@ class Progress:
                     print(f"  {prefix} {label}: continuing at {row['replay']}, replaying the data layers",
                           file=sys.stderr, flush=True)
                     return
+                if "testing" in row:  # a TEST pass starts: its row comes when it ends
+                    return
                 it = row["iter"] if "test" in row else row["iter"] + 1  # a step's row: iterations done after it
                 if "test" in row:  # a periodic TEST pass (the solver's test_interval), not a step
                     values = ", ".join(f"{name} {value:.4f}" for name, value in row["test"].items())
