@@ -104,10 +104,11 @@ class _Group(_ExampleLast, click.Group):
             _interrupted(ctx, isinstance(exc, Terminated))
         except _HELP_FOR_NO_ARGS:  # `caffedsd data`: the help as click shows it, not folded into one line
             raise
-        except click.UsageError as exc:  # click's own would print three lines
+        except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
-            ctx.exit(exc.exit_code)
+            if exc.ctx is None and ctx.invoked_subcommand:  # click's parser gives no context: an option's value
+                where = f"{ctx.command_path} {ctx.invoked_subcommand}"
+            _usage_error(ctx, where, exc)
         except OSError as exc:
             # Path.exists() and the like raise it (only this errno) rather
             # than say False: a path given, or one made of it (a temporary
@@ -120,6 +121,23 @@ class _Group(_ExampleLast, click.Group):
         if SIGNALLED:  # swallowed where it was raised: the command went on to its end
             _interrupted(ctx, SIGNALLED[0] == signal.SIGTERM)
         return result
+
+
+    def parse_args(self, ctx, args):
+        """The group's own options (`caffedsd --bogus`), wrong in one line too."""
+        try:
+            return super().parse_args(ctx, args)
+        except _HELP_FOR_NO_ARGS:
+            raise
+        except click.UsageError as exc:
+            _usage_error(ctx, ctx.command_path, exc)
+
+
+def _usage_error(ctx, where, exc):
+    """A usage error in one line (click's own prints three), naming the
+    command whose help tells the right use."""
+    click.echo(f"{where}: {report.one_line(exc.format_message())} (see {where} --help)", err=True)
+    ctx.exit(exc.exit_code)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _shown=warnings.showwarning):
