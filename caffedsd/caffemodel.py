@@ -225,6 +225,11 @@ def read_caffemodel(path):
         _fail(path, _hdf5_what(path))
     if _looks_like_text(buffer[:512]):
         _fail(path, "is a text file (a prototxt?), not a binary caffemodel")
+    from .dcz import MAGIC  # dcz reads caffemodels: imported here, not at the top
+
+    if buffer[:len(MAGIC)] == MAGIC:
+        _fail(path, f"a .dcz file of `caffedsd compress`, not a caffemodel; `caffedsd decompress {path} -o "
+                    "OUT.caffemodel` makes one")
     try:
         return _parse_net(path, buffer)
     except (wire.WireError, DecodeError) as exc:

@@ -485,6 +485,11 @@ def test_version_1_files_still_decode(lenet, tmp_path, cli):
     truncated = data[:-100]
     (tmp_path / "cut1.dcz").write_bytes(truncated)
     assert_one_line_error(cli("decompress", "cut1.dcz", "-o", "x.caffemodel"), "checksum mismatch")
+    # Given where a caffemodel goes, it was "not a caffemodel, or truncated (unsupported wire type 3 at byte 0)".
+    for command in (("stats",), ("prune", "-s", 0.5, "-o", "x.caffemodel"), ("compress", "-o", "x.dcz")):
+        assert_one_line_error(cli(command[0], "-w", "new.dcz", *command[1:]),
+                              "new.dcz: a .dcz file of `caffedsd compress`, not a caffemodel; `caffedsd decompress "
+                              "new.dcz -o OUT.caffemodel` makes one")
 
 
 def test_non_utf8_layer_names(tmp_path, cli):
@@ -646,7 +651,9 @@ def test_train_quantized_keeps_sharing_and_zeros(lenet, tmp_path, cli):
     result = cli("train-quantized", "--solver", solver, "-w", "p.caffemodel", "--bits", "conv=3,fc=5", "-n", 20,
                  "-o", "q.caffemodel")
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1] == "wrote q.caffemodel and q.masks.h5 after 20 iterations"
+    assert result.output.splitlines()[-2] == "wrote q.caffemodel and q.masks.h5 after 20 iterations"
+    assert result.output.splitlines()[-1] == (f"wrote the solver's snapshot {work / 'lenet'}_iter_20.caffemodel and "
+                                              f"{work / 'lenet'}_iter_20.solverstate")  # snapshot_after_train
     pruned, trained = read_caffemodel(tmp_path / "p.caffemodel"), read_caffemodel(tmp_path / "q.caffemodel")
     for name in ("conv1", "conv2", "ip1", "ip2"):
         before, after = pruned.layer(name).blobs[0].data, trained.layer(name).blobs[0].data
