@@ -113,5 +113,9 @@ else
     link_caffe "$prefix/pycaffe" "$prefix/bin/caffe"
 fi
 
+# The solvers in solvers/ snapshot into work/ (their snapshot_prefix), where
+# the train-* examples of --help and the README run them from the checkout.
+mkdir -p "$ROOT/work"
+
 pycaffe_ok || { echo "setup: 'import caffe' fails in $VPY:" >&2; "$VPY" -c 'import caffe' 2>&1 | tail -3 >&2; exit 1; }
 say "ready: $("$VENV/bin/caffedsd" info | tr '\n' ' ')"
