@@ -176,10 +176,11 @@ def stats_table(stats):
     body.append(["total", "", "", t["params"], t["nonzero"], pct(t["sparsity"]),
                  _pct_or_blank(t.get("weight_sparsity")), "" if t["masked"] is None else t["masked"],
                  human_bytes(t["bytes"])])
-    # "sparsity" counts every blob (biases too); "weights" only the blobs
-    # prune prunes, as its table and plans count.
-    table = format_table(["layer", "type", "shapes", "params", "nonzero", "sparsity", "weights", "masked",
-                          "bytes"], body, "lllrrrrrr")
+    # Every blob (biases too), and the blobs prune prunes, as its table and
+    # plans count: "sparsity" and "weights" alone read as prune's columns
+    # (its count of weights, its share pruned).
+    table = format_table(["layer", "type", "shapes", "params", "nonzero", "all-blob sparsity", "weight sparsity",
+                          "masked", "bytes"], body, "lllrrrrrr")
     if t["nonfinite"]:  # a NaN counts as nonzero: say what it is
         table += "\nwarning: " + ", ".join(f"{r['layer']} holds {r['nonfinite']} NaN/Inf values"
                                            for r in stats["layers"] if r["nonfinite"])
