@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from . import report
 from .atomic import check_room, raise_no_room, temporary_folder, write_text
 from .caffe_env import check_gpu
 from .caffemodel import file_sha256, read_caffemodel
-from .errors import CaffeDsdError, Diverged, InputError, OutputError, PlanError, RecipeError
+from .errors import CaffeDsdError, CaffeDsdWarning, Diverged, InputError, OutputError, PlanError, RecipeError
 from .layers import PRUNABLE_TYPES, check_shared_shapes
 from .maskfile import beside_check, masks_for, masks_path_for
 from .pruning import check_shared_amounts, prune_file
@@ -629,6 +630,14 @@ def check_stages(recipe, spec):
             check_shared_amounts(groups, amounts)
         except InputError as exc:
             raise RecipeError(f"{where}, net {spec.net_path}: {exc}") from None
+        dense_after = any(later.kind == "dense" for later in recipe.stages[number:])
+        frozen = [layer.name for layer in spec.train_layers() if amounts.get(layer.name) and layer.param
+                  and layer.param[0].HasField("lr_mult") and layer.param[0].lr_mult == 0]
+        if frozen and dense_after:
+            warnings.warn(CaffeDsdWarning(
+                f"{where} prunes {', '.join(frozen)}, which the train net does not train (lr_mult: 0): their "
+                f"pruned weights stay 0.0 through the dense stage after it; a rule '{frozen[0]}: 0' leaves one "
+                "unpruned"))
 
 
 def check_tied_shapes(recipe, spec, shapes):

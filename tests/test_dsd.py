@@ -287,6 +287,28 @@ def _files(run, *stages):
 
 
 @pytest.mark.caffe
+def test_pruning_a_layer_the_train_net_does_not_train_is_said(tmp_path, cli):
+    """lr_mult 0 keeps a layer's pruned weights at 0.0 in the dense stage
+    too, which the DSD flow means to bring them back: said, not refused."""
+    recipe = _recipe(tmp_path, sparse_iterations=5)
+    net = tmp_path / "net.prototxt"
+    net.write_text(net.read_text().replace('top: "conv1"\n', 'top: "conv1" param { lr_mult: 0 } param { lr_mult: 0 }\n',
+                                           1))
+    result = cli("dsd", "--recipe", recipe, "-o", "run")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "warning" in line]
+    assert warned == [f"caffedsd: warning: {recipe}: stage 2 (prune) prunes conv1, which the train net does not train "
+                      "(lr_mult: 0): their pruned weights stay 0.0 through the dense stage after it; a rule 'conv1: "
+                      "0' leaves one unpruned"], result.output
+    pruned = read_caffemodel(tmp_path / "run" / "02-prune" / "model.caffemodel").layer("conv1").blobs[0].data
+    dense = read_caffemodel(tmp_path / "run" / "04-dense" / "model.caffemodel").layer("conv1").blobs[0].data
+    assert np.array_equal(pruned, dense) and np.count_nonzero(dense == 0) > 0
+    # Left unpruned, or with no dense stage after it to bring weights back, it is not worth a word.
+    recipe.write_text(recipe.read_text().replace("criterion: random}", "criterion: random, layers: {conv1: 0}}"))
+    result = cli("dsd", "--recipe", recipe, "--force", "-o", "run")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
 def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):
     recipe = _recipe(tmp_path, sparse_iterations=10)
     run = tmp_path / "run"
