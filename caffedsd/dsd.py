@@ -685,7 +685,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     then reads other batches than an uninterrupted run). ``force``: take
     over a run folder another recipe made (prepare_run_dir).
     ``notify(line)`` gets what the user should hear of: a run folder taken
-    over, and each stage as it finishes (or is found finished).
+    over, and each stage as it finishes.
     ``allow_python_layers``: accept the solver's nets with Python layers."""
     if not isinstance(recipe, Recipe):
         raise TypeError("recipe must be a Recipe")
@@ -732,7 +732,7 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify):
         finished_masks = None
         stage_dir = run_dir / f"{number:02d}-{stage.kind}"
         done = stage_dir / "stage.json"
-        earlier = done.exists()
+        earlier = done.exists()  # finished by a run before
         if earlier:
             summary = StageSummary(**read_json(done, keys=_SUMMARY_REQUIRED, known=_SUMMARY_FIELDS,
                                                kinds=_SUMMARY_KINDS))
@@ -791,8 +791,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify):
         elif stage.kind == "dense":
             masks = None
         summaries.append(summary)
-        if notify is not None:
-            notify(report.stage_line(summary.to_dict(), run_dir, earlier))
+        if notify is not None and not earlier:  # (a rerun's bad input stays one line; the table has them)
+            notify(report.stage_line(summary.to_dict(), run_dir))
     data = {"recipe": recipe.to_dict(), "outputs": solver_output_kinds(spec),
             "stages": [s.to_dict() for s in summaries]}
     _check_run_dir(run_dir)

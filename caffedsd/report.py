@@ -194,13 +194,11 @@ def test_line(test, label="test"):
     return f"{label}: " + ", ".join(f"{one_line(name)} = {value:.4f}" for name, value in test.items())
 
 
-def stage_line(stage, run_dir, earlier=False):
+def stage_line(stage, run_dir):
     """One finished dsd stage (a StageSummary's dict, of the run folder
-    ``run_dir``) on one line: its TEST outputs, weight sparsity and model;
-    ``earlier``: finished by a run before."""
-    when = "finished earlier" if earlier else f"done in {stage['seconds']:.1f} s"
-    return (f"{stage['folder']}: {when}; {test_line(stage['test'])}; sparsity {pct(stage['sparsity'])}; "
-            f"{one_line(os.path.join(run_dir, stage['model']))}")
+    ``run_dir``) on one line: its TEST outputs, weight sparsity and model."""
+    return (f"{stage['folder']}: done in {stage['seconds']:.1f} s; {test_line(stage['test'])}; sparsity "
+            f"{pct(stage['sparsity'])}; {one_line(os.path.join(run_dir, stage['model']))}")
 
 
 def sweep_table(grid, rows):
