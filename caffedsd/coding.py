@@ -478,6 +478,7 @@ def decode_stream(data, count, lengths, chunk, offsets):
     out = np.empty((rows, chunks), dtype=table_symbol.dtype)
     position = offsets.copy()
     word, window = np.empty(chunks, dtype=np.uint64), np.empty(chunks, dtype=np.uint64)
+    index = window.view(np.int64)  # < 2**width: numpy 1.x's take() refuses to cast uint64 indices
     length = np.empty(chunks, dtype=np.uint8)
     drop, three, seven = np.uint64(64 - width), np.uint64(3), np.uint64(7)
     last = count - (chunks - 1) * chunk
@@ -487,8 +488,8 @@ def decode_stream(data, count, lengths, chunk, offsets):
         np.left_shift(words[window], position & seven, out=word)  # (take() would copy the strided view)
         for j in range(per_word):
             np.right_shift(word, drop, out=window)
-            table_symbol.take(window, out=out[row + j])
-            table_length.take(window, out=length)
+            table_symbol.take(index, out=out[row + j])
+            table_length.take(index, out=length)
             position += length
             if j < per_word - 1:
                 np.left_shift(word, length, out=word, casting="unsafe")
