@@ -250,11 +250,16 @@ def _dataset_name(layer):
     return name.replace(".", "%2E") if name in (".", "..") else name
 
 
+# HDF5 1.8's object format and later: attributes over 64 KB (a big net's
+# structure). Not 'latest': h5py 3.16's HDF5 2.0 then writes a datatype
+# message no HDF5 1.x reads, so an older h5py could not read the masks.
+_LIBVER = ("v108", "v110")
+
+
 def save_masks(path, maskset, model_sha256):
     """Write ``maskset`` to ``path`` atomically, as the masks of the
     caffemodel whose file's sha256 is ``model_sha256``."""
-    # 'latest' allows attributes over 64 KB.
-    with atomic_hdf5(path, libver="latest") as h5:
+    with atomic_hdf5(path, libver=_LIBVER) as h5:
         _fill(h5, maskset, model_sha256)
 
 
@@ -273,7 +278,7 @@ def masks_file_bytes(maskset):
     """The size of the file save_masks writes of ``maskset``: its masks are
     compressed, so only writing them (in memory) tells it."""
     buffer = io.BytesIO()
-    with h5py.File(buffer, "w", libver="latest") as h5:
+    with h5py.File(buffer, "w", libver=_LIBVER) as h5:
         _fill(h5, maskset, "0" * 64)
     return buffer.getbuffer().nbytes
 
@@ -377,7 +382,11 @@ def _read_masks(path, h5):
     shapes = {name: shapes[0] for name, _, shapes in structure if shapes}
     masks, shared_by = {}, {}
     for key in group:
-        ds = group.get(key)
+        try:
+            ds = group[key]
+        except KeyError as exc:  # h5py's get() says None, as for no such name
+            raise InputError(f"{path}: masks/{key} cannot be opened ({exc.args[0] if exc.args else exc}): damaged, "
+                             f"or written by a newer HDF5 than this h5py's {h5py.version.hdf5_version}") from None
         if not isinstance(ds, h5py.Dataset):
             raise InputError(f"{path}: masks/{key} is not a dataset")
         owner = _text(path, _attr(path, ds, "layer"), f"masks/{key} attribute 'layer'")

@@ -279,3 +279,21 @@ def test_one_element_attributes_are_their_element_and_a_second_mask_of_a_layer_i
         h5["masks"]["zz"].attrs["layer"] = np.bytes_(b"fc")
     with pytest.raises(InputError, match=r"m\.masks\.h5: masks/zz is a second mask of layer 'fc'$"):
         load_masks(path)
+
+
+def test_a_mask_hdf5_cannot_open_is_named_as_such(tmp_path):
+    """h5py's get() gives None for an object it cannot open (HDF5 2.0's
+    datatype message under an HDF5 1.x, a dangling link), which was said to
+    be 'not a dataset'."""
+    import h5py
+
+    from caffedsd.maskfile import MaskSet, load_masks, save_masks
+
+    maskset = MaskSet({"fc": np.array([True, False, True])}, {"fc": ("fc",)}, [("fc", "InnerProduct", [[3]])], {})
+    path = tmp_path / "m.masks.h5"
+    save_masks(path, maskset, "0" * 64)
+    with h5py.File(path, "a") as h5:
+        h5["masks"]["zz"] = h5py.SoftLink("/nowhere")
+    with pytest.raises(InputError, match=r"m\.masks\.h5: masks/zz cannot be opened \(.*\): damaged, or written by a "
+                                         r"newer HDF5 than this h5py's \d"):
+        load_masks(path)
