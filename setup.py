@@ -10,13 +10,18 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["caffedsd", "caffedsd.*"]),
     package_data={"caffedsd": ["proto/caffe.proto", "proto/caffe.desc", "proto/LICENSE.caffe"]},
+    # The floors: each one below fails (checked on Python 3.9 and 3.11).
+    # protobuf: message_factory.GetMessageClass is 4.22's, and 4.22-4.24's
+    # upb crashes on a message class of a private DescriptorPool after a
+    # gc; matplotlib: rc text.parse_math is 3.6's; click: a group without a
+    # command and CliRunner's stderr behave as the tests expect from 8.2.
     install_requires=[
         "numpy>=1.22",
-        "protobuf>=4.21",
+        "protobuf>=4.25",
         "h5py>=3.6",
-        "click>=8.1",
+        "click>=8.2",
         "PyYAML>=6.0",
-        "matplotlib>=3.5",
+        "matplotlib>=3.6",
     ],
     extras_require={
         # What stock pycaffe imports at `import caffe` time (caffe/io.py needs skimage).

@@ -263,6 +263,7 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path, cli):
                                      "the rest anew")
 
 
+@pytest.mark.caffe
 def test_the_masks_beside_the_recipes_weights_are_part_of_the_run(tmp_path, cli):
     """A prune stage keeps them pruned; deleted or changed, a rerun took the
     folder for the same run and reported what other masks had made."""

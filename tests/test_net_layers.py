@@ -380,6 +380,7 @@ def test_what_caffe_loads_is_what_the_weights_are_checked_against(caffe, tmp_pat
                           "(Caffe would ignore them): aux")
 
 
+@pytest.mark.caffe
 def test_weights_tied_in_two_shapes_train_and_refuse_pruning_before_training(tmp_path, cli):
     """share_mode PERMISSIVE ties weights of equal counts in two shapes.
     dsd trained the first stage, then refused counting its sparsity, and
@@ -442,6 +443,7 @@ def test_a_test_net_files_param_name_ties_nothing_in_the_written_model(caffe, tm
     assert np.count_nonzero(model.layer("fc").blobs[0].data) == 6
 
 
+@pytest.mark.caffe
 def test_a_test_only_layer_tied_in_another_shape_takes_the_trained_values(tmp_path, cli):
     """A layer of phase TEST only tied (share_mode PERMISSIVE) to a trained
     layer of another shape: the trained values were copied in by shape, a
