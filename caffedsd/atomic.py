@@ -296,6 +296,9 @@ def check_room(path, nbytes, largest=None, files=1):
         _unlink(stale)  # another user's, in a sticky folder (/tmp), stays
     stat = os.statvfs(Path(path).parent)
     free = stat.f_bavail * stat.f_frsize
+    # Each file takes whole blocks: its last one, part filled, counts whole
+    # (a model of one block's bytes and its masks of 2.5 took four).
+    nbytes += files * (stat.f_frsize - 1)
     if nbytes > free:
         raise OutputError(path, f"No space left on device: it needs at least {nbytes:,} bytes, {free:,} are free")
     # A file system that counts no inodes (f_files 0) has no limit to see.

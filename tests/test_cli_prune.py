@@ -185,7 +185,8 @@ def test_bad_values(tiny, tmp_path, cli):
     # An option without its value named the group's help; the group's own options were three lines.
     _bad(cli, tmp_path, "prune", "-w", weights, "-s", 0.5, "-o",
          expect="caffedsd prune: Option '-o' requires an argument. (see caffedsd prune --help)")
-    _bad(cli, tmp_path, "--bogus", "prune", expect="caffedsd: No such option '--bogus'. (see caffedsd --help)")
+    said = _bad(cli, tmp_path, "--bogus", "prune", expect="caffedsd: No such option")  # click's wording varies
+    assert "--bogus" in said and said.endswith("(see caffedsd --help)"), said
     _bad(cli, tmp_path, "prune", "-w", weights, "-r", "fire*=0.5", "-o", "o.caffemodel",
          expect="rule 'fire*' matches no prunable layer (prunable: conv1, fc1, fc2a, fc2b)")
     # The rule that matches nothing is named where it was written: the plan file, or --rule.

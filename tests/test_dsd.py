@@ -307,7 +307,7 @@ def test_pruning_a_layer_the_train_net_does_not_train_is_said(tmp_path, cli):
     # Left unpruned, or with no dense stage after it to bring weights back, it is not worth a word.
     recipe.write_text(recipe.read_text().replace("criterion: random}", "criterion: random, layers: {conv1: 0}}"))
     result = cli("dsd", "--recipe", recipe, "--force", "-o", "run")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == 0 and "caffedsd: warning" not in result.output, result.output
 
 
 def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):

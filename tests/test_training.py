@@ -133,7 +133,7 @@ def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, 
         assert len(whole.layer(layer).blobs) == len(resumed.layer(layer).blobs)  # (strict=: 3.10)
         for ours, theirs in zip(whole.layer(layer).blobs, resumed.layer(layer).blobs):
             np.testing.assert_array_equal(ours.data, theirs.data)
-    assert "warning" not in result.output
+    assert "caffedsd: warning" not in result.output
     # The first command again with --solverstate added: the start's weights at the snapshot's iteration.
     result = cli(*command, "--solver", solver, "-w", "start.caffemodel", "--solverstate", "snap_iter_2.solverstate",
                  "-n", 2, "-o", "restarted.caffemodel")
@@ -145,7 +145,7 @@ def test_a_dense_or_lowrank_run_goes_on_from_its_snapshot(caffe, tmp_path, cli, 
     (tmp_path / "copy.caffemodel").write_bytes((tmp_path / "snap_iter_2.caffemodel").read_bytes())
     result = cli(*command, "--solver", solver, "-w", "copy.caffemodel", "--solverstate", "snap_iter_2.solverstate",
                  "-n", 2, "-o", "copied.caffemodel")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == 0 and "caffedsd: warning" not in result.output, result.output
     if command[0] == "train-lowrank":  # whose -w is optional: the state's own model is not what is loaded
         result = cli(*command, "--solver", solver, "--solverstate", "snap_iter_2.solverstate", "-o", "x.caffemodel")
         assert_one_line_error(result, "--solverstate snap_iter_2.solverstate: give -w the caffemodel of its snapshot")
@@ -184,12 +184,12 @@ def test_the_solverstate_warning_finds_the_snapshots_model_where_caffe_would(caf
     (moved / "state.solverstate").write_bytes((a / "snap_iter_2.solverstate").read_bytes())
     (moved / "mine.caffemodel").write_bytes((a / "snap_iter_2.caffemodel").read_bytes())
     result = resume(a, moved / "mine.caffemodel", moved / "state.solverstate", "o2.caffemodel")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == 0 and "caffedsd: warning" not in result.output, result.output
     # An HDF5 snapshot's model is given as the binary caffemodel `convert` makes of it.
     assert cli("convert", "-p", h / "net.prototxt", "-w", h / "snap_iter_2.caffemodel.h5",
                "-o", h / "snap.caffemodel").exit_code == 0
     result = resume(h, h / "snap.caffemodel", h / "snap_iter_2.solverstate.h5", "o3.caffemodel")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == 0 and "caffedsd: warning" not in result.output, result.output
     result = resume(h, h / "start.caffemodel", h / "snap_iter_2.solverstate.h5", "o4.caffemodel")
     assert result.exit_code == 0 and "was saved with snap_iter_2.caffemodel.h5" in result.output, result.output
     assert_one_line_error(resume(a, "missing.caffemodel", a / "snap_iter_2.solverstate", "o5.caffemodel"),
@@ -204,7 +204,7 @@ def test_the_solverstate_warning_finds_the_snapshots_model_where_caffe_would(caf
     (moved / "snap_iter_2.caffemodel").symlink_to("snap_iter_2.caffemodel")
     (moved / "snap_iter_2.solverstate").write_bytes((a / "snap_iter_2.solverstate").read_bytes())
     result = resume(a, a / "snap_iter_2.caffemodel", moved / "snap_iter_2.solverstate", "o7.caffemodel")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert result.exit_code == 0 and "caffedsd: warning" not in result.output, result.output
 
 
 @pytest.mark.parametrize("command", [["train-sparse"], ["train-lowrank", "--force-decay", 0.01]])
@@ -226,7 +226,7 @@ def test_a_masked_runs_snapshot_has_its_masks_beside_it(caffe, tmp_path, cli, co
     result = cli(*command, "--solver", solver, "-w", "snap_iter_2.caffemodel", "--solverstate",
                  "snap_iter_2.solverstate", "-n", 2, "-o", "resumed.caffemodel")
     assert result.exit_code == 0, result.output
-    assert "resumed.masks.h5" in result.output and "warning" not in result.output
+    assert "resumed.masks.h5" in result.output and "caffedsd: warning" not in result.output
     # The pruned start again with the masked snapshot's state: the sparse run's progress would be lost.
     result = cli(*command, "--solver", solver, "-w", "pruned.caffemodel", "--solverstate", "snap_iter_2.solverstate",
                  "-n", 2, "-o", "restarted.caffemodel")
