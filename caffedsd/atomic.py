@@ -298,9 +298,9 @@ def check_room(path, nbytes, largest=None, files=1):
     free = stat.f_bavail * stat.f_frsize
     # Each file takes whole blocks: its last one, part filled, counts whole
     # (a model of one block's bytes and its masks of 2.5 took four).
-    nbytes += files * (stat.f_frsize - 1)
-    if nbytes > free:
-        raise OutputError(path, f"No space left on device: it needs at least {nbytes:,} bytes, {free:,} are free")
+    needed = nbytes + files * (stat.f_frsize - 1)
+    if needed > free:
+        raise OutputError(path, f"No space left on device: it needs at least {needed:,} bytes, {free:,} are free")
     # A file system that counts no inodes (f_files 0) has no limit to see.
     if stat.f_files and files > stat.f_favail:
         raise OutputError(path, f"No space left on device: it needs {files} new files, {stat.f_favail:,} inodes "
