@@ -146,7 +146,10 @@ def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="giv
     tell for an input axis (an InnerProduct's inputs after the input was
     resized). A net whose TEST data is not on this machine, that has a layer
     type this Caffe lacks, or a Python layer (whose module, or the data it
-    reads, may be elsewhere) is not built: its shapes are unknown here."""
+    reads, may be elsewhere) is not built: its shapes are unknown here.
+    Returns why it was not built (for warn_unbuilt, once the caller's own
+    checks pass: a warning before an error line breaks the one line), or
+    None."""
     from .netcheck import (built_layers, built_state, check_data_sources, check_layer_types, check_pair,
                            check_tied_weights, loaded_states)
 
@@ -155,15 +158,22 @@ def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="giv
     for state in loaded:
         check_tied_weights(built_layers(net, [state]), model, net_path, named, tie_remedy)
     if has_python_layers(net):
-        return
+        return None  # (asked for with --allow-python-layers: no news)
     states = [built_state(net, "TEST")]
     try:
         check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
         check_data_sources(net, net_path, caffe_has_leveldb(), states, forward=False)
-    except InputError as exc:  # the weights can still be read: say what goes unchecked
-        warnings.warn(CaffeDsdWarning(f"{exc}; so Caffe's own check of the weights' input sizes is skipped"))
-        return
+    except InputError as exc:  # the weights can still be read
+        return str(exc)
     build_in_child("net", net_path, net_path, weights=weights)
+    return None
+
+
+def warn_unbuilt(reason):
+    """Say what check_weights_fit left unchecked, and why (``reason``; None:
+    nothing)."""
+    if reason is not None:
+        warnings.warn(CaffeDsdWarning(f"{reason}; so Caffe's own check of the weights' input sizes is skipped"))
 
 
 def has_python_layers(net):
@@ -322,7 +332,8 @@ def failure_reason(log):
         if "Check failed" in line:
             return line.strip()
     if _TRACEBACK in lines:
-        start = lines.index(_TRACEBACK)
+        # The last traceback's: of a chain ("raise ... from"), the one raised.
+        start = len(lines) - 1 - lines[::-1].index(_TRACEBACK)
         raised = next((line for line in lines[start + 1:] if not line.startswith(" ")), None)
         # Boost.Python prints the exception of a Python layer's import or
         # class look-up bare, then raises that SystemError of its own.

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .atomic import atomic_paths
-from .caffe_env import check_weights_fit
+from .caffe_env import check_weights_fit, warn_unbuilt
 from .caffe_proto import read_net_prototxt
 from .caffemodel import check_finite, file_sha256, read_caffemodel, write_caffemodel
 from .errors import InputError
@@ -121,14 +121,15 @@ def prune_file(weights, output, plan, seed=0, masks=None, model=None, force=Fals
     weights, output = Path(weights), Path(output)
     source = read_caffemodel(weights)
     check_model_outputs(output, [weights, masks_read_for(weights, masks), model, *others], force)
-    net = None
+    net = unbuilt = None
     if model is not None:
         net = read_net_prototxt(model, allow_python_layers)
-        check_weights_fit(net, model, source, weights)  # pruning keeps every shape
+        unbuilt = check_weights_fit(net, model, source, weights)  # pruning keeps every shape
     previous = masks_for(source, masks, option=masks_option)
     check_finite(source)
     maskset, rows = prune_model(source, plan, seed=seed, previous=previous,
                                 meta={"source": weights.name, "source_sha256": source.sha256()})
+    warn_unbuilt(unbuilt)
     masks_out = masks_path_for(output)
     with atomic_paths(output, masks_out) as (model_tmp, masks_tmp):
         write_caffemodel(source, model_tmp, masks=written_masks(source, maskset, net))

@@ -6,6 +6,7 @@ import pytest
 
 from caffedsd.caffemodel import read_caffemodel, write_caffemodel
 from caffedsd.stats import count_nonzero
+from conftest import assert_one_line_error
 
 
 def test_stats_counts_and_json(tiny, cli):
@@ -97,6 +98,9 @@ def test_a_layer_type_stock_caffe_lacks_fails_verify_and_is_named_where_prune_go
     assert result.exit_code == 0, result.output
     assert f"caffedsd: warning: {said}" in result.output
     assert "so Caffe's own check of the weights' input sizes is skipped" in result.output
+    # Not before a bad input's one line: said once the command's own checks pass.
+    assert_one_line_error(cli("prune", "-w", weights, "-p", "fork.prototxt", "-r", "nosuch=0.5", "-o", "q.caffemodel"),
+                          "--rule 'nosuch' matches no prunable layer")
 
 
 def test_failure_reason_prefers_the_check_line():
@@ -128,6 +132,13 @@ def test_failure_reason_of_a_python_layer_is_its_python_exception():
            '  File "<string>", line 2, in <module>\n'
            "SystemError: <Boost.Python.function object at 0x55> returned NULL without setting an exception\n")
     assert failure_reason(log) == "ModuleNotFoundError: No module named 'pylayers'"
+    # A chain: the exception raised, not its cause.
+    log = ('Traceback (most recent call last):\n  File "/x/bad.py", line 2, in setup\n'
+           "ModuleNotFoundError: No module named 'reader'\n\n"
+           "The above exception was the direct cause of the following exception:\n\n"
+           'Traceback (most recent call last):\n  File "/x/bad.py", line 4, in setup\n'
+           "RuntimeError: the layer needs reader: pip install it\n")
+    assert failure_reason(log) == "RuntimeError: the layer needs reader: pip install it"
 
 
 def test_the_build_check_child_sees_only_the_runs_gpu():
