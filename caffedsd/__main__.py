@@ -5,6 +5,7 @@ every command's options); a Ctrl-C then, before cli.program installs its
 handlers, printed an import traceback. Nothing has been written by then, so
 it ends in one line, with a shell's status for a Ctrl-C.
 """
+import os
 import signal
 import sys
 
@@ -38,4 +39,9 @@ def main(**kwargs):
 
 
 if __name__ == "__main__":
+    # `python -m` searches the current folder first; the console script
+    # does not, nor does the caffe binary that verify runs: a Python layer's
+    # module is found on PYTHONPATH alike in all three.
+    if sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]
     sys.exit(main(prog_name="caffedsd"))

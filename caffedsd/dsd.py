@@ -599,7 +599,8 @@ def check_stages(recipe, spec):
     asked for against the test nets; every prune stage's plan against the
     layers it will prune: the prunable layers the solver's nets build, which
     each stage's model holds (those of phase TEST only too, written beside
-    the trained ones)."""
+    the trained ones). Returns what the user should know as a stage
+    starts, though it may go on: {stage number: line}."""
     try:
         check_test_options(spec, recipe.test_iterations, recipe.test_interval, ("test_iterations", "test_interval"))
     except InputError as exc:
@@ -612,8 +613,10 @@ def check_stages(recipe, spec):
             except InputError as exc:
                 raise RecipeError(f"{recipe.where}: stage {number} ({stage.kind}): {exc}") from None
     prunes = [(number, stage) for number, stage in enumerate(recipe.stages, 1) if stage.kind == "prune"]
+    notes = {}
     if not prunes:
-        return
+        return notes
+    frozen = _frozen_weights(spec.train_layers())
     prunable = _prunable_layers(spec)
     names = list(prunable)
     if not names:
@@ -630,14 +633,35 @@ def check_stages(recipe, spec):
             check_shared_amounts(groups, amounts)
         except InputError as exc:
             raise RecipeError(f"{where}, net {spec.net_path}: {exc}") from None
-        dense_after = any(later.kind == "dense" for later in recipe.stages[number:])
-        frozen = [layer.name for layer in spec.train_layers() if amounts.get(layer.name) and layer.param
-                  and layer.param[0].HasField("lr_mult") and layer.param[0].lr_mult == 0]
-        if frozen and dense_after:
-            warnings.warn(CaffeDsdWarning(
-                f"{where} prunes {', '.join(frozen)}, which the train net does not train (lr_mult: 0): their "
-                f"pruned weights stay 0.0 through the dense stage after it; a rule '{frozen[0]}: 0' leaves one "
-                "unpruned"))
+        pruned_frozen = [name for name in frozen if amounts.get(name)]
+        if pruned_frozen and any(later.kind == "dense" for later in recipe.stages[number:]):
+            notes[number] = (f"{where} prunes {', '.join(pruned_frozen)}, which the train net does not train "
+                         "(lr_mult: 0): their pruned weights stay 0.0 through the dense stage after it; a rule "
+                         f"'{pruned_frozen[0]}: 0' leaves one unpruned")
+    return notes
+
+
+def _frozen_weights(layers):
+    """The names of ``layers`` (LayerParameters) whose weights (param 0)
+    Caffe does not train: lr_mult 0, their own or, for a blob shared by a
+    param name, any sharer's (Net::AppendParam gives an owner without one
+    its sharer's, and aborts on two that differ)."""
+    set_by_name = {}
+    for layer in layers:
+        for spec in layer.param:
+            if spec.name and spec.HasField("lr_mult"):
+                set_by_name.setdefault(spec.name, spec.lr_mult)
+    frozen = []
+    for layer in layers:
+        spec = layer.param[0] if layer.param else None
+        if spec is None:
+            continue
+        rate = set_by_name.get(spec.name) if spec.name else None
+        if rate is None and spec.HasField("lr_mult"):
+            rate = spec.lr_mult
+        if rate == 0:
+            frozen.append(layer.name)
+    return frozen
 
 
 def check_tied_shapes(recipe, spec, shapes):
@@ -693,7 +717,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     gpu = solver_device(spec, gpu)
     if gpu is not None:  # before the run folder is made
         check_gpu(gpu)
-    check_stages(recipe, spec)
+    notes = check_stages(recipe, spec)
     if recipe.weights and not Path(recipe.weights).is_file():
         what = "are not a regular file (a folder, device or pipe)" if Path(recipe.weights).exists() else \
             "do not exist"
@@ -707,7 +731,7 @@ def run_recipe(recipe, run_dir, gpu=None, progress=None, replay=True, force=Fals
     check_tied_shapes(recipe, spec, check_solver_builds(spec, gpu))
     with prepare_run_dir(run_dir, recipe, spec, force, notify) as folder:
         try:
-            return _run_stages(recipe, spec, folder.path, gpu, progress, replay, notify)
+            return _run_stages(recipe, spec, folder.path, gpu, progress, replay, notify, notes)
         except CaffeDsdError:  # bad input found once the folder existed
             if _nothing_done(folder.path):
                 folder.abandon()
@@ -723,7 +747,7 @@ def _check_verified_weights(recipe, model):
                           "are not those its plan was verified on (their sha256 differs)")
 
 
-def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify):
+def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify, notes):
     weights, masks, summaries = (Path(recipe.weights) if recipe.weights else None), None, []
     start_sha256 = file_sha256(weights) if weights else None
     begun, trained = _net_files_digest(spec), False
@@ -761,6 +785,8 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify):
             except OSError as exc:
                 raise_no_room(stage_dir, exc)
                 raise InputError(f"{stage_dir}: cannot be made ({exc.strerror})") from None
+            if number in notes:  # as the stage starts: not a warning before a bad input's one line
+                warnings.warn(CaffeDsdWarning(notes[number]))
             started = time.monotonic()
             seed_c_rand(recipe.seed, number)
             try:

@@ -308,6 +308,24 @@ def test_pruning_a_layer_the_train_net_does_not_train_is_said(tmp_path, cli):
     recipe.write_text(recipe.read_text().replace("criterion: random}", "criterion: random, layers: {conv1: 0}}"))
     result = cli("dsd", "--recipe", recipe, "--force", "-o", "run")
     assert result.exit_code == 0 and "caffedsd: warning" not in result.output, result.output
+    # Nor said before a bad input's one line.
+    recipe.write_text(recipe.read_text().replace(", layers: {conv1: 0}", "") + "weights: missing.caffemodel\n")
+    assert_one_line_error(cli("dsd", "--recipe", recipe, "-o", "run2"), "weights missing.caffemodel do not exist")
+
+
+def test_frozen_weights_are_those_caffe_does_not_train():
+    from caffedsd.caffe_proto import NetParameter
+    from caffedsd.dsd import _frozen_weights
+
+    net = NetParameter()
+    for name, params in (("own", [{"lr_mult": 0}]), ("bias_frozen", [{}, {"lr_mult": 0}]), ("plain", []),
+                         ("owner", [{"name": "w"}]), ("sharer", [{"name": "w", "lr_mult": 0}]),
+                         ("trained", [{"name": "v", "lr_mult": 1}]), ("also", [{"name": "v"}])):
+        layer = net.layer.add(name=name, type="InnerProduct")
+        for param in params:
+            layer.param.add(**param)
+    # An owner without lr_mult takes its sharer's (Net::AppendParam), as the sharer is its blob.
+    assert _frozen_weights(net.layer) == ["own", "owner", "sharer"]
 
 
 def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):
@@ -1261,6 +1279,11 @@ def test_a_python_layer_module_only_in_the_current_folder_is_not_found(caffe, tm
     assert result.exit_code == 1
     assert (f"FAIL  caffe test: {net}: Caffe cannot build the net: ModuleNotFoundError: No module named "
             "'identity_layer'") in result.output
+    # `python -m`, which searches the current folder first, alike: the binary's abort was back.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-m", "caffedsd", "verify", "-w", str(weights), "-p", str(net),
+                           "--allow-python-layers"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "Caffe cannot build the net: ModuleNotFoundError" in done.stdout, done.stdout
 
 
 @pytest.mark.caffe
