@@ -5,6 +5,7 @@ import shutil
 import signal
 import sys
 import time
+import unicodedata
 
 import click
 
@@ -71,8 +72,6 @@ class Progress:
     # log shares it (--verbose), no bar: a line at the start, one every
     # this many seconds, and one per TEST pass, instead.
     LOG_EVERY = 60.0
-    # A bar redrawn at every step of a tiny net would cost more than the step.
-    DRAW_EVERY = 0.1
     BAR = 36
 
     def __init__(self, label, total=None, done=0, file=None):
@@ -80,9 +79,9 @@ class Progress:
         self.file = file or sys.stderr
         self.live = self.file.isatty() and not caffe_logs_info()
         self.started = self.row = self.tested = self.testing = self.logged = None
+        self.first = None  # (time, position) at the first step: the ETA's clock
         self.pos = done
-        self.drawn = 0  # the width of the bar line on the screen
-        self.last_draw = 0.0
+        self.drawn = 0  # the terminal cells the bar line takes
 
     def __call__(self, row, total):
         if SIGNALLED:  # swallowed where it was raised: end at this step, not the command's end
@@ -97,20 +96,22 @@ class Progress:
                 self._say(self.label)
         if "testing" in row:
             self.testing = row["testing"]
-            self._draw(force=True)
+            self._draw()
             return
         self.testing = None
         if "test" in row:
             self.tested = row
             if self.live:
-                self._draw(force=True)
+                self._draw()
             else:
                 self._say(f"{self.label}: " + report.test_line(row["test"], f"test at iteration {row['iter']}"))
             return
         self.row = row
         self.pos += 1
+        if self.first is None:  # timed from the end of the first step: the net's set-up is no step
+            self.first = (time.monotonic(), self.pos)
         if self.live:
-            self._draw(force=self.total is not None and self.pos >= self.total)
+            self._draw()
         elif self.logged is None or time.monotonic() - self.logged >= self.LOG_EVERY:
             self.logged = time.monotonic()
             self._say(f"{self.label}: {self.pos}/{self.total} {self._info(self._parts())}".rstrip())
@@ -133,38 +134,35 @@ class Progress:
         return "  ".join(text for _, text in sorted(parts))
 
     def line(self, columns):
-        """The bar line, at most ``columns`` - 1 characters: a line as wide
-        as the terminal wraps, and each redraw then starts a new one."""
+        """The bar line, in at most ``columns`` - 1 terminal cells: a line as
+        wide as the terminal wraps, and each redraw then starts a new one."""
         width = max(columns - 1, 10)
         eta = ""
-        steps = self.pos - self.done
-        if steps and self.total and self.pos < self.total:
-            left = (time.monotonic() - self.started) / steps * (self.total - self.pos)
+        if self.first is not None and self.total and self.first[1] < self.pos < self.total:
+            since, at = self.first
+            left = (time.monotonic() - since) / (self.pos - at) * (self.total - self.pos)
             eta = f"  {int(left) // 3600:02d}:{int(left) // 60 % 60:02d}:{int(left) % 60:02d}"
         head, tail = f"{self.label}  [", f"]  {self.pos}/{self.total}{eta}"
         # The notes that fit beside a bar of at least 10, the most wanted first.
         parts = []
         for part in self._parts():
-            if len(head) + 10 + len(tail) + 2 + len(self._info(parts + [part])) <= width:
+            if _cells(head) + 10 + _cells(tail) + 2 + _cells(self._info(parts + [part])) <= width:
                 parts.append(part)
         info = f"  {self._info(parts)}" if parts else ""
-        bar = min(self.BAR, width - len(head) - len(tail) - len(info))
+        bar = min(self.BAR, width - _cells(head) - _cells(tail) - _cells(info))
         if bar < 10:
-            return f"{self.label}  {self.pos}/{self.total}{info}"[:width]
+            return _cut(f"{self.label}  {self.pos}/{self.total}{info}", width)
         filled = bar * min(self.pos, self.total) // self.total if self.total else 0
         return f"{head}{'#' * filled}{'-' * (bar - filled)}{tail}{info}"
 
-    def _draw(self, force=False):
+    def _draw(self):
+        # Every step: writing a line costs a tiny net's step a few percent at most.
         if not self.live or self.started is None:
             return
-        now = time.monotonic()
-        if not force and now - self.last_draw < self.DRAW_EVERY:
-            return
-        self.last_draw = now
         text = self.line(self._columns())
-        self.file.write("\r" + text + " " * max(0, self.drawn - len(text)))
+        self.file.write("\r" + text + " " * max(0, self.drawn - _cells(text)))
         self.file.flush()
-        self.drawn = len(text)
+        self.drawn = _cells(text)
 
     def _columns(self):
         """The width of the terminal the bar is drawn on: stderr's, where
@@ -184,16 +182,28 @@ class Progress:
             self.file.write("\r" + " " * self.drawn + "\r")
             self.drawn = 0
         click.echo(text, file=self.file)
-        self._draw(force=True)
+        self._draw()
 
     def close(self):
         self.testing = None
         if self.drawn:
-            self._draw(force=True)
+            self._draw()
             self.file.write("\n")
             self.file.flush()
             self.drawn = 0
         self.started = None
+
+
+def _cells(text):
+    """The terminal cells ``text`` takes: two for a wide character (CJK)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
+
+
+def _cut(text, cells):
+    """``text`` cut to at most ``cells`` terminal cells."""
+    while _cells(text) > cells:
+        text = text[:-1]
+    return text
 
 
 def train_with_progress(label, call, **kwargs):

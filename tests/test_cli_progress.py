@@ -1,9 +1,10 @@
 """The progress bar of cli_progress, drawn into a stand-in terminal."""
 import io
+import time
 
 import pytest
 
-from caffedsd.cli_progress import Progress
+from caffedsd.cli_progress import Progress, _cells
 
 
 class Terminal(io.StringIO):
@@ -33,7 +34,6 @@ def test_the_bar_stays_on_one_line_of_the_terminal(columns, monkeypatch):
     monkeypatch.setenv("GLOG_minloglevel", "2")
     screen = Terminal()
     progress = Progress("01-dense", file=screen)
-    progress.DRAW_EVERY = 0.0
     for row in _rows(12):
         progress(row, 12)
     progress.close()
@@ -53,8 +53,9 @@ def test_the_notes_that_do_not_fit_go_first_the_least_wanted():
     progress({"testing": 1}, 100)
     assert progress.line(200).endswith("  loss 0.5000  lr 0.01  test accuracy 0.5000 @0  testing @1")
     # testing first, then the test, loss and lr, each where it still fits.
-    assert progress.line(72) == "sparse  [----------]  1/100  00:00:00  loss 0.5000  lr 0.01  testing @1"
-    assert progress.line(60) == "sparse  [-----------]  1/100  00:00:00  lr 0.01  testing @1"
+    assert progress.line(72).endswith("]  1/100  test accuracy 0.5000 @0  testing @1")
+    assert progress.line(60).endswith("]  1/100  loss 0.5000  testing @1")
+    assert progress.line(50).endswith("]  1/100  lr 0.01  testing @1")
     assert progress.line(20) == "sparse  1/100"  # no room for a bar, nor for a note
 
 
@@ -85,3 +86,27 @@ def test_a_line_of_its_own_is_not_drawn_over(monkeypatch):
     # The bar (5/10) is wiped before the line, and drawn again after it.
     assert "5/10" in text.split("\n")[1] and "\r" + " " * len(_drawn(text.split("\n")[1])[0]) + "\r" in text
     assert "\n03-sparse: replaying the data layers through 5" in text or "\r03-sparse: replaying" in text
+
+
+def test_wide_characters_take_two_cells():
+    """A TEST output named in CJK took 119 cells of a line cut to 99 characters."""
+    progress = Progress("sparse", total=10, file=Terminal())
+    progress({"iter": 0, "test": {"精度" * 10: 0.5}}, 10)
+    progress({"iter": 0, "loss": 0.5, "lr": 0.01}, 10)
+    for columns in (40, 60, 100, 200):
+        line = progress.line(columns)
+        assert _cells(line) < columns, (columns, line)
+    assert "精度" in progress.line(200) and "精度" not in progress.line(60)
+    assert _cells("精度a\u0301") == 5
+
+
+def test_the_eta_is_timed_from_the_first_step():
+    """The clock started after the first step, which it counted: 10 s steps
+    gave 0 s left after the first, 40 s after the second (not 80)."""
+    progress = Progress("points", total=10, file=Terminal())
+    progress({"layer": "a"}, 10)
+    assert "00:00" not in progress.line(200)  # one step: no time between steps yet
+    progress({"layer": "b"}, 10)
+    progress({"layer": "c"}, 10)
+    progress.first = (time.monotonic() - 2000, 1)  # as if each step took 1000 s
+    assert "3/10  01:56:4" in progress.line(200)  # 7 steps left
