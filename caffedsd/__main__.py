@@ -41,7 +41,10 @@ def main(**kwargs):
 if __name__ == "__main__":
     # `python -m` searches the current folder first; the console script
     # does not, nor does the caffe binary that verify runs: a Python layer's
-    # module is found on PYTHONPATH alike in all three.
-    if sys.path and sys.path[0] == os.getcwd():
+    # module is found on PYTHONPATH alike in all three. Not in a source
+    # checkout, though, where the folder is caffedsd's own (sensitivity's
+    # workers import it from the path they are handed).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if sys.path and sys.path[0] == os.getcwd() and os.path.realpath(here) != os.path.realpath(os.getcwd()):
         del sys.path[0]
     sys.exit(main(prog_name="caffedsd"))

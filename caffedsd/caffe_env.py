@@ -319,7 +319,7 @@ _FATAL = re.compile(r"^F\d{4,8} [\d:.]+\s+\d+ (\S+:\d+)\] (.*)$")
 
 def failure_reason(log):
     """Caffe's own reason for failing: its ``Check failed`` or FATAL line
-    (with the source location); else the exception of the first Python
+    (with the source location); else the exception of the last Python
     traceback (a Python layer's: Boost.Python then raises a SystemError
     of its own that says nothing); else the last line before the
     backtrace."""

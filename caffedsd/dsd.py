@@ -599,8 +599,8 @@ def check_stages(recipe, spec):
     asked for against the test nets; every prune stage's plan against the
     layers it will prune: the prunable layers the solver's nets build, which
     each stage's model holds (those of phase TEST only too, written beside
-    the trained ones). Returns what the user should know as a stage
-    starts, though it may go on: {stage number: line}."""
+    the trained ones). Returns what the user should know once a prune
+    stage has pruned, though the run goes on: {stage number: line}."""
     try:
         check_test_options(spec, recipe.test_iterations, recipe.test_interval, ("test_iterations", "test_interval"))
     except InputError as exc:
@@ -616,8 +616,8 @@ def check_stages(recipe, spec):
     notes = {}
     if not prunes:
         return notes
-    frozen = _frozen_weights(spec.train_layers())
     prunable = _prunable_layers(spec)
+    frozen = _frozen_weights(spec.train_layers(), prunable)
     names = list(prunable)
     if not names:
         raise InputError(f"{spec.net_path}: no prunable layer (Convolution, Deconvolution or InnerProduct) to prune")
@@ -635,22 +635,28 @@ def check_stages(recipe, spec):
             raise RecipeError(f"{where}, net {spec.net_path}: {exc}") from None
         pruned_frozen = [name for name in frozen if amounts.get(name)]
         if pruned_frozen and any(later.kind == "dense" for later in recipe.stages[number:]):
-            notes[number] = (f"{where} prunes {', '.join(pruned_frozen)}, which the train net does not train "
-                         "(lr_mult: 0): their pruned weights stay 0.0 through the dense stage after it; a rule "
-                         f"'{pruned_frozen[0]}: 0' leaves one unpruned")
+            notes[number] = (f"{where} pruned {', '.join(pruned_frozen)}, which the train net does not train "
+                             "(lr_mult: 0, or a layer of phase TEST only): their pruned weights stay 0.0 through "
+                             f"the dense stage after it; a rule '{pruned_frozen[0]}: 0' leaves one unpruned")
     return notes
 
 
-def _frozen_weights(layers):
-    """The names of ``layers`` (LayerParameters) whose weights (param 0)
-    Caffe does not train: lr_mult 0, their own or, for a blob shared by a
-    param name, any sharer's (Net::AppendParam gives an owner without one
-    its sharer's, and aborts on two that differ)."""
-    set_by_name = {}
+def _frozen_weights(layers, prunable=None):
+    """The names of the train net's ``layers`` (LayerParameters) whose
+    weights (param 0) Caffe does not train: lr_mult 0, their own or, for a
+    blob shared by a param name, any sharer's (Net::AppendParam gives an
+    owner without one its sharer's, and aborts on two that differ); then
+    those of ``prunable`` ({name: LayerParameter}, _prunable_layers) of
+    phase TEST only that share no blob with the train net."""
+    set_by_name, trained_names = {}, set()
     for layer in layers:
         for spec in layer.param:
+            trained_names.add(spec.name)
             if spec.name and spec.HasField("lr_mult"):
                 set_by_name.setdefault(spec.name, spec.lr_mult)
+    built = {layer.name for layer in layers}
+    untrained = [name for name, layer in (prunable or {}).items() if name not in built
+                 and not (layer.param and layer.param[0].name and layer.param[0].name in trained_names)]
     frozen = []
     for layer in layers:
         spec = layer.param[0] if layer.param else None
@@ -661,7 +667,7 @@ def _frozen_weights(layers):
             rate = spec.lr_mult
         if rate == 0:
             frozen.append(layer.name)
-    return frozen
+    return frozen + untrained
 
 
 def check_tied_shapes(recipe, spec, shapes):
@@ -785,13 +791,13 @@ def _run_stages(recipe, spec, run_dir, gpu, progress, replay, notify, notes):
             except OSError as exc:
                 raise_no_room(stage_dir, exc)
                 raise InputError(f"{stage_dir}: cannot be made ({exc.strerror})") from None
-            if number in notes:  # as the stage starts: not a warning before a bad input's one line
-                warnings.warn(CaffeDsdWarning(notes[number]))
             started = time.monotonic()
             seed_c_rand(recipe.seed, number)
             try:
                 if stage.kind == "prune":
                     summary = _run_prune(stage, spec, recipe, stage_dir, weights, gpu)
+                    if number in notes:  # once it pruned: not a warning before a bad input's one line
+                        warnings.warn(CaffeDsdWarning(notes[number]))
                 else:
                     summary = _run_training(stage, spec, recipe, stage_dir, weights,
                                             masks if stage.kind == "sparse" else None, gpu, progress, replay,

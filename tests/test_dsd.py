@@ -298,9 +298,9 @@ def test_pruning_a_layer_the_train_net_does_not_train_is_said(tmp_path, cli):
     result = cli("dsd", "--recipe", recipe, "-o", "run")
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if "warning" in line]
-    assert warned == [f"caffedsd: warning: {recipe}: stage 2 (prune) prunes conv1, which the train net does not train "
-                      "(lr_mult: 0): their pruned weights stay 0.0 through the dense stage after it; a rule 'conv1: "
-                      "0' leaves one unpruned"], result.output
+    assert warned == [f"caffedsd: warning: {recipe}: stage 2 (prune) pruned conv1, which the train net does not "
+                      "train (lr_mult: 0, or a layer of phase TEST only): their pruned weights stay 0.0 through the "
+                      "dense stage after it; a rule 'conv1: 0' leaves one unpruned"], result.output
     pruned = read_caffemodel(tmp_path / "run" / "02-prune" / "model.caffemodel").layer("conv1").blobs[0].data
     dense = read_caffemodel(tmp_path / "run" / "04-dense" / "model.caffemodel").layer("conv1").blobs[0].data
     assert np.array_equal(pruned, dense) and np.count_nonzero(dense == 0) > 0
@@ -326,6 +326,12 @@ def test_frozen_weights_are_those_caffe_does_not_train():
             layer.param.add(**param)
     # An owner without lr_mult takes its sharer's (Net::AppendParam), as the sharer is its blob.
     assert _frozen_weights(net.layer) == ["own", "owner", "sharer"]
+    # Layers of phase TEST only do not train, but for one sharing a trained blob.
+    test_only = NetParameter()
+    test_only.layer.add(name="probe", type="InnerProduct")
+    test_only.layer.add(name="tied", type="InnerProduct").param.add(name="v")
+    prunable = {layer.name: layer for layer in [*net.layer, *test_only.layer]}
+    assert _frozen_weights(net.layer, prunable) == ["own", "owner", "sharer", "probe"]
 
 
 def test_force_keeps_the_stages_an_edited_recipe_shares(tmp_path, cli):
