@@ -127,12 +127,21 @@ def check_net_runs(net, net_path, gpu=None, forward=True, batches=0):
     it in a child process (which sees only GPU ``gpu``, when given), and
     from its data layers reading ``batches`` batches there: an image of
     another size or a corrupt record past the first batch."""
+    check_net_parts(net, net_path, forward)
+    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu, batches=batches)
+
+
+def check_net_parts(net, net_path, forward=True):
+    """Raise InputError, said plainly, for what Caffe would abort the
+    process on in building ``net`` (read from ``net_path``) in the TEST
+    phase, before it is built: a layer type this Caffe lacks, a data or
+    mean file it cannot read (and, for a net run ``forward``, a MemoryData
+    layer). A TRAIN layer's type and data do not matter there."""
     from .netcheck import built_state, check_data_sources, check_layer_types
 
-    states = [built_state(net, "TEST")]  # a TRAIN layer's type and data do not matter
+    states = [built_state(net, "TEST")]
     check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
     check_data_sources(net, net_path, caffe_has_leveldb(), states, forward)
-    build_in_child("net", net_path, net_path, python_layers=has_python_layers(net), gpu=gpu, batches=batches)
 
 
 def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="give them one set of weights"):
@@ -150,8 +159,7 @@ def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="giv
     Returns why it was not built (for warn_unbuilt, once the caller's own
     checks pass: a warning before an error line breaks the one line), or
     None."""
-    from .netcheck import (built_layers, built_state, check_data_sources, check_layer_types, check_pair,
-                           check_tied_weights, loaded_states)
+    from .netcheck import built_layers, check_pair, check_tied_weights, loaded_states
 
     loaded = loaded_states(net)
     check_pair(net, net_path, model, weights_path=named, states=loaded, strict=True)
@@ -159,10 +167,8 @@ def check_weights_fit(net, net_path, model, weights, named=None, tie_remedy="giv
         check_tied_weights(built_layers(net, [state]), model, net_path, named, tie_remedy)
     if has_python_layers(net):
         return None  # (asked for with --allow-python-layers: no news)
-    states = [built_state(net, "TEST")]
     try:
-        check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
-        check_data_sources(net, net_path, caffe_has_leveldb(), states, forward=False)
+        check_net_parts(net, net_path, forward=False)
     except InputError as exc:  # the weights can still be read
         return str(exc)
     build_in_child("net", net_path, net_path, weights=weights)

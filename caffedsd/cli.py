@@ -122,7 +122,6 @@ class _Group(_ExampleLast, click.Group):
             _interrupted(ctx, SIGNALLED[0] == signal.SIGTERM)
         return result
 
-
     def parse_args(self, ctx, args):
         """The group's own options (`caffedsd --bogus`), wrong in one line too."""
         try:

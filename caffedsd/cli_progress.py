@@ -78,7 +78,8 @@ class Progress:
         self.label, self.total, self.done = label, total, done
         self.file = file or sys.stderr
         self.live = self.file.isatty() and not caffe_logs_info()
-        self.started = self.row = self.tested = self.testing = self.logged = None
+        self.begun = False  # a first row seen: the total known, the label said
+        self.row = self.tested = self.testing = self.logged = None
         self.first = None  # (time, position) at the first step: the ETA's clock
         self.pos = done
         self.drawn = 0  # the terminal cells the bar line takes
@@ -90,8 +91,8 @@ class Progress:
             passes = f" and {row['tests']} TEST pass(es)" if row["tests"] else ""
             self._say(f"{self.label}: replaying the data layers through {row['replay']} iteration(s){passes}")
             return
-        if self.started is None:
-            self.started, self.total = time.monotonic(), self.total or total
+        if not self.begun:
+            self.begun, self.total = True, self.total or total
             if not self.live:
                 self._say(self.label)
         if "testing" in row:
@@ -157,7 +158,7 @@ class Progress:
 
     def _draw(self):
         # Every step: writing a line costs a tiny net's step a few percent at most.
-        if not self.live or self.started is None:
+        if not self.live or not self.begun:
             return
         text = self.line(self._columns())
         self.file.write("\r" + text + " " * max(0, self.drawn - _cells(text)))
@@ -191,7 +192,7 @@ class Progress:
             self.file.write("\n")
             self.file.flush()
             self.drawn = 0
-        self.started = None
+        self.begun = False
 
 
 def _cells(text):

@@ -5,15 +5,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caffe_env import (build_in_child, caffe_binary, caffe_has_leveldb, check_gpu, exit_text, failure_reason,
-                        has_python_layers, import_pycaffe, layer_types, pycaffe_dir, python_path)
+from .caffe_env import (build_in_child, caffe_binary, check_gpu, check_net_parts, exit_text, failure_reason,
+                        has_python_layers, pycaffe_dir, python_path)
 from .caffe_proto import read_net_prototxt
 from .caffemodel import nonfinite_counts, read_caffemodel
 from .errors import CheckFailed, InputError
 from .maskfile import beside_check, masks_for
 from .masks import masked_nonzeros, zero_count
-from .netcheck import (built_layers, built_state, check_data_sources, check_layer_types, check_pair,
-                       check_tied_weights)
+from .netcheck import built_layers, built_state, check_pair, check_tied_weights
 
 # Names run to the end of the line: Caffe takes any string for one.
 _IGNORED = re.compile(r"Ignoring source layer (.+)")
@@ -99,10 +98,8 @@ def check_with_caffe(model, net, net_path, weights_path, gpu=None):
     """Stock `caffe test` loads the pair, uses every weight of the layers its
     TEST net has (the prototxt ``net``'s TRAIN-only layers it skips, as
     Caffe means to), and runs a forward pass."""
-    states = [built_state(net, "TEST")]
     try:  # what Caffe would abort on, said plainly rather than as its backtrace
-        check_layer_types(net, net_path, layer_types(import_pycaffe()), states)
-        check_data_sources(net, net_path, caffe_has_leveldb(), states)
+        check_net_parts(net, net_path)
         if has_python_layers(net):  # the binary's abort says nothing of the layer's Python exception
             build_in_child("net", net_path, net_path, python_layers=True)
     except InputError as exc:
